@@ -1,0 +1,777 @@
+//! Fraud scoring of `payment.requested`: deterministic rules over bounded
+//! history, plus the "model inference" work factor of the original story.
+//!
+//! Owns: the rules, the score, the decision and the history they need.
+//! Must not: read the clock (all windows are event time, so the same events
+//! in the same order give the same scores), or grow without bound.
+//!
+//! Scoring is split in two so that the expensive part parallelises:
+//! [`model_work`] is pure and runs per payment on any thread; [`FraudEngine::score`]
+//! mutates history and runs in event order.
+//!
+//! # Memory bound
+//! History is keyed by card fingerprint, customer and device. Entries older
+//! than `history_secs` behind the newest event time seen are dropped, and no
+//! map holds more than `max_tracked_keys` keys: past that the least recently
+//! seen keys are evicted first. Each key holds at most `velocity_max_per_card
+//! + 1` timestamps, `amount_history` amounts or `device_max_cards + 1`
+//! fingerprints, so memory is O(max_tracked_keys) whatever the backlog.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::event::PaymentRequested;
+
+/// Fraud scoring configuration: the `[fraud]` section of the daemon's config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FraudConfig {
+    /// Iterated SHA-256 rounds per payment: the "model inference" cost of the
+    /// original scenario. 0 disables it.
+    pub work_factor: u32,
+    /// Velocity window per card fingerprint, in seconds of event time.
+    pub velocity_window_secs: u32,
+    /// More payments than this on one card within the window fire `velocity`.
+    pub velocity_max_per_card: u32,
+    /// `amount` fires when a payment exceeds this multiple of the customer's
+    /// mean amount.
+    pub amount_factor: f64,
+    /// `amount` needs at least this many earlier payments of the customer.
+    pub amount_min_history: u32,
+    /// How many recent amounts per customer make the mean.
+    pub amount_history: u32,
+    /// Device fan-out window, in seconds of event time.
+    pub device_window_secs: u32,
+    /// More distinct cards than this on one device within the window fire `device`.
+    pub device_max_cards: u32,
+    /// Card BINs considered risky: fire `bin`.
+    pub risky_bins: Vec<String>,
+    /// IP ranges and their countries: a payment whose `ip` falls in a range of
+    /// another country than `billing_country` fires `geo`. IPs in no range
+    /// fire nothing.
+    pub ip_ranges: Vec<IpRange>,
+    /// Points each rule adds to the score (0..1000, capped at 1000).
+    pub weights: RuleWeights,
+    /// Scores at or above this are `review`.
+    pub review_threshold: u32,
+    /// Scores at or above this are `decline`.
+    pub decline_threshold: u32,
+    /// History older than this behind the newest event time is forgotten.
+    pub history_secs: u32,
+    /// Most keys any one history map holds.
+    pub max_tracked_keys: usize,
+}
+
+impl Default for FraudConfig {
+    fn default() -> Self {
+        FraudConfig {
+            work_factor: 10_000,
+            velocity_window_secs: 600,
+            velocity_max_per_card: 5,
+            amount_factor: 5.0,
+            amount_min_history: 3,
+            amount_history: 20,
+            device_window_secs: 3600,
+            device_max_cards: 3,
+            risky_bins: Vec::new(),
+            ip_ranges: Vec::new(),
+            weights: RuleWeights::default(),
+            review_threshold: 300,
+            decline_threshold: 600,
+            history_secs: 86_400,
+            max_tracked_keys: 200_000,
+        }
+    }
+}
+
+/// One entry of the IP-to-country table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpRange {
+    /// IPv4 or IPv6 network in CIDR form, e.g. `203.0.113.0/24`.
+    pub cidr: String,
+    /// ISO 3166 alpha-2 country.
+    pub country: String,
+}
+
+/// Points per rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleWeights {
+    /// Card velocity.
+    pub velocity: u32,
+    /// Amount far above the customer's usual.
+    pub amount: u32,
+    /// Billing country differs from the IP's country.
+    pub geo: u32,
+    /// Risky BIN.
+    pub bin: u32,
+    /// One device, many cards.
+    pub device: u32,
+}
+
+impl Default for RuleWeights {
+    fn default() -> Self {
+        RuleWeights { velocity: 350, amount: 250, geo: 200, bin: 300, device: 250 }
+    }
+}
+
+/// What the engine decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Let it through.
+    Approve,
+    /// Hold for a person.
+    Review,
+    /// Refuse.
+    Decline,
+}
+
+impl Decision {
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Decision::Approve => "approve",
+            Decision::Review => "review",
+            Decision::Decline => "decline",
+        }
+    }
+}
+
+/// The rules, by the names written to `reasons`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// Many payments on one card in a short time.
+    Velocity,
+    /// Amount far above the customer's usual.
+    Amount,
+    /// Billing country differs from the IP's country.
+    Geo,
+    /// BIN on the risk list.
+    Bin,
+    /// One device used with many cards.
+    Device,
+}
+
+impl Rule {
+    /// The name written to `reasons`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::Velocity => "velocity",
+            Rule::Amount => "amount",
+            Rule::Geo => "geo",
+            Rule::Bin => "bin",
+            Rule::Device => "device",
+        }
+    }
+}
+
+/// A score, its decision and the rules that fired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// 0..=1000.
+    pub score: u32,
+    /// Follows the configured thresholds.
+    pub decision: Decision,
+    /// Each rule that fired, in rule order.
+    pub reasons: Vec<Rule>,
+}
+
+/// A configuration problem: the field and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {why}")]
+pub struct ConfigProblem {
+    /// Dotted path below `[fraud]`.
+    pub field: String,
+    /// What is wrong.
+    pub why: String,
+}
+
+/// The IP-to-country table as disjoint, sorted segments: nested networks are
+/// flattened at build time so that the innermost network wins and a lookup
+/// is one binary search. IPv4 lives in its own table.
+#[derive(Debug, Clone, Default)]
+struct GeoTable {
+    v4: Vec<(u128, u128, [u8; 2])>,
+    v6: Vec<(u128, u128, [u8; 2])>,
+}
+
+impl GeoTable {
+    fn build(ranges: &[IpRange], problems: &mut Vec<ConfigProblem>) -> Self {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for (i, r) in ranges.iter().enumerate() {
+            let field = format!("ip_ranges[{i}]");
+            let country: [u8; 2] = match r.country.as_bytes() {
+                [a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => [*a, *b],
+                _ => {
+                    problems.push(ConfigProblem {
+                        field: format!("{field}.country"),
+                        why: format!("{:?} is not 2 upper-case letters", r.country),
+                    });
+                    continue;
+                }
+            };
+            match parse_cidr(&r.cidr) {
+                Some((IpAddr::V4(a), len)) if len <= 32 => v4.push(network(u128::from(u32::from(a)), len, 32, country)),
+                Some((IpAddr::V6(a), len)) if len <= 128 => v6.push(network(u128::from(a), len, 128, country)),
+                _ => problems.push(ConfigProblem {
+                    field: format!("{field}.cidr"),
+                    why: format!("{:?} is not an IPv4 or IPv6 network like 203.0.113.0/24", r.cidr),
+                }),
+            }
+        }
+        GeoTable { v4: flatten(v4), v6: flatten(v6) }
+    }
+
+    fn country(&self, ip: IpAddr) -> Option<[u8; 2]> {
+        let (table, x) = match ip {
+            IpAddr::V4(a) => (&self.v4, u128::from(u32::from(a))),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => (&self.v4, u128::from(u32::from(v4))),
+                None => (&self.v6, u128::from(a)),
+            },
+        };
+        let end = table.partition_point(|(lo, _, _)| *lo <= x);
+        table[..end].last().filter(|(_, hi, _)| x <= *hi).map(|(_, _, c)| *c)
+    }
+}
+
+/// The address range of a network of prefix `len` in a `bits`-wide space.
+fn network(addr: u128, len: u32, bits: u32, country: [u8; 2]) -> (u128, u128, [u8; 2]) {
+    let host_bits = bits - len;
+    let host_mask = if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+    let lo = addr & !host_mask;
+    (lo, lo | host_mask, country)
+}
+
+/// Turns CIDR networks (nested or disjoint, never partly overlapping) into
+/// disjoint segments where the innermost network decides the country.
+fn flatten(mut nets: Vec<(u128, u128, [u8; 2])>) -> Vec<(u128, u128, [u8; 2])> {
+    // Outer networks first when two start at the same address.
+    nets.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    let mut out = Vec::new();
+    let mut stack: Vec<(u128, [u8; 2])> = Vec::new();
+    // Next address not yet emitted; None once past the top of the space.
+    let mut cursor: Option<u128> = Some(0);
+    let emit = |cursor: &mut Option<u128>, upto: u128, country: [u8; 2], out: &mut Vec<_>| {
+        if let Some(from) = *cursor {
+            if from <= upto {
+                out.push((from, upto, country));
+                *cursor = upto.checked_add(1);
+            }
+        }
+    };
+    for (lo, hi, country) in nets {
+        while let Some(&(top_hi, top_c)) = stack.last() {
+            if top_hi >= lo {
+                break;
+            }
+            emit(&mut cursor, top_hi, top_c, &mut out);
+            stack.pop();
+        }
+        if let Some(&(_, top_c)) = stack.last() {
+            if lo > 0 {
+                emit(&mut cursor, lo - 1, top_c, &mut out);
+            }
+        }
+        cursor = Some(lo);
+        stack.push((hi, country));
+    }
+    while let Some((top_hi, top_c)) = stack.pop() {
+        emit(&mut cursor, top_hi, top_c, &mut out);
+    }
+    out
+}
+
+fn parse_cidr(s: &str) -> Option<(IpAddr, u32)> {
+    let (addr, len) = s.split_once('/')?;
+    Some((addr.parse().ok()?, len.parse().ok()?))
+}
+
+/// The "model inference" cost of the original scenario: `rounds` iterated
+/// SHA-256 over the payment's identity. Pure, so it runs on any thread; the
+/// digest is returned so the work cannot be optimised away.
+pub fn model_work(p: &PaymentRequested, rounds: u32) -> [u8; 32] {
+    let mut digest: [u8; 32] = Sha256::new()
+        .chain_update(p.payment_id.as_bytes())
+        .chain_update([0])
+        .chain_update(p.card.fingerprint.as_bytes())
+        .finalize()
+        .into();
+    for _ in 0..rounds {
+        digest = Sha256::digest(digest).into();
+    }
+    digest
+}
+
+#[derive(Debug, Default)]
+struct CardHistory {
+    last_seen: i64,
+    times: VecDeque<i64>,
+}
+
+#[derive(Debug, Default)]
+struct CustomerHistory {
+    last_seen: i64,
+    amounts: VecDeque<u64>,
+}
+
+#[derive(Debug, Default)]
+struct DeviceHistory {
+    last_seen: i64,
+    /// (event time, card fingerprint), newest last, one entry per card.
+    cards: VecDeque<(i64, String)>,
+}
+
+trait LastSeen {
+    fn last_seen(&self) -> i64;
+}
+impl LastSeen for CardHistory {
+    fn last_seen(&self) -> i64 {
+        self.last_seen
+    }
+}
+impl LastSeen for CustomerHistory {
+    fn last_seen(&self) -> i64 {
+        self.last_seen
+    }
+}
+impl LastSeen for DeviceHistory {
+    fn last_seen(&self) -> i64 {
+        self.last_seen
+    }
+}
+
+/// Drops keys not seen since `horizon`; if more than `cap` remain, drops the
+/// least recently seen down to 90% of `cap`, so sweeps stay rare.
+fn bound<V: LastSeen>(map: &mut HashMap<String, V>, horizon: i64, cap: usize) -> usize {
+    let before = map.len();
+    map.retain(|_, v| v.last_seen() >= horizon);
+    if map.len() > cap {
+        let mut seen: Vec<i64> = map.values().map(LastSeen::last_seen).collect();
+        let drop = map.len() - cap * 9 / 10;
+        seen.select_nth_unstable(drop - 1);
+        let cutoff = seen[drop - 1];
+        let mut dropped = 0;
+        map.retain(|_, v| {
+            if dropped < drop && v.last_seen() <= cutoff {
+                dropped += 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+    before - map.len()
+}
+
+/// The stateful scorer. One per process; feed payments in event order.
+#[derive(Debug)]
+pub struct FraudEngine {
+    config: FraudConfig,
+    geo: GeoTable,
+    risky_bins: HashSet<String>,
+    cards: HashMap<String, CardHistory>,
+    customers: HashMap<String, CustomerHistory>,
+    devices: HashMap<String, DeviceHistory>,
+    /// Payment ids already applied, so a redelivery does not count twice.
+    applied: HashSet<String>,
+    applied_order: VecDeque<String>,
+    watermark: i64,
+    since_sweep: usize,
+}
+
+impl FraudEngine {
+    /// Builds an engine, or names every problem of the configuration.
+    pub fn new(config: FraudConfig) -> Result<Self, Vec<ConfigProblem>> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let mut unused = Vec::new();
+        let geo = GeoTable::build(&config.ip_ranges, &mut unused);
+        let risky_bins = config.risky_bins.iter().cloned().collect();
+        Ok(FraudEngine {
+            config,
+            geo,
+            risky_bins,
+            cards: HashMap::new(),
+            customers: HashMap::new(),
+            devices: HashMap::new(),
+            applied: HashSet::new(),
+            applied_order: VecDeque::new(),
+            watermark: i64::MIN,
+            since_sweep: 0,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &FraudConfig {
+        &self.config
+    }
+
+    /// Keys tracked across all history maps (for the memory-bound metric).
+    pub fn tracked_keys(&self) -> usize {
+        self.cards.len() + self.customers.len() + self.devices.len()
+    }
+
+    /// Scores `p` at event time `ts` against the history so far, then records
+    /// it. A payment id scored before is scored again without being recorded
+    /// twice.
+    pub fn score(&mut self, p: &PaymentRequested, ts: OffsetDateTime) -> Verdict {
+        let t = ts.unix_timestamp();
+        let c = &self.config;
+        let first_time = !self.applied.contains(&p.payment_id);
+        let mut reasons = Vec::new();
+
+        // velocity: earlier payments on this card inside the window, plus this one.
+        let card = self.cards.entry(p.card.fingerprint.clone()).or_default();
+        let recent = card.times.iter().filter(|&&x| x > t - i64::from(c.velocity_window_secs) && x <= t).count();
+        if recent as u64 + 1 > u64::from(c.velocity_max_per_card) {
+            reasons.push(Rule::Velocity);
+        }
+
+        // amount: far above the customer's mean.
+        let customer = self.customers.entry(p.customer_id.clone()).or_default();
+        if customer.amounts.len() as u64 >= u64::from(c.amount_min_history.max(1)) {
+            let mean = customer.amounts.iter().sum::<u64>() as f64 / customer.amounts.len() as f64;
+            if p.amount_cents as f64 > c.amount_factor * mean {
+                reasons.push(Rule::Amount);
+            }
+        }
+
+        // geo: the IP's country differs from the billing country.
+        if let Some(country) = self.geo.country(p.ip) {
+            if country != p.billing_country.as_bytes() {
+                reasons.push(Rule::Geo);
+            }
+        }
+
+        if self.risky_bins.contains(&p.card.bin) {
+            reasons.push(Rule::Bin);
+        }
+
+        // device: distinct cards on this device inside the window, this one included.
+        let device = self.devices.entry(p.device_id.clone()).or_default();
+        let window_start = t - i64::from(c.device_window_secs);
+        let mut cards_on_device = device
+            .cards
+            .iter()
+            .filter(|(x, fp)| *x > window_start && *x <= t && *fp != p.card.fingerprint)
+            .count();
+        cards_on_device += 1;
+        if cards_on_device as u64 > u64::from(c.device_max_cards) {
+            reasons.push(Rule::Device);
+        }
+
+        let w = c.weights;
+        let score: u32 = reasons
+            .iter()
+            .map(|r| match r {
+                Rule::Velocity => w.velocity,
+                Rule::Amount => w.amount,
+                Rule::Geo => w.geo,
+                Rule::Bin => w.bin,
+                Rule::Device => w.device,
+            })
+            .sum::<u32>()
+            .min(1000);
+        let decision = if score >= c.decline_threshold {
+            Decision::Decline
+        } else if score >= c.review_threshold {
+            Decision::Review
+        } else {
+            Decision::Approve
+        };
+        let verdict = Verdict { score, decision, reasons };
+
+        if first_time {
+            card.last_seen = card.last_seen.max(t);
+            card.times.push_back(t);
+            while card.times.len() > c.velocity_max_per_card as usize + 1 {
+                card.times.pop_front();
+            }
+            customer.last_seen = customer.last_seen.max(t);
+            customer.amounts.push_back(p.amount_cents);
+            while customer.amounts.len() > c.amount_history.max(1) as usize {
+                customer.amounts.pop_front();
+            }
+            device.last_seen = device.last_seen.max(t);
+            device.cards.retain(|(_, fp)| *fp != p.card.fingerprint);
+            device.cards.push_back((t, p.card.fingerprint.clone()));
+            while device.cards.len() > c.device_max_cards as usize + 1 {
+                device.cards.pop_front();
+            }
+        }
+        if first_time {
+            self.remember(&p.payment_id);
+            self.watermark = self.watermark.max(t);
+            self.since_sweep += 1;
+            if self.since_sweep >= 4096 || self.over_cap() {
+                self.sweep();
+            }
+        }
+
+        verdict
+    }
+
+    fn remember(&mut self, payment_id: &str) {
+        self.applied.insert(payment_id.to_owned());
+        self.applied_order.push_back(payment_id.to_owned());
+        while self.applied_order.len() > self.config.max_tracked_keys {
+            if let Some(old) = self.applied_order.pop_front() {
+                self.applied.remove(&old);
+            }
+        }
+    }
+
+    fn over_cap(&self) -> bool {
+        let cap = self.config.max_tracked_keys;
+        self.cards.len() > cap || self.customers.len() > cap || self.devices.len() > cap
+    }
+
+    fn sweep(&mut self) {
+        self.since_sweep = 0;
+        let horizon = self.watermark.saturating_sub(i64::from(self.config.history_secs));
+        let cap = self.config.max_tracked_keys;
+        bound(&mut self.cards, horizon, cap);
+        bound(&mut self.customers, horizon, cap);
+        bound(&mut self.devices, horizon, cap);
+    }
+}
+
+impl FraudConfig {
+    /// Every problem of this configuration, with its field.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let mut bad = |field: &str, why: String| problems.push(ConfigProblem { field: field.to_owned(), why });
+        if self.velocity_window_secs == 0 {
+            bad("velocity_window_secs", "must be greater than 0".into());
+        }
+        if self.device_window_secs == 0 {
+            bad("device_window_secs", "must be greater than 0".into());
+        }
+        if !(self.amount_factor.is_finite() && self.amount_factor > 0.0) {
+            bad("amount_factor", format!("must be a positive number, got {}", self.amount_factor));
+        }
+        if self.amount_history == 0 {
+            bad("amount_history", "must be greater than 0".into());
+        }
+        if self.review_threshold > 1000 {
+            bad("review_threshold", format!("must be 0..1000, got {}", self.review_threshold));
+        }
+        if self.decline_threshold > 1000 {
+            bad("decline_threshold", format!("must be 0..1000, got {}", self.decline_threshold));
+        }
+        if self.review_threshold > self.decline_threshold {
+            bad(
+                "review_threshold",
+                format!("{} is above decline_threshold {}", self.review_threshold, self.decline_threshold),
+            );
+        }
+        if self.max_tracked_keys < 16 {
+            bad("max_tracked_keys", format!("must be at least 16, got {}", self.max_tracked_keys));
+        }
+        if self.history_secs < self.velocity_window_secs.max(self.device_window_secs) {
+            bad("history_secs", "must cover velocity_window_secs and device_window_secs".into());
+        }
+        for (i, b) in self.risky_bins.iter().enumerate() {
+            if b.len() != 6 || !b.bytes().all(|c| c.is_ascii_digit()) {
+                bad(&format!("risky_bins[{i}]"), format!("{b:?} is not 6 digits"));
+            }
+        }
+        GeoTable::build(&self.ip_ranges, &mut problems);
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Card;
+    use time::Duration;
+
+    fn pay(id: &str, customer: &str, fp: &str, device: &str, amount: u64) -> PaymentRequested {
+        PaymentRequested {
+            payment_id: id.into(),
+            order_id: format!("o-{id}"),
+            customer_id: customer.into(),
+            amount_cents: amount,
+            currency: "USD".into(),
+            card: Card { bin: "411111".into(), last4: "0000".into(), fingerprint: fp.into() },
+            ip: "198.51.100.7".parse().expect("ip"),
+            device_id: device.into(),
+            billing_country: "US".into(),
+        }
+    }
+
+    fn t0() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("ts")
+    }
+
+    fn engine(f: impl FnOnce(&mut FraudConfig)) -> FraudEngine {
+        let mut c = FraudConfig { work_factor: 0, ..FraudConfig::default() };
+        f(&mut c);
+        FraudEngine::new(c).expect("valid config")
+    }
+
+    #[test]
+    fn a_plain_payment_is_approved_with_no_reasons() {
+        let mut e = engine(|_| {});
+        let v = e.score(&pay("p1", "c1", "fp1", "d1", 500), t0());
+        assert_eq!(v, Verdict { score: 0, decision: Decision::Approve, reasons: vec![] });
+    }
+
+    #[test]
+    fn velocity_fires_past_the_limit_inside_the_window_only() {
+        let mut e = engine(|c| c.velocity_max_per_card = 3);
+        for i in 0..3 {
+            let v = e.score(&pay(&format!("p{i}"), &format!("c{i}"), "fp", &format!("d{i}"), 500), t0());
+            assert!(v.reasons.is_empty(), "payment {i}: {v:?}");
+        }
+        let v = e.score(&pay("p3", "c3", "fp", "d3", 500), t0() + Duration::seconds(10));
+        assert_eq!(v.reasons, vec![Rule::Velocity]);
+        // Eleven minutes later the earlier ones are outside the 10-minute window.
+        let v = e.score(&pay("p4", "c4", "fp", "d4", 500), t0() + Duration::minutes(11));
+        assert!(v.reasons.is_empty(), "{v:?}");
+    }
+
+    #[test]
+    fn amount_fires_far_above_the_customers_mean() {
+        let mut e = engine(|_| {});
+        for i in 0..3 {
+            e.score(&pay(&format!("p{i}"), "c", &format!("fp{i}"), &format!("d{i}"), 1000), t0());
+        }
+        assert!(e.score(&pay("p3", "c", "fpx", "dx", 4900), t0()).reasons.is_empty());
+        assert_eq!(e.score(&pay("p4", "c", "fpy", "dy", 50_000), t0()).reasons, vec![Rule::Amount]);
+    }
+
+    #[test]
+    fn geo_uses_the_configured_table_including_nested_ranges() {
+        let mut e = engine(|c| {
+            c.ip_ranges = vec![
+                IpRange { cidr: "198.51.100.0/24".into(), country: "US".into() },
+                IpRange { cidr: "198.51.100.0/28".into(), country: "NL".into() },
+                IpRange { cidr: "2001:db8::/32".into(), country: "DE".into() },
+            ];
+        });
+        // 198.51.100.7 is in the nested /28 (NL), billing US.
+        assert_eq!(e.score(&pay("p1", "c1", "f1", "d1", 100), t0()).reasons, vec![Rule::Geo]);
+        let mut p = pay("p2", "c2", "f2", "d2", 100);
+        p.ip = "198.51.100.200".parse().expect("ip");
+        assert!(e.score(&p, t0()).reasons.is_empty());
+        p = pay("p3", "c3", "f3", "d3", 100);
+        p.ip = "2001:db8::1".parse().expect("ip");
+        assert_eq!(e.score(&p, t0()).reasons, vec![Rule::Geo]);
+        p = pay("p4", "c4", "f4", "d4", 100);
+        p.ip = "192.0.2.1".parse().expect("ip");
+        assert!(e.score(&p, t0()).reasons.is_empty(), "unknown ranges fire nothing");
+    }
+
+    #[test]
+    fn nested_networks_resolve_to_the_innermost_on_both_sides() {
+        let mut problems = Vec::new();
+        let t = GeoTable::build(
+            &[
+                IpRange { cidr: "10.0.0.0/8".into(), country: "US".into() },
+                IpRange { cidr: "10.1.0.0/16".into(), country: "NL".into() },
+                IpRange { cidr: "10.1.2.0/24".into(), country: "DE".into() },
+                IpRange { cidr: "0.0.0.0/0".into(), country: "ZZ".into() },
+            ],
+            &mut problems,
+        );
+        assert!(problems.is_empty());
+        let at = |s: &str| t.country(s.parse().expect("ip")).map(|c| String::from_utf8_lossy(&c).into_owned());
+        for (ip, want) in [
+            ("9.255.255.255", "ZZ"), ("10.0.0.1", "US"), ("10.1.0.0", "NL"), ("10.1.2.9", "DE"),
+            ("10.1.3.0", "NL"), ("10.2.0.0", "US"), ("11.0.0.0", "ZZ"), ("255.255.255.255", "ZZ"),
+            ("::ffff:10.1.2.3", "DE"),
+        ] {
+            assert_eq!(at(ip).as_deref(), Some(want), "{ip}");
+        }
+        assert_eq!(at("2001:db8::1"), None);
+    }
+
+    #[test]
+    fn bin_and_device_fire_and_weights_sum_to_a_decision() {
+        let mut e = engine(|c| {
+            c.risky_bins = vec!["411111".into()];
+            c.device_max_cards = 2;
+        });
+        let v = e.score(&pay("p1", "c1", "f1", "dev", 100), t0());
+        assert_eq!((v.reasons.clone(), v.score, v.decision), (vec![Rule::Bin], 300, Decision::Review));
+        e.score(&pay("p2", "c2", "f2", "dev", 100), t0());
+        let v = e.score(&pay("p3", "c3", "f3", "dev", 100), t0());
+        assert_eq!(v.reasons, vec![Rule::Bin, Rule::Device]);
+        assert_eq!((v.score, v.decision), (550, Decision::Review));
+    }
+
+    #[test]
+    fn scores_are_deterministic_and_redeliveries_do_not_count_twice() {
+        let run = || {
+            let mut e = engine(|c| c.velocity_max_per_card = 2);
+            let mut out = Vec::new();
+            for i in 0..6 {
+                let p = pay(&format!("p{}", i % 3), "c", "fp", "d", 100 + i);
+                out.push(e.score(&p, t0() + Duration::seconds(i as i64)));
+            }
+            out
+        };
+        let a = run();
+        assert_eq!(a, run());
+        // p0,p1,p2 then redeliveries of the same three: only 3 distinct
+        // payments are on the card, so velocity (max 2) fires from the third on.
+        assert!(a[..2].iter().all(|v| v.reasons.is_empty()));
+        assert!(a[2..].iter().all(|v| v.reasons == vec![Rule::Velocity]));
+    }
+
+    #[test]
+    fn history_stays_bounded_under_any_number_of_keys() {
+        let mut e = engine(|c| c.max_tracked_keys = 100);
+        for i in 0..10_000 {
+            e.score(&pay(&format!("p{i}"), &format!("c{i}"), &format!("f{i}"), &format!("d{i}"), 100), t0());
+        }
+        assert!(e.cards.len() <= 100 && e.customers.len() <= 100 && e.devices.len() <= 100);
+        assert!(e.applied.len() <= 100);
+        // Time bound: a day later, one payment sweeps all the old keys eventually.
+        for i in 0..4096 {
+            e.score(&pay(&format!("q{i}"), "cq", "fq", "dq", 100), t0() + Duration::days(2));
+        }
+        assert!(e.tracked_keys() <= 3 + 3 * 100 * 9 / 10);
+    }
+
+    #[test]
+    fn every_config_problem_is_named() {
+        let c = FraudConfig {
+            review_threshold: 900,
+            decline_threshold: 800,
+            risky_bins: vec!["12".into()],
+            ip_ranges: vec![IpRange { cidr: "10.0.0.0/40".into(), country: "us".into() }],
+            velocity_window_secs: 0,
+            ..FraudConfig::default()
+        };
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            ["velocity_window_secs", "review_threshold", "risky_bins[0]", "ip_ranges[0].country"]
+        );
+        let c2 = FraudConfig {
+            ip_ranges: vec![IpRange { cidr: "10.0.0.0/40".into(), country: "US".into() }],
+            ..FraudConfig::default()
+        };
+        assert_eq!(c2.problems()[0].field, "ip_ranges[0].cidr");
+    }
+
+    #[test]
+    fn model_work_depends_on_rounds_and_identity() {
+        let p = pay("p1", "c", "fp", "d", 1);
+        assert_ne!(model_work(&p, 1), model_work(&p, 2));
+        assert_eq!(model_work(&p, 100), model_work(&p, 100));
+        assert_ne!(model_work(&p, 100), model_work(&pay("p2", "c", "fp", "d", 1), 100));
+    }
+}

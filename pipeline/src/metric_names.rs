@@ -1,0 +1,40 @@
+//! Every Prometheus metric name cafe-stream exports, in one place.
+//!
+//! Owns: names and help texts. Must not: register or record anything (the
+//! daemon's `metrics` module does). Names follow
+//! `cafe_<subsystem>_<name>_<unit>` with base units and `_total` on
+//! counters; labels are low-cardinality (`source`, `sink`, `stage`,
+//! `outcome`, `reason`), never ids.
+
+/// Messages or records received from a source. Labels: `source`.
+pub const SOURCE_RECEIVED: &str = "cafe_source_received_messages";
+/// Messages acknowledged (deleted, checkpointed). Labels: `source`.
+pub const SOURCE_ACKED: &str = "cafe_source_acked_messages";
+/// Messages received but not yet acknowledged. Labels: `source`.
+pub const SOURCE_INFLIGHT: &str = "cafe_source_inflight_messages";
+/// Source API calls that failed. Labels: `source`, `outcome`.
+pub const SOURCE_ERRORS: &str = "cafe_source_errors";
+/// Visibility extensions sent for in-flight messages. Labels: `source`.
+pub const SOURCE_VISIBILITY_EXTENSIONS: &str = "cafe_source_visibility_extensions";
+/// Events leaving the pipeline by outcome (`written`, `duplicate`, `rejected`). Labels: `source`, `outcome`.
+pub const PIPELINE_EVENTS: &str = "cafe_pipeline_events";
+/// Rejected events by reason. Labels: `reason`.
+pub const PIPELINE_REJECTED: &str = "cafe_pipeline_rejected_events";
+/// Events per batch handed to a stage. Labels: `stage`.
+pub const PIPELINE_BATCH_EVENTS: &str = "cafe_pipeline_batch_events";
+/// Time a batch spends in a stage. Labels: `stage`.
+pub const PIPELINE_STAGE_DURATION: &str = "cafe_pipeline_stage_duration_seconds";
+/// Event time (`ts`) to durable write. Labels: `source`.
+pub const PIPELINE_E2E_LATENCY: &str = "cafe_pipeline_e2e_latency_seconds";
+/// Fraud decisions. Labels: `outcome` (approve, review, decline).
+pub const FRAUD_DECISIONS: &str = "cafe_fraud_decisions";
+/// Keys held by the fraud engine's history.
+pub const FRAUD_TRACKED_KEYS: &str = "cafe_fraud_tracked_keys";
+/// Batches waiting for or running on the rayon pool.
+pub const RAYON_QUEUE_DEPTH: &str = "cafe_rayon_queue_depth_batches";
+/// Sink write requests by outcome (`ok`, `retry`, `failed`). Labels: `sink`, `outcome`.
+pub const SINK_REQUESTS: &str = "cafe_sink_requests";
+/// Sink write latency, including retries. Labels: `sink`.
+pub const SINK_WRITE_DURATION: &str = "cafe_sink_write_duration_seconds";
+/// Build version and commit; value 1. Labels: `version`, `commit`.
+pub const BUILD_INFO: &str = "cafe_build_info";
