@@ -1,1 +1,110 @@
-fn main() {}
+//! `cafe-streamd`: command line, logging, and the one place errors become
+//! exit codes (0 ok, 1 runtime failure, 2 invalid configuration).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use daemon::config::{self, Config};
+use daemon::topology::{self, Exit};
+use tracing::{error, info};
+
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CAFE_GIT_COMMIT"), ")");
+
+/// The cafe-stream processing daemon.
+#[derive(Debug, Parser)]
+#[command(name = "cafe-streamd", version = VERSION)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume, decide and write until SIGTERM, then drain.
+    Run(ConfigArg),
+    /// Check the configuration, naming every problem; exit 2 if any.
+    Validate(ConfigArg),
+    /// Create every stream, queue and table of the contract that is missing.
+    Provision(ConfigArg),
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// TOML config file. Without it, the contract's defaults apply, with
+    /// region, credentials and endpoints from the standard AWS environment.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAFE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let arg = match &cli.command {
+        Command::Run(a) | Command::Validate(a) | Command::Provision(a) => a,
+    };
+    let config = match config::load(arg.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(problems) => {
+            eprintln!("invalid configuration ({} problems):\n{problems}", problems.0.len());
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Validate(_) => {
+            println!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Command::Provision(_) => exit(runtime().and_then(|rt| rt.block_on(provision(&config)))),
+        Command::Run(_) => exit(runtime().and_then(|rt| rt.block_on(run(config)))),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("cafe-io").build()?)
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn provision(config: &Config) -> anyhow::Result<()> {
+    for p in daemon::provision::provision(config).await? {
+        println!("{:<9} {:<28} {}", p.kind, p.name, if p.created { "created" } else { "exists" });
+    }
+    Ok(())
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    info!(version = VERSION, "Starting cafe-streamd");
+    match topology::run(config, shutdown_signal()).await? {
+        Exit::Drained => Ok(()),
+        Exit::GraceExceeded => anyhow::bail!("grace period exceeded before the pipeline drained"),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        error!("Cannot install signal handlers; stopping");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}

@@ -155,6 +155,7 @@ case "$cmd" in
   env)
     cat <<EOF
 export AWS_REGION=$region
+export AWS_DEFAULT_REGION=$region
 export AWS_ACCESS_KEY_ID=\${AWS_ACCESS_KEY_ID:-testing}
 export AWS_SECRET_ACCESS_KEY=\${AWS_SECRET_ACCESS_KEY:-testing}
 export AWS_ENDPOINT_URL_SQS=http://127.0.0.1:$moto_port

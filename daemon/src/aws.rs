@@ -1,0 +1,117 @@
+//! AWS plumbing shared by sources, sinks and `provision`: SDK configuration,
+//! error classification, and backoff.
+//!
+//! Owns: the one place the SDK's config is loaded (region, credentials and
+//! endpoints from the standard AWS environment, including
+//! `AWS_ENDPOINT_URL_<SERVICE>`), and what counts as retryable. Must not:
+//! contain paths that exist only for tests.
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use rand::Rng;
+
+use crate::config::AwsConfig;
+
+/// Loads the SDK configuration from the standard AWS environment.
+pub async fn sdk_config(cfg: &AwsConfig) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &cfg.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    loader.load().await
+}
+
+/// What a caller should do about a failed AWS call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Slow down and retry.
+    Throttled,
+    /// Transient (network, timeout, 5xx): retry.
+    Retryable,
+    /// Retrying the same request cannot help.
+    Fatal,
+}
+
+const THROTTLING_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "ThrottledException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "TooManyRequestsException",
+    "LimitExceededException",
+    "TransactionConflictException",
+    "TransactionInProgressException",
+];
+
+/// Classifies an SDK error.
+pub fn classify<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> ErrorClass {
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => ErrorClass::Retryable,
+        SdkError::ServiceError(e) => {
+            if e.err().code().is_some_and(|c| THROTTLING_CODES.contains(&c)) {
+                ErrorClass::Throttled
+            } else if e.raw().status().is_server_error() || e.raw().status().as_u16() == 429 {
+                ErrorClass::Retryable
+            } else {
+                ErrorClass::Fatal
+            }
+        }
+        _ => ErrorClass::Fatal,
+    }
+}
+
+/// A short, credential-free description of an SDK error for logs.
+pub fn describe<E: ProvideErrorMetadata + std::error::Error>(err: &SdkError<E, HttpResponse>) -> String {
+    match err {
+        SdkError::ServiceError(e) => format!(
+            "{} (HTTP {}): {}",
+            e.err().code().unwrap_or("unknown error"),
+            e.raw().status().as_u16(),
+            e.err().message().unwrap_or("")
+        ),
+        SdkError::TimeoutError(_) => "timeout".into(),
+        SdkError::DispatchFailure(e) => format!("dispatch failure: {:?}", e.as_other().map_or("io", |_| "other")),
+        other => format!("{other}"),
+    }
+}
+
+/// Exponential backoff with jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First delay's upper bound.
+    pub base: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (0-based): uniform in
+    /// `[cap/4, cap]` with `cap = min(max, base * 2^attempt)`, so retrying
+    /// clients spread out but none retries at once.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let cap = self.base.saturating_mul(1u32 << attempt.min(20)).min(self.max);
+        let millis = cap.as_millis().max(1) as u64;
+        Duration::from_millis(rand::rng().random_range(millis / 4..=millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(1) };
+        for _ in 0..100 {
+            assert!(b.delay(0) <= Duration::from_millis(100));
+            assert!(b.delay(3) <= Duration::from_millis(800));
+            assert!(b.delay(30) <= Duration::from_secs(1));
+            assert!(b.delay(30) >= Duration::from_millis(250));
+        }
+    }
+}

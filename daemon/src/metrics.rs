@@ -1,0 +1,221 @@
+//! The daemon's Prometheus metrics: one registry, built once, handed to every
+//! stage by `Arc`.
+//!
+//! Owns: registration, label types and bucket layouts. Must not: invent
+//! names; every name comes from `pipeline::metric_names` (counters get
+//! `_total` appended on export by the client library).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use pipeline::metric_names as n;
+
+/// Label set `{source}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// Input name, e.g. `cafe-payments.fifo`.
+    pub source: String,
+}
+
+/// Label set `{source, outcome}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceOutcome {
+    /// Input name.
+    pub source: String,
+    /// What happened.
+    pub outcome: &'static str,
+}
+
+/// Label set `{reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Reject reason code.
+    pub reason: &'static str,
+}
+
+/// Label set `{stage}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    /// Pipeline stage.
+    pub stage: &'static str,
+}
+
+/// Label set `{sink}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    /// Sink name.
+    pub sink: &'static str,
+}
+
+/// Label set `{sink, outcome}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkOutcome {
+    /// Sink name.
+    pub sink: &'static str,
+    /// `ok`, `retry` or `failed`.
+    pub outcome: &'static str,
+}
+
+/// Label set `{outcome}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// What happened.
+    pub outcome: &'static str,
+}
+
+/// Label set `{version, commit}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    /// Crate version.
+    pub version: &'static str,
+    /// Git commit the binary was built from.
+    pub commit: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0,
+        300.0,
+    ])
+}
+
+fn stage_histogram() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new([1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0])
+}
+
+/// Every metric the daemon records.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// Messages received per source.
+    pub source_received: Family<SourceLabel, Counter>,
+    /// Messages acknowledged per source.
+    pub source_acked: Family<SourceLabel, Counter>,
+    /// Messages in flight per source.
+    pub source_inflight: Family<SourceLabel, Gauge>,
+    /// Source API failures.
+    pub source_errors: Family<SourceOutcome, Counter>,
+    /// Visibility extensions.
+    pub source_visibility_extensions: Family<SourceLabel, Counter>,
+    /// Events out of the pipeline by outcome.
+    pub pipeline_events: Family<SourceOutcome, Counter>,
+    /// Rejections by reason.
+    pub pipeline_rejected: Family<ReasonLabel, Counter>,
+    /// Batch sizes per stage.
+    pub batch_events: Family<StageLabel, Histogram, fn() -> Histogram>,
+    /// Stage durations.
+    pub stage_duration: Family<StageLabel, Histogram, fn() -> Histogram>,
+    /// Event time to durable write.
+    pub e2e_latency: Family<SourceLabel, Histogram, fn() -> Histogram>,
+    /// Fraud decisions.
+    pub fraud_decisions: Family<OutcomeLabel, Counter>,
+    /// Fraud history size.
+    pub fraud_tracked_keys: Gauge,
+    /// Batches queued on or running on rayon.
+    pub rayon_queue_depth: Gauge,
+    /// Sink requests by outcome.
+    pub sink_requests: Family<SinkOutcome, Counter>,
+    /// Sink write latency.
+    pub sink_write_duration: Family<SinkLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            source_received: Family::default(),
+            source_acked: Family::default(),
+            source_inflight: Family::default(),
+            source_errors: Family::default(),
+            source_visibility_extensions: Family::default(),
+            pipeline_events: Family::default(),
+            pipeline_rejected: Family::default(),
+            batch_events: Family::new_with_constructor(batch_histogram),
+            stage_duration: Family::new_with_constructor(stage_histogram),
+            e2e_latency: Family::new_with_constructor(latency_histogram),
+            fraud_decisions: Family::default(),
+            fraud_tracked_keys: Gauge::default(),
+            rayon_queue_depth: Gauge::default(),
+            sink_requests: Family::default(),
+            sink_write_duration: Family::new_with_constructor(latency_histogram),
+            registry: Registry::default(),
+        };
+        registry.register(n::SOURCE_RECEIVED, "Messages or records received from a source", m.source_received.clone());
+        registry.register(n::SOURCE_ACKED, "Messages acknowledged (deleted or checkpointed)", m.source_acked.clone());
+        registry.register(n::SOURCE_INFLIGHT, "Messages received and not yet acknowledged", m.source_inflight.clone());
+        registry.register(n::SOURCE_ERRORS, "Source API calls that failed", m.source_errors.clone());
+        registry.register(
+            n::SOURCE_VISIBILITY_EXTENSIONS,
+            "Visibility extensions sent for in-flight messages",
+            m.source_visibility_extensions.clone(),
+        );
+        registry.register(n::PIPELINE_EVENTS, "Events leaving the pipeline, by outcome", m.pipeline_events.clone());
+        registry.register(n::PIPELINE_REJECTED, "Events rejected, by reason", m.pipeline_rejected.clone());
+        registry.register(n::PIPELINE_BATCH_EVENTS, "Events per batch handed to a stage", m.batch_events.clone());
+        registry.register(n::PIPELINE_STAGE_DURATION, "Time a batch spends in a stage", m.stage_duration.clone());
+        registry.register(n::PIPELINE_E2E_LATENCY, "Event time to durable write", m.e2e_latency.clone());
+        registry.register(n::FRAUD_DECISIONS, "Fraud decisions, by outcome", m.fraud_decisions.clone());
+        registry.register(n::FRAUD_TRACKED_KEYS, "Keys held by the fraud engine's history", m.fraud_tracked_keys.clone());
+        registry.register(n::RAYON_QUEUE_DEPTH, "Batches waiting for or running on the CPU pool", m.rayon_queue_depth.clone());
+        registry.register(n::SINK_REQUESTS, "Sink write requests, by outcome", m.sink_requests.clone());
+        registry.register(n::SINK_WRITE_DURATION, "Sink write latency including retries", m.sink_write_duration.clone());
+        let build = Family::<BuildLabel, Gauge>::default();
+        build.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION"), commit: crate::GIT_COMMIT }).set(1);
+        registry.register(n::BUILD_INFO, "Build version and commit; value 1", build);
+        for reason in pipeline::RejectReason::ALL {
+            let _ = m.pipeline_rejected.get_or_create(&ReasonLabel { reason: reason.code() });
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Shorthand for `{source}` labels.
+    pub fn source(source: &str) -> SourceLabel {
+        SourceLabel { source: source.to_owned() }
+    }
+
+    /// Shorthand for `{source, outcome}` labels.
+    pub fn source_outcome(source: &str, outcome: &'static str) -> SourceOutcome {
+        SourceOutcome { source: source.to_owned(), outcome }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_uses_catalogue_names_and_total_suffixes() {
+        let m = Metrics::new();
+        m.source_received.get_or_create(&Metrics::source("q")).inc();
+        m.e2e_latency.get_or_create(&Metrics::source("q")).observe(0.2);
+        let text = m.encode();
+        assert!(text.contains("cafe_source_received_messages_total{source=\"q\"} 1"), "{text}");
+        assert!(text.contains("cafe_pipeline_e2e_latency_seconds_bucket{le=\"0.25\",source=\"q\"} 1"), "{text}");
+        assert!(text.contains("cafe_pipeline_rejected_events_total{reason=\"bad_json\"} 0"), "{text}");
+        assert!(text.contains("cafe_build_info{"), "{text}");
+    }
+}

@@ -1,0 +1,175 @@
+//! `cafe-streamd provision`: creates every resource of the contract,
+//! idempotently, on the local stack or a real account.
+//!
+//! Owns: resource shapes (keys, FIFO attributes, redrive policies). Must
+//! not: delete or change existing resources' data.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus};
+use aws_sdk_kinesis::types::StreamStatus;
+use aws_sdk_sqs::error::ProvideErrorMetadata;
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use crate::aws::describe;
+use crate::config::{Config, SqsSourceConfig};
+
+/// What provisioning did to one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioned {
+    /// `sqs`, `kinesis` or `dynamodb`.
+    pub kind: &'static str,
+    /// Resource name.
+    pub name: String,
+    /// True if it was created now, false if it existed.
+    pub created: bool,
+}
+
+/// Creates every resource that does not exist yet.
+pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
+    let sdk = crate::aws::sdk_config(&config.aws).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let mut done = Vec::new();
+
+    for source in [&config.sources.payments, &config.sources.menu] {
+        done.extend(queue_with_dlq(&sqs, source).await?);
+    }
+    done.push(queue(&sqs, &config.rejected.queue, HashMap::new()).await?.0);
+
+    let d = &config.sinks.dynamodb;
+    for (table, keys) in [
+        (&d.aggregates_table, &[("store", KeyType::Hash), ("window", KeyType::Range)][..]),
+        (&d.payments_table, &[("payment_id", KeyType::Hash)][..]),
+        (&d.orders_table, &[("order_id", KeyType::Hash)][..]),
+        (&d.menu_table, &[("sku", KeyType::Hash)][..]),
+    ] {
+        done.push(table_with_keys(&dynamodb, table, keys).await?);
+    }
+    done.push(stream(&kinesis, &config.sources.orders.stream, config.sources.orders.shards).await?);
+    Ok(done)
+}
+
+async fn queue_with_dlq(sqs: &aws_sdk_sqs::Client, source: &SqsSourceConfig) -> anyhow::Result<Vec<Provisioned>> {
+    let fifo = |name: &str| {
+        let mut attrs = HashMap::new();
+        if name.ends_with(".fifo") {
+            attrs.insert(QueueAttributeName::FifoQueue, "true".to_owned());
+            // Producers may set their own MessageDeduplicationId; without one
+            // the body is the dedup key, so `aws sqs send-message` just works.
+            attrs.insert(QueueAttributeName::ContentBasedDeduplication, "true".to_owned());
+        }
+        attrs
+    };
+    let (dlq, dlq_url) = queue(sqs, &source.dlq, fifo(&source.dlq)).await?;
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the ARN of {}: {}", source.dlq, describe(&e)))?
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .context("the DLQ has no QueueArn")?;
+    let mut attrs = fifo(&source.queue);
+    attrs.insert(
+        QueueAttributeName::RedrivePolicy,
+        serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": source.max_receive_count.to_string()}).to_string(),
+    );
+    attrs.insert(QueueAttributeName::VisibilityTimeout, source.visibility_timeout_secs.to_string());
+    let (main, _) = queue(sqs, &source.queue, attrs).await?;
+    Ok(vec![dlq, main])
+}
+
+async fn queue(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    attrs: HashMap<QueueAttributeName, String>,
+) -> anyhow::Result<(Provisioned, String)> {
+    if let Ok(out) = sqs.get_queue_url().queue_name(name).send().await {
+        if let Some(url) = out.queue_url {
+            // Keep an existing queue's settings in line with the config.
+            let settable: HashMap<_, _> = attrs.into_iter().filter(|(k, _)| *k != QueueAttributeName::FifoQueue).collect();
+            if !settable.is_empty() {
+                sqs.set_queue_attributes()
+                    .queue_url(&url)
+                    .set_attributes(Some(settable))
+                    .send()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("updating queue {name}: {}", describe(&e)))?;
+            }
+            return Ok((Provisioned { kind: "sqs", name: name.to_owned(), created: false }, url));
+        }
+    }
+    let out = sqs
+        .create_queue()
+        .queue_name(name)
+        .set_attributes(Some(attrs))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("creating queue {name}: {}", describe(&e)))?;
+    let url = out.queue_url.context("CreateQueue returned no URL")?;
+    Ok((Provisioned { kind: "sqs", name: name.to_owned(), created: true }, url))
+}
+
+async fn table_with_keys(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    name: &str,
+    keys: &[(&str, KeyType)],
+) -> anyhow::Result<Provisioned> {
+    let mut req = dynamodb.create_table().table_name(name).billing_mode(BillingMode::PayPerRequest);
+    for (attr, key_type) in keys {
+        req = req
+            .attribute_definitions(
+                AttributeDefinition::builder().attribute_name(*attr).attribute_type(ScalarAttributeType::S).build()?,
+            )
+            .key_schema(KeySchemaElement::builder().attribute_name(*attr).key_type(key_type.clone()).build()?);
+    }
+    let created = match req.send().await {
+        Ok(_) => true,
+        Err(e) if e.code() == Some("ResourceInUseException") => false,
+        Err(e) => bail!("creating table {name}: {}", describe(&e)),
+    };
+    for _ in 0..120 {
+        let status = dynamodb
+            .describe_table()
+            .table_name(name)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("describing table {name}: {}", describe(&e)))?
+            .table
+            .and_then(|t| t.table_status);
+        if status == Some(TableStatus::Active) {
+            return Ok(Provisioned { kind: "dynamodb", name: name.to_owned(), created });
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    bail!("table {name} did not become ACTIVE within 2 minutes")
+}
+
+async fn stream(kinesis: &aws_sdk_kinesis::Client, name: &str, shards: u32) -> anyhow::Result<Provisioned> {
+    let created = match kinesis.create_stream().stream_name(name).shard_count(shards as i32).send().await {
+        Ok(_) => true,
+        Err(e) if e.code() == Some("ResourceInUseException") => false,
+        Err(e) => bail!("creating stream {name}: {}", describe(&e)),
+    };
+    for _ in 0..120 {
+        let status = kinesis
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("describing stream {name}: {}", describe(&e)))?
+            .stream_description_summary
+            .map(|s| s.stream_status);
+        if status == Some(StreamStatus::Active) {
+            return Ok(Provisioned { kind: "kinesis", name: name.to_owned(), created });
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    bail!("stream {name} did not become ACTIVE within 2 minutes")
+}

@@ -1,0 +1,294 @@
+//! The DynamoDB sink: `cafe-payments` items and the payment counters of
+//! `cafe-aggregates`, exactly-once in effect.
+//!
+//! Owns: the item layout of the contract's tables and the write protocol.
+//! Must not: decide anything about an event; it writes what it is given.
+//!
+//! Protocol: records are written in chunks, one TransactWriteItems per chunk
+//! holding a conditional put per payment (`attribute_not_exists`) and one
+//! `ADD` per touched (store, window) row with the sum of that chunk's
+//! counters. If a put's condition fails, that payment was written before
+//! (the transaction wrote it together with its counters), so it is dropped
+//! and the transaction retried without it: a replay changes nothing.
+//! Chunks run in order; once a chunk fails for good, later records of the
+//! same FIFO group are not attempted, so a group's order holds.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use pipeline::window::{Counters, Deltas, WindowId};
+use tracing::warn;
+
+use super::WriteOutcome;
+use crate::aws::{Backoff, ErrorClass, classify, describe};
+use crate::config::DynamoDbSinkConfig;
+use crate::metrics::{Metrics, SinkLabel, SinkOutcome};
+
+const SINK: &str = "dynamodb";
+
+/// One decided payment, as `cafe-payments` stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaymentRecord {
+    /// Event id (idempotency key of the event).
+    pub event_id: String,
+    /// Payment id: the item key.
+    pub payment_id: String,
+    /// Order paid for.
+    pub order_id: String,
+    /// Who paid.
+    pub customer_id: String,
+    /// Store.
+    pub store: String,
+    /// Amount.
+    pub amount_cents: u64,
+    /// 0..1000.
+    pub score: u32,
+    /// approve | review | decline.
+    pub decision: &'static str,
+    /// Rules that fired.
+    pub reasons: Vec<&'static str>,
+    /// Event time as sent.
+    pub ts: String,
+    /// When the daemon decided, RFC 3339 UTC.
+    pub decided_at: String,
+    /// The aggregate row it counts in.
+    pub window: WindowId,
+    /// Its counter deltas.
+    pub counters: Counters,
+    /// FIFO group, to keep a group's order across chunk failures.
+    pub group: Option<String>,
+}
+
+/// Writes payments and their counters.
+#[derive(Debug, Clone)]
+pub struct DynamoDbSink {
+    client: Client,
+    config: DynamoDbSinkConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl DynamoDbSink {
+    /// A sink on the configured tables.
+    pub fn new(client: Client, config: DynamoDbSinkConfig, metrics: Arc<Metrics>) -> Self {
+        DynamoDbSink { client, config, metrics }
+    }
+
+    /// Writes `records`, returning an outcome for each, in order.
+    pub async fn write_payments(&self, records: &[PaymentRecord]) -> Vec<WriteOutcome> {
+        let started = Instant::now();
+        let mut outcomes = vec![WriteOutcome::Failed; records.len()];
+        let mut failed_groups: HashSet<&str> = HashSet::new();
+        // Two writes to one item in a transaction are refused; a batch can
+        // hold a redelivered copy of a payment, so later copies wait for the
+        // first one's outcome.
+        let mut first_of: HashMap<&str, usize> = HashMap::new();
+        let mut todo: Vec<usize> = Vec::with_capacity(records.len());
+        let mut copies: Vec<(usize, usize)> = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            match first_of.get(r.payment_id.as_str()) {
+                Some(&first) => copies.push((i, first)),
+                None => {
+                    first_of.insert(&r.payment_id, i);
+                    todo.push(i);
+                }
+            }
+        }
+        for chunk in self.chunks(records, &todo) {
+            let (live, held): (Vec<usize>, Vec<usize>) = chunk
+                .into_iter()
+                .partition(|&i| records[i].group.as_deref().is_none_or(|g| !failed_groups.contains(g)));
+            for i in held {
+                outcomes[i] = WriteOutcome::Failed;
+            }
+            if live.is_empty() {
+                continue;
+            }
+            let result = self.write_chunk(records, &live).await;
+            for (&i, o) in live.iter().zip(result) {
+                outcomes[i] = o;
+                if o == WriteOutcome::Failed {
+                    if let Some(g) = records[i].group.as_deref() {
+                        failed_groups.insert(g);
+                    }
+                }
+            }
+        }
+        for (i, first) in copies {
+            outcomes[i] = match outcomes[first] {
+                WriteOutcome::Failed => WriteOutcome::Failed,
+                _ => WriteOutcome::Duplicate,
+            };
+        }
+        self.metrics
+            .sink_write_duration
+            .get_or_create(&SinkLabel { sink: SINK })
+            .observe(started.elapsed().as_secs_f64());
+        outcomes
+    }
+
+    /// Splits `indices` into chunks whose puts plus distinct aggregate rows
+    /// fit one transaction.
+    fn chunks(&self, records: &[PaymentRecord], indices: &[usize]) -> Vec<Vec<usize>> {
+        let max = self.config.max_transaction_items;
+        let mut out = Vec::new();
+        let mut cur: Vec<usize> = Vec::new();
+        let mut rows: HashSet<&WindowId> = HashSet::new();
+        for &i in indices {
+            let new_row = !rows.contains(&records[i].window);
+            let items = cur.len() + rows.len() + 1 + usize::from(new_row);
+            if !cur.is_empty() && items > max {
+                out.push(std::mem::take(&mut cur));
+                rows.clear();
+            }
+            rows.insert(&records[i].window);
+            cur.push(i);
+        }
+        if !cur.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+
+    async fn write_chunk(&self, records: &[PaymentRecord], chunk: &[usize]) -> Vec<WriteOutcome> {
+        let backoff = Backoff {
+            base: Duration::from_millis(self.config.base_backoff_ms),
+            max: Duration::from_millis(self.config.max_backoff_ms),
+        };
+        let mut outcomes = vec![WriteOutcome::Failed; chunk.len()];
+        // Positions in `chunk` still to write.
+        let mut live: Vec<usize> = (0..chunk.len()).collect();
+        let mut attempt = 0u32;
+        while !live.is_empty() {
+            let items = self.transaction(records, chunk, &live);
+            let result = self.client.transact_write_items().set_transact_items(Some(items)).send().await;
+            match result {
+                Ok(_) => {
+                    self.count("ok");
+                    for &p in &live {
+                        outcomes[p] = WriteOutcome::Written;
+                    }
+                    return outcomes;
+                }
+                Err(SdkError::ServiceError(e)) if matches!(e.err(), TransactWriteItemsError::TransactionCanceledException(_)) => {
+                    let TransactWriteItemsError::TransactionCanceledException(tc) = e.err() else { unreachable!() };
+                    let reasons = tc.cancellation_reasons();
+                    // The puts come first in the transaction, in `live` order.
+                    let dup: Vec<usize> = live
+                        .iter()
+                        .enumerate()
+                        .filter(|(k, _)| reasons.get(*k).and_then(|r| r.code()) == Some("ConditionalCheckFailed"))
+                        .map(|(_, &p)| p)
+                        .collect();
+                    if !dup.is_empty() {
+                        for &p in &dup {
+                            outcomes[p] = WriteOutcome::Duplicate;
+                        }
+                        live.retain(|p| !dup.contains(p));
+                        continue;
+                    }
+                    let codes: Vec<&str> = reasons.iter().filter_map(|r| r.code()).filter(|c| *c != "None").collect();
+                    warn!(codes = ?codes, attempt, "Transaction cancelled, retrying");
+                }
+                Err(e) => {
+                    let class = classify(&e);
+                    if class == ErrorClass::Fatal {
+                        self.count("failed");
+                        warn!(error = %describe(&e), records = live.len(), "Write failed and cannot be retried; giving the messages back");
+                        return outcomes;
+                    }
+                    warn!(error = %describe(&e), attempt, "Write failed, retrying");
+                }
+            }
+            self.count("retry");
+            if attempt >= self.config.max_retries {
+                self.count("failed");
+                warn!(records = live.len(), "Write still failing after retries; giving the messages back");
+                return outcomes;
+            }
+            tokio::time::sleep(backoff.delay(attempt)).await;
+            attempt += 1;
+        }
+        outcomes
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.metrics.sink_requests.get_or_create(&SinkOutcome { sink: SINK, outcome }).inc();
+    }
+
+    fn transaction(&self, records: &[PaymentRecord], chunk: &[usize], live: &[usize]) -> Vec<TransactWriteItem> {
+        let mut items = Vec::with_capacity(live.len() * 2);
+        let mut deltas = Deltas::new();
+        for &p in live {
+            let r = &records[chunk[p]];
+            deltas.entry(r.window.clone()).or_default().add(&r.counters);
+            let put = Put::builder()
+                .table_name(&self.config.payments_table)
+                .set_item(Some(payment_item(r)))
+                .condition_expression("attribute_not_exists(payment_id)")
+                .build();
+            if let Ok(put) = put {
+                items.push(TransactWriteItem::builder().put(put).build());
+            }
+        }
+        for (row, counters) in &deltas {
+            if let Some(update) = aggregate_update(&self.config.aggregates_table, row, counters) {
+                items.push(TransactWriteItem::builder().update(update).build());
+            }
+        }
+        items
+    }
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn num(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn payment_item(r: &PaymentRecord) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("payment_id".to_owned(), s(&r.payment_id)),
+        ("order_id".to_owned(), s(&r.order_id)),
+        ("customer_id".to_owned(), s(&r.customer_id)),
+        ("store".to_owned(), s(&r.store)),
+        ("amount_cents".to_owned(), num(r.amount_cents)),
+        ("score".to_owned(), num(r.score)),
+        ("decision".to_owned(), s(r.decision)),
+        ("reasons".to_owned(), AttributeValue::L(r.reasons.iter().map(|x| s(*x)).collect())),
+        ("ts".to_owned(), s(&r.ts)),
+        ("decided_at".to_owned(), s(&r.decided_at)),
+        ("event_id".to_owned(), s(&r.event_id)),
+        ("window".to_owned(), s(&r.window.window)),
+    ])
+}
+
+/// `ADD` of the non-zero counters to one aggregate row; `None` if all are 0.
+pub fn aggregate_update(table: &str, row: &WindowId, c: &Counters) -> Option<Update> {
+    let mut expr = Vec::new();
+    let mut names = HashMap::new();
+    let mut values = HashMap::new();
+    for (i, (name, value)) in c.non_zero().enumerate() {
+        expr.push(format!("#c{i} :c{i}"));
+        names.insert(format!("#c{i}"), name.to_owned());
+        values.insert(format!(":c{i}"), num(value));
+    }
+    if expr.is_empty() {
+        return None;
+    }
+    Update::builder()
+        .table_name(table)
+        .key("store", s(&row.store))
+        .key("window", s(&row.window))
+        .update_expression(format!("ADD {}", expr.join(", ")))
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(Some(values))
+        .build()
+        .ok()
+}

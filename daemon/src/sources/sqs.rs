@@ -1,0 +1,348 @@
+//! The SQS source: long-polling receivers, visibility extension for work in
+//! flight, and the acknowledger that deletes only what sinks confirmed.
+//!
+//! Owns: every SQS call made on an input queue. Must not: decode events or
+//! decide outcomes; it learns them as [`Ack`]s.
+//!
+//! FIFO ordering: SQS delivers no further message of a MessageGroupId while
+//! one is in flight, so the order of a group is kept as long as a group's
+//! messages are applied in the order received and a failed message holds
+//! back the rest of its group (the sink stage does that) and is made visible
+//! again after `retry_delay_secs` rather than deleted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
+};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::aws::{Backoff, ErrorClass, classify, describe};
+use crate::config::SqsSourceConfig;
+use crate::metrics::Metrics;
+
+/// One received message.
+#[derive(Debug, Clone)]
+pub struct SqsMessage {
+    /// SQS message id: the event's `position` in rejections.
+    pub message_id: String,
+    /// Handle for delete and visibility changes.
+    pub receipt_handle: String,
+    /// FIFO MessageGroupId, if any.
+    pub group_id: Option<String>,
+    /// The body as sent.
+    pub body: String,
+    /// How often SQS has delivered it (1 on first delivery).
+    pub receive_count: u32,
+    /// When this daemon received it.
+    pub received_at: Instant,
+}
+
+/// What to do with a message once its outcome is known.
+#[derive(Debug, Clone)]
+pub enum Ack {
+    /// Every write is durable: delete it.
+    Done {
+        /// The message's receipt handle.
+        receipt_handle: String,
+    },
+    /// Not processed: make it visible again after the retry delay.
+    Retry {
+        /// The message's receipt handle.
+        receipt_handle: String,
+    },
+}
+
+/// Resolves a queue name or URL to its URL.
+pub async fn queue_url(client: &Client, name_or_url: &str) -> anyhow::Result<String> {
+    if name_or_url.starts_with("https://") || name_or_url.starts_with("http://") {
+        return Ok(name_or_url.to_owned());
+    }
+    let out = client
+        .get_queue_url()
+        .queue_name(name_or_url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("queue {name_or_url:?} not found ({}); run `cafe-streamd provision`", describe(&e)))?;
+    out.queue_url.ok_or_else(|| anyhow::anyhow!("queue {name_or_url:?}: GetQueueUrl returned no URL"))
+}
+
+/// An input queue.
+#[derive(Debug)]
+pub struct SqsSource {
+    client: Client,
+    url: String,
+    /// Metric label and `source` attribute of rejections.
+    pub name: String,
+    config: SqsSourceConfig,
+    metrics: Arc<Metrics>,
+    /// receipt handle -> when its visibility runs out.
+    inflight: Mutex<HashMap<String, Instant>>,
+}
+
+impl SqsSource {
+    /// Connects to the queue (fails if it does not exist).
+    pub async fn connect(client: Client, config: SqsSourceConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let url = queue_url(&client, &config.queue).await?;
+        let name = url.rsplit('/').next().unwrap_or(&config.queue).to_owned();
+        Ok(SqsSource { client, url, name, config, metrics, inflight: Mutex::new(HashMap::new()) })
+    }
+
+    fn visibility(&self) -> Duration {
+        Duration::from_secs(u64::from(self.config.visibility_timeout_secs))
+    }
+
+    fn set_inflight_gauge(&self, n: usize) {
+        self.metrics.source_inflight.get_or_create(&Metrics::source(&self.name)).set(n as i64);
+    }
+
+    fn track(&self, receipts: impl IntoIterator<Item = String>) {
+        let deadline = Instant::now() + self.visibility();
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        for r in receipts {
+            map.insert(r, deadline);
+        }
+        self.set_inflight_gauge(map.len());
+    }
+
+    fn untrack(&self, receipts: &[String]) {
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        for r in receipts {
+            map.remove(r);
+        }
+        self.set_inflight_gauge(map.len());
+    }
+
+    /// Messages received and not yet acknowledged.
+    pub fn inflight(&self) -> usize {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// One receiver: long-polls until `stop`, sending each non-empty receive
+    /// downstream. A full channel stops the polling: that is the backpressure.
+    pub async fn receive_loop(&self, tx: mpsc::Sender<Vec<SqsMessage>>, stop: CancellationToken) {
+        let backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(10) };
+        let mut failures = 0u32;
+        loop {
+            let call = self
+                .client
+                .receive_message()
+                .queue_url(&self.url)
+                .max_number_of_messages(self.config.max_messages as i32)
+                .wait_time_seconds(self.config.wait_time_secs as i32)
+                .visibility_timeout(self.config.visibility_timeout_secs as i32)
+                .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .send();
+            // Dropping a poll on shutdown loses nothing: anything it had
+            // received becomes visible again after the visibility timeout.
+            let result = tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                r = call => r,
+            };
+            let out = match result {
+                Ok(out) => {
+                    failures = 0;
+                    out
+                }
+                Err(e) => {
+                    let class = classify(&e);
+                    let outcome = if class == ErrorClass::Throttled { "throttled" } else { "error" };
+                    self.metrics.source_errors.get_or_create(&Metrics::source_outcome(&self.name, outcome)).inc();
+                    warn!(queue = %self.name, error = %describe(&e), "Receive failed, retrying");
+                    let delay = backoff.delay(failures);
+                    failures = failures.saturating_add(1);
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            let now = Instant::now();
+            let batch: Vec<SqsMessage> = out
+                .messages
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|m| {
+                    let attrs = m.attributes.unwrap_or_default();
+                    Some(SqsMessage {
+                        message_id: m.message_id.unwrap_or_default(),
+                        receipt_handle: m.receipt_handle?,
+                        group_id: attrs.get(&MessageSystemAttributeName::MessageGroupId).cloned(),
+                        body: m.body.unwrap_or_default(),
+                        receive_count: attrs
+                            .get(&MessageSystemAttributeName::ApproximateReceiveCount)
+                            .and_then(|c| c.parse().ok())
+                            .unwrap_or(1),
+                        received_at: now,
+                    })
+                })
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            self.metrics.source_received.get_or_create(&Metrics::source(&self.name)).inc_by(batch.len() as u64);
+            self.track(batch.iter().map(|m| m.receipt_handle.clone()));
+            if tx.send(batch).await.is_err() {
+                // Downstream is gone (shutdown): what we hold is redelivered.
+                return;
+            }
+        }
+    }
+
+    /// Keeps in-flight messages invisible while they are worked on, until
+    /// `stop`. Extends any message whose visibility ends within half the
+    /// timeout.
+    pub async fn extend_loop(&self, stop: CancellationToken) {
+        let period = (self.visibility() / 4).max(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            let now = Instant::now();
+            let due: Vec<String> = {
+                let map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                map.iter()
+                    .filter(|(_, deadline)| deadline.saturating_duration_since(now) < self.visibility() / 2)
+                    .map(|(r, _)| r.clone())
+                    .collect()
+            };
+            for chunk in due.chunks(10) {
+                let entries: Vec<_> = chunk
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| {
+                        ChangeMessageVisibilityBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(r)
+                            .visibility_timeout(self.config.visibility_timeout_secs as i32)
+                            .build()
+                            .ok()
+                    })
+                    .collect();
+                match self
+                    .client
+                    .change_message_visibility_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                {
+                    Ok(_) => {
+                        let deadline = Instant::now() + self.visibility();
+                        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                        for r in chunk {
+                            if let Some(d) = map.get_mut(r) {
+                                *d = deadline;
+                            }
+                        }
+                        self.metrics
+                            .source_visibility_extensions
+                            .get_or_create(&Metrics::source(&self.name))
+                            .inc_by(chunk.len() as u64);
+                    }
+                    Err(e) => {
+                        self.metrics.source_errors.get_or_create(&Metrics::source_outcome(&self.name, "extend")).inc();
+                        warn!(queue = %self.name, error = %describe(&e), "Visibility extension failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies acknowledgements until the channel closes: deletes in batches
+    /// of up to ten, several calls at once, and makes retried messages
+    /// visible again after the retry delay.
+    pub async fn ack_loop(&self, mut rx: mpsc::Receiver<Vec<Ack>>, concurrency: usize) {
+        let mut calls = FuturesUnordered::new();
+        let mut open = true;
+        while open || !calls.is_empty() {
+            tokio::select! {
+                acks = rx.recv(), if open && calls.len() < concurrency => match acks {
+                    Some(acks) => {
+                        let mut done = Vec::new();
+                        let mut retry = Vec::new();
+                        for a in acks {
+                            match a {
+                                Ack::Done { receipt_handle } => done.push(receipt_handle),
+                                Ack::Retry { receipt_handle } => retry.push(receipt_handle),
+                            }
+                        }
+                        for chunk in done.chunks(10) {
+                            calls.push(self.delete(chunk.to_vec()));
+                        }
+                        for r in retry {
+                            calls.push(Box::pin(self.release(r)));
+                        }
+                    }
+                    None => open = false,
+                },
+                Some(()) = calls.next(), if !calls.is_empty() => {}
+            }
+        }
+        info!(queue = %self.name, "Acknowledger drained");
+    }
+
+    fn delete(&self, receipts: Vec<String>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_secs(2) };
+            let mut pending: Vec<String> = receipts;
+            for attempt in 0..6 {
+                let entries: Vec<_> = pending
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(r).build().ok())
+                    .collect();
+                match self.client.delete_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
+                    Ok(out) => {
+                        let failed: Vec<usize> = out.failed.iter().filter_map(|f| f.id.parse().ok()).collect();
+                        let (ok, bad): (Vec<_>, Vec<_>) =
+                            pending.into_iter().enumerate().partition(|(i, _)| !failed.contains(i));
+                        let ok: Vec<String> = ok.into_iter().map(|(_, r)| r).collect();
+                        self.metrics.source_acked.get_or_create(&Metrics::source(&self.name)).inc_by(ok.len() as u64);
+                        self.untrack(&ok);
+                        pending = bad.into_iter().map(|(_, r)| r).collect();
+                        if pending.is_empty() {
+                            return;
+                        }
+                        debug!(queue = %self.name, failed = pending.len(), "Some deletes failed, retrying");
+                    }
+                    Err(e) => {
+                        self.metrics.source_errors.get_or_create(&Metrics::source_outcome(&self.name, "delete")).inc();
+                        warn!(queue = %self.name, error = %describe(&e), "Delete failed, retrying");
+                    }
+                }
+                tokio::time::sleep(backoff.delay(attempt)).await;
+            }
+            // Not deleted: SQS redelivers them and the idempotent sinks make
+            // the replay a no-op.
+            warn!(queue = %self.name, messages = pending.len(), "Giving up deleting; they will be redelivered");
+            self.untrack(&pending);
+        })
+    }
+
+    async fn release(&self, receipt: String) {
+        let result = self
+            .client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(&receipt)
+            .visibility_timeout(self.config.retry_delay_secs as i32)
+            .send()
+            .await;
+        if let Err(e) = result {
+            // The message still becomes visible when its timeout runs out.
+            debug!(queue = %self.name, error = %describe(&e), "Releasing a message failed");
+        }
+        self.untrack(&[receipt]);
+    }
+}
