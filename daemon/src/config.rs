@@ -78,7 +78,9 @@ pub struct SqsSourceConfig {
     pub receivers: u32,
     /// Messages per ReceiveMessage call, 1..10.
     pub max_messages: u32,
-    /// Long-poll wait per ReceiveMessage call, 0..20 seconds.
+    /// Long-poll wait per ReceiveMessage call, 0..20 seconds. Shutdown waits
+    /// up to this long for the last polls to return (their messages are
+    /// processed, not abandoned), so keep it well under the grace period.
     pub wait_time_secs: u32,
     /// Visibility timeout asked for on receive; extended while work is in flight.
     pub visibility_timeout_secs: u32,
@@ -94,7 +96,7 @@ impl Default for SqsSourceConfig {
             max_receive_count: 5,
             receivers: 4,
             max_messages: 10,
-            wait_time_secs: 20,
+            wait_time_secs: 10,
             visibility_timeout_secs: 30,
             retry_delay_secs: 5,
         }
@@ -481,6 +483,17 @@ fn semantic_problems(c: &Config) -> Vec<(String, String)> {
     }
     if c.admin.listen.parse::<SocketAddr>().is_err() {
         bad("admin.listen", format!("{:?} is not an address like 127.0.0.1:9464", c.admin.listen));
+    }
+    for (name, s) in [("sources.payments", &c.sources.payments)] {
+        if u64::from(s.wait_time_secs) >= c.shutdown.grace_period_secs {
+            bad(
+                &format!("{name}.wait_time_secs"),
+                format!(
+                    "{} s is not below shutdown.grace_period_secs ({} s): draining could not finish in time",
+                    s.wait_time_secs, c.shutdown.grace_period_secs
+                ),
+            );
+        }
     }
     if c.shutdown.grace_period_secs == 0 || c.shutdown.grace_period_secs > 3600 {
         bad("shutdown.grace_period_secs", format!("must be 1..3600, got {}", c.shutdown.grace_period_secs));

@@ -141,13 +141,15 @@ impl SqsSource {
                 .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
                 .send();
-            // Dropping a poll on shutdown loses nothing: anything it had
-            // received becomes visible again after the visibility timeout.
-            let result = tokio::select! {
-                biased;
-                () = stop.cancelled() => return,
-                r = call => r,
-            };
+            // A poll is never abandoned: SQS may be answering it with messages
+            // at that instant, and those would stay invisible (and block their
+            // FIFO groups) for a whole visibility timeout. On shutdown no new
+            // poll starts, and what the last one returns is processed, so
+            // shutdown waits at most `wait_time_secs` for the receivers.
+            if stop.is_cancelled() {
+                return;
+            }
+            let result = call.await;
             let out = match result {
                 Ok(out) => {
                     failures = 0;

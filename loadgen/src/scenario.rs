@@ -1,0 +1,189 @@
+//! Scenario files: `scenarios/<name>.toml`, the named stress stories.
+//!
+//! Owns: the file format and finding the folder. Must not: know how a
+//! scenario is driven (each driver module does).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// One scenario file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// The name `cafe-loadgen run NAME` takes.
+    pub name: String,
+    /// One line for `cafe-loadgen list`.
+    pub description: String,
+    /// The load's shape.
+    pub load: Load,
+    /// What to do with the daemon around the load.
+    #[serde(default)]
+    pub daemon: DaemonControl,
+    /// How to wait for and check the outputs.
+    #[serde(default)]
+    pub verify: Verify,
+    /// Pass/fail rules.
+    #[serde(default)]
+    pub thresholds: Thresholds,
+}
+
+/// The load of a payments burst.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Load {
+    /// Payments in the burst (scaled by `--scale`).
+    pub payments: u64,
+    /// Goose users sending in parallel.
+    pub users: usize,
+    /// Distinct stores.
+    pub stores: u32,
+    /// Distinct customers (FIFO groups).
+    pub customers: u32,
+    /// Share of payments on a card shared by several customers.
+    #[serde(default)]
+    pub shared_card_ratio: f64,
+    /// Share of payments with a billing country unlike their IP's.
+    #[serde(default)]
+    pub geo_mismatch_ratio: f64,
+    /// Share of payments far above the customer's usual amount.
+    #[serde(default)]
+    pub big_amount_ratio: f64,
+}
+
+/// When to (re)start the daemon.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Restart {
+    /// Leave it alone.
+    #[default]
+    None,
+    /// Restart, then fire at once.
+    Before,
+    /// Fire, then restart into the backlog.
+    After,
+}
+
+/// The daemon around the load.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonControl {
+    /// When to run the restart command.
+    #[serde(default)]
+    pub restart: Restart,
+    /// Shell command that (re)starts the daemon; `CAFE_LOADGEN_RESTART_COMMAND` overrides it.
+    #[serde(default)]
+    pub restart_command: String,
+}
+
+/// Waiting for the outputs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Verify {
+    /// Give up after this long without progress.
+    pub stall_secs: u64,
+    /// Give up after this long in all.
+    pub timeout_secs: u64,
+}
+
+impl Default for Verify {
+    fn default() -> Self {
+        Verify { stall_secs: 60, timeout_secs: 600 }
+    }
+}
+
+/// Pass/fail rules.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    /// goose `--threshold` rules on the send calls.
+    #[serde(default)]
+    pub goose: Vec<String>,
+    /// Largest acceptable end-to-end p99 (event time to decision), in ms.
+    #[serde(default)]
+    pub e2e_p99_ms: Option<u64>,
+}
+
+/// The scenarios folder: `CAFE_SCENARIOS_DIR`, else `scenarios/` in the
+/// current folder or above it, else next to the installed binary
+/// (`<prefix>/share/cafe-stream/scenarios`).
+pub fn scenarios_dir() -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("CAFE_SCENARIOS_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut here = std::env::current_dir()?;
+    loop {
+        let candidate = here.join("scenarios");
+        if candidate.is_dir() {
+            return Ok(candidate);
+        }
+        if !here.pop() {
+            break;
+        }
+    }
+    if let Some(prefix) = std::env::current_exe()?.parent().and_then(Path::parent) {
+        let candidate = prefix.join("share/cafe-stream/scenarios");
+        if candidate.is_dir() {
+            return Ok(candidate);
+        }
+    }
+    bail!("no scenarios folder found; set CAFE_SCENARIOS_DIR")
+}
+
+/// Every scenario in `dir`, by name.
+pub fn list(dir: &Path) -> anyhow::Result<Vec<Scenario>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            out.push(load(&path)?);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Reads one scenario file.
+pub fn load(path: &Path) -> anyhow::Result<Scenario> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let s: Scenario = toml::from_str(&text).with_context(|| format!("{}: invalid scenario", path.display()))?;
+    let mut problems = Vec::new();
+    if s.load.users == 0 {
+        problems.push("load.users must be at least 1");
+    }
+    if s.load.stores == 0 || s.load.customers == 0 {
+        problems.push("load.stores and load.customers must be at least 1");
+    }
+    for r in [s.load.shared_card_ratio, s.load.geo_mismatch_ratio, s.load.big_amount_ratio] {
+        if !(0.0..=1.0).contains(&r) {
+            problems.push("load ratios must be 0..1");
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{}: {}", path.display(), problems.join("; "));
+    }
+    Ok(s)
+}
+
+/// Finds the scenario called `name`.
+pub fn find(name: &str) -> anyhow::Result<Scenario> {
+    let dir = scenarios_dir()?;
+    let all = list(&dir)?;
+    let names: Vec<String> = all.iter().map(|s| s.name.clone()).collect();
+    all.into_iter()
+        .find(|s| s.name == name)
+        .with_context(|| format!("no scenario {name:?} in {}; have: {}", dir.display(), names.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_scenarios_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        let all = list(&dir).expect("scenarios parse");
+        assert!(all.iter().any(|s| s.name == "cold-start"));
+    }
+}

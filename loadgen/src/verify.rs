@@ -1,0 +1,148 @@
+//! End-of-run verification: nothing lost, nothing counted twice.
+//!
+//! Owns: reading the daemon's outputs back (DynamoDB items and aggregate
+//! rows) and comparing them with what the loadgen sent. Must not: write
+//! anything.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use pipeline::window::Counters;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// What the daemon wrote for one payment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    /// Event time (the send time).
+    pub ts: OffsetDateTime,
+    /// When the daemon decided.
+    pub decided_at: OffsetDateTime,
+    /// approve | review | decline.
+    pub decision: String,
+    /// Amount as written.
+    pub amount_cents: i64,
+}
+
+/// Sums of the aggregate rows of `stores`.
+pub async fn aggregate_sums(ddb: &Client, table: &str, stores: &[String]) -> anyhow::Result<Counters> {
+    let mut total = Counters::default();
+    for store in stores {
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = ddb
+                .query()
+                .table_name(table)
+                .key_condition_expression("#s = :s")
+                .expression_attribute_names("#s", "store")
+                .expression_attribute_values(":s", AttributeValue::S(store.clone()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("querying {table}: {e}"))?;
+            for item in out.items() {
+                let mut values = [0i64; 11];
+                for (v, name) in values.iter_mut().zip(Counters::NAMES) {
+                    *v = item.get(name).and_then(|a| a.as_n().ok()).and_then(|n| n.parse().ok()).unwrap_or(0);
+                }
+                total.add(&Counters::from_values(values));
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Waits until the aggregate rows count `expected` payments, or progress
+/// stalls for `stall`, or `timeout` passes. Returns the last sums seen.
+pub async fn wait_for_payments(
+    ddb: &Client,
+    table: &str,
+    stores: &[String],
+    expected: i64,
+    stall: Duration,
+    timeout: Duration,
+) -> anyhow::Result<Counters> {
+    let started = Instant::now();
+    let mut last = -1;
+    let mut last_change = Instant::now();
+    loop {
+        let sums = aggregate_sums(ddb, table, stores).await?;
+        if sums.payments >= expected {
+            return Ok(sums);
+        }
+        if sums.payments != last {
+            last = sums.payments;
+            last_change = Instant::now();
+        }
+        if last_change.elapsed() > stall || started.elapsed() > timeout {
+            return Ok(sums);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Reads the `cafe-payments` items of `ids` (100 keys per BatchGetItem).
+pub async fn read_payments(ddb: &Client, table: &str, ids: &[String]) -> anyhow::Result<HashMap<String, Decided>> {
+    let mut found = HashMap::new();
+    for chunk in ids.chunks(100) {
+        let keys: Vec<HashMap<String, AttributeValue>> = chunk
+            .iter()
+            .map(|id| HashMap::from([("payment_id".to_owned(), AttributeValue::S(id.clone()))]))
+            .collect();
+        let mut request = Some(KeysAndAttributes::builder().set_keys(Some(keys)).build()?);
+        let mut attempt = 0;
+        while let Some(req) = request.take() {
+            let out = ddb
+                .batch_get_item()
+                .request_items(table, req)
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("reading {table}: {e}"))?;
+            for item in out.responses.unwrap_or_default().remove(table).unwrap_or_default() {
+                let text = |k: &str| item.get(k).and_then(|a| a.as_s().ok()).cloned().unwrap_or_default();
+                let parse = |k: &str| OffsetDateTime::parse(&text(k), &Rfc3339).ok();
+                if let (Some(ts), Some(decided_at)) = (parse("ts"), parse("decided_at")) {
+                    let amount_cents =
+                        item.get("amount_cents").and_then(|a| a.as_n().ok()).and_then(|n| n.parse().ok()).unwrap_or(0);
+                    found.insert(text("payment_id"), Decided { ts, decided_at, decision: text("decision"), amount_cents });
+                }
+            }
+            request = out.unprocessed_keys.and_then(|mut u| u.remove(table));
+            if request.is_some() {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50 * attempt.min(20))).await;
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The p-th percentile (0..100) of sorted `values`, nearest rank.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+}
