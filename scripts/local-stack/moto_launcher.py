@@ -1,4 +1,6 @@
-"""Start moto's server with the O(depth) defects of its SQS model fixed.
+"""Start moto's server with the defects that would fake cafe-stream's results fixed.
+
+SQS
 
 Why: moto 5.2.5 builds `Queue.attributes` eagerly, and that property counts
 the queue's messages three times (ApproximateNumberOfMessages, ...Delayed,
@@ -14,15 +16,35 @@ The fixes: `attributes` becomes a read-only mapping with the same keys that
 computes each value only when that key is read (values, key sets and
 formatting unchanged; GetQueueAttributes still scans when it asks for a
 depth, as before), and `messages` becomes a lazily filtered view of the same
-messages in the same order. Nothing else in moto is touched.
+messages in the same order.
+
+DynamoDB: TransactWriteItems takes its rollback snapshot by deep-copying the
+whole table once per transaction item (25 copies of a 10,000-item table per
+call), without any lock, and rolls back by swapping the whole table back in.
+Under concurrent writers that fails ("dictionary changed size during
+iteration", HTTP 500 on a valid request), and a rollback would erase writes
+other requests made meanwhile: lost writes the daemon never caused. The fix
+serialises the DynamoDB backend (DynamoDB itself isolates transactions) and
+snapshots only the items a transaction touches, restoring just those when it
+is cancelled. Transaction semantics (conditions, cancellation reasons, all
+or nothing) are moto's own, unchanged.
+
+Nothing else in moto is touched.
 
 Usage: python moto_launcher.py [moto_server arguments...]
 """
 
+import copy
+import functools
 import json
 import sys
+import threading
+import types
 from collections.abc import Mapping
 
+from moto.dynamodb import models as ddb_models
+from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.table import Table
 from moto.server import main
 from moto.sqs import models as sqs_models
 from moto.core.utils import camelcase_to_underscores
@@ -90,6 +112,76 @@ class LazyVisibleMessages:
 
 sqs_models.Queue.attributes = property(LazyQueueAttributes)
 sqs_models.Queue.messages = property(LazyVisibleMessages)
+
+class _TableKeepingCopy:
+    """The `copy` module as moto's DynamoDB backend sees it: deep copies of
+    whole tables (the rollback snapshot) return the table itself, because
+    `transact_write_items` below snapshots and restores item by item."""
+
+    def __getattr__(self, name):
+        return getattr(copy, name)
+
+    @staticmethod
+    def deepcopy(x, memo=None):
+        if isinstance(x, Table):
+            return x
+        return copy.deepcopy(x, memo)
+
+
+_ddb_lock = threading.RLock()
+_original_transact = ddb_models.DynamoDBBackend.transact_write_items
+
+
+def _item_key(table, attrs):
+    try:
+        hash_value = DynamoType(attrs[table.hash_key_attr])
+        range_value = DynamoType(attrs[table.range_key_attr]) if table.range_key_attr else None
+    except KeyError:
+        return None
+    return hash_value, range_value
+
+
+def transact_write_items(self, transact_items):
+    saved = []
+    for entry in transact_items:
+        _, op = next(iter(entry.items()))
+        table = self.tables.get(op.get("TableName"))
+        attrs = op.get("Key") or op.get("Item")
+        key = _item_key(table, attrs) if table is not None and attrs else None
+        if key is None:
+            continue
+        current = table.get_item(*key)
+        saved.append((table, key, copy.deepcopy(current) if current is not None else None))
+    try:
+        return _original_transact(self, transact_items)
+    except BaseException:
+        for table, (hash_value, range_value), item in reversed(saved):
+            if range_value is not None:
+                if item is None:
+                    table.items.get(hash_value, {}).pop(range_value, None)
+                else:
+                    table.items[hash_value][range_value] = item
+            elif item is None:
+                table.items.pop(hash_value, None)
+            else:
+                table.items[hash_value] = item
+        raise
+
+
+def _serialised(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _ddb_lock:
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+ddb_models.copy = _TableKeepingCopy()
+ddb_models.DynamoDBBackend.transact_write_items = transact_write_items
+for _name, _fn in list(vars(ddb_models.DynamoDBBackend).items()):
+    if isinstance(_fn, types.FunctionType) and not _name.startswith("_"):
+        setattr(ddb_models.DynamoDBBackend, _name, _serialised(_fn))
 
 if __name__ == "__main__":
     main(sys.argv[1:])
