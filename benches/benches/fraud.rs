@@ -1,1 +1,41 @@
-fn main() {}
+//! Fraud scoring: the stateful rules per payment, and the model work factor.
+use benches::payment_body;
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use pipeline::event::Body;
+use pipeline::fraud::{FraudConfig, FraudEngine, model_work};
+use std::hint::black_box;
+
+fn payments(n: u64) -> Vec<(pipeline::event::PaymentRequested, time::OffsetDateTime)> {
+    (0..n)
+        .filter_map(|i| {
+            let e = pipeline::decode(payment_body(i).as_bytes()).ok()?;
+            match e.body {
+                Body::PaymentRequested(p) => Some((p, e.ts)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn fraud(c: &mut Criterion) {
+    let ps = payments(1000);
+    let mut g = c.benchmark_group("fraud");
+    g.throughput(Throughput::Elements(ps.len() as u64));
+    g.bench_function("rules x1000 (no work factor)", |b| {
+        b.iter_batched(
+            || FraudEngine::new(FraudConfig { work_factor: 0, ..FraudConfig::default() }).expect("config"),
+            |mut engine| {
+                for (p, ts) in &ps {
+                    black_box(engine.score(p, *ts));
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("model_work 10000 rounds", |b| b.iter(|| black_box(model_work(black_box(&ps[0].0), 10_000))));
+    g.finish();
+}
+
+criterion_group!(benches, fraud);
+criterion_main!(benches);

@@ -1,1 +1,31 @@
-//! Shared fixtures for the criterion benchmarks.
+//! Shared fixtures for the criterion benchmarks: realistic events, built
+//! deterministically so runs compare.
+
+use serde_json::json;
+
+/// A valid `payment.requested` body, number `i`.
+pub fn payment_body(i: u64) -> String {
+    json!({
+        "v": 1, "id": format!("e{i}"), "type": "payment.requested",
+        "ts": "2026-11-22T08:15:30.123Z", "store": format!("store-{}", i % 20),
+        "data": {
+            "payment_id": format!("p{i}"), "order_id": format!("o{i}"), "customer_id": format!("c{}", i % 4000),
+            "amount_cents": 300 + i % 5000, "currency": "USD",
+            "card": {"bin": "411111", "last4": "4242", "fingerprint": format!("fp-{}", i % 4000)},
+            "ip": format!("198.51.100.{}", i % 250), "device_id": format!("dev-{}", i % 4000), "billing_country": "US"
+        }
+    })
+    .to_string()
+}
+
+/// A valid corporate `order.placed` body with `lines` line items.
+pub fn order_body(i: u64, lines: usize) -> String {
+    let items: Vec<_> =
+        (0..lines).map(|k| json!({"sku": format!("sku-{k}"), "qty": 1 + k % 5, "unit_price_cents": 450})).collect();
+    let total: usize = (0..lines).map(|k| (1 + k % 5) * 450).sum();
+    json!({
+        "v": 1, "id": format!("e{i}"), "type": "order.placed", "ts": "2026-11-22T08:15:30Z", "store": "store-1",
+        "data": {"order_id": format!("o{i}"), "customer_id": "corp-1", "channel": "corporate", "items": items, "total_cents": total}
+    })
+    .to_string()
+}

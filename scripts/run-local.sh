@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The main job, locally: start the local AWS stack, build release binaries,
+# provision every resource, start cafe-streamd, replay a scenario against it
+# (default cold-start: the daemon is restarted as the burst lands), print the
+# summary and where the reports are.
+#
+# Usage: scripts/run-local.sh [SCENARIO] [cafe-loadgen run options...]
+#   e.g. scripts/run-local.sh cold-start --scale 0.5 --seed 7
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+scenario=${1:-cold-start}
+shift || true
+
+scripts/local-stack/stack.sh start
+eval "$(scripts/local-stack/stack.sh env)"
+cargo build --release --locked -p daemon -p loadgen
+export CAFE_STREAMD_BIN="$repo/target/release/cafe-streamd"
+"$CAFE_STREAMD_BIN" provision
+scripts/daemon.sh start
+trap 'scripts/daemon.sh stop' EXIT
+
+report="$repo/reports/$scenario-$(date -u +%Y%m%dT%H%M%SZ)"
+status=0
+CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
+  target/release/cafe-loadgen run "$scenario" --report-dir "$report" "$@" || status=$?
+echo
+echo "daemon log:   $repo/.stack/logs/cafe-streamd.log"
+echo "HTML report:  $report/goose-report.html"
+echo "summary:      $report/summary.md"
+exit $status

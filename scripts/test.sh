@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every test of cafe-stream: starts the local AWS stack (installing what
+# it needs), runs the unit and integration tests of every crate, then a
+# cold-start scenario end to end (daemon + loadgen) at a small scale.
+# Stops the stack afterwards if this script started it.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+stack=scripts/local-stack/stack.sh
+
+started_stack=0
+if ! "$stack" status > /dev/null 2>&1; then started_stack=1; fi
+cleanup() {
+  CAFE_STREAMD_BIN="$repo/target/debug/cafe-streamd" scripts/daemon.sh stop > /dev/null 2>&1 || true
+  if [ "$started_stack" = 1 ] && [ "${CAFE_KEEP_STACK:-0}" != 1 ]; then "$stack" stop || true; fi
+}
+trap cleanup EXIT
+
+"$stack" start
+eval "$("$stack" env)"
+
+echo "== unit and integration tests"
+cargo test --workspace --all-targets --locked
+
+echo "== end to end: cold-start at scale ${CAFE_E2E_SCALE:-0.05} (daemon restarted into the burst)"
+export CAFE_STREAMD_BIN="$repo/target/debug/cafe-streamd"
+"$CAFE_STREAMD_BIN" provision > /dev/null
+scripts/daemon.sh start
+CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
+  target/debug/cafe-loadgen run cold-start --scale "${CAFE_E2E_SCALE:-0.05}" --report-dir target/e2e-report
+scripts/daemon.sh stop
+echo "1 passed, 0 failed: end-to-end cold-start"
