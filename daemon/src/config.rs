@@ -590,7 +590,8 @@ mod tests {
 
         let env = vec![("CAFE_SHUTDOWN__GRACE_PERIOD_SECS".to_owned(), "0".to_owned())];
         let err = parse("", "t.toml", env).expect_err("invalid");
-        assert_eq!(err.0[0].origin, "environment CAFE_SHUTDOWN__GRACE_PERIOD_SECS");
+        let grace = err.0.iter().find(|p| p.field == "shutdown.grace_period_secs").expect("grace problem named");
+        assert_eq!(grace.origin, "environment CAFE_SHUTDOWN__GRACE_PERIOD_SECS");
     }
 
     #[test]
