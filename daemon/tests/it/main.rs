@@ -220,6 +220,19 @@ grace_period_secs = 20
         }
     }
 
+    /// Waits until at least `n` payments are counted; returns how many are.
+    async fn wait_until_some_processed(&self, n: i64) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let done = self.aggregates().await.get("payments").copied().unwrap_or(0);
+            if done >= n {
+                return done;
+            }
+            assert!(Instant::now() < deadline, "nothing processed\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn queue_empty(&self) -> bool {
         let out = self
             .sqs
@@ -416,16 +429,8 @@ async fn kill_9_mid_burst_and_a_restart_end_with_exact_counts() {
     env.send(&bodies).await;
     env.start();
     // Kill once some, but not all, are written.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = env.aggregates().await.get("payments").copied().unwrap_or(0);
-        if done >= 50 {
-            assert!(done < 600, "the burst finished before the kill; make it larger");
-            break;
-        }
-        assert!(Instant::now() < deadline, "nothing processed\n{}", env.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let done = env.wait_until_some_processed(50).await;
+    assert!(done < 600, "the burst finished before the kill; make it larger");
     env.kill9();
     env.start();
     let sums = env.wait_for_payments(600, Duration::from_secs(180)).await;
@@ -448,11 +453,8 @@ async fn sigterm_drains_within_the_grace_period_and_loses_nothing() {
     let (bodies, total) = burst(&env.prefix, 400);
     env.send(&bodies).await;
     env.start();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while env.aggregates().await.get("payments").copied().unwrap_or(0) < 20 {
-        assert!(Instant::now() < deadline, "nothing processed\n{}", env.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let done = env.wait_until_some_processed(20).await;
+    assert!(done < 400, "the burst finished before SIGTERM; make it larger");
     let (status, took) = env.sigterm();
     assert!(status.success(), "exit {status:?}\n{}", env.log());
     assert!(took < Duration::from_secs(20), "drain took {took:?}, grace is 20 s");
