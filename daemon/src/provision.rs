@@ -134,21 +134,13 @@ async fn table_with_keys(
         Err(e) if e.code() == Some("ResourceInUseException") => false,
         Err(e) => bail!("creating table {name}: {}", describe(&e)),
     };
-    for _ in 0..120 {
-        let status = dynamodb
-            .describe_table()
-            .table_name(name)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("describing table {name}: {}", describe(&e)))?
-            .table
-            .and_then(|t| t.table_status);
-        if status == Some(TableStatus::Active) {
-            return Ok(Provisioned { kind: "dynamodb", name: name.to_owned(), created });
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    bail!("table {name} did not become ACTIVE within 2 minutes")
+    wait_active("table", name, || async {
+        let out = dynamodb.describe_table().table_name(name).send().await;
+        let out = out.map_err(|e| anyhow::anyhow!("describing table {name}: {}", describe(&e)))?;
+        Ok(out.table.and_then(|t| t.table_status) == Some(TableStatus::Active))
+    })
+    .await?;
+    Ok(Provisioned { kind: "dynamodb", name: name.to_owned(), created })
 }
 
 async fn stream(kinesis: &aws_sdk_kinesis::Client, name: &str, shards: u32) -> anyhow::Result<Provisioned> {
@@ -157,19 +149,26 @@ async fn stream(kinesis: &aws_sdk_kinesis::Client, name: &str, shards: u32) -> a
         Err(e) if e.code() == Some("ResourceInUseException") => false,
         Err(e) => bail!("creating stream {name}: {}", describe(&e)),
     };
+    wait_active("stream", name, || async {
+        let out = kinesis.describe_stream_summary().stream_name(name).send().await;
+        let out = out.map_err(|e| anyhow::anyhow!("describing stream {name}: {}", describe(&e)))?;
+        Ok(out.stream_description_summary.map(|s| s.stream_status) == Some(StreamStatus::Active))
+    })
+    .await?;
+    Ok(Provisioned { kind: "kinesis", name: name.to_owned(), created })
+}
+
+/// Polls `is_active` once a second for up to two minutes.
+async fn wait_active<F, Fut>(what: &str, name: &str, mut is_active: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
     for _ in 0..120 {
-        let status = kinesis
-            .describe_stream_summary()
-            .stream_name(name)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("describing stream {name}: {}", describe(&e)))?
-            .stream_description_summary
-            .map(|s| s.stream_status);
-        if status == Some(StreamStatus::Active) {
-            return Ok(Provisioned { kind: "kinesis", name: name.to_owned(), created });
+        if is_active().await? {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    bail!("stream {name} did not become ACTIVE within 2 minutes")
+    bail!("{what} {name} did not become ACTIVE within 2 minutes")
 }

@@ -222,15 +222,9 @@ grace_period_secs = 20
 
     /// Waits until at least `n` payments are counted; returns how many are.
     async fn wait_until_some_processed(&self, n: i64) -> i64 {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let done = self.aggregates().await.get("payments").copied().unwrap_or(0);
-            if done >= n {
-                return done;
-            }
-            assert!(Instant::now() < deadline, "nothing processed\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let done = self.wait_for_payments(n, Duration::from_secs(60)).await.get("payments").copied().unwrap_or(0);
+        assert!(done >= n, "only {done} of {n} processed\n{}", self.log());
+        done
     }
 
     async fn queue_empty(&self) -> bool {
