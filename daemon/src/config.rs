@@ -160,7 +160,7 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        PipelineConfig { max_batch_events: 250, linger_ms: 20, channel_capacity: 16, cpu_threads: 0, sink_concurrency: 8 }
+        PipelineConfig { max_batch_events: 250, linger_ms: 50, channel_capacity: 16, cpu_threads: 0, sink_concurrency: 8 }
     }
 }
 

@@ -10,8 +10,13 @@
 //! counters. If a put's condition fails, that payment was written before
 //! (the transaction wrote it together with its counters), so it is dropped
 //! and the transaction retried without it: a replay changes nothing.
-//! Chunks run in order; once a chunk fails for good, later records of the
-//! same FIFO group are not attempted, so a group's order holds.
+//! Records are packed into chunks by aggregate row, so a transaction carries
+//! as many payments and as few rows as it can: the order of writes does not
+//! matter (each is keyed, the ADDs commute, and scoring already happened in
+//! arrival order). What matters is the order of acknowledgements: once a
+//! record fails for good, no later record of its FIFO group is acknowledged
+//! (even if it was written; its redelivery is then a no-op), so SQS
+//! redelivers the group in order.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -82,7 +87,6 @@ impl DynamoDbSink {
     pub async fn write_payments(&self, records: &[PaymentRecord]) -> Vec<WriteOutcome> {
         let started = Instant::now();
         let mut outcomes = vec![WriteOutcome::Failed; records.len()];
-        let mut failed_groups: HashSet<&str> = HashSet::new();
         // Two writes to one item in a transaction are refused; a batch can
         // hold a redelivered copy of a payment, so later copies wait for the
         // first one's outcome.
@@ -98,24 +102,12 @@ impl DynamoDbSink {
                 }
             }
         }
+        // Stable: arrival order is kept within a row.
+        todo.sort_by(|&a, &b| records[a].window.cmp(&records[b].window));
         for chunk in self.chunks(records, &todo) {
-            let (live, held): (Vec<usize>, Vec<usize>) = chunk
-                .into_iter()
-                .partition(|&i| records[i].group.as_deref().is_none_or(|g| !failed_groups.contains(g)));
-            for i in held {
-                outcomes[i] = WriteOutcome::Failed;
-            }
-            if live.is_empty() {
-                continue;
-            }
-            let result = self.write_chunk(records, &live).await;
-            for (&i, o) in live.iter().zip(result) {
+            let result = self.write_chunk(records, &chunk).await;
+            for (&i, o) in chunk.iter().zip(result) {
                 outcomes[i] = o;
-                if o == WriteOutcome::Failed {
-                    if let Some(g) = records[i].group.as_deref() {
-                        failed_groups.insert(g);
-                    }
-                }
             }
         }
         for (i, first) in copies {
@@ -124,6 +116,7 @@ impl DynamoDbSink {
                 _ => WriteOutcome::Duplicate,
             };
         }
+        hold_back_failed_groups(records, &mut outcomes);
         self.metrics
             .sink_write_duration
             .get_or_create(&SinkLabel { sink: SINK })
@@ -131,8 +124,8 @@ impl DynamoDbSink {
         outcomes
     }
 
-    /// Splits `indices` into chunks whose puts plus distinct aggregate rows
-    /// fit one transaction.
+    /// Splits `indices` (in the order given) into chunks whose puts plus
+    /// distinct aggregate rows fit one transaction.
     fn chunks(&self, records: &[PaymentRecord], indices: &[usize]) -> Vec<Vec<usize>> {
         let max = self.config.max_transaction_items;
         let mut out = Vec::new();
@@ -244,6 +237,21 @@ impl DynamoDbSink {
     }
 }
 
+/// A FIFO group's messages must be acknowledged in order: every record that
+/// arrived after a failed record of the same group is reported failed too,
+/// so it is redelivered after the failed one (a no-op if it was written).
+fn hold_back_failed_groups(records: &[PaymentRecord], outcomes: &mut [WriteOutcome]) {
+    let mut failed: HashSet<&str> = HashSet::new();
+    for (r, o) in records.iter().zip(outcomes.iter_mut()) {
+        let Some(group) = r.group.as_deref() else { continue };
+        if failed.contains(group) {
+            *o = WriteOutcome::Failed;
+        } else if *o == WriteOutcome::Failed {
+            failed.insert(group);
+        }
+    }
+}
+
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
@@ -291,4 +299,55 @@ pub fn aggregate_update(table: &str, row: &WindowId, c: &Counters) -> Option<Upd
         .set_expression_attribute_values(Some(values))
         .build()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, store: &str, group: Option<&str>) -> PaymentRecord {
+        PaymentRecord {
+            event_id: format!("e-{id}"),
+            payment_id: id.into(),
+            order_id: "o".into(),
+            customer_id: "c".into(),
+            store: store.into(),
+            amount_cents: 1,
+            score: 0,
+            decision: "approve",
+            reasons: vec![],
+            ts: "2026-11-22T08:15:30Z".into(),
+            decided_at: "2026-11-22T08:15:31Z".into(),
+            window: WindowId { store: store.into(), window: "2026-11-22T08:15:00Z".into() },
+            counters: Counters { payments: 1, ..Counters::default() },
+            group: group.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn after_a_failure_its_group_is_held_back_but_other_groups_are_not() {
+        use WriteOutcome::*;
+        let records =
+            [rec("1", "a", Some("g1")), rec("2", "b", Some("g1")), rec("3", "a", Some("g2")), rec("4", "c", Some("g1")), rec("5", "c", None)];
+        // 2 failed; 4 (same group, later) was written in another chunk.
+        let mut outcomes = vec![Written, Failed, Written, Written, Written];
+        hold_back_failed_groups(&records, &mut outcomes);
+        assert_eq!(outcomes, vec![Written, Failed, Written, Failed, Written]);
+    }
+
+    #[test]
+    fn chunks_fit_the_transaction_limit_counting_rows() {
+        let client = Client::from_conf(aws_sdk_dynamodb::Config::builder().behavior_version_latest().build());
+        let config = DynamoDbSinkConfig { max_transaction_items: 5, ..DynamoDbSinkConfig::default() };
+        let sink = DynamoDbSink::new(client, config, Arc::new(Metrics::new()));
+        let records: Vec<_> = ["a", "a", "a", "b", "b", "c"].iter().enumerate().map(|(i, s)| rec(&i.to_string(), s, None)).collect();
+        let order: Vec<usize> = (0..records.len()).collect();
+        let chunks = sink.chunks(&records, &order);
+        // [a a a] + row a = 4 items, and b would need 2 more; [b b c] + rows b, c = 5.
+        assert_eq!(chunks, vec![vec![0, 1, 2], vec![3, 4, 5]]);
+        for c in &chunks {
+            let rows: HashSet<_> = c.iter().map(|&i| &records[i].window).collect();
+            assert!(c.len() + rows.len() <= 5);
+        }
+    }
 }
