@@ -24,6 +24,15 @@ pg_port=${CAFE_PG_PORT:-55432}
 pg_bin=${CAFE_PG_BIN:-/usr/lib/postgresql/15/bin}
 region=${AWS_REGION:-us-east-1}
 
+# The PostgreSQL cluster normally lives in $state/pg. As root the server runs
+# as the postgres user, who may not be able to reach a checkout under, say,
+# /root (mode 700); then the cluster goes to a folder of its own in /var/tmp,
+# one per state folder, and its log is linked into $logs.
+pg_root=$state/pg
+if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$state/.." 2>/dev/null; then
+  pg_root=/var/tmp/cafe-stream-pg-$(printf '%s' "$state" | md5sum | cut -c1-12)
+fi
+
 die() { echo "stack: $*" >&2; exit 1; }
 say() { echo "stack: $*" >&2; }
 
@@ -72,11 +81,11 @@ install_kinesalite() {
 
 init_pg() {
   [ -x "$pg_bin/initdb" ] || die "PostgreSQL 15 not found at $pg_bin (Debian: apt-get install postgresql-15)"
-  if [ ! -f "$state/pg/data/PG_VERSION" ]; then
-    say "creating a PostgreSQL cluster in $state/pg"
-    mkdir -p "$state/pg/data" "$state/pg/run"
-    [ "$(id -u)" = 0 ] && chown -R postgres: "$state/pg"
-    as_pg "$pg_bin/initdb" -D "$state/pg/data" -U postgres --auth=trust -E UTF8 \
+  if [ ! -f "$pg_root/data/PG_VERSION" ]; then
+    say "creating a PostgreSQL cluster in $pg_root"
+    mkdir -p "$pg_root/data" "$pg_root/run"
+    if [ "$(id -u)" = 0 ]; then chown -R postgres: "$pg_root"; fi
+    as_pg "$pg_bin/initdb" -D "$pg_root/data" -U postgres --auth=trust -E UTF8 \
       > "$logs/initdb.log" 2>&1 || { tail -n 20 "$logs/initdb.log" >&2; die "initdb failed; log: $logs/initdb.log"; }
   fi
 }
@@ -105,11 +114,13 @@ start_pg() {
   if port_open "$pg_port"; then return 0; fi
   init_pg
   say "starting PostgreSQL on 127.0.0.1:$pg_port"
-  touch "$logs/postgres.log"
-  [ "$(id -u)" = 0 ] && chown postgres: "$logs/postgres.log"
-  as_pg "$pg_bin/pg_ctl" -D "$state/pg/data" -l "$logs/postgres.log" -w -t 30 \
-    -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $state/pg/run" start > /dev/null \
-    || { tail -n 20 "$logs/postgres.log" >&2; die "PostgreSQL did not start; log: $logs/postgres.log"; }
+  local pg_log=$pg_root/postgres.log
+  touch "$pg_log"
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$pg_log"; fi
+  [ "$pg_log" = "$logs/postgres.log" ] || ln -sfn "$pg_log" "$logs/postgres.log"
+  as_pg "$pg_bin/pg_ctl" -D "$pg_root/data" -l "$pg_log" -w -t 30 \
+    -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_root/run" start > /dev/null \
+    || { tail -n 20 "$pg_log" >&2; die "PostgreSQL did not start; log: $pg_log"; }
   as_pg "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname = 'cafe'" | grep -q 1 \
     || as_pg "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres cafe
@@ -148,8 +159,8 @@ case "$cmd" in
   stop)
     stop_pid moto "$state/moto.pid"
     stop_pid kinesalite "$state/kinesalite.pid"
-    if [ -f "$state/pg/data/postmaster.pid" ]; then
-      as_pg "$pg_bin/pg_ctl" -D "$state/pg/data" -m fast stop > /dev/null || true
+    if [ -f "$pg_root/data/postmaster.pid" ]; then
+      as_pg "$pg_bin/pg_ctl" -D "$pg_root/data" -m fast stop > /dev/null || true
     fi
     ;;
   env)
