@@ -23,6 +23,9 @@ echo "== unit and integration tests"
 cargo test --workspace --all-targets --locked
 
 echo "== end to end: cold-start at scale ${CAFE_E2E_SCALE:-0.05} (daemon restarted into the burst)"
+# cargo test builds a binary only for its own package's integration tests:
+# build both explicitly.
+cargo build --locked -p daemon -p loadgen
 export CAFE_STREAMD_BIN="$repo/target/debug/cafe-streamd"
 "$CAFE_STREAMD_BIN" provision > /dev/null
 scripts/daemon.sh start

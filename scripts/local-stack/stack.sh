@@ -55,7 +55,7 @@ wait_port() { # name port pidfile log
 # Commands for the PostgreSQL server must not run as root: as root, run them
 # as the postgres system user, who owns the cluster's folders.
 as_pg() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 install_moto() {
