@@ -111,6 +111,7 @@ pub fn decide_batch(msgs: Vec<SqsMessage>, engine: &Mutex<FraudEngine>, source: 
                             decision: v.decision.name(),
                             reasons: v.reasons.iter().map(|r| r.name()).collect(),
                             ts: e.ts_raw,
+                            event_time: e.ts,
                             decided_at: decided_at.clone(),
                             counters,
                             group: m.group_id,
@@ -226,9 +227,7 @@ pub async fn write_batch(batch: DecidedBatch, sinks: &Sinks, source: &str, metri
             WriteOutcome::Written => {
                 written += 1;
                 metrics.fraud_decisions.get_or_create(&OutcomeLabel { outcome: p.decision }).inc();
-                if let Ok(ts) = OffsetDateTime::parse(&p.ts, &Rfc3339) {
-                    e2e.observe((now - ts).as_seconds_f64().max(0.0));
-                }
+                e2e.observe((now - p.event_time).as_seconds_f64().max(0.0));
             }
             WriteOutcome::Duplicate => duplicates += 1,
             WriteOutcome::Failed => {}

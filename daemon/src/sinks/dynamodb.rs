@@ -59,6 +59,8 @@ pub struct PaymentRecord {
     pub reasons: Vec<&'static str>,
     /// Event time as sent.
     pub ts: String,
+    /// Event time, parsed (for end-to-end latency).
+    pub event_time: time::OffsetDateTime,
     /// When the daemon decided, RFC 3339 UTC.
     pub decided_at: String,
     /// The aggregate row it counts in.
@@ -317,6 +319,7 @@ mod tests {
             decision: "approve",
             reasons: vec![],
             ts: "2026-11-22T08:15:30Z".into(),
+            event_time: time::OffsetDateTime::UNIX_EPOCH,
             decided_at: "2026-11-22T08:15:31Z".into(),
             window: WindowId { store: store.into(), window: "2026-11-22T08:15:00Z".into() },
             counters: Counters { payments: 1, ..Counters::default() },
