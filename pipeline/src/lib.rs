@@ -8,6 +8,7 @@
 
 pub mod event;
 pub mod fraud;
+pub mod kpl;
 pub mod metric_names;
 pub mod orders;
 pub mod window;
