@@ -47,6 +47,54 @@ pub fn deaggregate(data: &[u8]) -> Option<Vec<SubRecord<'_>>> {
     parse_aggregate(body)
 }
 
+/// Builds a KPL aggregated record of `records` (partition key, data), as
+/// the KPL would: keys deduplicated into the key table, no explicit hash
+/// keys. For producers (the loadgen) and tests; the inverse of
+/// [`deaggregate`].
+pub fn aggregate(records: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut keys: Vec<&str> = Vec::new();
+    let mut body = Vec::new();
+    let mut recs = Vec::with_capacity(records.len());
+    for (key, data) in records {
+        let index = match keys.iter().position(|k| k == key) {
+            Some(i) => i,
+            None => {
+                keys.push(key);
+                keys.len() - 1
+            }
+        };
+        let mut rec = Vec::with_capacity(data.len() + 8);
+        put_varint(1 << 3, &mut rec);
+        put_varint(index as u64, &mut rec);
+        put_bytes(3, data, &mut rec);
+        recs.push(rec);
+    }
+    for k in &keys {
+        put_bytes(1, k.as_bytes(), &mut body);
+    }
+    for rec in &recs {
+        put_bytes(3, rec, &mut body);
+    }
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&Md5::digest(&body));
+    out
+}
+
+fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_bytes(field: u64, bytes: &[u8], out: &mut Vec<u8>) {
+    put_varint(field << 3 | 2, out);
+    put_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
 struct Reader<'a> {
     buf: &'a [u8],
 }
@@ -239,6 +287,14 @@ mod tests {
         bad.extend_from_slice(&Md5::digest(&body));
         assert_eq!(deaggregate(&bad), None, "truncated");
         assert_eq!(deaggregate(&MAGIC), None, "too short");
+    }
+
+    #[test]
+    fn aggregate_round_trips_with_a_shared_key_table() {
+        let agg = super::aggregate(&[("o-1", b"a"), ("o-2", b"bb"), ("o-1", b"ccc")]);
+        let recs = deaggregate(&agg).expect("valid");
+        let got: Vec<_> = recs.iter().map(|r| (r.partition_key, r.data, r.sub_sequence_number)).collect();
+        assert_eq!(got, vec![("o-1", &b"a"[..], 0), ("o-2", &b"bb"[..], 1), ("o-1", &b"ccc"[..], 2)]);
     }
 
     #[test]

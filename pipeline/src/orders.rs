@@ -1,9 +1,16 @@
-//! The order state machine of the contract.
+//! The order state machine of the contract, and what applying an order
+//! event to an order does.
 //!
-//! Owns: which status may follow which. Must not: store orders (the daemon's
-//! `cafe-orders` sink does) or decide what a rejected transition costs.
+//! Owns: which status may follow which; whether an event is applied, a
+//! repeat (same event id, a no-op) or rejected; the history entry and the
+//! counter deltas an applied event causes. Must not: store orders (the
+//! daemon's `cafe-orders` sink does) or read anything but its arguments.
 
 use serde::Deserialize;
+use time::OffsetDateTime;
+
+use crate::event::{Body, Event, RejectReason, Rejection};
+use crate::window::{Counters, WindowId};
 
 /// The life cycle of an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -49,9 +56,191 @@ impl OrderStatus {
     }
 }
 
+impl OrderStatus {
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<OrderStatus> {
+        use OrderStatus::*;
+        [Placed, Confirmed, Preparing, Ready, Completed, Cancelled].into_iter().find(|x| x.name() == s)
+    }
+}
+
+/// One entry of an order's audit trail (`history` in `cafe-orders`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The status the event set.
+    pub status: OrderStatus,
+    /// Its event time, as sent.
+    pub ts: String,
+    /// Its event id: a repeat of this id is a no-op.
+    pub event_id: String,
+}
+
+/// What is known of one order: the `cafe-orders` item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderState {
+    /// Store of the `order.placed`.
+    pub store: String,
+    /// Current status.
+    pub status: OrderStatus,
+    /// Order total.
+    pub total_cents: u64,
+    /// Sum of line quantities.
+    pub item_count: u64,
+    /// Every applied event, in order. Its length is the item's version.
+    pub history: Vec<HistoryEntry>,
+}
+
+impl OrderState {
+    /// Whether the event `id` was already applied.
+    pub fn has_applied(&self, id: &str) -> bool {
+        self.history.iter().any(|h| h.event_id == id)
+    }
+}
+
+/// The order id an order event is about, or `None` for other events.
+pub fn order_id(event: &Event) -> Option<&str> {
+    match &event.body {
+        Body::OrderPlaced(p) => Some(&p.order_id),
+        Body::OrderStatus(s) => Some(&s.order_id),
+        _ => None,
+    }
+}
+
+/// What applying one order event did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The state moved; these counters go to this aggregate row.
+    Changed {
+        /// The (store, minute) row of the event's time.
+        window: WindowId,
+        /// Counter deltas.
+        counters: Counters,
+        /// Its event time (for latency).
+        event_time: OffsetDateTime,
+    },
+    /// The same event id was applied before: nothing changes.
+    Repeat,
+    /// The event is refused by the state machine.
+    Rejected(Rejection),
+}
+
+/// Applies an order event to `state` (`None`: the order does not exist).
+/// Events that are not order events are rejected as `unknown_type` for this
+/// function's purposes; callers route them elsewhere first.
+pub fn apply(state: &mut Option<OrderState>, event: &Event) -> Applied {
+    if state.as_ref().is_some_and(|s| s.has_applied(&event.id)) {
+        return Applied::Repeat;
+    }
+    let entry = |status| HistoryEntry { status, ts: event.ts_raw.clone(), event_id: event.id.clone() };
+    let window = WindowId::of(&event.store, event.ts);
+    match &event.body {
+        Body::OrderPlaced(p) => {
+            if let Some(s) = state {
+                return Applied::Rejected(Rejection::new(
+                    RejectReason::IllegalTransition,
+                    format!("order {} already exists with status {}", p.order_id, s.status.name()),
+                ));
+            }
+            let counters = Counters {
+                orders: 1,
+                order_items: p.item_count() as i64,
+                revenue_cents: p.total_cents as i64,
+                ..Counters::default()
+            };
+            *state = Some(OrderState {
+                store: event.store.clone(),
+                status: OrderStatus::Placed,
+                total_cents: p.total_cents,
+                item_count: p.item_count(),
+                history: vec![entry(OrderStatus::Placed)],
+            });
+            Applied::Changed { window, counters, event_time: event.ts }
+        }
+        Body::OrderStatus(c) => {
+            let Some(s) = state else {
+                return Applied::Rejected(Rejection::new(
+                    RejectReason::UnknownOrder,
+                    format!("order {} was never placed", c.order_id),
+                ));
+            };
+            if !s.status.may_become(c.status) {
+                return Applied::Rejected(Rejection::new(
+                    RejectReason::IllegalTransition,
+                    format!("order {} cannot go from {} to {}", c.order_id, s.status.name(), c.status.name()),
+                ));
+            }
+            s.status = c.status;
+            s.history.push(entry(c.status));
+            let counters = Counters {
+                orders_cancelled: i64::from(c.status == OrderStatus::Cancelled),
+                ..Counters::default()
+            };
+            Applied::Changed { window, counters, event_time: event.ts }
+        }
+        other => Applied::Rejected(Rejection::new(
+            RejectReason::UnknownType,
+            format!("{} is not an order event", other.event_type().name()),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::OrderStatus::*;
+    use super::*;
+    use crate::event::decode;
+
+    fn ev(id: &str, body: &str) -> Event {
+        let json = format!(r#"{{"v":1,"id":"{id}","ts":"2026-11-22T08:15:30Z","store":"s1","type":{body}}}"#);
+        decode(json.as_bytes()).expect("valid event")
+    }
+
+    fn placed(id: &str) -> Event {
+        ev(
+            id,
+            r#""order.placed","data":{"order_id":"o1","customer_id":"c","channel":"corporate","items":[{"sku":"a","qty":3,"unit_price_cents":250}],"total_cents":750}"#,
+        )
+    }
+
+    fn status(id: &str, to: &str) -> Event {
+        ev(id, &format!(r#""order.status","data":{{"order_id":"o1","status":"{to}"}}"#))
+    }
+
+    #[test]
+    fn a_life_cycle_applies_with_counters_and_history() {
+        let mut st = None;
+        let Applied::Changed { counters, window, .. } = apply(&mut st, &placed("e1")) else { panic!("placed applies") };
+        assert_eq!((counters.orders, counters.order_items, counters.revenue_cents), (1, 3, 750));
+        assert_eq!(window.window, "2026-11-22T08:15:00Z");
+        for (i, to) in ["confirmed", "preparing", "cancelled"].iter().enumerate() {
+            let got = apply(&mut st, &status(&format!("e{}", i + 2), to));
+            assert!(matches!(got, Applied::Changed { .. }), "{to}: {got:?}");
+            if *to == "cancelled" {
+                let Applied::Changed { counters, .. } = got else { unreachable!() };
+                assert_eq!(counters.orders_cancelled, 1);
+            }
+        }
+        let s = st.expect("exists");
+        assert_eq!(s.status, Cancelled);
+        let trail: Vec<_> = s.history.iter().map(|h| (h.status, h.event_id.as_str())).collect();
+        assert_eq!(trail, vec![(Placed, "e1"), (Confirmed, "e2"), (Preparing, "e3"), (Cancelled, "e4")]);
+    }
+
+    #[test]
+    fn repeats_are_no_ops_and_bad_transitions_are_rejected() {
+        let mut st = None;
+        let unknown = apply(&mut st, &status("e0", "confirmed"));
+        assert!(matches!(&unknown, Applied::Rejected(r) if r.reason == RejectReason::UnknownOrder), "{unknown:?}");
+        apply(&mut st, &placed("e1"));
+        assert_eq!(apply(&mut st, &placed("e1")), Applied::Repeat);
+        let again = apply(&mut st, &placed("e9"));
+        assert!(matches!(&again, Applied::Rejected(r) if r.reason == RejectReason::IllegalTransition), "{again:?}");
+        let skip = apply(&mut st, &status("e2", "ready"));
+        assert!(matches!(&skip, Applied::Rejected(r) if r.reason == RejectReason::IllegalTransition), "{skip:?}");
+        assert!(matches!(apply(&mut st, &status("e3", "confirmed")), Applied::Changed { .. }));
+        assert_eq!(apply(&mut st, &status("e3", "confirmed")), Applied::Repeat);
+        assert_eq!(st.expect("exists").history.len(), 2);
+    }
 
     #[test]
     fn legal_transitions_are_exactly_the_contracts() {
