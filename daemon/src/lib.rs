@@ -1,14 +1,18 @@
 //! cafe-streamd: the cafe-stream processing daemon.
 //!
 //! Data flows one way: `sources/*` -> `payments` (decode, fraud on the CPU
-//! pool via `bridge`) -> `sinks/*`, and acknowledgements flow back to the
-//! source. Only `topology` spawns tasks and makes channels.
+//! pool via `bridge`) or `orders` (decode on the CPU pool, the order state
+//! machine) -> `sinks/*`, and acknowledgements (SQS deletes, Kinesis
+//! checkpoints through `leases`) flow back. Only `topology` spawns tasks and
+//! makes channels.
 
 pub mod admin;
 pub mod aws;
 pub mod bridge;
 pub mod config;
+pub mod leases;
 pub mod metrics;
+pub mod orders;
 pub mod payments;
 pub mod provision;
 pub mod sinks;

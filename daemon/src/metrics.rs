@@ -8,6 +8,8 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -42,6 +44,15 @@ pub struct ReasonLabel {
 pub struct StageLabel {
     /// Pipeline stage.
     pub stage: &'static str,
+}
+
+/// Label set `{source, shard}`: shard ids are few and bounded by the stream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    /// Input name.
+    pub source: String,
+    /// Shard id.
+    pub shard: String,
 }
 
 /// Label set `{sink}`.
@@ -126,6 +137,24 @@ pub struct Metrics {
     pub sink_requests: Family<SinkOutcome, Counter>,
     /// Sink write latency.
     pub sink_write_duration: Family<SinkLabel, Histogram, fn() -> Histogram>,
+    /// Bytes received per source.
+    pub source_received_bytes: Family<SourceLabel, Counter>,
+    /// Throttled source reads.
+    pub source_throttles: Family<SourceLabel, Counter>,
+    /// Seconds behind the stream's tip, per shard.
+    pub kinesis_behind_latest: Family<ShardLabel, Gauge<f64, AtomicU64>>,
+    /// Iterator expiries.
+    pub kinesis_iterator_expiries: Family<SourceLabel, Counter>,
+    /// Checkpoints by outcome.
+    pub kinesis_checkpoints: Family<SourceOutcome, Counter>,
+    /// Leases held.
+    pub leases_held: Family<SourceLabel, Gauge>,
+    /// Leases taken by how.
+    pub leases_taken: Family<SourceOutcome, Counter>,
+    /// Leases lost by how.
+    pub leases_lost: Family<SourceOutcome, Counter>,
+    /// Order state reads.
+    pub orders_state_reads: Family<SourceLabel, Counter>,
 }
 
 impl Metrics {
@@ -148,6 +177,15 @@ impl Metrics {
             rayon_queue_depth: Gauge::default(),
             sink_requests: Family::default(),
             sink_write_duration: Family::new_with_constructor(latency_histogram),
+            source_received_bytes: Family::default(),
+            source_throttles: Family::default(),
+            kinesis_behind_latest: Family::default(),
+            kinesis_iterator_expiries: Family::default(),
+            kinesis_checkpoints: Family::default(),
+            leases_held: Family::default(),
+            leases_taken: Family::default(),
+            leases_lost: Family::default(),
+            orders_state_reads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(n::SOURCE_RECEIVED, "Messages or records received from a source", m.source_received.clone());
@@ -169,6 +207,15 @@ impl Metrics {
         registry.register(n::RAYON_QUEUE_DEPTH, "Batches waiting for or running on the CPU pool", m.rayon_queue_depth.clone());
         registry.register(n::SINK_REQUESTS, "Sink write requests, by outcome", m.sink_requests.clone());
         registry.register(n::SINK_WRITE_DURATION, "Sink write latency including retries", m.sink_write_duration.clone());
+        registry.register(n::SOURCE_RECEIVED_BYTES, "Bytes received from a source", m.source_received_bytes.clone());
+        registry.register(n::SOURCE_THROTTLES, "Source reads refused for throughput", m.source_throttles.clone());
+        registry.register(n::KINESIS_BEHIND_LATEST, "Seconds a shard's reader is behind the stream's tip", m.kinesis_behind_latest.clone());
+        registry.register(n::KINESIS_ITERATOR_EXPIRIES, "Shard iterators that expired and were renewed", m.kinesis_iterator_expiries.clone());
+        registry.register(n::KINESIS_CHECKPOINTS, "Checkpoints written to the lease table, by outcome", m.kinesis_checkpoints.clone());
+        registry.register(n::LEASES_HELD, "Shard leases held by this instance", m.leases_held.clone());
+        registry.register(n::LEASES_TAKEN, "Shard leases taken, by how", m.leases_taken.clone());
+        registry.register(n::LEASES_LOST, "Shard leases lost or given up, by how", m.leases_lost.clone());
+        registry.register(n::ORDERS_STATE_READS, "Orders read back because their state was not cached", m.orders_state_reads.clone());
         let build = Family::<BuildLabel, Gauge>::default();
         build.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION"), commit: crate::GIT_COMMIT }).set(1);
         registry.register(n::BUILD_INFO, "Build version and commit; value 1", build);

@@ -1,7 +1,8 @@
 //! `cafe-streamd provision`: creates every resource of the contract,
 //! idempotently, on the local stack or a real account.
 //!
-//! Owns: resource shapes (keys, FIFO attributes, redrive policies). Must
+//! Owns: resource shapes (keys, FIFO attributes, redrive policies, the
+//! lease table). Must
 //! not: delete or change existing resources' data.
 
 use std::collections::HashMap;
@@ -46,6 +47,7 @@ pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
         (&d.payments_table, &[("payment_id", KeyType::Hash)][..]),
         (&d.orders_table, &[("order_id", KeyType::Hash)][..]),
         (&d.menu_table, &[("sku", KeyType::Hash)][..]),
+        (&config.sources.orders.lease_table, &[("leaseKey", KeyType::Hash)][..]),
     ] {
         done.push(table_with_keys(&dynamodb, table, keys).await?);
     }

@@ -1,12 +1,17 @@
 //! Wires the daemon together: the only module that spawns tasks and makes
 //! channels.
 //!
-//! Owns: start-up order, the shape of the graph (receivers -> decide ->
-//! write -> acknowledger, every hop a bounded channel) and shutdown: on the
-//! shutdown signal the receivers stop, each stage drains what it holds and
-//! closes its output, and the acknowledger finishes last. Must not: contain
-//! data-path logic.
+//! Owns: start-up order, the shape of the graph and shutdown. Payments:
+//! receivers -> decide -> write -> acknowledger, every hop a bounded
+//! channel. Orders: the lease loop reports leases gained and lost; a
+//! supervisor starts, per leased shard, a reader feeding a bounded prefetch
+//! channel and that shard's processor, and stops them when the lease goes.
+//! On the shutdown signal the receivers and readers stop, each stage drains
+//! what it holds, shards checkpoint and release their leases, and the
+//! acknowledger and the lease loop finish last. Must not: contain data-path
+//! logic.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,10 +25,13 @@ use tracing::{error, info};
 use crate::admin::{self, Health};
 use crate::bridge::CpuPool;
 use crate::config::Config;
+use crate::leases::{self, LeaseEvent, Leases};
 use crate::metrics::Metrics;
+use crate::orders::{self, OrdersPath, ShardExit};
 use crate::payments::{self, Sinks};
 use crate::sinks::dynamodb::DynamoDbSink;
 use crate::sinks::rejected::RejectedSink;
+use crate::sources::kinesis::KinesisSource;
 use crate::sources::sqs::SqsSource;
 
 /// How a run ended.
@@ -63,9 +71,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let source = Arc::new(SqsSource::connect(sqs.clone(), config.sources.payments.clone(), Arc::clone(&metrics)).await?);
     let sinks = Sinks {
-        dynamodb: DynamoDbSink::new(dynamodb, config.sinks.dynamodb.clone(), Arc::clone(&metrics)),
+        dynamodb: DynamoDbSink::new(dynamodb.clone(), config.sinks.dynamodb.clone(), Arc::clone(&metrics)),
         rejected: RejectedSink::connect(sqs, &config.rejected.queue, Arc::clone(&metrics)).await?,
     };
+    let orders_path = Arc::new(OrdersPath {
+        dynamodb: sinks.dynamodb.clone(),
+        rejected: sinks.rejected.clone(),
+        pool: CpuPool::new(config.pipeline.cpu_threads, Arc::clone(&metrics))?,
+        leases: Arc::new(Leases::new(
+            dynamodb.clone(),
+            config.sources.orders.clone(),
+            if config.sources.orders.worker_id.is_empty() {
+                leases::default_worker_id()
+            } else {
+                config.sources.orders.worker_id.clone()
+            },
+            Arc::clone(&metrics),
+        )),
+        config: config.sources.orders.clone(),
+        pipeline: config.pipeline.clone(),
+        metrics: Arc::clone(&metrics),
+        sync_now: Arc::new(tokio::sync::Notify::new()),
+    });
     let engine = FraudEngine::new(config.fraud.clone())
         .map_err(|p| anyhow::anyhow!("fraud config: {}", p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
     let engine = Arc::new(Mutex::new(engine));
@@ -113,6 +140,42 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             stop_extending.cancel();
         })
     };
+
+    // Orders: the lease loop, and a supervisor of one task pair per shard.
+    let stop_taking = CancellationToken::new();
+    let stop_shards = CancellationToken::new();
+    let stop_leasing = CancellationToken::new();
+    let shard_tracker = TaskTracker::new();
+    let lease_task = if config.sources.orders.enabled {
+        let kinesis = KinesisSource::new(aws_sdk_kinesis::Client::new(&sdk), config.sources.orders.clone(), Arc::clone(&metrics));
+        // Fail fast on a missing stream or lease table rather than retrying forever.
+        kinesis.list_shards().await?;
+        orders_path
+            .leases
+            .scan()
+            .await
+            .map_err(|e| anyhow::anyhow!("lease table {} (run `cafe-streamd provision`): {e}", config.sources.orders.lease_table))?;
+        let (lease_tx, lease_rx) = mpsc::channel(64);
+        shard_tracker.spawn(supervise_shards(
+            lease_rx,
+            kinesis.clone(),
+            Arc::clone(&orders_path),
+            stop_shards.clone(),
+            shard_tracker.clone(),
+        ));
+        info!(stream = %kinesis.name(), worker_id = %orders_path.leases.worker_id, "Consuming the orders stream");
+        Some(tokio::spawn(leases::run(
+            Arc::clone(&orders_path.leases),
+            kinesis,
+            lease_tx,
+            Arc::clone(&orders_path.sync_now),
+            stop_taking.clone(),
+            stop_leasing.clone(),
+        )))
+    } else {
+        None
+    };
+
     tracker.close();
     health.set_ready();
     info!(queue = %source.name, receivers = config.sources.payments.receivers, "Consuming");
@@ -122,8 +185,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     info!(inflight = source.inflight(), grace_secs = grace.as_secs(), "Shutting down: draining");
     health.set_draining();
     stop_receiving.cancel();
+    stop_taking.cancel();
+    stop_shards.cancel();
+    shard_tracker.close();
 
-    let exit = match tokio::time::timeout(grace, tracker.wait()).await {
+    let drained = async {
+        tokio::join!(tracker.wait(), shard_tracker.wait());
+    };
+    let exit = match tokio::time::timeout(grace, drained).await {
         Ok(()) => {
             info!("Drained");
             Exit::Drained
@@ -134,7 +203,91 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             Exit::GraceExceeded
         }
     };
+    stop_leasing.cancel();
+    if let Some(t) = lease_task {
+        let _ = t.await;
+    }
     admin_stop.cancel();
     let _ = admin_task.await;
     Ok(exit)
+}
+
+/// Starts and stops shard tasks as leases come and go. On `stop`, every
+/// shard task is told to drain, checkpoint and release (they are in
+/// `tracker`, which topology waits on).
+async fn supervise_shards(
+    mut events: mpsc::Receiver<LeaseEvent>,
+    kinesis: KinesisSource,
+    path: Arc<OrdersPath>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut running: HashMap<String, CancellationToken> = HashMap::new();
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            e = events.recv() => match e {
+                Some(e) => e,
+                None => return,
+            },
+        };
+        match event {
+            LeaseEvent::Acquired(lease) => {
+                if let Some(old) = running.remove(&lease.key) {
+                    old.cancel();
+                }
+                let lost = CancellationToken::new();
+                running.insert(lease.key.clone(), lost.clone());
+                tracker.spawn(run_shard(lease, kinesis.clone(), Arc::clone(&path), stop.clone(), lost, tracker.clone()));
+            }
+            LeaseEvent::Lost(key) => {
+                if let Some(lost) = running.remove(&key) {
+                    lost.cancel();
+                }
+            }
+        }
+    }
+}
+
+/// One leased shard: wait for its parents, then a reader and a processor
+/// joined by the bounded prefetch channel.
+async fn run_shard(
+    lease: leases::Lease,
+    kinesis: KinesisSource,
+    path: Arc<OrdersPath>,
+    stop: CancellationToken,
+    lost: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let shard = lease.key.clone();
+    let waiting = CancellationToken::new();
+    let either = {
+        let (stop, lost, waiting) = (stop.clone(), lost.clone(), waiting.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = lost.cancelled() => {}
+            }
+            waiting.cancel();
+        })
+    };
+    if !orders::wait_for_parents(&path, &lease, &waiting).await {
+        if !lost.is_cancelled() {
+            let _ = path.leases.release(&shard, None).await;
+        }
+        either.abort();
+        return;
+    }
+    info!(shard = %shard, checkpoint = ?lease.checkpoint, "Reading shard");
+    let (tx, rx) = mpsc::channel(path.config.prefetch_batches);
+    let reader = {
+        let (kinesis, shard, checkpoint, stop_reading) = (kinesis.clone(), shard.clone(), lease.checkpoint.clone(), waiting.clone());
+        tracker.spawn(async move { kinesis.fetch_loop(shard, checkpoint, tx, stop_reading).await })
+    };
+    let exit = orders::process_shard(path, shard.clone(), rx, stop, lost).await;
+    waiting.cancel();
+    let _ = reader.await;
+    either.abort();
+    info!(shard = %shard, exit = ?exit, "Shard reader stopped");
+    let _ = ShardExit::Ended;
 }

@@ -38,3 +38,21 @@ pub const SINK_REQUESTS: &str = "cafe_sink_requests";
 pub const SINK_WRITE_DURATION: &str = "cafe_sink_write_duration_seconds";
 /// Build version and commit; value 1. Labels: `version`, `commit`.
 pub const BUILD_INFO: &str = "cafe_build_info";
+/// Bytes of records or messages received from a source. Labels: `source`.
+pub const SOURCE_RECEIVED_BYTES: &str = "cafe_source_received_bytes";
+/// Source reads refused for throughput (Kinesis ProvisionedThroughputExceeded, SQS throttling). Labels: `source`.
+pub const SOURCE_THROTTLES: &str = "cafe_source_throttles";
+/// How far a shard's reader is behind the tip of the stream (Kinesis `MillisBehindLatest`, in seconds). Labels: `source`, `shard`.
+pub const KINESIS_BEHIND_LATEST: &str = "cafe_kinesis_behind_latest_seconds";
+/// Shard iterators that expired and were renewed. Labels: `source`.
+pub const KINESIS_ITERATOR_EXPIRIES: &str = "cafe_kinesis_iterator_expiries";
+/// Checkpoints written to the lease table, by outcome (`ok`, `fenced`, `failed`). Labels: `source`, `outcome`.
+pub const KINESIS_CHECKPOINTS: &str = "cafe_kinesis_checkpoints";
+/// Shard leases this instance holds. Labels: `source`.
+pub const LEASES_HELD: &str = "cafe_leases_held";
+/// Leases taken, by how (`new`, `expired`, `released`, `stolen`). Labels: `source`, `outcome`.
+pub const LEASES_TAKEN: &str = "cafe_leases_taken";
+/// Leases lost to another instance or to failed renewals, or given up (`released`). Labels: `source`, `outcome`.
+pub const LEASES_LOST: &str = "cafe_leases_lost";
+/// Orders read from `cafe-orders` because their state was not cached. Labels: `source`.
+pub const ORDERS_STATE_READS: &str = "cafe_orders_state_reads";

@@ -173,6 +173,8 @@ export AWS_ENDPOINT_URL_SQS=http://127.0.0.1:$moto_port
 export AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:$moto_port
 export AWS_ENDPOINT_URL_KINESIS=http://127.0.0.1:$kinesis_port
 export CAFE_PG_URL=postgres://postgres@127.0.0.1:$pg_port/cafe
+export CAFE_KINESALITE_JS=$here/kinesalite.js
+export CAFE_KINESALITE_NODE_PATH=$state/node/node_modules
 EOF
     ;;
   *)

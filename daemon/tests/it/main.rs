@@ -16,6 +16,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use serde_json::json;
 
+mod orders;
+
 const BIN: &str = env!("CARGO_BIN_EXE_cafe-streamd");
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -39,6 +41,11 @@ struct Env {
     queue_url: String,
     rejected_url: String,
     daemon: Option<Child>,
+    /// Extra environment for every daemon and `provision` run of this test.
+    daemon_env: Vec<(String, String)>,
+    /// Extra daemon processes (`start_worker`), by worker id.
+    workers: Vec<(String, Child)>,
+    kinesis: aws_sdk_kinesis::Client,
 }
 
 fn free_port() -> u16 {
@@ -47,6 +54,12 @@ fn free_port() -> u16 {
 
 impl Env {
     async fn new(name: &str, extra: &str) -> Env {
+        Env::with_orders(name, "shards = 1", extra, Vec::new()).await
+    }
+
+    /// A test environment whose `[sources.orders]` section has `orders`
+    /// fields, and whose processes get `daemon_env`.
+    async fn with_orders(name: &str, orders: &str, extra: &str, daemon_env: Vec<(String, String)>) -> Env {
         require_stack();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
@@ -69,7 +82,8 @@ queue = "{prefix}-menu"
 dlq = "{prefix}-menu-dlq"
 [sources.orders]
 stream = "{prefix}-orders"
-shards = 1
+lease_table = "{prefix}-leases"
+{orders}
 [sinks.dynamodb]
 aggregates_table = "{prefix}-aggregates"
 payments_table = "{prefix}-payments"
@@ -85,19 +99,42 @@ grace_period_secs = 20
 "#
         );
         std::fs::write(&config, text).expect("write config");
-        let out = Command::new(BIN).args(["provision", "--config"]).arg(&config).output().expect("run provision");
+        let out = Command::new(BIN)
+            .args(["provision", "--config"])
+            .arg(&config)
+            .envs(daemon_env.iter().cloned())
+            .output()
+            .expect("run provision");
         assert!(out.status.success(), "provision failed: {}", String::from_utf8_lossy(&out.stderr));
 
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let mut kinesis_conf = aws_sdk_kinesis::config::Builder::from(&sdk);
+        if let Some((_, url)) = daemon_env.iter().find(|(k, _)| k == "AWS_ENDPOINT_URL_KINESIS") {
+            kinesis_conf = kinesis_conf.endpoint_url(url);
+        }
+        let kinesis = aws_sdk_kinesis::Client::from_conf(kinesis_conf.build());
         let url = |q: String| {
             let sqs = sqs.clone();
             async move { sqs.get_queue_url().queue_name(q).send().await.expect("queue").queue_url.expect("url") }
         };
         let queue_url = url(format!("{prefix}-pay.fifo")).await;
         let rejected_url = url(format!("{prefix}-rejected")).await;
-        Env { prefix, dir, config, admin, sqs, ddb, queue_url, rejected_url, daemon: None }
+        Env {
+            prefix,
+            dir,
+            config,
+            admin,
+            sqs,
+            ddb,
+            queue_url,
+            rejected_url,
+            daemon: None,
+            daemon_env,
+            workers: Vec::new(),
+            kinesis,
+        }
     }
 
     fn start(&mut self) {
@@ -110,6 +147,7 @@ grace_period_secs = 20
         let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&self.config)
+            .envs(self.daemon_env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -257,6 +295,10 @@ grace_period_secs = 20
 impl Drop for Env {
     fn drop(&mut self) {
         if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for (_, child) in &mut self.workers {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -1,5 +1,5 @@
 //! The DynamoDB sink: `cafe-payments` items and the payment counters of
-//! `cafe-aggregates`, exactly-once in effect.
+//! `cafe-aggregates`, exactly-once in effect (orders: `orders.rs`).
 //!
 //! Owns: the item layout of the contract's tables and the write protocol.
 //! Must not: decide anything about an event; it writes what it is given.
@@ -28,6 +28,8 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use pipeline::window::{Counters, Deltas, WindowId};
 use tracing::warn;
+
+pub mod orders;
 
 use super::WriteOutcome;
 use crate::aws::{Backoff, ErrorClass, classify, describe};
@@ -74,9 +76,9 @@ pub struct PaymentRecord {
 /// Writes payments and their counters.
 #[derive(Debug, Clone)]
 pub struct DynamoDbSink {
-    client: Client,
-    config: DynamoDbSinkConfig,
-    metrics: Arc<Metrics>,
+    pub(crate) client: Client,
+    pub(crate) config: DynamoDbSinkConfig,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl DynamoDbSink {
@@ -211,7 +213,7 @@ impl DynamoDbSink {
         outcomes
     }
 
-    fn count(&self, outcome: &'static str) {
+    pub(crate) fn count(&self, outcome: &'static str) {
         self.metrics.sink_requests.get_or_create(&SinkOutcome { sink: SINK, outcome }).inc();
     }
 
@@ -254,11 +256,11 @@ fn hold_back_failed_groups(records: &[PaymentRecord], outcomes: &mut [WriteOutco
     }
 }
 
-fn s(v: impl Into<String>) -> AttributeValue {
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
 
-fn num(v: impl ToString) -> AttributeValue {
+pub(crate) fn num(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 

@@ -1,0 +1,792 @@
+//! Shard leases in a DynamoDB table, as the Kinesis Client Library keeps
+//! them, so that several instances share one stream.
+//!
+//! Owns: the lease item layout (the KCL's attribute names), every write to
+//! the lease table, and the decisions of who reads which shard: renewing
+//! held leases, taking expired or released ones first, then stealing toward
+//! an even share, creating leases for new shards, and telling whether a
+//! child shard may start. Must not: read a stream or spawn tasks (topology
+//! starts and stops shard readers on the events sent from here).
+//!
+//! Every write is conditional on the lease counter (and owner) last seen,
+//! and every successful write bumps the counter. A checkpoint is such a
+//! write too, so an instance that lost a lease can never move its
+//! checkpoint (fencing): its write fails and it stops reading the shard.
+//! Expiry is judged on the local clock, as the KCL does: a lease whose
+//! counter has not changed for `failover_time_ms` since this instance first
+//! saw that value is expired, whatever the owner's clock says.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::AttributeValue;
+use rand::seq::SliceRandom;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::aws::describe;
+use crate::config::KinesisSourceConfig;
+use crate::metrics::{Metrics, SourceLabel, SourceOutcome};
+
+/// Where a shard's reading resumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// Nothing processed: start at the oldest record.
+    TrimHorizon,
+    /// Nothing processed: start at the tip.
+    Latest,
+    /// The shard is closed and every record of it is processed.
+    ShardEnd,
+    /// Everything up to and including this record (and sub-record) is processed.
+    At {
+        /// Kinesis sequence number.
+        sequence: String,
+        /// Index inside a KPL aggregate; 0 for a plain record.
+        sub: u64,
+    },
+}
+
+impl Checkpoint {
+    fn encode(&self) -> (String, u64) {
+        match self {
+            Checkpoint::TrimHorizon => ("TRIM_HORIZON".into(), 0),
+            Checkpoint::Latest => ("LATEST".into(), 0),
+            Checkpoint::ShardEnd => ("SHARD_END".into(), 0),
+            Checkpoint::At { sequence, sub } => (sequence.clone(), *sub),
+        }
+    }
+
+    fn decode(value: &str, sub: u64) -> Checkpoint {
+        match value {
+            "TRIM_HORIZON" => Checkpoint::TrimHorizon,
+            "LATEST" => Checkpoint::Latest,
+            "SHARD_END" => Checkpoint::ShardEnd,
+            seq => Checkpoint::At { sequence: seq.to_owned(), sub },
+        }
+    }
+}
+
+/// One lease item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The shard id (`leaseKey`).
+    pub key: String,
+    /// Holder (`leaseOwner`); `None` when free.
+    pub owner: Option<String>,
+    /// Bumped by every write (`leaseCounter`).
+    pub counter: i64,
+    /// Progress (`checkpoint`, `checkpointSubSequenceNumber`).
+    pub checkpoint: Checkpoint,
+    /// Parent shards that must end first (`parentShardId`).
+    pub parents: Vec<String>,
+    /// Owner changes since the last checkpoint (`ownerSwitchesSinceCheckpoint`).
+    pub owner_switches: i64,
+}
+
+impl Lease {
+    fn finished(&self) -> bool {
+        self.checkpoint == Checkpoint::ShardEnd
+    }
+}
+
+/// What topology learns from the lease loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// Start reading this shard from its checkpoint.
+    Acquired(Lease),
+    /// Stop reading this shard at once: another instance holds it.
+    Lost(String),
+}
+
+/// Why a lease write did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    /// The lease is no longer ours (or moved on): stop, write nothing.
+    #[error("lease {0} is no longer held by this instance")]
+    Lost(String),
+    /// The table could not be written; the caller may retry.
+    #[error("lease table write failed: {0}")]
+    Failed(String),
+}
+
+struct Held {
+    counter: i64,
+    last_renewed: Instant,
+}
+
+struct Seen {
+    counter: i64,
+    since: Instant,
+}
+
+/// This instance's view of the lease table and its own leases.
+pub struct Leases {
+    client: Client,
+    table: String,
+    /// This instance's `leaseOwner` value.
+    pub worker_id: String,
+    source: String,
+    config: KinesisSourceConfig,
+    metrics: Arc<Metrics>,
+    held: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Held>>>>,
+    seen: Mutex<HashMap<String, Seen>>,
+}
+
+impl std::fmt::Debug for Leases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leases").field("table", &self.table).field("worker_id", &self.worker_id).finish()
+    }
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn parse_lease(item: &HashMap<String, AttributeValue>) -> Option<Lease> {
+    let key = item.get("leaseKey")?.as_s().ok()?.clone();
+    let num = |name: &str| item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    let owner = item.get("leaseOwner").and_then(|v| v.as_s().ok()).filter(|o| !o.is_empty()).cloned();
+    let checkpoint = item.get("checkpoint").and_then(|v| v.as_s().ok()).map_or("TRIM_HORIZON", |v| v.as_str());
+    let parents = item.get("parentShardId").and_then(|v| v.as_ss().ok()).cloned().unwrap_or_default();
+    Some(Lease {
+        key,
+        owner,
+        counter: num("leaseCounter"),
+        checkpoint: Checkpoint::decode(checkpoint, num("checkpointSubSequenceNumber").max(0) as u64),
+        parents,
+        owner_switches: num("ownerSwitchesSinceCheckpoint"),
+    })
+}
+
+/// The default worker id: host name, process id and a random suffix, so a
+/// restarted process never mistakes its predecessor's leases for its own.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+/// How many leases each of `workers` should hold: ⌈leases / workers⌉.
+pub fn target_share(leases: usize, workers: usize) -> usize {
+    leases.div_ceil(workers.max(1))
+}
+
+/// The plan of one take: which leases to take, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TakePlan {
+    /// Leases still wanted to reach the share.
+    pub need: usize,
+    /// Every expired or free lease, in the order to try them: take until
+    /// `need` succeed (another instance may win some of them).
+    pub available: Vec<String>,
+    /// Leases to steal from the busiest instance when the available ones
+    /// cannot cover the need.
+    pub steal: Vec<String>,
+}
+
+/// Decides a take from the table's state. `expired` says which leases are
+/// expired (or free); finished leases are neither counted nor taken.
+pub fn plan_take(
+    me: &str,
+    leases: &[Lease],
+    expired: &HashSet<String>,
+    max_steal: usize,
+    rng: &mut impl rand::Rng,
+) -> TakePlan {
+    let live: Vec<&Lease> = leases.iter().filter(|l| !l.finished()).collect();
+    let mut per_owner: HashMap<&str, Vec<&Lease>> = HashMap::new();
+    for l in &live {
+        if let (Some(o), false) = (l.owner.as_deref(), expired.contains(&l.key)) {
+            per_owner.entry(o).or_default().push(l);
+        }
+    }
+    let mine = per_owner.get(me).map_or(0, Vec::len);
+    let workers = per_owner.keys().filter(|o| **o != me).count() + 1;
+    let target = target_share(live.len(), workers);
+    let mut plan = TakePlan::default();
+    if mine >= target {
+        return plan;
+    }
+    plan.need = target - mine;
+    // Random order, so that instances starting together do not all race
+    // for the same lease.
+    let mut available: Vec<String> = live.iter().filter(|l| expired.contains(&l.key)).map(|l| l.key.clone()).collect();
+    available.shuffle(rng);
+    let still = plan.need.saturating_sub(available.len());
+    plan.available = available;
+    if still > 0 && max_steal > 0 {
+        let busiest = per_owner.iter().filter(|(o, _)| **o != me).max_by_key(|(o, v)| (v.len(), **o));
+        if let Some((_, theirs)) = busiest.filter(|(_, theirs)| theirs.len() > target) {
+            let mut keys: Vec<String> = theirs.iter().map(|l| l.key.clone()).collect();
+            keys.shuffle(rng);
+            keys.truncate(still.min(max_steal).min(theirs.len() - target));
+            plan.steal = keys;
+        }
+    }
+    plan
+}
+
+impl Leases {
+    /// The lease manager of `worker_id` on `config.lease_table`.
+    pub fn new(client: Client, config: KinesisSourceConfig, worker_id: String, metrics: Arc<Metrics>) -> Self {
+        Leases {
+            client,
+            table: config.lease_table.clone(),
+            worker_id,
+            source: config.stream.clone(),
+            config,
+            metrics,
+            held: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn label(&self) -> SourceLabel {
+        SourceLabel { source: self.source.clone() }
+    }
+
+    fn outcome(&self, outcome: &'static str) -> SourceOutcome {
+        SourceOutcome { source: self.source.clone(), outcome }
+    }
+
+    fn held_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Held>>>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_held_gauge(&self) {
+        let count = self.held_lock().len();
+        self.metrics.leases_held.get_or_create(&self.label()).set(count as i64);
+    }
+
+    /// Shards this instance holds now.
+    pub fn held_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.held_lock().keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// Every lease in the table (strongly consistent scan).
+    pub async fn scan(&self) -> Result<Vec<Lease>, LeaseError> {
+        let mut out = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| LeaseError::Failed(describe(&e)))?;
+            out.extend(page.items().iter().filter_map(parse_lease));
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// One lease, or `None` if there is no such item.
+    pub async fn get(&self, key: &str) -> Result<Option<Lease>, LeaseError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("leaseKey", s(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| LeaseError::Failed(describe(&e)))?;
+        Ok(out.item.as_ref().and_then(parse_lease))
+    }
+
+    /// Creates a free lease for each shard in `shards` (id, parents) that has none.
+    pub async fn create_missing(&self, shards: &[(String, Vec<String>)], existing: &HashSet<String>) -> Result<usize, LeaseError> {
+        let initial = if self.config.initial_position == "latest" { "LATEST" } else { "TRIM_HORIZON" };
+        let mut created = 0;
+        for (shard, parents) in shards {
+            if existing.contains(shard) {
+                continue;
+            }
+            // A child shard starts at its beginning whatever the initial
+            // position: its parents' records were read up to their end.
+            let start = if parents.is_empty() { initial } else { "TRIM_HORIZON" };
+            let mut req = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item("leaseKey", s(shard))
+                .item("leaseCounter", n(0))
+                .item("checkpoint", s(start))
+                .item("checkpointSubSequenceNumber", n(0))
+                .item("ownerSwitchesSinceCheckpoint", n(0))
+                .condition_expression("attribute_not_exists(leaseKey)");
+            if !parents.is_empty() {
+                req = req.item("parentShardId", AttributeValue::Ss(parents.clone()));
+            }
+            match req.send().await {
+                Ok(_) => {
+                    created += 1;
+                    info!(shard = %shard, parents = ?parents, "Lease created for a new shard");
+                }
+                Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {}
+                Err(e) => return Err(LeaseError::Failed(describe(&e))),
+            }
+        }
+        Ok(created)
+    }
+
+    /// Renews every held lease; returns the shards lost.
+    pub async fn renew_all(&self) -> Vec<String> {
+        let held: Vec<(String, Arc<tokio::sync::Mutex<Held>>)> =
+            self.held_lock().iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        let mut lost = Vec::new();
+        for (key, h) in held {
+            let mut h = h.lock().await;
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("leaseKey", s(&key))
+                .update_expression("SET leaseCounter = :next")
+                .condition_expression("leaseOwner = :me AND leaseCounter = :c")
+                .expression_attribute_values(":me", s(&self.worker_id))
+                .expression_attribute_values(":c", n(h.counter))
+                .expression_attribute_values(":next", n(h.counter + 1))
+                .send()
+                .await;
+            match result {
+                Ok(_) => {
+                    h.counter += 1;
+                    h.last_renewed = Instant::now();
+                }
+                Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                    warn!(shard = %key, "Lease taken by another instance; stopping its reader");
+                    self.metrics.leases_lost.get_or_create(&self.outcome("taken")).inc();
+                    lost.push(key);
+                }
+                Err(e) => {
+                    let stale = h.last_renewed.elapsed() >= Duration::from_millis(self.config.failover_time_ms);
+                    warn!(shard = %key, error = %describe(&e), stale, "Lease renewal failed");
+                    if stale {
+                        // Others may have taken it by now: stop before two read it.
+                        self.metrics.leases_lost.get_or_create(&self.outcome("expired")).inc();
+                        lost.push(key);
+                    }
+                }
+            }
+        }
+        if !lost.is_empty() {
+            let mut held = self.held_lock();
+            for k in &lost {
+                held.remove(k);
+            }
+        }
+        self.set_held_gauge();
+        lost
+    }
+
+    /// Scans the table and takes leases toward this instance's share;
+    /// returns the leases now held that were not before.
+    pub async fn take(&self, rng: &mut impl rand::Rng) -> Result<Vec<Lease>, LeaseError> {
+        let leases = self.scan().await?;
+        let now = Instant::now();
+        let failover = Duration::from_millis(self.config.failover_time_ms);
+        let held_now: HashSet<String> = self.held_lock().keys().cloned().collect();
+        let mut expired = HashSet::new();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.retain(|k, _| leases.iter().any(|l| &l.key == k));
+            for l in &leases {
+                let entry = seen.entry(l.key.clone()).or_insert(Seen { counter: l.counter, since: now });
+                if entry.counter != l.counter {
+                    *entry = Seen { counter: l.counter, since: now };
+                }
+                let free = l.owner.is_none();
+                let stale = now.duration_since(entry.since) >= failover;
+                // A lease in the table under our name that we do not hold is a
+                // leftover (e.g. we lost it and it came back): take it anew.
+                let orphan = l.owner.as_deref() == Some(self.worker_id.as_str()) && !held_now.contains(&l.key);
+                if free || stale || orphan {
+                    expired.insert(l.key.clone());
+                }
+            }
+        }
+        let plan = plan_take(&self.worker_id, &leases, &expired, self.config.max_leases_to_steal, rng);
+        let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+        let mut taken = Vec::new();
+        for (keys, how) in [(&plan.available, "expired"), (&plan.steal, "stolen")] {
+            for key in keys {
+                if taken.len() >= plan.need {
+                    break;
+                }
+                let Some(lease) = by_key.get(key.as_str()) else { continue };
+                let how = match (how, &lease.owner) {
+                    ("expired", None) if lease.counter == 0 => "new",
+                    ("expired", None) => "released",
+                    _ => how,
+                };
+                match self.take_one(lease).await {
+                    Ok(l) => {
+                        info!(shard = %l.key, how, previous_owner = ?lease.owner, "Lease taken");
+                        self.metrics.leases_taken.get_or_create(&self.outcome(how)).inc();
+                        taken.push(l);
+                    }
+                    Err(LeaseError::Lost(_)) => debug!(shard = %key, "Lease changed while taking it; another instance was faster"),
+                    Err(e) => warn!(shard = %key, error = %e, "Taking a lease failed"),
+                }
+            }
+        }
+        self.set_held_gauge();
+        Ok(taken)
+    }
+
+    async fn take_one(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("leaseKey", s(&lease.key))
+            .update_expression("SET leaseOwner = :me, leaseCounter = :next ADD ownerSwitchesSinceCheckpoint :one")
+            .condition_expression("leaseCounter = :c")
+            .expression_attribute_values(":me", s(&self.worker_id))
+            .expression_attribute_values(":c", n(lease.counter))
+            .expression_attribute_values(":next", n(lease.counter + 1))
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await;
+        match result {
+            Ok(_) => {
+                let mine = Lease {
+                    owner: Some(self.worker_id.clone()),
+                    counter: lease.counter + 1,
+                    owner_switches: lease.owner_switches + 1,
+                    ..lease.clone()
+                };
+                let held = Held { counter: mine.counter, last_renewed: Instant::now() };
+                self.held_lock().insert(lease.key.clone(), Arc::new(tokio::sync::Mutex::new(held)));
+                Ok(mine)
+            }
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Err(LeaseError::Lost(lease.key.clone()))
+            }
+            Err(e) => Err(LeaseError::Failed(describe(&e))),
+        }
+    }
+
+    /// Records `checkpoint` for a held lease, fenced on still holding it.
+    pub async fn checkpoint(&self, key: &str, checkpoint: &Checkpoint) -> Result<(), LeaseError> {
+        let result = self.write_held(key, checkpoint, false).await;
+        let outcome = match &result {
+            Ok(()) => "ok",
+            Err(LeaseError::Lost(_)) => "fenced",
+            Err(LeaseError::Failed(_)) => "failed",
+        };
+        self.metrics.kinesis_checkpoints.get_or_create(&self.outcome(outcome)).inc();
+        result
+    }
+
+    /// Checkpoints (when given) and gives the lease up so another instance
+    /// takes it at its next take, without waiting for the failover time.
+    pub async fn release(&self, key: &str, checkpoint: Option<&Checkpoint>) -> Result<(), LeaseError> {
+        let result = match checkpoint {
+            Some(c) => self.write_held(key, c, true).await,
+            None => self.write_release_only(key).await,
+        };
+        if result.is_ok() {
+            self.metrics.leases_lost.get_or_create(&self.outcome("released")).inc();
+            info!(shard = %key, "Lease released");
+        }
+        self.held_lock().remove(key);
+        self.set_held_gauge();
+        result
+    }
+
+    /// Forgets a lease without writing (after it was lost, or its shard ended).
+    pub fn forget(&self, key: &str) {
+        self.held_lock().remove(key);
+        self.set_held_gauge();
+    }
+
+    async fn write_held(&self, key: &str, checkpoint: &Checkpoint, release: bool) -> Result<(), LeaseError> {
+        let Some(h) = self.held_lock().get(key).cloned() else { return Err(LeaseError::Lost(key.to_owned())) };
+        let mut h = h.lock().await;
+        let (value, sub) = checkpoint.encode();
+        let set = "SET checkpoint = :cp, checkpointSubSequenceNumber = :sub, ownerSwitchesSinceCheckpoint = :zero, leaseCounter = :next";
+        let expr = if release { format!("{set} REMOVE leaseOwner") } else { set.to_owned() };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("leaseKey", s(key))
+            .update_expression(expr)
+            .condition_expression("leaseOwner = :me AND leaseCounter = :c")
+            .expression_attribute_values(":cp", s(value))
+            .expression_attribute_values(":sub", n(sub as i64))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":me", s(&self.worker_id))
+            .expression_attribute_values(":c", n(h.counter))
+            .expression_attribute_values(":next", n(h.counter + 1))
+            .send()
+            .await;
+        self.finish_write(key, &mut h, result.map(drop))
+    }
+
+    async fn write_release_only(&self, key: &str) -> Result<(), LeaseError> {
+        let Some(h) = self.held_lock().get(key).cloned() else { return Err(LeaseError::Lost(key.to_owned())) };
+        let mut h = h.lock().await;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("leaseKey", s(key))
+            .update_expression("SET leaseCounter = :next REMOVE leaseOwner")
+            .condition_expression("leaseOwner = :me AND leaseCounter = :c")
+            .expression_attribute_values(":me", s(&self.worker_id))
+            .expression_attribute_values(":c", n(h.counter))
+            .expression_attribute_values(":next", n(h.counter + 1))
+            .send()
+            .await;
+        self.finish_write(key, &mut h, result.map(drop))
+    }
+
+    fn finish_write<E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error>(
+        &self,
+        key: &str,
+        h: &mut Held,
+        result: Result<(), SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
+    ) -> Result<(), LeaseError> {
+        match result {
+            Ok(()) => {
+                h.counter += 1;
+                h.last_renewed = Instant::now();
+                Ok(())
+            }
+            Err(SdkError::ServiceError(e)) if e.err().code() == Some("ConditionalCheckFailedException") => {
+                self.held_lock().remove(key);
+                self.metrics.leases_lost.get_or_create(&self.outcome("fenced")).inc();
+                Err(LeaseError::Lost(key.to_owned()))
+            }
+            Err(e) => Err(LeaseError::Failed(describe(&e))),
+        }
+    }
+
+    /// Whether every parent of `lease` has been read to its end (a parent
+    /// with no lease, e.g. one older than the stream's retention, counts as
+    /// ended).
+    pub async fn parents_done(&self, lease: &Lease) -> Result<bool, LeaseError> {
+        for parent in &lease.parents {
+            if let Some(p) = self.get(parent).await? {
+                if !p.finished() {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Runs the lease loop until `stop`: renews held leases every
+/// `lease_renew_interval_ms`; until `stop_taking`, takes leases every
+/// `lease_take_interval_ms` and syncs shards every `shard_sync_interval_ms`
+/// or when `sync_now` is notified. Reports to `events`.
+pub async fn run(
+    leases: Arc<Leases>,
+    kinesis: crate::sources::kinesis::KinesisSource,
+    events: mpsc::Sender<LeaseEvent>,
+    sync_now: Arc<tokio::sync::Notify>,
+    stop_taking: CancellationToken,
+    stop: CancellationToken,
+) {
+    let cfg = leases.config.clone();
+    let mut renew = tokio::time::interval(Duration::from_millis(cfg.lease_renew_interval_ms));
+    let mut take = tokio::time::interval(Duration::from_millis(cfg.lease_take_interval_ms));
+    let mut sync = tokio::time::interval(Duration::from_millis(cfg.shard_sync_interval_ms));
+    for i in [&mut renew, &mut take, &mut sync] {
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let mut synced_once = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = renew.tick() => {
+                for key in leases.renew_all().await {
+                    if events.send(LeaseEvent::Lost(key)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            _ = sync.tick(), if !stop_taking.is_cancelled() => {
+                synced_once |= sync_shards(&leases, &kinesis).await;
+            }
+            () = sync_now.notified(), if !stop_taking.is_cancelled() => {
+                synced_once |= sync_shards(&leases, &kinesis).await;
+            }
+            _ = take.tick(), if !stop_taking.is_cancelled() && synced_once => {
+                // The guard was checked when this select began; shutdown may
+                // have started since, and a lease taken now would be orphaned.
+                if stop_taking.is_cancelled() {
+                    continue;
+                }
+                match leases.take(&mut rng).await {
+                    Ok(taken) => {
+                        if stop_taking.is_cancelled() {
+                            // Shutdown began during the take: give them straight back.
+                            for l in taken {
+                                let _ = leases.release(&l.key, None).await;
+                            }
+                            continue;
+                        }
+                        for l in taken {
+                            if events.send(LeaseEvent::Acquired(l)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "Lease table scan failed; will retry"),
+                }
+            }
+        }
+    }
+}
+
+use rand::SeedableRng;
+
+async fn sync_shards(leases: &Leases, kinesis: &crate::sources::kinesis::KinesisSource) -> bool {
+    let shards = match kinesis.list_shards().await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "ListShards failed; will retry");
+            return false;
+        }
+    };
+    let existing: HashSet<String> = match leases.scan().await {
+        Ok(l) => l.into_iter().map(|l| l.key).collect(),
+        Err(e) => {
+            warn!(error = %e, "Lease table scan failed; will retry");
+            return false;
+        }
+    };
+    match leases.create_missing(&shards, &existing).await {
+        Ok(_) => true,
+        Err(e) => {
+            warn!(error = %e, "Creating leases failed; will retry");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn lease(key: &str, owner: Option<&str>) -> Lease {
+        Lease {
+            key: key.into(),
+            owner: owner.map(Into::into),
+            counter: 1,
+            checkpoint: Checkpoint::TrimHorizon,
+            parents: vec![],
+            owner_switches: 0,
+        }
+    }
+
+    fn rng() -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn target_is_the_ceiling_of_an_even_share() {
+        assert_eq!(target_share(8, 3), 3);
+        assert_eq!(target_share(8, 2), 4);
+        assert_eq!(target_share(8, 1), 8);
+        assert_eq!(target_share(0, 1), 0);
+    }
+
+    #[test]
+    fn free_and_expired_leases_are_taken_before_any_steal() {
+        let leases: Vec<Lease> = (0..8).map(|i| lease(&format!("s{i}"), if i < 6 { Some("a") } else { None })).collect();
+        let expired: HashSet<String> = ["s6", "s7"].iter().map(|s| s.to_string()).collect();
+        let plan = plan_take("b", &leases, &expired, 1, &mut rng());
+        // Workers a and b: target 4. Two free leases first, then one steal from a (6 > 4).
+        let mut avail = plan.available.clone();
+        avail.sort();
+        assert_eq!(avail, vec!["s6", "s7"]);
+        assert_eq!(plan.need, 4);
+        assert_eq!(plan.steal.len(), 1);
+        assert!(plan.steal[0] < "s6".to_string());
+    }
+
+    #[test]
+    fn no_steal_when_already_at_share_or_the_busiest_is_not_above_it() {
+        let leases: Vec<Lease> = (0..8)
+            .map(|i| lease(&format!("s{i}"), Some(["a", "b", "c"][i % 3])))
+            .collect();
+        let none = HashSet::new();
+        // a has 3, b 3, c 2: target 3, c may not steal (nobody is above 3).
+        let c = plan_take("c", &leases, &none, 5, &mut rng());
+        assert_eq!((c.need, c.available.len(), c.steal.len()), (1, 0, 0));
+        assert_eq!(plan_take("a", &leases, &none, 5, &mut rng()), TakePlan::default());
+    }
+
+    #[test]
+    fn a_new_worker_steals_at_most_the_configured_number() {
+        let leases: Vec<Lease> = (0..8).map(|i| lease(&format!("s{i}"), Some("a"))).collect();
+        let plan = plan_take("new", &leases, &HashSet::new(), 1, &mut rng());
+        assert_eq!((plan.need, plan.available.len(), plan.steal.len()), (4, 0, 1));
+        let plan = plan_take("new", &leases, &HashSet::new(), 10, &mut rng());
+        assert_eq!(plan.steal.len(), 4, "up to the share of 4");
+    }
+
+    #[test]
+    fn finished_leases_are_neither_counted_nor_taken() {
+        let mut leases: Vec<Lease> = (0..4).map(|i| lease(&format!("s{i}"), None)).collect();
+        leases[0].checkpoint = Checkpoint::ShardEnd;
+        let expired: HashSet<String> = leases.iter().map(|l| l.key.clone()).collect();
+        let plan = plan_take("a", &leases, &expired, 1, &mut rng());
+        let mut got = plan.available;
+        got.sort();
+        assert_eq!(got, vec!["s1", "s2", "s3"]);
+    }
+
+    #[test]
+    fn dead_workers_leases_count_as_free_not_as_a_worker() {
+        // a is dead (its leases expired): b and c split all 8.
+        let leases: Vec<Lease> = (0..8)
+            .map(|i| lease(&format!("s{i}"), Some(if i < 3 { "a" } else if i < 6 { "b" } else { "c" })))
+            .collect();
+        let expired: HashSet<String> = ["s0", "s1", "s2"].iter().map(|s| s.to_string()).collect();
+        let plan = plan_take("c", &leases, &expired, 1, &mut rng());
+        // Workers b and c: target 4; c holds 2: it needs 2 and may try all
+        // 3 expired ones (b may win some), with no steal.
+        assert_eq!((plan.need, plan.available.len()), (2, 3));
+        assert!(plan.steal.is_empty());
+    }
+
+    #[test]
+    fn checkpoints_round_trip() {
+        for c in [
+            Checkpoint::TrimHorizon,
+            Checkpoint::Latest,
+            Checkpoint::ShardEnd,
+            Checkpoint::At { sequence: "49590338271490256608559692538361571095921575989136588898".into(), sub: 3 },
+        ] {
+            let (v, sub) = c.encode();
+            assert_eq!(Checkpoint::decode(&v, sub), c);
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! `cafe-orders` items and the order counters of `cafe-aggregates`.
+//!
+//! Owns: the order item layout (the contract's attributes, plus
+//! `applied_at` in each history entry and `customer_id`, `channel`), reading
+//! orders back, and the write protocol. Must not: decide transitions
+//! (`pipeline::orders` does).
+//!
+//! Protocol: a write carries an order's new state and the counters of the
+//! events it applies, in one TransactWriteItems with other orders' writes.
+//! A new order is a put conditional on the item not existing; a change is
+//! an update conditional on the history length read (`size(history)`), the
+//! order's version. If another writer moved the order first (a replay after
+//! a crash, or an instance that lost the lease), the condition fails, that
+//! order is reported `Conflict` for the caller to re-read and re-apply, and
+//! the others are written without it: the counters are added exactly when
+//! the order's events are.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
+use futures::StreamExt;
+use pipeline::orders::{HistoryEntry, OrderState, OrderStatus};
+use pipeline::window::{Counters, WindowId};
+use tracing::warn;
+
+use super::{DynamoDbSink, aggregate_update, num, s};
+use crate::aws::{Backoff, ErrorClass, classify, describe};
+use crate::metrics::SinkLabel;
+
+/// One order's write: its state before (as read) and after.
+#[derive(Debug, Clone)]
+pub struct OrderWrite {
+    /// The item key.
+    pub order_id: String,
+    /// History length read; `None` when the order did not exist.
+    pub before: Option<usize>,
+    /// The state after applying this write's events.
+    pub after: OrderState,
+    /// Extra attributes of a new order: (customer_id, channel).
+    pub placed_by: Option<(String, String)>,
+    /// Counter deltas of the applied events, by row.
+    pub rows: BTreeMap<WindowId, Counters>,
+}
+
+/// The outcome of one order's write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderWriteOutcome {
+    /// Durable.
+    Written,
+    /// The order moved since it was read: re-read and re-apply.
+    Conflict,
+    /// Not written (retries exhausted or a fatal error).
+    Failed,
+}
+
+fn entry_value(h: &HistoryEntry, applied_at: &str) -> AttributeValue {
+    AttributeValue::M(HashMap::from([
+        ("status".to_owned(), s(h.status.name())),
+        ("ts".to_owned(), s(&h.ts)),
+        ("event_id".to_owned(), s(&h.event_id)),
+        ("applied_at".to_owned(), s(applied_at)),
+    ]))
+}
+
+/// Parses a `cafe-orders` item; `None` if it is not one this daemon wrote.
+pub fn parse_order(item: &HashMap<String, AttributeValue>) -> Option<OrderState> {
+    let str_of = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    let num_of = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<u64>().ok());
+    let history = item
+        .get("history")?
+        .as_l()
+        .ok()?
+        .iter()
+        .map(|e| {
+            let m = e.as_m().ok()?;
+            let get = |k: &str| m.get(k).and_then(|v| v.as_s().ok()).cloned();
+            Some(HistoryEntry { status: OrderStatus::parse(&get("status")?)?, ts: get("ts")?, event_id: get("event_id")? })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(OrderState {
+        store: str_of("store")?,
+        status: OrderStatus::parse(&str_of("status")?)?,
+        total_cents: num_of("total_cents")?,
+        item_count: num_of("item_count")?,
+        history,
+    })
+}
+
+impl DynamoDbSink {
+    /// Reads orders by id (strongly consistent); absent ids are absent
+    /// from the result. Fails only when the reads keep failing.
+    pub async fn read_orders(&self, ids: &[String]) -> Result<HashMap<String, OrderState>, String> {
+        let table = &self.config.orders_table;
+        let mut out = HashMap::new();
+        let backoff = self.backoff();
+        for chunk in ids.chunks(100) {
+            let mut keys: Vec<HashMap<String, AttributeValue>> =
+                chunk.iter().map(|id| HashMap::from([("order_id".to_owned(), s(id))])).collect();
+            let mut attempt = 0;
+            while !keys.is_empty() {
+                let ka = KeysAndAttributes::builder().set_keys(Some(keys.clone())).consistent_read(true).build().map_err(|e| e.to_string())?;
+                match self.client.batch_get_item().request_items(table, ka).send().await {
+                    Ok(resp) => {
+                        for item in resp.responses.as_ref().and_then(|r| r.get(table)).into_iter().flatten() {
+                            let id = item.get("order_id").and_then(|v| v.as_s().ok());
+                            match (id, parse_order(item)) {
+                                (Some(id), Some(state)) => {
+                                    out.insert(id.clone(), state);
+                                }
+                                (id, _) => warn!(order_id = ?id, "An item of the orders table could not be read as an order; treating it as absent"),
+                            }
+                        }
+                        keys = resp
+                            .unprocessed_keys
+                            .as_ref()
+                            .and_then(|u| u.get(table))
+                            .map(|k| k.keys().to_vec())
+                            .unwrap_or_default();
+                        if keys.is_empty() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        if classify(&e) == ErrorClass::Fatal || attempt >= self.config.max_retries {
+                            return Err(describe(&e));
+                        }
+                        warn!(error = %describe(&e), attempt, "Reading orders failed, retrying");
+                    }
+                }
+                tokio::time::sleep(backoff.delay(attempt)).await;
+                attempt += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff { base: Duration::from_millis(self.config.base_backoff_ms), max: Duration::from_millis(self.config.max_backoff_ms) }
+    }
+
+    /// Writes `writes` (distinct orders), up to `concurrency` transactions
+    /// at once; an outcome per write, in order.
+    pub async fn write_orders(&self, writes: &[OrderWrite], applied_at: &str, concurrency: usize) -> Vec<OrderWriteOutcome> {
+        let started = Instant::now();
+        let chunks = pack(writes, self.config.max_transaction_items);
+        let mut outcomes = vec![OrderWriteOutcome::Failed; writes.len()];
+        let results: Vec<(Vec<usize>, Vec<OrderWriteOutcome>)> = futures::stream::iter(chunks)
+            .map(|chunk| async move {
+                let r = self.write_order_chunk(writes, &chunk, applied_at).await;
+                (chunk, r)
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        for (chunk, result) in results {
+            for (i, o) in chunk.into_iter().zip(result) {
+                outcomes[i] = o;
+            }
+        }
+        self.metrics
+            .sink_write_duration
+            .get_or_create(&SinkLabel { sink: "dynamodb" })
+            .observe(started.elapsed().as_secs_f64());
+        outcomes
+    }
+
+    async fn write_order_chunk(&self, writes: &[OrderWrite], chunk: &[usize], applied_at: &str) -> Vec<OrderWriteOutcome> {
+        let mut outcomes = vec![OrderWriteOutcome::Failed; chunk.len()];
+        let mut live: Vec<usize> = (0..chunk.len()).collect();
+        let backoff = self.backoff();
+        let mut attempt = 0u32;
+        while !live.is_empty() {
+            let items = self.order_transaction(writes, chunk, &live, applied_at);
+            match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+                Ok(_) => {
+                    self.count("ok");
+                    for &p in &live {
+                        outcomes[p] = OrderWriteOutcome::Written;
+                    }
+                    return outcomes;
+                }
+                Err(SdkError::ServiceError(e)) if matches!(e.err(), TransactWriteItemsError::TransactionCanceledException(_)) => {
+                    let TransactWriteItemsError::TransactionCanceledException(tc) = e.err() else { unreachable!() };
+                    let reasons = tc.cancellation_reasons();
+                    let conflicts: Vec<usize> = live
+                        .iter()
+                        .enumerate()
+                        .filter(|(k, _)| reasons.get(*k).and_then(|r| r.code()) == Some("ConditionalCheckFailed"))
+                        .map(|(_, &p)| p)
+                        .collect();
+                    if !conflicts.is_empty() {
+                        for &p in &conflicts {
+                            outcomes[p] = OrderWriteOutcome::Conflict;
+                        }
+                        live.retain(|p| !conflicts.contains(p));
+                        continue;
+                    }
+                    let codes: Vec<&str> = reasons.iter().filter_map(|r| r.code()).filter(|c| *c != "None").collect();
+                    warn!(codes = ?codes, attempt, "Order transaction cancelled, retrying");
+                }
+                Err(e) => {
+                    if classify(&e) == ErrorClass::Fatal {
+                        self.count("failed");
+                        warn!(error = %describe(&e), orders = live.len(), "Order write failed and cannot be retried");
+                        return outcomes;
+                    }
+                    warn!(error = %describe(&e), attempt, "Order write failed, retrying");
+                }
+            }
+            self.count("retry");
+            if attempt >= self.config.max_retries {
+                self.count("failed");
+                warn!(orders = live.len(), "Order write still failing after retries");
+                return outcomes;
+            }
+            tokio::time::sleep(backoff.delay(attempt)).await;
+            attempt += 1;
+        }
+        outcomes
+    }
+
+    fn order_transaction(&self, writes: &[OrderWrite], chunk: &[usize], live: &[usize], applied_at: &str) -> Vec<TransactWriteItem> {
+        let table = &self.config.orders_table;
+        let mut items = Vec::with_capacity(live.len() * 2);
+        let mut deltas: BTreeMap<&WindowId, Counters> = BTreeMap::new();
+        for &p in live {
+            let w = &writes[chunk[p]];
+            for (row, c) in &w.rows {
+                deltas.entry(row).or_default().add(c);
+            }
+            let a = &w.after;
+            let new_from = w.before.unwrap_or(0);
+            let entries: Vec<AttributeValue> = a.history[new_from..].iter().map(|h| entry_value(h, applied_at)).collect();
+            let item = match w.before {
+                None => {
+                    let mut item = HashMap::from([
+                        ("order_id".to_owned(), s(&w.order_id)),
+                        ("store".to_owned(), s(&a.store)),
+                        ("status".to_owned(), s(a.status.name())),
+                        ("total_cents".to_owned(), num(a.total_cents)),
+                        ("item_count".to_owned(), num(a.item_count)),
+                        ("history".to_owned(), AttributeValue::L(entries)),
+                        ("updated_at".to_owned(), s(applied_at)),
+                    ]);
+                    if let Some((customer, channel)) = &w.placed_by {
+                        item.insert("customer_id".to_owned(), s(customer));
+                        item.insert("channel".to_owned(), s(channel));
+                    }
+                    Put::builder()
+                        .table_name(table)
+                        .set_item(Some(item))
+                        .condition_expression("attribute_not_exists(order_id)")
+                        .build()
+                        .ok()
+                        .map(|p| TransactWriteItem::builder().put(p).build())
+                }
+                Some(before) => Update::builder()
+                    .table_name(table)
+                    .key("order_id", s(&w.order_id))
+                    .update_expression("SET #st = :st, updated_at = :u, history = list_append(history, :h)")
+                    .condition_expression("size(history) = :n")
+                    .expression_attribute_names("#st", "status")
+                    .expression_attribute_values(":st", s(a.status.name()))
+                    .expression_attribute_values(":u", s(applied_at))
+                    .expression_attribute_values(":h", AttributeValue::L(entries))
+                    .expression_attribute_values(":n", num(before))
+                    .build()
+                    .ok()
+                    .map(|u| TransactWriteItem::builder().update(u).build()),
+            };
+            if let Some(item) = item {
+                items.push(item);
+            }
+        }
+        for (row, counters) in deltas {
+            if let Some(update) = aggregate_update(&self.config.aggregates_table, row, &counters) {
+                items.push(TransactWriteItem::builder().update(update).build());
+            }
+        }
+        items
+    }
+}
+
+/// Packs writes into transactions of at most `max` items: one per order
+/// plus one per distinct aggregate row.
+fn pack(writes: &[OrderWrite], max: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..writes.len()).collect();
+    // Orders of the same rows together: fewer row updates per transaction.
+    order.sort_by(|&a, &b| writes[a].rows.keys().next().cmp(&writes[b].rows.keys().next()));
+    let mut out = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    let mut rows: HashSet<&WindowId> = HashSet::new();
+    for i in order {
+        let new_rows = writes[i].rows.keys().filter(|r| !rows.contains(r)).count();
+        if !cur.is_empty() && cur.len() + rows.len() + 1 + new_rows > max {
+            out.push(std::mem::take(&mut cur));
+            rows.clear();
+        }
+        rows.extend(writes[i].rows.keys());
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(id: &str, rows: &[&str]) -> OrderWrite {
+        OrderWrite {
+            order_id: id.into(),
+            before: None,
+            after: OrderState {
+                store: "s".into(),
+                status: OrderStatus::Placed,
+                total_cents: 1,
+                item_count: 1,
+                history: vec![],
+            },
+            placed_by: None,
+            rows: rows
+                .iter()
+                .map(|r| (WindowId { store: (*r).into(), window: "w".into() }, Counters { orders: 1, ..Counters::default() }))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn packing_counts_orders_and_distinct_rows() {
+        let writes = vec![write("1", &["a"]), write("2", &["a"]), write("3", &["a", "b"]), write("4", &["c"])];
+        let chunks = pack(&writes, 4);
+        for c in &chunks {
+            let rows: HashSet<_> = c.iter().flat_map(|&i| writes[i].rows.keys()).collect();
+            assert!(c.len() + rows.len() <= 4, "{c:?}");
+        }
+        let mut all: Vec<usize> = chunks.concat();
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn an_order_item_round_trips() {
+        let h = HistoryEntry { status: OrderStatus::Placed, ts: "2026-11-22T08:15:30Z".into(), event_id: "e1".into() };
+        let item = HashMap::from([
+            ("order_id".to_owned(), s("o1")),
+            ("store".to_owned(), s("s1")),
+            ("status".to_owned(), s("placed")),
+            ("total_cents".to_owned(), num(750)),
+            ("item_count".to_owned(), num(3)),
+            ("history".to_owned(), AttributeValue::L(vec![entry_value(&h, "2026-11-22T08:15:31Z")])),
+        ]);
+        let st = parse_order(&item).expect("parses");
+        assert_eq!(st.history, vec![h]);
+        assert_eq!((st.status, st.total_cents, st.item_count), (OrderStatus::Placed, 750, 3));
+    }
+}

@@ -1,0 +1,295 @@
+//! The Kinesis source: shard discovery and one paced reader per leased
+//! shard.
+//!
+//! Owns: ListShards (paginated), shard iterators (their renewal when they
+//! expire, resuming after the last record handed on), GetRecords pacing
+//! (at most one call per `poll_interval_ms` per shard, backing off on
+//! ProvisionedThroughputExceeded), KPL de-aggregation, and the bounded
+//! prefetch channel that is the shard's backpressure. Must not: decide
+//! which shards to read (leases do) or checkpoint (the orders path does,
+//! once its writes are durable).
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::error::SdkError;
+use aws_sdk_kinesis::types::ShardIteratorType;
+use pipeline::kpl;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::aws::{Backoff, ErrorClass, classify, describe};
+use crate::config::KinesisSourceConfig;
+use crate::leases::Checkpoint;
+use crate::metrics::{Metrics, ShardLabel, SourceLabel, SourceOutcome};
+
+/// One user record: a plain Kinesis record, or one record of a KPL aggregate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardRecord {
+    /// The Kinesis sequence number of the (aggregate) record.
+    pub sequence: String,
+    /// Index inside the aggregate; 0 for a plain record.
+    pub sub: u64,
+    /// Partition key (the order id, by contract).
+    pub partition_key: String,
+    /// One event.
+    pub data: Vec<u8>,
+}
+
+impl ShardRecord {
+    /// `shardId/sequence[/sub]`: the `position` of a rejection.
+    pub fn position(&self, shard: &str, aggregated: bool) -> String {
+        if aggregated { format!("{shard}/{}/{}", self.sequence, self.sub) } else { format!("{shard}/{}", self.sequence) }
+    }
+}
+
+/// What one GetRecords gave, de-aggregated.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// Records after the last one handed on, in shard order.
+    pub records: Vec<ShardRecord>,
+    /// Whether each record came out of a KPL aggregate.
+    pub aggregated: Vec<bool>,
+    /// The shard is closed and every record of it has been handed on.
+    pub end: bool,
+}
+
+/// Compares Kinesis sequence numbers: decimal strings of up to 128 digits.
+pub fn compare_sequence(a: &str, b: &str) -> Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// True when (sequence, sub) is at or before `after`.
+fn is_at_or_before(sequence: &str, sub: u64, after: &(String, u64)) -> bool {
+    match compare_sequence(sequence, &after.0) {
+        Ordering::Less => true,
+        Ordering::Equal => sub <= after.1,
+        Ordering::Greater => false,
+    }
+}
+
+/// A handle on the stream.
+#[derive(Debug, Clone)]
+pub struct KinesisSource {
+    client: Client,
+    config: KinesisSourceConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl KinesisSource {
+    /// A source on `config.stream`.
+    pub fn new(client: Client, config: KinesisSourceConfig, metrics: Arc<Metrics>) -> Self {
+        KinesisSource { client, config, metrics }
+    }
+
+    /// The stream name, the `source` label of its metrics.
+    pub fn name(&self) -> &str {
+        &self.config.stream
+    }
+
+    /// Every shard of the stream with its parents (open and closed).
+    pub async fn list_shards(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let req = match token.take() {
+                Some(t) => self.client.list_shards().next_token(t),
+                None => self.client.list_shards().stream_name(&self.config.stream),
+            };
+            let page = req.send().await.map_err(|e| anyhow::anyhow!("ListShards on {}: {}", self.config.stream, describe(&e)))?;
+            for shard in page.shards() {
+                let parents = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
+                    .into_iter()
+                    .flatten()
+                    .map(str::to_owned)
+                    .collect();
+                out.push((shard.shard_id().to_owned(), parents));
+            }
+            match page.next_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    fn label(&self) -> SourceLabel {
+        SourceLabel { source: self.config.stream.clone() }
+    }
+
+    /// An iterator positioned for reading after `after` (or at the start
+    /// `start` names when nothing was read yet).
+    async fn iterator(&self, shard: &str, start: &Checkpoint, after: Option<&(String, u64)>) -> Result<Option<String>, String> {
+        let mut req = self.client.get_shard_iterator().stream_name(&self.config.stream).shard_id(shard);
+        req = match (after, start) {
+            // AT, not AFTER: the record may be an aggregate whose later
+            // sub-records are not processed yet; the ones that are get skipped.
+            (Some((seq, _)), _) | (None, Checkpoint::At { sequence: seq, .. }) => {
+                req.shard_iterator_type(ShardIteratorType::AtSequenceNumber).starting_sequence_number(seq)
+            }
+            (None, Checkpoint::Latest) => req.shard_iterator_type(ShardIteratorType::Latest),
+            (None, Checkpoint::TrimHorizon) => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            (None, Checkpoint::ShardEnd) => return Ok(None),
+        };
+        match req.send().await {
+            Ok(out) => Ok(out.shard_iterator),
+            Err(e) => Err(describe(&e)),
+        }
+    }
+
+    /// Reads `shard` from `start` into `tx` until the shard ends (a final
+    /// `Fetched { end: true }`), `stop` is cancelled, or `tx` is closed.
+    pub async fn fetch_loop(&self, shard: String, start: Checkpoint, tx: mpsc::Sender<Fetched>, stop: CancellationToken) {
+        let cfg = &self.config;
+        let label = self.label();
+        let shard_label = ShardLabel { source: cfg.stream.clone(), shard: shard.clone() };
+        let backoff = Backoff { base: Duration::from_millis(cfg.poll_interval_ms), max: Duration::from_secs(10) };
+        let poll = Duration::from_millis(cfg.poll_interval_ms);
+        // The last record handed on: reading resumes after it.
+        let mut after: Option<(String, u64)> = match &start {
+            Checkpoint::At { sequence, sub } => Some((sequence.clone(), *sub)),
+            _ => None,
+        };
+        if start == Checkpoint::ShardEnd {
+            let _ = tx.send(Fetched { end: true, ..Fetched::default() }).await;
+            return;
+        }
+        let mut iterator: Option<String> = None;
+        let mut failures = 0u32;
+        let mut next_call = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(next_call) => {}
+            }
+            let it = match iterator.take() {
+                Some(it) => it,
+                None => match self.iterator(&shard, &start, after.as_ref()).await {
+                    Ok(Some(it)) => it,
+                    Ok(None) => {
+                        let _ = tx.send(Fetched { end: true, ..Fetched::default() }).await;
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(shard = %shard, error = %e, "GetShardIterator failed, retrying");
+                        self.metrics.source_errors.get_or_create(&SourceOutcome { source: cfg.stream.clone(), outcome: "iterator" }).inc();
+                        next_call = tokio::time::Instant::now() + backoff.delay(failures);
+                        failures += 1;
+                        continue;
+                    }
+                },
+            };
+            next_call = tokio::time::Instant::now() + poll;
+            let result = self.client.get_records().shard_iterator(&it).limit(cfg.max_records as i32).send().await;
+            let out = match result {
+                Ok(out) => out,
+                Err(SdkError::ServiceError(e)) if e.err().is_expired_iterator_exception() => {
+                    debug!(shard = %shard, "Shard iterator expired; renewing it after the last record handed on");
+                    self.metrics.kinesis_iterator_expiries.get_or_create(&label).inc();
+                    // Renew at once: the pacing already waited.
+                    next_call = tokio::time::Instant::now();
+                    continue;
+                }
+                Err(e) => {
+                    let class = classify(&e);
+                    if class == ErrorClass::Throttled {
+                        self.metrics.source_throttles.get_or_create(&label).inc();
+                        debug!(shard = %shard, "GetRecords throttled; backing off");
+                    } else {
+                        warn!(shard = %shard, error = %describe(&e), "GetRecords failed, retrying");
+                        self.metrics.source_errors.get_or_create(&SourceOutcome { source: cfg.stream.clone(), outcome: "read" }).inc();
+                    }
+                    // Keep the iterator unless it cannot be used again.
+                    if class != ErrorClass::Fatal {
+                        iterator = Some(it);
+                    }
+                    next_call = tokio::time::Instant::now() + backoff.delay(failures);
+                    failures += 1;
+                    continue;
+                }
+            };
+            failures = 0;
+            if let Some(ms) = out.millis_behind_latest {
+                self.metrics.kinesis_behind_latest.get_or_create(&shard_label).set(ms as f64 / 1000.0);
+            }
+            let mut fetched = Fetched::default();
+            let mut bytes = 0u64;
+            for r in out.records() {
+                let data = r.data().as_ref();
+                bytes += data.len() as u64;
+                let seq = r.sequence_number();
+                match kpl::deaggregate(data) {
+                    Some(subs) => {
+                        for sr in subs {
+                            if after.as_ref().is_some_and(|a| is_at_or_before(seq, sr.sub_sequence_number, a)) {
+                                continue;
+                            }
+                            fetched.records.push(ShardRecord {
+                                sequence: seq.to_owned(),
+                                sub: sr.sub_sequence_number,
+                                partition_key: sr.partition_key.to_owned(),
+                                data: sr.data.to_vec(),
+                            });
+                            fetched.aggregated.push(true);
+                        }
+                    }
+                    None => {
+                        if after.as_ref().is_some_and(|a| is_at_or_before(seq, 0, a)) {
+                            continue;
+                        }
+                        fetched.records.push(ShardRecord {
+                            sequence: seq.to_owned(),
+                            sub: 0,
+                            partition_key: r.partition_key().to_owned(),
+                            data: data.to_vec(),
+                        });
+                        fetched.aggregated.push(false);
+                    }
+                }
+            }
+            self.metrics.source_received_bytes.get_or_create(&label).inc_by(bytes);
+            self.metrics.source_received.get_or_create(&label).inc_by(fetched.records.len() as u64);
+            if let Some(last) = fetched.records.last() {
+                after = Some((last.sequence.clone(), last.sub));
+            }
+            iterator = out.next_shard_iterator;
+            fetched.end = iterator.is_none();
+            if fetched.end {
+                info!(shard = %shard, "Shard ended (closed by a split or merge, and read to its end)");
+            }
+            if !fetched.records.is_empty() || fetched.end {
+                let end = fetched.end;
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    sent = tx.send(fetched) => if sent.is_err() { return },
+                }
+                if end {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_compare_as_numbers() {
+        assert_eq!(compare_sequence("9", "10"), Ordering::Less);
+        assert_eq!(compare_sequence("49590338271490256608559692538361571095921575989136588898", "49590338271490256608559692538361571095921575989136588899"), Ordering::Less);
+        assert_eq!(compare_sequence("123", "123"), Ordering::Equal);
+    }
+
+    #[test]
+    fn records_up_to_the_checkpoint_are_skipped_sub_record_by_sub_record() {
+        let cp = ("500".to_owned(), 2);
+        assert!(is_at_or_before("499", 9, &cp));
+        assert!(is_at_or_before("500", 2, &cp));
+        assert!(!is_at_or_before("500", 3, &cp));
+        assert!(!is_at_or_before("501", 0, &cp));
+    }
+}

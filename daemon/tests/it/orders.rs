@@ -1,0 +1,382 @@
+//! The orders stream: leases across instances, failover, resharding, KPL
+//! aggregates and iterator expiry, against kinesalite and moto.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use serde_json::json;
+
+use super::{BIN, Env, free_port, http_get};
+
+/// What the orders of a test should add up to.
+#[derive(Debug, Default, Clone)]
+struct Expected {
+    /// order id -> statuses in order.
+    statuses: BTreeMap<String, Vec<&'static str>>,
+    orders: i64,
+    order_items: i64,
+    revenue_cents: i64,
+    orders_cancelled: i64,
+}
+
+const FULL: [&str; 5] = ["placed", "confirmed", "preparing", "ready", "completed"];
+const CANCELLED: [&str; 3] = ["placed", "confirmed", "cancelled"];
+
+/// Order `i`'s events: (partition key, body), in the order they must apply.
+fn order_events(prefix: &str, i: usize, expected: &mut Expected) -> Vec<(String, String)> {
+    let id = format!("{prefix}-o{i}");
+    let chain: &[&'static str] = if i % 5 == 0 { &CANCELLED } else { &FULL };
+    let lines = 1 + i % 4;
+    let items: Vec<_> = (0..lines).map(|l| json!({"sku": format!("sku-{l}"), "qty": 1 + (i + l) % 3, "unit_price_cents": 150 + 10 * l})).collect();
+    let total: u64 = (0..lines).map(|l| ((1 + (i + l) % 3) * (150 + 10 * l)) as u64).sum();
+    let qty: i64 = (0..lines).map(|l| (1 + (i + l) % 3) as i64).sum();
+    expected.orders += 1;
+    expected.order_items += qty;
+    expected.revenue_cents += total as i64;
+    if chain.contains(&"cancelled") {
+        expected.orders_cancelled += 1;
+    }
+    expected.statuses.insert(id.clone(), chain.to_vec());
+    chain
+        .iter()
+        .enumerate()
+        .map(|(k, status)| {
+            let ts = format!("2026-11-22T08:{:02}:{:02}.000Z", 10 + (i / 60) % 40, (i + k) % 60);
+            let (event_type, data) = if *status == "placed" {
+                ("order.placed", json!({"order_id": id, "customer_id": format!("c{}", i % 7), "channel": "corporate", "items": items, "total_cents": total}))
+            } else {
+                ("order.status", json!({"order_id": id, "status": status}))
+            };
+            let body = json!({"v": 1, "id": format!("{id}-e{k}"), "type": event_type, "ts": ts, "store": format!("st{}", i % 3), "data": data});
+            (id.clone(), body.to_string())
+        })
+        .collect()
+}
+
+impl Env {
+    fn stream(&self) -> String {
+        format!("{}-orders", self.prefix)
+    }
+
+    /// Starts one more daemon with its own worker id and admin port.
+    fn start_worker(&mut self, worker: &str) -> String {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{worker}.log")))
+            .expect("log file");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .envs(self.daemon_env.iter().cloned())
+            .env("CAFE_SOURCES__ORDERS__WORKER_ID", worker)
+            .env("CAFE_ADMIN__LISTEN", &admin)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start daemon");
+        self.workers.push((worker.to_owned(), child));
+        admin
+    }
+
+    fn worker(&mut self, worker: &str) -> Child {
+        let i = self.workers.iter().position(|(w, _)| w == worker).expect("worker running");
+        self.workers.remove(i).1
+    }
+
+    fn worker_logs(&self) -> String {
+        let mut out = String::new();
+        for (w, _) in &self.workers {
+            out.push_str(&format!("--- {w}\n"));
+            let text = std::fs::read_to_string(self.dir.join(format!("{w}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&lines[lines.len().saturating_sub(40)..].join("\n"));
+            out.push('\n');
+        }
+        out.push_str(&self.log());
+        out
+    }
+
+    fn producer(&self) -> Producer {
+        Producer { kinesis: self.kinesis.clone(), stream: self.stream(), prefix: self.prefix.clone() }
+    }
+
+    /// Lease table: shard -> (owner, checkpoint).
+    async fn leases(&self) -> BTreeMap<String, (Option<String>, String)> {
+        let out = self.ddb.scan().table_name(format!("{}-leases", self.prefix)).consistent_read(true).send().await.expect("scan leases");
+        out.items()
+            .iter()
+            .map(|item| {
+                let get = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+                (get("leaseKey").unwrap_or_default(), (get("leaseOwner"), get("checkpoint").unwrap_or_default()))
+            })
+            .collect()
+    }
+
+    /// Live (not ended) leases held per owner.
+    async fn lease_counts(&self) -> (BTreeMap<String, usize>, usize) {
+        let leases = self.leases().await;
+        let mut counts = BTreeMap::new();
+        let mut live = 0;
+        for (owner, cp) in leases.values() {
+            if cp == "SHARD_END" {
+                continue;
+            }
+            live += 1;
+            if let Some(o) = owner {
+                *counts.entry(o.clone()).or_insert(0) += 1;
+            }
+        }
+        (counts, live)
+    }
+
+    async fn orders(&self) -> HashMap<String, Vec<String>> {
+        let mut out = HashMap::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .ddb
+                .scan()
+                .table_name(format!("{}-orders", self.prefix))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .expect("scan orders");
+            for item in page.items() {
+                let id = item.get("order_id").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                let history = item
+                    .get("history")
+                    .and_then(|v| v.as_l().ok())
+                    .map(|l| {
+                        l.iter()
+                            .filter_map(|e| e.as_m().ok()?.get("status")?.as_s().ok().cloned())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                out.insert(id, history);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return out,
+            }
+        }
+    }
+
+    /// Waits until the tables hold exactly `expected`; panics with the
+    /// difference after `within`.
+    async fn wait_orders_exact(&self, expected: &Expected, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let sums = self.aggregates().await;
+            let got = |k: &str| sums.get(k).copied().unwrap_or(0);
+            let counters_ok = got("orders") == expected.orders
+                && got("order_items") == expected.order_items
+                && got("revenue_cents") == expected.revenue_cents
+                && got("orders_cancelled") == expected.orders_cancelled;
+            if counters_ok || Instant::now() > deadline {
+                let orders = self.orders().await;
+                let mut wrong = Vec::new();
+                for (id, want) in &expected.statuses {
+                    let have = orders.get(id).cloned().unwrap_or_default();
+                    if have.iter().map(String::as_str).collect::<Vec<_>>() != *want {
+                        wrong.push(format!("{id}: {have:?} != {want:?}"));
+                    }
+                }
+                if counters_ok && wrong.is_empty() {
+                    assert_eq!(orders.len(), expected.statuses.len(), "extra orders in the table");
+                    return;
+                }
+                if Instant::now() > deadline {
+                    panic!(
+                        "orders not exact after {within:?}: counters {sums:?} want orders={} items={} revenue={} cancelled={}; {} orders wrong, e.g. {:?}\n{}",
+                        expected.orders,
+                        expected.order_items,
+                        expected.revenue_cents,
+                        expected.orders_cancelled,
+                        wrong.len(),
+                        wrong.iter().take(5).collect::<Vec<_>>(),
+                        self.worker_logs()
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn rejected(&self) -> Vec<(String, HashMap<String, String>)> {
+        let mut out = Vec::new();
+        loop {
+            let got = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.rejected_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .expect("receive");
+            let msgs = got.messages();
+            if msgs.is_empty() {
+                return out;
+            }
+            for m in msgs {
+                let attrs = m
+                    .message_attributes()
+                    .map(|a| a.iter().map(|(k, v)| (k.clone(), v.string_value().unwrap_or_default().to_owned())).collect())
+                    .unwrap_or_default();
+                out.push((m.body().unwrap_or_default().to_owned(), attrs));
+            }
+        }
+    }
+}
+
+/// Writes to the test's stream.
+#[derive(Clone)]
+struct Producer {
+    kinesis: aws_sdk_kinesis::Client,
+    stream: String,
+    prefix: String,
+}
+
+impl Producer {
+    /// Puts records, retrying failed entries, preserving each key's order.
+    async fn put(&self, records: &[(String, Vec<u8>)]) {
+        for chunk in records.chunks(250) {
+            let mut pending: Vec<&(String, Vec<u8>)> = chunk.iter().collect();
+            for attempt in 0.. {
+                assert!(attempt < 20, "PutRecords kept failing");
+                let entries = pending
+                    .iter()
+                    .map(|(k, d)| PutRecordsRequestEntry::builder().partition_key(k).data(Blob::new(d.clone())).build().expect("entry"))
+                    .collect();
+                let out = self.kinesis.put_records().stream_name(&self.stream).set_records(Some(entries)).send().await;
+                let Ok(out) = out else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                let failed: Vec<&(String, Vec<u8>)> =
+                    pending.iter().zip(out.records()).filter(|(_, r)| r.error_code().is_some()).map(|(p, _)| *p).collect();
+                if failed.is_empty() {
+                    break;
+                }
+                pending = failed;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+}
+
+/// Streams orders: every `tick`, starts `per_tick` new orders (while
+/// `more` is set) and sends the next event of every order in flight, so
+/// each order's events go out in order, one tick apart.
+async fn produce(p: Producer, first: usize, per_tick: usize, tick: Duration, more: Arc<AtomicBool>) -> Expected {
+    let mut expected = Expected::default();
+    let mut in_flight: Vec<std::vec::IntoIter<(String, String)>> = Vec::new();
+    let mut next = first;
+    loop {
+        if more.load(Ordering::SeqCst) {
+            for _ in 0..per_tick {
+                in_flight.push(order_events(&p.prefix, next, &mut expected).into_iter());
+                next += 1;
+            }
+        }
+        let mut wave = Vec::new();
+        in_flight.retain_mut(|events| match events.next() {
+            Some((k, body)) => {
+                wave.push((k, body.into_bytes()));
+                true
+            }
+            None => false,
+        });
+        if wave.is_empty() && !more.load(Ordering::SeqCst) {
+            return expected;
+        }
+        p.put(&wave).await;
+        tokio::time::sleep(tick).await;
+    }
+}
+
+async fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "daemon did not exit within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill").success();
+    assert!(ok, "kill -TERM failed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_share_eight_shards_and_take_over_from_a_killed_one() {
+    let mut env = Env::with_orders("leases", "shards = 8", "", Vec::new()).await;
+    let started = Instant::now();
+    for w in ["w0", "w1", "w2"] {
+        env.start_worker(w);
+    }
+
+    // Balance: each of three holds 2 or 3 of the 8 leases.
+    let balanced_after = loop {
+        let (counts, live) = env.lease_counts().await;
+        if live == 8 && counts.len() == 3 && counts.values().all(|c| (2..=3).contains(c)) && counts.values().sum::<usize>() == 8 {
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "not balanced within 30 s: {counts:?}\n{}", env.worker_logs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!("3 instances balanced 8 leases after {balanced_after:?}");
+
+    // Orders flow while an instance dies.
+    let more = Arc::new(AtomicBool::new(true));
+    let producer = tokio::spawn(produce(env.producer(), 0, 12, Duration::from_millis(400), Arc::clone(&more)));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let (before, _) = env.lease_counts().await;
+    let victim_had = before.get("w0").copied().unwrap_or(0);
+    let mut victim = env.worker("w0");
+    victim.kill().expect("kill -9");
+    let _ = victim.wait();
+    let killed = Instant::now();
+    let moved_after = loop {
+        let (counts, live) = env.lease_counts().await;
+        if !counts.contains_key("w0") && counts.values().sum::<usize>() == live && live == 8 {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < Duration::from_secs(15), "w0's leases did not move within 15 s: {counts:?}\n{}", env.worker_logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("kill -9 of an instance holding {victim_had} leases: all moved after {moved_after:?}");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    more.store(false, Ordering::SeqCst);
+    let expected = producer.await.expect("producer");
+    assert!(expected.orders >= 100, "too few orders to mean anything: {}", expected.orders);
+    env.wait_orders_exact(&expected, Duration::from_secs(120)).await;
+    assert!(env.rejected().await.is_empty(), "nothing should be rejected\n{}", env.worker_logs());
+
+    // SIGTERM: both drain, checkpoint and hand their leases back at once.
+    let mut rest: Vec<Child> = ["w1", "w2"].iter().map(|w| env.worker(w)).collect();
+    for c in &rest {
+        sigterm(c);
+    }
+    for c in &mut rest {
+        let status = wait_exit(c, Duration::from_secs(30)).await;
+        assert!(status.success(), "exit {status:?}\n{}", env.worker_logs());
+    }
+    let leases = env.leases().await;
+    assert!(leases.values().all(|(owner, _)| owner.is_none()), "leases still owned after SIGTERM: {leases:?}");
+    assert!(leases.values().all(|(_, cp)| cp != "TRIM_HORIZON"), "every shard got records and a checkpoint: {leases:?}");
+}
