@@ -380,3 +380,182 @@ async fn three_instances_share_eight_shards_and_take_over_from_a_killed_one() {
     assert!(leases.values().all(|(owner, _)| owner.is_none()), "leases still owned after SIGTERM: {leases:?}");
     assert!(leases.values().all(|(_, cp)| cp != "TRIM_HORIZON"), "every shard got records and a checkpoint: {leases:?}");
 }
+
+async fn shard_ids(env: &Env) -> Vec<(String, Option<String>, String, String)> {
+    let out = env.kinesis.list_shards().stream_name(env.stream()).send().await.expect("list shards");
+    out.shards()
+        .iter()
+        .map(|s| {
+            let range = s.hash_key_range().expect("range");
+            (s.shard_id().to_owned(), s.sequence_number_range().and_then(|r| r.ending_sequence_number().map(str::to_owned)), range.starting_hash_key().to_owned(), range.ending_hash_key().to_owned())
+        })
+        .collect()
+}
+
+/// The midpoint of a hash key range (decimal strings up to 2^128 - 1).
+fn midpoint(start: &str, end: &str) -> String {
+    let a: u128 = start.parse().expect("hash key");
+    let b: u128 = end.parse().expect("hash key");
+    (a + (b - a) / 2).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_split_and_a_merge_during_a_run_lose_nothing_and_keep_per_key_order() {
+    let mut env = Env::with_orders("reshard", "shards = 2\nshard_sync_interval_ms = 2000", "", Vec::new()).await;
+    env.start_worker("a");
+    env.start_worker("b");
+    let more = Arc::new(AtomicBool::new(true));
+    let producer = tokio::spawn(produce(env.producer(), 0, 8, Duration::from_millis(300), Arc::clone(&more)));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Split shard 0 at its midpoint: children 2 and 3.
+    let shards = shard_ids(&env).await;
+    let (id, _, lo, hi) = shards.iter().find(|s| s.0.ends_with("000000000000")).expect("shard 0").clone();
+    env.kinesis
+        .split_shard()
+        .stream_name(env.stream())
+        .shard_to_split(&id)
+        .new_starting_hash_key(midpoint(&lo, &hi))
+        .send()
+        .await
+        .expect("split");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // Merge the two children back: shard 4, with two parents.
+    let shards = shard_ids(&env).await;
+    let mut open: Vec<_> = shards.iter().filter(|s| s.1.is_none() && !s.0.ends_with("000000000001")).cloned().collect();
+    open.sort_by(|a, b| a.2.parse::<u128>().expect("key").cmp(&b.2.parse::<u128>().expect("key")));
+    assert_eq!(open.len(), 2, "two children after the split: {shards:?}");
+    env.kinesis
+        .merge_shards()
+        .stream_name(env.stream())
+        .shard_to_merge(&open[0].0)
+        .adjacent_shard_to_merge(&open[1].0)
+        .send()
+        .await
+        .expect("merge");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    more.store(false, Ordering::SeqCst);
+    let expected = producer.await.expect("producer");
+    assert!(expected.orders >= 80, "{}", expected.orders);
+
+    // Every order's history is exactly its events in order: an event read
+    // out of order would have been rejected as an illegal transition.
+    env.wait_orders_exact(&expected, Duration::from_secs(120)).await;
+    let rejected = env.rejected().await;
+    assert!(rejected.is_empty(), "rejected: {:?}\n{}", rejected.iter().take(3).collect::<Vec<_>>(), env.worker_logs());
+    let shards = shard_ids(&env).await;
+    assert_eq!(shards.len(), 5, "{shards:?}");
+    // The closed shards were read to their end and checkpointed there.
+    let leases = env.leases().await;
+    for (id, end, _, _) in &shards {
+        if end.is_some() {
+            assert_eq!(leases.get(id).map(|l| l.1.as_str()), Some("SHARD_END"), "{id}: {leases:?}");
+        }
+    }
+}
+
+fn kpl_batch(prefix: &str, first: usize, n: usize, expected: &mut Expected) -> Vec<u8> {
+    let mut events = Vec::new();
+    for i in first..first + n {
+        events.extend(order_events(prefix, i, expected));
+    }
+    let records: Vec<(&str, &[u8])> = events.iter().map(|(k, b)| (k.as_str(), b.as_bytes())).collect();
+    pipeline::kpl::aggregate(&records)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kpl_aggregates_count_record_by_record_and_bad_records_are_rejected_in_place() {
+    let mut env = Env::with_orders("kpl", "shards = 1", "", Vec::new()).await;
+    env.start();
+    let p = env.producer();
+    let mut expected = Expected::default();
+    // Two aggregates of 10 and 15 orders, every event of each order inside.
+    let agg1 = kpl_batch(&env.prefix, 0, 10, &mut expected);
+    let agg2 = kpl_batch(&env.prefix, 10, 15, &mut expected);
+    let payment = super::payment(&env.prefix, 1, "cust-1", 500).1;
+    p.put(&[
+        ("agg-1".to_owned(), agg1.clone()),
+        ("junk".to_owned(), b"{not json".to_vec()),
+        ("agg-2".to_owned(), agg2),
+        ("pay".to_owned(), payment.into_bytes()),
+        ("bin".to_owned(), vec![0xff, 0xfe, 0x00]),
+    ])
+    .await;
+    env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
+    let mut rejected = env.rejected().await;
+    rejected.sort_by(|a, b| a.1.get("reason").cmp(&b.1.get("reason")));
+    let reasons: Vec<&str> = rejected.iter().map(|(_, a)| a.get("reason").map_or("", String::as_str)).collect();
+    assert_eq!(reasons, vec!["bad_json", "bad_json", "unsupported_input"], "{rejected:?}");
+    assert_eq!(rejected[0].0, "{not json", "rejected unchanged");
+    for (_, attrs) in &rejected {
+        assert!(attrs.get("position").is_some_and(|p| p.starts_with("shardId-000000000000/")), "{attrs:?}");
+        assert_eq!(attrs.get("source"), Some(&env.stream()));
+    }
+
+    // A replay of a whole aggregate (a producer retry) changes nothing.
+    p.put(&[("agg-1".to_owned(), agg1)]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    env.wait_orders_exact(&expected, Duration::from_secs(10)).await;
+    let metrics = http_get(&env.admin, "/metrics").await;
+    let repeats = metrics
+        .lines()
+        .find(|l| l.starts_with("cafe_pipeline_events_total") && l.contains("outcome=\"duplicate\"") && l.contains(&env.stream()))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let replayed: usize = (0..10).map(|i| if i % 5 == 0 { CANCELLED.len() } else { FULL.len() }).sum();
+    assert_eq!(repeats as usize, replayed, "every event of the replayed aggregate is a repeat\n{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_shard_iterators_are_renewed_and_nothing_is_lost() {
+    // A kinesalite of this test's own whose iterators live 300 ms: every
+    // iterator the daemon keeps across a 500 ms poll interval expires.
+    let (Ok(js), Ok(node_path)) = (std::env::var("CAFE_KINESALITE_JS"), std::env::var("CAFE_KINESALITE_NODE_PATH")) else {
+        panic!("CAFE_KINESALITE_JS / CAFE_KINESALITE_NODE_PATH not set: run through scripts/test.sh");
+    };
+    let port = free_port();
+    let mut kinesalite = Command::new("node")
+        .arg(&js)
+        .args([port.to_string(), "16".into(), "300".into()])
+        .env("NODE_PATH", &node_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kinesalite");
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut kinesalite);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "kinesalite did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut env = Env::with_orders(
+        "expiry",
+        "shards = 1\npoll_interval_ms = 500",
+        "",
+        vec![("AWS_ENDPOINT_URL_KINESIS".to_owned(), endpoint)],
+    )
+    .await;
+    env.start();
+    let more = Arc::new(AtomicBool::new(true));
+    let producer = tokio::spawn(produce(env.producer(), 0, 5, Duration::from_millis(700), Arc::clone(&more)));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    more.store(false, Ordering::SeqCst);
+    let expected = producer.await.expect("producer");
+    env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
+    let metrics = http_get(&env.admin, "/metrics").await;
+    let expiries = metrics
+        .lines()
+        .find(|l| l.starts_with("cafe_kinesis_iterator_expiries_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(expiries >= 3.0, "iterators should have expired and been renewed: {expiries}\n{}", env.log());
+}
