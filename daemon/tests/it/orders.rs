@@ -493,6 +493,29 @@ async fn kpl_aggregates_count_record_by_record_and_bad_records_are_rejected_in_p
         assert_eq!(attrs.get("source"), Some(&env.stream()));
     }
 
+    // The state machine refuses what the contract refuses.
+    let status = |order: &str, id: &str, to: &str| {
+        json!({"v": 1, "id": id, "type": "order.status", "ts": "2026-11-22T08:30:00Z", "store": "st0",
+               "data": {"order_id": order, "status": to}})
+        .to_string()
+        .into_bytes()
+    };
+    let cancelled = format!("{}-o0", env.prefix);
+    p.put(&[
+        ("ghost".to_owned(), status("ghost-order", "x1", "confirmed")),
+        (cancelled.clone(), status(&cancelled, "x2", "completed")),
+    ])
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut more = Vec::new();
+    while more.len() < 2 && Instant::now() < deadline {
+        more.extend(env.rejected().await);
+    }
+    let mut reasons: Vec<String> = more.iter().filter_map(|(_, a)| a.get("reason").cloned()).collect();
+    reasons.sort();
+    assert_eq!(reasons, vec!["illegal_transition", "unknown_order"], "{more:?}");
+    env.wait_orders_exact(&expected, Duration::from_secs(10)).await;
+
     // A replay of a whole aggregate (a producer retry) changes nothing.
     p.put(&[("agg-1".to_owned(), agg1)]).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
