@@ -31,5 +31,9 @@ export CAFE_STREAMD_BIN="$repo/target/debug/cafe-streamd"
 scripts/daemon.sh start
 CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
   target/debug/cafe-loadgen run cold-start --scale "${CAFE_E2E_SCALE:-0.05}" --report-dir target/e2e-report
+
+echo "== end to end: morning-rush at scale ${CAFE_E2E_RUSH_SCALE:-0.5}, stages at ${CAFE_E2E_RUSH_TIME_SCALE:-0.25}x length"
+target/debug/cafe-loadgen run morning-rush --scale "${CAFE_E2E_RUSH_SCALE:-0.5}" \
+  --time-scale "${CAFE_E2E_RUSH_TIME_SCALE:-0.25}" --report-dir target/e2e-report-morning-rush
 scripts/daemon.sh stop
-echo "1 passed, 0 failed: end-to-end cold-start"
+echo "2 passed, 0 failed: end-to-end cold-start, morning-rush"

@@ -30,7 +30,7 @@ use crate::{RunArgs, Targets};
 struct Burst {
     sqs: aws_sdk_sqs::Client,
     queue_url: String,
-    scenario: ScenarioFile,
+    load: crate::scenario::Load,
     seed: u64,
     run_id: String,
     payments: u64,
@@ -57,7 +57,7 @@ async fn fire(user: &mut GooseUser) -> TransactionResult {
     for chunk in mine.chunks(10) {
         let ts = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
         let batch: Vec<Payment> =
-            chunk.iter().map(|&i| payload::payment(b.seed, &b.run_id, i, &b.scenario.load, &ts)).collect();
+            chunk.iter().map(|&i| payload::payment(b.seed, &b.run_id, i, &b.load, &ts)).collect();
         let mut pending: Vec<usize> = (0..batch.len()).collect();
         for attempt in 0..5u64 {
             let entries: Vec<_> = pending
@@ -228,15 +228,16 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         .queue_url
         .context("no queue URL")?;
 
-    let payments = ((scenario.load.payments as f64) * args.scale).round().max(1.0) as u64;
-    let users = scenario.load.users.min(payments as usize).max(1);
+    let load = scenario.load.clone().context("not a payments-burst scenario (no [load])")?;
+    let payments = ((load.payments as f64) * args.scale).round().max(1.0) as u64;
+    let users = load.users.min(payments as usize).max(1);
     let run_id = args.run_id.clone().unwrap_or_else(new_run_id);
     let seed = args.seed;
     std::fs::create_dir_all(&args.report_dir)?;
     let state = Arc::new(Burst {
         sqs,
         queue_url,
-        scenario: scenario.clone(),
+        load: load.clone(),
         seed,
         run_id: run_id.clone(),
         payments,
@@ -261,7 +262,6 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     config.increase_rate = Some(users.to_string());
     config.iterations = Some(1);
     config.no_telnet = true;
-    config.no_websocket = true;
     config.no_print_metrics = true;
     config.quiet = 1;
     config.threshold = scenario.thresholds.goose.clone();
@@ -293,7 +293,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let send_failures = state.send_failures.load(Ordering::Relaxed);
     info!(sent = sent.len(), send_secs, "Burst sent; waiting for the daemon");
 
-    let stores: Vec<String> = (0..scenario.load.stores).map(|k| payload::store_id(&run_id, k)).collect();
+    let stores: Vec<String> = (0..load.stores).map(|k| payload::store_id(&run_id, k)).collect();
     let expected = sent.len() as i64;
     verify::wait_for_payments(
         &ddb,
@@ -383,7 +383,8 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     Ok(summary)
 }
 
-fn new_run_id() -> String {
+/// A run id from the clock: unique per run, short enough for identifiers.
+pub(crate) fn new_run_id() -> String {
     let now = OffsetDateTime::now_utc();
     format!("{:x}{:04x}", now.unix_timestamp(), now.nanosecond() >> 16)
 }

@@ -5,6 +5,7 @@
 //! run failed them, 2 when the run could not be made.
 
 mod coldstart;
+mod morningrush;
 mod payload;
 mod scenario;
 mod verify;
@@ -38,9 +39,12 @@ pub struct RunArgs {
     /// Payload seed: the same seed and run id give the same bytes.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Multiplies the scenario's event counts.
+    /// Multiplies the scenario's event counts (a burst's size, a stage's rate).
     #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
+    /// Multiplies the length of an orders scenario's stages.
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
     /// Where goose's HTML/JSON/Markdown reports and the summary go.
     #[arg(long, default_value = "reports")]
     pub report_dir: PathBuf,
@@ -63,6 +67,34 @@ pub struct Targets {
     /// The aggregates table.
     #[arg(long, env = "CAFE_LOADGEN_AGGREGATES_TABLE", default_value = "cafe-aggregates")]
     pub aggregates_table: String,
+    /// The orders stream.
+    #[arg(long, env = "CAFE_LOADGEN_ORDERS_STREAM", default_value = "cafe-orders")]
+    pub orders_stream: String,
+    /// The orders table.
+    #[arg(long, env = "CAFE_LOADGEN_ORDERS_TABLE", default_value = "cafe-orders")]
+    pub orders_table: String,
+}
+
+/// What a run reports, whichever driver ran it.
+enum Report {
+    Burst(coldstart::Summary),
+    Orders(morningrush::Summary),
+}
+
+impl Report {
+    fn markdown(&self) -> String {
+        match self {
+            Report::Burst(s) => s.markdown(),
+            Report::Orders(s) => s.markdown(),
+        }
+    }
+
+    fn passed(&self) -> bool {
+        match self {
+            Report::Burst(s) => s.passed(),
+            Report::Orders(s) => s.passed(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -85,12 +117,16 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Run(args) => {
-            if !(args.scale > 0.0 && args.scale.is_finite()) {
-                return fail(anyhow::anyhow!("--scale must be a positive number"));
+            if !(args.scale > 0.0 && args.scale.is_finite() && args.time_scale > 0.0 && args.time_scale.is_finite()) {
+                return fail(anyhow::anyhow!("--scale and --time-scale must be positive numbers"));
             }
             let result = scenario::find(&args.name).and_then(|s| {
                 let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-                rt.block_on(coldstart::run(s, &args, &args.targets))
+                if s.orders.is_some() {
+                    rt.block_on(morningrush::run(s, &args, &args.targets)).map(Report::Orders)
+                } else {
+                    rt.block_on(coldstart::run(s, &args, &args.targets)).map(Report::Burst)
+                }
             });
             match result {
                 Ok(summary) => {

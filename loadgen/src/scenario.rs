@@ -16,8 +16,15 @@ pub struct Scenario {
     pub name: String,
     /// One line for `cafe-loadgen list`.
     pub description: String,
-    /// The load's shape.
-    pub load: Load,
+    /// A payments burst (`cold-start`).
+    #[serde(default)]
+    pub load: Option<Load>,
+    /// An orders stream (`morning-rush`): what orders look like.
+    #[serde(default)]
+    pub orders: Option<OrdersLoad>,
+    /// An orders stream's rate stages, in order.
+    #[serde(default)]
+    pub stages: Vec<Stage>,
     /// What to do with the daemon around the load.
     #[serde(default)]
     pub daemon: DaemonControl,
@@ -50,6 +57,44 @@ pub struct Load {
     /// Share of payments far above the customer's usual amount.
     #[serde(default)]
     pub big_amount_ratio: f64,
+}
+
+/// The orders of an orders-stream scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrdersLoad {
+    /// Goose users putting records in parallel (each owns a share of the orders).
+    pub producers: usize,
+    /// Distinct stores.
+    pub stores: u32,
+    /// Distinct customers.
+    pub customers: u32,
+    /// Share of orders cancelled after confirmation.
+    pub cancel_ratio: f64,
+    /// Time between an order's events, in milliseconds.
+    pub status_gap_ms: u64,
+    /// Line items of a regular order: min..=max.
+    pub items: [usize; 2],
+    /// Line items of a corporate bulk order: min..=max (the contract allows 500).
+    pub bulk_items: [usize; 2],
+}
+
+/// One rate stage: orders placed per second go linearly from `rate_start`
+/// to `rate_end` over `secs` (equal for a steady stage or a hold).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// Name in the report (`trickle`, `ramp`, `spike`, ...).
+    pub name: String,
+    /// Length, seconds (scaled by `--time-scale`).
+    pub secs: f64,
+    /// Orders per second at the start (scaled by `--scale`).
+    pub rate_start: f64,
+    /// Orders per second at the end (scaled by `--scale`).
+    pub rate_end: f64,
+    /// Share of the stage's orders that are corporate bulk orders.
+    #[serde(default)]
+    pub bulk_ratio: f64,
 }
 
 /// When to (re)start the daemon.
@@ -149,16 +194,42 @@ pub fn load(path: &Path) -> anyhow::Result<Scenario> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let s: Scenario = toml::from_str(&text).with_context(|| format!("{}: invalid scenario", path.display()))?;
     let mut problems = Vec::new();
-    if s.load.users == 0 {
-        problems.push("load.users must be at least 1");
-    }
-    if s.load.stores == 0 || s.load.customers == 0 {
-        problems.push("load.stores and load.customers must be at least 1");
-    }
-    for r in [s.load.shared_card_ratio, s.load.geo_mismatch_ratio, s.load.big_amount_ratio] {
-        if !(0.0..=1.0).contains(&r) {
-            problems.push("load ratios must be 0..1");
+    match (&s.load, &s.orders) {
+        (Some(load), None) => {
+            if load.users == 0 {
+                problems.push("load.users must be at least 1".to_owned());
+            }
+            if load.stores == 0 || load.customers == 0 {
+                problems.push("load.stores and load.customers must be at least 1".to_owned());
+            }
+            for r in [load.shared_card_ratio, load.geo_mismatch_ratio, load.big_amount_ratio] {
+                if !(0.0..=1.0).contains(&r) {
+                    problems.push("load ratios must be 0..1".to_owned());
+                }
+            }
         }
+        (None, Some(o)) => {
+            if o.producers == 0 || o.stores == 0 || o.customers == 0 {
+                problems.push("orders.producers, orders.stores and orders.customers must be at least 1".to_owned());
+            }
+            if !(0.0..=1.0).contains(&o.cancel_ratio) {
+                problems.push("orders.cancel_ratio must be 0..1".to_owned());
+            }
+            for (name, [lo, hi]) in [("orders.items", o.items), ("orders.bulk_items", o.bulk_items)] {
+                if lo == 0 || lo > hi || hi > pipeline::event::MAX_ORDER_ITEMS {
+                    problems.push(format!("{name} must be [min, max] with 1 <= min <= max <= 500"));
+                }
+            }
+            if s.stages.is_empty() {
+                problems.push("an orders scenario needs at least one [[stages]]".to_owned());
+            }
+            for st in &s.stages {
+                if !(st.secs > 0.0) || st.rate_start < 0.0 || st.rate_end < 0.0 || !(0.0..=1.0).contains(&st.bulk_ratio) {
+                    problems.push(format!("stage {:?}: secs > 0, rates >= 0 and bulk_ratio 0..1", st.name));
+                }
+            }
+        }
+        _ => problems.push("a scenario has either [load] (a payments burst) or [orders] with [[stages]] (an orders stream)".to_owned()),
     }
     if !problems.is_empty() {
         bail!("{}: {}", path.display(), problems.join("; "));
@@ -185,5 +256,8 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
         let all = list(&dir).expect("scenarios parse");
         assert!(all.iter().any(|s| s.name == "cold-start"));
+        let rush = all.iter().find(|s| s.name == "morning-rush").expect("morning-rush");
+        let names: Vec<&str> = rush.stages.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"spike") && names.contains(&"ramp"), "{names:?}");
     }
 }
