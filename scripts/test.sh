@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of cafe-stream: starts the local AWS stack (installing what
-# it needs), runs the unit and integration tests of every crate, then a
-# cold-start scenario end to end (daemon + loadgen) at a small scale.
+# it needs), runs the unit and integration tests of every crate, then the
+# cold-start and morning-rush scenarios end to end (daemon + loadgen) at a
+# small scale.
 # Stops the stack afterwards if this script started it.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -331,8 +331,17 @@ async fn apply_batch(
     let mut pending: Vec<usize> = (0..groups.len()).collect();
     let mut attempt = 0u32;
     let backoff = Backoff { base: Duration::from_millis(path.dynamodb.config.base_backoff_ms), max: Duration::from_secs(5) };
+    // An order whose first event here is `order.placed` is new unless this
+    // is a replay: it is written optimistically (the put is conditional on
+    // the order not existing) and read back only if that condition fails.
+    let placed_first = |g: usize| matches!(events[groups[g].1[0]].as_ref().map(|e| &e.body), Some(Body::OrderPlaced(_)));
+    let mut must_read: std::collections::HashSet<usize> = std::collections::HashSet::new();
     while !pending.is_empty() {
-        let to_read: Vec<String> = pending.iter().map(|&g| groups[g].0.clone()).filter(|id| cache.get(id).is_none()).collect();
+        let to_read: Vec<String> = pending
+            .iter()
+            .filter(|&&g| cache.get(&groups[g].0).is_none() && (must_read.contains(&g) || !placed_first(g)))
+            .map(|&g| groups[g].0.clone())
+            .collect();
         if !to_read.is_empty() {
             path.metrics.orders_state_reads.get_or_create(&Metrics::source(source)).inc_by(to_read.len() as u64);
             let mut found = path.dynamodb.read_orders(&to_read).await?;
@@ -377,6 +386,7 @@ async fn apply_batch(
                     OrderWriteOutcome::Written => cache.put(&w.order_id, Some(w.after)),
                     OrderWriteOutcome::Conflict => {
                         cache.forget(&w.order_id);
+                        must_read.insert(g);
                         still.push(g);
                     }
                     OrderWriteOutcome::Failed => {

@@ -27,7 +27,7 @@ use crate::bridge::CpuPool;
 use crate::config::Config;
 use crate::leases::{self, LeaseEvent, Leases};
 use crate::metrics::Metrics;
-use crate::orders::{self, OrdersPath, ShardExit};
+use crate::orders::{self, OrdersPath};
 use crate::payments::{self, Sinks};
 use crate::sinks::dynamodb::DynamoDbSink;
 use crate::sinks::rejected::RejectedSink;
@@ -289,5 +289,4 @@ async fn run_shard(
     let _ = reader.await;
     either.abort();
     info!(shard = %shard, exit = ?exit, "Shard reader stopped");
-    let _ = ShardExit::Ended;
 }

@@ -8,6 +8,7 @@ mod coldstart;
 mod morningrush;
 mod payload;
 mod scenario;
+mod throughput;
 mod verify;
 
 use std::path::PathBuf;
@@ -29,6 +30,10 @@ enum Command {
     List,
     /// Run a scenario, verify the outputs and report.
     Run(RunArgs),
+    /// Measure the orders/s one daemon sustains against a bare GetRecords
+    /// reader on the same stream: put a backlog, read it bare, then start
+    /// the daemon and time it.
+    OrdersThroughput(throughput::ThroughputArgs),
 }
 
 /// `cafe-loadgen run`.
@@ -116,6 +121,32 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        Command::OrdersThroughput(args) => {
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(throughput::run(&args, 1)));
+            match result {
+                Ok(t) => {
+                    println!(
+                        "backlog: {} orders, {} records\nbare GetRecords reader: {:.2} s, {:.0} records/s\n\
+                         daemon (from start): {:.2} s, {:.1} orders/s, {:.0} records/s\nratio daemon/bare reader: {:.3}\n\
+                         bare DynamoDB writer (25 puts per transaction, 16 at once): {:.2} s, {:.0} items/s\n\
+                         ratio daemon records/s to bare writer items/s: {:.2}",
+                        t.orders, t.records, t.bare_read_secs, t.bare_records_per_sec, t.daemon_secs,
+                        t.daemon_orders_per_sec, t.daemon_records_per_sec, t.ratio, t.bare_write_secs,
+                        t.bare_write_items_per_sec, t.ratio_to_writes
+                    );
+                    match serde_json::to_string(&t) {
+                        Ok(json) => println!("{json}"),
+                        Err(e) => return fail(e.into()),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
         Command::Run(args) => {
             if !(args.scale > 0.0 && args.scale.is_finite() && args.time_scale > 0.0 && args.time_scale.is_finite()) {
                 return fail(anyhow::anyhow!("--scale and --time-scale must be positive numbers"));

@@ -365,7 +365,7 @@ impl Summary {
 /// An order as the daemon wrote it: (status, event id, ts, applied_at) per history entry.
 type Written = Vec<(String, String, Option<OffsetDateTime>, Option<OffsetDateTime>)>;
 
-async fn read_orders(ddb: &aws_sdk_dynamodb::Client, table: &str, ids: &[String]) -> anyhow::Result<HashMap<String, Written>> {
+pub(crate) async fn read_orders(ddb: &aws_sdk_dynamodb::Client, table: &str, ids: &[String]) -> anyhow::Result<HashMap<String, Written>> {
     let mut found = HashMap::new();
     for chunk in ids.chunks(100) {
         let keys: Vec<HashMap<String, AttributeValue>> =

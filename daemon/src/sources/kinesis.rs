@@ -142,6 +142,13 @@ impl KinesisSource {
     /// Reads `shard` from `start` into `tx` until the shard ends (a final
     /// `Fetched { end: true }`), `stop` is cancelled, or `tx` is closed.
     pub async fn fetch_loop(&self, shard: String, start: Checkpoint, tx: mpsc::Sender<Fetched>, stop: CancellationToken) {
+        let shard_label = ShardLabel { source: self.config.stream.clone(), shard: shard.clone() };
+        self.read_shard(shard, start, tx, stop).await;
+        // This instance no longer reads the shard: no stale lag for it.
+        self.metrics.kinesis_behind_latest.remove(&shard_label);
+    }
+
+    async fn read_shard(&self, shard: String, start: Checkpoint, tx: mpsc::Sender<Fetched>, stop: CancellationToken) {
         let cfg = &self.config;
         let label = self.label();
         let shard_label = ShardLabel { source: cfg.stream.clone(), shard: shard.clone() };

@@ -1,0 +1,240 @@
+//! `cafe-loadgen orders-throughput`: how many orders per second one daemon
+//! sustains, next to what a bare GetRecords reader drains from the same
+//! stream in the same run.
+//!
+//! Owns: the measurement. It puts a backlog of orders (every event of each
+//! order) on an idle stream, reads the whole stream back with a bare reader
+//! (GetRecords on every shard at once, no processing) and times it, then
+//! runs the start command (which starts the daemon on a fresh lease table)
+//! and times the daemon until every order's history is complete in
+//! `cafe-orders`. Must not: be a correctness check (the scenarios are).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
+use futures::StreamExt;
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tracing::info;
+
+use crate::morningrush::{PlannedOrder, plan, read_orders};
+use crate::scenario::{OrdersLoad, Stage};
+use crate::Targets;
+
+/// `orders-throughput` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ThroughputArgs {
+    /// Orders in the backlog (each 3 or 5 events).
+    #[arg(long, default_value_t = 2000)]
+    pub orders: usize,
+    /// Share of corporate bulk orders.
+    #[arg(long, default_value_t = 0.1)]
+    pub bulk_ratio: f64,
+    /// Shell command that starts the daemon once the backlog is in place.
+    #[arg(long)]
+    pub start_command: String,
+    /// Give up after this many seconds of daemon time.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+    #[command(flatten)]
+    pub targets: Targets,
+}
+
+/// The measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Orders in the backlog.
+    pub orders: usize,
+    /// Records (events) in the backlog.
+    pub records: usize,
+    /// Seconds the bare reader took to read every record.
+    pub bare_read_secs: f64,
+    /// Records per second the bare reader drained.
+    pub bare_records_per_sec: f64,
+    /// Seconds from the start command to the last order complete.
+    pub daemon_secs: f64,
+    /// Orders per second the daemon sustained.
+    pub daemon_orders_per_sec: f64,
+    /// Records per second the daemon sustained.
+    pub daemon_records_per_sec: f64,
+    /// daemon records/s over bare records/s.
+    pub ratio: f64,
+    /// Seconds a bare writer took to put one item per record into DynamoDB,
+    /// 25 conditional puts per TransactWriteItems, 16 at once (the sink's floor).
+    pub bare_write_secs: f64,
+    /// Items per second the bare writer reached.
+    pub bare_write_items_per_sec: f64,
+    /// daemon records/s over bare writer items/s.
+    pub ratio_to_writes: f64,
+}
+
+/// Puts `n` small items, 25 conditional puts per transaction, 16
+/// transactions at once, into a scratch table; returns the seconds taken.
+async fn bare_write(ddb: &aws_sdk_dynamodb::Client, scratch: &str, n: usize) -> anyhow::Result<f64> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put, ScalarAttributeType, TransactWriteItem,
+    };
+    ddb.create_table()
+        .table_name(scratch)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(AttributeDefinition::builder().attribute_name("k").attribute_type(ScalarAttributeType::S).build()?)
+        .key_schema(KeySchemaElement::builder().attribute_name("k").key_type(KeyType::Hash).build()?)
+        .send()
+        .await
+        .context("creating the scratch table")?;
+    let started = Instant::now();
+    let chunks: Vec<Vec<usize>> = (0..n).collect::<Vec<_>>().chunks(25).map(<[usize]>::to_vec).collect();
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(chunks)
+        .map(|chunk| async move {
+            let items = chunk
+                .iter()
+                .map(|i| {
+                    let put = Put::builder()
+                        .table_name(scratch)
+                        .item("k", AttributeValue::S(format!("k{i}")))
+                        .item("status", AttributeValue::S("placed".into()))
+                        .condition_expression("attribute_not_exists(k)")
+                        .build()?;
+                    Ok(TransactWriteItem::builder().put(put).build())
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            ddb.transact_write_items().set_transact_items(Some(items)).send().await?;
+            Ok(())
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let _ = ddb.delete_table().table_name(scratch).send().await;
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    Ok(secs)
+}
+
+async fn put_backlog(kinesis: &aws_sdk_kinesis::Client, stream: &str, orders: &[PlannedOrder]) -> anyhow::Result<usize> {
+    let ts = OffsetDateTime::now_utc().format(&Rfc3339)?;
+    let waves = orders.iter().map(|o| o.statuses.len()).max().unwrap_or(0);
+    let mut total = 0;
+    // Wave k holds every order's k-th event: an order's events go out in
+    // order, never two in one call.
+    for k in 0..waves {
+        let wave: Vec<(String, String)> =
+            orders.iter().filter(|o| k < o.statuses.len()).map(|o| (o.id.clone(), o.event(k, &ts))).collect();
+        total += wave.len();
+        let results: Vec<anyhow::Result<()>> = futures::stream::iter(wave.chunks(500).map(|c| c.to_vec()))
+            .map(|chunk| async move {
+                let mut pending = chunk;
+                for _ in 0..20 {
+                    let entries = pending
+                        .iter()
+                        .map(|(k, d)| PutRecordsRequestEntry::builder().partition_key(k).data(Blob::new(d.as_bytes())).build())
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let out = kinesis.put_records().stream_name(stream).set_records(Some(entries)).send().await?;
+                    pending = pending.into_iter().zip(out.records()).filter(|(_, r)| r.error_code().is_some()).map(|(p, _)| p).collect();
+                    if pending.is_empty() {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                anyhow::bail!("PutRecords kept failing")
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    }
+    Ok(total)
+}
+
+/// Reads every shard from TRIM_HORIZON to its tip, all shards at once, at
+/// the paced rate a consumer may use (one GetRecords per 200 ms per shard).
+async fn bare_read(kinesis: &aws_sdk_kinesis::Client, stream: &str, want: usize) -> anyhow::Result<(usize, f64)> {
+    let shards = kinesis.list_shards().stream_name(stream).send().await?;
+    let ids: Vec<String> = shards.shards().iter().map(|s| s.shard_id().to_owned()).collect();
+    let started = Instant::now();
+    let counts: Vec<anyhow::Result<usize>> = futures::stream::iter(ids)
+        .map(|shard| async move {
+            let mut it = kinesis
+                .get_shard_iterator()
+                .stream_name(stream)
+                .shard_id(&shard)
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await?
+                .shard_iterator;
+            let mut n = 0;
+            let mut next = Instant::now();
+            while let Some(i) = it {
+                tokio::time::sleep_until(next.into()).await;
+                next = Instant::now() + Duration::from_millis(200);
+                let out = kinesis.get_records().shard_iterator(i).limit(10_000).send().await?;
+                n += out.records().len();
+                if out.records().is_empty() && out.millis_behind_latest.unwrap_or(0) == 0 {
+                    break;
+                }
+                it = out.next_shard_iterator;
+            }
+            Ok(n)
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let n = counts.into_iter().sum::<anyhow::Result<usize>>()?;
+    anyhow::ensure!(n >= want, "the bare reader found {n} records, {want} were put");
+    Ok((n, started.elapsed().as_secs_f64()))
+}
+
+/// Runs the measurement.
+pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let stream = &args.targets.orders_stream;
+    let load = OrdersLoad { producers: 1, stores: 20, customers: 5000, cancel_ratio: 0.08, status_gap_ms: 0, items: [1, 6], bulk_items: [24, 300] };
+    let stage = Stage { name: "backlog".into(), secs: 1.0, rate_start: args.orders as f64, rate_end: args.orders as f64, bulk_ratio: args.bulk_ratio };
+    let run_id = crate::coldstart::new_run_id();
+    let orders = plan(seed, &run_id, &load, &[stage], 1.0, 1.0);
+    info!(orders = orders.len(), "Putting the backlog");
+    let records = put_backlog(&kinesis, stream, &orders).await.context("putting the backlog")?;
+    info!(records, "Backlog in place; reading it with a bare GetRecords reader");
+    let (_, bare_read_secs) = bare_read(&kinesis, stream, records).await?;
+
+    info!(command = %args.start_command, "Starting the daemon");
+    let started = Instant::now();
+    let status = tokio::process::Command::new("sh").arg("-c").arg(&args.start_command).status().await?;
+    anyhow::ensure!(status.success(), "start command failed: {status}");
+    let want: HashMap<String, usize> = orders.iter().map(|o| (o.id.clone(), o.statuses.len())).collect();
+    let ids: Vec<String> = want.keys().cloned().collect();
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    loop {
+        let found = read_orders(&ddb, &args.targets.orders_table, &ids).await?;
+        let done = want.iter().filter(|(id, n)| found.get(*id).is_some_and(|h| h.len() >= **n)).count();
+        if done == want.len() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {done} of {} orders complete after {} s", want.len(), args.timeout_secs);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let daemon_secs = started.elapsed().as_secs_f64();
+    info!(daemon_secs, "Daemon done; timing a bare DynamoDB writer for the same number of items");
+    let bare_write_secs = bare_write(&ddb, &format!("{}-floor-{run_id}", args.targets.orders_table), records).await?;
+    let bare = records as f64 / bare_read_secs;
+    let daemon = records as f64 / daemon_secs;
+    let writes = records as f64 / bare_write_secs;
+    Ok(Throughput {
+        orders: orders.len(),
+        records,
+        bare_read_secs,
+        bare_records_per_sec: bare,
+        daemon_secs,
+        daemon_orders_per_sec: orders.len() as f64 / daemon_secs,
+        daemon_records_per_sec: daemon,
+        ratio: daemon / bare,
+        bare_write_secs,
+        bare_write_items_per_sec: writes,
+        ratio_to_writes: daemon / writes,
+    })
+}
