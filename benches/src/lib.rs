@@ -29,3 +29,12 @@ pub fn order_body(i: u64, lines: usize) -> String {
     })
     .to_string()
 }
+
+/// A valid `order.status` body moving order `i` to `status`.
+pub fn status_body(i: u64, status: &str) -> String {
+    json!({
+        "v": 1, "id": format!("e{i}-{status}"), "type": "order.status", "ts": "2026-11-22T08:16:30Z", "store": "store-1",
+        "data": {"order_id": format!("o{i}"), "status": status}
+    })
+    .to_string()
+}

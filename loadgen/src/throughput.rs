@@ -63,8 +63,8 @@ pub struct Throughput {
     pub daemon_records_per_sec: f64,
     /// daemon records/s over bare records/s.
     pub ratio: f64,
-    /// Seconds a bare writer took to put one item per record into DynamoDB,
-    /// 25 conditional puts per TransactWriteItems, 16 at once (the sink's floor).
+    /// Seconds a bare writer took to make the orders path's DynamoDB writes
+    /// for every record, without the daemon (the sink's floor).
     pub bare_write_secs: f64,
     /// Items per second the bare writer reached.
     pub bare_write_items_per_sec: f64,
@@ -72,11 +72,17 @@ pub struct Throughput {
     pub ratio_to_writes: f64,
 }
 
-/// Puts `n` small items, 25 conditional puts per transaction, 16
-/// transactions at once, into a scratch table; returns the seconds taken.
-async fn bare_write(ddb: &aws_sdk_dynamodb::Client, scratch: &str, n: usize) -> anyhow::Result<f64> {
+/// The DynamoDB work of the orders path without the daemon: for every
+/// record, the same item write the daemon makes (a conditional put of a new
+/// order; for a status, an update of status and `list_append` to the
+/// history, conditional on the history length), 24 orders plus one `ADD` to
+/// an aggregate row per TransactWriteItems, 16 transactions at once, in
+/// waves (every order's k-th event before any (k+1)-th). Scratch table;
+/// returns the seconds taken.
+async fn bare_write(ddb: &aws_sdk_dynamodb::Client, scratch: &str, orders: &[PlannedOrder]) -> anyhow::Result<f64> {
     use aws_sdk_dynamodb::types::{
         AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put, ScalarAttributeType, TransactWriteItem,
+        Update,
     };
     ddb.create_table()
         .table_name(scratch)
@@ -86,31 +92,66 @@ async fn bare_write(ddb: &aws_sdk_dynamodb::Client, scratch: &str, n: usize) -> 
         .send()
         .await
         .context("creating the scratch table")?;
+    let entry = |status: &str| {
+        AttributeValue::L(vec![AttributeValue::M(HashMap::from([
+            ("status".to_owned(), AttributeValue::S(status.to_owned())),
+            ("event_id".to_owned(), AttributeValue::S("e".into())),
+        ]))])
+    };
     let started = Instant::now();
-    let chunks: Vec<Vec<usize>> = (0..n).collect::<Vec<_>>().chunks(25).map(<[usize]>::to_vec).collect();
-    let results: Vec<anyhow::Result<()>> = futures::stream::iter(chunks)
-        .map(|chunk| async move {
-            let items = chunk
-                .iter()
-                .map(|i| {
-                    let put = Put::builder()
+    let waves = orders.iter().map(|o| o.statuses.len()).max().unwrap_or(0);
+    for k in 0..waves {
+        let wave: Vec<&PlannedOrder> = orders.iter().filter(|o| k < o.statuses.len()).collect();
+        let results: Vec<anyhow::Result<()>> = futures::stream::iter(wave.chunks(24).enumerate())
+            .map(|(c, chunk)| {
+                let entry = &entry;
+                async move {
+                    let mut items = chunk
+                        .iter()
+                        .map(|o| {
+                            let item = if k == 0 {
+                                let put = Put::builder()
+                                    .table_name(scratch)
+                                    .item("k", AttributeValue::S(o.id.clone()))
+                                    .item("status", AttributeValue::S("placed".into()))
+                                    .item("history", entry("placed"))
+                                    .condition_expression("attribute_not_exists(k)")
+                                    .build()?;
+                                TransactWriteItem::builder().put(put).build()
+                            } else {
+                                let update = Update::builder()
+                                    .table_name(scratch)
+                                    .key("k", AttributeValue::S(o.id.clone()))
+                                    .update_expression("SET #st = :st, history = list_append(history, :h)")
+                                    .condition_expression("size(history) = :n")
+                                    .expression_attribute_names("#st", "status")
+                                    .expression_attribute_values(":st", AttributeValue::S(o.statuses[k].to_owned()))
+                                    .expression_attribute_values(":h", entry(o.statuses[k]))
+                                    .expression_attribute_values(":n", AttributeValue::N(k.to_string()))
+                                    .build()?;
+                                TransactWriteItem::builder().update(update).build()
+                            };
+                            Ok(item)
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    let row = Update::builder()
                         .table_name(scratch)
-                        .item("k", AttributeValue::S(format!("k{i}")))
-                        .item("status", AttributeValue::S("placed".into()))
-                        .condition_expression("attribute_not_exists(k)")
+                        .key("k", AttributeValue::S(format!("row-{k}-{c}")))
+                        .update_expression("ADD orders :one")
+                        .expression_attribute_values(":one", AttributeValue::N("1".into()))
                         .build()?;
-                    Ok(TransactWriteItem::builder().put(put).build())
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            ddb.transact_write_items().set_transact_items(Some(items)).send().await?;
-            Ok(())
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
+                    items.push(TransactWriteItem::builder().update(row).build());
+                    ddb.transact_write_items().set_transact_items(Some(items)).send().await?;
+                    Ok(())
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    }
     let secs = started.elapsed().as_secs_f64();
     let _ = ddb.delete_table().table_name(scratch).send().await;
-    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     Ok(secs)
 }
 
@@ -220,7 +261,7 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
     }
     let daemon_secs = started.elapsed().as_secs_f64();
     info!(daemon_secs, "Daemon done; timing a bare DynamoDB writer for the same number of items");
-    let bare_write_secs = bare_write(&ddb, &format!("{}-floor-{run_id}", args.targets.orders_table), records).await?;
+    let bare_write_secs = bare_write(&ddb, &format!("{}-floor-{run_id}", args.targets.orders_table), &orders).await?;
     let bare = records as f64 / bare_read_secs;
     let daemon = records as f64 / daemon_secs;
     let writes = records as f64 / bare_write_secs;
