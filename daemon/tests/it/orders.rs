@@ -528,6 +528,36 @@ async fn kpl_aggregates_count_record_by_record_and_bad_records_are_rejected_in_p
         .unwrap_or(0.0);
     let replayed: usize = (0..10).map(|i| if i % 5 == 0 { CANCELLED.len() } else { FULL.len() }).sum();
     assert_eq!(repeats as usize, replayed, "every event of the replayed aggregate is a repeat\n{metrics}");
+
+    // SIGTERM checkpoints inside the last aggregate, by sub-sequence number;
+    // a new process resumes after it and re-reads nothing.
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "exit {status:?}\n{}", env.log());
+    let out = env
+        .ddb
+        .get_item()
+        .table_name(format!("{}-leases", env.prefix))
+        .key("leaseKey", aws_sdk_dynamodb::types::AttributeValue::S("shardId-000000000000".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("lease");
+    let lease = out.item.expect("lease item");
+    let sub = lease.get("checkpointSubSequenceNumber").and_then(|v| v.as_n().ok()).cloned();
+    assert_eq!(sub.as_deref(), Some((replayed - 1).to_string().as_str()), "checkpoint at the aggregate's last sub-record: {lease:?}");
+    assert!(lease.get("leaseOwner").is_none(), "released: {lease:?}");
+    env.start();
+    let mut more = expected.clone();
+    let extra = order_events(&env.prefix, 100, &mut more);
+    p.put(&extra.into_iter().map(|(k, b)| (k, b.into_bytes())).collect::<Vec<_>>()).await;
+    env.wait_orders_exact(&more, Duration::from_secs(60)).await;
+    let metrics = http_get(&env.admin, "/metrics").await;
+    let repeats_after = metrics
+        .lines()
+        .find(|l| l.starts_with("cafe_pipeline_events_total") && l.contains("outcome=\"duplicate\"") && l.contains(&env.stream()))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert_eq!(repeats_after, 0.0, "the restarted daemon re-read records before its checkpoint\n{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
