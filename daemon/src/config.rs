@@ -694,6 +694,23 @@ mod tests {
     }
 
     #[test]
+    fn lease_and_polling_limits_are_checked() {
+        let text = "[sources.orders]\npoll_interval_ms = 100\nlease_renew_interval_ms = 9000\ninitial_position = \"oldest\"\nmax_records = 20000\n";
+        let err = parse(text, "o.toml", no_env()).expect_err("invalid");
+        let fields: Vec<&str> = err.0.iter().map(|p| p.field.as_str()).collect();
+        for want in [
+            "sources.orders.poll_interval_ms",
+            "sources.orders.lease_renew_interval_ms",
+            "sources.orders.initial_position",
+            "sources.orders.max_records",
+        ] {
+            assert!(fields.contains(&want), "{want} missing from {fields:?}");
+        }
+        let ok = parse("[sources.orders]\nworker_id = \"host-a\"\nshards = 8\n", "o.toml", no_env()).expect("valid");
+        assert_eq!((ok.sources.orders.worker_id.as_str(), ok.sources.orders.failover_time_ms), ("host-a", 10_000));
+    }
+
+    #[test]
     fn toml_syntax_errors_are_reported() {
         let err = parse("[admin\nlisten=", "x.toml", no_env()).expect_err("invalid");
         assert!(err.to_string().starts_with("x.toml: -: not valid TOML"), "{err}");
