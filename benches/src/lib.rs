@@ -38,3 +38,31 @@ pub fn status_body(i: u64, status: &str) -> String {
     })
     .to_string()
 }
+
+/// A valid menu item with an image of `image_len` bytes and 5 ingredients.
+pub fn menu_item(image_len: usize) -> pipeline::event::MenuItem {
+    use base64::Engine;
+    use sha2::Digest;
+    let img: Vec<u8> = (0..image_len).map(|i| (i * 7 % 256) as u8).collect();
+    let ingredients: Vec<_> = (0..5)
+        .map(|k| json!({"name": format!("ing-{k}"), "grams": 20 + k, "kcal_per_100g": 50.5 + k as f64,
+                        "protein_per_100g": 1.5, "fat_per_100g": 2.0, "carbs_per_100g": 10}))
+        .collect();
+    let body = json!({
+        "v": 1, "id": "m-1", "type": "menu.item.upserted", "ts": "2026-11-22T08:00:00Z", "store": "store-1",
+        "data": {"sku": "sku-1", "name": "Seasonal latte", "category": "coffee", "price_cents": 520,
+                 "image": {"content_type": "image/jpeg",
+                           "base64": base64::engine::general_purpose::STANDARD.encode(&img),
+                           "sha256": hex_lower(&sha2::Sha256::digest(&img))},
+                 "ingredients": ingredients, "allergens": ["milk", "nuts"]}
+    })
+    .to_string();
+    match pipeline::decode(body.as_bytes()).map(|e| e.body) {
+        Ok(pipeline::Body::MenuItemUpserted(m)) => m,
+        other => panic!("fixture is not a menu item: {other:?}"),
+    }
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

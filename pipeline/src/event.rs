@@ -277,7 +277,7 @@ pub struct PaymentRequested {
 }
 
 /// A menu item's image.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub struct Image {
     /// MIME type.
     pub content_type: String,
@@ -288,7 +288,7 @@ pub struct Image {
 }
 
 /// One ingredient of a menu item, per 100 g values.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 pub struct Ingredient {
     /// Name.
     pub name: String,
@@ -305,7 +305,7 @@ pub struct Ingredient {
 }
 
 /// `menu.item.upserted`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 pub struct MenuItem {
     /// The item; the key of `cafe-menu`.
     pub sku: String,

@@ -9,6 +9,7 @@
 pub mod event;
 pub mod fraud;
 pub mod kpl;
+pub mod menu;
 pub mod metric_names;
 pub mod orders;
 pub mod window;
