@@ -488,7 +488,7 @@ impl Leases {
 
     /// Records `checkpoint` for a held lease, fenced on still holding it.
     pub async fn checkpoint(&self, key: &str, checkpoint: &Checkpoint) -> Result<(), LeaseError> {
-        let result = self.write_held(key, checkpoint, false).await;
+        let result = self.write_held(key, Some(checkpoint), false).await;
         let outcome = match &result {
             Ok(()) => "ok",
             Err(LeaseError::Lost(_)) => "fenced",
@@ -501,10 +501,7 @@ impl Leases {
     /// Checkpoints (when given) and gives the lease up so another instance
     /// takes it at its next take, without waiting for the failover time.
     pub async fn release(&self, key: &str, checkpoint: Option<&Checkpoint>) -> Result<(), LeaseError> {
-        let result = match checkpoint {
-            Some(c) => self.write_held(key, c, true).await,
-            None => self.write_release_only(key).await,
-        };
+        let result = self.write_held(key, checkpoint, true).await;
         if result.is_ok() {
             self.metrics.leases_lost.get_or_create(&self.outcome("released")).inc();
             info!(shard = %key, "Lease released");
@@ -520,39 +517,26 @@ impl Leases {
         self.set_held_gauge();
     }
 
-    async fn write_held(&self, key: &str, checkpoint: &Checkpoint, release: bool) -> Result<(), LeaseError> {
+    /// The one conditional write of a held lease: bump the counter, and
+    /// record `checkpoint` and/or give the lease up.
+    async fn write_held(&self, key: &str, checkpoint: Option<&Checkpoint>, release: bool) -> Result<(), LeaseError> {
         let Some(h) = self.held_lock().get(key).cloned() else { return Err(LeaseError::Lost(key.to_owned())) };
         let mut h = h.lock().await;
-        let (value, sub) = checkpoint.encode();
-        let set = "SET checkpoint = :cp, checkpointSubSequenceNumber = :sub, ownerSwitchesSinceCheckpoint = :zero, leaseCounter = :next";
-        let expr = if release { format!("{set} REMOVE leaseOwner") } else { set.to_owned() };
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("leaseKey", s(key))
-            .update_expression(expr)
-            .condition_expression("leaseOwner = :me AND leaseCounter = :c")
-            .expression_attribute_values(":cp", s(value))
-            .expression_attribute_values(":sub", n(sub as i64))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":me", s(&self.worker_id))
-            .expression_attribute_values(":c", n(h.counter))
-            .expression_attribute_values(":next", n(h.counter + 1))
-            .send()
-            .await;
-        self.finish_write(key, &mut h, result.map(drop))
-    }
-
-    async fn write_release_only(&self, key: &str) -> Result<(), LeaseError> {
-        let Some(h) = self.held_lock().get(key).cloned() else { return Err(LeaseError::Lost(key.to_owned())) };
-        let mut h = h.lock().await;
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("leaseKey", s(key))
-            .update_expression("SET leaseCounter = :next REMOVE leaseOwner")
+        let mut set = "SET leaseCounter = :next".to_owned();
+        let mut req = self.client.update_item().table_name(&self.table).key("leaseKey", s(key));
+        if let Some(c) = checkpoint {
+            let (value, sub) = c.encode();
+            set.push_str(", checkpoint = :cp, checkpointSubSequenceNumber = :sub, ownerSwitchesSinceCheckpoint = :zero");
+            req = req
+                .expression_attribute_values(":cp", s(value))
+                .expression_attribute_values(":sub", n(sub as i64))
+                .expression_attribute_values(":zero", n(0));
+        }
+        if release {
+            set.push_str(" REMOVE leaseOwner");
+        }
+        let result = req
+            .update_expression(set)
             .condition_expression("leaseOwner = :me AND leaseCounter = :c")
             .expression_attribute_values(":me", s(&self.worker_id))
             .expression_attribute_values(":c", n(h.counter))

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
-use goose::config::GooseConfiguration;
 use goose::prelude::*;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -256,19 +255,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         restart_status = Some(run_restart(cmd).await);
     }
 
-    let mut config = GooseConfiguration::default();
-    config.host = Some(format!("sqs://{}", targets.payments_queue));
-    config.users = Some(users);
-    config.increase_rate = Some(users.to_string());
-    config.iterations = Some(1);
-    config.no_telnet = true;
-    config.no_print_metrics = true;
-    config.quiet = 1;
-    config.threshold = scenario.thresholds.goose.clone();
-    config.report_file = ["html", "json", "md"]
-        .iter()
-        .map(|ext| args.report_dir.join(format!("goose-report.{ext}")).display().to_string())
-        .collect();
+    let config = crate::attack::config(format!("sqs://{}", targets.payments_queue), users, &scenario.thresholds.goose, &args.report_dir);
     let attack = GooseAttack::initialize_with_config(config)?
         .register_scenario(scenario!("PaymentsBurst").register_transaction(transaction!(fire).set_name("burst")));
 
@@ -280,13 +267,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         }
         restart_status = Some(run_restart(cmd).await);
     }
-    let failed_thresholds = match attack_task.await? {
-        Ok(_) => Vec::new(),
-        Err(GooseError::ThresholdsFailed { failed, .. }) => {
-            failed.iter().map(|t| format!("goose threshold {} (observed {})", t.rule, t.observed)).collect()
-        }
-        Err(e) => return Err(anyhow::anyhow!("goose: {e}")),
-    };
+    let failed_thresholds = crate::attack::failed_thresholds(attack_task.await?)?;
     let (fired_instant, fired_at) = *state.fired_at.get().context("the burst never fired")?;
     let send_secs = fired_instant.elapsed().as_secs_f64();
     let sent: Vec<Payment> = std::mem::take(&mut *state.sent.lock().unwrap_or_else(|e| e.into_inner()));

@@ -4,6 +4,7 @@
 //! Exit codes: 0 when every threshold and the verification pass, 1 when the
 //! run failed them, 2 when the run could not be made.
 
+mod attack;
 mod coldstart;
 mod morningrush;
 mod payload;

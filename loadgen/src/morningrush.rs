@@ -19,10 +19,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use goose::config::GooseConfiguration;
 use goose::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -367,42 +365,23 @@ type Written = Vec<(String, String, Option<OffsetDateTime>, Option<OffsetDateTim
 
 pub(crate) async fn read_orders(ddb: &aws_sdk_dynamodb::Client, table: &str, ids: &[String]) -> anyhow::Result<HashMap<String, Written>> {
     let mut found = HashMap::new();
-    for chunk in ids.chunks(100) {
-        let keys: Vec<HashMap<String, AttributeValue>> =
-            chunk.iter().map(|id| HashMap::from([("order_id".to_owned(), AttributeValue::S(id.clone()))])).collect();
-        let mut request = Some(KeysAndAttributes::builder().set_keys(Some(keys)).build()?);
-        let mut attempt = 0;
-        while let Some(req) = request.take() {
-            let out = ddb
-                .batch_get_item()
-                .request_items(table, req)
-                .send()
-                .await
-                .map_err(|e| anyhow::anyhow!("reading {table}: {e}"))?;
-            for item in out.responses.unwrap_or_default().remove(table).unwrap_or_default() {
-                let id = item.get("order_id").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-                let history = item
-                    .get("history")
-                    .and_then(|v| v.as_l().ok())
-                    .map(|l| {
-                        l.iter()
-                            .filter_map(|e| {
-                                let m = e.as_m().ok()?;
-                                let text = |k: &str| m.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-                                let time = |k: &str| OffsetDateTime::parse(&text(k), &Rfc3339).ok();
-                                Some((text("status"), text("event_id"), time("ts"), time("applied_at")))
-                            })
-                            .collect()
+    for item in verify::batch_get(ddb, table, "order_id", ids).await? {
+        let id = item.get("order_id").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+        let history = item
+            .get("history")
+            .and_then(|v| v.as_l().ok())
+            .map(|l| {
+                l.iter()
+                    .filter_map(|e| {
+                        let m = e.as_m().ok()?;
+                        let text = |k: &str| m.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                        let time = |k: &str| OffsetDateTime::parse(&text(k), &Rfc3339).ok();
+                        Some((text("status"), text("event_id"), time("ts"), time("applied_at")))
                     })
-                    .unwrap_or_default();
-                found.insert(id, history);
-            }
-            request = out.unprocessed_keys.and_then(|mut u| u.remove(table));
-            if request.is_some() {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(50 * attempt.min(20))).await;
-            }
-        }
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.insert(id, history);
     }
     Ok(found)
 }
@@ -440,28 +419,10 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let planned = state.orders.len();
     info!(scenario = %scenario.name, run_id, orders = planned, producers, "Starting the orders stream");
 
-    let mut config = GooseConfiguration::default();
-    config.host = Some(format!("kinesis://{}", targets.orders_stream));
-    config.users = Some(producers);
-    config.increase_rate = Some(producers.to_string());
-    config.iterations = Some(1);
-    config.no_telnet = true;
-    config.no_print_metrics = true;
-    config.quiet = 1;
-    config.threshold = scenario.thresholds.goose.clone();
-    config.report_file = ["html", "json", "md"]
-        .iter()
-        .map(|ext| args.report_dir.join(format!("goose-report.{ext}")).display().to_string())
-        .collect();
+    let config = crate::attack::config(format!("kinesis://{}", targets.orders_stream), producers, &scenario.thresholds.goose, &args.report_dir);
     let attack = GooseAttack::initialize_with_config(config)?
         .register_scenario(scenario!("OrdersStream").register_transaction(transaction!(produce).set_name("orders")));
-    let failed_thresholds = match attack.execute().await {
-        Ok(_) => Vec::new(),
-        Err(GooseError::ThresholdsFailed { failed, .. }) => {
-            failed.iter().map(|t| format!("goose threshold {} (observed {})", t.rule, t.observed)).collect()
-        }
-        Err(e) => return Err(anyhow::anyhow!("goose: {e}")),
-    };
+    let failed_thresholds = crate::attack::failed_thresholds(attack.execute().await)?;
     let (start, started_at) = *state.started.get().context("the run never started")?;
     let send_secs = start.elapsed().as_secs_f64();
     let sent = std::mem::take(&mut *state.sent.lock().unwrap_or_else(|e| e.into_inner()));

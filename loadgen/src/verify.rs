@@ -87,14 +87,18 @@ pub async fn wait_for_payments(
     }
 }
 
-/// Reads the `cafe-payments` items of `ids` (100 keys per BatchGetItem).
-pub async fn read_payments(ddb: &Client, table: &str, ids: &[String]) -> anyhow::Result<HashMap<String, Decided>> {
-    let mut found = HashMap::new();
+/// Reads the items of `table` whose hash key `key` is one of `ids` (100
+/// keys per BatchGetItem, unprocessed keys retried); absent ids are absent.
+pub async fn batch_get(
+    ddb: &Client,
+    table: &str,
+    key: &str,
+    ids: &[String],
+) -> anyhow::Result<Vec<HashMap<String, AttributeValue>>> {
+    let mut found = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(100) {
-        let keys: Vec<HashMap<String, AttributeValue>> = chunk
-            .iter()
-            .map(|id| HashMap::from([("payment_id".to_owned(), AttributeValue::S(id.clone()))]))
-            .collect();
+        let keys: Vec<HashMap<String, AttributeValue>> =
+            chunk.iter().map(|id| HashMap::from([(key.to_owned(), AttributeValue::S(id.clone()))])).collect();
         let mut request = Some(KeysAndAttributes::builder().set_keys(Some(keys)).build()?);
         let mut attempt = 0;
         while let Some(req) = request.take() {
@@ -104,20 +108,26 @@ pub async fn read_payments(ddb: &Client, table: &str, ids: &[String]) -> anyhow:
                 .send()
                 .await
                 .map_err(|e| anyhow::anyhow!("reading {table}: {e}"))?;
-            for item in out.responses.unwrap_or_default().remove(table).unwrap_or_default() {
-                let text = |k: &str| item.get(k).and_then(|a| a.as_s().ok()).cloned().unwrap_or_default();
-                let parse = |k: &str| OffsetDateTime::parse(&text(k), &Rfc3339).ok();
-                if let (Some(ts), Some(decided_at)) = (parse("ts"), parse("decided_at")) {
-                    let amount_cents =
-                        item.get("amount_cents").and_then(|a| a.as_n().ok()).and_then(|n| n.parse().ok()).unwrap_or(0);
-                    found.insert(text("payment_id"), Decided { ts, decided_at, decision: text("decision"), amount_cents });
-                }
-            }
+            found.extend(out.responses.unwrap_or_default().remove(table).unwrap_or_default());
             request = out.unprocessed_keys.and_then(|mut u| u.remove(table));
             if request.is_some() {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(50 * attempt.min(20))).await;
             }
+        }
+    }
+    Ok(found)
+}
+
+/// Reads the `cafe-payments` items of `ids`.
+pub async fn read_payments(ddb: &Client, table: &str, ids: &[String]) -> anyhow::Result<HashMap<String, Decided>> {
+    let mut found = HashMap::new();
+    for item in batch_get(ddb, table, "payment_id", ids).await? {
+        let text = |k: &str| item.get(k).and_then(|a| a.as_s().ok()).cloned().unwrap_or_default();
+        let parse = |k: &str| OffsetDateTime::parse(&text(k), &Rfc3339).ok();
+        if let (Some(ts), Some(decided_at)) = (parse("ts"), parse("decided_at")) {
+            let amount_cents = item.get("amount_cents").and_then(|a| a.as_n().ok()).and_then(|n| n.parse().ok()).unwrap_or(0);
+            found.insert(text("payment_id"), Decided { ts, decided_at, decision: text("decision"), amount_cents });
         }
     }
     Ok(found)

@@ -205,23 +205,13 @@ fn parse_aggregate(body: &[u8]) -> Option<Vec<SubRecord<'_>>> {
 mod tests {
     use super::*;
 
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-
     fn field_bytes(field: u64, bytes: &[u8], out: &mut Vec<u8>) {
-        varint(field << 3 | 2, out);
-        varint(bytes.len() as u64, out);
-        out.extend_from_slice(bytes);
+        put_bytes(field, bytes, out);
     }
 
     fn field_varint(field: u64, v: u64, out: &mut Vec<u8>) {
-        varint(field << 3, out);
-        varint(v, out);
+        put_varint(field << 3, out);
+        put_varint(v, out);
     }
 
     /// Builds an aggregate the way the KPL does.
