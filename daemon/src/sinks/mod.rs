@@ -2,6 +2,7 @@
 //! durable (or was already), so that sources acknowledge only that.
 
 pub mod dynamodb;
+pub mod redshift;
 pub mod rejected;
 
 /// The outcome of one record's write.
