@@ -17,6 +17,7 @@ use aws_sdk_sqs::types::MessageAttributeValue;
 use serde_json::json;
 
 mod orders;
+mod redshift;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cafe-streamd");
 static NEXT: AtomicU32 = AtomicU32::new(0);

@@ -2,4 +2,5 @@
 //! equal to the DynamoDB aggregate row. This release has its SQL (`sql`);
 //! the transports and the flush loop come with the menu path.
 
+pub mod postgres;
 pub mod sql;

@@ -1,0 +1,129 @@
+//! The PostgreSQL-wire transport of the Redshift sink: Redshift clusters
+//! speak the PostgreSQL protocol (port 5439), and so does PostgreSQL, which
+//! runs the same SQL in the tests.
+//!
+//! Owns: the connection (TLS with the webpki roots when the URL asks for
+//! `sslmode=require`, plain otherwise, for loopback) and running one batch
+//! of statements as one transaction. Must not: build SQL (`sql` does) or
+//! spawn the connection's driver (topology does; `connect` hands it back).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use tokio_postgres::Client;
+
+/// Why a batch did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The server refused a statement (its SQLSTATE and message); the
+    /// transaction was rolled back.
+    #[error("statement failed ({code}): {message}")]
+    Statement {
+        /// SQLSTATE.
+        code: String,
+        /// Server message.
+        message: String,
+    },
+    /// The connection failed; retry on a new one.
+    #[error("connection failed: {0}")]
+    Connection(String),
+}
+
+impl PgError {
+    /// Whether the same batch may succeed later (connection trouble,
+    /// serialization failures, deadlocks, the server shutting down).
+    pub fn retryable(&self) -> bool {
+        match self {
+            PgError::Connection(_) => true,
+            PgError::Statement { code, .. } => code.starts_with("08") || code.starts_with("57") || code == "40001" || code == "40P01",
+        }
+    }
+}
+
+fn classify(e: tokio_postgres::Error) -> PgError {
+    match e.as_db_error() {
+        Some(db) => PgError::Statement { code: db.code().code().to_owned(), message: db.message().to_owned() },
+        None => PgError::Connection(e.to_string()),
+    }
+}
+
+/// The connection's driver: must be polled (spawned) for the client to work.
+pub type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One connection.
+#[derive(Clone)]
+pub struct PgTransport {
+    client: Arc<Mutex<Client>>,
+}
+
+impl std::fmt::Debug for PgTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgTransport")
+    }
+}
+
+/// Connects to `url` (`postgres://user[:password]@host:port/db[?sslmode=require]`).
+pub async fn connect(url: &str) -> Result<(PgTransport, Driver), PgError> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| PgError::Connection(e.to_string()))?;
+    let driver: Driver;
+    // TLS when the URL says `sslmode=require` (real clusters); plain
+    // otherwise (loopback PostgreSQL in tests).
+    let client = if config.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(classify)?;
+        driver = Box::pin(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %e, "PostgreSQL connection closed");
+            }
+        });
+        client
+    } else {
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let tls_config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PgError::Connection(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config);
+        let (client, conn) = config.connect(tls).await.map_err(classify)?;
+        driver = Box::pin(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %e, "PostgreSQL connection closed");
+            }
+        });
+        client
+    };
+    Ok((PgTransport { client: Arc::new(Mutex::new(client)) }, driver))
+}
+
+impl PgTransport {
+    /// Runs `statements` in one transaction: all commit or none.
+    pub async fn run_batch(&self, statements: &[String]) -> Result<(), PgError> {
+        let mut client = self.client.lock().await;
+        let tx = client.transaction().await.map_err(classify)?;
+        for s in statements {
+            tx.batch_execute(s).await.map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)
+    }
+
+    /// Runs one statement outside a batch (DDL).
+    pub async fn execute(&self, statement: &str) -> Result<(), PgError> {
+        self.client.lock().await.batch_execute(statement).await.map_err(classify)
+    }
+
+    /// Rows of `query` as text columns (for checks and tests).
+    pub async fn query_text(&self, query: &str) -> Result<Vec<Vec<String>>, PgError> {
+        let rows = self.client.lock().await.simple_query(query).await.map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).unwrap_or("").to_owned()).collect())
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}

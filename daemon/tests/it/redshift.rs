@@ -1,0 +1,76 @@
+//! The Redshift sink's SQL, run for real on the local PostgreSQL 15 through
+//! the PostgreSQL-wire transport.
+
+use daemon::sinks::redshift::{postgres, sql};
+use pipeline::window::{Counters, WindowId};
+
+async fn pg() -> postgres::PgTransport {
+    let url = std::env::var("CAFE_PG_URL").expect("CAFE_PG_URL is not set: run through scripts/test.sh");
+    let (pg, driver) = postgres::connect(&url).await.expect("connect to the local PostgreSQL");
+    tokio::spawn(driver);
+    pg
+}
+
+fn row(store: &str, minute: u32, orders: i64) -> (WindowId, Counters) {
+    (
+        WindowId { store: store.into(), window: format!("2026-11-22T08:{minute:02}:00Z") },
+        Counters { orders, revenue_cents: orders * 450, payments: 1, ..Counters::default() },
+    )
+}
+
+async fn table_rows(pg: &postgres::PgTransport, table: &str) -> Vec<Vec<String>> {
+    pg.query_text(&format!("SELECT store, window_start, orders, revenue_cents, payments FROM {table} ORDER BY 1, 2"))
+        .await
+        .expect("select")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upserts_are_idempotent_and_atomic_on_postgresql() {
+    let pg = pg().await;
+    let table = format!("cafe_store_minute_it_{}", std::process::id());
+    pg.execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop");
+    pg.execute(&sql::create_table(&table)).await.expect("create");
+
+    let rows = vec![row("s1", 1, 3), row("s1", 2, 5), row("s'x", 1, 7)];
+    for b in sql::upsert_batches(&table, &rows) {
+        pg.run_batch(&b).await.expect("upsert");
+    }
+    let first = table_rows(&pg, &table).await;
+    assert_eq!(first.len(), 3, "{first:?}");
+    assert_eq!(first[0], vec!["s'x", "2026-11-22 08:01:00", "7", "3150", "1"]);
+
+    // Replayed twice: nothing changes.
+    for _ in 0..2 {
+        for b in sql::upsert_batches(&table, &rows) {
+            pg.run_batch(&b).await.expect("replay");
+        }
+    }
+    assert_eq!(table_rows(&pg, &table).await, first);
+
+    // A newer absolute value replaces the row; the others stay.
+    for b in sql::upsert_batches(&table, &[row("s1", 2, 6)]) {
+        pg.run_batch(&b).await.expect("update");
+    }
+    let updated = table_rows(&pg, &table).await;
+    assert_eq!(updated.len(), 3);
+    assert_eq!(updated[2][2], "6", "{updated:?}");
+
+    // A batch that fails half way commits nothing.
+    let mut bad = sql::upsert_batches(&table, &[row("s1", 1, 999), row("s9", 9, 1)]).remove(0);
+    let delete_at = bad.iter().position(|s| s.starts_with("DELETE")).expect("delete");
+    bad.insert(delete_at + 1, "SELECT 1 / 0".into());
+    let err = pg.run_batch(&bad).await.expect_err("division by zero");
+    assert!(!err.retryable(), "{err}");
+    assert_eq!(table_rows(&pg, &table).await, updated, "the failed batch changed nothing");
+
+    // A flush larger than one Data API batch still lands whole.
+    let many: Vec<_> = (0..60_000).map(|i| row(&format!("bulk-{i}"), (i % 60) as u32, 1)).collect();
+    let batches = sql::upsert_batches(&table, &many);
+    assert!(batches.len() > 1);
+    for b in &batches {
+        pg.run_batch(b).await.expect("bulk");
+    }
+    let n = pg.query_text(&format!("SELECT count(*) FROM {table}")).await.expect("count");
+    assert_eq!(n[0][0], (3 + 60_000).to_string());
+    pg.execute(&format!("DROP TABLE {table}")).await.expect("drop");
+}
