@@ -2,6 +2,7 @@
 //! the PostgreSQL-wire transport.
 
 use daemon::sinks::redshift::{postgres, sql};
+use daemon::sinks::redshift::sql::MirrorRow;
 use pipeline::window::{Counters, WindowId};
 
 async fn pg() -> postgres::PgTransport {
@@ -11,11 +12,12 @@ async fn pg() -> postgres::PgTransport {
     pg
 }
 
-fn row(store: &str, minute: u32, orders: i64) -> (WindowId, Counters) {
-    (
-        WindowId { store: store.into(), window: format!("2026-11-22T08:{minute:02}:00Z") },
-        Counters { orders, revenue_cents: orders * 450, payments: 1, ..Counters::default() },
-    )
+fn row(store: &str, minute: u32, orders: i64) -> MirrorRow {
+    MirrorRow {
+        id: WindowId { store: store.into(), window: format!("2026-11-22T08:{minute:02}:00Z") },
+        counters: Counters { orders, revenue_cents: orders * 450, payments: 1, ..Counters::default() },
+        version: orders,
+    }
 }
 
 async fn table_rows(pg: &postgres::PgTransport, table: &str) -> Vec<Vec<String>> {
@@ -54,6 +56,11 @@ async fn upserts_are_idempotent_and_atomic_on_postgresql() {
     let updated = table_rows(&pg, &table).await;
     assert_eq!(updated.len(), 3);
     assert_eq!(updated[2][2], "6", "{updated:?}");
+    // An older flush landing late (another instance's, or a retry) changes nothing.
+    for b in sql::upsert_batches(&table, &[row("s1", 2, 4), row("s'x", 1, 2)]) {
+        pg.run_batch(&b).await.expect("late");
+    }
+    assert_eq!(table_rows(&pg, &table).await, updated, "older versions never replace newer ones");
 
     // A batch that fails half way commits nothing.
     let mut bad = sql::upsert_batches(&table, &[row("s1", 1, 999), row("s9", 9, 1)]).remove(0);
@@ -73,4 +80,48 @@ async fn upserts_are_idempotent_and_atomic_on_postgresql() {
     let n = pg.query_text(&format!("SELECT count(*) FROM {table}")).await.expect("count");
     assert_eq!(n[0][0], (3 + 60_000).to_string());
     pg.execute(&format!("DROP TABLE {table}")).await.expect("drop");
+}
+
+/// Flushes of one key from several instances at once, in any order: the
+/// newest version wins, whatever interleaving PostgreSQL picks, and a
+/// collision is reported retryable.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_flushes_keep_the_newest_version() {
+    let setup = pg().await;
+    let table = format!("cafe_store_minute_race_{}", std::process::id());
+    setup.execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop");
+    setup.execute(&sql::create_table(&table)).await.expect("create");
+    let mut tasks = Vec::new();
+    for writer in 0..6i64 {
+        let table = table.clone();
+        tasks.push(tokio::spawn(async move {
+            let pg = pg().await;
+            let mut retries = 0;
+            // Each writer flushes versions 1..=30 of 10 keys, offset so
+            // that writers overtake each other.
+            for step in 0..30i64 {
+                let version = (step + writer * 5) % 30 + 1;
+                let rows: Vec<MirrorRow> = (0..10).map(|k| row(&format!("k{k}"), 0, version)).collect();
+                for b in sql::upsert_batches(&table, &rows) {
+                    loop {
+                        match pg.run_batch(&b).await {
+                            Ok(()) => break,
+                            Err(e) if e.retryable() => retries += 1,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            }
+            retries
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let rows = setup.query_text(&format!("SELECT store, orders, version FROM {table} ORDER BY 1")).await.expect("select");
+    assert_eq!(rows.len(), 10, "one row per key: {rows:?}");
+    for r in &rows {
+        assert_eq!((r[1].as_str(), r[2].as_str()), ("30", "30"), "{rows:?}");
+    }
+    setup.execute(&format!("DROP TABLE {table}")).await.expect("drop");
 }

@@ -33,11 +33,13 @@ pub enum PgError {
 
 impl PgError {
     /// Whether the same batch may succeed later (connection trouble,
-    /// serialization failures, deadlocks, the server shutting down).
+    /// serialization failures, deadlocks, the server shutting down, and a
+    /// unique violation: another flush inserted the same new key first, and
+    /// the retry compares versions with it).
     pub fn retryable(&self) -> bool {
         match self {
             PgError::Connection(_) => true,
-            PgError::Statement { code, .. } => code.starts_with("08") || code.starts_with("57") || code == "40001" || code == "40P01",
+            PgError::Statement { code, .. } => code.starts_with("08") || code.starts_with("57") || code == "40001" || code == "40P01" || code == "23505",
         }
     }
 }

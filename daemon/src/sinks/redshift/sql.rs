@@ -2,10 +2,15 @@
 //! BatchExecuteStatement and the PostgreSQL wire protocol).
 //!
 //! Owns: the `cafe_store_minute` DDL and the idempotent upsert: rows carry
-//! the absolute counters of their (store, window) as DynamoDB holds them, so
-//! staging them in a temporary table, deleting the matching keys and
-//! inserting, in one transaction, leaves the table equal to DynamoDB however
-//! often it is replayed. Must not: run anything.
+//! the absolute counters of their (store, window) as DynamoDB holds them and
+//! the row's `version` there (bumped by every change), so staging them in a
+//! temporary table, deleting the matching keys whose version is older and
+//! inserting the keys now absent, in one transaction, leaves the table equal
+//! to DynamoDB however often, and in whatever order, flushes are replayed:
+//! an older flush landing after a newer one changes nothing. Two flushes of
+//! one new key at once collide on the key (PostgreSQL: unique violation;
+//! Redshift: serializable isolation violation); the loser is retried. Must
+//! not: run anything.
 //!
 //! Limits honoured: at most 40 statements per batch and 100 KB per statement
 //! (the Data API's), so a large flush becomes several batches, each a whole
@@ -15,6 +20,17 @@
 //! are escaped anyway.
 
 use pipeline::window::{Counters, WindowId};
+
+/// One row as DynamoDB holds it: its key, absolute counters and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorRow {
+    /// (store, window).
+    pub id: WindowId,
+    /// Absolute counters.
+    pub counters: Counters,
+    /// The DynamoDB row's `version`: how many changes it has had.
+    pub version: i64,
+}
 
 /// The table the contract names.
 pub const TABLE: &str = "cafe_store_minute";
@@ -27,7 +43,7 @@ pub const MAX_STATEMENT_BYTES: usize = 100_000;
 pub fn create_table(table: &str) -> String {
     let counters: Vec<String> = Counters::NAMES.iter().map(|n| format!("{n} BIGINT NOT NULL DEFAULT 0")).collect();
     format!(
-        "CREATE TABLE IF NOT EXISTS {table} (store VARCHAR(32) NOT NULL, window_start TIMESTAMP NOT NULL, {}, PRIMARY KEY (store, window_start))",
+        "CREATE TABLE IF NOT EXISTS {table} (store VARCHAR(32) NOT NULL, window_start TIMESTAMP NOT NULL, {}, version BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (store, window_start))",
         counters.join(", ")
     )
 }
@@ -41,16 +57,21 @@ fn timestamp(window: &str) -> String {
     literal(&window.trim_end_matches('Z').replace('T', " "))
 }
 
-fn row_values(row: &WindowId, c: &Counters) -> String {
-    let nums: Vec<String> = c.values().iter().map(i64::to_string).collect();
-    format!("({}, {}, {})", literal(&row.store), timestamp(&row.window), nums.join(", "))
+fn row_values(row: &MirrorRow) -> String {
+    let nums: Vec<String> = row.counters.values().iter().map(i64::to_string).collect();
+    format!("({}, {}, {}, {})", literal(&row.id.store), timestamp(&row.id.window), nums.join(", "), row.version)
 }
 
 /// The batches that upsert `rows` into `table`; each batch is one
 /// transaction's statements.
-pub fn upsert_batches(table: &str, rows: &[(WindowId, Counters)]) -> Vec<Vec<String>> {
+/// `rows` must hold each key once.
+pub fn upsert_batches(table: &str, rows: &[MirrorRow]) -> Vec<Vec<String>> {
     let stage = format!("{table}_stage");
-    let columns = format!("store, window_start, {}", Counters::NAMES.join(", "));
+    let columns = format!("store, window_start, {}, version", Counters::NAMES.join(", "));
+    let stage_columns = format!("{stage}.store, {stage}.window_start, {}, {stage}.version", {
+        let c: Vec<String> = Counters::NAMES.iter().map(|n| format!("{stage}.{n}")).collect();
+        c.join(", ")
+    });
     let head = format!("INSERT INTO {stage} ({columns}) VALUES ");
     let mut batches = Vec::new();
     let mut inserts: Vec<String> = Vec::new();
@@ -63,14 +84,16 @@ pub fn upsert_batches(table: &str, rows: &[(WindowId, Counters)]) -> Vec<Vec<Str
         let mut b = vec![format!("CREATE TEMP TABLE {stage} (LIKE {table})")];
         b.append(inserts);
         b.push(format!(
-            "DELETE FROM {table} USING {stage} WHERE {table}.store = {stage}.store AND {table}.window_start = {stage}.window_start"
+            "DELETE FROM {table} USING {stage} WHERE {table}.store = {stage}.store AND {table}.window_start = {stage}.window_start AND {table}.version < {stage}.version"
         ));
-        b.push(format!("INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage}"));
+        b.push(format!(
+            "INSERT INTO {table} ({columns}) SELECT {stage_columns} FROM {stage} LEFT JOIN {table} ON {table}.store = {stage}.store AND {table}.window_start = {stage}.window_start WHERE {table}.store IS NULL"
+        ));
         b.push(format!("DROP TABLE {stage}"));
         batches.push(b);
     };
-    for (row, c) in rows {
-        let v = row_values(row, c);
+    for row in rows {
+        let v = row_values(row);
         if !cur.is_empty() && cur.len() + 2 + v.len() > MAX_STATEMENT_BYTES {
             inserts.push(std::mem::take(&mut cur));
             if inserts.len() + fixed >= MAX_STATEMENTS {
@@ -95,11 +118,12 @@ pub fn upsert_batches(table: &str, rows: &[(WindowId, Counters)]) -> Vec<Vec<Str
 mod tests {
     use super::*;
 
-    fn row(store: &str, minute: u32) -> (WindowId, Counters) {
-        (
-            WindowId { store: store.into(), window: format!("2026-11-22T08:{minute:02}:00Z") },
-            Counters { orders: i64::from(minute), revenue_cents: 100, ..Counters::default() },
-        )
+    fn row(store: &str, minute: u32) -> MirrorRow {
+        MirrorRow {
+            id: WindowId { store: store.into(), window: format!("2026-11-22T08:{minute:02}:00Z") },
+            counters: Counters { orders: i64::from(minute), revenue_cents: 100, ..Counters::default() },
+            version: 3,
+        }
     }
 
     #[test]
@@ -110,8 +134,11 @@ mod tests {
         assert_eq!(stmts.len(), 5);
         assert!(stmts[0].starts_with("CREATE TEMP TABLE cafe_store_minute_stage"));
         assert!(stmts[1].contains("('s1', '2026-11-22 08:01:00', 1, 0, 100,"), "{}", stmts[1]);
+        assert!(stmts[1].contains(", 0, 3), ('s''2'"), "the version is last: {}", stmts[1]);
         assert!(stmts[1].contains("'s''2'"), "quotes are escaped: {}", stmts[1]);
         assert!(stmts[2].starts_with("DELETE FROM cafe_store_minute USING"));
+        assert!(stmts[2].ends_with("cafe_store_minute.version < cafe_store_minute_stage.version"), "only older rows go: {}", stmts[2]);
+        assert!(stmts[3].ends_with("WHERE cafe_store_minute.store IS NULL"), "only absent keys come in: {}", stmts[3]);
     }
 
     #[test]
@@ -138,5 +165,6 @@ mod tests {
         for n in Counters::NAMES {
             assert!(ddl.contains(&format!("{n} BIGINT")), "{n}");
         }
+        assert!(ddl.contains("version BIGINT"));
     }
 }
