@@ -62,7 +62,15 @@ fn openssl_speed(len: usize, secs: u32) -> Option<f64> {
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     // The last line: "sha256    1806197.07k" (1000s of bytes per second).
-    let k = text.lines().rev().find(|l| l.starts_with("sha256"))?.split_whitespace().last()?.trim_end_matches('k').parse::<f64>().ok()?;
+    let k = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("sha256"))?
+        .split_whitespace()
+        .last()?
+        .trim_end_matches('k')
+        .parse::<f64>()
+        .ok()?;
     Some(k * 1000.0)
 }
 

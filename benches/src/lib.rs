@@ -45,8 +45,10 @@ pub fn menu_item(image_len: usize) -> pipeline::event::MenuItem {
     use sha2::Digest;
     let img: Vec<u8> = (0..image_len).map(|i| (i * 7 % 256) as u8).collect();
     let ingredients: Vec<_> = (0..5)
-        .map(|k| json!({"name": format!("ing-{k}"), "grams": 20 + k, "kcal_per_100g": 50.5 + k as f64,
-                        "protein_per_100g": 1.5, "fat_per_100g": 2.0, "carbs_per_100g": 10}))
+        .map(|k| {
+            json!({"name": format!("ing-{k}"), "grams": 20 + k, "kcal_per_100g": 50.5 + k as f64,
+                        "protein_per_100g": 1.5, "fat_per_100g": 2.0, "carbs_per_100g": 10})
+        })
         .collect();
     let body = json!({
         "v": 1, "id": "m-1", "type": "menu.item.upserted", "ts": "2026-11-22T08:00:00Z", "store": "store-1",

@@ -474,10 +474,7 @@ fn semantic_problems(c: &Config) -> Vec<(String, String)> {
             bad(&format!("{name}.receivers"), format!("must be 1..256, got {}", s.receivers));
         }
         if !(5..=43_200).contains(&s.visibility_timeout_secs) {
-            bad(
-                &format!("{name}.visibility_timeout_secs"),
-                format!("must be 5..43200, got {}", s.visibility_timeout_secs),
-            );
+            bad(&format!("{name}.visibility_timeout_secs"), format!("must be 5..43200, got {}", s.visibility_timeout_secs));
         }
         if s.retry_delay_secs > 43_200 {
             bad(&format!("{name}.retry_delay_secs"), format!("must be 0..43200, got {}", s.retry_delay_secs));
@@ -509,7 +506,10 @@ fn semantic_problems(c: &Config) -> Vec<(String, String)> {
     if k.lease_renew_interval_ms == 0 || k.lease_renew_interval_ms * 2 > k.failover_time_ms {
         bad(
             "sources.orders.lease_renew_interval_ms",
-            format!("must be above 0 and at most half of failover_time_ms ({}), got {}", k.failover_time_ms, k.lease_renew_interval_ms),
+            format!(
+                "must be above 0 and at most half of failover_time_ms ({}), got {}",
+                k.failover_time_ms, k.lease_renew_interval_ms
+            ),
         );
     }
     if !(100..=600_000).contains(&k.lease_take_interval_ms) {
@@ -522,7 +522,10 @@ fn semantic_problems(c: &Config) -> Vec<(String, String)> {
         bad("sources.orders.max_records", format!("must be 1..10000 (a Kinesis limit), got {}", k.max_records));
     }
     if k.poll_interval_ms < 200 || k.poll_interval_ms > 60_000 {
-        bad("sources.orders.poll_interval_ms", format!("must be 200..60000 (Kinesis allows 5 reads/s per shard), got {}", k.poll_interval_ms));
+        bad(
+            "sources.orders.poll_interval_ms",
+            format!("must be 200..60000 (Kinesis allows 5 reads/s per shard), got {}", k.poll_interval_ms),
+        );
     }
     if !(1..=64).contains(&k.prefetch_batches) {
         bad("sources.orders.prefetch_batches", format!("must be 1..64, got {}", k.prefetch_batches));

@@ -197,13 +197,7 @@ pub struct TakePlan {
 
 /// Decides a take from the table's state. `expired` says which leases are
 /// expired (or free); finished leases are neither counted nor taken.
-pub fn plan_take(
-    me: &str,
-    leases: &[Lease],
-    expired: &HashSet<String>,
-    max_steal: usize,
-    rng: &mut impl rand::Rng,
-) -> TakePlan {
+pub fn plan_take(me: &str, leases: &[Lease], expired: &HashSet<String>, max_steal: usize, rng: &mut impl rand::Rng) -> TakePlan {
     let live: Vec<&Lease> = leases.iter().filter(|l| !l.finished()).collect();
     let mut per_owner: HashMap<&str, Vec<&Lease>> = HashMap::new();
     for l in &live {
@@ -313,7 +307,11 @@ impl Leases {
     }
 
     /// Creates a free lease for each shard in `shards` (id, parents) that has none.
-    pub async fn create_missing(&self, shards: &[(String, Vec<String>)], existing: &HashSet<String>) -> Result<usize, LeaseError> {
+    pub async fn create_missing(
+        &self,
+        shards: &[(String, Vec<String>)],
+        existing: &HashSet<String>,
+    ) -> Result<usize, LeaseError> {
         let initial = if self.config.initial_position == "latest" { "LATEST" } else { "TRIM_HORIZON" };
         let mut created = 0;
         for (shard, parents) in shards {
@@ -444,7 +442,9 @@ impl Leases {
                         self.metrics.leases_taken.get_or_create(&self.outcome(how)).inc();
                         taken.push(l);
                     }
-                    Err(LeaseError::Lost(_)) => debug!(shard = %key, "Lease changed while taking it; another instance was faster"),
+                    Err(LeaseError::Lost(_)) => {
+                        debug!(shard = %key, "Lease changed while taking it; another instance was faster")
+                    }
                     Err(e) => warn!(shard = %key, error = %e, "Taking a lease failed"),
                 }
             }
@@ -717,9 +717,7 @@ mod tests {
 
     #[test]
     fn no_steal_when_already_at_share_or_the_busiest_is_not_above_it() {
-        let leases: Vec<Lease> = (0..8)
-            .map(|i| lease(&format!("s{i}"), Some(["a", "b", "c"][i % 3])))
-            .collect();
+        let leases: Vec<Lease> = (0..8).map(|i| lease(&format!("s{i}"), Some(["a", "b", "c"][i % 3]))).collect();
         let none = HashSet::new();
         // a has 3, b 3, c 2: target 3, c may not steal (nobody is above 3).
         let c = plan_take("c", &leases, &none, 5, &mut rng());
@@ -751,7 +749,18 @@ mod tests {
     fn dead_workers_leases_count_as_free_not_as_a_worker() {
         // a is dead (its leases expired): b and c split all 8.
         let leases: Vec<Lease> = (0..8)
-            .map(|i| lease(&format!("s{i}"), Some(if i < 3 { "a" } else if i < 6 { "b" } else { "c" })))
+            .map(|i| {
+                lease(
+                    &format!("s{i}"),
+                    Some(if i < 3 {
+                        "a"
+                    } else if i < 6 {
+                        "b"
+                    } else {
+                        "c"
+                    }),
+                )
+            })
             .collect();
         let expired: HashSet<String> = ["s0", "s1", "s2"].iter().map(|s| s.to_string()).collect();
         let plan = plan_take("c", &leases, &expired, 1, &mut rng());

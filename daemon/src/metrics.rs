@@ -89,8 +89,7 @@ pub struct BuildLabel {
 
 fn latency_histogram() -> Histogram {
     Histogram::new([
-        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0,
-        300.0,
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0,
     ])
 }
 
@@ -209,13 +208,29 @@ impl Metrics {
         registry.register(n::SINK_WRITE_DURATION, "Sink write latency including retries", m.sink_write_duration.clone());
         registry.register(n::SOURCE_RECEIVED_BYTES, "Bytes received from a source", m.source_received_bytes.clone());
         registry.register(n::SOURCE_THROTTLES, "Source reads refused for throughput", m.source_throttles.clone());
-        registry.register(n::KINESIS_BEHIND_LATEST, "Seconds a shard's reader is behind the stream's tip", m.kinesis_behind_latest.clone());
-        registry.register(n::KINESIS_ITERATOR_EXPIRIES, "Shard iterators that expired and were renewed", m.kinesis_iterator_expiries.clone());
-        registry.register(n::KINESIS_CHECKPOINTS, "Checkpoints written to the lease table, by outcome", m.kinesis_checkpoints.clone());
+        registry.register(
+            n::KINESIS_BEHIND_LATEST,
+            "Seconds a shard's reader is behind the stream's tip",
+            m.kinesis_behind_latest.clone(),
+        );
+        registry.register(
+            n::KINESIS_ITERATOR_EXPIRIES,
+            "Shard iterators that expired and were renewed",
+            m.kinesis_iterator_expiries.clone(),
+        );
+        registry.register(
+            n::KINESIS_CHECKPOINTS,
+            "Checkpoints written to the lease table, by outcome",
+            m.kinesis_checkpoints.clone(),
+        );
         registry.register(n::LEASES_HELD, "Shard leases held by this instance", m.leases_held.clone());
         registry.register(n::LEASES_TAKEN, "Shard leases taken, by how", m.leases_taken.clone());
         registry.register(n::LEASES_LOST, "Shard leases lost or given up, by how", m.leases_lost.clone());
-        registry.register(n::ORDERS_STATE_READS, "Orders read back because their state was not cached", m.orders_state_reads.clone());
+        registry.register(
+            n::ORDERS_STATE_READS,
+            "Orders read back because their state was not cached",
+            m.orders_state_reads.clone(),
+        );
         let build = Family::<BuildLabel, Gauge>::default();
         build.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION"), commit: crate::GIT_COMMIT }).set(1);
         registry.register(n::BUILD_INFO, "Build version and commit; value 1", build);

@@ -318,7 +318,10 @@ async fn apply_batch(
                     None => {
                         fates[i] = Fate::Rejected(Rejection::new(
                             RejectReason::UnsupportedInput,
-                            format!("{} events are not processed from a Kinesis input in this release", e.body.event_type().name()),
+                            format!(
+                                "{} events are not processed from a Kinesis input in this release",
+                                e.body.event_type().name()
+                            ),
                         ));
                     }
                 }
@@ -419,7 +422,10 @@ async fn apply_batch(
                 Ok(text) => (text.to_owned(), r.detail.clone()),
                 Err(_) => {
                     use base64::Engine;
-                    (base64::engine::general_purpose::STANDARD.encode(data), format!("body is base64: the record is not UTF-8; {}", r.detail))
+                    (
+                        base64::engine::general_purpose::STANDARD.encode(data),
+                        format!("body is base64: the record is not UTF-8; {}", r.detail),
+                    )
                 }
             };
             rejections.push(RejectedRecord {
@@ -459,7 +465,10 @@ async fn apply_batch(
             path.metrics.pipeline_events.get_or_create(&Metrics::source_outcome(source, outcome)).inc_by(n);
         }
     }
-    path.metrics.stage_duration.get_or_create(&StageLabel { stage: "orders_write" }).observe(write_started.elapsed().as_secs_f64());
+    path.metrics
+        .stage_duration
+        .get_or_create(&StageLabel { stage: "orders_write" })
+        .observe(write_started.elapsed().as_secs_f64());
     Ok(())
 }
 

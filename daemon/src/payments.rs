@@ -89,11 +89,8 @@ pub fn decide_batch(msgs: Vec<SqsMessage>, engine: &Mutex<FraudEngine>, source: 
                 Ok(e) => match e.body {
                     Body::PaymentRequested(p) => {
                         let v = engine.score(&p, e.ts);
-                        let mut counters = Counters {
-                            payments: 1,
-                            payment_amount_cents: p.amount_cents as i64,
-                            ..Counters::default()
-                        };
+                        let mut counters =
+                            Counters { payments: 1, payment_amount_cents: p.amount_cents as i64, ..Counters::default() };
                         match v.decision {
                             Decision::Approve => counters.payments_approved = 1,
                             Decision::Review => counters.payments_review = 1,
@@ -164,10 +161,7 @@ pub async fn decide_loop(
                 // A bug, not bad input (decoding never panics on input): give
                 // the messages back rather than lose them.
                 error!(error = %e, messages = receipts.len(), "Decide stage failed; releasing the batch");
-                let items = receipts
-                    .into_iter()
-                    .map(|r| (r, Outcome::Unsupported(EventType::PaymentRequested)))
-                    .collect();
+                let items = receipts.into_iter().map(|r| (r, Outcome::Unsupported(EventType::PaymentRequested))).collect();
                 DecidedBatch { items, decided_at: Instant::now() }
             }
         };
@@ -208,14 +202,17 @@ pub async fn write_batch(batch: DecidedBatch, sinks: &Sinks, source: &str, metri
                 rejection_at.push(i);
             }
             Outcome::Unsupported(t) => {
-                warn!(source, event_type = t.name(), "Event type not handled on this input yet; leaving it to redelivery and the DLQ");
+                warn!(
+                    source,
+                    event_type = t.name(),
+                    "Event type not handled on this input yet; leaving it to redelivery and the DLQ"
+                );
                 metrics.pipeline_events.get_or_create(&Metrics::source_outcome(source, "unsupported")).inc();
                 outcomes[i] = Some(WriteOutcome::Failed);
             }
         }
     }
-    let (rejected_out, payment_out) =
-        tokio::join!(sinks.rejected.send(&rejections), sinks.dynamodb.write_payments(&payments));
+    let (rejected_out, payment_out) = tokio::join!(sinks.rejected.send(&rejections), sinks.dynamodb.write_payments(&payments));
 
     let now = OffsetDateTime::now_utc();
     let e2e = metrics.e2e_latency.get_or_create(&Metrics::source(source));

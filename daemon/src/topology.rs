@@ -150,11 +150,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let kinesis = KinesisSource::new(aws_sdk_kinesis::Client::new(&sdk), config.sources.orders.clone(), Arc::clone(&metrics));
         // Fail fast on a missing stream or lease table rather than retrying forever.
         kinesis.list_shards().await?;
-        orders_path
-            .leases
-            .scan()
-            .await
-            .map_err(|e| anyhow::anyhow!("lease table {} (run `cafe-streamd provision`): {e}", config.sources.orders.lease_table))?;
+        orders_path.leases.scan().await.map_err(|e| {
+            anyhow::anyhow!("lease table {} (run `cafe-streamd provision`): {e}", config.sources.orders.lease_table)
+        })?;
         let (lease_tx, lease_rx) = mpsc::channel(64);
         shard_tracker.spawn(supervise_shards(
             lease_rx,
@@ -281,7 +279,8 @@ async fn run_shard(
     info!(shard = %shard, checkpoint = ?lease.checkpoint, "Reading shard");
     let (tx, rx) = mpsc::channel(path.config.prefetch_batches);
     let reader = {
-        let (kinesis, shard, checkpoint, stop_reading) = (kinesis.clone(), shard.clone(), lease.checkpoint.clone(), waiting.clone());
+        let (kinesis, shard, checkpoint, stop_reading) =
+            (kinesis.clone(), shard.clone(), lease.checkpoint.clone(), waiting.clone());
         tracker.spawn(async move { kinesis.fetch_loop(shard, checkpoint, tx, stop_reading).await })
     };
     let exit = orders::process_shard(path, shard.clone(), rx, stop, lost).await;

@@ -55,8 +55,7 @@ async fn fire(user: &mut GooseUser) -> TransactionResult {
     let mine: Vec<u64> = (me as u64..b.payments).step_by(b.users).collect();
     for chunk in mine.chunks(10) {
         let ts = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
-        let batch: Vec<Payment> =
-            chunk.iter().map(|&i| payload::payment(b.seed, &b.run_id, i, &b.load, &ts)).collect();
+        let batch: Vec<Payment> = chunk.iter().map(|&i| payload::payment(b.seed, &b.run_id, i, &b.load, &ts)).collect();
         let mut pending: Vec<usize> = (0..batch.len()).collect();
         for attempt in 0..5u64 {
             let entries: Vec<_> = pending
@@ -255,7 +254,8 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         restart_status = Some(run_restart(cmd).await);
     }
 
-    let config = crate::attack::config(format!("sqs://{}", targets.payments_queue), users, &scenario.thresholds.goose, &args.report_dir);
+    let config =
+        crate::attack::config(format!("sqs://{}", targets.payments_queue), users, &scenario.thresholds.goose, &args.report_dir);
     let attack = GooseAttack::initialize_with_config(config)?
         .register_scenario(scenario!("PaymentsBurst").register_transaction(transaction!(fire).set_name("burst")));
 
@@ -301,10 +301,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         mismatches.push(format!("payment_amount_cents is {} but {} was sent", sums.payment_amount_cents, sent_amount));
     }
     if found_amount != sums.payment_amount_cents && duplicated == 0 {
-        mismatches.push(format!(
-            "items sum to {found_amount} cents but the aggregates to {}",
-            sums.payment_amount_cents
-        ));
+        mismatches.push(format!("items sum to {found_amount} cents but the aggregates to {}", sums.payment_amount_cents));
     }
     let count = |d: &str| found.values().filter(|x| x.decision == d).count() as u64;
     let (approved, review, declined) = (count("approve"), count("review"), count("decline"));

@@ -135,9 +135,17 @@ fn main() -> ExitCode {
                          daemon (from start): {:.2} s, {:.1} orders/s, {:.0} records/s\nratio daemon/bare reader: {:.3}\n\
                          bare DynamoDB writer (the same item writes, 24 orders + 1 row per transaction, 16 at once): {:.2} s, {:.0} writes/s\n\
                          ratio daemon records/s to bare writer writes/s: {:.2}",
-                        t.orders, t.records, t.bare_read_secs, t.bare_records_per_sec, t.daemon_secs,
-                        t.daemon_orders_per_sec, t.daemon_records_per_sec, t.ratio, t.bare_write_secs,
-                        t.bare_write_items_per_sec, t.ratio_to_writes
+                        t.orders,
+                        t.records,
+                        t.bare_read_secs,
+                        t.bare_records_per_sec,
+                        t.daemon_secs,
+                        t.daemon_orders_per_sec,
+                        t.daemon_records_per_sec,
+                        t.ratio,
+                        t.bare_write_secs,
+                        t.bare_write_items_per_sec,
+                        t.ratio_to_writes
                     );
                     match serde_json::to_string(&t) {
                         Ok(json) => println!("{json}"),

@@ -233,7 +233,11 @@ async fn produce(user: &mut GooseUser) -> TransactionResult {
             {
                 let mut sent = r.sent.lock().unwrap_or_else(|e| e.into_inner());
                 sent.extend(
-                    pending.iter().enumerate().filter(|(i, _)| !failed.contains(i)).map(|(_, (d, _))| Sent { order: d.order, k: d.k }),
+                    pending
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !failed.contains(i))
+                        .map(|(_, (d, _))| Sent { order: d.order, k: d.k }),
                 );
             }
             pending = pending.into_iter().enumerate().filter(|(i, _)| failed.contains(i)).map(|(_, p)| p).collect();
@@ -363,7 +367,11 @@ impl Summary {
 /// An order as the daemon wrote it: (status, event id, ts, applied_at) per history entry.
 type Written = Vec<(String, String, Option<OffsetDateTime>, Option<OffsetDateTime>)>;
 
-pub(crate) async fn read_orders(ddb: &aws_sdk_dynamodb::Client, table: &str, ids: &[String]) -> anyhow::Result<HashMap<String, Written>> {
+pub(crate) async fn read_orders(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    ids: &[String],
+) -> anyhow::Result<HashMap<String, Written>> {
     let mut found = HashMap::new();
     for item in verify::batch_get(ddb, table, "order_id", ids).await? {
         let id = item.get("order_id").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
@@ -419,7 +427,12 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let planned = state.orders.len();
     info!(scenario = %scenario.name, run_id, orders = planned, producers, "Starting the orders stream");
 
-    let config = crate::attack::config(format!("kinesis://{}", targets.orders_stream), producers, &scenario.thresholds.goose, &args.report_dir);
+    let config = crate::attack::config(
+        format!("kinesis://{}", targets.orders_stream),
+        producers,
+        &scenario.thresholds.goose,
+        &args.report_dir,
+    );
     let attack = GooseAttack::initialize_with_config(config)?
         .register_scenario(scenario!("OrdersStream").register_transaction(transaction!(produce).set_name("orders")));
     let failed_thresholds = crate::attack::failed_thresholds(attack.execute().await)?;
@@ -561,7 +574,15 @@ mod tests {
     use super::*;
 
     fn load() -> OrdersLoad {
-        OrdersLoad { producers: 4, stores: 5, customers: 100, cancel_ratio: 0.1, status_gap_ms: 200, items: [1, 6], bulk_items: [24, 300] }
+        OrdersLoad {
+            producers: 4,
+            stores: 5,
+            customers: 100,
+            cancel_ratio: 0.1,
+            status_gap_ms: 200,
+            items: [1, 6],
+            bulk_items: [24, 300],
+        }
     }
 
     fn stages() -> Vec<Stage> {

@@ -229,7 +229,8 @@ pub fn load(path: &Path) -> anyhow::Result<Scenario> {
                 }
             }
         }
-        _ => problems.push("a scenario has either [load] (a payments burst) or [orders] with [[stages]] (an orders stream)".to_owned()),
+        _ => problems
+            .push("a scenario has either [load] (a payments burst) or [orders] with [[stages]] (an orders stream)".to_owned()),
     }
     if !problems.is_empty() {
         bail!("{}: {}", path.display(), problems.join("; "));

@@ -21,9 +21,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::info;
 
+use crate::Targets;
 use crate::morningrush::{PlannedOrder, plan, read_orders};
 use crate::scenario::{OrdersLoad, Stage};
-use crate::Targets;
 
 /// `orders-throughput` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -174,7 +174,12 @@ async fn put_backlog(kinesis: &aws_sdk_kinesis::Client, stream: &str, orders: &[
                         .map(|(k, d)| PutRecordsRequestEntry::builder().partition_key(k).data(Blob::new(d.as_bytes())).build())
                         .collect::<Result<Vec<_>, _>>()?;
                     let out = kinesis.put_records().stream_name(stream).set_records(Some(entries)).send().await?;
-                    pending = pending.into_iter().zip(out.records()).filter(|(_, r)| r.error_code().is_some()).map(|(p, _)| p).collect();
+                    pending = pending
+                        .into_iter()
+                        .zip(out.records())
+                        .filter(|(_, r)| r.error_code().is_some())
+                        .map(|(p, _)| p)
+                        .collect();
                     if pending.is_empty() {
                         return Ok(());
                     }
@@ -234,8 +239,22 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let stream = &args.targets.orders_stream;
-    let load = OrdersLoad { producers: 1, stores: 20, customers: 5000, cancel_ratio: 0.08, status_gap_ms: 0, items: [1, 6], bulk_items: [24, 300] };
-    let stage = Stage { name: "backlog".into(), secs: 1.0, rate_start: args.orders as f64, rate_end: args.orders as f64, bulk_ratio: args.bulk_ratio };
+    let load = OrdersLoad {
+        producers: 1,
+        stores: 20,
+        customers: 5000,
+        cancel_ratio: 0.08,
+        status_gap_ms: 0,
+        items: [1, 6],
+        bulk_items: [24, 300],
+    };
+    let stage = Stage {
+        name: "backlog".into(),
+        secs: 1.0,
+        rate_start: args.orders as f64,
+        rate_end: args.orders as f64,
+        bulk_ratio: args.bulk_ratio,
+    };
     let run_id = crate::coldstart::new_run_id();
     let orders = plan(seed, &run_id, &load, &[stage], 1.0, 1.0);
     info!(orders = orders.len(), "Putting the backlog");

@@ -350,23 +350,18 @@ pub fn decode(bytes: &[u8]) -> Result<Event, Rejection> {
             format!("event is {} bytes, the limit is {MAX_EVENT_BYTES}", bytes.len()),
         ));
     }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| Rejection::new(RejectReason::BadJson, format!("not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| Rejection::new(RejectReason::BadJson, format!("not UTF-8: {e}")))?;
     let raw: RawEnvelope<'_> = serde_json::from_str(text).map_err(json_rejection)?;
 
     if raw.v.as_u64() != Some(1) {
-        return Err(Rejection::new(
-            RejectReason::UnsupportedVersion,
-            format!("v is {}, only 1 is supported", raw.v),
-        ));
+        return Err(Rejection::new(RejectReason::UnsupportedVersion, format!("v is {}, only 1 is supported", raw.v)));
     }
     check_id("id", &raw.id, 64, |c| c.is_ascii_alphanumeric() || "._:-".contains(c))?;
     check_id("store", &raw.store, 32, |c| c.is_ascii_alphanumeric() || "._-".contains(c))?;
     let ts = OffsetDateTime::parse(&raw.ts, &Rfc3339)
         .map_err(|e| Rejection::schema(format!("ts is not RFC 3339 with offset: {e}")))?;
-    let kind = EventType::parse(&raw.kind).ok_or_else(|| {
-        Rejection::new(RejectReason::UnknownType, format!("unknown type {:?}", truncate(&raw.kind, 40)))
-    })?;
+    let kind = EventType::parse(&raw.kind)
+        .ok_or_else(|| Rejection::new(RejectReason::UnknownType, format!("unknown type {:?}", truncate(&raw.kind, 40))))?;
 
     let data = raw.data.get();
     let body = match kind {
@@ -381,9 +376,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, Rejection> {
 fn json_rejection(e: serde_json::Error) -> Rejection {
     use serde_json::error::Category;
     match e.classify() {
-        Category::Syntax | Category::Eof | Category::Io => {
-            Rejection::new(RejectReason::BadJson, e.to_string())
-        }
+        Category::Syntax | Category::Eof | Category::Io => Rejection::new(RejectReason::BadJson, e.to_string()),
         Category::Data => Rejection::schema(e.to_string()),
     }
 }
@@ -431,10 +424,7 @@ fn validate_order(o: OrderPlaced) -> Result<OrderPlaced, Rejection> {
     non_empty("order_id", &o.order_id)?;
     non_empty("customer_id", &o.customer_id)?;
     if o.items.is_empty() || o.items.len() > MAX_ORDER_ITEMS {
-        return Err(Rejection::schema(format!(
-            "data.items must hold 1..{MAX_ORDER_ITEMS} lines, got {}",
-            o.items.len()
-        )));
+        return Err(Rejection::schema(format!("data.items must hold 1..{MAX_ORDER_ITEMS} lines, got {}", o.items.len())));
     }
     let mut sum: u64 = 0;
     for (i, line) in o.items.iter().enumerate() {
@@ -488,13 +478,7 @@ fn validate_menu(m: MenuItem) -> Result<MenuItem, Rejection> {
     non_empty("sku", &m.sku)?;
     non_empty("name", &m.name)?;
     non_empty("category", &m.category)?;
-    all_chars(
-        "image.sha256",
-        &m.image.sha256,
-        64,
-        |c| c.is_ascii_digit() || ('a'..='f').contains(&c),
-        "lower-case hex digits",
-    )?;
+    all_chars("image.sha256", &m.image.sha256, 64, |c| c.is_ascii_digit() || ('a'..='f').contains(&c), "lower-case hex digits")?;
     // The decoded size follows from the base64 length; decoding is the menu
     // stage's CPU work, not validation's.
     let decoded = m.image.base64.len() / 4 * 3;
@@ -505,10 +489,7 @@ fn validate_menu(m: MenuItem) -> Result<MenuItem, Rejection> {
         ));
     }
     if m.ingredients.len() > 100 {
-        return Err(Rejection::schema(format!(
-            "data.ingredients must hold 0..100 entries, got {}",
-            m.ingredients.len()
-        )));
+        return Err(Rejection::schema(format!("data.ingredients must hold 0..100 entries, got {}", m.ingredients.len())));
     }
     for (i, ing) in m.ingredients.iter().enumerate() {
         let nums = [ing.grams, ing.kcal_per_100g, ing.protein_per_100g, ing.fat_per_100g, ing.carbs_per_100g];

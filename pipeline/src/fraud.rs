@@ -459,11 +459,8 @@ impl FraudEngine {
         // device: distinct cards on this device inside the window, this one included.
         let device = self.devices.entry(p.device_id.clone()).or_default();
         let window_start = t - i64::from(c.device_window_secs);
-        let mut cards_on_device = device
-            .cards
-            .iter()
-            .filter(|(x, fp)| *x > window_start && *x <= t && *fp != p.card.fingerprint)
-            .count();
+        let mut cards_on_device =
+            device.cards.iter().filter(|(x, fp)| *x > window_start && *x <= t && *fp != p.card.fingerprint).count();
         cards_on_device += 1;
         if cards_on_device as u64 > u64::from(c.device_max_cards) {
             reasons.push(Rule::Device);
@@ -569,10 +566,7 @@ impl FraudConfig {
             bad("decline_threshold", format!("must be 0..1000, got {}", self.decline_threshold));
         }
         if self.review_threshold > self.decline_threshold {
-            bad(
-                "review_threshold",
-                format!("{} is above decline_threshold {}", self.review_threshold, self.decline_threshold),
-            );
+            bad("review_threshold", format!("{} is above decline_threshold {}", self.review_threshold, self.decline_threshold));
         }
         if self.max_tracked_keys < 16 {
             bad("max_tracked_keys", format!("must be at least 16, got {}", self.max_tracked_keys));
@@ -688,8 +682,14 @@ mod tests {
         assert!(problems.is_empty());
         let at = |s: &str| t.country(s.parse().expect("ip")).map(|c| String::from_utf8_lossy(&c).into_owned());
         for (ip, want) in [
-            ("9.255.255.255", "ZZ"), ("10.0.0.1", "US"), ("10.1.0.0", "NL"), ("10.1.2.9", "DE"),
-            ("10.1.3.0", "NL"), ("10.2.0.0", "US"), ("11.0.0.0", "ZZ"), ("255.255.255.255", "ZZ"),
+            ("9.255.255.255", "ZZ"),
+            ("10.0.0.1", "US"),
+            ("10.1.0.0", "NL"),
+            ("10.1.2.9", "DE"),
+            ("10.1.3.0", "NL"),
+            ("10.2.0.0", "US"),
+            ("11.0.0.0", "ZZ"),
+            ("255.255.255.255", "ZZ"),
             ("::ffff:10.1.2.3", "DE"),
         ] {
             assert_eq!(at(ip).as_deref(), Some(want), "{ip}");
@@ -756,10 +756,7 @@ mod tests {
             ..FraudConfig::default()
         };
         let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
-        assert_eq!(
-            fields,
-            ["velocity_window_secs", "review_threshold", "risky_bins[0]", "ip_ranges[0].country"]
-        );
+        assert_eq!(fields, ["velocity_window_secs", "review_threshold", "risky_bins[0]", "ip_ranges[0].country"]);
         let c2 = FraudConfig {
             ip_ranges: vec![IpRange { cidr: "10.0.0.0/40".into(), country: "US".into() }],
             ..FraudConfig::default()

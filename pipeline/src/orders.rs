@@ -171,10 +171,7 @@ pub fn apply(state: &mut Option<OrderState>, event: &Event) -> Applied {
             }
             s.status = c.status;
             s.history.push(entry(c.status));
-            let counters = Counters {
-                orders_cancelled: i64::from(c.status == OrderStatus::Cancelled),
-                ..Counters::default()
-            };
+            let counters = Counters { orders_cancelled: i64::from(c.status == OrderStatus::Cancelled), ..Counters::default() };
             Applied::Changed { window, counters, event_time: event.ts }
         }
         other => Applied::Rejected(Rejection::new(
@@ -246,8 +243,13 @@ mod tests {
     fn legal_transitions_are_exactly_the_contracts() {
         let all = [Placed, Confirmed, Preparing, Ready, Completed, Cancelled];
         let legal = [
-            (Placed, Confirmed), (Placed, Cancelled), (Confirmed, Preparing), (Confirmed, Cancelled),
-            (Preparing, Ready), (Preparing, Cancelled), (Ready, Completed),
+            (Placed, Confirmed),
+            (Placed, Cancelled),
+            (Confirmed, Preparing),
+            (Confirmed, Cancelled),
+            (Preparing, Ready),
+            (Preparing, Cancelled),
+            (Ready, Completed),
         ];
         for from in all {
             for to in all {

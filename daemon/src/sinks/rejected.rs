@@ -75,10 +75,7 @@ impl RejectedSink {
         if !batch.is_empty() {
             self.send_batch(records, &batch, &mut outcomes).await;
         }
-        self.metrics
-            .sink_write_duration
-            .get_or_create(&SinkLabel { sink: SINK })
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.sink_write_duration.get_or_create(&SinkLabel { sink: SINK }).observe(started.elapsed().as_secs_f64());
         outcomes
     }
 

@@ -181,7 +181,10 @@ impl KinesisSource {
                     }
                     Err(e) => {
                         warn!(shard = %shard, error = %e, "GetShardIterator failed, retrying");
-                        self.metrics.source_errors.get_or_create(&SourceOutcome { source: cfg.stream.clone(), outcome: "iterator" }).inc();
+                        self.metrics
+                            .source_errors
+                            .get_or_create(&SourceOutcome { source: cfg.stream.clone(), outcome: "iterator" })
+                            .inc();
                         next_call = tokio::time::Instant::now() + backoff.delay(failures);
                         failures += 1;
                         continue;
@@ -206,7 +209,10 @@ impl KinesisSource {
                         debug!(shard = %shard, "GetRecords throttled; backing off");
                     } else {
                         warn!(shard = %shard, error = %describe(&e), "GetRecords failed, retrying");
-                        self.metrics.source_errors.get_or_create(&SourceOutcome { source: cfg.stream.clone(), outcome: "read" }).inc();
+                        self.metrics
+                            .source_errors
+                            .get_or_create(&SourceOutcome { source: cfg.stream.clone(), outcome: "read" })
+                            .inc();
                     }
                     // Keep the iterator unless it cannot be used again.
                     if class != ErrorClass::Fatal {
@@ -287,7 +293,13 @@ mod tests {
     #[test]
     fn sequence_numbers_compare_as_numbers() {
         assert_eq!(compare_sequence("9", "10"), Ordering::Less);
-        assert_eq!(compare_sequence("49590338271490256608559692538361571095921575989136588898", "49590338271490256608559692538361571095921575989136588899"), Ordering::Less);
+        assert_eq!(
+            compare_sequence(
+                "49590338271490256608559692538361571095921575989136588898",
+                "49590338271490256608559692538361571095921575989136588899"
+            ),
+            Ordering::Less
+        );
         assert_eq!(compare_sequence("123", "123"), Ordering::Equal);
     }
 

@@ -15,9 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
-};
+use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
@@ -231,14 +229,7 @@ impl SqsSource {
                             .ok()
                     })
                     .collect();
-                match self
-                    .client
-                    .change_message_visibility_batch()
-                    .queue_url(&self.url)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                {
+                match self.client.change_message_visibility_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
                     Ok(_) => {
                         let deadline = Instant::now() + self.visibility();
                         let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
@@ -302,13 +293,14 @@ impl SqsSource {
                 let entries: Vec<_> = pending
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, r)| DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(r).build().ok())
+                    .filter_map(|(i, r)| {
+                        DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(r).build().ok()
+                    })
                     .collect();
                 match self.client.delete_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
                     Ok(out) => {
                         let failed: Vec<usize> = out.failed.iter().filter_map(|f| f.id.parse().ok()).collect();
-                        let (ok, bad): (Vec<_>, Vec<_>) =
-                            pending.into_iter().enumerate().partition(|(i, _)| !failed.contains(i));
+                        let (ok, bad): (Vec<_>, Vec<_>) = pending.into_iter().enumerate().partition(|(i, _)| !failed.contains(i));
                         let ok: Vec<String> = ok.into_iter().map(|(_, r)| r).collect();
                         self.metrics.source_acked.get_or_create(&Metrics::source(&self.name)).inc_by(ok.len() as u64);
                         self.untrack(&ok);

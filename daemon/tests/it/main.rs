@@ -140,11 +140,7 @@ grace_period_secs = 20
 
     fn start(&mut self) {
         assert!(self.daemon.is_none(), "daemon already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("daemon.log"))
-            .expect("log file");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log")).expect("log file");
         let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&self.config)
@@ -198,7 +194,8 @@ grace_period_secs = 20
                         .expect("entry")
                 })
                 .collect();
-            let out = self.sqs.send_message_batch().queue_url(&self.queue_url).set_entries(Some(entries)).send().await.expect("send");
+            let out =
+                self.sqs.send_message_batch().queue_url(&self.queue_url).set_entries(Some(entries)).send().await.expect("send");
             assert!(out.failed.is_empty(), "send failures: {:?}", out.failed);
         }
     }
@@ -345,7 +342,19 @@ async fn a_payment_is_decided_and_counted_once() {
     let item = env.payment(&format!("{}-p1", env.prefix)).await.expect("payment item");
     let decision = item["decision"].as_s().expect("decision").clone();
     assert!(["approve", "review", "decline"].contains(&decision.as_str()));
-    assert_eq!(sums.get(&format!("payments_{}", if decision == "approve" { "approved" } else if decision == "review" { "review" } else { "declined" })), Some(&1));
+    assert_eq!(
+        sums.get(&format!(
+            "payments_{}",
+            if decision == "approve" {
+                "approved"
+            } else if decision == "review" {
+                "review"
+            } else {
+                "declined"
+            }
+        )),
+        Some(&1)
+    );
     for field in ["order_id", "customer_id", "store", "amount_cents", "score", "reasons", "ts", "decided_at"] {
         assert!(item.contains_key(field), "{field} missing from {item:?}");
     }
@@ -476,10 +485,8 @@ async fn kill_9_mid_burst_and_a_restart_end_with_exact_counts() {
     assert_eq!(sums, sums_after, "counts moved after the queue drained");
     assert_eq!(sums.get("payments"), Some(&600), "{sums:?}");
     assert_eq!(sums.get("payment_amount_cents"), Some(&total));
-    let decided: i64 = ["payments_approved", "payments_review", "payments_declined"]
-        .iter()
-        .map(|k| sums.get(*k).copied().unwrap_or(0))
-        .sum();
+    let decided: i64 =
+        ["payments_approved", "payments_review", "payments_declined"].iter().map(|k| sums.get(*k).copied().unwrap_or(0)).sum();
     assert_eq!(decided, 600, "{sums:?}");
     assert_eq!(env.payment_count().await, 600);
 }
@@ -549,4 +556,3 @@ fn version_names_the_commit() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("cafe-streamd 0.1.0 (commit "), "{text}");
 }
-

@@ -32,7 +32,9 @@ fn order_events(prefix: &str, i: usize, expected: &mut Expected) -> Vec<(String,
     let id = format!("{prefix}-o{i}");
     let chain: &[&'static str] = if i % 5 == 0 { &CANCELLED } else { &FULL };
     let lines = 1 + i % 4;
-    let items: Vec<_> = (0..lines).map(|l| json!({"sku": format!("sku-{l}"), "qty": 1 + (i + l) % 3, "unit_price_cents": 150 + 10 * l})).collect();
+    let items: Vec<_> = (0..lines)
+        .map(|l| json!({"sku": format!("sku-{l}"), "qty": 1 + (i + l) % 3, "unit_price_cents": 150 + 10 * l}))
+        .collect();
     let total: u64 = (0..lines).map(|l| ((1 + (i + l) % 3) * (150 + 10 * l)) as u64).sum();
     let qty: i64 = (0..lines).map(|l| (1 + (i + l) % 3) as i64).sum();
     expected.orders += 1;
@@ -66,11 +68,8 @@ impl Env {
     /// Starts one more daemon with its own worker id and admin port.
     fn start_worker(&mut self, worker: &str) -> String {
         let admin = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{worker}.log")))
-            .expect("log file");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{worker}.log"))).expect("log file");
         let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&self.config)
@@ -109,7 +108,14 @@ impl Env {
 
     /// Lease table: shard -> (owner, checkpoint).
     async fn leases(&self) -> BTreeMap<String, (Option<String>, String)> {
-        let out = self.ddb.scan().table_name(format!("{}-leases", self.prefix)).consistent_read(true).send().await.expect("scan leases");
+        let out = self
+            .ddb
+            .scan()
+            .table_name(format!("{}-leases", self.prefix))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("scan leases");
         out.items()
             .iter()
             .map(|item| {
@@ -153,11 +159,7 @@ impl Env {
                 let history = item
                     .get("history")
                     .and_then(|v| v.as_l().ok())
-                    .map(|l| {
-                        l.iter()
-                            .filter_map(|e| e.as_m().ok()?.get("status")?.as_s().ok().cloned())
-                            .collect::<Vec<_>>()
-                    })
+                    .map(|l| l.iter().filter_map(|e| e.as_m().ok()?.get("status")?.as_s().ok().cloned()).collect::<Vec<_>>())
                     .unwrap_or_default();
                 out.insert(id, history);
             }
@@ -254,7 +256,9 @@ impl Producer {
                 assert!(attempt < 20, "PutRecords kept failing");
                 let entries = pending
                     .iter()
-                    .map(|(k, d)| PutRecordsRequestEntry::builder().partition_key(k).data(Blob::new(d.clone())).build().expect("entry"))
+                    .map(|(k, d)| {
+                        PutRecordsRequestEntry::builder().partition_key(k).data(Blob::new(d.clone())).build().expect("entry")
+                    })
                     .collect();
                 let out = self.kinesis.put_records().stream_name(&self.stream).set_records(Some(entries)).send().await;
                 let Ok(out) = out else {
@@ -271,7 +275,6 @@ impl Producer {
             }
         }
     }
-
 }
 
 /// Streams orders: every `tick`, starts `per_tick` new orders (while
@@ -355,7 +358,11 @@ async fn three_instances_share_eight_shards_and_take_over_from_a_killed_one() {
         if !counts.contains_key("w0") && counts.values().sum::<usize>() == live && live == 8 {
             break killed.elapsed();
         }
-        assert!(killed.elapsed() < Duration::from_secs(15), "w0's leases did not move within 15 s: {counts:?}\n{}", env.worker_logs());
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "w0's leases did not move within 15 s: {counts:?}\n{}",
+            env.worker_logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     eprintln!("kill -9 of an instance holding {victim_had} leases: all moved after {moved_after:?}");
@@ -387,7 +394,12 @@ async fn shard_ids(env: &Env) -> Vec<(String, Option<String>, String, String)> {
         .iter()
         .map(|s| {
             let range = s.hash_key_range().expect("range");
-            (s.shard_id().to_owned(), s.sequence_number_range().and_then(|r| r.ending_sequence_number().map(str::to_owned)), range.starting_hash_key().to_owned(), range.ending_hash_key().to_owned())
+            (
+                s.shard_id().to_owned(),
+                s.sequence_number_range().and_then(|r| r.ending_sequence_number().map(str::to_owned)),
+                range.starting_hash_key().to_owned(),
+                range.ending_hash_key().to_owned(),
+            )
         })
         .collect()
 }
@@ -544,7 +556,11 @@ async fn kpl_aggregates_count_record_by_record_and_bad_records_are_rejected_in_p
         .expect("lease");
     let lease = out.item.expect("lease item");
     let sub = lease.get("checkpointSubSequenceNumber").and_then(|v| v.as_n().ok()).cloned();
-    assert_eq!(sub.as_deref(), Some((replayed - 1).to_string().as_str()), "checkpoint at the aggregate's last sub-record: {lease:?}");
+    assert_eq!(
+        sub.as_deref(),
+        Some((replayed - 1).to_string().as_str()),
+        "checkpoint at the aggregate's last sub-record: {lease:?}"
+    );
     assert!(lease.get("leaseOwner").is_none(), "released: {lease:?}");
     env.start();
     let mut more = expected.clone();

@@ -1,8 +1,8 @@
 //! The Redshift sink's SQL, run for real on the local PostgreSQL 15 through
 //! the PostgreSQL-wire transport.
 
-use daemon::sinks::redshift::{postgres, sql};
 use daemon::sinks::redshift::sql::MirrorRow;
+use daemon::sinks::redshift::{postgres, sql};
 use pipeline::window::{Counters, WindowId};
 
 async fn pg() -> postgres::PgTransport {

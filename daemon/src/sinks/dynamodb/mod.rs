@@ -121,10 +121,7 @@ impl DynamoDbSink {
             };
         }
         hold_back_failed_groups(records, &mut outcomes);
-        self.metrics
-            .sink_write_duration
-            .get_or_create(&SinkLabel { sink: SINK })
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.sink_write_duration.get_or_create(&SinkLabel { sink: SINK }).observe(started.elapsed().as_secs_f64());
         outcomes
     }
 
@@ -332,8 +329,13 @@ mod tests {
     #[test]
     fn after_a_failure_its_group_is_held_back_but_other_groups_are_not() {
         use WriteOutcome::*;
-        let records =
-            [rec("1", "a", Some("g1")), rec("2", "b", Some("g1")), rec("3", "a", Some("g2")), rec("4", "c", Some("g1")), rec("5", "c", None)];
+        let records = [
+            rec("1", "a", Some("g1")),
+            rec("2", "b", Some("g1")),
+            rec("3", "a", Some("g2")),
+            rec("4", "c", Some("g1")),
+            rec("5", "c", None),
+        ];
         // 2 failed; 4 (same group, later) was written in another chunk.
         let mut outcomes = vec![Written, Failed, Written, Written, Written];
         hold_back_failed_groups(&records, &mut outcomes);
@@ -345,7 +347,8 @@ mod tests {
         let client = Client::from_conf(aws_sdk_dynamodb::Config::builder().behavior_version_latest().build());
         let config = DynamoDbSinkConfig { max_transaction_items: 5, ..DynamoDbSinkConfig::default() };
         let sink = DynamoDbSink::new(client, config, Arc::new(Metrics::new()));
-        let records: Vec<_> = ["a", "a", "a", "b", "b", "c"].iter().enumerate().map(|(i, s)| rec(&i.to_string(), s, None)).collect();
+        let records: Vec<_> =
+            ["a", "a", "a", "b", "b", "c"].iter().enumerate().map(|(i, s)| rec(&i.to_string(), s, None)).collect();
         let order: Vec<usize> = (0..records.len()).collect();
         let chunks = sink.chunks(&records, &order);
         // [a a a] + row a = 4 items, and b would need 2 more; [b b c] + rows b, c = 5.

@@ -101,7 +101,11 @@ impl DynamoDbSink {
                 chunk.iter().map(|id| HashMap::from([("order_id".to_owned(), s(id))])).collect();
             let mut attempt = 0;
             while !keys.is_empty() {
-                let ka = KeysAndAttributes::builder().set_keys(Some(keys.clone())).consistent_read(true).build().map_err(|e| e.to_string())?;
+                let ka = KeysAndAttributes::builder()
+                    .set_keys(Some(keys.clone()))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| e.to_string())?;
                 match self.client.batch_get_item().request_items(table, ka).send().await {
                     Ok(resp) => {
                         for item in resp.responses.as_ref().and_then(|r| r.get(table)).into_iter().flatten() {
@@ -110,7 +114,9 @@ impl DynamoDbSink {
                                 (Some(id), Some(state)) => {
                                     out.insert(id.clone(), state);
                                 }
-                                (id, _) => warn!(order_id = ?id, "An item of the orders table could not be read as an order; treating it as absent"),
+                                (id, _) => {
+                                    warn!(order_id = ?id, "An item of the orders table could not be read as an order; treating it as absent")
+                                }
                             }
                         }
                         keys = resp
@@ -138,7 +144,10 @@ impl DynamoDbSink {
     }
 
     fn backoff(&self) -> Backoff {
-        Backoff { base: Duration::from_millis(self.config.base_backoff_ms), max: Duration::from_millis(self.config.max_backoff_ms) }
+        Backoff {
+            base: Duration::from_millis(self.config.base_backoff_ms),
+            max: Duration::from_millis(self.config.max_backoff_ms),
+        }
     }
 
     /// Writes `writes` (distinct orders), up to `concurrency` transactions
@@ -160,10 +169,7 @@ impl DynamoDbSink {
                 outcomes[i] = o;
             }
         }
-        self.metrics
-            .sink_write_duration
-            .get_or_create(&SinkLabel { sink: "dynamodb" })
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.sink_write_duration.get_or_create(&SinkLabel { sink: "dynamodb" }).observe(started.elapsed().as_secs_f64());
         outcomes
     }
 
@@ -222,7 +228,13 @@ impl DynamoDbSink {
         outcomes
     }
 
-    fn order_transaction(&self, writes: &[OrderWrite], chunk: &[usize], live: &[usize], applied_at: &str) -> Vec<TransactWriteItem> {
+    fn order_transaction(
+        &self,
+        writes: &[OrderWrite],
+        chunk: &[usize],
+        live: &[usize],
+        applied_at: &str,
+    ) -> Vec<TransactWriteItem> {
         let table = &self.config.orders_table;
         let mut items = Vec::with_capacity(live.len() * 2);
         let mut deltas: BTreeMap<&WindowId, Counters> = BTreeMap::new();
@@ -316,13 +328,7 @@ mod tests {
         OrderWrite {
             order_id: id.into(),
             before: None,
-            after: OrderState {
-                store: "s".into(),
-                status: OrderStatus::Placed,
-                total_cents: 1,
-                item_count: 1,
-                history: vec![],
-            },
+            after: OrderState { store: "s".into(), status: OrderStatus::Placed, total_cents: 1, item_count: 1, history: vec![] },
             placed_by: None,
             rows: rows
                 .iter()

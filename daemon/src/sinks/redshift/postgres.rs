@@ -39,7 +39,9 @@ impl PgError {
     pub fn retryable(&self) -> bool {
         match self {
             PgError::Connection(_) => true,
-            PgError::Statement { code, .. } => code.starts_with("08") || code.starts_with("57") || code == "40001" || code == "40P01" || code == "23505",
+            PgError::Statement { code, .. } => {
+                code.starts_with("08") || code.starts_with("57") || code == "40001" || code == "40P01" || code == "23505"
+            }
         }
     }
 }

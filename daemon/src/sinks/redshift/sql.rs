@@ -137,7 +137,11 @@ mod tests {
         assert!(stmts[1].contains(", 0, 3), ('s''2'"), "the version is last: {}", stmts[1]);
         assert!(stmts[1].contains("'s''2'"), "quotes are escaped: {}", stmts[1]);
         assert!(stmts[2].starts_with("DELETE FROM cafe_store_minute USING"));
-        assert!(stmts[2].ends_with("cafe_store_minute.version < cafe_store_minute_stage.version"), "only older rows go: {}", stmts[2]);
+        assert!(
+            stmts[2].ends_with("cafe_store_minute.version < cafe_store_minute_stage.version"),
+            "only older rows go: {}",
+            stmts[2]
+        );
         assert!(stmts[3].ends_with("WHERE cafe_store_minute.store IS NULL"), "only absent keys come in: {}", stmts[3]);
     }
 
