@@ -26,7 +26,9 @@ fn orders(c: &mut Criterion) {
         b.iter(|| {
             let mut states: HashMap<String, Option<OrderState>> = HashMap::new();
             for (_, body) in &events {
-                let Ok(e) = pipeline::decode(body.as_bytes()) else { continue };
+                let Ok(e) = pipeline::decode(body.as_bytes()) else {
+                    continue;
+                };
                 let Some(id) = order_id(&e) else { continue };
                 let state = states.entry(id.to_owned()).or_default();
                 black_box(apply(state, &e));

@@ -56,11 +56,11 @@ pub struct AwsConfig {
 pub struct SourcesConfig {
     /// `[sources.payments]`: the FIFO queue of `payment.requested`.
     pub payments: SqsSourceConfig,
-    /// `[sources.menu]`: the standard queue of `menu.item.upserted` (provisioned; consumed from a later release).
+    /// `[sources.menu]`: the standard queue of `menu.item.upserted`.
     /// Defaults as for payments, but with queue `cafe-menu-sync` and dlq `cafe-menu-sync-dlq`.
     #[serde(default = "default_menu_source", deserialize_with = "menu_source")]
     pub menu: SqsSourceConfig,
-    /// `[sources.orders]`: the Kinesis stream of orders (provisioned; consumed from a later release).
+    /// `[sources.orders]`: the Kinesis stream of orders.
     pub orders: KinesisSourceConfig,
 }
 
@@ -68,6 +68,8 @@ pub struct SourcesConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqsSourceConfig {
+    /// Consume this queue.
+    pub enabled: bool,
     /// Queue name or URL. A name ending in `.fifo` is a FIFO queue.
     pub queue: String,
     /// Dead-letter queue name, created by `provision` with the redrive policy.
@@ -91,6 +93,7 @@ pub struct SqsSourceConfig {
 impl Default for SqsSourceConfig {
     fn default() -> Self {
         SqsSourceConfig {
+            enabled: true,
             queue: "cafe-payments.fifo".into(),
             dlq: "cafe-payments-dlq.fifo".into(),
             max_receive_count: 5,
@@ -215,11 +218,22 @@ pub struct PipelineConfig {
     pub cpu_threads: usize,
     /// Batches being written to sinks at once.
     pub sink_concurrency: usize,
+    /// The menu stage's JSON work factor: each item's canonical JSON is
+    /// parsed and written again this many times (the story's re-processing
+    /// of every item; 0 turns it off).
+    pub menu_json_rounds: u32,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        PipelineConfig { max_batch_events: 250, linger_ms: 50, channel_capacity: 16, cpu_threads: 0, sink_concurrency: 8 }
+        PipelineConfig {
+            max_batch_events: 250,
+            linger_ms: 50,
+            channel_capacity: 16,
+            cpu_threads: 0,
+            sink_concurrency: 8,
+            menu_json_rounds: 100,
+        }
     }
 }
 
@@ -229,6 +243,76 @@ impl Default for PipelineConfig {
 pub struct SinksConfig {
     /// `[sinks.dynamodb]`
     pub dynamodb: DynamoDbSinkConfig,
+    /// `[sinks.redshift]`
+    pub redshift: RedshiftSinkConfig,
+}
+
+/// `[sinks.redshift]`: the `cafe_store_minute` mirror of `cafe-aggregates`.
+///
+/// Every change to an aggregate row marks it pending (in the same DynamoDB
+/// transaction); the flusher upserts pending rows into Redshift with their
+/// absolute counters and version, then clears the marks whose version it
+/// wrote. A Redshift outage therefore buffers in DynamoDB, durably and
+/// bounded by the number of rows, and the flusher catches up when Redshift
+/// is back.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedshiftSinkConfig {
+    /// Mirror the aggregates into Redshift. Off: no marks are written.
+    pub enabled: bool,
+    /// `postgres` (the PostgreSQL wire protocol, port 5439 on Redshift) or
+    /// `data_api` (the Redshift Data API, no network path to the cluster needed).
+    pub transport: String,
+    /// `postgres`: `postgres://user@host:5439/db?sslmode=require`. A password
+    /// here is never logged; prefer the `PGPASSWORD` environment variable.
+    pub url: String,
+    /// `data_api`: the provisioned cluster (or set `workgroup_name`).
+    pub cluster_identifier: String,
+    /// `data_api`: the Redshift Serverless workgroup (or set `cluster_identifier`).
+    pub workgroup_name: String,
+    /// `data_api`: the database.
+    pub database: String,
+    /// `data_api`: temporary-credentials user (provisioned clusters), or set `secret_arn`.
+    pub db_user: String,
+    /// `data_api`: Secrets Manager secret with the credentials.
+    pub secret_arn: String,
+    /// The table (the contract's name by default).
+    pub table: String,
+    /// Flush every this many milliseconds, for late updates.
+    pub flush_interval_ms: u64,
+    /// Also flush this long after each minute ends, when its windows close.
+    pub window_close_delay_ms: u64,
+    /// Most pending rows one flush reads and writes (bounds memory).
+    pub max_rows_per_flush: usize,
+    /// Data API: first DescribeStatement poll delay; doubles up to `max_poll_ms`.
+    pub first_poll_ms: u64,
+    /// Data API: longest DescribeStatement poll delay.
+    pub max_poll_ms: u64,
+    /// Give up on one statement batch after this many milliseconds (it is
+    /// retried at the next flush).
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for RedshiftSinkConfig {
+    fn default() -> Self {
+        RedshiftSinkConfig {
+            enabled: false,
+            transport: "postgres".into(),
+            url: String::new(),
+            cluster_identifier: String::new(),
+            workgroup_name: String::new(),
+            database: String::new(),
+            db_user: String::new(),
+            secret_arn: String::new(),
+            table: "cafe_store_minute".into(),
+            flush_interval_ms: 10_000,
+            window_close_delay_ms: 2_000,
+            max_rows_per_flush: 20_000,
+            first_poll_ms: 50,
+            max_poll_ms: 1_000,
+            statement_timeout_ms: 60_000,
+        }
+    }
 }
 
 /// `[sinks.dynamodb]`: the contract's tables.
@@ -243,6 +327,10 @@ pub struct DynamoDbSinkConfig {
     pub orders_table: String,
     /// One item per menu sku.
     pub menu_table: String,
+    /// The event ledger: one item per applied event whose write has no
+    /// natural key of its own (menu upserts), so a redelivery counts once.
+    /// Entries expire after 15 days (SQS keeps a message 14 at most).
+    pub events_table: String,
     /// Items per TransactWriteItems: 100 on AWS, 25 on moto.
     pub max_transaction_items: usize,
     /// Retries of a throttled or failed request before the batch is given back to its source.
@@ -260,6 +348,7 @@ impl Default for DynamoDbSinkConfig {
             payments_table: "cafe-payments".into(),
             orders_table: "cafe-orders".into(),
             menu_table: "cafe-menu".into(),
+            events_table: "cafe-events".into(),
             max_transaction_items: 25,
             max_retries: 8,
             base_backoff_ms: 50,
@@ -374,7 +463,9 @@ pub fn parse(text: &str, origin: &str, env: impl IntoIterator<Item = (String, St
     let mut problems = Vec::new();
     let mut from_env: Vec<(String, String)> = Vec::new();
     for (key, value) in env {
-        let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         // CAFE_ variables without a section path (e.g. CAFE_LOG) are not config.
         if !rest.contains("__") {
             continue;
@@ -559,6 +650,9 @@ fn semantic_problems(c: &Config) -> Vec<(String, String)> {
     if p.sink_concurrency == 0 || p.sink_concurrency > 1024 {
         bad("pipeline.sink_concurrency", format!("must be 1..1024, got {}", p.sink_concurrency));
     }
+    if p.menu_json_rounds > 100_000 {
+        bad("pipeline.menu_json_rounds", format!("must be 0..100000, got {}", p.menu_json_rounds));
+    }
 
     let d = &c.sinks.dynamodb;
     for (f, v) in [
@@ -566,6 +660,7 @@ fn semantic_problems(c: &Config) -> Vec<(String, String)> {
         ("payments_table", &d.payments_table),
         ("orders_table", &d.orders_table),
         ("menu_table", &d.menu_table),
+        ("events_table", &d.events_table),
     ] {
         if v.len() < 3 || v.len() > 255 || !v.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch)) {
             bad(&format!("sinks.dynamodb.{f}"), format!("{v:?} is not a DynamoDB table name (3..255 of A-Za-z0-9_.-)"));
@@ -580,13 +675,59 @@ fn semantic_problems(c: &Config) -> Vec<(String, String)> {
     if d.base_backoff_ms == 0 || d.base_backoff_ms > d.max_backoff_ms {
         bad("sinks.dynamodb.base_backoff_ms", "must be greater than 0 and at most max_backoff_ms".into());
     }
+    let r = &c.sinks.redshift;
+    if r.enabled {
+        match r.transport.as_str() {
+            "postgres" => {
+                if !(r.url.starts_with("postgres://") || r.url.starts_with("postgresql://")) {
+                    bad(
+                        "sinks.redshift.url",
+                        "transport postgres needs a URL like postgres://user@host:5439/db?sslmode=require".into(),
+                    );
+                }
+            }
+            "data_api" => {
+                if r.cluster_identifier.is_empty() == r.workgroup_name.is_empty() {
+                    bad(
+                        "sinks.redshift.cluster_identifier",
+                        "transport data_api needs exactly one of cluster_identifier and workgroup_name".into(),
+                    );
+                }
+                if r.database.is_empty() {
+                    bad("sinks.redshift.database", "transport data_api needs a database".into());
+                }
+                if !r.cluster_identifier.is_empty() && r.db_user.is_empty() && r.secret_arn.is_empty() {
+                    bad("sinks.redshift.db_user", "a cluster needs db_user or secret_arn".into());
+                }
+            }
+            other => bad("sinks.redshift.transport", format!("must be postgres or data_api, got {other:?}")),
+        }
+    }
+    if r.table.is_empty() || r.table.len() > 127 || !r.table.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+        bad("sinks.redshift.table", format!("{:?} is not a table name (1..127 of A-Za-z0-9_)", r.table));
+    }
+    if !(100..=3_600_000).contains(&r.flush_interval_ms) {
+        bad("sinks.redshift.flush_interval_ms", format!("must be 100..3600000, got {}", r.flush_interval_ms));
+    }
+    if r.window_close_delay_ms >= 60_000 {
+        bad("sinks.redshift.window_close_delay_ms", format!("must be 0..59999, got {}", r.window_close_delay_ms));
+    }
+    if !(1..=1_000_000).contains(&r.max_rows_per_flush) {
+        bad("sinks.redshift.max_rows_per_flush", format!("must be 1..1000000, got {}", r.max_rows_per_flush));
+    }
+    if r.first_poll_ms == 0 || r.first_poll_ms > r.max_poll_ms {
+        bad("sinks.redshift.first_poll_ms", "must be greater than 0 and at most max_poll_ms".into());
+    }
+    if r.statement_timeout_ms < 1000 {
+        bad("sinks.redshift.statement_timeout_ms", format!("must be at least 1000, got {}", r.statement_timeout_ms));
+    }
     if c.rejected.queue.trim().is_empty() {
         bad("rejected.queue", "must not be empty".into());
     }
     if c.admin.listen.parse::<SocketAddr>().is_err() {
         bad("admin.listen", format!("{:?} is not an address like 127.0.0.1:9464", c.admin.listen));
     }
-    for (name, s) in [("sources.payments", &c.sources.payments)] {
+    for (name, s) in [("sources.payments", &c.sources.payments), ("sources.menu", &c.sources.menu)] {
         if u64::from(s.wait_time_secs) >= c.shutdown.grace_period_secs {
             bad(
                 &format!("{name}.wait_time_secs"),
@@ -717,6 +858,25 @@ mod tests {
     fn toml_syntax_errors_are_reported() {
         let err = parse("[admin\nlisten=", "x.toml", no_env()).expect_err("invalid");
         assert!(err.to_string().starts_with("x.toml: -: not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn redshift_transports_are_checked() {
+        let err = parse("[sinks.redshift]\nenabled = true\ntransport = \"odbc\"\n", "r.toml", no_env()).expect_err("invalid");
+        assert!(err.to_string().contains("r.toml: sinks.redshift.transport: must be postgres or data_api"), "{err}");
+        let err = parse("[sinks.redshift]\nenabled = true\ntransport = \"data_api\"\n", "r.toml", no_env()).expect_err("invalid");
+        let fields: Vec<&str> = err.0.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["sinks.redshift.cluster_identifier", "sinks.redshift.database"]);
+        let ok = parse(
+            "[sinks.redshift]\nenabled = true\ntransport = \"data_api\"\nworkgroup_name = \"wg\"\ndatabase = \"dev\"\n",
+            "r.toml",
+            no_env(),
+        )
+        .expect("valid");
+        assert_eq!(ok.sinks.redshift.flush_interval_ms, 10_000);
+        let env = vec![("CAFE_SINKS__REDSHIFT__ENABLED".to_owned(), "true".to_owned())];
+        let err = parse("", "r.toml", env).expect_err("postgres needs a url");
+        assert_eq!(err.0[0].field, "sinks.redshift.url");
     }
 
     #[test]

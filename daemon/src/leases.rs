@@ -430,7 +430,9 @@ impl Leases {
                 if taken.len() >= plan.need {
                     break;
                 }
-                let Some(lease) = by_key.get(key.as_str()) else { continue };
+                let Some(lease) = by_key.get(key.as_str()) else {
+                    continue;
+                };
                 let how = match (how, &lease.owner) {
                     ("expired", None) if lease.counter == 0 => "new",
                     ("expired", None) => "released",
@@ -520,7 +522,9 @@ impl Leases {
     /// The one conditional write of a held lease: bump the counter, and
     /// record `checkpoint` and/or give the lease up.
     async fn write_held(&self, key: &str, checkpoint: Option<&Checkpoint>, release: bool) -> Result<(), LeaseError> {
-        let Some(h) = self.held_lock().get(key).cloned() else { return Err(LeaseError::Lost(key.to_owned())) };
+        let Some(h) = self.held_lock().get(key).cloned() else {
+            return Err(LeaseError::Lost(key.to_owned()));
+        };
         let mut h = h.lock().await;
         let mut set = "SET leaseCounter = :next".to_owned();
         let mut req = self.client.update_item().table_name(&self.table).key("leaseKey", s(key));

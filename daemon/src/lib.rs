@@ -1,10 +1,11 @@
 //! cafe-streamd: the cafe-stream processing daemon.
 //!
-//! Data flows one way: `sources/*` -> `payments` (decode, fraud on the CPU
-//! pool via `bridge`) or `orders` (decode on the CPU pool, the order state
-//! machine) -> `sinks/*`, and acknowledgements (SQS deletes, Kinesis
-//! checkpoints through `leases`) flow back. Only `topology` spawns tasks and
-//! makes channels.
+//! Data flows one way: `sources/*` -> `queues` (decode, fraud scoring and
+//! menu hashing on the CPU pool via `bridge`) or `orders` (decode on the
+//! CPU pool, the order state machine) -> `sinks/*`, and acknowledgements
+//! (SQS deletes, Kinesis checkpoints through `leases`) flow back. The
+//! Redshift mirror follows the DynamoDB aggregates on its own cadence. Only
+//! `topology` spawns tasks and makes channels.
 
 pub mod admin;
 pub mod aws;
@@ -13,8 +14,8 @@ pub mod config;
 pub mod leases;
 pub mod metrics;
 pub mod orders;
-pub mod payments;
 pub mod provision;
+pub mod queues;
 pub mod sinks;
 pub mod sources;
 pub mod topology;

@@ -154,6 +154,24 @@ pub struct Metrics {
     pub leases_lost: Family<SourceOutcome, Counter>,
     /// Order state reads.
     pub orders_state_reads: Family<SourceLabel, Counter>,
+    /// Rows pending for Redshift at the last flush.
+    pub mirror_pending_rows: Gauge,
+    /// Age of the oldest pending change.
+    pub mirror_oldest_pending: Gauge<f64, AtomicU64>,
+    /// Flushes by outcome.
+    pub mirror_flushes: Family<OutcomeLabel, Counter>,
+    /// Rows upserted into Redshift.
+    pub mirror_rows_written: Counter,
+    /// Pending to committed, per row.
+    pub mirror_flush_latency: Histogram,
+    /// One flush's duration.
+    pub mirror_flush_duration: Histogram,
+    /// Menu upserts by outcome.
+    pub menu_items: Family<OutcomeLabel, Counter>,
+    /// Menu hash mismatches.
+    pub menu_hash_mismatches: Counter,
+    /// Menu image bytes hashed.
+    pub menu_image_bytes: Counter,
 }
 
 impl Metrics {
@@ -185,6 +203,15 @@ impl Metrics {
             leases_taken: Family::default(),
             leases_lost: Family::default(),
             orders_state_reads: Family::default(),
+            mirror_pending_rows: Gauge::default(),
+            mirror_oldest_pending: Gauge::default(),
+            mirror_flushes: Family::default(),
+            mirror_rows_written: Counter::default(),
+            mirror_flush_latency: latency_histogram(),
+            mirror_flush_duration: latency_histogram(),
+            menu_items: Family::default(),
+            menu_hash_mismatches: Counter::default(),
+            menu_image_bytes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(n::SOURCE_RECEIVED, "Messages or records received from a source", m.source_received.clone());
@@ -231,6 +258,31 @@ impl Metrics {
             "Orders read back because their state was not cached",
             m.orders_state_reads.clone(),
         );
+        registry.register(
+            n::MIRROR_PENDING_ROWS,
+            "Aggregate rows pending for Redshift at the last flush",
+            m.mirror_pending_rows.clone(),
+        );
+        registry.register(
+            n::MIRROR_OLDEST_PENDING,
+            "Age of the oldest change not yet in Redshift",
+            m.mirror_oldest_pending.clone(),
+        );
+        registry.register(n::MIRROR_FLUSHES, "Flushes to Redshift, by outcome", m.mirror_flushes.clone());
+        registry.register(n::MIRROR_ROWS_WRITTEN, "Rows upserted into Redshift", m.mirror_rows_written.clone());
+        registry.register(
+            n::MIRROR_FLUSH_LATENCY,
+            "First pending change to commit in Redshift, per row",
+            m.mirror_flush_latency.clone(),
+        );
+        registry.register(n::MIRROR_FLUSH_DURATION, "Duration of one flush to Redshift", m.mirror_flush_duration.clone());
+        registry.register(n::MENU_ITEMS, "Menu upserts, by outcome", m.menu_items.clone());
+        registry.register(
+            n::MENU_HASH_MISMATCHES,
+            "Menu images whose SHA-256 differed from the declared one",
+            m.menu_hash_mismatches.clone(),
+        );
+        registry.register(n::MENU_IMAGE_BYTES, "Decoded menu image bytes hashed", m.menu_image_bytes.clone());
         let build = Family::<BuildLabel, Gauge>::default();
         build.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION"), commit: crate::GIT_COMMIT }).set(1);
         registry.register(n::BUILD_INFO, "Build version and commit; value 1", build);

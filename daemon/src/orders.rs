@@ -130,7 +130,9 @@ pub async fn wait_for_parents(path: &OrdersPath, lease: &Lease, stop: &Cancellat
                 logged = true;
             }
             Ok(false) => {}
-            Err(e) => warn!(shard = %lease.key, error = %e, "Reading parent leases failed, retrying"),
+            Err(e) => {
+                warn!(shard = %lease.key, error = %e, "Reading parent leases failed, retrying")
+            }
         }
         tokio::select! {
             () = stop.cancelled() => return false,
@@ -244,7 +246,9 @@ pub async fn process_shard(
                         lost.cancel();
                         return ShardExit::Lost;
                     }
-                    Err(e) => warn!(shard = %shard, error = %e, "Checkpoint failed; will retry with the next batch"),
+                    Err(e) => {
+                        warn!(shard = %shard, error = %e, "Checkpoint failed; will retry with the next batch")
+                    }
                 }
             }
         }

@@ -9,18 +9,23 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndexUpdate, IndexStatus,
+    KeySchemaElement, KeyType, Projection, ProjectionType, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
+};
 use aws_sdk_kinesis::types::StreamStatus;
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use crate::aws::describe;
 use crate::config::{Config, SqsSourceConfig};
+use crate::sinks::dynamodb::{EVENT_EXPIRES, MIRROR_INDEX, MIRROR_PENDING};
+use crate::sinks::redshift;
 
 /// What provisioning did to one resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provisioned {
-    /// `sqs`, `kinesis` or `dynamodb`.
+    /// `sqs`, `kinesis`, `dynamodb` or `redshift`.
     pub kind: &'static str,
     /// Resource name.
     pub name: String,
@@ -47,12 +52,79 @@ pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
         (&d.payments_table, &[("payment_id", KeyType::Hash)][..]),
         (&d.orders_table, &[("order_id", KeyType::Hash)][..]),
         (&d.menu_table, &[("sku", KeyType::Hash)][..]),
+        (&d.events_table, &[("event_id", KeyType::Hash)][..]),
         (&config.sources.orders.lease_table, &[("leaseKey", KeyType::Hash)][..]),
     ] {
         done.push(table_with_keys(&dynamodb, table, keys).await?);
     }
+    mirror_index(&dynamodb, &d.aggregates_table).await?;
+    event_expiry(&dynamodb, &d.events_table).await?;
     done.push(stream(&kinesis, &config.sources.orders.stream, config.sources.orders.shards).await?);
+    if config.sinks.redshift.enabled {
+        let transport = redshift::Transport::new(&config.sinks.redshift, &sdk)?;
+        transport
+            .execute(&redshift::sql::create_table(&config.sinks.redshift.table))
+            .await
+            .map_err(|e| anyhow::anyhow!("creating Redshift table {}: {e}", config.sinks.redshift.table))?;
+        done.push(Provisioned { kind: "redshift", name: config.sinks.redshift.table.clone(), created: false });
+    }
     Ok(done)
+}
+
+/// The sparse index of aggregate rows pending for Redshift: created with
+/// the table's keys, added to an existing table if missing.
+async fn mirror_index(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
+    let describe_index = || async {
+        let out = dynamodb.describe_table().table_name(table).send().await;
+        let out = out.map_err(|e| anyhow::anyhow!("describing table {table}: {}", describe(&e)))?;
+        let index = out.table.map(|t| t.global_secondary_indexes.unwrap_or_default()).unwrap_or_default();
+        Ok::<_, anyhow::Error>(index.into_iter().find(|i| i.index_name() == Some(MIRROR_INDEX)).map(|i| i.index_status))
+    };
+    if describe_index().await?.is_none() {
+        let create = CreateGlobalSecondaryIndexAction::builder()
+            .index_name(MIRROR_INDEX)
+            .key_schema(KeySchemaElement::builder().attribute_name(MIRROR_PENDING).key_type(KeyType::Hash).build()?)
+            .key_schema(KeySchemaElement::builder().attribute_name("window").key_type(KeyType::Range).build()?)
+            .projection(Projection::builder().projection_type(ProjectionType::All).build())
+            .build()?;
+        dynamodb
+            .update_table()
+            .table_name(table)
+            .attribute_definitions(
+                AttributeDefinition::builder().attribute_name(MIRROR_PENDING).attribute_type(ScalarAttributeType::S).build()?,
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder().attribute_name("window").attribute_type(ScalarAttributeType::S).build()?,
+            )
+            .global_secondary_index_updates(GlobalSecondaryIndexUpdate::builder().create(create).build())
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("adding index {MIRROR_INDEX} to {table}: {}", describe(&e)))?;
+    }
+    wait_active("index", MIRROR_INDEX, || async { Ok(matches!(describe_index().await?, Some(None | Some(IndexStatus::Active)))) })
+        .await
+}
+
+/// Expiry of the event ledger's entries (`expires_at`, epoch seconds).
+async fn event_expiry(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
+    let current = dynamodb
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("describing the TTL of {table}: {}", describe(&e)))?;
+    if current.time_to_live_description.and_then(|d| d.attribute_name) == Some(EVENT_EXPIRES.to_owned()) {
+        return Ok(());
+    }
+    let spec = TimeToLiveSpecification::builder().attribute_name(EVENT_EXPIRES).enabled(true).build()?;
+    dynamodb
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(spec)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("enabling the TTL of {table}: {}", describe(&e)))?;
+    Ok(())
 }
 
 async fn queue_with_dlq(sqs: &aws_sdk_sqs::Client, source: &SqsSourceConfig) -> anyhow::Result<Vec<Provisioned>> {

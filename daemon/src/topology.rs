@@ -1,15 +1,16 @@
 //! Wires the daemon together: the only module that spawns tasks and makes
 //! channels.
 //!
-//! Owns: start-up order, the shape of the graph and shutdown. Payments:
-//! receivers -> decide -> write -> acknowledger, every hop a bounded
-//! channel. Orders: the lease loop reports leases gained and lost; a
+//! Owns: start-up order, the shape of the graph and shutdown. Each SQS
+//! input (payments, menu): receivers -> decide -> write -> acknowledger,
+//! every hop a bounded channel; the inputs share one CPU pool. Orders: the lease loop reports leases gained and lost; a
 //! supervisor starts, per leased shard, a reader feeding a bounded prefetch
 //! channel and that shard's processor, and stops them when the lease goes.
 //! On the shutdown signal the receivers and readers stop, each stage drains
 //! what it holds, shards checkpoint and release their leases, and the
-//! acknowledger and the lease loop finish last. Must not: contain data-path
-//! logic.
+//! acknowledger and the lease loop finish last; the Redshift flusher then
+//! flushes once more with what is left of the grace period. Must not:
+//! contain data-path logic.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,12 +25,13 @@ use tracing::{error, info};
 
 use crate::admin::{self, Health};
 use crate::bridge::CpuPool;
-use crate::config::Config;
+use crate::config::{Config, SqsSourceConfig};
 use crate::leases::{self, LeaseEvent, Leases};
 use crate::metrics::Metrics;
 use crate::orders::{self, OrdersPath};
-use crate::payments::{self, Sinks};
+use crate::queues::{self, Sinks};
 use crate::sinks::dynamodb::DynamoDbSink;
+use crate::sinks::redshift::{RedshiftSink, Transport};
 use crate::sinks::rejected::RejectedSink;
 use crate::sources::kinesis::KinesisSource;
 use crate::sources::sqs::SqsSource;
@@ -69,10 +71,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
 
-    let source = Arc::new(SqsSource::connect(sqs.clone(), config.sources.payments.clone(), Arc::clone(&metrics)).await?);
+    let mirror = config.sinks.redshift.enabled;
     let sinks = Sinks {
-        dynamodb: DynamoDbSink::new(dynamodb.clone(), config.sinks.dynamodb.clone(), Arc::clone(&metrics)),
-        rejected: RejectedSink::connect(sqs, &config.rejected.queue, Arc::clone(&metrics)).await?,
+        dynamodb: DynamoDbSink::new(dynamodb.clone(), config.sinks.dynamodb.clone(), Arc::clone(&metrics)).with_mirror(mirror),
+        rejected: RejectedSink::connect(sqs.clone(), &config.rejected.queue, Arc::clone(&metrics)).await?,
     };
     let orders_path = Arc::new(OrdersPath {
         dynamodb: sinks.dynamodb.clone(),
@@ -98,47 +100,42 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let engine = Arc::new(Mutex::new(engine));
     let pool = CpuPool::new(config.pipeline.cpu_threads, Arc::clone(&metrics))?;
 
-    let cap = config.pipeline.channel_capacity;
-    let (recv_tx, recv_rx) = mpsc::channel(cap * config.sources.payments.receivers as usize);
-    let (decided_tx, decided_rx) = mpsc::channel(cap);
-    let (ack_tx, ack_rx) = mpsc::channel(cap);
-
     let stop_receiving = CancellationToken::new();
-    let stop_extending = CancellationToken::new();
     let tracker = TaskTracker::new();
-    for _ in 0..config.sources.payments.receivers {
-        let (source, tx, stop) = (Arc::clone(&source), recv_tx.clone(), stop_receiving.clone());
-        tracker.spawn(async move { source.receive_loop(tx, stop).await });
+    let mut queues_running = Vec::new();
+    for input in [&config.sources.payments, &config.sources.menu] {
+        if !input.enabled {
+            continue;
+        }
+        let source = Arc::new(SqsSource::connect(sqs.clone(), input.clone(), Arc::clone(&metrics)).await?);
+        let acker = start_queue(
+            &source,
+            input,
+            &config,
+            sinks.clone(),
+            pool.clone(),
+            Arc::clone(&engine),
+            &metrics,
+            &tracker,
+            &stop_receiving,
+        );
+        queues_running.push((source, acker));
     }
-    drop(recv_tx);
-    {
-        let (source, stop) = (Arc::clone(&source), stop_extending.clone());
-        tracker.spawn(async move { source.extend_loop(stop).await });
-    }
-    tracker.spawn(payments::decide_loop(
-        recv_rx,
-        decided_tx,
-        pool,
-        engine,
-        config.pipeline.clone(),
-        source.name.clone(),
-        Arc::clone(&metrics),
-    ));
-    tracker.spawn(payments::write_loop(
-        decided_rx,
-        ack_tx,
-        sinks,
-        config.pipeline.sink_concurrency,
-        source.name.clone(),
-        Arc::clone(&metrics),
-    ));
-    let acker = {
-        let (source, stop_extending) = (Arc::clone(&source), stop_extending.clone());
-        tracker.spawn(async move {
-            source.ack_loop(ack_rx, 8).await;
-            // Nothing is in flight any more: stop keeping messages invisible.
-            stop_extending.cancel();
-        })
+
+    // The Redshift mirror, outside the trackers: it runs until the drain is over.
+    let stop_flushing = CancellationToken::new();
+    let flusher = if mirror {
+        let sink = RedshiftSink::new(
+            Transport::new(&config.sinks.redshift, &sdk)?,
+            dynamodb.clone(),
+            config.sinks.dynamodb.aggregates_table.clone(),
+            config.sinks.redshift.clone(),
+            Arc::clone(&metrics),
+        );
+        let grace = Duration::from_secs(config.shutdown.grace_period_secs);
+        Some(tokio::spawn(sink.flush_loop(stop_flushing.clone(), grace)))
+    } else {
+        None
     };
 
     // Orders: the lease loop, and a supervisor of one task pair per shard.
@@ -176,11 +173,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     tracker.close();
     health.set_ready();
-    info!(queue = %source.name, receivers = config.sources.payments.receivers, "Consuming");
+    for (source, _) in &queues_running {
+        info!(queue = %source.name, "Consuming");
+    }
+    let inflight = || queues_running.iter().map(|(s, _)| s.inflight()).sum::<usize>();
 
     shutdown.await;
     let grace = Duration::from_secs(config.shutdown.grace_period_secs);
-    info!(inflight = source.inflight(), grace_secs = grace.as_secs(), "Shutting down: draining");
+    let deadline = tokio::time::Instant::now() + grace;
+    info!(inflight = inflight(), grace_secs = grace.as_secs(), "Shutting down: draining");
     health.set_draining();
     stop_receiving.cancel();
     stop_taking.cancel();
@@ -196,11 +197,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             Exit::Drained
         }
         Err(_) => {
-            error!(inflight = source.inflight(), "Grace period exceeded; in-flight messages will be redelivered");
-            acker.abort();
+            error!(inflight = inflight(), "Grace period exceeded; in-flight messages will be redelivered");
+            for (_, acker) in &queues_running {
+                acker.abort();
+            }
             Exit::GraceExceeded
         }
     };
+    stop_flushing.cancel();
+    if let Some(f) = flusher {
+        // Rows not flushed now stay pending in DynamoDB for the next start.
+        if tokio::time::timeout_at(deadline, f).await.is_err() {
+            error!("Grace period exceeded during the final Redshift flush; its rows stay pending");
+        }
+    }
     stop_leasing.cancel();
     if let Some(t) = lease_task {
         let _ = t.await;
@@ -288,4 +298,56 @@ async fn run_shard(
     let _ = reader.await;
     either.abort();
     info!(shard = %shard, exit = ?exit, "Shard reader stopped");
+}
+
+/// Starts one SQS input's stages in `tracker` and returns its acknowledger.
+#[allow(clippy::too_many_arguments)]
+fn start_queue(
+    source: &Arc<SqsSource>,
+    input: &SqsSourceConfig,
+    config: &Config,
+    sinks: Sinks,
+    pool: CpuPool,
+    engine: Arc<Mutex<FraudEngine>>,
+    metrics: &Arc<Metrics>,
+    tracker: &TaskTracker,
+    stop_receiving: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let cap = config.pipeline.channel_capacity;
+    let (recv_tx, recv_rx) = mpsc::channel(cap * input.receivers as usize);
+    let (decided_tx, decided_rx) = mpsc::channel(cap);
+    let (ack_tx, ack_rx) = mpsc::channel(cap);
+    let stop_extending = CancellationToken::new();
+    for _ in 0..input.receivers {
+        let (source, tx, stop) = (Arc::clone(source), recv_tx.clone(), stop_receiving.clone());
+        tracker.spawn(async move { source.receive_loop(tx, stop).await });
+    }
+    drop(recv_tx);
+    {
+        let (source, stop) = (Arc::clone(source), stop_extending.clone());
+        tracker.spawn(async move { source.extend_loop(stop).await });
+    }
+    tracker.spawn(queues::decide_loop(
+        recv_rx,
+        decided_tx,
+        pool,
+        engine,
+        config.pipeline.clone(),
+        source.name.clone(),
+        Arc::clone(metrics),
+    ));
+    tracker.spawn(queues::write_loop(
+        decided_rx,
+        ack_tx,
+        sinks,
+        config.pipeline.sink_concurrency,
+        source.name.clone(),
+        Arc::clone(metrics),
+    ));
+    let source = Arc::clone(source);
+    tracker.spawn(async move {
+        source.ack_loop(ack_rx, 8).await;
+        // Nothing is in flight any more: stop keeping messages invisible.
+        stop_extending.cancel();
+    })
 }

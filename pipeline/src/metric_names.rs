@@ -56,3 +56,23 @@ pub const LEASES_TAKEN: &str = "cafe_leases_taken";
 pub const LEASES_LOST: &str = "cafe_leases_lost";
 /// Orders read from `cafe-orders` because their state was not cached. Labels: `source`.
 pub const ORDERS_STATE_READS: &str = "cafe_orders_state_reads";
+/// Aggregate rows found pending for Redshift at the last flush (the backlog
+/// an outage builds up, held in DynamoDB).
+pub const MIRROR_PENDING_ROWS: &str = "cafe_mirror_pending_rows";
+/// Age of the oldest pending change at the last flush, in seconds.
+pub const MIRROR_OLDEST_PENDING: &str = "cafe_mirror_oldest_pending_seconds";
+/// Flushes to Redshift by outcome (`ok`, `failed`).
+pub const MIRROR_FLUSHES: &str = "cafe_mirror_flushes";
+/// Rows upserted into Redshift.
+pub const MIRROR_ROWS_WRITTEN: &str = "cafe_mirror_rows_written";
+/// Time from a row's first pending change to its commit in Redshift.
+pub const MIRROR_FLUSH_LATENCY: &str = "cafe_mirror_flush_latency_seconds";
+/// Duration of one flush (read pending rows, upsert, clear marks).
+pub const MIRROR_FLUSH_DURATION: &str = "cafe_mirror_flush_duration_seconds";
+/// Menu upserts by outcome (`written`: the item changed; `unchanged`: same
+/// `content_sha256`, no rewrite; `stale`: an older sync than the stored one).
+pub const MENU_ITEMS: &str = "cafe_menu_items";
+/// Menu images whose SHA-256 differed from the declared one.
+pub const MENU_HASH_MISMATCHES: &str = "cafe_menu_hash_mismatches";
+/// Decoded menu image bytes hashed.
+pub const MENU_IMAGE_BYTES: &str = "cafe_menu_image_bytes";

@@ -116,7 +116,9 @@ impl RejectedSink {
                         return;
                     }
                 }
-                Err(e) => warn!(error = %describe(&e), attempt, "Sending rejections failed, retrying"),
+                Err(e) => {
+                    warn!(error = %describe(&e), attempt, "Sending rejections failed, retrying")
+                }
             }
             self.metrics.sink_requests.get_or_create(&SinkOutcome { sink: SINK, outcome: "retry" }).inc();
             tokio::time::sleep(backoff.delay(attempt)).await;

@@ -16,6 +16,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use serde_json::json;
 
+mod data_api;
+mod menu;
 mod orders;
 mod redshift;
 
@@ -81,6 +83,10 @@ max_receive_count = 50
 [sources.menu]
 queue = "{prefix}-menu"
 dlq = "{prefix}-menu-dlq"
+visibility_timeout_secs = 6
+wait_time_secs = 1
+retry_delay_secs = 1
+max_receive_count = 50
 [sources.orders]
 stream = "{prefix}-orders"
 lease_table = "{prefix}-leases"
@@ -90,6 +96,7 @@ aggregates_table = "{prefix}-aggregates"
 payments_table = "{prefix}-payments"
 orders_table = "{prefix}-orders"
 menu_table = "{prefix}-menu"
+events_table = "{prefix}-events"
 [rejected]
 queue = "{prefix}-rejected"
 [admin]

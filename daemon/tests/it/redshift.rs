@@ -7,9 +7,7 @@ use pipeline::window::{Counters, WindowId};
 
 async fn pg() -> postgres::PgTransport {
     let url = std::env::var("CAFE_PG_URL").expect("CAFE_PG_URL is not set: run through scripts/test.sh");
-    let (pg, driver) = postgres::connect(&url).await.expect("connect to the local PostgreSQL");
-    tokio::spawn(driver);
-    pg
+    postgres::PgTransport::connect(&url).await.expect("connect to the local PostgreSQL")
 }
 
 fn row(store: &str, minute: u32, orders: i64) -> MirrorRow {

@@ -29,6 +29,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use pipeline::window::{Counters, Deltas, WindowId};
 use tracing::warn;
 
+pub mod menu;
 pub mod orders;
 
 use super::WriteOutcome;
@@ -73,18 +74,61 @@ pub struct PaymentRecord {
     pub group: Option<String>,
 }
 
+/// `cafe-aggregates` attribute: the row's version, +1 on every change.
+pub const VERSION: &str = "version";
+/// `cafe-aggregates` attribute: present while the row has a change not yet
+/// in Redshift; its value is the row's bucket (`0`..`MIRROR_BUCKETS`), the
+/// partition key of the sparse index [`MIRROR_INDEX`].
+pub const MIRROR_PENDING: &str = "mirror_pending";
+/// `cafe-aggregates` attribute: epoch milliseconds of the oldest change not
+/// yet in Redshift.
+pub const MIRROR_SINCE: &str = "mirror_pending_since";
+/// The sparse global secondary index of pending rows (hash
+/// `mirror_pending`, range `window`, all attributes projected).
+pub const MIRROR_INDEX: &str = "mirror-pending";
+/// Event ledger attribute: when the entry expires (epoch seconds, the
+/// table's TTL attribute).
+pub const EVENT_EXPIRES: &str = "expires_at";
+
+/// Buckets of pending rows: spreads the index over partitions.
+pub const MIRROR_BUCKETS: u32 = 16;
+
+/// The pending bucket of a row: FNV-1a of `store/window`, stable across
+/// releases and instances.
+pub fn mirror_bucket(row: &WindowId) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in row.store.bytes().chain(std::iter::once(b'/')).chain(row.window.bytes()) {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    h % MIRROR_BUCKETS
+}
+
 /// Writes payments and their counters.
 #[derive(Debug, Clone)]
 pub struct DynamoDbSink {
     pub(crate) client: Client,
     pub(crate) config: DynamoDbSinkConfig,
     pub(crate) metrics: Arc<Metrics>,
+    /// Mark changed aggregate rows pending for the Redshift mirror.
+    pub(crate) mirror: bool,
 }
 
 impl DynamoDbSink {
     /// A sink on the configured tables.
     pub fn new(client: Client, config: DynamoDbSinkConfig, metrics: Arc<Metrics>) -> Self {
-        DynamoDbSink { client, config, metrics }
+        DynamoDbSink { client, config, metrics, mirror: false }
+    }
+
+    /// Marks every aggregate change pending for the Redshift mirror.
+    pub fn with_mirror(mut self, mirror: bool) -> Self {
+        self.mirror = mirror;
+        self
+    }
+
+    /// The update of one aggregate row by `c` (see [`aggregate_update`]).
+    pub(crate) fn aggregate_update(&self, row: &WindowId, c: &Counters) -> Option<Update> {
+        let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        aggregate_update(&self.config.aggregates_table, row, c, self.mirror.then_some(now_ms as i64))
     }
 
     /// Writes `records`, returning an outcome for each, in order.
@@ -230,7 +274,7 @@ impl DynamoDbSink {
             }
         }
         for (row, counters) in &deltas {
-            if let Some(update) = aggregate_update(&self.config.aggregates_table, row, counters) {
+            if let Some(update) = self.aggregate_update(row, counters) {
                 items.push(TransactWriteItem::builder().update(update).build());
             }
         }
@@ -244,7 +288,9 @@ impl DynamoDbSink {
 fn hold_back_failed_groups(records: &[PaymentRecord], outcomes: &mut [WriteOutcome]) {
     let mut failed: HashSet<&str> = HashSet::new();
     for (r, o) in records.iter().zip(outcomes.iter_mut()) {
-        let Some(group) = r.group.as_deref() else { continue };
+        let Some(group) = r.group.as_deref() else {
+            continue;
+        };
         if failed.contains(group) {
             *o = WriteOutcome::Failed;
         } else if *o == WriteOutcome::Failed {
@@ -278,8 +324,11 @@ fn payment_item(r: &PaymentRecord) -> HashMap<String, AttributeValue> {
     ])
 }
 
-/// `ADD` of the non-zero counters to one aggregate row; `None` if all are 0.
-pub fn aggregate_update(table: &str, row: &WindowId, c: &Counters) -> Option<Update> {
+/// `ADD` of the non-zero counters to one aggregate row and 1 to its
+/// `version`; with `pending_since_ms`, also marks the row pending for the
+/// Redshift mirror (keeping the oldest pending time). `None` if every
+/// counter is 0.
+pub fn aggregate_update(table: &str, row: &WindowId, c: &Counters, pending_since_ms: Option<i64>) -> Option<Update> {
     let mut expr = Vec::new();
     let mut names = HashMap::new();
     let mut values = HashMap::new();
@@ -291,11 +340,22 @@ pub fn aggregate_update(table: &str, row: &WindowId, c: &Counters) -> Option<Upd
     if expr.is_empty() {
         return None;
     }
+    expr.push("#ver :one".into());
+    names.insert("#ver".into(), VERSION.into());
+    values.insert(":one".into(), num(1));
+    let mut update = format!("ADD {}", expr.join(", "));
+    if let Some(since) = pending_since_ms {
+        update.push_str(" SET #mp = :mp, #ms = if_not_exists(#ms, :ms)");
+        names.insert("#mp".into(), MIRROR_PENDING.into());
+        names.insert("#ms".into(), MIRROR_SINCE.into());
+        values.insert(":mp".into(), s(mirror_bucket(row).to_string()));
+        values.insert(":ms".into(), num(since));
+    }
     Update::builder()
         .table_name(table)
         .key("store", s(&row.store))
         .key("window", s(&row.window))
-        .update_expression(format!("ADD {}", expr.join(", ")))
+        .update_expression(update)
         .set_expression_attribute_names(Some(names))
         .set_expression_attribute_values(Some(values))
         .build()
@@ -340,6 +400,24 @@ mod tests {
         let mut outcomes = vec![Written, Failed, Written, Written, Written];
         hold_back_failed_groups(&records, &mut outcomes);
         assert_eq!(outcomes, vec![Written, Failed, Written, Failed, Written]);
+    }
+
+    #[test]
+    fn aggregate_updates_bump_the_version_and_mark_only_when_mirrored() {
+        let row = WindowId { store: "s1".into(), window: "2026-11-22T08:15:00Z".into() };
+        let c = Counters { payments: 1, ..Counters::default() };
+        let plain = aggregate_update("t", &row, &c, None).expect("update");
+        assert_eq!(plain.update_expression(), "ADD #c0 :c0, #ver :one");
+        let marked = aggregate_update("t", &row, &c, Some(5)).expect("update");
+        assert!(marked.update_expression().ends_with("SET #mp = :mp, #ms = if_not_exists(#ms, :ms)"));
+        let bucket = marked.expression_attribute_values().and_then(|v| v.get(":mp")).cloned();
+        assert_eq!(bucket, Some(s(mirror_bucket(&row).to_string())));
+        assert!(aggregate_update("t", &row, &Counters::default(), Some(5)).is_none());
+        // Buckets are stable and spread.
+        assert_eq!(mirror_bucket(&row), mirror_bucket(&row.clone()));
+        let used: HashSet<u32> =
+            (0..200).map(|i| mirror_bucket(&WindowId { store: format!("store-{i}"), window: row.window.clone() })).collect();
+        assert_eq!(used.len(), MIRROR_BUCKETS as usize);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use pipeline::orders::{HistoryEntry, OrderState, OrderStatus};
 use pipeline::window::{Counters, WindowId};
 use tracing::warn;
 
-use super::{DynamoDbSink, aggregate_update, num, s};
+use super::{DynamoDbSink, num, s};
 use crate::aws::{Backoff, ErrorClass, classify, describe};
 use crate::metrics::SinkLabel;
 
@@ -288,7 +288,7 @@ impl DynamoDbSink {
             }
         }
         for (row, counters) in deltas {
-            if let Some(update) = aggregate_update(&self.config.aggregates_table, row, &counters) {
+            if let Some(update) = self.aggregate_update(row, &counters) {
                 items.push(TransactWriteItem::builder().update(update).build());
             }
         }

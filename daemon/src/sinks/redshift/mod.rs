@@ -1,6 +1,335 @@
 //! The Redshift sink: `cafe_store_minute`, one row per (store, window),
-//! equal to the DynamoDB aggregate row. This release has its SQL (`sql`);
-//! the transports and the flush loop come with the menu path.
+//! equal to the DynamoDB aggregate row.
+//!
+//! Owns: the flush (a transactional outbox kept in DynamoDB). Every change
+//! to an aggregate row marks it pending in the same DynamoDB transaction
+//! that changes it (`sinks::dynamodb::aggregate_update`), with the row's
+//! `version` bumped. A flush reads the pending rows from the sparse index
+//! `mirror-pending` (at most `max_rows_per_flush`), upserts their absolute
+//! counters and versions in transactional batches (`sql`), and then clears
+//! each mark on condition that the row's version is still the one written.
+//! Hence:
+//! - nothing is lost: a mark goes only after its version is committed in
+//!   Redshift, and it survives crashes and restarts;
+//! - nothing is double counted: rows are absolute, and an older version
+//!   never replaces a newer one, so replays and concurrent flushes from
+//!   several instances are harmless;
+//! - an outage of Redshift buffers in DynamoDB (bounded by the number of
+//!   rows, and by `max_rows_per_flush` in memory) and drains when it ends.
+//!
+//! Must not: acknowledge sources (the DynamoDB transaction is the durable
+//! write; Redshift follows it) or build SQL outside `sql`.
 
+pub mod data_api;
 pub mod postgres;
 pub mod sql;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::types::AttributeValue;
+use futures::StreamExt;
+use pipeline::window::{Counters, WindowId};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::aws::{Backoff, describe};
+use crate::config::RedshiftSinkConfig;
+use crate::metrics::{Metrics, OutcomeLabel};
+use crate::sinks::dynamodb::{MIRROR_BUCKETS, MIRROR_INDEX, MIRROR_PENDING, MIRROR_SINCE, VERSION, num};
+use sql::MirrorRow;
+
+/// Why a batch did not commit, from either transport.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct BatchError {
+    /// Whether the same batch may succeed later.
+    pub retryable: bool,
+    /// What the server or the client said.
+    pub message: String,
+}
+
+impl From<postgres::PgError> for BatchError {
+    fn from(e: postgres::PgError) -> Self {
+        BatchError { retryable: e.retryable(), message: e.to_string() }
+    }
+}
+
+/// The configured transport.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// The PostgreSQL wire protocol.
+    Postgres(postgres::PgTransport),
+    /// The Redshift Data API.
+    DataApi(data_api::DataApiTransport),
+}
+
+impl Transport {
+    /// The transport `config.transport` names; it connects on first use.
+    pub fn new(config: &RedshiftSinkConfig, sdk: &aws_config::SdkConfig) -> anyhow::Result<Self> {
+        Ok(match config.transport.as_str() {
+            "data_api" => {
+                Transport::DataApi(data_api::DataApiTransport::new(aws_sdk_redshiftdata::Client::new(sdk), config.clone()))
+            }
+            _ => Transport::Postgres(
+                postgres::PgTransport::new(&config.url).map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?,
+            ),
+        })
+    }
+
+    /// Runs `statements` as one transaction.
+    pub async fn run_batch(&self, statements: &[String]) -> Result<(), BatchError> {
+        match self {
+            Transport::Postgres(t) => t.run_batch(statements).await.map_err(BatchError::from),
+            Transport::DataApi(t) => t.run_batch(statements).await,
+        }
+    }
+
+    /// Runs one statement (DDL).
+    pub async fn execute(&self, statement: &str) -> Result<(), BatchError> {
+        match self {
+            Transport::Postgres(t) => t.execute(statement).await.map_err(BatchError::from),
+            Transport::DataApi(t) => t.run_batch(&[statement.to_owned()]).await,
+        }
+    }
+
+    /// `postgres` or `data_api`, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transport::Postgres(_) => "postgres",
+            Transport::DataApi(_) => "data_api",
+        }
+    }
+}
+
+/// Rows per upsert group: each group's batches commit, then its marks are cleared.
+const GROUP_ROWS: usize = 2_000;
+/// Mark clears in flight at once.
+const CLEAR_CONCURRENCY: usize = 16;
+/// Attempts of one batch within a flush before the flush gives up (the
+/// rows stay pending for the next flush).
+const BATCH_ATTEMPTS: u32 = 4;
+
+/// One pending row and when its oldest unflushed change happened.
+#[derive(Debug, Clone)]
+struct Pending {
+    row: MirrorRow,
+    since_ms: i64,
+}
+
+/// What one flush did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Rows found pending.
+    pub pending: usize,
+    /// Rows committed in Redshift.
+    pub written: usize,
+    /// Marks cleared (the rest changed meanwhile and stay pending).
+    pub cleared: usize,
+}
+
+/// The flusher.
+#[derive(Debug, Clone)]
+pub struct RedshiftSink {
+    transport: Transport,
+    dynamodb: aws_sdk_dynamodb::Client,
+    aggregates_table: String,
+    config: RedshiftSinkConfig,
+    metrics: Arc<Metrics>,
+}
+
+fn number(item: &HashMap<String, AttributeValue>, name: &str) -> i64 {
+    item.get(name).and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+fn parse_pending(item: &HashMap<String, AttributeValue>) -> Option<Pending> {
+    let store = item.get("store")?.as_s().ok()?.clone();
+    let window = item.get("window")?.as_s().ok()?.clone();
+    let mut values = [0i64; 11];
+    for (v, name) in values.iter_mut().zip(Counters::NAMES) {
+        *v = number(item, name);
+    }
+    Some(Pending {
+        row: MirrorRow {
+            id: WindowId { store, window },
+            counters: Counters::from_values(values),
+            version: number(item, VERSION),
+        },
+        since_ms: number(item, MIRROR_SINCE),
+    })
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+impl RedshiftSink {
+    /// A flusher of `aggregates_table` into `config.table`.
+    pub fn new(
+        transport: Transport,
+        dynamodb: aws_sdk_dynamodb::Client,
+        aggregates_table: String,
+        config: RedshiftSinkConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        RedshiftSink { transport, dynamodb, aggregates_table, config, metrics }
+    }
+
+    /// Pending rows, oldest windows first within each bucket, at most
+    /// `max_rows_per_flush`.
+    async fn pending(&self) -> Result<Vec<Pending>, String> {
+        let mut out: Vec<Pending> = Vec::new();
+        let max = self.config.max_rows_per_flush;
+        for bucket in 0..MIRROR_BUCKETS {
+            let mut start = None;
+            loop {
+                let resp = self
+                    .dynamodb
+                    .query()
+                    .table_name(&self.aggregates_table)
+                    .index_name(MIRROR_INDEX)
+                    .key_condition_expression("#p = :p")
+                    .expression_attribute_names("#p", MIRROR_PENDING)
+                    .expression_attribute_values(":p", AttributeValue::S(bucket.to_string()))
+                    .limit(i32::try_from(max - out.len()).unwrap_or(i32::MAX).min(1000))
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(|e| format!("querying {MIRROR_INDEX} of {}: {}", self.aggregates_table, describe(&e)))?;
+                out.extend(resp.items().iter().filter_map(parse_pending));
+                if out.len() >= max {
+                    return Ok(out);
+                }
+                match resp.last_evaluated_key {
+                    Some(k) if !k.is_empty() => start = Some(k),
+                    _ => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn run_with_retries(&self, batch: &[String]) -> Result<(), BatchError> {
+        let backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) };
+        let mut attempt = 0;
+        loop {
+            match self.transport.run_batch(batch).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.retryable && attempt + 1 < BATCH_ATTEMPTS => {
+                    warn!(error = %e, attempt, transport = self.transport.name(), "Redshift batch failed, retrying");
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Clears the mark of `row` if its version is still the one written.
+    async fn clear(&self, row: &MirrorRow) -> bool {
+        let result = self
+            .dynamodb
+            .update_item()
+            .table_name(&self.aggregates_table)
+            .key("store", AttributeValue::S(row.id.store.clone()))
+            .key("window", AttributeValue::S(row.id.window.clone()))
+            .update_expression("REMOVE #p, #s")
+            .condition_expression("#v = :v")
+            .expression_attribute_names("#p", MIRROR_PENDING)
+            .expression_attribute_names("#s", MIRROR_SINCE)
+            .expression_attribute_names("#v", VERSION)
+            .expression_attribute_values(":v", num(row.version))
+            .send()
+            .await;
+        match result {
+            Ok(_) => true,
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => false,
+            Err(e) => {
+                // The row stays pending; the next flush writes it again (a no-op there).
+                warn!(error = %describe(&e), "Clearing a pending mark failed");
+                false
+            }
+        }
+    }
+
+    /// One flush: every pending row (up to the limit) into Redshift.
+    pub async fn flush_once(&self) -> Result<FlushReport, BatchError> {
+        let started = Instant::now();
+        let result = self.flush_inner().await;
+        self.metrics.mirror_flush_duration.observe(started.elapsed().as_secs_f64());
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        self.metrics.mirror_flushes.get_or_create(&OutcomeLabel { outcome }).inc();
+        result
+    }
+
+    async fn flush_inner(&self) -> Result<FlushReport, BatchError> {
+        let pending = self.pending().await.map_err(|message| BatchError { retryable: true, message })?;
+        let now = now_ms();
+        self.metrics.mirror_pending_rows.set(pending.len() as i64);
+        let oldest = pending.iter().map(|p| p.since_ms).filter(|s| *s > 0).min().map_or(0, |s| now - s);
+        self.metrics.mirror_oldest_pending.set(oldest.max(0) as f64 / 1000.0);
+        let mut report = FlushReport { pending: pending.len(), ..FlushReport::default() };
+        for group in pending.chunks(GROUP_ROWS) {
+            let rows: Vec<MirrorRow> = group.iter().map(|p| p.row.clone()).collect();
+            for batch in sql::upsert_batches(&self.config.table, &rows) {
+                self.run_with_retries(&batch).await?;
+            }
+            let committed = now_ms();
+            report.written += rows.len();
+            self.metrics.mirror_rows_written.inc_by(rows.len() as u64);
+            for p in group.iter().filter(|p| p.since_ms > 0) {
+                self.metrics.mirror_flush_latency.observe((committed - p.since_ms).max(0) as f64 / 1000.0);
+            }
+            let clears: Vec<_> = rows.into_iter().map(|r| async move { self.clear(&r).await }).collect();
+            let results: Vec<bool> = futures::stream::iter(clears).buffer_unordered(CLEAR_CONCURRENCY).collect().await;
+            report.cleared += results.iter().filter(|ok| **ok).count();
+        }
+        if report.pending > 0 {
+            self.metrics.mirror_pending_rows.set((report.pending - report.cleared) as i64);
+        }
+        Ok(report)
+    }
+
+    /// When the next flush is due after `now`: every `flush_interval_ms`,
+    /// and `window_close_delay_ms` after each minute ends.
+    fn next_flush(&self, last: Instant) -> Instant {
+        let interval = last + Duration::from_millis(self.config.flush_interval_ms);
+        let ms = now_ms();
+        let to_close = 60_000 - ms.rem_euclid(60_000) + self.config.window_close_delay_ms as i64;
+        let to_close = if to_close > 60_000 { to_close - 60_000 } else { to_close };
+        interval.min(Instant::now() + Duration::from_millis(to_close.max(1) as u64))
+    }
+
+    /// Flushes on the cadence until `stop`, then once more (the drain's
+    /// final writes), within `final_budget`.
+    pub async fn flush_loop(self, stop: CancellationToken, final_budget: Duration) {
+        info!(transport = self.transport.name(), table = %self.config.table, "Mirroring aggregates into Redshift");
+        let mut last = Instant::now();
+        loop {
+            let due = self.next_flush(last);
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep_until(due.into()) => {}
+            }
+            last = Instant::now();
+            self.flush_logged().await;
+        }
+        if tokio::time::timeout(final_budget, self.flush_logged()).await.is_err() {
+            warn!("Final Redshift flush did not finish in time; the rows stay pending for the next start");
+        }
+    }
+
+    async fn flush_logged(&self) {
+        match self.flush_once().await {
+            Ok(r) if r.pending > 0 => {
+                tracing::debug!(pending = r.pending, written = r.written, cleared = r.cleared, "Flushed to Redshift")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, transport = self.transport.name(), "Redshift flush failed; rows stay pending")
+            }
+        }
+    }
+}

@@ -3,12 +3,10 @@
 //! runs the same SQL in the tests.
 //!
 //! Owns: the connection (TLS with the webpki roots when the URL asks for
-//! `sslmode=require`, plain otherwise, for loopback) and running one batch
-//! of statements as one transaction. Must not: build SQL (`sql` does) or
-//! spawn the connection's driver (topology does; `connect` hands it back).
+//! `sslmode=require`, plain otherwise, for loopback), reconnecting after a
+//! failure, and running one batch of statements as one transaction. Must
+//! not: build SQL (`sql` does) or log the URL (it may hold a password).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
@@ -26,7 +24,7 @@ pub enum PgError {
         /// Server message.
         message: String,
     },
-    /// The connection failed; retry on a new one.
+    /// The connection failed; the next call reconnects.
     #[error("connection failed: {0}")]
     Connection(String),
 }
@@ -53,13 +51,11 @@ fn classify(e: tokio_postgres::Error) -> PgError {
     }
 }
 
-/// The connection's driver: must be polled (spawned) for the client to work.
-pub type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// One connection.
+/// A connection that reconnects on the next call after it failed.
 #[derive(Clone)]
 pub struct PgTransport {
-    client: Arc<Mutex<Client>>,
+    config: tokio_postgres::Config,
+    client: Arc<Mutex<Option<Client>>>,
 }
 
 impl std::fmt::Debug for PgTransport {
@@ -68,21 +64,37 @@ impl std::fmt::Debug for PgTransport {
     }
 }
 
-/// Connects to `url` (`postgres://user[:password]@host:port/db[?sslmode=require]`).
-pub async fn connect(url: &str) -> Result<(PgTransport, Driver), PgError> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| PgError::Connection(e.to_string()))?;
-    let driver: Driver;
-    // TLS when the URL says `sslmode=require` (real clusters); plain
-    // otherwise (loopback PostgreSQL in tests).
-    let client = if config.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
-        let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(classify)?;
-        driver = Box::pin(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!(error = %e, "PostgreSQL connection closed");
-            }
-        });
-        client
-    } else {
+impl PgTransport {
+    /// A transport on `url` (`postgres://user[:password]@host:port/db[?sslmode=require]`)
+    /// that connects on first use: a server that is down at start is an
+    /// outage like any other.
+    pub fn new(url: &str) -> Result<Self, PgError> {
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| PgError::Connection(e.to_string()))?;
+        Ok(PgTransport { config, client: Arc::new(Mutex::new(None)) })
+    }
+
+    /// [`PgTransport::new`], connected now.
+    pub async fn connect(url: &str) -> Result<Self, PgError> {
+        let t = Self::new(url)?;
+        let mut guard = t.client.lock().await;
+        *guard = Some(t.open().await?);
+        drop(guard);
+        Ok(t)
+    }
+
+    async fn open(&self) -> Result<Client, PgError> {
+        // TLS when the URL says `sslmode=require` (real clusters); plain
+        // otherwise (loopback PostgreSQL in tests).
+        if self.config.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+            let (client, conn) = self.config.connect(tokio_postgres::NoTls).await.map_err(classify)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::warn!(error = %e, "PostgreSQL connection closed");
+                }
+            });
+            return Ok(client);
+        }
         let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         let tls_config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
             .with_safe_default_protocol_versions()
@@ -90,36 +102,53 @@ pub async fn connect(url: &str) -> Result<(PgTransport, Driver), PgError> {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config);
-        let (client, conn) = config.connect(tls).await.map_err(classify)?;
-        driver = Box::pin(async move {
+        let (client, conn) = self.config.connect(tls).await.map_err(classify)?;
+        tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::warn!(error = %e, "PostgreSQL connection closed");
             }
         });
-        client
-    };
-    Ok((PgTransport { client: Arc::new(Mutex::new(client)) }, driver))
-}
+        Ok(client)
+    }
 
-impl PgTransport {
+    /// The live client, reconnecting if the last one failed.
+    async fn live<'a>(&self, slot: &'a mut Option<Client>) -> Result<&'a mut Client, PgError> {
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = Some(self.open().await?);
+        }
+        slot.as_mut().ok_or_else(|| PgError::Connection("no connection".into()))
+    }
+
     /// Runs `statements` in one transaction: all commit or none.
     pub async fn run_batch(&self, statements: &[String]) -> Result<(), PgError> {
-        let mut client = self.client.lock().await;
-        let tx = client.transaction().await.map_err(classify)?;
-        for s in statements {
-            tx.batch_execute(s).await.map_err(classify)?;
+        let mut slot = self.client.lock().await;
+        let result = async {
+            let client = self.live(&mut slot).await?;
+            let tx = client.transaction().await.map_err(classify)?;
+            for s in statements {
+                tx.batch_execute(s).await.map_err(classify)?;
+            }
+            tx.commit().await.map_err(classify)
         }
-        tx.commit().await.map_err(classify)
+        .await;
+        if matches!(result, Err(PgError::Connection(_))) {
+            *slot = None;
+        }
+        result
     }
 
     /// Runs one statement outside a batch (DDL).
     pub async fn execute(&self, statement: &str) -> Result<(), PgError> {
-        self.client.lock().await.batch_execute(statement).await.map_err(classify)
+        let mut slot = self.client.lock().await;
+        let client = self.live(&mut slot).await?;
+        client.batch_execute(statement).await.map_err(classify)
     }
 
     /// Rows of `query` as text columns (for checks and tests).
     pub async fn query_text(&self, query: &str) -> Result<Vec<Vec<String>>, PgError> {
-        let rows = self.client.lock().await.simple_query(query).await.map_err(classify)?;
+        let mut slot = self.client.lock().await;
+        let client = self.live(&mut slot).await?;
+        let rows = client.simple_query(query).await.map_err(classify)?;
         Ok(rows
             .into_iter()
             .filter_map(|m| match m {

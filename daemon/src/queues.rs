@@ -1,11 +1,13 @@
-//! The payments path: raw SQS messages -> decided payments, rejections and
-//! acknowledgements.
+//! The queue path: raw SQS messages (the payments FIFO queue, the menu
+//! queue, or any queue carrying either) -> decided payments and menu
+//! upserts, rejections and acknowledgements.
 //!
-//! Owns: the two stages between the payments source and the sinks: `decide`
+//! Owns: the two stages between an SQS source and the sinks: `decide`
 //! (batching, then one rayon hop per batch for decoding, the fraud model's
-//! work in parallel and the stateful scoring in arrival order) and `write`
-//! (sinks, then acks). Must not: spawn tasks or make channels (topology
-//! does), or acknowledge a message whose writes are not all durable.
+//! and the menu stage's hashing work in parallel, and the stateful scoring
+//! in arrival order) and `write` (sinks, then acks). Must not: spawn tasks
+//! or make channels (topology does), or acknowledge a message whose writes
+//! are not all durable.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use pipeline::event::{Body, EventType, decode};
 use pipeline::fraud::{Decision, FraudEngine, model_work};
+use pipeline::menu;
 use pipeline::window::{Counters, WindowId};
 use rayon::prelude::*;
 use time::OffsetDateTime;
@@ -25,6 +28,7 @@ use crate::bridge::CpuPool;
 use crate::config::PipelineConfig;
 use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel, StageLabel};
 use crate::sinks::WriteOutcome;
+use crate::sinks::dynamodb::menu::MenuRecord;
 use crate::sinks::dynamodb::{DynamoDbSink, PaymentRecord};
 use crate::sinks::rejected::{RejectedRecord, RejectedSink};
 use crate::sources::sqs::{Ack, SqsMessage};
@@ -34,6 +38,8 @@ use crate::sources::sqs::{Ack, SqsMessage};
 pub enum Outcome {
     /// A valid, scored payment.
     Payment(PaymentRecord),
+    /// A valid menu upsert with its digest.
+    Menu(MenuRecord),
     /// An event that breaks the contract.
     Rejected(RejectedRecord),
     /// A valid event of a type this input does not handle yet; given back
@@ -54,21 +60,32 @@ fn now_rfc3339() -> String {
     OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
 }
 
+/// The CPU-heavy work of a batch, per event type.
+#[derive(Debug, Clone, Copy)]
+pub struct Work {
+    /// The fraud model's hashing rounds per payment.
+    pub fraud_work_factor: u32,
+    /// The menu stage's JSON rounds per item.
+    pub menu_json_rounds: u32,
+}
+
 /// The CPU work of one batch. Runs on the rayon pool.
-pub fn decide_batch(msgs: Vec<SqsMessage>, engine: &Mutex<FraudEngine>, source: &str, work_factor: u32) -> DecidedBatch {
-    // Decoding and the model's hashing are per message and pure: parallel.
+pub fn decide_batch(msgs: Vec<SqsMessage>, engine: &Mutex<FraudEngine>, source: &str, work: Work) -> DecidedBatch {
+    // Decoding, the model's hashing and menu digests are per message and
+    // pure: parallel.
     let decoded: Vec<_> = msgs
         .par_iter()
         .map(|m| {
             let event = decode(m.body.as_bytes());
-            let model = match &event {
+            let (model, digest) = match &event {
                 Ok(e) => match &e.body {
-                    Body::PaymentRequested(p) => Some(model_work(p, work_factor)),
-                    _ => None,
+                    Body::PaymentRequested(p) => (Some(model_work(p, work.fraud_work_factor)), None),
+                    Body::MenuItemUpserted(item) => (None, Some(menu::digest(item, work.menu_json_rounds))),
+                    _ => (None, None),
                 },
-                Err(_) => None,
+                Err(_) => (None, None),
             };
-            (event, std::hint::black_box(model))
+            (event, std::hint::black_box(model), digest)
         })
         .collect();
     // Scoring reads and writes history: one thread, arrival order.
@@ -77,16 +94,38 @@ pub fn decide_batch(msgs: Vec<SqsMessage>, engine: &Mutex<FraudEngine>, source: 
     let items = msgs
         .into_iter()
         .zip(decoded)
-        .map(|(m, (event, _model))| {
-            let outcome = match event {
-                Err(r) => Outcome::Rejected(RejectedRecord {
+        .map(|(m, (event, _model, digest))| {
+            let receipt = m.receipt_handle.clone();
+            let reject = |m: SqsMessage, r: pipeline::event::Rejection| {
+                Outcome::Rejected(RejectedRecord {
                     body: m.body,
                     reason: r.reason.code(),
                     detail: r.detail,
                     source: source.to_owned(),
                     position: m.message_id,
-                }),
+                })
+            };
+            let outcome = match event {
+                Err(r) => reject(m, r),
                 Ok(e) => match e.body {
+                    Body::MenuItemUpserted(item) => match digest {
+                        Some(Ok(d)) => Outcome::Menu(MenuRecord {
+                            window: WindowId::of(&e.store, e.ts),
+                            counters: d.counters(),
+                            event_id: e.id,
+                            sku: item.sku,
+                            name: item.name,
+                            category: item.category,
+                            price_cents: item.price_cents,
+                            digest: d,
+                            ts: e.ts_raw,
+                            event_time: e.ts,
+                        }),
+                        Some(Err(r)) => {
+                            return (receipt, reject(m, r));
+                        }
+                        None => Outcome::Unsupported(EventType::MenuItemUpserted),
+                    },
                     Body::PaymentRequested(p) => {
                         let v = engine.score(&p, e.ts);
                         let mut counters =
@@ -117,7 +156,7 @@ pub fn decide_batch(msgs: Vec<SqsMessage>, engine: &Mutex<FraudEngine>, source: 
                     other => Outcome::Unsupported(other.event_type()),
                 },
             };
-            (m.receipt_handle, outcome)
+            (receipt, outcome)
         })
         .collect();
     DecidedBatch { items, decided_at: Instant::now() }
@@ -135,7 +174,10 @@ pub async fn decide_loop(
     source: String,
     metrics: Arc<Metrics>,
 ) {
-    let work_factor = engine.lock().unwrap_or_else(|e| e.into_inner()).config().work_factor;
+    let work = Work {
+        fraud_work_factor: engine.lock().unwrap_or_else(|e| e.into_inner()).config().work_factor,
+        menu_json_rounds: config.menu_json_rounds,
+    };
     let linger = Duration::from_millis(config.linger_ms);
     loop {
         let Some(first) = rx.recv().await else { return };
@@ -152,7 +194,7 @@ pub async fn decide_loop(
         metrics.batch_events.get_or_create(&StageLabel { stage: "decide" }).observe(batch.len() as f64);
         let engine2 = Arc::clone(&engine);
         let source2 = source.clone();
-        let decided = pool.run(move || decide_batch(batch, &engine2, &source2, work_factor)).await;
+        let decided = pool.run(move || decide_batch(batch, &engine2, &source2, work)).await;
         metrics.stage_duration.get_or_create(&StageLabel { stage: "decide" }).observe(started.elapsed().as_secs_f64());
         metrics.fraud_tracked_keys.set(engine.lock().unwrap_or_else(|e| e.into_inner()).tracked_keys() as i64);
         let decided = match decided {
@@ -187,6 +229,8 @@ pub async fn write_batch(batch: DecidedBatch, sinks: &Sinks, source: &str, metri
     let mut payment_at = Vec::new();
     let mut rejections = Vec::new();
     let mut rejection_at = Vec::new();
+    let mut menus = Vec::new();
+    let mut menu_at = Vec::new();
     let mut outcomes: Vec<Option<WriteOutcome>> = Vec::with_capacity(batch.items.len());
     let mut receipts = Vec::with_capacity(batch.items.len());
     for (i, (receipt, outcome)) in batch.items.into_iter().enumerate() {
@@ -201,6 +245,10 @@ pub async fn write_batch(batch: DecidedBatch, sinks: &Sinks, source: &str, metri
                 rejections.push(r);
                 rejection_at.push(i);
             }
+            Outcome::Menu(m) => {
+                menus.push(m);
+                menu_at.push(i);
+            }
             Outcome::Unsupported(t) => {
                 warn!(
                     source,
@@ -212,7 +260,12 @@ pub async fn write_batch(batch: DecidedBatch, sinks: &Sinks, source: &str, metri
             }
         }
     }
-    let (rejected_out, payment_out) = tokio::join!(sinks.rejected.send(&rejections), sinks.dynamodb.write_payments(&payments));
+    let applied_at = now_rfc3339();
+    let (rejected_out, payment_out, menu_out) = tokio::join!(
+        sinks.rejected.send(&rejections),
+        sinks.dynamodb.write_payments(&payments),
+        sinks.dynamodb.write_menu(&menus, &applied_at)
+    );
 
     let now = OffsetDateTime::now_utc();
     let e2e = metrics.e2e_latency.get_or_create(&Metrics::source(source));
@@ -225,6 +278,18 @@ pub async fn write_batch(batch: DecidedBatch, sinks: &Sinks, source: &str, metri
                 written += 1;
                 metrics.fraud_decisions.get_or_create(&OutcomeLabel { outcome: p.decision }).inc();
                 e2e.observe((now - p.event_time).as_seconds_f64().max(0.0));
+            }
+            WriteOutcome::Duplicate => duplicates += 1,
+            WriteOutcome::Failed => {}
+        }
+    }
+    for ((i, m), o) in menu_at.iter().zip(&menus).zip(&menu_out) {
+        outcomes[*i] = Some(*o);
+        match o {
+            WriteOutcome::Written => {
+                written += 1;
+                metrics.menu_image_bytes.inc_by(m.digest.image_bytes as u64);
+                e2e.observe((now - m.event_time).as_seconds_f64().max(0.0));
             }
             WriteOutcome::Duplicate => duplicates += 1,
             WriteOutcome::Failed => {}

@@ -1,0 +1,450 @@
+//! `cafe-menu` items and the menu counters of `cafe-aggregates`,
+//! exactly-once in effect.
+//!
+//! Owns: the menu write protocol. Each chunk of upserts is one
+//! TransactWriteItems holding:
+//! - a ledger entry per event in `cafe-events` (`attribute_not_exists`): a
+//!   redelivered event fails it, is dropped as a duplicate, and the rest is
+//!   retried without it, so counters count each event once;
+//! - at most one update per sku, conditional on the item's `sync_version`
+//!   as read just before (optimistic concurrency; on conflict the sku is
+//!   read again and the chunk retried);
+//! - one `ADD` per touched aggregate row.
+//!
+//! Which sync wins: the newest by event time, then event id
+//! (`sync_version` = zero-padded event-time nanoseconds, `/`, event id, so
+//! string order is that order). An older sync arriving late (a standard
+//! queue does not keep order) counts but does not overwrite (`stale`). A
+//! newer sync with the stored `content_sha256` rewrites nothing but its
+//! `sync_version` (`unchanged`), so a later stale sync still cannot win.
+//! Must not: compute digests (the decide stage did).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::builders::UpdateBuilder;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
+use pipeline::menu::MenuDigest;
+use pipeline::window::{Counters, WindowId};
+use tracing::warn;
+
+use super::{DynamoDbSink, EVENT_EXPIRES, num, s};
+use crate::aws::{Backoff, ErrorClass, classify, describe};
+use crate::metrics::OutcomeLabel;
+use crate::sinks::WriteOutcome;
+
+/// Ledger entries outlive any redelivery: SQS keeps a message 14 days at most.
+const LEDGER_TTL_SECS: i64 = 15 * 24 * 3600;
+
+/// One decided menu upsert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MenuRecord {
+    /// Event id: the ledger key.
+    pub event_id: String,
+    /// The item key.
+    pub sku: String,
+    /// Display name.
+    pub name: String,
+    /// Category.
+    pub category: String,
+    /// Price.
+    pub price_cents: u64,
+    /// What the menu stage computed.
+    pub digest: MenuDigest,
+    /// Event time as sent.
+    pub ts: String,
+    /// Event time, parsed (for end-to-end latency).
+    pub event_time: time::OffsetDateTime,
+    /// The aggregate row it counts in.
+    pub window: WindowId,
+    /// Its counter deltas.
+    pub counters: Counters,
+}
+
+impl MenuRecord {
+    /// `sync_version`: orders syncs by event time, then event id.
+    pub fn sync_version(&self) -> String {
+        let ns = self.event_time.unix_timestamp_nanos().max(0);
+        format!("{ns:020}/{}", self.event_id)
+    }
+}
+
+/// What is stored for a sku.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Stored {
+    sync_version: String,
+    content_sha256: String,
+}
+
+/// What a chunk does to one sku.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ItemWrite {
+    /// Rewrite the item from this record.
+    Full(usize),
+    /// Same content: advance `sync_version` only.
+    VersionOnly(usize),
+    /// Every record is older than what is stored.
+    Nothing,
+}
+
+/// Decides the write for one sku from the stored state and the records of
+/// this chunk (indices into `records`).
+fn plan_item(records: &[MenuRecord], live: &[usize], stored: Option<&Stored>) -> ItemWrite {
+    let Some(&newest) = live.iter().max_by_key(|&&i| records[i].sync_version()) else {
+        return ItemWrite::Nothing;
+    };
+    match stored {
+        None => ItemWrite::Full(newest),
+        Some(st) if st.sync_version >= records[newest].sync_version() => ItemWrite::Nothing,
+        Some(st) if st.content_sha256 == records[newest].digest.content_sha256 => ItemWrite::VersionOnly(newest),
+        Some(_) => ItemWrite::Full(newest),
+    }
+}
+
+impl DynamoDbSink {
+    /// Writes `records`, returning an outcome for each, in order.
+    pub async fn write_menu(&self, records: &[MenuRecord], applied_at: &str) -> Vec<WriteOutcome> {
+        let mut outcomes = vec![WriteOutcome::Failed; records.len()];
+        // A batch can hold a redelivered copy: later copies of an event id
+        // take the first one's outcome.
+        let mut first_of: HashMap<&str, usize> = HashMap::new();
+        let mut copies = Vec::new();
+        let mut todo = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            match first_of.get(r.event_id.as_str()) {
+                Some(&f) => copies.push((i, f)),
+                None => {
+                    first_of.insert(&r.event_id, i);
+                    todo.push(i);
+                }
+            }
+        }
+        for chunk in self.menu_chunks(records, &todo) {
+            let result = self.write_menu_chunk(records, &chunk, applied_at).await;
+            for (&i, o) in chunk.iter().zip(result) {
+                outcomes[i] = o;
+            }
+        }
+        for (i, f) in copies {
+            outcomes[i] = match outcomes[f] {
+                WriteOutcome::Failed => WriteOutcome::Failed,
+                _ => WriteOutcome::Duplicate,
+            };
+        }
+        outcomes
+    }
+
+    /// Chunks whose ledger puts, one update per sku and distinct rows fit a
+    /// transaction. Records of one sku stay in arrival order across chunks.
+    fn menu_chunks(&self, records: &[MenuRecord], indices: &[usize]) -> Vec<Vec<usize>> {
+        let max = self.config.max_transaction_items;
+        let mut out = Vec::new();
+        let mut cur: Vec<usize> = Vec::new();
+        let mut skus: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut rows: std::collections::HashSet<&WindowId> = std::collections::HashSet::new();
+        for &i in indices {
+            let r = &records[i];
+            let extra = 1 + usize::from(!skus.contains(r.sku.as_str())) + usize::from(!rows.contains(&r.window));
+            if !cur.is_empty() && cur.len() + skus.len() + rows.len() + extra > max {
+                out.push(std::mem::take(&mut cur));
+                skus.clear();
+                rows.clear();
+            }
+            skus.insert(&r.sku);
+            rows.insert(&r.window);
+            cur.push(i);
+        }
+        if !cur.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+
+    /// `sync_version` and `content_sha256` of `skus`, read consistently.
+    async fn read_menu(&self, skus: &[&str]) -> Result<HashMap<String, Stored>, String> {
+        let mut out = HashMap::new();
+        for part in skus.chunks(100) {
+            let keys: Vec<HashMap<String, AttributeValue>> =
+                part.iter().map(|k| HashMap::from([("sku".to_owned(), s(*k))])).collect();
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .projection_expression("sku, sync_version, content_sha256")
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            );
+            while let Some(req) = request.take() {
+                let resp = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.config.menu_table, req)
+                    .send()
+                    .await
+                    .map_err(|e| describe(&e))?;
+                for item in resp.responses.and_then(|mut r| r.remove(&self.config.menu_table)).unwrap_or_default() {
+                    let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                    out.insert(
+                        text("sku"),
+                        Stored { sync_version: text("sync_version"), content_sha256: text("content_sha256") },
+                    );
+                }
+                request = resp.unprocessed_keys.and_then(|mut u| u.remove(&self.config.menu_table));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn write_menu_chunk(&self, records: &[MenuRecord], chunk: &[usize], applied_at: &str) -> Vec<WriteOutcome> {
+        let backoff = Backoff {
+            base: Duration::from_millis(self.config.base_backoff_ms),
+            max: Duration::from_millis(self.config.max_backoff_ms),
+        };
+        let mut outcomes = vec![WriteOutcome::Failed; chunk.len()];
+        let mut live: Vec<usize> = (0..chunk.len()).collect();
+        let mut attempt = 0u32;
+        let mut stored: Option<HashMap<String, Stored>> = None;
+        while !live.is_empty() {
+            if stored.is_none() {
+                let mut skus: Vec<&str> = live.iter().map(|&p| records[chunk[p]].sku.as_str()).collect();
+                skus.sort_unstable();
+                skus.dedup();
+                match self.read_menu(&skus).await {
+                    Ok(m) => stored = Some(m),
+                    Err(e) => {
+                        warn!(error = %e, attempt, "Reading menu items failed, retrying");
+                        if attempt >= self.config.max_retries {
+                            self.count("failed");
+                            return outcomes;
+                        }
+                        tokio::time::sleep(backoff.delay(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                }
+            }
+            let current = stored.as_ref().cloned().unwrap_or_default();
+            // Plan one write per sku, in a stable order.
+            let mut by_sku: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+            for &p in &live {
+                by_sku.entry(records[chunk[p]].sku.as_str()).or_default().push(chunk[p]);
+            }
+            let plans: Vec<(&str, ItemWrite)> =
+                by_sku.iter().map(|(sku, idx)| (*sku, plan_item(records, idx, current.get(*sku)))).collect();
+            let (items, update_skus) = self.menu_transaction(records, chunk, &live, &plans, &current, applied_at);
+            match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+                Ok(_) => {
+                    self.count("ok");
+                    for (_, plan) in &plans {
+                        let outcome = match plan {
+                            ItemWrite::Full(_) => "written",
+                            ItemWrite::VersionOnly(_) => "unchanged",
+                            ItemWrite::Nothing => continue,
+                        };
+                        self.metrics.menu_items.get_or_create(&OutcomeLabel { outcome }).inc();
+                    }
+                    let stale = live.len() - plans.iter().filter(|(_, p)| *p != ItemWrite::Nothing).count();
+                    if stale > 0 {
+                        self.metrics.menu_items.get_or_create(&OutcomeLabel { outcome: "stale" }).inc_by(stale as u64);
+                    }
+                    for &p in &live {
+                        outcomes[p] = WriteOutcome::Written;
+                        if !records[chunk[p]].digest.image_ok {
+                            self.metrics.menu_hash_mismatches.inc();
+                        }
+                    }
+                    return outcomes;
+                }
+                Err(SdkError::ServiceError(e)) if matches!(e.err(), TransactWriteItemsError::TransactionCanceledException(_)) => {
+                    let TransactWriteItemsError::TransactionCanceledException(tc) = e.err() else { unreachable!() };
+                    let failed =
+                        |k: usize| tc.cancellation_reasons().get(k).and_then(|r| r.code()) == Some("ConditionalCheckFailed");
+                    // Ledger puts come first, in `live` order: a failed one is a replay.
+                    let dup: Vec<usize> = live.iter().enumerate().filter(|(k, _)| failed(*k)).map(|(_, &p)| p).collect();
+                    if !dup.is_empty() {
+                        for &p in &dup {
+                            outcomes[p] = WriteOutcome::Duplicate;
+                        }
+                        live.retain(|p| !dup.contains(p));
+                        continue;
+                    }
+                    // Then the item updates: another writer moved a sku; read again.
+                    if (0..update_skus.len()).any(|k| failed(live.len() + k)) {
+                        stored = None;
+                        continue;
+                    }
+                    let codes: Vec<&str> =
+                        tc.cancellation_reasons().iter().filter_map(|r| r.code()).filter(|c| *c != "None").collect();
+                    warn!(codes = ?codes, attempt, "Menu transaction cancelled, retrying");
+                }
+                Err(e) => {
+                    if classify(&e) == ErrorClass::Fatal {
+                        self.count("failed");
+                        warn!(error = %describe(&e), records = live.len(), "Menu write failed and cannot be retried; giving the messages back");
+                        return outcomes;
+                    }
+                    warn!(error = %describe(&e), attempt, "Menu write failed, retrying");
+                }
+            }
+            self.count("retry");
+            if attempt >= self.config.max_retries {
+                self.count("failed");
+                warn!(records = live.len(), "Menu write still failing after retries; giving the messages back");
+                return outcomes;
+            }
+            tokio::time::sleep(backoff.delay(attempt)).await;
+            attempt += 1;
+        }
+        outcomes
+    }
+
+    /// The transaction's items (ledger puts in `live` order, then item
+    /// updates, then rows) and the skus updated, in item order.
+    fn menu_transaction<'a>(
+        &self,
+        records: &[MenuRecord],
+        chunk: &[usize],
+        live: &[usize],
+        plans: &[(&'a str, ItemWrite)],
+        stored: &HashMap<String, Stored>,
+        applied_at: &str,
+    ) -> (Vec<TransactWriteItem>, Vec<&'a str>) {
+        let mut items = Vec::new();
+        let expires = time::OffsetDateTime::now_utc().unix_timestamp() + LEDGER_TTL_SECS;
+        let mut deltas: BTreeMap<&WindowId, Counters> = BTreeMap::new();
+        for &p in live {
+            let r = &records[chunk[p]];
+            deltas.entry(&r.window).or_default().add(&r.counters);
+            let put = Put::builder()
+                .table_name(&self.config.events_table)
+                .item("event_id", s(&r.event_id))
+                .item("type", s("menu.item.upserted"))
+                .item("key", s(&r.sku))
+                .item(EVENT_EXPIRES, num(expires))
+                .condition_expression("attribute_not_exists(event_id)")
+                .build();
+            if let Ok(put) = put {
+                items.push(TransactWriteItem::builder().put(put).build());
+            }
+        }
+        let mut updated = Vec::new();
+        for (sku, plan) in plans {
+            let update = match *plan {
+                ItemWrite::Nothing => continue,
+                ItemWrite::Full(i) => full_update(&self.config.menu_table, &records[i], stored.get(*sku), applied_at),
+                ItemWrite::VersionOnly(i) => version_update(&self.config.menu_table, &records[i], stored.get(*sku)),
+            };
+            if let Some(update) = update {
+                items.push(TransactWriteItem::builder().update(update).build());
+                updated.push(*sku);
+            }
+        }
+        for (row, counters) in deltas {
+            if let Some(update) = self.aggregate_update(row, &counters) {
+                items.push(TransactWriteItem::builder().update(update).build());
+            }
+        }
+        (items, updated)
+    }
+}
+
+/// The optimistic condition: the item is as read.
+fn condition(stored: Option<&Stored>) -> (String, Option<AttributeValue>) {
+    match stored {
+        None => ("attribute_not_exists(sku)".into(), None),
+        Some(st) => ("sync_version = :seen".into(), Some(s(&st.sync_version))),
+    }
+}
+
+fn full_update(table: &str, r: &MenuRecord, stored: Option<&Stored>, applied_at: &str) -> Option<Update> {
+    let (cond, seen) = condition(stored);
+    let d = &r.digest;
+    let update = Update::builder()
+        .table_name(table)
+        .key("sku", s(&r.sku))
+        .update_expression(
+            "SET #n = :n, category = :c, price_cents = :p, image_sha256 = :ih, image_ok = :ok, kcal = :k, \
+             content_sha256 = :ch, updated_at = :u, #ts = :ts, sync_version = :v",
+        )
+        .condition_expression(cond)
+        .expression_attribute_names("#n", "name")
+        .expression_attribute_names("#ts", "ts")
+        .expression_attribute_values(":n", s(&r.name))
+        .expression_attribute_values(":c", s(&r.category))
+        .expression_attribute_values(":p", num(r.price_cents))
+        .expression_attribute_values(":ih", s(&d.image_sha256))
+        .expression_attribute_values(":ok", AttributeValue::Bool(d.image_ok))
+        .expression_attribute_values(":k", num(d.kcal))
+        .expression_attribute_values(":ch", s(&d.content_sha256))
+        .expression_attribute_values(":u", s(applied_at))
+        .expression_attribute_values(":ts", s(&r.ts))
+        .expression_attribute_values(":v", s(r.sync_version()));
+    with_seen(update, seen).build().ok()
+}
+
+fn version_update(table: &str, r: &MenuRecord, stored: Option<&Stored>) -> Option<Update> {
+    let (cond, seen) = condition(stored);
+    let update = Update::builder()
+        .table_name(table)
+        .key("sku", s(&r.sku))
+        .update_expression("SET sync_version = :v")
+        .condition_expression(cond)
+        .expression_attribute_values(":v", s(r.sync_version()));
+    with_seen(update, seen).build().ok()
+}
+
+fn with_seen(u: UpdateBuilder, seen: Option<AttributeValue>) -> UpdateBuilder {
+    match seen {
+        Some(v) => u.expression_attribute_values(":seen", v),
+        None => u,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, sku: &str, secs: i64, content: &str) -> MenuRecord {
+        MenuRecord {
+            event_id: id.into(),
+            sku: sku.into(),
+            name: "Latte".into(),
+            category: "coffee".into(),
+            price_cents: 450,
+            digest: MenuDigest {
+                image_sha256: "i".into(),
+                image_ok: true,
+                image_bytes: 1,
+                kcal: 1.0,
+                content_sha256: content.into(),
+            },
+            ts: String::new(),
+            event_time: time::OffsetDateTime::from_unix_timestamp(secs).expect("ts"),
+            window: WindowId { store: "s".into(), window: "w".into() },
+            counters: Counters { menu_items: 1, ..Counters::default() },
+        }
+    }
+
+    #[test]
+    fn the_newest_sync_wins_and_same_content_rewrites_nothing() {
+        let records = [rec("a", "latte", 100, "x"), rec("b", "latte", 200, "y"), rec("c", "latte", 150, "z")];
+        assert!(records[1].sync_version() > records[2].sync_version());
+        assert_eq!(plan_item(&records, &[0, 1, 2], None), ItemWrite::Full(1));
+        let stored = Stored { sync_version: records[0].sync_version(), content_sha256: "y".into() };
+        assert_eq!(plan_item(&records, &[0, 1, 2], Some(&stored)), ItemWrite::VersionOnly(1));
+        let newer = Stored { sync_version: records[1].sync_version(), content_sha256: "q".into() };
+        assert_eq!(plan_item(&records, &[0, 2], Some(&newer)), ItemWrite::Nothing, "late older syncs never win");
+        // Same event time: the event id breaks the tie.
+        let tie = [rec("a", "k", 5, "x"), rec("b", "k", 5, "y")];
+        assert_eq!(plan_item(&tie, &[1, 0], None), ItemWrite::Full(1));
+    }
+
+    #[test]
+    fn sync_versions_order_by_time_across_digit_counts() {
+        let early = rec("z", "k", 9, "x");
+        let late = rec("a", "k", 1_000_000_000, "x");
+        assert!(early.sync_version() < late.sync_version());
+    }
+}

@@ -1,0 +1,222 @@
+//! A Redshift Data API endpoint for the tests, and the test that drives
+//! the daemon's `data_api` transport through it.
+//!
+//! No emulator of the Data API runs SQL (moto's never leaves STARTED), so
+//! this one speaks the `RedshiftData.*` JSON protocol (awsJson1.1, the
+//! operation in `X-Amz-Target`) that the official SDK sends, and runs the
+//! statements on the local PostgreSQL: the SDK's real serialisation is
+//! exercised and the SQL really runs. Like the real service it is
+//! asynchronous (a statement is STARTED until it ends, so clients must
+//! poll DescribeStatement), runs a BatchExecuteStatement as one
+//! transaction, and refuses batches over 40 statements or statements over
+//! 100 KB. It can be told to fail the next batches the way Redshift fails
+//! a conflicting transaction. Test harness only: not part of the product.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::menu::{pg_target, redshift_rows, wait_mirrored};
+use super::*;
+
+#[derive(Debug, Clone)]
+struct Statement {
+    status: &'static str,
+    error: Option<String>,
+    sqls: Vec<String>,
+    created: f64,
+    updated: f64,
+}
+
+/// The endpoint's state, shared with the test.
+#[derive(Default)]
+pub struct DataApi {
+    pg_url: String,
+    statements: Mutex<HashMap<String, Statement>>,
+    next: AtomicUsize,
+    /// Fail this many of the next batches with a serializable isolation violation.
+    pub fail_next: AtomicUsize,
+    /// Largest batch and statement seen.
+    pub largest_batch: AtomicUsize,
+    pub largest_statement: AtomicUsize,
+    /// Calls per operation.
+    pub calls: Mutex<HashMap<String, usize>>,
+}
+
+fn epoch() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn error(code: &str, message: &str) -> Response {
+    let body = json!({"__type": code, "message": message}).to_string();
+    (StatusCode::BAD_REQUEST, [("content-type", "application/x-amz-json-1.1")], body).into_response()
+}
+
+fn ok(v: Value) -> Response {
+    (StatusCode::OK, [("content-type", "application/x-amz-json-1.1")], v.to_string()).into_response()
+}
+
+async fn run_on_pg(url: &str, sqls: &[String]) -> Result<(), String> {
+    let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let tx = client.transaction().await.map_err(|e| e.to_string())?;
+    for s in sqls {
+        tx.batch_execute(s)
+            .await
+            .map_err(|e| e.as_db_error().map_or_else(|| e.to_string(), |d| format!("ERROR: {}", d.message())))?;
+    }
+    tx.commit().await.map_err(|e| e.to_string())
+}
+
+async fn handle(State(api): State<Arc<DataApi>>, headers: HeaderMap, body: String) -> Response {
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let Some(op) = target.strip_prefix("RedshiftData.") else {
+        return error("UnknownOperationException", target);
+    };
+    *api.calls.lock().expect("lock").entry(op.to_owned()).or_default() += 1;
+    let Ok(req) = serde_json::from_str::<Value>(&body) else {
+        return error("SerializationException", "body is not JSON");
+    };
+    let field = |k: &str| req.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    match op {
+        "ExecuteStatement" | "BatchExecuteStatement" => {
+            if field("ClusterIdentifier").is_empty() == field("WorkgroupName").is_empty() {
+                return error("ValidationException", "exactly one of ClusterIdentifier and WorkgroupName is required");
+            }
+            if field("Database").is_empty() {
+                return error("ValidationException", "Database is required");
+            }
+            let sqls: Vec<String> = if op == "ExecuteStatement" {
+                vec![field("Sql")]
+            } else {
+                req.get("Sqls")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default()
+            };
+            if sqls.is_empty() || sqls.len() > 40 {
+                return error("ValidationException", &format!("between 1 and 40 statements per batch, got {}", sqls.len()));
+            }
+            if let Some(big) = sqls.iter().find(|s| s.len() > 100_000) {
+                return error("ValidationException", &format!("a statement is {} bytes, the limit is 100 KB", big.len()));
+            }
+            api.largest_batch.fetch_max(sqls.len(), AtomicOrdering::SeqCst);
+            api.largest_statement.fetch_max(sqls.iter().map(String::len).max().unwrap_or(0), AtomicOrdering::SeqCst);
+            let id = format!("00000000-0000-4000-8000-{:012}", api.next.fetch_add(1, AtomicOrdering::SeqCst));
+            let now = epoch();
+            api.statements
+                .lock()
+                .expect("lock")
+                .insert(id.clone(), Statement { status: "STARTED", error: None, sqls: sqls.clone(), created: now, updated: now });
+            let api2 = Arc::clone(&api);
+            let id2 = id.clone();
+            tokio::spawn(async move {
+                // Like the service, the outcome is known only some time later.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let injected =
+                    api2.fail_next.fetch_update(AtomicOrdering::SeqCst, AtomicOrdering::SeqCst, |n| n.checked_sub(1)).is_ok();
+                let result = if injected {
+                    Err("ERROR: 1023 DETAIL: Serializable isolation violation on table - 100345, transactions forming the cycle are: 1, 2".to_owned())
+                } else {
+                    run_on_pg(&api2.pg_url, &sqls).await
+                };
+                let mut map = api2.statements.lock().expect("lock");
+                if let Some(s) = map.get_mut(&id2) {
+                    s.updated = epoch();
+                    match result {
+                        Ok(()) => s.status = "FINISHED",
+                        Err(e) => {
+                            s.status = "FAILED";
+                            s.error = Some(e);
+                        }
+                    }
+                }
+            });
+            ok(
+                json!({"Id": id, "CreatedAt": now, "Database": field("Database"), "ClusterIdentifier": field("ClusterIdentifier"), "DbUser": field("DbUser")}),
+            )
+        }
+        "DescribeStatement" => {
+            let id = field("Id");
+            let Some(s) = api.statements.lock().expect("lock").get(&id).cloned() else {
+                return error("ResourceNotFoundException", &format!("statement {id} not found"));
+            };
+            let mut out = json!({
+                "Id": id, "Status": s.status, "CreatedAt": s.created, "UpdatedAt": s.updated,
+                "Duration": ((s.updated - s.created) * 1e9) as i64, "HasResultSet": false,
+                "QueryString": s.sqls.first().cloned().unwrap_or_default(),
+            });
+            if let Some(e) = &s.error {
+                out["Error"] = json!(e);
+            }
+            if s.sqls.len() > 1 {
+                out["SubStatements"] = json!(s.sqls.iter().enumerate().map(|(i, q)| json!({
+                    "Id": format!("{id}:{}", i + 1), "Status": s.status, "QueryString": q, "CreatedAt": s.created, "UpdatedAt": s.updated
+                })).collect::<Vec<_>>());
+            }
+            ok(out)
+        }
+        "CancelStatement" => ok(json!({"Status": true})),
+        other => error("UnknownOperationException", &format!("{other} is not served by the test endpoint")),
+    }
+}
+
+/// Starts the endpoint on a free loopback port; returns its URL.
+pub async fn start(pg_url: String) -> (Arc<DataApi>, String) {
+    let api = Arc::new(DataApi { pg_url, ..DataApi::default() });
+    let app = axum::Router::new().route("/", axum::routing::post(handle)).with_state(Arc::clone(&api));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (api, url)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_data_api_transport_mirrors_through_the_sdk_and_retries_conflicts() {
+    let pg_url = std::env::var("CAFE_PG_URL").expect("CAFE_PG_URL is not set: run through scripts/test.sh");
+    let (_, user, db) = pg_target();
+    let (api, endpoint) = start(pg_url.clone()).await;
+    let table = format!("it_store_minute_dataapi_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+    let extra = format!(
+        "[sinks.redshift]\nenabled = true\ntransport = \"data_api\"\ncluster_identifier = \"cafe-local\"\ndatabase = \"{db}\"\ndb_user = \"{user}\"\ntable = \"{table}\"\nflush_interval_ms = 500\nfirst_poll_ms = 10\n"
+    );
+    let daemon_env = vec![("AWS_ENDPOINT_URL_REDSHIFT_DATA".to_owned(), endpoint)];
+    let mut env = Env::with_orders("dataapi", "shards = 1", &extra, daemon_env).await;
+    assert_eq!(
+        api.calls.lock().expect("lock").get("ExecuteStatement"),
+        Some(&1),
+        "provision created the table through the Data API"
+    );
+    let pg = daemon::sinks::redshift::postgres::PgTransport::connect(&pg_url).await.expect("pg");
+    env.start();
+
+    let (pays, total) = burst(&env.prefix, 30);
+    env.send(&pays).await;
+    env.wait_for_payments(30, Duration::from_secs(60)).await;
+    let first = wait_mirrored(&env, &pg, &table, Duration::from_secs(30)).await;
+    let amount: i64 = first.values().map(|v| v[8]).sum();
+    assert_eq!(amount, total);
+
+    // Two conflicting transactions in a row: the flush retries and lands.
+    api.fail_next.store(2, AtomicOrdering::SeqCst);
+    let (more, _) = burst(&format!("{}-b", env.prefix), 20);
+    env.send(&more).await;
+    env.wait_for_payments(50, Duration::from_secs(60)).await;
+    wait_mirrored(&env, &pg, &table, Duration::from_secs(30)).await;
+    assert_eq!(api.fail_next.load(AtomicOrdering::SeqCst), 0, "the injected failures were hit");
+    let calls = api.calls.lock().expect("lock").clone();
+    assert!(calls.get("BatchExecuteStatement").copied().unwrap_or(0) >= 3, "{calls:?}");
+    assert!(calls.get("DescribeStatement").copied().unwrap_or(0) >= 3, "{calls:?}");
+    assert!(api.largest_batch.load(AtomicOrdering::SeqCst) <= 40);
+    assert!(env.log().contains("Serializable isolation violation"), "the failure was surfaced with its error");
+
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{}", env.log());
+    assert_eq!(redshift_rows(&pg, &table).await, env.aggregate_rows().await.0);
+    pg.execute(&format!("DROP TABLE {table}")).await.expect("drop");
+}
