@@ -16,6 +16,11 @@ scripts/local-stack/stack.sh start
 eval "$(scripts/local-stack/stack.sh env)"
 cargo build --release --locked -p daemon -p loadgen
 export CAFE_STREAMD_BIN="$repo/target/release/cafe-streamd"
+# Mirror the aggregates into Redshift's local stand-in, PostgreSQL 15, and
+# let menu-sync check it (set these to your cluster's to use a real one).
+export CAFE_SINKS__REDSHIFT__ENABLED=${CAFE_SINKS__REDSHIFT__ENABLED:-true}
+export CAFE_SINKS__REDSHIFT__URL=${CAFE_SINKS__REDSHIFT__URL:-$CAFE_PG_URL}
+export CAFE_LOADGEN_REDSHIFT_URL=${CAFE_LOADGEN_REDSHIFT_URL:-$CAFE_PG_URL}
 "$CAFE_STREAMD_BIN" provision
 scripts/daemon.sh start
 trap 'scripts/daemon.sh stop' EXIT

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of cafe-stream: starts the local AWS stack (installing what
 # it needs), runs the unit and integration tests of every crate, then the
-# cold-start and morning-rush scenarios end to end (daemon + loadgen) at a
-# small scale.
+# cold-start, morning-rush and menu-sync scenarios end to end (daemon +
+# loadgen, the daemon mirroring into Redshift's stand-in, the local
+# PostgreSQL) at a small scale.
 # Stops the stack afterwards if this script started it.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +29,8 @@ echo "== end to end: cold-start at scale ${CAFE_E2E_SCALE:-0.05} (daemon restart
 # build both explicitly.
 cargo build --locked -p daemon -p loadgen
 export CAFE_STREAMD_BIN="$repo/target/debug/cafe-streamd"
+# The Redshift mirror on, into the local PostgreSQL, and checked by menu-sync.
+export CAFE_SINKS__REDSHIFT__ENABLED=true CAFE_SINKS__REDSHIFT__URL="$CAFE_PG_URL" CAFE_LOADGEN_REDSHIFT_URL="$CAFE_PG_URL"
 "$CAFE_STREAMD_BIN" provision > /dev/null
 scripts/daemon.sh start
 CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
@@ -36,5 +39,8 @@ CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
 echo "== end to end: morning-rush at scale ${CAFE_E2E_RUSH_SCALE:-0.5}, stages at ${CAFE_E2E_RUSH_TIME_SCALE:-0.25}x length"
 target/debug/cafe-loadgen run morning-rush --scale "${CAFE_E2E_RUSH_SCALE:-0.5}" \
   --time-scale "${CAFE_E2E_RUSH_TIME_SCALE:-0.25}" --report-dir target/e2e-report-morning-rush
+
+echo "== end to end: menu-sync at scale ${CAFE_E2E_MENU_SCALE:-0.03}, Redshift checked against DynamoDB"
+target/debug/cafe-loadgen run menu-sync --scale "${CAFE_E2E_MENU_SCALE:-0.03}" --report-dir target/e2e-report-menu-sync
 scripts/daemon.sh stop
-echo "2 passed, 0 failed: end-to-end cold-start, morning-rush"
+echo "3 passed, 0 failed: end-to-end cold-start, morning-rush, menu-sync"

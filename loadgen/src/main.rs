@@ -6,6 +6,7 @@
 
 mod attack;
 mod coldstart;
+mod menusync;
 mod morningrush;
 mod payload;
 mod scenario;
@@ -79,12 +80,26 @@ pub struct Targets {
     /// The orders table.
     #[arg(long, env = "CAFE_LOADGEN_ORDERS_TABLE", default_value = "cafe-orders")]
     pub orders_table: String,
+    /// The menu queue.
+    #[arg(long, env = "CAFE_LOADGEN_MENU_QUEUE", default_value = "cafe-menu-sync")]
+    pub menu_queue: String,
+    /// The menu table.
+    #[arg(long, env = "CAFE_LOADGEN_MENU_TABLE", default_value = "cafe-menu")]
+    pub menu_table: String,
+    /// Redshift (or PostgreSQL for it) as `postgres://user@host:port/db`, to
+    /// check `cafe_store_minute` against `cafe-aggregates`; unset: not checked.
+    #[arg(long, env = "CAFE_LOADGEN_REDSHIFT_URL")]
+    pub redshift_url: Option<String>,
+    /// The Redshift table.
+    #[arg(long, env = "CAFE_LOADGEN_REDSHIFT_TABLE", default_value = "cafe_store_minute")]
+    pub redshift_table: String,
 }
 
 /// What a run reports, whichever driver ran it.
 enum Report {
     Burst(coldstart::Summary),
     Orders(morningrush::Summary),
+    Menu(menusync::Summary),
 }
 
 impl Report {
@@ -92,6 +107,7 @@ impl Report {
         match self {
             Report::Burst(s) => s.markdown(),
             Report::Orders(s) => s.markdown(),
+            Report::Menu(s) => s.markdown(),
         }
     }
 
@@ -99,6 +115,7 @@ impl Report {
         match self {
             Report::Burst(s) => s.passed(),
             Report::Orders(s) => s.passed(),
+            Report::Menu(s) => s.passed(),
         }
     }
 }
@@ -162,7 +179,9 @@ fn main() -> ExitCode {
             }
             let result = scenario::find(&args.name).and_then(|s| {
                 let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-                if s.orders.is_some() {
+                if s.menu.is_some() {
+                    rt.block_on(menusync::run(s, &args, &args.targets)).map(Report::Menu)
+                } else if s.orders.is_some() {
                     rt.block_on(morningrush::run(s, &args, &args.targets)).map(Report::Orders)
                 } else {
                     rt.block_on(coldstart::run(s, &args, &args.targets)).map(Report::Burst)

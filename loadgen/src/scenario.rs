@@ -22,6 +22,9 @@ pub struct Scenario {
     /// An orders stream (`morning-rush`): what orders look like.
     #[serde(default)]
     pub orders: Option<OrdersLoad>,
+    /// A menu sync (`menu-sync`): what the pods push.
+    #[serde(default)]
+    pub menu: Option<MenuLoad>,
     /// An orders stream's rate stages, in order.
     #[serde(default)]
     pub stages: Vec<Stage>,
@@ -77,6 +80,26 @@ pub struct OrdersLoad {
     pub items: [usize; 2],
     /// Line items of a corporate bulk order: min..=max (the contract allows 500).
     pub bulk_items: [usize; 2],
+}
+
+/// The items of a menu sync.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MenuLoad {
+    /// Items synced in all (scaled by `--scale`).
+    pub items: u64,
+    /// Goose users, the pods: each pushes its share as fast as SQS takes it.
+    pub pods: usize,
+    /// Distinct stores the syncs are attributed to.
+    pub stores: u32,
+    /// Decoded image size in KiB: min and max of a seeded log-uniform distribution.
+    pub image_kib: [f64; 2],
+    /// Share of items whose declared image hash is wrong.
+    pub wrong_hash_ratio: f64,
+    /// Ingredients per item: min..=max (the contract allows 100).
+    pub ingredients: [usize; 2],
+    /// After DynamoDB is complete, how long Redshift may take to equal it, in seconds.
+    pub redshift_within_secs: u64,
 }
 
 /// One rate stage: orders placed per second go linearly from `rate_start`
@@ -194,8 +217,22 @@ pub fn load(path: &Path) -> anyhow::Result<Scenario> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let s: Scenario = toml::from_str(&text).with_context(|| format!("{}: invalid scenario", path.display()))?;
     let mut problems = Vec::new();
-    match (&s.load, &s.orders) {
-        (Some(load), None) => {
+    match (&s.load, &s.orders, &s.menu) {
+        (None, None, Some(m)) => {
+            if m.pods == 0 || m.stores == 0 {
+                problems.push("menu.pods and menu.stores must be at least 1".to_owned());
+            }
+            if !(m.image_kib[0] > 0.0 && m.image_kib[0] <= m.image_kib[1] && m.image_kib[1] <= 180.0) {
+                problems.push("menu.image_kib must be [min, max] with 0 < min <= max <= 180 (an SQS message holds 256 KiB, base64 adds a third)".to_owned());
+            }
+            if !(0.0..=1.0).contains(&m.wrong_hash_ratio) {
+                problems.push("menu.wrong_hash_ratio must be 0..1".to_owned());
+            }
+            if m.ingredients[0] > m.ingredients[1] || m.ingredients[1] > 100 {
+                problems.push("menu.ingredients must be [min, max] with min <= max <= 100".to_owned());
+            }
+        }
+        (Some(load), None, None) => {
             if load.users == 0 {
                 problems.push("load.users must be at least 1".to_owned());
             }
@@ -208,7 +245,7 @@ pub fn load(path: &Path) -> anyhow::Result<Scenario> {
                 }
             }
         }
-        (None, Some(o)) => {
+        (None, Some(o), None) => {
             if o.producers == 0 || o.stores == 0 || o.customers == 0 {
                 problems.push("orders.producers, orders.stores and orders.customers must be at least 1".to_owned());
             }
@@ -229,8 +266,9 @@ pub fn load(path: &Path) -> anyhow::Result<Scenario> {
                 }
             }
         }
-        _ => problems
-            .push("a scenario has either [load] (a payments burst) or [orders] with [[stages]] (an orders stream)".to_owned()),
+        _ => problems.push(
+            "a scenario has one of [load] (a payments burst), [orders] with [[stages]] (an orders stream) or [menu] (a menu sync)".to_owned(),
+        ),
     }
     if !problems.is_empty() {
         bail!("{}: {}", path.display(), problems.join("; "));
@@ -260,5 +298,8 @@ mod tests {
         let rush = all.iter().find(|s| s.name == "morning-rush").expect("morning-rush");
         let names: Vec<&str> = rush.stages.iter().map(|s| s.name.as_str()).collect();
         assert!(names.contains(&"spike") && names.contains(&"ramp"), "{names:?}");
+        let menu = all.iter().find(|s| s.name == "menu-sync").expect("menu-sync");
+        let load = menu.menu.as_ref().expect("[menu]");
+        assert_eq!((load.items, load.pods), (10_000, 50));
     }
 }

@@ -68,16 +68,31 @@ pub async fn wait_for_payments(
     stall: Duration,
     timeout: Duration,
 ) -> anyhow::Result<Counters> {
+    wait_for_counter(ddb, table, stores, |c| c.payments, expected, stall, timeout).await
+}
+
+/// Waits until `counter` of the summed aggregate rows reaches `expected`,
+/// or progress stalls for `stall`, or `timeout` passes. Returns the last
+/// sums seen.
+pub async fn wait_for_counter(
+    ddb: &Client,
+    table: &str,
+    stores: &[String],
+    counter: fn(&Counters) -> i64,
+    expected: i64,
+    stall: Duration,
+    timeout: Duration,
+) -> anyhow::Result<Counters> {
     let started = Instant::now();
     let mut last = -1;
     let mut last_change = Instant::now();
     loop {
         let sums = aggregate_sums(ddb, table, stores).await?;
-        if sums.payments >= expected {
+        if counter(&sums) >= expected {
             return Ok(sums);
         }
-        if sums.payments != last {
-            last = sums.payments;
+        if counter(&sums) != last {
+            last = counter(&sums);
             last_change = Instant::now();
         }
         if last_change.elapsed() > stall || started.elapsed() > timeout {

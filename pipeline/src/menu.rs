@@ -7,9 +7,11 @@
 //! `content_sha256` with the stored one).
 //!
 //! Canonical JSON: the item's contract fields as one JSON object, keys in
-//! byte order at every level, no insignificant whitespace, integers as
-//! integers and other numbers in their shortest round-trip form. Unknown
-//! fields inside `data` are not part of it, so they do not change the hash.
+//! byte order at every level, no insignificant whitespace, numbers with an
+//! integral value written as integers (`200`, whether sent as `200` or
+//! `200.0`) and others in their shortest round-trip form, as RFC 8785 (JCS)
+//! writes them for the values the contract allows. Unknown fields inside
+//! `data` are not part of it, so they do not change the hash.
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -44,8 +46,22 @@ pub fn canonical_json(item: &MenuItem) -> String {
     // serde_json's map is ordered by key (no `preserve_order`), and
     // `to_string` writes no whitespace.
     match serde_json::to_value(item) {
-        Ok(v) => v.to_string(),
+        Ok(v) => integral_numbers(v).to_string(),
         Err(_) => String::new(),
+    }
+}
+
+/// Floats with an integral value (below 2^53) become integers, at every level.
+fn integral_numbers(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => Value::from(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(a) => Value::Array(a.into_iter().map(integral_numbers).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, integral_numbers(v))).collect()),
+        other => other,
     }
 }
 

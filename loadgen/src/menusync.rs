@@ -1,0 +1,567 @@
+//! The menu-sync driver: goose users (the pods) each push their share of
+//! the catalogue to the menu queue with SendMessageBatch, then the outputs
+//! are verified against what was sent, computed here independently of the
+//! daemon: every item in `cafe-menu` with the right image hash, `image_ok`,
+//! kcal and `content_sha256`; the counters exact (items and mismatches);
+//! and, with a Redshift URL, `cafe_store_minute` equal to `cafe-aggregates`
+//! for every row of the run's stores.
+//!
+//! Owns: menu payloads and their expected digests, the attack and the
+//! summary. Must not: use the daemon's code to check the daemon.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use base64::Engine;
+use goose::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tracing::info;
+
+use crate::payload::store_id;
+use crate::scenario::{MenuLoad, Scenario as ScenarioFile};
+use crate::verify;
+use crate::{RunArgs, Targets};
+
+/// Most bytes of one SendMessageBatch (SQS: 256 KiB for the whole batch).
+const MAX_BATCH_BYTES: usize = 250_000;
+
+/// What the loadgen expects the daemon to store for one item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expected {
+    /// The item key.
+    pub sku: String,
+    /// Its store.
+    pub store: String,
+    /// SHA-256 of the image bytes.
+    pub image_sha256: String,
+    /// Whether the declared hash is right.
+    pub image_ok: bool,
+    /// kcal, to 2 decimals.
+    pub kcal: f64,
+    /// SHA-256 of the canonical JSON of `data`.
+    pub content_sha256: String,
+    /// Decoded image size.
+    pub image_bytes: usize,
+}
+
+/// Item `index` of a run: its event body (with `ts`) and what to expect.
+pub fn item(seed: u64, run_id: &str, index: u64, load: &MenuLoad, ts: &str) -> (String, Expected) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let (lo, hi) = (load.image_kib[0].max(0.01).ln(), load.image_kib[1].max(load.image_kib[0]).max(0.01).ln());
+    let kib = (lo + (hi - lo) * rng.random::<f64>()).exp();
+    let mut image = vec![0u8; (kib * 1024.0) as usize];
+    rng.fill(&mut image[..]);
+    let wrong = rng.random::<f64>() < load.wrong_hash_ratio;
+    let image_sha256 = hex::encode(Sha256::digest(&image));
+    let declared = if wrong { hex::encode(Sha256::digest(format!("not the image {index}"))) } else { image_sha256.clone() };
+    let n = rng.random_range(load.ingredients[0]..=load.ingredients[1].max(load.ingredients[0]));
+    let ingredients: Vec<Value> = (0..n)
+        .map(|k| {
+            json!({
+                "name": format!("ingredient-{k}"),
+                "grams": f64::from(rng.random_range(1..4000u32)) / 10.0,
+                "kcal_per_100g": rng.random_range(0..900u32),
+                "protein_per_100g": f64::from(rng.random_range(0..400u32)) / 10.0,
+                "fat_per_100g": f64::from(rng.random_range(0..400u32)) / 10.0,
+                "carbs_per_100g": f64::from(rng.random_range(0..900u32)) / 10.0
+            })
+        })
+        .collect();
+    let kcal_sum: f64 =
+        ingredients.iter().map(|i| i["grams"].as_f64().unwrap_or(0.0) * i["kcal_per_100g"].as_f64().unwrap_or(0.0) / 100.0).sum();
+    let store = store_id(run_id, (index % u64::from(load.stores.max(1))) as u32);
+    let sku = format!("r{run_id}-sku{index:06}");
+    let category = ["coffee", "tea", "food", "merch"][(index % 4) as usize];
+    let data = json!({
+        "sku": sku, "name": format!("Item {index}"), "category": category,
+        "price_cents": rng.random_range(100..2000u32),
+        "image": {"content_type": "image/webp", "base64": base64::engine::general_purpose::STANDARD.encode(&image), "sha256": declared},
+        "ingredients": ingredients,
+        "allergens": if index % 3 == 0 { json!(["milk"]) } else { json!([]) }
+    });
+    let content_sha256 = hex::encode(Sha256::digest(canonical(&data)));
+    let body = json!({"v": 1, "id": format!("r{run_id}-m{index}"), "type": "menu.item.upserted", "ts": ts, "store": store, "data": data});
+    let expected = Expected {
+        sku,
+        store,
+        image_sha256,
+        image_ok: !wrong,
+        kcal: (kcal_sum * 100.0).round() / 100.0,
+        content_sha256,
+        image_bytes: image.len(),
+    };
+    (body.to_string(), expected)
+}
+
+/// Canonical JSON as the contract's README defines it (keys sorted, no
+/// whitespace, integral numbers as integers), written here from the JSON
+/// sent rather than from the daemon's types.
+pub fn canonical(v: &Value) -> String {
+    match v {
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            let fields: Vec<String> =
+                keys.iter().map(|k| format!("{}:{}", Value::String((*k).clone()), canonical(&o[k.as_str()]))).collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(a) => format!("[{}]", a.iter().map(canonical).collect::<Vec<_>>().join(",")),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 => {
+                format!("{}", f as i64)
+            }
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+struct Sync {
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    load: MenuLoad,
+    seed: u64,
+    run_id: String,
+    items: u64,
+    pods: usize,
+    started: OnceLock<(Instant, OffsetDateTime)>,
+    sent: Mutex<Vec<Expected>>,
+    send_failures: AtomicU64,
+}
+
+static SYNC: OnceLock<Arc<Sync>> = OnceLock::new();
+
+fn state() -> Result<Arc<Sync>, Box<TransactionError>> {
+    SYNC.get().cloned().ok_or_else(|| Box::new(TransactionError::Custom("sync state missing".into())))
+}
+
+/// One pod's share: items `index % pods == pod`, in batches under 256 KiB.
+async fn push(user: &mut GooseUser) -> TransactionResult {
+    let s = state()?;
+    let me = user.weighted_users_index % s.pods;
+    s.started.get_or_init(|| (Instant::now(), OffsetDateTime::now_utc()));
+    let mut batch: Vec<(String, Expected)> = Vec::new();
+    let mut bytes = 0;
+    let mut index = me as u64;
+    loop {
+        let more = index < s.items;
+        let next = more.then(|| {
+            let ts = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+            item(s.seed, &s.run_id, index, &s.load, &ts)
+        });
+        let full = next.as_ref().is_some_and(|(b, _)| batch.len() == 10 || bytes + b.len() > MAX_BATCH_BYTES);
+        if (full || !more) && !batch.is_empty() {
+            send(&s, user, std::mem::take(&mut batch)).await?;
+            bytes = 0;
+        }
+        match next {
+            Some(n) => {
+                bytes += n.0.len();
+                batch.push(n);
+            }
+            None => return Ok(()),
+        }
+        index += s.pods as u64;
+    }
+}
+
+async fn send(s: &Sync, user: &mut GooseUser, batch: Vec<(String, Expected)>) -> TransactionResult {
+    let mut pending: Vec<usize> = (0..batch.len()).collect();
+    for attempt in 0..5u64 {
+        let entries: Vec<_> = pending
+            .iter()
+            .filter_map(|&k| SendMessageBatchRequestEntry::builder().id(k.to_string()).message_body(&batch[k].0).build().ok())
+            .collect();
+        let started = Instant::now();
+        let result = s.sqs.send_message_batch().queue_url(&s.queue_url).set_entries(Some(entries)).send().await;
+        let (ok, err) = match &result {
+            Ok(out) if out.failed.is_empty() => (true, None),
+            Ok(_) => (false, Some("some entries failed")),
+            Err(_) => (false, Some("request failed")),
+        };
+        user.record_custom_request_duration("SQS", "SendMessageBatch menu", started.elapsed(), ok, None, err).await?;
+        let failed: Vec<usize> = match result {
+            Ok(out) => out.failed.iter().filter_map(|f| f.id.parse().ok()).collect(),
+            Err(_) => pending.clone(),
+        };
+        s.sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(pending.iter().filter(|k| !failed.contains(k)).map(|&k| batch[k].1.clone()));
+        pending = failed;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+    }
+    s.send_failures.fetch_add(pending.len() as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The run's summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Scenario name.
+    pub scenario: String,
+    /// Run id.
+    pub run_id: String,
+    /// Payload seed.
+    pub seed: u64,
+    /// Items planned.
+    pub planned: u64,
+    /// Items SQS accepted.
+    pub sent: u64,
+    /// Items SQS refused after retries.
+    pub send_failures: u64,
+    /// Decoded image bytes sent.
+    pub image_bytes: u64,
+    /// Items sent with a wrong declared hash.
+    pub wrong_hashes_sent: u64,
+    /// Sent items missing from `cafe-menu`.
+    pub lost: u64,
+    /// `menu_items` counted above the items sent.
+    pub duplicated: u64,
+    /// Items or counters that differ from what was sent.
+    pub mismatches: Vec<String>,
+    /// Seconds to send everything.
+    pub send_secs: f64,
+    /// Seconds from the first send to the last item stored.
+    pub drain_secs: f64,
+    /// Items stored per second over `drain_secs`.
+    pub items_per_sec: f64,
+    /// Event time to item stored, ms.
+    pub e2e_p50_ms: f64,
+    /// 95th percentile.
+    pub e2e_p95_ms: f64,
+    /// 99th percentile.
+    pub e2e_p99_ms: f64,
+    /// Rows of the run's stores compared between DynamoDB and Redshift (None: not checked).
+    pub redshift_rows: Option<usize>,
+    /// Seconds after the last item stored until Redshift equalled DynamoDB.
+    pub redshift_caught_up_secs: Option<f64>,
+    /// goose thresholds that failed.
+    pub failed_thresholds: Vec<String>,
+    /// cafe-stream targets that failed.
+    pub failed_targets: Vec<String>,
+}
+
+impl Summary {
+    /// True when nothing was lost, duplicated or wrong and every rule passed.
+    pub fn passed(&self) -> bool {
+        self.lost == 0
+            && self.duplicated == 0
+            && self.send_failures == 0
+            && self.mismatches.is_empty()
+            && self.failed_thresholds.is_empty()
+            && self.failed_targets.is_empty()
+    }
+
+    /// Markdown rendering.
+    pub fn markdown(&self) -> String {
+        let redshift = match (self.redshift_rows, self.redshift_caught_up_secs) {
+            (Some(rows), Some(secs)) => {
+                format!("{rows} rows equal, {secs:.1} s after the last item")
+            }
+            (Some(rows), None) => format!("{rows} rows, NOT equal"),
+            _ => "not checked (no --redshift-url)".into(),
+        };
+        format!(
+            "# {} ({})\n\n| measure | value |\n|---|---|\n\
+             | items sent | {} of {} (send failures {}) |\n| image bytes | {:.1} MiB |\n| wrong hashes sent | {} |\n\
+             | lost | {} |\n| duplicated | {} |\n| sent in | {:.2} s |\n| drained after | {:.2} s |\n| items/s | {:.1} |\n\
+             | e2e p50 / p95 / p99 | {:.0} / {:.0} / {:.0} ms |\n| Redshift | {} |\n| verdict | {} |\n{}",
+            self.scenario,
+            self.run_id,
+            self.sent,
+            self.planned,
+            self.send_failures,
+            self.image_bytes as f64 / 1_048_576.0,
+            self.wrong_hashes_sent,
+            self.lost,
+            self.duplicated,
+            self.send_secs,
+            self.drain_secs,
+            self.items_per_sec,
+            self.e2e_p50_ms,
+            self.e2e_p95_ms,
+            self.e2e_p99_ms,
+            redshift,
+            if self.passed() { "PASS" } else { "FAIL" },
+            self.mismatches
+                .iter()
+                .chain(&self.failed_thresholds)
+                .chain(&self.failed_targets)
+                .map(|m| format!("\n- {m}"))
+                .collect::<String>()
+        )
+    }
+}
+
+/// Every aggregate row of `stores`: (store, window) -> counters and version.
+async fn dynamodb_rows(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    stores: &[String],
+) -> anyhow::Result<BTreeMap<(String, String), Vec<i64>>> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let mut out = BTreeMap::new();
+    for store in stores {
+        let mut start = None;
+        loop {
+            let resp = ddb
+                .query()
+                .table_name(table)
+                .consistent_read(true)
+                .key_condition_expression("#s = :s")
+                .expression_attribute_names("#s", "store")
+                .expression_attribute_values(":s", AttributeValue::S(store.clone()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .with_context(|| format!("querying {table}"))?;
+            for item in resp.items() {
+                let n = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+                let mut v: Vec<i64> = pipeline::window::Counters::NAMES.iter().map(|c| n(c)).collect();
+                v.push(n("version"));
+                let window = item.get("window").and_then(|w| w.as_s().ok()).cloned().unwrap_or_default();
+                out.insert((store.clone(), window), v);
+            }
+            match resp.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The same rows from Redshift (or PostgreSQL speaking for it).
+async fn redshift_rows(
+    client: &tokio_postgres::Client,
+    table: &str,
+    stores: &[String],
+) -> anyhow::Result<BTreeMap<(String, String), Vec<i64>>> {
+    let cols = pipeline::window::Counters::NAMES.join(", ");
+    let list: Vec<String> = stores.iter().map(|s| format!("'{}'", s.replace('\'', "''"))).collect();
+    let q = format!(
+        "SELECT store, to_char(window_start, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), {cols}, version FROM {table} WHERE store IN ({})",
+        list.join(", ")
+    );
+    let mut out = BTreeMap::new();
+    for m in client.simple_query(&q).await.with_context(|| format!("reading {table}"))? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            let text = |i: usize| r.get(i).unwrap_or("").to_owned();
+            let values = (2..r.len()).map(|i| text(i).parse::<i64>().unwrap_or(i64::MIN)).collect();
+            out.insert((text(0), text(1)), values);
+        }
+    }
+    Ok(out)
+}
+
+/// Runs a menu sync end to end.
+pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> anyhow::Result<Summary> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let queue_url = sqs
+        .get_queue_url()
+        .queue_name(&targets.menu_queue)
+        .send()
+        .await
+        .with_context(|| format!("queue {} not found; run `cafe-streamd provision`", targets.menu_queue))?
+        .queue_url
+        .context("no queue URL")?;
+    let load = scenario.menu.clone().context("not a menu-sync scenario (no [menu])")?;
+    let items = ((load.items as f64) * args.scale).round().max(1.0) as u64;
+    let pods = load.pods.min(items as usize).max(1);
+    let run_id = args.run_id.clone().unwrap_or_else(crate::coldstart::new_run_id);
+    std::fs::create_dir_all(&args.report_dir)?;
+    let state = Arc::new(Sync {
+        sqs,
+        queue_url,
+        load: load.clone(),
+        seed: args.seed,
+        run_id: run_id.clone(),
+        items,
+        pods,
+        started: OnceLock::new(),
+        sent: Mutex::new(Vec::with_capacity(items as usize)),
+        send_failures: AtomicU64::new(0),
+    });
+    SYNC.set(Arc::clone(&state)).map_err(|_| anyhow::anyhow!("one sync per process"))?;
+    info!(scenario = %scenario.name, run_id, items, pods, "Starting the menu sync");
+
+    let config =
+        crate::attack::config(format!("sqs://{}", targets.menu_queue), pods, &scenario.thresholds.goose, &args.report_dir);
+    let attack = GooseAttack::initialize_with_config(config)?
+        .register_scenario(scenario!("MenuSync").register_transaction(transaction!(push).set_name("sync")));
+    let failed_thresholds = crate::attack::failed_thresholds(attack.execute().await)?;
+    let (started, started_at) = *state.started.get().context("the sync never started")?;
+    let send_secs = started.elapsed().as_secs_f64();
+    let sent: Vec<Expected> = std::mem::take(&mut *state.sent.lock().unwrap_or_else(|e| e.into_inner()));
+    info!(sent = sent.len(), send_secs, "Catalogue sent; waiting for the daemon");
+
+    let stores: Vec<String> = (0..load.stores).map(|k| store_id(&run_id, k)).collect();
+    let sums = verify::wait_for_counter(
+        &ddb,
+        &targets.aggregates_table,
+        &stores,
+        |c| c.menu_items,
+        sent.len() as i64,
+        Duration::from_secs(scenario.verify.stall_secs),
+        Duration::from_secs(scenario.verify.timeout_secs),
+    )
+    .await?;
+    let skus: Vec<String> = sent.iter().map(|e| e.sku.clone()).collect();
+    let found: HashMap<String, _> = verify::batch_get(&ddb, &targets.menu_table, "sku", &skus)
+        .await?
+        .into_iter()
+        .filter_map(|item| Some((item.get("sku")?.as_s().ok()?.clone(), item)))
+        .collect();
+
+    let mut mismatches = Vec::new();
+    let mut e2e = Vec::new();
+    let mut last_stored: Option<OffsetDateTime> = None;
+    for e in &sent {
+        let Some(item) = found.get(&e.sku) else {
+            continue;
+        };
+        let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+        let kcal = item.get("kcal").and_then(|v| v.as_n().ok()).and_then(|n| n.parse::<f64>().ok());
+        let ok = item.get("image_ok").and_then(|v| v.as_bool().ok()).copied();
+        let mut wrong = Vec::new();
+        if text("image_sha256") != e.image_sha256 {
+            wrong.push("image_sha256");
+        }
+        if ok != Some(e.image_ok) {
+            wrong.push("image_ok");
+        }
+        if kcal.is_none_or(|k| (k - e.kcal).abs() > 0.005) {
+            wrong.push("kcal");
+        }
+        if text("content_sha256") != e.content_sha256 {
+            wrong.push("content_sha256");
+        }
+        if !wrong.is_empty() && mismatches.len() < 20 {
+            mismatches.push(format!("{}: wrong {}", e.sku, wrong.join(", ")));
+        }
+        if let (Ok(ts), Ok(at)) =
+            (OffsetDateTime::parse(&text("ts"), &Rfc3339), OffsetDateTime::parse(&text("updated_at"), &Rfc3339))
+        {
+            e2e.push((at - ts).as_seconds_f64() * 1000.0);
+            last_stored = Some(last_stored.map_or(at, |l| l.max(at)));
+        }
+    }
+    let lost = sent.iter().filter(|e| !found.contains_key(&e.sku)).count() as u64;
+    let wrong_sent = sent.iter().filter(|e| !e.image_ok).count() as u64;
+    let duplicated = (sums.menu_items - sent.len() as i64).max(0) as u64;
+    if lost == 0 && sums.menu_hash_mismatches != wrong_sent as i64 {
+        mismatches.push(format!("menu_hash_mismatches is {} but {wrong_sent} wrong hashes were sent", sums.menu_hash_mismatches));
+    }
+    if lost == 0 && sums.menu_items < sent.len() as i64 {
+        mismatches.push(format!("menu_items is {} but {} items are stored", sums.menu_items, sent.len()));
+    }
+    e2e.sort_by(f64::total_cmp);
+    let drain_secs = last_stored.map_or(f64::NAN, |l| (l - started_at).as_seconds_f64());
+
+    // Redshift equals DynamoDB for every row of the run's stores.
+    let (mut redshift_rows_checked, mut caught_up) = (None, None);
+    if let Some(url) = &targets.redshift_url {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting to --redshift-url")?;
+        tokio::spawn(conn);
+        let waited = Instant::now();
+        let within = Duration::from_secs(load.redshift_within_secs);
+        loop {
+            let dynamo = dynamodb_rows(&ddb, &targets.aggregates_table, &stores).await?;
+            let red = redshift_rows(&client, &targets.redshift_table, &stores).await?;
+            redshift_rows_checked = Some(dynamo.len());
+            if dynamo == red && !dynamo.is_empty() {
+                let since_last = last_stored.map_or(0.0, |l| (OffsetDateTime::now_utc() - l).as_seconds_f64());
+                caught_up = Some(since_last.max(0.0));
+                break;
+            }
+            if waited.elapsed() > within {
+                let diff = dynamo.iter().filter(|(k, v)| red.get(*k) != Some(*v)).count();
+                mismatches.push(format!("Redshift differs from DynamoDB in {diff} of {} rows after {within:?}", dynamo.len()));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    let stored = (sent.len() as u64).saturating_sub(lost);
+    let mut summary = Summary {
+        scenario: scenario.name.clone(),
+        run_id,
+        seed: args.seed,
+        planned: items,
+        sent: sent.len() as u64,
+        send_failures: state.send_failures.load(Ordering::Relaxed),
+        image_bytes: sent.iter().map(|e| e.image_bytes as u64).sum(),
+        wrong_hashes_sent: wrong_sent,
+        lost,
+        duplicated,
+        mismatches,
+        send_secs,
+        drain_secs,
+        items_per_sec: stored as f64 / drain_secs,
+        e2e_p50_ms: verify::percentile(&e2e, 50.0),
+        e2e_p95_ms: verify::percentile(&e2e, 95.0),
+        e2e_p99_ms: verify::percentile(&e2e, 99.0),
+        redshift_rows: redshift_rows_checked,
+        redshift_caught_up_secs: caught_up,
+        failed_thresholds,
+        failed_targets: Vec::new(),
+    };
+    if let Some(limit) = scenario.thresholds.e2e_p99_ms {
+        if !(summary.e2e_p99_ms <= limit as f64) {
+            summary.failed_targets.push(format!("e2e p99 {:.0} ms is above the target {limit} ms", summary.e2e_p99_ms));
+        }
+    }
+    std::fs::write(args.report_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    std::fs::write(args.report_dir.join("summary.md"), summary.markdown())?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load() -> MenuLoad {
+        MenuLoad {
+            items: 100,
+            pods: 5,
+            stores: 3,
+            image_kib: [2.0, 64.0],
+            wrong_hash_ratio: 0.5,
+            ingredients: [2, 5],
+            redshift_within_secs: 1,
+        }
+    }
+
+    #[test]
+    fn items_are_seeded_and_sized_within_the_distribution() {
+        let (a, ea) = item(7, "run", 3, &load(), "2026-11-22T08:00:00Z");
+        let (b, eb) = item(7, "run", 3, &load(), "2026-11-22T08:00:00Z");
+        assert_eq!((a, ea.clone()), (b, eb));
+        assert!((2048..=65536).contains(&ea.image_bytes), "{}", ea.image_bytes);
+        let wrong = (0..200).filter(|i| !item(7, "run", *i, &load(), "t").1.image_ok).count();
+        assert!((60..140).contains(&wrong), "about half declared wrong: {wrong}");
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_and_writes_integral_numbers_as_integers() {
+        let v: Value = serde_json::from_str(r#"{"b": [1.0, 2.5, {"z": 1, "a": "x y"}], "a": 3}"#).expect("json");
+        assert_eq!(canonical(&v), r#"{"a":3,"b":[1,2.5,{"a":"x y","z":1}]}"#);
+    }
+}
