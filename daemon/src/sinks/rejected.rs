@@ -58,6 +58,9 @@ impl RejectedSink {
 
     /// Sends `records`, returning an outcome for each, in order.
     pub async fn send(&self, records: &[RejectedRecord]) -> Vec<WriteOutcome> {
+        if records.is_empty() {
+            return Vec::new();
+        }
         let started = Instant::now();
         let mut outcomes = vec![WriteOutcome::Failed; records.len()];
         let mut batch: Vec<usize> = Vec::new();

@@ -106,6 +106,10 @@ fn plan_item(records: &[MenuRecord], live: &[usize], stored: Option<&Stored>) ->
 impl DynamoDbSink {
     /// Writes `records`, returning an outcome for each, in order.
     pub async fn write_menu(&self, records: &[MenuRecord], applied_at: &str) -> Vec<WriteOutcome> {
+        if records.is_empty() {
+            return Vec::new();
+        }
+        let started = std::time::Instant::now();
         let mut outcomes = vec![WriteOutcome::Failed; records.len()];
         // A batch can hold a redelivered copy: later copies of an event id
         // take the first one's outcome.
@@ -133,6 +137,10 @@ impl DynamoDbSink {
                 _ => WriteOutcome::Duplicate,
             };
         }
+        self.metrics
+            .sink_write_duration
+            .get_or_create(&crate::metrics::SinkLabel { sink: "dynamodb_menu" })
+            .observe(started.elapsed().as_secs_f64());
         outcomes
     }
 

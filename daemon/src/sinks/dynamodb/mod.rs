@@ -133,6 +133,9 @@ impl DynamoDbSink {
 
     /// Writes `records`, returning an outcome for each, in order.
     pub async fn write_payments(&self, records: &[PaymentRecord]) -> Vec<WriteOutcome> {
+        if records.is_empty() {
+            return Vec::new();
+        }
         let started = Instant::now();
         let mut outcomes = vec![WriteOutcome::Failed; records.len()];
         // Two writes to one item in a transaction are refused; a batch can

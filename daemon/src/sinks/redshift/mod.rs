@@ -228,7 +228,12 @@ impl RedshiftSink {
     }
 
     /// Clears the mark of `row` if its version is still the one written.
-    async fn clear(&self, row: &MirrorRow) -> bool {
+    /// If the row changed meanwhile it stays pending, and its pending-since
+    /// time moves up to `read_ms` (when the flush read it): every change up
+    /// to the version written is in Redshift, so the oldest change still
+    /// missing is not older than that (the index lags the table a little,
+    /// so this is an estimate within that lag).
+    async fn clear(&self, row: &MirrorRow, read_ms: i64) -> bool {
         let result = self
             .dynamodb
             .update_item()
@@ -245,7 +250,29 @@ impl RedshiftSink {
             .await;
         match result {
             Ok(_) => true,
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => false,
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                let moved = self
+                    .dynamodb
+                    .update_item()
+                    .table_name(&self.aggregates_table)
+                    .key("store", AttributeValue::S(row.id.store.clone()))
+                    .key("window", AttributeValue::S(row.id.window.clone()))
+                    .update_expression("SET #s = :read")
+                    .condition_expression("#v > :v AND attribute_exists(#p) AND #s < :read")
+                    .expression_attribute_names("#p", MIRROR_PENDING)
+                    .expression_attribute_names("#s", MIRROR_SINCE)
+                    .expression_attribute_names("#v", VERSION)
+                    .expression_attribute_values(":v", num(row.version))
+                    .expression_attribute_values(":read", num(read_ms))
+                    .send()
+                    .await;
+                if let Err(e) = moved {
+                    if e.code() != Some("ConditionalCheckFailedException") {
+                        warn!(error = %describe(&e), "Moving a pending mark's time failed");
+                    }
+                }
+                false
+            }
             Err(e) => {
                 // The row stays pending; the next flush writes it again (a no-op there).
                 warn!(error = %describe(&e), "Clearing a pending mark failed");
@@ -265,8 +292,8 @@ impl RedshiftSink {
     }
 
     async fn flush_inner(&self) -> Result<FlushReport, BatchError> {
-        let pending = self.pending().await.map_err(|message| BatchError { retryable: true, message })?;
         let now = now_ms();
+        let pending = self.pending().await.map_err(|message| BatchError { retryable: true, message })?;
         self.metrics.mirror_pending_rows.set(pending.len() as i64);
         let oldest = pending.iter().map(|p| p.since_ms).filter(|s| *s > 0).min().map_or(0, |s| now - s);
         self.metrics.mirror_oldest_pending.set(oldest.max(0) as f64 / 1000.0);
@@ -282,7 +309,7 @@ impl RedshiftSink {
             for p in group.iter().filter(|p| p.since_ms > 0) {
                 self.metrics.mirror_flush_latency.observe((committed - p.since_ms).max(0) as f64 / 1000.0);
             }
-            let clears: Vec<_> = rows.into_iter().map(|r| async move { self.clear(&r).await }).collect();
+            let clears: Vec<_> = rows.into_iter().map(|r| async move { self.clear(&r, now).await }).collect();
             let results: Vec<bool> = futures::stream::iter(clears).buffer_unordered(CLEAR_CONCURRENCY).collect().await;
             report.cleared += results.iter().filter(|ok| **ok).count();
         }
