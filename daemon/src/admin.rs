@@ -33,6 +33,12 @@ impl Health {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// Alive for the watchdog: started (ready at least once). Draining is
+    /// alive too: the stop has its own timeout (`TimeoutStopSec`).
+    pub fn is_alive(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
     /// Ready and not draining.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)

@@ -13,6 +13,7 @@ pub mod bridge;
 pub mod config;
 pub mod leases;
 pub mod metrics;
+pub mod notify;
 pub mod orders;
 pub mod provision;
 pub mod queues;

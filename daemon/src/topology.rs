@@ -28,6 +28,7 @@ use crate::bridge::CpuPool;
 use crate::config::{Config, SqsSourceConfig};
 use crate::leases::{self, LeaseEvent, Leases};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::orders::{self, OrdersPath};
 use crate::queues::{self, Sinks};
 use crate::sinks::dynamodb::DynamoDbSink;
@@ -49,6 +50,7 @@ pub enum Exit {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Exit> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
+    let notifier = Arc::new(Notifier::from_env());
 
     let listener = tokio::net::TcpListener::bind(config.admin.addr())
         .await
@@ -173,15 +175,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     tracker.close();
     health.set_ready();
-    for (source, _) in &queues_running {
-        info!(queue = %source.name, "Consuming");
+    let mut inputs: Vec<String> = queues_running.iter().map(|(s, _)| s.name.clone()).collect();
+    for name in &inputs {
+        info!(queue = %name, "Consuming");
     }
+    if lease_task.is_some() {
+        inputs.push(config.sources.orders.stream.clone());
+    }
+    notifier.ready(&format!("consuming {}", inputs.join(", ")));
+    // The health loop: while the runtime schedules it and the daemon is not
+    // draining, it tells systemd's watchdog the process is alive.
+    let watchdog = notifier.watchdog_interval().map(|every| {
+        let (notifier, health, stop) = (Arc::clone(&notifier), Arc::clone(&health), admin_stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if health.is_alive() {
+                    notifier.watchdog();
+                }
+            }
+        })
+    });
     let inflight = || queues_running.iter().map(|(s, _)| s.inflight()).sum::<usize>();
 
     shutdown.await;
     let grace = Duration::from_secs(config.shutdown.grace_period_secs);
     let deadline = tokio::time::Instant::now() + grace;
     info!(inflight = inflight(), grace_secs = grace.as_secs(), "Shutting down: draining");
+    notifier.stopping(&format!("draining (grace {} s)", grace.as_secs()));
     health.set_draining();
     stop_receiving.cancel();
     stop_taking.cancel();
@@ -217,6 +242,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     admin_stop.cancel();
     let _ = admin_task.await;
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
     Ok(exit)
 }
 

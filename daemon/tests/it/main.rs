@@ -20,6 +20,7 @@ mod data_api;
 mod menu;
 mod orders;
 mod redshift;
+mod systemd;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cafe-streamd");
 static NEXT: AtomicU32 = AtomicU32::new(0);

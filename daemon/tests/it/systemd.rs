@@ -1,0 +1,112 @@
+//! The systemd notify protocol against a socket the test owns: the real
+//! daemon, started as systemd would start it (`NOTIFY_SOCKET`,
+//! `WATCHDOG_USEC`), says READY=1 once consuming, WATCHDOG=1 at half the
+//! watchdog time, and STOPPING=1 when SIGTERM starts the drain.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+
+use super::*;
+
+fn recv_until(socket: &UnixDatagram, within: Duration, mut want: impl FnMut(&str) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(len) = socket.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..len]).into_owned();
+            let done = want(&msg);
+            seen.push(msg);
+            if done {
+                return seen;
+            }
+        }
+    }
+    panic!("not received within {within:?}; saw {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_speaks_the_notify_protocol() {
+    let dir = std::env::temp_dir().join(format!("cafe-it-notify-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst)));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+    socket.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let env_vars =
+        vec![("NOTIFY_SOCKET".to_owned(), path.display().to_string()), ("WATCHDOG_USEC".to_owned(), "400000".to_owned())];
+    let mut env = Env::with_orders("notify", "shards = 1", "", env_vars).await;
+    env.start();
+    let started = Instant::now();
+    let seen = recv_until(&socket, Duration::from_secs(30), |m| m.starts_with("READY=1"));
+    let ready = seen.last().expect("ready");
+    assert!(ready.contains("\nSTATUS=consuming ") && ready.contains("-pay.fifo"), "{ready}");
+    assert!(seen.iter().all(|m| !m.contains("WATCHDOG=1")), "no watchdog ping before READY: {seen:?}");
+    // Pings at half of 400 ms: at least 4 in 1.2 s.
+    let pings_from = Instant::now();
+    let mut pings = 0;
+    recv_until(&socket, Duration::from_secs(5), |m| {
+        pings += usize::from(m == "WATCHDOG=1");
+        pings >= 4
+    });
+    assert!(pings_from.elapsed() < Duration::from_millis(1500), "pings too slow: {:?}", pings_from.elapsed());
+    let (status, _) = {
+        let mut child = env.daemon.take().expect("daemon");
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+        let stopping = recv_until(&socket, Duration::from_secs(10), |m| m.starts_with("STOPPING=1"));
+        assert!(stopping.last().is_some_and(|m| m.contains("STATUS=draining")), "{stopping:?}");
+        (child.wait().expect("wait"), ())
+    };
+    assert!(status.success(), "{}", env.log());
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The shipped unit passes `systemd-analyze verify` and scores at most 2.0
+/// ("OK") in `systemd-analyze security`, run on a copy whose binary path
+/// points at the binary under test (verify checks that it exists).
+#[test]
+fn the_unit_file_verifies_and_is_hardened() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd/cafe-streamd.service");
+    let text = std::fs::read_to_string(&unit).expect("unit file");
+    for must in [
+        "Type=notify",
+        "WatchdogSec=",
+        "ExecStartPre=/usr/bin/cafe-streamd validate",
+        "EnvironmentFile=",
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=\n",
+        "RestrictAddressFamilies=",
+    ] {
+        assert!(text.contains(must), "the unit lacks {must:?}");
+    }
+    let stop: u64 =
+        text.lines().find_map(|l| l.strip_prefix("TimeoutStopSec=")).and_then(|v| v.parse().ok()).expect("TimeoutStopSec");
+    assert!(stop > 30, "TimeoutStopSec must exceed the default grace period of 30 s");
+    let dir = std::env::temp_dir().join(format!("cafe-it-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let copy = dir.join("cafe-streamd.service");
+    std::fs::write(&copy, text.replace("/usr/bin/cafe-streamd", BIN)).expect("write copy");
+    let analyze = |args: &[&str]| {
+        Command::new("systemd-analyze")
+            .args(args)
+            .arg(&copy)
+            .output()
+            .expect("systemd-analyze (Debian package systemd) must be installed")
+    };
+    let verify = analyze(&["verify"]);
+    assert!(verify.status.success() && verify.stderr.is_empty(), "verify: {}", String::from_utf8_lossy(&verify.stderr));
+    let security = analyze(&["security", "--offline=yes", "--no-pager"]);
+    let out = String::from_utf8_lossy(&security.stdout);
+    let score: f64 = out
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for cafe-streamd.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no score in: {out}"));
+    assert!(score <= 2.0, "exposure {score} is above 2.0:\n{out}");
+    println!("systemd-analyze security: exposure {score}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
