@@ -11,6 +11,7 @@ pub mod admin;
 pub mod aws;
 pub mod bridge;
 pub mod config;
+pub mod iam;
 pub mod leases;
 pub mod metrics;
 pub mod notify;

@@ -27,6 +27,23 @@ enum Command {
     Validate(ConfigArg),
     /// Create every stream, queue and table of the contract that is missing.
     Provision(ConfigArg),
+    /// Print the least-privilege IAM policy for the configured resources.
+    IamPolicy(IamArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct IamArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The policy of the role that runs `provision` instead of `run`.
+    #[arg(long)]
+    provision: bool,
+    /// AWS account id in the ARNs (default `*`).
+    #[arg(long, default_value = "*")]
+    account: String,
+    /// Region in the ARNs (default: `aws.region`, else `*`).
+    #[arg(long)]
+    region: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,6 +66,7 @@ fn main() -> ExitCode {
 
     let arg = match &cli.command {
         Command::Run(a) | Command::Validate(a) | Command::Provision(a) => a,
+        Command::IamPolicy(a) => &a.config,
     };
     let config = match config::load(arg.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
@@ -64,6 +82,14 @@ fn main() -> ExitCode {
         }
         Command::Provision(_) => exit(runtime().and_then(|rt| rt.block_on(provision(&config)))),
         Command::Run(_) => exit(runtime().and_then(|rt| rt.block_on(run(config)))),
+        Command::IamPolicy(a) => {
+            use daemon::iam::{Purpose, policy};
+            let purpose = if a.provision { Purpose::Provision } else { Purpose::Run };
+            let region = a.region.clone().or_else(|| config.aws.region.clone()).unwrap_or_else(|| "*".into());
+            let doc = policy(&config, purpose, &region, &a.account);
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
     }
 }
 

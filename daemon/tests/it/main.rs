@@ -17,6 +17,7 @@ use aws_sdk_sqs::types::MessageAttributeValue;
 use serde_json::json;
 
 mod data_api;
+mod iam;
 mod menu;
 mod orders;
 mod redshift;
