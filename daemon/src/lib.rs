@@ -20,6 +20,7 @@ pub mod provision;
 pub mod queues;
 pub mod sinks;
 pub mod sources;
+pub mod top;
 pub mod topology;
 
 /// The git commit this binary was built from.

@@ -29,6 +29,23 @@ enum Command {
     Provision(ConfigArg),
     /// Print the least-privilege IAM policy for the configured resources.
     IamPolicy(IamArgs),
+    /// Watch a running daemon: rates, p99, lag, leases, from its metrics.
+    Top(TopArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TopArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Metrics endpoint (default: the config's `admin.listen`).
+    #[arg(long)]
+    addr: Option<String>,
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
+    /// Print one view and exit.
+    #[arg(long)]
+    once: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +84,7 @@ fn main() -> ExitCode {
     let arg = match &cli.command {
         Command::Run(a) | Command::Validate(a) | Command::Provision(a) => a,
         Command::IamPolicy(a) => &a.config,
+        Command::Top(a) => &a.config,
     };
     let config = match config::load(arg.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
@@ -82,6 +100,10 @@ fn main() -> ExitCode {
         }
         Command::Provision(_) => exit(runtime().and_then(|rt| rt.block_on(provision(&config)))),
         Command::Run(_) => exit(runtime().and_then(|rt| rt.block_on(run(config)))),
+        Command::Top(a) => {
+            let addr = a.addr.clone().unwrap_or_else(|| config.admin.listen.clone());
+            exit(runtime().and_then(|rt| rt.block_on(top(&addr, a.interval, a.once))))
+        }
         Command::IamPolicy(a) => {
             use daemon::iam::{Purpose, policy};
             let purpose = if a.provision { Purpose::Provision } else { Purpose::Run };
@@ -105,6 +127,24 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn top(addr: &str, interval: f64, once: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(interval.is_finite() && interval >= 0.1, "--interval must be at least 0.1 s");
+    let every = std::time::Duration::from_secs_f64(interval);
+    let mut prev = daemon::top::scrape(addr).await?;
+    loop {
+        tokio::time::sleep(every).await;
+        let cur = daemon::top::scrape(addr).await?;
+        let view = daemon::top::render(&prev, &cur, interval);
+        if once {
+            print!("{view}");
+            return Ok(());
+        }
+        // Clear the screen and draw again.
+        print!("\x1b[2J\x1b[H{view}");
+        prev = cur;
     }
 }
 

@@ -283,6 +283,7 @@ impl Metrics {
             m.menu_hash_mismatches.clone(),
         );
         registry.register(n::MENU_IMAGE_BYTES, "Decoded menu image bytes hashed", m.menu_image_bytes.clone());
+        registry.register_collector(Box::new(ProcessCollector));
         let build = Family::<BuildLabel, Gauge>::default();
         build.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION"), commit: crate::GIT_COMMIT }).set(1);
         registry.register(n::BUILD_INFO, "Build version and commit; value 1", build);
@@ -311,6 +312,46 @@ impl Metrics {
     }
 }
 
+/// `process_cpu_seconds_total` and `process_resident_memory_bytes` (the
+/// Prometheus client conventions), read from `/proc/self/stat` at each
+/// scrape; absent where there is no `/proc`.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl ProcessCollector {
+    /// (CPU seconds, resident bytes).
+    fn read() -> Option<(f64, f64)> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime, stime are fields 14 and 15 (1-based), rss is 24: here 11, 12, 21.
+        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        let rss_pages: f64 = f.get(21)?.parse().ok()?;
+        // The kernel's USER_HZ is 100 and pages are 4 KiB on every Linux this ships for.
+        Some((ticks / 100.0, rss_pages * 4096.0))
+    }
+}
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some((cpu, rss)) = Self::read() else { return Ok(()) };
+        let c = ConstCounter::new(cpu);
+        c.encode(encoder.encode_descriptor(
+            n::PROCESS_CPU,
+            "Total user and system CPU time spent in seconds",
+            None,
+            c.metric_type(),
+        )?)?;
+        let g = ConstGauge::new(rss);
+        g.encode(encoder.encode_descriptor(n::PROCESS_RSS, "Resident memory size in bytes", None, g.metric_type())?)?;
+        Ok(())
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -331,5 +372,7 @@ mod tests {
         assert!(text.contains("cafe_pipeline_e2e_latency_seconds_bucket{le=\"0.25\",source=\"q\"} 1"), "{text}");
         assert!(text.contains("cafe_pipeline_rejected_events_total{reason=\"bad_json\"} 0"), "{text}");
         assert!(text.contains("cafe_build_info{"), "{text}");
+        assert!(text.contains("process_cpu_seconds_total "), "{text}");
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
     }
 }

@@ -76,3 +76,7 @@ pub const MENU_ITEMS: &str = "cafe_menu_items";
 pub const MENU_HASH_MISMATCHES: &str = "cafe_menu_hash_mismatches";
 /// Decoded menu image bytes hashed.
 pub const MENU_IMAGE_BYTES: &str = "cafe_menu_image_bytes";
+/// CPU time of the process (Prometheus client convention; no `cafe_` prefix).
+pub const PROCESS_CPU: &str = "process_cpu_seconds";
+/// Resident memory of the process (Prometheus client convention).
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";

@@ -565,3 +565,26 @@ fn version_names_the_commit() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("cafe-streamd 0.1.0 (commit "), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn top_shows_a_running_daemon() {
+    let mut env = Env::new("top", "").await;
+    env.start();
+    let (bodies, _) = burst(&env.prefix, 20);
+    env.send(&bodies).await;
+    env.wait_for_payments(20, Duration::from_secs(60)).await;
+    let out = Command::new(BIN).args(["top", "--once", "--interval", "1", "--addr", &env.admin]).output().expect("run top");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for want in
+        ["cafe-streamd 0.", "e2e p99", &format!("{}-pay.fifo", env.prefix), "events:", "kinesis: 1 leases held", "MiB RSS"]
+    {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    // The payments were decided before the view's interval, so p99 comes
+    // from the whole run; their `ts` is hours old, so it is the top bucket.
+    assert!(text.lines().any(|l| l.contains("-pay.fifo") && l.ends_with("> 300 s")), "{text}");
+    let down = Command::new(BIN).args(["top", "--once", "--addr", "127.0.0.1:1"]).output().expect("run top");
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the metrics endpoint 127.0.0.1:1"));
+}
