@@ -88,6 +88,9 @@ pub fn policy(config: &Config, purpose: Purpose, region: &str, account: &str) ->
                 &["sqs:SendMessage", "sqs:GetQueueUrl"],
                 vec![sqs(&config.rejected.queue)],
             ));
+            let mut watched: Vec<String> = inputs.iter().map(|s| sqs(&s.dlq)).collect();
+            watched.push(sqs(&config.rejected.queue));
+            statements.push(statement("WatchQueueDepth", &["sqs:GetQueueAttributes", "sqs:GetQueueUrl"], watched));
             if orders {
                 statements.push(statement(
                     "ReadOrdersStream",

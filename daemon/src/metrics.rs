@@ -172,6 +172,15 @@ pub struct Metrics {
     pub menu_hash_mismatches: Counter,
     /// Menu image bytes hashed.
     pub menu_image_bytes: Counter,
+    /// Messages waiting in the DLQs and the rejected queue.
+    pub queue_depth: Family<QueueLabel, Gauge>,
+}
+
+/// `{queue}` labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct QueueLabel {
+    /// Queue name.
+    pub queue: String,
 }
 
 impl Metrics {
@@ -212,6 +221,7 @@ impl Metrics {
             menu_items: Family::default(),
             menu_hash_mismatches: Counter::default(),
             menu_image_bytes: Counter::default(),
+            queue_depth: Family::default(),
             registry: Registry::default(),
         };
         registry.register(n::SOURCE_RECEIVED, "Messages or records received from a source", m.source_received.clone());
@@ -283,6 +293,7 @@ impl Metrics {
             m.menu_hash_mismatches.clone(),
         );
         registry.register(n::MENU_IMAGE_BYTES, "Decoded menu image bytes hashed", m.menu_image_bytes.clone());
+        registry.register(n::QUEUE_DEPTH, "Messages waiting in a DLQ or the rejected queue", m.queue_depth.clone());
         registry.register_collector(Box::new(ProcessCollector));
         let build = Family::<BuildLabel, Gauge>::default();
         build.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION"), commit: crate::GIT_COMMIT }).set(1);

@@ -124,6 +124,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         queues_running.push((source, acker));
     }
 
+    // Depth of the queues an operator must watch: the DLQs and the rejected queue.
+    let depth_task = {
+        let mut watched: Vec<String> =
+            [&config.sources.payments, &config.sources.menu].into_iter().filter(|s| s.enabled).map(|s| s.dlq.clone()).collect();
+        watched.push(config.rejected.queue.clone());
+        tokio::spawn(crate::sources::sqs::depth_loop(
+            sqs.clone(),
+            watched,
+            Duration::from_secs(30),
+            Arc::clone(&metrics),
+            admin_stop.clone(),
+        ))
+    };
+
     // The Redshift mirror, outside the trackers: it runs until the drain is over.
     let stop_flushing = CancellationToken::new();
     let flusher = if mirror {
@@ -245,6 +259,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if let Some(w) = watchdog {
         let _ = w.await;
     }
+    let _ = depth_task.await;
     Ok(exit)
 }
 

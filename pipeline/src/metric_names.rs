@@ -80,3 +80,5 @@ pub const MENU_IMAGE_BYTES: &str = "cafe_menu_image_bytes";
 pub const PROCESS_CPU: &str = "process_cpu_seconds";
 /// Resident memory of the process (Prometheus client convention).
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+/// Messages waiting in a DLQ or the rejected queue (SQS ApproximateNumberOfMessages, read every 30 s). Labels: `queue`.
+pub const QUEUE_DEPTH: &str = "cafe_queue_depth_messages";

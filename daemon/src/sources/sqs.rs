@@ -340,3 +340,41 @@ impl SqsSource {
         self.untrack(&[receipt]);
     }
 }
+
+/// Publishes `cafe_queue_depth_messages{queue}` (SQS
+/// ApproximateNumberOfMessages) for `queues` (the DLQs and the rejected
+/// queue: what an operator must notice growing) every `every`, until `stop`.
+/// A queue that cannot be read is skipped (logged once per failure).
+pub async fn depth_loop(client: Client, queues: Vec<String>, every: Duration, metrics: Arc<Metrics>, stop: CancellationToken) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let mut urls: Vec<(String, Option<String>)> = queues.into_iter().map(|q| (q, None)).collect();
+    loop {
+        for (name, url) in &mut urls {
+            if url.is_none() {
+                *url = queue_url(&client, name).await.ok();
+            }
+            let Some(u) = url.as_deref() else { continue };
+            let out = client
+                .get_queue_attributes()
+                .queue_url(u)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                .send()
+                .await;
+            match out {
+                Ok(o) => {
+                    let n = o
+                        .attributes
+                        .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages).and_then(|v| v.parse::<i64>().ok()))
+                        .unwrap_or(0);
+                    let label = u.rsplit('/').next().unwrap_or(name).to_owned();
+                    metrics.queue_depth.get_or_create(&crate::metrics::QueueLabel { queue: label }).set(n);
+                }
+                Err(e) => debug!(queue = %name, error = %describe(&e), "Reading the queue depth failed"),
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
