@@ -304,6 +304,33 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Creates the series of every known outcome at 0, so that dashboards
+    /// and alerts see them (and `rate()` works) before the first event of
+    /// each kind. `orders_source` labels the lease series.
+    pub fn init_series(&self, orders_source: Option<&str>, mirror: bool) {
+        for sink in ["dynamodb", "rejected"] {
+            for outcome in ["ok", "retry", "failed"] {
+                let _ = self.sink_requests.get_or_create(&SinkOutcome { sink, outcome });
+            }
+        }
+        if let Some(source) = orders_source {
+            for outcome in ["new", "expired", "released", "stolen"] {
+                let _ = self.leases_taken.get_or_create(&Metrics::source_outcome(source, outcome));
+            }
+            for outcome in ["taken", "expired", "fenced", "released"] {
+                let _ = self.leases_lost.get_or_create(&Metrics::source_outcome(source, outcome));
+            }
+        }
+        for outcome in ["written", "unchanged", "stale"] {
+            let _ = self.menu_items.get_or_create(&OutcomeLabel { outcome });
+        }
+        if mirror {
+            for outcome in ["ok", "failed"] {
+                let _ = self.mirror_flushes.get_or_create(&OutcomeLabel { outcome });
+            }
+        }
+    }
+
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

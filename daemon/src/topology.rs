@@ -74,6 +74,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
 
     let mirror = config.sinks.redshift.enabled;
+    metrics.init_series(config.sources.orders.enabled.then_some(config.sources.orders.stream.as_str()), mirror);
     let sinks = Sinks {
         dynamodb: DynamoDbSink::new(dynamodb.clone(), config.sinks.dynamodb.clone(), Arc::clone(&metrics)).with_mirror(mirror),
         rejected: RejectedSink::connect(sqs.clone(), &config.rejected.queue, Arc::clone(&metrics)).await?,

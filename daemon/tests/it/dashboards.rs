@@ -1,0 +1,170 @@
+//! The dashboards and rules name only metrics the daemon exports: every
+//! metric in every expression of `dashboards/` is in the exposition of a
+//! fresh `Metrics` (the catalogue, as encoded: counters with `_total`,
+//! histograms with `_bucket`/`_sum`/`_count`) or is a recording rule of
+//! `dashboards/cafe-stream.rules.yml` (or Prometheus's own `up`). The
+//! dashboard has a stable uid and takes its data source from a variable.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use daemon::metrics::Metrics;
+
+/// Every expression of the dashboards and the rules, with where it is.
+pub fn expressions() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).expect("dashboards/") {
+        let path = e.expect("entry").path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let text = std::fs::read_to_string(&path).expect("read");
+        if name.ends_with(".json") {
+            let d: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+            for p in d["panels"].as_array().expect("panels") {
+                for t in p["targets"].as_array().expect("targets") {
+                    out.push((
+                        format!("{name}: {}", p["title"].as_str().unwrap_or("")),
+                        t["expr"].as_str().expect("expr").to_owned(),
+                    ));
+                }
+            }
+        } else if name.ends_with(".yml") {
+            for (i, line) in text.lines().enumerate() {
+                if let Some(expr) = line.trim().strip_prefix("expr: ") {
+                    out.push((format!("{name}:{}", i + 1), expr.to_owned()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Recording rule names.
+pub fn recorded() -> BTreeSet<String> {
+    let rules = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/cafe-stream.rules.yml"))
+        .expect("rules");
+    rules.lines().filter_map(|l| l.trim().strip_prefix("- record: ").map(str::to_owned)).collect()
+}
+
+/// Metric names in a PromQL expression (identifiers that are not functions,
+/// keywords, label names or label values).
+pub fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let (mut i, mut in_braces, mut in_brackets, mut in_string, mut in_by) = (0, 0, 0, false, false);
+    while i < bytes.len() {
+        let c = bytes[i] as char;
+        if in_string {
+            in_string = c != '"';
+            i += 1;
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' => in_braces += 1,
+            '}' => in_braces -= 1,
+            '[' => in_brackets += 1,
+            ']' => in_brackets -= 1,
+            _ => {}
+        }
+        if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < bytes.len() && ((bytes[i] as char).is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b':') {
+                i += 1;
+            }
+            let word = &expr[start..i];
+            let next = expr[i..].trim_start().chars().next();
+            let is_call = next == Some('(');
+            if ["by", "without", "on", "ignoring"].contains(&word) {
+                in_by = true;
+            } else if in_braces == 0
+                && in_brackets == 0
+                && !is_call
+                && !in_by
+                && ![
+                    "and",
+                    "or",
+                    "unless",
+                    "offset",
+                    "bool",
+                    "sum",
+                    "min",
+                    "max",
+                    "avg",
+                    "count",
+                    "stddev",
+                    "stdvar",
+                    "topk",
+                    "bottomk",
+                    "quantile",
+                    "count_values",
+                    "group",
+                ]
+                .contains(&word)
+            {
+                out.insert(word.to_owned());
+            }
+            continue;
+        }
+        if c == ')' {
+            in_by = false;
+        }
+        i += 1;
+    }
+    out
+}
+
+#[test]
+fn every_metric_the_dashboards_use_is_exported() {
+    // The catalogue: every `pub const NAME: &str = "...";` of
+    // pipeline/src/metric_names.rs, as exposed (counters end in `_total`,
+    // histograms have `_bucket`, `_sum` and `_count`).
+    let catalogue = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline/src/metric_names.rs"))
+        .expect("catalogue");
+    let names: Vec<String> = catalogue
+        .lines()
+        .filter(|l| l.starts_with("pub const ") && l.contains(": &str = \""))
+        .filter_map(|l| l.split('"').nth(1).map(str::to_owned))
+        .collect();
+    assert!(names.len() > 30, "{names:?}");
+    // Every catalogue name is registered: a family with a series shows in the exposition.
+    let m = Metrics::new();
+    m.init_series(Some("s"), true);
+    let exposed = m.encode();
+    let mut known: BTreeSet<String> = recorded();
+    known.insert("up".into());
+    for n in &names {
+        for suffix in ["", "_total", "_bucket", "_sum", "_count"] {
+            known.insert(format!("{n}{suffix}"));
+        }
+        assert!(!exposed.contains(&format!("# TYPE {n} ")) || exposed.contains(&format!("# HELP {n} ")), "{n} has no help text");
+    }
+    let exprs = expressions();
+    assert!(exprs.len() > 20, "{exprs:?}");
+    for (place, expr) in &exprs {
+        for name in metric_names(expr) {
+            assert!(known.contains(&name), "{place}: {name} (in {expr}) is not exported; known: {known:?}");
+        }
+    }
+}
+
+#[test]
+fn the_dashboard_has_a_stable_uid_and_a_datasource_variable() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/cafe-stream.json")).expect("dashboard");
+    let d: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(d["uid"], "cafe-stream-overview");
+    let vars = d["templating"]["list"].as_array().expect("templating");
+    assert!(vars.iter().any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus"));
+    for p in d["panels"].as_array().expect("panels") {
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+    }
+}
+
+#[test]
+fn metric_names_are_found_in_promql() {
+    let names = metric_names(
+        "histogram_quantile(0.99, sum by (le, source) (rate(cafe_pipeline_e2e_latency_seconds_bucket{source=\"x\"}[5m]))) > 2 and up{job=\"cafe-streamd\"} == 0",
+    );
+    assert_eq!(names, BTreeSet::from(["cafe_pipeline_e2e_latency_seconds_bucket".to_owned(), "up".to_owned()]));
+}
