@@ -14,6 +14,7 @@ started_stack=0
 if ! "$stack" status > /dev/null 2>&1; then started_stack=1; fi
 cleanup() {
   CAFE_STREAMD_BIN="$repo/target/debug/cafe-streamd" scripts/daemon.sh stop > /dev/null 2>&1 || true
+  scripts/local-stack/prometheus.sh stop || true
   if [ "$started_stack" = 1 ] && [ "${CAFE_KEEP_STACK:-0}" != 1 ]; then "$stack" stop || true; fi
 }
 trap cleanup EXIT
@@ -31,6 +32,10 @@ cargo build --locked -p daemon -p loadgen
 export CAFE_STREAMD_BIN="$repo/target/debug/cafe-streamd"
 # The Redshift mirror on, into the local PostgreSQL, and checked by menu-sync.
 export CAFE_SINKS__REDSHIFT__ENABLED=true CAFE_SINKS__REDSHIFT__URL="$CAFE_PG_URL" CAFE_LOADGEN_REDSHIFT_URL="$CAFE_PG_URL"
+echo "== Prometheus (Debian's package): the rules check, then it scrapes the daemon through every scenario"
+promtool_rules() { promtool check rules dashboards/cafe-stream.rules.yml; }
+scripts/local-stack/prometheus.sh start
+promtool_rules
 "$CAFE_STREAMD_BIN" provision > /dev/null
 scripts/daemon.sh start
 CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
@@ -42,5 +47,11 @@ target/debug/cafe-loadgen run morning-rush --scale "${CAFE_E2E_RUSH_SCALE:-0.5}"
 
 echo "== end to end: menu-sync at scale ${CAFE_E2E_MENU_SCALE:-0.03}, Redshift checked against DynamoDB"
 target/debug/cafe-loadgen run menu-sync --scale "${CAFE_E2E_MENU_SCALE:-0.03}" --report-dir target/e2e-report-menu-sync
+
+echo "== dashboards and alerts on the live Prometheus"
+curl -sf http://127.0.0.1:9464/metrics | promtool check metrics
+echo "promtool check metrics: no problems on a live scrape"
+target/debug/cafe-loadgen check-dashboards --prometheus "$(scripts/local-stack/prometheus.sh url)" --dir dashboards
 scripts/daemon.sh stop
-echo "3 passed, 0 failed: end-to-end cold-start, morning-rush, menu-sync"
+scripts/local-stack/prometheus.sh stop
+echo "4 passed, 0 failed: end-to-end cold-start, morning-rush, menu-sync; dashboards and rules on Prometheus"

@@ -339,6 +339,14 @@ impl Metrics {
         out
     }
 
+    /// The classic Prometheus text format (0.0.4) of every metric, for
+    /// clients that do not ask for OpenMetrics (`curl`, `promtool check
+    /// metrics`): counters are named with their `_total` suffix in `HELP`
+    /// and `TYPE`, and there is no `# EOF`.
+    pub fn encode_text(&self) -> String {
+        to_prometheus_text(&self.encode())
+    }
+
     /// Shorthand for `{source}` labels.
     pub fn source(source: &str) -> SourceLabel {
         SourceLabel { source: source.to_owned() }
@@ -348,6 +356,26 @@ impl Metrics {
     pub fn source_outcome(source: &str, outcome: &'static str) -> SourceOutcome {
         SourceOutcome { source: source.to_owned(), outcome }
     }
+}
+
+/// OpenMetrics text -> Prometheus text 0.0.4 (see [`Metrics::encode_text`]).
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|r| r.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            (counters.contains(name) && !name.ends_with("_total")).then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// `process_cpu_seconds_total` and `process_resident_memory_bytes` (the
@@ -411,6 +439,10 @@ mod tests {
         assert!(text.contains("cafe_pipeline_rejected_events_total{reason=\"bad_json\"} 0"), "{text}");
         assert!(text.contains("cafe_build_info{"), "{text}");
         assert!(text.contains("process_cpu_seconds_total "), "{text}");
+        let classic = m.encode_text();
+        assert!(classic.contains("# TYPE cafe_source_received_messages_total counter\n"), "{classic}");
+        assert!(classic.contains("# HELP cafe_source_received_messages_total "), "{classic}");
+        assert!(!classic.contains("# EOF"));
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
     }
 }

@@ -6,6 +6,7 @@
 
 mod attack;
 mod coldstart;
+mod dashcheck;
 mod menusync;
 mod morningrush;
 mod payload;
@@ -36,6 +37,16 @@ enum Command {
     /// reader on the same stream: put a backlog, read it bare, then start
     /// the daemon and time it.
     OrdersThroughput(throughput::ThroughputArgs),
+    /// Prove the dashboards and rules against a Prometheus that scraped a
+    /// daemon under load: every expression returns data, every rule is healthy.
+    CheckDashboards {
+        /// Prometheus base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        prometheus: String,
+        /// Folder of dashboard JSON and rule files.
+        #[arg(long, default_value = "dashboards")]
+        dir: PathBuf,
+    },
 }
 
 /// `cafe-loadgen run`.
@@ -139,6 +150,27 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        Command::CheckDashboards { prometheus, dir } => {
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(dashcheck::run(&prometheus, &dir)));
+            match result {
+                Ok((n, problems)) if problems.is_empty() => {
+                    println!("{n} dashboard and rule expressions return data; every rule is healthy");
+                    ExitCode::SUCCESS
+                }
+                Ok((n, problems)) => {
+                    println!("{} of {n} checks failed:", problems.len());
+                    for p in problems {
+                        println!("- {p}");
+                    }
+                    ExitCode::from(1)
+                }
+                Err(e) => fail(e),
+            }
+        }
         Command::OrdersThroughput(args) => {
             let result = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

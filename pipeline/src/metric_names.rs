@@ -6,6 +6,75 @@
 //! counters; labels are low-cardinality (`source`, `sink`, `stage`,
 //! `outcome`, `reason`), never ids.
 
+/// Metric names in a PromQL expression (identifiers that are not functions,
+/// keywords, aggregation operators, label names, label values or
+/// durations). For checking dashboards and rules against this catalogue.
+pub fn promql_metric_names(expr: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let (mut i, mut in_braces, mut in_brackets, mut in_string, mut in_by) = (0, 0, 0, false, false);
+    while i < bytes.len() {
+        let c = bytes[i] as char;
+        if in_string {
+            in_string = c != '"';
+            i += 1;
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' => in_braces += 1,
+            '}' => in_braces -= 1,
+            '[' => in_brackets += 1,
+            ']' => in_brackets -= 1,
+            _ => {}
+        }
+        if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < bytes.len() && ((bytes[i] as char).is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b':') {
+                i += 1;
+            }
+            let word = &expr[start..i];
+            let next = expr[i..].trim_start().chars().next();
+            let is_call = next == Some('(');
+            if ["by", "without", "on", "ignoring"].contains(&word) {
+                in_by = true;
+            } else if in_braces == 0
+                && in_brackets == 0
+                && !is_call
+                && !in_by
+                && ![
+                    "and",
+                    "or",
+                    "unless",
+                    "offset",
+                    "bool",
+                    "sum",
+                    "min",
+                    "max",
+                    "avg",
+                    "count",
+                    "stddev",
+                    "stdvar",
+                    "topk",
+                    "bottomk",
+                    "quantile",
+                    "count_values",
+                    "group",
+                ]
+                .contains(&word)
+            {
+                out.insert(word.to_owned());
+            }
+            continue;
+        }
+        if c == ')' {
+            in_by = false;
+        }
+        i += 1;
+    }
+    out
+}
+
 /// Messages or records received from a source. Labels: `source`.
 pub const SOURCE_RECEIVED: &str = "cafe_source_received_messages";
 /// Messages acknowledged (deleted, checkpointed). Labels: `source`.
@@ -82,3 +151,17 @@ pub const PROCESS_CPU: &str = "process_cpu_seconds";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 /// Messages waiting in a DLQ or the rejected queue (SQS ApproximateNumberOfMessages, read every 30 s). Labels: `queue`.
 pub const QUEUE_DEPTH: &str = "cafe_queue_depth_messages";
+
+#[cfg(test)]
+mod tests {
+    use super::promql_metric_names;
+
+    #[test]
+    fn metric_names_are_found_in_promql() {
+        let names = promql_metric_names(
+            "histogram_quantile(0.99, sum by (le, source) (rate(cafe_pipeline_e2e_latency_seconds_bucket{source=\"x\"}[5m]))) > 2 and up{job=\"cafe-streamd\"} == 0",
+        );
+        assert_eq!(names, ["cafe_pipeline_e2e_latency_seconds_bucket".to_owned(), "up".to_owned()].into());
+        assert_eq!(promql_metric_names("cafe:x:p99_5m > 2").len(), 1);
+    }
+}

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use daemon::metrics::Metrics;
+use pipeline::metric_names::promql_metric_names as metric_names;
 
 /// Every expression of the dashboards and the rules, with where it is.
 pub fn expressions() -> Vec<(String, String)> {
@@ -44,74 +45,6 @@ pub fn recorded() -> BTreeSet<String> {
     let rules = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/cafe-stream.rules.yml"))
         .expect("rules");
     rules.lines().filter_map(|l| l.trim().strip_prefix("- record: ").map(str::to_owned)).collect()
-}
-
-/// Metric names in a PromQL expression (identifiers that are not functions,
-/// keywords, label names or label values).
-pub fn metric_names(expr: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let bytes = expr.as_bytes();
-    let (mut i, mut in_braces, mut in_brackets, mut in_string, mut in_by) = (0, 0, 0, false, false);
-    while i < bytes.len() {
-        let c = bytes[i] as char;
-        if in_string {
-            in_string = c != '"';
-            i += 1;
-            continue;
-        }
-        match c {
-            '"' => in_string = true,
-            '{' => in_braces += 1,
-            '}' => in_braces -= 1,
-            '[' => in_brackets += 1,
-            ']' => in_brackets -= 1,
-            _ => {}
-        }
-        if c.is_ascii_alphabetic() || c == '_' || c == ':' {
-            let start = i;
-            while i < bytes.len() && ((bytes[i] as char).is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b':') {
-                i += 1;
-            }
-            let word = &expr[start..i];
-            let next = expr[i..].trim_start().chars().next();
-            let is_call = next == Some('(');
-            if ["by", "without", "on", "ignoring"].contains(&word) {
-                in_by = true;
-            } else if in_braces == 0
-                && in_brackets == 0
-                && !is_call
-                && !in_by
-                && ![
-                    "and",
-                    "or",
-                    "unless",
-                    "offset",
-                    "bool",
-                    "sum",
-                    "min",
-                    "max",
-                    "avg",
-                    "count",
-                    "stddev",
-                    "stdvar",
-                    "topk",
-                    "bottomk",
-                    "quantile",
-                    "count_values",
-                    "group",
-                ]
-                .contains(&word)
-            {
-                out.insert(word.to_owned());
-            }
-            continue;
-        }
-        if c == ')' {
-            in_by = false;
-        }
-        i += 1;
-    }
-    out
 }
 
 #[test]
@@ -159,12 +92,4 @@ fn the_dashboard_has_a_stable_uid_and_a_datasource_variable() {
     for p in d["panels"].as_array().expect("panels") {
         assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
     }
-}
-
-#[test]
-fn metric_names_are_found_in_promql() {
-    let names = metric_names(
-        "histogram_quantile(0.99, sum by (le, source) (rate(cafe_pipeline_e2e_latency_seconds_bucket{source=\"x\"}[5m]))) > 2 and up{job=\"cafe-streamd\"} == 0",
-    );
-    assert_eq!(names, BTreeSet::from(["cafe_pipeline_e2e_latency_seconds_bucket".to_owned(), "up".to_owned()]));
 }
