@@ -54,4 +54,8 @@ echo "promtool check metrics: no problems on a live scrape"
 target/debug/cafe-loadgen check-dashboards --prometheus "$(scripts/local-stack/prometheus.sh url)" --dir dashboards
 scripts/daemon.sh stop
 scripts/local-stack/prometheus.sh stop
-echo "4 passed, 0 failed: end-to-end cold-start, morning-rush, menu-sync; dashboards and rules on Prometheus"
+
+echo "== packages: .deb and .rpm of the dev build, their contents inspected"
+scripts/package.sh dev
+cargo test --locked -p daemon --test it packages -- --ignored
+echo "5 passed, 0 failed: end-to-end cold-start, morning-rush, menu-sync; dashboards and rules on Prometheus; packages"

@@ -21,6 +21,7 @@ mod data_api;
 mod iam;
 mod menu;
 mod orders;
+mod packages;
 mod redshift;
 mod systemd;
 
