@@ -348,16 +348,11 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         failed_targets: Vec::new(),
         restart: restart_status,
     };
-    if let Some(limit) = scenario.thresholds.e2e_p99_ms {
-        if !(summary.e2e_p99_ms <= limit as f64) {
-            summary.failed_targets.push(format!("e2e p99 {:.0} ms is above the target {limit} ms", summary.e2e_p99_ms));
-        }
-    }
+    summary.failed_targets.extend(crate::attack::p99_target(summary.e2e_p99_ms, scenario.thresholds.e2e_p99_ms));
     if summary.lost > 0 {
         warn!(lost = summary.lost, "Payments were lost");
     }
-    std::fs::write(args.report_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
-    std::fs::write(args.report_dir.join("summary.md"), summary.markdown())?;
+    crate::attack::write_summary(&args.report_dir, &summary, &summary.markdown())?;
     Ok(summary)
 }
 

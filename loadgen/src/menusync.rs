@@ -307,42 +307,17 @@ impl Summary {
     }
 }
 
-/// Every aggregate row of `stores`: (store, window) -> counters and version.
+/// Every aggregate row of `stores` as (store, window) -> counters, then version.
 async fn dynamodb_rows(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
     stores: &[String],
 ) -> anyhow::Result<BTreeMap<(String, String), Vec<i64>>> {
-    use aws_sdk_dynamodb::types::AttributeValue;
-    let mut out = BTreeMap::new();
-    for store in stores {
-        let mut start = None;
-        loop {
-            let resp = ddb
-                .query()
-                .table_name(table)
-                .consistent_read(true)
-                .key_condition_expression("#s = :s")
-                .expression_attribute_names("#s", "store")
-                .expression_attribute_values(":s", AttributeValue::S(store.clone()))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .with_context(|| format!("querying {table}"))?;
-            for item in resp.items() {
-                let n = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-                let mut v: Vec<i64> = pipeline::window::Counters::NAMES.iter().map(|c| n(c)).collect();
-                v.push(n("version"));
-                let window = item.get("window").and_then(|w| w.as_s().ok()).cloned().unwrap_or_default();
-                out.insert((store.clone(), window), v);
-            }
-            match resp.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
-            }
-        }
-    }
-    Ok(out)
+    Ok(verify::aggregate_rows(ddb, table, stores)
+        .await?
+        .into_iter()
+        .map(|(k, r)| (k, r.counters.values().into_iter().chain([r.version]).collect()))
+        .collect())
 }
 
 /// The same rows from Redshift (or PostgreSQL speaking for it).
@@ -523,13 +498,8 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         failed_thresholds,
         failed_targets: Vec::new(),
     };
-    if let Some(limit) = scenario.thresholds.e2e_p99_ms {
-        if !(summary.e2e_p99_ms <= limit as f64) {
-            summary.failed_targets.push(format!("e2e p99 {:.0} ms is above the target {limit} ms", summary.e2e_p99_ms));
-        }
-    }
-    std::fs::write(args.report_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
-    std::fs::write(args.report_dir.join("summary.md"), summary.markdown())?;
+    summary.failed_targets.extend(crate::attack::p99_target(summary.e2e_p99_ms, scenario.thresholds.e2e_p99_ms));
+    crate::attack::write_summary(&args.report_dir, &summary, &summary.markdown())?;
     Ok(summary)
 }
 

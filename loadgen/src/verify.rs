@@ -26,15 +26,29 @@ pub struct Decided {
     pub amount_cents: i64,
 }
 
-/// Sums of the aggregate rows of `stores`.
-pub async fn aggregate_sums(ddb: &Client, table: &str, stores: &[String]) -> anyhow::Result<Counters> {
-    let mut total = Counters::default();
+/// One aggregate row: its counters (in [`Counters::NAMES`] order) and its `version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateRow {
+    /// Absolute counters.
+    pub counters: Counters,
+    /// How many changes the row has had.
+    pub version: i64,
+}
+
+/// Every aggregate row of `stores`, read consistently: (store, window) -> row.
+pub async fn aggregate_rows(
+    ddb: &Client,
+    table: &str,
+    stores: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<(String, String), AggregateRow>> {
+    let mut out = std::collections::BTreeMap::new();
     for store in stores {
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
-            let out = ddb
+            let resp = ddb
                 .query()
                 .table_name(table)
+                .consistent_read(true)
                 .key_condition_expression("#s = :s")
                 .expression_attribute_names("#s", "store")
                 .expression_attribute_values(":s", AttributeValue::S(store.clone()))
@@ -42,18 +56,32 @@ pub async fn aggregate_sums(ddb: &Client, table: &str, stores: &[String]) -> any
                 .send()
                 .await
                 .map_err(|e| anyhow::anyhow!("querying {table}: {e}"))?;
-            for item in out.items() {
+            for item in resp.items() {
+                let n = |k: &str| item.get(k).and_then(|a| a.as_n().ok()).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
                 let mut values = [0i64; 11];
                 for (v, name) in values.iter_mut().zip(Counters::NAMES) {
-                    *v = item.get(name).and_then(|a| a.as_n().ok()).and_then(|n| n.parse().ok()).unwrap_or(0);
+                    *v = n(name);
                 }
-                total.add(&Counters::from_values(values));
+                let window = item.get("window").and_then(|w| w.as_s().ok()).cloned().unwrap_or_default();
+                out.insert(
+                    (store.clone(), window),
+                    AggregateRow { counters: Counters::from_values(values), version: n("version") },
+                );
             }
-            match out.last_evaluated_key {
+            match resp.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
                 _ => break,
             }
         }
+    }
+    Ok(out)
+}
+
+/// Sums of the aggregate rows of `stores`.
+pub async fn aggregate_sums(ddb: &Client, table: &str, stores: &[String]) -> anyhow::Result<Counters> {
+    let mut total = Counters::default();
+    for row in aggregate_rows(ddb, table, stores).await?.values() {
+        total.add(&row.counters);
     }
     Ok(total)
 }

@@ -20,7 +20,6 @@
 //! Must not: compute digests (the decide stage did).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -31,7 +30,7 @@ use pipeline::window::{Counters, WindowId};
 use tracing::warn;
 
 use super::{DynamoDbSink, EVENT_EXPIRES, num, s};
-use crate::aws::{Backoff, ErrorClass, classify, describe};
+use crate::aws::describe;
 use crate::metrics::OutcomeLabel;
 use crate::sinks::WriteOutcome;
 
@@ -206,10 +205,6 @@ impl DynamoDbSink {
     }
 
     async fn write_menu_chunk(&self, records: &[MenuRecord], chunk: &[usize], applied_at: &str) -> Vec<WriteOutcome> {
-        let backoff = Backoff {
-            base: Duration::from_millis(self.config.base_backoff_ms),
-            max: Duration::from_millis(self.config.max_backoff_ms),
-        };
         let mut outcomes = vec![WriteOutcome::Failed; chunk.len()];
         let mut live: Vec<usize> = (0..chunk.len()).collect();
         let mut attempt = 0u32;
@@ -223,12 +218,9 @@ impl DynamoDbSink {
                     Ok(m) => stored = Some(m),
                     Err(e) => {
                         warn!(error = %e, attempt, "Reading menu items failed, retrying");
-                        if attempt >= self.config.max_retries {
-                            self.count("failed");
+                        if !self.retry_later(&mut attempt, "Reading menu items", live.len()).await {
                             return outcomes;
                         }
-                        tokio::time::sleep(backoff.delay(attempt)).await;
-                        attempt += 1;
                         continue;
                     }
                 }
@@ -288,22 +280,14 @@ impl DynamoDbSink {
                     warn!(codes = ?codes, attempt, "Menu transaction cancelled, retrying");
                 }
                 Err(e) => {
-                    if classify(&e) == ErrorClass::Fatal {
-                        self.count("failed");
-                        warn!(error = %describe(&e), records = live.len(), "Menu write failed and cannot be retried; giving the messages back");
+                    if self.is_fatal(&e, attempt, "Menu write", live.len()) {
                         return outcomes;
                     }
-                    warn!(error = %describe(&e), attempt, "Menu write failed, retrying");
                 }
             }
-            self.count("retry");
-            if attempt >= self.config.max_retries {
-                self.count("failed");
-                warn!(records = live.len(), "Menu write still failing after retries; giving the messages back");
+            if !self.retry_later(&mut attempt, "Menu write", live.len()).await {
                 return outcomes;
             }
-            tokio::time::sleep(backoff.delay(attempt)).await;
-            attempt += 1;
         }
         outcomes
     }

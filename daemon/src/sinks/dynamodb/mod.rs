@@ -196,10 +196,6 @@ impl DynamoDbSink {
     }
 
     async fn write_chunk(&self, records: &[PaymentRecord], chunk: &[usize]) -> Vec<WriteOutcome> {
-        let backoff = Backoff {
-            base: Duration::from_millis(self.config.base_backoff_ms),
-            max: Duration::from_millis(self.config.max_backoff_ms),
-        };
         let mut outcomes = vec![WriteOutcome::Failed; chunk.len()];
         // Positions in `chunk` still to write.
         let mut live: Vec<usize> = (0..chunk.len()).collect();
@@ -236,25 +232,60 @@ impl DynamoDbSink {
                     warn!(codes = ?codes, attempt, "Transaction cancelled, retrying");
                 }
                 Err(e) => {
-                    let class = classify(&e);
-                    if class == ErrorClass::Fatal {
-                        self.count("failed");
-                        warn!(error = %describe(&e), records = live.len(), "Write failed and cannot be retried; giving the messages back");
+                    if self.is_fatal(&e, attempt, "Write", live.len()) {
                         return outcomes;
                     }
-                    warn!(error = %describe(&e), attempt, "Write failed, retrying");
                 }
             }
-            self.count("retry");
-            if attempt >= self.config.max_retries {
-                self.count("failed");
-                warn!(records = live.len(), "Write still failing after retries; giving the messages back");
+            if !self.retry_later(&mut attempt, "Write", live.len()).await {
                 return outcomes;
             }
-            tokio::time::sleep(backoff.delay(attempt)).await;
-            attempt += 1;
         }
         outcomes
+    }
+
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff {
+            base: Duration::from_millis(self.config.base_backoff_ms),
+            max: Duration::from_millis(self.config.max_backoff_ms),
+        }
+    }
+
+    /// After a failed attempt at `what` for `records` records: counts the
+    /// retry, and either sleeps the backoff and returns true (try again) or,
+    /// past `max_retries`, counts the failure and returns false (give the
+    /// messages back).
+    pub(crate) async fn retry_later(&self, attempt: &mut u32, what: &str, records: usize) -> bool {
+        self.count("retry");
+        if *attempt >= self.config.max_retries {
+            self.count("failed");
+            warn!(records, "{what} still failing after retries; giving the messages back");
+            return false;
+        }
+        tokio::time::sleep(self.backoff().delay(*attempt)).await;
+        *attempt += 1;
+        true
+    }
+
+    /// Logs a failed request; true when it cannot succeed on a retry (the
+    /// failure is counted and the messages are given back).
+    pub(crate) fn is_fatal<E>(
+        &self,
+        e: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+        attempt: u32,
+        what: &str,
+        records: usize,
+    ) -> bool
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error,
+    {
+        if classify(e) == ErrorClass::Fatal {
+            self.count("failed");
+            warn!(error = %describe(e), records, "{what} failed and cannot be retried; giving the messages back");
+            return true;
+        }
+        warn!(error = %describe(e), attempt, "{what} failed, retrying");
+        false
     }
 
     pub(crate) fn count(&self, outcome: &'static str) {

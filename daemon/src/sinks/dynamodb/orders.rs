@@ -16,7 +16,7 @@
 //! the order's events are.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -27,7 +27,7 @@ use pipeline::window::{Counters, WindowId};
 use tracing::warn;
 
 use super::{DynamoDbSink, num, s};
-use crate::aws::{Backoff, ErrorClass, classify, describe};
+use crate::aws::{ErrorClass, classify, describe};
 use crate::metrics::SinkLabel;
 
 /// One order's write: its state before (as read) and after.
@@ -143,13 +143,6 @@ impl DynamoDbSink {
         Ok(out)
     }
 
-    fn backoff(&self) -> Backoff {
-        Backoff {
-            base: Duration::from_millis(self.config.base_backoff_ms),
-            max: Duration::from_millis(self.config.max_backoff_ms),
-        }
-    }
-
     /// Writes `writes` (distinct orders), up to `concurrency` transactions
     /// at once; an outcome per write, in order.
     pub async fn write_orders(&self, writes: &[OrderWrite], applied_at: &str, concurrency: usize) -> Vec<OrderWriteOutcome> {
@@ -176,7 +169,6 @@ impl DynamoDbSink {
     async fn write_order_chunk(&self, writes: &[OrderWrite], chunk: &[usize], applied_at: &str) -> Vec<OrderWriteOutcome> {
         let mut outcomes = vec![OrderWriteOutcome::Failed; chunk.len()];
         let mut live: Vec<usize> = (0..chunk.len()).collect();
-        let backoff = self.backoff();
         let mut attempt = 0u32;
         while !live.is_empty() {
             let items = self.order_transaction(writes, chunk, &live, applied_at);
@@ -208,22 +200,14 @@ impl DynamoDbSink {
                     warn!(codes = ?codes, attempt, "Order transaction cancelled, retrying");
                 }
                 Err(e) => {
-                    if classify(&e) == ErrorClass::Fatal {
-                        self.count("failed");
-                        warn!(error = %describe(&e), orders = live.len(), "Order write failed and cannot be retried");
+                    if self.is_fatal(&e, attempt, "Order write", live.len()) {
                         return outcomes;
                     }
-                    warn!(error = %describe(&e), attempt, "Order write failed, retrying");
                 }
             }
-            self.count("retry");
-            if attempt >= self.config.max_retries {
-                self.count("failed");
-                warn!(orders = live.len(), "Order write still failing after retries");
+            if !self.retry_later(&mut attempt, "Order write", live.len()).await {
                 return outcomes;
             }
-            tokio::time::sleep(backoff.delay(attempt)).await;
-            attempt += 1;
         }
         outcomes
     }
