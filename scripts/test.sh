@@ -57,5 +57,6 @@ scripts/local-stack/prometheus.sh stop
 
 echo "== packages: .deb and .rpm of the dev build, their contents inspected"
 scripts/package.sh dev
-cargo test --locked -p daemon --test it packages -- --ignored
+# The same selection as the first cargo test, so nothing is rebuilt.
+cargo test --workspace --all-targets --locked -- --ignored packages::
 echo "5 passed, 0 failed: end-to-end cold-start, morning-rush, menu-sync; dashboards and rules on Prometheus; packages"
