@@ -233,7 +233,18 @@ pub fn plan_take(me: &str, leases: &[Lease], expired: &HashSet<String>, max_stea
 
 impl Leases {
     /// The lease manager of `worker_id` on `config.lease_table`.
+    ///
+    /// Every lease call is bounded in time (an attempt by
+    /// `lease_renew_interval_ms`, a call with its retries by twice that), so
+    /// a hung connection can neither stall the lease loops past the failover
+    /// time nor hold a lease's lock while others wait on it.
     pub fn new(client: Client, config: KinesisSourceConfig, worker_id: String, metrics: Arc<Metrics>) -> Self {
+        let attempt = Duration::from_millis(config.lease_renew_interval_ms);
+        let timeouts = aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+            .operation_attempt_timeout(attempt)
+            .operation_timeout(attempt * 2)
+            .build();
+        let client = Client::from_conf(client.config().to_builder().timeout_config(timeouts).build());
         Leases {
             client,
             table: config.lease_table.clone(),
@@ -346,46 +357,13 @@ impl Leases {
         Ok(created)
     }
 
-    /// Renews every held lease; returns the shards lost.
+    /// Renews every held lease, all at once (one slow write must not delay
+    /// the others toward their expiry); returns the shards lost.
     pub async fn renew_all(&self) -> Vec<String> {
         let held: Vec<(String, Arc<tokio::sync::Mutex<Held>>)> =
             self.held_lock().iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
-        let mut lost = Vec::new();
-        for (key, h) in held {
-            let mut h = h.lock().await;
-            let result = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key("leaseKey", s(&key))
-                .update_expression("SET leaseCounter = :next")
-                .condition_expression("leaseOwner = :me AND leaseCounter = :c")
-                .expression_attribute_values(":me", s(&self.worker_id))
-                .expression_attribute_values(":c", n(h.counter))
-                .expression_attribute_values(":next", n(h.counter + 1))
-                .send()
-                .await;
-            match result {
-                Ok(_) => {
-                    h.counter += 1;
-                    h.last_renewed = Instant::now();
-                }
-                Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                    warn!(shard = %key, "Lease taken by another instance; stopping its reader");
-                    self.metrics.leases_lost.get_or_create(&self.outcome("taken")).inc();
-                    lost.push(key);
-                }
-                Err(e) => {
-                    let stale = h.last_renewed.elapsed() >= Duration::from_millis(self.config.failover_time_ms);
-                    warn!(shard = %key, error = %describe(&e), stale, "Lease renewal failed");
-                    if stale {
-                        // Others may have taken it by now: stop before two read it.
-                        self.metrics.leases_lost.get_or_create(&self.outcome("expired")).inc();
-                        lost.push(key);
-                    }
-                }
-            }
-        }
+        let renewals = held.into_iter().map(|(key, h)| async move { self.renew(&key, &h).await.then_some(key) });
+        let lost: Vec<String> = futures::future::join_all(renewals).await.into_iter().flatten().collect();
         if !lost.is_empty() {
             let mut held = self.held_lock();
             for k in &lost {
@@ -394,6 +372,44 @@ impl Leases {
         }
         self.set_held_gauge();
         lost
+    }
+
+    /// Renews one held lease; true when it is lost.
+    async fn renew(&self, key: &str, h: &tokio::sync::Mutex<Held>) -> bool {
+        let mut h = h.lock().await;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("leaseKey", s(key))
+            .update_expression("SET leaseCounter = :next")
+            .condition_expression("leaseOwner = :me AND leaseCounter = :c")
+            .expression_attribute_values(":me", s(&self.worker_id))
+            .expression_attribute_values(":c", n(h.counter))
+            .expression_attribute_values(":next", n(h.counter + 1))
+            .send()
+            .await;
+        match result {
+            Ok(_) => {
+                h.counter += 1;
+                h.last_renewed = Instant::now();
+                false
+            }
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                warn!(shard = %key, "Lease taken by another instance; stopping its reader");
+                self.metrics.leases_lost.get_or_create(&self.outcome("taken")).inc();
+                true
+            }
+            Err(e) => {
+                let stale = h.last_renewed.elapsed() >= Duration::from_millis(self.config.failover_time_ms);
+                warn!(shard = %key, error = %describe(&e), stale, "Lease renewal failed");
+                if stale {
+                    // Others may have taken it by now: stop before two read it.
+                    self.metrics.leases_lost.get_or_create(&self.outcome("expired")).inc();
+                }
+                stale
+            }
+        }
     }
 
     /// Scans the table and takes leases toward this instance's share;
@@ -586,10 +602,12 @@ impl Leases {
     }
 }
 
-/// Runs the lease loop until `stop`: renews held leases every
+/// Runs the lease loops until `stop`: renews held leases every
 /// `lease_renew_interval_ms`; until `stop_taking`, takes leases every
 /// `lease_take_interval_ms` and syncs shards every `shard_sync_interval_ms`
-/// or when `sync_now` is notified. Reports to `events`.
+/// or when `sync_now` is notified. Reports to `events`. Renewing runs beside
+/// taking, not between takes: a slow scan of the table must not delay a
+/// renewal toward the failover time.
 pub async fn run(
     leases: Arc<Leases>,
     kinesis: crate::sources::kinesis::KinesisSource,
@@ -598,15 +616,17 @@ pub async fn run(
     stop_taking: CancellationToken,
     stop: CancellationToken,
 ) {
-    let cfg = leases.config.clone();
-    let mut renew = tokio::time::interval(Duration::from_millis(cfg.lease_renew_interval_ms));
-    let mut take = tokio::time::interval(Duration::from_millis(cfg.lease_take_interval_ms));
-    let mut sync = tokio::time::interval(Duration::from_millis(cfg.shard_sync_interval_ms));
-    for i in [&mut renew, &mut take, &mut sync] {
-        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    }
-    let mut rng = rand::rngs::StdRng::from_os_rng();
-    let mut synced_once = false;
+    tokio::join!(renew_loop(&leases, &events, &stop), take_loop(&leases, &kinesis, &events, &sync_now, &stop_taking, &stop));
+}
+
+fn ticker(ms: u64) -> tokio::time::Interval {
+    let mut i = tokio::time::interval(Duration::from_millis(ms));
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
+async fn renew_loop(leases: &Leases, events: &mpsc::Sender<LeaseEvent>, stop: &CancellationToken) {
+    let mut renew = ticker(leases.config.lease_renew_interval_ms);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -617,11 +637,30 @@ pub async fn run(
                     }
                 }
             }
+        }
+    }
+}
+
+async fn take_loop(
+    leases: &Leases,
+    kinesis: &crate::sources::kinesis::KinesisSource,
+    events: &mpsc::Sender<LeaseEvent>,
+    sync_now: &tokio::sync::Notify,
+    stop_taking: &CancellationToken,
+    stop: &CancellationToken,
+) {
+    let mut take = ticker(leases.config.lease_take_interval_ms);
+    let mut sync = ticker(leases.config.shard_sync_interval_ms);
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let mut synced_once = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
             _ = sync.tick(), if !stop_taking.is_cancelled() => {
-                synced_once |= sync_shards(&leases, &kinesis).await;
+                synced_once |= sync_shards(leases, kinesis).await;
             }
             () = sync_now.notified(), if !stop_taking.is_cancelled() => {
-                synced_once |= sync_shards(&leases, &kinesis).await;
+                synced_once |= sync_shards(leases, kinesis).await;
             }
             _ = take.tick(), if !stop_taking.is_cancelled() && synced_once => {
                 // The guard was checked when this select began; shutdown may

@@ -325,7 +325,16 @@ fn sigterm(child: &Child) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_instances_share_eight_shards_and_take_over_from_a_killed_one() {
-    let mut env = Env::with_orders("leases", "shards = 8", "", Vec::new()).await;
+    // Failover in 6 s (takes every 0.5 s): leases should move within about
+    // 7 s of the kill; the 15 s allowed below leaves room for a loaded machine
+    // whose every DynamoDB call is slow.
+    let mut env = Env::with_orders(
+        "leases",
+        "shards = 8\nfailover_time_ms = 6000\nlease_renew_interval_ms = 2000\nlease_take_interval_ms = 500",
+        "",
+        Vec::new(),
+    )
+    .await;
     let started = Instant::now();
     for w in ["w0", "w1", "w2"] {
         env.start_worker(w);
