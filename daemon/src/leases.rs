@@ -113,6 +113,14 @@ pub enum LeaseError {
     Failed(String),
 }
 
+/// Why a conditional write of a held lease did not happen.
+enum WriteFailure {
+    /// The lease is not ours at the counter last written any more.
+    Moved,
+    /// The call failed; the lease may still be ours.
+    Failed(String),
+}
+
 struct Held {
     counter: i64,
     last_renewed: Instant,
@@ -377,32 +385,16 @@ impl Leases {
     /// Renews one held lease; true when it is lost.
     async fn renew(&self, key: &str, h: &tokio::sync::Mutex<Held>) -> bool {
         let mut h = h.lock().await;
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("leaseKey", s(key))
-            .update_expression("SET leaseCounter = :next")
-            .condition_expression("leaseOwner = :me AND leaseCounter = :c")
-            .expression_attribute_values(":me", s(&self.worker_id))
-            .expression_attribute_values(":c", n(h.counter))
-            .expression_attribute_values(":next", n(h.counter + 1))
-            .send()
-            .await;
-        match result {
-            Ok(_) => {
-                h.counter += 1;
-                h.last_renewed = Instant::now();
-                false
-            }
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+        match self.conditional_write(key, &mut h, None, false).await {
+            Ok(()) => false,
+            Err(WriteFailure::Moved) => {
                 warn!(shard = %key, "Lease taken by another instance; stopping its reader");
                 self.metrics.leases_lost.get_or_create(&self.outcome("taken")).inc();
                 true
             }
-            Err(e) => {
+            Err(WriteFailure::Failed(error)) => {
                 let stale = h.last_renewed.elapsed() >= Duration::from_millis(self.config.failover_time_ms);
-                warn!(shard = %key, error = %describe(&e), stale, "Lease renewal failed");
+                warn!(shard = %key, error = %error, stale, "Lease renewal failed");
                 if stale {
                     // Others may have taken it by now: stop before two read it.
                     self.metrics.leases_lost.get_or_create(&self.outcome("expired")).inc();
@@ -535,13 +527,35 @@ impl Leases {
         self.set_held_gauge();
     }
 
-    /// The one conditional write of a held lease: bump the counter, and
-    /// record `checkpoint` and/or give the lease up.
+    /// A checkpoint or release of a held lease; a lease that moved on is
+    /// forgotten (fenced).
     async fn write_held(&self, key: &str, checkpoint: Option<&Checkpoint>, release: bool) -> Result<(), LeaseError> {
         let Some(h) = self.held_lock().get(key).cloned() else {
             return Err(LeaseError::Lost(key.to_owned()));
         };
         let mut h = h.lock().await;
+        match self.conditional_write(key, &mut h, checkpoint, release).await {
+            Ok(()) => Ok(()),
+            Err(WriteFailure::Moved) => {
+                self.held_lock().remove(key);
+                self.metrics.leases_lost.get_or_create(&self.outcome("fenced")).inc();
+                Err(LeaseError::Lost(key.to_owned()))
+            }
+            Err(WriteFailure::Failed(error)) => Err(LeaseError::Failed(error)),
+        }
+    }
+
+    /// The one conditional write of a held lease (renewal, checkpoint,
+    /// release): bump the counter, and record `checkpoint` and/or give the
+    /// lease up, on condition that it is still ours at the counter last
+    /// written.
+    async fn conditional_write(
+        &self,
+        key: &str,
+        h: &mut Held,
+        checkpoint: Option<&Checkpoint>,
+        release: bool,
+    ) -> Result<(), WriteFailure> {
         let mut set = "SET leaseCounter = :next".to_owned();
         let mut req = self.client.update_item().table_name(&self.table).key("leaseKey", s(key));
         if let Some(c) = checkpoint {
@@ -563,27 +577,14 @@ impl Leases {
             .expression_attribute_values(":next", n(h.counter + 1))
             .send()
             .await;
-        self.finish_write(key, &mut h, result.map(drop))
-    }
-
-    fn finish_write<E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error>(
-        &self,
-        key: &str,
-        h: &mut Held,
-        result: Result<(), SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
-    ) -> Result<(), LeaseError> {
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 h.counter += 1;
                 h.last_renewed = Instant::now();
                 Ok(())
             }
-            Err(SdkError::ServiceError(e)) if e.err().code() == Some("ConditionalCheckFailedException") => {
-                self.held_lock().remove(key);
-                self.metrics.leases_lost.get_or_create(&self.outcome("fenced")).inc();
-                Err(LeaseError::Lost(key.to_owned()))
-            }
-            Err(e) => Err(LeaseError::Failed(describe(&e))),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Err(WriteFailure::Moved),
+            Err(e) => Err(WriteFailure::Failed(describe(&e))),
         }
     }
 
