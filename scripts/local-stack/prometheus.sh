@@ -4,13 +4,15 @@
 # prove the dashboards and alerts. Installs the package on first use.
 #
 # Usage: prometheus.sh start|stop|url
-#   CAFE_PROM_PORT    Prometheus port (default 59090)
+#   CAFE_PROM_PORT    Prometheus port (default 19090; below 32768, outside the range
+#                     Linux hands out to outgoing connections, so a busy test run
+#                     cannot be holding it)
 #   CAFE_PROM_TARGET  daemon admin endpoint to scrape (default 127.0.0.1:9464)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 state=${CAFE_STACK_DIR:-$repo/.stack}/prometheus
-port=${CAFE_PROM_PORT:-59090}
+port=${CAFE_PROM_PORT:-19090}
 target=${CAFE_PROM_TARGET:-127.0.0.1:9464}
 pidfile=$state/prometheus.pid
 

@@ -2,7 +2,9 @@
 # The local AWS-compatible stack cafe-stream runs and tests against:
 #   moto 5.2.5 (SQS, DynamoDB) through moto_launcher.py, on 127.0.0.1:$CAFE_MOTO_PORT
 #   kinesalite 3.3.3 (Kinesis) through kinesalite.js, on 127.0.0.1:$CAFE_KINESALITE_PORT
-#   PostgreSQL 15 (Redshift's SQL), on 127.0.0.1:$CAFE_PG_PORT
+#   PostgreSQL 15 (Redshift's SQL), on 127.0.0.1:$CAFE_PG_PORT (default 15432: every
+#   default port is below 32768, outside the range Linux hands out to outgoing
+#   connections, so a busy machine cannot be holding it when the stack starts)
 #
 # Usage: stack.sh start|status|stop|env
 #   start   install what is missing (venv, npm packages, cluster), start what is
@@ -20,7 +22,7 @@ state=${CAFE_STACK_DIR:-$repo/.stack}
 logs=$state/logs
 moto_port=${CAFE_MOTO_PORT:-4566}
 kinesis_port=${CAFE_KINESALITE_PORT:-4567}
-pg_port=${CAFE_PG_PORT:-55432}
+pg_port=${CAFE_PG_PORT:-15432}
 pg_bin=${CAFE_PG_BIN:-/usr/lib/postgresql/15/bin}
 region=${AWS_REGION:-us-east-1}
 
