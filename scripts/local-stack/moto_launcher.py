@@ -25,6 +25,20 @@ the sender got a message id, the message is gone. Measured: 43 of 10,000
 FIFO payments vanished when sends and deletes overlapped. The fix runs
 `delete_message` under the same lock; nothing else about it changes.
 
+SQS FIFO queues break their group order after a retry: moto keeps a
+message it delivered in `pending_messages` until a later receive finds it
+visible again, and counts every pending message's group as in flight,
+visible or not. When several messages of one group were given back (a
+consumer that failed the group's first message and so holds back the rest,
+as the SQS documentation asks), the next receive walks the group in order,
+un-pends each visible message and re-checks the group: the first ones are
+still blocked by the later ones' stale entries, and the last message of the
+group is delivered before the first. Measured: a FIFO group whose second
+message kept failing had its fourth message delivered alone, ahead of it.
+Real SQS delivers a group strictly in order. The fix counts a group as in
+flight only for its pending messages that are still invisible; which
+messages are pending, and everything else about receiving, is unchanged.
+
 DynamoDB: TransactWriteItems takes its rollback snapshot by deep-copying the
 whole table once per transaction item (25 copies of a 10,000-item table per
 call), without any lock, and rolls back by swapping the whole table back in.
@@ -131,7 +145,13 @@ def _locked_delete(delete):
     return wrapper
 
 
+def _in_flight_groups(self):
+    """Groups with a message delivered and still invisible (see above)."""
+    return {m.group_id for m in self._pending_messages if m.group_id is not None and not m.visible}
+
+
 sqs_models.Queue.delete_message = _locked_delete(sqs_models.Queue.delete_message)
+sqs_models.Queue.pending_message_groups = property(_in_flight_groups)
 sqs_models.Queue.attributes = property(LazyQueueAttributes)
 sqs_models.Queue.messages = property(LazyVisibleMessages)
 
