@@ -80,6 +80,31 @@ pub fn describe<E: ProvideErrorMetadata + std::error::Error>(err: &SdkError<E, H
     }
 }
 
+/// A failed AWS call, as library code returns it: what was asked, how a
+/// caller should treat it, and a credential-free description.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {detail}")]
+pub struct AwsError {
+    /// What the call was for, e.g. `reading orders`.
+    pub what: String,
+    /// Retry or not.
+    pub class: ErrorClass,
+    /// The service's code and message, or the transport failure.
+    pub detail: String,
+}
+
+impl AwsError {
+    /// From an SDK error.
+    pub fn sdk<E: ProvideErrorMetadata + std::error::Error>(what: impl Into<String>, err: &SdkError<E, HttpResponse>) -> Self {
+        AwsError { what: what.into(), class: classify(err), detail: describe(err) }
+    }
+
+    /// A request this daemon could not even build (a bug, never retried).
+    pub fn request(what: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        AwsError { what: what.into(), class: ErrorClass::Fatal, detail: format!("invalid request: {err}") }
+    }
+}
+
 /// Exponential backoff with jitter.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {

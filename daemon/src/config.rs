@@ -10,7 +10,7 @@
 //! `CAFE_SOURCES__PAYMENTS__RECEIVERS=8`. The value is read as a TOML value
 //! when it parses as one (numbers, booleans, arrays), else as a string.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,12 @@ use std::path::{Path, PathBuf};
 use pipeline::fraud::FraudConfig;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+pub use crate::sinks::dynamodb::config::DynamoDbSinkConfig;
+pub use crate::sinks::redshift::config::RedshiftSinkConfig;
+pub use crate::sinks::rejected::config::RejectedConfig;
+pub use crate::sources::kinesis::config::KinesisSourceConfig;
+pub use crate::sources::sqs::config::SqsSourceConfig;
 
 /// The whole validated configuration.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -50,158 +56,187 @@ pub struct AwsConfig {
     pub region: Option<String>,
 }
 
-/// `[sources]`: where events come from.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[sources]`: the inputs, one table each, by name. Every input accepts
+/// every event type.
+///
+/// `payments` and `menu` (SQS) and `orders` (Kinesis) exist with the
+/// contract's names and defaults; configure them under those names (or
+/// turn them off with `enabled = false`). Any other name is one more input
+/// of the kind its `type` field says, `sqs` or `kinesis`:
+///
+/// ```toml
+/// [sources.orders_fifo]
+/// type = "sqs"
+/// queue = "cafe-orders.fifo"   # dlq defaults to cafe-orders-dlq.fifo
+/// ```
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourcesConfig {
-    /// `[sources.payments]`: the FIFO queue of `payment.requested`.
-    pub payments: SqsSourceConfig,
-    /// `[sources.menu]`: the standard queue of `menu.item.upserted`.
-    /// Defaults as for payments, but with queue `cafe-menu-sync` and dlq `cafe-menu-sync-dlq`.
-    #[serde(default = "default_menu_source", deserialize_with = "menu_source")]
-    pub menu: SqsSourceConfig,
-    /// `[sources.orders]`: the Kinesis stream of orders.
-    pub orders: KinesisSourceConfig,
+    /// Every input by name, in name order.
+    pub inputs: BTreeMap<String, SourceConfig>,
 }
 
-/// An SQS queue source.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SqsSourceConfig {
-    /// Consume this queue.
-    pub enabled: bool,
-    /// Queue name or URL. A name ending in `.fifo` is a FIFO queue.
-    pub queue: String,
-    /// Dead-letter queue name, created by `provision` with the redrive policy.
-    pub dlq: String,
-    /// Receives after which SQS moves a message to the DLQ.
-    pub max_receive_count: u32,
-    /// Concurrent long-polling receivers.
-    pub receivers: u32,
-    /// Messages per ReceiveMessage call, 1..10.
-    pub max_messages: u32,
-    /// Long-poll wait per ReceiveMessage call, 0..20 seconds. Shutdown waits
-    /// up to this long for the last polls to return (their messages are
-    /// processed, not abandoned), so keep it well under the grace period.
-    pub wait_time_secs: u32,
-    /// Visibility timeout asked for on receive; extended while work is in flight.
-    pub visibility_timeout_secs: u32,
-    /// After a failed write, the message becomes visible again after this delay.
-    pub retry_delay_secs: u32,
-}
-
-impl Default for SqsSourceConfig {
-    fn default() -> Self {
-        SqsSourceConfig {
-            enabled: true,
-            queue: "cafe-payments.fifo".into(),
-            dlq: "cafe-payments-dlq.fifo".into(),
-            max_receive_count: 5,
-            receivers: 4,
-            max_messages: 10,
-            wait_time_secs: 10,
-            visibility_timeout_secs: 30,
-            retry_delay_secs: 5,
-        }
-    }
+/// One input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceConfig {
+    /// An SQS queue (`type = "sqs"`).
+    Sqs(SqsSourceConfig),
+    /// A Kinesis stream shared through a lease table (`type = "kinesis"`).
+    Kinesis(KinesisSourceConfig),
 }
 
 impl Default for SourcesConfig {
     fn default() -> Self {
         SourcesConfig {
-            payments: SqsSourceConfig::default(),
-            menu: default_menu_source(),
-            orders: KinesisSourceConfig::default(),
+            inputs: BTreeMap::from([
+                ("menu".to_owned(), SourceConfig::Sqs(SqsSourceConfig::menu_defaults())),
+                ("orders".to_owned(), SourceConfig::Kinesis(KinesisSourceConfig::default())),
+                ("payments".to_owned(), SourceConfig::Sqs(SqsSourceConfig::default())),
+            ]),
         }
     }
 }
 
-/// `[sources.menu]` with the menu queue's names for fields left out.
-fn menu_source<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SqsSourceConfig, D::Error> {
-    let mut t = toml::Table::deserialize(d)?;
-    let defaults = default_menu_source();
-    t.entry("queue").or_insert(toml::Value::String(defaults.queue));
-    t.entry("dlq").or_insert(toml::Value::String(defaults.dlq));
-    SqsSourceConfig::deserialize(toml::Value::Table(t)).map_err(serde::de::Error::custom)
-}
-
-fn default_menu_source() -> SqsSourceConfig {
-    SqsSourceConfig { queue: "cafe-menu-sync".into(), dlq: "cafe-menu-sync-dlq".into(), ..SqsSourceConfig::default() }
-}
-
-/// The Kinesis stream of orders, shared by every instance through a lease
-/// table, as the Kinesis Client Library does.
-///
-/// Failover: a lease whose counter has not moved for `failover_time_ms` is
-/// taken by another instance at its next take (every
-/// `lease_take_interval_ms`), so a dead instance's shards move within about
-/// `failover_time_ms + 2 * lease_take_interval_ms` (12 s by default). An
-/// instance that stops on SIGTERM releases its leases and they move at the
-/// next take.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KinesisSourceConfig {
-    /// Consume the stream. Off: this instance only runs the SQS paths.
-    pub enabled: bool,
-    /// Stream name.
-    pub stream: String,
-    /// Shards `provision` creates the stream with.
-    pub shards: u32,
-    /// DynamoDB table of shard leases and checkpoints (created by `provision`).
-    pub lease_table: String,
-    /// This instance's name in the lease table; empty means `<hostname>-<pid>-<random>`.
-    pub worker_id: String,
-    /// Where a shard with no checkpoint starts: `trim_horizon` (oldest
-    /// record; nothing is missed) or `latest`. Child shards always start at
-    /// their beginning.
-    pub initial_position: String,
-    /// A lease not renewed for this long is taken over by another instance.
-    pub failover_time_ms: u64,
-    /// How often leases are renewed; must be well under `failover_time_ms`.
-    pub lease_renew_interval_ms: u64,
-    /// How often the lease table is scanned to take expired, released or
-    /// surplus leases.
-    pub lease_take_interval_ms: u64,
-    /// Most leases stolen from a busier instance per take, so shares even
-    /// out without leases bouncing.
-    pub max_leases_to_steal: usize,
-    /// How often ListShards runs to find new shards (also run when a shard ends).
-    pub shard_sync_interval_ms: u64,
-    /// Records per GetRecords call, 1..10000.
-    pub max_records: u32,
-    /// Least time between two GetRecords on one shard. Kinesis allows 5 reads
-    /// per second per shard across all readers; 250 leaves room for one more.
-    pub poll_interval_ms: u64,
-    /// GetRecords results fetched ahead of processing, per shard (backpressure).
-    pub prefetch_batches: usize,
-    /// Least time between two checkpoints of one shard (also checkpointed at
-    /// shard end, on shutdown and before a lease is released).
-    pub checkpoint_interval_ms: u64,
-    /// Orders whose state each shard keeps in memory to avoid reads.
-    pub order_cache_size: usize,
-}
-
-impl Default for KinesisSourceConfig {
-    fn default() -> Self {
-        KinesisSourceConfig {
-            enabled: true,
-            stream: "cafe-orders".into(),
-            shards: 4,
-            lease_table: "cafe-orders-leases".into(),
-            worker_id: String::new(),
-            initial_position: "trim_horizon".into(),
-            failover_time_ms: 10_000,
-            lease_renew_interval_ms: 3_000,
-            lease_take_interval_ms: 1_000,
-            max_leases_to_steal: 1,
-            shard_sync_interval_ms: 30_000,
-            max_records: 1_000,
-            poll_interval_ms: 250,
-            prefetch_batches: 2,
-            checkpoint_interval_ms: 1_000,
-            order_cache_size: 20_000,
-        }
+impl SourcesConfig {
+    /// Every SQS input, enabled or not, by name.
+    pub fn sqs(&self) -> impl Iterator<Item = (&str, &SqsSourceConfig)> {
+        self.inputs.iter().filter_map(|(n, s)| match s {
+            SourceConfig::Sqs(q) => Some((n.as_str(), q)),
+            SourceConfig::Kinesis(_) => None,
+        })
     }
+
+    /// Every Kinesis input, enabled or not, by name.
+    pub fn kinesis(&self) -> impl Iterator<Item = (&str, &KinesisSourceConfig)> {
+        self.inputs.iter().filter_map(|(n, s)| match s {
+            SourceConfig::Kinesis(k) => Some((n.as_str(), k)),
+            SourceConfig::Sqs(_) => None,
+        })
+    }
+
+    /// The enabled SQS inputs.
+    pub fn enabled_sqs(&self) -> impl Iterator<Item = (&str, &SqsSourceConfig)> {
+        self.sqs().filter(|(_, s)| s.enabled)
+    }
+
+    /// The enabled Kinesis inputs.
+    pub fn enabled_kinesis(&self) -> impl Iterator<Item = (&str, &KinesisSourceConfig)> {
+        self.kinesis().filter(|(_, k)| k.enabled)
+    }
+
+    /// The SQS input `name`.
+    pub fn sqs_input(&self, name: &str) -> Option<&SqsSourceConfig> {
+        self.sqs().find(|(n, _)| *n == name).map(|(_, s)| s)
+    }
+
+    /// The Kinesis input `name`.
+    pub fn kinesis_input(&self, name: &str) -> Option<&KinesisSourceConfig> {
+        self.kinesis().find(|(n, _)| *n == name).map(|(_, k)| k)
+    }
+
+    /// The input `name`, to change it.
+    pub fn input_mut(&mut self, name: &str) -> Option<&mut SourceConfig> {
+        self.inputs.get_mut(name)
+    }
+}
+
+/// The kind an input of this name has when its `type` is not given.
+fn builtin_kind(name: &str) -> Option<&'static str> {
+    match name {
+        "payments" | "menu" => Some("sqs"),
+        "orders" => Some("kinesis"),
+        _ => None,
+    }
+}
+
+/// Reads `[sources]`: each input's table into its kind's settings, with
+/// the contract's defaults for the built-in names. Problems are (field, why).
+fn read_sources(value: &toml::Value, problems: &mut Vec<(String, String)>) -> SourcesConfig {
+    let mut out = SourcesConfig::default();
+    let Some(table) = value.as_table() else {
+        problems.push(("sources".into(), "must be a table of inputs, e.g. [sources.payments]".into()));
+        return out;
+    };
+    for (name, v) in table {
+        let field = format!("sources.{name}");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') {
+            problems.push((field, "an input name is 1 or more of a-z, 0-9, _ and -".into()));
+            continue;
+        }
+        let Some(t) = v.as_table() else {
+            problems.push((field, "must be a table".into()));
+            continue;
+        };
+        let mut t = t.clone();
+        let kind = match t.remove("type") {
+            Some(toml::Value::String(k)) => k,
+            Some(_) => {
+                problems.push((format!("{field}.type"), "must be \"sqs\" or \"kinesis\"".into()));
+                continue;
+            }
+            None => match builtin_kind(name) {
+                Some(k) => k.to_owned(),
+                None => {
+                    problems.push((
+                        format!("{field}.type"),
+                        "missing: an input other than payments, menu and orders needs type = \"sqs\" or \"kinesis\"".into(),
+                    ));
+                    continue;
+                }
+            },
+        };
+        let has = |k: &str| t.contains_key(k);
+        let (has_queue, has_dlq, has_stream, has_lease_table) = (has("queue"), has("dlq"), has("stream"), has("lease_table"));
+        let input = match kind.as_str() {
+            "sqs" => match typed::<SqsSourceConfig>(toml::Value::Table(t), &field) {
+                Ok(mut s) => {
+                    if name == "menu" && builtin_kind(name) == Some("sqs") {
+                        let menu = SqsSourceConfig::menu_defaults();
+                        if !has_queue {
+                            s.queue = menu.queue;
+                        }
+                        if !has_dlq {
+                            s.dlq = menu.dlq;
+                        }
+                    } else if name != "payments" {
+                        if !has_queue {
+                            s.queue = String::new();
+                        }
+                        if !has_dlq {
+                            s.dlq = SqsSourceConfig::default_dlq(&s.queue);
+                        }
+                    }
+                    SourceConfig::Sqs(s)
+                }
+                Err(p) => {
+                    problems.push(p);
+                    continue;
+                }
+            },
+            "kinesis" => match typed::<KinesisSourceConfig>(toml::Value::Table(t), &field) {
+                Ok(mut k) => {
+                    if name != "orders" {
+                        if !has_stream {
+                            k.stream = String::new();
+                        }
+                        if !has_lease_table {
+                            k.lease_table = format!("{}-leases", k.stream);
+                        }
+                    }
+                    SourceConfig::Kinesis(k)
+                }
+                Err(p) => {
+                    problems.push(p);
+                    continue;
+                }
+            },
+            other => {
+                problems.push((format!("{field}.type"), format!("must be \"sqs\" or \"kinesis\", got {other:?}")));
+                continue;
+            }
+        };
+        out.inputs.insert(name.clone(), input);
+    }
+    out
 }
 
 /// `[pipeline]`: batching, backpressure and the CPU pool.
@@ -245,130 +280,6 @@ pub struct SinksConfig {
     pub dynamodb: DynamoDbSinkConfig,
     /// `[sinks.redshift]`
     pub redshift: RedshiftSinkConfig,
-}
-
-/// `[sinks.redshift]`: the `cafe_store_minute` mirror of `cafe-aggregates`.
-///
-/// Every change to an aggregate row marks it pending (in the same DynamoDB
-/// transaction); the flusher upserts pending rows into Redshift with their
-/// absolute counters and version, then clears the marks whose version it
-/// wrote. A Redshift outage therefore buffers in DynamoDB, durably and
-/// bounded by the number of rows, and the flusher catches up when Redshift
-/// is back.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedshiftSinkConfig {
-    /// Mirror the aggregates into Redshift. Off: no marks are written.
-    pub enabled: bool,
-    /// `postgres` (the PostgreSQL wire protocol, port 5439 on Redshift) or
-    /// `data_api` (the Redshift Data API, no network path to the cluster needed).
-    pub transport: String,
-    /// `postgres`: `postgres://user@host:5439/db?sslmode=require`. A password
-    /// here is never logged; prefer the `PGPASSWORD` environment variable.
-    pub url: String,
-    /// `data_api`: the provisioned cluster (or set `workgroup_name`).
-    pub cluster_identifier: String,
-    /// `data_api`: the Redshift Serverless workgroup (or set `cluster_identifier`).
-    pub workgroup_name: String,
-    /// `data_api`: the database.
-    pub database: String,
-    /// `data_api`: temporary-credentials user (provisioned clusters), or set `secret_arn`.
-    pub db_user: String,
-    /// `data_api`: Secrets Manager secret with the credentials.
-    pub secret_arn: String,
-    /// The table (the contract's name by default).
-    pub table: String,
-    /// Flush every this many milliseconds, for late updates.
-    pub flush_interval_ms: u64,
-    /// Also flush this long after each minute ends, when its windows close.
-    pub window_close_delay_ms: u64,
-    /// Most pending rows one flush reads and writes (bounds memory).
-    pub max_rows_per_flush: usize,
-    /// Data API: first DescribeStatement poll delay; doubles up to `max_poll_ms`.
-    pub first_poll_ms: u64,
-    /// Data API: longest DescribeStatement poll delay.
-    pub max_poll_ms: u64,
-    /// Give up on one statement batch after this many milliseconds (it is
-    /// retried at the next flush).
-    pub statement_timeout_ms: u64,
-}
-
-impl Default for RedshiftSinkConfig {
-    fn default() -> Self {
-        RedshiftSinkConfig {
-            enabled: false,
-            transport: "postgres".into(),
-            url: String::new(),
-            cluster_identifier: String::new(),
-            workgroup_name: String::new(),
-            database: String::new(),
-            db_user: String::new(),
-            secret_arn: String::new(),
-            table: "cafe_store_minute".into(),
-            flush_interval_ms: 10_000,
-            window_close_delay_ms: 2_000,
-            max_rows_per_flush: 20_000,
-            first_poll_ms: 50,
-            max_poll_ms: 1_000,
-            statement_timeout_ms: 60_000,
-        }
-    }
-}
-
-/// `[sinks.dynamodb]`: the contract's tables.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DynamoDbSinkConfig {
-    /// Per (store, minute) counters.
-    pub aggregates_table: String,
-    /// One item per payment.
-    pub payments_table: String,
-    /// One item per order.
-    pub orders_table: String,
-    /// One item per menu sku.
-    pub menu_table: String,
-    /// The event ledger: one item per applied event whose write has no
-    /// natural key of its own (menu upserts), so a redelivery counts once.
-    /// Entries expire after 15 days (SQS keeps a message 14 at most).
-    pub events_table: String,
-    /// Items per TransactWriteItems: 100 on AWS, 25 on moto.
-    pub max_transaction_items: usize,
-    /// Retries of a throttled or failed request before the batch is given back to its source.
-    pub max_retries: u32,
-    /// First retry delay; doubles each retry, with full jitter.
-    pub base_backoff_ms: u64,
-    /// Largest retry delay.
-    pub max_backoff_ms: u64,
-}
-
-impl Default for DynamoDbSinkConfig {
-    fn default() -> Self {
-        DynamoDbSinkConfig {
-            aggregates_table: "cafe-aggregates".into(),
-            payments_table: "cafe-payments".into(),
-            orders_table: "cafe-orders".into(),
-            menu_table: "cafe-menu".into(),
-            events_table: "cafe-events".into(),
-            max_transaction_items: 25,
-            max_retries: 8,
-            base_backoff_ms: 50,
-            max_backoff_ms: 5_000,
-        }
-    }
-}
-
-/// `[rejected]`: where events that break the contract go.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RejectedConfig {
-    /// Queue name or URL.
-    pub queue: String,
-}
-
-impl Default for RejectedConfig {
-    fn default() -> Self {
-        RejectedConfig { queue: "cafe-rejected".into() }
-    }
 }
 
 /// `[admin]`: the metrics and health endpoint.
@@ -473,7 +384,9 @@ pub fn parse(text: &str, origin: &str, env: impl IntoIterator<Item = (String, St
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         match set_path(&mut table, &path, env_value(&value)) {
             Ok(()) => from_env.push((path.join("."), key)),
-            Err(why) => problems.push(Problem { origin: format!("environment {key}"), field: path.join("."), why }),
+            Err(why) => {
+                problems.push(Problem { origin: format!("environment {key}"), field: path.join("."), why: why.to_string() })
+            }
         }
     }
     let origin_of = |field: &str| -> String {
@@ -506,7 +419,13 @@ pub fn parse(text: &str, origin: &str, env: impl IntoIterator<Item = (String, St
         };
     }
     take!("aws", AwsConfig, cfg.aws);
-    take!("sources", SourcesConfig, cfg.sources);
+    if let Some(v) = table.get("sources") {
+        let mut found = Vec::new();
+        cfg.sources = read_sources(v, &mut found);
+        for (field, why) in found {
+            problems.push(Problem { origin: origin_of(&field), field, why });
+        }
+    }
     take!("pipeline", PipelineConfig, cfg.pipeline);
     take!("sinks", SinksConfig, cfg.sinks);
     take!("rejected", RejectedConfig, cfg.rejected);
@@ -536,12 +455,17 @@ fn env_value(raw: &str) -> toml::Value {
     }
 }
 
-fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
-    let (last, parents) = path.split_last().ok_or("empty path")?;
+/// An override whose path runs through a value that is not a table.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is not a section")]
+struct NotASection(String);
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), NotASection> {
+    let Some((last, parents)) = path.split_last() else { return Err(NotASection("the empty path".into())) };
     let mut cur = table;
     for p in parents {
         let entry = cur.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry.as_table_mut().ok_or_else(|| format!("{p} is not a section"))?;
+        cur = entry.as_table_mut().ok_or_else(|| NotASection(p.clone()))?;
     }
     cur.insert(last.clone(), value);
     Ok(())
@@ -549,91 +473,25 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
 
 fn semantic_problems(c: &Config) -> Vec<(String, String)> {
     let mut out = Vec::new();
+    let grace = c.shutdown.grace_period_secs;
+    for (name, s) in c.sources.sqs() {
+        out.extend(s.problems(&format!("sources.{name}"), grace));
+    }
+    for (name, k) in c.sources.kinesis() {
+        out.extend(k.problems(&format!("sources.{name}")));
+    }
+    out.extend(c.sinks.dynamodb.problems());
+    out.extend(c.sinks.redshift.problems());
+    out.extend(c.rejected.problems());
     let mut bad = |field: &str, why: String| out.push((field.to_owned(), why));
 
-    for (name, s) in [("sources.payments", &c.sources.payments), ("sources.menu", &c.sources.menu)] {
-        if s.queue.trim().is_empty() {
-            bad(&format!("{name}.queue"), "must not be empty".into());
-        }
-        if !(1..=10).contains(&s.max_messages) {
-            bad(&format!("{name}.max_messages"), format!("must be 1..10 (an SQS limit), got {}", s.max_messages));
-        }
-        if s.wait_time_secs > 20 {
-            bad(&format!("{name}.wait_time_secs"), format!("must be 0..20 (an SQS limit), got {}", s.wait_time_secs));
-        }
-        if !(1..=256).contains(&s.receivers) {
-            bad(&format!("{name}.receivers"), format!("must be 1..256, got {}", s.receivers));
-        }
-        if !(5..=43_200).contains(&s.visibility_timeout_secs) {
-            bad(&format!("{name}.visibility_timeout_secs"), format!("must be 5..43200, got {}", s.visibility_timeout_secs));
-        }
-        if s.retry_delay_secs > 43_200 {
-            bad(&format!("{name}.retry_delay_secs"), format!("must be 0..43200, got {}", s.retry_delay_secs));
-        }
-        if !(1..=1000).contains(&s.max_receive_count) {
-            bad(&format!("{name}.max_receive_count"), format!("must be 1..1000, got {}", s.max_receive_count));
-        }
+    // Payments are scored in arrival order per customer: the contract's
+    // payments input keeps that order only as a FIFO queue.
+    if let Some(p) = c.sources.sqs_input("payments")
+        && !p.is_fifo()
+    {
+        bad("sources.payments.queue", format!("{:?} must be a FIFO queue (name ending in .fifo)", p.queue));
     }
-    let fifo = c.sources.payments.queue.ends_with(".fifo");
-    if !fifo {
-        bad("sources.payments.queue", format!("{:?} must be a FIFO queue (name ending in .fifo)", c.sources.payments.queue));
-    }
-    if fifo != c.sources.payments.dlq.ends_with(".fifo") {
-        bad("sources.payments.dlq", "a FIFO queue's dead-letter queue must be FIFO too".into());
-    }
-    if c.sources.orders.stream.trim().is_empty() {
-        bad("sources.orders.stream", "must not be empty".into());
-    }
-    let k = &c.sources.orders;
-    if !(1..=500).contains(&k.shards) {
-        bad("sources.orders.shards", format!("must be 1..500, got {}", k.shards));
-    }
-    if !["trim_horizon", "latest"].contains(&k.initial_position.as_str()) {
-        bad("sources.orders.initial_position", format!("must be trim_horizon or latest, got {:?}", k.initial_position));
-    }
-    if !(1000..=600_000).contains(&k.failover_time_ms) {
-        bad("sources.orders.failover_time_ms", format!("must be 1000..600000, got {}", k.failover_time_ms));
-    }
-    if k.lease_renew_interval_ms == 0 || k.lease_renew_interval_ms * 2 > k.failover_time_ms {
-        bad(
-            "sources.orders.lease_renew_interval_ms",
-            format!(
-                "must be above 0 and at most half of failover_time_ms ({}), got {}",
-                k.failover_time_ms, k.lease_renew_interval_ms
-            ),
-        );
-    }
-    if !(100..=600_000).contains(&k.lease_take_interval_ms) {
-        bad("sources.orders.lease_take_interval_ms", format!("must be 100..600000, got {}", k.lease_take_interval_ms));
-    }
-    if !(1000..=3_600_000).contains(&k.shard_sync_interval_ms) {
-        bad("sources.orders.shard_sync_interval_ms", format!("must be 1000..3600000, got {}", k.shard_sync_interval_ms));
-    }
-    if !(1..=10_000).contains(&k.max_records) {
-        bad("sources.orders.max_records", format!("must be 1..10000 (a Kinesis limit), got {}", k.max_records));
-    }
-    if k.poll_interval_ms < 200 || k.poll_interval_ms > 60_000 {
-        bad(
-            "sources.orders.poll_interval_ms",
-            format!("must be 200..60000 (Kinesis allows 5 reads/s per shard), got {}", k.poll_interval_ms),
-        );
-    }
-    if !(1..=64).contains(&k.prefetch_batches) {
-        bad("sources.orders.prefetch_batches", format!("must be 1..64, got {}", k.prefetch_batches));
-    }
-    if k.checkpoint_interval_ms > 600_000 {
-        bad("sources.orders.checkpoint_interval_ms", format!("must be 0..600000, got {}", k.checkpoint_interval_ms));
-    }
-    if !(1..=10_000_000).contains(&k.order_cache_size) {
-        bad("sources.orders.order_cache_size", format!("must be 1..10000000, got {}", k.order_cache_size));
-    }
-    if k.lease_table.len() < 3 || !k.lease_table.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch)) {
-        bad("sources.orders.lease_table", format!("{:?} is not a DynamoDB table name (3..255 of A-Za-z0-9_.-)", k.lease_table));
-    }
-    if k.worker_id.len() > 256 {
-        bad("sources.orders.worker_id", "must be at most 256 characters".into());
-    }
-
     let p = &c.pipeline;
     if p.max_batch_events == 0 || p.max_batch_events > 10_000 {
         bad("pipeline.max_batch_events", format!("must be 1..10000, got {}", p.max_batch_events));
@@ -654,89 +512,8 @@ fn semantic_problems(c: &Config) -> Vec<(String, String)> {
         bad("pipeline.menu_json_rounds", format!("must be 0..100000, got {}", p.menu_json_rounds));
     }
 
-    let d = &c.sinks.dynamodb;
-    for (f, v) in [
-        ("aggregates_table", &d.aggregates_table),
-        ("payments_table", &d.payments_table),
-        ("orders_table", &d.orders_table),
-        ("menu_table", &d.menu_table),
-        ("events_table", &d.events_table),
-    ] {
-        if v.len() < 3 || v.len() > 255 || !v.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch)) {
-            bad(&format!("sinks.dynamodb.{f}"), format!("{v:?} is not a DynamoDB table name (3..255 of A-Za-z0-9_.-)"));
-        }
-    }
-    if !(2..=100).contains(&d.max_transaction_items) {
-        bad(
-            "sinks.dynamodb.max_transaction_items",
-            format!("must be 2..100 (a DynamoDB limit), got {}", d.max_transaction_items),
-        );
-    }
-    if d.base_backoff_ms == 0 || d.base_backoff_ms > d.max_backoff_ms {
-        bad("sinks.dynamodb.base_backoff_ms", "must be greater than 0 and at most max_backoff_ms".into());
-    }
-    let r = &c.sinks.redshift;
-    if r.enabled {
-        match r.transport.as_str() {
-            "postgres" => {
-                if !(r.url.starts_with("postgres://") || r.url.starts_with("postgresql://")) {
-                    bad(
-                        "sinks.redshift.url",
-                        "transport postgres needs a URL like postgres://user@host:5439/db?sslmode=require".into(),
-                    );
-                }
-            }
-            "data_api" => {
-                if r.cluster_identifier.is_empty() == r.workgroup_name.is_empty() {
-                    bad(
-                        "sinks.redshift.cluster_identifier",
-                        "transport data_api needs exactly one of cluster_identifier and workgroup_name".into(),
-                    );
-                }
-                if r.database.is_empty() {
-                    bad("sinks.redshift.database", "transport data_api needs a database".into());
-                }
-                if !r.cluster_identifier.is_empty() && r.db_user.is_empty() && r.secret_arn.is_empty() {
-                    bad("sinks.redshift.db_user", "a cluster needs db_user or secret_arn".into());
-                }
-            }
-            other => bad("sinks.redshift.transport", format!("must be postgres or data_api, got {other:?}")),
-        }
-    }
-    if r.table.is_empty() || r.table.len() > 127 || !r.table.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
-        bad("sinks.redshift.table", format!("{:?} is not a table name (1..127 of A-Za-z0-9_)", r.table));
-    }
-    if !(100..=3_600_000).contains(&r.flush_interval_ms) {
-        bad("sinks.redshift.flush_interval_ms", format!("must be 100..3600000, got {}", r.flush_interval_ms));
-    }
-    if r.window_close_delay_ms >= 60_000 {
-        bad("sinks.redshift.window_close_delay_ms", format!("must be 0..59999, got {}", r.window_close_delay_ms));
-    }
-    if !(1..=1_000_000).contains(&r.max_rows_per_flush) {
-        bad("sinks.redshift.max_rows_per_flush", format!("must be 1..1000000, got {}", r.max_rows_per_flush));
-    }
-    if r.first_poll_ms == 0 || r.first_poll_ms > r.max_poll_ms {
-        bad("sinks.redshift.first_poll_ms", "must be greater than 0 and at most max_poll_ms".into());
-    }
-    if r.statement_timeout_ms < 1000 {
-        bad("sinks.redshift.statement_timeout_ms", format!("must be at least 1000, got {}", r.statement_timeout_ms));
-    }
-    if c.rejected.queue.trim().is_empty() {
-        bad("rejected.queue", "must not be empty".into());
-    }
     if c.admin.listen.parse::<SocketAddr>().is_err() {
         bad("admin.listen", format!("{:?} is not an address like 127.0.0.1:9464", c.admin.listen));
-    }
-    for (name, s) in [("sources.payments", &c.sources.payments), ("sources.menu", &c.sources.menu)] {
-        if u64::from(s.wait_time_secs) >= c.shutdown.grace_period_secs {
-            bad(
-                &format!("{name}.wait_time_secs"),
-                format!(
-                    "{} s is not below shutdown.grace_period_secs ({} s): draining could not finish in time",
-                    s.wait_time_secs, c.shutdown.grace_period_secs
-                ),
-            );
-        }
     }
     if c.shutdown.grace_period_secs == 0 || c.shutdown.grace_period_secs > 3600 {
         bad("shutdown.grace_period_secs", format!("must be 1..3600, got {}", c.shutdown.grace_period_secs));
@@ -749,10 +526,38 @@ fn semantic_problems(c: &Config) -> Vec<(String, String)> {
     for p in c.fraud.problems() {
         bad(&format!("fraud.{}", p.field), p.why);
     }
-    let mut seen = BTreeSet::new();
-    for q in [&c.sources.payments.queue, &c.sources.menu.queue, &c.rejected.queue] {
-        if !seen.insert(q) {
-            bad("rejected.queue", format!("{q:?} is used for two purposes"));
+    // Each queue, stream and lease table serves one purpose.
+    // Each queue, stream and table serves one purpose (names are per service).
+    let mut claims: Vec<(&str, &str, String)> = Vec::new();
+    for (name, s) in c.sources.sqs() {
+        claims.push(("sqs", &s.queue, format!("sources.{name}.queue")));
+        claims.push(("sqs", &s.dlq, format!("sources.{name}.dlq")));
+    }
+    claims.push(("sqs", &c.rejected.queue, "rejected.queue".to_owned()));
+    for (name, k) in c.sources.kinesis() {
+        claims.push(("kinesis", &k.stream, format!("sources.{name}.stream")));
+        claims.push(("dynamodb", &k.lease_table, format!("sources.{name}.lease_table")));
+    }
+    let d = &c.sinks.dynamodb;
+    for (t, f) in [
+        (&d.aggregates_table, "aggregates_table"),
+        (&d.payments_table, "payments_table"),
+        (&d.orders_table, "orders_table"),
+        (&d.menu_table, "menu_table"),
+        (&d.events_table, "events_table"),
+    ] {
+        claims.push(("dynamodb", t, format!("sinks.dynamodb.{f}")));
+    }
+    let mut first: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    for (service, resource, field) in &claims {
+        if resource.is_empty() {
+            continue;
+        }
+        match first.get(&(*service, *resource)) {
+            Some(f) => bad(field, format!("{resource:?} is also {f}: one queue, stream or table serves one purpose")),
+            None => {
+                first.insert((service, resource), field);
+            }
         }
     }
     out
@@ -774,9 +579,10 @@ mod tests {
     #[test]
     fn empty_config_is_the_contracts_defaults() {
         let c = parse("", "t.toml", no_env()).expect("defaults are valid");
-        assert_eq!(c.sources.payments.queue, "cafe-payments.fifo");
-        assert_eq!(c.sources.menu.queue, "cafe-menu-sync");
-        assert_eq!(c.sources.menu.dlq, "cafe-menu-sync-dlq");
+        assert_eq!(c.sources.sqs_input("payments").map(|s| s.queue.as_str()), Some("cafe-payments.fifo"));
+        let menu = c.sources.sqs_input("menu").expect("menu input");
+        assert_eq!((menu.queue.as_str(), menu.dlq.as_str()), ("cafe-menu-sync", "cafe-menu-sync-dlq"));
+        assert_eq!(c.sources.kinesis_input("orders").map(|k| k.stream.as_str()), Some("cafe-orders"));
         assert_eq!(c.sinks.dynamodb.aggregates_table, "cafe-aggregates");
         assert_eq!(c.admin.listen, "127.0.0.1:9464");
         assert_eq!(c.fraud.work_factor, 10_000);
@@ -828,7 +634,7 @@ mod tests {
             ("HOME".to_owned(), "/root".to_owned()),
         ];
         let c = parse("", "t.toml", env).expect("valid");
-        assert_eq!(c.sources.payments.receivers, 8);
+        assert_eq!(c.sources.sqs_input("payments").map(|s| s.receivers), Some(8));
         assert_eq!(c.admin.listen, "0.0.0.0:9000");
 
         let env = vec![("CAFE_SHUTDOWN__GRACE_PERIOD_SECS".to_owned(), "0".to_owned())];
@@ -851,7 +657,8 @@ mod tests {
             assert!(fields.contains(&want), "{want} missing from {fields:?}");
         }
         let ok = parse("[sources.orders]\nworker_id = \"host-a\"\nshards = 8\n", "o.toml", no_env()).expect("valid");
-        assert_eq!((ok.sources.orders.worker_id.as_str(), ok.sources.orders.failover_time_ms), ("host-a", 10_000));
+        let orders = ok.sources.kinesis_input("orders").expect("orders input");
+        assert_eq!((orders.worker_id.as_str(), orders.failover_time_ms), ("host-a", 10_000));
     }
 
     #[test]
@@ -882,7 +689,43 @@ mod tests {
     #[test]
     fn menu_source_keeps_its_own_defaults_when_partly_configured() {
         let c = parse("[sources.menu]\nreceivers = 2\n", "t.toml", no_env()).expect("valid");
-        assert_eq!(c.sources.menu.queue, "cafe-menu-sync");
-        assert_eq!(c.sources.menu.receivers, 2);
+        let menu = c.sources.sqs_input("menu").expect("menu input");
+        assert_eq!((menu.queue.as_str(), menu.receivers), ("cafe-menu-sync", 2));
+    }
+
+    #[test]
+    fn another_input_is_one_entry_and_the_built_in_ones_stay() {
+        let text = "[sources.orders_fifo]\ntype = \"sqs\"\nqueue = \"cafe-orders.fifo\"\n[sources.more]\ntype = \"kinesis\"\nstream = \"more-orders\"\n";
+        let c = parse(text, "t.toml", no_env()).expect("valid");
+        let names: Vec<&str> = c.sources.sqs().map(|(n, _)| n).collect();
+        assert_eq!(names, ["menu", "orders_fifo", "payments"]);
+        let extra = c.sources.sqs_input("orders_fifo").expect("extra input");
+        assert_eq!((extra.queue.as_str(), extra.dlq.as_str(), extra.receivers), ("cafe-orders.fifo", "cafe-orders-dlq.fifo", 4));
+        let more = c.sources.kinesis_input("more").expect("second stream");
+        assert_eq!((more.stream.as_str(), more.lease_table.as_str()), ("more-orders", "more-orders-leases"));
+        // The same through the environment.
+        let env = vec![
+            ("CAFE_SOURCES__EXTRA__TYPE".to_owned(), "sqs".to_owned()),
+            ("CAFE_SOURCES__EXTRA__QUEUE".to_owned(), "extra-queue".to_owned()),
+        ];
+        let c = parse("", "t.toml", env).expect("valid");
+        assert_eq!(c.sources.sqs_input("extra").map(|s| s.dlq.as_str()), Some("extra-queue-dlq"));
+    }
+
+    #[test]
+    fn inputs_without_a_kind_a_queue_or_their_own_resources_are_refused() {
+        let text = "[sources.mystery]\nqueue = \"q\"\n[sources.bare]\ntype = \"sqs\"\n[sources.odd]\ntype = \"kafka\"\n[sources.twin]\ntype = \"sqs\"\nqueue = \"cafe-menu-sync\"\n[sources.stream2]\ntype = \"kinesis\"\nstream = \"cafe-orders\"\nlease_table = \"cafe-orders-leases\"\n";
+        let err = parse(text, "s.toml", no_env()).expect_err("invalid");
+        let text = err.to_string();
+        for want in [
+            "s.toml: sources.mystery.type: missing",
+            "s.toml: sources.bare.queue: must not be empty",
+            "s.toml: sources.odd.type: must be \"sqs\" or \"kinesis\"",
+            "s.toml: sources.twin.queue: \"cafe-menu-sync\" is also sources.menu.queue",
+            "s.toml: sources.stream2.stream: \"cafe-orders\" is also sources.orders.stream",
+            "s.toml: sources.stream2.lease_table: \"cafe-orders-leases\" is also sources.orders.lease_table",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
     }
 }

@@ -31,6 +31,7 @@ pub const OPERATIONS: &[(&str, &[&str])] = &[
     ("describe_stream_summary", &["kinesis:DescribeStreamSummary"]),
     ("transact_write_items", &["dynamodb:PutItem", "dynamodb:UpdateItem"]),
     ("batch_get_item", &["dynamodb:BatchGetItem"]),
+    ("batch_write_item", &["dynamodb:BatchWriteItem"]),
     ("get_item", &["dynamodb:GetItem"]),
     ("put_item", &["dynamodb:PutItem"]),
     ("update_item", &["dynamodb:UpdateItem"]),
@@ -70,11 +71,11 @@ fn statement(sid: &str, actions: &[&str], resources: Vec<String>) -> Value {
 pub fn policy(config: &Config, purpose: Purpose, region: &str, account: &str) -> Value {
     let sqs = |q: &str| format!("arn:aws:sqs:{region}:{account}:{}", queue_name(q));
     let table = |t: &str| format!("arn:aws:dynamodb:{region}:{account}:table/{t}");
-    let stream = format!("arn:aws:kinesis:{region}:{account}:stream/{}", config.sources.orders.stream);
+    let stream = |s: &str| format!("arn:aws:kinesis:{region}:{account}:stream/{s}");
     let d = &config.sinks.dynamodb;
     let r = &config.sinks.redshift;
-    let orders = config.sources.orders.enabled;
-    let inputs: Vec<_> = [&config.sources.payments, &config.sources.menu].into_iter().filter(|s| s.enabled).collect();
+    let streams: Vec<_> = config.sources.enabled_kinesis().map(|(_, k)| k).collect();
+    let inputs: Vec<_> = config.sources.enabled_sqs().map(|(_, s)| s).collect();
     let mut statements = Vec::new();
     match purpose {
         Purpose::Run => {
@@ -91,30 +92,35 @@ pub fn policy(config: &Config, purpose: Purpose, region: &str, account: &str) ->
             let mut watched: Vec<String> = inputs.iter().map(|s| sqs(&s.dlq)).collect();
             watched.push(sqs(&config.rejected.queue));
             statements.push(statement("WatchQueueDepth", &["sqs:GetQueueAttributes", "sqs:GetQueueUrl"], watched));
-            if orders {
+            if !streams.is_empty() {
                 statements.push(statement(
-                    "ReadOrdersStream",
+                    "ReadStreams",
                     &["kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"],
-                    vec![stream.clone()],
+                    streams.iter().map(|k| stream(&k.stream)).collect(),
                 ));
                 statements.push(statement(
-                    "LeaseTable",
+                    "LeaseTables",
                     &["dynamodb:Scan", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
-                    vec![table(&config.sources.orders.lease_table)],
-                ));
-                statements.push(statement(
-                    "WriteOrders",
-                    &["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:BatchGetItem"],
-                    vec![table(&d.orders_table)],
+                    streams.iter().map(|k| table(&k.lease_table)).collect(),
                 ));
             }
+            // Any input may carry order events.
+            statements.push(statement(
+                "WriteOrders",
+                &["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:BatchGetItem"],
+                vec![table(&d.orders_table)],
+            ));
             statements.push(statement("WritePayments", &["dynamodb:PutItem"], vec![table(&d.payments_table)]));
             statements.push(statement(
                 "WriteMenu",
                 &["dynamodb:UpdateItem", "dynamodb:BatchGetItem"],
                 vec![table(&d.menu_table)],
             ));
-            statements.push(statement("EventLedger", &["dynamodb:PutItem"], vec![table(&d.events_table)]));
+            statements.push(statement(
+                "EventLedger",
+                &["dynamodb:PutItem", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
+                vec![table(&d.events_table)],
+            ));
             statements.push(statement("WriteAggregates", &["dynamodb:UpdateItem"], vec![table(&d.aggregates_table)]));
             if r.enabled {
                 statements.push(statement(
@@ -126,7 +132,7 @@ pub fn policy(config: &Config, purpose: Purpose, region: &str, account: &str) ->
         }
         Purpose::Provision => {
             let mut queues: Vec<String> = Vec::new();
-            for s in [&config.sources.payments, &config.sources.menu] {
+            for (_, s) in config.sources.sqs() {
                 queues.push(sqs(&s.queue));
                 queues.push(sqs(&s.dlq));
             }
@@ -136,14 +142,8 @@ pub fn policy(config: &Config, purpose: Purpose, region: &str, account: &str) ->
                 &["sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes"],
                 queues,
             ));
-            let tables = [
-                &d.aggregates_table,
-                &d.payments_table,
-                &d.orders_table,
-                &d.menu_table,
-                &d.events_table,
-                &config.sources.orders.lease_table,
-            ];
+            let mut tables = vec![&d.aggregates_table, &d.payments_table, &d.orders_table, &d.menu_table, &d.events_table];
+            tables.extend(config.sources.kinesis().map(|(_, k)| &k.lease_table));
             statements.push(statement(
                 "CreateTables",
                 &[
@@ -155,7 +155,11 @@ pub fn policy(config: &Config, purpose: Purpose, region: &str, account: &str) ->
                 ],
                 tables.iter().map(|t| table(t)).collect(),
             ));
-            statements.push(statement("CreateStream", &["kinesis:CreateStream", "kinesis:DescribeStreamSummary"], vec![stream]));
+            statements.push(statement(
+                "CreateStreams",
+                &["kinesis:CreateStream", "kinesis:DescribeStreamSummary"],
+                config.sources.kinesis().map(|(_, k)| stream(&k.stream)).collect(),
+            ));
         }
     }
     if r.enabled && r.transport == "data_api" {
@@ -219,7 +223,9 @@ mod tests {
         assert!(text.contains("arn:aws:dynamodb:eu-west-1:123456789012:table/cafe-aggregates/index/mirror-pending"));
         assert!(!text.contains("CreateTable") && !text.contains("\"Resource\":\"*\""), "{text}");
         assert!(!text.contains("redshift-data"), "the postgres transport needs no IAM");
-        c.sources.orders.enabled = false;
+        if let Some(crate::config::SourceConfig::Kinesis(k)) = c.sources.input_mut("orders") {
+            k.enabled = false;
+        }
         let p = policy(&c, Purpose::Run, "eu-west-1", "123456789012");
         assert!(!actions(&p).iter().any(|a| a.starts_with("kinesis:")));
     }

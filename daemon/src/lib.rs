@@ -1,23 +1,23 @@
 //! cafe-streamd: the cafe-stream processing daemon.
 //!
-//! Data flows one way: `sources/*` -> `queues` (decode, fraud scoring and
-//! menu hashing on the CPU pool via `bridge`) or `orders` (decode on the
-//! CPU pool, the order state machine) -> `sinks/*`, and acknowledgements
-//! (SQS deletes, Kinesis checkpoints through `leases`) flow back. The
-//! Redshift mirror follows the DynamoDB aggregates on its own cadence. Only
-//! `topology` spawns tasks and makes channels.
+//! Data flows one way: `sources/*` -> `route` (decode, fraud scoring and
+//! menu hashing on the CPU pool via `bridge`; every event to its handler by
+//! type, whatever its input; order events through the state machine) ->
+//! `sinks/*`, and acknowledgements (SQS deletes in FIFO order, Kinesis
+//! checkpoints through the lease table) flow back to the source, once every
+//! outcome of a batch is known. The Redshift mirror follows the DynamoDB
+//! aggregates on its own cadence. Only `topology` spawns tasks and makes
+//! channels.
 
 pub mod admin;
 pub mod aws;
 pub mod bridge;
 pub mod config;
 pub mod iam;
-pub mod leases;
 pub mod metrics;
 pub mod notify;
-pub mod orders;
 pub mod provision;
-pub mod queues;
+pub mod route;
 pub mod sinks;
 pub mod sources;
 pub mod top;

@@ -306,14 +306,14 @@ impl Metrics {
 
     /// Creates the series of every known outcome at 0, so that dashboards
     /// and alerts see them (and `rate()` works) before the first event of
-    /// each kind. `orders_source` labels the lease series.
-    pub fn init_series(&self, orders_source: Option<&str>, mirror: bool) {
+    /// each kind; `streams` label the lease series.
+    pub fn init_series(&self, streams: &[&str], mirror: bool) {
         for sink in ["dynamodb", "rejected"] {
             for outcome in ["ok", "retry", "failed"] {
                 let _ = self.sink_requests.get_or_create(&SinkOutcome { sink, outcome });
             }
         }
-        if let Some(source) = orders_source {
+        for &source in streams {
             for outcome in ["new", "expired", "released", "stolen"] {
                 let _ = self.leases_taken.get_or_create(&Metrics::source_outcome(source, outcome));
             }

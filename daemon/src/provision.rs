@@ -41,7 +41,7 @@ pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
     let mut done = Vec::new();
 
-    for source in [&config.sources.payments, &config.sources.menu] {
+    for (_, source) in config.sources.sqs() {
         done.extend(queue_with_dlq(&sqs, source).await?);
     }
     done.push(queue(&sqs, &config.rejected.queue, HashMap::new()).await?.0);
@@ -53,13 +53,17 @@ pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
         (&d.orders_table, &[("order_id", KeyType::Hash)][..]),
         (&d.menu_table, &[("sku", KeyType::Hash)][..]),
         (&d.events_table, &[("event_id", KeyType::Hash)][..]),
-        (&config.sources.orders.lease_table, &[("leaseKey", KeyType::Hash)][..]),
     ] {
         done.push(table_with_keys(&dynamodb, table, keys).await?);
     }
+    for (_, k) in config.sources.kinesis() {
+        done.push(table_with_keys(&dynamodb, &k.lease_table, &[("leaseKey", KeyType::Hash)]).await?);
+    }
     mirror_index(&dynamodb, &d.aggregates_table).await?;
     event_expiry(&dynamodb, &d.events_table).await?;
-    done.push(stream(&kinesis, &config.sources.orders.stream, config.sources.orders.shards).await?);
+    for (_, k) in config.sources.kinesis() {
+        done.push(stream(&kinesis, &k.stream, k.shards).await?);
+    }
     if config.sinks.redshift.enabled {
         let transport = redshift::Transport::new(&config.sinks.redshift, &sdk)?;
         transport

@@ -1,11 +1,13 @@
 //! Wires the daemon together: the only module that spawns tasks and makes
 //! channels.
 //!
-//! Owns: start-up order, the shape of the graph and shutdown. Each SQS
-//! input (payments, menu): receivers -> decide -> write -> acknowledger,
-//! every hop a bounded channel; the inputs share one CPU pool. Orders: the lease loop reports leases gained and lost; a
-//! supervisor starts, per leased shard, a reader feeding a bounded prefetch
-//! channel and that shard's processor, and stops them when the lease goes.
+//! Owns: start-up order, the shape of the graph and shutdown. Every input
+//! hands its batches to one router (one CPU pool, one fraud engine, the
+//! sinks). Each SQS input: receivers -> decide -> write -> acknowledger,
+//! every hop a bounded channel. The stream: the lease loop reports leases
+//! gained and lost; a supervisor starts, per leased shard, a reader feeding
+//! a bounded prefetch channel and that shard's processor, and stops them
+//! when the lease goes.
 //! On the shutdown signal the receivers and readers stop, each stage drains
 //! what it holds, shards checkpoint and release their leases, and the
 //! acknowledger and the lease loop finish last; the Redshift flusher then
@@ -26,16 +28,16 @@ use tracing::{error, info};
 use crate::admin::{self, Health};
 use crate::bridge::CpuPool;
 use crate::config::{Config, SqsSourceConfig};
-use crate::leases::{self, LeaseEvent, Leases};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::orders::{self, OrdersPath};
-use crate::queues::{self, Sinks};
+use crate::route::{Router, Work};
 use crate::sinks::dynamodb::DynamoDbSink;
 use crate::sinks::redshift::{RedshiftSink, Transport};
 use crate::sinks::rejected::RejectedSink;
 use crate::sources::kinesis::KinesisSource;
-use crate::sources::sqs::SqsSource;
+use crate::sources::kinesis::leases::{self, LeaseEvent, Leases};
+use crate::sources::kinesis::shard::{self, ShardContext};
+use crate::sources::sqs::{SqsSource, stages};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,61 +76,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
 
     let mirror = config.sinks.redshift.enabled;
-    metrics.init_series(config.sources.orders.enabled.then_some(config.sources.orders.stream.as_str()), mirror);
-    let sinks = Sinks {
-        dynamodb: DynamoDbSink::new(dynamodb.clone(), config.sinks.dynamodb.clone(), Arc::clone(&metrics)).with_mirror(mirror),
-        rejected: RejectedSink::connect(sqs.clone(), &config.rejected.queue, Arc::clone(&metrics)).await?,
-    };
-    let orders_path = Arc::new(OrdersPath {
-        dynamodb: sinks.dynamodb.clone(),
-        rejected: sinks.rejected.clone(),
-        pool: CpuPool::new(config.pipeline.cpu_threads, Arc::clone(&metrics))?,
-        leases: Arc::new(Leases::new(
-            dynamodb.clone(),
-            config.sources.orders.clone(),
-            if config.sources.orders.worker_id.is_empty() {
-                leases::default_worker_id()
-            } else {
-                config.sources.orders.worker_id.clone()
-            },
-            Arc::clone(&metrics),
-        )),
-        config: config.sources.orders.clone(),
-        pipeline: config.pipeline.clone(),
-        metrics: Arc::clone(&metrics),
-        sync_now: Arc::new(tokio::sync::Notify::new()),
-    });
+    let streams: Vec<&str> = config.sources.enabled_kinesis().map(|(_, k)| k.stream.as_str()).collect();
+    metrics.init_series(&streams, mirror);
     let engine = FraudEngine::new(config.fraud.clone())
         .map_err(|p| anyhow::anyhow!("fraud config: {}", p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
-    let engine = Arc::new(Mutex::new(engine));
-    let pool = CpuPool::new(config.pipeline.cpu_threads, Arc::clone(&metrics))?;
-
+    let router = Router {
+        dynamodb: DynamoDbSink::new(dynamodb.clone(), config.sinks.dynamodb.clone(), Arc::clone(&metrics)).with_mirror(mirror),
+        rejected: RejectedSink::connect(sqs.clone(), &config.rejected.queue, Arc::clone(&metrics))
+            .await?
+            .with_ledger(dynamodb.clone(), &config.sinks.dynamodb.events_table),
+        // The one CPU pool: every input's decide stage hops onto it.
+        pool: CpuPool::new(config.pipeline.cpu_threads, Arc::clone(&metrics))?,
+        work: Work { fraud_work_factor: engine.config().work_factor, menu_json_rounds: config.pipeline.menu_json_rounds },
+        engine: Arc::new(Mutex::new(engine)),
+        sink_concurrency: config.pipeline.sink_concurrency,
+        metrics: Arc::clone(&metrics),
+    };
     let stop_receiving = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut queues_running = Vec::new();
-    for input in [&config.sources.payments, &config.sources.menu] {
-        if !input.enabled {
-            continue;
-        }
+    for (_, input) in config.sources.enabled_sqs() {
         let source = Arc::new(SqsSource::connect(sqs.clone(), input.clone(), Arc::clone(&metrics)).await?);
-        let acker = start_queue(
-            &source,
-            input,
-            &config,
-            sinks.clone(),
-            pool.clone(),
-            Arc::clone(&engine),
-            &metrics,
-            &tracker,
-            &stop_receiving,
-        );
+        let acker = start_queue(&source, input, &config, router.clone(), &tracker, &stop_receiving);
         queues_running.push((source, acker));
     }
 
     // Depth of the queues an operator must watch: the DLQs and the rejected queue.
     let depth_task = {
-        let mut watched: Vec<String> =
-            [&config.sources.payments, &config.sources.menu].into_iter().filter(|s| s.enabled).map(|s| s.dlq.clone()).collect();
+        let mut watched: Vec<String> = config.sources.enabled_sqs().map(|(_, s)| s.dlq.clone()).collect();
         watched.push(config.rejected.queue.clone());
         tokio::spawn(crate::sources::sqs::depth_loop(
             sqs.clone(),
@@ -155,38 +130,50 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None
     };
 
-    // Orders: the lease loop, and a supervisor of one task pair per shard.
+    // Each stream: its lease loop, and a supervisor of one task pair per shard.
     let stop_taking = CancellationToken::new();
     let stop_shards = CancellationToken::new();
     let stop_leasing = CancellationToken::new();
     let shard_tracker = TaskTracker::new();
-    let lease_task = if config.sources.orders.enabled {
-        let kinesis = KinesisSource::new(aws_sdk_kinesis::Client::new(&sdk), config.sources.orders.clone(), Arc::clone(&metrics));
+    let mut lease_tasks = Vec::new();
+    let mut streams_consumed = Vec::new();
+    for (_, stream) in config.sources.enabled_kinesis() {
+        let worker_id = if stream.worker_id.is_empty() { leases::default_worker_id() } else { stream.worker_id.clone() };
+        let shards = Arc::new(ShardContext {
+            router: router.clone(),
+            leases: Arc::new(Leases::new(dynamodb.clone(), stream.clone(), worker_id, Arc::clone(&metrics))),
+            config: stream.clone(),
+            pipeline: config.pipeline.clone(),
+            metrics: Arc::clone(&metrics),
+            sync_now: Arc::new(tokio::sync::Notify::new()),
+        });
+        let kinesis = KinesisSource::new(aws_sdk_kinesis::Client::new(&sdk), stream.clone(), Arc::clone(&metrics));
         // Fail fast on a missing stream or lease table rather than retrying forever.
         kinesis.list_shards().await?;
-        orders_path.leases.scan().await.map_err(|e| {
-            anyhow::anyhow!("lease table {} (run `cafe-streamd provision`): {e}", config.sources.orders.lease_table)
-        })?;
+        shards
+            .leases
+            .scan()
+            .await
+            .map_err(|e| anyhow::anyhow!("lease table {} (run `cafe-streamd provision`): {e}", stream.lease_table))?;
         let (lease_tx, lease_rx) = mpsc::channel(64);
         shard_tracker.spawn(supervise_shards(
             lease_rx,
             kinesis.clone(),
-            Arc::clone(&orders_path),
+            Arc::clone(&shards),
             stop_shards.clone(),
             shard_tracker.clone(),
         ));
-        info!(stream = %kinesis.name(), worker_id = %orders_path.leases.worker_id, "Consuming the orders stream");
-        Some(tokio::spawn(leases::run(
-            Arc::clone(&orders_path.leases),
+        info!(stream = %kinesis.name(), worker_id = %shards.leases.worker_id, "Consuming the stream");
+        streams_consumed.push(stream.stream.clone());
+        lease_tasks.push(tokio::spawn(leases::run(
+            Arc::clone(&shards.leases),
             kinesis,
             lease_tx,
-            Arc::clone(&orders_path.sync_now),
+            Arc::clone(&shards.sync_now),
             stop_taking.clone(),
             stop_leasing.clone(),
-        )))
-    } else {
-        None
-    };
+        )));
+    }
 
     tracker.close();
     health.set_ready();
@@ -194,9 +181,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     for name in &inputs {
         info!(queue = %name, "Consuming");
     }
-    if lease_task.is_some() {
-        inputs.push(config.sources.orders.stream.clone());
-    }
+    inputs.extend(streams_consumed);
     notifier.ready(&format!("consuming {}", inputs.join(", ")));
     // The health loop: while the runtime schedules it and the daemon is not
     // draining, it tells systemd's watchdog the process is alive.
@@ -252,7 +237,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     stop_leasing.cancel();
-    if let Some(t) = lease_task {
+    for t in lease_tasks {
         let _ = t.await;
     }
     admin_stop.cancel();
@@ -270,7 +255,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 async fn supervise_shards(
     mut events: mpsc::Receiver<LeaseEvent>,
     kinesis: KinesisSource,
-    path: Arc<OrdersPath>,
+    path: Arc<ShardContext>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -306,12 +291,12 @@ async fn supervise_shards(
 async fn run_shard(
     lease: leases::Lease,
     kinesis: KinesisSource,
-    path: Arc<OrdersPath>,
+    path: Arc<ShardContext>,
     stop: CancellationToken,
     lost: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let shard = lease.key.clone();
+    let shard_id = lease.key.clone();
     let waiting = CancellationToken::new();
     let either = {
         let (stop, lost, waiting) = (stop.clone(), lost.clone(), waiting.clone());
@@ -323,37 +308,33 @@ async fn run_shard(
             waiting.cancel();
         })
     };
-    if !orders::wait_for_parents(&path, &lease, &waiting).await {
+    if !shard::wait_for_parents(&path, &lease, &waiting).await {
         if !lost.is_cancelled() {
-            let _ = path.leases.release(&shard, None).await;
+            let _ = path.leases.release(&shard_id, None).await;
         }
         either.abort();
         return;
     }
-    info!(shard = %shard, checkpoint = ?lease.checkpoint, "Reading shard");
+    info!(shard = %shard_id, checkpoint = ?lease.checkpoint, "Reading shard");
     let (tx, rx) = mpsc::channel(path.config.prefetch_batches);
     let reader = {
-        let (kinesis, shard, checkpoint, stop_reading) =
-            (kinesis.clone(), shard.clone(), lease.checkpoint.clone(), waiting.clone());
-        tracker.spawn(async move { kinesis.fetch_loop(shard, checkpoint, tx, stop_reading).await })
+        let (kinesis, shard_id, checkpoint, stop_reading) =
+            (kinesis.clone(), shard_id.clone(), lease.checkpoint.clone(), waiting.clone());
+        tracker.spawn(async move { kinesis.fetch_loop(shard_id, checkpoint, tx, stop_reading).await })
     };
-    let exit = orders::process_shard(path, shard.clone(), rx, stop, lost).await;
+    let exit = shard::process_shard(path, shard_id.clone(), rx, stop, lost).await;
     waiting.cancel();
     let _ = reader.await;
     either.abort();
-    info!(shard = %shard, exit = ?exit, "Shard reader stopped");
+    info!(shard = %shard_id, exit = ?exit, "Shard reader stopped");
 }
 
 /// Starts one SQS input's stages in `tracker` and returns its acknowledger.
-#[allow(clippy::too_many_arguments)]
 fn start_queue(
     source: &Arc<SqsSource>,
     input: &SqsSourceConfig,
     config: &Config,
-    sinks: Sinks,
-    pool: CpuPool,
-    engine: Arc<Mutex<FraudEngine>>,
-    metrics: &Arc<Metrics>,
+    router: Router,
     tracker: &TaskTracker,
     stop_receiving: &CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -371,23 +352,8 @@ fn start_queue(
         let (source, stop) = (Arc::clone(source), stop_extending.clone());
         tracker.spawn(async move { source.extend_loop(stop).await });
     }
-    tracker.spawn(queues::decide_loop(
-        recv_rx,
-        decided_tx,
-        pool,
-        engine,
-        config.pipeline.clone(),
-        source.name.clone(),
-        Arc::clone(metrics),
-    ));
-    tracker.spawn(queues::write_loop(
-        decided_rx,
-        ack_tx,
-        sinks,
-        config.pipeline.sink_concurrency,
-        source.name.clone(),
-        Arc::clone(metrics),
-    ));
+    tracker.spawn(stages::decide_loop(recv_rx, decided_tx, router.clone(), config.pipeline.clone()));
+    tracker.spawn(stages::write_loop(decided_rx, ack_tx, router, config.pipeline.sink_concurrency, source.name.clone()));
     let source = Arc::clone(source);
     tracker.spawn(async move {
         source.ack_loop(ack_rx, 8).await;

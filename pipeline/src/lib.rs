@@ -6,6 +6,7 @@
 //! infrastructure. Everything here is a function of its inputs, so the daemon,
 //! the loadgen and the benchmarks share one definition of the contract.
 
+pub mod decided;
 pub mod event;
 pub mod fraud;
 pub mod kpl;

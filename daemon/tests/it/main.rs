@@ -23,7 +23,9 @@ mod menu;
 mod orders;
 mod packages;
 mod redshift;
+mod routing;
 mod systemd;
+mod tidy;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cafe-streamd");
 static NEXT: AtomicU32 = AtomicU32::new(0);

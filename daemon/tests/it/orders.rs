@@ -15,9 +15,9 @@ use super::{BIN, Env, free_port, http_get};
 
 /// What the orders of a test should add up to.
 #[derive(Debug, Default, Clone)]
-struct Expected {
+pub(crate) struct Expected {
     /// order id -> statuses in order.
-    statuses: BTreeMap<String, Vec<&'static str>>,
+    pub(crate) statuses: BTreeMap<String, Vec<&'static str>>,
     orders: i64,
     order_items: i64,
     revenue_cents: i64,
@@ -28,7 +28,7 @@ const FULL: [&str; 5] = ["placed", "confirmed", "preparing", "ready", "completed
 const CANCELLED: [&str; 3] = ["placed", "confirmed", "cancelled"];
 
 /// Order `i`'s events: (partition key, body), in the order they must apply.
-fn order_events(prefix: &str, i: usize, expected: &mut Expected) -> Vec<(String, String)> {
+pub(crate) fn order_events(prefix: &str, i: usize, expected: &mut Expected) -> Vec<(String, String)> {
     let id = format!("{prefix}-o{i}");
     let chain: &[&'static str] = if i % 5 == 0 { &CANCELLED } else { &FULL };
     let lines = 1 + i % 4;
@@ -61,7 +61,7 @@ fn order_events(prefix: &str, i: usize, expected: &mut Expected) -> Vec<(String,
 }
 
 impl Env {
-    fn stream(&self) -> String {
+    pub(crate) fn stream(&self) -> String {
         format!("{}-orders", self.prefix)
     }
 
@@ -102,7 +102,7 @@ impl Env {
         out
     }
 
-    fn producer(&self) -> Producer {
+    pub(crate) fn producer(&self) -> Producer {
         Producer { kinesis: self.kinesis.clone(), stream: self.stream(), prefix: self.prefix.clone() }
     }
 
@@ -142,7 +142,7 @@ impl Env {
         (counts, live)
     }
 
-    async fn orders(&self) -> HashMap<String, Vec<String>> {
+    pub(crate) async fn orders(&self) -> HashMap<String, Vec<String>> {
         let mut out = HashMap::new();
         let mut start = None;
         loop {
@@ -172,7 +172,7 @@ impl Env {
 
     /// Waits until the tables hold exactly `expected`; panics with the
     /// difference after `within`.
-    async fn wait_orders_exact(&self, expected: &Expected, within: Duration) {
+    pub(crate) async fn wait_orders_exact(&self, expected: &Expected, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             let sums = self.aggregates().await;
@@ -211,7 +211,7 @@ impl Env {
         }
     }
 
-    async fn rejected(&self) -> Vec<(String, HashMap<String, String>)> {
+    pub(crate) async fn rejected(&self) -> Vec<(String, HashMap<String, String>)> {
         let mut out = Vec::new();
         loop {
             let got = self
@@ -241,7 +241,7 @@ impl Env {
 
 /// Writes to the test's stream.
 #[derive(Clone)]
-struct Producer {
+pub(crate) struct Producer {
     kinesis: aws_sdk_kinesis::Client,
     stream: String,
     prefix: String,
@@ -249,7 +249,7 @@ struct Producer {
 
 impl Producer {
     /// Puts records, retrying failed entries, preserving each key's order.
-    async fn put(&self, records: &[(String, Vec<u8>)]) {
+    pub(crate) async fn put(&self, records: &[(String, Vec<u8>)]) {
         for chunk in records.chunks(250) {
             let mut pending: Vec<&(String, Vec<u8>)> = chunk.iter().collect();
             for attempt in 0.. {
@@ -507,7 +507,11 @@ async fn kpl_aggregates_count_record_by_record_and_bad_records_are_rejected_in_p
     let mut rejected = env.rejected().await;
     rejected.sort_by(|a, b| a.1.get("reason").cmp(&b.1.get("reason")));
     let reasons: Vec<&str> = rejected.iter().map(|(_, a)| a.get("reason").map_or("", String::as_str)).collect();
-    assert_eq!(reasons, vec!["bad_json", "bad_json", "unsupported_input"], "{rejected:?}");
+    assert_eq!(reasons, vec!["bad_json", "bad_json"], "{rejected:?}");
+    // The payment among them is decided and counted on the stream, as from any input.
+    let sums = env.wait_for_payments(1, Duration::from_secs(30)).await;
+    assert_eq!((sums.get("payments"), sums.get("payment_amount_cents")), (Some(&1), Some(&500)), "{sums:?}");
+    assert!(env.payment(&format!("{}-p1", env.prefix)).await.is_some(), "the payment on the stream is decided");
     assert_eq!(rejected[0].0, "{not json", "rejected unchanged");
     for (_, attrs) in &rejected {
         assert!(attrs.get("position").is_some_and(|p| p.starts_with("shardId-000000000000/")), "{attrs:?}");

@@ -21,54 +21,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::builders::UpdateBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
-use pipeline::menu::MenuDigest;
+use pipeline::decided::DecidedMenuItem;
 use pipeline::window::{Counters, WindowId};
 use tracing::warn;
 
-use super::{DynamoDbSink, EVENT_EXPIRES, num, s};
-use crate::aws::describe;
+use super::{Attempt, DynamoDbSink, EVENT_EXPIRES, LEDGER_TTL_SECS, num, s};
+use crate::aws::AwsError;
 use crate::metrics::OutcomeLabel;
 use crate::sinks::WriteOutcome;
-
-/// Ledger entries outlive any redelivery: SQS keeps a message 14 days at most.
-const LEDGER_TTL_SECS: i64 = 15 * 24 * 3600;
-
-/// One decided menu upsert.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MenuRecord {
-    /// Event id: the ledger key.
-    pub event_id: String,
-    /// The item key.
-    pub sku: String,
-    /// Display name.
-    pub name: String,
-    /// Category.
-    pub category: String,
-    /// Price.
-    pub price_cents: u64,
-    /// What the menu stage computed.
-    pub digest: MenuDigest,
-    /// Event time as sent.
-    pub ts: String,
-    /// Event time, parsed (for end-to-end latency).
-    pub event_time: time::OffsetDateTime,
-    /// The aggregate row it counts in.
-    pub window: WindowId,
-    /// Its counter deltas.
-    pub counters: Counters,
-}
-
-impl MenuRecord {
-    /// `sync_version`: orders syncs by event time, then event id.
-    pub fn sync_version(&self) -> String {
-        let ns = self.event_time.unix_timestamp_nanos().max(0);
-        format!("{ns:020}/{}", self.event_id)
-    }
-}
 
 /// What is stored for a sku.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -90,7 +52,7 @@ enum ItemWrite {
 
 /// Decides the write for one sku from the stored state and the records of
 /// this chunk (indices into `records`).
-fn plan_item(records: &[MenuRecord], live: &[usize], stored: Option<&Stored>) -> ItemWrite {
+fn plan_item(records: &[DecidedMenuItem], live: &[usize], stored: Option<&Stored>) -> ItemWrite {
     let Some(&newest) = live.iter().max_by_key(|&&i| records[i].sync_version()) else {
         return ItemWrite::Nothing;
     };
@@ -104,7 +66,7 @@ fn plan_item(records: &[MenuRecord], live: &[usize], stored: Option<&Stored>) ->
 
 impl DynamoDbSink {
     /// Writes `records`, returning an outcome for each, in order.
-    pub async fn write_menu(&self, records: &[MenuRecord], applied_at: &str) -> Vec<WriteOutcome> {
+    pub async fn write_menu(&self, records: &[DecidedMenuItem], applied_at: &str) -> Vec<WriteOutcome> {
         if records.is_empty() {
             return Vec::new();
         }
@@ -145,7 +107,7 @@ impl DynamoDbSink {
 
     /// Chunks whose ledger puts, one update per sku and distinct rows fit a
     /// transaction. Records of one sku stay in arrival order across chunks.
-    fn menu_chunks(&self, records: &[MenuRecord], indices: &[usize]) -> Vec<Vec<usize>> {
+    fn menu_chunks(&self, records: &[DecidedMenuItem], indices: &[usize]) -> Vec<Vec<usize>> {
         let max = self.config.max_transaction_items;
         let mut out = Vec::new();
         let mut cur: Vec<usize> = Vec::new();
@@ -170,7 +132,7 @@ impl DynamoDbSink {
     }
 
     /// `sync_version` and `content_sha256` of `skus`, read consistently.
-    async fn read_menu(&self, skus: &[&str]) -> Result<HashMap<String, Stored>, String> {
+    async fn read_menu(&self, skus: &[&str]) -> Result<HashMap<String, Stored>, AwsError> {
         let mut out = HashMap::new();
         for part in skus.chunks(100) {
             let keys: Vec<HashMap<String, AttributeValue>> =
@@ -181,7 +143,7 @@ impl DynamoDbSink {
                     .consistent_read(true)
                     .projection_expression("sku, sync_version, content_sha256")
                     .build()
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| AwsError::request("reading menu items", e))?,
             );
             while let Some(req) = request.take() {
                 let resp = self
@@ -190,7 +152,7 @@ impl DynamoDbSink {
                     .request_items(&self.config.menu_table, req)
                     .send()
                     .await
-                    .map_err(|e| describe(&e))?;
+                    .map_err(|e| AwsError::sdk("reading menu items", &e))?;
                 for item in resp.responses.and_then(|mut r| r.remove(&self.config.menu_table)).unwrap_or_default() {
                     let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
                     out.insert(
@@ -204,7 +166,7 @@ impl DynamoDbSink {
         Ok(out)
     }
 
-    async fn write_menu_chunk(&self, records: &[MenuRecord], chunk: &[usize], applied_at: &str) -> Vec<WriteOutcome> {
+    async fn write_menu_chunk(&self, records: &[DecidedMenuItem], chunk: &[usize], applied_at: &str) -> Vec<WriteOutcome> {
         let mut outcomes = vec![WriteOutcome::Failed; chunk.len()];
         let mut live: Vec<usize> = (0..chunk.len()).collect();
         let mut attempt = 0u32;
@@ -234,9 +196,8 @@ impl DynamoDbSink {
             let plans: Vec<(&str, ItemWrite)> =
                 by_sku.iter().map(|(sku, idx)| (*sku, plan_item(records, idx, current.get(*sku)))).collect();
             let (items, update_skus) = self.menu_transaction(records, chunk, &live, &plans, &current, applied_at);
-            match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
-                Ok(_) => {
-                    self.count("ok");
+            match self.transact(items, "Menu write", live.len(), &mut attempt).await {
+                Attempt::Committed => {
                     for (_, plan) in &plans {
                         let outcome = match plan {
                             ItemWrite::Full(_) => "written",
@@ -257,36 +218,21 @@ impl DynamoDbSink {
                     }
                     return outcomes;
                 }
-                Err(SdkError::ServiceError(e)) if matches!(e.err(), TransactWriteItemsError::TransactionCanceledException(_)) => {
-                    let TransactWriteItemsError::TransactionCanceledException(tc) = e.err() else { unreachable!() };
-                    let failed =
-                        |k: usize| tc.cancellation_reasons().get(k).and_then(|r| r.code()) == Some("ConditionalCheckFailed");
+                Attempt::Conditions(failed) => {
                     // Ledger puts come first, in `live` order: a failed one is a replay.
-                    let dup: Vec<usize> = live.iter().enumerate().filter(|(k, _)| failed(*k)).map(|(_, &p)| p).collect();
+                    let dup: Vec<usize> = failed.iter().filter_map(|&k| live.get(k).copied()).collect();
                     if !dup.is_empty() {
                         for &p in &dup {
                             outcomes[p] = WriteOutcome::Duplicate;
                         }
                         live.retain(|p| !dup.contains(p));
-                        continue;
-                    }
-                    // Then the item updates: another writer moved a sku; read again.
-                    if (0..update_skus.len()).any(|k| failed(live.len() + k)) {
+                    } else if failed.iter().any(|&k| k >= live.len() && k < live.len() + update_skus.len()) {
+                        // Then the item updates: another writer moved a sku; read again.
                         stored = None;
-                        continue;
-                    }
-                    let codes: Vec<&str> =
-                        tc.cancellation_reasons().iter().filter_map(|r| r.code()).filter(|c| *c != "None").collect();
-                    warn!(codes = ?codes, attempt, "Menu transaction cancelled, retrying");
-                }
-                Err(e) => {
-                    if self.is_fatal(&e, attempt, "Menu write", live.len()) {
-                        return outcomes;
                     }
                 }
-            }
-            if !self.retry_later(&mut attempt, "Menu write", live.len()).await {
-                return outcomes;
+                Attempt::Again => {}
+                Attempt::GiveUp => return outcomes,
             }
         }
         outcomes
@@ -296,7 +242,7 @@ impl DynamoDbSink {
     /// updates, then rows) and the skus updated, in item order.
     fn menu_transaction<'a>(
         &self,
-        records: &[MenuRecord],
+        records: &[DecidedMenuItem],
         chunk: &[usize],
         live: &[usize],
         plans: &[(&'a str, ItemWrite)],
@@ -350,7 +296,7 @@ fn condition(stored: Option<&Stored>) -> (String, Option<AttributeValue>) {
     }
 }
 
-fn full_update(table: &str, r: &MenuRecord, stored: Option<&Stored>, applied_at: &str) -> Option<Update> {
+fn full_update(table: &str, r: &DecidedMenuItem, stored: Option<&Stored>, applied_at: &str) -> Option<Update> {
     let (cond, seen) = condition(stored);
     let d = &r.digest;
     let update = Update::builder()
@@ -376,7 +322,7 @@ fn full_update(table: &str, r: &MenuRecord, stored: Option<&Stored>, applied_at:
     with_seen(update, seen).build().ok()
 }
 
-fn version_update(table: &str, r: &MenuRecord, stored: Option<&Stored>) -> Option<Update> {
+fn version_update(table: &str, r: &DecidedMenuItem, stored: Option<&Stored>) -> Option<Update> {
     let (cond, seen) = condition(stored);
     let update = Update::builder()
         .table_name(table)
@@ -396,10 +342,12 @@ fn with_seen(u: UpdateBuilder, seen: Option<AttributeValue>) -> UpdateBuilder {
 
 #[cfg(test)]
 mod tests {
+    use pipeline::menu::MenuDigest;
+
     use super::*;
 
-    fn rec(id: &str, sku: &str, secs: i64, content: &str) -> MenuRecord {
-        MenuRecord {
+    fn rec(id: &str, sku: &str, secs: i64, content: &str) -> DecidedMenuItem {
+        DecidedMenuItem {
             event_id: id.into(),
             sku: sku.into(),
             name: "Latte".into(),

@@ -18,32 +18,16 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
 use futures::StreamExt;
+use pipeline::decided::OrderChange;
 use pipeline::orders::{HistoryEntry, OrderState, OrderStatus};
 use pipeline::window::{Counters, WindowId};
 use tracing::warn;
 
-use super::{DynamoDbSink, num, s};
-use crate::aws::{ErrorClass, classify, describe};
+use super::{Attempt, DynamoDbSink, num, s};
+use crate::aws::{AwsError, ErrorClass, classify, describe};
 use crate::metrics::SinkLabel;
-
-/// One order's write: its state before (as read) and after.
-#[derive(Debug, Clone)]
-pub struct OrderWrite {
-    /// The item key.
-    pub order_id: String,
-    /// History length read; `None` when the order did not exist.
-    pub before: Option<usize>,
-    /// The state after applying this write's events.
-    pub after: OrderState,
-    /// Extra attributes of a new order: (customer_id, channel).
-    pub placed_by: Option<(String, String)>,
-    /// Counter deltas of the applied events, by row.
-    pub rows: BTreeMap<WindowId, Counters>,
-}
 
 /// The outcome of one order's write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +76,7 @@ pub fn parse_order(item: &HashMap<String, AttributeValue>) -> Option<OrderState>
 impl DynamoDbSink {
     /// Reads orders by id (strongly consistent); absent ids are absent
     /// from the result. Fails only when the reads keep failing.
-    pub async fn read_orders(&self, ids: &[String]) -> Result<HashMap<String, OrderState>, String> {
+    pub async fn read_orders(&self, ids: &[String]) -> Result<HashMap<String, OrderState>, AwsError> {
         let table = &self.config.orders_table;
         let mut out = HashMap::new();
         let backoff = self.backoff();
@@ -105,7 +89,7 @@ impl DynamoDbSink {
                     .set_keys(Some(keys.clone()))
                     .consistent_read(true)
                     .build()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| AwsError::request("reading orders", e))?;
                 match self.client.batch_get_item().request_items(table, ka).send().await {
                     Ok(resp) => {
                         for item in resp.responses.as_ref().and_then(|r| r.get(table)).into_iter().flatten() {
@@ -131,7 +115,7 @@ impl DynamoDbSink {
                     }
                     Err(e) => {
                         if classify(&e) == ErrorClass::Fatal || attempt >= self.config.max_retries {
-                            return Err(describe(&e));
+                            return Err(AwsError::sdk("reading orders", &e));
                         }
                         warn!(error = %describe(&e), attempt, "Reading orders failed, retrying");
                     }
@@ -145,7 +129,7 @@ impl DynamoDbSink {
 
     /// Writes `writes` (distinct orders), up to `concurrency` transactions
     /// at once; an outcome per write, in order.
-    pub async fn write_orders(&self, writes: &[OrderWrite], applied_at: &str, concurrency: usize) -> Vec<OrderWriteOutcome> {
+    pub async fn write_orders(&self, writes: &[OrderChange], applied_at: &str, concurrency: usize) -> Vec<OrderWriteOutcome> {
         let started = Instant::now();
         let chunks = pack(writes, self.config.max_transaction_items);
         let mut outcomes = vec![OrderWriteOutcome::Failed; writes.len()];
@@ -166,47 +150,30 @@ impl DynamoDbSink {
         outcomes
     }
 
-    async fn write_order_chunk(&self, writes: &[OrderWrite], chunk: &[usize], applied_at: &str) -> Vec<OrderWriteOutcome> {
+    async fn write_order_chunk(&self, writes: &[OrderChange], chunk: &[usize], applied_at: &str) -> Vec<OrderWriteOutcome> {
         let mut outcomes = vec![OrderWriteOutcome::Failed; chunk.len()];
         let mut live: Vec<usize> = (0..chunk.len()).collect();
         let mut attempt = 0u32;
         while !live.is_empty() {
             let items = self.order_transaction(writes, chunk, &live, applied_at);
-            match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
-                Ok(_) => {
-                    self.count("ok");
+            match self.transact(items, "Order write", live.len(), &mut attempt).await {
+                Attempt::Committed => {
                     for &p in &live {
                         outcomes[p] = OrderWriteOutcome::Written;
                     }
                     return outcomes;
                 }
-                Err(SdkError::ServiceError(e)) if matches!(e.err(), TransactWriteItemsError::TransactionCanceledException(_)) => {
-                    let TransactWriteItemsError::TransactionCanceledException(tc) = e.err() else { unreachable!() };
-                    let reasons = tc.cancellation_reasons();
-                    let conflicts: Vec<usize> = live
-                        .iter()
-                        .enumerate()
-                        .filter(|(k, _)| reasons.get(*k).and_then(|r| r.code()) == Some("ConditionalCheckFailed"))
-                        .map(|(_, &p)| p)
-                        .collect();
-                    if !conflicts.is_empty() {
-                        for &p in &conflicts {
-                            outcomes[p] = OrderWriteOutcome::Conflict;
-                        }
-                        live.retain(|p| !conflicts.contains(p));
-                        continue;
+                Attempt::Conditions(failed) => {
+                    // One conditional item per order, first and in `live`
+                    // order: each failed one moved since it was read.
+                    let moved: Vec<usize> = failed.iter().filter_map(|&k| live.get(k).copied()).collect();
+                    for &p in &moved {
+                        outcomes[p] = OrderWriteOutcome::Conflict;
                     }
-                    let codes: Vec<&str> = reasons.iter().filter_map(|r| r.code()).filter(|c| *c != "None").collect();
-                    warn!(codes = ?codes, attempt, "Order transaction cancelled, retrying");
+                    live.retain(|p| !moved.contains(p));
                 }
-                Err(e) => {
-                    if self.is_fatal(&e, attempt, "Order write", live.len()) {
-                        return outcomes;
-                    }
-                }
-            }
-            if !self.retry_later(&mut attempt, "Order write", live.len()).await {
-                return outcomes;
+                Attempt::Again => {}
+                Attempt::GiveUp => return outcomes,
             }
         }
         outcomes
@@ -214,7 +181,7 @@ impl DynamoDbSink {
 
     fn order_transaction(
         &self,
-        writes: &[OrderWrite],
+        writes: &[OrderChange],
         chunk: &[usize],
         live: &[usize],
         applied_at: &str,
@@ -282,7 +249,7 @@ impl DynamoDbSink {
 
 /// Packs writes into transactions of at most `max` items: one per order
 /// plus one per distinct aggregate row.
-fn pack(writes: &[OrderWrite], max: usize) -> Vec<Vec<usize>> {
+fn pack(writes: &[OrderChange], max: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..writes.len()).collect();
     // Orders of the same rows together: fewer row updates per transaction.
     order.sort_by(|&a, &b| writes[a].rows.keys().next().cmp(&writes[b].rows.keys().next()));
@@ -308,8 +275,8 @@ fn pack(writes: &[OrderWrite], max: usize) -> Vec<Vec<usize>> {
 mod tests {
     use super::*;
 
-    fn write(id: &str, rows: &[&str]) -> OrderWrite {
-        OrderWrite {
+    fn write(id: &str, rows: &[&str]) -> OrderChange {
+        OrderChange {
             order_id: id.into(),
             before: None,
             after: OrderState { store: "s".into(), status: OrderStatus::Placed, total_cents: 1, item_count: 1, history: vec![] },

@@ -20,6 +20,7 @@
 //! Must not: acknowledge sources (the DynamoDB transaction is the durable
 //! write; Redshift follows it) or build SQL outside `sql`.
 
+pub mod config;
 pub mod data_api;
 pub mod postgres;
 pub mod sql;
@@ -35,7 +36,7 @@ use pipeline::window::{Counters, WindowId};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::aws::{Backoff, describe};
+use crate::aws::{AwsError, Backoff, describe};
 use crate::config::RedshiftSinkConfig;
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::sinks::dynamodb::{MIRROR_BUCKETS, MIRROR_INDEX, MIRROR_PENDING, MIRROR_SINCE, VERSION, num};
@@ -179,7 +180,7 @@ impl RedshiftSink {
 
     /// Pending rows, oldest windows first within each bucket, at most
     /// `max_rows_per_flush`.
-    async fn pending(&self) -> Result<Vec<Pending>, String> {
+    async fn pending(&self) -> Result<Vec<Pending>, AwsError> {
         let mut out: Vec<Pending> = Vec::new();
         let max = self.config.max_rows_per_flush;
         for bucket in 0..MIRROR_BUCKETS {
@@ -197,7 +198,7 @@ impl RedshiftSink {
                     .set_exclusive_start_key(start.take())
                     .send()
                     .await
-                    .map_err(|e| format!("querying {MIRROR_INDEX} of {}: {}", self.aggregates_table, describe(&e)))?;
+                    .map_err(|e| AwsError::sdk(format!("querying {MIRROR_INDEX} of {}", self.aggregates_table), &e))?;
                 out.extend(resp.items().iter().filter_map(parse_pending));
                 if out.len() >= max {
                     return Ok(out);
@@ -293,7 +294,7 @@ impl RedshiftSink {
 
     async fn flush_inner(&self) -> Result<FlushReport, BatchError> {
         let now = now_ms();
-        let pending = self.pending().await.map_err(|message| BatchError { retryable: true, message })?;
+        let pending = self.pending().await.map_err(|e| BatchError { retryable: true, message: e.to_string() })?;
         self.metrics.mirror_pending_rows.set(pending.len() as i64);
         let oldest = pending.iter().map(|p| p.since_ms).filter(|s| *s > 0).min().map_or(0, |s| now - s);
         self.metrics.mirror_oldest_pending.set(oldest.max(0) as f64 / 1000.0);

@@ -7,6 +7,8 @@
 //! failure, and running one batch of statements as one transaction. Must
 //! not: build SQL (`sql` does) or log the URL (it may hold a password).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
@@ -55,7 +57,35 @@ fn classify(e: tokio_postgres::Error) -> PgError {
 #[derive(Clone)]
 pub struct PgTransport {
     config: tokio_postgres::Config,
-    client: Arc<Mutex<Option<Client>>>,
+    client: Arc<Mutex<Option<Live>>>,
+}
+
+/// The connection's I/O, driven by whoever uses the client: no task of its
+/// own, so nothing outside topology spawns.
+type Driver = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
+
+/// A connected client and the future that drives its connection.
+struct Live {
+    client: Client,
+    driver: Driver,
+}
+
+impl Live {
+    /// Runs `op` on the client while driving the connection; a connection
+    /// that ends first is a connection error.
+    async fn run<'a, T, F>(&'a mut self, op: impl FnOnce(&'a mut Client) -> F) -> Result<T, PgError>
+    where
+        F: Future<Output = Result<T, PgError>> + 'a,
+    {
+        let Live { client, driver } = self;
+        tokio::select! {
+            r = op(client) => r,
+            end = driver => Err(PgError::Connection(match end {
+                Ok(()) => "the server closed the connection".to_owned(),
+                Err(e) => e.to_string(),
+            })),
+        }
+    }
 }
 
 impl std::fmt::Debug for PgTransport {
@@ -83,17 +113,12 @@ impl PgTransport {
         Ok(t)
     }
 
-    async fn open(&self) -> Result<Client, PgError> {
+    async fn open(&self) -> Result<Live, PgError> {
         // TLS when the URL says `sslmode=require` (real clusters); plain
         // otherwise (loopback PostgreSQL in tests).
         if self.config.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
             let (client, conn) = self.config.connect(tokio_postgres::NoTls).await.map_err(classify)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::warn!(error = %e, "PostgreSQL connection closed");
-                }
-            });
-            return Ok(client);
+            return Ok(Live { client, driver: Box::pin(conn) });
         }
         let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         let tls_config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
@@ -103,17 +128,12 @@ impl PgTransport {
             .with_no_client_auth();
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config);
         let (client, conn) = self.config.connect(tls).await.map_err(classify)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!(error = %e, "PostgreSQL connection closed");
-            }
-        });
-        Ok(client)
+        Ok(Live { client, driver: Box::pin(conn) })
     }
 
-    /// The live client, reconnecting if the last one failed.
-    async fn live<'a>(&self, slot: &'a mut Option<Client>) -> Result<&'a mut Client, PgError> {
-        if slot.as_ref().is_none_or(Client::is_closed) {
+    /// The live connection, reconnecting if the last one failed.
+    async fn live<'a>(&self, slot: &'a mut Option<Live>) -> Result<&'a mut Live, PgError> {
+        if slot.as_ref().is_none_or(|l| l.client.is_closed()) {
             *slot = Some(self.open().await?);
         }
         slot.as_mut().ok_or_else(|| PgError::Connection("no connection".into()))
@@ -123,12 +143,15 @@ impl PgTransport {
     pub async fn run_batch(&self, statements: &[String]) -> Result<(), PgError> {
         let mut slot = self.client.lock().await;
         let result = async {
-            let client = self.live(&mut slot).await?;
-            let tx = client.transaction().await.map_err(classify)?;
-            for s in statements {
-                tx.batch_execute(s).await.map_err(classify)?;
-            }
-            tx.commit().await.map_err(classify)
+            let live = self.live(&mut slot).await?;
+            live.run(|client| async move {
+                let tx = client.transaction().await.map_err(classify)?;
+                for s in statements {
+                    tx.batch_execute(s).await.map_err(classify)?;
+                }
+                tx.commit().await.map_err(classify)
+            })
+            .await
         }
         .await;
         if matches!(result, Err(PgError::Connection(_))) {
@@ -140,15 +163,22 @@ impl PgTransport {
     /// Runs one statement outside a batch (DDL).
     pub async fn execute(&self, statement: &str) -> Result<(), PgError> {
         let mut slot = self.client.lock().await;
-        let client = self.live(&mut slot).await?;
-        client.batch_execute(statement).await.map_err(classify)
+        let result = async {
+            let live = self.live(&mut slot).await?;
+            live.run(|client| async move { client.batch_execute(statement).await.map_err(classify) }).await
+        }
+        .await;
+        if matches!(result, Err(PgError::Connection(_))) {
+            *slot = None;
+        }
+        result
     }
 
     /// Rows of `query` as text columns (for checks and tests).
     pub async fn query_text(&self, query: &str) -> Result<Vec<Vec<String>>, PgError> {
         let mut slot = self.client.lock().await;
-        let client = self.live(&mut slot).await?;
-        let rows = client.simple_query(query).await.map_err(classify)?;
+        let live = self.live(&mut slot).await?;
+        let rows = live.run(|client| async move { client.simple_query(query).await.map_err(classify) }).await?;
         Ok(rows
             .into_iter()
             .filter_map(|m| match m {

@@ -2,40 +2,41 @@
 //! to the `cafe-rejected` queue with `reason`, `detail`, `source` and
 //! `position` attributes.
 //!
-//! Owns: that queue's message layout. Must not: drop a rejection; a send
-//! that fails is reported so the original is not acknowledged.
+//! Owns: that queue's message layout, and its ledger. Must not: drop a
+//! rejection; a send that fails is reported so the original is not
+//! acknowledged.
+//!
+//! Idempotent by key: an SQS queue has no conditional write, so each
+//! rejection sent is recorded in the event ledger (`cafe-events`, key
+//! `rejected/<source>/<position>`, with the ledger's TTL) and a rejection
+//! whose key is already there is not sent again. A redelivered message, a
+//! batch replayed from a checkpoint, or a FIFO message held back behind a
+//! failure therefore reaches the queue once. The one gap: a crash between
+//! the send and the ledger write sends that rejection again on replay.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::{HashMap, HashSet};
+
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use pipeline::decided::RejectedEvent;
 use tracing::warn;
 
-use super::WriteOutcome;
 use crate::aws::{Backoff, describe};
 use crate::metrics::{Metrics, SinkLabel, SinkOutcome};
+use crate::sinks::WriteOutcome;
+use crate::sinks::dynamodb::{EVENT_EXPIRES, LEDGER_TTL_SECS};
 use crate::sources::sqs::queue_url;
+
+pub mod config;
 
 const SINK: &str = "rejected";
 /// SQS's limit for one message and for one batch, bodies plus attributes.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 const MAX_DETAIL_CHARS: usize = 900;
-
-/// One rejected event.
-#[derive(Debug, Clone)]
-pub struct RejectedRecord {
-    /// The event exactly as received.
-    pub body: String,
-    /// Reason code.
-    pub reason: &'static str,
-    /// Human detail (no payload contents).
-    pub detail: String,
-    /// Input name.
-    pub source: String,
-    /// Shard and sequence number, or SQS message id.
-    pub position: String,
-}
 
 /// Sends rejections.
 #[derive(Debug, Clone)]
@@ -43,6 +44,13 @@ pub struct RejectedSink {
     client: Client,
     url: String,
     metrics: Arc<Metrics>,
+    /// The event ledger: (client, table).
+    ledger: Option<(aws_sdk_dynamodb::Client, String)>,
+}
+
+/// The ledger key of a rejection: where the rejected input was.
+pub fn ledger_key(r: &RejectedEvent) -> String {
+    format!("rejected/{}/{}", r.source, r.position)
 }
 
 fn attr(v: &str) -> Option<MessageAttributeValue> {
@@ -53,19 +61,113 @@ impl RejectedSink {
     /// Connects to the queue (fails if it does not exist).
     pub async fn connect(client: Client, queue: &str, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let url = queue_url(&client, queue).await?;
-        Ok(RejectedSink { client, url, metrics })
+        Ok(RejectedSink { client, url, metrics, ledger: None })
+    }
+
+    /// Records every rejection sent in the event ledger `table`, and sends
+    /// none whose key is there already.
+    pub fn with_ledger(mut self, client: aws_sdk_dynamodb::Client, table: &str) -> Self {
+        self.ledger = Some((client, table.to_owned()));
+        self
+    }
+
+    /// The keys of `keys` the ledger holds. A ledger that cannot be read
+    /// holds nothing: the rejections are sent (at least once).
+    async fn already_sent(&self, keys: &[String]) -> HashSet<String> {
+        let mut out = HashSet::new();
+        let Some((ddb, table)) = &self.ledger else { return out };
+        let mut distinct: Vec<&String> = keys.iter().collect();
+        distinct.sort();
+        distinct.dedup();
+        for part in distinct.chunks(100) {
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(
+                    part.iter().map(|k| HashMap::from([("event_id".to_owned(), AttributeValue::S((*k).clone()))])).collect(),
+                ))
+                .consistent_read(true)
+                .projection_expression("event_id")
+                .build();
+            let Ok(mut request) = request else { continue };
+            for attempt in 0..3u32 {
+                match ddb.batch_get_item().request_items(table, request.clone()).send().await {
+                    Ok(resp) => {
+                        for item in resp.responses.and_then(|mut r| r.remove(table)).unwrap_or_default() {
+                            if let Some(AttributeValue::S(k)) = item.get("event_id") {
+                                out.insert(k.clone());
+                            }
+                        }
+                        match resp.unprocessed_keys.and_then(|mut u| u.remove(table)) {
+                            Some(more) if !more.keys().is_empty() => request = more,
+                            _ => break,
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %describe(&e), attempt, "Reading the rejection ledger failed");
+                        tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Records `keys` as sent. Best effort: a key not recorded only means
+    /// that rejection may be sent again on a replay.
+    async fn record_sent(&self, keys: Vec<String>) {
+        let Some((ddb, table)) = &self.ledger else { return };
+        let expires = time::OffsetDateTime::now_utc().unix_timestamp() + LEDGER_TTL_SECS;
+        let mut distinct = keys;
+        distinct.sort();
+        distinct.dedup();
+        for part in distinct.chunks(25) {
+            let mut writes: Vec<WriteRequest> = part
+                .iter()
+                .filter_map(|k| {
+                    let put = PutRequest::builder()
+                        .item("event_id", AttributeValue::S(k.clone()))
+                        .item("type", AttributeValue::S("rejected".into()))
+                        .item(EVENT_EXPIRES, AttributeValue::N(expires.to_string()))
+                        .build()
+                        .ok()?;
+                    Some(WriteRequest::builder().put_request(put).build())
+                })
+                .collect();
+            for attempt in 0..4u32 {
+                match ddb.batch_write_item().request_items(table, writes.clone()).send().await {
+                    Ok(resp) => match resp.unprocessed_items.and_then(|mut u| u.remove(table)) {
+                        Some(more) if !more.is_empty() => writes = more,
+                        _ => {
+                            writes.clear();
+                            break;
+                        }
+                    },
+                    Err(e) => warn!(error = %describe(&e), attempt, "Recording rejections in the ledger failed"),
+                }
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            if !writes.is_empty() {
+                self.metrics.sink_requests.get_or_create(&SinkOutcome { sink: SINK, outcome: "ledger_failed" }).inc();
+                warn!(rejections = writes.len(), "Rejections sent but not recorded; a replay may send them again");
+            }
+        }
     }
 
     /// Sends `records`, returning an outcome for each, in order.
-    pub async fn send(&self, records: &[RejectedRecord]) -> Vec<WriteOutcome> {
+    pub async fn send(&self, records: &[RejectedEvent]) -> Vec<WriteOutcome> {
         if records.is_empty() {
             return Vec::new();
         }
         let started = Instant::now();
         let mut outcomes = vec![WriteOutcome::Failed; records.len()];
+        let keys: Vec<String> = records.iter().map(ledger_key).collect();
+        let sent_before = self.already_sent(&keys).await;
         let mut batch: Vec<usize> = Vec::new();
         let mut bytes = 0;
         for (i, r) in records.iter().enumerate() {
+            if sent_before.contains(&keys[i]) {
+                outcomes[i] = WriteOutcome::Duplicate;
+                continue;
+            }
             let size = r.body.len() + r.detail.len() + r.source.len() + r.position.len() + 256;
             if !batch.is_empty() && (batch.len() == 10 || bytes + size > MAX_BATCH_BYTES) {
                 self.send_batch(records, &batch, &mut outcomes).await;
@@ -78,11 +180,16 @@ impl RejectedSink {
         if !batch.is_empty() {
             self.send_batch(records, &batch, &mut outcomes).await;
         }
+        let newly: Vec<String> =
+            keys.into_iter().zip(&outcomes).filter(|(_, o)| **o == WriteOutcome::Written).map(|(k, _)| k).collect();
+        if !newly.is_empty() {
+            self.record_sent(newly).await;
+        }
         self.metrics.sink_write_duration.get_or_create(&SinkLabel { sink: SINK }).observe(started.elapsed().as_secs_f64());
         outcomes
     }
 
-    async fn send_batch(&self, records: &[RejectedRecord], batch: &[usize], outcomes: &mut [WriteOutcome]) {
+    async fn send_batch(&self, records: &[RejectedEvent], batch: &[usize], outcomes: &mut [WriteOutcome]) {
         let backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_secs(2) };
         let mut pending: Vec<usize> = batch.to_vec();
         for attempt in 0..6 {

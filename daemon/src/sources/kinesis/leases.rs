@@ -32,43 +32,8 @@ use crate::aws::describe;
 use crate::config::KinesisSourceConfig;
 use crate::metrics::{Metrics, SourceLabel, SourceOutcome};
 
-/// Where a shard's reading resumes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Checkpoint {
-    /// Nothing processed: start at the oldest record.
-    TrimHorizon,
-    /// Nothing processed: start at the tip.
-    Latest,
-    /// The shard is closed and every record of it is processed.
-    ShardEnd,
-    /// Everything up to and including this record (and sub-record) is processed.
-    At {
-        /// Kinesis sequence number.
-        sequence: String,
-        /// Index inside a KPL aggregate; 0 for a plain record.
-        sub: u64,
-    },
-}
-
-impl Checkpoint {
-    fn encode(&self) -> (String, u64) {
-        match self {
-            Checkpoint::TrimHorizon => ("TRIM_HORIZON".into(), 0),
-            Checkpoint::Latest => ("LATEST".into(), 0),
-            Checkpoint::ShardEnd => ("SHARD_END".into(), 0),
-            Checkpoint::At { sequence, sub } => (sequence.clone(), *sub),
-        }
-    }
-
-    fn decode(value: &str, sub: u64) -> Checkpoint {
-        match value {
-            "TRIM_HORIZON" => Checkpoint::TrimHorizon,
-            "LATEST" => Checkpoint::Latest,
-            "SHARD_END" => Checkpoint::ShardEnd,
-            seq => Checkpoint::At { sequence: seq.to_owned(), sub },
-        }
-    }
-}
+use super::checkpoint::Checkpoint;
+use super::source::KinesisSource;
 
 /// One lease item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -611,7 +576,7 @@ impl Leases {
 /// renewal toward the failover time.
 pub async fn run(
     leases: Arc<Leases>,
-    kinesis: crate::sources::kinesis::KinesisSource,
+    kinesis: KinesisSource,
     events: mpsc::Sender<LeaseEvent>,
     sync_now: Arc<tokio::sync::Notify>,
     stop_taking: CancellationToken,
@@ -644,7 +609,7 @@ async fn renew_loop(leases: &Leases, events: &mpsc::Sender<LeaseEvent>, stop: &C
 
 async fn take_loop(
     leases: &Leases,
-    kinesis: &crate::sources::kinesis::KinesisSource,
+    kinesis: &KinesisSource,
     events: &mpsc::Sender<LeaseEvent>,
     sync_now: &tokio::sync::Notify,
     stop_taking: &CancellationToken,
@@ -693,7 +658,7 @@ async fn take_loop(
 
 use rand::SeedableRng;
 
-async fn sync_shards(leases: &Leases, kinesis: &crate::sources::kinesis::KinesisSource) -> bool {
+async fn sync_shards(leases: &Leases, kinesis: &KinesisSource) -> bool {
     let shards = match kinesis.list_shards().await {
         Ok(s) => s,
         Err(e) => {

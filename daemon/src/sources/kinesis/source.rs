@@ -21,9 +21,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::aws::{Backoff, ErrorClass, classify, describe};
+use super::checkpoint::{Checkpoint, compare_sequence};
+use crate::aws::{AwsError, Backoff, ErrorClass, classify, describe};
 use crate::config::KinesisSourceConfig;
-use crate::leases::Checkpoint;
 use crate::metrics::{Metrics, ShardLabel, SourceLabel, SourceOutcome};
 
 /// One user record: a plain Kinesis record, or one record of a KPL aggregate.
@@ -55,11 +55,6 @@ pub struct Fetched {
     pub aggregated: Vec<bool>,
     /// The shard is closed and every record of it has been handed on.
     pub end: bool,
-}
-
-/// Compares Kinesis sequence numbers: decimal strings of up to 128 digits.
-pub fn compare_sequence(a: &str, b: &str) -> Ordering {
-    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
 /// True when (sequence, sub) is at or before `after`.
@@ -121,7 +116,7 @@ impl KinesisSource {
 
     /// An iterator positioned for reading after `after` (or at the start
     /// `start` names when nothing was read yet).
-    async fn iterator(&self, shard: &str, start: &Checkpoint, after: Option<&(String, u64)>) -> Result<Option<String>, String> {
+    async fn iterator(&self, shard: &str, start: &Checkpoint, after: Option<&(String, u64)>) -> Result<Option<String>, AwsError> {
         let mut req = self.client.get_shard_iterator().stream_name(&self.config.stream).shard_id(shard);
         req = match (after, start) {
             // AT, not AFTER: the record may be an aggregate whose later
@@ -135,7 +130,7 @@ impl KinesisSource {
         };
         match req.send().await {
             Ok(out) => Ok(out.shard_iterator),
-            Err(e) => Err(describe(&e)),
+            Err(e) => Err(AwsError::sdk(format!("GetShardIterator of {shard}"), &e)),
         }
     }
 

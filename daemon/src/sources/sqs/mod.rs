@@ -1,14 +1,20 @@
 //! The SQS source: long-polling receivers, visibility extension for work in
 //! flight, and the acknowledger that deletes only what sinks confirmed.
 //!
-//! Owns: every SQS call made on an input queue. Must not: decode events or
-//! decide outcomes; it learns them as [`Ack`]s.
+//! Owns: every SQS call made on an input queue, the stage loops between the
+//! receivers and the router (`stages.rs`), and what to acknowledge once a
+//! batch's outcomes are known (`ack.rs`). Must not: decode events or decide
+//! outcomes; it learns them from the router.
 //!
 //! FIFO ordering: SQS delivers no further message of a MessageGroupId while
 //! one is in flight, so the order of a group is kept as long as a group's
-//! messages are applied in the order received and a failed message holds
-//! back the rest of its group (the sink stage does that) and is made visible
-//! again after `retry_delay_secs` rather than deleted.
+//! messages are applied in the order received and a message that failed
+//! holds back the rest of its group, whatever their outcomes (`ack.rs`), and
+//! is made visible again after `retry_delay_secs` rather than deleted.
+
+pub mod ack;
+pub mod config;
+pub mod stages;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

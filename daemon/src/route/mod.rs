@@ -1,0 +1,255 @@
+//! Routing by event type: every event goes to its handler, whatever input
+//! it came from (the contract's "any input accepts any event type").
+//!
+//! Owns: the two stages between any source and the sinks. `decide`: one
+//! hop onto the CPU pool per batch (`decide.rs`: decoding, fraud scoring,
+//! menu digests). `write`: payments and menu items to their DynamoDB
+//! writes, order events through the state machine against stored state
+//! (`apply_orders.rs`), then every rejection, the decide stage's and the
+//! state machine's, to the rejected queue. It returns one [`Outcome`] per
+//! input, in order, once every write the batch caused is known. Must not:
+//! spawn tasks, make channels, or acknowledge anything: sources do that
+//! from the outcomes (an SQS delete in FIFO order per group, a Kinesis
+//! checkpoint).
+
+pub mod apply_orders;
+pub mod decide;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use pipeline::decided::RejectedEvent;
+use pipeline::event::{Event, Rejection};
+use pipeline::fraud::FraudEngine;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tracing::error;
+
+pub use apply_orders::OrderCache;
+use apply_orders::{Fate, apply_orders};
+pub use decide::{Decided, Input, Work};
+
+use crate::bridge::CpuPool;
+use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel, StageLabel};
+use crate::sinks::WriteOutcome;
+use crate::sinks::dynamodb::DynamoDbSink;
+use crate::sinks::rejected::RejectedSink;
+
+/// What became of one input, for its source's acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its writes are durable now.
+    Written,
+    /// Its writes were durable before (a replay): nothing changed.
+    Duplicate,
+    /// It breaks the contract and is durably in the rejected queue.
+    Rejected,
+    /// Not durable: give it back to its source.
+    Failed,
+}
+
+impl Outcome {
+    /// Whether the source may acknowledge it.
+    pub fn is_done(self) -> bool {
+        self != Outcome::Failed
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Written => "written",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Rejected => "rejected",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// A batch after the decide stage.
+#[derive(Debug)]
+pub struct DecidedBatch {
+    /// The inputs, in arrival order.
+    pub inputs: Vec<Input>,
+    /// What was decided about each, in the same order.
+    pub decided: Vec<Decided>,
+    /// When the batch left the decide stage.
+    pub decided_at: Instant,
+}
+
+/// Everything the two stages use: the sinks, the CPU pool, the fraud engine.
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// Payments, orders, menu items and the aggregates.
+    pub dynamodb: DynamoDbSink,
+    /// Rejected events.
+    pub rejected: RejectedSink,
+    /// The one CPU pool.
+    pub pool: CpuPool,
+    /// Fraud scoring state, shared by every input.
+    pub engine: Arc<Mutex<FraudEngine>>,
+    /// Work factors.
+    pub work: Work,
+    /// Order transactions written at once by one batch.
+    pub sink_concurrency: usize,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+}
+
+impl Router {
+    /// The decide stage: one hop onto the CPU pool for the whole batch.
+    pub async fn decide(&self, inputs: Vec<Input>) -> DecidedBatch {
+        let started = Instant::now();
+        self.metrics.batch_events.get_or_create(&StageLabel { stage: "decide" }).observe(inputs.len() as f64);
+        let inputs = Arc::new(inputs);
+        let (engine, work, batch) = (Arc::clone(&self.engine), self.work, Arc::clone(&inputs));
+        let decided_at = now_rfc3339();
+        let decided = self.pool.run(move || decide::decide_batch(&batch, &engine, work, &decided_at)).await;
+        self.metrics.stage_duration.get_or_create(&StageLabel { stage: "decide" }).observe(started.elapsed().as_secs_f64());
+        self.metrics.fraud_tracked_keys.set(self.engine.lock().unwrap_or_else(|e| e.into_inner()).tracked_keys() as i64);
+        let inputs = Arc::try_unwrap(inputs).unwrap_or_else(|shared| (*shared).clone());
+        let decided = match decided {
+            Ok(d) => d,
+            Err(e) => {
+                // A bug, not bad input (decoding never panics on input): give
+                // the inputs back rather than lose them.
+                error!(error = %e, inputs = inputs.len(), "Decide stage failed; giving the batch back");
+                inputs.iter().map(|_| Decided::Failed).collect()
+            }
+        };
+        DecidedBatch { inputs, decided, decided_at: Instant::now() }
+    }
+
+    /// The write stage for one decided batch from `source`: the inputs back
+    /// with an outcome for each, in order, once every write is known.
+    /// `orders` caches order states between batches where that is valid (a
+    /// leased shard).
+    pub async fn write(&self, source: &str, batch: DecidedBatch, orders: &mut OrderCache) -> (Vec<Input>, Vec<Outcome>) {
+        let started = Instant::now();
+        self.metrics
+            .stage_duration
+            .get_or_create(&StageLabel { stage: "queue_to_write" })
+            .observe(started.duration_since(batch.decided_at).as_secs_f64());
+        let DecidedBatch { inputs, decided, .. } = batch;
+        let mut outcomes = vec![Outcome::Failed; inputs.len()];
+        let (mut payments, mut payment_at) = (Vec::new(), Vec::new());
+        let (mut menus, mut menu_at) = (Vec::new(), Vec::new());
+        let (mut order_events, mut order_at): (Vec<Event>, Vec<usize>) = (Vec::new(), Vec::new());
+        let mut rejections: Vec<(usize, Rejection)> = Vec::new();
+        for (i, d) in decided.into_iter().enumerate() {
+            match d {
+                Decided::Payment(p) => {
+                    payments.push(p);
+                    payment_at.push(i);
+                }
+                Decided::Menu(m) => {
+                    menus.push(m);
+                    menu_at.push(i);
+                }
+                Decided::Order(e) => {
+                    order_events.push(*e);
+                    order_at.push(i);
+                }
+                Decided::Rejected(r) => rejections.push((i, r)),
+                Decided::Failed => {}
+            }
+        }
+        let applied_at = now_rfc3339();
+        let order_refs: Vec<&Event> = order_events.iter().collect();
+        let reads = self.metrics.orders_state_reads.get_or_create(&Metrics::source(source)).clone();
+        let (payment_out, menu_out, order_fates) = tokio::join!(
+            self.dynamodb.write_payments(&payments),
+            self.dynamodb.write_menu(&menus, &applied_at),
+            apply_orders(&self.dynamodb, &order_refs, orders, &applied_at, self.sink_concurrency, |n| {
+                reads.inc_by(n);
+            }),
+        );
+
+        let now = OffsetDateTime::now_utc();
+        let e2e = self.metrics.e2e_latency.get_or_create(&Metrics::source(source)).clone();
+        let latency = |t: OffsetDateTime| e2e.observe((now - t).as_seconds_f64().max(0.0));
+        for ((&i, p), o) in payment_at.iter().zip(&payments).zip(payment_out) {
+            outcomes[i] = from_write(o);
+            if o == WriteOutcome::Written {
+                self.metrics.fraud_decisions.get_or_create(&OutcomeLabel { outcome: p.decision }).inc();
+                latency(p.event_time);
+            }
+        }
+        for ((&i, m), o) in menu_at.iter().zip(&menus).zip(menu_out) {
+            outcomes[i] = from_write(o);
+            if o == WriteOutcome::Written {
+                self.metrics.menu_image_bytes.inc_by(m.digest.image_bytes as u64);
+                latency(m.event_time);
+            }
+        }
+        for (&i, fate) in order_at.iter().zip(order_fates) {
+            match fate {
+                Fate::Applied(t) => {
+                    outcomes[i] = Outcome::Written;
+                    latency(t);
+                }
+                Fate::Repeat => outcomes[i] = Outcome::Duplicate,
+                Fate::Rejected(r) => rejections.push((i, r)),
+                Fate::Failed => {}
+            }
+        }
+
+        // Rejections are durable before their inputs count as done.
+        if !rejections.is_empty() {
+            rejections.sort_by_key(|(i, _)| *i);
+            let events: Vec<RejectedEvent> = rejections.iter().map(|(i, r)| rejected_event(&inputs[*i], r, source)).collect();
+            let sent = self.rejected.send(&events).await;
+            for ((i, r), o) in rejections.iter().zip(sent) {
+                outcomes[*i] = match o {
+                    WriteOutcome::Written => {
+                        self.metrics.pipeline_rejected.get_or_create(&ReasonLabel { reason: r.reason.code() }).inc();
+                        Outcome::Rejected
+                    }
+                    // Sent before (a redelivery or a replay): not again.
+                    WriteOutcome::Duplicate => Outcome::Duplicate,
+                    WriteOutcome::Failed => Outcome::Failed,
+                };
+            }
+        }
+        for outcome in [Outcome::Written, Outcome::Duplicate, Outcome::Rejected, Outcome::Failed] {
+            let n = outcomes.iter().filter(|&&o| o == outcome).count() as u64;
+            if n > 0 {
+                self.metrics.pipeline_events.get_or_create(&Metrics::source_outcome(source, outcome.label())).inc_by(n);
+            }
+        }
+        self.metrics.stage_duration.get_or_create(&StageLabel { stage: "write" }).observe(started.elapsed().as_secs_f64());
+        (inputs, outcomes)
+    }
+
+    /// Both stages, one after the other (a shard's batch).
+    pub async fn process(&self, source: &str, inputs: Vec<Input>, orders: &mut OrderCache) -> (Vec<Input>, Vec<Outcome>) {
+        let batch = self.decide(inputs).await;
+        self.write(source, batch, orders).await
+    }
+}
+
+fn from_write(o: WriteOutcome) -> Outcome {
+    match o {
+        WriteOutcome::Written => Outcome::Written,
+        WriteOutcome::Duplicate => Outcome::Duplicate,
+        WriteOutcome::Failed => Outcome::Failed,
+    }
+}
+
+/// The rejected queue's copy of `input`: unchanged when it is UTF-8 (an
+/// SQS body must be), else base64, which `detail` says.
+fn rejected_event(input: &Input, r: &Rejection, source: &str) -> RejectedEvent {
+    let (body, detail) = match std::str::from_utf8(&input.data) {
+        Ok(text) => (text.to_owned(), r.detail.clone()),
+        Err(_) => {
+            use base64::Engine;
+            (
+                base64::engine::general_purpose::STANDARD.encode(&input.data),
+                format!("body is base64: the record is not UTF-8; {}", r.detail),
+            )
+        }
+    };
+    RejectedEvent { body, reason: r.reason.code(), detail, source: source.to_owned(), position: input.position.clone() }
+}

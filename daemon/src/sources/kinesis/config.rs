@@ -1,0 +1,145 @@
+//! `[sources.<name>]` of `type = "kinesis"`: a Kinesis stream input.
+//!
+//! Owns: the stream input's settings, their defaults and their checks.
+//! Must not: touch AWS.
+
+use serde::Deserialize;
+
+/// The Kinesis stream of orders, shared by every instance through a lease
+/// table, as the Kinesis Client Library does.
+///
+/// Failover: a lease whose counter has not moved for `failover_time_ms` is
+/// taken by another instance at its next take (every
+/// `lease_take_interval_ms`), so a dead instance's shards move within about
+/// `failover_time_ms + 2 * lease_take_interval_ms` (12 s by default). An
+/// instance that stops on SIGTERM releases its leases and they move at the
+/// next take.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KinesisSourceConfig {
+    /// Consume the stream. Off: this instance only runs the SQS paths.
+    pub enabled: bool,
+    /// Stream name.
+    pub stream: String,
+    /// Shards `provision` creates the stream with.
+    pub shards: u32,
+    /// DynamoDB table of shard leases and checkpoints (created by `provision`).
+    pub lease_table: String,
+    /// This instance's name in the lease table; empty means `<hostname>-<pid>-<random>`.
+    pub worker_id: String,
+    /// Where a shard with no checkpoint starts: `trim_horizon` (oldest
+    /// record; nothing is missed) or `latest`. Child shards always start at
+    /// their beginning.
+    pub initial_position: String,
+    /// A lease not renewed for this long is taken over by another instance.
+    pub failover_time_ms: u64,
+    /// How often leases are renewed; must be well under `failover_time_ms`.
+    pub lease_renew_interval_ms: u64,
+    /// How often the lease table is scanned to take expired, released or
+    /// surplus leases.
+    pub lease_take_interval_ms: u64,
+    /// Most leases stolen from a busier instance per take, so shares even
+    /// out without leases bouncing.
+    pub max_leases_to_steal: usize,
+    /// How often ListShards runs to find new shards (also run when a shard ends).
+    pub shard_sync_interval_ms: u64,
+    /// Records per GetRecords call, 1..10000.
+    pub max_records: u32,
+    /// Least time between two GetRecords on one shard. Kinesis allows 5 reads
+    /// per second per shard across all readers; 250 leaves room for one more.
+    pub poll_interval_ms: u64,
+    /// GetRecords results fetched ahead of processing, per shard (backpressure).
+    pub prefetch_batches: usize,
+    /// Least time between two checkpoints of one shard (also checkpointed at
+    /// shard end, on shutdown and before a lease is released).
+    pub checkpoint_interval_ms: u64,
+    /// Orders whose state each shard keeps in memory to avoid reads.
+    pub order_cache_size: usize,
+}
+
+impl Default for KinesisSourceConfig {
+    fn default() -> Self {
+        KinesisSourceConfig {
+            enabled: true,
+            stream: "cafe-orders".into(),
+            shards: 4,
+            lease_table: "cafe-orders-leases".into(),
+            worker_id: String::new(),
+            initial_position: "trim_horizon".into(),
+            failover_time_ms: 10_000,
+            lease_renew_interval_ms: 3_000,
+            lease_take_interval_ms: 1_000,
+            max_leases_to_steal: 1,
+            shard_sync_interval_ms: 30_000,
+            max_records: 1_000,
+            poll_interval_ms: 250,
+            prefetch_batches: 2,
+            checkpoint_interval_ms: 1_000,
+            order_cache_size: 20_000,
+        }
+    }
+}
+
+impl KinesisSourceConfig {
+    /// Problems of this section as (dotted field, why); `p` is the section's path.
+    pub fn problems(&self, p: &str) -> Vec<(String, String)> {
+        let k = self;
+        let mut out = Vec::new();
+        let mut bad = |field: &str, why: String| out.push((field.to_owned(), why));
+        if k.stream.trim().is_empty() {
+            bad(&format!("{p}.stream"), "must not be empty".into());
+        }
+        if !(1..=500).contains(&k.shards) {
+            bad(&format!("{p}.shards"), format!("must be 1..500, got {}", k.shards));
+        }
+        if !["trim_horizon", "latest"].contains(&k.initial_position.as_str()) {
+            bad(&format!("{p}.initial_position"), format!("must be trim_horizon or latest, got {:?}", k.initial_position));
+        }
+        if !(1000..=600_000).contains(&k.failover_time_ms) {
+            bad(&format!("{p}.failover_time_ms"), format!("must be 1000..600000, got {}", k.failover_time_ms));
+        }
+        if k.lease_renew_interval_ms == 0 || k.lease_renew_interval_ms * 2 > k.failover_time_ms {
+            bad(
+                &format!("{p}.lease_renew_interval_ms"),
+                format!(
+                    "must be above 0 and at most half of failover_time_ms ({}), got {}",
+                    k.failover_time_ms, k.lease_renew_interval_ms
+                ),
+            );
+        }
+        if !(100..=600_000).contains(&k.lease_take_interval_ms) {
+            bad(&format!("{p}.lease_take_interval_ms"), format!("must be 100..600000, got {}", k.lease_take_interval_ms));
+        }
+        if !(1000..=3_600_000).contains(&k.shard_sync_interval_ms) {
+            bad(&format!("{p}.shard_sync_interval_ms"), format!("must be 1000..3600000, got {}", k.shard_sync_interval_ms));
+        }
+        if !(1..=10_000).contains(&k.max_records) {
+            bad(&format!("{p}.max_records"), format!("must be 1..10000 (a Kinesis limit), got {}", k.max_records));
+        }
+        if k.poll_interval_ms < 200 || k.poll_interval_ms > 60_000 {
+            bad(
+                &format!("{p}.poll_interval_ms"),
+                format!("must be 200..60000 (Kinesis allows 5 reads/s per shard), got {}", k.poll_interval_ms),
+            );
+        }
+        if !(1..=64).contains(&k.prefetch_batches) {
+            bad(&format!("{p}.prefetch_batches"), format!("must be 1..64, got {}", k.prefetch_batches));
+        }
+        if k.checkpoint_interval_ms > 600_000 {
+            bad(&format!("{p}.checkpoint_interval_ms"), format!("must be 0..600000, got {}", k.checkpoint_interval_ms));
+        }
+        if !(1..=10_000_000).contains(&k.order_cache_size) {
+            bad(&format!("{p}.order_cache_size"), format!("must be 1..10000000, got {}", k.order_cache_size));
+        }
+        if k.lease_table.len() < 3 || !k.lease_table.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch)) {
+            bad(
+                &format!("{p}.lease_table"),
+                format!("{:?} is not a DynamoDB table name (3..255 of A-Za-z0-9_.-)", k.lease_table),
+            );
+        }
+        if k.worker_id.len() > 256 {
+            bad(&format!("{p}.worker_id"), "must be at most 256 characters".into());
+        }
+        out
+    }
+}

@@ -1,0 +1,18 @@
+//! The Kinesis source: a stream shared by every instance through a lease
+//! table, as the Kinesis Client Library does.
+//!
+//! Owns, one file each: `source` (ListShards, paced shard readers,
+//! iterators, KPL de-aggregation), `leases` (the lease table: renew, take,
+//! steal, fenced checkpoints, release), `shard` (one leased shard's records
+//! through the router, and its checkpoints), `checkpoint` (the checkpoint
+//! value and sequence-number order). Imports run one way: `shard` uses
+//! `leases` and `source`, both use `checkpoint`, nothing uses `shard`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod leases;
+pub mod shard;
+pub mod source;
+
+pub use checkpoint::Checkpoint;
+pub use source::KinesisSource;
