@@ -24,6 +24,32 @@ pub async fn sdk_config(cfg: &AwsConfig) -> SdkConfig {
     loader.load().await
 }
 
+/// The longest any one AWS call of `run` may take, every call: the longest
+/// is a ReceiveMessage long poll (`wait_time_secs` is at most 20 s).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a connection may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The SDK configuration of `run`. Its loops retry on their own, with
+/// backoff and jitter, a budget, a metric (`cafe_sink_requests_total{outcome="retry"}`,
+/// `cafe_source_errors_total`) and the stop token, so the SDK's own retries
+/// are off: the two never multiply, and every attempt is one request the
+/// metrics count. Every call is bounded by [`CALL_TIMEOUT`].
+pub async fn run_sdk_config(cfg: &AwsConfig) -> SdkConfig {
+    sdk_config(cfg)
+        .await
+        .into_builder()
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(CALL_TIMEOUT)
+                .operation_timeout(CALL_TIMEOUT)
+                .build(),
+        )
+        .build()
+}
+
 /// What a caller should do about a failed AWS call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {

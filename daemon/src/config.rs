@@ -312,9 +312,10 @@ impl Default for ShutdownConfig {
 }
 
 impl AdminConfig {
-    /// The parsed listen address (validated).
-    pub fn addr(&self) -> SocketAddr {
-        self.listen.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9464)))
+    /// The listen address. Validation refuses a config whose address does
+    /// not parse, so an error here means the config skipped validation.
+    pub fn addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
+        self.listen.parse()
     }
 }
 
@@ -568,6 +569,12 @@ pub fn default_path() -> PathBuf {
     PathBuf::from("/etc/cafe-stream/cafe-streamd.toml")
 }
 
+/// The file to read: the one given, else `default` when it exists, else
+/// none (the contract's defaults).
+pub fn resolve_path(given: Option<PathBuf>, default: &Path) -> Option<PathBuf> {
+    given.or_else(|| default.exists().then(|| default.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,5 +734,21 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn without_a_path_the_default_file_is_read_when_it_exists() {
+        let dir = std::env::temp_dir().join(format!("cafe-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let default = dir.join("cafe-streamd.toml");
+        let _ = std::fs::remove_file(&default);
+        assert_eq!(resolve_path(None, &default), None, "no file: the contract's defaults");
+        std::fs::write(&default, "[admin]\nlisten = \"127.0.0.1:1\"\n").expect("write");
+        assert_eq!(resolve_path(None, &default), Some(default.clone()));
+        let given = dir.join("other.toml");
+        assert_eq!(resolve_path(Some(given.clone()), &default), Some(given));
+        let c = load(resolve_path(None, &default).as_deref(), no_env()).expect("valid");
+        assert_eq!(c.admin.listen, "127.0.0.1:1");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

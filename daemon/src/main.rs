@@ -65,8 +65,9 @@ struct IamArgs {
 
 #[derive(Debug, clap::Args)]
 struct ConfigArg {
-    /// TOML config file. Without it, the contract's defaults apply, with
-    /// region, credentials and endpoints from the standard AWS environment.
+    /// TOML config file. Without it, /etc/cafe-stream/cafe-streamd.toml when
+    /// that exists, else the contract's defaults, with region, credentials
+    /// and endpoints from the standard AWS environment.
     #[arg(long, short)]
     config: Option<PathBuf>,
 }
@@ -86,7 +87,10 @@ fn main() -> ExitCode {
         Command::IamPolicy(a) => &a.config,
         Command::Top(a) => &a.config,
     };
-    let config = match config::load(arg.config.as_deref(), std::env::vars()) {
+    // Without --config, the file systemd uses when it exists, else the
+    // contract's defaults.
+    let path = config::resolve_path(arg.config.clone(), &config::default_path());
+    let config = match config::load(path.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(problems) => {
             eprintln!("invalid configuration ({} problems):\n{problems}", problems.0.len());

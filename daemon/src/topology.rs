@@ -23,7 +23,7 @@ use pipeline::fraud::FraudEngine;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::admin::{self, Health};
 use crate::bridge::CpuPool;
@@ -54,7 +54,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let health = Arc::new(Health::default());
     let notifier = Arc::new(Notifier::from_env());
 
-    let listener = tokio::net::TcpListener::bind(config.admin.addr())
+    let admin = config.admin.addr().map_err(|e| anyhow::anyhow!("admin.listen {:?}: {e}", config.admin.listen))?;
+    let listener = tokio::net::TcpListener::bind(admin)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin.listen): {e}", config.admin.listen))?;
     let admin_addr = listener.local_addr()?;
@@ -71,7 +72,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     info!(addr = %admin_addr, "Admin endpoint listening");
 
-    let sdk = crate::aws::sdk_config(&config.aws).await;
+    let sdk = crate::aws::run_sdk_config(&config.aws).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
 
@@ -148,13 +149,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             sync_now: Arc::new(tokio::sync::Notify::new()),
         });
         let kinesis = KinesisSource::new(aws_sdk_kinesis::Client::new(&sdk), stream.clone(), Arc::clone(&metrics));
-        // Fail fast on a missing stream or lease table rather than retrying forever.
-        kinesis.list_shards().await?;
-        shards
-            .leases
-            .scan()
-            .await
-            .map_err(|e| anyhow::anyhow!("lease table {} (run `cafe-streamd provision`): {e}", stream.lease_table))?;
+        // Fail fast on a missing stream or lease table rather than retrying
+        // forever; a passing failure gets a few attempts.
+        let mut attempt = 0;
+        loop {
+            let check = async {
+                kinesis.list_shards().await?;
+                shards
+                    .leases
+                    .scan()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("lease table {} (run `cafe-streamd provision`): {e}", stream.lease_table))
+            };
+            match check.await {
+                Ok(_) => break,
+                Err(e) if attempt + 1 < crate::sources::sqs::STARTUP_ATTEMPTS => {
+                    warn!(stream = %stream.stream, error = %e, attempt, "Stream or lease table not reachable yet, retrying");
+                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let (lease_tx, lease_rx) = mpsc::channel(64);
         shard_tracker.spawn(supervise_shards(
             lease_rx,

@@ -64,19 +64,31 @@ pub enum Ack {
     },
 }
 
-/// Resolves a queue name or URL to its URL.
+/// Resolves a queue name or URL to its URL. A transient failure is
+/// retried a few times with backoff (the SDK's own retries are off); a
+/// missing queue is not.
 pub async fn queue_url(client: &Client, name_or_url: &str) -> anyhow::Result<String> {
     if name_or_url.starts_with("https://") || name_or_url.starts_with("http://") {
         return Ok(name_or_url.to_owned());
     }
-    let out = client
-        .get_queue_url()
-        .queue_name(name_or_url)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("queue {name_or_url:?} not found ({}); run `cafe-streamd provision`", describe(&e)))?;
+    let backoff = Backoff { base: Duration::from_millis(200), max: Duration::from_secs(2) };
+    let mut attempt = 0;
+    let out = loop {
+        match client.get_queue_url().queue_name(name_or_url).send().await {
+            Ok(out) => break out,
+            Err(e) if classify(&e) != ErrorClass::Fatal && attempt < STARTUP_ATTEMPTS => {
+                warn!(queue = %name_or_url, error = %describe(&e), attempt, "GetQueueUrl failed, retrying");
+                tokio::time::sleep(backoff.delay(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => anyhow::bail!("queue {name_or_url:?} not found ({}); run `cafe-streamd provision`", describe(&e)),
+        }
+    };
     out.queue_url.ok_or_else(|| anyhow::anyhow!("queue {name_or_url:?}: GetQueueUrl returned no URL"))
 }
+
+/// Attempts of a start-up lookup before the daemon gives up starting.
+pub const STARTUP_ATTEMPTS: u32 = 5;
 
 /// An input queue.
 #[derive(Debug)]
