@@ -14,6 +14,7 @@ pub mod aws;
 pub mod bridge;
 pub mod config;
 pub mod iam;
+pub mod internal_events;
 pub mod metrics;
 pub mod notify;
 pub mod provision;

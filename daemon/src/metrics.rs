@@ -308,25 +308,26 @@ impl Metrics {
     /// and alerts see them (and `rate()` works) before the first event of
     /// each kind; `streams` label the lease series.
     pub fn init_series(&self, streams: &[&str], mirror: bool) {
-        for sink in ["dynamodb", "rejected"] {
-            for outcome in ["ok", "retry", "failed"] {
-                let _ = self.sink_requests.get_or_create(&SinkOutcome { sink, outcome });
+        use crate::internal_events::{FlushOutcome, LeaseLostHow, LeaseTakenHow, MenuOutcome, Sink, SinkRequestOutcome};
+        for sink in [Sink::DynamoDb, Sink::Rejected] {
+            for outcome in [SinkRequestOutcome::Ok, SinkRequestOutcome::Retry, SinkRequestOutcome::Failed] {
+                let _ = self.sink_requests.get_or_create(&SinkOutcome { sink: sink.as_str(), outcome: outcome.as_str() });
             }
         }
         for &source in streams {
-            for outcome in ["new", "expired", "released", "stolen"] {
-                let _ = self.leases_taken.get_or_create(&Metrics::source_outcome(source, outcome));
+            for how in LeaseTakenHow::ALL {
+                let _ = self.leases_taken.get_or_create(&Metrics::source_outcome(source, how.as_str()));
             }
-            for outcome in ["taken", "expired", "fenced", "released"] {
-                let _ = self.leases_lost.get_or_create(&Metrics::source_outcome(source, outcome));
+            for how in LeaseLostHow::ALL {
+                let _ = self.leases_lost.get_or_create(&Metrics::source_outcome(source, how.as_str()));
             }
         }
-        for outcome in ["written", "unchanged", "stale"] {
-            let _ = self.menu_items.get_or_create(&OutcomeLabel { outcome });
+        for outcome in MenuOutcome::ALL {
+            let _ = self.menu_items.get_or_create(&OutcomeLabel { outcome: outcome.as_str() });
         }
         if mirror {
-            for outcome in ["ok", "failed"] {
-                let _ = self.mirror_flushes.get_or_create(&OutcomeLabel { outcome });
+            for outcome in FlushOutcome::ALL {
+                let _ = self.mirror_flushes.get_or_create(&OutcomeLabel { outcome: outcome.as_str() });
             }
         }
     }

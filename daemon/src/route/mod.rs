@@ -30,7 +30,11 @@ use apply_orders::{Fate, apply_orders};
 pub use decide::{Decided, Input, Work};
 
 use crate::bridge::CpuPool;
-use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel, StageLabel};
+use crate::internal_events::{
+    BatchStaged, EventLatency, EventRejected, EventsOut, FraudHistorySize, InternalEvent, MenuImageWritten, OrderStatesRead,
+    PaymentDecided, Stage, StageFinished,
+};
+use crate::metrics::Metrics;
 use crate::sinks::WriteOutcome;
 use crate::sinks::dynamodb::DynamoDbSink;
 use crate::sinks::rejected::RejectedSink;
@@ -54,7 +58,8 @@ impl Outcome {
         self != Outcome::Failed
     }
 
-    fn label(self) -> &'static str {
+    /// The label value of `cafe_pipeline_events_total{outcome}`.
+    pub fn label(self) -> &'static str {
         match self {
             Outcome::Written => "written",
             Outcome::Duplicate => "duplicate",
@@ -102,13 +107,13 @@ impl Router {
     /// The decide stage: one hop onto the CPU pool for the whole batch.
     pub async fn decide(&self, inputs: Vec<Input>) -> DecidedBatch {
         let started = Instant::now();
-        self.metrics.batch_events.get_or_create(&StageLabel { stage: "decide" }).observe(inputs.len() as f64);
+        BatchStaged { stage: Stage::Decide, events: inputs.len() }.emit(&self.metrics);
         let inputs = Arc::new(inputs);
         let (engine, work, batch) = (Arc::clone(&self.engine), self.work, Arc::clone(&inputs));
         let decided_at = now_rfc3339();
         let decided = self.pool.run(move || decide::decide_batch(&batch, &engine, work, &decided_at)).await;
-        self.metrics.stage_duration.get_or_create(&StageLabel { stage: "decide" }).observe(started.elapsed().as_secs_f64());
-        self.metrics.fraud_tracked_keys.set(self.engine.lock().unwrap_or_else(|e| e.into_inner()).tracked_keys() as i64);
+        StageFinished { stage: Stage::Decide, elapsed: started.elapsed() }.emit(&self.metrics);
+        FraudHistorySize { keys: self.engine.lock().unwrap_or_else(|e| e.into_inner()).tracked_keys() }.emit(&self.metrics);
         let inputs = Arc::try_unwrap(inputs).unwrap_or_else(|shared| (*shared).clone());
         let decided = match decided {
             Ok(d) => d,
@@ -128,10 +133,7 @@ impl Router {
     /// leased shard).
     pub async fn write(&self, source: &str, batch: DecidedBatch, orders: &mut OrderCache) -> (Vec<Input>, Vec<Outcome>) {
         let started = Instant::now();
-        self.metrics
-            .stage_duration
-            .get_or_create(&StageLabel { stage: "queue_to_write" })
-            .observe(started.duration_since(batch.decided_at).as_secs_f64());
+        StageFinished { stage: Stage::QueueToWrite, elapsed: started.duration_since(batch.decided_at) }.emit(&self.metrics);
         let DecidedBatch { inputs, decided, .. } = batch;
         let mut outcomes = vec![Outcome::Failed; inputs.len()];
         let (mut payments, mut payment_at) = (Vec::new(), Vec::new());
@@ -158,29 +160,28 @@ impl Router {
         }
         let applied_at = now_rfc3339();
         let order_refs: Vec<&Event> = order_events.iter().collect();
-        let reads = self.metrics.orders_state_reads.get_or_create(&Metrics::source(source)).clone();
+        let metrics = &self.metrics;
         let (payment_out, menu_out, order_fates) = tokio::join!(
             self.dynamodb.write_payments(&payments),
             self.dynamodb.write_menu(&menus, &applied_at),
-            apply_orders(&self.dynamodb, &order_refs, orders, &applied_at, self.sink_concurrency, |n| {
-                reads.inc_by(n);
+            apply_orders(&self.dynamodb, &order_refs, orders, &applied_at, self.sink_concurrency, |count| {
+                OrderStatesRead { source, count }.emit(metrics);
             }),
         );
 
         let now = OffsetDateTime::now_utc();
-        let e2e = self.metrics.e2e_latency.get_or_create(&Metrics::source(source)).clone();
-        let latency = |t: OffsetDateTime| e2e.observe((now - t).as_seconds_f64().max(0.0));
+        let latency = |t: OffsetDateTime| EventLatency { source, seconds: (now - t).as_seconds_f64() }.emit(metrics);
         for ((&i, p), o) in payment_at.iter().zip(&payments).zip(payment_out) {
             outcomes[i] = from_write(o);
             if o == WriteOutcome::Written {
-                self.metrics.fraud_decisions.get_or_create(&OutcomeLabel { outcome: p.decision }).inc();
+                PaymentDecided { decision: p.decision }.emit(metrics);
                 latency(p.event_time);
             }
         }
         for ((&i, m), o) in menu_at.iter().zip(&menus).zip(menu_out) {
             outcomes[i] = from_write(o);
             if o == WriteOutcome::Written {
-                self.metrics.menu_image_bytes.inc_by(m.digest.image_bytes as u64);
+                MenuImageWritten { bytes: m.digest.image_bytes as u64, hash_ok: m.digest.image_ok }.emit(metrics);
                 latency(m.event_time);
             }
         }
@@ -204,7 +205,7 @@ impl Router {
             for ((i, r), o) in rejections.iter().zip(sent) {
                 outcomes[*i] = match o {
                     WriteOutcome::Written => {
-                        self.metrics.pipeline_rejected.get_or_create(&ReasonLabel { reason: r.reason.code() }).inc();
+                        EventRejected { reason: r.reason }.emit(metrics);
                         Outcome::Rejected
                     }
                     // Sent before (a redelivery or a replay): not again.
@@ -214,12 +215,10 @@ impl Router {
             }
         }
         for outcome in [Outcome::Written, Outcome::Duplicate, Outcome::Rejected, Outcome::Failed] {
-            let n = outcomes.iter().filter(|&&o| o == outcome).count() as u64;
-            if n > 0 {
-                self.metrics.pipeline_events.get_or_create(&Metrics::source_outcome(source, outcome.label())).inc_by(n);
-            }
+            let count = outcomes.iter().filter(|&&o| o == outcome).count() as u64;
+            EventsOut { source, outcome, count }.emit(metrics);
         }
-        self.metrics.stage_duration.get_or_create(&StageLabel { stage: "write" }).observe(started.elapsed().as_secs_f64());
+        StageFinished { stage: Stage::Write, elapsed: started.elapsed() }.emit(metrics);
         (inputs, outcomes)
     }
 

@@ -129,3 +129,10 @@ fn sinks_take_domain_types_and_sources_never_name_a_sink_row() {
         .collect();
     assert!(bad.is_empty(), "a source or the router builds DynamoDB writes:\n{}", bad.join("\n"));
 }
+
+#[test]
+fn metrics_are_recorded_through_internal_events() {
+    let lines = code_lines("daemon");
+    let bad = offenders(&lines, "get_or_create(", &["daemon/src/metrics.rs", "daemon/src/internal_events.rs"]);
+    assert!(bad.is_empty(), "a metric recorded outside daemon/src/internal_events.rs:\n{}", bad.join("\n"));
+}

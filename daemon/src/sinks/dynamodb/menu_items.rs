@@ -29,7 +29,7 @@ use tracing::warn;
 
 use super::{Attempt, DynamoDbSink, EVENT_EXPIRES, LEDGER_TTL_SECS, num, s};
 use crate::aws::AwsError;
-use crate::metrics::OutcomeLabel;
+use crate::internal_events::{InternalEvent, MenuItems, MenuOutcome, Sink, SinkWriteFinished};
 use crate::sinks::WriteOutcome;
 
 /// What is stored for a sku.
@@ -98,10 +98,7 @@ impl DynamoDbSink {
                 _ => WriteOutcome::Duplicate,
             };
         }
-        self.metrics
-            .sink_write_duration
-            .get_or_create(&crate::metrics::SinkLabel { sink: "dynamodb_menu" })
-            .observe(started.elapsed().as_secs_f64());
+        SinkWriteFinished { sink: Sink::DynamoDbMenu, elapsed: started.elapsed() }.emit(&self.metrics);
         outcomes
     }
 
@@ -198,23 +195,17 @@ impl DynamoDbSink {
             let (items, update_skus) = self.menu_transaction(records, chunk, &live, &plans, &current, applied_at);
             match self.transact(items, "Menu write", live.len(), &mut attempt).await {
                 Attempt::Committed => {
-                    for (_, plan) in &plans {
-                        let outcome = match plan {
-                            ItemWrite::Full(_) => "written",
-                            ItemWrite::VersionOnly(_) => "unchanged",
-                            ItemWrite::Nothing => continue,
-                        };
-                        self.metrics.menu_items.get_or_create(&OutcomeLabel { outcome }).inc();
-                    }
-                    let stale = live.len() - plans.iter().filter(|(_, p)| *p != ItemWrite::Nothing).count();
-                    if stale > 0 {
-                        self.metrics.menu_items.get_or_create(&OutcomeLabel { outcome: "stale" }).inc_by(stale as u64);
+                    let count = |which: fn(&ItemWrite) -> bool| plans.iter().filter(|(_, p)| which(p)).count() as u64;
+                    let written = count(|p| matches!(p, ItemWrite::Full(_)));
+                    let unchanged = count(|p| matches!(p, ItemWrite::VersionOnly(_)));
+                    let stale = live.len() as u64 - written - unchanged;
+                    for (outcome, count) in
+                        [(MenuOutcome::Written, written), (MenuOutcome::Unchanged, unchanged), (MenuOutcome::Stale, stale)]
+                    {
+                        MenuItems { outcome, count }.emit(&self.metrics);
                     }
                     for &p in &live {
                         outcomes[p] = WriteOutcome::Written;
-                        if !records[chunk[p]].digest.image_ok {
-                            self.metrics.menu_hash_mismatches.inc();
-                        }
                     }
                     return outcomes;
                 }

@@ -26,9 +26,8 @@ pub mod payments;
 
 use crate::aws::{Backoff, ErrorClass, classify, describe};
 use crate::config::DynamoDbSinkConfig;
-use crate::metrics::{Metrics, SinkOutcome};
-
-const SINK: &str = "dynamodb";
+use crate::internal_events::{InternalEvent, SinkRequest, SinkRequestOutcome};
+use crate::metrics::Metrics;
 
 /// `cafe-aggregates` attribute: the row's version, +1 on every change.
 pub const VERSION: &str = "version";
@@ -117,9 +116,9 @@ impl DynamoDbSink {
     /// past `max_retries`, counts the failure and returns false (give the
     /// messages back).
     pub(crate) async fn retry_later(&self, attempt: &mut u32, what: &str, records: usize) -> bool {
-        self.count("retry");
+        self.count(SinkRequestOutcome::Retry);
         if *attempt >= self.config.max_retries {
-            self.count("failed");
+            self.count(SinkRequestOutcome::Failed);
             warn!(records, "{what} still failing after retries; giving the messages back");
             return false;
         }
@@ -141,7 +140,7 @@ impl DynamoDbSink {
         E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error,
     {
         if classify(e) == ErrorClass::Fatal {
-            self.count("failed");
+            self.count(SinkRequestOutcome::Failed);
             warn!(error = %describe(e), records, "{what} failed and cannot be retried; giving the messages back");
             return true;
         }
@@ -149,8 +148,8 @@ impl DynamoDbSink {
         false
     }
 
-    pub(crate) fn count(&self, outcome: &'static str) {
-        self.metrics.sink_requests.get_or_create(&SinkOutcome { sink: SINK, outcome }).inc();
+    pub(crate) fn count(&self, outcome: SinkRequestOutcome) {
+        SinkRequest { sink: crate::internal_events::Sink::DynamoDb, outcome }.emit(&self.metrics);
     }
 
     /// One attempt of a TransactWriteItems for `records` records. On a
@@ -162,7 +161,7 @@ impl DynamoDbSink {
     pub(crate) async fn transact(&self, items: Vec<TransactWriteItem>, what: &str, records: usize, attempt: &mut u32) -> Attempt {
         match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
             Ok(_) => {
-                self.count("ok");
+                self.count(SinkRequestOutcome::Ok);
                 return Attempt::Committed;
             }
             Err(SdkError::ServiceError(e)) if matches!(e.err(), TransactWriteItemsError::TransactionCanceledException(_)) => {
@@ -175,7 +174,7 @@ impl DynamoDbSink {
                     .map(|(k, _)| k)
                     .collect();
                 if !failed.is_empty() {
-                    self.count("condition_failed");
+                    self.count(SinkRequestOutcome::ConditionFailed);
                     return Attempt::Conditions(failed);
                 }
                 let codes: Vec<&str> = reasons.iter().filter_map(|r| r.code()).filter(|c| *c != "None").collect();

@@ -27,7 +27,7 @@ use tracing::warn;
 
 use super::{Attempt, DynamoDbSink, num, s};
 use crate::aws::{AwsError, ErrorClass, classify, describe};
-use crate::metrics::SinkLabel;
+use crate::internal_events::{InternalEvent, Sink, SinkWriteFinished};
 
 /// The outcome of one order's write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +146,7 @@ impl DynamoDbSink {
                 outcomes[i] = o;
             }
         }
-        self.metrics.sink_write_duration.get_or_create(&SinkLabel { sink: "dynamodb" }).observe(started.elapsed().as_secs_f64());
+        SinkWriteFinished { sink: Sink::DynamoDb, elapsed: started.elapsed() }.emit(&self.metrics);
         outcomes
     }
 

@@ -19,8 +19,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use pipeline::decided::DecidedPayment;
 use pipeline::window::{Deltas, WindowId};
 
-use super::{Attempt, DynamoDbSink, SINK, num, s};
-use crate::metrics::SinkLabel;
+use super::{Attempt, DynamoDbSink, num, s};
+use crate::internal_events::{InternalEvent, Sink, SinkWriteFinished};
 use crate::sinks::WriteOutcome;
 
 impl DynamoDbSink {
@@ -60,7 +60,7 @@ impl DynamoDbSink {
                 _ => WriteOutcome::Duplicate,
             };
         }
-        self.metrics.sink_write_duration.get_or_create(&SinkLabel { sink: SINK }).observe(started.elapsed().as_secs_f64());
+        SinkWriteFinished { sink: Sink::DynamoDb, elapsed: started.elapsed() }.emit(&self.metrics);
         outcomes
     }
 

@@ -38,7 +38,8 @@ use tracing::{info, warn};
 
 use crate::aws::{AwsError, Backoff, describe};
 use crate::config::RedshiftSinkConfig;
-use crate::metrics::{Metrics, OutcomeLabel};
+use crate::internal_events::{FlushOutcome, InternalEvent, MirrorFlushed};
+use crate::metrics::Metrics;
 use crate::sinks::dynamodb::{MIRROR_BUCKETS, MIRROR_INDEX, MIRROR_PENDING, MIRROR_SINCE, VERSION, num};
 use sql::MirrorRow;
 
@@ -286,9 +287,8 @@ impl RedshiftSink {
     pub async fn flush_once(&self) -> Result<FlushReport, BatchError> {
         let started = Instant::now();
         let result = self.flush_inner().await;
-        self.metrics.mirror_flush_duration.observe(started.elapsed().as_secs_f64());
-        let outcome = if result.is_ok() { "ok" } else { "failed" };
-        self.metrics.mirror_flushes.get_or_create(&OutcomeLabel { outcome }).inc();
+        let outcome = if result.is_ok() { FlushOutcome::Ok } else { FlushOutcome::Failed };
+        MirrorFlushed { outcome, elapsed: started.elapsed() }.emit(&self.metrics);
         result
     }
 

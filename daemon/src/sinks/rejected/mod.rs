@@ -26,14 +26,14 @@ use pipeline::decided::RejectedEvent;
 use tracing::warn;
 
 use crate::aws::{Backoff, describe};
-use crate::metrics::{Metrics, SinkLabel, SinkOutcome};
+use crate::internal_events::{InternalEvent, Sink, SinkRequest, SinkRequestOutcome, SinkWriteFinished};
+use crate::metrics::Metrics;
 use crate::sinks::WriteOutcome;
 use crate::sinks::dynamodb::{EVENT_EXPIRES, LEDGER_TTL_SECS};
 use crate::sources::sqs::queue_url;
 
 pub mod config;
 
-const SINK: &str = "rejected";
 /// SQS's limit for one message and for one batch, bodies plus attributes.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 const MAX_DETAIL_CHARS: usize = 900;
@@ -62,6 +62,10 @@ impl RejectedSink {
     pub async fn connect(client: Client, queue: &str, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let url = queue_url(&client, queue).await?;
         Ok(RejectedSink { client, url, metrics, ledger: None })
+    }
+
+    fn count(&self, outcome: SinkRequestOutcome) {
+        SinkRequest { sink: Sink::Rejected, outcome }.emit(&self.metrics);
     }
 
     /// Records every rejection sent in the event ledger `table`, and sends
@@ -146,7 +150,7 @@ impl RejectedSink {
                 tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
             }
             if !writes.is_empty() {
-                self.metrics.sink_requests.get_or_create(&SinkOutcome { sink: SINK, outcome: "ledger_failed" }).inc();
+                self.count(SinkRequestOutcome::LedgerFailed);
                 warn!(rejections = writes.len(), "Rejections sent but not recorded; a replay may send them again");
             }
         }
@@ -185,7 +189,7 @@ impl RejectedSink {
         if !newly.is_empty() {
             self.record_sent(newly).await;
         }
-        self.metrics.sink_write_duration.get_or_create(&SinkLabel { sink: SINK }).observe(started.elapsed().as_secs_f64());
+        SinkWriteFinished { sink: Sink::Rejected, elapsed: started.elapsed() }.emit(&self.metrics);
         outcomes
     }
 
@@ -222,7 +226,7 @@ impl RejectedSink {
                     }
                     pending = failed;
                     if pending.is_empty() {
-                        self.metrics.sink_requests.get_or_create(&SinkOutcome { sink: SINK, outcome: "ok" }).inc();
+                        self.count(SinkRequestOutcome::Ok);
                         return;
                     }
                 }
@@ -230,10 +234,10 @@ impl RejectedSink {
                     warn!(error = %describe(&e), attempt, "Sending rejections failed, retrying")
                 }
             }
-            self.metrics.sink_requests.get_or_create(&SinkOutcome { sink: SINK, outcome: "retry" }).inc();
+            self.count(SinkRequestOutcome::Retry);
             tokio::time::sleep(backoff.delay(attempt)).await;
         }
-        self.metrics.sink_requests.get_or_create(&SinkOutcome { sink: SINK, outcome: "failed" }).inc();
+        self.count(SinkRequestOutcome::Failed);
         warn!(records = pending.len(), "Rejections not sent; the originals will be redelivered");
     }
 }

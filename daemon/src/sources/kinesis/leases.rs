@@ -30,7 +30,10 @@ use tracing::{debug, info, warn};
 
 use crate::aws::describe;
 use crate::config::KinesisSourceConfig;
-use crate::metrics::{Metrics, SourceLabel, SourceOutcome};
+use crate::internal_events::{
+    CheckpointOutcome, CheckpointWritten, InternalEvent, LeaseLost, LeaseLostHow, LeaseTaken, LeaseTakenHow, LeasesHeld,
+};
+use crate::metrics::Metrics;
 
 use super::checkpoint::Checkpoint;
 use super::source::KinesisSource;
@@ -230,12 +233,8 @@ impl Leases {
         }
     }
 
-    fn label(&self) -> SourceLabel {
-        SourceLabel { source: self.source.clone() }
-    }
-
-    fn outcome(&self, outcome: &'static str) -> SourceOutcome {
-        SourceOutcome { source: self.source.clone(), outcome }
+    fn lost(&self, how: LeaseLostHow) {
+        LeaseLost { source: &self.source, how }.emit(&self.metrics);
     }
 
     fn held_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Held>>>> {
@@ -244,7 +243,7 @@ impl Leases {
 
     fn set_held_gauge(&self) {
         let count = self.held_lock().len();
-        self.metrics.leases_held.get_or_create(&self.label()).set(count as i64);
+        LeasesHeld { source: &self.source, count }.emit(&self.metrics);
     }
 
     /// Shards this instance holds now.
@@ -354,7 +353,7 @@ impl Leases {
             Ok(()) => false,
             Err(WriteFailure::Moved) => {
                 warn!(shard = %key, "Lease taken by another instance; stopping its reader");
-                self.metrics.leases_lost.get_or_create(&self.outcome("taken")).inc();
+                self.lost(LeaseLostHow::Taken);
                 true
             }
             Err(WriteFailure::Failed(error)) => {
@@ -362,7 +361,7 @@ impl Leases {
                 warn!(shard = %key, error = %error, stale, "Lease renewal failed");
                 if stale {
                     // Others may have taken it by now: stop before two read it.
-                    self.metrics.leases_lost.get_or_create(&self.outcome("expired")).inc();
+                    self.lost(LeaseLostHow::Expired);
                 }
                 stale
             }
@@ -398,7 +397,7 @@ impl Leases {
         let plan = plan_take(&self.worker_id, &leases, &expired, self.config.max_leases_to_steal, rng);
         let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
         let mut taken = Vec::new();
-        for (keys, how) in [(&plan.available, "expired"), (&plan.steal, "stolen")] {
+        for (keys, how) in [(&plan.available, LeaseTakenHow::Expired), (&plan.steal, LeaseTakenHow::Stolen)] {
             for key in keys {
                 if taken.len() >= plan.need {
                     break;
@@ -407,14 +406,14 @@ impl Leases {
                     continue;
                 };
                 let how = match (how, &lease.owner) {
-                    ("expired", None) if lease.counter == 0 => "new",
-                    ("expired", None) => "released",
+                    (LeaseTakenHow::Expired, None) if lease.counter == 0 => LeaseTakenHow::New,
+                    (LeaseTakenHow::Expired, None) => LeaseTakenHow::Released,
                     _ => how,
                 };
                 match self.take_one(lease).await {
                     Ok(l) => {
-                        info!(shard = %l.key, how, previous_owner = ?lease.owner, "Lease taken");
-                        self.metrics.leases_taken.get_or_create(&self.outcome(how)).inc();
+                        info!(shard = %l.key, how = how.as_str(), previous_owner = ?lease.owner, "Lease taken");
+                        LeaseTaken { source: &self.source, how }.emit(&self.metrics);
                         taken.push(l);
                     }
                     Err(LeaseError::Lost(_)) => {
@@ -465,11 +464,11 @@ impl Leases {
     pub async fn checkpoint(&self, key: &str, checkpoint: &Checkpoint) -> Result<(), LeaseError> {
         let result = self.write_held(key, Some(checkpoint), false).await;
         let outcome = match &result {
-            Ok(()) => "ok",
-            Err(LeaseError::Lost(_)) => "fenced",
-            Err(LeaseError::Failed(_)) => "failed",
+            Ok(()) => CheckpointOutcome::Ok,
+            Err(LeaseError::Lost(_)) => CheckpointOutcome::Fenced,
+            Err(LeaseError::Failed(_)) => CheckpointOutcome::Failed,
         };
-        self.metrics.kinesis_checkpoints.get_or_create(&self.outcome(outcome)).inc();
+        CheckpointWritten { source: &self.source, outcome }.emit(&self.metrics);
         result
     }
 
@@ -478,7 +477,7 @@ impl Leases {
     pub async fn release(&self, key: &str, checkpoint: Option<&Checkpoint>) -> Result<(), LeaseError> {
         let result = self.write_held(key, checkpoint, true).await;
         if result.is_ok() {
-            self.metrics.leases_lost.get_or_create(&self.outcome("released")).inc();
+            self.lost(LeaseLostHow::Released);
             info!(shard = %key, "Lease released");
         }
         self.held_lock().remove(key);
@@ -503,7 +502,7 @@ impl Leases {
             Ok(()) => Ok(()),
             Err(WriteFailure::Moved) => {
                 self.held_lock().remove(key);
-                self.metrics.leases_lost.get_or_create(&self.outcome("fenced")).inc();
+                self.lost(LeaseLostHow::Fenced);
                 Err(LeaseError::Lost(key.to_owned()))
             }
             Err(WriteFailure::Failed(error)) => Err(LeaseError::Failed(error)),

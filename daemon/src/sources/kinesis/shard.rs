@@ -30,6 +30,7 @@ use super::leases::{Lease, LeaseError, Leases};
 use super::source::Fetched;
 use crate::aws::Backoff;
 use crate::config::{KinesisSourceConfig, PipelineConfig};
+use crate::internal_events::{Acknowledged, InternalEvent};
 use crate::metrics::Metrics;
 use crate::route::{Input, OrderCache, Outcome, Router};
 
@@ -150,7 +151,7 @@ pub async fn process_shard(
                     }
                 }
             }
-            path.metrics.source_acked.get_or_create(&crate::metrics::Metrics::source(&source)).inc_by(unacked);
+            Acknowledged { source: &source, count: unacked }.emit(&path.metrics);
             path.leases.forget(&shard);
             path.sync_now.notify_one();
             info!(shard = %shard, "Shard finished and checkpointed at SHARD_END");
@@ -160,7 +161,7 @@ pub async fn process_shard(
             if let Some((sequence, sub)) = &done {
                 match path.leases.checkpoint(&shard, &Checkpoint::At { sequence: sequence.clone(), sub: *sub }).await {
                     Ok(()) => {
-                        path.metrics.source_acked.get_or_create(&Metrics::source(&source)).inc_by(unacked);
+                        Acknowledged { source: &source, count: unacked }.emit(&path.metrics);
                         unacked = 0;
                         last_checkpoint = Instant::now();
                     }
@@ -184,7 +185,7 @@ pub async fn process_shard(
     for attempt in 0..5 {
         match path.leases.release(&shard, if unacked > 0 { cp.as_ref() } else { None }).await {
             Ok(()) => {
-                path.metrics.source_acked.get_or_create(&Metrics::source(&source)).inc_by(unacked);
+                Acknowledged { source: &source, count: unacked }.emit(&path.metrics);
                 return ShardExit::Released;
             }
             Err(LeaseError::Lost(_)) => return ShardExit::Lost,

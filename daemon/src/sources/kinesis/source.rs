@@ -24,7 +24,10 @@ use tracing::{debug, info, warn};
 use super::checkpoint::{Checkpoint, compare_sequence};
 use crate::aws::{AwsError, Backoff, ErrorClass, classify, describe};
 use crate::config::KinesisSourceConfig;
-use crate::metrics::{Metrics, ShardLabel, SourceLabel, SourceOutcome};
+use crate::internal_events::{
+    InternalEvent, IteratorExpired, ReadThrottled, Received, ShardLag, ShardReadStopped, SourceError, SourceErrorKind,
+};
+use crate::metrics::Metrics;
 
 /// One user record: a plain Kinesis record, or one record of a KPL aggregate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,10 +113,6 @@ impl KinesisSource {
         }
     }
 
-    fn label(&self) -> SourceLabel {
-        SourceLabel { source: self.config.stream.clone() }
-    }
-
     /// An iterator positioned for reading after `after` (or at the start
     /// `start` names when nothing was read yet).
     async fn iterator(&self, shard: &str, start: &Checkpoint, after: Option<&(String, u64)>) -> Result<Option<String>, AwsError> {
@@ -137,16 +136,14 @@ impl KinesisSource {
     /// Reads `shard` from `start` into `tx` until the shard ends (a final
     /// `Fetched { end: true }`), `stop` is cancelled, or `tx` is closed.
     pub async fn fetch_loop(&self, shard: String, start: Checkpoint, tx: mpsc::Sender<Fetched>, stop: CancellationToken) {
-        let shard_label = ShardLabel { source: self.config.stream.clone(), shard: shard.clone() };
-        self.read_shard(shard, start, tx, stop).await;
+        self.read_shard(shard.clone(), start, tx, stop).await;
         // This instance no longer reads the shard: no stale lag for it.
-        self.metrics.kinesis_behind_latest.remove(&shard_label);
+        ShardReadStopped { source: &self.config.stream, shard: &shard }.emit(&self.metrics);
     }
 
     async fn read_shard(&self, shard: String, start: Checkpoint, tx: mpsc::Sender<Fetched>, stop: CancellationToken) {
         let cfg = &self.config;
-        let label = self.label();
-        let shard_label = ShardLabel { source: cfg.stream.clone(), shard: shard.clone() };
+        let source = cfg.stream.as_str();
         let backoff = Backoff { base: Duration::from_millis(cfg.poll_interval_ms), max: Duration::from_secs(10) };
         let poll = Duration::from_millis(cfg.poll_interval_ms);
         // The last record handed on: reading resumes after it.
@@ -176,10 +173,7 @@ impl KinesisSource {
                     }
                     Err(e) => {
                         warn!(shard = %shard, error = %e, "GetShardIterator failed, retrying");
-                        self.metrics
-                            .source_errors
-                            .get_or_create(&SourceOutcome { source: cfg.stream.clone(), outcome: "iterator" })
-                            .inc();
+                        SourceError { source, kind: SourceErrorKind::Iterator }.emit(&self.metrics);
                         next_call = tokio::time::Instant::now() + backoff.delay(failures);
                         failures += 1;
                         continue;
@@ -192,7 +186,7 @@ impl KinesisSource {
                 Ok(out) => out,
                 Err(SdkError::ServiceError(e)) if e.err().is_expired_iterator_exception() => {
                     debug!(shard = %shard, "Shard iterator expired; renewing it after the last record handed on");
-                    self.metrics.kinesis_iterator_expiries.get_or_create(&label).inc();
+                    IteratorExpired { source }.emit(&self.metrics);
                     // Renew at once: the pacing already waited.
                     next_call = tokio::time::Instant::now();
                     continue;
@@ -200,14 +194,11 @@ impl KinesisSource {
                 Err(e) => {
                     let class = classify(&e);
                     if class == ErrorClass::Throttled {
-                        self.metrics.source_throttles.get_or_create(&label).inc();
+                        ReadThrottled { source }.emit(&self.metrics);
                         debug!(shard = %shard, "GetRecords throttled; backing off");
                     } else {
                         warn!(shard = %shard, error = %describe(&e), "GetRecords failed, retrying");
-                        self.metrics
-                            .source_errors
-                            .get_or_create(&SourceOutcome { source: cfg.stream.clone(), outcome: "read" })
-                            .inc();
+                        SourceError { source, kind: SourceErrorKind::Read }.emit(&self.metrics);
                     }
                     // Keep the iterator unless it cannot be used again.
                     if class != ErrorClass::Fatal {
@@ -220,7 +211,7 @@ impl KinesisSource {
             };
             failures = 0;
             if let Some(ms) = out.millis_behind_latest {
-                self.metrics.kinesis_behind_latest.get_or_create(&shard_label).set(ms as f64 / 1000.0);
+                ShardLag { source, shard: &shard, seconds: ms as f64 / 1000.0 }.emit(&self.metrics);
             }
             let mut fetched = Fetched::default();
             let mut bytes = 0u64;
@@ -257,8 +248,7 @@ impl KinesisSource {
                     }
                 }
             }
-            self.metrics.source_received_bytes.get_or_create(&label).inc_by(bytes);
-            self.metrics.source_received.get_or_create(&label).inc_by(fetched.records.len() as u64);
+            Received { source, count: fetched.records.len() as u64, bytes: Some(bytes) }.emit(&self.metrics);
             if let Some(last) = fetched.records.last() {
                 after = Some((last.sequence.clone(), last.sub));
             }

@@ -30,6 +30,9 @@ use tracing::{debug, info, warn};
 
 use crate::aws::{Backoff, ErrorClass, classify, describe};
 use crate::config::SqsSourceConfig;
+use crate::internal_events::{
+    Acknowledged, InFlight, InternalEvent, QueueDepth, Received, SourceError, SourceErrorKind, VisibilityExtended,
+};
 use crate::metrics::Metrics;
 
 /// One received message.
@@ -116,7 +119,7 @@ impl SqsSource {
     }
 
     fn set_inflight_gauge(&self, n: usize) {
-        self.metrics.source_inflight.get_or_create(&Metrics::source(&self.name)).set(n as i64);
+        InFlight { source: &self.name, count: n }.emit(&self.metrics);
     }
 
     fn track(&self, receipts: impl IntoIterator<Item = String>) {
@@ -173,8 +176,8 @@ impl SqsSource {
                 }
                 Err(e) => {
                     let class = classify(&e);
-                    let outcome = if class == ErrorClass::Throttled { "throttled" } else { "error" };
-                    self.metrics.source_errors.get_or_create(&Metrics::source_outcome(&self.name, outcome)).inc();
+                    let kind = if class == ErrorClass::Throttled { SourceErrorKind::Throttled } else { SourceErrorKind::Error };
+                    SourceError { source: &self.name, kind }.emit(&self.metrics);
                     warn!(queue = %self.name, error = %describe(&e), "Receive failed, retrying");
                     let delay = backoff.delay(failures);
                     failures = failures.saturating_add(1);
@@ -207,7 +210,7 @@ impl SqsSource {
             if batch.is_empty() {
                 continue;
             }
-            self.metrics.source_received.get_or_create(&Metrics::source(&self.name)).inc_by(batch.len() as u64);
+            Received { source: &self.name, count: batch.len() as u64, bytes: None }.emit(&self.metrics);
             self.track(batch.iter().map(|m| m.receipt_handle.clone()));
             if tx.send(batch).await.is_err() {
                 // Downstream is gone (shutdown): what we hold is redelivered.
@@ -256,13 +259,10 @@ impl SqsSource {
                                 *d = deadline;
                             }
                         }
-                        self.metrics
-                            .source_visibility_extensions
-                            .get_or_create(&Metrics::source(&self.name))
-                            .inc_by(chunk.len() as u64);
+                        VisibilityExtended { source: &self.name, count: chunk.len() as u64 }.emit(&self.metrics);
                     }
                     Err(e) => {
-                        self.metrics.source_errors.get_or_create(&Metrics::source_outcome(&self.name, "extend")).inc();
+                        SourceError { source: &self.name, kind: SourceErrorKind::Extend }.emit(&self.metrics);
                         warn!(queue = %self.name, error = %describe(&e), "Visibility extension failed");
                     }
                 }
@@ -320,7 +320,7 @@ impl SqsSource {
                         let failed: Vec<usize> = out.failed.iter().filter_map(|f| f.id.parse().ok()).collect();
                         let (ok, bad): (Vec<_>, Vec<_>) = pending.into_iter().enumerate().partition(|(i, _)| !failed.contains(i));
                         let ok: Vec<String> = ok.into_iter().map(|(_, r)| r).collect();
-                        self.metrics.source_acked.get_or_create(&Metrics::source(&self.name)).inc_by(ok.len() as u64);
+                        Acknowledged { source: &self.name, count: ok.len() as u64 }.emit(&self.metrics);
                         self.untrack(&ok);
                         pending = bad.into_iter().map(|(_, r)| r).collect();
                         if pending.is_empty() {
@@ -329,7 +329,7 @@ impl SqsSource {
                         debug!(queue = %self.name, failed = pending.len(), "Some deletes failed, retrying");
                     }
                     Err(e) => {
-                        self.metrics.source_errors.get_or_create(&Metrics::source_outcome(&self.name, "delete")).inc();
+                        SourceError { source: &self.name, kind: SourceErrorKind::Delete }.emit(&self.metrics);
                         warn!(queue = %self.name, error = %describe(&e), "Delete failed, retrying");
                     }
                 }
@@ -385,7 +385,7 @@ pub async fn depth_loop(client: Client, queues: Vec<String>, every: Duration, me
                         .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages).and_then(|v| v.parse::<i64>().ok()))
                         .unwrap_or(0);
                     let label = u.rsplit('/').next().unwrap_or(name).to_owned();
-                    metrics.queue_depth.get_or_create(&crate::metrics::QueueLabel { queue: label }).set(n);
+                    QueueDepth { queue: &label, messages: n }.emit(&metrics);
                 }
                 Err(e) => debug!(queue = %name, error = %describe(&e), "Reading the queue depth failed"),
             }

@@ -1,0 +1,586 @@
+//! Internal events: one type per thing that happens in the daemon, whose
+//! `emit` records its metric, as Vector's `internal_events` do.
+//!
+//! Owns: every label a metric is recorded with. Labels are enum values (or
+//! names the configuration or the stream gave: an input, a queue, a
+//! shard), never string literals typed at a call site; a tidy test keeps
+//! `get_or_create` out of every other module but `metrics.rs`. Must not:
+//! decide anything; it records what callers report.
+
+use std::time::Duration;
+
+use pipeline::event::RejectReason;
+
+use crate::metrics::{
+    Metrics, OutcomeLabel, QueueLabel, ReasonLabel, ShardLabel, SinkLabel, SinkOutcome, SourceLabel, SourceOutcome, StageLabel,
+};
+use crate::route::Outcome;
+
+/// Something that happened, recorded by [`InternalEvent::emit`].
+pub trait InternalEvent {
+    /// Records the event's metric.
+    fn emit(self, metrics: &Metrics);
+}
+
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, for creating series at start.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+    };
+}
+
+label_enum!(
+    /// A sink, as `cafe_sink_*{sink}` names it.
+    Sink {
+        /// Payments, orders, aggregates (and the transactions' attempts).
+        DynamoDb => "dynamodb",
+        /// Menu items and their ledger entries.
+        DynamoDbMenu => "dynamodb_menu",
+        /// The rejected queue.
+        Rejected => "rejected",
+    }
+);
+
+label_enum!(
+    /// What became of one sink request.
+    SinkRequestOutcome {
+        /// Done.
+        Ok => "ok",
+        /// Failed transiently; tried again after a backoff.
+        Retry => "retry",
+        /// Failed for good; the records go back to their source.
+        Failed => "failed",
+        /// A DynamoDB transaction cancelled by a condition (a replay, a moved order).
+        ConditionFailed => "condition_failed",
+        /// Rejections sent but not recorded in the ledger.
+        LedgerFailed => "ledger_failed",
+    }
+);
+
+label_enum!(
+    /// A pipeline stage.
+    Stage {
+        /// The CPU-pool hop of a batch.
+        Decide => "decide",
+        /// A batch's writes, from its first to its last outcome.
+        Write => "write",
+        /// A decided batch waiting for the write stage.
+        QueueToWrite => "queue_to_write",
+    }
+);
+
+label_enum!(
+    /// A failed call of a source.
+    SourceErrorKind {
+        /// ReceiveMessage throttled.
+        Throttled => "throttled",
+        /// ReceiveMessage failed.
+        Error => "error",
+        /// A visibility extension failed.
+        Extend => "extend",
+        /// A delete failed.
+        Delete => "delete",
+        /// GetShardIterator failed.
+        Iterator => "iterator",
+        /// GetRecords failed.
+        Read => "read",
+    }
+);
+
+label_enum!(
+    /// How a lease was taken.
+    LeaseTakenHow {
+        /// A shard nobody read yet.
+        New => "new",
+        /// Its holder stopped renewing it.
+        Expired => "expired",
+        /// Its holder gave it back.
+        Released => "released",
+        /// From a busier instance.
+        Stolen => "stolen",
+    }
+);
+
+label_enum!(
+    /// How a lease was lost.
+    LeaseLostHow {
+        /// Another instance took it.
+        Taken => "taken",
+        /// Not renewed in time.
+        Expired => "expired",
+        /// A checkpoint found it moved.
+        Fenced => "fenced",
+        /// Given back on shutdown or at shard end.
+        Released => "released",
+    }
+);
+
+label_enum!(
+    /// What became of a checkpoint.
+    CheckpointOutcome {
+        /// Written.
+        Ok => "ok",
+        /// Refused: the lease moved.
+        Fenced => "fenced",
+        /// The lease table could not be written.
+        Failed => "failed",
+    }
+);
+
+label_enum!(
+    /// What a menu upsert did to its item.
+    MenuOutcome {
+        /// The item was rewritten.
+        Written => "written",
+        /// Same content: only its sync version moved.
+        Unchanged => "unchanged",
+        /// Older than what is stored: counted, nothing rewritten.
+        Stale => "stale",
+    }
+);
+
+label_enum!(
+    /// What became of a Redshift flush.
+    FlushOutcome {
+        /// Every pending row read was written.
+        Ok => "ok",
+        /// It stopped; the rows stay pending.
+        Failed => "failed",
+    }
+);
+
+fn source(s: &str) -> SourceLabel {
+    SourceLabel { source: s.to_owned() }
+}
+
+fn source_outcome(s: &str, outcome: &'static str) -> SourceOutcome {
+    SourceOutcome { source: s.to_owned(), outcome }
+}
+
+/// One request to a sink.
+#[derive(Debug)]
+pub struct SinkRequest {
+    /// Which sink.
+    pub sink: Sink,
+    /// What became of it.
+    pub outcome: SinkRequestOutcome,
+}
+
+impl InternalEvent for SinkRequest {
+    fn emit(self, m: &Metrics) {
+        m.sink_requests.get_or_create(&SinkOutcome { sink: self.sink.as_str(), outcome: self.outcome.as_str() }).inc();
+    }
+}
+
+/// A sink finished writing one batch, retries included.
+#[derive(Debug)]
+pub struct SinkWriteFinished {
+    /// Which sink.
+    pub sink: Sink,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for SinkWriteFinished {
+    fn emit(self, m: &Metrics) {
+        m.sink_write_duration.get_or_create(&SinkLabel { sink: self.sink.as_str() }).observe(self.elapsed.as_secs_f64());
+    }
+}
+
+/// A batch entered a stage.
+#[derive(Debug)]
+pub struct BatchStaged {
+    /// The stage.
+    pub stage: Stage,
+    /// Events in the batch.
+    pub events: usize,
+}
+
+impl InternalEvent for BatchStaged {
+    fn emit(self, m: &Metrics) {
+        m.batch_events.get_or_create(&StageLabel { stage: self.stage.as_str() }).observe(self.events as f64);
+    }
+}
+
+/// A batch left a stage.
+#[derive(Debug)]
+pub struct StageFinished {
+    /// The stage.
+    pub stage: Stage,
+    /// Time spent in it.
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for StageFinished {
+    fn emit(self, m: &Metrics) {
+        m.stage_duration.get_or_create(&StageLabel { stage: self.stage.as_str() }).observe(self.elapsed.as_secs_f64());
+    }
+}
+
+/// Events of one input that came out of the pipeline with one outcome.
+#[derive(Debug)]
+pub struct EventsOut<'a> {
+    /// The input they arrived on.
+    pub source: &'a str,
+    /// What became of them.
+    pub outcome: Outcome,
+    /// How many.
+    pub count: u64,
+}
+
+impl InternalEvent for EventsOut<'_> {
+    fn emit(self, m: &Metrics) {
+        if self.count > 0 {
+            m.pipeline_events.get_or_create(&source_outcome(self.source, self.outcome.label())).inc_by(self.count);
+        }
+    }
+}
+
+/// An event that breaks the contract reached the rejected queue.
+#[derive(Debug)]
+pub struct EventRejected {
+    /// Why.
+    pub reason: RejectReason,
+}
+
+impl InternalEvent for EventRejected {
+    fn emit(self, m: &Metrics) {
+        m.pipeline_rejected.get_or_create(&ReasonLabel { reason: self.reason.code() }).inc();
+    }
+}
+
+/// An event became durable this long after its event time.
+#[derive(Debug)]
+pub struct EventLatency<'a> {
+    /// The input it arrived on.
+    pub source: &'a str,
+    /// Event time to durable write.
+    pub seconds: f64,
+}
+
+impl InternalEvent for EventLatency<'_> {
+    fn emit(self, m: &Metrics) {
+        m.e2e_latency.get_or_create(&source(self.source)).observe(self.seconds.max(0.0));
+    }
+}
+
+/// A payment's decision was written.
+#[derive(Debug)]
+pub struct PaymentDecided {
+    /// approve, review or decline (`pipeline::fraud::Decision::name`).
+    pub decision: &'static str,
+}
+
+impl InternalEvent for PaymentDecided {
+    fn emit(self, m: &Metrics) {
+        m.fraud_decisions.get_or_create(&OutcomeLabel { outcome: self.decision }).inc();
+    }
+}
+
+/// The fraud history's size after a batch.
+#[derive(Debug)]
+pub struct FraudHistorySize {
+    /// Keys held.
+    pub keys: usize,
+}
+
+impl InternalEvent for FraudHistorySize {
+    fn emit(self, m: &Metrics) {
+        m.fraud_tracked_keys.set(self.keys as i64);
+    }
+}
+
+/// Orders read from their table to apply events to.
+#[derive(Debug)]
+pub struct OrderStatesRead<'a> {
+    /// The input the events arrived on.
+    pub source: &'a str,
+    /// Orders read.
+    pub count: u64,
+}
+
+impl InternalEvent for OrderStatesRead<'_> {
+    fn emit(self, m: &Metrics) {
+        m.orders_state_reads.get_or_create(&source(self.source)).inc_by(self.count);
+    }
+}
+
+/// Messages or records received from a source.
+#[derive(Debug)]
+pub struct Received<'a> {
+    /// The input.
+    pub source: &'a str,
+    /// How many.
+    pub count: u64,
+    /// Their bytes, where the source counts them.
+    pub bytes: Option<u64>,
+}
+
+impl InternalEvent for Received<'_> {
+    fn emit(self, m: &Metrics) {
+        m.source_received.get_or_create(&source(self.source)).inc_by(self.count);
+        if let Some(b) = self.bytes {
+            m.source_received_bytes.get_or_create(&source(self.source)).inc_by(b);
+        }
+    }
+}
+
+/// Messages deleted or records checkpointed.
+#[derive(Debug)]
+pub struct Acknowledged<'a> {
+    /// The input.
+    pub source: &'a str,
+    /// How many.
+    pub count: u64,
+}
+
+impl InternalEvent for Acknowledged<'_> {
+    fn emit(self, m: &Metrics) {
+        m.source_acked.get_or_create(&source(self.source)).inc_by(self.count);
+    }
+}
+
+/// Messages received and not yet acknowledged.
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    /// The input.
+    pub source: &'a str,
+    /// How many now.
+    pub count: usize,
+}
+
+impl InternalEvent for InFlight<'_> {
+    fn emit(self, m: &Metrics) {
+        m.source_inflight.get_or_create(&source(self.source)).set(self.count as i64);
+    }
+}
+
+/// A source call failed.
+#[derive(Debug)]
+pub struct SourceError<'a> {
+    /// The input.
+    pub source: &'a str,
+    /// Which call.
+    pub kind: SourceErrorKind,
+}
+
+impl InternalEvent for SourceError<'_> {
+    fn emit(self, m: &Metrics) {
+        m.source_errors.get_or_create(&source_outcome(self.source, self.kind.as_str())).inc();
+    }
+}
+
+/// In-flight messages kept invisible longer.
+#[derive(Debug)]
+pub struct VisibilityExtended<'a> {
+    /// The input.
+    pub source: &'a str,
+    /// How many.
+    pub count: u64,
+}
+
+impl InternalEvent for VisibilityExtended<'_> {
+    fn emit(self, m: &Metrics) {
+        m.source_visibility_extensions.get_or_create(&source(self.source)).inc_by(self.count);
+    }
+}
+
+/// A shard read refused for throughput.
+#[derive(Debug)]
+pub struct ReadThrottled<'a> {
+    /// The stream.
+    pub source: &'a str,
+}
+
+impl InternalEvent for ReadThrottled<'_> {
+    fn emit(self, m: &Metrics) {
+        m.source_throttles.get_or_create(&source(self.source)).inc();
+    }
+}
+
+/// A shard iterator expired and is renewed.
+#[derive(Debug)]
+pub struct IteratorExpired<'a> {
+    /// The stream.
+    pub source: &'a str,
+}
+
+impl InternalEvent for IteratorExpired<'_> {
+    fn emit(self, m: &Metrics) {
+        m.kinesis_iterator_expiries.get_or_create(&source(self.source)).inc();
+    }
+}
+
+/// How far a shard's reader is behind the stream's tip.
+#[derive(Debug)]
+pub struct ShardLag<'a> {
+    /// The stream.
+    pub source: &'a str,
+    /// The shard.
+    pub shard: &'a str,
+    /// MillisBehindLatest, in seconds.
+    pub seconds: f64,
+}
+
+impl InternalEvent for ShardLag<'_> {
+    fn emit(self, m: &Metrics) {
+        let label = ShardLabel { source: self.source.to_owned(), shard: self.shard.to_owned() };
+        m.kinesis_behind_latest.get_or_create(&label).set(self.seconds);
+    }
+}
+
+/// This instance holds this many leases of a stream.
+#[derive(Debug)]
+pub struct LeasesHeld<'a> {
+    /// The stream.
+    pub source: &'a str,
+    /// Leases held now.
+    pub count: usize,
+}
+
+impl InternalEvent for LeasesHeld<'_> {
+    fn emit(self, m: &Metrics) {
+        m.leases_held.get_or_create(&source(self.source)).set(self.count as i64);
+    }
+}
+
+/// A lease was taken.
+#[derive(Debug)]
+pub struct LeaseTaken<'a> {
+    /// The stream.
+    pub source: &'a str,
+    /// How.
+    pub how: LeaseTakenHow,
+}
+
+impl InternalEvent for LeaseTaken<'_> {
+    fn emit(self, m: &Metrics) {
+        m.leases_taken.get_or_create(&source_outcome(self.source, self.how.as_str())).inc();
+    }
+}
+
+/// A lease was lost.
+#[derive(Debug)]
+pub struct LeaseLost<'a> {
+    /// The stream.
+    pub source: &'a str,
+    /// How.
+    pub how: LeaseLostHow,
+}
+
+impl InternalEvent for LeaseLost<'_> {
+    fn emit(self, m: &Metrics) {
+        m.leases_lost.get_or_create(&source_outcome(self.source, self.how.as_str())).inc();
+    }
+}
+
+/// A checkpoint was attempted.
+#[derive(Debug)]
+pub struct CheckpointWritten<'a> {
+    /// The stream.
+    pub source: &'a str,
+    /// What became of it.
+    pub outcome: CheckpointOutcome,
+}
+
+impl InternalEvent for CheckpointWritten<'_> {
+    fn emit(self, m: &Metrics) {
+        m.kinesis_checkpoints.get_or_create(&source_outcome(self.source, self.outcome.as_str())).inc();
+    }
+}
+
+/// Menu upserts of one outcome committed.
+#[derive(Debug)]
+pub struct MenuItems {
+    /// What they did.
+    pub outcome: MenuOutcome,
+    /// How many.
+    pub count: u64,
+}
+
+impl InternalEvent for MenuItems {
+    fn emit(self, m: &Metrics) {
+        if self.count > 0 {
+            m.menu_items.get_or_create(&OutcomeLabel { outcome: self.outcome.as_str() }).inc_by(self.count);
+        }
+    }
+}
+
+/// A Redshift flush ended.
+#[derive(Debug)]
+pub struct MirrorFlushed {
+    /// How.
+    pub outcome: FlushOutcome,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for MirrorFlushed {
+    fn emit(self, m: &Metrics) {
+        m.mirror_flush_duration.observe(self.elapsed.as_secs_f64());
+        m.mirror_flushes.get_or_create(&OutcomeLabel { outcome: self.outcome.as_str() }).inc();
+    }
+}
+
+/// Messages waiting in a queue an operator watches.
+#[derive(Debug)]
+pub struct QueueDepth<'a> {
+    /// The queue's name.
+    pub queue: &'a str,
+    /// ApproximateNumberOfMessages.
+    pub messages: i64,
+}
+
+impl InternalEvent for QueueDepth<'_> {
+    fn emit(self, m: &Metrics) {
+        m.queue_depth.get_or_create(&QueueLabel { queue: self.queue.to_owned() }).set(self.messages);
+    }
+}
+
+/// A menu upsert's image was hashed and its item written.
+#[derive(Debug)]
+pub struct MenuImageWritten {
+    /// The image's decoded bytes.
+    pub bytes: u64,
+    /// Whether its SHA-256 matched the declared one.
+    pub hash_ok: bool,
+}
+
+impl InternalEvent for MenuImageWritten {
+    fn emit(self, m: &Metrics) {
+        m.menu_image_bytes.inc_by(self.bytes);
+        if !self.hash_ok {
+            m.menu_hash_mismatches.inc();
+        }
+    }
+}
+
+/// This instance stopped reading a shard: its lag series goes.
+#[derive(Debug)]
+pub struct ShardReadStopped<'a> {
+    /// The stream.
+    pub source: &'a str,
+    /// The shard.
+    pub shard: &'a str,
+}
+
+impl InternalEvent for ShardReadStopped<'_> {
+    fn emit(self, m: &Metrics) {
+        m.kinesis_behind_latest.remove(&ShardLabel { source: self.source.to_owned(), shard: self.shard.to_owned() });
+    }
+}
