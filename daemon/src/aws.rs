@@ -131,6 +131,27 @@ impl AwsError {
     }
 }
 
+/// Runs a batch call that can fail for some of its entries until every
+/// entry succeeded or `attempts` calls were made, sleeping `backoff` between
+/// calls. `call` gets the pending entries (indices into the caller's items)
+/// and the attempt number, and returns those that failed (all of them when
+/// the call itself failed). Returns the entries that never succeeded.
+pub async fn retry_failed_entries<F, Fut>(items: usize, attempts: u32, backoff: Backoff, mut call: F) -> Vec<usize>
+where
+    F: FnMut(Vec<usize>, u32) -> Fut,
+    Fut: std::future::Future<Output = Vec<usize>>,
+{
+    let mut pending: Vec<usize> = (0..items).collect();
+    for attempt in 0..attempts {
+        pending = call(pending, attempt).await;
+        if pending.is_empty() || attempt + 1 == attempts {
+            break;
+        }
+        tokio::time::sleep(backoff.delay(attempt)).await;
+    }
+    pending
+}
+
 /// Exponential backoff with jitter.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
@@ -164,5 +185,21 @@ mod tests {
             assert!(b.delay(30) <= Duration::from_secs(1));
             assert!(b.delay(30) >= Duration::from_millis(250));
         }
+    }
+
+    #[tokio::test]
+    async fn failed_entries_alone_are_sent_again_until_done_or_out_of_attempts() {
+        let b = Backoff { base: Duration::from_millis(1), max: Duration::from_millis(2) };
+        let mut calls: Vec<Vec<usize>> = Vec::new();
+        // Entry 1 fails twice, entry 3 always.
+        let left = retry_failed_entries(4, 4, b, |pending: Vec<usize>, attempt| {
+            calls.push(pending.clone());
+            async move { pending.into_iter().filter(|&i| i == 3 || (i == 1 && attempt < 2)).collect() }
+        })
+        .await;
+        assert_eq!(left, vec![3]);
+        assert_eq!(calls, vec![vec![0, 1, 2, 3], vec![1, 3], vec![1, 3], vec![3]]);
+        let none = retry_failed_entries(2, 3, b, |_: Vec<usize>, _| async { Vec::new() }).await;
+        assert!(none.is_empty());
     }
 }

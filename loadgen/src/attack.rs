@@ -1,14 +1,122 @@
 //! What every scenario's goose attack shares: the configuration (one
 //! iteration per user, all users at once, reports in three formats, the
-//! scenario's thresholds) and reading goose's verdict.
+//! scenario's thresholds), the run's state cell and send record, SQS batch
+//! sends with their retries, and reading goose's verdict.
 //!
-//! Owns: the goose settings cafe-loadgen relies on. Must not: know any
-//! scenario's transactions.
+//! Owns: the goose settings and plumbing cafe-loadgen relies on. Must not:
+//! know any scenario's transactions.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use goose::config::GooseConfiguration;
-use goose::prelude::{GooseError, GooseMetrics};
+use goose::prelude::{GooseError, GooseMetrics, GooseUser, TransactionError};
+use time::OffsetDateTime;
+
+/// A scenario's run state, for its goose transactions: they are plain
+/// functions, so the state lives in one process-wide cell per scenario.
+#[derive(Debug)]
+pub struct RunCell<T>(OnceLock<Arc<T>>);
+
+impl<T> RunCell<T> {
+    /// An empty cell.
+    pub const fn new() -> Self {
+        RunCell(OnceLock::new())
+    }
+
+    /// Sets the run's state; a process runs one run of a scenario.
+    pub fn set(&self, state: Arc<T>) -> anyhow::Result<()> {
+        self.0.set(state).map_err(|_| anyhow::anyhow!("one run of a scenario per process"))
+    }
+
+    /// The run's state, inside a transaction.
+    pub fn get(&self) -> Result<Arc<T>, Box<TransactionError>> {
+        self.0.get().cloned().ok_or_else(|| Box::new(TransactionError::Custom("run state missing".into())))
+    }
+}
+
+/// What the users of a run sent: when the first send began, what the
+/// service accepted (`T` is what the verification expects of it), and how
+/// many it still refused after retries.
+#[derive(Debug)]
+pub struct Sends<T> {
+    started: OnceLock<(Instant, OffsetDateTime)>,
+    sent: Mutex<Vec<T>>,
+    failures: AtomicU64,
+}
+
+impl<T> Sends<T> {
+    /// Nothing sent yet; room for `capacity`.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Sends { started: OnceLock::new(), sent: Mutex::new(Vec::with_capacity(capacity)), failures: AtomicU64::new(0) }
+    }
+
+    /// Marks the start of sending (the first caller's time counts) and
+    /// returns it.
+    pub fn start(&self) -> (Instant, OffsetDateTime) {
+        *self.started.get_or_init(|| (Instant::now(), OffsetDateTime::now_utc()))
+    }
+
+    /// When sending started, if it did.
+    pub fn started(&self) -> Option<(Instant, OffsetDateTime)> {
+        self.started.get().copied()
+    }
+
+    /// Records what was accepted.
+    pub fn accepted(&self, items: impl IntoIterator<Item = T>) {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).extend(items);
+    }
+
+    /// Records `n` items refused for good.
+    pub fn refused(&self, n: usize) {
+        self.failures.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Everything accepted so far, and the refusals.
+    pub fn take(&self) -> (Vec<T>, u64) {
+        (std::mem::take(&mut *self.sent.lock().unwrap_or_else(|e| e.into_inner())), self.failures.load(Ordering::Relaxed))
+    }
+}
+
+/// Sends `entries` (their ids are their indices) to `queue_url` with
+/// SendMessageBatch, sending the refused ones again up to 5 times, and
+/// records each call in goose's metrics as `name`. Returns the indices SQS
+/// accepted; the caller records the rest as refused.
+pub async fn send_sqs_batch(
+    user: &mut GooseUser,
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    name: &str,
+    entries: Vec<SendMessageBatchRequestEntry>,
+) -> Result<Vec<usize>, Box<TransactionError>> {
+    let mut accepted = Vec::with_capacity(entries.len());
+    let mut pending: Vec<usize> = (0..entries.len()).collect();
+    for attempt in 0..5u64 {
+        let batch: Vec<SendMessageBatchRequestEntry> = pending.iter().map(|&k| entries[k].clone()).collect();
+        let started = Instant::now();
+        let result = sqs.send_message_batch().queue_url(queue_url).set_entries(Some(batch)).send().await;
+        let (ok, err) = match &result {
+            Ok(out) if out.failed.is_empty() => (true, None),
+            Ok(_) => (false, Some("some entries failed")),
+            Err(_) => (false, Some("request failed")),
+        };
+        user.record_custom_request_duration("SQS", name, started.elapsed(), ok, None, err).await?;
+        let failed: Vec<usize> = match result {
+            Ok(out) => out.failed.iter().filter_map(|f| f.id.parse().ok()).collect(),
+            Err(_) => pending.clone(),
+        };
+        accepted.extend(pending.iter().filter(|k| !failed.contains(k)));
+        pending = failed;
+        if pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+    }
+    Ok(accepted)
+}
 
 /// A goose configuration for `users` users that each run once, against a
 /// non-HTTP `host` (named for goose's report), with `thresholds` and the
@@ -44,6 +152,37 @@ pub fn failed_thresholds(result: Result<GooseMetrics, GooseError>) -> anyhow::Re
 pub fn p99_target(p99_ms: f64, limit: Option<u64>) -> Option<String> {
     let limit = limit?;
     (!(p99_ms <= limit as f64)).then(|| format!("e2e p99 {p99_ms:.0} ms is above the target {limit} ms"))
+}
+
+/// What every scenario's verdict checks: nothing lost, duplicated, refused
+/// or different from what was sent, and every threshold and target met.
+/// Flattened into each scenario's summary (the JSON keeps its fields).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Verdict {
+    /// Items the service still refused after retries.
+    pub send_failures: u64,
+    /// Items sent but missing from the outputs.
+    pub lost: u64,
+    /// Items counted or applied more than once.
+    pub duplicated: u64,
+    /// Other differences between what was sent and what was written.
+    pub mismatches: Vec<String>,
+    /// goose thresholds that failed.
+    pub failed_thresholds: Vec<String>,
+    /// cafe-stream targets that failed.
+    pub failed_targets: Vec<String>,
+}
+
+impl Verdict {
+    /// True when nothing was lost, duplicated, refused or wrong and every rule passed.
+    pub fn passed(&self) -> bool {
+        self.lost == 0
+            && self.duplicated == 0
+            && self.send_failures == 0
+            && self.mismatches.is_empty()
+            && self.failed_thresholds.is_empty()
+            && self.failed_targets.is_empty()
+    }
 }
 
 /// Writes a run's `summary.json` and `summary.md` into `dir`.

@@ -6,9 +6,8 @@
 //! Owns: the goose attack of a burst and the run's summary. Must not: judge
 //! the daemon's internals; it sees only what a producer and an analyst see.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
@@ -19,6 +18,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::Barrier;
 use tracing::{info, warn};
 
+use crate::attack::{RunCell, Sends, Verdict, send_sqs_batch};
 use crate::payload::{self, Payment};
 use crate::scenario::{Restart, Scenario as ScenarioFile};
 use crate::verify;
@@ -35,66 +35,38 @@ struct Burst {
     payments: u64,
     users: usize,
     barrier: Barrier,
-    fired_at: OnceLock<(Instant, OffsetDateTime)>,
-    sent: Mutex<Vec<Payment>>,
-    send_failures: AtomicU64,
+    /// The burst fires when the first send starts.
+    sends: Sends<Payment>,
 }
 
-static BURST: OnceLock<Arc<Burst>> = OnceLock::new();
-
-fn burst() -> Result<Arc<Burst>, Box<TransactionError>> {
-    BURST.get().cloned().ok_or_else(|| Box::new(TransactionError::Custom("burst state missing".into())))
-}
+static BURST: RunCell<Burst> = RunCell::new();
 
 /// One goose user's share: payments `index % users == user`.
 async fn fire(user: &mut GooseUser) -> TransactionResult {
-    let b = burst()?;
+    let b = BURST.get()?;
     let me = user.weighted_users_index % b.users;
     b.barrier.wait().await;
-    b.fired_at.get_or_init(|| (Instant::now(), OffsetDateTime::now_utc()));
+    let _ = b.sends.start();
     let mine: Vec<u64> = (me as u64..b.payments).step_by(b.users).collect();
     for chunk in mine.chunks(10) {
         let ts = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
         let batch: Vec<Payment> = chunk.iter().map(|&i| payload::payment(b.seed, &b.run_id, i, &b.load, &ts)).collect();
-        let mut pending: Vec<usize> = (0..batch.len()).collect();
-        for attempt in 0..5u64 {
-            let entries: Vec<_> = pending
-                .iter()
-                .filter_map(|&k| {
-                    let p = &batch[k];
-                    SendMessageBatchRequestEntry::builder()
-                        .id(k.to_string())
-                        .message_body(&p.body)
-                        .message_group_id(&p.customer_id)
-                        .message_deduplication_id(&p.dedup_id)
-                        .build()
-                        .ok()
-                })
-                .collect();
-            let started = Instant::now();
-            let result = b.sqs.send_message_batch().queue_url(&b.queue_url).set_entries(Some(entries)).send().await;
-            let elapsed = started.elapsed();
-            let (ok, err) = match &result {
-                Ok(out) if out.failed.is_empty() => (true, None),
-                Ok(_) => (false, Some("some entries failed")),
-                Err(_) => (false, Some("request failed")),
-            };
-            user.record_custom_request_duration("SQS", "SendMessageBatch payments", elapsed, ok, None, err).await?;
-            let failed: Vec<usize> = match result {
-                Ok(out) => out.failed.iter().filter_map(|f| f.id.parse().ok()).collect(),
-                Err(_) => pending.clone(),
-            };
-            {
-                let mut sent = b.sent.lock().unwrap_or_else(|e| e.into_inner());
-                sent.extend(pending.iter().filter(|k| !failed.contains(k)).map(|&k| batch[k].clone()));
-            }
-            pending = failed;
-            if pending.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
-        }
-        b.send_failures.fetch_add(pending.len() as u64, Ordering::Relaxed);
+        let entries: Vec<_> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(k, p)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(k.to_string())
+                    .message_body(&p.body)
+                    .message_group_id(&p.customer_id)
+                    .message_deduplication_id(&p.dedup_id)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        let accepted = send_sqs_batch(user, &b.sqs, &b.queue_url, "SendMessageBatch payments", entries).await?;
+        b.sends.refused(batch.len() - accepted.len());
+        b.sends.accepted(accepted.into_iter().map(|k| batch[k].clone()));
     }
     Ok(())
 }
@@ -112,14 +84,6 @@ pub struct Summary {
     pub planned: u64,
     /// Payments SQS accepted.
     pub sent: u64,
-    /// Payments SQS refused after retries.
-    pub send_failures: u64,
-    /// Sent payments missing from `cafe-payments`.
-    pub lost: u64,
-    /// Payments counted more than once in `cafe-aggregates`.
-    pub duplicated: u64,
-    /// Other mismatches between what was sent and what was written.
-    pub mismatches: Vec<String>,
     /// Seconds to send the whole burst.
     pub send_secs: f64,
     /// Seconds from the burst's first send to the first decision.
@@ -140,23 +104,17 @@ pub struct Summary {
     pub review: u64,
     /// Declined.
     pub declined: u64,
-    /// goose thresholds that failed.
-    pub failed_thresholds: Vec<String>,
-    /// cafe-stream targets that failed.
-    pub failed_targets: Vec<String>,
     /// The restart command's exit status, if one ran.
     pub restart: Option<String>,
+    /// Lost, duplicated, refused and wrong items, and the rules that failed.
+    #[serde(flatten)]
+    pub verdict: Verdict,
 }
 
 impl Summary {
     /// True when nothing was lost or duplicated and every rule passed.
     pub fn passed(&self) -> bool {
-        self.lost == 0
-            && self.duplicated == 0
-            && self.send_failures == 0
-            && self.mismatches.is_empty()
-            && self.failed_thresholds.is_empty()
-            && self.failed_targets.is_empty()
+        self.verdict.passed()
     }
 
     /// Markdown rendering.
@@ -171,9 +129,9 @@ impl Summary {
             self.run_id,
             self.sent,
             self.planned,
-            self.send_failures,
-            self.lost,
-            self.duplicated,
+            self.verdict.send_failures,
+            self.verdict.lost,
+            self.verdict.duplicated,
             self.send_secs,
             self.first_decision_secs,
             self.drain_secs,
@@ -186,10 +144,11 @@ impl Summary {
             self.declined,
             self.restart.as_deref().unwrap_or("none"),
             if self.passed() { "PASS" } else { "FAIL" },
-            self.mismatches
+            self.verdict
+                .mismatches
                 .iter()
-                .chain(&self.failed_thresholds)
-                .chain(&self.failed_targets)
+                .chain(&self.verdict.failed_thresholds)
+                .chain(&self.verdict.failed_targets)
                 .map(|m| format!("\n- {m}"))
                 .collect::<String>()
         )
@@ -241,11 +200,9 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         payments,
         users,
         barrier: Barrier::new(users),
-        fired_at: OnceLock::new(),
-        sent: Mutex::new(Vec::with_capacity(payments as usize)),
-        send_failures: AtomicU64::new(0),
+        sends: Sends::with_capacity(payments as usize),
     });
-    BURST.set(Arc::clone(&state)).map_err(|_| anyhow::anyhow!("one burst per process"))?;
+    BURST.set(Arc::clone(&state))?;
     info!(scenario = %scenario.name, run_id, seed, payments, users, "Starting burst");
 
     let restart = restart_command(&scenario);
@@ -262,16 +219,15 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let attack_task = tokio::spawn(attack.execute());
     if let (Restart::After, Some(cmd)) = (scenario.daemon.restart, &restart) {
         // Restart as soon as the burst has started landing.
-        while state.fired_at.get().is_none() && !attack_task.is_finished() {
+        while state.sends.started().is_none() && !attack_task.is_finished() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         restart_status = Some(run_restart(cmd).await);
     }
     let failed_thresholds = crate::attack::failed_thresholds(attack_task.await?)?;
-    let (fired_instant, fired_at) = *state.fired_at.get().context("the burst never fired")?;
+    let (fired_instant, fired_at) = state.sends.started().context("the burst never fired")?;
     let send_secs = fired_instant.elapsed().as_secs_f64();
-    let sent: Vec<Payment> = std::mem::take(&mut *state.sent.lock().unwrap_or_else(|e| e.into_inner()));
-    let send_failures = state.send_failures.load(Ordering::Relaxed);
+    let (sent, send_failures) = state.sends.take();
     info!(sent = sent.len(), send_secs, "Burst sent; waiting for the daemon");
 
     let stores: Vec<String> = (0..load.stores).map(|k| payload::store_id(&run_id, k)).collect();
@@ -330,10 +286,6 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         seed,
         planned: payments,
         sent: sent.len() as u64,
-        send_failures,
-        lost,
-        duplicated,
-        mismatches,
         send_secs,
         first_decision_secs: since_fire(first),
         drain_secs: since_fire(last),
@@ -344,13 +296,12 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         approved,
         review,
         declined,
-        failed_thresholds,
-        failed_targets: Vec::new(),
         restart: restart_status,
+        verdict: Verdict { send_failures, lost, duplicated, mismatches, failed_thresholds, failed_targets: Vec::new() },
     };
-    summary.failed_targets.extend(crate::attack::p99_target(summary.e2e_p99_ms, scenario.thresholds.e2e_p99_ms));
-    if summary.lost > 0 {
-        warn!(lost = summary.lost, "Payments were lost");
+    summary.verdict.failed_targets.extend(crate::attack::p99_target(summary.e2e_p99_ms, scenario.thresholds.e2e_p99_ms));
+    if summary.verdict.lost > 0 {
+        warn!(lost = summary.verdict.lost, "Payments were lost");
     }
     crate::attack::write_summary(&args.report_dir, &summary, &summary.markdown())?;
     Ok(summary)

@@ -10,8 +10,7 @@
 //! summary. Must not: use the daemon's code to check the daemon.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,6 +26,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::info;
 
+use crate::attack::{RunCell, Sends, Verdict, send_sqs_batch};
 use crate::payload::store_id;
 use crate::scenario::{MenuLoad, Scenario as ScenarioFile};
 use crate::verify;
@@ -134,22 +134,16 @@ struct Sync {
     run_id: String,
     items: u64,
     pods: usize,
-    started: OnceLock<(Instant, OffsetDateTime)>,
-    sent: Mutex<Vec<Expected>>,
-    send_failures: AtomicU64,
+    sends: Sends<Expected>,
 }
 
-static SYNC: OnceLock<Arc<Sync>> = OnceLock::new();
-
-fn state() -> Result<Arc<Sync>, Box<TransactionError>> {
-    SYNC.get().cloned().ok_or_else(|| Box::new(TransactionError::Custom("sync state missing".into())))
-}
+static SYNC: RunCell<Sync> = RunCell::new();
 
 /// One pod's share: items `index % pods == pod`, in batches under 256 KiB.
 async fn push(user: &mut GooseUser) -> TransactionResult {
-    let s = state()?;
+    let s = SYNC.get()?;
     let me = user.weighted_users_index % s.pods;
-    s.started.get_or_init(|| (Instant::now(), OffsetDateTime::now_utc()));
+    let _ = s.sends.start();
     let mut batch: Vec<(String, Expected)> = Vec::new();
     let mut bytes = 0;
     let mut index = me as u64;
@@ -176,35 +170,14 @@ async fn push(user: &mut GooseUser) -> TransactionResult {
 }
 
 async fn send(s: &Sync, user: &mut GooseUser, batch: Vec<(String, Expected)>) -> TransactionResult {
-    let mut pending: Vec<usize> = (0..batch.len()).collect();
-    for attempt in 0..5u64 {
-        let entries: Vec<_> = pending
-            .iter()
-            .filter_map(|&k| SendMessageBatchRequestEntry::builder().id(k.to_string()).message_body(&batch[k].0).build().ok())
-            .collect();
-        let started = Instant::now();
-        let result = s.sqs.send_message_batch().queue_url(&s.queue_url).set_entries(Some(entries)).send().await;
-        let (ok, err) = match &result {
-            Ok(out) if out.failed.is_empty() => (true, None),
-            Ok(_) => (false, Some("some entries failed")),
-            Err(_) => (false, Some("request failed")),
-        };
-        user.record_custom_request_duration("SQS", "SendMessageBatch menu", started.elapsed(), ok, None, err).await?;
-        let failed: Vec<usize> = match result {
-            Ok(out) => out.failed.iter().filter_map(|f| f.id.parse().ok()).collect(),
-            Err(_) => pending.clone(),
-        };
-        s.sent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(pending.iter().filter(|k| !failed.contains(k)).map(|&k| batch[k].1.clone()));
-        pending = failed;
-        if pending.is_empty() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
-    }
-    s.send_failures.fetch_add(pending.len() as u64, Ordering::Relaxed);
+    let entries: Vec<_> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(k, (body, _))| SendMessageBatchRequestEntry::builder().id(k.to_string()).message_body(body).build().ok())
+        .collect();
+    let accepted = send_sqs_batch(user, &s.sqs, &s.queue_url, "SendMessageBatch menu", entries).await?;
+    s.sends.refused(batch.len() - accepted.len());
+    s.sends.accepted(accepted.into_iter().map(|k| batch[k].1.clone()));
     Ok(())
 }
 
@@ -221,18 +194,10 @@ pub struct Summary {
     pub planned: u64,
     /// Items SQS accepted.
     pub sent: u64,
-    /// Items SQS refused after retries.
-    pub send_failures: u64,
     /// Decoded image bytes sent.
     pub image_bytes: u64,
     /// Items sent with a wrong declared hash.
     pub wrong_hashes_sent: u64,
-    /// Sent items missing from `cafe-menu`.
-    pub lost: u64,
-    /// `menu_items` counted above the items sent.
-    pub duplicated: u64,
-    /// Items or counters that differ from what was sent.
-    pub mismatches: Vec<String>,
     /// Seconds to send everything.
     pub send_secs: f64,
     /// Seconds from the first send to the last item stored.
@@ -249,21 +214,15 @@ pub struct Summary {
     pub redshift_rows: Option<usize>,
     /// Seconds after the last item stored until Redshift equalled DynamoDB.
     pub redshift_caught_up_secs: Option<f64>,
-    /// goose thresholds that failed.
-    pub failed_thresholds: Vec<String>,
-    /// cafe-stream targets that failed.
-    pub failed_targets: Vec<String>,
+    /// Lost, duplicated, refused and wrong items, and the rules that failed.
+    #[serde(flatten)]
+    pub verdict: Verdict,
 }
 
 impl Summary {
     /// True when nothing was lost, duplicated or wrong and every rule passed.
     pub fn passed(&self) -> bool {
-        self.lost == 0
-            && self.duplicated == 0
-            && self.send_failures == 0
-            && self.mismatches.is_empty()
-            && self.failed_thresholds.is_empty()
-            && self.failed_targets.is_empty()
+        self.verdict.passed()
     }
 
     /// Markdown rendering.
@@ -284,11 +243,11 @@ impl Summary {
             self.run_id,
             self.sent,
             self.planned,
-            self.send_failures,
+            self.verdict.send_failures,
             self.image_bytes as f64 / 1_048_576.0,
             self.wrong_hashes_sent,
-            self.lost,
-            self.duplicated,
+            self.verdict.lost,
+            self.verdict.duplicated,
             self.send_secs,
             self.drain_secs,
             self.items_per_sec,
@@ -297,10 +256,11 @@ impl Summary {
             self.e2e_p99_ms,
             redshift,
             if self.passed() { "PASS" } else { "FAIL" },
-            self.mismatches
+            self.verdict
+                .mismatches
                 .iter()
-                .chain(&self.failed_thresholds)
-                .chain(&self.failed_targets)
+                .chain(&self.verdict.failed_thresholds)
+                .chain(&self.verdict.failed_targets)
                 .map(|m| format!("\n- {m}"))
                 .collect::<String>()
         )
@@ -369,11 +329,9 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         run_id: run_id.clone(),
         items,
         pods,
-        started: OnceLock::new(),
-        sent: Mutex::new(Vec::with_capacity(items as usize)),
-        send_failures: AtomicU64::new(0),
+        sends: Sends::with_capacity(items as usize),
     });
-    SYNC.set(Arc::clone(&state)).map_err(|_| anyhow::anyhow!("one sync per process"))?;
+    SYNC.set(Arc::clone(&state))?;
     info!(scenario = %scenario.name, run_id, items, pods, "Starting the menu sync");
 
     let config =
@@ -381,9 +339,9 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let attack = GooseAttack::initialize_with_config(config)?
         .register_scenario(scenario!("MenuSync").register_transaction(transaction!(push).set_name("sync")));
     let failed_thresholds = crate::attack::failed_thresholds(attack.execute().await)?;
-    let (started, started_at) = *state.started.get().context("the sync never started")?;
+    let (started, started_at) = state.sends.started().context("the sync never started")?;
     let send_secs = started.elapsed().as_secs_f64();
-    let sent: Vec<Expected> = std::mem::take(&mut *state.sent.lock().unwrap_or_else(|e| e.into_inner()));
+    let (sent, send_failures) = state.sends.take();
     info!(sent = sent.len(), send_secs, "Catalogue sent; waiting for the daemon");
 
     let stores: Vec<String> = (0..load.stores).map(|k| store_id(&run_id, k)).collect();
@@ -481,12 +439,8 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         seed: args.seed,
         planned: items,
         sent: sent.len() as u64,
-        send_failures: state.send_failures.load(Ordering::Relaxed),
         image_bytes: sent.iter().map(|e| e.image_bytes as u64).sum(),
         wrong_hashes_sent: wrong_sent,
-        lost,
-        duplicated,
-        mismatches,
         send_secs,
         drain_secs,
         items_per_sec: stored as f64 / drain_secs,
@@ -495,10 +449,9 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         e2e_p99_ms: verify::percentile(&e2e, 99.0),
         redshift_rows: redshift_rows_checked,
         redshift_caught_up_secs: caught_up,
-        failed_thresholds,
-        failed_targets: Vec::new(),
+        verdict: Verdict { send_failures, lost, duplicated, mismatches, failed_thresholds, failed_targets: Vec::new() },
     };
-    summary.failed_targets.extend(crate::attack::p99_target(summary.e2e_p99_ms, scenario.thresholds.e2e_p99_ms));
+    summary.verdict.failed_targets.extend(crate::attack::p99_target(summary.e2e_p99_ms, scenario.thresholds.e2e_p99_ms));
     crate::attack::write_summary(&args.report_dir, &summary, &summary.markdown())?;
     Ok(summary)
 }

@@ -14,8 +14,7 @@
 //! order's next event is sent.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -31,6 +30,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::Barrier;
 use tracing::info;
 
+use crate::attack::{RunCell, Sends, Verdict};
 use crate::scenario::{OrdersLoad, Scenario as ScenarioFile, Stage};
 use crate::{RunArgs, Targets, payload, verify};
 
@@ -159,21 +159,15 @@ struct Rush {
     producers: usize,
     gap: f64,
     barrier: Barrier,
-    started: OnceLock<(Instant, OffsetDateTime)>,
-    sent: Mutex<Vec<Sent>>,
-    send_failures: AtomicU64,
+    sends: Sends<Sent>,
 }
 
-static RUSH: OnceLock<Arc<Rush>> = OnceLock::new();
-
-fn rush() -> Result<Arc<Rush>, Box<TransactionError>> {
-    RUSH.get().cloned().ok_or_else(|| Box::new(TransactionError::Custom("run state missing".into())))
-}
+static RUSH: RunCell<Rush> = RunCell::new();
 
 /// One goose user: the orders `index % producers == user`, every event at
 /// its time.
 async fn produce(user: &mut GooseUser) -> TransactionResult {
-    let r = rush()?;
+    let r = RUSH.get()?;
     let me = user.weighted_users_index % r.producers;
     let mut queue: Vec<Due> = Vec::new();
     for (i, o) in r.orders.iter().enumerate().filter(|(i, _)| i % r.producers == me) {
@@ -184,7 +178,7 @@ async fn produce(user: &mut GooseUser) -> TransactionResult {
     queue.sort_by(|a, b| a.at.total_cmp(&b.at));
     let mut queue: VecDeque<Due> = queue.into();
     r.barrier.wait().await;
-    let (start, _) = *r.started.get_or_init(|| (Instant::now(), OffsetDateTime::now_utc()));
+    let (start, _) = r.sends.start();
     while let Some(next) = queue.front().copied() {
         let due_at = start + Duration::from_secs_f64(next.at);
         tokio::time::sleep_until(due_at.into()).await;
@@ -230,16 +224,13 @@ async fn produce(user: &mut GooseUser) -> TransactionResult {
             let ok = failed.is_empty();
             let error = if ok { None } else { Some("some records failed") };
             user.record_custom_request_duration("Kinesis", "PutRecords orders", took, ok, None, error).await?;
-            {
-                let mut sent = r.sent.lock().unwrap_or_else(|e| e.into_inner());
-                sent.extend(
-                    pending
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| !failed.contains(i))
-                        .map(|(_, (d, _))| Sent { order: d.order, k: d.k }),
-                );
-            }
+            r.sends.accepted(
+                pending
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !failed.contains(i))
+                    .map(|(_, (d, _))| Sent { order: d.order, k: d.k }),
+            );
             pending = pending.into_iter().enumerate().filter(|(i, _)| failed.contains(i)).map(|(_, p)| p).collect();
             if pending.is_empty() {
                 break;
@@ -249,7 +240,7 @@ async fn produce(user: &mut GooseUser) -> TransactionResult {
         if !pending.is_empty() {
             // Given up: the order's later events are not sent either, so
             // the verification expects the order only up to here.
-            r.send_failures.fetch_add(pending.len() as u64, Ordering::Relaxed);
+            r.sends.refused(pending.len());
             let dropped: HashSet<usize> = pending.iter().map(|(d, _)| d.order).collect();
             queue.retain(|d| !dropped.contains(&d.order));
         }
@@ -289,14 +280,6 @@ pub struct Summary {
     pub planned_orders: u64,
     /// Events Kinesis accepted.
     pub events_sent: u64,
-    /// Events refused after retries.
-    pub send_failures: u64,
-    /// Events sent but missing from their order's history.
-    pub lost: u64,
-    /// Events applied more than once, or orders counted more than once.
-    pub duplicated: u64,
-    /// Other differences between what was sent and what was written.
-    pub mismatches: Vec<String>,
     /// Seconds the sending took.
     pub send_secs: f64,
     /// Seconds from the first send to the last write.
@@ -311,21 +294,15 @@ pub struct Summary {
     pub e2e_p95_ms: f64,
     /// Whole run p99, ms.
     pub e2e_p99_ms: f64,
-    /// goose thresholds that failed.
-    pub failed_thresholds: Vec<String>,
-    /// cafe-stream targets that failed.
-    pub failed_targets: Vec<String>,
+    /// Lost, duplicated, refused and wrong items, and the rules that failed.
+    #[serde(flatten)]
+    pub verdict: Verdict,
 }
 
 impl Summary {
     /// True when nothing was lost or duplicated and every rule passed.
     pub fn passed(&self) -> bool {
-        self.lost == 0
-            && self.duplicated == 0
-            && self.send_failures == 0
-            && self.mismatches.is_empty()
-            && self.failed_thresholds.is_empty()
-            && self.failed_targets.is_empty()
+        self.verdict.passed()
     }
 
     /// Markdown rendering.
@@ -340,9 +317,9 @@ impl Summary {
             self.run_id,
             self.planned_orders,
             self.events_sent,
-            self.send_failures,
-            self.lost,
-            self.duplicated,
+            self.verdict.send_failures,
+            self.verdict.lost,
+            self.verdict.duplicated,
             self.send_secs,
             self.orders_per_sec,
             self.drain_secs,
@@ -357,7 +334,7 @@ impl Summary {
                 st.stage, st.orders, st.bulk_orders, st.events, st.e2e_p50_ms, st.e2e_p95_ms, st.e2e_p99_ms
             ));
         }
-        for m in self.mismatches.iter().chain(&self.failed_thresholds).chain(&self.failed_targets) {
+        for m in self.verdict.mismatches.iter().chain(&self.verdict.failed_thresholds).chain(&self.verdict.failed_targets) {
             s.push_str(&format!("\n- {m}"));
         }
         s
@@ -419,11 +396,9 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         producers,
         gap: load.status_gap_ms as f64 / 1000.0,
         barrier: Barrier::new(producers),
-        started: OnceLock::new(),
-        sent: Mutex::new(Vec::new()),
-        send_failures: AtomicU64::new(0),
+        sends: Sends::with_capacity(0),
     });
-    RUSH.set(Arc::clone(&state)).map_err(|_| anyhow::anyhow!("one run per process"))?;
+    RUSH.set(Arc::clone(&state))?;
     let planned = state.orders.len();
     info!(scenario = %scenario.name, run_id, orders = planned, producers, "Starting the orders stream");
 
@@ -436,10 +411,9 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let attack = GooseAttack::initialize_with_config(config)?
         .register_scenario(scenario!("OrdersStream").register_transaction(transaction!(produce).set_name("orders")));
     let failed_thresholds = crate::attack::failed_thresholds(attack.execute().await)?;
-    let (start, started_at) = *state.started.get().context("the run never started")?;
+    let (start, started_at) = state.sends.started().context("the run never started")?;
     let send_secs = start.elapsed().as_secs_f64();
-    let sent = std::mem::take(&mut *state.sent.lock().unwrap_or_else(|e| e.into_inner()));
-    let send_failures = state.send_failures.load(Ordering::Relaxed);
+    let (sent, send_failures) = state.sends.take();
     info!(events = sent.len(), send_secs, "Orders sent; waiting for the daemon");
 
     // What should be in the tables: per order, its events sent, in order.
@@ -545,10 +519,6 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         seed: args.seed,
         planned_orders: planned as u64,
         events_sent: sent.len() as u64,
-        send_failures,
-        lost,
-        duplicated,
-        mismatches,
         send_secs,
         drain_secs: last_write.map_or(f64::NAN, |t| (t - started_at).as_seconds_f64()),
         orders_per_sec: want_orders as f64 / send_secs.max(0.001),
@@ -556,10 +526,9 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         e2e_p50_ms: verify::percentile(&e2e_all, 50.0),
         e2e_p95_ms: verify::percentile(&e2e_all, 95.0),
         e2e_p99_ms: verify::percentile(&e2e_all, 99.0),
-        failed_thresholds,
-        failed_targets: Vec::new(),
+        verdict: Verdict { send_failures, lost, duplicated, mismatches, failed_thresholds, failed_targets: Vec::new() },
     };
-    summary.failed_targets.extend(crate::attack::p99_target(summary.e2e_p99_ms, scenario.thresholds.e2e_p99_ms));
+    summary.verdict.failed_targets.extend(crate::attack::p99_target(summary.e2e_p99_ms, scenario.thresholds.e2e_p99_ms));
     crate::attack::write_summary(&args.report_dir, &summary, &summary.markdown())?;
     Ok(summary)
 }

@@ -25,7 +25,7 @@ use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use pipeline::decided::RejectedEvent;
 use tracing::warn;
 
-use crate::aws::{Backoff, describe};
+use crate::aws::{Backoff, describe, retry_failed_entries};
 use crate::internal_events::{InternalEvent, Sink, SinkRequest, SinkRequestOutcome, SinkWriteFinished};
 use crate::metrics::Metrics;
 use crate::sinks::WriteOutcome;
@@ -195,15 +195,14 @@ impl RejectedSink {
 
     async fn send_batch(&self, records: &[RejectedEvent], batch: &[usize], outcomes: &mut [WriteOutcome]) {
         let backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_secs(2) };
-        let mut pending: Vec<usize> = batch.to_vec();
-        for attempt in 0..6 {
+        let unsent = retry_failed_entries(batch.len(), 6, backoff, |pending: Vec<usize>, attempt| async move {
             let entries: Vec<_> = pending
                 .iter()
-                .filter_map(|&i| {
-                    let r = &records[i];
+                .filter_map(|&k| {
+                    let r = &records[batch[k]];
                     let detail: String = r.detail.chars().take(MAX_DETAIL_CHARS).collect();
                     SendMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
+                        .id(k.to_string())
                         .message_body(&r.body)
                         .set_message_attributes(Some(
                             [("reason", r.reason), ("detail", detail.as_str()), ("source", &r.source), ("position", &r.position)]
@@ -216,28 +215,25 @@ impl RejectedSink {
                         .ok()
                 })
                 .collect();
-            match self.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
-                Ok(out) => {
-                    let failed: Vec<usize> = out.failed.iter().filter_map(|f| f.id.parse().ok()).collect();
-                    for &i in &pending {
-                        if !failed.contains(&i) {
-                            outcomes[i] = WriteOutcome::Written;
-                        }
-                    }
-                    pending = failed;
-                    if pending.is_empty() {
-                        self.count(SinkRequestOutcome::Ok);
-                        return;
-                    }
-                }
+            let failed = match self.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
+                Ok(out) => out.failed.iter().filter_map(|f| f.id.parse().ok()).collect(),
                 Err(e) => {
-                    warn!(error = %describe(&e), attempt, "Sending rejections failed, retrying")
+                    warn!(error = %describe(&e), attempt, "Sending rejections failed, retrying");
+                    pending
                 }
+            };
+            self.count(if failed.is_empty() { SinkRequestOutcome::Ok } else { SinkRequestOutcome::Retry });
+            failed
+        })
+        .await;
+        for (k, &i) in batch.iter().enumerate() {
+            if !unsent.contains(&k) {
+                outcomes[i] = WriteOutcome::Written;
             }
-            self.count(SinkRequestOutcome::Retry);
-            tokio::time::sleep(backoff.delay(attempt)).await;
         }
-        self.count(SinkRequestOutcome::Failed);
-        warn!(records = pending.len(), "Rejections not sent; the originals will be redelivered");
+        if !unsent.is_empty() {
+            self.count(SinkRequestOutcome::Failed);
+            warn!(records = unsent.len(), "Rejections not sent; the originals will be redelivered");
+        }
     }
 }

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::aws::{Backoff, ErrorClass, classify, describe};
+use crate::aws::{Backoff, ErrorClass, classify, describe, retry_failed_entries};
 use crate::config::SqsSourceConfig;
 use crate::internal_events::{
     Acknowledged, InFlight, InternalEvent, QueueDepth, Received, SourceError, SourceErrorKind, VisibilityExtended,
@@ -306,39 +306,40 @@ impl SqsSource {
     fn delete(&self, receipts: Vec<String>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             let backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_secs(2) };
-            let mut pending: Vec<String> = receipts;
-            for attempt in 0..6 {
+            let receipts = &receipts;
+            let undeleted = retry_failed_entries(receipts.len(), 6, backoff, |pending: Vec<usize>, attempt| async move {
                 let entries: Vec<_> = pending
                     .iter()
-                    .enumerate()
-                    .filter_map(|(i, r)| {
-                        DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(r).build().ok()
+                    .filter_map(|&i| {
+                        DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(&receipts[i]).build().ok()
                     })
                     .collect();
                 match self.client.delete_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
                     Ok(out) => {
                         let failed: Vec<usize> = out.failed.iter().filter_map(|f| f.id.parse().ok()).collect();
-                        let (ok, bad): (Vec<_>, Vec<_>) = pending.into_iter().enumerate().partition(|(i, _)| !failed.contains(i));
-                        let ok: Vec<String> = ok.into_iter().map(|(_, r)| r).collect();
+                        let ok: Vec<String> =
+                            pending.iter().filter(|i| !failed.contains(i)).map(|&i| receipts[i].clone()).collect();
                         Acknowledged { source: &self.name, count: ok.len() as u64 }.emit(&self.metrics);
                         self.untrack(&ok);
-                        pending = bad.into_iter().map(|(_, r)| r).collect();
-                        if pending.is_empty() {
-                            return;
+                        if !failed.is_empty() {
+                            debug!(queue = %self.name, failed = failed.len(), attempt, "Some deletes failed, retrying");
                         }
-                        debug!(queue = %self.name, failed = pending.len(), "Some deletes failed, retrying");
+                        failed
                     }
                     Err(e) => {
                         SourceError { source: &self.name, kind: SourceErrorKind::Delete }.emit(&self.metrics);
-                        warn!(queue = %self.name, error = %describe(&e), "Delete failed, retrying");
+                        warn!(queue = %self.name, error = %describe(&e), attempt, "Delete failed, retrying");
+                        pending
                     }
                 }
-                tokio::time::sleep(backoff.delay(attempt)).await;
+            })
+            .await;
+            if !undeleted.is_empty() {
+                // Not deleted: SQS redelivers them and the idempotent sinks
+                // make the replay a no-op.
+                warn!(queue = %self.name, messages = undeleted.len(), "Giving up deleting; they will be redelivered");
+                self.untrack(&undeleted.iter().map(|&i| receipts[i].clone()).collect::<Vec<_>>());
             }
-            // Not deleted: SQS redelivers them and the idempotent sinks make
-            // the replay a no-op.
-            warn!(queue = %self.name, messages = pending.len(), "Giving up deleting; they will be redelivered");
-            self.untrack(&pending);
         })
     }
 
