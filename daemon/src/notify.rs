@@ -27,7 +27,12 @@ impl Notifier {
 
     /// From the values of `NOTIFY_SOCKET` and `WATCHDOG_USEC`.
     pub fn new(notify_socket: Option<String>, watchdog_usec: Option<String>) -> Self {
-        let socket = notify_socket.filter(|s| !s.is_empty()).and_then(|path| UnixDatagram::unbound().ok().map(|s| (s, path)));
+        // Non-blocking: a datagram socket's queue is short (net.unix.max_dgram_qlen,
+        // 10 by default), and a reader that stops reading must not stall a
+        // runtime worker; a full queue drops the notification instead.
+        let socket = notify_socket
+            .filter(|s| !s.is_empty())
+            .and_then(|path| UnixDatagram::unbound().ok().filter(|s| s.set_nonblocking(true).is_ok()).map(|s| (s, path)));
         let watchdog = watchdog_usec.and_then(|u| u.parse::<u64>().ok()).filter(|u| *u > 0).map(Duration::from_micros);
         Notifier { socket, watchdog }
     }
@@ -42,9 +47,11 @@ impl Notifier {
         self.watchdog.map(|w| w / 2)
     }
 
-    /// Sends one notification (newline-separated `KEY=VALUE` lines). A
-    /// datagram to a local socket does not block; failures are logged once
-    /// per call and otherwise ignored (systemd then acts on its timeouts).
+    /// Sends one notification (newline-separated `KEY=VALUE` lines). It
+    /// never blocks: when the reader's queue is full the notification is
+    /// dropped (a watchdog ping comes again at half the watchdog time);
+    /// failures are logged and otherwise ignored (systemd then acts on its
+    /// timeouts).
     pub fn send(&self, state: &str) {
         let Some((socket, path)) = &self.socket else { return };
         let result = if let Some(name) = path.strip_prefix('@') {
@@ -52,8 +59,12 @@ impl Notifier {
         } else {
             socket.send_to(state.as_bytes(), path).map(|_| ())
         };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "systemd notification failed");
+        match result {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tracing::debug!("systemd's notify queue is full; notification dropped");
+            }
+            Err(e) => tracing::warn!(error = %e, "systemd notification failed"),
         }
     }
 
@@ -122,5 +133,25 @@ mod tests {
         let off = Notifier::new(None, Some("1000".into()));
         assert!(!off.enabled());
         off.ready("nobody listens");
+    }
+
+    #[test]
+    fn a_reader_that_stops_reading_never_blocks_the_sender() {
+        let dir = std::env::temp_dir().join(format!("cafe-notify-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let _listener = UnixDatagram::bind(&path).expect("bind");
+        let n = Notifier::new(Some(path.display().to_string()), Some("400000".into()));
+        // Far more than the socket's queue holds, none of them read.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..1000 {
+                n.watchdog();
+            }
+            let _ = tx.send(());
+        });
+        assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok(), "sending to a full notify socket blocked");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
