@@ -45,15 +45,11 @@ pub enum RejectReason {
     UnknownOrder,
     /// The event exceeds 1 MiB, or its image exceeds 512 KiB decoded.
     TooLarge,
-    /// A valid event of a type this input cannot process in this release
-    /// (payments or menu items on the orders stream). Not lost: it is in
-    /// `cafe-rejected`, unchanged, to be sent again to the right input.
-    UnsupportedInput,
 }
 
 impl RejectReason {
     /// Every reason, for metric pre-registration and docs.
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::BadJson,
         RejectReason::Schema,
         RejectReason::UnsupportedVersion,
@@ -62,7 +58,6 @@ impl RejectReason {
         RejectReason::IllegalTransition,
         RejectReason::UnknownOrder,
         RejectReason::TooLarge,
-        RejectReason::UnsupportedInput,
     ];
 
     /// The short code used on the wire and as a metric label.
@@ -76,7 +71,6 @@ impl RejectReason {
             RejectReason::IllegalTransition => "illegal_transition",
             RejectReason::UnknownOrder => "unknown_order",
             RejectReason::TooLarge => "too_large",
-            RejectReason::UnsupportedInput => "unsupported_input",
         }
     }
 }
