@@ -16,109 +16,24 @@
 //! seen keys are evicted first. Each key holds at most `velocity_max_per_card
 //! + 1` timestamps, `amount_history` amounts or `device_max_cards + 1`
 //! fingerprints, so memory is O(max_tracked_keys) whatever the backlog.
+//!
+//! Files: `config.rs` (the `[fraud]` settings and their checks), `geo.rs`
+//! (the IP-to-country table), `model.rs` (the pure work factor), and here
+//! the engine: history, rules, score and decision.
+
+mod config;
+mod geo;
+mod model;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::IpAddr;
 
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+pub use config::{ConfigProblem, FraudConfig, IpRange, RuleWeights};
+use geo::GeoTable;
+pub use model::model_work;
+
 use crate::event::PaymentRequested;
-
-/// Fraud scoring configuration: the `[fraud]` section of the daemon's config.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FraudConfig {
-    /// Iterated SHA-256 rounds per payment: the "model inference" cost of the
-    /// original scenario. 0 disables it.
-    pub work_factor: u32,
-    /// Velocity window per card fingerprint, in seconds of event time.
-    pub velocity_window_secs: u32,
-    /// More payments than this on one card within the window fire `velocity`.
-    pub velocity_max_per_card: u32,
-    /// `amount` fires when a payment exceeds this multiple of the customer's
-    /// mean amount.
-    pub amount_factor: f64,
-    /// `amount` needs at least this many earlier payments of the customer.
-    pub amount_min_history: u32,
-    /// How many recent amounts per customer make the mean.
-    pub amount_history: u32,
-    /// Device fan-out window, in seconds of event time.
-    pub device_window_secs: u32,
-    /// More distinct cards than this on one device within the window fire `device`.
-    pub device_max_cards: u32,
-    /// Card BINs considered risky: fire `bin`.
-    pub risky_bins: Vec<String>,
-    /// IP ranges and their countries: a payment whose `ip` falls in a range of
-    /// another country than `billing_country` fires `geo`. IPs in no range
-    /// fire nothing.
-    pub ip_ranges: Vec<IpRange>,
-    /// Points each rule adds to the score (0..1000, capped at 1000).
-    pub weights: RuleWeights,
-    /// Scores at or above this are `review`.
-    pub review_threshold: u32,
-    /// Scores at or above this are `decline`.
-    pub decline_threshold: u32,
-    /// History older than this behind the newest event time is forgotten.
-    pub history_secs: u32,
-    /// Most keys any one history map holds.
-    pub max_tracked_keys: usize,
-}
-
-impl Default for FraudConfig {
-    fn default() -> Self {
-        FraudConfig {
-            work_factor: 10_000,
-            velocity_window_secs: 600,
-            velocity_max_per_card: 5,
-            amount_factor: 5.0,
-            amount_min_history: 3,
-            amount_history: 20,
-            device_window_secs: 3600,
-            device_max_cards: 3,
-            risky_bins: Vec::new(),
-            ip_ranges: Vec::new(),
-            weights: RuleWeights::default(),
-            review_threshold: 300,
-            decline_threshold: 600,
-            history_secs: 86_400,
-            max_tracked_keys: 200_000,
-        }
-    }
-}
-
-/// One entry of the IP-to-country table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IpRange {
-    /// IPv4 or IPv6 network in CIDR form, e.g. `203.0.113.0/24`.
-    pub cidr: String,
-    /// ISO 3166 alpha-2 country.
-    pub country: String,
-}
-
-/// Points per rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RuleWeights {
-    /// Card velocity.
-    pub velocity: u32,
-    /// Amount far above the customer's usual.
-    pub amount: u32,
-    /// Billing country differs from the IP's country.
-    pub geo: u32,
-    /// Risky BIN.
-    pub bin: u32,
-    /// One device, many cards.
-    pub device: u32,
-}
-
-impl Default for RuleWeights {
-    fn default() -> Self {
-        RuleWeights { velocity: 350, amount: 250, geo: 200, bin: 300, device: 250 }
-    }
-}
 
 /// What the engine decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -179,134 +94,6 @@ pub struct Verdict {
     pub decision: Decision,
     /// Each rule that fired, in rule order.
     pub reasons: Vec<Rule>,
-}
-
-/// A configuration problem: the field and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {why}")]
-pub struct ConfigProblem {
-    /// Dotted path below `[fraud]`.
-    pub field: String,
-    /// What is wrong.
-    pub why: String,
-}
-
-/// The IP-to-country table as disjoint, sorted segments: nested networks are
-/// flattened at build time so that the innermost network wins and a lookup
-/// is one binary search. IPv4 lives in its own table.
-#[derive(Debug, Clone, Default)]
-struct GeoTable {
-    v4: Vec<(u128, u128, [u8; 2])>,
-    v6: Vec<(u128, u128, [u8; 2])>,
-}
-
-impl GeoTable {
-    fn build(ranges: &[IpRange], problems: &mut Vec<ConfigProblem>) -> Self {
-        let mut v4 = Vec::new();
-        let mut v6 = Vec::new();
-        for (i, r) in ranges.iter().enumerate() {
-            let field = format!("ip_ranges[{i}]");
-            let country: [u8; 2] = match r.country.as_bytes() {
-                [a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => [*a, *b],
-                _ => {
-                    problems.push(ConfigProblem {
-                        field: format!("{field}.country"),
-                        why: format!("{:?} is not 2 upper-case letters", r.country),
-                    });
-                    continue;
-                }
-            };
-            match parse_cidr(&r.cidr) {
-                Some((IpAddr::V4(a), len)) if len <= 32 => v4.push(network(u128::from(u32::from(a)), len, 32, country)),
-                Some((IpAddr::V6(a), len)) if len <= 128 => v6.push(network(u128::from(a), len, 128, country)),
-                _ => problems.push(ConfigProblem {
-                    field: format!("{field}.cidr"),
-                    why: format!("{:?} is not an IPv4 or IPv6 network like 203.0.113.0/24", r.cidr),
-                }),
-            }
-        }
-        GeoTable { v4: flatten(v4), v6: flatten(v6) }
-    }
-
-    fn country(&self, ip: IpAddr) -> Option<[u8; 2]> {
-        let (table, x) = match ip {
-            IpAddr::V4(a) => (&self.v4, u128::from(u32::from(a))),
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => (&self.v4, u128::from(u32::from(v4))),
-                None => (&self.v6, u128::from(a)),
-            },
-        };
-        let end = table.partition_point(|(lo, _, _)| *lo <= x);
-        table[..end].last().filter(|(_, hi, _)| x <= *hi).map(|(_, _, c)| *c)
-    }
-}
-
-/// The address range of a network of prefix `len` in a `bits`-wide space.
-fn network(addr: u128, len: u32, bits: u32, country: [u8; 2]) -> (u128, u128, [u8; 2]) {
-    let host_bits = bits - len;
-    let host_mask = if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
-    let lo = addr & !host_mask;
-    (lo, lo | host_mask, country)
-}
-
-/// Turns CIDR networks (nested or disjoint, never partly overlapping) into
-/// disjoint segments where the innermost network decides the country.
-fn flatten(mut nets: Vec<(u128, u128, [u8; 2])>) -> Vec<(u128, u128, [u8; 2])> {
-    // Outer networks first when two start at the same address.
-    nets.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-    let mut out = Vec::new();
-    let mut stack: Vec<(u128, [u8; 2])> = Vec::new();
-    // Next address not yet emitted; None once past the top of the space.
-    let mut cursor: Option<u128> = Some(0);
-    let emit = |cursor: &mut Option<u128>, upto: u128, country: [u8; 2], out: &mut Vec<_>| {
-        if let Some(from) = *cursor {
-            if from <= upto {
-                out.push((from, upto, country));
-                *cursor = upto.checked_add(1);
-            }
-        }
-    };
-    for (lo, hi, country) in nets {
-        while let Some(&(top_hi, top_c)) = stack.last() {
-            if top_hi >= lo {
-                break;
-            }
-            emit(&mut cursor, top_hi, top_c, &mut out);
-            stack.pop();
-        }
-        if let Some(&(_, top_c)) = stack.last() {
-            if lo > 0 {
-                emit(&mut cursor, lo - 1, top_c, &mut out);
-            }
-        }
-        cursor = Some(lo);
-        stack.push((hi, country));
-    }
-    while let Some((top_hi, top_c)) = stack.pop() {
-        emit(&mut cursor, top_hi, top_c, &mut out);
-    }
-    out
-}
-
-fn parse_cidr(s: &str) -> Option<(IpAddr, u32)> {
-    let (addr, len) = s.split_once('/')?;
-    Some((addr.parse().ok()?, len.parse().ok()?))
-}
-
-/// The "model inference" cost of the original scenario: `rounds` iterated
-/// SHA-256 over the payment's identity. Pure, so it runs on any thread; the
-/// digest is returned so the work cannot be optimised away.
-pub fn model_work(p: &PaymentRequested, rounds: u32) -> [u8; 32] {
-    let mut digest: [u8; 32] = Sha256::new()
-        .chain_update(p.payment_id.as_bytes())
-        .chain_update([0])
-        .chain_update(p.card.fingerprint.as_bytes())
-        .finalize()
-        .into();
-    for _ in 0..rounds {
-        digest = Sha256::digest(digest).into();
-    }
-    digest
 }
 
 #[derive(Debug, Default)]
@@ -539,48 +326,6 @@ impl FraudEngine {
         bound(&mut self.cards, horizon, cap);
         bound(&mut self.customers, horizon, cap);
         bound(&mut self.devices, horizon, cap);
-    }
-}
-
-impl FraudConfig {
-    /// Every problem of this configuration, with its field.
-    pub fn problems(&self) -> Vec<ConfigProblem> {
-        let mut problems = Vec::new();
-        let mut bad = |field: &str, why: String| problems.push(ConfigProblem { field: field.to_owned(), why });
-        if self.velocity_window_secs == 0 {
-            bad("velocity_window_secs", "must be greater than 0".into());
-        }
-        if self.device_window_secs == 0 {
-            bad("device_window_secs", "must be greater than 0".into());
-        }
-        if !(self.amount_factor.is_finite() && self.amount_factor > 0.0) {
-            bad("amount_factor", format!("must be a positive number, got {}", self.amount_factor));
-        }
-        if self.amount_history == 0 {
-            bad("amount_history", "must be greater than 0".into());
-        }
-        if self.review_threshold > 1000 {
-            bad("review_threshold", format!("must be 0..1000, got {}", self.review_threshold));
-        }
-        if self.decline_threshold > 1000 {
-            bad("decline_threshold", format!("must be 0..1000, got {}", self.decline_threshold));
-        }
-        if self.review_threshold > self.decline_threshold {
-            bad("review_threshold", format!("{} is above decline_threshold {}", self.review_threshold, self.decline_threshold));
-        }
-        if self.max_tracked_keys < 16 {
-            bad("max_tracked_keys", format!("must be at least 16, got {}", self.max_tracked_keys));
-        }
-        if self.history_secs < self.velocity_window_secs.max(self.device_window_secs) {
-            bad("history_secs", "must cover velocity_window_secs and device_window_secs".into());
-        }
-        for (i, b) in self.risky_bins.iter().enumerate() {
-            if b.len() != 6 || !b.bytes().all(|c| c.is_ascii_digit()) {
-                bad(&format!("risky_bins[{i}]"), format!("{b:?} is not 6 digits"));
-            }
-        }
-        GeoTable::build(&self.ip_ranges, &mut problems);
-        problems
     }
 }
 
