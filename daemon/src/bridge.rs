@@ -25,7 +25,7 @@ pub struct CpuPanic(pub String);
 
 impl CpuPool {
     /// A pool of `threads` workers (0: one per core).
-    pub fn new(threads: usize, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn new(threads: usize, metrics: Arc<Metrics>) -> Result<Self, rayon::ThreadPoolBuildError> {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("cafe-cpu-{i}")).build()?;
         Ok(CpuPool { pool: Arc::new(pool), metrics })
     }

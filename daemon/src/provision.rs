@@ -65,7 +65,8 @@ pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
         done.push(stream(&kinesis, &k.stream, k.shards).await?);
     }
     if config.sinks.redshift.enabled {
-        let transport = redshift::Transport::new(&config.sinks.redshift, &sdk)?;
+        let transport =
+            redshift::Transport::new(&config.sinks.redshift, &sdk).map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?;
         transport
             .execute(&redshift::sql::create_table(&config.sinks.redshift.table))
             .await

@@ -119,7 +119,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let stop_flushing = CancellationToken::new();
     let flusher = if mirror {
         let sink = RedshiftSink::new(
-            Transport::new(&config.sinks.redshift, &sdk)?,
+            Transport::new(&config.sinks.redshift, &sdk).map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?,
             dynamodb.clone(),
             config.sinks.dynamodb.aggregates_table.clone(),
             config.sinks.redshift.clone(),

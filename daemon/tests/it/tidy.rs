@@ -97,6 +97,13 @@ fn library_code_returns_typed_errors() {
         .map(|(f, n, l)| format!("{f}:{n}: {}", l.trim()))
         .collect();
     assert!(bad.is_empty(), "Result<_, String> in library code (use a thiserror type):\n{}", bad.join("\n"));
+    // anyhow is for the commands: main, and the run and provision they start.
+    let anyhow = offenders(
+        &lines,
+        "anyhow::",
+        &["daemon/src/main.rs", "daemon/src/topology.rs", "daemon/src/provision.rs", "daemon/src/top.rs"],
+    );
+    assert!(anyhow.is_empty(), "anyhow in a component (return a thiserror type):\n{}", anyhow.join("\n"));
 }
 
 #[test]

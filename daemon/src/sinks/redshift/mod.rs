@@ -70,14 +70,12 @@ pub enum Transport {
 
 impl Transport {
     /// The transport `config.transport` names; it connects on first use.
-    pub fn new(config: &RedshiftSinkConfig, sdk: &aws_config::SdkConfig) -> anyhow::Result<Self> {
+    pub fn new(config: &RedshiftSinkConfig, sdk: &aws_config::SdkConfig) -> Result<Self, postgres::PgError> {
         Ok(match config.transport.as_str() {
             "data_api" => {
                 Transport::DataApi(data_api::DataApiTransport::new(aws_sdk_redshiftdata::Client::new(sdk), config.clone()))
             }
-            _ => Transport::Postgres(
-                postgres::PgTransport::new(&config.url).map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?,
-            ),
+            _ => Transport::Postgres(postgres::PgTransport::new(&config.url)?),
         })
     }
 

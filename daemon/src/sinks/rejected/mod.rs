@@ -25,7 +25,7 @@ use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use pipeline::decided::RejectedEvent;
 use tracing::warn;
 
-use crate::aws::{Backoff, describe, retry_failed_entries};
+use crate::aws::{AwsError, Backoff, describe, retry_failed_entries};
 use crate::internal_events::{InternalEvent, Sink, SinkRequest, SinkRequestOutcome, SinkWriteFinished};
 use crate::metrics::Metrics;
 use crate::sinks::WriteOutcome;
@@ -59,7 +59,7 @@ fn attr(v: &str) -> Option<MessageAttributeValue> {
 
 impl RejectedSink {
     /// Connects to the queue (fails if it does not exist).
-    pub async fn connect(client: Client, queue: &str, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub async fn connect(client: Client, queue: &str, metrics: Arc<Metrics>) -> Result<Self, AwsError> {
         let url = queue_url(&client, queue).await?;
         Ok(RejectedSink { client, url, metrics, ledger: None })
     }

@@ -89,7 +89,7 @@ impl KinesisSource {
     }
 
     /// Every shard of the stream with its parents (open and closed).
-    pub async fn list_shards(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    pub async fn list_shards(&self) -> Result<Vec<(String, Vec<String>)>, AwsError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -97,7 +97,7 @@ impl KinesisSource {
                 Some(t) => self.client.list_shards().next_token(t),
                 None => self.client.list_shards().stream_name(&self.config.stream),
             };
-            let page = req.send().await.map_err(|e| anyhow::anyhow!("ListShards on {}: {}", self.config.stream, describe(&e)))?;
+            let page = req.send().await.map_err(|e| AwsError::sdk(format!("ListShards on {}", self.config.stream), &e))?;
             for shard in page.shards() {
                 let parents = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
                     .into_iter()

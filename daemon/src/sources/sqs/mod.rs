@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::aws::{Backoff, ErrorClass, classify, describe, retry_failed_entries};
+use crate::aws::{AwsError, Backoff, ErrorClass, classify, describe, retry_failed_entries};
 use crate::config::SqsSourceConfig;
 use crate::internal_events::{
     Acknowledged, InFlight, InternalEvent, QueueDepth, Received, SourceError, SourceErrorKind, VisibilityExtended,
@@ -70,7 +70,7 @@ pub enum Ack {
 /// Resolves a queue name or URL to its URL. A transient failure is
 /// retried a few times with backoff (the SDK's own retries are off); a
 /// missing queue is not.
-pub async fn queue_url(client: &Client, name_or_url: &str) -> anyhow::Result<String> {
+pub async fn queue_url(client: &Client, name_or_url: &str) -> Result<String, AwsError> {
     if name_or_url.starts_with("https://") || name_or_url.starts_with("http://") {
         return Ok(name_or_url.to_owned());
     }
@@ -84,10 +84,16 @@ pub async fn queue_url(client: &Client, name_or_url: &str) -> anyhow::Result<Str
                 tokio::time::sleep(backoff.delay(attempt)).await;
                 attempt += 1;
             }
-            Err(e) => anyhow::bail!("queue {name_or_url:?} not found ({}); run `cafe-streamd provision`", describe(&e)),
+            Err(e) => {
+                return Err(AwsError::sdk(format!("queue {name_or_url:?} (run `cafe-streamd provision` if it is missing)"), &e));
+            }
         }
     };
-    out.queue_url.ok_or_else(|| anyhow::anyhow!("queue {name_or_url:?}: GetQueueUrl returned no URL"))
+    out.queue_url.ok_or_else(|| AwsError {
+        what: format!("queue {name_or_url:?}"),
+        class: ErrorClass::Fatal,
+        detail: "GetQueueUrl returned no URL".into(),
+    })
 }
 
 /// Attempts of a start-up lookup before the daemon gives up starting.
@@ -108,7 +114,7 @@ pub struct SqsSource {
 
 impl SqsSource {
     /// Connects to the queue (fails if it does not exist).
-    pub async fn connect(client: Client, config: SqsSourceConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub async fn connect(client: Client, config: SqsSourceConfig, metrics: Arc<Metrics>) -> Result<Self, AwsError> {
         let url = queue_url(&client, &config.queue).await?;
         let name = url.rsplit('/').next().unwrap_or(&config.queue).to_owned();
         Ok(SqsSource { client, url, name, config, metrics, inflight: Mutex::new(HashMap::new()) })
