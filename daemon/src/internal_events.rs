@@ -1,5 +1,6 @@
 //! Internal events: one type per thing that happens in the daemon, whose
-//! `emit` records its metric, as Vector's `internal_events` do.
+//! `emit` records its metric and, for what an operator must see, its log
+//! line, as Vector's `internal_events` do.
 //!
 //! Owns: every label a metric is recorded with. Labels are enum values (or
 //! names the configuration or the stream gave: an input, a queue, a
@@ -10,6 +11,7 @@
 use std::time::Duration;
 
 use pipeline::event::RejectReason;
+use tracing::{info, warn};
 
 use crate::metrics::{
     Metrics, OutcomeLabel, QueueLabel, ReasonLabel, ShardLabel, SinkLabel, SinkOutcome, SourceLabel, SourceOutcome, StageLabel,
@@ -370,18 +372,31 @@ impl InternalEvent for InFlight<'_> {
     }
 }
 
-/// A source call failed.
+/// A source call failed; it is retried.
 #[derive(Debug)]
 pub struct SourceError<'a> {
     /// The input.
     pub source: &'a str,
+    /// The shard, for a stream's calls.
+    pub shard: Option<&'a str>,
     /// Which call.
     pub kind: SourceErrorKind,
+    /// What went wrong (credential-free: `aws::describe`).
+    pub error: &'a str,
 }
 
 impl InternalEvent for SourceError<'_> {
     fn emit(self, m: &Metrics) {
         m.source_errors.get_or_create(&source_outcome(self.source, self.kind.as_str())).inc();
+        let call = match self.kind {
+            SourceErrorKind::Throttled => "ReceiveMessage (throttled)",
+            SourceErrorKind::Error => "ReceiveMessage",
+            SourceErrorKind::Extend => "ChangeMessageVisibilityBatch",
+            SourceErrorKind::Delete => "DeleteMessageBatch",
+            SourceErrorKind::Iterator => "GetShardIterator",
+            SourceErrorKind::Read => "GetRecords",
+        };
+        warn!(source = %self.source, shard = ?self.shard, call, error = %self.error, "Source call failed, retrying");
     }
 }
 
@@ -464,13 +479,18 @@ impl InternalEvent for LeasesHeld<'_> {
 pub struct LeaseTaken<'a> {
     /// The stream.
     pub source: &'a str,
+    /// The shard.
+    pub shard: &'a str,
     /// How.
     pub how: LeaseTakenHow,
+    /// Who held it.
+    pub previous_owner: Option<&'a str>,
 }
 
 impl InternalEvent for LeaseTaken<'_> {
     fn emit(self, m: &Metrics) {
         m.leases_taken.get_or_create(&source_outcome(self.source, self.how.as_str())).inc();
+        info!(shard = %self.shard, how = self.how.as_str(), previous_owner = ?self.previous_owner, "Lease taken");
     }
 }
 
@@ -479,6 +499,8 @@ impl InternalEvent for LeaseTaken<'_> {
 pub struct LeaseLost<'a> {
     /// The stream.
     pub source: &'a str,
+    /// The shard.
+    pub shard: &'a str,
     /// How.
     pub how: LeaseLostHow,
 }
@@ -486,6 +508,13 @@ pub struct LeaseLost<'a> {
 impl InternalEvent for LeaseLost<'_> {
     fn emit(self, m: &Metrics) {
         m.leases_lost.get_or_create(&source_outcome(self.source, self.how.as_str())).inc();
+        let shard = self.shard;
+        match self.how {
+            LeaseLostHow::Taken => warn!(shard, "Lease taken by another instance; stopping its reader"),
+            LeaseLostHow::Expired => warn!(shard, "Lease not renewed within the failover time; stopping its reader"),
+            LeaseLostHow::Fenced => warn!(shard, "Lease moved to another instance; its checkpoint was refused"),
+            LeaseLostHow::Released => info!(shard, "Lease released"),
+        }
     }
 }
 

@@ -233,8 +233,8 @@ impl Leases {
         }
     }
 
-    fn lost(&self, how: LeaseLostHow) {
-        LeaseLost { source: &self.source, how }.emit(&self.metrics);
+    fn lost(&self, shard: &str, how: LeaseLostHow) {
+        LeaseLost { source: &self.source, shard, how }.emit(&self.metrics);
     }
 
     fn held_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Held>>>> {
@@ -352,8 +352,7 @@ impl Leases {
         match self.conditional_write(key, &mut h, None, false).await {
             Ok(()) => false,
             Err(WriteFailure::Moved) => {
-                warn!(shard = %key, "Lease taken by another instance; stopping its reader");
-                self.lost(LeaseLostHow::Taken);
+                self.lost(key, LeaseLostHow::Taken);
                 true
             }
             Err(WriteFailure::Failed(error)) => {
@@ -361,7 +360,7 @@ impl Leases {
                 warn!(shard = %key, error = %error, stale, "Lease renewal failed");
                 if stale {
                     // Others may have taken it by now: stop before two read it.
-                    self.lost(LeaseLostHow::Expired);
+                    self.lost(key, LeaseLostHow::Expired);
                 }
                 stale
             }
@@ -412,8 +411,8 @@ impl Leases {
                 };
                 match self.take_one(lease).await {
                     Ok(l) => {
-                        info!(shard = %l.key, how = how.as_str(), previous_owner = ?lease.owner, "Lease taken");
-                        LeaseTaken { source: &self.source, how }.emit(&self.metrics);
+                        LeaseTaken { source: &self.source, shard: &l.key, how, previous_owner: lease.owner.as_deref() }
+                            .emit(&self.metrics);
                         taken.push(l);
                     }
                     Err(LeaseError::Lost(_)) => {
@@ -477,8 +476,7 @@ impl Leases {
     pub async fn release(&self, key: &str, checkpoint: Option<&Checkpoint>) -> Result<(), LeaseError> {
         let result = self.write_held(key, checkpoint, true).await;
         if result.is_ok() {
-            self.lost(LeaseLostHow::Released);
-            info!(shard = %key, "Lease released");
+            self.lost(key, LeaseLostHow::Released);
         }
         self.held_lock().remove(key);
         self.set_held_gauge();
@@ -502,7 +500,7 @@ impl Leases {
             Ok(()) => Ok(()),
             Err(WriteFailure::Moved) => {
                 self.held_lock().remove(key);
-                self.lost(LeaseLostHow::Fenced);
+                self.lost(key, LeaseLostHow::Fenced);
                 Err(LeaseError::Lost(key.to_owned()))
             }
             Err(WriteFailure::Failed(error)) => Err(LeaseError::Failed(error)),

@@ -19,7 +19,7 @@ use aws_sdk_kinesis::types::ShardIteratorType;
 use pipeline::kpl;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::checkpoint::{Checkpoint, compare_sequence};
 use crate::aws::{AwsError, Backoff, ErrorClass, classify, describe};
@@ -172,8 +172,9 @@ impl KinesisSource {
                         return;
                     }
                     Err(e) => {
-                        warn!(shard = %shard, error = %e, "GetShardIterator failed, retrying");
-                        SourceError { source, kind: SourceErrorKind::Iterator }.emit(&self.metrics);
+                        let error = e.to_string();
+                        SourceError { source, shard: Some(&shard), kind: SourceErrorKind::Iterator, error: &error }
+                            .emit(&self.metrics);
                         next_call = tokio::time::Instant::now() + backoff.delay(failures);
                         failures += 1;
                         continue;
@@ -197,8 +198,9 @@ impl KinesisSource {
                         ReadThrottled { source }.emit(&self.metrics);
                         debug!(shard = %shard, "GetRecords throttled; backing off");
                     } else {
-                        warn!(shard = %shard, error = %describe(&e), "GetRecords failed, retrying");
-                        SourceError { source, kind: SourceErrorKind::Read }.emit(&self.metrics);
+                        let error = describe(&e);
+                        SourceError { source, shard: Some(&shard), kind: SourceErrorKind::Read, error: &error }
+                            .emit(&self.metrics);
                     }
                     // Keep the iterator unless it cannot be used again.
                     if class != ErrorClass::Fatal {

@@ -183,8 +183,7 @@ impl SqsSource {
                 Err(e) => {
                     let class = classify(&e);
                     let kind = if class == ErrorClass::Throttled { SourceErrorKind::Throttled } else { SourceErrorKind::Error };
-                    SourceError { source: &self.name, kind }.emit(&self.metrics);
-                    warn!(queue = %self.name, error = %describe(&e), "Receive failed, retrying");
+                    SourceError { source: &self.name, shard: None, kind, error: &describe(&e) }.emit(&self.metrics);
                     let delay = backoff.delay(failures);
                     failures = failures.saturating_add(1);
                     tokio::select! {
@@ -268,8 +267,9 @@ impl SqsSource {
                         VisibilityExtended { source: &self.name, count: chunk.len() as u64 }.emit(&self.metrics);
                     }
                     Err(e) => {
-                        SourceError { source: &self.name, kind: SourceErrorKind::Extend }.emit(&self.metrics);
-                        warn!(queue = %self.name, error = %describe(&e), "Visibility extension failed");
+                        let error = describe(&e);
+                        SourceError { source: &self.name, shard: None, kind: SourceErrorKind::Extend, error: &error }
+                            .emit(&self.metrics);
                     }
                 }
             }
@@ -333,8 +333,9 @@ impl SqsSource {
                         failed
                     }
                     Err(e) => {
-                        SourceError { source: &self.name, kind: SourceErrorKind::Delete }.emit(&self.metrics);
-                        warn!(queue = %self.name, error = %describe(&e), attempt, "Delete failed, retrying");
+                        let error = format!("{} (attempt {attempt})", describe(&e));
+                        SourceError { source: &self.name, shard: None, kind: SourceErrorKind::Delete, error: &error }
+                            .emit(&self.metrics);
                         pending
                     }
                 }
