@@ -751,4 +751,10 @@ mod tests {
         assert_eq!(c.admin.listen, "127.0.0.1:1");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn the_rejected_queue_must_be_a_standard_queue() {
+        let err = parse("[rejected]\nqueue = \"cafe-rejected.fifo\"\n", "r.toml", no_env()).expect_err("invalid");
+        assert!(err.to_string().contains("r.toml: rejected.queue: \"cafe-rejected.fifo\" must be a standard queue"), "{err}");
+    }
 }

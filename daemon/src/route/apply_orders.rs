@@ -120,32 +120,54 @@ pub async fn apply_orders(
     // the order not existing) and read back only if that condition fails.
     let placed_first = |g: usize| matches!(events[groups[g].1[0]].body, Body::OrderPlaced(_));
     let mut must_read: HashSet<usize> = HashSet::new();
+    // Orders whose state this call read from the table. A rejection decided
+    // against any other state (the cache, which another input or instance
+    // may have moved past; an optimistic "new") is confirmed against the
+    // table before it counts: a valid event must never be rejected against
+    // a stale copy.
+    let mut fresh: HashSet<usize> = HashSet::new();
     let mut pending: Vec<usize> = (0..groups.len()).collect();
     for _ in 0..MAX_ROUNDS {
-        let to_read: Vec<String> = pending
-            .iter()
-            .filter(|&&g| cache.get(&groups[g].0).is_none() && (must_read.contains(&g) || !placed_first(g)))
-            .map(|&g| groups[g].0.clone())
-            .collect();
+        // Each pending order's state for this round, fixed before anything
+        // is put into the (bounded) cache, so no eviction can change it.
+        let mut states: HashMap<usize, Option<OrderState>> = HashMap::new();
+        let mut to_read: Vec<usize> = Vec::new();
+        for &g in &pending {
+            match cache.get(&groups[g].0) {
+                Some(cached) if !must_read.contains(&g) => {
+                    states.insert(g, cached.clone());
+                }
+                _ if must_read.contains(&g) || !placed_first(g) => to_read.push(g),
+                _ => {
+                    states.insert(g, None);
+                }
+            }
+        }
         if !to_read.is_empty() {
             state_reads(to_read.len() as u64);
-            match sink.read_orders(&to_read).await {
+            let ids: Vec<String> = to_read.iter().map(|&g| groups[g].0.clone()).collect();
+            match sink.read_orders(&ids).await {
                 Ok(mut found) => {
-                    for id in &to_read {
-                        cache.put(id, found.remove(id));
+                    for (&g, id) in to_read.iter().zip(&ids) {
+                        let state = found.remove(id);
+                        cache.put(id, state.clone());
+                        states.insert(g, state);
+                        fresh.insert(g);
+                        must_read.remove(&g);
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, orders = to_read.len(), "Reading orders failed; their events go back to the source");
+                    warn!(error = %e, orders = ids.len(), "Reading orders failed; their events go back to the source");
                     return fail(fates, &groups, &pending);
                 }
             }
         }
         let mut changes: Vec<OrderChange> = Vec::new();
         let mut change_groups: Vec<usize> = Vec::new();
+        let mut confirm: Vec<usize> = Vec::new();
         for &g in &pending {
             let (id, idx) = &groups[g];
-            let mut state = cache.get(id).cloned().flatten();
+            let mut state = states.remove(&g).flatten();
             let before = state.as_ref().map(|s| s.history.len());
             let mut rows: BTreeMap<_, Counters> = BTreeMap::new();
             let mut placed_by = None;
@@ -163,12 +185,18 @@ pub async fn apply_orders(
                     Applied::Rejected(r) => Fate::Rejected(r),
                 };
             }
+            if !fresh.contains(&g) && idx.iter().any(|&i| matches!(fates[i], Fate::Rejected(_))) {
+                cache.forget(id);
+                must_read.insert(g);
+                confirm.push(g);
+                continue;
+            }
             if let (Some(after), false) = (state, rows.is_empty()) {
                 changes.push(OrderChange { order_id: id.clone(), before, after, placed_by, rows });
                 change_groups.push(g);
             }
         }
-        let mut again = Vec::new();
+        let mut again = confirm;
         let mut failed = Vec::new();
         if !changes.is_empty() {
             let outcomes = sink.write_orders(&changes, applied_at, concurrency).await;

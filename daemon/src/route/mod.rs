@@ -111,12 +111,22 @@ impl Router {
         let inputs = Arc::new(inputs);
         let (engine, work, batch) = (Arc::clone(&self.engine), self.work, Arc::clone(&inputs));
         let decided_at = now_rfc3339();
-        let decided = self.pool.run(move || decide::decide_batch(&batch, &engine, work, &decided_at)).await;
+        // The engine's lock is taken on the pool only, never on a runtime worker.
+        let decided = self
+            .pool
+            .run(move || {
+                let decided = decide::decide_batch(&batch, &engine, work, &decided_at);
+                let keys = engine.lock().unwrap_or_else(|e| e.into_inner()).tracked_keys();
+                (decided, keys)
+            })
+            .await;
         StageFinished { stage: Stage::Decide, elapsed: started.elapsed() }.emit(&self.metrics);
-        FraudHistorySize { keys: self.engine.lock().unwrap_or_else(|e| e.into_inner()).tracked_keys() }.emit(&self.metrics);
         let inputs = Arc::try_unwrap(inputs).unwrap_or_else(|shared| (*shared).clone());
         let decided = match decided {
-            Ok(d) => d,
+            Ok((d, keys)) => {
+                FraudHistorySize { keys }.emit(&self.metrics);
+                d
+            }
             Err(e) => {
                 // A bug, not bad input (decoding never panics on input): give
                 // the inputs back rather than lose them.

@@ -201,3 +201,30 @@ async fn queue_messages(env: &Env) -> i64 {
         .map(|k| attrs.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0))
         .sum()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_moved_on_another_input_is_read_again_before_a_rejection_counts() {
+    let mut env = Env::new("stalecache", "").await;
+    env.start();
+    let p = env.prefix.clone();
+    let mut expected = Expected::default();
+    // Order 1's chain: placed, confirmed, preparing, ready, completed.
+    let chain = order_events(&p, 1, &mut expected);
+    let order = chain[0].0.clone();
+    let producer = env.producer();
+    // Placed on the stream: the shard caches the order as placed.
+    producer.put(&[(order.clone(), chain[0].1.clone().into_bytes())]).await;
+    wait_history(&env, &order, &["placed"]).await;
+    // Confirmed on the FIFO queue, by another path than the shard.
+    env.send(&[(order.clone(), chain[1].1.clone())]).await;
+    wait_history(&env, &order, &["placed", "confirmed"]).await;
+    // The rest on the stream: against its cached copy the shard would refuse
+    // `preparing` after `placed`; read again, the order is confirmed.
+    let rest: Vec<(String, Vec<u8>)> = chain[2..].iter().map(|(k, b)| (k.clone(), b.clone().into_bytes())).collect();
+    producer.put(&rest).await;
+    env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
+    let rejected = env.rejected().await;
+    assert!(rejected.is_empty(), "a valid event was rejected against a stale copy: {rejected:?}");
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{status:?}\n{}", env.log());
+}

@@ -25,6 +25,11 @@ impl RejectedConfig {
         if self.queue.trim().is_empty() {
             out.push(("rejected.queue".to_owned(), "must not be empty".to_owned()));
         }
+        if self.queue.ends_with(".fifo") {
+            // Rejections are sent without a MessageGroupId: a FIFO queue
+            // would refuse every one, and stall the inputs behind them.
+            out.push(("rejected.queue".to_owned(), format!("{:?} must be a standard queue, not FIFO", self.queue)));
+        }
         out
     }
 }

@@ -100,7 +100,7 @@ pub async fn process_shard(
     let mut unacked: u64 = 0;
     let mut last_checkpoint = Instant::now();
     let interval = Duration::from_millis(path.config.checkpoint_interval_ms);
-    loop {
+    'batches: loop {
         let first = tokio::select! {
             biased;
             () = lost.cancelled() => return ShardExit::Lost,
@@ -147,7 +147,13 @@ pub async fn process_shard(
                     Err(LeaseError::Lost(_)) => return ShardExit::Lost,
                     Err(e) => {
                         warn!(shard = %shard, error = %e, "Checkpoint at shard end failed, retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::select! {
+                            () = lost.cancelled() => return ShardExit::Lost,
+                            // Release with the checkpoint at the last record:
+                            // the next holder finds the end and writes SHARD_END.
+                            () = stop.cancelled() => break 'batches,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
                     }
                 }
             }

@@ -255,16 +255,29 @@ impl SqsSource {
                             .ok()
                     })
                     .collect();
+                // The new timeout runs from when SQS got the request, at the
+                // latest: count it from before sending.
+                let sent_at = Instant::now();
                 match self.client.change_message_visibility_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
-                    Ok(_) => {
-                        let deadline = Instant::now() + self.visibility();
+                    Ok(out) => {
+                        // Only the entries SQS extended: a refused one keeps
+                        // its old deadline and is tried again next period.
+                        let refused: Vec<usize> = out.failed.iter().filter_map(|f| f.id.parse().ok()).collect();
+                        let deadline = sent_at + self.visibility();
                         let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-                        for r in chunk {
+                        for (_, r) in chunk.iter().enumerate().filter(|(i, _)| !refused.contains(i)) {
                             if let Some(d) = map.get_mut(r) {
                                 *d = deadline;
                             }
                         }
-                        VisibilityExtended { source: &self.name, count: chunk.len() as u64 }.emit(&self.metrics);
+                        drop(map);
+                        let extended = (chunk.len() - refused.len()) as u64;
+                        VisibilityExtended { source: &self.name, count: extended }.emit(&self.metrics);
+                        if !refused.is_empty() {
+                            let error = format!("{} of {} entries refused", refused.len(), chunk.len());
+                            SourceError { source: &self.name, shard: None, kind: SourceErrorKind::Extend, error: &error }
+                                .emit(&self.metrics);
+                        }
                     }
                     Err(e) => {
                         let error = describe(&e);
