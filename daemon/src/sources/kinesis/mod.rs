@@ -5,8 +5,10 @@
 //! iterators, KPL de-aggregation), `leases` (the lease table: renew, take,
 //! steal, fenced checkpoints, release), `shard` (one leased shard's records
 //! through the router, and its checkpoints), `checkpoint` (the checkpoint
-//! value and sequence-number order). Imports run one way: `shard` uses
-//! `leases` and `source`, both use `checkpoint`, nothing uses `shard`.
+//! value and sequence-number order). Imports run one way, without a loop:
+//! `shard` uses `leases`, `source` and `checkpoint`; `leases` uses `source`
+//! (ListShards) and `checkpoint`; `source` uses `checkpoint`; nothing uses
+//! `shard` but topology.
 
 pub mod checkpoint;
 pub mod config;

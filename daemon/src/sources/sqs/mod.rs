@@ -79,7 +79,7 @@ pub async fn queue_url(client: &Client, name_or_url: &str) -> Result<String, Aws
     let out = loop {
         match client.get_queue_url().queue_name(name_or_url).send().await {
             Ok(out) => break out,
-            Err(e) if classify(&e) != ErrorClass::Fatal && attempt < STARTUP_ATTEMPTS => {
+            Err(e) if classify(&e) != ErrorClass::Fatal && attempt + 1 < STARTUP_ATTEMPTS => {
                 warn!(queue = %name_or_url, error = %describe(&e), attempt, "GetQueueUrl failed, retrying");
                 tokio::time::sleep(backoff.delay(attempt)).await;
                 attempt += 1;
