@@ -27,7 +27,7 @@ use pipeline::decided::DecidedMenuItem;
 use pipeline::window::{Counters, WindowId};
 use tracing::warn;
 
-use super::{Attempt, DynamoDbSink, EVENT_EXPIRES, LEDGER_TTL_SECS, num, s};
+use super::{Attempt, Copies, DynamoDbSink, EVENT_EXPIRES, LEDGER_TTL_SECS, num, s};
 use crate::aws::AwsError;
 use crate::internal_events::{InternalEvent, MenuItems, MenuOutcome, Sink, SinkWriteFinished};
 use crate::sinks::WriteOutcome;
@@ -72,32 +72,14 @@ impl DynamoDbSink {
         }
         let started = std::time::Instant::now();
         let mut outcomes = vec![WriteOutcome::Failed; records.len()];
-        // A batch can hold a redelivered copy: later copies of an event id
-        // take the first one's outcome.
-        let mut first_of: HashMap<&str, usize> = HashMap::new();
-        let mut copies = Vec::new();
-        let mut todo = Vec::new();
-        for (i, r) in records.iter().enumerate() {
-            match first_of.get(r.event_id.as_str()) {
-                Some(&f) => copies.push((i, f)),
-                None => {
-                    first_of.insert(&r.event_id, i);
-                    todo.push(i);
-                }
-            }
-        }
-        for chunk in self.menu_chunks(records, &todo) {
+        let copies = Copies::of(records, |r| r.event_id.as_str());
+        for chunk in self.menu_chunks(records, &copies.firsts) {
             let result = self.write_menu_chunk(records, &chunk, applied_at).await;
             for (&i, o) in chunk.iter().zip(result) {
                 outcomes[i] = o;
             }
         }
-        for (i, f) in copies {
-            outcomes[i] = match outcomes[f] {
-                WriteOutcome::Failed => WriteOutcome::Failed,
-                _ => WriteOutcome::Duplicate,
-            };
-        }
+        copies.settle(&mut outcomes);
         SinkWriteFinished { sink: Sink::DynamoDbMenu, elapsed: started.elapsed() }.emit(&self.metrics);
         outcomes
     }

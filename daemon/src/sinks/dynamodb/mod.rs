@@ -45,6 +45,42 @@ pub const MIRROR_INDEX: &str = "mirror-pending";
 /// table's TTL attribute).
 pub const EVENT_EXPIRES: &str = "expires_at";
 
+/// A batch's records split by key: the first of each key (to write) and
+/// later copies with the index of their first (a redelivered copy in the
+/// same batch; two writes to one item in a transaction are refused).
+pub(crate) struct Copies {
+    /// First record of each key, in arrival order.
+    pub(crate) firsts: Vec<usize>,
+    /// (copy, its first).
+    copies: Vec<(usize, usize)>,
+}
+
+impl Copies {
+    /// Splits records by `key`.
+    pub(crate) fn of<'a, T>(records: &'a [T], key: impl Fn(&'a T) -> &'a str) -> Self {
+        let mut first_of: HashMap<&str, usize> = HashMap::new();
+        let (mut firsts, mut copies) = (Vec::with_capacity(records.len()), Vec::new());
+        for (i, r) in records.iter().enumerate() {
+            match first_of.get(key(r)) {
+                Some(&first) => copies.push((i, first)),
+                None => {
+                    first_of.insert(key(r), i);
+                    firsts.push(i);
+                }
+            }
+        }
+        Copies { firsts, copies }
+    }
+
+    /// Each copy takes its first's outcome: failed with it, else a duplicate.
+    pub(crate) fn settle(&self, outcomes: &mut [crate::sinks::WriteOutcome]) {
+        use crate::sinks::WriteOutcome;
+        for &(i, first) in &self.copies {
+            outcomes[i] = if outcomes[first] == WriteOutcome::Failed { WriteOutcome::Failed } else { WriteOutcome::Duplicate };
+        }
+    }
+}
+
 /// What one [`DynamoDbSink::transact`] attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Attempt {
@@ -258,5 +294,16 @@ mod tests {
         let used: HashSet<u32> =
             (0..200).map(|i| mirror_bucket(&WindowId { store: format!("store-{i}"), window: row.window.clone() })).collect();
         assert_eq!(used.len(), MIRROR_BUCKETS as usize);
+    }
+
+    #[test]
+    fn copies_in_a_batch_take_their_first_ones_outcome() {
+        use crate::sinks::WriteOutcome::*;
+        let keys = ["a", "b", "a", "c", "b"];
+        let copies = Copies::of(&keys, |k| *k);
+        assert_eq!(copies.firsts, vec![0, 1, 3]);
+        let mut outcomes = vec![Written, Failed, Failed, Duplicate, Failed];
+        copies.settle(&mut outcomes);
+        assert_eq!(outcomes, vec![Written, Failed, Duplicate, Duplicate, Failed]);
     }
 }

@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use pipeline::decided::DecidedPayment;
 use pipeline::window::{Deltas, WindowId};
 
-use super::{Attempt, DynamoDbSink, num, s};
+use super::{Attempt, Copies, DynamoDbSink, num, s};
 use crate::internal_events::{InternalEvent, Sink, SinkWriteFinished};
 use crate::sinks::WriteOutcome;
 
@@ -31,21 +31,8 @@ impl DynamoDbSink {
         }
         let started = Instant::now();
         let mut outcomes = vec![WriteOutcome::Failed; records.len()];
-        // Two writes to one item in a transaction are refused; a batch can
-        // hold a redelivered copy of a payment, so later copies wait for the
-        // first one's outcome.
-        let mut first_of: HashMap<&str, usize> = HashMap::new();
-        let mut todo: Vec<usize> = Vec::with_capacity(records.len());
-        let mut copies: Vec<(usize, usize)> = Vec::new();
-        for (i, r) in records.iter().enumerate() {
-            match first_of.get(r.payment_id.as_str()) {
-                Some(&first) => copies.push((i, first)),
-                None => {
-                    first_of.insert(&r.payment_id, i);
-                    todo.push(i);
-                }
-            }
-        }
+        let copies = Copies::of(records, |r| r.payment_id.as_str());
+        let mut todo = copies.firsts.clone();
         // Stable: arrival order is kept within a row.
         todo.sort_by(|&a, &b| records[a].window.cmp(&records[b].window));
         for chunk in self.chunks(records, &todo) {
@@ -54,12 +41,7 @@ impl DynamoDbSink {
                 outcomes[i] = o;
             }
         }
-        for (i, first) in copies {
-            outcomes[i] = match outcomes[first] {
-                WriteOutcome::Failed => WriteOutcome::Failed,
-                _ => WriteOutcome::Duplicate,
-            };
-        }
+        copies.settle(&mut outcomes);
         SinkWriteFinished { sink: Sink::DynamoDb, elapsed: started.elapsed() }.emit(&self.metrics);
         outcomes
     }
