@@ -187,8 +187,9 @@ fn read_sources(value: &toml::Value, problems: &mut Vec<(String, String)>) -> So
         let has = |k: &str| t.contains_key(k);
         let (has_queue, has_dlq, has_stream, has_lease_table) = (has("queue"), has("dlq"), has("stream"), has("lease_table"));
         let input = match kind.as_str() {
-            "sqs" => match typed::<SqsSourceConfig>(toml::Value::Table(t), &field) {
-                Ok(mut s) => {
+            "sqs" => match typed_all::<SqsSourceConfig>(toml::Value::Table(t), &field) {
+                (Some(mut s), found) => {
+                    problems.extend(found);
                     if name == "menu" && builtin_kind(name) == Some("sqs") {
                         let menu = SqsSourceConfig::menu_defaults();
                         if !has_queue {
@@ -207,13 +208,14 @@ fn read_sources(value: &toml::Value, problems: &mut Vec<(String, String)>) -> So
                     }
                     SourceConfig::Sqs(s)
                 }
-                Err(p) => {
-                    problems.push(p);
+                (None, found) => {
+                    problems.extend(found);
                     continue;
                 }
             },
-            "kinesis" => match typed::<KinesisSourceConfig>(toml::Value::Table(t), &field) {
-                Ok(mut k) => {
+            "kinesis" => match typed_all::<KinesisSourceConfig>(toml::Value::Table(t), &field) {
+                (Some(mut k), found) => {
+                    problems.extend(found);
                     if name != "orders" {
                         if !has_stream {
                             k.stream = String::new();
@@ -224,8 +226,8 @@ fn read_sources(value: &toml::Value, problems: &mut Vec<(String, String)>) -> So
                     }
                     SourceConfig::Kinesis(k)
                 }
-                Err(p) => {
-                    problems.push(p);
+                (None, found) => {
+                    problems.extend(found);
                     continue;
                 }
             },
@@ -287,13 +289,19 @@ pub struct SinksConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`. Loopback unless you mean it.
-    pub listen: String,
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:9464".into() }
+        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
     }
+}
+
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| serde::de::Error::custom(format!("{text:?} is not an address like 127.0.0.1:9464")))
 }
 
 /// `[shutdown]`
@@ -311,12 +319,14 @@ impl Default for ShutdownConfig {
     }
 }
 
-impl AdminConfig {
-    /// The listen address. Validation refuses a config whose address does
-    /// not parse, so an error here means the config skipped validation.
-    pub fn addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
-        self.listen.parse()
-    }
+/// A setting that must be one of a few words and is not.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be {expected}, got {got:?}")]
+pub struct UnknownChoice {
+    /// The words it may be, e.g. `postgres or data_api`.
+    pub expected: &'static str,
+    /// What it was.
+    pub got: String,
 }
 
 /// One configuration problem: where, which field, why.
@@ -412,9 +422,12 @@ pub fn parse(text: &str, origin: &str, env: impl IntoIterator<Item = (String, St
     macro_rules! take {
         ($name:literal, $ty:ty, $slot:expr) => {
             if let Some(v) = table.get($name) {
-                match typed::<$ty>(v.clone(), $name) {
-                    Ok(x) => $slot = x,
-                    Err((field, why)) => problems.push(Problem { origin: origin_of(&field), field, why }),
+                let (value, found) = typed_all::<$ty>(v.clone(), $name);
+                if let Some(x) = value {
+                    $slot = x;
+                }
+                for (field, why) in found {
+                    problems.push(Problem { origin: origin_of(&field), field, why });
                 }
             }
         };
@@ -440,12 +453,62 @@ pub fn parse(text: &str, origin: &str, env: impl IntoIterator<Item = (String, St
     if problems.is_empty() { Ok(cfg) } else { Err(Problems(problems)) }
 }
 
+/// Deserializes one section; a section with problems is an error.
 fn typed<T: DeserializeOwned>(v: toml::Value, prefix: &str) -> Result<T, (String, String)> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
+    match typed_all(v, prefix) {
+        (Some(t), problems) if problems.is_empty() => Ok(t),
+        (_, mut problems) => Err(problems.remove(0)),
+    }
+}
+
+/// Deserializes one section, naming every field that does not: each bad
+/// field is named, taken out and the section read again, so the value
+/// comes back with defaults in place of the bad fields (for the checks
+/// that follow) and every problem is reported, not only the first.
+fn typed_all<T: DeserializeOwned>(mut v: toml::Value, prefix: &str) -> (Option<T>, Vec<(String, String)>) {
+    let mut problems = Vec::new();
+    loop {
+        let e = match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+            Ok(t) => return (Some(t), problems),
+            Err(e) => e,
+        };
+        let mut keys: Vec<String> = e
+            .path()
+            .iter()
+            .map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => key.clone(),
+                other => other.to_string(),
+            })
+            .collect();
         let path = e.path().to_string();
         let field = if path == "." || path.is_empty() { prefix.to_owned() } else { format!("{prefix}.{path}") };
-        (field, e.into_inner().to_string())
-    })
+        let why = e.into_inner().message().to_owned();
+        // An unknown field may be reported at its section; take out the field alone.
+        if let Some(name) = why.strip_prefix("unknown field `").and_then(|r| r.split('`').next())
+            && keys.last().map(String::as_str) != Some(name)
+        {
+            keys.push(name.to_owned());
+        }
+        problems.push((field, why));
+        // Without the field, its default stands in; if it cannot be taken
+        // out (the section itself is wrong), stop here.
+        if !remove_key(&mut v, &keys) {
+            return (None, problems);
+        }
+    }
+}
+
+/// Removes the value at `keys` from nested tables; false if there is none.
+fn remove_key(v: &mut toml::Value, keys: &[String]) -> bool {
+    let Some((last, parents)) = keys.split_last() else { return false };
+    let mut cur = v;
+    for k in parents {
+        match cur.as_table_mut().and_then(|t| t.get_mut(k)) {
+            Some(next) => cur = next,
+            None => return false,
+        }
+    }
+    cur.as_table_mut().is_some_and(|t| t.remove(last).is_some())
 }
 
 fn env_value(raw: &str) -> toml::Value {
@@ -474,16 +537,10 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
 
 fn semantic_problems(c: &Config) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let grace = c.shutdown.grace_period_secs;
-    for (name, s) in c.sources.sqs() {
-        out.extend(s.problems(&format!("sources.{name}"), grace));
+    let components = crate::components::list(c);
+    for component in &components {
+        out.extend(component.problems());
     }
-    for (name, k) in c.sources.kinesis() {
-        out.extend(k.problems(&format!("sources.{name}")));
-    }
-    out.extend(c.sinks.dynamodb.problems());
-    out.extend(c.sinks.redshift.problems());
-    out.extend(c.rejected.problems());
     let mut bad = |field: &str, why: String| out.push((field.to_owned(), why));
 
     // Payments are scored in arrival order per customer: the contract's
@@ -513,9 +570,6 @@ fn semantic_problems(c: &Config) -> Vec<(String, String)> {
         bad("pipeline.menu_json_rounds", format!("must be 0..100000, got {}", p.menu_json_rounds));
     }
 
-    if c.admin.listen.parse::<SocketAddr>().is_err() {
-        bad("admin.listen", format!("{:?} is not an address like 127.0.0.1:9464", c.admin.listen));
-    }
     if c.shutdown.grace_period_secs == 0 || c.shutdown.grace_period_secs > 3600 {
         bad("shutdown.grace_period_secs", format!("must be 1..3600, got {}", c.shutdown.grace_period_secs));
     }
@@ -527,37 +581,17 @@ fn semantic_problems(c: &Config) -> Vec<(String, String)> {
     for p in c.fraud.problems() {
         bad(&format!("fraud.{}", p.field), p.why);
     }
-    // Each queue, stream and lease table serves one purpose.
     // Each queue, stream and table serves one purpose (names are per service).
-    let mut claims: Vec<(&str, &str, String)> = Vec::new();
-    for (name, s) in c.sources.sqs() {
-        claims.push(("sqs", &s.queue, format!("sources.{name}.queue")));
-        claims.push(("sqs", &s.dlq, format!("sources.{name}.dlq")));
-    }
-    claims.push(("sqs", &c.rejected.queue, "rejected.queue".to_owned()));
-    for (name, k) in c.sources.kinesis() {
-        claims.push(("kinesis", &k.stream, format!("sources.{name}.stream")));
-        claims.push(("dynamodb", &k.lease_table, format!("sources.{name}.lease_table")));
-    }
-    let d = &c.sinks.dynamodb;
-    for (t, f) in [
-        (&d.aggregates_table, "aggregates_table"),
-        (&d.payments_table, "payments_table"),
-        (&d.orders_table, "orders_table"),
-        (&d.menu_table, "menu_table"),
-        (&d.events_table, "events_table"),
-    ] {
-        claims.push(("dynamodb", t, format!("sinks.dynamodb.{f}")));
-    }
-    let mut first: BTreeMap<(&str, &str), &str> = BTreeMap::new();
-    for (service, resource, field) in &claims {
-        if resource.is_empty() {
+    let resources: Vec<crate::components::Resource> = components.iter().flat_map(|c| c.resources()).collect();
+    let mut first: BTreeMap<(crate::components::Service, &str), &str> = BTreeMap::new();
+    for r in &resources {
+        if r.name.is_empty() {
             continue;
         }
-        match first.get(&(*service, *resource)) {
-            Some(f) => bad(field, format!("{resource:?} is also {f}: one queue, stream or table serves one purpose")),
+        match first.get(&(r.shape.service(), r.name.as_str())) {
+            Some(f) => bad(&r.field, format!("{:?} is also {f}: one queue, stream or table serves one purpose", r.name)),
             None => {
-                first.insert((service, resource), field);
+                first.insert((r.shape.service(), &r.name), &r.field);
             }
         }
     }
@@ -591,7 +625,7 @@ mod tests {
         assert_eq!((menu.queue.as_str(), menu.dlq.as_str()), ("cafe-menu-sync", "cafe-menu-sync-dlq"));
         assert_eq!(c.sources.kinesis_input("orders").map(|k| k.stream.as_str()), Some("cafe-orders"));
         assert_eq!(c.sinks.dynamodb.aggregates_table, "cafe-aggregates");
-        assert_eq!(c.admin.listen, "127.0.0.1:9464");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9464");
         assert_eq!(c.fraud.work_factor, 10_000);
     }
 
@@ -642,7 +676,7 @@ mod tests {
         ];
         let c = parse("", "t.toml", env).expect("valid");
         assert_eq!(c.sources.sqs_input("payments").map(|s| s.receivers), Some(8));
-        assert_eq!(c.admin.listen, "0.0.0.0:9000");
+        assert_eq!(c.admin.listen.to_string(), "0.0.0.0:9000");
 
         let env = vec![("CAFE_SHUTDOWN__GRACE_PERIOD_SECS".to_owned(), "0".to_owned())];
         let err = parse("", "t.toml", env).expect_err("invalid");
@@ -666,6 +700,26 @@ mod tests {
         let ok = parse("[sources.orders]\nworker_id = \"host-a\"\nshards = 8\n", "o.toml", no_env()).expect("valid");
         let orders = ok.sources.kinesis_input("orders").expect("orders input");
         assert_eq!((orders.worker_id.as_str(), orders.failover_time_ms), ("host-a", 10_000));
+    }
+
+    #[test]
+    fn every_bad_field_of_one_section_is_named_and_the_rest_still_checked() {
+        // Two fields of the wrong type and an unknown one in one section, and
+        // a range problem in a field that did deserialize.
+        let text = "[sources.orders]\ninitial_position = \"oldest\"\nshards = \"many\"\nspeed = 1\npoll_interval_ms = 100\n\n[admin]\nlisten = \"everywhere\"\n[sinks.redshift]\ntransport = \"odbc\"\nflush_interval_ms = 1\n";
+        let err = parse(text, "o.toml", no_env()).expect_err("invalid");
+        let text = err.to_string();
+        for want in [
+            "o.toml: sources.orders.initial_position: must be trim_horizon or latest, got \"oldest\"",
+            "o.toml: sources.orders.shards: invalid type",
+            "o.toml: sources.orders.speed: unknown field `speed`",
+            "o.toml: sources.orders.poll_interval_ms: must be 200..60000",
+            "o.toml: admin.listen: \"everywhere\" is not an address like 127.0.0.1:9464",
+            "o.toml: sinks.redshift.transport: must be postgres or data_api, got \"odbc\"",
+            "o.toml: sinks.redshift.flush_interval_ms: must be 100..3600000",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
     }
 
     #[test]
@@ -748,7 +802,7 @@ mod tests {
         let given = dir.join("other.toml");
         assert_eq!(resolve_path(Some(given.clone()), &default), Some(given));
         let c = load(resolve_path(None, &default).as_deref(), no_env()).expect("valid");
-        assert_eq!(c.admin.listen, "127.0.0.1:1");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:1");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -10,6 +10,7 @@
 
 use serde_json::{Value, json};
 
+use crate::components::{self, Grant, Resource, Service, Target};
 use crate::config::Config;
 
 /// Every AWS SDK operation the daemon calls and the IAM actions it needs.
@@ -62,89 +63,29 @@ fn queue_name(q: &str) -> &str {
     q.rsplit('/').next().unwrap_or(q)
 }
 
-fn statement(sid: &str, actions: &[&str], resources: Vec<String>) -> Value {
-    json!({"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources})
-}
-
 /// The policy document. `region` and `account` go into every ARN (`*`
-/// when not known).
+/// when not known). Each component says what it needs ([`Component::grants`]);
+/// grants with the same statement id become one statement.
 pub fn policy(config: &Config, purpose: Purpose, region: &str, account: &str) -> Value {
-    let sqs = |q: &str| format!("arn:aws:sqs:{region}:{account}:{}", queue_name(q));
-    let table = |t: &str| format!("arn:aws:dynamodb:{region}:{account}:table/{t}");
-    let stream = |s: &str| format!("arn:aws:kinesis:{region}:{account}:stream/{s}");
-    let d = &config.sinks.dynamodb;
-    let r = &config.sinks.redshift;
-    let streams: Vec<_> = config.sources.enabled_kinesis().map(|(_, k)| k).collect();
-    let inputs: Vec<_> = config.sources.enabled_sqs().map(|(_, s)| s).collect();
-    let mut statements = Vec::new();
+    let mut grants: Vec<Grant> = Vec::new();
     match purpose {
         Purpose::Run => {
-            statements.push(statement(
-                "ConsumeInputQueues",
-                &["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"],
-                inputs.iter().map(|s| sqs(&s.queue)).collect(),
-            ));
-            statements.push(statement(
-                "SendRejected",
-                &["sqs:SendMessage", "sqs:GetQueueUrl"],
-                vec![sqs(&config.rejected.queue)],
-            ));
-            let mut watched: Vec<String> = inputs.iter().map(|s| sqs(&s.dlq)).collect();
-            watched.push(sqs(&config.rejected.queue));
-            statements.push(statement("WatchQueueDepth", &["sqs:GetQueueAttributes", "sqs:GetQueueUrl"], watched));
-            if !streams.is_empty() {
-                statements.push(statement(
-                    "ReadStreams",
-                    &["kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"],
-                    streams.iter().map(|k| stream(&k.stream)).collect(),
-                ));
-                statements.push(statement(
-                    "LeaseTables",
-                    &["dynamodb:Scan", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
-                    streams.iter().map(|k| table(&k.lease_table)).collect(),
-                ));
-            }
-            // Any input may carry order events.
-            statements.push(statement(
-                "WriteOrders",
-                &["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:BatchGetItem"],
-                vec![table(&d.orders_table)],
-            ));
-            statements.push(statement("WritePayments", &["dynamodb:PutItem"], vec![table(&d.payments_table)]));
-            statements.push(statement(
-                "WriteMenu",
-                &["dynamodb:UpdateItem", "dynamodb:BatchGetItem"],
-                vec![table(&d.menu_table)],
-            ));
-            statements.push(statement(
-                "EventLedger",
-                &["dynamodb:PutItem", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
-                vec![table(&d.events_table)],
-            ));
-            statements.push(statement("WriteAggregates", &["dynamodb:UpdateItem"], vec![table(&d.aggregates_table)]));
-            if r.enabled {
-                statements.push(statement(
-                    "ReadPendingAggregates",
-                    &["dynamodb:Query"],
-                    vec![format!("{}/index/{}", table(&d.aggregates_table), crate::sinks::dynamodb::MIRROR_INDEX)],
-                ));
+            for c in components::enabled(config) {
+                grants.extend(c.grants());
             }
         }
         Purpose::Provision => {
-            let mut queues: Vec<String> = Vec::new();
-            for (_, s) in config.sources.sqs() {
-                queues.push(sqs(&s.queue));
-                queues.push(sqs(&s.dlq));
-            }
-            queues.push(sqs(&config.rejected.queue));
-            statements.push(statement(
+            let all = components::list(config);
+            let resources: Vec<Resource> = all.iter().flat_map(|c| c.resources()).collect();
+            let of = |service: Service, target: fn(String) -> Target| -> Vec<Target> {
+                resources.iter().filter(|r| r.shape.service() == service).map(|r| target(r.name.clone())).collect()
+            };
+            grants.push(Grant::new(
                 "CreateQueues",
                 &["sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes"],
-                queues,
+                of(Service::Sqs, Target::Queue),
             ));
-            let mut tables = vec![&d.aggregates_table, &d.payments_table, &d.orders_table, &d.menu_table, &d.events_table];
-            tables.extend(config.sources.kinesis().map(|(_, k)| &k.lease_table));
-            statements.push(statement(
+            grants.push(Grant::new(
                 "CreateTables",
                 &[
                     "dynamodb:CreateTable",
@@ -153,45 +94,58 @@ pub fn policy(config: &Config, purpose: Purpose, region: &str, account: &str) ->
                     "dynamodb:DescribeTimeToLive",
                     "dynamodb:UpdateTimeToLive",
                 ],
-                tables.iter().map(|t| table(t)).collect(),
+                of(Service::DynamoDb, Target::Table),
             ));
-            statements.push(statement(
+            grants.push(Grant::new(
                 "CreateStreams",
                 &["kinesis:CreateStream", "kinesis:DescribeStreamSummary"],
-                config.sources.kinesis().map(|(_, k)| stream(&k.stream)).collect(),
+                of(Service::Kinesis, Target::Stream),
             ));
+            for c in &all {
+                grants.extend(c.provision_grants());
+            }
         }
     }
-    if r.enabled && r.transport == "data_api" {
-        // Statements: the Data API scopes Execute/BatchExecute by cluster or
-        // workgroup; Describe and Cancel act on the caller's own statements.
-        let target = if r.cluster_identifier.is_empty() {
-            format!("arn:aws:redshift-serverless:{region}:{account}:workgroup/*")
-        } else {
-            format!("arn:aws:redshift:{region}:{account}:cluster:{}", r.cluster_identifier)
-        };
-        let run = ["redshift-data:ExecuteStatement", "redshift-data:BatchExecuteStatement"];
-        statements.push(statement("RedshiftStatements", &run, vec![target.clone()]));
-        let follow = ["redshift-data:DescribeStatement", "redshift-data:CancelStatement"];
-        statements.push(json!({
-            "Sid": "RedshiftOwnStatements", "Effect": "Allow", "Action": follow, "Resource": "*",
-            "Condition": {"StringEquals": {"redshift-data:statement-owner-iam-userid": "${aws:userid}"}}
-        }));
-        if !r.secret_arn.is_empty() {
-            statements.push(statement("RedshiftSecret", &["secretsmanager:GetSecretValue"], vec![r.secret_arn.clone()]));
-        } else if !r.cluster_identifier.is_empty() {
-            statements.push(statement(
-                "RedshiftTemporaryCredentials",
-                &["redshift:GetClusterCredentials"],
-                vec![
-                    format!("arn:aws:redshift:{region}:{account}:dbuser:{}/{}", r.cluster_identifier, r.db_user),
-                    format!("arn:aws:redshift:{region}:{account}:dbname:{}/{}", r.cluster_identifier, r.database),
-                ],
-            ));
-        } else {
-            statements.push(statement("RedshiftServerlessCredentials", &["redshift-serverless:GetCredentials"], vec![target]));
+    let arn = |t: &Target| -> String {
+        match t {
+            Target::Queue(q) => format!("arn:aws:sqs:{region}:{account}:{}", queue_name(q)),
+            Target::Table(t) => format!("arn:aws:dynamodb:{region}:{account}:table/{t}"),
+            Target::Index(t, i) => format!("arn:aws:dynamodb:{region}:{account}:table/{t}/index/{i}"),
+            Target::Stream(s) => format!("arn:aws:kinesis:{region}:{account}:stream/{s}"),
+            Target::Arn(a) => a.replace("{region}", region).replace("{account}", account),
+            Target::Any => "*".to_owned(),
+        }
+    };
+    // One statement per id, in order of first appearance, over every resource granted under it.
+    let mut statements: Vec<(Grant, Vec<String>)> = Vec::new();
+    for g in grants {
+        if g.on.is_empty() {
+            continue;
+        }
+        let resources: Vec<String> = g.on.iter().map(arn).collect();
+        match statements.iter_mut().find(|(s, _)| s.sid == g.sid) {
+            Some((s, have)) => {
+                debug_assert_eq!((s.actions, &s.condition), (g.actions, &g.condition), "statement {} granted two ways", g.sid);
+                for r in resources {
+                    if !have.contains(&r) {
+                        have.push(r);
+                    }
+                }
+            }
+            None => statements.push((g, resources)),
         }
     }
+    let statements: Vec<Value> = statements
+        .into_iter()
+        .map(|(g, resources)| {
+            let resource = if resources == ["*"] { json!("*") } else { json!(resources) };
+            let mut s = json!({"Sid": g.sid, "Effect": "Allow", "Action": g.actions, "Resource": resource});
+            if let Some(c) = g.condition {
+                s["Condition"] = c;
+            }
+            s
+        })
+        .collect();
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 

@@ -613,3 +613,34 @@ impl InternalEvent for ShardReadStopped<'_> {
         m.kinesis_behind_latest.remove(&ShardLabel { source: self.source.to_owned(), shard: self.shard.to_owned() });
     }
 }
+
+/// Creates a sink's request series (every outcome), at start.
+pub fn init_sink_series(metrics: &Metrics, sink: Sink) {
+    for outcome in [SinkRequestOutcome::Ok, SinkRequestOutcome::Retry, SinkRequestOutcome::Failed] {
+        let _ = metrics.sink_requests.get_or_create(&SinkOutcome { sink: sink.as_str(), outcome: outcome.as_str() });
+    }
+}
+
+/// Creates a stream's lease series (every way a lease is taken or lost), at start.
+pub fn init_lease_series(metrics: &Metrics, stream: &str) {
+    for how in LeaseTakenHow::ALL {
+        let _ = metrics.leases_taken.get_or_create(&Metrics::source_outcome(stream, how.as_str()));
+    }
+    for how in LeaseLostHow::ALL {
+        let _ = metrics.leases_lost.get_or_create(&Metrics::source_outcome(stream, how.as_str()));
+    }
+}
+
+/// Creates the menu item series (every outcome), at start.
+pub fn init_menu_series(metrics: &Metrics) {
+    for outcome in MenuOutcome::ALL {
+        let _ = metrics.menu_items.get_or_create(&OutcomeLabel { outcome: outcome.as_str() });
+    }
+}
+
+/// Creates the Redshift mirror's flush series (every outcome), at start.
+pub fn init_mirror_series(metrics: &Metrics) {
+    for outcome in FlushOutcome::ALL {
+        let _ = metrics.mirror_flushes.get_or_create(&OutcomeLabel { outcome: outcome.as_str() });
+    }
+}

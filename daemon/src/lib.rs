@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod aws;
 pub mod bridge;
+pub mod components;
 pub mod config;
 pub mod iam;
 pub mod internal_events;

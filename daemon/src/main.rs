@@ -105,7 +105,7 @@ fn main() -> ExitCode {
         Command::Provision(_) => exit(runtime().and_then(|rt| rt.block_on(provision(&config)))),
         Command::Run(_) => exit(runtime().and_then(|rt| rt.block_on(run(config)))),
         Command::Top(a) => {
-            let addr = a.addr.clone().unwrap_or_else(|| config.admin.listen.clone());
+            let addr = a.addr.clone().unwrap_or_else(|| config.admin.listen.to_string());
             exit(runtime().and_then(|rt| rt.block_on(top(&addr, a.interval, a.once))))
         }
         Command::IamPolicy(a) => {

@@ -304,34 +304,6 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Creates the series of every known outcome at 0, so that dashboards
-    /// and alerts see them (and `rate()` works) before the first event of
-    /// each kind; `streams` label the lease series.
-    pub fn init_series(&self, streams: &[&str], mirror: bool) {
-        use crate::internal_events::{FlushOutcome, LeaseLostHow, LeaseTakenHow, MenuOutcome, Sink, SinkRequestOutcome};
-        for sink in [Sink::DynamoDb, Sink::Rejected] {
-            for outcome in [SinkRequestOutcome::Ok, SinkRequestOutcome::Retry, SinkRequestOutcome::Failed] {
-                let _ = self.sink_requests.get_or_create(&SinkOutcome { sink: sink.as_str(), outcome: outcome.as_str() });
-            }
-        }
-        for &source in streams {
-            for how in LeaseTakenHow::ALL {
-                let _ = self.leases_taken.get_or_create(&Metrics::source_outcome(source, how.as_str()));
-            }
-            for how in LeaseLostHow::ALL {
-                let _ = self.leases_lost.get_or_create(&Metrics::source_outcome(source, how.as_str()));
-            }
-        }
-        for outcome in MenuOutcome::ALL {
-            let _ = self.menu_items.get_or_create(&OutcomeLabel { outcome: outcome.as_str() });
-        }
-        if mirror {
-            for outcome in FlushOutcome::ALL {
-                let _ = self.mirror_flushes.get_or_create(&OutcomeLabel { outcome: outcome.as_str() });
-            }
-        }
-    }
-
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -1,9 +1,10 @@
 //! `cafe-streamd provision`: creates every resource of the contract,
 //! idempotently, on the local stack or a real account.
 //!
-//! Owns: resource shapes (keys, FIFO attributes, redrive policies, the
-//! lease table). Must
-//! not: delete or change existing resources' data.
+//! Owns: how each kind of resource is made (FIFO attributes, redrive
+//! policies, keys, indexes, expiry); which resources exist and their shapes
+//! come from the components (`components.rs`). Must not: delete or change
+//! existing resources' data.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,8 +19,8 @@ use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use crate::aws::describe;
-use crate::config::{Config, SqsSourceConfig};
-use crate::sinks::dynamodb::{EVENT_EXPIRES, MIRROR_INDEX, MIRROR_PENDING};
+use crate::components::{self, Shape};
+use crate::config::Config;
 use crate::sinks::redshift;
 
 /// What provisioning did to one resource.
@@ -33,95 +34,132 @@ pub struct Provisioned {
     pub created: bool,
 }
 
-/// Creates every resource that does not exist yet.
+/// Creates every resource of every configured component that does not
+/// exist yet, in the order the components list them.
 pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
     let sdk = crate::aws::sdk_config(&config.aws).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
     let mut done = Vec::new();
-
-    for (_, source) in config.sources.sqs() {
-        done.extend(queue_with_dlq(&sqs, source).await?);
-    }
-    done.push(queue(&sqs, &config.rejected.queue, HashMap::new()).await?.0);
-
-    let d = &config.sinks.dynamodb;
-    for (table, keys) in [
-        (&d.aggregates_table, &[("store", KeyType::Hash), ("window", KeyType::Range)][..]),
-        (&d.payments_table, &[("payment_id", KeyType::Hash)][..]),
-        (&d.orders_table, &[("order_id", KeyType::Hash)][..]),
-        (&d.menu_table, &[("sku", KeyType::Hash)][..]),
-        (&d.events_table, &[("event_id", KeyType::Hash)][..]),
-    ] {
-        done.push(table_with_keys(&dynamodb, table, keys).await?);
-    }
-    for (_, k) in config.sources.kinesis() {
-        done.push(table_with_keys(&dynamodb, &k.lease_table, &[("leaseKey", KeyType::Hash)]).await?);
-    }
-    mirror_index(&dynamodb, &d.aggregates_table).await?;
-    event_expiry(&dynamodb, &d.events_table).await?;
-    for (_, k) in config.sources.kinesis() {
-        done.push(stream(&kinesis, &k.stream, k.shards).await?);
-    }
-    if config.sinks.redshift.enabled {
-        let transport =
-            redshift::Transport::new(&config.sinks.redshift, &sdk).map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?;
-        transport
-            .execute(&redshift::sql::create_table(&config.sinks.redshift.table))
-            .await
-            .map_err(|e| anyhow::anyhow!("creating Redshift table {}: {e}", config.sinks.redshift.table))?;
-        done.push(Provisioned { kind: "redshift", name: config.sinks.redshift.table.clone(), created: false });
+    for resource in components::list(config).iter().flat_map(|c| c.resources()) {
+        let name = resource.name.as_str();
+        match &resource.shape {
+            Shape::Queue { redrive, visibility_timeout_secs } => {
+                let mut attrs = HashMap::new();
+                if name.ends_with(".fifo") {
+                    attrs.insert(QueueAttributeName::FifoQueue, "true".to_owned());
+                    // Producers may set their own MessageDeduplicationId; without one
+                    // the body is the dedup key, so `aws sqs send-message` just works.
+                    attrs.insert(QueueAttributeName::ContentBasedDeduplication, "true".to_owned());
+                }
+                if let Some((dlq, max_receive_count)) = redrive {
+                    let arn = queue_arn(&sqs, dlq).await?;
+                    attrs.insert(
+                        QueueAttributeName::RedrivePolicy,
+                        serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max_receive_count.to_string()})
+                            .to_string(),
+                    );
+                }
+                if let Some(v) = visibility_timeout_secs {
+                    attrs.insert(QueueAttributeName::VisibilityTimeout, v.to_string());
+                }
+                done.push(queue(&sqs, name, attrs).await?.0);
+            }
+            Shape::Table { keys, index, ttl } => {
+                done.push(table_with_keys(&dynamodb, name, keys).await?);
+                if let Some(index) = index {
+                    secondary_index(&dynamodb, name, *index).await?;
+                }
+                if let Some(attribute) = ttl {
+                    expiry(&dynamodb, name, attribute).await?;
+                }
+            }
+            Shape::Stream { shards } => done.push(stream(&kinesis, name, *shards).await?),
+            Shape::RedshiftTable(redshift) => {
+                let transport =
+                    redshift::Transport::new(redshift, &sdk).map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?;
+                transport
+                    .execute(&redshift::sql::create_table(name))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("creating Redshift table {name}: {e}"))?;
+                done.push(Provisioned { kind: "redshift", name: name.to_owned(), created: false });
+            }
+        }
     }
     Ok(done)
 }
 
-/// The sparse index of aggregate rows pending for Redshift: created with
-/// the table's keys, added to an existing table if missing.
-async fn mirror_index(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
+/// The ARN of an existing queue (a dead-letter queue, for a redrive policy).
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, name: &str) -> anyhow::Result<String> {
+    let url = sqs
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("looking up {name} (provisioned before the queues it serves): {}", describe(&e)))?
+        .queue_url
+        .context("GetQueueUrl returned no URL")?;
+    sqs.get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the ARN of {name}: {}", describe(&e)))?
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .context("the queue has no QueueArn")
+}
+
+/// A global secondary index (string keys, every attribute projected),
+/// added to an existing table if missing.
+async fn secondary_index(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    (name, hash, range): (&str, &str, &str),
+) -> anyhow::Result<()> {
     let describe_index = || async {
         let out = dynamodb.describe_table().table_name(table).send().await;
         let out = out.map_err(|e| anyhow::anyhow!("describing table {table}: {}", describe(&e)))?;
         let index = out.table.map(|t| t.global_secondary_indexes.unwrap_or_default()).unwrap_or_default();
-        Ok::<_, anyhow::Error>(index.into_iter().find(|i| i.index_name() == Some(MIRROR_INDEX)).map(|i| i.index_status))
+        Ok::<_, anyhow::Error>(index.into_iter().find(|i| i.index_name() == Some(name)).map(|i| i.index_status))
     };
     if describe_index().await?.is_none() {
         let create = CreateGlobalSecondaryIndexAction::builder()
-            .index_name(MIRROR_INDEX)
-            .key_schema(KeySchemaElement::builder().attribute_name(MIRROR_PENDING).key_type(KeyType::Hash).build()?)
-            .key_schema(KeySchemaElement::builder().attribute_name("window").key_type(KeyType::Range).build()?)
+            .index_name(name)
+            .key_schema(KeySchemaElement::builder().attribute_name(hash).key_type(KeyType::Hash).build()?)
+            .key_schema(KeySchemaElement::builder().attribute_name(range).key_type(KeyType::Range).build()?)
             .projection(Projection::builder().projection_type(ProjectionType::All).build())
             .build()?;
         dynamodb
             .update_table()
             .table_name(table)
             .attribute_definitions(
-                AttributeDefinition::builder().attribute_name(MIRROR_PENDING).attribute_type(ScalarAttributeType::S).build()?,
+                AttributeDefinition::builder().attribute_name(hash).attribute_type(ScalarAttributeType::S).build()?,
             )
             .attribute_definitions(
-                AttributeDefinition::builder().attribute_name("window").attribute_type(ScalarAttributeType::S).build()?,
+                AttributeDefinition::builder().attribute_name(range).attribute_type(ScalarAttributeType::S).build()?,
             )
             .global_secondary_index_updates(GlobalSecondaryIndexUpdate::builder().create(create).build())
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("adding index {MIRROR_INDEX} to {table}: {}", describe(&e)))?;
+            .map_err(|e| anyhow::anyhow!("adding index {name} to {table}: {}", describe(&e)))?;
     }
-    wait_active("index", MIRROR_INDEX, || async { Ok(matches!(describe_index().await?, Some(None | Some(IndexStatus::Active)))) })
-        .await
+    wait_active("index", name, || async { Ok(matches!(describe_index().await?, Some(None | Some(IndexStatus::Active)))) }).await
 }
 
-/// Expiry of the event ledger's entries (`expires_at`, epoch seconds).
-async fn event_expiry(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
+/// Expiry of a table's items by `attribute` (epoch seconds).
+async fn expiry(dynamodb: &aws_sdk_dynamodb::Client, table: &str, attribute: &str) -> anyhow::Result<()> {
     let current = dynamodb
         .describe_time_to_live()
         .table_name(table)
         .send()
         .await
         .map_err(|e| anyhow::anyhow!("describing the TTL of {table}: {}", describe(&e)))?;
-    if current.time_to_live_description.and_then(|d| d.attribute_name) == Some(EVENT_EXPIRES.to_owned()) {
+    if current.time_to_live_description.and_then(|d| d.attribute_name) == Some(attribute.to_owned()) {
         return Ok(());
     }
-    let spec = TimeToLiveSpecification::builder().attribute_name(EVENT_EXPIRES).enabled(true).build()?;
+    let spec = TimeToLiveSpecification::builder().attribute_name(attribute).enabled(true).build()?;
     dynamodb
         .update_time_to_live()
         .table_name(table)
@@ -130,38 +168,6 @@ async fn event_expiry(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> anyho
         .await
         .map_err(|e| anyhow::anyhow!("enabling the TTL of {table}: {}", describe(&e)))?;
     Ok(())
-}
-
-async fn queue_with_dlq(sqs: &aws_sdk_sqs::Client, source: &SqsSourceConfig) -> anyhow::Result<Vec<Provisioned>> {
-    let fifo = |name: &str| {
-        let mut attrs = HashMap::new();
-        if name.ends_with(".fifo") {
-            attrs.insert(QueueAttributeName::FifoQueue, "true".to_owned());
-            // Producers may set their own MessageDeduplicationId; without one
-            // the body is the dedup key, so `aws sqs send-message` just works.
-            attrs.insert(QueueAttributeName::ContentBasedDeduplication, "true".to_owned());
-        }
-        attrs
-    };
-    let (dlq, dlq_url) = queue(sqs, &source.dlq, fifo(&source.dlq)).await?;
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the ARN of {}: {}", source.dlq, describe(&e)))?
-        .attributes
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .context("the DLQ has no QueueArn")?;
-    let mut attrs = fifo(&source.queue);
-    attrs.insert(
-        QueueAttributeName::RedrivePolicy,
-        serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": source.max_receive_count.to_string()}).to_string(),
-    );
-    attrs.insert(QueueAttributeName::VisibilityTimeout, source.visibility_timeout_secs.to_string());
-    let (main, _) = queue(sqs, &source.queue, attrs).await?;
-    Ok(vec![dlq, main])
 }
 
 async fn queue(
@@ -195,18 +201,15 @@ async fn queue(
     Ok((Provisioned { kind: "sqs", name: name.to_owned(), created: true }, url))
 }
 
-async fn table_with_keys(
-    dynamodb: &aws_sdk_dynamodb::Client,
-    name: &str,
-    keys: &[(&str, KeyType)],
-) -> anyhow::Result<Provisioned> {
+async fn table_with_keys(dynamodb: &aws_sdk_dynamodb::Client, name: &str, keys: &[&str]) -> anyhow::Result<Provisioned> {
     let mut req = dynamodb.create_table().table_name(name).billing_mode(BillingMode::PayPerRequest);
-    for (attr, key_type) in keys {
+    for (i, attr) in keys.iter().enumerate() {
+        let key_type = if i == 0 { KeyType::Hash } else { KeyType::Range };
         req = req
             .attribute_definitions(
                 AttributeDefinition::builder().attribute_name(*attr).attribute_type(ScalarAttributeType::S).build()?,
             )
-            .key_schema(KeySchemaElement::builder().attribute_name(*attr).key_type(key_type.clone()).build()?);
+            .key_schema(KeySchemaElement::builder().attribute_name(*attr).key_type(key_type).build()?);
     }
     let created = match req.send().await {
         Ok(_) => true,

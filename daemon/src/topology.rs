@@ -54,8 +54,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let health = Arc::new(Health::default());
     let notifier = Arc::new(Notifier::from_env());
 
-    let admin = config.admin.addr().map_err(|e| anyhow::anyhow!("admin.listen {:?}: {e}", config.admin.listen))?;
-    let listener = tokio::net::TcpListener::bind(admin)
+    let listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (admin.listen): {e}", config.admin.listen))?;
     let admin_addr = listener.local_addr()?;
@@ -77,8 +76,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
 
     let mirror = config.sinks.redshift.enabled;
-    let streams: Vec<&str> = config.sources.enabled_kinesis().map(|(_, k)| k.stream.as_str()).collect();
-    metrics.init_series(&streams, mirror);
+    for component in crate::components::enabled(&config) {
+        component.init_metrics(&metrics);
+    }
     let engine = FraudEngine::new(config.fraud.clone())
         .map_err(|p| anyhow::anyhow!("fraud config: {}", p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
     let router = Router {

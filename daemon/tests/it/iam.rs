@@ -93,7 +93,7 @@ fn the_policy_allows_exactly_what_the_code_calls() {
     // Every feature on, so every statement is in the policy.
     let mut config = daemon::config::Config::default();
     config.sinks.redshift.enabled = true;
-    config.sinks.redshift.transport = "data_api".into();
+    config.sinks.redshift.transport = daemon::sinks::redshift::config::TransportKind::DataApi;
     config.sinks.redshift.cluster_identifier = "analytics".into();
     config.sinks.redshift.database = "dev".into();
     config.sinks.redshift.db_user = "cafe".into();

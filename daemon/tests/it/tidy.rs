@@ -143,3 +143,19 @@ fn metrics_are_recorded_through_internal_events() {
     let bad = offenders(&lines, "get_or_create(", &["daemon/src/metrics.rs", "daemon/src/internal_events.rs"]);
     assert!(bad.is_empty(), "a metric recorded outside daemon/src/internal_events.rs:\n{}", bad.join("\n"));
 }
+
+#[test]
+fn provision_and_iam_iterate_the_component_list() {
+    // They learn every queue, stream, table and grant from `components::list`,
+    // so adding an input or a sink never touches them.
+    let lines: Vec<_> = code_lines("daemon")
+        .into_iter()
+        .filter(|(f, _, _)| f.ends_with("daemon/src/iam.rs") || f.ends_with("daemon/src/provision.rs"))
+        .collect();
+    assert!(!lines.is_empty(), "iam.rs and provision.rs not found");
+    let mut bad = Vec::new();
+    for needle in [".sources", ".sinks", ".rejected", "SqsSourceConfig", "KinesisSourceConfig", "DynamoDbSinkConfig"] {
+        bad.extend(offenders(&lines, needle, &[]));
+    }
+    assert!(bad.is_empty(), "a component named outside its folder and components.rs:\n{}", bad.join("\n"));
+}

@@ -19,6 +19,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 use pipeline::window::{Counters, WindowId};
 use tracing::warn;
 
+pub mod component;
 pub mod config;
 pub mod menu_items;
 pub mod order_items;

@@ -19,7 +19,7 @@ pub struct RedshiftSinkConfig {
     pub enabled: bool,
     /// `postgres` (the PostgreSQL wire protocol, port 5439 on Redshift) or
     /// `data_api` (the Redshift Data API, no network path to the cluster needed).
-    pub transport: String,
+    pub transport: TransportKind,
     /// `postgres`: `postgres://user@host:5439/db?sslmode=require`. A password
     /// here is never logged; prefer the `PGPASSWORD` environment variable.
     pub url: String,
@@ -50,11 +50,33 @@ pub struct RedshiftSinkConfig {
     pub statement_timeout_ms: u64,
 }
 
+/// How the mirror reaches Redshift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum TransportKind {
+    /// The PostgreSQL wire protocol (`postgres`).
+    Postgres,
+    /// The Redshift Data API (`data_api`).
+    DataApi,
+}
+
+impl TryFrom<String> for TransportKind {
+    type Error = crate::config::UnknownChoice;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "postgres" => Ok(TransportKind::Postgres),
+            "data_api" => Ok(TransportKind::DataApi),
+            _ => Err(crate::config::UnknownChoice { expected: "postgres or data_api", got: s }),
+        }
+    }
+}
+
 impl Default for RedshiftSinkConfig {
     fn default() -> Self {
         RedshiftSinkConfig {
             enabled: false,
-            transport: "postgres".into(),
+            transport: TransportKind::Postgres,
             url: String::new(),
             cluster_identifier: String::new(),
             workgroup_name: String::new(),
@@ -78,16 +100,19 @@ impl RedshiftSinkConfig {
         let mut out = Vec::new();
         let mut bad = |field: &str, why: String| out.push((field.to_owned(), why));
         if self.enabled {
-            match self.transport.as_str() {
-                "postgres" => {
+            match self.transport {
+                TransportKind::Postgres => {
                     if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
                         bad(
                             "sinks.redshift.url",
                             "transport postgres needs a URL like postgres://user@host:5439/db?sslmode=require".into(),
                         );
+                    } else if let Err(e) = self.url.parse::<tokio_postgres::Config>() {
+                        // What the transport parses at start, refused here instead.
+                        bad("sinks.redshift.url", format!("not a PostgreSQL URL: {e}"));
                     }
                 }
-                "data_api" => {
+                TransportKind::DataApi => {
                     if self.cluster_identifier.is_empty() == self.workgroup_name.is_empty() {
                         bad(
                             "sinks.redshift.cluster_identifier",
@@ -101,7 +126,6 @@ impl RedshiftSinkConfig {
                         bad("sinks.redshift.db_user", "a cluster needs db_user or secret_arn".into());
                     }
                 }
-                other => bad("sinks.redshift.transport", format!("must be postgres or data_api, got {other:?}")),
             }
         }
         if self.table.is_empty()

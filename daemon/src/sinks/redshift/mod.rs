@@ -20,6 +20,7 @@
 //! Must not: acknowledge sources (the DynamoDB transaction is the durable
 //! write; Redshift follows it) or build SQL outside `sql`.
 
+pub mod component;
 pub mod config;
 pub mod data_api;
 pub mod postgres;
@@ -41,6 +42,7 @@ use crate::config::RedshiftSinkConfig;
 use crate::internal_events::{FlushOutcome, InternalEvent, MirrorFlushed};
 use crate::metrics::Metrics;
 use crate::sinks::dynamodb::{MIRROR_BUCKETS, MIRROR_INDEX, MIRROR_PENDING, MIRROR_SINCE, VERSION, num};
+use crate::sinks::redshift::config::TransportKind;
 use sql::MirrorRow;
 
 /// Why a batch did not commit, from either transport.
@@ -71,11 +73,11 @@ pub enum Transport {
 impl Transport {
     /// The transport `config.transport` names; it connects on first use.
     pub fn new(config: &RedshiftSinkConfig, sdk: &aws_config::SdkConfig) -> Result<Self, postgres::PgError> {
-        Ok(match config.transport.as_str() {
-            "data_api" => {
+        Ok(match config.transport {
+            TransportKind::DataApi => {
                 Transport::DataApi(data_api::DataApiTransport::new(aws_sdk_redshiftdata::Client::new(sdk), config.clone()))
             }
-            _ => Transport::Postgres(postgres::PgTransport::new(&config.url)?),
+            TransportKind::Postgres => Transport::Postgres(postgres::PgTransport::new(&config.url)?),
         })
     }
 

@@ -32,6 +32,7 @@ use crate::sinks::WriteOutcome;
 use crate::sinks::dynamodb::{EVENT_EXPIRES, LEDGER_TTL_SECS};
 use crate::sources::sqs::queue_url;
 
+pub mod component;
 pub mod config;
 
 /// SQS's limit for one message and for one batch, bodies plus attributes.

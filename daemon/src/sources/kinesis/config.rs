@@ -30,7 +30,7 @@ pub struct KinesisSourceConfig {
     /// Where a shard with no checkpoint starts: `trim_horizon` (oldest
     /// record; nothing is missed) or `latest`. Child shards always start at
     /// their beginning.
-    pub initial_position: String,
+    pub initial_position: InitialPosition,
     /// A lease not renewed for this long is taken over by another instance.
     pub failover_time_ms: u64,
     /// How often leases are renewed; must be well under `failover_time_ms`.
@@ -57,6 +57,38 @@ pub struct KinesisSourceConfig {
     pub order_cache_size: usize,
 }
 
+/// Where a shard with no checkpoint starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum InitialPosition {
+    /// The oldest record the stream holds (`trim_horizon`).
+    TrimHorizon,
+    /// Only records put from now on (`latest`).
+    Latest,
+}
+
+impl TryFrom<String> for InitialPosition {
+    type Error = crate::config::UnknownChoice;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "trim_horizon" => Ok(InitialPosition::TrimHorizon),
+            "latest" => Ok(InitialPosition::Latest),
+            _ => Err(crate::config::UnknownChoice { expected: "trim_horizon or latest", got: s }),
+        }
+    }
+}
+
+impl InitialPosition {
+    /// The ShardIteratorType it starts a shard with.
+    pub fn iterator_type(self) -> &'static str {
+        match self {
+            InitialPosition::TrimHorizon => "TRIM_HORIZON",
+            InitialPosition::Latest => "LATEST",
+        }
+    }
+}
+
 impl Default for KinesisSourceConfig {
     fn default() -> Self {
         KinesisSourceConfig {
@@ -65,7 +97,7 @@ impl Default for KinesisSourceConfig {
             shards: 4,
             lease_table: "cafe-orders-leases".into(),
             worker_id: String::new(),
-            initial_position: "trim_horizon".into(),
+            initial_position: InitialPosition::TrimHorizon,
             failover_time_ms: 10_000,
             lease_renew_interval_ms: 3_000,
             lease_take_interval_ms: 1_000,
@@ -91,9 +123,6 @@ impl KinesisSourceConfig {
         }
         if !(1..=500).contains(&k.shards) {
             bad(&format!("{p}.shards"), format!("must be 1..500, got {}", k.shards));
-        }
-        if !["trim_horizon", "latest"].contains(&k.initial_position.as_str()) {
-            bad(&format!("{p}.initial_position"), format!("must be trim_horizon or latest, got {:?}", k.initial_position));
         }
         if !(1000..=600_000).contains(&k.failover_time_ms) {
             bad(&format!("{p}.failover_time_ms"), format!("must be 1000..600000, got {}", k.failover_time_ms));

@@ -295,7 +295,7 @@ impl Leases {
         shards: &[(String, Vec<String>)],
         existing: &HashSet<String>,
     ) -> Result<usize, LeaseError> {
-        let initial = if self.config.initial_position == "latest" { "LATEST" } else { "TRIM_HORIZON" };
+        let initial = self.config.initial_position.iterator_type();
         let mut created = 0;
         for (shard, parents) in shards {
             if existing.contains(shard) {

@@ -11,6 +11,7 @@
 //! `shard` but topology.
 
 pub mod checkpoint;
+pub mod component;
 pub mod config;
 pub mod leases;
 pub mod shard;

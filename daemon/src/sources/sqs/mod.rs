@@ -13,6 +13,7 @@
 //! is made visible again after `retry_delay_secs` rather than deleted.
 
 pub mod ack;
+pub mod component;
 pub mod config;
 pub mod stages;
 
