@@ -39,6 +39,19 @@ Real SQS delivers a group strictly in order. The fix counts a group as in
 flight only for its pending messages that are still invisible; which
 messages are pending, and everything else about receiving, is unchanged.
 
+SQS lets ChangeMessageVisibility hide a message that is not in flight: a
+message visible again (its timeout ran out, or it was given back) is made
+invisible without being received, and since moto counts a FIFO group as in
+flight only through messages it delivered, the group's later messages are
+then delivered ahead of it. Real SQS refuses the call ("MessageNotInflight:
+The specified message isn't in flight"), so a consumer whose visibility
+extension races with its own give-back learns of it instead of silently
+breaking a group's order. Measured: a held-back FIFO group lost its order
+once in a few dozen retries when an extension landed after the message was
+visible again. The fix refuses a visibility change of a visible message
+with that error (a batch entry fails with ReceiptHandleIsInvalid, the code
+moto's batch gives every refused entry); everything else is moto's.
+
 DynamoDB: TransactWriteItems takes its rollback snapshot by deep-copying the
 whole table once per transaction item (25 copies of a 10,000-item table per
 call), without any lock, and rolls back by swapping the whole table back in.
@@ -72,6 +85,7 @@ from moto.dynamodb import models as ddb_models
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
 from moto.server import main
+from moto.sqs import exceptions as sqs_exceptions
 from moto.sqs import models as sqs_models
 from moto.core.utils import camelcase_to_underscores
 
@@ -150,6 +164,28 @@ def _in_flight_groups(self):
     return {m.group_id for m in self._pending_messages if m.group_id is not None and not m.visible}
 
 
+class MessageNotInflight(sqs_exceptions.ReceiptHandleIsInvalid):
+    def __init__(self):
+        sqs_exceptions.SQSException.__init__(self, "MessageNotInflight", "The specified message isn't in flight.")
+
+
+def _change_visibility_in_flight_only(change):
+    @functools.wraps(change)
+    def wrapper(self, queue_name, receipt_handle, visibility_timeout):
+        queue = self.get_queue(queue_name)
+        for message in queue._messages:
+            if message.had_receipt_handle(receipt_handle):
+                if message.visible:
+                    raise MessageNotInflight()
+                break
+        return change(self, queue_name, receipt_handle, visibility_timeout)
+
+    return wrapper
+
+
+sqs_models.SQSBackend.change_message_visibility = _change_visibility_in_flight_only(
+    sqs_models.SQSBackend.change_message_visibility
+)
 sqs_models.Queue.delete_message = _locked_delete(sqs_models.Queue.delete_message)
 sqs_models.Queue.pending_message_groups = property(_in_flight_groups)
 sqs_models.Queue.attributes = property(LazyQueueAttributes)

@@ -111,6 +111,11 @@ pub struct SqsSource {
     metrics: Arc<Metrics>,
     /// receipt handle -> when its visibility runs out.
     inflight: Mutex<HashMap<String, Instant>>,
+    /// Held while visibility extensions are being sent, and by a give-back
+    /// before it sends its own change: an extension taken before the
+    /// message was given back must not land after it (and hide the message
+    /// again, its group's order with it).
+    extending: tokio::sync::Mutex<()>,
 }
 
 impl SqsSource {
@@ -118,7 +123,15 @@ impl SqsSource {
     pub async fn connect(client: Client, config: SqsSourceConfig, metrics: Arc<Metrics>) -> Result<Self, AwsError> {
         let url = queue_url(&client, &config.queue).await?;
         let name = url.rsplit('/').next().unwrap_or(&config.queue).to_owned();
-        Ok(SqsSource { client, url, name, config, metrics, inflight: Mutex::new(HashMap::new()) })
+        Ok(SqsSource {
+            client,
+            url,
+            name,
+            config,
+            metrics,
+            inflight: Mutex::new(HashMap::new()),
+            extending: tokio::sync::Mutex::new(()),
+        })
     }
 
     fn visibility(&self) -> Duration {
@@ -235,6 +248,7 @@ impl SqsSource {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(period) => {}
             }
+            let _extending = self.extending.lock().await;
             let now = Instant::now();
             let due: Vec<String> = {
                 let map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
@@ -365,6 +379,10 @@ impl SqsSource {
     }
 
     async fn release(&self, receipt: String) {
+        // Untracked first, so no later extension picks it up; then after any
+        // extension already under way, so this change is the last.
+        self.untrack(std::slice::from_ref(&receipt));
+        let _after_extensions = self.extending.lock().await;
         let result = self
             .client
             .change_message_visibility()
@@ -377,7 +395,6 @@ impl SqsSource {
             // The message still becomes visible when its timeout runs out.
             debug!(queue = %self.name, error = %describe(&e), "Releasing a message failed");
         }
-        self.untrack(&[receipt]);
     }
 }
 
