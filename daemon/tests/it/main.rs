@@ -24,6 +24,7 @@ mod orders;
 mod packages;
 mod redshift;
 mod routing;
+mod stack;
 mod systemd;
 mod tidy;
 
