@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use crate::internal_events::{CpuJobDone, CpuJobQueued, InternalEvent};
 use crate::metrics::Metrics;
 
 /// The CPU pool.
@@ -37,12 +38,12 @@ impl CpuPool {
         R: Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let depth = self.metrics.rayon_queue_depth.clone();
-        depth.inc();
+        CpuJobQueued.emit(&self.metrics);
+        let metrics = Arc::clone(&self.metrics);
         // Inside the job, rayon's parallel iterators run on this same pool.
         self.pool.spawn(move || {
             let out = std::panic::catch_unwind(AssertUnwindSafe(f));
-            depth.dec();
+            CpuJobDone.emit(&metrics);
             let _ = tx.send(out);
         });
         match rx.await {

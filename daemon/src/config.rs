@@ -453,14 +453,6 @@ pub fn parse(text: &str, origin: &str, env: impl IntoIterator<Item = (String, St
     if problems.is_empty() { Ok(cfg) } else { Err(Problems(problems)) }
 }
 
-/// Deserializes one section; a section with problems is an error.
-fn typed<T: DeserializeOwned>(v: toml::Value, prefix: &str) -> Result<T, (String, String)> {
-    match typed_all(v, prefix) {
-        (Some(t), problems) if problems.is_empty() => Ok(t),
-        (_, mut problems) => Err(problems.remove(0)),
-    }
-}
-
 /// Deserializes one section, naming every field that does not: each bad
 /// field is named, taken out and the section read again, so the value
 /// comes back with defaults in place of the bad fields (for the checks

@@ -55,6 +55,8 @@ label_enum!(
         DynamoDbMenu => "dynamodb_menu",
         /// The rejected queue.
         Rejected => "rejected",
+        /// The Redshift mirror's statement batches.
+        Redshift => "redshift",
     }
 );
 
@@ -186,6 +188,97 @@ pub struct SinkRequest {
 impl InternalEvent for SinkRequest {
     fn emit(self, m: &Metrics) {
         m.sink_requests.get_or_create(&SinkOutcome { sink: self.sink.as_str(), outcome: self.outcome.as_str() }).inc();
+    }
+}
+
+/// A batch's work was queued on the CPU pool.
+#[derive(Debug)]
+pub struct CpuJobQueued;
+
+impl InternalEvent for CpuJobQueued {
+    fn emit(self, m: &Metrics) {
+        m.rayon_queue_depth.inc();
+    }
+}
+
+/// A batch's work on the CPU pool finished (or panicked).
+#[derive(Debug)]
+pub struct CpuJobDone;
+
+impl InternalEvent for CpuJobDone {
+    fn emit(self, m: &Metrics) {
+        m.rayon_queue_depth.dec();
+    }
+}
+
+/// A sink request failed and is tried again after a backoff.
+#[derive(Debug)]
+pub struct SinkRetrying<'a> {
+    /// Which sink.
+    pub sink: Sink,
+    /// The request, for the log: `Payment write`, `Reading orders`, ...
+    pub what: &'a str,
+    /// Attempts made so far, from 0.
+    pub attempt: u32,
+    /// Why it failed.
+    pub error: &'a str,
+}
+
+impl InternalEvent for SinkRetrying<'_> {
+    fn emit(self, m: &Metrics) {
+        SinkRequest { sink: self.sink, outcome: SinkRequestOutcome::Retry }.emit(m);
+        warn!(sink = self.sink.as_str(), error = %self.error, attempt = self.attempt, "{} failed, retrying", self.what);
+    }
+}
+
+/// A sink gave up on a request: its records are not written now, and their
+/// messages go back to their source (redelivered, or read again from the
+/// last checkpoint).
+#[derive(Debug)]
+pub struct SinkGaveUp<'a> {
+    /// Which sink.
+    pub sink: Sink,
+    /// The request, for the log.
+    pub what: &'a str,
+    /// Records it carried.
+    pub records: usize,
+    /// The last error; none when retries ran out on partial failures.
+    pub error: Option<&'a str>,
+}
+
+impl InternalEvent for SinkGaveUp<'_> {
+    fn emit(self, m: &Metrics) {
+        SinkRequest { sink: self.sink, outcome: SinkRequestOutcome::Failed }.emit(m);
+        match self.error {
+            Some(error) => warn!(
+                sink = self.sink.as_str(),
+                error = %error,
+                records = self.records,
+                "{} failed and is not retried now; giving the messages back",
+                self.what
+            ),
+            None => warn!(
+                sink = self.sink.as_str(),
+                records = self.records,
+                "{} still failing after retries; giving the messages back",
+                self.what
+            ),
+        }
+    }
+}
+
+/// Rejections were sent but could not be recorded in the event ledger: a
+/// replay of their inputs may send them again.
+#[derive(Debug)]
+pub struct RejectionsNotRecorded {
+    /// How many.
+    pub count: usize,
+}
+
+impl InternalEvent for RejectionsNotRecorded {
+    fn emit(self, m: &Metrics) {
+        SinkRequest { sink: Sink::Rejected, outcome: SinkRequestOutcome::LedgerFailed }.emit(m);
+        warn!(rejections = self.count, "Rejections sent but not recorded; a replay may send them again");
     }
 }
 
@@ -552,17 +645,71 @@ impl InternalEvent for MenuItems {
 
 /// A Redshift flush ended.
 #[derive(Debug)]
-pub struct MirrorFlushed {
-    /// How.
-    pub outcome: FlushOutcome,
+pub struct MirrorFlushed<'a> {
     /// How long it took.
     pub elapsed: Duration,
+    /// Why it failed, if it did (its rows stay pending for the next flush).
+    pub error: Option<&'a str>,
 }
 
-impl InternalEvent for MirrorFlushed {
+impl InternalEvent for MirrorFlushed<'_> {
     fn emit(self, m: &Metrics) {
         m.mirror_flush_duration.observe(self.elapsed.as_secs_f64());
-        m.mirror_flushes.get_or_create(&OutcomeLabel { outcome: self.outcome.as_str() }).inc();
+        let outcome = if self.error.is_some() { FlushOutcome::Failed } else { FlushOutcome::Ok };
+        m.mirror_flushes.get_or_create(&OutcomeLabel { outcome: outcome.as_str() }).inc();
+        if let Some(error) = self.error {
+            warn!(error = %error, "Redshift flush failed; rows stay pending");
+        }
+    }
+}
+
+/// The Redshift mirror's backlog, as a flush found it (or left it).
+#[derive(Debug)]
+pub struct MirrorPending {
+    /// Aggregate rows marked pending.
+    pub rows: usize,
+    /// Age of the oldest pending change, when known.
+    pub oldest: Option<Duration>,
+}
+
+impl InternalEvent for MirrorPending {
+    fn emit(self, m: &Metrics) {
+        m.mirror_pending_rows.set(self.rows as i64);
+        if let Some(oldest) = self.oldest {
+            m.mirror_oldest_pending.set(oldest.as_secs_f64());
+        }
+    }
+}
+
+/// Rows committed to Redshift, with how long each change waited.
+#[derive(Debug)]
+pub struct MirrorRowsWritten<'a> {
+    /// Rows written.
+    pub rows: usize,
+    /// For each row whose change time is known: change to commit.
+    pub waited: &'a [Duration],
+}
+
+impl InternalEvent for MirrorRowsWritten<'_> {
+    fn emit(self, m: &Metrics) {
+        m.mirror_rows_written.inc_by(self.rows as u64);
+        for w in self.waited {
+            m.mirror_flush_latency.observe(w.as_secs_f64());
+        }
+    }
+}
+
+/// A pending mark could not be cleared (or moved): the row stays pending
+/// and the next flush writes it again, a no-op there.
+#[derive(Debug)]
+pub struct MirrorMarkFailed<'a> {
+    /// Why.
+    pub error: &'a str,
+}
+
+impl InternalEvent for MirrorMarkFailed<'_> {
+    fn emit(self, _m: &Metrics) {
+        warn!(error = %self.error, "Clearing a pending mark failed; the row is written again next flush");
     }
 }
 

@@ -25,7 +25,6 @@ use aws_sdk_dynamodb::types::builders::UpdateBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
 use pipeline::decided::DecidedMenuItem;
 use pipeline::window::{Counters, WindowId};
-use tracing::warn;
 
 use super::{Attempt, Copies, DynamoDbSink, EVENT_EXPIRES, LEDGER_TTL_SECS, num, s};
 use crate::aws::AwsError;
@@ -158,8 +157,7 @@ impl DynamoDbSink {
                 match self.read_menu(&skus).await {
                     Ok(m) => stored = Some(m),
                     Err(e) => {
-                        warn!(error = %e, attempt, "Reading menu items failed, retrying");
-                        if !self.retry_later(&mut attempt, "Reading menu items", live.len()).await {
+                        if !self.retry_later(&mut attempt, "Reading menu items", live.len(), &e.to_string()).await {
                             return outcomes;
                         }
                         continue;

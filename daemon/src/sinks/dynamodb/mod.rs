@@ -17,7 +17,6 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 use pipeline::window::{Counters, WindowId};
-use tracing::warn;
 
 pub mod component;
 pub mod config;
@@ -27,7 +26,7 @@ pub mod payments;
 
 use crate::aws::{Backoff, ErrorClass, classify, describe};
 use crate::config::DynamoDbSinkConfig;
-use crate::internal_events::{InternalEvent, SinkRequest, SinkRequestOutcome};
+use crate::internal_events::{InternalEvent, Sink, SinkGaveUp, SinkRequest, SinkRequestOutcome, SinkRetrying};
 use crate::metrics::Metrics;
 
 /// `cafe-aggregates` attribute: the row's version, +1 on every change.
@@ -148,28 +147,26 @@ impl DynamoDbSink {
         }
     }
 
-    /// After a failed attempt at `what` for `records` records: counts the
-    /// retry, and either sleeps the backoff and returns true (try again) or,
-    /// past `max_retries`, counts the failure and returns false (give the
-    /// messages back).
-    pub(crate) async fn retry_later(&self, attempt: &mut u32, what: &str, records: usize) -> bool {
-        self.count(SinkRequestOutcome::Retry);
+    /// After a failed attempt at `what` for `records` records: either
+    /// (within `max_retries`) counts the retry, sleeps the backoff and
+    /// returns true (try again), or counts the failure and returns false
+    /// (give the messages back).
+    pub(crate) async fn retry_later(&self, attempt: &mut u32, what: &str, records: usize, error: &str) -> bool {
         if *attempt >= self.config.max_retries {
-            self.count(SinkRequestOutcome::Failed);
-            warn!(records, "{what} still failing after retries; giving the messages back");
+            SinkGaveUp { sink: Sink::DynamoDb, what, records, error: Some(error) }.emit(&self.metrics);
             return false;
         }
+        SinkRetrying { sink: Sink::DynamoDb, what, attempt: *attempt, error }.emit(&self.metrics);
         tokio::time::sleep(self.backoff().delay(*attempt)).await;
         *attempt += 1;
         true
     }
 
-    /// Logs a failed request; true when it cannot succeed on a retry (the
-    /// failure is counted and the messages are given back).
+    /// True when a failed request cannot succeed on a retry (the failure is
+    /// counted and logged, and the messages are given back).
     pub(crate) fn is_fatal<E>(
         &self,
         e: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
-        attempt: u32,
         what: &str,
         records: usize,
     ) -> bool
@@ -177,11 +174,9 @@ impl DynamoDbSink {
         E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error,
     {
         if classify(e) == ErrorClass::Fatal {
-            self.count(SinkRequestOutcome::Failed);
-            warn!(error = %describe(e), records, "{what} failed and cannot be retried; giving the messages back");
+            SinkGaveUp { sink: Sink::DynamoDb, what, records, error: Some(&describe(e)) }.emit(&self.metrics);
             return true;
         }
-        warn!(error = %describe(e), attempt, "{what} failed, retrying");
         false
     }
 
@@ -199,7 +194,7 @@ impl DynamoDbSink {
         match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
             Ok(_) => {
                 self.count(SinkRequestOutcome::Ok);
-                return Attempt::Committed;
+                Attempt::Committed
             }
             Err(SdkError::ServiceError(e)) if matches!(e.err(), TransactWriteItemsError::TransactionCanceledException(_)) => {
                 let TransactWriteItemsError::TransactionCanceledException(tc) = e.err() else { unreachable!() };
@@ -215,15 +210,16 @@ impl DynamoDbSink {
                     return Attempt::Conditions(failed);
                 }
                 let codes: Vec<&str> = reasons.iter().filter_map(|r| r.code()).filter(|c| *c != "None").collect();
-                warn!(codes = ?codes, attempt = *attempt, "{what}: transaction cancelled, retrying");
+                let error = format!("transaction cancelled: {codes:?}");
+                if self.retry_later(attempt, what, records, &error).await { Attempt::Again } else { Attempt::GiveUp }
             }
             Err(e) => {
-                if self.is_fatal(&e, *attempt, what, records) {
+                if self.is_fatal(&e, what, records) {
                     return Attempt::GiveUp;
                 }
+                if self.retry_later(attempt, what, records, &describe(&e)).await { Attempt::Again } else { Attempt::GiveUp }
             }
         }
-        if self.retry_later(attempt, what, records).await { Attempt::Again } else { Attempt::GiveUp }
     }
 }
 

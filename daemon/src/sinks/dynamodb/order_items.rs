@@ -27,7 +27,7 @@ use tracing::warn;
 
 use super::{Attempt, DynamoDbSink, num, s};
 use crate::aws::{AwsError, ErrorClass, classify, describe};
-use crate::internal_events::{InternalEvent, Sink, SinkWriteFinished};
+use crate::internal_events::{InternalEvent, Sink, SinkGaveUp, SinkRetrying, SinkWriteFinished};
 
 /// The outcome of one order's write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,9 +115,14 @@ impl DynamoDbSink {
                     }
                     Err(e) => {
                         if classify(&e) == ErrorClass::Fatal || attempt >= self.config.max_retries {
-                            return Err(AwsError::sdk("reading orders", &e));
+                            let error = AwsError::sdk("reading orders", &e);
+                            let what = "Reading orders";
+                            SinkGaveUp { sink: Sink::DynamoDb, what, records: ids.len(), error: Some(&error.to_string()) }
+                                .emit(&self.metrics);
+                            return Err(error);
                         }
-                        warn!(error = %describe(&e), attempt, "Reading orders failed, retrying");
+                        let error = describe(&e);
+                        SinkRetrying { sink: Sink::DynamoDb, what: "Reading orders", attempt, error: &error }.emit(&self.metrics);
                     }
                 }
                 tokio::time::sleep(backoff.delay(attempt)).await;

@@ -111,5 +111,6 @@ impl Component for Sink<'_> {
 
     fn init_metrics(&self, metrics: &Metrics) {
         crate::internal_events::init_mirror_series(metrics);
+        crate::internal_events::init_sink_series(metrics, crate::internal_events::Sink::Redshift);
     }
 }

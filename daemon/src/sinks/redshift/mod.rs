@@ -39,7 +39,10 @@ use tracing::{info, warn};
 
 use crate::aws::{AwsError, Backoff, describe};
 use crate::config::RedshiftSinkConfig;
-use crate::internal_events::{FlushOutcome, InternalEvent, MirrorFlushed};
+use crate::internal_events::{
+    InternalEvent, MirrorFlushed, MirrorMarkFailed, MirrorPending, MirrorRowsWritten, Sink, SinkRequest, SinkRequestOutcome,
+    SinkRetrying,
+};
 use crate::metrics::Metrics;
 use crate::sinks::dynamodb::{MIRROR_BUCKETS, MIRROR_INDEX, MIRROR_PENDING, MIRROR_SINCE, VERSION, num};
 use crate::sinks::redshift::config::TransportKind;
@@ -218,13 +221,21 @@ impl RedshiftSink {
         let mut attempt = 0;
         loop {
             match self.transport.run_batch(batch).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    SinkRequest { sink: Sink::Redshift, outcome: SinkRequestOutcome::Ok }.emit(&self.metrics);
+                    return Ok(());
+                }
                 Err(e) if e.retryable && attempt + 1 < BATCH_ATTEMPTS => {
-                    warn!(error = %e, attempt, transport = self.transport.name(), "Redshift batch failed, retrying");
+                    let error = format!("{e} ({})", self.transport.name());
+                    SinkRetrying { sink: Sink::Redshift, what: "Redshift batch", attempt, error: &error }.emit(&self.metrics);
                     tokio::time::sleep(backoff.delay(attempt)).await;
                     attempt += 1;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The flush stops; its rows stay pending (MirrorFlushed says so).
+                    SinkRequest { sink: Sink::Redshift, outcome: SinkRequestOutcome::Failed }.emit(&self.metrics);
+                    return Err(e);
+                }
             }
         }
     }
@@ -268,16 +279,16 @@ impl RedshiftSink {
                     .expression_attribute_values(":read", num(read_ms))
                     .send()
                     .await;
-                if let Err(e) = moved {
-                    if e.code() != Some("ConditionalCheckFailedException") {
-                        warn!(error = %describe(&e), "Moving a pending mark's time failed");
-                    }
+                if let Err(e) = moved
+                    && e.code() != Some("ConditionalCheckFailedException")
+                {
+                    let error = format!("moving its time: {}", describe(&e));
+                    MirrorMarkFailed { error: &error }.emit(&self.metrics);
                 }
                 false
             }
             Err(e) => {
-                // The row stays pending; the next flush writes it again (a no-op there).
-                warn!(error = %describe(&e), "Clearing a pending mark failed");
+                MirrorMarkFailed { error: &describe(&e) }.emit(&self.metrics);
                 false
             }
         }
@@ -287,17 +298,16 @@ impl RedshiftSink {
     pub async fn flush_once(&self) -> Result<FlushReport, BatchError> {
         let started = Instant::now();
         let result = self.flush_inner().await;
-        let outcome = if result.is_ok() { FlushOutcome::Ok } else { FlushOutcome::Failed };
-        MirrorFlushed { outcome, elapsed: started.elapsed() }.emit(&self.metrics);
+        let error = result.as_ref().err().map(|e| format!("{e} ({})", self.transport.name()));
+        MirrorFlushed { elapsed: started.elapsed(), error: error.as_deref() }.emit(&self.metrics);
         result
     }
 
     async fn flush_inner(&self) -> Result<FlushReport, BatchError> {
         let now = now_ms();
         let pending = self.pending().await.map_err(|e| BatchError { retryable: true, message: e.to_string() })?;
-        self.metrics.mirror_pending_rows.set(pending.len() as i64);
         let oldest = pending.iter().map(|p| p.since_ms).filter(|s| *s > 0).min().map_or(0, |s| now - s);
-        self.metrics.mirror_oldest_pending.set(oldest.max(0) as f64 / 1000.0);
+        MirrorPending { rows: pending.len(), oldest: Some(Duration::from_millis(oldest.max(0) as u64)) }.emit(&self.metrics);
         let mut report = FlushReport { pending: pending.len(), ..FlushReport::default() };
         for group in pending.chunks(GROUP_ROWS) {
             let rows: Vec<MirrorRow> = group.iter().map(|p| p.row.clone()).collect();
@@ -306,16 +316,18 @@ impl RedshiftSink {
             }
             let committed = now_ms();
             report.written += rows.len();
-            self.metrics.mirror_rows_written.inc_by(rows.len() as u64);
-            for p in group.iter().filter(|p| p.since_ms > 0) {
-                self.metrics.mirror_flush_latency.observe((committed - p.since_ms).max(0) as f64 / 1000.0);
-            }
+            let waited: Vec<Duration> = group
+                .iter()
+                .filter(|p| p.since_ms > 0)
+                .map(|p| Duration::from_millis((committed - p.since_ms).max(0) as u64))
+                .collect();
+            MirrorRowsWritten { rows: rows.len(), waited: &waited }.emit(&self.metrics);
             let clears: Vec<_> = rows.into_iter().map(|r| async move { self.clear(&r, now).await }).collect();
             let results: Vec<bool> = futures::stream::iter(clears).buffer_unordered(CLEAR_CONCURRENCY).collect().await;
             report.cleared += results.iter().filter(|ok| **ok).count();
         }
         if report.pending > 0 {
-            self.metrics.mirror_pending_rows.set((report.pending - report.cleared) as i64);
+            MirrorPending { rows: report.pending - report.cleared, oldest: None }.emit(&self.metrics);
         }
         Ok(report)
     }
@@ -354,10 +366,8 @@ impl RedshiftSink {
             Ok(r) if r.pending > 0 => {
                 tracing::debug!(pending = r.pending, written = r.written, cleared = r.cleared, "Flushed to Redshift")
             }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(error = %e, transport = self.transport.name(), "Redshift flush failed; rows stay pending")
-            }
+            // A failure was logged by its MirrorFlushed event.
+            Ok(_) | Err(_) => {}
         }
     }
 }

@@ -23,10 +23,11 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, Wri
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use pipeline::decided::RejectedEvent;
-use tracing::warn;
 
 use crate::aws::{AwsError, Backoff, describe, retry_failed_entries};
-use crate::internal_events::{InternalEvent, Sink, SinkRequest, SinkRequestOutcome, SinkWriteFinished};
+use crate::internal_events::{
+    InternalEvent, RejectionsNotRecorded, Sink, SinkGaveUp, SinkRequest, SinkRequestOutcome, SinkRetrying, SinkWriteFinished,
+};
 use crate::metrics::Metrics;
 use crate::sinks::WriteOutcome;
 use crate::sinks::dynamodb::{EVENT_EXPIRES, LEDGER_TTL_SECS};
@@ -107,7 +108,9 @@ impl RejectedSink {
                         }
                     }
                     Err(e) => {
-                        warn!(error = %describe(&e), attempt, "Reading the rejection ledger failed");
+                        let error = describe(&e);
+                        SinkRetrying { sink: Sink::Rejected, what: "Reading the rejection ledger", attempt, error: &error }
+                            .emit(&self.metrics);
                         tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
                     }
                 }
@@ -146,13 +149,16 @@ impl RejectedSink {
                             break;
                         }
                     },
-                    Err(e) => warn!(error = %describe(&e), attempt, "Recording rejections in the ledger failed"),
+                    Err(e) => {
+                        let error = describe(&e);
+                        SinkRetrying { sink: Sink::Rejected, what: "Recording rejections in the ledger", attempt, error: &error }
+                            .emit(&self.metrics);
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
             }
             if !writes.is_empty() {
-                self.count(SinkRequestOutcome::LedgerFailed);
-                warn!(rejections = writes.len(), "Rejections sent but not recorded; a replay may send them again");
+                RejectionsNotRecorded { count: writes.len() }.emit(&self.metrics);
             }
         }
     }
@@ -216,15 +222,23 @@ impl RejectedSink {
                         .ok()
                 })
                 .collect();
-            let failed = match self.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
-                Ok(out) => out.failed.iter().filter_map(|f| f.id.parse().ok()).collect(),
+            let what = "Sending rejections";
+            match self.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
+                Ok(out) if out.failed.is_empty() => {
+                    self.count(SinkRequestOutcome::Ok);
+                    Vec::new()
+                }
+                Ok(out) => {
+                    let codes: Vec<&str> = out.failed.iter().map(|f| f.code()).collect();
+                    let error = format!("{} of {} refused: {codes:?}", codes.len(), pending.len());
+                    SinkRetrying { sink: Sink::Rejected, what, attempt, error: &error }.emit(&self.metrics);
+                    out.failed.iter().filter_map(|f| f.id.parse().ok()).collect()
+                }
                 Err(e) => {
-                    warn!(error = %describe(&e), attempt, "Sending rejections failed, retrying");
+                    SinkRetrying { sink: Sink::Rejected, what, attempt, error: &describe(&e) }.emit(&self.metrics);
                     pending
                 }
-            };
-            self.count(if failed.is_empty() { SinkRequestOutcome::Ok } else { SinkRequestOutcome::Retry });
-            failed
+            }
         })
         .await;
         for (k, &i) in batch.iter().enumerate() {
@@ -233,8 +247,8 @@ impl RejectedSink {
             }
         }
         if !unsent.is_empty() {
-            self.count(SinkRequestOutcome::Failed);
-            warn!(records = unsent.len(), "Rejections not sent; the originals will be redelivered");
+            SinkGaveUp { sink: Sink::Rejected, what: "Sending rejections", records: unsent.len(), error: None }
+                .emit(&self.metrics);
         }
     }
 }
