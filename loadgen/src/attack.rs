@@ -154,6 +154,55 @@ pub fn p99_target(p99_ms: f64, limit: Option<u64>) -> Option<String> {
     (!(p99_ms <= limit as f64)).then(|| format!("e2e p99 {p99_ms:.0} ms is above the target {limit} ms"))
 }
 
+/// The URL of the queue a scenario sends to, or why it cannot.
+pub async fn queue_url(sqs: &aws_sdk_sqs::Client, name: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    sqs.get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .with_context(|| format!("queue {name} not found; run `cafe-streamd provision`"))?
+        .queue_url
+        .context("no queue URL")
+}
+
+/// Which run a summary is of. Flattened into each scenario's summary.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunHeader {
+    /// Scenario name.
+    pub scenario: String,
+    /// Run id (in every identifier sent).
+    pub run_id: String,
+    /// Seed of the payloads.
+    pub seed: u64,
+}
+
+/// Event time to durable write, in milliseconds: the percentiles every
+/// summary reports. Flattened (the JSON keeps `e2e_p50_ms`, ...).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct E2e {
+    /// Median.
+    #[serde(rename = "e2e_p50_ms")]
+    pub p50_ms: f64,
+    /// 95th percentile.
+    #[serde(rename = "e2e_p95_ms")]
+    pub p95_ms: f64,
+    /// 99th percentile.
+    #[serde(rename = "e2e_p99_ms")]
+    pub p99_ms: f64,
+}
+
+impl E2e {
+    /// The percentiles of `sorted` (ascending; NaN when empty).
+    pub fn of(sorted: &[f64]) -> Self {
+        E2e {
+            p50_ms: crate::verify::percentile(sorted, 50.0),
+            p95_ms: crate::verify::percentile(sorted, 95.0),
+            p99_ms: crate::verify::percentile(sorted, 99.0),
+        }
+    }
+}
+
 /// What every scenario's verdict checks: nothing lost, duplicated, refused
 /// or different from what was sent, and every threshold and target met.
 /// Flattened into each scenario's summary (the JSON keeps its fields).
@@ -182,6 +231,23 @@ impl Verdict {
             && self.mismatches.is_empty()
             && self.failed_thresholds.is_empty()
             && self.failed_targets.is_empty()
+    }
+}
+
+impl Verdict {
+    /// The verdict on what a run counted, with the e2e p99 target
+    /// (`limit`, ms) checked against `e2e`.
+    pub fn judged(
+        send_failures: u64,
+        lost: u64,
+        duplicated: u64,
+        mismatches: Vec<String>,
+        failed_thresholds: Vec<String>,
+        e2e: &E2e,
+        limit: Option<u64>,
+    ) -> Self {
+        let failed_targets = p99_target(e2e.p99_ms, limit).into_iter().collect();
+        Verdict { send_failures, lost, duplicated, mismatches, failed_thresholds, failed_targets }
     }
 }
 

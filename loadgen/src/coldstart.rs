@@ -74,12 +74,9 @@ async fn fire(user: &mut GooseUser) -> TransactionResult {
 /// The run's summary, printed and written as `summary.json` and `summary.md`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
-    /// Scenario name.
-    pub scenario: String,
-    /// Run id (in every identifier sent).
-    pub run_id: String,
-    /// Seed of the payloads.
-    pub seed: u64,
+    /// Which run.
+    #[serde(flatten)]
+    pub run: crate::attack::RunHeader,
     /// Payments the scenario asked for.
     pub planned: u64,
     /// Payments SQS accepted.
@@ -90,12 +87,9 @@ pub struct Summary {
     pub first_decision_secs: f64,
     /// Seconds from the burst's first send to the last decision (drain time).
     pub drain_secs: f64,
-    /// Event time to decision, milliseconds.
-    pub e2e_p50_ms: f64,
-    /// 95th percentile.
-    pub e2e_p95_ms: f64,
-    /// 99th percentile.
-    pub e2e_p99_ms: f64,
+    /// Event time to durable write.
+    #[serde(flatten)]
+    pub e2e: crate::attack::E2e,
     /// Largest.
     pub e2e_max_ms: f64,
     /// Decisions by outcome.
@@ -125,8 +119,8 @@ impl Summary {
              | burst sent in | {:.2} s |\n| first decision after | {:.2} s |\n| drained after | {:.2} s |\n\
              | e2e p50 / p95 / p99 / max | {:.0} / {:.0} / {:.0} / {:.0} ms |\n\
              | approve / review / decline | {} / {} / {} |\n| restart | {} |\n| verdict | {} |\n{}",
-            self.scenario,
-            self.run_id,
+            self.run.scenario,
+            self.run.run_id,
             self.sent,
             self.planned,
             self.verdict.send_failures,
@@ -135,9 +129,9 @@ impl Summary {
             self.send_secs,
             self.first_decision_secs,
             self.drain_secs,
-            self.e2e_p50_ms,
-            self.e2e_p95_ms,
-            self.e2e_p99_ms,
+            self.e2e.p50_ms,
+            self.e2e.p95_ms,
+            self.e2e.p99_ms,
             self.e2e_max_ms,
             self.approved,
             self.review,
@@ -176,14 +170,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let queue_url = sqs
-        .get_queue_url()
-        .queue_name(&targets.payments_queue)
-        .send()
-        .await
-        .with_context(|| format!("queue {} not found; run `cafe-streamd provision`", targets.payments_queue))?
-        .queue_url
-        .context("no queue URL")?;
+    let queue_url = crate::attack::queue_url(&sqs, &targets.payments_queue).await?;
 
     let load = scenario.load.clone().context("not a payments-burst scenario (no [load])")?;
     let payments = ((load.payments as f64) * args.scale).round().max(1.0) as u64;
@@ -280,26 +267,30 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let last = found.values().map(|d| d.decided_at).max();
     let since_fire = |t: Option<OffsetDateTime>| t.map_or(f64::NAN, |t| (t - fired_at).as_seconds_f64());
 
-    let mut summary = Summary {
-        scenario: scenario.name.clone(),
-        run_id,
-        seed,
+    let percentiles = crate::attack::E2e::of(&e2e);
+    let summary = Summary {
+        run: crate::attack::RunHeader { scenario: scenario.name.clone(), run_id, seed },
         planned: payments,
         sent: sent.len() as u64,
         send_secs,
         first_decision_secs: since_fire(first),
         drain_secs: since_fire(last),
-        e2e_p50_ms: verify::percentile(&e2e, 50.0),
-        e2e_p95_ms: verify::percentile(&e2e, 95.0),
-        e2e_p99_ms: verify::percentile(&e2e, 99.0),
+        e2e: percentiles,
         e2e_max_ms: e2e.last().copied().unwrap_or(f64::NAN),
         approved,
         review,
         declined,
         restart: restart_status,
-        verdict: Verdict { send_failures, lost, duplicated, mismatches, failed_thresholds, failed_targets: Vec::new() },
+        verdict: Verdict::judged(
+            send_failures,
+            lost,
+            duplicated,
+            mismatches,
+            failed_thresholds,
+            &percentiles,
+            scenario.thresholds.e2e_p99_ms,
+        ),
     };
-    summary.verdict.failed_targets.extend(crate::attack::p99_target(summary.e2e_p99_ms, scenario.thresholds.e2e_p99_ms));
     if summary.verdict.lost > 0 {
         warn!(lost = summary.verdict.lost, "Payments were lost");
     }

@@ -184,12 +184,9 @@ async fn send(s: &Sync, user: &mut GooseUser, batch: Vec<(String, Expected)>) ->
 /// The run's summary.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
-    /// Scenario name.
-    pub scenario: String,
-    /// Run id.
-    pub run_id: String,
-    /// Payload seed.
-    pub seed: u64,
+    /// Which run.
+    #[serde(flatten)]
+    pub run: crate::attack::RunHeader,
     /// Items planned.
     pub planned: u64,
     /// Items SQS accepted.
@@ -204,12 +201,9 @@ pub struct Summary {
     pub drain_secs: f64,
     /// Items stored per second over `drain_secs`.
     pub items_per_sec: f64,
-    /// Event time to item stored, ms.
-    pub e2e_p50_ms: f64,
-    /// 95th percentile.
-    pub e2e_p95_ms: f64,
-    /// 99th percentile.
-    pub e2e_p99_ms: f64,
+    /// Event time to durable write.
+    #[serde(flatten)]
+    pub e2e: crate::attack::E2e,
     /// Rows of the run's stores compared between DynamoDB and Redshift (None: not checked).
     pub redshift_rows: Option<usize>,
     /// Seconds after the last item stored until Redshift equalled DynamoDB.
@@ -239,8 +233,8 @@ impl Summary {
              | items sent | {} of {} (send failures {}) |\n| image bytes | {:.1} MiB |\n| wrong hashes sent | {} |\n\
              | lost | {} |\n| duplicated | {} |\n| sent in | {:.2} s |\n| drained after | {:.2} s |\n| items/s | {:.1} |\n\
              | e2e p50 / p95 / p99 | {:.0} / {:.0} / {:.0} ms |\n| Redshift | {} |\n| verdict | {} |\n{}",
-            self.scenario,
-            self.run_id,
+            self.run.scenario,
+            self.run.run_id,
             self.sent,
             self.planned,
             self.verdict.send_failures,
@@ -251,9 +245,9 @@ impl Summary {
             self.send_secs,
             self.drain_secs,
             self.items_per_sec,
-            self.e2e_p50_ms,
-            self.e2e_p95_ms,
-            self.e2e_p99_ms,
+            self.e2e.p50_ms,
+            self.e2e.p95_ms,
+            self.e2e.p99_ms,
             redshift,
             if self.passed() { "PASS" } else { "FAIL" },
             self.verdict
@@ -308,14 +302,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let queue_url = sqs
-        .get_queue_url()
-        .queue_name(&targets.menu_queue)
-        .send()
-        .await
-        .with_context(|| format!("queue {} not found; run `cafe-streamd provision`", targets.menu_queue))?
-        .queue_url
-        .context("no queue URL")?;
+    let queue_url = crate::attack::queue_url(&sqs, &targets.menu_queue).await?;
     let load = scenario.menu.clone().context("not a menu-sync scenario (no [menu])")?;
     let items = ((load.items as f64) * args.scale).round().max(1.0) as u64;
     let pods = load.pods.min(items as usize).max(1);
@@ -433,10 +420,9 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     }
 
     let stored = (sent.len() as u64).saturating_sub(lost);
-    let mut summary = Summary {
-        scenario: scenario.name.clone(),
-        run_id,
-        seed: args.seed,
+    let percentiles = crate::attack::E2e::of(&e2e);
+    let summary = Summary {
+        run: crate::attack::RunHeader { scenario: scenario.name.clone(), run_id, seed: args.seed },
         planned: items,
         sent: sent.len() as u64,
         image_bytes: sent.iter().map(|e| e.image_bytes as u64).sum(),
@@ -444,14 +430,19 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         send_secs,
         drain_secs,
         items_per_sec: stored as f64 / drain_secs,
-        e2e_p50_ms: verify::percentile(&e2e, 50.0),
-        e2e_p95_ms: verify::percentile(&e2e, 95.0),
-        e2e_p99_ms: verify::percentile(&e2e, 99.0),
+        e2e: percentiles,
         redshift_rows: redshift_rows_checked,
         redshift_caught_up_secs: caught_up,
-        verdict: Verdict { send_failures, lost, duplicated, mismatches, failed_thresholds, failed_targets: Vec::new() },
+        verdict: Verdict::judged(
+            send_failures,
+            lost,
+            duplicated,
+            mismatches,
+            failed_thresholds,
+            &percentiles,
+            scenario.thresholds.e2e_p99_ms,
+        ),
     };
-    summary.verdict.failed_targets.extend(crate::attack::p99_target(summary.e2e_p99_ms, scenario.thresholds.e2e_p99_ms));
     crate::attack::write_summary(&args.report_dir, &summary, &summary.markdown())?;
     Ok(summary)
 }

@@ -259,23 +259,17 @@ pub struct StageReport {
     pub bulk_orders: u64,
     /// Events sent for its orders.
     pub events: u64,
-    /// Event time to durable write, ms.
-    pub e2e_p50_ms: f64,
-    /// 95th percentile.
-    pub e2e_p95_ms: f64,
-    /// 99th percentile.
-    pub e2e_p99_ms: f64,
+    /// Event time to durable write.
+    #[serde(flatten)]
+    pub e2e: crate::attack::E2e,
 }
 
 /// The run's summary.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
-    /// Scenario name.
-    pub scenario: String,
-    /// Run id.
-    pub run_id: String,
-    /// Seed.
-    pub seed: u64,
+    /// Which run.
+    #[serde(flatten)]
+    pub run: crate::attack::RunHeader,
     /// Orders in the plan.
     pub planned_orders: u64,
     /// Events Kinesis accepted.
@@ -288,12 +282,9 @@ pub struct Summary {
     pub orders_per_sec: f64,
     /// Per stage.
     pub stages: Vec<StageReport>,
-    /// Whole run p50, ms.
-    pub e2e_p50_ms: f64,
-    /// Whole run p95, ms.
-    pub e2e_p95_ms: f64,
-    /// Whole run p99, ms.
-    pub e2e_p99_ms: f64,
+    /// Event time to durable write.
+    #[serde(flatten)]
+    pub e2e: crate::attack::E2e,
     /// Lost, duplicated, refused and wrong items, and the rules that failed.
     #[serde(flatten)]
     pub verdict: Verdict,
@@ -313,8 +304,8 @@ impl Summary {
              | sent in | {:.2} s ({:.1} orders/s) |\n| drained after | {:.2} s |\n\
              | e2e p50 / p95 / p99 | {:.0} / {:.0} / {:.0} ms |\n| verdict | {} |\n\n\
              | stage | orders | bulk | events | e2e p50 ms | p95 ms | p99 ms |\n|---|---|---|---|---|---|---|\n",
-            self.scenario,
-            self.run_id,
+            self.run.scenario,
+            self.run.run_id,
             self.planned_orders,
             self.events_sent,
             self.verdict.send_failures,
@@ -323,15 +314,15 @@ impl Summary {
             self.send_secs,
             self.orders_per_sec,
             self.drain_secs,
-            self.e2e_p50_ms,
-            self.e2e_p95_ms,
-            self.e2e_p99_ms,
+            self.e2e.p50_ms,
+            self.e2e.p95_ms,
+            self.e2e.p99_ms,
             if self.passed() { "PASS" } else { "FAIL" },
         );
         for st in &self.stages {
             s.push_str(&format!(
                 "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} |\n",
-                st.stage, st.orders, st.bulk_orders, st.events, st.e2e_p50_ms, st.e2e_p95_ms, st.e2e_p99_ms
+                st.stage, st.orders, st.bulk_orders, st.events, st.e2e.p50_ms, st.e2e.p95_ms, st.e2e.p99_ms
             ));
         }
         for m in self.verdict.mismatches.iter().chain(&self.verdict.failed_thresholds).chain(&self.verdict.failed_targets) {
@@ -507,28 +498,30 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
                 orders: mine.len() as u64,
                 bulk_orders: mine.iter().filter(|&&i| orders[i].bulk).count() as u64,
                 events: mine.iter().map(|i| sent_per_order[i] as u64).sum(),
-                e2e_p50_ms: verify::percentile(&e2e_stage[si], 50.0),
-                e2e_p95_ms: verify::percentile(&e2e_stage[si], 95.0),
-                e2e_p99_ms: verify::percentile(&e2e_stage[si], 99.0),
+                e2e: crate::attack::E2e::of(&e2e_stage[si]),
             }
         })
         .collect();
-    let mut summary = Summary {
-        scenario: scenario.name.clone(),
-        run_id,
-        seed: args.seed,
+    let e2e = crate::attack::E2e::of(&e2e_all);
+    let summary = Summary {
+        run: crate::attack::RunHeader { scenario: scenario.name.clone(), run_id, seed: args.seed },
         planned_orders: planned as u64,
         events_sent: sent.len() as u64,
         send_secs,
         drain_secs: last_write.map_or(f64::NAN, |t| (t - started_at).as_seconds_f64()),
         orders_per_sec: want_orders as f64 / send_secs.max(0.001),
         stages,
-        e2e_p50_ms: verify::percentile(&e2e_all, 50.0),
-        e2e_p95_ms: verify::percentile(&e2e_all, 95.0),
-        e2e_p99_ms: verify::percentile(&e2e_all, 99.0),
-        verdict: Verdict { send_failures, lost, duplicated, mismatches, failed_thresholds, failed_targets: Vec::new() },
+        e2e,
+        verdict: Verdict::judged(
+            send_failures,
+            lost,
+            duplicated,
+            mismatches,
+            failed_thresholds,
+            &e2e,
+            scenario.thresholds.e2e_p99_ms,
+        ),
     };
-    summary.verdict.failed_targets.extend(crate::attack::p99_target(summary.e2e_p99_ms, scenario.thresholds.e2e_p99_ms));
     crate::attack::write_summary(&args.report_dir, &summary, &summary.markdown())?;
     Ok(summary)
 }
