@@ -184,7 +184,9 @@ fn read_sources(value: &toml::Value, problems: &mut Vec<(String, String)>) -> So
                 }
             },
         };
-        let has = |k: &str| t.contains_key(k);
+        // Given, as a name: a value of the wrong type is reported and the
+        // default stands in.
+        let has = |k: &str| t.get(k).is_some_and(toml::Value::is_str);
         let (has_queue, has_dlq, has_stream, has_lease_table) = (has("queue"), has("dlq"), has("stream"), has("lease_table"));
         let input = match kind.as_str() {
             "sqs" => match typed_all::<SqsSourceConfig>(toml::Value::Table(t), &field) {
@@ -464,19 +466,23 @@ fn typed_all<T: DeserializeOwned>(mut v: toml::Value, prefix: &str) -> (Option<T
             Ok(t) => return (Some(t), problems),
             Err(e) => e,
         };
-        let mut keys: Vec<String> = e
-            .path()
-            .iter()
-            .map(|s| match s {
-                serde_path_to_error::Segment::Map { key } => key.clone(),
-                other => other.to_string(),
-            })
-            .collect();
+        // The keys down to the bad field; inside an array, the array itself
+        // (its other elements are not checked then, but the section's other
+        // fields are).
+        let mut keys: Vec<String> = Vec::new();
+        for segment in e.path().iter() {
+            match segment {
+                serde_path_to_error::Segment::Map { key } => keys.push(key.clone()),
+                _ => break,
+            }
+        }
+        let e_path_len = e.path().iter().count();
         let path = e.path().to_string();
         let field = if path == "." || path.is_empty() { prefix.to_owned() } else { format!("{prefix}.{path}") };
         let why = e.into_inner().message().to_owned();
         // An unknown field may be reported at its section; take out the field alone.
         if let Some(name) = why.strip_prefix("unknown field `").and_then(|r| r.split('`').next())
+            && keys.len() == e_path_len
             && keys.last().map(String::as_str) != Some(name)
         {
             keys.push(name.to_owned());
@@ -698,7 +704,7 @@ mod tests {
     fn every_bad_field_of_one_section_is_named_and_the_rest_still_checked() {
         // Two fields of the wrong type and an unknown one in one section, and
         // a range problem in a field that did deserialize.
-        let text = "[sources.orders]\ninitial_position = \"oldest\"\nshards = \"many\"\nspeed = 1\npoll_interval_ms = 100\n\n[admin]\nlisten = \"everywhere\"\n[sinks.redshift]\ntransport = \"odbc\"\nflush_interval_ms = 1\n";
+        let text = "[sources.orders]\ninitial_position = \"oldest\"\nshards = \"many\"\nspeed = 1\npoll_interval_ms = 100\n\n[admin]\nlisten = \"everywhere\"\n[sinks.redshift]\ntransport = \"odbc\"\nflush_interval_ms = 1\n[fraud]\nrisky_bins = [5]\nreview_threshold = \"high\"\n";
         let err = parse(text, "o.toml", no_env()).expect_err("invalid");
         let text = err.to_string();
         for want in [
@@ -709,6 +715,8 @@ mod tests {
             "o.toml: admin.listen: \"everywhere\" is not an address like 127.0.0.1:9464",
             "o.toml: sinks.redshift.transport: must be postgres or data_api, got \"odbc\"",
             "o.toml: sinks.redshift.flush_interval_ms: must be 100..3600000",
+            "o.toml: fraud.risky_bins[0]: invalid type",
+            "o.toml: fraud.review_threshold: invalid type",
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }

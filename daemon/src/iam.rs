@@ -125,7 +125,9 @@ pub fn policy(config: &Config, purpose: Purpose, region: &str, account: &str) ->
         let resources: Vec<String> = g.on.iter().map(arn).collect();
         match statements.iter_mut().find(|(s, _)| s.sid == g.sid) {
             Some((s, have)) => {
-                debug_assert_eq!((s.actions, &s.condition), (g.actions, &g.condition), "statement {} granted two ways", g.sid);
+                // One id, one set of actions: merging different ones would
+                // widen or drop a permission.
+                assert_eq!((s.actions, &s.condition), (g.actions, &g.condition), "statement {} granted two ways", g.sid);
                 for r in resources {
                     if !have.contains(&r) {
                         have.push(r);

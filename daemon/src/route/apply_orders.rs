@@ -156,10 +156,8 @@ pub async fn apply_orders(
                         must_read.remove(&g);
                     }
                 }
-                Err(e) => {
-                    warn!(error = %e, orders = ids.len(), "Reading orders failed; their events go back to the source");
-                    return fail(fates, &groups, &pending);
-                }
+                // Counted and logged by the sink (SinkGaveUp).
+                Err(_) => return fail(fates, &groups, &pending),
             }
         }
         let mut changes: Vec<OrderChange> = Vec::new();

@@ -111,11 +111,12 @@ pub struct SqsSource {
     metrics: Arc<Metrics>,
     /// receipt handle -> when its visibility runs out.
     inflight: Mutex<HashMap<String, Instant>>,
-    /// Held while visibility extensions are being sent, and by a give-back
-    /// before it sends its own change: an extension taken before the
-    /// message was given back must not land after it (and hide the message
-    /// again, its group's order with it).
-    extending: tokio::sync::Mutex<()>,
+    /// Written while one batch of visibility extensions is sent, read by a
+    /// give-back while it sends its own change: an extension must not land
+    /// after a give-back (and hide the message again, its group's order with
+    /// it). Give-backs run side by side; an extension waits for those under
+    /// way, then sends only what is still in flight.
+    extending: tokio::sync::RwLock<()>,
 }
 
 impl SqsSource {
@@ -130,7 +131,7 @@ impl SqsSource {
             config,
             metrics,
             inflight: Mutex::new(HashMap::new()),
-            extending: tokio::sync::Mutex::new(()),
+            extending: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -248,7 +249,6 @@ impl SqsSource {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(period) => {}
             }
-            let _extending = self.extending.lock().await;
             let now = Instant::now();
             let due: Vec<String> = {
                 let map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
@@ -258,6 +258,15 @@ impl SqsSource {
                     .collect()
             };
             for chunk in due.chunks(10) {
+                let _extending = self.extending.write().await;
+                // Given back or deleted meanwhile: not ours to extend any more.
+                let chunk: Vec<String> = {
+                    let map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                    chunk.iter().filter(|r| map.contains_key(*r)).cloned().collect()
+                };
+                if chunk.is_empty() {
+                    continue;
+                }
                 let entries: Vec<_> = chunk
                     .iter()
                     .enumerate()
@@ -382,7 +391,7 @@ impl SqsSource {
         // Untracked first, so no later extension picks it up; then after any
         // extension already under way, so this change is the last.
         self.untrack(std::slice::from_ref(&receipt));
-        let _after_extensions = self.extending.lock().await;
+        let _after_extensions = self.extending.read().await;
         let result = self
             .client
             .change_message_visibility()
