@@ -39,6 +39,20 @@ Real SQS delivers a group strictly in order. The fix counts a group as in
 flight only for its pending messages that are still invisible; which
 messages are pending, and everything else about receiving, is unchanged.
 
+SQS FIFO receives race each other. moto's ReceiveMessage decides which
+groups are in flight once, when the call starts, and long-polls with that
+answer; receives run on the server's threads side by side. A receive that
+started before another delivered a group's first message therefore takes
+the group's later messages too, and two consumers hold one group at once,
+out of order. Measured: with four long-polling receivers, a group whose
+first message kept failing had its third and fourth delivered (and
+deleted) while the first was in flight, about one run in three. Real SQS
+never delivers a group's message while an earlier one is in flight. The fix
+runs each queue's receives one at a time, each pass with a fresh view (the
+long poll waits between passes, outside the lock), and a walk over a FIFO
+queue skips every message behind one of its group that is not
+deliverable. What is delivered, and when, is otherwise moto's.
+
 SQS lets ChangeMessageVisibility hide a message that is not in flight: a
 message visible again (its timeout ran out, or it was given back) is made
 invisible without being received, and since moto counts a FIFO group as in
@@ -51,6 +65,19 @@ once in a few dozen retries when an extension landed after the message was
 visible again. The fix refuses a visibility change of a visible message
 with that error (a batch entry fails with ReceiptHandleIsInvalid, the code
 moto's batch gives every refused entry); everything else is moto's.
+
+SQS accepts message contents that SQS refuses. Real SQS allows only
+#x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF in
+a message body and in string attribute values, and refuses the whole
+SendMessage or SendMessageBatch request with InvalidMessageContents
+otherwise; it counts a message's size as the UTF-8 bytes of its body plus
+its attributes (names, types and values) against MaximumMessageSize, and a
+batch's as the sum of its messages against 1 MiB. moto checks neither the
+characters nor the bytes (it counts the body's characters, without the
+attributes). A consumer that forwards what it could not process (a
+rejected-events queue) then passes every test and stalls in production on
+the first control character. The fix refuses what SQS refuses, with its
+error codes and messages; valid requests are moto's.
 
 DynamoDB: TransactWriteItems takes its rollback snapshot by deep-copying the
 whole table once per transaction item (25 copies of a 10,000-item table per
@@ -76,8 +103,10 @@ Usage: python moto_launcher.py [moto_server arguments...]
 import copy
 import functools
 import json
+import re
 import sys
 import threading
+import time
 import types
 from collections.abc import Mapping
 
@@ -85,6 +114,7 @@ from moto.dynamodb import models as ddb_models
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
 from moto.server import main
+from moto.sqs import constants as sqs_constants
 from moto.sqs import exceptions as sqs_exceptions
 from moto.sqs import models as sqs_models
 from moto.core.utils import camelcase_to_underscores
@@ -139,14 +169,26 @@ class LazyVisibleMessages:
         self._queue = queue
 
     def __iter__(self):
+        # A FIFO group is delivered in order: once one of its messages is not
+        # deliverable, none after it is, in this walk (see _serialised_receive).
+        fifo = self._queue.fifo_queue
+        blocked = set()
         for message in self._queue._messages:
+            group = message.group_id if fifo else None
+            if group is not None and group in blocked:
+                continue
             if message.visible and not message.delayed:
                 yield message
+            elif group is not None:
+                blocked.add(group)
 
     def __len__(self):
-        return sum(1 for _ in self)
+        # ApproximateNumberOfMessages: every visible message, held by its
+        # group or not, as SQS counts them.
+        return sum(1 for m in self._queue._messages if m.visible and not m.delayed)
 
     def __bool__(self):
+        # Whether a receive would find something to deliver.
         return any(True for _ in self)
 
 
@@ -183,6 +225,88 @@ def _change_visibility_in_flight_only(change):
     return wrapper
 
 
+_SQS_INVALID_CHAR = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _check_contents(text, where):
+    bad = _SQS_INVALID_CHAR.search(text or "")
+    if bad:
+        raise sqs_exceptions.SQSException(
+            "InvalidMessageContents",
+            f"Invalid binary character '#x{ord(bad.group()):X}' was found in the {where}, the set of allowed "
+            "characters is #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF",
+        )
+
+
+def _message_bytes(body, attributes):
+    size = len((body or "").encode("utf-8", "surrogatepass"))
+    for name, value in (attributes or {}).items():
+        size += len(name.encode("utf-8")) + len((value.get("DataType") or "").encode("utf-8"))
+        if value.get("StringValue") is not None:
+            size += len(value["StringValue"].encode("utf-8", "surrogatepass"))
+        if value.get("BinaryValue") is not None:
+            size += len(value["BinaryValue"])
+    return size
+
+
+def _check_message(queue, body, attributes):
+    _check_contents(body, "message body")
+    for value in (attributes or {}).values():
+        if value.get("StringValue") is not None:
+            _check_contents(value["StringValue"], "message attribute value")
+    size = _message_bytes(body, attributes)
+    if size > queue.maximum_message_size:
+        raise sqs_exceptions.InvalidParameterValue(
+            "One or more parameters are invalid. Reason: Message must be shorter than "
+            f"{queue.maximum_message_size} bytes."
+        )
+    return size
+
+
+def _strict_send(send):
+    @functools.wraps(send)
+    def wrapper(self, queue_name, message_body, message_attributes=None, *args, **kwargs):
+        _check_message(self.get_queue(queue_name), message_body, message_attributes)
+        return send(self, queue_name, message_body, message_attributes, *args, **kwargs)
+
+    return wrapper
+
+
+def _strict_send_batch(send_batch):
+    @functools.wraps(send_batch)
+    def wrapper(self, queue_name, entries):
+        queue = self.get_queue(queue_name)
+        total = sum(_check_message(queue, e.get("MessageBody"), e.get("MessageAttributes")) for e in entries.values())
+        if total > sqs_constants.MAXIMUM_MESSAGE_LENGTH:
+            raise sqs_exceptions.BatchRequestTooLong(total)
+        return send_batch(self, queue_name, entries)
+
+    return wrapper
+
+
+def _serialised_receive(receive):
+    @functools.wraps(receive)
+    def wrapper(self, queue_name, count, wait_seconds_timeout, visibility_timeout, message_attribute_names=None):
+        queue = self.get_queue(queue_name)
+        lock = queue.__dict__.setdefault("_cafe_receive_lock", threading.Lock())
+        deadline = time.monotonic() + float(wait_seconds_timeout or 0)
+        while True:
+            with lock:
+                result = receive(self, queue_name, count, 0, visibility_timeout, message_attribute_names)
+            remaining = deadline - time.monotonic()
+            if result or remaining <= 0:
+                return result
+            # Wakes at once while messages are visible but held by their
+            # group: pace the passes rather than spin.
+            queue.wait_for_messages(min(1.0, remaining))
+            time.sleep(min(0.02, max(remaining, 0)))
+
+    return wrapper
+
+
+sqs_models.SQSBackend.receive_message = _serialised_receive(sqs_models.SQSBackend.receive_message)
+sqs_models.SQSBackend.send_message = _strict_send(sqs_models.SQSBackend.send_message)
+sqs_models.SQSBackend.send_message_batch = _strict_send_batch(sqs_models.SQSBackend.send_message_batch)
 sqs_models.SQSBackend.change_message_visibility = _change_visibility_in_flight_only(
     sqs_models.SQSBackend.change_message_visibility
 )

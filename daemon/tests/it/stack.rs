@@ -2,6 +2,8 @@
 //! emulator as it is packaged, and passes through the project's launcher
 //! (`scripts/local-stack/moto_launcher.py`), which says why for each.
 
+use std::time::Duration;
+
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -34,5 +36,82 @@ async fn sqs_refuses_to_hide_a_message_that_is_not_in_flight() {
     assert!(err.as_service_error().is_some_and(|e| e.is_message_not_inflight()), "{:?}: {err:?}", err.code());
     let again = sqs.receive_message().queue_url(&url).wait_time_seconds(5).send().await.expect("receive");
     assert_eq!(again.messages().len(), 1, "the message stays visible");
+    sqs.delete_queue().queue_url(&url).send().await.expect("delete queue");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqs_refuses_characters_and_sizes_that_sqs_refuses() {
+    use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let name = format!("it-stack-chars-{}-{}", std::process::id(), rand::random::<u32>());
+    let url = sqs.create_queue().queue_name(&name).send().await.expect("create queue").queue_url.expect("url");
+
+    let err = sqs.send_message().queue_url(&url).message_body("status \u{1}").send().await.expect_err("a control character");
+    assert!(err.code().is_some_and(|c| c.ends_with("InvalidMessageContents")), "{err:?}");
+    let attr = MessageAttributeValue::builder().data_type("String").string_value("x\u{FFFF}").build().expect("attr");
+    let err = sqs
+        .send_message()
+        .queue_url(&url)
+        .message_body("ok")
+        .message_attributes("detail", attr)
+        .send()
+        .await
+        .expect_err("U+FFFF in an attribute");
+    assert!(err.code().is_some_and(|c| c.ends_with("InvalidMessageContents")), "{err:?}");
+    // One bad entry refuses the whole batch.
+    let entry = |id: &str, body: &str| SendMessageBatchRequestEntry::builder().id(id).message_body(body).build().expect("entry");
+    let err = sqs
+        .send_message_batch()
+        .queue_url(&url)
+        .entries(entry("a", "fine"))
+        .entries(entry("b", "tab\tis fine, NUL \u{0} is not"))
+        .send()
+        .await
+        .expect_err("a NUL in a batch");
+    assert!(err.code().is_some_and(|c| c.ends_with("InvalidMessageContents")), "{err:?}");
+    // Sizes are bytes, attributes included: 600,000 two-byte characters are
+    // 1.2 MB, over the 1 MiB limit, though fewer characters than it.
+    let err = sqs.send_message().queue_url(&url).message_body("é".repeat(600_000)).send().await.expect_err("too large");
+    assert!(err.code().is_some_and(|c| c.ends_with("InvalidParameterValue")), "{err:?}");
+    // What SQS allows passes: tab, LF, CR and the rest of Unicode.
+    sqs.send_message().queue_url(&url).message_body("a\tb\nc\rd é \u{10000}").send().await.expect("allowed characters");
+    sqs.delete_queue().queue_url(&url).send().await.expect("delete queue");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqs_never_hands_a_fifo_groups_next_message_to_a_second_receiver() {
+    use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let name = format!("it-stack-fifo-{}-{}.fifo", std::process::id(), rand::random::<u32>());
+    let url = sqs
+        .create_queue()
+        .queue_name(&name)
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .attributes(QueueAttributeName::ContentBasedDeduplication, "true")
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url
+        .expect("url");
+    // Two consumers long-poll an empty queue, one message at a time; then a
+    // group's two messages arrive together.
+    let receive = || {
+        let (sqs, url) = (sqs.clone(), url.clone());
+        tokio::spawn(async move {
+            let out = sqs.receive_message().queue_url(&url).max_number_of_messages(1).wait_time_seconds(3).send().await;
+            out.expect("receive").messages().iter().filter_map(|m| m.body().map(str::to_owned)).collect::<Vec<_>>()
+        })
+    };
+    let (a, b) = (receive(), receive());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let entry =
+        |id: &str| SendMessageBatchRequestEntry::builder().id(id).message_body(id).message_group_id("g1").build().expect("entry");
+    sqs.send_message_batch().queue_url(&url).entries(entry("first")).entries(entry("second")).send().await.expect("send");
+    let mut got = a.await.expect("a");
+    got.extend(b.await.expect("b"));
+    // While the first is in flight, the group gives nothing more.
+    assert_eq!(got, ["first"], "a FIFO group was handed out past a message in flight");
     sqs.delete_queue().queue_url(&url).send().await.expect("delete queue");
 }
