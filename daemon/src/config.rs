@@ -261,6 +261,9 @@ pub struct PipelineConfig {
     /// parsed and written again this many times (the story's re-processing
     /// of every item; 0 turns it off).
     pub menu_json_rounds: u32,
+    /// An event whose `ts` is more than this many seconds ahead of the
+    /// daemon's clock is rejected as `ts_out_of_range` (contract v1.1).
+    pub max_future_secs: u64,
 }
 
 impl Default for PipelineConfig {
@@ -272,6 +275,7 @@ impl Default for PipelineConfig {
             cpu_threads: 0,
             sink_concurrency: 8,
             menu_json_rounds: 100,
+            max_future_secs: pipeline::event::DEFAULT_MAX_FUTURE_SECS,
         }
     }
 }
@@ -563,6 +567,9 @@ fn semantic_problems(c: &Config) -> Vec<(String, String)> {
     }
     if p.sink_concurrency == 0 || p.sink_concurrency > 1024 {
         bad("pipeline.sink_concurrency", format!("must be 1..1024, got {}", p.sink_concurrency));
+    }
+    if p.max_future_secs > 31_536_000 {
+        bad("pipeline.max_future_secs", format!("must be 0..31536000 (a year), got {}", p.max_future_secs));
     }
     if p.menu_json_rounds > 100_000 {
         bad("pipeline.menu_json_rounds", format!("must be 0..100000, got {}", p.menu_json_rounds));

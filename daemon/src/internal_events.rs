@@ -267,6 +267,30 @@ impl InternalEvent for SinkGaveUp<'_> {
     }
 }
 
+/// A rejection's body was too large for a message: it goes with as much
+/// of the body as fits.
+#[derive(Debug)]
+pub struct RejectionTruncated<'a> {
+    /// The input it came from.
+    pub source: &'a str,
+    /// Where the whole of it is.
+    pub position: &'a str,
+    /// Its full size.
+    pub full_bytes: usize,
+}
+
+impl InternalEvent for RejectionTruncated<'_> {
+    fn emit(self, m: &Metrics) {
+        m.rejected_truncated.get_or_create(&SourceLabel { source: self.source.to_owned() }).inc();
+        warn!(
+            source = self.source,
+            position = self.position,
+            bytes = self.full_bytes,
+            "A rejected event is too large for the rejected queue; sending as much as fits"
+        );
+    }
+}
+
 /// Rejections were sent but could not be recorded in the event ledger: a
 /// replay of their inputs may send them again.
 #[derive(Debug)]

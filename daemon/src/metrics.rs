@@ -116,6 +116,8 @@ pub struct Metrics {
     pub source_errors: Family<SourceOutcome, Counter>,
     /// Visibility extensions.
     pub source_visibility_extensions: Family<SourceLabel, Counter>,
+    /// `cafe_rejected_truncated_total{source}`
+    pub rejected_truncated: Family<SourceLabel, Counter>,
     /// Events out of the pipeline by outcome.
     pub pipeline_events: Family<SourceOutcome, Counter>,
     /// Rejections by reason.
@@ -193,6 +195,7 @@ impl Metrics {
             source_inflight: Family::default(),
             source_errors: Family::default(),
             source_visibility_extensions: Family::default(),
+            rejected_truncated: Family::default(),
             pipeline_events: Family::default(),
             pipeline_rejected: Family::default(),
             batch_events: Family::new_with_constructor(batch_histogram),
@@ -235,6 +238,11 @@ impl Metrics {
         );
         registry.register(n::PIPELINE_EVENTS, "Events leaving the pipeline, by outcome", m.pipeline_events.clone());
         registry.register(n::PIPELINE_REJECTED, "Events rejected, by reason", m.pipeline_rejected.clone());
+        registry.register(
+            n::REJECTED_TRUNCATED,
+            "Rejections sent without all of their body (too large for a message)",
+            m.rejected_truncated.clone(),
+        );
         registry.register(n::PIPELINE_BATCH_EVENTS, "Events per batch handed to a stage", m.batch_events.clone());
         registry.register(n::PIPELINE_STAGE_DURATION, "Time a batch spends in a stage", m.stage_duration.clone());
         registry.register(n::PIPELINE_E2E_LATENCY, "Event time to durable write", m.e2e_latency.clone());

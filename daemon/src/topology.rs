@@ -88,7 +88,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .with_ledger(dynamodb.clone(), &config.sinks.dynamodb.events_table),
         // The one CPU pool: every input's decide stage hops onto it.
         pool: CpuPool::new(config.pipeline.cpu_threads, Arc::clone(&metrics))?,
-        work: Work { fraud_work_factor: engine.config().work_factor, menu_json_rounds: config.pipeline.menu_json_rounds },
+        work: Work {
+            fraud_work_factor: engine.config().work_factor,
+            menu_json_rounds: config.pipeline.menu_json_rounds,
+            max_future_secs: config.pipeline.max_future_secs,
+        },
         engine: Arc::new(Mutex::new(engine)),
         sink_concurrency: config.pipeline.sink_concurrency,
         metrics: Arc::clone(&metrics),

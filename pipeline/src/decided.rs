@@ -99,8 +99,9 @@ pub struct OrderChange {
 /// An event that breaks the contract, with where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RejectedEvent {
-    /// The event exactly as received (base64 when it was not UTF-8; `detail` says so).
-    pub body: String,
+    /// The event exactly as received, byte for byte (the sink encodes it
+    /// for its queue when the queue cannot carry it as it is).
+    pub body: Vec<u8>,
     /// Reason code.
     pub reason: &'static str,
     /// Human detail (no payload contents).

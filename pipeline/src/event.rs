@@ -1,4 +1,5 @@
-//! The contract's event model (contract v1) and its validation.
+//! The contract's event model (contract v1, with the v1.1 bounds on
+//! numbers and event times) and its validation.
 //!
 //! Owns: turning the bytes of one Kinesis record or SQS body into a typed,
 //! fully validated [`Event`], or into a [`Rejection`] that names the rule it
@@ -25,6 +26,17 @@ pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 pub const MAX_IMAGE_BYTES: usize = 512 * 1024;
 /// Most line items in one `order.placed`.
 pub const MAX_ORDER_ITEMS: usize = 500;
+/// Largest `amount_cents` of a payment (contract v1.1).
+pub const MAX_AMOUNT_CENTS: u64 = 100_000_000_000;
+/// Largest `price_cents` of a menu item (contract v1.1).
+pub const MAX_PRICE_CENTS: u64 = 1_000_000_000;
+/// Largest value of every ingredient number (contract v1.1).
+pub const MAX_INGREDIENT_NUMBER: f64 = 1_000_000.0;
+/// Event times before this are rejected as `ts_out_of_range` (contract v1.1).
+pub const MIN_TS: OffsetDateTime = time::macros::datetime!(2000-01-01 00:00:00 UTC);
+/// The default of `max_future_secs`: how far ahead of the daemon's clock an
+/// event time may be.
+pub const DEFAULT_MAX_FUTURE_SECS: u64 = 3600;
 
 /// Why an event was rejected: the `reason` attribute of `cafe-rejected`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,11 +57,14 @@ pub enum RejectReason {
     UnknownOrder,
     /// The event exceeds 1 MiB, or its image exceeds 512 KiB decoded.
     TooLarge,
+    /// `ts` before 2000-01-01 or more than `max_future_secs` ahead of the
+    /// daemon's clock (contract v1.1).
+    TsOutOfRange,
 }
 
 impl RejectReason {
     /// Every reason, for metric pre-registration and docs.
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::BadJson,
         RejectReason::Schema,
         RejectReason::UnsupportedVersion,
@@ -58,6 +73,7 @@ impl RejectReason {
         RejectReason::IllegalTransition,
         RejectReason::UnknownOrder,
         RejectReason::TooLarge,
+        RejectReason::TsOutOfRange,
     ];
 
     /// The short code used on the wire and as a metric label.
@@ -71,6 +87,7 @@ impl RejectReason {
             RejectReason::IllegalTransition => "illegal_transition",
             RejectReason::UnknownOrder => "unknown_order",
             RejectReason::TooLarge => "too_large",
+            RejectReason::TsOutOfRange => "ts_out_of_range",
         }
     }
 }
@@ -332,12 +349,34 @@ struct RawEnvelope<'a> {
     data: &'a RawValue,
 }
 
+/// The clock an event time is judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    /// The daemon's time now.
+    pub now: OffsetDateTime,
+    /// How far ahead of `now` an event time may be.
+    pub max_future: time::Duration,
+}
+
+impl Clock {
+    /// The system clock now, with `max_future_secs` of allowance.
+    pub fn system(max_future_secs: u64) -> Self {
+        Clock { now: OffsetDateTime::now_utc(), max_future: time::Duration::seconds(max_future_secs.min(i64::MAX as u64) as i64) }
+    }
+}
+
+/// Decodes and validates one event against the system clock and the
+/// default `max_future_secs`; see [`decode_at`].
+pub fn decode(bytes: &[u8]) -> Result<Event, Rejection> {
+    decode_at(bytes, &Clock::system(DEFAULT_MAX_FUTURE_SECS))
+}
+
 /// Decodes and validates one event.
 ///
 /// Every contract rule that can be checked on the event alone is checked
-/// here; rules that need history (order transitions) are checked by the
-/// order state machine.
-pub fn decode(bytes: &[u8]) -> Result<Event, Rejection> {
+/// here, event times against `clock`; rules that need history (order
+/// transitions) are checked by the order state machine.
+pub fn decode_at(bytes: &[u8], clock: &Clock) -> Result<Event, Rejection> {
     if bytes.len() > MAX_EVENT_BYTES {
         return Err(Rejection::new(
             RejectReason::TooLarge,
@@ -354,6 +393,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event, Rejection> {
     check_id("store", &raw.store, 32, |c| c.is_ascii_alphanumeric() || "._-".contains(c))?;
     let ts = OffsetDateTime::parse(&raw.ts, &Rfc3339)
         .map_err(|e| Rejection::schema(format!("ts is not RFC 3339 with offset: {e}")))?;
+    if ts < MIN_TS {
+        return Err(Rejection::new(RejectReason::TsOutOfRange, "ts is before 2000-01-01T00:00:00Z"));
+    }
+    if ts > clock.now.saturating_add(clock.max_future) {
+        return Err(Rejection::new(
+            RejectReason::TsOutOfRange,
+            format!("ts is more than {} s ahead of the daemon's clock", clock.max_future.whole_seconds()),
+        ));
+    }
     let kind = EventType::parse(&raw.kind)
         .ok_or_else(|| Rejection::new(RejectReason::UnknownType, format!("unknown type {:?}", truncate(&raw.kind, 40))))?;
 
@@ -458,8 +506,8 @@ fn validate_payment(p: PaymentRequested) -> Result<PaymentRequested, Rejection> 
     non_empty("customer_id", &p.customer_id)?;
     non_empty("device_id", &p.device_id)?;
     non_empty("card.fingerprint", &p.card.fingerprint)?;
-    if p.amount_cents == 0 {
-        return Err(Rejection::schema("data.amount_cents must be greater than 0"));
+    if !(1..=MAX_AMOUNT_CENTS).contains(&p.amount_cents) {
+        return Err(Rejection::schema(format!("data.amount_cents must be 1..{MAX_AMOUNT_CENTS}, got {}", p.amount_cents)));
     }
     all_chars("currency", &p.currency, 3, |c| c.is_ascii_uppercase(), "upper-case letters")?;
     all_chars("billing_country", &p.billing_country, 2, |c| c.is_ascii_uppercase(), "upper-case letters")?;
@@ -472,6 +520,9 @@ fn validate_menu(m: MenuItem) -> Result<MenuItem, Rejection> {
     non_empty("sku", &m.sku)?;
     non_empty("name", &m.name)?;
     non_empty("category", &m.category)?;
+    if m.price_cents > MAX_PRICE_CENTS {
+        return Err(Rejection::schema(format!("data.price_cents must be 0..{MAX_PRICE_CENTS}, got {}", m.price_cents)));
+    }
     all_chars("image.sha256", &m.image.sha256, 64, |c| c.is_ascii_digit() || ('a'..='f').contains(&c), "lower-case hex digits")?;
     // The decoded size follows from the base64 length; decoding is the menu
     // stage's CPU work, not validation's.
@@ -487,8 +538,8 @@ fn validate_menu(m: MenuItem) -> Result<MenuItem, Rejection> {
     }
     for (i, ing) in m.ingredients.iter().enumerate() {
         let nums = [ing.grams, ing.kcal_per_100g, ing.protein_per_100g, ing.fat_per_100g, ing.carbs_per_100g];
-        if nums.iter().any(|n| !n.is_finite() || *n < 0.0) {
-            return Err(Rejection::schema(format!("data.ingredients[{i}] has a negative or non-finite number")));
+        if nums.iter().any(|n| !(0.0..=MAX_INGREDIENT_NUMBER).contains(n)) {
+            return Err(Rejection::schema(format!("data.ingredients[{i}] has a number outside 0..{MAX_INGREDIENT_NUMBER}")));
         }
     }
     Ok(m)
@@ -589,6 +640,49 @@ mod tests {
         let mut v = order_json(0);
         v["data"]["items"] = serde_json::json!([]);
         assert_eq!(decode_value(&v).unwrap_err().reason, RejectReason::Schema);
+    }
+
+    #[test]
+    fn numbers_outside_the_contracts_bounds_are_schema() {
+        let mut at_max = payment_json();
+        at_max["data"]["amount_cents"] = MAX_AMOUNT_CENTS.into();
+        assert!(decode_value(&at_max).is_ok(), "the largest amount is valid");
+        assert_eq!(reason_after(|v| v["data"]["amount_cents"] = (MAX_AMOUNT_CENTS + 1).into()), RejectReason::Schema);
+        assert_eq!(reason_after(|v| v["data"]["amount_cents"] = u64::MAX.into()), RejectReason::Schema);
+        let menu = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = serde_json::json!({"v":1,"id":"m-1","type":"menu.item.upserted","ts":"2026-11-22T08:16:00Z","store":"s1",
+                "data":{"sku":"latte","name":"Latte","category":"drinks","price_cents":450,
+                        "image":{"content_type":"image/png","base64":"AAAA","sha256":"0".repeat(64)},
+                        "ingredients":[{"name":"milk","grams":200.0,"kcal_per_100g":64.0,"protein_per_100g":3.4,
+                                        "fat_per_100g":3.6,"carbs_per_100g":4.8}],
+                        "allergens":["milk"]}});
+            edit(&mut v);
+            decode_value(&v).err().map(|r| r.reason)
+        };
+        assert_eq!(menu(&|_| {}), None);
+        assert_eq!(menu(&|v| v["data"]["price_cents"] = MAX_PRICE_CENTS.into()), None);
+        assert_eq!(menu(&|v| v["data"]["price_cents"] = (MAX_PRICE_CENTS + 1).into()), Some(RejectReason::Schema));
+        assert_eq!(menu(&|v| v["data"]["ingredients"][0]["grams"] = 1_000_000.0.into()), None);
+        assert_eq!(menu(&|v| v["data"]["ingredients"][0]["grams"] = 1_000_000.5.into()), Some(RejectReason::Schema));
+        assert_eq!(menu(&|v| v["data"]["ingredients"][0]["kcal_per_100g"] = 1e300.into()), Some(RejectReason::Schema));
+        assert_eq!(menu(&|v| v["data"]["ingredients"][0]["fat_per_100g"] = (-0.5).into()), Some(RejectReason::Schema));
+    }
+
+    #[test]
+    fn event_times_outside_the_contracts_range_are_ts_out_of_range() {
+        let clock = Clock { now: time::macros::datetime!(2026-11-30 12:00:00 UTC), max_future: time::Duration::hours(1) };
+        let at = |ts: &str| {
+            let mut v = payment_json();
+            v["ts"] = ts.into();
+            decode_at(v.to_string().as_bytes(), &clock).err().map(|r| r.reason)
+        };
+        assert_eq!(at("0000-01-01T00:00:00Z"), Some(RejectReason::TsOutOfRange));
+        assert_eq!(at("1999-12-31T23:59:59.999Z"), Some(RejectReason::TsOutOfRange));
+        assert_eq!(at("2000-01-01T00:00:00Z"), None);
+        assert_eq!(at("2026-11-30T13:00:00Z"), None, "exactly max_future ahead is allowed");
+        assert_eq!(at("2026-11-30T13:00:01Z"), Some(RejectReason::TsOutOfRange));
+        assert_eq!(at("2026-11-30T14:30:00+02:00"), None, "offsets are honoured: 12:30 UTC");
+        assert_eq!(at("9999-12-31T23:59:59Z"), Some(RejectReason::TsOutOfRange));
     }
 
     #[test]

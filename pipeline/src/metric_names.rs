@@ -89,6 +89,9 @@ pub const SOURCE_VISIBILITY_EXTENSIONS: &str = "cafe_source_visibility_extension
 pub const PIPELINE_EVENTS: &str = "cafe_pipeline_events";
 /// Rejected events by reason. Labels: `reason`.
 pub const PIPELINE_REJECTED: &str = "cafe_pipeline_rejected_events";
+/// Rejections sent to the rejected queue without all of their body (too
+/// large for a message; `position` says where the whole is). Labels: `source`.
+pub const REJECTED_TRUNCATED: &str = "cafe_rejected_truncated";
 /// Events per batch handed to a stage. Labels: `stage`.
 pub const PIPELINE_BATCH_EVENTS: &str = "cafe_pipeline_batch_events";
 /// Time a batch spends in a stage. Labels: `stage`.

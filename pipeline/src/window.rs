@@ -120,11 +120,12 @@ impl Counters {
         Counters::NAMES.into_iter().zip(self.values()).filter(|(_, v)| *v != 0)
     }
 
-    /// Adds `other` into `self`.
+    /// Adds `other` into `self`, saturating at the ends of `i64` (inputs
+    /// are bounded by the contract; no sum of them may wrap or panic).
     pub fn add(&mut self, other: &Counters) {
         let mut v = self.values();
         for (a, b) in v.iter_mut().zip(other.values()) {
-            *a += b;
+            *a = a.saturating_add(b);
         }
         *self = Counters::from_values(v);
     }
@@ -153,6 +154,13 @@ mod tests {
         assert_eq!(window_key(ts("2026-11-22T09:15:59.999+01:00")), "2026-11-22T08:15:00Z");
         assert_eq!(window_key(ts("2026-11-22T08:16:00Z")), "2026-11-22T08:16:00Z");
         assert_eq!(window_key(ts("1969-12-31T23:59:30Z")), "1969-12-31T23:59:00Z");
+    }
+
+    #[test]
+    fn counters_saturate_instead_of_wrapping() {
+        let mut a = Counters { payment_amount_cents: i64::MAX - 1, orders_cancelled: i64::MIN + 1, ..Counters::default() };
+        a.add(&Counters { payment_amount_cents: 5, orders_cancelled: -5, ..Counters::default() });
+        assert_eq!((a.payment_amount_cents, a.orders_cancelled), (i64::MAX, i64::MIN));
     }
 
     #[test]

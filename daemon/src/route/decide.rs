@@ -9,7 +9,7 @@
 use std::sync::Mutex;
 
 use pipeline::decided::{DecidedMenuItem, DecidedPayment};
-use pipeline::event::{Body, Event, Rejection, decode};
+use pipeline::event::{Body, Clock, Event, Rejection, decode_at};
 use pipeline::fraud::{Decision, FraudEngine, model_work};
 use pipeline::menu;
 use pipeline::window::{Counters, WindowId};
@@ -46,16 +46,19 @@ pub struct Work {
     pub fraud_work_factor: u32,
     /// The menu stage's JSON rounds per item.
     pub menu_json_rounds: u32,
+    /// How far ahead of the clock an event time may be (`pipeline.max_future_secs`).
+    pub max_future_secs: u64,
 }
 
 /// Decides one batch; `decided_at` is the RFC 3339 time written on payments.
 pub fn decide_batch(inputs: &[Input], engine: &Mutex<FraudEngine>, work: Work, decided_at: &str) -> Vec<Decided> {
     // Decoding, the model's hashing and menu digests are per input and
-    // pure: parallel.
+    // pure: parallel. Event times are judged by one clock per batch.
+    let clock = Clock::system(work.max_future_secs);
     let decoded: Vec<_> = inputs
         .par_iter()
         .map(|input| {
-            let event = decode(&input.data);
+            let event = decode_at(&input.data, &clock);
             let (model, digest) = match &event {
                 Ok(e) => match &e.body {
                     Body::PaymentRequested(p) => (Some(model_work(p, work.fraud_work_factor)), None),
@@ -152,7 +155,7 @@ mod tests {
             ),
             Input { data: b"{nope".to_vec(), position: "p".into() },
         ];
-        let work = Work { fraud_work_factor: 1, menu_json_rounds: 0 };
+        let work = Work { fraud_work_factor: 1, menu_json_rounds: 0, max_future_secs: 3600 };
         let out = decide_batch(&inputs, &engine, work, "now");
         assert!(matches!(out[0], Decided::Order(_)));
         assert!(matches!(out[1], Decided::Order(_)));

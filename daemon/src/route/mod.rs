@@ -247,18 +247,13 @@ fn from_write(o: WriteOutcome) -> Outcome {
     }
 }
 
-/// The rejected queue's copy of `input`: unchanged when it is UTF-8 (an
-/// SQS body must be), else base64, which `detail` says.
+/// The rejected queue's copy of `input`: its bytes as received.
 fn rejected_event(input: &Input, r: &Rejection, source: &str) -> RejectedEvent {
-    let (body, detail) = match std::str::from_utf8(&input.data) {
-        Ok(text) => (text.to_owned(), r.detail.clone()),
-        Err(_) => {
-            use base64::Engine;
-            (
-                base64::engine::general_purpose::STANDARD.encode(&input.data),
-                format!("body is base64: the record is not UTF-8; {}", r.detail),
-            )
-        }
-    };
-    RejectedEvent { body, reason: r.reason.code(), detail, source: source.to_owned(), position: input.position.clone() }
+    RejectedEvent {
+        body: input.data.to_vec(),
+        reason: r.reason.code(),
+        detail: r.detail.clone(),
+        source: source.to_owned(),
+        position: input.position.clone(),
+    }
 }

@@ -18,6 +18,7 @@ use serde_json::json;
 
 mod dashboards;
 mod data_api;
+mod edges;
 mod iam;
 mod menu;
 mod orders;

@@ -226,7 +226,7 @@ impl FraudEngine {
         // amount: far above the customer's mean.
         let customer = self.customers.entry(p.customer_id.clone()).or_default();
         if customer.amounts.len() as u64 >= u64::from(c.amount_min_history.max(1)) {
-            let mean = customer.amounts.iter().sum::<u64>() as f64 / customer.amounts.len() as f64;
+            let mean = customer.amounts.iter().map(|&a| a as f64).sum::<f64>() / customer.amounts.len() as f64;
             if p.amount_cents as f64 > c.amount_factor * mean {
                 reasons.push(Rule::Amount);
             }

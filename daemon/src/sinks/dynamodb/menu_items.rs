@@ -34,7 +34,9 @@ use crate::sinks::WriteOutcome;
 /// What is stored for a sku.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Stored {
-    sync_version: String,
+    /// None when the item has no string `sync_version` (written by another
+    /// tool): older than any sync.
+    sync_version: Option<String>,
     content_sha256: String,
 }
 
@@ -57,7 +59,7 @@ fn plan_item(records: &[DecidedMenuItem], live: &[usize], stored: Option<&Stored
     };
     match stored {
         None => ItemWrite::Full(newest),
-        Some(st) if st.sync_version >= records[newest].sync_version() => ItemWrite::Nothing,
+        Some(st) if st.sync_version.as_ref().is_some_and(|v| *v >= records[newest].sync_version()) => ItemWrite::Nothing,
         Some(st) if st.content_sha256 == records[newest].digest.content_sha256 => ItemWrite::VersionOnly(newest),
         Some(_) => ItemWrite::Full(newest),
     }
@@ -135,7 +137,10 @@ impl DynamoDbSink {
                     let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
                     out.insert(
                         text("sku"),
-                        Stored { sync_version: text("sync_version"), content_sha256: text("content_sha256") },
+                        Stored {
+                            sync_version: item.get("sync_version").and_then(|v| v.as_s().ok()).cloned(),
+                            content_sha256: text("content_sha256"),
+                        },
                     );
                 }
                 request = resp.unprocessed_keys.and_then(|mut u| u.remove(&self.config.menu_table));
@@ -198,8 +203,15 @@ impl DynamoDbSink {
                         }
                         live.retain(|p| !dup.contains(p));
                     } else if failed.iter().any(|&k| k >= live.len() && k < live.len() + update_skus.len()) {
-                        // Then the item updates: another writer moved a sku; read again.
+                        // Then the item updates: another writer moved a sku;
+                        // read again, after a backoff, within the retry budget.
                         stored = None;
+                        if !self
+                            .retry_later(&mut attempt, "Menu write", live.len(), "a menu item changed since it was read")
+                            .await
+                        {
+                            return outcomes;
+                        }
                     }
                 }
                 Attempt::Again => {}
@@ -263,7 +275,11 @@ impl DynamoDbSink {
 fn condition(stored: Option<&Stored>) -> (String, Option<AttributeValue>) {
     match stored {
         None => ("attribute_not_exists(sku)".into(), None),
-        Some(st) => ("sync_version = :seen".into(), Some(s(&st.sync_version))),
+        Some(Stored { sync_version: Some(v), .. }) => ("sync_version = :seen".into(), Some(s(v))),
+        // Still without a string version (missing, or of another type).
+        Some(Stored { sync_version: None, .. }) => {
+            ("attribute_exists(sku) AND NOT attribute_type(sync_version, :seen)".into(), Some(s("S")))
+        }
     }
 }
 
@@ -343,10 +359,14 @@ mod tests {
         let records = [rec("a", "latte", 100, "x"), rec("b", "latte", 200, "y"), rec("c", "latte", 150, "z")];
         assert!(records[1].sync_version() > records[2].sync_version());
         assert_eq!(plan_item(&records, &[0, 1, 2], None), ItemWrite::Full(1));
-        let stored = Stored { sync_version: records[0].sync_version(), content_sha256: "y".into() };
+        let stored = Stored { sync_version: Some(records[0].sync_version()), content_sha256: "y".into() };
         assert_eq!(plan_item(&records, &[0, 1, 2], Some(&stored)), ItemWrite::VersionOnly(1));
-        let newer = Stored { sync_version: records[1].sync_version(), content_sha256: "q".into() };
+        let newer = Stored { sync_version: Some(records[1].sync_version()), content_sha256: "q".into() };
         assert_eq!(plan_item(&records, &[0, 2], Some(&newer)), ItemWrite::Nothing, "late older syncs never win");
+        // An item another tool wrote without a string version is older than any sync.
+        let foreign = Stored { sync_version: None, content_sha256: "q".into() };
+        assert_eq!(plan_item(&records, &[0], Some(&foreign)), ItemWrite::Full(0));
+        assert_eq!(condition(Some(&foreign)).0, "attribute_exists(sku) AND NOT attribute_type(sync_version, :seen)");
         // Same event time: the event id breaks the tie.
         let tie = [rec("a", "k", 5, "x"), rec("b", "k", 5, "y")];
         assert_eq!(plan_item(&tie, &[1, 0], None), ItemWrite::Full(1));

@@ -26,7 +26,8 @@ use pipeline::decided::RejectedEvent;
 
 use crate::aws::{AwsError, Backoff, describe, retry_failed_entries};
 use crate::internal_events::{
-    InternalEvent, RejectionsNotRecorded, Sink, SinkGaveUp, SinkRequest, SinkRequestOutcome, SinkRetrying, SinkWriteFinished,
+    InternalEvent, RejectionTruncated, RejectionsNotRecorded, Sink, SinkGaveUp, SinkRequest, SinkRequestOutcome, SinkRetrying,
+    SinkWriteFinished,
 };
 use crate::metrics::Metrics;
 use crate::sinks::WriteOutcome;
@@ -35,10 +36,13 @@ use crate::sources::sqs::queue_url;
 
 pub mod component;
 pub mod config;
+pub mod encode;
 
-/// SQS's limit for one message and for one batch, bodies plus attributes.
+/// SQS's limit for one batch, bodies plus attributes.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
-const MAX_DETAIL_CHARS: usize = 900;
+/// The rejected queue's `MaximumMessageSize` when it cannot be read: the
+/// smallest default SQS has had.
+const FALLBACK_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// Sends rejections.
 #[derive(Debug, Clone)]
@@ -46,6 +50,8 @@ pub struct RejectedSink {
     client: Client,
     url: String,
     metrics: Arc<Metrics>,
+    /// The queue's `MaximumMessageSize`.
+    max_message_bytes: usize,
     /// The event ledger: (client, table).
     ledger: Option<(aws_sdk_dynamodb::Client, String)>,
 }
@@ -62,8 +68,23 @@ fn attr(v: &str) -> Option<MessageAttributeValue> {
 impl RejectedSink {
     /// Connects to the queue (fails if it does not exist).
     pub async fn connect(client: Client, queue: &str, metrics: Arc<Metrics>) -> Result<Self, AwsError> {
+        use aws_sdk_sqs::types::QueueAttributeName;
         let url = queue_url(&client, queue).await?;
-        Ok(RejectedSink { client, url, metrics, ledger: None })
+        let read =
+            client.get_queue_attributes().queue_url(&url).attribute_names(QueueAttributeName::MaximumMessageSize).send().await;
+        let max_message_bytes = match read {
+            Ok(out) => out
+                .attributes
+                .and_then(|a| a.get(&QueueAttributeName::MaximumMessageSize).and_then(|v| v.parse().ok()))
+                .unwrap_or(FALLBACK_MESSAGE_BYTES),
+            Err(e) => {
+                let error = format!("reading MaximumMessageSize of {queue}: {}", describe(&e));
+                SinkRetrying { sink: Sink::Rejected, what: "Reading the rejected queue's size limit", attempt: 0, error: &error }
+                    .emit(&metrics);
+                FALLBACK_MESSAGE_BYTES
+            }
+        };
+        Ok(RejectedSink { client, url, metrics, max_message_bytes, ledger: None })
     }
 
     fn count(&self, outcome: SinkRequestOutcome) {
@@ -172,24 +193,27 @@ impl RejectedSink {
         let mut outcomes = vec![WriteOutcome::Failed; records.len()];
         let keys: Vec<String> = records.iter().map(ledger_key).collect();
         let sent_before = self.already_sent(&keys).await;
-        let mut batch: Vec<usize> = Vec::new();
+        let mut batch: Vec<(usize, encode::Encoded)> = Vec::new();
         let mut bytes = 0;
         for (i, r) in records.iter().enumerate() {
             if sent_before.contains(&keys[i]) {
                 outcomes[i] = WriteOutcome::Duplicate;
                 continue;
             }
-            let size = r.body.len() + r.detail.len() + r.source.len() + r.position.len() + 256;
-            if !batch.is_empty() && (batch.len() == 10 || bytes + size > MAX_BATCH_BYTES) {
-                self.send_batch(records, &batch, &mut outcomes).await;
+            let message = encode::encode(r, self.max_message_bytes);
+            if let Some(full) = message.truncated_from {
+                RejectionTruncated { source: &r.source, full_bytes: full, position: &r.position }.emit(&self.metrics);
+            }
+            if !batch.is_empty() && (batch.len() == 10 || bytes + message.bytes > MAX_BATCH_BYTES) {
+                self.send_batch(&batch, &mut outcomes).await;
                 batch.clear();
                 bytes = 0;
             }
-            batch.push(i);
-            bytes += size;
+            bytes += message.bytes;
+            batch.push((i, message));
         }
         if !batch.is_empty() {
-            self.send_batch(records, &batch, &mut outcomes).await;
+            self.send_batch(&batch, &mut outcomes).await;
         }
         let newly: Vec<String> =
             keys.into_iter().zip(&outcomes).filter(|(_, o)| **o == WriteOutcome::Written).map(|(k, _)| k).collect();
@@ -200,23 +224,18 @@ impl RejectedSink {
         outcomes
     }
 
-    async fn send_batch(&self, records: &[RejectedEvent], batch: &[usize], outcomes: &mut [WriteOutcome]) {
+    async fn send_batch(&self, batch: &[(usize, encode::Encoded)], outcomes: &mut [WriteOutcome]) {
         let backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_secs(2) };
         let unsent = retry_failed_entries(batch.len(), 6, backoff, |pending: Vec<usize>, attempt| async move {
             let entries: Vec<_> = pending
                 .iter()
                 .filter_map(|&k| {
-                    let r = &records[batch[k]];
-                    let detail: String = r.detail.chars().take(MAX_DETAIL_CHARS).collect();
+                    let message = &batch[k].1;
                     SendMessageBatchRequestEntry::builder()
                         .id(k.to_string())
-                        .message_body(&r.body)
+                        .message_body(&message.body)
                         .set_message_attributes(Some(
-                            [("reason", r.reason), ("detail", detail.as_str()), ("source", &r.source), ("position", &r.position)]
-                                .into_iter()
-                                .filter(|(_, v)| !v.is_empty())
-                                .filter_map(|(k, v)| Some((k.to_owned(), attr(v)?)))
-                                .collect(),
+                            message.attributes.iter().filter_map(|(name, v)| Some(((*name).to_owned(), attr(v)?))).collect(),
                         ))
                         .build()
                         .ok()
@@ -241,7 +260,7 @@ impl RejectedSink {
             }
         })
         .await;
-        for (k, &i) in batch.iter().enumerate() {
+        for (k, &(i, _)) in batch.iter().enumerate() {
             if !unsent.contains(&k) {
                 outcomes[i] = WriteOutcome::Written;
             }
