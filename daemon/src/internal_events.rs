@@ -723,6 +723,39 @@ impl InternalEvent for MirrorRowsWritten<'_> {
     }
 }
 
+/// Redshift refused one row for its data (alone in its batch): it is set
+/// aside so that the rest flows.
+#[derive(Debug)]
+pub struct MirrorRowRefused<'a> {
+    /// The row's store.
+    pub store: &'a str,
+    /// The row's window.
+    pub window: &'a str,
+    /// The version refused.
+    pub version: i64,
+    /// What the server said.
+    pub error: &'a str,
+    /// Whether it was set aside now (false: it changed meanwhile, or the
+    /// write failed, and it is tried again).
+    pub set_aside: bool,
+}
+
+impl InternalEvent for MirrorRowRefused<'_> {
+    fn emit(self, m: &Metrics) {
+        if self.set_aside {
+            m.mirror_rows_quarantined.inc();
+        }
+        tracing::error!(
+            store = self.store,
+            window = self.window,
+            version = self.version,
+            error = %self.error,
+            set_aside = self.set_aside,
+            "Redshift refused a row; it is set aside (mirror_quarantined_version) and the rest flows"
+        );
+    }
+}
+
 /// A pending mark could not be cleared (or moved): the row stays pending
 /// and the next flush writes it again, a no-op there.
 #[derive(Debug)]

@@ -164,6 +164,8 @@ pub struct Metrics {
     pub mirror_flushes: Family<OutcomeLabel, Counter>,
     /// Rows upserted into Redshift.
     pub mirror_rows_written: Counter,
+    /// `cafe_mirror_rows_quarantined_total`
+    pub mirror_rows_quarantined: Counter,
     /// Pending to committed, per row.
     pub mirror_flush_latency: Histogram,
     /// One flush's duration.
@@ -219,6 +221,7 @@ impl Metrics {
             mirror_oldest_pending: Gauge::default(),
             mirror_flushes: Family::default(),
             mirror_rows_written: Counter::default(),
+            mirror_rows_quarantined: Counter::default(),
             mirror_flush_latency: latency_histogram(),
             mirror_flush_duration: latency_histogram(),
             menu_items: Family::default(),
@@ -288,6 +291,11 @@ impl Metrics {
         );
         registry.register(n::MIRROR_FLUSHES, "Flushes to Redshift, by outcome", m.mirror_flushes.clone());
         registry.register(n::MIRROR_ROWS_WRITTEN, "Rows upserted into Redshift", m.mirror_rows_written.clone());
+        registry.register(
+            n::MIRROR_ROWS_QUARANTINED,
+            "Rows Redshift refused for their data, set aside",
+            m.mirror_rows_quarantined.clone(),
+        );
         registry.register(
             n::MIRROR_FLUSH_LATENCY,
             "First pending change to commit in Redshift, per row",

@@ -137,6 +137,9 @@ pub const MIRROR_OLDEST_PENDING: &str = "cafe_mirror_oldest_pending_seconds";
 pub const MIRROR_FLUSHES: &str = "cafe_mirror_flushes";
 /// Rows upserted into Redshift.
 pub const MIRROR_ROWS_WRITTEN: &str = "cafe_mirror_rows_written";
+/// Rows Redshift refused for their data and the mirror set aside
+/// (`mirror_quarantined_version` on the DynamoDB row).
+pub const MIRROR_ROWS_QUARANTINED: &str = "cafe_mirror_rows_quarantined";
 /// Time from a row's first pending change to its commit in Redshift.
 pub const MIRROR_FLUSH_LATENCY: &str = "cafe_mirror_flush_latency_seconds";
 /// Duration of one flush (read pending rows, upsert, clear marks).

@@ -172,3 +172,74 @@ async fn a_menu_item_without_a_string_sync_version_is_overwritten_by_the_next_sy
     let (status, _) = env.sigterm();
     assert!(status.success(), "{status:?}\n{}", env.log());
 }
+
+/// A row Redshift refuses (here one an earlier release let through: year
+/// 0, which PostgreSQL refuses with 22008) is set aside on its own, with a
+/// metric, and every other row still reaches Redshift.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_redshift_refuses_is_set_aside_and_the_rest_flows() {
+    use super::menu::redshift_rows;
+    use aws_sdk_dynamodb::types::AttributeValue as A;
+
+    let (target, user, db) = pg_target();
+    let table = format!("it_quarantine_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+    let extra = format!(
+        "[sinks.redshift]\nenabled = true\ntransport = \"postgres\"\nurl = \"postgres://{user}@{target}/{db}\"\ntable = \"{table}\"\nflush_interval_ms = 500\n"
+    );
+    let mut env = Env::new("quarantine", &extra).await;
+    let pg = PgTransport::connect(&std::env::var("CAFE_PG_URL").expect("url")).await.expect("pg");
+    let bad = ("st-old".to_owned(), "0000-01-01T00:00:00Z".to_owned());
+    let since = (time::OffsetDateTime::now_utc().unix_timestamp() * 1000).to_string();
+    env.ddb
+        .put_item()
+        .table_name(format!("{}-aggregates", env.prefix))
+        .item("store", A::S(bad.0.clone()))
+        .item("window", A::S(bad.1.clone()))
+        .item("payments", A::N("1".into()))
+        .item("version", A::N("1".into()))
+        .item("mirror_pending", A::S("3".into()))
+        .item("mirror_pending_since", A::N(since))
+        .send()
+        .await
+        .expect("put an old pending row");
+    env.start();
+    let p = env.prefix.clone();
+    let bodies: Vec<(String, String)> = (0..12).map(|i| payment(&p, i, &format!("c{}", i % 4), 100 + i as u64)).collect();
+    env.send(&bodies).await;
+    env.wait_for_payments(12, Duration::from_secs(60)).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (mut dynamo, pending) = env.aggregate_rows().await;
+        assert!(dynamo.remove(&bad).is_some(), "the old row is still in DynamoDB");
+        let red = redshift_rows(&pg, &table).await;
+        if pending == 0 && red == dynamo && !red.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rest did not reach Redshift: {pending} pending, {} of {} rows\n{}",
+            red.len(),
+            dynamo.len(),
+            env.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let item = env
+        .ddb
+        .get_item()
+        .table_name(format!("{}-aggregates", env.prefix))
+        .key("store", A::S(bad.0.clone()))
+        .key("window", A::S(bad.1.clone()))
+        .send()
+        .await
+        .expect("get")
+        .item
+        .expect("the row");
+    assert_eq!(item.get("mirror_quarantined_version").and_then(|v| v.as_n().ok()).map(String::as_str), Some("1"), "{item:?}");
+    let metrics = http_get(&env.admin, "/metrics").await;
+    assert!(metrics.contains("cafe_mirror_rows_quarantined_total 1"), "{metrics}");
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{status:?}\n{}", env.log());
+    pg.execute(&format!("DROP TABLE {table}")).await.expect("drop");
+}

@@ -38,6 +38,10 @@ pub const MIRROR_PENDING: &str = "mirror_pending";
 /// `cafe-aggregates` attribute: epoch milliseconds of the oldest change not
 /// yet in Redshift.
 pub const MIRROR_SINCE: &str = "mirror_pending_since";
+/// `cafe-aggregates` attribute: the version of the row that Redshift refused
+/// for its data (set instead of the pending mark; the row's next change
+/// marks it pending again).
+pub const MIRROR_QUARANTINED: &str = "mirror_quarantined_version";
 /// The sparse global secondary index of pending rows (hash
 /// `mirror_pending`, range `window`, all attributes projected).
 pub const MIRROR_INDEX: &str = "mirror-pending";

@@ -63,7 +63,11 @@ impl DataApiTransport {
                 .statement_name(STATEMENT_NAME)
                 .send()
                 .await
-                .map_err(|e| BatchError { retryable: classify(&e) != ErrorClass::Fatal, message: describe(&e) })?;
+                .map_err(|e| BatchError {
+                    retryable: classify(&e) != ErrorClass::Fatal,
+                    row_level: false,
+                    message: describe(&e),
+                })?;
             out.id.unwrap_or_default()
         } else {
             let out = self
@@ -78,11 +82,19 @@ impl DataApiTransport {
                 .statement_name(STATEMENT_NAME)
                 .send()
                 .await
-                .map_err(|e| BatchError { retryable: classify(&e) != ErrorClass::Fatal, message: describe(&e) })?;
+                .map_err(|e| BatchError {
+                    retryable: classify(&e) != ErrorClass::Fatal,
+                    row_level: false,
+                    message: describe(&e),
+                })?;
             out.id.unwrap_or_default()
         };
         if id.is_empty() {
-            return Err(BatchError { retryable: true, message: "the Data API returned no statement id".into() });
+            return Err(BatchError {
+                retryable: true,
+                row_level: false,
+                message: "the Data API returned no statement id".into(),
+            });
         }
         self.wait(&id).await
     }
@@ -104,22 +116,23 @@ impl DataApiTransport {
                     continue;
                 }
                 Err(e) => {
-                    return Err(BatchError { retryable: true, message: describe(&e) });
+                    return Err(BatchError { retryable: true, row_level: false, message: describe(&e) });
                 }
             };
             match out.status() {
                 Some(StatusString::Finished) => return Ok(()),
                 Some(StatusString::Failed) => {
                     let message = out.error().unwrap_or("FAILED with no error message").to_owned();
-                    return Err(BatchError { retryable: retryable_message(&message), message });
+                    return Err(BatchError { retryable: retryable_message(&message), row_level: false, message });
                 }
                 Some(StatusString::Aborted) => {
-                    return Err(BatchError { retryable: true, message: format!("statement {id} was aborted") });
+                    return Err(BatchError { retryable: true, row_level: false, message: format!("statement {id} was aborted") });
                 }
                 _ if started.elapsed() >= timeout => {
                     let _ = self.client.cancel_statement().id(id).send().await;
                     return Err(BatchError {
                         retryable: true,
+                        row_level: false,
                         message: format!("statement {id} still running after {} ms; cancelled", timeout.as_millis()),
                     });
                 }

@@ -40,11 +40,11 @@ use tracing::{info, warn};
 use crate::aws::{AwsError, Backoff, describe};
 use crate::config::RedshiftSinkConfig;
 use crate::internal_events::{
-    InternalEvent, MirrorFlushed, MirrorMarkFailed, MirrorPending, MirrorRowsWritten, Sink, SinkRequest, SinkRequestOutcome,
-    SinkRetrying,
+    InternalEvent, MirrorFlushed, MirrorMarkFailed, MirrorPending, MirrorRowRefused, MirrorRowsWritten, Sink, SinkRequest,
+    SinkRequestOutcome, SinkRetrying,
 };
 use crate::metrics::Metrics;
-use crate::sinks::dynamodb::{MIRROR_BUCKETS, MIRROR_INDEX, MIRROR_PENDING, MIRROR_SINCE, VERSION, num};
+use crate::sinks::dynamodb::{MIRROR_BUCKETS, MIRROR_INDEX, MIRROR_PENDING, MIRROR_QUARANTINED, MIRROR_SINCE, VERSION, num};
 use crate::sinks::redshift::config::TransportKind;
 use sql::MirrorRow;
 
@@ -54,13 +54,17 @@ use sql::MirrorRow;
 pub struct BatchError {
     /// Whether the same batch may succeed later.
     pub retryable: bool,
+    /// Whether the server refused a row's data (so a smaller batch without
+    /// that row would commit): the flush isolates the row. Not known for
+    /// the Data API (false: the flush stops, and the rows stay pending).
+    pub row_level: bool,
     /// What the server or the client said.
     pub message: String,
 }
 
 impl From<postgres::PgError> for BatchError {
     fn from(e: postgres::PgError) -> Self {
-        BatchError { retryable: e.retryable(), message: e.to_string() }
+        BatchError { retryable: e.retryable(), row_level: e.row_level(), message: e.to_string() }
     }
 }
 
@@ -133,6 +137,8 @@ pub struct FlushReport {
     pub written: usize,
     /// Marks cleared (the rest changed meanwhile and stay pending).
     pub cleared: usize,
+    /// Rows Redshift refused for their data, set aside (quarantined).
+    pub quarantined: usize,
 }
 
 /// The flusher.
@@ -240,6 +246,70 @@ impl RedshiftSink {
         }
     }
 
+    /// Writes `rows`. A batch the server refused for a row's data is split
+    /// in halves until that row is alone, and the row is quarantined; the
+    /// rest is written. Returns the rows quarantined. Any other failure
+    /// stops the flush (its rows stay pending).
+    async fn write_isolating(&self, rows: &[MirrorRow]) -> Result<Vec<WindowId>, BatchError> {
+        let mut refused = Vec::new();
+        let mut parts: Vec<&[MirrorRow]> = vec![rows];
+        while let Some(part) = parts.pop() {
+            let mut failure = None;
+            for batch in sql::upsert_batches(&self.config.table, part) {
+                if let Err(e) = self.run_with_retries(&batch).await {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            match failure {
+                None => {}
+                Some(e) if !e.row_level => return Err(e),
+                Some(e) if part.len() == 1 => {
+                    self.quarantine(&part[0], &e.message).await;
+                    refused.push(part[0].id.clone());
+                }
+                Some(_) => {
+                    // Older windows first: the first half is tried first.
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.push(second);
+                    parts.push(first);
+                }
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Sets a row Redshift refused aside: its pending mark goes, and the
+    /// version refused is recorded, if the row has not changed since (a
+    /// change marks it pending again, and it is tried again).
+    async fn quarantine(&self, row: &MirrorRow, error: &str) {
+        let result = self
+            .dynamodb
+            .update_item()
+            .table_name(&self.aggregates_table)
+            .key("store", AttributeValue::S(row.id.store.clone()))
+            .key("window", AttributeValue::S(row.id.window.clone()))
+            .update_expression("REMOVE #p, #s SET #q = :v")
+            .condition_expression("#v = :v")
+            .expression_attribute_names("#p", MIRROR_PENDING)
+            .expression_attribute_names("#s", MIRROR_SINCE)
+            .expression_attribute_names("#q", MIRROR_QUARANTINED)
+            .expression_attribute_names("#v", VERSION)
+            .expression_attribute_values(":v", num(row.version))
+            .send()
+            .await;
+        let set_aside = match result {
+            Ok(_) => true,
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => false,
+            Err(e) => {
+                MirrorMarkFailed { error: &format!("quarantining: {}", describe(&e)) }.emit(&self.metrics);
+                false
+            }
+        };
+        MirrorRowRefused { store: &row.id.store, window: &row.id.window, version: row.version, error, set_aside }
+            .emit(&self.metrics);
+    }
+
     /// Clears the mark of `row` if its version is still the one written.
     /// If the row changed meanwhile it stays pending, and its pending-since
     /// time moves up to `read_ms` (when the flush read it): every change up
@@ -305,15 +375,17 @@ impl RedshiftSink {
 
     async fn flush_inner(&self) -> Result<FlushReport, BatchError> {
         let now = now_ms();
-        let pending = self.pending().await.map_err(|e| BatchError { retryable: true, message: e.to_string() })?;
+        let pending =
+            self.pending().await.map_err(|e| BatchError { retryable: true, row_level: false, message: e.to_string() })?;
         let oldest = pending.iter().map(|p| p.since_ms).filter(|s| *s > 0).min().map_or(0, |s| now - s);
         MirrorPending { rows: pending.len(), oldest: Some(Duration::from_millis(oldest.max(0) as u64)) }.emit(&self.metrics);
         let mut report = FlushReport { pending: pending.len(), ..FlushReport::default() };
         for group in pending.chunks(GROUP_ROWS) {
+            let all: Vec<MirrorRow> = group.iter().map(|p| p.row.clone()).collect();
+            let refused = self.write_isolating(&all).await?;
+            report.quarantined += refused.len();
+            let group: Vec<&Pending> = group.iter().filter(|p| !refused.contains(&p.row.id)).collect();
             let rows: Vec<MirrorRow> = group.iter().map(|p| p.row.clone()).collect();
-            for batch in sql::upsert_batches(&self.config.table, &rows) {
-                self.run_with_retries(&batch).await?;
-            }
             let committed = now_ms();
             report.written += rows.len();
             let waited: Vec<Duration> = group
@@ -327,7 +399,7 @@ impl RedshiftSink {
             report.cleared += results.iter().filter(|ok| **ok).count();
         }
         if report.pending > 0 {
-            MirrorPending { rows: report.pending - report.cleared, oldest: None }.emit(&self.metrics);
+            MirrorPending { rows: report.pending - report.cleared - report.quarantined, oldest: None }.emit(&self.metrics);
         }
         Ok(report)
     }

@@ -46,6 +46,18 @@ impl PgError {
     }
 }
 
+impl PgError {
+    /// Whether the server refused the data of a row (SQLSTATE class 22, a
+    /// data exception, or 23, an integrity violation other than a racing
+    /// insert), not the statement, the table or the connection.
+    pub fn row_level(&self) -> bool {
+        match self {
+            PgError::Connection(_) => false,
+            PgError::Statement { code, .. } => code.starts_with("22") || (code.starts_with("23") && code != "23505"),
+        }
+    }
+}
+
 fn classify(e: tokio_postgres::Error) -> PgError {
     match e.as_db_error() {
         Some(db) => PgError::Statement { code: db.code().code().to_owned(), message: db.message().to_owned() },
