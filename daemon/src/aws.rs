@@ -72,6 +72,8 @@ const THROTTLING_CODES: &[&str] = &[
     "LimitExceededException",
     "TransactionConflictException",
     "TransactionInProgressException",
+    // Kinesis GetRecords on an encrypted stream, when KMS throttles.
+    "KMSThrottlingException",
 ];
 
 /// Classifies an SDK error.

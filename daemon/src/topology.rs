@@ -330,7 +330,7 @@ async fn run_shard(
     };
     if !shard::wait_for_parents(&path, &lease, &waiting).await {
         if !lost.is_cancelled() {
-            let _ = path.leases.release(&shard_id, None).await;
+            let _ = path.leases.release(&shard_id, lease.counter, None).await;
         }
         either.abort();
         return;
@@ -342,7 +342,7 @@ async fn run_shard(
             (kinesis.clone(), shard_id.clone(), lease.checkpoint.clone(), waiting.clone());
         tracker.spawn(async move { kinesis.fetch_loop(shard_id, checkpoint, tx, stop_reading).await })
     };
-    let exit = shard::process_shard(path, shard_id.clone(), rx, stop, lost).await;
+    let exit = shard::process_shard(path, shard_id.clone(), lease.counter, rx, stop, lost).await;
     waiting.cancel();
     let _ = reader.await;
     either.abort();

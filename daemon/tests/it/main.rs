@@ -20,6 +20,7 @@ mod dashboards;
 mod data_api;
 mod edges;
 mod iam;
+mod leases;
 mod menu;
 mod orders;
 mod packages;

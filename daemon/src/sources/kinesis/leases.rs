@@ -94,6 +94,15 @@ struct Held {
     last_renewed: Instant,
 }
 
+/// One holding of a lease by this instance.
+struct Holding {
+    /// The counter when this instance took the lease: the holding a shard
+    /// task was started for. A task of an earlier holding (the lease was
+    /// lost and taken again meanwhile) is fenced by it.
+    generation: i64,
+    state: tokio::sync::Mutex<Held>,
+}
+
 struct Seen {
     counter: i64,
     since: Instant,
@@ -108,7 +117,7 @@ pub struct Leases {
     source: String,
     config: KinesisSourceConfig,
     metrics: Arc<Metrics>,
-    held: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Held>>>>,
+    held: Mutex<HashMap<String, Arc<Holding>>>,
     seen: Mutex<HashMap<String, Seen>>,
 }
 
@@ -237,7 +246,7 @@ impl Leases {
         LeaseLost { source: &self.source, shard, how }.emit(&self.metrics);
     }
 
-    fn held_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Held>>>> {
+    fn held_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Holding>>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -332,8 +341,7 @@ impl Leases {
     /// Renews every held lease, all at once (one slow write must not delay
     /// the others toward their expiry); returns the shards lost.
     pub async fn renew_all(&self) -> Vec<String> {
-        let held: Vec<(String, Arc<tokio::sync::Mutex<Held>>)> =
-            self.held_lock().iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        let held: Vec<(String, Arc<Holding>)> = self.held_lock().iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
         let renewals = held.into_iter().map(|(key, h)| async move { self.renew(&key, &h).await.then_some(key) });
         let lost: Vec<String> = futures::future::join_all(renewals).await.into_iter().flatten().collect();
         if !lost.is_empty() {
@@ -347,8 +355,8 @@ impl Leases {
     }
 
     /// Renews one held lease; true when it is lost.
-    async fn renew(&self, key: &str, h: &tokio::sync::Mutex<Held>) -> bool {
-        let mut h = h.lock().await;
+    async fn renew(&self, key: &str, h: &Holding) -> bool {
+        let mut h = h.state.lock().await;
         match self.conditional_write(key, &mut h, None, false).await {
             Ok(()) => false,
             Err(WriteFailure::Moved) => {
@@ -449,7 +457,8 @@ impl Leases {
                     ..lease.clone()
                 };
                 let held = Held { counter: mine.counter, last_renewed: Instant::now() };
-                self.held_lock().insert(lease.key.clone(), Arc::new(tokio::sync::Mutex::new(held)));
+                let holding = Holding { generation: mine.counter, state: tokio::sync::Mutex::new(held) };
+                self.held_lock().insert(lease.key.clone(), Arc::new(holding));
                 Ok(mine)
             }
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
@@ -459,9 +468,11 @@ impl Leases {
         }
     }
 
-    /// Records `checkpoint` for a held lease, fenced on still holding it.
-    pub async fn checkpoint(&self, key: &str, checkpoint: &Checkpoint) -> Result<(), LeaseError> {
-        let result = self.write_held(key, Some(checkpoint), false).await;
+    /// Records `checkpoint` for a held lease, fenced on still holding it in
+    /// the holding `generation` (the lease's counter when it was taken), so
+    /// a task of an earlier holding can never move the checkpoint.
+    pub async fn checkpoint(&self, key: &str, generation: i64, checkpoint: &Checkpoint) -> Result<(), LeaseError> {
+        let result = self.write_held(key, generation, Some(checkpoint), false).await;
         let outcome = match &result {
             Ok(()) => CheckpointOutcome::Ok,
             Err(LeaseError::Lost(_)) => CheckpointOutcome::Fenced,
@@ -473,33 +484,47 @@ impl Leases {
 
     /// Checkpoints (when given) and gives the lease up so another instance
     /// takes it at its next take, without waiting for the failover time.
-    pub async fn release(&self, key: &str, checkpoint: Option<&Checkpoint>) -> Result<(), LeaseError> {
-        let result = self.write_held(key, checkpoint, true).await;
+    pub async fn release(&self, key: &str, generation: i64, checkpoint: Option<&Checkpoint>) -> Result<(), LeaseError> {
+        let result = self.write_held(key, generation, checkpoint, true).await;
         if result.is_ok() {
             self.lost(key, LeaseLostHow::Released);
         }
-        self.held_lock().remove(key);
-        self.set_held_gauge();
+        self.forget(key, generation);
         result
     }
 
-    /// Forgets a lease without writing (after it was lost, or its shard ended).
-    pub fn forget(&self, key: &str) {
-        self.held_lock().remove(key);
+    /// Forgets a holding without writing (after it was lost, or its shard
+    /// ended); a later holding of the same lease stays.
+    pub fn forget(&self, key: &str, generation: i64) {
+        let mut held = self.held_lock();
+        if held.get(key).is_some_and(|h| h.generation == generation) {
+            held.remove(key);
+        }
+        drop(held);
         self.set_held_gauge();
     }
 
     /// A checkpoint or release of a held lease; a lease that moved on is
     /// forgotten (fenced).
-    async fn write_held(&self, key: &str, checkpoint: Option<&Checkpoint>, release: bool) -> Result<(), LeaseError> {
-        let Some(h) = self.held_lock().get(key).cloned() else {
+    async fn write_held(
+        &self,
+        key: &str,
+        generation: i64,
+        checkpoint: Option<&Checkpoint>,
+        release: bool,
+    ) -> Result<(), LeaseError> {
+        let Some(holding) = self.held_lock().get(key).cloned() else {
             return Err(LeaseError::Lost(key.to_owned()));
         };
-        let mut h = h.lock().await;
+        if holding.generation != generation {
+            // Taken again since this task's holding began: not this task's to write.
+            return Err(LeaseError::Lost(key.to_owned()));
+        }
+        let mut h = holding.state.lock().await;
         match self.conditional_write(key, &mut h, checkpoint, release).await {
             Ok(()) => Ok(()),
             Err(WriteFailure::Moved) => {
-                self.held_lock().remove(key);
+                self.forget(key, generation);
                 self.lost(key, LeaseLostHow::Fenced);
                 Err(LeaseError::Lost(key.to_owned()))
             }
@@ -636,7 +661,7 @@ async fn take_loop(
                         if stop_taking.is_cancelled() {
                             // Shutdown began during the take: give them straight back.
                             for l in taken {
-                                let _ = leases.release(&l.key, None).await;
+                                let _ = leases.release(&l.key, l.counter, None).await;
                             }
                             continue;
                         }

@@ -86,10 +86,13 @@ pub enum ShardExit {
 }
 
 /// Processes one leased shard's prefetched records until the shard ends,
-/// `stop` (drain, checkpoint, release) or `lost` (stop at once).
+/// `stop` (drain, checkpoint, release) or `lost` (stop at once). Every
+/// lease write is fenced on `generation`, the lease's counter when it was
+/// taken for this task.
 pub async fn process_shard(
     path: Arc<ShardContext>,
     shard: String,
+    generation: i64,
     mut rx: mpsc::Receiver<Fetched>,
     stop: CancellationToken,
     lost: CancellationToken,
@@ -142,7 +145,7 @@ pub async fn process_shard(
         }
         if end {
             loop {
-                match path.leases.checkpoint(&shard, &Checkpoint::ShardEnd).await {
+                match path.leases.checkpoint(&shard, generation, &Checkpoint::ShardEnd).await {
                     Ok(()) => break,
                     Err(LeaseError::Lost(_)) => return ShardExit::Lost,
                     Err(e) => {
@@ -158,14 +161,15 @@ pub async fn process_shard(
                 }
             }
             Acknowledged { source: &source, count: unacked }.emit(&path.metrics);
-            path.leases.forget(&shard);
+            path.leases.forget(&shard, generation);
             path.sync_now.notify_one();
             info!(shard = %shard, "Shard finished and checkpointed at SHARD_END");
             return ShardExit::Ended;
         }
         if unacked > 0 && last_checkpoint.elapsed() >= interval {
             if let Some((sequence, sub)) = &done {
-                match path.leases.checkpoint(&shard, &Checkpoint::At { sequence: sequence.clone(), sub: *sub }).await {
+                match path.leases.checkpoint(&shard, generation, &Checkpoint::At { sequence: sequence.clone(), sub: *sub }).await
+                {
                     Ok(()) => {
                         Acknowledged { source: &source, count: unacked }.emit(&path.metrics);
                         unacked = 0;
@@ -189,7 +193,7 @@ pub async fn process_shard(
     }
     let cp = done.map(|(sequence, sub)| Checkpoint::At { sequence, sub });
     for attempt in 0..5 {
-        match path.leases.release(&shard, if unacked > 0 { cp.as_ref() } else { None }).await {
+        match path.leases.release(&shard, generation, if unacked > 0 { cp.as_ref() } else { None }).await {
             Ok(()) => {
                 Acknowledged { source: &source, count: unacked }.emit(&path.metrics);
                 return ShardExit::Released;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::error::SdkError;
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::types::ShardIteratorType;
 use pipeline::kpl;
 use tokio::sync::mpsc;
@@ -202,8 +202,13 @@ impl KinesisSource {
                         SourceError { source, shard: Some(&shard), kind: SourceErrorKind::Read, error: &error }
                             .emit(&self.metrics);
                     }
-                    // Keep the iterator unless it cannot be used again.
-                    if class != ErrorClass::Fatal {
+                    // Keep the iterator unless the error says it cannot be
+                    // used again: a new one starts from the last record
+                    // handed on, or (nothing read yet) from the start
+                    // position, which for LATEST would skip what arrived
+                    // meanwhile.
+                    let unusable = matches!(e.code(), Some("InvalidArgumentException" | "ResourceNotFoundException"));
+                    if !unusable {
                         iterator = Some(it);
                     }
                     next_call = tokio::time::Instant::now() + backoff.delay(failures);

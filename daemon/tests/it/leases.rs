@@ -1,0 +1,72 @@
+//! The lease table's fencing, against the local DynamoDB.
+
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::types::AttributeValue as A;
+use daemon::config::KinesisSourceConfig;
+use daemon::metrics::Metrics;
+use daemon::sources::kinesis::Checkpoint;
+use daemon::sources::kinesis::leases::{LeaseError, Leases};
+
+use super::*;
+
+/// A shard task of an earlier holding (its lease was taken away and then
+/// taken back by the same instance) can no longer write: its checkpoint
+/// would move the shard's progress backwards under the new holding.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_of_an_earlier_holding_cannot_checkpoint_after_the_lease_came_back() {
+    let env = Env::new("fence", "").await;
+    let mut config: KinesisSourceConfig = KinesisSourceConfig::default();
+    config.lease_table = format!("{}-leases", env.prefix);
+    config.stream = env.stream();
+    let table = config.lease_table.clone();
+    let key = "shardId-fence-0";
+    env.ddb
+        .put_item()
+        .table_name(&table)
+        .item("leaseKey", A::S(key.into()))
+        .item("leaseCounter", A::N("0".into()))
+        .item("checkpoint", A::S("TRIM_HORIZON".into()))
+        .send()
+        .await
+        .expect("put a lease");
+    let leases = Leases::new(env.ddb.clone(), config, "worker-a".into(), Arc::new(Metrics::new()));
+    let mut rng = rand::rng();
+    let first = leases.take(&mut rng).await.expect("take").into_iter().find(|l| l.key == key).expect("taken");
+
+    // Another worker steals it, then gives it back; this worker takes it again.
+    let set_owner = |owner: Option<&str>, counter: i64| {
+        let mut u = env
+            .ddb
+            .update_item()
+            .table_name(&table)
+            .key("leaseKey", A::S(key.into()))
+            .expression_attribute_values(":c", A::N(counter.to_string()));
+        u = match owner {
+            Some(o) => {
+                u.update_expression("SET leaseOwner = :o, leaseCounter = :c").expression_attribute_values(":o", A::S(o.into()))
+            }
+            None => u.update_expression("REMOVE leaseOwner SET leaseCounter = :c"),
+        };
+        u.send()
+    };
+    set_owner(Some("worker-b"), first.counter + 1).await.expect("steal");
+    let lost = leases.renew_all().await;
+    assert_eq!(lost, [key.to_owned()], "the renewal finds the lease gone");
+    set_owner(None, first.counter + 2).await.expect("give back");
+    let second = leases.take(&mut rng).await.expect("take").into_iter().find(|l| l.key == key).expect("taken again");
+    leases
+        .checkpoint(key, second.counter, &Checkpoint::At { sequence: "200".into(), sub: 0 })
+        .await
+        .expect("the current holding checkpoints");
+
+    // The first holding's task, still running, tries to checkpoint behind it.
+    let old = leases.checkpoint(key, first.counter, &Checkpoint::At { sequence: "100".into(), sub: 0 }).await;
+    assert!(matches!(old, Err(LeaseError::Lost(_))), "{old:?}");
+    let old_release = leases.release(key, first.counter, Some(&Checkpoint::At { sequence: "50".into(), sub: 0 })).await;
+    assert!(matches!(old_release, Err(LeaseError::Lost(_))), "{old_release:?}");
+    let stored = leases.get(key).await.expect("get").expect("lease");
+    assert_eq!(stored.checkpoint, Checkpoint::At { sequence: "200".into(), sub: 0 }, "the checkpoint never moves back");
+    assert_eq!(stored.owner.as_deref(), Some("worker-a"), "an earlier holding's release does not give the lease away");
+    leases.checkpoint(key, second.counter, &Checkpoint::At { sequence: "300".into(), sub: 0 }).await.expect("still held");
+}
