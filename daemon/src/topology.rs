@@ -279,7 +279,8 @@ async fn supervise_shards(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut running: HashMap<String, CancellationToken> = HashMap::new();
+    // shard -> (generation of the holding its task was started for, its stop)
+    let mut running: HashMap<String, (i64, CancellationToken)> = HashMap::new();
     loop {
         let event = tokio::select! {
             () = stop.cancelled() => return,
@@ -290,15 +291,18 @@ async fn supervise_shards(
         };
         match event {
             LeaseEvent::Acquired(lease) => {
-                if let Some(old) = running.remove(&lease.key) {
+                if let Some((_, old)) = running.remove(&lease.key) {
                     old.cancel();
                 }
                 let lost = CancellationToken::new();
-                running.insert(lease.key.clone(), lost.clone());
+                running.insert(lease.key.clone(), (lease.counter, lost.clone()));
                 tracker.spawn(run_shard(lease, kinesis.clone(), Arc::clone(&path), stop.clone(), lost, tracker.clone()));
             }
-            LeaseEvent::Lost(key) => {
-                if let Some(lost) = running.remove(&key) {
+            LeaseEvent::Lost { key, generation } => {
+                // A later holding of the shard (taken again meanwhile) keeps running.
+                if running.get(&key).is_some_and(|(g, _)| *g == generation)
+                    && let Some((_, lost)) = running.remove(&key)
+                {
                     lost.cancel();
                 }
             }

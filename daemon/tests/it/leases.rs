@@ -52,7 +52,7 @@ async fn a_task_of_an_earlier_holding_cannot_checkpoint_after_the_lease_came_bac
     };
     set_owner(Some("worker-b"), first.counter + 1).await.expect("steal");
     let lost = leases.renew_all().await;
-    assert_eq!(lost, [key.to_owned()], "the renewal finds the lease gone");
+    assert_eq!(lost, [(key.to_owned(), first.counter)], "the renewal finds the lease gone");
     set_owner(None, first.counter + 2).await.expect("give back");
     let second = leases.take(&mut rng).await.expect("take").into_iter().find(|l| l.key == key).expect("taken again");
     leases

@@ -247,11 +247,15 @@ impl RedshiftSink {
     }
 
     /// Writes `rows`. A batch the server refused for a row's data is split
-    /// in halves until that row is alone, and the row is quarantined; the
-    /// rest is written. Returns the rows quarantined. Any other failure
-    /// stops the flush (its rows stay pending).
-    async fn write_isolating(&self, rows: &[MirrorRow]) -> Result<Vec<WindowId>, BatchError> {
-        let mut refused = Vec::new();
+    /// in halves until that row is alone; such a row is set aside
+    /// (quarantined) when other rows of the group were written, so the
+    /// refusal was the row's and not the table's. Returns the rows not
+    /// written, and how many of them were set aside. When no row could be written (a refusal of every row, e.g. a
+    /// column changed under the mirror), or on any other failure, the flush
+    /// stops and every row stays pending.
+    async fn write_isolating(&self, rows: &[MirrorRow]) -> Result<(Vec<WindowId>, usize), BatchError> {
+        let mut refused: Vec<(&MirrorRow, BatchError)> = Vec::new();
+        let mut written = 0usize;
         let mut parts: Vec<&[MirrorRow]> = vec![rows];
         while let Some(part) = parts.pop() {
             let mut failure = None;
@@ -262,12 +266,9 @@ impl RedshiftSink {
                 }
             }
             match failure {
-                None => {}
+                None => written += part.len(),
                 Some(e) if !e.row_level => return Err(e),
-                Some(e) if part.len() == 1 => {
-                    self.quarantine(&part[0], &e.message).await;
-                    refused.push(part[0].id.clone());
-                }
+                Some(e) if part.len() == 1 => refused.push((&part[0], e)),
                 Some(_) => {
                     // Older windows first: the first half is tried first.
                     let (first, second) = part.split_at(part.len() / 2);
@@ -276,13 +277,25 @@ impl RedshiftSink {
                 }
             }
         }
-        Ok(refused)
+        if written == 0
+            && let Some((_, e)) = refused.pop()
+        {
+            return Err(BatchError { message: format!("every row refused: {}", e.message), ..e });
+        }
+        let mut set_aside = 0;
+        let mut not_written = Vec::new();
+        for (row, e) in refused {
+            set_aside += usize::from(self.quarantine(row, &e.message).await);
+            not_written.push(row.id.clone());
+        }
+        Ok((not_written, set_aside))
     }
 
     /// Sets a row Redshift refused aside: its pending mark goes, and the
     /// version refused is recorded, if the row has not changed since (a
-    /// change marks it pending again, and it is tried again).
-    async fn quarantine(&self, row: &MirrorRow, error: &str) {
+    /// change marks it pending again, and it is tried again). True when set
+    /// aside; otherwise it stays pending.
+    async fn quarantine(&self, row: &MirrorRow, error: &str) -> bool {
         let result = self
             .dynamodb
             .update_item()
@@ -308,6 +321,7 @@ impl RedshiftSink {
         };
         MirrorRowRefused { store: &row.id.store, window: &row.id.window, version: row.version, error, set_aside }
             .emit(&self.metrics);
+        set_aside
     }
 
     /// Clears the mark of `row` if its version is still the one written.
@@ -323,10 +337,12 @@ impl RedshiftSink {
             .table_name(&self.aggregates_table)
             .key("store", AttributeValue::S(row.id.store.clone()))
             .key("window", AttributeValue::S(row.id.window.clone()))
-            .update_expression("REMOVE #p, #s")
+            // A row set aside earlier and now written is no longer set aside.
+            .update_expression("REMOVE #p, #s, #q")
             .condition_expression("#v = :v")
             .expression_attribute_names("#p", MIRROR_PENDING)
             .expression_attribute_names("#s", MIRROR_SINCE)
+            .expression_attribute_names("#q", MIRROR_QUARANTINED)
             .expression_attribute_names("#v", VERSION)
             .expression_attribute_values(":v", num(row.version))
             .send()
@@ -382,9 +398,11 @@ impl RedshiftSink {
         let mut report = FlushReport { pending: pending.len(), ..FlushReport::default() };
         for group in pending.chunks(GROUP_ROWS) {
             let all: Vec<MirrorRow> = group.iter().map(|p| p.row.clone()).collect();
-            let refused = self.write_isolating(&all).await?;
-            report.quarantined += refused.len();
-            let group: Vec<&Pending> = group.iter().filter(|p| !refused.contains(&p.row.id)).collect();
+            let (not_written, set_aside) = self.write_isolating(&all).await?;
+            report.quarantined += set_aside;
+            // A refused row is not cleared: set aside, or (it changed, or
+            // setting it aside failed) still pending.
+            let group: Vec<&Pending> = group.iter().filter(|p| !not_written.contains(&p.row.id)).collect();
             let rows: Vec<MirrorRow> = group.iter().map(|p| p.row.clone()).collect();
             let committed = now_ms();
             report.written += rows.len();

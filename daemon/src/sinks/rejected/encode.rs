@@ -9,7 +9,8 @@
 //! `encoding` = `base64`); `detail` has every other character escaped
 //! (`\u{1}`) and is bounded; a body still too large goes as much of it as
 //! fits (attribute `truncated_from` = its full size in bytes; the
-//! `position` attribute says where the whole of it is). Must not: drop a
+//! `position` attribute says where the whole of it is); an empty body (SQS
+//! refuses one) goes as `-` with `encoding` = `empty`. Must not: drop a
 //! rejection or send something SQS refuses.
 
 use base64::Engine;
@@ -17,6 +18,9 @@ use pipeline::decided::RejectedEvent;
 
 /// Most characters of `detail` sent.
 pub const MAX_DETAIL_CHARS: usize = 900;
+/// Most bytes of `detail`, `source` and `position` each, escaped, and at
+/// most a quarter of the message each (SQS allows queues of 1 KiB).
+const MAX_ATTRIBUTE_BYTES: usize = 1024;
 
 /// A rejection ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,14 +40,20 @@ pub fn allowed(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
 }
 
-/// `text` with every character SQS refuses escaped, at most `max` characters of it.
-pub fn sanitize(text: &str, max: usize) -> String {
+/// `text` with every character SQS refuses escaped, at most `max_chars`
+/// characters of it and at most `max_bytes` bytes once escaped.
+pub fn sanitize(text: &str, max_chars: usize, max_bytes: usize) -> String {
     let mut out = String::new();
-    for c in text.chars().take(max) {
+    for c in text.chars().take(max_chars) {
+        let before = out.len();
         if allowed(c) {
             out.push(c);
         } else {
             out.extend(c.escape_unicode());
+        }
+        if out.len() > max_bytes {
+            out.truncate(before);
+            break;
         }
     }
     out
@@ -56,13 +66,19 @@ fn attribute_bytes(name: &str, value: &str) -> usize {
 /// `r` as a message of at most `max_bytes`.
 pub fn encode(r: &RejectedEvent, max_bytes: usize) -> Encoded {
     let text = std::str::from_utf8(&r.body).ok().filter(|t| t.chars().all(allowed));
+    let each = MAX_ATTRIBUTE_BYTES.min(max_bytes / 4);
     let mut attributes: Vec<(&'static str, String)> = vec![
         ("reason", r.reason.to_owned()),
-        ("detail", sanitize(&r.detail, MAX_DETAIL_CHARS)),
-        ("source", sanitize(&r.source, 256)),
-        ("position", sanitize(&r.position, 256)),
+        ("detail", sanitize(&r.detail, MAX_DETAIL_CHARS, each)),
+        ("source", sanitize(&r.source, 256, each)),
+        ("position", sanitize(&r.position, 256, each)),
     ];
     attributes.retain(|(_, v)| !v.is_empty());
+    if r.body.is_empty() {
+        attributes.push(("encoding", "empty".to_owned()));
+        let bytes = 1 + attributes.iter().map(|(n, v)| attribute_bytes(n, v)).sum::<usize>();
+        return Encoded { body: "-".to_owned(), attributes, bytes, truncated_from: None };
+    }
     if text.is_none() {
         attributes.push(("encoding", "base64".to_owned()));
     }
@@ -89,6 +105,8 @@ pub fn encode(r: &RejectedEvent, max_bytes: usize) -> Encoded {
             }
         }
     };
+    // Nothing of it fits (a tiny queue limit): one character, which says so.
+    let body = if body.is_empty() { "-".to_owned() } else { body };
     if let Some(n) = truncated_from {
         attributes.push(("truncated_from", n.to_string()));
     }
@@ -134,6 +152,23 @@ mod tests {
         assert!(e.attributes.contains(&("detail", "unknown variant `\\u{1}`".to_owned())), "{e:?}");
         let long = encode(&rejected(b"x", &"d".repeat(5000)), 1024 * 1024);
         assert_eq!(long.attributes.iter().find(|(n, _)| *n == "detail").map(|(_, v)| v.len()), Some(MAX_DETAIL_CHARS));
+        // Escaping grows a detail up to ten-fold: bounded in bytes too.
+        let escaped = encode(&rejected(b"x", &"\u{1}".repeat(900)), 1024 * 1024);
+        let detail = escaped.attributes.iter().find(|(n, _)| *n == "detail").map(|(_, v)| v.clone()).unwrap_or_default();
+        assert!(detail.len() <= MAX_ATTRIBUTE_BYTES && detail.ends_with('}'), "{} bytes", detail.len());
+    }
+
+    #[test]
+    fn an_empty_body_and_the_smallest_queue_limit_still_give_a_message_sqs_accepts() {
+        let e = encode(&rejected(b"", "EOF while parsing a value"), 1024 * 1024);
+        assert_eq!(e.body, "-");
+        assert!(e.attributes.contains(&("encoding", "empty".to_owned())));
+        assert!(sqs_accepts(&e, 1024 * 1024) && !e.body.is_empty());
+        // SQS's smallest MaximumMessageSize, a long escaped detail, a large body.
+        let big: Vec<u8> = vec![0xff; 64 * 1024];
+        let e = encode(&rejected(&big, &"\u{1}".repeat(900)), 1024);
+        assert!(sqs_accepts(&e, 1024) && !e.body.is_empty(), "{} bytes: {e:?}", e.bytes);
+        assert_eq!(e.truncated_from, Some(big.len()));
     }
 
     #[test]

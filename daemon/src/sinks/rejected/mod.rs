@@ -76,7 +76,8 @@ impl RejectedSink {
             Ok(out) => out
                 .attributes
                 .and_then(|a| a.get(&QueueAttributeName::MaximumMessageSize).and_then(|v| v.parse().ok()))
-                .unwrap_or(FALLBACK_MESSAGE_BYTES),
+                .unwrap_or(FALLBACK_MESSAGE_BYTES)
+                .min(MAX_BATCH_BYTES),
             Err(e) => {
                 let error = format!("reading MaximumMessageSize of {queue}: {}", describe(&e));
                 SinkRetrying { sink: Sink::Rejected, what: "Reading the rejected queue's size limit", attempt: 0, error: &error }
@@ -201,9 +202,6 @@ impl RejectedSink {
                 continue;
             }
             let message = encode::encode(r, self.max_message_bytes);
-            if let Some(full) = message.truncated_from {
-                RejectionTruncated { source: &r.source, full_bytes: full, position: &r.position }.emit(&self.metrics);
-            }
             if !batch.is_empty() && (batch.len() == 10 || bytes + message.bytes > MAX_BATCH_BYTES) {
                 self.send_batch(&batch, &mut outcomes).await;
                 batch.clear();
@@ -260,9 +258,14 @@ impl RejectedSink {
             }
         })
         .await;
-        for (k, &(i, _)) in batch.iter().enumerate() {
+        for (k, (i, message)) in batch.iter().enumerate() {
             if !unsent.contains(&k) {
-                outcomes[i] = WriteOutcome::Written;
+                outcomes[*i] = WriteOutcome::Written;
+                if let Some(full) = message.truncated_from {
+                    let position = message.attributes.iter().find(|(n, _)| *n == "position").map_or("", |(_, v)| v.as_str());
+                    let source = message.attributes.iter().find(|(n, _)| *n == "source").map_or("", |(_, v)| v.as_str());
+                    RejectionTruncated { source, full_bytes: full, position }.emit(&self.metrics);
+                }
             }
         }
         if !unsent.is_empty() {

@@ -66,8 +66,15 @@ impl Lease {
 pub enum LeaseEvent {
     /// Start reading this shard from its checkpoint.
     Acquired(Lease),
-    /// Stop reading this shard at once: another instance holds it.
-    Lost(String),
+    /// Stop reading this shard at once: another instance holds it. The
+    /// holding lost is named by its generation, so a later holding of the
+    /// same shard is not stopped.
+    Lost {
+        /// The shard.
+        key: String,
+        /// The generation of the holding lost.
+        generation: i64,
+    },
 }
 
 /// Why a lease write did not happen.
@@ -339,16 +346,18 @@ impl Leases {
     }
 
     /// Renews every held lease, all at once (one slow write must not delay
-    /// the others toward their expiry); returns the shards lost.
-    pub async fn renew_all(&self) -> Vec<String> {
+    /// the others toward their expiry); returns the holdings lost, as
+    /// (shard, generation).
+    pub async fn renew_all(&self) -> Vec<(String, i64)> {
         let held: Vec<(String, Arc<Holding>)> = self.held_lock().iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
-        let renewals = held.into_iter().map(|(key, h)| async move { self.renew(&key, &h).await.then_some(key) });
-        let lost: Vec<String> = futures::future::join_all(renewals).await.into_iter().flatten().collect();
-        if !lost.is_empty() {
-            let mut held = self.held_lock();
-            for k in &lost {
-                held.remove(k);
-            }
+        let renewals = held.into_iter().map(|(key, h)| async move {
+            let generation = h.generation;
+            self.renew(&key, &h).await.then_some((key, generation))
+        });
+        let lost: Vec<(String, i64)> = futures::future::join_all(renewals).await.into_iter().flatten().collect();
+        // By generation: a holding taken again meanwhile stays.
+        for (key, generation) in &lost {
+            self.forget(key, *generation);
         }
         self.set_held_gauge();
         lost
@@ -619,8 +628,8 @@ async fn renew_loop(leases: &Leases, events: &mpsc::Sender<LeaseEvent>, stop: &C
         tokio::select! {
             () = stop.cancelled() => return,
             _ = renew.tick() => {
-                for key in leases.renew_all().await {
-                    if events.send(LeaseEvent::Lost(key)).await.is_err() {
+                for (key, generation) in leases.renew_all().await {
+                    if events.send(LeaseEvent::Lost { key, generation }).await.is_err() {
                         return;
                     }
                 }
