@@ -291,26 +291,34 @@ impl RedshiftSink {
         Ok((not_written, set_aside))
     }
 
-    /// Sets a row Redshift refused aside: its pending mark goes, and the
-    /// version refused is recorded, if the row has not changed since (a
-    /// change marks it pending again, and it is tried again). True when set
-    /// aside; otherwise it stays pending.
-    async fn quarantine(&self, row: &MirrorRow, error: &str) -> bool {
-        let result = self
-            .dynamodb
+    /// An update of `row`'s mirror marks (`#p` pending, `#s` since, `#q`
+    /// quarantined), on condition that its version is still `:v`, the one
+    /// this flush read.
+    fn mark_update(
+        &self,
+        row: &MirrorRow,
+        expression: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.dynamodb
             .update_item()
             .table_name(&self.aggregates_table)
             .key("store", AttributeValue::S(row.id.store.clone()))
             .key("window", AttributeValue::S(row.id.window.clone()))
-            .update_expression("REMOVE #p, #s SET #q = :v")
+            .update_expression(expression)
             .condition_expression("#v = :v")
             .expression_attribute_names("#p", MIRROR_PENDING)
             .expression_attribute_names("#s", MIRROR_SINCE)
             .expression_attribute_names("#q", MIRROR_QUARANTINED)
             .expression_attribute_names("#v", VERSION)
             .expression_attribute_values(":v", num(row.version))
-            .send()
-            .await;
+    }
+
+    /// Sets a row Redshift refused aside: its pending mark goes, and the
+    /// version refused is recorded, if the row has not changed since (a
+    /// change marks it pending again, and it is tried again). True when set
+    /// aside; otherwise it stays pending.
+    async fn quarantine(&self, row: &MirrorRow, error: &str) -> bool {
+        let result = self.mark_update(row, "REMOVE #p, #s SET #q = :v").send().await;
         let set_aside = match result {
             Ok(_) => true,
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => false,
@@ -331,22 +339,8 @@ impl RedshiftSink {
     /// missing is not older than that (the index lags the table a little,
     /// so this is an estimate within that lag).
     async fn clear(&self, row: &MirrorRow, read_ms: i64) -> bool {
-        let result = self
-            .dynamodb
-            .update_item()
-            .table_name(&self.aggregates_table)
-            .key("store", AttributeValue::S(row.id.store.clone()))
-            .key("window", AttributeValue::S(row.id.window.clone()))
-            // A row set aside earlier and now written is no longer set aside.
-            .update_expression("REMOVE #p, #s, #q")
-            .condition_expression("#v = :v")
-            .expression_attribute_names("#p", MIRROR_PENDING)
-            .expression_attribute_names("#s", MIRROR_SINCE)
-            .expression_attribute_names("#q", MIRROR_QUARANTINED)
-            .expression_attribute_names("#v", VERSION)
-            .expression_attribute_values(":v", num(row.version))
-            .send()
-            .await;
+        // A row set aside earlier and now written is no longer set aside.
+        let result = self.mark_update(row, "REMOVE #p, #s, #q").send().await;
         match result {
             Ok(_) => true,
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
