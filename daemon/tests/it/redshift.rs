@@ -4,6 +4,7 @@
 use daemon::sinks::redshift::sql::MirrorRow;
 use daemon::sinks::redshift::{postgres, sql};
 use pipeline::window::{Counters, WindowId};
+use std::time::Duration;
 
 async fn pg() -> postgres::PgTransport {
     let url = std::env::var("CAFE_PG_URL").expect("CAFE_PG_URL is not set: run through scripts/test.sh");
@@ -62,8 +63,8 @@ async fn upserts_are_idempotent_and_atomic_on_postgresql() {
 
     // A batch that fails half way commits nothing.
     let mut bad = sql::upsert_batches(&table, &[row("s1", 1, 999), row("s9", 9, 1)]).remove(0);
-    let delete_at = bad.iter().position(|s| s.starts_with("DELETE")).expect("delete");
-    bad.insert(delete_at + 1, "SELECT 1 / 0".into());
+    let merge_at = bad.iter().position(|s| s.starts_with("MERGE")).expect("merge");
+    bad.insert(merge_at + 1, "SELECT 1 / 0".into());
     let err = pg.run_batch(&bad).await.expect_err("division by zero");
     assert!(!err.retryable(), "{err}");
     assert_eq!(table_rows(&pg, &table).await, updated, "the failed batch changed nothing");
@@ -120,6 +121,69 @@ async fn concurrent_flushes_keep_the_newest_version() {
     assert_eq!(rows.len(), 10, "one row per key: {rows:?}");
     for r in &rows {
         assert_eq!((r[1].as_str(), r[2].as_str()), ("30", "30"), "{rows:?}");
+    }
+    setup.execute(&format!("DROP TABLE {table}")).await.expect("drop");
+}
+
+/// A raw connection whose transaction the test holds open between
+/// statements, to force one interleaving of two flushes.
+async fn raw() -> tokio_postgres::Client {
+    let url = std::env::var("CAFE_PG_URL").expect("CAFE_PG_URL is not set: run through scripts/test.sh");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+/// Runs every statement of `batch` inside an open transaction (no COMMIT).
+async fn run_open(client: &tokio_postgres::Client, batch: &[String]) {
+    client.batch_execute("BEGIN").await.expect("begin");
+    for s in batch {
+        client.batch_execute(s).await.expect("statement");
+    }
+}
+
+/// The interleaving that lost an update under READ COMMITTED with the
+/// stage-delete-insert upsert: flush A (an older version) has written the
+/// key but not committed; flush B (a newer version) starts and waits on
+/// A's row lock; A commits. B must end with its newer version in place,
+/// and the reverse order must leave the newer version too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flush_waiting_on_an_older_one_still_lands_its_newer_version() {
+    let setup = pg().await;
+    let table = format!("cafe_store_minute_interleave_{}", std::process::id());
+    setup.execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop");
+    setup.execute(&sql::create_table(&table)).await.expect("create");
+    for b in sql::upsert_batches(&table, &[row("k", 0, 4)]) {
+        setup.run_batch(&b).await.expect("v4");
+    }
+    for (first, second, expected) in [(5, 6, "6"), (8, 7, "8")] {
+        let a = raw().await;
+        let b = raw().await;
+        let batch = |v| sql::upsert_batches(&table, &[row("k", 0, v)]).remove(0);
+        run_open(&a, &batch(first)).await;
+        let b_pid: i32 = b.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+        let second_batch = batch(second);
+        let waiting = tokio::spawn(async move {
+            run_open(&b, &second_batch).await;
+            b.batch_execute("COMMIT").await.expect("commit b");
+        });
+        // B is blocked on A's row lock before A commits.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let rows = setup
+                .query_text(&format!("SELECT wait_event_type FROM pg_stat_activity WHERE pid = {b_pid}"))
+                .await
+                .expect("activity");
+            if rows.first().is_some_and(|r| r[0] == "Lock") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "flush B never waited on flush A: {rows:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        a.batch_execute("COMMIT").await.expect("commit a");
+        waiting.await.expect("flush b");
+        let rows = setup.query_text(&format!("SELECT orders, version FROM {table}")).await.expect("select");
+        assert_eq!(rows, vec![vec![expected.to_owned(), expected.to_owned()]], "after v{first} then v{second}");
     }
     setup.execute(&format!("DROP TABLE {table}")).await.expect("drop");
 }

@@ -3,14 +3,26 @@
 //!
 //! Owns: the `cafe_store_minute` DDL and the idempotent upsert: rows carry
 //! the absolute counters of their (store, window) as DynamoDB holds them and
-//! the row's `version` there (bumped by every change), so staging them in a
-//! temporary table, deleting the matching keys whose version is older and
-//! inserting the keys now absent, in one transaction, leaves the table equal
-//! to DynamoDB however often, and in whatever order, flushes are replayed:
-//! an older flush landing after a newer one changes nothing. Two flushes of
+//! the row's `version` there (bumped by every change). They are staged in a
+//! temporary table and merged in one statement whose update keeps, column by
+//! column, whichever of the two versions is newer (`CASE WHEN version <`,
+//! `GREATEST`), so the table equals DynamoDB however often, and in whatever
+//! order, flushes are replayed: an older flush landing after a newer one
+//! changes nothing.
+//!
+//! Why one MERGE and not a delete of older keys then an insert of absent
+//! ones: under PostgreSQL's READ COMMITTED, a flush waiting on another's row
+//! lock re-checks only the row it waited for. With delete-then-insert, the
+//! newer flush's DELETE skipped the row the older one had just deleted, its
+//! INSERT then saw the older one's new row and inserted nothing: the newer
+//! version was lost and its pending mark cleared. A MERGE that waited
+//! re-evaluates its SET expressions on the row as committed, so the
+//! comparison is made against what is really there. Redshift's MERGE
+//! (serializable isolation) takes the same statement: a temporary table as
+//! source, no condition on `WHEN MATCHED`, no target alias. Two flushes of
 //! one new key at once collide on the key (PostgreSQL: unique violation;
-//! Redshift: serializable isolation violation); the loser is retried. Must
-//! not: run anything.
+//! Redshift: serializable isolation violation); the loser is retried and
+//! then merges by version. Must not: run anything.
 //!
 //! Limits honoured: at most 40 statements per batch and 100 KB per statement
 //! (the Data API's), so a large flush becomes several batches, each a whole
@@ -62,6 +74,24 @@ fn row_values(row: &MirrorRow) -> String {
     format!("({}, {}, {}, {})", literal(&row.id.store), timestamp(&row.id.window), nums.join(", "), row.version)
 }
 
+/// `MERGE` of the staged rows into `table`: a key absent is inserted; a key
+/// present takes each column from the staged row only if the staged version
+/// is newer (the expressions are evaluated on the row as committed, after
+/// any lock wait), and the version becomes the greater of the two.
+fn merge_statement(table: &str, stage: &str, columns: &str, stage_columns: &str) -> String {
+    let newer = format!("{table}.version < {stage}.version");
+    let sets: Vec<String> = Counters::NAMES
+        .iter()
+        .map(|n| format!("{n} = CASE WHEN {newer} THEN {stage}.{n} ELSE {table}.{n} END"))
+        .chain(std::iter::once(format!("version = GREATEST({table}.version, {stage}.version)")))
+        .collect();
+    format!(
+        "MERGE INTO {table} USING {stage} ON {table}.store = {stage}.store AND {table}.window_start = {stage}.window_start \
+         WHEN MATCHED THEN UPDATE SET {} WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({stage_columns})",
+        sets.join(", ")
+    )
+}
+
 /// The batches that upsert `rows` into `table`; each batch is one
 /// transaction's statements.
 /// `rows` must hold each key once.
@@ -73,22 +103,18 @@ pub fn upsert_batches(table: &str, rows: &[MirrorRow]) -> Vec<Vec<String>> {
         c.join(", ")
     });
     let head = format!("INSERT INTO {stage} ({columns}) VALUES ");
+    let merge = merge_statement(table, &stage, &columns, &stage_columns);
     let mut batches = Vec::new();
     let mut inserts: Vec<String> = Vec::new();
     let mut cur = String::new();
-    let fixed = 4; // create stage, delete, insert, drop
+    let fixed = 3; // create stage, merge, drop
     let flush_batch = |inserts: &mut Vec<String>, batches: &mut Vec<Vec<String>>| {
         if inserts.is_empty() {
             return;
         }
         let mut b = vec![format!("CREATE TEMP TABLE {stage} (LIKE {table})")];
         b.append(inserts);
-        b.push(format!(
-            "DELETE FROM {table} USING {stage} WHERE {table}.store = {stage}.store AND {table}.window_start = {stage}.window_start AND {table}.version < {stage}.version"
-        ));
-        b.push(format!(
-            "INSERT INTO {table} ({columns}) SELECT {stage_columns} FROM {stage} LEFT JOIN {table} ON {table}.store = {stage}.store AND {table}.window_start = {stage}.window_start WHERE {table}.store IS NULL"
-        ));
+        b.push(merge.clone());
         b.push(format!("DROP TABLE {stage}"));
         batches.push(b);
     };
@@ -131,18 +157,23 @@ mod tests {
         let b = upsert_batches(TABLE, &[row("s1", 1), row("s'2", 2)]);
         assert_eq!(b.len(), 1);
         let stmts = &b[0];
-        assert_eq!(stmts.len(), 5);
+        assert_eq!(stmts.len(), 4);
         assert!(stmts[0].starts_with("CREATE TEMP TABLE cafe_store_minute_stage"));
         assert!(stmts[1].contains("('s1', '2026-11-22 08:01:00', 1, 0, 100,"), "{}", stmts[1]);
         assert!(stmts[1].contains(", 0, 3), ('s''2'"), "the version is last: {}", stmts[1]);
         assert!(stmts[1].contains("'s''2'"), "quotes are escaped: {}", stmts[1]);
-        assert!(stmts[2].starts_with("DELETE FROM cafe_store_minute USING"));
+        let merge = &stmts[2];
+        assert!(merge.starts_with("MERGE INTO cafe_store_minute USING cafe_store_minute_stage ON"), "{merge}");
         assert!(
-            stmts[2].ends_with("cafe_store_minute.version < cafe_store_minute_stage.version"),
-            "only older rows go: {}",
-            stmts[2]
+            merge.contains("orders = CASE WHEN cafe_store_minute.version < cafe_store_minute_stage.version THEN"),
+            "a column changes only for a newer version: {merge}"
         );
-        assert!(stmts[3].ends_with("WHERE cafe_store_minute.store IS NULL"), "only absent keys come in: {}", stmts[3]);
+        assert!(merge.contains("version = GREATEST(cafe_store_minute.version, cafe_store_minute_stage.version)"), "{merge}");
+        assert!(merge.contains("WHEN NOT MATCHED THEN INSERT"), "absent keys come in: {merge}");
+        for n in Counters::NAMES {
+            assert!(merge.contains(&format!(" {n} = CASE")), "every counter is merged: {n}");
+        }
+        assert_eq!(stmts[3], "DROP TABLE cafe_store_minute_stage");
     }
 
     #[test]
