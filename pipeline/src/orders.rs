@@ -64,6 +64,55 @@ impl OrderStatus {
     }
 }
 
+/// Where in a Kinesis shard an event was read: `shardId/sequence[/sub]`
+/// (`sub`: its place in a KPL aggregate record). Positions of one shard are
+/// totally ordered; positions of different shards are not compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardPos {
+    /// Shard id.
+    pub shard: String,
+    /// Sequence number: decimal digits, no leading zero (up to 129 digits,
+    /// so it is compared as text of its length, not parsed).
+    pub sequence: String,
+    /// Sub-sequence within an aggregate record (0 when not aggregated).
+    pub sub: u32,
+}
+
+impl ShardPos {
+    /// Parses `shardId/sequence` or `shardId/sequence/sub`; `None` for
+    /// anything else (an SQS message id has no `/`).
+    pub fn parse(s: &str) -> Option<ShardPos> {
+        let mut parts = s.split('/');
+        let shard = parts.next().filter(|p| !p.is_empty())?;
+        let sequence = parts.next().filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))?;
+        let sub = match parts.next() {
+            Some(sub) => sub.parse().ok()?,
+            None => 0,
+        };
+        if parts.next().is_some() || (sequence.len() > 1 && sequence.starts_with('0')) {
+            return None;
+        }
+        Some(ShardPos { shard: shard.to_owned(), sequence: sequence.to_owned(), sub })
+    }
+
+    /// Whether `self` was read after `other` in the same shard.
+    pub fn is_after(&self, other: &ShardPos) -> bool {
+        self.shard == other.shard
+            && (self.sequence.len(), self.sequence.as_str(), self.sub)
+                > (other.sequence.len(), other.sequence.as_str(), other.sub)
+    }
+}
+
+impl std::fmt::Display for ShardPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.sub == 0 {
+            write!(f, "{}/{}", self.shard, self.sequence)
+        } else {
+            write!(f, "{}/{}/{}", self.shard, self.sequence, self.sub)
+        }
+    }
+}
+
 /// One entry of an order's audit trail (`history` in `cafe-orders`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
@@ -73,6 +122,9 @@ pub struct HistoryEntry {
     pub ts: String,
     /// Its event id: a repeat of this id is a no-op.
     pub event_id: String,
+    /// Where the event was read, when it came from a shard: a replay of
+    /// the shard is judged against the order as it was at each position.
+    pub pos: Option<ShardPos>,
 }
 
 /// What is known of one order: the `cafe-orders` item.
@@ -94,6 +146,14 @@ impl OrderState {
     /// Whether the event `id` was already applied.
     pub fn has_applied(&self, id: &str) -> bool {
         self.history.iter().any(|h| h.event_id == id)
+    }
+
+    /// The order as it was when only its first `entries` history entries
+    /// had been applied (`None` before the first: it did not exist).
+    pub fn as_of(&self, entries: usize) -> Option<OrderState> {
+        let history = self.history[..entries.min(self.history.len())].to_vec();
+        let status = history.last()?.status;
+        Some(OrderState { status, history, ..self.clone() })
     }
 }
 
@@ -124,14 +184,45 @@ pub enum Applied {
     Rejected(Rejection),
 }
 
-/// Applies an order event to `state` (`None`: the order does not exist).
-/// Events that are not order events are rejected as `unknown_type` for this
-/// function's purposes; callers route them elsewhere first.
+/// Applies an order event that has no shard position (from a queue) to
+/// `state`; see [`apply_at`].
 pub fn apply(state: &mut Option<OrderState>, event: &Event) -> Applied {
+    apply_at(state, event, None)
+}
+
+/// Applies an order event read at `pos` to `state` (`None`: the order does
+/// not exist). Events that are not order events are rejected as
+/// `unknown_type` for this function's purposes; callers route them
+/// elsewhere first.
+///
+/// Replays give the first pass's answer. An event already in the history
+/// is a repeat. An event that is not, read at a position of a shard before
+/// an event of that shard the history holds, was judged on its first pass
+/// against the order as it was then (events of a shard are applied in
+/// order), and was rejected, or it would be in the history: it is judged
+/// again against the history up to that later event, which gives the same
+/// rejection, reason and detail, rather than against the order as it is
+/// now (where `[cancelled X, placed X]` replayed would count a
+/// cancellation of an order that was unknown when the cancellation came).
+pub fn apply_at(state: &mut Option<OrderState>, event: &Event, pos: Option<&ShardPos>) -> Applied {
     if state.as_ref().is_some_and(|s| s.has_applied(&event.id)) {
         return Applied::Repeat;
     }
-    let entry = |status| HistoryEntry { status, ts: event.ts_raw.clone(), event_id: event.id.clone() };
+    if let (Some(pos), Some(current)) = (pos, state.as_ref()) {
+        if let Some(cut) = current.history.iter().position(|h| h.pos.as_ref().is_some_and(|p| p.is_after(pos))) {
+            let mut then = current.as_of(cut);
+            return match apply_at(&mut then, event, None) {
+                Applied::Rejected(r) => Applied::Rejected(r),
+                // Not reachable from one shard's events (they are applied
+                // in order); an order fed by several inputs at once can.
+                Applied::Changed { .. } | Applied::Repeat => Applied::Rejected(Rejection::new(
+                    RejectReason::IllegalTransition,
+                    format!("order event {} arrived after later events of its shard were applied", event.id),
+                )),
+            };
+        }
+    }
+    let entry = |status| HistoryEntry { status, ts: event.ts_raw.clone(), event_id: event.id.clone(), pos: pos.cloned() };
     let window = WindowId::of(&event.store, event.ts);
     match &event.body {
         Body::OrderPlaced(p) => {

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use pipeline::decided::OrderChange;
 use pipeline::event::{Body, Event, Rejection};
-use pipeline::orders::{Applied, OrderState, apply, order_id};
+use pipeline::orders::{Applied, OrderState, ShardPos, apply_at, order_id};
 use pipeline::window::Counters;
 use time::OffsetDateTime;
 use tracing::warn;
@@ -92,12 +92,14 @@ impl OrderCache {
     }
 }
 
-/// Applies `events` (order events, in arrival order) and returns a fate
-/// for each, in order. `state_reads` is told how many orders were read.
-/// Every event of an order shares its fate when the order's write fails.
+/// Applies `events` (order events, in arrival order, each read at the
+/// shard position beside it, if any) and returns a fate for each, in order.
+/// `state_reads` is told how many orders were read. Every event of an
+/// order shares its fate when the order's write fails.
 pub async fn apply_orders(
     sink: &DynamoDbSink,
     events: &[&Event],
+    positions: &[Option<ShardPos>],
     cache: &mut OrderCache,
     applied_at: &str,
     concurrency: usize,
@@ -171,7 +173,7 @@ pub async fn apply_orders(
             let mut placed_by = None;
             for &i in idx {
                 let e = events[i];
-                fates[i] = match apply(&mut state, e) {
+                fates[i] = match apply_at(&mut state, e, positions.get(i).and_then(Option::as_ref)) {
                     Applied::Changed { window, counters, event_time } => {
                         rows.entry(window).or_default().add(&counters);
                         if let Body::OrderPlaced(p) = &e.body {

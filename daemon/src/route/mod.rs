@@ -21,6 +21,7 @@ use std::time::Instant;
 use pipeline::decided::RejectedEvent;
 use pipeline::event::{Event, Rejection};
 use pipeline::fraud::FraudEngine;
+use pipeline::orders::ShardPos;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::error;
@@ -170,11 +171,14 @@ impl Router {
         }
         let applied_at = now_rfc3339();
         let order_refs: Vec<&Event> = order_events.iter().collect();
+        // A shard's events are judged at their position (replays give the
+        // first pass's answers); a queue's message ids parse to none.
+        let order_pos: Vec<Option<ShardPos>> = order_at.iter().map(|&i| ShardPos::parse(&inputs[i].position)).collect();
         let metrics = &self.metrics;
         let (payment_out, menu_out, order_fates) = tokio::join!(
             self.dynamodb.write_payments(&payments),
             self.dynamodb.write_menu(&menus, &applied_at),
-            apply_orders(&self.dynamodb, &order_refs, orders, &applied_at, self.sink_concurrency, |count| {
+            apply_orders(&self.dynamodb, &order_refs, &order_pos, orders, &applied_at, self.sink_concurrency, |count| {
                 OrderStatesRead { source, count }.emit(metrics);
             }),
         );

@@ -641,3 +641,88 @@ async fn expired_shard_iterators_are_renewed_and_nothing_is_lost() {
         .unwrap_or(0.0);
     assert!(expiries >= 3.0, "iterators should have expired and been renewed: {expiries}\n{}", env.log());
 }
+
+/// The `cafe_pipeline_events_total` series of `outcome` for the stream (0
+/// while the daemon is not serving yet).
+async fn events_out(env: &Env, outcome: &str) -> usize {
+    if tokio::net::TcpStream::connect(&env.admin).await.is_err() {
+        return 0;
+    }
+    let metrics = http_get(&env.admin, "/metrics").await;
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("cafe_pipeline_events_total")
+                && l.contains(&format!("outcome=\"{outcome}\""))
+                && l.contains(&env.stream())
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0) as usize
+}
+
+/// A replay of the whole shard (the checkpoint set back, as after a crash
+/// before any checkpoint) judges every record as the first pass did: an
+/// event rejected against the order as it was then stays rejected, though
+/// the order has since moved to where it would apply. The example
+/// is `[cancelled X, placed X]`: replayed against the stored order, the
+/// cancellation counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_shard_judges_every_record_as_its_first_pass_did() {
+    let mut env = Env::with_orders("replay", "shards = 1", "", Vec::new()).await;
+    env.start();
+    let p = env.producer();
+    let mut expected = Expected::default();
+    let mut records: Vec<(String, String)> = Vec::new();
+    for i in 0..6 {
+        records.extend(order_events(&env.prefix, i, &mut expected));
+    }
+    // X's cancellation before X is placed: rejected as unknown_order.
+    let mut x = Expected::default();
+    let x_events = order_events(&env.prefix, 10, &mut x);
+    records.push(x_events[2].clone());
+    records.push(x_events[0].clone());
+    // Y's `ready` straight after `placed`: rejected as illegal; then confirmed.
+    let mut y = Expected::default();
+    let y_events = order_events(&env.prefix, 11, &mut y);
+    records.extend([y_events[0].clone(), y_events[3].clone(), y_events[1].clone()]);
+    for (extra, statuses) in [(&x, vec!["placed"]), (&y, vec!["placed", "confirmed"])] {
+        expected.orders += extra.orders;
+        expected.order_items += extra.order_items;
+        expected.revenue_cents += extra.revenue_cents;
+        let id = extra.statuses.keys().next().expect("one order").clone();
+        expected.statuses.insert(id, statuses);
+    }
+    p.put(&records.iter().map(|(k, b)| (k.clone(), b.clone().into_bytes())).collect::<Vec<_>>()).await;
+    env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut first = Vec::new();
+    while first.len() < 2 && Instant::now() < deadline {
+        first.extend(env.rejected().await);
+    }
+    let mut reasons: Vec<String> = first.iter().filter_map(|(_, a)| a.get("reason").cloned()).collect();
+    reasons.sort();
+    assert_eq!(reasons, vec!["illegal_transition", "unknown_order"], "{first:?}");
+
+    // Stop, set the checkpoint back to the start, and read it all again.
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "exit {status:?}\n{}", env.log());
+    env.ddb
+        .update_item()
+        .table_name(format!("{}-leases", env.prefix))
+        .key("leaseKey", aws_sdk_dynamodb::types::AttributeValue::S("shardId-000000000000".into()))
+        .update_expression("SET checkpoint = :th, checkpointSubSequenceNumber = :zero")
+        .expression_attribute_values(":th", aws_sdk_dynamodb::types::AttributeValue::S("TRIM_HORIZON".into()))
+        .expression_attribute_values(":zero", aws_sdk_dynamodb::types::AttributeValue::N("0".into()))
+        .send()
+        .await
+        .expect("set the checkpoint back");
+    env.start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while events_out(&env, "duplicate").await + events_out(&env, "written").await < records.len() {
+        assert!(Instant::now() < deadline, "the replay did not finish\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(events_out(&env, "written").await, 0, "a replayed record changed something\n{}", env.log());
+    env.wait_orders_exact(&expected, Duration::from_secs(5)).await;
+    assert!(env.rejected().await.is_empty(), "a replay sends no rejection twice");
+}

@@ -1,7 +1,8 @@
 //! `cafe-orders` items and the order counters of `cafe-aggregates`.
 //!
 //! Owns: the order item layout (the contract's attributes, plus
-//! `applied_at` in each history entry and `customer_id`, `channel`), reading
+//! `applied_at` and, for events read from a shard, `pos` (`shardId/sequence`)
+//! in each history entry, and `customer_id`, `channel`), reading
 //! orders back, and the write protocol. Must not: decide transitions
 //! (`pipeline::orders` does).
 //!
@@ -21,7 +22,7 @@ use std::time::Instant;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
 use futures::StreamExt;
 use pipeline::decided::OrderChange;
-use pipeline::orders::{HistoryEntry, OrderState, OrderStatus};
+use pipeline::orders::{HistoryEntry, OrderState, OrderStatus, ShardPos};
 use pipeline::window::{Counters, WindowId};
 use tracing::warn;
 
@@ -41,12 +42,16 @@ pub enum OrderWriteOutcome {
 }
 
 fn entry_value(h: &HistoryEntry, applied_at: &str) -> AttributeValue {
-    AttributeValue::M(HashMap::from([
+    let mut m = HashMap::from([
         ("status".to_owned(), s(h.status.name())),
         ("ts".to_owned(), s(&h.ts)),
         ("event_id".to_owned(), s(&h.event_id)),
         ("applied_at".to_owned(), s(applied_at)),
-    ]))
+    ]);
+    if let Some(pos) = &h.pos {
+        m.insert("pos".to_owned(), s(&pos.to_string()));
+    }
+    AttributeValue::M(m)
 }
 
 /// Parses a `cafe-orders` item; `None` if it is not one this daemon wrote.
@@ -61,7 +66,13 @@ pub fn parse_order(item: &HashMap<String, AttributeValue>) -> Option<OrderState>
         .map(|e| {
             let m = e.as_m().ok()?;
             let get = |k: &str| m.get(k).and_then(|v| v.as_s().ok()).cloned();
-            Some(HistoryEntry { status: OrderStatus::parse(&get("status")?)?, ts: get("ts")?, event_id: get("event_id")? })
+            Some(HistoryEntry {
+                status: OrderStatus::parse(&get("status")?)?,
+                ts: get("ts")?,
+                event_id: get("event_id")?,
+                // Absent on entries of queued events and of earlier releases.
+                pos: get("pos").and_then(|p| ShardPos::parse(&p)),
+            })
         })
         .collect::<Option<Vec<_>>>()?;
     Some(OrderState {
@@ -308,7 +319,13 @@ mod tests {
 
     #[test]
     fn an_order_item_round_trips() {
-        let h = HistoryEntry { status: OrderStatus::Placed, ts: "2026-11-22T08:15:30Z".into(), event_id: "e1".into() };
+        let h = HistoryEntry {
+            status: OrderStatus::Placed,
+            ts: "2026-11-22T08:15:30Z".into(),
+            event_id: "e1".into(),
+            pos: ShardPos::parse("shardId-000000000001/49590338271490256608559692538361571095921575989136588898/2"),
+        };
+        assert!(h.pos.is_some());
         let item = HashMap::from([
             ("order_id".to_owned(), s("o1")),
             ("store".to_owned(), s("s1")),
