@@ -1,0 +1,23 @@
+//! A fault-injecting HTTP/1.1 proxy for AWS JSON endpoints.
+//!
+//! Tests of cafe-streamd, and the chaos scenarios, put a [`Proxy`] between the daemon and
+//! AWS-compatible servers on loopback (moto, kinesalite, dynoxide) and switch [`Rule`]s on
+//! and off while the daemon runs: throttles, service errors, 500s, latency, connection
+//! resets and black holes. Errors are answered in each service's own shape (`__type`,
+//! content type, `x-amzn-query-error` for SQS), so the AWS SDK for Rust parses and
+//! classifies them exactly as it would real AWS answers; that is the whole point.
+//!
+//! What it deliberately does not do: TLS, HTTP/2 (so no Kinesis `SubscribeToShard`),
+//! streaming bodies (each body is collected whole), faults on the answer of a request
+//! that was forwarded (the upstream has then already acted on it), or authentication of
+//! its control API. It is a test tool for loopback, not a production proxy.
+
+mod aws;
+pub mod control;
+mod proxy;
+mod rules;
+mod stats;
+
+pub use proxy::Proxy;
+pub use rules::{Fault, InvalidRule, Rule};
+pub use stats::{Counts, Stats};

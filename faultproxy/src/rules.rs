@@ -1,0 +1,168 @@
+//! Fault rules: what to inject, for which operation, how often, and which rule decides.
+//!
+//! Rules are plain data so that the control API, scenario files and tests can all write
+//! them as JSON. This module draws the random numbers but does no I/O.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One fault to inject. In JSON: `{"operation": "GetItem", "probability": 0.5, "fault": {"kind": "throttle"}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// The operation it applies to, e.g. "TransactWriteItems", "GetRecords",
+    /// "DeleteMessageBatch"; absent means every operation.
+    #[serde(default)]
+    pub operation: Option<String>,
+    /// Share of matching requests it hits, 0.0..=1.0, drawn per request; absent means 1.0.
+    #[serde(default = "always")]
+    pub probability: f64,
+    pub fault: Fault,
+}
+
+fn always() -> f64 {
+    1.0
+}
+
+/// What happens to a request a rule hits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fault {
+    /// The service's own throttling error for the operation (status 400).
+    Throttle,
+    /// Any AWS error in the service's shape, e.g. 400 "TransactionCanceledException" with
+    /// `extra: {"CancellationReasons": [...]}` merged into the JSON body. For SQS, `code`
+    /// is the query-compatible code the SDK matches on (e.g. "AWS.SimpleQueueService.NonExistentQueue").
+    Error {
+        status: u16,
+        code: String,
+        #[serde(default)]
+        message: String,
+        #[serde(default)]
+        extra: Option<Value>,
+    },
+    /// The service's own internal error (status 500).
+    ServerError,
+    /// Forward, but only after this delay.
+    Latency { millis: u64 },
+    /// Close the connection with a TCP reset instead of answering.
+    Reset,
+    /// Never answer; the request is held until its client gives up.
+    BlackHole,
+}
+
+/// A fault's kind, as counted in [`crate::Stats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FaultKind {
+    Throttle,
+    Error,
+    ServerError,
+    Latency,
+    Reset,
+    BlackHole,
+}
+
+impl Fault {
+    pub(crate) fn kind(&self) -> FaultKind {
+        match self {
+            Fault::Throttle => FaultKind::Throttle,
+            Fault::Error { .. } => FaultKind::Error,
+            Fault::ServerError => FaultKind::ServerError,
+            Fault::Latency { .. } => FaultKind::Latency,
+            Fault::Reset => FaultKind::Reset,
+            Fault::BlackHole => FaultKind::BlackHole,
+        }
+    }
+}
+
+/// A rule that cannot be applied; rules are checked as a whole before any replaces the active set.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum InvalidRule {
+    /// `probability` is NaN or outside 0.0..=1.0.
+    #[error("rule {index}: probability {probability} is not within 0.0..=1.0")]
+    Probability { index: usize, probability: f64 },
+    /// An `error` fault whose status is not 400..=599, which no client would read as an error.
+    #[error("rule {index}: status {status} is not an error status (400..=599)")]
+    Status { index: usize, status: u16 },
+    /// An `error` fault with an empty code, or an `extra` that is not a JSON object.
+    #[error("rule {index}: {problem}")]
+    ErrorShape { index: usize, problem: &'static str },
+}
+
+/// Checks every rule, naming the first bad one by its position in the list.
+pub(crate) fn validate(rules: &[Rule]) -> Result<(), InvalidRule> {
+    for (index, rule) in rules.iter().enumerate() {
+        if !(0.0..=1.0).contains(&rule.probability) {
+            return Err(InvalidRule::Probability { index, probability: rule.probability });
+        }
+        if let Fault::Error { status, code, extra, .. } = &rule.fault {
+            if !(400..=599).contains(status) {
+                return Err(InvalidRule::Status { index, status: *status });
+            }
+            if code.is_empty() {
+                return Err(InvalidRule::ErrorShape { index, problem: "error code is empty" });
+            }
+            if extra.as_ref().is_some_and(|e| !e.is_object()) {
+                return Err(InvalidRule::ErrorShape { index, problem: "extra must be a JSON object" });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The fault of the first rule, in list order, that matches `operation` and whose draw
+/// hits. Each matching rule draws independently, so later rules see only the misses.
+pub(crate) fn pick<'a>(rules: &'a [Rule], operation: &str) -> Option<&'a Fault> {
+    rules
+        .iter()
+        .filter(|rule| rule.operation.as_deref().is_none_or(|op| op == operation))
+        .find(|rule| rand::random::<f64>() < rule.probability)
+        .map(|rule| &rule.fault)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_documented_json() {
+        let rules: Vec<Rule> = serde_json::from_str(
+            r#"[{"operation": "GetItem", "probability": 0.5, "fault": {"kind": "throttle"}},
+                {"fault": {"kind": "latency", "millis": 20}},
+                {"fault": {"kind": "error", "status": 400, "code": "TransactionCanceledException",
+                           "extra": {"CancellationReasons": [{"Code": "ConditionalCheckFailed"}]}}}]"#,
+        )
+        .expect("valid rules");
+        assert_eq!(rules[0].operation.as_deref(), Some("GetItem"));
+        assert_eq!(rules[1].probability, 1.0);
+        assert_eq!(rules[1].fault, Fault::Latency { millis: 20 });
+        assert!(validate(&rules).is_ok());
+        // A misspelt field fails loudly instead of quietly becoming a default.
+        let typo = serde_json::from_str::<Rule>(r#"{"fault": {"kind": "latency", "milis": 3}}"#);
+        assert!(typo.is_err_and(|e| e.to_string().contains("milis")));
+        assert!(serde_json::from_str::<Rule>(r#"{"probabilty": 0.1, "fault": {"kind": "reset"}}"#).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_rules_by_position() {
+        let ok = Rule { operation: None, probability: 1.0, fault: Fault::Reset };
+        let bad = Rule { probability: 1.5, ..ok.clone() };
+        assert_eq!(validate(&[ok.clone(), bad]), Err(InvalidRule::Probability { index: 1, probability: 1.5 }));
+        let nan = Rule { probability: f64::NAN, ..ok.clone() };
+        assert!(validate(&[nan]).is_err());
+        let fault = Fault::Error { status: 200, code: "X".into(), message: String::new(), extra: None };
+        assert_eq!(validate(&[Rule { fault, ..ok }]), Err(InvalidRule::Status { index: 0, status: 200 }));
+    }
+
+    #[test]
+    fn first_hitting_rule_decides() {
+        let rules = vec![
+            Rule { operation: Some("PutItem".into()), probability: 1.0, fault: Fault::Reset },
+            Rule { operation: None, probability: 0.0, fault: Fault::BlackHole },
+            Rule { operation: None, probability: 1.0, fault: Fault::Throttle },
+        ];
+        assert_eq!(pick(&rules, "PutItem"), Some(&Fault::Reset));
+        assert_eq!(pick(&rules, "GetItem"), Some(&Fault::Throttle));
+        assert_eq!(pick(&rules[..2], "GetItem"), None);
+    }
+}
