@@ -162,4 +162,172 @@ mod tests {
         assert!(matches!(&out[2], Decided::Payment(p) if p.payment_id == "p" && p.decided_at == "now"));
         assert!(matches!(&out[3], Decided::Rejected(r) if r.reason.code() == "bad_json"));
     }
+
+    mod extremes {
+        //! No input panics the decide stage: arbitrary bytes, and events
+        //! whose every field takes its extremes (numbers at and past every
+        //! bound, wrong types, control characters, far-off times), with any
+        //! clock allowance. What is accepted stays inside the contract's
+        //! bounds.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// JSON literals for a number field.
+        const NUMBERS: &[&str] = &[
+            "0", "1", "-1", "5", "0.5", "-0", "1e3", "1e400", "-1e400", "9007199254740993", "9223372036854775807",
+            "9223372036854775808", "18446744073709551615", "18446744073709551616", "-9223372036854775808", "1e308",
+            "100000000000", "99999999999", "null", "true", "\"1\"", "[]", "{}",
+        ];
+        /// JSON literals for a string field.
+        const STRINGS: &[&str] = &[
+            "\"a\"", "\"\"", "\"s-1._x\"", "\"\\u0000\"", "\"\\u0001\"", "\"\\uffff\"", "\"\\ud800\"", "\"é\"", "\"a b\"",
+            "\"411111\"", "\"4242\"", "\"203.0.113.9\"", "\"::1\"", "\"US\"", "\"USD\"", "\"app\"", "\"confirmed\"",
+            "\"cancelled\"", "\"image/png\"", "\"aGk=\"", "\"!!\"", "0", "null", "[]",
+        ];
+        const TIMES: &[&str] = &[
+            "\"2026-11-22T08:15:30Z\"", "\"0000-01-01T00:00:00Z\"", "\"1999-12-31T23:59:59Z\"", "\"2000-01-01T00:00:00Z\"",
+            "\"9999-12-31T23:59:59Z\"", "\"2026-11-22T08:15:30+23:59\"", "\"2026-11-22T08:15:30-23:59\"",
+            "\"2016-12-31T23:59:60Z\"", "\"2026-11-22T08:15:30.123456789Z\"", "\"2026-02-30T00:00:00Z\"", "\"now\"", "0",
+        ];
+        const TYPES: &[&str] =
+            &["\"order.placed\"", "\"order.status\"", "\"payment.requested\"", "\"menu.item.upserted\"", "\"x\"", "1"];
+
+        fn pick(pool: &'static [&'static str]) -> impl Strategy<Value = String> {
+            prop::sample::select(pool).prop_map(str::to_owned)
+        }
+
+        fn string_or_long() -> impl Strategy<Value = String> {
+            prop_oneof![4 => pick(STRINGS), 1 => (1usize..200).prop_map(|n| format!("\"{}\"", "x".repeat(n)))]
+        }
+
+        /// A field: mostly `valid`, otherwise one of its extremes, so that
+        /// whole events pass often enough for what follows decoding to be
+        /// fed extremes too.
+        fn f(valid: &'static str, pool: &'static [&'static str]) -> BoxedStrategy<String> {
+            prop_oneof![12 => Just(valid.to_owned()), 1 => pick(pool), 1 => string_or_long()].boxed()
+        }
+
+        fn n(valid: &'static str) -> BoxedStrategy<String> {
+            prop_oneof![6 => Just(valid.to_owned()), 1 => pick(NUMBERS)].boxed()
+        }
+
+        fn item() -> impl Strategy<Value = String> {
+            (f("\"sku-1\"", STRINGS), n("2"), n("250"))
+                .prop_map(|(sku, qty, price)| format!(r#"{{"sku":{sku},"qty":{qty},"unit_price_cents":{price}}}"#))
+        }
+
+        fn ingredient() -> impl Strategy<Value = String> {
+            (f("\"milk\"", STRINGS), n("100"), n("64"), n("3"), n("4"), n("5")).prop_map(|(name, g, k, p, fat, c)| {
+                format!(
+                    r#"{{"name":{name},"grams":{g},"kcal_per_100g":{k},"protein_per_100g":{p},"fat_per_100g":{fat},"carbs_per_100g":{c}}}"#
+                )
+            })
+        }
+
+        /// The type and its data; one time in eight another type's data.
+        fn typed_data() -> impl Strategy<Value = (String, String)> {
+            let placed = (f("\"o1\"", STRINGS), f("\"c1\"", STRINGS), f("\"app\"", STRINGS), prop::collection::vec(item(), 0..4), n("500"))
+                .prop_map(|(o, c, ch, items, total)| {
+                    format!(r#"{{"order_id":{o},"customer_id":{c},"channel":{ch},"items":[{}],"total_cents":{total}}}"#, items.join(","))
+                })
+                .boxed();
+            let status = (f("\"o1\"", STRINGS), f("\"confirmed\"", STRINGS))
+                .prop_map(|(o, st)| format!(r#"{{"order_id":{o},"status":{st}}}"#))
+                .boxed();
+            let payment = (
+                (f("\"p1\"", STRINGS), f("\"c1\"", STRINGS), n("1299"), f("\"USD\"", STRINGS)),
+                (f("\"411111\"", STRINGS), f("\"4242\"", STRINGS), f("\"fp1\"", STRINGS), f("\"203.0.113.9\"", STRINGS)),
+                (f("\"d1\"", STRINGS), f("\"US\"", STRINGS)),
+            )
+                .prop_map(|((pay, c, amount, cur), (bin, last4, fp, ip), (dev, country))| {
+                    format!(
+                        r#"{{"payment_id":{pay},"order_id":"o","customer_id":{c},"amount_cents":{amount},"currency":{cur},"card":{{"bin":{bin},"last4":{last4},"fingerprint":{fp}}},"ip":{ip},"device_id":{dev},"billing_country":{country}}}"#
+                    )
+                })
+                .boxed();
+            let menu = (
+                (f("\"sku-1\"", STRINGS), f("\"Latte\"", STRINGS), f("\"drinks\"", STRINGS), n("450")),
+                (f("\"image/png\"", STRINGS), f("\"aGk=\"", STRINGS), prop::collection::vec(ingredient(), 0..4)),
+            )
+                .prop_map(|((sku, name, cat, price), (ct, b64, ings))| {
+                    // The declared hash of "hi" (the image `aGk=`), so items pass.
+                    let sha = "\"8f434346648f6b96df89dda901c5176b10a6d83961dd3c1ac88b59b2dc327aa4\"";
+                    format!(
+                        r#"{{"sku":{sku},"name":{name},"category":{cat},"price_cents":{price},"image":{{"content_type":{ct},"base64":{b64},"sha256":{sha}}},"ingredients":[{}],"allergens":[]}}"#,
+                        ings.join(",")
+                    )
+                })
+                .boxed();
+            let data = prop_oneof![placed.clone(), status.clone(), payment.clone(), menu.clone()];
+            prop_oneof![
+                2 => placed.prop_map(|d| ("\"order.placed\"".to_owned(), d)),
+                2 => status.prop_map(|d| ("\"order.status\"".to_owned(), d)),
+                2 => payment.prop_map(|d| ("\"payment.requested\"".to_owned(), d)),
+                2 => menu.prop_map(|d| ("\"menu.item.upserted\"".to_owned(), d)),
+                1 => (pick(TYPES), data),
+            ]
+        }
+
+        fn event() -> impl Strategy<Value = Vec<u8>> {
+            (n("1"), f("\"e1\"", STRINGS), f("\"2026-11-22T08:15:30Z\"", TIMES), f("\"s1\"", STRINGS), typed_data()).prop_map(
+                |(v, id, ts, store, (ty, data))| {
+                    format!(r#"{{"v":{v},"id":{id},"ts":{ts},"store":{store},"type":{ty},"data":{data}}}"#).into_bytes()
+                },
+            )
+        }
+
+        #[test]
+        fn no_input_panics_the_decide_stage_and_what_passes_is_in_bounds() {
+            let strategy = (
+                prop::collection::vec(prop_oneof![3 => event(), 1 => prop::collection::vec(any::<u8>(), 0..300)], 1..8),
+                prop_oneof![Just(0u64), Just(3600), Just(u64::MAX), any::<u64>()],
+            );
+            // Payments, menu items, order events, rejections let through,
+            // over all cases: the test is only as good as the share that
+            // passes decoding and goes on to what follows.
+            let seen = std::cell::RefCell::new([0usize; 4]);
+            let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 2000, ..ProptestConfig::default() });
+            let result = runner.run(&strategy, |(inputs, max_future_secs)| {
+                let engine = Mutex::new(FraudEngine::new(pipeline::fraud::FraudConfig::default()).expect("engine"));
+                let inputs: Vec<Input> = inputs.into_iter().map(|data| Input { data, position: "p".into() }).collect();
+                let work = Work { fraud_work_factor: 1, menu_json_rounds: 1, max_future_secs };
+                let mut seen = seen.borrow_mut();
+                for d in decide_batch(&inputs, &engine, work, "now") {
+                    match d {
+                        Decided::Payment(p) => {
+                            seen[0] += 1;
+                            prop_assert!(p.amount_cents <= pipeline::event::MAX_AMOUNT_CENTS);
+                            prop_assert!(p.counters.payment_amount_cents >= 0);
+                        }
+                        Decided::Menu(m) => {
+                            seen[1] += 1;
+                            prop_assert!(m.price_cents <= pipeline::event::MAX_PRICE_CENTS);
+                            prop_assert!(m.digest.kcal.is_finite() && m.digest.kcal >= 0.0, "{}", m.digest.kcal);
+                        }
+                        Decided::Order(e) => {
+                            seen[2] += 1;
+                            let mut state = None;
+                            if let pipeline::orders::Applied::Changed { counters, .. } = pipeline::orders::apply(&mut state, &e) {
+                                prop_assert!(counters.revenue_cents >= 0 && counters.order_items >= 0);
+                            }
+                        }
+                        Decided::Rejected(r) => {
+                            seen[3] += 1;
+                            prop_assert!(!r.detail.is_empty());
+                        }
+                        Decided::Failed => prop_assert!(false, "the stage failed on an input"),
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = result {
+                panic!("{e}");
+            }
+            let seen = seen.into_inner();
+            eprintln!("decide stage let through {seen:?}");
+            assert!(seen.iter().all(|&k| k >= 100), "too few inputs of some kind got through: {seen:?}");
+        }
+    }
 }
