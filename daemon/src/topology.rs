@@ -339,11 +339,17 @@ async fn run_shard(
         either.abort();
         return;
     }
-    info!(shard = %shard_id, checkpoint = ?lease.checkpoint, "Reading shard");
+    let Some(start) = shard::pin_latest(&path, &lease, &waiting).await else {
+        if !lost.is_cancelled() {
+            let _ = path.leases.release(&shard_id, lease.counter, None).await;
+        }
+        either.abort();
+        return;
+    };
+    info!(shard = %shard_id, checkpoint = ?start, "Reading shard");
     let (tx, rx) = mpsc::channel(path.config.prefetch_batches);
     let reader = {
-        let (kinesis, shard_id, checkpoint, stop_reading) =
-            (kinesis.clone(), shard_id.clone(), lease.checkpoint.clone(), waiting.clone());
+        let (kinesis, shard_id, checkpoint, stop_reading) = (kinesis.clone(), shard_id.clone(), start, waiting.clone());
         tracker.spawn(async move { kinesis.fetch_loop(shard_id, checkpoint, tx, stop_reading).await })
     };
     let exit = shard::process_shard(path, shard_id.clone(), lease.counter, rx, stop, lost).await;

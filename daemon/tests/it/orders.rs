@@ -726,3 +726,88 @@ async fn a_replayed_shard_judges_every_record_as_its_first_pass_did() {
     env.wait_orders_exact(&expected, Duration::from_secs(5)).await;
     assert!(env.rejected().await.is_empty(), "a replay sends no rejection twice");
 }
+
+/// `initial_position = latest`: the first holder pins the lease to the time
+/// it took it, so an instance killed before its first checkpoint hands the
+/// next holder that time, not a new tip: what arrived in between is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_latest_lease_handed_over_before_any_checkpoint_loses_nothing() {
+    let mut env = Env::with_orders(
+        "latest",
+        "shards = 1\ninitial_position = \"latest\"\nfailover_time_ms = 3000\nlease_renew_interval_ms = 1000\nlease_take_interval_ms = 500",
+        "",
+        Vec::new(),
+    )
+    .await;
+    env.start_worker("first");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leases = env.leases().await;
+        if leases.values().any(|(owner, _)| owner.as_deref() == Some("first")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first instance never took the lease: {leases:?}\n{}", env.worker_logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Time to get its iterator (and, now, to pin the lease).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Killed before it read or checkpointed anything; orders arrive while
+    // no one reads the shard.
+    let mut first = env.worker("first");
+    first.kill().expect("kill -9");
+    let _ = first.wait();
+    let mut expected = Expected::default();
+    let records: Vec<(String, Vec<u8>)> =
+        (0..8).flat_map(|i| order_events(&env.prefix, i, &mut expected)).map(|(k, b)| (k, b.into_bytes())).collect();
+    env.producer().put(&records).await;
+    env.start_worker("second");
+    env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
+}
+
+/// An idle shard checkpoints its last records: a holder killed after the
+/// stream went quiet leaves nothing to replay.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_shard_checkpoints_its_last_records() {
+    let mut env = Env::with_orders(
+        "idle",
+        "shards = 1\nfailover_time_ms = 3000\nlease_renew_interval_ms = 1000\nlease_take_interval_ms = 500\ncheckpoint_interval_ms = 1000",
+        "",
+        Vec::new(),
+    )
+    .await;
+    env.start();
+    let mut expected = Expected::default();
+    // Two waves: the second lands within the checkpoint interval of the
+    // first, so only an idle-time checkpoint covers it.
+    for wave in 0..2 {
+        let records: Vec<(String, Vec<u8>)> = (wave * 5..wave * 5 + 5)
+            .flat_map(|i| order_events(&env.prefix, i, &mut expected))
+            .map(|(k, b)| (k, b.into_bytes()))
+            .collect();
+        env.producer().put(&records).await;
+        env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
+    }
+    // Idle for three checkpoint intervals, then killed: no release, no
+    // shutdown checkpoint.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = env.leases().await;
+    let old_owner = before.values().next().and_then(|(o, _)| o.clone()).expect("held");
+    env.kill9();
+    env.start();
+    // The new process takes the lease once it expires, reads from the
+    // checkpoint, and must find nothing it had not already.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leases = env.leases().await;
+        if leases.values().all(|(owner, _)| owner.as_ref().is_some_and(|o| *o != old_owner)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lease never moved: {leases:?}\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A few polls of the shard.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let replayed = events_out(&env, "duplicate").await;
+    assert_eq!(replayed, 0, "records after the last checkpoint were replayed\n{}", env.log());
+    env.wait_orders_exact(&expected, Duration::from_secs(5)).await;
+}

@@ -12,8 +12,19 @@ use std::cmp::Ordering;
 pub enum Checkpoint {
     /// Nothing processed: start at the oldest record.
     TrimHorizon,
-    /// Nothing processed: start at the tip.
+    /// Nothing processed: start at the tip. Never read from: a holder
+    /// first pins it to [`Checkpoint::AtTimestamp`] (see `shard::pin_latest`).
     Latest,
+    /// Nothing processed: start at the first record that arrived at or
+    /// after this time (milliseconds since the epoch). What `LATEST`
+    /// becomes once a holder takes the lease, so that every later holder
+    /// (after a crash, a release with nothing read, a lost lease) starts
+    /// where the first one did instead of at a new tip, skipping what
+    /// arrived in between.
+    AtTimestamp {
+        /// Milliseconds since the Unix epoch.
+        millis: i64,
+    },
     /// The shard is closed and every record of it is processed.
     ShardEnd,
     /// Everything up to and including this record (and sub-record) is processed.
@@ -25,11 +36,16 @@ pub enum Checkpoint {
     },
 }
 
+/// The prefix of a pinned `LATEST` in the lease table's `checkpoint`
+/// (`AT_TIMESTAMP:<millis>`; an extension of the KCL's sentinels).
+const AT_TIMESTAMP: &str = "AT_TIMESTAMP:";
+
 impl Checkpoint {
     pub(super) fn encode(&self) -> (String, u64) {
         match self {
             Checkpoint::TrimHorizon => ("TRIM_HORIZON".into(), 0),
             Checkpoint::Latest => ("LATEST".into(), 0),
+            Checkpoint::AtTimestamp { millis } => (format!("{AT_TIMESTAMP}{millis}"), 0),
             Checkpoint::ShardEnd => ("SHARD_END".into(), 0),
             Checkpoint::At { sequence, sub } => (sequence.clone(), *sub),
         }
@@ -40,6 +56,11 @@ impl Checkpoint {
             "TRIM_HORIZON" => Checkpoint::TrimHorizon,
             "LATEST" => Checkpoint::Latest,
             "SHARD_END" => Checkpoint::ShardEnd,
+            v if v.starts_with(AT_TIMESTAMP) => match v[AT_TIMESTAMP.len()..].parse() {
+                Ok(millis) => Checkpoint::AtTimestamp { millis },
+                // Unreadable: read too much rather than too little.
+                Err(_) => Checkpoint::TrimHorizon,
+            },
             seq => Checkpoint::At { sequence: seq.to_owned(), sub },
         }
     }

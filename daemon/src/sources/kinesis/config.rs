@@ -10,8 +10,10 @@ use serde::Deserialize;
 ///
 /// Failover: a lease whose counter has not moved for `failover_time_ms` is
 /// taken by another instance at its next take (every
-/// `lease_take_interval_ms`), so a dead instance's shards move within about
-/// `failover_time_ms + 2 * lease_take_interval_ms` (12 s by default). An
+/// `lease_take_interval_ms`, or `failover_time_ms / 4` while that instance
+/// is settled at its share), so a dead instance's shards move within about
+/// `failover_time_ms + 2 * max(lease_take_interval_ms, failover_time_ms / 4)`
+/// (15 s by default). An
 /// instance that stops on SIGTERM releases its leases and they move at the
 /// next take.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -126,6 +126,9 @@ pub struct Leases {
     metrics: Arc<Metrics>,
     held: Mutex<HashMap<String, Arc<Holding>>>,
     seen: Mutex<HashMap<String, Seen>>,
+    /// The last take found this instance at its share and no lease free or
+    /// expired: the next may wait longer (see [`Leases::next_take_in`]).
+    settled: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Leases {
@@ -246,6 +249,7 @@ impl Leases {
             metrics,
             held: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
+            settled: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -269,7 +273,10 @@ impl Leases {
         keys
     }
 
-    /// Every lease in the table (strongly consistent scan).
+    /// Every lease in the table. Eventually consistent, at half the read
+    /// cost: every write that acts on what it read is conditional on the
+    /// lease's counter, so a stale copy only makes that write fail, and a
+    /// counter seen late only delays an expiry by that lag.
     pub async fn scan(&self) -> Result<Vec<Lease>, LeaseError> {
         let mut out = Vec::new();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
@@ -278,7 +285,6 @@ impl Leases {
                 .client
                 .scan()
                 .table_name(&self.table)
-                .consistent_read(true)
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
@@ -411,6 +417,9 @@ impl Leases {
             }
         }
         let plan = plan_take(&self.worker_id, &leases, &expired, self.config.max_leases_to_steal, rng);
+        let settled =
+            plan.need == 0 && !leases.iter().any(|l| !l.finished() && expired.contains(&l.key) && !held_now.contains(&l.key));
+        self.settled.store(settled, std::sync::atomic::Ordering::Relaxed);
         let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
         let mut taken = Vec::new();
         for (keys, how) in [(&plan.available, LeaseTakenHow::Expired), (&plan.steal, LeaseTakenHow::Stolen)] {
@@ -441,6 +450,22 @@ impl Leases {
         }
         self.set_held_gauge();
         Ok(taken)
+    }
+
+    /// How long until the next take: `lease_take_interval_ms`, or, while
+    /// the last take found this instance at its share and no lease free or
+    /// expired, a quarter of `failover_time_ms` if that is longer. A settled
+    /// fleet then scans the table a few times per failover time instead of
+    /// every second (the scan's cost grows with shards times instances); an
+    /// instance below its share, a lease released or expired, is back to
+    /// the short interval at the next take.
+    pub fn next_take_in(&self) -> Duration {
+        let short = Duration::from_millis(self.config.lease_take_interval_ms);
+        if self.settled.load(std::sync::atomic::Ordering::Relaxed) {
+            short.max(Duration::from_millis(self.config.failover_time_ms / 4))
+        } else {
+            short
+        }
     }
 
     async fn take_one(&self, lease: &Lease) -> Result<Lease, LeaseError> {
@@ -665,7 +690,9 @@ async fn take_loop(
                 if stop_taking.is_cancelled() {
                     continue;
                 }
-                match leases.take(&mut rng).await {
+                let result = leases.take(&mut rng).await;
+                take.reset_after(leases.next_take_in());
+                match result {
                     Ok(taken) => {
                         if stop_taking.is_cancelled() {
                             // Shutdown began during the take: give them straight back.
@@ -816,10 +843,12 @@ mod tests {
             Checkpoint::TrimHorizon,
             Checkpoint::Latest,
             Checkpoint::ShardEnd,
+            Checkpoint::AtTimestamp { millis: 1_764_489_600_123 },
             Checkpoint::At { sequence: "49590338271490256608559692538361571095921575989136588898".into(), sub: 3 },
         ] {
             let (v, sub) = c.encode();
             assert_eq!(Checkpoint::decode(&v, sub), c);
         }
+        assert_eq!(Checkpoint::decode("AT_TIMESTAMP:soon", 0), Checkpoint::TrimHorizon, "unreadable: from the start");
     }
 }

@@ -74,6 +74,44 @@ pub async fn wait_for_parents(path: &ShardContext, lease: &Lease, stop: &Cancell
     }
 }
 
+/// How far before this instance's clock a pinned `LATEST` starts: the
+/// allowance for the clock being ahead of Kinesis'. A few seconds of
+/// records that arrived just before the first take may be read; none after
+/// it can be skipped.
+const LATEST_CLOCK_ALLOWANCE_MS: i64 = 5_000;
+
+/// Where a newly taken lease's reading starts: its checkpoint, except that
+/// `LATEST` is first pinned in the lease table to the time of this take
+/// (`AT_TIMESTAMP`), fenced on `generation`, so a later holder (after a
+/// crash before any checkpoint, a release with nothing read, a lost lease)
+/// starts where this one did instead of at a new tip, skipping what
+/// arrived in between. `None` when the lease was lost or the daemon stops
+/// before the pin was written (nothing was read).
+pub async fn pin_latest(path: &ShardContext, lease: &Lease, stop: &CancellationToken) -> Option<Checkpoint> {
+    if lease.checkpoint != Checkpoint::Latest {
+        return Some(lease.checkpoint.clone());
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let millis = (now.unix_timestamp_nanos() / 1_000_000) as i64 - LATEST_CLOCK_ALLOWANCE_MS;
+    let pinned = Checkpoint::AtTimestamp { millis };
+    let backoff = Backoff { base: Duration::from_millis(200), max: Duration::from_secs(5) };
+    for attempt in 0u32.. {
+        match path.leases.checkpoint(&lease.key, lease.counter, &pinned).await {
+            Ok(()) => {
+                info!(shard = %lease.key, millis, "LATEST pinned to the time of the first take");
+                return Some(pinned);
+            }
+            Err(LeaseError::Lost(_)) => return None,
+            Err(e) => warn!(shard = %lease.key, error = %e, attempt, "Pinning LATEST failed, retrying"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(backoff.delay(attempt)) => {}
+        }
+    }
+    None
+}
+
 /// How a shard's processing ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShardExit {
@@ -112,6 +150,15 @@ pub async fn process_shard(
                 Some(f) => f,
                 None => break,
             },
+            // An idle shard still checkpoints what it finished: its last
+            // records are not replayed by the next holder for want of a
+            // next batch.
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(last_checkpoint + interval)), if unacked > 0 => {
+                if let Some(exit) = checkpoint_due(&path, &shard, generation, &done, &mut unacked, &mut last_checkpoint, &lost).await {
+                    return exit;
+                }
+                continue;
+            }
         };
         // Coalesce what is already prefetched into one batch.
         let mut batch = first;
@@ -167,23 +214,9 @@ pub async fn process_shard(
             return ShardExit::Ended;
         }
         if unacked > 0 && last_checkpoint.elapsed() >= interval {
-            if let Some((sequence, sub)) = &done {
-                match path.leases.checkpoint(&shard, generation, &Checkpoint::At { sequence: sequence.clone(), sub: *sub }).await
-                {
-                    Ok(()) => {
-                        Acknowledged { source: &source, count: unacked }.emit(&path.metrics);
-                        unacked = 0;
-                        last_checkpoint = Instant::now();
-                    }
-                    Err(LeaseError::Lost(_)) => {
-                        warn!(shard = %shard, "Checkpoint refused: the lease moved to another instance; stopping this shard");
-                        lost.cancel();
-                        return ShardExit::Lost;
-                    }
-                    Err(e) => {
-                        warn!(shard = %shard, error = %e, "Checkpoint failed; will retry with the next batch")
-                    }
-                }
+            if let Some(exit) = checkpoint_due(&path, &shard, generation, &done, &mut unacked, &mut last_checkpoint, &lost).await
+            {
+                return exit;
             }
         }
     }
@@ -206,6 +239,40 @@ pub async fn process_shard(
         }
     }
     ShardExit::Lost
+}
+
+/// Checkpoints at `done` (the last record of the last durable batch) and
+/// counts `unacked` acknowledged; `Some` when the lease was lost. A failed
+/// write is retried at the next batch or interval.
+async fn checkpoint_due(
+    path: &ShardContext,
+    shard: &str,
+    generation: i64,
+    done: &Option<(String, u64)>,
+    unacked: &mut u64,
+    last_checkpoint: &mut Instant,
+    lost: &CancellationToken,
+) -> Option<ShardExit> {
+    let Some((sequence, sub)) = done else { return None };
+    match path.leases.checkpoint(shard, generation, &Checkpoint::At { sequence: sequence.clone(), sub: *sub }).await {
+        Ok(()) => {
+            Acknowledged { source: &path.config.stream, count: *unacked }.emit(&path.metrics);
+            *unacked = 0;
+            *last_checkpoint = Instant::now();
+            None
+        }
+        Err(LeaseError::Lost(_)) => {
+            warn!(shard = %shard, "Checkpoint refused: the lease moved to another instance; stopping this shard");
+            lost.cancel();
+            Some(ShardExit::Lost)
+        }
+        Err(e) => {
+            warn!(shard = %shard, error = %e, "Checkpoint failed; will retry");
+            // Not at once again: the next try is an interval away.
+            *last_checkpoint = Instant::now();
+            None
+        }
+    }
 }
 
 /// How a batch's retries ended.

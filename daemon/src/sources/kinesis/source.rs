@@ -124,6 +124,9 @@ impl KinesisSource {
                 req.shard_iterator_type(ShardIteratorType::AtSequenceNumber).starting_sequence_number(seq)
             }
             (None, Checkpoint::Latest) => req.shard_iterator_type(ShardIteratorType::Latest),
+            (None, Checkpoint::AtTimestamp { millis }) => req
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(aws_sdk_kinesis::primitives::DateTime::from_millis(*millis)),
             (None, Checkpoint::TrimHorizon) => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
             (None, Checkpoint::ShardEnd) => return Ok(None),
         };
