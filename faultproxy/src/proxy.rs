@@ -165,6 +165,14 @@ async fn handle(
     match fault {
         None => {}
         Some(Fault::Latency { millis }) => tokio::time::sleep(Duration::from_millis(*millis)).await,
+        Some(Fault::LateAnswer { millis }) => {
+            // Its own task: the upstream gets the request even if the client
+            // hangs up while the answer is held.
+            let (held, millis) = (Arc::clone(&shared), *millis);
+            let forwarded = tokio::spawn(async move { held.forward(parts, body, &operation).await });
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            return Ok(forwarded.await?);
+        }
         Some(Fault::Throttle) => return Ok(aws::error_response(service, &service.throttle(&operation))),
         Some(Fault::ServerError) => return Ok(aws::error_response(service, &service.server_error(&operation))),
         Some(Fault::Error { status, code, message, extra }) => {

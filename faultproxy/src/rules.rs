@@ -43,8 +43,14 @@ pub enum Fault {
     },
     /// The service's own internal error (status 500).
     ServerError,
-    /// Forward, but only after this delay.
+    /// Forward, but only after this delay (a client that gives up first
+    /// cancels the request: it never reaches the upstream).
     Latency { millis: u64 },
+    /// Forward at once, whatever the client does, and hold the answer this
+    /// long: the upstream acts on the request while its client times out,
+    /// the ambiguous outcome that retries and conditional writes must
+    /// survive (a write that landed though its caller saw a failure).
+    LateAnswer { millis: u64 },
     /// Close the connection with a TCP reset instead of answering.
     Reset,
     /// Never answer; the request is held until its client gives up.
@@ -58,6 +64,7 @@ pub(crate) enum FaultKind {
     Error,
     ServerError,
     Latency,
+    LateAnswer,
     Reset,
     BlackHole,
 }
@@ -69,6 +76,7 @@ impl Fault {
             Fault::Error { .. } => FaultKind::Error,
             Fault::ServerError => FaultKind::ServerError,
             Fault::Latency { .. } => FaultKind::Latency,
+            Fault::LateAnswer { .. } => FaultKind::LateAnswer,
             Fault::Reset => FaultKind::Reset,
             Fault::BlackHole => FaultKind::BlackHole,
         }

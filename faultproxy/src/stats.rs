@@ -18,6 +18,7 @@ pub struct Counts {
     pub error: u64,
     pub server_error: u64,
     pub latency: u64,
+    pub late_answer: u64,
     pub reset: u64,
     pub black_hole: u64,
 }
@@ -47,6 +48,7 @@ impl Counts {
             Event::Fault(FaultKind::Error) => &mut self.error,
             Event::Fault(FaultKind::ServerError) => &mut self.server_error,
             Event::Fault(FaultKind::Latency) => &mut self.latency,
+            Event::Fault(FaultKind::LateAnswer) => &mut self.late_answer,
             Event::Fault(FaultKind::Reset) => &mut self.reset,
             Event::Fault(FaultKind::BlackHole) => &mut self.black_hole,
         };

@@ -105,6 +105,23 @@ async fn latency_delays_then_forwards() {
 }
 
 #[tokio::test]
+async fn a_late_answer_reaches_the_upstream_though_the_client_gave_up() {
+    let proxy = proxy_to_echo().await;
+    proxy.set_rules(vec![rule(None, 1.0, Fault::LateAnswer { millis: 400 })]).expect("valid rules");
+    let client = client();
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), send(&client, &proxy, Some(GET_ITEM), "{}")).await;
+    assert!(gave_up.is_err(), "the answer was held past the client's timeout");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let stats = proxy.stats();
+    assert_eq!(stats.total, Counts { late_answer: 1, forwarded: 1, ..Counts::default() }, "{stats:?}");
+    // A client that waits gets the upstream's answer, late.
+    let started = Instant::now();
+    let (status, _, _) = send(&client, &proxy, Some(GET_ITEM), "{}").await.expect("answer");
+    assert_eq!(status, 201);
+    assert!(started.elapsed() >= Duration::from_millis(400), "answered after {:?}", started.elapsed());
+}
+
+#[tokio::test]
 async fn reset_fails_the_clients_connection() {
     let proxy = proxy_to_echo().await;
     proxy.set_rules(vec![rule(None, 1.0, Fault::Reset)]).expect("valid rules");
