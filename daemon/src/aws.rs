@@ -27,6 +27,11 @@ pub async fn sdk_config(cfg: &AwsConfig) -> SdkConfig {
 /// The longest any one AWS call of `run` may take, every call: the longest
 /// is a ReceiveMessage long poll (`wait_time_secs` is at most 20 s).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest one DynamoDB or Kinesis call of `run` may take: none waits
+/// on purpose (no long poll), and a call held this long by a silent
+/// endpoint is abandoned and retried by its loop, so an outage ends for the
+/// pipeline at most this long after the endpoint answers again.
+pub const DATA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a connection may take to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -47,6 +52,17 @@ pub async fn run_sdk_config(cfg: &AwsConfig) -> SdkConfig {
                 .operation_timeout(CALL_TIMEOUT)
                 .build(),
         )
+        .build()
+}
+
+/// The timeouts of the DynamoDB and Kinesis clients of `run`
+/// ([`DATA_CALL_TIMEOUT`]); the SQS clients keep [`CALL_TIMEOUT`], which a
+/// long poll needs.
+pub fn data_call_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(DATA_CALL_TIMEOUT)
+        .operation_timeout(DATA_CALL_TIMEOUT)
         .build()
 }
 

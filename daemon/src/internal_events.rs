@@ -532,6 +532,52 @@ impl InternalEvent for VisibilityExtended<'_> {
     }
 }
 
+/// Messages of a batch whose writes failed, retried in place while they
+/// stay in flight.
+#[derive(Debug)]
+pub struct RetriedInFlight<'a> {
+    /// The input.
+    pub source: &'a str,
+    /// Messages retried (the failed ones and those held behind them).
+    pub count: u64,
+    /// Retry round of this batch (0-based).
+    pub attempt: u32,
+}
+
+impl InternalEvent for RetriedInFlight<'_> {
+    fn emit(self, m: &Metrics) {
+        m.source_retried_in_flight.get_or_create(&source(self.source)).inc_by(self.count);
+        if self.attempt > 0 && self.attempt.is_power_of_two() {
+            warn!(
+                source = self.source,
+                messages = self.count,
+                attempt = self.attempt,
+                "Writes still failing; the messages stay in flight and are retried in place"
+            );
+        }
+    }
+}
+
+/// Messages given back to their queue unprocessed.
+#[derive(Debug)]
+pub struct GivenBack<'a> {
+    /// The input.
+    pub source: &'a str,
+    /// How many.
+    pub count: u64,
+    /// Why: "retry budget spent", "shutdown".
+    pub why: &'static str,
+}
+
+impl InternalEvent for GivenBack<'_> {
+    fn emit(self, m: &Metrics) {
+        m.source_given_back.get_or_create(&source(self.source)).inc_by(self.count);
+        if self.count > 0 {
+            warn!(source = self.source, messages = self.count, why = self.why, "Messages given back to the queue unprocessed");
+        }
+    }
+}
+
 /// A shard read refused for throughput.
 #[derive(Debug)]
 pub struct ReadThrottled<'a> {

@@ -116,6 +116,10 @@ pub struct Metrics {
     pub source_errors: Family<SourceOutcome, Counter>,
     /// Visibility extensions.
     pub source_visibility_extensions: Family<SourceLabel, Counter>,
+    /// `cafe_source_retried_in_flight_total{source}`
+    pub source_retried_in_flight: Family<SourceLabel, Counter>,
+    /// `cafe_source_given_back_total{source}`
+    pub source_given_back: Family<SourceLabel, Counter>,
     /// `cafe_rejected_truncated_total{source}`
     pub rejected_truncated: Family<SourceLabel, Counter>,
     /// Events out of the pipeline by outcome.
@@ -197,6 +201,8 @@ impl Metrics {
             source_inflight: Family::default(),
             source_errors: Family::default(),
             source_visibility_extensions: Family::default(),
+            source_retried_in_flight: Family::default(),
+            source_given_back: Family::default(),
             rejected_truncated: Family::default(),
             pipeline_events: Family::default(),
             pipeline_rejected: Family::default(),
@@ -238,6 +244,16 @@ impl Metrics {
             n::SOURCE_VISIBILITY_EXTENSIONS,
             "Visibility extensions sent for in-flight messages",
             m.source_visibility_extensions.clone(),
+        );
+        registry.register(
+            n::SOURCE_RETRIED_IN_FLIGHT,
+            "Messages whose failed writes were retried in place, kept in flight",
+            m.source_retried_in_flight.clone(),
+        );
+        registry.register(
+            n::SOURCE_GIVEN_BACK,
+            "Messages given back to their queue unprocessed (a receive spent)",
+            m.source_given_back.clone(),
         );
         registry.register(n::PIPELINE_EVENTS, "Events leaving the pipeline, by outcome", m.pipeline_events.clone());
         registry.register(n::PIPELINE_REJECTED, "Events rejected, by reason", m.pipeline_rejected.clone());

@@ -73,7 +73,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let sdk = crate::aws::run_sdk_config(&config.aws).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&sdk).timeout_config(crate::aws::data_call_timeouts()).build(),
+    );
 
     let mirror = config.sinks.redshift.enabled;
     for component in crate::components::enabled(&config) {
@@ -152,7 +154,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             metrics: Arc::clone(&metrics),
             sync_now: Arc::new(tokio::sync::Notify::new()),
         });
-        let kinesis = KinesisSource::new(aws_sdk_kinesis::Client::new(&sdk), stream.clone(), Arc::clone(&metrics));
+        let kinesis = KinesisSource::new(
+            aws_sdk_kinesis::Client::from_conf(
+                aws_sdk_kinesis::config::Builder::from(&sdk).timeout_config(crate::aws::data_call_timeouts()).build(),
+            ),
+            stream.clone(),
+            Arc::clone(&metrics),
+        );
         // Fail fast on a missing stream or lease table rather than retrying
         // forever; a passing failure gets a few attempts.
         let mut attempt = 0;
@@ -383,7 +391,15 @@ fn start_queue(
         tracker.spawn(async move { source.extend_loop(stop).await });
     }
     tracker.spawn(stages::decide_loop(recv_rx, decided_tx, router.clone(), config.pipeline.clone()));
-    tracker.spawn(stages::write_loop(decided_rx, ack_tx, router, config.pipeline.sink_concurrency, source.name.clone()));
+    let stage = stages::WriteStage {
+        metrics: Arc::clone(&router.metrics),
+        router,
+        concurrency: config.pipeline.sink_concurrency,
+        source: source.name.clone(),
+        retry_in_flight: Duration::from_secs(u64::from(input.retry_in_flight_secs)),
+        stop: stop_receiving.clone(),
+    };
+    tracker.spawn(stages::write_loop(decided_rx, ack_tx, stage));
     let source = Arc::clone(source);
     tracker.spawn(async move {
         source.ack_loop(ack_rx, 8).await;

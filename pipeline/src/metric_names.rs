@@ -85,6 +85,13 @@ pub const SOURCE_INFLIGHT: &str = "cafe_source_inflight_messages";
 pub const SOURCE_ERRORS: &str = "cafe_source_errors";
 /// Visibility extensions sent for in-flight messages. Labels: `source`.
 pub const SOURCE_VISIBILITY_EXTENSIONS: &str = "cafe_source_visibility_extensions";
+/// Messages whose failed writes were retried in place, kept in flight (not
+/// given back to the queue, so no receive is spent). Labels: `source`.
+pub const SOURCE_RETRIED_IN_FLIGHT: &str = "cafe_source_retried_in_flight";
+/// Messages given back to the queue (made visible again after
+/// `retry_delay_secs`: each is a receive toward `max_receive_count`).
+/// Labels: `source`.
+pub const SOURCE_GIVEN_BACK: &str = "cafe_source_given_back";
 /// Events leaving the pipeline by outcome (`written`, `duplicate`, `rejected`). Labels: `source`, `outcome`.
 pub const PIPELINE_EVENTS: &str = "cafe_pipeline_events";
 /// Rejected events by reason. Labels: `reason`.

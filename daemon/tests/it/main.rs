@@ -19,6 +19,7 @@ use serde_json::json;
 mod dashboards;
 mod data_api;
 mod edges;
+mod faults;
 mod iam;
 mod leases;
 mod menu;

@@ -27,7 +27,16 @@ pub struct SqsSourceConfig {
     pub wait_time_secs: u32,
     /// Visibility timeout asked for on receive; extended while work is in flight.
     pub visibility_timeout_secs: u32,
-    /// After a failed write, the message becomes visible again after this delay.
+    /// A batch whose writes failed (a sink throttled, down or slow) is
+    /// retried in place for up to this long, with backoff, its messages kept
+    /// in flight (their visibility extended): no receive is spent, so an
+    /// outage shorter than this sends nothing to the DLQ and keeps FIFO
+    /// order. After it, or on shutdown, the messages are given back to the
+    /// queue (visible again after `retry_delay_secs`: one receive toward
+    /// `max_receive_count`). 0 gives back at once. With the visibility
+    /// timeout, at most SQS's 12 hours.
+    pub retry_in_flight_secs: u32,
+    /// After a failed write is given back, the message becomes visible again after this delay.
     pub retry_delay_secs: u32,
 }
 
@@ -42,6 +51,7 @@ impl Default for SqsSourceConfig {
             max_messages: 10,
             wait_time_secs: 10,
             visibility_timeout_secs: 30,
+            retry_in_flight_secs: 900,
             retry_delay_secs: 5,
         }
     }
@@ -90,6 +100,15 @@ impl SqsSourceConfig {
         }
         if s.retry_delay_secs > 43_200 {
             bad(&format!("{p}.retry_delay_secs"), format!("must be 0..43200, got {}", s.retry_delay_secs));
+        }
+        if u64::from(s.retry_in_flight_secs) + u64::from(s.visibility_timeout_secs) > 43_200 {
+            bad(
+                &format!("{p}.retry_in_flight_secs"),
+                format!(
+                    "{} s plus the visibility timeout ({} s) is over SQS's 12 hours (43200 s) a message may stay in flight",
+                    s.retry_in_flight_secs, s.visibility_timeout_secs
+                ),
+            );
         }
         if !(1..=1000).contains(&s.max_receive_count) {
             bad(&format!("{p}.max_receive_count"), format!("must be 1..1000, got {}", s.max_receive_count));

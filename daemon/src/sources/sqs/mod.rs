@@ -97,6 +97,15 @@ pub async fn queue_url(client: &Client, name_or_url: &str) -> Result<String, Aws
     })
 }
 
+/// ChangeMessageVisibilityBatch calls of one extension pass at once.
+const EXTEND_CONCURRENCY: usize = 8;
+
+/// Whether a refused visibility change says the message is not in flight
+/// under that receipt handle any more (so extending it again cannot help).
+fn no_longer_in_flight(code: &str) -> bool {
+    code.contains("MessageNotInflight") || code.contains("ReceiptHandleIsInvalid")
+}
+
 /// Attempts of a start-up lookup before the daemon gives up starting.
 pub const STARTUP_ATTEMPTS: u32 = 5;
 
@@ -257,58 +266,81 @@ impl SqsSource {
                     .map(|(r, _)| r.clone())
                     .collect()
             };
-            for chunk in due.chunks(10) {
-                let _extending = self.extending.write().await;
-                // Given back or deleted meanwhile: not ours to extend any more.
-                let chunk: Vec<String> = {
-                    let map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-                    chunk.iter().filter(|r| map.contains_key(*r)).cloned().collect()
-                };
-                if chunk.is_empty() {
-                    continue;
-                }
-                let entries: Vec<_> = chunk
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, r)| {
-                        ChangeMessageVisibilityBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .receipt_handle(r)
-                            .visibility_timeout(self.config.visibility_timeout_secs as i32)
-                            .build()
-                            .ok()
-                    })
-                    .collect();
-                // The new timeout runs from when SQS got the request, at the
-                // latest: count it from before sending.
-                let sent_at = Instant::now();
-                match self.client.change_message_visibility_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
-                    Ok(out) => {
-                        // Only the entries SQS extended: a refused one keeps
-                        // its old deadline and is tried again next period.
-                        let refused: Vec<usize> = out.failed.iter().filter_map(|f| f.id.parse().ok()).collect();
-                        let deadline = sent_at + self.visibility();
-                        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-                        for (_, r) in chunk.iter().enumerate().filter(|(i, _)| !refused.contains(i)) {
-                            if let Some(d) = map.get_mut(r) {
-                                *d = deadline;
-                            }
-                        }
-                        drop(map);
-                        let extended = (chunk.len() - refused.len()) as u64;
-                        VisibilityExtended { source: &self.name, count: extended }.emit(&self.metrics);
-                        if !refused.is_empty() {
-                            let error = format!("{} of {} entries refused", refused.len(), chunk.len());
-                            SourceError { source: &self.name, shard: None, kind: SourceErrorKind::Extend, error: &error }
-                                .emit(&self.metrics);
+            if due.is_empty() {
+                continue;
+            }
+            // One pass at a time, and no give-back while it is under way.
+            let _extending = self.extending.write().await;
+            // Given back or deleted meanwhile: not ours to extend any more.
+            let due: Vec<String> = {
+                let map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                due.into_iter().filter(|r| map.contains_key(r)).collect()
+            };
+            // Several calls at once: thousands of messages in flight must
+            // all be extended well within half a visibility timeout.
+            let chunks: Vec<Vec<String>> = due.chunks(10).map(<[String]>::to_vec).collect();
+            let calls: Vec<_> = chunks.into_iter().map(|chunk| self.extend_chunk(chunk)).collect();
+            futures::stream::iter(calls).buffer_unordered(EXTEND_CONCURRENCY).collect::<Vec<()>>().await;
+        }
+    }
+
+    /// One ChangeMessageVisibilityBatch of up to ten in-flight messages.
+    /// An entry SQS refuses because the message is no longer ours (its
+    /// visibility ran out, or it was received again) is forgotten: its
+    /// outcome will be acknowledged in vain and SQS redelivers it. Any
+    /// other refusal keeps the old deadline and is tried again next period.
+    async fn extend_chunk(&self, chunk: Vec<String>) {
+        let entries: Vec<_> = chunk
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(r)
+                    .visibility_timeout(self.config.visibility_timeout_secs as i32)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        // The new timeout runs from when SQS got the request, at the
+        // latest: count it from before sending.
+        let sent_at = Instant::now();
+        match self.client.change_message_visibility_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
+            Ok(out) => {
+                let mut refused: Vec<usize> = Vec::new();
+                let mut gone: Vec<String> = Vec::new();
+                for f in &out.failed {
+                    let Ok(i) = f.id.parse::<usize>() else { continue };
+                    refused.push(i);
+                    if no_longer_in_flight(&f.code) {
+                        if let Some(r) = chunk.get(i) {
+                            gone.push(r.clone());
                         }
                     }
-                    Err(e) => {
-                        let error = describe(&e);
-                        SourceError { source: &self.name, shard: None, kind: SourceErrorKind::Extend, error: &error }
-                            .emit(&self.metrics);
+                }
+                let deadline = sent_at + self.visibility();
+                let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                for (_, r) in chunk.iter().enumerate().filter(|(i, _)| !refused.contains(i)) {
+                    if let Some(d) = map.get_mut(r) {
+                        *d = deadline;
                     }
                 }
+                drop(map);
+                VisibilityExtended { source: &self.name, count: (chunk.len() - refused.len()) as u64 }.emit(&self.metrics);
+                if !refused.is_empty() {
+                    let codes: Vec<&str> = out.failed.iter().map(|f| f.code.as_str()).collect();
+                    let error = format!("{} of {} entries refused ({})", refused.len(), chunk.len(), codes.join(", "));
+                    SourceError { source: &self.name, shard: None, kind: SourceErrorKind::Extend, error: &error }
+                        .emit(&self.metrics);
+                }
+                if !gone.is_empty() {
+                    warn!(queue = %self.name, messages = gone.len(), "In-flight messages were no longer ours to extend; SQS will redeliver them");
+                    self.untrack(&gone);
+                }
+            }
+            Err(e) => {
+                let error = describe(&e);
+                SourceError { source: &self.name, shard: None, kind: SourceErrorKind::Extend, error: &error }.emit(&self.metrics);
             }
         }
     }

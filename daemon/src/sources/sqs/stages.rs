@@ -2,19 +2,25 @@
 //! batching received messages for the router's decide stage, and the write
 //! stage, which turns each batch's outcomes into acknowledgements.
 //!
-//! Owns: batching (`max_batch_events`, `linger_ms`) and the write stage's
-//! concurrency (`sink_concurrency` batches at once). Must not: spawn tasks
-//! or make channels (topology does).
+//! Owns: batching (`max_batch_events`, `linger_ms`), the write stage's
+//! concurrency (`sink_concurrency` batches at once) and its retries in place
+//! (`retry_in_flight_secs`). Must not: spawn tasks or make channels
+//! (topology does).
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::ack::{Receipt, acks};
 use super::{Ack, SqsMessage};
+use crate::aws::Backoff;
 use crate::config::PipelineConfig;
+use crate::internal_events::{GivenBack, InternalEvent, RetriedInFlight};
+use crate::metrics::Metrics;
 use crate::route::{DecidedBatch, Input, OrderCache, Router};
 
 /// A decided batch with its messages' receipts, in arrival order.
@@ -59,32 +65,44 @@ pub async fn decide_loop(
     }
 }
 
+/// What the write stage needs besides its channels.
+#[derive(Debug)]
+pub struct WriteStage {
+    /// Writes each batch.
+    pub router: Router,
+    /// Batches written at once.
+    pub concurrency: usize,
+    /// The input's name (metrics, rejections).
+    pub source: String,
+    /// How long a batch whose writes failed is retried in place
+    /// (`retry_in_flight_secs`).
+    pub retry_in_flight: Duration,
+    /// Shutdown: what still fails is given back at once.
+    pub stop: CancellationToken,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
 /// The write stage: up to `concurrency` batches in flight, each batch's
 /// acknowledgements sent back to the source once all its outcomes are
 /// known. Ends when its input ends and every write in flight has finished.
-pub async fn write_loop(
-    mut rx: mpsc::Receiver<Decided>,
-    ack_tx: mpsc::Sender<Vec<Ack>>,
-    router: Router,
-    concurrency: usize,
-    source: String,
-) {
-    let write = |d: Decided| {
-        let (router, source) = (&router, &source);
-        async move {
-            // Any instance may receive an order's next event: no state is
-            // cached across batches.
-            let mut orders = OrderCache::new(d.receipts.len());
-            let (_, outcomes) = router.write(source, d.batch, &mut orders).await;
-            acks(d.receipts, &outcomes)
-        }
-    };
+///
+/// A batch whose writes failed is not given back to the queue at once: what
+/// is durable is acknowledged, and the rest (the failed messages and, in a
+/// FIFO group, every later one) is decided and written again, with backoff,
+/// while the source keeps it in flight, for up to `retry_in_flight`. A
+/// throttled or unavailable sink then costs no receives (a give-back is one
+/// receive toward the DLQ, and a redrive breaks FIFO order), and the batches
+/// held here are the backpressure: the receivers stop when the write stage
+/// is full. Deciding again is safe: scoring records a payment id once.
+pub async fn write_loop(mut rx: mpsc::Receiver<Decided>, ack_tx: mpsc::Sender<Vec<Ack>>, stage: WriteStage) {
+    let stage = &stage;
     let mut writes = FuturesUnordered::new();
     let mut open = true;
     while open || !writes.is_empty() {
         tokio::select! {
-            batch = rx.recv(), if open && writes.len() < concurrency => match batch {
-                Some(b) => writes.push(write(b)),
+            batch = rx.recv(), if open && writes.len() < stage.concurrency => match batch {
+                Some(b) => writes.push(write_in_place(stage, b, &ack_tx)),
                 None => open = false,
             },
             Some(acks) = writes.next(), if !writes.is_empty() => {
@@ -94,4 +112,63 @@ pub async fn write_loop(
             }
         }
     }
+}
+
+/// Writes one batch, retrying in place what failed (see [`write_loop`]);
+/// returns the acknowledgements still to send. What became durable before
+/// the last round is acknowledged at once through `ack_tx`.
+async fn write_in_place(stage: &WriteStage, d: Decided, ack_tx: &mpsc::Sender<Vec<Ack>>) -> Vec<Ack> {
+    let started = Instant::now();
+    let backoff = Backoff { base: Duration::from_millis(500), max: Duration::from_secs(20) };
+    let Decided { mut receipts, mut batch } = d;
+    for attempt in 0u32.. {
+        // Any instance may receive an order's next event: no state is
+        // cached across batches.
+        let mut orders = OrderCache::new(receipts.len());
+        let (inputs, outcomes) = stage.router.write(&stage.source, batch, &mut orders).await;
+        let all = acks(receipts.clone(), &outcomes);
+        if all.iter().all(|a| matches!(a, Ack::Done { .. })) {
+            return all;
+        }
+        let delay = backoff.delay(attempt);
+        let why = if stage.stop.is_cancelled() {
+            Some("shutdown")
+        } else if started.elapsed() + delay > stage.retry_in_flight {
+            Some("retry budget spent")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            let back = all.iter().filter(|a| matches!(a, Ack::Retry { .. })).count() as u64;
+            GivenBack { source: &stage.source, count: back, why }.emit(&stage.metrics);
+            return all;
+        }
+        // Acknowledge what is durable now; keep the rest, in order.
+        let mut done = Vec::new();
+        let mut again = Vec::new();
+        let mut again_inputs = Vec::new();
+        for ((ack, receipt), input) in all.into_iter().zip(receipts).zip(inputs) {
+            match ack {
+                Ack::Done { .. } => done.push(ack),
+                Ack::Retry { .. } => {
+                    again.push(receipt);
+                    again_inputs.push(input);
+                }
+            }
+        }
+        if !done.is_empty() && ack_tx.send(done).await.is_err() {
+            return Vec::new();
+        }
+        RetriedInFlight { source: &stage.source, count: again.len() as u64, attempt }.emit(&stage.metrics);
+        tokio::select! {
+            () = stage.stop.cancelled() => {
+                GivenBack { source: &stage.source, count: again.len() as u64, why: "shutdown" }.emit(&stage.metrics);
+                return again.into_iter().map(|r| Ack::Retry { receipt_handle: r.receipt_handle }).collect();
+            }
+            () = tokio::time::sleep(delay) => {}
+        }
+        receipts = again;
+        batch = stage.router.decide(again_inputs).await;
+    }
+    Vec::new()
 }

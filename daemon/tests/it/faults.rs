@@ -1,0 +1,142 @@
+//! Outages of an AWS endpoint, made by a real proxy in front of the real
+//! local endpoint (`faultproxy`): it answers with the service's own errors,
+//! or holds requests unanswered, and counts what it did, so a test whose
+//! fault never happened fails.
+
+use std::time::{Duration, Instant};
+
+use faultproxy::{Fault, Proxy, Rule};
+
+use super::orders::{Expected, order_events};
+use super::{Env, burst, http_get};
+
+/// A proxy in front of the stack's DynamoDB.
+async fn dynamodb_proxy() -> Proxy {
+    let upstream = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local stack's DynamoDB");
+    Proxy::start("127.0.0.1:0".parse().expect("addr"), &upstream).await.expect("start the proxy")
+}
+
+fn on(operations: &[&str], fault: Fault) -> Vec<Rule> {
+    operations.iter().map(|op| Rule { operation: Some((*op).to_owned()), probability: 1.0, fault: fault.clone() }).collect()
+}
+
+/// The sum of the samples of `family` whose labels contain `label`.
+async fn metric(env: &Env, family: &str, label: &str) -> f64 {
+    http_get(&env.admin, "/metrics")
+        .await
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Messages in the payments queue's DLQ.
+async fn dlq_messages(env: &Env) -> usize {
+    let url = env
+        .sqs
+        .get_queue_url()
+        .queue_name(format!("{}-pay-dlq.fifo", env.prefix))
+        .send()
+        .await
+        .expect("dlq url")
+        .queue_url
+        .expect("url");
+    let got = env.sqs.receive_message().queue_url(url).max_number_of_messages(10).wait_time_seconds(1).send().await;
+    got.expect("receive from the DLQ").messages().len()
+}
+
+/// Payments, and order life cycles whose events must apply in FIFO order,
+/// all through the payments queue; what they must add up to.
+fn traffic(prefix: &str) -> (Vec<(String, String)>, i64, Expected) {
+    let (mut bodies, total) = burst(prefix, 120);
+    let mut expected = Expected::default();
+    for i in 0..20 {
+        bodies.extend(order_events(prefix, i, &mut expected));
+    }
+    (bodies, total, expected)
+}
+
+async fn wait_all_applied(env: &Env, payments: i64, total: i64, expected: &Expected, within: Duration) {
+    let sums = env.wait_for_payments(payments, within).await;
+    assert_eq!(sums.get("payments"), Some(&payments), "{sums:?}\n{}", env.log());
+    assert_eq!(sums.get("payment_amount_cents"), Some(&total), "{sums:?}");
+    env.wait_orders_exact(expected, Duration::from_secs(30)).await;
+}
+
+/// DynamoDB throttles every write for 40 s under a backlog. SQS would move a
+/// message to the DLQ at its second receive (`max_receive_count = 2`); the
+/// daemon keeps the batches in flight and retries them in place, so nothing
+/// is dead-lettered, every payment counts once, and each order's events
+/// apply in FIFO order (out of order they would be rejected).
+#[tokio::test(flavor = "multi_thread")]
+async fn throttled_writes_are_retried_in_flight_and_nothing_reaches_the_dlq() {
+    let proxy = dynamodb_proxy().await;
+    let mut env = Env::with_orders(
+        "throttled",
+        "shards = 1",
+        "",
+        vec![("AWS_ENDPOINT_URL_DYNAMODB".into(), proxy.url()), ("CAFE_SOURCES__PAYMENTS__MAX_RECEIVE_COUNT".into(), "2".into())],
+    )
+    .await;
+    env.start();
+    proxy.set_rules(on(&["TransactWriteItems", "BatchGetItem"], Fault::Throttle)).expect("rules");
+    let (bodies, total, expected) = traffic(&env.prefix);
+    env.send(&bodies).await;
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let throttled = proxy.stats().total.throttle;
+    assert!(throttled > 0, "the proxy throttled nothing: {:?}", proxy.stats());
+    assert_eq!(env.aggregates().await.get("payments"), None, "a write got through the throttle");
+    proxy.clear();
+
+    let cleared = Instant::now();
+    wait_all_applied(&env, 120, total, &expected, Duration::from_secs(60)).await;
+    eprintln!(
+        "{throttled} calls throttled over 40 s; everything applied {:.1} s after the throttle ended",
+        cleared.elapsed().as_secs_f64()
+    );
+    assert_eq!(dlq_messages(&env).await, 0, "a message reached the DLQ\n{}", env.log());
+    let retried = metric(&env, "cafe_source_retried_in_flight_total", "pay.fifo").await;
+    assert!(retried > 0.0, "nothing was retried in flight");
+    assert_eq!(metric(&env, "cafe_source_given_back_total", "pay.fifo").await, 0.0, "messages were given back");
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{status:?}\n{}", env.log());
+}
+
+/// DynamoDB stops answering until its calls time out (10 s) and are retried:
+/// calls time out instead of hanging, and the pipeline resumes by itself
+/// once the endpoint answers again, losing and double-counting nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_dynamodb_stalls_nothing_for_good() {
+    let proxy = dynamodb_proxy().await;
+    let mut env = Env::with_orders(
+        "blackhole",
+        "shards = 1",
+        "",
+        vec![("AWS_ENDPOINT_URL_DYNAMODB".into(), proxy.url()), ("CAFE_SOURCES__PAYMENTS__MAX_RECEIVE_COUNT".into(), "2".into())],
+    )
+    .await;
+    env.start();
+    proxy.set_rules(on(&["TransactWriteItems", "BatchGetItem"], Fault::BlackHole)).expect("rules");
+    let (bodies, total, expected) = traffic(&env.prefix);
+    env.send(&bodies).await;
+    // Silent until calls have timed out (10 s) and been retried.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&env, "cafe_sink_requests_total", "outcome=\"retry\"").await == 0.0 {
+        assert!(Instant::now() < deadline, "no call timed out and was retried\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let held = proxy.stats().total.black_hole;
+    assert!(held > 0, "the proxy held nothing: {:?}", proxy.stats());
+    assert_eq!(env.aggregates().await.get("payments"), None, "a write got through the black hole");
+    proxy.clear();
+
+    let cleared = Instant::now();
+    wait_all_applied(&env, 120, total, &expected, Duration::from_secs(90)).await;
+    eprintln!(
+        "{held} calls held unanswered; everything applied {:.1} s after the endpoint came back",
+        cleared.elapsed().as_secs_f64()
+    );
+    assert_eq!(dlq_messages(&env).await, 0, "a message reached the DLQ\n{}", env.log());
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{status:?}\n{}", env.log());
+}
