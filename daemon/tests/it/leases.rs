@@ -70,3 +70,67 @@ async fn a_task_of_an_earlier_holding_cannot_checkpoint_after_the_lease_came_bac
     assert_eq!(stored.owner.as_deref(), Some("worker-a"), "an earlier holding's release does not give the lease away");
     leases.checkpoint(key, second.counter, &Checkpoint::At { sequence: "300".into(), sub: 0 }).await.expect("still held");
 }
+
+/// A lease write the table applied but answered too late (the client timed
+/// out) moved the counter without this instance knowing; the next write's
+/// condition then fails as if another instance had taken the lease. It
+/// must not give up a lease nobody took: the lease is read, found still
+/// ours, and the write made again. The delay comes from a real proxy in
+/// front of the local DynamoDB that forwards every UpdateItem at once and
+/// holds its answer past the lease client's attempt timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_write_that_timed_out_but_landed_does_not_cost_the_lease() {
+    let env = Env::new("ambiguous", "").await;
+    let upstream = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local DynamoDB");
+    let proxy = faultproxy::Proxy::start("127.0.0.1:0".parse().expect("addr"), &upstream).await.expect("proxy");
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        env.ddb
+            .config()
+            .to_builder()
+            .endpoint_url(proxy.url())
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let mut config: KinesisSourceConfig = KinesisSourceConfig::default();
+    config.lease_table = format!("{}-leases", env.prefix);
+    config.stream = env.stream();
+    // Lease calls time out after 500 ms (an attempt) and 1 s (a call).
+    config.lease_renew_interval_ms = 500;
+    let key = "shardId-ambiguous-0";
+    env.ddb
+        .put_item()
+        .table_name(&config.lease_table)
+        .item("leaseKey", A::S(key.into()))
+        .item("leaseCounter", A::N("0".into()))
+        .item("checkpoint", A::S("TRIM_HORIZON".into()))
+        .send()
+        .await
+        .expect("put a lease");
+    let leases = Leases::new(client, config, "worker-a".into(), Arc::new(Metrics::new()));
+    let mut rng = rand::rng();
+    let taken = leases.take(&mut rng).await.expect("take").into_iter().find(|l| l.key == key).expect("taken");
+
+    // The table applies the renewal; its answer comes after the client gave up.
+    proxy
+        .set_rules(vec![faultproxy::Rule {
+            operation: Some("UpdateItem".into()),
+            probability: 1.0,
+            fault: faultproxy::Fault::LateAnswer { millis: 1500 },
+        }])
+        .expect("rules");
+    assert!(leases.renew_all().await.is_empty(), "a renewal that timed out is not a lost lease");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.clear();
+    assert!(proxy.stats().total.late_answer > 0, "the proxy delayed nothing: {:?}", proxy.stats());
+    let landed = leases.get(key).await.expect("get").expect("lease");
+    assert_eq!(landed.counter, taken.counter + 1, "the unanswered renewal landed");
+
+    leases
+        .checkpoint(key, taken.counter, &Checkpoint::At { sequence: "100".into(), sub: 0 })
+        .await
+        .expect("the lease is still this instance's");
+    let stored = leases.get(key).await.expect("get").expect("lease");
+    assert_eq!(stored.owner.as_deref(), Some("worker-a"));
+    assert_eq!(stored.checkpoint, Checkpoint::At { sequence: "100".into(), sub: 0 });
+    assert!(leases.renew_all().await.is_empty(), "renewals go on");
+}

@@ -99,6 +99,10 @@ enum WriteFailure {
 struct Held {
     counter: i64,
     last_renewed: Instant,
+    /// The last write of this holding failed without an answer (a timeout,
+    /// a dropped connection): it may have landed all the same, moving the
+    /// counter past `counter`.
+    ambiguous: bool,
 }
 
 /// One holding of a lease by this instance.
@@ -490,7 +494,7 @@ impl Leases {
                     owner_switches: lease.owner_switches + 1,
                     ..lease.clone()
                 };
-                let held = Held { counter: mine.counter, last_renewed: Instant::now() };
+                let held = Held { counter: mine.counter, last_renewed: Instant::now(), ambiguous: false };
                 let holding = Holding { generation: mine.counter, state: tokio::sync::Mutex::new(held) };
                 self.held_lock().insert(lease.key.clone(), Arc::new(holding));
                 Ok(mine)
@@ -570,7 +574,36 @@ impl Leases {
     /// release): bump the counter, and record `checkpoint` and/or give the
     /// lease up, on condition that it is still ours at the counter last
     /// written.
+    ///
+    /// A write that got no answer may have landed: the counter then moved
+    /// under this holding's feet, and the next write's condition fails as
+    /// if another instance had taken the lease. So a condition failure
+    /// after such a write reads the lease: still ours (`leaseOwner` is this
+    /// instance, which only this holding can have set since it began) at a
+    /// higher counter means the earlier write landed; the counter is adopted
+    /// and the write made again, instead of giving up a lease nobody took.
     async fn conditional_write(
+        &self,
+        key: &str,
+        h: &mut Held,
+        checkpoint: Option<&Checkpoint>,
+        release: bool,
+    ) -> Result<(), WriteFailure> {
+        match self.write_once(key, h, checkpoint, release).await {
+            Err(WriteFailure::Moved) if h.ambiguous => match self.get(key).await {
+                Ok(Some(l)) if l.owner.as_deref() == Some(self.worker_id.as_str()) && l.counter > h.counter => {
+                    debug!(shard = %key, counter = l.counter, "An unanswered lease write had landed; adopting its counter");
+                    h.counter = l.counter;
+                    self.write_once(key, h, checkpoint, release).await
+                }
+                Ok(_) => Err(WriteFailure::Moved),
+                Err(e) => Err(WriteFailure::Failed(e.to_string())),
+            },
+            other => other,
+        }
+    }
+
+    async fn write_once(
         &self,
         key: &str,
         h: &mut Held,
@@ -602,10 +635,16 @@ impl Leases {
             Ok(_) => {
                 h.counter += 1;
                 h.last_renewed = Instant::now();
+                h.ambiguous = false;
                 Ok(())
             }
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Err(WriteFailure::Moved),
-            Err(e) => Err(WriteFailure::Failed(describe(&e))),
+            Err(e) => {
+                // Refused by the service: nothing was written. Anything else
+                // (a timeout, a dropped connection) may have been.
+                h.ambiguous |= !matches!(e, SdkError::ServiceError(_));
+                Err(WriteFailure::Failed(describe(&e)))
+            }
         }
     }
 
