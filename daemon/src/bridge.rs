@@ -48,15 +48,48 @@ impl CpuPool {
         });
         match rx.await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(panic)) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(CpuPanic(msg))
-            }
+            Ok(Err(panic)) => Err(CpuPanic(panic_message(panic.as_ref()))),
             Err(_) => Err(CpuPanic("cpu pool dropped the task".into())),
         }
+    }
+}
+
+/// A stage's future panicked (a bug): its message.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("stage panicked: {0}")]
+pub struct Panicked(pub String);
+
+/// Runs `fut` to its end; a panic inside becomes `Err` with its message
+/// instead of unwinding into (and ending) the task that awaits it.
+pub async fn catch_panic<T>(fut: impl std::future::Future<Output = T>) -> Result<T, Panicked> {
+    use futures::FutureExt;
+    AssertUnwindSafe(fut).catch_unwind().await.map_err(|panic| Panicked(panic_message(panic.as_ref())))
+}
+
+/// The text a panic was raised with.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_an_awaited_stage_is_contained_and_named() {
+        let fine = catch_panic(async { 7 }).await;
+        assert_eq!(fine, Ok(7));
+        let stage = async {
+            tokio::task::yield_now().await;
+            let empty: Vec<u32> = Vec::new();
+            empty[3]
+        };
+        let caught = catch_panic(stage).await;
+        let Panicked(message) = caught.expect_err("the panic is caught");
+        assert!(message.contains("index out of bounds"), "{message}");
     }
 }

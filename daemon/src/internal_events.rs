@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use pipeline::event::RejectReason;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::metrics::{
     Metrics, OutcomeLabel, QueueLabel, ReasonLabel, ShardLabel, SinkLabel, SinkOutcome, SourceLabel, SourceOutcome, StageLabel,
@@ -575,6 +575,30 @@ impl InternalEvent for GivenBack<'_> {
         if self.count > 0 {
             warn!(source = self.source, messages = self.count, why = self.why, "Messages given back to the queue unprocessed");
         }
+    }
+}
+
+/// A stage panicked on a batch (a bug: no input can make it): the batch
+/// goes back to its source rather than being lost, and the stage goes on.
+#[derive(Debug)]
+pub struct StagePanicked<'a> {
+    /// The stage.
+    pub stage: Stage,
+    /// Events in the batch.
+    pub events: usize,
+    /// The panic's message.
+    pub message: &'a str,
+}
+
+impl InternalEvent for StagePanicked<'_> {
+    fn emit(self, m: &Metrics) {
+        m.stage_panics.get_or_create(&StageLabel { stage: self.stage.as_str() }).inc();
+        error!(
+            stage = self.stage.as_str(),
+            events = self.events,
+            panic = self.message,
+            "A pipeline stage panicked; the batch goes back to its source"
+        );
     }
 }
 

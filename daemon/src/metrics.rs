@@ -130,6 +130,8 @@ pub struct Metrics {
     pub batch_events: Family<StageLabel, Histogram, fn() -> Histogram>,
     /// Stage durations.
     pub stage_duration: Family<StageLabel, Histogram, fn() -> Histogram>,
+    /// `cafe_pipeline_stage_panics_total{stage}`
+    pub stage_panics: Family<StageLabel, Counter>,
     /// Event time to durable write.
     pub e2e_latency: Family<SourceLabel, Histogram, fn() -> Histogram>,
     /// Fraud decisions.
@@ -208,6 +210,7 @@ impl Metrics {
             pipeline_rejected: Family::default(),
             batch_events: Family::new_with_constructor(batch_histogram),
             stage_duration: Family::new_with_constructor(stage_histogram),
+            stage_panics: Family::default(),
             e2e_latency: Family::new_with_constructor(latency_histogram),
             fraud_decisions: Family::default(),
             fraud_tracked_keys: Gauge::default(),
@@ -264,6 +267,15 @@ impl Metrics {
         );
         registry.register(n::PIPELINE_BATCH_EVENTS, "Events per batch handed to a stage", m.batch_events.clone());
         registry.register(n::PIPELINE_STAGE_DURATION, "Time a batch spends in a stage", m.stage_duration.clone());
+        registry.register(
+            n::PIPELINE_STAGE_PANICS,
+            "Batches whose stage panicked and were given back to their source",
+            m.stage_panics.clone(),
+        );
+        // At 0 from the start, so the alert on it has a series to watch.
+        for stage in ["decide", "write"] {
+            let _ = m.stage_panics.get_or_create(&StageLabel { stage });
+        }
         registry.register(n::PIPELINE_E2E_LATENCY, "Event time to durable write", m.e2e_latency.clone());
         registry.register(n::FRAUD_DECISIONS, "Fraud decisions, by outcome", m.fraud_decisions.clone());
         registry.register(n::FRAUD_TRACKED_KEYS, "Keys held by the fraud engine's history", m.fraud_tracked_keys.clone());

@@ -101,6 +101,9 @@ pub const PIPELINE_REJECTED: &str = "cafe_pipeline_rejected_events";
 pub const REJECTED_TRUNCATED: &str = "cafe_rejected_truncated";
 /// Events per batch handed to a stage. Labels: `stage`.
 pub const PIPELINE_BATCH_EVENTS: &str = "cafe_pipeline_batch_events";
+/// Batches whose stage panicked (a bug, never bad input): the batch was
+/// given back to its source, not lost. Labels: `stage`.
+pub const PIPELINE_STAGE_PANICS: &str = "cafe_pipeline_stage_panics";
 /// Time a batch spends in a stage. Labels: `stage`.
 pub const PIPELINE_STAGE_DURATION: &str = "cafe_pipeline_stage_duration_seconds";
 /// Event time (`ts`) to durable write. Labels: `source`.

@@ -81,6 +81,12 @@ impl OrderCache {
         self.map.remove(id);
     }
 
+    /// Forgets every order (after a write that panicked half way).
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.fifo.clear();
+    }
+
     /// Orders cached.
     pub fn len(&self) -> usize {
         self.map.len()

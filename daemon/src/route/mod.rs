@@ -24,7 +24,6 @@ use pipeline::fraud::FraudEngine;
 use pipeline::orders::ShardPos;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tracing::error;
 
 pub use apply_orders::OrderCache;
 use apply_orders::{Fate, apply_orders};
@@ -33,7 +32,7 @@ pub use decide::{Decided, Input, Work};
 use crate::bridge::CpuPool;
 use crate::internal_events::{
     BatchStaged, EventLatency, EventRejected, EventsOut, FraudHistorySize, InternalEvent, MenuImageWritten, OrderStatesRead,
-    PaymentDecided, Stage, StageFinished,
+    PaymentDecided, Stage, StageFinished, StagePanicked,
 };
 use crate::metrics::Metrics;
 use crate::sinks::WriteOutcome;
@@ -131,7 +130,7 @@ impl Router {
             Err(e) => {
                 // A bug, not bad input (decoding never panics on input): give
                 // the inputs back rather than lose them.
-                error!(error = %e, inputs = inputs.len(), "Decide stage failed; giving the batch back");
+                StagePanicked { stage: Stage::Decide, events: inputs.len(), message: &e.to_string() }.emit(&self.metrics);
                 inputs.iter().map(|_| Decided::Failed).collect()
             }
         };
@@ -142,7 +141,26 @@ impl Router {
     /// with an outcome for each, in order, once every write is known.
     /// `orders` caches order states between batches where that is valid (a
     /// leased shard).
+    ///
+    /// A panic inside (a bug: no input can cause one) fails the whole batch
+    /// instead of ending the stage's task, which would stall its input for
+    /// good: every outcome is `Failed`, so the source gives the batch back
+    /// or retries it, and the order cache, which may hold what the
+    /// panicking write left half done, is emptied.
     pub async fn write(&self, source: &str, batch: DecidedBatch, orders: &mut OrderCache) -> (Vec<Input>, Vec<Outcome>) {
+        let inputs = batch.inputs.clone();
+        match crate::bridge::catch_panic(self.write_batch(source, batch, orders)).await {
+            Ok(written) => written,
+            Err(crate::bridge::Panicked(message)) => {
+                StagePanicked { stage: Stage::Write, events: inputs.len(), message: &message }.emit(&self.metrics);
+                orders.clear();
+                let failed = vec![Outcome::Failed; inputs.len()];
+                (inputs, failed)
+            }
+        }
+    }
+
+    async fn write_batch(&self, source: &str, batch: DecidedBatch, orders: &mut OrderCache) -> (Vec<Input>, Vec<Outcome>) {
         let started = Instant::now();
         StageFinished { stage: Stage::QueueToWrite, elapsed: started.duration_since(batch.decided_at) }.emit(&self.metrics);
         let DecidedBatch { inputs, decided, .. } = batch;
