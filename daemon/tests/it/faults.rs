@@ -16,6 +16,16 @@ async fn dynamodb_proxy() -> Proxy {
     Proxy::start("127.0.0.1:0".parse().expect("addr"), &upstream).await.expect("start the proxy")
 }
 
+/// A test environment whose daemon reaches DynamoDB through a proxy, and
+/// whose payments queue dead-letters a message at its second receive.
+async fn behind_a_dynamodb_proxy(name: &str) -> (Proxy, Env) {
+    let proxy = dynamodb_proxy().await;
+    let daemon_env =
+        vec![("AWS_ENDPOINT_URL_DYNAMODB".into(), proxy.url()), ("CAFE_SOURCES__PAYMENTS__MAX_RECEIVE_COUNT".into(), "2".into())];
+    let env = Env::with_orders(name, "shards = 1", "", daemon_env).await;
+    (proxy, env)
+}
+
 fn on(operations: &[&str], fault: Fault) -> Vec<Rule> {
     operations.iter().map(|op| Rule { operation: Some((*op).to_owned()), probability: 1.0, fault: fault.clone() }).collect()
 }
@@ -70,14 +80,7 @@ async fn wait_all_applied(env: &Env, payments: i64, total: i64, expected: &Expec
 /// apply in FIFO order (out of order they would be rejected).
 #[tokio::test(flavor = "multi_thread")]
 async fn throttled_writes_are_retried_in_flight_and_nothing_reaches_the_dlq() {
-    let proxy = dynamodb_proxy().await;
-    let mut env = Env::with_orders(
-        "throttled",
-        "shards = 1",
-        "",
-        vec![("AWS_ENDPOINT_URL_DYNAMODB".into(), proxy.url()), ("CAFE_SOURCES__PAYMENTS__MAX_RECEIVE_COUNT".into(), "2".into())],
-    )
-    .await;
+    let (proxy, mut env) = behind_a_dynamodb_proxy("throttled").await;
     env.start();
     proxy.set_rules(on(&["TransactWriteItems", "BatchGetItem"], Fault::Throttle)).expect("rules");
     let (bodies, total, expected) = traffic(&env.prefix);
@@ -107,14 +110,7 @@ async fn throttled_writes_are_retried_in_flight_and_nothing_reaches_the_dlq() {
 /// once the endpoint answers again, losing and double-counting nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_dynamodb_stalls_nothing_for_good() {
-    let proxy = dynamodb_proxy().await;
-    let mut env = Env::with_orders(
-        "blackhole",
-        "shards = 1",
-        "",
-        vec![("AWS_ENDPOINT_URL_DYNAMODB".into(), proxy.url()), ("CAFE_SOURCES__PAYMENTS__MAX_RECEIVE_COUNT".into(), "2".into())],
-    )
-    .await;
+    let (proxy, mut env) = behind_a_dynamodb_proxy("blackhole").await;
     env.start();
     proxy.set_rules(on(&["TransactWriteItems", "BatchGetItem"], Fault::BlackHole)).expect("rules");
     let (bodies, total, expected) = traffic(&env.prefix);

@@ -10,6 +10,19 @@ use daemon::sources::kinesis::leases::{LeaseError, Leases};
 
 use super::*;
 
+/// A lease nobody holds, at the start of its shard.
+async fn put_free_lease(env: &Env, table: &str, key: &str) {
+    env.ddb
+        .put_item()
+        .table_name(table)
+        .item("leaseKey", A::S(key.into()))
+        .item("leaseCounter", A::N("0".into()))
+        .item("checkpoint", A::S("TRIM_HORIZON".into()))
+        .send()
+        .await
+        .expect("put a lease");
+}
+
 /// A shard task of an earlier holding (its lease was taken away and then
 /// taken back by the same instance) can no longer write: its checkpoint
 /// would move the shard's progress backwards under the new holding.
@@ -21,15 +34,7 @@ async fn a_task_of_an_earlier_holding_cannot_checkpoint_after_the_lease_came_bac
     config.stream = env.stream();
     let table = config.lease_table.clone();
     let key = "shardId-fence-0";
-    env.ddb
-        .put_item()
-        .table_name(&table)
-        .item("leaseKey", A::S(key.into()))
-        .item("leaseCounter", A::N("0".into()))
-        .item("checkpoint", A::S("TRIM_HORIZON".into()))
-        .send()
-        .await
-        .expect("put a lease");
+    put_free_lease(&env, &table, key).await;
     let leases = Leases::new(env.ddb.clone(), config, "worker-a".into(), Arc::new(Metrics::new()));
     let mut rng = rand::rng();
     let first = leases.take(&mut rng).await.expect("take").into_iter().find(|l| l.key == key).expect("taken");
@@ -97,15 +102,7 @@ async fn a_lease_write_that_timed_out_but_landed_does_not_cost_the_lease() {
     // Lease calls time out after 500 ms (an attempt) and 1 s (a call).
     config.lease_renew_interval_ms = 500;
     let key = "shardId-ambiguous-0";
-    env.ddb
-        .put_item()
-        .table_name(&config.lease_table)
-        .item("leaseKey", A::S(key.into()))
-        .item("leaseCounter", A::N("0".into()))
-        .item("checkpoint", A::S("TRIM_HORIZON".into()))
-        .send()
-        .await
-        .expect("put a lease");
+    put_free_lease(&env, &config.lease_table, key).await;
     let leases = Leases::new(client, config, "worker-a".into(), Arc::new(Metrics::new()));
     let mut rng = rand::rng();
     let taken = leases.take(&mut rng).await.expect("take").into_iter().find(|l| l.key == key).expect("taken");
