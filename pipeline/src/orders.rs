@@ -64,11 +64,14 @@ impl OrderStatus {
     }
 }
 
-/// Where in a Kinesis shard an event was read: `shardId/sequence[/sub]`
-/// (`sub`: its place in a KPL aggregate record). Positions of one shard are
-/// totally ordered; positions of different shards are not compared.
+/// Where in a Kinesis shard an event was read: `stream:shardId/sequence[/sub]`
+/// (`sub`: its place in a KPL aggregate record). Positions of one shard of
+/// one stream are totally ordered; positions of different shards or
+/// streams are not compared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardPos {
+    /// The stream's name (every stream has a `shardId-000000000000`).
+    pub stream: String,
     /// Shard id.
     pub shard: String,
     /// Sequence number: decimal digits, no leading zero (up to 129 digits,
@@ -79,10 +82,17 @@ pub struct ShardPos {
 }
 
 impl ShardPos {
-    /// Parses `shardId/sequence` or `shardId/sequence/sub`; `None` for
-    /// anything else (an SQS message id has no `/`).
-    pub fn parse(s: &str) -> Option<ShardPos> {
-        let mut parts = s.split('/');
+    /// Parses `stream:shardId/sequence[/sub]` (as stored in a history
+    /// entry), or `shardId/sequence[/sub]` (a record's `position`) read from
+    /// `stream`; `None` for anything else (an SQS message id has no `/`).
+    /// Stream names cannot hold `:`.
+    pub fn parse(s: &str, stream: Option<&str>) -> Option<ShardPos> {
+        let (stream, rest) = match s.split_once(':') {
+            Some((named, rest)) if !named.is_empty() => (named, rest),
+            Some(_) => return None,
+            None => (stream?, s),
+        };
+        let mut parts = rest.split('/');
         let shard = parts.next().filter(|p| !p.is_empty())?;
         let sequence = parts.next().filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))?;
         let sub = match parts.next() {
@@ -92,12 +102,13 @@ impl ShardPos {
         if parts.next().is_some() || (sequence.len() > 1 && sequence.starts_with('0')) {
             return None;
         }
-        Some(ShardPos { shard: shard.to_owned(), sequence: sequence.to_owned(), sub })
+        Some(ShardPos { stream: stream.to_owned(), shard: shard.to_owned(), sequence: sequence.to_owned(), sub })
     }
 
-    /// Whether `self` was read after `other` in the same shard.
+    /// Whether `self` was read after `other` in the same shard of the same stream.
     pub fn is_after(&self, other: &ShardPos) -> bool {
-        self.shard == other.shard
+        self.stream == other.stream
+            && self.shard == other.shard
             && (self.sequence.len(), self.sequence.as_str(), self.sub)
                 > (other.sequence.len(), other.sequence.as_str(), other.sub)
     }
@@ -105,11 +116,11 @@ impl ShardPos {
 
 impl std::fmt::Display for ShardPos {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.sub == 0 {
-            write!(f, "{}/{}", self.shard, self.sequence)
-        } else {
-            write!(f, "{}/{}/{}", self.shard, self.sequence, self.sub)
+        write!(f, "{}:{}/{}", self.stream, self.shard, self.sequence)?;
+        if self.sub != 0 {
+            write!(f, "/{}", self.sub)?;
         }
+        Ok(())
     }
 }
 

@@ -66,7 +66,12 @@ impl Store {
 
 fn position(i: usize) -> ShardPos {
     // Sequence numbers of a real shard: long, increasing, compared as text.
-    ShardPos { shard: "shardId-000000000000".into(), sequence: format!("4959{:052}", 10 * i + 7), sub: 0 }
+    ShardPos {
+        stream: "orders".into(),
+        shard: "shardId-000000000000".into(),
+        sequence: format!("4959{:052}", 10 * i + 7),
+        sub: 0,
+    }
 }
 
 proptest! {
@@ -124,15 +129,20 @@ fn a_cancellation_before_its_order_stays_rejected_on_replay() {
 }
 
 #[test]
-fn positions_parse_and_order_within_a_shard_only() {
-    let a = ShardPos::parse("shardId-000000000001/99").expect("plain");
-    let b = ShardPos::parse("shardId-000000000001/100").expect("plain");
-    let c = ShardPos::parse("shardId-000000000001/100/3").expect("aggregated");
+fn positions_parse_and_order_within_a_shard_of_a_stream_only() {
+    let a = ShardPos::parse("shardId-000000000001/99", Some("orders")).expect("plain");
+    let b = ShardPos::parse("shardId-000000000001/100", Some("orders")).expect("plain");
+    let c = ShardPos::parse("shardId-000000000001/100/3", Some("orders")).expect("aggregated");
     assert!(b.is_after(&a) && c.is_after(&b) && !a.is_after(&b) && !b.is_after(&b));
-    assert_eq!(c.to_string(), "shardId-000000000001/100/3");
-    let other = ShardPos::parse("shardId-000000000002/5").expect("plain");
+    assert_eq!(c.to_string(), "orders:shardId-000000000001/100/3");
+    assert_eq!(ShardPos::parse(&c.to_string(), None), Some(c.clone()), "a stored position round-trips");
+    let other = ShardPos::parse("shardId-000000000002/5", Some("orders")).expect("plain");
     assert!(!other.is_after(&a) && !a.is_after(&other), "another shard's positions are not compared");
-    for bad in ["", "b6f2c0e4-1d2a-4c3b-9e8f-0a1b2c3d4e5f", "s/", "s/01", "s/1/x", "s/1/2/3", "/1", "s/-1"] {
-        assert_eq!(ShardPos::parse(bad), None, "{bad:?}");
+    // Every stream has a shardId-000000000000: another stream's positions are not compared either.
+    let eu = ShardPos::parse("shardId-000000000001/999", Some("eu-orders")).expect("plain");
+    assert!(!eu.is_after(&a), "another stream's positions are not compared");
+    for bad in ["", "b6f2c0e4-1d2a-4c3b-9e8f-0a1b2c3d4e5f", "s/", "s/01", "s/1/x", "s/1/2/3", "/1", "s/-1", ":s/1"] {
+        assert_eq!(ShardPos::parse(bad, Some("orders")), None, "{bad:?}");
     }
+    assert_eq!(ShardPos::parse("shardId-000000000001/99", None), None, "a stored position without its stream is not compared");
 }

@@ -189,9 +189,11 @@ impl Router {
         }
         let applied_at = now_rfc3339();
         let order_refs: Vec<&Event> = order_events.iter().collect();
-        // A shard's events are judged at their position (replays give the
-        // first pass's answers); a queue's message ids parse to none.
-        let order_pos: Vec<Option<ShardPos>> = order_at.iter().map(|&i| ShardPos::parse(&inputs[i].position)).collect();
+        // A shard's events are judged at their position in the stream
+        // (`source`; replays give the first pass's answers); a queue's
+        // message ids parse to none.
+        let order_pos: Vec<Option<ShardPos>> =
+            order_at.iter().map(|&i| ShardPos::parse(&inputs[i].position, Some(source))).collect();
         let metrics = &self.metrics;
         let (payment_out, menu_out, order_fates) = tokio::join!(
             self.dynamodb.write_payments(&payments),

@@ -1,7 +1,7 @@
 //! `cafe-orders` items and the order counters of `cafe-aggregates`.
 //!
 //! Owns: the order item layout (the contract's attributes, plus
-//! `applied_at` and, for events read from a shard, `pos` (`shardId/sequence`)
+//! `applied_at` and, for events read from a shard, `pos` (`stream:shardId/sequence`)
 //! in each history entry, and `customer_id`, `channel`), reading
 //! orders back, and the write protocol. Must not: decide transitions
 //! (`pipeline::orders` does).
@@ -70,8 +70,9 @@ pub fn parse_order(item: &HashMap<String, AttributeValue>) -> Option<OrderState>
                 status: OrderStatus::parse(&get("status")?)?,
                 ts: get("ts")?,
                 event_id: get("event_id")?,
-                // Absent on entries of queued events and of earlier releases.
-                pos: get("pos").and_then(|p| ShardPos::parse(&p)),
+                // Absent on entries of queued events and of earlier releases
+                // (which stored no stream: not compared either).
+                pos: get("pos").and_then(|p| ShardPos::parse(&p, None)),
             })
         })
         .collect::<Option<Vec<_>>>()?;
@@ -323,7 +324,10 @@ mod tests {
             status: OrderStatus::Placed,
             ts: "2026-11-22T08:15:30Z".into(),
             event_id: "e1".into(),
-            pos: ShardPos::parse("shardId-000000000001/49590338271490256608559692538361571095921575989136588898/2"),
+            pos: ShardPos::parse(
+                "shardId-000000000001/49590338271490256608559692538361571095921575989136588898/2",
+                Some("orders"),
+            ),
         };
         assert!(h.pos.is_some());
         let item = HashMap::from([
