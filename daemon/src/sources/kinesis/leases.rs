@@ -374,9 +374,9 @@ impl Leases {
     }
 
     /// Renews one held lease; true when it is lost.
-    async fn renew(&self, key: &str, h: &Holding) -> bool {
-        let mut h = h.state.lock().await;
-        match self.conditional_write(key, &mut h, None, false).await {
+    async fn renew(&self, key: &str, holding: &Holding) -> bool {
+        let mut h = holding.state.lock().await;
+        match self.conditional_write(key, holding.generation, &mut h, None, false).await {
             Ok(()) => false,
             Err(WriteFailure::Moved) => {
                 self.lost(key, LeaseLostHow::Taken);
@@ -559,7 +559,7 @@ impl Leases {
             return Err(LeaseError::Lost(key.to_owned()));
         }
         let mut h = holding.state.lock().await;
-        match self.conditional_write(key, &mut h, checkpoint, release).await {
+        match self.conditional_write(key, generation, &mut h, checkpoint, release).await {
             Ok(()) => Ok(()),
             Err(WriteFailure::Moved) => {
                 self.forget(key, generation);
@@ -582,16 +582,24 @@ impl Leases {
     /// instance, which only this holding can have set since it began) at a
     /// higher counter means the earlier write landed; the counter is adopted
     /// and the write made again, instead of giving up a lease nobody took.
+    /// Only while `generation` is still this instance's holding of the
+    /// lease: once it was given up and the lease taken again (a new holding,
+    /// also under this instance's name), the counter is the new holding's.
     async fn conditional_write(
         &self,
         key: &str,
+        generation: i64,
         h: &mut Held,
         checkpoint: Option<&Checkpoint>,
         release: bool,
     ) -> Result<(), WriteFailure> {
         match self.write_once(key, h, checkpoint, release).await {
             Err(WriteFailure::Moved) if h.ambiguous => match self.get(key).await {
-                Ok(Some(l)) if l.owner.as_deref() == Some(self.worker_id.as_str()) && l.counter > h.counter => {
+                Ok(Some(l))
+                    if l.owner.as_deref() == Some(self.worker_id.as_str())
+                        && l.counter > h.counter
+                        && self.held_lock().get(key).is_some_and(|held| held.generation == generation) =>
+                {
                     debug!(shard = %key, counter = l.counter, "An unanswered lease write had landed; adopting its counter");
                     h.counter = l.counter;
                     self.write_once(key, h, checkpoint, release).await
@@ -640,9 +648,11 @@ impl Leases {
             }
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Err(WriteFailure::Moved),
             Err(e) => {
-                // Refused by the service: nothing was written. Anything else
-                // (a timeout, a dropped connection) may have been.
-                h.ambiguous |= !matches!(e, SdkError::ServiceError(_));
+                // Refused by the service for the request (a 4xx): nothing was
+                // written. Anything else (a timeout, a dropped connection, a
+                // 5xx, which DynamoDB may answer after applying) may have been.
+                let refused = matches!(&e, SdkError::ServiceError(se) if se.raw().status().is_client_error());
+                h.ambiguous |= !refused;
                 Err(WriteFailure::Failed(describe(&e)))
             }
         }
