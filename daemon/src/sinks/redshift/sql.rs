@@ -19,10 +19,10 @@
 //! re-evaluates its SET expressions on the row as committed, so the
 //! comparison is made against what is really there. Redshift's MERGE
 //! (serializable isolation) takes the same statement: a temporary table as
-//! source, no condition on `WHEN MATCHED`, no target alias. Two flushes of
-//! one new key at once collide on the key (PostgreSQL: unique violation;
-//! Redshift: serializable isolation violation); the loser is retried and
-//! then merges by version. Must not: run anything.
+//! source, no condition on `WHEN MATCHED`, no target alias. Each batch locks
+//! the table before its merge, so flushes of one table take turns: Redshift
+//! enforces no primary key, and under its SNAPSHOT isolation two flushes
+//! inserting the same new key would both commit. Must not: run anything.
 //!
 //! Limits honoured: at most 40 statements per batch and 100 KB per statement
 //! (the Data API's), so a large flush becomes several batches, each a whole
@@ -107,13 +107,17 @@ pub fn upsert_batches(table: &str, rows: &[MirrorRow]) -> Vec<Vec<String>> {
     let mut batches = Vec::new();
     let mut inserts: Vec<String> = Vec::new();
     let mut cur = String::new();
-    let fixed = 3; // create stage, merge, drop
+    let fixed = 4; // create stage, lock, merge, drop
     let flush_batch = |inserts: &mut Vec<String>, batches: &mut Vec<Vec<String>>| {
         if inserts.is_empty() {
             return;
         }
         let mut b = vec![format!("CREATE TEMP TABLE {stage} (LIKE {table})")];
         b.append(inserts);
+        // Flushes of one table take turns: Redshift keeps no unique key, and
+        // under SNAPSHOT isolation two flushes inserting the same new key
+        // would both commit, leaving it twice.
+        b.push(format!("LOCK {table}"));
         b.push(merge.clone());
         b.push(format!("DROP TABLE {stage}"));
         batches.push(b);
@@ -157,12 +161,13 @@ mod tests {
         let b = upsert_batches(TABLE, &[row("s1", 1), row("s'2", 2)]);
         assert_eq!(b.len(), 1);
         let stmts = &b[0];
-        assert_eq!(stmts.len(), 4);
+        assert_eq!(stmts.len(), 5);
         assert!(stmts[0].starts_with("CREATE TEMP TABLE cafe_store_minute_stage"));
         assert!(stmts[1].contains("('s1', '2026-11-22 08:01:00', 1, 0, 100,"), "{}", stmts[1]);
         assert!(stmts[1].contains(", 0, 3), ('s''2'"), "the version is last: {}", stmts[1]);
         assert!(stmts[1].contains("'s''2'"), "quotes are escaped: {}", stmts[1]);
-        let merge = &stmts[2];
+        assert_eq!(stmts[2], "LOCK cafe_store_minute", "flushes of the table take turns");
+        let merge = &stmts[3];
         assert!(merge.starts_with("MERGE INTO cafe_store_minute USING cafe_store_minute_stage ON"), "{merge}");
         assert!(
             merge.contains("orders = CASE WHEN cafe_store_minute.version < cafe_store_minute_stage.version THEN"),
@@ -173,7 +178,7 @@ mod tests {
         for n in Counters::NAMES {
             assert!(merge.contains(&format!(" {n} = CASE")), "every counter is merged: {n}");
         }
-        assert_eq!(stmts[3], "DROP TABLE cafe_store_minute_stage");
+        assert_eq!(stmts[4], "DROP TABLE cafe_store_minute_stage");
     }
 
     #[test]
