@@ -398,6 +398,7 @@ fn start_queue(
         source: source.name.clone(),
         retry_in_flight: Duration::from_secs(u64::from(input.retry_in_flight_secs)),
         stop: stop_receiving.clone(),
+        queue: Arc::clone(source),
     };
     tracker.spawn(stages::write_loop(decided_rx, ack_tx, stage));
     let source = Arc::clone(source);

@@ -19,6 +19,8 @@ pub struct Receipt {
     pub receipt_handle: String,
     /// FIFO MessageGroupId, if any.
     pub group: Option<String>,
+    /// When this daemon received it (its time in flight runs from here).
+    pub received_at: std::time::Instant,
 }
 
 /// The acknowledgement of each message, in arrival order.
@@ -27,7 +29,7 @@ pub fn acks(receipts: Vec<Receipt>, outcomes: &[Outcome]) -> Vec<Ack> {
     receipts
         .into_iter()
         .zip(outcomes.iter().copied().chain(std::iter::repeat(Outcome::Failed)))
-        .map(|(Receipt { receipt_handle, group }, outcome)| {
+        .map(|(Receipt { receipt_handle, group, .. }, outcome)| {
             let done = match group {
                 Some(g) if held.contains(&g) => false,
                 Some(g) if !outcome.is_done() => {
@@ -46,7 +48,7 @@ mod tests {
     use super::*;
 
     fn r(id: &str, group: Option<&str>) -> Receipt {
-        Receipt { receipt_handle: id.into(), group: group.map(Into::into) }
+        Receipt { receipt_handle: id.into(), group: group.map(Into::into), received_at: std::time::Instant::now() }
     }
 
     fn done(acks: &[Ack]) -> Vec<bool> {

@@ -102,8 +102,10 @@ const EXTEND_CONCURRENCY: usize = 8;
 
 /// Whether a refused visibility change says the message is not in flight
 /// under that receipt handle any more (so extending it again cannot help).
+/// `InvalidParameterValue` is SQS's answer past the 12 hours a message may
+/// stay in flight (the timeouts asked for are validated).
 fn no_longer_in_flight(code: &str) -> bool {
-    code.contains("MessageNotInflight") || code.contains("ReceiptHandleIsInvalid")
+    code.contains("MessageNotInflight") || code.contains("ReceiptHandleIsInvalid") || code.contains("InvalidParameterValue")
 }
 
 /// Attempts of a start-up lookup before the daemon gives up starting.
@@ -167,6 +169,12 @@ impl SqsSource {
             map.remove(r);
         }
         self.set_inflight_gauge(map.len());
+    }
+
+    /// Whether the message of `receipt` is still in flight for this
+    /// instance (not acknowledged, and not found expired by an extension).
+    pub fn holds(&self, receipt: &str) -> bool {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).contains_key(receipt)
     }
 
     /// Messages received and not yet acknowledged.

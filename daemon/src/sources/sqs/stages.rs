@@ -7,6 +7,7 @@
 //! (`retry_in_flight_secs`). Must not: spawn tasks or make channels
 //! (topology does).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,7 +56,7 @@ pub async fn decide_loop(
         let mut receipts = Vec::with_capacity(batch.len());
         let mut inputs = Vec::with_capacity(batch.len());
         for m in batch {
-            receipts.push(Receipt { receipt_handle: m.receipt_handle, group: m.group_id });
+            receipts.push(Receipt { receipt_handle: m.receipt_handle, group: m.group_id, received_at: m.received_at });
             inputs.push(Input { data: m.body.into_bytes(), position: m.message_id });
         }
         let batch = router.decide(inputs).await;
@@ -79,6 +80,8 @@ pub struct WriteStage {
     pub retry_in_flight: Duration,
     /// Shutdown: what still fails is given back at once.
     pub stop: CancellationToken,
+    /// The queue: which messages are still this instance's.
+    pub queue: Arc<super::SqsSource>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -118,7 +121,8 @@ pub async fn write_loop(mut rx: mpsc::Receiver<Decided>, ack_tx: mpsc::Sender<Ve
 /// returns the acknowledgements still to send. What became durable before
 /// the last round is acknowledged at once through `ack_tx`.
 async fn write_in_place(stage: &WriteStage, d: Decided, ack_tx: &mpsc::Sender<Vec<Ack>>) -> Vec<Ack> {
-    let started = Instant::now();
+    // The budget runs from the oldest message's receipt: its time in flight.
+    let started = d.receipts.iter().map(|r| r.received_at).min().unwrap_or_else(Instant::now);
     let backoff = Backoff { base: Duration::from_millis(500), max: Duration::from_secs(20) };
     let Decided { mut receipts, mut batch } = d;
     for attempt in 0u32.. {
@@ -143,20 +147,31 @@ async fn write_in_place(stage: &WriteStage, d: Decided, ack_tx: &mpsc::Sender<Ve
             GivenBack { source: &stage.source, count: back, why }.emit(&stage.metrics);
             return all;
         }
-        // Acknowledge what is durable now; keep the rest, in order.
-        let mut done = Vec::new();
+        // Acknowledge what is durable now; keep the rest, in order. A message
+        // that is no longer ours (its visibility ran out: SQS redelivers it)
+        // is dropped, and the later messages of its group are given back to
+        // come after it.
+        let mut send_now = Vec::new();
         let mut again = Vec::new();
         let mut again_inputs = Vec::new();
+        let mut lost_groups: HashSet<String> = HashSet::new();
         for ((ack, receipt), input) in all.into_iter().zip(receipts).zip(inputs) {
             match ack {
-                Ack::Done { .. } => done.push(ack),
+                Ack::Done { .. } => send_now.push(ack),
+                Ack::Retry { .. } if !stage.queue.holds(&receipt.receipt_handle) => {
+                    lost_groups.extend(receipt.group.clone());
+                }
+                Ack::Retry { .. } if receipt.group.as_ref().is_some_and(|g| lost_groups.contains(g)) => send_now.push(ack),
                 Ack::Retry { .. } => {
                     again.push(receipt);
                     again_inputs.push(input);
                 }
             }
         }
-        if !done.is_empty() && ack_tx.send(done).await.is_err() {
+        if again.is_empty() {
+            return send_now;
+        }
+        if !send_now.is_empty() && ack_tx.send(send_now).await.is_err() {
             return Vec::new();
         }
         RetriedInFlight { source: &stage.source, count: again.len() as u64, attempt }.emit(&stage.metrics);
