@@ -8,9 +8,9 @@
 //! classifies them exactly as it would real AWS answers; that is the whole point.
 //!
 //! What it deliberately does not do: TLS, HTTP/2 (so no Kinesis `SubscribeToShard`),
-//! streaming bodies (each body is collected whole), faults on the answer of a request
-//! that was forwarded (the upstream has then already acted on it), or authentication of
-//! its control API. It is a test tool for loopback, not a production proxy.
+//! streaming bodies (each body is collected whole), altering an answer the upstream gave
+//! (only delaying it: `LateAnswer`, the upstream having already acted on the request),
+//! or authentication of its control API. It is a test tool for loopback, not a production proxy.
 
 mod aws;
 pub mod control;

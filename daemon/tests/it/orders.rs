@@ -734,14 +734,12 @@ async fn a_latest_lease_handed_over_before_any_checkpoint_loses_nothing() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let leases = env.leases().await;
-        if leases.values().any(|(owner, _)| owner.as_deref() == Some("first")) {
+        if leases.values().any(|(owner, cp)| owner.as_deref() == Some("first") && cp.starts_with("AT_TIMESTAMP:")) {
             break;
         }
-        assert!(Instant::now() < deadline, "the first instance never took the lease: {leases:?}\n{}", env.worker_logs());
+        assert!(Instant::now() < deadline, "the first holder never pinned LATEST: {leases:?}\n{}", env.worker_logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Time to get its iterator (and, now, to pin the lease).
-    tokio::time::sleep(Duration::from_secs(1)).await;
     // Killed before it read or checkpointed anything; orders arrive while
     // no one reads the shard.
     let mut first = env.worker("first");
@@ -751,6 +749,10 @@ async fn a_latest_lease_handed_over_before_any_checkpoint_loses_nothing() {
     let records: Vec<(String, Vec<u8>)> =
         (0..8).flat_map(|i| order_events(&env.prefix, i, &mut expected)).map(|(k, b)| (k, b.into_bytes())).collect();
     env.producer().put(&records).await;
+    // Longer than the clock allowance of a pin: a pin of the second
+    // holder's own would come after these records; only the first's covers
+    // them.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     env.start_worker("second");
     env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
 }
@@ -761,15 +763,16 @@ async fn a_latest_lease_handed_over_before_any_checkpoint_loses_nothing() {
 async fn an_idle_shard_checkpoints_its_last_records() {
     let mut env = Env::with_orders(
         "idle",
-        "shards = 1\nfailover_time_ms = 3000\nlease_renew_interval_ms = 1000\nlease_take_interval_ms = 500\ncheckpoint_interval_ms = 1000",
+        "shards = 1\nfailover_time_ms = 3000\nlease_renew_interval_ms = 1000\nlease_take_interval_ms = 500\ncheckpoint_interval_ms = 4000",
         "",
         Vec::new(),
     )
     .await;
     env.start();
     let mut expected = Expected::default();
-    // Two waves: the second lands within the checkpoint interval of the
-    // first, so only an idle-time checkpoint covers it.
+    // Two waves: the second lands well within the checkpoint interval (4 s)
+    // of the first, so no checkpoint after a batch covers it; only one
+    // taken while the shard is idle does.
     for wave in 0..2 {
         let records: Vec<(String, Vec<u8>)> = (wave * 5..wave * 5 + 5)
             .flat_map(|i| order_events(&env.prefix, i, &mut expected))
@@ -778,15 +781,16 @@ async fn an_idle_shard_checkpoints_its_last_records() {
         env.producer().put(&records).await;
         env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
     }
-    // Idle for three checkpoint intervals, then killed: no release, no
+    // Idle for more than the interval, then killed: no release, no
     // shutdown checkpoint.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let before = env.leases().await;
     let old_owner = before.values().next().and_then(|(o, _)| o.clone()).expect("held");
     env.kill9();
     env.start();
-    // The new process takes the lease once it expires, reads from the
-    // checkpoint, and must find nothing it had not already.
+    // The new process takes the lease once it expires and reads from the
+    // checkpoint: a sentinel order put after the take, once applied, shows
+    // it has read everything there was.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let leases = env.leases().await;
@@ -796,8 +800,10 @@ async fn an_idle_shard_checkpoints_its_last_records() {
         assert!(Instant::now() < deadline, "the lease never moved: {leases:?}\n{}", env.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // A few polls of the shard.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sentinel: Vec<(String, Vec<u8>)> =
+        order_events(&env.prefix, 10, &mut expected).into_iter().map(|(k, b)| (k, b.into_bytes())).collect();
+    env.producer().put(&sentinel).await;
+    env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
     let replayed = events_out(&env, "duplicate").await;
     assert_eq!(replayed, 0, "records after the last checkpoint were replayed\n{}", env.log());
     env.wait_orders_exact(&expected, Duration::from_secs(5)).await;
