@@ -71,6 +71,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     info!(addr = %admin_addr, "Admin endpoint listening");
 
+    // Cancelled half way through a shutdown's grace period: from then on a
+    // failed write is not retried (by the sink, or in place by an SQS
+    // input) but given back, so a sink that is down cannot hold the drain
+    // past the grace period.
+    let stop_retrying = CancellationToken::new();
     let sdk = crate::aws::run_sdk_config(&config.aws).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let dynamodb = aws_sdk_dynamodb::Client::from_conf(
@@ -84,7 +89,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let engine = FraudEngine::new(config.fraud.clone())
         .map_err(|p| anyhow::anyhow!("fraud config: {}", p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
     let router = Router {
-        dynamodb: DynamoDbSink::new(dynamodb.clone(), config.sinks.dynamodb.clone(), Arc::clone(&metrics)).with_mirror(mirror),
+        dynamodb: DynamoDbSink::new(dynamodb.clone(), config.sinks.dynamodb.clone(), Arc::clone(&metrics))
+            .with_mirror(mirror)
+            .with_stop_retrying(stop_retrying.clone()),
         rejected: RejectedSink::connect(sqs.clone(), &config.rejected.queue, Arc::clone(&metrics))
             .await?
             .with_ledger(dynamodb.clone(), &config.sinks.dynamodb.events_table),
@@ -104,7 +111,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut queues_running = Vec::new();
     for (_, input) in config.sources.enabled_sqs() {
         let source = Arc::new(SqsSource::connect(sqs.clone(), input.clone(), Arc::clone(&metrics)).await?);
-        let acker = start_queue(&source, input, &config, router.clone(), &tracker, &stop_receiving);
+        let acker = start_queue(&source, input, &config, router.clone(), &tracker, (&stop_receiving, &stop_retrying));
         queues_running.push((source, acker));
     }
 
@@ -240,6 +247,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     stop_taking.cancel();
     stop_shards.cancel();
     shard_tracker.close();
+    let retrying_ends = {
+        let stop_retrying = stop_retrying.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace / 2).await;
+            stop_retrying.cancel();
+        })
+    };
 
     let drained = async {
         tokio::join!(tracker.wait(), shard_tracker.wait());
@@ -257,6 +271,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             Exit::GraceExceeded
         }
     };
+    retrying_ends.abort();
     stop_flushing.cancel();
     if let Some(f) = flusher {
         // Rows not flushed now stay pending in DynamoDB for the next start.
@@ -374,7 +389,7 @@ fn start_queue(
     config: &Config,
     router: Router,
     tracker: &TaskTracker,
-    stop_receiving: &CancellationToken,
+    (stop_receiving, stop_retrying): (&CancellationToken, &CancellationToken),
 ) -> tokio::task::JoinHandle<()> {
     let cap = config.pipeline.channel_capacity;
     let (recv_tx, recv_rx) = mpsc::channel(cap * input.receivers as usize);
@@ -397,7 +412,7 @@ fn start_queue(
         concurrency: config.pipeline.sink_concurrency,
         source: source.name.clone(),
         retry_in_flight: Duration::from_secs(u64::from(input.retry_in_flight_secs)),
-        stop: stop_receiving.clone(),
+        stop: stop_retrying.clone(),
         queue: Arc::clone(source),
     };
     tracker.spawn(stages::write_loop(decided_rx, ack_tx, stage));

@@ -138,3 +138,32 @@ async fn a_silent_dynamodb_stalls_nothing_for_good() {
     let (status, _) = env.sigterm();
     assert!(status.success(), "{status:?}\n{}", env.log());
 }
+
+/// SIGTERM while DynamoDB answers nothing: writes are retried for the first
+/// half of the grace period, then given back, and the calls still waiting
+/// are abandoned, so the daemon exits 0 within the grace period instead of
+/// waiting on the sink's retries. What was given back is applied, once,
+/// after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_time_while_dynamodb_is_silent() {
+    let (proxy, mut env) = behind_a_dynamodb_proxy("silentstop").await;
+    env.start();
+    proxy.set_rules(on(&["TransactWriteItems", "BatchGetItem"], Fault::BlackHole)).expect("rules");
+    let (bodies, total, expected) = traffic(&env.prefix);
+    env.send(&bodies).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.stats().total.black_hole == 0 {
+        assert!(Instant::now() < deadline, "no write reached the proxy\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, took) = env.sigterm();
+    eprintln!("exited {status:?} {:.1} s after SIGTERM with DynamoDB silent", took.as_secs_f64());
+    assert!(status.success(), "{status:?} after {took:?}\n{}", env.log());
+    assert!(took < Duration::from_secs(20), "the drain took {took:?}, past the 20 s grace period");
+
+    proxy.clear();
+    env.start();
+    wait_all_applied(&env, 120, total, &expected, Duration::from_secs(90)).await;
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{status:?}\n{}", env.log());
+}

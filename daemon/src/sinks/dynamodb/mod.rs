@@ -24,6 +24,8 @@ pub mod menu_items;
 pub mod order_items;
 pub mod payments;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::aws::{Backoff, ErrorClass, classify, describe};
 use crate::config::DynamoDbSinkConfig;
 use crate::internal_events::{InternalEvent, Sink, SinkGaveUp, SinkRequest, SinkRequestOutcome, SinkRetrying};
@@ -124,17 +126,28 @@ pub struct DynamoDbSink {
     pub(crate) metrics: Arc<Metrics>,
     /// Mark changed aggregate rows pending for the Redshift mirror.
     pub(crate) mirror: bool,
+    /// Past this point of a shutdown, a failed request is not retried: its
+    /// records go back to their source at once, so a sink that is down
+    /// cannot hold the drain past the grace period.
+    pub(crate) stop_retrying: CancellationToken,
 }
 
 impl DynamoDbSink {
     /// A sink on the configured tables.
     pub fn new(client: Client, config: DynamoDbSinkConfig, metrics: Arc<Metrics>) -> Self {
-        DynamoDbSink { client, config, metrics, mirror: false }
+        DynamoDbSink { client, config, metrics, mirror: false, stop_retrying: CancellationToken::new() }
     }
 
     /// Marks every aggregate change pending for the Redshift mirror.
     pub fn with_mirror(mut self, mirror: bool) -> Self {
         self.mirror = mirror;
+        self
+    }
+
+    /// Stops retrying failed requests once `stop` is cancelled (see
+    /// `stop_retrying`).
+    pub fn with_stop_retrying(mut self, stop: CancellationToken) -> Self {
+        self.stop_retrying = stop;
         self
     }
 
@@ -155,13 +168,20 @@ impl DynamoDbSink {
     /// (within `max_retries`) counts the retry, sleeps the backoff and
     /// returns true (try again), or counts the failure and returns false
     /// (give the messages back).
+    /// Shutting down past the point of retrying gives up at once.
     pub(crate) async fn retry_later(&self, attempt: &mut u32, what: &str, records: usize, error: &str) -> bool {
-        if *attempt >= self.config.max_retries {
+        if *attempt >= self.config.max_retries || self.stop_retrying.is_cancelled() {
             SinkGaveUp { sink: Sink::DynamoDb, what, records, error: Some(error) }.emit(&self.metrics);
             return false;
         }
         SinkRetrying { sink: Sink::DynamoDb, what, attempt: *attempt, error }.emit(&self.metrics);
-        tokio::time::sleep(self.backoff().delay(*attempt)).await;
+        tokio::select! {
+            () = self.stop_retrying.cancelled() => {
+                SinkGaveUp { sink: Sink::DynamoDb, what, records, error: Some(error) }.emit(&self.metrics);
+                return false;
+            }
+            () = tokio::time::sleep(self.backoff().delay(*attempt)) => {}
+        }
         *attempt += 1;
         true
     }
@@ -194,8 +214,20 @@ impl DynamoDbSink {
     /// re-read a moved item); throttling, conflicts and transient errors
     /// sleep the backoff and ask for another attempt, until `max_retries`.
     /// Every attempt is counted in `cafe_sink_requests_total{sink="dynamodb"}`.
+    /// Past the point of retrying in a shutdown, a call still waiting is
+    /// abandoned (it may land or not: either way the records go back to
+    /// their source, and the conditional writes make a landed one a no-op
+    /// when they return).
     pub(crate) async fn transact(&self, items: Vec<TransactWriteItem>, what: &str, records: usize, attempt: &mut u32) -> Attempt {
-        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+        let call = self.client.transact_write_items().set_transact_items(Some(items)).send();
+        let result = tokio::select! {
+            r = call => r,
+            () = self.stop_retrying.cancelled() => {
+                SinkGaveUp { sink: Sink::DynamoDb, what, records, error: Some("shutting down") }.emit(&self.metrics);
+                return Attempt::GiveUp;
+            }
+        };
+        match result {
             Ok(_) => {
                 self.count(SinkRequestOutcome::Ok);
                 Attempt::Committed

@@ -78,7 +78,8 @@ pub struct WriteStage {
     /// How long a batch whose writes failed is retried in place
     /// (`retry_in_flight_secs`).
     pub retry_in_flight: Duration,
-    /// Shutdown: what still fails is given back at once.
+    /// Cancelled half way through a shutdown's grace period: what still
+    /// fails is then given back at once.
     pub stop: CancellationToken,
     /// The queue: which messages are still this instance's.
     pub queue: Arc<super::SqsSource>,
