@@ -202,8 +202,16 @@ def _locked_delete(delete):
 
 
 def _in_flight_groups(self):
-    """Groups with a message delivered and still invisible (see above)."""
-    return {m.group_id for m in self._pending_messages if m.group_id is not None and not m.visible}
+    """Groups with a message delivered and still invisible (see above).
+
+    Iterates a copy: a delete or visibility change on another server thread
+    changes the set meanwhile, and iterating it live raised "Set changed size
+    during iteration": a 500 that real SQS would not have answered (seen
+    once in a full test run, on a ReceiveMessage while a shutdown's
+    give-backs were landing). `tuple()` of a set copies it in one step under
+    the GIL."""
+    pending = tuple(self._pending_messages)
+    return {m.group_id for m in pending if m.group_id is not None and not m.visible}
 
 
 class MessageNotInflight(sqs_exceptions.ReceiptHandleIsInvalid):

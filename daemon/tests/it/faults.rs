@@ -163,7 +163,9 @@ async fn sigterm_drains_in_time_while_dynamodb_is_silent() {
 
     proxy.clear();
     env.start();
-    wait_all_applied(&env, 120, total, &expected, Duration::from_secs(90)).await;
+    env.wait_for_payments(120, Duration::from_secs(90)).await;
+    assert_eq!(dlq_messages(&env).await, 0, "a message given back reached the DLQ\n{}", env.log());
+    wait_all_applied(&env, 120, total, &expected, Duration::from_secs(60)).await;
     let (status, _) = env.sigterm();
     assert!(status.success(), "{status:?}\n{}", env.log());
 }
