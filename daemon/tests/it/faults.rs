@@ -169,3 +169,39 @@ async fn sigterm_drains_in_time_while_dynamodb_is_silent() {
     let (status, _) = env.sigterm();
     assert!(status.success(), "{status:?}\n{}", env.log());
 }
+
+/// Visibility extensions that land too late: SQS answers them only after
+/// the messages' visibility ran out (every ChangeMessageVisibilityBatch held
+/// 8 s by a proxy in front of SQS, the visibility timeout being 6 s), while
+/// DynamoDB throttles every write so the batches stay in flight. SQS refuses
+/// the late entries one by one; the daemon forgets those messages, drops
+/// them from its retries (SQS delivers them again) and gives back the rest
+/// of their FIFO groups, so nothing is lost or counted twice, and each
+/// order still applies in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn extensions_that_land_too_late_lose_and_double_count_nothing() {
+    let dynamodb = dynamodb_proxy().await;
+    let sqs_upstream = std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack's SQS");
+    let sqs = Proxy::start("127.0.0.1:0".parse().expect("addr"), &sqs_upstream).await.expect("start the SQS proxy");
+    let daemon_env = vec![("AWS_ENDPOINT_URL_DYNAMODB".into(), dynamodb.url()), ("AWS_ENDPOINT_URL_SQS".into(), sqs.url())];
+    let mut env = Env::with_orders("lateextend", "shards = 1", "", daemon_env).await;
+    env.start();
+    dynamodb.set_rules(on(&["TransactWriteItems", "BatchGetItem"], Fault::Throttle)).expect("rules");
+    sqs.set_rules(on(&["ChangeMessageVisibilityBatch"], Fault::Latency { millis: 8000 })).expect("rules");
+    let (bodies, total, expected) = traffic(&env.prefix);
+    env.send(&bodies).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !env.log().contains("no longer ours to extend") {
+        assert!(Instant::now() < deadline, "no late extension was refused\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(sqs.stats().total.latency > 0, "the SQS proxy delayed nothing: {:?}", sqs.stats());
+    assert!(metric(&env, "cafe_source_errors_total", "outcome=\"extend\"").await > 0.0, "no refused extension counted");
+    sqs.clear();
+    dynamodb.clear();
+
+    wait_all_applied(&env, 120, total, &expected, Duration::from_secs(90)).await;
+    assert_eq!(dlq_messages(&env).await, 0, "a message reached the DLQ\n{}", env.log());
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{status:?}\n{}", env.log());
+}
