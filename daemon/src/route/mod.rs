@@ -148,9 +148,10 @@ impl Router {
     /// or retries it, and the order cache, which may hold what the
     /// panicking write left half done, is emptied.
     pub async fn write(&self, source: &str, batch: DecidedBatch, orders: &mut OrderCache) -> (Vec<Input>, Vec<Outcome>) {
-        let inputs = batch.inputs.clone();
-        match crate::bridge::catch_panic(self.write_batch(source, batch, orders)).await {
-            Ok(written) => written,
+        StageFinished { stage: Stage::QueueToWrite, elapsed: batch.decided_at.elapsed() }.emit(&self.metrics);
+        let DecidedBatch { inputs, decided, .. } = batch;
+        match crate::bridge::catch_panic(self.write_batch(source, &inputs, decided, orders)).await {
+            Ok(outcomes) => (inputs, outcomes),
             Err(crate::bridge::Panicked(message)) => {
                 StagePanicked { stage: Stage::Write, events: inputs.len(), message: &message }.emit(&self.metrics);
                 orders.clear();
@@ -160,10 +161,9 @@ impl Router {
         }
     }
 
-    async fn write_batch(&self, source: &str, batch: DecidedBatch, orders: &mut OrderCache) -> (Vec<Input>, Vec<Outcome>) {
+    /// The outcomes of one batch's writes (see [`Router::write`]).
+    async fn write_batch(&self, source: &str, inputs: &[Input], decided: Vec<Decided>, orders: &mut OrderCache) -> Vec<Outcome> {
         let started = Instant::now();
-        StageFinished { stage: Stage::QueueToWrite, elapsed: started.duration_since(batch.decided_at) }.emit(&self.metrics);
-        let DecidedBatch { inputs, decided, .. } = batch;
         let mut outcomes = vec![Outcome::Failed; inputs.len()];
         let (mut payments, mut payment_at) = (Vec::new(), Vec::new());
         let (mut menus, mut menu_at) = (Vec::new(), Vec::new());
@@ -253,7 +253,7 @@ impl Router {
             EventsOut { source, outcome, count }.emit(metrics);
         }
         StageFinished { stage: Stage::Write, elapsed: started.elapsed() }.emit(metrics);
-        (inputs, outcomes)
+        outcomes
     }
 
     /// Both stages, one after the other (a shard's batch).
