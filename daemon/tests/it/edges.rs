@@ -178,16 +178,37 @@ async fn a_menu_item_without_a_string_sync_version_is_overwritten_by_the_next_sy
 /// metric, and every other row still reaches Redshift.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_row_redshift_refuses_is_set_aside_and_the_rest_flows() {
+    a_refused_row_is_set_aside(false).await;
+}
+
+/// The same over the Data API, which gives no SQLSTATE: the refusal is
+/// known by its wording.
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_data_api_a_refused_row_is_set_aside_and_the_rest_flows() {
+    a_refused_row_is_set_aside(true).await;
+}
+
+async fn a_refused_row_is_set_aside(data_api: bool) {
     use super::menu::redshift_rows;
     use aws_sdk_dynamodb::types::AttributeValue as A;
 
     let (target, user, db) = pg_target();
     let table = format!("it_quarantine_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
-    let extra = format!(
-        "[sinks.redshift]\nenabled = true\ntransport = \"postgres\"\nurl = \"postgres://{user}@{target}/{db}\"\ntable = \"{table}\"\nflush_interval_ms = 500\n"
-    );
-    let mut env = Env::new("quarantine", &extra).await;
-    let pg = PgTransport::connect(&std::env::var("CAFE_PG_URL").expect("url")).await.expect("pg");
+    let pg_url = std::env::var("CAFE_PG_URL").expect("url");
+    let (extra, daemon_env) = if data_api {
+        let (_, endpoint) = super::data_api::start(pg_url.clone()).await;
+        let extra = format!(
+            "[sinks.redshift]\nenabled = true\ntransport = \"data_api\"\ncluster_identifier = \"cafe-local\"\ndatabase = \"{db}\"\ndb_user = \"{user}\"\ntable = \"{table}\"\nflush_interval_ms = 500\nfirst_poll_ms = 10\n"
+        );
+        (extra, vec![("AWS_ENDPOINT_URL_REDSHIFT_DATA".to_owned(), endpoint)])
+    } else {
+        let extra = format!(
+            "[sinks.redshift]\nenabled = true\ntransport = \"postgres\"\nurl = \"postgres://{user}@{target}/{db}\"\ntable = \"{table}\"\nflush_interval_ms = 500\n"
+        );
+        (extra, Vec::new())
+    };
+    let mut env = Env::with_orders("quarantine", "shards = 1", &extra, daemon_env).await;
+    let pg = PgTransport::connect(&pg_url).await.expect("pg");
     let bad = ("st-old".to_owned(), "0000-01-01T00:00:00Z".to_owned());
     let since = (time::OffsetDateTime::now_utc().unix_timestamp() * 1000).to_string();
     env.ddb

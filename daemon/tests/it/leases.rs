@@ -131,3 +131,40 @@ async fn a_lease_write_that_timed_out_but_landed_does_not_cost_the_lease() {
     assert_eq!(stored.checkpoint, Checkpoint::At { sequence: "100".into(), sub: 0 });
     assert!(leases.renew_all().await.is_empty(), "renewals go on");
 }
+
+/// Once an instance holds its share and sees no free or expired lease, it
+/// scans the lease table every `failover_time_ms / 4` (2.5 s by default),
+/// not every `lease_take_interval_ms` (1 s): the scans, whose cost grows
+/// with shards times instances, are counted by a proxy in front of
+/// DynamoDB while the daemon holds both shards of its stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_holding_its_share_scans_the_lease_table_less_often() {
+    let upstream = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local DynamoDB");
+    let proxy = faultproxy::Proxy::start("127.0.0.1:0".parse().expect("addr"), &upstream).await.expect("proxy");
+    let daemon_env = vec![("AWS_ENDPOINT_URL_DYNAMODB".to_owned(), proxy.url())];
+    let mut env = Env::with_orders("scans", "shards = 2", "", daemon_env).await;
+    env.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(&env.admin).await.is_err() {
+            assert!(Instant::now() < deadline, "the daemon did not start\n{}", env.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let metrics = http_get(&env.admin, "/metrics").await;
+        if metrics.lines().any(|l| l.starts_with("cafe_leases_held{") && l.ends_with(" 2")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not take both leases\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Settled from its first scan that found nothing to take.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let scans = || proxy.stats().operations.get("Scan").map_or(0, |c| c.forwarded);
+    let before = scans();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let during = scans() - before;
+    assert!((2..=6).contains(&during), "{during} scans of the lease table in 10 s (every 2.5 s: 4; every second: 10)");
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{}", env.log());
+}

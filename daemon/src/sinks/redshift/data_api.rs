@@ -41,6 +41,33 @@ fn retryable_message(message: &str) -> bool {
         .any(|k| m.contains(k))
 }
 
+/// Whether a FAILED statement's message says the server refused a row's
+/// data rather than the statement, the table or the session. The Data API
+/// gives no SQLSTATE, only the server's text, so this reads the wording of
+/// PostgreSQL's and Redshift's data exceptions (class 22) and integrity
+/// violations (class 23 but a racing insert). A wrong guess costs little:
+/// the flush sets a row aside only when other rows of its group were
+/// written (see `RedshiftSink::write_isolating`).
+fn row_level_message(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "out of range",
+        "invalid input syntax",
+        "value too long",
+        "numeric field overflow",
+        "overflow for numeric",
+        "invalid byte sequence",
+        "invalid character",
+        "multibyte character",
+        "division by zero",
+        "violates not-null constraint",
+        "violates check constraint",
+        "cannot be null",
+    ]
+    .iter()
+    .any(|k| m.contains(k))
+}
+
 impl DataApiTransport {
     /// A transport on the configured target.
     pub fn new(client: Client, config: RedshiftSinkConfig) -> Self {
@@ -123,7 +150,8 @@ impl DataApiTransport {
                 Some(StatusString::Finished) => return Ok(()),
                 Some(StatusString::Failed) => {
                     let message = out.error().unwrap_or("FAILED with no error message").to_owned();
-                    return Err(BatchError { retryable: retryable_message(&message), row_level: false, message });
+                    let retryable = retryable_message(&message);
+                    return Err(BatchError { retryable, row_level: !retryable && row_level_message(&message), message });
                 }
                 Some(StatusString::Aborted) => {
                     return Err(BatchError { retryable: true, row_level: false, message: format!("statement {id} was aborted") });
@@ -152,5 +180,19 @@ mod tests {
         assert!(retryable_message("duplicate key value violates unique constraint"));
         assert!(!retryable_message("ERROR: column \"colour\" does not exist"));
         assert!(!retryable_message("ERROR: permission denied for relation cafe_store_minute"));
+    }
+
+    #[test]
+    fn refusals_of_a_row_are_told_from_refusals_of_the_statement() {
+        // PostgreSQL's wording (the local endpoint) and Redshift's.
+        assert!(row_level_message("ERROR: date/time field value out of range: \"0000-01-01T00:00:00Z\""));
+        assert!(row_level_message("ERROR: value \"99999999999\" is out of range for type integer"));
+        assert!(row_level_message("ERROR: Value too long for character type"));
+        assert!(row_level_message("ERROR: Overflow for NUMERIC(38,0)"));
+        assert!(row_level_message("ERROR: invalid input syntax for type timestamp with time zone: \"x\""));
+        assert!(!row_level_message("ERROR: column \"colour\" does not exist"));
+        assert!(!row_level_message("ERROR: permission denied for relation cafe_store_minute"));
+        assert!(!row_level_message("ERROR: relation \"cafe_store_minute\" does not exist"));
+        assert!(!row_level_message("ERROR: syntax error at or near \"MERGE\""));
     }
 }

@@ -55,8 +55,9 @@ pub struct BatchError {
     /// Whether the same batch may succeed later.
     pub retryable: bool,
     /// Whether the server refused a row's data (so a smaller batch without
-    /// that row would commit): the flush isolates the row. Not known for
-    /// the Data API (false: the flush stops, and the rows stay pending).
+    /// that row would commit): the flush isolates the row. From the
+    /// SQLSTATE over PostgreSQL, from the server's wording over the Data
+    /// API (which gives no SQLSTATE).
     pub row_level: bool,
     /// What the server or the client said.
     pub message: String,
