@@ -3,7 +3,7 @@
 # it needs), runs the unit and integration tests of every crate, then the
 # cold-start, morning-rush and menu-sync scenarios end to end (daemon +
 # loadgen, the daemon mirroring into Redshift's stand-in, the local
-# PostgreSQL) at a small scale.
+# PostgreSQL) at a small scale, and two of them under chaos profiles.
 # Stops the stack afterwards if this script started it.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -55,8 +55,15 @@ target/debug/cafe-loadgen check-dashboards --prometheus "$(scripts/local-stack/p
 scripts/daemon.sh stop
 scripts/local-stack/prometheus.sh stop
 
+echo "== chaos: morning-rush with 3 instances, the busiest killed twice; cold-start with DynamoDB throttled"
+# The loadgen starts its own instances behind its fault proxies.
+target/debug/cafe-loadgen run morning-rush --chaos kill-instances --instances 3 \
+  --scale "${CAFE_E2E_RUSH_SCALE:-0.5}" --time-scale 0.5 --report-dir target/e2e-chaos-kill-instances
+target/debug/cafe-loadgen run cold-start --chaos throttle-dynamodb \
+  --scale "${CAFE_E2E_SCALE:-0.05}" --report-dir target/e2e-chaos-throttle-dynamodb
+
 echo "== packages: .deb and .rpm of the dev build, their contents inspected"
 scripts/package.sh dev
 # The same selection as the first cargo test, so nothing is rebuilt.
 cargo test --workspace --all-targets --locked -- --ignored packages::
-echo "5 passed, 0 failed: end-to-end cold-start, morning-rush, menu-sync; dashboards and rules on Prometheus; packages"
+echo "7 passed, 0 failed: end-to-end cold-start, morning-rush, menu-sync; dashboards and rules on Prometheus; chaos kill-instances and throttle-dynamodb; packages"

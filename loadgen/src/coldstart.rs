@@ -103,6 +103,9 @@ pub struct Summary {
     /// Lost, duplicated, refused and wrong items, and the rules that failed.
     #[serde(flatten)]
     pub verdict: Verdict,
+    /// Every event stored: event time and durable write (for a chaos run's phases).
+    #[serde(skip)]
+    pub samples: Vec<crate::chaos::Sample>,
 }
 
 impl Summary {
@@ -268,6 +271,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let since_fire = |t: Option<OffsetDateTime>| t.map_or(f64::NAN, |t| (t - fired_at).as_seconds_f64());
 
     let percentiles = crate::attack::E2e::of(&e2e);
+    let samples = found.values().map(|d| crate::chaos::Sample { ts: d.ts, stored: d.decided_at }).collect();
     let summary = Summary {
         run: crate::attack::RunHeader { scenario: scenario.name.clone(), run_id, seed },
         planned: payments,
@@ -290,6 +294,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
             &percentiles,
             scenario.thresholds.e2e_p99_ms,
         ),
+        samples,
     };
     if summary.verdict.lost > 0 {
         warn!(lost = summary.verdict.lost, "Payments were lost");

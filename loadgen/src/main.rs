@@ -5,6 +5,7 @@
 //! run failed them, 2 when the run could not be made.
 
 mod attack;
+mod chaos;
 mod coldstart;
 mod dashcheck;
 mod menusync;
@@ -31,6 +32,9 @@ struct Cli {
 enum Command {
     /// List the scenarios.
     List,
+    /// Chaos profiles (`scenarios/chaos/*.toml`).
+    #[command(subcommand)]
+    Chaos(ChaosCommand),
     /// Run a scenario, verify the outputs and report.
     Run(RunArgs),
     /// Measure the orders/s one daemon sustains against a bare GetRecords
@@ -47,6 +51,13 @@ enum Command {
         #[arg(long, default_value = "dashboards")]
         dir: PathBuf,
     },
+}
+
+/// `cafe-loadgen chaos ...`.
+#[derive(Debug, Subcommand)]
+enum ChaosCommand {
+    /// List the chaos profiles and what each proves.
+    List,
 }
 
 /// `cafe-loadgen run`.
@@ -69,6 +80,22 @@ pub struct RunArgs {
     /// Run id put into every identifier (default: from the clock).
     #[arg(long)]
     pub run_id: Option<String>,
+    /// Run under this chaos profile (see `chaos list`): the loadgen starts
+    /// the daemon instances itself, behind fault proxies in front of every
+    /// AWS endpoint, and breaks things on the profile's schedule.
+    #[arg(long)]
+    pub chaos: Option<String>,
+    /// Daemon instances of a chaos run (default: the profile's).
+    #[arg(long, requires = "chaos")]
+    pub instances: Option<usize>,
+    /// Shell command that starts one daemon instance in a chaos run
+    /// (default: the `cafe-streamd` next to this binary, with `run`).
+    #[arg(long, env = "CAFE_LOADGEN_DAEMON_COMMAND")]
+    pub daemon_command: Option<String>,
+    /// How long an instance may drain after SIGTERM in a chaos run (its
+    /// `shutdown.grace_period_secs`).
+    #[arg(long, default_value_t = 30)]
+    pub grace_secs: u64,
     #[command(flatten)]
     pub targets: Targets,
 }
@@ -101,6 +128,9 @@ pub struct Targets {
     /// check `cafe_store_minute` against `cafe-aggregates`; unset: not checked.
     #[arg(long, env = "CAFE_LOADGEN_REDSHIFT_URL")]
     pub redshift_url: Option<String>,
+    /// The orders stream's lease table (a chaos run reads who holds which shard).
+    #[arg(long, env = "CAFE_LOADGEN_LEASE_TABLE", default_value = "cafe-orders-leases")]
+    pub lease_table: String,
     /// The Redshift table.
     #[arg(long, env = "CAFE_LOADGEN_REDSHIFT_TABLE", default_value = "cafe_store_minute")]
     pub redshift_table: String,
@@ -129,6 +159,65 @@ impl Report {
             Report::Menu(s) => s.passed(),
         }
     }
+
+    fn samples(&self) -> &[chaos::Sample] {
+        match self {
+            Report::Burst(s) => &s.samples,
+            Report::Orders(s) => &s.samples,
+            Report::Menu(s) => &s.samples,
+        }
+    }
+}
+
+/// Runs scenario `s` with the driver its kind names.
+async fn drive(s: scenario::Scenario, args: &RunArgs) -> anyhow::Result<Report> {
+    if s.menu.is_some() {
+        menusync::run(s, args, &args.targets).await.map(Report::Menu)
+    } else if s.orders.is_some() {
+        morningrush::run(s, args, &args.targets).await.map(Report::Orders)
+    } else {
+        coldstart::run(s, args, &args.targets).await.map(Report::Burst)
+    }
+}
+
+/// The command of one instance when `--daemon-command` is not given: the
+/// `cafe-streamd` next to this binary (else on the PATH), with `run`.
+fn default_daemon_command() -> String {
+    let sibling = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("cafe-streamd")));
+    match sibling.filter(|p| p.is_file()) {
+        Some(p) => format!("'{}' run", p.display().to_string().replace('\'', "'\\''")),
+        None => "cafe-streamd run".into(),
+    }
+}
+
+/// Runs scenario `s` under chaos profile `name`: sets up the proxies and
+/// the instances, starts the schedule as the load begins, and judges.
+async fn run_chaos(mut s: scenario::Scenario, name: &str, args: &RunArgs) -> anyhow::Result<(Report, chaos::ChaosReport)> {
+    let profile = chaos::profile::find(name)?;
+    // The e2e target holds before the first fault; under faults the
+    // figures are reported per phase, and the faults' own rules judge.
+    let p99_before = s.thresholds.e2e_p99_ms.take();
+    // The loadgen owns the instances: no restart command.
+    s.daemon.restart = scenario::Restart::None;
+    let mut args = args.clone();
+    let run_id = args.run_id.clone().unwrap_or_else(coldstart::new_run_id);
+    args.run_id = Some(run_id.clone());
+    std::fs::create_dir_all(&args.report_dir)?;
+    let setup = chaos::Setup {
+        instances: args.instances.unwrap_or(profile.instances),
+        daemon_command: args.daemon_command.clone().unwrap_or_else(default_daemon_command),
+        lease_table: args.targets.lease_table.clone(),
+        log_dir: args.report_dir.join("instances"),
+        run_id,
+        grace: std::time::Duration::from_secs(args.grace_secs),
+        scenario: s.name.clone(),
+        time_scale: args.time_scale,
+    };
+    let mut run = chaos::Chaos::setup(profile, setup).await?;
+    run.begin();
+    let report = drive(s, &args).await?;
+    let verdict = run.finish(report.samples(), p99_before, &args.report_dir).await?;
+    Ok((report, verdict))
 }
 
 fn main() -> ExitCode {
@@ -205,25 +294,40 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Chaos(ChaosCommand::List) => match chaos::profile::dir().and_then(|d| chaos::profile::list(&d)) {
+            Ok(all) => {
+                for p in all {
+                    println!("{:<18} {}\n{:<18} proves: {}", p.name, p.description, "", p.proves);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
         Command::Run(args) => {
             if !(args.scale > 0.0 && args.scale.is_finite() && args.time_scale > 0.0 && args.time_scale.is_finite()) {
                 return fail(anyhow::anyhow!("--scale and --time-scale must be positive numbers"));
             }
+            if args.instances == Some(0) {
+                return fail(anyhow::anyhow!("--instances must be at least 1"));
+            }
             let result = scenario::find(&args.name).and_then(|s| {
                 let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-                if s.menu.is_some() {
-                    rt.block_on(menusync::run(s, &args, &args.targets)).map(Report::Menu)
-                } else if s.orders.is_some() {
-                    rt.block_on(morningrush::run(s, &args, &args.targets)).map(Report::Orders)
-                } else {
-                    rt.block_on(coldstart::run(s, &args, &args.targets)).map(Report::Burst)
+                match &args.chaos {
+                    None => rt.block_on(drive(s, &args)).map(|r| (r, None)),
+                    Some(name) => rt.block_on(run_chaos(s, name, &args)).map(|(r, c)| (r, Some(c))),
                 }
             });
             match result {
-                Ok(summary) => {
+                Ok((summary, chaos)) => {
                     println!("{}", summary.markdown());
+                    let mut passed = summary.passed();
+                    if let Some(c) = &chaos {
+                        println!("{}", c.markdown());
+                        println!("chaos report: {}", args.report_dir.join("chaos.html").display());
+                        passed &= c.passed();
+                    }
                     println!("\nreports: {}", args.report_dir.join("goose-report.html").display());
-                    if summary.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+                    if passed { ExitCode::SUCCESS } else { ExitCode::from(1) }
                 }
                 Err(e) => fail(e),
             }

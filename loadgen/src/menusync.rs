@@ -211,6 +211,9 @@ pub struct Summary {
     /// Lost, duplicated, refused and wrong items, and the rules that failed.
     #[serde(flatten)]
     pub verdict: Verdict,
+    /// Every event stored: event time and durable write (for a chaos run's phases).
+    #[serde(skip)]
+    pub samples: Vec<crate::chaos::Sample>,
 }
 
 impl Summary {
@@ -351,6 +354,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
 
     let mut mismatches = Vec::new();
     let mut e2e = Vec::new();
+    let mut samples = Vec::new();
     let mut last_stored: Option<OffsetDateTime> = None;
     for e in &sent {
         let Some(item) = found.get(&e.sku) else {
@@ -379,6 +383,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
             (OffsetDateTime::parse(&text("ts"), &Rfc3339), OffsetDateTime::parse(&text("updated_at"), &Rfc3339))
         {
             e2e.push((at - ts).as_seconds_f64() * 1000.0);
+            samples.push(crate::chaos::Sample { ts, stored: at });
             last_stored = Some(last_stored.map_or(at, |l| l.max(at)));
         }
     }
@@ -442,6 +447,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
             &percentiles,
             scenario.thresholds.e2e_p99_ms,
         ),
+        samples,
     };
     crate::attack::write_summary(&args.report_dir, &summary, &summary.markdown())?;
     Ok(summary)

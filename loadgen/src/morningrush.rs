@@ -288,6 +288,9 @@ pub struct Summary {
     /// Lost, duplicated, refused and wrong items, and the rules that failed.
     #[serde(flatten)]
     pub verdict: Verdict,
+    /// Every event stored: event time and durable write (for a chaos run's phases).
+    #[serde(skip)]
+    pub samples: Vec<crate::chaos::Sample>,
 }
 
 impl Summary {
@@ -436,6 +439,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let mut duplicated = 0u64;
     let mut mismatches = Vec::new();
     let mut e2e_all = Vec::new();
+    let mut samples = Vec::new();
     let mut e2e_stage: Vec<Vec<f64>> = vec![Vec::new(); scenario.stages.len()];
     let mut last_write: Option<OffsetDateTime> = None;
     let (mut want_orders, mut want_items, mut want_revenue, mut want_cancelled) = (0i64, 0i64, 0i64, 0i64);
@@ -456,6 +460,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
             if let (Some(ts), Some(at)) = (ts, applied_at) {
                 let ms = (*at - *ts).as_seconds_f64() * 1000.0;
                 e2e_all.push(ms);
+                samples.push(crate::chaos::Sample { ts: *ts, stored: *at });
                 e2e_stage[o.stage].push(ms);
                 last_write = last_write.max(Some(*at));
             }
@@ -521,6 +526,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
             &e2e,
             scenario.thresholds.e2e_p99_ms,
         ),
+        samples,
     };
     crate::attack::write_summary(&args.report_dir, &summary, &summary.markdown())?;
     Ok(summary)

@@ -16,6 +16,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use serde_json::json;
 
+mod chaos;
 mod dashboards;
 mod data_api;
 mod edges;

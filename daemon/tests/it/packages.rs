@@ -17,6 +17,8 @@ const FILES: &[&str] = &[
     "/usr/share/cafe-stream/scenarios/cold-start.toml",
     "/usr/share/cafe-stream/scenarios/morning-rush.toml",
     "/usr/share/cafe-stream/scenarios/menu-sync.toml",
+    "/usr/share/cafe-stream/scenarios/chaos/kill-instances.toml",
+    "/usr/share/cafe-stream/scenarios/chaos/throttle-dynamodb.toml",
     "/usr/share/cafe-stream/iam/cafe-streamd-run.json",
     "/usr/share/cafe-stream/iam/cafe-streamd-provision.json",
     "/usr/share/doc/cafe-stream/README.md",

@@ -1,0 +1,161 @@
+//! Every chaos profile of `scenarios/chaos/`, run by the real `cafe-loadgen`
+//! against daemon instances it starts itself behind its fault proxies: the
+//! run passes (nothing lost, nothing counted twice, every chaos rule), and
+//! the fault really happened (the proxy's counters, the killed processes,
+//! the instances terminated), so a profile that silently does nothing fails.
+//! Each runs a small scenario with the profile's schedule compressed by
+//! `--time-scale`; `scripts/test.sh` runs two of them at a larger scale.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use super::*;
+
+/// The `cafe-loadgen` binary of this workspace, built once per test run
+/// (`cargo test -p daemon` does not build other packages' binaries).
+fn loadgen() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--locked", "-p", "loadgen"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("cargo build -p loadgen");
+            assert!(status.success(), "cargo build -p loadgen failed");
+            let bin = PathBuf::from(BIN).with_file_name("cafe-loadgen");
+            assert!(bin.is_file(), "{} not built", bin.display());
+            bin
+        })
+        .clone()
+}
+
+/// What one chaos run left: its exit status, its output, and `chaos.json`.
+struct Run {
+    passed: bool,
+    output: String,
+    chaos: Value,
+}
+
+impl Run {
+    fn occurrences(&self) -> &[Value] {
+        self.chaos["occurrences"].as_array().map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Runs `scenario` under `profile` with `args`, against `env`'s resources.
+async fn chaos_run(env: &Env, scenario: &str, profile: &str, args: &[&str]) -> Run {
+    let report = env.dir.join(format!("chaos-{profile}"));
+    let p = &env.prefix;
+    let daemon = format!("'{BIN}' run --config '{}'", env.config.display());
+    let mut cmd = tokio::process::Command::new(loadgen());
+    cmd.args(["run", scenario, "--chaos", profile, "--grace-secs", "20"])
+        .args(args)
+        .arg("--report-dir")
+        .arg(&report)
+        .args(["--daemon-command", &daemon])
+        .args(["--payments-queue", &format!("{p}-pay.fifo"), "--payments-table", &format!("{p}-payments")])
+        .args(["--aggregates-table", &format!("{p}-aggregates"), "--orders-stream", &format!("{p}-orders")])
+        .args(["--orders-table", &format!("{p}-orders"), "--menu-queue", &format!("{p}-menu")])
+        .args(["--menu-table", &format!("{p}-menu"), "--lease-table", &format!("{p}-leases")])
+        .env_remove("CAFE_LOADGEN_REDSHIFT_URL")
+        .env_remove("CAFE_LOADGEN_RESTART_COMMAND")
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    let out = cmd.output().await.expect("run cafe-loadgen");
+    let output = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let chaos = std::fs::read_to_string(report.join("chaos.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    assert!(report.join("chaos.svg").is_file() || !out.status.success(), "no picture written\n{output}");
+    Run { passed: out.status.success(), output, chaos }
+}
+
+fn injected(o: &Value) -> u64 {
+    o["injected"].as_u64().unwrap_or(0)
+}
+
+fn alive(pid: u64) -> bool {
+    Command::new("kill").args(["-0", &pid.to_string()]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// kill -9 of the instance holding the orders shard, twice, while orders
+/// flow: the processes are gone, the lease moves within the bound, nothing
+/// lost or applied twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_instances_kills_the_lease_holder_and_loses_nothing() {
+    let env = Env::new("chaos-kill", "").await;
+    // Kills 15 s apart: the first one's failover (up to 15 s) is over before the second.
+    let run =
+        chaos_run(&env, "morning-rush", "kill-instances", &["--instances", "2", "--scale", "0.2", "--time-scale", "0.5"]).await;
+    assert!(run.passed, "{}", run.output);
+    let kills = run.occurrences();
+    assert_eq!(kills.len(), 2, "{}", run.chaos);
+    for k in kills {
+        let killed = &k["killed"];
+        let pid = killed["pid"].as_u64().expect("a pid");
+        assert!(!alive(pid), "pid {pid} is still alive");
+        assert_eq!(killed["leases"].as_array().map(Vec::len), Some(1), "the busiest instance holds the one shard: {k}");
+        let failover = killed["failover_secs"].as_f64().expect("the lease moved");
+        assert!(failover > 0.0 && failover <= 20.0, "{failover}");
+        assert_ne!(killed["restarted_pid"].as_u64(), Some(pid));
+    }
+}
+
+/// SIGTERM to each instance in turn: each drains and exits 0, and is
+/// started again.
+#[tokio::test(flavor = "multi_thread")]
+async fn rolling_restart_drains_every_instance_to_exit_0() {
+    let env = Env::new("chaos-roll", "").await;
+    let run =
+        chaos_run(&env, "cold-start", "rolling-restart", &["--instances", "2", "--scale", "0.03", "--time-scale", "0.2"]).await;
+    assert!(run.passed, "{}", run.output);
+    let terminated = run.occurrences()[0]["terminated"].as_array().cloned().unwrap_or_default();
+    assert_eq!(terminated.len(), 2, "{}", run.chaos);
+    for t in &terminated {
+        assert_eq!(t["exit_code"].as_i64(), Some(0), "{t}");
+        assert!(t["restarted_pid"].as_u64().is_some(), "{t}");
+    }
+    let stops = run.chaos["final_stop"].as_array().cloned().unwrap_or_default();
+    assert_eq!(stops.len(), 2, "{}", run.chaos);
+}
+
+/// A share of the data-path calls throttled, then all of them: the proxy
+/// throttled calls in both windows, and the run passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn throttle_dynamodb_throttles_and_loses_nothing() {
+    let env = Env::new("chaos-throttle", "").await;
+    // A burst lands in the first window; retries in place are still due in the second.
+    let run = chaos_run(&env, "cold-start", "throttle-dynamodb", &["--scale", "0.05"]).await;
+    assert!(run.passed, "{}", run.output);
+    let faults = run.occurrences();
+    assert_eq!(faults.len(), 2, "{}", run.chaos);
+    assert!(faults.iter().all(|o| injected(o) > 0), "{}", run.chaos);
+}
+
+/// Latency and resets on every endpoint: each of the three proxies
+/// faulted requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_aws_slows_every_endpoint() {
+    let env = Env::new("chaos-slow", "").await;
+    let run = chaos_run(&env, "morning-rush", "slow-aws", &["--scale", "0.1", "--time-scale", "0.3"]).await;
+    assert!(run.passed, "{}", run.output);
+    let faults = run.occurrences();
+    assert_eq!(faults.len(), 3, "{}", run.chaos);
+    assert!(faults.iter().all(|o| injected(o) > 0), "{}", run.chaos);
+}
+
+/// DynamoDB black-holed: requests were held, and the pipeline resumed by
+/// itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn partition_holds_dynamodb_and_the_pipeline_resumes() {
+    let env = Env::new("chaos-partition", "").await;
+    let run = chaos_run(&env, "morning-rush", "partition", &["--scale", "0.1", "--time-scale", "0.25"]).await;
+    assert!(run.passed, "{}", run.output);
+    let o = &run.occurrences()[0];
+    assert!(injected(o) > 0, "{}", run.chaos);
+    assert!(o["recovery_secs"].as_f64().is_some(), "{o}");
+}

@@ -1,0 +1,701 @@
+//! Chaos runs: any scenario under a named fault profile. The loadgen owns
+//! a fault proxy in front of each AWS endpoint and the daemon instances
+//! behind them, breaks things on the profile's schedule while the scenario
+//! runs, and judges the run: nothing lost or counted twice (the scenario's
+//! own verification), every fault really happened, failover and recovery
+//! within the profile's bounds, every SIGTERM drained to exit 0, and e2e
+//! latency per phase (before, during and after each fault).
+//!
+//! Owns: the proxies, the fleet, the schedule and the chaos verdict. Must
+//! not: verify the outputs (the scenario drivers do), nor touch the
+//! loadgen's own AWS clients (only the daemon goes through the proxies).
+
+pub mod chart;
+pub mod fleet;
+pub mod profile;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use faultproxy::{Counts, Proxy, Rule};
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use self::fleet::{Fleet, Killed, Launch, Terminated};
+use self::profile::{Action, FaultSpec, Profile, Service};
+use crate::attack::E2e;
+
+/// One event the daemon stored: when it was sent (its event time) and when
+/// it was durable.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Event time.
+    pub ts: OffsetDateTime,
+    /// Durable write.
+    pub stored: OffsetDateTime,
+}
+
+impl Sample {
+    fn e2e_ms(&self) -> f64 {
+        (self.stored - self.ts).as_seconds_f64() * 1000.0
+    }
+}
+
+/// Per service, the rules of each occurrence switched on, by occurrence id.
+type ActiveRules = HashMap<Service, Vec<(usize, Vec<Rule>)>>;
+
+/// The proxies, with the rules each fault occurrence has switched on.
+struct Proxies {
+    proxies: HashMap<Service, Proxy>,
+    active: std::sync::Mutex<ActiveRules>,
+}
+
+impl Proxies {
+    async fn start() -> anyhow::Result<Proxies> {
+        let mut proxies = HashMap::new();
+        for s in Service::ALL {
+            let upstream = std::env::var(s.endpoint_var())
+                .with_context(|| format!("{} is not set: the chaos proxies stand in front of it", s.endpoint_var()))?;
+            let proxy = Proxy::start("127.0.0.1:0".parse()?, &upstream).await?;
+            info!(service = s.name(), proxy = %proxy.url(), upstream, "Fault proxy started");
+            proxies.insert(s, proxy);
+        }
+        Ok(Proxies { proxies, active: std::sync::Mutex::new(HashMap::new()) })
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        self.proxies.iter().map(|(s, p)| (s.endpoint_var().to_owned(), p.url())).collect()
+    }
+
+    /// Switches occurrence `id`'s rules on (`Some`) or off (`None`).
+    fn set(&self, service: Service, id: usize, rules: Option<Vec<Rule>>) -> anyhow::Result<()> {
+        let mut active = self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let list = active.entry(service).or_default();
+        list.retain(|(i, _)| *i != id);
+        if let Some(r) = rules {
+            list.push((id, r));
+        }
+        let all: Vec<Rule> = list.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
+        let proxy = self.proxies.get(&service).context("no proxy for the service")?;
+        proxy.set_rules(all)?;
+        Ok(())
+    }
+
+    fn counts(&self, service: Service) -> Counts {
+        self.proxies.get(&service).map(|p| p.stats().total).unwrap_or_default()
+    }
+}
+
+/// Faults injected between two readings of a proxy's counters.
+fn injected(before: &Counts, after: &Counts) -> u64 {
+    let sum = |c: &Counts| c.throttle + c.error + c.server_error + c.latency + c.late_answer + c.reset + c.black_hole;
+    sum(after).saturating_sub(sum(before))
+}
+
+/// What one occurrence of a fault did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Occurrence {
+    /// Its label.
+    pub fault: String,
+    /// Seconds from the run's start, as it happened.
+    pub start_secs: f64,
+    /// Seconds from the run's start, as it happened.
+    pub end_secs: f64,
+    /// Proxy faults: requests the proxy answered with a fault in the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub injected: Option<u64>,
+    /// Kills: the process killed and how its leases moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub killed: Option<Killed>,
+    /// Rolling restarts: each instance's SIGTERM.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub terminated: Vec<Terminated>,
+    /// From the fault's end until the daemon was back to its pre-fault
+    /// pace: 80% of the rate, p99 within twice the latency (or until it had
+    /// nothing left to store).
+    pub recovery_secs: Option<f64>,
+    /// Why this occurrence proves nothing, if it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_evidence: Option<String>,
+}
+
+/// Latency of the events stored in one phase of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    /// `before`, `during <fault>`, `after <fault>`.
+    pub phase: String,
+    /// Seconds from the run's start.
+    pub from_secs: f64,
+    /// Seconds from the run's start.
+    pub to_secs: f64,
+    /// Events stored in it.
+    pub stored: u64,
+    /// Events stored per second.
+    pub stored_per_sec: f64,
+    /// Event time to durable write.
+    #[serde(flatten)]
+    pub e2e: E2e,
+}
+
+/// The chaos part of a run's summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChaosReport {
+    /// The profile.
+    pub profile: String,
+    /// Daemon instances.
+    pub instances: usize,
+    /// Every fault occurrence, in start order.
+    pub occurrences: Vec<Occurrence>,
+    /// Per phase.
+    pub phases: Vec<Phase>,
+    /// The instances' SIGTERM at the end of the run.
+    pub final_stop: Vec<Terminated>,
+    /// Chaos rules that failed.
+    pub failed: Vec<String>,
+}
+
+impl ChaosReport {
+    /// True when every fault happened and every chaos rule held.
+    pub fn passed(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// Markdown rendering.
+    pub fn markdown(&self) -> String {
+        let mut out = format!("\n## Chaos: {} ({} instances)\n\n", self.profile, self.instances);
+        out.push_str("| fault | window (s) | evidence | failover (s) | recovery (s) |\n|---|---|---|---|---|\n");
+        for o in &self.occurrences {
+            let evidence = match (&o.injected, &o.killed, o.terminated.is_empty()) {
+                (Some(n), _, _) => format!("{n} requests faulted"),
+                (_, Some(k), _) => format!("pid {} killed holding {} leases", k.pid, k.leases.len()),
+                (_, _, false) => {
+                    let codes: Vec<String> =
+                        o.terminated.iter().map(|t| format!("pid {} exit {:?}", t.pid, t.exit_code)).collect();
+                    codes.join(", ")
+                }
+                _ => "-".into(),
+            };
+            let evidence = o.no_evidence.as_ref().map_or(evidence, |why| format!("NONE: {why}"));
+            let failover = o.killed.as_ref().and_then(|k| k.failover_secs).map_or("-".into(), |f| format!("{f:.1}"));
+            let recovery = o.recovery_secs.map_or("-".into(), |r| format!("{r:.1}"));
+            out.push_str(&format!(
+                "| {} | {:.1} - {:.1} | {} | {} | {} |\n",
+                o.fault, o.start_secs, o.end_secs, evidence, failover, recovery
+            ));
+        }
+        out.push_str("\n| phase | from - to (s) | stored | stored/s | e2e p50 / p95 / p99 (ms) |\n|---|---|---|---|---|\n");
+        for p in &self.phases {
+            out.push_str(&format!(
+                "| {} | {:.1} - {:.1} | {} | {:.1} | {:.0} / {:.0} / {:.0} |\n",
+                p.phase, p.from_secs, p.to_secs, p.stored, p.stored_per_sec, p.e2e.p50_ms, p.e2e.p95_ms, p.e2e.p99_ms
+            ));
+        }
+        let stops: Vec<String> =
+            self.final_stop.iter().map(|t| format!("pid {} exit {:?} in {:.1} s", t.pid, t.exit_code, t.drain_secs)).collect();
+        out.push_str(&format!("\nfinal SIGTERM: {}\n", stops.join(", ")));
+        if self.failed.is_empty() {
+            out.push_str("\nchaos verdict: PASS\n");
+        } else {
+            out.push_str("\nchaos verdict: FAIL\n");
+            for f in &self.failed {
+                out.push_str(&format!("- {f}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// A chaos run in progress.
+pub struct Chaos {
+    profile: Profile,
+    proxies: Arc<Proxies>,
+    fleet: Arc<Mutex<Fleet>>,
+    started: Option<(OffsetDateTime, JoinSet<anyhow::Result<Occurrence>>)>,
+    grace: Duration,
+    scenario: String,
+    time_scale: f64,
+}
+
+/// How a chaos run is set up.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Daemon instances.
+    pub instances: usize,
+    /// Shell command of one instance.
+    pub daemon_command: String,
+    /// The lease table.
+    pub lease_table: String,
+    /// Where the instances' logs go.
+    pub log_dir: std::path::PathBuf,
+    /// Unique to the run.
+    pub run_id: String,
+    /// How long an instance may drain after SIGTERM.
+    pub grace: Duration,
+    /// The scenario's name, for the report.
+    pub scenario: String,
+    /// Multiplies the profile's times (`--time-scale`, as the stages').
+    pub time_scale: f64,
+}
+
+impl Chaos {
+    /// Starts the proxies and the instances behind them.
+    pub async fn setup(profile: Profile, setup: Setup) -> anyhow::Result<Chaos> {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let proxies = Proxies::start().await?;
+        let launch = Launch {
+            command: setup.daemon_command.clone(),
+            env: proxies.env(),
+            log_dir: setup.log_dir.clone(),
+            lease_table: setup.lease_table.clone(),
+            run_id: setup.run_id.clone(),
+        };
+        info!(profile = %profile.name, instances = setup.instances, command = %setup.daemon_command, "Starting the instances");
+        let fleet = Fleet::start(setup.instances, launch, ddb).await?;
+        Ok(Chaos {
+            profile,
+            proxies: Arc::new(proxies),
+            fleet: Arc::new(Mutex::new(fleet)),
+            started: None,
+            grace: setup.grace,
+            scenario: setup.scenario,
+            time_scale: setup.time_scale,
+        })
+    }
+
+    /// Starts the profile's clock: call as the load begins.
+    pub fn begin(&mut self) {
+        let t0 = OffsetDateTime::now_utc();
+        let mut tasks = JoinSet::new();
+        let mut id = 0usize;
+        for spec in &self.profile.faults {
+            let spec = spec.scaled(self.time_scale);
+            for start in spec.starts() {
+                let (spec, proxies, fleet, grace) =
+                    (spec.clone(), Arc::clone(&self.proxies), Arc::clone(&self.fleet), self.grace);
+                tasks.spawn(occur(id, spec, t0, start, proxies, fleet, grace));
+                id += 1;
+            }
+        }
+        self.started = Some((t0, tasks));
+    }
+
+    /// Waits for the faults still to come, stops the instances (each must
+    /// drain and exit 0), and judges the run from the events it stored
+    /// (`p99_before`: the scenario's e2e target, held before the first
+    /// fault). Writes `chaos.json`, `chaos.svg` and `chaos.html` into
+    /// `dir`, and the picture into goose's HTML report there.
+    pub async fn finish(mut self, samples: &[Sample], p99_before: Option<u64>, dir: &Path) -> anyhow::Result<ChaosReport> {
+        let (t0, mut tasks) = self.started.take().context("the chaos run never began")?;
+        let mut occurrences = Vec::new();
+        let mut failed = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Ok(o)) => occurrences.push(o),
+                Ok(Err(e)) => failed.push(format!("a fault could not be carried out: {e:#}")),
+                Err(e) => failed.push(format!("a fault's task failed: {e}")),
+            }
+        }
+        occurrences.sort_by(|a, b| a.start_secs.total_cmp(&b.start_secs));
+        let final_stop = self.fleet.lock().await.stop_all(self.grace + Duration::from_secs(10)).await;
+        let secs = |t: OffsetDateTime| (t - t0).as_seconds_f64();
+        let points: Vec<(f64, f64)> = samples.iter().map(|s| (secs(s.stored), s.e2e_ms())).collect();
+        let baseline = baseline(&points, occurrences.first().map_or(f64::INFINITY, |o| o.start_secs));
+        for o in &mut occurrences {
+            o.recovery_secs = recovery(&points, o.end_secs, baseline);
+        }
+        let phases = phases(&points, &occurrences);
+
+        failed.extend(judge(&occurrences, &final_stop, &self.profile.thresholds));
+        if let Some(before) = phases.first().filter(|p| p.stored > 0)
+            && let Some(why) = crate::attack::p99_target(before.e2e.p99_ms, p99_before)
+        {
+            failed.push(format!("before the first fault: {why}"));
+        }
+        let instances = self.fleet.lock().await.len();
+        let report = ChaosReport { profile: self.profile.name.clone(), instances, occurrences, phases, final_stop, failed };
+        let windows: Vec<chart::Window> = report
+            .occurrences
+            .iter()
+            .map(|o| chart::Window { label: o.fault.clone(), start: o.start_secs, end: o.end_secs })
+            .collect();
+        let title = format!("{} under chaos: {}", self.scenario_name(), report.profile);
+        let picture = chart::svg(&title, &buckets(samples, t0), &windows);
+        write_report(dir, &report, &picture)?;
+        Ok(report)
+    }
+
+    fn scenario_name(&self) -> &str {
+        &self.scenario
+    }
+}
+
+/// What the faults' own rules say about a run: every occurrence left
+/// evidence that it happened, every killed instance's leases moved (within
+/// the bound), every SIGTERM ended in exit 0, every recovery within the bound.
+fn judge(occurrences: &[Occurrence], final_stop: &[Terminated], t: &profile::ChaosThresholds) -> Vec<String> {
+    let mut failed = Vec::new();
+    for o in occurrences {
+        if let Some(why) = &o.no_evidence {
+            failed.push(format!("{} at {:.1} s proves nothing: {why}", o.fault, o.start_secs));
+        }
+        if let Some(k) = &o.killed {
+            match (k.leases.is_empty(), k.failover_secs, t.max_failover_secs) {
+                (true, _, _) => {}
+                (false, None, _) => failed.push(format!("the leases of killed pid {} never moved", k.pid)),
+                (false, Some(f), Some(max)) if f > max => {
+                    failed.push(format!("failover of killed pid {} took {f:.1} s, above {max} s", k.pid));
+                }
+                _ => {}
+            }
+        }
+        for term in &o.terminated {
+            if term.exit_code != Some(0) {
+                failed.push(format!("instance pid {} exited {:?} after SIGTERM, not 0", term.pid, term.exit_code));
+            }
+        }
+        if let (Some(r), Some(max)) = (o.recovery_secs, t.max_recovery_secs)
+            && r > max
+        {
+            failed.push(format!("recovery after {} at {:.1} s took {r:.1} s, above {max} s", o.fault, o.end_secs));
+        }
+    }
+    for term in final_stop {
+        if term.exit_code != Some(0) {
+            failed.push(format!("instance pid {} exited {:?} after the final SIGTERM, not 0", term.pid, term.exit_code));
+        }
+    }
+    failed
+}
+
+/// `chaos.json`, `chaos.svg`, `chaos.html` (the tables and the picture,
+/// offline), and the picture into goose's report if it is there.
+fn write_report(dir: &Path, report: &ChaosReport, picture: &str) -> anyhow::Result<()> {
+    std::fs::write(dir.join("chaos.json"), serde_json::to_string_pretty(report)?)?;
+    std::fs::write(dir.join("chaos.svg"), picture)?;
+    let escaped = report.markdown().replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>chaos: {}</title></head>\n<body>\n{picture}\n<pre>{escaped}</pre>\n</body></html>\n",
+        report.profile
+    );
+    std::fs::write(dir.join("chaos.html"), html)?;
+    let goose = dir.join("goose-report.html");
+    if let Ok(text) = std::fs::read_to_string(&goose)
+        && let Some(at) = text.rfind("</body>")
+    {
+        let section = format!("<section id=\"chaos\"><h2>Chaos: {}</h2>\n{picture}\n</section>\n", report.profile);
+        std::fs::write(&goose, format!("{}{section}{}", &text[..at], &text[at..]))?;
+    }
+    Ok(())
+}
+
+async fn sleep_until(t0: OffsetDateTime, secs: f64) {
+    let now = (OffsetDateTime::now_utc() - t0).as_seconds_f64();
+    if secs > now {
+        tokio::time::sleep(Duration::from_secs_f64(secs - now)).await;
+    }
+}
+
+/// One occurrence of `spec`, starting `start` seconds after `t0`.
+async fn occur(
+    id: usize,
+    spec: FaultSpec,
+    t0: OffsetDateTime,
+    start: f64,
+    proxies: Arc<Proxies>,
+    fleet: Arc<Mutex<Fleet>>,
+    grace: Duration,
+) -> anyhow::Result<Occurrence> {
+    sleep_until(t0, start).await;
+    let now = || (OffsetDateTime::now_utc() - t0).as_seconds_f64();
+    let began = now();
+    let mut o = Occurrence {
+        fault: spec.label(),
+        start_secs: began,
+        end_secs: began,
+        injected: None,
+        killed: None,
+        terminated: Vec::new(),
+        recovery_secs: None,
+        no_evidence: None,
+    };
+    match spec.action {
+        Action::Proxy => {
+            let service = spec.service.context("a proxy fault names its service")?;
+            let before = proxies.counts(service);
+            info!(fault = %o.fault, service = service.name(), secs = spec.duration_secs, "Fault on");
+            proxies.set(service, id, Some(spec.rules.clone()))?;
+            sleep_until(t0, start + spec.duration_secs).await;
+            proxies.set(service, id, None)?;
+            o.end_secs = now();
+            let n = injected(&before, &proxies.counts(service));
+            info!(fault = %o.fault, injected = n, "Fault off");
+            o.injected = Some(n);
+            if n == 0 {
+                o.no_evidence = Some(format!("the {} proxy faulted no request", service.name()));
+            }
+        }
+        Action::Kill => {
+            let mut killed = fleet.lock().await.kill_one().await?;
+            let k = killed.instance;
+            // Failover is timed while the instance stays down and after.
+            let watch = {
+                let (leases, probe) = (fleet.lock().await.leases(), killed.clone());
+                tokio::spawn(async move { leases.failover(&probe, Duration::from_secs(120)).await })
+            };
+            sleep_until(t0, start + spec.duration_secs).await;
+            killed.restarted_pid = Some(fleet.lock().await.restart(k).await?);
+            o.end_secs = now();
+            killed.failover_secs = watch.await.ok().flatten();
+            if killed.leases.is_empty() && fleet.lock().await.len() > 1 {
+                warn!(pid = killed.pid, "The instance killed held no lease");
+            }
+            o.killed = Some(killed);
+        }
+        Action::RollingRestart => {
+            let n = fleet.lock().await.len();
+            for k in 0..n {
+                let mut term = fleet.lock().await.terminate(k, grace + Duration::from_secs(10)).await?;
+                term.restarted_pid = Some(fleet.lock().await.restart(k).await?);
+                info!(instance = k, pid = term.pid, exit = ?term.exit_code, drain_secs = term.drain_secs, "Instance restarted");
+                o.terminated.push(term);
+                if k + 1 < n {
+                    tokio::time::sleep(Duration::from_secs_f64(spec.duration_secs)).await;
+                }
+            }
+            o.end_secs = now();
+        }
+    }
+    Ok(o)
+}
+
+/// How the run went before the first fault: the pace a recovery returns to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Baseline {
+    /// Events stored per second.
+    rate: f64,
+    /// e2e p99 of what was stored, ms.
+    p99_ms: f64,
+}
+
+impl Baseline {
+    /// The latency a recovered second stays under: twice the pre-fault
+    /// p99, and at least one second above it (a quiet run's p99 of 250 ms
+    /// is not held to 500 ms on a noisy machine).
+    fn latency_ok(&self) -> f64 {
+        (2.0 * self.p99_ms).max(self.p99_ms + 1000.0)
+    }
+}
+
+/// The run before the first fault (None: too short a time, or nothing
+/// stored, to tell).
+fn baseline(points: &[(f64, f64)], first_fault: f64) -> Option<Baseline> {
+    let until = first_fault.min(points.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max));
+    if until.is_nan() || until < 2.0 {
+        return None;
+    }
+    let mut e2e: Vec<f64> = points.iter().filter(|p| p.0 >= 0.0 && p.0 < until).map(|p| p.1).collect();
+    if e2e.is_empty() {
+        return None;
+    }
+    e2e.sort_by(f64::total_cmp);
+    Some(Baseline { rate: e2e.len() as f64 / until, p99_ms: crate::verify::percentile(&e2e, 99.0) })
+}
+
+/// Seconds from `end` until the daemon is back to its pre-fault pace: the
+/// first second in which it stores at least 80% of the baseline rate with
+/// a p99 within [`Baseline::latency_ok`] (so a backlog held by the fault,
+/// or shards still waiting for their failover, is drained), or until the
+/// last event was stored if that comes first (nothing left to do). With no
+/// baseline, until the first event stored after the fault. Zero when
+/// nothing was stored after the fault.
+fn recovery(points: &[(f64, f64)], end: f64, baseline: Option<Baseline>) -> Option<f64> {
+    let after: Vec<(f64, f64)> = points.iter().copied().filter(|p| p.0 >= end).collect();
+    let Some(last) = after.iter().map(|p| p.0).reduce(f64::max) else { return Some(0.0) };
+    let first = after.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+    let Some(base) = baseline else { return Some(first - end) };
+    let mut t = end;
+    while t < last {
+        let mut window: Vec<f64> = after.iter().filter(|p| p.0 >= t && p.0 < t + 1.0).map(|p| p.1).collect();
+        window.sort_by(f64::total_cmp);
+        if window.len() as f64 >= 0.8 * base.rate && crate::verify::percentile(&window, 99.0) <= base.latency_ok() {
+            return Some(t - end);
+        }
+        t += 0.25;
+    }
+    Some(last - end)
+}
+
+fn phase(name: String, from: f64, to: f64, points: &[(f64, f64)]) -> Phase {
+    let mut e2e: Vec<f64> = points.iter().filter(|p| p.0 >= from && p.0 < to).map(|p| p.1).collect();
+    e2e.sort_by(f64::total_cmp);
+    let span = to - from;
+    Phase {
+        phase: name,
+        from_secs: from,
+        to_secs: to,
+        stored: e2e.len() as u64,
+        stored_per_sec: if span > 0.0 { e2e.len() as f64 / span } else { 0.0 },
+        e2e: E2e::of(&e2e),
+    }
+}
+
+/// Before the first fault, during each, and after each until the next.
+fn phases(points: &[(f64, f64)], occurrences: &[Occurrence]) -> Vec<Phase> {
+    let last = points.iter().map(|p| p.0).fold(0.0, f64::max) + 0.001;
+    let mut out = Vec::new();
+    let first = occurrences.first().map_or(last, |o| o.start_secs);
+    out.push(phase("before".into(), 0f64.min(first), first, points));
+    for (i, o) in occurrences.iter().enumerate() {
+        out.push(phase(format!("during {}", o.fault), o.start_secs, o.end_secs, points));
+        let next = occurrences.get(i + 1).map_or(last.max(o.end_secs), |n| n.start_secs.max(o.end_secs));
+        // The next fault may start as this one ends: no time after it.
+        if next > o.end_secs + 0.05 {
+            out.push(phase(format!("after {}", o.fault), o.end_secs, next, points));
+        }
+    }
+    out
+}
+
+/// The per-second picture of a run: sent and stored per second, e2e p50
+/// and p99 of what was stored in each second.
+pub fn buckets(samples: &[Sample], t0: OffsetDateTime) -> Vec<chart::Bucket> {
+    let secs = |t: OffsetDateTime| (t - t0).as_seconds_f64();
+    let end = samples.iter().map(|s| secs(s.stored).max(secs(s.ts))).fold(0.0, f64::max);
+    let n = end.ceil().max(0.0) as usize + 1;
+    let mut sent = vec![0u64; n];
+    let mut stored: Vec<Vec<f64>> = vec![Vec::new(); n];
+    for s in samples {
+        let (a, b) = (secs(s.ts), secs(s.stored));
+        if a >= 0.0 && (a as usize) < n {
+            sent[a as usize] += 1;
+        }
+        if b >= 0.0 && (b as usize) < n {
+            stored[b as usize].push(s.e2e_ms());
+        }
+    }
+    (0..n)
+        .map(|i| {
+            let v = &mut stored[i];
+            v.sort_by(f64::total_cmp);
+            chart::Bucket {
+                t: i as f64,
+                sent_per_sec: sent[i] as f64,
+                stored_per_sec: v.len() as f64,
+                p50_ms: crate::verify::percentile(v, 50.0),
+                p99_ms: crate::verify::percentile(v, 99.0),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn occurrence(start: f64, end: f64) -> Occurrence {
+        Occurrence {
+            fault: "f".into(),
+            start_secs: start,
+            end_secs: end,
+            injected: Some(1),
+            killed: None,
+            terminated: Vec::new(),
+            recovery_secs: None,
+            no_evidence: None,
+        }
+    }
+
+    #[test]
+    fn recovery_is_the_return_to_the_pre_fault_pace() {
+        // 10/s at 50 ms from 0 to 10 s; nothing from 10 to 20 s (the
+        // fault); a trickle of 2/s from 20 to 23 s; then 10/s with the held
+        // backlog (5 s old) until 25 s, and at 800 ms after.
+        let mut points = Vec::new();
+        for i in 0..100 {
+            points.push((f64::from(i) * 0.1, 50.0));
+        }
+        for i in 0..6 {
+            points.push((20.0 + f64::from(i) * 0.5, 5000.0));
+        }
+        for i in 0..20 {
+            points.push((23.0 + f64::from(i) * 0.1, 5000.0));
+        }
+        for i in 0..30 {
+            points.push((25.0 + f64::from(i) * 0.1, 800.0));
+        }
+        let base = baseline(&points, 10.0).expect("a baseline");
+        assert!((base.rate - 10.0).abs() < 0.01 && base.p99_ms == 50.0, "{base:?}");
+        assert_eq!(base.latency_ok(), 1050.0);
+        // The rate is back at 23 s, the latency at 25 s: recovered 5 s after.
+        let r = recovery(&points, 20.0, Some(base)).expect("recovered");
+        assert!((r - 5.0).abs() < 0.01, "{r}");
+        // Never back to pace: until the last event stored.
+        let r = recovery(&points[..126], 20.0, Some(base)).expect("drained");
+        assert!((r - 4.9).abs() < 0.01, "{r}");
+        // Nothing stored after the fault: nothing was waiting.
+        assert_eq!(recovery(&points[..100], 20.0, Some(base)), Some(0.0));
+        // No baseline: the first event stored after it.
+        assert_eq!(recovery(&points, 20.0, None), Some(0.0));
+        assert_eq!(recovery(&points, 19.0, None), Some(1.0));
+        assert_eq!(baseline(&points, 1.0), None, "too short to tell");
+    }
+
+    #[test]
+    fn phases_split_the_stored_events_by_when_they_were_stored() {
+        let points: Vec<(f64, f64)> = (0..40).map(|i| (f64::from(i), f64::from(i))).collect();
+        let p = phases(&points, &[occurrence(10.0, 20.0)]);
+        let names: Vec<&str> = p.iter().map(|x| x.phase.as_str()).collect();
+        assert_eq!(names, vec!["before", "during f", "after f"]);
+        assert_eq!(p.iter().map(|x| x.stored).collect::<Vec<_>>(), vec![10, 10, 20]);
+        assert_eq!(p[1].e2e.p99_ms, 19.0);
+        // Back to back: no phase between them.
+        let p = phases(&points, &[occurrence(0.0, 10.0), occurrence(10.0, 20.0)]);
+        let names: Vec<&str> = p.iter().map(|x| x.phase.as_str()).collect();
+        assert_eq!(names, vec!["before", "during f", "during f", "after f"]);
+    }
+
+    #[test]
+    fn a_fault_that_did_nothing_fails_the_run() {
+        let t = profile::ChaosThresholds { max_failover_secs: Some(20.0), max_recovery_secs: Some(30.0) };
+        let ok = occurrence(1.0, 2.0);
+        assert!(judge(std::slice::from_ref(&ok), &[], &t).is_empty());
+        let idle = Occurrence { injected: Some(0), no_evidence: Some("the sqs proxy faulted no request".into()), ..ok.clone() };
+        assert_eq!(judge(&[idle], &[], &t).len(), 1);
+        let killed = |failover: Option<f64>, leases: usize| Occurrence {
+            killed: Some(Killed {
+                instance: 0,
+                pid: 42,
+                worker_id: "w".into(),
+                leases: (0..leases).map(|i| format!("shard-{i}")).collect(),
+                at: OffsetDateTime::UNIX_EPOCH,
+                failover_secs: failover,
+                restarted_pid: Some(43),
+            }),
+            ..ok.clone()
+        };
+        assert!(judge(&[killed(Some(12.0), 1)], &[], &t).is_empty());
+        assert!(judge(&[killed(None, 0)], &[], &t).is_empty(), "nothing to move");
+        assert!(judge(&[killed(None, 1)], &[], &t)[0].contains("never moved"));
+        assert!(judge(&[killed(Some(25.0), 1)], &[], &t)[0].contains("above 20"));
+        let stop = |code| Terminated { instance: 0, pid: 7, exit_code: code, drain_secs: 1.0, restarted_pid: None };
+        assert!(judge(&[], &[stop(Some(0))], &t).is_empty());
+        assert_eq!(judge(&[], &[stop(Some(1)), stop(None)], &t).len(), 2);
+        let slow = Occurrence { recovery_secs: Some(31.0), ..ok };
+        assert!(judge(&[slow], &[], &t)[0].contains("recovery"));
+    }
+
+    #[test]
+    fn the_faults_counted_are_those_of_the_window() {
+        let before = Counts { forwarded: 10, throttle: 3, ..Counts::default() };
+        let after = Counts { forwarded: 30, throttle: 7, black_hole: 1, ..Counts::default() };
+        assert_eq!(injected(&before, &after), 5);
+        assert_eq!(injected(&after, &after), 0);
+    }
+}
