@@ -19,5 +19,5 @@ mod rules;
 mod stats;
 
 pub use proxy::Proxy;
-pub use rules::{Fault, InvalidRule, Rule};
+pub use rules::{Fault, InvalidRule, Rule, validate};
 pub use stats::{Counts, Stats};

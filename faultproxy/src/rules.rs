@@ -98,7 +98,7 @@ pub enum InvalidRule {
 }
 
 /// Checks every rule, naming the first bad one by its position in the list.
-pub(crate) fn validate(rules: &[Rule]) -> Result<(), InvalidRule> {
+pub fn validate(rules: &[Rule]) -> Result<(), InvalidRule> {
     for (index, rule) in rules.iter().enumerate() {
         if !(0.0..=1.0).contains(&rule.probability) {
             return Err(InvalidRule::Probability { index, probability: rule.probability });

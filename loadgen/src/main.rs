@@ -92,8 +92,8 @@ pub struct RunArgs {
     /// (default: the `cafe-streamd` next to this binary, with `run`).
     #[arg(long, env = "CAFE_LOADGEN_DAEMON_COMMAND")]
     pub daemon_command: Option<String>,
-    /// How long an instance may drain after SIGTERM in a chaos run (its
-    /// `shutdown.grace_period_secs`).
+    /// How long an instance may drain after SIGTERM in a chaos run: given
+    /// to each as `CAFE_SHUTDOWN__GRACE_PERIOD_SECS`, 1 to 3600.
     #[arg(long, default_value_t = 30)]
     pub grace_secs: u64,
     #[command(flatten)]
@@ -212,6 +212,7 @@ async fn run_chaos(mut s: scenario::Scenario, name: &str, args: &RunArgs) -> any
         grace: std::time::Duration::from_secs(args.grace_secs),
         scenario: s.name.clone(),
         time_scale: args.time_scale,
+        stream: args.targets.orders_stream.clone(),
     };
     let mut run = chaos::Chaos::setup(profile, setup).await?;
     run.begin();
@@ -307,8 +308,11 @@ fn main() -> ExitCode {
             if !(args.scale > 0.0 && args.scale.is_finite() && args.time_scale > 0.0 && args.time_scale.is_finite()) {
                 return fail(anyhow::anyhow!("--scale and --time-scale must be positive numbers"));
             }
-            if args.instances == Some(0) {
-                return fail(anyhow::anyhow!("--instances must be at least 1"));
+            if args.instances.is_some_and(|n| n == 0 || n > chaos::profile::MAX_INSTANCES) {
+                return fail(anyhow::anyhow!("--instances must be 1 to {}", chaos::profile::MAX_INSTANCES));
+            }
+            if !(1..=3600).contains(&args.grace_secs) {
+                return fail(anyhow::anyhow!("--grace-secs must be 1 to 3600"));
             }
             let result = scenario::find(&args.name).and_then(|s| {
                 let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -48,6 +48,11 @@ impl Run {
 
 /// Runs `scenario` under `profile` with `args`, against `env`'s resources.
 async fn chaos_run(env: &Env, scenario: &str, profile: &str, args: &[&str]) -> Run {
+    chaos_run_with(env, scenario, profile, args, &[]).await
+}
+
+/// The same, with `vars` in the loadgen's environment (and so its instances').
+async fn chaos_run_with(env: &Env, scenario: &str, profile: &str, args: &[&str], vars: &[(String, String)]) -> Run {
     let report = env.dir.join(format!("chaos-{profile}"));
     let p = &env.prefix;
     let daemon = format!("'{BIN}' run --config '{}'", env.config.display());
@@ -63,6 +68,7 @@ async fn chaos_run(env: &Env, scenario: &str, profile: &str, args: &[&str]) -> R
         .args(["--menu-table", &format!("{p}-menu"), "--lease-table", &format!("{p}-leases")])
         .env_remove("CAFE_LOADGEN_REDSHIFT_URL")
         .env_remove("CAFE_LOADGEN_RESTART_COMMAND")
+        .envs(vars.iter().cloned())
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
     let out = cmd.output().await.expect("run cafe-loadgen");
     let output = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -111,7 +117,7 @@ async fn kill_instances_kills_the_lease_holder_and_loses_nothing() {
 async fn rolling_restart_drains_every_instance_to_exit_0() {
     let env = Env::new("chaos-roll", "").await;
     let run =
-        chaos_run(&env, "cold-start", "rolling-restart", &["--instances", "2", "--scale", "0.03", "--time-scale", "0.2"]).await;
+        chaos_run(&env, "morning-rush", "rolling-restart", &["--instances", "2", "--scale", "0.1", "--time-scale", "0.3"]).await;
     assert!(run.passed, "{}", run.output);
     let terminated = run.occurrences()[0]["terminated"].as_array().cloned().unwrap_or_default();
     assert_eq!(terminated.len(), 2, "{}", run.chaos);
@@ -158,4 +164,44 @@ async fn partition_holds_dynamodb_and_the_pipeline_resumes() {
     let o = &run.occurrences()[0];
     assert!(injected(o) > 0, "{}", run.chaos);
     assert!(o["recovery_secs"].as_f64().is_some(), "{o}");
+}
+
+/// A split and then a merge while orders flow: the stream really changed
+/// shape (one open shard, two, one), and every order's events were applied
+/// once and in order across the change.
+#[tokio::test(flavor = "multi_thread")]
+async fn reshard_splits_and_merges_while_orders_flow() {
+    let env = Env::new("chaos-reshard", "").await;
+    let run = chaos_run(&env, "morning-rush", "reshard", &["--scale", "0.1", "--time-scale", "0.3"]).await;
+    assert!(run.passed, "{}", run.output);
+    let shapes: Vec<Value> = run.occurrences().iter().map(|o| o["open_shards"].clone()).collect();
+    assert_eq!(shapes, vec![serde_json::json!([1, 2]), serde_json::json!([2, 1])], "{}", run.chaos);
+}
+
+/// Redshift down for a while during a menu sync: the relay in front of it
+/// refused connections, and the mirror caught up by itself, equal to
+/// DynamoDB at the end (menu-sync's own check).
+#[tokio::test(flavor = "multi_thread")]
+async fn redshift_outage_refuses_connections_and_the_mirror_catches_up() {
+    use super::menu::pg_target;
+    let (target, user, db) = pg_target();
+    let table = format!("it_chaos_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+    let url = format!("postgres://{user}@{target}/{db}");
+    let extra = format!(
+        "[sinks.redshift]\nenabled = true\ntransport = \"postgres\"\nurl = \"{url}\"\ntable = \"{table}\"\nflush_interval_ms = 500\n"
+    );
+    let env = Env::new("chaos-redshift", &extra).await;
+    let vars = vec![
+        ("CAFE_SINKS__REDSHIFT__URL".to_owned(), url.clone()),
+        ("CAFE_LOADGEN_REDSHIFT_URL".to_owned(), url.clone()),
+        ("CAFE_LOADGEN_REDSHIFT_TABLE".to_owned(), table.clone()),
+    ];
+    let run = chaos_run_with(&env, "menu-sync", "redshift-outage", &["--scale", "0.1", "--time-scale", "0.5"], &vars).await;
+    assert!(run.passed, "{}", run.output);
+    let o = &run.occurrences()[0];
+    assert!(injected(o) > 0, "{}", run.chaos);
+    assert!(run.output.contains("Redshift"), "{}", run.output);
+    let pg =
+        daemon::sinks::redshift::postgres::PgTransport::connect(&std::env::var("CAFE_PG_URL").expect("url")).await.expect("pg");
+    pg.execute(&format!("DROP TABLE {table}")).await.expect("drop");
 }

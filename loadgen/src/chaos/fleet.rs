@@ -52,6 +52,10 @@ pub struct Killed {
     pub pid: u32,
     /// Its worker id in the lease table.
     pub worker_id: String,
+    /// The prefix of every worker id of its slot (it restarted under a new
+    /// one: failover is to another slot).
+    #[serde(skip)]
+    pub slot: String,
     /// The leases it held when killed.
     pub leases: Vec<String>,
     /// When.
@@ -114,8 +118,8 @@ impl LeaseWatch {
         }
     }
 
-    /// Waits until none of `killed`'s leases is held by it any more (each
-    /// taken by another worker), up to `within`; the time since the kill.
+    /// Waits until every lease `killed` held is held by another slot's
+    /// worker, up to `within`; the time since the kill.
     pub async fn failover(&self, killed: &Killed, within: Duration) -> Option<f64> {
         if killed.leases.is_empty() {
             return None;
@@ -123,7 +127,7 @@ impl LeaseWatch {
         let deadline = Instant::now() + within;
         loop {
             if let Ok(owners) = self.owners().await
-                && killed.leases.iter().all(|l| owners.get(l).is_some_and(|o| *o != killed.worker_id))
+                && killed.leases.iter().all(|l| owners.get(l).is_some_and(|o| !o.starts_with(&killed.slot)))
             {
                 return Some((OffsetDateTime::now_utc() - killed.at).as_seconds_f64());
             }
@@ -142,6 +146,13 @@ pub struct Fleet {
     http: reqwest::Client,
     instances: Vec<Instance>,
     last_killed: Option<usize>,
+}
+
+/// Sends `signal` to the process group `pid` leads (each instance's).
+async fn signal_group(signal: &str, pid: u32) {
+    if pid > 0 {
+        let _ = Command::new("kill").arg(format!("-{signal}")).arg("--").arg(format!("-{pid}")).status().await;
+    }
 }
 
 fn rfc3339<S: serde::Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
@@ -183,9 +194,12 @@ impl Fleet {
         slot.worker_id = format!("chaos-{}-i{k}-g{}", launch.run_id, slot.generation);
         let log_path = launch.log_dir.join(format!("instance-{k}.log"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        // Its own process group: a signal reaches the daemon even when the
+        // command is not a single exec (a wrapper, a `cargo run`).
         let child = Command::new("sh")
             .arg("-c")
             .arg(format!("exec {}", launch.command))
+            .process_group(0)
             .envs(launch.env.iter().cloned())
             .env("CAFE_ADMIN__LISTEN", &slot.admin)
             .env("CAFE_SOURCES__ORDERS__WORKER_ID", &slot.worker_id)
@@ -231,30 +245,31 @@ impl Fleet {
         self.leases.clone()
     }
 
-    /// The running instance holding the most leases; on a tie, the next one
-    /// after the last killed.
-    async fn busiest(&self) -> usize {
-        let owners = self.leases.owners().await.unwrap_or_default();
+    /// The running instance holding the most leases; on a tie, the first
+    /// one after the last killed.
+    fn busiest(&self, owners: &HashMap<String, String>) -> usize {
         let n = self.instances.len();
         let first = self.last_killed.map_or(0, |k| (k + 1) % n);
         let held = |k: usize| owners.values().filter(|o| **o == self.instances[k].worker_id).count();
         (0..n)
             .map(|i| (first + i) % n)
             .filter(|&k| self.instances[k].child.is_some())
-            .max_by_key(|&k| (held(k), n - k))
+            .max_by_key(|&k| (held(k), n - (k + n - first) % n))
             .unwrap_or(first)
     }
 
-    /// `kill -9` of the busiest instance; waits until the process is gone.
+    /// `kill -9` of the busiest instance's process group; waits until the
+    /// process is gone.
     pub async fn kill_one(&mut self) -> anyhow::Result<Killed> {
-        let k = self.busiest().await;
+        let owners = self.leases.owners().await?;
+        let k = self.busiest(&owners);
         self.last_killed = Some(k);
-        let owners = self.leases.owners().await.unwrap_or_default();
         let slot = &mut self.instances[k];
         let mut leases: Vec<String> = owners.into_iter().filter(|(_, o)| *o == slot.worker_id).map(|(key, _)| key).collect();
         leases.sort();
         let mut child = slot.child.take().context("instance not running")?;
         let at = OffsetDateTime::now_utc();
+        signal_group("KILL", slot.pid).await;
         child.start_kill()?;
         let _ = child.wait().await?;
         warn!(instance = k, pid = slot.pid, leases = leases.len(), "Instance killed with SIGKILL");
@@ -262,6 +277,7 @@ impl Fleet {
             instance: k,
             pid: slot.pid,
             worker_id: slot.worker_id.clone(),
+            slot: format!("chaos-{}-i{k}-", self.launch.run_id),
             leases,
             at,
             failover_secs: None,
@@ -281,12 +297,12 @@ impl Fleet {
         let slot = &mut self.instances[k];
         let mut child = slot.child.take().context("instance not running")?;
         let started = Instant::now();
-        let status = Command::new("kill").args(["-TERM", &slot.pid.to_string()]).status().await?;
-        anyhow::ensure!(status.success(), "kill -TERM {} failed", slot.pid);
+        signal_group("TERM", slot.pid).await;
         let exit: Option<ExitStatus> = match tokio::time::timeout(within, child.wait()).await {
             Ok(s) => Some(s?),
             Err(_) => {
                 warn!(instance = k, pid = slot.pid, "Instance ignored SIGTERM; killing it");
+                signal_group("KILL", slot.pid).await;
                 child.start_kill()?;
                 let _ = child.wait().await;
                 None
@@ -305,8 +321,7 @@ impl Fleet {
     pub async fn stop_all(&mut self, within: Duration) -> Vec<Terminated> {
         let running: Vec<usize> = (0..self.instances.len()).filter(|&k| self.instances[k].child.is_some()).collect();
         for &k in &running {
-            let pid = self.instances[k].pid.to_string();
-            let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
+            signal_group("TERM", self.instances[k].pid).await;
         }
         let started = Instant::now();
         let mut out = Vec::new();
@@ -317,6 +332,7 @@ impl Fleet {
             let exit = match tokio::time::timeout(left, child.wait()).await {
                 Ok(Ok(s)) => Some(s),
                 _ => {
+                    signal_group("KILL", slot.pid).await;
                     let _ = child.start_kill();
                     let _ = child.wait().await;
                     None

@@ -13,6 +13,8 @@
 pub mod chart;
 pub mod fleet;
 pub mod profile;
+mod relay;
+mod reshard;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -50,14 +52,33 @@ impl Sample {
 /// Per service, the rules of each occurrence switched on, by occurrence id.
 type ActiveRules = HashMap<Service, Vec<(usize, Vec<Rule>)>>;
 
-/// The proxies, with the rules each fault occurrence has switched on.
+/// The proxies, with the rules each fault occurrence has switched on, and
+/// the relay in front of Redshift when a fault needs it.
 struct Proxies {
     proxies: HashMap<Service, Proxy>,
     active: std::sync::Mutex<ActiveRules>,
+    redshift: Option<(relay::Relay, String)>,
 }
 
 impl Proxies {
-    async fn start() -> anyhow::Result<Proxies> {
+    /// Proxies in front of the AWS endpoints; with `redshift`, a relay in
+    /// front of the Redshift endpoint the instances are given in
+    /// `CAFE_SINKS__REDSHIFT__URL`.
+    async fn start(redshift: bool) -> anyhow::Result<Proxies> {
+        let relay = if redshift {
+            let var = Service::Redshift.endpoint_var();
+            let url = std::env::var(var).with_context(|| {
+                format!("{var} is not set: a Redshift outage needs the mirror's postgres:// URL in it, to stand in front of it")
+            })?;
+            let placeholder: std::net::SocketAddr = "127.0.0.1:9".parse()?;
+            let (upstream, _) = relay::redirect(&url, placeholder)?;
+            let r = relay::Relay::start(upstream.clone()).await?;
+            let (_, through) = relay::redirect(&url, r.addr())?;
+            info!(relay = %r.addr(), upstream, "Redshift relay started");
+            Some((r, through))
+        } else {
+            None
+        };
         let mut proxies = HashMap::new();
         for s in Service::ALL {
             let upstream = std::env::var(s.endpoint_var())
@@ -66,24 +87,30 @@ impl Proxies {
             info!(service = s.name(), proxy = %proxy.url(), upstream, "Fault proxy started");
             proxies.insert(s, proxy);
         }
-        Ok(Proxies { proxies, active: std::sync::Mutex::new(HashMap::new()) })
+        Ok(Proxies { proxies, active: std::sync::Mutex::new(HashMap::new()), redshift: relay })
     }
 
     fn env(&self) -> Vec<(String, String)> {
-        self.proxies.iter().map(|(s, p)| (s.endpoint_var().to_owned(), p.url())).collect()
+        let mut env: Vec<(String, String)> = self.proxies.iter().map(|(s, p)| (s.endpoint_var().to_owned(), p.url())).collect();
+        if let Some((_, url)) = &self.redshift {
+            env.push((Service::Redshift.endpoint_var().to_owned(), url.clone()));
+        }
+        env
     }
 
     /// Switches occurrence `id`'s rules on (`Some`) or off (`None`).
     fn set(&self, service: Service, id: usize, rules: Option<Vec<Rule>>) -> anyhow::Result<()> {
         let mut active = self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let list = active.entry(service).or_default();
+        let mut list = active.get(&service).cloned().unwrap_or_default();
         list.retain(|(i, _)| *i != id);
         if let Some(r) = rules {
             list.push((id, r));
         }
         let all: Vec<Rule> = list.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
         let proxy = self.proxies.get(&service).context("no proxy for the service")?;
+        // Kept only once the proxy took them: a refused set changes nothing.
         proxy.set_rules(all)?;
+        active.insert(service, list);
         Ok(())
     }
 
@@ -116,13 +143,26 @@ pub struct Occurrence {
     /// Rolling restarts: each instance's SIGTERM.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub terminated: Vec<Terminated>,
-    /// From the fault's end until the daemon was back to its pre-fault
-    /// pace: 80% of the rate, p99 within twice the latency (or until it had
-    /// nothing left to store).
+    /// Splits and merges: the stream's open shards before and after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_shards: Option<[usize; 2]>,
+    /// From the fault's end (for a kill: from when its leases had moved,
+    /// if later) until the daemon was back to its pre-fault pace: 80% of
+    /// the rate, p99 within twice the latency (or until it had nothing left
+    /// to store).
     pub recovery_secs: Option<f64>,
     /// Why this occurrence proves nothing, if it does not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_evidence: Option<String>,
+}
+
+impl Occurrence {
+    /// When the fault stopped holding work back: its end, or for a kill the
+    /// moment its leases had moved, if later (until then its shards wait).
+    fn effect_ends(&self) -> f64 {
+        let moved = self.killed.as_ref().and_then(|k| k.failover_secs).map(|f| self.start_secs + f);
+        moved.map_or(self.end_secs, |m| m.max(self.end_secs))
+    }
 }
 
 /// Latency of the events stored in one phase of the run.
@@ -172,6 +212,10 @@ impl ChaosReport {
         out.push_str("| fault | window (s) | evidence | failover (s) | recovery (s) |\n|---|---|---|---|---|\n");
         for o in &self.occurrences {
             let evidence = match (&o.injected, &o.killed, o.terminated.is_empty()) {
+                _ if o.open_shards.is_some() => {
+                    let [a, b] = o.open_shards.unwrap_or_default();
+                    format!("open shards {a} -> {b}")
+                }
                 (Some(n), _, _) => format!("{n} requests faulted"),
                 (_, Some(k), _) => format!("pid {} killed holding {} leases", k.pid, k.leases.len()),
                 (_, _, false) => {
@@ -220,6 +264,7 @@ pub struct Chaos {
     grace: Duration,
     scenario: String,
     time_scale: f64,
+    stream: Arc<reshard::Stream>,
 }
 
 /// How a chaos run is set up.
@@ -241,6 +286,8 @@ pub struct Setup {
     pub scenario: String,
     /// Multiplies the profile's times (`--time-scale`, as the stages').
     pub time_scale: f64,
+    /// The orders stream (splits and merges).
+    pub stream: String,
 }
 
 impl Chaos {
@@ -248,10 +295,14 @@ impl Chaos {
     pub async fn setup(profile: Profile, setup: Setup) -> anyhow::Result<Chaos> {
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-        let proxies = Proxies::start().await?;
+        let stream = Arc::new(reshard::Stream { client: aws_sdk_kinesis::Client::new(&sdk), name: setup.stream.clone() });
+        let needs_relay = profile.faults.iter().any(|f| f.action == Action::RefuseConnections);
+        let proxies = Proxies::start(needs_relay).await?;
+        let mut env = proxies.env();
+        env.push(("CAFE_SHUTDOWN__GRACE_PERIOD_SECS".to_owned(), setup.grace.as_secs().to_string()));
         let launch = Launch {
             command: setup.daemon_command.clone(),
-            env: proxies.env(),
+            env,
             log_dir: setup.log_dir.clone(),
             lease_table: setup.lease_table.clone(),
             run_id: setup.run_id.clone(),
@@ -266,6 +317,7 @@ impl Chaos {
             grace: setup.grace,
             scenario: setup.scenario,
             time_scale: setup.time_scale,
+            stream,
         })
     }
 
@@ -279,7 +331,7 @@ impl Chaos {
             for start in spec.starts() {
                 let (spec, proxies, fleet, grace) =
                     (spec.clone(), Arc::clone(&self.proxies), Arc::clone(&self.fleet), self.grace);
-                tasks.spawn(occur(id, spec, t0, start, proxies, fleet, grace));
+                tasks.spawn(occur(id, spec, t0, start, proxies, fleet, grace, Arc::clone(&self.stream)));
                 id += 1;
             }
         }
@@ -306,9 +358,23 @@ impl Chaos {
         let final_stop = self.fleet.lock().await.stop_all(self.grace + Duration::from_secs(10)).await;
         let secs = |t: OffsetDateTime| (t - t0).as_seconds_f64();
         let points: Vec<(f64, f64)> = samples.iter().map(|s| (secs(s.stored), s.e2e_ms())).collect();
+        let load = samples.iter().map(|s| secs(s.ts)).fold(f64::INFINITY, f64::min)
+            ..=samples.iter().map(|s| secs(s.stored)).fold(f64::NEG_INFINITY, f64::max);
+        for o in &mut occurrences {
+            if o.no_evidence.is_none() && !(o.start_secs <= *load.end() && o.effect_ends() >= *load.start()) {
+                o.no_evidence = Some(format!(
+                    "it did not overlap the load ({:.1} s to {:.1} s): it hit an idle system",
+                    load.start(),
+                    load.end()
+                ));
+            }
+        }
         let baseline = baseline(&points, occurrences.first().map_or(f64::INFINITY, |o| o.start_secs));
         for o in &mut occurrences {
-            o.recovery_secs = recovery(&points, o.end_secs, baseline);
+            o.recovery_secs = recovery(&points, o.effect_ends(), baseline);
+            if baseline.is_none() {
+                o.recovery_secs = Some(drained(samples, t0, o.effect_ends()));
+            }
         }
         let phases = phases(&points, &occurrences);
 
@@ -403,6 +469,7 @@ async fn sleep_until(t0: OffsetDateTime, secs: f64) {
 }
 
 /// One occurrence of `spec`, starting `start` seconds after `t0`.
+#[allow(clippy::too_many_arguments)]
 async fn occur(
     id: usize,
     spec: FaultSpec,
@@ -411,6 +478,7 @@ async fn occur(
     proxies: Arc<Proxies>,
     fleet: Arc<Mutex<Fleet>>,
     grace: Duration,
+    stream: Arc<reshard::Stream>,
 ) -> anyhow::Result<Occurrence> {
     sleep_until(t0, start).await;
     let now = || (OffsetDateTime::now_utc() - t0).as_seconds_f64();
@@ -422,10 +490,37 @@ async fn occur(
         injected: None,
         killed: None,
         terminated: Vec::new(),
+        open_shards: None,
         recovery_secs: None,
         no_evidence: None,
     };
     match spec.action {
+        Action::RefuseConnections => {
+            let (relay, _) = proxies.redshift.as_ref().context("no Redshift relay")?;
+            let before = relay.refused();
+            info!(fault = %o.fault, secs = spec.duration_secs, relayed = relay.relayed(), "Redshift refuses connections");
+            relay.refuse(true);
+            sleep_until(t0, start + spec.duration_secs).await;
+            relay.refuse(false);
+            o.end_secs = now();
+            let n = relay.refused() - before;
+            info!(fault = %o.fault, refused = n, "Redshift accepts connections again");
+            o.injected = Some(n);
+            if n == 0 {
+                o.no_evidence = Some("no connection to Redshift was refused (nothing tried to connect)".into());
+            }
+        }
+        Action::Split | Action::Merge => {
+            let before = reshard::open_shards(&stream.client, &stream.name).await?;
+            reshard::reshard(&stream.client, &stream.name, spec.action == Action::Split).await?;
+            let after = reshard::open_shards(&stream.client, &stream.name).await?;
+            info!(fault = %o.fault, before = before.len(), after = after.len(), "Stream resharded");
+            o.end_secs = now();
+            o.open_shards = Some([before.len(), after.len()]);
+            if before.len() == after.len() {
+                o.no_evidence = Some(format!("the stream still has {} open shards", after.len()));
+            }
+        }
         Action::Proxy => {
             let service = spec.service.context("a proxy fault names its service")?;
             let before = proxies.counts(service);
@@ -453,8 +548,9 @@ async fn occur(
             killed.restarted_pid = Some(fleet.lock().await.restart(k).await?);
             o.end_secs = now();
             killed.failover_secs = watch.await.ok().flatten();
-            if killed.leases.is_empty() && fleet.lock().await.len() > 1 {
+            if killed.leases.is_empty() {
                 warn!(pid = killed.pid, "The instance killed held no lease");
+                o.no_evidence = Some("the instance killed held no lease: nothing had to fail over".into());
             }
             o.killed = Some(killed);
         }
@@ -532,6 +628,14 @@ fn recovery(points: &[(f64, f64)], end: f64, baseline: Option<Baseline>) -> Opti
     Some(last - end)
 }
 
+/// Seconds from `end` until every event sent before it was stored: the
+/// backlog the fault built drained (the recovery when there is no pre-fault
+/// pace to return to).
+fn drained(samples: &[Sample], t0: OffsetDateTime, end: f64) -> f64 {
+    let secs = |t: OffsetDateTime| (t - t0).as_seconds_f64();
+    samples.iter().filter(|s| secs(s.ts) <= end).map(|s| secs(s.stored) - end).fold(0.0, f64::max)
+}
+
 fn phase(name: String, from: f64, to: f64, points: &[(f64, f64)]) -> Phase {
     let mut e2e: Vec<f64> = points.iter().filter(|p| p.0 >= from && p.0 < to).map(|p| p.1).collect();
     e2e.sort_by(f64::total_cmp);
@@ -607,6 +711,7 @@ mod tests {
             injected: Some(1),
             killed: None,
             terminated: Vec::new(),
+            open_shards: None,
             recovery_secs: None,
             no_evidence: None,
         }
@@ -673,6 +778,7 @@ mod tests {
                 instance: 0,
                 pid: 42,
                 worker_id: "w".into(),
+                slot: "chaos-r-i0-".into(),
                 leases: (0..leases).map(|i| format!("shard-{i}")).collect(),
                 at: OffsetDateTime::UNIX_EPOCH,
                 failover_secs: failover,

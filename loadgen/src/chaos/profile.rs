@@ -46,6 +46,14 @@ pub enum Action {
     RollingRestart,
     /// The proxy in front of `service` applies `rules` for `duration_secs`.
     Proxy,
+    /// SplitShard of the stream's widest open shard at its middle.
+    Split,
+    /// MergeShards of the stream's two adjacent open shards with the
+    /// narrowest joint range.
+    Merge,
+    /// The relay in front of `service` (Redshift) resets every connection
+    /// for `duration_secs`, live ones included.
+    RefuseConnections,
 }
 
 /// An AWS endpoint the loadgen's proxy stands in front of.
@@ -58,6 +66,9 @@ pub enum Service {
     Kinesis,
     /// SQS (the payments and menu queues, the rejected queue).
     Sqs,
+    /// Redshift over the PostgreSQL wire protocol (a TCP relay, not the
+    /// HTTP proxy: `refuse-connections` only).
+    Redshift,
 }
 
 impl Service {
@@ -70,6 +81,7 @@ impl Service {
             Service::Dynamodb => "dynamodb",
             Service::Kinesis => "kinesis",
             Service::Sqs => "sqs",
+            Service::Redshift => "redshift",
         }
     }
 
@@ -79,6 +91,7 @@ impl Service {
             Service::Dynamodb => "AWS_ENDPOINT_URL_DYNAMODB",
             Service::Kinesis => "AWS_ENDPOINT_URL_KINESIS",
             Service::Sqs => "AWS_ENDPOINT_URL_SQS",
+            Service::Redshift => "CAFE_SINKS__REDSHIFT__URL",
         }
     }
 }
@@ -131,6 +144,9 @@ impl FaultSpec {
             (Action::RollingRestart, _) => "rolling restart".into(),
             (Action::Proxy, Some(s)) => format!("{} faults", s.name()),
             (Action::Proxy, None) => "proxy faults".into(),
+            (Action::Split, _) => "split a shard".into(),
+            (Action::Merge, _) => "merge two shards".into(),
+            (Action::RefuseConnections, _) => "Redshift refuses connections".into(),
         }
     }
 
@@ -201,6 +217,50 @@ pub fn load(path: &Path) -> anyhow::Result<Profile> {
     Ok(p)
 }
 
+/// Largest `instances`.
+pub const MAX_INSTANCES: usize = 32;
+/// Largest `repeat`.
+const MAX_REPEAT: u32 = 100;
+/// Largest time in a profile, seconds (a day).
+const MAX_SECS: f64 = 86_400.0;
+
+/// Faults that would act on the same thing at once: two proxy faults on
+/// one service (their evidence would mix), or instance faults (a kill in
+/// the middle of a rolling restart) whose windows overlap.
+fn overlaps(p: &Profile) -> Vec<String> {
+    let mut windows: Vec<(usize, String, f64, f64)> = Vec::new();
+    for (i, f) in p.faults.iter().enumerate() {
+        let what = match f.action {
+            Action::Proxy | Action::RefuseConnections => f.service.map_or("proxy".to_owned(), |s| s.name().to_owned()),
+            Action::Kill | Action::RollingRestart => "instances".to_owned(),
+            Action::Split | Action::Merge => continue,
+        };
+        // A rolling restart's length is not known ahead: it holds the
+        // instances until the next fault on them, which must start later.
+        let len = if f.action == Action::RollingRestart { 0.0 } else { f.duration_secs };
+        for start in f.starts() {
+            windows.push((i, what.clone(), start, start + len));
+        }
+    }
+    let mut out = Vec::new();
+    for (a, x) in windows.iter().enumerate() {
+        for y in &windows[a + 1..] {
+            if x.1 == y.1 && x.2 < y.3 && y.2 < x.3 {
+                out.push(format!(
+                    "faults[{}] and faults[{}]: both act on {} at {:.1} s; one at a time",
+                    x.0,
+                    y.0,
+                    x.1,
+                    x.2.max(y.2)
+                ));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// What is wrong with `p`, each naming its field.
 fn problems(p: &Profile) -> Vec<String> {
     let mut out = Vec::new();
@@ -210,17 +270,23 @@ fn problems(p: &Profile) -> Vec<String> {
     if p.faults.is_empty() {
         out.push("faults: a profile needs at least one [[faults]]".to_owned());
     }
+    if p.instances > MAX_INSTANCES {
+        out.push(format!("instances: at most {MAX_INSTANCES}, got {}", p.instances));
+    }
     for (i, f) in p.faults.iter().enumerate() {
         let at = format!("faults[{i}]");
-        let finite_non_negative = |v: f64| v.is_finite() && v >= 0.0;
-        if !finite_non_negative(f.start_secs) {
-            out.push(format!("{at}.start_secs: must be a number >= 0, got {}", f.start_secs));
+        let in_range = |v: f64| v.is_finite() && (0.0..=MAX_SECS).contains(&v);
+        if !in_range(f.start_secs) {
+            out.push(format!("{at}.start_secs: must be a number from 0 to {MAX_SECS}, got {}", f.start_secs));
         }
-        if !finite_non_negative(f.duration_secs) {
-            out.push(format!("{at}.duration_secs: must be a number >= 0, got {}", f.duration_secs));
+        if !in_range(f.duration_secs) {
+            out.push(format!("{at}.duration_secs: must be a number from 0 to {MAX_SECS}, got {}", f.duration_secs));
         }
-        if f.repeat == 0 {
-            out.push(format!("{at}.repeat: must be at least 1"));
+        if !in_range(f.every_secs) {
+            out.push(format!("{at}.every_secs: must be a number from 0 to {MAX_SECS}, got {}", f.every_secs));
+        }
+        if f.repeat == 0 || f.repeat > MAX_REPEAT {
+            out.push(format!("{at}.repeat: must be 1 to {MAX_REPEAT}, got {}", f.repeat));
         }
         if f.repeat > 1 && !(f.every_secs.is_finite() && f.every_secs > f.duration_secs) {
             out.push(format!(
@@ -230,8 +296,14 @@ fn problems(p: &Profile) -> Vec<String> {
         }
         match f.action {
             Action::Proxy => {
-                if f.service.is_none() {
-                    out.push(format!("{at}.service: a proxy fault names its service (dynamodb, kinesis or sqs)"));
+                match f.service {
+                    None => out.push(format!("{at}.service: a proxy fault names its service (dynamodb, kinesis or sqs)")),
+                    Some(Service::Redshift) => {
+                        out.push(format!(
+                            "{at}.service: redshift is behind a TCP relay, not the HTTP proxy: use refuse-connections"
+                        ));
+                    }
+                    Some(_) => {}
                 }
                 if f.rules.is_empty() {
                     out.push(format!("{at}.rules: a proxy fault needs at least one rule"));
@@ -239,19 +311,26 @@ fn problems(p: &Profile) -> Vec<String> {
                 if f.duration_secs.is_nan() || f.duration_secs <= 0.0 {
                     out.push(format!("{at}.duration_secs: a proxy fault lasts more than 0 s"));
                 }
-                for (k, r) in f.rules.iter().enumerate() {
-                    if !(0.0..=1.0).contains(&r.probability) {
-                        out.push(format!("{at}.rules[{k}].probability: must be 0..1, got {}", r.probability));
-                    }
+                if let Err(e) = faultproxy::validate(&f.rules) {
+                    out.push(format!("{at}.rules: {e}"));
                 }
             }
-            Action::Kill | Action::RollingRestart => {
+            Action::RefuseConnections => {
+                if f.service != Some(Service::Redshift) || !f.rules.is_empty() {
+                    out.push(format!("{at}: refuse-connections takes service = \"redshift\" and no rules"));
+                }
+                if f.duration_secs.is_nan() || f.duration_secs <= 0.0 {
+                    out.push(format!("{at}.duration_secs: an outage lasts more than 0 s"));
+                }
+            }
+            Action::Kill | Action::RollingRestart | Action::Split | Action::Merge => {
                 if f.service.is_some() || !f.rules.is_empty() {
                     out.push(format!("{at}: service and rules belong to proxy faults"));
                 }
             }
         }
     }
+    out.extend(overlaps(p));
     if let Some(v) = p.thresholds.max_failover_secs
         && !(v.is_finite() && v > 0.0)
     {
@@ -274,7 +353,9 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/chaos");
         let all = list(&dir).expect("profiles parse");
         let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
-        for want in ["kill-instances", "rolling-restart", "throttle-dynamodb", "slow-aws", "partition"] {
+        for want in
+            ["kill-instances", "rolling-restart", "throttle-dynamodb", "slow-aws", "partition", "reshard", "redshift-outage"]
+        {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
         let throttle = all.iter().find(|p| p.name == "throttle-dynamodb").expect("throttle-dynamodb");
@@ -307,7 +388,7 @@ service = "sqs"
             "faults[0].start_secs:",
             "faults[0].every_secs:",
             "faults[0].service:",
-            "faults[0].rules[0].probability:",
+            "faults[0].rules: rule 0: probability",
             "faults[1]: service and rules",
         ] {
             assert!(all.contains(want), "{want} not in:\n{all}");
