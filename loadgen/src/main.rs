@@ -128,6 +128,9 @@ pub struct Targets {
     /// check `cafe_store_minute` against `cafe-aggregates`; unset: not checked.
     #[arg(long, env = "CAFE_LOADGEN_REDSHIFT_URL")]
     pub redshift_url: Option<String>,
+    /// The rejected queue (a chaos run's bad events must arrive there).
+    #[arg(long, env = "CAFE_LOADGEN_REJECTED_QUEUE", default_value = "cafe-rejected")]
+    pub rejected_queue: String,
     /// The orders stream's lease table (a chaos run reads who holds which shard).
     #[arg(long, env = "CAFE_LOADGEN_LEASE_TABLE", default_value = "cafe-orders-leases")]
     pub lease_table: String,
@@ -213,11 +216,23 @@ async fn run_chaos(mut s: scenario::Scenario, name: &str, args: &RunArgs) -> any
         scenario: s.name.clone(),
         time_scale: args.time_scale,
         stream: args.targets.orders_stream.clone(),
+        payments_queue: args.targets.payments_queue.clone(),
+        menu_queue: args.targets.menu_queue.clone(),
+        rejected_queue: args.targets.rejected_queue.clone(),
     };
     let mut run = chaos::Chaos::setup(profile, setup).await?;
     run.begin();
+    let stores = s.load.as_ref().map(|l| l.stores).or(s.orders.as_ref().map(|o| o.stores));
     let report = drive(s, &args).await?;
-    let verdict = run.finish(report.samples(), p99_before, &args.report_dir).await?;
+    // After every fault, while the instances still run: the mirror equals
+    // DynamoDB (menu-sync checks it itself).
+    run.faults_done().await?;
+    let mut mirror = None;
+    if let (Some(n), Some(url), Some(run_id)) = (stores, &args.targets.redshift_url, &args.run_id) {
+        let stores: Vec<String> = (0..n).map(|k| payload::store_id(run_id, k)).collect();
+        mirror = Some(menusync::mirror_equal(&args.targets, url, &stores, std::time::Duration::from_secs(60)).await);
+    }
+    let verdict = run.finish(report.samples(), p99_before, &args.report_dir, mirror).await?;
     Ok((report, verdict))
 }
 

@@ -264,6 +264,42 @@ impl Summary {
     }
 }
 
+/// Waits up to `within` for Redshift to equal DynamoDB on every row of
+/// `stores`: the number of rows compared, or what differs.
+pub async fn mirror_equal(targets: &Targets, url: &str, stores: &[String], within: Duration) -> Result<usize, String> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let connect = tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, tokio_postgres::NoTls)).await;
+    let (client, conn) = match connect {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(format!("connecting to --redshift-url: {e}")),
+        Err(_) => return Err("connecting to --redshift-url took over 10 s".into()),
+    };
+    tokio::spawn(conn);
+    let waited = Instant::now();
+    loop {
+        // Each round bounded: a stuck query must not hold the run.
+        let round = tokio::time::timeout(Duration::from_secs(20), async {
+            let dynamo = dynamodb_rows(&ddb, &targets.aggregates_table, stores).await?;
+            let red = redshift_rows(&client, &targets.redshift_table, stores).await?;
+            anyhow::Ok((dynamo, red))
+        });
+        let (dynamo, red) = match round.await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => return Err(format!("Redshift could not be compared with DynamoDB: {e:#}")),
+            Err(_) => return Err("comparing Redshift with DynamoDB took over 20 s".into()),
+        };
+        if dynamo == red && !dynamo.is_empty() {
+            return Ok(dynamo.len());
+        }
+        if waited.elapsed() > within {
+            let diff = dynamo.iter().filter(|(k, v)| red.get(*k) != Some(*v)).count();
+            return Err(format!("Redshift differs from DynamoDB in {diff} of {} rows after {within:?}", dynamo.len()));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Every aggregate row of `stores` as (store, window) -> counters, then version.
 async fn dynamodb_rows(
     ddb: &aws_sdk_dynamodb::Client,

@@ -201,6 +201,11 @@ pub fn scenarios_dir() -> anyhow::Result<PathBuf> {
 
 /// Every scenario in `dir`, by name.
 pub fn list(dir: &Path) -> anyhow::Result<Vec<Scenario>> {
+    load_all(dir, load, |s| &s.name)
+}
+
+/// Every `*.toml` of `dir` read by `load`, sorted by `name`.
+pub fn load_all<T>(dir: &Path, load: impl Fn(&Path) -> anyhow::Result<T>, name: impl Fn(&T) -> &str) -> anyhow::Result<Vec<T>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
@@ -208,8 +213,17 @@ pub fn list(dir: &Path) -> anyhow::Result<Vec<Scenario>> {
             out.push(load(&path)?);
         }
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_by(|a, b| name(a).cmp(name(b)));
     Ok(out)
+}
+
+/// The one of `all` (read from `dir`) called `wanted`, or an error naming
+/// the `kind` and every name there is.
+pub fn named<T>(all: Vec<T>, wanted: &str, name: impl Fn(&T) -> &str, kind: &str, dir: &Path) -> anyhow::Result<T> {
+    let names: Vec<String> = all.iter().map(|x| name(x).to_owned()).collect();
+    all.into_iter()
+        .find(|x| name(x) == wanted)
+        .with_context(|| format!("no {kind} {wanted:?} in {}; have: {}", dir.display(), names.join(", ")))
 }
 
 /// Reads one scenario file.
@@ -279,11 +293,7 @@ pub fn load(path: &Path) -> anyhow::Result<Scenario> {
 /// Finds the scenario called `name`.
 pub fn find(name: &str) -> anyhow::Result<Scenario> {
     let dir = scenarios_dir()?;
-    let all = list(&dir)?;
-    let names: Vec<String> = all.iter().map(|s| s.name.clone()).collect();
-    all.into_iter()
-        .find(|s| s.name == name)
-        .with_context(|| format!("no scenario {name:?} in {}; have: {}", dir.display(), names.join(", ")))
+    named(list(&dir)?, name, |s| &s.name, "scenario", &dir)
 }
 
 #[cfg(test)]

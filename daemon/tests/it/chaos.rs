@@ -66,6 +66,7 @@ async fn chaos_run_with(env: &Env, scenario: &str, profile: &str, args: &[&str],
         .args(["--aggregates-table", &format!("{p}-aggregates"), "--orders-stream", &format!("{p}-orders")])
         .args(["--orders-table", &format!("{p}-orders"), "--menu-queue", &format!("{p}-menu")])
         .args(["--menu-table", &format!("{p}-menu"), "--lease-table", &format!("{p}-leases")])
+        .args(["--rejected-queue", &format!("{p}-rejected")])
         .env_remove("CAFE_LOADGEN_REDSHIFT_URL")
         .env_remove("CAFE_LOADGEN_RESTART_COMMAND")
         .envs(vars.iter().cloned())
@@ -204,4 +205,23 @@ async fn redshift_outage_refuses_connections_and_the_mirror_catches_up() {
     let pg =
         daemon::sinks::redshift::postgres::PgTransport::connect(&std::env::var("CAFE_PG_URL").expect("url")).await.expect("pg");
     pg.execute(&format!("DROP TABLE {table}")).await.expect("drop");
+}
+
+/// Bad events of every kind to every input while orders flow: each is in
+/// the rejected queue with the reason the contract gives it, and every
+/// good order is applied once, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_reaches_the_rejected_queue_with_its_reasons_and_blocks_nothing() {
+    let env = Env::new("chaos-poison", "").await;
+    let run = chaos_run(&env, "morning-rush", "poison", &["--scale", "0.1", "--time-scale", "0.5"]).await;
+    assert!(run.passed, "{}", run.output);
+    let faults = run.occurrences();
+    assert_eq!(faults.len(), 3, "{}", run.chaos);
+    for o in faults {
+        let r = &o["rejected"];
+        let sent = r["sent"].as_u64().unwrap_or(0);
+        assert!(sent >= 6, "every kind at least once: {o}");
+        assert_eq!(r["found"].as_u64(), Some(sent), "{o}");
+        assert_eq!(r["kinds"].as_object().map(|k| k.len()), Some(6), "six kinds: {o}");
+    }
 }

@@ -12,6 +12,7 @@
 
 pub mod chart;
 pub mod fleet;
+pub mod poison;
 pub mod profile;
 mod relay;
 mod reshard;
@@ -146,6 +147,16 @@ pub struct Occurrence {
     /// Splits and merges: the stream's open shards before and after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_shards: Option<[usize; 2]>,
+    /// Poison: the bad events sent.
+    #[serde(skip)]
+    pub poison: Vec<poison::Sent>,
+    /// Poison: bad events the service refused to take (not judged: the
+    /// loadgen's own sends, counted).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unsent: usize,
+    /// Poison: what became of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<Rejections>,
     /// From the fault's end (for a kill: from when its leases had moved,
     /// if later) until the daemon was back to its pre-fault pace: 80% of
     /// the rate, p99 within twice the latency (or until it had nothing left
@@ -157,12 +168,49 @@ pub struct Occurrence {
 }
 
 impl Occurrence {
+    /// An occurrence of `fault` that began `start` seconds into the run.
+    fn new(fault: String, start: f64) -> Self {
+        Occurrence {
+            fault,
+            start_secs: start,
+            end_secs: start,
+            injected: None,
+            killed: None,
+            terminated: Vec::new(),
+            open_shards: None,
+            poison: Vec::new(),
+            unsent: 0,
+            rejected: None,
+            recovery_secs: None,
+            no_evidence: None,
+        }
+    }
+
     /// When the fault stopped holding work back: its end, or for a kill the
     /// moment its leases had moved, if later (until then its shards wait).
     fn effect_ends(&self) -> f64 {
         let moved = self.killed.as_ref().and_then(|k| k.failover_secs).map(|f| self.start_secs + f);
         moved.map_or(self.end_secs, |m| m.max(self.end_secs))
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Bad events sent, and what `cafe-rejected` held of them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Rejections {
+    /// Sent.
+    pub sent: usize,
+    /// Found in the rejected queue with the contract's reason.
+    pub found: usize,
+    /// Sent per kind of fault (`malformed_json`, ...) and reason.
+    pub kinds: std::collections::BTreeMap<String, usize>,
+    /// Not found (the first ten markers).
+    pub missing: Vec<String>,
+    /// Found with another reason: marker, expected, got (the first ten).
+    pub wrong_reason: Vec<(String, String, String)>,
 }
 
 /// Latency of the events stored in one phase of the run.
@@ -198,6 +246,9 @@ pub struct ChaosReport {
     pub final_stop: Vec<Terminated>,
     /// Chaos rules that failed.
     pub failed: Vec<String>,
+    /// Redshift against DynamoDB at the end, when checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redshift: Option<String>,
 }
 
 impl ChaosReport {
@@ -212,6 +263,10 @@ impl ChaosReport {
         out.push_str("| fault | window (s) | evidence | failover (s) | recovery (s) |\n|---|---|---|---|---|\n");
         for o in &self.occurrences {
             let evidence = match (&o.injected, &o.killed, o.terminated.is_empty()) {
+                _ if o.rejected.is_some() => {
+                    let r = o.rejected.clone().unwrap_or_default();
+                    format!("{} bad events sent, {} rejected with their reason", r.sent, r.found)
+                }
                 _ if o.open_shards.is_some() => {
                     let [a, b] = o.open_shards.unwrap_or_default();
                     format!("open shards {a} -> {b}")
@@ -243,6 +298,9 @@ impl ChaosReport {
         let stops: Vec<String> =
             self.final_stop.iter().map(|t| format!("pid {} exit {:?} in {:.1} s", t.pid, t.exit_code, t.drain_secs)).collect();
         out.push_str(&format!("\nfinal SIGTERM: {}\n", stops.join(", ")));
+        if let Some(r) = &self.redshift {
+            out.push_str(&format!("Redshift at the end: {r}\n"));
+        }
         if self.failed.is_empty() {
             out.push_str("\nchaos verdict: PASS\n");
         } else {
@@ -261,10 +319,21 @@ pub struct Chaos {
     proxies: Arc<Proxies>,
     fleet: Arc<Mutex<Fleet>>,
     started: Option<(OffsetDateTime, JoinSet<anyhow::Result<Occurrence>>)>,
+    /// Once every fault happened: the clock's start, what happened, what failed.
+    done: Option<(OffsetDateTime, Vec<Occurrence>, Vec<String>)>,
     grace: Duration,
     scenario: String,
     time_scale: f64,
-    stream: Arc<reshard::Stream>,
+    io: Arc<Io>,
+}
+
+/// What the faults reach straight, not through the proxies: the stream
+/// (splits, merges, bad records) and the queues (bad messages, the
+/// rejected queue).
+struct Io {
+    stream: reshard::Stream,
+    target: poison::Target,
+    run_id: String,
 }
 
 /// How a chaos run is set up.
@@ -286,8 +355,14 @@ pub struct Setup {
     pub scenario: String,
     /// Multiplies the profile's times (`--time-scale`, as the stages').
     pub time_scale: f64,
-    /// The orders stream (splits and merges).
+    /// The orders stream (splits, merges, bad records).
     pub stream: String,
+    /// The payments queue (bad messages).
+    pub payments_queue: String,
+    /// The menu queue (bad messages).
+    pub menu_queue: String,
+    /// The rejected queue (where bad events must arrive).
+    pub rejected_queue: String,
 }
 
 impl Chaos {
@@ -295,7 +370,19 @@ impl Chaos {
     pub async fn setup(profile: Profile, setup: Setup) -> anyhow::Result<Chaos> {
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-        let stream = Arc::new(reshard::Stream { client: aws_sdk_kinesis::Client::new(&sdk), name: setup.stream.clone() });
+        let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+        let io = Arc::new(Io {
+            stream: reshard::Stream { client: kinesis.clone(), name: setup.stream.clone() },
+            target: poison::Target {
+                kinesis,
+                sqs: aws_sdk_sqs::Client::new(&sdk),
+                stream: setup.stream.clone(),
+                payments_queue: setup.payments_queue.clone(),
+                menu_queue: setup.menu_queue.clone(),
+                rejected_queue: setup.rejected_queue.clone(),
+            },
+            run_id: setup.run_id.clone(),
+        });
         let needs_relay = profile.faults.iter().any(|f| f.action == Action::RefuseConnections);
         let proxies = Proxies::start(needs_relay).await?;
         let mut env = proxies.env();
@@ -314,11 +401,32 @@ impl Chaos {
             proxies: Arc::new(proxies),
             fleet: Arc::new(Mutex::new(fleet)),
             started: None,
+            done: None,
             grace: setup.grace,
             scenario: setup.scenario,
             time_scale: setup.time_scale,
-            stream,
+            io,
         })
+    }
+
+    /// Waits until every fault has happened (the instances keep running).
+    pub async fn faults_done(&mut self) -> anyhow::Result<()> {
+        if self.done.is_some() {
+            return Ok(());
+        }
+        let (t0, mut tasks) = self.started.take().context("the chaos run never began")?;
+        let mut occurrences = Vec::new();
+        let mut failed = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Ok(o)) => occurrences.push(o),
+                Ok(Err(e)) => failed.push(format!("a fault could not be carried out: {e:#}")),
+                Err(e) => failed.push(format!("a fault's task failed: {e}")),
+            }
+        }
+        occurrences.sort_by(|a, b| a.start_secs.total_cmp(&b.start_secs));
+        self.done = Some((t0, occurrences, failed));
+        Ok(())
     }
 
     /// Starts the profile's clock: call as the load begins.
@@ -331,7 +439,7 @@ impl Chaos {
             for start in spec.starts() {
                 let (spec, proxies, fleet, grace) =
                     (spec.clone(), Arc::clone(&self.proxies), Arc::clone(&self.fleet), self.grace);
-                tasks.spawn(occur(id, spec, t0, start, proxies, fleet, grace, Arc::clone(&self.stream)));
+                tasks.spawn(occur(id, spec, t0, start, proxies, fleet, grace, Arc::clone(&self.io)));
                 id += 1;
             }
         }
@@ -341,20 +449,58 @@ impl Chaos {
     /// Waits for the faults still to come, stops the instances (each must
     /// drain and exit 0), and judges the run from the events it stored
     /// (`p99_before`: the scenario's e2e target, held before the first
-    /// fault). Writes `chaos.json`, `chaos.svg` and `chaos.html` into
+    /// fault; `mirror`: Redshift against DynamoDB after the faults, when
+    /// checked). Writes `chaos.json`, `chaos.svg` and `chaos.html` into
     /// `dir`, and the picture into goose's HTML report there.
-    pub async fn finish(mut self, samples: &[Sample], p99_before: Option<u64>, dir: &Path) -> anyhow::Result<ChaosReport> {
-        let (t0, mut tasks) = self.started.take().context("the chaos run never began")?;
-        let mut occurrences = Vec::new();
-        let mut failed = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            match done {
-                Ok(Ok(o)) => occurrences.push(o),
-                Ok(Err(e)) => failed.push(format!("a fault could not be carried out: {e:#}")),
-                Err(e) => failed.push(format!("a fault's task failed: {e}")),
+    pub async fn finish(
+        mut self,
+        samples: &[Sample],
+        p99_before: Option<u64>,
+        dir: &Path,
+        mirror: Option<Result<usize, String>>,
+    ) -> anyhow::Result<ChaosReport> {
+        self.faults_done().await?;
+        let (t0, mut occurrences, mut failed) = self.done.take().context("the chaos run never began")?;
+        failed.extend(mirror.clone().and_then(Result::err));
+        let redshift = mirror.map(|m| m.map_or_else(|e| e, |rows| format!("{rows} rows equal to DynamoDB")));
+        // Every bad event of the run, looked for in one pass over the queue.
+        let all: Vec<poison::Sent> = occurrences.iter().flat_map(|o| o.poison.iter().cloned()).collect();
+        let found = if all.is_empty() {
+            HashMap::new()
+        } else {
+            match self.io.target.rejections(&all, Duration::from_secs(60)).await {
+                Ok(found) => found,
+                Err(e) => {
+                    failed.push(format!("the rejected queue could not be read: {e:#}"));
+                    HashMap::new()
+                }
             }
+        };
+        for o in occurrences.iter_mut().filter(|o| !o.poison.is_empty()) {
+            let mut r = Rejections { sent: o.poison.len(), ..Rejections::default() };
+            for s in &o.poison {
+                *r.kinds.entry(format!("{} ({})", s.kind, s.reason)).or_default() += 1;
+                match found.get(&s.marker) {
+                    None if r.missing.len() < 10 => r.missing.push(s.marker.clone()),
+                    None => {}
+                    Some(got) if got != s.reason && r.wrong_reason.len() < 10 => {
+                        r.wrong_reason.push((s.marker.clone(), s.reason.to_owned(), got.clone()));
+                    }
+                    Some(got) if got != s.reason => {}
+                    Some(_) => r.found += 1,
+                }
+            }
+            if r.found < r.sent {
+                failed.push(format!(
+                    "{} of {} bad events were not in the rejected queue with their reason (missing {:?}, wrong reason {:?})",
+                    r.sent - r.found,
+                    r.sent,
+                    r.missing,
+                    r.wrong_reason
+                ));
+            }
+            o.rejected = Some(r);
         }
-        occurrences.sort_by(|a, b| a.start_secs.total_cmp(&b.start_secs));
         let final_stop = self.fleet.lock().await.stop_all(self.grace + Duration::from_secs(10)).await;
         let secs = |t: OffsetDateTime| (t - t0).as_seconds_f64();
         let points: Vec<(f64, f64)> = samples.iter().map(|s| (secs(s.stored), s.e2e_ms())).collect();
@@ -385,7 +531,8 @@ impl Chaos {
             failed.push(format!("before the first fault: {why}"));
         }
         let instances = self.fleet.lock().await.len();
-        let report = ChaosReport { profile: self.profile.name.clone(), instances, occurrences, phases, final_stop, failed };
+        let report =
+            ChaosReport { profile: self.profile.name.clone(), instances, occurrences, phases, final_stop, failed, redshift };
         let windows: Vec<chart::Window> = report
             .occurrences
             .iter()
@@ -478,29 +625,50 @@ async fn occur(
     proxies: Arc<Proxies>,
     fleet: Arc<Mutex<Fleet>>,
     grace: Duration,
-    stream: Arc<reshard::Stream>,
+    io: Arc<Io>,
 ) -> anyhow::Result<Occurrence> {
     sleep_until(t0, start).await;
     let now = || (OffsetDateTime::now_utc() - t0).as_seconds_f64();
-    let began = now();
-    let mut o = Occurrence {
-        fault: spec.label(),
-        start_secs: began,
-        end_secs: began,
-        injected: None,
-        killed: None,
-        terminated: Vec::new(),
-        open_shards: None,
-        recovery_secs: None,
-        no_evidence: None,
-    };
+    let mut o = Occurrence::new(spec.label(), now());
     match spec.action {
+        Action::Poison => {
+            let input = spec.input.context("a poison fault names its input")?;
+            let gap = Duration::from_secs_f64(1.0 / spec.per_sec.unwrap_or(1.0));
+            let mut n = 0usize;
+            while now() < start + spec.duration_secs {
+                let kind = poison::Kind::ALL[n % poison::Kind::ALL.len()];
+                let marker = format!("poison-{}-{id}-{n}", io.run_id);
+                let bytes = poison::payload(kind, &marker, input);
+                let reason = poison::expected_reason(&bytes).context("a poison payload the contract accepts")?;
+                match io.target.send_retrying(input, &marker, bytes).await {
+                    Ok(()) => o.poison.push(poison::Sent { marker, kind: kind.name(), reason }),
+                    Err(e) => {
+                        warn!(fault = %o.fault, error = %format!("{e:#}"), "A bad event could not be sent");
+                        o.unsent += 1;
+                    }
+                }
+                n += 1;
+                // On a schedule, not a gap: a slow send is caught up.
+                sleep_until(t0, start + n as f64 * gap.as_secs_f64()).await;
+            }
+            o.end_secs = now();
+            info!(fault = %o.fault, sent = n, "Bad events sent");
+            if n == 0 {
+                o.no_evidence = Some("no bad event was sent".into());
+            }
+        }
         Action::RefuseConnections => {
             let (relay, _) = proxies.redshift.as_ref().context("no Redshift relay")?;
             let before = relay.refused();
             info!(fault = %o.fault, secs = spec.duration_secs, relayed = relay.relayed(), "Redshift refuses connections");
             relay.refuse(true);
             sleep_until(t0, start + spec.duration_secs).await;
+            // The mirror connects only when a flush has rows to write: an
+            // outage nobody noticed proves nothing, so it lasts until a
+            // connection was refused, up to three times as long.
+            while relay.refused() == before && now() < start + 3.0 * spec.duration_secs {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             relay.refuse(false);
             o.end_secs = now();
             let n = relay.refused() - before;
@@ -511,6 +679,7 @@ async fn occur(
             }
         }
         Action::Split | Action::Merge => {
+            let stream = &io.stream;
             let before = reshard::open_shards(&stream.client, &stream.name).await?;
             reshard::reshard(&stream.client, &stream.name, spec.action == Action::Split).await?;
             let after = reshard::open_shards(&stream.client, &stream.name).await?;
@@ -704,17 +873,7 @@ mod tests {
     use super::*;
 
     fn occurrence(start: f64, end: f64) -> Occurrence {
-        Occurrence {
-            fault: "f".into(),
-            start_secs: start,
-            end_secs: end,
-            injected: Some(1),
-            killed: None,
-            terminated: Vec::new(),
-            open_shards: None,
-            recovery_secs: None,
-            no_evidence: None,
-        }
+        Occurrence { end_secs: end, injected: Some(1), ..Occurrence::new("f".into(), start) }
     }
 
     #[test]

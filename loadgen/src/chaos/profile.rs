@@ -54,6 +54,9 @@ pub enum Action {
     /// The relay in front of `service` (Redshift) resets every connection
     /// for `duration_secs`, live ones included.
     RefuseConnections,
+    /// Bad events, `per_sec` of them, sent to `input` for `duration_secs`:
+    /// each must reach the rejected queue with the contract's reason.
+    Poison,
 }
 
 /// An AWS endpoint the loadgen's proxy stands in front of.
@@ -123,6 +126,12 @@ pub struct FaultSpec {
     /// `proxy`: which endpoint.
     #[serde(default)]
     pub service: Option<Service>,
+    /// `poison`: where the bad events go.
+    #[serde(default)]
+    pub input: Option<super::poison::Input>,
+    /// `poison`: bad events per second.
+    #[serde(default)]
+    pub per_sec: Option<f64>,
     /// `proxy`: the fault proxy's rules, e.g.
     /// `{ operation = "TransactWriteItems", probability = 0.3, fault = { kind = "throttle" } }`.
     #[serde(default)]
@@ -147,6 +156,7 @@ impl FaultSpec {
             (Action::Split, _) => "split a shard".into(),
             (Action::Merge, _) => "merge two shards".into(),
             (Action::RefuseConnections, _) => "Redshift refuses connections".into(),
+            (Action::Poison, _) => "bad events".into(),
         }
     }
 
@@ -180,15 +190,7 @@ pub struct ChaosThresholds {
 
 /// Every profile in `dir`, by name.
 pub fn list(dir: &Path) -> anyhow::Result<Vec<Profile>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            out.push(load(&path)?);
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    crate::scenario::load_all(dir, load, |p| &p.name)
 }
 
 /// The profiles folder: `chaos/` in the scenarios folder.
@@ -199,11 +201,7 @@ pub fn dir() -> anyhow::Result<std::path::PathBuf> {
 /// Finds the profile called `name`.
 pub fn find(name: &str) -> anyhow::Result<Profile> {
     let dir = dir()?;
-    let all = list(&dir)?;
-    let names: Vec<String> = all.iter().map(|p| p.name.clone()).collect();
-    all.into_iter()
-        .find(|p| p.name == name)
-        .with_context(|| format!("no chaos profile {name:?} in {}; have: {}", dir.display(), names.join(", ")))
+    crate::scenario::named(list(&dir)?, name, |p| &p.name, "chaos profile", &dir)
 }
 
 /// Reads one profile file and checks it.
@@ -233,7 +231,7 @@ fn overlaps(p: &Profile) -> Vec<String> {
         let what = match f.action {
             Action::Proxy | Action::RefuseConnections => f.service.map_or("proxy".to_owned(), |s| s.name().to_owned()),
             Action::Kill | Action::RollingRestart => "instances".to_owned(),
-            Action::Split | Action::Merge => continue,
+            Action::Split | Action::Merge | Action::Poison => continue,
         };
         // A rolling restart's length is not known ahead: it holds the
         // instances until the next fault on them, which must start later.
@@ -323,6 +321,20 @@ fn problems(p: &Profile) -> Vec<String> {
                     out.push(format!("{at}.duration_secs: an outage lasts more than 0 s"));
                 }
             }
+            Action::Poison => {
+                if f.input.is_none() {
+                    out.push(format!("{at}.input: a poison fault names its input (orders, payments or menu)"));
+                }
+                if !f.per_sec.is_some_and(|r| r.is_finite() && r > 0.0 && r <= 100.0) {
+                    out.push(format!("{at}.per_sec: bad events per second, more than 0 and at most 100"));
+                }
+                if f.duration_secs.is_nan() || f.duration_secs <= 0.0 {
+                    out.push(format!("{at}.duration_secs: a poison fault lasts more than 0 s"));
+                }
+                if f.service.is_some() || !f.rules.is_empty() {
+                    out.push(format!("{at}: service and rules belong to proxy faults"));
+                }
+            }
             Action::Kill | Action::RollingRestart | Action::Split | Action::Merge => {
                 if f.service.is_some() || !f.rules.is_empty() {
                     out.push(format!("{at}: service and rules belong to proxy faults"));
@@ -353,9 +365,16 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/chaos");
         let all = list(&dir).expect("profiles parse");
         let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
-        for want in
-            ["kill-instances", "rolling-restart", "throttle-dynamodb", "slow-aws", "partition", "reshard", "redshift-outage"]
-        {
+        for want in [
+            "kill-instances",
+            "rolling-restart",
+            "throttle-dynamodb",
+            "slow-aws",
+            "partition",
+            "reshard",
+            "redshift-outage",
+            "poison",
+        ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
         let throttle = all.iter().find(|p| p.name == "throttle-dynamodb").expect("throttle-dynamodb");
