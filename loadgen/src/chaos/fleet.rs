@@ -52,10 +52,6 @@ pub struct Killed {
     pub pid: u32,
     /// Its worker id in the lease table.
     pub worker_id: String,
-    /// The prefix of every worker id of its slot (it restarted under a new
-    /// one: failover is to another slot).
-    #[serde(skip)]
-    pub slot: String,
     /// The leases it held when killed.
     pub leases: Vec<String>,
     /// When.
@@ -118,8 +114,9 @@ impl LeaseWatch {
         }
     }
 
-    /// Waits until every lease `killed` held is held by another slot's
-    /// worker, up to `within`; the time since the kill.
+    /// Waits until every lease `killed` held is held by another worker (any
+    /// other instance, or its own restart, which is a new worker: either
+    /// way the shards are read again), up to `within`; the time since the kill.
     pub async fn failover(&self, killed: &Killed, within: Duration) -> Option<f64> {
         if killed.leases.is_empty() {
             return None;
@@ -127,7 +124,7 @@ impl LeaseWatch {
         let deadline = Instant::now() + within;
         loop {
             if let Ok(owners) = self.owners().await
-                && killed.leases.iter().all(|l| owners.get(l).is_some_and(|o| !o.starts_with(&killed.slot)))
+                && killed.leases.iter().all(|l| owners.get(l).is_some_and(|o| *o != killed.worker_id))
             {
                 return Some((OffsetDateTime::now_utc() - killed.at).as_seconds_f64());
             }
@@ -277,7 +274,6 @@ impl Fleet {
             instance: k,
             pid: slot.pid,
             worker_id: slot.worker_id.clone(),
-            slot: format!("chaos-{}-i{k}-", self.launch.run_id),
             leases,
             at,
             failover_secs: None,

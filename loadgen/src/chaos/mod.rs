@@ -516,10 +516,17 @@ impl Chaos {
             }
         }
         let baseline = baseline(&points, occurrences.first().map_or(f64::INFINITY, |o| o.start_secs));
+        let starts: Vec<f64> = occurrences.iter().map(|o| o.start_secs).collect();
         for o in &mut occurrences {
-            o.recovery_secs = recovery(&points, o.effect_ends(), baseline);
+            let end = o.effect_ends();
+            // A fault followed at once by the next one has no recovery of
+            // its own: the next one's recovery covers both.
+            if starts.iter().any(|s| *s > o.start_secs && *s <= end + 0.5) {
+                continue;
+            }
+            o.recovery_secs = recovery(&points, end, baseline);
             if baseline.is_none() {
-                o.recovery_secs = Some(drained(samples, t0, o.effect_ends()));
+                o.recovery_secs = Some(drained(samples, t0, end));
             }
         }
         let phases = phases(&points, &occurrences);
@@ -937,7 +944,6 @@ mod tests {
                 instance: 0,
                 pid: 42,
                 worker_id: "w".into(),
-                slot: "chaos-r-i0-".into(),
                 leases: (0..leases).map(|i| format!("shard-{i}")).collect(),
                 at: OffsetDateTime::UNIX_EPOCH,
                 failover_secs: failover,
