@@ -135,9 +135,13 @@ pub struct Occurrence {
     pub start_secs: f64,
     /// Seconds from the run's start, as it happened.
     pub end_secs: f64,
-    /// Proxy faults: requests the proxy answered with a fault in the window.
+    /// Proxy faults: requests the proxy answered with a fault in the window
+    /// (for the Redshift relay: connections refused or cut).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub injected: Option<u64>,
+    /// What `injected` counts, for the summary.
+    #[serde(skip)]
+    pub injected_what: &'static str,
     /// Kills: the process killed and how its leases moved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub killed: Option<Killed>,
@@ -175,6 +179,7 @@ impl Occurrence {
             start_secs: start,
             end_secs: start,
             injected: None,
+            injected_what: "requests faulted",
             killed: None,
             terminated: Vec::new(),
             open_shards: None,
@@ -271,7 +276,7 @@ impl ChaosReport {
                     let [a, b] = o.open_shards.unwrap_or_default();
                     format!("open shards {a} -> {b}")
                 }
-                (Some(n), _, _) => format!("{n} requests faulted"),
+                (Some(n), _, _) => format!("{n} {}", o.injected_what),
                 (_, Some(k), _) => format!("pid {} killed holding {} leases", k.pid, k.leases.len()),
                 (_, _, false) => {
                     let codes: Vec<String> =
@@ -290,9 +295,15 @@ impl ChaosReport {
         }
         out.push_str("\n| phase | from - to (s) | stored | stored/s | e2e p50 / p95 / p99 (ms) |\n|---|---|---|---|---|\n");
         for p in &self.phases {
+            // Nothing stored (a split that took no time): no latency to show.
+            let e2e = if p.stored == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.0} / {:.0} / {:.0}", p.e2e.p50_ms, p.e2e.p95_ms, p.e2e.p99_ms)
+            };
             out.push_str(&format!(
-                "| {} | {:.1} - {:.1} | {} | {:.1} | {:.0} / {:.0} / {:.0} |\n",
-                p.phase, p.from_secs, p.to_secs, p.stored, p.stored_per_sec, p.e2e.p50_ms, p.e2e.p95_ms, p.e2e.p99_ms
+                "| {} | {:.1} - {:.1} | {} | {:.1} | {} |\n",
+                p.phase, p.from_secs, p.to_secs, p.stored, p.stored_per_sec, e2e
             ));
         }
         let stops: Vec<String> =
@@ -681,6 +692,7 @@ async fn occur(
             let n = relay.refused() - before;
             info!(fault = %o.fault, refused = n, "Redshift accepts connections again");
             o.injected = Some(n);
+            o.injected_what = "connections refused";
             if n == 0 {
                 o.no_evidence = Some("no connection to Redshift was refused (nothing tried to connect)".into());
             }
@@ -827,17 +839,28 @@ fn phase(name: String, from: f64, to: f64, points: &[(f64, f64)]) -> Phase {
 }
 
 /// Before the first fault, during each, and after each until the next.
+/// Faults with the same window (one profile slowing every service at
+/// once) share one phase, named after all of them.
 fn phases(points: &[(f64, f64)], occurrences: &[Occurrence]) -> Vec<Phase> {
     let last = points.iter().map(|p| p.0).fold(0.0, f64::max) + 0.001;
+    let mut windows: Vec<(String, f64, f64)> = Vec::new();
+    for o in occurrences {
+        match windows.last_mut() {
+            Some(w) if (w.1 - o.start_secs).abs() < 0.05 && (w.2 - o.end_secs).abs() < 0.05 => {
+                w.0 = format!("{} + {}", w.0, o.fault);
+            }
+            _ => windows.push((o.fault.clone(), o.start_secs, o.end_secs)),
+        }
+    }
     let mut out = Vec::new();
-    let first = occurrences.first().map_or(last, |o| o.start_secs);
+    let first = windows.first().map_or(last, |w| w.1);
     out.push(phase("before".into(), 0f64.min(first), first, points));
-    for (i, o) in occurrences.iter().enumerate() {
-        out.push(phase(format!("during {}", o.fault), o.start_secs, o.end_secs, points));
-        let next = occurrences.get(i + 1).map_or(last.max(o.end_secs), |n| n.start_secs.max(o.end_secs));
+    for (i, (fault, start, end)) in windows.iter().enumerate() {
+        out.push(phase(format!("during {fault}"), *start, *end, points));
+        let next = windows.get(i + 1).map_or(last.max(*end), |n| n.1.max(*end));
         // The next fault may start as this one ends: no time after it.
-        if next > o.end_secs + 0.05 {
-            out.push(phase(format!("after {}", o.fault), o.end_secs, next, points));
+        if next > end + 0.05 {
+            out.push(phase(format!("after {fault}"), *end, next, points));
         }
     }
     out
@@ -930,6 +953,12 @@ mod tests {
         let p = phases(&points, &[occurrence(0.0, 10.0), occurrence(10.0, 20.0)]);
         let names: Vec<&str> = p.iter().map(|x| x.phase.as_str()).collect();
         assert_eq!(names, vec!["before", "during f", "during f", "after f"]);
+        // The same window: one phase for both.
+        let other = Occurrence { fault: "g".into(), ..occurrence(10.0, 20.0) };
+        let p = phases(&points, &[occurrence(10.0, 20.0), other]);
+        let names: Vec<&str> = p.iter().map(|x| x.phase.as_str()).collect();
+        assert_eq!(names, vec!["before", "during f + g", "after f + g"]);
+        assert_eq!(p[1].stored, 10);
     }
 
     #[test]
