@@ -1,7 +1,7 @@
 //! A fault-injecting HTTP/1.1 proxy for AWS JSON endpoints.
 //!
 //! Tests of cafe-streamd, and the chaos scenarios, put a [`Proxy`] between the daemon and
-//! AWS-compatible servers on loopback (moto, kinesalite, dynoxide) and switch [`Rule`]s on
+//! AWS-compatible servers on loopback (moto, dynoxide, ferrokinesis) and switch [`Rule`]s on
 //! and off while the daemon runs: throttles, service errors, 500s, latency, connection
 //! resets and black holes. Errors are answered in each service's own shape (`__type`,
 //! content type, `x-amzn-query-error` for SQS), so the AWS SDK for Rust parses and

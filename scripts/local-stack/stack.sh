@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # The local AWS-compatible stack cafe-stream runs and tests against:
-#   moto 5.2.5 (SQS, DynamoDB) through moto_launcher.py, on 127.0.0.1:$CAFE_MOTO_PORT
-#   kinesalite 3.3.3 (Kinesis) through kinesalite.js, on 127.0.0.1:$CAFE_KINESALITE_PORT
+#   moto 5.2.5 (SQS) through moto_launcher.py, on 127.0.0.1:$CAFE_MOTO_PORT
+#   cafe-emulators (emulators/, a cargo workspace of its own, pinned by its
+#   Cargo.lock, built once per machine into $CAFE_CACHE_DIR):
+#     DynamoDB (dynoxide 3.2.0) on 127.0.0.1:$CAFE_DYNAMODB_PORT and
+#     Kinesis (ferrokinesis 0.7.0) on 127.0.0.1:$CAFE_KINESIS_PORT
 #   PostgreSQL 15 (Redshift's SQL), on 127.0.0.1:$CAFE_PG_PORT (default 15432: every
 #   default port is below 32768, outside the range Linux hands out to outgoing
 #   connections, so a busy machine cannot be holding it when the stack starts)
 #
-# Usage: stack.sh start|status|stop|env
-#   start   install what is missing (venv, npm packages, cluster), start what is
-#           not running, wait until each answers; idempotent
-#   status  say what runs; exit 1 if anything does not
-#   stop    stop all three
+# Usage: stack.sh start|status|stop|env|emulators-bin
+#   start   install or build what is missing (venv, cafe-emulators, cluster),
+#           start what is not running, wait until each answers; idempotent.
+#           A port held by anything but this checkout's stack (another
+#           checkout's, say) is refused with the process that holds it.
+#   status  say what runs and whose it is; exit 1 unless all of it is ours
+#   stop    stop this checkout's servers
 #   env     print the environment that points the AWS SDK (and the AWS CLI) here
+#   emulators-bin
+#           build cafe-emulators if this machine has not yet, print its path
 #
 # State and logs live in $CAFE_STACK_DIR (default: <repo>/.stack; logs in logs/).
 set -euo pipefail
@@ -21,7 +28,16 @@ repo=$(cd "$here/../.." && pwd)
 state=${CAFE_STACK_DIR:-$repo/.stack}
 logs=$state/logs
 moto_port=${CAFE_MOTO_PORT:-4566}
-kinesis_port=${CAFE_KINESALITE_PORT:-4567}
+kinesis_port=${CAFE_KINESIS_PORT:-4567}
+dynamodb_port=${CAFE_DYNAMODB_PORT:-4568}
+# The emulators are built outside the checkout, once per machine and per
+# version of their sources: a fresh clone on a machine that built them
+# before rebuilds nothing.
+cache=${CAFE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cafe-stream}
+emulators_key() {
+  { rustc --version; cat "$repo/emulators/Cargo.toml" "$repo/emulators/Cargo.lock" "$repo"/emulators/src/*.rs; } \
+    | sha256sum | cut -c1-16
+}
 pg_port=${CAFE_PG_PORT:-15432}
 pg_bin=${CAFE_PG_BIN:-/usr/lib/postgresql/15/bin}
 region=${AWS_REGION:-us-east-1}
@@ -54,6 +70,31 @@ wait_port() { # name port pidfile log
   die "$1 did not open 127.0.0.1:$2 within 20 s; log: $4"
 }
 
+# The pid listening on 127.0.0.1:$1 (empty when none, or when it cannot be seen).
+listener_pid() {
+  ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2
+}
+
+# Is the server on port $1 this checkout's, started with pid file $2 (or, for
+# PostgreSQL, the postmaster of this checkout's cluster)? A port held by
+# another checkout's stack, or anything else, must not be trusted: its
+# launcher, its versions and its files are not this checkout's.
+ours() { # port pidfile
+  local pid want
+  pid=$(listener_pid "$1")
+  [ -f "$2" ] || return 1
+  want=$(head -n 1 "$2")
+  [ -n "$pid" ] && [ "$pid" = "$want" ]
+}
+
+refuse_foreign() { # name port pidfile env-var
+  local pid cmd
+  pid=$(listener_pid "$2")
+  cmd=$( [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)
+  die "127.0.0.1:$2 ($1) is held by ${pid:+pid $pid}${cmd:+ ($cmd)}${pid:-a process this user cannot see}, not by this checkout's stack ($state).
+  Stop that stack (its scripts/local-stack/stack.sh stop), or run this one on other ports ($4=...)."
+}
+
 # Commands for the PostgreSQL server must not run as root: as root, run them
 # as the postgres system user, who owns the cluster's folders.
 as_pg() {
@@ -69,16 +110,29 @@ install_moto() {
   fi
 }
 
-install_kinesalite() {
-  if [ ! -f "$state/node/node_modules/kinesalite/package.json" ] \
-     || ! cmp -s "$here/package-lock.json" "$state/node/package-lock.json"; then
-    command -v npm >/dev/null || die "npm not found (Node.js 20 is needed for kinesalite)"
-    say "installing kinesalite 3.3.3 into $state/node"
-    mkdir -p "$state/node"
-    cp "$here/package.json" "$here/package-lock.json" "$state/node/"
-    (cd "$state/node" && npm ci --no-audit --no-fund > "$logs/npm.log" 2>&1) \
-      || { tail -n 20 "$logs/npm.log" >&2; die "npm ci failed; log: $logs/npm.log"; }
+# Prints the path of this checkout's cafe-emulators, building it first if
+# this machine has no build of these sources yet.
+build_emulators() {
+  command -v cargo >/dev/null || die "cargo not found (the emulators are built with it)"
+  local key bin
+  key=$(emulators_key)
+  bin=$cache/emulators/$key/cafe-emulators
+  if [ ! -x "$bin" ]; then
+    mkdir -p "$cache/emulators" "$logs"
+    # One build at a time on this machine (two checkouts starting at once).
+    exec 9> "$cache/emulators/lock"
+    flock 9
+    if [ ! -x "$bin" ]; then
+      say "building cafe-emulators (dynoxide, ferrokinesis) into $cache/emulators: once per machine, about 5 minutes"
+      (cd "$repo/emulators" && cargo build --release --locked --target-dir "$cache/emulators/target") \
+        > "$logs/emulators-build.log" 2>&1 \
+        || { tail -n 20 "$logs/emulators-build.log" >&2; die "building cafe-emulators failed; log: $logs/emulators-build.log"; }
+      mkdir -p "$cache/emulators/$key"
+      cp "$cache/emulators/target/release/cafe-emulators" "$bin.tmp" && mv "$bin.tmp" "$bin"
+    fi
+    exec 9>&-
   fi
+  echo "$bin"
 }
 
 init_pg() {
@@ -93,7 +147,10 @@ init_pg() {
 }
 
 start_moto() {
-  if port_open "$moto_port"; then return 0; fi
+  if port_open "$moto_port"; then
+    ours "$moto_port" "$state/moto.pid" || refuse_foreign moto "$moto_port" "$state/moto.pid" CAFE_MOTO_PORT
+    return 0
+  fi
   install_moto
   say "starting moto on 127.0.0.1:$moto_port"
   nohup "$state/venv/bin/python" "$here/moto_launcher.py" -H 127.0.0.1 -p "$moto_port" \
@@ -102,18 +159,32 @@ start_moto() {
   wait_port moto "$moto_port" "$state/moto.pid" "$logs/moto.log"
 }
 
-start_kinesalite() {
-  if port_open "$kinesis_port"; then return 0; fi
-  install_kinesalite
-  say "starting kinesalite on 127.0.0.1:$kinesis_port"
-  NODE_PATH="$state/node/node_modules" nohup node "$here/kinesalite.js" "$kinesis_port" 256 \
-    > "$logs/kinesalite.log" 2>&1 &
-  echo $! > "$state/kinesalite.pid"
-  wait_port kinesalite "$kinesis_port" "$state/kinesalite.pid" "$logs/kinesalite.log"
+start_emulators() {
+  local up=0
+  for port in "$dynamodb_port" "$kinesis_port"; do
+    if port_open "$port"; then
+      ours "$port" "$state/emulators.pid" \
+        || refuse_foreign cafe-emulators "$port" "$state/emulators.pid" "CAFE_DYNAMODB_PORT / CAFE_KINESIS_PORT"
+      up=$((up + 1))
+    fi
+  done
+  if [ "$up" = 2 ]; then return 0; fi
+  local bin
+  bin=$(build_emulators)
+  stop_pid cafe-emulators "$state/emulators.pid"
+  say "starting cafe-emulators: DynamoDB on 127.0.0.1:$dynamodb_port, Kinesis on 127.0.0.1:$kinesis_port"
+  nohup "$bin" --dynamodb-port "$dynamodb_port" --kinesis-port "$kinesis_port" --kinesis-shard-limit 256 \
+    > "$logs/emulators.log" 2>&1 &
+  echo $! > "$state/emulators.pid"
+  wait_port "cafe-emulators (DynamoDB)" "$dynamodb_port" "$state/emulators.pid" "$logs/emulators.log"
+  wait_port "cafe-emulators (Kinesis)" "$kinesis_port" "$state/emulators.pid" "$logs/emulators.log"
 }
 
 start_pg() {
-  if port_open "$pg_port"; then return 0; fi
+  if port_open "$pg_port"; then
+    ours "$pg_port" "$pg_root/data/postmaster.pid" || refuse_foreign postgres "$pg_port" "$pg_root/data/postmaster.pid" CAFE_PG_PORT
+    return 0
+  fi
   init_pg
   say "starting PostgreSQL on 127.0.0.1:$pg_port"
   local pg_log=$pg_root/postgres.log
@@ -146,21 +217,25 @@ mkdir -p "$logs"
 case "$cmd" in
   start)
     start_moto
-    start_kinesalite
+    start_emulators
     start_pg
-    say "up: moto :$moto_port, kinesalite :$kinesis_port, postgres :$pg_port (logs in $logs)"
+    say "up: moto (SQS) :$moto_port, dynoxide (DynamoDB) :$dynamodb_port, ferrokinesis (Kinesis) :$kinesis_port, postgres :$pg_port (logs in $logs)"
     ;;
   status)
     rc=0
-    for pair in "moto:$moto_port" "kinesalite:$kinesis_port" "postgres:$pg_port"; do
-      if port_open "${pair#*:}"; then echo "${pair%%:*} up on 127.0.0.1:${pair#*:}"
-      else echo "${pair%%:*} DOWN (127.0.0.1:${pair#*:})"; rc=1; fi
+    for entry in "moto:$moto_port:$state/moto.pid" "dynamodb:$dynamodb_port:$state/emulators.pid" \
+                 "kinesis:$kinesis_port:$state/emulators.pid" "postgres:$pg_port:$pg_root/data/postmaster.pid"; do
+      IFS=: read -r name port pidfile <<< "$entry"
+      if ! port_open "$port"; then echo "$name DOWN (127.0.0.1:$port)"; rc=1
+      elif ours "$port" "$pidfile"; then echo "$name up on 127.0.0.1:$port"
+      else echo "$name: 127.0.0.1:$port is held by pid $(listener_pid "$port"), not by this checkout's stack"; rc=1; fi
     done
     exit $rc
     ;;
   stop)
     stop_pid moto "$state/moto.pid"
-    stop_pid kinesalite "$state/kinesalite.pid"
+    stop_pid cafe-emulators "$state/emulators.pid"
+    stop_pid kinesalite "$state/kinesalite.pid"  # a stack started before the move to ferrokinesis
     if [ -f "$pg_root/data/postmaster.pid" ]; then
       as_pg "$pg_bin/pg_ctl" -D "$pg_root/data" -m fast stop > /dev/null || true
     fi
@@ -172,12 +247,14 @@ export AWS_DEFAULT_REGION=$region
 export AWS_ACCESS_KEY_ID=\${AWS_ACCESS_KEY_ID:-testing}
 export AWS_SECRET_ACCESS_KEY=\${AWS_SECRET_ACCESS_KEY:-testing}
 export AWS_ENDPOINT_URL_SQS=http://127.0.0.1:$moto_port
-export AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:$moto_port
+export AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:$dynamodb_port
 export AWS_ENDPOINT_URL_KINESIS=http://127.0.0.1:$kinesis_port
 export CAFE_PG_URL=postgres://postgres@127.0.0.1:$pg_port/cafe
-export CAFE_KINESALITE_JS=$here/kinesalite.js
-export CAFE_KINESALITE_NODE_PATH=$state/node/node_modules
+export CAFE_EMULATORS_BIN=$cache/emulators/$(emulators_key)/cafe-emulators
 EOF
+    ;;
+  emulators-bin)
+    build_emulators
     ;;
   *)
     echo "usage: $0 start|status|stop|env" >&2

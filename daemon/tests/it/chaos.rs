@@ -13,24 +13,10 @@ use serde_json::Value;
 
 use super::*;
 
-/// The `cafe-loadgen` binary of this workspace, built once per test run
-/// (`cargo test -p daemon` does not build other packages' binaries).
+/// The `cafe-loadgen` binary of this workspace, built once per test run.
 fn loadgen() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--locked", "-p", "loadgen"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("cargo build -p loadgen");
-            assert!(status.success(), "cargo build -p loadgen failed");
-            let bin = PathBuf::from(BIN).with_file_name("cafe-loadgen");
-            assert!(bin.is_file(), "{} not built", bin.display());
-            bin
-        })
-        .clone()
+    BUILT.get_or_init(|| workspace_bin("loadgen", "cafe-loadgen")).clone()
 }
 
 /// What one chaos run left: its exit status, its output, and `chaos.json`.

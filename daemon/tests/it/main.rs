@@ -1,5 +1,6 @@
-//! Integration tests of cafe-streamd against the local AWS stack (moto and
-//! kinesalite on loopback, started by `scripts/test.sh`).
+//! Integration tests of cafe-streamd against the local AWS stack (moto for
+//! SQS, dynoxide and ferrokinesis in `cafe-emulators`, PostgreSQL, all on
+//! loopback, started by `scripts/test.sh`).
 //!
 //! Every test provisions its own uniquely named queues and tables with
 //! `cafe-streamd provision`, runs the real binary as a child process, and
@@ -60,6 +61,22 @@ struct Env {
     /// Extra daemon processes (`start_worker`), by worker id.
     workers: Vec<(String, Child)>,
     kinesis: aws_sdk_kinesis::Client,
+}
+
+/// Binary `bin` of the workspace's package `package`, built now (`cargo
+/// test -p daemon` builds no other package's binaries; cargo rebuilds
+/// nothing that is fresh).
+fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--locked", "-p", package])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap_or_else(|e| panic!("cargo build -p {package}: {e}"));
+    assert!(status.success(), "cargo build -p {package} failed");
+    let path = PathBuf::from(BIN).with_file_name(bin);
+    assert!(path.is_file(), "{} not built", path.display());
+    path
 }
 
 fn free_port() -> u16 {

@@ -1,7 +1,9 @@
 //! The orders stream: leases across instances, failover, resharding, KPL
-//! aggregates and iterator expiry, against kinesalite and moto.
+//! aggregates and iterator expiry, against the local stack's Kinesis and
+//! DynamoDB (ferrokinesis and dynoxide, in `cafe-emulators`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -586,20 +588,22 @@ async fn kpl_aggregates_count_record_by_record_and_bad_records_are_rejected_in_p
 
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_shard_iterators_are_renewed_and_nothing_is_lost() {
-    // A kinesalite of this test's own whose iterators live 300 ms: every
-    // iterator the daemon keeps across a 500 ms poll interval expires.
-    let (Ok(js), Ok(node_path)) = (std::env::var("CAFE_KINESALITE_JS"), std::env::var("CAFE_KINESALITE_NODE_PATH")) else {
-        panic!("CAFE_KINESALITE_JS / CAFE_KINESALITE_NODE_PATH not set: run through scripts/test.sh");
-    };
+    // A Kinesis of this test's own (the stack's emulator binary, built by
+    // the stack script if this machine has none) whose iterators live 1 s:
+    // every iterator the daemon keeps across a 1.5 s poll interval expires.
+    let bin = std::env::var("CAFE_EMULATORS_BIN").map(PathBuf::from).ok().filter(|p| p.is_file()).unwrap_or_else(|| {
+        let stack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/local-stack/stack.sh");
+        let out = Command::new(&stack).arg("emulators-bin").stderr(Stdio::inherit()).output().expect("stack.sh emulators-bin");
+        assert!(out.status.success(), "stack.sh emulators-bin failed");
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    });
     let port = free_port();
-    let mut kinesalite = Command::new("node")
-        .arg(&js)
-        .args([port.to_string(), "16".into(), "300".into()])
-        .env("NODE_PATH", &node_path)
+    let mut kinesis = Command::new(&bin)
+        .args(["--kinesis-port", &port.to_string(), "--kinesis-shard-limit", "16", "--iterator-lifetime-secs", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start kinesalite");
+        .expect("start cafe-emulators");
     struct Kill<'a>(&'a mut Child);
     impl Drop for Kill<'_> {
         fn drop(&mut self) {
@@ -607,16 +611,16 @@ async fn expired_shard_iterators_are_renewed_and_nothing_is_lost() {
             let _ = self.0.wait();
         }
     }
-    let _guard = Kill(&mut kinesalite);
+    let _guard = Kill(&mut kinesis);
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "kinesalite did not start");
+        assert!(Instant::now() < deadline, "cafe-emulators did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
     let endpoint = format!("http://127.0.0.1:{port}");
     let mut env = Env::with_orders(
         "expiry",
-        "shards = 1\npoll_interval_ms = 500",
+        "shards = 1\npoll_interval_ms = 1500",
         "",
         vec![("AWS_ENDPOINT_URL_KINESIS".to_owned(), endpoint)],
     )
@@ -624,7 +628,7 @@ async fn expired_shard_iterators_are_renewed_and_nothing_is_lost() {
     env.start();
     let more = Arc::new(AtomicBool::new(true));
     let producer = tokio::spawn(produce(env.producer(), 0, 5, Duration::from_millis(700), Arc::clone(&more)));
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
     more.store(false, Ordering::SeqCst);
     let expected = producer.await.expect("producer");
     env.wait_orders_exact(&expected, Duration::from_secs(60)).await;

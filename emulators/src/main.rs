@@ -1,0 +1,135 @@
+//! `cafe-emulators`: the local stack's DynamoDB and Kinesis, served from one
+//! process on 127.0.0.1 only.
+//!
+//! - DynamoDB is dynoxide (SQLite in memory; checked against real AWS by a
+//!   public conformance suite).
+//! - Kinesis is ferrokinesis (every Kinesis operation, in memory).
+//!
+//! Both are libraries pinned by the workspace's Cargo.lock and built with it,
+//! so the stack rebuilds nothing a test build has not built already.
+//!
+//! This file owns the binding (loopback only: neither emulator checks
+//! credentials), the emulators' options (streams active at once, a shard
+//! limit, an iterator lifetime a test can shorten) and the line that says
+//! what is serving. It must not change what an emulator answers: where one
+//! is more lenient than AWS, the README says so and why it is acceptable, or
+//! the strictness goes here with its reason.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+
+#[derive(Parser, Debug)]
+#[command(name = "cafe-emulators", version, about = "DynamoDB (dynoxide) and Kinesis (ferrokinesis) on 127.0.0.1")]
+struct Args {
+    /// Serve DynamoDB on 127.0.0.1:PORT (0: any free port).
+    #[arg(long)]
+    dynamodb_port: Option<u16>,
+    /// Serve Kinesis on 127.0.0.1:PORT (0: any free port).
+    #[arg(long)]
+    kinesis_port: Option<u16>,
+    /// Open shards allowed across all streams (the AWS default is 500 per
+    /// account in most regions; the tests create a few streams each).
+    #[arg(long, default_value_t = 256)]
+    kinesis_shard_limit: u32,
+    /// Lifetime of a shard iterator: Kinesis's is 300 s; a test shortens it
+    /// to see ExpiredIteratorException in seconds.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    iterator_lifetime_secs: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if args.dynamodb_port.is_none() && args.kinesis_port.is_none() {
+        anyhow::bail!("nothing to serve: give --dynamodb-port, --kinesis-port or both");
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let mut servers = tokio::task::JoinSet::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    if let Some(port) = args.dynamodb_port {
+        let listener = bind(port).await.context("DynamoDB")?;
+        let addr = listener.local_addr()?;
+        let db = dynoxide::Database::memory().map_err(|e| anyhow::anyhow!("dynoxide: in-memory database: {e}"))?;
+        let stop = stopped();
+        servers.spawn(async move {
+            dynoxide::server::serve_with_shutdown(listener, db, stop)
+                .await
+                .map_err(|e| anyhow::anyhow!("DynamoDB on {addr}: {e}"))
+        });
+        println!("dynamodb http://{addr} dynoxide (in memory)");
+    }
+    if let Some(port) = args.kinesis_port {
+        let listener = bind(port).await.context("Kinesis")?;
+        let addr = listener.local_addr()?;
+        let options = ferrokinesis::store::StoreOptions {
+            // Streams become ACTIVE at once: provisioning and tests do not
+            // wait on an emulated delay that tells nothing about the daemon.
+            create_stream_ms: 0,
+            delete_stream_ms: 0,
+            update_stream_ms: 0,
+            shard_limit: args.kinesis_shard_limit,
+            iterator_ttl_seconds: args.iterator_lifetime_secs,
+            ..Default::default()
+        };
+        let (app, _store) = ferrokinesis::create_app(options);
+        // axum's own limit is 2 MiB of body; a PutRecords of the 5 MiB
+        // Kinesis allows is about 7 MiB of JSON (base64). ferrokinesis
+        // itself refuses what Kinesis refuses (1 MiB a record, 5 MiB a call).
+        let app = app.layer(axum::extract::DefaultBodyLimit::max(8 << 20));
+        let stop = stopped();
+        servers.spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(stop).await.with_context(|| format!("Kinesis on {addr}"))
+        });
+        println!(
+            "kinesis http://{addr} ferrokinesis (shard limit {}, iterator lifetime {} s)",
+            args.kinesis_shard_limit, args.iterator_lifetime_secs
+        );
+    }
+    // The stack script waits for the ports; a test reads these lines.
+    println!("ready pid {}", std::process::id());
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        Some(done) = servers.join_next() => {
+            // A server that ends on its own is a failure: say which.
+            done??;
+            anyhow::bail!("a server stopped on its own");
+        }
+    }
+    let _ = stop_tx.send(true);
+    // In-flight requests finish; a client holding a connection open does not
+    // hold the stop for more than two seconds.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(done) = servers.join_next().await {
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %e, "server stopped with an error");
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+async fn bind(port: u16) -> anyhow::Result<TcpListener> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))
+}
