@@ -23,7 +23,8 @@ message list from a copy and assigns it back without the queue's lock, so a
 message `add_message` appends meanwhile (it does take the lock) is dropped:
 the sender got a message id, the message is gone. Measured: 43 of 10,000
 FIFO payments vanished when sends and deletes overlapped. The fix runs
-`delete_message` under the same lock; nothing else about it changes.
+`delete_message` under the same lock (see the index below); nothing else
+about it changes.
 
 SQS FIFO queues break their group order after a retry: moto keeps a
 message it delivered in `pending_messages` until a later receive finds it
@@ -66,6 +67,21 @@ visible again. The fix refuses a visibility change of a visible message
 with that error (a batch entry fails with ReceiptHandleIsInvalid, the code
 moto's batch gives every refused entry); everything else is moto's.
 
+SQS finds a message by its receipt handle with a scan: `delete_message`
+and `change_message_visibility` walk every message of the queue, asking
+each for the list of every receipt handle it ever had, so each call costs
+O(depth) in Python, and a consumer that extends the visibility of
+thousands of in-flight messages (as the daemon does while a write retries)
+spends its time in the stand-in, not in its own work. The fix keeps an
+index from every receipt handle moto issues to its message, and on each
+message the queue that holds it (set when a queue adds it, cleared when it
+is deleted or purged; a dead-letter move re-adds it to its new queue); a
+delete removes the message from the queue's list by identity (a C-level
+step, no Python per message). What either call answers is moto's: any
+handle the message ever had works, a deleted one is accepted again by
+DeleteMessage and refused by ChangeMessageVisibility, a visibility over 12
+hours from the send is refused with moto's message.
+
 SQS accepts message contents that SQS refuses. Real SQS allows only
 #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF in
 a message body and in string attribute values, and refuses the whole
@@ -79,16 +95,8 @@ rejected-events queue) then passes every test and stalls in production on
 the first control character. The fix refuses what SQS refuses, with its
 error codes and messages; valid requests are moto's.
 
-DynamoDB: TransactWriteItems takes its rollback snapshot by deep-copying the
-whole table once per transaction item (25 copies of a 10,000-item table per
-call), without any lock, and rolls back by swapping the whole table back in.
-Under concurrent writers that fails ("dictionary changed size during
-iteration", HTTP 500 on a valid request), and a rollback would erase writes
-other requests made meanwhile: lost writes the daemon never caused. The fix
-serialises the DynamoDB backend (DynamoDB itself isolates transactions) and
-snapshots only the items a transaction touches, restoring just those when it
-is cancelled. Transaction semantics (conditions, cancellation reasons, all
-or nothing) are moto's own, unchanged.
+DynamoDB and Kinesis are not served by moto here: the stack runs dynoxide
+and ferrokinesis for them (`cafe-emulators`), so no DynamoDB fix is needed.
 
 Garbage collection: full collections walk every object moto holds and grew
 into 1-5 s stalls in which moto served nothing; after each one the
@@ -100,19 +108,15 @@ Nothing else in moto is touched.
 Usage: python moto_launcher.py [moto_server arguments...]
 """
 
-import copy
 import functools
 import json
 import re
 import sys
 import threading
 import time
-import types
+import weakref
 from collections.abc import Mapping
 
-from moto.dynamodb import models as ddb_models
-from moto.dynamodb.models.dynamo_type import DynamoType
-from moto.dynamodb.models.table import Table
 from moto.server import main
 from moto.sqs import constants as sqs_constants
 from moto.sqs import exceptions as sqs_exceptions
@@ -192,15 +196,6 @@ class LazyVisibleMessages:
         return any(True for _ in self)
 
 
-def _locked_delete(delete):
-    @functools.wraps(delete)
-    def wrapper(self, receipt_handle):
-        with self._messages_lock:
-            return delete(self, receipt_handle)
-
-    return wrapper
-
-
 def _in_flight_groups(self):
     """Groups with a message delivered and still invisible (see above).
 
@@ -219,18 +214,76 @@ class MessageNotInflight(sqs_exceptions.ReceiptHandleIsInvalid):
         sqs_exceptions.SQSException.__init__(self, "MessageNotInflight", "The specified message isn't in flight.")
 
 
-def _change_visibility_in_flight_only(change):
-    @functools.wraps(change)
-    def wrapper(self, queue_name, receipt_handle, visibility_timeout):
-        queue = self.get_queue(queue_name)
-        for message in queue._messages:
-            if message.had_receipt_handle(receipt_handle):
-                if message.visible:
-                    raise MessageNotInflight()
-                break
-        return change(self, queue_name, receipt_handle, visibility_timeout)
+_by_handle = weakref.WeakValueDictionary()  # every receipt handle moto issued -> its message
+# message -> the queue that holds it. Not an attribute of the message:
+# receive deep-copies each message it returns, and a queue (with its locks)
+# cannot be copied.
+_holder = weakref.WeakKeyDictionary()
+_original_mark_received = sqs_models.Message.mark_received
+_original_add_message = sqs_models.Queue.add_message
+_original_purge = sqs_models.SQSBackend.purge_queue
 
-    return wrapper
+
+def _indexed_mark_received(self, *args, **kwargs):
+    _original_mark_received(self, *args, **kwargs)
+    _by_handle[self.receipt_handle] = self
+
+
+def _indexed_add_message(self, message):
+    # Set before the call: a FIFO duplicate moto drops is never received,
+    # so no handle leads to it.
+    _holder[message] = self
+    return _original_add_message(self, message)
+
+
+def _indexed_purge(self, queue_name):
+    queue = self.get_queue(queue_name)
+    held = list(queue._messages)
+    _original_purge(self, queue_name)
+    for message in held:
+        _holder.pop(message, None)
+
+
+def _held_message(queue, receipt_handle):
+    """The message of `queue` that was given `receipt_handle`, or None."""
+    message = _by_handle.get(receipt_handle)
+    if message is None or _holder.get(message) is not queue:
+        return None
+    return message
+
+
+def _indexed_delete(self, receipt_handle):
+    with self._messages_lock:
+        if receipt_handle in self.deleted_messages:
+            # Already deleted: accepted again, as moto (and SQS) do.
+            return
+        message = _held_message(self, receipt_handle)
+        if message is None:
+            raise sqs_exceptions.ReceiptHandleIsInvalid()
+        self._messages.remove(message)
+        self.pending_messages.discard(message)
+        self.deleted_messages.update(message.all_receipt_handles)
+        _holder.pop(message, None)
+
+
+def _indexed_change_visibility(self, queue_name, receipt_handle, visibility_timeout):
+    """moto's change_message_visibility, the message found by its handle;
+    a message not in flight is refused (see above)."""
+    queue = self.get_queue(queue_name)
+    message = _held_message(queue, receipt_handle)
+    if message is None:
+        raise sqs_exceptions.ReceiptHandleIsInvalid()
+    if message.visible:
+        raise MessageNotInflight()
+    given = sqs_models.unix_time_millis() + int(visibility_timeout) * 1000
+    if given - message.sent_timestamp > 43200 * 1000:
+        raise sqs_exceptions.InvalidParameterValue(
+            f"Value {visibility_timeout} for parameter VisibilityTimeout is invalid. Reason: Total "
+            "VisibilityTimeout for the message is beyond the limit [43200 seconds]"
+        )
+    message.change_visibility(visibility_timeout)
+    if message.visible and message in queue.pending_messages:
+        queue.pending_messages.remove(message)
 
 
 _SQS_INVALID_CHAR = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -315,83 +368,14 @@ def _serialised_receive(receive):
 sqs_models.SQSBackend.receive_message = _serialised_receive(sqs_models.SQSBackend.receive_message)
 sqs_models.SQSBackend.send_message = _strict_send(sqs_models.SQSBackend.send_message)
 sqs_models.SQSBackend.send_message_batch = _strict_send_batch(sqs_models.SQSBackend.send_message_batch)
-sqs_models.SQSBackend.change_message_visibility = _change_visibility_in_flight_only(
-    sqs_models.SQSBackend.change_message_visibility
-)
-sqs_models.Queue.delete_message = _locked_delete(sqs_models.Queue.delete_message)
+sqs_models.SQSBackend.change_message_visibility = _indexed_change_visibility
+sqs_models.SQSBackend.purge_queue = _indexed_purge
+sqs_models.Message.mark_received = _indexed_mark_received
+sqs_models.Queue.add_message = _indexed_add_message
+sqs_models.Queue.delete_message = _indexed_delete
 sqs_models.Queue.pending_message_groups = property(_in_flight_groups)
 sqs_models.Queue.attributes = property(LazyQueueAttributes)
 sqs_models.Queue.messages = property(LazyVisibleMessages)
-
-class _TableKeepingCopy:
-    """The `copy` module as moto's DynamoDB backend sees it: deep copies of
-    whole tables (the rollback snapshot) return the table itself, because
-    `transact_write_items` below snapshots and restores item by item."""
-
-    def __getattr__(self, name):
-        return getattr(copy, name)
-
-    @staticmethod
-    def deepcopy(x, memo=None):
-        if isinstance(x, Table):
-            return x
-        return copy.deepcopy(x, memo)
-
-
-_ddb_lock = threading.RLock()
-_original_transact = ddb_models.DynamoDBBackend.transact_write_items
-
-
-def _item_key(table, attrs):
-    try:
-        hash_value = DynamoType(attrs[table.hash_key_attr])
-        range_value = DynamoType(attrs[table.range_key_attr]) if table.range_key_attr else None
-    except KeyError:
-        return None
-    return hash_value, range_value
-
-
-def transact_write_items(self, transact_items):
-    saved = []
-    for entry in transact_items:
-        _, op = next(iter(entry.items()))
-        table = self.tables.get(op.get("TableName"))
-        attrs = op.get("Key") or op.get("Item")
-        key = _item_key(table, attrs) if table is not None and attrs else None
-        if key is None:
-            continue
-        current = table.get_item(*key)
-        saved.append((table, key, copy.deepcopy(current) if current is not None else None))
-    try:
-        return _original_transact(self, transact_items)
-    except BaseException:
-        for table, (hash_value, range_value), item in reversed(saved):
-            if range_value is not None:
-                if item is None:
-                    table.items.get(hash_value, {}).pop(range_value, None)
-                else:
-                    table.items[hash_value][range_value] = item
-            elif item is None:
-                table.items.pop(hash_value, None)
-            else:
-                table.items[hash_value] = item
-        raise
-
-
-def _serialised(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with _ddb_lock:
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-ddb_models.copy = _TableKeepingCopy()
-ddb_models.DynamoDBBackend.transact_write_items = transact_write_items
-for _name, _fn in list(vars(ddb_models.DynamoDBBackend).items()):
-    if isinstance(_fn, types.FunctionType) and not _name.startswith("_"):
-        setattr(ddb_models.DynamoDBBackend, _name, _serialised(_fn))
 
 _gc_started = {}
 

@@ -115,3 +115,79 @@ async fn sqs_never_hands_a_fifo_groups_next_message_to_a_second_receiver() {
     assert_eq!(got, ["first"], "a FIFO group was handed out past a message in flight");
     sqs.delete_queue().queue_url(&url).send().await.expect("delete queue");
 }
+
+/// The launcher finds a message by its receipt handle through an index
+/// instead of moto's scan of the whole queue; what DeleteMessage and
+/// ChangeMessageVisibility answer must stay moto's: any handle the message
+/// was given works, a deleted message's handle is accepted again by a
+/// delete and refused by a visibility change, and a handle of another
+/// queue's message is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqs_finds_a_message_by_every_receipt_handle_it_was_given_and_no_other() {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let base = format!("it-stack-handles-{}-{}", std::process::id(), rand::random::<u32>());
+    let url = sqs.create_queue().queue_name(&base).send().await.expect("create queue").queue_url.expect("url");
+    let other = sqs.create_queue().queue_name(format!("{base}-o")).send().await.expect("create queue").queue_url.expect("url");
+    sqs.send_message().queue_url(&url).message_body("m").send().await.expect("send");
+    sqs.send_message().queue_url(&other).message_body("o").send().await.expect("send");
+    let receive = |url: String, visibility: i32| {
+        let sqs = sqs.clone();
+        async move {
+            let got = sqs
+                .receive_message()
+                .queue_url(&url)
+                .visibility_timeout(visibility)
+                .wait_time_seconds(5)
+                .send()
+                .await
+                .expect("receive");
+            got.messages().first().and_then(|m| m.receipt_handle()).expect("a message").to_owned()
+        }
+    };
+    let first = receive(url.clone(), 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = receive(url.clone(), 30).await;
+    assert_ne!(first, second, "each receive gives a new handle");
+    let elsewhere = receive(other.clone(), 30).await;
+
+    let code = |e: &dyn ProvideErrorMetadata| e.code().map(str::to_owned);
+    // Another queue's handle is not this queue's message.
+    let err = sqs.delete_message().queue_url(&url).receipt_handle(&elsewhere).send().await.expect_err("another queue's");
+    assert_eq!(code(&err).as_deref(), Some("ReceiptHandleIsInvalid"), "{err:?}");
+    let err = sqs
+        .change_message_visibility()
+        .queue_url(&url)
+        .receipt_handle("not-a-handle")
+        .visibility_timeout(5)
+        .send()
+        .await
+        .expect_err("an unknown handle");
+    assert_eq!(code(&err).as_deref(), Some("ReceiptHandleIsInvalid"), "{err:?}");
+    // The newest handle extends; the first one the message had deletes it.
+    sqs.change_message_visibility()
+        .queue_url(&url)
+        .receipt_handle(&second)
+        .visibility_timeout(60)
+        .send()
+        .await
+        .expect("the newest handle extends");
+    sqs.delete_message().queue_url(&url).receipt_handle(&first).send().await.expect("an earlier handle deletes");
+    sqs.delete_message().queue_url(&url).receipt_handle(&second).send().await.expect("a deleted message's handle");
+    let err = sqs
+        .change_message_visibility()
+        .queue_url(&url)
+        .receipt_handle(&second)
+        .visibility_timeout(5)
+        .send()
+        .await
+        .expect_err("a deleted message");
+    assert_eq!(code(&err).as_deref(), Some("ReceiptHandleIsInvalid"), "{err:?}");
+    let left = sqs.receive_message().queue_url(&url).wait_time_seconds(1).send().await.expect("receive");
+    assert!(left.messages().is_empty(), "deleted: {left:?}");
+    // The other queue's message is untouched by all of it.
+    sqs.delete_message().queue_url(&other).receipt_handle(&elsewhere).send().await.expect("its own queue's handle");
+    for u in [url, other] {
+        sqs.delete_queue().queue_url(&u).send().await.expect("delete queue");
+    }
+}
