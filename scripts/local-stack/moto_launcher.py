@@ -73,14 +73,21 @@ each for the list of every receipt handle it ever had, so each call costs
 O(depth) in Python, and a consumer that extends the visibility of
 thousands of in-flight messages (as the daemon does while a write retries)
 spends its time in the stand-in, not in its own work. The fix keeps an
-index from every receipt handle moto issues to its message, and on each
+index from every receipt handle moto issues to its message, and for each
 message the queue that holds it (set when a queue adds it, cleared when it
-is deleted or purged; a dead-letter move re-adds it to its new queue); a
-delete removes the message from the queue's list by identity (a C-level
-step, no Python per message). What either call answers is moto's: any
-handle the message ever had works, a deleted one is accepted again by
-DeleteMessage and refused by ChangeMessageVisibility, a visibility over 12
-hours from the send is refused with moto's message.
+is deleted or purged; a dead-letter move re-adds it to its new queue). A
+delete removes the message by identity from a copy of the queue's list and
+puts the copy in its place, as moto's own delete replaces the list (two
+C-level steps, no Python per message): a receive may be walking the old
+list meanwhile, and a list changed in place under that walk skips the
+message after the removed one. That skip delivered FIFO groups out of
+order (a group's next message ahead of the skipped one) in about one run in
+four of a test that gives messages back while two consumers receive and
+delete; `test_moto_launcher.py` shows it deterministically. What either
+call answers is moto's: any handle the message ever had works, a deleted
+one is accepted again by DeleteMessage and refused by
+ChangeMessageVisibility, a visibility over 12 hours from the send is
+refused with moto's message.
 
 SQS accepts message contents that SQS refuses. Real SQS allows only
 #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF in
@@ -260,7 +267,14 @@ def _indexed_delete(self, receipt_handle):
         message = _held_message(self, receipt_handle)
         if message is None:
             raise sqs_exceptions.ReceiptHandleIsInvalid()
-        self._messages.remove(message)
+        # A new list, never the old one changed in place: a receive walking
+        # the old list meanwhile (receives take another lock) would skip
+        # the message after the removed one, and a FIFO group whose next
+        # message is skipped is delivered out of order. Copying the list is
+        # one C-level step, like the removal.
+        remaining = self._messages.copy()
+        remaining.remove(message)
+        self._messages = remaining
         self.pending_messages.discard(message)
         self.deleted_messages.update(message.all_receipt_handles)
         _holder.pop(message, None)

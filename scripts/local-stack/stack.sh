@@ -9,7 +9,7 @@
 #   default port is below 32768, outside the range Linux hands out to outgoing
 #   connections, so a busy machine cannot be holding it when the stack starts)
 #
-# Usage: stack.sh start|status|stop|env|emulators-bin
+# Usage: stack.sh start|status|stop|env|emulators-bin|selftest
 #   start   install or build what is missing (venv, cafe-emulators, cluster),
 #           start what is not running, wait until each answers; idempotent.
 #           A port held by anything but this checkout's stack (another
@@ -19,6 +19,10 @@
 #   env     print the environment that points the AWS SDK (and the AWS CLI) here
 #   emulators-bin
 #           build cafe-emulators if this machine has not yet, print its path
+#   selftest
+#           run test_moto_launcher.py: the launcher's fixes, checked step by
+#           step where a race between requests cannot be timed (installs
+#           the venv if needed; needs no server)
 #
 # State and logs live in $CAFE_STACK_DIR (default: <repo>/.stack; logs in logs/).
 set -euo pipefail
@@ -256,8 +260,12 @@ EOF
   emulators-bin)
     build_emulators
     ;;
+  selftest)
+    install_moto
+    cd "$here" && exec "$state/venv/bin/python" -m unittest -v test_moto_launcher
+    ;;
   *)
-    echo "usage: $0 start|status|stop|env" >&2
+    echo "usage: $0 start|status|stop|env|emulators-bin|selftest" >&2
     exit 2
     ;;
 esac
