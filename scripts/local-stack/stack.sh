@@ -220,7 +220,15 @@ cmd=${1:-}
 mkdir -p "$logs"
 case "$cmd" in
   start)
+    # A first build of the emulators (minutes of CPU) runs while pip, which
+    # mostly waits on the network, installs moto.
+    prebuild=
+    if [ ! -x "$cache/emulators/$(emulators_key)/cafe-emulators" ]; then
+      build_emulators > /dev/null &
+      prebuild=$!
+    fi
     start_moto
+    if [ -n "$prebuild" ]; then wait "$prebuild" || die "building cafe-emulators failed; log: $logs/emulators-build.log"; fi
     start_emulators
     start_pg
     say "up: moto (SQS) :$moto_port, dynoxide (DynamoDB) :$dynamodb_port, ferrokinesis (Kinesis) :$kinesis_port, postgres :$pg_port (logs in $logs)"
