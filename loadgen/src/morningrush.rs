@@ -467,7 +467,14 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         }
         let want: Vec<String> = (0..n).map(|k| o.event_id(k)).collect();
         let have: Vec<String> = history.iter().map(|h| h.1.clone()).collect();
-        lost += want.iter().filter(|w| !have.contains(w)).count() as u64;
+        let missing: Vec<String> =
+            (0..n).filter(|&k| !have.contains(&want[k])).map(|k| format!("{} ({})", want[k], o.statuses[k])).collect();
+        lost += missing.len() as u64;
+        if !missing.is_empty() && mismatches.len() < 10 {
+            // Which events, so a failed run says where to look (the daemon's
+            // logs, the rejected queue).
+            mismatches.push(format!("order {}: lost {}; its history holds {:?}", o.id, missing.join(", "), have));
+        }
         if lost == 0 && duplicated == 0 && have != want && mismatches.len() < 10 {
             mismatches.push(format!("order {}: history {:?} is not the events sent, in order {:?}", o.id, have, want));
         }
