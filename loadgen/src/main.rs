@@ -11,6 +11,7 @@ mod dashcheck;
 mod menusync;
 mod morningrush;
 mod payload;
+mod paythroughput;
 mod scenario;
 mod throughput;
 mod verify;
@@ -41,6 +42,10 @@ enum Command {
     /// reader on the same stream: put a backlog, read it bare, then start
     /// the daemon and time it.
     OrdersThroughput(throughput::ThroughputArgs),
+    /// The payments path's floor: a bare client drains a burst of payments
+    /// from a scratch FIFO queue into a scratch table (the daemon's SQS and
+    /// DynamoDB calls, no processing) and is timed.
+    PaymentsThroughput(paythroughput::PaymentsThroughputArgs),
     /// Prove the dashboards and rules against a Prometheus that scraped a
     /// daemon under load: every expression returns data, every rule is healthy.
     CheckDashboards {
@@ -272,6 +277,27 @@ fn main() -> ExitCode {
                         println!("- {p}");
                     }
                     ExitCode::from(1)
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::PaymentsThroughput(args) => {
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(paythroughput::run(&args, 1)));
+            match result {
+                Ok(t) => {
+                    println!(
+                        "bare consumer ({} receivers; receive, one transaction per batch, delete): {} payments in {:.2} s, {:.0} payments/s",
+                        args.receivers, t.payments, t.bare_secs, t.bare_payments_per_sec
+                    );
+                    match serde_json::to_string(&t) {
+                        Ok(json) => println!("{json}"),
+                        Err(e) => return fail(e.into()),
+                    }
+                    ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
             }
