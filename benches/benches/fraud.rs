@@ -47,6 +47,25 @@ fn fraud(c: &mut Criterion) {
             black_box(d)
         })
     });
+    // The whole per-payment kernel of the payments path, as the daemon's
+    // decide stage runs it: decode and validate the body, the model's work
+    // factor (10,000, the default), the stateful rules. scripts/bench.sh
+    // takes the CPU-bound ceiling of the path from it.
+    let bodies: Vec<String> = (0..1000).map(payment_body).collect();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("payment: decode + model_work 10000 + rules", |b| {
+        let mut engine = FraudEngine::new(FraudConfig { work_factor: 0, ..FraudConfig::default() }).expect("config");
+        let mut next = 0usize;
+        b.iter(|| {
+            let body = &bodies[next % bodies.len()];
+            next += 1;
+            let event = pipeline::decode(black_box(body.as_bytes())).expect("a valid payment");
+            if let Body::PaymentRequested(p) = &event.body {
+                black_box(model_work(p, 10_000));
+                black_box(engine.score(p, event.ts));
+            }
+        })
+    });
     g.finish();
 }
 

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# One run, one table: every performance figure of cafe-stream, each next to
+# the best the same machine does with the same stack in the same run.
+#
+#   1. kernels (criterion, release): the per-event CPU work of each path on
+#      one core, and the SHA-256 floor of the payments path (openssl's
+#      speed on this CPU, and the fraud model's loop next to the hasher's);
+#   2. end to end on the local stack, a release cafe-streamd restarted for
+#      each path, with fresh queues, stream and tables:
+#        payments  a bare consumer (receive, one transaction per batch,
+#                  delete; no processing) drains 10,000 payments from a
+#                  scratch queue, then cold-start sends 10,000 with the
+#                  daemon restarted as the burst is sent (cold start to
+#                  first decision);
+#        orders    a backlog of 3,000 orders drained by a bare GetRecords
+#                  reader, made by a bare DynamoDB writer, then by the daemon;
+#        menu      menu-sync, 10,000 items with images;
+#      with the daemon's CPU-seconds per 1,000 events and its peak RSS, and
+#      the CPU the emulators took meanwhile (what is left of the machine is
+#      the CPU-bound ceiling: cores left / kernel time per event).
+#
+# Usage: scripts/bench.sh [--scale S]   (S multiplies the end-to-end sizes; default 1)
+# Prints the table and writes it, with every raw figure, to
+# target/bench/<UTC time>/ (table.md, figures.json).
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+scale=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --scale) scale=$2; shift 2 ;;
+    *) echo "usage: $0 [--scale S]" >&2; exit 2 ;;
+  esac
+done
+
+started=$(date +%s)
+out=$repo/target/bench/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$out/scenarios"
+stack=scripts/local-stack/stack.sh
+"$stack" start
+eval "$("$stack" env)"
+state=${CAFE_STACK_DIR:-$repo/.stack}
+
+echo "== build (release)"
+cargo build --release --locked -p daemon -p loadgen
+cargo bench --locked -p benches --no-run 2> "$out/bench-build.log" || { tail -n 20 "$out/bench-build.log" >&2; exit 1; }
+export CAFE_STREAMD_BIN=$repo/target/release/cafe-streamd
+loadgen=$repo/target/release/cafe-loadgen
+
+echo "== 1. kernels"
+rm -rf target/criterion
+crit=(--warm-up-time 1 --measurement-time 3 --sample-size 20 --noplot)
+cargo bench --locked -q -p benches --bench fraud -- "${crit[@]}" 'payment: decode|model_work 10000|Sha256::digest 10000' \
+  > "$out/kernels.txt" 2>&1
+cargo bench --locked -q -p benches --bench orders -- "${crit[@]}" 'decode \+ apply' >> "$out/kernels.txt" 2>&1
+# The menu bench ends with its own sha256-against-openssl ratio (a few seconds).
+cargo bench --locked -q -p benches --bench menu -- "${crit[@]}" '100 JSON rounds' >> "$out/kernels.txt" 2>&1
+openssl speed -evp sha256 -bytes 16384 -seconds 3 > "$out/openssl.txt" 2>/dev/null || true
+
+# CPU ticks (user + system) and peak RSS (KiB) of a process; "0 0" when gone.
+proc_cpu() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+proc_hwm() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+emulator_pids() { cat "$state/moto.pid" "$state/emulators.pid" 2>/dev/null; }
+emulators_cpu() { local t=0 p; for p in $(emulator_pids); do t=$((t + $(proc_cpu "$p"))); done; echo "$t"; }
+daemon_pid() { cat "$state/cafe-streamd.pid"; }
+
+# Fresh resources for a path: $1 is the id prefix.
+configure() {
+  local id=$1
+  cat > "$out/$id.toml" <<TOML
+[sources.payments]
+queue = "$id-pay.fifo"
+dlq = "$id-pay-dlq.fifo"
+[sources.menu]
+queue = "$id-menu"
+dlq = "$id-menu-dlq"
+[sources.orders]
+stream = "$id-orders"
+lease_table = "$id-leases"
+shards = 4
+[sinks.dynamodb]
+aggregates_table = "$id-aggregates"
+payments_table = "$id-payments"
+orders_table = "$id-orders"
+menu_table = "$id-menu"
+[rejected]
+queue = "$id-rejected"
+TOML
+  export CAFE_STREAMD_CONFIG=$out/$id.toml
+  export CAFE_LOADGEN_PAYMENTS_QUEUE=$id-pay.fifo CAFE_LOADGEN_PAYMENTS_TABLE=$id-payments \
+    CAFE_LOADGEN_AGGREGATES_TABLE=$id-aggregates CAFE_LOADGEN_ORDERS_STREAM=$id-orders \
+    CAFE_LOADGEN_ORDERS_TABLE=$id-orders CAFE_LOADGEN_MENU_QUEUE=$id-menu CAFE_LOADGEN_MENU_TABLE=$id-menu \
+    CAFE_LOADGEN_REJECTED_QUEUE=$id-rejected CAFE_LOADGEN_LEASE_TABLE=$id-leases
+  "$CAFE_STREAMD_BIN" provision --config "$CAFE_STREAMD_CONFIG" > /dev/null
+}
+
+# Runs "$@" (a loadgen command that leaves the daemon running) and records,
+# in $out/$path.proc, the run's wall time, the daemon's CPU and peak RSS, and
+# the emulators' CPU over the run.
+measure() {
+  local path=$1; shift
+  local t0 e0 status=0
+  t0=$(date +%s.%N)
+  e0=$(emulators_cpu)
+  "$@" > "$out/$path.txt" 2>&1 || status=$?
+  local pid; pid=$(daemon_pid)
+  printf '{"wall_secs": %s, "daemon_cpu_ticks": %s, "daemon_peak_rss_kib": %s, "emulators_cpu_ticks": %s, "ticks_per_sec": %s, "status": %s}\n' \
+    "$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN {printf "%.3f", a - b}')" "$(proc_cpu "$pid")" "$(proc_hwm "$pid")" \
+    "$(( $(emulators_cpu) - e0 ))" "$(getconf CLK_TCK)" "$status" > "$out/$path.proc"
+  scripts/daemon.sh stop > /dev/null 2>&1 || true
+  if [ "$status" != 0 ]; then tail -n 30 "$out/$path.txt" >&2; echo "bench: the $path run failed (exit $status); its output: $out/$path.txt" >&2; exit 1; fi
+}
+trap 'scripts/daemon.sh stop > /dev/null 2>&1 || true' EXIT
+export CAFE_SCENARIOS_DIR=$out/scenarios
+scripts/daemon.sh stop > /dev/null 2>&1 || true
+
+echo "== 2a. payments: a bare consumer drains a burst, then cold-start with the daemon restarted into it"
+sed 's/^restart = .*/restart = "before"/' scenarios/cold-start.toml > "$out/scenarios/cold-start.toml"
+configure "b$(date -u +%H%M%S)p"
+payments=$(python3 -c "print(max(100, round(10000 * $scale)))")
+"$loadgen" payments-throughput --payments "$payments" > "$out/payments-bare.txt" 2>&1 \
+  || { tail -n 20 "$out/payments-bare.txt" >&2; echo "bench: the bare payments client failed" >&2; exit 1; }
+scripts/daemon.sh start 2> /dev/null
+CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
+  measure payments "$loadgen" run cold-start --scale "$scale" --report-dir "$out/payments"
+
+echo "== 2b. orders: backlog drained by a bare reader, written by a bare writer, then by the daemon"
+configure "b$(date -u +%H%M%S)o"
+orders=$(python3 -c "print(max(100, round(3000 * $scale)))")
+measure orders "$loadgen" orders-throughput --orders "$orders" --start-command "$repo/scripts/daemon.sh start"
+
+echo "== 2c. menu: menu-sync"
+cp scenarios/menu-sync.toml "$out/scenarios/"
+configure "b$(date -u +%H%M%S)m"
+scripts/daemon.sh start 2> /dev/null
+measure menu "$loadgen" run menu-sync --scale "$scale" --report-dir "$out/menu"
+
+python3 "$repo/scripts/bench_table.py" "$out" "$(nproc)" "$(( $(date +%s) - started ))"

@@ -1,0 +1,198 @@
+"""Prints scripts/bench.sh's table from one run's raw figures.
+
+Usage: bench_table.py OUT_DIR CORES SECONDS
+Reads criterion's estimates (target/criterion), openssl's speed, the
+loadgen's summaries and the per-run process figures bench.sh wrote into
+OUT_DIR; writes OUT_DIR/table.md and OUT_DIR/figures.json.
+"""
+
+import json
+import pathlib
+import platform
+import subprocess
+import sys
+
+out = pathlib.Path(sys.argv[1])
+cores = int(sys.argv[2])
+took = int(sys.argv[3])
+repo = pathlib.Path(__file__).resolve().parent.parent
+
+
+def criterion():
+    """full id -> median ns per iteration."""
+    found = {}
+    for bench in (repo / "target" / "criterion").glob("**/new/benchmark.json"):
+        meta = json.loads(bench.read_text())
+        est = json.loads((bench.parent / "estimates.json").read_text())
+        found[meta["full_id"]] = est["median"]["point_estimate"]
+    return found
+
+
+def openssl_bytes_per_sec():
+    try:
+        last = (out / "openssl.txt").read_text().strip().splitlines()[-1].split()
+        return float(last[-1].rstrip("k")) * 1000
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def load(name):
+    path = out / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def last_json_line(name):
+    for line in reversed((out / name).read_text().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise SystemExit(f"bench: no JSON result in {out / name}")
+
+
+def proc(name):
+    p = load(f"{name}.proc")
+    tick = p["ticks_per_sec"]
+    wall = p["wall_secs"]
+    emu = p["emulators_cpu_ticks"] / tick
+    return {
+        "wall_secs": wall,
+        "daemon_cpu_secs": p["daemon_cpu_ticks"] / tick,
+        "daemon_peak_rss_mib": p["daemon_peak_rss_kib"] / 1024,
+        "emulators_cpu_secs": emu,
+        "cores_left": max(cores - emu / wall, 0.0) if wall > 0 else float(cores),
+    }
+
+
+def ms(ns):
+    return f"{ns / 1e6:.3f} ms" if ns >= 1e5 else f"{ns / 1e3:.2f} µs"
+
+
+def rate(x):
+    return f"{x:,.0f}/s"
+
+
+crit = criterion()
+kernel = {
+    "payment": crit.get("fraud/payment: decode + model_work 10000 + rules"),
+    "model_loop": crit.get("fraud/model_work 10000 rounds"),
+    "model_hasher": crit.get("fraud/Sha256::digest 10000 rounds"),
+    "order_event": (crit.get("orders/decode + apply, 500 events of 100 orders") or 0) / 500 or None,
+    "menu_item": crit.get("menu/digest 64 KiB image, 100 JSON rounds"),
+}
+ossl = openssl_bytes_per_sec()
+floor_ns = 10_001 * 64 / ossl * 1e9 if ossl else None  # 10,000 rounds + the first hash, one block each
+
+pay = load("payments/summary.json")
+pay_p = proc("payments")
+orders = last_json_line("orders.txt")
+ord_p = proc("orders")
+menu = load("menu/summary.json")
+menu_p = proc("menu")
+
+rows = []
+
+
+def e2e_row(path, events, daemon_rate, kernel_ns, p, bare=None, e2e=None):
+    ceiling = p["cores_left"] / (kernel_ns / 1e9) if kernel_ns else None
+    cpu_per_1000 = p["daemon_cpu_secs"] / events * 1000 if events else None
+    rows.append(
+        {
+            "path": path,
+            "events": events,
+            "daemon_per_sec": daemon_rate,
+            "ceiling_per_sec": ceiling,
+            "ratio_to_ceiling": daemon_rate / ceiling if ceiling else None,
+            "bare": bare,
+            "cpu_secs_per_1000": cpu_per_1000,
+            "peak_rss_mib": p["daemon_peak_rss_mib"],
+            "cores_left": p["cores_left"],
+            "e2e": e2e,
+        }
+    )
+
+
+pay_bare = last_json_line("payments-bare.txt")
+pay_rate = pay["sent"] / pay["drain_secs"]
+e2e_row(
+    "payments (cold-start)",
+    pay["sent"],
+    pay_rate,
+    kernel["payment"],
+    pay_p,
+    bare=[("bare consumer", pay_bare["bare_payments_per_sec"], pay_rate / pay_bare["bare_payments_per_sec"])],
+    e2e=(pay["e2e_p50_ms"], pay["e2e_p99_ms"]),
+)
+e2e_row(
+    "orders (backlog)",
+    orders["records"],
+    orders["daemon_records_per_sec"],
+    kernel["order_event"],
+    ord_p,
+    bare=[
+        ("bare reader", orders["bare_records_per_sec"], orders["ratio"]),
+        ("bare writer", orders["bare_write_items_per_sec"], orders["ratio_to_writes"]),
+    ],
+)
+e2e_row(
+    "menu (menu-sync)",
+    menu["sent"],
+    menu["items_per_sec"],
+    kernel["menu_item"],
+    menu_p,
+    e2e=(menu["e2e_p50_ms"], menu["e2e_p99_ms"]),
+)
+
+commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+lines = [
+    f"Machine: {cpu}, {cores} cores; commit {commit}; scripts/bench.sh took {took} s.",
+    "",
+    "| kernel (one core, criterion median) | per event | per core |",
+    "|---|---|---|",
+]
+for label, key in [
+    ("payment: decode + model work (10,000 SHA-256) + rules", "payment"),
+    ("order event: decode + apply", "order_event"),
+    ("menu item: 64 KiB image, 100 JSON rounds", "menu_item"),
+]:
+    if kernel[key]:
+        lines.append(f"| {label} | {ms(kernel[key])} | {rate(1e9 / kernel[key])} |")
+if kernel["model_loop"] and kernel["model_hasher"]:
+    lines.append(
+        f"| model work alone: single-block loop / `Sha256::digest` per round | {ms(kernel['model_loop'])} / "
+        f"{ms(kernel['model_hasher'])} | ratio {kernel['model_loop'] / kernel['model_hasher']:.2f} |"
+    )
+if floor_ns and kernel["model_loop"]:
+    lines.append(
+        f"| SHA-256 floor: 10,001 blocks at openssl's speed ({ossl / 1e9:.2f} GB/s) | {ms(floor_ns)} | "
+        f"model loop / floor {kernel['model_loop'] / floor_ns:.2f} |"
+    )
+lines += [
+    "",
+    "| path, end to end | events | daemon | CPU-bound ceiling (cores left) | daemon / ceiling | bare client: daemon / bare | CPU-s per 1,000 | peak RSS | e2e p50 / p99 |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+for r in rows:
+    bare = "; ".join(f"{name} {rate(v)}: {ratio:.2f}" for name, v, ratio in r["bare"]) if r["bare"] else "-"
+    ceiling = f"{rate(r['ceiling_per_sec'])} ({r['cores_left']:.2f})" if r["ceiling_per_sec"] else "-"
+    to_ceiling = f"{r['ratio_to_ceiling']:.2f}" if r["ratio_to_ceiling"] else "-"
+    e2e = f"{r['e2e'][0] / 1000:.2f} s / {r['e2e'][1] / 1000:.2f} s" if r["e2e"] else "-"
+    lines.append(
+        f"| {r['path']} | {r['events']:,} | {rate(r['daemon_per_sec'])} | {ceiling} | {to_ceiling} | {bare} | "
+        f"{r['cpu_secs_per_1000']:.2f} | {r['peak_rss_mib']:.0f} MiB | {e2e} |"
+    )
+if floor_ns:
+    per_payment = pay_p["daemon_cpu_secs"] / pay["sent"] * 1e9
+    lines += [
+        "",
+        f"Payments: the daemon spent {ms(per_payment)} of CPU per payment, all included (SQS and DynamoDB requests, "
+        f"decode, rules, the model): {per_payment / floor_ns:.2f}x the SHA-256 floor of {ms(floor_ns)}. "
+        f"Cold start to first decision: {pay['first_decision_secs']:.2f} s (the daemon restarted as the burst was sent).",
+    ]
+table = "\n".join(lines) + "\n"
+(out / "table.md").write_text(table)
+(out / "figures.json").write_text(
+    json.dumps({"kernels_ns": kernel, "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "paths": rows}, indent=2)
+)
+print(table)
+print(f"raw figures: {out}")
