@@ -92,7 +92,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         // axum's own limit is 2 MiB of body; a PutRecords of the 5 MiB
         // Kinesis allows is about 7 MiB of JSON (base64). ferrokinesis
         // itself refuses what Kinesis refuses (1 MiB a record, 5 MiB a call).
-        let app = app.layer(axum::extract::DefaultBodyLimit::max(8 << 20));
+        let app = app.layer(axum::extract::DefaultBodyLimit::max(8 << 20)).layer(axum::middleware::from_fn(one_put_at_a_time));
         let stop = stopped();
         servers.spawn(async move {
             axum::serve(listener, app).with_graceful_shutdown(stop).await.with_context(|| format!("Kinesis on {addr}"))
@@ -132,4 +132,30 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 async fn bind(port: u16) -> anyhow::Result<TcpListener> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))
+}
+
+/// Held by each PutRecord and PutRecords for its whole request.
+static PUTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs Kinesis puts one at a time. ferrokinesis numbers a call's records
+/// first (a lock-free counter per shard) and stores them later, after
+/// awaiting the shard's throughput reservation: two calls at once can store
+/// the later-numbered records first, and a reader at the shard's tip then
+/// reads past the earlier numbers before they exist and never sees them
+/// (its next iterator starts after the last record it got). Kinesis makes a
+/// shard's records readable in sequence order, so a consumer following the
+/// tip loses nothing. One put at a time makes numbering and storing one step
+/// again; reads are not held.
+async fn one_put_at_a_time(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let put = request
+        .headers()
+        .get("x-amz-target")
+        .and_then(|t| t.to_str().ok())
+        .is_some_and(|t| t.ends_with(".PutRecords") || t.ends_with(".PutRecord"));
+    if put {
+        let _one = PUTS.lock().await;
+        next.run(request).await
+    } else {
+        next.run(request).await
+    }
 }
