@@ -72,24 +72,11 @@ pub async fn run(args: &PaymentsThroughputArgs, seed: u64) -> anyhow::Result<Pay
         .queue_url
         .context("no queue URL")?;
     let table = format!("{}-floor-{run_id}", args.targets.payments_table);
-    create_table(&ddb, &table).await?;
+    crate::throughput::create_scratch_table(&ddb, &table).await?;
     let result = measure(&sqs, &ddb, &queue, &table, args, seed, &run_id).await;
     let _ = sqs.delete_queue().queue_url(&queue).send().await;
     let _ = ddb.delete_table().table_name(&table).send().await;
     result
-}
-
-async fn create_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
-    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
-    ddb.create_table()
-        .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(AttributeDefinition::builder().attribute_name("k").attribute_type(ScalarAttributeType::S).build()?)
-        .key_schema(KeySchemaElement::builder().attribute_name("k").key_type(KeyType::Hash).build()?)
-        .send()
-        .await
-        .context("creating the scratch table")?;
-    Ok(())
 }
 
 async fn measure(

@@ -80,18 +80,8 @@ pub struct Throughput {
 /// waves (every order's k-th event before any (k+1)-th). Scratch table;
 /// returns the seconds taken.
 async fn bare_write(ddb: &aws_sdk_dynamodb::Client, scratch: &str, orders: &[PlannedOrder]) -> anyhow::Result<f64> {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put, ScalarAttributeType, TransactWriteItem,
-        Update,
-    };
-    ddb.create_table()
-        .table_name(scratch)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(AttributeDefinition::builder().attribute_name("k").attribute_type(ScalarAttributeType::S).build()?)
-        .key_schema(KeySchemaElement::builder().attribute_name("k").key_type(KeyType::Hash).build()?)
-        .send()
-        .await
-        .context("creating the scratch table")?;
+    use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+    create_scratch_table(ddb, scratch).await?;
     let entry = |status: &str| {
         AttributeValue::L(vec![AttributeValue::M(HashMap::from([
             ("status".to_owned(), AttributeValue::S(status.to_owned())),
@@ -153,6 +143,21 @@ async fn bare_write(ddb: &aws_sdk_dynamodb::Client, scratch: &str, orders: &[Pla
     let secs = started.elapsed().as_secs_f64();
     let _ = ddb.delete_table().table_name(scratch).send().await;
     Ok(secs)
+}
+
+/// Creates a scratch table keyed by the string `k` (on demand), for a
+/// bare client's writes.
+pub(crate) async fn create_scratch_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    ddb.create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(AttributeDefinition::builder().attribute_name("k").attribute_type(ScalarAttributeType::S).build()?)
+        .key_schema(KeySchemaElement::builder().attribute_name("k").key_type(KeyType::Hash).build()?)
+        .send()
+        .await
+        .context("creating the scratch table")?;
+    Ok(())
 }
 
 async fn put_backlog(kinesis: &aws_sdk_kinesis::Client, stream: &str, orders: &[PlannedOrder]) -> anyhow::Result<usize> {
