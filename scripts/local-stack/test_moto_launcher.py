@@ -48,5 +48,49 @@ class DeleteDuringAWalk(unittest.TestCase):
         self.assertEqual([m.body for m in queue._messages], ["m1", "m2", "m3", "m4", "m5"])
 
 
+class AGroupTurningVisibleDuringAWalk(unittest.TestCase):
+    def test_no_message_of_a_group_is_delivered_ahead_of_one_the_walk_passed_over(self):
+        # A FIFO group given back in pieces: m0 and m1 are visible again, m2
+        # is still in flight, m3 was never received. A receive passes over
+        # m0 and m1 (their group is in flight through m2); if m2's timeout
+        # runs out while the walk is between m1 and m2, m2 is no longer in
+        # flight when the walk reaches it, the group looks free, and moto
+        # delivered m2 and m3 ahead of m0 and m1. Real SQS delivers a group
+        # in order. Where in the walk m2 turns visible depends on how often
+        # moto reads the clock, so every point is tried: the clock ticks a
+        # millisecond per read, and m2's timeout ends `flip` reads in.
+        backend = _backend()
+        real_clock = sqs_models.unix_time_millis
+        broken = []
+        try:
+            for flip in range(0, 60):
+                sqs_models.unix_time_millis = real_clock
+                name = _fifo_queue(backend)
+                for i in range(4):
+                    backend.send_message(name, f"m{i}", group_id="g")
+                held = backend.receive_message(name, 3, 0, 30)
+                self.assertEqual([m.body for m in held], ["m0", "m1", "m2"])
+                queue = backend.get_queue(name)
+                by_body = {m.body: m for m in queue._messages}
+                start = real_clock()
+                clock = [start]
+
+                def tick():
+                    clock[0] += 1
+                    return clock[0]
+
+                by_body["m0"].visible_at = start - 1000
+                by_body["m1"].visible_at = start - 1000
+                by_body["m2"].visible_at = start + flip
+                sqs_models.unix_time_millis = tick
+                got = [m.body for m in backend.receive_message(name, 10, 0, 30)]
+                # In order or nothing: the group's first message leads.
+                if got and got[0] != "m0":
+                    broken.append((flip, got))
+        finally:
+            sqs_models.unix_time_millis = real_clock
+        self.assertEqual(broken, [], "a group delivered out of order (clock reads before m2 turned visible, delivered)")
+
+
 if __name__ == "__main__":
     unittest.main()
