@@ -547,6 +547,34 @@ async fn sigterm_drains_within_the_grace_period_and_loses_nothing() {
     assert_eq!(env.payment_count().await, 400);
 }
 
+/// An idle daemon has a long poll open on each input when SIGTERM comes.
+/// It does not wait them out (15 s here) to exit: a restart of a daemon
+/// with a quiet input used to take that much longer, every time. The next
+/// instance then gets what is sent at once (nothing was left invisible).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_does_not_wait_out_idle_long_polls() {
+    let long_polls = ["PAYMENTS", "MENU"].map(|q| (format!("CAFE_SOURCES__{q}__WAIT_TIME_SECS"), "15".to_owned()));
+    let mut env = Env::with_orders("idlepoll", "shards = 1", "", long_polls.to_vec()).await;
+    env.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.log().matches("Consuming").count() < 3 {
+        assert!(Instant::now() < deadline, "the daemon never started consuming\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every receiver is in a long poll by now, with more than 10 s to go.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, took) = env.sigterm();
+    assert!(status.success(), "exit {status:?}\n{}", env.log());
+    assert!(took < Duration::from_secs(6), "an idle daemon took {took:?} to exit: it waited out its long polls\n{}", env.log());
+    env.start();
+    let (bodies, total) = burst(&env.prefix, 20);
+    env.send(&bodies).await;
+    let sums = env.wait_for_payments(20, Duration::from_secs(30)).await;
+    assert_eq!(sums.get("payment_amount_cents"), Some(&total), "{sums:?}\n{}", env.log());
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{status:?}\n{}", env.log());
+}
+
 #[test]
 fn a_bad_config_is_refused_with_every_problem_named() {
     let dir = std::env::temp_dir().join(format!("it-badcfg-{}", std::process::id()));

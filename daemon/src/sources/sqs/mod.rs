@@ -100,6 +100,11 @@ pub async fn queue_url(client: &Client, name_or_url: &str) -> Result<String, Aws
 /// ChangeMessageVisibilityBatch calls of one extension pass at once.
 const EXTEND_CONCURRENCY: usize = 8;
 
+/// How long after the stop a long poll still open counts as idle (SQS
+/// answers one at once when it has messages; this covers an answer already
+/// on its way).
+const ABANDON_IDLE_POLL_AFTER: Duration = Duration::from_secs(1);
+
 /// Whether a refused visibility change says the message is not in flight
 /// under that receipt handle any more (so extending it again cannot help).
 /// `InvalidParameterValue` is SQS's answer past the 12 hours a message may
@@ -198,15 +203,28 @@ impl SqsSource {
                 .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
                 .send();
-            // A poll is never abandoned: SQS may be answering it with messages
-            // at that instant, and those would stay invisible (and block their
-            // FIFO groups) for a whole visibility timeout. On shutdown no new
-            // poll starts, and what the last one returns is processed, so
-            // shutdown waits at most `wait_time_secs` for the receivers.
+            // On shutdown no new poll starts, and what a poll under way
+            // returns is processed. A poll under way is abandoned only once
+            // it is idle for sure: SQS answers a long poll as soon as it has
+            // messages, so one still open `ABANDON_IDLE_POLL_AFTER` after the
+            // stop found none, and nothing of this queue is left in flight
+            // (waiting costs nothing while the rest drains). Waiting for it
+            // instead made every restart of a daemon with an idle input take
+            // up to `wait_time_secs` more (the old instance's exit). The
+            // price: a message SQS hands to the abandoned poll at the very
+            // instant it is dropped stays invisible for a visibility timeout
+            // (delayed, not lost; one receive toward the DLQ).
             if stop.is_cancelled() {
                 return;
             }
-            let result = call.await;
+            let result = tokio::select! {
+                biased;
+                result = call => result,
+                () = self.idle_at_shutdown(&stop) => {
+                    debug!(queue = %self.name, "Abandoning an idle long poll to shut down");
+                    return;
+                }
+            };
             let out = match result {
                 Ok(out) => {
                     failures = 0;
@@ -253,6 +271,16 @@ impl SqsSource {
                 // Downstream is gone (shutdown): what we hold is redelivered.
                 return;
             }
+        }
+    }
+
+    /// Resolves once `stop` has been cancelled for `ABANDON_IDLE_POLL_AFTER`
+    /// and no message of this queue is in flight.
+    async fn idle_at_shutdown(&self, stop: &CancellationToken) {
+        stop.cancelled().await;
+        tokio::time::sleep(ABANDON_IDLE_POLL_AFTER).await;
+        while self.inflight() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
