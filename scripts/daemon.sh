@@ -15,7 +15,15 @@ pidfile=$state/cafe-streamd.pid
 log=$state/logs/cafe-streamd.log
 mkdir -p "$state/logs"
 
-running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+# Alive and not a zombie: a daemon started with nohup is reaped by whatever
+# adopted it, which may take seconds, and `kill -0` succeeds on a zombie (it
+# made every restart look up to 2 s slower than the daemon's exit).
+alive() {
+  local state
+  state=$(sed 's/.*) //' "/proc/$1/stat" 2> /dev/null | cut -d' ' -f1) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+running() { [ -f "$pidfile" ] && alive "$(cat "$pidfile")"; }
 
 start() {
   if running; then echo "daemon: already running (pid $(cat "$pidfile"))" >&2; return 0; fi
@@ -31,8 +39,8 @@ stop() {
   if ! running; then rm -f "$pidfile"; return 0; fi
   local pid; pid=$(cat "$pidfile")
   kill -TERM "$pid"
-  for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then echo "daemon: pid $pid ignored SIGTERM for 60 s; killing" >&2; kill -9 "$pid"; fi
+  for _ in $(seq 1 600); do alive "$pid" || break; sleep 0.1; done
+  if alive "$pid"; then echo "daemon: pid $pid ignored SIGTERM for 60 s; killing" >&2; kill -9 "$pid"; fi
   rm -f "$pidfile"
   echo "daemon: stopped pid $pid" >&2
 }
