@@ -87,6 +87,18 @@ pub struct Summary {
     pub first_decision_secs: f64,
     /// Seconds from the burst's first send to the last decision (drain time).
     pub drain_secs: f64,
+    /// How long the restart command took (the old instance's drain and
+    /// exit, the new one's start), when the scenario restarts the daemon
+    /// into the burst.
+    pub restart_secs: Option<f64>,
+    /// The daemon's drain compared with the bare client's: first decision
+    /// to last, from the restart's end when there is one.
+    pub daemon_drain_secs: Option<f64>,
+    /// A bare client's drain of the same burst from the same stack, right
+    /// after the run (`[thresholds.local] drain_vs_bare`), when measured.
+    pub bare: Option<crate::paythroughput::PaymentsThroughput>,
+    /// The daemon's drain (first decision to last) over the bare client's.
+    pub drain_vs_bare: Option<f64>,
     /// Event time to durable write.
     #[serde(flatten)]
     pub e2e: crate::attack::E2e,
@@ -120,6 +132,7 @@ impl Summary {
             "# {} ({})\n\n| measure | value |\n|---|---|\n\
              | payments sent | {} of {} (send failures {}) |\n| lost | {} |\n| duplicated | {} |\n\
              | burst sent in | {:.2} s |\n| first decision after | {:.2} s |\n| drained after | {:.2} s |\n\
+             | restart took | {} |\n| drain vs a bare client | {} |\n\
              | e2e p50 / p95 / p99 / max | {:.0} / {:.0} / {:.0} / {:.0} ms |\n\
              | approve / review / decline | {} / {} / {} |\n| restart | {} |\n| verdict | {} |\n{}",
             self.run.scenario,
@@ -132,6 +145,12 @@ impl Summary {
             self.send_secs,
             self.first_decision_secs,
             self.drain_secs,
+            self.restart_secs.map_or("no restart".into(), |s| format!("{s:.2} s")),
+            match (&self.bare, self.drain_vs_bare, self.daemon_drain_secs) {
+                (Some(b), Some(r), Some(d)) =>
+                    format!("{r:.2}: the daemon's {d:.2} s to the last decision, a bare client's {:.2} s", b.bare_secs),
+                _ => "not measured".into(),
+            },
             self.e2e.p50_ms,
             self.e2e.p95_ms,
             self.e2e.p99_ms,
@@ -197,6 +216,9 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
 
     let restart = restart_command(&scenario);
     let mut restart_status = None;
+    // When the restart into the burst returned, and how long it took.
+    let mut restarted: Option<(OffsetDateTime, f64)> = None;
+    let mut restart_task = None;
     if let (Restart::Before, Some(cmd)) = (scenario.daemon.restart, &restart) {
         restart_status = Some(run_restart(cmd).await);
     }
@@ -212,11 +234,22 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         while state.sends.started().is_none() && !attack_task.is_finished() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        restart_status = Some(run_restart(cmd).await);
+        // Beside the sends, so the send time is the sends' own.
+        let cmd = cmd.clone();
+        restart_task = Some(tokio::spawn(async move {
+            let began = std::time::Instant::now();
+            let status = run_restart(&cmd).await;
+            (status, OffsetDateTime::now_utc(), began.elapsed().as_secs_f64())
+        }));
     }
     let failed_thresholds = crate::attack::failed_thresholds(attack_task.await?)?;
     let (fired_instant, fired_at) = state.sends.started().context("the burst never fired")?;
     let send_secs = fired_instant.elapsed().as_secs_f64();
+    if let Some(task) = restart_task {
+        let (status, at, secs) = task.await?;
+        restart_status = Some(status);
+        restarted = Some((at, secs));
+    }
     let (sent, send_failures) = state.sends.take();
     info!(sent = sent.len(), send_secs, "Burst sent; waiting for the daemon");
 
@@ -271,6 +304,39 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let since_fire = |t: Option<OffsetDateTime>| t.map_or(f64::NAN, |t| (t - fired_at).as_seconds_f64());
 
     let percentiles = crate::attack::E2e::of(&e2e);
+    let local = crate::scenario::on_local_stack();
+    let aws_p99 = if local { None } else { scenario.thresholds.aws.e2e_p99_ms };
+    let mut bare = None;
+    let mut drain_vs_bare = None;
+    let mut daemon_drain = None;
+    let mut relative_targets = Vec::new();
+    if let (true, Some(limit), Some(first), Some(last)) = (local, scenario.thresholds.local.drain_vs_bare, first, last) {
+        // The drain of the instance that runs when the burst lands: after a
+        // restart into it, from the restart's end (the old instance's exit
+        // is the restart's figure, reported beside it).
+        let first = restarted.map_or(first, |(at, _)| first.max(at));
+        // The same number of payments, drained by a bare client with the
+        // daemon's receivers, from the same stack, right now.
+        let args = crate::paythroughput::PaymentsThroughputArgs {
+            payments: found.len() as u64,
+            receivers: 4,
+            timeout_secs: scenario.verify.timeout_secs,
+            targets: targets.clone(),
+        };
+        info!(payments = args.payments, "Measuring a bare client's drain of the same burst");
+        let measured = crate::paythroughput::run(&args, seed).await.context("the bare client's drain")?;
+        daemon_drain = Some((last - first).as_seconds_f64());
+        let ratio = (last - first).as_seconds_f64() / measured.bare_secs;
+        if !(ratio <= limit) {
+            relative_targets.push(format!(
+                "the daemon drained in {ratio:.2}x a bare client's time ({:.2} s vs {:.2} s), above the target {limit}x",
+                (last - first).as_seconds_f64(),
+                measured.bare_secs
+            ));
+        }
+        drain_vs_bare = Some(ratio);
+        bare = Some(measured);
+    }
     let samples = found.values().map(|d| crate::chaos::Sample { ts: d.ts, stored: d.decided_at }).collect();
     let summary = Summary {
         run: crate::attack::RunHeader { scenario: scenario.name.clone(), run_id, seed },
@@ -279,21 +345,30 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         send_secs,
         first_decision_secs: since_fire(first),
         drain_secs: since_fire(last),
+        restart_secs: restarted.map(|(_, secs)| secs),
+        daemon_drain_secs: daemon_drain,
+        bare,
+        drain_vs_bare,
         e2e: percentiles,
         e2e_max_ms: e2e.last().copied().unwrap_or(f64::NAN),
         approved,
         review,
         declined,
         restart: restart_status,
-        verdict: Verdict::judged(
-            send_failures,
-            lost,
-            duplicated,
-            mismatches,
-            failed_thresholds,
-            &percentiles,
-            scenario.thresholds.e2e_p99_ms,
-        ),
+        verdict: {
+            let mut v = Verdict::judged(
+                send_failures,
+                lost,
+                duplicated,
+                mismatches,
+                failed_thresholds,
+                &percentiles,
+                scenario.thresholds.e2e_p99_ms,
+            );
+            v.failed_targets.extend(crate::attack::p99_target(percentiles.p99_ms, aws_p99));
+            v.failed_targets.extend(relative_targets);
+            v
+        },
         samples,
     };
     if summary.verdict.lost > 0 {

@@ -205,6 +205,8 @@ async fn run_chaos(mut s: scenario::Scenario, name: &str, args: &RunArgs) -> any
     // The e2e target holds before the first fault; under faults the
     // figures are reported per phase, and the faults' own rules judge.
     let p99_before = s.thresholds.e2e_p99_ms.take();
+    // A drain under faults is the faults' figure, not the daemon's.
+    s.thresholds.local = scenario::LocalTargets::default();
     // The loadgen owns the instances: no restart command.
     s.daemon.restart = scenario::Restart::None;
     let mut args = args.clone();

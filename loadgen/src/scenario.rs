@@ -168,9 +168,57 @@ pub struct Thresholds {
     /// goose `--threshold` rules on the send calls.
     #[serde(default)]
     pub goose: Vec<String>,
-    /// Largest acceptable end-to-end p99 (event time to decision), in ms.
+    /// Largest acceptable end-to-end p99 (event time to decision), in ms,
+    /// wherever the run goes.
     #[serde(default)]
     pub e2e_p99_ms: Option<u64>,
+    /// Targets for a real AWS account (any endpoint off loopback).
+    #[serde(default)]
+    pub aws: AwsTargets,
+    /// Targets on the local stack, relative to what the same stack does in
+    /// the same run.
+    #[serde(default)]
+    pub local: LocalTargets,
+}
+
+/// `[thresholds.aws]`: judged when the run's AWS endpoints are not on
+/// loopback (see [`on_local_stack`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsTargets {
+    /// Largest acceptable end-to-end p99, in ms.
+    #[serde(default)]
+    pub e2e_p99_ms: Option<u64>,
+}
+
+/// `[thresholds.local]`: judged on the local stack, where an absolute
+/// figure measures the emulators more than the daemon.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalTargets {
+    /// Largest acceptable ratio of the daemon's drain (first decision to
+    /// last) to a bare client's drain of the same burst from the same stack,
+    /// measured right after the run (`payments-throughput`).
+    #[serde(default)]
+    pub drain_vs_bare: Option<f64>,
+}
+
+/// Whether this process's AWS endpoints are on loopback: the SQS endpoint
+/// (`AWS_ENDPOINT_URL_SQS`, else `AWS_ENDPOINT_URL`) names 127.0.0.1,
+/// `::1` or localhost. Unset: the SDK's default, a real AWS region.
+pub fn on_local_stack() -> bool {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_SQS").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).unwrap_or_default();
+    is_loopback_url(&endpoint)
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_port = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The scenarios folder: `CAFE_SCENARIOS_DIR`, else `scenarios/` in the
@@ -301,10 +349,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_loopback_endpoints_count_as_the_local_stack() {
+        for url in ["http://127.0.0.1:4566", "http://localhost:4566/", "http://[::1]:4566", "127.0.0.9:1"] {
+            assert!(super::is_loopback_url(url), "{url}");
+        }
+        for url in ["", "https://sqs.eu-west-1.amazonaws.com", "http://10.0.0.1:4566", "http://127.0.0.1.example.com"] {
+            assert!(!super::is_loopback_url(url), "{url}");
+        }
+    }
+
+    #[test]
     fn shipped_scenarios_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
         let all = list(&dir).expect("scenarios parse");
-        assert!(all.iter().any(|s| s.name == "cold-start"));
+        let cold = all.iter().find(|s| s.name == "cold-start").expect("cold-start");
+        assert_eq!(cold.thresholds.local.drain_vs_bare, Some(1.25));
+        assert!(cold.thresholds.aws.e2e_p99_ms.is_some_and(|ms| ms < 3000), "cold-start's AWS target beats the Lambda's 3 s");
+        assert_eq!(cold.thresholds.e2e_p99_ms, None, "an absolute p99 on the local stack measures the emulators");
         let rush = all.iter().find(|s| s.name == "morning-rush").expect("morning-rush");
         let names: Vec<&str> = rush.stages.iter().map(|s| s.name.as_str()).collect();
         assert!(names.contains(&"spike") && names.contains(&"ramp"), "{names:?}");
