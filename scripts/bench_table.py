@@ -19,12 +19,13 @@ repo = pathlib.Path(__file__).resolve().parent.parent
 
 
 def criterion():
-    """full id -> median ns per iteration."""
+    """full id -> median ns per element (per iteration when no element count)."""
     found = {}
     for bench in (repo / "target" / "criterion").glob("**/new/benchmark.json"):
         meta = json.loads(bench.read_text())
         est = json.loads((bench.parent / "estimates.json").read_text())
-        found[meta["full_id"]] = est["median"]["point_estimate"]
+        per = (meta.get("throughput") or {}).get("Elements") or 1
+        found[meta["full_id"]] = est["median"]["point_estimate"] / per
     return found
 
 
@@ -76,8 +77,14 @@ kernel = {
     "payment": crit.get("fraud/payment: decode + model_work 10000 + rules"),
     "model_loop": crit.get("fraud/model_work 10000 rounds"),
     "model_hasher": crit.get("fraud/Sha256::digest 10000 rounds"),
-    "order_event": (crit.get("orders/decode + apply, 500 events of 100 orders") or 0) / 500 or None,
-    "menu_item": crit.get("menu/digest 64 KiB image, 100 JSON rounds"),
+    "order_event": crit.get("orders/decode + apply, 500 events of 100 orders"),
+    # menu-sync's images average about 15 KiB: the pipeline bench's items.
+    "menu_item": crit.get("pipeline/menu/kernel") or crit.get("menu/digest 64 KiB image, 100 JSON rounds"),
+    "menu_item_64k": crit.get("menu/digest 64 KiB image, 100 JSON rounds"),
+}
+stage = {
+    "payments": (crit.get("pipeline/payments/kernel"), crit.get("pipeline/payments/decide stage")),
+    "menu items": (crit.get("pipeline/menu/kernel"), crit.get("pipeline/menu/decide stage")),
 }
 ossl = openssl_bytes_per_sec()
 floor_ns = 10_001 * 64 / ossl * 1e9 if ossl else None  # 10,000 rounds + the first hash, one block each
@@ -111,8 +118,11 @@ def e2e_row(path, events, daemon_rate, kernel_ns, p, bare=None, e2e=None):
     )
 
 
-pay_bare = last_json_line("payments-bare.txt")
-pay_rate = pay["sent"] / pay["drain_secs"]
+pay_bare = pay.get("bare")
+if not pay_bare or not pay.get("daemon_drain_secs"):
+    raise SystemExit("bench: cold-start measured no bare client (is the stack on loopback?)")
+# Both rates over the same span: first decision (first receive) to last.
+pay_rate = pay["sent"] / pay["daemon_drain_secs"]
 e2e_row(
     "payments (cold-start)",
     pay["sent"],
@@ -153,7 +163,8 @@ lines = [
 for label, key in [
     ("payment: decode + model work (10,000 SHA-256) + rules", "payment"),
     ("order event: decode + apply", "order_event"),
-    ("menu item: 64 KiB image, 100 JSON rounds", "menu_item"),
+    ("menu item: 15 KiB image (menu-sync's mean), 100 JSON rounds", "menu_item"),
+    ("menu item: 64 KiB image, 100 JSON rounds", "menu_item_64k"),
 ]:
     if kernel[key]:
         lines.append(f"| {label} | {ms(kernel[key])} | {rate(1e9 / kernel[key])} |")
@@ -167,6 +178,15 @@ if floor_ns and kernel["model_loop"]:
         f"| SHA-256 floor: 10,001 blocks at openssl's speed ({ossl / 1e9:.2f} GB/s) | {ms(floor_ns)} | "
         f"model loop / floor {kernel['model_loop'] / floor_ns:.2f} |"
     )
+if any(k and d for k, d in stage.values()):
+    lines += [
+        "",
+        "| pipeline with in-memory ends (one CPU thread) | kernel alone | decide stage | stage / kernel |",
+        "|---|---|---|---|",
+    ]
+    for name, (k, d) in stage.items():
+        if k and d:
+            lines.append(f"| {name} | {ms(k)} | {ms(d)} | {d / k:.2f} |")
 lines += [
     "",
     "| path, end to end | events | daemon | CPU-bound ceiling (cores left) | daemon / ceiling | bare client: daemon / bare | CPU-s per 1,000 | peak RSS | e2e p50 / p99 |",
@@ -192,7 +212,7 @@ if floor_ns:
 table = "\n".join(lines) + "\n"
 (out / "table.md").write_text(table)
 (out / "figures.json").write_text(
-    json.dumps({"kernels_ns": kernel, "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "paths": rows}, indent=2)
+    json.dumps({"kernels_ns": kernel, "decide_stage_ns": stage, "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "paths": rows}, indent=2)
 )
 print(table)
 print(f"raw figures: {out}")
