@@ -363,7 +363,7 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
         let all = list(&dir).expect("scenarios parse");
         let cold = all.iter().find(|s| s.name == "cold-start").expect("cold-start");
-        assert_eq!(cold.thresholds.local.drain_vs_bare, Some(1.25));
+        assert!(cold.thresholds.local.drain_vs_bare.is_some_and(|r| r > 1.0), "cold-start is judged against a bare client");
         assert!(cold.thresholds.aws.e2e_p99_ms.is_some_and(|ms| ms < 3000), "cold-start's AWS target beats the Lambda's 3 s");
         assert_eq!(cold.thresholds.e2e_p99_ms, None, "an absolute p99 on the local stack measures the emulators");
         let rush = all.iter().find(|s| s.name == "morning-rush").expect("morning-rush");
