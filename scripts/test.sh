@@ -59,8 +59,10 @@ echo "== chaos: morning-rush with 3 instances, the busiest killed twice; cold-st
 # The loadgen starts its own instances behind its fault proxies.
 target/debug/cafe-loadgen run morning-rush --chaos kill-instances --instances 3 \
   --scale "${CAFE_E2E_RUSH_SCALE:-0.5}" --time-scale 0.5 --report-dir target/e2e-chaos-kill-instances
+# Large enough to outlast the profile's first window (4 s): its second must
+# find writes to throttle.
 target/debug/cafe-loadgen run cold-start --chaos throttle-dynamodb \
-  --scale "${CAFE_E2E_SCALE:-0.05}" --report-dir target/e2e-chaos-throttle-dynamodb
+  --scale "${CAFE_E2E_CHAOS_SCALE:-0.3}" --report-dir target/e2e-chaos-throttle-dynamodb
 
 echo "== packages: .deb and .rpm of the dev build, their contents inspected"
 scripts/package.sh dev
