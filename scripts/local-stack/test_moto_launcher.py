@@ -9,6 +9,7 @@ tests call (`daemon/tests/it/stack.rs`).
 
 import unittest
 import uuid
+from unittest import mock
 
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.sqs import models as sqs_models
@@ -94,3 +95,47 @@ class AGroupTurningVisibleDuringAWalk(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class FifoDeduplication(unittest.TestCase):
+    """SQS drops a FIFO send whose deduplication id was sent in the last five
+    minutes, whether or not the first copy was deleted since; moto only
+    compared it with the messages still in the queue."""
+
+    def _drain(self, backend, name):
+        got = backend.receive_message(name, 10, 0, 30)
+        for m in got:
+            backend.delete_message(name, m.receipt_handle)
+        return [m.body for m in got]
+
+    def test_a_resend_after_the_first_copy_was_deleted_is_dropped_for_five_minutes(self):
+        backend = _backend()
+        name = _fifo_queue(backend)
+        backend.send_message(name, "first", group_id="g", deduplication_id="d1")
+        self.assertEqual(self._drain(backend, name), ["first"])
+        backend.send_message(name, "again", group_id="g", deduplication_id="d1")
+        backend.send_message(name, "other", group_id="g", deduplication_id="d2")
+        self.assertEqual(self._drain(backend, name), ["other"])
+        # Five minutes after the first send the id is new again.
+        later = sqs_models.unix_time_millis() + 300_001
+        with mock.patch.object(sqs_models, "unix_time_millis", lambda: later):
+            backend.send_message(name, "much later", group_id="g", deduplication_id="d1")
+            self.assertEqual(self._drain(backend, name), ["much later"])
+
+    def test_a_duplicate_still_in_the_queue_is_dropped_and_content_based_ids_count(self):
+        backend = _backend()
+        name = _fifo_queue(backend)
+        backend.send_message(name, "same body", group_id="g1")
+        backend.send_message(name, "same body", group_id="g2")
+        backend.send_message(name, "x", group_id="g3", deduplication_id="d")
+        backend.send_message(name, "y", group_id="g3", deduplication_id="d")
+        self.assertEqual(sorted(self._drain(backend, name)), ["same body", "x"])
+
+    def test_with_message_group_scope_the_id_is_per_group(self):
+        backend = _backend()
+        name = f"selftest-{uuid.uuid4().hex[:12]}.fifo"
+        backend.create_queue(name, FifoQueue="true", DeduplicationScope="messageGroup", FifoThroughputLimit="perMessageGroupId")
+        backend.send_message(name, "a", group_id="g1", deduplication_id="d")
+        backend.send_message(name, "b", group_id="g2", deduplication_id="d")
+        backend.send_message(name, "c", group_id="g1", deduplication_id="d")
+        self.assertEqual(sorted(self._drain(backend, name)), ["a", "b"])
