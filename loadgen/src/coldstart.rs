@@ -316,10 +316,13 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         // is the restart's figure, reported beside it).
         let first = restarted.map_or(first, |(at, _)| first.max(at));
         // The same number of payments, drained by a bare client with the
-        // daemon's receivers, from the same stack, right now.
+        // daemon's receivers, from the same stack, right now, as they are
+        // sent: the daemon's drain shared the stack with the burst's sends
+        // (on moto they cost as much as the drain), so the bare one does too.
         let args = crate::paythroughput::PaymentsThroughputArgs {
             payments: found.len() as u64,
             receivers: 4,
+            while_sending: true,
             timeout_secs: scenario.verify.timeout_secs,
             targets: targets.clone(),
         };

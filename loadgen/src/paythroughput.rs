@@ -4,15 +4,15 @@
 //!
 //! Owns: the measurement. It creates a scratch FIFO queue and a scratch
 //! table, sends the burst (the cold-start scenario's payments: same bodies,
-//! same FIFO groups), then times `receivers` long-polling consumers as the
-//! daemon runs them: receive up to ten, one TransactWriteItems per batch
+//! same FIFO groups), then (or, with `--while-sending`, meanwhile) times
+//! `receivers` long-polling consumers as the daemon runs them: receive up to ten, one TransactWriteItems per batch
 //! (a conditional put per payment and one `ADD` to an aggregate row),
 //! DeleteMessageBatch, until every payment is deleted. Both scratch
 //! resources are deleted afterwards. Must not: decode, score or check
 //! anything (the daemon's share of the work is what the ratio measures).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -36,6 +36,11 @@ pub struct PaymentsThroughputArgs {
     /// Concurrent long-polling consumers (the daemon's default is 4).
     #[arg(long, default_value_t = 4)]
     pub receivers: usize,
+    /// Drain the burst while it is being sent, as the cold-start scenario's
+    /// daemon does (the sends then share the stack with the drain), rather
+    /// than after.
+    #[arg(long)]
+    pub while_sending: bool,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
@@ -48,7 +53,7 @@ pub struct PaymentsThroughputArgs {
 pub struct PaymentsThroughput {
     /// Payments in the burst.
     pub payments: u64,
-    /// Seconds from the first receive to the last delete.
+    /// Seconds from the first message received to the last deleted.
     pub bare_secs: f64,
     /// Payments per second the bare client drained.
     pub bare_payments_per_sec: f64,
@@ -99,8 +104,8 @@ async fn measure(
     };
     let ts = OffsetDateTime::now_utc().format(&Rfc3339)?;
     let payments: Vec<_> = (0..args.payments).map(|i| crate::payload::payment(seed, run_id, i, &load, &ts)).collect();
-    info!(payments = payments.len(), "Sending the burst to the scratch queue");
-    let sends: Vec<anyhow::Result<()>> = futures::stream::iter(payments.chunks(10))
+    info!(payments = payments.len(), while_sending = args.while_sending, "Sending the burst to the scratch queue");
+    let send = futures::stream::iter(payments.chunks(10))
         .map(|chunk| async move {
             let entries = chunk
                 .iter()
@@ -119,17 +124,17 @@ async fn measure(
             Ok(())
         })
         .buffer_unordered(16)
-        .collect()
-        .await;
-    sends.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+        .collect::<Vec<anyhow::Result<()>>>();
+    let send = async move { send.await.into_iter().collect::<anyhow::Result<Vec<()>>>().map(drop) };
 
-    info!(receivers = args.receivers, "Draining it with a bare consumer");
     let deleted = Arc::new(AtomicUsize::new(0));
     let want = payments.len();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let started = Instant::now();
+    // The drain runs from the first message received to the last deleted.
+    let first_received: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
     let consumers = (0..args.receivers).map(|r| {
         let deleted = Arc::clone(&deleted);
+        let first_received = Arc::clone(&first_received);
         async move {
             let mut batch_no = 0u64;
             while deleted.load(Ordering::SeqCst) < want {
@@ -146,6 +151,7 @@ async fn measure(
                 if messages.is_empty() {
                     continue;
                 }
+                first_received.get_or_init(Instant::now);
                 batch_no += 1;
                 let mut items = messages
                     .iter()
@@ -185,8 +191,18 @@ async fn measure(
             Ok::<(), anyhow::Error>(())
         }
     });
-    let results = futures::future::join_all(consumers).await;
-    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    let drain = async { futures::future::join_all(consumers).await.into_iter().collect::<anyhow::Result<Vec<()>>>().map(drop) };
+    if args.while_sending {
+        info!(receivers = args.receivers, "Draining it with a bare consumer as it is sent");
+        let (sent, drained) = tokio::join!(send, drain);
+        sent.context("sending the burst")?;
+        drained?;
+    } else {
+        send.await.context("sending the burst")?;
+        info!(receivers = args.receivers, "Draining it with a bare consumer");
+        drain.await?;
+    }
+    let started = *first_received.get().context("nothing was received")?;
     let bare_secs = started.elapsed().as_secs_f64();
     Ok(PaymentsThroughput { payments: want as u64, bare_secs, bare_payments_per_sec: want as f64 / bare_secs })
 }
