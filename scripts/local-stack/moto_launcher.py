@@ -132,7 +132,10 @@ the first copy delivered a duplicate under moto and none on AWS. The fix
 keeps, per queue, the deduplication ids sent in the last five minutes (a
 dict and a queue of expiries: O(1) a send) and drops a send that repeats
 one, deleted or not; the duplicate's answer is moto's (success, a message
-id). A dead-letter move is not a send and is never dropped.
+id). A dead-letter move is not a send and is never dropped (moto
+dropped one whose id the dead-letter queue held: the message was then in
+neither queue). A queue with a
+Lambda event source mapping (none in this stack) keeps moto's own check.
 
 DynamoDB and Kinesis are not served by moto here: the stack runs dynoxide
 and ferrokinesis for them (`cafe-emulators`), so no DynamoDB fix is needed.
@@ -291,7 +294,9 @@ def _fifo_duplicate(queue, message):
             del seen[key]
     scope = queue.attributes.get("DeduplicationScope")
     key = (message.group_id if scope == "messageGroup" else None, message.deduplication_id)
-    if key in seen:
+    # Checked against the time too: sends take the lock in their own order,
+    # so an expired id can sit behind a newer one in `order` for a moment.
+    if key in seen and now - seen[key] < window:
         return True
     seen[key] = now
     order.append((now, key))

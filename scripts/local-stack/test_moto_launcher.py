@@ -7,6 +7,7 @@ import applies them). Run by `stack.sh selftest`, which the integration
 tests call (`daemon/tests/it/stack.rs`).
 """
 
+import json
 import unittest
 import uuid
 from unittest import mock
@@ -93,10 +94,6 @@ class AGroupTurningVisibleDuringAWalk(unittest.TestCase):
         self.assertEqual(broken, [], "a group delivered out of order (clock reads before m2 turned visible, delivered)")
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class FifoDeduplication(unittest.TestCase):
     """SQS drops a FIFO send whose deduplication id was sent in the last five
     minutes, whether or not the first copy was deleted since; moto only
@@ -139,3 +136,49 @@ class FifoDeduplication(unittest.TestCase):
         backend.send_message(name, "b", group_id="g2", deduplication_id="d")
         backend.send_message(name, "c", group_id="g1", deduplication_id="d")
         self.assertEqual(sorted(self._drain(backend, name)), ["a", "b"])
+
+    def test_a_duplicate_inside_one_batch_is_dropped(self):
+        backend = _backend()
+        name = _fifo_queue(backend)
+        entries = {
+            "0": {"Id": "0", "MessageBody": "p", "MessageGroupId": "g", "MessageDeduplicationId": "same", "MessageAttributes": {}, "DelaySeconds": None},
+            "1": {"Id": "1", "MessageBody": "q", "MessageGroupId": "g", "MessageDeduplicationId": "same", "MessageAttributes": {}, "DelaySeconds": None},
+        }
+        backend.send_message_batch(name, entries)
+        self.assertEqual(self._drain(backend, name), ["p"])
+
+    def test_a_dead_letter_move_is_not_a_send(self):
+        # The dead-letter queue already holds a message with the same id;
+        # the redriven one must still arrive there.
+        backend = _backend()
+        dlq = _fifo_queue(backend)
+        dlq_arn = backend.get_queue(dlq).queue_arn
+        name = f"selftest-{uuid.uuid4().hex[:12]}.fifo"
+        backend.create_queue(
+            name,
+            FifoQueue="true",
+            VisibilityTimeout="0",
+            RedrivePolicy=json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "1"}),
+        )
+        backend.send_message(dlq, "direct", group_id="g", deduplication_id="d")
+        backend.send_message(name, "poison", group_id="g", deduplication_id="d")
+        self.assertEqual([m.body for m in backend.receive_message(name, 10, 0, 0)], ["poison"])
+        # Received once: the next receive moves it to the dead-letter queue.
+        self.assertEqual(backend.receive_message(name, 10, 0, 0), [])
+        self.assertEqual(sorted(self._drain(backend, dlq)), ["direct", "poison"])
+
+    def test_the_index_forgets_ids_older_than_five_minutes(self):
+        backend = _backend()
+        name = _fifo_queue(backend)
+        for i in range(50):
+            backend.send_message(name, f"m{i}", group_id="g", deduplication_id=f"d{i}")
+        queue = backend.get_queue(name)
+        self.assertEqual(len(queue._cafe_dedup_seen), 50)
+        later = sqs_models.unix_time_millis() + 300_001
+        with mock.patch.object(sqs_models, "unix_time_millis", lambda: later):
+            backend.send_message(name, "late", group_id="g", deduplication_id="late")
+        self.assertEqual(len(queue._cafe_dedup_seen), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
