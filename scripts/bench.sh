@@ -108,6 +108,9 @@ measure() {
   e0=$(emulators_cpu)
   "$@" > "$out/$path.txt" 2>&1 || status=$?
   local pid; pid=$(daemon_pid)
+  # The daemon's own counters (batch sizes, stage times, extensions, sink
+  # requests) for reading a figure, not for the table.
+  curl -s --max-time 5 "http://${CAFE_ADMIN__LISTEN:-127.0.0.1:9464}/metrics" > "$out/$path.metrics" 2> /dev/null || true
   printf '{"wall_secs": %s, "daemon_cpu_ticks": %s, "daemon_peak_rss_kib": %s, "emulators_cpu_ticks": %s, "ticks_per_sec": %s, "status": %s}\n' \
     "$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN {printf "%.3f", a - b}')" "$(proc_cpu "$pid")" "$(proc_hwm "$pid")" \
     "$(( $(emulators_cpu) - e0 ))" "$(getconf CLK_TCK)" "$status" > "$out/$path.proc"
