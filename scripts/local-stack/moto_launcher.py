@@ -137,6 +137,16 @@ dropped one whose id the dead-letter queue held: the message was then in
 neither queue). A queue with a
 Lambda event source mapping (none in this stack) keeps moto's own check.
 
+SQS FIFO and standard queues with a redrive policy could hold a message
+twice: moto's receive moves a message out of receives to the dead-letter
+queue with `queue._messages.remove(...)`, without the list's lock, while
+the launcher's delete (above) copies the list under that lock and puts the
+copy in place; a delete whose copy was taken before the removal and put in
+place after it brought the moved message back to its queue, now in both.
+Found by reading; `test_moto_launcher.py` pauses the removal until a
+delete has run. The fix runs each receive pass under the list's lock as
+well (the receive lock first, then the list's; a pass never waits inside).
+
 DynamoDB and Kinesis are not served by moto here: the stack runs dynoxide
 and ferrokinesis for them (`cafe-emulators`), so no DynamoDB fix is needed.
 
@@ -443,7 +453,11 @@ def _serialised_receive(receive):
         lock = queue.__dict__.setdefault("_cafe_receive_lock", threading.Lock())
         deadline = time.monotonic() + float(wait_seconds_timeout or 0)
         while True:
-            with lock:
+            # The list's lock too: a pass that moves a message to the
+            # dead-letter queue removes it from the list in place, and a
+            # delete's copy taken before that removal and put in place after
+            # it would bring the message back (see the docstring).
+            with lock, queue._messages_lock:
                 result = receive(self, queue_name, count, 0, visibility_timeout, message_attribute_names)
             remaining = deadline - time.monotonic()
             if result or remaining <= 0:

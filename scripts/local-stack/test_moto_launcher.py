@@ -8,6 +8,7 @@ tests call (`daemon/tests/it/stack.rs`).
 """
 
 import json
+import threading
 import unittest
 import uuid
 from unittest import mock
@@ -92,6 +93,48 @@ class AGroupTurningVisibleDuringAWalk(unittest.TestCase):
         finally:
             sqs_models.unix_time_millis = real_clock
         self.assertEqual(broken, [], "a group delivered out of order (clock reads before m2 turned visible, delivered)")
+
+
+class ADeleteDuringADeadLetterMove(unittest.TestCase):
+    def test_a_message_moved_to_the_dead_letter_queue_is_not_put_back(self):
+        # moto's receive moves a message that ran out of receives with
+        # `queue._messages.remove(message)`; the launcher's delete copies the
+        # list, removes its message from the copy and puts the copy in place.
+        # A delete that copies before the move's removal and puts its copy in
+        # place after it brings the moved message back: it is then in both
+        # queues. Here the removal pauses until the delete has finished (or
+        # for half a second, when the delete waits for the receive instead).
+        backend = _backend()
+        dlq = _fifo_queue(backend)
+        name = f"selftest-{uuid.uuid4().hex[:12]}.fifo"
+        backend.create_queue(
+            name,
+            FifoQueue="true",
+            RedrivePolicy=json.dumps({"deadLetterTargetArn": backend.get_queue(dlq).queue_arn, "maxReceiveCount": "1"}),
+        )
+        backend.send_message(name, "other", group_id="g2", deduplication_id="o")
+        backend.send_message(name, "poison", group_id="g1", deduplication_id="p")
+        # "other" in flight (its delete is valid); "poison" received once and
+        # visible again at once.
+        (other,) = backend.receive_message(name, 1, 0, 30)
+        self.assertEqual(other.body, "other")
+        self.assertEqual([m.body for m in backend.receive_message(name, 1, 0, 0)], ["poison"])
+        queue = backend.get_queue(name)
+        deleted = threading.Event()
+
+        class PausingList(list):
+            def remove(self, value):
+                deleter = threading.Thread(target=lambda: (backend.delete_message(name, other.receipt_handle), deleted.set()))
+                deleter.start()
+                deleted.wait(0.5)
+                super().remove(value)
+
+        queue._messages = PausingList(queue._messages)
+        # This receive finds "poison" received once: it moves it.
+        self.assertEqual(backend.receive_message(name, 10, 0, 0), [])
+        self.assertTrue(deleted.wait(5), "the delete never finished")
+        self.assertEqual([m.body for m in queue._messages], [], "the moved message is back in its queue")
+        self.assertEqual([m.body for m in backend.get_queue(dlq)._messages], ["poison"])
 
 
 class FifoDeduplication(unittest.TestCase):
