@@ -11,7 +11,8 @@
 #        payments  cold-start sends 10,000 with the daemon restarted just
 #                  before (cold start to first decision), then a bare
 #                  consumer (receive, one transaction per batch, delete; no
-#                  processing) drains as many from a scratch queue;
+#                  processing) drains as many from a scratch queue as
+#                  they are sent (cold-start's own drain_vs_bare);
 #        orders    a backlog of 3,000 orders drained by a bare GetRecords
 #                  reader, made by a bare DynamoDB writer, then by the daemon;
 #        menu      menu-sync, 10,000 items with images;
@@ -132,7 +133,7 @@ trap 'scripts/daemon.sh stop > /dev/null 2>&1 || true' EXIT
 export CAFE_SCENARIOS_DIR=$out/scenarios
 scripts/daemon.sh stop > /dev/null 2>&1 || true
 
-echo "== 2a. payments: cold-start with the daemon restarted just before the burst, then a bare consumer drains the same"
+echo "== 2a. payments: cold-start with the daemon restarted just before the burst, then a bare consumer drains the same as it is sent"
 # cold-start measures its bare client itself ([thresholds.local]), right
 # after the daemon's run, on the same stack.
 sed 's/^restart = .*/restart = "before"/' scenarios/cold-start.toml > "$out/scenarios/cold-start.toml"

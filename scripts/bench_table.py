@@ -209,9 +209,9 @@ if floor_ns:
         f"decode, rules, the model): {per_payment / floor_ns:.2f}x the SHA-256 floor of {ms(floor_ns)}. "
         f"Cold start to first decision: {pay['first_decision_secs']:.2f} s (the daemon restarted as the burst was sent).",
     ]
-for name, path in [("payments", "payments"), ("menu", "menu")]:
-    if load(f"{path}.proc").get("status", 0) != 0:
-        summary = out / path / "summary.md"
+for name in ["payments", "menu"]:
+    if load(f"{name}.proc").get("status", 0) != 0:
+        summary = out / name / "summary.md"
         why = [line[2:] for line in summary.read_text().splitlines() if line.startswith("- ")] if summary.exists() else []
         lines += ["", f"**Verdict FAIL** ({name}): " + ("; ".join(why) or "see its output")]
 table = "\n".join(lines) + "\n"

@@ -5,8 +5,9 @@
 //! Owns: the measurement. It creates a scratch FIFO queue and a scratch
 //! table, sends the burst (the cold-start scenario's payments: same bodies,
 //! same FIFO groups), then (or, with `--while-sending`, meanwhile) times
-//! `receivers` long-polling consumers as the daemon runs them: receive up to ten, one TransactWriteItems per batch
-//! (a conditional put per payment and one `ADD` to an aggregate row),
+//! `receivers` long-polling consumers as the daemon runs them: receive up
+//! to ten, one TransactWriteItems per batch (a conditional put per payment
+//! and one `ADD` to an aggregate row),
 //! DeleteMessageBatch, until every payment is deleted. Both scratch
 //! resources are deleted afterwards. Must not: decode, score or check
 //! anything (the daemon's share of the work is what the ratio measures).

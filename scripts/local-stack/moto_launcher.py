@@ -134,8 +134,8 @@ dict and a queue of expiries: O(1) a send) and drops a send that repeats
 one, deleted or not; the duplicate's answer is moto's (success, a message
 id). A dead-letter move is not a send and is never dropped (moto
 dropped one whose id the dead-letter queue held: the message was then in
-neither queue). A queue with a
-Lambda event source mapping (none in this stack) keeps moto's own check.
+neither queue). A queue with a Lambda event source mapping (none in this
+stack) keeps moto's own check.
 
 SQS FIFO and standard queues with a redrive policy could hold a message
 twice: moto's receive moves a message out of receives to the dead-letter
