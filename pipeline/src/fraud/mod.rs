@@ -31,7 +31,7 @@ use time::OffsetDateTime;
 
 pub use config::{ConfigProblem, FraudConfig, IpRange, RuleWeights};
 use geo::GeoTable;
-pub use model::model_work;
+pub use model::{LANES, model_work, model_work_many};
 
 use crate::event::PaymentRequested;
 
@@ -507,6 +507,16 @@ mod tests {
             ..FraudConfig::default()
         };
         assert_eq!(c2.problems()[0].field, "ip_ranges[0].cidr");
+    }
+
+    #[test]
+    fn model_work_many_is_model_work_per_payment() {
+        let ps: Vec<_> = (0..7).map(|i| pay(&format!("p{i}"), "c", &format!("fp{}", i % 3), "d", 1)).collect();
+        for n in 0..=ps.len() {
+            let batch: Vec<_> = ps[..n].iter().collect();
+            let want: Vec<_> = batch.iter().map(|p| model_work(p, 50)).collect();
+            assert_eq!(model_work_many(&batch, 50), want, "{n} payments");
+        }
     }
 
     #[test]
