@@ -51,7 +51,7 @@ loadgen=$repo/target/release/cafe-loadgen
 echo "== 1. kernels"
 rm -rf target/criterion
 crit=(--warm-up-time 1 --measurement-time 3 --sample-size 20 --noplot)
-cargo bench --locked -q -p benches --bench fraud -- "${crit[@]}" 'payment: decode|model_work 10000|Sha256::digest 10000' \
+cargo bench --locked -q -p benches --bench fraud -- "${crit[@]}" 'payment: decode|model_work 10000|model_work_many 10000|Sha256::digest 10000' \
   > "$out/kernels.txt" 2>&1
 cargo bench --locked -q -p benches --bench orders -- "${crit[@]}" 'decode \+ apply' >> "$out/kernels.txt" 2>&1
 # The menu bench ends with its own sha256-against-openssl ratio (a few seconds).

@@ -2,7 +2,7 @@
 use benches::payment_body;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use pipeline::event::Body;
-use pipeline::fraud::{FraudConfig, FraudEngine, model_work};
+use pipeline::fraud::{FraudConfig, FraudEngine, model_work, model_work_many};
 use sha2::Digest;
 use std::hint::black_box;
 
@@ -35,6 +35,14 @@ fn fraud(c: &mut Criterion) {
     });
     g.throughput(Throughput::Elements(1));
     g.bench_function("model_work 10000 rounds", |b| b.iter(|| black_box(model_work(black_box(&ps[0].0), 10_000))));
+    // The decide stage's form: payments hashed two chains at a time on one
+    // core. Per payment, to set against the line above.
+    let eight: Vec<_> = ps.iter().take(8).map(|(p, _)| p).collect();
+    g.throughput(Throughput::Elements(eight.len() as u64));
+    g.bench_function("model_work_many 10000 rounds (per payment)", |b| {
+        b.iter(|| black_box(model_work_many(black_box(&eight), 10_000)))
+    });
+    g.throughput(Throughput::Elements(1));
     // What model_work did before its single-block loop: the hasher per
     // round (buffering, padding, state setup each time). The ratio of the
     // two is the loop's gain; scripts/bench.sh sets both against openssl.
@@ -48,21 +56,33 @@ fn fraud(c: &mut Criterion) {
         })
     });
     // The whole per-payment kernel of the payments path, as the daemon's
-    // decide stage runs it: decode and validate the body, the model's work
-    // factor (10,000, the default), the stateful rules. scripts/bench.sh
-    // takes the CPU-bound ceiling of the path from it.
+    // decide stage runs it: decode and validate the bodies, the model's
+    // work factor (10,000, the default) two payments at a time, the
+    // stateful rules. Per payment; scripts/bench.sh takes the CPU-bound
+    // ceiling of the path from it.
     let bodies: Vec<String> = (0..1000).map(payment_body).collect();
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("payment: decode + model_work 10000 + rules", |b| {
+    g.throughput(Throughput::Elements(2));
+    g.bench_function("payment: decode + model work 10000 (two chains) + rules", |b| {
         let mut engine = FraudEngine::new(FraudConfig { work_factor: 0, ..FraudConfig::default() }).expect("config");
         let mut next = 0usize;
         b.iter(|| {
-            let body = &bodies[next % bodies.len()];
-            next += 1;
-            let event = pipeline::decode(black_box(body.as_bytes())).expect("a valid payment");
-            if let Body::PaymentRequested(p) = &event.body {
-                black_box(model_work(p, 10_000));
-                black_box(engine.score(p, event.ts));
+            let events: Vec<_> = (0..2)
+                .map(|_| {
+                    next += 1;
+                    pipeline::decode(black_box(bodies[next % bodies.len()].as_bytes())).expect("a valid payment")
+                })
+                .collect();
+            let payments: Vec<_> = events
+                .iter()
+                .filter_map(|e| match &e.body {
+                    Body::PaymentRequested(p) => Some((p, e.ts)),
+                    _ => None,
+                })
+                .collect();
+            let refs: Vec<_> = payments.iter().map(|(p, _)| *p).collect();
+            black_box(model_work_many(&refs, 10_000));
+            for (p, ts) in payments {
+                black_box(engine.score(p, ts));
             }
         })
     });

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use pipeline::decided::{DecidedMenuItem, DecidedPayment};
 use pipeline::event::{Body, Clock, Event, Rejection, decode_at};
-use pipeline::fraud::{Decision, FraudEngine, model_work};
+use pipeline::fraud::{self, Decision, FraudEngine, model_work_many};
 use pipeline::menu;
 use pipeline::window::{Counters, WindowId};
 use rayon::prelude::*;
@@ -59,22 +59,30 @@ pub fn decide_batch(inputs: &[Input], engine: &Mutex<FraudEngine>, work: Work, d
         .par_iter()
         .map(|input| {
             let event = decode_at(&input.data, &clock);
-            let (model, digest) = match &event {
-                Ok(e) => match &e.body {
-                    Body::PaymentRequested(p) => (Some(model_work(p, work.fraud_work_factor)), None),
-                    Body::MenuItemUpserted(item) => (None, Some(menu::digest(item, work.menu_json_rounds))),
-                    _ => (None, None),
-                },
-                Err(_) => (None, None),
+            let digest = match &event {
+                Ok(Event { body: Body::MenuItemUpserted(item), .. }) => Some(menu::digest(item, work.menu_json_rounds)),
+                _ => None,
             };
-            (event, std::hint::black_box(model), digest)
+            (event, digest)
         })
         .collect();
+    // The model's hashing, a few payments per task: one core runs their
+    // hash chains interleaved (`model_work_many`).
+    let payments: Vec<_> = decoded
+        .iter()
+        .filter_map(|(event, _)| match event {
+            Ok(Event { body: Body::PaymentRequested(p), .. }) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let models: Vec<_> =
+        payments.par_chunks(fraud::LANES).flat_map_iter(|chunk| model_work_many(chunk, work.fraud_work_factor)).collect();
+    std::hint::black_box(models);
     // Scoring reads and writes history: one thread, arrival order.
     let mut engine = engine.lock().unwrap_or_else(|e| e.into_inner());
     decoded
         .into_iter()
-        .map(|(event, _model, digest)| {
+        .map(|(event, digest)| {
             let e = match event {
                 Ok(e) => e,
                 Err(r) => return Decided::Rejected(r),
