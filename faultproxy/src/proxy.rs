@@ -157,6 +157,7 @@ async fn handle(
     let (parts, body) = request.into_parts();
     let body = body.collect().await?.to_bytes();
     let Target { service, operation } = aws::identify(&parts.headers, parts.uri.query(), &body);
+    let _held = Held::enter(&shared, &operation);
     let rules = shared.rules();
     let fault = rules::pick(&rules, &operation);
     if let Some(fault) = fault {
@@ -191,6 +192,26 @@ async fn handle(
         Some(Fault::BlackHole) => return std::future::pending().await,
     }
     Ok(shared.forward(parts, body, &operation).await)
+}
+
+/// One request counted in flight until it is answered or dropped (its
+/// client gave up).
+struct Held {
+    shared: Arc<Shared>,
+    operation: String,
+}
+
+impl Held {
+    fn enter(shared: &Arc<Shared>, operation: &str) -> Held {
+        shared.stats.lock().unwrap_or_else(PoisonError::into_inner).enter(operation);
+        Held { shared: Arc::clone(shared), operation: operation.to_owned() }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.shared.stats.lock().unwrap_or_else(PoisonError::into_inner).leave(&self.operation);
+    }
 }
 
 impl Shared {

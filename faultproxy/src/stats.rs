@@ -29,6 +29,14 @@ pub struct Stats {
     pub total: Counts,
     /// Keyed by operation name ("unknown" when the request named none).
     pub operations: BTreeMap<String, Counts>,
+    /// The most requests of each operation the proxy held at once, from
+    /// arrival to answer (a delay included): how many calls a client
+    /// really had outstanding together.
+    #[serde(default)]
+    pub peak_in_flight: BTreeMap<String, u64>,
+    /// Requests of each operation held now.
+    #[serde(default)]
+    pub in_flight: BTreeMap<String, u64>,
 }
 
 /// One thing that happened to a request.
@@ -57,6 +65,22 @@ impl Counts {
 }
 
 impl Stats {
+    /// A request of `operation` arrived.
+    pub(crate) fn enter(&mut self, operation: &str) {
+        let now = self.in_flight.entry(operation.to_owned()).or_default();
+        *now += 1;
+        let now = *now;
+        let peak = self.peak_in_flight.entry(operation.to_owned()).or_default();
+        *peak = (*peak).max(now);
+    }
+
+    /// A request of `operation` was answered or abandoned.
+    pub(crate) fn leave(&mut self, operation: &str) {
+        if let Some(now) = self.in_flight.get_mut(operation) {
+            *now = now.saturating_sub(1);
+        }
+    }
+
     pub(crate) fn record(&mut self, operation: &str, event: Event) {
         self.total.add(event);
         match self.operations.get_mut(operation) {

@@ -104,6 +104,30 @@ async fn latency_delays_then_forwards() {
     assert_eq!(status, 201);
 }
 
+/// Requests held together count in the peak, per operation; one answered
+/// before the next arrives does not; a client that gives up leaves.
+#[tokio::test]
+async fn the_peak_of_requests_held_at_once_is_counted_per_operation() {
+    let proxy = proxy_to_echo().await;
+    proxy.set_rules(vec![rule(Some("GetItem"), 1.0, Fault::Latency { millis: 300 })]).expect("valid rules");
+    let client = client();
+    let get = || send(&client, &proxy, Some(GET_ITEM), "{}");
+    let (a, b, c) = tokio::join!(get(), get(), get());
+    for answer in [a, b, c] {
+        answer.expect("answer");
+    }
+    for _ in 0..2 {
+        send(&client, &proxy, Some("DynamoDB_20120810.PutItem"), "{}").await.expect("answer");
+    }
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), send(&client, &proxy, Some(GET_ITEM), "{}")).await;
+    assert!(gave_up.is_err());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stats = proxy.stats();
+    assert_eq!(stats.peak_in_flight["GetItem"], 3, "{stats:?}");
+    assert_eq!(stats.peak_in_flight["PutItem"], 1, "{stats:?}");
+    assert_eq!(stats.in_flight["GetItem"], 0, "a request whose client gave up still counts: {stats:?}");
+}
+
 #[tokio::test]
 async fn a_late_answer_reaches_the_upstream_though_the_client_gave_up() {
     let proxy = proxy_to_echo().await;
