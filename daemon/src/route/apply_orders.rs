@@ -9,6 +9,7 @@
 //! and the sources do, from the fates this returns).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
 
 use pipeline::decided::OrderChange;
 use pipeline::event::{Body, Event, Rejection};
@@ -39,10 +40,17 @@ pub enum Fate {
 
 /// Order states kept in memory (first in, first out) to avoid reads. A
 /// shard keeps one while its lease is held (every event of its orders goes
-/// through it); an SQS batch starts from an empty one, since any instance
-/// may receive an order's next event.
+/// through it, from the batches it has in flight at once: never two with
+/// the same order); an SQS batch starts from an empty one, since any
+/// instance may receive an order's next event. Shared by `&`: each call
+/// locks it briefly, never across an await.
 #[derive(Debug)]
 pub struct OrderCache {
+    inner: Mutex<Fifo>,
+}
+
+#[derive(Debug)]
+struct Fifo {
     map: HashMap<String, Option<OrderState>>,
     fifo: VecDeque<String>,
     cap: usize,
@@ -51,50 +59,56 @@ pub struct OrderCache {
 impl OrderCache {
     /// An empty cache of at most `cap` orders.
     pub fn new(cap: usize) -> Self {
-        OrderCache { map: HashMap::new(), fifo: VecDeque::new(), cap: cap.max(1) }
+        OrderCache { inner: Mutex::new(Fifo { map: HashMap::new(), fifo: VecDeque::new(), cap: cap.max(1) }) }
     }
 
-    fn get(&self, id: &str) -> Option<&Option<OrderState>> {
-        self.map.get(id)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Fifo> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn put(&mut self, id: &str, state: Option<OrderState>) {
-        if self.map.insert(id.to_owned(), state).is_none() {
-            self.fifo.push_back(id.to_owned());
+    fn get(&self, id: &str) -> Option<Option<OrderState>> {
+        self.lock().map.get(id).cloned()
+    }
+
+    fn put(&self, id: &str, state: Option<OrderState>) {
+        let mut c = self.lock();
+        if c.map.insert(id.to_owned(), state).is_none() {
+            c.fifo.push_back(id.to_owned());
         }
-        while self.map.len() > self.cap {
-            match self.fifo.pop_front() {
+        while c.map.len() > c.cap {
+            match c.fifo.pop_front() {
                 Some(k) => {
-                    self.map.remove(&k);
+                    c.map.remove(&k);
                 }
                 None => break,
             }
         }
-        if self.fifo.len() > 2 * self.cap {
-            let map = &self.map;
+        if c.fifo.len() > 2 * c.cap {
+            let Fifo { map, fifo, .. } = &mut *c;
             let mut seen = std::collections::HashSet::new();
-            self.fifo.retain(|k| map.contains_key(k) && seen.insert(k.clone()));
+            fifo.retain(|k| map.contains_key(k) && seen.insert(k.clone()));
         }
     }
 
-    fn forget(&mut self, id: &str) {
-        self.map.remove(id);
+    fn forget(&self, id: &str) {
+        self.lock().map.remove(id);
     }
 
     /// Forgets every order (after a write that panicked half way).
-    pub fn clear(&mut self) {
-        self.map.clear();
-        self.fifo.clear();
+    pub fn clear(&self) {
+        let mut c = self.lock();
+        c.map.clear();
+        c.fifo.clear();
     }
 
     /// Orders cached.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.lock().map.len()
     }
 
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.lock().map.is_empty()
     }
 }
 
@@ -106,7 +120,7 @@ pub async fn apply_orders(
     sink: &DynamoDbSink,
     events: &[&Event],
     positions: &[Option<ShardPos>],
-    cache: &mut OrderCache,
+    cache: &OrderCache,
     applied_at: &str,
     concurrency: usize,
     state_reads: impl Fn(u64),
@@ -143,7 +157,7 @@ pub async fn apply_orders(
         for &g in &pending {
             match cache.get(&groups[g].0) {
                 Some(cached) if !must_read.contains(&g) => {
-                    states.insert(g, cached.clone());
+                    states.insert(g, cached);
                 }
                 _ if must_read.contains(&g) || !placed_first(g) => to_read.push(g),
                 _ => {
@@ -252,7 +266,7 @@ mod tests {
 
     #[test]
     fn the_cache_is_bounded_and_forgets_oldest_first() {
-        let mut c = OrderCache::new(3);
+        let c = OrderCache::new(3);
         for i in 0..10 {
             c.put(&format!("o{i}"), None);
         }
@@ -264,6 +278,6 @@ mod tests {
             c.put(&format!("x{i}"), None);
         }
         assert!(c.len() <= 3);
-        assert!(c.fifo.len() <= 6 + 1);
+        assert!(c.lock().fifo.len() <= 6 + 1);
     }
 }

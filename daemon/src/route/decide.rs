@@ -25,7 +25,7 @@ pub struct Input {
 }
 
 /// What the decide stage made of one input.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Decided {
     /// A valid, scored payment.
     Payment(DecidedPayment),

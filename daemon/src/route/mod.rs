@@ -147,7 +147,7 @@ impl Router {
     /// good: every outcome is `Failed`, so the source gives the batch back
     /// or retries it, and the order cache, which may hold what the
     /// panicking write left half done, is emptied.
-    pub async fn write(&self, source: &str, batch: DecidedBatch, orders: &mut OrderCache) -> (Vec<Input>, Vec<Outcome>) {
+    pub async fn write(&self, source: &str, batch: DecidedBatch, orders: &OrderCache) -> (Vec<Input>, Vec<Outcome>) {
         StageFinished { stage: Stage::QueueToWrite, elapsed: batch.decided_at.elapsed() }.emit(&self.metrics);
         let DecidedBatch { inputs, decided, .. } = batch;
         match crate::bridge::catch_panic(self.write_batch(source, &inputs, decided, orders)).await {
@@ -162,7 +162,7 @@ impl Router {
     }
 
     /// The outcomes of one batch's writes (see [`Router::write`]).
-    async fn write_batch(&self, source: &str, inputs: &[Input], decided: Vec<Decided>, orders: &mut OrderCache) -> Vec<Outcome> {
+    async fn write_batch(&self, source: &str, inputs: &[Input], decided: Vec<Decided>, orders: &OrderCache) -> Vec<Outcome> {
         let started = Instant::now();
         let mut outcomes = vec![Outcome::Failed; inputs.len()];
         let (mut payments, mut payment_at) = (Vec::new(), Vec::new());
@@ -257,7 +257,7 @@ impl Router {
     }
 
     /// Both stages, one after the other (a shard's batch).
-    pub async fn process(&self, source: &str, inputs: Vec<Input>, orders: &mut OrderCache) -> (Vec<Input>, Vec<Outcome>) {
+    pub async fn process(&self, source: &str, inputs: Vec<Input>, orders: &OrderCache) -> (Vec<Input>, Vec<Outcome>) {
         let batch = self.decide(inputs).await;
         self.write(source, batch, orders).await
     }

@@ -3,11 +3,13 @@
 //! or holds requests unanswered, and counts what it did, so a test whose
 //! fault never happened fails.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use faultproxy::{Fault, Proxy, Rule};
 
-use super::orders::{Expected, order_events};
+use super::orders::{Expected, order_events, produce};
 use super::{Env, burst, http_get};
 
 /// A proxy in front of the stack's DynamoDB.
@@ -101,6 +103,39 @@ async fn throttled_writes_are_retried_in_flight_and_nothing_reaches_the_dlq() {
     let retried = metric(&env, "cafe_source_retried_in_flight_total", "pay.fifo").await;
     assert!(retried > 0.0, "nothing was retried in flight");
     assert_eq!(metric(&env, "cafe_source_given_back_total", "pay.fifo").await, 0.0, "messages were given back");
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{status:?}\n{}", env.log());
+}
+
+/// A slow DynamoDB does not stall a shard. The proxy holds every
+/// transaction 1.5 s while orders stream in (two new ones a tick, each
+/// order's events a tick apart), so each batch has new orders, free to
+/// write, and events of orders whose previous event is still writing in
+/// the batch before, which must wait for it. One shard, one transaction at
+/// a time per batch (`sink_concurrency = 1`): two transactions in flight
+/// at once can only be two batches writing side by side (with
+/// `max_batches_in_flight = 1` the peak is 1). Every order's events still
+/// apply in shard order: exact statuses and counters, nothing rejected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_transaction_does_not_stall_its_shard() {
+    let proxy = dynamodb_proxy().await;
+    let daemon_env =
+        vec![("AWS_ENDPOINT_URL_DYNAMODB".into(), proxy.url()), ("CAFE_PIPELINE__SINK_CONCURRENCY".into(), "1".into())];
+    let mut env = Env::with_orders("slowtx", "shards = 1", "", daemon_env).await;
+    env.start();
+    proxy.set_rules(on(&["TransactWriteItems"], Fault::Latency { millis: 1500 })).expect("rules");
+    let more = Arc::new(AtomicBool::new(true));
+    let producer = tokio::spawn(produce(env.producer(), 0, 2, Duration::from_millis(400), Arc::clone(&more)));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    more.store(false, Ordering::SeqCst);
+    let expected = producer.await.expect("producer");
+    env.wait_orders_exact(&expected, Duration::from_secs(120)).await;
+    let stats = proxy.stats();
+    assert!(stats.total.latency > 0, "the proxy delayed nothing: {stats:?}");
+    let peak = stats.peak_in_flight.get("TransactWriteItems").copied().unwrap_or(0);
+    eprintln!("{} orders; at most {peak} transactions in flight at once", expected.statuses.len());
+    assert!(peak >= 2, "one transaction at a time: the shard's batches wrote one after the other\n{}", env.log());
+    assert_eq!(metric(&env, "cafe_pipeline_rejected_events_total", "").await, 0.0, "an event was rejected");
     let (status, _) = env.sigterm();
     assert!(status.success(), "{status:?}\n{}", env.log());
 }

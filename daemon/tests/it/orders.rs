@@ -292,7 +292,7 @@ impl Producer {
 /// Streams orders: every `tick`, starts `per_tick` new orders (while
 /// `more` is set) and sends the next event of every order in flight, so
 /// each order's events go out in order, one tick apart.
-async fn produce(p: Producer, first: usize, per_tick: usize, tick: Duration, more: Arc<AtomicBool>) -> Expected {
+pub(crate) async fn produce(p: Producer, first: usize, per_tick: usize, tick: Duration, more: Arc<AtomicBool>) -> Expected {
     let mut expected = Expected::default();
     let mut in_flight: Vec<std::vec::IntoIter<(String, String)>> = Vec::new();
     let mut next = first;

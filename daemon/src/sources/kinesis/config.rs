@@ -57,6 +57,11 @@ pub struct KinesisSourceConfig {
     pub checkpoint_interval_ms: u64,
     /// Orders whose state each shard keeps in memory to avoid reads.
     pub order_cache_size: usize,
+    /// Batches of one shard writing at once (1: one after the other). A
+    /// batch's events of an order still writing in an earlier batch wait
+    /// for it; the checkpoint moves past a batch only when it and every
+    /// batch before it are durable.
+    pub max_batches_in_flight: usize,
 }
 
 /// Where a shard with no checkpoint starts.
@@ -110,6 +115,7 @@ impl Default for KinesisSourceConfig {
             prefetch_batches: 2,
             checkpoint_interval_ms: 1_000,
             order_cache_size: 20_000,
+            max_batches_in_flight: 4,
         }
     }
 }
@@ -161,6 +167,9 @@ impl KinesisSourceConfig {
         }
         if !(1..=10_000_000).contains(&k.order_cache_size) {
             bad(&format!("{p}.order_cache_size"), format!("must be 1..10000000, got {}", k.order_cache_size));
+        }
+        if !(1..=64).contains(&k.max_batches_in_flight) {
+            bad(&format!("{p}.max_batches_in_flight"), format!("must be 1..64, got {}", k.max_batches_in_flight));
         }
         if k.lease_table.len() < 3 || !k.lease_table.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch)) {
             bad(

@@ -18,9 +18,13 @@
 //! it, and the next holder replays it, which changes nothing that was
 //! already written.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use pipeline::orders::order_id;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -32,7 +36,7 @@ use crate::aws::Backoff;
 use crate::config::{KinesisSourceConfig, PipelineConfig};
 use crate::internal_events::{Acknowledged, InternalEvent};
 use crate::metrics::Metrics;
-use crate::route::{Input, OrderCache, Outcome, Router};
+use crate::route::{Decided, DecidedBatch, Input, OrderCache, Outcome, Router};
 
 /// Everything the shards of one stream share.
 #[derive(Debug)]
@@ -127,6 +131,14 @@ pub enum ShardExit {
 /// `stop` (drain, checkpoint, release) or `lost` (stop at once). Every
 /// lease write is fenced on `generation`, the lease's counter when it was
 /// taken for this task.
+///
+/// Up to `max_batches_in_flight` batches are read and not yet durable at
+/// once, so one slow transaction does not stall the shard. A batch's events
+/// of orders that an earlier batch still has in flight are held back, as
+/// one part, until those earlier parts are durable; the rest of the batch
+/// writes at once. So an order's events are applied in shard order, as
+/// before; and the checkpoint moves only past batches whose every part,
+/// and every batch before them, is durable.
 pub async fn process_shard(
     path: Arc<ShardContext>,
     shard: String,
@@ -136,19 +148,141 @@ pub async fn process_shard(
     lost: CancellationToken,
 ) -> ShardExit {
     let source = path.config.stream.clone();
-    let mut cache = OrderCache::new(path.config.order_cache_size);
+    let cache = OrderCache::new(path.config.order_cache_size);
     let mut done: Option<(String, u64)> = None;
     let mut unacked: u64 = 0;
     let mut last_checkpoint = Instant::now();
     let interval = Duration::from_millis(path.config.checkpoint_interval_ms);
-    'batches: loop {
-        let first = tokio::select! {
+    let max_in_flight = path.config.max_batches_in_flight.max(1);
+    // Batches read and not yet durable, in shard order.
+    let mut ledger = Ledger::default();
+    // Parts writing now; parts held back for orders in flight, in shard
+    // order; which parts claim each order, in shard order.
+    let mut writing = FuturesUnordered::new();
+    let mut held: VecDeque<Part> = VecDeque::new();
+    let mut claims = Claims::default();
+    // The one batch being decided; the claim of a part writing alone.
+    let mut deciding = None;
+    let mut alone: Option<u64> = None;
+    let mut end_read = false;
+    let mut draining = false;
+    loop {
+        // Held parts whose orders are free now write, in shard order; a
+        // part that must write alone, once everything before it is durable.
+        while let Some(i) = held.iter().enumerate().position(|(i, part)| match part.alone {
+            true => i == 0 && writing.is_empty(),
+            false => claims.first_for_all(part),
+        }) {
+            if let Some(part) = held.remove(i) {
+                if part.alone {
+                    alone = Some(part.claim);
+                }
+                writing.push(write_part(&path, &source, &cache, part, &stop, &lost));
+            }
+        }
+        if draining && writing.is_empty() {
+            break;
+        }
+        if end_read && ledger.is_empty() {
+            match end_shard(&path, &shard, generation, &source, unacked, &stop, &lost).await {
+                Some(exit) => return exit,
+                // Stopped first: released below with the checkpoint at the
+                // last record; the next holder finds the end and writes
+                // SHARD_END.
+                None => break,
+            }
+        }
+        let can_read = !draining
+            && !end_read
+            && deciding.is_none()
+            && ledger.len() < max_in_flight
+            && alone.is_none()
+            && !held.iter().any(|part| part.alone);
+        tokio::select! {
             biased;
             () = lost.cancelled() => return ShardExit::Lost,
-            () = stop.cancelled() => break,
-            f = rx.recv() => match f {
-                Some(f) => f,
-                None => break,
+            () = stop.cancelled(), if !draining => {
+                // Stop reading; what is writing finishes (or gives up at
+                // its next retry) and is checkpointed; what was not yet
+                // written is left to the next holder.
+                draining = true;
+                deciding = None;
+                held.clear();
+            }
+            Some((no, claim, orders, durable)) = writing.next() => {
+                claims.release(claim, &orders);
+                if alone == Some(claim) {
+                    alone = None;
+                }
+                match durable {
+                    Durable::Yes => {
+                        for (last, count) in ledger.part_done(no) {
+                            done = Some(last);
+                            unacked += count;
+                        }
+                    }
+                    Durable::Stopped => {
+                        draining = true;
+                        deciding = None;
+                        held.clear();
+                    }
+                    Durable::Lost => return ShardExit::Lost,
+                }
+            }
+            decided = async { deciding.as_mut().expect("guarded").await }, if deciding.is_some() => {
+                deciding = None;
+                let (no, batch): (u64, DecidedBatch) = decided;
+                let (free, blocked) = split(no, batch, &mut claims);
+                ledger.set_parts(no, usize::from(free.is_some()) + usize::from(blocked.is_some()));
+                if let Some(part) = free {
+                    writing.push(write_part(&path, &source, &cache, part, &stop, &lost));
+                }
+                held.extend(blocked);
+                for (last, count) in ledger.part_done_none() {
+                    done = Some(last);
+                    unacked += count;
+                }
+            }
+            f = rx.recv(), if can_read => match f {
+                Some(first) => {
+                    // Coalesce what is already prefetched into one batch.
+                    let mut batch = first;
+                    while !batch.end && batch.records.len() < path.pipeline.max_batch_events {
+                        match rx.try_recv() {
+                            Ok(more) => {
+                                batch.records.extend(more.records);
+                                batch.aggregated.extend(more.aggregated);
+                                batch.end = more.end;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    end_read = batch.end;
+                    let last = batch.records.last().map(|r| (r.sequence.clone(), r.sub));
+                    let count = batch.records.len() as u64;
+                    let no = ledger.push(last, count);
+                    if count > 0 {
+                        let inputs: Vec<Input> = batch
+                            .records
+                            .into_iter()
+                            .zip(batch.aggregated.iter().copied().chain(std::iter::repeat(false)))
+                            .map(|(r, aggregated)| Input { position: r.position(&shard, aggregated), data: r.data })
+                            .collect();
+                        let router = &path.router;
+                        deciding = Some(Box::pin(async move { (no, router.decide(inputs).await) }));
+                    } else {
+                        ledger.set_parts(no, 0);
+                        for (last, count) in ledger.part_done_none() {
+                            done = Some(last);
+                            unacked += count;
+                        }
+                    }
+                }
+                None => {
+                    draining = true;
+                    deciding = None;
+                    held.clear();
+                }
             },
             // An idle shard still checkpoints what it finished: its last
             // records are not replayed by the next holder for want of a
@@ -157,67 +291,13 @@ pub async fn process_shard(
                 if let Some(exit) = checkpoint_due(&path, &shard, generation, &done, &mut unacked, &mut last_checkpoint, &lost).await {
                     return exit;
                 }
-                continue;
-            }
-        };
-        // Coalesce what is already prefetched into one batch.
-        let mut batch = first;
-        while !batch.end && batch.records.len() < path.pipeline.max_batch_events {
-            match rx.try_recv() {
-                Ok(more) => {
-                    batch.records.extend(more.records);
-                    batch.aggregated.extend(more.aggregated);
-                    batch.end = more.end;
-                }
-                Err(_) => break,
             }
         }
-        let end = batch.end;
-        let count = batch.records.len() as u64;
-        let last = batch.records.last().map(|r| (r.sequence.clone(), r.sub));
-        if count > 0 {
-            let inputs: Vec<Input> = batch
-                .records
-                .into_iter()
-                .zip(batch.aggregated.iter().copied().chain(std::iter::repeat(false)))
-                .map(|(r, aggregated)| Input { position: r.position(&shard, aggregated), data: r.data })
-                .collect();
-            match write_until_durable(&path, &source, &mut cache, inputs, &stop, &lost).await {
-                Durable::Yes => {}
-                Durable::Stopped => break,
-                Durable::Lost => return ShardExit::Lost,
-            }
-            done = last;
-            unacked += count;
-        }
-        if end {
-            loop {
-                match path.leases.checkpoint(&shard, generation, &Checkpoint::ShardEnd).await {
-                    Ok(()) => break,
-                    Err(LeaseError::Lost(_)) => return ShardExit::Lost,
-                    Err(e) => {
-                        warn!(shard = %shard, error = %e, "Checkpoint at shard end failed, retrying");
-                        tokio::select! {
-                            () = lost.cancelled() => return ShardExit::Lost,
-                            // Release with the checkpoint at the last record:
-                            // the next holder finds the end and writes SHARD_END.
-                            () = stop.cancelled() => break 'batches,
-                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        }
-                    }
-                }
-            }
-            Acknowledged { source: &source, count: unacked }.emit(&path.metrics);
-            path.leases.forget(&shard, generation);
-            path.sync_now.notify_one();
-            info!(shard = %shard, "Shard finished and checkpointed at SHARD_END");
-            return ShardExit::Ended;
-        }
-        if unacked > 0 && last_checkpoint.elapsed() >= interval {
-            if let Some(exit) = checkpoint_due(&path, &shard, generation, &done, &mut unacked, &mut last_checkpoint, &lost).await
-            {
-                return exit;
-            }
+        if unacked > 0
+            && last_checkpoint.elapsed() >= interval
+            && let Some(exit) = checkpoint_due(&path, &shard, generation, &done, &mut unacked, &mut last_checkpoint, &lost).await
+        {
+            return exit;
         }
     }
     // Shutdown: checkpoint what is durable and hand the lease over at once.
@@ -239,6 +319,194 @@ pub async fn process_shard(
         }
     }
     ShardExit::Lost
+}
+
+/// Every record of the shard is durable: checkpoints at SHARD_END and
+/// hands the shard's children to the lease loop. `None` when stopped
+/// before the checkpoint could be written.
+async fn end_shard(
+    path: &ShardContext,
+    shard: &str,
+    generation: i64,
+    source: &str,
+    unacked: u64,
+    stop: &CancellationToken,
+    lost: &CancellationToken,
+) -> Option<ShardExit> {
+    loop {
+        match path.leases.checkpoint(shard, generation, &Checkpoint::ShardEnd).await {
+            Ok(()) => break,
+            Err(LeaseError::Lost(_)) => return Some(ShardExit::Lost),
+            Err(e) => {
+                warn!(shard = %shard, error = %e, "Checkpoint at shard end failed, retrying");
+                tokio::select! {
+                    () = lost.cancelled() => return Some(ShardExit::Lost),
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+    Acknowledged { source, count: unacked }.emit(&path.metrics);
+    path.leases.forget(shard, generation);
+    path.sync_now.notify_one();
+    info!(shard = %shard, "Shard finished and checkpointed at SHARD_END");
+    Some(ShardExit::Ended)
+}
+
+/// Part of one batch, decided, to write: the whole batch, or its events
+/// free to go, or its events held back for orders in flight.
+struct Part {
+    /// The batch's number in the ledger.
+    no: u64,
+    /// Its place in line for its orders ([`Claims`]).
+    claim: u64,
+    /// The orders it has events of.
+    orders: Vec<String>,
+    /// Writes with nothing else in flight, and nothing read meanwhile: a
+    /// batch the decide stage failed on (a bug, never bad input), whose
+    /// orders are unknown until it is decided again.
+    alone: bool,
+    batch: DecidedBatch,
+}
+
+/// Splits a decided batch into the part free to write now and the part
+/// with the events of orders an earlier part claims, and puts both in line
+/// for their orders. A batch with an input the decide stage failed on is
+/// one part, to write alone.
+fn split(no: u64, batch: DecidedBatch, claims: &mut Claims) -> (Option<Part>, Option<Part>) {
+    if batch.decided.iter().any(|d| matches!(d, Decided::Failed)) {
+        let claim = claims.claim(&[]);
+        return (None, Some(Part { no, claim, orders: Vec::new(), alone: true, batch }));
+    }
+    let DecidedBatch { inputs, decided, decided_at } = batch;
+    let mut free = (Vec::new(), Vec::new(), HashSet::new());
+    let mut blocked = (Vec::new(), Vec::new(), HashSet::new());
+    for (input, d) in inputs.into_iter().zip(decided) {
+        let order = match &d {
+            Decided::Order(e) => order_id(e).map(str::to_owned),
+            _ => None,
+        };
+        let side = match &order {
+            Some(o) if claims.claimed(o) => &mut blocked,
+            _ => &mut free,
+        };
+        if let Some(o) = order {
+            side.2.insert(o);
+        }
+        side.0.push(input);
+        side.1.push(d);
+    }
+    let mut part = |(inputs, decided, orders): (Vec<Input>, Vec<Decided>, HashSet<String>)| {
+        if inputs.is_empty() {
+            return None;
+        }
+        let orders: Vec<String> = orders.into_iter().collect();
+        let claim = claims.claim(&orders);
+        Some(Part { no, claim, orders, alone: false, batch: DecidedBatch { inputs, decided, decided_at } })
+    };
+    let free = part(free);
+    (free, part(blocked))
+}
+
+/// The parts that have events of each order, in shard order: a part writes
+/// when it is first in line for every order it has events of, so an
+/// order's events apply in shard order however many batches are in flight.
+#[derive(Default)]
+struct Claims {
+    next: u64,
+    lines: HashMap<String, VecDeque<u64>>,
+}
+
+impl Claims {
+    fn claimed(&self, order: &str) -> bool {
+        self.lines.contains_key(order)
+    }
+
+    /// Puts a new part in line for `orders`; its claim.
+    fn claim(&mut self, orders: &[String]) -> u64 {
+        let claim = self.next;
+        self.next += 1;
+        for o in orders {
+            self.lines.entry(o.clone()).or_default().push_back(claim);
+        }
+        claim
+    }
+
+    fn first_for_all(&self, part: &Part) -> bool {
+        part.orders.iter().all(|o| self.lines.get(o).and_then(VecDeque::front) == Some(&part.claim))
+    }
+
+    /// A part is durable: out of line.
+    fn release(&mut self, claim: u64, orders: &[String]) {
+        for o in orders {
+            if let Some(line) = self.lines.get_mut(o) {
+                line.retain(|&c| c != claim);
+                if line.is_empty() {
+                    self.lines.remove(o);
+                }
+            }
+        }
+    }
+}
+
+/// The batches read and not yet checkpointable, in shard order.
+#[derive(Default)]
+struct Ledger {
+    next: u64,
+    batches: VecDeque<Entry>,
+}
+
+struct Entry {
+    no: u64,
+    /// Its last record, and how many records it has.
+    last: Option<(String, u64)>,
+    count: u64,
+    /// Parts not yet durable; `None` until the batch is decided and split.
+    parts_left: Option<usize>,
+}
+
+impl Ledger {
+    fn push(&mut self, last: Option<(String, u64)>, count: u64) -> u64 {
+        let no = self.next;
+        self.next += 1;
+        self.batches.push_back(Entry { no, last, count, parts_left: None });
+        no
+    }
+
+    fn set_parts(&mut self, no: u64, parts: usize) {
+        if let Some(e) = self.batches.iter_mut().find(|e| e.no == no) {
+            e.parts_left = Some(parts);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// One part of batch `no` is durable: the batches now durable from the
+    /// front, each as (last record, records), oldest first.
+    fn part_done(&mut self, no: u64) -> Vec<((String, u64), u64)> {
+        if let Some(Entry { parts_left: Some(n), .. }) = self.batches.iter_mut().find(|e| e.no == no) {
+            *n = n.saturating_sub(1);
+        }
+        self.part_done_none()
+    }
+
+    /// The batches durable from the front (see [`Ledger::part_done`]).
+    fn part_done_none(&mut self) -> Vec<((String, u64), u64)> {
+        let mut out = Vec::new();
+        while let Some(Entry { parts_left: Some(0), .. }) = self.batches.front() {
+            if let Some(Entry { last: Some(last), count, .. }) = self.batches.pop_front() {
+                out.push((last, count));
+            }
+        }
+        out
+    }
 }
 
 /// Checkpoints at `done` (the last record of the last durable batch) and
@@ -285,31 +553,141 @@ enum Durable {
     Lost,
 }
 
-/// Hands the batch to the router, then the records that failed again, with
-/// backoff, until none fails, `stop` or `lost`.
-async fn write_until_durable(
+/// Writes one part, then the records that failed again, with backoff,
+/// until none fails, `stop` or `lost`. Returns the part's batch number,
+/// claim and orders with how it ended.
+///
+/// A record is written again as it was decided, not decided again: decided
+/// again, a record could become an event of an order this part does not
+/// hold in line (a rejection by the clock, whose send failed, decoding in
+/// time on the retry), and fraud scoring would count a payment twice. Only
+/// a part written alone (its decide stage failed) is decided again.
+async fn write_part(
     path: &ShardContext,
     source: &str,
-    cache: &mut OrderCache,
-    mut inputs: Vec<Input>,
+    cache: &OrderCache,
+    part: Part,
     stop: &CancellationToken,
     lost: &CancellationToken,
-) -> Durable {
+) -> (u64, u64, Vec<String>, Durable) {
+    let Part { no, claim, orders, alone, batch } = part;
     let backoff = Backoff { base: Duration::from_millis(200), max: Duration::from_secs(10) };
     let mut attempt = 0u32;
+    let mut decided = if alone { Vec::new() } else { batch.decided.clone() };
+    let (mut back, mut outcomes) = path.router.write(source, batch, cache).await;
     loop {
-        let (back, outcomes) = path.router.process(source, inputs, cache).await;
-        inputs = back.into_iter().zip(outcomes).filter(|(_, o)| *o == Outcome::Failed).map(|(i, _)| i).collect();
+        let failed: Vec<bool> = outcomes.iter().map(|o| *o == Outcome::Failed).collect();
+        let inputs: Vec<Input> = back.into_iter().zip(&failed).filter(|(_, f)| **f).map(|(i, _)| i).collect();
         if inputs.is_empty() {
-            return Durable::Yes;
+            return (no, claim, orders, Durable::Yes);
+        }
+        if !alone {
+            decided = decided.into_iter().zip(&failed).filter(|(_, f)| **f).map(|(d, _)| d).collect();
         }
         warn!(source, failed = inputs.len(), attempt, "Records not durable; retrying them (the shard waits, nothing is skipped)");
         tokio::select! {
             biased;
-            () = lost.cancelled() => return Durable::Lost,
-            () = stop.cancelled() => return Durable::Stopped,
+            () = lost.cancelled() => return (no, claim, orders, Durable::Lost),
+            () = stop.cancelled() => return (no, claim, orders, Durable::Stopped),
             () = tokio::time::sleep(backoff.delay(attempt)) => {}
         }
         attempt = attempt.saturating_add(1);
+        (back, outcomes) = if alone {
+            path.router.process(source, inputs, cache).await
+        } else {
+            let batch = DecidedBatch { inputs, decided: decided.clone(), decided_at: std::time::Instant::now() };
+            path.router.write(source, batch, cache).await
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn order_event(order: &str, k: usize) -> (Input, Decided) {
+        let (kind, data) = if k == 0 {
+            (
+                "order.placed",
+                format!(
+                    r#"{{"order_id":"{order}","customer_id":"c","channel":"app","items":[{{"sku":"s","qty":1,"unit_price_cents":100}}],"total_cents":100}}"#
+                ),
+            )
+        } else {
+            ("order.status", format!(r#"{{"order_id":"{order}","status":"confirmed"}}"#))
+        };
+        let body =
+            format!(r#"{{"v":1,"id":"{order}-{k}","type":"{kind}","ts":"2026-11-22T08:00:00Z","store":"s1","data":{data}}}"#);
+        let event = pipeline::decode(body.as_bytes()).expect("a valid order event");
+        (Input { data: body.into_bytes(), position: format!("{order}-{k}") }, Decided::Order(Box::new(event)))
+    }
+
+    fn batch(events: Vec<(Input, Decided)>) -> DecidedBatch {
+        let (inputs, decided) = events.into_iter().unzip();
+        DecidedBatch { inputs, decided, decided_at: Instant::now() }
+    }
+
+    fn positions(part: &Part) -> Vec<&str> {
+        part.batch.inputs.iter().map(|i| i.position.as_str()).collect()
+    }
+
+    #[test]
+    fn a_batch_s_events_of_orders_in_flight_wait_for_them_in_shard_order() {
+        let mut claims = Claims::default();
+        let (first, none) = split(0, batch(vec![order_event("a", 0), order_event("b", 0)]), &mut claims);
+        let first = first.expect("free part");
+        assert!(none.is_none());
+        assert!(claims.first_for_all(&first));
+        // The next batch: a's next event waits for the first part; c goes.
+        let rejection = pipeline::decode(b"{").expect_err("not an event");
+        let rejected = (Input { data: b"{".to_vec(), position: "x".into() }, Decided::Rejected(rejection));
+        let (free, held) = split(1, batch(vec![order_event("a", 1), order_event("c", 0), rejected]), &mut claims);
+        let (free, held) = (free.expect("free part"), held.expect("held part"));
+        assert_eq!(positions(&free), ["c-0", "x"]);
+        assert_eq!(positions(&held), ["a-1"]);
+        assert!(claims.first_for_all(&free) && !claims.first_for_all(&held));
+        // A third batch with a again queues behind the held part, not beside it.
+        let (none, third) = split(2, batch(vec![order_event("a", 2)]), &mut claims);
+        let third = third.expect("held part");
+        assert!(none.is_none());
+        claims.release(first.claim, &first.orders);
+        assert!(claims.first_for_all(&held) && !claims.first_for_all(&third));
+        claims.release(held.claim, &held.orders);
+        assert!(claims.first_for_all(&third));
+        claims.release(third.claim, &third.orders);
+        claims.release(free.claim, &free.orders);
+        assert!(claims.lines.is_empty());
+    }
+
+    #[test]
+    fn a_batch_the_decide_stage_failed_on_writes_alone() {
+        let mut claims = Claims::default();
+        let (first, _) = split(0, batch(vec![order_event("a", 0)]), &mut claims);
+        let failed = (Input { data: b"{}".to_vec(), position: "f".into() }, Decided::Failed);
+        let (none, alone) = split(1, batch(vec![order_event("b", 0), failed]), &mut claims);
+        let alone = alone.expect("one part");
+        assert!(none.is_none() && alone.alone);
+        assert_eq!(positions(&alone), ["b-0", "f"]);
+        assert!(first.is_some_and(|p| !p.alone));
+    }
+
+    #[test]
+    fn the_checkpoint_passes_only_batches_durable_with_every_one_before_them() {
+        let mut ledger = Ledger::default();
+        let at = |n: u64| Some((format!("seq{n}"), 0));
+        let (b0, b1, b2) = (ledger.push(at(0), 10), ledger.push(at(1), 5), ledger.push(at(2), 7));
+        ledger.set_parts(b0, 2);
+        ledger.set_parts(b1, 1);
+        // Batch 1 and one part of batch 0 durable: nothing passes yet.
+        assert!(ledger.part_done(b1).is_empty());
+        assert!(ledger.part_done(b0).is_empty());
+        // Batch 2 not yet decided: it stays whatever else is done.
+        assert_eq!(ledger.part_done(b0), [(("seq0".to_owned(), 0), 10), (("seq1".to_owned(), 0), 5)]);
+        assert_eq!(ledger.len(), 1);
+        ledger.set_parts(b2, 1);
+        assert_eq!(ledger.part_done(b2), [(("seq2".to_owned(), 0), 7)]);
+        assert!(ledger.is_empty());
     }
 }

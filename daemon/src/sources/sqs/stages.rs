@@ -129,8 +129,8 @@ async fn write_in_place(stage: &WriteStage, d: Decided, ack_tx: &mpsc::Sender<Ve
     for attempt in 0u32.. {
         // Any instance may receive an order's next event: no state is
         // cached across batches.
-        let mut orders = OrderCache::new(receipts.len());
-        let (inputs, outcomes) = stage.router.write(&stage.source, batch, &mut orders).await;
+        let orders = OrderCache::new(receipts.len());
+        let (inputs, outcomes) = stage.router.write(&stage.source, batch, &orders).await;
         let all = acks(receipts.clone(), &outcomes);
         if all.iter().all(|a| matches!(a, Ack::Done { .. })) {
             return all;
