@@ -20,7 +20,10 @@ pub struct DynamoDbSinkConfig {
     /// natural key of its own (menu upserts), so a redelivery counts once.
     /// Entries expire after 15 days (SQS keeps a message 14 at most).
     pub events_table: String,
-    /// Items per TransactWriteItems: 100 on AWS, 25 on moto.
+    /// Items per TransactWriteItems, at most 100 (AWS's limit, and
+    /// dynoxide's). Fewer, smaller transactions cost more per event: on
+    /// the local stack's orders backlog, 25 reached 0.69 of a bare writer
+    /// and 100 reached 0.91-0.94 (same run).
     pub max_transaction_items: usize,
     /// Retries of a throttled or failed request before the batch is given back to its source.
     pub max_retries: u32,
@@ -38,7 +41,7 @@ impl Default for DynamoDbSinkConfig {
             orders_table: "cafe-orders".into(),
             menu_table: "cafe-menu".into(),
             events_table: "cafe-events".into(),
-            max_transaction_items: 25,
+            max_transaction_items: 100,
             max_retries: 8,
             base_backoff_ms: 50,
             max_backoff_ms: 5_000,
