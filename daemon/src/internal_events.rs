@@ -775,6 +775,19 @@ impl InternalEvent for MirrorPending {
     }
 }
 
+/// The mirror buckets a flush read.
+#[derive(Debug)]
+pub struct MirrorBucketsOwned {
+    /// How many.
+    pub buckets: usize,
+}
+
+impl InternalEvent for MirrorBucketsOwned {
+    fn emit(self, m: &Metrics) {
+        m.mirror_buckets_owned.set(self.buckets as i64);
+    }
+}
+
 /// Rows committed to Redshift, with how long each change waited.
 #[derive(Debug)]
 pub struct MirrorRowsWritten<'a> {

@@ -164,6 +164,8 @@ pub struct Metrics {
     pub orders_state_reads: Family<SourceLabel, Counter>,
     /// Rows pending for Redshift at the last flush.
     pub mirror_pending_rows: Gauge,
+    /// Mirror buckets flushed by this instance at the last flush.
+    pub mirror_buckets_owned: Gauge,
     /// Age of the oldest pending change.
     pub mirror_oldest_pending: Gauge<f64, AtomicU64>,
     /// Flushes by outcome.
@@ -227,6 +229,7 @@ impl Metrics {
             leases_lost: Family::default(),
             orders_state_reads: Family::default(),
             mirror_pending_rows: Gauge::default(),
+            mirror_buckets_owned: Gauge::default(),
             mirror_oldest_pending: Gauge::default(),
             mirror_flushes: Family::default(),
             mirror_rows_written: Counter::default(),
@@ -311,6 +314,11 @@ impl Metrics {
             n::MIRROR_PENDING_ROWS,
             "Aggregate rows pending for Redshift at the last flush",
             m.mirror_pending_rows.clone(),
+        );
+        registry.register(
+            n::MIRROR_BUCKETS_OWNED,
+            "Mirror buckets this instance flushed at its last flush (its share by shard lease)",
+            m.mirror_buckets_owned.clone(),
         );
         registry.register(
             n::MIRROR_OLDEST_PENDING,

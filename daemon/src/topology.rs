@@ -128,22 +128,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         ))
     };
 
-    // The Redshift mirror, outside the trackers: it runs until the drain is over.
     let stop_flushing = CancellationToken::new();
-    let flusher = if mirror {
-        let sink = RedshiftSink::new(
-            Transport::new(&config.sinks.redshift, &sdk).map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?,
-            dynamodb.clone(),
-            config.sinks.dynamodb.aggregates_table.clone(),
-            config.sinks.redshift.clone(),
-            Arc::clone(&metrics),
-        );
-        let grace = Duration::from_secs(config.shutdown.grace_period_secs);
-        Some(tokio::spawn(sink.flush_loop(stop_flushing.clone(), grace)))
-    } else {
-        None
-    };
-
     // Each stream: its lease loop, and a supervisor of one task pair per shard.
     let stop_taking = CancellationToken::new();
     let stop_shards = CancellationToken::new();
@@ -151,6 +136,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let shard_tracker = TaskTracker::new();
     let mut lease_tasks = Vec::new();
     let mut streams_consumed = Vec::new();
+    let mut share: Option<Arc<Leases>> = None;
     for (_, stream) in config.sources.enabled_kinesis() {
         let worker_id = if stream.worker_id.is_empty() { leases::default_worker_id() } else { stream.worker_id.clone() };
         let shards = Arc::new(ShardContext {
@@ -199,6 +185,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             shard_tracker.clone(),
         ));
         info!(stream = %kinesis.name(), worker_id = %shards.leases.worker_id, "Consuming the stream");
+        share.get_or_insert_with(|| Arc::clone(&shards.leases));
         streams_consumed.push(stream.stream.clone());
         lease_tasks.push(tokio::spawn(leases::run(
             Arc::clone(&shards.leases),
@@ -209,6 +196,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             stop_leasing.clone(),
         )));
     }
+
+    // The Redshift mirror, outside the trackers: it runs until the drain is over.
+    let flusher = if mirror {
+        let sink = RedshiftSink::new(
+            Transport::new(&config.sinks.redshift, &sdk).map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?,
+            dynamodb.clone(),
+            config.sinks.dynamodb.aggregates_table.clone(),
+            config.sinks.redshift.clone(),
+            Arc::clone(&metrics),
+        );
+        // With a stream, each instance flushes the buckets of the shard
+        // leases it holds (several instances no longer all flush every row).
+        let sink = match &share {
+            Some(leases) => sink.with_share(Arc::clone(leases) as Arc<dyn crate::sinks::redshift::BucketShare>),
+            None => sink,
+        };
+        let grace = Duration::from_secs(config.shutdown.grace_period_secs);
+        Some(tokio::spawn(sink.flush_loop(stop_flushing.clone(), grace)))
+    } else {
+        None
+    };
 
     tracker.close();
     health.set_ready();

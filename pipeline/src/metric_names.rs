@@ -141,6 +141,10 @@ pub const ORDERS_STATE_READS: &str = "cafe_orders_state_reads";
 /// Aggregate rows found pending for Redshift at the last flush (the backlog
 /// an outage builds up, held in DynamoDB).
 pub const MIRROR_PENDING_ROWS: &str = "cafe_mirror_pending_rows";
+/// Mirror buckets this instance flushed at its last flush: its share, by
+/// the shard leases it holds (all of them without a stream, or before a
+/// lease table is read).
+pub const MIRROR_BUCKETS_OWNED: &str = "cafe_mirror_buckets_owned";
 /// Age of the oldest pending change at the last flush, in seconds.
 pub const MIRROR_OLDEST_PENDING: &str = "cafe_mirror_oldest_pending_seconds";
 /// Flushes to Redshift by outcome (`ok`, `failed`).

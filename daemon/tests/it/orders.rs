@@ -13,6 +13,9 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use serde_json::json;
 
+use daemon::sinks::redshift::postgres::PgTransport;
+
+use super::menu::{pg_target, wait_mirrored};
 use super::{BIN, Env, free_port, http_get};
 
 /// What the orders of a test should add up to.
@@ -340,16 +343,23 @@ async fn three_instances_share_eight_shards_and_take_over_from_a_killed_one() {
     // Failover in 6 s (takes every 0.5 s): leases should move within about
     // 7 s of the kill; the 15 s allowed below leaves room for a loaded machine
     // whose every DynamoDB call is slow.
+    let (target, user, db) = pg_target();
+    let table = format!("it_leases_{}_{}", std::process::id(), super::NEXT.fetch_add(1, Ordering::SeqCst));
+    let mirror = format!(
+        "[sinks.redshift]\nenabled = true\ntransport = \"postgres\"\nurl = \"postgres://{user}@{target}/{db}\"\ntable = \"{table}\"\nflush_interval_ms = 500\n"
+    );
     let mut env = Env::with_orders(
         "leases",
         "shards = 8\nfailover_time_ms = 6000\nlease_renew_interval_ms = 2000\nlease_take_interval_ms = 500",
-        "",
+        &mirror,
         Vec::new(),
     )
     .await;
+    let pg = PgTransport::connect(&std::env::var("CAFE_PG_URL").expect("url")).await.expect("pg");
     let started = Instant::now();
+    let mut admins = BTreeMap::new();
     for w in ["w0", "w1", "w2"] {
-        env.start_worker(w);
+        admins.insert(w, env.start_worker(w));
     }
 
     // Balance: each of three holds 2 or 3 of the 8 leases.
@@ -362,6 +372,10 @@ async fn three_instances_share_eight_shards_and_take_over_from_a_killed_one() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     eprintln!("3 instances balanced 8 leases after {balanced_after:?}");
+    // The mirror's 16 buckets are shared out with the leases: each instance
+    // flushes its own, and together every one.
+    let shares = wait_buckets_shared(&admins, &["w0", "w1", "w2"]).await;
+    assert!(shares.values().all(|&n| n > 0), "an instance holding leases flushes no bucket: {shares:?}");
 
     // Orders flow while an instance dies.
     let more = Arc::new(AtomicBool::new(true));
@@ -387,6 +401,8 @@ async fn three_instances_share_eight_shards_and_take_over_from_a_killed_one() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     eprintln!("kill -9 of an instance holding {victim_had} leases: all moved after {moved_after:?}");
+    // w0's buckets moved with its leases.
+    wait_buckets_shared(&admins, &["w1", "w2"]).await;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     more.store(false, Ordering::SeqCst);
@@ -394,6 +410,9 @@ async fn three_instances_share_eight_shards_and_take_over_from_a_killed_one() {
     assert!(expected.orders >= 100, "too few orders to mean anything: {}", expected.orders);
     env.wait_orders_exact(&expected, Duration::from_secs(120)).await;
     assert!(env.rejected().await.is_empty(), "nothing should be rejected\n{}", env.worker_logs());
+    // Every row reaches Redshift, w0's buckets too, flushed by their new
+    // owners (before any shutdown's final flush of every bucket).
+    wait_mirrored(&env, &pg, &table, Duration::from_secs(60)).await;
 
     // SIGTERM: both drain, checkpoint and hand their leases back at once.
     let mut rest: Vec<Child> = ["w1", "w2"].iter().map(|w| env.worker(w)).collect();
@@ -407,6 +426,28 @@ async fn three_instances_share_eight_shards_and_take_over_from_a_killed_one() {
     let leases = env.leases().await;
     assert!(leases.values().all(|(owner, _)| owner.is_none()), "leases still owned after SIGTERM: {leases:?}");
     assert!(leases.values().all(|(_, cp)| cp != "TRIM_HORIZON"), "every shard got records and a checkpoint: {leases:?}");
+}
+
+/// Waits until the instances `alive` (by admin address) flush 16 mirror
+/// buckets between them; their shares.
+async fn wait_buckets_shared(admins: &BTreeMap<&str, String>, alive: &[&str]) -> BTreeMap<String, u64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut shares = BTreeMap::new();
+        for w in alive {
+            let text = http_get(&admins[w], "/metrics").await;
+            let n = text
+                .lines()
+                .find_map(|l| l.strip_prefix("cafe_mirror_buckets_owned ").and_then(|v| v.trim().parse::<u64>().ok()));
+            shares.insert((*w).to_owned(), n.unwrap_or(99));
+        }
+        if shares.values().sum::<u64>() == 16 {
+            eprintln!("mirror buckets shared: {shares:?}");
+            return shares;
+        }
+        assert!(Instant::now() < deadline, "the mirror's buckets are not shared out within 20 s: {shares:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn shard_ids(env: &Env) -> Vec<(String, Option<String>, String, String)> {

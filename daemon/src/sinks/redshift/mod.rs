@@ -17,6 +17,11 @@
 //! - an outage of Redshift buffers in DynamoDB (bounded by the number of
 //!   rows, and by `max_rows_per_flush` in memory) and drains when it ends.
 //!
+//! The pending rows are spread over `MIRROR_BUCKETS` buckets; with several
+//! instances each flushes its share ([`BucketShare`]: by the shard leases
+//! it holds), and a dead instance's share moves with its leases. The
+//! final flush on shutdown reads every bucket.
+//!
 //! Must not: acknowledge sources (the DynamoDB transaction is the durable
 //! write; Redshift follows it) or build SQL outside `sql`.
 
@@ -40,13 +45,20 @@ use tracing::{info, warn};
 use crate::aws::{AwsError, Backoff, describe};
 use crate::config::RedshiftSinkConfig;
 use crate::internal_events::{
-    InternalEvent, MirrorFlushed, MirrorMarkFailed, MirrorPending, MirrorRowRefused, MirrorRowsWritten, Sink, SinkRequest,
-    SinkRequestOutcome, SinkRetrying,
+    InternalEvent, MirrorBucketsOwned, MirrorFlushed, MirrorMarkFailed, MirrorPending, MirrorRowRefused, MirrorRowsWritten, Sink,
+    SinkRequest, SinkRequestOutcome, SinkRetrying,
 };
 use crate::metrics::Metrics;
 use crate::sinks::dynamodb::{MIRROR_BUCKETS, MIRROR_INDEX, MIRROR_PENDING, MIRROR_QUARANTINED, MIRROR_SINCE, VERSION, num};
 use crate::sinks::redshift::config::TransportKind;
 use sql::MirrorRow;
+
+/// Which of the mirror's buckets this instance flushes.
+pub trait BucketShare: Send + Sync + std::fmt::Debug {
+    /// This instance's share of buckets `0..of`; `None` for every one
+    /// (nothing to share by yet).
+    fn buckets(&self, of: u32) -> Option<Vec<u32>>;
+}
 
 /// Why a batch did not commit, from either transport.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -150,6 +162,7 @@ pub struct RedshiftSink {
     aggregates_table: String,
     config: RedshiftSinkConfig,
     metrics: Arc<Metrics>,
+    share: Option<Arc<dyn BucketShare>>,
 }
 
 fn number(item: &HashMap<String, AttributeValue>, name: &str) -> i64 {
@@ -186,15 +199,28 @@ impl RedshiftSink {
         config: RedshiftSinkConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
-        RedshiftSink { transport, dynamodb, aggregates_table, config, metrics }
+        RedshiftSink { transport, dynamodb, aggregates_table, config, metrics, share: None }
     }
 
-    /// Pending rows, oldest windows first within each bucket, at most
-    /// `max_rows_per_flush`.
-    async fn pending(&self) -> Result<Vec<Pending>, AwsError> {
+    /// Flushes only `share`'s buckets, but for the final flush.
+    pub fn with_share(mut self, share: Arc<dyn BucketShare>) -> Self {
+        self.share = Some(share);
+        self
+    }
+
+    /// The buckets the next flush reads: this instance's share, or every
+    /// one (`all`, or nothing to share by).
+    fn buckets(&self, all: bool) -> Vec<u32> {
+        let share = if all { None } else { self.share.as_ref().and_then(|s| s.buckets(MIRROR_BUCKETS)) };
+        share.unwrap_or_else(|| (0..MIRROR_BUCKETS).collect())
+    }
+
+    /// Pending rows of `buckets`, oldest windows first within each bucket,
+    /// at most `max_rows_per_flush`.
+    async fn pending(&self, buckets: &[u32]) -> Result<Vec<Pending>, AwsError> {
         let mut out: Vec<Pending> = Vec::new();
         let max = self.config.max_rows_per_flush;
-        for bucket in 0..MIRROR_BUCKETS {
+        for &bucket in buckets {
             let mut start = None;
             loop {
                 let resp = self
@@ -375,19 +401,22 @@ impl RedshiftSink {
         }
     }
 
-    /// One flush: every pending row (up to the limit) into Redshift.
-    pub async fn flush_once(&self) -> Result<FlushReport, BatchError> {
+    /// One flush: every pending row of this instance's buckets (of every
+    /// bucket when `all`), up to the limit, into Redshift.
+    pub async fn flush_once(&self, all: bool) -> Result<FlushReport, BatchError> {
         let started = Instant::now();
-        let result = self.flush_inner().await;
+        let result = self.flush_inner(all).await;
         let error = result.as_ref().err().map(|e| format!("{e} ({})", self.transport.name()));
         MirrorFlushed { elapsed: started.elapsed(), error: error.as_deref() }.emit(&self.metrics);
         result
     }
 
-    async fn flush_inner(&self) -> Result<FlushReport, BatchError> {
+    async fn flush_inner(&self, all: bool) -> Result<FlushReport, BatchError> {
         let now = now_ms();
+        let buckets = self.buckets(all);
+        MirrorBucketsOwned { buckets: buckets.len() }.emit(&self.metrics);
         let pending =
-            self.pending().await.map_err(|e| BatchError { retryable: true, row_level: false, message: e.to_string() })?;
+            self.pending(&buckets).await.map_err(|e| BatchError { retryable: true, row_level: false, message: e.to_string() })?;
         let oldest = pending.iter().map(|p| p.since_ms).filter(|s| *s > 0).min().map_or(0, |s| now - s);
         MirrorPending { rows: pending.len(), oldest: Some(Duration::from_millis(oldest.max(0) as u64)) }.emit(&self.metrics);
         let mut report = FlushReport { pending: pending.len(), ..FlushReport::default() };
@@ -439,15 +468,17 @@ impl RedshiftSink {
                 () = tokio::time::sleep_until(due.into()) => {}
             }
             last = Instant::now();
-            self.flush_logged().await;
+            self.flush_logged(false).await;
         }
-        if tokio::time::timeout(final_budget, self.flush_logged()).await.is_err() {
+        // Every bucket: by now this instance has released its leases, and
+        // what it wrote last is mirrored before it exits.
+        if tokio::time::timeout(final_budget, self.flush_logged(true)).await.is_err() {
             warn!("Final Redshift flush did not finish in time; the rows stay pending for the next start");
         }
     }
 
-    async fn flush_logged(&self) {
-        match self.flush_once().await {
+    async fn flush_logged(&self, all: bool) {
+        match self.flush_once(all).await {
             Ok(r) if r.pending > 0 => {
                 tracing::debug!(pending = r.pending, written = r.written, cleared = r.cleared, "Flushed to Redshift")
             }

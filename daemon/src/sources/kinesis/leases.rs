@@ -34,6 +34,7 @@ use crate::internal_events::{
     CheckpointOutcome, CheckpointWritten, InternalEvent, LeaseLost, LeaseLostHow, LeaseTaken, LeaseTakenHow, LeasesHeld,
 };
 use crate::metrics::Metrics;
+use crate::sinks::redshift::BucketShare;
 
 use super::checkpoint::Checkpoint;
 use super::source::KinesisSource;
@@ -58,6 +59,26 @@ pub struct Lease {
 impl Lease {
     fn finished(&self) -> bool {
         self.checkpoint == Checkpoint::ShardEnd
+    }
+}
+
+/// The Redshift mirror's buckets `0..of` this instance flushes: bucket `b`
+/// goes with live lease `b % live.len()` (`live` sorted), so each bucket has
+/// one owner whenever each live lease has one, and a lease that moves
+/// takes its buckets along. `None` (every bucket) before any live lease is
+/// known.
+pub fn share_buckets(live: &[String], holds: impl Fn(&str) -> bool, of: u32) -> Option<Vec<u32>> {
+    if live.is_empty() {
+        return None;
+    }
+    Some((0..of).filter(|&b| holds(&live[b as usize % live.len()])).collect())
+}
+
+impl BucketShare for Leases {
+    fn buckets(&self, of: u32) -> Option<Vec<u32>> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let held = self.held_lock();
+        share_buckets(&live, |key| held.contains_key(key), of)
     }
 }
 
@@ -130,6 +151,9 @@ pub struct Leases {
     metrics: Arc<Metrics>,
     held: Mutex<HashMap<String, Arc<Holding>>>,
     seen: Mutex<HashMap<String, Seen>>,
+    /// The keys of the leases not yet ended at the last scan, sorted: what
+    /// the Redshift mirror's buckets are shared by.
+    live: Mutex<Vec<String>>,
     /// The last take found this instance at its share and no lease free or
     /// expired: the next may wait longer (see [`Leases::next_take_in`]).
     settled: std::sync::atomic::AtomicBool,
@@ -253,6 +277,7 @@ impl Leases {
             metrics,
             held: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
+            live: Mutex::new(Vec::new()),
             settled: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -419,6 +444,11 @@ impl Leases {
                     expired.insert(l.key.clone());
                 }
             }
+        }
+        {
+            let mut live: Vec<String> = leases.iter().filter(|l| !l.finished()).map(|l| l.key.clone()).collect();
+            live.sort();
+            *self.live.lock().unwrap_or_else(|e| e.into_inner()) = live;
         }
         let plan = plan_take(&self.worker_id, &leases, &expired, self.config.max_leases_to_steal, rng);
         let settled =
@@ -848,6 +878,24 @@ mod tests {
         assert_eq!((plan.need, plan.available.len(), plan.steal.len()), (4, 0, 1));
         let plan = plan_take("new", &leases, &HashSet::new(), 10, &mut rng());
         assert_eq!(plan.steal.len(), 4, "up to the share of 4");
+    }
+
+    #[test]
+    fn every_mirror_bucket_has_one_owner_and_moves_with_its_lease() {
+        let live: Vec<String> = (0..5).map(|i| format!("shardId-{i}")).collect();
+        let owners = ["a", "b", "a", "c", "b"];
+        let owner_of = |key: &str| owners[live.iter().position(|k| k == key).expect("live")];
+        let share = |me: &str| share_buckets(&live, |k| owner_of(k) == me, 16).expect("a share");
+        let mut all: Vec<u32> = ["a", "b", "c"].iter().flat_map(|me| share(me)).collect();
+        all.sort();
+        assert_eq!(all, (0..16).collect::<Vec<_>>(), "each bucket once");
+        // c dies; b takes its lease: c's buckets are b's now.
+        let (c, b) = (share("c"), share("b"));
+        let b_after = share_buckets(&live, |k| matches!(owner_of(k), "b" | "c"), 16).expect("a share");
+        assert_eq!(b_after.len(), b.len() + c.len());
+        assert!(c.iter().all(|x| b_after.contains(x)));
+        // Nothing known yet: every bucket.
+        assert_eq!(share_buckets(&[], |_| true, 16), None);
     }
 
     #[test]
