@@ -129,6 +129,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     let stop_flushing = CancellationToken::new();
+    // Built before any lease is taken, so a bad transport fails the start
+    // with nothing to hand back; started once the streams are known.
+    let mirror_sink = if mirror {
+        Some(RedshiftSink::new(
+            Transport::new(&config.sinks.redshift, &sdk).map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?,
+            dynamodb.clone(),
+            config.sinks.dynamodb.aggregates_table.clone(),
+            config.sinks.redshift.clone(),
+            Arc::clone(&metrics),
+        ))
+    } else {
+        None
+    };
     // Each stream: its lease loop, and a supervisor of one task pair per shard.
     let stop_taking = CancellationToken::new();
     let stop_shards = CancellationToken::new();
@@ -197,26 +210,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         )));
     }
 
-    // The Redshift mirror, outside the trackers: it runs until the drain is over.
-    let flusher = if mirror {
-        let sink = RedshiftSink::new(
-            Transport::new(&config.sinks.redshift, &sdk).map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?,
-            dynamodb.clone(),
-            config.sinks.dynamodb.aggregates_table.clone(),
-            config.sinks.redshift.clone(),
-            Arc::clone(&metrics),
-        );
-        // With a stream, each instance flushes the buckets of the shard
-        // leases it holds (several instances no longer all flush every row).
+    // The Redshift mirror, outside the trackers: it runs until the drain is
+    // over. With a stream, each instance flushes the buckets of the shard
+    // leases it holds (several instances no longer all flush every row).
+    let flusher = mirror_sink.map(|sink| {
         let sink = match &share {
             Some(leases) => sink.with_share(Arc::clone(leases) as Arc<dyn crate::sinks::redshift::BucketShare>),
             None => sink,
         };
         let grace = Duration::from_secs(config.shutdown.grace_period_secs);
-        Some(tokio::spawn(sink.flush_loop(stop_flushing.clone(), grace)))
-    } else {
-        None
-    };
+        tokio::spawn(sink.flush_loop(stop_flushing.clone(), grace))
+    });
 
     tracker.close();
     health.set_ready();

@@ -374,8 +374,7 @@ async fn three_instances_share_eight_shards_and_take_over_from_a_killed_one() {
     eprintln!("3 instances balanced 8 leases after {balanced_after:?}");
     // The mirror's 16 buckets are shared out with the leases: each instance
     // flushes its own, and together every one.
-    let shares = wait_buckets_shared(&admins, &["w0", "w1", "w2"]).await;
-    assert!(shares.values().all(|&n| n > 0), "an instance holding leases flushes no bucket: {shares:?}");
+    wait_buckets_shared(&env, &admins, &["w0", "w1", "w2"]).await;
 
     // Orders flow while an instance dies.
     let more = Arc::new(AtomicBool::new(true));
@@ -402,7 +401,7 @@ async fn three_instances_share_eight_shards_and_take_over_from_a_killed_one() {
     };
     eprintln!("kill -9 of an instance holding {victim_had} leases: all moved after {moved_after:?}");
     // w0's buckets moved with its leases.
-    wait_buckets_shared(&admins, &["w1", "w2"]).await;
+    wait_buckets_shared(&env, &admins, &["w1", "w2"]).await;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     more.store(false, Ordering::SeqCst);
@@ -428,24 +427,28 @@ async fn three_instances_share_eight_shards_and_take_over_from_a_killed_one() {
     assert!(leases.values().all(|(_, cp)| cp != "TRIM_HORIZON"), "every shard got records and a checkpoint: {leases:?}");
 }
 
-/// Waits until the instances `alive` (by admin address) flush 16 mirror
-/// buckets between them; their shares.
-async fn wait_buckets_shared(admins: &BTreeMap<&str, String>, alive: &[&str]) -> BTreeMap<String, u64> {
+/// Waits until each of the instances `alive` (by admin address) flushes
+/// the mirror's buckets of the leases it holds: with 8 leases, two buckets
+/// per lease, 16 in all.
+async fn wait_buckets_shared(env: &Env, admins: &BTreeMap<&str, String>, alive: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
+        let (leases, _) = env.lease_counts().await;
         let mut shares = BTreeMap::new();
         for w in alive {
             let text = http_get(&admins[w], "/metrics").await;
             let n = text
                 .lines()
-                .find_map(|l| l.strip_prefix("cafe_mirror_buckets_owned ").and_then(|v| v.trim().parse::<u64>().ok()));
-            shares.insert((*w).to_owned(), n.unwrap_or(99));
+                .find_map(|l| l.strip_prefix("cafe_mirror_buckets_owned ").and_then(|v| v.trim().parse::<usize>().ok()));
+            let n = n.unwrap_or_else(|| panic!("{w} exports no cafe_mirror_buckets_owned:\n{text}"));
+            shares.insert((*w).to_owned(), n);
         }
-        if shares.values().sum::<u64>() == 16 {
-            eprintln!("mirror buckets shared: {shares:?}");
-            return shares;
+        let each_its_own = alive.iter().all(|w| shares[*w] == 2 * leases.get(*w).copied().unwrap_or(0));
+        if each_its_own && shares.values().sum::<usize>() == 16 {
+            eprintln!("mirror buckets shared: {shares:?} (leases {leases:?})");
+            return;
         }
-        assert!(Instant::now() < deadline, "the mirror's buckets are not shared out within 20 s: {shares:?}");
+        assert!(Instant::now() < deadline, "the mirror's buckets are not shared out within 20 s: {shares:?}, leases {leases:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
