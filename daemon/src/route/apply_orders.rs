@@ -155,12 +155,15 @@ pub async fn apply_orders(
         let mut states: HashMap<usize, Option<OrderState>> = HashMap::new();
         let mut to_read: Vec<usize> = Vec::new();
         for &g in &pending {
-            match cache.get(&groups[g].0) {
-                Some(cached) if !must_read.contains(&g) => {
+            // An order that must be read is not looked up: the lookup
+            // clones its cached state.
+            let must = must_read.contains(&g);
+            match if must { None } else { cache.get(&groups[g].0) } {
+                Some(cached) => {
                     states.insert(g, cached);
                 }
-                _ if must_read.contains(&g) || !placed_first(g) => to_read.push(g),
-                _ => {
+                None if must || !placed_first(g) => to_read.push(g),
+                None => {
                     states.insert(g, None);
                 }
             }
