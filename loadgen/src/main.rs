@@ -5,6 +5,7 @@
 //! run failed them, 2 when the run could not be made.
 
 mod attack;
+mod ceiling;
 mod chaos;
 mod coldstart;
 mod dashcheck;
@@ -142,6 +143,10 @@ pub struct Targets {
     /// The Redshift table.
     #[arg(long, env = "CAFE_LOADGEN_REDSHIFT_TABLE", default_value = "cafe_store_minute")]
     pub redshift_table: String,
+    /// The daemon's admin endpoint (its `admin.listen`), whose CPU counter
+    /// a local CPU-bound target reads (menu-sync's `drain_vs_ceiling`).
+    #[arg(long, env = "CAFE_LOADGEN_DAEMON_ADMIN", default_value = "127.0.0.1:9464")]
+    pub daemon_admin: String,
 }
 
 /// What a run reports, whichever driver ran it.

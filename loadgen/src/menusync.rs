@@ -208,6 +208,8 @@ pub struct Summary {
     pub redshift_rows: Option<usize>,
     /// Seconds after the last item stored until Redshift equalled DynamoDB.
     pub redshift_caught_up_secs: Option<f64>,
+    /// The CPU-bound ceiling of the run, when judged (`[thresholds.local] drain_vs_ceiling`).
+    pub ceiling: Option<Ceiling>,
     /// Lost, duplicated, refused and wrong items, and the rules that failed.
     #[serde(flatten)]
     pub verdict: Verdict,
@@ -235,7 +237,7 @@ impl Summary {
             "# {} ({})\n\n| measure | value |\n|---|---|\n\
              | items sent | {} of {} (send failures {}) |\n| image bytes | {:.1} MiB |\n| wrong hashes sent | {} |\n\
              | lost | {} |\n| duplicated | {} |\n| sent in | {:.2} s |\n| drained after | {:.2} s |\n| items/s | {:.1} |\n\
-             | e2e p50 / p95 / p99 | {:.0} / {:.0} / {:.0} ms |\n| Redshift | {} |\n| verdict | {} |\n{}",
+             | e2e p50 / p95 / p99 | {:.0} / {:.0} / {:.0} ms |\n| Redshift | {} |\n{}| verdict | {} |\n{}",
             self.run.scenario,
             self.run.run_id,
             self.sent,
@@ -252,6 +254,19 @@ impl Summary {
             self.e2e.p95_ms,
             self.e2e.p99_ms,
             redshift,
+            self.ceiling.as_ref().map_or(String::new(), |c| format!(
+                "| CPU-bound ceiling | {:.1} items/s: kernel {:.2} ms on {:.2} cores left (daemon {:.2}, others {:.2} of {}) |\n\
+                 | drain / ceiling | {:.2} ({:.2} s vs {:.2} s) |\n",
+                c.items_per_sec,
+                c.kernel_ms,
+                c.cores.left,
+                c.cores.daemon,
+                c.cores.others,
+                c.cores.cores,
+                c.drain_vs_ceiling,
+                self.drain_secs,
+                c.ceiling_secs
+            )),
             if self.passed() { "PASS" } else { "FAIL" },
             self.verdict
                 .mismatches
@@ -262,6 +277,55 @@ impl Summary {
                 .collect::<String>()
         )
     }
+}
+
+/// The CPU-bound ceiling of a menu sync next to the daemon's drain.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    /// The machine's CPUs over the run.
+    pub cores: crate::ceiling::CoresLeft,
+    /// The menu kernel per item on one thread, ms (over `kernel_items` of the run's items).
+    pub kernel_ms: f64,
+    /// Items the kernel was timed on.
+    pub kernel_items: usize,
+    /// The kernel on the cores left: items per second.
+    pub items_per_sec: f64,
+    /// The ceiling's time for the items stored, seconds.
+    pub ceiling_secs: f64,
+    /// The daemon's drain over `ceiling_secs`.
+    pub drain_vs_ceiling: f64,
+}
+
+/// Times the kernel over up to 100 of the run's items, spread evenly (their
+/// images span the size distribution), and sets it against the drain.
+#[allow(clippy::too_many_arguments)]
+async fn menu_ceiling(
+    load: &MenuLoad,
+    seed: u64,
+    run_id: &str,
+    items: u64,
+    from: &crate::ceiling::CpuMark,
+    to: &crate::ceiling::CpuMark,
+    stored: u64,
+    drain_secs: f64,
+) -> anyhow::Result<Ceiling> {
+    let cores = crate::ceiling::cores_left(from, to)?;
+    let n = items.min(100);
+    let ts = OffsetDateTime::now_utc().format(&Rfc3339)?;
+    let bodies: Vec<String> = (0..n).map(|k| item(seed, run_id, k * items / n, load, &ts).0).collect();
+    let rounds = load.json_rounds;
+    let per_item = tokio::task::spawn_blocking(move || crate::ceiling::menu_kernel_secs(&bodies, rounds)).await??;
+    let items_per_sec = cores.left / per_item;
+    let ceiling_secs = stored as f64 / items_per_sec;
+    info!(kernel_ms = per_item * 1e3, cores_left = cores.left, ceiling_secs, drain_secs, "The CPU-bound ceiling");
+    Ok(Ceiling {
+        cores,
+        kernel_ms: per_item * 1e3,
+        kernel_items: n as usize,
+        items_per_sec,
+        ceiling_secs,
+        drain_vs_ceiling: drain_secs / ceiling_secs,
+    })
 }
 
 /// Waits up to `within` for Redshift to equal DynamoDB on every row of
@@ -358,6 +422,15 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         sends: Sends::with_capacity(items as usize),
     });
     SYNC.set(Arc::clone(&state))?;
+    // On the local stack the drain is judged against the CPU-bound ceiling
+    // of the same run: the CPU the rest of the machine takes is counted
+    // from here to the end of the wait.
+    let local = crate::scenario::on_local_stack();
+    let ceiling_limit = scenario.thresholds.local.drain_vs_ceiling.filter(|_| local);
+    let cpu_from = match ceiling_limit {
+        Some(_) => Some(crate::ceiling::mark(&targets.daemon_admin).await.context("menu-sync's drain_vs_ceiling")?),
+        None => None,
+    };
     info!(scenario = %scenario.name, run_id, items, pods, "Starting the menu sync");
 
     let config =
@@ -381,6 +454,10 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         Duration::from_secs(scenario.verify.timeout_secs),
     )
     .await?;
+    let cpu_to = match cpu_from {
+        Some(_) => Some(crate::ceiling::mark(&targets.daemon_admin).await.context("menu-sync's drain_vs_ceiling")?),
+        None => None,
+    };
     let skus: Vec<String> = sent.iter().map(|e| e.sku.clone()).collect();
     let found: HashMap<String, _> = verify::batch_get(&ddb, &targets.menu_table, "sku", &skus)
         .await?
@@ -462,6 +539,20 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
 
     let stored = (sent.len() as u64).saturating_sub(lost);
     let percentiles = crate::attack::E2e::of(&e2e);
+    let mut ceiling = None;
+    let mut failed_targets = Vec::new();
+    if let (Some(limit), Some(from), Some(to)) = (ceiling_limit, cpu_from, cpu_to) {
+        let c = menu_ceiling(&load, args.seed, &run_id, items, &from, &to, stored, drain_secs).await?;
+        if !(c.drain_vs_ceiling <= limit) {
+            failed_targets.push(format!(
+                "the daemon drained in {:.2}x the CPU-bound ceiling's time ({drain_secs:.2} s vs {:.2} s on {:.2} cores left), above the target {limit}x",
+                c.drain_vs_ceiling, c.ceiling_secs, c.cores.left
+            ));
+        }
+        ceiling = Some(c);
+    }
+    let aws_p99 = if local { None } else { scenario.thresholds.aws.e2e_p99_ms };
+    failed_targets.extend(crate::attack::p99_target(percentiles.p99_ms, aws_p99));
     let summary = Summary {
         run: crate::attack::RunHeader { scenario: scenario.name.clone(), run_id, seed: args.seed },
         planned: items,
@@ -474,15 +565,20 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         e2e: percentiles,
         redshift_rows: redshift_rows_checked,
         redshift_caught_up_secs: caught_up,
-        verdict: Verdict::judged(
-            send_failures,
-            lost,
-            duplicated,
-            mismatches,
-            failed_thresholds,
-            &percentiles,
-            scenario.thresholds.e2e_p99_ms,
-        ),
+        ceiling,
+        verdict: {
+            let mut v = Verdict::judged(
+                send_failures,
+                lost,
+                duplicated,
+                mismatches,
+                failed_thresholds,
+                &percentiles,
+                scenario.thresholds.e2e_p99_ms,
+            );
+            v.failed_targets.extend(failed_targets);
+            v
+        },
         samples,
     };
     crate::attack::write_summary(&args.report_dir, &summary, &summary.markdown())?;
@@ -502,6 +598,7 @@ mod tests {
             wrong_hash_ratio: 0.5,
             ingredients: [2, 5],
             redshift_within_secs: 1,
+            json_rounds: 100,
         }
     }
 

@@ -100,6 +100,14 @@ pub struct MenuLoad {
     pub ingredients: [usize; 2],
     /// After DynamoDB is complete, how long Redshift may take to equal it, in seconds.
     pub redshift_within_secs: u64,
+    /// The daemon's `pipeline.menu_json_rounds`, for timing the kernel of
+    /// the CPU-bound ceiling (default 100, the daemon's).
+    #[serde(default = "default_json_rounds")]
+    pub json_rounds: u32,
+}
+
+fn default_json_rounds() -> u32 {
+    100
 }
 
 /// One rate stage: orders placed per second go linearly from `rate_start`
@@ -201,6 +209,12 @@ pub struct LocalTargets {
     /// measured right after the run (`payments-throughput`).
     #[serde(default)]
     pub drain_vs_bare: Option<f64>,
+    /// Largest acceptable ratio of the daemon's drain (first send to last
+    /// item stored) to the CPU-bound ceiling's time for the same items: the
+    /// menu kernel timed on one thread right after the run, over the cores
+    /// the rest of the machine left the daemon meanwhile (see `ceiling`).
+    #[serde(default)]
+    pub drain_vs_ceiling: Option<f64>,
 }
 
 /// Whether this process's AWS endpoints are on loopback: the SQS endpoint
@@ -332,6 +346,23 @@ pub fn load(path: &Path) -> anyhow::Result<Scenario> {
             "a scenario has one of [load] (a payments burst), [orders] with [[stages]] (an orders stream) or [menu] (a menu sync)".to_owned(),
         ),
     }
+    // Each local target is measured by one kind of scenario only: anywhere
+    // else it would be silently ignored.
+    let local = &s.thresholds.local;
+    for (name, value, applies) in
+        [("drain_vs_bare", local.drain_vs_bare, s.load.is_some()), ("drain_vs_ceiling", local.drain_vs_ceiling, s.menu.is_some())]
+    {
+        match value {
+            Some(v) if !(v > 0.0 && v.is_finite()) => {
+                problems.push(format!("thresholds.local.{name} must be a ratio above 0, got {v}"))
+            }
+            Some(_) if !applies => problems.push(format!(
+                "thresholds.local.{name} is measured by {} scenarios only",
+                if name == "drain_vs_bare" { "[load] (payments burst)" } else { "[menu] (menu sync)" }
+            )),
+            _ => {}
+        }
+    }
     if !problems.is_empty() {
         bail!("{}: {}", path.display(), problems.join("; "));
     }
@@ -372,5 +403,34 @@ mod tests {
         let menu = all.iter().find(|s| s.name == "menu-sync").expect("menu-sync");
         let load = menu.menu.as_ref().expect("[menu]");
         assert_eq!((load.items, load.pods), (10_000, 50));
+        assert!(
+            menu.thresholds.local.drain_vs_ceiling.is_some_and(|r| r > 1.0),
+            "menu-sync is judged against its CPU-bound ceiling"
+        );
+        assert_eq!(menu.thresholds.e2e_p99_ms, None, "an absolute p99 on the local stack measures the machine");
+        assert!(menu.thresholds.aws.e2e_p99_ms.is_some(), "menu-sync keeps a target for AWS");
+    }
+
+    #[test]
+    fn a_local_target_is_refused_where_nothing_measures_it() {
+        let dir = std::env::temp_dir().join(format!("cafe-scenario-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let menu = "name = \"m\"\ndescription = \"\"\n[menu]\nitems = 1\npods = 1\nstores = 1\nimage_kib = [1, 2]\n\
+                    wrong_hash_ratio = 0.0\ningredients = [1, 2]\nredshift_within_secs = 1\n";
+        let path = dir.join("m.toml");
+        let cases = [
+            ("[thresholds.local]\ndrain_vs_ceiling = 1.5\n", None),
+            ("[thresholds.local]\ndrain_vs_bare = 1.5\n", Some("measured by [load] (payments burst) scenarios only")),
+            ("[thresholds.local]\ndrain_vs_ceiling = 0\n", Some("drain_vs_ceiling must be a ratio above 0")),
+        ];
+        for (thresholds, refused) in cases {
+            std::fs::write(&path, format!("{menu}{thresholds}")).expect("write");
+            match (load(&path), refused) {
+                (Ok(_), None) => {}
+                (Err(e), Some(why)) => assert!(format!("{e:#}").contains(why), "{e:#}"),
+                (got, want) => panic!("{thresholds}: {got:?}, wanted {want:?}"),
+            }
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
