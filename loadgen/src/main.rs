@@ -15,6 +15,7 @@ mod payload;
 mod paythroughput;
 mod scenario;
 mod throughput;
+mod tipreader;
 mod verify;
 
 use std::path::PathBuf;

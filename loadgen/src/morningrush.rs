@@ -285,6 +285,10 @@ pub struct Summary {
     /// Event time to durable write.
     #[serde(flatten)]
     pub e2e: crate::attack::E2e,
+    /// The bare reader at the stream's tip beside the run (local stack only).
+    pub bare_reader: Option<crate::tipreader::TipReport>,
+    /// The daemon's e2e p99 less the bare reader's, ms.
+    pub e2e_p99_over_bare_reader_ms: Option<f64>,
     /// Lost, duplicated, refused and wrong items, and the rules that failed.
     #[serde(flatten)]
     pub verdict: Verdict,
@@ -305,7 +309,7 @@ impl Summary {
             "# {} ({})\n\n| measure | value |\n|---|---|\n\
              | orders placed | {} (events sent {}, send failures {}) |\n| lost events | {} |\n| duplicated | {} |\n\
              | sent in | {:.2} s ({:.1} orders/s) |\n| drained after | {:.2} s |\n\
-             | e2e p50 / p95 / p99 | {:.0} / {:.0} / {:.0} ms |\n| verdict | {} |\n\n\
+             | e2e p50 / p95 / p99 | {:.0} / {:.0} / {:.0} ms |\n{}| verdict | {} |\n\n\
              | stage | orders | bulk | events | e2e p50 ms | p95 ms | p99 ms |\n|---|---|---|---|---|---|---|\n",
             self.run.scenario,
             self.run.run_id,
@@ -320,6 +324,13 @@ impl Summary {
             self.e2e.p50_ms,
             self.e2e.p95_ms,
             self.e2e.p99_ms,
+            match (&self.bare_reader, self.e2e_p99_over_bare_reader_ms) {
+                (Some(b), Some(over)) => format!(
+                    "| bare tip reader: e2e p50 / p99 | {:.0} / {:.0} ms ({} records, {} failed calls); the daemon's p99 is {over:.0} ms above |\n",
+                    b.e2e.p50_ms, b.e2e.p99_ms, b.records, b.errors
+                ),
+                _ => String::new(),
+            },
             if self.passed() { "PASS" } else { "FAIL" },
         );
         for st in &self.stages {
@@ -365,6 +376,21 @@ pub(crate) async fn read_orders(
     Ok(found)
 }
 
+/// `[thresholds.local] e2e_p99_over_bare_reader_ms`: what failed, if anything.
+fn judge_over_bare(limit_ms: u64, p99_ms: f64, bare: &crate::tipreader::TipReport, sent: u64) -> Option<String> {
+    let over = p99_ms - bare.e2e.p99_ms;
+    if bare.records < sent / 2 {
+        Some(format!("the bare tip reader saw {} of the {sent} events sent: no reference to judge by", bare.records))
+    } else if !(over <= limit_ms as f64) {
+        Some(format!(
+            "e2e p99 {p99_ms:.0} ms is {over:.0} ms above the bare tip reader's {:.0} ms, more than the target {limit_ms} ms",
+            bare.e2e.p99_ms
+        ))
+    } else {
+        None
+    }
+}
+
 /// Runs an orders-stream scenario end to end.
 pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> anyhow::Result<Summary> {
     let load = scenario.orders.clone().context("not an orders-stream scenario (no [orders])")?;
@@ -394,6 +420,17 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     });
     RUSH.set(Arc::clone(&state))?;
     let planned = state.orders.len();
+    // On the local stack a bare reader at the stream's tip runs beside the
+    // load: the daemon's e2e is judged by how far it stays above that.
+    let local = crate::scenario::on_local_stack();
+    let over_bare_limit = scenario.thresholds.local.e2e_p99_over_bare_reader_ms.filter(|_| local);
+    let tip = match over_bare_limit {
+        Some(_) => {
+            let poll = Duration::from_millis(scenario.thresholds.local.poll_interval_ms);
+            Some(crate::tipreader::start(&state.kinesis, &targets.orders_stream, poll, &run_id).await?)
+        }
+        None => None,
+    };
     info!(scenario = %scenario.name, run_id, orders = planned, producers, "Starting the orders stream");
 
     let config = crate::attack::config(
@@ -434,6 +471,10 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let bare_reader = match tip {
+        Some(t) => Some(t.finish().await?),
+        None => None,
+    };
 
     let mut lost = 0u64;
     let mut duplicated = 0u64;
@@ -515,6 +556,13 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         })
         .collect();
     let e2e = crate::attack::E2e::of(&e2e_all);
+    let mut failed_targets = Vec::new();
+    let over_bare = bare_reader.as_ref().map(|b| e2e.p99_ms - b.e2e.p99_ms);
+    if let (Some(limit), Some(bare)) = (over_bare_limit, &bare_reader) {
+        failed_targets.extend(judge_over_bare(limit, e2e.p99_ms, bare, sent.len() as u64));
+    }
+    let aws_p99 = if local { None } else { scenario.thresholds.aws.e2e_p99_ms };
+    failed_targets.extend(crate::attack::p99_target(e2e.p99_ms, aws_p99));
     let summary = Summary {
         run: crate::attack::RunHeader { scenario: scenario.name.clone(), run_id, seed: args.seed },
         planned_orders: planned as u64,
@@ -524,15 +572,21 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         orders_per_sec: want_orders as f64 / send_secs.max(0.001),
         stages,
         e2e,
-        verdict: Verdict::judged(
-            send_failures,
-            lost,
-            duplicated,
-            mismatches,
-            failed_thresholds,
-            &e2e,
-            scenario.thresholds.e2e_p99_ms,
-        ),
+        bare_reader,
+        e2e_p99_over_bare_reader_ms: over_bare,
+        verdict: {
+            let mut v = Verdict::judged(
+                send_failures,
+                lost,
+                duplicated,
+                mismatches,
+                failed_thresholds,
+                &e2e,
+                scenario.thresholds.e2e_p99_ms,
+            );
+            v.failed_targets.extend(failed_targets);
+            v
+        },
         samples,
     };
     crate::attack::write_summary(&args.report_dir, &summary, &summary.markdown())?;
@@ -542,6 +596,21 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daemon_is_judged_by_its_p99_above_the_bare_readers() {
+        let bare = |records, p99_ms| crate::tipreader::TipReport {
+            records,
+            errors: 0,
+            e2e: crate::attack::E2e { p50_ms: p99_ms / 2.0, p95_ms: p99_ms, p99_ms },
+        };
+        assert_eq!(judge_over_bare(500, 700.0, &bare(1000, 240.0), 1000), None);
+        let above = judge_over_bare(500, 800.0, &bare(1000, 240.0), 1000).expect("560 ms above");
+        assert!(above.contains("560 ms above") && above.contains("target 500 ms"), "{above}");
+        assert!(judge_over_bare(500, f64::NAN, &bare(1000, 240.0), 1000).is_some(), "no p99 is no pass");
+        let blind = judge_over_bare(500, 250.0, &bare(10, 240.0), 1000).expect("a reader that saw little");
+        assert!(blind.contains("saw 10 of the 1000"), "{blind}");
+    }
 
     fn load() -> OrdersLoad {
         OrdersLoad {

@@ -201,7 +201,7 @@ pub struct AwsTargets {
 
 /// `[thresholds.local]`: judged on the local stack, where an absolute
 /// figure measures the emulators more than the daemon.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalTargets {
     /// Largest acceptable ratio of the daemon's drain (first decision to
@@ -215,6 +215,25 @@ pub struct LocalTargets {
     /// the rest of the machine left the daemon meanwhile (see `ceiling`).
     #[serde(default)]
     pub drain_vs_ceiling: Option<f64>,
+    /// Largest acceptable excess, in ms, of the daemon's e2e p99 over the
+    /// p99 of a bare reader at the tip of the same stream in the same run
+    /// (one GetRecords per shard per `poll_interval_ms`, nothing else).
+    #[serde(default)]
+    pub e2e_p99_over_bare_reader_ms: Option<u64>,
+    /// The bare tip reader's poll interval: the daemon's
+    /// `sources.orders.poll_interval_ms` (default 250).
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+}
+
+impl Default for LocalTargets {
+    fn default() -> Self {
+        LocalTargets { drain_vs_bare: None, drain_vs_ceiling: None, e2e_p99_over_bare_reader_ms: None, poll_interval_ms: 250 }
+    }
+}
+
+fn default_poll_interval_ms() -> u64 {
+    250
 }
 
 /// Whether this process's AWS endpoints are on loopback: the SQS endpoint
@@ -349,19 +368,27 @@ pub fn load(path: &Path) -> anyhow::Result<Scenario> {
     // Each local target is measured by one kind of scenario only: anywhere
     // else it would be silently ignored.
     let local = &s.thresholds.local;
-    for (name, value, applies) in
-        [("drain_vs_bare", local.drain_vs_bare, s.load.is_some()), ("drain_vs_ceiling", local.drain_vs_ceiling, s.menu.is_some())]
-    {
+    for (name, value, applies) in [
+        ("drain_vs_bare", local.drain_vs_bare, s.load.is_some()),
+        ("drain_vs_ceiling", local.drain_vs_ceiling, s.menu.is_some()),
+        ("e2e_p99_over_bare_reader_ms", local.e2e_p99_over_bare_reader_ms.map(|ms| ms as f64), s.orders.is_some()),
+    ] {
+        let kind = match name {
+            "drain_vs_bare" => "[load] (payments burst)",
+            "drain_vs_ceiling" => "[menu] (menu sync)",
+            _ => "[orders] (orders stream)",
+        };
         match value {
-            Some(v) if !(v > 0.0 && v.is_finite()) => {
-                problems.push(format!("thresholds.local.{name} must be a ratio above 0, got {v}"))
-            }
-            Some(_) if !applies => problems.push(format!(
-                "thresholds.local.{name} is measured by {} scenarios only",
-                if name == "drain_vs_bare" { "[load] (payments burst)" } else { "[menu] (menu sync)" }
-            )),
+            Some(v) if !(v > 0.0 && v.is_finite()) => problems.push(format!("thresholds.local.{name} must be above 0, got {v}")),
+            Some(_) if !applies => problems.push(format!("thresholds.local.{name} is measured by {kind} scenarios only")),
             _ => {}
         }
+    }
+    if !(200..=60_000).contains(&local.poll_interval_ms) {
+        problems.push(format!(
+            "thresholds.local.poll_interval_ms must be 200..60000 (as the daemon's), got {}",
+            local.poll_interval_ms
+        ));
     }
     if !problems.is_empty() {
         bail!("{}: {}", path.display(), problems.join("; "));
@@ -400,6 +427,9 @@ mod tests {
         let rush = all.iter().find(|s| s.name == "morning-rush").expect("morning-rush");
         let names: Vec<&str> = rush.stages.iter().map(|s| s.name.as_str()).collect();
         assert!(names.contains(&"spike") && names.contains(&"ramp"), "{names:?}");
+        assert!(rush.thresholds.local.e2e_p99_over_bare_reader_ms.is_some(), "morning-rush is judged against a bare tip reader");
+        assert_eq!(rush.thresholds.e2e_p99_ms, None, "an absolute p99 on the local stack measures the machine");
+        assert!(rush.thresholds.aws.e2e_p99_ms.is_some(), "morning-rush keeps a target for AWS");
         let menu = all.iter().find(|s| s.name == "menu-sync").expect("menu-sync");
         let load = menu.menu.as_ref().expect("[menu]");
         assert_eq!((load.items, load.pods), (10_000, 50));
@@ -421,7 +451,11 @@ mod tests {
         let cases = [
             ("[thresholds.local]\ndrain_vs_ceiling = 1.5\n", None),
             ("[thresholds.local]\ndrain_vs_bare = 1.5\n", Some("measured by [load] (payments burst) scenarios only")),
-            ("[thresholds.local]\ndrain_vs_ceiling = 0\n", Some("drain_vs_ceiling must be a ratio above 0")),
+            ("[thresholds.local]\ndrain_vs_ceiling = 0\n", Some("drain_vs_ceiling must be above 0")),
+            (
+                "[thresholds.local]\ne2e_p99_over_bare_reader_ms = 500\n",
+                Some("measured by [orders] (orders stream) scenarios only"),
+            ),
         ];
         for (thresholds, refused) in cases {
             std::fs::write(&path, format!("{menu}{thresholds}")).expect("write");
