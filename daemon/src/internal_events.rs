@@ -901,6 +901,38 @@ impl InternalEvent for ShardReadStopped<'_> {
     }
 }
 
+/// Record bytes took room in the Kinesis read budget (`waited`: the reader
+/// had to wait for it).
+#[derive(Debug)]
+pub struct ReadBudgetTaken {
+    /// Bytes.
+    pub bytes: u64,
+    /// Whether the budget was full when asked.
+    pub waited: bool,
+}
+
+impl InternalEvent for ReadBudgetTaken {
+    fn emit(self, m: &Metrics) {
+        m.kinesis_read_budget_used.inc_by(self.bytes as i64);
+        if self.waited {
+            m.kinesis_read_budget_waits.inc();
+        }
+    }
+}
+
+/// Record bytes gave their room in the read budget back.
+#[derive(Debug)]
+pub struct ReadBudgetReturned {
+    /// Bytes.
+    pub bytes: u64,
+}
+
+impl InternalEvent for ReadBudgetReturned {
+    fn emit(self, m: &Metrics) {
+        m.kinesis_read_budget_used.dec_by(self.bytes as i64);
+    }
+}
+
 /// Creates a sink's request series (every outcome), at start.
 pub fn init_sink_series(metrics: &Metrics, sink: Sink) {
     for outcome in [SinkRequestOutcome::Ok, SinkRequestOutcome::Retry, SinkRequestOutcome::Failed] {

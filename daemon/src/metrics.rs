@@ -166,6 +166,10 @@ pub struct Metrics {
     pub mirror_pending_rows: Gauge,
     /// Mirror buckets flushed by this instance at the last flush.
     pub mirror_buckets_owned: Gauge,
+    /// Record bytes read and not yet durable (the Kinesis read budget in use).
+    pub kinesis_read_budget_used: Gauge,
+    /// Waits for room in the Kinesis read budget.
+    pub kinesis_read_budget_waits: Counter,
     /// Age of the oldest pending change.
     pub mirror_oldest_pending: Gauge<f64, AtomicU64>,
     /// Flushes by outcome.
@@ -230,6 +234,8 @@ impl Metrics {
             orders_state_reads: Family::default(),
             mirror_pending_rows: Gauge::default(),
             mirror_buckets_owned: Gauge::default(),
+            kinesis_read_budget_used: Gauge::default(),
+            kinesis_read_budget_waits: Counter::default(),
             mirror_oldest_pending: Gauge::default(),
             mirror_flushes: Family::default(),
             mirror_rows_written: Counter::default(),
@@ -319,6 +325,16 @@ impl Metrics {
             n::MIRROR_BUCKETS_OWNED,
             "Mirror buckets this instance flushed at its last flush (its share by shard lease)",
             m.mirror_buckets_owned.clone(),
+        );
+        registry.register(
+            n::KINESIS_READ_BUDGET_USED,
+            "Record bytes read from the stream and not yet durable, across every shard (bounded by max_bytes_in_flight)",
+            m.kinesis_read_budget_used.clone(),
+        );
+        registry.register(
+            n::KINESIS_READ_BUDGET_WAITS,
+            "Times a shard reader waited for room in the read budget",
+            m.kinesis_read_budget_waits.clone(),
         );
         registry.register(
             n::MIRROR_OLDEST_PENDING,

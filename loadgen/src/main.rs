@@ -5,6 +5,7 @@
 //! run failed them, 2 when the run could not be made.
 
 mod attack;
+mod backlog;
 mod ceiling;
 mod chaos;
 mod coldstart;
@@ -48,6 +49,11 @@ enum Command {
     /// from a scratch FIFO queue into a scratch table (the daemon's SQS and
     /// DynamoDB calls, no processing) and is timed.
     PaymentsThroughput(paythroughput::PaymentsThroughputArgs),
+    /// The daemon's memory under a backlog: puts `--records` order events
+    /// on the stream, runs the start command, and samples the daemon's
+    /// resident memory from its admin endpoint every second while it works
+    /// through them (the caller stops the daemon).
+    OrdersBacklog(backlog::BacklogArgs),
     /// Prove the dashboards and rules against a Prometheus that scraped a
     /// daemon under load: every expression returns data, every rule is healthy.
     CheckDashboards {
@@ -302,6 +308,36 @@ fn main() -> ExitCode {
                         args.receivers, t.payments, t.bare_secs, t.bare_payments_per_sec
                     );
                     match serde_json::to_string(&t) {
+                        Ok(json) => println!("{json}"),
+                        Err(e) => return fail(e.into()),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::OrdersBacklog(args) => {
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(backlog::run(&args, 1)));
+            match result {
+                Ok(b) => {
+                    println!(
+                        "backlog: {} records ({} orders) put in {:.1} s
+                         daemon over {} s: {:.0} records acknowledged; resident memory peak {:.1} MiB                          (first half {:.1}, second half {:.1}: growth {:.2})",
+                        b.records,
+                        b.orders,
+                        b.put_secs,
+                        args.watch_secs,
+                        b.acked,
+                        b.peak_rss_mib,
+                        b.first_half_peak_mib,
+                        b.second_half_peak_mib,
+                        b.growth
+                    );
+                    match serde_json::to_string(&b) {
                         Ok(json) => println!("{json}"),
                         Err(e) => return fail(e.into()),
                     }

@@ -210,7 +210,23 @@ pub(crate) async fn create_scratch_table(ddb: &aws_sdk_dynamodb::Client, table: 
     Ok(())
 }
 
-async fn put_backlog(kinesis: &aws_sdk_kinesis::Client, stream: &str, orders: &[PlannedOrder]) -> anyhow::Result<usize> {
+/// A backlog of `orders` orders (each 3 or 5 events), `bulk_ratio` of them
+/// corporate bulk orders, under a fresh run id.
+pub(crate) fn plan_backlog(seed: u64, orders: usize, bulk_ratio: f64) -> Vec<PlannedOrder> {
+    let load = OrdersLoad {
+        producers: 1,
+        stores: 20,
+        customers: 5000,
+        cancel_ratio: 0.08,
+        status_gap_ms: 0,
+        items: [1, 6],
+        bulk_items: [24, 300],
+    };
+    let stage = Stage { name: "backlog".into(), secs: 1.0, rate_start: orders as f64, rate_end: orders as f64, bulk_ratio };
+    plan(seed, &crate::coldstart::new_run_id(), &load, &[stage], 1.0, 1.0)
+}
+
+pub(crate) async fn put_backlog(kinesis: &aws_sdk_kinesis::Client, stream: &str, orders: &[PlannedOrder]) -> anyhow::Result<usize> {
     let ts = OffsetDateTime::now_utc().format(&Rfc3339)?;
     let waves = orders.iter().map(|o| o.statuses.len()).max().unwrap_or(0);
     let mut total = 0;
@@ -294,24 +310,8 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let stream = &args.targets.orders_stream;
-    let load = OrdersLoad {
-        producers: 1,
-        stores: 20,
-        customers: 5000,
-        cancel_ratio: 0.08,
-        status_gap_ms: 0,
-        items: [1, 6],
-        bulk_items: [24, 300],
-    };
-    let stage = Stage {
-        name: "backlog".into(),
-        secs: 1.0,
-        rate_start: args.orders as f64,
-        rate_end: args.orders as f64,
-        bulk_ratio: args.bulk_ratio,
-    };
     let run_id = crate::coldstart::new_run_id();
-    let orders = plan(seed, &run_id, &load, &[stage], 1.0, 1.0);
+    let orders = plan_backlog(seed, args.orders, args.bulk_ratio);
     info!(orders = orders.len(), "Putting the backlog");
     let records = put_backlog(&kinesis, stream, &orders).await.context("putting the backlog")?;
     info!(records, "Backlog in place; reading it with a bare GetRecords reader");

@@ -130,6 +130,11 @@ pub const KINESIS_BEHIND_LATEST: &str = "cafe_kinesis_behind_latest_seconds";
 pub const KINESIS_ITERATOR_EXPIRIES: &str = "cafe_kinesis_iterator_expiries";
 /// Checkpoints written to the lease table, by outcome (`ok`, `fenced`, `failed`). Labels: `source`, `outcome`.
 pub const KINESIS_CHECKPOINTS: &str = "cafe_kinesis_checkpoints";
+/// Record bytes read from the stream and not yet durable, across every
+/// shard of this instance (`sources.orders.max_bytes_in_flight` bounds it).
+pub const KINESIS_READ_BUDGET_USED: &str = "cafe_kinesis_read_budget_used_bytes";
+/// Times a shard reader waited for room in the read budget.
+pub const KINESIS_READ_BUDGET_WAITS: &str = "cafe_kinesis_read_budget_waits";
 /// Shard leases this instance holds. Labels: `source`.
 pub const LEASES_HELD: &str = "cafe_leases_held";
 /// Leases taken, by how (`new`, `expired`, `released`, `stolen`). Labels: `source`, `outcome`.

@@ -856,3 +856,44 @@ async fn an_idle_shard_checkpoints_its_last_records() {
     assert_eq!(replayed, 0, "records after the last checkpoint were replayed\n{}", env.log());
     env.wait_orders_exact(&expected, Duration::from_secs(5)).await;
 }
+
+/// The read budget bounds what every shard together holds read and not yet
+/// durable: with 64 KiB for two shards and a backlog of about 1 MiB, the
+/// readers wait for room again and again, nothing is lost or applied out of
+/// order, and every byte's room comes back once the backlog is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_far_beyond_the_read_budget_drains_exactly_and_gives_the_room_back() {
+    let mut env = Env::with_orders("budget", "shards = 2\nmax_bytes_in_flight = 65536\nmax_records = 500", "", Vec::new()).await;
+    let mut expected = Expected::default();
+    let orders: Vec<Vec<(String, String)>> = (0..800).map(|i| order_events(&env.prefix, i, &mut expected)).collect();
+    // Wave k holds every order's k-th event: an order's events land in order.
+    for k in 0..5 {
+        let wave: Vec<(String, Vec<u8>)> = orders
+            .iter()
+            .filter_map(|events| events.get(k))
+            .map(|(key, body)| (key.clone(), body.clone().into_bytes()))
+            .collect();
+        env.producer().put(&wave).await;
+    }
+    let bytes: usize = orders.iter().flatten().map(|(_, b)| b.len()).sum();
+    assert!(bytes > 10 * 65536, "the backlog ({bytes} bytes) must be far beyond the budget");
+    env.start();
+    env.wait_orders_exact(&expected, Duration::from_secs(120)).await;
+    let metric = |text: &str, name: &str| {
+        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(-1.0)
+    };
+    let text = http_get(&env.admin, "/metrics").await;
+    let waits = metric(&text, "cafe_kinesis_read_budget_waits_total ");
+    assert!(waits >= 5.0, "the readers should have waited for room: {waits}\n{}", env.log());
+    // The last batches' room comes back as they are written (the scrape may
+    // come a moment before the last write returns).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let used = metric(&http_get(&env.admin, "/metrics").await, "cafe_kinesis_read_budget_used_bytes ");
+        if used == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{used} bytes of room never came back\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -62,6 +62,11 @@ pub struct KinesisSourceConfig {
     /// for it; the checkpoint moves past a batch only when it and every
     /// batch before it are durable.
     pub max_batches_in_flight: usize,
+    /// Record bytes read and not yet durable, across every shard this
+    /// instance reads: a reader waits for room before handing a GetRecords
+    /// result on. Memory for them is a few times this (decoded events and
+    /// their writes); one result larger than the whole budget goes alone.
+    pub max_bytes_in_flight: u64,
 }
 
 /// Where a shard with no checkpoint starts.
@@ -116,6 +121,7 @@ impl Default for KinesisSourceConfig {
             checkpoint_interval_ms: 1_000,
             order_cache_size: 20_000,
             max_batches_in_flight: 4,
+            max_bytes_in_flight: 32 * 1024 * 1024,
         }
     }
 }
@@ -170,6 +176,12 @@ impl KinesisSourceConfig {
         }
         if !(1..=64).contains(&k.max_batches_in_flight) {
             bad(&format!("{p}.max_batches_in_flight"), format!("must be 1..64, got {}", k.max_batches_in_flight));
+        }
+        if !(64 * 1024..=16 * 1024 * 1024 * 1024).contains(&k.max_bytes_in_flight) {
+            bad(
+                &format!("{p}.max_bytes_in_flight"),
+                format!("must be 65536..17179869184 (64 KiB to 16 GiB), got {}", k.max_bytes_in_flight),
+            );
         }
         if k.lease_table.len() < 3 || !k.lease_table.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch)) {
             bad(

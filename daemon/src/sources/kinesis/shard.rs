@@ -29,6 +29,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::budget::Room;
 use super::checkpoint::Checkpoint;
 use super::leases::{Lease, LeaseError, Leases};
 use super::source::Fetched;
@@ -253,6 +254,11 @@ pub async fn process_shard(
                                 batch.records.extend(more.records);
                                 batch.aggregated.extend(more.aggregated);
                                 batch.end = more.end;
+                                match (&mut batch.room, more.room) {
+                                    (Some(room), Some(more)) => room.merge(more),
+                                    (room @ None, more) => *room = more,
+                                    (Some(_), None) => {}
+                                }
                             }
                             Err(_) => break,
                         }
@@ -260,7 +266,7 @@ pub async fn process_shard(
                     end_read = batch.end;
                     let last = batch.records.last().map(|r| (r.sequence.clone(), r.sub));
                     let count = batch.records.len() as u64;
-                    let no = ledger.push(last, count);
+                    let no = ledger.push(last, count, batch.room.take());
                     if count > 0 {
                         let inputs: Vec<Input> = batch
                             .records
@@ -464,13 +470,16 @@ struct Entry {
     count: u64,
     /// Parts not yet durable; `None` until the batch is decided and split.
     parts_left: Option<usize>,
+    /// Its records' room in the read budget, given back once every part is
+    /// durable (or the ledger is dropped: a stop, a lost lease).
+    room: Option<Room>,
 }
 
 impl Ledger {
-    fn push(&mut self, last: Option<(String, u64)>, count: u64) -> u64 {
+    fn push(&mut self, last: Option<(String, u64)>, count: u64, room: Option<Room>) -> u64 {
         let no = self.next;
         self.next += 1;
-        self.batches.push_back(Entry { no, last, count, parts_left: None });
+        self.batches.push_back(Entry { no, last, count, parts_left: None, room });
         no
     }
 
@@ -491,8 +500,13 @@ impl Ledger {
     /// One part of batch `no` is durable: the batches now durable from the
     /// front, each as (last record, records), oldest first.
     fn part_done(&mut self, no: u64) -> Vec<((String, u64), u64)> {
-        if let Some(Entry { parts_left: Some(n), .. }) = self.batches.iter_mut().find(|e| e.no == no) {
+        if let Some(Entry { parts_left: Some(n), room, .. }) = self.batches.iter_mut().find(|e| e.no == no) {
             *n = n.saturating_sub(1);
+            if *n == 0 {
+                // Its records are written and dropped, even if an earlier
+                // batch still holds the checkpoint back.
+                room.take();
+            }
         }
         self.part_done_none()
     }
@@ -677,7 +691,7 @@ mod tests {
     fn the_checkpoint_passes_only_batches_durable_with_every_one_before_them() {
         let mut ledger = Ledger::default();
         let at = |n: u64| Some((format!("seq{n}"), 0));
-        let (b0, b1, b2) = (ledger.push(at(0), 10), ledger.push(at(1), 5), ledger.push(at(2), 7));
+        let (b0, b1, b2) = (ledger.push(at(0), 10, None), ledger.push(at(1), 5, None), ledger.push(at(2), 7, None));
         ledger.set_parts(b0, 2);
         ledger.set_parts(b1, 1);
         // Batch 1 and one part of batch 0 durable: nothing passes yet.
@@ -689,5 +703,34 @@ mod tests {
         ledger.set_parts(b2, 1);
         assert_eq!(ledger.part_done(b2), [(("seq2".to_owned(), 0), 7)]);
         assert!(ledger.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_batch_gives_its_read_budget_back_once_written_not_once_checkpointed() {
+        let metrics = Arc::new(Metrics::new());
+        let budget = super::super::budget::ReadBudget::new(64 * 1024, Arc::clone(&metrics));
+        let mut ledger = Ledger::default();
+        let at = |n: u64| Some((format!("seq{n}"), 0));
+        let b0 = ledger.push(at(0), 1, Some(budget.take(16 * 1024).await));
+        let b1 = ledger.push(at(1), 1, Some(budget.take(16 * 1024).await));
+        let b2 = ledger.push(at(2), 1, Some(budget.take(16 * 1024).await));
+        assert_eq!(budget.available(), 16 * 1024);
+        ledger.set_parts(b0, 1);
+        ledger.set_parts(b1, 2);
+        ledger.set_parts(b2, 0);
+        // Batch 2 had nothing to write but waits behind 0 and 1: its room
+        // comes back only with its place in the ledger.
+        assert!(ledger.part_done_none().is_empty());
+        assert_eq!(budget.available(), 16 * 1024);
+        // Batch 1 written while batch 0 still writes: its room comes back.
+        assert!(ledger.part_done(b1).is_empty() && ledger.part_done(b1).is_empty());
+        assert_eq!(budget.available(), 32 * 1024);
+        assert_eq!(ledger.part_done(b0).len(), 3);
+        assert_eq!((budget.available(), metrics.kinesis_read_budget_used.get()), (64 * 1024, 0));
+        // A stop drops the ledger with whatever it holds.
+        let b3 = ledger.push(at(3), 1, Some(budget.take(8 * 1024).await));
+        ledger.set_parts(b3, 1);
+        drop(ledger);
+        assert_eq!(budget.available(), 64 * 1024);
     }
 }

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::budget::{ReadBudget, Room};
 use super::checkpoint::{Checkpoint, compare_sequence};
 use crate::aws::{AwsError, Backoff, ErrorClass, classify, describe};
 use crate::config::KinesisSourceConfig;
@@ -58,6 +59,9 @@ pub struct Fetched {
     pub aggregated: Vec<bool>,
     /// The shard is closed and every record of it has been handed on.
     pub end: bool,
+    /// The records' room in the instance's read budget, given back when
+    /// the batch holding them is durable.
+    pub room: Option<Room>,
 }
 
 /// True when (sequence, sub) is at or before `after`.
@@ -75,12 +79,14 @@ pub struct KinesisSource {
     client: Client,
     config: KinesisSourceConfig,
     metrics: Arc<Metrics>,
+    budget: ReadBudget,
 }
 
 impl KinesisSource {
     /// A source on `config.stream`.
     pub fn new(client: Client, config: KinesisSourceConfig, metrics: Arc<Metrics>) -> Self {
-        KinesisSource { client, config, metrics }
+        let budget = ReadBudget::new(config.max_bytes_in_flight, Arc::clone(&metrics));
+        KinesisSource { client, config, metrics, budget }
     }
 
     /// The stream name, the `source` label of its metrics.
@@ -269,6 +275,16 @@ impl KinesisSource {
             }
             if !fetched.records.is_empty() || fetched.end {
                 let end = fetched.end;
+                // Room in the instance's budget before the records go on:
+                // under a backlog the readers wait here, not the memory.
+                if !fetched.records.is_empty() {
+                    let bytes =
+                        fetched.records.iter().map(|r| (r.data.len() + r.sequence.len() + r.partition_key.len()) as u64).sum();
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        room = self.budget.take(bytes) => fetched.room = Some(room),
+                    }
+                }
                 tokio::select! {
                     () = stop.cancelled() => return,
                     sent = tx.send(fetched) => if sent.is_err() { return },

@@ -1,0 +1,153 @@
+//! The daemon's memory under a backlog it cannot drain at once: a stream
+//! holding `--records` (a million by default) order events, the daemon
+//! started into it, and its resident memory sampled every second from its
+//! admin endpoint (`process_resident_memory_bytes`) while it works through
+//! them. Memory must stay flat: what the daemon holds is bounded by its
+//! batches in flight and its caches, not by what waits on the stream.
+//!
+//! Owns: the backlog and the samples. Must not: stop the daemon (the
+//! caller does, as it started it).
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::info;
+
+use crate::Targets;
+
+/// `cafe-loadgen orders-backlog`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BacklogArgs {
+    /// Records (order events) in the backlog, at least.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: usize,
+    /// Share of corporate bulk orders.
+    #[arg(long, default_value_t = 0.1)]
+    pub bulk_ratio: f64,
+    /// Shell command that starts the daemon once the backlog is in place.
+    #[arg(long)]
+    pub start_command: String,
+    /// Seconds of sampling after the start.
+    #[arg(long, default_value_t = 60)]
+    pub watch_secs: u64,
+    #[command(flatten)]
+    pub targets: Targets,
+}
+
+/// One sample of the daemon.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    /// Seconds since the start command.
+    pub secs: f64,
+    /// Resident memory, MiB.
+    pub rss_mib: f64,
+    /// Messages and records acknowledged so far (every source).
+    pub acked: f64,
+}
+
+/// The measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Backlog {
+    /// Records put on the stream.
+    pub records: usize,
+    /// Orders they belong to.
+    pub orders: usize,
+    /// Seconds the put took.
+    pub put_secs: f64,
+    /// Records the daemon acknowledged within the window.
+    pub acked: f64,
+    /// Peak resident memory over the window, MiB.
+    pub peak_rss_mib: f64,
+    /// Peak over the window's first half and its second half, MiB.
+    pub first_half_peak_mib: f64,
+    /// See `first_half_peak_mib`.
+    pub second_half_peak_mib: f64,
+    /// `second_half_peak_mib / first_half_peak_mib`: about 1 when flat.
+    pub growth: f64,
+    /// Every sample.
+    pub samples: Vec<Sample>,
+}
+
+/// Puts the backlog, starts the daemon and samples it.
+pub async fn run(args: &BacklogArgs, seed: u64) -> anyhow::Result<Backlog> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    // An order is 3 or 5 events: 4.84 on average with 8% cancelled.
+    let orders = crate::throughput::plan_backlog(seed, (args.records * 100).div_ceil(484), args.bulk_ratio);
+    let started = Instant::now();
+    info!(orders = orders.len(), "Putting the backlog");
+    let records = crate::throughput::put_backlog(&kinesis, &args.targets.orders_stream, &orders).await?;
+    let put_secs = started.elapsed().as_secs_f64();
+    info!(records, put_secs, command = %args.start_command, "Backlog in place; starting the daemon");
+    let status = tokio::process::Command::new("sh").arg("-c").arg(&args.start_command).status().await?;
+    anyhow::ensure!(status.success(), "start command failed: {status}");
+    let started = Instant::now();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/metrics", args.targets.daemon_admin);
+    let mut samples = Vec::new();
+    let mut next = started;
+    while started.elapsed() < Duration::from_secs(args.watch_secs) {
+        tokio::time::sleep_until(next.into()).await;
+        next += Duration::from_secs(1);
+        let Ok(Ok(text)) =
+            tokio::time::timeout(Duration::from_secs(2), async { client.get(&url).send().await?.error_for_status()?.text().await })
+                .await
+        else {
+            // Not listening yet (starting) or busy: the next second.
+            continue;
+        };
+        let (rss, acked) = read(&text);
+        if let Some(rss) = rss {
+            samples.push(Sample { secs: started.elapsed().as_secs_f64(), rss_mib: rss / 1_048_576.0, acked });
+        }
+    }
+    anyhow::ensure!(samples.len() >= 4, "only {} samples of {url} in {} s", samples.len(), args.watch_secs);
+    let acked = samples.last().map_or(0.0, |s| s.acked);
+    anyhow::ensure!(acked > 0.0, "the daemon acknowledged nothing of the backlog in {} s", args.watch_secs);
+    let (first, second) = halves(&samples);
+    Ok(Backlog {
+        records,
+        orders: orders.len(),
+        put_secs,
+        acked,
+        peak_rss_mib: first.max(second),
+        first_half_peak_mib: first,
+        second_half_peak_mib: second,
+        growth: second / first,
+        samples,
+    })
+}
+
+/// (resident bytes, acknowledged messages summed over sources) from a scrape.
+fn read(text: &str) -> (Option<f64>, f64) {
+    let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+    let rss = text.lines().find(|l| l.starts_with("process_resident_memory_bytes ")).and_then(value);
+    let acked = text.lines().filter(|l| l.starts_with("cafe_source_acked_messages_total{")).filter_map(value).sum();
+    (rss, acked)
+}
+
+/// Peak RSS over the first and the second half of the samples.
+fn halves(samples: &[Sample]) -> (f64, f64) {
+    let mid = samples.len() / 2;
+    let peak = |s: &[Sample]| s.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
+    (peak(&samples[..mid]), peak(&samples[mid..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_rss_and_sums_acks_over_sources() {
+        let text = "# HELP x\nprocess_resident_memory_bytes 10485760\n\
+                    cafe_source_acked_messages_total{source=\"orders\"} 1200\n\
+                    cafe_source_acked_messages_total{source=\"menu\"} 3\ncafe_source_acked_messages_created 5\n";
+        assert_eq!(read(text), (Some(10_485_760.0), 1203.0));
+    }
+
+    #[test]
+    fn growth_compares_the_second_half_with_the_first() {
+        let s = |rss_mib| Sample { secs: 0.0, rss_mib, acked: 0.0 };
+        assert_eq!(halves(&[s(40.0), s(60.0), s(58.0), s(61.0)]), (60.0, 61.0));
+    }
+}
