@@ -16,6 +16,10 @@
 #        orders    a backlog of 3,000 orders drained by a bare GetRecords
 #                  reader, made by a bare DynamoDB writer, then by the daemon;
 #        menu      menu-sync, 10,000 items with images;
+#        memory    a backlog of 1,000,000 order records on the stream, the
+#                  daemon started into it and its resident memory sampled
+#                  every second for 120 s (it must level off, not grow with
+#                  what waits on the stream);
 #      with the daemon's CPU-seconds per 1,000 events and its peak RSS, and
 #      the CPU the emulators took meanwhile (what is left of the machine is
 #      the CPU-bound ceiling: cores left / kernel time per event).
@@ -152,6 +156,13 @@ cp scenarios/menu-sync.toml "$out/scenarios/"
 configure "b$(date -u +%H%M%S)m"
 scripts/daemon.sh start 2> /dev/null
 measure menu "$loadgen" run menu-sync --scale "$scale" --report-dir "$out/menu"
+
+echo "== 2d. memory: a backlog of 1,000,000 records on the stream, the daemon's RSS over 120 s of it"
+configure "b$(date -u +%H%M%S)k"
+records=$(python3 -c "print(max(10000, round(1000000 * $scale)))")
+"$loadgen" orders-backlog --records "$records" --watch-secs 120 --start-command "$repo/scripts/daemon.sh start" \
+  > "$out/backlog.txt" 2>&1 || { tail -n 30 "$out/backlog.txt" >&2; echo "bench: the backlog run failed; its output: $out/backlog.txt" >&2; exit 1; }
+scripts/daemon.sh stop > /dev/null 2>&1 || true
 
 python3 "$repo/scripts/bench_table.py" "$out" "$(nproc)" "$(( $(date +%s) - started ))"
 if [ ${#failed[@]} -gt 0 ]; then echo "bench: verdict FAIL for: ${failed[*]} (see the table)" >&2; exit 1; fi

@@ -96,6 +96,7 @@ orders = last_json_line("orders.txt")
 ord_p = proc("orders")
 menu = load("menu/summary.json")
 menu_p = proc("menu")
+backlog = last_json_line("backlog.txt")
 
 rows = []
 
@@ -215,6 +216,25 @@ if floor_ns:
         f"decode, rules, the model): {per_payment / floor_ns:.2f}x the SHA-256 floor of {ms(floor_ns)}. "
         f"Cold start to first decision: {pay['first_decision_secs']:.2f} s (the daemon restarted as the burst was sent).",
     ]
+if menu.get("ceiling"):
+    c = menu["ceiling"]
+    lines += [
+        "",
+        f"Menu: menu-sync's own local target, drain / CPU-bound ceiling of its run: {c['drain_vs_ceiling']:.2f} "
+        f"(kernel {c['kernel_ms']:.2f} ms per item on {c['cores']['left']:.2f} cores left; the daemon used "
+        f"{c['cores']['daemon']:.2f} cores, everything else {c['cores']['others']:.2f}).",
+    ]
+if backlog:
+    s0 = backlog["samples"]
+    at = lambda secs: next((x["rss_mib"] for x in s0 if x["secs"] >= secs), s0[-1]["rss_mib"])
+    lines += [
+        "",
+        f"Memory under a backlog: {backlog['records']:,} records on the stream ({backlog['orders']:,} orders), the daemon "
+        f"started into it and sampled for {s0[-1]['secs']:.0f} s, in which it acknowledged {backlog['acked']:,.0f}: resident "
+        f"memory {at(10):.0f} MiB at 10 s, {at(30):.0f} at 30 s, {at(60):.0f} at 60 s, {s0[-1]['rss_mib']:.0f} at the end; "
+        f"peak {backlog['first_half_peak_mib']:.0f} MiB in the first half, {backlog['second_half_peak_mib']:.0f} in the "
+        f"second (growth {backlog['growth']:.2f}).",
+    ]
 for name in ["payments", "menu"]:
     if load(f"{name}.proc").get("status", 0) != 0:
         summary = out / name / "summary.md"
@@ -223,7 +243,7 @@ for name in ["payments", "menu"]:
 table = "\n".join(lines) + "\n"
 (out / "table.md").write_text(table)
 (out / "figures.json").write_text(
-    json.dumps({"kernels_ns": kernel, "decide_stage_ns": stage, "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "paths": rows}, indent=2)
+    json.dumps({"kernels_ns": kernel, "decide_stage_ns": stage, "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "paths": rows, "backlog": backlog}, indent=2)
 )
 print(table)
 print(f"raw figures: {out}")
