@@ -328,7 +328,7 @@ impl Metrics {
         );
         registry.register(
             n::KINESIS_READ_BUDGET_USED,
-            "Record bytes read from the stream and not yet durable, across every shard (bounded by max_bytes_in_flight)",
+            "Record bytes read from the stream and not yet durable, across every shard (at most max_bytes_in_flight plus one result per shard)",
             m.kinesis_read_budget_used.clone(),
         );
         registry.register(

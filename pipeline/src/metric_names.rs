@@ -131,7 +131,8 @@ pub const KINESIS_ITERATOR_EXPIRIES: &str = "cafe_kinesis_iterator_expiries";
 /// Checkpoints written to the lease table, by outcome (`ok`, `fenced`, `failed`). Labels: `source`, `outcome`.
 pub const KINESIS_CHECKPOINTS: &str = "cafe_kinesis_checkpoints";
 /// Record bytes read from the stream and not yet durable, across every
-/// shard of this instance (`sources.orders.max_bytes_in_flight` bounds it).
+/// shard of this instance: at most `sources.orders.max_bytes_in_flight`
+/// plus one GetRecords result per shard.
 pub const KINESIS_READ_BUDGET_USED: &str = "cafe_kinesis_read_budget_used_bytes";
 /// Times a shard reader waited for room in the read budget.
 pub const KINESIS_READ_BUDGET_WAITS: &str = "cafe_kinesis_read_budget_waits";

@@ -240,3 +240,87 @@ async fn extensions_that_land_too_late_lose_and_double_count_nothing() {
     let (status, _) = env.sigterm();
     assert!(status.success(), "{status:?}\n{}", env.log());
 }
+
+/// The read budget bounds what every shard together holds read and not yet
+/// durable when the writes are slow: DynamoDB's transactions held 1 s
+/// each, 64 KiB for two shards, results of up to 50 records (a few fit the
+/// budget at once) and a backlog of about 1 MiB. The readers wait for room
+/// again and again, the room in use never exceeds the budget plus one
+/// result per shard (without the budget each shard holds up to seven
+/// results: two prefetched, four writing, one being read), nothing is lost
+/// or applied out of order, and every byte's room comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_far_beyond_the_read_budget_drains_exactly_and_gives_the_room_back() {
+    const BUDGET: usize = 65536;
+    const MAX_RECORDS: usize = 50;
+    let proxy = dynamodb_proxy().await;
+    let mut env = Env::with_orders(
+        "budget",
+        &format!("shards = 2\nmax_bytes_in_flight = {BUDGET}\nmax_records = {MAX_RECORDS}\npoll_interval_ms = 200"),
+        "",
+        vec![("AWS_ENDPOINT_URL_DYNAMODB".into(), proxy.url())],
+    )
+    .await;
+    let mut expected = Expected::default();
+    let orders: Vec<Vec<(String, String)>> = (0..800).map(|i| order_events(&env.prefix, i, &mut expected)).collect();
+    // Wave k holds every order's k-th event: an order's events land in order.
+    for k in 0..5 {
+        let wave: Vec<(String, Vec<u8>)> = orders
+            .iter()
+            .filter_map(|events| events.get(k))
+            .map(|(key, body)| (key.clone(), body.clone().into_bytes()))
+            .collect();
+        env.producer().put(&wave).await;
+    }
+    let bytes: usize = orders.iter().flatten().map(|(_, b)| b.len()).sum();
+    assert!(bytes > 10 * BUDGET, "the backlog ({bytes} bytes) must be far beyond the budget");
+    proxy.set_rules(on(&["TransactWriteItems"], Fault::Latency { millis: 1000 })).expect("rules");
+    // The budget counts each record's data, sequence number and key.
+    let largest = orders.iter().flatten().map(|(k, b)| b.len() + k.len() + 64).max().unwrap_or(0);
+    let bound = BUDGET + 2 * MAX_RECORDS * largest;
+    assert!(2 * MAX_RECORDS * largest < BUDGET, "a few results must fit the budget at once");
+    env.start();
+    let metric = |text: &str, name: &str| {
+        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(-1.0)
+    };
+    // The room in use, sampled while the backlog drains.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = tokio::spawn({
+        let (admin, sampling) = (env.admin.clone(), Arc::clone(&sampling));
+        async move {
+            let mut peak = 0.0f64;
+            while sampling.load(Ordering::SeqCst) {
+                if tokio::net::TcpStream::connect(&admin).await.is_ok() {
+                    let text = http_get(&admin, "/metrics").await;
+                    let used = text
+                        .lines()
+                        .find(|l| l.starts_with("cafe_kinesis_read_budget_used_bytes "))
+                        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+                    peak = peak.max(used.unwrap_or(0.0));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        }
+    });
+    env.wait_orders_exact(&expected, Duration::from_secs(120)).await;
+    sampling.store(false, Ordering::SeqCst);
+    let peak = sampler.await.expect("sampler");
+    assert!(peak > 0.0 && peak <= bound as f64, "room in use peaked at {peak} bytes; the bound is {bound}\n{}", env.log());
+    let text = http_get(&env.admin, "/metrics").await;
+    let waits = metric(&text, "cafe_kinesis_read_budget_waits_total ");
+    assert!(waits >= 5.0, "the readers should have waited for room: {waits}\n{}", env.log());
+    assert!(proxy.stats().total.latency > 0, "the proxy delayed nothing: {:?}", proxy.stats());
+    eprintln!("budget: {waits} waits, room in use peaked at {peak} of a bound of {bound} bytes");
+    // The last batches' room comes back as they are written (the scrape may
+    // come a moment before the last write returns).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let used = metric(&http_get(&env.admin, "/metrics").await, "cafe_kinesis_read_budget_used_bytes ");
+        if used == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{used} bytes of room never came back\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -708,29 +708,30 @@ mod tests {
     #[tokio::test]
     async fn a_batch_gives_its_read_budget_back_once_written_not_once_checkpointed() {
         let metrics = Arc::new(Metrics::new());
-        let budget = super::super::budget::ReadBudget::new(64 * 1024, Arc::clone(&metrics));
+        let total = super::super::budget::ReadBudget::new(64 * 1024, Arc::clone(&metrics));
+        let budget = total.for_shard();
         let mut ledger = Ledger::default();
         let at = |n: u64| Some((format!("seq{n}"), 0));
         let b0 = ledger.push(at(0), 1, Some(budget.take(16 * 1024).await));
         let b1 = ledger.push(at(1), 1, Some(budget.take(16 * 1024).await));
         let b2 = ledger.push(at(2), 1, Some(budget.take(16 * 1024).await));
-        assert_eq!(budget.available(), 16 * 1024);
+        assert_eq!(total.available(), 16 * 1024);
         ledger.set_parts(b0, 1);
         ledger.set_parts(b1, 2);
         ledger.set_parts(b2, 0);
         // Batch 2 had nothing to write but waits behind 0 and 1: its room
         // comes back only with its place in the ledger.
         assert!(ledger.part_done_none().is_empty());
-        assert_eq!(budget.available(), 16 * 1024);
+        assert_eq!(total.available(), 16 * 1024);
         // Batch 1 written while batch 0 still writes: its room comes back.
         assert!(ledger.part_done(b1).is_empty() && ledger.part_done(b1).is_empty());
-        assert_eq!(budget.available(), 32 * 1024);
+        assert_eq!(total.available(), 32 * 1024);
         assert_eq!(ledger.part_done(b0).len(), 3);
-        assert_eq!((budget.available(), metrics.kinesis_read_budget_used.get()), (64 * 1024, 0));
+        assert_eq!((total.available(), metrics.kinesis_read_budget_used.get()), (64 * 1024, 0));
         // A stop drops the ledger with whatever it holds.
         let b3 = ledger.push(at(3), 1, Some(budget.take(8 * 1024).await));
         ledger.set_parts(b3, 1);
         drop(ledger);
-        assert_eq!(budget.available(), 64 * 1024);
+        assert_eq!(total.available(), 64 * 1024);
     }
 }

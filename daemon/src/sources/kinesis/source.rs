@@ -164,6 +164,7 @@ impl KinesisSource {
             let _ = tx.send(Fetched { end: true, ..Fetched::default() }).await;
             return;
         }
+        let budget = self.budget.for_shard();
         let mut iterator: Option<String> = None;
         let mut failures = 0u32;
         let mut next_call = tokio::time::Instant::now();
@@ -192,7 +193,7 @@ impl KinesisSource {
             };
             next_call = tokio::time::Instant::now() + poll;
             let result = self.client.get_records().shard_iterator(&it).limit(cfg.max_records as i32).send().await;
-            let out = match result {
+            let mut out = match result {
                 Ok(out) => out,
                 Err(SdkError::ServiceError(e)) if e.err().is_expired_iterator_exception() => {
                     debug!(shard = %shard, "Shard iterator expired; renewing it after the last record handed on");
@@ -268,7 +269,10 @@ impl KinesisSource {
             if let Some(last) = fetched.records.last() {
                 after = Some((last.sequence.clone(), last.sub));
             }
-            iterator = out.next_shard_iterator;
+            iterator = out.next_shard_iterator.take();
+            // The response's own copy of the records goes now, not after
+            // the wait for room below.
+            drop(out);
             fetched.end = iterator.is_none();
             if fetched.end {
                 info!(shard = %shard, "Shard ended (closed by a split or merge, and read to its end)");
@@ -282,7 +286,7 @@ impl KinesisSource {
                         fetched.records.iter().map(|r| (r.data.len() + r.sequence.len() + r.partition_key.len()) as u64).sum();
                     tokio::select! {
                         () = stop.cancelled() => return,
-                        room = self.budget.take(bytes) => fetched.room = Some(room),
+                        room = budget.take(bytes) => fetched.room = Some(room),
                     }
                 }
                 tokio::select! {
