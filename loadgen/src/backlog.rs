@@ -89,9 +89,10 @@ pub async fn run(args: &BacklogArgs, seed: u64) -> anyhow::Result<Backlog> {
     while started.elapsed() < Duration::from_secs(args.watch_secs) {
         tokio::time::sleep_until(next.into()).await;
         next += Duration::from_secs(1);
-        let Ok(Ok(text)) =
-            tokio::time::timeout(Duration::from_secs(2), async { client.get(&url).send().await?.error_for_status()?.text().await })
-                .await
+        let Ok(Ok(text)) = tokio::time::timeout(Duration::from_secs(2), async {
+            client.get(&url).send().await?.error_for_status()?.text().await
+        })
+        .await
         else {
             // Not listening yet (starting) or busy: the next second.
             continue;

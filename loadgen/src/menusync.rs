@@ -256,7 +256,7 @@ impl Summary {
             redshift,
             self.ceiling.as_ref().map_or(String::new(), |c| format!(
                 "| CPU-bound ceiling | {:.1} items/s: kernel {:.2} ms on {:.2} cores left (daemon {:.2}, others {:.2} of {}) |\n\
-                 | drain / ceiling | {:.2} ({:.2} s vs {:.2} s) |\n",
+                 | drain / ceiling | {:.2} ({:.2} s vs {:.2} s, the longer of the ceiling's and the send's) |\n",
                 c.items_per_sec,
                 c.kernel_ms,
                 c.cores.left,
@@ -265,7 +265,7 @@ impl Summary {
                 c.cores.cores,
                 c.drain_vs_ceiling,
                 self.drain_secs,
-                c.ceiling_secs
+                c.reference_secs
             )),
             if self.passed() { "PASS" } else { "FAIL" },
             self.verdict
@@ -292,8 +292,18 @@ pub struct Ceiling {
     pub items_per_sec: f64,
     /// The ceiling's time for the items stored, seconds.
     pub ceiling_secs: f64,
-    /// The daemon's drain over `ceiling_secs`.
+    /// What the drain is judged against: the ceiling's time, or the send's
+    /// when that is longer (no item is stored before it is sent; at small
+    /// scales the sending is the slower of the two).
+    pub reference_secs: f64,
+    /// The daemon's drain over `reference_secs`.
     pub drain_vs_ceiling: f64,
+}
+
+/// The time a drain that started with the first send is judged against:
+/// the CPU-bound ceiling's, unless sending everything took longer.
+fn reference_secs(ceiling_secs: f64, send_secs: f64) -> f64 {
+    ceiling_secs.max(send_secs)
 }
 
 /// Times the kernel over up to 100 of the run's items, spread evenly (their
@@ -308,6 +318,7 @@ async fn menu_ceiling(
     to: &crate::ceiling::CpuMark,
     stored: u64,
     drain_secs: f64,
+    send_secs: f64,
 ) -> anyhow::Result<Ceiling> {
     let cores = crate::ceiling::cores_left(from, to)?;
     let n = items.min(100);
@@ -324,7 +335,8 @@ async fn menu_ceiling(
         kernel_items: n as usize,
         items_per_sec,
         ceiling_secs,
-        drain_vs_ceiling: drain_secs / ceiling_secs,
+        reference_secs: reference_secs(ceiling_secs, send_secs),
+        drain_vs_ceiling: drain_secs / reference_secs(ceiling_secs, send_secs),
     })
 }
 
@@ -542,11 +554,11 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let mut ceiling = None;
     let mut failed_targets = Vec::new();
     if let (Some(limit), Some(from), Some(to)) = (ceiling_limit, cpu_from, cpu_to) {
-        let c = menu_ceiling(&load, args.seed, &run_id, items, &from, &to, stored, drain_secs).await?;
+        let c = menu_ceiling(&load, args.seed, &run_id, items, &from, &to, stored, drain_secs, send_secs).await?;
         if !(c.drain_vs_ceiling <= limit) {
             failed_targets.push(format!(
-                "the daemon drained in {:.2}x the CPU-bound ceiling's time ({drain_secs:.2} s vs {:.2} s on {:.2} cores left), above the target {limit}x",
-                c.drain_vs_ceiling, c.ceiling_secs, c.cores.left
+                "the daemon drained in {:.2}x the CPU-bound ceiling's time ({drain_secs:.2} s vs {:.2} s: the ceiling {:.2} s on {:.2} cores left, the send {send_secs:.2} s), above the target {limit}x",
+                c.drain_vs_ceiling, c.reference_secs, c.ceiling_secs, c.cores.left
             ));
         }
         ceiling = Some(c);
@@ -600,6 +612,12 @@ mod tests {
             redshift_within_secs: 1,
             json_rounds: 100,
         }
+    }
+
+    #[test]
+    fn the_drain_is_judged_against_the_ceiling_or_the_send_whichever_is_longer() {
+        assert_eq!(reference_secs(52.6, 20.6), 52.6);
+        assert_eq!(reference_secs(1.2, 1.5), 1.5, "at small scales no item is stored before it is sent");
     }
 
     #[test]

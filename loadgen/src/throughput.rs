@@ -226,7 +226,11 @@ pub(crate) fn plan_backlog(seed: u64, orders: usize, bulk_ratio: f64) -> Vec<Pla
     plan(seed, &crate::coldstart::new_run_id(), &load, &[stage], 1.0, 1.0)
 }
 
-pub(crate) async fn put_backlog(kinesis: &aws_sdk_kinesis::Client, stream: &str, orders: &[PlannedOrder]) -> anyhow::Result<usize> {
+pub(crate) async fn put_backlog(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &str,
+    orders: &[PlannedOrder],
+) -> anyhow::Result<usize> {
     let ts = OffsetDateTime::now_utc().format(&Rfc3339)?;
     let waves = orders.iter().map(|o| o.statuses.len()).max().unwrap_or(0);
     let mut total = 0;
