@@ -249,6 +249,12 @@ impl Verdict {
         let failed_targets = p99_target(e2e.p99_ms, limit).into_iter().collect();
         Verdict { send_failures, lost, duplicated, mismatches, failed_thresholds, failed_targets }
     }
+
+    /// With more failed targets (a driver's local or AWS targets).
+    pub fn and_failed(mut self, targets: impl IntoIterator<Item = String>) -> Self {
+        self.failed_targets.extend(targets);
+        self
+    }
 }
 
 /// Writes a run's `summary.json` and `summary.md` into `dir`.

@@ -358,20 +358,17 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         review,
         declined,
         restart: restart_status,
-        verdict: {
-            let mut v = Verdict::judged(
-                send_failures,
-                lost,
-                duplicated,
-                mismatches,
-                failed_thresholds,
-                &percentiles,
-                scenario.thresholds.e2e_p99_ms,
-            );
-            v.failed_targets.extend(crate::attack::p99_target(percentiles.p99_ms, aws_p99));
-            v.failed_targets.extend(relative_targets);
-            v
-        },
+        verdict: Verdict::judged(
+            send_failures,
+            lost,
+            duplicated,
+            mismatches,
+            failed_thresholds,
+            &percentiles,
+            scenario.thresholds.e2e_p99_ms,
+        )
+        .and_failed(crate::attack::p99_target(percentiles.p99_ms, aws_p99))
+        .and_failed(relative_targets),
         samples,
     };
     if summary.verdict.lost > 0 {

@@ -578,19 +578,16 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         redshift_rows: redshift_rows_checked,
         redshift_caught_up_secs: caught_up,
         ceiling,
-        verdict: {
-            let mut v = Verdict::judged(
-                send_failures,
-                lost,
-                duplicated,
-                mismatches,
-                failed_thresholds,
-                &percentiles,
-                scenario.thresholds.e2e_p99_ms,
-            );
-            v.failed_targets.extend(failed_targets);
-            v
-        },
+        verdict: Verdict::judged(
+            send_failures,
+            lost,
+            duplicated,
+            mismatches,
+            failed_thresholds,
+            &percentiles,
+            scenario.thresholds.e2e_p99_ms,
+        )
+        .and_failed(failed_targets),
         samples,
     };
     crate::attack::write_summary(&args.report_dir, &summary, &summary.markdown())?;

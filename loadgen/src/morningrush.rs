@@ -574,19 +574,16 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         e2e,
         bare_reader,
         e2e_p99_over_bare_reader_ms: over_bare,
-        verdict: {
-            let mut v = Verdict::judged(
-                send_failures,
-                lost,
-                duplicated,
-                mismatches,
-                failed_thresholds,
-                &e2e,
-                scenario.thresholds.e2e_p99_ms,
-            );
-            v.failed_targets.extend(failed_targets);
-            v
-        },
+        verdict: Verdict::judged(
+            send_failures,
+            lost,
+            duplicated,
+            mismatches,
+            failed_thresholds,
+            &e2e,
+            scenario.thresholds.e2e_p99_ms,
+        )
+        .and_failed(failed_targets),
         samples,
     };
     crate::attack::write_summary(&args.report_dir, &summary, &summary.markdown())?;
