@@ -130,6 +130,13 @@ mod tests {
         assert_eq!(split(2, Duration::from_secs(1), 5.0, 0.0).left, 0.05);
     }
 
+    #[tokio::test]
+    async fn an_unreachable_daemon_admin_is_an_error_that_names_the_option() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+        let err = mark(&format!("127.0.0.1:{port}")).await.expect_err("nothing listens there");
+        assert!(format!("{err:#}").contains("--daemon-admin"), "{err:#}");
+    }
+
     #[test]
     fn reads_a_counter_by_its_exact_name() {
         let text = "process_cpu_seconds_total_x 5\nprocess_cpu_seconds_total 12.5\n";
