@@ -23,12 +23,16 @@ trap cleanup EXIT
 eval "$("$stack" env)"
 
 echo "== unit and integration tests"
+# One selection for every build of this script and of the integration tests
+# (daemon/tests/it/main.rs, workspace_bin): features unify per selection, so a
+# narrower `cargo build -p loadgen` rebuilds every dependency (6.5 min on
+# 2 cores). Building it first also gives the tests both binaries before they
+# start, instead of a compile racing the chaos tests.
+cargo build --workspace --all-targets --locked
 cargo test --workspace --all-targets --locked
 
 echo "== end to end: cold-start at scale ${CAFE_E2E_SCALE:-0.05} (daemon restarted into the burst)"
-# cargo test builds a binary only for its own package's integration tests:
-# build both explicitly.
-cargo build --locked -p daemon -p loadgen
+# Both binaries come from the build above.
 export CAFE_STREAMD_BIN="$repo/target/debug/cafe-streamd"
 # The Redshift mirror on, into the local PostgreSQL, and checked by menu-sync.
 export CAFE_SINKS__REDSHIFT__ENABLED=true CAFE_SINKS__REDSHIFT__URL="$CAFE_PG_URL" CAFE_LOADGEN_REDSHIFT_URL="$CAFE_PG_URL"

@@ -65,15 +65,17 @@ struct Env {
 
 /// Binary `bin` of the workspace's package `package`, built now (`cargo
 /// test -p daemon` builds no other package's binaries; cargo rebuilds
-/// nothing that is fresh).
+/// nothing that is fresh). Built with the same selection as
+/// `scripts/test.sh` (the whole workspace, every target): features unify
+/// per selection, and `-p {package}` alone would rebuild every dependency.
 fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--locked", "-p", package])
+        .args(["build", "--locked", "--workspace", "--all-targets"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
-        .unwrap_or_else(|e| panic!("cargo build -p {package}: {e}"));
-    assert!(status.success(), "cargo build -p {package} failed");
+        .unwrap_or_else(|e| panic!("cargo build --workspace --all-targets (for {package}): {e}"));
+    assert!(status.success(), "cargo build --workspace --all-targets (for {package}) failed");
     let path = PathBuf::from(BIN).with_file_name(bin);
     assert!(path.is_file(), "{} not built", path.display());
     path
