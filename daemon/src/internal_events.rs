@@ -933,6 +933,12 @@ impl InternalEvent for ReadBudgetReturned {
     }
 }
 
+/// The gauge of the bytes a stream's order caches hold: the pool sets it
+/// on every change, under its own lock.
+pub fn order_cache_gauge(metrics: &Metrics, stream: &str) -> prometheus_client::metrics::gauge::Gauge {
+    metrics.orders_cache_bytes.get_or_create(&source(stream)).clone()
+}
+
 /// Creates a sink's request series (every outcome), at start.
 pub fn init_sink_series(metrics: &Metrics, sink: Sink) {
     for outcome in [SinkRequestOutcome::Ok, SinkRequestOutcome::Retry, SinkRequestOutcome::Failed] {

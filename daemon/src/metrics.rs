@@ -162,6 +162,8 @@ pub struct Metrics {
     pub leases_lost: Family<SourceOutcome, Counter>,
     /// Order state reads.
     pub orders_state_reads: Family<SourceLabel, Counter>,
+    /// Bytes of order states cached across a stream's shards (estimated).
+    pub orders_cache_bytes: Family<SourceLabel, Gauge>,
     /// Rows pending for Redshift at the last flush.
     pub mirror_pending_rows: Gauge,
     /// Mirror buckets flushed by this instance at the last flush.
@@ -232,6 +234,7 @@ impl Metrics {
             leases_taken: Family::default(),
             leases_lost: Family::default(),
             orders_state_reads: Family::default(),
+            orders_cache_bytes: Family::default(),
             mirror_pending_rows: Gauge::default(),
             mirror_buckets_owned: Gauge::default(),
             kinesis_read_budget_used: Gauge::default(),
@@ -315,6 +318,11 @@ impl Metrics {
             n::ORDERS_STATE_READS,
             "Orders read back because their state was not cached",
             m.orders_state_reads.clone(),
+        );
+        registry.register(
+            n::ORDERS_CACHE_BYTES,
+            "Bytes of order states cached across the shards of a stream, as estimated (at most order_cache_bytes)",
+            m.orders_cache_bytes.clone(),
         );
         registry.register(
             n::MIRROR_PENDING_ROWS,

@@ -30,7 +30,7 @@ use crate::bridge::CpuPool;
 use crate::config::{Config, SqsSourceConfig};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::route::{Router, Work};
+use crate::route::{OrderCaches, Router, Work};
 use crate::sinks::dynamodb::DynamoDbSink;
 use crate::sinks::redshift::{RedshiftSink, Transport};
 use crate::sinks::rejected::RejectedSink;
@@ -159,6 +159,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             pipeline: config.pipeline.clone(),
             metrics: Arc::clone(&metrics),
             sync_now: Arc::new(tokio::sync::Notify::new()),
+            orders: OrderCaches::new(
+                usize::try_from(stream.order_cache_bytes).unwrap_or(usize::MAX),
+                Some(crate::internal_events::order_cache_gauge(&metrics, &stream.stream)),
+            ),
         });
         let kinesis = KinesisSource::new(
             aws_sdk_kinesis::Client::from_conf(

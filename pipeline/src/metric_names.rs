@@ -144,6 +144,9 @@ pub const LEASES_TAKEN: &str = "cafe_leases_taken";
 pub const LEASES_LOST: &str = "cafe_leases_lost";
 /// Orders read from `cafe-orders` because their state was not cached. Labels: `source`.
 pub const ORDERS_STATE_READS: &str = "cafe_orders_state_reads";
+/// Bytes of order states cached across the shards of a stream (estimated;
+/// at most `order_cache_bytes`). Labels: `source`.
+pub const ORDERS_CACHE_BYTES: &str = "cafe_orders_cache_bytes";
 /// Aggregate rows found pending for Redshift at the last flush (the backlog
 /// an outage builds up, held in DynamoDB).
 pub const MIRROR_PENDING_ROWS: &str = "cafe_mirror_pending_rows";

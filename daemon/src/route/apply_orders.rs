@@ -9,12 +9,13 @@
 //! and the sources do, from the fates this returns).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use pipeline::decided::OrderChange;
 use pipeline::event::{Body, Event, Rejection};
-use pipeline::orders::{Applied, OrderState, ShardPos, apply_at, order_id};
+use pipeline::orders::{Applied, HistoryEntry, OrderState, ShardPos, apply_at, order_id};
 use pipeline::window::Counters;
+use prometheus_client::metrics::gauge::Gauge;
 use time::OffsetDateTime;
 use tracing::warn;
 
@@ -44,71 +45,232 @@ pub enum Fate {
 /// the same order); an SQS batch starts from an empty one, since any
 /// instance may receive an order's next event. Shared by `&`: each call
 /// locks it briefly, never across an await.
+///
+/// A cache holds at most `cap` orders, and lives in a pool
+/// ([`OrderCaches`]) whose caches together hold at most the pool's bytes:
+/// so the memory for cached orders does not grow with the shards an
+/// instance leases. Dropping a cache (its lease lost or released) frees
+/// its orders.
+///
+/// Nothing here is trusted for correctness: a write is conditional on the
+/// version it was decided against, and a rejection decided against a
+/// cached state is confirmed against the table (`apply_orders`).
 #[derive(Debug)]
 pub struct OrderCache {
-    inner: Mutex<Fifo>,
+    pool: Arc<OrderCaches>,
+    owner: u64,
+}
+
+/// The pool the order caches of one stream's shards share: at most
+/// `cap_bytes` of cached orders (as [`footprint`] estimates them) across
+/// all of them; past it the oldest entry of any cache goes first.
+#[derive(Debug)]
+pub struct OrderCaches {
+    inner: Mutex<Pool>,
+    /// Set to the bytes held after every change (`cafe_orders_cache_bytes`).
+    gauge: Option<Gauge>,
 }
 
 #[derive(Debug)]
-struct Fifo {
-    map: HashMap<String, Option<OrderState>>,
-    fifo: VecDeque<String>,
+struct Pool {
+    owners: HashMap<u64, Owned>,
+    /// Every entry put, oldest first, as (owner, order, put number). An
+    /// element whose entry is gone or was put again since is stale and
+    /// skipped; the queue is compacted when stale elements dominate.
+    fifo: VecDeque<(u64, Arc<str>, u64)>,
+    bytes: usize,
+    cap_bytes: usize,
+    next_owner: u64,
+    next_put: u64,
+}
+
+#[derive(Debug)]
+struct Owned {
+    map: HashMap<Arc<str>, Entry>,
+    /// This cache's entries, oldest first, as (order, put number).
+    fifo: VecDeque<(Arc<str>, u64)>,
     cap: usize,
 }
 
-impl OrderCache {
-    /// An empty cache of at most `cap` orders.
-    pub fn new(cap: usize) -> Self {
-        OrderCache { inner: Mutex::new(Fifo { map: HashMap::new(), fifo: VecDeque::new(), cap: cap.max(1) }) }
+#[derive(Debug)]
+struct Entry {
+    state: Option<OrderState>,
+    bytes: usize,
+    put: u64,
+}
+
+/// Memory one cached order takes, estimated: its strings and history
+/// entries, an allocator's overhead per string, and the slots of the map
+/// and the two queues.
+pub fn footprint(id: &str, state: Option<&OrderState>) -> usize {
+    const SLOTS: usize = 160;
+    const ALLOC: usize = 16;
+    let mut n = SLOTS + ALLOC + id.len();
+    if let Some(s) = state {
+        n += size_of::<OrderState>() + ALLOC + s.store.len();
+        n += s.history.capacity() * size_of::<HistoryEntry>() + ALLOC;
+        for h in &s.history {
+            n += 2 * ALLOC + h.ts.len() + h.event_id.len();
+            if let Some(p) = &h.pos {
+                n += 3 * ALLOC + p.stream.len() + p.shard.len() + p.sequence.len();
+            }
+        }
+    }
+    n
+}
+
+impl OrderCaches {
+    /// An empty pool of at most `cap_bytes`, its bytes shown on `gauge`.
+    pub fn new(cap_bytes: usize, gauge: Option<Gauge>) -> Arc<Self> {
+        Arc::new(OrderCaches {
+            gauge,
+            inner: Mutex::new(Pool {
+                owners: HashMap::new(),
+                fifo: VecDeque::new(),
+                bytes: 0,
+                cap_bytes,
+                next_owner: 0,
+                next_put: 0,
+            }),
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Fifo> {
+    /// A new, empty cache of at most `cap` orders in this pool.
+    pub fn cache(self: &Arc<Self>, cap: usize) -> OrderCache {
+        let mut p = self.lock();
+        let owner = p.next_owner;
+        p.next_owner += 1;
+        p.owners.insert(owner, Owned { map: HashMap::new(), fifo: VecDeque::new(), cap: cap.max(1) });
+        OrderCache { pool: Arc::clone(self), owner }
+    }
+
+    /// Bytes of cached orders, as estimated, across every cache of the pool.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn show(&self, p: &Pool) {
+        if let Some(g) = &self.gauge {
+            g.set(i64::try_from(p.bytes).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+impl Pool {
+    fn remove(&mut self, owner: u64, id: &str, put: Option<u64>) {
+        let Some(o) = self.owners.get_mut(&owner) else { return };
+        if let Some(e) = o.map.get(id)
+            && put.is_none_or(|p| p == e.put)
+            && let Some(e) = o.map.remove(id)
+        {
+            self.bytes -= e.bytes;
+        }
+    }
+
+    fn live(&self, owner: u64, id: &str, put: u64) -> bool {
+        self.owners.get(&owner).and_then(|o| o.map.get(id)).is_some_and(|e| e.put == put)
+    }
+
+    fn entries(&self) -> usize {
+        self.owners.values().map(|o| o.map.len()).sum()
+    }
+}
+
+impl OrderCache {
+    /// An empty cache of at most `cap` orders, in a pool of its own with no
+    /// byte bound (an SQS batch's, a test's).
+    pub fn new(cap: usize) -> Self {
+        OrderCaches::new(usize::MAX, None).cache(cap)
+    }
+
     fn get(&self, id: &str) -> Option<Option<OrderState>> {
-        self.lock().map.get(id).cloned()
+        let p = self.pool.lock();
+        p.owners.get(&self.owner)?.map.get(id).map(|e| e.state.clone())
     }
 
     fn put(&self, id: &str, state: Option<OrderState>) {
-        let mut c = self.lock();
-        if c.map.insert(id.to_owned(), state).is_none() {
-            c.fifo.push_back(id.to_owned());
+        let bytes = footprint(id, state.as_ref());
+        let mut guard = self.pool.lock();
+        let p = &mut *guard;
+        let put = p.next_put;
+        p.next_put += 1;
+        let Some(o) = p.owners.get_mut(&self.owner) else { return };
+        let key: Arc<str> = match o.map.get_key_value(id) {
+            Some((k, _)) => Arc::clone(k),
+            None => Arc::from(id),
+        };
+        if let Some(old) = o.map.insert(Arc::clone(&key), Entry { state, bytes, put }) {
+            p.bytes -= old.bytes;
         }
-        while c.map.len() > c.cap {
-            match c.fifo.pop_front() {
-                Some(k) => {
-                    c.map.remove(&k);
-                }
-                None => break,
-            }
+        p.bytes += bytes;
+        o.fifo.push_back((Arc::clone(&key), put));
+        p.fifo.push_back((self.owner, key, put));
+        // This cache's bound, then the pool's.
+        while let Some(o) = p.owners.get_mut(&self.owner)
+            && o.map.len() > o.cap
+            && let Some((k, n)) = o.fifo.pop_front()
+        {
+            p.remove(self.owner, &k, Some(n));
         }
-        if c.fifo.len() > 2 * c.cap {
-            let Fifo { map, fifo, .. } = &mut *c;
-            let mut seen = std::collections::HashSet::new();
-            fifo.retain(|k| map.contains_key(k) && seen.insert(k.clone()));
+        while p.bytes > p.cap_bytes {
+            let Some((owner, k, n)) = p.fifo.pop_front() else { break };
+            p.remove(owner, &k, Some(n));
         }
+        // Compaction: the queues keep at most about twice the live entries.
+        let live = p.entries();
+        if p.fifo.len() > 2 * live + 64 {
+            let mut fifo = std::mem::take(&mut p.fifo);
+            fifo.retain(|(owner, k, n)| p.live(*owner, k, *n));
+            p.fifo = fifo;
+        }
+        if let Some(o) = p.owners.get_mut(&self.owner)
+            && o.fifo.len() > 2 * o.map.len() + 64
+        {
+            let map = &o.map;
+            o.fifo.retain(|(k, n)| map.get(k).is_some_and(|e| e.put == *n));
+        }
+        self.pool.show(p);
     }
 
     fn forget(&self, id: &str) {
-        self.lock().map.remove(id);
+        let mut p = self.pool.lock();
+        p.remove(self.owner, id, None);
+        self.pool.show(&p);
     }
 
     /// Forgets every order (after a write that panicked half way).
     pub fn clear(&self) {
-        let mut c = self.lock();
-        c.map.clear();
-        c.fifo.clear();
+        let mut p = self.pool.lock();
+        let freed = p.owners.get_mut(&self.owner).map_or(0, |o| {
+            o.fifo.clear();
+            o.map.drain().map(|(_, e)| e.bytes).sum::<usize>()
+        });
+        p.bytes -= freed;
+        self.pool.show(&p);
     }
 
     /// Orders cached.
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.pool.lock().owners.get(&self.owner).map_or(0, |o| o.map.len())
     }
 
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.lock().map.is_empty()
+        self.len() == 0
+    }
+}
+
+impl Drop for OrderCache {
+    fn drop(&mut self) {
+        let mut p = self.pool.lock();
+        if let Some(o) = p.owners.remove(&self.owner) {
+            p.bytes -= o.map.values().map(|e| e.bytes).sum::<usize>();
+        }
+        self.pool.show(&p);
     }
 }
 
@@ -281,6 +443,91 @@ mod tests {
             c.put(&format!("x{i}"), None);
         }
         assert!(c.len() <= 3);
-        assert!(c.lock().fifo.len() <= 6 + 1);
+        let p = c.pool.lock();
+        assert!(p.owners[&c.owner].fifo.len() <= 2 * 3 + 64 + 1);
+        assert!(p.fifo.len() <= 2 * 3 + 64 + 1);
+    }
+
+    fn order(n: usize) -> OrderState {
+        use pipeline::orders::OrderStatus;
+        let entry = |i: usize| HistoryEntry {
+            status: OrderStatus::Placed,
+            ts: "2026-12-01T08:00:00.000Z".into(),
+            event_id: format!("00000000-0000-4000-8000-{i:012}"),
+            pos: Some(ShardPos {
+                stream: "cafe-orders".into(),
+                shard: "shardId-000000000001".into(),
+                sequence: "49650000000000000000000000000000000000000000000000000001".into(),
+                sub: 0,
+            }),
+        };
+        OrderState {
+            store: "store-7".into(),
+            status: OrderStatus::Placed,
+            total_cents: 1250,
+            item_count: 2,
+            history: (0..n).map(entry).collect(),
+        }
+    }
+
+    /// The pool's bytes as the sum of its live entries' footprints.
+    fn recount(pool: &OrderCaches) -> usize {
+        let p = pool.lock();
+        p.owners.values().flat_map(|o| o.map.iter()).map(|(k, e)| footprint(k, e.state.as_ref())).sum()
+    }
+
+    #[test]
+    fn the_caches_of_a_pool_hold_at_most_its_bytes_together_and_the_oldest_goes_first() {
+        let one = footprint("o-000", Some(&order(3)));
+        let gauge = Gauge::default();
+        let pool = OrderCaches::new(10 * one, Some(gauge.clone()));
+        // Four shards' caches, each allowed far more orders than fit.
+        let caches: Vec<OrderCache> = (0..4).map(|_| pool.cache(1_000)).collect();
+        for i in 0..200 {
+            caches[i % 4].put(&format!("o-{i:03}"), Some(order(3)));
+            assert!(pool.bytes() <= 10 * one, "{} bytes after {i} puts, over {}", pool.bytes(), 10 * one);
+            assert_eq!(pool.bytes(), recount(&pool));
+            assert_eq!(gauge.get(), pool.bytes() as i64);
+        }
+        // The newest ten, whichever cache holds them; older ones are gone.
+        assert_eq!(caches.iter().map(OrderCache::len).sum::<usize>(), 10);
+        assert!(caches[199 % 4].get("o-199").is_some() && caches[190 % 4].get("o-190").is_some());
+        assert!(caches[189 % 4].get("o-189").is_none());
+        // A replaced entry is counted once, at its new size.
+        caches[3].put("o-199", Some(order(6)));
+        assert_eq!(pool.bytes(), recount(&pool));
+        caches[3].forget("o-199");
+        caches[2].clear();
+        assert_eq!(pool.bytes(), recount(&pool));
+        // A dropped cache (its lease gone) frees its orders for the others.
+        let before = pool.bytes();
+        let held = caches[1].len();
+        drop(caches);
+        assert!(held > 0 && before > 0);
+        assert_eq!((pool.bytes(), gauge.get()), (0, 0));
+        assert!(pool.lock().owners.is_empty());
+    }
+
+    #[test]
+    fn the_pool_queue_stays_bounded_when_the_same_orders_are_put_again() {
+        let pool = OrderCaches::new(usize::MAX, None);
+        let a = pool.cache(5);
+        let b = pool.cache(5);
+        for i in 0..10_000 {
+            a.put(&format!("a{}", i % 5), Some(order(1)));
+            b.put(&format!("b{}", i % 7), None);
+        }
+        let p = pool.lock();
+        assert!(p.fifo.len() <= 2 * 10 + 64 + 1, "{}", p.fifo.len());
+        assert!(p.owners.values().all(|o| o.fifo.len() <= 2 * 5 + 64 + 1));
+    }
+
+    #[test]
+    fn an_order_larger_than_the_whole_pool_is_not_kept() {
+        let pool = OrderCaches::new(100, None);
+        let c = pool.cache(10);
+        c.put("o", Some(order(5)));
+        assert!(c.get("o").is_none());
+        assert_eq!(pool.bytes(), 0);
     }
 }

@@ -25,8 +25,8 @@ use pipeline::orders::ShardPos;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-pub use apply_orders::OrderCache;
 use apply_orders::{Fate, apply_orders};
+pub use apply_orders::{OrderCache, OrderCaches};
 pub use decide::{Decided, Input, Work};
 
 use crate::bridge::CpuPool;

@@ -57,6 +57,9 @@ pub struct KinesisSourceConfig {
     pub checkpoint_interval_ms: u64,
     /// Orders whose state each shard keeps in memory to avoid reads.
     pub order_cache_size: usize,
+    /// Bytes (estimated) of cached order states across every shard of this
+    /// stream that the instance reads; the oldest go first past it.
+    pub order_cache_bytes: u64,
     /// Batches of one shard writing at once (1: one after the other). A
     /// batch's events of an order still writing in an earlier batch wait
     /// for it; the checkpoint moves past a batch only when it and every
@@ -121,6 +124,7 @@ impl Default for KinesisSourceConfig {
             prefetch_batches: 2,
             checkpoint_interval_ms: 1_000,
             order_cache_size: 20_000,
+            order_cache_bytes: 32 * 1024 * 1024,
             max_batches_in_flight: 4,
             max_bytes_in_flight: 8 * 1024 * 1024,
         }
@@ -174,6 +178,12 @@ impl KinesisSourceConfig {
         }
         if !(1..=10_000_000).contains(&k.order_cache_size) {
             bad(&format!("{p}.order_cache_size"), format!("must be 1..10000000, got {}", k.order_cache_size));
+        }
+        if !(64 * 1024..=64 * 1024 * 1024 * 1024).contains(&k.order_cache_bytes) {
+            bad(
+                &format!("{p}.order_cache_bytes"),
+                format!("must be 65536..68719476736 (64 KiB to 64 GiB), got {}", k.order_cache_bytes),
+            );
         }
         if !(1..=64).contains(&k.max_batches_in_flight) {
             bad(&format!("{p}.max_batches_in_flight"), format!("must be 1..64, got {}", k.max_batches_in_flight));

@@ -37,7 +37,7 @@ use crate::aws::Backoff;
 use crate::config::{KinesisSourceConfig, PipelineConfig};
 use crate::internal_events::{Acknowledged, InternalEvent};
 use crate::metrics::Metrics;
-use crate::route::{Decided, DecidedBatch, Input, OrderCache, Outcome, Router};
+use crate::route::{Decided, DecidedBatch, Input, OrderCache, OrderCaches, Outcome, Router};
 
 /// Everything the shards of one stream share.
 #[derive(Debug)]
@@ -54,6 +54,8 @@ pub struct ShardContext {
     pub metrics: Arc<Metrics>,
     /// Asks the lease loop for a shard sync (a shard ended: its children may be new).
     pub sync_now: Arc<Notify>,
+    /// The pool of the shards' order caches (`order_cache_bytes`).
+    pub orders: Arc<OrderCaches>,
 }
 
 /// Waits until every parent shard of `lease` has ended and been
@@ -149,7 +151,7 @@ pub async fn process_shard(
     lost: CancellationToken,
 ) -> ShardExit {
     let source = path.config.stream.clone();
-    let cache = OrderCache::new(path.config.order_cache_size);
+    let cache = path.orders.cache(path.config.order_cache_size);
     let mut done: Option<(String, u64)> = None;
     let mut unacked: u64 = 0;
     let mut last_checkpoint = Instant::now();
