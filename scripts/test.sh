@@ -19,10 +19,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Each phase's header says when it began (seconds since the script started),
+# so a slow CI run shows where its time went.
+phase() { echo "== $* [at ${SECONDS}s]"; }
+
 "$stack" start
 eval "$("$stack" env)"
 
-echo "== unit and integration tests"
+phase "unit and integration tests"
 # One selection for every build of this script and of the integration tests
 # (daemon/tests/it/main.rs, workspace_bin): features unify per selection, so a
 # narrower `cargo build -p loadgen` rebuilds every dependency (6.5 min on
@@ -31,12 +35,12 @@ echo "== unit and integration tests"
 cargo build --workspace --all-targets --locked
 cargo test --workspace --all-targets --locked
 
-echo "== end to end: cold-start at scale ${CAFE_E2E_SCALE:-0.05} (daemon restarted into the burst)"
+phase "end to end: cold-start at scale ${CAFE_E2E_SCALE:-0.05} (daemon restarted into the burst)"
 # Both binaries come from the build above.
 export CAFE_STREAMD_BIN="$repo/target/debug/cafe-streamd"
 # The Redshift mirror on, into the local PostgreSQL, and checked by menu-sync.
 export CAFE_SINKS__REDSHIFT__ENABLED=true CAFE_SINKS__REDSHIFT__URL="$CAFE_PG_URL" CAFE_LOADGEN_REDSHIFT_URL="$CAFE_PG_URL"
-echo "== Prometheus (Debian's package): the rules check, then it scrapes the daemon through every scenario"
+phase "Prometheus (Debian's package): the rules check, then it scrapes the daemon through every scenario"
 promtool_rules() { promtool check rules dashboards/cafe-stream.rules.yml; }
 scripts/local-stack/prometheus.sh start
 promtool_rules
@@ -45,21 +49,21 @@ scripts/daemon.sh start
 CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
   target/debug/cafe-loadgen run cold-start --scale "${CAFE_E2E_SCALE:-0.05}" --report-dir target/e2e-report
 
-echo "== end to end: morning-rush at scale ${CAFE_E2E_RUSH_SCALE:-0.5}, stages at ${CAFE_E2E_RUSH_TIME_SCALE:-0.25}x length"
+phase "end to end: morning-rush at scale ${CAFE_E2E_RUSH_SCALE:-0.5}, stages at ${CAFE_E2E_RUSH_TIME_SCALE:-0.25}x length"
 target/debug/cafe-loadgen run morning-rush --scale "${CAFE_E2E_RUSH_SCALE:-0.5}" \
   --time-scale "${CAFE_E2E_RUSH_TIME_SCALE:-0.25}" --report-dir target/e2e-report-morning-rush
 
-echo "== end to end: menu-sync at scale ${CAFE_E2E_MENU_SCALE:-0.03}, Redshift checked against DynamoDB"
+phase "end to end: menu-sync at scale ${CAFE_E2E_MENU_SCALE:-0.03}, Redshift checked against DynamoDB"
 target/debug/cafe-loadgen run menu-sync --scale "${CAFE_E2E_MENU_SCALE:-0.03}" --report-dir target/e2e-report-menu-sync
 
-echo "== dashboards and alerts on the live Prometheus"
+phase "dashboards and alerts on the live Prometheus"
 curl -sf http://127.0.0.1:9464/metrics | promtool check metrics
 echo "promtool check metrics: no problems on a live scrape"
 target/debug/cafe-loadgen check-dashboards --prometheus "$(scripts/local-stack/prometheus.sh url)" --dir dashboards
 scripts/daemon.sh stop
 scripts/local-stack/prometheus.sh stop
 
-echo "== chaos: morning-rush with 3 instances, the busiest killed twice; cold-start with DynamoDB throttled"
+phase "chaos: morning-rush with 3 instances, the busiest killed twice; cold-start with DynamoDB throttled"
 # The loadgen starts its own instances behind its fault proxies.
 target/debug/cafe-loadgen run morning-rush --chaos kill-instances --instances 3 \
   --scale "${CAFE_E2E_RUSH_SCALE:-0.5}" --time-scale 0.5 --report-dir target/e2e-chaos-kill-instances
@@ -68,8 +72,9 @@ target/debug/cafe-loadgen run morning-rush --chaos kill-instances --instances 3 
 target/debug/cafe-loadgen run cold-start --chaos throttle-dynamodb \
   --scale "${CAFE_E2E_CHAOS_SCALE:-0.3}" --report-dir target/e2e-chaos-throttle-dynamodb
 
-echo "== packages: .deb and .rpm of the dev build, their contents inspected"
+phase "packages: .deb and .rpm of the dev build, their contents inspected"
 scripts/package.sh dev
 # The same selection as the first cargo test, so nothing is rebuilt.
 cargo test --workspace --all-targets --locked -- --ignored packages::
+echo "all done in ${SECONDS}s"
 echo "7 passed, 0 failed: end-to-end cold-start, morning-rush, menu-sync; dashboards and rules on Prometheus; chaos kill-instances and throttle-dynamodb; packages"
