@@ -167,7 +167,7 @@ impl Pool {
             && put.is_none_or(|p| p == e.put)
             && let Some(e) = o.map.remove(id)
         {
-            self.bytes -= e.bytes;
+            self.bytes = self.bytes.saturating_sub(e.bytes);
         }
     }
 
@@ -204,7 +204,7 @@ impl OrderCache {
             None => Arc::from(id),
         };
         if let Some(old) = o.map.insert(Arc::clone(&key), Entry { state, bytes, put }) {
-            p.bytes -= old.bytes;
+            p.bytes = p.bytes.saturating_sub(old.bytes);
         }
         p.bytes += bytes;
         o.fifo.push_back((Arc::clone(&key), put));
@@ -249,7 +249,7 @@ impl OrderCache {
             o.fifo.clear();
             o.map.drain().map(|(_, e)| e.bytes).sum::<usize>()
         });
-        p.bytes -= freed;
+        p.bytes = p.bytes.saturating_sub(freed);
         self.pool.show(&p);
     }
 
@@ -268,7 +268,7 @@ impl Drop for OrderCache {
     fn drop(&mut self) {
         let mut p = self.pool.lock();
         if let Some(o) = p.owners.remove(&self.owner) {
-            p.bytes -= o.map.values().map(|e| e.bytes).sum::<usize>();
+            p.bytes = p.bytes.saturating_sub(o.map.values().map(|e| e.bytes).sum::<usize>());
         }
         self.pool.show(&p);
     }
