@@ -79,6 +79,8 @@ struct Pool {
     /// skipped; the queue is compacted when stale elements dominate.
     fifo: VecDeque<(u64, Arc<str>, u64)>,
     bytes: usize,
+    /// Entries across every cache.
+    entries: usize,
     cap_bytes: usize,
     next_owner: u64,
     next_put: u64,
@@ -100,15 +102,18 @@ struct Entry {
 }
 
 /// Memory one cached order takes, estimated: its strings and history
-/// entries, an allocator's overhead per string, and the slots of the map
-/// and the two queues.
+/// entries with an allocator's overhead each, the map's slot, the key's
+/// shared allocation and the two queues' elements (up to twice the live
+/// ones each).
 pub fn footprint(id: &str, state: Option<&OrderState>) -> usize {
-    const SLOTS: usize = 160;
     const ALLOC: usize = 16;
-    let mut n = SLOTS + ALLOC + id.len();
+    let slot = size_of::<(Arc<str>, Entry)>() * 8 / 7 + 1;
+    let key = 2 * size_of::<usize>() + id.len() + ALLOC;
+    let queues = 2 * (size_of::<(u64, Arc<str>, u64)>() + size_of::<(Arc<str>, u64)>());
+    let mut n = slot + key + queues;
     if let Some(s) = state {
-        n += size_of::<OrderState>() + ALLOC + s.store.len();
-        n += s.history.capacity() * size_of::<HistoryEntry>() + ALLOC;
+        n += ALLOC + s.store.len();
+        n += ALLOC + s.history.capacity() * size_of::<HistoryEntry>();
         for h in &s.history {
             n += 2 * ALLOC + h.ts.len() + h.event_id.len();
             if let Some(p) = &h.pos {
@@ -128,6 +133,7 @@ impl OrderCaches {
                 owners: HashMap::new(),
                 fifo: VecDeque::new(),
                 bytes: 0,
+                entries: 0,
                 cap_bytes,
                 next_owner: 0,
                 next_put: 0,
@@ -161,13 +167,22 @@ impl OrderCaches {
 }
 
 impl Pool {
+    /// Takes `bytes` of `entries` off the totals.
+    fn sub(&mut self, bytes: usize, entries: usize) {
+        debug_assert!(self.bytes >= bytes && self.entries >= entries, "order cache accounting");
+        self.bytes = self.bytes.saturating_sub(bytes);
+        self.entries = self.entries.saturating_sub(entries);
+    }
+
+    /// Removes `owner`'s entry for `id` (only if it is still put number
+    /// `put`, when given).
     fn remove(&mut self, owner: u64, id: &str, put: Option<u64>) {
         let Some(o) = self.owners.get_mut(&owner) else { return };
         if let Some(e) = o.map.get(id)
             && put.is_none_or(|p| p == e.put)
             && let Some(e) = o.map.remove(id)
         {
-            self.bytes = self.bytes.saturating_sub(e.bytes);
+            self.sub(e.bytes, 1);
         }
     }
 
@@ -175,8 +190,22 @@ impl Pool {
         self.owners.get(&owner).and_then(|o| o.map.get(id)).is_some_and(|e| e.put == put)
     }
 
-    fn entries(&self) -> usize {
-        self.owners.values().map(|o| o.map.len()).sum()
+    /// Drops `owner`'s stale queue elements, and gives back the memory of
+    /// a map or queue far larger than what it holds now (a cache that the
+    /// others' entries pushed out): its capacity would otherwise stay
+    /// behind, uncounted, whatever the bound.
+    fn tidy(&mut self, owner: u64) {
+        let Some(o) = self.owners.get_mut(&owner) else { return };
+        if o.fifo.len() > 2 * o.map.len() + 64 {
+            let map = &o.map;
+            o.fifo.retain(|(k, n)| map.get(k).is_some_and(|e| e.put == *n));
+        }
+        if o.map.capacity() > 4 * o.map.len().max(64) {
+            o.map.shrink_to(2 * o.map.len());
+        }
+        if o.fifo.capacity() > 4 * o.fifo.len().max(64) {
+            o.fifo.shrink_to(2 * o.fifo.len());
+        }
     }
 }
 
@@ -196,6 +225,13 @@ impl OrderCache {
         let bytes = footprint(id, state.as_ref());
         let mut guard = self.pool.lock();
         let p = &mut *guard;
+        // An order larger than the whole pool is not kept (it would push
+        // every other entry out first, then itself).
+        if bytes > p.cap_bytes {
+            p.remove(self.owner, id, None);
+            self.pool.show(p);
+            return;
+        }
         let put = p.next_put;
         p.next_put += 1;
         let Some(o) = p.owners.get_mut(&self.owner) else { return };
@@ -203,11 +239,13 @@ impl OrderCache {
             Some((k, _)) => Arc::clone(k),
             None => Arc::from(id),
         };
-        if let Some(old) = o.map.insert(Arc::clone(&key), Entry { state, bytes, put }) {
-            p.bytes = p.bytes.saturating_sub(old.bytes);
+        let old = o.map.insert(Arc::clone(&key), Entry { state, bytes, put });
+        o.fifo.push_back((Arc::clone(&key), put));
+        if let Some(old) = old {
+            p.sub(old.bytes, 1);
         }
         p.bytes += bytes;
-        o.fifo.push_back((Arc::clone(&key), put));
+        p.entries += 1;
         p.fifo.push_back((self.owner, key, put));
         // This cache's bound, then the pool's.
         while let Some(o) = p.owners.get_mut(&self.owner)
@@ -216,22 +254,27 @@ impl OrderCache {
         {
             p.remove(self.owner, &k, Some(n));
         }
+        let mut shrunk = Vec::new();
         while p.bytes > p.cap_bytes {
             let Some((owner, k, n)) = p.fifo.pop_front() else { break };
             p.remove(owner, &k, Some(n));
+            if owner != self.owner && !shrunk.contains(&owner) {
+                shrunk.push(owner);
+            }
         }
-        // Compaction: the queues keep at most about twice the live entries.
-        let live = p.entries();
-        if p.fifo.len() > 2 * live + 64 {
+        // The pool's queue keeps at most about twice the live entries.
+        if p.fifo.len() > 2 * p.entries + 64 {
             let mut fifo = std::mem::take(&mut p.fifo);
             fifo.retain(|(owner, k, n)| p.live(*owner, k, *n));
             p.fifo = fifo;
         }
-        if let Some(o) = p.owners.get_mut(&self.owner)
-            && o.fifo.len() > 2 * o.map.len() + 64
-        {
-            let map = &o.map;
-            o.fifo.retain(|(k, n)| map.get(k).is_some_and(|e| e.put == *n));
+        if p.fifo.capacity() > 4 * p.fifo.len().max(64) {
+            let len = p.fifo.len();
+            p.fifo.shrink_to(2 * len);
+        }
+        p.tidy(self.owner);
+        for owner in shrunk {
+            p.tidy(owner);
         }
         self.pool.show(p);
     }
@@ -245,11 +288,12 @@ impl OrderCache {
     /// Forgets every order (after a write that panicked half way).
     pub fn clear(&self) {
         let mut p = self.pool.lock();
-        let freed = p.owners.get_mut(&self.owner).map_or(0, |o| {
-            o.fifo.clear();
-            o.map.drain().map(|(_, e)| e.bytes).sum::<usize>()
+        let (freed, n) = p.owners.get_mut(&self.owner).map_or((0, 0), |o| {
+            o.fifo = VecDeque::new();
+            let n = o.map.len();
+            (std::mem::take(&mut o.map).into_values().map(|e| e.bytes).sum::<usize>(), n)
         });
-        p.bytes = p.bytes.saturating_sub(freed);
+        p.sub(freed, n);
         self.pool.show(&p);
     }
 
@@ -267,10 +311,14 @@ impl OrderCache {
 impl Drop for OrderCache {
     fn drop(&mut self) {
         let mut p = self.pool.lock();
-        if let Some(o) = p.owners.remove(&self.owner) {
-            p.bytes = p.bytes.saturating_sub(o.map.values().map(|e| e.bytes).sum::<usize>());
+        let gone = p.owners.remove(&self.owner);
+        if let Some(o) = &gone {
+            p.sub(o.map.values().map(|e| e.bytes).sum::<usize>(), o.map.len());
         }
         self.pool.show(&p);
+        drop(p);
+        // Its orders are freed outside the lock the other shards share.
+        drop(gone);
     }
 }
 
@@ -443,6 +491,9 @@ mod tests {
             c.put(&format!("x{i}"), None);
         }
         assert!(c.len() <= 3);
+        // Put again after its first put's queue element: that element is
+        // stale and must not evict the newer entry.
+        assert!(c.get("o8").is_some());
         let p = c.pool.lock();
         assert!(p.owners[&c.owner].fifo.len() <= 2 * 3 + 64 + 1);
         assert!(p.fifo.len() <= 2 * 3 + 64 + 1);
@@ -497,8 +548,11 @@ mod tests {
         caches[3].put("o-199", Some(order(6)));
         assert_eq!(pool.bytes(), recount(&pool));
         caches[3].forget("o-199");
+        assert_eq!((pool.bytes(), gauge.get()), (recount(&pool), recount(&pool) as i64));
         caches[2].clear();
-        assert_eq!(pool.bytes(), recount(&pool));
+        assert_eq!((pool.bytes(), gauge.get()), (recount(&pool), recount(&pool) as i64));
+        let entries = pool.lock().entries;
+        assert_eq!(entries, caches.iter().map(OrderCache::len).sum::<usize>());
         // A dropped cache (its lease gone) frees its orders for the others.
         let before = pool.bytes();
         let held = caches[1].len();
@@ -523,11 +577,45 @@ mod tests {
     }
 
     #[test]
-    fn an_order_larger_than_the_whole_pool_is_not_kept() {
-        let pool = OrderCaches::new(100, None);
-        let c = pool.cache(10);
-        c.put("o", Some(order(5)));
-        assert!(c.get("o").is_none());
-        assert_eq!(pool.bytes(), 0);
+    fn an_order_larger_than_the_whole_pool_is_not_kept_and_pushes_nothing_out() {
+        let small = footprint("o-0", Some(&order(1)));
+        let pool = OrderCaches::new(10 * small, None);
+        let c = pool.cache(100);
+        for i in 0..3 {
+            c.put(&format!("o-{i}"), Some(order(1)));
+        }
+        c.put("o-1", Some(order(500)));
+        assert!(c.get("o-1").is_none(), "kept an order larger than the pool");
+        assert!(c.get("o-0").is_some() && c.get("o-2").is_some(), "pushed the others out");
+        assert_eq!(pool.bytes(), 2 * small);
+    }
+
+    #[test]
+    fn the_footprint_grows_with_the_history_and_is_near_what_an_order_takes() {
+        let (none, three, six) = (footprint("o-1", None), footprint("o-1", Some(&order(3))), footprint("o-1", Some(&order(6))));
+        assert!(none < three && three < six, "{none} {three} {six}");
+        // Each entry: two strings of 24 and 36 bytes, a position of three
+        // more (11 + 20 + 56 bytes), the entry itself.
+        let per_entry = (six - three) / 3;
+        assert!((300..600).contains(&per_entry), "{per_entry} bytes per history entry");
+        assert!((200..500).contains(&none), "{none} bytes for an order known not to exist");
+    }
+
+    #[test]
+    fn a_cache_the_others_pushed_out_gives_its_memory_back() {
+        let one = footprint("o-0000", None);
+        let pool = OrderCaches::new(2_000 * one, None);
+        let (a, b) = (pool.cache(10_000), pool.cache(10_000));
+        for i in 0..2_000 {
+            a.put(&format!("a-{i:04}"), None);
+        }
+        for i in 0..2_000 {
+            b.put(&format!("b-{i:04}"), None);
+        }
+        assert_eq!((a.len(), b.len()), (0, 2_000));
+        let p = pool.lock();
+        let o = &p.owners[&a.owner];
+        assert!(o.map.capacity() <= 4 * 64 && o.fifo.capacity() <= 4 * 64, "{} {}", o.map.capacity(), o.fifo.capacity());
+        assert!(p.fifo.len() <= 2 * 2_000 + 64);
     }
 }
