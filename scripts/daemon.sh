@@ -30,7 +30,8 @@ start() {
   [ -x "$bin" ] || { echo "daemon: $bin not built" >&2; exit 1; }
   args=(run)
   [ -n "${CAFE_STREAMD_CONFIG:-}" ] && args+=(--config "$CAFE_STREAMD_CONFIG")
-  nohup "$bin" "${args[@]}" >> "$log" 2>&1 &
+  # As the systemd unit does (packaging/systemd/cafe-streamd.service).
+  MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2} nohup "$bin" "${args[@]}" >> "$log" 2>&1 &
   echo $! > "$pidfile"
   echo "daemon: started pid $! (log $log)" >&2
 }
