@@ -28,7 +28,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::aws::{self, AwsError, Target};
-use crate::rules::{self, Fault, InvalidRule, Rule};
+use crate::rules::{self, Active, Fault, InvalidRule, Rule};
 use crate::stats::{Event, Stats};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,7 +44,7 @@ struct Shared {
     upstream: Uri,
     client: Client<HttpConnector, Full<Bytes>>,
     /// Swapped whole, so a request sees either the old rule set or the new one.
-    rules: RwLock<Arc<Vec<Rule>>>,
+    rules: RwLock<Arc<Active>>,
     stats: Mutex<Stats>,
 }
 
@@ -61,7 +61,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             upstream,
             client: Client::builder(TokioExecutor::new()).build_http(),
-            rules: RwLock::new(Arc::new(Vec::new())),
+            rules: RwLock::new(Arc::new(Active::default())),
             stats: Mutex::new(Stats::default()),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
@@ -86,19 +86,19 @@ impl Proxy {
     pub fn set_rules(&self, rules: Vec<Rule>) -> Result<(), InvalidRule> {
         rules::validate(&rules)?;
         info!(proxy = %self.addr, rules = rules.len(), "Fault rules replaced");
-        *self.shared.rules.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(rules);
+        *self.shared.rules.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Active::new(rules));
         Ok(())
     }
 
     /// The active rules.
     pub fn rules(&self) -> Vec<Rule> {
-        self.shared.rules().as_ref().clone()
+        self.shared.rules().rules().to_vec()
     }
 
     /// No more faults. Requests already held by a black hole stay held until their client gives up.
     pub fn clear(&self) {
         info!(proxy = %self.addr, "Fault rules cleared");
-        *self.shared.rules.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Vec::new());
+        *self.shared.rules.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Active::default());
     }
 
     /// Counters since start.
@@ -159,7 +159,7 @@ async fn handle(
     let Target { service, operation } = aws::identify(&parts.headers, parts.uri.query(), &body);
     let _held = Held::enter(&shared, &operation);
     let rules = shared.rules();
-    let fault = rules::pick(&rules, &operation);
+    let fault = rules.pick(&operation);
     if let Some(fault) = fault {
         shared.record(&operation, Event::Fault(fault.kind()));
     }
@@ -215,7 +215,7 @@ impl Drop for Held {
 }
 
 impl Shared {
-    fn rules(&self) -> Arc<Vec<Rule>> {
+    fn rules(&self) -> Arc<Active> {
         Arc::clone(&self.rules.read().unwrap_or_else(PoisonError::into_inner))
     }
 

@@ -1,7 +1,9 @@
 //! Fault rules: what to inject, for which operation, how often, and which rule decides.
 //!
 //! Rules are plain data so that the control API, scenario files and tests can all write
-//! them as JSON. This module draws the random numbers but does no I/O.
+//! them as JSON. This module decides which requests a rule hits but does no I/O.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -14,7 +16,11 @@ pub struct Rule {
     /// "DeleteMessageBatch"; absent means every operation.
     #[serde(default)]
     pub operation: Option<String>,
-    /// Share of matching requests it hits, 0.0..=1.0, drawn per request; absent means 1.0.
+    /// Share of matching requests it hits, 0.0..=1.0; absent means 1.0. Spread
+    /// evenly and not drawn at random: of the first n requests it judges, the
+    /// rule hits round(n × share), the first one already when the share is at
+    /// least a half. So a short window of few requests still gets its share
+    /// (a random draw left a window of three requests unhit one time in eight).
     #[serde(default = "always")]
     pub probability: f64,
     pub fault: Fault,
@@ -118,14 +124,40 @@ pub fn validate(rules: &[Rule]) -> Result<(), InvalidRule> {
     Ok(())
 }
 
-/// The fault of the first rule, in list order, that matches `operation` and whose draw
-/// hits. Each matching rule draws independently, so later rules see only the misses.
-pub(crate) fn pick<'a>(rules: &'a [Rule], operation: &str) -> Option<&'a Fault> {
-    rules
-        .iter()
-        .filter(|rule| rule.operation.as_deref().is_none_or(|op| op == operation))
-        .find(|rule| rand::random::<f64>() < rule.probability)
-        .map(|rule| &rule.fault)
+/// A rule set in force: the rules and how many requests each has judged.
+#[derive(Debug, Default)]
+pub(crate) struct Active {
+    rules: Vec<Rule>,
+    judged: Vec<AtomicU64>,
+}
+
+impl Active {
+    pub(crate) fn new(rules: Vec<Rule>) -> Self {
+        let judged = rules.iter().map(|_| AtomicU64::new(0)).collect();
+        Active { rules, judged }
+    }
+
+    pub(crate) fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The fault of the first rule, in list order, that matches `operation` and
+    /// hits it. Each matching rule judges the request in turn, so later rules
+    /// see (and count) only the earlier ones' misses.
+    pub(crate) fn pick(&self, operation: &str) -> Option<&Fault> {
+        self.rules
+            .iter()
+            .zip(&self.judged)
+            .filter(|(rule, _)| rule.operation.as_deref().is_none_or(|op| op == operation))
+            .find(|(rule, judged)| hits(rule.probability, judged.fetch_add(1, Ordering::Relaxed)))
+            .map(|(rule, _)| &rule.fault)
+    }
+}
+
+/// Whether a rule of share `p` hits the `n`-th request it judges (from 0):
+/// round(k × p) of its first k requests are hit, for every k.
+fn hits(p: f64, n: u64) -> bool {
+    ((n + 1) as f64 * p + 0.5).floor() > (n as f64 * p + 0.5).floor()
 }
 
 #[cfg(test)]
@@ -169,8 +201,30 @@ mod tests {
             Rule { operation: None, probability: 0.0, fault: Fault::BlackHole },
             Rule { operation: None, probability: 1.0, fault: Fault::Throttle },
         ];
-        assert_eq!(pick(&rules, "PutItem"), Some(&Fault::Reset));
-        assert_eq!(pick(&rules, "GetItem"), Some(&Fault::Throttle));
-        assert_eq!(pick(&rules[..2], "GetItem"), None);
+        let active = Active::new(rules.clone());
+        assert_eq!(active.pick("PutItem"), Some(&Fault::Reset));
+        assert_eq!(active.pick("GetItem"), Some(&Fault::Throttle));
+        assert_eq!(Active::new(rules[..2].to_vec()).pick("GetItem"), None);
+    }
+
+    #[test]
+    fn a_share_is_spread_evenly_from_the_first_request() {
+        let hit = |p: f64, k: u64| (0..k).filter(|&n| hits(p, n)).count();
+        // A half hits the first request, then every other one.
+        assert_eq!((0..6).map(|n| hits(0.5, n)).collect::<Vec<_>>(), [true, false, true, false, true, false]);
+        for (p, k, want) in [(0.5, 400, 200), (0.3, 1000, 300), (0.02, 400, 8), (1.0, 50, 50), (0.0, 50, 0)] {
+            assert_eq!(hit(p, k), want, "share {p} over {k}");
+        }
+        // Every prefix holds its share, rounded.
+        for k in 1..200 {
+            assert_eq!(hit(0.3, k) as f64, (k as f64 * 0.3).round(), "first {k}");
+        }
+        // Later rules judge only what the earlier ones let through.
+        let active = Active::new(vec![
+            Rule { operation: None, probability: 0.5, fault: Fault::Throttle },
+            Rule { operation: None, probability: 0.5, fault: Fault::Reset },
+        ]);
+        let picked: Vec<_> = (0..4).map(|_| active.pick("GetItem").cloned()).collect();
+        assert_eq!(picked, [Some(Fault::Throttle), Some(Fault::Reset), Some(Fault::Throttle), None]);
     }
 }
