@@ -13,8 +13,12 @@ fn main() {
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|| "unknown".into())
     });
+    // --no-optional-locks: a plain `git status` rewrites the index when it
+    // refreshes stat data (always, in a fresh clone), which is what the line
+    // `rerun-if-changed=../.git/index` watches: the next cargo call would run
+    // this script again and rebuild the daemon for nothing.
     let dirty = Command::new("git")
-        .args(["status", "--porcelain", "--untracked-files=no"])
+        .args(["--no-optional-locks", "status", "--porcelain", "--untracked-files=no"])
         .output()
         .ok()
         .is_some_and(|o| o.status.success() && !o.stdout.is_empty());

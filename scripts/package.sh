@@ -7,19 +7,36 @@
 # [package.metadata.generate-rpm]).
 #
 # Usage: scripts/package.sh [PROFILE]     (default release)
-#   The tools are installed, pinned, into .tools/ on first use. Packages go
-#   to target/packages/. test.sh packages the dev build (same contents,
-#   unoptimised binaries) to inspect them without a second full build.
+#   The tools are installed, pinned, once per machine into
+#   ${CAFE_CACHE_DIR:-~/.cache/cafe-stream}/tools/<versions>/ (as the
+#   emulators are): a fresh clone on a machine that installed them before
+#   compiles nothing for them (the install is about 8 minutes on 2 cores).
+#   Packages go to target/packages/. test.sh packages the dev build (same
+#   contents, unoptimised binaries) to inspect them without a second full
+#   build.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 profile=${1:-release}
-tools="$repo/.tools"
+deb_version=3.8.0
+rpm_version=0.21.1
+cache=${CAFE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cafe-stream}
+tools="$cache/tools/cargo-deb-$deb_version+cargo-generate-rpm-$rpm_version-$(uname -m)"
 export PATH="$tools/bin:$PATH"
 
-if ! command -v cargo-deb > /dev/null || ! command -v cargo-generate-rpm > /dev/null; then
-  echo "package: installing cargo-deb 3.8.0 and cargo-generate-rpm 0.21.1 into .tools/" >&2
-  cargo install --quiet --locked --root "$tools" cargo-deb@3.8.0 cargo-generate-rpm@0.21.1
+if [ ! -x "$tools/bin/cargo-deb" ] || [ ! -x "$tools/bin/cargo-generate-rpm" ]; then
+  mkdir -p "$cache/tools"
+  # One install at a time on this machine (two checkouts packaging at once);
+  # installed aside, then moved into place whole.
+  exec 9> "$cache/tools/lock"
+  flock 9
+  if [ ! -x "$tools/bin/cargo-deb" ] || [ ! -x "$tools/bin/cargo-generate-rpm" ]; then
+    echo "package: installing cargo-deb $deb_version and cargo-generate-rpm $rpm_version into $tools (once per machine)" >&2
+    rm -rf "$tools.tmp"
+    cargo install --quiet --locked --root "$tools.tmp" "cargo-deb@$deb_version" "cargo-generate-rpm@$rpm_version"
+    rm -rf "$tools" && mv "$tools.tmp" "$tools"
+  fi
+  exec 9>&-
 fi
 
 # rpm inspects the .rpm in the packaging test (Debian's package).
@@ -29,7 +46,16 @@ if ! command -v rpm > /dev/null; then
     || echo "package: could not install rpm (the .rpm is built anyway)" >&2
 fi
 
-cargo build --locked --profile "$profile" -p daemon -p loadgen
+# The same selection as the builds before it, so this one reuses theirs:
+# features unify per selection, and a different one rebuilds every
+# dependency (2 minutes for the dev build after test.sh's). test.sh builds
+# the dev profile with --workspace --all-targets; bench.sh and run-local.sh
+# build release with -p daemon -p loadgen.
+if [ "$profile" = dev ]; then
+  cargo build --locked --workspace --all-targets
+else
+  cargo build --locked --profile "$profile" -p daemon -p loadgen
+fi
 out="$repo/target/packages"
 rm -rf "$out" && mkdir -p "$out"
 cargo deb --quiet -p daemon --no-build --profile "$profile" -o "$out/" 2> >(grep -v 'dev profile is not supported\|To enable debug symbols' >&2)
