@@ -1,7 +1,7 @@
-//! The decide stage with in-memory ends, next to its kernel alone, so that
-//! the stage's overhead reads as a ratio: `pipeline/<path>/decide stage`
-//! over `pipeline/<path>/kernel`, per element, for payments and for menu
-//! items.
+//! Each path's stage with in-memory ends, next to its kernel alone, so that
+//! the stage's overhead reads as a ratio: `pipeline/<path>/<stage>` over
+//! `pipeline/<path>/kernel`, per element: the decide stage for payments and
+//! menu items, the whole shard stage for orders.
 //!
 //! - `kernel`: `daemon::route::decide::decide_batch`, the function the
 //!   decide stage runs per batch, over the inputs in batches of the
@@ -19,33 +19,69 @@
 //!   (Building the rejected sink tries one `GetQueueAttributes` against
 //!   that endpoint at start-up, which is refused; the sink then assumes the
 //!   default message size limit.)
+//! - orders `kernel`: decoding each event and applying it to its order's
+//!   state (`pipeline::decode`, `pipeline::orders::apply`, the states in a
+//!   map), on the bench thread: what `benches/orders.rs` measures, over
+//!   this bench's events.
+//! - orders `shard stage`: the same events as one shard's records, in
+//!   GetRecords pages of the default `max_records`, pushed by an in-memory
+//!   source through the Kinesis source's real per-shard task
+//!   (`sources::kinesis::shard::process_shard`: batching, `Router::decide`
+//!   on the `CpuPool`, holding back the events of orders an earlier batch
+//!   has in flight, `Router::write` (grouping by order, the order cache,
+//!   the state machine, the conditional writes and aggregate rows built
+//!   and serialised by the SDK), checkpoints and the checkpoint at
+//!   SHARD_END), to an in-memory DynamoDB (`support/memory_dynamodb.rs`:
+//!   the SDK's own client with an in-process HTTP end that commits every
+//!   transaction). The lease is taken through the same end before each
+//!   run, outside the timing; each run starts with an empty order cache,
+//!   as a newly leased shard does. Before timing, one run checks that
+//!   every order was put once and every event written once.
+//!   The events: 2,000 orders, each placed (4 lines) and moved through 4
+//!   statuses, in waves of 200 orders whose events are one GetRecords page
+//!   apart, so that each page holds the next event of 1,000 orders and
+//!   every batch waits on the one before it for some of its orders (a
+//!   backlog of morning-rush read from one shard).
 //!
 //! Both sides run on one rayon thread (the stage's `CpuPool` is built with
 //! one thread; the daemon's default is one per core), with the daemon's
 //! default work factors (10,000 fraud rounds per payment, 100 JSON rounds
 //! per menu item), the same bodies and a fresh fraud engine each iteration.
 //! The ratio is therefore the stage's overhead per element on one CPU
-//! thread (tokio, channels, the pool hop, batching, metrics), not the
-//! parallel speed-up of the daemon's pool.
+//! thread (tokio, channels, the pool hop, batching, metrics; for orders
+//! also the writes' items and their serialisation), not the parallel
+//! speed-up of the daemon's pool. The orders stage's tokio tasks may run
+//! beside its rayon thread, on the runtime's other worker.
+#[path = "support/memory_dynamodb.rs"]
+mod memory_dynamodb;
+
+use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use benches::{menu_item, payment_body};
+use benches::{menu_item, order_body, payment_body, status_body};
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use daemon::bridge::CpuPool;
-use daemon::config::{DynamoDbSinkConfig, PipelineConfig, SqsSourceConfig};
+use daemon::config::{DynamoDbSinkConfig, KinesisSourceConfig, PipelineConfig, SqsSourceConfig};
 use daemon::metrics::Metrics;
 use daemon::route::decide::decide_batch;
-use daemon::route::{Decided, Input, Router, Work};
+use daemon::route::{Decided, Input, OrderCaches, Router, Work};
 use daemon::sinks::dynamodb::DynamoDbSink;
 use daemon::sinks::rejected::RejectedSink;
+use daemon::sources::kinesis::leases::Leases;
+use daemon::sources::kinesis::shard::{ShardContext, ShardExit, process_shard};
+use daemon::sources::kinesis::source::{Fetched, ShardRecord};
 use daemon::sources::sqs::SqsMessage;
 use daemon::sources::sqs::stages::{self, decide_loop};
+use memory_dynamodb::{MemoryDynamoDb, SHARD};
 use pipeline::event::MenuItem;
 use pipeline::fraud::{FraudConfig, FraudEngine};
+use pipeline::orders::{OrderState, apply, order_id};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Nothing listens there: the sinks are built, never called.
 const UNUSED_ENDPOINT: &str = "http://127.0.0.1:9";
@@ -56,6 +92,11 @@ const PAYMENTS: usize = 500;
 const MENU_ITEMS: usize = 250;
 /// The menu-sync scenario's mean decoded image size.
 const MENU_IMAGE_BYTES: usize = 15 * 1024;
+/// Orders per iteration of the orders path, and how many start together.
+const ORDERS: u64 = 2_000;
+const WAVE: u64 = 200;
+/// The statuses each order moves through after `order.placed`.
+const STATUSES: [&str; 4] = ["confirmed", "preparing", "ready", "completed"];
 
 /// A `menu.item.upserted` body, number `i`, carrying `item`.
 fn menu_body(i: usize, item: &MenuItem) -> String {
@@ -79,10 +120,26 @@ fn fresh_engine(fraud: &FraudConfig) -> FraudEngine {
     FraudEngine::new(fraud.clone()).expect("the default fraud config is valid")
 }
 
+/// A DynamoDB client as the daemon's, answered by `http` (`None`: sent to
+/// an unused endpoint, refused).
+fn dynamodb_client(http: Option<aws_sdk_dynamodb::config::SharedHttpClient>) -> aws_sdk_dynamodb::Client {
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
+    let mut config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(UNUSED_ENDPOINT)
+        .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
+        .retry_config(RetryConfig::disabled());
+    if let Some(http) = http {
+        config = config.http_client(http);
+    }
+    aws_sdk_dynamodb::Client::from_conf(config.build())
+}
+
 /// A router as the topology builds one, except for its sinks' clients
-/// (an unused endpoint, static credentials, no retries) and a CPU pool of
-/// one thread.
-async fn router(pipeline: &PipelineConfig, fraud: &FraudConfig) -> Router {
+/// (an unused endpoint, static credentials, no retries; DynamoDB's
+/// `dynamodb`) and a CPU pool of one thread.
+async fn router(pipeline: &PipelineConfig, fraud: &FraudConfig, dynamodb: aws_sdk_dynamodb::Client) -> Router {
     let metrics = Arc::new(Metrics::new());
     let sqs = {
         use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig, timeout::TimeoutConfig};
@@ -94,18 +151,6 @@ async fn router(pipeline: &PipelineConfig, fraud: &FraudConfig) -> Router {
                 .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
                 .retry_config(RetryConfig::disabled())
                 .timeout_config(TimeoutConfig::builder().operation_timeout(Duration::from_secs(2)).build())
-                .build(),
-        )
-    };
-    let dynamodb = {
-        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
-        aws_sdk_dynamodb::Client::from_conf(
-            aws_sdk_dynamodb::Config::builder()
-                .behavior_version(BehaviorVersion::latest())
-                .region(Region::new("us-east-1"))
-                .endpoint_url(UNUSED_ENDPOINT)
-                .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
-                .retry_config(RetryConfig::disabled())
                 .build(),
         )
     };
@@ -192,6 +237,136 @@ fn check<'a>(path: &str, n: usize, decided: impl Iterator<Item = &'a Decided>) {
     assert_eq!(count, n, "{path}: inputs decided");
 }
 
+/// Order events in shard order, as (order id, body): 2,000 orders in waves
+/// of 200; each page of 1,000 records holds one wave's `order.placed` and
+/// the next status of each of the four waves before it.
+fn order_events() -> Vec<(String, String)> {
+    let waves = ORDERS / WAVE;
+    let mut events = Vec::new();
+    for step in 0..waves + STATUSES.len() as u64 {
+        for layer in 0..=STATUSES.len() as u64 {
+            let Some(wave) = step.checked_sub(layer).filter(|w| *w < waves) else { continue };
+            for i in wave * WAVE..(wave + 1) * WAVE {
+                let body = match layer {
+                    0 => order_body(i, 4),
+                    k => status_body(i, STATUSES[k as usize - 1]),
+                };
+                events.push((format!("o{i}"), body));
+            }
+        }
+    }
+    events
+}
+
+/// `events` as one shard's GetRecords pages of `max_records`, the last one
+/// closing the shard.
+fn pages(events: &[(String, String)], max_records: usize) -> Vec<Fetched> {
+    let mut sequence = 49_650_000_000_000_000_000_000u128;
+    let mut pages: Vec<Fetched> = events
+        .chunks(max_records)
+        .map(|page| Fetched {
+            records: page
+                .iter()
+                .map(|(id, body)| {
+                    sequence += 1;
+                    ShardRecord { sequence: sequence.to_string(), sub: 0, partition_key: id.clone(), data: body.clone().into_bytes() }
+                })
+                .collect(),
+            aggregated: vec![false; page.len()],
+            end: false,
+            room: None,
+        })
+        .collect();
+    if let Some(last) = pages.last_mut() {
+        last.end = true;
+    }
+    pages
+}
+
+/// The orders kernel: decode and apply every event, the states in a map.
+fn orders_kernel(events: &[(String, String)]) -> usize {
+    let mut states: HashMap<String, Option<OrderState>> = HashMap::new();
+    for (_, body) in events {
+        let Ok(e) = pipeline::decode(body.as_bytes()) else { continue };
+        let Some(id) = order_id(&e) else { continue };
+        let state = states.entry(id.to_owned()).or_default();
+        black_box(apply(state, &e));
+    }
+    states.len()
+}
+
+/// A shard's context as the topology builds one, on `router`, with the
+/// lease of [`SHARD`] taken through `dynamodb` (the in-memory end) and an
+/// empty order cache pool; and the lease's generation.
+fn leased_shard(rt: &Runtime, router: &Router, config: &PipelineConfig, dynamodb: &aws_sdk_dynamodb::Client) -> (Arc<ShardContext>, i64) {
+    let stream = KinesisSourceConfig::default();
+    let leases = Leases::new(dynamodb.clone(), stream.clone(), "bench-worker".into(), Arc::clone(&router.metrics));
+    let taken = rt.block_on(leases.take(&mut rand::rng())).expect("the in-memory lease table answers");
+    let generation = taken.iter().find(|l| l.key == SHARD).expect("the one lease is taken").counter;
+    let context = ShardContext {
+        router: router.clone(),
+        leases: Arc::new(leases),
+        pipeline: config.clone(),
+        metrics: Arc::clone(&router.metrics),
+        sync_now: Arc::new(tokio::sync::Notify::new()),
+        orders: OrderCaches::new(usize::try_from(stream.order_cache_bytes).unwrap_or(usize::MAX), None),
+        config: stream,
+    };
+    (Arc::new(context), generation)
+}
+
+/// The shard stage: an in-memory source feeding one shard's task its
+/// pages, through a channel sized as the topology sizes it, until the
+/// shard is checkpointed at its end.
+fn through_shard(rt: &Runtime, context: Arc<ShardContext>, generation: i64, pages: Vec<Fetched>) -> ShardExit {
+    rt.block_on(async {
+        let (tx, rx) = mpsc::channel(context.config.prefetch_batches);
+        let source = tokio::spawn(async move {
+            for page in pages {
+                if tx.send(page).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (stop, lost) = (CancellationToken::new(), CancellationToken::new());
+        let exit = process_shard(context, SHARD.to_owned(), generation, rx, stop, lost).await;
+        source.await.expect("the source ends");
+        exit
+    })
+}
+
+/// The orders path: its kernel and its shard stage, after one checked run.
+fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &FraudConfig) {
+    let (end, http) = MemoryDynamoDb::new();
+    let dynamodb = dynamodb_client(Some(http));
+    let router = rt.block_on(router(config, fraud, dynamodb.clone()));
+    let events = order_events();
+    let max_records = KinesisSourceConfig::default().max_records as usize;
+    assert_eq!(orders_kernel(&events), ORDERS as usize, "orders: the kernel's orders");
+    end.counting.store(true, Ordering::Relaxed);
+    let (context, generation) = leased_shard(rt, &router, config, &dynamodb);
+    let exit = through_shard(rt, context, generation, pages(&events, max_records));
+    end.counting.store(false, Ordering::Relaxed);
+    assert_eq!(exit, ShardExit::Ended, "orders: the shard was read to its end and checkpointed");
+    assert_eq!(end.refused.load(Ordering::Relaxed), 0, "orders: a call the in-memory end does not serve");
+    assert_eq!(end.order_puts.load(Ordering::Relaxed), ORDERS, "orders: order items put");
+    assert_eq!(end.history_entries.load(Ordering::Relaxed), events.len() as u64, "orders: events written");
+
+    let mut g = c.benchmark_group("pipeline");
+    g.sample_size(10).sampling_mode(SamplingMode::Flat).warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("orders/kernel", |b| b.iter(|| black_box(orders_kernel(&events))));
+    g.bench_function("orders/shard stage", |b| {
+        b.iter_batched(
+            || (leased_shard(rt, &router, config, &dynamodb), pages(&events, max_records)),
+            |((context, generation), pages)| black_box(through_shard(rt, context, generation, pages)),
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
 fn pipeline(c: &mut Criterion) {
     let config = PipelineConfig::default();
     let fraud = FraudConfig::default();
@@ -199,7 +374,7 @@ fn pipeline(c: &mut Criterion) {
     let (per_receive, receivers) = (sqs.max_messages as usize, sqs.receivers as usize);
     let work = work(&config, &fraud);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-    let router = rt.block_on(router(&config, &fraud));
+    let router = rt.block_on(router(&config, &fraud, dynamodb_client(None)));
     // The bench thread as a one-thread rayon pool: `install` runs inline.
     let bench_thread =
         rayon::ThreadPoolBuilder::new().num_threads(1).use_current_thread().build().expect("a rayon pool of this thread");
@@ -245,6 +420,7 @@ fn pipeline(c: &mut Criterion) {
         });
     }
     g.finish();
+    orders(c, &rt, &config, &fraud);
 }
 
 criterion_group!(benches, pipeline);
