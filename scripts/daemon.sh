@@ -31,7 +31,8 @@ start() {
   args=(run)
   [ -n "${CAFE_STREAMD_CONFIG:-}" ] && args+=(--config "$CAFE_STREAMD_CONFIG")
   # As the systemd unit does (packaging/systemd/cafe-streamd.service).
-  MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2} nohup "$bin" "${args[@]}" >> "$log" 2>&1 &
+  MIMALLOC_ARENA_EAGER_COMMIT=${MIMALLOC_ARENA_EAGER_COMMIT:-0} MIMALLOC_PURGE_DELAY=${MIMALLOC_PURGE_DELAY:-0} \
+    nohup "$bin" "${args[@]}" >> "$log" 2>&1 &
   echo $! > "$pidfile"
   echo "daemon: started pid $! (log $log)" >&2
 }

@@ -1,4 +1,9 @@
 //! Decoding and validating events: the first CPU stage of every path.
+
+/// The daemon's allocator (daemon/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use benches::{order_body, payment_body};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;

@@ -1,4 +1,9 @@
 //! Fraud scoring: the stateful rules per payment, and the model work factor.
+
+/// The daemon's allocator (daemon/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use benches::payment_body;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use pipeline::event::Body;

@@ -5,6 +5,11 @@
 //! After criterion's groups, it times SHA-256 over 16 KiB and 256 KiB
 //! buffers itself and runs `openssl speed -evp sha256` for the same sizes on
 //! the same machine, one right after the other, and prints the ratio.
+
+/// The daemon's allocator (daemon/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -1,6 +1,11 @@
 //! The orders path's CPU work per batch: KPL de-aggregation, decoding, and
 //! applying each order's events to its state (what a shard does between
 //! GetRecords and the DynamoDB write).
+
+/// The daemon's allocator (daemon/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::hint::black_box;
 

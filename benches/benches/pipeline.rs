@@ -52,6 +52,11 @@
 //! also the writes' items and their serialisation), not the parallel
 //! speed-up of the daemon's pool. The orders stage's tokio tasks may run
 //! beside its rayon thread, on the runtime's other worker.
+
+/// The daemon's allocator (daemon/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "support/memory_dynamodb.rs"]
 mod memory_dynamodb;
 
@@ -269,7 +274,12 @@ fn pages(events: &[(String, String)], max_records: usize) -> Vec<Fetched> {
                 .iter()
                 .map(|(id, body)| {
                     sequence += 1;
-                    ShardRecord { sequence: sequence.to_string(), sub: 0, partition_key: id.clone(), data: body.clone().into_bytes() }
+                    ShardRecord {
+                        sequence: sequence.to_string(),
+                        sub: 0,
+                        partition_key: id.clone(),
+                        data: body.clone().into_bytes(),
+                    }
                 })
                 .collect(),
             aggregated: vec![false; page.len()],
@@ -298,7 +308,12 @@ fn orders_kernel(events: &[(String, String)]) -> usize {
 /// A shard's context as the topology builds one, on `router`, with the
 /// lease of [`SHARD`] taken through `dynamodb` (the in-memory end) and an
 /// empty order cache pool; and the lease's generation.
-fn leased_shard(rt: &Runtime, router: &Router, config: &PipelineConfig, dynamodb: &aws_sdk_dynamodb::Client) -> (Arc<ShardContext>, i64) {
+fn leased_shard(
+    rt: &Runtime,
+    router: &Router,
+    config: &PipelineConfig,
+    dynamodb: &aws_sdk_dynamodb::Client,
+) -> (Arc<ShardContext>, i64) {
     let stream = KinesisSourceConfig::default();
     let leases = Leases::new(dynamodb.clone(), stream.clone(), "bench-worker".into(), Arc::clone(&router.metrics));
     let taken = rt.block_on(leases.take(&mut rand::rng())).expect("the in-memory lease table answers");

@@ -9,6 +9,15 @@ use daemon::config::{self, Config};
 use daemon::topology::{self, Exit};
 use tracing::{error, info};
 
+/// mimalloc instead of glibc's malloc. The write path allocates many small
+/// strings (the SDK's items, its JSON and signing), and on the orders
+/// path glibc's malloc and free (with their free-list consolidation) took
+/// about a third of the shard stage's CPU (`benches/pipeline.rs`, under
+/// perf); with mimalloc the stage took 26% less time per event, the
+/// decode-and-apply kernel 17% less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CAFE_GIT_COMMIT"), ")");
 
 /// The cafe-stream processing daemon.
