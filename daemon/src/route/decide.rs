@@ -6,7 +6,7 @@
 //! arrival order). Must not: do I/O; order events are only decoded here,
 //! since applying them needs the order's stored state (`apply_orders`).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use pipeline::decided::{DecidedMenuItem, DecidedPayment};
 use pipeline::event::{Body, Clock, Event, Rejection, decode_at};
@@ -32,7 +32,9 @@ pub enum Decided {
     /// A valid menu upsert with its digest.
     Menu(DecidedMenuItem),
     /// A valid order event, to apply against its order's stored state.
-    Order(Box<Event>),
+    /// Shared: a shard keeps its batch's decided events until they are
+    /// durable, to write them again as decided, and a copy costs a count.
+    Order(Arc<Event>),
     /// An event that breaks the contract.
     Rejected(Rejection),
     /// The stage failed on this input (a bug, never bad input): give it back.
@@ -130,7 +132,7 @@ pub fn decide_batch(inputs: &[Input], engine: &Mutex<FraudEngine>, work: Work, d
                     Some(Err(r)) => Decided::Rejected(r),
                     None => Decided::Failed,
                 },
-                Body::OrderPlaced(_) | Body::OrderStatus(_) => Decided::Order(Box::new(e)),
+                Body::OrderPlaced(_) | Body::OrderStatus(_) => Decided::Order(Arc::new(e)),
             }
         })
         .collect()

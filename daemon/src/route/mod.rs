@@ -167,7 +167,7 @@ impl Router {
         let mut outcomes = vec![Outcome::Failed; inputs.len()];
         let (mut payments, mut payment_at) = (Vec::new(), Vec::new());
         let (mut menus, mut menu_at) = (Vec::new(), Vec::new());
-        let (mut order_events, mut order_at): (Vec<Event>, Vec<usize>) = (Vec::new(), Vec::new());
+        let (mut order_events, mut order_at): (Vec<Arc<Event>>, Vec<usize>) = (Vec::new(), Vec::new());
         let mut rejections: Vec<(usize, Rejection)> = Vec::new();
         for (i, d) in decided.into_iter().enumerate() {
             match d {
@@ -180,7 +180,7 @@ impl Router {
                     menu_at.push(i);
                 }
                 Decided::Order(e) => {
-                    order_events.push(*e);
+                    order_events.push(e);
                     order_at.push(i);
                 }
                 Decided::Rejected(r) => rejections.push((i, r)),
@@ -188,7 +188,7 @@ impl Router {
             }
         }
         let applied_at = now_rfc3339();
-        let order_refs: Vec<&Event> = order_events.iter().collect();
+        let order_refs: Vec<&Event> = order_events.iter().map(|e| &**e).collect();
         // A shard's events are judged at their position in the stream
         // (`source`; replays give the first pass's answers); a queue's
         // message ids parse to none.

@@ -637,7 +637,7 @@ mod tests {
         let body =
             format!(r#"{{"v":1,"id":"{order}-{k}","type":"{kind}","ts":"2026-11-22T08:00:00Z","store":"s1","data":{data}}}"#);
         let event = pipeline::decode(body.as_bytes()).expect("a valid order event");
-        (Input { data: body.into_bytes(), position: format!("{order}-{k}") }, Decided::Order(Box::new(event)))
+        (Input { data: body.into_bytes(), position: format!("{order}-{k}") }, Decided::Order(std::sync::Arc::new(event)))
     }
 
     fn batch(events: Vec<(Input, Decided)>) -> DecidedBatch {
