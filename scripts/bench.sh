@@ -3,8 +3,9 @@
 # the best the same machine does with the same stack in the same run.
 #
 #   1. kernels (criterion, release): the per-event CPU work of each path on
-#      one core, the decide stage with in-memory ends against its kernel
-#      (benches/benches/pipeline.rs), and the SHA-256 floor of the payments path (openssl's
+#      one core, each path's stage with in-memory ends against its kernel
+#      (benches/benches/pipeline.rs: the decide stage for payments and menu
+#      items, one shard's whole task for orders), and the SHA-256 floor of the payments path (openssl's
 #      speed on this CPU, and the fraud model's loop next to the hasher's);
 #   2. end to end on the local stack, a release cafe-streamd restarted for
 #      each path, with fresh queues, stream and tables:
@@ -60,8 +61,9 @@ cargo bench --locked -q -p benches --bench fraud -- "${crit[@]}" 'payment: decod
 cargo bench --locked -q -p benches --bench orders -- "${crit[@]}" 'decode \+ apply' >> "$out/kernels.txt" 2>&1
 # The menu bench ends with its own sha256-against-openssl ratio (a few seconds).
 cargo bench --locked -q -p benches --bench menu -- "${crit[@]}" '100 JSON rounds' >> "$out/kernels.txt" 2>&1
-# The decide stage with in-memory ends next to its kernel alone (one CPU
-# thread each): the stage's overhead per payment and per menu item.
+# Each path's stage with in-memory ends next to its kernel alone (one
+# CPU-pool thread each): the stage's overhead per payment, menu item and
+# order event.
 cargo bench --locked -q -p benches --bench pipeline -- --warm-up-time 1 --measurement-time 3 --sample-size 10 --noplot \
   >> "$out/kernels.txt" 2>&1
 openssl speed -evp sha256 -bytes 16384 -seconds 3 > "$out/openssl.txt" 2>/dev/null || true

@@ -194,7 +194,7 @@ if floor_ns and kernel["model_pairs"]:
 if any(k and d for k, d, _ in stage.values()):
     lines += [
         "",
-        "| pipeline with in-memory ends (one CPU thread), per element | kernel alone | stage | stage / kernel |",
+        "| pipeline with in-memory ends (one CPU-pool thread; wall time), per element | kernel alone | stage | stage / kernel |",
         "|---|---|---|---|",
     ]
     for name, (k, d, what) in stage.items():

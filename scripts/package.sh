@@ -33,8 +33,10 @@ if [ ! -x "$tools/bin/cargo-deb" ] || [ ! -x "$tools/bin/cargo-generate-rpm" ]; 
   if [ ! -x "$tools/bin/cargo-deb" ] || [ ! -x "$tools/bin/cargo-generate-rpm" ]; then
     echo "package: installing cargo-deb $deb_version and cargo-generate-rpm $rpm_version into $tools (once per machine)" >&2
     rm -rf "$tools.tmp"
-    cargo install --quiet --locked --root "$tools.tmp" "cargo-deb@$deb_version" "cargo-generate-rpm@$rpm_version"
-    rm -rf "$tools" && mv "$tools.tmp" "$tools"
+    # 9>&-: nothing cargo leaves running may hold the lock.
+    cargo install --quiet --locked --root "$tools.tmp" "cargo-deb@$deb_version" "cargo-generate-rpm@$rpm_version" 9>&-
+    rm -rf "$tools"
+    mv "$tools.tmp" "$tools"
   fi
   exec 9>&-
 fi
@@ -65,6 +67,7 @@ deb_fast=(); rpm_compress=()
 if [ "$profile" = dev ]; then
   deb_fast=(--fast); rpm_compress=(--payload-compress gzip)
 fi
-cargo deb --quiet "${deb_fast[@]}" -p daemon --no-build --profile "$profile" -o "$out/" 2> >(grep -v 'dev profile is not supported\|To enable debug symbols' >&2)
-cargo generate-rpm "${rpm_compress[@]}" -p daemon --profile "$profile" -o "$out/"
+# ${a[@]+"${a[@]}"}: an empty array under `set -u` is an error before bash 4.4.
+cargo deb --quiet ${deb_fast[@]+"${deb_fast[@]}"} -p daemon --no-build --profile "$profile" -o "$out/" 2> >(grep -v 'dev profile is not supported\|To enable debug symbols' >&2)
+cargo generate-rpm ${rpm_compress[@]+"${rpm_compress[@]}"} -p daemon --profile "$profile" -o "$out/"
 ls "$out"/*.deb "$out"/*.rpm

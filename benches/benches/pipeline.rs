@@ -43,7 +43,7 @@
 //!   that the shard ended, that every order was put once and every event
 //!   written once (so nothing was retried, rejected or dropped), within a
 //!   time limit (a retry loop fails the bench instead of hanging it);
-//!   each timed run checks that the shard ended after as many transactions.
+//!   each timed run checks that the shard ended and no call was refused.
 //!   The events: 2,000 orders, each placed (4 lines) and moved through 4
 //!   statuses, in waves of 200 orders whose events are one GetRecords page
 //!   apart: pages 2 to 7 each hold the next event of 1,000 orders (the
