@@ -14,6 +14,7 @@ import uuid
 from unittest import mock
 
 from moto.core import DEFAULT_ACCOUNT_ID
+from moto.sqs import exceptions as sqs_exceptions
 from moto.sqs import models as sqs_models
 
 import moto_launcher  # noqa: F401  (applies the fixes)
@@ -221,6 +222,54 @@ class FifoDeduplication(unittest.TestCase):
         with mock.patch.object(sqs_models, "unix_time_millis", lambda: later):
             backend.send_message(name, "late", group_id="g", deduplication_id="late")
         self.assertEqual(len(queue._cafe_dedup_seen), 1)
+
+
+class WorkKeptInsteadOfRedone(unittest.TestCase):
+    def test_an_ascii_body_is_checked_as_every_body_is(self):
+        backend = _backend()
+        name = f"selftest-{uuid.uuid4().hex[:12]}"
+        backend.create_queue(name)
+        backend.send_message(name, "tab\tnewline\ncr\r and every printable ~\x7f")
+        for bad in ["\x00", "a\x08b", "\x0b", "\x0c", "x" * 30000 + "\x1f", "\ufffe", "caf\u00e9\x01"]:
+            with self.assertRaises(sqs_exceptions.SQSException, msg=repr(bad)) as raised:
+                backend.send_message(name, bad)
+            self.assertIn("Invalid binary character", str(raised.exception), repr(bad))
+        # Allowed non-ASCII goes to the regular expression and passes it.
+        backend.send_message(name, "caf\u00e9 \U0001F600")
+
+    def test_a_body_md5_follows_its_body(self):
+        import hashlib
+
+        backend = _backend()
+        name = f"selftest-{uuid.uuid4().hex[:12]}"
+        backend.create_queue(name)
+        message = backend.send_message(name, "first")
+        self.assertEqual(message.body_md5, hashlib.md5(b"first").hexdigest())
+        self.assertEqual(message.body_md5, hashlib.md5(b"first").hexdigest())
+        message.body = "second"
+        self.assertEqual(message.body_md5, hashlib.md5(b"second").hexdigest())
+
+    def test_a_response_is_enriched_as_moto_enriches_it(self):
+        from moto.core.responses import BaseResponse
+
+        xml = "<R><RequestId>placeholder</RequestId></R>"
+        headers, body = BaseResponse._enrich_response({"status": 200}, xml)
+        self.assertEqual(headers["status"], "200")
+        self.assertNotIn("placeholder", body)
+        self.assertIn(f"<RequestId>{headers['x-amzn-requestid']}</RequestId>", body)
+        json_body = json.dumps({"Messages": [{"Body": "x" * 1000}]})
+        headers, body = BaseResponse._enrich_response({"status": 200}, json_body)
+        self.assertIs(body, json_body)
+        self.assertEqual(headers["status"], "200")
+        self.assertIn("x-amzn-requestid", headers)
+
+    def test_the_module_list_is_moto_s(self):
+        from moto import backends
+
+        modules = backends.list_of_moto_modules()
+        self.assertIn("sqs", modules)
+        self.assertNotIn("sqs.us-east-1.amazonaws.com", modules)
+        self.assertIs(modules, backends.list_of_moto_modules())
 
 
 if __name__ == "__main__":
