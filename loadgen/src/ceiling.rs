@@ -97,18 +97,23 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 }
 
 /// Mean CPU-seconds of the menu kernel per item (decode, image check, JSON
-/// rounds, kcal) over `bodies`, on one thread.
+/// rounds, kcal) over `bodies`, on one thread: the faster of two passes
+/// (the first also pays for cold caches and a fresh allocator's pages).
 pub fn menu_kernel_secs(bodies: &[String], json_rounds: u32) -> anyhow::Result<f64> {
     if bodies.is_empty() {
         bail!("no item to time");
     }
-    let started = Instant::now();
-    for body in bodies {
-        let event = decode(body.as_bytes()).map_err(|r| anyhow::anyhow!("a sent item does not decode: {r:?}"))?;
-        let Body::MenuItemUpserted(item) = event.body else { bail!("a sent item is not a menu item") };
-        std::hint::black_box(pipeline::menu::digest(&item, json_rounds).map(|d| d.image_ok).ok());
+    let mut best = f64::INFINITY;
+    for _ in 0..2 {
+        let started = Instant::now();
+        for body in bodies {
+            let event = decode(body.as_bytes()).map_err(|r| anyhow::anyhow!("a sent item does not decode: {r:?}"))?;
+            let Body::MenuItemUpserted(item) = event.body else { bail!("a sent item is not a menu item") };
+            std::hint::black_box(pipeline::menu::digest(&item, json_rounds).map(|d| d.image_ok).ok());
+        }
+        best = best.min(started.elapsed().as_secs_f64() / bodies.len() as f64);
     }
-    Ok(started.elapsed().as_secs_f64() / bodies.len() as f64)
+    Ok(best)
 }
 
 #[cfg(test)]

@@ -4,6 +4,12 @@
 //! Exit codes: 0 when every threshold and the verification pass, 1 when the
 //! run failed them, 2 when the run could not be made.
 
+/// The daemon's allocator (daemon/src/main.rs): menu-sync times the menu
+/// kernel in this process for its CPU-bound ceiling, and with glibc's
+/// malloc the JSON rounds' allocations made it slower than the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod attack;
 mod backlog;
 mod ceiling;
