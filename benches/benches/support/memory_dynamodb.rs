@@ -39,8 +39,6 @@ pub struct MemoryDynamoDb {
     /// History entries written to order items, by puts and by appends: one
     /// per order event applied.
     pub history_entries: AtomicU64,
-    /// Transactions committed (counted always).
-    pub transactions: AtomicU64,
     /// Calls answered with an error (an operation this end does not serve).
     pub refused: AtomicU64,
 }
@@ -65,7 +63,6 @@ impl MemoryDynamoDb {
             "UpdateItem" | "GetItem" => (200, json!({})),
             "BatchGetItem" => (200, json!({"Responses": {}, "UnprocessedKeys": {}})),
             "TransactWriteItems" => {
-                self.transactions.fetch_add(1, Ordering::Relaxed);
                 if self.counting.load(Ordering::Relaxed) {
                     self.count(request.body().bytes().unwrap_or_default());
                 }
