@@ -324,3 +324,58 @@ async fn a_backlog_far_beyond_the_read_budget_drains_exactly_and_gives_the_room_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A record rejected by the clock whose rejection cannot be sent for a
+/// while: an `order.placed` stamped 6 s ahead of the daemon's clock
+/// (`max_future_secs = 1`), before five orders on the same shard, while SQS
+/// answers every SendMessageBatch with its internal error until the stamp
+/// is 3 s in the past. The rejected sink gives up after its own retries,
+/// and the shard retries the record as it was decided: it reaches the
+/// rejected queue with reason `ts_out_of_range`, the order it would have
+/// placed is never applied, and the orders behind it are. Decided again on
+/// a retry past its stamp, the record would place its order instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_rejected_by_the_clock_is_retried_as_it_was_decided() {
+    let sqs_upstream = std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack's SQS");
+    let sqs = Proxy::start("127.0.0.1:0".parse().expect("addr"), &sqs_upstream).await.expect("start the SQS proxy");
+    let daemon_env =
+        vec![("AWS_ENDPOINT_URL_SQS".into(), sqs.url()), ("CAFE_PIPELINE__MAX_FUTURE_SECS".into(), "1".into())];
+    let mut env = Env::with_orders("clockretry", "shards = 1", "", daemon_env).await;
+    env.start();
+    sqs.set_rules(on(&["SendMessageBatch"], Fault::ServerError)).expect("rules");
+
+    let put_at = Instant::now();
+    let stamp = time::OffsetDateTime::now_utc() + time::Duration::seconds(6);
+    let ts = stamp.format(&time::format_description::well_known::Rfc3339).expect("ts");
+    let id = format!("{}-ahead", env.prefix);
+    let ahead = serde_json::json!({
+        "v": 1, "id": format!("{id}-e0"), "type": "order.placed", "ts": ts, "store": "st0",
+        "data": {"order_id": id, "customer_id": "c0", "channel": "app",
+                 "items": [{"sku": "s", "qty": 1, "unit_price_cents": 100}], "total_cents": 100}
+    });
+    let mut expected = Expected::default();
+    let mut records = vec![(id.clone(), ahead.to_string().into_bytes())];
+    for i in 0..5 {
+        records.extend(order_events(&env.prefix, i, &mut expected).into_iter().map(|(k, b)| (k, b.into_bytes())));
+    }
+    env.producer().put(&records).await;
+
+    // The shard gives the record back to itself at least once while SQS
+    // fails, and SQS fails until the stamp is well past.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.log().contains("Records not durable; retrying them") {
+        assert!(Instant::now() < deadline, "the shard retried nothing\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep((put_at + Duration::from_secs(9)).saturating_duration_since(Instant::now())).await;
+    assert!(sqs.stats().total.server_error > 0, "the SQS proxy failed nothing: {:?}", sqs.stats());
+    sqs.clear();
+
+    let rejected = env.wait_rejected(1, Duration::from_secs(60)).await;
+    let reasons: Vec<&str> = rejected.iter().map(|(_, a)| a.get("reason").map_or("", String::as_str)).collect();
+    assert_eq!(reasons, ["ts_out_of_range"], "{rejected:?}\n{}", env.log());
+    env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
+    assert!(!env.orders().await.contains_key(&id), "the record was decided again and placed its order\n{}", env.log());
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{status:?}\n{}", env.log());
+}
