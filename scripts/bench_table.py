@@ -109,8 +109,9 @@ rows = []
 
 def e2e_row(path, events, daemon_rate, kernel_ns, p, bare=None, e2e=None, cores_left=None):
     """`cores_left`: what the daemon could have had, when the run measured it
-    (machine busy time minus the daemon's over the drain); otherwise two
-    cores minus the emulators' CPU over the whole run."""
+    (the machine's busy time minus the daemon's, from the first send to the
+    drain's end); otherwise the machine's cores minus the emulators' CPU over
+    the whole run."""
     cores_left = cores_left if cores_left is not None else p["cores_left"]
     ceiling = cores_left / (kernel_ns / 1e9) if kernel_ns else None
     cpu_per_1000 = p["daemon_cpu_secs"] / events * 1000 if events else None

@@ -690,6 +690,15 @@ mod tests {
     }
 
     #[test]
+    fn a_long_poll_must_leave_time_to_drain_what_it_returns() {
+        let polls = "[sources.payments]\nwait_time_secs = 10\n[sources.menu]\nwait_time_secs = 5\n";
+        let err = parse(&format!("{polls}[shutdown]\ngrace_period_secs = 14\n"), "g.toml", no_env()).expect_err("invalid");
+        let fields: Vec<&str> = err.0.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["sources.payments.wait_time_secs"], "{err}");
+        parse(&format!("{polls}[shutdown]\ngrace_period_secs = 15\n"), "g.toml", no_env()).expect("10 s polls, 15 s grace");
+    }
+
+    #[test]
     fn lease_and_polling_limits_are_checked() {
         let text = "[sources.orders]\npoll_interval_ms = 100\nlease_renew_interval_ms = 9000\ninitial_position = \"oldest\"\nmax_records = 20000\n";
         let err = parse(text, "o.toml", no_env()).expect_err("invalid");

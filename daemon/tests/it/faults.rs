@@ -326,7 +326,7 @@ async fn a_backlog_far_beyond_the_read_budget_drains_exactly_and_gives_the_room_
 }
 
 /// A record rejected by the clock whose rejection cannot be sent for a
-/// while: an `order.placed` stamped 6 s ahead of the daemon's clock
+/// while: an `order.placed` stamped 8 s ahead of the daemon's clock
 /// (`max_future_secs = 1`), before five orders on the same shard, while SQS
 /// answers every SendMessageBatch with its internal error until the stamp
 /// is 3 s in the past. The rejected sink gives up after its own retries,
@@ -338,14 +338,20 @@ async fn a_backlog_far_beyond_the_read_budget_drains_exactly_and_gives_the_room_
 async fn a_record_rejected_by_the_clock_is_retried_as_it_was_decided() {
     let sqs_upstream = std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack's SQS");
     let sqs = Proxy::start("127.0.0.1:0".parse().expect("addr"), &sqs_upstream).await.expect("start the SQS proxy");
-    let daemon_env =
-        vec![("AWS_ENDPOINT_URL_SQS".into(), sqs.url()), ("CAFE_PIPELINE__MAX_FUTURE_SECS".into(), "1".into())];
+    let daemon_env = vec![("AWS_ENDPOINT_URL_SQS".into(), sqs.url()), ("CAFE_PIPELINE__MAX_FUTURE_SECS".into(), "1".into())];
     let mut env = Env::with_orders("clockretry", "shards = 1", "", daemon_env).await;
     env.start();
     sqs.set_rules(on(&["SendMessageBatch"], Fault::ServerError)).expect("rules");
+    // The shard is read before the record is stamped: it must be decided
+    // while its stamp is still ahead, however slow the start.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !env.log().contains("Consuming the stream") || metric(&env, "cafe_leases_held", "").await < 1.0 {
+        assert!(Instant::now() < deadline, "the daemon took no lease\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let put_at = Instant::now();
-    let stamp = time::OffsetDateTime::now_utc() + time::Duration::seconds(6);
+    let stamp = time::OffsetDateTime::now_utc() + time::Duration::seconds(8);
     let ts = stamp.format(&time::format_description::well_known::Rfc3339).expect("ts");
     let id = format!("{}-ahead", env.prefix);
     let ahead = serde_json::json!({
@@ -367,7 +373,7 @@ async fn a_record_rejected_by_the_clock_is_retried_as_it_was_decided() {
         assert!(Instant::now() < deadline, "the shard retried nothing\n{}", env.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tokio::time::sleep((put_at + Duration::from_secs(9)).saturating_duration_since(Instant::now())).await;
+    tokio::time::sleep((put_at + Duration::from_secs(11)).saturating_duration_since(Instant::now())).await;
     assert!(sqs.stats().total.server_error > 0, "the SQS proxy failed nothing: {:?}", sqs.stats());
     sqs.clear();
 

@@ -40,6 +40,10 @@ pub struct SqsSourceConfig {
     pub retry_delay_secs: u32,
 }
 
+/// The least of the grace period left after a long poll's wait time: a
+/// poll under way at the stop is waited for, and what it returns drained.
+pub const DRAIN_AFTER_POLL_SECS: u64 = 5;
+
 impl Default for SqsSourceConfig {
     fn default() -> Self {
         SqsSourceConfig {
@@ -116,11 +120,13 @@ impl SqsSourceConfig {
         if self.is_fifo() != self.dlq.ends_with(".fifo") {
             bad(&format!("{p}.dlq"), "a FIFO queue's dead-letter queue must be FIFO too, and a standard queue's standard".into());
         }
-        if u64::from(s.wait_time_secs) >= grace_period_secs {
+        // A poll under way at the stop is waited for (see `receive_loop`),
+        // and what it returns must still be decided, written and deleted.
+        if u64::from(s.wait_time_secs) + DRAIN_AFTER_POLL_SECS > grace_period_secs {
             bad(
                 &format!("{p}.wait_time_secs"),
                 format!(
-                    "{} s is not below shutdown.grace_period_secs ({} s): draining could not finish in time",
+                    "{} s leaves less than {DRAIN_AFTER_POLL_SECS} s of shutdown.grace_period_secs ({} s) after a poll under way at the stop ends: what it returns could not be drained in time",
                     s.wait_time_secs, grace_period_secs
                 ),
             );
