@@ -415,7 +415,19 @@ async fn a_payment_is_decided_and_counted_once() {
 
 async fn http_get(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect admin");
+    // `Env::start` returns once the process is spawned, before it listens: a
+    // refused connection is retried for a while (a fresh-clone CI run had a
+    // test's first request land before the daemon bound its admin port).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut s = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("connect admin at {addr}: {e}"),
+        }
+    };
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("read");
