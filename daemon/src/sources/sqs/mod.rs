@@ -215,7 +215,7 @@ impl SqsSource {
             // 30 s visibility timeout (e2e p99 27 s, drain 1.27x a bare
             // client's); with the polls expired before the burst, p99 17.6 s
             // and 1.06x. So an idle daemon's exit takes up to
-            // `wait_time_secs` longer (validated below the grace period); a
+            // `wait_time_secs` longer (validated to leave 5 s of the grace period); a
             // poll open `LATE_POLL_MARGIN` past that is an endpoint that
             // does not answer, and is dropped.
             if stop.is_cancelled() {
