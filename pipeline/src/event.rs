@@ -208,6 +208,18 @@ pub enum Channel {
     Corporate,
 }
 
+impl Channel {
+    /// Its name on the wire (and in `cafe-orders`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::App => "app",
+            Channel::Web => "web",
+            Channel::Kiosk => "kiosk",
+            Channel::Corporate => "corporate",
+        }
+    }
+}
+
 /// One line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct OrderLine {
@@ -572,6 +584,14 @@ mod tests {
         match decode_value(&v) {
             Ok(e) => panic!("expected a rejection, got {e:?}"),
             Err(r) => r.reason,
+        }
+    }
+
+    #[test]
+    fn a_channel_is_named_as_it_is_read() {
+        for c in [Channel::App, Channel::Web, Channel::Kiosk, Channel::Corporate] {
+            let read: Channel = serde_json::from_value(serde_json::Value::from(c.name())).expect("a channel's name reads back");
+            assert_eq!(read, c);
         }
     }
 

@@ -114,13 +114,27 @@ impl ShardPos {
     }
 }
 
+impl ShardPos {
+    /// `stream:shardId/sequence[/sub]`, as stored in a history entry (what
+    /// `Display` writes), built in one allocation of its size.
+    pub fn to_text(&self) -> String {
+        let mut t = String::with_capacity(self.stream.len() + self.shard.len() + self.sequence.len() + 13);
+        t.push_str(&self.stream);
+        t.push(':');
+        t.push_str(&self.shard);
+        t.push('/');
+        t.push_str(&self.sequence);
+        if self.sub != 0 {
+            t.push('/');
+            t.push_str(&self.sub.to_string());
+        }
+        t
+    }
+}
+
 impl std::fmt::Display for ShardPos {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}/{}", self.stream, self.shard, self.sequence)?;
-        if self.sub != 0 {
-            write!(f, "/{}", self.sub)?;
-        }
-        Ok(())
+        f.write_str(&self.to_text())
     }
 }
 

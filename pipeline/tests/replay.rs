@@ -136,6 +136,9 @@ fn positions_parse_and_order_within_a_shard_of_a_stream_only() {
     assert!(b.is_after(&a) && c.is_after(&b) && !a.is_after(&b) && !b.is_after(&b));
     assert_eq!(c.to_string(), "orders:shardId-000000000001/100/3");
     assert_eq!(ShardPos::parse(&c.to_string(), None), Some(c.clone()), "a stored position round-trips");
+    assert_eq!(c.to_text(), "orders:shardId-000000000001/100/3", "stored as stream:shard/sequence/sub");
+    assert_eq!(b.to_text(), "orders:shardId-000000000001/100", "no sub when not aggregated");
+    assert_eq!(ShardPos::parse(&b.to_text(), None), Some(b.clone()), "a stored position round-trips");
     let other = ShardPos::parse("shardId-000000000002/5", Some("orders")).expect("plain");
     assert!(!other.is_after(&a) && !a.is_after(&other), "another shard's positions are not compared");
     // Every stream has a shardId-000000000000: another stream's positions are not compared either.

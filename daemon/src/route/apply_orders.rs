@@ -216,9 +216,22 @@ impl OrderCache {
         OrderCaches::new(usize::MAX, None).cache(cap)
     }
 
+    #[cfg(test)]
     fn get(&self, id: &str) -> Option<Option<OrderState>> {
         let p = self.pool.lock();
         p.owners.get(&self.owner)?.map.get(id).map(|e| e.state.clone())
+    }
+
+    /// Takes `id`'s entry out, if cached: the caller owns the state (no
+    /// copy of its history) and puts it back, or its successor, when done.
+    /// Its queue elements go stale and are skipped.
+    fn take(&self, id: &str) -> Option<Option<OrderState>> {
+        let mut guard = self.pool.lock();
+        let p = &mut *guard;
+        let e = p.owners.get_mut(&self.owner)?.map.remove(id)?;
+        p.sub(e.bytes, 1);
+        self.pool.show(p);
+        Some(e.state)
     }
 
     fn put(&self, id: &str, state: Option<OrderState>) {
@@ -279,6 +292,7 @@ impl OrderCache {
         self.pool.show(p);
     }
 
+    #[cfg(test)]
     fn forget(&self, id: &str) {
         let mut p = self.pool.lock();
         p.remove(self.owner, id, None);
@@ -360,21 +374,23 @@ pub async fn apply_orders(
     let mut fresh: HashSet<usize> = HashSet::new();
     let mut pending: Vec<usize> = (0..groups.len()).collect();
     for _ in 0..MAX_ROUNDS {
-        // Each pending order's state for this round, fixed before anything
-        // is put into the (bounded) cache, so no eviction can change it.
-        let mut states: HashMap<usize, Option<OrderState>> = HashMap::new();
+        // Each pending order's state for this round, taken out of the
+        // cache (no copy): it goes back when no write changed it, its
+        // successor when one did, nothing when its write failed or
+        // conflicted. Whether it is known (cached or read) or assumed (a
+        // new order's `None`, never cached).
+        let mut states: HashMap<usize, (Option<OrderState>, bool)> = HashMap::new();
         let mut to_read: Vec<usize> = Vec::new();
         for &g in &pending {
-            // An order that must be read is not looked up: the lookup
-            // clones its cached state.
-            let must = must_read.contains(&g);
-            match if must { None } else { cache.get(&groups[g].0) } {
+            // An order that must be read has nothing cached (it was taken
+            // and not put back).
+            match if must_read.contains(&g) { None } else { cache.take(&groups[g].0) } {
                 Some(cached) => {
-                    states.insert(g, cached);
+                    states.insert(g, (cached, true));
                 }
-                None if must || !placed_first(g) => to_read.push(g),
+                None if must_read.contains(&g) || !placed_first(g) => to_read.push(g),
                 None => {
-                    states.insert(g, None);
+                    states.insert(g, (None, false));
                 }
             }
         }
@@ -384,9 +400,7 @@ pub async fn apply_orders(
             match sink.read_orders(&ids).await {
                 Ok(mut found) => {
                     for (&g, id) in to_read.iter().zip(&ids) {
-                        let state = found.remove(id);
-                        cache.put(id, state.clone());
-                        states.insert(g, state);
+                        states.insert(g, (found.remove(id), true));
                         fresh.insert(g);
                         must_read.remove(&g);
                     }
@@ -400,7 +414,7 @@ pub async fn apply_orders(
         let mut confirm: Vec<usize> = Vec::new();
         for &g in &pending {
             let (id, idx) = &groups[g];
-            let mut state = states.remove(&g).flatten();
+            let (mut state, known) = states.remove(&g).unwrap_or((None, false));
             let before = state.as_ref().map(|s| s.history.len());
             let mut rows: BTreeMap<_, Counters> = BTreeMap::new();
             let mut placed_by = None;
@@ -410,7 +424,7 @@ pub async fn apply_orders(
                     Applied::Changed { window, counters, event_time } => {
                         rows.entry(window).or_default().add(&counters);
                         if let Body::OrderPlaced(p) = &e.body {
-                            placed_by = Some((p.customer_id.clone(), format!("{:?}", p.channel).to_lowercase()));
+                            placed_by = Some((p.customer_id.clone(), p.channel.name().to_owned()));
                         }
                         Fate::Applied(event_time)
                     }
@@ -419,14 +433,19 @@ pub async fn apply_orders(
                 };
             }
             if !fresh.contains(&g) && idx.iter().any(|&i| matches!(fates[i], Fate::Rejected(_))) {
-                cache.forget(id);
+                // Its cached state, if any, was taken: the table decides.
                 must_read.insert(g);
                 confirm.push(g);
                 continue;
             }
-            if let (Some(after), false) = (state, rows.is_empty()) {
-                changes.push(OrderChange { order_id: id.clone(), before, after, placed_by, rows });
-                change_groups.push(g);
+            match (state, rows.is_empty()) {
+                (Some(after), false) => {
+                    changes.push(OrderChange { order_id: id.clone(), before, after, placed_by, rows });
+                    change_groups.push(g);
+                }
+                // Nothing to write: the state goes back as it was known.
+                (state, _) if known => cache.put(id, state),
+                _ => {}
             }
         }
         let mut again = confirm;
@@ -436,15 +455,12 @@ pub async fn apply_orders(
             for ((c, g), o) in changes.into_iter().zip(change_groups).zip(outcomes) {
                 match o {
                     OrderWriteOutcome::Written => cache.put(&c.order_id, Some(c.after)),
+                    // Its state was taken from the cache: nothing to forget.
                     OrderWriteOutcome::Conflict => {
-                        cache.forget(&c.order_id);
                         must_read.insert(g);
                         again.push(g);
                     }
-                    OrderWriteOutcome::Failed => {
-                        cache.forget(&c.order_id);
-                        failed.push(g);
-                    }
+                    OrderWriteOutcome::Failed => failed.push(g),
                 }
             }
         }
@@ -497,6 +513,26 @@ mod tests {
         let p = c.pool.lock();
         assert!(p.owners[&c.owner].fifo.len() <= 2 * 3 + 64 + 1);
         assert!(p.fifo.len() <= 2 * 3 + 64 + 1);
+    }
+
+    #[test]
+    fn a_taken_order_leaves_the_cache_and_its_bytes_until_put_back() {
+        let pool = OrderCaches::new(usize::MAX, None);
+        let c = pool.cache(2);
+        c.put("o1", Some(order(3)));
+        c.put("o2", Some(order(1)));
+        let with_both = pool.bytes();
+        assert_eq!(c.take("o1"), Some(Some(order(3))), "the state, not a copy of an older one");
+        assert_eq!((c.take("o1"), c.len()), (None, 1), "taken once");
+        assert_eq!(pool.bytes(), footprint("o2", Some(&order(1))), "its bytes left with it");
+        // Put back (as after a write), then one more order: the cap of two
+        // evicts o2, the oldest live entry, not o1 through its stale
+        // queue element.
+        c.put("o1", Some(order(4)));
+        assert!(pool.bytes() > with_both - footprint("o1", Some(&order(3))));
+        c.put("o3", None);
+        assert_eq!(c.len(), 2);
+        assert!(c.get("o1").is_some() && c.get("o2").is_none() && c.get("o3").is_some());
     }
 
     fn order(n: usize) -> OrderState {

@@ -42,14 +42,14 @@ pub enum OrderWriteOutcome {
 }
 
 fn entry_value(h: &HistoryEntry, applied_at: &str) -> AttributeValue {
-    let mut m = HashMap::from([
-        ("status".to_owned(), s(h.status.name())),
-        ("ts".to_owned(), s(&h.ts)),
-        ("event_id".to_owned(), s(&h.event_id)),
-        ("applied_at".to_owned(), s(applied_at)),
-    ]);
+    // Sized for every attribute at once: no map grows as it is filled.
+    let mut m = HashMap::with_capacity(5);
+    m.insert("status".to_owned(), s(h.status.name()));
+    m.insert("ts".to_owned(), s(&h.ts));
+    m.insert("event_id".to_owned(), s(&h.event_id));
+    m.insert("applied_at".to_owned(), s(applied_at));
     if let Some(pos) = &h.pos {
-        m.insert("pos".to_owned(), s(&pos.to_string()));
+        m.insert("pos".to_owned(), AttributeValue::S(pos.to_text()));
     }
     AttributeValue::M(m)
 }
@@ -243,10 +243,14 @@ impl DynamoDbSink {
                     .update_expression("SET #st = :st, updated_at = :u, history = list_append(history, :h)")
                     .condition_expression("size(history) = :n")
                     .expression_attribute_names("#st", "status")
-                    .expression_attribute_values(":st", s(a.status.name()))
-                    .expression_attribute_values(":u", s(applied_at))
-                    .expression_attribute_values(":h", AttributeValue::L(entries))
-                    .expression_attribute_values(":n", num(before))
+                    // One map of its final size (the builder's per-value
+                    // method grows it value by value).
+                    .set_expression_attribute_values(Some(HashMap::from([
+                        (":st".to_owned(), s(a.status.name())),
+                        (":u".to_owned(), s(applied_at)),
+                        (":h".to_owned(), AttributeValue::L(entries)),
+                        (":n".to_owned(), num(before)),
+                    ])))
                     .build()
                     .ok()
                     .map(|u| TransactWriteItem::builder().update(u).build()),
