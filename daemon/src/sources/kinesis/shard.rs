@@ -313,7 +313,11 @@ pub async fn process_shard(
         return ShardExit::Lost;
     }
     let cp = done.map(|(sequence, sub)| Checkpoint::At { sequence, sub });
-    for attempt in 0..5 {
+    // Five tries, spread: every shard of a stopping instance releases at
+    // once, so a throttled lease table must not see them retry in step.
+    let backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(1) };
+    const TRIES: u32 = 5;
+    for attempt in 0..TRIES {
         match path.leases.release(&shard, generation, if unacked > 0 { cp.as_ref() } else { None }).await {
             Ok(()) => {
                 Acknowledged { source: &source, count: unacked }.emit(&path.metrics);
@@ -321,8 +325,10 @@ pub async fn process_shard(
             }
             Err(LeaseError::Lost(_)) => return ShardExit::Lost,
             Err(e) => {
-                warn!(shard = %shard, error = %e, attempt, "Releasing the lease failed, retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                warn!(shard = %shard, error = %e, attempt, "Releasing the lease failed");
+                if attempt + 1 < TRIES {
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                }
             }
         }
     }
@@ -341,16 +347,20 @@ async fn end_shard(
     stop: &CancellationToken,
     lost: &CancellationToken,
 ) -> Option<ShardExit> {
-    loop {
+    // Failures are counted (`cafe_kinesis_checkpoints_total{outcome="failed"}`);
+    // the budget is the lease: retries end when it is lost (not renewed
+    // within the failover time) or the daemon stops.
+    let backoff = Backoff { base: Duration::from_millis(200), max: Duration::from_secs(5) };
+    for attempt in 0u32.. {
         match path.leases.checkpoint(shard, generation, &Checkpoint::ShardEnd).await {
             Ok(()) => break,
             Err(LeaseError::Lost(_)) => return Some(ShardExit::Lost),
             Err(e) => {
-                warn!(shard = %shard, error = %e, "Checkpoint at shard end failed, retrying");
+                warn!(shard = %shard, error = %e, attempt, "Checkpoint at shard end failed, retrying");
                 tokio::select! {
                     () = lost.cancelled() => return Some(ShardExit::Lost),
                     () = stop.cancelled() => return None,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = tokio::time::sleep(backoff.delay(attempt)) => {}
                 }
             }
         }
