@@ -405,8 +405,16 @@ pub async fn apply_orders(
                         must_read.remove(&g);
                     }
                 }
-                // Counted and logged by the sink (SinkGaveUp).
-                Err(_) => return fail(fates, &groups, &pending),
+                // Counted and logged by the sink (SinkGaveUp). The states
+                // taken from the cache go back: they are as known as before.
+                Err(_) => {
+                    for (g, (state, known)) in states {
+                        if known {
+                            cache.put(&groups[g].0, state);
+                        }
+                    }
+                    return fail(fates, &groups, &pending);
+                }
             }
         }
         let mut changes: Vec<OrderChange> = Vec::new();
@@ -443,8 +451,10 @@ pub async fn apply_orders(
                     changes.push(OrderChange { order_id: id.clone(), before, after, placed_by, rows });
                     change_groups.push(g);
                 }
-                // Nothing to write: the state goes back as it was known.
-                (state, _) if known => cache.put(id, state),
+                // Nothing to write: the state goes back as it was known,
+                // unless its version moved (a change that made no row: not
+                // written, so not cached either).
+                (state, _) if known && state.as_ref().map(|s| s.history.len()) == before => cache.put(id, state),
                 _ => {}
             }
         }
@@ -533,6 +543,50 @@ mod tests {
         c.put("o3", None);
         assert_eq!(c.len(), 2);
         assert!(c.get("o1").is_some() && c.get("o2").is_none() && c.get("o3").is_some());
+    }
+
+    /// An event of `order` (`ORDER` in `body`).
+    fn order_event(id: &str, order: &str, body: &str) -> Event {
+        let body = body.replace("ORDER", order);
+        let json = format!(r#"{{"v":1,"id":"{id}","ts":"2026-11-22T08:15:30Z","store":"s1","type":{body}}}"#);
+        pipeline::decode(json.as_bytes()).expect("valid event")
+    }
+
+    /// A sink whose every call is refused at once (nothing listens on
+    /// port 1), with no retries.
+    fn refusing_sink() -> DynamoDbSink {
+        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+        let conf = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"))
+            .endpoint_url("http://127.0.0.1:1")
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .build();
+        let config = crate::config::DynamoDbSinkConfig { max_retries: 0, ..Default::default() };
+        DynamoDbSink::new(aws_sdk_dynamodb::Client::from_conf(conf), config, Arc::new(crate::metrics::Metrics::new()))
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_gives_back_the_cached_orders_it_took() {
+        let cache = OrderCache::new(10);
+        let mut known = None;
+        let placed = order_event(
+            "e1",
+            "o1",
+            r#""order.placed","data":{"order_id":"ORDER","customer_id":"c","channel":"web","items":[{"sku":"a","qty":1,"unit_price_cents":250}],"total_cents":250}"#,
+        );
+        assert!(matches!(apply_at(&mut known, &placed, None), Applied::Changed { .. }));
+        cache.put("o1", known.clone());
+        // o1's next status is decided against its cached state; o2 is not
+        // cached and not placed here, so it must be read: the read fails.
+        let status =
+            |id: &str, order: &str| order_event(id, order, r#""order.status","data":{"order_id":"ORDER","status":"confirmed"}"#);
+        let (e2, e3) = (status("e2", "o1"), status("e3", "o2"));
+        let fates = apply_orders(&refusing_sink(), &[&e2, &e3], &[None, None], &cache, "2026-11-22T08:15:31Z", 1, |_| {}).await;
+        assert_eq!(fates, vec![Fate::Failed, Fate::Failed], "nothing written: both go back to their source");
+        assert_eq!(cache.get("o1"), Some(known), "o1's state is cached as before the batch");
+        assert_eq!(cache.get("o2"), None);
     }
 
     fn order(n: usize) -> OrderState {
