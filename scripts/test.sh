@@ -26,6 +26,10 @@ phase() { echo "== $* [at ${SECONDS}s]"; }
 "$stack" start
 eval "$("$stack" env)"
 
+phase "lint: rustfmt and clippy (warnings are errors)"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 phase "unit and integration tests"
 # One selection for every build of this script and of the integration tests
 # (daemon/tests/it/main.rs, workspace_bin): features unify per selection, so a

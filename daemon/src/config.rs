@@ -578,10 +578,10 @@ fn semantic_problems(c: &Config) -> Vec<(String, String)> {
     if c.shutdown.grace_period_secs == 0 || c.shutdown.grace_period_secs > 3600 {
         bad("shutdown.grace_period_secs", format!("must be 1..3600, got {}", c.shutdown.grace_period_secs));
     }
-    if let Some(r) = &c.aws.region {
-        if r.is_empty() || !r.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-') {
-            bad("aws.region", format!("{r:?} is not a region name like us-east-1"));
-        }
+    if let Some(r) = &c.aws.region
+        && (r.is_empty() || !r.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-'))
+    {
+        bad("aws.region", format!("{r:?} is not a region name like us-east-1"));
     }
     for p in c.fraud.problems() {
         bad(&format!("fraud.{}", p.field), p.why);

@@ -175,20 +175,20 @@ async fn queue(
     name: &str,
     attrs: HashMap<QueueAttributeName, String>,
 ) -> anyhow::Result<(Provisioned, String)> {
-    if let Ok(out) = sqs.get_queue_url().queue_name(name).send().await {
-        if let Some(url) = out.queue_url {
-            // Keep an existing queue's settings in line with the config.
-            let settable: HashMap<_, _> = attrs.into_iter().filter(|(k, _)| *k != QueueAttributeName::FifoQueue).collect();
-            if !settable.is_empty() {
-                sqs.set_queue_attributes()
-                    .queue_url(&url)
-                    .set_attributes(Some(settable))
-                    .send()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("updating queue {name}: {}", describe(&e)))?;
-            }
-            return Ok((Provisioned { kind: "sqs", name: name.to_owned(), created: false }, url));
+    if let Ok(out) = sqs.get_queue_url().queue_name(name).send().await
+        && let Some(url) = out.queue_url
+    {
+        // Keep an existing queue's settings in line with the config.
+        let settable: HashMap<_, _> = attrs.into_iter().filter(|(k, _)| *k != QueueAttributeName::FifoQueue).collect();
+        if !settable.is_empty() {
+            sqs.set_queue_attributes()
+                .queue_url(&url)
+                .set_attributes(Some(settable))
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("updating queue {name}: {}", describe(&e)))?;
         }
+        return Ok((Provisioned { kind: "sqs", name: name.to_owned(), created: false }, url));
     }
     let out = sqs
         .create_queue()

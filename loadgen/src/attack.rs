@@ -151,7 +151,7 @@ pub fn failed_thresholds(result: Result<GooseMetrics, GooseError>) -> anyhow::Re
 /// (a NaN p99, from no samples, misses it too).
 pub fn p99_target(p99_ms: f64, limit: Option<u64>) -> Option<String> {
     let limit = limit?;
-    (!(p99_ms <= limit as f64)).then(|| format!("e2e p99 {p99_ms:.0} ms is above the target {limit} ms"))
+    (!crate::scenario::at_most(p99_ms, limit as f64)).then(|| format!("e2e p99 {p99_ms:.0} ms is above the target {limit} ms"))
 }
 
 /// The URL of the queue a scenario sends to, or why it cannot.

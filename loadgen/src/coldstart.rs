@@ -330,7 +330,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         let measured = crate::paythroughput::run(&args, seed).await.context("the bare client's drain")?;
         daemon_drain = Some((last - first).as_seconds_f64());
         let ratio = (last - first).as_seconds_f64() / measured.bare_secs;
-        if !(ratio <= limit) {
+        if !crate::scenario::at_most(ratio, limit) {
             relative_targets.push(format!(
                 "the daemon drained in {ratio:.2}x a bare client's time ({:.2} s vs {:.2} s), above the target {limit}x",
                 (last - first).as_seconds_f64(),

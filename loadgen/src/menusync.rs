@@ -87,7 +87,7 @@ pub fn item(seed: u64, run_id: &str, index: u64, load: &MenuLoad, ts: &str) -> (
         "price_cents": rng.random_range(100..2000u32),
         "image": {"content_type": "image/webp", "base64": base64::engine::general_purpose::STANDARD.encode(&image), "sha256": declared},
         "ingredients": ingredients,
-        "allergens": if index % 3 == 0 { json!(["milk"]) } else { json!([]) }
+        "allergens": if index.is_multiple_of(3) { json!(["milk"]) } else { json!([]) }
     });
     let content_sha256 = hex::encode(Sha256::digest(canonical(&data)));
     let body = json!({"v": 1, "id": format!("r{run_id}-m{index}"), "type": "menu.item.upserted", "ts": ts, "store": store, "data": data});
@@ -555,7 +555,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let mut failed_targets = Vec::new();
     if let (Some(limit), Some(from), Some(to)) = (ceiling_limit, cpu_from, cpu_to) {
         let c = menu_ceiling(&load, args.seed, &run_id, items, &from, &to, stored, drain_secs, send_secs).await?;
-        if !(c.drain_vs_ceiling <= limit) {
+        if !crate::scenario::at_most(c.drain_vs_ceiling, limit) {
             failed_targets.push(format!(
                 "the daemon drained in {:.2}x the CPU-bound ceiling's time ({drain_secs:.2} s vs {:.2} s: the ceiling {:.2} s on {:.2} cores left, the send {send_secs:.2} s), above the target {limit}x",
                 c.drain_vs_ceiling, c.reference_secs, c.ceiling_secs, c.cores.left

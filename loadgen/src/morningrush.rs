@@ -381,7 +381,7 @@ fn judge_over_bare(limit_ms: u64, p99_ms: f64, bare: &crate::tipreader::TipRepor
     let over = p99_ms - bare.e2e.p99_ms;
     if bare.records < sent / 2 {
         Some(format!("the bare tip reader saw {} of the {sent} events sent: no reference to judge by", bare.records))
-    } else if !(over <= limit_ms as f64) {
+    } else if !crate::scenario::at_most(over, limit_ms as f64) {
         Some(format!(
             "e2e p99 {p99_ms:.0} ms is {over:.0} ms above the bare tip reader's {:.0} ms, more than the target {limit_ms} ms",
             bare.e2e.p99_ms

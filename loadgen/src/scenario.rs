@@ -307,6 +307,12 @@ pub fn named<T>(all: Vec<T>, wanted: &str, name: impl Fn(&T) -> &str, kind: &str
         .with_context(|| format!("no {kind} {wanted:?} in {}; have: {}", dir.display(), names.join(", ")))
 }
 
+/// Whether a measured `x` meets an upper `limit`: false when `x` is NaN
+/// (a figure from no samples misses every target).
+pub fn at_most(x: f64, limit: f64) -> bool {
+    x <= limit
+}
+
 /// Reads one scenario file.
 pub fn load(path: &Path) -> anyhow::Result<Scenario> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -356,7 +362,7 @@ pub fn load(path: &Path) -> anyhow::Result<Scenario> {
                 problems.push("an orders scenario needs at least one [[stages]]".to_owned());
             }
             for st in &s.stages {
-                if !(st.secs > 0.0) || st.rate_start < 0.0 || st.rate_end < 0.0 || !(0.0..=1.0).contains(&st.bulk_ratio) {
+                if st.secs.is_nan() || st.secs <= 0.0 || st.rate_start < 0.0 || st.rate_end < 0.0 || !(0.0..=1.0).contains(&st.bulk_ratio) {
                     problems.push(format!("stage {:?}: secs > 0, rates >= 0 and bulk_ratio 0..1", st.name));
                 }
             }
@@ -405,6 +411,12 @@ pub fn find(name: &str) -> anyhow::Result<Scenario> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_figure_from_no_samples_misses_every_target() {
+        assert!(at_most(1.0, 1.0) && at_most(0.5, 1.0) && !at_most(1.01, 1.0));
+        assert!(!at_most(f64::NAN, 1.0) && !at_most(f64::NAN, f64::INFINITY));
+    }
 
     #[test]
     fn only_loopback_endpoints_count_as_the_local_stack() {

@@ -607,9 +607,9 @@ mod tests {
 
     #[test]
     fn bad_json_and_not_utf8_are_bad_json() {
-        assert_eq!(decode(b"{\"v\":1,").unwrap_err().reason, RejectReason::BadJson);
-        assert_eq!(decode(b"\xff\xfe").unwrap_err().reason, RejectReason::BadJson);
-        assert_eq!(decode(b"not json").unwrap_err().reason, RejectReason::BadJson);
+        assert_eq!(decode(b"{\"v\":1,").expect_err("rejected").reason, RejectReason::BadJson);
+        assert_eq!(decode(b"\xff\xfe").expect_err("rejected").reason, RejectReason::BadJson);
+        assert_eq!(decode(b"not json").expect_err("rejected").reason, RejectReason::BadJson);
     }
 
     #[test]
@@ -639,7 +639,7 @@ mod tests {
     fn oversized_events_are_too_large() {
         let mut v = payment_json();
         v["pad"] = "x".repeat(MAX_EVENT_BYTES).into();
-        assert_eq!(decode_value(&v).unwrap_err().reason, RejectReason::TooLarge);
+        assert_eq!(decode_value(&v).expect_err("rejected").reason, RejectReason::TooLarge);
     }
 
     fn order_json(total: u64) -> serde_json::Value {
@@ -656,10 +656,10 @@ mod tests {
         let e = decode_value(&order_json(1950)).expect("valid order");
         let Body::OrderPlaced(o) = e.body else { panic!("wrong body") };
         assert_eq!(o.item_count(), 5);
-        assert_eq!(decode_value(&order_json(1951)).unwrap_err().reason, RejectReason::TotalMismatch);
+        assert_eq!(decode_value(&order_json(1951)).expect_err("rejected").reason, RejectReason::TotalMismatch);
         let mut v = order_json(0);
         v["data"]["items"] = serde_json::json!([]);
-        assert_eq!(decode_value(&v).unwrap_err().reason, RejectReason::Schema);
+        assert_eq!(decode_value(&v).expect_err("rejected").reason, RejectReason::Schema);
     }
 
     #[test]

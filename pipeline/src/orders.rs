@@ -233,19 +233,19 @@ pub fn apply_at(state: &mut Option<OrderState>, event: &Event, pos: Option<&Shar
     if state.as_ref().is_some_and(|s| s.has_applied(&event.id)) {
         return Applied::Repeat;
     }
-    if let (Some(pos), Some(current)) = (pos, state.as_ref()) {
-        if let Some(cut) = current.history.iter().position(|h| h.pos.as_ref().is_some_and(|p| p.is_after(pos))) {
-            let mut then = current.as_of(cut);
-            return match apply_at(&mut then, event, None) {
-                Applied::Rejected(r) => Applied::Rejected(r),
-                // Not reachable from one shard's events (they are applied
-                // in order); an order fed by several inputs at once can.
-                Applied::Changed { .. } | Applied::Repeat => Applied::Rejected(Rejection::new(
-                    RejectReason::IllegalTransition,
-                    format!("order event {} arrived after later events of its shard were applied", event.id),
-                )),
-            };
-        }
+    if let (Some(pos), Some(current)) = (pos, state.as_ref())
+        && let Some(cut) = current.history.iter().position(|h| h.pos.as_ref().is_some_and(|p| p.is_after(pos)))
+    {
+        let mut then = current.as_of(cut);
+        return match apply_at(&mut then, event, None) {
+            Applied::Rejected(r) => Applied::Rejected(r),
+            // Not reachable from one shard's events (they are applied
+            // in order); an order fed by several inputs at once can.
+            Applied::Changed { .. } | Applied::Repeat => Applied::Rejected(Rejection::new(
+                RejectReason::IllegalTransition,
+                format!("order event {} arrived after later events of its shard were applied", event.id),
+            )),
+        };
     }
     let entry = |status| HistoryEntry { status, ts: event.ts_raw.clone(), event_id: event.id.clone(), pos: pos.cloned() };
     let window = WindowId::of(&event.store, event.ts);

@@ -95,14 +95,14 @@ proptest! {
         let mut from = 0;
         for (reached, back) in crashes {
             let to = from + ((events.len() - from) as f64 * reached) as usize;
-            for i in from..to {
-                replayed.apply(i, &events[i], &position(i));
+            for (i, e) in events.iter().enumerate().take(to).skip(from) {
+                replayed.apply(i, e, &position(i));
             }
             // The checkpoint: anywhere from the start to where it got.
             from = (to as f64 * back) as usize;
         }
-        for i in from..events.len() {
-            replayed.apply(i, &events[i], &position(i));
+        for (i, e) in events.iter().enumerate().skip(from) {
+            replayed.apply(i, e, &position(i));
         }
         for (i, r) in &replayed.rejected {
             prop_assert_eq!(clean.rejected.get(i), Some(r), "record {} was rejected only on a replay", i);

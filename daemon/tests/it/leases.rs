@@ -29,9 +29,11 @@ async fn put_free_lease(env: &Env, table: &str, key: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_of_an_earlier_holding_cannot_checkpoint_after_the_lease_came_back() {
     let env = Env::new("fence", "").await;
-    let mut config: KinesisSourceConfig = KinesisSourceConfig::default();
-    config.lease_table = format!("{}-leases", env.prefix);
-    config.stream = env.stream();
+    let config = KinesisSourceConfig {
+        lease_table: format!("{}-leases", env.prefix),
+        stream: env.stream(),
+        ..KinesisSourceConfig::default()
+    };
     let table = config.lease_table.clone();
     let key = "shardId-fence-0";
     put_free_lease(&env, &table, key).await;
@@ -96,11 +98,13 @@ async fn a_lease_write_that_timed_out_but_landed_does_not_cost_the_lease() {
             .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
             .build(),
     );
-    let mut config: KinesisSourceConfig = KinesisSourceConfig::default();
-    config.lease_table = format!("{}-leases", env.prefix);
-    config.stream = env.stream();
     // Lease calls time out after 500 ms (an attempt) and 1 s (a call).
-    config.lease_renew_interval_ms = 500;
+    let config = KinesisSourceConfig {
+        lease_table: format!("{}-leases", env.prefix),
+        stream: env.stream(),
+        lease_renew_interval_ms: 500,
+        ..KinesisSourceConfig::default()
+    };
     let key = "shardId-ambiguous-0";
     put_free_lease(&env, &config.lease_table, key).await;
     let leases = Leases::new(client, config, "worker-a".into(), Arc::new(Metrics::new()));

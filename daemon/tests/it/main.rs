@@ -372,7 +372,7 @@ async fn a_payment_is_decided_and_counted_once() {
     let mut env = Env::new("once", "").await;
     env.start();
     let p = payment(&env.prefix, 1, "cust-1", 1250);
-    env.send(&[p.clone()]).await;
+    env.send(std::slice::from_ref(&p)).await;
     let sums = env.wait_for_payments(1, Duration::from_secs(60)).await;
     assert_eq!(sums.get("payments"), Some(&1), "{sums:?}\n{}", env.log());
     assert_eq!(sums.get("payment_amount_cents"), Some(&1250));

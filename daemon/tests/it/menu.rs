@@ -257,7 +257,7 @@ async fn menu_upserts_count_once_and_redshift_survives_an_outage() {
         let (img, name) = if i == 6 { (image(606, 5000), "Flat white") } else { (image(i, 2000 + 300 * i), "Latte") };
         assert_eq!(s("image_sha256"), hex::encode(Sha256::digest(&img)), "{sku}");
         let ok = *item["image_ok"].as_bool().expect("bool");
-        let declared_wrong = i % 5 == 0 && i != 5 && i != 6;
+        let declared_wrong = i.is_multiple_of(5) && i != 5 && i != 6;
         assert_eq!(ok, !declared_wrong || i == 5, "{sku}: image_ok");
         assert_eq!(s("name"), name, "{sku}: the newest sync wins, a late older one does not");
         assert_eq!(item["kcal"].as_n().expect("kcal").parse::<f64>().expect("f64"), kcal(), "{sku}");

@@ -35,7 +35,7 @@ const CANCELLED: [&str; 3] = ["placed", "confirmed", "cancelled"];
 /// Order `i`'s events: (partition key, body), in the order they must apply.
 pub(crate) fn order_events(prefix: &str, i: usize, expected: &mut Expected) -> Vec<(String, String)> {
     let id = format!("{prefix}-o{i}");
-    let chain: &[&'static str] = if i % 5 == 0 { &CANCELLED } else { &FULL };
+    let chain: &[&'static str] = if i.is_multiple_of(5) { &CANCELLED } else { &FULL };
     let lines = 1 + i % 4;
     let items: Vec<_> = (0..lines)
         .map(|l| json!({"sku": format!("sku-{l}"), "qty": 1 + (i + l) % 3, "unit_price_cents": 150 + 10 * l}))
@@ -501,7 +501,7 @@ async fn a_split_and_a_merge_during_a_run_lose_nothing_and_keep_per_key_order() 
     // Merge the two children back: shard 4, with two parents.
     let shards = shard_ids(&env).await;
     let mut open: Vec<_> = shards.iter().filter(|s| s.1.is_none() && !s.0.ends_with("000000000001")).cloned().collect();
-    open.sort_by(|a, b| a.2.parse::<u128>().expect("key").cmp(&b.2.parse::<u128>().expect("key")));
+    open.sort_by_key(|a| a.2.parse::<u128>().expect("key"));
     assert_eq!(open.len(), 2, "two children after the split: {shards:?}");
     env.kinesis
         .merge_shards()
@@ -621,7 +621,7 @@ async fn kpl_aggregates_count_record_by_record_and_bad_records_are_rejected_in_p
         Some((replayed - 1).to_string().as_str()),
         "checkpoint at the aggregate's last sub-record: {lease:?}"
     );
-    assert!(lease.get("leaseOwner").is_none(), "released: {lease:?}");
+    assert!(!lease.contains_key("leaseOwner"), "released: {lease:?}");
     env.start();
     let mut more = expected.clone();
     let extra = order_events(&env.prefix, 100, &mut more);

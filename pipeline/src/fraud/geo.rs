@@ -76,11 +76,11 @@ fn flatten(mut nets: Vec<(u128, u128, [u8; 2])>) -> Vec<(u128, u128, [u8; 2])> {
     // Next address not yet emitted; None once past the top of the space.
     let mut cursor: Option<u128> = Some(0);
     let emit = |cursor: &mut Option<u128>, upto: u128, country: [u8; 2], out: &mut Vec<_>| {
-        if let Some(from) = *cursor {
-            if from <= upto {
-                out.push((from, upto, country));
-                *cursor = upto.checked_add(1);
-            }
+        if let Some(from) = *cursor
+            && from <= upto
+        {
+            out.push((from, upto, country));
+            *cursor = upto.checked_add(1);
         }
     };
     for (lo, hi, country) in nets {
@@ -91,10 +91,10 @@ fn flatten(mut nets: Vec<(u128, u128, [u8; 2])>) -> Vec<(u128, u128, [u8; 2])> {
             emit(&mut cursor, top_hi, top_c, &mut out);
             stack.pop();
         }
-        if let Some(&(_, top_c)) = stack.last() {
-            if lo > 0 {
-                emit(&mut cursor, lo - 1, top_c, &mut out);
-            }
+        if let Some(&(_, top_c)) = stack.last()
+            && lo > 0
+        {
+            emit(&mut cursor, lo - 1, top_c, &mut out);
         }
         cursor = Some(lo);
         stack.push((hi, country));

@@ -13,9 +13,9 @@
 //! History is keyed by card fingerprint, customer and device. Entries older
 //! than `history_secs` behind the newest event time seen are dropped, and no
 //! map holds more than `max_tracked_keys` keys: past that the least recently
-//! seen keys are evicted first. Each key holds at most `velocity_max_per_card
-//! + 1` timestamps, `amount_history` amounts or `device_max_cards + 1`
-//! fingerprints, so memory is O(max_tracked_keys) whatever the backlog.
+//! seen keys are evicted first. Each key holds at most
+//! `velocity_max_per_card + 1` timestamps, `amount_history` amounts or
+//! `device_max_cards + 1` fingerprints, so memory is O(max_tracked_keys) whatever the backlog.
 //!
 //! Files: `config.rs` (the `[fraud]` settings and their checks), `geo.rs`
 //! (the IP-to-country table), `model.rs` (the pure work factor), and here
@@ -233,10 +233,10 @@ impl FraudEngine {
         }
 
         // geo: the IP's country differs from the billing country.
-        if let Some(country) = self.geo.country(p.ip) {
-            if country != p.billing_country.as_bytes() {
-                reasons.push(Rule::Geo);
-            }
+        if let Some(country) = self.geo.country(p.ip)
+            && country != p.billing_country.as_bytes()
+        {
+            reasons.push(Rule::Geo);
         }
 
         if self.risky_bins.contains(&p.card.bin) {

@@ -693,10 +693,10 @@ impl Leases {
     /// ended).
     pub async fn parents_done(&self, lease: &Lease) -> Result<bool, LeaseError> {
         for parent in &lease.parents {
-            if let Some(p) = self.get(parent).await? {
-                if !p.finished() {
-                    return Ok(false);
-                }
+            if let Some(p) = self.get(parent).await?
+                && !p.finished()
+            {
+                return Ok(false);
             }
         }
         Ok(true)
@@ -858,7 +858,7 @@ mod tests {
         assert_eq!(avail, vec!["s6", "s7"]);
         assert_eq!(plan.need, 4);
         assert_eq!(plan.steal.len(), 1);
-        assert!(plan.steal[0] < "s6".to_string());
+        assert!(plan.steal[0].as_str() < "s6");
     }
 
     #[test]

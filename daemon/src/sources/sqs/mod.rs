@@ -350,10 +350,10 @@ impl SqsSource {
                 for f in &out.failed {
                     let Ok(i) = f.id.parse::<usize>() else { continue };
                     refused.push(i);
-                    if no_longer_in_flight(&f.code) {
-                        if let Some(r) = chunk.get(i) {
-                            gone.push(r.clone());
-                        }
+                    if no_longer_in_flight(&f.code)
+                        && let Some(r) = chunk.get(i)
+                    {
+                        gone.push(r.clone());
                     }
                 }
                 let deadline = sent_at + self.visibility();
