@@ -44,8 +44,34 @@ pub struct FraudConfig {
     pub decline_threshold: u32,
     /// History older than this behind the newest event time is forgotten.
     pub history_secs: u32,
-    /// Most keys any one history map holds.
+    /// Most keys any one history map holds (in process), or the shared
+    /// state's cache holds (in DynamoDB).
     pub max_tracked_keys: usize,
+    /// Where the rules' history lives: `dynamodb` (a table every instance
+    /// shares, `sinks.dynamodb.fraud_state_table`) or `process` (this
+    /// process's memory: no extra reads, for a single instance; a restart
+    /// starts it empty).
+    pub state: StateStore,
+}
+
+/// Where the fraud rules' history lives (`[fraud] state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateStore {
+    /// In the process's memory.
+    Process,
+    /// In a DynamoDB table all instances share.
+    DynamoDb,
+}
+
+impl StateStore {
+    /// The config value.
+    pub fn name(self) -> &'static str {
+        match self {
+            StateStore::Process => "process",
+            StateStore::DynamoDb => "dynamodb",
+        }
+    }
 }
 
 impl Default for FraudConfig {
@@ -66,6 +92,7 @@ impl Default for FraudConfig {
             decline_threshold: 600,
             history_secs: 86_400,
             max_tracked_keys: 200_000,
+            state: StateStore::Process,
         }
     }
 }

@@ -1,37 +1,42 @@
 //! Fraud scoring of `payment.requested`: deterministic rules over bounded
 //! history, plus the "model inference" work factor of the original story.
 //!
-//! Owns: the rules, the score, the decision and the history they need.
-//! Must not: read the clock (all windows are event time, so the same events
+//! Owns: the score, the decision, and the in-process history. Must not:
+//! read the clock (all windows are event time, so the same events arriving
 //! in the same order give the same scores), or grow without bound.
 //!
 //! Scoring is split in two so that the expensive part parallelises:
-//! [`model_work`] is pure and runs per payment on any thread; [`FraudEngine::score`]
-//! mutates history and runs in event order.
+//! [`model_work`] is pure and runs per payment on any thread; the rules
+//! ([`Rules`] in `state.rs`: which payments a payment counts, and what a
+//! key remembers) run where the keys' states are, in arrival order: in
+//! this process ([`FraudEngine`]), or against a table every instance
+//! shares.
 //!
-//! # Memory bound
-//! History is keyed by card fingerprint, customer and device. Entries older
-//! than `history_secs` behind the newest event time seen are dropped, and no
-//! map holds more than `max_tracked_keys` keys: past that the least recently
-//! seen keys are evicted first. Each key holds at most
-//! `velocity_max_per_card + 1` timestamps, `amount_history` amounts or
-//! `device_max_cards + 1` fingerprints, so memory is O(max_tracked_keys) whatever the backlog.
+//! # Memory bound (in process)
+//! History is keyed by card fingerprint, customer and device, each key
+//! bounded as `state.rs` says. Keys not seen within `history_secs` of the
+//! newest event time are dropped, and no map holds more than
+//! `max_tracked_keys` keys: past that the least recently seen keys are
+//! evicted first. So memory is O(max_tracked_keys) whatever the backlog.
 //!
 //! Files: `config.rs` (the `[fraud]` settings and their checks), `geo.rs`
-//! (the IP-to-country table), `model.rs` (the pure work factor), and here
-//! the engine: history, rules, score and decision.
+//! (the IP-to-country table), `model.rs` (the pure work factor),
+//! `state.rs` (the rules and a key's state), and here the verdict's types
+//! and the in-process engine.
 
 mod config;
 mod geo;
 mod model;
+pub mod state;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use time::OffsetDateTime;
 
-pub use config::{ConfigProblem, FraudConfig, IpRange, RuleWeights};
-use geo::GeoTable;
+pub use config::{ConfigProblem, FraudConfig, IpRange, RuleWeights, StateStore};
 pub use model::{LANES, model_work, model_work_many};
+pub use state::Rules;
+use state::{CardState, CustomerState, DeviceState, KeyState, Keys, KeysMut};
 
 use crate::event::PaymentRequested;
 
@@ -96,51 +101,20 @@ pub struct Verdict {
     pub reasons: Vec<Rule>,
 }
 
-#[derive(Debug, Default)]
-struct CardHistory {
-    last_seen: i64,
-    times: VecDeque<i64>,
-}
-
-#[derive(Debug, Default)]
-struct CustomerHistory {
-    last_seen: i64,
-    amounts: VecDeque<u64>,
-}
-
-#[derive(Debug, Default)]
-struct DeviceHistory {
-    last_seen: i64,
-    /// (event time, card fingerprint), newest last, one entry per card.
-    cards: VecDeque<(i64, String)>,
-}
-
-trait LastSeen {
-    fn last_seen(&self) -> i64;
-}
-impl LastSeen for CardHistory {
+impl<V: Clone + PartialEq> KeyState<V> {
+    /// For the sweep: the newest event time, or never.
     fn last_seen(&self) -> i64 {
-        self.last_seen
-    }
-}
-impl LastSeen for CustomerHistory {
-    fn last_seen(&self) -> i64 {
-        self.last_seen
-    }
-}
-impl LastSeen for DeviceHistory {
-    fn last_seen(&self) -> i64 {
-        self.last_seen
+        self.newest().unwrap_or(i64::MIN)
     }
 }
 
 /// Drops keys not seen since `horizon`; if more than `cap` remain, drops the
 /// least recently seen down to 90% of `cap`, so sweeps stay rare.
-fn bound<V: LastSeen>(map: &mut HashMap<String, V>, horizon: i64, cap: usize) -> usize {
+fn bound<V: Clone + PartialEq>(map: &mut HashMap<String, KeyState<V>>, horizon: i64, cap: usize) -> usize {
     let before = map.len();
     map.retain(|_, v| v.last_seen() >= horizon);
     if map.len() > cap {
-        let mut seen: Vec<i64> = map.values().map(LastSeen::last_seen).collect();
+        let mut seen: Vec<i64> = map.values().map(KeyState::last_seen).collect();
         let drop = map.len() - cap * 9 / 10;
         seen.select_nth_unstable(drop - 1);
         let cutoff = seen[drop - 1];
@@ -157,16 +131,16 @@ fn bound<V: LastSeen>(map: &mut HashMap<String, V>, horizon: i64, cap: usize) ->
     before - map.len()
 }
 
-/// The stateful scorer. One per process; feed payments in event order.
+/// The in-process scorer: the [`Rules`] over states kept in this process's
+/// maps. One per process; feed payments in arrival order.
 #[derive(Debug)]
 pub struct FraudEngine {
-    config: FraudConfig,
-    geo: GeoTable,
-    risky_bins: HashSet<String>,
-    cards: HashMap<String, CardHistory>,
-    customers: HashMap<String, CustomerHistory>,
-    devices: HashMap<String, DeviceHistory>,
-    /// Payment ids already applied, so a redelivery does not count twice.
+    rules: Rules,
+    cards: HashMap<String, CardState>,
+    customers: HashMap<String, CustomerState>,
+    devices: HashMap<String, DeviceState>,
+    /// Payment ids already applied, so a redelivery does not count twice
+    /// even after its keys were swept.
     applied: HashSet<String>,
     applied_order: VecDeque<String>,
     watermark: i64,
@@ -176,17 +150,8 @@ pub struct FraudEngine {
 impl FraudEngine {
     /// Builds an engine, or names every problem of the configuration.
     pub fn new(config: FraudConfig) -> Result<Self, Vec<ConfigProblem>> {
-        let problems = config.problems();
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        let mut unused = Vec::new();
-        let geo = GeoTable::build(&config.ip_ranges, &mut unused);
-        let risky_bins = config.risky_bins.iter().cloned().collect();
         Ok(FraudEngine {
-            config,
-            geo,
-            risky_bins,
+            rules: Rules::new(config)?,
             cards: HashMap::new(),
             customers: HashMap::new(),
             devices: HashMap::new(),
@@ -199,7 +164,12 @@ impl FraudEngine {
 
     /// The configuration in force.
     pub fn config(&self) -> &FraudConfig {
-        &self.config
+        self.rules.config()
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
     }
 
     /// Keys tracked across all history maps (for the memory-bound metric).
@@ -212,87 +182,12 @@ impl FraudEngine {
     /// twice.
     pub fn score(&mut self, p: &PaymentRequested, ts: OffsetDateTime) -> Verdict {
         let t = ts.unix_timestamp();
-        let c = &self.config;
-        let first_time = !self.applied.contains(&p.payment_id);
-        let mut reasons = Vec::new();
-
-        // velocity: earlier payments on this card inside the window, plus this one.
         let card = self.cards.entry(p.card.fingerprint.clone()).or_default();
-        let recent = card.times.iter().filter(|&&x| x > t - i64::from(c.velocity_window_secs) && x <= t).count();
-        if recent as u64 + 1 > u64::from(c.velocity_max_per_card) {
-            reasons.push(Rule::Velocity);
-        }
-
-        // amount: far above the customer's mean.
         let customer = self.customers.entry(p.customer_id.clone()).or_default();
-        if customer.amounts.len() as u64 >= u64::from(c.amount_min_history.max(1)) {
-            let mean = customer.amounts.iter().map(|&a| a as f64).sum::<f64>() / customer.amounts.len() as f64;
-            if p.amount_cents as f64 > c.amount_factor * mean {
-                reasons.push(Rule::Amount);
-            }
-        }
-
-        // geo: the IP's country differs from the billing country.
-        if let Some(country) = self.geo.country(p.ip)
-            && country != p.billing_country.as_bytes()
-        {
-            reasons.push(Rule::Geo);
-        }
-
-        if self.risky_bins.contains(&p.card.bin) {
-            reasons.push(Rule::Bin);
-        }
-
-        // device: distinct cards on this device inside the window, this one included.
         let device = self.devices.entry(p.device_id.clone()).or_default();
-        let window_start = t - i64::from(c.device_window_secs);
-        let mut cards_on_device =
-            device.cards.iter().filter(|(x, fp)| *x > window_start && *x <= t && *fp != p.card.fingerprint).count();
-        cards_on_device += 1;
-        if cards_on_device as u64 > u64::from(c.device_max_cards) {
-            reasons.push(Rule::Device);
-        }
-
-        let w = c.weights;
-        let score: u32 = reasons
-            .iter()
-            .map(|r| match r {
-                Rule::Velocity => w.velocity,
-                Rule::Amount => w.amount,
-                Rule::Geo => w.geo,
-                Rule::Bin => w.bin,
-                Rule::Device => w.device,
-            })
-            .sum::<u32>()
-            .min(1000);
-        let decision = if score >= c.decline_threshold {
-            Decision::Decline
-        } else if score >= c.review_threshold {
-            Decision::Review
-        } else {
-            Decision::Approve
-        };
-        let verdict = Verdict { score, decision, reasons };
-
-        if first_time {
-            card.last_seen = card.last_seen.max(t);
-            card.times.push_back(t);
-            while card.times.len() > c.velocity_max_per_card as usize + 1 {
-                card.times.pop_front();
-            }
-            customer.last_seen = customer.last_seen.max(t);
-            customer.amounts.push_back(p.amount_cents);
-            while customer.amounts.len() > c.amount_history.max(1) as usize {
-                customer.amounts.pop_front();
-            }
-            device.last_seen = device.last_seen.max(t);
-            device.cards.retain(|(_, fp)| *fp != p.card.fingerprint);
-            device.cards.push_back((t, p.card.fingerprint.clone()));
-            while device.cards.len() > c.device_max_cards as usize + 1 {
-                device.cards.pop_front();
-            }
-        }
-        if first_time {
+        let verdict = self.rules.verdict(p, t, Keys { card, customer, device });
+        if !self.applied.contains(&p.payment_id) {
+            self.rules.record(p, t, KeysMut { card, customer, device });
             self.remember(&p.payment_id);
             self.watermark = self.watermark.max(t);
             self.since_sweep += 1;
@@ -300,14 +195,13 @@ impl FraudEngine {
                 self.sweep();
             }
         }
-
         verdict
     }
 
     fn remember(&mut self, payment_id: &str) {
         self.applied.insert(payment_id.to_owned());
         self.applied_order.push_back(payment_id.to_owned());
-        while self.applied_order.len() > self.config.max_tracked_keys {
+        while self.applied_order.len() > self.config().max_tracked_keys {
             if let Some(old) = self.applied_order.pop_front() {
                 self.applied.remove(&old);
             }
@@ -315,14 +209,14 @@ impl FraudEngine {
     }
 
     fn over_cap(&self) -> bool {
-        let cap = self.config.max_tracked_keys;
+        let cap = self.config().max_tracked_keys;
         self.cards.len() > cap || self.customers.len() > cap || self.devices.len() > cap
     }
 
     fn sweep(&mut self) {
         self.since_sweep = 0;
-        let horizon = self.watermark.saturating_sub(i64::from(self.config.history_secs));
-        let cap = self.config.max_tracked_keys;
+        let horizon = self.watermark.saturating_sub(i64::from(self.config().history_secs));
+        let cap = self.config().max_tracked_keys;
         bound(&mut self.cards, horizon, cap);
         bound(&mut self.customers, horizon, cap);
         bound(&mut self.devices, horizon, cap);
@@ -331,6 +225,7 @@ impl FraudEngine {
 
 #[cfg(test)]
 mod tests {
+    use super::geo::GeoTable;
     use super::*;
     use crate::event::Card;
     use time::Duration;
