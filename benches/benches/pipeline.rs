@@ -84,7 +84,7 @@ use daemon::bridge::CpuPool;
 use daemon::config::{DynamoDbSinkConfig, KinesisSourceConfig, PipelineConfig, SqsSourceConfig};
 use daemon::metrics::Metrics;
 use daemon::route::decide::decide_batch;
-use daemon::route::{Decided, Input, OrderCaches, Router, Work};
+use daemon::route::{Decided, Input, OrderCaches, Router, Scoring, Work};
 use daemon::sinks::dynamodb::DynamoDbSink;
 use daemon::sinks::rejected::RejectedSink;
 use daemon::sources::kinesis::leases::Leases;
@@ -182,7 +182,7 @@ async fn router(pipeline: &PipelineConfig, fraud: &FraudConfig, dynamodb: aws_sd
         dynamodb: DynamoDbSink::new(dynamodb, DynamoDbSinkConfig::default(), Arc::clone(&metrics)),
         rejected,
         pool: CpuPool::new(1, Arc::clone(&metrics)).expect("a one-thread cpu pool"),
-        engine: Arc::new(Mutex::new(fresh_engine(fraud))),
+        scoring: Scoring::Process(Arc::new(Mutex::new(fresh_engine(fraud)))),
         work: work(pipeline, fraud),
         sink_concurrency: pipeline.sink_concurrency,
         metrics,
@@ -210,7 +210,7 @@ fn receives(bodies: &[String], per_receive: usize) -> Vec<Vec<SqsMessage>> {
 /// The kernel: `decide_batch` per batch of `max_batch` inputs.
 fn kernel(inputs: &[Input], engine: &Mutex<FraudEngine>, work: Work, max_batch: usize) -> Vec<Vec<Decided>> {
     let decided_at = "2026-11-22T08:15:31Z";
-    inputs.chunks(max_batch).map(|batch| decide_batch(batch, engine, work, decided_at)).collect()
+    inputs.chunks(max_batch).map(|batch| decide_batch(batch, Some(engine), work, decided_at)).collect()
 }
 
 /// The stage: an in-memory source feeding the SQS decide loop, and an
@@ -465,7 +465,9 @@ fn pipeline(c: &mut Criterion) {
         g.bench_function(format!("{path}/decide stage"), |b| {
             b.iter_batched(
                 || {
-                    *router.engine.lock().unwrap_or_else(|e| e.into_inner()) = fresh_engine(&fraud);
+                    if let Scoring::Process(engine) = &router.scoring {
+                        *engine.lock().unwrap_or_else(|e| e.into_inner()) = fresh_engine(&fraud);
+                    }
                     receives(bodies, per_receive)
                 },
                 |receives| black_box(through_stage(&rt, &router, &config, receivers, receives)),

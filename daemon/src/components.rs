@@ -157,7 +157,8 @@ pub fn list(config: &Config) -> Vec<Box<dyn Component + '_>> {
     for (name, source) in config.sources.kinesis() {
         out.push(Box::new(kinesis::component::Input { name, config: source }));
     }
-    out.push(Box::new(dynamodb::component::Sink { config: &config.sinks.dynamodb }));
+    let fraud_state = config.fraud.state == pipeline::fraud::StateStore::DynamoDb;
+    out.push(Box::new(dynamodb::component::Sink { config: &config.sinks.dynamodb, fraud_state }));
     out.push(Box::new(rejected::component::Sink { config: &config.rejected, ledger: &config.sinks.dynamodb.events_table }));
     out.push(Box::new(redshift::component::Sink { config: &config.sinks.redshift, aggregates: &config.sinks.dynamodb }));
     out

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use pipeline::event::RejectReason;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::metrics::{
     Metrics, OutcomeLabel, QueueLabel, ReasonLabel, ShardLabel, SinkLabel, SinkOutcome, SourceLabel, SourceOutcome, StageLabel,
@@ -421,6 +421,35 @@ pub struct FraudHistorySize {
 impl InternalEvent for FraudHistorySize {
     fn emit(self, m: &Metrics) {
         m.fraud_tracked_keys.set(self.keys as i64);
+    }
+}
+
+/// One batch's payments were scored against the shared fraud state.
+#[derive(Debug)]
+pub struct FraudStateUsed {
+    /// Payments in the batch.
+    pub payments: usize,
+    /// What it read and wrote.
+    pub traffic: crate::route::StateTraffic,
+}
+
+impl InternalEvent for FraudStateUsed {
+    fn emit(self, m: &Metrics) {
+        let t = self.traffic;
+        m.fraud_state_batches.inc();
+        m.fraud_state_cache_hits.inc_by(t.hits);
+        m.fraud_state_reads.inc_by(t.reads);
+        m.fraud_state_read_requests.inc_by(t.read_calls);
+        m.fraud_state_writes.inc_by(t.writes);
+        m.fraud_state_conflicts.inc_by(t.conflicts);
+        debug!(
+            payments = self.payments,
+            hits = t.hits,
+            reads = t.reads,
+            writes = t.writes,
+            conflicts = t.conflicts,
+            "Payments scored against the shared fraud state"
+        );
     }
 }
 
@@ -937,6 +966,12 @@ impl InternalEvent for ReadBudgetReturned {
 /// on every change, under its own lock.
 pub fn order_cache_gauge(metrics: &Metrics, stream: &str) -> prometheus_client::metrics::gauge::Gauge {
     metrics.orders_cache_bytes.get_or_create(&source(stream)).clone()
+}
+
+/// The gauge of the keys the shared fraud state's cache holds: the cache
+/// sets it on every change, under its own lock.
+pub fn fraud_state_cache_gauge(metrics: &Metrics) -> prometheus_client::metrics::gauge::Gauge {
+    metrics.fraud_tracked_keys.clone()
 }
 
 /// Creates a sink's request series (every outcome), at start.

@@ -138,6 +138,18 @@ pub struct Metrics {
     pub fraud_decisions: Family<OutcomeLabel, Counter>,
     /// Fraud history size.
     pub fraud_tracked_keys: Gauge,
+    /// Batches scored against the shared fraud state.
+    pub fraud_state_batches: Counter,
+    /// Shared state keys found in the cache.
+    pub fraud_state_cache_hits: Counter,
+    /// Shared state keys read.
+    pub fraud_state_reads: Counter,
+    /// Shared state read requests.
+    pub fraud_state_read_requests: Counter,
+    /// Shared state keys written.
+    pub fraud_state_writes: Counter,
+    /// Transactions cancelled by a moved key.
+    pub fraud_state_conflicts: Counter,
     /// Batches queued on or running on rayon.
     pub rayon_queue_depth: Gauge,
     /// Sink requests by outcome.
@@ -222,6 +234,12 @@ impl Metrics {
             e2e_latency: Family::new_with_constructor(latency_histogram),
             fraud_decisions: Family::default(),
             fraud_tracked_keys: Gauge::default(),
+            fraud_state_batches: Counter::default(),
+            fraud_state_cache_hits: Counter::default(),
+            fraud_state_reads: Counter::default(),
+            fraud_state_read_requests: Counter::default(),
+            fraud_state_writes: Counter::default(),
+            fraud_state_conflicts: Counter::default(),
             rayon_queue_depth: Gauge::default(),
             sink_requests: Family::default(),
             sink_write_duration: Family::new_with_constructor(latency_histogram),
@@ -291,6 +309,24 @@ impl Metrics {
         registry.register(n::PIPELINE_E2E_LATENCY, "Event time to durable write", m.e2e_latency.clone());
         registry.register(n::FRAUD_DECISIONS, "Fraud decisions, by outcome", m.fraud_decisions.clone());
         registry.register(n::FRAUD_TRACKED_KEYS, "Keys held by the fraud engine's history", m.fraud_tracked_keys.clone());
+        registry.register(n::FRAUD_STATE_BATCHES, "Batches scored against the shared fraud state", m.fraud_state_batches.clone());
+        registry.register(
+            n::FRAUD_STATE_CACHE_HITS,
+            "Shared fraud state keys found in the cache",
+            m.fraud_state_cache_hits.clone(),
+        );
+        registry.register(n::FRAUD_STATE_READS, "Shared fraud state keys read from the table", m.fraud_state_reads.clone());
+        registry.register(
+            n::FRAUD_STATE_READ_REQUESTS,
+            "BatchGetItem requests for the shared fraud state",
+            m.fraud_state_read_requests.clone(),
+        );
+        registry.register(n::FRAUD_STATE_WRITES, "Shared fraud state keys written", m.fraud_state_writes.clone());
+        registry.register(
+            n::FRAUD_STATE_CONFLICTS,
+            "Transactions cancelled because a fraud state key had moved",
+            m.fraud_state_conflicts.clone(),
+        );
         registry.register(n::RAYON_QUEUE_DEPTH, "Batches waiting for or running on the CPU pool", m.rayon_queue_depth.clone());
         registry.register(n::SINK_REQUESTS, "Sink write requests, by outcome", m.sink_requests.clone());
         registry.register(n::SINK_WRITE_DURATION, "Sink write latency including retries", m.sink_write_duration.clone());

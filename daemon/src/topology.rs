@@ -19,7 +19,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pipeline::fraud::FraudEngine;
+use pipeline::fraud::{FraudEngine, Rules, StateStore};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,7 +30,7 @@ use crate::bridge::CpuPool;
 use crate::config::{Config, SqsSourceConfig};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::route::{OrderCaches, Router, Work};
+use crate::route::{FraudStateCache, OrderCaches, Router, Scoring, Work};
 use crate::sinks::dynamodb::DynamoDbSink;
 use crate::sinks::redshift::{RedshiftSink, Transport};
 use crate::sinks::rejected::RejectedSink;
@@ -86,8 +86,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     for component in crate::components::enabled(&config) {
         component.init_metrics(&metrics);
     }
-    let engine = FraudEngine::new(config.fraud.clone())
-        .map_err(|p| anyhow::anyhow!("fraud config: {}", p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
+    let fraud_problems = |p: Vec<pipeline::fraud::ConfigProblem>| {
+        anyhow::anyhow!("fraud config: {}", p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+    };
+    let scoring = match config.fraud.state {
+        StateStore::Process => {
+            Scoring::Process(Arc::new(Mutex::new(FraudEngine::new(config.fraud.clone()).map_err(fraud_problems)?)))
+        }
+        StateStore::DynamoDb => Scoring::Shared {
+            rules: Arc::new(Rules::new(config.fraud.clone()).map_err(fraud_problems)?),
+            cache: Arc::new(FraudStateCache::new(
+                config.fraud.max_tracked_keys,
+                Some(crate::internal_events::fraud_state_cache_gauge(&metrics)),
+            )),
+        },
+    };
     let router = Router {
         dynamodb: DynamoDbSink::new(dynamodb.clone(), config.sinks.dynamodb.clone(), Arc::clone(&metrics))
             .with_mirror(mirror)
@@ -98,11 +111,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         // The one CPU pool: every input's decide stage hops onto it.
         pool: CpuPool::new(config.pipeline.cpu_threads, Arc::clone(&metrics))?,
         work: Work {
-            fraud_work_factor: engine.config().work_factor,
+            fraud_work_factor: config.fraud.work_factor,
             menu_json_rounds: config.pipeline.menu_json_rounds,
             max_future_secs: config.pipeline.max_future_secs,
         },
-        engine: Arc::new(Mutex::new(engine)),
+        scoring,
         sink_concurrency: config.pipeline.sink_concurrency,
         metrics: Arc::clone(&metrics),
     };

@@ -110,8 +110,22 @@ pub const PIPELINE_STAGE_DURATION: &str = "cafe_pipeline_stage_duration_seconds"
 pub const PIPELINE_E2E_LATENCY: &str = "cafe_pipeline_e2e_latency_seconds";
 /// Fraud decisions. Labels: `outcome` (approve, review, decline).
 pub const FRAUD_DECISIONS: &str = "cafe_fraud_decisions";
-/// Keys held by the fraud engine's history.
+/// Keys held by the fraud engine's history (in process), or by the cache
+/// of the shared fraud state.
 pub const FRAUD_TRACKED_KEYS: &str = "cafe_fraud_tracked_keys";
+/// Batches scored against the shared fraud state.
+pub const FRAUD_STATE_BATCHES: &str = "cafe_fraud_state_batches";
+/// Shared fraud state keys found in the cache (not read).
+pub const FRAUD_STATE_CACHE_HITS: &str = "cafe_fraud_state_cache_hits";
+/// Shared fraud state keys read from the table.
+pub const FRAUD_STATE_READS: &str = "cafe_fraud_state_reads";
+/// BatchGetItem requests for the shared fraud state.
+pub const FRAUD_STATE_READ_REQUESTS: &str = "cafe_fraud_state_read_requests";
+/// Shared fraud state keys written (with the payments that changed them).
+pub const FRAUD_STATE_WRITES: &str = "cafe_fraud_state_writes";
+/// Transactions cancelled because a fraud state key had moved (another
+/// writer first): the payments were scored again on a fresh read.
+pub const FRAUD_STATE_CONFLICTS: &str = "cafe_fraud_state_conflicts";
 /// Batches waiting for or running on the rayon pool.
 pub const RAYON_QUEUE_DEPTH: &str = "cafe_rayon_queue_depth_batches";
 /// Sink write requests by outcome (`ok`, `retry`, `failed`). Labels: `sink`, `outcome`.

@@ -9,11 +9,12 @@
 use std::sync::{Arc, Mutex};
 
 use pipeline::decided::{DecidedMenuItem, DecidedPayment};
-use pipeline::event::{Body, Clock, Event, Rejection, decode_at};
-use pipeline::fraud::{self, Decision, FraudEngine, model_work_many};
+use pipeline::event::{Body, Clock, Event, PaymentRequested, Rejection, decode_at};
+use pipeline::fraud::{self, Decision, FraudEngine, Verdict, model_work_many};
 use pipeline::menu;
 use pipeline::window::{Counters, WindowId};
 use rayon::prelude::*;
+use time::OffsetDateTime;
 
 /// One raw message or record, from any source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,9 @@ pub struct Input {
 pub enum Decided {
     /// A valid, scored payment.
     Payment(DecidedPayment),
+    /// A valid payment to score against the shared fraud state, in the
+    /// write stage (`apply_payments`).
+    Unscored(Box<Unscored>),
     /// A valid menu upsert with its digest.
     Menu(DecidedMenuItem),
     /// A valid order event, to apply against its order's stored state.
@@ -39,6 +43,48 @@ pub enum Decided {
     Rejected(Rejection),
     /// The stage failed on this input (a bug, never bad input): give it back.
     Failed,
+}
+
+/// A valid payment, before scoring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unscored {
+    /// Event id.
+    pub id: String,
+    /// Event time.
+    pub ts: OffsetDateTime,
+    /// Event time as sent.
+    pub ts_raw: String,
+    /// Store.
+    pub store: String,
+    /// The payment.
+    pub payment: PaymentRequested,
+}
+
+/// The decided payment of `u` with verdict `v`.
+pub fn decided_payment(u: &Unscored, v: &Verdict, decided_at: &str) -> DecidedPayment {
+    let p = &u.payment;
+    let mut counters = Counters { payments: 1, payment_amount_cents: p.amount_cents as i64, ..Counters::default() };
+    match v.decision {
+        Decision::Approve => counters.payments_approved = 1,
+        Decision::Review => counters.payments_review = 1,
+        Decision::Decline => counters.payments_declined = 1,
+    }
+    DecidedPayment {
+        window: WindowId::of(&u.store, u.ts),
+        event_id: u.id.clone(),
+        payment_id: p.payment_id.clone(),
+        order_id: p.order_id.clone(),
+        customer_id: p.customer_id.clone(),
+        store: u.store.clone(),
+        amount_cents: p.amount_cents,
+        score: v.score,
+        decision: v.decision.name(),
+        reasons: v.reasons.iter().map(|r| r.name()).collect(),
+        ts: u.ts_raw.clone(),
+        event_time: u.ts,
+        decided_at: decided_at.to_owned(),
+        counters,
+    }
 }
 
 /// The CPU-heavy work of a batch, per event type.
@@ -53,7 +99,9 @@ pub struct Work {
 }
 
 /// Decides one batch; `decided_at` is the RFC 3339 time written on payments.
-pub fn decide_batch(inputs: &[Input], engine: &Mutex<FraudEngine>, work: Work, decided_at: &str) -> Vec<Decided> {
+/// Payments are scored here against `engine` (the in-process history), or
+/// left [`Decided::Unscored`] without one.
+pub fn decide_batch(inputs: &[Input], engine: Option<&Mutex<FraudEngine>>, work: Work, decided_at: &str) -> Vec<Decided> {
     // Decoding, the model's hashing and menu digests are per input and
     // pure: parallel. Event times are judged by one clock per batch.
     let clock = Clock::system(work.max_future_secs);
@@ -81,7 +129,7 @@ pub fn decide_batch(inputs: &[Input], engine: &Mutex<FraudEngine>, work: Work, d
         payments.par_chunks(fraud::LANES).flat_map_iter(|chunk| model_work_many(chunk, work.fraud_work_factor)).collect();
     std::hint::black_box(models);
     // Scoring reads and writes history: one thread, arrival order.
-    let mut engine = engine.lock().unwrap_or_else(|e| e.into_inner());
+    let mut engine = engine.map(|e| e.lock().unwrap_or_else(|e| e.into_inner()));
     decoded
         .into_iter()
         .map(|(event, digest)| {
@@ -90,31 +138,15 @@ pub fn decide_batch(inputs: &[Input], engine: &Mutex<FraudEngine>, work: Work, d
                 Err(r) => return Decided::Rejected(r),
             };
             match e.body {
-                Body::PaymentRequested(p) => {
-                    let v = engine.score(&p, e.ts);
-                    let mut counters =
-                        Counters { payments: 1, payment_amount_cents: p.amount_cents as i64, ..Counters::default() };
-                    match v.decision {
-                        Decision::Approve => counters.payments_approved = 1,
-                        Decision::Review => counters.payments_review = 1,
-                        Decision::Decline => counters.payments_declined = 1,
+                Body::PaymentRequested(payment) => {
+                    let u = Unscored { id: e.id, ts: e.ts, ts_raw: e.ts_raw, store: e.store, payment };
+                    match engine.as_mut() {
+                        Some(engine) => {
+                            let v = engine.score(&u.payment, u.ts);
+                            Decided::Payment(decided_payment(&u, &v, decided_at))
+                        }
+                        None => Decided::Unscored(Box::new(u)),
                     }
-                    Decided::Payment(DecidedPayment {
-                        window: WindowId::of(&e.store, e.ts),
-                        event_id: e.id,
-                        payment_id: p.payment_id,
-                        order_id: p.order_id,
-                        customer_id: p.customer_id,
-                        store: e.store,
-                        amount_cents: p.amount_cents,
-                        score: v.score,
-                        decision: v.decision.name(),
-                        reasons: v.reasons.iter().map(|r| r.name()).collect(),
-                        ts: e.ts_raw,
-                        event_time: e.ts,
-                        decided_at: decided_at.to_owned(),
-                        counters,
-                    })
                 }
                 Body::MenuItemUpserted(item) => match digest {
                     Some(Ok(d)) => Decided::Menu(DecidedMenuItem {
@@ -166,7 +198,7 @@ mod tests {
             Input { data: b"{nope".to_vec(), position: "p".into() },
         ];
         let work = Work { fraud_work_factor: 1, menu_json_rounds: 0, max_future_secs: 3600 };
-        let out = decide_batch(&inputs, &engine, work, "now");
+        let out = decide_batch(&inputs, Some(&engine), work, "now");
         assert!(matches!(out[0], Decided::Order(_)));
         assert!(matches!(out[1], Decided::Order(_)));
         assert!(matches!(&out[2], Decided::Payment(p) if p.payment_id == "p" && p.decided_at == "now"));
@@ -363,7 +395,7 @@ mod tests {
                 let inputs: Vec<Input> = inputs.into_iter().map(|data| Input { data, position: "p".into() }).collect();
                 let work = Work { fraud_work_factor: 1, menu_json_rounds: 1, max_future_secs };
                 let mut seen = seen.borrow_mut();
-                for d in decide_batch(&inputs, &engine, work, "now") {
+                for d in decide_batch(&inputs, Some(&engine), work, "now") {
                     match d {
                         Decided::Payment(p) => {
                             seen[0] += 1;
@@ -386,6 +418,7 @@ mod tests {
                             seen[3] += 1;
                             prop_assert!(!r.detail.is_empty());
                         }
+                        Decided::Unscored(_) => prop_assert!(false, "an engine was given: every payment is scored"),
                         Decided::Failed => prop_assert!(false, "the stage failed on an input"),
                     }
                 }

@@ -13,6 +13,7 @@
 //! checkpoint).
 
 pub mod apply_orders;
+pub mod apply_payments;
 pub mod decide;
 
 use std::sync::{Arc, Mutex};
@@ -20,19 +21,21 @@ use std::time::Instant;
 
 use pipeline::decided::RejectedEvent;
 use pipeline::event::{Event, Rejection};
-use pipeline::fraud::FraudEngine;
+use pipeline::fraud::{FraudEngine, Rules};
 use pipeline::orders::ShardPos;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use apply_orders::{Fate, apply_orders};
 pub use apply_orders::{OrderCache, OrderCaches};
-pub use decide::{Decided, Input, Work};
+use apply_payments::apply_payments;
+pub use apply_payments::{FraudStateCache, StateTraffic};
+pub use decide::{Decided, Input, Unscored, Work};
 
 use crate::bridge::CpuPool;
 use crate::internal_events::{
-    BatchStaged, EventLatency, EventRejected, EventsOut, FraudHistorySize, InternalEvent, MenuImageWritten, OrderStatesRead,
-    PaymentDecided, Stage, StageFinished, StagePanicked,
+    BatchStaged, EventLatency, EventRejected, EventsOut, FraudHistorySize, FraudStateUsed, InternalEvent, MenuImageWritten,
+    OrderStatesRead, PaymentDecided, Stage, StageFinished, StagePanicked,
 };
 use crate::metrics::Metrics;
 use crate::sinks::WriteOutcome;
@@ -80,7 +83,21 @@ pub struct DecidedBatch {
     pub decided_at: Instant,
 }
 
-/// Everything the two stages use: the sinks, the CPU pool, the fraud engine.
+/// Where payments are scored (`[fraud] state`).
+#[derive(Debug, Clone)]
+pub enum Scoring {
+    /// In the decide stage, against this process's history.
+    Process(Arc<Mutex<FraudEngine>>),
+    /// In the write stage, against the history every instance shares.
+    Shared {
+        /// The rules.
+        rules: Arc<Rules>,
+        /// Key states this process read or wrote.
+        cache: Arc<FraudStateCache>,
+    },
+}
+
+/// Everything the two stages use: the sinks, the CPU pool, the fraud scoring.
 #[derive(Debug, Clone)]
 pub struct Router {
     /// Payments, orders, menu items and the aggregates.
@@ -89,8 +106,8 @@ pub struct Router {
     pub rejected: RejectedSink,
     /// The one CPU pool.
     pub pool: CpuPool,
-    /// Fraud scoring state, shared by every input.
-    pub engine: Arc<Mutex<FraudEngine>>,
+    /// Fraud scoring, shared by every input.
+    pub scoring: Scoring,
     /// Work factors.
     pub work: Work,
     /// Order transactions written at once by one batch.
@@ -109,14 +126,18 @@ impl Router {
         let started = Instant::now();
         BatchStaged { stage: Stage::Decide, events: inputs.len() }.emit(&self.metrics);
         let inputs = Arc::new(inputs);
-        let (engine, work, batch) = (Arc::clone(&self.engine), self.work, Arc::clone(&inputs));
+        let engine = match &self.scoring {
+            Scoring::Process(engine) => Some(Arc::clone(engine)),
+            Scoring::Shared { .. } => None,
+        };
+        let (work, batch) = (self.work, Arc::clone(&inputs));
         let decided_at = now_rfc3339();
         // The engine's lock is taken on the pool only, never on a runtime worker.
         let decided = self
             .pool
             .run(move || {
-                let decided = decide::decide_batch(&batch, &engine, work, &decided_at);
-                let keys = engine.lock().unwrap_or_else(|e| e.into_inner()).tracked_keys();
+                let decided = decide::decide_batch(&batch, engine.as_deref(), work, &decided_at);
+                let keys = engine.map(|e| e.lock().unwrap_or_else(|e| e.into_inner()).tracked_keys());
                 (decided, keys)
             })
             .await;
@@ -124,7 +145,9 @@ impl Router {
         let inputs = Arc::try_unwrap(inputs).unwrap_or_else(|shared| (*shared).clone());
         let decided = match decided {
             Ok((d, keys)) => {
-                FraudHistorySize { keys }.emit(&self.metrics);
+                if let Some(keys) = keys {
+                    FraudHistorySize { keys }.emit(&self.metrics);
+                }
                 d
             }
             Err(e) => {
@@ -166,6 +189,7 @@ impl Router {
         let started = Instant::now();
         let mut outcomes = vec![Outcome::Failed; inputs.len()];
         let (mut payments, mut payment_at) = (Vec::new(), Vec::new());
+        let (mut unscored, mut unscored_at) = (Vec::new(), Vec::new());
         let (mut menus, mut menu_at) = (Vec::new(), Vec::new());
         let (mut order_events, mut order_at): (Vec<Arc<Event>>, Vec<usize>) = (Vec::new(), Vec::new());
         let mut rejections: Vec<(usize, Rejection)> = Vec::new();
@@ -174,6 +198,10 @@ impl Router {
                 Decided::Payment(p) => {
                     payments.push(p);
                     payment_at.push(i);
+                }
+                Decided::Unscored(u) => {
+                    unscored.push(*u);
+                    unscored_at.push(i);
                 }
                 Decided::Menu(m) => {
                     menus.push(m);
@@ -195,8 +223,23 @@ impl Router {
         let order_pos: Vec<Option<ShardPos>> =
             order_at.iter().map(|&i| ShardPos::parse(&inputs[i].position, Some(source))).collect();
         let metrics = &self.metrics;
-        let (payment_out, menu_out, order_fates) = tokio::join!(
+        let shared = async {
+            match &self.scoring {
+                Scoring::Shared { rules, cache } if !unscored.is_empty() => {
+                    let decided_at = now_rfc3339();
+                    let n = unscored.len();
+                    let mut traffic = StateTraffic::default();
+                    let out = apply_payments(&self.dynamodb, unscored, rules, cache, &self.pool, &decided_at, &mut traffic).await;
+                    FraudStateUsed { payments: n, traffic }.emit(metrics);
+                    out
+                }
+                // Unscored payments with no shared state: a bug; given back.
+                _ => (vec![None; unscored.len()], vec![WriteOutcome::Failed; unscored.len()]),
+            }
+        };
+        let (payment_out, (scored, scored_out), menu_out, order_fates) = tokio::join!(
             self.dynamodb.write_payments(&payments),
+            shared,
             self.dynamodb.write_menu(&menus, &applied_at),
             apply_orders(&self.dynamodb, &order_refs, &order_pos, orders, &applied_at, self.sink_concurrency, |count| {
                 OrderStatesRead { source, count }.emit(metrics);
@@ -208,6 +251,13 @@ impl Router {
         for ((&i, p), o) in payment_at.iter().zip(&payments).zip(payment_out) {
             outcomes[i] = from_write(o);
             if o == WriteOutcome::Written {
+                PaymentDecided { decision: p.decision }.emit(metrics);
+                latency(p.event_time);
+            }
+        }
+        for ((&i, p), o) in unscored_at.iter().zip(&scored).zip(scored_out) {
+            outcomes[i] = from_write(o);
+            if let (WriteOutcome::Written, Some(p)) = (o, p) {
                 PaymentDecided { decision: p.decision }.emit(metrics);
                 latency(p.event_time);
             }

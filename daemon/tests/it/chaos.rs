@@ -186,7 +186,7 @@ async fn redshift_outage_refuses_connections_and_the_mirror_catches_up() {
         ("CAFE_LOADGEN_REDSHIFT_URL".to_owned(), url.clone()),
         ("CAFE_LOADGEN_REDSHIFT_TABLE".to_owned(), table.clone()),
     ];
-    let run = chaos_run_with(&env, "menu-sync", "redshift-outage", &["--scale", "0.1", "--time-scale", "0.5"], &vars).await;
+    let run = chaos_run_with(&env, "menu-sync", "redshift-outage", &["--scale", "0.1", "--time-scale", "0.2"], &vars).await;
     assert!(run.passed, "{}", run.output);
     let o = &run.occurrences()[0];
     assert!(injected(o) > 0, "{}", run.chaos);

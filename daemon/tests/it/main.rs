@@ -22,6 +22,7 @@ mod dashboards;
 mod data_api;
 mod edges;
 mod faults;
+mod fraud;
 mod iam;
 mod leases;
 mod menu;
@@ -127,6 +128,7 @@ payments_table = "{prefix}-payments"
 orders_table = "{prefix}-orders"
 menu_table = "{prefix}-menu"
 events_table = "{prefix}-events"
+fraud_state_table = "{prefix}-fraud-state"
 [rejected]
 queue = "{prefix}-rejected"
 [admin]

@@ -71,7 +71,7 @@ impl Env {
     }
 
     /// Starts one more daemon with its own worker id and admin port.
-    fn start_worker(&mut self, worker: &str) -> String {
+    pub(crate) fn start_worker(&mut self, worker: &str) -> String {
         let admin = format!("127.0.0.1:{}", free_port());
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{worker}.log"))).expect("log file");

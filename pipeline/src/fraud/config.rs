@@ -92,7 +92,7 @@ impl Default for FraudConfig {
             decline_threshold: 600,
             history_secs: 86_400,
             max_tracked_keys: 200_000,
-            state: StateStore::Process,
+            state: StateStore::DynamoDb,
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::components::{Component, Grant, Resource, Shape, Target};
 use crate::internal_events::Sink as SinkLabel;
 use crate::metrics::Metrics;
 use crate::sinks::dynamodb::config::DynamoDbSinkConfig;
+use crate::sinks::dynamodb::fraud_state::{STATE_EXPIRES, STATE_KEY};
 use crate::sinks::dynamodb::{EVENT_EXPIRES, MIRROR_INDEX, MIRROR_PENDING};
 
 /// `[sinks.dynamodb]`.
@@ -13,6 +14,9 @@ use crate::sinks::dynamodb::{EVENT_EXPIRES, MIRROR_INDEX, MIRROR_PENDING};
 pub struct Sink<'a> {
     /// Its settings.
     pub config: &'a DynamoDbSinkConfig,
+    /// Whether the fraud history lives in its `fraud_state_table`
+    /// (`[fraud] state = "dynamodb"`).
+    pub fraud_state: bool,
 }
 
 impl Component for Sink<'_> {
@@ -37,18 +41,24 @@ impl Component for Sink<'_> {
             Shape::Table { keys: &["store", "window"], index: Some((MIRROR_INDEX, MIRROR_PENDING, "window")), ttl: None };
         let mut events = table("events_table", &d.events_table, &["event_id"]);
         events.shape = Shape::Table { keys: &["event_id"], index: None, ttl: Some(EVENT_EXPIRES) };
-        vec![
+        let mut out = vec![
             aggregates,
             table("payments_table", &d.payments_table, &["payment_id"]),
             table("orders_table", &d.orders_table, &["order_id"]),
             table("menu_table", &d.menu_table, &["sku"]),
             events,
-        ]
+        ];
+        if self.fraud_state {
+            let mut state = table("fraud_state_table", &d.fraud_state_table, &[STATE_KEY]);
+            state.shape = Shape::Table { keys: &[STATE_KEY], index: None, ttl: Some(STATE_EXPIRES) };
+            out.push(state);
+        }
+        out
     }
 
     fn grants(&self) -> Vec<Grant> {
         let d = self.config;
-        vec![
+        let mut out = vec![
             // Any input may carry order events.
             Grant::new(
                 "WriteOrders",
@@ -63,7 +73,16 @@ impl Component for Sink<'_> {
                 vec![Target::Table(d.events_table.clone())],
             ),
             Grant::new("WriteAggregates", &["dynamodb:UpdateItem"], vec![Target::Table(d.aggregates_table.clone())]),
-        ]
+        ];
+        if self.fraud_state {
+            // Read in batches, written with the payments (TransactWriteItems puts).
+            out.push(Grant::new(
+                "FraudState",
+                &["dynamodb:BatchGetItem", "dynamodb:PutItem"],
+                vec![Target::Table(d.fraud_state_table.clone())],
+            ));
+        }
+        out
     }
 
     fn init_metrics(&self, metrics: &Metrics) {

@@ -20,6 +20,9 @@ pub struct DynamoDbSinkConfig {
     /// natural key of its own (menu upserts), so a redelivery counts once.
     /// Entries expire after 15 days (SQS keeps a message 14 at most).
     pub events_table: String,
+    /// The fraud rules' shared history, one item per card fingerprint,
+    /// customer and device (used when `[fraud] state = "dynamodb"`).
+    pub fraud_state_table: String,
     /// Items per TransactWriteItems, at most 100 (AWS's limit, and
     /// dynoxide's). Fewer, smaller transactions cost more per event: on
     /// the local stack's orders backlog, 25 reached 0.69 of a bare writer
@@ -41,6 +44,7 @@ impl Default for DynamoDbSinkConfig {
             orders_table: "cafe-orders".into(),
             menu_table: "cafe-menu".into(),
             events_table: "cafe-events".into(),
+            fraud_state_table: "cafe-fraud-state".into(),
             max_transaction_items: 100,
             max_retries: 8,
             base_backoff_ms: 50,
@@ -60,6 +64,7 @@ impl DynamoDbSinkConfig {
             ("orders_table", &self.orders_table),
             ("menu_table", &self.menu_table),
             ("events_table", &self.events_table),
+            ("fraud_state_table", &self.fraud_state_table),
         ] {
             if v.len() < 3 || v.len() > 255 || !v.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch)) {
                 bad(&format!("sinks.dynamodb.{f}"), format!("{v:?} is not a DynamoDB table name (3..255 of A-Za-z0-9_.-)"));

@@ -20,6 +20,7 @@ use pipeline::window::{Counters, WindowId};
 
 pub mod component;
 pub mod config;
+pub mod fraud_state;
 pub mod menu_items;
 pub mod order_items;
 pub mod payments;

@@ -123,7 +123,7 @@ impl DynamoDbSink {
     }
 }
 
-fn payment_item(r: &DecidedPayment) -> HashMap<String, AttributeValue> {
+pub(crate) fn payment_item(r: &DecidedPayment) -> HashMap<String, AttributeValue> {
     HashMap::from([
         ("payment_id".to_owned(), s(&r.payment_id)),
         ("order_id".to_owned(), s(&r.order_id)),

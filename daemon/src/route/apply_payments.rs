@@ -1,0 +1,544 @@
+//! Scoring payments against the fraud history every instance shares
+//! (`[fraud] state = "dynamodb"`), for payments from any source.
+//!
+//! Owns: which keys a batch's payments need, reading the ones not cached
+//! (one BatchGetItem per 100 keys, strongly consistent), scoring in arrival
+//! order on the CPU pool, packing payments into transactions, and the
+//! rounds: a key another writer moved first is read again and every
+//! payment from that transaction on is scored again. Must not: send
+//! rejections or acknowledge (the router and the sources do, from the
+//! outcomes this returns).
+//!
+//! Consistency: each key's state is written with the payments whose
+//! scoring changed it, conditional on the version scored against, so the
+//! writes to one key are serial across the fleet: every payment is scored
+//! against every payment on its keys that was durable before its own
+//! transaction, and a payment and the history it counts in land together.
+//! A redelivered payment (its put's condition fails) changes nothing and
+//! keeps its first decision.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use pipeline::decided::DecidedPayment;
+use pipeline::event::PaymentRequested;
+use pipeline::fraud::state::{Keys, KeysMut};
+use pipeline::fraud::{Rules, Verdict};
+use pipeline::window::WindowId;
+use prometheus_client::metrics::gauge::Gauge;
+use tracing::warn;
+
+use super::decide::{Unscored, decided_payment};
+use crate::bridge::CpuPool;
+use crate::sinks::WriteOutcome;
+use crate::sinks::dynamodb::fraud_state::{AnyState, StateKey, StateWrite, Versioned};
+use crate::sinks::dynamodb::{Attempt, Copies, DynamoDbSink};
+
+/// Rounds of conflicts (another writer moved a key) before the payments
+/// are given back to their source.
+const MAX_ROUNDS: u32 = 8;
+
+/// What one batch's scoring against the shared state cost, for the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StateTraffic {
+    /// Keys found in the cache.
+    pub hits: u64,
+    /// Keys read from the table.
+    pub reads: u64,
+    /// BatchGetItem requests.
+    pub read_calls: u64,
+    /// Key states written (committed).
+    pub writes: u64,
+    /// Transactions cancelled because a key had moved (each one re-read
+    /// and re-scored).
+    pub conflicts: u64,
+}
+
+/// Key states kept in memory to avoid reads, with the version each was
+/// read or written at: only a cache, since every write is conditional on
+/// the version it was scored against (a stale entry costs one cancelled
+/// transaction and a read). Shared by every input of the process; each
+/// call locks it briefly, never across an await. Holds at most `cap`
+/// keys, dropping the oldest put first.
+#[derive(Debug)]
+pub struct FraudStateCache {
+    inner: Mutex<CacheInner>,
+    /// Keys held, set after every change (`cafe_fraud_tracked_keys`).
+    gauge: Option<Gauge>,
+}
+
+#[derive(Debug)]
+struct CacheInner {
+    map: HashMap<StateKey, (Versioned, u64)>,
+    /// (key, put number), oldest first; stale elements are skipped.
+    fifo: VecDeque<(StateKey, u64)>,
+    cap: usize,
+    next_put: u64,
+}
+
+impl FraudStateCache {
+    /// An empty cache of at most `cap` keys.
+    pub fn new(cap: usize, gauge: Option<Gauge>) -> Self {
+        FraudStateCache {
+            inner: Mutex::new(CacheInner { map: HashMap::new(), fifo: VecDeque::new(), cap: cap.max(1), next_put: 0 }),
+            gauge,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of `key`'s cached state.
+    pub fn get(&self, key: &StateKey) -> Option<Versioned> {
+        self.lock().map.get(key).map(|(v, _)| v.clone())
+    }
+
+    /// Caches `key` at `state`, unless a newer version is cached.
+    pub fn put(&self, key: &StateKey, state: Versioned) {
+        let mut c = self.lock();
+        if c.map.get(key).is_some_and(|(v, _)| v.version > state.version) {
+            return;
+        }
+        let put = c.next_put;
+        c.next_put += 1;
+        c.map.insert(key.clone(), (state, put));
+        c.fifo.push_back((key.clone(), put));
+        while c.map.len() > c.cap {
+            let Some((old, n)) = c.fifo.pop_front() else { break };
+            if c.map.get(&old).is_some_and(|(_, p)| *p == n) {
+                c.map.remove(&old);
+            }
+        }
+        if c.fifo.len() > 2 * c.cap + 64 {
+            let CacheInner { map, fifo, .. } = &mut *c;
+            fifo.retain(|(k, n)| map.get(k).is_some_and(|(_, p)| p == n));
+        }
+        self.show(&c);
+    }
+
+    /// Drops `key` (it moved: the next use reads it).
+    pub fn forget(&self, key: &StateKey) {
+        let mut c = self.lock();
+        c.map.remove(key);
+        self.show(&c);
+    }
+
+    /// Keys cached.
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn show(&self, c: &CacheInner) {
+        if let Some(g) = &self.gauge {
+            g.set(c.map.len() as i64);
+        }
+    }
+}
+
+/// The keys of one payment: card, customer, device.
+fn keys_of(p: &PaymentRequested) -> [StateKey; 3] {
+    [StateKey::Card(p.card.fingerprint.clone()), StateKey::Customer(p.customer_id.clone()), StateKey::Device(p.device_id.clone())]
+}
+
+/// One round's scoring: the verdicts of the payments in order, and for
+/// each transaction the states it writes as (key, version read, state after).
+type Scored = (Vec<Verdict>, Vec<Vec<(usize, u64, AnyState)>>);
+
+/// Scores `order` (indices into `payments`) in order against `states`
+/// (indexed like `keys`), the payments' keys given by `key_of`; the
+/// transactions end after the positions in `ends`. Pure: runs on the pool.
+fn score_round(
+    rules: &Rules,
+    payments: &[Unscored],
+    order: &[usize],
+    key_of: &[[usize; 3]],
+    keys: &[StateKey],
+    mut states: Vec<Versioned>,
+    ends: &[usize],
+) -> Scored {
+    let mut verdicts = Vec::with_capacity(order.len());
+    let mut writes = Vec::with_capacity(ends.len());
+    let mut touched: Vec<usize> = Vec::new();
+    let mut start = 0;
+    for &end in ends {
+        for (pos, &i) in order.iter().enumerate().take(end).skip(start) {
+            let (p, t) = (&payments[i].payment, payments[i].ts.unix_timestamp());
+            let [kc, ku, kd] = key_of[pos];
+            let mut card = std::mem::replace(&mut states[kc].state, keys[kc].empty());
+            let mut customer = std::mem::replace(&mut states[ku].state, keys[ku].empty());
+            let mut device = std::mem::replace(&mut states[kd].state, keys[kd].empty());
+            if let (AnyState::Card(c), AnyState::Customer(u), AnyState::Device(d)) = (&mut card, &mut customer, &mut device) {
+                verdicts.push(rules.verdict(p, t, Keys { card: c, customer: u, device: d }));
+                rules.record(p, t, KeysMut { card: c, customer: u, device: d });
+            }
+            states[kc].state = card;
+            states[ku].state = customer;
+            states[kd].state = device;
+            for k in [kc, ku, kd] {
+                if !touched.contains(&k) {
+                    touched.push(k);
+                }
+            }
+        }
+        let mut txn = Vec::with_capacity(touched.len());
+        for k in touched.drain(..) {
+            txn.push((k, states[k].version, states[k].state.clone()));
+            states[k].version += 1;
+        }
+        writes.push(txn);
+        start = end;
+    }
+    (verdicts, writes)
+}
+
+/// Packs payments (their keys `key_of` and aggregate rows `rows`, in
+/// arrival order) into transactions of at most `max_items` items (the
+/// payments, their distinct keys and rows): the end of each, as a position.
+fn pack(key_of: &[[usize; 3]], rows: &[WindowId], max_items: usize) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut keys: HashSet<usize> = HashSet::new();
+    let mut row_set: HashSet<&WindowId> = HashSet::new();
+    let mut count = 0;
+    for pos in 0..key_of.len() {
+        let new_keys = key_of[pos].iter().filter(|k| !keys.contains(k)).collect::<HashSet<_>>().len();
+        let new_row = usize::from(!row_set.contains(&rows[pos]));
+        if count > 0 && count + 1 + keys.len() + new_keys + row_set.len() + new_row > max_items {
+            ends.push(pos);
+            keys.clear();
+            row_set.clear();
+            count = 0;
+        }
+        keys.extend(key_of[pos]);
+        row_set.insert(&rows[pos]);
+        count += 1;
+    }
+    if count > 0 {
+        ends.push(key_of.len());
+    }
+    ends
+}
+
+/// Scores and writes `payments` (in arrival order) against the shared
+/// state; returns for each its decision (when scored and written) and the
+/// outcome of its write, in order.
+#[allow(clippy::too_many_arguments)]
+pub async fn apply_payments(
+    sink: &DynamoDbSink,
+    payments: Vec<Unscored>,
+    rules: &Arc<Rules>,
+    cache: &FraudStateCache,
+    pool: &CpuPool,
+    decided_at: &str,
+    traffic: &mut StateTraffic,
+) -> (Vec<Option<DecidedPayment>>, Vec<WriteOutcome>) {
+    let n = payments.len();
+    let mut outcomes = vec![WriteOutcome::Failed; n];
+    let mut decided: Vec<Option<DecidedPayment>> = vec![None; n];
+    let payments = Arc::new(payments);
+    let copies = Copies::of(&payments, |u| u.payment.payment_id.as_str());
+    let mut pending: Vec<usize> = copies.firsts.clone();
+    let history_secs = rules.config().history_secs;
+    let mut must_read: HashSet<StateKey> = HashSet::new();
+    for _ in 0..MAX_ROUNDS {
+        // The round's keys, each once, and each payment's three.
+        let mut keys: Vec<StateKey> = Vec::new();
+        let mut index: HashMap<StateKey, usize> = HashMap::new();
+        let mut key_of: Vec<[usize; 3]> = Vec::with_capacity(pending.len());
+        for &i in &pending {
+            key_of.push(keys_of(&payments[i].payment).map(|k| {
+                *index.entry(k.clone()).or_insert_with(|| {
+                    keys.push(k);
+                    keys.len() - 1
+                })
+            }));
+        }
+        let mut states: Vec<Option<Versioned>> =
+            keys.iter().map(|k| if must_read.contains(k) { None } else { cache.get(k) }).collect();
+        let missing: Vec<usize> = (0..keys.len()).filter(|&k| states[k].is_none()).collect();
+        traffic.hits += (keys.len() - missing.len()) as u64;
+        if !missing.is_empty() {
+            let wanted: Vec<StateKey> = missing.iter().map(|&k| keys[k].clone()).collect();
+            traffic.reads += wanted.len() as u64;
+            match sink.read_fraud_states(&wanted, rules, &mut traffic.read_calls).await {
+                Ok(read) => {
+                    for (&k, v) in missing.iter().zip(read) {
+                        must_read.remove(&keys[k]);
+                        states[k] = Some(v);
+                    }
+                }
+                // Counted and logged by the sink: give them back.
+                Err(_) => return (decided, copies_settled(&copies, outcomes)),
+            }
+        }
+        // Every key was cached or read; were one not, version 0 would make
+        // its write conditional on no item, and a conflict would read it.
+        let states: Vec<Versioned> =
+            states.into_iter().zip(&keys).map(|(s, k)| s.unwrap_or_else(|| Versioned { version: 0, state: k.empty() })).collect();
+        let rows: Vec<WindowId> = pending.iter().map(|&i| WindowId::of(&payments[i].store, payments[i].ts)).collect();
+        let ends = pack(&key_of, &rows, sink.config.max_transaction_items);
+
+        let job = {
+            let (rules, payments, order, key_of, keys, ends) =
+                (Arc::clone(rules), Arc::clone(&payments), pending.clone(), key_of.clone(), keys.clone(), ends.clone());
+            move || score_round(&rules, &payments, &order, &key_of, &keys, states, &ends)
+        };
+        let Ok((verdicts, writes)) = pool.run(job).await else {
+            warn!(payments = pending.len(), "Scoring payments panicked; they go back to their source");
+            return (decided, copies_settled(&copies, outcomes));
+        };
+        let mut again: Vec<usize> = Vec::new();
+        let mut start = 0;
+        for (&end, txn) in ends.iter().zip(&writes) {
+            let members: Vec<usize> = (start..end).collect();
+            let scored: Vec<DecidedPayment> =
+                members.iter().map(|&pos| decided_payment(&payments[pending[pos]], &verdicts[pos], decided_at)).collect();
+            let refs: Vec<&DecidedPayment> = scored.iter().collect();
+            let state_writes: Vec<StateWrite<'_>> =
+                txn.iter().map(|(k, read, state)| StateWrite { key: &keys[*k], read: *read, state }).collect();
+            let mut attempt = 0;
+            let result = loop {
+                match sink.write_scored(&refs, &state_writes, history_secs, &mut attempt).await {
+                    Attempt::Again => continue,
+                    other => break other,
+                }
+            };
+            match result {
+                Attempt::Committed => {
+                    traffic.writes += txn.len() as u64;
+                    for (k, read, state) in txn {
+                        cache.put(&keys[*k], Versioned { version: read + 1, state: state.clone() });
+                    }
+                    for (&pos, dp) in members.iter().zip(scored) {
+                        outcomes[pending[pos]] = WriteOutcome::Written;
+                        decided[pending[pos]] = Some(dp);
+                    }
+                }
+                Attempt::Conditions(failed) => {
+                    let mut moved = false;
+                    for f in failed {
+                        if let Some(&pos) = members.get(f) {
+                            // Written before: its first decision stands.
+                            outcomes[pending[pos]] = WriteOutcome::Duplicate;
+                        } else if let Some((k, _, _)) = txn.get(f - members.len()) {
+                            moved = true;
+                            must_read.insert(keys[*k].clone());
+                            cache.forget(&keys[*k]);
+                        }
+                    }
+                    if moved {
+                        traffic.conflicts += 1;
+                    }
+                    // This transaction's others and every later one were
+                    // scored against states that did not land: again.
+                    again.extend(
+                        (start..pending.len()).map(|pos| pending[pos]).filter(|&i| outcomes[i] != WriteOutcome::Duplicate),
+                    );
+                    break;
+                }
+                Attempt::GiveUp | Attempt::Again => return (decided, copies_settled(&copies, outcomes)),
+            }
+            start = end;
+        }
+        if again.is_empty() {
+            return (decided, copies_settled(&copies, outcomes));
+        }
+        pending = again;
+    }
+    warn!(
+        payments = pending.len(),
+        rounds = MAX_ROUNDS,
+        "Fraud state kept moving under concurrent writers; the payments go back to their source"
+    );
+    (decided, copies_settled(&copies, outcomes))
+}
+
+/// The outcomes with each in-batch copy of a payment settled by its first.
+fn copies_settled(copies: &Copies, mut outcomes: Vec<WriteOutcome>) -> Vec<WriteOutcome> {
+    copies.settle(&mut outcomes);
+    outcomes
+}
+
+#[cfg(test)]
+mod tests {
+    use pipeline::event::Card;
+    use pipeline::fraud::{FraudConfig, FraudEngine, Rule};
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    fn unscored(id: &str, customer: &str, fp: &str, device: &str, secs: i64) -> Unscored {
+        let ts = OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).expect("ts");
+        Unscored {
+            id: format!("e-{id}"),
+            ts,
+            ts_raw: "2027-01-15T08:00:00Z".into(),
+            store: "s1".into(),
+            payment: PaymentRequested {
+                payment_id: id.into(),
+                order_id: format!("o-{id}"),
+                customer_id: customer.into(),
+                amount_cents: 500,
+                currency: "USD".into(),
+                card: Card { bin: "411111".into(), last4: "0000".into(), fingerprint: fp.into() },
+                ip: "198.51.100.7".parse().expect("ip"),
+                device_id: device.into(),
+                billing_country: "US".into(),
+            },
+        }
+    }
+
+    fn rules() -> Rules {
+        Rules::new(FraudConfig { work_factor: 0, ..FraudConfig::default() }).expect("valid config")
+    }
+
+    /// The round's keys and each payment's three, as `apply_payments` builds them.
+    fn index(payments: &[Unscored]) -> (Vec<StateKey>, Vec<[usize; 3]>) {
+        let mut keys: Vec<StateKey> = Vec::new();
+        let key_of = payments
+            .iter()
+            .map(|u| {
+                keys_of(&u.payment).map(|k| match keys.iter().position(|x| *x == k) {
+                    Some(i) => i,
+                    None => {
+                        keys.push(k);
+                        keys.len() - 1
+                    }
+                })
+            })
+            .collect();
+        (keys, key_of)
+    }
+
+    #[test]
+    fn a_round_scores_as_the_in_process_engine_does_and_chains_versions_across_transactions() {
+        // A card-testing burst: one card, a new customer and device each.
+        let payments: Vec<Unscored> =
+            (0..12).map(|i| unscored(&format!("p{i}"), &format!("c{i}"), "fp", &format!("d{i}"), 2 * i)).collect();
+        let (keys, key_of) = index(&payments);
+        let r = rules();
+        let card = keys.iter().position(|k| *k == StateKey::Card("fp".into())).expect("card key");
+        // The card was written 3 times before by someone: version 3, empty.
+        let states: Vec<Versioned> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Versioned { version: if i == card { 3 } else { 0 }, state: k.empty() })
+            .collect();
+        let order: Vec<usize> = (0..payments.len()).collect();
+        let ends = [5, 12];
+        let (verdicts, writes) = score_round(&r, &payments, &order, &key_of, &keys, states, &ends);
+
+        let mut engine = FraudEngine::new(r.config().clone()).expect("engine");
+        let want: Vec<Verdict> = payments.iter().map(|u| engine.score(&u.payment, u.ts)).collect();
+        assert_eq!(verdicts, want);
+        assert_eq!(verdicts.iter().filter(|v| v.reasons.contains(&Rule::Velocity)).count(), 7);
+
+        // Each transaction writes each key it touched once: the card in
+        // both, at the version the one before left it.
+        assert_eq!(writes.len(), 2);
+        assert_eq!(writes[0].len(), 1 + 2 * 5);
+        assert_eq!(writes[1].len(), 1 + 2 * 7);
+        let card_writes: Vec<(u64, usize)> =
+            writes.iter().flatten().filter(|(k, _, _)| *k == card).map(|(_, v, s)| (*v, s.len())).collect();
+        assert_eq!(card_writes, vec![(3, 5), (4, 6)], "(version read, entries after): capped at velocity_max_per_card + 1");
+    }
+
+    #[test]
+    fn transactions_hold_at_most_the_item_limit_counting_keys_and_rows_once() {
+        let payments: Vec<Unscored> =
+            (0..40).map(|i| unscored(&format!("p{i}"), &format!("c{i}"), "fp", &format!("d{}", i % 4), 2 * i)).collect();
+        let (_, key_of) = index(&payments);
+        let rows: Vec<WindowId> = payments.iter().map(|u| WindowId::of(&u.store, u.ts)).collect();
+        for max in [5, 10, 25, 100] {
+            let ends = pack(&key_of, &rows, max);
+            assert_eq!(ends.last(), Some(&40), "every payment is packed");
+            let mut start = 0;
+            for &end in &ends {
+                assert!(end > start);
+                let keys: HashSet<usize> = key_of[start..end].iter().flatten().copied().collect();
+                let row_set: HashSet<&WindowId> = rows[start..end].iter().collect();
+                let items = (end - start) + keys.len() + row_set.len();
+                assert!(items <= max, "{items} items with a limit of {max}");
+                // Full: the next payment would not have fit.
+                if end < 40 {
+                    let mut keys = keys;
+                    keys.extend(key_of[end]);
+                    let mut row_set = row_set;
+                    row_set.insert(&rows[end]);
+                    assert!(end - start + 1 + keys.len() + row_set.len() > max, "packed short at {end} with {max}");
+                }
+                start = end;
+            }
+        }
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_never_goes_back_a_version() {
+        let gauge = Gauge::default();
+        let c = FraudStateCache::new(3, Some(gauge.clone()));
+        let key = |i: usize| StateKey::Card(format!("fp{i}"));
+        let at = |v: u64| Versioned { version: v, state: key(0).empty() };
+        for i in 0..10 {
+            c.put(&key(i), at(1));
+        }
+        assert_eq!((c.len(), gauge.get()), (3, 3));
+        assert!(c.get(&key(9)).is_some() && c.get(&key(6)).is_none());
+        c.put(&key(9), at(5));
+        c.put(&key(9), at(4));
+        assert_eq!(c.get(&key(9)).map(|v| v.version), Some(5), "an older version does not replace a newer");
+        c.forget(&key(9));
+        assert_eq!((c.get(&key(9)), gauge.get()), (None, 2));
+        for i in 0..1000 {
+            c.put(&key(i % 5), at(i as u64 + 10));
+        }
+        assert!(c.lock().fifo.len() <= 2 * 3 + 64 + 1);
+    }
+
+    /// A sink whose every call is refused at once (nothing listens on
+    /// port 1), with no retries.
+    fn refusing_sink() -> DynamoDbSink {
+        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+        let conf = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"))
+            .endpoint_url("http://127.0.0.1:1")
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .build();
+        let config = crate::config::DynamoDbSinkConfig { max_retries: 0, ..Default::default() };
+        DynamoDbSink::new(aws_sdk_dynamodb::Client::from_conf(conf), config, Arc::new(crate::metrics::Metrics::new()))
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_or_write_gives_every_payment_back_and_caches_nothing() {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let pool = CpuPool::new(1, metrics).expect("pool");
+        let cache = FraudStateCache::new(100, None);
+        let r = Arc::new(rules());
+        let payments =
+            vec![unscored("p1", "c1", "fp", "d1", 0), unscored("p2", "c2", "fp", "d2", 1), unscored("p1", "c1", "fp", "d1", 0)];
+        let mut traffic = StateTraffic::default();
+        let (decided, outcomes) =
+            apply_payments(&refusing_sink(), payments.clone(), &r, &cache, &pool, "now", &mut traffic).await;
+        assert_eq!(outcomes, vec![WriteOutcome::Failed; 3]);
+        assert!(decided.iter().all(Option::is_none));
+        assert_eq!((traffic.reads, traffic.hits, traffic.writes), (5, 0, 0), "card, two customers, two devices");
+        // With every key cached, the write is what fails.
+        for k in payments.iter().flat_map(|u| keys_of(&u.payment)) {
+            cache.put(&k, Versioned { version: 1, state: k.empty() });
+        }
+        let mut traffic = StateTraffic::default();
+        let (_, outcomes) = apply_payments(&refusing_sink(), payments, &r, &cache, &pool, "now", &mut traffic).await;
+        assert_eq!(outcomes, vec![WriteOutcome::Failed; 3]);
+        assert_eq!((traffic.reads, traffic.hits, traffic.writes), (0, 5, 0));
+        assert!(
+            cache.get(&StateKey::Card("fp".into())).is_some_and(|v| v.version == 1 && v.state.is_empty()),
+            "not the unwritten state"
+        );
+    }
+}

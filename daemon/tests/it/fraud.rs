@@ -1,0 +1,227 @@
+//! Fraud decisions against the shared state (`[fraud] state = "dynamodb"`):
+//! the same payments, however they are spread over instances and restarts,
+//! fire the rules as often (issue 14).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::{Env, http_get};
+
+const SHARED: &str = "[fraud]\nstate = \"dynamodb\"\nwork_factor = 10\n";
+const IN_PROCESS: &str = "[fraud]\nstate = \"process\"\nwork_factor = 10\n";
+
+/// One payment: (message group = customer, body).
+#[allow(clippy::too_many_arguments)]
+fn pay(prefix: &str, id: &str, customer: &str, card: &str, device: &str, amount: u64, at: OffsetDateTime) -> (String, String) {
+    let body = json!({
+        "v": 1, "id": format!("{prefix}-e-{id}"), "type": "payment.requested",
+        "ts": at.format(&Rfc3339).expect("ts"), "store": "st1",
+        "data": {
+            "payment_id": format!("{prefix}-{id}"), "order_id": format!("o-{id}"), "customer_id": customer,
+            "amount_cents": amount, "currency": "USD",
+            "card": {"bin": "411111", "last4": "4242", "fingerprint": card},
+            "ip": "203.0.113.7", "device_id": device, "billing_country": "US"
+        }
+    })
+    .to_string();
+    (customer.to_owned(), body)
+}
+
+/// The issue's sequence in four waves: a card-testing burst (40 payments
+/// on one card from 40 customers, so 40 message groups, 2 s apart), a
+/// device fanning out over 8 cards (60 s apart), and a customer's amount
+/// spike (4 payments of 10.00, then 500.00, one group). By the rules'
+/// semantics (`pipeline/src/fraud/state.rs`), velocity fires on 35, device
+/// on 5 and amount on 1, whatever the arrival order.
+fn waves(prefix: &str) -> Vec<Vec<(String, String)>> {
+    let t0 = OffsetDateTime::now_utc() - time::Duration::minutes(20);
+    let at = |secs: i64| t0 + time::Duration::seconds(secs);
+    let mut waves = vec![Vec::new(); 4];
+    for i in 0..40 {
+        waves[i / 10].push(pay(
+            prefix,
+            &format!("burst-{i}"),
+            &format!("b{i}"),
+            "fp-burst",
+            &format!("dev-b{i}"),
+            900,
+            at(2 * i as i64),
+        ));
+    }
+    for i in 0..8 {
+        waves[i / 2].push(pay(
+            prefix,
+            &format!("fan-{i}"),
+            &format!("f{i}"),
+            &format!("fp-fan-{i}"),
+            "dev-fan",
+            900,
+            at(60 * i as i64),
+        ));
+    }
+    for i in 0..5 {
+        let amount = if i == 4 { 50_000 } else { 1_000 };
+        waves[i.min(3)].push(pay(prefix, &format!("spike-{i}"), "spiker", "fp-spike", "dev-spike", amount, at(100 + i as i64)));
+    }
+    waves
+}
+
+/// How often each rule fired, over every payment written.
+async fn fired(env: &Env) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    let mut start = None;
+    loop {
+        let page = env
+            .ddb
+            .scan()
+            .table_name(format!("{}-payments", env.prefix))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("scan payments");
+        for item in page.items() {
+            for r in item.get("reasons").and_then(|r| r.as_l().ok()).into_iter().flatten() {
+                if let Ok(r) = r.as_s() {
+                    *out.entry(r.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+        match page.last_evaluated_key {
+            Some(k) if !k.is_empty() => start = Some(k),
+            _ => return out,
+        }
+    }
+}
+
+/// Sends the waves, each once the one before is written; `between(wave)`
+/// runs before each wave after the first.
+async fn run(env: &mut Env, mut between: impl FnMut(&mut Env, usize)) -> HashMap<String, usize> {
+    let waves = waves(&env.prefix);
+    let mut sent = 0;
+    for (w, wave) in waves.iter().enumerate() {
+        if w > 0 {
+            between(env, w);
+        }
+        env.send(wave).await;
+        sent += wave.len();
+        let done = env.wait_for_payments(sent as i64, Duration::from_secs(90)).await;
+        assert_eq!(done.get("payments").copied(), Some(sent as i64), "wave {w}: {done:?}\n{}", env.log());
+    }
+    fired(env).await
+}
+
+fn expected() -> HashMap<String, usize> {
+    HashMap::from([("velocity".to_owned(), 35), ("device".to_owned(), 5), ("amount".to_owned(), 1)])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_state_fires_the_rules_as_often_on_one_instance_three_instances_and_across_a_restart() {
+    // One instance that never restarts.
+    let mut one = Env::new("fraud-one", SHARED).await;
+    one.start();
+    let got = run(&mut one, |_, _| {}).await;
+    assert_eq!(got, expected(), "one instance\n{}", one.log());
+    let metrics = http_get(&one.admin, "/metrics").await;
+    assert!(metrics.contains("cafe_fraud_state_writes_total"), "{metrics}");
+    assert!(!metrics.contains("cafe_fraud_state_writes_total 0\n"), "state was written: {metrics}");
+
+    // Three instances on the same queue and tables.
+    let mut three = Env::new("fraud-three", SHARED).await;
+    three.start();
+    three.start_worker("w2");
+    three.start_worker("w3");
+    let got = run(&mut three, |_, _| {}).await;
+    assert_eq!(got, expected(), "three instances\n{}", three.log());
+
+    // One instance, restarted after the second wave.
+    let mut restarted = Env::new("fraud-restart", SHARED).await;
+    restarted.start();
+    let got = run(&mut restarted, |env, wave| {
+        if wave == 2 {
+            let (status, _) = env.sigterm();
+            assert!(status.success(), "{status:?}\n{}", env.log());
+            env.start();
+        }
+    })
+    .await;
+    assert_eq!(got, expected(), "restarted\n{}", restarted.log());
+
+    // The history of the burst's card: bounded, and read back as written.
+    let item = restarted
+        .ddb
+        .get_item()
+        .table_name(format!("{}-fraud-state", restarted.prefix))
+        .key("key", AttributeValue::S("card#fp-burst".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get state")
+        .item
+        .expect("the card's state item");
+    let entries = item.get("entries").and_then(|e| e.as_l().ok()).map(Vec::len);
+    assert_eq!(entries, Some(6), "velocity_max_per_card + 1 entries: {item:?}");
+    assert!(item.get("expires_at").and_then(|e| e.as_n().ok()).is_some(), "{item:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_state_forgets_at_a_restart_which_is_what_the_shared_state_is_for() {
+    // The same run with the history in the process: the restart loses the
+    // first half's history, so the rules fire less. (This is the test above
+    // failing without the shared state.)
+    let mut env = Env::new("fraud-process", IN_PROCESS).await;
+    env.start();
+    let got = run(&mut env, |env, wave| {
+        if wave == 2 {
+            let (status, _) = env.sigterm();
+            assert!(status.success(), "{status:?}\n{}", env.log());
+            env.start();
+        }
+    })
+    .await;
+    assert_eq!(got.get("velocity"), Some(&30), "15 before the restart, 15 after: {got:?}");
+    assert_eq!(got.get("device"), Some(&2), "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivered_payment_keeps_its_decision_and_changes_no_state() {
+    let mut env = Env::new("fraud-redeliver", SHARED).await;
+    env.start();
+    let at = OffsetDateTime::now_utc() - time::Duration::minutes(5);
+    let first: Vec<_> =
+        (0..6).map(|i| pay(&env.prefix, &format!("p{i}"), &format!("c{i}"), "fp-r", &format!("d{i}"), 700, at)).collect();
+    env.send(&first).await;
+    env.wait_until_some_processed(6).await;
+    let state = |env: &Env| {
+        let (ddb, table) = (env.ddb.clone(), format!("{}-fraud-state", env.prefix));
+        async move {
+            ddb.get_item()
+                .table_name(table)
+                .key("key", AttributeValue::S("card#fp-r".into()))
+                .consistent_read(true)
+                .send()
+                .await
+                .expect("get state")
+                .item
+                .expect("state item")
+        }
+    };
+    let before = state(&env).await;
+    let p0 = format!("{}-p0", env.prefix);
+    let reasons_p0 = env.payment(&p0).await.and_then(|p| p.get("reasons").cloned());
+    assert!(reasons_p0.is_some());
+    // All six again (a producer's retry with new deduplication ids).
+    env.send(&first).await;
+    assert!(env.wait_queue_empty(Duration::from_secs(60)).await, "not drained\n{}", env.log());
+    assert_eq!(env.payment_count().await, 6);
+    assert_eq!(env.aggregates().await.get("payments"), Some(&6));
+    assert_eq!(state(&env).await, before, "a redelivery changes no state");
+    let again = env.payment(&p0).await.and_then(|p| p.get("reasons").cloned());
+    assert_eq!(again, reasons_p0, "the first decision stands");
+    let metrics = http_get(&env.admin, "/metrics").await;
+    assert!(metrics.contains("outcome=\"duplicate\"} 6"), "{metrics}");
+}
