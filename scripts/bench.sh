@@ -13,7 +13,9 @@
 #                  before (cold start to first decision), then a bare
 #                  consumer (receive, one transaction per batch, delete; no
 #                  processing) drains as many from a scratch queue as
-#                  they are sent (cold-start's own drain_vs_bare);
+#                  they are sent (cold-start's own drain_vs_bare); then
+#                  the same with the fraud history in the process instead
+#                  of the shared table (what the shared state costs);
 #        orders    a backlog of 3,000 orders drained by a bare GetRecords
 #                  reader, made by a bare DynamoDB writer, then by the daemon;
 #        menu      menu-sync, 10,000 items with images;
@@ -75,9 +77,10 @@ emulator_pids() { cat "$state/moto.pid" "$state/emulators.pid" 2>/dev/null; }
 emulators_cpu() { local t=0 p; for p in $(emulator_pids); do t=$((t + $(proc_cpu "$p"))); done; echo "$t"; }
 daemon_pid() { cat "$state/cafe-streamd.pid"; }
 
-# Fresh resources for a path: $1 is the id prefix.
+# Fresh resources for a path: $1 is the id prefix, $2 where the fraud
+# history lives (the default when absent).
 configure() {
-  local id=$1
+  local id=$1 fraud=${2:-}
   cat > "$out/$id.toml" <<TOML
 [sources.payments]
 queue = "$id-pay.fifo"
@@ -94,9 +97,11 @@ aggregates_table = "$id-aggregates"
 payments_table = "$id-payments"
 orders_table = "$id-orders"
 menu_table = "$id-menu"
+fraud_state_table = "$id-fraud-state"
 [rejected]
 queue = "$id-rejected"
 TOML
+  if [ -n "$fraud" ]; then printf '[fraud]\nstate = "%s"\n' "$fraud" >> "$out/$id.toml"; fi
   export CAFE_STREAMD_CONFIG=$out/$id.toml
   export CAFE_LOADGEN_PAYMENTS_QUEUE=$id-pay.fifo CAFE_LOADGEN_PAYMENTS_TABLE=$id-payments \
     CAFE_LOADGEN_AGGREGATES_TABLE=$id-aggregates CAFE_LOADGEN_ORDERS_STREAM=$id-orders \
@@ -147,6 +152,12 @@ configure "b$(date -u +%H%M%S)p"
 scripts/daemon.sh start 2> /dev/null
 CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
   measure payments "$loadgen" run cold-start --scale "$scale" --report-dir "$out/payments"
+
+echo "== 2a'. payments again, the fraud history in the process ([fraud] state = \"process\"): what the shared state costs"
+configure "b$(date -u +%H%M%S)q" process
+scripts/daemon.sh start 2> /dev/null
+CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
+  measure payments-process "$loadgen" run cold-start --scale "$scale" --report-dir "$out/payments-process"
 
 echo "== 2b. orders: backlog drained by a bare reader, written by a bare writer, then by the daemon"
 configure "b$(date -u +%H%M%S)o"

@@ -257,7 +257,48 @@ if backlog:
         f"peak {backlog['first_half_peak_mib']:.0f} MiB in the first half, {backlog['second_half_peak_mib']:.0f} in the "
         f"second (growth {backlog['growth']:.2f}).",
     ]
-for name in ["payments", "menu"]:
+def counter(path, family, label=""):
+    """The sum of a counter family's series (those whose labels hold `label`)
+    in the daemon's metrics at the end of a path's run."""
+    f = out / f"{path}.metrics"
+    if not f.exists():
+        return None
+    total = 0.0
+    for line in f.read_text().splitlines():
+        if line.startswith(family + "{") or line.startswith(family + " "):
+            if label in line:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+shared = [("shared (DynamoDB)", "payments", pay, pay_p)]
+if (out / "payments-process" / "summary.json").exists():
+    shared.append(("in process", "payments-process", load("payments-process/summary.json"), proc("payments-process")))
+if len(shared) == 2:
+    lines += [
+        "",
+        "Fraud history: cold-start with the history shared in DynamoDB (`[fraud] state = \"dynamodb\"`, the default) "
+        "and in the process, same run:",
+        "",
+        "| fraud history | drain (s) | payments/s | e2e p99 (ms) | CPU-s per 1,000 payments | DynamoDB requests per payment | state reads per batch | conflicts |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, path, summary, p in shared:
+        n = summary["sent"]
+        requests = counter(path, "cafe_sink_requests_total", 'sink="dynamodb"')
+        batches = counter(path, "cafe_fraud_state_batches_total")
+        reads = counter(path, "cafe_fraud_state_read_requests_total")
+        conflicts = counter(path, "cafe_fraud_state_conflicts_total")
+        per_batch = f"{reads / batches:.2f}" if batches else "-"
+        lines.append(
+            f"| {label} | {summary['daemon_drain_secs']:.1f} | {n / summary['daemon_drain_secs']:.0f} | {summary['e2e_p99_ms']:.0f} | "
+            f"{p['daemon_cpu_secs'] / n * 1000:.2f} | {requests / n:.3f} | {per_batch} | {conflicts:.0f} |"
+            if requests is not None
+            else f"| {label} | {summary['daemon_drain_secs']:.1f} | - | - | - | - | - | - |"
+        )
+for name in ["payments", "payments-process", "menu"]:
+    if not (out / f"{name}.proc").exists():
+        continue
     if load(f"{name}.proc").get("status", 0) != 0:
         summary = out / name / "summary.md"
         why = [line[2:] for line in summary.read_text().splitlines() if line.startswith("- ")] if summary.exists() else []
