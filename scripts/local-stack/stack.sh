@@ -9,7 +9,7 @@
 #   default port is below 32768, outside the range Linux hands out to outgoing
 #   connections, so a busy machine cannot be holding it when the stack starts)
 #
-# Usage: stack.sh start|status|stop|env|emulators-bin|selftest
+# Usage: stack.sh start|status|stop|env|where|emulators-bin|selftest
 #   start   install or build what is missing (venv, cafe-emulators, cluster),
 #           start what is not running, wait until each answers; idempotent.
 #           A port held by anything but this checkout's stack (another
@@ -17,6 +17,7 @@
 #   status  say what runs and whose it is; exit 1 unless all of it is ours
 #   stop    stop this checkout's servers
 #   env     print the environment that points the AWS SDK (and the AWS CLI) here
+#   where   print where this checkout's stack keeps its state and its cluster
 #   emulators-bin
 #           build cafe-emulators if this machine has not yet, print its path
 #   selftest
@@ -51,7 +52,13 @@ region=${AWS_REGION:-us-east-1}
 # /root (mode 700); then the cluster goes to a folder of its own in /var/tmp,
 # one per state folder, and its log is linked into $logs.
 pg_root=$state/pg
-if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$state/.." 2>/dev/null; then
+# The answer must not change once the state folder exists: before the first
+# start it (and maybe folders above it) does not, so the nearest folder that
+# does is asked (the ones this script creates are open to all, as root's
+# umask makes them).
+reach=$state
+while [ ! -e "$reach" ] && [ "$reach" != / ]; do reach=$(dirname "$reach"); done
+if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$reach" 2>/dev/null; then
   pg_root=/var/tmp/cafe-stream-pg-$(printf '%s' "$state" | md5sum | cut -c1-12)
 fi
 
@@ -265,6 +272,9 @@ export CAFE_PG_URL=postgres://postgres@127.0.0.1:$pg_port/cafe
 export CAFE_EMULATORS_BIN=$cache/emulators/$(emulators_key)/cafe-emulators
 EOF
     ;;
+  where)
+    printf 'state=%s\npg_root=%s\n' "$state" "$pg_root"
+    ;;
   emulators-bin)
     build_emulators
     ;;
@@ -273,7 +283,7 @@ EOF
     cd "$here" && exec "$state/venv/bin/python" -m unittest -v test_moto_launcher
     ;;
   *)
-    echo "usage: $0 start|status|stop|env|emulators-bin|selftest" >&2
+    echo "usage: $0 start|status|stop|env|where|emulators-bin|selftest" >&2
     exit 2
     ;;
 esac

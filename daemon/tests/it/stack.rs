@@ -209,6 +209,33 @@ fn moto_launcher_fixes_hold_step_by_step() {
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
+/// Where the stack keeps its PostgreSQL cluster is decided the same before
+/// the state folder exists (a fresh clone's first `start`) and after (every
+/// later `status`, `stop` and `start`). It was not: as root, the first
+/// start put the cluster in /var/tmp, and from then on the stack took its
+/// own PostgreSQL for another checkout's and refused to start.
+#[test]
+fn the_cluster_folder_is_the_same_before_and_after_the_state_folder_exists() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let scratch = std::env::temp_dir().join(format!("it-stack-where-{}", std::process::id()));
+    let state = scratch.join("a").join("state");
+    let where_ = || {
+        let out = std::process::Command::new(root.join("scripts/local-stack/stack.sh"))
+            .arg("where")
+            .env("CAFE_STACK_DIR", &state)
+            .output()
+            .expect("run stack.sh where");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = where_();
+    std::fs::create_dir_all(&state).expect("state folder");
+    let after = where_();
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(before.contains("pg_root="), "{before}");
+    assert_eq!(before, after);
+}
+
 /// A consumer that follows a Kinesis shard's tip reads every record put
 /// while it reads, as Kinesis makes a shard's records readable in sequence
 /// order. ferrokinesis numbered the records of concurrent PutRecords calls
