@@ -32,7 +32,7 @@ fn fraud(c: &mut Criterion) {
             || FraudEngine::new(FraudConfig { work_factor: 0, ..FraudConfig::default() }).expect("config"),
             |mut engine| {
                 for (p, ts) in &ps {
-                    black_box(engine.score(p, *ts));
+                    black_box(engine.score(p, *ts, *ts));
                 }
             },
             BatchSize::LargeInput,
@@ -87,7 +87,7 @@ fn fraud(c: &mut Criterion) {
             let refs: Vec<_> = payments.iter().map(|(p, _)| *p).collect();
             black_box(model_work_many(&refs, 10_000));
             for (p, ts) in payments {
-                black_box(engine.score(p, ts));
+                black_box(engine.score(p, ts, ts));
             }
         })
     });

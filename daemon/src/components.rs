@@ -183,6 +183,19 @@ mod tests {
     }
 
     #[test]
+    fn the_shared_fraud_state_brings_its_table_grant_and_transaction_floor() {
+        let mut c = Config::default();
+        let fields = |c: &Config| -> Vec<String> { list(c).iter().flat_map(|c| c.resources()).map(|r| r.field).collect() };
+        assert!(fields(&c).contains(&"sinks.dynamodb.fraud_state_table".to_owned()), "shared by default");
+        c.sinks.dynamodb.max_transaction_items = 4;
+        let problems: Vec<(String, String)> = list(&c).iter().flat_map(|c| c.problems()).collect();
+        assert!(problems.iter().any(|(f, _)| f == "sinks.dynamodb.max_transaction_items"), "{problems:?}");
+        c.fraud.state = pipeline::fraud::StateStore::Process;
+        assert!(!fields(&c).contains(&"sinks.dynamodb.fraud_state_table".to_owned()), "no table in process");
+        assert!(list(&c).iter().flat_map(|c| c.problems()).next().is_none(), "4 items are enough without it");
+    }
+
+    #[test]
     fn resources_are_named_by_their_fields_and_dead_letter_queues_come_first() {
         let c = Config::default();
         let all: Vec<Resource> = list(&c).iter().flat_map(|c| c.resources()).collect();

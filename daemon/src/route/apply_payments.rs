@@ -22,10 +22,11 @@ use std::sync::{Arc, Mutex};
 
 use pipeline::decided::DecidedPayment;
 use pipeline::event::PaymentRequested;
-use pipeline::fraud::state::{Keys, KeysMut};
+use pipeline::fraud::state::{CardState, CustomerState, DeviceState, Keys, KeysMut};
 use pipeline::fraud::{Rules, Verdict};
 use pipeline::window::WindowId;
 use prometheus_client::metrics::gauge::Gauge;
+use time::OffsetDateTime;
 use tracing::warn;
 
 use super::decide::{Unscored, decided_payment};
@@ -146,21 +147,64 @@ fn keys_of(p: &PaymentRequested) -> [StateKey; 3] {
     [StateKey::Card(p.card.fingerprint.clone()), StateKey::Customer(p.customer_id.clone()), StateKey::Device(p.device_id.clone())]
 }
 
+/// One state a transaction writes: (key, version read, version written,
+/// state after).
+type Write = (usize, u64, u64, AnyState);
+
 /// One round's scoring: the verdicts of the payments in order, and for
-/// each transaction the states it writes as (key, version read, state after).
-type Scored = (Vec<Verdict>, Vec<Vec<(usize, u64, AnyState)>>);
+/// each transaction the states it writes.
+type Scored = (Vec<Verdict>, Vec<Vec<Write>>);
+
+/// The clock of one scoring round.
+#[derive(Debug, Clone, Copy)]
+struct RoundClock {
+    /// Payments dated later count at this time ([`Rules::event_time`]).
+    now: OffsetDateTime,
+    /// The version a key's first item is written at: the clock in
+    /// milliseconds, never used again for the key once its item expires.
+    fresh: u64,
+}
+
+impl RoundClock {
+    fn now() -> Self {
+        let now = OffsetDateTime::now_utc();
+        RoundClock { now, fresh: u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(1).max(1) }
+    }
+}
+
+fn take_card(s: &mut AnyState) -> CardState {
+    match std::mem::replace(s, AnyState::Card(CardState::default())) {
+        AnyState::Card(c) => c,
+        _ => CardState::default(),
+    }
+}
+
+fn take_customer(s: &mut AnyState) -> CustomerState {
+    match std::mem::replace(s, AnyState::Customer(CustomerState::default())) {
+        AnyState::Customer(c) => c,
+        _ => CustomerState::default(),
+    }
+}
+
+fn take_device(s: &mut AnyState) -> DeviceState {
+    match std::mem::replace(s, AnyState::Device(DeviceState::default())) {
+        AnyState::Device(d) => d,
+        _ => DeviceState::default(),
+    }
+}
 
 /// Scores `order` (indices into `payments`) in order against `states`
-/// (indexed like `keys`), the payments' keys given by `key_of`; the
-/// transactions end after the positions in `ends`. Pure: runs on the pool.
+/// (indexed like `keys`, each of its key's kind), the payments' keys given
+/// by `key_of`; the transactions end after the positions in `ends`. One
+/// verdict per position, whatever the states. Pure: runs on the pool.
 fn score_round(
     rules: &Rules,
     payments: &[Unscored],
     order: &[usize],
     key_of: &[[usize; 3]],
-    keys: &[StateKey],
     mut states: Vec<Versioned>,
     ends: &[usize],
+    clock: RoundClock,
 ) -> Scored {
     let mut verdicts = Vec::with_capacity(order.len());
     let mut writes = Vec::with_capacity(ends.len());
@@ -168,18 +212,15 @@ fn score_round(
     let mut start = 0;
     for &end in ends {
         for (pos, &i) in order.iter().enumerate().take(end).skip(start) {
-            let (p, t) = (&payments[i].payment, payments[i].ts.unix_timestamp());
+            let (p, t) = (&payments[i].payment, Rules::event_time(payments[i].ts, clock.now));
             let [kc, ku, kd] = key_of[pos];
-            let mut card = std::mem::replace(&mut states[kc].state, keys[kc].empty());
-            let mut customer = std::mem::replace(&mut states[ku].state, keys[ku].empty());
-            let mut device = std::mem::replace(&mut states[kd].state, keys[kd].empty());
-            if let (AnyState::Card(c), AnyState::Customer(u), AnyState::Device(d)) = (&mut card, &mut customer, &mut device) {
-                verdicts.push(rules.verdict(p, t, Keys { card: c, customer: u, device: d }));
-                rules.record(p, t, KeysMut { card: c, customer: u, device: d });
-            }
-            states[kc].state = card;
-            states[ku].state = customer;
-            states[kd].state = device;
+            let (mut card, mut customer, mut device) =
+                (take_card(&mut states[kc].state), take_customer(&mut states[ku].state), take_device(&mut states[kd].state));
+            verdicts.push(rules.verdict(p, t, Keys { card: &card, customer: &customer, device: &device }));
+            rules.record(p, t, KeysMut { card: &mut card, customer: &mut customer, device: &mut device });
+            states[kc].state = AnyState::Card(card);
+            states[ku].state = AnyState::Customer(customer);
+            states[kd].state = AnyState::Device(device);
             for k in [kc, ku, kd] {
                 if !touched.contains(&k) {
                     touched.push(k);
@@ -188,8 +229,10 @@ fn score_round(
         }
         let mut txn = Vec::with_capacity(touched.len());
         for k in touched.drain(..) {
-            txn.push((k, states[k].version, states[k].state.clone()));
-            states[k].version += 1;
+            let read = states[k].version;
+            let next = if read == 0 { clock.fresh } else { read + 1 };
+            txn.push((k, read, next, states[k].state.clone()));
+            states[k].version = next;
         }
         writes.push(txn);
         start = end;
@@ -245,7 +288,15 @@ pub async fn apply_payments(
     let mut pending: Vec<usize> = copies.firsts.clone();
     let history_secs = rules.config().history_secs;
     let mut must_read: HashSet<StateKey> = HashSet::new();
-    for _ in 0..MAX_ROUNDS {
+    for round in 0..MAX_ROUNDS {
+        if round > 0 {
+            // Another writer moved a key: back off (jittered, so that
+            // instances racing for a hot key do not meet again at once),
+            // unless shutting down.
+            if !sink.pause_between_rounds(round - 1).await {
+                return (decided, copies_settled(&copies, outcomes));
+            }
+        }
         // The round's keys, each once, and each payment's three.
         let mut keys: Vec<StateKey> = Vec::new();
         let mut index: HashMap<StateKey, usize> = HashMap::new();
@@ -284,9 +335,10 @@ pub async fn apply_payments(
         let ends = pack(&key_of, &rows, sink.config.max_transaction_items);
 
         let job = {
-            let (rules, payments, order, key_of, keys, ends) =
-                (Arc::clone(rules), Arc::clone(&payments), pending.clone(), key_of.clone(), keys.clone(), ends.clone());
-            move || score_round(&rules, &payments, &order, &key_of, &keys, states, &ends)
+            let (rules, payments, order, key_of, ends) =
+                (Arc::clone(rules), Arc::clone(&payments), pending.clone(), key_of.clone(), ends.clone());
+            let clock = RoundClock::now();
+            move || score_round(&rules, &payments, &order, &key_of, states, &ends, clock)
         };
         let Ok((verdicts, writes)) = pool.run(job).await else {
             warn!(payments = pending.len(), "Scoring payments panicked; they go back to their source");
@@ -300,7 +352,7 @@ pub async fn apply_payments(
                 members.iter().map(|&pos| decided_payment(&payments[pending[pos]], &verdicts[pos], decided_at)).collect();
             let refs: Vec<&DecidedPayment> = scored.iter().collect();
             let state_writes: Vec<StateWrite<'_>> =
-                txn.iter().map(|(k, read, state)| StateWrite { key: &keys[*k], read: *read, state }).collect();
+                txn.iter().map(|(k, read, next, state)| StateWrite { key: &keys[*k], read: *read, next: *next, state }).collect();
             let mut attempt = 0;
             let result = loop {
                 match sink.write_scored(&refs, &state_writes, history_secs, &mut attempt).await {
@@ -311,8 +363,8 @@ pub async fn apply_payments(
             match result {
                 Attempt::Committed => {
                     traffic.writes += txn.len() as u64;
-                    for (k, read, state) in txn {
-                        cache.put(&keys[*k], Versioned { version: read + 1, state: state.clone() });
+                    for (k, _, next, state) in txn {
+                        cache.put(&keys[*k], Versioned { version: *next, state: state.clone() });
                     }
                     for (&pos, dp) in members.iter().zip(scored) {
                         outcomes[pending[pos]] = WriteOutcome::Written;
@@ -325,7 +377,7 @@ pub async fn apply_payments(
                         if let Some(&pos) = members.get(f) {
                             // Written before: its first decision stands.
                             outcomes[pending[pos]] = WriteOutcome::Duplicate;
-                        } else if let Some((k, _, _)) = txn.get(f - members.len()) {
+                        } else if let Some((k, _, _, _)) = txn.get(f - members.len()) {
                             moved = true;
                             must_read.insert(keys[*k].clone());
                             cache.forget(&keys[*k]);
@@ -431,10 +483,11 @@ mod tests {
             .collect();
         let order: Vec<usize> = (0..payments.len()).collect();
         let ends = [5, 12];
-        let (verdicts, writes) = score_round(&r, &payments, &order, &key_of, &keys, states, &ends);
+        let clock = RoundClock { now: OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("now"), fresh: 1_000 };
+        let (verdicts, writes) = score_round(&r, &payments, &order, &key_of, states, &ends, clock);
 
         let mut engine = FraudEngine::new(r.config().clone()).expect("engine");
-        let want: Vec<Verdict> = payments.iter().map(|u| engine.score(&u.payment, u.ts)).collect();
+        let want: Vec<Verdict> = payments.iter().map(|u| engine.score(&u.payment, u.ts, u.ts)).collect();
         assert_eq!(verdicts, want);
         assert_eq!(verdicts.iter().filter(|v| v.reasons.contains(&Rule::Velocity)).count(), 7);
 
@@ -443,9 +496,16 @@ mod tests {
         assert_eq!(writes.len(), 2);
         assert_eq!(writes[0].len(), 1 + 2 * 5);
         assert_eq!(writes[1].len(), 1 + 2 * 7);
-        let card_writes: Vec<(u64, usize)> =
-            writes.iter().flatten().filter(|(k, _, _)| *k == card).map(|(_, v, s)| (*v, s.len())).collect();
-        assert_eq!(card_writes, vec![(3, 5), (4, 6)], "(version read, entries after): capped at velocity_max_per_card + 1");
+        let card_writes: Vec<(u64, u64, usize)> =
+            writes.iter().flatten().filter(|(k, ..)| *k == card).map(|(_, read, next, s)| (*read, *next, s.len())).collect();
+        assert_eq!(
+            card_writes,
+            vec![(3, 4, 5), (4, 5, 6)],
+            "(version read, written, entries after): capped at velocity_max_per_card + 1"
+        );
+        // A key with no item is created at the round's fresh version, not 1:
+        // an expired item's versions are not used again.
+        assert!(writes.iter().flatten().filter(|(k, ..)| *k != card).all(|(_, read, next, _)| (*read, *next) == (0, 1_000)));
     }
 
     #[test]

@@ -142,7 +142,7 @@ pub fn decide_batch(inputs: &[Input], engine: Option<&Mutex<FraudEngine>>, work:
                     let u = Unscored { id: e.id, ts: e.ts, ts_raw: e.ts_raw, store: e.store, payment };
                     match engine.as_mut() {
                         Some(engine) => {
-                            let v = engine.score(&u.payment, u.ts);
+                            let v = engine.score(&u.payment, u.ts, clock.now);
                             Decided::Payment(decided_payment(&u, &v, decided_at))
                         }
                         None => Decided::Unscored(Box::new(u)),

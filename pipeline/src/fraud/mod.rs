@@ -177,11 +177,12 @@ impl FraudEngine {
         self.cards.len() + self.customers.len() + self.devices.len()
     }
 
-    /// Scores `p` at event time `ts` against the history so far, then records
-    /// it. A payment id scored before is scored again without being recorded
-    /// twice.
-    pub fn score(&mut self, p: &PaymentRequested, ts: OffsetDateTime) -> Verdict {
-        let t = ts.unix_timestamp();
+    /// Scores `p`, dated `ts` and decided at `now`, against the history so
+    /// far, then records it ([`Rules::event_time`]: a payment dated ahead
+    /// of `now` counts at `now`). A payment id scored before is scored
+    /// again without being recorded twice.
+    pub fn score(&mut self, p: &PaymentRequested, ts: OffsetDateTime, now: OffsetDateTime) -> Verdict {
+        let t = Rules::event_time(ts, now);
         let card = self.cards.entry(p.card.fingerprint.clone()).or_default();
         let customer = self.customers.entry(p.customer_id.clone()).or_default();
         let device = self.devices.entry(p.device_id.clone()).or_default();
@@ -248,6 +249,11 @@ mod tests {
         OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("ts")
     }
 
+    /// A deciding clock later than every payment here.
+    fn far() -> OffsetDateTime {
+        t0() + Duration::days(365)
+    }
+
     fn engine(f: impl FnOnce(&mut FraudConfig)) -> FraudEngine {
         let mut c = FraudConfig { work_factor: 0, ..FraudConfig::default() };
         f(&mut c);
@@ -257,7 +263,7 @@ mod tests {
     #[test]
     fn a_plain_payment_is_approved_with_no_reasons() {
         let mut e = engine(|_| {});
-        let v = e.score(&pay("p1", "c1", "fp1", "d1", 500), t0());
+        let v = e.score(&pay("p1", "c1", "fp1", "d1", 500), t0(), far());
         assert_eq!(v, Verdict { score: 0, decision: Decision::Approve, reasons: vec![] });
     }
 
@@ -265,13 +271,13 @@ mod tests {
     fn velocity_fires_past_the_limit_inside_the_window_only() {
         let mut e = engine(|c| c.velocity_max_per_card = 3);
         for i in 0..3 {
-            let v = e.score(&pay(&format!("p{i}"), &format!("c{i}"), "fp", &format!("d{i}"), 500), t0());
+            let v = e.score(&pay(&format!("p{i}"), &format!("c{i}"), "fp", &format!("d{i}"), 500), t0(), far());
             assert!(v.reasons.is_empty(), "payment {i}: {v:?}");
         }
-        let v = e.score(&pay("p3", "c3", "fp", "d3", 500), t0() + Duration::seconds(10));
+        let v = e.score(&pay("p3", "c3", "fp", "d3", 500), t0() + Duration::seconds(10), far());
         assert_eq!(v.reasons, vec![Rule::Velocity]);
         // Eleven minutes later the earlier ones are outside the 10-minute window.
-        let v = e.score(&pay("p4", "c4", "fp", "d4", 500), t0() + Duration::minutes(11));
+        let v = e.score(&pay("p4", "c4", "fp", "d4", 500), t0() + Duration::minutes(11), far());
         assert!(v.reasons.is_empty(), "{v:?}");
     }
 
@@ -279,10 +285,10 @@ mod tests {
     fn amount_fires_far_above_the_customers_mean() {
         let mut e = engine(|_| {});
         for i in 0..3 {
-            e.score(&pay(&format!("p{i}"), "c", &format!("fp{i}"), &format!("d{i}"), 1000), t0());
+            e.score(&pay(&format!("p{i}"), "c", &format!("fp{i}"), &format!("d{i}"), 1000), t0(), far());
         }
-        assert!(e.score(&pay("p3", "c", "fpx", "dx", 4900), t0()).reasons.is_empty());
-        assert_eq!(e.score(&pay("p4", "c", "fpy", "dy", 50_000), t0()).reasons, vec![Rule::Amount]);
+        assert!(e.score(&pay("p3", "c", "fpx", "dx", 4900), t0(), far()).reasons.is_empty());
+        assert_eq!(e.score(&pay("p4", "c", "fpy", "dy", 50_000), t0(), far()).reasons, vec![Rule::Amount]);
     }
 
     #[test]
@@ -295,16 +301,16 @@ mod tests {
             ];
         });
         // 198.51.100.7 is in the nested /28 (NL), billing US.
-        assert_eq!(e.score(&pay("p1", "c1", "f1", "d1", 100), t0()).reasons, vec![Rule::Geo]);
+        assert_eq!(e.score(&pay("p1", "c1", "f1", "d1", 100), t0(), far()).reasons, vec![Rule::Geo]);
         let mut p = pay("p2", "c2", "f2", "d2", 100);
         p.ip = "198.51.100.200".parse().expect("ip");
-        assert!(e.score(&p, t0()).reasons.is_empty());
+        assert!(e.score(&p, t0(), far()).reasons.is_empty());
         p = pay("p3", "c3", "f3", "d3", 100);
         p.ip = "2001:db8::1".parse().expect("ip");
-        assert_eq!(e.score(&p, t0()).reasons, vec![Rule::Geo]);
+        assert_eq!(e.score(&p, t0(), far()).reasons, vec![Rule::Geo]);
         p = pay("p4", "c4", "f4", "d4", 100);
         p.ip = "192.0.2.1".parse().expect("ip");
-        assert!(e.score(&p, t0()).reasons.is_empty(), "unknown ranges fire nothing");
+        assert!(e.score(&p, t0(), far()).reasons.is_empty(), "unknown ranges fire nothing");
     }
 
     #[test]
@@ -343,10 +349,10 @@ mod tests {
             c.risky_bins = vec!["411111".into()];
             c.device_max_cards = 2;
         });
-        let v = e.score(&pay("p1", "c1", "f1", "dev", 100), t0());
+        let v = e.score(&pay("p1", "c1", "f1", "dev", 100), t0(), far());
         assert_eq!((v.reasons.clone(), v.score, v.decision), (vec![Rule::Bin], 300, Decision::Review));
-        e.score(&pay("p2", "c2", "f2", "dev", 100), t0());
-        let v = e.score(&pay("p3", "c3", "f3", "dev", 100), t0());
+        e.score(&pay("p2", "c2", "f2", "dev", 100), t0(), far());
+        let v = e.score(&pay("p3", "c3", "f3", "dev", 100), t0(), far());
         assert_eq!(v.reasons, vec![Rule::Bin, Rule::Device]);
         assert_eq!((v.score, v.decision), (550, Decision::Review));
     }
@@ -358,7 +364,7 @@ mod tests {
             let mut out = Vec::new();
             for i in 0..6 {
                 let p = pay(&format!("p{}", i % 3), "c", "fp", "d", 100 + i);
-                out.push(e.score(&p, t0() + Duration::seconds(i as i64)));
+                out.push(e.score(&p, t0() + Duration::seconds(i as i64), far()));
             }
             out
         };
@@ -374,13 +380,13 @@ mod tests {
     fn history_stays_bounded_under_any_number_of_keys() {
         let mut e = engine(|c| c.max_tracked_keys = 100);
         for i in 0..10_000 {
-            e.score(&pay(&format!("p{i}"), &format!("c{i}"), &format!("f{i}"), &format!("d{i}"), 100), t0());
+            e.score(&pay(&format!("p{i}"), &format!("c{i}"), &format!("f{i}"), &format!("d{i}"), 100), t0(), far());
         }
         assert!(e.cards.len() <= 100 && e.customers.len() <= 100 && e.devices.len() <= 100);
         assert!(e.applied.len() <= 100);
         // Time bound: a day later, one payment sweeps all the old keys eventually.
         for i in 0..4096 {
-            e.score(&pay(&format!("q{i}"), "cq", "fq", "dq", 100), t0() + Duration::days(2));
+            e.score(&pay(&format!("q{i}"), "cq", "fq", "dq", 100), t0() + Duration::days(2), far());
         }
         assert!(e.tracked_keys() <= 3 + 3 * 100 * 9 / 10);
     }

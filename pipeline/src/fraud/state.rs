@@ -18,12 +18,21 @@
 //! `amount_history` recorded amounts by event time; a customer's payments
 //! share one FIFO message group, so they arrive in order.
 //!
+//! # Event time
+//! A payment is scored and recorded at its event time, or at the deciding
+//! clock's time if it is dated later (up to `pipeline.max_future_secs`
+//! ahead is accepted): otherwise payments dated an hour ahead would hold a
+//! key's newest places and a burst dated now would count nothing
+//! ([`Rules::event_time`]).
+//!
 //! # A key's state
 //! A key's state is a function of the set of payments recorded on it, not
 //! of the order they were recorded in, and recording one twice changes
 //! nothing ([`KeyState::record`]): entries sorted by (event time, payment
-//! id), one per payment (a device: one per card, its newest), the newest
-//! kept. A card keeps `velocity_max_per_card + 1` entries, a device
+//! digest), one per payment (a device: one per card, its newest), the
+//! newest kept. Payment ids and card fingerprints are kept as the first 16
+//! bytes of their SHA-256 ([`Digest`]), so an entry's size does not depend
+//! on how long the ids are. A card keeps `velocity_max_per_card + 1` entries, a device
 //! `device_max_cards + 1` cards, a customer `amount_history + 1` amounts
 //! (one more than a rule needs, so that a redelivered payment, which does
 //! not count itself, still sees enough), and none more than `history_secs`
@@ -33,27 +42,61 @@
 //! count fewer.
 
 use std::collections::HashSet;
+use std::fmt;
+
+use sha2::{Digest as _, Sha256};
+use time::OffsetDateTime;
 
 use super::config::{ConfigProblem, FraudConfig};
 use super::geo::GeoTable;
 use super::{Decision, Rule, Verdict};
 use crate::event::PaymentRequested;
 
+/// A payment id or a card fingerprint as a key keeps it: the first 16
+/// bytes of its SHA-256 (fixed size, whatever the input; two distinct ids
+/// on one key collide with a chance of about n² / 2¹²⁹).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest(pub u128);
+
+impl Digest {
+    /// The digest of `s`.
+    pub fn of(s: &str) -> Self {
+        let d = Sha256::digest(s.as_bytes());
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&d[..16]);
+        Digest(u128::from_be_bytes(first))
+    }
+
+    /// From its 32 lower-case hex digits.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return None;
+        }
+        u128::from_str_radix(s, 16).ok().map(Digest)
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
 /// One recorded payment, as a key keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry<V> {
-    /// Event time, Unix seconds.
+    /// Event time, Unix seconds ([`Rules::event_time`]).
     pub t: i64,
-    /// The payment's id.
-    pub payment_id: String,
+    /// The payment id's digest.
+    pub payment: Digest,
     /// What the key's rule needs: nothing for a card, the amount in cents
-    /// for a customer, the card fingerprint for a device.
+    /// for a customer, the card fingerprint's digest for a device.
     pub value: V,
 }
 
 impl<V> Entry<V> {
-    fn rank(&self) -> (i64, &str) {
-        (self.t, &self.payment_id)
+    fn rank(&self) -> (i64, Digest) {
+        (self.t, self.payment)
     }
 }
 
@@ -74,8 +117,8 @@ impl<V> Default for KeyState<V> {
 pub type CardState = KeyState<()>;
 /// A customer's state: amounts in cents.
 pub type CustomerState = KeyState<u64>;
-/// A device's state: card fingerprints, one entry per card.
-pub type DeviceState = KeyState<String>;
+/// A device's state: card fingerprints' digests, one entry per card.
+pub type DeviceState = KeyState<Digest>;
 
 impl<V: Clone + PartialEq> KeyState<V> {
     /// The entries, oldest first.
@@ -90,7 +133,8 @@ impl<V: Clone + PartialEq> KeyState<V> {
 
     /// Whether `payment_id` is among the entries.
     pub fn holds(&self, payment_id: &str) -> bool {
-        self.entries.iter().any(|e| e.payment_id == payment_id)
+        let d = Digest::of(payment_id);
+        self.entries.iter().any(|e| e.payment == d)
     }
 
     /// Records `entry`, then applies `bounds`: at most `cap` entries (the
@@ -123,10 +167,10 @@ impl<V: Clone + PartialEq> KeyState<V> {
 }
 
 fn same_payment<V>(a: &Entry<V>, b: &Entry<V>) -> bool {
-    a.payment_id == b.payment_id
+    a.payment == b.payment
 }
 
-fn same_card(a: &Entry<String>, b: &Entry<String>) -> bool {
+fn same_card(a: &Entry<Digest>, b: &Entry<Digest>) -> bool {
     a.value == b.value
 }
 
@@ -202,20 +246,28 @@ impl Rules {
         Bounds { cap: self.config.device_max_cards as usize + 1, history_secs: self.config.history_secs }
     }
 
-    /// The verdict on `p` at event time `t` (Unix seconds), against its
+    /// The time a payment dated `ts` is scored and recorded at, decided at
+    /// `now`: its event time, or `now` if that is earlier (see the module's
+    /// doc), in Unix seconds.
+    pub fn event_time(ts: OffsetDateTime, now: OffsetDateTime) -> i64 {
+        ts.min(now).unix_timestamp()
+    }
+
+    /// The verdict on `p` at time `t` ([`Rules::event_time`]), against its
     /// keys' states. Entries of `p` itself (a redelivery) do not count.
     pub fn verdict(&self, p: &PaymentRequested, t: i64, keys: Keys<'_>) -> Verdict {
         let c = &self.config;
         let mut reasons = Vec::new();
         let within = |x: i64, window: u32| x.abs_diff(t) < u64::from(window);
-        let others = |id: &str| id != p.payment_id;
+        let me = Digest::of(&p.payment_id);
+        let card = Digest::of(&p.card.fingerprint);
 
-        let on_card = keys.card.entries.iter().filter(|e| others(&e.payment_id) && within(e.t, c.velocity_window_secs)).count();
+        let on_card = keys.card.entries.iter().filter(|e| e.payment != me && within(e.t, c.velocity_window_secs)).count();
         if on_card as u64 + 1 > u64::from(c.velocity_max_per_card) {
             reasons.push(Rule::Velocity);
         }
 
-        let amounts: Vec<u64> = keys.customer.entries.iter().filter(|e| others(&e.payment_id)).map(|e| e.value).collect();
+        let amounts: Vec<u64> = keys.customer.entries.iter().filter(|e| e.payment != me).map(|e| e.value).collect();
         let recent = &amounts[amounts.len().saturating_sub(c.amount_history.max(1) as usize)..];
         if recent.len() as u64 >= u64::from(c.amount_min_history.max(1)) {
             let mean = recent.iter().map(|&a| a as f64).sum::<f64>() / recent.len() as f64;
@@ -234,8 +286,7 @@ impl Rules {
             reasons.push(Rule::Bin);
         }
 
-        let other_cards =
-            keys.device.entries.iter().filter(|e| e.value != p.card.fingerprint && within(e.t, c.device_window_secs)).count();
+        let other_cards = keys.device.entries.iter().filter(|e| e.value != card && within(e.t, c.device_window_secs)).count();
         if other_cards as u64 + 1 > u64::from(c.device_max_cards) {
             reasons.push(Rule::Device);
         }
@@ -265,13 +316,11 @@ impl Rules {
     /// Records `p` at event time `t` in its keys' states, within their
     /// bounds. Recording a payment twice changes nothing.
     pub fn record(&self, p: &PaymentRequested, t: i64, keys: KeysMut<'_>) {
-        let b = self.card_bounds();
-        keys.card.record(Entry { t, payment_id: p.payment_id.clone(), value: () }, b, same_payment);
-        let b = self.customer_bounds();
-        keys.customer.record(Entry { t, payment_id: p.payment_id.clone(), value: p.amount_cents }, b, same_payment);
-        let b = self.device_bounds();
-        let entry = Entry { t, payment_id: p.payment_id.clone(), value: p.card.fingerprint.clone() };
-        keys.device.record(entry, b, same_card);
+        let payment = Digest::of(&p.payment_id);
+        keys.card.record(Entry { t, payment, value: () }, self.card_bounds(), same_payment);
+        keys.customer.record(Entry { t, payment, value: p.amount_cents }, self.customer_bounds(), same_payment);
+        let entry = Entry { t, payment, value: Digest::of(&p.card.fingerprint) };
+        keys.device.record(entry, self.device_bounds(), same_card);
     }
 
     /// A card's state from stored entries in any order, with repeats or
@@ -286,7 +335,7 @@ impl Rules {
     }
 
     /// A device's state from stored entries (see [`Rules::card_state`]).
-    pub fn device_state(&self, entries: Vec<Entry<String>>) -> DeviceState {
+    pub fn device_state(&self, entries: Vec<Entry<Digest>>) -> DeviceState {
         KeyState::from_entries(entries, self.device_bounds(), same_card)
     }
 }
@@ -437,6 +486,7 @@ mod tests {
         r.record(&again, T0 + 4, s.keys_mut());
         assert_eq!(s, before);
         assert!(s.card.holds("p4") && !s.card.holds("p5"));
+        assert_eq!(s.card.entries().len(), 5);
     }
 
     #[test]
@@ -447,14 +497,52 @@ mod tests {
             r.record(&pay(&format!("p{i:03}"), "c", &format!("f{i}"), "d", 1), T0 + i, s.keys_mut());
         }
         assert_eq!(s.card.entries().len(), 6);
-        assert_eq!(s.card.entries()[0].payment_id, "p094");
+        assert_eq!(s.card.entries()[0].payment, Digest::of("p094"));
         assert_eq!(s.device.entries().len(), 4, "device_max_cards + 1 cards");
-        assert_eq!(s.device.entries()[0].value, "f96");
+        assert_eq!(s.device.entries()[0].value, Digest::of("f96"));
         // A day later the old entries are past history_secs.
         r.record(&pay("new", "c", "fnew", "d", 1), T0 + 99 + 86_400, s.keys_mut());
         assert_eq!(s.card.entries().len(), 1);
         assert_eq!(s.customer.entries().len(), 1);
         assert_eq!(s.device.entries().len(), 1);
+    }
+
+    #[test]
+    fn payments_dated_ahead_of_the_clock_do_not_hold_a_keys_places() {
+        // Six payments on a card dated an hour ahead (accepted: within
+        // max_future_secs), then a burst dated now: they count at the
+        // clock's time, so the burst fires as it would without them.
+        let r = rules();
+        let now = time::OffsetDateTime::from_unix_timestamp(T0).expect("now");
+        let ahead = now + time::Duration::hours(1);
+        let mut s = Three::default();
+        for i in 0..6 {
+            let p = pay(&format!("f{i}"), &format!("cf{i}"), "fp", &format!("df{i}"), 1);
+            r.record(&p, Rules::event_time(ahead, now), s.keys_mut());
+        }
+        let mut fired = 0;
+        for i in 0..10 {
+            let p = pay(&format!("b{i}"), &format!("cb{i}"), "fp", &format!("db{i}"), 1);
+            let t = Rules::event_time(now + time::Duration::seconds(i), now + time::Duration::seconds(i));
+            if r.verdict(&p, t, s.keys()).reasons.contains(&Rule::Velocity) {
+                fired += 1;
+            }
+            r.record(&p, t, s.keys_mut());
+        }
+        assert_eq!(fired, 10, "six recorded already: every one of the burst is past five");
+        assert_eq!(Rules::event_time(ahead, now), T0);
+        assert_eq!(Rules::event_time(now - time::Duration::seconds(5), now), T0 - 5);
+    }
+
+    #[test]
+    fn digests_are_fixed_size_and_read_back_from_their_text() {
+        let d = Digest::of(&"x".repeat(256));
+        assert_eq!(d.to_string().len(), 32);
+        assert_eq!(Digest::parse(&d.to_string()), Some(d));
+        assert_ne!(Digest::of("p1"), Digest::of("p2"));
+        for bad in ["", "0", &"g".repeat(32), &"A".repeat(32), &"0".repeat(33)] {
+            assert_eq!(Digest::parse(bad), None, "{bad:?}");
+        }
     }
 
     fn payment_strategy() -> impl Strategy<Value = Vec<(u8, u8, u8, u16, u32)>> {

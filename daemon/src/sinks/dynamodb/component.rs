@@ -25,7 +25,19 @@ impl Component for Sink<'_> {
     }
 
     fn problems(&self) -> Vec<(String, String)> {
-        self.config.problems()
+        let mut out = self.config.problems();
+        // A payment scored against the shared state is its put, its three
+        // keys' states and its aggregate row, in one transaction.
+        if self.fraud_state && self.config.max_transaction_items < 5 {
+            out.push((
+                "sinks.dynamodb.max_transaction_items".into(),
+                format!(
+                    "must be at least 5 with fraud.state = \"dynamodb\" (a payment and its four writes), got {}",
+                    self.config.max_transaction_items
+                ),
+            ));
+        }
+        out
     }
 
     fn resources(&self) -> Vec<Resource> {

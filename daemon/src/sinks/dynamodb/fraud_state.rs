@@ -10,13 +10,18 @@
 //! customer id, or `dev#` and the device id; a value over
 //! [`MAX_PLAIN_KEY`] bytes is replaced by `sha256:` and its hex digest,
 //! since DynamoDB refuses a partition key over 2,048 bytes and the contract
-//! bounds none of these strings. `ver` (N): the state's version, 1 on its
-//! first write and +1 on every write after. `expires_at` (N, the table's
-//! TTL attribute): the newest entry's event time plus `history_secs`, when
-//! every entry is past the history a rule keeps. `entries` (L of M), oldest
-//! first: `t` (N) event time in Unix seconds, `p` (S) the payment id, and
-//! `v` the customer's amount in cents (N) or the device's card fingerprint
-//! (S); a card's entries have no `v`.
+//! bounds none of these strings. `ver` (N): the state's version: the
+//! writer's clock in milliseconds on the item's first write, +1 on every
+//! write after, so a version is not used again for a key whose item
+//! expired and was created anew (a writer holding the old item's version
+//! must not overwrite the new one). `expires_at` (N, the table's TTL
+//! attribute): `history_secs` after the newest entry's event time or the
+//! write, whichever is later (an old event replayed from a backlog keeps
+//! its key's history as long as a new one). `entries` (L of M), oldest
+//! first: `t` (N) event time in Unix seconds, `p` (S) the payment id's
+//! digest (32 hex digits, `pipeline::fraud::state::Digest`), and `v` the
+//! customer's amount in cents (N) or the digest of the device's card
+//! fingerprint (S); a card's entries have no `v`.
 //!
 //! Protocol: a transaction holds conditional puts of payments
 //! (`attribute_not_exists(payment_id)`: a redelivery's put fails), then puts
@@ -33,9 +38,9 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem};
 use pipeline::decided::DecidedPayment;
 use pipeline::fraud::Rules;
-use pipeline::fraud::state::{CardState, CustomerState, DeviceState, Entry};
+use pipeline::fraud::state::{CardState, CustomerState, DeviceState, Digest, Entry};
 use pipeline::window::Deltas;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use tracing::warn;
 
 use super::payments::payment_item;
@@ -136,7 +141,7 @@ pub struct Versioned {
 fn entry_value<V>(e: &Entry<V>, v: Option<AttributeValue>) -> AttributeValue {
     let mut m = HashMap::with_capacity(3);
     m.insert("t".to_owned(), num(e.t));
-    m.insert("p".to_owned(), s(&e.payment_id));
+    m.insert("p".to_owned(), s(e.payment.to_string()));
     if let Some(v) = v {
         m.insert("v".to_owned(), v);
     }
@@ -147,7 +152,7 @@ fn entries_value(state: &AnyState) -> AttributeValue {
     AttributeValue::L(match state {
         AnyState::Card(st) => st.entries().iter().map(|e| entry_value(e, None)).collect(),
         AnyState::Customer(st) => st.entries().iter().map(|e| entry_value(e, Some(num(e.value)))).collect(),
-        AnyState::Device(st) => st.entries().iter().map(|e| entry_value(e, Some(s(&e.value)))).collect(),
+        AnyState::Device(st) => st.entries().iter().map(|e| entry_value(e, Some(s(e.value.to_string())))).collect(),
     })
 }
 
@@ -156,22 +161,22 @@ fn entries_value(state: &AnyState) -> AttributeValue {
 pub fn parse_state(key: &StateKey, item: &HashMap<String, AttributeValue>, rules: &Rules) -> Option<Versioned> {
     let version = item.get(STATE_VERSION)?.as_n().ok()?.parse::<u64>().ok()?;
     let raw = item.get("entries")?.as_l().ok()?;
-    let mut parsed: Vec<(i64, String, Option<&AttributeValue>)> = Vec::with_capacity(raw.len());
+    let mut parsed: Vec<(i64, Digest, Option<&AttributeValue>)> = Vec::with_capacity(raw.len());
     for e in raw {
         let m = e.as_m().ok()?;
         let t = m.get("t")?.as_n().ok()?.parse::<i64>().ok()?;
-        let p = m.get("p")?.as_s().ok()?.clone();
+        let p = Digest::parse(m.get("p")?.as_s().ok()?)?;
         parsed.push((t, p, m.get("v")));
     }
     let state = match key {
-        StateKey::Card(_) => AnyState::Card(
-            rules.card_state(parsed.into_iter().map(|(t, payment_id, _)| Entry { t, payment_id, value: () }).collect()),
-        ),
+        StateKey::Card(_) => {
+            AnyState::Card(rules.card_state(parsed.into_iter().map(|(t, payment, _)| Entry { t, payment, value: () }).collect()))
+        }
         StateKey::Customer(_) => AnyState::Customer(
             rules.customer_state(
                 parsed
                     .into_iter()
-                    .map(|(t, payment_id, v)| Some(Entry { t, payment_id, value: v?.as_n().ok()?.parse::<u64>().ok()? }))
+                    .map(|(t, payment, v)| Some(Entry { t, payment, value: v?.as_n().ok()?.parse::<u64>().ok()? }))
                     .collect::<Option<Vec<_>>>()?,
             ),
         ),
@@ -179,7 +184,7 @@ pub fn parse_state(key: &StateKey, item: &HashMap<String, AttributeValue>, rules
             rules.device_state(
                 parsed
                     .into_iter()
-                    .map(|(t, payment_id, v)| Some(Entry { t, payment_id, value: v?.as_s().ok()?.clone() }))
+                    .map(|(t, payment, v)| Some(Entry { t, payment, value: Digest::parse(v?.as_s().ok()?)? }))
                     .collect::<Option<Vec<_>>>()?,
             ),
         ),
@@ -187,15 +192,21 @@ pub fn parse_state(key: &StateKey, item: &HashMap<String, AttributeValue>, rules
     Some(Versioned { version, state })
 }
 
-/// The state item of `key` at `version` holding `state`.
-pub fn state_item(key: &StateKey, version: u64, state: &AnyState, history_secs: u32) -> HashMap<String, AttributeValue> {
+/// The state item of `key` at `version` holding `state`, written at `now`
+/// (Unix seconds).
+pub fn state_item(
+    key: &StateKey,
+    version: u64,
+    state: &AnyState,
+    history_secs: u32,
+    now: i64,
+) -> HashMap<String, AttributeValue> {
     let mut item = HashMap::with_capacity(4);
     item.insert(STATE_KEY.to_owned(), s(key.item_key()));
     item.insert(STATE_VERSION.to_owned(), num(version));
     item.insert("entries".to_owned(), entries_value(state));
-    if let Some(newest) = state.newest() {
-        item.insert(STATE_EXPIRES.to_owned(), num(newest.saturating_add(i64::from(history_secs))));
-    }
+    let last = state.newest().unwrap_or(now).max(now);
+    item.insert(STATE_EXPIRES.to_owned(), num(last.saturating_add(i64::from(history_secs))));
     item
 }
 
@@ -205,8 +216,10 @@ pub fn state_item(key: &StateKey, version: u64, state: &AnyState, history_secs: 
 pub struct StateWrite<'a> {
     /// Which key.
     pub key: &'a StateKey,
-    /// The version read (0: no item).
+    /// The version read (0: no item, or an item without a version).
     pub read: u64,
+    /// The version it is written at.
+    pub next: u64,
     /// Its state after the payments.
     pub state: &'a AnyState,
 }
@@ -334,6 +347,7 @@ impl DynamoDbSink {
     ) -> Attempt {
         let mut items = Vec::with_capacity(payments.len() + states.len() + 4);
         let mut deltas = Deltas::new();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
         for p in payments {
             deltas.entry(p.window.clone()).or_default().add(&p.counters);
             let put = Put::builder()
@@ -347,15 +361,11 @@ impl DynamoDbSink {
             }
         }
         for w in states {
-            let put = Put::builder().table_name(&self.config.fraud_state_table).set_item(Some(state_item(
-                w.key,
-                w.read + 1,
-                w.state,
-                history_secs,
-            )));
+            let item = state_item(w.key, w.next, w.state, history_secs, now);
+            let put = Put::builder().table_name(&self.config.fraud_state_table).set_item(Some(item));
             // (AWS refuses a name or value the expression does not use.)
             let put = if w.read == 0 {
-                put.condition_expression("attribute_not_exists(#k)").expression_attribute_names("#k", STATE_KEY)
+                put.condition_expression("attribute_not_exists(#v)").expression_attribute_names("#v", STATE_VERSION)
             } else {
                 put.condition_expression("#v = :v")
                     .expression_attribute_names("#v", STATE_VERSION)
@@ -393,18 +403,24 @@ mod tests {
     #[test]
     fn a_state_reads_back_as_it_was_written() {
         let r = rules();
-        let card = r.card_state((0..3).map(|i| Entry { t: 100 + i, payment_id: format!("p{i}"), value: () }).collect());
-        let customer =
-            r.customer_state((0..3).map(|i| Entry { t: 100 + i, payment_id: format!("p{i}"), value: 10 * i as u64 }).collect());
-        let device =
-            r.device_state((0..3).map(|i| Entry { t: 100 + i, payment_id: format!("p{i}"), value: format!("fp{i}") }).collect());
+        let card = r.card_state((0..3).map(|i| Entry { t: 100 + i, payment: Digest::of(&format!("p{i}")), value: () }).collect());
+        let customer = r.customer_state(
+            (0..3).map(|i| Entry { t: 100 + i, payment: Digest::of(&format!("p{i}")), value: 10 * i as u64 }).collect(),
+        );
+        let device = r.device_state(
+            (0..3)
+                .map(|i| Entry { t: 100 + i, payment: Digest::of(&format!("p{i}")), value: Digest::of(&format!("fp{i}")) })
+                .collect(),
+        );
         for (key, state) in [
             (StateKey::Card("fp".into()), AnyState::Card(card)),
             (StateKey::Customer("c".into()), AnyState::Customer(customer)),
             (StateKey::Device("d".into()), AnyState::Device(device)),
         ] {
-            let item = state_item(&key, 7, &state, 86_400);
-            assert_eq!(item.get(STATE_EXPIRES), Some(&num(102 + 86_400)));
+            let item = state_item(&key, 7, &state, 86_400, 50);
+            assert_eq!(item.get(STATE_EXPIRES), Some(&num(102 + 86_400)), "from the newest entry");
+            let late = state_item(&key, 7, &state, 86_400, 1_000);
+            assert_eq!(late.get(STATE_EXPIRES), Some(&num(1_000 + 86_400)), "from the write, when later");
             assert_eq!(parse_state(&key, &item, &r), Some(Versioned { version: 7, state }), "{key:?}");
         }
     }
@@ -413,9 +429,9 @@ mod tests {
     fn an_item_of_another_shape_is_not_read_as_a_state() {
         let r = rules();
         let key = StateKey::Customer("c".into());
-        let mut item = state_item(&key, 2, &key.empty(), 60);
+        let mut item = state_item(&key, 2, &key.empty(), 60, 0);
         assert!(parse_state(&key, &item, &r).is_some());
-        let bad = AttributeValue::L(vec![entry_value(&Entry { t: 1, payment_id: "p".into(), value: () }, Some(s("ten")))]);
+        let bad = AttributeValue::L(vec![entry_value(&Entry { t: 1, payment: Digest::of("p"), value: () }, Some(s("ten")))]);
         item.insert("entries".into(), bad);
         assert_eq!(parse_state(&key, &item, &r), None, "an amount that is not a number");
         item.remove("entries");

@@ -187,6 +187,19 @@ impl DynamoDbSink {
         true
     }
 
+    /// Sleeps the backoff before scoring round `round + 1` of a batch whose
+    /// fraud state moved under it (the budget is the caller's rounds);
+    /// false, at once, when shutting down past the point of retrying.
+    pub(crate) async fn pause_between_rounds(&self, round: u32) -> bool {
+        if self.stop_retrying.is_cancelled() {
+            return false;
+        }
+        tokio::select! {
+            () = self.stop_retrying.cancelled() => false,
+            () = tokio::time::sleep(self.backoff().delay(round)) => true,
+        }
+    }
+
     /// True when a failed request cannot succeed on a retry (the failure is
     /// counted and logged, and the messages are given back).
     pub(crate) fn is_fatal<E>(
