@@ -502,6 +502,7 @@ fn fail(mut fates: Vec<Fate>, groups: &[(String, Vec<usize>)], which: &[usize]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::dynamodb::refusing_sink;
 
     #[test]
     fn the_cache_is_bounded_and_forgets_oldest_first() {
@@ -550,21 +551,6 @@ mod tests {
         let body = body.replace("ORDER", order);
         let json = format!(r#"{{"v":1,"id":"{id}","ts":"2026-11-22T08:15:30Z","store":"s1","type":{body}}}"#);
         pipeline::decode(json.as_bytes()).expect("valid event")
-    }
-
-    /// A sink whose every call is refused at once (nothing listens on
-    /// port 1), with no retries.
-    fn refusing_sink() -> DynamoDbSink {
-        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-        let conf = aws_sdk_dynamodb::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"))
-            .endpoint_url("http://127.0.0.1:1")
-            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
-            .build();
-        let config = crate::config::DynamoDbSinkConfig { max_retries: 0, ..Default::default() };
-        DynamoDbSink::new(aws_sdk_dynamodb::Client::from_conf(conf), config, Arc::new(crate::metrics::Metrics::new()))
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
 use pipeline::decided::DecidedPayment;
 use pipeline::event::PaymentRequested;
 use pipeline::fraud::state::{CardState, CustomerState, DeviceState, Keys, KeysMut};
@@ -278,6 +279,7 @@ pub async fn apply_payments(
     cache: &FraudStateCache,
     pool: &CpuPool,
     decided_at: &str,
+    concurrency: usize,
     traffic: &mut StateTraffic,
 ) -> (Vec<Option<DecidedPayment>>, Vec<WriteOutcome>) {
     let n = payments.len();
@@ -344,59 +346,102 @@ pub async fn apply_payments(
             warn!(payments = pending.len(), "Scoring payments panicked; they go back to their source");
             return (decided, copies_settled(&copies, outcomes));
         };
-        let mut again: Vec<usize> = Vec::new();
-        let mut start = 0;
-        for (&end, txn) in ends.iter().zip(&writes) {
-            let members: Vec<usize> = (start..end).collect();
-            let scored: Vec<DecidedPayment> =
-                members.iter().map(|&pos| decided_payment(&payments[pending[pos]], &verdicts[pos], decided_at)).collect();
-            let refs: Vec<&DecidedPayment> = scored.iter().collect();
-            let state_writes: Vec<StateWrite<'_>> =
-                txn.iter().map(|(k, read, next, state)| StateWrite { key: &keys[*k], read: *read, next: *next, state }).collect();
-            let mut attempt = 0;
-            let result = loop {
-                match sink.write_scored(&refs, &state_writes, history_secs, &mut attempt).await {
-                    Attempt::Again => continue,
-                    other => break other,
-                }
-            };
-            match result {
-                Attempt::Committed => {
-                    traffic.writes += txn.len() as u64;
-                    for (k, _, next, state) in txn {
-                        cache.put(&keys[*k], Versioned { version: *next, state: state.clone() });
+        // Transactions go out together, each once every earlier one it
+        // shares a key with has committed (its scoring assumed their
+        // states): independent ones need one round trip between them.
+        let spans: Vec<(usize, usize)> = ends.iter().scan(0, |start, &end| Some((std::mem::replace(start, end), end))).collect();
+        let after = depends(&spans, &key_of);
+        let mut fate: Vec<TxnFate> = vec![TxnFate::Waiting; spans.len()];
+        let mut given_up = false;
+        loop {
+            let ready: Vec<usize> = (0..spans.len())
+                .filter(|&t| fate[t] == TxnFate::Waiting && after[t].iter().all(|&d| fate[d] == TxnFate::Committed))
+                .collect();
+            if ready.is_empty() || given_up {
+                break;
+            }
+            // (Collected first: a stream over the closure's futures is not
+            // `Send` for every lifetime, as a spawned task needs.)
+            let sends: Vec<_> = ready
+                .iter()
+                .map(|&t| {
+                    let (start, end) = spans[t];
+                    let scored: Vec<DecidedPayment> =
+                        (start..end).map(|pos| decided_payment(&payments[pending[pos]], &verdicts[pos], decided_at)).collect();
+                    let txn = &writes[t];
+                    let keys = &keys;
+                    async move {
+                        let refs: Vec<&DecidedPayment> = scored.iter().collect();
+                        let state_writes: Vec<StateWrite<'_>> = txn
+                            .iter()
+                            .map(|(k, read, next, state)| StateWrite { key: &keys[*k], read: *read, next: *next, state })
+                            .collect();
+                        let mut attempt = 0;
+                        let result = loop {
+                            match sink.write_scored(&refs, &state_writes, history_secs, &mut attempt).await {
+                                Attempt::Again => continue,
+                                other => break other,
+                            }
+                        };
+                        (t, scored, result)
                     }
-                    for (&pos, dp) in members.iter().zip(scored) {
-                        outcomes[pending[pos]] = WriteOutcome::Written;
-                        decided[pending[pos]] = Some(dp);
-                    }
-                }
-                Attempt::Conditions(failed) => {
-                    let mut moved = false;
-                    for f in failed {
-                        if let Some(&pos) = members.get(f) {
-                            // Written before: its first decision stands.
-                            outcomes[pending[pos]] = WriteOutcome::Duplicate;
-                        } else if let Some((k, _, _, _)) = txn.get(f - members.len()) {
-                            moved = true;
-                            must_read.insert(keys[*k].clone());
-                            cache.forget(&keys[*k]);
+                })
+                .collect();
+            let results: Vec<(usize, Vec<DecidedPayment>, Attempt)> =
+                futures::stream::iter(sends).buffer_unordered(concurrency.max(1)).collect().await;
+            for (t, scored, result) in results {
+                let (start, end) = spans[t];
+                let txn = &writes[t];
+                match result {
+                    Attempt::Committed => {
+                        fate[t] = TxnFate::Committed;
+                        traffic.writes += txn.len() as u64;
+                        for (k, _, next, state) in txn {
+                            cache.put(&keys[*k], Versioned { version: *next, state: state.clone() });
+                        }
+                        for (pos, dp) in (start..end).zip(scored) {
+                            outcomes[pending[pos]] = WriteOutcome::Written;
+                            decided[pending[pos]] = Some(dp);
                         }
                     }
-                    if moved {
-                        traffic.conflicts += 1;
+                    Attempt::Conditions(failed) => {
+                        fate[t] = TxnFate::Again;
+                        let members = end - start;
+                        let mut moved = false;
+                        for f in failed {
+                            if f < members {
+                                // Written before: its first decision stands.
+                                outcomes[pending[start + f]] = WriteOutcome::Duplicate;
+                            } else if let Some((k, ..)) = txn.get(f - members) {
+                                moved = true;
+                                must_read.insert(keys[*k].clone());
+                                cache.forget(&keys[*k]);
+                            }
+                        }
+                        if moved {
+                            traffic.conflicts += 1;
+                        }
                     }
-                    // This transaction's others and every later one were
-                    // scored against states that did not land: again.
-                    again.extend(
-                        (start..pending.len()).map(|pos| pending[pos]).filter(|&i| outcomes[i] != WriteOutcome::Duplicate),
-                    );
-                    break;
+                    Attempt::GiveUp | Attempt::Again => {
+                        fate[t] = TxnFate::GaveUp;
+                        given_up = true;
+                    }
                 }
-                Attempt::GiveUp | Attempt::Again => return (decided, copies_settled(&copies, outcomes)),
             }
-            start = end;
         }
+        if given_up {
+            // Counted and logged by the sink: what did not commit goes back.
+            return (decided, copies_settled(&copies, outcomes));
+        }
+        // A transaction that did not land, and every one that waited on it,
+        // were scored against states that did not land: again.
+        let again: Vec<usize> = spans
+            .iter()
+            .zip(&fate)
+            .filter(|(_, f)| **f != TxnFate::Committed)
+            .flat_map(|(&(start, end), _)| (start..end).map(|pos| pending[pos]))
+            .filter(|&i| outcomes[i] != WriteOutcome::Duplicate)
+            .collect();
         if again.is_empty() {
             return (decided, copies_settled(&copies, outcomes));
         }
@@ -410,6 +455,36 @@ pub async fn apply_payments(
     (decided, copies_settled(&copies, outcomes))
 }
 
+/// Where one transaction of a round stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxnFate {
+    /// Not sent: an earlier one it shares a key with has not committed.
+    Waiting,
+    /// Durable.
+    Committed,
+    /// Cancelled by a condition: scored again next round.
+    Again,
+    /// Failed for good: the batch's unwritten payments go back.
+    GaveUp,
+}
+
+/// For each transaction (its payments' positions `spans`, their keys
+/// `key_of`), the earlier ones it shares a key with.
+fn depends(spans: &[(usize, usize)], key_of: &[[usize; 3]]) -> Vec<Vec<usize>> {
+    let mut last: HashMap<usize, usize> = HashMap::new();
+    let mut out = Vec::with_capacity(spans.len());
+    for (t, &(start, end)) in spans.iter().enumerate() {
+        let mut on: Vec<usize> = key_of[start..end].iter().flatten().filter_map(|k| last.get(k).copied()).collect();
+        on.sort_unstable();
+        on.dedup();
+        for k in key_of[start..end].iter().flatten() {
+            last.insert(*k, t);
+        }
+        out.push(on);
+    }
+    out
+}
+
 /// The outcomes with each in-batch copy of a payment settled by its first.
 fn copies_settled(copies: &Copies, mut outcomes: Vec<WriteOutcome>) -> Vec<WriteOutcome> {
     copies.settle(&mut outcomes);
@@ -418,6 +493,7 @@ fn copies_settled(copies: &Copies, mut outcomes: Vec<WriteOutcome>) -> Vec<Write
 
 #[cfg(test)]
 mod tests {
+    use crate::sinks::dynamodb::refusing_sink;
     use pipeline::event::Card;
     use pipeline::fraud::{FraudConfig, FraudEngine, Rule};
     use time::OffsetDateTime;
@@ -538,6 +614,19 @@ mod tests {
     }
 
     #[test]
+    fn a_transaction_waits_only_for_the_earlier_ones_it_shares_a_key_with() {
+        // Keys by payment: 0 and 1 share key 1; 2 is alone; 3 shares key 5
+        // with 2 and key 0 with 0.
+        let key_of = [[0, 1, 2], [1, 3, 4], [5, 6, 7], [0, 5, 8]];
+        let spans = [(0, 1), (1, 2), (2, 3), (3, 4)];
+        assert_eq!(depends(&spans, &key_of), vec![vec![], vec![0], vec![], vec![0, 2]]);
+        // Within one transaction a shared key is no dependency; across, the
+        // latest earlier holder of each key is.
+        let spans = [(0, 2), (2, 4)];
+        assert_eq!(depends(&spans, &key_of), vec![vec![], vec![0]]);
+    }
+
+    #[test]
     fn the_cache_is_bounded_and_never_goes_back_a_version() {
         let gauge = Gauge::default();
         let c = FraudStateCache::new(3, Some(gauge.clone()));
@@ -559,21 +648,6 @@ mod tests {
         assert!(c.lock().fifo.len() <= 2 * 3 + 64 + 1);
     }
 
-    /// A sink whose every call is refused at once (nothing listens on
-    /// port 1), with no retries.
-    fn refusing_sink() -> DynamoDbSink {
-        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-        let conf = aws_sdk_dynamodb::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"))
-            .endpoint_url("http://127.0.0.1:1")
-            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
-            .build();
-        let config = crate::config::DynamoDbSinkConfig { max_retries: 0, ..Default::default() };
-        DynamoDbSink::new(aws_sdk_dynamodb::Client::from_conf(conf), config, Arc::new(crate::metrics::Metrics::new()))
-    }
-
     #[tokio::test]
     async fn a_failed_read_or_write_gives_every_payment_back_and_caches_nothing() {
         let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -584,7 +658,7 @@ mod tests {
             vec![unscored("p1", "c1", "fp", "d1", 0), unscored("p2", "c2", "fp", "d2", 1), unscored("p1", "c1", "fp", "d1", 0)];
         let mut traffic = StateTraffic::default();
         let (decided, outcomes) =
-            apply_payments(&refusing_sink(), payments.clone(), &r, &cache, &pool, "now", &mut traffic).await;
+            apply_payments(&refusing_sink(), payments.clone(), &r, &cache, &pool, "now", 4, &mut traffic).await;
         assert_eq!(outcomes, vec![WriteOutcome::Failed; 3]);
         assert!(decided.iter().all(Option::is_none));
         assert_eq!((traffic.reads, traffic.hits, traffic.writes), (5, 0, 0), "card, two customers, two devices");
@@ -593,7 +667,7 @@ mod tests {
             cache.put(&k, Versioned { version: 1, state: k.empty() });
         }
         let mut traffic = StateTraffic::default();
-        let (_, outcomes) = apply_payments(&refusing_sink(), payments, &r, &cache, &pool, "now", &mut traffic).await;
+        let (_, outcomes) = apply_payments(&refusing_sink(), payments, &r, &cache, &pool, "now", 4, &mut traffic).await;
         assert_eq!(outcomes, vec![WriteOutcome::Failed; 3]);
         assert_eq!((traffic.reads, traffic.hits, traffic.writes), (0, 5, 0));
         assert!(

@@ -115,6 +115,29 @@ async fn run(env: &mut Env, mut between: impl FnMut(&mut Env, usize)) -> HashMap
     fired(env).await
 }
 
+/// Between waves: a SIGTERM and a start before the third.
+fn restart_before_the_third_wave(env: &mut Env, wave: usize) {
+    if wave == 2 {
+        let (status, _) = env.sigterm();
+        assert!(status.success(), "{status:?}\n{}", env.log());
+        env.start();
+    }
+}
+
+/// A key's state item, read consistently.
+async fn state_item(env: &Env, key: &str) -> HashMap<String, AttributeValue> {
+    env.ddb
+        .get_item()
+        .table_name(format!("{}-fraud-state", env.prefix))
+        .key("key", AttributeValue::S(key.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get state")
+        .item
+        .unwrap_or_else(|| panic!("no state item for {key}"))
+}
+
 fn expected() -> HashMap<String, usize> {
     HashMap::from([("velocity".to_owned(), 35), ("device".to_owned(), 5), ("amount".to_owned(), 1)])
 }
@@ -141,28 +164,11 @@ async fn shared_state_fires_the_rules_as_often_on_one_instance_three_instances_a
     // One instance, restarted after the second wave.
     let mut restarted = Env::new("fraud-restart", SHARED).await;
     restarted.start();
-    let got = run(&mut restarted, |env, wave| {
-        if wave == 2 {
-            let (status, _) = env.sigterm();
-            assert!(status.success(), "{status:?}\n{}", env.log());
-            env.start();
-        }
-    })
-    .await;
+    let got = run(&mut restarted, restart_before_the_third_wave).await;
     assert_eq!(got, expected(), "restarted\n{}", restarted.log());
 
     // The history of the burst's card: bounded, and read back as written.
-    let item = restarted
-        .ddb
-        .get_item()
-        .table_name(format!("{}-fraud-state", restarted.prefix))
-        .key("key", AttributeValue::S("card#fp-burst".into()))
-        .consistent_read(true)
-        .send()
-        .await
-        .expect("get state")
-        .item
-        .expect("the card's state item");
+    let item = state_item(&restarted, "card#fp-burst").await;
     let entries = item.get("entries").and_then(|e| e.as_l().ok()).map(Vec::len);
     assert_eq!(entries, Some(6), "velocity_max_per_card + 1 entries: {item:?}");
     assert!(item.get("expires_at").and_then(|e| e.as_n().ok()).is_some(), "{item:?}");
@@ -175,14 +181,7 @@ async fn in_process_state_forgets_at_a_restart_which_is_what_the_shared_state_is
     // failing without the shared state.)
     let mut env = Env::new("fraud-process", IN_PROCESS).await;
     env.start();
-    let got = run(&mut env, |env, wave| {
-        if wave == 2 {
-            let (status, _) = env.sigterm();
-            assert!(status.success(), "{status:?}\n{}", env.log());
-            env.start();
-        }
-    })
-    .await;
+    let got = run(&mut env, restart_before_the_third_wave).await;
     assert_eq!(got.get("velocity"), Some(&30), "15 before the restart, 15 after: {got:?}");
     assert_eq!(got.get("device"), Some(&2), "{got:?}");
 }
@@ -196,21 +195,7 @@ async fn a_redelivered_payment_keeps_its_decision_and_changes_no_state() {
         (0..6).map(|i| pay(&env.prefix, &format!("p{i}"), &format!("c{i}"), "fp-r", &format!("d{i}"), 700, at)).collect();
     env.send(&first).await;
     env.wait_until_some_processed(6).await;
-    let state = |env: &Env| {
-        let (ddb, table) = (env.ddb.clone(), format!("{}-fraud-state", env.prefix));
-        async move {
-            ddb.get_item()
-                .table_name(table)
-                .key("key", AttributeValue::S("card#fp-r".into()))
-                .consistent_read(true)
-                .send()
-                .await
-                .expect("get state")
-                .item
-                .expect("state item")
-        }
-    };
-    let before = state(&env).await;
+    let before = state_item(&env, "card#fp-r").await;
     let p0 = format!("{}-p0", env.prefix);
     let reasons_p0 = env.payment(&p0).await.and_then(|p| p.get("reasons").cloned());
     assert!(reasons_p0.is_some());
@@ -219,7 +204,7 @@ async fn a_redelivered_payment_keeps_its_decision_and_changes_no_state() {
     assert!(env.wait_queue_empty(Duration::from_secs(60)).await, "not drained\n{}", env.log());
     assert_eq!(env.payment_count().await, 6);
     assert_eq!(env.aggregates().await.get("payments"), Some(&6));
-    assert_eq!(state(&env).await, before, "a redelivery changes no state");
+    assert_eq!(state_item(&env, "card#fp-r").await, before, "a redelivery changes no state");
     let again = env.payment(&p0).await.and_then(|p| p.get("reasons").cloned());
     assert_eq!(again, reasons_p0, "the first decision stands");
     let metrics = http_get(&env.admin, "/metrics").await;

@@ -231,7 +231,8 @@ mod tests {
     use crate::event::Card;
     use time::Duration;
 
-    fn pay(id: &str, customer: &str, fp: &str, device: &str, amount: u64) -> PaymentRequested {
+    /// A payment for the rules' tests (here and in `state.rs`).
+    pub(crate) fn pay(id: &str, customer: &str, fp: &str, device: &str, amount: u64) -> PaymentRequested {
         PaymentRequested {
             payment_id: id.into(),
             order_id: format!("o-{id}"),

@@ -345,23 +345,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::event::Card;
+    use crate::fraud::tests::pay;
 
     const T0: i64 = 1_800_000_000;
-
-    fn pay(id: &str, customer: &str, fp: &str, device: &str, amount: u64) -> PaymentRequested {
-        PaymentRequested {
-            payment_id: id.into(),
-            order_id: format!("o-{id}"),
-            customer_id: customer.into(),
-            amount_cents: amount,
-            currency: "USD".into(),
-            card: Card { bin: "411111".into(), last4: "0000".into(), fingerprint: fp.into() },
-            ip: "198.51.100.7".parse().expect("ip"),
-            device_id: device.into(),
-            billing_country: "US".into(),
-        }
-    }
 
     fn rules() -> Rules {
         Rules::new(FraudConfig { work_factor: 0, ..FraudConfig::default() }).expect("valid config")

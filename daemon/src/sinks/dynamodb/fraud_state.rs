@@ -43,7 +43,6 @@ use pipeline::window::Deltas;
 use sha2::{Digest as _, Sha256};
 use tracing::warn;
 
-use super::payments::payment_item;
 use super::{Attempt, DynamoDbSink, num, s};
 use crate::aws::{AwsError, ErrorClass, classify};
 use crate::internal_events::{InternalEvent, Sink, SinkGaveUp, SinkRequestOutcome};
@@ -350,12 +349,7 @@ impl DynamoDbSink {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         for p in payments {
             deltas.entry(p.window.clone()).or_default().add(&p.counters);
-            let put = Put::builder()
-                .table_name(&self.config.payments_table)
-                .set_item(Some(payment_item(p)))
-                .condition_expression("attribute_not_exists(payment_id)")
-                .build();
-            match put {
+            match self.payment_put(p) {
                 Ok(put) => items.push(TransactWriteItem::builder().put(put).build()),
                 Err(e) => return self.unbuildable(payments.len(), &e.to_string()),
             }

@@ -105,12 +105,7 @@ impl DynamoDbSink {
         for &p in live {
             let r = &records[chunk[p]];
             deltas.entry(r.window.clone()).or_default().add(&r.counters);
-            let put = Put::builder()
-                .table_name(&self.config.payments_table)
-                .set_item(Some(payment_item(r)))
-                .condition_expression("attribute_not_exists(payment_id)")
-                .build();
-            if let Ok(put) = put {
+            if let Ok(put) = self.payment_put(r) {
                 items.push(TransactWriteItem::builder().put(put).build());
             }
         }
@@ -123,7 +118,19 @@ impl DynamoDbSink {
     }
 }
 
-pub(crate) fn payment_item(r: &DecidedPayment) -> HashMap<String, AttributeValue> {
+impl DynamoDbSink {
+    /// The put of one payment, conditional on its not being there: a
+    /// redelivery's fails, and with it the transaction it is in.
+    pub(crate) fn payment_put(&self, r: &DecidedPayment) -> Result<Put, aws_sdk_dynamodb::error::BuildError> {
+        Put::builder()
+            .table_name(&self.config.payments_table)
+            .set_item(Some(payment_item(r)))
+            .condition_expression("attribute_not_exists(payment_id)")
+            .build()
+    }
+}
+
+fn payment_item(r: &DecidedPayment) -> HashMap<String, AttributeValue> {
     HashMap::from([
         ("payment_id".to_owned(), s(&r.payment_id)),
         ("order_id".to_owned(), s(&r.order_id)),
