@@ -229,17 +229,7 @@ impl Router {
                     let decided_at = now_rfc3339();
                     let n = unscored.len();
                     let mut traffic = StateTraffic::default();
-                    let out = apply_payments(
-                        &self.dynamodb,
-                        unscored,
-                        rules,
-                        cache,
-                        &self.pool,
-                        &decided_at,
-                        self.sink_concurrency,
-                        &mut traffic,
-                    )
-                    .await;
+                    let out = apply_payments(&self.dynamodb, unscored, rules, cache, &self.pool, &decided_at, &mut traffic).await;
                     FraudStateUsed { payments: n, traffic }.emit(metrics);
                     out
                 }
