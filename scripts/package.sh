@@ -34,7 +34,9 @@ if [ ! -x "$tools/bin/cargo-deb" ] || [ ! -x "$tools/bin/cargo-generate-rpm" ]; 
     echo "package: installing cargo-deb $deb_version and cargo-generate-rpm $rpm_version into $tools (once per machine)" >&2
     rm -rf "$tools.tmp"
     # 9>&-: nothing cargo leaves running may hold the lock.
-    cargo install --quiet --locked --root "$tools.tmp" "cargo-deb@$deb_version" "cargo-generate-rpm@$rpm_version" 9>&-
+    # (Without scripts/test.sh's lint-while-building: these are not ours.)
+    env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
+      cargo install --quiet --locked --root "$tools.tmp" "cargo-deb@$deb_version" "cargo-generate-rpm@$rpm_version" 9>&-
     rm -rf "$tools"
     mv "$tools.tmp" "$tools"
   fi

@@ -135,7 +135,8 @@ build_emulators() {
     flock 9
     if [ ! -x "$bin" ]; then
       say "building cafe-emulators (dynoxide, ferrokinesis) into $cache/emulators: once per machine, about 5 minutes"
-      (cd "$repo/emulators" && cargo build --release --locked --target-dir "$cache/emulators/target") \
+      (cd "$repo/emulators" && env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
+        cargo build --release --locked --target-dir "$cache/emulators/target") \
         > "$logs/emulators-build.log" 2>&1 \
         || { tail -n 20 "$logs/emulators-build.log" >&2; die "building cafe-emulators failed; log: $logs/emulators-build.log"; }
       mkdir -p "$cache/emulators/$key"
