@@ -84,7 +84,7 @@ use daemon::bridge::CpuPool;
 use daemon::config::{DynamoDbSinkConfig, KinesisSourceConfig, PipelineConfig, SqsSourceConfig};
 use daemon::metrics::Metrics;
 use daemon::route::decide::decide_batch;
-use daemon::route::{Decided, Input, OrderCaches, Router, Scoring, Work};
+use daemon::route::{Decided, Input, OrderCaches, Router, Scoring, Tunables, Tuned, Work};
 use daemon::sinks::dynamodb::DynamoDbSink;
 use daemon::sinks::rejected::RejectedSink;
 use daemon::sources::kinesis::leases::Leases;
@@ -94,7 +94,7 @@ use daemon::sources::sqs::SqsMessage;
 use daemon::sources::sqs::stages::{self, decide_loop};
 use memory_dynamodb::{MemoryDynamoDb, SHARD};
 use pipeline::event::MenuItem;
-use pipeline::fraud::{FraudConfig, FraudEngine};
+use pipeline::fraud::{FraudConfig, FraudEngine, Rules};
 use pipeline::orders::{OrderState, apply, order_id};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
@@ -183,7 +183,10 @@ async fn router(pipeline: &PipelineConfig, fraud: &FraudConfig, dynamodb: aws_sd
         rejected,
         pool: CpuPool::new(1, Arc::clone(&metrics)).expect("a one-thread cpu pool"),
         scoring: Scoring::Process(Arc::new(Mutex::new(fresh_engine(fraud)))),
-        work: work(pipeline, fraud),
+        tunables: Arc::new(Tunables::new(Tuned {
+            work: work(pipeline, fraud),
+            rules: Arc::new(Rules::new(fraud.clone()).expect("valid fraud config")),
+        })),
         sink_concurrency: pipeline.sink_concurrency,
         metrics,
     }

@@ -1,28 +1,147 @@
 //! The admin HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
 //!
-//! Owns: serving what `Metrics` and `Health` say. Must not: do work on the
-//! data path or expose anything but metrics and health (it binds loopback by
+//! Owns: serving what `Metrics` and `Health` say, and the state of each
+//! component (`Components`: an input that cannot read, a sink whose writes
+//! fail), which the internal events report. Must not: do work on the data
+//! path or expose anything but metrics and health (it binds loopback by
 //! default).
+//!
+//! - `/healthz` (liveness): 200 while the health loop, the one that pings
+//!   systemd's watchdog, has run within [`STALL`]; 503 once it has not (the
+//!   runtime is stalled). Before the first start it says `starting`, 200.
+//! - `/readyz` (readiness): 200 once the inputs are connected, until the
+//!   drain begins, and while no component has been failing for longer than
+//!   `admin.unready_after_secs`; 503 otherwise, and back to 200 when the
+//!   component recovers.
+//!
+//! Both answer JSON naming each component's state.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use serde_json::json;
 
 use crate::metrics::Metrics;
 
-/// Whether the daemon is ready for work and whether it is draining.
+/// How long the health loop may go without running before `/healthz`
+/// says the process is stalled.
+pub const STALL: Duration = Duration::from_secs(10);
+
+/// The state of each input and sink, as the internal events report it: a
+/// failed call marks its component failing (from then, until a call of
+/// the same component succeeds).
 #[derive(Debug, Default)]
+pub struct Components {
+    /// kind (`source`, `sink`) -> name -> state.
+    by_kind: Mutex<BTreeMap<&'static str, BTreeMap<String, Component>>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Component {
+    failing_since: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl Components {
+    /// A call of the `kind` component `name` succeeded (no allocation
+    /// once the component is known: this runs per request).
+    pub fn ok(&self, kind: &'static str, name: &str) {
+        let mut by_kind = self.by_kind.lock().unwrap_or_else(PoisonError::into_inner);
+        let names = by_kind.entry(kind).or_default();
+        match names.get_mut(name) {
+            Some(c) if c.failing_since.is_some() => {
+                let failed_for = c.failing_since.map(|t| t.elapsed()).unwrap_or_default();
+                *c = Component::default();
+                tracing::info!(component = %format!("{kind} {name}"), failed_secs = failed_for.as_secs_f64(), "Component recovered");
+            }
+            Some(_) => {}
+            None => {
+                names.insert(name.to_owned(), Component::default());
+            }
+        }
+    }
+
+    /// A call of the `kind` component `name` failed with `error`
+    /// (credential-free).
+    pub fn failed(&self, kind: &'static str, name: &str, error: &str) {
+        let mut by_kind = self.by_kind.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = by_kind.entry(kind).or_default().entry(name.to_owned()).or_default();
+        c.failing_since.get_or_insert_with(Instant::now);
+        if c.last_error.as_deref() != Some(error) {
+            c.last_error = Some(error.to_owned());
+        }
+    }
+
+    /// The components failing for longer than `limit`, as `kind name`.
+    pub fn failing_longer_than(&self, limit: Duration) -> Vec<String> {
+        let by_kind = self.by_kind.lock().unwrap_or_else(PoisonError::into_inner);
+        by_kind
+            .iter()
+            .flat_map(|(kind, names)| {
+                names
+                    .iter()
+                    .filter(|(_, c)| c.failing_since.is_some_and(|t| t.elapsed() > limit))
+                    .map(move |(n, _)| format!("{kind} {n}"))
+            })
+            .collect()
+    }
+
+    /// Each component's state, as JSON: `{"sink": {"dynamodb": {"state": ...}}}`.
+    pub fn report(&self, limit: Duration) -> serde_json::Value {
+        let by_kind = self.by_kind.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = serde_json::Map::new();
+        for (kind, names) in by_kind.iter() {
+            let states: serde_json::Map<String, serde_json::Value> = names
+                .iter()
+                .map(|(name, c)| {
+                    let state = match c.failing_since {
+                        None => json!({ "state": "ok" }),
+                        Some(t) => json!({
+                            "state": if t.elapsed() > limit { "failed" } else { "failing" },
+                            "failing_secs": (t.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                            "error": c.last_error,
+                        }),
+                    };
+                    (name.clone(), state)
+                })
+                .collect();
+            out.insert((*kind).to_owned(), serde_json::Value::Object(states));
+        }
+        serde_json::Value::Object(out)
+    }
+}
+
+/// Whether the daemon is alive, ready for work, and draining.
+#[derive(Debug)]
 pub struct Health {
     ready: AtomicBool,
     draining: AtomicBool,
+    /// When the health loop last ran.
+    beat: Mutex<Option<Instant>>,
+    components: Arc<Components>,
+    unready_after: Duration,
 }
 
 impl Health {
+    /// Health over `components`, not ready while one has been failing for
+    /// longer than `unready_after`.
+    pub fn new(components: Arc<Components>, unready_after: Duration) -> Self {
+        Health {
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            beat: Mutex::new(None),
+            components,
+            unready_after,
+        }
+    }
+
     /// Sources are connected.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
@@ -33,15 +152,68 @@ impl Health {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// The health loop ran.
+    pub fn beat(&self) {
+        *self.beat.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// How long ago the health loop last ran.
+    fn since_beat(&self) -> Option<Duration> {
+        self.beat.lock().unwrap_or_else(PoisonError::into_inner).map(|t| t.elapsed())
+    }
+
     /// Alive for the watchdog: started (ready at least once). Draining is
-    /// alive too: the stop has its own timeout (`TimeoutStopSec`).
+    /// alive too: the stop has its own timeout.
     pub fn is_alive(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Ready and not draining.
+    /// Ready, not draining, and no component failing for too long.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst)
+            && !self.draining.load(Ordering::SeqCst)
+            && self.components.failing_longer_than(self.unready_after).is_empty()
+    }
+
+    /// `/healthz`: status and body.
+    pub fn liveness(&self) -> (StatusCode, serde_json::Value) {
+        let since = self.since_beat();
+        let (code, status) = if !self.is_alive() {
+            (StatusCode::OK, "starting")
+        } else if since.is_none_or(|s| s > STALL) {
+            (StatusCode::SERVICE_UNAVAILABLE, "stalled")
+        } else {
+            (StatusCode::OK, "alive")
+        };
+        let body = json!({
+            "status": status,
+            "health_loop_secs_ago": since.map(|s| (s.as_secs_f64() * 10.0).round() / 10.0),
+            "components": self.components.report(self.unready_after),
+        });
+        (code, body)
+    }
+
+    /// `/readyz`: status and body.
+    pub fn readiness(&self) -> (StatusCode, serde_json::Value) {
+        let started = self.ready.load(Ordering::SeqCst);
+        let draining = self.draining.load(Ordering::SeqCst);
+        let failed = self.components.failing_longer_than(self.unready_after);
+        let ready = started && !draining && failed.is_empty();
+        let reason = if !started {
+            "starting".to_owned()
+        } else if draining {
+            "draining".to_owned()
+        } else if !failed.is_empty() {
+            format!("failing for over {} s: {}", self.unready_after.as_secs(), failed.join(", "))
+        } else {
+            String::new()
+        };
+        let body = json!({
+            "status": if ready { "ready" } else { "not ready" },
+            "reason": reason,
+            "components": self.components.report(self.unready_after),
+        });
+        (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
     }
 }
 
@@ -55,7 +227,7 @@ struct AppState {
 pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(live_handler))
         .route("/readyz", get(ready_handler))
         .with_state(AppState { metrics, health })
 }
@@ -71,6 +243,65 @@ async fn metrics_handler(State(s): State<AppState>, headers: axum::http::HeaderM
     }
 }
 
+fn json_response((code, body): (StatusCode, serde_json::Value)) -> impl IntoResponse {
+    (code, [(header::CONTENT_TYPE, "application/json")], format!("{body}\n"))
+}
+
+async fn live_handler(State(s): State<AppState>) -> impl IntoResponse {
+    json_response(s.health.liveness())
+}
+
 async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
-    if s.health.is_ready() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+    json_response(s.health.readiness())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_component_failing_too_long_makes_the_daemon_unready_until_it_recovers() {
+        let components = Arc::new(Components::default());
+        let health = Health::new(Arc::clone(&components), Duration::from_millis(50));
+        assert_eq!(health.readiness().0, StatusCode::SERVICE_UNAVAILABLE, "not ready before the start");
+        health.set_ready();
+        components.ok("source", "payments");
+        assert_eq!(health.readiness().0, StatusCode::OK);
+        components.failed("sink", "dynamodb", "ThrottlingException");
+        // Failing, but not for long yet: still ready.
+        let (code, body) = health.readiness();
+        assert_eq!(code, StatusCode::OK, "{body}");
+        assert_eq!(body["components"]["sink"]["dynamodb"]["state"], "failing");
+        std::thread::sleep(Duration::from_millis(80));
+        let (code, body) = health.readiness();
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["components"]["sink"]["dynamodb"]["state"], "failed");
+        assert_eq!(body["components"]["sink"]["dynamodb"]["error"], "ThrottlingException");
+        assert_eq!(body["components"]["source"]["payments"]["state"], "ok");
+        assert!(body["reason"].as_str().is_some_and(|r| r.contains("sink dynamodb")), "{body}");
+        // Failing again does not restart the clock; a success ends it.
+        components.failed("sink", "dynamodb", "ThrottlingException");
+        assert_eq!(health.readiness().0, StatusCode::SERVICE_UNAVAILABLE);
+        components.ok("sink", "dynamodb");
+        let (code, body) = health.readiness();
+        assert_eq!(code, StatusCode::OK, "{body}");
+        health.set_draining();
+        let (code, body) = health.readiness();
+        assert_eq!((code, body["reason"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("draining")));
+    }
+
+    #[test]
+    fn liveness_follows_the_health_loop() {
+        let health = Health::new(Arc::default(), Duration::from_secs(60));
+        assert_eq!(health.liveness().0, StatusCode::OK, "starting counts as alive");
+        assert_eq!(health.liveness().1["status"], "starting");
+        health.set_ready();
+        assert_eq!(health.liveness().0, StatusCode::SERVICE_UNAVAILABLE, "started, and the loop never ran");
+        health.beat();
+        let (code, body) = health.liveness();
+        assert_eq!((code, body["status"].as_str()), (StatusCode::OK, Some("alive")));
+        *health.beat.lock().expect("lock") = Instant::now().checked_sub(STALL + Duration::from_secs(1));
+        let (code, body) = health.liveness();
+        assert_eq!((code, body["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("stalled")));
+    }
 }

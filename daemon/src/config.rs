@@ -16,9 +16,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use pipeline::fraud::FraudConfig;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
+pub use crate::logging::{LogConfig, LogFormat};
 pub use crate::sinks::dynamodb::config::DynamoDbSinkConfig;
 pub use crate::sinks::redshift::config::RedshiftSinkConfig;
 pub use crate::sinks::rejected::config::RejectedConfig;
@@ -26,7 +27,7 @@ pub use crate::sources::kinesis::config::KinesisSourceConfig;
 pub use crate::sources::sqs::config::SqsSourceConfig;
 
 /// The whole validated configuration.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Config {
     /// `[aws]`
     pub aws: AwsConfig,
@@ -44,12 +45,14 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[shutdown]`
     pub shutdown: ShutdownConfig,
+    /// `[log]`
+    pub log: LogConfig,
 }
 
 /// `[aws]`: how to reach AWS. Credentials and endpoints come from the
 /// standard AWS environment (`AWS_PROFILE`, `AWS_ENDPOINT_URL_<SERVICE>`, the
 /// instance role, ...).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AwsConfig {
     /// Region; unset means the standard AWS region chain (`AWS_REGION`, profile, IMDS).
@@ -69,14 +72,16 @@ pub struct AwsConfig {
 /// type = "sqs"
 /// queue = "cafe-orders.fifo"   # dlq defaults to cafe-orders-dlq.fifo
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
 pub struct SourcesConfig {
     /// Every input by name, in name order.
     pub inputs: BTreeMap<String, SourceConfig>,
 }
 
 /// One input.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceConfig {
     /// An SQS queue (`type = "sqs"`).
     Sqs(SqsSourceConfig),
@@ -137,6 +142,46 @@ impl SourcesConfig {
     pub fn input_mut(&mut self, name: &str) -> Option<&mut SourceConfig> {
         self.inputs.get_mut(name)
     }
+}
+
+impl Config {
+    /// This configuration with every secret in it replaced by `REDACTED`
+    /// (today the password a `sinks.redshift.url` may carry).
+    #[must_use]
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.sinks.redshift.url = redact_url(&c.sinks.redshift.url);
+        c
+    }
+
+    /// The whole configuration as TOML, secrets redacted: what
+    /// `cafe-streamd config` prints, and a file that loads to the same
+    /// configuration (less the secrets).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&self.redacted()).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+    }
+}
+
+/// `url` with any password in it replaced by `REDACTED`: the one of a
+/// URL's user info (`postgres://user:secret@host/db`) and any
+/// `password=...` (a URL's query, or libpq's `key=value` form).
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(start) = out.find("://").map(|i| i + 3) {
+        let authority_end = out[start..].find(['/', '?', '#']).map_or(out.len(), |i| start + i);
+        if let Some(at) = out[start..authority_end].rfind('@').map(|i| start + i)
+            && let Some(colon) = out[start..at].find(':').map(|i| start + i)
+        {
+            out.replace_range(colon + 1..at, "REDACTED");
+        }
+    }
+    let mut from = 0;
+    while let Some(i) = out[from..].to_ascii_lowercase().find("password=").map(|i| from + i + "password=".len()) {
+        let end = out[i..].find(['&', ' ', '#']).map_or(out.len(), |e| i + e);
+        out.replace_range(i..end, "REDACTED");
+        from = i + "REDACTED".len();
+    }
+    out
 }
 
 /// The kind an input of this name has when its `type` is not given.
@@ -244,7 +289,7 @@ fn read_sources(value: &toml::Value, problems: &mut Vec<(String, String)>) -> So
 }
 
 /// `[pipeline]`: batching, backpressure and the CPU pool.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// Most events in one batch sent to the CPU pool.
@@ -281,7 +326,7 @@ impl Default for PipelineConfig {
 }
 
 /// `[sinks]`: where results are written.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinksConfig {
     /// `[sinks.dynamodb]`
@@ -291,17 +336,20 @@ pub struct SinksConfig {
 }
 
 /// `[admin]`: the metrics and health endpoint.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`. Loopback unless you mean it.
     #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
+    /// `/readyz` says not ready while an input has failed to read, or a
+    /// sink to write, for longer than this many seconds.
+    pub unready_after_secs: u64,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
+        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9464)), unready_after_secs: 60 }
     }
 }
 
@@ -311,7 +359,7 @@ fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::
 }
 
 /// `[shutdown]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     /// On SIGTERM, how long draining may take before the daemon gives up and
@@ -413,7 +461,7 @@ pub fn parse(text: &str, origin: &str, env: impl IntoIterator<Item = (String, St
             .map_or_else(|| origin.to_owned(), |(_, k)| format!("environment {k}"))
     };
 
-    let known = ["aws", "sources", "pipeline", "sinks", "rejected", "fraud", "admin", "shutdown"];
+    let known = ["aws", "sources", "pipeline", "sinks", "rejected", "fraud", "admin", "shutdown", "log"];
     for key in table.keys() {
         if !known.contains(&key.as_str()) {
             problems.push(Problem {
@@ -452,6 +500,7 @@ pub fn parse(text: &str, origin: &str, env: impl IntoIterator<Item = (String, St
     take!("fraud", FraudConfig, cfg.fraud);
     take!("admin", AdminConfig, cfg.admin);
     take!("shutdown", ShutdownConfig, cfg.shutdown);
+    take!("log", LogConfig, cfg.log);
 
     for (field, why) in semantic_problems(&cfg) {
         problems.push(Problem { origin: origin_of(&field), field, why });
@@ -543,6 +592,7 @@ fn semantic_problems(c: &Config) -> Vec<(String, String)> {
     for component in &components {
         out.extend(component.problems());
     }
+    out.extend(c.log.problems());
     let mut bad = |field: &str, why: String| out.push((field.to_owned(), why));
 
     // Payments are scored in arrival order per customer: the contract's
@@ -551,6 +601,9 @@ fn semantic_problems(c: &Config) -> Vec<(String, String)> {
         && !p.is_fifo()
     {
         bad("sources.payments.queue", format!("{:?} must be a FIFO queue (name ending in .fifo)", p.queue));
+    }
+    if c.admin.unready_after_secs == 0 || c.admin.unready_after_secs > 86_400 {
+        bad("admin.unready_after_secs", format!("must be 1..86400, got {}", c.admin.unready_after_secs));
     }
     let p = &c.pipeline;
     if p.max_batch_events == 0 || p.max_batch_events > 10_000 {
@@ -620,6 +673,38 @@ mod tests {
 
     fn no_env() -> Vec<(String, String)> {
         Vec::new()
+    }
+
+    #[test]
+    fn passwords_are_redacted_wherever_they_are_in_a_url() {
+        assert_eq!(
+            redact_url("postgres://cafe:s3cr:et@host:5439/dev?sslmode=require"),
+            "postgres://cafe:REDACTED@host:5439/dev?sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://cafe@host/dev"), "postgres://cafe@host/dev");
+        assert_eq!(
+            redact_url("postgres://host/dev?user=cafe&password=hunter2&sslmode=require"),
+            "postgres://host/dev?user=cafe&password=REDACTED&sslmode=require"
+        );
+        assert_eq!(redact_url("host=h user=cafe password=hunter2 dbname=dev"), "host=h user=cafe password=REDACTED dbname=dev");
+        assert_eq!(redact_url("postgres://a:b@h/d?Password=c"), "postgres://a:REDACTED@h/d?Password=REDACTED");
+        assert_eq!(redact_url(""), "");
+    }
+
+    #[test]
+    fn the_printed_configuration_loads_back_to_the_same_one() {
+        let text = "[sources.payments]\nreceivers = 3\n[sources.extra]\ntype = \"sqs\"\nqueue = \"x\"\n[sources.more]\ntype = \"kinesis\"\nstream = \"s\"\n\
+                    [sinks.redshift]\nenabled = true\nurl = \"postgres://u:pw@h:5439/d\"\n[fraud]\nrisky_bins = [\"400000\"]\nip_ranges = [{ cidr = \"10.0.0.0/8\", country = \"US\" }]\n\
+                    [log]\nformat = \"json\"";
+        let c = parse(text, "t.toml", no_env()).expect("valid");
+        let printed = c.to_toml();
+        assert!(!printed.contains("pw@"), "the password is printed:\n{printed}");
+        let back = parse(&printed, "printed.toml", no_env()).unwrap_or_else(|p| panic!("{p}\n{printed}"));
+        assert_eq!(back, c.redacted());
+        assert_eq!(back.sinks.redshift.url, "postgres://u:REDACTED@h:5439/d");
+        // The defaults too: every default is printed, and loads back.
+        let d = parse("", "t.toml", no_env()).expect("valid");
+        assert_eq!(parse(&d.to_toml(), "printed.toml", no_env()).expect("loads"), d);
     }
 
     #[test]

@@ -188,6 +188,10 @@ pub struct SinkRequest {
 impl InternalEvent for SinkRequest {
     fn emit(self, m: &Metrics) {
         m.sink_requests.get_or_create(&SinkOutcome { sink: self.sink.as_str(), outcome: self.outcome.as_str() }).inc();
+        // A condition that cancelled a transaction is an answer, not a failure.
+        if matches!(self.outcome, SinkRequestOutcome::Ok | SinkRequestOutcome::ConditionFailed) {
+            m.components.ok("sink", self.sink.as_str());
+        }
     }
 }
 
@@ -227,6 +231,7 @@ pub struct SinkRetrying<'a> {
 impl InternalEvent for SinkRetrying<'_> {
     fn emit(self, m: &Metrics) {
         SinkRequest { sink: self.sink, outcome: SinkRequestOutcome::Retry }.emit(m);
+        m.components.failed("sink", self.sink.as_str(), self.error);
         warn!(sink = self.sink.as_str(), error = %self.error, attempt = self.attempt, "{} failed, retrying", self.what);
     }
 }
@@ -249,6 +254,7 @@ pub struct SinkGaveUp<'a> {
 impl InternalEvent for SinkGaveUp<'_> {
     fn emit(self, m: &Metrics) {
         SinkRequest { sink: self.sink, outcome: SinkRequestOutcome::Failed }.emit(m);
+        m.components.failed("sink", self.sink.as_str(), self.error.unwrap_or("retries ran out on partial failures"));
         match self.error {
             Some(error) => warn!(
                 sink = self.sink.as_str(),
@@ -482,6 +488,7 @@ pub struct Received<'a> {
 impl InternalEvent for Received<'_> {
     fn emit(self, m: &Metrics) {
         m.source_received.get_or_create(&source(self.source)).inc_by(self.count);
+        m.components.ok("source", self.source);
         if let Some(b) = self.bytes {
             m.source_received_bytes.get_or_create(&source(self.source)).inc_by(b);
         }
@@ -534,6 +541,11 @@ pub struct SourceError<'a> {
 impl InternalEvent for SourceError<'_> {
     fn emit(self, m: &Metrics) {
         m.source_errors.get_or_create(&source_outcome(self.source, self.kind.as_str())).inc();
+        // A read that fails: the input cannot read (an acknowledgement that
+        // fails is retried and redelivered, and shows in the metrics).
+        if !matches!(self.kind, SourceErrorKind::Extend | SourceErrorKind::Delete) {
+            m.components.failed("source", self.source, self.error);
+        }
         let call = match self.kind {
             SourceErrorKind::Throttled => "ReceiveMessage (throttled)",
             SourceErrorKind::Error => "ReceiveMessage",
@@ -779,6 +791,10 @@ impl InternalEvent for MirrorFlushed<'_> {
     fn emit(self, m: &Metrics) {
         m.mirror_flush_duration.observe(self.elapsed.as_secs_f64());
         let outcome = if self.error.is_some() { FlushOutcome::Failed } else { FlushOutcome::Ok };
+        match self.error {
+            Some(e) => m.components.failed("sink", Sink::Redshift.as_str(), e),
+            None => m.components.ok("sink", Sink::Redshift.as_str()),
+        }
         m.mirror_flushes.get_or_create(&OutcomeLabel { outcome: outcome.as_str() }).inc();
         if let Some(error) = self.error {
             warn!(error = %error, "Redshift flush failed; rows stay pending");

@@ -34,6 +34,9 @@ enum Command {
     Run(ConfigArg),
     /// Check the configuration, naming every problem; exit 2 if any.
     Validate(ConfigArg),
+    /// Print the configuration in force (the file, `CAFE_...` overrides and
+    /// defaults) as TOML, secrets redacted.
+    Config(ConfigArg),
     /// Create every stream, queue and table of the contract that is missing.
     Provision(ConfigArg),
     /// Print the least-privilege IAM policy for the configured resources.
@@ -83,16 +86,8 @@ struct ConfigArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CAFE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-
     let arg = match &cli.command {
-        Command::Run(a) | Command::Validate(a) | Command::Provision(a) => a,
+        Command::Run(a) | Command::Validate(a) | Command::Provision(a) | Command::Config(a) => a,
         Command::IamPolicy(a) => &a.config,
         Command::Top(a) => &a.config,
     };
@@ -102,17 +97,29 @@ fn main() -> ExitCode {
     let config = match config::load(path.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(problems) => {
-            eprintln!("invalid configuration ({} problems):\n{problems}", problems.0.len());
+            // Before any logging: under journald each line is an error (`<3>`).
+            let p = if daemon::logging::stderr_is_journal() { "<3>" } else { "" };
+            eprintln!("{p}invalid configuration ({} problems):", problems.0.len());
+            for problem in &problems.0 {
+                eprintln!("{p}{problem}");
+            }
             return ExitCode::from(2);
         }
     };
+    let logging = daemon::logging::init(&config.log);
     match cli.command {
         Command::Validate(_) => {
             println!("configuration is valid");
             ExitCode::SUCCESS
         }
+        Command::Config(_) => {
+            let from = path.as_ref().map_or_else(|| "the defaults".to_owned(), |p| p.display().to_string());
+            println!("# cafe-streamd's configuration in force: {from}, CAFE_... overrides, defaults; secrets redacted\n");
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
         Command::Provision(_) => exit(runtime().and_then(|rt| rt.block_on(provision(&config)))),
-        Command::Run(_) => exit(runtime().and_then(|rt| rt.block_on(run(config)))),
+        Command::Run(_) => exit(runtime().and_then(|rt| rt.block_on(run(config, path, logging)))),
         Command::Top(a) => {
             let addr = a.addr.clone().unwrap_or_else(|| config.admin.listen.to_string());
             exit(runtime().and_then(|rt| rt.block_on(top(&addr, a.interval, a.once))))
@@ -135,9 +142,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Logged once, to stderr, at ERROR (journald's priority 3).
         Err(e) => {
             error!("{e:#}");
-            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -168,9 +175,14 @@ async fn provision(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, path: Option<PathBuf>, logging: daemon::logging::Logging) -> anyhow::Result<()> {
     info!(version = VERSION, "Starting cafe-streamd");
-    match topology::run(config, shutdown_signal()).await? {
+    // From here SIGHUP no longer ends the process: it reloads.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
+    let control =
+        topology::Control { reload: Some(daemon::reload::Reload { hangups, path }), logging: Some(std::sync::Arc::new(logging)) };
+    match topology::run(config, shutdown_signal(), control).await? {
         Exit::Drained => Ok(()),
         Exit::GraceExceeded => anyhow::bail!("grace period exceeded before the pipeline drained"),
     }

@@ -204,6 +204,9 @@ pub struct Metrics {
     pub menu_image_bytes: Counter,
     /// Messages waiting in the DLQs and the rejected queue.
     pub queue_depth: Family<QueueLabel, Gauge>,
+    /// Each input's and sink's state, from the same internal events, for
+    /// `/readyz`.
+    pub components: std::sync::Arc<crate::admin::Components>,
 }
 
 /// `{queue}` labels.
@@ -267,6 +270,7 @@ impl Metrics {
             menu_hash_mismatches: Counter::default(),
             menu_image_bytes: Counter::default(),
             queue_depth: Family::default(),
+            components: std::sync::Arc::default(),
             registry: Registry::default(),
         };
         registry.register(n::SOURCE_RECEIVED, "Messages or records received from a source", m.source_received.clone());
@@ -463,24 +467,70 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
-/// `process_cpu_seconds_total` and `process_resident_memory_bytes` (the
-/// Prometheus client conventions), read from `/proc/self/stat` at each
-/// scrape; absent where there is no `/proc`.
+/// The Prometheus client conventions' process metrics, read from `/proc`
+/// at each scrape: `process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, `process_start_time_seconds`,
+/// `process_open_fds` and `process_max_fds`. Ticks and pages are converted
+/// with this machine's `CLK_TCK` and page size (not assumed to be 100 and
+/// 4 KiB). Each is absent where its file cannot be read.
 #[derive(Debug)]
 struct ProcessCollector;
 
+/// One reading of the process metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct ProcessReading {
+    cpu_seconds: Option<f64>,
+    resident_bytes: Option<f64>,
+    start_time_seconds: Option<f64>,
+    open_fds: Option<f64>,
+    max_fds: Option<f64>,
+}
+
 impl ProcessCollector {
-    /// (CPU seconds, resident bytes).
-    fn read() -> Option<(f64, f64)> {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let rest = stat.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // utime, stime are fields 14 and 15 (1-based), rss is 24: here 11, 12, 21.
-        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        let rss_pages: f64 = f.get(21)?.parse().ok()?;
-        // The kernel's USER_HZ is 100 and pages are 4 KiB on every Linux this ships for.
-        Some((ticks / 100.0, rss_pages * 4096.0))
+    fn read() -> ProcessReading {
+        let file = |p: &str| std::fs::read_to_string(p).ok();
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as f64);
+        parse_process(
+            file("/proc/self/stat").as_deref(),
+            file("/proc/stat").as_deref(),
+            file("/proc/self/limits").as_deref(),
+            open_fds,
+            rustix::param::clock_ticks_per_second() as f64,
+            rustix::param::page_size() as f64,
+        )
+    }
+}
+
+/// The process metrics from the text of `/proc/self/stat`, `/proc/stat`
+/// (for `btime`) and `/proc/self/limits`, the count of `/proc/self/fd`,
+/// the clock ticks per second and the page size.
+fn parse_process(
+    stat: Option<&str>,
+    system: Option<&str>,
+    limits: Option<&str>,
+    open_fds: Option<f64>,
+    ticks_per_sec: f64,
+    page_size: f64,
+) -> ProcessReading {
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: utime and stime are fields 14 and 15 (1-based), starttime 22,
+    // rss 24; here 11, 12, 19 and 21.
+    let fields: Vec<&str> =
+        stat.and_then(|s| s.rsplit_once(')')).map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    let ticks = ticks_per_sec.max(1.0);
+    let boot = system.and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse::<f64>().ok()));
+    let max_fds = limits.and_then(|l| {
+        let line = l.lines().find(|l| l.starts_with("Max open files"))?;
+        // "Max open files  <soft>  <hard>  files": the soft limit is what open(2) hits.
+        line.trim_start_matches("Max open files").split_whitespace().next()?.parse::<f64>().ok()
+    });
+    ProcessReading {
+        cpu_seconds: field(11).zip(field(12)).map(|(u, s)| (u + s) / ticks),
+        resident_bytes: field(21).map(|pages| pages * page_size),
+        start_time_seconds: boot.zip(field(19)).map(|(b, start)| b + start / ticks),
+        open_fds,
+        max_fds,
     }
 }
 
@@ -489,16 +539,28 @@ impl prometheus_client::collector::Collector for ProcessCollector {
         use prometheus_client::encoding::EncodeMetric;
         use prometheus_client::metrics::counter::ConstCounter;
         use prometheus_client::metrics::gauge::ConstGauge;
-        let Some((cpu, rss)) = Self::read() else { return Ok(()) };
-        let c = ConstCounter::new(cpu);
-        c.encode(encoder.encode_descriptor(
-            n::PROCESS_CPU,
-            "Total user and system CPU time spent in seconds",
-            None,
-            c.metric_type(),
-        )?)?;
-        let g = ConstGauge::new(rss);
-        g.encode(encoder.encode_descriptor(n::PROCESS_RSS, "Resident memory size in bytes", None, g.metric_type())?)?;
+        let r = Self::read();
+        if let Some(cpu) = r.cpu_seconds {
+            let c = ConstCounter::new(cpu);
+            c.encode(encoder.encode_descriptor(
+                n::PROCESS_CPU,
+                "Total user and system CPU time spent in seconds",
+                None,
+                c.metric_type(),
+            )?)?;
+        }
+        let gauges = [
+            (n::PROCESS_RSS, "Resident memory size in bytes", r.resident_bytes),
+            (n::PROCESS_START, "Start time of the process since unix epoch in seconds", r.start_time_seconds),
+            (n::PROCESS_OPEN_FDS, "Number of open file descriptors", r.open_fds),
+            (n::PROCESS_MAX_FDS, "Maximum number of open file descriptors", r.max_fds),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(v) = value {
+                let g = ConstGauge::new(v);
+                g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -529,5 +591,39 @@ mod tests {
         assert!(classic.contains("# HELP cafe_source_received_messages_total "), "{classic}");
         assert!(!classic.contains("# EOF"));
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        for name in ["process_start_time_seconds ", "process_open_fds ", "process_max_fds "] {
+            assert!(text.contains(name), "{name} missing: {text}");
+        }
+    }
+
+    /// A process started 1,000 ticks after boot, on a machine with 250
+    /// ticks a second and 16 KiB pages: nothing assumes 100 and 4 KiB.
+    #[test]
+    fn process_metrics_use_the_machines_ticks_and_page_size() {
+        let stat =
+            "4242 (cafe streamd) S 1 4242 4242 0 -1 4194560 100 0 0 0 500 250 0 0 20 0 9 0 1000 123456 300 18446744073709551615";
+        let system = "cpu  1 2 3\nbtime 1800000000\nprocesses 9\n";
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max cpu time              unlimited            unlimited            seconds\n\
+                      Max open files            65536                524288               files\n";
+        let r = parse_process(Some(stat), Some(system), Some(limits), Some(12.0), 250.0, 16384.0);
+        assert_eq!(r.cpu_seconds, Some(3.0), "(500 + 250) ticks / 250");
+        assert_eq!(r.resident_bytes, Some(300.0 * 16384.0));
+        assert_eq!(r.start_time_seconds, Some(1_800_000_004.0), "btime + 1000 / 250");
+        assert_eq!(r.open_fds, Some(12.0));
+        assert_eq!(r.max_fds, Some(65536.0), "the soft limit");
+        assert_eq!(parse_process(None, None, None, None, 100.0, 4096.0), ProcessReading::default());
+    }
+
+    #[test]
+    fn this_process_reads_as_started_before_now_with_fds_under_its_limit() {
+        let r = ProcessCollector::read();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+        let start = r.start_time_seconds.expect("start time");
+        assert!(start <= now + 1.0 && start > now - 86_400.0 * 30.0, "start {start} against now {now}");
+        let (open, max) = (r.open_fds.expect("open fds"), r.max_fds.expect("max fds"));
+        assert!(open >= 3.0 && open <= max, "{open} of {max}");
+        let rss = r.resident_bytes.expect("rss");
+        assert!(rss > 1_000_000.0, "{rss}");
     }
 }

@@ -73,14 +73,18 @@ impl Notifier {
         self.send(&format!("READY=1\nSTATUS={status}"));
     }
 
-    /// `STOPPING=1` with a status line.
-    pub fn stopping(&self, status: &str) {
-        self.send(&format!("STOPPING=1\nSTATUS={status}"));
+    /// `STOPPING=1` with a status line, and `EXTEND_TIMEOUT_USEC=` so that
+    /// systemd waits `at_least` from now for the process to stop, whatever
+    /// the unit's `TimeoutStopSec`.
+    pub fn stopping(&self, status: &str, at_least: Duration) {
+        self.send(&format!("STOPPING=1\nSTATUS={status}\nEXTEND_TIMEOUT_USEC={}", at_least.as_micros()));
     }
 
-    /// `WATCHDOG=1`.
+    /// `WATCHDOG=1`, when systemd's watchdog is on (`WATCHDOG_USEC`).
     pub fn watchdog(&self) {
-        self.send("WATCHDOG=1");
+        if self.watchdog.is_some() {
+            self.send("WATCHDOG=1");
+        }
     }
 }
 
@@ -126,10 +130,10 @@ mod tests {
         let name = format!("cafe-notify-test-{}", std::process::id());
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("addr");
         let listener = UnixDatagram::bind_addr(&addr).expect("bind abstract");
-        Notifier::new(Some(format!("@{name}")), None).stopping("draining");
-        let mut buf = [0u8; 64];
+        Notifier::new(Some(format!("@{name}")), None).stopping("draining", Duration::from_secs(45));
+        let mut buf = [0u8; 128];
         let len = listener.recv(&mut buf).expect("recv");
-        assert_eq!(&buf[..len], b"STOPPING=1\nSTATUS=draining");
+        assert_eq!(&buf[..len], b"STOPPING=1\nSTATUS=draining\nEXTEND_TIMEOUT_USEC=45000000");
         let off = Notifier::new(None, Some("1000".into()));
         assert!(!off.enabled());
         off.ready("nobody listens");

@@ -30,7 +30,7 @@ use crate::bridge::CpuPool;
 use crate::config::{Config, SqsSourceConfig};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::route::{FraudStateCache, OrderCaches, Router, Scoring, Work};
+use crate::route::{FraudStateCache, OrderCaches, Router, Scoring, Tunables, Tuned};
 use crate::sinks::dynamodb::DynamoDbSink;
 use crate::sinks::redshift::{RedshiftSink, Transport};
 use crate::sinks::rejected::RejectedSink;
@@ -38,6 +38,10 @@ use crate::sources::kinesis::KinesisSource;
 use crate::sources::kinesis::leases::{self, LeaseEvent, Leases};
 use crate::sources::kinesis::shard::{self, ShardContext};
 use crate::sources::sqs::{SqsSource, stages};
+
+/// What stopping takes after the grace period: the lease loops' release
+/// and the admin endpoint's close (each AWS call has its own timeout).
+pub const STOP_MARGIN: Duration = Duration::from_secs(15);
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,10 +52,19 @@ pub enum Exit {
     GraceExceeded,
 }
 
+/// What the process gives a run besides its configuration.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// SIGHUP, and where the configuration is read again from.
+    pub reload: Option<crate::reload::Reload>,
+    /// The installed subscriber's level, for a reload.
+    pub logging: Option<Arc<crate::logging::Logging>>,
+}
+
 /// Runs the daemon until `shutdown` completes, then drains.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Exit> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Control) -> anyhow::Result<Exit> {
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(Arc::clone(&metrics.components), Duration::from_secs(config.admin.unready_after_secs)));
     let notifier = Arc::new(Notifier::from_env());
 
     let listener = tokio::net::TcpListener::bind(config.admin.listen)
@@ -94,13 +107,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             Scoring::Process(Arc::new(Mutex::new(FraudEngine::new(config.fraud.clone()).map_err(fraud_problems)?)))
         }
         StateStore::DynamoDb => Scoring::Shared {
-            rules: Arc::new(Rules::new(config.fraud.clone()).map_err(fraud_problems)?),
             cache: Arc::new(FraudStateCache::new(
                 config.fraud.max_tracked_keys,
                 Some(crate::internal_events::fraud_state_cache_gauge(&metrics)),
             )),
         },
     };
+    let tunables = Arc::new(Tunables::new(Tuned {
+        work: crate::reload::work(&config),
+        rules: Arc::new(Rules::new(config.fraud.clone()).map_err(fraud_problems)?),
+    }));
     let router = Router {
         dynamodb: DynamoDbSink::new(dynamodb.clone(), config.sinks.dynamodb.clone(), Arc::clone(&metrics))
             .with_mirror(mirror)
@@ -110,11 +126,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .with_ledger(dynamodb.clone(), &config.sinks.dynamodb.events_table),
         // The one CPU pool: every input's decide stage hops onto it.
         pool: CpuPool::new(config.pipeline.cpu_threads, Arc::clone(&metrics))?,
-        work: Work {
-            fraud_work_factor: config.fraud.work_factor,
-            menu_json_rounds: config.pipeline.menu_json_rounds,
-            max_future_secs: config.pipeline.max_future_secs,
-        },
+        tunables: Arc::clone(&tunables),
         scoring,
         sink_concurrency: config.pipeline.sink_concurrency,
         metrics: Arc::clone(&metrics),
@@ -247,10 +259,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     inputs.extend(streams_consumed);
     notifier.ready(&format!("consuming {}", inputs.join(", ")));
-    // The health loop: while the runtime schedules it and the daemon is not
-    // draining, it tells systemd's watchdog the process is alive.
-    let watchdog = notifier.watchdog_interval().map(|every| {
+    // The health loop: each run is the liveness beat `/healthz` reads, and,
+    // under systemd, the watchdog's ping (at half its time).
+    let watchdog = {
         let (notifier, health, stop) = (Arc::clone(&notifier), Arc::clone(&health), admin_stop.clone());
+        let every = notifier.watchdog_interval().map_or(Duration::from_secs(1), |w| w.min(Duration::from_secs(1)));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
@@ -258,11 +271,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     () = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
+                health.beat();
                 if health.is_alive() {
+                    // A no-op without systemd's watchdog.
                     notifier.watchdog();
                 }
             }
         })
+    };
+    // SIGHUP: the fields a reload may change, applied from the next batch.
+    let reload_task = control.reload.map(|reload| {
+        let targets = crate::reload::Targets {
+            running: config.clone(),
+            router: router.clone(),
+            logging: control.logging.clone(),
+            notifier: Arc::clone(&notifier),
+        };
+        tokio::spawn(crate::reload::reload_loop(reload, targets))
     });
     let inflight = || queues_running.iter().map(|(s, _)| s.inflight()).sum::<usize>();
 
@@ -270,7 +295,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let grace = Duration::from_secs(config.shutdown.grace_period_secs);
     let deadline = tokio::time::Instant::now() + grace;
     info!(inflight = inflight(), grace_secs = grace.as_secs(), "Shutting down: draining");
-    notifier.stopping(&format!("draining (grace {} s)", grace.as_secs()));
+    // systemd waits for the whole drain, whatever the unit's TimeoutStopSec:
+    // the grace period (the final Redshift flush included) and a margin for
+    // releasing leases and closing.
+    notifier.stopping(&format!("draining (grace {} s)", grace.as_secs()), grace + STOP_MARGIN);
     health.set_draining();
     stop_receiving.cancel();
     stop_taking.cancel();
@@ -314,10 +342,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     admin_stop.cancel();
     let _ = admin_task.await;
-    if let Some(w) = watchdog {
-        let _ = w.await;
-    }
+    let _ = watchdog.await;
     let _ = depth_task.await;
+    if let Some(t) = reload_task {
+        t.abort();
+    }
     Ok(exit)
 }
 

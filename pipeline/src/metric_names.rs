@@ -192,6 +192,12 @@ pub const MENU_IMAGE_BYTES: &str = "cafe_menu_image_bytes";
 pub const PROCESS_CPU: &str = "process_cpu_seconds";
 /// Resident memory of the process (Prometheus client convention).
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+/// When the process started, in seconds since the Unix epoch (Prometheus client convention).
+pub const PROCESS_START: &str = "process_start_time_seconds";
+/// File descriptors the process has open (Prometheus client convention).
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// The process's limit on open file descriptors (`RLIMIT_NOFILE`'s soft limit).
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
 /// Messages waiting in a DLQ or the rejected queue (SQS ApproximateNumberOfMessages, read every 30 s). Labels: `queue`.
 pub const QUEUE_DEPTH: &str = "cafe_queue_depth_messages";
 

@@ -86,15 +86,49 @@ pub struct DecidedBatch {
 /// Where payments are scored (`[fraud] state`).
 #[derive(Debug, Clone)]
 pub enum Scoring {
-    /// In the decide stage, against this process's history.
+    /// In the decide stage, against this process's history (the engine
+    /// keeps its own copy of the rules; a reload sets it).
     Process(Arc<Mutex<FraudEngine>>),
-    /// In the write stage, against the history every instance shares.
+    /// In the write stage, against the history every instance shares, by
+    /// the rules in [`Tunables`].
     Shared {
-        /// The rules.
-        rules: Arc<Rules>,
         /// Key states this process read or wrote.
         cache: Arc<FraudStateCache>,
     },
+}
+
+/// What a reload (SIGHUP) may change while batches run: the work factors
+/// and the fraud rules. Each batch takes the values in force when it
+/// starts and keeps them to its end.
+#[derive(Debug)]
+pub struct Tunables {
+    current: std::sync::RwLock<Arc<Tuned>>,
+}
+
+/// One set of the values in [`Tunables`].
+#[derive(Debug)]
+pub struct Tuned {
+    /// Work factors.
+    pub work: Work,
+    /// The fraud rules (the shared state's; the in-process engine has its own).
+    pub rules: Arc<Rules>,
+}
+
+impl Tunables {
+    /// Starting with `tuned`.
+    pub fn new(tuned: Tuned) -> Self {
+        Tunables { current: std::sync::RwLock::new(Arc::new(tuned)) }
+    }
+
+    /// The values in force.
+    pub fn get(&self) -> Arc<Tuned> {
+        Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// From the next batch on, `tuned`.
+    pub fn set(&self, tuned: Tuned) {
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(tuned);
+    }
 }
 
 /// Everything the two stages use: the sinks, the CPU pool, the fraud scoring.
@@ -108,8 +142,8 @@ pub struct Router {
     pub pool: CpuPool,
     /// Fraud scoring, shared by every input.
     pub scoring: Scoring,
-    /// Work factors.
-    pub work: Work,
+    /// Work factors and the shared state's rules, which a reload may change.
+    pub tunables: Arc<Tunables>,
     /// Order transactions written at once by one batch.
     pub sink_concurrency: usize,
     /// Metrics.
@@ -121,6 +155,21 @@ fn now_rfc3339() -> String {
 }
 
 impl Router {
+    /// From the next batch on, these work factors and fraud rules (a
+    /// reload). The in-process engine gets `engine_rules` on the CPU pool,
+    /// where its lock is taken; its history stays. Returns whether every
+    /// part applied.
+    pub async fn retune(&self, tuned: Tuned, engine_rules: Rules) -> bool {
+        self.tunables.set(tuned);
+        match &self.scoring {
+            Scoring::Process(engine) => {
+                let engine = Arc::clone(engine);
+                self.pool.run(move || engine.lock().unwrap_or_else(|e| e.into_inner()).set_rules(engine_rules)).await.is_ok()
+            }
+            Scoring::Shared { .. } => true,
+        }
+    }
+
     /// The decide stage: one hop onto the CPU pool for the whole batch.
     pub async fn decide(&self, inputs: Vec<Input>) -> DecidedBatch {
         let started = Instant::now();
@@ -130,7 +179,7 @@ impl Router {
             Scoring::Process(engine) => Some(Arc::clone(engine)),
             Scoring::Shared { .. } => None,
         };
-        let (work, batch) = (self.work, Arc::clone(&inputs));
+        let (work, batch) = (self.tunables.get().work, Arc::clone(&inputs));
         let decided_at = now_rfc3339();
         // The engine's lock is taken on the pool only, never on a runtime worker.
         let decided = self
@@ -225,11 +274,13 @@ impl Router {
         let metrics = &self.metrics;
         let shared = async {
             match &self.scoring {
-                Scoring::Shared { rules, cache } if !unscored.is_empty() => {
+                Scoring::Shared { cache } if !unscored.is_empty() => {
                     let decided_at = now_rfc3339();
                     let n = unscored.len();
                     let mut traffic = StateTraffic::default();
-                    let out = apply_payments(&self.dynamodb, unscored, rules, cache, &self.pool, &decided_at, &mut traffic).await;
+                    let rules = Arc::clone(&self.tunables.get().rules);
+                    let out =
+                        apply_payments(&self.dynamodb, unscored, &rules, cache, &self.pool, &decided_at, &mut traffic).await;
                     FraudStateUsed { payments: n, traffic }.emit(metrics);
                     out
                 }

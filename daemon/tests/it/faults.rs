@@ -83,11 +83,27 @@ async fn wait_all_applied(env: &Env, payments: i64, total: i64, expected: &Expec
 #[tokio::test(flavor = "multi_thread")]
 async fn throttled_writes_are_retried_in_flight_and_nothing_reaches_the_dlq() {
     let (proxy, mut env) = behind_a_dynamodb_proxy("throttled").await;
+    env.daemon_env.push(("CAFE_ADMIN__UNREADY_AFTER_SECS".into(), "5".into()));
     env.start();
+    let ready = http_get(&env.admin, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 200") || ready.contains("\"starting\""), "{ready}");
     proxy.set_rules(on(&["TransactWriteItems", "BatchGetItem"], Fault::Throttle)).expect("rules");
     let (bodies, total, expected) = traffic(&env.prefix);
     env.send(&bodies).await;
     tokio::time::sleep(Duration::from_secs(40)).await;
+    // Readiness: DynamoDB has failed for longer than 5 s, so the instance
+    // says it is not ready, naming the sink; liveness is not affected.
+    let ready = http_get(&env.admin, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    let body: serde_json::Value = serde_json::from_str(ready.split("\r\n\r\n").nth(1).unwrap_or("")).expect("JSON body");
+    assert_eq!(body["components"]["sink"]["dynamodb"]["state"], "failed", "{body}");
+    assert!(
+        body["components"]["sink"]["dynamodb"]["error"].as_str().is_some_and(|e| e.contains("ProvisionedThroughputExceeded")),
+        "{body}"
+    );
+    assert_eq!(body["components"]["source"][format!("{}-pay.fifo", env.prefix)]["state"], "ok", "{body}");
+    let live = http_get(&env.admin, "/healthz").await;
+    assert!(live.starts_with("HTTP/1.1 200") && live.contains("\"alive\""), "{live}");
     let throttled = proxy.stats().total.throttle;
     assert!(throttled > 0, "the proxy throttled nothing: {:?}", proxy.stats());
     assert_eq!(env.aggregates().await.get("payments"), None, "a write got through the throttle");
@@ -103,6 +119,9 @@ async fn throttled_writes_are_retried_in_flight_and_nothing_reaches_the_dlq() {
     let retried = metric(&env, "cafe_source_retried_in_flight_total", "pay.fifo").await;
     assert!(retried > 0.0, "nothing was retried in flight");
     assert_eq!(metric(&env, "cafe_source_given_back_total", "pay.fifo").await, 0.0, "messages were given back");
+    // Written again: ready again.
+    let ready = http_get(&env.admin, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 200") && ready.contains("\"ready\""), "{ready}");
     let (status, _) = env.sigterm();
     assert!(status.success(), "{status:?}\n{}", env.log());
 }

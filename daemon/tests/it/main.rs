@@ -29,6 +29,7 @@ mod menu;
 mod orders;
 mod packages;
 mod redshift;
+mod reload;
 mod routing;
 mod stack;
 mod systemd;
@@ -642,6 +643,43 @@ fn a_bad_config_is_refused_with_every_problem_named() {
     );
     let ok = Command::new(BIN).args(["validate", "--config", "/dev/null"]).output().expect("run validate");
     assert!(ok.status.success(), "the defaults must be valid: {}", String::from_utf8_lossy(&ok.stderr));
+}
+
+/// `cafe-streamd config` prints the configuration in force, the
+/// environment's overrides in it and its secrets redacted, as a file that
+/// `validate` accepts and that prints the same again.
+#[test]
+fn config_prints_the_configuration_in_force_with_secrets_redacted() {
+    let dir = std::env::temp_dir().join(format!("it-printcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("in.toml");
+    std::fs::write(
+        &path,
+        "[sources.payments]\nreceivers = 3\n[sinks.redshift]\nenabled = true\nurl = \"postgres://cafe:hunter2@db:5439/dev\"\n",
+    )
+    .expect("write");
+    let print = |config: &std::path::Path| {
+        let out = Command::new(BIN)
+            .args(["config", "--config"])
+            .arg(config)
+            .env("CAFE_PIPELINE__SINK_CONCURRENCY", "3")
+            .output()
+            .expect("run config");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let printed = print(&path);
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(printed.contains("url = \"postgres://cafe:REDACTED@db:5439/dev\""), "{printed}");
+    assert!(printed.contains("receivers = 3") && printed.contains("sink_concurrency = 3"), "{printed}");
+    assert!(printed.contains("[fraud.weights]") && printed.contains("grace_period_secs = 30"), "defaults are printed: {printed}");
+    let again = dir.join("printed.toml");
+    std::fs::write(&again, &printed).expect("write");
+    let ok = Command::new(BIN).args(["validate", "--config"]).arg(&again).output().expect("validate");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let twice = print(&again);
+    assert_eq!(twice.lines().skip(1).collect::<Vec<_>>(), printed.lines().skip(1).collect::<Vec<_>>());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

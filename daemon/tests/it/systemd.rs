@@ -54,6 +54,9 @@ async fn the_daemon_speaks_the_notify_protocol() {
         Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
         let stopping = recv_until(&socket, Duration::from_secs(10), |m| m.starts_with("STOPPING=1"));
         assert!(stopping.last().is_some_and(|m| m.contains("STATUS=draining")), "{stopping:?}");
+        // The drain extends systemd's stop timeout past the grace period
+        // (20 s here) and its margin, whatever TimeoutStopSec says.
+        assert!(stopping.last().is_some_and(|m| m.contains("\nEXTEND_TIMEOUT_USEC=35000000")), "{stopping:?}");
         (child.wait().expect("wait"), ())
     };
     assert!(status.success(), "{}", env.log());
@@ -78,6 +81,8 @@ fn the_unit_file_verifies_and_is_hardened() {
         "NoNewPrivileges=yes",
         "PrivateTmp=yes",
         "CapabilityBoundingSet=\n",
+        "ExecReload=/bin/kill -HUP $MAINPID\n",
+        "RestartPreventExitStatus=2\n",
         "RestrictAddressFamilies=",
     ] {
         assert!(text.contains(must), "the unit lacks {must:?}");
@@ -109,4 +114,76 @@ fn the_unit_file_verifies_and_is_hardened() {
     assert!(score <= 2.0, "exposure {score} is above 2.0:\n{out}");
     println!("systemd-analyze security: exposure {score}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits for the daemon to exit by itself.
+fn wait_exit(env: &mut Env, within: Duration) -> ExitStatus {
+    let mut child = env.daemon.take().expect("daemon");
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon did not exit within {within:?}\n{}", env.log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Under systemd, stderr is the stream `JOURNAL_STREAM` names (device and
+/// inode) and every line starts with its level's syslog priority, so
+/// journald files errors as errors; `log.format = "json"` makes each line
+/// one JSON object. A start against a stream that does not exist warns
+/// (`<4>`) on each retry and ends with the error (`<3>`) and exit 1.
+/// Written to a plain file instead, the same lines have no prefix and no
+/// colour codes.
+#[tokio::test(flavor = "multi_thread")]
+async fn under_journald_each_line_carries_its_priority_and_json_lines_parse() {
+    use std::os::unix::fs::MetadataExt;
+    let mut env = Env::with_orders("journal", "shards = 1", "[log]\nformat = \"json\"\n", Vec::new()).await;
+    let missing = format!("{}-missing", env.prefix);
+    env.daemon_env.push(("CAFE_SOURCES__ORDERS__STREAM".into(), missing.clone()));
+    let log = env.dir.join("daemon.log");
+    std::fs::File::create(&log).expect("log file");
+    let meta = std::fs::metadata(&log).expect("stat");
+    env.daemon_env.push(("JOURNAL_STREAM".into(), format!("{}:{}", meta.dev(), meta.ino())));
+    env.start();
+    let status = wait_exit(&mut env, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{}", env.log());
+    let text = env.log();
+    let mut seen = HashMap::new();
+    for line in text.lines() {
+        let (prefix, json) = line.split_at(line.find('>').map_or(0, |i| i + 1));
+        let v: serde_json::Value =
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("not <N> and a JSON object ({e}): {line:?}\n{text}"));
+        let level = v["level"].as_str().expect("level");
+        let want = match level {
+            "ERROR" => "<3>",
+            "WARN" => "<4>",
+            "INFO" => "<6>",
+            _ => "<7>",
+        };
+        assert_eq!(prefix, want, "{line}");
+        assert!(v["timestamp"].is_string() && v["target"].is_string() && v["fields"]["message"].is_string(), "{line}");
+        *seen.entry(level.to_owned()).or_insert(0) += 1;
+    }
+    assert!(seen.get("INFO").is_some_and(|n| *n >= 1), "{seen:?}\n{text}");
+    assert!(seen.get("WARN").is_some_and(|n| *n >= 1), "the retries warn: {seen:?}\n{text}");
+    assert!(seen.get("ERROR").is_some_and(|n| *n >= 1), "the failure is an error: {seen:?}\n{text}");
+    assert!(text.contains(&missing), "the error names the stream:\n{text}");
+
+    // To a plain file (not a terminal, not journald), in the default format:
+    // no priorities and no colour codes.
+    env.daemon_env.retain(|(k, _)| k != "JOURNAL_STREAM");
+    env.daemon_env.push(("CAFE_LOG__FORMAT".into(), "text".into()));
+    std::fs::write(&log, "").expect("truncate");
+    env.start();
+    let status = wait_exit(&mut env, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{}", env.log());
+    let text = env.log();
+    assert!(text.lines().count() >= 3, "{text}");
+    assert!(text.lines().all(|l| !l.starts_with('<') && !l.contains('\u{1b}')), "{text}");
+    assert!(text.lines().any(|l| l.contains(" WARN ")) && text.lines().any(|l| l.contains(" ERROR ")), "{text}");
 }

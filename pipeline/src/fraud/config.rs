@@ -4,12 +4,12 @@
 //! windows, the risk lists, the IP table) and what is wrong with one. Must
 //! not: score anything.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::geo::GeoTable;
 
 /// Fraud scoring configuration: the `[fraud]` section of the daemon's config.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FraudConfig {
     /// Iterated SHA-256 rounds per payment: the "model inference" cost of the
@@ -55,7 +55,7 @@ pub struct FraudConfig {
 }
 
 /// Where the fraud rules' history lives (`[fraud] state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StateStore {
     /// In the process's memory.
@@ -98,7 +98,7 @@ impl Default for FraudConfig {
 }
 
 /// One entry of the IP-to-country table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IpRange {
     /// IPv4 or IPv6 network in CIDR form, e.g. `203.0.113.0/24`.
@@ -108,7 +108,7 @@ pub struct IpRange {
 }
 
 /// Points per rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuleWeights {
     /// Card velocity.

@@ -172,6 +172,13 @@ impl FraudEngine {
         &self.rules
     }
 
+    /// From the next payment on, score by `rules` (a reload): the history
+    /// so far stays, and is bounded by the new rules as keys are next
+    /// recorded.
+    pub fn set_rules(&mut self, rules: Rules) {
+        self.rules = rules;
+    }
+
     /// Keys tracked across all history maps (for the memory-bound metric).
     pub fn tracked_keys(&self) -> usize {
         self.cards.len() + self.customers.len() + self.devices.len()
@@ -259,6 +266,22 @@ mod tests {
         let mut c = FraudConfig { work_factor: 0, ..FraudConfig::default() };
         f(&mut c);
         FraudEngine::new(c).expect("valid config")
+    }
+
+    #[test]
+    fn new_rules_score_the_next_payment_against_the_history_so_far() {
+        let mut e = engine(|c| c.velocity_max_per_card = 5);
+        for i in 0..4 {
+            let v = e.score(&pay(&format!("p{i}"), "c1", "fp1", &format!("d{i}"), 100), t0(), far());
+            assert!(v.reasons.is_empty(), "{v:?}");
+        }
+        // A reload lowers the card's limit: the fifth payment on the card
+        // fires on the four recorded under the old rules.
+        let lower = FraudConfig { work_factor: 0, velocity_max_per_card: 2, ..FraudConfig::default() };
+        e.set_rules(Rules::new(lower.clone()).expect("valid"));
+        assert_eq!(e.config(), &lower);
+        let v = e.score(&pay("p4", "c1", "fp1", "d4", 100), t0(), far());
+        assert_eq!(v.reasons, vec![Rule::Velocity], "{v:?}");
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //!
 //! Owns: the sink's settings, their defaults and their checks.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[sinks.dynamodb]`: the contract's tables.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DynamoDbSinkConfig {
     /// Per (store, minute) counters.

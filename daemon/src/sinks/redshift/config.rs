@@ -2,7 +2,7 @@
 //!
 //! Owns: the mirror's settings, their defaults and their checks.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[sinks.redshift]`: the `cafe_store_minute` mirror of `cafe-aggregates`.
 ///
@@ -12,7 +12,7 @@ use serde::Deserialize;
 /// wrote. A Redshift outage therefore buffers in DynamoDB, durably and
 /// bounded by the number of rows, and the flusher catches up when Redshift
 /// is back.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedshiftSinkConfig {
     /// Mirror the aggregates into Redshift. Off: no marks are written.
@@ -51,13 +51,22 @@ pub struct RedshiftSinkConfig {
 }
 
 /// How the mirror reaches Redshift.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum TransportKind {
     /// The PostgreSQL wire protocol (`postgres`).
     Postgres,
     /// The Redshift Data API (`data_api`).
     DataApi,
+}
+
+impl From<TransportKind> for &'static str {
+    fn from(t: TransportKind) -> &'static str {
+        match t {
+            TransportKind::Postgres => "postgres",
+            TransportKind::DataApi => "data_api",
+        }
+    }
 }
 
 impl TryFrom<String> for TransportKind {

@@ -2,10 +2,10 @@
 //!
 //! Owns: the rejected sink's settings and their checks.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[rejected]`: where events that break the contract go.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RejectedConfig {
     /// Queue name or URL.

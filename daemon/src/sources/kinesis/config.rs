@@ -3,7 +3,7 @@
 //! Owns: the stream input's settings, their defaults and their checks.
 //! Must not: touch AWS.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The Kinesis stream of orders, shared by every instance through a lease
 /// table, as the Kinesis Client Library does.
@@ -16,7 +16,7 @@ use serde::Deserialize;
 /// (15 s by default). An
 /// instance that stops on SIGTERM releases its leases and they move at the
 /// next take.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KinesisSourceConfig {
     /// Consume the stream. Off: this instance only runs the SQS paths.
@@ -74,13 +74,22 @@ pub struct KinesisSourceConfig {
 }
 
 /// Where a shard with no checkpoint starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum InitialPosition {
     /// The oldest record the stream holds (`trim_horizon`).
     TrimHorizon,
     /// Only records put from now on (`latest`).
     Latest,
+}
+
+impl From<InitialPosition> for &'static str {
+    fn from(p: InitialPosition) -> &'static str {
+        match p {
+            InitialPosition::TrimHorizon => "trim_horizon",
+            InitialPosition::Latest => "latest",
+        }
+    }
 }
 
 impl TryFrom<String> for InitialPosition {

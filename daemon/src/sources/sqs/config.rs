@@ -3,10 +3,10 @@
 //! Owns: the queue input's settings, their defaults and their checks. Must
 //! not: touch AWS.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// An SQS queue source.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqsSourceConfig {
     /// Consume this queue.

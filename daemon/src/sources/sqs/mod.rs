@@ -266,10 +266,11 @@ impl SqsSource {
                     })
                 })
                 .collect();
+            // Empty or not, the receive worked: the input can read.
+            Received { source: &self.name, count: batch.len() as u64, bytes: None }.emit(&self.metrics);
             if batch.is_empty() {
                 continue;
             }
-            Received { source: &self.name, count: batch.len() as u64, bytes: None }.emit(&self.metrics);
             self.track(batch.iter().map(|m| m.receipt_handle.clone()));
             if tx.send(batch).await.is_err() {
                 // Downstream is gone (shutdown): what we hold is redelivered.
