@@ -158,6 +158,30 @@ init_pg() {
   fi
 }
 
+# TLS for the local PostgreSQL, as Redshift offers it: a CA of its own and
+# a server certificate for DNS name localhost only (not 127.0.0.1), so that
+# the tests can tell verify-ca (chain only) from verify-full (chain and
+# host name). Made once per cluster; the CA is exported as CAFE_PG_CA.
+init_pg_tls() {
+  local d=$pg_root/tls
+  [ -f "$d/server.crt" ] && [ -f "$d/ca.crt" ] && return 0
+  command -v openssl > /dev/null || die "openssl not found (Debian: apt-get install openssl)"
+  mkdir -p "$d"
+  {
+    openssl req -x509 -new -nodes -newkey rsa:2048 -sha256 -days 3650 -subj "/CN=cafe-stream local CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout "$d/ca.key" -out "$d/ca.crt"
+    openssl req -new -nodes -newkey rsa:2048 -sha256 -subj "/CN=localhost" -keyout "$d/server.key" -out "$d/server.csr"
+    printf 'subjectAltName=DNS:localhost\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' \
+      > "$d/server.ext"
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -sha256 -days 3650 \
+      -extfile "$d/server.ext" -out "$d/server.crt"
+  } > "$logs/pg-tls.log" 2>&1 || { tail -n 20 "$logs/pg-tls.log" >&2; die "making the PostgreSQL TLS certificates failed"; }
+  chmod 600 "$d/server.key" "$d/ca.key"
+  chmod 644 "$d/ca.crt" "$d/server.crt"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres: "$d"; fi
+}
+
 start_moto() {
   if port_open "$moto_port"; then
     ours "$moto_port" "$state/moto.pid" || refuse_foreign moto "$moto_port" "$state/moto.pid" CAFE_MOTO_PORT
@@ -198,13 +222,14 @@ start_pg() {
     return 0
   fi
   init_pg
-  say "starting PostgreSQL on 127.0.0.1:$pg_port"
+  init_pg_tls
+  say "starting PostgreSQL on 127.0.0.1:$pg_port (TLS offered)"
   local pg_log=$pg_root/postgres.log
   touch "$pg_log"
   if [ "$(id -u)" = 0 ]; then chown postgres: "$pg_log"; fi
   [ "$pg_log" = "$logs/postgres.log" ] || ln -sfn "$pg_log" "$logs/postgres.log"
   as_pg "$pg_bin/pg_ctl" -D "$pg_root/data" -l "$pg_log" -w -t 30 \
-    -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_root/run" start > /dev/null \
+    -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_root/run -c ssl=on -c ssl_cert_file=$pg_root/tls/server.crt -c ssl_key_file=$pg_root/tls/server.key" start > /dev/null \
     || { tail -n 20 "$pg_log" >&2; die "PostgreSQL did not start; log: $pg_log"; }
   as_pg "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname = 'cafe'" | grep -q 1 \
@@ -270,6 +295,7 @@ export AWS_ENDPOINT_URL_SQS=http://127.0.0.1:$moto_port
 export AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:$dynamodb_port
 export AWS_ENDPOINT_URL_KINESIS=http://127.0.0.1:$kinesis_port
 export CAFE_PG_URL=postgres://postgres@127.0.0.1:$pg_port/cafe
+export CAFE_PG_CA=$pg_root/tls/ca.crt
 export CAFE_EMULATORS_BIN=$cache/emulators/$(emulators_key)/cafe-emulators
 EOF
     ;;

@@ -187,3 +187,41 @@ async fn a_flush_waiting_on_an_older_one_still_lands_its_newer_version() {
     }
     setup.execute(&format!("DROP TABLE {table}")).await.expect("drop");
 }
+
+/// The wire transport's `sslmode`, with libpq's meanings, against the
+/// stack's PostgreSQL, which offers TLS with a certificate of its own CA
+/// (`CAFE_PG_CA`) for the name `localhost` only. What the server saw is read
+/// from `pg_stat_ssl`; a refused connection names the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn sslmode_has_libpqs_meanings() {
+    let url = std::env::var("CAFE_PG_URL").expect("CAFE_PG_URL is not set: run through scripts/test.sh");
+    let ca = std::env::var("CAFE_PG_CA").expect("CAFE_PG_CA is not set: run through scripts/test.sh");
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let with = |base: &str, q: &str| format!("{base}?{q}");
+    let tls_of = |u: String| async move {
+        match postgres::PgTransport::connect(&u).await {
+            Ok(pg) => {
+                let rows = pg.query_text("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()").await.expect("query");
+                Ok(rows[0][0] == "true")
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    // Encrypted or not, as asked; nothing checked below verify-ca.
+    assert_eq!(tls_of(with(&url, "sslmode=disable")).await, Ok(false));
+    assert_eq!(tls_of(url.clone()).await, Ok(true), "prefer (the default off Redshift) takes the TLS the server offers");
+    assert_eq!(tls_of(with(&url, "sslmode=prefer")).await, Ok(true));
+    assert_eq!(tls_of(with(&url, "sslmode=require")).await, Ok(true), "require does not check the certificate");
+    // The chain: the stack's CA is not a public root.
+    let e = tls_of(with(&url, "sslmode=verify-ca")).await.expect_err("an unknown issuer is refused");
+    assert!(e.contains("UnknownIssuer") || e.contains("issuer"), "{e}");
+    assert_eq!(tls_of(with(&url, &format!("sslmode=verify-ca&sslrootcert={ca}"))).await, Ok(true), "verify-ca ignores the name");
+    // require with a root certificate file is verify-ca.
+    let other = "/etc/ssl/certs/ca-certificates.crt";
+    let e = tls_of(with(&url, &format!("sslmode=require&sslrootcert={other}"))).await.expect_err("another CA's roots");
+    assert!(e.contains("UnknownIssuer") || e.contains("issuer"), "{e}");
+    // The name: the certificate is for localhost, not 127.0.0.1.
+    let e = tls_of(with(&url, &format!("sslmode=verify-full&sslrootcert={ca}"))).await.expect_err("wrong name");
+    assert!(e.contains("NotValidForName") || e.contains("name"), "{e}");
+    assert_eq!(tls_of(with(&by_name, &format!("sslmode=verify-full&sslrootcert={ca}"))).await, Ok(true));
+}

@@ -20,8 +20,10 @@ pub struct RedshiftSinkConfig {
     /// `postgres` (the PostgreSQL wire protocol, port 5439 on Redshift) or
     /// `data_api` (the Redshift Data API, no network path to the cluster needed).
     pub transport: TransportKind,
-    /// `postgres`: `postgres://user@host:5439/db?sslmode=require`. A password
-    /// here is never logged; prefer the `PGPASSWORD` environment variable.
+    /// `postgres`: `postgres://user@host:5439/db?sslmode=verify-full&sslrootcert=/etc/cafe-stream/redshift-ca.pem`.
+    /// `sslmode` has libpq's meanings (`disable`, `prefer`, `require`,
+    /// `verify-ca`, `verify-full`; `require` by default for a Redshift
+    /// host, `prefer` for any other). A password here is never logged.
     pub url: String,
     /// `data_api`: the provisioned cluster (or set `workgroup_name`).
     pub cluster_identifier: String,
@@ -116,9 +118,10 @@ impl RedshiftSinkConfig {
                             "sinks.redshift.url",
                             "transport postgres needs a URL like postgres://user@host:5439/db?sslmode=require".into(),
                         );
-                    } else if let Err(e) = self.url.parse::<tokio_postgres::Config>() {
-                        // What the transport parses at start, refused here instead.
-                        bad("sinks.redshift.url", format!("not a PostgreSQL URL: {e}"));
+                    } else if let Some(why) = super::tls::problem(&self.url) {
+                        // What the transport parses at start (the URL, its
+                        // sslmode, the sslrootcert file), refused here instead.
+                        bad("sinks.redshift.url", why);
                     }
                 }
                 TransportKind::DataApi => {

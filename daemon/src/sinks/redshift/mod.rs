@@ -30,6 +30,7 @@ pub mod config;
 pub mod data_api;
 pub mod postgres;
 pub mod sql;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;

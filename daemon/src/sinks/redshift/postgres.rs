@@ -2,10 +2,10 @@
 //! speak the PostgreSQL protocol (port 5439), and so does PostgreSQL, which
 //! runs the same SQL in the tests.
 //!
-//! Owns: the connection (TLS with the webpki roots when the URL asks for
-//! `sslmode=require`, plain otherwise, for loopback), reconnecting after a
-//! failure, and running one batch of statements as one transaction. Must
-//! not: build SQL (`sql` does) or log the URL (it may hold a password).
+//! Owns: the connection (TLS as the URL's `sslmode` says, with libpq's
+//! meanings: `tls.rs`), reconnecting after a failure, and running one
+//! batch of statements as one transaction. Must not: build SQL (`sql`
+//! does) or log the URL (it may hold a password).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -61,7 +61,18 @@ impl PgError {
 fn classify(e: tokio_postgres::Error) -> PgError {
     match e.as_db_error() {
         Some(db) => PgError::Statement { code: db.code().code().to_owned(), message: db.message().to_owned() },
-        None => PgError::Connection(e.to_string()),
+        // With its causes: "error performing TLS handshake: invalid peer
+        // certificate: UnknownIssuer" says what to fix.
+        None => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(": ");
+                text.push_str(&c.to_string());
+                cause = c.source();
+            }
+            PgError::Connection(text)
+        }
     }
 }
 
@@ -69,6 +80,8 @@ fn classify(e: tokio_postgres::Error) -> PgError {
 #[derive(Clone)]
 pub struct PgTransport {
     config: tokio_postgres::Config,
+    /// The TLS connector of the URL's `sslmode`; none for `disable`.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     client: Arc<Mutex<Option<Live>>>,
 }
 
@@ -111,9 +124,11 @@ impl PgTransport {
     /// that connects on first use: a server that is down at start is an
     /// outage like any other.
     pub fn new(url: &str) -> Result<Self, PgError> {
-        let config: tokio_postgres::Config =
-            url.parse().map_err(|e: tokio_postgres::Error| PgError::Connection(e.to_string()))?;
-        Ok(PgTransport { config, client: Arc::new(Mutex::new(None)) })
+        let parsed = super::tls::parse(url).map_err(|e| PgError::Connection(e.to_string()))?;
+        let tls = super::tls::client_config(parsed.mode, &parsed.root_cert)
+            .map_err(|e| PgError::Connection(e.to_string()))?
+            .map(tokio_postgres_rustls::MakeRustlsConnect::new);
+        Ok(PgTransport { config: parsed.config, tls, client: Arc::new(Mutex::new(None)) })
     }
 
     /// [`PgTransport::new`], connected now.
@@ -126,20 +141,14 @@ impl PgTransport {
     }
 
     async fn open(&self) -> Result<Live, PgError> {
-        // TLS when the URL says `sslmode=require` (real clusters); plain
-        // otherwise (loopback PostgreSQL in tests).
-        if self.config.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+        // `sslmode=disable`: plain. Otherwise the connector of the mode;
+        // tokio-postgres falls back to plain for `prefer` when the server
+        // offers no TLS.
+        let Some(tls) = &self.tls else {
             let (client, conn) = self.config.connect(tokio_postgres::NoTls).await.map_err(classify)?;
             return Ok(Live { client, driver: Box::pin(conn) });
-        }
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        let tls_config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| PgError::Connection(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config);
-        let (client, conn) = self.config.connect(tls).await.map_err(classify)?;
+        };
+        let (client, conn) = self.config.connect(tls.clone()).await.map_err(classify)?;
         Ok(Live { client, driver: Box::pin(conn) })
     }
 
