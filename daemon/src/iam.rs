@@ -59,7 +59,7 @@ pub enum Purpose {
 }
 
 /// A queue's name from a name or URL.
-fn queue_name(q: &str) -> &str {
+pub fn queue_name(q: &str) -> &str {
     q.rsplit('/').next().unwrap_or(q)
 }
 
@@ -70,9 +70,27 @@ pub fn policy(config: &Config, purpose: Purpose, region: &str, account: &str) ->
     let mut grants: Vec<Grant> = Vec::new();
     match purpose {
         Purpose::Run => {
-            for c in components::enabled(config) {
+            let enabled = components::enabled(config);
+            for c in &enabled {
                 grants.extend(c.grants());
             }
+            // `validate --environment`, run on the instance: read-only looks
+            // at the shape of each resource the daemon uses.
+            let resources: Vec<Resource> = enabled.iter().flat_map(|c| c.resources()).collect();
+            let of = |service: Service, target: fn(String) -> Target| -> Vec<Target> {
+                resources.iter().filter(|r| r.shape.service() == service).map(|r| target(r.name.clone())).collect()
+            };
+            grants.push(Grant::new(
+                "CheckQueues",
+                &["sqs:GetQueueUrl", "sqs:GetQueueAttributes"],
+                of(Service::Sqs, Target::Queue),
+            ));
+            grants.push(Grant::new(
+                "CheckTables",
+                &["dynamodb:DescribeTable", "dynamodb:DescribeTimeToLive"],
+                of(Service::DynamoDb, Target::Table),
+            ));
+            grants.push(Grant::new("CheckStreams", &["kinesis:DescribeStreamSummary"], of(Service::Kinesis, Target::Stream)));
         }
         Purpose::Provision => {
             let all = components::list(config);

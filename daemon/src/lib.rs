@@ -14,6 +14,7 @@ pub mod aws;
 pub mod bridge;
 pub mod components;
 pub mod config;
+pub mod environment;
 pub mod iam;
 pub mod internal_events;
 pub mod logging;

@@ -33,7 +33,7 @@ enum Command {
     /// Consume, decide and write until SIGTERM, then drain.
     Run(ConfigArg),
     /// Check the configuration, naming every problem; exit 2 if any.
-    Validate(ConfigArg),
+    Validate(ValidateArgs),
     /// Print the configuration in force (the file, `CAFE_...` overrides and
     /// defaults) as TOML, secrets redacted.
     Config(ConfigArg),
@@ -43,6 +43,17 @@ enum Command {
     IamPolicy(IamArgs),
     /// Watch a running daemon: rates, p99, lag, leases, from its metrics.
     Top(TopArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ValidateArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Also check the account, read-only: credentials resolve, and every
+    /// queue, stream and table exists with the shape the daemon needs, and
+    /// the Redshift table answers through the configured transport.
+    #[arg(long)]
+    environment: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,7 +98,8 @@ struct ConfigArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let arg = match &cli.command {
-        Command::Run(a) | Command::Validate(a) | Command::Provision(a) | Command::Config(a) => a,
+        Command::Run(a) | Command::Provision(a) | Command::Config(a) => a,
+        Command::Validate(a) => &a.config,
         Command::IamPolicy(a) => &a.config,
         Command::Top(a) => &a.config,
     };
@@ -108,6 +120,19 @@ fn main() -> ExitCode {
     };
     let logging = daemon::logging::init(&config.log);
     match cli.command {
+        Command::Validate(a) if a.environment => {
+            let problems = match runtime() {
+                Ok(rt) => rt.block_on(daemon::environment::check(&config)),
+                Err(e) => return exit(Err(e)),
+            };
+            if problems.0.is_empty() {
+                println!("configuration is valid, and the account has what it needs");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("the account does not match the configuration ({} problems):\n{problems}", problems.0.len());
+                ExitCode::from(2)
+            }
+        }
         Command::Validate(_) => {
             println!("configuration is valid");
             ExitCode::SUCCESS

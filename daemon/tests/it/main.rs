@@ -682,6 +682,71 @@ fn config_prints_the_configuration_in_force_with_secrets_redacted() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `validate --environment` checks the account read-only: a provisioned
+/// environment passes; a missing table, a queue without its redrive
+/// policy, a table keyed otherwise and a redrive count the configuration
+/// does not say are each named, with their field, and exit 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_environment_names_what_the_account_lacks_or_misshapes() {
+    let env = Env::new("account", "").await;
+    let p = env.prefix.clone();
+    let run = |extra: Vec<(&str, String)>| {
+        Command::new(BIN)
+            .args(["validate", "--environment", "--config"])
+            .arg(&env.config)
+            .envs(env.daemon_env.iter().cloned())
+            .envs(extra)
+            .output()
+            .expect("run validate --environment")
+    };
+    let ok = run(Vec::new());
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("the account has what it needs"));
+    // Made by hand, not by provision: a queue with no redrive policy and a
+    // table keyed by the wrong attribute.
+    env.sqs.create_queue().queue_name(format!("{p}-plain")).send().await.expect("create queue");
+    {
+        use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+        env.ddb
+            .create_table()
+            .table_name(format!("{p}-wrongkey"))
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder().attribute_name("id").attribute_type(ScalarAttributeType::S).build().expect("attr"),
+            )
+            .key_schema(KeySchemaElement::builder().attribute_name("id").key_type(KeyType::Hash).build().expect("key"))
+            .send()
+            .await
+            .expect("create table");
+    }
+    let out = run(vec![
+        ("CAFE_SINKS__DYNAMODB__PAYMENTS_TABLE", format!("{p}-nope")),
+        ("CAFE_SOURCES__MENU__QUEUE", format!("{p}-plain")),
+        ("CAFE_SINKS__DYNAMODB__FRAUD_STATE_TABLE", format!("{p}-wrongkey")),
+        ("CAFE_SOURCES__PAYMENTS__MAX_RECEIVE_COUNT", "7".into()),
+        ("CAFE_SINKS__REDSHIFT__ENABLED", "true".into()),
+        ("CAFE_SINKS__REDSHIFT__URL", std::env::var("CAFE_PG_URL").expect("CAFE_PG_URL")),
+        ("CAFE_SINKS__REDSHIFT__TABLE", "cafe_no_such_table".into()),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        format!("account: sinks.dynamodb.payments_table: table {p}-nope does not exist"),
+        format!("account: sources.menu.queue: queue {p}-plain has no redrive policy to {p}-menu-dlq"),
+        format!(
+            "account: sinks.dynamodb.fraud_state_table: table {p}-wrongkey is keyed by [\"id\"], the daemon needs [\"key\"]"
+        ),
+        format!("account: sinks.dynamodb.fraud_state_table: table {p}-wrongkey does not expire items by expires_at"),
+        "account: sinks.redshift.table: Redshift: the table cafe_no_such_table cannot be read".to_owned(),
+        format!(
+            "account: sources.payments.queue: queue {p}-pay.fifo moves a message to its DLQ after 50 receives, the configuration says 7"
+        ),
+    ] {
+        assert!(err.contains(&want), "{want:?} not in:\n{err}");
+    }
+    assert!(!err.contains("sinks.dynamodb.orders_table"), "a sound resource is not named:\n{err}");
+}
+
 #[test]
 fn version_names_the_commit() {
     let out = Command::new(BIN).arg("--version").output().expect("run");
