@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Builds the packages EC2 hosts install: a .deb (Debian, Ubuntu) with
-# cargo-deb and an .rpm (Amazon Linux, RHEL) with cargo-generate-rpm, each
-# holding cafe-streamd, cafe-loadgen, the systemd unit, an example config,
-# the dashboards and rules, the scenarios, the IAM policies and the README.
-# The lists are in daemon/Cargo.toml ([package.metadata.deb] and
-# [package.metadata.generate-rpm]).
+# Builds the packages EC2 hosts install, each as a .deb (Debian, Ubuntu)
+# with cargo-deb and an .rpm (Amazon Linux, RHEL) with cargo-generate-rpm:
+# cafe-stream (cafe-streamd, the systemd unit and its maintainer scripts,
+# an example config, the dashboards and rules, the IAM policies and the
+# README) and cafe-stream-loadgen (cafe-loadgen and the scenarios). The
+# lists are in daemon/Cargo.toml and loadgen/Cargo.toml
+# ([package.metadata.deb] and [package.metadata.generate-rpm]). x86_64
+# only: the toolchain here has no other target's standard library.
 #
 # Usage: scripts/package.sh [PROFILE]     (default release)
 #   The tools are installed, pinned, once per machine into
@@ -70,6 +72,10 @@ if [ "$profile" = dev ]; then
   deb_fast=(--fast); rpm_compress=(--payload-compress gzip)
 fi
 # ${a[@]+"${a[@]}"}: an empty array under `set -u` is an error before bash 4.4.
-cargo deb --quiet ${deb_fast[@]+"${deb_fast[@]}"} -p daemon --no-build --profile "$profile" -o "$out/" 2> >(grep -v 'dev profile is not supported\|To enable debug symbols' >&2)
-cargo generate-rpm ${rpm_compress[@]+"${rpm_compress[@]}"} -p daemon --profile "$profile" -o "$out/"
+# Two packages of each kind: cafe-stream (the daemon, for production hosts)
+# and cafe-stream-loadgen (the harness and its scenarios).
+for crate in daemon loadgen; do
+  cargo deb --quiet ${deb_fast[@]+"${deb_fast[@]}"} -p "$crate" --no-build --profile "$profile" -o "$out/" 2> >(grep -v 'dev profile is not supported\|To enable debug symbols' >&2)
+  cargo generate-rpm ${rpm_compress[@]+"${rpm_compress[@]}"} -p "$crate" --profile "$profile" -o "$out/"
+done
 ls "$out"/*.deb "$out"/*.rpm
