@@ -93,6 +93,17 @@ impl Components {
             .collect()
     }
 
+    /// Every component as (kind, name, seconds failing; 0 while it works).
+    pub fn failing_seconds(&self) -> Vec<(&'static str, String, f64)> {
+        let by_kind = self.by_kind.lock().unwrap_or_else(PoisonError::into_inner);
+        by_kind
+            .iter()
+            .flat_map(|(kind, names)| {
+                names.iter().map(move |(n, c)| (*kind, n.clone(), c.failing_since.map_or(0.0, |t| t.elapsed().as_secs_f64())))
+            })
+            .collect()
+    }
+
     /// Each component's state, as JSON: `{"sink": {"dynamodb": {"state": ...}}}`.
     pub fn report(&self, limit: Duration) -> serde_json::Value {
         let by_kind = self.by_kind.lock().unwrap_or_else(PoisonError::into_inner);

@@ -411,6 +411,7 @@ impl Metrics {
         registry.register(n::MENU_IMAGE_BYTES, "Decoded menu image bytes hashed", m.menu_image_bytes.clone());
         registry.register(n::QUEUE_DEPTH, "Messages waiting in a DLQ or the rejected queue", m.queue_depth.clone());
         registry.register_collector(Box::new(ProcessCollector));
+        registry.register_collector(Box::new(ComponentCollector(std::sync::Arc::clone(&m.components))));
         let build = Family::<BuildLabel, Gauge>::default();
         build.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION"), commit: crate::GIT_COMMIT }).set(1);
         registry.register(n::BUILD_INFO, "Build version and commit; value 1", build);
@@ -560,6 +561,33 @@ impl prometheus_client::collector::Collector for ProcessCollector {
                 let g = ConstGauge::new(v);
                 g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
             }
+        }
+        Ok(())
+    }
+}
+
+/// `cafe_component_failing_seconds{kind, component}`: each input's and
+/// sink's state from [`crate::admin::Components`], read at each scrape.
+#[derive(Debug)]
+struct ComponentCollector(std::sync::Arc<crate::admin::Components>);
+
+impl prometheus_client::collector::Collector for ComponentCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let states = self.0.failing_seconds();
+        if states.is_empty() {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            n::COMPONENT_FAILING,
+            "How long an input's reads or a sink's writes have been failing (0 while they work)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (kind, component, seconds) in states {
+            let labels = [("kind", kind.to_owned()), ("component", component)];
+            ConstGauge::new(seconds).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -198,6 +198,10 @@ pub const PROCESS_START: &str = "process_start_time_seconds";
 pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
 /// The process's limit on open file descriptors (`RLIMIT_NOFILE`'s soft limit).
 pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+/// How long an input's reads or a sink's writes have been failing, 0 while
+/// they work (what `/readyz` reads). Labels: `kind` (`source`, `sink`),
+/// `component`.
+pub const COMPONENT_FAILING: &str = "cafe_component_failing_seconds";
 /// Messages waiting in a DLQ or the rejected queue (SQS ApproximateNumberOfMessages, read every 30 s). Labels: `queue`.
 pub const QUEUE_DEPTH: &str = "cafe_queue_depth_messages";
 

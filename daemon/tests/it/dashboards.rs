@@ -97,3 +97,73 @@ fn the_dashboard_has_a_stable_uid_and_a_datasource_variable() {
         assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
     }
 }
+
+/// For a fleet: `job` and `instance` variables, and every metric of every
+/// panel selected by both, so one dashboard shows one instance, several, or
+/// all of them.
+#[test]
+fn every_panel_is_scoped_by_the_job_and_instance_variables() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/cafe-stream.json")).expect("dashboard");
+    let d: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let vars = d["templating"]["list"].as_array().expect("templating");
+    for name in ["job", "instance"] {
+        let v = vars.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no {name} variable"));
+        assert_eq!(v["type"], "query", "{v}");
+        assert_eq!((v["multi"].as_bool(), v["includeAll"].as_bool()), (Some(true), Some(true)), "{v}");
+        assert!(v["definition"].as_str().is_some_and(|q| q.starts_with("label_values(cafe_build_info")), "{v}");
+    }
+    let mut selectors = 0;
+    for (place, expr) in expressions().iter().filter(|(p, _)| p.starts_with("cafe-stream.json")) {
+        assert!(!expr.contains("cafe:"), "{place}: a recording rule has no instance label: {expr}");
+        for name in metric_names(expr) {
+            // Each occurrence of the metric is followed by its matchers.
+            for (i, _) in expr.match_indices(&name) {
+                let after = &expr[i + name.len()..];
+                if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                    continue;
+                }
+                selectors += 1;
+                assert!(after.starts_with("{job=~\"$job\",instance=~\"$instance\""), "{place}: {name} is not scoped in {expr}");
+            }
+        }
+    }
+    assert!(selectors > 25, "{selectors}");
+}
+
+/// Every alert carries a runbook line and a `runbook_url` whose anchor is an
+/// entry of the README's runbook (a heading named after the alert).
+#[test]
+fn every_alert_links_its_runbook_entry() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rules = std::fs::read_to_string(dir.join("dashboards/cafe-stream.rules.yml")).expect("rules");
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("README");
+    let anchors: BTreeSet<String> = readme
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| {
+            l.trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == '-' || *c == ' ')
+                .collect::<String>()
+                .replace(' ', "-")
+        })
+        .collect();
+    let mut alerts = 0;
+    for block in rules.split("- alert: ").skip(1) {
+        let name = block.split_whitespace().next().expect("name");
+        alerts += 1;
+        assert!(block.contains("runbook: \""), "{name} has no runbook line");
+        let url = block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("runbook_url: "))
+            .unwrap_or_else(|| panic!("{name} has no runbook_url"))
+            .trim_matches('"');
+        let anchor = url.strip_prefix("file:///usr/share/doc/cafe-stream/README.md#").unwrap_or_else(|| panic!("{name}: {url}"));
+        assert_eq!(anchor, name.to_lowercase(), "{name}: {url}");
+        assert!(anchors.contains(anchor), "{name}: the README has no heading for #{anchor}");
+    }
+    assert!(alerts >= 12, "{alerts}");
+}

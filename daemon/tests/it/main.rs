@@ -733,9 +733,7 @@ async fn validate_environment_names_what_the_account_lacks_or_misshapes() {
     for want in [
         format!("account: sinks.dynamodb.payments_table: table {p}-nope does not exist"),
         format!("account: sources.menu.queue: queue {p}-plain has no redrive policy to {p}-menu-dlq"),
-        format!(
-            "account: sinks.dynamodb.fraud_state_table: table {p}-wrongkey is keyed by [\"id\"], the daemon needs [\"key\"]"
-        ),
+        format!("account: sinks.dynamodb.fraud_state_table: table {p}-wrongkey is keyed by [\"id\"], the daemon needs [\"key\"]"),
         format!("account: sinks.dynamodb.fraud_state_table: table {p}-wrongkey does not expire items by expires_at"),
         "account: sinks.redshift.table: Redshift: the table cafe_no_such_table cannot be read".to_owned(),
         format!(
