@@ -31,6 +31,6 @@ CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
   target/release/cafe-loadgen run "$scenario" --report-dir "$report" "$@" || status=$?
 echo
 echo "daemon log:   $repo/.stack/logs/cafe-streamd.log"
-echo "HTML report:  $report/goose-report.html"
+echo "report:       $report/report.html (self-contained: latency and throughput over the run)"
 echo "summary:      $report/summary.md"
 exit $status

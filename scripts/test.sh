@@ -67,6 +67,12 @@ CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
 phase "end to end: morning-rush at scale ${CAFE_E2E_RUSH_SCALE:-0.5}, stages at ${CAFE_E2E_RUSH_TIME_SCALE:-0.25}x length"
 target/debug/cafe-loadgen run morning-rush --scale "${CAFE_E2E_RUSH_SCALE:-0.5}" \
   --time-scale "${CAFE_E2E_RUSH_TIME_SCALE:-0.25}" --report-dir target/e2e-report-morning-rush
+# Each run's report.html opens offline and holds the latency chart: no
+# script or stylesheet, and the p50, p95 and p99 series drawn.
+for page in target/e2e-report/report.html target/e2e-report-morning-rush/report.html; do
+  grep -q 'class="p99"' "$page" && grep -q 'class="p95"' "$page" || { echo "test: $page has no latency chart" >&2; exit 1; }
+  if grep -q '<script\|<link\|https://' "$page"; then echo "test: $page loads something from elsewhere" >&2; exit 1; fi
+done
 
 phase "end to end: menu-sync at scale ${CAFE_E2E_MENU_SCALE:-0.03}, Redshift checked against DynamoDB"
 target/debug/cafe-loadgen run menu-sync --scale "${CAFE_E2E_MENU_SCALE:-0.03}" --report-dir target/e2e-report-menu-sync

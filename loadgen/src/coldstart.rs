@@ -209,7 +209,10 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         payments,
         users,
         barrier: Barrier::new(users),
-        sends: Sends::with_capacity(payments as usize),
+        sends: {
+            crate::progress::run().expect(payments);
+            Sends::with_capacity(payments as usize)
+        },
     });
     BURST.set(Arc::clone(&state))?;
     info!(scenario = %scenario.name, run_id, seed, payments, users, "Starting burst");

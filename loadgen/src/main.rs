@@ -20,6 +20,8 @@ mod menusync;
 mod morningrush;
 mod payload;
 mod paythroughput;
+mod progress;
+mod report;
 mod scenario;
 mod throughput;
 mod tipreader;
@@ -93,9 +95,17 @@ pub struct RunArgs {
     /// Multiplies the length of an orders scenario's stages.
     #[arg(long, default_value_t = 1.0)]
     pub time_scale: f64,
-    /// Where goose's HTML/JSON/Markdown reports and the summary go.
-    #[arg(long, default_value = "reports")]
+    /// Where the run's reports go: `report.html` (self-contained: the
+    /// summary and the latency and throughput charts), `summary.json`,
+    /// `summary.md` and goose's JSON and Markdown reports. Default: a folder
+    /// of its own, `reports/<UTC time>-<scenario>` (and `reports/latest`
+    /// links to it).
+    #[arg(long, default_value = "")]
     pub report_dir: PathBuf,
+    /// An earlier run's report folder (or its `summary.json`): prints what
+    /// got better or worse in this run against it.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
     /// Run id put into every identifier (default: from the clock).
     #[arg(long)]
     pub run_id: Option<String>,
@@ -397,7 +407,10 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        Command::Run(args) => {
+        Command::Run(mut args) => {
+            if args.report_dir.as_os_str().is_empty() {
+                args.report_dir = report::default_dir(&args.name);
+            }
             if !(args.scale > 0.0 && args.scale.is_finite() && args.time_scale > 0.0 && args.time_scale.is_finite()) {
                 return fail(anyhow::anyhow!("--scale and --time-scale must be positive numbers"));
             }
@@ -408,11 +421,21 @@ fn main() -> ExitCode {
                 return fail(anyhow::anyhow!("--grace-secs must be 1 to 3600"));
             }
             let result = scenario::find(&args.name).and_then(|s| {
-                let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-                match &args.chaos {
-                    None => rt.block_on(drive(s, &args)).map(|r| (r, None)),
-                    Some(name) => rt.block_on(run_chaos(s, name, &args)).map(|(r, c)| (r, Some(c))),
+                if let Some(warning) = report::skipped_restart(&s, args.chaos.is_some()) {
+                    eprintln!("warning: {warning}");
                 }
+                let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                rt.block_on(async {
+                    let (stop, stopped) = tokio::sync::oneshot::channel();
+                    let ticker = tokio::spawn(progress::ticker(stopped));
+                    let out = match &args.chaos {
+                        None => drive(s, &args).await.map(|r| (r, None)),
+                        Some(name) => run_chaos(s, name, &args).await.map(|(r, c)| (r, Some(c))),
+                    };
+                    let _ = stop.send(());
+                    let _ = ticker.await;
+                    out
+                })
             });
             match result {
                 Ok((summary, chaos)) => {
@@ -423,7 +446,18 @@ fn main() -> ExitCode {
                         println!("chaos report: {}", args.report_dir.join("chaos.html").display());
                         passed &= c.passed();
                     }
-                    println!("\nreports: {}", args.report_dir.join("goose-report.html").display());
+                    let title = format!("{} ({})", args.name, if passed { "PASS" } else { "FAIL" });
+                    if let Err(e) = report::write_html(&args.report_dir, &title, &summary.markdown(), summary.samples()) {
+                        eprintln!("warning: report.html not written: {e:#}");
+                    }
+                    report::link_latest(&args.report_dir);
+                    if let Some(baseline) = &args.baseline {
+                        match report::compare(baseline, &args.report_dir.join("summary.json")) {
+                            Ok(table) => println!("\n{table}"),
+                            Err(e) => eprintln!("warning: no comparison with {}: {e:#}", baseline.display()),
+                        }
+                    }
+                    println!("\nreport: {}", args.report_dir.join("report.html").display());
                     if passed { ExitCode::SUCCESS } else { ExitCode::from(1) }
                 }
                 Err(e) => fail(e),

@@ -431,7 +431,10 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         run_id: run_id.clone(),
         items,
         pods,
-        sends: Sends::with_capacity(items as usize),
+        sends: {
+            crate::progress::run().expect(items);
+            Sends::with_capacity(items as usize)
+        },
     });
     SYNC.set(Arc::clone(&state))?;
     // On the local stack the drain is judged against the CPU-bound ceiling

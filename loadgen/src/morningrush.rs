@@ -462,6 +462,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let found = loop {
         let found = read_orders(&ddb, &targets.orders_table, &ids).await?;
         let applied: usize = found.values().map(Vec::len).sum();
+        crate::progress::run().stored(applied as u64);
         if applied >= want_events || Instant::now() > deadline || last_progress.1.elapsed() > stall {
             break found;
         }

@@ -116,6 +116,7 @@ pub async fn wait_for_counter(
     let mut last_change = Instant::now();
     loop {
         let sums = aggregate_sums(ddb, table, stores).await?;
+        crate::progress::run().stored(counter(&sums).max(0) as u64);
         if counter(&sums) >= expected {
             return Ok(sums);
         }

@@ -17,6 +17,8 @@ pub struct Bucket {
     pub stored_per_sec: f64,
     /// e2e latency median of the events stored in the bucket, ms (NaN: none stored).
     pub p50_ms: f64,
+    /// e2e latency 95th percentile of the events stored in the bucket, ms (NaN: none).
+    pub p95_ms: f64,
     /// e2e latency 99th percentile of the events stored in the bucket, ms (NaN: none).
     pub p99_ms: f64,
 }
@@ -41,6 +43,7 @@ const LAT_BOTTOM: f64 = 280.0;
 const TP_TOP: f64 = 310.0;
 const TP_BOTTOM: f64 = 500.0;
 const P50: &str = "#0072B2";
+const P95: &str = "#E69F00";
 const P99: &str = "#D55E00";
 const SENT: &str = "#009E73";
 const STORED: &str = "#CC79A7";
@@ -58,7 +61,7 @@ const LAT_TICKS: [(f64, &str); 8] = [
 ];
 
 /// The SVG document: two panels sharing the time axis — on top e2e latency
-/// (p50 and p99 lines, logarithmic ms axis with ticks like 10 ms, 100 ms, 1 s, 10 s, 1 min),
+/// (p50, p95 and p99 lines, logarithmic ms axis with ticks like 10 ms, 100 ms, 1 s, 10 s, 1 min),
 /// below throughput (sent/s and stored/s lines, linear axis from 0) — with every
 /// fault window shaded across both panels and labelled, a title, axis labels,
 /// a legend, and x-axis ticks in seconds.
@@ -125,7 +128,9 @@ pub fn svg(title: &str, buckets: &[Bucket], windows: &[Window]) -> String {
     }
 
     // Series: latency lines break where a bucket stored nothing; throughput counts a missing value as 0.
-    for (class, color, get) in [("p50", P50, (|b: &Bucket| b.p50_ms) as fn(&Bucket) -> f64), ("p99", P99, |b| b.p99_ms)] {
+    for (class, color, get) in
+        [("p50", P50, (|b: &Bucket| b.p50_ms) as fn(&Bucket) -> f64), ("p95", P95, |b| b.p95_ms), ("p99", P99, |b| b.p99_ms)]
+    {
         for seg in rows.split(|b| !get(b).is_finite()).filter(|s| !s.is_empty()) {
             o += &series(class, color, &seg.iter().map(|b| (mid(b), ly(get(b)))).collect::<Vec<_>>());
         }
@@ -143,9 +148,16 @@ pub fn svg(title: &str, buckets: &[Bucket], windows: &[Window]) -> String {
     }
 
     // Legend along the top, under the title.
-    let legend = [("p50 latency", P50), ("p99 latency", P99), ("sent/s", SENT), ("stored/s", STORED), ("fault window", FAULT)];
+    let legend = [
+        ("p50 latency", P50),
+        ("p95 latency", P95),
+        ("p99 latency", P99),
+        ("sent/s", SENT),
+        ("stored/s", STORED),
+        ("fault window", FAULT),
+    ];
     for (i, (label, color)) in legend.into_iter().enumerate() {
-        let x = LEFT + 150.0 * i as f64;
+        let x = LEFT + 140.0 * i as f64;
         o += &if color == FAULT {
             rect(x, 40.0, 22.0, 12.0, &format!("fill=\"{color}\" fill-opacity=\"0.2\" stroke=\"{color}\""))
         } else {
@@ -287,7 +299,7 @@ mod tests {
     use super::*;
 
     fn bucket(t: f64, p99: f64) -> Bucket {
-        Bucket { t, sent_per_sec: 100.0, stored_per_sec: 95.0, p50_ms: 20.0, p99_ms: p99 }
+        Bucket { t, sent_per_sec: 100.0, stored_per_sec: 95.0, p50_ms: 20.0, p95_ms: (20.0 + p99) / 2.0, p99_ms: p99 }
     }
 
     fn window(label: &str, start: f64, end: f64) -> Window {
@@ -394,8 +406,15 @@ mod tests {
         let mut buckets = Vec::new();
         for (i, a) in odd.iter().enumerate() {
             for b in odd.iter().skip(i % 3) {
-                buckets.push(Bucket { t: *a, sent_per_sec: *b, stored_per_sec: *a, p50_ms: *b, p99_ms: *a });
-                buckets.push(Bucket { t: 9.0 - i as f64, sent_per_sec: *a, stored_per_sec: -*b, p50_ms: *a, p99_ms: -*b });
+                buckets.push(Bucket { t: *a, sent_per_sec: *b, stored_per_sec: *a, p50_ms: *b, p95_ms: *a, p99_ms: *a });
+                buckets.push(Bucket {
+                    t: 9.0 - i as f64,
+                    sent_per_sec: *a,
+                    stored_per_sec: -*b,
+                    p50_ms: *a,
+                    p95_ms: *b,
+                    p99_ms: -*b,
+                });
             }
         }
         let windows: Vec<Window> = odd.iter().zip(odd.iter().rev()).map(|(s, e)| window("w", *s, *e)).collect();

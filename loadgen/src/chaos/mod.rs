@@ -606,7 +606,7 @@ fn judge(occurrences: &[Occurrence], final_stop: &[Terminated], t: &profile::Cha
 }
 
 /// `chaos.json`, `chaos.svg`, `chaos.html` (the tables and the picture,
-/// offline), and the picture into goose's report if it is there.
+/// offline).
 fn write_report(dir: &Path, report: &ChaosReport, picture: &str) -> anyhow::Result<()> {
     std::fs::write(dir.join("chaos.json"), serde_json::to_string_pretty(report)?)?;
     std::fs::write(dir.join("chaos.svg"), picture)?;
@@ -616,13 +616,6 @@ fn write_report(dir: &Path, report: &ChaosReport, picture: &str) -> anyhow::Resu
         report.profile
     );
     std::fs::write(dir.join("chaos.html"), html)?;
-    let goose = dir.join("goose-report.html");
-    if let Ok(text) = std::fs::read_to_string(&goose)
-        && let Some(at) = text.rfind("</body>")
-    {
-        let section = format!("<section id=\"chaos\"><h2>Chaos: {}</h2>\n{picture}\n</section>\n", report.profile);
-        std::fs::write(&goose, format!("{}{section}{}", &text[..at], &text[at..]))?;
-    }
     Ok(())
 }
 
@@ -866,8 +859,8 @@ fn phases(points: &[(f64, f64)], occurrences: &[Occurrence]) -> Vec<Phase> {
     out
 }
 
-/// The per-second picture of a run: sent and stored per second, e2e p50
-/// and p99 of what was stored in each second.
+/// The per-second picture of a run: sent and stored per second, e2e p50,
+/// p95 and p99 of what was stored in each second.
 pub fn buckets(samples: &[Sample], t0: OffsetDateTime) -> Vec<chart::Bucket> {
     let secs = |t: OffsetDateTime| (t - t0).as_seconds_f64();
     let end = samples.iter().map(|s| secs(s.stored).max(secs(s.ts))).fold(0.0, f64::max);
@@ -892,6 +885,7 @@ pub fn buckets(samples: &[Sample], t0: OffsetDateTime) -> Vec<chart::Bucket> {
                 sent_per_sec: sent[i] as f64,
                 stored_per_sec: v.len() as f64,
                 p50_ms: crate::verify::percentile(v, 50.0),
+                p95_ms: crate::verify::percentile(v, 95.0),
                 p99_ms: crate::verify::percentile(v, 99.0),
             }
         })
