@@ -12,9 +12,15 @@
 //! - `/readyz` (readiness): 200 once the inputs are connected, until the
 //!   drain begins, and while no component has been failing for longer than
 //!   `admin.unready_after_secs`; 503 otherwise, and back to 200 when the
-//!   component recovers.
+//!   component recovers. A component with no call at all for that long
+//!   (a shard whose lease moved away, a sink with nothing to write) is
+//!   `stale`, not failed: it no longer counts. The Redshift mirror is shown
+//!   but never counts: it buffers in DynamoDB through an outage by design
+//!   (`CafeRedshiftMirrorBehind` alerts on it).
 //!
-//! Both answer JSON naming each component's state.
+//! Both answer JSON naming each component's state, with the error's code
+//! only (messages, which may name an account or a principal, stay in the
+//! log).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,11 +49,39 @@ pub struct Components {
     by_kind: Mutex<BTreeMap<&'static str, BTreeMap<String, Component>>>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Component {
     failing_since: Option<Instant>,
     last_error: Option<String>,
+    /// The last call, ok or failed.
+    last_call: Instant,
 }
+
+impl Component {
+    fn new() -> Self {
+        Component { failing_since: None, last_error: None, last_call: Instant::now() }
+    }
+
+    /// Failing for longer than `limit`, and still called within it.
+    fn failed(&self, limit: Duration) -> bool {
+        self.failing_since.is_some_and(|t| t.elapsed() > limit) && self.last_call.elapsed() <= limit
+    }
+}
+
+/// Whether a component's state counts for readiness.
+fn counts_for_readiness(kind: &str, name: &str) -> bool {
+    !(kind == "sink" && name == "redshift")
+}
+
+/// An error's code and status, without its message: `ThrottlingException
+/// (HTTP 400)` of `ThrottlingException (HTTP 400): Rate exceeded`.
+fn brief(error: &str) -> String {
+    let head = error.split(": ").next().unwrap_or(error);
+    head.chars().take(120).collect()
+}
+
+/// Failing at least this long before a recovery is worth a log line.
+const RECOVERY_WORTH_LOGGING: Duration = Duration::from_secs(5);
 
 impl Components {
     /// A call of the `kind` component `name` succeeded (no allocation
@@ -58,12 +92,14 @@ impl Components {
         match names.get_mut(name) {
             Some(c) if c.failing_since.is_some() => {
                 let failed_for = c.failing_since.map(|t| t.elapsed()).unwrap_or_default();
-                *c = Component::default();
-                tracing::info!(component = %format!("{kind} {name}"), failed_secs = failed_for.as_secs_f64(), "Component recovered");
+                *c = Component::new();
+                if failed_for >= RECOVERY_WORTH_LOGGING {
+                    tracing::info!(component = %format!("{kind} {name}"), failed_secs = failed_for.as_secs_f64(), "Component recovered");
+                }
             }
-            Some(_) => {}
+            Some(c) => c.last_call = Instant::now(),
             None => {
-                names.insert(name.to_owned(), Component::default());
+                names.insert(name.to_owned(), Component::new());
             }
         }
     }
@@ -72,14 +108,17 @@ impl Components {
     /// (credential-free).
     pub fn failed(&self, kind: &'static str, name: &str, error: &str) {
         let mut by_kind = self.by_kind.lock().unwrap_or_else(PoisonError::into_inner);
-        let c = by_kind.entry(kind).or_default().entry(name.to_owned()).or_default();
+        let c = by_kind.entry(kind).or_default().entry(name.to_owned()).or_insert_with(Component::new);
         c.failing_since.get_or_insert_with(Instant::now);
-        if c.last_error.as_deref() != Some(error) {
-            c.last_error = Some(error.to_owned());
+        c.last_call = Instant::now();
+        let error = brief(error);
+        if c.last_error.as_deref() != Some(error.as_str()) {
+            c.last_error = Some(error);
         }
     }
 
-    /// The components failing for longer than `limit`, as `kind name`.
+    /// The components that count for readiness and have been failing for
+    /// longer than `limit` (and were still called within it), as `kind name`.
     pub fn failing_longer_than(&self, limit: Duration) -> Vec<String> {
         let by_kind = self.by_kind.lock().unwrap_or_else(PoisonError::into_inner);
         by_kind
@@ -87,7 +126,7 @@ impl Components {
             .flat_map(|(kind, names)| {
                 names
                     .iter()
-                    .filter(|(_, c)| c.failing_since.is_some_and(|t| t.elapsed() > limit))
+                    .filter(|(n, c)| counts_for_readiness(kind, n) && c.failed(limit))
                     .map(move |(n, _)| format!("{kind} {n}"))
             })
             .collect()
@@ -112,14 +151,23 @@ impl Components {
             let states: serde_json::Map<String, serde_json::Value> = names
                 .iter()
                 .map(|(name, c)| {
-                    let state = match c.failing_since {
+                    let mut state = match c.failing_since {
                         None => json!({ "state": "ok" }),
                         Some(t) => json!({
-                            "state": if t.elapsed() > limit { "failed" } else { "failing" },
+                            "state": if c.last_call.elapsed() > limit {
+                                "stale"
+                            } else if t.elapsed() > limit {
+                                "failed"
+                            } else {
+                                "failing"
+                            },
                             "failing_secs": (t.elapsed().as_secs_f64() * 10.0).round() / 10.0,
                             "error": c.last_error,
                         }),
                     };
+                    if !counts_for_readiness(kind, name) {
+                        state["counts_for_readiness"] = json!(false);
+                    }
                     (name.clone(), state)
                 })
                 .collect();
@@ -284,10 +332,20 @@ mod tests {
         assert_eq!(code, StatusCode::OK, "{body}");
         assert_eq!(body["components"]["sink"]["dynamodb"]["state"], "failing");
         std::thread::sleep(Duration::from_millis(80));
+        // Retried, and failing still: failed, so the daemon is not ready.
+        components.failed(
+            "sink",
+            "dynamodb",
+            "ThrottlingException (HTTP 400): Rate exceeded for arn:aws:iam::123456789012:role/x",
+        );
         let (code, body) = health.readiness();
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(body["components"]["sink"]["dynamodb"]["state"], "failed");
-        assert_eq!(body["components"]["sink"]["dynamodb"]["error"], "ThrottlingException");
+        assert_eq!(
+            body["components"]["sink"]["dynamodb"]["error"], "ThrottlingException (HTTP 400)",
+            "the message stays in the log"
+        );
+        components.ok("source", "payments");
         assert_eq!(body["components"]["source"]["payments"]["state"], "ok");
         assert!(body["reason"].as_str().is_some_and(|r| r.contains("sink dynamodb")), "{body}");
         // Failing again does not restart the clock; a success ends it.
@@ -299,6 +357,27 @@ mod tests {
         health.set_draining();
         let (code, body) = health.readiness();
         assert_eq!((code, body["reason"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("draining")));
+    }
+
+    #[test]
+    fn a_failure_with_no_call_since_goes_stale_and_the_mirror_never_counts() {
+        let components = Arc::new(Components::default());
+        let health = Health::new(Arc::clone(&components), Duration::from_millis(50));
+        health.set_ready();
+        // One failed call, then nothing (a shard whose lease moved away, a
+        // startup probe): failing at first, then stale, never unready.
+        components.failed("source", "orders/shardId-000000000001", "ExpiredIteratorException (HTTP 400)");
+        components.failed("sink", "redshift", "connection failed");
+        std::thread::sleep(Duration::from_millis(80));
+        let (code, body) = health.readiness();
+        assert_eq!(code, StatusCode::OK, "{body}");
+        assert_eq!(body["components"]["source"]["orders/shardId-000000000001"]["state"], "stale");
+        // The mirror, failing and still called: shown as failed, not counted.
+        components.failed("sink", "redshift", "connection failed");
+        let (code, body) = health.readiness();
+        assert_eq!(code, StatusCode::OK, "{body}");
+        assert_eq!(body["components"]["sink"]["redshift"]["state"], "failed");
+        assert_eq!(body["components"]["sink"]["redshift"]["counts_for_readiness"], false);
     }
 
     #[test]

@@ -157,31 +157,76 @@ impl Config {
     /// The whole configuration as TOML, secrets redacted: what
     /// `cafe-streamd config` prints, and a file that loads to the same
     /// configuration (less the secrets).
-    pub fn to_toml(&self) -> String {
-        toml::to_string(&self.redacted()).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(&self.redacted())
+    }
+
+    /// What is allowed but unsafe, as (field, why): `validate` prints it and
+    /// `run` logs it.
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        let r = &self.sinks.redshift;
+        let mut out = Vec::new();
+        if r.enabled
+            && r.transport == crate::sinks::redshift::config::TransportKind::Postgres
+            && let Some(why) = crate::sinks::redshift::tls::weakness(&r.url)
+        {
+            out.push(("sinks.redshift.url".to_owned(), why));
+        }
+        out
     }
 }
 
 /// `url` with any password in it replaced by `REDACTED`: the one of a
-/// URL's user info (`postgres://user:secret@host/db`) and any
-/// `password=...` (a URL's query, or libpq's `key=value` form).
+/// URL's user info (`postgres://user:secret@host/db`; as tokio-postgres
+/// reads it, the user info ends at the first `@`, so the password may hold
+/// `/`, `?` or `#`) and the value of any `password` key (a URL's query, or
+/// libpq's `key=value` form), its name percent-decoded as the driver does.
 pub fn redact_url(url: &str) -> String {
     let mut out = url.to_owned();
-    if let Some(start) = out.find("://").map(|i| i + 3) {
-        let authority_end = out[start..].find(['/', '?', '#']).map_or(out.len(), |i| start + i);
-        if let Some(at) = out[start..authority_end].rfind('@').map(|i| start + i)
-            && let Some(colon) = out[start..at].find(':').map(|i| start + i)
-        {
-            out.replace_range(colon + 1..at, "REDACTED");
+    if let Some(start) = out.find("://").map(|i| i + 3)
+        && let Some(at) = out[start..].find('@').map(|i| start + i)
+        && let Some(colon) = out[start..at].find(':').map(|i| start + i)
+    {
+        out.replace_range(colon + 1..at, "REDACTED");
+    }
+    // Each `key=value` of the query or of the key/value form.
+    let mut result = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(eq) = rest.find('=') {
+        let key_start = rest[..eq].rfind(['?', '&', ' ']).map_or(0, |i| i + 1);
+        let key = percent_decode_lossy(&rest[key_start..eq]);
+        let value_end = rest[eq + 1..].find(['&', ' ', '#']).map_or(rest.len(), |i| eq + 1 + i);
+        result.push_str(&rest[..=eq]);
+        if key.eq_ignore_ascii_case("password") {
+            result.push_str("REDACTED");
+        } else {
+            result.push_str(&rest[eq + 1..value_end]);
+        }
+        rest = &rest[value_end..];
+    }
+    result.push_str(rest);
+    result
+}
+
+/// `%XX` escapes decoded, anything else as it is.
+fn percent_decode_lossy(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(a), Some(b)) => {
+                out.push((a * 16 + b) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
         }
     }
-    let mut from = 0;
-    while let Some(i) = out[from..].to_ascii_lowercase().find("password=").map(|i| from + i + "password=".len()) {
-        let end = out[i..].find(['&', ' ', '#']).map_or(out.len(), |e| i + e);
-        out.replace_range(i..end, "REDACTED");
-        from = i + "REDACTED".len();
-    }
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The kind an input of this name has when its `type` is not given.
@@ -689,6 +734,14 @@ mod tests {
         assert_eq!(redact_url("host=h user=cafe password=hunter2 dbname=dev"), "host=h user=cafe password=REDACTED dbname=dev");
         assert_eq!(redact_url("postgres://a:b@h/d?Password=c"), "postgres://a:REDACTED@h/d?Password=REDACTED");
         assert_eq!(redact_url(""), "");
+        // The driver ends the user info at the first `@`: a password with a
+        // slash or a question mark is still the password.
+        assert_eq!(redact_url("postgres://cafe:ab/cd@host:5439/dev"), "postgres://cafe:REDACTED@host:5439/dev");
+        assert_eq!(
+            redact_url("postgres://cafe:a?b#c@host/dev?sslmode=require"),
+            "postgres://cafe:REDACTED@host/dev?sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://h/d?pass%77ord=hunter2&x=1"), "postgres://h/d?pass%77ord=REDACTED&x=1");
     }
 
     #[test]
@@ -697,14 +750,14 @@ mod tests {
                     [sinks.redshift]\nenabled = true\nurl = \"postgres://u:pw@h:5439/d\"\n[fraud]\nrisky_bins = [\"400000\"]\nip_ranges = [{ cidr = \"10.0.0.0/8\", country = \"US\" }]\n\
                     [log]\nformat = \"json\"";
         let c = parse(text, "t.toml", no_env()).expect("valid");
-        let printed = c.to_toml();
+        let printed = c.to_toml().expect("prints");
         assert!(!printed.contains("pw@"), "the password is printed:\n{printed}");
         let back = parse(&printed, "printed.toml", no_env()).unwrap_or_else(|p| panic!("{p}\n{printed}"));
         assert_eq!(back, c.redacted());
         assert_eq!(back.sinks.redshift.url, "postgres://u:REDACTED@h:5439/d");
         // The defaults too: every default is printed, and loads back.
         let d = parse("", "t.toml", no_env()).expect("valid");
-        assert_eq!(parse(&d.to_toml(), "printed.toml", no_env()).expect("loads"), d);
+        assert_eq!(parse(&d.to_toml().expect("prints"), "printed.toml", no_env()).expect("loads"), d);
     }
 
     #[test]

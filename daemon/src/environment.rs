@@ -43,7 +43,7 @@ pub async fn check(config: &Config) -> Problems {
         None => bad("aws", "no credentials provider: set AWS_PROFILE, the AWS_ACCESS_KEY_ID pair, or an instance role".into()),
         Some(provider) => {
             if let Err(why) = within(provider.provide_credentials(), |e| format!("credentials do not resolve: {e}")).await {
-                bad("aws", why);
+                bad("aws", why.0);
             }
         }
     }
@@ -66,12 +66,23 @@ pub async fn check(config: &Config) -> Problems {
     Problems(problems)
 }
 
+/// A check that failed, in words.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Failed(String);
+
+impl Failed {
+    fn contains(&self, s: &str) -> bool {
+        self.0.contains(s)
+    }
+}
+
 /// `call` within [`CHECK_TIMEOUT`], its error through `describe_err`.
-async fn within<T, E>(call: impl Future<Output = Result<T, E>>, describe_err: impl FnOnce(E) -> String) -> Result<T, String> {
+async fn within<T, E>(call: impl Future<Output = Result<T, E>>, describe_err: impl FnOnce(E) -> String) -> Result<T, Failed> {
     match tokio::time::timeout(CHECK_TIMEOUT, call).await {
         Ok(Ok(t)) => Ok(t),
-        Ok(Err(e)) => Err(describe_err(e)),
-        Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
+        Ok(Err(e)) => Err(Failed(describe_err(e))),
+        Err(_) => Err(Failed(format!("no answer within {} s", CHECK_TIMEOUT.as_secs()))),
     }
 }
 
@@ -82,12 +93,18 @@ async fn queue(
     visibility_timeout_secs: Option<u32>,
 ) -> Vec<String> {
     let name = crate::iam::queue_name(&resource.name);
-    let url = match within(sqs.get_queue_url().queue_name(name).send(), |e| describe(&e)).await {
-        Ok(out) => out.queue_url.unwrap_or_default(),
-        Err(e) if e.contains("NonExistentQueue") || e.contains("QueueDoesNotExist") => {
-            return vec![format!("queue {name} does not exist; {PROVISION}")];
+    // A queue given by URL (another account's, say) is used as given, as
+    // the daemon does; a name is looked up in this account.
+    let url = if resource.name.starts_with("https://") || resource.name.starts_with("http://") {
+        resource.name.clone()
+    } else {
+        match within(sqs.get_queue_url().queue_name(name).send(), |e| describe(&e)).await {
+            Ok(out) => out.queue_url.unwrap_or_default(),
+            Err(e) if e.contains("NonExistentQueue") || e.contains("QueueDoesNotExist") => {
+                return vec![format!("queue {name} does not exist; {PROVISION}")];
+            }
+            Err(e) => return vec![format!("queue {name}: GetQueueUrl failed: {e}")],
         }
-        Err(e) => return vec![format!("queue {name}: GetQueueUrl failed: {e}")],
     };
     let attrs = match within(sqs.get_queue_attributes().queue_url(&url).attribute_names(QueueAttributeName::All).send(), |e| {
         describe(&e)
@@ -95,6 +112,9 @@ async fn queue(
     .await
     {
         Ok(out) => out.attributes.unwrap_or_default(),
+        Err(e) if e.contains("NonExistentQueue") || e.contains("QueueDoesNotExist") => {
+            return vec![format!("queue {} does not exist", resource.name)];
+        }
         Err(e) => return vec![format!("queue {name}: GetQueueAttributes failed: {e}")],
     };
     let attr = |k: QueueAttributeName| attrs.get(&k).cloned();
@@ -214,7 +234,12 @@ async fn redshift_table(config: &redshift::config::RedshiftSinkConfig, sdk: &aws
         Ok(t) => t,
         Err(e) => return vec![format!("the Redshift transport cannot be built: {e}")],
     };
-    match within(transport.execute(&format!("SELECT 1 FROM {name} LIMIT 0")), |e| e.to_string()).await {
+    // As long as a statement may take: a paused Serverless workgroup or
+    // cluster resumes first.
+    let limit = Duration::from_millis(config.statement_timeout_ms).max(CHECK_TIMEOUT);
+    let statement = format!("SELECT 1 FROM {name} LIMIT 0");
+    let check = tokio::time::timeout(limit, transport.execute(&statement));
+    match check.await.map_err(|_| format!("no answer within {} s", limit.as_secs())).and_then(|r| r.map_err(|e| e.to_string())) {
         Ok(()) => Vec::new(),
         Err(e) => vec![format!("Redshift: the table {name} cannot be read: {e}")],
     }

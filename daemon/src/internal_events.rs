@@ -479,6 +479,8 @@ impl InternalEvent for OrderStatesRead<'_> {
 pub struct Received<'a> {
     /// The input.
     pub source: &'a str,
+    /// The shard, for a stream's reads (each shard's state is its own).
+    pub shard: Option<&'a str>,
     /// How many.
     pub count: u64,
     /// Their bytes, where the source counts them.
@@ -488,7 +490,10 @@ pub struct Received<'a> {
 impl InternalEvent for Received<'_> {
     fn emit(self, m: &Metrics) {
         m.source_received.get_or_create(&source(self.source)).inc_by(self.count);
-        m.components.ok("source", self.source);
+        match self.shard {
+            Some(shard) => m.components.ok("source", &format!("{}/{shard}", self.source)),
+            None => m.components.ok("source", self.source),
+        }
         if let Some(b) = self.bytes {
             m.source_received_bytes.get_or_create(&source(self.source)).inc_by(b);
         }
@@ -544,7 +549,10 @@ impl InternalEvent for SourceError<'_> {
         // A read that fails: the input cannot read (an acknowledgement that
         // fails is retried and redelivered, and shows in the metrics).
         if !matches!(self.kind, SourceErrorKind::Extend | SourceErrorKind::Delete) {
-            m.components.failed("source", self.source, self.error);
+            match self.shard {
+                Some(shard) => m.components.failed("source", &format!("{}/{shard}", self.source), self.error),
+                None => m.components.failed("source", self.source, self.error),
+            }
         }
         let call = match self.kind {
             SourceErrorKind::Throttled => "ReceiveMessage (throttled)",

@@ -135,13 +135,30 @@ fn main() -> ExitCode {
         }
         Command::Validate(_) => {
             println!("configuration is valid");
+            for (field, why) in config.warnings() {
+                eprintln!(
+                    "warning: {}: {field}: {why}",
+                    path.as_ref().map_or_else(|| "defaults".to_owned(), |p| p.display().to_string())
+                );
+            }
             ExitCode::SUCCESS
         }
         Command::Config(_) => {
             let from = path.as_ref().map_or_else(|| "the defaults".to_owned(), |p| p.display().to_string());
-            println!("# cafe-streamd's configuration in force: {from}, CAFE_... overrides, defaults; secrets redacted\n");
-            print!("{}", config.to_toml());
-            ExitCode::SUCCESS
+            match config.to_toml() {
+                Ok(text) => {
+                    println!(
+                        "# cafe-streamd's configuration in force: {from}, CAFE_... overrides, defaults.\n\
+                         # Secrets are printed as REDACTED: put them back before using this as a file.\n"
+                    );
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: the configuration cannot be printed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Provision(_) => exit(runtime().and_then(|rt| rt.block_on(provision(&config)))),
         Command::Run(_) => exit(runtime().and_then(|rt| rt.block_on(run(config, path, logging)))),
@@ -167,9 +184,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        // Logged once, to stderr, at ERROR (journald's priority 3).
+        // Logged once, to stderr, at ERROR (journald's priority 3); printed
+        // plainly instead when the log level filters errors out, so a
+        // failure is never silent.
         Err(e) => {
-            error!("{e:#}");
+            if tracing::enabled!(tracing::Level::ERROR) {
+                error!("{e:#}");
+            } else {
+                let p = if daemon::logging::stderr_is_journal() { "<3>" } else { "" };
+                eprintln!("{p}error: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -2,19 +2,24 @@
 //!
 //! Owns: which fields a reload applies, and applying them. Live: the log
 //! level (`log.level`), the fraud rules and thresholds (every `fraud.*`
-//! field but `state` and `max_tracked_keys`), and the work factors
-//! (`fraud.work_factor`, `pipeline.menu_json_rounds`,
+//! field but `state` and `max_tracked_keys`, and with the history shared
+//! in DynamoDB, but the four that bound what each key's state keeps:
+//! `velocity_max_per_card`, `amount_history`, `device_max_cards` and
+//! `history_secs`; instances with different bounds would trim each other's
+//! shared states, so those change with a restart of the whole fleet), and
+//! the work factors (`fraud.work_factor`, `pipeline.menu_json_rounds`,
 //! `pipeline.max_future_secs`). Every other changed field is named in the
 //! log and left as it was until a restart: it sizes a channel, a pool or a
 //! cache, names a resource, or is read once at start. A configuration that
-//! is not valid changes nothing. Must not: read files or signals (`main`
-//! does) or stop any task: batches under way finish with the values they
-//! started with.
+//! is not valid, or an empty file (one being rewritten), changes nothing.
+//! Must not: read signals (`main` installs the handler) or stop any task.
+//! A batch takes the work factors when it is decided, and the shared
+//! state's rules when it is written; nothing under way is dropped.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use pipeline::fraud::{FraudConfig, Rules};
+use pipeline::fraud::{FraudConfig, Rules, StateStore};
 use serde_json::Value;
 use tracing::{error, info, warn};
 
@@ -37,19 +42,32 @@ pub struct Reload {
 /// read without blocking a runtime worker.
 async fn read(path: Option<&std::path::Path>) -> Result<Config, Problems> {
     let origin = path.map_or_else(|| "defaults".to_owned(), |p| p.display().to_string());
+    let refuse = |why: String| Problems(vec![Problem { origin: origin.clone(), field: "-".into(), why }]);
     let text = match path {
-        Some(p) => tokio::fs::read_to_string(p).await.map_err(|e| {
-            Problems(vec![Problem { origin: origin.clone(), field: "-".into(), why: format!("cannot read: {e}") }])
-        })?,
+        Some(p) => tokio::fs::read_to_string(p).await.map_err(|e| refuse(format!("cannot read: {e}")))?,
         None => String::new(),
     };
-    crate::config::parse(&text, &origin, std::env::vars())
+    // A file caught while it is rewritten would read as all defaults.
+    if path.is_some() && text.trim().is_empty() {
+        return Err(refuse("is empty (being rewritten?); a reload needs the whole file".into()));
+    }
+    // Validation may read files (a Redshift root certificate): not on a
+    // runtime worker's time.
+    tokio::task::block_in_place(|| crate::config::parse(&text, &origin, std::env::vars()))
 }
 
-/// Whether a reload applies `field` (a dotted path) while the daemon runs.
-pub fn is_live(field: &str) -> bool {
+/// The fraud fields that bound what a key's state keeps: restart-only when
+/// the state is shared.
+const STATE_BOUNDS: [&str; 4] =
+    ["fraud.velocity_max_per_card", "fraud.amount_history", "fraud.device_max_cards", "fraud.history_secs"];
+
+/// Whether a reload applies `field` (a dotted path) while the daemon runs,
+/// with the fraud history kept in `state`.
+pub fn is_live(field: &str, state: StateStore) -> bool {
     matches!(field, "log.level" | "pipeline.menu_json_rounds" | "pipeline.max_future_secs")
-        || (field.starts_with("fraud.") && !matches!(field, "fraud.state" | "fraud.max_tracked_keys"))
+        || (field.starts_with("fraud.")
+            && !matches!(field, "fraud.state" | "fraud.max_tracked_keys")
+            && !(state == StateStore::DynamoDb && STATE_BOUNDS.contains(&field)))
 }
 
 /// Dotted paths of every field whose value differs between `a` and `b`
@@ -91,13 +109,21 @@ pub struct Plan {
 
 /// The reload from `running` to `wanted`.
 pub fn plan(running: &Config, wanted: &Config) -> Plan {
-    let (applied, kept): (Vec<String>, Vec<String>) = changed_fields(running, wanted).into_iter().partition(|f| is_live(f));
+    let state = running.fraud.state;
+    let (applied, kept): (Vec<String>, Vec<String>) =
+        changed_fields(running, wanted).into_iter().partition(|f| is_live(f, state));
     let mut next = running.clone();
     next.log.level.clone_from(&wanted.log.level);
     next.pipeline.menu_json_rounds = wanted.pipeline.menu_json_rounds;
     next.pipeline.max_future_secs = wanted.pipeline.max_future_secs;
-    next.fraud =
-        FraudConfig { state: running.fraud.state, max_tracked_keys: running.fraud.max_tracked_keys, ..wanted.fraud.clone() };
+    let r = &running.fraud;
+    next.fraud = FraudConfig { state, max_tracked_keys: r.max_tracked_keys, ..wanted.fraud.clone() };
+    if state == StateStore::DynamoDb {
+        next.fraud.velocity_max_per_card = r.velocity_max_per_card;
+        next.fraud.amount_history = r.amount_history;
+        next.fraud.device_max_cards = r.device_max_cards;
+        next.fraud.history_secs = r.history_secs;
+    }
     Plan { applied, kept, next }
 }
 
@@ -149,21 +175,20 @@ async fn apply(targets: &mut Targets, wanted: &Config) {
             return;
         }
     };
+    // The engine first: if that fails nothing has changed.
+    let (for_engine, shared) = rules;
+    if !targets.router.retune(Tuned { work: work(&next), rules: Arc::new(shared) }, for_engine).await {
+        error!("Reload refused: setting the in-process fraud rules failed; the running configuration stays");
+        return;
+    }
     if let Some(logging) = &targets.logging {
         match logging.set_level(&next.log.level) {
             Ok(LevelChange::OverriddenBy(var)) if applied.iter().any(|f| f == "log.level") => {
                 warn!(variable = var, "log.level changed, but the environment sets the level; unchanged");
             }
             Ok(_) => {}
-            Err(e) => {
-                error!(error = %e, "Reload refused: log.level");
-                return;
-            }
+            Err(e) => error!(error = %e, "Reload: log.level not applied; the rest is"),
         }
-    }
-    let (for_engine, shared) = rules;
-    if !targets.router.retune(Tuned { work: work(&next), rules: Arc::new(shared) }, for_engine).await {
-        error!("Reload: setting the in-process fraud rules panicked; the engine keeps its rules");
     }
     targets.running = next;
     if applied.is_empty() {
@@ -200,9 +225,9 @@ mod tests {
 
     #[test]
     fn a_plan_applies_the_live_fields_and_keeps_the_rest() {
-        let running = config("[fraud]\nstate = \"dynamodb\"");
+        let running = config("[fraud]\nstate = \"process\"");
         let wanted = config(
-            "[fraud]\nstate = \"process\"\nmax_tracked_keys = 100\ndecline_threshold = 900\nwork_factor = 5\n\
+            "[fraud]\nstate = \"dynamodb\"\nmax_tracked_keys = 100\ndecline_threshold = 900\nwork_factor = 5\n\
              [pipeline]\nmenu_json_rounds = 3\nsink_concurrency = 2\nmax_future_secs = 60\n[admin]\nlisten = \"127.0.0.1:1\"\n\
              [log]\nlevel = \"warn\"\nformat = \"json\"",
         );
@@ -228,9 +253,27 @@ mod tests {
     }
 
     #[test]
+    fn with_shared_state_the_bounds_of_a_keys_state_need_a_restart() {
+        let running = config("[fraud]\nstate = \"dynamodb\"");
+        let wanted =
+            config("[fraud]\nstate = \"dynamodb\"\nvelocity_max_per_card = 9\nhistory_secs = 3600\nvelocity_window_secs = 60");
+        let p = plan(&running, &wanted);
+        assert_eq!(p.applied, vec!["fraud.velocity_window_secs"]);
+        assert_eq!(p.kept, vec!["fraud.history_secs", "fraud.velocity_max_per_card"]);
+        assert_eq!(changed_fields(&running, &p.next), p.applied);
+        // In the process, the same fields apply live.
+        let running = config("[fraud]\nstate = \"process\"");
+        let wanted = config("[fraud]\nstate = \"process\"\nvelocity_max_per_card = 9\nhistory_secs = 3600");
+        assert_eq!(plan(&running, &wanted).kept, Vec::<String>::new());
+    }
+
+    #[test]
     fn live_fields_are_the_documented_ones() {
         for f in ["log.level", "fraud.review_threshold", "fraud.weights.bin", "fraud.work_factor", "pipeline.menu_json_rounds"] {
-            assert!(is_live(f), "{f}");
+            assert!(is_live(f, StateStore::DynamoDb) && is_live(f, StateStore::Process), "{f}");
+        }
+        for f in STATE_BOUNDS {
+            assert!(!is_live(f, StateStore::DynamoDb) && is_live(f, StateStore::Process), "{f}");
         }
         for f in [
             "fraud.state",
@@ -240,7 +283,7 @@ mod tests {
             "admin.listen",
             "sources.payments.queue",
         ] {
-            assert!(!is_live(f), "{f}");
+            assert!(!is_live(f, StateStore::Process), "{f}");
         }
     }
 }

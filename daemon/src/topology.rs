@@ -96,6 +96,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
     );
 
     let mirror = config.sinks.redshift.enabled;
+    for (field, why) in config.warnings() {
+        warn!(field, "{why}");
+    }
     for component in crate::components::enabled(&config) {
         component.init_metrics(&metrics);
     }

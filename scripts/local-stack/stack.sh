@@ -219,6 +219,11 @@ start_emulators() {
 start_pg() {
   if port_open "$pg_port"; then
     ours "$pg_port" "$pg_root/data/postmaster.pid" || refuse_foreign postgres "$pg_port" "$pg_root/data/postmaster.pid" CAFE_PG_PORT
+    # A cluster this script started before it offered TLS: the TLS tests
+    # would fail for that reason alone.
+    if [ "$(as_pg "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -tAc 'SHOW ssl' 2>/dev/null)" != on ]; then
+      die "the running PostgreSQL (port $pg_port) offers no TLS: it was started by an older stack.sh; run '$0 stop' then '$0 start'"
+    fi
     return 0
   fi
   init_pg

@@ -157,17 +157,19 @@ fn now_rfc3339() -> String {
 impl Router {
     /// From the next batch on, these work factors and fraud rules (a
     /// reload). The in-process engine gets `engine_rules` on the CPU pool,
-    /// where its lock is taken; its history stays. Returns whether every
-    /// part applied.
+    /// where its lock is taken; its history stays. Returns whether it
+    /// applied; when not, nothing changed.
     pub async fn retune(&self, tuned: Tuned, engine_rules: Rules) -> bool {
-        self.tunables.set(tuned);
-        match &self.scoring {
-            Scoring::Process(engine) => {
-                let engine = Arc::clone(engine);
-                self.pool.run(move || engine.lock().unwrap_or_else(|e| e.into_inner()).set_rules(engine_rules)).await.is_ok()
+        // The engine first: when it fails, nothing has changed.
+        if let Scoring::Process(engine) = &self.scoring {
+            let engine = Arc::clone(engine);
+            let set = self.pool.run(move || engine.lock().unwrap_or_else(|e| e.into_inner()).set_rules(engine_rules));
+            if set.await.is_err() {
+                return false;
             }
-            Scoring::Shared { .. } => true,
         }
+        self.tunables.set(tuned);
+        true
     }
 
     /// The decide stage: one hop onto the CPU pool for the whole batch.

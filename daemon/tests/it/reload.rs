@@ -66,6 +66,10 @@ async fn sighup_changes_a_fraud_threshold_mid_stream_and_loses_nothing() {
     assert_eq!(sums.get("payments"), Some(&60), "{sums:?}\n{}", env.log());
     assert_eq!(sums.get("payment_amount_cents"), Some(&(total_a + total_b + total_c)), "{sums:?}");
     assert_eq!(env.payment_count().await, 60);
+    // The wave in flight at the SIGHUP: each payment decided once, by the
+    // old rules or the new.
+    let in_flight = decisions(&env, 100..120).await;
+    assert!(in_flight.iter().all(|d| d == "approve" || d == "review"), "{in_flight:?}");
     assert!(decisions(&env, 0..20).await.iter().all(|d| d == "approve"), "decided before the reload: unchanged");
     let after = decisions(&env, 200..220).await;
     assert!(after.iter().all(|d| d == "review"), "after the reload every score-0 payment is reviewed: {after:?}");

@@ -144,6 +144,10 @@ impl FraudConfig {
     pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
         let mut bad = |field: &str, why: String| problems.push(ConfigProblem { field: field.to_owned(), why });
+        // Live on a reload: a slip of a digit must not stall the CPU pool.
+        if self.work_factor > 1_000_000 {
+            bad("work_factor", format!("must be 0..1000000, got {}", self.work_factor));
+        }
         if self.velocity_window_secs == 0 {
             bad("velocity_window_secs", "must be greater than 0".into());
         }

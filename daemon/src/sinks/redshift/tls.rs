@@ -10,15 +10,19 @@
 //! | `sslmode` | TLS | the server's certificate |
 //! |---|---|---|
 //! | `disable` | never | - |
-//! | `prefer` (libpq's default) | when the server offers it | not checked |
-//! | `require` (the default for a Redshift host) | always | not checked; with `sslrootcert`, as `verify-ca` |
-//! | `verify-ca` | always | chains to a trusted root |
+//! | `prefer` (libpq's default) | when the server offers it | not checked; with an `sslrootcert` file, its chain is |
+//! | `require` (the default for a Redshift host) | always | not checked; with an `sslrootcert` file, as `verify-ca` |
+//! | `verify-ca` | always | chains to the `sslrootcert` file's CAs (which it needs) |
 //! | `verify-full` | always | chains to a trusted root and names the host |
 //!
 //! The trusted roots are the PEM file `sslrootcert` names (for Redshift,
-//! Amazon's CA bundle), or with `sslrootcert=system` or none given, the
-//! public web PKI's (Redshift's certificates chain to Amazon's public
-//! roots).
+//! Amazon's CA bundle), or for `verify-full` with `sslrootcert=system` or
+//! none given, the public web PKI's (Redshift's certificates chain to
+//! Amazon's public roots). As in libpq, `verify-ca` without a file and
+//! `sslrootcert=system` with any mode but `verify-full` are refused: against
+//! the public roots a certificate for any name would pass. `prefer` and
+//! `require` without a file encrypt but do not authenticate the server:
+//! [`weakness`] says so, for `validate` and the log.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -120,11 +124,23 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Where the query of `url` starts, if it has one: the first `?` after the
+/// user info, which, as tokio-postgres reads it, ends at the first `@`
+/// (a password may hold `?` or `/`).
+fn query_start(url: &str) -> Option<usize> {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let host_start = url[scheme_end..].find('@').map_or(scheme_end, |i| scheme_end + i + 1);
+    url[host_start..].find('?').map(|i| host_start + i)
+}
+
 /// Takes `url` apart. `sslmode` and `sslrootcert` come out of the query;
 /// without `sslmode`, a Redshift host gets `require` and any other host
 /// libpq's `prefer`.
 pub fn parse(url: &str) -> Result<PgUrl, TlsError> {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (base, query) = match query_start(url) {
+        Some(q) => (&url[..q], &url[q + 1..]),
+        None => (url, ""),
+    };
     let (mut mode, mut root_cert) = (None, RootCert::Unset);
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -162,6 +178,32 @@ pub fn parse(url: &str) -> Result<PgUrl, TlsError> {
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
     });
     Ok(PgUrl { config, mode, root_cert })
+}
+
+/// Whether `config`'s hosts are all this machine (a weak mode harms no one there).
+fn loopback_only(config: &tokio_postgres::Config) -> bool {
+    config.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Tcp(h) => {
+            h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => true,
+    })
+}
+
+/// Why `url`'s TLS does not authenticate the server, when the server is not
+/// on this machine: `prefer` or `require` without an `sslrootcert` file.
+/// A warning, not a problem: libpq allows it.
+pub fn weakness(url: &str) -> Option<String> {
+    let u = parse(url).ok()?;
+    let unchecked = matches!(u.mode, SslMode::Prefer | SslMode::Require) && u.root_cert == RootCert::Unset;
+    (unchecked && !loopback_only(&u.config)).then(|| {
+        let mode = if u.mode == SslMode::Prefer { "prefer (the default for a host that is not Redshift's)" } else { "require" };
+        format!(
+            "sslmode={mode} encrypts but does not check the server's certificate: anyone on the network path can \
+             pose as the server and read the password. Use sslmode=verify-full (Redshift's certificates chain to \
+             public roots), or give sslrootcert=<Amazon's Redshift CA bundle>"
+        )
+    })
 }
 
 /// What is wrong with `url`'s TLS settings, for `validate`: the mode, and
@@ -202,8 +244,20 @@ pub fn client_config(mode: SslMode, root_cert: &RootCert) -> Result<Option<rustl
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> = match (mode, root_cert) {
         (SslMode::Disable, _) => return Ok(None),
-        (SslMode::Prefer, _) | (SslMode::Require, RootCert::Unset) => Arc::new(Unchecked(Arc::clone(&provider))),
-        (SslMode::Require | SslMode::VerifyCa, _) => Arc::new(ChainOnly(webpki(root_cert, &provider)?)),
+        (SslMode::Prefer | SslMode::Require, RootCert::Unset) => Arc::new(Unchecked(Arc::clone(&provider))),
+        (SslMode::VerifyCa, RootCert::Unset | RootCert::System) => {
+            return Err(TlsError::Url(
+                "sslmode=verify-ca needs sslrootcert=<a file of CA certificates>: against the public roots a \
+                 certificate for any name would pass (use verify-full for those)"
+                    .into(),
+            ));
+        }
+        (SslMode::Prefer | SslMode::Require, RootCert::System) => {
+            return Err(TlsError::Url("sslrootcert=system needs sslmode=verify-full (as in libpq)".into()));
+        }
+        (SslMode::Prefer | SslMode::Require | SslMode::VerifyCa, RootCert::File(_)) => {
+            Arc::new(ChainOnly(webpki(root_cert, &provider)?))
+        }
         (SslMode::VerifyFull, _) => webpki(root_cert, &provider)?,
     };
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -325,6 +379,40 @@ mod tests {
         assert!(e.to_string().contains("sslmode must be"), "{e}");
         assert!(!e.to_string().contains("postgres://"), "the URL is not shown: {e}");
         assert_eq!(parse("postgres://h/d?sslrootcert=system").expect("parses").root_cert, RootCert::System);
+    }
+
+    #[test]
+    fn a_password_with_a_question_mark_or_a_slash_keeps_the_mode() {
+        let u = parse("postgres://u:p?ss/w@db.internal:5439/d?sslmode=verify-full&sslrootcert=system").expect("parses");
+        assert_eq!(u.mode, SslMode::VerifyFull);
+        assert_eq!(u.root_cert, RootCert::System);
+        assert_eq!(u.config.get_password(), Some(&b"p?ss/w"[..]));
+        assert_eq!(u.config.get_dbname(), Some("d"));
+    }
+
+    #[test]
+    fn modes_that_would_trust_any_public_certificate_are_refused() {
+        for url in [
+            "postgres://h/d?sslmode=verify-ca",
+            "postgres://h/d?sslmode=verify-ca&sslrootcert=system",
+            "postgres://h/d?sslmode=require&sslrootcert=system",
+            "postgres://h/d?sslmode=prefer&sslrootcert=system",
+        ] {
+            assert!(problem(url).is_some(), "{url} must be refused");
+        }
+        assert!(problem("postgres://h/d?sslmode=verify-full").is_none());
+        assert!(problem("postgres://h/d?sslmode=verify-full&sslrootcert=system").is_none());
+    }
+
+    #[test]
+    fn unchecked_tls_to_another_host_is_a_warning() {
+        assert!(
+            weakness("postgres://u@cafe.abc123.us-east-1.redshift.amazonaws.com:5439/dev").is_some_and(|w| w.contains("require"))
+        );
+        assert!(weakness("postgres://u@db.internal/dev").is_some_and(|w| w.contains("prefer")));
+        assert!(weakness("postgres://u@db.internal/dev?sslmode=verify-full").is_none());
+        assert!(weakness("postgres://u@127.0.0.1/dev").is_none(), "loopback");
+        assert!(weakness("postgres://u@localhost/dev?sslmode=require").is_none(), "loopback");
     }
 
     #[test]

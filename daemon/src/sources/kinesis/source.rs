@@ -265,7 +265,7 @@ impl KinesisSource {
                     }
                 }
             }
-            Received { source, count: fetched.records.len() as u64, bytes: Some(bytes) }.emit(&self.metrics);
+            Received { source, shard: Some(&shard), count: fetched.records.len() as u64, bytes: Some(bytes) }.emit(&self.metrics);
             if let Some(last) = fetched.records.last() {
                 after = Some((last.sequence.clone(), last.sub));
             }

@@ -267,7 +267,7 @@ impl SqsSource {
                 })
                 .collect();
             // Empty or not, the receive worked: the input can read.
-            Received { source: &self.name, count: batch.len() as u64, bytes: None }.emit(&self.metrics);
+            Received { source: &self.name, shard: None, count: batch.len() as u64, bytes: None }.emit(&self.metrics);
             if batch.is_empty() {
                 continue;
             }
