@@ -4,11 +4,15 @@
 # (default cold-start: the daemon is restarted as the burst lands), print the
 # summary and where the reports are.
 #
-# Usage: scripts/run-local.sh [SCENARIO] [cafe-loadgen run options...]
+# Usage: scripts/run-local.sh [--keep] [SCENARIO] [cafe-loadgen run options...]
 #   e.g. scripts/run-local.sh cold-start --scale 0.5 --seed 7
+#   --keep leaves cafe-streamd running afterwards (docs/walkthrough.md's
+#   commands need it); `scripts/daemon.sh stop` stops it.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
+keep=0
+if [ "${1:-}" = --keep ]; then keep=1; shift; fi
 scenario=${1:-cold-start}
 shift || true
 
@@ -23,7 +27,7 @@ export CAFE_SINKS__REDSHIFT__URL=${CAFE_SINKS__REDSHIFT__URL:-$CAFE_PG_URL}
 export CAFE_LOADGEN_REDSHIFT_URL=${CAFE_LOADGEN_REDSHIFT_URL:-$CAFE_PG_URL}
 "$CAFE_STREAMD_BIN" provision
 scripts/daemon.sh start
-trap 'scripts/daemon.sh stop' EXIT
+if [ "$keep" = 0 ]; then trap 'scripts/daemon.sh stop' EXIT; fi
 
 report="$repo/reports/$scenario-$(date -u +%Y%m%dT%H%M%SZ)"
 status=0
@@ -33,4 +37,7 @@ echo
 echo "daemon log:   $repo/.stack/logs/cafe-streamd.log"
 echo "report:       $report/report.html (self-contained: latency and throughput over the run)"
 echo "summary:      $report/summary.md"
+if [ "$keep" = 1 ]; then
+  echo "cafe-streamd: still running (--keep); scripts/daemon.sh stop stops it"
+fi
 exit $status

@@ -63,6 +63,8 @@ promtool_rules
 scripts/daemon.sh start
 CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
   target/debug/cafe-loadgen run cold-start --scale "${CAFE_E2E_SCALE:-0.05}" --report-dir target/e2e-report
+# docs/walkthrough.md, as written, against the same daemon.
+scripts/walkthrough.sh
 
 phase "end to end: morning-rush at scale ${CAFE_E2E_RUSH_SCALE:-0.5}, stages at ${CAFE_E2E_RUSH_TIME_SCALE:-0.25}x length"
 target/debug/cafe-loadgen run morning-rush --scale "${CAFE_E2E_RUSH_SCALE:-0.5}" \
@@ -98,4 +100,4 @@ scripts/package.sh dev
 # The same selection as the first cargo test, so nothing is rebuilt.
 cargo test --workspace --all-targets --locked -- --ignored packages::
 echo "all done in ${SECONDS}s"
-echo "7 passed, 0 failed: end-to-end cold-start, morning-rush, menu-sync; dashboards and rules on Prometheus; chaos kill-instances and throttle-dynamodb; packages"
+echo "7 passed, 0 failed: end-to-end cold-start (and the walkthrough), morning-rush, menu-sync; dashboards and rules on Prometheus; chaos kill-instances and throttle-dynamodb; packages"

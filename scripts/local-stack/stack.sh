@@ -121,6 +121,23 @@ install_moto() {
   fi
 }
 
+# The AWS CLI (v1, pinned by cli-requirements.txt) for the walkthrough and
+# for poking at the stack by hand, in a venv of its own (its botocore pin
+# must not meet moto's), reached through $state/bin/aws, which `env` puts
+# first on the PATH.
+install_cli() {
+  local want
+  want=$(sed -n 's/^awscli==//p' "$here/cli-requirements.txt")
+  if [ ! -x "$state/cli/bin/aws" ] || [ "$("$state/cli/bin/python" -c 'import awscli; print(awscli.__version__)' 2>/dev/null)" != "$want" ]; then
+    say "installing the AWS CLI $want into $state/cli"
+    python3 -m venv "$state/cli" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    "$state/cli/bin/pip" install --quiet --disable-pip-version-check -r "$here/cli-requirements.txt" \
+      > "$logs/pip-cli.log" 2>&1 || { tail -n 20 "$logs/pip-cli.log" >&2; die "pip install failed; log: $logs/pip-cli.log"; }
+  fi
+  mkdir -p "$state/bin"
+  ln -sfn "$state/cli/bin/aws" "$state/bin/aws"
+}
+
 # Prints the path of this checkout's cafe-emulators, building it first if
 # this machine has no build of these sources yet.
 build_emulators() {
@@ -266,6 +283,7 @@ case "$cmd" in
       prebuild=$!
     fi
     start_moto
+    install_cli
     if [ -n "$prebuild" ]; then wait "$prebuild" || die "building cafe-emulators failed; log: $logs/emulators-build.log"; fi
     start_emulators
     start_pg
@@ -292,6 +310,7 @@ case "$cmd" in
     ;;
   env)
     cat <<EOF
+export PATH="$state/bin:\$PATH"
 export AWS_REGION=$region
 export AWS_DEFAULT_REGION=$region
 export AWS_ACCESS_KEY_ID=\${AWS_ACCESS_KEY_ID:-testing}

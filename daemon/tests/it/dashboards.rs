@@ -132,12 +132,13 @@ fn every_panel_is_scoped_by_the_job_and_instance_variables() {
 }
 
 /// Every alert carries a runbook line and a `runbook_url` whose anchor is an
-/// entry of the README's runbook (a heading named after the alert).
+/// entry of the runbook in docs/operations.md (a heading named after the
+/// alert), where the package installs that page.
 #[test]
 fn every_alert_links_its_runbook_entry() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let rules = std::fs::read_to_string(dir.join("dashboards/cafe-stream.rules.yml")).expect("rules");
-    let readme = std::fs::read_to_string(dir.join("README.md")).expect("README");
+    let readme = std::fs::read_to_string(dir.join("docs/operations.md")).expect("docs/operations.md");
     let anchors: BTreeSet<String> = readme
         .lines()
         .filter(|l| l.starts_with('#'))
@@ -161,9 +162,9 @@ fn every_alert_links_its_runbook_entry() {
             .find_map(|l| l.trim().strip_prefix("runbook_url: "))
             .unwrap_or_else(|| panic!("{name} has no runbook_url"))
             .trim_matches('"');
-        let anchor = url.strip_prefix("file:///usr/share/doc/cafe-stream/README.md#").unwrap_or_else(|| panic!("{name}: {url}"));
+        let anchor = url.strip_prefix("file:///usr/share/doc/cafe-stream/docs/operations.md#").unwrap_or_else(|| panic!("{name}: {url}"));
         assert_eq!(anchor, name.to_lowercase(), "{name}: {url}");
-        assert!(anchors.contains(anchor), "{name}: the README has no heading for #{anchor}");
+        assert!(anchors.contains(anchor), "{name}: docs/operations.md has no heading for #{anchor}");
     }
     assert!(alerts >= 12, "{alerts}");
 }

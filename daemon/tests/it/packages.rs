@@ -25,6 +25,8 @@ const DAEMON_FILES: &[&str] = &[
     "/usr/share/cafe-stream/iam/cafe-streamd-run.json",
     "/usr/share/cafe-stream/iam/cafe-streamd-provision.json",
     "/usr/share/doc/cafe-stream/README.md",
+    "/usr/share/doc/cafe-stream/docs/operations.md",
+    "/usr/share/doc/cafe-stream/docs/configuration.md",
 ];
 
 /// The load harness's package.

@@ -1,4 +1,4 @@
-//! Tidy tests: the README's architecture invariants that a reading of the
+//! Tidy tests: the architecture invariants (docs/architecture.md) that a reading of the
 //! source tree can check, as rust-analyzer's tidy tests do. They need no
 //! stack and fail with the file and line that breaks an invariant.
 
