@@ -185,6 +185,7 @@ async fn router(pipeline: &PipelineConfig, fraud: &FraudConfig, dynamodb: aws_sd
         scoring: Scoring::Process(Arc::new(Mutex::new(fresh_engine(fraud)))),
         tunables: Arc::new(Tunables::new(Tuned {
             work: work(pipeline, fraud),
+            linger: Duration::from_millis(pipeline.linger_ms),
             rules: Arc::new(Rules::new(fraud.clone()).expect("valid fraud config")),
         })),
         sink_concurrency: pipeline.sink_concurrency,

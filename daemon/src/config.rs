@@ -194,7 +194,7 @@ pub fn redact_url(url: &str) -> String {
     let mut rest = out.as_str();
     while let Some(eq) = rest.find('=') {
         let key_start = rest[..eq].rfind(['?', '&', ' ']).map_or(0, |i| i + 1);
-        let key = percent_decode_lossy(&rest[key_start..eq]);
+        let key = crate::sinks::redshift::tls::percent_decode(&rest[key_start..eq]);
         let value_end = rest[eq + 1..].find(['&', ' ', '#']).map_or(rest.len(), |i| eq + 1 + i);
         result.push_str(&rest[..=eq]);
         if key.eq_ignore_ascii_case("password") {
@@ -206,27 +206,6 @@ pub fn redact_url(url: &str) -> String {
     }
     result.push_str(rest);
     result
-}
-
-/// `%XX` escapes decoded, anything else as it is.
-fn percent_decode_lossy(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(a), Some(b)) => {
-                out.push((a * 16 + b) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The kind an input of this name has when its `type` is not given.

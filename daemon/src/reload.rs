@@ -8,7 +8,8 @@
 //! `history_secs`; instances with different bounds would trim each other's
 //! shared states, so those change with a restart of the whole fleet), and
 //! the work factors (`fraud.work_factor`, `pipeline.menu_json_rounds`,
-//! `pipeline.max_future_secs`). Every other changed field is named in the
+//! `pipeline.max_future_secs`) and the pacing (`pipeline.linger_ms`, each
+//! stream's `poll_interval_ms`). Every other changed field is named in the
 //! log and left as it was until a restart: it sizes a channel, a pool or a
 //! cache, names a resource, or is read once at start. A configuration that
 //! is not valid, or an empty file (one being rewritten), changes nothing.
@@ -64,7 +65,8 @@ const STATE_BOUNDS: [&str; 4] =
 /// Whether a reload applies `field` (a dotted path) while the daemon runs,
 /// with the fraud history kept in `state`.
 pub fn is_live(field: &str, state: StateStore) -> bool {
-    matches!(field, "log.level" | "pipeline.menu_json_rounds" | "pipeline.max_future_secs")
+    matches!(field, "log.level" | "pipeline.menu_json_rounds" | "pipeline.max_future_secs" | "pipeline.linger_ms")
+        || (field.starts_with("sources.") && field.ends_with(".poll_interval_ms"))
         || (field.starts_with("fraud.")
             && !matches!(field, "fraud.state" | "fraud.max_tracked_keys")
             && !(state == StateStore::DynamoDb && STATE_BOUNDS.contains(&field)))
@@ -116,6 +118,14 @@ pub fn plan(running: &Config, wanted: &Config) -> Plan {
     next.log.level.clone_from(&wanted.log.level);
     next.pipeline.menu_json_rounds = wanted.pipeline.menu_json_rounds;
     next.pipeline.max_future_secs = wanted.pipeline.max_future_secs;
+    next.pipeline.linger_ms = wanted.pipeline.linger_ms;
+    for (name, input) in &mut next.sources.inputs {
+        if let (crate::config::SourceConfig::Kinesis(k), Some(crate::config::SourceConfig::Kinesis(w))) =
+            (input, wanted.sources.inputs.get(name))
+        {
+            k.poll_interval_ms = w.poll_interval_ms;
+        }
+    }
     let r = &running.fraud;
     next.fraud = FraudConfig { state, max_tracked_keys: r.max_tracked_keys, ..wanted.fraud.clone() };
     if state == StateStore::DynamoDb {
@@ -125,6 +135,11 @@ pub fn plan(running: &Config, wanted: &Config) -> Plan {
         next.fraud.history_secs = r.history_secs;
     }
     Plan { applied, kept, next }
+}
+
+/// The values batches read, of a configuration, with the shared state's `rules`.
+pub fn tuned(config: &Config, rules: Rules) -> Tuned {
+    Tuned { work: work(config), linger: std::time::Duration::from_millis(config.pipeline.linger_ms), rules: Arc::new(rules) }
 }
 
 /// The work factors of a configuration.
@@ -147,6 +162,8 @@ pub struct Targets {
     pub logging: Option<Arc<Logging>>,
     /// systemd, told of a reload through `STATUS=`.
     pub notifier: Arc<Notifier>,
+    /// Each stream's live `poll_interval_ms`, by input name.
+    pub poll_intervals: Vec<(String, Arc<std::sync::atomic::AtomicU64>)>,
 }
 
 /// On each SIGHUP, reads the configuration again and applies it (or logs
@@ -177,7 +194,7 @@ async fn apply(targets: &mut Targets, wanted: &Config) {
     };
     // The engine first: if that fails nothing has changed.
     let (for_engine, shared) = rules;
-    if !targets.router.retune(Tuned { work: work(&next), rules: Arc::new(shared) }, for_engine).await {
+    if !targets.router.retune(tuned(&next, shared), for_engine).await {
         error!("Reload refused: setting the in-process fraud rules failed; the running configuration stays");
         return;
     }
@@ -188,6 +205,11 @@ async fn apply(targets: &mut Targets, wanted: &Config) {
             }
             Ok(_) => {}
             Err(e) => error!(error = %e, "Reload: log.level not applied; the rest is"),
+        }
+    }
+    for (name, poll) in &targets.poll_intervals {
+        if let Some(k) = next.sources.kinesis_input(name) {
+            poll.store(k.poll_interval_ms, std::sync::atomic::Ordering::Relaxed);
         }
     }
     targets.running = next;
@@ -265,6 +287,18 @@ mod tests {
         let running = config("[fraud]\nstate = \"process\"");
         let wanted = config("[fraud]\nstate = \"process\"\nvelocity_max_per_card = 9\nhistory_secs = 3600");
         assert_eq!(plan(&running, &wanted).kept, Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_pacing_applies_live() {
+        let running = config("");
+        let wanted = config("[pipeline]\nlinger_ms = 5\n[sources.orders]\npoll_interval_ms = 500\nshards = 2");
+        let p = plan(&running, &wanted);
+        assert_eq!(p.applied, vec!["pipeline.linger_ms", "sources.orders.poll_interval_ms"]);
+        assert_eq!(p.kept, vec!["sources.orders.shards"]);
+        assert_eq!(p.next.pipeline.linger_ms, 5);
+        assert_eq!(p.next.sources.kinesis_input("orders").map(|k| k.poll_interval_ms), Some(500));
+        assert_eq!(tuned(&p.next, Rules::new(p.next.fraud.clone()).expect("rules")).linger, std::time::Duration::from_millis(5));
     }
 
     #[test]

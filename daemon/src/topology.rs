@@ -30,7 +30,7 @@ use crate::bridge::CpuPool;
 use crate::config::{Config, SqsSourceConfig};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::route::{FraudStateCache, OrderCaches, Router, Scoring, Tunables, Tuned};
+use crate::route::{FraudStateCache, OrderCaches, Router, Scoring, Tunables};
 use crate::sinks::dynamodb::DynamoDbSink;
 use crate::sinks::redshift::{RedshiftSink, Transport};
 use crate::sinks::rejected::RejectedSink;
@@ -116,10 +116,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
             )),
         },
     };
-    let tunables = Arc::new(Tunables::new(Tuned {
-        work: crate::reload::work(&config),
-        rules: Arc::new(Rules::new(config.fraud.clone()).map_err(fraud_problems)?),
-    }));
+    let tunables =
+        Arc::new(Tunables::new(crate::reload::tuned(&config, Rules::new(config.fraud.clone()).map_err(fraud_problems)?)));
     let router = Router {
         dynamodb: DynamoDbSink::new(dynamodb.clone(), config.sinks.dynamodb.clone(), Arc::clone(&metrics))
             .with_mirror(mirror)
@@ -178,7 +176,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
     let mut lease_tasks = Vec::new();
     let mut streams_consumed = Vec::new();
     let mut share: Option<Arc<Leases>> = None;
-    for (_, stream) in config.sources.enabled_kinesis() {
+    let mut poll_intervals = Vec::new();
+    for (name, stream) in config.sources.enabled_kinesis() {
         let worker_id = if stream.worker_id.is_empty() { leases::default_worker_id() } else { stream.worker_id.clone() };
         let shards = Arc::new(ShardContext {
             router: router.clone(),
@@ -199,6 +198,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
             stream.clone(),
             Arc::clone(&metrics),
         );
+        poll_intervals.push((name.to_owned(), kinesis.poll_interval()));
         // Fail fast on a missing stream or lease table rather than retrying
         // forever; a passing failure gets a few attempts.
         let mut attempt = 0;
@@ -289,6 +289,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
             router: router.clone(),
             logging: control.logging.clone(),
             notifier: Arc::clone(&notifier),
+            poll_intervals,
         };
         tokio::spawn(crate::reload::reload_loop(reload, targets))
     });

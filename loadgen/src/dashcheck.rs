@@ -24,6 +24,18 @@ pub struct Check {
     pub alert: bool,
 }
 
+/// `expr` as Grafana sends it with "All" picked in every query variable of
+/// `dashboard` (`job`, `instance`): `$name` and `${name}` become the
+/// variable's `allValue` (a regular expression, `.*`).
+fn all_selected(expr: &str, dashboard: &Value) -> String {
+    let mut out = expr.to_owned();
+    for v in dashboard["templating"]["list"].as_array().into_iter().flatten() {
+        let (Some(name), Some(all)) = (v["name"].as_str(), v["allValue"].as_str()) else { continue };
+        out = out.replace(&format!("${{{name}}}"), all).replace(&format!("${name}"), all);
+    }
+    out
+}
+
 /// Every expression of the dashboards (`*.json`) and rules (`*.yml`) in `dir`.
 pub fn checks(dir: &Path) -> anyhow::Result<Vec<Check>> {
     let mut out = Vec::new();
@@ -41,7 +53,7 @@ pub fn checks(dir: &Path) -> anyhow::Result<Vec<Check>> {
                     if let Some(expr) = t["expr"].as_str() {
                         out.push(Check {
                             place: format!("{name}: {}", p["title"].as_str().unwrap_or("?")),
-                            expr: expr.to_owned(),
+                            expr: all_selected(expr, &d),
                             alert: false,
                         });
                     }
@@ -123,5 +135,8 @@ mod tests {
         assert!(all.iter().filter(|c| c.alert).count() >= 6, "{all:?}");
         assert!(all.iter().any(|c| c.place.starts_with("cafe-stream.json: ") && c.expr.contains("cafe_queue_depth_messages")));
         assert!(all.iter().any(|c| c.place == "cafe-stream.rules.yml: CafeInstanceDown" && c.alert));
+        // As Grafana sends them with every instance of every job picked.
+        assert!(all.iter().all(|c| !c.expr.contains('$')), "{all:?}");
+        assert!(all.iter().any(|c| c.expr.contains("cafe_build_info{job=~\".*\",instance=~\".*\"}")), "{all:?}");
     }
 }

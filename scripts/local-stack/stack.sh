@@ -134,8 +134,10 @@ install_cli() {
     "$state/cli/bin/pip" install --quiet --disable-pip-version-check -r "$here/cli-requirements.txt" \
       > "$logs/pip-cli.log" 2>&1 || { tail -n 20 "$logs/pip-cli.log" >&2; die "pip install failed; log: $logs/pip-cli.log"; }
   fi
+  # Through aws-cli.sh: the CLI v1 sends SQS calls to AWS's legacy names
+  # unless given --endpoint-url (see that file).
   mkdir -p "$state/bin"
-  ln -sfn "$state/cli/bin/aws" "$state/bin/aws"
+  cp "$here/aws-cli.sh" "$state/bin/aws"
 }
 
 # Prints the path of this checkout's cafe-emulators, building it first if

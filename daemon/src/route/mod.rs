@@ -110,6 +110,9 @@ pub struct Tunables {
 pub struct Tuned {
     /// Work factors.
     pub work: Work,
+    /// How long a partial batch of an SQS input waits for more
+    /// (`pipeline.linger_ms`).
+    pub linger: std::time::Duration,
     /// The fraud rules (the shared state's; the in-process engine has its own).
     pub rules: Arc<Rules>,
 }

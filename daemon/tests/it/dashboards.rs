@@ -162,7 +162,8 @@ fn every_alert_links_its_runbook_entry() {
             .find_map(|l| l.trim().strip_prefix("runbook_url: "))
             .unwrap_or_else(|| panic!("{name} has no runbook_url"))
             .trim_matches('"');
-        let anchor = url.strip_prefix("file:///usr/share/doc/cafe-stream/docs/operations.md#").unwrap_or_else(|| panic!("{name}: {url}"));
+        let anchor =
+            url.strip_prefix("file:///usr/share/doc/cafe-stream/docs/operations.md#").unwrap_or_else(|| panic!("{name}: {url}"));
         assert_eq!(anchor, name.to_lowercase(), "{name}: {url}");
         assert!(anchors.contains(anchor), "{name}: docs/operations.md has no heading for #{anchor}");
     }

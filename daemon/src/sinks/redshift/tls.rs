@@ -104,8 +104,8 @@ fn is_redshift_host(host: &str) -> bool {
     .any(|s| h.ends_with(s))
 }
 
-/// `%XX` escapes decoded (a query value).
-fn percent_decode(s: &str) -> String {
+/// `%XX` escapes decoded (a query's key or value), anything else as it is.
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

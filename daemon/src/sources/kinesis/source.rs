@@ -11,6 +11,7 @@
 
 use std::cmp::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
@@ -80,13 +81,22 @@ pub struct KinesisSource {
     config: KinesisSourceConfig,
     metrics: Arc<Metrics>,
     budget: ReadBudget,
+    /// `poll_interval_ms`, which a reload may change: each reader reads it
+    /// before each call.
+    poll_ms: Arc<AtomicU64>,
 }
 
 impl KinesisSource {
     /// A source on `config.stream`.
     pub fn new(client: Client, config: KinesisSourceConfig, metrics: Arc<Metrics>) -> Self {
         let budget = ReadBudget::new(config.max_bytes_in_flight, Arc::clone(&metrics));
-        KinesisSource { client, config, metrics, budget }
+        let poll_ms = Arc::new(AtomicU64::new(config.poll_interval_ms));
+        KinesisSource { client, config, metrics, budget, poll_ms }
+    }
+
+    /// The live `poll_interval_ms`, for a reload to set.
+    pub fn poll_interval(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.poll_ms)
     }
 
     /// The stream name, the `source` label of its metrics.
@@ -153,8 +163,9 @@ impl KinesisSource {
     async fn read_shard(&self, shard: String, start: Checkpoint, tx: mpsc::Sender<Fetched>, stop: CancellationToken) {
         let cfg = &self.config;
         let source = cfg.stream.as_str();
-        let backoff = Backoff { base: Duration::from_millis(cfg.poll_interval_ms), max: Duration::from_secs(10) };
-        let poll = Duration::from_millis(cfg.poll_interval_ms);
+        // The pacing in force now (a reload may change it between calls).
+        let poll = || Duration::from_millis(self.poll_ms.load(AtomicOrdering::Relaxed));
+        let backoff = || Backoff { base: poll(), max: Duration::from_secs(10) };
         // The last record handed on: reading resumes after it.
         let mut after: Option<(String, u64)> = match &start {
             Checkpoint::At { sequence, sub } => Some((sequence.clone(), *sub)),
@@ -185,13 +196,13 @@ impl KinesisSource {
                         let error = e.to_string();
                         SourceError { source, shard: Some(&shard), kind: SourceErrorKind::Iterator, error: &error }
                             .emit(&self.metrics);
-                        next_call = tokio::time::Instant::now() + backoff.delay(failures);
+                        next_call = tokio::time::Instant::now() + backoff().delay(failures);
                         failures += 1;
                         continue;
                     }
                 },
             };
-            next_call = tokio::time::Instant::now() + poll;
+            next_call = tokio::time::Instant::now() + poll();
             let result = self.client.get_records().shard_iterator(&it).limit(cfg.max_records as i32).send().await;
             let mut out = match result {
                 Ok(out) => out,
@@ -221,7 +232,7 @@ impl KinesisSource {
                     if !unusable {
                         iterator = Some(it);
                     }
-                    next_call = tokio::time::Instant::now() + backoff.delay(failures);
+                    next_call = tokio::time::Instant::now() + backoff().delay(failures);
                     failures += 1;
                     continue;
                 }

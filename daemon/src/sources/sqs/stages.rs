@@ -42,11 +42,11 @@ pub async fn decide_loop(
     router: Router,
     config: PipelineConfig,
 ) {
-    let linger = Duration::from_millis(config.linger_ms);
     loop {
         let Some(first) = rx.recv().await else { return };
         let mut batch = first;
-        let deadline = tokio::time::Instant::now() + linger;
+        // The linger in force now: a reload may change it.
+        let deadline = tokio::time::Instant::now() + router.tunables.get().linger;
         while batch.len() < config.max_batch_events {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(more)) => batch.extend(more),
