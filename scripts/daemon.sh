@@ -4,7 +4,8 @@
 #
 # Usage: daemon.sh start|stop|restart|status
 #   CAFE_STREAMD_BIN     binary (default: <repo>/target/release/cafe-streamd)
-#   CAFE_STREAMD_CONFIG  config file (default: none, the contract's defaults)
+#   CAFE_STREAMD_CONFIG  config file (default: none: /etc/cafe-stream/cafe-streamd.toml
+#                        when it exists, else the contract's defaults)
 #   CAFE_STACK_DIR       where the pid file and log go (default: <repo>/.stack)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

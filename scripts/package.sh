@@ -3,14 +3,14 @@
 # with cargo-deb and an .rpm (Amazon Linux, RHEL) with cargo-generate-rpm:
 # cafe-stream (cafe-streamd, the systemd unit and its maintainer scripts,
 # an example config, the dashboards and rules, the IAM policies and the
-# README) and cafe-stream-loadgen (cafe-loadgen and the scenarios). The
+# README and docs/) and cafe-stream-loadgen (cafe-loadgen and the scenarios). The
 # lists are in daemon/Cargo.toml and loadgen/Cargo.toml
 # ([package.metadata.deb] and [package.metadata.generate-rpm]). x86_64
 # only: the toolchain here has no other target's standard library.
 #
 # Usage: scripts/package.sh [PROFILE]     (default release)
 #   The tools are installed, pinned, once per machine into
-#   ${CAFE_CACHE_DIR:-~/.cache/cafe-stream}/tools/<versions>/ (as the
+#   ${CAFE_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/cafe-stream}/tools/<versions>/ (as the
 #   emulators are): a fresh clone on a machine that installed them before
 #   compiles nothing for them (the install is about 8 minutes on 2 cores).
 #   Packages go to target/packages/. test.sh packages the dev build (same

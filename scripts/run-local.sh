@@ -34,7 +34,7 @@ status=0
 CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
   target/release/cafe-loadgen run "$scenario" --report-dir "$report" "$@" || status=$?
 echo
-echo "daemon log:   $repo/.stack/logs/cafe-streamd.log"
+echo "daemon log:   ${CAFE_STACK_DIR:-$repo/.stack}/logs/cafe-streamd.log"
 echo "report:       $report/report.html (self-contained: latency and throughput over the run)"
 echo "summary:      $report/summary.md"
 if [ "$keep" = 1 ]; then

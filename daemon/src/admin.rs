@@ -73,11 +73,16 @@ fn counts_for_readiness(kind: &str, name: &str) -> bool {
     !(kind == "sink" && name == "redshift")
 }
 
-/// An error's code and status, without its message: `ThrottlingException
-/// (HTTP 400)` of `ThrottlingException (HTTP 400): Rate exceeded`.
+/// An error's call, code and status, without the service's message:
+/// `reading fraud state: ThrottlingException (HTTP 400)` of `reading fraud
+/// state: ThrottlingException (HTTP 400): Rate exceeded for arn:...`; an
+/// error without an HTTP status keeps its first part.
 fn brief(error: &str) -> String {
-    let head = error.split(": ").next().unwrap_or(error);
-    head.chars().take(120).collect()
+    let head = match error.find(" (HTTP ").and_then(|i| error[i..].find(')').map(|j| i + j + 1)) {
+        Some(end) => &error[..end],
+        None => error.split(": ").next().unwrap_or(error),
+    };
+    head.chars().take(160).collect()
 }
 
 /// Failing at least this long before a recovery is worth a log line.
@@ -378,6 +383,22 @@ mod tests {
         assert_eq!(code, StatusCode::OK, "{body}");
         assert_eq!(body["components"]["sink"]["redshift"]["state"], "failed");
         assert_eq!(body["components"]["sink"]["redshift"]["counts_for_readiness"], false);
+    }
+
+    #[test]
+    fn errors_keep_their_call_code_and_status_but_not_the_message() {
+        assert_eq!(
+            brief(
+                "reading fraud state: ProvisionedThroughputExceededException (HTTP 400): The level of configured provisioned throughput"
+            ),
+            "reading fraud state: ProvisionedThroughputExceededException (HTTP 400)"
+        );
+        assert_eq!(
+            brief("AccessDeniedException (HTTP 400): User: arn:aws:sts::123456789012:assumed-role/x"),
+            "AccessDeniedException (HTTP 400)"
+        );
+        assert_eq!(brief("connection failed: error performing TLS handshake"), "connection failed");
+        assert_eq!(brief("timeout"), "timeout");
     }
 
     #[test]

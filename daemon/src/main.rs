@@ -12,7 +12,7 @@ use tracing::{error, info};
 /// mimalloc instead of glibc's malloc. The write path allocates many small
 /// strings (the SDK's items, its JSON and signing), and on the orders
 /// path glibc's malloc and free (with their free-list consolidation) took
-/// about a third of the shard stage's CPU (`benches/pipeline.rs`, under
+/// about a third of the shard stage's CPU (`benches/benches/pipeline.rs`, under
 /// perf); with mimalloc the stage took 26% less time per event, the
 /// decode-and-apply kernel 17% less.
 #[global_allocator]

@@ -12,7 +12,7 @@
 //! credentials), the emulators' options (streams active at once, a shard
 //! limit, an iterator lifetime a test can shorten) and the line that says
 //! what is serving. It must not change what an emulator answers: where one
-//! is more lenient than AWS, the README says so and why it is acceptable, or
+//! is more lenient than AWS, docs/local-stack.md says so and why it is acceptable, or
 //! the strictness goes here with its reason.
 
 use std::net::{Ipv4Addr, SocketAddr};

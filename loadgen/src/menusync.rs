@@ -103,7 +103,7 @@ pub fn item(seed: u64, run_id: &str, index: u64, load: &MenuLoad, ts: &str) -> (
     (body.to_string(), expected)
 }
 
-/// Canonical JSON as the contract's README defines it (keys sorted, no
+/// Canonical JSON as the contract (docs/contract.md) defines it (keys sorted, no
 /// whitespace, integral numbers as integers), written here from the JSON
 /// sent rather than from the daemon's types.
 pub fn canonical(v: &Value) -> String {
