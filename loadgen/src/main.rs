@@ -279,6 +279,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,goose=warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour on a terminal only (not in a CI log or a file), and never with NO_COLOR.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()) && !std::env::var("NO_COLOR").is_ok_and(|v| !v.is_empty()),
+        )
         .init();
     match cli.command {
         Command::List => match scenario::scenarios_dir().and_then(|d| scenario::list(&d)) {
