@@ -11,6 +11,7 @@ use std::hint::black_box;
 
 use benches::{order_body, status_body};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use daemon::route::OrderHasher;
 use pipeline::orders::{OrderState, apply, order_id};
 
 fn orders(c: &mut Criterion) {
@@ -29,13 +30,17 @@ fn orders(c: &mut Criterion) {
     g.throughput(Throughput::Elements(events.len() as u64));
     g.bench_function("decode + apply, 500 events of 100 orders", |b| {
         b.iter(|| {
-            let mut states: HashMap<String, Option<OrderState>> = HashMap::new();
+            // The daemon's hasher for order ids, and no copy of an id already in.
+            let mut states: HashMap<String, Option<OrderState>, OrderHasher> = HashMap::default();
             for (_, body) in &events {
                 let Ok(e) = pipeline::decode(body.as_bytes()) else {
                     continue;
                 };
                 let Some(id) = order_id(&e) else { continue };
-                let state = states.entry(id.to_owned()).or_default();
+                if !states.contains_key(id) {
+                    states.insert(id.to_owned(), None);
+                }
+                let Some(state) = states.get_mut(id) else { continue };
                 black_box(apply(state, &e));
             }
             states.len()

@@ -31,17 +31,26 @@
 //!   the topology spawns it: `Router::decide` on the `CpuPool`, holding
 //!   back the events of orders an earlier batch has in flight,
 //!   `Router::write` (grouping by order, the order cache, the state
-//!   machine, the conditional writes and aggregate rows built and
-//!   serialised by the SDK), checkpoints and the checkpoint at SHARD_END),
-//!   to an in-memory DynamoDB (`support/memory_dynamodb.rs`: the SDK's own
-//!   client, with the daemon's call timeouts, and an in-process HTTP end
-//!   that commits every transaction). The lease is taken through the same
+//!   machine, the conditional writes and their aggregate rows),
+//!   checkpoints and the checkpoint at SHARD_END), writing to an in-memory
+//!   order store (`support/memory_orders.rs`: the router's `OrderStore`,
+//!   which keeps each order's version and refuses a write against another,
+//!   as the table's condition does). The lease and the checkpoints go
+//!   through the SDK to an in-memory DynamoDB (`support/memory_dynamodb.rs`:
+//!   the SDK's own client, with the daemon's call timeouts, and an
+//!   in-process HTTP end that commits every transaction).
+//! - orders `shard stage through the SDK`: the same, with the daemon's own
+//!   order store, the DynamoDB sink, writing to that in-memory DynamoDB:
+//!   each write built, serialised and signed by the SDK, and the responses
+//!   read. Not a goal of its own (that work is the sink's); it shows what
+//!   the SDK's requests add. The lease is taken through the same
 //!   end before each run, outside the timing; each run starts with an
 //!   empty order cache, as a newly leased shard does. No order state is
 //!   read from the table: each order's first event places it, and the
 //!   cache keeps every order after that. Before timing, one run checks
 //!   that the shard ended, that every order was put once and every event
-//!   written once (so nothing was retried, rejected or dropped), within a
+//!   written once (so nothing was retried, rejected or dropped) by each
+//!   store, within a
 //!   time limit (a retry loop fails the bench instead of hanging it);
 //!   each timed run checks that the shard ended and no call was refused.
 //!   The events: 2,000 orders, each placed (4 lines) and moved through 4
@@ -57,7 +66,8 @@
 //! per menu item), the same bodies, and for payments a fresh fraud engine
 //! each iteration. The ratio is therefore the stage's overhead per element
 //! (tokio, channels, the pool hop, batching, metrics; for orders also the
-//! writes' items, their serialisation and the checkpoints), not the
+//! grouping by order, the order cache, the shard's ordering of batches and
+//! the checkpoints, and through the SDK the writes' serialisation), not the
 //! parallel speed-up of the daemon's pool. The stages' figures are wall
 //! time, and their tokio tasks run on the runtime's two workers beside the
 //! rayon thread: for orders, the writes of one batch overlap the decoding
@@ -71,6 +81,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "support/memory_dynamodb.rs"]
 mod memory_dynamodb;
+#[path = "support/memory_orders.rs"]
+mod memory_orders;
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -84,7 +96,7 @@ use daemon::bridge::CpuPool;
 use daemon::config::{DynamoDbSinkConfig, KinesisSourceConfig, PipelineConfig, SqsSourceConfig};
 use daemon::metrics::Metrics;
 use daemon::route::decide::decide_batch;
-use daemon::route::{Decided, Input, OrderCaches, Router, Scoring, Tunables, Tuned, Work};
+use daemon::route::{Decided, Input, OrderCaches, OrderHasher, OrderStore, Router, Scoring, Tunables, Tuned, Work};
 use daemon::sinks::dynamodb::DynamoDbSink;
 use daemon::sinks::rejected::RejectedSink;
 use daemon::sources::kinesis::leases::Leases;
@@ -93,6 +105,7 @@ use daemon::sources::kinesis::source::{Fetched, ShardRecord};
 use daemon::sources::sqs::SqsMessage;
 use daemon::sources::sqs::stages::{self, decide_loop};
 use memory_dynamodb::{MemoryDynamoDb, SHARD};
+use memory_orders::MemoryOrders;
 use pipeline::event::MenuItem;
 use pipeline::fraud::{FraudConfig, FraudEngine, Rules};
 use pipeline::orders::{OrderState, apply, order_id};
@@ -178,8 +191,10 @@ async fn router(pipeline: &PipelineConfig, fraud: &FraudConfig, dynamodb: aws_sd
     // A queue URL, not a name: no GetQueueUrl.
     let queue = format!("{UNUSED_ENDPOINT}/000000000000/cafe-rejected");
     let rejected = RejectedSink::connect(sqs, &queue, Arc::clone(&metrics)).await.expect("a queue URL needs no lookup");
+    let dynamodb = DynamoDbSink::new(dynamodb, DynamoDbSinkConfig::default(), Arc::clone(&metrics));
     Router {
-        dynamodb: DynamoDbSink::new(dynamodb, DynamoDbSinkConfig::default(), Arc::clone(&metrics)),
+        orders: Arc::new(dynamodb.clone()),
+        dynamodb,
         rejected,
         pool: CpuPool::new(1, Arc::clone(&metrics)).expect("a one-thread cpu pool"),
         scoring: Scoring::Process(Arc::new(Mutex::new(fresh_engine(fraud)))),
@@ -315,11 +330,15 @@ fn pages(events: &[(String, String)], max_records: usize) -> Vec<Fetched> {
 
 /// The orders kernel: decode and apply every event, the states in a map.
 fn orders_kernel(events: &[(String, String)]) -> usize {
-    let mut states: HashMap<String, Option<OrderState>> = HashMap::new();
+    // The daemon's hasher for order ids, and no copy of an id already in.
+    let mut states: HashMap<String, Option<OrderState>, OrderHasher> = HashMap::default();
     for (_, body) in events {
         let Ok(e) = pipeline::decode(body.as_bytes()) else { continue };
         let Some(id) = order_id(&e) else { continue };
-        let state = states.entry(id.to_owned()).or_default();
+        if !states.contains_key(id) {
+            states.insert(id.to_owned(), None);
+        }
+        let Some(state) = states.get_mut(id) else { continue };
         black_box(apply(state, &e));
     }
     states.len()
@@ -407,12 +426,41 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
         format!("cafe_pipeline_events_total{{source=\"{}\",outcome=\"written\"}}", KinesisSourceConfig::default().stream);
     assert_eq!(outcomes, vec![(written, events.len() as u64)], "orders: events out of the pipeline, by outcome");
 
+    // The same stage with an in-memory order store in place of the SDK's
+    // requests (the lease and checkpoints still go through the SDK to the
+    // in-memory DynamoDB): the stage's own work, against its kernel.
+    let store = Arc::new(MemoryOrders::default());
+    let in_memory = Router { orders: Arc::clone(&store) as Arc<dyn OrderStore>, ..router.clone() };
+    let (context, generation) = leased_shard(rt, &in_memory, config, &dynamodb);
+    let exit = through_shard(rt, context, generation, pages(&events, max_records));
+    assert_eq!(exit, ShardExit::Ended, "orders, in-memory store: the shard was read to its end and checkpointed");
+    let checked = |store: &MemoryOrders| {
+        assert_eq!(store.refused.load(Ordering::Relaxed), 0, "orders: a read the in-memory store does not serve");
+        assert_eq!(store.conflicts.load(Ordering::Relaxed), 0, "orders: a write the in-memory store refused");
+        assert_eq!(store.order_puts.load(Ordering::Relaxed), ORDERS, "orders, in-memory store: orders put");
+        assert_eq!(store.history_entries.load(Ordering::Relaxed), events.len() as u64, "orders, in-memory store: events");
+    };
+    checked(&store);
+
     let mut g = c.benchmark_group("pipeline");
     g.sample_size(10).sampling_mode(SamplingMode::Flat).warm_up_time(Duration::from_secs(1));
     g.measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Elements(events.len() as u64));
     g.bench_function("orders/kernel", |b| b.iter(|| black_box(orders_kernel(&events))));
     g.bench_function("orders/shard stage", |b| {
+        b.iter_batched(
+            || {
+                store.clear();
+                (leased_shard(rt, &in_memory, config, &dynamodb), pages(&events, max_records))
+            },
+            |((context, generation), pages)| {
+                assert_eq!(black_box(through_shard(rt, context, generation, pages)), ShardExit::Ended);
+                checked(&store);
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("orders/shard stage through the SDK", |b| {
         b.iter_batched(
             || (leased_shard(rt, &router, config, &dynamodb), pages(&events, max_records)),
             |((context, generation), pages)| {

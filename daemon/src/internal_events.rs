@@ -389,18 +389,25 @@ impl InternalEvent for EventRejected {
     }
 }
 
-/// An event became durable this long after its event time.
+/// Events of one batch became durable this long after their event times.
 #[derive(Debug)]
 pub struct EventLatency<'a> {
-    /// The input it arrived on.
+    /// The input they arrived on.
     pub source: &'a str,
-    /// Event time to durable write.
-    pub seconds: f64,
+    /// Event time to durable write, one per event (the series is looked
+    /// up once per batch, not per event).
+    pub seconds: &'a [f64],
 }
 
 impl InternalEvent for EventLatency<'_> {
     fn emit(self, m: &Metrics) {
-        m.e2e_latency.get_or_create(&source(self.source)).observe(self.seconds.max(0.0));
+        if self.seconds.is_empty() {
+            return;
+        }
+        let histogram = m.e2e_latency.get_or_create(&source(self.source));
+        for &s in self.seconds {
+            histogram.observe(s.max(0.0));
+        }
     }
 }
 

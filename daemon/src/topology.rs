@@ -118,10 +118,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
     };
     let tunables =
         Arc::new(Tunables::new(crate::reload::tuned(&config, Rules::new(config.fraud.clone()).map_err(fraud_problems)?)));
+    let dynamodb_sink = DynamoDbSink::new(dynamodb.clone(), config.sinks.dynamodb.clone(), Arc::clone(&metrics))
+        .with_mirror(mirror)
+        .with_stop_retrying(stop_retrying.clone());
     let router = Router {
-        dynamodb: DynamoDbSink::new(dynamodb.clone(), config.sinks.dynamodb.clone(), Arc::clone(&metrics))
-            .with_mirror(mirror)
-            .with_stop_retrying(stop_retrying.clone()),
+        orders: Arc::new(dynamodb_sink.clone()),
+        dynamodb: dynamodb_sink,
         rejected: RejectedSink::connect(sqs.clone(), &config.rejected.queue, Arc::clone(&metrics))
             .await?
             .with_ledger(dynamodb.clone(), &config.sinks.dynamodb.events_table),

@@ -8,9 +8,12 @@
 //! the fresh state. Must not: send rejections or acknowledge (the router
 //! and the sources do, from the fates this returns).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
+use hashbrown::HashTable;
 use pipeline::decided::OrderChange;
 use pipeline::event::{Body, Event, Rejection};
 use pipeline::orders::{Applied, HistoryEntry, OrderState, ShardPos, apply_at, order_id};
@@ -19,8 +22,32 @@ use prometheus_client::metrics::gauge::Gauge;
 use time::OffsetDateTime;
 use tracing::warn;
 
-use crate::sinks::dynamodb::DynamoDbSink;
+use crate::aws::AwsError;
 use crate::sinks::dynamodb::order_items::OrderWriteOutcome;
+
+/// Where orders are read from and written to: the DynamoDB sink in the
+/// daemon (`sinks/dynamodb/order_items.rs`), an in-memory end in benches
+/// and unit tests. The stage speaks `pipeline`'s types to it; the store
+/// turns them into its own writes.
+pub trait OrderStore: std::fmt::Debug + Send + Sync {
+    /// The stored state of each of `ids` (strongly consistent); absent ids
+    /// are absent from the result. Fails only when the reads keep failing.
+    fn read_orders<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<HashMap<String, OrderState>, AwsError>>;
+
+    /// Writes `writes` (distinct orders), each conditional on its `before`,
+    /// with their aggregate rows, up to `concurrency` transactions at once;
+    /// an outcome per write, in order.
+    fn write_orders<'a>(
+        &'a self,
+        writes: &'a [OrderChange],
+        applied_at: &'a str,
+        concurrency: usize,
+    ) -> BoxFuture<'a, Vec<OrderWriteOutcome>>;
+}
+
+/// The hasher of maps keyed by order id: seeded at random per map, and
+/// far cheaper than SipHash on ids of a few dozen bytes.
+pub type OrderHasher = foldhash::quality::RandomState;
 
 /// Rounds of conflicts (another writer moved the order) before the events
 /// are given back to their source.
@@ -73,29 +100,36 @@ pub struct OrderCaches {
 
 #[derive(Debug)]
 struct Pool {
-    owners: HashMap<u64, Owned>,
-    /// Every entry put, oldest first, as (owner, order, put number). An
-    /// element whose entry is gone or was put again since is stale and
+    owners: HashMap<u64, Owned, OrderHasher>,
+    /// Every entry put, oldest first, as (owner, the order's hash, put
+    /// number): a put number names one entry of the whole pool, so the
+    /// queues hold no copy of an order's id (nor a count on a shared one).
+    /// An element whose entry is gone or was put again since is stale and
     /// skipped; the queue is compacted when stale elements dominate.
-    fifo: VecDeque<(u64, Arc<str>, u64)>,
+    fifo: VecDeque<(u64, u64, u64)>,
     bytes: usize,
     /// Entries across every cache.
     entries: usize,
     cap_bytes: usize,
     next_owner: u64,
     next_put: u64,
+    /// Hashes order ids for every cache of the pool.
+    hasher: OrderHasher,
 }
 
 #[derive(Debug)]
 struct Owned {
-    map: HashMap<Arc<str>, Entry>,
-    /// This cache's entries, oldest first, as (order, put number).
-    fifo: VecDeque<(Arc<str>, u64)>,
+    /// Entries by the hash of their order id.
+    map: HashTable<Entry>,
+    /// This cache's entries, oldest first, as (hash, put number).
+    fifo: VecDeque<(u64, u64)>,
     cap: usize,
 }
 
 #[derive(Debug)]
 struct Entry {
+    id: Box<str>,
+    hash: u64,
     state: Option<OrderState>,
     bytes: usize,
     put: u64,
@@ -107,9 +141,9 @@ struct Entry {
 /// ones each).
 pub fn footprint(id: &str, state: Option<&OrderState>) -> usize {
     const ALLOC: usize = 16;
-    let slot = size_of::<(Arc<str>, Entry)>() * 8 / 7 + 1;
-    let key = 2 * size_of::<usize>() + id.len() + ALLOC;
-    let queues = 2 * (size_of::<(u64, Arc<str>, u64)>() + size_of::<(Arc<str>, u64)>());
+    let slot = size_of::<Entry>() * 8 / 7 + 1;
+    let key = id.len() + ALLOC;
+    let queues = 2 * (size_of::<(u64, u64, u64)>() + size_of::<(u64, u64)>());
     let mut n = slot + key + queues;
     if let Some(s) = state {
         n += ALLOC + s.store.len();
@@ -130,13 +164,14 @@ impl OrderCaches {
         Arc::new(OrderCaches {
             gauge,
             inner: Mutex::new(Pool {
-                owners: HashMap::new(),
+                owners: HashMap::default(),
                 fifo: VecDeque::new(),
                 bytes: 0,
                 entries: 0,
                 cap_bytes,
                 next_owner: 0,
                 next_put: 0,
+                hasher: OrderHasher::default(),
             }),
         })
     }
@@ -146,7 +181,7 @@ impl OrderCaches {
         let mut p = self.lock();
         let owner = p.next_owner;
         p.next_owner += 1;
-        p.owners.insert(owner, Owned { map: HashMap::new(), fifo: VecDeque::new(), cap: cap.max(1) });
+        p.owners.insert(owner, Owned { map: HashTable::new(), fifo: VecDeque::new(), cap: cap.max(1) });
         OrderCache { pool: Arc::clone(self), owner }
     }
 
@@ -174,20 +209,32 @@ impl Pool {
         self.entries = self.entries.saturating_sub(entries);
     }
 
-    /// Removes `owner`'s entry for `id` (only if it is still put number
-    /// `put`, when given).
-    fn remove(&mut self, owner: u64, id: &str, put: Option<u64>) {
+    fn hash(&self, id: &str) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    /// Removes `owner`'s entry put as number `put` (whose id hashes to
+    /// `hash`), if it is still there.
+    fn remove_put(&mut self, owner: u64, hash: u64, put: u64) {
         let Some(o) = self.owners.get_mut(&owner) else { return };
-        if let Some(e) = o.map.get(id)
-            && put.is_none_or(|p| p == e.put)
-            && let Some(e) = o.map.remove(id)
-        {
+        if let Ok(found) = o.map.find_entry(hash, |e| e.put == put) {
+            let (e, _) = found.remove();
             self.sub(e.bytes, 1);
         }
     }
 
-    fn live(&self, owner: u64, id: &str, put: u64) -> bool {
-        self.owners.get(&owner).and_then(|o| o.map.get(id)).is_some_and(|e| e.put == put)
+    /// Removes `owner`'s entry for `id`, if any.
+    fn remove_id(&mut self, owner: u64, id: &str) {
+        let hash = self.hash(id);
+        let Some(o) = self.owners.get_mut(&owner) else { return };
+        if let Ok(found) = o.map.find_entry(hash, |e| &*e.id == id) {
+            let (e, _) = found.remove();
+            self.sub(e.bytes, 1);
+        }
+    }
+
+    fn live(&self, owner: u64, hash: u64, put: u64) -> bool {
+        self.owners.get(&owner).is_some_and(|o| o.map.find(hash, |e| e.put == put).is_some())
     }
 
     /// Drops `owner`'s stale queue elements, and gives back the memory of
@@ -198,10 +245,10 @@ impl Pool {
         let Some(o) = self.owners.get_mut(&owner) else { return };
         if o.fifo.len() > 2 * o.map.len() + 64 {
             let map = &o.map;
-            o.fifo.retain(|(k, n)| map.get(k).is_some_and(|e| e.put == *n));
+            o.fifo.retain(|&(h, n)| map.find(h, |e| e.put == n).is_some());
         }
         if o.map.capacity() > 4 * o.map.len().max(64) {
-            o.map.shrink_to(2 * o.map.len());
+            o.map.shrink_to(2 * o.map.len(), |e| e.hash);
         }
         if o.fifo.capacity() > 4 * o.fifo.len().max(64) {
             o.fifo.shrink_to(2 * o.fifo.len());
@@ -219,7 +266,8 @@ impl OrderCache {
     #[cfg(test)]
     fn get(&self, id: &str) -> Option<Option<OrderState>> {
         let p = self.pool.lock();
-        p.owners.get(&self.owner)?.map.get(id).map(|e| e.state.clone())
+        let hash = p.hash(id);
+        p.owners.get(&self.owner)?.map.find(hash, |e| &*e.id == id).map(|e| e.state.clone())
     }
 
     /// Takes `id`'s entry out, if cached: the caller owns the state (no
@@ -228,7 +276,8 @@ impl OrderCache {
     fn take(&self, id: &str) -> Option<Option<OrderState>> {
         let mut guard = self.pool.lock();
         let p = &mut *guard;
-        let e = p.owners.get_mut(&self.owner)?.map.remove(id)?;
+        let hash = p.hash(id);
+        let (e, _) = p.owners.get_mut(&self.owner)?.map.find_entry(hash, |e| &*e.id == id).ok()?.remove();
         p.sub(e.bytes, 1);
         self.pool.show(p);
         Some(e.state)
@@ -241,36 +290,43 @@ impl OrderCache {
         // An order larger than the whole pool is not kept (it would push
         // every other entry out first, then itself).
         if bytes > p.cap_bytes {
-            p.remove(self.owner, id, None);
+            p.remove_id(self.owner, id);
             self.pool.show(p);
             return;
         }
         let put = p.next_put;
         p.next_put += 1;
+        let hash = p.hash(id);
         let Some(o) = p.owners.get_mut(&self.owner) else { return };
-        let key: Arc<str> = match o.map.get_key_value(id) {
-            Some((k, _)) => Arc::clone(k),
-            None => Arc::from(id),
+        let old = match o.map.find_mut(hash, |e| &*e.id == id) {
+            Some(e) => {
+                let old = e.bytes;
+                (e.state, e.bytes, e.put) = (state, bytes, put);
+                Some(old)
+            }
+            None => {
+                o.map.insert_unique(hash, Entry { id: id.into(), hash, state, bytes, put }, |e| e.hash);
+                None
+            }
         };
-        let old = o.map.insert(Arc::clone(&key), Entry { state, bytes, put });
-        o.fifo.push_back((Arc::clone(&key), put));
+        o.fifo.push_back((hash, put));
         if let Some(old) = old {
-            p.sub(old.bytes, 1);
+            p.sub(old, 1);
         }
         p.bytes += bytes;
         p.entries += 1;
-        p.fifo.push_back((self.owner, key, put));
+        p.fifo.push_back((self.owner, hash, put));
         // This cache's bound, then the pool's.
         while let Some(o) = p.owners.get_mut(&self.owner)
             && o.map.len() > o.cap
-            && let Some((k, n)) = o.fifo.pop_front()
+            && let Some((h, n)) = o.fifo.pop_front()
         {
-            p.remove(self.owner, &k, Some(n));
+            p.remove_put(self.owner, h, n);
         }
         let mut shrunk = Vec::new();
         while p.bytes > p.cap_bytes {
-            let Some((owner, k, n)) = p.fifo.pop_front() else { break };
-            p.remove(owner, &k, Some(n));
+            let Some((owner, h, n)) = p.fifo.pop_front() else { break };
+            p.remove_put(owner, h, n);
             if owner != self.owner && !shrunk.contains(&owner) {
                 shrunk.push(owner);
             }
@@ -278,7 +334,7 @@ impl OrderCache {
         // The pool's queue keeps at most about twice the live entries.
         if p.fifo.len() > 2 * p.entries + 64 {
             let mut fifo = std::mem::take(&mut p.fifo);
-            fifo.retain(|(owner, k, n)| p.live(*owner, k, *n));
+            fifo.retain(|&(owner, h, n)| p.live(owner, h, n));
             p.fifo = fifo;
         }
         if p.fifo.capacity() > 4 * p.fifo.len().max(64) {
@@ -295,7 +351,7 @@ impl OrderCache {
     #[cfg(test)]
     fn forget(&self, id: &str) {
         let mut p = self.pool.lock();
-        p.remove(self.owner, id, None);
+        p.remove_id(self.owner, id);
         self.pool.show(&p);
     }
 
@@ -305,7 +361,7 @@ impl OrderCache {
         let (freed, n) = p.owners.get_mut(&self.owner).map_or((0, 0), |o| {
             o.fifo = VecDeque::new();
             let n = o.map.len();
-            (std::mem::take(&mut o.map).into_values().map(|e| e.bytes).sum::<usize>(), n)
+            (std::mem::take(&mut o.map).into_iter().map(|e| e.bytes).sum::<usize>(), n)
         });
         p.sub(freed, n);
         self.pool.show(&p);
@@ -327,7 +383,7 @@ impl Drop for OrderCache {
         let mut p = self.pool.lock();
         let gone = p.owners.remove(&self.owner);
         if let Some(o) = &gone {
-            p.sub(o.map.values().map(|e| e.bytes).sum::<usize>(), o.map.len());
+            p.sub(o.map.iter().map(|e| e.bytes).sum::<usize>(), o.map.len());
         }
         self.pool.show(&p);
         drop(p);
@@ -341,7 +397,7 @@ impl Drop for OrderCache {
 /// `state_reads` is told how many orders were read. Every event of an
 /// order shares its fate when the order's write fails.
 pub async fn apply_orders(
-    sink: &DynamoDbSink,
+    sink: &dyn OrderStore,
     events: &[&Event],
     positions: &[Option<ShardPos>],
     cache: &OrderCache,
@@ -352,7 +408,7 @@ pub async fn apply_orders(
     let mut fates: Vec<Fate> = vec![Fate::Failed; events.len()];
     // Order id -> its events' indices, in arrival order.
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut group_of: HashMap<&str, usize> = HashMap::new();
+    let mut group_of: HashMap<&str, usize, OrderHasher> = HashMap::with_capacity_and_hasher(events.len(), OrderHasher::default());
     for (i, e) in events.iter().enumerate() {
         let Some(id) = order_id(e) else { continue };
         let g = *group_of.entry(id).or_insert_with(|| {
@@ -365,13 +421,13 @@ pub async fn apply_orders(
     // is a replay: it is written optimistically (the put is conditional on
     // the order not existing) and read back only if that condition fails.
     let placed_first = |g: usize| matches!(events[groups[g].1[0]].body, Body::OrderPlaced(_));
-    let mut must_read: HashSet<usize> = HashSet::new();
+    let mut must_read: Vec<bool> = vec![false; groups.len()];
     // Orders whose state this call read from the table. A rejection decided
     // against any other state (the cache, which another input or instance
     // may have moved past; an optimistic "new") is confirmed against the
     // table before it counts: a valid event must never be rejected against
     // a stale copy.
-    let mut fresh: HashSet<usize> = HashSet::new();
+    let mut fresh: Vec<bool> = vec![false; groups.len()];
     let mut pending: Vec<usize> = (0..groups.len()).collect();
     for _ in 0..MAX_ROUNDS {
         // Each pending order's state for this round, taken out of the
@@ -379,19 +435,16 @@ pub async fn apply_orders(
         // successor when one did, nothing when its write failed or
         // conflicted. Whether it is known (cached or read) or assumed (a
         // new order's `None`, never cached).
-        let mut states: HashMap<usize, (Option<OrderState>, bool)> = HashMap::new();
+        let mut states: Vec<Option<(Option<OrderState>, bool)>> = Vec::new();
+        states.resize_with(groups.len(), || None);
         let mut to_read: Vec<usize> = Vec::new();
         for &g in &pending {
             // An order that must be read has nothing cached (it was taken
             // and not put back).
-            match if must_read.contains(&g) { None } else { cache.take(&groups[g].0) } {
-                Some(cached) => {
-                    states.insert(g, (cached, true));
-                }
-                None if must_read.contains(&g) || !placed_first(g) => to_read.push(g),
-                None => {
-                    states.insert(g, (None, false));
-                }
+            match if must_read[g] { None } else { cache.take(&groups[g].0) } {
+                Some(cached) => states[g] = Some((cached, true)),
+                None if must_read[g] || !placed_first(g) => to_read.push(g),
+                None => states[g] = Some((None, false)),
             }
         }
         if !to_read.is_empty() {
@@ -400,16 +453,16 @@ pub async fn apply_orders(
             match sink.read_orders(&ids).await {
                 Ok(mut found) => {
                     for (&g, id) in to_read.iter().zip(&ids) {
-                        states.insert(g, (found.remove(id), true));
-                        fresh.insert(g);
-                        must_read.remove(&g);
+                        states[g] = Some((found.remove(id), true));
+                        fresh[g] = true;
+                        must_read[g] = false;
                     }
                 }
                 // Counted and logged by the sink (SinkGaveUp). The states
                 // taken from the cache go back: they are as known as before.
                 Err(_) => {
-                    for (g, (state, known)) in states {
-                        if known {
+                    for (g, taken) in states.into_iter().enumerate() {
+                        if let Some((state, true)) = taken {
                             cache.put(&groups[g].0, state);
                         }
                     }
@@ -422,7 +475,7 @@ pub async fn apply_orders(
         let mut confirm: Vec<usize> = Vec::new();
         for &g in &pending {
             let (id, idx) = &groups[g];
-            let (mut state, known) = states.remove(&g).unwrap_or((None, false));
+            let (mut state, known) = states[g].take().unwrap_or((None, false));
             let before = state.as_ref().map(|s| s.history.len());
             let mut rows: BTreeMap<_, Counters> = BTreeMap::new();
             let mut placed_by = None;
@@ -440,9 +493,9 @@ pub async fn apply_orders(
                     Applied::Rejected(r) => Fate::Rejected(r),
                 };
             }
-            if !fresh.contains(&g) && idx.iter().any(|&i| matches!(fates[i], Fate::Rejected(_))) {
+            if !fresh[g] && idx.iter().any(|&i| matches!(fates[i], Fate::Rejected(_))) {
                 // Its cached state, if any, was taken: the table decides.
-                must_read.insert(g);
+                must_read[g] = true;
                 confirm.push(g);
                 continue;
             }
@@ -467,7 +520,7 @@ pub async fn apply_orders(
                     OrderWriteOutcome::Written => cache.put(&c.order_id, Some(c.after)),
                     // Its state was taken from the cache: nothing to forget.
                     OrderWriteOutcome::Conflict => {
-                        must_read.insert(g);
+                        must_read[g] = true;
                         again.push(g);
                     }
                     OrderWriteOutcome::Failed => failed.push(g),
@@ -600,7 +653,7 @@ mod tests {
     /// The pool's bytes as the sum of its live entries' footprints.
     fn recount(pool: &OrderCaches) -> usize {
         let p = pool.lock();
-        p.owners.values().flat_map(|o| o.map.iter()).map(|(k, e)| footprint(k, e.state.as_ref())).sum()
+        p.owners.values().flat_map(|o| o.map.iter()).map(|e| footprint(&e.id, e.state.as_ref())).sum()
     }
 
     #[test]

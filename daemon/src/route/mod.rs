@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use apply_orders::{Fate, apply_orders};
-pub use apply_orders::{OrderCache, OrderCaches};
+pub use apply_orders::{OrderCache, OrderCaches, OrderHasher, OrderStore};
 use apply_payments::apply_payments;
 pub use apply_payments::{FraudStateCache, StateTraffic};
 pub use decide::{Decided, Input, Unscored, Work};
@@ -137,8 +137,11 @@ impl Tunables {
 /// Everything the two stages use: the sinks, the CPU pool, the fraud scoring.
 #[derive(Debug, Clone)]
 pub struct Router {
-    /// Payments, orders, menu items and the aggregates.
+    /// Payments, menu items, the fraud state and the aggregates of all but
+    /// orders.
     pub dynamodb: DynamoDbSink,
+    /// Orders and their aggregate rows: the DynamoDB sink in the daemon.
+    pub orders: Arc<dyn OrderStore>,
     /// Rejected events.
     pub rejected: RejectedSink,
     /// The one CPU pool.
@@ -297,13 +300,14 @@ impl Router {
             self.dynamodb.write_payments(&payments),
             shared,
             self.dynamodb.write_menu(&menus, &applied_at),
-            apply_orders(&self.dynamodb, &order_refs, &order_pos, orders, &applied_at, self.sink_concurrency, |count| {
+            apply_orders(&*self.orders, &order_refs, &order_pos, orders, &applied_at, self.sink_concurrency, |count| {
                 OrderStatesRead { source, count }.emit(metrics);
             }),
         );
 
         let now = OffsetDateTime::now_utc();
-        let latency = |t: OffsetDateTime| EventLatency { source, seconds: (now - t).as_seconds_f64() }.emit(metrics);
+        let mut latencies: Vec<f64> = Vec::with_capacity(inputs.len());
+        let mut latency = |t: OffsetDateTime| latencies.push((now - t).as_seconds_f64());
         for ((&i, p), o) in payment_at.iter().zip(&payments).zip(payment_out) {
             outcomes[i] = from_write(o);
             if o == WriteOutcome::Written {
@@ -336,6 +340,8 @@ impl Router {
                 Fate::Failed => {}
             }
         }
+
+        EventLatency { source, seconds: &latencies }.emit(metrics);
 
         // Rejections are durable before their inputs count as done.
         if !rejections.is_empty() {

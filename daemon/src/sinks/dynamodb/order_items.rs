@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use pipeline::decided::OrderChange;
 use pipeline::orders::{HistoryEntry, OrderState, OrderStatus, ShardPos};
 use pipeline::window::{Counters, WindowId};
@@ -29,6 +30,7 @@ use tracing::warn;
 use super::{Attempt, DynamoDbSink, num, s};
 use crate::aws::{AwsError, ErrorClass, classify, describe};
 use crate::internal_events::{InternalEvent, Sink, SinkGaveUp, SinkRetrying, SinkWriteFinished};
+use crate::route::apply_orders::OrderStore;
 
 /// The outcome of one order's write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +267,23 @@ impl DynamoDbSink {
             }
         }
         items
+    }
+}
+
+/// The daemon's order store: the stage's reads and writes, through the
+/// inherent methods above.
+impl OrderStore for DynamoDbSink {
+    fn read_orders<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<HashMap<String, OrderState>, AwsError>> {
+        Box::pin(DynamoDbSink::read_orders(self, ids))
+    }
+
+    fn write_orders<'a>(
+        &'a self,
+        writes: &'a [OrderChange],
+        applied_at: &'a str,
+        concurrency: usize,
+    ) -> BoxFuture<'a, Vec<OrderWriteOutcome>> {
+        Box::pin(DynamoDbSink::write_orders(self, writes, applied_at, concurrency))
     }
 }
 

@@ -18,13 +18,15 @@
 //! it, and the next holder replays it, which changes nothing that was
 //! already written.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use pipeline::orders::order_id;
+use smallvec::SmallVec;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -379,8 +381,8 @@ struct Part {
     no: u64,
     /// Its place in line for its orders ([`Claims`]).
     claim: u64,
-    /// The orders it has events of.
-    orders: Vec<String>,
+    /// The orders it has events of (each once).
+    orders: Vec<OrderKey>,
     /// Writes with nothing else in flight, and nothing read meanwhile: a
     /// batch the decide stage failed on (a bug, never bad input), whose
     /// orders are unknown until it is decided again.
@@ -398,33 +400,66 @@ fn split(no: u64, batch: DecidedBatch, claims: &mut Claims) -> (Option<Part>, Op
         return (None, Some(Part { no, claim, orders: Vec::new(), alone: true, batch }));
     }
     let DecidedBatch { inputs, decided, decided_at } = batch;
-    let mut free = (Vec::new(), Vec::new(), HashSet::new());
-    let mut blocked = (Vec::new(), Vec::new(), HashSet::new());
+    let n = inputs.len();
+    let mut free = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
+    let mut blocked = (Vec::new(), Vec::new(), Vec::new());
     for (input, d) in inputs.into_iter().zip(decided) {
         let order = match &d {
-            Decided::Order(e) => order_id(e).map(str::to_owned),
+            Decided::Order(e) => order_id(e).map(|id| claims.key(id)),
             _ => None,
         };
-        let side = match &order {
+        let side = match order {
             Some(o) if claims.claimed(o) => &mut blocked,
             _ => &mut free,
         };
         if let Some(o) = order {
-            side.2.insert(o);
+            side.2.push(o);
         }
         side.0.push(input);
         side.1.push(d);
     }
-    let mut part = |(inputs, decided, orders): (Vec<Input>, Vec<Decided>, HashSet<String>)| {
+    let mut part = |(inputs, decided, mut orders): (Vec<Input>, Vec<Decided>, Vec<OrderKey>)| {
         if inputs.is_empty() {
             return None;
         }
-        let orders: Vec<String> = orders.into_iter().collect();
+        orders.sort_unstable();
+        orders.dedup();
         let claim = claims.claim(&orders);
         Some(Part { no, claim, orders, alone: false, batch: DecidedBatch { inputs, decided, decided_at } })
     };
     let free = part(free);
     (free, part(blocked))
+}
+
+/// An order's place in [`Claims`]: a hash of its id under keys drawn at
+/// random for each shard task. Two orders that share one (a 64-bit
+/// collision, whatever ids a producer crafts) only wait for each other, as
+/// two events of one order do: the claims order the writes, they decide
+/// nothing. Hashing once per event spares the claims a copy of each id.
+type OrderKey = u64;
+
+/// A map keyed by [`OrderKey`]s, which are hashes already.
+type KeyMap<V> = HashMap<OrderKey, V, BuildHasherDefault<Prehashed>>;
+
+/// Passes a [`OrderKey`] through as its own hash.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here; any other input still hashes.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// The parts that have events of each order, in shard order: a part writes
@@ -433,33 +468,39 @@ fn split(no: u64, batch: DecidedBatch, claims: &mut Claims) -> (Option<Part>, Op
 #[derive(Default)]
 struct Claims {
     next: u64,
-    lines: HashMap<String, VecDeque<u64>>,
+    keys: crate::route::OrderHasher,
+    /// Nearly always one part in line: held inline.
+    lines: KeyMap<SmallVec<[u64; 2]>>,
 }
 
 impl Claims {
-    fn claimed(&self, order: &str) -> bool {
-        self.lines.contains_key(order)
+    fn key(&self, order: &str) -> OrderKey {
+        self.keys.hash_one(order)
+    }
+
+    fn claimed(&self, order: OrderKey) -> bool {
+        self.lines.contains_key(&order)
     }
 
     /// Puts a new part in line for `orders`; its claim.
-    fn claim(&mut self, orders: &[String]) -> u64 {
+    fn claim(&mut self, orders: &[OrderKey]) -> u64 {
         let claim = self.next;
         self.next += 1;
-        for o in orders {
-            self.lines.entry(o.clone()).or_default().push_back(claim);
+        for &o in orders {
+            self.lines.entry(o).or_default().push(claim);
         }
         claim
     }
 
     fn first_for_all(&self, part: &Part) -> bool {
-        part.orders.iter().all(|o| self.lines.get(o).and_then(VecDeque::front) == Some(&part.claim))
+        part.orders.iter().all(|o| self.lines.get(o).and_then(|line| line.first()) == Some(&part.claim))
     }
 
     /// A part is durable: out of line.
-    fn release(&mut self, claim: u64, orders: &[String]) {
+    fn release(&mut self, claim: u64, orders: &[OrderKey]) {
         for o in orders {
             if let Some(line) = self.lines.get_mut(o) {
-                line.retain(|&c| c != claim);
+                line.retain(|c| *c != claim);
                 if line.is_empty() {
                     self.lines.remove(o);
                 }
@@ -595,7 +636,7 @@ async fn write_part(
     part: Part,
     stop: &CancellationToken,
     lost: &CancellationToken,
-) -> (u64, u64, Vec<String>, Durable) {
+) -> (u64, u64, Vec<OrderKey>, Durable) {
     let Part { no, claim, orders, alone, batch } = part;
     let backoff = Backoff { base: Duration::from_millis(200), max: Duration::from_secs(10) };
     let mut attempt = 0u32;
