@@ -16,8 +16,11 @@
 #                  they are sent (cold-start's own drain_vs_bare); then
 #                  the same with the fraud history in the process instead
 #                  of the shared table (what the shared state costs);
-#        orders    a backlog of 3,000 orders drained by a bare GetRecords
-#                  reader, made by a bare DynamoDB writer, then by the daemon;
+#        orders    a backlog of 10,000 orders (about 48,000 records: a drain
+#                  of seconds, not of one second) drained by a bare
+#                  GetRecords reader, written by a bare DynamoDB writer (the
+#                  daemon's items, packed as the daemon packs them), then
+#                  by the daemon;
 #        menu      menu-sync, 10,000 items with images;
 #        memory    a backlog of 1,000,000 order records on the stream, the
 #                  daemon started into it and its resident memory sampled
@@ -161,7 +164,7 @@ CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
 
 echo "== 2b. orders: backlog drained by a bare reader, written by a bare writer, then by the daemon"
 configure "b$(date -u +%H%M%S)o"
-orders=$(python3 -c "print(max(100, round(3000 * $scale)))")
+orders=$(python3 -c "print(max(100, round(10000 * $scale)))")
 measure orders "$loadgen" orders-throughput --orders "$orders" --start-command "$repo/scripts/daemon.sh start"
 
 echo "== 2c. menu: menu-sync"

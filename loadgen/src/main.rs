@@ -377,7 +377,7 @@ fn main() -> ExitCode {
                     println!(
                         "backlog: {} orders, {} records\nbare GetRecords reader: {:.2} s, {:.0} records/s\n\
                          daemon: {:.2} s from start ({:.2} s to the first event applied, then a {:.2} s drain): {:.1} orders/s, {:.0} records/s over the drain\nratio daemon/bare reader: {:.3}\n\
-                         bare DynamoDB writer (the same item writes, 24 orders + 1 row per transaction, 16 at once): {:.2} s, {:.0} writes/s\n\
+                         bare DynamoDB writer (the daemon's item writes, 99 orders and their row per transaction, 16 at once): {:.2} s, {:.0} writes/s\n\
                          ratio daemon records/s to bare writer writes/s: {:.2}",
                         t.orders,
                         t.records,

@@ -79,29 +79,48 @@ pub struct Throughput {
     pub ratio_to_writes: f64,
 }
 
+/// Orders per transaction of the bare writer: with their row, 100 items.
+const BARE_ORDERS_PER_TRANSACTION: usize = 99;
+
 /// The DynamoDB work of the orders path without the daemon: for every
-/// record, the same item write the daemon makes (a conditional put of a new
-/// order; for a status, an update of status and `list_append` to the
-/// history, conditional on the history length), 24 orders plus one `ADD` to
-/// an aggregate row per TransactWriteItems, 16 transactions at once, in
-/// waves (every order's k-th event before any (k+1)-th). Scratch table;
-/// returns the seconds taken.
+/// record, the item write the daemon makes, with the daemon's attributes
+/// (`daemon/src/sinks/dynamodb/order_items.rs`): a new order is a put of
+/// the order's attributes and its first history entry, conditional on the
+/// item not existing; a status is an update of status and `updated_at` and a
+/// `list_append` of its history entry, conditional on the history length.
+/// Each history entry carries what the daemon's do: status, event time,
+/// event id, `applied_at` and the record's shard position. The placed wave
+/// adds its aggregate row's counters (orders, items, revenue and the
+/// row's version); a status other than a cancel adds none, as in the
+/// daemon. 99 orders and their row per TransactWriteItems (100 items, the
+/// most one takes, as the daemon packs them: on the local stack larger
+/// transactions write more items per second), 16 at once, in waves (every
+/// order's k-th event before any (k+1)-th). Scratch table; returns the
+/// seconds taken.
 async fn bare_write(ddb: &aws_sdk_dynamodb::Client, scratch: &str, orders: &[PlannedOrder]) -> anyhow::Result<f64> {
     use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
     create_scratch_table(ddb, scratch).await?;
-    let entry = |status: &str| {
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    let n = |v: u64| AttributeValue::N(v.to_string());
+    // The values the daemon writes, of their lengths: an RFC 3339 time with
+    // nanoseconds, and a 56-digit sequence number on a named stream's shard.
+    let applied_at = OffsetDateTime::now_utc().format(&Rfc3339)?;
+    let entry = |o: &PlannedOrder, k: usize| {
         AttributeValue::L(vec![AttributeValue::M(HashMap::from([
-            ("status".to_owned(), AttributeValue::S(status.to_owned())),
-            ("event_id".to_owned(), AttributeValue::S("e".into())),
+            ("status".to_owned(), s(o.statuses[k])),
+            ("ts".to_owned(), s(&applied_at)),
+            ("event_id".to_owned(), s(&o.event_id(k))),
+            ("applied_at".to_owned(), s(&applied_at)),
+            ("pos".to_owned(), s(&format!("cafe-orders:shardId-000000000003/4965{:052}", k))),
         ]))])
     };
     let started = Instant::now();
     let waves = orders.iter().map(|o| o.statuses.len()).max().unwrap_or(0);
     for k in 0..waves {
         let wave: Vec<&PlannedOrder> = orders.iter().filter(|o| k < o.statuses.len()).collect();
-        let results: Vec<anyhow::Result<()>> = futures::stream::iter(wave.chunks(24).enumerate())
+        let results: Vec<anyhow::Result<()>> = futures::stream::iter(wave.chunks(BARE_ORDERS_PER_TRANSACTION).enumerate())
             .map(|(c, chunk)| {
-                let entry = &entry;
+                let (entry, applied_at) = (&entry, &applied_at);
                 async move {
                     let mut items = chunk
                         .iter()
@@ -109,35 +128,67 @@ async fn bare_write(ddb: &aws_sdk_dynamodb::Client, scratch: &str, orders: &[Pla
                             let item = if k == 0 {
                                 let put = Put::builder()
                                     .table_name(scratch)
-                                    .item("k", AttributeValue::S(o.id.clone()))
-                                    .item("status", AttributeValue::S("placed".into()))
-                                    .item("history", entry("placed"))
+                                    .set_item(Some(HashMap::from([
+                                        ("k".to_owned(), s(&o.id)),
+                                        ("store".to_owned(), s(&o.store)),
+                                        ("status".to_owned(), s("placed")),
+                                        ("total_cents".to_owned(), n(o.total_cents())),
+                                        ("item_count".to_owned(), n(o.item_count())),
+                                        ("history".to_owned(), entry(o, 0)),
+                                        ("updated_at".to_owned(), s(applied_at)),
+                                        ("customer_id".to_owned(), s(&o.customer)),
+                                        ("channel".to_owned(), s(if o.bulk { "corporate" } else { "app" })),
+                                    ])))
                                     .condition_expression("attribute_not_exists(k)")
                                     .build()?;
                                 TransactWriteItem::builder().put(put).build()
                             } else {
                                 let update = Update::builder()
                                     .table_name(scratch)
-                                    .key("k", AttributeValue::S(o.id.clone()))
-                                    .update_expression("SET #st = :st, history = list_append(history, :h)")
+                                    .key("k", s(&o.id))
+                                    .update_expression("SET #st = :st, updated_at = :u, history = list_append(history, :h)")
                                     .condition_expression("size(history) = :n")
                                     .expression_attribute_names("#st", "status")
-                                    .expression_attribute_values(":st", AttributeValue::S(o.statuses[k].to_owned()))
-                                    .expression_attribute_values(":h", entry(o.statuses[k]))
-                                    .expression_attribute_values(":n", AttributeValue::N(k.to_string()))
+                                    .set_expression_attribute_values(Some(HashMap::from([
+                                        (":st".to_owned(), s(o.statuses[k])),
+                                        (":u".to_owned(), s(applied_at)),
+                                        (":h".to_owned(), entry(o, k)),
+                                        (":n".to_owned(), n(k as u64)),
+                                    ])))
                                     .build()?;
                                 TransactWriteItem::builder().update(update).build()
                             };
                             Ok(item)
                         })
                         .collect::<anyhow::Result<Vec<_>>>()?;
-                    let row = Update::builder()
-                        .table_name(scratch)
-                        .key("k", AttributeValue::S(format!("row-{k}-{c}")))
-                        .update_expression("ADD orders :one")
-                        .expression_attribute_values(":one", AttributeValue::N("1".into()))
-                        .build()?;
-                    items.push(TransactWriteItem::builder().update(row).build());
+                    let cancels = chunk.iter().filter(|o| o.statuses[k] == "cancelled").count() as u64;
+                    let counters: Vec<(&str, u64)> = if k == 0 {
+                        vec![
+                            ("orders", chunk.len() as u64),
+                            ("order_items", chunk.iter().map(|o| o.item_count()).sum()),
+                            ("revenue_cents", chunk.iter().map(|o| o.total_cents()).sum()),
+                        ]
+                    } else if cancels > 0 {
+                        vec![("orders_cancelled", cancels)]
+                    } else {
+                        Vec::new()
+                    };
+                    if !counters.is_empty() {
+                        let mut expr: Vec<String> = Vec::new();
+                        let mut update = Update::builder().table_name(scratch).key("k", s(&format!("row-{k}-{c}")));
+                        for (i, (name, value)) in counters.iter().enumerate() {
+                            expr.push(format!("#c{i} :c{i}"));
+                            update = update
+                                .expression_attribute_names(format!("#c{i}"), *name)
+                                .expression_attribute_values(format!(":c{i}"), n(*value));
+                        }
+                        let update = update
+                            .update_expression(format!("ADD {}, #ver :one", expr.join(", ")))
+                            .expression_attribute_names("#ver", "version")
+                            .expression_attribute_values(":one", n(1))
+                            .build()?;
+                        items.push(TransactWriteItem::builder().update(update).build());
+                    }
                     ddb.transact_write_items().set_transact_items(Some(items)).send().await?;
                     Ok(())
                 }
