@@ -5,8 +5,6 @@
 //! a change to an order and a rejected event. Must not: name a table, an
 //! attribute or a queue; those belong to the sinks.
 
-use std::collections::BTreeMap;
-
 use time::OffsetDateTime;
 
 use crate::menu::MenuDigest;
@@ -92,8 +90,10 @@ pub struct OrderChange {
     pub after: OrderState,
     /// Who placed a new order and how: (customer_id, channel).
     pub placed_by: Option<(String, String)>,
-    /// Counter deltas of the applied events, by row.
-    pub rows: BTreeMap<WindowId, Counters>,
+    /// Counter deltas of the applied events, by row: each row once, in
+    /// row order (nearly always one row: a small vector, where a map would
+    /// allocate a node of eleven rows for it).
+    pub rows: Vec<(WindowId, Counters)>,
 }
 
 /// An event that breaks the contract, with where it came from.

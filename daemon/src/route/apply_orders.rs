@@ -8,7 +8,7 @@
 //! the fresh state. Must not: send rejections or acknowledge (the router
 //! and the sources do, from the fates this returns).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
@@ -17,8 +17,9 @@ use hashbrown::HashTable;
 use pipeline::decided::OrderChange;
 use pipeline::event::{Body, Event, Rejection};
 use pipeline::orders::{Applied, HistoryEntry, OrderState, ShardPos, apply_at, order_id};
-use pipeline::window::Counters;
+use pipeline::window::{Counters, WindowId};
 use prometheus_client::metrics::gauge::Gauge;
+use smallvec::SmallVec;
 use time::OffsetDateTime;
 use tracing::warn;
 
@@ -48,6 +49,9 @@ pub trait OrderStore: std::fmt::Debug + Send + Sync {
 /// The hasher of maps keyed by order id: seeded at random per map, and
 /// far cheaper than SipHash on ids of a few dozen bytes.
 pub type OrderHasher = foldhash::quality::RandomState;
+
+/// The indices of one order's events in a batch, in arrival order.
+type Group = SmallVec<[usize; 2]>;
 
 /// Rounds of conflicts (another writer moved the order) before the events
 /// are given back to their source.
@@ -407,12 +411,14 @@ pub async fn apply_orders(
 ) -> Vec<Fate> {
     let mut fates: Vec<Fate> = vec![Fate::Failed; events.len()];
     // Order id -> its events' indices, in arrival order.
-    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    // (An order's id is borrowed from its events; nearly every order has
+    // one or two events in a batch, held inline.)
+    let mut groups: Vec<(&str, Group)> = Vec::new();
     let mut group_of: HashMap<&str, usize, OrderHasher> = HashMap::with_capacity_and_hasher(events.len(), OrderHasher::default());
     for (i, e) in events.iter().enumerate() {
         let Some(id) = order_id(e) else { continue };
         let g = *group_of.entry(id).or_insert_with(|| {
-            groups.push((id.to_owned(), Vec::new()));
+            groups.push((id, Group::new()));
             groups.len() - 1
         });
         groups[g].1.push(i);
@@ -441,7 +447,7 @@ pub async fn apply_orders(
         for &g in &pending {
             // An order that must be read has nothing cached (it was taken
             // and not put back).
-            match if must_read[g] { None } else { cache.take(&groups[g].0) } {
+            match if must_read[g] { None } else { cache.take(groups[g].0) } {
                 Some(cached) => states[g] = Some((cached, true)),
                 None if must_read[g] || !placed_first(g) => to_read.push(g),
                 None => states[g] = Some((None, false)),
@@ -449,7 +455,7 @@ pub async fn apply_orders(
         }
         if !to_read.is_empty() {
             state_reads(to_read.len() as u64);
-            let ids: Vec<String> = to_read.iter().map(|&g| groups[g].0.clone()).collect();
+            let ids: Vec<String> = to_read.iter().map(|&g| groups[g].0.to_owned()).collect();
             match sink.read_orders(&ids).await {
                 Ok(mut found) => {
                     for (&g, id) in to_read.iter().zip(&ids) {
@@ -463,27 +469,30 @@ pub async fn apply_orders(
                 Err(_) => {
                     for (g, taken) in states.into_iter().enumerate() {
                         if let Some((state, true)) = taken {
-                            cache.put(&groups[g].0, state);
+                            cache.put(groups[g].0, state);
                         }
                     }
                     return fail(fates, &groups, &pending);
                 }
             }
         }
-        let mut changes: Vec<OrderChange> = Vec::new();
-        let mut change_groups: Vec<usize> = Vec::new();
+        let mut changes: Vec<OrderChange> = Vec::with_capacity(pending.len());
+        let mut change_groups: Vec<usize> = Vec::with_capacity(pending.len());
         let mut confirm: Vec<usize> = Vec::new();
         for &g in &pending {
             let (id, idx) = &groups[g];
             let (mut state, known) = states[g].take().unwrap_or((None, false));
             let before = state.as_ref().map(|s| s.history.len());
-            let mut rows: BTreeMap<_, Counters> = BTreeMap::new();
+            let mut rows: Vec<(WindowId, Counters)> = Vec::new();
             let mut placed_by = None;
             for &i in idx {
                 let e = events[i];
                 fates[i] = match apply_at(&mut state, e, positions.get(i).and_then(Option::as_ref)) {
                     Applied::Changed { window, counters, event_time } => {
-                        rows.entry(window).or_default().add(&counters);
+                        match rows.iter_mut().find(|(w, _)| *w == window) {
+                            Some((_, c)) => c.add(&counters),
+                            None => rows.push((window, counters)),
+                        }
                         if let Body::OrderPlaced(p) = &e.body {
                             placed_by = Some((p.customer_id.clone(), p.channel.name().to_owned()));
                         }
@@ -501,7 +510,8 @@ pub async fn apply_orders(
             }
             match (state, rows.is_empty()) {
                 (Some(after), false) => {
-                    changes.push(OrderChange { order_id: id.clone(), before, after, placed_by, rows });
+                    rows.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+                    changes.push(OrderChange { order_id: (*id).to_owned(), before, after, placed_by, rows });
                     change_groups.push(g);
                 }
                 // Nothing to write: the state goes back as it was known,
@@ -543,7 +553,7 @@ pub async fn apply_orders(
 
 /// Every event of the orders `which` is `Failed` (their rejections too:
 /// they were decided against a state that was not written).
-fn fail(mut fates: Vec<Fate>, groups: &[(String, Vec<usize>)], which: &[usize]) -> Vec<Fate> {
+fn fail(mut fates: Vec<Fate>, groups: &[(&str, Group)], which: &[usize]) -> Vec<Fate> {
     for &g in which {
         for &i in &groups[g].1 {
             fates[i] = Fate::Failed;

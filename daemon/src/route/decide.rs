@@ -28,13 +28,15 @@ pub struct Input {
 /// What the decide stage made of one input.
 #[derive(Debug, Clone)]
 pub enum Decided {
-    /// A valid, scored payment.
-    Payment(DecidedPayment),
+    /// A valid, scored payment. (The large variants are boxed: a batch's
+    /// decided inputs are moved and split by the stages, and an order
+    /// event's should not cost a payment's size.)
+    Payment(Box<DecidedPayment>),
     /// A valid payment to score against the shared fraud state, in the
     /// write stage (`apply_payments`).
     Unscored(Box<Unscored>),
     /// A valid menu upsert with its digest.
-    Menu(DecidedMenuItem),
+    Menu(Box<DecidedMenuItem>),
     /// A valid order event, to apply against its order's stored state.
     /// Shared: a shard keeps its batch's decided events until they are
     /// durable, to write them again as decided, and a copy costs a count.
@@ -143,13 +145,13 @@ pub fn decide_batch(inputs: &[Input], engine: Option<&Mutex<FraudEngine>>, work:
                     match engine.as_mut() {
                         Some(engine) => {
                             let v = engine.score(&u.payment, u.ts, clock.now);
-                            Decided::Payment(decided_payment(&u, &v, decided_at))
+                            Decided::Payment(Box::new(decided_payment(&u, &v, decided_at)))
                         }
                         None => Decided::Unscored(Box::new(u)),
                     }
                 }
                 Body::MenuItemUpserted(item) => match digest {
-                    Some(Ok(d)) => Decided::Menu(DecidedMenuItem {
+                    Some(Ok(d)) => Decided::Menu(Box::new(DecidedMenuItem {
                         window: WindowId::of(&e.store, e.ts),
                         counters: d.counters(),
                         event_id: e.id,
@@ -160,7 +162,7 @@ pub fn decide_batch(inputs: &[Input], engine: Option<&Mutex<FraudEngine>>, work:
                         digest: d,
                         ts: e.ts_raw,
                         event_time: e.ts,
-                    }),
+                    })),
                     Some(Err(r)) => Decided::Rejected(r),
                     None => Decided::Failed,
                 },

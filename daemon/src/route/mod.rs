@@ -253,7 +253,7 @@ impl Router {
         for (i, d) in decided.into_iter().enumerate() {
             match d {
                 Decided::Payment(p) => {
-                    payments.push(p);
+                    payments.push(*p);
                     payment_at.push(i);
                 }
                 Decided::Unscored(u) => {
@@ -261,7 +261,7 @@ impl Router {
                     unscored_at.push(i);
                 }
                 Decided::Menu(m) => {
-                    menus.push(m);
+                    menus.push(*m);
                     menu_at.push(i);
                 }
                 Decided::Order(e) => {

@@ -292,17 +292,17 @@ impl OrderStore for DynamoDbSink {
 fn pack(writes: &[OrderChange], max: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..writes.len()).collect();
     // Orders of the same rows together: fewer row updates per transaction.
-    order.sort_by(|&a, &b| writes[a].rows.keys().next().cmp(&writes[b].rows.keys().next()));
+    order.sort_by(|&a, &b| writes[a].rows.first().map(|(r, _)| r).cmp(&writes[b].rows.first().map(|(r, _)| r)));
     let mut out = Vec::new();
     let mut cur: Vec<usize> = Vec::new();
     let mut rows: HashSet<&WindowId> = HashSet::new();
     for i in order {
-        let new_rows = writes[i].rows.keys().filter(|r| !rows.contains(r)).count();
+        let new_rows = writes[i].rows.iter().filter(|(r, _)| !rows.contains(r)).count();
         if !cur.is_empty() && cur.len() + rows.len() + 1 + new_rows > max {
             out.push(std::mem::take(&mut cur));
             rows.clear();
         }
-        rows.extend(writes[i].rows.keys());
+        rows.extend(writes[i].rows.iter().map(|(r, _)| r));
         cur.push(i);
     }
     if !cur.is_empty() {
@@ -333,7 +333,7 @@ mod tests {
         let writes = vec![write("1", &["a"]), write("2", &["a"]), write("3", &["a", "b"]), write("4", &["c"])];
         let chunks = pack(&writes, 4);
         for c in &chunks {
-            let rows: HashSet<_> = c.iter().flat_map(|&i| writes[i].rows.keys()).collect();
+            let rows: HashSet<_> = c.iter().flat_map(|&i| writes[i].rows.iter().map(|(r, _)| r)).collect();
             assert!(c.len() + rows.len() <= 4, "{c:?}");
         }
         let mut all: Vec<usize> = chunks.concat();

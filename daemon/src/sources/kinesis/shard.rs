@@ -399,36 +399,42 @@ fn split(no: u64, batch: DecidedBatch, claims: &mut Claims) -> (Option<Part>, Op
         let claim = claims.claim(&[]);
         return (None, Some(Part { no, claim, orders: Vec::new(), alone: true, batch }));
     }
-    let DecidedBatch { inputs, decided, decided_at } = batch;
-    let n = inputs.len();
-    let mut free = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
-    let mut blocked = (Vec::new(), Vec::new(), Vec::new());
-    for (input, d) in inputs.into_iter().zip(decided) {
-        let order = match &d {
+    // Each event's order, claimed or not by a part in flight, in one pass.
+    let keys: Vec<Option<OrderKey>> = batch
+        .decided
+        .iter()
+        .map(|d| match d {
             Decided::Order(e) => order_id(e).map(|id| claims.key(id)),
             _ => None,
-        };
-        let side = match order {
-            Some(o) if claims.claimed(o) => &mut blocked,
-            _ => &mut free,
-        };
-        if let Some(o) = order {
-            side.2.push(o);
-        }
-        side.0.push(input);
-        side.1.push(d);
-    }
-    let mut part = |(inputs, decided, mut orders): (Vec<Input>, Vec<Decided>, Vec<OrderKey>)| {
-        if inputs.is_empty() {
+        })
+        .collect();
+    let held: Vec<bool> = keys.iter().map(|k| k.is_some_and(|k| claims.claimed(k))).collect();
+    let mut part = |batch: DecidedBatch, mut orders: Vec<OrderKey>| {
+        if batch.inputs.is_empty() {
             return None;
         }
         orders.sort_unstable();
         orders.dedup();
         let claim = claims.claim(&orders);
-        Some(Part { no, claim, orders, alone: false, batch: DecidedBatch { inputs, decided, decided_at } })
+        Some(Part { no, claim, orders, alone: false, batch })
     };
-    let free = part(free);
-    (free, part(blocked))
+    if !held.contains(&true) {
+        // Nothing waits: the batch is one part, its vectors as they are.
+        let orders = keys.into_iter().flatten().collect();
+        return (part(batch, orders), None);
+    }
+    let DecidedBatch { inputs, decided, decided_at } = batch;
+    let n = inputs.len();
+    let (mut free, mut blocked) =
+        ((Vec::with_capacity(n), Vec::with_capacity(n), Vec::new()), (Vec::new(), Vec::new(), Vec::new()));
+    for (((input, d), key), held) in inputs.into_iter().zip(decided).zip(keys).zip(held) {
+        let side = if held { &mut blocked } else { &mut free };
+        side.0.push(input);
+        side.1.push(d);
+        side.2.extend(key);
+    }
+    let free = part(DecidedBatch { inputs: free.0, decided: free.1, decided_at }, free.2);
+    (free, part(DecidedBatch { inputs: blocked.0, decided: blocked.1, decided_at }, blocked.2))
 }
 
 /// An order's place in [`Claims`]: a hash of its id under keys drawn at
