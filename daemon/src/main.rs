@@ -225,26 +225,34 @@ async fn provision(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn run(config: Config, path: Option<PathBuf>, logging: daemon::logging::Logging) -> anyhow::Result<()> {
+    // Taken before anything starts: a SIGTERM during start-up is a stop
+    // that drains, not the default action, which ended the process with
+    // its first long polls open at SQS (their messages then stayed
+    // invisible for a visibility timeout).
+    let shutdown = shutdown_signal()?;
     info!(version = VERSION, "Starting cafe-streamd");
     // From here SIGHUP no longer ends the process: it reloads.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
     let control =
         topology::Control { reload: Some(daemon::reload::Reload { hangups, path }), logging: Some(std::sync::Arc::new(logging)) };
-    match topology::run(config, shutdown_signal(), control).await? {
+    match topology::run(config, shutdown, control).await? {
         Exit::Drained => Ok(()),
         Exit::GraceExceeded => anyhow::bail!("grace period exceeded before the pipeline drained"),
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT: the handlers are installed when this is called (a
+/// signal from then on is kept until the future is polled), not when the
+/// future is first polled, which is after every component has started.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        error!("Cannot install signal handlers; stopping");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate()).map_err(|e| anyhow::anyhow!("cannot install the SIGTERM handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| anyhow::anyhow!("cannot install the SIGINT handler: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
+    })
 }

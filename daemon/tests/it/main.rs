@@ -607,6 +607,27 @@ async fn sigterm_waits_for_idle_long_polls_so_a_restart_strands_nothing() {
     assert!(status.success(), "{status:?}\n{}", env.log());
 }
 
+/// A SIGTERM that comes while the daemon starts (here: as soon as its admin
+/// port answers, before its inputs and shards have started) is a stop that
+/// drains and exits 0. The handlers used to be installed only when the
+/// shutdown future was first polled, after every component had started:
+/// a signal before that ended the process by the default action, with its
+/// first long polls open at SQS (bench.sh's cold-start, started and then at
+/// once restarted, had 300 payments wait out a 30 s visibility timeout).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_start_up_stops_gracefully() {
+    let mut env = Env::new("earlyterm", "").await;
+    env.start();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tokio::net::TcpStream::connect(&env.admin).await.is_err() {
+        assert!(Instant::now() < deadline, "the admin port never answered\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "a SIGTERM during start-up ended the daemon with {status:?}\n{}", env.log());
+    assert!(env.log().contains("SIGTERM received"), "{}", env.log());
+}
+
 #[test]
 fn a_bad_config_is_refused_with_every_problem_named() {
     let dir = std::env::temp_dir().join(format!("it-badcfg-{}", std::process::id()));
