@@ -64,6 +64,17 @@ def proc(name):
     }
 
 
+def over_burst(summary, p):
+    """A cold-start run's proc figures with the daemon's CPU over the burst
+    (the loadgen reads it before its bare client's drain, which the daemon
+    sits out idle) in place of its CPU over the whole command, which is kept
+    as `whole_cpu_secs`."""
+    p = dict(p, whole_cpu_secs=p["daemon_cpu_secs"])
+    if summary.get("daemon_cpu_secs") is not None:
+        p["daemon_cpu_secs"] = summary["daemon_cpu_secs"]
+    return p
+
+
 def ms(ns):
     return f"{ns / 1e6:.3f} ms" if ns >= 1e5 else f"{ns / 1e3:.2f} µs"
 
@@ -104,7 +115,7 @@ ossl = openssl_bytes_per_sec()
 floor_ns = 10_001 * 64 / ossl * 1e9 if ossl else None  # 10,000 rounds + the first hash, one block each
 
 pay = load("payments/summary.json")
-pay_p = proc("payments")
+pay_p = over_burst(pay, proc("payments"))
 orders = last_json_line("orders.txt")
 ord_p = proc("orders")
 menu = load("menu/summary.json")
@@ -230,10 +241,13 @@ for r in rows:
     )
 if floor_ns:
     per_payment = pay_p["daemon_cpu_secs"] / pay["sent"] * 1e9
+    whole = pay_p["whole_cpu_secs"] / pay["sent"] * 1e9
     lines += [
         "",
-        f"Payments: the daemon spent {ms(per_payment)} of CPU per payment, all included (SQS and DynamoDB requests, "
-        f"decode, rules, the model): {per_payment / floor_ns:.2f}x the SHA-256 floor of {ms(floor_ns)}. "
+        f"Payments: the daemon spent {ms(per_payment)} of CPU per payment, all included (start-up, SQS and DynamoDB "
+        f"requests, decode, rules, the model, polling its other inputs), from its restart to the last payment "
+        f"verified: {per_payment / floor_ns:.2f}x the SHA-256 floor of {ms(floor_ns)} "
+        f"({ms(whole)}, {whole / floor_ns:.2f}x, over the whole command, the bare client's drain included). "
         f"Cold start to first decision: {pay['first_decision_secs']:.2f} s (the daemon restarted as the burst was sent).",
     ]
 if menu.get("ceiling"):
@@ -280,7 +294,8 @@ def counter(path, family, label=""):
 
 shared = [("shared (DynamoDB)", "payments", pay, pay_p)]
 if (out / "payments-process" / "summary.json").exists():
-    shared.append(("in process", "payments-process", load("payments-process/summary.json"), proc("payments-process")))
+    process = load("payments-process/summary.json")
+    shared.append(("in process", "payments-process", process, over_burst(process, proc("payments-process"))))
 if len(shared) == 2:
     lines += [
         "",

@@ -78,7 +78,7 @@ fn machine_busy(stat: &str) -> Option<(f64, usize)> {
 }
 
 /// `process_cpu_seconds_total` from the daemon's `/metrics`.
-async fn daemon_cpu(admin: &str) -> anyhow::Result<f64> {
+pub async fn daemon_cpu(admin: &str) -> anyhow::Result<f64> {
     let url = format!("http://{admin}/metrics");
     let text = reqwest::Client::new()
         .get(&url)

@@ -16,7 +16,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::Barrier;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::attack::{RunCell, Sends, Verdict, send_sqs_batch};
 use crate::payload::{self, Payment};
@@ -99,6 +99,14 @@ pub struct Summary {
     pub bare: Option<crate::paythroughput::PaymentsThroughput>,
     /// The daemon's drain (first decision to last) over the bare client's.
     pub drain_vs_bare: Option<f64>,
+    /// The daemon's CPU-seconds (`process_cpu_seconds_total` on its admin
+    /// endpoint) over the burst, to the moment the last payment was
+    /// verified: from its start (start-up included) when the scenario
+    /// restarted it into the burst, else from just before the burst. None
+    /// when the endpoint could not be read, or when a restart after the
+    /// burst split the work between two processes. Read before the bare
+    /// client's drain, which the daemon sits out idle.
+    pub daemon_cpu_secs: Option<f64>,
     /// Event time to durable write.
     #[serde(flatten)]
     pub e2e: crate::attack::E2e,
@@ -132,7 +140,7 @@ impl Summary {
             "# {} ({})\n\n| measure | value |\n|---|---|\n\
              | payments sent | {} of {} (send failures {}) |\n| lost | {} |\n| duplicated | {} |\n\
              | burst sent in | {:.2} s |\n| first decision after | {:.2} s |\n| drained after | {:.2} s |\n\
-             | restart took | {} |\n| drain vs a bare client | {} |\n\
+             | restart took | {} |\n| drain vs a bare client | {} |\n| daemon CPU over the burst | {} |\n\
              | e2e p50 / p95 / p99 / max | {:.0} / {:.0} / {:.0} / {:.0} ms |\n\
              | approve / review / decline | {} / {} / {} |\n| restart | {} |\n| verdict | {} |\n{}",
             self.run.scenario,
@@ -149,6 +157,10 @@ impl Summary {
             match (&self.bare, self.drain_vs_bare, self.daemon_drain_secs) {
                 (Some(b), Some(r), Some(d)) =>
                     format!("{r:.2}: the daemon's {d:.2} s to the last decision, a bare client's {:.2} s", b.bare_secs),
+                _ => "not measured".into(),
+            },
+            match self.daemon_cpu_secs {
+                Some(c) if self.sent > 0 => format!("{c:.2} s, {:.3} ms per payment", c * 1000.0 / self.sent as f64),
                 _ => "not measured".into(),
             },
             self.e2e.p50_ms,
@@ -168,6 +180,26 @@ impl Summary {
                 .map(|m| format!("\n- {m}"))
                 .collect::<String>()
         )
+    }
+}
+
+/// Where `Summary::daemon_cpu_secs` counts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CpuWindow {
+    /// The daemon was restarted into the burst: its whole CPU time.
+    FromStart,
+    /// The same process runs throughout: from a reading before the burst.
+    FromNow,
+    /// Restarted after the burst began: two processes shared the work,
+    /// not measured.
+    Split,
+}
+
+fn cpu_window(restart: Restart, has_command: bool) -> CpuWindow {
+    match (restart, has_command) {
+        (Restart::Before, true) => CpuWindow::FromStart,
+        (Restart::After, true) => CpuWindow::Split,
+        _ => CpuWindow::FromNow,
     }
 }
 
@@ -225,6 +257,12 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     if let (Restart::Before, Some(cmd)) = (scenario.daemon.restart, &restart) {
         restart_status = Some(run_restart(cmd).await);
     }
+    // Where the daemon's CPU over the burst counts from (`daemon_cpu_secs`).
+    let cpu_from = match cpu_window(scenario.daemon.restart, restart.is_some()) {
+        CpuWindow::FromStart => Some(0.0),
+        CpuWindow::FromNow => crate::ceiling::daemon_cpu(&targets.daemon_admin).await.inspect_err(|e| debug!("{e:#}")).ok(),
+        CpuWindow::Split => None,
+    };
 
     let config =
         crate::attack::config(format!("sqs://{}", targets.payments_queue), users, &scenario.thresholds.goose, &args.report_dir);
@@ -267,6 +305,15 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         Duration::from_secs(scenario.verify.timeout_secs),
     )
     .await?;
+    let daemon_cpu_secs = match cpu_from {
+        Some(from) => crate::ceiling::daemon_cpu(&targets.daemon_admin)
+            .await
+            .inspect_err(|e| debug!("{e:#}"))
+            .ok()
+            .map(|to| to - from)
+            .filter(|c| *c >= 0.0),
+        None => None,
+    };
     // Counters and items are written in one transaction, but give any write
     // still in flight a moment before the final read.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -355,6 +402,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         daemon_drain_secs: daemon_drain,
         bare,
         drain_vs_bare,
+        daemon_cpu_secs,
         e2e: percentiles,
         e2e_max_ms: e2e.last().copied().unwrap_or(f64::NAN),
         approved,
@@ -385,4 +433,56 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
 pub(crate) fn new_run_id() -> String {
     let now = OffsetDateTime::now_utc();
     format!("{:x}{:04x}", now.unix_timestamp(), now.nanosecond() >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemon_cpu_counts_from_its_start_only_after_a_restart_into_the_burst() {
+        assert_eq!(cpu_window(Restart::Before, true), CpuWindow::FromStart);
+        // A restart after the burst began: the old process did part of the work.
+        assert_eq!(cpu_window(Restart::After, true), CpuWindow::Split);
+        // No restart (none asked for, or no command to run it): one process
+        // throughout, counted from a reading before the burst.
+        for restart in [Restart::None, Restart::Before, Restart::After] {
+            assert_eq!(cpu_window(restart, false), CpuWindow::FromNow, "{restart:?}");
+        }
+        assert_eq!(cpu_window(Restart::None, true), CpuWindow::FromNow);
+    }
+
+    fn summary(sent: u64, daemon_cpu_secs: Option<f64>) -> Summary {
+        Summary {
+            run: crate::attack::RunHeader { scenario: "cold-start".into(), run_id: "r".into(), seed: 1 },
+            planned: sent,
+            sent,
+            send_secs: 1.0,
+            first_decision_secs: 0.1,
+            drain_secs: 2.0,
+            restart_secs: None,
+            daemon_drain_secs: None,
+            bare: None,
+            drain_vs_bare: None,
+            daemon_cpu_secs,
+            e2e: crate::attack::E2e { p50_ms: 1.0, p95_ms: 2.0, p99_ms: 3.0 },
+            e2e_max_ms: 4.0,
+            approved: sent,
+            review: 0,
+            declined: 0,
+            restart: None,
+            verdict: Verdict::default(),
+            samples: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_summary_gives_the_daemon_cpu_per_payment() {
+        let md = summary(2000, Some(1.5)).markdown();
+        assert!(md.contains("| daemon CPU over the burst | 1.50 s, 0.750 ms per payment |"), "{md}");
+        let json = serde_json::to_value(summary(2000, Some(1.5))).expect("json");
+        assert_eq!(json["daemon_cpu_secs"], 1.5);
+        let md = summary(2000, None).markdown();
+        assert!(md.contains("| daemon CPU over the burst | not measured |"), "{md}");
+    }
 }
