@@ -5,8 +5,9 @@
 #   1. kernels (criterion, release): the per-event CPU work of each path on
 #      one core, each path's stage with in-memory ends against its kernel
 #      (benches/benches/pipeline.rs: the decide stage for payments and menu
-#      items, one shard's whole task for orders), and the SHA-256 floor of the payments path (openssl's
-#      speed on this CPU, and the fraud model's loop next to the hasher's);
+#      items, one shard's whole task for orders), the SHA-256 floor of the payments path (openssl's
+#      speed on this CPU, and the fraud model's loop next to the hasher's),
+#      and the AWS SDK's CPU per request with no network (benches/benches/sdk.rs);
 #   2. end to end on the local stack, a release cafe-streamd restarted for
 #      each path, with fresh queues, stream and tables:
 #        payments  cold-start sends 10,000 with the daemon restarted just
@@ -71,6 +72,10 @@ cargo bench --locked -q -p benches --bench menu -- "${crit[@]}" '100 JSON rounds
 # order event.
 cargo bench --locked -q -p benches --bench pipeline -- --warm-up-time 1 --measurement-time 3 --sample-size 10 --noplot \
   >> "$out/kernels.txt" 2>&1
+# The AWS SDK's own CPU per request (benches/benches/sdk.rs: answered in
+# memory, the daemon's client configuration): what each request of a path
+# costs before any network.
+cargo bench --locked -q -p benches --bench sdk -- "${crit[@]}" >> "$out/kernels.txt" 2>&1
 openssl speed -evp sha256 -bytes 16384 -seconds 3 > "$out/openssl.txt" 2>/dev/null || true
 
 # CPU ticks (user + system) and peak RSS (KiB) of a process; "0 0" when gone.

@@ -216,6 +216,18 @@ if floor_ns and kernel["model_pairs"]:
         f"| model work, two payments' chains interleaved on one core, per payment | {ms(kernel['model_pairs'])} | "
         f"/ floor {kernel['model_pairs'] / floor_ns:.2f} |"
     )
+sdk_get, sdk_tx, sdk_json = (
+    crit.get(f"sdk/{name}")
+    for name in ["GetItem", "TransactWriteItems of 20 puts", "TransactWriteItems of 20 puts: its items cloned and serialised alone"]
+)
+if sdk_get and sdk_tx:
+    # The request path every call of the daemon pays, before any network:
+    # the SDK's own CPU per request, answered in memory.
+    json_alone = f" (its items cloned and serialised alone: {ms(sdk_json)})" if sdk_json else ""
+    lines.append(
+        f"| AWS SDK, one request answered in memory: `GetItem` / `TransactWriteItems` of 20 puts{json_alone} | "
+        f"{ms(sdk_get)} / {ms(sdk_tx)} | {rate(1e9 / sdk_get)} / {rate(1e9 / sdk_tx)} |"
+    )
 if any(k and d for k, d, _ in stage.values()):
     lines += [
         "",
@@ -328,7 +340,7 @@ for name in ["payments", "payments-process", "menu"]:
 table = "\n".join(lines) + "\n"
 (out / "table.md").write_text(table)
 (out / "figures.json").write_text(
-    json.dumps({"kernels_ns": kernel, "stage_ns": stage, "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "paths": rows, "backlog": backlog}, indent=2)
+    json.dumps({"kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "paths": rows, "backlog": backlog}, indent=2)
 )
 print(table)
 print(f"raw figures: {out}")
