@@ -83,6 +83,22 @@ def rate(x):
     return f"{x:,.0f}/s"
 
 
+def aws_requests(path):
+    """(service, operation) -> requests the daemon sent, from its
+    `cafe_aws_requests_total` at the end of a path's run; None when the
+    daemon exported none (a binary older than the counter)."""
+    f = out / f"{path}.metrics"
+    if not f.exists():
+        return None
+    found = {}
+    for line in f.read_text().splitlines():
+        if line.startswith("cafe_aws_requests_total{"):
+            labels, value = line.rsplit(" ", 1)
+            pairs = dict(kv.split("=", 1) for kv in labels[labels.index("{") + 1 : -1].split(","))
+            found[(pairs["service"].strip('"'), pairs["operation"].strip('"'))] = float(value)
+    return found or None
+
+
 crit = criterion()
 kernel = {
     "payment": crit.get("fraud/payment: decode + model work 10000 (two chains) + rules"),
@@ -262,6 +278,31 @@ if floor_ns:
         f"({ms(whole)}, {whole / floor_ns:.2f}x, over the whole command, the bare client's drain included). "
         f"Cold start to first decision: {pay['first_decision_secs']:.2f} s (the daemon restarted as the burst was sent).",
     ]
+    requests = aws_requests("payments")
+    if requests:
+        n = pay["sent"]
+        by_service = {}
+        for (service, operation), count in requests.items():
+            by_service.setdefault(service, []).append((operation, count))
+        parts = []
+        for service, ops in sorted(by_service.items(), key=lambda kv: -sum(c for _, c in kv[1])):
+            ops.sort(key=lambda oc: -oc[1])
+            detail = ", ".join(f"{op} {c / n:.3f}" for op, c in ops if c / n >= 0.001)
+            parts.append(f"{service} {sum(c for _, c in ops) / n:.3f} ({detail})")
+        total = sum(requests.values()) / n
+        sdk_part = (
+            f"; at the SDK's in-memory cost of a `GetItem` ({ms(sdk_get)}, the kernel table), at least "
+            f"{ms(total * sdk_get)} of CPU per payment is the SDK's request path alone, before any network"
+            if sdk_get
+            else ""
+        )
+        lines[-1] += (
+            f" It sent {total:.3f} AWS requests per payment over the whole command (`cafe_aws_requests_total`; "
+            f"the bare client's drain included, through which the daemon polls its idle inputs): "
+            + "; ".join(parts)
+            + sdk_part
+            + "."
+        )
 if menu.get("ceiling"):
     c = menu["ceiling"]
     lines += [

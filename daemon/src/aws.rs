@@ -6,14 +6,21 @@
 //! `AWS_ENDPOINT_URL_<SERVICE>`), and what counts as retryable. Must not:
 //! contain paths that exist only for tests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_sqs::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use rand::Rng;
 
 use crate::config::AwsConfig;
+use crate::internal_events::{AwsRequest, InternalEvent};
+use crate::metrics::Metrics;
 
 /// Loads the SDK configuration from the standard AWS environment.
 pub async fn sdk_config(cfg: &AwsConfig) -> SdkConfig {
@@ -64,6 +71,32 @@ pub fn data_call_timeouts() -> aws_config::timeout::TimeoutConfig {
         .operation_attempt_timeout(DATA_CALL_TIMEOUT)
         .operation_timeout(DATA_CALL_TIMEOUT)
         .build()
+}
+
+/// Counts every HTTP request a client sends, by service and operation
+/// (`cafe_aws_requests_total`), as it is sent: each attempt of a call, the
+/// daemon's own retries included (the SDK's are off). Every client of `run`
+/// carries it (`interceptor(CountRequests(..))` on its config), so the
+/// series add up to what AWS bills per request.
+#[derive(Debug, Clone)]
+pub struct CountRequests(pub Arc<Metrics>);
+
+impl Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "CountRequests"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        // Every operation of a generated client stores its metadata.
+        let (service, operation) = cfg.load::<Metadata>().map_or(("unknown", "unknown"), |m| (m.service(), m.name()));
+        AwsRequest { service, operation }.emit(&self.0);
+        Ok(())
+    }
 }
 
 /// What a caller should do about a failed AWS call.
@@ -193,6 +226,83 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An HTTP client that answers every request in-process with `status`
+    /// and an empty JSON object.
+    #[derive(Debug)]
+    struct Answer(u16);
+
+    impl aws_smithy_runtime_api::client::http::HttpClient for Answer {
+        fn http_connector(
+            &self,
+            _: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
+            _: &RuntimeComponents,
+        ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
+            aws_smithy_runtime_api::client::http::SharedHttpConnector::new(Answer(self.0))
+        }
+    }
+
+    impl aws_smithy_runtime_api::client::http::HttpConnector for Answer {
+        fn call(
+            &self,
+            _: aws_sdk_dynamodb::config::http::HttpRequest,
+        ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+            let status = self.0.try_into().expect("a valid status");
+            let response = aws_sdk_dynamodb::config::http::HttpResponse::new(status, aws_smithy_types::body::SdkBody::from("{}"));
+            aws_smithy_runtime_api::client::http::HttpConnectorFuture::ready(Ok(response))
+        }
+    }
+
+    fn requests(metrics: &Metrics, service: &str, operation: &str) -> u64 {
+        let label = crate::metrics::AwsRequestLabel { service: service.to_owned(), operation: operation.to_owned() };
+        metrics.aws_requests.get_or_create(&label).get()
+    }
+
+    #[tokio::test]
+    async fn every_request_a_client_sends_is_counted_by_service_and_operation_failed_ones_too() {
+        use aws_sdk_dynamodb::config::{Builder, Credentials, Region};
+        let metrics = Arc::new(Metrics::new());
+        let client = |status: u16| {
+            aws_sdk_dynamodb::Client::from_conf(
+                Builder::new()
+                    .behavior_version(BehaviorVersion::latest())
+                    .region(Region::new("us-east-1"))
+                    .credentials_provider(Credentials::new("k", "s", None, None, "test"))
+                    .retry_config(aws_config::retry::RetryConfig::disabled())
+                    .http_client(Answer(status))
+                    .interceptor(CountRequests(Arc::clone(&metrics)))
+                    .build(),
+            )
+        };
+        let ok = client(200);
+        for _ in 0..2 {
+            ok.get_item()
+                .table_name("t")
+                .key("k", aws_sdk_dynamodb::types::AttributeValue::S("v".into()))
+                .send()
+                .await
+                .expect("answered");
+        }
+        ok.describe_table().table_name("t").send().await.expect("answered");
+        // A request the service refuses was still sent, and billed.
+        let refused = client(500).get_item().table_name("t").send().await;
+        assert!(refused.is_err());
+        assert_eq!(requests(&metrics, "DynamoDB", "GetItem"), 3);
+        assert_eq!(requests(&metrics, "DynamoDB", "DescribeTable"), 1);
+        assert_eq!(requests(&metrics, "DynamoDB", "TransactWriteItems"), 0);
+        // A client without the interceptor counts nothing.
+        let metrics_before = requests(&metrics, "DynamoDB", "GetItem");
+        let plain = aws_sdk_dynamodb::Client::from_conf(
+            Builder::new()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .credentials_provider(Credentials::new("k", "s", None, None, "test"))
+                .http_client(Answer(200))
+                .build(),
+        );
+        plain.get_item().table_name("t").send().await.expect("answered");
+        assert_eq!(requests(&metrics, "DynamoDB", "GetItem"), metrics_before);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -230,7 +230,7 @@ async fn stream(kinesis: &aws_sdk_kinesis::Client, name: &str) -> Vec<String> {
 }
 
 async fn redshift_table(config: &redshift::config::RedshiftSinkConfig, sdk: &aws_config::SdkConfig, name: &str) -> Vec<String> {
-    let transport = match redshift::Transport::new(config, sdk) {
+    let transport = match redshift::Transport::new(config, sdk, None) {
         Ok(t) => t,
         Err(e) => return vec![format!("the Redshift transport cannot be built: {e}")],
     };

@@ -176,6 +176,26 @@ fn source_outcome(s: &str, outcome: &'static str) -> SourceOutcome {
     SourceOutcome { source: s.to_owned(), outcome }
 }
 
+/// One HTTP request to AWS (an attempt of a call), counted as it is sent.
+#[derive(Debug)]
+pub struct AwsRequest<'a> {
+    /// The SDK's service name.
+    pub service: &'a str,
+    /// The operation.
+    pub operation: &'a str,
+}
+
+impl InternalEvent for AwsRequest<'_> {
+    fn emit(self, m: &Metrics) {
+        m.aws_requests
+            .get_or_create(&crate::metrics::AwsRequestLabel {
+                service: self.service.to_owned(),
+                operation: self.operation.to_owned(),
+            })
+            .inc();
+    }
+}
+
 /// One request to a sink.
 #[derive(Debug)]
 pub struct SinkRequest {

@@ -71,6 +71,15 @@ pub struct SinkOutcome {
     pub outcome: &'static str,
 }
 
+/// Label set `{service, operation}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AwsRequestLabel {
+    /// The SDK's service name (`SQS`, `DynamoDB`, `Kinesis`, `RedshiftData`).
+    pub service: String,
+    /// The operation (`ReceiveMessage`, `TransactWriteItems`, ...).
+    pub operation: String,
+}
+
 /// Label set `{outcome}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -154,6 +163,8 @@ pub struct Metrics {
     pub rayon_queue_depth: Gauge,
     /// Sink requests by outcome.
     pub sink_requests: Family<SinkOutcome, Counter>,
+    /// HTTP requests to AWS by service and operation.
+    pub aws_requests: Family<AwsRequestLabel, Counter>,
     /// Sink write latency.
     pub sink_write_duration: Family<SinkLabel, Histogram, fn() -> Histogram>,
     /// Bytes received per source.
@@ -245,6 +256,7 @@ impl Metrics {
             fraud_state_conflicts: Counter::default(),
             rayon_queue_depth: Gauge::default(),
             sink_requests: Family::default(),
+            aws_requests: Family::default(),
             sink_write_duration: Family::new_with_constructor(latency_histogram),
             source_received_bytes: Family::default(),
             source_throttles: Family::default(),
@@ -333,6 +345,11 @@ impl Metrics {
         );
         registry.register(n::RAYON_QUEUE_DEPTH, "Batches waiting for or running on the CPU pool", m.rayon_queue_depth.clone());
         registry.register(n::SINK_REQUESTS, "Sink write requests, by outcome", m.sink_requests.clone());
+        registry.register(
+            n::AWS_REQUESTS,
+            "HTTP requests to AWS, every attempt, by service and operation",
+            m.aws_requests.clone(),
+        );
         registry.register(n::SINK_WRITE_DURATION, "Sink write latency including retries", m.sink_write_duration.clone());
         registry.register(n::SOURCE_RECEIVED_BYTES, "Bytes received from a source", m.source_received_bytes.clone());
         registry.register(n::SOURCE_THROTTLES, "Source reads refused for throughput", m.source_throttles.clone());

@@ -78,7 +78,7 @@ pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
             Shape::Stream { shards } => done.push(stream(&kinesis, name, *shards).await?),
             Shape::RedshiftTable(redshift) => {
                 let transport =
-                    redshift::Transport::new(redshift, &sdk).map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?;
+                    redshift::Transport::new(redshift, &sdk, None).map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?;
                 transport
                     .execute(&redshift::sql::create_table(name))
                     .await

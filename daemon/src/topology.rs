@@ -90,9 +90,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
     // past the grace period.
     let stop_retrying = CancellationToken::new();
     let sdk = crate::aws::run_sdk_config(&config.aws).await;
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    // Every client counts its requests (`cafe_aws_requests_total`).
+    let count = crate::aws::CountRequests(Arc::clone(&metrics));
+    let sqs = aws_sdk_sqs::Client::from_conf(aws_sdk_sqs::config::Builder::from(&sdk).interceptor(count.clone()).build());
     let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&sdk).timeout_config(crate::aws::data_call_timeouts()).build(),
+        aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .timeout_config(crate::aws::data_call_timeouts())
+            .interceptor(count.clone())
+            .build(),
     );
 
     let mirror = config.sinks.redshift.enabled;
@@ -161,7 +166,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
     // with nothing to hand back; started once the streams are known.
     let mirror_sink = if mirror {
         Some(RedshiftSink::new(
-            Transport::new(&config.sinks.redshift, &sdk).map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?,
+            Transport::new(&config.sinks.redshift, &sdk, Some(count.clone()))
+                .map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?,
             dynamodb.clone(),
             config.sinks.dynamodb.aggregates_table.clone(),
             config.sinks.redshift.clone(),
@@ -195,7 +201,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
         });
         let kinesis = KinesisSource::new(
             aws_sdk_kinesis::Client::from_conf(
-                aws_sdk_kinesis::config::Builder::from(&sdk).timeout_config(crate::aws::data_call_timeouts()).build(),
+                aws_sdk_kinesis::config::Builder::from(&sdk)
+                    .timeout_config(crate::aws::data_call_timeouts())
+                    .interceptor(count.clone())
+                    .build(),
             ),
             stream.clone(),
             Arc::clone(&metrics),

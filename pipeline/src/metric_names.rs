@@ -130,6 +130,12 @@ pub const FRAUD_STATE_CONFLICTS: &str = "cafe_fraud_state_conflicts";
 pub const RAYON_QUEUE_DEPTH: &str = "cafe_rayon_queue_depth_batches";
 /// Sink write requests by outcome (`ok`, `retry`, `failed`). Labels: `sink`, `outcome`.
 pub const SINK_REQUESTS: &str = "cafe_sink_requests";
+/// HTTP requests to AWS, every attempt (the daemon's own retries included;
+/// the SDK's are off), by service and operation: what the bill of a
+/// per-request service (SQS, Kinesis reads, on-demand DynamoDB) follows.
+/// Labels: `service` (the SDK's name: `SQS`, `DynamoDB`, `Kinesis`,
+/// `RedshiftData`), `operation` (`ReceiveMessage`, `TransactWriteItems`, ...).
+pub const AWS_REQUESTS: &str = "cafe_aws_requests";
 /// Sink write latency, including retries. Labels: `sink`.
 pub const SINK_WRITE_DURATION: &str = "cafe_sink_write_duration_seconds";
 /// Build version and commit; value 1. Labels: `version`, `commit`.

@@ -93,10 +93,20 @@ pub enum Transport {
 
 impl Transport {
     /// The transport `config.transport` names; it connects on first use.
-    pub fn new(config: &RedshiftSinkConfig, sdk: &aws_config::SdkConfig) -> Result<Self, postgres::PgError> {
+    /// `count`: the Data API client counts its requests with it.
+    pub fn new(
+        config: &RedshiftSinkConfig,
+        sdk: &aws_config::SdkConfig,
+        count: Option<crate::aws::CountRequests>,
+    ) -> Result<Self, postgres::PgError> {
         Ok(match config.transport {
             TransportKind::DataApi => {
-                Transport::DataApi(data_api::DataApiTransport::new(aws_sdk_redshiftdata::Client::new(sdk), config.clone()))
+                let mut client = aws_sdk_redshiftdata::config::Builder::from(sdk);
+                if let Some(count) = count {
+                    client = client.interceptor(count);
+                }
+                let client = aws_sdk_redshiftdata::Client::from_conf(client.build());
+                Transport::DataApi(data_api::DataApiTransport::new(client, config.clone()))
             }
             TransportKind::Postgres => Transport::Postgres(postgres::PgTransport::new(&config.url)?),
         })
