@@ -155,6 +155,11 @@ async fn a_slow_transaction_does_not_stall_its_shard() {
     eprintln!("{} orders; at most {peak} transactions in flight at once", expected.statuses.len());
     assert!(peak >= 2, "one transaction at a time: the shard's batches wrote one after the other\n{}", env.log());
     assert_eq!(metric(&env, "cafe_pipeline_rejected_events_total", "").await, 0.0, "an event was rejected");
+    // The daemon's request counter agrees with what the wire saw.
+    let sent = stats.operations.get("TransactWriteItems").map_or(0, |c| c.forwarded);
+    assert!(sent > 0, "no transaction went through the proxy: {stats:?}");
+    let counted = metric(&env, "cafe_aws_requests_total", "operation=\"TransactWriteItems\"").await;
+    assert_eq!(counted, sent as f64, "cafe_aws_requests_total against the proxy's count of TransactWriteItems");
     let (status, _) = env.sigterm();
     assert!(status.success(), "{status:?}\n{}", env.log());
 }
