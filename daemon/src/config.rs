@@ -817,11 +817,12 @@ mod tests {
 
     #[test]
     fn lease_and_polling_limits_are_checked() {
-        let text = "[sources.orders]\npoll_interval_ms = 100\nlease_renew_interval_ms = 9000\ninitial_position = \"oldest\"\nmax_records = 20000\n";
+        let text = "[sources.orders]\npoll_interval_ms = 100\nidle_poll_interval_ms = 60001\nlease_renew_interval_ms = 9000\ninitial_position = \"oldest\"\nmax_records = 20000\n";
         let err = parse(text, "o.toml", no_env()).expect_err("invalid");
         let fields: Vec<&str> = err.0.iter().map(|p| p.field.as_str()).collect();
         for want in [
             "sources.orders.poll_interval_ms",
+            "sources.orders.idle_poll_interval_ms",
             "sources.orders.lease_renew_interval_ms",
             "sources.orders.initial_position",
             "sources.orders.max_records",

@@ -9,7 +9,7 @@
 //! shared states, so those change with a restart of the whole fleet), and
 //! the work factors (`fraud.work_factor`, `pipeline.menu_json_rounds`,
 //! `pipeline.max_future_secs`) and the pacing (`pipeline.linger_ms`, each
-//! stream's `poll_interval_ms`). Every other changed field is named in the
+//! stream's `poll_interval_ms` and `idle_poll_interval_ms`). Every other changed field is named in the
 //! log and left as it was until a restart: it sizes a channel, a pool or a
 //! cache, names a resource, or is read once at start. A configuration that
 //! is not valid, or an empty file (one being rewritten), changes nothing.
@@ -66,7 +66,7 @@ const STATE_BOUNDS: [&str; 4] =
 /// with the fraud history kept in `state`.
 pub fn is_live(field: &str, state: StateStore) -> bool {
     matches!(field, "log.level" | "pipeline.menu_json_rounds" | "pipeline.max_future_secs" | "pipeline.linger_ms")
-        || (field.starts_with("sources.") && field.ends_with(".poll_interval_ms"))
+        || (field.starts_with("sources.") && (field.ends_with(".poll_interval_ms") || field.ends_with(".idle_poll_interval_ms")))
         || (field.starts_with("fraud.")
             && !matches!(field, "fraud.state" | "fraud.max_tracked_keys")
             && !(state == StateStore::DynamoDb && STATE_BOUNDS.contains(&field)))
@@ -124,6 +124,7 @@ pub fn plan(running: &Config, wanted: &Config) -> Plan {
             (input, wanted.sources.inputs.get(name))
         {
             k.poll_interval_ms = w.poll_interval_ms;
+            k.idle_poll_interval_ms = w.idle_poll_interval_ms;
         }
     }
     let r = &running.fraud;
@@ -162,8 +163,8 @@ pub struct Targets {
     pub logging: Option<Arc<Logging>>,
     /// systemd, told of a reload through `STATUS=`.
     pub notifier: Arc<Notifier>,
-    /// Each stream's live `poll_interval_ms`, by input name.
-    pub poll_intervals: Vec<(String, Arc<std::sync::atomic::AtomicU64>)>,
+    /// Each stream's live pacing, by input name.
+    pub pacings: Vec<(String, crate::sources::kinesis::source::LivePacing)>,
 }
 
 /// On each SIGHUP, reads the configuration again and applies it (or logs
@@ -207,9 +208,9 @@ async fn apply(targets: &mut Targets, wanted: &Config) {
             Err(e) => error!(error = %e, "Reload: log.level not applied; the rest is"),
         }
     }
-    for (name, poll) in &targets.poll_intervals {
+    for (name, pacing) in &targets.pacings {
         if let Some(k) = next.sources.kinesis_input(name) {
-            poll.store(k.poll_interval_ms, std::sync::atomic::Ordering::Relaxed);
+            pacing.set(k);
         }
     }
     targets.running = next;
@@ -292,12 +293,18 @@ mod tests {
     #[test]
     fn the_pacing_applies_live() {
         let running = config("");
-        let wanted = config("[pipeline]\nlinger_ms = 5\n[sources.orders]\npoll_interval_ms = 500\nshards = 2");
+        let wanted = config(
+            "[pipeline]\nlinger_ms = 5\n[sources.orders]\npoll_interval_ms = 500\nidle_poll_interval_ms = 3000\nshards = 2",
+        );
         let p = plan(&running, &wanted);
-        assert_eq!(p.applied, vec!["pipeline.linger_ms", "sources.orders.poll_interval_ms"]);
+        assert_eq!(
+            p.applied,
+            vec!["pipeline.linger_ms", "sources.orders.idle_poll_interval_ms", "sources.orders.poll_interval_ms"]
+        );
         assert_eq!(p.kept, vec!["sources.orders.shards"]);
         assert_eq!(p.next.pipeline.linger_ms, 5);
         assert_eq!(p.next.sources.kinesis_input("orders").map(|k| k.poll_interval_ms), Some(500));
+        assert_eq!(p.next.sources.kinesis_input("orders").map(|k| k.idle_poll_interval_ms), Some(3000));
         assert_eq!(tuned(&p.next, Rules::new(p.next.fraud.clone()).expect("rules")).linger, std::time::Duration::from_millis(5));
     }
 

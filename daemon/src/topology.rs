@@ -184,7 +184,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
     let mut lease_tasks = Vec::new();
     let mut streams_consumed = Vec::new();
     let mut share: Option<Arc<Leases>> = None;
-    let mut poll_intervals = Vec::new();
+    let mut pacings = Vec::new();
     for (name, stream) in config.sources.enabled_kinesis() {
         let worker_id = if stream.worker_id.is_empty() { leases::default_worker_id() } else { stream.worker_id.clone() };
         let shards = Arc::new(ShardContext {
@@ -209,7 +209,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
             stream.clone(),
             Arc::clone(&metrics),
         );
-        poll_intervals.push((name.to_owned(), kinesis.poll_interval()));
+        pacings.push((name.to_owned(), kinesis.pacing()));
         // Fail fast on a missing stream or lease table rather than retrying
         // forever; a passing failure gets a few attempts.
         let mut attempt = 0;
@@ -300,7 +300,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
             router: router.clone(),
             logging: control.logging.clone(),
             notifier: Arc::clone(&notifier),
-            poll_intervals,
+            pacings,
         };
         tokio::spawn(crate::reload::reload_loop(reload, targets))
     });

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use faultproxy::{Fault, Proxy, Rule};
 
 use super::orders::{Expected, order_events, produce};
-use super::{Env, burst, http_get};
+use super::{Env, burst, http_get, metric};
 
 /// A proxy in front of the stack's DynamoDB.
 async fn dynamodb_proxy() -> Proxy {
@@ -30,16 +30,6 @@ async fn behind_a_dynamodb_proxy(name: &str) -> (Proxy, Env) {
 
 fn on(operations: &[&str], fault: Fault) -> Vec<Rule> {
     operations.iter().map(|op| Rule { operation: Some((*op).to_owned()), probability: 1.0, fault: fault.clone() }).collect()
-}
-
-/// The sum of the samples of `family` whose labels contain `label`.
-async fn metric(env: &Env, family: &str, label: &str) -> f64 {
-    http_get(&env.admin, "/metrics")
-        .await
-        .lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Messages in the payments queue's DLQ.

@@ -416,6 +416,16 @@ async fn a_payment_is_decided_and_counted_once() {
     assert!(status.success(), "{status:?}\n{}", env.log());
 }
 
+/// The sum of the samples of `family` whose labels contain `label`.
+pub(crate) async fn metric(env: &Env, family: &str, label: &str) -> f64 {
+    http_get(&env.admin, "/metrics")
+        .await
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 async fn http_get(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // `Env::start` returns once the process is spawned, before it listens: a

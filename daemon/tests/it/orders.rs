@@ -16,7 +16,7 @@ use serde_json::json;
 use daemon::sinks::redshift::postgres::PgTransport;
 
 use super::menu::{pg_target, wait_mirrored};
-use super::{BIN, Env, free_port, http_get};
+use super::{BIN, Env, free_port, http_get, metric};
 
 /// What the orders of a test should add up to.
 #[derive(Debug, Default, Clone)]
@@ -830,8 +830,16 @@ async fn an_idle_shard_checkpoints_its_last_records() {
         env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
     }
     // Idle for more than the interval, then killed: no release, no
-    // shutdown checkpoint.
+    // shutdown checkpoint. Meanwhile the quiet shard is read about once a
+    // second (idle_poll_interval_ms, 1 s by default) after a second at the
+    // poll interval (250 ms): about 10 reads in 6 s where every 250 ms
+    // would make 24.
+    let reads = || metric(&env, "cafe_aws_requests_total", "operation=\"GetRecords\"");
+    let before_idle = reads().await;
     tokio::time::sleep(Duration::from_secs(6)).await;
+    let idle_reads = reads().await - before_idle;
+    eprintln!("idle: {idle_reads} GetRecords on a quiet shard in 6 s");
+    assert!((3.0..=13.0).contains(&idle_reads), "{idle_reads} GetRecords on a quiet shard in 6 s\n{}", env.log());
     let before = env.leases().await;
     let old_owner = before.values().next().and_then(|(o, _)| o.clone()).expect("held");
     env.kill9();

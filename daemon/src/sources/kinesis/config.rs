@@ -50,6 +50,12 @@ pub struct KinesisSourceConfig {
     /// Least time between two GetRecords on one shard. Kinesis allows 5 reads
     /// per second per shard across all readers; 250 leaves room for one more.
     pub poll_interval_ms: u64,
+    /// Least time between two GetRecords on a shard that has given nothing
+    /// at its tip for this long: an idle shard is read about once a second
+    /// (AWS's advice and the KCL's default) instead of every
+    /// `poll_interval_ms`, until a read returns a record. At or below
+    /// `poll_interval_ms`: every read is paced by `poll_interval_ms`.
+    pub idle_poll_interval_ms: u64,
     /// GetRecords results fetched ahead of processing, per shard (backpressure).
     pub prefetch_batches: usize,
     /// Least time between two checkpoints of one shard (also checkpointed at
@@ -130,6 +136,7 @@ impl Default for KinesisSourceConfig {
             shard_sync_interval_ms: 30_000,
             max_records: 1_000,
             poll_interval_ms: 250,
+            idle_poll_interval_ms: 1_000,
             prefetch_batches: 2,
             checkpoint_interval_ms: 1_000,
             order_cache_size: 20_000,
@@ -177,6 +184,15 @@ impl KinesisSourceConfig {
             bad(
                 &format!("{p}.poll_interval_ms"),
                 format!("must be 200..60000 (Kinesis allows 5 reads/s per shard), got {}", k.poll_interval_ms),
+            );
+        }
+        if k.idle_poll_interval_ms > 60_000 {
+            bad(
+                &format!("{p}.idle_poll_interval_ms"),
+                format!(
+                    "must be 0..60000 (at or below poll_interval_ms: no slower pace when idle), got {}",
+                    k.idle_poll_interval_ms
+                ),
             );
         }
         if !(1..=64).contains(&k.prefetch_batches) {

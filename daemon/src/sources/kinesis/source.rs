@@ -3,8 +3,9 @@
 //!
 //! Owns: ListShards (paginated), shard iterators (their renewal when they
 //! expire, resuming after the last record handed on), GetRecords pacing
-//! (at most one call per `poll_interval_ms` per shard, backing off on
-//! ProvisionedThroughputExceeded), KPL de-aggregation, and the bounded
+//! (at most one call per `poll_interval_ms` per shard, one per
+//! `idle_poll_interval_ms` once a shard has been quiet at its tip that
+//! long, backing off on ProvisionedThroughputExceeded), KPL de-aggregation, and the bounded
 //! prefetch channel that is the shard's backpressure. Must not: decide
 //! which shards to read (leases do) or checkpoint (the orders path does,
 //! once its writes are durable).
@@ -83,6 +84,71 @@ fn is_at_or_before(sequence: &str, sub: u64, after: &(String, u64)) -> bool {
     }
 }
 
+/// A stream's read pacing, which a reload may change: each reader reads
+/// it after each call.
+#[derive(Debug, Clone)]
+pub struct LivePacing {
+    /// `poll_interval_ms`.
+    pub poll_ms: Arc<AtomicU64>,
+    /// `idle_poll_interval_ms`.
+    pub idle_ms: Arc<AtomicU64>,
+}
+
+impl LivePacing {
+    fn new(config: &KinesisSourceConfig) -> Self {
+        LivePacing {
+            poll_ms: Arc::new(AtomicU64::new(config.poll_interval_ms)),
+            idle_ms: Arc::new(AtomicU64::new(config.idle_poll_interval_ms)),
+        }
+    }
+
+    /// Sets both from a configuration.
+    pub fn set(&self, config: &KinesisSourceConfig) {
+        self.poll_ms.store(config.poll_interval_ms, AtomicOrdering::Relaxed);
+        self.idle_ms.store(config.idle_poll_interval_ms, AtomicOrdering::Relaxed);
+    }
+
+    fn poll(&self) -> Duration {
+        Duration::from_millis(self.poll_ms.load(AtomicOrdering::Relaxed))
+    }
+
+    fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms.load(AtomicOrdering::Relaxed))
+    }
+}
+
+/// When one shard's next GetRecords may go. Every call is at least `poll`
+/// after the one before; once the shard has given nothing at its tip for
+/// `idle` (from the start of the first empty read to the start of the
+/// latest), calls are `idle` apart until one returns a record. An empty
+/// read behind the tip (a gap in the stream, `MillisBehindLatest` above 0)
+/// is not quiet: reading goes on at `poll` to catch up.
+#[derive(Debug, Default)]
+struct Pacing {
+    /// Start of the first of the empty reads at the tip in a row.
+    quiet_since: Option<tokio::time::Instant>,
+}
+
+impl Pacing {
+    /// The earliest start of the next call, after a successful one that
+    /// started at `started`.
+    fn next(
+        &mut self,
+        started: tokio::time::Instant,
+        records: bool,
+        at_tip: bool,
+        poll: Duration,
+        idle: Duration,
+    ) -> tokio::time::Instant {
+        if records || !at_tip {
+            self.quiet_since = None;
+            return started + poll;
+        }
+        let since = *self.quiet_since.get_or_insert(started);
+        if started.duration_since(since) >= idle { started + idle.max(poll) } else { started + poll }
+    }
+}
+
 /// A handle on the stream.
 #[derive(Debug, Clone)]
 pub struct KinesisSource {
@@ -90,22 +156,20 @@ pub struct KinesisSource {
     config: KinesisSourceConfig,
     metrics: Arc<Metrics>,
     budget: ReadBudget,
-    /// `poll_interval_ms`, which a reload may change: each reader reads it
-    /// before each call.
-    poll_ms: Arc<AtomicU64>,
+    pacing: LivePacing,
 }
 
 impl KinesisSource {
     /// A source on `config.stream`.
     pub fn new(client: Client, config: KinesisSourceConfig, metrics: Arc<Metrics>) -> Self {
         let budget = ReadBudget::new(config.max_bytes_in_flight, Arc::clone(&metrics));
-        let poll_ms = Arc::new(AtomicU64::new(config.poll_interval_ms));
-        KinesisSource { client, config, metrics, budget, poll_ms }
+        let pacing = LivePacing::new(&config);
+        KinesisSource { client, config, metrics, budget, pacing }
     }
 
-    /// The live `poll_interval_ms`, for a reload to set.
-    pub fn poll_interval(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.poll_ms)
+    /// The live pacing, for a reload to set.
+    pub fn pacing(&self) -> LivePacing {
+        self.pacing.clone()
     }
 
     /// The stream name, the `source` label of its metrics.
@@ -173,7 +237,7 @@ impl KinesisSource {
         let cfg = &self.config;
         let source = cfg.stream.as_str();
         // The pacing in force now (a reload may change it between calls).
-        let poll = || Duration::from_millis(self.poll_ms.load(AtomicOrdering::Relaxed));
+        let poll = || self.pacing.poll();
         let backoff = || Backoff { base: poll(), max: Duration::from_secs(10) };
         // The last record handed on: reading resumes after it.
         let mut after: Option<(String, u64)> = match &start {
@@ -188,6 +252,7 @@ impl KinesisSource {
         let mut iterator: Option<String> = None;
         let mut failures = 0u32;
         let mut next_call = tokio::time::Instant::now();
+        let mut pacing = Pacing::default();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -211,7 +276,8 @@ impl KinesisSource {
                     }
                 },
             };
-            next_call = tokio::time::Instant::now() + poll();
+            // Every outcome below sets the next call's time from here.
+            let started = tokio::time::Instant::now();
             let result = self.client.get_records().shard_iterator(&it).limit(cfg.max_records as i32).send().await;
             let mut out = match result {
                 Ok(out) => out,
@@ -250,6 +316,10 @@ impl KinesisSource {
             if let Some(ms) = out.millis_behind_latest {
                 ShardLag { source, shard: &shard, seconds: ms as f64 / 1000.0 }.emit(&self.metrics);
             }
+            // Quiet or not by what the shard holds, not by what is new to
+            // this reader (records it skipped as already handed on count).
+            let at_tip = out.millis_behind_latest.is_none_or(|ms| ms == 0);
+            next_call = pacing.next(started, !out.records().is_empty(), at_tip, poll(), self.pacing.idle());
             let mut fetched = Fetched::default();
             let mut bytes = 0u64;
             for r in out.records() {
@@ -332,6 +402,53 @@ mod tests {
         assert_eq!(r.position("shardId-000000000001", true), "shardId-000000000001/4959/12");
         let pos = pipeline::orders::ShardPos::parse(&r.position("shardId-000000000001", true), Some("s")).expect("parses");
         assert_eq!((pos.shard.as_str(), pos.sequence.as_str(), pos.sub), ("shardId-000000000001", "4959", 12));
+    }
+
+    /// Starts of the calls `Pacing` allows over `secs` seconds, each call
+    /// returning records when `has_records(start)` says so.
+    fn calls(secs: u64, at_tip: bool, poll: u64, idle: u64, has_records: impl Fn(Duration) -> bool) -> Vec<u64> {
+        let t0 = tokio::time::Instant::now();
+        let (mut pacing, mut at, mut out) = (Pacing::default(), t0, Vec::new());
+        while at < t0 + Duration::from_secs(secs) {
+            let offset = at.duration_since(t0);
+            out.push(offset.as_millis() as u64);
+            at = pacing.next(at, has_records(offset), at_tip, Duration::from_millis(poll), Duration::from_millis(idle));
+        }
+        out
+    }
+
+    #[test]
+    fn a_shard_quiet_at_its_tip_is_read_once_per_idle_interval_after_that_long_at_the_poll_interval() {
+        // Quiet from the start: 250 ms apart until the shard has given
+        // nothing for 1 s, then 1 s apart.
+        assert_eq!(calls(4, true, 250, 1000, |_| false), vec![0, 250, 500, 750, 1000, 2000, 3000]);
+        // A minute idle: 63 reads instead of 240.
+        assert_eq!(calls(60, true, 250, 1000, |_| false).len(), 63);
+        // Idle interval at or below the poll interval: no slower pace.
+        assert_eq!(calls(2, true, 250, 0, |_| false), vec![0, 250, 500, 750, 1000, 1250, 1500, 1750]);
+        assert_eq!(calls(1, true, 400, 300, |_| false), vec![0, 400, 800]);
+    }
+
+    #[test]
+    fn a_record_brings_the_poll_interval_back_and_quiet_counts_again_from_the_next_empty_read() {
+        // Records at 2 s (the first read after it at the idle pace), then
+        // nothing: back to 250 ms apart for a quiet second, then idle again.
+        let has = |t: Duration| t.as_millis() == 2000;
+        assert_eq!(calls(5, true, 250, 1000, has), vec![0, 250, 500, 750, 1000, 2000, 2250, 2500, 2750, 3000, 3250, 4250]);
+        // A shard with records now and then, never a second apart: every
+        // read at the poll interval (the busy path's latency is unchanged).
+        let every_750ms = |t: Duration| t.as_millis().is_multiple_of(750);
+        let starts = calls(10, true, 250, 1000, every_750ms);
+        assert!(starts.windows(2).all(|w| w[1] - w[0] == 250), "{starts:?}");
+    }
+
+    #[test]
+    fn empty_reads_behind_the_tip_are_not_quiet() {
+        // A gap in the stream (MillisBehindLatest above 0): reading goes on
+        // at the poll interval to catch up.
+        let starts = calls(5, false, 250, 1000, |_| false);
+        assert_eq!(starts.len(), 20);
+        assert!(starts.windows(2).all(|w| w[1] - w[0] == 250), "{starts:?}");
     }
 
     #[test]
