@@ -6,6 +6,8 @@
 //! counter deltas an applied event causes. Must not: store orders (the
 //! daemon's `cafe-orders` sink does) or read anything but its arguments.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -67,13 +69,16 @@ impl OrderStatus {
 /// Where in a Kinesis shard an event was read: `stream:shardId/sequence[/sub]`
 /// (`sub`: its place in a KPL aggregate record). Positions of one shard of
 /// one stream are totally ordered; positions of different shards or
-/// streams are not compared.
+/// streams are not compared. The stream and shard names are shared by
+/// every position parsed with one [`Names`] (a batch's, an order's
+/// history), and by every clone: a history entry costs one allocation for
+/// its position, the sequence number's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardPos {
     /// The stream's name (every stream has a `shardId-000000000000`).
-    pub stream: String,
+    pub stream: Arc<str>,
     /// Shard id.
-    pub shard: String,
+    pub shard: Arc<str>,
     /// Sequence number: decimal digits, no leading zero (up to 129 digits,
     /// so it is compared as text of its length, not parsed).
     pub sequence: String,
@@ -87,6 +92,12 @@ impl ShardPos {
     /// `stream`; `None` for anything else (an SQS message id has no `/`).
     /// Stream names cannot hold `:`.
     pub fn parse(s: &str, stream: Option<&str>) -> Option<ShardPos> {
+        Self::parse_with(s, stream, &mut Names::default())
+    }
+
+    /// [`ShardPos::parse`], the stream and shard names taken from `names`
+    /// when it holds them already (the positions of one batch share them).
+    pub fn parse_with(s: &str, stream: Option<&str>, names: &mut Names) -> Option<ShardPos> {
         let (stream, rest) = match s.split_once(':') {
             Some((named, rest)) if !named.is_empty() => (named, rest),
             Some(_) => return None,
@@ -102,7 +113,7 @@ impl ShardPos {
         if parts.next().is_some() || (sequence.len() > 1 && sequence.starts_with('0')) {
             return None;
         }
-        Some(ShardPos { stream: stream.to_owned(), shard: shard.to_owned(), sequence: sequence.to_owned(), sub })
+        Some(ShardPos { stream: names.get(stream), shard: names.get(shard), sequence: sequence.to_owned(), sub })
     }
 
     /// Whether `self` was read after `other` in the same shard of the same stream.
@@ -111,6 +122,28 @@ impl ShardPos {
             && self.shard == other.shard
             && (self.sequence.len(), self.sequence.as_str(), self.sub)
                 > (other.sequence.len(), other.sequence.as_str(), other.sub)
+    }
+}
+
+/// Stream and shard names already allocated, for positions to share: a
+/// handful (one batch reads one shard), looked up in order.
+#[derive(Debug, Default)]
+pub struct Names(Vec<Arc<str>>);
+
+impl Names {
+    /// Most names kept: past it a name is allocated for each position.
+    const MAX: usize = 16;
+
+    /// `name`, shared.
+    pub fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.iter().find(|known| ***known == *name) {
+            return Arc::clone(known);
+        }
+        let new: Arc<str> = Arc::from(name);
+        if self.0.len() < Self::MAX {
+            self.0.push(Arc::clone(&new));
+        }
+        new
     }
 }
 
@@ -302,6 +335,25 @@ mod tests {
     use super::OrderStatus::*;
     use super::*;
     use crate::event::decode;
+
+    #[test]
+    fn positions_parsed_with_one_set_of_names_share_their_stream_and_shard() {
+        let mut names = Names::default();
+        let a = ShardPos::parse_with("shardId-000000000001/4959", Some("orders"), &mut names).expect("a");
+        let b = ShardPos::parse_with("shardId-000000000001/4960/3", Some("orders"), &mut names).expect("b");
+        let c = ShardPos::parse_with("other:shardId-000000000002/7", None, &mut names).expect("c");
+        assert!(Arc::ptr_eq(&a.stream, &b.stream) && Arc::ptr_eq(&a.shard, &b.shard));
+        assert!(!Arc::ptr_eq(&a.shard, &c.shard) && (&*c.stream, &*c.shard) == ("other", "shardId-000000000002"));
+        assert!(Arc::ptr_eq(&a.shard, &a.clone().shard), "a clone shares them too");
+        assert!(b.is_after(&a) && !a.is_after(&b) && !c.is_after(&a));
+        // Parsed alone or with names: the same position, the same text.
+        assert_eq!(ShardPos::parse("shardId-000000000001/4960/3", Some("orders")), Some(b.clone()));
+        assert_eq!(b.to_text(), "orders:shardId-000000000001/4960/3");
+        // Past the most names kept, each position gets its own: still right.
+        let many: Vec<ShardPos> =
+            (0..40).map(|i| ShardPos::parse_with(&format!("s:shard-{i}/1"), None, &mut names).expect("parses")).collect();
+        assert!(many.iter().enumerate().all(|(i, p)| *p.shard == *format!("shard-{i}")));
+    }
 
     fn ev(id: &str, body: &str) -> Event {
         let json = format!(r#"{{"v":1,"id":"{id}","ts":"2026-11-22T08:15:30Z","store":"s1","type":{body}}}"#);

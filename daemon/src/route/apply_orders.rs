@@ -154,8 +154,10 @@ pub fn footprint(id: &str, state: Option<&OrderState>) -> usize {
         n += ALLOC + s.history.capacity() * size_of::<HistoryEntry>();
         for h in &s.history {
             n += 2 * ALLOC + h.ts.len() + h.event_id.len();
+            // Its stream and shard names are shared with every position
+            // of its batch: only the sequence number is its own.
             if let Some(p) = &h.pos {
-                n += 3 * ALLOC + p.stream.len() + p.shard.len() + p.sequence.len();
+                n += ALLOC + p.sequence.len();
             }
         }
     }
@@ -733,10 +735,11 @@ mod tests {
     fn the_footprint_grows_with_the_history_and_is_near_what_an_order_takes() {
         let (none, three, six) = (footprint("o-1", None), footprint("o-1", Some(&order(3))), footprint("o-1", Some(&order(6))));
         assert!(none < three && three < six, "{none} {three} {six}");
-        // Each entry: two strings of 24 and 36 bytes, a position of three
-        // more (11 + 20 + 56 bytes), the entry itself.
+        // Each entry: two strings of 24 and 36 bytes, its position's
+        // sequence number (56 bytes; the stream and shard names are shared
+        // with the rest of its batch), the entry itself.
         let per_entry = (six - three) / 3;
-        assert!((300..600).contains(&per_entry), "{per_entry} bytes per history entry");
+        assert!((250..500).contains(&per_entry), "{per_entry} bytes per history entry");
         assert!((200..500).contains(&none), "{none} bytes for an order known not to exist");
     }
 

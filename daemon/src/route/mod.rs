@@ -22,7 +22,7 @@ use std::time::Instant;
 use pipeline::decided::RejectedEvent;
 use pipeline::event::{Event, Rejection};
 use pipeline::fraud::{FraudEngine, Rules};
-use pipeline::orders::ShardPos;
+use pipeline::orders::{Names, ShardPos};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -277,8 +277,10 @@ impl Router {
         // A shard's events are judged at their position in the stream
         // (`source`; replays give the first pass's answers); a queue's
         // message ids parse to none.
+        // (Every position of a batch shares one stream and shard name.)
+        let mut names = Names::default();
         let order_pos: Vec<Option<ShardPos>> =
-            order_at.iter().map(|&i| ShardPos::parse(&inputs[i].position, Some(source))).collect();
+            order_at.iter().map(|&i| ShardPos::parse_with(&inputs[i].position, Some(source), &mut names)).collect();
         let metrics = &self.metrics;
         let shared = async {
             match &self.scoring {

@@ -23,7 +23,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWr
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use pipeline::decided::OrderChange;
-use pipeline::orders::{HistoryEntry, OrderState, OrderStatus, ShardPos};
+use pipeline::orders::{HistoryEntry, Names, OrderState, OrderStatus, ShardPos};
 use pipeline::window::{Counters, WindowId};
 use tracing::warn;
 
@@ -60,6 +60,8 @@ fn entry_value(h: &HistoryEntry, applied_at: &str) -> AttributeValue {
 pub fn parse_order(item: &HashMap<String, AttributeValue>) -> Option<OrderState> {
     let str_of = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
     let num_of = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<u64>().ok());
+    // The entries' positions share their stream and shard names.
+    let mut names = Names::default();
     let history = item
         .get("history")?
         .as_l()
@@ -68,13 +70,14 @@ pub fn parse_order(item: &HashMap<String, AttributeValue>) -> Option<OrderState>
         .map(|e| {
             let m = e.as_m().ok()?;
             let get = |k: &str| m.get(k).and_then(|v| v.as_s().ok()).cloned();
+            let text = |k: &str| m.get(k).and_then(|v| v.as_s().ok());
             Some(HistoryEntry {
-                status: OrderStatus::parse(&get("status")?)?,
+                status: OrderStatus::parse(text("status")?)?,
                 ts: get("ts")?,
                 event_id: get("event_id")?,
                 // Absent on entries of queued events and of earlier releases
                 // (which stored no stream: not compared either).
-                pos: get("pos").and_then(|p| ShardPos::parse(&p, None)),
+                pos: text("pos").and_then(|p| ShardPos::parse_with(p, None, &mut names)),
             })
         })
         .collect::<Option<Vec<_>>>()?;
