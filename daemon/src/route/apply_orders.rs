@@ -152,12 +152,19 @@ pub fn footprint(id: &str, state: Option<&OrderState>) -> usize {
     if let Some(s) = state {
         n += ALLOC + s.store.len();
         n += ALLOC + s.history.capacity() * size_of::<HistoryEntry>();
+        // A position's stream and shard names are shared with the other
+        // positions of its batch, which may all be gone: they count for
+        // the order, once for a run of entries that share them (entries
+        // of one batch, or of one read from the table).
+        let mut names: Option<&ShardPos> = None;
         for h in &s.history {
             n += 2 * ALLOC + h.ts.len() + h.event_id.len();
-            // Its stream and shard names are shared with every position
-            // of its batch: only the sequence number is its own.
             if let Some(p) = &h.pos {
                 n += ALLOC + p.sequence.len();
+                if !names.is_some_and(|q| Arc::ptr_eq(&q.stream, &p.stream) && Arc::ptr_eq(&q.shard, &p.shard)) {
+                    n += 2 * ALLOC + p.stream.len() + p.shard.len();
+                    names = Some(p);
+                }
             }
         }
     }
@@ -735,11 +742,19 @@ mod tests {
     fn the_footprint_grows_with_the_history_and_is_near_what_an_order_takes() {
         let (none, three, six) = (footprint("o-1", None), footprint("o-1", Some(&order(3))), footprint("o-1", Some(&order(6))));
         assert!(none < three && three < six, "{none} {three} {six}");
-        // Each entry: two strings of 24 and 36 bytes, its position's
-        // sequence number (56 bytes; the stream and shard names are shared
-        // with the rest of its batch), the entry itself.
+        // Each entry: two strings of 24 and 36 bytes, a position of three
+        // more (11 + 20 + 56 bytes), the entry itself.
         let per_entry = (six - three) / 3;
-        assert!((250..500).contains(&per_entry), "{per_entry} bytes per history entry");
+        assert!((300..600).contains(&per_entry), "{per_entry} bytes per history entry");
+        // Entries whose positions share their names (one batch's, or one
+        // read's) count them once.
+        let mut shared = order(6);
+        let first = shared.history[0].pos.clone().expect("a position");
+        for h in &mut shared.history {
+            h.pos = h.pos.take().map(|p| ShardPos { stream: Arc::clone(&first.stream), shard: Arc::clone(&first.shard), ..p });
+        }
+        let once = footprint("o-1", Some(&shared));
+        assert_eq!(six - once, 5 * (2 * 16 + "cafe-orders".len() + "shardId-000000000001".len()), "{six} {once}");
         assert!((200..500).contains(&none), "{none} bytes for an order known not to exist");
     }
 
