@@ -864,3 +864,32 @@ async fn an_idle_shard_checkpoints_its_last_records() {
     assert_eq!(replayed, 0, "records after the last checkpoint were replayed\n{}", env.log());
     env.wait_orders_exact(&expected, Duration::from_secs(5)).await;
 }
+
+/// A shard whose records come less than `idle_poll_interval_ms` apart is
+/// read at the poll interval throughout: each read that returns a record
+/// starts the quiet count again (the idle pace is for quiet shards only).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_with_records_half_a_second_apart_is_read_at_the_poll_interval() {
+    let mut env = Env::with_orders("busy", "shards = 1", "", Vec::new()).await;
+    env.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.log().contains("Consuming the stream") || metric(&env, "cafe_leases_held", "").await < 1.0 {
+        assert!(Instant::now() < deadline, "the daemon never took the shard\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let more = Arc::new(AtomicBool::new(true));
+    let producer = tokio::spawn(produce(env.producer(), 0, 1, Duration::from_millis(500), Arc::clone(&more)));
+    // The shard was quiet while the lease was taken: its first records may
+    // wait for one read at the idle pace.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reads = || metric(&env, "cafe_aws_requests_total", "operation=\"GetRecords\"");
+    let before = reads().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let busy = reads().await - before;
+    more.store(false, Ordering::SeqCst);
+    let expected = producer.await.expect("producer");
+    env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
+    eprintln!("busy: {busy} GetRecords in 6 s with records every 500 ms");
+    // Every 250 ms: 24; at the idle pace after a second of quiet: about 8.
+    assert!(busy >= 18.0, "{busy} GetRecords in 6 s on a shard with records every 500 ms\n{}", env.log());
+}
