@@ -9,8 +9,8 @@
 //! shared states, so those change with a restart of the whole fleet), and
 //! the work factors (`fraud.work_factor`, `pipeline.menu_json_rounds`,
 //! `pipeline.max_future_secs`) and the pacing (`pipeline.linger_ms`, each
-//! stream's `poll_interval_ms` and `idle_poll_interval_ms`). Every other changed field is named in the
-//! log and left as it was until a restart: it sizes a channel, a pool or a
+//! stream's `poll_interval_ms` and `idle_poll_interval_ms`). Every other
+//! changed field is named in the log and left as it was until a restart: it sizes a channel, a pool or a
 //! cache, names a resource, or is read once at start. A configuration that
 //! is not valid, or an empty file (one being rewritten), changes nothing.
 //! Must not: read signals (`main` installs the handler) or stop any task.

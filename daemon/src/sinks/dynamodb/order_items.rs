@@ -69,8 +69,8 @@ pub fn parse_order(item: &HashMap<String, AttributeValue>) -> Option<OrderState>
         .iter()
         .map(|e| {
             let m = e.as_m().ok()?;
-            let get = |k: &str| m.get(k).and_then(|v| v.as_s().ok()).cloned();
             let text = |k: &str| m.get(k).and_then(|v| v.as_s().ok());
+            let get = |k: &str| text(k).cloned();
             Some(HistoryEntry {
                 status: OrderStatus::parse(text("status")?)?,
                 ts: get("ts")?,

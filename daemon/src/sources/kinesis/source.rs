@@ -5,10 +5,10 @@
 //! expire, resuming after the last record handed on), GetRecords pacing
 //! (at most one call per `poll_interval_ms` per shard, one per
 //! `idle_poll_interval_ms` once a shard has been quiet at its tip that
-//! long, backing off on ProvisionedThroughputExceeded), KPL de-aggregation, and the bounded
-//! prefetch channel that is the shard's backpressure. Must not: decide
-//! which shards to read (leases do) or checkpoint (the orders path does,
-//! once its writes are durable).
+//! long, backing off on ProvisionedThroughputExceeded), KPL
+//! de-aggregation, and the bounded prefetch channel that is the shard's
+//! backpressure. Must not: decide which shards to read (leases do) or
+//! checkpoint (the orders path does, once its writes are durable).
 
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -89,9 +89,9 @@ fn is_at_or_before(sequence: &str, sub: u64, after: &(String, u64)) -> bool {
 #[derive(Debug, Clone)]
 pub struct LivePacing {
     /// `poll_interval_ms`.
-    pub poll_ms: Arc<AtomicU64>,
+    poll_ms: Arc<AtomicU64>,
     /// `idle_poll_interval_ms`.
-    pub idle_ms: Arc<AtomicU64>,
+    idle_ms: Arc<AtomicU64>,
 }
 
 impl LivePacing {
