@@ -5,14 +5,20 @@
 //! of an order it holds (the bench's run reads none: each order's first
 //! event places it and the shard's cache keeps it after that); such a read
 //! is counted in `refused` and fails, and the bench checks that none was.
+//! Given the stage's metrics, it counts the writes made while a batch's
+//! decide stage had begun and not yet been taken up (more batches entered
+//! `decide` than left it, which both happen on the shard's task, so the
+//! count does not depend on timing): the next batch handed to the CPU pool
+//! before this one's write ran, which the bench checks.
 
 use std::collections::HashMap;
 use std::future::{Future, ready};
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use daemon::aws::{AwsError, ErrorClass};
+use daemon::metrics::Metrics;
 use daemon::route::OrderStore;
 use daemon::sinks::dynamodb::order_items::OrderWriteOutcome;
 use pipeline::decided::OrderChange;
@@ -24,6 +30,11 @@ type Answer<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct MemoryOrders {
     /// Each order's version: its history length.
     versions: Mutex<HashMap<String, usize>>,
+    /// The stage's metrics, while the writes are watched (not in timed runs).
+    pub watching: Mutex<Option<Arc<Metrics>>>,
+    /// Calls of `write_orders`, and those made while a batch was deciding.
+    pub writes: AtomicU64,
+    pub writes_beside_a_decide: AtomicU64,
     /// Orders put new (written with no version before).
     pub order_puts: AtomicU64,
     /// History entries written, over every order.
@@ -40,10 +51,23 @@ impl MemoryOrders {
     /// Forgets every order and resets the counts: a fresh table.
     pub fn clear(&self) {
         self.versions.lock().expect("the store's lock").clear();
-        for count in [&self.order_puts, &self.history_entries, &self.rows, &self.conflicts, &self.refused] {
+        let counts = [&self.order_puts, &self.history_entries, &self.rows, &self.conflicts, &self.refused];
+        for count in counts.into_iter().chain([&self.writes, &self.writes_beside_a_decide]) {
             count.store(0, Ordering::Relaxed);
         }
     }
+}
+
+/// Batches that entered the decide stage and have not left it: the count
+/// of `cafe_pipeline_batch_events{stage="decide"}` (observed on entry) less
+/// that of `cafe_pipeline_stage_duration_seconds{stage="decide"}` (on exit).
+fn deciding(metrics: &Metrics) -> i64 {
+    let text = metrics.encode();
+    let count = |family: &str| -> i64 {
+        let line = format!("{family}_count{{stage=\"decide\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(line.as_str())?.trim().parse().ok()).unwrap_or(0)
+    };
+    count("cafe_pipeline_batch_events") - count("cafe_pipeline_stage_duration_seconds")
 }
 
 impl OrderStore for MemoryOrders {
@@ -63,6 +87,10 @@ impl OrderStore for MemoryOrders {
         _applied_at: &'a str,
         _concurrency: usize,
     ) -> Answer<'a, Vec<OrderWriteOutcome>> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        if self.watching.lock().expect("the store's lock").as_deref().is_some_and(|m| deciding(m) > 0) {
+            self.writes_beside_a_decide.fetch_add(1, Ordering::Relaxed);
+        }
         let mut versions = self.versions.lock().expect("the store's lock");
         let outcomes = writes
             .iter()

@@ -214,26 +214,11 @@ pub async fn process_shard(
                 deciding = None;
                 held.clear();
             }
-            Some((no, claim, orders, durable)) = writing.next() => {
-                claims.release(claim, &orders);
-                if alone == Some(claim) {
-                    alone = None;
-                }
-                match durable {
-                    Durable::Yes => {
-                        for (last, count) in ledger.part_done(no) {
-                            done = Some(last);
-                            unacked += count;
-                        }
-                    }
-                    Durable::Stopped => {
-                        draining = true;
-                        deciding = None;
-                        held.clear();
-                    }
-                    Durable::Lost => return ShardExit::Lost,
-                }
-            }
+            // The next batch is read and handed to the CPU pool before the
+            // writes are polled: a write's state machine and cache work run
+            // on this task, synchronously until its first request, and
+            // polled first they kept the pool idle meanwhile (decide and
+            // write took turns instead of overlapping).
             decided = async { deciding.as_mut().expect("guarded").await }, if deciding.is_some() => {
                 deciding = None;
                 let (no, batch): (u64, DecidedBatch) = decided;
@@ -294,6 +279,26 @@ pub async fn process_shard(
                     held.clear();
                 }
             },
+            Some((no, claim, orders, durable)) = writing.next() => {
+                claims.release(claim, &orders);
+                if alone == Some(claim) {
+                    alone = None;
+                }
+                match durable {
+                    Durable::Yes => {
+                        for (last, count) in ledger.part_done(no) {
+                            done = Some(last);
+                            unacked += count;
+                        }
+                    }
+                    Durable::Stopped => {
+                        draining = true;
+                        deciding = None;
+                        held.clear();
+                    }
+                    Durable::Lost => return ShardExit::Lost,
+                }
+            }
             // An idle shard still checkpoints what it finished: its last
             // records are not replayed by the next holder for want of a
             // next batch.
