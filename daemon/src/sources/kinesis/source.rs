@@ -19,7 +19,7 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::types::ShardIteratorType;
 use pipeline::kpl;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -85,13 +85,16 @@ fn is_at_or_before(sequence: &str, sub: u64, after: &(String, u64)) -> bool {
 }
 
 /// A stream's read pacing, which a reload may change: each reader reads
-/// it after each call.
+/// it after each call, and a reader waiting out an interval is woken to
+/// wait by the new one (an idle wait may be a minute long).
 #[derive(Debug, Clone)]
 pub struct LivePacing {
     /// `poll_interval_ms`.
     poll_ms: Arc<AtomicU64>,
     /// `idle_poll_interval_ms`.
     idle_ms: Arc<AtomicU64>,
+    /// Bumped by each `set`: the readers' wake-up.
+    changed: Arc<watch::Sender<u64>>,
 }
 
 impl LivePacing {
@@ -99,13 +102,20 @@ impl LivePacing {
         LivePacing {
             poll_ms: Arc::new(AtomicU64::new(config.poll_interval_ms)),
             idle_ms: Arc::new(AtomicU64::new(config.idle_poll_interval_ms)),
+            changed: Arc::new(watch::Sender::new(0)),
         }
     }
 
-    /// Sets both from a configuration.
+    /// Sets both from a configuration, and wakes the waiting readers.
     pub fn set(&self, config: &KinesisSourceConfig) {
         self.poll_ms.store(config.poll_interval_ms, AtomicOrdering::Relaxed);
         self.idle_ms.store(config.idle_poll_interval_ms, AtomicOrdering::Relaxed);
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A reader's view of the changes (each `set` from now on).
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     fn poll(&self) -> Duration {
@@ -127,6 +137,9 @@ impl LivePacing {
 struct Pacing {
     /// Start of the first of the empty reads at the tip in a row.
     quiet_since: Option<tokio::time::Instant>,
+    /// The last call's (start, records, at tip), while the wait after it
+    /// is the pacing's (not a backoff's).
+    last: Option<(tokio::time::Instant, bool, bool)>,
 }
 
 impl Pacing {
@@ -140,12 +153,47 @@ impl Pacing {
         poll: Duration,
         idle: Duration,
     ) -> tokio::time::Instant {
+        self.last = Some((started, records, at_tip));
         if records || !at_tip {
             self.quiet_since = None;
             return started + poll;
         }
         let since = *self.quiet_since.get_or_insert(started);
         if started.duration_since(since) >= idle { started + idle.max(poll) } else { started + poll }
+    }
+
+    /// The next call's start again under `live`'s values (a reload), when
+    /// the wait is the pacing's; `None` for a backoff's.
+    fn again(&mut self, live: &LivePacing) -> Option<tokio::time::Instant> {
+        let (started, records, at_tip) = self.last?;
+        Some(self.next(started, records, at_tip, live.poll(), live.idle()))
+    }
+
+    /// The wait from now on is not the pacing's (a backoff, a renewal).
+    fn off(&mut self) {
+        self.last = None;
+    }
+}
+
+/// Waits until `next_call`, which a reload (`changes`) sets again when the
+/// wait is the pacing's. False when stopped first.
+async fn wait_turn(
+    next_call: &mut tokio::time::Instant,
+    pacing: &mut Pacing,
+    live: &LivePacing,
+    changes: &mut watch::Receiver<u64>,
+    stop: &CancellationToken,
+) -> bool {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return false,
+            () = tokio::time::sleep_until(*next_call) => return true,
+            Ok(()) = changes.changed() => {
+                if let Some(at) = pacing.again(live) {
+                    *next_call = at;
+                }
+            }
+        }
     }
 }
 
@@ -253,11 +301,12 @@ impl KinesisSource {
         let mut failures = 0u32;
         let mut next_call = tokio::time::Instant::now();
         let mut pacing = Pacing::default();
+        let mut changes = self.pacing.changes();
         loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep_until(next_call) => {}
+            if !wait_turn(&mut next_call, &mut pacing, &self.pacing, &mut changes, &stop).await {
+                return;
             }
+            pacing.off();
             let it = match iterator.take() {
                 Some(it) => it,
                 None => match self.iterator(&shard, &start, after.as_ref()).await {
@@ -440,6 +489,51 @@ mod tests {
         let every_750ms = |t: Duration| t.as_millis().is_multiple_of(750);
         let starts = calls(10, true, 250, 1000, every_750ms);
         assert!(starts.windows(2).all(|w| w[1] - w[0] == 250), "{starts:?}");
+    }
+
+    #[tokio::test]
+    async fn a_reload_cuts_short_a_wait_at_the_old_idle_pace_and_leaves_a_backoff_alone() {
+        let config = |idle| KinesisSourceConfig { poll_interval_ms: 50, idle_poll_interval_ms: idle, ..Default::default() };
+        let live = LivePacing::new(&config(5_000));
+        let (mut changes, stop) = (live.changes(), CancellationToken::new());
+        // A shard quiet at its tip for longer than the idle interval: its
+        // next read is 5 s after the last one started.
+        let t0 = tokio::time::Instant::now();
+        let mut pacing = Pacing { quiet_since: Some(t0 - Duration::from_secs(6)), last: None };
+        let mut next_call = pacing.next(t0, false, true, live.poll(), live.idle());
+        assert_eq!(next_call, t0 + Duration::from_secs(5));
+        let reload = {
+            let live = live.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                live.set(&config(300));
+            })
+        };
+        assert!(wait_turn(&mut next_call, &mut pacing, &live, &mut changes, &stop).await);
+        reload.await.expect("the reload ran");
+        // Read 300 ms after the last read, not 5 s (the old schedule).
+        assert_eq!(next_call, t0 + Duration::from_millis(300));
+        assert!(t0.elapsed() < Duration::from_secs(3), "waited {:?}", t0.elapsed());
+
+        // A backoff (no pacing in force) is not shortened by a reload.
+        pacing.off();
+        let started = tokio::time::Instant::now();
+        let mut next_call = started + Duration::from_millis(700);
+        let reload = {
+            let live = live.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                live.set(&config(0));
+            })
+        };
+        assert!(wait_turn(&mut next_call, &mut pacing, &live, &mut changes, &stop).await);
+        reload.await.expect("the reload ran");
+        assert!(started.elapsed() >= Duration::from_millis(700), "waited {:?}", started.elapsed());
+
+        // Stopped while waiting: false at once.
+        let mut next_call = tokio::time::Instant::now() + Duration::from_secs(60);
+        stop.cancel();
+        assert!(!wait_turn(&mut next_call, &mut pacing, &live, &mut changes, &stop).await);
     }
 
     #[test]
