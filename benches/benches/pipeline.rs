@@ -448,7 +448,10 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
     // The shard reads and decides its next batch while this one writes:
     // 6 of the 10 writes, run after run, in debug and release builds; none
     // when its writes were polled first (the pool idle while the state
-    // machine ran on the shard's task).
+    // machine ran on the shard's task). Six is the floor with the default
+    // `prefetch_batches` (2): the source's task refills the channel only
+    // when the shard's task yields, so at worst two writes of every three
+    // have a next batch to decide beside them, and the last write none.
     assert!(2 * beside >= writes, "orders: only {beside} of {writes} writes overlapped the next batch's decide stage");
 
     let mut g = c.benchmark_group("pipeline");

@@ -7,9 +7,11 @@
 //! is counted in `refused` and fails, and the bench checks that none was.
 //! Given the stage's metrics, it counts the writes made while a batch's
 //! decide stage had begun and not yet been taken up (more batches entered
-//! `decide` than left it, which both happen on the shard's task, so the
-//! count does not depend on timing): the next batch handed to the CPU pool
-//! before this one's write ran, which the bench checks.
+//! `decide` than left it, both counted on the shard's task: a decide the
+//! pool finished but the task has not taken up still counts): the next
+//! batch handed to the CPU pool before this one's write ran, which the
+//! bench checks. A decide dropped half way (a stop) would count for good;
+//! the bench's run ends with the shard read to its end, which drops none.
 
 use std::collections::HashMap;
 use std::future::{Future, ready};
