@@ -496,21 +496,23 @@ mod tests {
         let config = |idle| KinesisSourceConfig { poll_interval_ms: 50, idle_poll_interval_ms: idle, ..Default::default() };
         let live = LivePacing::new(&config(5_000));
         let (mut changes, stop) = (live.changes(), CancellationToken::new());
+        // A SIGHUP `after` from now setting the idle interval to `idle`.
+        let reload = |after: u64, idle: u64| {
+            let live = live.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                live.set(&config(idle));
+            })
+        };
         // A shard quiet at its tip for longer than the idle interval: its
         // next read is 5 s after the last one started.
         let t0 = tokio::time::Instant::now();
         let mut pacing = Pacing { quiet_since: Some(t0 - Duration::from_secs(6)), last: None };
         let mut next_call = pacing.next(t0, false, true, live.poll(), live.idle());
         assert_eq!(next_call, t0 + Duration::from_secs(5));
-        let reload = {
-            let live = live.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                live.set(&config(300));
-            })
-        };
+        let reloaded = reload(200, 300);
         assert!(wait_turn(&mut next_call, &mut pacing, &live, &mut changes, &stop).await);
-        reload.await.expect("the reload ran");
+        reloaded.await.expect("the reload ran");
         // Read 300 ms after the last read, not 5 s (the old schedule).
         assert_eq!(next_call, t0 + Duration::from_millis(300));
         assert!(t0.elapsed() < Duration::from_secs(3), "waited {:?}", t0.elapsed());
@@ -519,15 +521,9 @@ mod tests {
         pacing.off();
         let started = tokio::time::Instant::now();
         let mut next_call = started + Duration::from_millis(700);
-        let reload = {
-            let live = live.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                live.set(&config(0));
-            })
-        };
+        let reloaded = reload(100, 0);
         assert!(wait_turn(&mut next_call, &mut pacing, &live, &mut changes, &stop).await);
-        reload.await.expect("the reload ran");
+        reloaded.await.expect("the reload ran");
         assert!(started.elapsed() >= Duration::from_millis(700), "waited {:?}", started.elapsed());
 
         // Stopped while waiting: false at once.
