@@ -9,10 +9,12 @@
 //! shared states, so those change with a restart of the whole fleet), and
 //! the work factors (`fraud.work_factor`, `pipeline.menu_json_rounds`,
 //! `pipeline.max_future_secs`) and the pacing (`pipeline.linger_ms`, each
-//! stream's `poll_interval_ms` and `idle_poll_interval_ms`). Every other
-//! changed field is named in the log and left as it was until a restart: it sizes a channel, a pool or a
-//! cache, names a resource, or is read once at start. A configuration that
-//! is not valid, or an empty file (one being rewritten), changes nothing.
+//! stream's `poll_interval_ms` and `idle_poll_interval_ms`, which wake the
+//! readers waiting out the old ones). Every other changed field is named in
+//! the log and left as it was until a restart: it sizes a channel, a pool
+//! or a cache, names a resource, or is read once at start. A configuration
+//! that is not valid, or an empty file (one being rewritten), changes
+//! nothing.
 //! Must not: read signals (`main` installs the handler) or stop any task.
 //! A batch takes the work factors when it is decided, and the shared
 //! state's rules when it is written; nothing under way is dropped.

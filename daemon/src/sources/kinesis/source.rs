@@ -93,8 +93,8 @@ pub struct LivePacing {
     poll_ms: Arc<AtomicU64>,
     /// `idle_poll_interval_ms`.
     idle_ms: Arc<AtomicU64>,
-    /// Bumped by each `set`: the readers' wake-up.
-    changed: Arc<watch::Sender<u64>>,
+    /// Sent to by each `set`: the readers' wake-up.
+    changed: Arc<watch::Sender<()>>,
 }
 
 impl LivePacing {
@@ -102,7 +102,7 @@ impl LivePacing {
         LivePacing {
             poll_ms: Arc::new(AtomicU64::new(config.poll_interval_ms)),
             idle_ms: Arc::new(AtomicU64::new(config.idle_poll_interval_ms)),
-            changed: Arc::new(watch::Sender::new(0)),
+            changed: Arc::new(watch::Sender::new(())),
         }
     }
 
@@ -110,11 +110,11 @@ impl LivePacing {
     pub fn set(&self, config: &KinesisSourceConfig) {
         self.poll_ms.store(config.poll_interval_ms, AtomicOrdering::Relaxed);
         self.idle_ms.store(config.idle_poll_interval_ms, AtomicOrdering::Relaxed);
-        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        self.changed.send_replace(());
     }
 
     /// A reader's view of the changes (each `set` from now on).
-    fn changes(&self) -> watch::Receiver<u64> {
+    fn changes(&self) -> watch::Receiver<()> {
         self.changed.subscribe()
     }
 
@@ -181,7 +181,7 @@ async fn wait_turn(
     next_call: &mut tokio::time::Instant,
     pacing: &mut Pacing,
     live: &LivePacing,
-    changes: &mut watch::Receiver<u64>,
+    changes: &mut watch::Receiver<()>,
     stop: &CancellationToken,
 ) -> bool {
     loop {
