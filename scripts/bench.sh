@@ -54,28 +54,56 @@ eval "$("$stack" env)"
 state=${CAFE_STACK_DIR:-$repo/.stack}
 
 echo "== build (release)"
-cargo build --release --locked -p daemon -p loadgen
-cargo bench --locked -p benches --no-run 2> "$out/bench-build.log" || { tail -n 20 "$out/bench-build.log" >&2; exit 1; }
-export CAFE_STREAMD_BIN=$repo/target/release/cafe-streamd
-loadgen=$repo/target/release/cafe-loadgen
+# One cargo command for the daemon, the load generator and the benches. Two
+# (`cargo build -p daemon -p loadgen`, then `cargo bench -p benches`)
+# resolve the dependencies' features apart (goose's simplelog turns on
+# time's local-offset, the benches' dev-dependencies others), so they
+# built the daemon's library, the domain crate and about 80 dependencies
+# twice. `--bench '*'`, not `--benches`: that one also builds the
+# daemon's and loadgen's own targets as test harnesses. The benches are
+# then run from the executables this build names, as `cargo bench` runs
+# them (from their package's directory, with `--bench`).
+cargo build --release --locked -p daemon -p loadgen -p benches --bins --bench '*' \
+  --message-format=json-render-diagnostics > "$out/build.json"
+artifact() { # the executable of target $1 of kind $2, from the build's messages
+  python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[2] and sys.argv[3] in m["target"]["kind"] and m.get("executable"):
+        print(m["executable"])
+        break
+else:
+    sys.exit(f"bench: the build named no {sys.argv[3]} {sys.argv[2]}")
+' "$out/build.json" "$1" "$2"
+}
+bench() { # bench NAME ARGS...: one bench executable of the benches package
+  local exe
+  exe=$(artifact "$1" bench)
+  shift
+  (cd benches && CRITERION_HOME="$repo/target/criterion" "$exe" --bench "$@")
+}
+export CAFE_STREAMD_BIN
+CAFE_STREAMD_BIN=$(artifact cafe-streamd bin)
+loadgen=$(artifact cafe-loadgen bin)
 
 echo "== 1. kernels"
 rm -rf target/criterion
 crit=(--warm-up-time 1 --measurement-time 3 --sample-size 20 --noplot)
-cargo bench --locked -q -p benches --bench fraud -- "${crit[@]}" 'payment: decode|model_work 10000|model_work_many 10000|Sha256::digest 10000' \
+bench fraud "${crit[@]}" 'payment: decode|model_work 10000|model_work_many 10000|Sha256::digest 10000' \
   > "$out/kernels.txt" 2>&1
-cargo bench --locked -q -p benches --bench orders -- "${crit[@]}" 'decode \+ apply' >> "$out/kernels.txt" 2>&1
+bench orders "${crit[@]}" 'decode \+ apply' >> "$out/kernels.txt" 2>&1
 # The menu bench ends with its own sha256-against-openssl ratio (a few seconds).
-cargo bench --locked -q -p benches --bench menu -- "${crit[@]}" '100 JSON rounds' >> "$out/kernels.txt" 2>&1
+bench menu "${crit[@]}" '100 JSON rounds' >> "$out/kernels.txt" 2>&1
 # Each path's stage with in-memory ends next to its kernel alone (one
 # CPU-pool thread each): the stage's overhead per payment, menu item and
 # order event.
-cargo bench --locked -q -p benches --bench pipeline -- --warm-up-time 1 --measurement-time 3 --sample-size 10 --noplot \
+bench pipeline --warm-up-time 1 --measurement-time 3 --sample-size 10 --noplot \
   >> "$out/kernels.txt" 2>&1
 # The AWS SDK's own CPU per request (benches/benches/sdk.rs: answered in
 # memory, the daemon's client configuration): what each request of a path
 # costs before any network.
-cargo bench --locked -q -p benches --bench sdk -- "${crit[@]}" >> "$out/kernels.txt" 2>&1
+bench sdk "${crit[@]}" >> "$out/kernels.txt" 2>&1
 openssl speed -evp sha256 -bytes 16384 -seconds 3 > "$out/openssl.txt" 2>/dev/null || true
 
 # CPU ticks (user + system) and peak RSS (KiB) of a process; "0 0" when gone.

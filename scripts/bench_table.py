@@ -9,6 +9,7 @@ OUT_DIR; writes OUT_DIR/table.md and OUT_DIR/figures.json.
 import json
 import pathlib
 import platform
+import re
 import subprocess
 import sys
 
@@ -127,6 +128,14 @@ stage = {
         "shard stage, the SDK's requests to an in-memory DynamoDB",
     ),
 }
+# Allocations per element, the kernel's and the stage's, as the pipeline
+# bench prints them from its check runs (a count, not a time: the same from
+# run to run, whatever the host's load).
+allocs = {}
+kernels_txt = out / "kernels.txt"
+if kernels_txt.exists():
+    for m in re.finditer(r"^(\w+): allocations per element: kernel ([\d.]+), stage ([\d.]+)$", kernels_txt.read_text(), re.M):
+        allocs[m[1]] = (float(m[2]), float(m[3]))
 ossl = openssl_bytes_per_sec()
 floor_ns = 10_001 * 64 / ossl * 1e9 if ossl else None  # 10,000 rounds + the first hash, one block each
 
@@ -247,12 +256,14 @@ if sdk_get and sdk_tx:
 if any(k and d for k, d, _ in stage.values()):
     lines += [
         "",
-        "| pipeline with in-memory ends (one CPU-pool thread; wall time), per element | kernel alone | stage | stage / kernel |",
-        "|---|---|---|---|",
+        "| pipeline with in-memory ends (one CPU-pool thread; wall time), per element | kernel alone | stage | stage / kernel | allocations, kernel / stage |",
+        "|---|---|---|---|---|",
     ]
     for name, (k, d, what) in stage.items():
         if k and d:
-            lines.append(f"| {name} | {ms(k)} | {ms(d)} ({what}) | {d / k:.2f} |")
+            counted = allocs.get({"payments": "payments", "menu items": "menu", "order events": "orders"}.get(name, ""))
+            counts = f"{counted[0]:,.2f} / {counted[1]:,.2f}" if counted else "-"
+            lines.append(f"| {name} | {ms(k)} | {ms(d)} ({what}) | {d / k:.2f} | {counts} |")
 lines += [
     "",
     "| path, end to end | events | daemon | CPU-bound ceiling (cores left) | daemon / ceiling | bare client: daemon / bare | CPU-s per 1,000 | peak RSS | e2e p50 / p99 |",
@@ -381,7 +392,7 @@ for name in ["payments", "payments-process", "menu"]:
 table = "\n".join(lines) + "\n"
 (out / "table.md").write_text(table)
 (out / "figures.json").write_text(
-    json.dumps({"kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "paths": rows, "backlog": backlog}, indent=2)
+    json.dumps({"kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "allocations_per_element": allocs, "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "paths": rows, "backlog": backlog}, indent=2)
 )
 print(table)
 print(f"raw figures: {out}")

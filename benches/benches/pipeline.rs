@@ -75,18 +75,73 @@
 //! the orders stage kept about one core busy on average, so its CPU time
 //! per event is about its wall time.
 
-/// The daemon's allocator (daemon/src/main.rs).
+/// The daemon's allocator (daemon/src/main.rs), counting the allocations
+/// made while [`allocations`] counts them: the check runs, never a timed
+/// one (not counting, a call costs one more relaxed load).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Counting = Counting;
+
+/// MiMalloc, with a count of the allocations (and reallocations) made
+/// while `COUNTING` is set.
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+fn count() {
+    if COUNTING.load(Ordering::Relaxed) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: each method passes its arguments unchanged to MiMalloc's, and
+// so keeps the caller's contract; the count touches only two atomics (it
+// neither allocates nor unwinds).
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: the caller's contract, passed on.
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: the caller's contract, passed on.
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: the caller's contract, passed on.
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// `f`'s result, and the allocations made meanwhile by every thread (the
+/// runtime's and the pool's included: nothing else runs during a check).
+fn allocations<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::SeqCst);
+    let out = f();
+    COUNTING.store(false, Ordering::SeqCst);
+    (out, ALLOCATIONS.load(Ordering::Relaxed))
+}
 
 #[path = "support/memory_dynamodb.rs"]
 mod memory_dynamodb;
 #[path = "support/memory_orders.rs"]
 mod memory_orders;
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -277,6 +332,14 @@ fn check<'a>(path: &str, n: usize, decided: impl Iterator<Item = &'a Decided>) {
     assert_eq!(count, n, "{path}: inputs decided");
 }
 
+/// Prints a path's allocations per element, its kernel's and its stage's
+/// (from one run each: the stage's count moves a little with how its
+/// batches happen to form), for `scripts/bench_table.py`.
+fn per_element_allocations(path: &str, n: usize, by_kernel: u64, by_stage: u64) {
+    let per = |count: u64| count as f64 / n as f64;
+    eprintln!("{path}: allocations per element: kernel {:.2}, stage {:.2}", per(by_kernel), per(by_stage));
+}
+
 /// Order events in shard order, as (order id, body): 2,000 orders in waves
 /// of 200; each page of 1,000 records holds one wave's `order.placed` and
 /// the next status of each of the four waves before it.
@@ -404,7 +467,8 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
     let router = rt.block_on(router(config, fraud, dynamodb.clone()));
     let events = order_events();
     let max_records = KinesisSourceConfig::default().max_records as usize;
-    assert_eq!(orders_kernel(&events), ORDERS as usize, "orders: the kernel's orders");
+    let (orders_in_kernel, by_kernel) = allocations(|| orders_kernel(&events));
+    assert_eq!(orders_in_kernel, ORDERS as usize, "orders: the kernel's orders");
     end.counting.store(true, Ordering::Relaxed);
     let (context, generation) = leased_shard(rt, &router, config, &dynamodb);
     let exit = through_shard(rt, context, generation, pages(&events, max_records));
@@ -453,6 +517,15 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
     // when the shard's task yields, so at worst two writes of every three
     // have a next batch to decide beside them, and the last write none.
     assert!(2 * beside >= writes, "orders: only {beside} of {writes} writes overlapped the next batch's decide stage");
+
+    // The allocations of a run as timed (the store not watching: reading
+    // the metrics allocates), the lease and the pages made beforehand.
+    store.clear();
+    let ((context, generation), fetched) = (leased_shard(rt, &in_memory, config, &dynamodb), pages(&events, max_records));
+    let (exit, by_stage) = allocations(|| through_shard(rt, context, generation, fetched));
+    assert_eq!(exit, ShardExit::Ended, "orders, in-memory store: the shard was read to its end and checkpointed");
+    checked(&store);
+    per_element_allocations("orders", events.len(), by_kernel, by_stage);
 
     let mut g = c.benchmark_group("pipeline");
     g.sample_size(10).sampling_mode(SamplingMode::Flat).warm_up_time(Duration::from_secs(1));
@@ -513,10 +586,14 @@ fn pipeline(c: &mut Criterion) {
             .map(|(i, body)| Input { data: body.clone().into_bytes(), position: format!("msg-{i}") })
             .collect();
         let n = inputs.len();
-        let decided = bench_thread.install(|| kernel(&inputs, &Mutex::new(fresh_engine(&fraud)), work, config.max_batch_events));
+        let engine = Mutex::new(fresh_engine(&fraud));
+        let (decided, by_kernel) =
+            allocations(|| bench_thread.install(|| kernel(&inputs, &engine, work, config.max_batch_events)));
         check(path, n, decided.iter().flatten());
-        let decided = through_stage(&rt, &router, &config, receivers, receives(bodies, per_receive));
+        let received = receives(bodies, per_receive);
+        let (decided, by_stage) = allocations(|| through_stage(&rt, &router, &config, receivers, received));
         check(path, n, decided.iter().flat_map(|d| &d.batch.decided));
+        per_element_allocations(path, n, by_kernel, by_stage);
 
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(format!("{path}/kernel"), |b| {
