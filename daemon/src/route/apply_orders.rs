@@ -8,6 +8,7 @@
 //! the fresh state. Must not: send rejections or acknowledge (the router
 //! and the sources do, from the fates this returns).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
@@ -52,6 +53,12 @@ pub type OrderHasher = foldhash::quality::RandomState;
 
 /// The indices of one order's events in a batch, in arrival order.
 type Group = SmallVec<[usize; 2]>;
+
+/// A pending order's state in a round of `apply_orders`: the state,
+/// whether it is known (cached or read) or assumed (a new order's `None`),
+/// and the cache's copy of the order's id when the state was taken from
+/// the cache (for the write and the cache again, without a copy of it).
+type RoundState = (Option<OrderState>, bool, Option<String>);
 
 /// Rounds of conflicts (another writer moved the order) before the events
 /// are given back to their source.
@@ -284,41 +291,46 @@ impl OrderCache {
     }
 
     /// Takes `id`'s entry out, if cached: the caller owns the state (no
-    /// copy of its history) and puts it back, or its successor, when done.
+    /// copy of its history) and puts it back, or its successor, when done,
+    /// with the entry's copy of the id (so that neither allocates one).
     /// Its queue elements go stale and are skipped.
-    fn take(&self, id: &str) -> Option<Option<OrderState>> {
+    fn take(&self, id: &str) -> Option<(String, Option<OrderState>)> {
         let mut guard = self.pool.lock();
         let p = &mut *guard;
         let hash = p.hash(id);
         let (e, _) = p.owners.get_mut(&self.owner)?.map.find_entry(hash, |e| &*e.id == id).ok()?.remove();
         p.sub(e.bytes, 1);
         self.pool.show(p);
-        Some(e.state)
+        Some((e.id.into(), e.state))
     }
 
-    fn put(&self, id: &str, state: Option<OrderState>) {
-        let bytes = footprint(id, state.as_ref());
+    /// Caches `state` as `id`'s. An owned `id` (from `take`, or one the
+    /// caller made anyway) becomes the entry's copy of the id.
+    fn put<'a>(&self, id: impl Into<Cow<'a, str>>, state: Option<OrderState>) {
+        let id = id.into();
+        let bytes = footprint(&id, state.as_ref());
         let mut guard = self.pool.lock();
         let p = &mut *guard;
         // An order larger than the whole pool is not kept (it would push
         // every other entry out first, then itself).
         if bytes > p.cap_bytes {
-            p.remove_id(self.owner, id);
+            p.remove_id(self.owner, &id);
             self.pool.show(p);
             return;
         }
         let put = p.next_put;
         p.next_put += 1;
-        let hash = p.hash(id);
+        let hash = p.hash(&id);
         let Some(o) = p.owners.get_mut(&self.owner) else { return };
-        let old = match o.map.find_mut(hash, |e| &*e.id == id) {
+        let old = match o.map.find_mut(hash, |e| *e.id == *id) {
             Some(e) => {
                 let old = e.bytes;
                 (e.state, e.bytes, e.put) = (state, bytes, put);
                 Some(old)
             }
             None => {
-                o.map.insert_unique(hash, Entry { id: id.into(), hash, state, bytes, put }, |e| e.hash);
+                let id = id.into_owned().into_boxed_str();
+                o.map.insert_unique(hash, Entry { id, hash, state, bytes, put }, |e| e.hash);
                 None
             }
         };
@@ -450,16 +462,16 @@ pub async fn apply_orders(
         // successor when one did, nothing when its write failed or
         // conflicted. Whether it is known (cached or read) or assumed (a
         // new order's `None`, never cached).
-        let mut states: Vec<Option<(Option<OrderState>, bool)>> = Vec::new();
+        let mut states: Vec<Option<RoundState>> = Vec::new();
         states.resize_with(groups.len(), || None);
         let mut to_read: Vec<usize> = Vec::new();
         for &g in &pending {
             // An order that must be read has nothing cached (it was taken
             // and not put back).
             match if must_read[g] { None } else { cache.take(groups[g].0) } {
-                Some(cached) => states[g] = Some((cached, true)),
+                Some((id, cached)) => states[g] = Some((cached, true, Some(id))),
                 None if must_read[g] || !placed_first(g) => to_read.push(g),
-                None => states[g] = Some((None, false)),
+                None => states[g] = Some((None, false, None)),
             }
         }
         if !to_read.is_empty() {
@@ -468,7 +480,7 @@ pub async fn apply_orders(
             match sink.read_orders(&ids).await {
                 Ok(mut found) => {
                     for (&g, id) in to_read.iter().zip(&ids) {
-                        states[g] = Some((found.remove(id), true));
+                        states[g] = Some((found.remove(id), true, None));
                         fresh[g] = true;
                         must_read[g] = false;
                     }
@@ -477,8 +489,8 @@ pub async fn apply_orders(
                 // taken from the cache go back: they are as known as before.
                 Err(_) => {
                     for (g, taken) in states.into_iter().enumerate() {
-                        if let Some((state, true)) = taken {
-                            cache.put(groups[g].0, state);
+                        if let Some((state, true, owned)) = taken {
+                            cache.put(owned.map_or(Cow::Borrowed(groups[g].0), Cow::Owned), state);
                         }
                     }
                     return fail(fates, &groups, &pending);
@@ -490,7 +502,7 @@ pub async fn apply_orders(
         let mut confirm: Vec<usize> = Vec::new();
         for &g in &pending {
             let (id, idx) = &groups[g];
-            let (mut state, known) = states[g].take().unwrap_or((None, false));
+            let (mut state, known, owned) = states[g].take().unwrap_or((None, false, None));
             let before = state.as_ref().map(|s| s.history.len());
             let mut rows: Vec<(WindowId, Counters)> = Vec::new();
             let mut placed_by = None;
@@ -520,13 +532,16 @@ pub async fn apply_orders(
             match (state, rows.is_empty()) {
                 (Some(after), false) => {
                     rows.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
-                    changes.push(OrderChange { order_id: (*id).to_owned(), before, after, placed_by, rows });
+                    let order_id = owned.unwrap_or_else(|| (*id).to_owned());
+                    changes.push(OrderChange { order_id, before, after, placed_by, rows });
                     change_groups.push(g);
                 }
                 // Nothing to write: the state goes back as it was known,
                 // unless its version moved (a change that made no row: not
                 // written, so not cached either).
-                (state, _) if known && state.as_ref().map(|s| s.history.len()) == before => cache.put(id, state),
+                (state, _) if known && state.as_ref().map(|s| s.history.len()) == before => {
+                    cache.put(owned.map_or(Cow::Borrowed(*id), Cow::Owned), state);
+                }
                 _ => {}
             }
         }
@@ -536,7 +551,8 @@ pub async fn apply_orders(
             let outcomes = sink.write_orders(&changes, applied_at, concurrency).await;
             for ((c, g), o) in changes.into_iter().zip(change_groups).zip(outcomes) {
                 match o {
-                    OrderWriteOutcome::Written => cache.put(&c.order_id, Some(c.after)),
+                    // The change's id becomes the cache's copy.
+                    OrderWriteOutcome::Written => cache.put(Cow::Owned(c.order_id), Some(c.after)),
                     // Its state was taken from the cache: nothing to forget.
                     OrderWriteOutcome::Conflict => {
                         must_read[g] = true;
@@ -580,14 +596,14 @@ mod tests {
     fn the_cache_is_bounded_and_forgets_oldest_first() {
         let c = OrderCache::new(3);
         for i in 0..10 {
-            c.put(&format!("o{i}"), None);
+            c.put(format!("o{i}"), None);
         }
         assert_eq!(c.len(), 3);
         assert!(c.get("o9").is_some() && c.get("o7").is_some() && c.get("o6").is_none());
         c.forget("o9");
         for i in 0..100 {
             c.put("o8", None);
-            c.put(&format!("x{i}"), None);
+            c.put(format!("x{i}"), None);
         }
         assert!(c.len() <= 3);
         // Put again after its first put's queue element: that element is
@@ -605,7 +621,7 @@ mod tests {
         c.put("o1", Some(order(3)));
         c.put("o2", Some(order(1)));
         let with_both = pool.bytes();
-        assert_eq!(c.take("o1"), Some(Some(order(3))), "the state, not a copy of an older one");
+        assert_eq!(c.take("o1"), Some(("o1".to_owned(), Some(order(3)))), "the state, not a copy of an older one");
         assert_eq!((c.take("o1"), c.len()), (None, 1), "taken once");
         assert_eq!(pool.bytes(), footprint("o2", Some(&order(1))), "its bytes left with it");
         // Put back (as after a write), then one more order: the cap of two
@@ -616,6 +632,23 @@ mod tests {
         c.put("o3", None);
         assert_eq!(c.len(), 2);
         assert!(c.get("o1").is_some() && c.get("o2").is_none() && c.get("o3").is_some());
+    }
+
+    #[test]
+    fn an_order_taken_and_put_back_keeps_one_copy_of_its_id() {
+        let pool = OrderCaches::new(usize::MAX, None);
+        let c = pool.cache(4);
+        c.put("o1", Some(order(3)));
+        let Some((id, state)) = c.take("o1") else { panic!("o1 was cached") };
+        let kept = id.as_ptr();
+        c.put(id, state);
+        let Some((id, _)) = c.take("o1") else { panic!("o1 was put back") };
+        assert_eq!(id.as_ptr(), kept, "the entry kept the id it was given, not a copy");
+        // A new order's id made for its write is the entry's too.
+        let made = String::from("o2");
+        let kept = made.as_ptr();
+        c.put(made, None);
+        assert_eq!(c.take("o2").map(|(id, _)| id.as_ptr()), Some(kept));
     }
 
     /// An event of `order` (`ORDER` in `body`).
@@ -683,7 +716,7 @@ mod tests {
         // Four shards' caches, each allowed far more orders than fit.
         let caches: Vec<OrderCache> = (0..4).map(|_| pool.cache(1_000)).collect();
         for i in 0..200 {
-            caches[i % 4].put(&format!("o-{i:03}"), Some(order(3)));
+            caches[i % 4].put(format!("o-{i:03}"), Some(order(3)));
             assert!(pool.bytes() <= 10 * one, "{} bytes after {i} puts, over {}", pool.bytes(), 10 * one);
             assert_eq!(pool.bytes(), recount(&pool));
             assert_eq!(gauge.get(), pool.bytes() as i64);
@@ -716,8 +749,8 @@ mod tests {
         let a = pool.cache(5);
         let b = pool.cache(5);
         for i in 0..10_000 {
-            a.put(&format!("a{}", i % 5), Some(order(1)));
-            b.put(&format!("b{}", i % 7), None);
+            a.put(format!("a{}", i % 5), Some(order(1)));
+            b.put(format!("b{}", i % 7), None);
         }
         let p = pool.lock();
         assert!(p.fifo.len() <= 2 * 10 + 64 + 1, "{}", p.fifo.len());
@@ -730,7 +763,7 @@ mod tests {
         let pool = OrderCaches::new(10 * small, None);
         let c = pool.cache(100);
         for i in 0..3 {
-            c.put(&format!("o-{i}"), Some(order(1)));
+            c.put(format!("o-{i}"), Some(order(1)));
         }
         c.put("o-1", Some(order(500)));
         assert!(c.get("o-1").is_none(), "kept an order larger than the pool");
@@ -764,10 +797,10 @@ mod tests {
         let pool = OrderCaches::new(2_000 * one, None);
         let (a, b) = (pool.cache(10_000), pool.cache(10_000));
         for i in 0..2_000 {
-            a.put(&format!("a-{i:04}"), None);
+            a.put(format!("a-{i:04}"), None);
         }
         for i in 0..2_000 {
-            b.put(&format!("b-{i:04}"), None);
+            b.put(format!("b-{i:04}"), None);
         }
         assert_eq!((a.len(), b.len()), (0, 2_000));
         let p = pool.lock();
