@@ -53,6 +53,11 @@ stack=scripts/local-stack/stack.sh
 eval "$("$stack" env)"
 state=${CAFE_STACK_DIR:-$repo/.stack}
 
+# The commit the figures are of, read as the build starts (a commit made
+# while the run goes on is not what was measured); "+changes" when the
+# working tree differed from it.
+{ git rev-parse --short HEAD 2>/dev/null || echo unknown; } | tr -d '\n' > "$out/commit"
+[ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || echo -n "+changes" >> "$out/commit"
 echo "== build (release)"
 # One cargo command for the daemon, the load generator and the benches. Two
 # (`cargo build -p daemon -p loadgen`, then `cargo bench -p benches`)

@@ -210,7 +210,9 @@ e2e_row(
     cores_left=(menu.get("ceiling") or {}).get("cores", {}).get("left"),
 )
 
-commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+# As bench.sh read it when its build began (HEAD may have moved since).
+commit = (out / "commit").read_text().strip() if (out / "commit").exists() else None
+commit = commit or subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 lines = [
     f"Machine: {cpu}, {cores} cores; commit {commit}; scripts/bench.sh took {took} s.",
