@@ -82,11 +82,17 @@ else:
     sys.exit(f"bench: the build named no {sys.argv[3]} {sys.argv[2]}")
 ' "$out/build.json" "$1" "$2"
 }
-bench() { # bench NAME ARGS...: one bench executable of the benches package
-  local exe
-  exe=$(artifact "$1" bench)
+bench() { # bench NAME ARGS...: a bench executable of the benches package, its output added to kernels.txt
+  local name=$1 exe
+  exe=$(artifact "$name" bench)
   shift
-  (cd benches && CRITERION_HOME="$repo/target/criterion" "$exe" --bench "$@")
+  # A bench that fails (a check's panic included) shows the end of its
+  # output and stops the run.
+  (cd benches && CRITERION_HOME="$repo/target/criterion" "$exe" --bench "$@") >> "$out/kernels.txt" 2>&1 || {
+    tail -n 30 "$out/kernels.txt" >&2
+    echo "bench: the $name bench failed; its output: $out/kernels.txt" >&2
+    exit 1
+  }
 }
 export CAFE_STREAMD_BIN
 CAFE_STREAMD_BIN=$(artifact cafe-streamd bin)
@@ -95,20 +101,19 @@ loadgen=$(artifact cafe-loadgen bin)
 echo "== 1. kernels"
 rm -rf target/criterion
 crit=(--warm-up-time 1 --measurement-time 3 --sample-size 20 --noplot)
-bench fraud "${crit[@]}" 'payment: decode|model_work 10000|model_work_many 10000|Sha256::digest 10000' \
-  > "$out/kernels.txt" 2>&1
-bench orders "${crit[@]}" 'decode \+ apply' >> "$out/kernels.txt" 2>&1
+: > "$out/kernels.txt"
+bench fraud "${crit[@]}" 'payment: decode|model_work 10000|model_work_many 10000|Sha256::digest 10000'
+bench orders "${crit[@]}" 'decode \+ apply'
 # The menu bench ends with its own sha256-against-openssl ratio (a few seconds).
-bench menu "${crit[@]}" '100 JSON rounds' >> "$out/kernels.txt" 2>&1
+bench menu "${crit[@]}" '100 JSON rounds'
 # Each path's stage with in-memory ends next to its kernel alone (one
 # CPU-pool thread each): the stage's overhead per payment, menu item and
 # order event.
-bench pipeline --warm-up-time 1 --measurement-time 3 --sample-size 10 --noplot \
-  >> "$out/kernels.txt" 2>&1
+bench pipeline --warm-up-time 1 --measurement-time 3 --sample-size 10 --noplot
 # The AWS SDK's own CPU per request (benches/benches/sdk.rs: answered in
 # memory, the daemon's client configuration): what each request of a path
 # costs before any network.
-bench sdk "${crit[@]}" >> "$out/kernels.txt" 2>&1
+bench sdk "${crit[@]}"
 openssl speed -evp sha256 -bytes 16384 -seconds 3 > "$out/openssl.txt" 2>/dev/null || true
 
 # CPU ticks (user + system) and peak RSS (KiB) of a process; "0 0" when gone.

@@ -129,8 +129,8 @@ stage = {
     ),
 }
 # Allocations per element, the kernel's and the stage's, as the pipeline
-# bench prints them from its check runs (a count, not a time: the same from
-# run to run, whatever the host's load).
+# bench prints them after its check runs (a count, not a time: nearly the
+# same from run to run, whatever the host's load).
 allocs = {}
 kernels_txt = out / "kernels.txt"
 if kernels_txt.exists():
