@@ -5,6 +5,7 @@
 //! a change to an order and a rejected event. Must not: name a table, an
 //! attribute or a queue; those belong to the sinks.
 
+use smallvec::SmallVec;
 use time::OffsetDateTime;
 
 use crate::menu::MenuDigest;
@@ -91,9 +92,9 @@ pub struct OrderChange {
     /// Who placed a new order and how: (customer_id, channel).
     pub placed_by: Option<(String, String)>,
     /// Counter deltas of the applied events, by row: each row once, in
-    /// row order (nearly always one row: a small vector, where a map would
-    /// allocate a node of eleven rows for it).
-    pub rows: Vec<(WindowId, Counters)>,
+    /// row order (nearly always one row, held inline: no allocation for
+    /// it, where a map would allocate a node of eleven rows).
+    pub rows: SmallVec<[(WindowId, Counters); 1]>,
 }
 
 /// An event that breaks the contract, with where it came from.

@@ -504,7 +504,7 @@ pub async fn apply_orders(
             let (id, idx) = &groups[g];
             let (mut state, known, owned) = states[g].take().unwrap_or((None, false, None));
             let before = state.as_ref().map(|s| s.history.len());
-            let mut rows: Vec<(WindowId, Counters)> = Vec::new();
+            let mut rows: SmallVec<[(WindowId, Counters); 1]> = SmallVec::new();
             let mut placed_by = None;
             for &i in idx {
                 let e = events[i];
