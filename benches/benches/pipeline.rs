@@ -210,6 +210,14 @@ fn fresh_engine(fraud: &FraudConfig) -> FraudEngine {
 
 /// A DynamoDB client as the daemon's, answered by `http` (`None`: sent to
 /// an unused endpoint, refused).
+/// The router's in-process fraud engine, fresh: each run scores against
+/// an empty history, as the kernel's fresh engine does.
+fn reset_engine(router: &Router, fraud: &FraudConfig) {
+    if let Scoring::Process(engine) = &router.scoring {
+        *engine.lock().unwrap_or_else(|e| e.into_inner()) = fresh_engine(fraud);
+    }
+}
+
 fn dynamodb_client(http: Option<aws_sdk_dynamodb::config::SharedHttpClient>) -> aws_sdk_dynamodb::Client {
     use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
     let mut config = aws_sdk_dynamodb::Config::builder()
@@ -609,9 +617,7 @@ fn pipeline(c: &mut Criterion) {
         // Counted warm, each after its checked run, from a fresh engine.
         let engine = Mutex::new(fresh_engine(&fraud));
         let (_, by_kernel) = allocations(|| bench_thread.install(|| kernel(&inputs, &engine, work, config.max_batch_events)));
-        if let Scoring::Process(engine) = &router.scoring {
-            *engine.lock().unwrap_or_else(|e| e.into_inner()) = fresh_engine(&fraud);
-        }
+        reset_engine(&router, &fraud);
         let received = receives(bodies, per_receive);
         let (_, by_stage) = allocations(|| through_stage(&rt, &router, &config, receivers, received));
         per_element_allocations(path, n, by_kernel, by_stage);
@@ -627,9 +633,7 @@ fn pipeline(c: &mut Criterion) {
         g.bench_function(format!("{path}/decide stage"), |b| {
             b.iter_batched(
                 || {
-                    if let Scoring::Process(engine) = &router.scoring {
-                        *engine.lock().unwrap_or_else(|e| e.into_inner()) = fresh_engine(&fraud);
-                    }
+                    reset_engine(&router, &fraud);
                     receives(bodies, per_receive)
                 },
                 |receives| black_box(through_stage(&rt, &router, &config, receivers, receives)),
