@@ -90,8 +90,8 @@ phase "chaos: morning-rush with 3 instances, the busiest killed twice; cold-star
 # The loadgen starts its own instances behind its fault proxies.
 target/debug/cafe-loadgen run morning-rush --chaos kill-instances --instances 3 \
   --scale "${CAFE_E2E_RUSH_SCALE:-0.5}" --time-scale 0.5 --report-dir target/e2e-chaos-kill-instances
-# Large enough to outlast the profile's first window (4 s): its second must
-# find writes to throttle.
+# The burst lands in the profile's first window (all throttled, 15 s); its
+# second (half) finds every write still to be made.
 target/debug/cafe-loadgen run cold-start --chaos throttle-dynamodb \
   --scale "${CAFE_E2E_CHAOS_SCALE:-0.3}" --report-dir target/e2e-chaos-throttle-dynamodb
 
