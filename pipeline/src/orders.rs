@@ -71,8 +71,9 @@ impl OrderStatus {
 /// one stream are totally ordered; positions of different shards or
 /// streams are not compared. The stream and shard names are shared by
 /// every position parsed with one [`Names`] (a batch's, an order's
-/// history), and by every clone: a history entry costs one allocation for
-/// its position, the sequence number's.
+/// history), and by every clone, and so is the sequence number: the
+/// position parsed from a record and the history entry made from it hold
+/// one allocation between them, the sequence number's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardPos {
     /// The stream's name (every stream has a `shardId-000000000000`).
@@ -80,8 +81,9 @@ pub struct ShardPos {
     /// Shard id.
     pub shard: Arc<str>,
     /// Sequence number: decimal digits, no leading zero (up to 129 digits,
-    /// so it is compared as text of its length, not parsed).
-    pub sequence: String,
+    /// so it is compared as text of its length, not parsed). Shared by
+    /// clones, as the names are.
+    pub sequence: Arc<str>,
     /// Sub-sequence within an aggregate record (0 when not aggregated).
     pub sub: u32,
 }
@@ -113,15 +115,14 @@ impl ShardPos {
         if parts.next().is_some() || (sequence.len() > 1 && sequence.starts_with('0')) {
             return None;
         }
-        Some(ShardPos { stream: names.get(stream), shard: names.get(shard), sequence: sequence.to_owned(), sub })
+        Some(ShardPos { stream: names.get(stream), shard: names.get(shard), sequence: Arc::from(sequence), sub })
     }
 
     /// Whether `self` was read after `other` in the same shard of the same stream.
     pub fn is_after(&self, other: &ShardPos) -> bool {
         self.stream == other.stream
             && self.shard == other.shard
-            && (self.sequence.len(), self.sequence.as_str(), self.sub)
-                > (other.sequence.len(), other.sequence.as_str(), other.sub)
+            && (self.sequence.len(), &*self.sequence, self.sub) > (other.sequence.len(), &*other.sequence, other.sub)
     }
 }
 
@@ -345,6 +346,7 @@ mod tests {
         assert!(Arc::ptr_eq(&a.stream, &b.stream) && Arc::ptr_eq(&a.shard, &b.shard));
         assert!(!Arc::ptr_eq(&a.shard, &c.shard) && (&*c.stream, &*c.shard) == ("other", "shardId-000000000002"));
         assert!(Arc::ptr_eq(&a.shard, &a.clone().shard), "a clone shares them too");
+        assert!(Arc::ptr_eq(&a.sequence, &a.clone().sequence), "and the sequence number");
         assert!(b.is_after(&a) && !a.is_after(&b) && !c.is_after(&a));
         // Parsed alone or with names: the same position, the same text.
         assert_eq!(ShardPos::parse("shardId-000000000001/4960/3", Some("orders")), Some(b.clone()));
@@ -389,6 +391,16 @@ mod tests {
         assert_eq!(s.status, Cancelled);
         let trail: Vec<_> = s.history.iter().map(|h| (h.status, h.event_id.as_str())).collect();
         assert_eq!(trail, vec![(Placed, "e1"), (Confirmed, "e2"), (Preparing, "e3"), (Cancelled, "e4")]);
+    }
+
+    #[test]
+    fn a_history_entry_shares_its_position_with_the_record_s() {
+        let pos = ShardPos::parse("shardId-000000000001/4959", Some("orders")).expect("parses");
+        let mut st = None;
+        assert!(matches!(apply_at(&mut st, &placed("e1"), Some(&pos)), Applied::Changed { .. }));
+        let kept = st.expect("exists").history[0].pos.clone().expect("a position");
+        assert_eq!(kept, pos);
+        assert!(Arc::ptr_eq(&kept.sequence, &pos.sequence), "one allocation for the sequence number, not two");
     }
 
     #[test]

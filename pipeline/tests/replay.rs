@@ -69,7 +69,7 @@ fn position(i: usize) -> ShardPos {
     ShardPos {
         stream: "orders".into(),
         shard: "shardId-000000000000".into(),
-        sequence: format!("4959{:052}", 10 * i + 7),
+        sequence: format!("4959{:052}", 10 * i + 7).into(),
         sub: 0,
     }
 }

@@ -167,7 +167,8 @@ pub fn footprint(id: &str, state: Option<&OrderState>) -> usize {
         for h in &s.history {
             n += 2 * ALLOC + h.ts.len() + h.event_id.len();
             if let Some(p) = &h.pos {
-                n += ALLOC + p.sequence.len();
+                // Its own allocation, an `Arc`'s: two counts before the text.
+                n += ALLOC + 2 * size_of::<usize>() + p.sequence.len();
                 if !names.is_some_and(|q| Arc::ptr_eq(&q.stream, &p.stream) && Arc::ptr_eq(&q.shard, &p.shard)) {
                     n += 2 * ALLOC + p.stream.len() + p.shard.len();
                     names = Some(p);

@@ -450,7 +450,7 @@ mod tests {
         assert_eq!(r.position("shardId-000000000001", false), "shardId-000000000001/4959");
         assert_eq!(r.position("shardId-000000000001", true), "shardId-000000000001/4959/12");
         let pos = pipeline::orders::ShardPos::parse(&r.position("shardId-000000000001", true), Some("s")).expect("parses");
-        assert_eq!((&*pos.shard, pos.sequence.as_str(), pos.sub), ("shardId-000000000001", "4959", 12));
+        assert_eq!((&*pos.shard, &*pos.sequence, pos.sub), ("shardId-000000000001", "4959", 12));
     }
 
     /// Starts of the calls `Pacing` allows over `secs` seconds, each call
