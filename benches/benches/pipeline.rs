@@ -445,12 +445,37 @@ fn leased_shard(
 /// (a batch retried forever: a rejection, or a call the end refuses).
 const SHARD_STAGE_LIMIT: Duration = Duration::from_secs(120);
 
+/// How far the source of [`through_shard`] reads ahead of the shard.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ahead {
+    /// `prefetch_batches`, as the topology sizes the channel: the source's
+    /// task refills it when the runtime runs it, and which batches find a
+    /// next one waiting follows the scheduler (and the host's load).
+    AsTheTopology,
+    /// Every page in the channel before the shard starts, and the shard's
+    /// task out of tokio's cooperative budget: each batch but the last
+    /// finds the next one waiting, run after run. (With the budget, a task
+    /// that has not yielded for a while gets `Pending` from a channel that
+    /// holds a page, and which receive that hits follows the host's load.)
+    Everything,
+}
+
 /// The shard stage: an in-memory source feeding one shard's task (spawned,
-/// as the topology spawns it) its pages, through a channel sized as the
-/// topology sizes it, until the shard is checkpointed at its end.
-fn through_shard(rt: &Runtime, context: Arc<ShardContext>, generation: i64, pages: Vec<Fetched>) -> ShardExit {
+/// as the topology spawns it) its pages, through a channel sized as
+/// `ahead` says, until the shard is checkpointed at its end.
+fn through_shard(rt: &Runtime, context: Arc<ShardContext>, generation: i64, pages: Vec<Fetched>, ahead: Ahead) -> ShardExit {
     rt.block_on(async {
-        let (tx, rx) = mpsc::channel(context.config.prefetch_batches);
+        let capacity = match ahead {
+            Ahead::AsTheTopology => context.config.prefetch_batches,
+            Ahead::Everything => pages.len().max(1),
+        };
+        let (tx, rx) = mpsc::channel(capacity);
+        let mut pages = pages.into_iter();
+        if ahead == Ahead::Everything {
+            for page in pages.by_ref() {
+                tx.try_send(page).expect("the channel holds every page");
+            }
+        }
         let source = tokio::spawn(async move {
             for page in pages {
                 if tx.send(page).await.is_err() {
@@ -459,7 +484,11 @@ fn through_shard(rt: &Runtime, context: Arc<ShardContext>, generation: i64, page
             }
         });
         let (stop, lost) = (CancellationToken::new(), CancellationToken::new());
-        let shard = tokio::spawn(process_shard(context, SHARD.to_owned(), generation, rx, stop, lost));
+        let shard = process_shard(context, SHARD.to_owned(), generation, rx, stop, lost);
+        let shard = match ahead {
+            Ahead::AsTheTopology => tokio::spawn(shard),
+            Ahead::Everything => tokio::spawn(tokio::task::unconstrained(shard)),
+        };
         let exit = tokio::time::timeout(SHARD_STAGE_LIMIT, shard)
             .await
             .expect("orders: the shard stage ended within its limit (no batch retried forever)")
@@ -481,7 +510,7 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
     let (_, by_kernel) = allocations(|| orders_kernel(&events));
     end.counting.store(true, Ordering::Relaxed);
     let (context, generation) = leased_shard(rt, &router, config, &dynamodb);
-    let exit = through_shard(rt, context, generation, pages(&events, max_records));
+    let exit = through_shard(rt, context, generation, pages(&events, max_records), Ahead::AsTheTopology);
     end.counting.store(false, Ordering::Relaxed);
     assert_eq!(exit, ShardExit::Ended, "orders: the shard was read to its end and checkpointed");
     assert_eq!(end.refused.load(Ordering::Relaxed), 0, "orders: a call the in-memory end does not serve");
@@ -507,7 +536,7 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
     *store.watching.lock().expect("the store's lock") = Some(Arc::clone(&router.metrics));
     let in_memory = Router { orders: Arc::clone(&store) as Arc<dyn OrderStore>, ..router.clone() };
     let (context, generation) = leased_shard(rt, &in_memory, config, &dynamodb);
-    let exit = through_shard(rt, context, generation, pages(&events, max_records));
+    let exit = through_shard(rt, context, generation, pages(&events, max_records), Ahead::Everything);
     assert_eq!(exit, ShardExit::Ended, "orders, in-memory store: the shard was read to its end and checkpointed");
     let checked = |store: &MemoryOrders| {
         assert_eq!(store.refused.load(Ordering::Relaxed), 0, "orders: a read the in-memory store does not serve");
@@ -519,20 +548,23 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
     store.watching.lock().expect("the store's lock").take();
     let (writes, beside) = (store.writes.load(Ordering::Relaxed), store.writes_beside_a_decide.load(Ordering::Relaxed));
     eprintln!("orders, in-memory store: {beside} of {writes} writes made while the next batch was being decided");
-    // The shard reads and decides its next batch while this one writes:
-    // 6 of the 10 writes, run after run, in debug and release builds; none
-    // when its writes were polled first (the pool idle while the state
-    // machine ran on the shard's task). Six is the floor with the default
-    // `prefetch_batches` (2): the source's task refills the channel only
-    // when the shard's task yields, so at worst two writes of every three
-    // have a next batch to decide beside them, and the last write none.
-    assert!(2 * beside >= writes, "orders: only {beside} of {writes} writes overlapped the next batch's decide stage");
+    // The shard reads and hands its next batch to the pool before it polls
+    // the write of this one: with every page waiting in the channel, every
+    // write but the last is made while the next batch is being decided
+    // (9 of 10, run after run, on a quiet or a loaded host); 0 of 10 with
+    // the writes polled first (the pool idle while a write's state machine
+    // ran on the shard's task). Counted as the topology feeds the shard, it
+    // followed the scheduler: 6 of 10 on most runs, but a CI run on a busy
+    // host made 4 of 12 (a batch split behind a write still in flight)
+    // where the check asked for half, and with the pages waiting but the
+    // budget on, 8 of 10 and 8 of 13 in 2 of 7 quiet runs.
+    assert_eq!(beside + 1, writes, "orders: writes (every one but the last) made while the next batch was being decided");
 
     // The allocations of a run as timed (the store not watching: reading
     // the metrics allocates), the lease and the pages made beforehand.
     store.clear();
     let ((context, generation), fetched) = (leased_shard(rt, &in_memory, config, &dynamodb), pages(&events, max_records));
-    let (exit, by_stage) = allocations(|| through_shard(rt, context, generation, fetched));
+    let (exit, by_stage) = allocations(|| through_shard(rt, context, generation, fetched, Ahead::AsTheTopology));
     assert_eq!(exit, ShardExit::Ended, "orders, in-memory store: the shard was read to its end and checkpointed");
     checked(&store);
     per_element_allocations("orders", events.len(), by_kernel, by_stage);
@@ -564,7 +596,7 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
                 (leased_shard(rt, &in_memory, config, &dynamodb), pages(&events, max_records))
             },
             |((context, generation), pages)| {
-                assert_eq!(black_box(through_shard(rt, context, generation, pages)), ShardExit::Ended);
+                assert_eq!(black_box(through_shard(rt, context, generation, pages, Ahead::AsTheTopology)), ShardExit::Ended);
                 checked(&store);
             },
             BatchSize::PerIteration,
@@ -574,7 +606,7 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
         b.iter_batched(
             || (leased_shard(rt, &router, config, &dynamodb), pages(&events, max_records)),
             |((context, generation), pages)| {
-                assert_eq!(black_box(through_shard(rt, context, generation, pages)), ShardExit::Ended);
+                assert_eq!(black_box(through_shard(rt, context, generation, pages, Ahead::AsTheTopology)), ShardExit::Ended);
                 assert_eq!(end.refused.load(Ordering::Relaxed), 0, "orders: a call the in-memory end does not serve");
             },
             BatchSize::PerIteration,
