@@ -162,11 +162,21 @@ impl Pacing {
         if started.duration_since(since) >= idle { started + idle.max(poll) } else { started + poll }
     }
 
-    /// The next call's start again under `live`'s values (a reload), when
-    /// the wait is the pacing's; `None` for a backoff's.
-    fn again(&mut self, live: &LivePacing) -> Option<tokio::time::Instant> {
+    /// The next call's start again under `live`'s values (a reload at
+    /// `now`), when the wait is the pacing's; `None` for a backoff's. A
+    /// start the new values put before `now` (a shorter interval than the
+    /// one waited out) is spread at random over the new interval from
+    /// `now`: every reader of the stream is woken by the same reload, and
+    /// each overdue one calling at once would put them all in step for
+    /// good (each call an interval after the one before), a burst of
+    /// GetRecords on every shard at each beat instead of a steady trickle.
+    fn again(&mut self, live: &LivePacing, now: tokio::time::Instant, rng: &mut impl rand::Rng) -> Option<tokio::time::Instant> {
         let (started, records, at_tip) = self.last?;
-        Some(self.next(started, records, at_tip, live.poll(), live.idle()))
+        let at = self.next(started, records, at_tip, live.poll(), live.idle());
+        if at > now {
+            return Some(at);
+        }
+        Some(now + at.duration_since(started).mul_f64(rng.random::<f64>()))
     }
 
     /// The wait from now on is not the pacing's (a backoff, a renewal).
@@ -189,7 +199,7 @@ async fn wait_turn(
             () = stop.cancelled() => return false,
             () = tokio::time::sleep_until(*next_call) => return true,
             Ok(()) = changes.changed() => {
-                if let Some(at) = pacing.again(live) {
+                if let Some(at) = pacing.again(live, tokio::time::Instant::now(), &mut rand::rng()) {
                     *next_call = at;
                 }
             }
@@ -530,6 +540,42 @@ mod tests {
         let mut next_call = tokio::time::Instant::now() + Duration::from_secs(60);
         stop.cancel();
         assert!(!wait_turn(&mut next_call, &mut pacing, &live, &mut changes, &stop).await);
+    }
+
+    #[test]
+    fn readers_a_reload_makes_overdue_call_spread_over_the_new_interval_not_in_step() {
+        use rand::SeedableRng;
+        let config = |idle| KinesisSourceConfig { poll_interval_ms: 50, idle_poll_interval_ms: idle, ..Default::default() };
+        let live = LivePacing::new(&config(60_000));
+        let t0 = tokio::time::Instant::now();
+        // Eight shards quiet at their tips, each read last at t0 and waiting
+        // a minute; a reload 10 s later sets the idle interval to 1 s.
+        let mut readers: Vec<Pacing> = (0..8)
+            .map(|_| {
+                let mut pacing = Pacing { quiet_since: Some(t0 - Duration::from_secs(120)), last: None };
+                assert_eq!(pacing.next(t0, false, true, live.poll(), live.idle()), t0 + Duration::from_secs(60));
+                pacing
+            })
+            .collect();
+        live.set(&config(1_000));
+        let (now, mut rng) = (t0 + Duration::from_secs(10), rand_chacha::ChaCha8Rng::seed_from_u64(7));
+        let mut starts: Vec<Duration> =
+            readers.iter_mut().map(|p| p.again(&live, now, &mut rng).expect("the pacing's wait").duration_since(now)).collect();
+        // Each within the new interval from the reload, no two together.
+        assert!(starts.iter().all(|d| *d < Duration::from_secs(1)), "{starts:?}");
+        starts.sort();
+        starts.dedup();
+        assert_eq!(starts.len(), 8, "{starts:?}");
+        // And each keeps its own beat after that: the next call one
+        // interval after its own start.
+        let mut pacing = readers.pop().expect("a reader");
+        let start = now + starts[3];
+        assert_eq!(pacing.next(start, false, true, live.poll(), live.idle()), start + Duration::from_secs(1));
+        // A start still ahead under the new values is kept as it is.
+        let mut ahead = Pacing { quiet_since: Some(t0 - Duration::from_secs(120)), last: None };
+        ahead.next(now, false, true, live.poll(), live.idle());
+        live.set(&config(2_000));
+        assert_eq!(ahead.again(&live, now + Duration::from_millis(500), &mut rng), Some(now + Duration::from_secs(2)));
     }
 
     #[test]
