@@ -549,16 +549,30 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
     let (writes, beside) = (store.writes.load(Ordering::Relaxed), store.writes_beside_a_decide.load(Ordering::Relaxed));
     eprintln!("orders, in-memory store: {beside} of {writes} writes made while the next batch was being decided");
     // The shard reads and hands its next batch to the pool before it polls
-    // the write of this one: with every page waiting in the channel, every
-    // write but the last is made while the next batch is being decided
-    // (9 of 10, run after run, on a quiet or a loaded host); 0 of 10 with
-    // the writes polled first (the pool idle while a write's state machine
-    // ran on the shard's task). Counted as the topology feeds the shard, it
-    // followed the scheduler: 6 of 10 on most runs, but a CI run on a busy
-    // host made 4 of 12 (a batch split behind a write still in flight)
-    // where the check asked for half, and with the pages waiting but the
-    // budget on, 8 of 10 and 8 of 13 in 2 of 7 quiet runs.
-    assert_eq!(beside + 1, writes, "orders: writes (every one but the last) made while the next batch was being decided");
+    // the write of this one: with every page waiting in the channel, the
+    // first write of each batch but the last is made while the next batch
+    // is being decided (9 of the 10 batches on nearly every run, quiet or
+    // loaded); 0 with the writes polled first (the pool idle while a
+    // write's state machine ran on the shard's task). The check asks for
+    // half the batches, not an exact count, because the count follows the
+    // scheduler at the edges:
+    // - a batch can be split behind a write of the one before still in
+    //   flight, and the split's second write comes later, beside a decide
+    //   or not: a CI run on a busy host made 9 of 14 writes (not seen
+    //   here, even next to CPU hogs; presumably the shard's thread was
+    //   preempted between handing a batch to the pool and polling for the
+    //   answer, the pool done by then, so the batch was taken up before
+    //   the write of the one before had first been polled);
+    // - fed two pages ahead (the topology's `prefetch_batches`), a batch
+    //   finds the next one waiting when the runtime has got to the
+    //   source's task: 6 of 10 on most runs, 4 of 12 in one CI run;
+    // - within tokio's cooperative budget, a receive can answer `Pending`
+    //   with a page in the channel: 8 of 10 in 2 of 7 quiet runs.
+    let batches = events.len().div_ceil(max_records) as u64;
+    assert!(
+        2 * beside >= batches,
+        "orders: {beside} writes of {writes} were made while the next batch was being decided, for {batches} batches"
+    );
 
     // The allocations of a run as timed (the store not watching: reading
     // the metrics allocates), the lease and the pages made beforehand.
