@@ -163,20 +163,33 @@ impl Pacing {
     }
 
     /// The next call's start again under `live`'s values (a reload at
-    /// `now`), when the wait is the pacing's; `None` for a backoff's. A
-    /// start the new values put before `now` (a shorter interval than the
-    /// one waited out) is spread at random over the new interval from
-    /// `now`: every reader of the stream is woken by the same reload, and
-    /// each overdue one calling at once would put them all in step for
-    /// good (each call an interval after the one before), a burst of
-    /// GetRecords on every shard at each beat instead of a steady trickle.
-    fn again(&mut self, live: &LivePacing, now: tokio::time::Instant, rng: &mut impl rand::Rng) -> Option<tokio::time::Instant> {
+    /// `now`), when the wait is the pacing's; `None` for a backoff's.
+    /// `current` is the start waited for so far. A start the new values
+    /// put before `now` (a shorter interval than the one waited out) does
+    /// not become `now`: every reader of the stream is woken by the same
+    /// reload, and each overdue one calling at once would put them all in
+    /// step for good (each call an interval after the one before), a burst
+    /// of GetRecords on every shard at each beat instead of a trickle. It
+    /// keeps `current` if that is due within the new interval (a reader
+    /// already due, or spread by an earlier reload: a run of reloads does
+    /// not draw again), else it is spread at random over the new interval.
+    fn again(
+        &mut self,
+        live: &LivePacing,
+        current: tokio::time::Instant,
+        now: tokio::time::Instant,
+        rng: &mut impl rand::Rng,
+    ) -> Option<tokio::time::Instant> {
         let (started, records, at_tip) = self.last?;
         let at = self.next(started, records, at_tip, live.poll(), live.idle());
-        if at > now {
-            return Some(at);
-        }
-        Some(now + at.duration_since(started).mul_f64(rng.random::<f64>()))
+        let interval = at.duration_since(started);
+        Some(if at > now {
+            at
+        } else if current <= now + interval {
+            current
+        } else {
+            now + interval.mul_f64(rng.random::<f64>())
+        })
     }
 
     /// The wait from now on is not the pacing's (a backoff, a renewal).
@@ -199,7 +212,7 @@ async fn wait_turn(
             () = stop.cancelled() => return false,
             () = tokio::time::sleep_until(*next_call) => return true,
             Ok(()) = changes.changed() => {
-                if let Some(at) = pacing.again(live, tokio::time::Instant::now(), &mut rand::rng()) {
+                if let Some(at) = pacing.again(live, *next_call, tokio::time::Instant::now(), &mut rand::rng()) {
                     *next_call = at;
                 }
             }
@@ -520,12 +533,14 @@ mod tests {
         let mut pacing = Pacing { quiet_since: Some(t0 - Duration::from_secs(6)), last: None };
         let mut next_call = pacing.next(t0, false, true, live.poll(), live.idle());
         assert_eq!(next_call, t0 + Duration::from_secs(5));
-        let reloaded = reload(200, 300);
+        // (The new interval leaves the reload 1.3 s to come: one later
+        // than the new start would spread it instead.)
+        let reloaded = reload(200, 1_500);
         assert!(wait_turn(&mut next_call, &mut pacing, &live, &mut changes, &stop).await);
         reloaded.await.expect("the reload ran");
-        // Read 300 ms after the last read, not 5 s (the old schedule).
-        assert_eq!(next_call, t0 + Duration::from_millis(300));
-        assert!(t0.elapsed() < Duration::from_secs(3), "waited {:?}", t0.elapsed());
+        // Read 1.5 s after the last read, not 5 s (the old schedule).
+        assert_eq!(next_call, t0 + Duration::from_millis(1_500));
+        assert!(t0.elapsed() < Duration::from_secs(4), "waited {:?}", t0.elapsed());
 
         // A backoff (no pacing in force) is not shortened by a reload.
         pacing.off();
@@ -547,35 +562,60 @@ mod tests {
         use rand::SeedableRng;
         let config = |idle| KinesisSourceConfig { poll_interval_ms: 50, idle_poll_interval_ms: idle, ..Default::default() };
         let live = LivePacing::new(&config(60_000));
-        let t0 = tokio::time::Instant::now();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let secs = Duration::from_secs;
+        // (Instants ahead of now: nothing here sleeps, and a clock a
+        // freshly booted machine started under two minutes ago cannot go
+        // back that far.)
+        let t0 = tokio::time::Instant::now() + secs(200);
+        let quiet = || Pacing { quiet_since: Some(t0 - secs(120)), last: None };
         // Eight shards quiet at their tips, each read last at t0 and waiting
         // a minute; a reload 10 s later sets the idle interval to 1 s.
-        let mut readers: Vec<Pacing> = (0..8)
+        let mut readers: Vec<(Pacing, tokio::time::Instant)> = (0..8)
             .map(|_| {
-                let mut pacing = Pacing { quiet_since: Some(t0 - Duration::from_secs(120)), last: None };
-                assert_eq!(pacing.next(t0, false, true, live.poll(), live.idle()), t0 + Duration::from_secs(60));
-                pacing
+                let mut pacing = quiet();
+                let next = pacing.next(t0, false, true, live.poll(), live.idle());
+                assert_eq!(next, t0 + secs(60));
+                (pacing, next)
             })
             .collect();
         live.set(&config(1_000));
-        let (now, mut rng) = (t0 + Duration::from_secs(10), rand_chacha::ChaCha8Rng::seed_from_u64(7));
-        let mut starts: Vec<Duration> =
-            readers.iter_mut().map(|p| p.again(&live, now, &mut rng).expect("the pacing's wait").duration_since(now)).collect();
-        // Each within the new interval from the reload, no two together.
-        assert!(starts.iter().all(|d| *d < Duration::from_secs(1)), "{starts:?}");
+        let reload = t0 + secs(10);
+        for (pacing, next) in &mut readers {
+            *next = pacing.again(&live, *next, reload, &mut rng).expect("the pacing's wait");
+        }
+        // Each within the new interval from the reload, no two together,
+        // spread over it (not bunched in a corner).
+        let mut starts: Vec<Duration> = readers.iter().map(|(_, next)| next.duration_since(reload)).collect();
         starts.sort();
+        assert!(starts.iter().all(|d| *d < secs(1)), "{starts:?}");
         starts.dedup();
         assert_eq!(starts.len(), 8, "{starts:?}");
-        // And each keeps its own beat after that: the next call one
-        // interval after its own start.
-        let mut pacing = readers.pop().expect("a reader");
-        let start = now + starts[3];
-        assert_eq!(pacing.next(start, false, true, live.poll(), live.idle()), start + Duration::from_secs(1));
+        assert!(starts[7] - starts[0] > Duration::from_millis(500), "{starts:?}");
+        // A second reload (any field: each applied reload sets the pacing)
+        // draws nothing again: a reader spread by the first keeps its start.
+        let again = reload + Duration::from_millis(100);
+        for (pacing, next) in &mut readers {
+            assert_eq!(pacing.again(&live, *next, again, &mut rng), Some(*next));
+        }
+        // Each keeps its own beat after its read: one interval later.
+        let (pacing, next) = &mut readers[3];
+        assert_eq!(pacing.next(*next, false, true, live.poll(), live.idle()), *next + secs(1));
+        // A reader already due when the reload came reads at once.
+        let mut due = quiet();
+        let next = due.next(t0, false, true, live.poll(), Duration::from_millis(300));
+        assert_eq!(due.again(&live, next, t0 + secs(2), &mut rng), Some(next));
+        // Nor is a read made later than the one it was waiting for: due at
+        // t0 + 60 s, a reload at 59.9 s to a 30 s interval keeps t0 + 60 s.
+        let mut late = quiet();
+        let next = late.next(t0, false, true, live.poll(), secs(60));
+        live.set(&config(30_000));
+        assert_eq!(late.again(&live, next, t0 + Duration::from_millis(59_900), &mut rng), Some(t0 + secs(60)));
         // A start still ahead under the new values is kept as it is.
-        let mut ahead = Pacing { quiet_since: Some(t0 - Duration::from_secs(120)), last: None };
-        ahead.next(now, false, true, live.poll(), live.idle());
+        let mut ahead = quiet();
+        let next = ahead.next(reload, false, true, live.poll(), secs(60));
         live.set(&config(2_000));
-        assert_eq!(ahead.again(&live, now + Duration::from_millis(500), &mut rng), Some(now + Duration::from_secs(2)));
+        assert_eq!(ahead.again(&live, next, reload + Duration::from_millis(500), &mut rng), Some(reload + secs(2)));
     }
 
     #[test]
