@@ -160,7 +160,7 @@ use daemon::sources::kinesis::source::{Fetched, ShardRecord};
 use daemon::sources::sqs::SqsMessage;
 use daemon::sources::sqs::stages::{self, decide_loop};
 use memory_dynamodb::{MemoryDynamoDb, SHARD};
-use memory_orders::MemoryOrders;
+use memory_orders::{MemoryOrders, staged};
 use pipeline::event::MenuItem;
 use pipeline::fraud::{FraudConfig, FraudEngine, Rules};
 use pipeline::orders::{OrderState, apply, order_id};
@@ -370,10 +370,14 @@ fn order_events() -> Vec<(String, String)> {
     events
 }
 
+/// The sequence number before the first of [`pages`]' records (each
+/// record's is one more than the one before).
+const SEQUENCE_BEFORE: u128 = 49_650_000_000_000_000_000_000;
+
 /// `events` as one shard's GetRecords pages of `max_records`, the last one
 /// closing the shard.
 fn pages(events: &[(String, String)], max_records: usize) -> Vec<Fetched> {
-    let mut sequence = 49_650_000_000_000_000_000_000u128;
+    let mut sequence = SEQUENCE_BEFORE;
     let mut pages: Vec<Fetched> = events
         .chunks(max_records)
         .map(|page| Fetched {
@@ -454,15 +458,15 @@ enum Ahead {
     AsTheTopology,
     /// Every page in the channel before the shard starts, and the shard's
     /// task out of tokio's cooperative budget: each batch but the last
-    /// finds the next one waiting, run after run. (With the budget, a task
-    /// that has not yielded for a while gets `Pending` from a channel that
-    /// holds a page, and which receive that hits follows the host's load.)
+    /// finds the next one waiting. (Within the budget, a task that has not
+    /// yielded for a while gets `Pending` from a channel holding a page.)
     Everything,
 }
 
-/// The shard stage: an in-memory source feeding one shard's task (spawned,
-/// as the topology spawns it) its pages, through a channel sized as
-/// `ahead` says, until the shard is checkpointed at its end.
+/// The shard stage: an in-memory source feeding one shard's task (spawned
+/// as the topology spawns it, or out of the budget: [`Ahead`]) its pages,
+/// through a channel sized as `ahead` says, until the shard is
+/// checkpointed at its end.
 fn through_shard(rt: &Runtime, context: Arc<ShardContext>, generation: i64, pages: Vec<Fetched>, ahead: Ahead) -> ShardExit {
     rt.block_on(async {
         let capacity = match ahead {
@@ -536,6 +540,7 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
     *store.watching.lock().expect("the store's lock") = Some(Arc::clone(&router.metrics));
     let in_memory = Router { orders: Arc::clone(&store) as Arc<dyn OrderStore>, ..router.clone() };
     let (context, generation) = leased_shard(rt, &in_memory, config, &dynamodb);
+    let staged_before = staged(&router.metrics);
     let exit = through_shard(rt, context, generation, pages(&events, max_records), Ahead::Everything);
     assert_eq!(exit, ShardExit::Ended, "orders, in-memory store: the shard was read to its end and checkpointed");
     let checked = |store: &MemoryOrders| {
@@ -546,33 +551,37 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
     };
     checked(&store);
     store.watching.lock().expect("the store's lock").take();
-    let (writes, beside) = (store.writes.load(Ordering::Relaxed), store.writes_beside_a_decide.load(Ordering::Relaxed));
-    eprintln!("orders, in-memory store: {beside} of {writes} writes made while the next batch was being decided");
-    // The shard reads and hands its next batch to the pool before it polls
-    // the write of this one: with every page waiting in the channel, the
-    // first write of each batch but the last is made while the next batch
-    // is being decided (9 of the 10 batches on nearly every run, quiet or
-    // loaded); 0 with the writes polled first (the pool idle while a
-    // write's state machine ran on the shard's task). The check asks for
-    // half the batches, not an exact count, because the count follows the
-    // scheduler at the edges:
-    // - a batch can be split behind a write of the one before still in
-    //   flight, and the split's second write comes later, beside a decide
-    //   or not: a CI run on a busy host made 9 of 14 writes (not seen
-    //   here, even next to CPU hogs; presumably the shard's thread was
-    //   preempted between handing a batch to the pool and polling for the
-    //   answer, the pool done by then, so the batch was taken up before
-    //   the write of the one before had first been polled);
-    // - fed two pages ahead (the topology's `prefetch_batches`), a batch
-    //   finds the next one waiting when the runtime has got to the
-    //   source's task: 6 of 10 on most runs, 4 of 12 in one CI run;
-    // - within tokio's cooperative budget, a receive can answer `Pending`
-    //   with a page in the channel: 8 of 10 in 2 of 7 quiet runs.
-    let batches = events.len().div_ceil(max_records) as u64;
-    assert!(
-        2 * beside >= batches,
-        "orders: {beside} writes of {writes} were made while the next batch was being decided, for {batches} batches"
+    // The shard reads its next batch and hands it to the pool before it
+    // polls the write of this one: every write of a batch but the last is
+    // made after the next batch entered the decide stage. With the writes
+    // polled first (the pool idle while a write's state machine ran on
+    // the shard's task) no write was. Checked with every page waiting and
+    // out of tokio's budget ([`Ahead::Everything`]), this holds whatever
+    // the timing: which writes found a decide still under way, counted
+    // that way before, followed the scheduler (6 of 10 on most runs; on
+    // busy CI hosts, 4 of 12 writes fed as the topology feeds a shard, and
+    // 9 of 14 with the pages waiting: batches split behind a write of the
+    // one before still in flight, a split part written later).
+    assert!(config.max_batch_events <= max_records, "orders: each page is one batch (no page coalesced with the next)");
+    let pages_read = events.len().div_ceil(max_records) as i64;
+    let watched = std::mem::take(&mut *store.watched.lock().expect("the store's lock"));
+    let page_of =
+        |w: &memory_orders::Watched| w.first.map(|sequence| ((sequence - SEQUENCE_BEFORE - 1) / max_records as u128) as i64);
+    let early: Vec<(Option<i64>, i64)> = watched
+        .iter()
+        .map(|w| (page_of(w), w.staged - staged_before))
+        .filter(|&(page, staged)| page.is_none_or(|page| page + 1 < pages_read && staged < page + 2))
+        .collect();
+    let mut written: Vec<i64> = watched.iter().filter_map(page_of).collect();
+    written.sort_unstable();
+    written.dedup();
+    eprintln!(
+        "orders, in-memory store: {} writes for {pages_read} batches, {} made before the next batch was handed to the pool",
+        watched.len(),
+        early.len()
     );
+    assert_eq!(written, (0..pages_read).collect::<Vec<_>>(), "orders: the batches written (each page one batch)");
+    assert!(early.is_empty(), "orders: writes (batch, batches handed to the pool by then) made too early: {early:?}");
 
     // The allocations of a run as timed (the store not watching: reading
     // the metrics allocates), the lease and the pages made beforehand.

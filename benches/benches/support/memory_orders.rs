@@ -5,13 +5,11 @@
 //! of an order it holds (the bench's run reads none: each order's first
 //! event places it and the shard's cache keeps it after that); such a read
 //! is counted in `refused` and fails, and the bench checks that none was.
-//! Given the stage's metrics, it counts the writes made while a batch's
-//! decide stage had begun and not yet been taken up (more batches entered
-//! `decide` than left it, both counted on the shard's task: a decide the
-//! pool finished but the task has not taken up still counts): the next
-//! batch handed to the CPU pool before this one's write ran, which the
-//! bench checks. A decide dropped half way (a stop) would count for good;
-//! the bench's run ends with the shard read to its end, which drops none.
+//! Given the stage's metrics, it notes for each write the first shard
+//! position among the history entries it adds and how many batches had
+//! entered the decide stage (handed to the CPU pool) when it was made: the
+//! bench checks from these that each batch's writes came after the next
+//! batch was handed to the pool.
 
 use std::collections::HashMap;
 use std::future::{Future, ready};
@@ -34,9 +32,10 @@ pub struct MemoryOrders {
     versions: Mutex<HashMap<String, usize>>,
     /// The stage's metrics, while the writes are watched (not in timed runs).
     pub watching: Mutex<Option<Arc<Metrics>>>,
-    /// Calls of `write_orders`, and those made while a batch was deciding.
+    /// Calls of `write_orders`.
     pub writes: AtomicU64,
-    pub writes_beside_a_decide: AtomicU64,
+    /// The writes made while watching, in order.
+    pub watched: Mutex<Vec<Watched>>,
     /// Orders put new (written with no version before).
     pub order_puts: AtomicU64,
     /// History entries written, over every order.
@@ -54,22 +53,30 @@ impl MemoryOrders {
     pub fn clear(&self) {
         self.versions.lock().expect("the store's lock").clear();
         let counts = [&self.order_puts, &self.history_entries, &self.rows, &self.conflicts, &self.refused];
-        for count in counts.into_iter().chain([&self.writes, &self.writes_beside_a_decide]) {
+        for count in counts.into_iter().chain([&self.writes]) {
             count.store(0, Ordering::Relaxed);
         }
+        self.watched.lock().expect("the store's lock").clear();
     }
 }
 
-/// Batches that entered the decide stage and have not left it: the count
-/// of `cafe_pipeline_batch_events{stage="decide"}` (observed on entry) less
-/// that of `cafe_pipeline_stage_duration_seconds{stage="decide"}` (on exit).
-fn deciding(metrics: &Metrics) -> i64 {
-    let text = metrics.encode();
-    let count = |family: &str| -> i64 {
-        let line = format!("{family}_count{{stage=\"decide\"}} ");
-        text.lines().find_map(|l| l.strip_prefix(line.as_str())?.trim().parse().ok()).unwrap_or(0)
-    };
-    count("cafe_pipeline_batch_events") - count("cafe_pipeline_stage_duration_seconds")
+/// One write made while watching.
+#[derive(Debug, Clone, Copy)]
+pub struct Watched {
+    /// The smallest sequence number among the history entries it adds
+    /// (`None`: none has a shard position).
+    pub first: Option<u128>,
+    /// Batches that had entered the decide stage by then ([`staged`]).
+    pub staged: i64,
+}
+
+/// Batches that have entered the decide stage, since the metrics began:
+/// the count of `cafe_pipeline_batch_events{stage="decide"}`, observed when
+/// the shard's task first polls a batch's decide, which hands it to the
+/// pool.
+pub fn staged(metrics: &Metrics) -> i64 {
+    let line = "cafe_pipeline_batch_events_count{stage=\"decide\"} ";
+    metrics.encode().lines().find_map(|l| l.strip_prefix(line)?.trim().parse().ok()).unwrap_or(0)
 }
 
 impl OrderStore for MemoryOrders {
@@ -90,8 +97,13 @@ impl OrderStore for MemoryOrders {
         _concurrency: usize,
     ) -> Answer<'a, Vec<OrderWriteOutcome>> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        if self.watching.lock().expect("the store's lock").as_deref().is_some_and(|m| deciding(m) > 0) {
-            self.writes_beside_a_decide.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = self.watching.lock().expect("the store's lock").as_deref() {
+            let first = writes
+                .iter()
+                .flat_map(|w| w.after.history.get(w.before.unwrap_or(0)..).unwrap_or_default())
+                .filter_map(|h| h.pos.as_ref()?.sequence.parse::<u128>().ok())
+                .min();
+            self.watched.lock().expect("the store's lock").push(Watched { first, staged: staged(metrics) });
         }
         let mut versions = self.versions.lock().expect("the store's lock");
         let outcomes = writes
