@@ -12,10 +12,11 @@
 //! batch was handed to the pool.
 
 use std::collections::HashMap;
-use std::future::{Future, ready};
+use std::future::{Future, poll_fn, ready};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use daemon::aws::{AwsError, ErrorClass};
 use daemon::metrics::Metrics;
@@ -32,6 +33,11 @@ pub struct MemoryOrders {
     versions: Mutex<HashMap<String, usize>>,
     /// The stage's metrics, while the writes are watched (not in timed runs).
     pub watching: Mutex<Option<Arc<Metrics>>>,
+    /// The stage's metrics, while each write is held until no batch is in
+    /// the decide stage ([`deciding`]): a write made while the next batch
+    /// was being decided ends in the wake-up of the shard's task that
+    /// takes that decide up, as a response that came in meanwhile would.
+    pub holding: Mutex<Option<Arc<Metrics>>>,
     /// Calls of `write_orders`.
     pub writes: AtomicU64,
     /// The writes made while watching, in order.
@@ -75,8 +81,20 @@ pub struct Watched {
 /// the shard's task first polls a batch's decide, which hands it to the
 /// pool.
 pub fn staged(metrics: &Metrics) -> i64 {
-    let line = "cafe_pipeline_batch_events_count{stage=\"decide\"} ";
-    metrics.encode().lines().find_map(|l| l.strip_prefix(line)?.trim().parse().ok()).unwrap_or(0)
+    count(metrics, "cafe_pipeline_batch_events")
+}
+
+/// Batches in the decide stage: [`staged`] less those the shard's task has
+/// taken up (`cafe_pipeline_stage_duration_seconds{stage="decide"}`,
+/// observed when the decide's future ends).
+fn deciding(metrics: &Metrics) -> i64 {
+    staged(metrics) - count(metrics, "cafe_pipeline_stage_duration_seconds")
+}
+
+/// The count of a histogram `family`'s decide stage.
+fn count(metrics: &Metrics, family: &str) -> i64 {
+    let line = format!("{family}_count{{stage=\"decide\"}} ");
+    metrics.encode().lines().find_map(|l| l.strip_prefix(line.as_str())?.trim().parse().ok()).unwrap_or(0)
 }
 
 impl OrderStore for MemoryOrders {
@@ -128,6 +146,18 @@ impl OrderStore for MemoryOrders {
                 OrderWriteOutcome::Written
             })
             .collect();
-        Box::pin(ready(outcomes))
+        match self.holding.lock().expect("the store's lock").clone() {
+            None => Box::pin(ready(outcomes)),
+            Some(metrics) => {
+                let mut outcomes = Some(outcomes);
+                Box::pin(poll_fn(move |cx| {
+                    if deciding(&metrics) > 0 {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(outcomes.take().unwrap_or_default())
+                }))
+            }
+        }
     }
 }

@@ -23,8 +23,8 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use pipeline::orders::order_id;
 use smallvec::SmallVec;
 use tokio::sync::{Notify, mpsc};
@@ -171,6 +171,32 @@ pub async fn process_shard(
     let mut alone: Option<u64> = None;
     let mut end_read = false;
     let mut draining = false;
+    // A write's end: its orders released, its part of the batch done; the
+    // shard drains on a stop and ends on a lost lease. (A macro, for the
+    // return.)
+    macro_rules! written {
+        ($write:expr) => {{
+            let (no, claim, orders, durable) = $write;
+            claims.release(claim, &orders);
+            if alone == Some(claim) {
+                alone = None;
+            }
+            match durable {
+                Durable::Yes => {
+                    for (last, count) in ledger.part_done(no) {
+                        done = Some(last);
+                        unacked += count;
+                    }
+                }
+                Durable::Stopped => {
+                    draining = true;
+                    deciding = None;
+                    held.clear();
+                }
+                Durable::Lost => return ShardExit::Lost,
+            }
+        }};
+    }
     loop {
         // Held parts whose orders are free now write, in shard order; a
         // part that must write alone, once everything before it is durable.
@@ -222,15 +248,25 @@ pub async fn process_shard(
             decided = async { deciding.as_mut().expect("guarded").await }, if deciding.is_some() => {
                 deciding = None;
                 let (no, batch): (u64, DecidedBatch) = decided;
-                let (free, blocked) = split(no, batch, &mut claims);
-                ledger.set_parts(no, usize::from(free.is_some()) + usize::from(blocked.is_some()));
-                if let Some(part) = free {
-                    writing.push(write_part(&path, &source, &cache, part, &stop, &lost));
+                // Writes that have ended by now release their orders first:
+                // one that ended in the same wake-up (this arm is polled
+                // first) would otherwise split this batch for nothing, an
+                // extra write call and its events held back.
+                while let Some(Some(write)) = writing.next().now_or_never() {
+                    written!(write);
                 }
-                held.extend(blocked);
-                for (last, count) in ledger.part_done_none() {
-                    done = Some(last);
-                    unacked += count;
+                // Stopped meanwhile: dropped, as a decide under way is.
+                if !draining {
+                    let (free, blocked) = split(no, batch, &mut claims);
+                    ledger.set_parts(no, usize::from(free.is_some()) + usize::from(blocked.is_some()));
+                    if let Some(part) = free {
+                        writing.push(write_part(&path, &source, &cache, part, &stop, &lost));
+                    }
+                    held.extend(blocked);
+                    for (last, count) in ledger.part_done_none() {
+                        done = Some(last);
+                        unacked += count;
+                    }
                 }
             }
             f = rx.recv(), if can_read => match f {
@@ -279,26 +315,7 @@ pub async fn process_shard(
                     held.clear();
                 }
             },
-            Some((no, claim, orders, durable)) = writing.next() => {
-                claims.release(claim, &orders);
-                if alone == Some(claim) {
-                    alone = None;
-                }
-                match durable {
-                    Durable::Yes => {
-                        for (last, count) in ledger.part_done(no) {
-                            done = Some(last);
-                            unacked += count;
-                        }
-                    }
-                    Durable::Stopped => {
-                        draining = true;
-                        deciding = None;
-                        held.clear();
-                    }
-                    Durable::Lost => return ShardExit::Lost,
-                }
-            }
+            Some(write) = writing.next() => written!(write),
             // An idle shard still checkpoints what it finished: its last
             // records are not replayed by the next holder for want of a
             // next batch.
