@@ -589,6 +589,7 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
     // splits. Taken up after the split, they made 17 writes for the
     // 10 batches in 4 runs of 4, each blocked part an extra call.
     store.clear();
+    assert_eq!(memory_orders::deciding(&router.metrics), 0, "orders: a decide left under way (a held write would wait for it)");
     *store.holding.lock().expect("the store's lock") = Some(Arc::clone(&router.metrics));
     let (context, generation) = leased_shard(rt, &in_memory, config, &dynamodb);
     let exit = through_shard(rt, context, generation, pages(&events, max_records), Ahead::Everything);

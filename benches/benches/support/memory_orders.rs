@@ -87,7 +87,7 @@ pub fn staged(metrics: &Metrics) -> i64 {
 /// Batches in the decide stage: [`staged`] less those the shard's task has
 /// taken up (`cafe_pipeline_stage_duration_seconds{stage="decide"}`,
 /// observed when the decide's future ends).
-fn deciding(metrics: &Metrics) -> i64 {
+pub fn deciding(metrics: &Metrics) -> i64 {
     staged(metrics) - count(metrics, "cafe_pipeline_stage_duration_seconds")
 }
 

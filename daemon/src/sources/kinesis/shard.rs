@@ -244,20 +244,27 @@ pub async fn process_shard(
             // writes are polled: a write's state machine and cache work run
             // on this task, synchronously until its first request, and
             // polled first they kept the pool idle meanwhile (decide and
-            // write took turns instead of overlapping).
+            // write took turns instead of overlapping). (Except below: a
+            // batch with an order a write claims.)
             decided = async { deciding.as_mut().expect("guarded").await }, if deciding.is_some() => {
                 deciding = None;
                 let (no, batch): (u64, DecidedBatch) = decided;
-                // Writes that have ended by now release their orders first:
-                // one that ended in the same wake-up (this arm is polled
-                // first) would otherwise split this batch for nothing, an
-                // extra write call and its events held back.
-                while let Some(Some(write)) = writing.next().now_or_never() {
-                    written!(write);
+                let keys = order_keys(&batch, &claims);
+                // A batch with an order a write claims: the writes that have
+                // ended by now release their orders first. One that ended
+                // in the same wake-up (this arm is polled first) would
+                // otherwise split the batch for nothing, an extra write
+                // call and its events held back; the price, only here, is
+                // that writes woken meanwhile take their next step before
+                // the next batch is read.
+                if keys.iter().flatten().any(|&k| claims.claimed(k)) {
+                    while let Some(Some(write)) = writing.next().now_or_never() {
+                        written!(write);
+                    }
                 }
                 // Stopped meanwhile: dropped, as a decide under way is.
                 if !draining {
-                    let (free, blocked) = split(no, batch, &mut claims);
+                    let (free, blocked) = split(no, batch, keys, &mut claims);
                     ledger.set_parts(no, usize::from(free.is_some()) + usize::from(blocked.is_some()));
                     if let Some(part) = free {
                         writing.push(write_part(&path, &source, &cache, part, &stop, &lost));
@@ -412,24 +419,29 @@ struct Part {
     batch: DecidedBatch,
 }
 
-/// Splits a decided batch into the part free to write now and the part
-/// with the events of orders an earlier part claims, and puts both in line
-/// for their orders. A batch with an input the decide stage failed on is
-/// one part, to write alone.
-fn split(no: u64, batch: DecidedBatch, claims: &mut Claims) -> (Option<Part>, Option<Part>) {
-    if batch.decided.iter().any(|d| matches!(d, Decided::Failed)) {
-        let claim = claims.claim(&[]);
-        return (None, Some(Part { no, claim, orders: Vec::new(), alone: true, batch }));
-    }
-    // Each event's order, claimed or not by a part in flight, in one pass.
-    let keys: Vec<Option<OrderKey>> = batch
+/// Each event's order key in `batch` (`None`: not an order's event), one
+/// hash per event, for [`split`].
+fn order_keys(batch: &DecidedBatch, claims: &Claims) -> Vec<Option<OrderKey>> {
+    batch
         .decided
         .iter()
         .map(|d| match d {
             Decided::Order(e) => order_id(e).map(|id| claims.key(id)),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// Splits a decided batch into the part free to write now and the part
+/// with the events of orders an earlier part claims, and puts both in line
+/// for their orders. A batch with an input the decide stage failed on is
+/// one part, to write alone.
+fn split(no: u64, batch: DecidedBatch, keys: Vec<Option<OrderKey>>, claims: &mut Claims) -> (Option<Part>, Option<Part>) {
+    if batch.decided.iter().any(|d| matches!(d, Decided::Failed)) {
+        let claim = claims.claim(&[]);
+        return (None, Some(Part { no, claim, orders: Vec::new(), alone: true, batch }));
+    }
+    // Each event's order, claimed or not by a part in flight.
     let held: Vec<bool> = keys.iter().map(|k| k.is_some_and(|k| claims.claimed(k))).collect();
     let mut part = |batch: DecidedBatch, mut orders: Vec<OrderKey>| {
         if batch.inputs.is_empty() {
@@ -724,6 +736,11 @@ mod tests {
         DecidedBatch { inputs, decided, decided_at: Instant::now() }
     }
 
+    fn split_(no: u64, batch: DecidedBatch, claims: &mut Claims) -> (Option<Part>, Option<Part>) {
+        let keys = order_keys(&batch, claims);
+        split(no, batch, keys, claims)
+    }
+
     fn positions(part: &Part) -> Vec<&str> {
         part.batch.inputs.iter().map(|i| i.position.as_str()).collect()
     }
@@ -731,20 +748,20 @@ mod tests {
     #[test]
     fn a_batch_s_events_of_orders_in_flight_wait_for_them_in_shard_order() {
         let mut claims = Claims::default();
-        let (first, none) = split(0, batch(vec![order_event("a", 0), order_event("b", 0)]), &mut claims);
+        let (first, none) = split_(0, batch(vec![order_event("a", 0), order_event("b", 0)]), &mut claims);
         let first = first.expect("free part");
         assert!(none.is_none());
         assert!(claims.first_for_all(&first));
         // The next batch: a's next event waits for the first part; c goes.
         let rejection = pipeline::decode(b"{").expect_err("not an event");
         let rejected = (Input { data: b"{".to_vec(), position: "x".into() }, Decided::Rejected(rejection));
-        let (free, held) = split(1, batch(vec![order_event("a", 1), order_event("c", 0), rejected]), &mut claims);
+        let (free, held) = split_(1, batch(vec![order_event("a", 1), order_event("c", 0), rejected]), &mut claims);
         let (free, held) = (free.expect("free part"), held.expect("held part"));
         assert_eq!(positions(&free), ["c-0", "x"]);
         assert_eq!(positions(&held), ["a-1"]);
         assert!(claims.first_for_all(&free) && !claims.first_for_all(&held));
         // A third batch with a again queues behind the held part, not beside it.
-        let (none, third) = split(2, batch(vec![order_event("a", 2)]), &mut claims);
+        let (none, third) = split_(2, batch(vec![order_event("a", 2)]), &mut claims);
         let third = third.expect("held part");
         assert!(none.is_none());
         claims.release(first.claim, &first.orders);
@@ -759,9 +776,9 @@ mod tests {
     #[test]
     fn a_batch_the_decide_stage_failed_on_writes_alone() {
         let mut claims = Claims::default();
-        let (first, _) = split(0, batch(vec![order_event("a", 0)]), &mut claims);
+        let (first, _) = split_(0, batch(vec![order_event("a", 0)]), &mut claims);
         let failed = (Input { data: b"{}".to_vec(), position: "f".into() }, Decided::Failed);
-        let (none, alone) = split(1, batch(vec![order_event("b", 0), failed]), &mut claims);
+        let (none, alone) = split_(1, batch(vec![order_event("b", 0), failed]), &mut claims);
         let alone = alone.expect("one part");
         assert!(none.is_none() && alone.alone);
         assert_eq!(positions(&alone), ["b-0", "f"]);
