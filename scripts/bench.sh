@@ -122,7 +122,8 @@ openssl speed -evp sha256 -bytes 16384 -seconds 3 > "$out/openssl.txt" 2>/dev/nu
 # within ten minutes (the same menu kernel: 2.0 and 3.5 ms of CPU an item,
 # with no steal time counted): a kernel timed in part 1 is not the speed an
 # end-to-end path ran at minutes later. The payments floor is taken from
-# the probes around the payments run, and the table gives the spread.
+# the probes around the payments run, and the table gives the spread (of
+# the SHA-256 unit's speed: work bound by caches and memory moves more).
 probe() {
   local bps
   bps=$(openssl speed -evp sha256 -bytes 16384 -seconds 1 2>/dev/null | awk 'END {sub(/k$/, "", $NF); printf "%.0f\n", $NF * 1000}') || true

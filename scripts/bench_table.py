@@ -307,8 +307,8 @@ if speeds and ossl:
         "",
         f"Host speed (openssl's SHA-256 for a second, GB/s): part 1 {ossl / 1e9:.2f}; "
         + "; ".join(f"{label} {bps / 1e9:.2f}" for label, bps in speeds)
-        + f". Fastest / slowest {max(all_bps) / min(all_bps):.2f}: a ratio between figures measured at different "
-        "times in this run carries up to that.",
+        + f". Fastest / slowest {max(all_bps) / min(all_bps):.2f}, for work like the fraud model's: work bound by "
+        "caches and memory, like the JSON rounds, has moved more within one run (docs/performance.md).",
     ]
 if pay_floor_ns:
     per_payment = pay_p["daemon_cpu_secs"] / pay["sent"] * 1e9
