@@ -118,8 +118,8 @@ openssl speed -evp sha256 -bytes 16384 -seconds 3 > "$out/openssl.txt" 2>/dev/nu
 
 # The host's speed next to each end-to-end path: openssl's SHA-256 for one
 # second, appended to host-speed.txt as "LABEL BYTES_PER_SEC". This machine
-# is a VM whose speed moves with what shares its host, by up to 1.75 times
-# within ten minutes (the same menu kernel: 2.0 and 3.5 ms of CPU an item,
+# is a VM whose speed moves with what shares its host, by 1.75 times
+# within a few minutes (the same menu kernel: 2.0 and 3.5 ms of CPU an item,
 # with no steal time counted): a kernel timed in part 1 is not the speed an
 # end-to-end path ran at minutes later. The payments floor is taken from
 # the probes around the payments run, and the table gives the spread (of

@@ -8,6 +8,7 @@ OUT_DIR; writes OUT_DIR/table.md and OUT_DIR/figures.json.
 """
 
 import json
+import math
 import pathlib
 import platform
 import re
@@ -44,12 +45,14 @@ def host_speeds():
     path = out / "host-speed.txt"
     found = []
     for line in path.read_text().splitlines() if path.exists() else []:
-        label, _, bps = line.rpartition(" ")
+        fields = line.split()
         try:
-            if float(bps) > 0:
-                found.append((label, float(bps)))
+            bps = float(fields[-1]) if len(fields) == 2 else 0.0
         except ValueError:
-            pass
+            continue
+        # A probe that failed wrote 0; anything not a finite speed is dropped.
+        if math.isfinite(bps) and bps > 0:
+            found.append((fields[0], bps))
     return found
 
 
@@ -222,8 +225,9 @@ e2e_row(
 )
 # menu-sync times the kernel itself, over 100 of the run's items just after
 # its drain: this memory-bound work's speed on the host at the time of the
-# run, which part 1's criterion figure, minutes earlier, is not (in two runs
-# of one commit the two differed by 0.60x and 1.45x: docs/performance.md).
+# run, which part 1's criterion figure, minutes earlier, is not (part 1's /
+# after-run was 0.60 and 1.45 in two runs of the same daemon code:
+# docs/performance.md).
 # The row's ceiling uses it when the run has it; part 1's is given below.
 menu_kernel_run_ns = ((menu.get("ceiling") or {}).get("kernel_ms") or 0) * 1e6 or None
 e2e_row(
@@ -307,11 +311,11 @@ for r in rows:
         f"| {r['path']} | {r['events']:,} | {rate(r['daemon_per_sec'])} | {ceiling} | {to_ceiling} | {bare} | "
         f"{r['cpu_secs_per_1000']:.2f} | {r['peak_rss_mib']:.0f} MiB | {e2e} |"
     )
-if speeds and ossl:
-    all_bps = [ossl] + [bps for _, bps in speeds]
+if speeds:
+    all_bps = ([ossl] if ossl else []) + [bps for _, bps in speeds]
     lines += [
         "",
-        f"Host speed (openssl's SHA-256 for a second, GB/s): part 1 {ossl / 1e9:.2f}; "
+        f"Host speed (openssl's SHA-256 for a second, GB/s): part 1 {f'{ossl / 1e9:.2f}' if ossl else '-'}; "
         + "; ".join(f"{label} {bps / 1e9:.2f}" for label, bps in speeds)
         + f". Fastest / slowest {max(all_bps) / min(all_bps):.2f}, for work like the fraud model's: work bound by "
         "caches and memory, like the JSON rounds, has moved more within one run (docs/performance.md).",
@@ -319,13 +323,12 @@ if speeds and ossl:
 if pay_floor_ns:
     per_payment = pay_p["daemon_cpu_secs"] / pay["sent"] * 1e9
     whole = pay_p["whole_cpu_secs"] / pay["sent"] * 1e9
-    if around and floor_ns:
-        at = (
-            f" at the host's speed around the run (openssl {pay_ossl / 1e9:.2f} GB/s, probed just before and after "
-            f"it; {per_payment / floor_ns:.2f}x part 1's floor of {ms(floor_ns)})"
-        )
+    used = " and ".join(label for label, _ in speeds if label in ("payments:before", "payments:after"))
+    if around:
+        beside = f"; {per_payment / floor_ns:.2f}x part 1's floor of {ms(floor_ns)}" if floor_ns else ""
+        at = f" at the host's speed around the run (openssl {pay_ossl / 1e9:.2f} GB/s, the mean of {used}{beside})"
     else:
-        at = " at the host's speed around the run" if around else ", at part 1's speed"
+        at = ", at part 1's speed"
     lines += [
         "",
         f"Payments: the daemon spent {ms(per_payment)} of CPU per payment, all included (start-up, SQS and DynamoDB "
@@ -371,7 +374,8 @@ if menu.get("ceiling"):
 if (menu_kernel_run_ns or kernel["menu_item"]) and menu.get("sent"):
     per_item = menu_p["daemon_cpu_secs"] / menu["sent"] * 1e9
     against = [(menu_kernel_run_ns, "the kernel timed on the run's items just after it", "the table's ceiling"),
-               (kernel["menu_item"], "part 1's criterion kernel", "an 18 KiB item")]
+               (kernel["menu_item"], "part 1's criterion kernel",
+                "an 18 KiB item" + ("" if menu_kernel_run_ns else "; the table's ceiling, this run having no other"))]
     lines += [
         "",
         f"Menu: the daemon spent {ms(per_item)} of CPU per item, all included (SQS, DynamoDB and Redshift "
