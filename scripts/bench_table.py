@@ -155,13 +155,20 @@ if kernels_txt.exists():
     for m in re.finditer(r"^(\w+): allocations per element: kernel ([\d.]+), stage ([\d.]+)$", kernels_txt.read_text(), re.M):
         allocs[m[1]] = (float(m[2]), float(m[3]))
 ossl = openssl_bytes_per_sec()
-floor_ns = 10_001 * 64 / ossl * 1e9 if ossl else None  # 10,000 rounds + the first hash, one block each
+
+
+def floor_at(bps):
+    """The SHA-256 floor per payment at `bps` bytes/s: 10,000 rounds and the first hash, one block each."""
+    return 10_001 * 64 / bps * 1e9 if bps else None
+
+
+floor_ns = floor_at(ossl)
 # The payments run is set against the floor at the host's speed around it
 # (the probes just before and after), not part 1's, minutes earlier.
 speeds = host_speeds()
-around = [bps for label, bps in speeds if label in ("payments:before", "payments:after")]
-pay_ossl = sum(around) / len(around) if around else ossl
-pay_floor_ns = 10_001 * 64 / pay_ossl * 1e9 if pay_ossl else None
+around = [(label, bps) for label, bps in speeds if label in ("payments:before", "payments:after")]
+pay_ossl = sum(bps for _, bps in around) / len(around) if around else ossl
+pay_floor_ns = floor_at(pay_ossl)
 
 pay = load("payments/summary.json")
 pay_p = over_burst(pay, proc("payments"))
@@ -323,7 +330,7 @@ if speeds:
 if pay_floor_ns:
     per_payment = pay_p["daemon_cpu_secs"] / pay["sent"] * 1e9
     whole = pay_p["whole_cpu_secs"] / pay["sent"] * 1e9
-    used = " and ".join(label for label, _ in speeds if label in ("payments:before", "payments:after"))
+    used = " and ".join(label for label, _ in around)
     if around:
         beside = f"; {per_payment / floor_ns:.2f}x part 1's floor of {ms(floor_ns)}" if floor_ns else ""
         at = f" at the host's speed around the run (openssl {pay_ossl / 1e9:.2f} GB/s, the mean of {used}{beside})"
