@@ -154,6 +154,29 @@ kernels_txt = out / "kernels.txt"
 if kernels_txt.exists():
     for m in re.finditer(r"^(\w+): allocations per element: kernel ([\d.]+), stage ([\d.]+)$", kernels_txt.read_text(), re.M):
         allocs[m[1]] = (float(m[2]), float(m[3]))
+# The orders stage's time on CPU per event by thread, beside the kernel's
+# (the pipeline bench, after its check runs): the two threads' sum against
+# the kernel's is what the stage costs whatever the overlap, half of it
+# the stage / kernel ratio with the overlap perfect.
+orders_cpu = None
+if kernels_txt.exists():
+    m = re.search(
+        r"^orders: on CPU per event over (\d+) runs \(us\): kernel ([\d.]+); stage ([\d.]+): pool ([\d.]+), "
+        r"runtime ([\d.]+), bench thread ([\d.]+); wall per run, min/median/max \(ms\): kernel ([\d./]+), stage ([\d./]+)$",
+        kernels_txt.read_text(),
+        re.M,
+    )
+    if m and float(m[2]) > 0:
+        orders_cpu = {
+            "runs": int(m[1]),
+            "kernel_us": float(m[2]),
+            "stage_us": float(m[3]),
+            "pool_us": float(m[4]),
+            "runtime_us": float(m[5]),
+            "bench_thread_us": float(m[6]),
+            "kernel_wall_ms": m[7],
+            "stage_wall_ms": m[8],
+        }
 ossl = openssl_bytes_per_sec()
 
 
@@ -304,6 +327,17 @@ if any(k and d for k, d, _ in stage.values()):
             counted = allocs.get({"payments": "payments", "menu items": "menu", "order events": "orders"}.get(name, ""))
             counts = f"{counted[0]:,.2f} / {counted[1]:,.2f}" if counted else "-"
             lines.append(f"| {name} | {ms(k)} | {ms(d)} ({what}) | {d / k:.2f} | {counts} |")
+if orders_cpu:
+    c = orders_cpu
+    lines += [
+        "",
+        f"Orders on CPU per event ({c['runs']} runs of each, apart from the table's): kernel {c['kernel_us']:.3f} us; "
+        f"shard stage {c['stage_us']:.3f} us ({c['stage_us'] / c['kernel_us']:.2f}x the kernel's): "
+        f"CPU pool {c['pool_us']:.3f} ({c['pool_us'] / c['kernel_us']:.2f}x), "
+        f"runtime workers {c['runtime_us']:.3f} ({c['runtime_us'] / c['kernel_us']:.2f}x), "
+        f"bench thread {c['bench_thread_us']:.3f}. Wall per run, min/median/max: kernel {c['kernel_wall_ms']} ms, "
+        f"stage {c['stage_wall_ms']} ms.",
+    ]
 lines += [
     "",
     "| path, end to end | events | daemon | CPU-bound ceiling (cores left) | daemon / ceiling | bare client: daemon / bare | CPU-s per 1,000 | peak RSS | e2e p50 / p99 |",
@@ -451,7 +485,7 @@ for name in ["payments", "payments-process", "menu"]:
 table = "\n".join(lines) + "\n"
 (out / "table.md").write_text(table)
 (out / "figures.json").write_text(
-    json.dumps({"kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "allocations_per_element": allocs, "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "host_speed_bytes_per_sec": speeds, "payments_floor_ns": pay_floor_ns, "paths": rows, "backlog": backlog}, indent=2)
+    json.dumps({"kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "allocations_per_element": allocs, "orders_on_cpu_per_event": orders_cpu, "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "host_speed_bytes_per_sec": speeds, "payments_floor_ns": pay_floor_ns, "paths": rows, "backlog": backlog}, indent=2)
 )
 print(table)
 print(f"raw figures: {out}")

@@ -445,6 +445,46 @@ fn leased_shard(
     (Arc::new(context), generation)
 }
 
+/// Runs of the orders kernel and shard stage whose time on CPU is shown
+/// by thread.
+const CPU_RUNS: usize = 30;
+
+/// The kinds of thread whose time on CPU [`cpu_by_thread`] sums: the
+/// runtime's workers, the CPU pool's, and the rest (the bench thread).
+const RUNTIME: &str = "runtime";
+const POOL: &str = "pool";
+const BENCH_THREAD: &str = "bench thread";
+
+/// This process' threads' time on CPU so far, in ns, summed by kind, from
+/// `/proc/self/task/*/schedstat`.
+fn cpu_by_thread() -> HashMap<&'static str, u64> {
+    let mut by = HashMap::new();
+    let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task lists this process' threads");
+    for task in tasks.flatten() {
+        let path = task.path();
+        // A thread that ended meanwhile has no files left: it is skipped.
+        let (Ok(comm), Ok(stat)) = (std::fs::read_to_string(path.join("comm")), std::fs::read_to_string(path.join("schedstat")))
+        else {
+            continue;
+        };
+        let ns: u64 = stat.split_whitespace().next().and_then(|n| n.parse().ok()).expect("schedstat starts with ns on CPU");
+        let kind = match comm.trim() {
+            c if c.starts_with("tokio-") => RUNTIME,
+            c if c.starts_with("cafe-cpu") => POOL,
+            _ => BENCH_THREAD,
+        };
+        *by.entry(kind).or_default() += ns;
+    }
+    by
+}
+
+/// Each kind's time on CPU since `before` (a thread that ended meanwhile
+/// takes its time with it: none do here, the runtime and pool outlive the
+/// runs).
+fn on_cpu_since(before: &HashMap<&'static str, u64>) -> HashMap<&'static str, u64> {
+    cpu_by_thread().into_iter().map(|(kind, ns)| (kind, ns.saturating_sub(before.get(kind).copied().unwrap_or(0)))).collect()
+}
+
 /// How long one run of the shard stage may take before the bench fails
 /// (a batch retried forever: a rejection, or a call the end refuses).
 const SHARD_STAGE_LIMIT: Duration = Duration::from_secs(120);
@@ -622,6 +662,52 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
         by_stage.saturating_sub(by_kernel) <= 4 * events.len() as u64,
         "orders: the shard stage made {by_stage} allocations, {by_kernel} in the kernel, for {} events",
         events.len()
+    );
+
+    // Where the stage's time goes, by thread, next to the kernel's (for
+    // `scripts/bench_table.py`): its wall is as long as its critical path,
+    // and with two threads each a core, the two together on CPU per event
+    // against the kernel's is a floor under the stage / kernel ratio (half
+    // of it, with the threads' work overlapped perfectly). Time on CPU, by
+    // the threads' own counts: what a busy host takes from the wall
+    // (`schedstat` counts only time a thread ran) does not show.
+    let (mut kernel_walls, mut stage_walls) = (Vec::new(), Vec::new());
+    let (mut kernel_cpu, mut stage_cpu) = (0u64, HashMap::<&'static str, u64>::new());
+    for _ in 0..CPU_RUNS {
+        let before = cpu_by_thread();
+        let started = Instant::now();
+        black_box(orders_kernel(&events));
+        kernel_walls.push(started.elapsed());
+        kernel_cpu += on_cpu_since(&before).get(BENCH_THREAD).copied().unwrap_or(0);
+        store.clear();
+        let ((context, generation), fetched) = (leased_shard(rt, &in_memory, config, &dynamodb), pages(&events, max_records));
+        let before = cpu_by_thread();
+        let started = Instant::now();
+        let exit = through_shard(rt, context, generation, fetched, Ahead::AsTheTopology);
+        stage_walls.push(started.elapsed());
+        for (thread, ns) in on_cpu_since(&before) {
+            *stage_cpu.entry(thread).or_default() += ns;
+        }
+        assert_eq!(exit, ShardExit::Ended, "orders, in-memory store: the shard was read to its end and checkpointed");
+        checked(&store);
+    }
+    let us = |ns: u64| ns as f64 / 1e3 / (CPU_RUNS * events.len()) as f64;
+    let ms = |walls: &mut Vec<Duration>| {
+        walls.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        format!("{:.2}/{:.2}/{:.2}", ms(walls[0]), ms(walls[walls.len() / 2]), ms(walls[walls.len() - 1]))
+    };
+    let cpu = |thread: &str| us(stage_cpu.get(thread).copied().unwrap_or(0));
+    eprintln!(
+        "orders: on CPU per event over {CPU_RUNS} runs (us): kernel {:.3}; stage {:.3}: pool {:.3}, runtime {:.3}, {BENCH_THREAD} {:.3}; \
+         wall per run, min/median/max (ms): kernel {}, stage {}",
+        us(kernel_cpu),
+        us(stage_cpu.values().sum()),
+        cpu(POOL),
+        cpu(RUNTIME),
+        cpu(BENCH_THREAD),
+        ms(&mut kernel_walls),
+        ms(&mut stage_walls),
     );
 
     let mut g = c.benchmark_group("pipeline");
