@@ -102,10 +102,10 @@ echo "== 1. kernels"
 rm -rf target/criterion
 crit=(--warm-up-time 1 --measurement-time 3 --sample-size 20 --noplot)
 : > "$out/kernels.txt"
-bench fraud "${crit[@]}" 'payment: decode|model_work 10000|model_work_many 10000|Sha256::digest 10000'
-bench orders "${crit[@]}" 'decode \+ apply'
-# The menu bench ends with its own sha256-against-openssl ratio (a few seconds).
-bench menu "${crit[@]}" '100 JSON rounds'
+# Fraud scoring, applying order events and the menu stage, alone (one
+# executable); it ends with its own sha256-against-openssl ratio (a few
+# seconds).
+bench kernels "${crit[@]}" 'payment: decode|model_work 10000|model_work_many 10000|Sha256::digest 10000|decode \+ apply|100 JSON rounds'
 # Each path's stage with in-memory ends next to its kernel alone (one
 # CPU-pool thread each): the stage's overhead per payment, menu item and
 # order event.

@@ -1,11 +1,7 @@
 //! Fraud scoring: the stateful rules per payment, and the model work factor.
 
-/// The daemon's allocator (daemon/src/main.rs).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use benches::payment_body;
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 use pipeline::event::Body;
 use pipeline::fraud::{FraudConfig, FraudEngine, model_work, model_work_many};
 use sha2::Digest;
@@ -95,4 +91,3 @@ fn fraud(c: &mut Criterion) {
 }
 
 criterion_group!(benches, fraud);
-criterion_main!(benches);

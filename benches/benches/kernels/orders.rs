@@ -2,15 +2,11 @@
 //! applying each order's events to its state (what a shard does between
 //! GetRecords and the DynamoDB write).
 
-/// The daemon's allocator (daemon/src/main.rs).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::collections::HashMap;
 use std::hint::black_box;
 
 use benches::{order_body, status_body};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use daemon::route::OrderHasher;
 use pipeline::orders::{OrderState, apply, order_id};
 
@@ -56,4 +52,3 @@ fn orders(c: &mut Criterion) {
 }
 
 criterion_group!(benches, orders);
-criterion_main!(benches);

@@ -2,13 +2,9 @@
 //! openssl's speed), base64 decoding, and the whole per-item digest with the
 //! story's JSON work factor.
 //!
-//! After criterion's groups, it times SHA-256 over 16 KiB and 256 KiB
+//! After criterion's groups (`kernels.rs`), it times SHA-256 over 16 KiB and 256 KiB
 //! buffers itself and runs `openssl speed -evp sha256` for the same sizes on
 //! the same machine, one right after the other, and prints the ratio.
-
-/// The daemon's allocator (daemon/src/main.rs).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::hint::black_box;
 use std::process::Command;
@@ -79,7 +75,7 @@ fn openssl_speed(len: usize, secs: u32) -> Option<f64> {
     Some(k * 1000.0)
 }
 
-fn ratio_to_openssl() {
+pub fn ratio_to_openssl() {
     for len in [16 * 1024, 256 * 1024] {
         let ours = own_speed(len, 2.0);
         match openssl_speed(len, 2) {
@@ -96,12 +92,3 @@ fn ratio_to_openssl() {
 }
 
 criterion_group!(benches, menu);
-
-fn main() {
-    benches();
-    Criterion::default().configure_from_args().final_summary();
-    // Skipped under `cargo test --benches` (criterion's --test mode).
-    if !std::env::args().any(|a| a == "--test" || a == "--list") {
-        ratio_to_openssl();
-    }
-}

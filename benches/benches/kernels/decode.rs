@@ -1,11 +1,7 @@
 //! Decoding and validating events: the first CPU stage of every path.
 
-/// The daemon's allocator (daemon/src/main.rs).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use benches::{order_body, payment_body};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use std::hint::black_box;
 
 fn decode(c: &mut Criterion) {
@@ -26,4 +22,3 @@ fn decode(c: &mut Criterion) {
 }
 
 criterion_group!(benches, decode);
-criterion_main!(benches);
