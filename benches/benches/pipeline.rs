@@ -22,7 +22,7 @@
 //! - orders `kernel`: decoding each event and applying it to its order's
 //!   state (`pipeline::decode`, `pipeline::orders::apply`, without the
 //!   shard positions the stage records, the states in a map), on the bench
-//!   thread: what `benches/orders.rs` measures, over this bench's events.
+//!   thread: what `benches/kernels/orders.rs` measures (`benches::decode_and_apply`), over this bench's events.
 //! - orders `shard stage`: the same events as one shard's records, in
 //!   GetRecords pages of the default `max_records` (1,000, above the
 //!   default `max_batch_events`: each page is one batch), pushed by an
@@ -163,7 +163,6 @@ use memory_dynamodb::{MemoryDynamoDb, SHARD};
 use memory_orders::{MemoryOrders, staged};
 use pipeline::event::MenuItem;
 use pipeline::fraud::{FraudConfig, FraudEngine, Rules};
-use pipeline::orders::{OrderState, apply, order_id};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -404,20 +403,10 @@ fn pages(events: &[(String, String)], max_records: usize) -> Vec<Fetched> {
     pages
 }
 
-/// The orders kernel: decode and apply every event, the states in a map.
+/// The orders kernel (`benches::decode_and_apply`): decode and apply every
+/// event, the states in a map with the daemon's hasher for order ids.
 fn orders_kernel(events: &[(String, String)]) -> usize {
-    // The daemon's hasher for order ids, and no copy of an id already in.
-    let mut states: HashMap<String, Option<OrderState>, OrderHasher> = HashMap::default();
-    for (_, body) in events {
-        let Ok(e) = pipeline::decode(body.as_bytes()) else { continue };
-        let Some(id) = order_id(&e) else { continue };
-        if !states.contains_key(id) {
-            states.insert(id.to_owned(), None);
-        }
-        let Some(state) = states.get_mut(id) else { continue };
-        black_box(apply(state, &e));
-    }
-    states.len()
+    benches::decode_and_apply::<OrderHasher>(events)
 }
 
 /// A shard's context as the topology builds one, on `router`, with the

@@ -1,7 +1,30 @@
 //! Shared fixtures for the criterion benchmarks: realistic events, built
 //! deterministically so runs compare.
 
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::hint::black_box;
+
+use pipeline::orders::{OrderState, apply, order_id};
 use serde_json::json;
+
+/// The orders kernel: decodes each of `events` (as (partition key, body))
+/// and applies it to its order's state, the states in a map with the
+/// hasher `S` (the daemon's for order ids, in the benches) and no copy of
+/// an id already in; the orders seen.
+pub fn decode_and_apply<S: BuildHasher + Default>(events: &[(String, String)]) -> usize {
+    let mut states: HashMap<String, Option<OrderState>, S> = HashMap::default();
+    for (_, body) in events {
+        let Ok(e) = pipeline::decode(body.as_bytes()) else { continue };
+        let Some(id) = order_id(&e) else { continue };
+        if !states.contains_key(id) {
+            states.insert(id.to_owned(), None);
+        }
+        let Some(state) = states.get_mut(id) else { continue };
+        black_box(apply(state, &e));
+    }
+    states.len()
+}
 
 /// A valid `payment.requested` body, number `i`.
 pub fn payment_body(i: u64) -> String {

@@ -2,13 +2,11 @@
 //! applying each order's events to its state (what a shard does between
 //! GetRecords and the DynamoDB write).
 
-use std::collections::HashMap;
 use std::hint::black_box;
 
 use benches::{order_body, status_body};
 use criterion::{Criterion, Throughput, criterion_group};
 use daemon::route::OrderHasher;
-use pipeline::orders::{OrderState, apply, order_id};
 
 fn orders(c: &mut Criterion) {
     let mut g = c.benchmark_group("orders");
@@ -25,22 +23,8 @@ fn orders(c: &mut Criterion) {
     }
     g.throughput(Throughput::Elements(events.len() as u64));
     g.bench_function("decode + apply, 500 events of 100 orders", |b| {
-        b.iter(|| {
-            // The daemon's hasher for order ids, and no copy of an id already in.
-            let mut states: HashMap<String, Option<OrderState>, OrderHasher> = HashMap::default();
-            for (_, body) in &events {
-                let Ok(e) = pipeline::decode(body.as_bytes()) else {
-                    continue;
-                };
-                let Some(id) = order_id(&e) else { continue };
-                if !states.contains_key(id) {
-                    states.insert(id.to_owned(), None);
-                }
-                let Some(state) = states.get_mut(id) else { continue };
-                black_box(apply(state, &e));
-            }
-            states.len()
-        })
+        // The daemon's hasher for order ids.
+        b.iter(|| benches::decode_and_apply::<OrderHasher>(&events))
     });
     let records: Vec<(&str, &[u8])> = events.iter().map(|(k, b)| (k.as_str(), b.as_bytes())).collect();
     let aggregate = pipeline::kpl::aggregate(&records);
