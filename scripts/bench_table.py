@@ -151,19 +151,20 @@ stage = {
 # same from run to run, whatever the host's load).
 allocs = {}
 kernels_txt = out / "kernels.txt"
-if kernels_txt.exists():
-    for m in re.finditer(r"^(\w+): allocations per element: kernel ([\d.]+), stage ([\d.]+)$", kernels_txt.read_text(), re.M):
+kernels_out = kernels_txt.read_text() if kernels_txt.exists() else ""
+if kernels_out:
+    for m in re.finditer(r"^(\w+): allocations per element: kernel ([\d.]+), stage ([\d.]+)$", kernels_out, re.M):
         allocs[m[1]] = (float(m[2]), float(m[3]))
 # The orders stage's time on CPU per event by thread, beside the kernel's
 # (the pipeline bench, after its check runs): the CPU pool's and the
 # runtime workers' sum against the kernel's is what the stage costs
 # whatever the overlap; its wall is at least the slower thread's.
 orders_cpu = None
-if kernels_txt.exists():
+if kernels_out:
     m = re.search(
         r"^orders: on CPU per event over (\d+) runs \(us\): kernel ([\d.]+); stage ([\d.]+): pool ([\d.]+), "
         r"runtime ([\d.]+), bench thread ([\d.]+); wall per run, min/median/max \(ms\): kernel ([\d./]+), stage ([\d./]+)$",
-        kernels_txt.read_text(),
+        kernels_out,
         re.M,
     )
     if m and float(m[2]) > 0:

@@ -28,10 +28,7 @@ fn main() {
     orders::benches();
     menu::benches();
     criterion::Criterion::default().configure_from_args().final_summary();
-    // Only when measuring (criterion's `--bench`): not under `--list`, nor
-    // under `cargo test`, which runs each benchmark once without `--bench`.
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--list" || a == "--test") {
+    if benches::measuring() {
         menu::ratio_to_openssl();
     }
 }

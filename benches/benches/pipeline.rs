@@ -22,7 +22,8 @@
 //! - orders `kernel`: decoding each event and applying it to its order's
 //!   state (`pipeline::decode`, `pipeline::orders::apply`, without the
 //!   shard positions the stage records, the states in a map), on the bench
-//!   thread: what `benches/kernels/orders.rs` measures (`benches::decode_and_apply`), over this bench's events.
+//!   thread: what `benches/kernels/orders.rs` measures
+//!   (`benches::decode_and_apply`), over this bench's events.
 //! - orders `shard stage`: the same events as one shard's records, in
 //!   GetRecords pages of the default `max_records` (1,000, above the
 //!   default `max_batch_events`: each page is one batch), pushed by an
@@ -444,13 +445,6 @@ const RUNTIME: &str = "runtime";
 const POOL: &str = "pool";
 const BENCH_THREAD: &str = "bench thread";
 
-/// Whether this run measures (criterion's `--bench`), rather than lists or
-/// tests the benchmarks (`--list`, `cargo test`'s run without `--bench`).
-fn measuring() -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--list" || a == "--test")
-}
-
 /// This process' threads' time on CPU so far, in ns, summed by kind, from
 /// `/proc/self/task/*/schedstat`.
 fn cpu_by_thread() -> HashMap<&'static str, u64> {
@@ -673,7 +667,7 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
     // overlap. Time on CPU, by the threads' own counts: what a busy host
     // takes from the wall (`schedstat` counts only time a thread ran)
     // does not show.
-    if measuring() {
+    if benches::measuring() {
         let (mut kernel_walls, mut stage_walls) = (Vec::new(), Vec::new());
         let (mut kernel_cpu, mut stage_cpu) = (0u64, HashMap::<&'static str, u64>::new());
         for _ in 0..CPU_RUNS {
