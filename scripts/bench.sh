@@ -58,6 +58,9 @@ state=${CAFE_STACK_DIR:-$repo/.stack}
 # working tree differed from it.
 { git rev-parse --short HEAD 2>/dev/null || echo unknown; } | tr -d '\n' > "$out/commit"
 [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || echo -n "+changes" >> "$out/commit"
+# And the CPU it ran on, for the table's first line (bench_table.py may make
+# the table again from this directory, elsewhere).
+sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1 > "$out/machine"
 echo "== build (release)"
 # One cargo command for the daemon, the load generator and the benches. Two
 # (`cargo build -p daemon -p loadgen`, then `cargo bench -p benches`)

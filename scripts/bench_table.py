@@ -9,6 +9,7 @@ OUT_DIR; writes OUT_DIR/table.md and OUT_DIR/figures.json.
 
 import json
 import math
+import os
 import pathlib
 import platform
 import re
@@ -22,13 +23,23 @@ repo = pathlib.Path(__file__).resolve().parent.parent
 
 
 def criterion():
-    """full id -> median ns per element (per iteration when no element count)."""
+    """full id -> median ns per element (per iteration when no element count).
+
+    Read from criterion's estimates (CRITERION_HOME, as bench.sh sets it, or
+    target/criterion) the first time, and kept in the run's criterion.json:
+    the next bench run replaces criterion's files, and the run's own figures
+    must still give its table."""
+    kept = out / "criterion.json"
+    if kept.exists():
+        return json.loads(kept.read_text())
+    home = pathlib.Path(os.environ.get("CRITERION_HOME") or repo / "target" / "criterion")
     found = {}
-    for bench in (repo / "target" / "criterion").glob("**/new/benchmark.json"):
+    for bench in sorted(home.glob("**/new/benchmark.json")):
         meta = json.loads(bench.read_text())
         est = json.loads((bench.parent / "estimates.json").read_text())
         per = (meta.get("throughput") or {}).get("Elements") or 1
         found[meta["full_id"]] = est["median"]["point_estimate"] / per
+    kept.write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
     return found
 
 
@@ -275,7 +286,11 @@ e2e_row(
 # As bench.sh read it when its build began (HEAD may have moved since).
 commit = (out / "commit").read_text().strip() if (out / "commit").exists() else None
 commit = commit or subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+# The machine the run was on, as bench.sh read it (this table may be made
+# again elsewhere, from the run's files).
+machine = out / "machine"
+cpu = machine.read_text().strip() if machine.exists() else None
+cpu = cpu or next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 lines = [
     f"Machine: {cpu}, {cores} cores; commit {commit}; scripts/bench.sh took {took} s.",
     "",

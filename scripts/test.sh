@@ -41,6 +41,9 @@ RUSTC_WORKSPACE_WRAPPER=$(dirname "$(rustup which cargo 2>/dev/null || command -
 CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 [ -x "$RUSTC_WORKSPACE_WRAPPER" ] || { echo "test: clippy-driver not found next to cargo (rustup component add clippy)" >&2; exit 1; }
 
+phase "bench table: scripts/bench_table.py on a stored run of bench.sh"
+python3 scripts/test_bench_table.py
+
 phase "unit and integration tests"
 # One selection for every build of this script and of the integration tests
 # (daemon/tests/it/main.rs, workspace_bin): features unify per selection, so a

@@ -1,0 +1,148 @@
+"""Tests of scripts/bench_table.py on a stored run of scripts/bench.sh.
+
+scripts/testdata/bench-run/ holds the raw figures bench_table.py reads, from
+run 20261204T142958Z (its README says what was kept and what was cut); its
+table.md and figures.json are what bench_table.py made of them. Each test
+copies the run to a scratch directory, changes what it is about, runs the
+script as bench.sh runs it and reads what it wrote.
+
+Run: python3 scripts/test_bench_table.py   (standard library only; scripts/test.sh runs it)
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+here = pathlib.Path(__file__).resolve().parent
+script = here / "bench_table.py"
+stored = here / "testdata" / "bench-run"
+# What the script writes, set apart from what it reads.
+outputs = ("table.md", "figures.json")
+
+
+class BenchTable(unittest.TestCase):
+    def setUp(self):
+        scratch = tempfile.TemporaryDirectory()
+        self.addCleanup(scratch.cleanup)
+        self.scratch = pathlib.Path(scratch.name)
+        self.run_dir = self.scratch / "run"
+        shutil.copytree(stored, self.run_dir, ignore=shutil.ignore_patterns(*outputs))
+
+    def table(self, env=None):
+        """Runs the script on the scratch run; (table.md, figures.json)."""
+        done = subprocess.run(
+            [sys.executable, str(script), str(self.run_dir), "2", "763"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return (self.run_dir / "table.md").read_text(), json.loads((self.run_dir / "figures.json").read_text())
+
+    def edit(self, name, change):
+        path = self.run_dir / name
+        path.write_text(change(path.read_text()))
+
+    def test_the_stored_run_gives_its_table(self):
+        table, figures = self.table()
+        self.assertEqual(table, (stored / "table.md").read_text())
+        self.assertEqual(figures, json.loads((stored / "figures.json").read_text()))
+        # Read from the raw figures, not only compared: the orders stage's
+        # medians (1129.9 and 836.6 ns an event) and the by-thread line.
+        self.assertIn("| order events | 0.84 µs | 1.13 µs (shard stage, writes to an in-memory order store) | 1.35 |", table)
+        self.assertIn("runtime workers 0.897 us (1.16x), together 2.21x", table)
+        self.assertEqual(figures["orders_on_cpu_per_event"]["pool_us"], 0.818)
+        self.assertEqual(figures["allocations_per_element"]["orders"], [11.2, 14.96])
+
+    def test_the_table_names_the_machine_the_run_was_on(self):
+        (self.run_dir / "machine").write_text("Test CPU 9000\n")
+        table, _ = self.table()
+        self.assertEqual(table.splitlines()[0], "Machine: Test CPU 9000, 2 cores; commit 22f9bce; scripts/bench.sh took 763 s.")
+
+    def test_criterion_medians_are_read_once_and_kept_with_the_run(self):
+        # The run without its criterion.json, criterion's own files in its
+        # place (per iteration, with an element count where it had one).
+        medians = json.loads((self.run_dir / "criterion.json").read_text())
+        (self.run_dir / "criterion.json").unlink()
+        home = self.scratch / "criterion"
+        for i, (full_id, per_element) in enumerate(sorted(medians.items())):
+            new = home / f"bench-{i}" / "new"
+            new.mkdir(parents=True)
+            elements = 10_000 if full_id.startswith("pipeline/orders/") else None
+            meta = {"full_id": full_id, "throughput": {"Elements": elements} if elements else None}
+            (new / "benchmark.json").write_text(json.dumps(meta))
+            estimate = per_element * (elements or 1)
+            (new / "estimates.json").write_text(json.dumps({"median": {"point_estimate": estimate}}))
+        # A benchmark of an older run, without `new`, is not read.
+        (home / "stale" / "base").mkdir(parents=True)
+        table, _ = self.table(env={"CRITERION_HOME": str(home)})
+        self.assertEqual(table, (stored / "table.md").read_text())
+        kept = json.loads((self.run_dir / "criterion.json").read_text())
+        self.assertEqual(kept.keys(), medians.keys())
+        for full_id, value in medians.items():
+            self.assertAlmostEqual(kept[full_id], value, delta=abs(value) * 1e-12)
+        # Made again from the run alone, criterion's files gone.
+        shutil.rmtree(home)
+        self.assertEqual(self.table(env={"CRITERION_HOME": str(home)})[0], table)
+
+    def test_a_run_without_the_by_thread_line(self):
+        self.edit("kernels.txt", lambda s: "".join(l for l in s.splitlines(True) if not l.startswith("orders: on CPU per event")))
+        table, figures = self.table()
+        self.assertNotIn("Orders on CPU per event", table)
+        self.assertIsNone(figures["orders_on_cpu_per_event"])
+        # Nothing else moved: the stored table less that paragraph.
+        expected = (stored / "table.md").read_text().split("\n\n")
+        self.assertEqual(table.split("\n\n"), [p for p in expected if not p.startswith("Orders on CPU per event")])
+
+    def test_a_by_thread_line_with_no_kernel_time_is_left_out(self):
+        self.edit("kernels.txt", lambda s: s.replace("(us): kernel 0.776;", "(us): kernel 0.000;"))
+        table, figures = self.table()
+        self.assertNotIn("Orders on CPU per event", table)
+        self.assertIsNone(figures["orders_on_cpu_per_event"])
+
+    def test_a_run_without_kernels_txt(self):
+        (self.run_dir / "kernels.txt").unlink()
+        table, figures = self.table()
+        self.assertNotIn("Orders on CPU per event", table)
+        self.assertEqual(figures["allocations_per_element"], {})
+        self.assertIn("| order events | 0.84 µs | 1.13 µs (shard stage, writes to an in-memory order store) | 1.35 | - |", table)
+
+    def test_failed_and_malformed_host_speed_probes_are_dropped(self):
+        self.edit("host-speed.txt", lambda s: s + "orders:extra nan\nmenu:extra 0\nmalformed\npayments:extra fast\ntoo many 1 2\ninf:probe inf\n")
+        table, figures = self.table()
+        self.assertEqual(table, (stored / "table.md").read_text())
+        self.assertEqual(len(figures["host_speed_bytes_per_sec"]), 8)
+
+    def test_the_payments_floor_uses_the_probes_around_the_run(self):
+        # Both probes at half part 1's speed: the floor per payment doubles.
+        half = 1e9
+        self.edit(
+            "host-speed.txt",
+            lambda s: "".join(
+                f"{l.split()[0]} {half:.0f}\n" if l.startswith("payments:") else l + "\n" for l in s.splitlines()
+            ),
+        )
+        _, figures = self.table()
+        self.assertAlmostEqual(figures["payments_floor_ns"], 10_001 * 64 / half * 1e9)
+
+    def test_a_failed_verdict_is_shown(self):
+        self.edit("menu.proc", lambda s: json.dumps(dict(json.loads(s), status=1)))
+        (self.run_dir / "menu" / "summary.md").write_text("# menu-sync\n- drain 99.0 s over its limit of 60.0 s\n")
+        table, _ = self.table()
+        self.assertTrue(table.endswith("**Verdict FAIL** (menu): drain 99.0 s over its limit of 60.0 s\n"), table[-300:])
+
+    def test_a_run_without_a_bare_client_stops_with_a_reason(self):
+        self.edit("payments/summary.json", lambda s: json.dumps({k: v for k, v in json.loads(s).items() if k != "bare"}))
+        done = subprocess.run([sys.executable, str(script), str(self.run_dir), "2", "763"], capture_output=True, text=True)
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("cold-start measured no bare client", done.stderr)
+        self.assertFalse((self.run_dir / "table.md").exists())
+
+
+if __name__ == "__main__":
+    unittest.main()
