@@ -70,10 +70,11 @@ impl OrderStatus {
 /// (`sub`: its place in a KPL aggregate record). Positions of one shard of
 /// one stream are totally ordered; positions of different shards or
 /// streams are not compared. The stream and shard names are shared by
-/// every position parsed with one [`Names`] (a batch's, an order's
-/// history), and by every clone, and so is the sequence number: the
-/// position parsed from a record and the history entry made from it hold
-/// one allocation between them, the sequence number's.
+/// every position of one shard's reader ([`ShardPos::of_record`]) or
+/// parsed with one [`Names`] (an order's history read from the table),
+/// and by every clone, and so is the sequence number: a record's position
+/// and the history entry made from it hold one allocation between them,
+/// the sequence number's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardPos {
     /// The stream's name (every stream has a `shardId-000000000000`).
@@ -107,15 +108,28 @@ impl ShardPos {
         };
         let mut parts = rest.split('/');
         let shard = parts.next().filter(|p| !p.is_empty())?;
-        let sequence = parts.next().filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))?;
+        let sequence = parts.next().filter(|p| is_sequence(p))?;
         let sub = match parts.next() {
             Some(sub) => sub.parse().ok()?,
             None => 0,
         };
-        if parts.next().is_some() || (sequence.len() > 1 && sequence.starts_with('0')) {
+        if parts.next().is_some() {
             return None;
         }
         Some(ShardPos { stream: names.get(stream), shard: names.get(shard), sequence: Arc::from(sequence), sub })
+    }
+
+    /// The position of a record read from `shard` of `stream` (names a
+    /// shard's reader shares between its records), as the reader has it:
+    /// no text to parse. `None` for a sequence number that is not one
+    /// (decimal digits, no leading zero), as [`ShardPos::parse`] gives.
+    pub fn of_record(stream: &Arc<str>, shard: &Arc<str>, sequence: &str, sub: u32) -> Option<ShardPos> {
+        is_sequence(sequence).then(|| ShardPos {
+            stream: Arc::clone(stream),
+            shard: Arc::clone(shard),
+            sequence: Arc::from(sequence),
+            sub,
+        })
     }
 
     /// Whether `self` was read after `other` in the same shard of the same stream.
@@ -124,6 +138,11 @@ impl ShardPos {
             && self.shard == other.shard
             && (self.sequence.len(), &*self.sequence, self.sub) > (other.sequence.len(), &*other.sequence, other.sub)
     }
+}
+
+/// A Kinesis sequence number: decimal digits, no leading zero.
+fn is_sequence(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s.len() == 1 || !s.starts_with('0'))
 }
 
 /// Stream and shard names already allocated, for positions to share: a

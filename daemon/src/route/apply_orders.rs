@@ -425,7 +425,7 @@ impl Drop for OrderCache {
 pub async fn apply_orders(
     sink: &dyn OrderStore,
     events: &[&Event],
-    positions: &[Option<ShardPos>],
+    positions: &[Option<&ShardPos>],
     cache: &OrderCache,
     applied_at: &str,
     concurrency: usize,
@@ -509,7 +509,7 @@ pub async fn apply_orders(
             let mut placed_by = None;
             for &i in idx {
                 let e = events[i];
-                fates[i] = match apply_at(&mut state, e, positions.get(i).and_then(Option::as_ref)) {
+                fates[i] = match apply_at(&mut state, e, positions.get(i).copied().flatten()) {
                     Applied::Changed { window, counters, event_time } => {
                         match rows.iter_mut().find(|(w, _)| *w == window) {
                             Some((_, c)) => c.add(&counters),

@@ -12,6 +12,7 @@ use pipeline::decided::{DecidedMenuItem, DecidedPayment};
 use pipeline::event::{Body, Clock, Event, PaymentRequested, Rejection, decode_at};
 use pipeline::fraud::{self, Decision, FraudEngine, Verdict, model_work_many};
 use pipeline::menu;
+use pipeline::orders::ShardPos;
 use pipeline::window::{Counters, WindowId};
 use rayon::prelude::*;
 use time::OffsetDateTime;
@@ -21,8 +22,58 @@ use time::OffsetDateTime;
 pub struct Input {
     /// The event's bytes, as received.
     pub data: Vec<u8>,
-    /// Where it came from: an SQS message id, or `shardId/sequence[/sub]`.
-    pub position: String,
+    /// Where it came from.
+    pub position: Position,
+}
+
+/// Where an input came from. As text (a rejection's `position`, a log
+/// line): an SQS message id, or `shardId/sequence[/sub]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Position {
+    /// A message id, or any position given as text.
+    Text(String),
+    /// A record of a shard, as its reader read it: an order event is
+    /// judged at this position (`pipeline::orders::apply_at`) without its
+    /// text being made and parsed again.
+    Record {
+        /// Stream, shard, sequence number and place in a KPL aggregate.
+        pos: ShardPos,
+        /// Whether it came out of a KPL aggregate (its text then ends in
+        /// `/sub`, even for the first).
+        aggregated: bool,
+    },
+}
+
+impl Position {
+    /// The shard position, for a shard's record.
+    pub fn shard_pos(&self) -> Option<&ShardPos> {
+        match self {
+            Position::Text(_) => None,
+            Position::Record { pos, .. } => Some(pos),
+        }
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Text(t) => f.write_str(t),
+            Position::Record { pos, aggregated: false } => write!(f, "{}/{}", pos.shard, pos.sequence),
+            Position::Record { pos, aggregated: true } => write!(f, "{}/{}/{}", pos.shard, pos.sequence, pos.sub),
+        }
+    }
+}
+
+impl From<String> for Position {
+    fn from(t: String) -> Self {
+        Position::Text(t)
+    }
+}
+
+impl From<&str> for Position {
+    fn from(t: &str) -> Self {
+        Position::Text(t.to_owned())
+    }
 }
 
 /// What the decide stage made of one input.

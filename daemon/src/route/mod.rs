@@ -22,7 +22,7 @@ use std::time::Instant;
 use pipeline::decided::RejectedEvent;
 use pipeline::event::{Event, Rejection};
 use pipeline::fraud::{FraudEngine, Rules};
-use pipeline::orders::{Names, ShardPos};
+use pipeline::orders::ShardPos;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -30,7 +30,7 @@ use apply_orders::{Fate, apply_orders};
 pub use apply_orders::{OrderCache, OrderCaches, OrderHasher, OrderStore};
 use apply_payments::apply_payments;
 pub use apply_payments::{FraudStateCache, StateTraffic};
-pub use decide::{Decided, Input, Unscored, Work};
+pub use decide::{Decided, Input, Position, Unscored, Work};
 
 use crate::bridge::CpuPool;
 use crate::internal_events::{
@@ -275,12 +275,9 @@ impl Router {
         let applied_at = now_rfc3339();
         let order_refs: Vec<&Event> = order_events.iter().map(|e| &**e).collect();
         // A shard's events are judged at their position in the stream
-        // (`source`; replays give the first pass's answers); a queue's
-        // message ids parse to none.
-        // (Every position of a batch shares one stream and shard name.)
-        let mut names = Names::default();
-        let order_pos: Vec<Option<ShardPos>> =
-            order_at.iter().map(|&i| ShardPos::parse_with(&inputs[i].position, Some(source), &mut names)).collect();
+        // (replays give the first pass's answers); a queue's messages
+        // have none.
+        let order_pos: Vec<Option<&ShardPos>> = order_at.iter().map(|&i| inputs[i].position.shard_pos()).collect();
         let metrics = &self.metrics;
         let shared = async {
             match &self.scoring {
@@ -392,6 +389,6 @@ fn rejected_event(input: &Input, r: &Rejection, source: &str) -> RejectedEvent {
         reason: r.reason.code(),
         detail: r.detail.clone(),
         source: source.to_owned(),
-        position: input.position.clone(),
+        position: input.position.to_string(),
     }
 }

@@ -153,6 +153,8 @@ pub async fn process_shard(
     lost: CancellationToken,
 ) -> ShardExit {
     let source = path.config.stream.clone();
+    // The stream's and the shard's names, shared by every record's position.
+    let names: (Arc<str>, Arc<str>) = (Arc::from(source.as_str()), Arc::from(shard.as_str()));
     let cache = path.orders.cache(path.config.order_cache_size);
     let mut done: Option<(String, u64)> = None;
     let mut unacked: u64 = 0;
@@ -304,7 +306,7 @@ pub async fn process_shard(
                             .records
                             .into_iter()
                             .zip(batch.aggregated.iter().copied().chain(std::iter::repeat(false)))
-                            .map(|(r, aggregated)| Input { position: r.position(&shard, aggregated), data: r.data })
+                            .map(|(r, aggregated)| Input { position: r.position(&names, aggregated), data: r.data })
                             .collect();
                         let router = &path.router;
                         deciding = Some(Box::pin(async move { (no, router.decide(inputs).await) }));
@@ -728,7 +730,7 @@ mod tests {
         let body =
             format!(r#"{{"v":1,"id":"{order}-{k}","type":"{kind}","ts":"2026-11-22T08:00:00Z","store":"s1","data":{data}}}"#);
         let event = pipeline::decode(body.as_bytes()).expect("a valid order event");
-        (Input { data: body.into_bytes(), position: format!("{order}-{k}") }, Decided::Order(std::sync::Arc::new(event)))
+        (Input { data: body.into_bytes(), position: format!("{order}-{k}").into() }, Decided::Order(std::sync::Arc::new(event)))
     }
 
     fn batch(events: Vec<(Input, Decided)>) -> DecidedBatch {
@@ -741,8 +743,8 @@ mod tests {
         split(no, batch, keys, claims)
     }
 
-    fn positions(part: &Part) -> Vec<&str> {
-        part.batch.inputs.iter().map(|i| i.position.as_str()).collect()
+    fn positions(part: &Part) -> Vec<String> {
+        part.batch.inputs.iter().map(|i| i.position.to_string()).collect()
     }
 
     #[test]

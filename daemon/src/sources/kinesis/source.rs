@@ -19,6 +19,7 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::types::ShardIteratorType;
 use pipeline::kpl;
+use pipeline::orders::ShardPos;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -31,6 +32,7 @@ use crate::internal_events::{
     InternalEvent, IteratorExpired, ReadThrottled, Received, ShardLag, ShardReadStopped, SourceError, SourceErrorKind,
 };
 use crate::metrics::Metrics;
+use crate::route::Position;
 
 /// One user record: a plain Kinesis record, or one record of a KPL aggregate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,18 +48,19 @@ pub struct ShardRecord {
 }
 
 impl ShardRecord {
-    /// `shardId/sequence[/sub]`: the `position` of a rejection.
-    pub fn position(&self, shard: &str, aggregated: bool) -> String {
-        // Built by hand, one allocation of the right size: one per record.
-        let mut p = String::with_capacity(shard.len() + self.sequence.len() + if aggregated { 22 } else { 1 });
-        p.push_str(shard);
-        p.push('/');
-        p.push_str(&self.sequence);
-        if aggregated {
-            p.push('/');
-            p.push_str(&self.sub.to_string());
+    /// Where this record was read, in shard `names.1` of stream `names.0`
+    /// (shared by the shard's records): its shard position, or, for a
+    /// sequence number that is not one (never from Kinesis), the text
+    /// `shardId/sequence[/sub]` alone, which no order event is judged at.
+    pub fn position(&self, names: &(Arc<str>, Arc<str>), aggregated: bool) -> Position {
+        let (stream, shard) = names;
+        // A plain record's place is 0 (its text has none).
+        let sub = if aggregated { u32::try_from(self.sub).ok() } else { Some(0) };
+        match sub.and_then(|sub| ShardPos::of_record(stream, shard, &self.sequence, sub)) {
+            Some(pos) => Position::Record { pos, aggregated },
+            None if aggregated => Position::Text(format!("{shard}/{}/{}", self.sequence, self.sub)),
+            None => Position::Text(format!("{shard}/{}", self.sequence)),
         }
-        p
     }
 }
 
@@ -469,11 +472,30 @@ mod tests {
 
     #[test]
     fn a_record_s_position_names_its_shard_sequence_and_place_in_an_aggregate() {
+        let names: (Arc<str>, Arc<str>) = (Arc::from("s"), Arc::from("shardId-000000000001"));
         let r = ShardRecord { sequence: "4959".into(), sub: 12, partition_key: "o1".into(), data: Vec::new() };
-        assert_eq!(r.position("shardId-000000000001", false), "shardId-000000000001/4959");
-        assert_eq!(r.position("shardId-000000000001", true), "shardId-000000000001/4959/12");
-        let pos = pipeline::orders::ShardPos::parse(&r.position("shardId-000000000001", true), Some("s")).expect("parses");
-        assert_eq!((&*pos.shard, &*pos.sequence, pos.sub), ("shardId-000000000001", "4959", 12));
+        assert_eq!(r.position(&names, false).to_string(), "shardId-000000000001/4959");
+        assert_eq!(r.position(&names, true).to_string(), "shardId-000000000001/4959/12");
+        // The position an order event is judged at is the one its text
+        // parses to, with the reader's names.
+        for aggregated in [false, true] {
+            let position = r.position(&names, aggregated);
+            let pos = position.shard_pos().expect("a shard position");
+            assert_eq!(Some(pos), ShardPos::parse(&position.to_string(), Some("s")).as_ref());
+            assert_eq!((&*pos.stream, &*pos.shard, &*pos.sequence), ("s", "shardId-000000000001", "4959"));
+            assert!(Arc::ptr_eq(&pos.stream, &names.0) && Arc::ptr_eq(&pos.shard, &names.1), "the names are shared");
+        }
+        assert_eq!(r.position(&names, true).shard_pos().map(|p| p.sub), Some(12));
+        assert_eq!(r.position(&names, false).shard_pos().map(|p| p.sub), Some(0));
+        // A sequence number that is not one (never from Kinesis) is text
+        // alone, as its text parses to no position.
+        for (sequence, sub) in [("04959", 0), ("49x", 0), ("", 0), ("4959", u64::from(u32::MAX) + 1)] {
+            let r = ShardRecord { sequence: sequence.into(), sub, ..r.clone() };
+            let position = r.position(&names, true);
+            assert_eq!(position.shard_pos(), None, "{sequence}/{sub}");
+            assert_eq!(position.to_string(), format!("shardId-000000000001/{sequence}/{sub}"));
+            assert_eq!(ShardPos::parse(&position.to_string(), Some("s")), None);
+        }
     }
 
     /// Starts of the calls `Pacing` allows over `secs` seconds, each call

@@ -22,7 +22,7 @@ use crate::aws::Backoff;
 use crate::config::PipelineConfig;
 use crate::internal_events::{GivenBack, InternalEvent, RetriedInFlight};
 use crate::metrics::Metrics;
-use crate::route::{DecidedBatch, Input, OrderCache, Router};
+use crate::route::{DecidedBatch, Input, OrderCache, Position, Router};
 
 /// A decided batch with its messages' receipts, in arrival order.
 #[derive(Debug)]
@@ -57,7 +57,7 @@ pub async fn decide_loop(
         let mut inputs = Vec::with_capacity(batch.len());
         for m in batch {
             receipts.push(Receipt { receipt_handle: m.receipt_handle, group: m.group_id, received_at: m.received_at });
-            inputs.push(Input { data: m.body.into_bytes(), position: m.message_id });
+            inputs.push(Input { data: m.body.into_bytes(), position: Position::Text(m.message_id) });
         }
         let batch = router.decide(inputs).await;
         if tx.send(Decided { receipts, batch }).await.is_err() {
