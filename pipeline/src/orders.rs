@@ -122,7 +122,9 @@ impl ShardPos {
     /// The position of a record read from `shard` of `stream` (names a
     /// shard's reader shares between its records), as the reader has it:
     /// no text to parse. `None` for a sequence number that is not one
-    /// (decimal digits, no leading zero), as [`ShardPos::parse`] gives.
+    /// (decimal digits, no leading zero), as [`ShardPos::parse`] gives for
+    /// the record's text (of a shard id and a sequence number Kinesis
+    /// sends: neither holds `/` or `:`).
     pub fn of_record(stream: &Arc<str>, shard: &Arc<str>, sequence: &str, sub: u32) -> Option<ShardPos> {
         is_sequence(sequence).then(|| ShardPos {
             stream: Arc::clone(stream),
@@ -145,8 +147,9 @@ fn is_sequence(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s.len() == 1 || !s.starts_with('0'))
 }
 
-/// Stream and shard names already allocated, for positions to share: a
-/// handful (one batch reads one shard), looked up in order.
+/// Stream and shard names already allocated, for positions parsed from
+/// text to share (an order's history read from the table): a handful,
+/// looked up in order.
 #[derive(Debug, Default)]
 pub struct Names(Vec<Arc<str>>);
 

@@ -160,9 +160,10 @@ pub fn footprint(id: &str, state: Option<&OrderState>) -> usize {
         n += ALLOC + s.store.len();
         n += ALLOC + s.history.capacity() * size_of::<HistoryEntry>();
         // A position's stream and shard names are shared with the other
-        // positions of its batch, which may all be gone: they count for
-        // the order, once for a run of entries that share them (entries
-        // of one batch, or of one read from the table).
+        // positions its shard's reader made, or of one read from the
+        // table, which may all be gone (the reader's lease lost, the
+        // other orders pushed out): they count for the order, once for a
+        // run of entries that share them.
         let mut names: Option<&ShardPos> = None;
         for h in &s.history {
             n += 2 * ALLOC + h.ts.len() + h.event_id.len();

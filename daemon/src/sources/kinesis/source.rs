@@ -495,6 +495,12 @@ mod tests {
             assert_eq!(position.shard_pos(), None, "{sequence}/{sub}");
             assert_eq!(position.to_string(), format!("shardId-000000000001/{sequence}/{sub}"));
             assert_eq!(ShardPos::parse(&position.to_string(), Some("s")), None);
+            if sub == 0 {
+                let position = r.position(&names, false);
+                assert_eq!(position.shard_pos(), None, "{sequence}");
+                assert_eq!(position.to_string(), format!("shardId-000000000001/{sequence}"));
+                assert_eq!(ShardPos::parse(&position.to_string(), Some("s")), None);
+            }
         }
     }
 
