@@ -1,7 +1,8 @@
 """Prints scripts/bench.sh's table from one run's raw figures.
 
-Usage: bench_table.py OUT_DIR CORES SECONDS
-Reads criterion's estimates (target/criterion), openssl's speed (part 1's, and
+Usage: bench_table.py OUT_DIR CORES SECONDS [--keep-criterion]
+Reads criterion's estimates (the run's criterion.json; with --keep-criterion,
+which bench.sh passes, criterion's own files, kept as criterion.json), openssl's speed (part 1's, and
 the one-second probes around each end-to-end path in host-speed.txt), the
 loadgen's summaries and the per-run process figures bench.sh wrote into
 OUT_DIR; writes OUT_DIR/table.md and OUT_DIR/figures.json.
@@ -19,16 +20,21 @@ import sys
 out = pathlib.Path(sys.argv[1])
 cores = int(sys.argv[2])
 took = int(sys.argv[3])
+keep_criterion = "--keep-criterion" in sys.argv[4:]
 repo = pathlib.Path(__file__).resolve().parent.parent
 
 
 def criterion():
     """full id -> median ns per element (per iteration when no element count).
 
-    Read from criterion's estimates (CRITERION_HOME, as bench.sh sets it, or
-    target/criterion) the first time, and kept in the run's criterion.json:
-    the next bench run replaces criterion's files, and the run's own figures
-    must still give its table."""
+    The run's own criterion.json when it has one. Otherwise criterion's
+    estimates (CRITERION_HOME, as bench.sh sets it, or target/criterion),
+    which are this run's only when bench.sh has just made them: it passes
+    --keep-criterion, and they are kept as the run's criterion.json (the
+    next run replaces criterion's files; the run's figures must still give
+    its table). Made again without it, a run that has no criterion.json is
+    given what criterion's files hold now, with a warning, and nothing is
+    written."""
     kept = out / "criterion.json"
     if kept.exists():
         return json.loads(kept.read_text())
@@ -39,7 +45,14 @@ def criterion():
         est = json.loads((bench.parent / "estimates.json").read_text())
         per = (meta.get("throughput") or {}).get("Elements") or 1
         found[meta["full_id"]] = est["median"]["point_estimate"] / per
-    kept.write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
+    if keep_criterion and found:
+        kept.write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
+    elif not keep_criterion:
+        print(
+            f"bench_table: {out} has no criterion.json: its kernel and pipeline figures are {home}'s "
+            f"as it is now ({len(found)} benchmarks), which may be another run's",
+            file=sys.stderr,
+        )
     return found
 
 

@@ -33,15 +33,16 @@ class BenchTable(unittest.TestCase):
         self.run_dir = self.scratch / "run"
         shutil.copytree(stored, self.run_dir, ignore=shutil.ignore_patterns(*outputs))
 
-    def table(self, env=None):
+    def table(self, env=None, args=()):
         """Runs the script on the scratch run; (table.md, figures.json)."""
         done = subprocess.run(
-            [sys.executable, str(script), str(self.run_dir), "2", "763"],
+            [sys.executable, str(script), str(self.run_dir), "2", "763", *args],
             capture_output=True,
             text=True,
             env={**os.environ, **(env or {})},
         )
         self.assertEqual(done.returncode, 0, done.stderr)
+        self.stderr = done.stderr
         return (self.run_dir / "table.md").read_text(), json.loads((self.run_dir / "figures.json").read_text())
 
     def edit(self, name, change):
@@ -64,23 +65,34 @@ class BenchTable(unittest.TestCase):
         table, _ = self.table()
         self.assertEqual(table.splitlines()[0], "Machine: Test CPU 9000, 2 cores; commit 22f9bce; scripts/bench.sh took 763 s.")
 
-    def test_criterion_medians_are_read_once_and_kept_with_the_run(self):
-        # The run without its criterion.json, criterion's own files in its
-        # place (per iteration, with an element count where it had one).
+    def criterion_home(self):
+        """The run without its criterion.json, criterion's own files in its
+        place (per iteration, with an element count where it had one); the
+        medians removed."""
         medians = json.loads((self.run_dir / "criterion.json").read_text())
         (self.run_dir / "criterion.json").unlink()
         home = self.scratch / "criterion"
         for i, (full_id, per_element) in enumerate(sorted(medians.items())):
-            new = home / f"bench-{i}" / "new"
-            new.mkdir(parents=True)
             elements = 10_000 if full_id.startswith("pipeline/orders/") else None
-            meta = {"full_id": full_id, "throughput": {"Elements": elements} if elements else None}
-            (new / "benchmark.json").write_text(json.dumps(meta))
-            estimate = per_element * (elements or 1)
-            (new / "estimates.json").write_text(json.dumps({"median": {"point_estimate": estimate}}))
-        # A benchmark of an older run, without `new`, is not read.
-        (home / "stale" / "base").mkdir(parents=True)
-        table, _ = self.table(env={"CRITERION_HOME": str(home)})
+            # A benchmark's `base` (the run before, which criterion keeps
+            # beside `new`) with another median: not this run's.
+            for kind, factor in [("new", 1), ("base", 3)]:
+                d = home / f"bench-{i}" / kind
+                d.mkdir(parents=True)
+                meta = {"full_id": full_id, "throughput": {"Elements": elements} if elements else None}
+                (d / "benchmark.json").write_text(json.dumps(meta))
+                estimate = per_element * (elements or 1) * factor
+                (d / "estimates.json").write_text(json.dumps({"median": {"point_estimate": estimate}}))
+        # And one left by another run only (no `new`), read last if read.
+        d = home / "zz-another-run" / "base"
+        d.mkdir(parents=True)
+        (d / "benchmark.json").write_text(json.dumps({"full_id": "pipeline/orders/shard stage", "throughput": None}))
+        (d / "estimates.json").write_text(json.dumps({"median": {"point_estimate": 1.0}}))
+        return home, medians
+
+    def test_bench_sh_s_call_reads_criterion_s_files_and_keeps_them_with_the_run(self):
+        home, medians = self.criterion_home()
+        table, _ = self.table(env={"CRITERION_HOME": str(home)}, args=["--keep-criterion"])
         self.assertEqual(table, (stored / "table.md").read_text())
         kept = json.loads((self.run_dir / "criterion.json").read_text())
         self.assertEqual(kept.keys(), medians.keys())
@@ -89,6 +101,20 @@ class BenchTable(unittest.TestCase):
         # Made again from the run alone, criterion's files gone.
         shutil.rmtree(home)
         self.assertEqual(self.table(env={"CRITERION_HOME": str(home)})[0], table)
+        self.assertEqual(self.stderr, "")
+
+    def test_a_run_made_again_without_criterion_json_keeps_nothing_and_says_so(self):
+        home, _ = self.criterion_home()
+        table, _ = self.table(env={"CRITERION_HOME": str(home)})
+        self.assertEqual(table, (stored / "table.md").read_text())
+        self.assertFalse((self.run_dir / "criterion.json").exists())
+        self.assertIn("has no criterion.json", self.stderr)
+        # Nothing found, even by bench.sh's call: nothing kept (an empty
+        # file would hide every kernel for good).
+        shutil.rmtree(home)
+        table, _ = self.table(env={"CRITERION_HOME": str(home)}, args=["--keep-criterion"])
+        self.assertFalse((self.run_dir / "criterion.json").exists())
+        self.assertNotIn("| order events |", table)
 
     def test_a_run_without_the_by_thread_line(self):
         self.edit("kernels.txt", lambda s: "".join(l for l in s.splitlines(True) if not l.startswith("orders: on CPU per event")))
