@@ -316,7 +316,10 @@ fn read_sources(value: &toml::Value, problems: &mut Vec<(String, String)>) -> So
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
-    /// Most events in one batch sent to the CPU pool.
+    /// Most events in one batch sent to the CPU pool from a queue. A
+    /// shard's batch is one GetRecords result, never split (its
+    /// `max_records` bounds it), with the results read ahead coalesced
+    /// into it while it holds fewer than this.
     pub max_batch_events: usize,
     /// How long a partial batch waits for more events, in milliseconds.
     pub linger_ms: u64,
