@@ -67,7 +67,11 @@ echo "== build (release)"
 # resolve the dependencies' features apart (goose's simplelog turns on
 # time's local-offset, the benches' dev-dependencies others), so they
 # built the daemon's library, the domain crate and about 80 dependencies
-# twice. `--bench '*'`, not `--benches`: that one also builds the
+# twice. This one's daemon and loadgen are those of run-local.sh and
+# package.sh (`-p daemon -p loadgen`): the workspace asks for the features
+# the benches would add (scripts/check_features.py checks it), so after
+# either of those this builds only the benches, and they after this
+# nothing. `--bench '*'`, not `--benches`: that one also builds the
 # daemon's and loadgen's own targets as test harnesses. The benches are
 # then run from the executables this build names, as `cargo bench` runs
 # them (from their package's directory, with `--bench`).

@@ -44,6 +44,9 @@ CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 phase "bench table: scripts/bench_table.py on a stored run of bench.sh"
 python3 scripts/test_bench_table.py
 
+phase "features: the release builds with and without the benches resolve the same (scripts/check_features.py)"
+python3 scripts/check_features.py
+
 phase "unit and integration tests"
 # One selection for every build of this script and of the integration tests
 # (daemon/tests/it/main.rs, workspace_bin): features unify per selection, so a

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""The release build of the daemon and loadgen and bench.sh's build share
+every dependency's features.
+
+`scripts/run-local.sh` and `scripts/package.sh` build `-p daemon -p loadgen`;
+`scripts/bench.sh` builds the same with the benches, whose dev-dependencies
+(criterion and what it pulls) may turn on more features of crates the daemon
+uses. A crate built with other features is another artifact, and so is
+every crate above it: a feature of serde that only criterion asked for made
+bench.sh build the daemon, loadgen and most of their dependencies again
+after run-local.sh had built them, minutes of thin-LTO links on a 2-core
+machine. The workspace's Cargo.toml asks for those features itself; this
+check fails when a dependency resolves to other features in the two builds,
+and names it and the features to ask for.
+
+It reads `cargo tree -e features` (Cargo.lock, no build). It counts the
+daemon's and loadgen's own dev-dependencies in the bench build, which
+bench.sh's build does not compile: it may fail where the builds would
+agree, never the other way. Usage: scripts/check_features.py
+"""
+import subprocess
+import sys
+
+
+def host():
+    for line in subprocess.run(["rustc", "-vV"], check=True, capture_output=True, text=True).stdout.splitlines():
+        if line.startswith("host: "):
+            return line.split(": ", 1)[1]
+    sys.exit("check_features: rustc -vV named no host")
+
+
+def features(packages, edges, target):
+    """{"name version": its sets of features} of the packages the build of
+    `packages` resolves, along `edges` (a package built both for the build
+    scripts and procedural macros and for the program has two sets when
+    they differ)."""
+    cmd = ["cargo", "tree", "--locked", "--target", target, "--prefix", "none", "-e", "features," + edges, "-f", "{p}|{f}"]
+    for p in packages:
+        cmd += ["-p", p]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    found = {}
+    for line in out.splitlines():
+        if "|" not in line:  # a feature's own node ('serde feature "std"')
+            continue
+        package, feats = line.split("|", 1)
+        name = " ".join(package.split()[:2])
+        feats = feats.removesuffix(" (*)").strip()
+        found.setdefault(name, set()).add(frozenset(f for f in feats.split(",") if f))
+    if not found:
+        sys.exit(f"check_features: `{' '.join(cmd)}` listed no packages")
+    return found
+
+
+def show(sets):
+    return " and ".join("[" + ", ".join(sorted(s)) + "]" for s in sorted(sets, key=sorted))
+
+
+def main():
+    target = host()
+    shipped = features(["daemon", "loadgen"], "normal,build", target)
+    bench = features(["daemon", "loadgen", "benches"], "normal,build,dev", target)
+    differ = []
+    for name, sets in sorted(shipped.items()):
+        if bench.get(name) != sets:
+            more = set().union(*bench.get(name, set())) - set().union(*sets)
+            said = f"adds {', '.join(sorted(more))}" if more else f"has {show(bench.get(name, set()))} against {show(sets)}"
+            differ.append(f"  {name}: the bench build {said}")
+    if differ:
+        print("check_features: these dependencies of the daemon and loadgen resolve to more features "
+              "when bench.sh builds the benches with them, so bench.sh and run-local.sh / package.sh "
+              "build them (and everything above them) twice; ask for the features in the workspace's "
+              "Cargo.toml (see its serde and zerocopy):", file=sys.stderr)
+        print("\n".join(differ), file=sys.stderr)
+        sys.exit(1)
+    print(f"check_features: {len(shipped)} packages, the same features in both builds")
+
+
+if __name__ == "__main__":
+    main()
