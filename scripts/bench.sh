@@ -7,7 +7,8 @@
 #      (benches/benches/pipeline.rs: the decide stage for payments and menu
 #      items, one shard's whole task for orders), the SHA-256 floor of the payments path (openssl's
 #      speed on this CPU, and the fraud model's loop next to the hasher's),
-#      and the AWS SDK's CPU per request with no network (benches/benches/sdk.rs);
+#      and the AWS SDK's CPU per request with no network
+#      (benches/benches/pipeline/sdk.rs);
 #   2. end to end on the local stack, a release cafe-streamd restarted for
 #      each path, with fresh queues, stream and tables:
 #        payments  cold-start sends 10,000 with the daemon restarted just
@@ -113,14 +114,13 @@ crit=(--warm-up-time 1 --measurement-time 3 --sample-size 20 --noplot)
 # executable); it ends with its own sha256-against-openssl ratio (a few
 # seconds).
 bench kernels "${crit[@]}" 'payment: decode|model_work 10000|model_work_many 10000|Sha256::digest 10000|decode \+ apply|100 JSON rounds'
-# Each path's stage with in-memory ends next to its kernel alone (one
-# CPU-pool thread each): the stage's overhead per payment, menu item and
-# order event.
-bench pipeline --warm-up-time 1 --measurement-time 3 --sample-size 10 --noplot
-# The AWS SDK's own CPU per request (benches/benches/sdk.rs: answered in
-# memory, the daemon's client configuration): what each request of a path
-# costs before any network.
-bench sdk "${crit[@]}"
+# The AWS SDK's own CPU per request (benches/benches/pipeline/sdk.rs:
+# answered in memory, the daemon's client configuration): what each request
+# of a path costs before any network; then each path's stage with in-memory
+# ends next to its kernel alone (one CPU-pool thread each): the stage's
+# overhead per payment, menu item and order event (its groups set their own
+# sample size, 10). One executable, one link of the SDK.
+bench pipeline "${crit[@]}"
 openssl speed -evp sha256 -bytes 16384 -seconds 3 > "$out/openssl.txt" 2>/dev/null || true
 
 # The host's speed next to each end-to-end path: openssl's SHA-256 for one

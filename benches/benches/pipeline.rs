@@ -1,7 +1,8 @@
 //! Each path's stage with in-memory ends, next to its kernel alone, so that
 //! the stage's overhead reads as a ratio: `pipeline/<path>/<stage>` over
 //! `pipeline/<path>/kernel`, per element: the decide stage for payments and
-//! menu items, the whole shard stage for orders.
+//! menu items, the whole shard stage for orders. The executable runs the
+//! AWS SDK's bench first (`sdk/...`, `pipeline/sdk.rs`).
 //!
 //! - `kernel`: `daemon::route::decide::decide_batch`, the function the
 //!   decide stage runs per batch, over the inputs in batches of the
@@ -138,6 +139,10 @@ fn allocations<T>(f: impl FnOnce() -> T) -> (T, u64) {
 mod memory_dynamodb;
 #[path = "support/memory_orders.rs"]
 mod memory_orders;
+/// The AWS SDK's CPU per request (criterion's `sdk/...`), in this
+/// executable to save a link (its file says why).
+#[path = "pipeline/sdk.rs"]
+mod sdk;
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
@@ -147,7 +152,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use benches::{menu_item, order_body, payment_body, status_body};
-use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group};
 use daemon::bridge::CpuPool;
 use daemon::config::{DynamoDbSinkConfig, KinesisSourceConfig, PipelineConfig, SqsSourceConfig};
 use daemon::metrics::Metrics;
@@ -804,4 +809,9 @@ fn pipeline(c: &mut Criterion) {
 }
 
 criterion_group!(benches, pipeline);
-criterion_main!(benches);
+
+fn main() {
+    sdk::benches();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
