@@ -462,7 +462,16 @@ if backlog:
         f"started into it and sampled for {s0[-1]['secs']:.0f} s, in which it acknowledged {backlog['acked']:,.0f}: resident "
         f"memory {at(10):.0f} MiB at 10 s, {at(30):.0f} at 30 s, {at(60):.0f} at 60 s, {s0[-1]['rss_mib']:.0f} at the end; "
         f"peak {backlog['first_half_peak_mib']:.0f} MiB in the first half, {backlog['second_half_peak_mib']:.0f} in the "
-        f"second (growth {backlog['growth']:.2f}).",
+        f"second (growth {backlog['growth']:.2f})"
+        + (
+            # Runs since the samples read the daemon's order cache: how much
+            # of the growth is that cache filling towards its bound.
+            f"; the order cache, which fills towards its bound as new orders come (`order_cache_bytes`, 32 MiB "
+            f"by default), held {backlog['order_cache_mib']:.1f} MiB at the end, and resident memory less it "
+            f"grew {backlog['growth_net_of_cache']:.2f}."
+            if "growth_net_of_cache" in backlog
+            else "."
+        ),
     ]
 def counter(path, family, label=""):
     """The sum of a counter family's series (those whose labels hold `label`)

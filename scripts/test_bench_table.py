@@ -156,6 +156,25 @@ class BenchTable(unittest.TestCase):
         _, figures = self.table()
         self.assertAlmostEqual(figures["payments_floor_ns"], 10_001 * 64 / half * 1e9)
 
+    def test_the_order_cache_s_share_of_the_memory_growth(self):
+        # The stored run is older than the samples' order cache: its
+        # sentence ends at the growth (the stored table). A run that has it
+        # says what the cache held and the growth net of it.
+        def with_cache(s):
+            lines = s.splitlines(True)
+            b = json.loads(lines[-1])
+            b.update(order_cache_mib=30.4, growth_net_of_cache=0.98)
+            return "".join(lines[:-1]) + json.dumps(b) + "\n"
+
+        self.edit("backlog.txt", with_cache)
+        table, figures = self.table()
+        self.assertIn(
+            "(growth 1.05); the order cache, which fills towards its bound as new orders come (`order_cache_bytes`, "
+            "32 MiB by default), held 30.4 MiB at the end, and resident memory less it grew 0.98.",
+            table,
+        )
+        self.assertEqual(figures["backlog"]["growth_net_of_cache"], 0.98)
+
     def test_a_failed_verdict_is_shown(self):
         self.edit("menu.proc", lambda s: json.dumps(dict(json.loads(s), status=1)))
         (self.run_dir / "menu" / "summary.md").write_text("# menu-sync\n- drain 99.0 s over its limit of 60.0 s\n")

@@ -4,12 +4,17 @@
 //! admin endpoint (`process_resident_memory_bytes`) while it works through
 //! them. Memory must stay flat: what the daemon holds is bounded by its
 //! batches in flight and its caches, not by what waits on the stream.
+//! The order cache fills towards its bound (`order_cache_bytes`, 32 MiB by
+//! default) as new orders come, so each sample also reads what the daemon
+//! says it holds (`cafe_orders_cache_bytes`), and the growth is given net
+//! of it too: what grows besides a cache filling to its bound.
 //!
 //! Owns: the backlog and the samples. Must not: stop the daemon (the
 //! caller does, as it started it).
 
 use std::time::{Duration, Instant};
 
+use pipeline::metric_names::{ORDERS_CACHE_BYTES, PROCESS_RSS, SOURCE_ACKED};
 use serde::Serialize;
 use tracing::info;
 
@@ -43,6 +48,9 @@ pub struct Sample {
     pub rss_mib: f64,
     /// Messages and records acknowledged so far (every source).
     pub acked: f64,
+    /// The order caches' bytes, as the daemon estimates them, MiB (every
+    /// stream).
+    pub order_cache_mib: f64,
 }
 
 /// The measurement.
@@ -64,6 +72,10 @@ pub struct Backlog {
     pub second_half_peak_mib: f64,
     /// `second_half_peak_mib / first_half_peak_mib`: about 1 when flat.
     pub growth: f64,
+    /// The order caches at the end of the window, MiB.
+    pub order_cache_mib: f64,
+    /// As `growth`, of resident memory less the order caches.
+    pub growth_net_of_cache: f64,
     /// Every sample.
     pub samples: Vec<Sample>,
 }
@@ -97,15 +109,17 @@ pub async fn run(args: &BacklogArgs, seed: u64) -> anyhow::Result<Backlog> {
             // Not listening yet (starting) or busy: the next second.
             continue;
         };
-        let (rss, acked) = read(&text);
+        let (rss, acked, cache) = read(&text);
         if let Some(rss) = rss {
-            samples.push(Sample { secs: started.elapsed().as_secs_f64(), rss_mib: rss / 1_048_576.0, acked });
+            let secs = started.elapsed().as_secs_f64();
+            samples.push(Sample { secs, rss_mib: rss / 1_048_576.0, acked, order_cache_mib: cache / 1_048_576.0 });
         }
     }
     anyhow::ensure!(samples.len() >= 4, "only {} samples of {url} in {} s", samples.len(), args.watch_secs);
     let acked = samples.last().map_or(0.0, |s| s.acked);
     anyhow::ensure!(acked > 0.0, "the daemon acknowledged nothing of the backlog in {} s", args.watch_secs);
-    let (first, second) = halves(&samples);
+    let (first, second) = halves(&samples, |s| s.rss_mib);
+    let (first_net, second_net) = halves(&samples, |s| s.rss_mib - s.order_cache_mib);
     Ok(Backlog {
         records,
         orders: orders.len(),
@@ -115,22 +129,26 @@ pub async fn run(args: &BacklogArgs, seed: u64) -> anyhow::Result<Backlog> {
         first_half_peak_mib: first,
         second_half_peak_mib: second,
         growth: second / first,
+        order_cache_mib: samples.last().map_or(0.0, |s| s.order_cache_mib),
+        growth_net_of_cache: second_net / first_net,
         samples,
     })
 }
 
-/// (resident bytes, acknowledged messages summed over sources) from a scrape.
-fn read(text: &str) -> (Option<f64>, f64) {
+/// (resident bytes, acknowledged messages summed over sources, the order
+/// caches' bytes summed over streams) from a scrape.
+fn read(text: &str) -> (Option<f64>, f64, f64) {
     let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-    let rss = text.lines().find(|l| l.starts_with("process_resident_memory_bytes ")).and_then(value);
-    let acked = text.lines().filter(|l| l.starts_with("cafe_source_acked_messages_total{")).filter_map(value).sum();
-    (rss, acked)
+    let sum = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).filter_map(value).sum();
+    let rss_line = format!("{PROCESS_RSS} ");
+    let rss = text.lines().find(|l| l.starts_with(&rss_line)).and_then(value);
+    (rss, sum(&format!("{SOURCE_ACKED}_total{{")), sum(&format!("{ORDERS_CACHE_BYTES}{{")))
 }
 
-/// Peak RSS over the first and the second half of the samples.
-fn halves(samples: &[Sample]) -> (f64, f64) {
+/// Peak of `of` over the first and the second half of the samples.
+fn halves(samples: &[Sample], of: impl Fn(&Sample) -> f64) -> (f64, f64) {
     let mid = samples.len() / 2;
-    let peak = |s: &[Sample]| s.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
+    let peak = |s: &[Sample]| s.iter().map(&of).fold(0.0, f64::max);
     (peak(&samples[..mid]), peak(&samples[mid..]))
 }
 
@@ -142,13 +160,18 @@ mod tests {
     fn reads_rss_and_sums_acks_over_sources() {
         let text = "# HELP x\nprocess_resident_memory_bytes 10485760\n\
                     cafe_source_acked_messages_total{source=\"orders\"} 1200\n\
-                    cafe_source_acked_messages_total{source=\"menu\"} 3\ncafe_source_acked_messages_created 5\n";
-        assert_eq!(read(text), (Some(10_485_760.0), 1203.0));
+                    cafe_source_acked_messages_total{source=\"menu\"} 3\ncafe_source_acked_messages_created 5\n\
+                    cafe_orders_cache_bytes{source=\"orders\"} 2048\ncafe_orders_cache_bytes{source=\"more\"} 1024\n";
+        assert_eq!(read(text), (Some(10_485_760.0), 1203.0, 3072.0));
+        assert_eq!(read("process_resident_memory_bytes 1\n"), (Some(1.0), 0.0, 0.0));
     }
 
     #[test]
     fn growth_compares_the_second_half_with_the_first() {
-        let s = |rss_mib| Sample { secs: 0.0, rss_mib, acked: 0.0 };
-        assert_eq!(halves(&[s(40.0), s(60.0), s(58.0), s(61.0)]), (60.0, 61.0));
+        let s = |rss_mib, order_cache_mib| Sample { secs: 0.0, rss_mib, acked: 0.0, order_cache_mib };
+        let samples = [s(40.0, 1.0), s(60.0, 2.0), s(58.0, 9.0), s(61.0, 12.0)];
+        assert_eq!(halves(&samples, |s| s.rss_mib), (60.0, 61.0));
+        // Net of the cache: the first half's peak 58, the second's 49.
+        assert_eq!(halves(&samples, |s| s.rss_mib - s.order_cache_mib), (58.0, 49.0));
     }
 }
