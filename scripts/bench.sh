@@ -56,9 +56,12 @@ state=${CAFE_STACK_DIR:-$repo/.stack}
 
 # The commit the figures are of, read as the build starts (a commit made
 # while the run goes on is not what was measured); "+changes" when the
-# working tree differed from it.
+# working tree differed from it. --no-optional-locks: a plain `git status`
+# rewrites the index when it refreshes its stat data (always in a fresh
+# clone), which the daemon's build script watches (daemon/build.rs): the
+# build just below then built the daemon again and linked it once more.
 { git rev-parse --short HEAD 2>/dev/null || echo unknown; } | tr -d '\n' > "$out/commit"
-[ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || echo -n "+changes" >> "$out/commit"
+[ -z "$(git --no-optional-locks status --porcelain --untracked-files=no 2>/dev/null)" ] || echo -n "+changes" >> "$out/commit"
 # And the CPU it ran on, for the table's first line (bench_table.py may make
 # the table again from this directory, elsewhere).
 sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1 > "$out/machine"
@@ -71,9 +74,11 @@ echo "== build (release)"
 # twice. This one's daemon and loadgen are those of run-local.sh and
 # package.sh (`-p daemon -p loadgen`): the workspace asks for the features
 # the benches would add (scripts/check_features.py checks it), so after
-# either of those this builds only the benches, and they after this
-# nothing. `--bench '*'`, not `--benches`: that one also builds the
-# daemon's and loadgen's own targets as test harnesses. The benches are
+# either of those, at the same commit, this builds only the benches, and
+# they after this nothing (a commit, or a change to git's index, builds the
+# daemon again: its build script stamps the commit, daemon/build.rs).
+# `--bench '*'`, not `--benches`: that one also builds the daemon's and
+# loadgen's own targets as test harnesses. The benches are
 # then run from the executables this build names, as `cargo bench` runs
 # them (from their package's directory, with `--bench`).
 cargo build --release --locked -p daemon -p loadgen -p benches --bins --bench '*' \

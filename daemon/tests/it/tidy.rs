@@ -175,3 +175,55 @@ fn provision_and_iam_iterate_the_component_list() {
     }
     assert!(bad.is_empty(), "a component named outside its folder and components.rs:\n{}", bad.join("\n"));
 }
+
+#[test]
+fn no_script_rewrites_git_s_index_for_a_status() {
+    // The daemon's build script reruns when `.git/index` changes
+    // (daemon/build.rs stamps the commit), and a plain `git status`
+    // rewrites the index whenever it refreshes its stat data, always in a
+    // fresh clone: bench.sh's did, and its release build then built the
+    // daemon again and linked it once more. Every `git status` the project
+    // runs is `git --no-optional-locks status`.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = vec![root.join("daemon/build.rs"), root.join(".ci/run")];
+    let mut dirs = vec![root.join("scripts")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                if !path.ends_with("testdata") {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "sh" || e == "py") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut bad = Vec::new();
+    let mut statuses = 0;
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("read script");
+        for (i, line) in text.lines().enumerate() {
+            let t = line.trim_start();
+            if t.starts_with('#') || t.starts_with("//") {
+                continue;
+            }
+            // `git status`, `git -C dir status`, `["git", "status"]`, or
+            // the argument list of a `Command::new("git")` (build.rs).
+            let words: Vec<&str> = t.split(|c: char| !c.is_ascii_alphanumeric() && c != '-').filter(|w| !w.is_empty()).collect();
+            let in_shell = words.iter().position(|w| *w == "git").is_some_and(|g| words[g..].contains(&"status"));
+            let in_rust = f.extension().is_some_and(|e| e == "rs") && t.contains("\"status\"");
+            let git_status = in_shell || in_rust;
+            if git_status {
+                statuses += 1;
+                if !t.contains("--no-optional-locks") {
+                    bad.push(format!("{}:{}: {}", f.strip_prefix(&root).unwrap_or(f).display(), i + 1, t));
+                }
+            }
+        }
+    }
+    // bench.sh's and build.rs's at least: a test that finds none checks nothing.
+    assert!(statuses >= 2, "found {statuses} `git status` calls; the scan no longer sees them");
+    assert!(bad.is_empty(), "a `git status` without --no-optional-locks (it may rewrite .git/index):\n{}", bad.join("\n"));
+}
