@@ -456,6 +456,7 @@ if (menu_kernel_run_ns or kernel["menu_item"]) and menu.get("sent"):
 if backlog:
     s0 = backlog["samples"]
     at = lambda secs: next((x["rss_mib"] for x in s0 if x["secs"] >= secs), s0[-1]["rss_mib"])
+    cache_at = lambda secs: next((x["order_cache_mib"] for x in s0 if x["secs"] >= secs), s0[-1]["order_cache_mib"])
     lines += [
         "",
         f"Memory under a backlog: {backlog['records']:,} records on the stream ({backlog['orders']:,} orders), the daemon "
@@ -467,9 +468,9 @@ if backlog:
             # Runs since the samples read the daemon's order cache: how much
             # of the growth is that cache filling towards its bound.
             f"; the order cache, which fills towards its bound as new orders come (`order_cache_bytes`, 32 MiB "
-            f"by default), held {backlog['order_cache_mib']:.1f} MiB at the end, and resident memory less it "
-            f"grew {backlog['growth_net_of_cache']:.2f}."
-            if "growth_net_of_cache" in backlog
+            f"by default), held {cache_at(10):.1f} MiB at 10 s and {backlog['order_cache_mib']:.1f} at the end by its "
+            f"own estimate, and resident memory less that estimate grew {backlog['growth_net_of_cache']:.2f}."
+            if backlog.get("growth_net_of_cache") is not None and backlog.get("order_cache_mib") is not None
             else "."
         ),
     ]

@@ -164,16 +164,23 @@ class BenchTable(unittest.TestCase):
             lines = s.splitlines(True)
             b = json.loads(lines[-1])
             b.update(order_cache_mib=30.4, growth_net_of_cache=0.98)
+            for x in b["samples"]:
+                x["order_cache_mib"] = min(x["secs"] * 2.5, 30.4)
             return "".join(lines[:-1]) + json.dumps(b) + "\n"
 
         self.edit("backlog.txt", with_cache)
         table, figures = self.table()
         self.assertIn(
             "(growth 1.05); the order cache, which fills towards its bound as new orders come (`order_cache_bytes`, "
-            "32 MiB by default), held 30.4 MiB at the end, and resident memory less it grew 0.98.",
+            "32 MiB by default), held 25.0 MiB at 10 s and 30.4 at the end by its own estimate, and resident memory less that "
+            "estimate grew 0.98.",
             table,
         )
-        self.assertEqual(figures["backlog"]["growth_net_of_cache"], 0.98)
+        # A run whose daemon gave no figure (null): the sentence as before.
+        self.edit("backlog.txt", lambda s: s.replace('"growth_net_of_cache": 0.98', '"growth_net_of_cache": null'))
+        table, _ = self.table()
+        self.assertIn("(growth 1.05).", table)
+        self.assertNotIn("order cache", table)
 
     def test_a_failed_verdict_is_shown(self):
         self.edit("menu.proc", lambda s: json.dumps(dict(json.loads(s), status=1)))

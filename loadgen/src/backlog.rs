@@ -49,8 +49,8 @@ pub struct Sample {
     /// Messages and records acknowledged so far (every source).
     pub acked: f64,
     /// The order caches' bytes, as the daemon estimates them, MiB (every
-    /// stream).
-    pub order_cache_mib: f64,
+    /// stream); none from a daemon that does not report them.
+    pub order_cache_mib: Option<f64>,
 }
 
 /// The measurement.
@@ -73,9 +73,10 @@ pub struct Backlog {
     /// `second_half_peak_mib / first_half_peak_mib`: about 1 when flat.
     pub growth: f64,
     /// The order caches at the end of the window, MiB.
-    pub order_cache_mib: f64,
-    /// As `growth`, of resident memory less the order caches.
-    pub growth_net_of_cache: f64,
+    pub order_cache_mib: Option<f64>,
+    /// As `growth`, of resident memory less the order caches (none when a
+    /// sample has no cache figure or the first half's peak is not above 0).
+    pub growth_net_of_cache: Option<f64>,
     /// Every sample.
     pub samples: Vec<Sample>,
 }
@@ -112,14 +113,13 @@ pub async fn run(args: &BacklogArgs, seed: u64) -> anyhow::Result<Backlog> {
         let (rss, acked, cache) = read(&text);
         if let Some(rss) = rss {
             let secs = started.elapsed().as_secs_f64();
-            samples.push(Sample { secs, rss_mib: rss / 1_048_576.0, acked, order_cache_mib: cache / 1_048_576.0 });
+            samples.push(Sample { secs, rss_mib: rss / 1_048_576.0, acked, order_cache_mib: cache.map(|c| c / 1_048_576.0) });
         }
     }
     anyhow::ensure!(samples.len() >= 4, "only {} samples of {url} in {} s", samples.len(), args.watch_secs);
     let acked = samples.last().map_or(0.0, |s| s.acked);
     anyhow::ensure!(acked > 0.0, "the daemon acknowledged nothing of the backlog in {} s", args.watch_secs);
     let (first, second) = halves(&samples, |s| s.rss_mib);
-    let (first_net, second_net) = halves(&samples, |s| s.rss_mib - s.order_cache_mib);
     Ok(Backlog {
         records,
         orders: orders.len(),
@@ -129,20 +129,34 @@ pub async fn run(args: &BacklogArgs, seed: u64) -> anyhow::Result<Backlog> {
         first_half_peak_mib: first,
         second_half_peak_mib: second,
         growth: second / first,
-        order_cache_mib: samples.last().map_or(0.0, |s| s.order_cache_mib),
-        growth_net_of_cache: second_net / first_net,
+        order_cache_mib: samples.last().and_then(|s| s.order_cache_mib),
+        growth_net_of_cache: growth_net_of_cache(&samples),
         samples,
     })
 }
 
 /// (resident bytes, acknowledged messages summed over sources, the order
-/// caches' bytes summed over streams) from a scrape.
-fn read(text: &str) -> (Option<f64>, f64, f64) {
+/// caches' bytes summed over streams if the daemon reports them) from a
+/// scrape.
+fn read(text: &str) -> (Option<f64>, f64, Option<f64>) {
     let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-    let sum = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).filter_map(value).sum();
-    let rss_line = format!("{PROCESS_RSS} ");
-    let rss = text.lines().find(|l| l.starts_with(&rss_line)).and_then(value);
-    (rss, sum(&format!("{SOURCE_ACKED}_total{{")), sum(&format!("{ORDERS_CACHE_BYTES}{{")))
+    let values = |prefix: String| text.lines().filter(move |l| l.starts_with(&prefix)).filter_map(value);
+    let rss = values(format!("{PROCESS_RSS} ")).next();
+    let acked = values(format!("{SOURCE_ACKED}_total{{")).sum();
+    let mut caches = values(format!("{ORDERS_CACHE_BYTES}{{")).peekable();
+    let cache = caches.peek().is_some().then(|| caches.sum());
+    (rss, acked, cache)
+}
+
+/// Second half's peak over the first's of resident memory less the order
+/// caches, when every sample has the caches' figure and the first peak is
+/// above zero.
+fn growth_net_of_cache(samples: &[Sample]) -> Option<f64> {
+    if samples.iter().any(|s| s.order_cache_mib.is_none()) {
+        return None;
+    }
+    let (first, second) = halves(samples, |s| s.rss_mib - s.order_cache_mib.unwrap_or(0.0));
+    (first > 0.0).then(|| second / first)
 }
 
 /// Peak of `of` over the first and the second half of the samples.
@@ -162,16 +176,22 @@ mod tests {
                     cafe_source_acked_messages_total{source=\"orders\"} 1200\n\
                     cafe_source_acked_messages_total{source=\"menu\"} 3\ncafe_source_acked_messages_created 5\n\
                     cafe_orders_cache_bytes{source=\"orders\"} 2048\ncafe_orders_cache_bytes{source=\"more\"} 1024\n";
-        assert_eq!(read(text), (Some(10_485_760.0), 1203.0, 3072.0));
-        assert_eq!(read("process_resident_memory_bytes 1\n"), (Some(1.0), 0.0, 0.0));
+        assert_eq!(read(text), (Some(10_485_760.0), 1203.0, Some(3072.0)));
+        // A daemon that does not report its order caches: none, not 0.
+        assert_eq!(read("process_resident_memory_bytes 1\n"), (Some(1.0), 0.0, None));
     }
 
     #[test]
     fn growth_compares_the_second_half_with_the_first() {
-        let s = |rss_mib, order_cache_mib| Sample { secs: 0.0, rss_mib, acked: 0.0, order_cache_mib };
-        let samples = [s(40.0, 1.0), s(60.0, 2.0), s(58.0, 9.0), s(61.0, 12.0)];
+        let s = |rss_mib, cache: Option<f64>| Sample { secs: 0.0, rss_mib, acked: 0.0, order_cache_mib: cache };
+        let samples = [s(40.0, Some(1.0)), s(60.0, Some(2.0)), s(58.0, Some(9.0)), s(61.0, Some(12.0))];
         assert_eq!(halves(&samples, |s| s.rss_mib), (60.0, 61.0));
         // Net of the cache: the first half's peak 58, the second's 49.
-        assert_eq!(halves(&samples, |s| s.rss_mib - s.order_cache_mib), (58.0, 49.0));
+        assert_eq!(growth_net_of_cache(&samples), Some(49.0 / 58.0));
+        // No figure from a sample, or nothing left of the first half: none.
+        let mut missing = samples;
+        missing[3].order_cache_mib = None;
+        assert_eq!(growth_net_of_cache(&missing), None);
+        assert_eq!(growth_net_of_cache(&[s(4.0, Some(5.0)), s(6.0, Some(5.0))]), None);
     }
 }
