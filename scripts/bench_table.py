@@ -456,7 +456,9 @@ if (menu_kernel_run_ns or kernel["menu_item"]) and menu.get("sent"):
 if backlog:
     s0 = backlog["samples"]
     at = lambda secs: next((x["rss_mib"] for x in s0 if x["secs"] >= secs), s0[-1]["rss_mib"])
-    cache_at = lambda secs: next((x["order_cache_mib"] for x in s0 if x["secs"] >= secs), s0[-1]["order_cache_mib"])
+    # A sample without the cache's figure came before the cache's series
+    # existed (backlog.rs): an empty cache.
+    cache_at = lambda secs: next((x.get("order_cache_mib") or 0.0 for x in s0 if x["secs"] >= secs), 0.0)
     lines += [
         "",
         f"Memory under a backlog: {backlog['records']:,} records on the stream ({backlog['orders']:,} orders), the daemon "

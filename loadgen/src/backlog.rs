@@ -74,8 +74,9 @@ pub struct Backlog {
     pub growth: f64,
     /// The order caches at the end of the window, MiB.
     pub order_cache_mib: Option<f64>,
-    /// As `growth`, of resident memory less the order caches (none when a
-    /// sample has no cache figure or the first half's peak is not above 0).
+    /// As `growth`, of resident memory less the order caches (none when
+    /// the daemon reports no cache figure or the first half's peak is not
+    /// above 0).
     pub growth_net_of_cache: Option<f64>,
     /// Every sample.
     pub samples: Vec<Sample>,
@@ -149,10 +150,12 @@ fn read(text: &str) -> (Option<f64>, f64, Option<f64>) {
 }
 
 /// Second half's peak over the first's of resident memory less the order
-/// caches, when every sample has the caches' figure and the first peak is
-/// above zero.
+/// caches, when the daemon reports the caches' figure and the first peak
+/// is above zero. A sample without the figure from a daemon that reports
+/// it counts an empty cache: the first scrape can come before the orders
+/// input has made its cache and series.
 fn growth_net_of_cache(samples: &[Sample]) -> Option<f64> {
-    if samples.iter().any(|s| s.order_cache_mib.is_none()) {
+    if samples.iter().all(|s| s.order_cache_mib.is_none()) {
         return None;
     }
     let (first, second) = halves(samples, |s| s.rss_mib - s.order_cache_mib.unwrap_or(0.0));
@@ -188,10 +191,15 @@ mod tests {
         assert_eq!(halves(&samples, |s| s.rss_mib), (60.0, 61.0));
         // Net of the cache: the first half's peak 58, the second's 49.
         assert_eq!(growth_net_of_cache(&samples), Some(49.0 / 58.0));
-        // No figure from a sample, or nothing left of the first half: none.
-        let mut missing = samples;
-        missing[3].order_cache_mib = None;
-        assert_eq!(growth_net_of_cache(&missing), None);
+        // The first scrape before the cache's series exists: an empty cache.
+        let mut starting = samples;
+        starting[0].order_cache_mib = None;
+        assert_eq!(growth_net_of_cache(&starting), Some(49.0 / 58.0));
+        let mut late = samples;
+        late[1].order_cache_mib = None;
+        assert_eq!(growth_net_of_cache(&late), Some(49.0 / 60.0));
+        // A daemon that reports no cache, or nothing left of the first half: none.
+        assert_eq!(growth_net_of_cache(&samples.map(|x| Sample { order_cache_mib: None, ..x })), None);
         assert_eq!(growth_net_of_cache(&[s(4.0, Some(5.0)), s(6.0, Some(5.0))]), None);
     }
 }
