@@ -5,11 +5,16 @@
 use std::path::{Path, PathBuf};
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    files_ending(dir, &["rs"], out);
+}
+
+/// Every file under `dir` whose extension is one of `extensions`.
+fn files_ending(dir: &Path, extensions: &[&str], out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read dir") {
         let path = entry.expect("entry").path();
         if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
+            files_ending(&path, extensions, out);
+        } else if path.extension().is_some_and(|e| extensions.iter().any(|x| e == *x)) {
             out.push(path);
         }
     }
@@ -186,19 +191,7 @@ fn no_script_rewrites_git_s_index_for_a_status() {
     // runs is `git --no-optional-locks status`.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = vec![root.join("daemon/build.rs"), root.join(".ci/run")];
-    let mut dirs = vec![root.join("scripts")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                if !path.ends_with("testdata") {
-                    dirs.push(path);
-                }
-            } else if path.extension().is_some_and(|e| e == "sh" || e == "py") {
-                files.push(path);
-            }
-        }
-    }
+    files_ending(&root.join("scripts"), &["sh", "py"], &mut files);
     files.sort();
     let mut bad = Vec::new();
     let mut statuses = 0;
