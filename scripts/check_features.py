@@ -72,12 +72,12 @@ def show(sets):
     return " and ".join("[" + ", ".join(sorted(s)) + "]" for s in sorted(sets, key=sorted))
 
 
-def main():
-    target = host()
+def differences(shipped, bench, every, every_bench):
+    """Lines naming each crate the two builds make apart: `shipped` and
+    `bench` are the program's side of the release build and of the bench
+    build, `every` and `every_bench` both sides (`features`' maps)."""
     differ = []
     # The program's side: the same features, exactly.
-    shipped = features(["daemon", "loadgen"], "normal,no-proc-macro", target)
-    bench = features(["daemon", "loadgen", "benches"], "normal,dev,no-proc-macro", target)
     for name, sets in sorted(shipped.items()):
         if bench.get(name) != sets:
             more = set().union(*bench.get(name, set())) - set().union(*sets)
@@ -85,13 +85,24 @@ def main():
             differ.append(f"  {name}: the bench build {said}")
     # Both sides: each set of features the release build makes a crate
     # with, the bench build makes it with too.
-    every = features(["daemon", "loadgen"], "normal,build", target)
-    every_bench = features(["daemon", "loadgen", "benches"], "normal,build,dev", target)
     for name, sets in sorted(every.items()):
         reported = name in shipped and bench.get(name) != shipped[name]
         if not reported and not sets <= every_bench.get(name, set()):
             differ.append(f"  {name} (for build scripts or procedural macros): the bench build has "
                           f"{show(every_bench.get(name, set()))} against {show(sets)}")
+    return differ
+
+
+def main():
+    target = host()
+    shipped = features(["daemon", "loadgen"], "normal,no-proc-macro", target)
+    every = features(["daemon", "loadgen"], "normal,build", target)
+    differ = differences(
+        shipped,
+        features(["daemon", "loadgen", "benches"], "normal,dev,no-proc-macro", target),
+        every,
+        features(["daemon", "loadgen", "benches"], "normal,build,dev", target),
+    )
     if differ:
         print("check_features: these dependencies of the daemon and loadgen resolve to other features "
               "when bench.sh builds the benches with them, so bench.sh and run-local.sh / package.sh "

@@ -45,6 +45,7 @@ phase "bench table: scripts/bench_table.py on a stored run of bench.sh"
 python3 scripts/test_bench_table.py
 
 phase "features: the release builds with and without the benches resolve the same (scripts/check_features.py)"
+python3 scripts/test_check_features.py
 python3 scripts/check_features.py
 
 phase "unit and integration tests"
