@@ -87,13 +87,15 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
-/// Label set `{version, commit}`.
+/// Label set `{version, commit, allocator}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabel {
     /// Crate version.
     pub version: &'static str,
     /// Git commit the binary was built from.
     pub commit: &'static str,
+    /// The allocator and its version (`crate::allocator`).
+    pub allocator: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -430,8 +432,14 @@ impl Metrics {
         registry.register_collector(Box::new(ProcessCollector));
         registry.register_collector(Box::new(ComponentCollector(std::sync::Arc::clone(&m.components))));
         let build = Family::<BuildLabel, Gauge>::default();
-        build.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION"), commit: crate::GIT_COMMIT }).set(1);
-        registry.register(n::BUILD_INFO, "Build version and commit; value 1", build);
+        build
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: crate::GIT_COMMIT,
+                allocator: crate::allocator(),
+            })
+            .set(1);
+        registry.register(n::BUILD_INFO, "Build version, commit and allocator; value 1", build);
         for reason in pipeline::RejectReason::ALL {
             let _ = m.pipeline_rejected.get_or_create(&ReasonLabel { reason: reason.code() });
         }
@@ -629,7 +637,7 @@ mod tests {
         assert!(text.contains("cafe_source_received_messages_total{source=\"q\"} 1"), "{text}");
         assert!(text.contains("cafe_pipeline_e2e_latency_seconds_bucket{le=\"0.25\",source=\"q\"} 1"), "{text}");
         assert!(text.contains("cafe_pipeline_rejected_events_total{reason=\"bad_json\"} 0"), "{text}");
-        assert!(text.contains("cafe_build_info{"), "{text}");
+        assert!(text.contains(&format!("allocator=\"{}\"", crate::allocator())), "{text}");
         assert!(text.contains("process_cpu_seconds_total "), "{text}");
         let classic = m.encode_text();
         assert!(classic.contains("# TYPE cafe_source_received_messages_total counter\n"), "{classic}");
