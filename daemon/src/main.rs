@@ -14,8 +14,10 @@ use tracing::{error, info};
 /// path glibc's malloc and free (with their free-list consolidation) took
 /// about a third of the shard stage's CPU (`benches/benches/pipeline.rs`, under
 /// perf); with mimalloc the stage took 26% less time per event, the
-/// decode-and-apply kernel 17% less. Its version 2, which the workspace
-/// asks for (`daemon::allocator` says which one runs).
+/// decode-and-apply kernel 17% less (`daemon::allocator` says which
+/// version runs). The `system-allocator` feature leaves glibc's, for heap
+/// profilers.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
