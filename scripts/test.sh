@@ -56,6 +56,11 @@ phase "unit and integration tests"
 # start, instead of a compile racing the chaos tests.
 cargo build --workspace --all-targets --locked
 cargo test --workspace --all-targets --locked
+# The daemon's lib on glibc's malloc (the `system-allocator` feature, for
+# heap profilers): its tests, the build info's label among them. Only the
+# lib's test binary: a build of the daemon's binary here would put that
+# variant at target/debug/cafe-streamd, which the phases below run.
+cargo test -p daemon --lib --features system-allocator --locked
 
 phase "end to end: cold-start at scale ${CAFE_E2E_SCALE:-0.05} (daemon restarted into the burst)"
 # Both binaries come from the build above.

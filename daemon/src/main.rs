@@ -233,7 +233,8 @@ async fn run(config: Config, path: Option<PathBuf>, logging: daemon::logging::Lo
     // its first long polls open at SQS (their messages then stayed
     // invisible for a visibility timeout).
     let shutdown = shutdown_signal()?;
-    info!(version = VERSION, allocator = %daemon::allocator(), "Starting cafe-streamd");
+    let allocator = daemon::allocator();
+    info!(version = VERSION, allocator = allocator.as_str(), "Starting cafe-streamd");
     // From here SIGHUP no longer ends the process: it reloads.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;

@@ -637,7 +637,8 @@ mod tests {
         assert!(text.contains("cafe_source_received_messages_total{source=\"q\"} 1"), "{text}");
         assert!(text.contains("cafe_pipeline_e2e_latency_seconds_bucket{le=\"0.25\",source=\"q\"} 1"), "{text}");
         assert!(text.contains("cafe_pipeline_rejected_events_total{reason=\"bad_json\"} 0"), "{text}");
-        assert!(text.contains(&format!("allocator=\"{}\"", crate::allocator())), "{text}");
+        let build = text.lines().find(|l| l.starts_with("cafe_build_info{")).unwrap_or_else(|| panic!("{text}"));
+        assert!(build.contains(&format!("allocator=\"{}\"", crate::allocator())), "{build}");
         assert!(text.contains("process_cpu_seconds_total "), "{text}");
         let classic = m.encode_text();
         assert!(classic.contains("# TYPE cafe_source_received_messages_total counter\n"), "{classic}");

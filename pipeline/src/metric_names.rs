@@ -138,7 +138,8 @@ pub const SINK_REQUESTS: &str = "cafe_sink_requests";
 pub const AWS_REQUESTS: &str = "cafe_aws_requests";
 /// Sink write latency, including retries. Labels: `sink`.
 pub const SINK_WRITE_DURATION: &str = "cafe_sink_write_duration_seconds";
-/// Build version and commit; value 1. Labels: `version`, `commit`.
+/// Build version, commit and allocator; value 1. Labels: `version`,
+/// `commit`, `allocator` (`mimalloc 3.3.2`, or `system`).
 pub const BUILD_INFO: &str = "cafe_build_info";
 /// Bytes of records or messages received from a source. Labels: `source`.
 pub const SOURCE_RECEIVED_BYTES: &str = "cafe_source_received_bytes";
