@@ -613,21 +613,31 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
         .map(|w| (page_of(w), w.staged - staged_before))
         .filter(|&(page, staged)| page.is_none_or(|page| page + 1 < pages_read && staged < page + 2))
         .collect();
+    // And the two batches after it, most often (`DECIDE_AHEAD` in
+    // `sources/kinesis/shard.rs`): the pool finds the next batch waiting
+    // when it ends one. Not every write: a wake-up of the shard's task
+    // that finds two decides ended takes up both batches before it reads
+    // on, and the batches read and not yet durable are bounded
+    // (`max_batches_in_flight`). With one batch handed to the pool at a
+    // time, no write was made with two after it in the decide stage.
+    let two_ahead = watched.iter().filter(|w| page_of(w).is_some_and(|page| w.staged - staged_before >= page + 3)).count();
     let mut written: Vec<i64> = watched.iter().filter_map(page_of).collect();
     written.sort_unstable();
     written.dedup();
     eprintln!(
-        "orders, in-memory store: {} writes for {pages_read} batches, {} made before the next batch was handed to the pool",
+        "orders, in-memory store: {} writes for {pages_read} batches, {} made before the next batch was handed to the pool, \
+         {two_ahead} after the two batches after it were",
         watched.len(),
         early.len()
     );
     assert_eq!(written, (0..pages_read).collect::<Vec<_>>(), "orders: the batches written (each page one batch)");
     assert!(early.is_empty(), "orders: writes (batch, batches handed to the pool by then) made too early: {early:?}");
+    assert!(two_ahead > 0, "orders: no write made after the two batches after it were handed to the pool");
 
     // A write that ends in the same wake-up of the shard's task as the
-    // next batch's decide (each held while a decide is under way) does not
-    // split that batch: the shard takes up the ended writes before it
-    // splits. Taken up after the split, they made 17 writes for the
+    // next batch's decide (each held until the task takes up the next
+    // decided batch, or no batch is being decided) does not split that
+    // batch: the shard takes up the ended writes before it splits. Taken up after the split, they made 17 writes for the
     // 10 batches in 4 runs of 4, each blocked part an extra call.
     store.clear();
     assert_eq!(memory_orders::deciding(&router.metrics), 0, "orders: a decide left under way (a held write would wait for it)");

@@ -33,10 +33,13 @@ pub struct MemoryOrders {
     versions: Mutex<HashMap<String, usize>>,
     /// The stage's metrics, while the writes are watched (not in timed runs).
     pub watching: Mutex<Option<Arc<Metrics>>>,
-    /// The stage's metrics, while each write is held until no batch is in
-    /// the decide stage ([`deciding`]): a write made while the next batch
-    /// was being decided ends in the wake-up of the shard's task that
-    /// takes that decide up, as a response that came in meanwhile would.
+    /// The stage's metrics, while each write is held until the shard's
+    /// task has taken up one more decided batch than when the write was
+    /// made ([`taken`]), or no batch is in the decide stage ([`deciding`]):
+    /// a write made while the next batch was being decided ends in the
+    /// wake-up of the shard's task that takes that decide up, as a response
+    /// that came in meanwhile would (whatever batches after it are in the
+    /// decide stage too).
     pub holding: Mutex<Option<Arc<Metrics>>>,
     /// Calls of `write_orders`.
     pub writes: AtomicU64,
@@ -88,7 +91,13 @@ pub fn staged(metrics: &Metrics) -> i64 {
 /// taken up (`cafe_pipeline_stage_duration_seconds{stage="decide"}`,
 /// observed when the decide's future ends).
 pub fn deciding(metrics: &Metrics) -> i64 {
-    staged(metrics) - count(metrics, "cafe_pipeline_stage_duration_seconds")
+    staged(metrics) - taken(metrics)
+}
+
+/// Batches whose decide the shard's task has taken up (their futures
+/// ended): the count of `cafe_pipeline_stage_duration_seconds{stage="decide"}`.
+pub fn taken(metrics: &Metrics) -> i64 {
+    count(metrics, "cafe_pipeline_stage_duration_seconds")
 }
 
 /// The count of a histogram `family`'s decide stage.
@@ -150,8 +159,9 @@ impl OrderStore for MemoryOrders {
             None => Box::pin(ready(outcomes)),
             Some(metrics) => {
                 let mut outcomes = Some(outcomes);
+                let taken_before = taken(&metrics);
                 Box::pin(poll_fn(move |cx| {
-                    if deciding(&metrics) > 0 {
+                    if taken(&metrics) == taken_before && deciding(&metrics) > 0 {
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }

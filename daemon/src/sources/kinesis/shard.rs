@@ -23,7 +23,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::FuturesUnordered;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, StreamExt};
 use pipeline::orders::order_id;
 use smallvec::SmallVec;
@@ -88,6 +88,15 @@ pub async fn wait_for_parents(path: &ShardContext, lease: &Lease, stop: &Cancell
 /// records that arrived just before the first take may be read; none after
 /// it can be skipped.
 const LATEST_CLOCK_ALLOWANCE_MS: i64 = 5_000;
+
+/// Batches of a shard handed to the CPU pool at once. Two: the pool finds
+/// the next batch waiting when it ends one, instead of idling until this
+/// task has woken, taken the decided batch and read the next (a wake-up
+/// and a page's worth of work per batch, about a sixth of the shard
+/// stage's time in `benches/benches/pipeline.rs`). Their results are taken
+/// in shard order, so the claims of orders in flight are made in shard
+/// order as before.
+const DECIDE_AHEAD: usize = 2;
 
 /// Where a newly taken lease's reading starts: its checkpoint, except that
 /// `LATEST` is first pinned in the lease table to the time of this take
@@ -168,8 +177,9 @@ pub async fn process_shard(
     let mut writing = FuturesUnordered::new();
     let mut held: VecDeque<Part> = VecDeque::new();
     let mut claims = Claims::default();
-    // The one batch being decided; the claim of a part writing alone.
-    let mut deciding = None;
+    // The batches being decided, in shard order (up to `DECIDE_AHEAD`);
+    // the claim of a part writing alone.
+    let mut deciding = FuturesOrdered::new();
     let mut alone: Option<u64> = None;
     let mut end_read = false;
     let mut draining = false;
@@ -192,7 +202,7 @@ pub async fn process_shard(
                 }
                 Durable::Stopped => {
                     draining = true;
-                    deciding = None;
+                    deciding.clear();
                     held.clear();
                 }
                 Durable::Lost => return ShardExit::Lost,
@@ -227,7 +237,7 @@ pub async fn process_shard(
         }
         let can_read = !draining
             && !end_read
-            && deciding.is_none()
+            && deciding.len() < DECIDE_AHEAD
             && ledger.len() < max_in_flight
             && alone.is_none()
             && !held.iter().any(|part| part.alone);
@@ -239,17 +249,16 @@ pub async fn process_shard(
                 // its next retry) and is checkpointed; what was not yet
                 // written is left to the next holder.
                 draining = true;
-                deciding = None;
+                deciding.clear();
                 held.clear();
             }
-            // The next batch is read and handed to the CPU pool before the
+            // The next batches are read and handed to the CPU pool before the
             // writes are polled: a write's state machine and cache work run
             // on this task, synchronously until its first request, and
             // polled first they kept the pool idle meanwhile (decide and
             // write took turns instead of overlapping). (Except below: a
             // batch with an order a write claims.)
-            decided = async { deciding.as_mut().expect("guarded").await }, if deciding.is_some() => {
-                deciding = None;
+            Some(decided) = deciding.next(), if !deciding.is_empty() => {
                 let (no, batch): (u64, DecidedBatch) = decided;
                 let keys = order_keys(&batch, &claims);
                 // A batch with an order a write claims: the writes that have
@@ -309,7 +318,7 @@ pub async fn process_shard(
                             .map(|(r, aggregated)| Input { position: r.position(&names, aggregated), data: r.data })
                             .collect();
                         let router = &path.router;
-                        deciding = Some(Box::pin(async move { (no, router.decide(inputs).await) }));
+                        deciding.push_back(async move { (no, router.decide(inputs).await) });
                     } else {
                         ledger.set_parts(no, 0);
                         for (last, count) in ledger.part_done_none() {
@@ -320,7 +329,7 @@ pub async fn process_shard(
                 }
                 None => {
                     draining = true;
-                    deciding = None;
+                    deciding.clear();
                     held.clear();
                 }
             },
