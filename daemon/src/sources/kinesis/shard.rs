@@ -92,7 +92,7 @@ const LATEST_CLOCK_ALLOWANCE_MS: i64 = 5_000;
 /// Batches of a shard handed to the CPU pool at once. Two: the pool finds
 /// the next batch waiting when it ends one, instead of idling until this
 /// task has woken, taken the decided batch and read the next (a wake-up
-/// and a page's worth of work per batch, about a sixth of the shard
+/// and a page's worth of work per batch, about a seventh of the shard
 /// stage's time in `benches/benches/pipeline.rs`). Their results are taken
 /// in shard order, so the claims of orders in flight are made in shard
 /// order as before.
