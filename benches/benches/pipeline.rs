@@ -157,7 +157,9 @@ use daemon::bridge::CpuPool;
 use daemon::config::{DynamoDbSinkConfig, KinesisSourceConfig, PipelineConfig, SqsSourceConfig};
 use daemon::metrics::Metrics;
 use daemon::route::decide::decide_batch;
-use daemon::route::{Decided, Input, OrderCaches, OrderHasher, OrderStore, Router, Scoring, Tunables, Tuned, Work};
+use daemon::route::{
+    Decided, FraudStateCache, Input, OrderCaches, OrderHasher, OrderStore, Router, Scoring, Tunables, Tuned, Work,
+};
 use daemon::sinks::dynamodb::DynamoDbSink;
 use daemon::sinks::rejected::RejectedSink;
 use daemon::sources::kinesis::leases::Leases;
@@ -547,7 +549,14 @@ fn through_shard(rt: &Runtime, context: Arc<ShardContext>, generation: i64, page
 fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &FraudConfig) {
     let (end, http) = MemoryDynamoDb::new();
     let dynamodb = dynamodb_client(Some(http));
-    let router = rt.block_on(router(config, fraud, dynamodb.clone()));
+    // The daemon's default fraud history, shared in DynamoDB (`[fraud]
+    // state`): payments are scored in the write stage, and a shard hands
+    // two batches at once to the pool (one with the history in the process,
+    // checked below). No payment here: nothing is scored either way.
+    let router = Router {
+        scoring: Scoring::Shared { cache: Arc::new(FraudStateCache::new(fraud.max_tracked_keys, None)) },
+        ..rt.block_on(router(config, fraud, dynamodb.clone()))
+    };
     let events = order_events();
     let max_records = KinesisSourceConfig::default().max_records as usize;
     assert_eq!(orders_kernel(&events), ORDERS as usize, "orders: the kernel's orders");
@@ -634,14 +643,41 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
     assert!(early.is_empty(), "orders: writes (batch, batches handed to the pool by then) made too early: {early:?}");
     assert!(two_ahead > 0, "orders: no write made after the two batches after it were handed to the pool");
 
+    // With the fraud history in the process, one batch at a time: two on
+    // the pool at once would reach the history in whichever order they
+    // ended. No write is made after the two batches after it were handed
+    // over (the same count, 6-7 of 10 with two).
+    *store.watching.lock().expect("the store's lock") = Some(Arc::clone(&router.metrics));
+    store.clear();
+    let process = Router { scoring: Scoring::Process(Arc::new(Mutex::new(fresh_engine(fraud)))), ..in_memory.clone() };
+    let (context, generation) = leased_shard(rt, &process, config, &dynamodb);
+    let staged_before = staged(&router.metrics);
+    let exit = through_shard(rt, context, generation, pages(&events, max_records), Ahead::Everything);
+    assert_eq!(exit, ShardExit::Ended, "orders, history in the process: the shard was read to its end and checkpointed");
+    checked(&store);
+    store.watching.lock().expect("the store's lock").take();
+    let watched = std::mem::take(&mut *store.watched.lock().expect("the store's lock"));
+    let two_ahead = watched.iter().filter(|w| page_of(w).is_some_and(|page| w.staged - staged_before >= page + 3)).count();
+    eprintln!(
+        "orders, history in the process: {two_ahead} of {} writes after the two batches after it were handed to the pool",
+        watched.len()
+    );
+    assert_eq!(two_ahead, 0, "orders, history in the process: batches decided two at a time");
+
     // A write that ends in the same wake-up of the shard's task as the
-    // next batch's decide (each held until the task takes up the next
-    // decided batch, or no batch is being decided) does not split that
-    // batch: the shard takes up the ended writes before it splits. Taken up after the split, they made 17 writes for the
-    // 10 batches in 4 runs of 4, each blocked part an extra call.
+    // next batch's decide (each held until the batch after its own has
+    // left the decide stage, or no batch is in it: `memory_orders::Hold`)
+    // does not split that batch: the shard takes up the ended writes
+    // before it splits. Taken up after the split, they made 17 writes for
+    // the 10 batches in 4 runs of 4, each blocked part an extra call.
     store.clear();
     assert_eq!(memory_orders::deciding(&router.metrics), 0, "orders: a decide left under way (a held write would wait for it)");
-    *store.holding.lock().expect("the store's lock") = Some(Arc::clone(&router.metrics));
+    *store.holding.lock().expect("the store's lock") = Some(memory_orders::Hold {
+        metrics: Arc::clone(&router.metrics),
+        taken_before: memory_orders::taken(&router.metrics),
+        sequence_before: SEQUENCE_BEFORE,
+        per_page: max_records as u128,
+    });
     let (context, generation) = leased_shard(rt, &in_memory, config, &dynamodb);
     let exit = through_shard(rt, context, generation, pages(&events, max_records), Ahead::Everything);
     store.holding.lock().expect("the store's lock").take();

@@ -33,14 +33,9 @@ pub struct MemoryOrders {
     versions: Mutex<HashMap<String, usize>>,
     /// The stage's metrics, while the writes are watched (not in timed runs).
     pub watching: Mutex<Option<Arc<Metrics>>>,
-    /// The stage's metrics, while each write is held until the shard's
-    /// task has taken up one more decided batch than when the write was
-    /// made ([`taken`]), or no batch is in the decide stage ([`deciding`]):
-    /// a write made while the next batch was being decided ends in the
-    /// wake-up of the shard's task that takes that decide up, as a response
-    /// that came in meanwhile would (whatever batches after it are in the
-    /// decide stage too).
-    pub holding: Mutex<Option<Arc<Metrics>>>,
+    /// While set, each write is held until the batch after its own has
+    /// left the decide stage, or no batch is in it ([`Hold`]).
+    pub holding: Mutex<Option<Hold>>,
     /// Calls of `write_orders`.
     pub writes: AtomicU64,
     /// The writes made while watching, in order.
@@ -69,6 +64,23 @@ impl MemoryOrders {
     }
 }
 
+/// How writes are held: a write made while the next batch was being
+/// decided ends in the wake-up of the shard's task that takes that decide
+/// up, as a response that came in meanwhile would, whatever batches after
+/// it are in the decide stage too, and however late the write was first
+/// polled. A write's batch is its first new history entry's page.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    /// The stage's metrics.
+    pub metrics: Arc<Metrics>,
+    /// [`taken`] before the run.
+    pub taken_before: i64,
+    /// The sequence number before the run's first record, and the records
+    /// of a page (one batch each).
+    pub sequence_before: u128,
+    pub per_page: u128,
+}
+
 /// One write made while watching.
 #[derive(Debug, Clone, Copy)]
 pub struct Watched {
@@ -94,8 +106,10 @@ pub fn deciding(metrics: &Metrics) -> i64 {
     staged(metrics) - taken(metrics)
 }
 
-/// Batches whose decide the shard's task has taken up (their futures
-/// ended): the count of `cafe_pipeline_stage_duration_seconds{stage="decide"}`.
+/// Batches whose decide future has ended: the count of
+/// `cafe_pipeline_stage_duration_seconds{stage="decide"}`. (The shard takes
+/// each up as it ends, in shard order: with one pool thread, the bench's,
+/// the batches end in the order they were handed over.)
 pub fn taken(metrics: &Metrics) -> i64 {
     count(metrics, "cafe_pipeline_stage_duration_seconds")
 }
@@ -124,13 +138,15 @@ impl OrderStore for MemoryOrders {
         _concurrency: usize,
     ) -> Answer<'a, Vec<OrderWriteOutcome>> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        if let Some(metrics) = self.watching.lock().expect("the store's lock").as_deref() {
-            let first = writes
+        let first = || {
+            writes
                 .iter()
                 .flat_map(|w| w.after.history.get(w.before.unwrap_or(0)..).unwrap_or_default())
                 .filter_map(|h| h.pos.as_ref()?.sequence.parse::<u128>().ok())
-                .min();
-            self.watched.lock().expect("the store's lock").push(Watched { first, staged: staged(metrics) });
+                .min()
+        };
+        if let Some(metrics) = self.watching.lock().expect("the store's lock").as_deref() {
+            self.watched.lock().expect("the store's lock").push(Watched { first: first(), staged: staged(metrics) });
         }
         let mut versions = self.versions.lock().expect("the store's lock");
         let outcomes = writes
@@ -157,11 +173,14 @@ impl OrderStore for MemoryOrders {
             .collect();
         match self.holding.lock().expect("the store's lock").clone() {
             None => Box::pin(ready(outcomes)),
-            Some(metrics) => {
+            Some(hold) => {
                 let mut outcomes = Some(outcomes);
-                let taken_before = taken(&metrics);
+                // Its batch's page (0 for the first), and the count of
+                // ended decides once the next batch's has ended.
+                let page = first().map_or(0, |s| ((s - hold.sequence_before - 1) / hold.per_page) as i64);
+                let next_ended = hold.taken_before + page + 2;
                 Box::pin(poll_fn(move |cx| {
-                    if taken(&metrics) == taken_before && deciding(&metrics) > 0 {
+                    if taken(&hold.metrics) < next_ended && deciding(&hold.metrics) > 0 {
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }

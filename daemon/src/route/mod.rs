@@ -178,6 +178,13 @@ impl Router {
         true
     }
 
+    /// Whether payments are scored in the decide stage (`[fraud] state =
+    /// "process"`): then a source's batches must be decided one at a time,
+    /// in its order, for the fraud history to see its payments in order.
+    pub fn scores_in_decide(&self) -> bool {
+        matches!(self.scoring, Scoring::Process(_))
+    }
+
     /// The decide stage: one hop onto the CPU pool for the whole batch.
     pub async fn decide(&self, inputs: Vec<Input>) -> DecidedBatch {
         let started = Instant::now();

@@ -95,8 +95,20 @@ const LATEST_CLOCK_ALLOWANCE_MS: i64 = 5_000;
 /// and a page's worth of work per batch, about a seventh of the shard
 /// stage's time in `benches/benches/pipeline.rs`). Their results are taken
 /// in shard order, so the claims of orders in flight are made in shard
-/// order as before.
+/// order as before. One when payments are scored in the decide stage
+/// (`[fraud] state = "process"`): two batches on the pool at once would
+/// reach the fraud history in whichever order they end, and it must see a
+/// shard's payments in shard order. (Both count among the batches read
+/// and not yet durable: with `max_batches_in_flight` = 1, one.)
 const DECIDE_AHEAD: usize = 2;
+
+/// Whether the shard may take up its next decided batch: not while a part
+/// must write alone (its decide stage failed; nothing else is in flight
+/// and nothing is taken up meanwhile, or a later batch's events of its
+/// orders would be written before its own, which it has not decided yet).
+fn may_take_up(alone: Option<u64>, held: &VecDeque<Part>) -> bool {
+    alone.is_none() && !held.iter().any(|part| part.alone)
+}
 
 /// Where a newly taken lease's reading starts: its checkpoint, except that
 /// `LATEST` is first pinned in the lease table to the time of this take
@@ -170,6 +182,7 @@ pub async fn process_shard(
     let mut last_checkpoint = Instant::now();
     let interval = Duration::from_millis(path.config.checkpoint_interval_ms);
     let max_in_flight = path.config.max_batches_in_flight.max(1);
+    let decide_ahead = if path.router.scores_in_decide() { 1 } else { DECIDE_AHEAD };
     // Batches read and not yet durable, in shard order.
     let mut ledger = Ledger::default();
     // Parts writing now; parts held back for orders in flight, in shard
@@ -177,7 +190,7 @@ pub async fn process_shard(
     let mut writing = FuturesUnordered::new();
     let mut held: VecDeque<Part> = VecDeque::new();
     let mut claims = Claims::default();
-    // The batches being decided, in shard order (up to `DECIDE_AHEAD`);
+    // The batches being decided, in shard order (up to `decide_ahead`);
     // the claim of a part writing alone.
     let mut deciding = FuturesOrdered::new();
     let mut alone: Option<u64> = None;
@@ -235,12 +248,8 @@ pub async fn process_shard(
                 None => break,
             }
         }
-        let can_read = !draining
-            && !end_read
-            && deciding.len() < DECIDE_AHEAD
-            && ledger.len() < max_in_flight
-            && alone.is_none()
-            && !held.iter().any(|part| part.alone);
+        let can_read =
+            !draining && !end_read && deciding.len() < decide_ahead && ledger.len() < max_in_flight && may_take_up(alone, &held);
         tokio::select! {
             biased;
             () = lost.cancelled() => return ShardExit::Lost,
@@ -258,7 +267,7 @@ pub async fn process_shard(
             // polled first they kept the pool idle meanwhile (decide and
             // write took turns instead of overlapping). (Except below: a
             // batch with an order a write claims.)
-            Some(decided) = deciding.next(), if !deciding.is_empty() => {
+            Some(decided) = deciding.next(), if !deciding.is_empty() && may_take_up(alone, &held) => {
                 let (no, batch): (u64, DecidedBatch) = decided;
                 let keys = order_keys(&batch, &claims);
                 // A batch with an order a write claims: the writes that have
@@ -794,6 +803,27 @@ mod tests {
         assert!(none.is_none() && alone.alone);
         assert_eq!(positions(&alone), ["b-0", "f"]);
         assert!(first.is_some_and(|p| !p.alone));
+    }
+
+    #[test]
+    fn no_decided_batch_is_taken_up_while_a_part_must_write_alone() {
+        let mut claims = Claims::default();
+        let mut held: VecDeque<Part> = VecDeque::new();
+        assert!(may_take_up(None, &held));
+        // A part in line that does not write alone does not stop it.
+        let (first, _) = split_(0, batch(vec![order_event("a", 0)]), &mut claims);
+        let (_, waiting) = split_(1, batch(vec![order_event("a", 1)]), &mut claims);
+        held.extend(waiting);
+        assert!(first.is_some() && held.len() == 1 && may_take_up(None, &held));
+        // One waiting to write alone does, and so does one writing alone:
+        // the next batch, decided meanwhile, waits where it is.
+        let failed = (Input { data: b"{}".to_vec(), position: "f".into() }, Decided::Failed);
+        let (_, alone) = split_(2, batch(vec![order_event("a", 2), failed]), &mut claims);
+        held.extend(alone);
+        assert!(!may_take_up(None, &held));
+        let alone = held.pop_back().expect("the part to write alone");
+        assert!(!may_take_up(Some(alone.claim), &held));
+        assert!(may_take_up(None, &held));
     }
 
     #[test]
