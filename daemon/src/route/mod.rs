@@ -179,8 +179,8 @@ impl Router {
     }
 
     /// Whether payments are scored in the decide stage (`[fraud] state =
-    /// "process"`): then a source's batches must be decided one at a time,
-    /// in its order, for the fraud history to see its payments in order.
+    /// "process"`): then a shard's batches must be decided one at a time,
+    /// in shard order, for the fraud history to see its payments in order.
     pub fn scores_in_decide(&self) -> bool {
         matches!(self.scoring, Scoring::Process(_))
     }
