@@ -629,19 +629,24 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
     // on, and the batches read and not yet durable are bounded
     // (`max_batches_in_flight`). With one batch handed to the pool at a
     // time, no write was made with two after it in the decide stage.
-    let two_ahead = watched.iter().filter(|w| page_of(w).is_some_and(|page| w.staged - staged_before >= page + 3)).count();
+    // Writes made after the two batches after theirs entered the decide
+    // stage (`staged_before`: the count before the run).
+    let two_ahead = |watched: &[memory_orders::Watched], staged_before: i64| {
+        watched.iter().filter(|w| page_of(w).is_some_and(|page| w.staged - staged_before >= page + 3)).count()
+    };
+    let ahead = two_ahead(&watched, staged_before);
     let mut written: Vec<i64> = watched.iter().filter_map(page_of).collect();
     written.sort_unstable();
     written.dedup();
     eprintln!(
         "orders, in-memory store: {} writes for {pages_read} batches, {} made before the next batch was handed to the pool, \
-         {two_ahead} after the two batches after it were",
+         {ahead} after the two batches after it were",
         watched.len(),
         early.len()
     );
     assert_eq!(written, (0..pages_read).collect::<Vec<_>>(), "orders: the batches written (each page one batch)");
     assert!(early.is_empty(), "orders: writes (batch, batches handed to the pool by then) made too early: {early:?}");
-    assert!(two_ahead > 0, "orders: no write made after the two batches after it were handed to the pool");
+    assert!(ahead > 0, "orders: no write made after the two batches after it were handed to the pool");
 
     // With the fraud history in the process, one batch at a time: two on
     // the pool at once would reach the history in whichever order they
@@ -657,12 +662,12 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
     checked(&store);
     store.watching.lock().expect("the store's lock").take();
     let watched = std::mem::take(&mut *store.watched.lock().expect("the store's lock"));
-    let two_ahead = watched.iter().filter(|w| page_of(w).is_some_and(|page| w.staged - staged_before >= page + 3)).count();
+    let ahead = two_ahead(&watched, staged_before);
     eprintln!(
-        "orders, history in the process: {two_ahead} of {} writes after the two batches after it were handed to the pool",
+        "orders, history in the process: {ahead} of {} writes after the two batches after it were handed to the pool",
         watched.len()
     );
-    assert_eq!(two_ahead, 0, "orders, history in the process: batches decided two at a time");
+    assert_eq!(ahead, 0, "orders, history in the process: batches decided two at a time");
 
     // A write that ends in the same wake-up of the shard's task as the
     // next batch's decide (each held until the batch after its own has
