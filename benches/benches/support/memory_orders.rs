@@ -20,7 +20,7 @@ use std::task::Poll;
 
 use daemon::aws::{AwsError, ErrorClass};
 use daemon::metrics::Metrics;
-use daemon::route::OrderStore;
+use daemon::route::{OrderHasher, OrderStore};
 use daemon::sinks::dynamodb::order_items::OrderWriteOutcome;
 use pipeline::decided::OrderChange;
 use pipeline::orders::OrderState;
@@ -29,8 +29,9 @@ type Answer<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, Default)]
 pub struct MemoryOrders {
-    /// Each order's version: its history length.
-    versions: Mutex<HashMap<String, usize>>,
+    /// Each order's version: its history length. (Hashed as the daemon's
+    /// maps of order ids are: this end's work is not the stage's.)
+    versions: Mutex<HashMap<String, usize, OrderHasher>>,
     /// The stage's metrics, while the writes are watched (not in timed runs).
     pub watching: Mutex<Option<Arc<Metrics>>>,
     /// While set, each write is held until the batch after its own has

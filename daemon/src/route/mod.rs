@@ -371,6 +371,9 @@ impl Router {
             EventsOut { source, outcome, count }.emit(metrics);
         }
         StageFinished { stage: Stage::Write, elapsed: started.elapsed() }.emit(metrics);
+        // Decoded on the pool: freed there (a shard's part keeps its own
+        // references for a retry, and hands them to the pool too).
+        self.pool.drop_on_pool((payments, scored, menus, order_events));
         outcomes
     }
 

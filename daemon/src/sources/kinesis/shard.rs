@@ -706,6 +706,8 @@ async fn write_part(
         let failed: Vec<bool> = outcomes.iter().map(|o| *o == Outcome::Failed).collect();
         let inputs: Vec<Input> = back.into_iter().zip(&failed).filter(|(_, f)| **f).map(|(i, _)| i).collect();
         if inputs.is_empty() {
+            // The last references to the part's decoded events.
+            path.router.pool.drop_on_pool(decided);
             return (no, claim, orders, Durable::Yes);
         }
         if !alone {
