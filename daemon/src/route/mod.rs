@@ -377,6 +377,12 @@ impl Router {
         outcomes
     }
 
+    /// Frees decided events on the CPU pool, which decoded them
+    /// (`CpuPool::drop_on_pool`): what a source kept of a written batch.
+    pub fn free_decided(&self, decided: Vec<Decided>) {
+        self.pool.drop_on_pool(decided);
+    }
+
     /// Both stages, one after the other (a shard's batch).
     pub async fn process(&self, source: &str, inputs: Vec<Input>, orders: &OrderCache) -> (Vec<Input>, Vec<Outcome>) {
         let batch = self.decide(inputs).await;

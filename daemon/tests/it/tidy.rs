@@ -78,6 +78,9 @@ fn one_cpu_pool_and_one_bridge_to_it() {
     // shared fraud state.
     let hops = offenders(&lines, "pool.run(", &["daemon/src/route/mod.rs", "daemon/src/route/apply_payments.rs"]);
     assert!(hops.is_empty(), "CPU work handed to the pool outside the router:\n{}", hops.join("\n"));
+    // And what the decide stage allocated, freed where it was allocated.
+    let frees = offenders(&lines, "drop_on_pool(", &["daemon/src/route/mod.rs", "daemon/src/bridge.rs"]);
+    assert!(frees.is_empty(), "values handed to the pool to free outside the router:\n{}", frees.join("\n"));
     let rayon = offenders(&lines, "rayon::", &["daemon/src/bridge.rs", "daemon/src/route/decide.rs"]);
     assert!(rayon.is_empty(), "rayon used outside the bridge and the decide stage:\n{}", rayon.join("\n"));
 }

@@ -707,7 +707,7 @@ async fn write_part(
         let inputs: Vec<Input> = back.into_iter().zip(&failed).filter(|(_, f)| **f).map(|(i, _)| i).collect();
         if inputs.is_empty() {
             // The last references to the part's decoded events.
-            path.router.pool.drop_on_pool(decided);
+            path.router.free_decided(decided);
             return (no, claim, orders, Durable::Yes);
         }
         if !alone {
