@@ -2,7 +2,9 @@
 //!
 //! Owns: the fixed rayon pool and the hop onto it: one closure per batch,
 //! `rayon::spawn` plus a oneshot back, so tokio's workers never block and
-//! rayon's never wait on I/O. Must not: be called per record.
+//! rayon's never wait on I/O; and freeing on the pool what it allocated
+//! (a batch's decoded events), with nothing back. Must not: be called per
+//! record.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -60,9 +62,14 @@ impl CpuPool {
     /// allocator frees a block on the thread that made it from that
     /// thread's own free list; from another thread, each free is an atomic
     /// push onto the owner's, collected later, and the runtime's worker is
-    /// the shard's slower thread.
+    /// the shard's slower thread. Not a batch among the pool's
+    /// (`cafe_rayon_queue_depth_batches`), and not awaited: `value`'s drop
+    /// must not block. A panic in it is caught (in a job rayon spawns it
+    /// would abort the process).
     pub fn drop_on_pool<T: Send + 'static>(&self, value: T) {
-        self.pool.spawn(move || drop(value));
+        self.pool.spawn(move || {
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(value)));
+        });
     }
 }
 
@@ -99,8 +106,16 @@ mod tests {
                 let _ = self.0.send(std::thread::current().name().map(str::to_owned));
             }
         }
+        struct Panics;
+        impl Drop for Panics {
+            fn drop(&mut self) {
+                panic!("a drop that panics");
+            }
+        }
         let pool = CpuPool::new(1, Arc::new(Metrics::new())).expect("a pool");
         let (tx, rx) = std::sync::mpsc::channel();
+        // Caught: uncaught, a panic in a job rayon spawns aborts the process.
+        pool.drop_on_pool(Panics);
         pool.drop_on_pool(vec![Noted(tx.clone()), Noted(tx)]);
         for _ in 0..2 {
             let thread = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("dropped within 10 s");

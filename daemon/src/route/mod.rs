@@ -372,15 +372,30 @@ impl Router {
         }
         StageFinished { stage: Stage::Write, elapsed: started.elapsed() }.emit(metrics);
         // Decoded on the pool: freed there (a shard's part keeps its own
-        // references for a retry, and hands them to the pool too).
-        self.pool.drop_on_pool((payments, scored, menus, order_events));
+        // references to the events for a retry, and hands them to the pool
+        // too). The payments scored here against the shared history were
+        // made on this worker: they stay.
+        if !(payments.is_empty() && menus.is_empty() && order_events.is_empty()) {
+            self.pool.drop_on_pool((payments, menus, order_events));
+        }
         outcomes
     }
 
-    /// Frees decided events on the CPU pool, which decoded them
-    /// (`CpuPool::drop_on_pool`): what a source kept of a written batch.
+    /// Frees what a source kept of a written batch: its order events on
+    /// the CPU pool, which decoded them (`CpuPool::drop_on_pool`); the
+    /// rest here (a source's copy of a boxed payment or menu item was made
+    /// on this worker, from the decide stage's).
     pub fn free_decided(&self, decided: Vec<Decided>) {
-        self.pool.drop_on_pool(decided);
+        let events: Vec<Arc<Event>> = decided
+            .into_iter()
+            .filter_map(|d| match d {
+                Decided::Order(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        if !events.is_empty() {
+            self.pool.drop_on_pool(events);
+        }
     }
 
     /// Both stages, one after the other (a shard's batch).

@@ -706,7 +706,7 @@ async fn write_part(
         let failed: Vec<bool> = outcomes.iter().map(|o| *o == Outcome::Failed).collect();
         let inputs: Vec<Input> = back.into_iter().zip(&failed).filter(|(_, f)| **f).map(|(i, _)| i).collect();
         if inputs.is_empty() {
-            // The last references to the part's decoded events.
+            // The last references to the part's order events.
             path.router.free_decided(decided);
             return (no, claim, orders, Durable::Yes);
         }
