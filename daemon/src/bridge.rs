@@ -54,9 +54,7 @@ impl CpuPool {
             Err(_) => Err(CpuPanic("cpu pool dropped the task".into())),
         }
     }
-}
 
-impl CpuPool {
     /// Drops `value` on the pool instead of the calling runtime worker: for
     /// what the pool's threads allocated (a batch's decoded events). The
     /// allocator frees a block on the thread that made it from that

@@ -371,10 +371,12 @@ impl Router {
             EventsOut { source, outcome, count }.emit(metrics);
         }
         StageFinished { stage: Stage::Write, elapsed: started.elapsed() }.emit(metrics);
-        // Decoded on the pool: freed there (a shard's part keeps its own
-        // references to the events for a retry, and hands them to the pool
-        // too). The payments scored here against the shared history were
-        // made on this worker: they stay.
+        // Decoded on the pool: freed there. An event a shard's part still
+        // holds for a retry is only let go of here (the part hands it to the
+        // pool when it is durable): no job for that. The payments scored
+        // here against the shared history were made on this worker: they
+        // stay.
+        order_events.retain(|e| Arc::strong_count(e) == 1);
         if !(payments.is_empty() && menus.is_empty() && order_events.is_empty()) {
             self.pool.drop_on_pool((payments, menus, order_events));
         }
