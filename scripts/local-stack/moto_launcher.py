@@ -170,6 +170,16 @@ an answer without `<RequestId>` skips the substitution (which could not
 have changed it; the headers are enriched as before). What moto answers is
 unchanged.
 
+The kept MD5 must be in the message before a receive can see it. Kept on
+its first read, by the send's answer just after the add, it added a key to
+the message's dict while a receive on another thread deep-copied that
+message (moto returns copies): "dictionary changed size during iteration",
+a 500 to a receive that had already marked its earlier messages received,
+so they stayed invisible for a whole visibility timeout, a stall real SQS
+would not have made. Measured: menu-sync at 300 items, 5 items stored 30 s
+late in one run of four on a busy host, and a CI run failed on it. The add
+now reads it first.
+
 DynamoDB and Kinesis are not served by moto here: the stack runs dynoxide
 and ferrokinesis for them (`cafe-emulators`), so no DynamoDB fix is needed.
 
@@ -339,6 +349,11 @@ def _fifo_duplicate(queue, message):
 
 
 def _indexed_add_message(self, message):
+    # The body's MD5 is kept in the message (`_kept_body_md5`) before the
+    # message is in a queue: kept on its first read, by the send's answer
+    # after the add, it added a key to the message while a receive on
+    # another thread deep-copied it (see the module's docstring).
+    message.body_md5
     if self.fifo_queue and message.deduplication_id is not None and not self.lambda_event_source_mappings:
         # Under the list's lock: sends run on several server threads, and
         # two sends of one id must not both get through.
@@ -513,6 +528,11 @@ def _cached_modules(list_of_moto_modules):
 
 
 def _kept_body_md5(body_md5):
+    """The body's MD5, computed once per body. Read first by the add,
+    before any receive can see the message: after that a read only replaces
+    the value (when the body changed), never adds a key that a deep copy
+    walking the message's dict would trip over."""
+
     @functools.wraps(body_md5.fget)
     def getter(self):
         kept = self.__dict__.get("_cafe_body_md5")
