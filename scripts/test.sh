@@ -12,7 +12,34 @@ stack=scripts/local-stack/stack.sh
 
 started_stack=0
 if ! "$stack" status > /dev/null 2>&1; then started_stack=1; fi
+# When a phase fails, what the processes behind it logged: CI keeps only
+# this script's output, and a failure that does not come back on a rerun
+# (a stall, a timeout) can only be read from here. The daemon's and the
+# chaos instances' warnings and errors, and the requests moto refused or
+# failed (a 5xx loses what a receive had taken for a visibility timeout).
+diagnose() {
+  echo "== test failed: what the processes logged" >&2
+  local log
+  for log in "${CAFE_STACK_DIR:-$repo/.stack}/logs/cafe-streamd.log" target/e2e-chaos-*/instances/instance-*.log; do
+    [ -f "$log" ] || continue
+    echo "-- $log: its last warnings and errors" >&2
+    grep -aE '^[^ ]+ +(WARN|ERROR) ' "$log" | tail -n 40 | cut -c1-400 >&2 || true
+  done
+  log="${CAFE_STACK_DIR:-$repo/.stack}/logs/moto.log"
+  if [ -f "$log" ]; then
+    echo "-- $log: answers by status, then the last 5xx" >&2
+    grep -aoE '" [0-9]{3} ' "$log" | sort | uniq -c >&2 || true
+    grep -aE '" 5[0-9]{2} ' "$log" | tail -n 10 >&2 || true
+  fi
+  log="${CAFE_STACK_DIR:-$repo/.stack}/logs/emulators.log"
+  if [ -f "$log" ]; then
+    echo "-- $log: its last lines" >&2
+    tail -n 20 "$log" | cut -c1-400 >&2
+  fi
+}
 cleanup() {
+  local rc=$?
+  if [ "$rc" != 0 ]; then diagnose || true; fi
   CAFE_STREAMD_BIN="$repo/target/debug/cafe-streamd" scripts/daemon.sh stop > /dev/null 2>&1 || true
   scripts/local-stack/prometheus.sh stop || true
   if [ "$started_stack" = 1 ] && [ "${CAFE_KEEP_STACK:-0}" != 1 ]; then "$stack" stop || true; fi
