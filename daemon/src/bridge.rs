@@ -19,6 +19,10 @@ use crate::metrics::Metrics;
 pub struct CpuPool {
     pool: Arc<rayon::ThreadPool>,
     metrics: Arc<Metrics>,
+    /// Values handed to [`CpuPool::drop_on_pool`], for the tests of who
+    /// hands what.
+    #[cfg(test)]
+    handed_to_free: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The batch's closure panicked; the batch is given back to its source.
@@ -30,7 +34,12 @@ impl CpuPool {
     /// A pool of `threads` workers (0: one per core).
     pub fn new(threads: usize, metrics: Arc<Metrics>) -> Result<Self, rayon::ThreadPoolBuildError> {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("cafe-cpu-{i}")).build()?;
-        Ok(CpuPool { pool: Arc::new(pool), metrics })
+        Ok(CpuPool {
+            pool: Arc::new(pool),
+            metrics,
+            #[cfg(test)]
+            handed_to_free: Arc::default(),
+        })
     }
 
     /// Runs `f` on the pool and waits for it without blocking the runtime.
@@ -55,6 +64,12 @@ impl CpuPool {
         }
     }
 
+    /// How many values were handed to [`CpuPool::drop_on_pool`].
+    #[cfg(test)]
+    pub(crate) fn handed_to_free(&self) -> usize {
+        self.handed_to_free.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Drops `value` on the pool instead of the calling runtime worker: for
     /// what the pool's threads allocated (a batch's decoded events). The
     /// allocator frees a block on the thread that made it from that
@@ -65,6 +80,8 @@ impl CpuPool {
     /// must not block. A panic in it is caught (in a job rayon spawns it
     /// would abort the process).
     pub fn drop_on_pool<T: Send + 'static>(&self, value: T) {
+        #[cfg(test)]
+        self.handed_to_free.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.pool.spawn(move || {
             let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(value)));
         });

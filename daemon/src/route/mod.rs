@@ -425,3 +425,77 @@ fn rejected_event(input: &Input, r: &Rejection, source: &str) -> RejectedEvent {
         position: input.position.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::dynamodb::refusing_sink;
+
+    /// A router whose sinks refuse every call (nothing listens on their
+    /// port): its writes fail, and it still frees what it was handed.
+    async fn refusing_router() -> Router {
+        let metrics = Arc::new(Metrics::new());
+        let sqs = {
+            use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
+            aws_sdk_sqs::Client::from_conf(
+                aws_sdk_sqs::Config::builder()
+                    .behavior_version(BehaviorVersion::latest())
+                    .region(Region::new("us-east-1"))
+                    .endpoint_url("http://127.0.0.1:1")
+                    .credentials_provider(Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"))
+                    .retry_config(RetryConfig::disabled())
+                    .build(),
+            )
+        };
+        let rejected = RejectedSink::connect(sqs, "http://127.0.0.1:1/000000000000/cafe-rejected", Arc::clone(&metrics))
+            .await
+            .expect("a queue URL needs no lookup");
+        let fraud = pipeline::fraud::FraudConfig::default();
+        Router {
+            dynamodb: refusing_sink(),
+            orders: Arc::new(refusing_sink()),
+            rejected,
+            pool: CpuPool::new(1, Arc::clone(&metrics)).expect("a pool"),
+            scoring: Scoring::Process(Arc::new(Mutex::new(FraudEngine::new(fraud.clone()).expect("engine")))),
+            tunables: Arc::new(Tunables::new(Tuned {
+                work: Work { fraud_work_factor: 1, menu_json_rounds: 1, max_future_secs: 300 },
+                linger: std::time::Duration::from_millis(1),
+                rules: Arc::new(Rules::new(fraud).expect("rules")),
+            })),
+            sink_concurrency: 1,
+            metrics,
+        }
+    }
+
+    fn orders(batch: &str) -> Vec<Input> {
+        let ts = now_rfc3339();
+        (0..3)
+            .map(|k| {
+                let body = format!(
+                    r#"{{"v":1,"id":"{batch}-{k}","type":"order.status","ts":"{ts}","store":"s1","data":{{"order_id":"{batch}-{k}","status":"confirmed"}}}}"#
+                );
+                Input { data: body.into_bytes(), position: Position::Text(format!("{batch}-{k}")) }
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_written_batch_s_events_go_to_the_pool_to_be_freed_when_its_last_holder_lets_go() {
+        let router = refusing_router().await;
+        let kept_by_a_part = router.decide(orders("a")).await;
+        let alone = router.decide(orders("b")).await;
+        assert!(kept_by_a_part.decided.iter().all(|d| matches!(d, Decided::Order(_))), "{:?}", kept_by_a_part.decided);
+        // A shard's part keeps its decided events for a retry: the write
+        // stage lets go of its references without handing anything over.
+        let kept = kept_by_a_part.decided.clone();
+        let (_, outcomes) = router.write("orders", kept_by_a_part, &OrderCache::new(3)).await;
+        assert!(outcomes.iter().all(|o| *o == Outcome::Failed), "the sinks refuse: {outcomes:?}");
+        assert_eq!(router.pool.handed_to_free(), 0, "the part still holds the events");
+        // The part, durable, lets go of the last references.
+        router.free_decided(kept);
+        assert_eq!(router.pool.handed_to_free(), 1, "handed to the pool");
+        // A batch no part holds: the write stage hands its events over.
+        router.write("orders", alone, &OrderCache::new(3)).await;
+        assert_eq!(router.pool.handed_to_free(), 2, "handed to the pool by the write stage");
+    }
+}
