@@ -429,32 +429,16 @@ fn rejected_event(input: &Input, r: &Rejection, source: &str) -> RejectedEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sinks::dynamodb::refusing_sink;
 
     /// A router whose sinks refuse every call (nothing listens on their
     /// port): its writes fail, and it still frees what it was handed.
-    async fn refusing_router() -> Router {
+    fn refusing_router() -> Router {
         let metrics = Arc::new(Metrics::new());
-        let sqs = {
-            use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
-            aws_sdk_sqs::Client::from_conf(
-                aws_sdk_sqs::Config::builder()
-                    .behavior_version(BehaviorVersion::latest())
-                    .region(Region::new("us-east-1"))
-                    .endpoint_url("http://127.0.0.1:1")
-                    .credentials_provider(Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"))
-                    .retry_config(RetryConfig::disabled())
-                    .build(),
-            )
-        };
-        let rejected = RejectedSink::connect(sqs, "http://127.0.0.1:1/000000000000/cafe-rejected", Arc::clone(&metrics))
-            .await
-            .expect("a queue URL needs no lookup");
         let fraud = pipeline::fraud::FraudConfig::default();
         Router {
-            dynamodb: refusing_sink(),
-            orders: Arc::new(refusing_sink()),
-            rejected,
+            dynamodb: crate::sinks::dynamodb::refusing_sink(),
+            orders: Arc::new(crate::sinks::dynamodb::refusing_sink()),
+            rejected: crate::sinks::rejected::refusing_sink(),
             pool: CpuPool::new(1, Arc::clone(&metrics)).expect("a pool"),
             scoring: Scoring::Process(Arc::new(Mutex::new(FraudEngine::new(fraud.clone()).expect("engine")))),
             tunables: Arc::new(Tunables::new(Tuned {
@@ -481,7 +465,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_written_batch_s_events_go_to_the_pool_to_be_freed_when_its_last_holder_lets_go() {
-        let router = refusing_router().await;
+        let router = refusing_router();
         let kept_by_a_part = router.decide(orders("a")).await;
         let alone = router.decide(orders("b")).await;
         assert!(kept_by_a_part.decided.iter().all(|d| matches!(d, Decided::Order(_))), "{:?}", kept_by_a_part.decided);

@@ -278,16 +278,8 @@ impl DynamoDbSink {
 /// DynamoDB fails.
 #[cfg(test)]
 pub(crate) fn refusing_sink() -> DynamoDbSink {
-    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-    let conf = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"))
-        .endpoint_url("http://127.0.0.1:1")
-        .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
-        .build();
     let config = DynamoDbSinkConfig { max_retries: 0, ..Default::default() };
-    DynamoDbSink::new(Client::from_conf(conf), config, Arc::new(Metrics::new()))
+    DynamoDbSink::new(Client::new(&crate::sinks::refusing_sdk_config()), config, Arc::new(Metrics::new()))
 }
 
 pub(crate) fn s(v: impl Into<String>) -> AttributeValue {

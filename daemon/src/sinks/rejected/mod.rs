@@ -56,6 +56,20 @@ pub struct RejectedSink {
     ledger: Option<(aws_sdk_dynamodb::Client, String)>,
 }
 
+/// A sink whose every send is refused at once (nothing listens on port
+/// 1), with no retries and no ledger: for unit tests of what its callers
+/// do when SQS fails.
+#[cfg(test)]
+pub(crate) fn refusing_sink() -> RejectedSink {
+    RejectedSink {
+        client: Client::new(&crate::sinks::refusing_sdk_config()),
+        url: "http://127.0.0.1:1/000000000000/cafe-rejected".into(),
+        metrics: Arc::new(Metrics::new()),
+        max_message_bytes: FALLBACK_MESSAGE_BYTES,
+        ledger: None,
+    }
+}
+
 /// The ledger key of a rejection: where the rejected input was.
 pub fn ledger_key(r: &RejectedEvent) -> String {
     format!("rejected/{}/{}", r.source, r.position)
