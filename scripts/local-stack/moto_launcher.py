@@ -170,15 +170,25 @@ an answer without `<RequestId>` skips the substitution (which could not
 have changed it; the headers are enriched as before). What moto answers is
 unchanged.
 
-The kept MD5 must be in the message before a receive can see it. Kept on
-its first read, by the send's answer just after the add, it added a key to
-the message's dict while a receive on another thread deep-copied that
-message (moto returns copies): "dictionary changed size during iteration",
-a 500 to a receive that had already marked its earlier messages received,
-so they stayed invisible for a whole visibility timeout, a stall real SQS
-would not have made. Measured: menu-sync at 300 items, 5 items stored 30 s
-late in one run of four on a busy host, and a CI run failed on it. The add
-now reads it first.
+SQS answered a receive with a 500 while a send was still finishing. moto's
+receive deep-copies every message it returns, walking the message's
+attribute dict, and a send goes on writing to its message after the
+message is in the queue: SendMessageBatch sets `user_id` on it, and this
+launcher's kept body MD5 (above) was added on its first read, by the
+send's answer. Another server thread adding a key while the copy walked
+the dict raised "dictionary changed size during iteration": a 500 to a
+receive that had already marked its earlier messages received, so they
+stayed invisible for a whole visibility timeout, a stall real SQS would
+not have made. Measured: menu-sync at 300 items had 5 items stored 30 s
+late in 2 runs of 15 on a busy host, and a CI run failed on it. The fix
+copies a message from a snapshot of its dict (taken in one C-level step),
+and the add computes the kept MD5 before the message is in the queue.
+`test_moto_launcher.py` adds each key in the middle of a receive's copy.
+In the same way a give-back (a visibility change to 0) that found its
+message pending could have it un-pended by a receive pass before its own
+removal, which then raised KeyError (a 500, a batch's later entries left
+unchanged; found by reading, not seen in a run: the daemon gives back
+with a delay). The removal now tolerates it.
 
 DynamoDB and Kinesis are not served by moto here: the stack runs dynoxide
 and ferrokinesis for them (`cafe-emulators`), so no DynamoDB fix is needed.
@@ -194,7 +204,9 @@ Usage: python moto_launcher.py [moto_server arguments...]
 """
 
 import collections
+import copy
 import functools
+import gc
 import json
 import re
 import sys
@@ -348,11 +360,25 @@ def _fifo_duplicate(queue, message):
     return False
 
 
+def _snapshot_deepcopy(self, memo):
+    """A message's deep copy, made from a snapshot of its attribute dict.
+
+    `dict(...)` copies the dict in one C-level step under the GIL, so a key
+    a sender's thread adds meanwhile is either in the copy or not; the
+    default copy walks the live dict and fails when one is added (see the
+    module's docstring). Otherwise the copy is the default one."""
+    cls = type(self)
+    new = cls.__new__(cls)
+    memo[id(self)] = new
+    state = dict(self.__dict__)
+    new.__dict__.update(copy.deepcopy(state, memo))
+    return new
+
+
 def _indexed_add_message(self, message):
     # The body's MD5 is kept in the message (`_kept_body_md5`) before the
-    # message is in a queue: kept on its first read, by the send's answer
-    # after the add, it added a key to the message while a receive on
-    # another thread deep-copied it (see the module's docstring).
+    # message is in a queue, not on its first read by the send's answer:
+    # no key of ours is added to a message a receive may be copying.
     message.body_md5
     if self.fifo_queue and message.deduplication_id is not None and not self.lambda_event_source_mappings:
         # Under the list's lock: sends run on several server threads, and
@@ -423,8 +449,12 @@ def _indexed_change_visibility(self, queue_name, receipt_handle, visibility_time
             "VisibilityTimeout for the message is beyond the limit [43200 seconds]"
         )
     message.change_visibility(visibility_timeout)
-    if message.visible and message in queue.pending_messages:
-        queue.pending_messages.remove(message)
+    # A receive pass on another thread may un-pend a visible message
+    # between a check and a removal (no lock is held here): a `remove`
+    # then raised KeyError, a 500 for a give-back that had already
+    # happened, and a batch's later entries were left unchanged.
+    if message.visible:
+        queue.pending_messages.discard(message)
 
 
 _SQS_INVALID_CHAR = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -530,8 +560,7 @@ def _cached_modules(list_of_moto_modules):
 def _kept_body_md5(body_md5):
     """The body's MD5, computed once per body. Read first by the add,
     before any receive can see the message: after that a read only replaces
-    the value (when the body changed), never adds a key that a deep copy
-    walking the message's dict would trip over."""
+    the value (when the body changed)."""
 
     @functools.wraps(body_md5.fget)
     def getter(self):
@@ -565,6 +594,7 @@ sqs_models.SQSBackend.send_message_batch = _strict_send_batch(sqs_models.SQSBack
 sqs_models.SQSBackend.change_message_visibility = _indexed_change_visibility
 sqs_models.SQSBackend.purge_queue = _indexed_purge
 sqs_models.Message.mark_received = _indexed_mark_received
+sqs_models.Message.__deepcopy__ = _snapshot_deepcopy
 sqs_models.Queue.add_message = _indexed_add_message
 sqs_models.Queue.delete_message = _indexed_delete
 sqs_models.Queue.pending_message_groups = property(_in_flight_groups)
@@ -588,9 +618,6 @@ def _bounded_gc(phase, info):
     survived a collection is never freed, which a test stack that lives for a
     few runs can afford. Collections still over 100 ms are logged.
     """
-    import gc
-    import time
-
     if phase == "start":
         _gc_started["t"] = time.perf_counter()
         return
@@ -602,7 +629,5 @@ def _bounded_gc(phase, info):
 
 
 if __name__ == "__main__":
-    import gc
-
     gc.callbacks.append(_bounded_gc)
     main(sys.argv[1:])
