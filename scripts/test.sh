@@ -27,9 +27,10 @@ diagnose() {
   done
   log="${CAFE_STACK_DIR:-$repo/.stack}/logs/moto.log"
   if [ -f "$log" ]; then
-    echo "-- $log: answers by status, then the last 5xx" >&2
+    echo "-- $log: answers by status, the last 5xx, and the last exceptions (a 500's cause)" >&2
     grep -aoE '" [0-9]{3} ' "$log" | sort | uniq -c >&2 || true
     grep -aE '" 5[0-9]{2} ' "$log" | tail -n 10 >&2 || true
+    grep -aE '^(Exception on |[A-Za-z_.]+(Error|Exception): )' "$log" | tail -n 20 | cut -c1-400 >&2 || true
   fi
   log="${CAFE_STACK_DIR:-$repo/.stack}/logs/emulators.log"
   if [ -f "$log" ]; then
@@ -45,6 +46,13 @@ cleanup() {
   if [ "$started_stack" = 1 ] && [ "${CAFE_KEEP_STACK:-0}" != 1 ]; then "$stack" stop || true; fi
 }
 trap cleanup EXIT
+# Stopped from outside (a job's timeout, a cancel, ^C), the script exits
+# with the signal's status, so that the trap above sees a failure and
+# prints what the processes logged: a stall that runs into a timeout is
+# the failure most in need of it.
+trap 'exit 143' TERM
+trap 'exit 130' INT
+trap 'exit 129' HUP
 
 # Each phase's header says when it began (seconds since the script started),
 # so a slow CI run shows where its time went.
