@@ -24,6 +24,12 @@ def _backend():
     return sqs_models.sqs_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
 
 
+def _standard_queue(backend):
+    name = f"selftest-{uuid.uuid4().hex[:12]}"
+    backend.create_queue(name)
+    return name
+
+
 def _fifo_queue(backend):
     name = f"selftest-{uuid.uuid4().hex[:12]}.fifo"
     backend.create_queue(name, FifoQueue="true", ContentBasedDeduplication="true", VisibilityTimeout="30")
@@ -246,8 +252,7 @@ class ASendFinishingWhileAReceiveCopies(unittest.TestCase):
 
     def test_a_key_added_to_a_message_while_a_receive_copies_it_fails_nothing(self):
         backend = _backend()
-        name = f"selftest-{uuid.uuid4().hex[:12]}"
-        backend.create_queue(name)
+        name = _standard_queue(backend)
         backend.send_message(name, "first")
         sent = backend.send_message(name, "second")
         self.assertNotIn("user_id", sent.__dict__)
@@ -258,8 +263,7 @@ class ASendFinishingWhileAReceiveCopies(unittest.TestCase):
 
     def test_the_kept_body_md5_is_in_the_message_once_it_is_added(self):
         backend = _backend()
-        name = f"selftest-{uuid.uuid4().hex[:12]}"
-        backend.create_queue(name)
+        name = _standard_queue(backend)
         sent = backend.send_message(name, "body")
         keys = set(sent.__dict__)
         # The send's answer reads it after the add: nothing is added then.
@@ -270,8 +274,7 @@ class ASendFinishingWhileAReceiveCopies(unittest.TestCase):
 class AGiveBackRacingAReceive(unittest.TestCase):
     def test_a_receive_un_pending_the_message_between_check_and_removal_fails_nothing(self):
         backend = _backend()
-        name = f"selftest-{uuid.uuid4().hex[:12]}"
-        backend.create_queue(name)
+        name = _standard_queue(backend)
         backend.send_message(name, "m")
         (got,) = backend.receive_message(name, 1, 0, 30)
         queue = backend.get_queue(name)
@@ -292,8 +295,7 @@ class AGiveBackRacingAReceive(unittest.TestCase):
 class WorkKeptInsteadOfRedone(unittest.TestCase):
     def test_an_ascii_body_is_checked_as_every_body_is(self):
         backend = _backend()
-        name = f"selftest-{uuid.uuid4().hex[:12]}"
-        backend.create_queue(name)
+        name = _standard_queue(backend)
         backend.send_message(name, "tab\tnewline\ncr\r and every printable ~\x7f")
         for bad in ["\x00", "a\x08b", "\x0b", "\x0c", "x" * 30000 + "\x1f", "\ufffe", "caf\u00e9\x01"]:
             with self.assertRaises(sqs_exceptions.SQSException, msg=repr(bad)) as raised:
@@ -306,8 +308,7 @@ class WorkKeptInsteadOfRedone(unittest.TestCase):
         import hashlib
 
         backend = _backend()
-        name = f"selftest-{uuid.uuid4().hex[:12]}"
-        backend.create_queue(name)
+        name = _standard_queue(backend)
         message = backend.send_message(name, "first")
         self.assertEqual(message.body_md5, hashlib.md5(b"first").hexdigest())
         self.assertEqual(message.body_md5, hashlib.md5(b"first").hexdigest())
