@@ -139,11 +139,25 @@ pub async fn batch_get(
     key: &str,
     ids: &[String],
 ) -> anyhow::Result<Vec<HashMap<String, AttributeValue>>> {
+    batch_get_projected(ddb, table, key, ids, None).await
+}
+
+/// As [`batch_get`], each item cut to `projection` (a
+/// `ProjectionExpression`) when one is given.
+pub async fn batch_get_projected(
+    ddb: &Client,
+    table: &str,
+    key: &str,
+    ids: &[String],
+    projection: Option<&str>,
+) -> anyhow::Result<Vec<HashMap<String, AttributeValue>>> {
     let mut found = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(100) {
         let keys: Vec<HashMap<String, AttributeValue>> =
             chunk.iter().map(|id| HashMap::from([(key.to_owned(), AttributeValue::S(id.clone()))])).collect();
-        let mut request = Some(KeysAndAttributes::builder().set_keys(Some(keys)).build()?);
+        let mut request = Some(
+            KeysAndAttributes::builder().set_keys(Some(keys)).set_projection_expression(projection.map(str::to_owned)).build()?,
+        );
         let mut attempt = 0;
         while let Some(req) = request.take() {
             let out = ddb
