@@ -288,15 +288,20 @@ async fn complete_of(
 /// Creates a scratch table keyed by the string `k` (on demand), for a
 /// bare client's writes.
 pub(crate) async fn create_scratch_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
+    create_table_keyed(ddb, table, "k").await
+}
+
+/// Creates `table` (on demand), keyed by the string attribute `key`.
+async fn create_table_keyed(ddb: &aws_sdk_dynamodb::Client, table: &str, key: &str) -> anyhow::Result<()> {
     use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
     ddb.create_table()
         .table_name(table)
         .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(AttributeDefinition::builder().attribute_name("k").attribute_type(ScalarAttributeType::S).build()?)
-        .key_schema(KeySchemaElement::builder().attribute_name("k").key_type(KeyType::Hash).build()?)
+        .attribute_definitions(AttributeDefinition::builder().attribute_name(key).attribute_type(ScalarAttributeType::S).build()?)
+        .key_schema(KeySchemaElement::builder().attribute_name(key).key_type(KeyType::Hash).build()?)
         .send()
         .await
-        .context("creating the scratch table")?;
+        .with_context(|| format!("creating the table {table}"))?;
     Ok(())
 }
 
@@ -454,9 +459,7 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
 
 #[cfg(test)]
 mod tests {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
+    use aws_sdk_dynamodb::types::AttributeValue;
 
     use super::*;
 
@@ -469,20 +472,7 @@ mod tests {
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
         let table = format!("loadgen-complete-{}", crate::coldstart::new_run_id());
-        ddb.create_table()
-            .table_name(&table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("order_id")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .expect("def"),
-            )
-            .key_schema(KeySchemaElement::builder().attribute_name("order_id").key_type(KeyType::Hash).build().expect("key"))
-            .send()
-            .await
-            .expect("table");
+        create_table_keyed(&ddb, &table, "order_id").await.expect("table");
         let entry = |k: usize| AttributeValue::M(HashMap::from([("status".to_owned(), AttributeValue::S(format!("s{k}")))]));
         // (id, entries stored, entries wanted)
         let mut orders: Vec<(String, usize, usize)> =
