@@ -19,20 +19,20 @@ if ! "$stack" status > /dev/null 2>&1; then started_stack=1; fi
 # failed (a 5xx loses what a receive had taken for a visibility timeout).
 diagnose() {
   echo "== test failed: what the processes logged" >&2
-  local log
-  for log in "${CAFE_STACK_DIR:-$repo/.stack}/logs/cafe-streamd.log" target/e2e-chaos-*/instances/instance-*.log; do
+  local log logs="${CAFE_STACK_DIR:-$repo/.stack}/logs"
+  for log in "$logs/cafe-streamd.log" target/e2e-chaos-*/instances/instance-*.log; do
     [ -f "$log" ] || continue
     echo "-- $log: its last warnings and errors" >&2
     grep -aE '^[^ ]+ +(WARN|ERROR) ' "$log" | tail -n 40 | cut -c1-400 >&2 || true
   done
-  log="${CAFE_STACK_DIR:-$repo/.stack}/logs/moto.log"
+  log="$logs/moto.log"
   if [ -f "$log" ]; then
     echo "-- $log: answers by status, the last 5xx, and the last exceptions (a 500's cause)" >&2
     grep -aoE '" [0-9]{3} ' "$log" | sort | uniq -c >&2 || true
     grep -aE '" 5[0-9]{2} ' "$log" | tail -n 10 >&2 || true
     grep -aE '^(Exception on |[A-Za-z_.]+(Error|Exception): )' "$log" | tail -n 20 | cut -c1-400 >&2 || true
   fi
-  log="${CAFE_STACK_DIR:-$repo/.stack}/logs/emulators.log"
+  log="$logs/emulators.log"
   if [ -f "$log" ]; then
     echo "-- $log: its last lines" >&2
     tail -n 20 "$log" | cut -c1-400 >&2
