@@ -426,31 +426,30 @@ fn rejected_event(input: &Input, r: &Rejection, source: &str) -> RejectedEvent {
     }
 }
 
-/// A router whose sinks refuse every call (nothing listens on their
-/// port): its writes fail, and it still frees what it was handed.
-#[cfg(test)]
-pub(crate) fn refusing_router() -> Router {
-    let metrics = Arc::new(Metrics::new());
-    let fraud = pipeline::fraud::FraudConfig::default();
-    Router {
-        dynamodb: crate::sinks::dynamodb::refusing_sink(),
-        orders: Arc::new(crate::sinks::dynamodb::refusing_sink()),
-        rejected: crate::sinks::rejected::refusing_sink(),
-        pool: CpuPool::new(1, Arc::clone(&metrics)).expect("a pool"),
-        scoring: Scoring::Process(Arc::new(Mutex::new(FraudEngine::new(fraud.clone()).expect("engine")))),
-        tunables: Arc::new(Tunables::new(Tuned {
-            work: Work { fraud_work_factor: 1, menu_json_rounds: 1, max_future_secs: 300 },
-            linger: std::time::Duration::from_millis(1),
-            rules: Arc::new(Rules::new(fraud).expect("rules")),
-        })),
-        sink_concurrency: 1,
-        metrics,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A router whose sinks refuse every call (nothing listens on their
+    /// port): its writes fail, and it still frees what it was handed.
+    fn refusing_router() -> Router {
+        let metrics = Arc::new(Metrics::new());
+        let fraud = pipeline::fraud::FraudConfig::default();
+        Router {
+            dynamodb: crate::sinks::dynamodb::refusing_sink(),
+            orders: Arc::new(crate::sinks::dynamodb::refusing_sink()),
+            rejected: crate::sinks::rejected::refusing_sink(),
+            pool: CpuPool::new(1, Arc::clone(&metrics)).expect("a pool"),
+            scoring: Scoring::Process(Arc::new(Mutex::new(FraudEngine::new(fraud.clone()).expect("engine")))),
+            tunables: Arc::new(Tunables::new(Tuned {
+                work: Work { fraud_work_factor: 1, menu_json_rounds: 1, max_future_secs: 300 },
+                linger: std::time::Duration::from_millis(1),
+                rules: Arc::new(Rules::new(fraud).expect("rules")),
+            })),
+            sink_concurrency: 1,
+            metrics,
+        }
+    }
 
     fn orders(batch: &str) -> Vec<Input> {
         let ts = now_rfc3339();
