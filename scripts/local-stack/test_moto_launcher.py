@@ -338,5 +338,67 @@ class WorkKeptInsteadOfRedone(unittest.TestCase):
         self.assertIs(modules, backends.list_of_moto_modules())
 
 
+
+class ReceivesDoNotChargeForWhatIsInFlight(unittest.TestCase):
+    """A receive read moto's datetime clock for every message in flight and
+    deep-copied the set of their groups: its cost grew with what the
+    consumer held, which real SQS does not charge for."""
+
+    def _in_flight(self, backend, name, n):
+        held = []
+        while len(held) < n:
+            held += backend.receive_message(name, 10, 0, 60)
+        return held
+
+    def test_a_receive_reads_the_datetime_clock_a_few_times_whatever_is_in_flight(self):
+        from moto.core import utils as moto_utils
+
+        backend = _backend()
+        name = _fifo_queue(backend)
+        for i in range(600):
+            backend.send_message(name, f"m{i}", group_id=f"g{i}")
+        self._in_flight(backend, name, 500)
+        reads = []
+        real = moto_utils.utcnow
+
+        def counted():
+            reads.append(1)
+            return real()
+
+        with mock.patch.object(moto_utils, "utcnow", counted):
+            got = backend.receive_message(name, 10, 0, 60)
+        self.assertEqual(len(got), 10)
+        # The poll's deadline and each delivered message's retention: not
+        # one read per message in flight (over a thousand before).
+        self.assertLessEqual(len(reads), 20)
+
+    def test_the_groups_in_flight_are_moto_s_and_copied_as_they_are(self):
+        import copy
+
+        backend = _backend()
+        name = _fifo_queue(backend)
+        for i in range(4):
+            backend.send_message(name, f"m{i}", group_id=f"g{i}")
+        given_back = backend.receive_message(name, 1, 0, 60)[0]
+        self.assertEqual(len(backend.receive_message(name, 2, 0, 60)), 2)
+        queue = backend.get_queue(name)
+        self.assertEqual(queue.pending_message_groups, {"g0", "g1", "g2"})
+        groups = queue.pending_message_groups
+        self.assertIs(copy.deepcopy(groups), groups)
+        # A message visible again (given back) no longer holds its group.
+        backend.change_message_visibility(name, given_back.receipt_handle, 0)
+        self.assertEqual(queue.pending_message_groups, {"g1", "g2"})
+
+    def test_a_message_turns_visible_again_when_its_timeout_runs_out(self):
+        backend = _backend()
+        name = _standard_queue(backend)
+        backend.send_message(name, "m")
+        self.assertEqual([m.body for m in backend.receive_message(name, 10, 0, 1)], ["m"])
+        self.assertEqual(backend.receive_message(name, 10, 0, 1), [])
+        later = sqs_models.unix_time_millis() + 1_001
+        with mock.patch.object(sqs_models, "unix_time_millis", lambda: later):
+            self.assertEqual([m.body for m in backend.receive_message(name, 10, 0, 1)], ["m"])
+
+
 if __name__ == "__main__":
     unittest.main()
