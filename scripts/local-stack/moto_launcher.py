@@ -341,9 +341,9 @@ def _in_flight_groups(self):
 
 class _Groups(frozenset):
     """Group ids in flight. moto's receive deep-copies the set it is given
-    (twice a pass when a message turns visible), one Python call per group
-    in flight; a frozenset of strings cannot change, so its deep copy is
-    itself."""
+    (once a receive, and again for each message it finds pending and
+    visible), one Python call per group in flight; a frozenset of strings
+    cannot change, so its deep copy is itself."""
 
     def __deepcopy__(self, memo):
         return self

@@ -393,11 +393,11 @@ class ReceivesDoNotChargeForWhatIsInFlight(unittest.TestCase):
         backend = _backend()
         name = _standard_queue(backend)
         backend.send_message(name, "m")
-        self.assertEqual([m.body for m in backend.receive_message(name, 10, 0, 1)], ["m"])
-        self.assertEqual(backend.receive_message(name, 10, 0, 1), [])
-        later = sqs_models.unix_time_millis() + 1_001
+        self.assertEqual([m.body for m in backend.receive_message(name, 10, 0, 30)], ["m"])
+        self.assertEqual(backend.receive_message(name, 10, 0, 30), [])
+        later = sqs_models.unix_time_millis() + 30_001
         with mock.patch.object(sqs_models, "unix_time_millis", lambda: later):
-            self.assertEqual([m.body for m in backend.receive_message(name, 10, 0, 1)], ["m"])
+            self.assertEqual([m.body for m in backend.receive_message(name, 10, 0, 30)], ["m"])
 
 
 if __name__ == "__main__":
