@@ -200,10 +200,11 @@ with what the consumer holds, not with what it takes. Measured in process
 (a FIFO queue of 10,000, a receive of ten and its deletes): 2.45 ms with
 40 messages in flight, 15 ms with 1,000, 33 ms with 2,000, nine tenths of
 it the clock; the rest mostly the deep copy moto's receive makes of the
-set of groups in flight (a Python call per group). Real SQS does not charge a consumer for pipelining: a
-consumer that keeps a few hundred messages in flight (the daemon's batches
-being decided and written) was slowed against one that holds ten (a bare
-client), and the difference measured was the stand-in's. The fix reads the
+set of groups in flight (a Python call per group). Real SQS does not
+charge a consumer for pipelining: a consumer that keeps a few hundred
+messages in flight (the daemon's batches being decided and written) was
+slowed against one that holds ten (a bare client), and the difference
+measured was the stand-in's. The fix reads the
 same clock (milliseconds since the epoch, UTC, as a float) from
 `time.time()`; every reader of `unix_time_millis` in moto's SQS gets it.
 Tests that move moto's clock still replace that one name. And the groups

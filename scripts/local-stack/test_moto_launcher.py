@@ -338,7 +338,6 @@ class WorkKeptInsteadOfRedone(unittest.TestCase):
         self.assertIs(modules, backends.list_of_moto_modules())
 
 
-
 class ReceivesDoNotChargeForWhatIsInFlight(unittest.TestCase):
     """A receive read moto's datetime clock for every message in flight and
     deep-copied the set of their groups: its cost grew with what the
