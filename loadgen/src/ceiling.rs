@@ -79,20 +79,26 @@ fn machine_busy(stat: &str) -> Option<(f64, usize)> {
 
 /// `process_cpu_seconds_total` from the daemon's `/metrics`.
 pub async fn daemon_cpu(admin: &str) -> anyhow::Result<f64> {
+    let text = daemon_metrics(admin).await?;
+    metric(&text, "process_cpu_seconds_total").with_context(|| format!("no process_cpu_seconds_total in http://{admin}/metrics"))
+}
+
+/// The daemon's metrics page, from its admin address.
+pub async fn daemon_metrics(admin: &str) -> anyhow::Result<String> {
     let url = format!("http://{admin}/metrics");
-    let text = reqwest::Client::new()
+    Ok(reqwest::Client::new()
         .get(&url)
         .timeout(Duration::from_secs(5))
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
-        .with_context(|| format!("reading the daemon's CPU from {url} (set --daemon-admin to its admin.listen)"))?
+        .with_context(|| format!("reading the daemon's metrics from {url} (set --daemon-admin to its admin.listen)"))?
         .text()
-        .await?;
-    metric(&text, "process_cpu_seconds_total").with_context(|| format!("no process_cpu_seconds_total in {url}"))
+        .await?)
 }
 
-fn metric(text: &str, name: &str) -> Option<f64> {
+/// An unlabelled sample's value on a metrics page.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
 }
 

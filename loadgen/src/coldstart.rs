@@ -155,8 +155,11 @@ impl Summary {
             self.drain_secs,
             self.restart_secs.map_or("no restart".into(), |s| format!("{s:.2} s")),
             match (&self.bare, self.drain_vs_bare, self.daemon_drain_secs) {
-                (Some(b), Some(r), Some(d)) =>
-                    format!("{r:.2}: the daemon's {d:.2} s to the last decision, a bare client's {:.2} s", b.bare_secs),
+                (Some(b), Some(r), Some(d)) => format!(
+                    "{r:.2}: the daemon's {d:.2} s to the last decision, a bare client's {:.2} s{}",
+                    b.bare_secs,
+                    b.fraud_history.said()
+                ),
                 _ => "not measured".into(),
             },
             match self.daemon_cpu_secs {
@@ -369,10 +372,22 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         // daemon's receivers, from the same stack, right now, as they are
         // sent: the daemon's drain shared the stack with the burst's sends
         // (on moto they cost as much as the drain), so the bare one does too.
+        // With the fraud history in DynamoDB (the daemon scored batches
+        // against it) the bare client makes the history's reads and writes
+        // too; unknown counts as in the process, the lighter yardstick.
+        let fraud_history = match crate::ceiling::daemon_metrics(&targets.daemon_admin).await {
+            Ok(text) if shared_history(&text) => crate::paythroughput::FraudHistory::Dynamodb,
+            Ok(_) => crate::paythroughput::FraudHistory::Process,
+            Err(e) => {
+                warn!("{e:#}: the bare client leaves the fraud history's reads and writes out");
+                crate::paythroughput::FraudHistory::Process
+            }
+        };
         let args = crate::paythroughput::PaymentsThroughputArgs {
             payments: found.len() as u64,
             receivers: 4,
             while_sending: true,
+            fraud_history,
             timeout_secs: scenario.verify.timeout_secs,
             targets: targets.clone(),
         };
@@ -435,6 +450,13 @@ pub(crate) fn new_run_id() -> String {
     format!("{:x}{:04x}", now.unix_timestamp(), now.nanosecond() >> 16)
 }
 
+/// Whether a daemon's metrics page says it scored batches against the
+/// fraud history in DynamoDB (`[fraud] state = "dynamodb"`).
+fn shared_history(metrics: &str) -> bool {
+    let name = format!("{}_total", pipeline::metric_names::FRAUD_STATE_BATCHES);
+    crate::ceiling::metric(metrics, &name).is_some_and(|batches| batches > 0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,6 +472,23 @@ mod tests {
             assert_eq!(cpu_window(restart, false), CpuWindow::FromNow, "{restart:?}");
         }
         assert_eq!(cpu_window(Restart::None, true), CpuWindow::FromNow);
+    }
+
+    #[test]
+    fn the_bare_client_makes_the_history_s_io_only_for_a_daemon_that_shares_it() {
+        let page = |batches: &str| {
+            format!(
+                "# HELP cafe_fraud_state_batches Batches scored against the shared fraud state\n\
+                 # TYPE cafe_fraud_state_batches counter\n\
+                 cafe_fraud_state_batches_total {batches}\n\
+                 cafe_fraud_state_batches_total_x 9\n\
+                 process_cpu_seconds_total 3.5\n"
+            )
+        };
+        assert!(shared_history(&page("147")));
+        // `[fraud] state = "process"`: the counter is there and stays 0.
+        assert!(!shared_history(&page("0")));
+        assert!(!shared_history("process_cpu_seconds_total 3.5\n"));
     }
 
     fn summary(sent: u64, daemon_cpu_secs: Option<f64>) -> Summary {

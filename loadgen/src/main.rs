@@ -324,8 +324,12 @@ fn main() -> ExitCode {
             match result {
                 Ok(t) => {
                     println!(
-                        "bare consumer ({} receivers; receive, one transaction per batch, delete): {} payments in {:.2} s, {:.0} payments/s",
-                        args.receivers, t.payments, t.bare_secs, t.bare_payments_per_sec
+                        "bare consumer ({} receivers; receive, one transaction per batch, delete){}: {} payments in {:.2} s, {:.0} payments/s",
+                        args.receivers,
+                        t.fraud_history.said(),
+                        t.payments,
+                        t.bare_secs,
+                        t.bare_payments_per_sec
                     );
                     match serde_json::to_string(&t) {
                         Ok(json) => println!("{json}"),

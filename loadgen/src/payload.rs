@@ -22,6 +22,10 @@ pub struct Payment {
     pub store: String,
     /// `amount_cents`.
     pub amount_cents: u64,
+    /// `card.fingerprint`.
+    pub fingerprint: String,
+    /// `device_id`.
+    pub device_id: String,
     /// MessageDeduplicationId.
     pub dedup_id: String,
     /// The event's JSON body.
@@ -73,14 +77,23 @@ pub fn payment(seed: u64, run_id: &str, index: u64, load: &Load, ts: &str) -> Pa
             "customer_id": customer_id,
             "amount_cents": amount_cents,
             "currency": "USD",
-            "card": {"bin": bin, "last4": format!("{:04}", rng.random_range(0..10_000)), "fingerprint": fingerprint},
+            "card": {"bin": bin, "last4": format!("{:04}", rng.random_range(0..10_000)), "fingerprint": &fingerprint},
             "ip": ip,
-            "device_id": device,
+            "device_id": &device,
             "billing_country": billing_country,
         }
     })
     .to_string();
-    Payment { dedup_id: format!("{run_id}-{index}"), payment_id, customer_id, store, amount_cents, body }
+    Payment {
+        dedup_id: format!("{run_id}-{index}"),
+        payment_id,
+        customer_id,
+        store,
+        amount_cents,
+        fingerprint,
+        device_id: device,
+        body,
+    }
 }
 
 #[cfg(test)]

@@ -8,16 +8,27 @@
 //! `receivers` long-polling consumers as the daemon runs them: receive up
 //! to ten, one TransactWriteItems per batch (a conditional put per payment
 //! and one `ADD` to an aggregate row),
-//! DeleteMessageBatch, until every payment is deleted. Both scratch
-//! resources are deleted afterwards. Must not: decode, score or check
-//! anything (the daemon's share of the work is what the ratio measures).
+//! DeleteMessageBatch, until every payment is deleted. With the fraud
+//! history in DynamoDB (`--fraud-history dynamodb`, the daemon's default)
+//! it also makes the history's reads and writes: a strongly consistent
+//! BatchGetItem of the batch's keys (card, customer, device) that it has not
+//! read before, as the daemon reads a key once and then keeps it, and a put
+//! of each of the batch's keys in the batch's transaction (an item of the
+//! daemon's shape, one entry, under a condition as the daemon's, which the
+//! table must check against the item it replaces; the daemon's holds the
+//! version it read, this one always holds, so the bare client never
+//! retries).
+//! Both scratch resources are deleted afterwards. Must not: decode, score
+//! or check anything (the daemon's share of the work is what the ratio
+//! measures).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName, SendMessageBatchRequestEntry};
 use futures::StreamExt;
 use serde::Serialize;
@@ -42,6 +53,11 @@ pub struct PaymentsThroughputArgs {
     /// than after.
     #[arg(long)]
     pub while_sending: bool,
+    /// Where the daemon measured against keeps the fraud rules' history
+    /// (its `[fraud] state`): `dynamodb` adds the history's reads and
+    /// writes to the bare client's, `process` leaves them out.
+    #[arg(long, value_enum, default_value_t = FraudHistory::Dynamodb)]
+    pub fraud_history: FraudHistory,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
@@ -49,11 +65,34 @@ pub struct PaymentsThroughputArgs {
     pub targets: Targets,
 }
 
+/// Where the fraud rules' history lives, as the daemon's `[fraud] state`
+/// says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FraudHistory {
+    /// A DynamoDB table (the daemon's default).
+    Dynamodb,
+    /// The daemon's memory: no reads or writes of it.
+    Process,
+}
+
+impl FraudHistory {
+    /// What the bare client did for it, for a report.
+    pub fn said(self) -> &'static str {
+        match self {
+            FraudHistory::Dynamodb => " (with the fraud history's reads and writes)",
+            FraudHistory::Process => "",
+        }
+    }
+}
+
 /// The measurement.
 #[derive(Debug, Clone, Serialize)]
 pub struct PaymentsThroughput {
     /// Payments in the burst.
     pub payments: u64,
+    /// Whether the bare client made the history's reads and writes.
+    pub fraud_history: FraudHistory,
     /// Seconds from the first message received to the last deleted.
     pub bare_secs: f64,
     /// Payments per second the bare client drained.
@@ -128,6 +167,20 @@ async fn measure(
         .collect::<Vec<anyhow::Result<()>>>();
     let send = async move { send.await.into_iter().collect::<anyhow::Result<Vec<()>>>().map(drop) };
 
+    // The history's keys of each payment, by its body, and the keys read so far.
+    let history_keys: HashMap<&str, [String; 3]> = match args.fraud_history {
+        FraudHistory::Dynamodb => payments
+            .iter()
+            .map(|p| {
+                let keys = [format!("card#{}", p.fingerprint), format!("cust#{}", p.customer_id), format!("dev#{}", p.device_id)];
+                (p.body.as_str(), keys)
+            })
+            .collect(),
+        FraudHistory::Process => HashMap::new(),
+    };
+    let by_body: HashMap<&str, &crate::payload::Payment> = payments.iter().map(|p| (p.body.as_str(), p)).collect();
+    let read_keys: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
+    let (history_keys, by_body, read_keys) = (&history_keys, &by_body, &read_keys);
     let deleted = Arc::new(AtomicUsize::new(0));
     let want = payments.len();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
@@ -166,6 +219,16 @@ async fn measure(
                         Ok(TransactWriteItem::builder().put(put).build())
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
+                let mut batch_keys: Vec<&String> =
+                    messages.iter().filter_map(|m| history_keys.get(m.body().unwrap_or_default())).flatten().collect();
+                batch_keys.sort_unstable();
+                batch_keys.dedup();
+                read_history(ddb, table, read_keys, &batch_keys).await?;
+                for key in &batch_keys {
+                    items.push(
+                        TransactWriteItem::builder().put(history_put(table, key, messages, history_keys, by_body)?).build(),
+                    );
+                }
                 let row = Update::builder()
                     .table_name(table)
                     .key("k", AttributeValue::S(format!("row-{r}-{}", batch_no % 20)))
@@ -205,5 +268,128 @@ async fn measure(
     }
     let started = *first_received.get().context("nothing was received")?;
     let bare_secs = started.elapsed().as_secs_f64();
-    Ok(PaymentsThroughput { payments: want as u64, bare_secs, bare_payments_per_sec: want as f64 / bare_secs })
+    Ok(PaymentsThroughput {
+        payments: want as u64,
+        fraud_history: args.fraud_history,
+        bare_secs,
+        bare_payments_per_sec: want as f64 / bare_secs,
+    })
+}
+
+/// Reads the history items of `keys` that no batch has read before (one
+/// strongly consistent BatchGetItem per 100, unprocessed keys asked again),
+/// as the daemon reads a key once and then keeps its state.
+async fn read_history(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    read_keys: &Mutex<HashSet<String>>,
+    keys: &[&String],
+) -> anyhow::Result<()> {
+    let unread: Vec<String> = {
+        let mut read = read_keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        keys.iter().filter(|k| read.insert((**k).clone())).map(|k| (*k).clone()).collect()
+    };
+    for chunk in unread.chunks(100) {
+        let mut ask = KeysAndAttributes::builder().consistent_read(true);
+        for key in chunk {
+            ask = ask.keys(HashMap::from([("k".to_owned(), AttributeValue::S(key.clone()))]));
+        }
+        let mut ask = Some(ask.build()?);
+        while let Some(keys) = ask.take() {
+            let out = ddb.batch_get_item().request_items(table, keys).send().await.context("reading the history")?;
+            ask = out.unprocessed_keys.and_then(|mut u| u.remove(table)).filter(|k| !k.keys.is_empty());
+        }
+    }
+    Ok(())
+}
+
+/// A put of a history item of the daemon's shape (`key`, version, expiry,
+/// entries) with one entry: the batch's last payment of that key.
+fn history_put(
+    table: &str,
+    key: &str,
+    messages: &[aws_sdk_sqs::types::Message],
+    history_keys: &HashMap<&str, [String; 3]>,
+    by_body: &HashMap<&str, &crate::payload::Payment>,
+) -> anyhow::Result<Put> {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let payment = messages
+        .iter()
+        .map(|m| m.body().unwrap_or_default())
+        .filter(|body| history_keys.get(body).is_some_and(|keys| keys.iter().any(|k| k == key)))
+        .filter_map(|body| by_body.get(body))
+        .next_back()
+        .context("a history key of no payment in the batch")?;
+    let mut entry = HashMap::from([
+        ("t".to_owned(), AttributeValue::N(now.to_string())),
+        ("p".to_owned(), AttributeValue::S(format!("{:0>32.32}", payment.payment_id))),
+    ]);
+    if key.starts_with("cust#") {
+        entry.insert("v".to_owned(), AttributeValue::N(payment.amount_cents.to_string()));
+    } else if key.starts_with("dev#") {
+        entry.insert("v".to_owned(), AttributeValue::S(format!("{:0>32.32}", payment.fingerprint)));
+    }
+    Ok(Put::builder()
+        .table_name(table)
+        .item("k", AttributeValue::S(key.to_owned()))
+        .item("ver", AttributeValue::N("1".into()))
+        .item("expires_at", AttributeValue::N((now + 3600).to_string()))
+        .item("entries", AttributeValue::L(vec![AttributeValue::M(entry)]))
+        // As the daemon's put is conditional on the version it read, so the
+        // table reads the item it replaces; this condition always holds.
+        .condition_expression("attribute_not_exists(#v) OR #v >= :zero")
+        .expression_attribute_names("#v", "ver")
+        .expression_attribute_values(":zero", AttributeValue::N("0".into()))
+        .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payment(index: u64) -> crate::payload::Payment {
+        let load = Load {
+            payments: 10,
+            users: 1,
+            stores: 2,
+            customers: 3,
+            shared_card_ratio: 0.0,
+            geo_mismatch_ratio: 0.0,
+            big_amount_ratio: 0.0,
+        };
+        crate::payload::payment(7, "r1", index, &load, "2026-12-05T00:00:00Z")
+    }
+
+    #[test]
+    fn a_history_put_is_the_daemon_s_item_for_the_batch_s_last_payment_of_its_key() {
+        let payments: Vec<_> = (0..10).map(payment).collect();
+        // Two payments of one customer in a batch, with another between them.
+        let first = &payments[0];
+        let second = payments[1..].iter().find(|p| p.customer_id == first.customer_id).expect("a customer paid twice");
+        let other = payments.iter().find(|p| p.customer_id != first.customer_id).expect("another customer");
+        let keys = |p: &crate::payload::Payment| {
+            [format!("card#{}", p.fingerprint), format!("cust#{}", p.customer_id), format!("dev#{}", p.device_id)]
+        };
+        let history_keys: HashMap<&str, [String; 3]> = payments.iter().map(|p| (p.body.as_str(), keys(p))).collect();
+        let by_body: HashMap<&str, &crate::payload::Payment> = payments.iter().map(|p| (p.body.as_str(), p)).collect();
+        let messages: Vec<_> =
+            [first, other, second].iter().map(|p| aws_sdk_sqs::types::Message::builder().body(&p.body).build()).collect();
+        let entry = |key: &str| {
+            let put = history_put("t", key, &messages, &history_keys, &by_body).expect("a put");
+            let item = put.item();
+            assert_eq!(item["k"], AttributeValue::S(key.to_owned()));
+            assert!(item.contains_key("ver") && item.contains_key("expires_at"), "{item:?}");
+            assert!(put.condition_expression().is_some());
+            let AttributeValue::L(entries) = &item["entries"] else { panic!("{item:?}") };
+            let [AttributeValue::M(entry)] = entries.as_slice() else { panic!("{entries:?}") };
+            entry.clone()
+        };
+        let customer = entry(&format!("cust#{}", first.customer_id));
+        assert_eq!(customer["p"], AttributeValue::S(format!("{:0>32.32}", second.payment_id)));
+        assert_eq!(customer["v"], AttributeValue::N(second.amount_cents.to_string()));
+        assert!(matches!(entry(&format!("dev#{}", other.device_id))["v"], AttributeValue::S(_)));
+        assert!(!entry(&format!("card#{}", other.fingerprint)).contains_key("v"));
+        // A key of no payment in the batch is a bug of the caller's.
+        assert!(history_put("t", "cust#nobody", &messages, &history_keys, &by_body).is_err());
+    }
 }
