@@ -228,8 +228,10 @@ the request, so nothing of it is left on the connection; up to 16 MiB)
 and moto answered without raising; werkzeug's wait for stray body bytes
 after the answer, which could swallow a client's next request, is skipped
 then. A chunked or oversized body, an HTTP/1.0 client, a client that asks
-to close, and an error close the connection as before. What moto answers
-is unchanged.
+to close, a request line refused as too long, and an error close the
+connection as before, and an idle connection is closed after 120 s (a
+thread per connection must not be held for ever by a client that went
+away). What moto answers is unchanged.
 
 DynamoDB and Kinesis are not served by moto here: the stack runs dynoxide
 and ferrokinesis for them (`cafe-emulators`), so no DynamoDB fix is needed.
@@ -664,9 +666,22 @@ class _KeepAliveHandler(moto_werkzeug_app.MotoRequestHandler):
 
     disable_nagle_algorithm = True
 
-    def parse_request(self):
+    # An idle kept connection holds its server thread until the client
+    # closes it; past this many seconds the server closes it (longer than
+    # hyper's 90 s pool idle timeout, so the SDK closes first).
+    timeout = 120
+
+    def handle_one_request(self):
+        # Before anything of this request can be answered: http.server
+        # refuses an over-long request line (414) before parse_request, and
+        # that answer must close as before, whatever the last one did.
         _connection.keep = False
-        return super().parse_request()
+        super().handle_one_request()
+
+    def log_error(self, format, *args):
+        if format.startswith("Request timed out"):  # an idle connection closed
+            return
+        super().log_error(format, *args)
 
     def make_environ(self):
         environ = super().make_environ()
@@ -680,9 +695,15 @@ class _KeepAliveHandler(moto_werkzeug_app.MotoRequestHandler):
             return environ
         body = self.rfile.read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
-        # An HTTP/1.0 client, or one that said `Connection: close`, is closed
-        # as before (parse_request decided so).
-        _connection.keep = len(body) == length and not self.close_connection
+        # An HTTP/1.0 client (even one that asks for keep-alive), or one with
+        # a `close` among its Connection options, is closed as before.
+        options = {o.strip().lower() for v in self.headers.get_all("Connection", []) for o in v.split(",")}
+        _connection.keep = (
+            len(body) == length
+            and self.request_version >= "HTTP/1.1"
+            and "close" not in options
+            and not self.close_connection
+        )
         return environ
 
     def send_header(self, keyword, value):

@@ -512,6 +512,54 @@ class ConnectionsStayOpen(unittest.TestCase):
         answer = self._closed_after_one_answer(self._list_queues("HTTP/1.0"))
         self.assertIn(b" 200 OK\r\n", answer[:20])
 
+    def test_an_http_1_0_client_asking_for_keep_alive_is_closed(self):
+        for options in ["Connection: keep-alive", "Connection: keep-alive, TE"]:
+            answer = self._closed_after_one_answer(self._list_queues("HTTP/1.0", options))
+            self.assertIn(b" 200 OK\r\n", answer[:20], options)
+
+    def test_close_among_other_connection_options_closes(self):
+        for options in [("Connection: close, TE",), ("Connection: TE", "Connection: close")]:
+            answer = self._closed_after_one_answer(self._list_queues("HTTP/1.1", *options))
+            self.assertIn(b" 200 OK\r\n", answer[:20], options)
+
+    def test_a_request_line_refused_as_too_long_closes_a_kept_connection(self):
+        # http.server answers 414 before it parses the request; the answer
+        # before it on the connection was kept, this one must not be, or
+        # the rest of the line is read as the next request.
+        long_line = b"GET /" + b"a" * 65_600 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        answer = self._closed_after_one_answer(self._list_queues("HTTP/1.1") + long_line)
+        self.assertEqual(answer.count(b"HTTP/1.1 "), 2, answer[:300])
+        self.assertIn(b"HTTP/1.1 414 ", answer)
+        self.assertIn(b"\r\nConnection: close\r\n", answer[answer.index(b"HTTP/1.1 414 "):])
+
+    def test_an_idle_connection_is_closed_by_the_server_after_the_clients_would_close_it(self):
+        # hyper (the SDK for Rust) drops an idle pooled connection after 90 s.
+        self.assertGreater(moto_launcher._KeepAliveHandler.timeout, 90)
+
+        class Impatient(moto_launcher._KeepAliveHandler):
+            timeout = 0.3
+
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug import serving
+
+        server = serving.make_server(
+            "127.0.0.1",
+            0,
+            moto_launcher._whole_answers(DomainDispatcherApplication(create_backend_app)),
+            threaded=True,
+            request_handler=Impatient,
+        )
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=5) as sock:
+            sock.sendall(self._list_queues("HTTP/1.1"))
+            answer = b""
+            while chunk := sock.recv(65536):  # kept open, then closed when idle
+                answer += chunk
+        self.assertIn(b" 200 OK\r\n", answer[:20])
+        self.assertNotIn(b"Connection: close", answer)
+
     def test_a_chunked_body_closes_its_connection(self):
         conn = self._connection()
         self.addCleanup(conn.close)
