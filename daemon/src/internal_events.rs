@@ -475,12 +475,14 @@ impl InternalEvent for FraudStateUsed {
         m.fraud_state_read_requests.inc_by(t.read_calls);
         m.fraud_state_writes.inc_by(t.writes);
         m.fraud_state_conflicts.inc_by(t.conflicts);
+        m.fraud_state_conflicts_from_cache.inc_by(t.conflicts_from_cache);
         debug!(
             payments = self.payments,
             hits = t.hits,
             reads = t.reads,
             writes = t.writes,
             conflicts = t.conflicts,
+            conflicts_from_cache = t.conflicts_from_cache,
             "Payments scored against the shared fraud state"
         );
     }

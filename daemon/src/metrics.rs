@@ -161,6 +161,8 @@ pub struct Metrics {
     pub fraud_state_writes: Counter,
     /// Transactions cancelled by a moved key.
     pub fraud_state_conflicts: Counter,
+    /// Of those, resolved from the cache (no read, no pause).
+    pub fraud_state_conflicts_from_cache: Counter,
     /// Batches queued on or running on rayon.
     pub rayon_queue_depth: Gauge,
     /// Sink requests by outcome.
@@ -256,6 +258,7 @@ impl Metrics {
             fraud_state_read_requests: Counter::default(),
             fraud_state_writes: Counter::default(),
             fraud_state_conflicts: Counter::default(),
+            fraud_state_conflicts_from_cache: Counter::default(),
             rayon_queue_depth: Gauge::default(),
             sink_requests: Family::default(),
             aws_requests: Family::default(),
@@ -344,6 +347,11 @@ impl Metrics {
             n::FRAUD_STATE_CONFLICTS,
             "Transactions cancelled because a fraud state key had moved",
             m.fraud_state_conflicts.clone(),
+        );
+        registry.register(
+            n::FRAUD_STATE_CONFLICTS_FROM_CACHE,
+            "Of those, the ones whose moved keys the cache held at a newer version (no read, no pause)",
+            m.fraud_state_conflicts_from_cache.clone(),
         );
         registry.register(n::RAYON_QUEUE_DEPTH, "Batches waiting for or running on the CPU pool", m.rayon_queue_depth.clone());
         registry.register(n::SINK_REQUESTS, "Sink write requests, by outcome", m.sink_requests.clone());

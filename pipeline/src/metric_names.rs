@@ -126,6 +126,10 @@ pub const FRAUD_STATE_WRITES: &str = "cafe_fraud_state_writes";
 /// Transactions cancelled because a fraud state key had moved (another
 /// writer first): the payments were scored again on a fresh read.
 pub const FRAUD_STATE_CONFLICTS: &str = "cafe_fraud_state_conflicts";
+/// Of those, the ones every moved key of which the cache already held at a
+/// newer version (another batch of this process wrote or read it): scored
+/// again at once against it, with no read and no pause.
+pub const FRAUD_STATE_CONFLICTS_FROM_CACHE: &str = "cafe_fraud_state_conflicts_from_cache";
 /// Batches waiting for or running on the rayon pool.
 pub const RAYON_QUEUE_DEPTH: &str = "cafe_rayon_queue_depth_batches";
 /// Sink write requests by outcome (`ok`, `retry`, `failed`). Labels: `sink`, `outcome`.

@@ -4,8 +4,10 @@
 //! Owns: which keys a batch's payments need, reading the ones not cached
 //! (one BatchGetItem per 100 keys, strongly consistent), scoring in arrival
 //! order on the CPU pool, packing payments into transactions, and the
-//! rounds: a key another writer moved first is read again and every
-//! payment from that transaction on is scored again. Must not: send
+//! rounds: a key another writer moved first is read again (after a
+//! jittered pause) and every payment from that transaction on is scored
+//! again; a key the cache already holds at a newer version (another batch
+//! of this process moved it) is scored against that at once. Must not: send
 //! rejections or acknowledge (the router and the sources do, from the
 //! outcomes this returns).
 //!
@@ -61,6 +63,9 @@ pub struct StateTraffic {
     /// Transactions cancelled because a key had moved (each one re-read
     /// and re-scored).
     pub conflicts: u64,
+    /// Of those, the ones whose moved keys the cache held at a newer
+    /// version: re-scored at once, with no read and no pause.
+    pub conflicts_from_cache: u64,
 }
 
 /// Key states kept in memory to avoid reads, with the version each was
@@ -126,11 +131,19 @@ impl FraudStateCache {
         self.show(&c);
     }
 
-    /// Drops `key` (it moved: the next use reads it).
-    pub fn forget(&self, key: &StateKey) {
+    /// After a write conditional on `key` at version `read` was cancelled
+    /// because the key had moved: true when the cache holds it at a newer
+    /// version (written by another batch of this process, or read after
+    /// the move), which the next round can score against; otherwise drops
+    /// it, so that the next use reads it.
+    pub fn newer_than(&self, key: &StateKey, read: u64) -> bool {
         let mut c = self.lock();
+        if c.map.get(key).is_some_and(|(v, _)| v.version > read) {
+            return true;
+        }
         c.map.remove(key);
         self.show(&c);
+        false
     }
 
     /// Keys cached.
@@ -148,6 +161,28 @@ impl FraudStateCache {
             g.set(c.map.len() as i64);
         }
     }
+}
+
+/// Where the keys a cancelled transaction found moved (each with the
+/// version its write read) are next scored from: the cache's newer version
+/// when it holds one, otherwise a read (`must_read`). True when a key was
+/// not cached newer: another writer moved it, so the next round pauses
+/// first.
+fn settle_moved<'a>(
+    cache: &FraudStateCache,
+    moved: impl IntoIterator<Item = (&'a StateKey, u64)>,
+    must_read: &mut HashSet<StateKey>,
+) -> bool {
+    let mut elsewhere = false;
+    for (key, read) in moved {
+        if cache.newer_than(key, read) {
+            must_read.remove(key);
+        } else {
+            elsewhere = true;
+            must_read.insert(key.clone());
+        }
+    }
+    elsewhere
 }
 
 /// The keys of one payment: card, customer, device.
@@ -296,12 +331,16 @@ pub async fn apply_payments(
     let mut pending: Vec<usize> = copies.firsts.clone();
     let history_secs = rules.config().history_secs;
     let mut must_read: HashSet<StateKey> = HashSet::new();
+    // Whether the last round's conflict was another writer's.
+    let mut pause = false;
     for round in 0..MAX_ROUNDS {
         if round > 0 {
             // Another writer moved a key: back off (jittered, so that
             // instances racing for a hot key do not meet again at once),
-            // unless shutting down.
-            if !sink.pause_between_rounds(round - 1).await {
+            // unless shutting down. A key only this process's other
+            // batches moved is in the cache: go on at once.
+            let go_on = if pause { sink.pause_between_rounds(round - 1).await } else { !sink.stop_retrying.is_cancelled() };
+            if !go_on {
                 return (decided, copies_settled(&copies, outcomes));
             }
         }
@@ -326,8 +365,11 @@ pub async fn apply_payments(
             traffic.reads += wanted.len() as u64;
             match sink.read_fraud_states(&wanted, rules, &mut traffic.read_calls).await {
                 Ok(read) => {
+                    // Cached as read (a durable version): a later round of
+                    // this batch, or another batch, need not read it again.
                     for (&k, v) in missing.iter().zip(read) {
                         must_read.remove(&keys[k]);
+                        cache.put(&keys[k], v.clone());
                         states[k] = Some(v);
                     }
                 }
@@ -380,19 +422,21 @@ pub async fn apply_payments(
                     }
                 }
                 Attempt::Conditions(failed) => {
-                    let mut moved = false;
+                    let mut moved: Vec<(&StateKey, u64)> = Vec::new();
                     for f in failed {
                         if let Some(&pos) = members.get(f) {
                             // Written before: its first decision stands.
                             outcomes[pending[pos]] = WriteOutcome::Duplicate;
-                        } else if let Some((k, _, _, _)) = txn.get(f - members.len()) {
-                            moved = true;
-                            must_read.insert(keys[*k].clone());
-                            cache.forget(&keys[*k]);
+                        } else if let Some((k, read, _, _)) = txn.get(f - members.len()) {
+                            moved.push((&keys[*k], *read));
                         }
                     }
-                    if moved {
+                    // Only redelivered payments: nothing to wait for.
+                    pause = false;
+                    if !moved.is_empty() {
                         traffic.conflicts += 1;
+                        pause = settle_moved(cache, moved, &mut must_read);
+                        traffic.conflicts_from_cache += u64::from(!pause);
                     }
                     // This transaction's others and every later one were
                     // scored against states that did not land: again.
@@ -560,12 +604,36 @@ mod tests {
         c.put(&key(9), at(5));
         c.put(&key(9), at(4));
         assert_eq!(c.get(&key(9)).map(|v| v.version), Some(5), "an older version does not replace a newer");
-        c.forget(&key(9));
+        assert!(c.newer_than(&key(9), 4), "kept");
+        assert!(!c.newer_than(&key(9), 5), "not newer: dropped");
         assert_eq!((c.get(&key(9)), gauge.get()), (None, 2));
         for i in 0..1000 {
             c.put(&key(i % 5), at(i as u64 + 10));
         }
         assert!(c.lock().fifo.len() <= 2 * 3 + 64 + 1);
+    }
+
+    #[test]
+    fn a_key_the_cache_holds_newer_is_scored_from_it_and_only_another_writer_s_move_reads_and_pauses() {
+        let c = FraudStateCache::new(100, None);
+        let key = |i: usize| StateKey::Card(format!("fp{i}"));
+        let at = |v: u64| Versioned { version: v, state: key(0).empty() };
+        // Key 1: another batch of this process wrote it at 5 after this
+        // batch scored against 4. Key 2: cached at the version the write
+        // read, so someone else moved it. Key 3: not cached at all.
+        c.put(&key(1), at(5));
+        c.put(&key(2), at(4));
+        let mut must_read = HashSet::from([key(1)]);
+        assert!(!settle_moved(&c, [(&key(1), 4)], &mut must_read), "moved here: no pause");
+        assert!(must_read.is_empty(), "and no read");
+        assert_eq!(c.get(&key(1)).map(|v| v.version), Some(5), "scored against the newer version");
+
+        assert!(settle_moved(&c, [(&key(1), 4), (&key(2), 4), (&key(3), 0)], &mut must_read), "moved elsewhere: pause");
+        assert_eq!(must_read, HashSet::from([key(2), key(3)]));
+        assert_eq!((c.get(&key(1)).map(|v| v.version), c.get(&key(2))), (Some(5), None));
+        // The newer version itself moved on elsewhere: read it.
+        assert!(settle_moved(&c, [(&key(1), 5)], &mut must_read));
+        assert!(must_read.contains(&key(1)) && c.get(&key(1)).is_none());
     }
 
     #[tokio::test]
