@@ -22,7 +22,7 @@
 //! or check anything (the daemon's share of the work is what the ratio
 //! measures).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -167,20 +167,14 @@ async fn measure(
         .collect::<Vec<anyhow::Result<()>>>();
     let send = async move { send.await.into_iter().collect::<anyhow::Result<Vec<()>>>().map(drop) };
 
-    // The history's keys of each payment, by its body, and the keys read so far.
-    let history_keys: HashMap<&str, [String; 3]> = match args.fraud_history {
-        FraudHistory::Dynamodb => payments
-            .iter()
-            .map(|p| {
-                let keys = [format!("card#{}", p.fingerprint), format!("cust#{}", p.customer_id), format!("dev#{}", p.device_id)];
-                (p.body.as_str(), keys)
-            })
-            .collect(),
+    // Each payment by its body (none when the history is in the process),
+    // and the history's keys read so far.
+    let by_body: HashMap<&str, &crate::payload::Payment> = match args.fraud_history {
+        FraudHistory::Dynamodb => payments.iter().map(|p| (p.body.as_str(), p)).collect(),
         FraudHistory::Process => HashMap::new(),
     };
-    let by_body: HashMap<&str, &crate::payload::Payment> = payments.iter().map(|p| (p.body.as_str(), p)).collect();
     let read_keys: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
-    let (history_keys, by_body, read_keys) = (&history_keys, &by_body, &read_keys);
+    let (by_body, read_keys) = (&by_body, &read_keys);
     let deleted = Arc::new(AtomicUsize::new(0));
     let want = payments.len();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
@@ -219,15 +213,10 @@ async fn measure(
                         Ok(TransactWriteItem::builder().put(put).build())
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                let mut batch_keys: Vec<&String> =
-                    messages.iter().filter_map(|m| history_keys.get(m.body().unwrap_or_default())).flatten().collect();
-                batch_keys.sort_unstable();
-                batch_keys.dedup();
-                read_history(ddb, table, read_keys, &batch_keys).await?;
-                for key in &batch_keys {
-                    items.push(
-                        TransactWriteItem::builder().put(history_put(table, key, messages, history_keys, by_body)?).build(),
-                    );
+                let last = last_payment_of_each_key(messages, by_body);
+                read_history(ddb, table, read_keys, last.keys()).await?;
+                for (key, payment) in &last {
+                    items.push(TransactWriteItem::builder().put(history_put(table, key, payment)?).build());
                 }
                 let row = Update::builder()
                     .table_name(table)
@@ -283,11 +272,11 @@ async fn read_history(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
     read_keys: &Mutex<HashSet<String>>,
-    keys: &[&String],
+    keys: impl Iterator<Item = &String>,
 ) -> anyhow::Result<()> {
     let unread: Vec<String> = {
         let mut read = read_keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        keys.iter().filter(|k| read.insert((**k).clone())).map(|k| (*k).clone()).collect()
+        keys.filter(|k| read.insert((*k).clone())).cloned().collect()
     };
     for chunk in unread.chunks(100) {
         let mut ask = KeysAndAttributes::builder().consistent_read(true);
@@ -303,23 +292,30 @@ async fn read_history(
     Ok(())
 }
 
-/// A put of a history item of the daemon's shape (`key`, version, expiry,
-/// entries) with one entry: the batch's last payment of that key.
-fn history_put(
-    table: &str,
-    key: &str,
+/// The fraud history's keys of a payment, as the daemon names its items.
+fn history_keys(p: &crate::payload::Payment) -> [String; 3] {
+    [format!("card#{}", p.fingerprint), format!("cust#{}", p.customer_id), format!("dev#{}", p.device_id)]
+}
+
+/// Each history key of a batch's payments (those in `by_body`), in key
+/// order, with the batch's last payment of it.
+fn last_payment_of_each_key<'a>(
     messages: &[aws_sdk_sqs::types::Message],
-    history_keys: &HashMap<&str, [String; 3]>,
-    by_body: &HashMap<&str, &crate::payload::Payment>,
-) -> anyhow::Result<Put> {
+    by_body: &HashMap<&str, &'a crate::payload::Payment>,
+) -> BTreeMap<String, &'a crate::payload::Payment> {
+    let mut last = BTreeMap::new();
+    for payment in messages.iter().filter_map(|m| by_body.get(m.body().unwrap_or_default())) {
+        for key in history_keys(payment) {
+            last.insert(key, *payment);
+        }
+    }
+    last
+}
+
+/// A put of a history item of the daemon's shape (`key`, version, expiry,
+/// entries) with one entry, `payment`'s.
+fn history_put(table: &str, key: &str, payment: &crate::payload::Payment) -> anyhow::Result<Put> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let payment = messages
-        .iter()
-        .map(|m| m.body().unwrap_or_default())
-        .filter(|body| history_keys.get(body).is_some_and(|keys| keys.iter().any(|k| k == key)))
-        .filter_map(|body| by_body.get(body))
-        .next_back()
-        .context("a history key of no payment in the batch")?;
     let mut entry = HashMap::from([
         ("t".to_owned(), AttributeValue::N(now.to_string())),
         ("p".to_owned(), AttributeValue::S(format!("{:0>32.32}", payment.payment_id))),
@@ -367,15 +363,14 @@ mod tests {
         let first = &payments[0];
         let second = payments[1..].iter().find(|p| p.customer_id == first.customer_id).expect("a customer paid twice");
         let other = payments.iter().find(|p| p.customer_id != first.customer_id).expect("another customer");
-        let keys = |p: &crate::payload::Payment| {
-            [format!("card#{}", p.fingerprint), format!("cust#{}", p.customer_id), format!("dev#{}", p.device_id)]
-        };
-        let history_keys: HashMap<&str, [String; 3]> = payments.iter().map(|p| (p.body.as_str(), keys(p))).collect();
         let by_body: HashMap<&str, &crate::payload::Payment> = payments.iter().map(|p| (p.body.as_str(), p)).collect();
         let messages: Vec<_> =
             [first, other, second].iter().map(|p| aws_sdk_sqs::types::Message::builder().body(&p.body).build()).collect();
+        let last = last_payment_of_each_key(&messages, &by_body);
+        let distinct: HashSet<String> = [first, other, second].iter().flat_map(|p| history_keys(p)).collect();
+        assert_eq!(last.len(), distinct.len(), "each key of the batch once");
         let entry = |key: &str| {
-            let put = history_put("t", key, &messages, &history_keys, &by_body).expect("a put");
+            let put = history_put("t", key, last.get(key).expect("a key of the batch")).expect("a put");
             let item = put.item();
             assert_eq!(item["k"], AttributeValue::S(key.to_owned()));
             assert!(item.contains_key("ver") && item.contains_key("expires_at"), "{item:?}");
@@ -389,7 +384,7 @@ mod tests {
         assert_eq!(customer["v"], AttributeValue::N(second.amount_cents.to_string()));
         assert!(matches!(entry(&format!("dev#{}", other.device_id))["v"], AttributeValue::S(_)));
         assert!(!entry(&format!("card#{}", other.fingerprint)).contains_key("v"));
-        // A key of no payment in the batch is a bug of the caller's.
-        assert!(history_put("t", "cust#nobody", &messages, &history_keys, &by_body).is_err());
+        // With the history in the process, the batch has no keys.
+        assert!(last_payment_of_each_key(&messages, &HashMap::new()).is_empty());
     }
 }
