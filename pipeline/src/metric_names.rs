@@ -124,7 +124,8 @@ pub const FRAUD_STATE_READ_REQUESTS: &str = "cafe_fraud_state_read_requests";
 /// Shared fraud state keys written (with the payments that changed them).
 pub const FRAUD_STATE_WRITES: &str = "cafe_fraud_state_writes";
 /// Transactions cancelled because a fraud state key had moved (another
-/// writer first): the payments were scored again on a fresh read.
+/// writer first): the payments were scored again, on a fresh read after a
+/// pause unless the cache held the key at a newer version.
 pub const FRAUD_STATE_CONFLICTS: &str = "cafe_fraud_state_conflicts";
 /// Of those, the ones every moved key of which the cache already held at a
 /// newer version (another batch of this process wrote or read it): scored

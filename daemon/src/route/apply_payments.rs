@@ -45,9 +45,17 @@ use crate::sinks::WriteOutcome;
 use crate::sinks::dynamodb::fraud_state::{AnyState, StateKey, StateWrite, Versioned};
 use crate::sinks::dynamodb::{Attempt, Copies, DynamoDbSink};
 
-/// Rounds of conflicts (another writer moved a key) before the payments
-/// are given back to their source.
+/// Rounds after a conflict with another writer (each after a jittered
+/// pause, the first round included) before the payments are given back
+/// to their source.
 const MAX_ROUNDS: u32 = 8;
+
+/// Rounds at once (no pause), each after a conflict the cache resolved
+/// (another batch of this process moved the key: it made progress) or one
+/// of redelivered payments only (each settles at least one), before the
+/// payments are given back: a bound, so that a batch on a key many of the
+/// process's batches want at once cannot go round for ever.
+const MAX_ROUNDS_AT_ONCE: u32 = 32;
 
 /// What one batch's scoring against the shared state cost, for the metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +68,8 @@ pub struct StateTraffic {
     pub read_calls: u64,
     /// Key states written (committed).
     pub writes: u64,
-    /// Transactions cancelled because a key had moved (each one re-read
-    /// and re-scored).
+    /// Transactions cancelled because a key had moved (each one
+    /// re-scored).
     pub conflicts: u64,
     /// Of those, the ones whose moved keys the cache held at a newer
     /// version: re-scored at once, with no read and no pause.
@@ -73,7 +81,9 @@ pub struct StateTraffic {
 /// the version it was scored against (a stale entry costs one cancelled
 /// transaction and a read). Shared by every input of the process; each
 /// call locks it briefly, never across an await. Holds at most `cap`
-/// keys, dropping the oldest put first.
+/// keys, dropping the oldest put first. A key found moved past what it
+/// holds is marked, not dropped, so that a read or write of an older
+/// version ending later is not cached (it would cost every batch a round).
 #[derive(Debug)]
 pub struct FraudStateCache {
     inner: Mutex<CacheInner>,
@@ -81,9 +91,18 @@ pub struct FraudStateCache {
     gauge: Option<Gauge>,
 }
 
+/// A key's cached state, its put number, and whether it was found moved
+/// past that version (then it only keeps older versions out).
+#[derive(Debug)]
+struct Held {
+    state: Versioned,
+    put: u64,
+    moved: bool,
+}
+
 #[derive(Debug)]
 struct CacheInner {
-    map: HashMap<StateKey, (Versioned, u64)>,
+    map: HashMap<StateKey, Held>,
     /// (key, put number), oldest first; stale elements are skipped.
     fifo: VecDeque<(StateKey, u64)>,
     cap: usize,
@@ -105,45 +124,55 @@ impl FraudStateCache {
 
     /// A copy of `key`'s cached state.
     pub fn get(&self, key: &StateKey) -> Option<Versioned> {
-        self.lock().map.get(key).map(|(v, _)| v.clone())
+        self.lock().map.get(key).filter(|h| !h.moved).map(|h| h.state.clone())
     }
 
-    /// Caches `key` at `state`, unless a newer version is cached.
+    /// Caches `key` at `state`, unless a newer version is cached, or the
+    /// key was found moved past this version.
     pub fn put(&self, key: &StateKey, state: Versioned) {
         let mut c = self.lock();
-        if c.map.get(key).is_some_and(|(v, _)| v.version > state.version) {
+        if c.map.get(key).is_some_and(|h| h.state.version > state.version || (h.moved && h.state.version >= state.version)) {
             return;
         }
-        let put = c.next_put;
-        c.next_put += 1;
-        c.map.insert(key.clone(), (state, put));
-        c.fifo.push_back((key.clone(), put));
-        while c.map.len() > c.cap {
-            let Some((old, n)) = c.fifo.pop_front() else { break };
-            if c.map.get(&old).is_some_and(|(_, p)| *p == n) {
-                c.map.remove(&old);
-            }
-        }
-        if c.fifo.len() > 2 * c.cap + 64 {
-            let CacheInner { map, fifo, .. } = &mut *c;
-            fifo.retain(|(k, n)| map.get(k).is_some_and(|(_, p)| p == n));
-        }
+        Self::hold(&mut c, key, Held { state, put: 0, moved: false });
         self.show(&c);
     }
 
     /// After a write conditional on `key` at version `read` was cancelled
     /// because the key had moved: true when the cache holds it at a newer
     /// version (written by another batch of this process, or read after
-    /// the move), which the next round can score against; otherwise drops
-    /// it, so that the next use reads it.
+    /// the move), which the next round can score against; otherwise marks
+    /// it moved past `read` (and past what it held), so that the next use
+    /// reads it.
     pub fn newer_than(&self, key: &StateKey, read: u64) -> bool {
         let mut c = self.lock();
-        if c.map.get(key).is_some_and(|(v, _)| v.version > read) {
+        let held = c.map.get(key);
+        if held.is_some_and(|h| !h.moved && h.state.version > read) {
             return true;
         }
-        c.map.remove(key);
+        let past = held.map_or(read, |h| h.state.version.max(read));
+        Self::hold(&mut c, key, Held { state: Versioned { version: past, state: key.empty() }, put: 0, moved: true });
         self.show(&c);
         false
+    }
+
+    /// Holds `key` as `held`, numbered as the latest put, dropping the
+    /// oldest keys beyond the cap.
+    fn hold(c: &mut CacheInner, key: &StateKey, mut held: Held) {
+        held.put = c.next_put;
+        c.next_put += 1;
+        c.fifo.push_back((key.clone(), held.put));
+        c.map.insert(key.clone(), held);
+        while c.map.len() > c.cap {
+            let Some((old, n)) = c.fifo.pop_front() else { break };
+            if c.map.get(&old).is_some_and(|h| h.put == n) {
+                c.map.remove(&old);
+            }
+        }
+        if c.fifo.len() > 2 * c.cap + 64 {
+            let CacheInner { map, fifo, .. } = c;
+            fifo.retain(|(k, n)| map.get(k).is_some_and(|h| h.put == *n));
+        }
     }
 
     /// Keys cached.
@@ -331,18 +360,34 @@ pub async fn apply_payments(
     let mut pending: Vec<usize> = copies.firsts.clone();
     let history_secs = rules.config().history_secs;
     let mut must_read: HashSet<StateKey> = HashSet::new();
-    // Whether the last round's conflict was another writer's.
-    let mut pause = false;
-    for round in 0..MAX_ROUNDS {
-        if round > 0 {
+    // After a conflict: whether it was another writer's (pause first).
+    let mut pause: Option<bool> = None;
+    let (mut paused, mut at_once) = (0u32, 0u32);
+    loop {
+        let go_on = match pause {
+            None => true,
             // Another writer moved a key: back off (jittered, so that
             // instances racing for a hot key do not meet again at once),
-            // unless shutting down. A key only this process's other
-            // batches moved is in the cache: go on at once.
-            let go_on = if pause { sink.pause_between_rounds(round - 1).await } else { !sink.stop_retrying.is_cancelled() };
-            if !go_on {
-                return (decided, copies_settled(&copies, outcomes));
+            // unless shutting down.
+            Some(true) => {
+                paused += 1;
+                if paused >= MAX_ROUNDS {
+                    return given_back(&pending, "other writers", &copies, outcomes, decided);
+                }
+                sink.pause_between_rounds(paused - 1).await
             }
+            // A key only this process's other batches moved, which the
+            // cache holds, or redelivered payments: go on at once.
+            Some(false) => {
+                at_once += 1;
+                if at_once > MAX_ROUNDS_AT_ONCE {
+                    return given_back(&pending, "this process's batches", &copies, outcomes, decided);
+                }
+                !sink.stop_retrying.is_cancelled()
+            }
+        };
+        if !go_on {
+            return (decided, copies_settled(&copies, outcomes));
         }
         // The round's keys, each once, and each payment's three.
         let mut keys: Vec<StateKey> = Vec::new();
@@ -432,12 +477,13 @@ pub async fn apply_payments(
                         }
                     }
                     // Only redelivered payments: nothing to wait for.
-                    pause = false;
+                    let mut elsewhere = false;
                     if !moved.is_empty() {
                         traffic.conflicts += 1;
-                        pause = settle_moved(cache, moved, &mut must_read);
-                        traffic.conflicts_from_cache += u64::from(!pause);
+                        elsewhere = settle_moved(cache, moved, &mut must_read);
+                        traffic.conflicts_from_cache += u64::from(!elsewhere);
                     }
+                    pause = Some(elsewhere);
                     // This transaction's others and every later one were
                     // scored against states that did not land: again.
                     again.extend(
@@ -454,12 +500,21 @@ pub async fn apply_payments(
         }
         pending = again;
     }
+}
+
+/// Out of rounds: the pending payments go back to their source.
+fn given_back(
+    pending: &[usize],
+    movers: &str,
+    copies: &Copies,
+    outcomes: Vec<WriteOutcome>,
+    decided: Vec<Option<DecidedPayment>>,
+) -> (Vec<Option<DecidedPayment>>, Vec<WriteOutcome>) {
     warn!(
         payments = pending.len(),
-        rounds = MAX_ROUNDS,
-        "Fraud state kept moving under concurrent writers; the payments go back to their source"
+        movers, "Fraud state kept moving under concurrent writers; the payments go back to their source"
     );
-    (decided, copies_settled(&copies, outcomes))
+    (decided, copies_settled(copies, outcomes))
 }
 
 /// The outcomes with each in-batch copy of a payment settled by its first.
@@ -605,8 +660,18 @@ mod tests {
         c.put(&key(9), at(4));
         assert_eq!(c.get(&key(9)).map(|v| v.version), Some(5), "an older version does not replace a newer");
         assert!(c.newer_than(&key(9), 4), "kept");
-        assert!(!c.newer_than(&key(9), 5), "not newer: dropped");
-        assert_eq!((c.get(&key(9)), gauge.get()), (None, 2));
+        assert!(!c.newer_than(&key(9), 5), "not newer: marked moved");
+        assert_eq!((c.get(&key(9)), gauge.get()), (None, 3), "held as a mark until dropped as the oldest");
+        // A read or a write of a version the key moved past, ending late,
+        // is not cached; a newer one is.
+        c.put(&key(9), at(5));
+        assert_eq!(c.get(&key(9)), None, "a late read of the version found moved");
+        c.put(&key(9), at(6));
+        assert_eq!(c.get(&key(9)).map(|v| v.version), Some(6));
+        // A key not held is marked at the version the write read.
+        assert!(!c.newer_than(&key(7), 3));
+        c.put(&key(7), at(3));
+        assert_eq!(c.get(&key(7)), None);
         for i in 0..1000 {
             c.put(&key(i % 5), at(i as u64 + 10));
         }
@@ -637,7 +702,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_read_or_write_gives_every_payment_back_and_caches_nothing() {
+    async fn a_failed_read_or_write_gives_every_payment_back_and_caches_only_what_was_durable() {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let pool = CpuPool::new(1, metrics).expect("pool");
         let cache = FraudStateCache::new(100, None);
