@@ -210,3 +210,131 @@ async fn a_redelivered_payment_keeps_its_decision_and_changes_no_state() {
     let metrics = http_get(&env.admin, "/metrics").await;
     assert!(metrics.contains("outcome=\"duplicate\"} 6"), "{metrics}");
 }
+
+/// A payment of `card` for `apply_payments`, dated a minute ago.
+fn unscored(prefix: &str, id: &str, card: &str) -> daemon::route::Unscored {
+    let ts = OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    daemon::route::Unscored {
+        id: format!("{prefix}-e-{id}"),
+        ts,
+        ts_raw: ts.format(&Rfc3339).expect("rfc3339"),
+        store: "s1".into(),
+        payment: pipeline::event::PaymentRequested {
+            payment_id: format!("{prefix}-{id}"),
+            order_id: format!("{prefix}-o-{id}"),
+            customer_id: format!("{prefix}-c-{id}"),
+            amount_cents: 700,
+            currency: "USD".into(),
+            card: pipeline::event::Card { bin: "411111".into(), last4: "0000".into(), fingerprint: card.into() },
+            ip: "198.51.100.7".parse().expect("ip"),
+            device_id: format!("{prefix}-d-{id}"),
+            billing_country: "US".into(),
+        },
+    }
+}
+
+/// Two batches of one process race for a card: one (through a proxy that
+/// holds its transactions 2.5 s, so that the other, 0.5 s later, has 2 s
+/// to commit first) scored against the card's version, the other wrote
+/// the next version meanwhile and cached it. The first is
+/// cancelled and scored again from the cache at once: the card is not read
+/// again, and the batch's other keys, read once, are not either. The same
+/// race against a writer with its own cache (another instance) reads the
+/// card again (after the pause). Both end with every payment in the card's
+/// history, its version moved once per transaction.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conflict_with_the_process_s_own_batch_is_scored_from_the_cache_and_another_writer_s_is_read_again() {
+    use daemon::route::apply_payments::apply_payments;
+    use daemon::route::{FraudStateCache, StateTraffic};
+    use daemon::sinks::WriteOutcome;
+    use daemon::sinks::dynamodb::DynamoDbSink;
+    use daemon::sinks::dynamodb::config::DynamoDbSinkConfig;
+    use faultproxy::{Fault, Proxy, Rule};
+    use std::sync::Arc;
+
+    let env = Env::new("fraud-own", SHARED).await;
+    let p = env.prefix.clone();
+    let upstream = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local stack's DynamoDB");
+    let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), &upstream).await.expect("start the proxy");
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let client = |url: Option<String>| {
+        let mut conf = aws_sdk_dynamodb::config::Builder::from(&sdk).retry_config(aws_config::retry::RetryConfig::disabled());
+        if let Some(url) = url {
+            conf = conf.endpoint_url(url);
+        }
+        aws_sdk_dynamodb::Client::from_conf(conf.build())
+    };
+    let config = DynamoDbSinkConfig {
+        aggregates_table: format!("{p}-aggregates"),
+        payments_table: format!("{p}-payments"),
+        orders_table: format!("{p}-orders"),
+        menu_table: format!("{p}-menu"),
+        events_table: format!("{p}-events"),
+        fraud_state_table: format!("{p}-fraud-state"),
+        ..DynamoDbSinkConfig::default()
+    };
+    let metrics = Arc::new(daemon::metrics::Metrics::new());
+    let direct = Arc::new(DynamoDbSink::new(client(None), config.clone(), Arc::clone(&metrics)));
+    let held = Arc::new(DynamoDbSink::new(client(Some(proxy.url())), config, Arc::clone(&metrics)));
+    let pool = Arc::new(daemon::bridge::CpuPool::new(1, Arc::clone(&metrics)).expect("pool"));
+    let rules = Arc::new(
+        pipeline::fraud::Rules::new(pipeline::fraud::FraudConfig { work_factor: 0, ..Default::default() }).expect("rules"),
+    );
+    let cache = Arc::new(FraudStateCache::new(1000, None));
+    let version =
+        |item: &HashMap<String, AttributeValue>| -> u64 { item["ver"].as_n().expect("a version").parse().expect("a number") };
+    let entries = |item: &HashMap<String, AttributeValue>| item["entries"].as_l().expect("entries").len();
+
+    // Each race: the card written once first (this process, its cache), then
+    // the held batch started, and the other writer's batch 0.5 s later.
+    for (case, other_cache) in [("own", Arc::clone(&cache)), ("other", Arc::new(FraudStateCache::new(1000, None)))] {
+        let card = format!("{p}-fp-{case}");
+        let run = |sink: Arc<DynamoDbSink>, cache: Arc<FraudStateCache>, id: &str| {
+            let (rules, pool, batch) =
+                (Arc::clone(&rules), Arc::clone(&pool), vec![unscored(&p, &format!("{case}-{id}"), &card)]);
+            async move {
+                let mut traffic = StateTraffic::default();
+                let (decided, outcomes) = apply_payments(&sink, batch, &rules, &cache, &pool, "now", &mut traffic).await;
+                assert!(decided.iter().all(Option::is_some), "{outcomes:?}");
+                assert_eq!(outcomes, vec![WriteOutcome::Written]);
+                traffic
+            }
+        };
+        run(Arc::clone(&direct), Arc::clone(&cache), "first").await;
+        let first = version(&state_item(&env, &format!("card#{card}")).await);
+        proxy
+            .set_rules(vec![Rule {
+                operation: Some("TransactWriteItems".into()),
+                probability: 1.0,
+                fault: Fault::Latency { millis: 2500 },
+            }])
+            .expect("rules");
+        let held_batch = tokio::spawn(run(Arc::clone(&held), Arc::clone(&cache), "held"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let other = run(Arc::clone(&direct), other_cache, "other").await;
+        assert_eq!(other.conflicts, 0, "{case}: the other writer went first");
+        let traffic = held_batch.await.expect("the held batch");
+        proxy.clear();
+        let delayed = proxy.stats().operations.get("TransactWriteItems").map_or(0, |c| c.latency);
+        let item = state_item(&env, &format!("card#{card}")).await;
+        assert_eq!(
+            (version(&item), entries(&item)),
+            (first + 2, 3),
+            "{case}: the card moved once per transaction, every payment in it"
+        );
+        assert_eq!(traffic.conflicts, 1, "{case}: {traffic:?}");
+        match case {
+            // Round one read the customer and device; round two found all
+            // three in the cache (the card at the other batch's version).
+            "own" => {
+                assert_eq!((traffic.conflicts_from_cache, traffic.reads, traffic.hits), (1, 2, 4), "{traffic:?}");
+                assert_eq!(delayed, 2, "the held batch's two transactions");
+            }
+            // The card is read again: this cache never saw the other write.
+            _ => {
+                assert_eq!((traffic.conflicts_from_cache, traffic.reads, traffic.hits), (0, 3, 3), "{traffic:?}");
+                assert_eq!(delayed, 4, "both races' held transactions");
+            }
+        }
+    }
+}
