@@ -194,22 +194,13 @@ impl FraudStateCache {
 
 /// Where the keys a cancelled transaction found moved (each with the
 /// version its write read) are next scored from: the cache's newer version
-/// when it holds one, otherwise a read (`must_read`). True when a key was
-/// not cached newer: another writer moved it, so the next round pauses
-/// first.
-fn settle_moved<'a>(
-    cache: &FraudStateCache,
-    moved: impl IntoIterator<Item = (&'a StateKey, u64)>,
-    must_read: &mut HashSet<StateKey>,
-) -> bool {
+/// when it holds one, otherwise a read (the cache marks the key moved, so
+/// the next round reads it). True when a key was not cached newer:
+/// another writer moved it, so the next round pauses first.
+fn settle_moved<'a>(cache: &FraudStateCache, moved: impl IntoIterator<Item = (&'a StateKey, u64)>) -> bool {
     let mut elsewhere = false;
     for (key, read) in moved {
-        if cache.newer_than(key, read) {
-            must_read.remove(key);
-        } else {
-            elsewhere = true;
-            must_read.insert(key.clone());
-        }
+        elsewhere |= !cache.newer_than(key, read);
     }
     elsewhere
 }
@@ -359,7 +350,6 @@ pub async fn apply_payments(
     let copies = Copies::of(&payments, |u| u.payment.payment_id.as_str());
     let mut pending: Vec<usize> = copies.firsts.clone();
     let history_secs = rules.config().history_secs;
-    let mut must_read: HashSet<StateKey> = HashSet::new();
     // After a conflict: whether it was another writer's (pause first).
     let mut pause: Option<bool> = None;
     let (mut paused, mut at_once) = (0u32, 0u32);
@@ -401,8 +391,7 @@ pub async fn apply_payments(
                 })
             }));
         }
-        let mut states: Vec<Option<Versioned>> =
-            keys.iter().map(|k| if must_read.contains(k) { None } else { cache.get(k) }).collect();
+        let mut states: Vec<Option<Versioned>> = keys.iter().map(|k| cache.get(k)).collect();
         let missing: Vec<usize> = (0..keys.len()).filter(|&k| states[k].is_none()).collect();
         traffic.hits += (keys.len() - missing.len()) as u64;
         if !missing.is_empty() {
@@ -413,7 +402,6 @@ pub async fn apply_payments(
                     // Cached as read (a durable version): a later round of
                     // this batch, or another batch, need not read it again.
                     for (&k, v) in missing.iter().zip(read) {
-                        must_read.remove(&keys[k]);
                         cache.put(&keys[k], v.clone());
                         states[k] = Some(v);
                     }
@@ -480,7 +468,7 @@ pub async fn apply_payments(
                     let mut elsewhere = false;
                     if !moved.is_empty() {
                         traffic.conflicts += 1;
-                        elsewhere = settle_moved(cache, moved, &mut must_read);
+                        elsewhere = settle_moved(cache, moved);
                         traffic.conflicts_from_cache += u64::from(!elsewhere);
                     }
                     pause = Some(elsewhere);
@@ -688,17 +676,17 @@ mod tests {
         // read, so someone else moved it. Key 3: not cached at all.
         c.put(&key(1), at(5));
         c.put(&key(2), at(4));
-        let mut must_read = HashSet::from([key(1)]);
-        assert!(!settle_moved(&c, [(&key(1), 4)], &mut must_read), "moved here: no pause");
-        assert!(must_read.is_empty(), "and no read");
-        assert_eq!(c.get(&key(1)).map(|v| v.version), Some(5), "scored against the newer version");
+        // A key the next round finds in the cache is not read; one it does
+        // not find is.
+        assert!(!settle_moved(&c, [(&key(1), 4)]), "moved here: no pause");
+        assert_eq!(c.get(&key(1)).map(|v| v.version), Some(5), "no read: scored against the newer version");
 
-        assert!(settle_moved(&c, [(&key(1), 4), (&key(2), 4), (&key(3), 0)], &mut must_read), "moved elsewhere: pause");
-        assert_eq!(must_read, HashSet::from([key(2), key(3)]));
-        assert_eq!((c.get(&key(1)).map(|v| v.version), c.get(&key(2))), (Some(5), None));
+        assert!(settle_moved(&c, [(&key(1), 4), (&key(2), 4), (&key(3), 0)]), "moved elsewhere: pause");
+        assert_eq!((c.get(&key(2)), c.get(&key(3))), (None, None), "both read");
+        assert_eq!(c.get(&key(1)).map(|v| v.version), Some(5));
         // The newer version itself moved on elsewhere: read it.
-        assert!(settle_moved(&c, [(&key(1), 5)], &mut must_read));
-        assert!(must_read.contains(&key(1)) && c.get(&key(1)).is_none());
+        assert!(settle_moved(&c, [(&key(1), 5)]));
+        assert!(c.get(&key(1)).is_none());
     }
 
     #[tokio::test]
