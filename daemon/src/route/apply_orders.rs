@@ -276,6 +276,66 @@ impl Pool {
             o.fifo.shrink_to(2 * o.fifo.len());
         }
     }
+
+    /// Caches `state` as `owner`'s entry for `id`, of `bytes` by
+    /// [`footprint`], then evicts to the cache's bound and the pool's;
+    /// the other caches an eviction shrank are added to `shrunk` (for
+    /// [`Pool::tidy`], which the caller runs).
+    fn put(&mut self, owner: u64, id: Cow<'_, str>, state: Option<OrderState>, bytes: usize, shrunk: &mut Vec<u64>) {
+        // An order larger than the whole pool is not kept (it would push
+        // every other entry out first, then itself).
+        if bytes > self.cap_bytes {
+            self.remove_id(owner, &id);
+            return;
+        }
+        let put = self.next_put;
+        self.next_put += 1;
+        let hash = self.hash(&id);
+        let Some(o) = self.owners.get_mut(&owner) else { return };
+        let old = match o.map.find_mut(hash, |e| *e.id == *id) {
+            Some(e) => {
+                let old = e.bytes;
+                (e.state, e.bytes, e.put) = (state, bytes, put);
+                Some(old)
+            }
+            None => {
+                let id = id.into_owned().into_boxed_str();
+                o.map.insert_unique(hash, Entry { id, hash, state, bytes, put }, |e| e.hash);
+                None
+            }
+        };
+        o.fifo.push_back((hash, put));
+        if let Some(old) = old {
+            self.sub(old, 1);
+        }
+        self.bytes += bytes;
+        self.entries += 1;
+        self.fifo.push_back((owner, hash, put));
+        // This cache's bound, then the pool's.
+        while let Some(o) = self.owners.get_mut(&owner)
+            && o.map.len() > o.cap
+            && let Some((h, n)) = o.fifo.pop_front()
+        {
+            self.remove_put(owner, h, n);
+        }
+        while self.bytes > self.cap_bytes {
+            let Some((other, h, n)) = self.fifo.pop_front() else { break };
+            self.remove_put(other, h, n);
+            if other != owner && !shrunk.contains(&other) {
+                shrunk.push(other);
+            }
+        }
+        // The pool's queue keeps at most about twice the live entries.
+        if self.fifo.len() > 2 * self.entries + 64 {
+            let mut fifo = std::mem::take(&mut self.fifo);
+            fifo.retain(|&(o, h, n)| self.live(o, h, n));
+            self.fifo = fifo;
+        }
+        if self.fifo.capacity() > 4 * self.fifo.len().max(64) {
+            let len = self.fifo.len();
+            self.fifo.shrink_to(2 * len);
+        }
+    }
 }
 
 impl OrderCache {
@@ -296,77 +356,59 @@ impl OrderCache {
     /// copy of its history) and puts it back, or its successor, when done,
     /// with the entry's copy of the id (so that neither allocates one).
     /// Its queue elements go stale and are skipped.
+    #[cfg(test)]
     fn take(&self, id: &str) -> Option<(String, Option<OrderState>)> {
+        self.take_all([Some(id)]).pop().flatten()
+    }
+
+    /// [`OrderCache::take`] for each of `ids` (`None`: nothing taken), in
+    /// order, under one lock of the pool: a batch's thousand orders take
+    /// it once, not a thousand times (the lock is shared by the stream's
+    /// shards, each of whose batches takes and puts every order it has).
+    fn take_all<'i>(&self, ids: impl IntoIterator<Item = Option<&'i str>>) -> Vec<Option<(String, Option<OrderState>)>> {
         let mut guard = self.pool.lock();
         let p = &mut *guard;
-        let hash = p.hash(id);
-        let (e, _) = p.owners.get_mut(&self.owner)?.map.find_entry(hash, |e| &*e.id == id).ok()?.remove();
-        p.sub(e.bytes, 1);
+        let taken = ids
+            .into_iter()
+            .map(|id| {
+                let id = id?;
+                let hash = p.hash(id);
+                let (e, _) = p.owners.get_mut(&self.owner)?.map.find_entry(hash, |e| &*e.id == id).ok()?.remove();
+                p.sub(e.bytes, 1);
+                Some((e.id.into(), e.state))
+            })
+            .collect();
         self.pool.show(p);
-        Some((e.id.into(), e.state))
+        taken
     }
 
     /// Caches `state` as `id`'s. An owned `id` (from `take`, or one the
     /// caller made anyway) becomes the entry's copy of the id.
+    #[cfg(test)]
     fn put<'a>(&self, id: impl Into<Cow<'a, str>>, state: Option<OrderState>) {
-        let id = id.into();
-        let bytes = footprint(&id, state.as_ref());
-        let mut guard = self.pool.lock();
-        let p = &mut *guard;
-        // An order larger than the whole pool is not kept (it would push
-        // every other entry out first, then itself).
-        if bytes > p.cap_bytes {
-            p.remove_id(self.owner, &id);
-            self.pool.show(p);
+        self.put_all([(id.into(), state)]);
+    }
+
+    /// [`OrderCache::put`] for each of `entries`, in order, under one lock
+    /// of the pool (see [`OrderCache::take_all`]); the caches' queues are
+    /// tidied once, after the last.
+    fn put_all<'a>(&self, entries: impl IntoIterator<Item = (Cow<'a, str>, Option<OrderState>)>) {
+        // Sized outside the lock.
+        let sized: Vec<(Cow<'a, str>, Option<OrderState>, usize)> = entries
+            .into_iter()
+            .map(|(id, state)| {
+                let bytes = footprint(&id, state.as_ref());
+                (id, state, bytes)
+            })
+            .collect();
+        if sized.is_empty() {
             return;
         }
-        let put = p.next_put;
-        p.next_put += 1;
-        let hash = p.hash(&id);
-        let Some(o) = p.owners.get_mut(&self.owner) else { return };
-        let old = match o.map.find_mut(hash, |e| *e.id == *id) {
-            Some(e) => {
-                let old = e.bytes;
-                (e.state, e.bytes, e.put) = (state, bytes, put);
-                Some(old)
-            }
-            None => {
-                let id = id.into_owned().into_boxed_str();
-                o.map.insert_unique(hash, Entry { id, hash, state, bytes, put }, |e| e.hash);
-                None
-            }
-        };
-        o.fifo.push_back((hash, put));
-        if let Some(old) = old {
-            p.sub(old, 1);
-        }
-        p.bytes += bytes;
-        p.entries += 1;
-        p.fifo.push_back((self.owner, hash, put));
-        // This cache's bound, then the pool's.
-        while let Some(o) = p.owners.get_mut(&self.owner)
-            && o.map.len() > o.cap
-            && let Some((h, n)) = o.fifo.pop_front()
-        {
-            p.remove_put(self.owner, h, n);
-        }
+        let mut guard = self.pool.lock();
+        let p = &mut *guard;
         let mut shrunk = Vec::new();
-        while p.bytes > p.cap_bytes {
-            let Some((owner, h, n)) = p.fifo.pop_front() else { break };
-            p.remove_put(owner, h, n);
-            if owner != self.owner && !shrunk.contains(&owner) {
-                shrunk.push(owner);
-            }
-        }
-        // The pool's queue keeps at most about twice the live entries.
-        if p.fifo.len() > 2 * p.entries + 64 {
-            let mut fifo = std::mem::take(&mut p.fifo);
-            fifo.retain(|&(owner, h, n)| p.live(owner, h, n));
-            p.fifo = fifo;
-        }
-        if p.fifo.capacity() > 4 * p.fifo.len().max(64) {
-            let len = p.fifo.len();
-            p.fifo.shrink_to(2 * len);
+        for (id, state, bytes) in sized {
+            p.put(self.owner, id, state, bytes, &mut shrunk);
         }
         p.tidy(self.owner);
         for owner in shrunk {
@@ -467,10 +509,11 @@ pub async fn apply_orders(
         let mut states: Vec<Option<RoundState>> = Vec::new();
         states.resize_with(groups.len(), || None);
         let mut to_read: Vec<usize> = Vec::new();
-        for &g in &pending {
-            // An order that must be read has nothing cached (it was taken
-            // and not put back).
-            match if must_read[g] { None } else { cache.take(groups[g].0) } {
+        // An order that must be read has nothing cached (it was taken and
+        // not put back).
+        let taken = cache.take_all(pending.iter().map(|&g| (!must_read[g]).then_some(groups[g].0)));
+        for (&g, taken) in pending.iter().zip(taken) {
+            match taken {
                 Some((id, cached)) => states[g] = Some((cached, true, Some(id))),
                 None if must_read[g] || !placed_first(g) => to_read.push(g),
                 None => states[g] = Some((None, false, None)),
@@ -490,11 +533,10 @@ pub async fn apply_orders(
                 // Counted and logged by the sink (SinkGaveUp). The states
                 // taken from the cache go back: they are as known as before.
                 Err(_) => {
-                    for (g, taken) in states.into_iter().enumerate() {
-                        if let Some((state, true, owned)) = taken {
-                            cache.put(owned.map_or(Cow::Borrowed(groups[g].0), Cow::Owned), state);
-                        }
-                    }
+                    cache.put_all(states.into_iter().enumerate().filter_map(|(g, taken)| match taken {
+                        Some((state, true, owned)) => Some((owned.map_or(Cow::Borrowed(groups[g].0), Cow::Owned), state)),
+                        _ => None,
+                    }));
                     return fail(fates, &groups, &pending);
                 }
             }
@@ -502,6 +544,8 @@ pub async fn apply_orders(
         let mut changes: Vec<OrderChange> = Vec::with_capacity(pending.len());
         let mut change_groups: Vec<usize> = Vec::with_capacity(pending.len());
         let mut confirm: Vec<usize> = Vec::new();
+        // States that go back to the cache unchanged, put back together.
+        let mut unchanged: Vec<(Cow<'_, str>, Option<OrderState>)> = Vec::new();
         for &g in &pending {
             let (id, idx) = &groups[g];
             let (mut state, known, owned) = states[g].take().unwrap_or((None, false, None));
@@ -542,19 +586,21 @@ pub async fn apply_orders(
                 // unless its version moved (a change that made no row: not
                 // written, so not cached either).
                 (state, _) if known && state.as_ref().map(|s| s.history.len()) == before => {
-                    cache.put(owned.map_or(Cow::Borrowed(*id), Cow::Owned), state);
+                    unchanged.push((owned.map_or(Cow::Borrowed(*id), Cow::Owned), state));
                 }
                 _ => {}
             }
         }
+        cache.put_all(unchanged);
         let mut again = confirm;
         let mut failed = Vec::new();
         if !changes.is_empty() {
             let outcomes = sink.write_orders(&changes, applied_at, concurrency).await;
+            let mut written = Vec::with_capacity(changes.len());
             for ((c, g), o) in changes.into_iter().zip(change_groups).zip(outcomes) {
                 match o {
                     // The change's id becomes the cache's copy.
-                    OrderWriteOutcome::Written => cache.put(Cow::Owned(c.order_id), Some(c.after)),
+                    OrderWriteOutcome::Written => written.push((Cow::Owned(c.order_id), Some(c.after))),
                     // Its state was taken from the cache: nothing to forget.
                     OrderWriteOutcome::Conflict => {
                         must_read[g] = true;
@@ -563,6 +609,7 @@ pub async fn apply_orders(
                     OrderWriteOutcome::Failed => failed.push(g),
                 }
             }
+            cache.put_all(written);
         }
         fates = fail(fates, &groups, &failed);
         if again.is_empty() {
@@ -614,6 +661,26 @@ mod tests {
         let p = c.pool.lock();
         assert!(p.owners[&c.owner].fifo.len() <= 2 * 3 + 64 + 1);
         assert!(p.fifo.len() <= 2 * 3 + 64 + 1);
+    }
+
+    #[test]
+    fn a_batch_taken_and_put_under_one_lock_keeps_the_bounds_and_the_order_of_its_ids() {
+        let pool = OrderCaches::new(usize::MAX, None);
+        let c = pool.cache(3);
+        // Ten put at once into a cache of three: the last three stay, as
+        // ten puts one by one would leave them.
+        c.put_all((0..10).map(|i| (Cow::Owned(format!("o{i}")), Some(order(1)))));
+        assert_eq!(c.len(), 3);
+        assert_eq!(pool.bytes(), 3 * footprint("o9", Some(&order(1))));
+        // Taken in the order asked, `None` where nothing was asked or cached.
+        let taken = c.take_all([Some("o9"), None, Some("o1"), Some("o7"), Some("o9")]);
+        let ids: Vec<Option<&str>> = taken.iter().map(|t| t.as_ref().map(|(id, _)| id.as_str())).collect();
+        assert_eq!(ids, vec![Some("o9"), None, None, Some("o7"), None]);
+        assert_eq!((c.len(), pool.bytes()), (1, footprint("o8", Some(&order(1)))));
+        // Put back together with a new one: the cap holds, the oldest goes.
+        c.put_all(taken.into_iter().flatten().map(|(id, state)| (Cow::Owned(id), state)).chain([(Cow::Borrowed("n"), None)]));
+        assert_eq!(c.len(), 3);
+        assert!(c.get("o8").is_none() && c.get("o9").is_some() && c.get("o7").is_some() && c.get("n").is_some());
     }
 
     #[test]
