@@ -390,14 +390,9 @@ fn pages(events: &[(String, String)], max_records: usize) -> Vec<Fetched> {
         .map(|page| Fetched {
             records: page
                 .iter()
-                .map(|(id, body)| {
+                .map(|(_, body)| {
                     sequence += 1;
-                    ShardRecord {
-                        sequence: sequence.to_string(),
-                        sub: 0,
-                        partition_key: id.clone(),
-                        data: body.clone().into_bytes(),
-                    }
+                    ShardRecord { sequence: Arc::from(sequence.to_string()), sub: 0, data: body.clone().into_bytes() }
                 })
                 .collect(),
             aggregated: vec![false; page.len()],

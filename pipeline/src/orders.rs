@@ -124,12 +124,12 @@ impl ShardPos {
     /// no text to parse. `None` for a sequence number that is not one
     /// (decimal digits, no leading zero), as [`ShardPos::parse`] gives for
     /// the record's text (of a shard id and a sequence number Kinesis
-    /// sends: neither holds `/` or `:`).
-    pub fn of_record(stream: &Arc<str>, shard: &Arc<str>, sequence: &str, sub: u32) -> Option<ShardPos> {
+    /// sends: neither holds `/` or `:`). The sequence is shared, not copied.
+    pub fn of_record(stream: &Arc<str>, shard: &Arc<str>, sequence: &Arc<str>, sub: u32) -> Option<ShardPos> {
         is_sequence(sequence).then(|| ShardPos {
             stream: Arc::clone(stream),
             shard: Arc::clone(shard),
-            sequence: Arc::from(sequence),
+            sequence: Arc::clone(sequence),
             sub,
         })
     }

@@ -37,12 +37,11 @@ use crate::route::Position;
 /// One user record: a plain Kinesis record, or one record of a KPL aggregate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardRecord {
-    /// The Kinesis sequence number of the (aggregate) record.
-    pub sequence: String,
+    /// The Kinesis sequence number of the (aggregate) record: one copy for
+    /// an aggregate's records, and the one their shard positions share.
+    pub sequence: Arc<str>,
     /// Index inside the aggregate; 0 for a plain record.
     pub sub: u64,
-    /// Partition key (the order id, by contract).
-    pub partition_key: String,
     /// One event.
     pub data: Vec<u8>,
 }
@@ -401,6 +400,11 @@ impl KinesisSource {
                 let data = r.data().as_ref();
                 bytes += data.len() as u64;
                 let seq = r.sequence_number();
+                // Made once for the record (its sequence is shared by the
+                // positions the shard makes of it, and by an aggregate's
+                // records); the partition key is not kept (nothing reads it).
+                let mut sequence: Option<Arc<str>> = None;
+                let mut sequence = || Arc::clone(sequence.get_or_insert_with(|| Arc::from(seq)));
                 match kpl::deaggregate(data) {
                     Some(subs) => {
                         for sr in subs {
@@ -408,9 +412,8 @@ impl KinesisSource {
                                 continue;
                             }
                             fetched.records.push(ShardRecord {
-                                sequence: seq.to_owned(),
+                                sequence: sequence(),
                                 sub: sr.sub_sequence_number,
-                                partition_key: sr.partition_key.to_owned(),
                                 data: sr.data.to_vec(),
                             });
                             fetched.aggregated.push(true);
@@ -420,19 +423,14 @@ impl KinesisSource {
                         if after.as_ref().is_some_and(|a| is_at_or_before(seq, 0, a)) {
                             continue;
                         }
-                        fetched.records.push(ShardRecord {
-                            sequence: seq.to_owned(),
-                            sub: 0,
-                            partition_key: r.partition_key().to_owned(),
-                            data: data.to_vec(),
-                        });
+                        fetched.records.push(ShardRecord { sequence: sequence(), sub: 0, data: data.to_vec() });
                         fetched.aggregated.push(false);
                     }
                 }
             }
             Received { source, shard: Some(&shard), count: fetched.records.len() as u64, bytes: Some(bytes) }.emit(&self.metrics);
             if let Some(last) = fetched.records.last() {
-                after = Some((last.sequence.clone(), last.sub));
+                after = Some((last.sequence.to_string(), last.sub));
             }
             iterator = out.next_shard_iterator.take();
             // The response's own copy of the records goes now, not after
@@ -447,8 +445,7 @@ impl KinesisSource {
                 // Room in the instance's budget before the records go on:
                 // under a backlog the readers wait here, not the memory.
                 if !fetched.records.is_empty() {
-                    let bytes =
-                        fetched.records.iter().map(|r| (r.data.len() + r.sequence.len() + r.partition_key.len()) as u64).sum();
+                    let bytes = fetched.records.iter().map(|r| (r.data.len() + r.sequence.len()) as u64).sum();
                     tokio::select! {
                         () = stop.cancelled() => return,
                         room = budget.take(bytes) => fetched.room = Some(room),
@@ -473,7 +470,7 @@ mod tests {
     #[test]
     fn a_record_s_position_names_its_shard_sequence_and_place_in_an_aggregate() {
         let names: (Arc<str>, Arc<str>) = (Arc::from("s"), Arc::from("shardId-000000000001"));
-        let r = ShardRecord { sequence: "4959".into(), sub: 12, partition_key: "o1".into(), data: Vec::new() };
+        let r = ShardRecord { sequence: "4959".into(), sub: 12, data: Vec::new() };
         assert_eq!(r.position(&names, false).to_string(), "shardId-000000000001/4959");
         assert_eq!(r.position(&names, true).to_string(), "shardId-000000000001/4959/12");
         // The position an order event is judged at is the one its text
@@ -484,6 +481,7 @@ mod tests {
             assert_eq!(Some(pos), ShardPos::parse(&position.to_string(), Some("s")).as_ref());
             assert_eq!((&*pos.stream, &*pos.shard, &*pos.sequence), ("s", "shardId-000000000001", "4959"));
             assert!(Arc::ptr_eq(&pos.stream, &names.0) && Arc::ptr_eq(&pos.shard, &names.1), "the names are shared");
+            assert!(Arc::ptr_eq(&pos.sequence, &r.sequence), "the record's sequence is shared, not copied");
         }
         assert_eq!(r.position(&names, true).shard_pos().map(|p| p.sub), Some(12));
         assert_eq!(r.position(&names, false).shard_pos().map(|p| p.sub), Some(0));
