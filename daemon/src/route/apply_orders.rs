@@ -146,6 +146,20 @@ struct Entry {
     put: u64,
 }
 
+/// What a batch of puts leaves behind: the other caches whose entries it
+/// evicted (to tidy), and the states that left the cache (to drop once
+/// the pool's lock is let go: an order's history is a few dozen frees).
+#[derive(Default)]
+struct Left {
+    shrunk: Vec<u64>,
+    gone: Vec<Option<OrderState>>,
+}
+
+/// Orders taken or put under one hold of the pool's lock, at most: the
+/// other shards' tasks wait for it, on a runtime worker, no longer than
+/// this many (a batch may hold up to `max_batch_events`, 10,000).
+const PER_LOCK: usize = 256;
+
 /// Memory one cached order takes, estimated: its strings and history
 /// entries with an allocator's overhead each, the map's slot, the key's
 /// shared allocation and the two queues' elements (up to twice the live
@@ -236,23 +250,22 @@ impl Pool {
     }
 
     /// Removes `owner`'s entry put as number `put` (whose id hashes to
-    /// `hash`), if it is still there.
-    fn remove_put(&mut self, owner: u64, hash: u64, put: u64) {
-        let Some(o) = self.owners.get_mut(&owner) else { return };
-        if let Ok(found) = o.map.find_entry(hash, |e| e.put == put) {
-            let (e, _) = found.remove();
-            self.sub(e.bytes, 1);
-        }
+    /// `hash`), if it is still there; the entry, for the caller to drop.
+    fn remove_put(&mut self, owner: u64, hash: u64, put: u64) -> Option<Entry> {
+        let o = self.owners.get_mut(&owner)?;
+        let (e, _) = o.map.find_entry(hash, |e| e.put == put).ok()?.remove();
+        self.sub(e.bytes, 1);
+        Some(e)
     }
 
-    /// Removes `owner`'s entry for `id`, if any.
-    fn remove_id(&mut self, owner: u64, id: &str) {
+    /// Removes `owner`'s entry for `id`, if any; the entry, for the caller
+    /// to drop.
+    fn remove_id(&mut self, owner: u64, id: &str) -> Option<Entry> {
         let hash = self.hash(id);
-        let Some(o) = self.owners.get_mut(&owner) else { return };
-        if let Ok(found) = o.map.find_entry(hash, |e| &*e.id == id) {
-            let (e, _) = found.remove();
-            self.sub(e.bytes, 1);
-        }
+        let o = self.owners.get_mut(&owner)?;
+        let (e, _) = o.map.find_entry(hash, |e| &*e.id == id).ok()?.remove();
+        self.sub(e.bytes, 1);
+        Some(e)
     }
 
     fn live(&self, owner: u64, hash: u64, put: u64) -> bool {
@@ -279,13 +292,16 @@ impl Pool {
 
     /// Caches `state` as `owner`'s entry for `id`, of `bytes` by
     /// [`footprint`], then evicts to the cache's bound and the pool's;
-    /// the other caches an eviction shrank are added to `shrunk` (for
-    /// [`Pool::tidy`], which the caller runs).
-    fn put(&mut self, owner: u64, id: Cow<'_, str>, state: Option<OrderState>, bytes: usize, shrunk: &mut Vec<u64>) {
+    /// the other caches an eviction shrank (for [`Pool::tidy`], which the
+    /// caller runs) and the states that leave (evicted, or replaced) are
+    /// added to `left`, for the caller to drop once it has let go of the
+    /// lock.
+    fn put(&mut self, owner: u64, id: Cow<'_, str>, state: Option<OrderState>, bytes: usize, left: &mut Left) {
         // An order larger than the whole pool is not kept (it would push
         // every other entry out first, then itself).
         if bytes > self.cap_bytes {
-            self.remove_id(owner, &id);
+            left.gone.extend(self.remove_id(owner, &id).map(|e| e.state));
+            left.gone.push(state);
             return;
         }
         let put = self.next_put;
@@ -295,7 +311,8 @@ impl Pool {
         let old = match o.map.find_mut(hash, |e| *e.id == *id) {
             Some(e) => {
                 let old = e.bytes;
-                (e.state, e.bytes, e.put) = (state, bytes, put);
+                left.gone.push(std::mem::replace(&mut e.state, state));
+                (e.bytes, e.put) = (bytes, put);
                 Some(old)
             }
             None => {
@@ -316,13 +333,13 @@ impl Pool {
             && o.map.len() > o.cap
             && let Some((h, n)) = o.fifo.pop_front()
         {
-            self.remove_put(owner, h, n);
+            left.gone.extend(self.remove_put(owner, h, n).map(|e| e.state));
         }
         while self.bytes > self.cap_bytes {
             let Some((other, h, n)) = self.fifo.pop_front() else { break };
-            self.remove_put(other, h, n);
-            if other != owner && !shrunk.contains(&other) {
-                shrunk.push(other);
+            left.gone.extend(self.remove_put(other, h, n).map(|e| e.state));
+            if other != owner && !left.shrunk.contains(&other) {
+                left.shrunk.push(other);
             }
         }
         // The pool's queue keeps at most about twice the live entries.
@@ -362,23 +379,26 @@ impl OrderCache {
     }
 
     /// [`OrderCache::take`] for each of `ids` (`None`: nothing taken), in
-    /// order, under one lock of the pool: a batch's thousand orders take
-    /// it once, not a thousand times (the lock is shared by the stream's
-    /// shards, each of whose batches takes and puts every order it has).
+    /// order, under one hold of the pool's lock per [`PER_LOCK`] orders:
+    /// a batch's thousand orders take it a few times, not a thousand (the
+    /// lock is shared by the stream's shards, each of whose batches takes
+    /// and puts every order it has). Nothing asked, no lock.
     fn take_all<'i>(&self, ids: impl IntoIterator<Item = Option<&'i str>>) -> Vec<Option<(String, Option<OrderState>)>> {
-        let mut guard = self.pool.lock();
-        let p = &mut *guard;
-        let taken = ids
-            .into_iter()
-            .map(|id| {
-                let id = id?;
-                let hash = p.hash(id);
-                let (e, _) = p.owners.get_mut(&self.owner)?.map.find_entry(hash, |e| &*e.id == id).ok()?.remove();
-                p.sub(e.bytes, 1);
+        let ids: Vec<Option<&str>> = ids.into_iter().collect();
+        let mut taken = Vec::with_capacity(ids.len());
+        if ids.iter().all(Option::is_none) {
+            taken.resize_with(ids.len(), || None);
+            return taken;
+        }
+        for chunk in ids.chunks(PER_LOCK) {
+            let mut guard = self.pool.lock();
+            let p = &mut *guard;
+            taken.extend(chunk.iter().map(|&id| {
+                let e = p.remove_id(self.owner, id?)?;
                 Some((e.id.into(), e.state))
-            })
-            .collect();
-        self.pool.show(p);
+            }));
+            self.pool.show(p);
+        }
         taken
     }
 
@@ -389,32 +409,37 @@ impl OrderCache {
         self.put_all([(id.into(), state)]);
     }
 
-    /// [`OrderCache::put`] for each of `entries`, in order, under one lock
-    /// of the pool (see [`OrderCache::take_all`]); the caches' queues are
-    /// tidied once, after the last.
+    /// [`OrderCache::put`] for each of `entries`, in order, under one hold
+    /// of the pool's lock per [`PER_LOCK`] (see [`OrderCache::take_all`]);
+    /// the caches' queues are tidied once a hold, and the states that left
+    /// the cache dropped after it.
     fn put_all<'a>(&self, entries: impl IntoIterator<Item = (Cow<'a, str>, Option<OrderState>)>) {
         // Sized outside the lock.
-        let sized: Vec<(Cow<'a, str>, Option<OrderState>, usize)> = entries
+        let mut sized: Vec<(Cow<'a, str>, Option<OrderState>, usize)> = entries
             .into_iter()
             .map(|(id, state)| {
                 let bytes = footprint(&id, state.as_ref());
                 (id, state, bytes)
             })
             .collect();
-        if sized.is_empty() {
-            return;
+        while !sized.is_empty() {
+            let rest = sized.split_off(sized.len().min(PER_LOCK));
+            let mut left = Left::default();
+            {
+                let mut guard = self.pool.lock();
+                let p = &mut *guard;
+                for (id, state, bytes) in sized {
+                    p.put(self.owner, id, state, bytes, &mut left);
+                }
+                p.tidy(self.owner);
+                for &owner in &left.shrunk {
+                    p.tidy(owner);
+                }
+                self.pool.show(p);
+            }
+            drop(left);
+            sized = rest;
         }
-        let mut guard = self.pool.lock();
-        let p = &mut *guard;
-        let mut shrunk = Vec::new();
-        for (id, state, bytes) in sized {
-            p.put(self.owner, id, state, bytes, &mut shrunk);
-        }
-        p.tidy(self.owner);
-        for owner in shrunk {
-            p.tidy(owner);
-        }
-        self.pool.show(p);
     }
 
     #[cfg(test)]
@@ -681,6 +706,25 @@ mod tests {
         c.put_all(taken.into_iter().flatten().map(|(id, state)| (Cow::Owned(id), state)).chain([(Cow::Borrowed("n"), None)]));
         assert_eq!(c.len(), 3);
         assert!(c.get("o8").is_none() && c.get("o9").is_some() && c.get("o7").is_some() && c.get("n").is_some());
+    }
+
+    #[test]
+    fn batches_longer_than_one_hold_of_the_lock_are_taken_and_put_in_order() {
+        let pool = OrderCaches::new(usize::MAX, None);
+        let c = pool.cache(2 * PER_LOCK);
+        let n = 2 * PER_LOCK + 7;
+        c.put_all((0..n).map(|i| (Cow::Owned(format!("o{i:04}")), Some(order(1)))));
+        // The cap of 2 * PER_LOCK kept the last ones put, across the holds.
+        assert_eq!(c.len(), 2 * PER_LOCK);
+        assert!(c.get("o0006").is_none() && c.get("o0007").is_some());
+        let ids: Vec<String> = (0..n).map(|i| format!("o{i:04}")).collect();
+        let taken = c.take_all(ids.iter().map(|id| Some(id.as_str())));
+        assert_eq!(taken.len(), n);
+        for (i, t) in taken.iter().enumerate() {
+            assert_eq!(t.as_ref().map(|(id, _)| id.as_str()), (i >= 7).then_some(ids[i].as_str()), "{i}");
+        }
+        assert_eq!((c.len(), pool.bytes()), (0, 0));
+        assert_eq!(c.take_all([None, None]).len(), 2, "nothing asked: a None for each");
     }
 
     #[test]
