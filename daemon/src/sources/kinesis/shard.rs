@@ -316,7 +316,7 @@ pub async fn process_shard(
                         }
                     }
                     end_read = batch.end;
-                    let last = batch.records.last().map(|r| (r.sequence.to_string(), r.sub));
+                    let last = batch.records.last().map(|r| (String::from(&*r.sequence), r.sub));
                     let count = batch.records.len() as u64;
                     let no = ledger.push(last, count, batch.room.take());
                     if count > 0 {

@@ -403,8 +403,8 @@ impl KinesisSource {
                 // Made once for the record (its sequence is shared by the
                 // positions the shard makes of it, and by an aggregate's
                 // records); the partition key is not kept (nothing reads it).
-                let mut sequence: Option<Arc<str>> = None;
-                let mut sequence = || Arc::clone(sequence.get_or_insert_with(|| Arc::from(seq)));
+                let mut shared: Option<Arc<str>> = None;
+                let mut sequence = || Arc::clone(shared.get_or_insert_with(|| Arc::from(seq)));
                 match kpl::deaggregate(data) {
                     Some(subs) => {
                         for sr in subs {
@@ -430,7 +430,7 @@ impl KinesisSource {
             }
             Received { source, shard: Some(&shard), count: fetched.records.len() as u64, bytes: Some(bytes) }.emit(&self.metrics);
             if let Some(last) = fetched.records.last() {
-                after = Some((last.sequence.to_string(), last.sub));
+                after = Some((String::from(&*last.sequence), last.sub));
             }
             iterator = out.next_shard_iterator.take();
             // The response's own copy of the records goes now, not after
