@@ -415,30 +415,27 @@ impl OrderCache {
     /// the cache dropped after it.
     fn put_all<'a>(&self, entries: impl IntoIterator<Item = (Cow<'a, str>, Option<OrderState>)>) {
         // Sized outside the lock.
-        let mut sized: Vec<(Cow<'a, str>, Option<OrderState>, usize)> = entries
+        let sized: Vec<(Cow<'a, str>, Option<OrderState>, usize)> = entries
             .into_iter()
             .map(|(id, state)| {
                 let bytes = footprint(&id, state.as_ref());
                 (id, state, bytes)
             })
             .collect();
-        while !sized.is_empty() {
-            let rest = sized.split_off(sized.len().min(PER_LOCK));
+        let mut sized = sized.into_iter();
+        while sized.len() > 0 {
+            // Declared before the guard, so dropped after it.
             let mut left = Left::default();
-            {
-                let mut guard = self.pool.lock();
-                let p = &mut *guard;
-                for (id, state, bytes) in sized {
-                    p.put(self.owner, id, state, bytes, &mut left);
-                }
-                p.tidy(self.owner);
-                for &owner in &left.shrunk {
-                    p.tidy(owner);
-                }
-                self.pool.show(p);
+            let mut guard = self.pool.lock();
+            let p = &mut *guard;
+            for (id, state, bytes) in sized.by_ref().take(PER_LOCK) {
+                p.put(self.owner, id, state, bytes, &mut left);
             }
-            drop(left);
-            sized = rest;
+            p.tidy(self.owner);
+            for &owner in &left.shrunk {
+                p.tidy(owner);
+            }
+            self.pool.show(p);
         }
     }
 
