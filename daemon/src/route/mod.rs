@@ -384,10 +384,12 @@ impl Router {
     }
 
     /// Frees what a source kept of a written batch: its order events on
-    /// the CPU pool, which decoded them (`CpuPool::drop_on_pool`); the
-    /// rest here (a source's copy of a boxed payment or menu item was made
-    /// on this worker, from the decide stage's).
-    pub fn free_decided(&self, decided: Vec<Decided>) {
+    /// the CPU pool, which decoded them (`CpuPool::drop_on_pool`), with the
+    /// batch's inputs when it has order events (their bytes and positions,
+    /// a shard's: off its one serial task, which frees them one by one);
+    /// the rest here (a source's copy of a boxed payment or menu item was
+    /// made on this worker, from the decide stage's).
+    pub fn free_decided(&self, inputs: Vec<Input>, decided: Vec<Decided>) {
         let events: Vec<Arc<Event>> = decided
             .into_iter()
             .filter_map(|d| match d {
@@ -396,7 +398,7 @@ impl Router {
             })
             .collect();
         if !events.is_empty() {
-            self.pool.drop_on_pool(events);
+            self.pool.drop_on_pool((inputs, events));
         }
     }
 
@@ -476,7 +478,7 @@ mod tests {
         assert!(outcomes.iter().all(|o| *o == Outcome::Failed), "the sinks refuse: {outcomes:?}");
         assert_eq!(router.pool.handed_to_free(), 0, "the part still holds the events");
         // The part, durable, lets go of the last references.
-        router.free_decided(kept);
+        router.free_decided(Vec::new(), kept);
         assert_eq!(router.pool.handed_to_free(), 1, "handed to the pool");
         // A batch no part holds: the write stage hands its events over.
         router.write("orders", alone, &OrderCache::new(3)).await;

@@ -703,13 +703,14 @@ async fn write_part(
     let mut decided = if alone { Vec::new() } else { batch.decided.clone() };
     let (mut back, mut outcomes) = path.router.write(source, batch, cache).await;
     loop {
-        let failed: Vec<bool> = outcomes.iter().map(|o| *o == Outcome::Failed).collect();
-        let inputs: Vec<Input> = back.into_iter().zip(&failed).filter(|(_, f)| **f).map(|(i, _)| i).collect();
-        if inputs.is_empty() {
-            // The last references to the part's order events.
-            path.router.free_decided(decided);
+        if !outcomes.contains(&Outcome::Failed) {
+            // The last references to the part's order events, and its
+            // inputs: freed on the pool, off this shard's serial task.
+            path.router.free_decided(back, decided);
             return (no, claim, orders, Durable::Yes);
         }
+        let failed: Vec<bool> = outcomes.iter().map(|o| *o == Outcome::Failed).collect();
+        let inputs: Vec<Input> = back.into_iter().zip(&failed).filter(|(_, f)| **f).map(|(i, _)| i).collect();
         if !alone {
             decided = decided.into_iter().zip(&failed).filter(|(_, f)| **f).map(|(d, _)| d).collect();
         }
