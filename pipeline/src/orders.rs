@@ -69,24 +69,40 @@ impl OrderStatus {
 /// Where in a Kinesis shard an event was read: `stream:shardId/sequence[/sub]`
 /// (`sub`: its place in a KPL aggregate record). Positions of one shard of
 /// one stream are totally ordered; positions of different shards or
-/// streams are not compared. The stream and shard names are shared by
-/// every position of one shard's reader ([`ShardPos::of_record`]) or
-/// parsed with one [`Names`] (an order's history read from the table),
-/// and by every clone, and so is the sequence number: a record's position
-/// and the history entry made from it hold one allocation between them,
-/// the sequence number's.
+/// streams are not compared. The shard's name (with its stream's) is
+/// shared by every position of one shard's reader
+/// ([`ShardPos::of_record`]) or parsed with one [`Names`] (an order's
+/// history read from the table), and by every clone, and so is the
+/// sequence number: a record's position and the history entry made from
+/// it hold one allocation between them, the sequence number's, and a clone
+/// counts two references, not three.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardPos {
-    /// The stream's name (every stream has a `shardId-000000000000`).
-    pub stream: Arc<str>,
-    /// Shard id.
-    pub shard: Arc<str>,
+    /// The shard, by its stream's name and its own.
+    pub at: Arc<ShardName>,
     /// Sequence number: decimal digits, no leading zero (up to 129 digits,
     /// so it is compared as text of its length, not parsed). Shared by
     /// clones, as the names are.
     pub sequence: Arc<str>,
     /// Sub-sequence within an aggregate record (0 when not aggregated).
     pub sub: u32,
+}
+
+/// A shard of a stream, by name: one allocation for both names, shared by
+/// the positions read from it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShardName {
+    /// The stream's name (every stream has a `shardId-000000000000`).
+    pub stream: Box<str>,
+    /// Shard id.
+    pub shard: Box<str>,
+}
+
+impl ShardName {
+    /// Shard `shard` of stream `stream`, to share.
+    pub fn new(stream: &str, shard: &str) -> Arc<ShardName> {
+        Arc::new(ShardName { stream: stream.into(), shard: shard.into() })
+    }
 }
 
 impl ShardPos {
@@ -116,28 +132,32 @@ impl ShardPos {
         if parts.next().is_some() {
             return None;
         }
-        Some(ShardPos { stream: names.get(stream), shard: names.get(shard), sequence: Arc::from(sequence), sub })
+        Some(ShardPos { at: names.get(stream, shard), sequence: Arc::from(sequence), sub })
     }
 
-    /// The position of a record read from `shard` of `stream` (names a
-    /// shard's reader shares between its records), as the reader has it:
+    /// The position of a record read from shard `at` (the name a shard's
+    /// reader shares between its records), as the reader has it:
     /// no text to parse. `None` for a sequence number that is not one
     /// (decimal digits, no leading zero), as [`ShardPos::parse`] gives for
     /// the record's text (of a shard id and a sequence number Kinesis
     /// sends: neither holds `/` or `:`). The sequence is shared, not copied.
-    pub fn of_record(stream: &Arc<str>, shard: &Arc<str>, sequence: &Arc<str>, sub: u32) -> Option<ShardPos> {
-        is_sequence(sequence).then(|| ShardPos {
-            stream: Arc::clone(stream),
-            shard: Arc::clone(shard),
-            sequence: Arc::clone(sequence),
-            sub,
-        })
+    pub fn of_record(at: &Arc<ShardName>, sequence: &Arc<str>, sub: u32) -> Option<ShardPos> {
+        is_sequence(sequence).then(|| ShardPos { at: Arc::clone(at), sequence: Arc::clone(sequence), sub })
+    }
+
+    /// The stream's name.
+    pub fn stream(&self) -> &str {
+        &self.at.stream
+    }
+
+    /// The shard's id.
+    pub fn shard(&self) -> &str {
+        &self.at.shard
     }
 
     /// Whether `self` was read after `other` in the same shard of the same stream.
     pub fn is_after(&self, other: &ShardPos) -> bool {
-        self.stream == other.stream
-            && self.shard == other.shard
+        (Arc::ptr_eq(&self.at, &other.at) || self.at == other.at)
             && (self.sequence.len(), &*self.sequence, self.sub) > (other.sequence.len(), &*other.sequence, other.sub)
     }
 }
@@ -147,22 +167,21 @@ fn is_sequence(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s.len() == 1 || !s.starts_with('0'))
 }
 
-/// Stream and shard names already allocated, for positions parsed from
-/// text to share (an order's history read from the table): a handful,
-/// looked up in order.
+/// Shard names already allocated, for positions parsed from text to share
+/// (an order's history read from the table): a handful, looked up in order.
 #[derive(Debug, Default)]
-pub struct Names(Vec<Arc<str>>);
+pub struct Names(Vec<Arc<ShardName>>);
 
 impl Names {
     /// Most names kept: past it a name is allocated for each position.
     const MAX: usize = 16;
 
-    /// `name`, shared.
-    pub fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(known) = self.0.iter().find(|known| ***known == *name) {
+    /// Shard `shard` of stream `stream`, shared.
+    pub fn get(&mut self, stream: &str, shard: &str) -> Arc<ShardName> {
+        if let Some(known) = self.0.iter().find(|known| *known.stream == *stream && *known.shard == *shard) {
             return Arc::clone(known);
         }
-        let new: Arc<str> = Arc::from(name);
+        let new = ShardName::new(stream, shard);
         if self.0.len() < Self::MAX {
             self.0.push(Arc::clone(&new));
         }
@@ -174,10 +193,10 @@ impl ShardPos {
     /// `stream:shardId/sequence[/sub]`, as stored in a history entry (what
     /// `Display` writes), built in one allocation of its size.
     pub fn to_text(&self) -> String {
-        let mut t = String::with_capacity(self.stream.len() + self.shard.len() + self.sequence.len() + 13);
-        t.push_str(&self.stream);
+        let mut t = String::with_capacity(self.at.stream.len() + self.at.shard.len() + self.sequence.len() + 13);
+        t.push_str(&self.at.stream);
         t.push(':');
-        t.push_str(&self.shard);
+        t.push_str(&self.at.shard);
         t.push('/');
         t.push_str(&self.sequence);
         if self.sub != 0 {
@@ -365,18 +384,24 @@ mod tests {
         let a = ShardPos::parse_with("shardId-000000000001/4959", Some("orders"), &mut names).expect("a");
         let b = ShardPos::parse_with("shardId-000000000001/4960/3", Some("orders"), &mut names).expect("b");
         let c = ShardPos::parse_with("other:shardId-000000000002/7", None, &mut names).expect("c");
-        assert!(Arc::ptr_eq(&a.stream, &b.stream) && Arc::ptr_eq(&a.shard, &b.shard));
-        assert!(!Arc::ptr_eq(&a.shard, &c.shard) && (&*c.stream, &*c.shard) == ("other", "shardId-000000000002"));
-        assert!(Arc::ptr_eq(&a.shard, &a.clone().shard), "a clone shares them too");
+        assert!(Arc::ptr_eq(&a.at, &b.at));
+        assert!(!Arc::ptr_eq(&a.at, &c.at) && (c.stream(), c.shard()) == ("other", "shardId-000000000002"));
+        assert!(Arc::ptr_eq(&a.at, &a.clone().at), "a clone shares them too");
         assert!(Arc::ptr_eq(&a.sequence, &a.clone().sequence), "and the sequence number");
         assert!(b.is_after(&a) && !a.is_after(&b) && !c.is_after(&a));
+        // Names allocated apart compare by value: the same shard of the
+        // same stream is ordered, the same shard id of another stream not.
+        let later = ShardPos::parse("shardId-000000000001/4961", Some("orders")).expect("later");
+        let elsewhere = ShardPos::parse("shardId-000000000001/4961", Some("other")).expect("elsewhere");
+        assert!(!Arc::ptr_eq(&later.at, &b.at) && later.is_after(&b) && !b.is_after(&later));
+        assert!(!elsewhere.is_after(&b) && !b.is_after(&elsewhere));
         // Parsed alone or with names: the same position, the same text.
         assert_eq!(ShardPos::parse("shardId-000000000001/4960/3", Some("orders")), Some(b.clone()));
         assert_eq!(b.to_text(), "orders:shardId-000000000001/4960/3");
         // Past the most names kept, each position gets its own: still right.
         let many: Vec<ShardPos> =
             (0..40).map(|i| ShardPos::parse_with(&format!("s:shard-{i}/1"), None, &mut names).expect("parses")).collect();
-        assert!(many.iter().enumerate().all(|(i, p)| *p.shard == *format!("shard-{i}")));
+        assert!(many.iter().enumerate().all(|(i, p)| p.shard() == format!("shard-{i}")));
     }
 
     fn ev(id: &str, body: &str) -> Event {

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use pipeline::event::{Event, Rejection, decode};
-use pipeline::orders::{Applied, OrderState, ShardPos, apply_at, order_id};
+use pipeline::orders::{Applied, OrderState, ShardName, ShardPos, apply_at, order_id};
 use pipeline::window::Counters;
 use proptest::prelude::*;
 
@@ -66,12 +66,7 @@ impl Store {
 
 fn position(i: usize) -> ShardPos {
     // Sequence numbers of a real shard: long, increasing, compared as text.
-    ShardPos {
-        stream: "orders".into(),
-        shard: "shardId-000000000000".into(),
-        sequence: format!("4959{:052}", 10 * i + 7).into(),
-        sub: 0,
-    }
+    ShardPos { at: ShardName::new("orders", "shardId-000000000000"), sequence: format!("4959{:052}", 10 * i + 7).into(), sub: 0 }
 }
 
 proptest! {

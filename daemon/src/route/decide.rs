@@ -58,8 +58,8 @@ impl std::fmt::Display for Position {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Position::Text(t) => f.write_str(t),
-            Position::Record { pos, aggregated: false } => write!(f, "{}/{}", pos.shard, pos.sequence),
-            Position::Record { pos, aggregated: true } => write!(f, "{}/{}/{}", pos.shard, pos.sequence, pos.sub),
+            Position::Record { pos, aggregated: false } => write!(f, "{}/{}", pos.shard(), pos.sequence),
+            Position::Record { pos, aggregated: true } => write!(f, "{}/{}/{}", pos.shard(), pos.sequence, pos.sub),
         }
     }
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, StreamExt};
-use pipeline::orders::order_id;
+use pipeline::orders::{ShardName, order_id};
 use smallvec::SmallVec;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -174,8 +174,8 @@ pub async fn process_shard(
     lost: CancellationToken,
 ) -> ShardExit {
     let source = path.config.stream.clone();
-    // The stream's and the shard's names, shared by every record's position.
-    let names: (Arc<str>, Arc<str>) = (Arc::from(source.as_str()), Arc::from(shard.as_str()));
+    // The shard's name (and its stream's), shared by every record's position.
+    let names = ShardName::new(&source, &shard);
     let cache = path.orders.cache(path.config.order_cache_size);
     let mut done: Option<(String, u64)> = None;
     let mut unacked: u64 = 0;

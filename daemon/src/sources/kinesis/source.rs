@@ -19,7 +19,7 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::types::ShardIteratorType;
 use pipeline::kpl;
-use pipeline::orders::ShardPos;
+use pipeline::orders::{ShardName, ShardPos};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -47,15 +47,15 @@ pub struct ShardRecord {
 }
 
 impl ShardRecord {
-    /// Where this record was read, in shard `names.1` of stream `names.0`
-    /// (shared by the shard's records): its shard position, or, for a
-    /// sequence number that is not one (never from Kinesis), the text
+    /// Where this record was read, in shard `at` (its name shared by the
+    /// shard's records): its shard position, or, for a sequence number
+    /// that is not one (never from Kinesis), the text
     /// `shardId/sequence[/sub]` alone, which no order event is judged at.
-    pub fn position(&self, names: &(Arc<str>, Arc<str>), aggregated: bool) -> Position {
-        let (stream, shard) = names;
+    pub fn position(&self, at: &Arc<ShardName>, aggregated: bool) -> Position {
+        let shard = &at.shard;
         // A plain record's place is 0 (its text has none).
         let sub = if aggregated { u32::try_from(self.sub).ok() } else { Some(0) };
-        match sub.and_then(|sub| ShardPos::of_record(stream, shard, &self.sequence, sub)) {
+        match sub.and_then(|sub| ShardPos::of_record(at, &self.sequence, sub)) {
             Some(pos) => Position::Record { pos, aggregated },
             None if aggregated => Position::Text(format!("{shard}/{}/{}", self.sequence, self.sub)),
             None => Position::Text(format!("{shard}/{}", self.sequence)),
@@ -469,7 +469,7 @@ mod tests {
 
     #[test]
     fn a_record_s_position_names_its_shard_sequence_and_place_in_an_aggregate() {
-        let names: (Arc<str>, Arc<str>) = (Arc::from("s"), Arc::from("shardId-000000000001"));
+        let names = ShardName::new("s", "shardId-000000000001");
         let r = ShardRecord { sequence: "4959".into(), sub: 12, data: Vec::new() };
         assert_eq!(r.position(&names, false).to_string(), "shardId-000000000001/4959");
         assert_eq!(r.position(&names, true).to_string(), "shardId-000000000001/4959/12");
@@ -479,8 +479,8 @@ mod tests {
             let position = r.position(&names, aggregated);
             let pos = position.shard_pos().expect("a shard position");
             assert_eq!(Some(pos), ShardPos::parse(&position.to_string(), Some("s")).as_ref());
-            assert_eq!((&*pos.stream, &*pos.shard, &*pos.sequence), ("s", "shardId-000000000001", "4959"));
-            assert!(Arc::ptr_eq(&pos.stream, &names.0) && Arc::ptr_eq(&pos.shard, &names.1), "the names are shared");
+            assert_eq!((pos.stream(), pos.shard(), &*pos.sequence), ("s", "shardId-000000000001", "4959"));
+            assert!(Arc::ptr_eq(&pos.at, &names), "the names are shared");
             assert!(Arc::ptr_eq(&pos.sequence, &r.sequence), "the record's sequence is shared, not copied");
         }
         assert_eq!(r.position(&names, true).shard_pos().map(|p| p.sub), Some(12));
