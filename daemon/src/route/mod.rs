@@ -402,6 +402,13 @@ impl Router {
         }
     }
 
+    /// Frees a shard's order cache when its task ends: up to
+    /// `order_cache_size` orders with their histories, freed on the CPU
+    /// pool, not on the runtime worker the other shards' tasks share.
+    pub fn free_cache(&self, cache: OrderCache) {
+        self.pool.drop_on_pool(cache);
+    }
+
     /// Both stages, one after the other (a shard's batch).
     pub async fn process(&self, source: &str, inputs: Vec<Input>, orders: &OrderCache) -> (Vec<Input>, Vec<Outcome>) {
         let batch = self.decide(inputs).await;
@@ -483,5 +490,8 @@ mod tests {
         // A batch no part holds: the write stage hands its events over.
         router.write("orders", alone, &OrderCache::new(3)).await;
         assert_eq!(router.pool.handed_to_free(), 2, "handed to the pool by the write stage");
+        // A shard's order cache, when its task ends.
+        router.free_cache(OrderCache::new(3));
+        assert_eq!(router.pool.handed_to_free(), 3, "the cache handed to the pool");
     }
 }

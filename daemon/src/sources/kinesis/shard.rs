@@ -169,14 +169,29 @@ pub async fn process_shard(
     path: Arc<ShardContext>,
     shard: String,
     generation: i64,
+    rx: mpsc::Receiver<Fetched>,
+    stop: CancellationToken,
+    lost: CancellationToken,
+) -> ShardExit {
+    let cache = path.orders.cache(path.config.order_cache_size);
+    let exit = shard_batches(Arc::clone(&path), shard, generation, rx, stop, lost, &cache).await;
+    path.router.free_cache(cache);
+    exit
+}
+
+/// [`process_shard`]'s batches, its orders cached in `cache`.
+async fn shard_batches(
+    path: Arc<ShardContext>,
+    shard: String,
+    generation: i64,
     mut rx: mpsc::Receiver<Fetched>,
     stop: CancellationToken,
     lost: CancellationToken,
+    cache: &OrderCache,
 ) -> ShardExit {
     let source = path.config.stream.clone();
     // The shard's name (and its stream's), shared by every record's position.
     let names = ShardName::new(&source, &shard);
-    let cache = path.orders.cache(path.config.order_cache_size);
     let mut done: Option<(String, u64)> = None;
     let mut unacked: u64 = 0;
     let mut last_checkpoint = Instant::now();
@@ -233,7 +248,7 @@ pub async fn process_shard(
                 if part.alone {
                     alone = Some(part.claim);
                 }
-                writing.push(write_part(&path, &source, &cache, part, &stop, &lost));
+                writing.push(write_part(&path, &source, cache, part, &stop, &lost));
             }
         }
         if draining && writing.is_empty() {
@@ -287,7 +302,7 @@ pub async fn process_shard(
                     let (free, blocked) = split(no, batch, keys, &mut claims);
                     ledger.set_parts(no, usize::from(free.is_some()) + usize::from(blocked.is_some()));
                     if let Some(part) = free {
-                        writing.push(write_part(&path, &source, &cache, part, &stop, &lost));
+                        writing.push(write_part(&path, &source, cache, part, &stop, &lost));
                     }
                     held.extend(blocked);
                     for (last, count) in ledger.part_done_none() {
