@@ -526,6 +526,7 @@ fn through_shard(rt: &Runtime, context: Arc<ShardContext>, generation: i64, page
             }
         });
         let (stop, lost) = (CancellationToken::new(), CancellationToken::new());
+        let pool = context.router.pool.clone();
         let shard = process_shard(context, SHARD.to_owned(), generation, rx, stop, lost);
         let shard = match ahead {
             Ahead::AsTheTopology => tokio::spawn(shard),
@@ -536,6 +537,10 @@ fn through_shard(rt: &Runtime, context: Arc<ShardContext>, generation: i64, page
             .expect("orders: the shard stage ended within its limit (no batch retried forever)")
             .expect("orders: the shard task did not panic");
         source.await.expect("the source ends");
+        // What the stage handed the pool to free (the last parts' events
+        // and inputs, the shard's order cache) is freed within the run:
+        // the pool's one thread takes jobs from outside it in order.
+        pool.run(|| ()).await.expect("the pool runs");
         exit
     })
 }
