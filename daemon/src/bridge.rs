@@ -2,8 +2,10 @@
 //!
 //! Owns: the fixed rayon pool and the hop onto it: one closure per batch,
 //! `rayon::spawn` plus a oneshot back, so tokio's workers never block and
-//! rayon's never wait on I/O; and freeing on the pool what it allocated
-//! (a batch's decoded events), with nothing back. Must not: be called per
+//! rayon's never wait on I/O; and freeing on the pool, with nothing back,
+//! what it allocated (a batch's decoded events) and what a shard's one
+//! serial task would otherwise free piece by piece (a durable batch's
+//! inputs, a finished shard's order cache). Must not: be called per
 //! record.
 
 use std::panic::AssertUnwindSafe;
@@ -71,11 +73,13 @@ impl CpuPool {
     }
 
     /// Drops `value` on the pool instead of the calling runtime worker: for
-    /// what the pool's threads allocated (a batch's decoded events). The
-    /// allocator frees a block on the thread that made it from that
-    /// thread's own free list; from another thread, each free is an atomic
-    /// push onto the owner's, collected later, and the runtime's worker is
-    /// the shard's slower thread. Not a batch among the pool's
+    /// what the pool's threads allocated (a batch's decoded events), which
+    /// the allocator frees from the thread's own free list (from another
+    /// thread each free is an atomic push onto the owner's, collected
+    /// later), and for what a shard's serial task, the stage's slower
+    /// thread, would free piece by piece (a durable batch's inputs, a
+    /// finished shard's order cache). Freed behind the pool's queued
+    /// jobs, first in, first out. Not a batch among the pool's
     /// (`cafe_rayon_queue_depth_batches`), and not awaited: `value`'s drop
     /// must not block. A panic in it is caught (in a job rayon spawns it
     /// would abort the process).

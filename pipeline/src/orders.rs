@@ -157,7 +157,8 @@ impl ShardPos {
 
     /// Whether `self` was read after `other` in the same shard of the same stream.
     pub fn is_after(&self, other: &ShardPos) -> bool {
-        (Arc::ptr_eq(&self.at, &other.at) || self.at == other.at)
+        // (`Arc`'s `==` compares the pointers first.)
+        self.at == other.at
             && (self.sequence.len(), &*self.sequence, self.sub) > (other.sequence.len(), &*other.sequence, other.sub)
     }
 }

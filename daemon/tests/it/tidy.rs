@@ -78,7 +78,8 @@ fn one_cpu_pool_and_one_bridge_to_it() {
     // shared fraud state.
     let hops = offenders(&lines, "pool.run(", &["daemon/src/route/mod.rs", "daemon/src/route/apply_payments.rs"]);
     assert!(hops.is_empty(), "CPU work handed to the pool outside the router:\n{}", hops.join("\n"));
-    // And what the decide stage allocated, freed where it was allocated.
+    // And what is freed on the pool (the decide stage's events, a shard's
+    // durable inputs and finished cache): only the router hands it over.
     let frees = offenders(&lines, "drop_on_pool(", &["daemon/src/route/mod.rs", "daemon/src/bridge.rs"]);
     assert!(frees.is_empty(), "values handed to the pool to free outside the router:\n{}", frees.join("\n"));
     let rayon = offenders(&lines, "rayon::", &["daemon/src/bridge.rs", "daemon/src/route/decide.rs"]);
