@@ -303,6 +303,47 @@ fn score_round(
     (verdicts, writes)
 }
 
+/// How a batch's next round goes, after what the last one met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// The batch's first round.
+    First,
+    /// After another writer's move: the `n`th pause (from 0) first.
+    Paused(u32),
+    /// After a move the cache resolved, or redelivered payments only.
+    AtOnce,
+    /// Out of rounds of that kind: the pending payments go back to their
+    /// source; the movers named in the log.
+    GiveBack(&'static str),
+}
+
+/// The rounds one batch has gone, by kind: each kind has its own budget
+/// ([`MAX_ROUNDS`] counting the first, [`MAX_ROUNDS_AT_ONCE`]), so a batch
+/// goes at most `MAX_ROUNDS + MAX_ROUNDS_AT_ONCE` rounds in all.
+#[derive(Debug, Default)]
+struct Rounds {
+    paused: u32,
+    at_once: u32,
+}
+
+impl Rounds {
+    /// The next round, after the last one's conflict: `None` before the
+    /// first round, otherwise whether another writer moved a key.
+    fn next(&mut self, conflict: Option<bool>) -> Round {
+        match conflict {
+            None => Round::First,
+            Some(true) => {
+                self.paused += 1;
+                if self.paused >= MAX_ROUNDS { Round::GiveBack("other writers") } else { Round::Paused(self.paused - 1) }
+            }
+            Some(false) => {
+                self.at_once += 1;
+                if self.at_once > MAX_ROUNDS_AT_ONCE { Round::GiveBack("this process's batches") } else { Round::AtOnce }
+            }
+        }
+    }
+}
+
 /// Packs payments (their keys `key_of` and aggregate rows `rows`, in
 /// arrival order) into transactions of at most `max_items` items (the
 /// payments, their distinct keys and rows): the end of each, as a position.
@@ -352,29 +393,18 @@ pub async fn apply_payments(
     let history_secs = rules.config().history_secs;
     // After a conflict: whether it was another writer's (pause first).
     let mut pause: Option<bool> = None;
-    let (mut paused, mut at_once) = (0u32, 0u32);
+    let mut rounds = Rounds::default();
     loop {
-        let go_on = match pause {
-            None => true,
+        let go_on = match rounds.next(pause) {
+            Round::First => true,
             // Another writer moved a key: back off (jittered, so that
             // instances racing for a hot key do not meet again at once),
             // unless shutting down.
-            Some(true) => {
-                paused += 1;
-                if paused >= MAX_ROUNDS {
-                    return given_back(&pending, "other writers", &copies, outcomes, decided);
-                }
-                sink.pause_between_rounds(paused - 1).await
-            }
+            Round::Paused(n) => sink.pause_between_rounds(n).await,
             // A key only this process's other batches moved, which the
             // cache holds, or redelivered payments: go on at once.
-            Some(false) => {
-                at_once += 1;
-                if at_once > MAX_ROUNDS_AT_ONCE {
-                    return given_back(&pending, "this process's batches", &copies, outcomes, decided);
-                }
-                !sink.stop_retrying.is_cancelled()
-            }
+            Round::AtOnce => !sink.stop_retrying.is_cancelled(),
+            Round::GiveBack(movers) => return given_back(&pending, movers, &copies, outcomes, decided),
         };
         if !go_on {
             return (decided, copies_settled(&copies, outcomes));
@@ -602,6 +632,49 @@ mod tests {
         // A key with no item is created at the round's fresh version, not 1:
         // an expired item's versions are not used again.
         assert!(writes.iter().flatten().filter(|(k, ..)| *k != card).all(|(_, read, next, _)| (*read, *next) == (0, 1_000)));
+    }
+
+    /// Rounds a batch goes after the first, with `conflict` after each,
+    /// before it is given back: (the rounds' kinds, the movers named).
+    fn rounds_until_given_back(mut conflict: impl FnMut(usize) -> bool) -> (Vec<Round>, &'static str) {
+        let mut rounds = Rounds::default();
+        assert_eq!(rounds.next(None), Round::First);
+        let mut went = Vec::new();
+        loop {
+            match rounds.next(Some(conflict(went.len()))) {
+                Round::GiveBack(movers) => return (went, movers),
+                Round::First => panic!("a first round after a conflict"),
+                round => went.push(round),
+            }
+            assert!(went.len() <= (MAX_ROUNDS + MAX_ROUNDS_AT_ONCE) as usize, "unbounded: {went:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_goes_round_at_most_its_budget_of_each_kind_and_then_is_given_back() {
+        // Other writers only: the first round and MAX_ROUNDS - 1 after a
+        // pause each, the pauses growing (the backoff's round).
+        let (went, movers) = rounds_until_given_back(|_| true);
+        assert_eq!(went, (0..MAX_ROUNDS - 1).map(Round::Paused).collect::<Vec<_>>());
+        assert_eq!(movers, "other writers");
+        // The process's own batches only: MAX_ROUNDS_AT_ONCE at once.
+        let (went, movers) = rounds_until_given_back(|_| false);
+        assert_eq!(went, vec![Round::AtOnce; MAX_ROUNDS_AT_ONCE as usize]);
+        assert_eq!(movers, "this process's batches");
+        // Both, one other writer's move every fourth round: each kind
+        // spends its own budget, and the pauses grow one by one.
+        let (went, movers) = rounds_until_given_back(|i| i % 4 == 0);
+        let paused: Vec<Round> = went.iter().copied().filter(|r| matches!(r, Round::Paused(_))).collect();
+        assert_eq!(paused, (0..paused.len() as u32).map(Round::Paused).collect::<Vec<_>>());
+        let at_once = went.iter().filter(|r| **r == Round::AtOnce).count();
+        // The eighth other writer's move ends it, the at-once rounds
+        // between the moves (three each) not counted against the pauses.
+        let pauses = MAX_ROUNDS as usize - 1;
+        assert_eq!((paused.len(), at_once, movers), (pauses, 3 * pauses, "other writers"));
+        // One other writer's move every 40 rounds: the at-once budget ends it.
+        let (went, movers) = rounds_until_given_back(|i| i % 40 == 0);
+        assert_eq!(went.iter().filter(|r| **r == Round::AtOnce).count(), MAX_ROUNDS_AT_ONCE as usize);
+        assert_eq!((went[0], movers), (Round::Paused(0), "this process's batches"));
     }
 
     #[test]
