@@ -69,13 +69,24 @@ fn integral_numbers(v: serde_json::Value) -> serde_json::Value {
 /// write it canonically again, each round reading the previous round's
 /// output, so no round can be skipped. Returns the last output, which equals
 /// the input for canonical input.
+///
+/// Each round writes into the buffer the round before read from, cleared:
+/// the parse and the write of the whole item are the story's work, a new
+/// string grown from nothing a hundred times an item is not (its
+/// reallocations, and the pages the allocator gives back and takes again).
 pub fn json_rounds(canonical: &str, rounds: u32) -> String {
+    use std::fmt::Write as _;
     let mut cur = canonical.to_owned();
+    let mut next = String::with_capacity(cur.len());
     for _ in 0..rounds {
-        match serde_json::from_str::<serde_json::Value>(std::hint::black_box(&cur)) {
-            Ok(v) => cur = std::hint::black_box(v.to_string()),
-            Err(_) => break,
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(std::hint::black_box(&cur)) else { break };
+        next.clear();
+        // `Value`'s `Display` is what `to_string` writes; into a `String`
+        // it cannot fail.
+        if write!(next, "{v}").is_err() {
+            break;
         }
+        std::mem::swap(&mut cur, std::hint::black_box(&mut next));
     }
     cur
 }
@@ -156,6 +167,36 @@ mod tests {
         assert_eq!(canonical_json(&b), c);
         assert_eq!(json_rounds(&c, 10), c, "canonical JSON is a fixed point of the rounds");
         assert_eq!(digest(&a, 0).expect("ok").content_sha256, digest(&b, 100).expect("ok").content_sha256);
+    }
+
+    #[test]
+    fn json_rounds_write_what_a_new_string_each_round_would() {
+        // The rounds as first written: a new string each round.
+        let fresh = |input: &str, rounds: u32| {
+            let mut cur = input.to_owned();
+            for _ in 0..rounds {
+                match serde_json::from_str::<serde_json::Value>(&cur) {
+                    Ok(v) => cur = v.to_string(),
+                    Err(_) => break,
+                }
+            }
+            cur
+        };
+        let long = format!(
+            r#"{{"b": "{}", "a": [1.0, 2.5, -0.0, 1e300, "\u00e9\n"], "c": {{"z": null, "y": true}}}}"#,
+            "x".repeat(70_000)
+        );
+        for input in [
+            canonical_json(&item(b"img", None, "")),
+            long,
+            r#"  {"k" : [ 1 , 2.0 ] }  "#.to_owned(),
+            "not json".to_owned(),
+            String::new(),
+        ] {
+            for rounds in [0, 1, 2, 3, 100] {
+                assert_eq!(json_rounds(&input, rounds), fresh(&input, rounds), "{rounds} rounds of {:.60}", input);
+            }
+        }
     }
 
     #[test]
