@@ -78,6 +78,8 @@ CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 
 phase "bench table: scripts/bench_table.py on a stored run of bench.sh"
 python3 scripts/test_bench_table.py
+phase "this script stopped from outside: its exit status, what it prints, the stack it leaves"
+python3 scripts/test_test_script.py
 
 phase "features: the release builds with and without the benches resolve the same (scripts/check_features.py)"
 python3 scripts/test_check_features.py
