@@ -25,6 +25,13 @@ pub struct CpuPool {
     /// hands what.
     #[cfg(test)]
     handed_to_free: Arc<std::sync::atomic::AtomicUsize>,
+    /// Calls of [`CpuPool::run`] so far, and the one (from 1; 0: none)
+    /// whose closure panics instead of running, as a bug would: for the
+    /// tests of what a stage does with a batch it failed on.
+    #[cfg(test)]
+    runs: Arc<std::sync::atomic::AtomicUsize>,
+    #[cfg(test)]
+    panic_at_run: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The batch's closure panicked; the batch is given back to its source.
@@ -41,6 +48,10 @@ impl CpuPool {
             metrics,
             #[cfg(test)]
             handed_to_free: Arc::default(),
+            #[cfg(test)]
+            runs: Arc::default(),
+            #[cfg(test)]
+            panic_at_run: Arc::default(),
         })
     }
 
@@ -53,6 +64,15 @@ impl CpuPool {
         let (tx, rx) = oneshot::channel();
         CpuJobQueued.emit(&self.metrics);
         let metrics = Arc::clone(&self.metrics);
+        #[cfg(test)]
+        let f = {
+            use std::sync::atomic::Ordering::Relaxed;
+            let panics = self.runs.fetch_add(1, Relaxed) + 1 == self.panic_at_run.load(Relaxed);
+            move || {
+                assert!(!panics, "the test's bug in the closure of a chosen run");
+                f()
+            }
+        };
         // Inside the job, rayon's parallel iterators run on this same pool.
         self.pool.spawn(move || {
             let out = std::panic::catch_unwind(AssertUnwindSafe(f));
@@ -64,6 +84,13 @@ impl CpuPool {
             Ok(Err(panic)) => Err(CpuPanic(panic_message(panic.as_ref()))),
             Err(_) => Err(CpuPanic("cpu pool dropped the task".into())),
         }
+    }
+
+    /// The `n`th call of [`CpuPool::run`] (from 1, counting those made
+    /// so far) panics in its closure instead of running it.
+    #[cfg(test)]
+    pub(crate) fn panic_at_run(&self, n: usize) {
+        self.panic_at_run.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How many values were handed to [`CpuPool::drop_on_pool`].

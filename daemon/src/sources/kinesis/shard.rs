@@ -862,6 +862,139 @@ mod tests {
         assert!(ledger.is_empty());
     }
 
+    /// Orders in memory, each written only at the version its write read
+    /// (as the table's condition does): what the shard made durable.
+    #[derive(Debug, Default)]
+    struct MemoryOrders(std::sync::Mutex<HashMap<String, pipeline::orders::OrderState>>);
+
+    impl crate::route::OrderStore for MemoryOrders {
+        fn read_orders<'a>(
+            &'a self,
+            ids: &'a [String],
+        ) -> futures::future::BoxFuture<'a, Result<HashMap<String, pipeline::orders::OrderState>, crate::aws::AwsError>> {
+            let held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let found = ids.iter().filter_map(|id| Some((id.clone(), held.get(id)?.clone()))).collect();
+            Box::pin(std::future::ready(Ok(found)))
+        }
+
+        fn write_orders<'a>(
+            &'a self,
+            writes: &'a [pipeline::decided::OrderChange],
+            _: &'a str,
+            _: usize,
+        ) -> futures::future::BoxFuture<'a, Vec<crate::sinks::dynamodb::order_items::OrderWriteOutcome>> {
+            use crate::sinks::dynamodb::order_items::OrderWriteOutcome;
+            let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let outcomes = writes
+                .iter()
+                .map(|w| {
+                    if held.get(&w.order_id).map(|s| s.history.len()) != w.before {
+                        return OrderWriteOutcome::Conflict;
+                    }
+                    held.insert(w.order_id.clone(), w.after.clone());
+                    OrderWriteOutcome::Written
+                })
+                .collect();
+            Box::pin(std::future::ready(outcomes))
+        }
+    }
+
+    /// One record of order `order` at sequence `seq`: `order.placed`, or
+    /// `order.status` to `status`.
+    fn record(seq: u32, order: &str, status: Option<&str>) -> Fetched {
+        let (kind, data) = match status {
+            None => (
+                "order.placed",
+                format!(
+                    r#"{{"order_id":"{order}","customer_id":"c","channel":"app","items":[{{"sku":"s","qty":1,"unit_price_cents":100}}],"total_cents":100}}"#
+                ),
+            ),
+            Some(status) => ("order.status", format!(r#"{{"order_id":"{order}","status":"{status}"}}"#)),
+        };
+        let ts = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).expect("now");
+        let body = format!(r#"{{"v":1,"id":"{order}-{seq}","type":"{kind}","ts":"{ts}","store":"s1","data":{data}}}"#);
+        Fetched {
+            records: vec![super::super::source::ShardRecord {
+                sequence: Arc::from(format!("{}", 1000 + seq)),
+                sub: 0,
+                data: body.into_bytes(),
+            }],
+            aggregated: vec![false],
+            end: false,
+            room: None,
+        }
+    }
+
+    /// A batch whose decide stage failed (a bug: no input can cause it)
+    /// writes alone, decided again, before any later batch is taken up:
+    /// here the later batch, already decided when the first failed, holds
+    /// the next event of the same order, which the failed batch's events
+    /// (not decided, so not known to be of that order) must come before.
+    /// Taken up meanwhile, its cancellation would land first and the
+    /// confirmation, arriving after a later event of its shard, would be
+    /// rejected (and, its rejection refused here, retried for ever).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_the_decide_stage_failed_on_writes_before_any_later_batch_is_taken_up() {
+        use crate::route::{FraudStateCache, Scoring, Tunables, Tuned, Work};
+        let metrics = Arc::new(Metrics::new());
+        let store = Arc::new(MemoryOrders::default());
+        let fraud = pipeline::fraud::FraudConfig::default();
+        let router = Router {
+            dynamodb: crate::sinks::dynamodb::refusing_sink(),
+            orders: Arc::clone(&store) as Arc<dyn crate::route::OrderStore>,
+            rejected: crate::sinks::rejected::refusing_sink(),
+            pool: crate::bridge::CpuPool::new(1, Arc::clone(&metrics)).expect("a pool"),
+            // Scored in the write stage: two batches are decided at once.
+            scoring: Scoring::Shared { cache: Arc::new(FraudStateCache::new(16, None)) },
+            tunables: Arc::new(Tunables::new(Tuned {
+                work: Work { fraud_work_factor: 1, menu_json_rounds: 1, max_future_secs: 300 },
+                linger: Duration::from_millis(1),
+                rules: Arc::new(pipeline::fraud::Rules::new(fraud).expect("rules")),
+            })),
+            sink_concurrency: 1,
+            metrics: Arc::clone(&metrics),
+        };
+        assert!(!router.scores_in_decide());
+        let config = KinesisSourceConfig::default();
+        assert!(config.max_batches_in_flight >= 3, "the three batches are read at once");
+        // The lease table refuses (nothing listens): checkpoints fail and
+        // are retried later, which this test does not need.
+        let client = aws_sdk_dynamodb::Client::new(&crate::sinks::refusing_sdk_config());
+        let path = Arc::new(ShardContext {
+            router: router.clone(),
+            leases: Arc::new(Leases::new(client, config.clone(), "test-worker".into(), Arc::clone(&metrics))),
+            // One record a batch.
+            pipeline: PipelineConfig { max_batch_events: 1, ..PipelineConfig::default() },
+            metrics: Arc::clone(&metrics),
+            sync_now: Arc::new(Notify::new()),
+            orders: OrderCaches::new(1 << 20, None),
+            config,
+        });
+        // The second batch's decide (the pool's second run) fails.
+        router.pool.panic_at_run(2);
+        let (tx, rx) = mpsc::channel(8);
+        for page in [record(1, "x", None), record(2, "x", Some("confirmed")), record(3, "x", Some("cancelled"))] {
+            tx.send(page).await.expect("room for three");
+        }
+        let (stop, lost) = (CancellationToken::new(), CancellationToken::new());
+        let shard = tokio::spawn(process_shard(path, "shardId-000000000000".into(), 1, rx, stop.clone(), lost));
+        let statuses = || -> Vec<&'static str> {
+            let held = store.0.lock().unwrap_or_else(|e| e.into_inner());
+            held.get("x").map(|s| s.history.iter().map(|h| h.status.name()).collect()).unwrap_or_default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while statuses().len() < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        shard.abort();
+        drop(tx);
+        assert_eq!(statuses(), ["placed", "confirmed", "cancelled"], "the order's events applied in shard order");
+        // The decide stage failed once: the first decide of the second batch.
+        let panics = metrics.encode();
+        assert!(panics.lines().any(|l| l == r#"cafe_pipeline_stage_panics_total{stage="decide"} 1"#), "{panics}");
+    }
+
     #[tokio::test]
     async fn a_batch_gives_its_read_budget_back_once_written_not_once_checkpointed() {
         let metrics = Arc::new(Metrics::new());
