@@ -73,8 +73,17 @@ class StoppedFromOutside(unittest.TestCase):
         env = dict(os.environ, STUB_DIR=str(self.stub), STUB_STATUS="0" if stack_up else "1",
                    CAFE_STACK_DIR=str(self.tmp / "stack"))
         env.pop("CAFE_KEEP_STACK", None)
+        # The signals at their defaults, as in a terminal: started in the
+        # background by a shell without job control (as CI's runner may
+        # be), this process has SIGINT ignored, its children inherit that,
+        # and a signal ignored on entry cannot be trapped by bash.
+        def default_signals():
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
         proc = subprocess.Popen(["bash", str(self.repo / "scripts" / "test.sh")], env=env, cwd=self.tmp,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                preexec_fn=default_signals)
         deadline = time.monotonic() + 20
         while not (self.stub / "starting").exists():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -82,7 +91,11 @@ class StoppedFromOutside(unittest.TestCase):
                 self.fail(f"test.sh never reached the stack's start: {proc.communicate()[0]}")
             time.sleep(0.05)
         os.killpg(proc.pid, sig)
-        out, _ = proc.communicate(timeout=20)
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            self.fail(f"test.sh did not end on {sig.name}: {proc.communicate()[0]}")
         return proc.returncode, out
 
     def calls(self):
