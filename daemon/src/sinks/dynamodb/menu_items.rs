@@ -27,7 +27,7 @@ use pipeline::decided::DecidedMenuItem;
 use pipeline::window::{Counters, WindowId};
 
 use super::{Attempt, Copies, DynamoDbSink, EVENT_EXPIRES, LEDGER_TTL_SECS, num, s};
-use crate::aws::AwsError;
+use crate::aws::{AwsError, ErrorClass};
 use crate::internal_events::{InternalEvent, MenuItems, MenuOutcome, Sink, SinkWriteFinished};
 use crate::sinks::WriteOutcome;
 
@@ -117,33 +117,39 @@ impl DynamoDbSink {
         for part in skus.chunks(100) {
             let keys: Vec<HashMap<String, AttributeValue>> =
                 part.iter().map(|k| HashMap::from([("sku".to_owned(), s(*k))])).collect();
-            let mut request = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(true)
-                    .projection_expression("sku, sync_version, content_sha256")
-                    .build()
-                    .map_err(|e| AwsError::request("reading menu items", e))?,
-            );
-            while let Some(req) = request.take() {
-                let resp = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.config.menu_table, req)
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::sdk("reading menu items", &e))?;
-                for item in resp.responses.and_then(|mut r| r.remove(&self.config.menu_table)).unwrap_or_default() {
-                    let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-                    out.insert(
-                        text("sku"),
-                        Stored {
-                            sync_version: item.get("sync_version").and_then(|v| v.as_s().ok()).cloned(),
-                            content_sha256: text("content_sha256"),
-                        },
-                    );
-                }
-                request = resp.unprocessed_keys.and_then(|mut u| u.remove(&self.config.menu_table));
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .projection_expression("sku, sync_version, content_sha256")
+                .build()
+                .map_err(|e| AwsError::request("reading menu items", e))?;
+            let resp = self
+                .client
+                .batch_get_item()
+                .request_items(&self.config.menu_table, request)
+                .send()
+                .await
+                .map_err(|e| AwsError::sdk("reading menu items", &e))?;
+            // Unprocessed keys (throttling): the read fails, and the caller
+            // reads again after its backoff, within its budget. (Sent again
+            // at once, they were sent for as long as the table left any
+            // unprocessed, uncounted and deaf to a shutdown.)
+            if resp.unprocessed_keys.as_ref().and_then(|u| u.get(&self.config.menu_table)).is_some_and(|k| !k.keys().is_empty()) {
+                return Err(AwsError {
+                    what: "reading menu items".into(),
+                    class: ErrorClass::Throttled,
+                    detail: "unprocessed keys".into(),
+                });
+            }
+            for item in resp.responses.and_then(|mut r| r.remove(&self.config.menu_table)).unwrap_or_default() {
+                let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                out.insert(
+                    text("sku"),
+                    Stored {
+                        sync_version: item.get("sync_version").and_then(|v| v.as_s().ok()).cloned(),
+                        content_sha256: text("content_sha256"),
+                    },
+                );
             }
         }
         Ok(out)
@@ -352,6 +358,32 @@ mod tests {
             window: WindowId { store: "s".into(), window: "w".into() },
             counters: Counters { menu_items: 1, ..Counters::default() },
         }
+    }
+
+    /// Keys the table leaves unprocessed (throttling) fail the read, and
+    /// the write reads again after its backoff, each time counted, until
+    /// its budget: then the items go back to their source. Before, they
+    /// were asked for again at once, uncounted, for as long as the table
+    /// left any.
+    #[tokio::test]
+    async fn keys_left_unprocessed_are_read_again_after_the_backoff_within_the_budget() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let quick =
+            super::super::DynamoDbSinkConfig { max_retries: 2, base_backoff_ms: 1, max_backoff_ms: 2, ..Default::default() };
+        let (sink, calls) = super::super::unprocessed_reads_sink(quick);
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), sink.read_menu(&["latte", "mocha"]))
+            .await
+            .expect("fails, not asks for ever");
+        assert!(matches!(read, Err(AwsError { class: ErrorClass::Throttled, .. })), "{read:?}");
+        assert_eq!(calls.load(Relaxed), 1);
+        let records = [rec("a", "latte", 100, "x"), rec("b", "mocha", 100, "y")];
+        let written = tokio::time::timeout(std::time::Duration::from_secs(10), sink.write_menu(&records, "now"))
+            .await
+            .expect("gives up, not asks for ever");
+        assert_eq!(written, [WriteOutcome::Failed, WriteOutcome::Failed]);
+        assert_eq!(calls.load(Relaxed), 1 + 3, "the first read and two retries");
+        let counted = (super::super::sink_requests(&sink.metrics, "retry"), super::super::sink_requests(&sink.metrics, "failed"));
+        assert_eq!(counted, (2, 1));
     }
 
     #[test]

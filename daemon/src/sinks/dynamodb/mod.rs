@@ -282,6 +282,60 @@ pub(crate) fn refusing_sink() -> DynamoDbSink {
     DynamoDbSink::new(Client::new(&crate::sinks::refusing_sdk_config()), config, Arc::new(Metrics::new()))
 }
 
+/// A sink whose DynamoDB (in memory) answers every request as a
+/// `BatchGetItem` that processed none of its keys (throttling that does
+/// not end), and the count of requests it answered: for unit tests of the
+/// reads' budgets.
+#[cfg(test)]
+pub(crate) fn unprocessed_reads_sink(config: DynamoDbSinkConfig) -> (DynamoDbSink, Arc<std::sync::atomic::AtomicUsize>) {
+    use aws_sdk_dynamodb::config::http::{HttpRequest, HttpResponse};
+    use aws_smithy_runtime_api::client::http::{
+        HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
+    };
+    use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+
+    #[derive(Debug, Clone)]
+    struct Unprocessed(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl HttpClient for Unprocessed {
+        fn http_connector(&self, _: &HttpConnectorSettings, _: &RuntimeComponents) -> SharedHttpConnector {
+            SharedHttpConnector::new(self.clone())
+        }
+    }
+
+    impl HttpConnector for Unprocessed {
+        fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let asked: serde_json::Value =
+                request.body().bytes().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+            let body = serde_json::json!({"Responses": {}, "UnprocessedKeys": asked["RequestItems"]}).to_string();
+            let status = 200.try_into().expect("a valid status");
+            HttpConnectorFuture::ready(Ok(HttpResponse::new(status, aws_smithy_types::body::SdkBody::from(body))))
+        }
+    }
+
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sdk = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("k", "s", None, None, "test"))
+        .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+        .http_client(Unprocessed(Arc::clone(&calls)))
+        .build();
+    (DynamoDbSink::new(Client::from_conf(sdk), config, Arc::new(Metrics::new())), calls)
+}
+
+/// `cafe_sink_requests_total{sink="dynamodb", outcome}` of `metrics`.
+#[cfg(test)]
+pub(crate) fn sink_requests(metrics: &Metrics, outcome: &str) -> u64 {
+    let text = metrics.encode();
+    text.lines()
+        .filter(|l| l.starts_with("cafe_sink_requests_total{") && l.contains(r#"sink="dynamodb""#))
+        .find(|l| l.contains(&format!(r#"outcome="{outcome}""#)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }

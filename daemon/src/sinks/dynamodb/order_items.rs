@@ -28,8 +28,8 @@ use pipeline::window::{Counters, WindowId};
 use tracing::warn;
 
 use super::{Attempt, DynamoDbSink, num, s};
-use crate::aws::{AwsError, ErrorClass, classify, describe};
-use crate::internal_events::{InternalEvent, Sink, SinkGaveUp, SinkRetrying, SinkWriteFinished};
+use crate::aws::{AwsError, ErrorClass, classify};
+use crate::internal_events::{InternalEvent, Sink, SinkGaveUp, SinkWriteFinished};
 use crate::route::apply_orders::OrderStore;
 
 /// The outcome of one order's write.
@@ -95,8 +95,8 @@ impl DynamoDbSink {
     /// from the result. Fails only when the reads keep failing.
     pub async fn read_orders(&self, ids: &[String]) -> Result<HashMap<String, OrderState>, AwsError> {
         let table = &self.config.orders_table;
+        let what = "Reading orders";
         let mut out = HashMap::new();
-        let backoff = self.backoff();
         for chunk in ids.chunks(100) {
             let mut keys: Vec<HashMap<String, AttributeValue>> =
                 chunk.iter().map(|id| HashMap::from([("order_id".to_owned(), s(id))])).collect();
@@ -107,7 +107,16 @@ impl DynamoDbSink {
                     .consistent_read(true)
                     .build()
                     .map_err(|e| AwsError::request("reading orders", e))?;
-                match self.client.batch_get_item().request_items(table, ka).send().await {
+                let call = self.client.batch_get_item().request_items(table, ka).send();
+                let result = tokio::select! {
+                    r = call => r,
+                    () = self.stop_retrying.cancelled() => {
+                        let error = "shutting down";
+                        SinkGaveUp { sink: Sink::DynamoDb, what, records: ids.len(), error: Some(error) }.emit(&self.metrics);
+                        return Err(AwsError { what: "reading orders".into(), class: ErrorClass::Fatal, detail: error.into() });
+                    }
+                };
+                let error = match result {
                     Ok(resp) => {
                         for item in resp.responses.as_ref().and_then(|r| r.get(table)).into_iter().flatten() {
                             let id = item.get("order_id").and_then(|v| v.as_s().ok());
@@ -129,21 +138,27 @@ impl DynamoDbSink {
                         if keys.is_empty() {
                             break;
                         }
+                        // Unprocessed keys (throttling): asked again after
+                        // the backoff, within the same budget as an error.
+                        AwsError {
+                            what: "reading orders".into(),
+                            class: ErrorClass::Throttled,
+                            detail: "unprocessed keys".into(),
+                        }
                     }
                     Err(e) => {
-                        if classify(&e) == ErrorClass::Fatal || attempt >= self.config.max_retries {
-                            let error = AwsError::sdk("reading orders", &e);
-                            let what = "Reading orders";
+                        let error = AwsError::sdk("reading orders", &e);
+                        if classify(&e) == ErrorClass::Fatal {
                             SinkGaveUp { sink: Sink::DynamoDb, what, records: ids.len(), error: Some(&error.to_string()) }
                                 .emit(&self.metrics);
                             return Err(error);
                         }
-                        let error = describe(&e);
-                        SinkRetrying { sink: Sink::DynamoDb, what: "Reading orders", attempt, error: &error }.emit(&self.metrics);
+                        error
                     }
+                };
+                if !self.retry_later(&mut attempt, what, ids.len(), &error.to_string()).await {
+                    return Err(error);
                 }
-                tokio::time::sleep(backoff.delay(attempt)).await;
-                attempt += 1;
             }
         }
         Ok(out)
@@ -316,7 +331,43 @@ fn pack(writes: &[OrderChange], max: usize) -> Vec<Vec<usize>> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::super::{DynamoDbSinkConfig, sink_requests, unprocessed_reads_sink};
     use super::*;
+
+    /// Keys the table leaves unprocessed (throttling) are asked for again
+    /// after the backoff, each time counted, until the budget: then the
+    /// read fails (the caller gives the events back). Before, they were
+    /// asked for again at once, uncounted, for as long as the table left
+    /// any. And a stop ends the retries at once.
+    #[tokio::test]
+    async fn keys_left_unprocessed_are_asked_again_within_the_budget_and_until_a_stop() {
+        let ids = vec!["o1".to_owned(), "o2".to_owned()];
+        let quick = DynamoDbSinkConfig { max_retries: 2, base_backoff_ms: 1, max_backoff_ms: 2, ..Default::default() };
+        let (sink, calls) = unprocessed_reads_sink(quick);
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), sink.read_orders(&ids)).await.expect("gives up, not asks for ever");
+        assert!(matches!(read, Err(AwsError { class: ErrorClass::Throttled, .. })), "{read:?}");
+        assert_eq!(calls.load(Relaxed), 3, "the first call and two retries");
+        assert_eq!((sink_requests(&sink.metrics, "retry"), sink_requests(&sink.metrics, "failed")), (2, 1));
+
+        let slow = DynamoDbSinkConfig { max_retries: 100, base_backoff_ms: 60_000, max_backoff_ms: 60_000, ..Default::default() };
+        let (sink, calls) = unprocessed_reads_sink(slow);
+        let stop = CancellationToken::new();
+        let sink = sink.with_stop_retrying(stop.clone());
+        let read = tokio::spawn(async move { sink.read_orders(&ids).await });
+        while calls.load(Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+        let read = tokio::time::timeout(Duration::from_secs(5), read).await.expect("a stop ends the backoff").expect("no panic");
+        assert!(read.is_err());
+        assert_eq!(calls.load(Relaxed), 1);
+    }
 
     fn write(id: &str, rows: &[&str]) -> OrderChange {
         OrderChange {
