@@ -215,8 +215,12 @@ async fn redshift_outage_refuses_connections_and_the_mirror_catches_up() {
     let o = &run.occurrences()[0];
     assert!(injected(o) > 0, "{}", run.chaos);
     assert!(run.output.contains("Redshift"), "{}", run.output);
-    let pg =
-        daemon::sinks::redshift::postgres::PgTransport::connect(&std::env::var("CAFE_PG_URL").expect("url")).await.expect("pg");
+    let pg = daemon::sinks::redshift::postgres::PgTransport::connect(
+        &std::env::var("CAFE_PG_URL").expect("url"),
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .expect("pg");
     pg.execute(&format!("DROP TABLE {table}")).await.expect("drop");
 }
 

@@ -192,7 +192,8 @@ async fn the_data_api_transport_mirrors_through_the_sdk_and_retries_conflicts() 
         Some(&1),
         "provision created the table through the Data API"
     );
-    let pg = daemon::sinks::redshift::postgres::PgTransport::connect(&pg_url).await.expect("pg");
+    let pg =
+        daemon::sinks::redshift::postgres::PgTransport::connect(&pg_url, std::time::Duration::from_secs(60)).await.expect("pg");
     env.start();
 
     let (pays, total) = burst(&env.prefix, 30);

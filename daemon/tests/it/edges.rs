@@ -16,7 +16,8 @@ async fn numbers_and_times_outside_the_contract_are_rejected_and_the_mirror_stil
         "[sinks.redshift]\nenabled = true\ntransport = \"postgres\"\nurl = \"postgres://{user}@{target}/{db}\"\ntable = \"{table}\"\nflush_interval_ms = 500\n"
     );
     let mut env = Env::new("edges", &extra).await;
-    let pg = PgTransport::connect(&std::env::var("CAFE_PG_URL").expect("url")).await.expect("pg");
+    let pg =
+        PgTransport::connect(&std::env::var("CAFE_PG_URL").expect("url"), std::time::Duration::from_secs(60)).await.expect("pg");
     env.start();
     let p = env.prefix.clone();
     let at = |i: usize, customer: &str, amount: u64, ts: &str| {
@@ -208,7 +209,7 @@ async fn a_refused_row_is_set_aside(data_api: bool) {
         (extra, Vec::new())
     };
     let mut env = Env::with_orders("quarantine", "shards = 1", &extra, daemon_env).await;
-    let pg = PgTransport::connect(&pg_url).await.expect("pg");
+    let pg = PgTransport::connect(&pg_url, std::time::Duration::from_secs(60)).await.expect("pg");
     let bad = ("st-old".to_owned(), "0000-01-01T00:00:00Z".to_owned());
     let since = (time::OffsetDateTime::now_utc().unix_timestamp() * 1000).to_string();
     env.ddb

@@ -204,7 +204,7 @@ async fn menu_upserts_count_once_and_redshift_survives_an_outage() {
     );
     let mut env = Env::new("menu", &extra).await;
     let (pg_url_direct, p) = (std::env::var("CAFE_PG_URL").expect("url"), env.prefix.clone());
-    let pg = PgTransport::connect(&pg_url_direct).await.expect("pg");
+    let pg = PgTransport::connect(&pg_url_direct, std::time::Duration::from_secs(60)).await.expect("pg");
     env.start();
 
     // 30 skus, every fifth image declared with a wrong hash; then a

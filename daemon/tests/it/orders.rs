@@ -355,7 +355,8 @@ async fn three_instances_share_eight_shards_and_take_over_from_a_killed_one() {
         Vec::new(),
     )
     .await;
-    let pg = PgTransport::connect(&std::env::var("CAFE_PG_URL").expect("url")).await.expect("pg");
+    let pg =
+        PgTransport::connect(&std::env::var("CAFE_PG_URL").expect("url"), std::time::Duration::from_secs(60)).await.expect("pg");
     let started = Instant::now();
     let mut admins = BTreeMap::new();
     for w in ["w0", "w1", "w2"] {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 async fn pg() -> postgres::PgTransport {
     let url = std::env::var("CAFE_PG_URL").expect("CAFE_PG_URL is not set: run through scripts/test.sh");
-    postgres::PgTransport::connect(&url).await.expect("connect to the local PostgreSQL")
+    postgres::PgTransport::connect(&url, std::time::Duration::from_secs(60)).await.expect("connect to the local PostgreSQL")
 }
 
 fn row(store: &str, minute: u32, orders: i64) -> MirrorRow {
@@ -199,7 +199,7 @@ async fn sslmode_has_libpqs_meanings() {
     let by_name = url.replace("127.0.0.1", "localhost");
     let with = |base: &str, q: &str| format!("{base}?{q}");
     let tls_of = |u: String| async move {
-        match postgres::PgTransport::connect(&u).await {
+        match postgres::PgTransport::connect(&u, std::time::Duration::from_secs(60)).await {
             Ok(pg) => {
                 let rows = pg.query_text("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()").await.expect("query");
                 Ok(rows[0][0] == "true")

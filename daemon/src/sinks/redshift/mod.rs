@@ -108,7 +108,9 @@ impl Transport {
                 let client = aws_sdk_redshiftdata::Client::from_conf(client.build());
                 Transport::DataApi(data_api::DataApiTransport::new(client, config.clone()))
             }
-            TransportKind::Postgres => Transport::Postgres(postgres::PgTransport::new(&config.url)?),
+            TransportKind::Postgres => {
+                Transport::Postgres(postgres::PgTransport::new(&config.url, Duration::from_millis(config.statement_timeout_ms))?)
+            }
         })
     }
 

@@ -3,13 +3,18 @@
 //! runs the same SQL in the tests.
 //!
 //! Owns: the connection (TLS as the URL's `sslmode` says, with libpq's
-//! meanings: `tls.rs`), reconnecting after a failure, and running one
-//! batch of statements as one transaction. Must not: build SQL (`sql`
-//! does) or log the URL (it may hold a password).
+//! meanings: `tls.rs`), reconnecting after a failure, running one batch of
+//! statements as one transaction, and the time a call may take (connecting
+//! included): a server that stops answering (a network that drops the
+//! packets, a cluster that hangs) fails the call, and the connection is
+//! dropped and made again at the next call, instead of waiting out TCP's
+//! retransmissions. Must not: build SQL (`sql` does) or log the URL (it
+//! may hold a password).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
@@ -83,7 +88,13 @@ pub struct PgTransport {
     /// The TLS connector of the URL's `sslmode`; none for `disable`.
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     client: Arc<Mutex<Option<Live>>>,
+    /// How long one call may take, its connection included.
+    timeout: Duration,
 }
+
+/// The TCP connect's own limit (within the call's): the server's port
+/// answers at once or not at all.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The connection's I/O, driven by whoever uses the client: no task of its
 /// own, so nothing outside topology spawns.
@@ -123,21 +134,34 @@ impl PgTransport {
     /// A transport on `url` (`postgres://user[:password]@host:port/db[?sslmode=require]`)
     /// that connects on first use: a server that is down at start is an
     /// outage like any other.
-    pub fn new(url: &str) -> Result<Self, PgError> {
+    /// Each call (a batch, a statement, a query) fails after `timeout`,
+    /// connecting included (`sinks.redshift.statement_timeout_ms`).
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, PgError> {
         let parsed = super::tls::parse(url).map_err(|e| PgError::Connection(e.to_string()))?;
         let tls = super::tls::client_config(parsed.mode, &parsed.root_cert)
             .map_err(|e| PgError::Connection(e.to_string()))?
             .map(tokio_postgres_rustls::MakeRustlsConnect::new);
-        Ok(PgTransport { config: parsed.config, tls, client: Arc::new(Mutex::new(None)) })
+        let mut config = parsed.config;
+        config.connect_timeout(CONNECT_TIMEOUT.min(timeout));
+        Ok(PgTransport { config, tls, client: Arc::new(Mutex::new(None)), timeout })
     }
 
     /// [`PgTransport::new`], connected now.
-    pub async fn connect(url: &str) -> Result<Self, PgError> {
-        let t = Self::new(url)?;
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, PgError> {
+        let t = Self::new(url, timeout)?;
         let mut guard = t.client.lock().await;
-        *guard = Some(t.open().await?);
+        *guard = Some(t.within_timeout(t.open()).await?);
         drop(guard);
         Ok(t)
+    }
+
+    /// `call`, failed as a connection error if it takes longer than the
+    /// transport's timeout.
+    async fn within_timeout<T>(&self, call: impl Future<Output = Result<T, PgError>>) -> Result<T, PgError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(PgError::Connection(format!("no answer within {} ms", self.timeout.as_millis()))),
+        }
     }
 
     async fn open(&self) -> Result<Live, PgError> {
@@ -161,20 +185,26 @@ impl PgTransport {
     }
 
     /// Runs `statements` in one transaction: all commit or none.
+    /// A connection that failed or ran out of time is dropped (a
+    /// transaction it had open is rolled back by the server when it sees
+    /// the connection end; one whose commit was sent may have committed,
+    /// which the mirror's version checks make harmless when the batch runs
+    /// again).
     pub async fn run_batch(&self, statements: &[String]) -> Result<(), PgError> {
         let mut slot = self.client.lock().await;
-        let result = async {
-            let live = self.live(&mut slot).await?;
-            live.run(|client| async move {
-                let tx = client.transaction().await.map_err(classify)?;
-                for s in statements {
-                    tx.batch_execute(s).await.map_err(classify)?;
-                }
-                tx.commit().await.map_err(classify)
+        let result = self
+            .within_timeout(async {
+                let live = self.live(&mut slot).await?;
+                live.run(|client| async move {
+                    let tx = client.transaction().await.map_err(classify)?;
+                    for s in statements {
+                        tx.batch_execute(s).await.map_err(classify)?;
+                    }
+                    tx.commit().await.map_err(classify)
+                })
+                .await
             })
-            .await
-        }
-        .await;
+            .await;
         if matches!(result, Err(PgError::Connection(_))) {
             *slot = None;
         }
@@ -184,11 +214,12 @@ impl PgTransport {
     /// Runs one statement outside a batch (DDL).
     pub async fn execute(&self, statement: &str) -> Result<(), PgError> {
         let mut slot = self.client.lock().await;
-        let result = async {
-            let live = self.live(&mut slot).await?;
-            live.run(|client| async move { client.batch_execute(statement).await.map_err(classify) }).await
-        }
-        .await;
+        let result = self
+            .within_timeout(async {
+                let live = self.live(&mut slot).await?;
+                live.run(|client| async move { client.batch_execute(statement).await.map_err(classify) }).await
+            })
+            .await;
         if matches!(result, Err(PgError::Connection(_))) {
             *slot = None;
         }
@@ -198,8 +229,21 @@ impl PgTransport {
     /// Rows of `query` as text columns (for checks and tests).
     pub async fn query_text(&self, query: &str) -> Result<Vec<Vec<String>>, PgError> {
         let mut slot = self.client.lock().await;
-        let live = self.live(&mut slot).await?;
-        let rows = live.run(|client| async move { client.simple_query(query).await.map_err(classify) }).await?;
+        let rows = self
+            .within_timeout(async {
+                let live = self.live(&mut slot).await?;
+                live.run(|client| async move { client.simple_query(query).await.map_err(classify) }).await
+            })
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                if matches!(e, PgError::Connection(_)) {
+                    *slot = None;
+                }
+                return Err(e);
+            }
+        };
         Ok(rows
             .into_iter()
             .filter_map(|m| match m {
@@ -209,5 +253,49 @@ impl PgTransport {
                 _ => None,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A server that takes connections and never answers (a cluster that
+    /// hangs, a network that drops packets once connected): each call
+    /// fails within the transport's timeout as a connection error, which
+    /// the mirror retries, and the next call connects again.
+    #[tokio::test]
+    async fn a_server_that_never_answers_fails_each_call_within_the_timeout_and_is_connected_again() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let server = tokio::spawn({
+            let accepted = Arc::clone(&accepted);
+            async move {
+                let mut held = Vec::new();
+                while let Ok((conn, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Relaxed);
+                    held.push(conn);
+                }
+            }
+        });
+        let t = PgTransport::new(&format!("postgres://u@{addr}/db?sslmode=disable"), Duration::from_millis(300))
+            .expect("a transport");
+        for call in 1..=2 {
+            let started = Instant::now();
+            let r = match call {
+                1 => tokio::time::timeout(Duration::from_secs(10), t.run_batch(&["SELECT 1".to_owned()])).await,
+                _ => tokio::time::timeout(Duration::from_secs(10), t.execute("SELECT 1")).await,
+            };
+            let r = r.expect("ends within the transport's timeout, not TCP's");
+            assert!(matches!(&r, Err(PgError::Connection(m)) if m == "no answer within 300 ms"), "{r:?}");
+            assert!(r.is_err_and(|e| e.retryable()));
+            assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+            assert_eq!(accepted.load(Relaxed), call, "each call connects again");
+        }
+        server.abort();
     }
 }
