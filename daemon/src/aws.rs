@@ -17,6 +17,7 @@ use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use rand::Rng;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::AwsConfig;
 use crate::internal_events::{AwsRequest, InternalEvent};
@@ -187,18 +188,35 @@ impl AwsError {
 /// calls. `call` gets the pending entries (indices into the caller's items)
 /// and the attempt number, and returns those that failed (all of them when
 /// the call itself failed). Returns the entries that never succeeded.
-pub async fn retry_failed_entries<F, Fut>(items: usize, attempts: u32, backoff: Backoff, mut call: F) -> Vec<usize>
+/// Once `stop` is cancelled (past the point of retrying in a shutdown) a
+/// call still waiting is abandoned, with every entry it carried counted as
+/// not done (it may have landed: the callers' ends are idempotent), and no
+/// further call is made: a silent endpoint cannot hold the drain.
+pub async fn retry_failed_entries<F, Fut>(
+    items: usize,
+    attempts: u32,
+    backoff: Backoff,
+    stop: &CancellationToken,
+    mut call: F,
+) -> Vec<usize>
 where
     F: FnMut(Vec<usize>, u32) -> Fut,
     Fut: std::future::Future<Output = Vec<usize>>,
 {
     let mut pending: Vec<usize> = (0..items).collect();
     for attempt in 0..attempts {
-        pending = call(pending, attempt).await;
+        let asked = pending.clone();
+        pending = tokio::select! {
+            failed = call(pending, attempt) => failed,
+            () = stop.cancelled() => return asked,
+        };
         if pending.is_empty() || attempt + 1 == attempts {
             break;
         }
-        tokio::time::sleep(backoff.delay(attempt)).await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff.delay(attempt)) => {}
+            () = stop.cancelled() => break,
+        }
     }
     pending
 }
@@ -316,18 +334,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stop_abandons_the_call_under_way_and_makes_no_other() {
+        let b = Backoff { base: Duration::from_secs(60), max: Duration::from_secs(60) };
+        // A call that never ends: abandoned, every entry it carried not done.
+        let stop = CancellationToken::new();
+        let (cancel, calls) = (stop.clone(), std::cell::Cell::new(0));
+        let left = retry_failed_entries(3, 5, b, &stop, |pending: Vec<usize>, _| {
+            calls.set(calls.get() + 1);
+            cancel.cancel();
+            async move {
+                std::future::pending::<()>().await;
+                pending
+            }
+        });
+        let left = tokio::time::timeout(Duration::from_secs(5), left).await.expect("the call abandoned");
+        assert_eq!((left, calls.get()), (vec![0, 1, 2], 1));
+        // A call that failed, then the stop: no wait for the backoff's
+        // minute, no other call.
+        let stop = CancellationToken::new();
+        let (cancel, calls) = (stop.clone(), std::cell::Cell::new(0));
+        let started = std::time::Instant::now();
+        let left = retry_failed_entries(3, 5, b, &stop, |pending: Vec<usize>, _| {
+            calls.set(calls.get() + 1);
+            let cancel = cancel.clone();
+            async move {
+                cancel.cancel();
+                pending.into_iter().filter(|&i| i == 1).collect()
+            }
+        });
+        let left = tokio::time::timeout(Duration::from_secs(5), left).await.expect("no wait for the backoff");
+        assert_eq!((left, calls.get()), (vec![1], 1));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
     async fn failed_entries_alone_are_sent_again_until_done_or_out_of_attempts() {
         let b = Backoff { base: Duration::from_millis(1), max: Duration::from_millis(2) };
         let mut calls: Vec<Vec<usize>> = Vec::new();
         // Entry 1 fails twice, entry 3 always.
-        let left = retry_failed_entries(4, 4, b, |pending: Vec<usize>, attempt| {
+        let left = retry_failed_entries(4, 4, b, &CancellationToken::new(), |pending: Vec<usize>, attempt| {
             calls.push(pending.clone());
             async move { pending.into_iter().filter(|&i| i == 3 || (i == 1 && attempt < 2)).collect() }
         })
         .await;
         assert_eq!(left, vec![3]);
         assert_eq!(calls, vec![vec![0, 1, 2, 3], vec![1, 3], vec![1, 3], vec![3]]);
-        let none = retry_failed_entries(2, 3, b, |_: Vec<usize>, _| async { Vec::new() }).await;
+        let none = retry_failed_entries(2, 3, b, &CancellationToken::new(), |_: Vec<usize>, _| async { Vec::new() }).await;
         assert!(none.is_empty());
     }
 }

@@ -131,7 +131,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
         dynamodb: dynamodb_sink,
         rejected: RejectedSink::connect(sqs.clone(), &config.rejected.queue, Arc::clone(&metrics))
             .await?
-            .with_ledger(dynamodb.clone(), &config.sinks.dynamodb.events_table),
+            .with_ledger(dynamodb.clone(), &config.sinks.dynamodb.events_table)
+            .with_stop_retrying(stop_retrying.clone()),
         // The one CPU pool: every input's decide stage hops onto it.
         pool: CpuPool::new(config.pipeline.cpu_threads, Arc::clone(&metrics))?,
         tunables: Arc::clone(&tunables),
@@ -490,8 +491,9 @@ fn start_queue(
     };
     tracker.spawn(stages::write_loop(decided_rx, ack_tx, stage));
     let source = Arc::clone(source);
+    let stop_acking = stop_retrying.clone();
     tracker.spawn(async move {
-        source.ack_loop(ack_rx, 8).await;
+        source.ack_loop(ack_rx, 8, &stop_acking).await;
         // Nothing is in flight any more: stop keeping messages invisible.
         stop_extending.cancel();
     })

@@ -23,6 +23,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, Wri
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use pipeline::decided::RejectedEvent;
+use tokio_util::sync::CancellationToken;
 
 use crate::aws::{AwsError, Backoff, describe, retry_failed_entries};
 use crate::internal_events::{
@@ -54,6 +55,10 @@ pub struct RejectedSink {
     max_message_bytes: usize,
     /// The event ledger: (client, table).
     ledger: Option<(aws_sdk_dynamodb::Client, String)>,
+    /// Cancelled past the point of retrying in a shutdown: a send or a
+    /// ledger call still waiting is abandoned and not retried (the
+    /// rejection is reported not sent, so its input is not acknowledged).
+    stop_retrying: CancellationToken,
 }
 
 /// A sink whose every send is refused at once (nothing listens on port
@@ -67,6 +72,7 @@ pub(crate) fn refusing_sink() -> RejectedSink {
         metrics: Arc::new(Metrics::new()),
         max_message_bytes: FALLBACK_MESSAGE_BYTES,
         ledger: None,
+        stop_retrying: CancellationToken::new(),
     }
 }
 
@@ -99,7 +105,23 @@ impl RejectedSink {
                 FALLBACK_MESSAGE_BYTES
             }
         };
-        Ok(RejectedSink { client, url, metrics, max_message_bytes, ledger: None })
+        Ok(RejectedSink { client, url, metrics, max_message_bytes, ledger: None, stop_retrying: CancellationToken::new() })
+    }
+
+    /// Gives up waiting and retrying once `stop` is cancelled (see the
+    /// field).
+    pub fn with_stop_retrying(mut self, stop: CancellationToken) -> Self {
+        self.stop_retrying = stop;
+        self
+    }
+
+    /// Waits `delay` before a retry; false, at once, past the point of
+    /// retrying.
+    async fn pause(&self, delay: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => !self.stop_retrying.is_cancelled(),
+            () = self.stop_retrying.cancelled() => false,
+        }
     }
 
     fn count(&self, outcome: SinkRequestOutcome) {
@@ -130,8 +152,15 @@ impl RejectedSink {
                 .projection_expression("event_id")
                 .build();
             let Ok(mut request) = request else { continue };
+            let backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_millis(200) };
             for attempt in 0..3u32 {
-                match ddb.batch_get_item().request_items(table, request.clone()).send().await {
+                let call = ddb.batch_get_item().request_items(table, request.clone()).send();
+                let result = tokio::select! {
+                    r = call => r,
+                    // Not read: the rejections are sent (at least once).
+                    () = self.stop_retrying.cancelled() => break,
+                };
+                match result {
                     Ok(resp) => {
                         for item in resp.responses.and_then(|mut r| r.remove(table)).unwrap_or_default() {
                             if let Some(AttributeValue::S(k)) = item.get("event_id") {
@@ -147,8 +176,12 @@ impl RejectedSink {
                         let error = describe(&e);
                         SinkRetrying { sink: Sink::Rejected, what: "Reading the rejection ledger", attempt, error: &error }
                             .emit(&self.metrics);
-                        tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
                     }
+                }
+                // Unprocessed keys (throttling) or an error: again after
+                // the backoff.
+                if !self.pause(backoff.delay(attempt)).await {
+                    break;
                 }
             }
         }
@@ -176,8 +209,14 @@ impl RejectedSink {
                     Some(WriteRequest::builder().put_request(put).build())
                 })
                 .collect();
+            let backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_millis(400) };
             for attempt in 0..4u32 {
-                match ddb.batch_write_item().request_items(table, writes.clone()).send().await {
+                let call = ddb.batch_write_item().request_items(table, writes.clone()).send();
+                let result = tokio::select! {
+                    r = call => r,
+                    () = self.stop_retrying.cancelled() => break,
+                };
+                match result {
                     Ok(resp) => match resp.unprocessed_items.and_then(|mut u| u.remove(table)) {
                         Some(more) if !more.is_empty() => writes = more,
                         _ => {
@@ -191,7 +230,9 @@ impl RejectedSink {
                             .emit(&self.metrics);
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                if !self.pause(backoff.delay(attempt)).await {
+                    break;
+                }
             }
             if !writes.is_empty() {
                 RejectionsNotRecorded { count: writes.len() }.emit(&self.metrics);
@@ -238,40 +279,41 @@ impl RejectedSink {
 
     async fn send_batch(&self, batch: &[(usize, encode::Encoded)], outcomes: &mut [WriteOutcome]) {
         let backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_secs(2) };
-        let unsent = retry_failed_entries(batch.len(), 6, backoff, |pending: Vec<usize>, attempt| async move {
-            let entries: Vec<_> = pending
-                .iter()
-                .filter_map(|&k| {
-                    let message = &batch[k].1;
-                    SendMessageBatchRequestEntry::builder()
-                        .id(k.to_string())
-                        .message_body(&message.body)
-                        .set_message_attributes(Some(
-                            message.attributes.iter().filter_map(|(name, v)| Some(((*name).to_owned(), attr(v)?))).collect(),
-                        ))
-                        .build()
-                        .ok()
-                })
-                .collect();
-            let what = "Sending rejections";
-            match self.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
-                Ok(out) if out.failed.is_empty() => {
-                    self.count(SinkRequestOutcome::Ok);
-                    Vec::new()
+        let unsent =
+            retry_failed_entries(batch.len(), 6, backoff, &self.stop_retrying, |pending: Vec<usize>, attempt| async move {
+                let entries: Vec<_> = pending
+                    .iter()
+                    .filter_map(|&k| {
+                        let message = &batch[k].1;
+                        SendMessageBatchRequestEntry::builder()
+                            .id(k.to_string())
+                            .message_body(&message.body)
+                            .set_message_attributes(Some(
+                                message.attributes.iter().filter_map(|(name, v)| Some(((*name).to_owned(), attr(v)?))).collect(),
+                            ))
+                            .build()
+                            .ok()
+                    })
+                    .collect();
+                let what = "Sending rejections";
+                match self.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
+                    Ok(out) if out.failed.is_empty() => {
+                        self.count(SinkRequestOutcome::Ok);
+                        Vec::new()
+                    }
+                    Ok(out) => {
+                        let codes: Vec<&str> = out.failed.iter().map(|f| f.code()).collect();
+                        let error = format!("{} of {} refused: {codes:?}", codes.len(), pending.len());
+                        SinkRetrying { sink: Sink::Rejected, what, attempt, error: &error }.emit(&self.metrics);
+                        out.failed.iter().filter_map(|f| f.id.parse().ok()).collect()
+                    }
+                    Err(e) => {
+                        SinkRetrying { sink: Sink::Rejected, what, attempt, error: &describe(&e) }.emit(&self.metrics);
+                        pending
+                    }
                 }
-                Ok(out) => {
-                    let codes: Vec<&str> = out.failed.iter().map(|f| f.code()).collect();
-                    let error = format!("{} of {} refused: {codes:?}", codes.len(), pending.len());
-                    SinkRetrying { sink: Sink::Rejected, what, attempt, error: &error }.emit(&self.metrics);
-                    out.failed.iter().filter_map(|f| f.id.parse().ok()).collect()
-                }
-                Err(e) => {
-                    SinkRetrying { sink: Sink::Rejected, what, attempt, error: &describe(&e) }.emit(&self.metrics);
-                    pending
-                }
-            }
-        })
-        .await;
+            })
+            .await;
         for (k, (i, message)) in batch.iter().enumerate() {
             if !unsent.contains(&k) {
                 outcomes[*i] = WriteOutcome::Written;
@@ -286,5 +328,74 @@ impl RejectedSink {
             SinkGaveUp { sink: Sink::Rejected, what: "Sending rejections", records: unsent.len(), error: None }
                 .emit(&self.metrics);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    use aws_sdk_sqs::config::http::HttpRequest;
+    use aws_smithy_runtime_api::client::http::{
+        HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
+    };
+    use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+
+    use super::*;
+
+    /// An SQS endpoint that takes every request and never answers,
+    /// counting them.
+    #[derive(Debug, Clone)]
+    struct Silent(Arc<AtomicUsize>);
+
+    impl HttpClient for Silent {
+        fn http_connector(&self, _: &HttpConnectorSettings, _: &RuntimeComponents) -> SharedHttpConnector {
+            SharedHttpConnector::new(self.clone())
+        }
+    }
+
+    impl HttpConnector for Silent {
+        fn call(&self, _: HttpRequest) -> HttpConnectorFuture {
+            self.0.fetch_add(1, Relaxed);
+            HttpConnectorFuture::new(std::future::pending())
+        }
+    }
+
+    /// Past the point of retrying in a shutdown, a send to a queue that
+    /// does not answer is abandoned at once and its rejections reported
+    /// not sent (their inputs are not acknowledged): it cannot hold the
+    /// drain past the grace period. Before, it waited for each call's
+    /// timeout, six times.
+    #[tokio::test]
+    async fn a_send_to_a_silent_queue_gives_up_when_retrying_stops() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new("k", "s", None, None, "test"))
+            .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
+            .http_client(Silent(Arc::clone(&calls)))
+            .build();
+        let stop = CancellationToken::new();
+        let sink = RejectedSink { client: Client::from_conf(config), ..refusing_sink() }.with_stop_retrying(stop.clone());
+        let rejected = |position: &str| RejectedEvent {
+            body: b"{}".to_vec(),
+            reason: "schema",
+            detail: "test".into(),
+            source: "payments".into(),
+            position: position.into(),
+        };
+        let records = [rejected("m1"), rejected("m2")];
+        let send = tokio::spawn(async move { sink.send(&records).await });
+        while calls.load(Relaxed) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+        let outcomes = tokio::time::timeout(std::time::Duration::from_secs(10), send)
+            .await
+            .expect("given up when retrying stops")
+            .expect("no panic");
+        assert_eq!(outcomes, [WriteOutcome::Failed, WriteOutcome::Failed]);
+        assert_eq!(calls.load(Relaxed), 1, "no call after the stop");
     }
 }

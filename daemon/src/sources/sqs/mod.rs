@@ -387,7 +387,10 @@ impl SqsSource {
     /// Applies acknowledgements until the channel closes: deletes in batches
     /// of up to ten, several calls at once, and makes retried messages
     /// visible again after the retry delay.
-    pub async fn ack_loop(&self, mut rx: mpsc::Receiver<Vec<Ack>>, concurrency: usize) {
+    /// Once `stop_retrying` is cancelled, a delete still waiting or failed
+    /// is given up (the messages are redelivered; the sinks are
+    /// idempotent).
+    pub async fn ack_loop(&self, mut rx: mpsc::Receiver<Vec<Ack>>, concurrency: usize, stop_retrying: &CancellationToken) {
         let mut calls = FuturesUnordered::new();
         let mut open = true;
         while open || !calls.is_empty() {
@@ -403,7 +406,7 @@ impl SqsSource {
                             }
                         }
                         for chunk in done.chunks(10) {
-                            calls.push(self.delete(chunk.to_vec()));
+                            calls.push(self.delete(chunk.to_vec(), stop_retrying));
                         }
                         for r in retry {
                             calls.push(Box::pin(self.release(r)));
@@ -417,11 +420,15 @@ impl SqsSource {
         info!(queue = %self.name, "Acknowledger drained");
     }
 
-    fn delete(&self, receipts: Vec<String>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    fn delete<'a>(
+        &'a self,
+        receipts: Vec<String>,
+        stop: &'a CancellationToken,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             let backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_secs(2) };
             let receipts = &receipts;
-            let undeleted = retry_failed_entries(receipts.len(), 6, backoff, |pending: Vec<usize>, attempt| async move {
+            let undeleted = retry_failed_entries(receipts.len(), 6, backoff, stop, |pending: Vec<usize>, attempt| async move {
                 let entries: Vec<_> = pending
                     .iter()
                     .filter_map(|&i| {
