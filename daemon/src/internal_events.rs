@@ -103,6 +103,11 @@ label_enum!(
         Iterator => "iterator",
         /// GetRecords failed.
         Read => "read",
+        /// ListShards failed (the lease loop's sync of the stream's shards).
+        Shards => "shards",
+        /// The lease table could not be read or given a new shard's lease
+        /// (the lease loop's sync and takes).
+        Leases => "leases",
     }
 );
 
@@ -590,8 +595,26 @@ impl InternalEvent for SourceError<'_> {
             SourceErrorKind::Delete => "DeleteMessageBatch",
             SourceErrorKind::Iterator => "GetShardIterator",
             SourceErrorKind::Read => "GetRecords",
+            SourceErrorKind::Shards => "ListShards",
+            SourceErrorKind::Leases => "the lease table",
         };
         warn!(source = %self.source, shard = ?self.shard, call, error = %self.error, "Source call failed, retrying");
+    }
+}
+
+/// The lease loop synced the stream's shards with the lease table, or
+/// scanned the table to take leases: the stream's input works (after
+/// `SourceError`s of kind `shards` or `leases`, which mark it failing: an
+/// instance that cannot sync reads nothing).
+#[derive(Debug)]
+pub struct LeasesSynced<'a> {
+    /// The stream.
+    pub source: &'a str,
+}
+
+impl InternalEvent for LeasesSynced<'_> {
+    fn emit(self, m: &Metrics) {
+        m.components.ok("source", self.source);
     }
 }
 

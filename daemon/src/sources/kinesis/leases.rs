@@ -32,6 +32,7 @@ use crate::aws::describe;
 use crate::config::KinesisSourceConfig;
 use crate::internal_events::{
     CheckpointOutcome, CheckpointWritten, InternalEvent, LeaseLost, LeaseLostHow, LeaseTaken, LeaseTakenHow, LeasesHeld,
+    LeasesSynced, SourceError, SourceErrorKind,
 };
 use crate::metrics::Metrics;
 use crate::sinks::redshift::BucketShare;
@@ -280,6 +281,12 @@ impl Leases {
             live: Mutex::new(Vec::new()),
             settled: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// A call of the lease loop's sync or takes failed (logged, counted,
+    /// and the input marked failing); it is tried again at the next tick.
+    fn sync_failed(&self, kind: SourceErrorKind, error: &str) {
+        SourceError { source: &self.source, shard: None, kind, error }.emit(&self.metrics);
     }
 
     fn lost(&self, shard: &str, how: LeaseLostHow) {
@@ -773,6 +780,7 @@ async fn take_loop(
                 take.reset_after(leases.next_take_in());
                 match result {
                     Ok(taken) => {
+                        LeasesSynced { source: &leases.source }.emit(&leases.metrics);
                         if stop_taking.is_cancelled() {
                             // Shutdown began during the take: give them straight back.
                             for l in taken {
@@ -786,7 +794,7 @@ async fn take_loop(
                             }
                         }
                     }
-                    Err(e) => warn!(error = %e, "Lease table scan failed; will retry"),
+                    Err(e) => leases.sync_failed(SourceErrorKind::Leases, &format!("scanning the lease table: {e}")),
                 }
             }
         }
@@ -795,25 +803,32 @@ async fn take_loop(
 
 use rand::SeedableRng;
 
+/// Creates a lease for each of the stream's shards that has none. False
+/// (counted in `cafe_source_errors_total{kind="shards"|"leases"}`, and the
+/// input marked failing for `/readyz`) when a call failed: it is tried
+/// again at the next sync, and until one succeeds no lease is taken.
 async fn sync_shards(leases: &Leases, kinesis: &KinesisSource) -> bool {
     let shards = match kinesis.list_shards().await {
         Ok(s) => s,
         Err(e) => {
-            warn!(error = %e, "ListShards failed; will retry");
+            leases.sync_failed(SourceErrorKind::Shards, &e.to_string());
             return false;
         }
     };
     let existing: HashSet<String> = match leases.scan().await {
         Ok(l) => l.into_iter().map(|l| l.key).collect(),
         Err(e) => {
-            warn!(error = %e, "Lease table scan failed; will retry");
+            leases.sync_failed(SourceErrorKind::Leases, &format!("scanning the lease table: {e}"));
             return false;
         }
     };
     match leases.create_missing(&shards, &existing).await {
-        Ok(_) => true,
+        Ok(_) => {
+            LeasesSynced { source: &leases.source }.emit(&leases.metrics);
+            true
+        }
         Err(e) => {
-            warn!(error = %e, "Creating leases failed; will retry");
+            leases.sync_failed(SourceErrorKind::Leases, &format!("creating leases: {e}"));
             false
         }
     }
@@ -823,6 +838,37 @@ async fn sync_shards(leases: &Leases, kinesis: &KinesisSource) -> bool {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    /// An instance whose sync with the stream and the lease table fails
+    /// reads nothing: each failure is counted by call, and the input shows
+    /// failing (on `/readyz`, once for longer than `unready_after_secs`),
+    /// where it used to be a log line only.
+    #[tokio::test]
+    async fn a_sync_that_fails_is_counted_and_marks_the_input_failing() {
+        let metrics = Arc::new(Metrics::new());
+        let config = KinesisSourceConfig { stream: "orders-s".into(), ..KinesisSourceConfig::default() };
+        let refusing = crate::sinks::refusing_sdk_config();
+        let kinesis = KinesisSource::new(aws_sdk_kinesis::Client::new(&refusing), config.clone(), Arc::clone(&metrics));
+        let leases = Leases::new(Client::new(&refusing), config, "w1".into(), Arc::clone(&metrics));
+        assert!(!sync_shards(&leases, &kinesis).await);
+        // `cafe_source_errors_total{source, outcome}` (the kind of call).
+        let errors = |kind: &str| {
+            let want = format!(r#"cafe_source_errors_total{{source="orders-s",outcome="{kind}"}} "#);
+            metrics.encode().lines().find_map(|l| l.strip_prefix(want.as_str())?.parse::<u64>().ok()).unwrap_or(0)
+        };
+        assert_eq!((errors("shards"), errors("leases")), (1, 0));
+        // The lease table's scan failing (a take's), a moment later: the
+        // input has been failing for longer than that moment, and still
+        // is.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        leases.sync_failed(SourceErrorKind::Leases, "scanning the lease table: refused");
+        assert_eq!(errors("leases"), 1);
+        let limit = Duration::from_millis(20);
+        assert_eq!(metrics.components.failing_longer_than(limit), ["source orders-s"]);
+        // A sync or take that works marks it working again.
+        LeasesSynced { source: "orders-s" }.emit(&metrics);
+        assert!(metrics.components.failing_longer_than(limit).is_empty());
+    }
 
     fn lease(key: &str, owner: Option<&str>) -> Lease {
         Lease {
