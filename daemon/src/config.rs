@@ -810,6 +810,16 @@ mod tests {
     }
 
     #[test]
+    fn receives_long_poll_within_sqs_limit() {
+        let err = parse("[sources.menu]\nwait_time_secs = 0\n[sources.payments]\nwait_time_secs = 21\n", "w.toml", no_env())
+            .expect_err("invalid");
+        let fields: Vec<&str> = err.0.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["sources.menu.wait_time_secs", "sources.payments.wait_time_secs"], "{err}");
+        assert!(err.to_string().contains("0 is short polling"), "{err}");
+        parse("[sources.menu]\nwait_time_secs = 1\n", "w.toml", no_env()).expect("a 1 s long poll");
+    }
+
+    #[test]
     fn a_long_poll_must_leave_time_to_drain_what_it_returns() {
         let polls = "[sources.payments]\nwait_time_secs = 10\n[sources.menu]\nwait_time_secs = 5\n";
         let err = parse(&format!("{polls}[shutdown]\ngrace_period_secs = 14\n"), "g.toml", no_env()).expect_err("invalid");

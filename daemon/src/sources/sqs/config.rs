@@ -93,8 +93,18 @@ impl SqsSourceConfig {
         if !(1..=10).contains(&s.max_messages) {
             bad(&format!("{p}.max_messages"), format!("must be 1..10 (an SQS limit), got {}", s.max_messages));
         }
-        if s.wait_time_secs > 20 {
-            bad(&format!("{p}.wait_time_secs"), format!("must be 0..20 (an SQS limit), got {}", s.wait_time_secs));
+        // 0 is short polling: each receiver would send ReceiveMessage back
+        // to back while the queue is empty (each call billed, and a core's
+        // worth of requests), and SQS answers a short poll from a sample
+        // of its servers, so it may come back empty with messages queued.
+        if !(1..=20).contains(&s.wait_time_secs) {
+            bad(
+                &format!("{p}.wait_time_secs"),
+                format!(
+                    "must be 1..20 (at most 20, an SQS limit; 0 is short polling, which sends receives back to back while the queue is empty), got {}",
+                    s.wait_time_secs
+                ),
+            );
         }
         if !(1..=256).contains(&s.receivers) {
             bad(&format!("{p}.receivers"), format!("must be 1..256, got {}", s.receivers));
