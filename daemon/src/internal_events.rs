@@ -105,9 +105,13 @@ label_enum!(
         Read => "read",
         /// ListShards failed (the lease loop's sync of the stream's shards).
         Shards => "shards",
-        /// The lease table could not be read or given a new shard's lease
-        /// (the lease loop's sync and takes).
+        /// The lease table could not be read or written (the lease loop's
+        /// sync, takes and renewals, a shard's wait for its parents, a
+        /// release at shutdown).
         Leases => "leases",
+        /// The queue's depth could not be read (GetQueueAttributes, for
+        /// the `cafe_sqs_queue_messages` gauge only).
+        Depth => "depth",
     }
 );
 
@@ -582,7 +586,7 @@ impl InternalEvent for SourceError<'_> {
         m.source_errors.get_or_create(&source_outcome(self.source, self.kind.as_str())).inc();
         // A read that fails: the input cannot read (an acknowledgement that
         // fails is retried and redelivered, and shows in the metrics).
-        if !matches!(self.kind, SourceErrorKind::Extend | SourceErrorKind::Delete) {
+        if !matches!(self.kind, SourceErrorKind::Extend | SourceErrorKind::Delete | SourceErrorKind::Depth) {
             match self.shard {
                 Some(shard) => m.components.failed("source", &format!("{}/{shard}", self.source), self.error),
                 None => m.components.failed("source", self.source, self.error),
@@ -597,6 +601,7 @@ impl InternalEvent for SourceError<'_> {
             SourceErrorKind::Read => "GetRecords",
             SourceErrorKind::Shards => "ListShards",
             SourceErrorKind::Leases => "the lease table",
+            SourceErrorKind::Depth => "GetQueueAttributes",
         };
         warn!(source = %self.source, shard = ?self.shard, call, error = %self.error, "Source call failed, retrying");
     }

@@ -285,7 +285,7 @@ impl Leases {
 
     /// A call of the lease loop's sync or takes failed (logged, counted,
     /// and the input marked failing); it is tried again at the next tick.
-    fn sync_failed(&self, kind: SourceErrorKind, error: &str) {
+    pub(crate) fn sync_failed(&self, kind: SourceErrorKind, error: &str) {
         SourceError { source: &self.source, shard: None, kind, error }.emit(&self.metrics);
     }
 
@@ -416,7 +416,8 @@ impl Leases {
             }
             Err(WriteFailure::Failed(error)) => {
                 let stale = h.last_renewed.elapsed() >= Duration::from_millis(self.config.failover_time_ms);
-                warn!(shard = %key, error = %error, stale, "Lease renewal failed");
+                let given_up = if stale { "; not renewed within the failover time, given up" } else { "" };
+                self.sync_failed(SourceErrorKind::Leases, &format!("renewing the lease of {key}: {error}{given_up}"));
                 if stale {
                     // Others may have taken it by now: stop before two read it.
                     self.lost(key, LeaseLostHow::Expired);

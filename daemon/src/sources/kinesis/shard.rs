@@ -72,9 +72,10 @@ pub async fn wait_for_parents(path: &ShardContext, lease: &Lease, stop: &Cancell
                 logged = true;
             }
             Ok(false) => {}
-            Err(e) => {
-                warn!(shard = %lease.key, error = %e, "Reading parent leases failed, retrying")
-            }
+            Err(e) => path.leases.sync_failed(
+                crate::internal_events::SourceErrorKind::Leases,
+                &format!("reading the parent leases of {}: {e}", lease.key),
+            ),
         }
         tokio::select! {
             () = stop.cancelled() => return false,
@@ -391,7 +392,10 @@ async fn shard_batches(
             }
             Err(LeaseError::Lost(_)) => return ShardExit::Lost,
             Err(e) => {
-                warn!(shard = %shard, error = %e, attempt, "Releasing the lease failed");
+                path.leases.sync_failed(
+                    crate::internal_events::SourceErrorKind::Leases,
+                    &format!("releasing the lease of {shard} (attempt {attempt}): {e}"),
+                );
                 if attempt + 1 < TRIES {
                     tokio::time::sleep(backoff.delay(attempt)).await;
                 }

@@ -443,7 +443,11 @@ impl SqsSource {
                         Acknowledged { source: &self.name, count: ok.len() as u64 }.emit(&self.metrics);
                         self.untrack(&ok);
                         if !failed.is_empty() {
-                            debug!(queue = %self.name, failed = failed.len(), attempt, "Some deletes failed, retrying");
+                            let codes: Vec<&str> = out.failed.iter().map(|f| f.code()).collect();
+                            let error =
+                                format!("{} of {} deletes refused: {codes:?} (attempt {attempt})", failed.len(), pending.len());
+                            SourceError { source: &self.name, shard: None, kind: SourceErrorKind::Delete, error: &error }
+                                .emit(&self.metrics);
                         }
                         failed
                     }
@@ -488,14 +492,23 @@ impl SqsSource {
 /// Publishes `cafe_queue_depth_messages{queue}` (SQS
 /// ApproximateNumberOfMessages) for `queues` (the DLQs and the rejected
 /// queue: what an operator must notice growing) every `every`, until `stop`.
-/// A queue that cannot be read is skipped (logged once per failure).
+/// A queue that cannot be read is skipped, its failure counted
+/// (`cafe_source_errors_total{outcome="depth"}`, which does not mark the
+/// input failing: the gauge is for the operator, not the pipeline).
 pub async fn depth_loop(client: Client, queues: Vec<String>, every: Duration, metrics: Arc<Metrics>, stop: CancellationToken) {
     use aws_sdk_sqs::types::QueueAttributeName;
     let mut urls: Vec<(String, Option<String>)> = queues.into_iter().map(|q| (q, None)).collect();
     loop {
         for (name, url) in &mut urls {
             if url.is_none() {
-                *url = queue_url(&client, name).await.ok();
+                *url = match queue_url(&client, name).await {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        let error = e.to_string();
+                        SourceError { source: name, shard: None, kind: SourceErrorKind::Depth, error: &error }.emit(&metrics);
+                        None
+                    }
+                };
             }
             let Some(u) = url.as_deref() else { continue };
             let out = client
@@ -513,12 +526,50 @@ pub async fn depth_loop(client: Client, queues: Vec<String>, every: Duration, me
                     let label = u.rsplit('/').next().unwrap_or(name).to_owned();
                     QueueDepth { queue: &label, messages: n }.emit(&metrics);
                 }
-                Err(e) => debug!(queue = %name, error = %describe(&e), "Reading the queue depth failed"),
+                Err(e) => {
+                    SourceError { source: name, shard: None, kind: SourceErrorKind::Depth, error: &describe(&e) }.emit(&metrics)
+                }
             }
         }
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queue whose depth cannot be read is counted, each time, and
+    /// leaves the inputs' readiness alone; it was a debug line before.
+    #[tokio::test]
+    async fn a_depth_that_cannot_be_read_is_counted_and_does_not_mark_the_input_failing() {
+        let metrics = Arc::new(Metrics::new());
+        let client = Client::new(&crate::sinks::refusing_sdk_config());
+        let queue = "http://127.0.0.1:1/000000000000/cafe-rejected".to_owned();
+        let stop = CancellationToken::new();
+        let task =
+            tokio::spawn(depth_loop(client, vec![queue.clone()], Duration::from_millis(10), Arc::clone(&metrics), stop.clone()));
+        let counted = || {
+            let want = format!(r#"cafe_source_errors_total{{source="{queue}",outcome="depth"}} "#);
+            metrics.encode().lines().find_map(|l| l.strip_prefix(want.as_str())?.parse::<u64>().ok()).unwrap_or(0)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counted() < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        task.await.expect("the loop ends on the stop");
+        assert!(counted() >= 2, "each failed read counted");
+        // Unlike a receive's failure (the control), it marks nothing failing.
+        for kind in [SourceErrorKind::Depth, SourceErrorKind::Error] {
+            let source = format!("q-{}", kind.as_str());
+            SourceError { source: &source, shard: None, kind, error: "refused" }.emit(&metrics);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            SourceError { source: &source, shard: None, kind, error: "refused" }.emit(&metrics);
+        }
+        assert_eq!(metrics.components.failing_longer_than(Duration::from_millis(20)), ["source q-error"]);
     }
 }
