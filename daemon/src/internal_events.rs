@@ -586,11 +586,17 @@ impl InternalEvent for SourceError<'_> {
         m.source_errors.get_or_create(&source_outcome(self.source, self.kind.as_str())).inc();
         // A read that fails: the input cannot read (an acknowledgement that
         // fails is retried and redelivered, and shows in the metrics).
-        if !matches!(self.kind, SourceErrorKind::Extend | SourceErrorKind::Delete | SourceErrorKind::Depth) {
-            match self.shard {
-                Some(shard) => m.components.failed("source", &format!("{}/{shard}", self.source), self.error),
-                None => m.components.failed("source", self.source, self.error),
+        // The lease loop's calls are components of their own
+        // (`<stream>/shards`, `<stream>/leases`), each cleared by its own
+        // calls working ([`LeaseCallsWorked`]): a scan that works must not
+        // hide renewals that fail.
+        match (self.kind, self.shard) {
+            (SourceErrorKind::Extend | SourceErrorKind::Delete | SourceErrorKind::Depth, _) => {}
+            (SourceErrorKind::Shards | SourceErrorKind::Leases, _) => {
+                m.components.failed("source", &format!("{}/{}", self.source, self.kind.as_str()), self.error)
             }
+            (_, Some(shard)) => m.components.failed("source", &format!("{}/{shard}", self.source), self.error),
+            (_, None) => m.components.failed("source", self.source, self.error),
         }
         let call = match self.kind {
             SourceErrorKind::Throttled => "ReceiveMessage (throttled)",
@@ -607,19 +613,22 @@ impl InternalEvent for SourceError<'_> {
     }
 }
 
-/// The lease loop synced the stream's shards with the lease table, or
-/// scanned the table to take leases: the stream's input works (after
-/// `SourceError`s of kind `shards` or `leases`, which mark it failing: an
-/// instance that cannot sync reads nothing).
+/// A call of the lease loop worked: ListShards (`kind` `shards`), or a
+/// write of a lease this instance holds or takes (`leases`: a renewal, a
+/// take). It clears that component (`<stream>/<kind>`) of the failures
+/// `SourceError`s of the same kind marked: an instance that cannot list
+/// its stream's shards, or keep or take a lease, reads nothing.
 #[derive(Debug)]
-pub struct LeasesSynced<'a> {
+pub struct LeaseCallsWorked<'a> {
     /// The stream.
     pub source: &'a str,
+    /// `Shards` or `Leases`.
+    pub kind: SourceErrorKind,
 }
 
-impl InternalEvent for LeasesSynced<'_> {
+impl InternalEvent for LeaseCallsWorked<'_> {
     fn emit(self, m: &Metrics) {
-        m.components.ok("source", self.source);
+        m.components.ok("source", &format!("{}/{}", self.source, self.kind.as_str()));
     }
 }
 

@@ -411,7 +411,16 @@ async fn a_payment_is_decided_and_counted_once() {
     assert!(metrics.contains("cafe_pipeline_events_total{source=\""), "{metrics}");
     assert!(metrics.contains("outcome=\"duplicate\"} 1"), "{metrics}");
     assert!(metrics.contains("cafe_pipeline_e2e_latency_seconds_bucket"), "{metrics}");
-    assert!(http_get(&env.admin, "/readyz").await.contains("ready"));
+    let ready = http_get(&env.admin, "/readyz").await;
+    assert!(ready.contains("ready"), "{ready}");
+    // The lease loop's calls worked and said so: ListShards, and the takes
+    // of the stream's leases (components of their own, which a failure of
+    // either marks failing).
+    let body: serde_json::Value = serde_json::from_str(ready.split("\r\n\r\n").nth(1).unwrap_or("")).expect("JSON body");
+    for component in ["shards", "leases"] {
+        let name = format!("{}-orders/{component}", env.prefix);
+        assert_eq!(body["components"]["source"][&name]["state"], "ok", "{name}: {body}");
+    }
     let (status, _) = env.sigterm();
     assert!(status.success(), "{status:?}\n{}", env.log());
 }

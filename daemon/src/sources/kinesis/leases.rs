@@ -26,13 +26,13 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use rand::seq::SliceRandom;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::aws::describe;
 use crate::config::KinesisSourceConfig;
 use crate::internal_events::{
-    CheckpointOutcome, CheckpointWritten, InternalEvent, LeaseLost, LeaseLostHow, LeaseTaken, LeaseTakenHow, LeasesHeld,
-    LeasesSynced, SourceError, SourceErrorKind,
+    CheckpointOutcome, CheckpointWritten, InternalEvent, LeaseCallsWorked, LeaseLost, LeaseLostHow, LeaseTaken, LeaseTakenHow,
+    LeasesHeld, SourceError, SourceErrorKind,
 };
 use crate::metrics::Metrics;
 use crate::sinks::redshift::BucketShare;
@@ -409,7 +409,10 @@ impl Leases {
     async fn renew(&self, key: &str, holding: &Holding) -> bool {
         let mut h = holding.state.lock().await;
         match self.conditional_write(key, holding.generation, &mut h, None, false).await {
-            Ok(()) => false,
+            Ok(()) => {
+                LeaseCallsWorked { source: &self.source, kind: SourceErrorKind::Leases }.emit(&self.metrics);
+                false
+            }
             Err(WriteFailure::Moved) => {
                 self.lost(key, LeaseLostHow::Taken);
                 true
@@ -481,12 +484,13 @@ impl Leases {
                     Ok(l) => {
                         LeaseTaken { source: &self.source, shard: &l.key, how, previous_owner: lease.owner.as_deref() }
                             .emit(&self.metrics);
+                        LeaseCallsWorked { source: &self.source, kind: SourceErrorKind::Leases }.emit(&self.metrics);
                         taken.push(l);
                     }
                     Err(LeaseError::Lost(_)) => {
                         debug!(shard = %key, "Lease changed while taking it; another instance was faster")
                     }
-                    Err(e) => warn!(shard = %key, error = %e, "Taking a lease failed"),
+                    Err(e) => self.sync_failed(SourceErrorKind::Leases, &format!("taking the lease of {key}: {e}")),
                 }
             }
         }
@@ -781,7 +785,6 @@ async fn take_loop(
                 take.reset_after(leases.next_take_in());
                 match result {
                     Ok(taken) => {
-                        LeasesSynced { source: &leases.source }.emit(&leases.metrics);
                         if stop_taking.is_cancelled() {
                             // Shutdown began during the take: give them straight back.
                             for l in taken {
@@ -805,12 +808,16 @@ async fn take_loop(
 use rand::SeedableRng;
 
 /// Creates a lease for each of the stream's shards that has none. False
-/// (counted in `cafe_source_errors_total{kind="shards"|"leases"}`, and the
-/// input marked failing for `/readyz`) when a call failed: it is tried
-/// again at the next sync, and until one succeeds no lease is taken.
+/// (counted in `cafe_source_errors_total{outcome="shards"|"leases"}`, and
+/// the `<stream>/shards` or `<stream>/leases` component marked failing for
+/// `/readyz`) when a call failed: it is tried again at the next sync, and
+/// until one succeeds no lease is taken.
 async fn sync_shards(leases: &Leases, kinesis: &KinesisSource) -> bool {
     let shards = match kinesis.list_shards().await {
-        Ok(s) => s,
+        Ok(s) => {
+            LeaseCallsWorked { source: &leases.source, kind: SourceErrorKind::Shards }.emit(&leases.metrics);
+            s
+        }
         Err(e) => {
             leases.sync_failed(SourceErrorKind::Shards, &e.to_string());
             return false;
@@ -824,10 +831,7 @@ async fn sync_shards(leases: &Leases, kinesis: &KinesisSource) -> bool {
         }
     };
     match leases.create_missing(&shards, &existing).await {
-        Ok(_) => {
-            LeasesSynced { source: &leases.source }.emit(&leases.metrics);
-            true
-        }
+        Ok(_) => true,
         Err(e) => {
             leases.sync_failed(SourceErrorKind::Leases, &format!("creating leases: {e}"));
             false
@@ -841,34 +845,38 @@ mod tests {
     use rand::SeedableRng;
 
     /// An instance whose sync with the stream and the lease table fails
-    /// reads nothing: each failure is counted by call, and the input shows
-    /// failing (on `/readyz`, once for longer than `unready_after_secs`),
-    /// where it used to be a log line only.
+    /// reads nothing: each failure is counted by call, and its component
+    /// (`<stream>/shards`, `<stream>/leases`) shows failing (on `/readyz`,
+    /// once for longer than `unready_after_secs`), where it used to be a
+    /// log line only; each is cleared by its own calls working, so a scan
+    /// that works does not hide renewals that fail.
     #[tokio::test]
-    async fn a_sync_that_fails_is_counted_and_marks_the_input_failing() {
+    async fn a_sync_that_fails_is_counted_and_marks_its_component_failing() {
         let metrics = Arc::new(Metrics::new());
         let config = KinesisSourceConfig { stream: "orders-s".into(), ..KinesisSourceConfig::default() };
         let refusing = crate::sinks::refusing_sdk_config();
         let kinesis = KinesisSource::new(aws_sdk_kinesis::Client::new(&refusing), config.clone(), Arc::clone(&metrics));
         let leases = Leases::new(Client::new(&refusing), config, "w1".into(), Arc::clone(&metrics));
-        assert!(!sync_shards(&leases, &kinesis).await);
         // `cafe_source_errors_total{source, outcome}` (the kind of call).
         let errors = |kind: &str| {
             let want = format!(r#"cafe_source_errors_total{{source="orders-s",outcome="{kind}"}} "#);
             metrics.encode().lines().find_map(|l| l.strip_prefix(want.as_str())?.parse::<u64>().ok()).unwrap_or(0)
         };
+        assert!(!sync_shards(&leases, &kinesis).await);
         assert_eq!((errors("shards"), errors("leases")), (1, 0));
-        // The lease table's scan failing (a take's), a moment later: the
-        // input has been failing for longer than that moment, and still
-        // is.
+        // A renewal failing, then both failing again a moment later: each
+        // component has been failing for longer than that moment, and
+        // still is.
+        leases.sync_failed(SourceErrorKind::Leases, "renewing the lease of shardId-0: refused");
         tokio::time::sleep(Duration::from_millis(30)).await;
-        leases.sync_failed(SourceErrorKind::Leases, "scanning the lease table: refused");
-        assert_eq!(errors("leases"), 1);
+        assert!(!sync_shards(&leases, &kinesis).await);
+        leases.sync_failed(SourceErrorKind::Leases, "renewing the lease of shardId-0: refused");
+        assert_eq!((errors("shards"), errors("leases")), (2, 2));
         let limit = Duration::from_millis(20);
-        assert_eq!(metrics.components.failing_longer_than(limit), ["source orders-s"]);
-        // A sync or take that works marks it working again.
-        LeasesSynced { source: "orders-s" }.emit(&metrics);
-        assert!(metrics.components.failing_longer_than(limit).is_empty());
+        assert_eq!(metrics.components.failing_longer_than(limit), ["source orders-s/leases", "source orders-s/shards"]);
+        // ListShards working clears its own component only.
+        LeaseCallsWorked { source: "orders-s", kind: SourceErrorKind::Shards }.emit(&metrics);
+        assert_eq!(metrics.components.failing_longer_than(limit), ["source orders-s/leases"]);
     }
 
     fn lease(key: &str, owner: Option<&str>) -> Lease {
