@@ -296,6 +296,7 @@ impl DynamoDbSink {
                     return Err((e, calls));
                 }
             };
+            let asked = pending.len();
             let error = match result {
                 Ok(resp) => {
                     self.count(SinkRequestOutcome::Ok);
@@ -309,12 +310,16 @@ impl DynamoDbSink {
                     if pending.is_empty() {
                         break;
                     }
-                    // Unprocessed keys (throttling): the backoff, within the budget.
-                    AwsError {
-                        what: "reading fraud state".into(),
-                        class: ErrorClass::Throttled,
-                        detail: "unprocessed keys".into(),
+                    // Unprocessed keys (throttling): the backoff, within the
+                    // budget unless some were processed.
+                    if !self.again_for_unprocessed(pending.len() < asked, &mut attempt, what, records).await {
+                        let detail = "unprocessed keys".into();
+                        return Err((
+                            AwsError { what: "reading fraud state".into(), class: ErrorClass::Throttled, detail },
+                            calls,
+                        ));
                     }
+                    continue;
                 }
                 Err(e) => {
                     let error = AwsError::sdk("reading fraud state", &e);

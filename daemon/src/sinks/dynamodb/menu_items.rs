@@ -27,8 +27,8 @@ use pipeline::decided::DecidedMenuItem;
 use pipeline::window::{Counters, WindowId};
 
 use super::{Attempt, Copies, DynamoDbSink, EVENT_EXPIRES, LEDGER_TTL_SECS, num, s};
-use crate::aws::{AwsError, ErrorClass};
-use crate::internal_events::{InternalEvent, MenuItems, MenuOutcome, Sink, SinkWriteFinished};
+use crate::aws::AwsError;
+use crate::internal_events::{InternalEvent, MenuItems, MenuOutcome, Sink, SinkGaveUp, SinkWriteFinished};
 use crate::sinks::WriteOutcome;
 
 /// What is stored for a sku.
@@ -112,47 +112,65 @@ impl DynamoDbSink {
     }
 
     /// `sync_version` and `content_sha256` of `skus`, read consistently.
-    async fn read_menu(&self, skus: &[&str]) -> Result<HashMap<String, Stored>, AwsError> {
+    /// A failed call, or keys left unprocessed (throttling), are asked for
+    /// again after the backoff, within `attempt`'s budget (shared with the
+    /// chunk's writes; a call that processed some keys does not spend it);
+    /// `None` once it gave up (counted), or at once on a fatal error.
+    async fn read_menu(&self, skus: &[&str], attempt: &mut u32, records: usize) -> Option<HashMap<String, Stored>> {
+        let table = &self.config.menu_table;
+        let what = "Reading menu items";
         let mut out = HashMap::new();
         for part in skus.chunks(100) {
-            let keys: Vec<HashMap<String, AttributeValue>> =
+            let mut keys: Vec<HashMap<String, AttributeValue>> =
                 part.iter().map(|k| HashMap::from([("sku".to_owned(), s(*k))])).collect();
-            let request = KeysAndAttributes::builder()
-                .set_keys(Some(keys))
-                .consistent_read(true)
-                .projection_expression("sku, sync_version, content_sha256")
-                .build()
-                .map_err(|e| AwsError::request("reading menu items", e))?;
-            let resp = self
-                .client
-                .batch_get_item()
-                .request_items(&self.config.menu_table, request)
-                .send()
-                .await
-                .map_err(|e| AwsError::sdk("reading menu items", &e))?;
-            // Unprocessed keys (throttling): the read fails, and the caller
-            // reads again after its backoff, within its budget. (Sent again
-            // at once, they were sent for as long as the table left any
-            // unprocessed, uncounted and deaf to a shutdown.)
-            if resp.unprocessed_keys.as_ref().and_then(|u| u.get(&self.config.menu_table)).is_some_and(|k| !k.keys().is_empty()) {
-                return Err(AwsError {
-                    what: "reading menu items".into(),
-                    class: ErrorClass::Throttled,
-                    detail: "unprocessed keys".into(),
-                });
-            }
-            for item in resp.responses.and_then(|mut r| r.remove(&self.config.menu_table)).unwrap_or_default() {
-                let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-                out.insert(
-                    text("sku"),
-                    Stored {
-                        sync_version: item.get("sync_version").and_then(|v| v.as_s().ok()).cloned(),
-                        content_sha256: text("content_sha256"),
-                    },
-                );
+            while !keys.is_empty() {
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(keys.clone()))
+                    .consistent_read(true)
+                    .projection_expression("sku, sync_version, content_sha256")
+                    .build();
+                let request = match request {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let error = AwsError::request("reading menu items", e).to_string();
+                        SinkGaveUp { sink: Sink::DynamoDb, what, records, error: Some(&error) }.emit(&self.metrics);
+                        return None;
+                    }
+                };
+                let resp = match self.client.batch_get_item().request_items(table, request).send().await {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        if self.is_fatal(&e, what, records)
+                            || !self
+                                .retry_later(attempt, what, records, &AwsError::sdk("reading menu items", &e).to_string())
+                                .await
+                        {
+                            return None;
+                        }
+                        continue;
+                    }
+                };
+                for item in resp.responses.as_ref().and_then(|r| r.get(table)).into_iter().flatten() {
+                    let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                    out.insert(
+                        text("sku"),
+                        Stored {
+                            sync_version: item.get("sync_version").and_then(|v| v.as_s().ok()).cloned(),
+                            content_sha256: text("content_sha256"),
+                        },
+                    );
+                }
+                let asked = keys.len();
+                keys = resp.unprocessed_keys.as_ref().and_then(|u| u.get(table)).map(|k| k.keys().to_vec()).unwrap_or_default();
+                // Unprocessed keys (throttling): only they are asked for
+                // again. (Sent again at once, they were sent for as long as
+                // the table left any, uncounted and deaf to a shutdown.)
+                if !keys.is_empty() && !self.again_for_unprocessed(keys.len() < asked, attempt, what, records).await {
+                    return None;
+                }
             }
         }
-        Ok(out)
+        Some(out)
     }
 
     async fn write_menu_chunk(&self, records: &[DecidedMenuItem], chunk: &[usize], applied_at: &str) -> Vec<WriteOutcome> {
@@ -165,14 +183,9 @@ impl DynamoDbSink {
                 let mut skus: Vec<&str> = live.iter().map(|&p| records[chunk[p]].sku.as_str()).collect();
                 skus.sort_unstable();
                 skus.dedup();
-                match self.read_menu(&skus).await {
-                    Ok(m) => stored = Some(m),
-                    Err(e) => {
-                        if !self.retry_later(&mut attempt, "Reading menu items", live.len(), &e.to_string()).await {
-                            return outcomes;
-                        }
-                        continue;
-                    }
+                match self.read_menu(&skus, &mut attempt, live.len()).await {
+                    Some(m) => stored = Some(m),
+                    None => return outcomes,
                 }
             }
             let current = stored.as_ref().cloned().unwrap_or_default();
@@ -360,30 +373,39 @@ mod tests {
         }
     }
 
-    /// Keys the table leaves unprocessed (throttling) fail the read, and
-    /// the write reads again after its backoff, each time counted, until
-    /// its budget: then the items go back to their source. Before, they
-    /// were asked for again at once, uncounted, for as long as the table
-    /// left any.
+    /// Keys the table leaves unprocessed (throttling) are asked for again,
+    /// alone, after the backoff, each time counted: a call that processed
+    /// none spends the chunk's budget, and once it is spent the items go
+    /// back to their source; one that processed some does not, so a
+    /// throttled table that makes progress is read to the end. Before,
+    /// they were asked for again at once, uncounted, for as long as the
+    /// table left any.
     #[tokio::test]
     async fn keys_left_unprocessed_are_read_again_after_the_backoff_within_the_budget() {
         use std::sync::atomic::Ordering::Relaxed;
-        let quick =
-            super::super::DynamoDbSinkConfig { max_retries: 2, base_backoff_ms: 1, max_backoff_ms: 2, ..Default::default() };
-        let (sink, calls) = super::super::unprocessed_reads_sink(quick);
-        let read = tokio::time::timeout(std::time::Duration::from_secs(10), sink.read_menu(&["latte", "mocha"]))
-            .await
-            .expect("fails, not asks for ever");
-        assert!(matches!(read, Err(AwsError { class: ErrorClass::Throttled, .. })), "{read:?}");
-        assert_eq!(calls.load(Relaxed), 1);
+        use std::time::Duration;
+
+        use super::super::{DynamoDbSinkConfig, sink_requests, unprocessed_reads_sink};
+        let quick = DynamoDbSinkConfig { max_retries: 2, base_backoff_ms: 1, max_backoff_ms: 2, ..Default::default() };
+        let (sink, calls) = unprocessed_reads_sink(quick, 0);
         let records = [rec("a", "latte", 100, "x"), rec("b", "mocha", 100, "y")];
-        let written = tokio::time::timeout(std::time::Duration::from_secs(10), sink.write_menu(&records, "now"))
+        let written = tokio::time::timeout(Duration::from_secs(10), sink.write_menu(&records, "now"))
             .await
             .expect("gives up, not asks for ever");
         assert_eq!(written, [WriteOutcome::Failed, WriteOutcome::Failed]);
-        assert_eq!(calls.load(Relaxed), 1 + 3, "the first read and two retries");
-        let counted = (super::super::sink_requests(&sink.metrics, "retry"), super::super::sink_requests(&sink.metrics, "failed"));
-        assert_eq!(counted, (2, 1));
+        assert_eq!(calls.load(Relaxed), 3, "the first read and two retries");
+        assert_eq!((sink_requests(&sink.metrics, "retry"), sink_requests(&sink.metrics, "failed")), (2, 1));
+
+        // One key processed a call: read to the end with no budget at all.
+        let none = DynamoDbSinkConfig { max_retries: 0, base_backoff_ms: 1, max_backoff_ms: 2, ..Default::default() };
+        let (sink, calls) = unprocessed_reads_sink(none, 1);
+        let mut attempt = 0;
+        let read = tokio::time::timeout(Duration::from_secs(10), sink.read_menu(&["latte", "mocha", "tea"], &mut attempt, 3))
+            .await
+            .expect("ends");
+        assert_eq!(read.map(|found| found.len()), Some(0), "read, none of them there");
+        assert_eq!((calls.load(Relaxed), attempt), (3, 0));
+        assert_eq!((sink_requests(&sink.metrics, "retry"), sink_requests(&sink.metrics, "failed")), (2, 0));
     }
 
     #[test]

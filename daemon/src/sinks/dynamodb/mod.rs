@@ -187,6 +187,27 @@ impl DynamoDbSink {
         true
     }
 
+    /// After a BatchGetItem that left keys unprocessed (throttling),
+    /// whether to ask again for them, after the backoff: a call that
+    /// processed some of its keys made progress, and is counted as a
+    /// retry but not against the budget (each such call settles a key at
+    /// least, so the read ends); one that processed none counts against
+    /// it, as a failed call does ([`DynamoDbSink::retry_later`]). False,
+    /// counted, when out of budget or shutting down.
+    pub(crate) async fn again_for_unprocessed(&self, progressed: bool, attempt: &mut u32, what: &str, records: usize) -> bool {
+        const ERROR: &str = "unprocessed keys";
+        if !progressed {
+            return self.retry_later(attempt, what, records, ERROR).await;
+        }
+        SinkRetrying { sink: Sink::DynamoDb, what, attempt: *attempt, error: "unprocessed keys (some were processed)" }
+            .emit(&self.metrics);
+        if self.pause_between_rounds(*attempt).await {
+            return true;
+        }
+        SinkGaveUp { sink: Sink::DynamoDb, what, records, error: Some(ERROR) }.emit(&self.metrics);
+        false
+    }
+
     /// Sleeps the backoff before scoring round `round + 1` of a batch whose
     /// fraud state moved under it (the budget is the caller's rounds);
     /// false, at once, when shutting down past the point of retrying.
@@ -283,11 +304,15 @@ pub(crate) fn refusing_sink() -> DynamoDbSink {
 }
 
 /// A sink whose DynamoDB (in memory) answers every request as a
-/// `BatchGetItem` that processed none of its keys (throttling that does
-/// not end), and the count of requests it answered: for unit tests of the
-/// reads' budgets.
+/// `BatchGetItem` that processed at most `processed` of the keys asked
+/// for, finding no item, and left the rest unprocessed (throttling), and
+/// the count of requests it answered: for unit tests of the reads'
+/// budgets.
 #[cfg(test)]
-pub(crate) fn unprocessed_reads_sink(config: DynamoDbSinkConfig) -> (DynamoDbSink, Arc<std::sync::atomic::AtomicUsize>) {
+pub(crate) fn unprocessed_reads_sink(
+    config: DynamoDbSinkConfig,
+    processed: usize,
+) -> (DynamoDbSink, Arc<std::sync::atomic::AtomicUsize>) {
     use aws_sdk_dynamodb::config::http::{HttpRequest, HttpResponse};
     use aws_smithy_runtime_api::client::http::{
         HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
@@ -295,7 +320,7 @@ pub(crate) fn unprocessed_reads_sink(config: DynamoDbSinkConfig) -> (DynamoDbSin
     use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 
     #[derive(Debug, Clone)]
-    struct Unprocessed(Arc<std::sync::atomic::AtomicUsize>);
+    struct Unprocessed(Arc<std::sync::atomic::AtomicUsize>, usize);
 
     impl HttpClient for Unprocessed {
         fn http_connector(&self, _: &HttpConnectorSettings, _: &RuntimeComponents) -> SharedHttpConnector {
@@ -306,9 +331,20 @@ pub(crate) fn unprocessed_reads_sink(config: DynamoDbSinkConfig) -> (DynamoDbSin
     impl HttpConnector for Unprocessed {
         fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let asked: serde_json::Value =
+            let mut asked: serde_json::Value =
                 request.body().bytes().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
-            let body = serde_json::json!({"Responses": {}, "UnprocessedKeys": asked["RequestItems"]}).to_string();
+            let mut left = serde_json::Map::new();
+            if let Some(tables) = asked["RequestItems"].as_object_mut() {
+                for (table, request) in tables.iter_mut() {
+                    if let Some(keys) = request["Keys"].as_array_mut() {
+                        keys.drain(..self.1.min(keys.len()));
+                        if !keys.is_empty() {
+                            left.insert(table.clone(), request.clone());
+                        }
+                    }
+                }
+            }
+            let body = serde_json::json!({"Responses": {}, "UnprocessedKeys": left}).to_string();
             let status = 200.try_into().expect("a valid status");
             HttpConnectorFuture::ready(Ok(HttpResponse::new(status, aws_smithy_types::body::SdkBody::from(body))))
         }
@@ -320,7 +356,7 @@ pub(crate) fn unprocessed_reads_sink(config: DynamoDbSinkConfig) -> (DynamoDbSin
         .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("k", "s", None, None, "test"))
         .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
-        .http_client(Unprocessed(Arc::clone(&calls)))
+        .http_client(Unprocessed(Arc::clone(&calls), processed))
         .build();
     (DynamoDbSink::new(Client::from_conf(sdk), config, Arc::new(Metrics::new())), calls)
 }

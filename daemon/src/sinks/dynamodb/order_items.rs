@@ -116,6 +116,7 @@ impl DynamoDbSink {
                         return Err(AwsError { what: "reading orders".into(), class: ErrorClass::Fatal, detail: error.into() });
                     }
                 };
+                let asked = keys.len();
                 let error = match result {
                     Ok(resp) => {
                         for item in resp.responses.as_ref().and_then(|r| r.get(table)).into_iter().flatten() {
@@ -139,12 +140,13 @@ impl DynamoDbSink {
                             break;
                         }
                         // Unprocessed keys (throttling): asked again after
-                        // the backoff, within the same budget as an error.
-                        AwsError {
-                            what: "reading orders".into(),
-                            class: ErrorClass::Throttled,
-                            detail: "unprocessed keys".into(),
+                        // the backoff, within the budget unless some were
+                        // processed.
+                        if !self.again_for_unprocessed(keys.len() < asked, &mut attempt, what, ids.len()).await {
+                            let detail = "unprocessed keys".into();
+                            return Err(AwsError { what: "reading orders".into(), class: ErrorClass::Throttled, detail });
                         }
+                        continue;
                     }
                     Err(e) => {
                         let error = AwsError::sdk("reading orders", &e);
@@ -348,7 +350,7 @@ mod tests {
     async fn keys_left_unprocessed_are_asked_again_within_the_budget_and_until_a_stop() {
         let ids = vec!["o1".to_owned(), "o2".to_owned()];
         let quick = DynamoDbSinkConfig { max_retries: 2, base_backoff_ms: 1, max_backoff_ms: 2, ..Default::default() };
-        let (sink, calls) = unprocessed_reads_sink(quick);
+        let (sink, calls) = unprocessed_reads_sink(quick, 0);
         let read =
             tokio::time::timeout(Duration::from_secs(10), sink.read_orders(&ids)).await.expect("gives up, not asks for ever");
         assert!(matches!(read, Err(AwsError { class: ErrorClass::Throttled, .. })), "{read:?}");
@@ -356,10 +358,13 @@ mod tests {
         assert_eq!((sink_requests(&sink.metrics, "retry"), sink_requests(&sink.metrics, "failed")), (2, 1));
 
         let slow = DynamoDbSinkConfig { max_retries: 100, base_backoff_ms: 60_000, max_backoff_ms: 60_000, ..Default::default() };
-        let (sink, calls) = unprocessed_reads_sink(slow);
+        let (sink, calls) = unprocessed_reads_sink(slow, 0);
         let stop = CancellationToken::new();
         let sink = sink.with_stop_retrying(stop.clone());
-        let read = tokio::spawn(async move { sink.read_orders(&ids).await });
+        let read = tokio::spawn({
+            let ids = ids.clone();
+            async move { sink.read_orders(&ids).await }
+        });
         while calls.load(Relaxed) == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -367,6 +372,17 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_secs(5), read).await.expect("a stop ends the backoff").expect("no panic");
         assert!(read.is_err());
         assert_eq!(calls.load(Relaxed), 1);
+
+        // A table that processes one key a call: each call makes progress,
+        // so the read ends, with no budget at all, and only the keys left
+        // are asked for again.
+        let none = DynamoDbSinkConfig { max_retries: 0, base_backoff_ms: 1, max_backoff_ms: 2, ..Default::default() };
+        let (sink, calls) = unprocessed_reads_sink(none, 1);
+        let three = ["o1".to_owned(), "o2".to_owned(), "o3".to_owned()];
+        let read = tokio::time::timeout(Duration::from_secs(10), sink.read_orders(&three)).await.expect("ends");
+        assert_eq!(read.map(|found| found.len()).ok(), Some(0), "read, none of them there");
+        assert_eq!(calls.load(Relaxed), 3);
+        assert_eq!((sink_requests(&sink.metrics, "retry"), sink_requests(&sink.metrics, "failed")), (2, 0));
     }
 
     fn write(id: &str, rows: &[&str]) -> OrderChange {
