@@ -183,15 +183,28 @@ impl AwsError {
     }
 }
 
+/// How long a call may still take once retrying has stopped in a
+/// shutdown: at a clean shutdown a delete or a rejection's ledger record
+/// still lands (each takes milliseconds), and a silent endpoint holds the
+/// drain this long instead of its call's whole timeout.
+pub const AFTER_STOP: Duration = Duration::from_secs(2);
+
+/// Resolves [`AFTER_STOP`] after `stop` is cancelled: what a call races.
+pub async fn stopped_a_while(stop: &CancellationToken) {
+    stop.cancelled().await;
+    tokio::time::sleep(AFTER_STOP).await;
+}
+
 /// Runs a batch call that can fail for some of its entries until every
 /// entry succeeded or `attempts` calls were made, sleeping `backoff` between
 /// calls. `call` gets the pending entries (indices into the caller's items)
 /// and the attempt number, and returns those that failed (all of them when
 /// the call itself failed). Returns the entries that never succeeded.
-/// Once `stop` is cancelled (past the point of retrying in a shutdown) a
-/// call still waiting is abandoned, with every entry it carried counted as
-/// not done (it may have landed: the callers' ends are idempotent), and no
-/// further call is made: a silent endpoint cannot hold the drain.
+/// Once `stop` is cancelled (past the point of retrying in a shutdown) no
+/// further call is made, and a call still waiting [`AFTER_STOP`] later is
+/// abandoned, with every entry it carried counted as not done (it may
+/// have landed: the callers' ends are idempotent): a silent endpoint
+/// cannot hold the drain.
 pub async fn retry_failed_entries<F, Fut>(
     items: usize,
     attempts: u32,
@@ -206,9 +219,12 @@ where
     let mut pending: Vec<usize> = (0..items).collect();
     for attempt in 0..attempts {
         let asked = pending.clone();
+        if attempt > 0 && stop.is_cancelled() {
+            break;
+        }
         pending = tokio::select! {
             failed = call(pending, attempt) => failed,
-            () = stop.cancelled() => return asked,
+            () = stopped_a_while(stop) => return asked,
         };
         if pending.is_empty() || attempt + 1 == attempts {
             break;
@@ -336,19 +352,34 @@ mod tests {
     #[tokio::test]
     async fn a_stop_abandons_the_call_under_way_and_makes_no_other() {
         let b = Backoff { base: Duration::from_secs(60), max: Duration::from_secs(60) };
-        // A call that never ends: abandoned, every entry it carried not done.
+        // A retry that never ends: abandoned, the entries it carried not
+        // done (and those an earlier call did, done).
+        let quick = Backoff { base: Duration::from_millis(1), max: Duration::from_millis(1) };
         let stop = CancellationToken::new();
         let (cancel, calls) = (stop.clone(), std::cell::Cell::new(0));
-        let left = retry_failed_entries(3, 5, b, &stop, |pending: Vec<usize>, _| {
+        let left = retry_failed_entries(3, 5, quick, &stop, |pending: Vec<usize>, attempt| {
             calls.set(calls.get() + 1);
-            cancel.cancel();
+            if attempt > 0 {
+                cancel.cancel();
+            }
             async move {
+                if attempt == 0 {
+                    return vec![1, 2];
+                }
                 std::future::pending::<()>().await;
                 pending
             }
         });
         let left = tokio::time::timeout(Duration::from_secs(5), left).await.expect("the call abandoned");
-        assert_eq!((left, calls.get()), (vec![0, 1, 2], 1));
+        assert_eq!((left, calls.get()), (vec![1, 2], 2));
+        // Stopped before it starts, a call that answers still lands (a
+        // delete, at a clean shutdown), and what it left is not retried.
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let left = retry_failed_entries(3, 5, quick, &stop, |_: Vec<usize>, attempt| async move {
+            if attempt == 0 { vec![2] } else { Vec::new() }
+        });
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), left).await.expect("ends"), vec![2]);
         // A call that failed, then the stop: no wait for the backoff's
         // minute, no other call.
         let stop = CancellationToken::new();

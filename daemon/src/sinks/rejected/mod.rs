@@ -55,9 +55,11 @@ pub struct RejectedSink {
     max_message_bytes: usize,
     /// The event ledger: (client, table).
     ledger: Option<(aws_sdk_dynamodb::Client, String)>,
-    /// Cancelled past the point of retrying in a shutdown: a send or a
-    /// ledger call still waiting is abandoned and not retried (the
-    /// rejection is reported not sent, so its input is not acknowledged).
+    /// Cancelled past the point of retrying in a shutdown: no call is
+    /// retried, and one still waiting `aws::AFTER_STOP` later is abandoned
+    /// (a send: the rejection is reported not sent, so its input is not
+    /// acknowledged; a ledger record: that rejection may be sent again on
+    /// a replay).
     stop_retrying: CancellationToken,
 }
 
@@ -158,7 +160,7 @@ impl RejectedSink {
                 let result = tokio::select! {
                     r = call => r,
                     // Not read: the rejections are sent (at least once).
-                    () = self.stop_retrying.cancelled() => break,
+                    () = crate::aws::stopped_a_while(&self.stop_retrying) => break,
                 };
                 match result {
                     Ok(resp) => {
@@ -214,7 +216,7 @@ impl RejectedSink {
                 let call = ddb.batch_write_item().request_items(table, writes.clone()).send();
                 let result = tokio::select! {
                     r = call => r,
-                    () = self.stop_retrying.cancelled() => break,
+                    () = crate::aws::stopped_a_while(&self.stop_retrying) => break,
                 };
                 match result {
                     Ok(resp) => match resp.unprocessed_items.and_then(|mut u| u.remove(table)) {
