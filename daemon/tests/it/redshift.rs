@@ -229,3 +229,36 @@ async fn sslmode_has_libpqs_meanings() {
     assert!(e.contains("not valid for name"), "{e}");
     assert_eq!(tls_of(with(&by_name, &format!("sslmode=verify-full&sslrootcert={ca}"))).await, Ok(true));
 }
+
+/// A statement that outlives the transport's timeout fails the call as a
+/// retryable error, and does not go on running on the server once the
+/// connection is dropped: the server ends it after the same time (a
+/// statement left running would hold the mirror table's lock, and the
+/// retry would queue behind it). The next call connects again and works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_past_the_timeout_fails_and_does_not_go_on_running_on_the_server() {
+    let url = std::env::var("CAFE_PG_URL").expect("CAFE_PG_URL is not set: run through scripts/test.sh");
+    let t = postgres::PgTransport::connect(&url, Duration::from_millis(1000)).await.expect("connect");
+    let marker = format!("it_timeout_{}", std::process::id());
+    let started = std::time::Instant::now();
+    let slow = format!("SELECT pg_sleep(20) AS {marker}");
+    let r = t.run_batch(std::slice::from_ref(&slow)).await;
+    let e = r.expect_err("the statement outlives the timeout");
+    assert!(e.retryable(), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // Within a moment nothing of it runs on the server.
+    let watcher = pg().await;
+    let running = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%AS {marker}%' AND pid <> pg_backend_pid()"
+    );
+    let mut left = String::new();
+    for _ in 0..50 {
+        left = watcher.query_text(&running).await.expect("pg_stat_activity")[0][0].clone();
+        if left == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, "0", "the statement still runs on the server");
+    t.run_batch(&["SELECT 1".to_owned()]).await.expect("connected again");
+}

@@ -168,12 +168,23 @@ impl PgTransport {
         // `sslmode=disable`: plain. Otherwise the connector of the mode;
         // tokio-postgres falls back to plain for `prefer` when the server
         // offers no TLS.
-        let Some(tls) = &self.tls else {
-            let (client, conn) = self.config.connect(tokio_postgres::NoTls).await.map_err(classify)?;
-            return Ok(Live { client, driver: Box::pin(conn) });
+        let mut live = match &self.tls {
+            None => {
+                let (client, conn) = self.config.connect(tokio_postgres::NoTls).await.map_err(classify)?;
+                Live { client, driver: Box::pin(conn) }
+            }
+            Some(tls) => {
+                let (client, conn) = self.config.connect(tls.clone()).await.map_err(classify)?;
+                Live { client, driver: Box::pin(conn) }
+            }
         };
-        let (client, conn) = self.config.connect(tls.clone()).await.map_err(classify)?;
-        Ok(Live { client, driver: Box::pin(conn) })
+        // The server ends a statement after the same time as this side
+        // gives up on it: a connection dropped on a timeout does not leave
+        // its statement running there (holding the table's lock, which the
+        // retry would queue behind).
+        let set = format!("SET statement_timeout TO {}", self.timeout.as_millis());
+        live.run(|client| async move { client.batch_execute(&set).await.map_err(classify) }).await?;
+        Ok(live)
     }
 
     /// The live connection, reconnecting if the last one failed.
