@@ -240,6 +240,7 @@ async fn a_statement_past_the_timeout_fails_and_does_not_go_on_running_on_the_se
     let url = std::env::var("CAFE_PG_URL").expect("CAFE_PG_URL is not set: run through scripts/test.sh");
     let t = postgres::PgTransport::connect(&url, Duration::from_millis(1000)).await.expect("connect");
     let marker = format!("it_timeout_{}", std::process::id());
+    let backend = || async { t.query_text("SELECT pg_backend_pid()").await.expect("pid")[0][0].clone() };
     let started = std::time::Instant::now();
     let slow = format!("SELECT pg_sleep(20) AS {marker}");
     let r = t.run_batch(std::slice::from_ref(&slow)).await;
@@ -260,5 +261,15 @@ async fn a_statement_past_the_timeout_fails_and_does_not_go_on_running_on_the_se
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(left, "0", "the statement still runs on the server");
+    t.run_batch(&["SELECT 1".to_owned()]).await.expect("works again");
+    // A batch whose statements each end in time but together do not: this
+    // side gives up (the server would not), and the connection, its
+    // transaction in an unknown state, is dropped: the next call is
+    // another backend's.
+    let before = backend().await;
+    let pair = ["SELECT pg_sleep(0.7)".to_owned(), "SELECT pg_sleep(0.7)".to_owned()];
+    let e = t.run_batch(&pair).await.expect_err("the batch outlives the timeout");
+    assert!(e.to_string().contains("no answer within 1000 ms") && e.retryable(), "{e}");
     t.run_batch(&["SELECT 1".to_owned()]).await.expect("connected again");
+    assert_ne!(backend().await, before, "the connection that timed out was used again");
 }
