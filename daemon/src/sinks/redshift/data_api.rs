@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_redshiftdata::Client;
 use aws_sdk_redshiftdata::types::StatusString;
+use tracing::warn;
 
 use super::BatchError;
 use crate::aws::{ErrorClass, classify, describe};
@@ -140,6 +141,10 @@ impl DataApiTransport {
             let out = match self.client.describe_statement().id(id).send().await {
                 Ok(out) => out,
                 Err(e) if classify(&e) != ErrorClass::Fatal && started.elapsed() < timeout => {
+                    // Polled again (each call counted in
+                    // `cafe_aws_requests_total`), until the statement's
+                    // timeout.
+                    warn!(statement = %id, error = %describe(&e), "DescribeStatement failed; polling again");
                     continue;
                 }
                 Err(e) => {
