@@ -400,4 +400,46 @@ mod tests {
         assert_eq!(outcomes, [WriteOutcome::Failed, WriteOutcome::Failed]);
         assert_eq!(calls.load(Relaxed), 1, "no call after the stop");
     }
+
+    /// With the event ledger silent too, and retrying already stopped when
+    /// the send begins: the ledger's read is given up after
+    /// `aws::AFTER_STOP` (the rejections are then sent, at least once),
+    /// the send too, and nothing is retried.
+    #[tokio::test]
+    async fn a_silent_ledger_and_queue_hold_a_send_no_longer_than_the_allowance_after_a_stop() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let sqs = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new("k", "s", None, None, "test"))
+            .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
+            .http_client(Silent(Arc::clone(&calls)))
+            .build();
+        let ddb = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("k", "s", None, None, "test"))
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .http_client(Silent(Arc::clone(&calls)))
+            .build();
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let sink = RejectedSink { client: Client::from_conf(sqs), ..refusing_sink() }
+            .with_ledger(aws_sdk_dynamodb::Client::from_conf(ddb), "cafe-events")
+            .with_stop_retrying(stop);
+        let record = RejectedEvent {
+            body: b"{}".to_vec(),
+            reason: "schema",
+            detail: "test".into(),
+            source: "payments".into(),
+            position: "m1".into(),
+        };
+        let started = std::time::Instant::now();
+        let outcomes = tokio::time::timeout(std::time::Duration::from_secs(10), sink.send(std::slice::from_ref(&record)))
+            .await
+            .expect("the silent calls are given up");
+        assert_eq!(outcomes, [WriteOutcome::Failed]);
+        assert_eq!(calls.load(Relaxed), 2, "the ledger's read and the send, once each");
+        assert!(started.elapsed() >= 2 * crate::aws::AFTER_STOP, "each call had its allowance: {:?}", started.elapsed());
+    }
 }
