@@ -363,6 +363,18 @@ mod tests {
         }
     }
 
+    /// An SQS client whose endpoint is [`Silent`].
+    fn silent_sqs(calls: &Arc<AtomicUsize>) -> Client {
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new("k", "s", None, None, "test"))
+            .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
+            .http_client(Silent(Arc::clone(calls)))
+            .build();
+        Client::from_conf(config)
+    }
+
     /// Past the point of retrying in a shutdown, a send to a queue that
     /// does not answer is abandoned at once and its rejections reported
     /// not sent (their inputs are not acknowledged): it cannot hold the
@@ -371,15 +383,8 @@ mod tests {
     #[tokio::test]
     async fn a_send_to_a_silent_queue_gives_up_when_retrying_stops() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let config = aws_sdk_sqs::Config::builder()
-            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new("k", "s", None, None, "test"))
-            .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
-            .http_client(Silent(Arc::clone(&calls)))
-            .build();
         let stop = CancellationToken::new();
-        let sink = RejectedSink { client: Client::from_conf(config), ..refusing_sink() }.with_stop_retrying(stop.clone());
+        let sink = RejectedSink { client: silent_sqs(&calls), ..refusing_sink() }.with_stop_retrying(stop.clone());
         let rejected = |position: &str| RejectedEvent {
             body: b"{}".to_vec(),
             reason: "schema",
@@ -408,13 +413,6 @@ mod tests {
     #[tokio::test]
     async fn a_silent_ledger_and_queue_hold_a_send_no_longer_than_the_allowance_after_a_stop() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let sqs = aws_sdk_sqs::Config::builder()
-            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new("k", "s", None, None, "test"))
-            .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
-            .http_client(Silent(Arc::clone(&calls)))
-            .build();
         let ddb = aws_sdk_dynamodb::Config::builder()
             .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
             .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
@@ -424,7 +422,7 @@ mod tests {
             .build();
         let stop = CancellationToken::new();
         stop.cancel();
-        let sink = RejectedSink { client: Client::from_conf(sqs), ..refusing_sink() }
+        let sink = RejectedSink { client: silent_sqs(&calls), ..refusing_sink() }
             .with_ledger(aws_sdk_dynamodb::Client::from_conf(ddb), "cafe-events")
             .with_stop_retrying(stop);
         let record = RejectedEvent {
