@@ -227,7 +227,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
                 Ok(_) => break,
                 Err(e) if attempt + 1 < crate::sources::sqs::STARTUP_ATTEMPTS => {
                     warn!(stream = %stream.stream, error = %e, attempt, "Stream or lease table not reachable yet, retrying");
-                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                    // Jittered: a fleet restarted together does not retry in step.
+                    let backoff = crate::aws::Backoff { base: Duration::from_millis(500), max: Duration::from_secs(8) };
+                    tokio::time::sleep(backoff.delay(attempt)).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
