@@ -185,14 +185,21 @@ impl AwsError {
 
 /// How long a call may still take once retrying has stopped in a
 /// shutdown: at a clean shutdown a delete or a rejection's ledger record
-/// still lands (each takes milliseconds), and a silent endpoint holds the
-/// drain this long instead of its call's whole timeout.
+/// still lands (each takes milliseconds), and silent endpoints hold the
+/// drain this long in all, not each call's whole timeout.
 pub const AFTER_STOP: Duration = Duration::from_secs(2);
 
-/// Resolves [`AFTER_STOP`] after `stop` is cancelled: what a call races.
-pub async fn stopped_a_while(stop: &CancellationToken) {
-    stop.cancelled().await;
-    tokio::time::sleep(AFTER_STOP).await;
+/// The two points of a shutdown that loops of calls heed: from `retrying`
+/// (half the grace period) no call is retried, and from `calls`
+/// ([`AFTER_STOP`] later, for every call alike, however many come one
+/// after the other) a call still waiting is abandoned. Cancelled by
+/// topology; never, by default.
+#[derive(Debug, Clone, Default)]
+pub struct Stopping {
+    /// No retry from then on.
+    pub retrying: CancellationToken,
+    /// No call waited for from then on.
+    pub calls: CancellationToken,
 }
 
 /// Runs a batch call that can fail for some of its entries until every
@@ -200,16 +207,16 @@ pub async fn stopped_a_while(stop: &CancellationToken) {
 /// calls. `call` gets the pending entries (indices into the caller's items)
 /// and the attempt number, and returns those that failed (all of them when
 /// the call itself failed). Returns the entries that never succeeded.
-/// Once `stop` is cancelled (past the point of retrying in a shutdown) no
-/// further call is made, and a call still waiting [`AFTER_STOP`] later is
-/// abandoned, with every entry it carried counted as not done (it may
-/// have landed: the callers' ends are idempotent): a silent endpoint
-/// cannot hold the drain.
+/// Once `stop.retrying` is cancelled (past the point of retrying in a
+/// shutdown) no further call is made, and once `stop.calls` is, none at
+/// all, and a call still waiting is abandoned, with every entry it carried counted as not
+/// done (it may have landed: the callers' ends are idempotent): a silent
+/// endpoint cannot hold the drain.
 pub async fn retry_failed_entries<F, Fut>(
     items: usize,
     attempts: u32,
     backoff: Backoff,
-    stop: &CancellationToken,
+    stop: &Stopping,
     mut call: F,
 ) -> Vec<usize>
 where
@@ -219,19 +226,19 @@ where
     let mut pending: Vec<usize> = (0..items).collect();
     for attempt in 0..attempts {
         let asked = pending.clone();
-        if attempt > 0 && stop.is_cancelled() {
+        if (attempt > 0 && stop.retrying.is_cancelled()) || stop.calls.is_cancelled() {
             break;
         }
         pending = tokio::select! {
             failed = call(pending, attempt) => failed,
-            () = stopped_a_while(stop) => return asked,
+            () = stop.calls.cancelled() => return asked,
         };
         if pending.is_empty() || attempt + 1 == attempts {
             break;
         }
         tokio::select! {
             () = tokio::time::sleep(backoff.delay(attempt)) => {}
-            () = stop.cancelled() => break,
+            () = stop.retrying.cancelled() => break,
         }
     }
     pending
@@ -352,15 +359,16 @@ mod tests {
     #[tokio::test]
     async fn a_stop_abandons_the_call_under_way_and_makes_no_other() {
         let b = Backoff { base: Duration::from_secs(60), max: Duration::from_secs(60) };
-        // A retry that never ends: abandoned, the entries it carried not
-        // done (and those an earlier call did, done).
+        // A retry that never ends, when calls stop being waited for:
+        // abandoned, the entries it carried not done (and those an earlier
+        // call did, done).
         let quick = Backoff { base: Duration::from_millis(1), max: Duration::from_millis(1) };
-        let stop = CancellationToken::new();
-        let (cancel, calls) = (stop.clone(), std::cell::Cell::new(0));
+        let stop = Stopping::default();
+        let (abandon, calls) = (stop.calls.clone(), std::cell::Cell::new(0));
         let left = retry_failed_entries(3, 5, quick, &stop, |pending: Vec<usize>, attempt| {
             calls.set(calls.get() + 1);
             if attempt > 0 {
-                cancel.cancel();
+                abandon.cancel();
             }
             async move {
                 if attempt == 0 {
@@ -372,18 +380,19 @@ mod tests {
         });
         let left = tokio::time::timeout(Duration::from_secs(5), left).await.expect("the call abandoned");
         assert_eq!((left, calls.get()), (vec![1, 2], 2));
-        // Stopped before it starts, a call that answers still lands (a
-        // delete, at a clean shutdown), and what it left is not retried.
-        let stop = CancellationToken::new();
-        stop.cancel();
+        // Retrying stopped before it starts, a call that answers still
+        // lands (a delete, at a clean shutdown), and what it left is not
+        // retried.
+        let stop = Stopping::default();
+        stop.retrying.cancel();
         let left = retry_failed_entries(3, 5, quick, &stop, |_: Vec<usize>, attempt| async move {
             if attempt == 0 { vec![2] } else { Vec::new() }
         });
         assert_eq!(tokio::time::timeout(Duration::from_secs(5), left).await.expect("ends"), vec![2]);
-        // A call that failed, then the stop: no wait for the backoff's
-        // minute, no other call.
-        let stop = CancellationToken::new();
-        let (cancel, calls) = (stop.clone(), std::cell::Cell::new(0));
+        // A call that failed, then retrying stops: no wait for the
+        // backoff's minute, no other call.
+        let stop = Stopping::default();
+        let (cancel, calls) = (stop.retrying.clone(), std::cell::Cell::new(0));
         let started = std::time::Instant::now();
         let left = retry_failed_entries(3, 5, b, &stop, |pending: Vec<usize>, _| {
             calls.set(calls.get() + 1);
@@ -403,14 +412,14 @@ mod tests {
         let b = Backoff { base: Duration::from_millis(1), max: Duration::from_millis(2) };
         let mut calls: Vec<Vec<usize>> = Vec::new();
         // Entry 1 fails twice, entry 3 always.
-        let left = retry_failed_entries(4, 4, b, &CancellationToken::new(), |pending: Vec<usize>, attempt| {
+        let left = retry_failed_entries(4, 4, b, &Stopping::default(), |pending: Vec<usize>, attempt| {
             calls.push(pending.clone());
             async move { pending.into_iter().filter(|&i| i == 3 || (i == 1 && attempt < 2)).collect() }
         })
         .await;
         assert_eq!(left, vec![3]);
         assert_eq!(calls, vec![vec![0, 1, 2, 3], vec![1, 3], vec![1, 3], vec![3]]);
-        let none = retry_failed_entries(2, 3, b, &CancellationToken::new(), |_: Vec<usize>, _| async { Vec::new() }).await;
+        let none = retry_failed_entries(2, 3, b, &Stopping::default(), |_: Vec<usize>, _| async { Vec::new() }).await;
         assert!(none.is_empty());
     }
 }

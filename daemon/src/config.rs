@@ -892,6 +892,12 @@ mod tests {
         let env = vec![("CAFE_SINKS__REDSHIFT__ENABLED".to_owned(), "true".to_owned())];
         let err = parse("", "r.toml", env).expect_err("postgres needs a url");
         assert_eq!(err.0[0].field, "sinks.redshift.url");
+        // The statement timeout is also the server's: within what it takes.
+        for ms in [999_u64, 3_600_001, 2_147_483_648] {
+            let text = format!("[sinks.redshift]\nstatement_timeout_ms = {ms}\n");
+            let err = parse(&text, "r.toml", no_env()).expect_err("out of range");
+            assert_eq!(err.0[0].field, "sinks.redshift.statement_timeout_ms", "{err}");
+        }
     }
 
     #[test]

@@ -103,11 +103,12 @@ label_enum!(
         Iterator => "iterator",
         /// GetRecords failed.
         Read => "read",
-        /// ListShards failed (the lease loop's sync of the stream's shards).
+        /// The lease loop's sync of the stream's shards with the lease
+        /// table failed (ListShards, its scan, a new shard's lease).
         Shards => "shards",
-        /// The lease table could not be read or written (the lease loop's
-        /// sync, takes and renewals, a shard's wait for its parents, a
-        /// release at shutdown).
+        /// A lease could not be kept, taken or read (the lease loop's
+        /// renewals, takes and their scan, a shard's wait for its parents,
+        /// a release at shutdown).
         Leases => "leases",
         /// The queue's depth could not be read (GetQueueAttributes, for
         /// the `cafe_sqs_queue_messages` gauge only).
@@ -613,11 +614,12 @@ impl InternalEvent for SourceError<'_> {
     }
 }
 
-/// A call of the lease loop worked: ListShards (`kind` `shards`), or a
-/// write of a lease this instance holds or takes (`leases`: a renewal, a
-/// take). It clears that component (`<stream>/<kind>`) of the failures
-/// `SourceError`s of the same kind marked: an instance that cannot list
-/// its stream's shards, or keep or take a lease, reads nothing.
+/// A call of the lease loop worked: a whole sync of the stream's shards
+/// with the lease table (`kind` `shards`), or a renewal or take of a
+/// lease, or, on an instance that holds none and took none, the take's
+/// scan (`leases`). It clears that component (`<stream>/<kind>`) of the
+/// failures `SourceError`s of the same kind marked: an instance that
+/// cannot sync, or keep or take a lease, reads nothing.
 #[derive(Debug)]
 pub struct LeaseCallsWorked<'a> {
     /// The stream.

@@ -89,6 +89,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
     // input) but given back, so a sink that is down cannot hold the drain
     // past the grace period.
     let stop_retrying = CancellationToken::new();
+    // And AFTER_STOP later, a call still waiting in a loop of calls (SQS
+    // deletes, rejections and their ledger) is abandoned: one allowance
+    // for them all.
+    let stopping = crate::aws::Stopping { retrying: stop_retrying.clone(), calls: CancellationToken::new() };
     let sdk = crate::aws::run_sdk_config(&config.aws).await;
     // Every client counts its requests (`cafe_aws_requests_total`).
     let count = crate::aws::CountRequests(Arc::clone(&metrics));
@@ -132,7 +136,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
         rejected: RejectedSink::connect(sqs.clone(), &config.rejected.queue, Arc::clone(&metrics))
             .await?
             .with_ledger(dynamodb.clone(), &config.sinks.dynamodb.events_table)
-            .with_stop_retrying(stop_retrying.clone()),
+            .with_stopping(stopping.clone()),
         // The one CPU pool: every input's decide stage hops onto it.
         pool: CpuPool::new(config.pipeline.cpu_threads, Arc::clone(&metrics))?,
         tunables: Arc::clone(&tunables),
@@ -145,7 +149,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
     let mut queues_running = Vec::new();
     for (_, input) in config.sources.enabled_sqs() {
         let source = Arc::new(SqsSource::connect(sqs.clone(), input.clone(), Arc::clone(&metrics)).await?);
-        let acker = start_queue(&source, input, &config, router.clone(), &tracker, (&stop_receiving, &stop_retrying));
+        let acker = start_queue(&source, input, &config, router.clone(), &tracker, (&stop_receiving, &stopping));
         queues_running.push((source, acker));
     }
 
@@ -323,10 +327,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
     stop_shards.cancel();
     shard_tracker.close();
     let retrying_ends = {
-        let stop_retrying = stop_retrying.clone();
+        let stopping = stopping.clone();
         tokio::spawn(async move {
             tokio::time::sleep(grace / 2).await;
-            stop_retrying.cancel();
+            stopping.retrying.cancel();
+            tokio::time::sleep(crate::aws::AFTER_STOP).await;
+            stopping.calls.cancel();
         })
     };
 
@@ -465,8 +471,9 @@ fn start_queue(
     config: &Config,
     router: Router,
     tracker: &TaskTracker,
-    (stop_receiving, stop_retrying): (&CancellationToken, &CancellationToken),
+    (stop_receiving, stopping): (&CancellationToken, &crate::aws::Stopping),
 ) -> tokio::task::JoinHandle<()> {
+    let stop_retrying = &stopping.retrying;
     let cap = config.pipeline.channel_capacity;
     let (recv_tx, recv_rx) = mpsc::channel(cap * input.receivers as usize);
     let (decided_tx, decided_rx) = mpsc::channel(cap);
@@ -493,7 +500,7 @@ fn start_queue(
     };
     tracker.spawn(stages::write_loop(decided_rx, ack_tx, stage));
     let source = Arc::clone(source);
-    let stop_acking = stop_retrying.clone();
+    let stop_acking = stopping.clone();
     tracker.spawn(async move {
         source.ack_loop(ack_rx, 8, &stop_acking).await;
         // Nothing is in flight any more: stop keeping messages invisible.

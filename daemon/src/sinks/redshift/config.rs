@@ -158,8 +158,14 @@ impl RedshiftSinkConfig {
         if self.first_poll_ms == 0 || self.first_poll_ms > self.max_poll_ms {
             bad("sinks.redshift.first_poll_ms", "must be greater than 0 and at most max_poll_ms".into());
         }
-        if self.statement_timeout_ms < 1000 {
-            bad("sinks.redshift.statement_timeout_ms", format!("must be at least 1000, got {}", self.statement_timeout_ms));
+        // At most an hour: a flush holds the mirror table's lock, and the
+        // value is also the server's statement_timeout (PostgreSQL refuses
+        // more than 2^31 - 1 ms, which would fail every connection).
+        if !(1000..=3_600_000).contains(&self.statement_timeout_ms) {
+            bad(
+                "sinks.redshift.statement_timeout_ms",
+                format!("must be 1000..3600000 (1 s to an hour), got {}", self.statement_timeout_ms),
+            );
         }
         out
     }

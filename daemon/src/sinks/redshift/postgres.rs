@@ -182,8 +182,12 @@ impl PgTransport {
         // gives up on it: a connection dropped on a timeout does not leave
         // its statement running there (holding the table's lock, which the
         // retry would queue behind).
+        // Refused, it is the connection's failure, not a row's (the
+        // flush would split its batch for it).
         let set = format!("SET statement_timeout TO {}", self.timeout.as_millis());
-        live.run(|client| async move { client.batch_execute(&set).await.map_err(classify) }).await?;
+        live.run(|client| async move { client.batch_execute(&set).await.map_err(classify) })
+            .await
+            .map_err(|e| PgError::Connection(format!("setting statement_timeout: {e}")))?;
         Ok(live)
     }
 

@@ -23,9 +23,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, Wri
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use pipeline::decided::RejectedEvent;
-use tokio_util::sync::CancellationToken;
 
-use crate::aws::{AwsError, Backoff, describe, retry_failed_entries};
+use crate::aws::{AwsError, Backoff, Stopping, describe, retry_failed_entries};
 use crate::internal_events::{
     InternalEvent, RejectionTruncated, RejectionsNotRecorded, Sink, SinkGaveUp, SinkRequest, SinkRequestOutcome, SinkRetrying,
     SinkWriteFinished,
@@ -55,12 +54,11 @@ pub struct RejectedSink {
     max_message_bytes: usize,
     /// The event ledger: (client, table).
     ledger: Option<(aws_sdk_dynamodb::Client, String)>,
-    /// Cancelled past the point of retrying in a shutdown: no call is
-    /// retried, and one still waiting `aws::AFTER_STOP` later is abandoned
-    /// (a send: the rejection is reported not sent, so its input is not
-    /// acknowledged; a ledger record: that rejection may be sent again on
-    /// a replay).
-    stop_retrying: CancellationToken,
+    /// In a shutdown: past the point of retrying no call is retried, and
+    /// `aws::AFTER_STOP` later one still waiting is abandoned (a send: the
+    /// rejection is reported not sent, so its input is not acknowledged; a
+    /// ledger record: that rejection may be sent again on a replay).
+    stop: Stopping,
 }
 
 /// A sink whose every send is refused at once (nothing listens on port
@@ -74,7 +72,7 @@ pub(crate) fn refusing_sink() -> RejectedSink {
         metrics: Arc::new(Metrics::new()),
         max_message_bytes: FALLBACK_MESSAGE_BYTES,
         ledger: None,
-        stop_retrying: CancellationToken::new(),
+        stop: Stopping::default(),
     }
 }
 
@@ -107,13 +105,12 @@ impl RejectedSink {
                 FALLBACK_MESSAGE_BYTES
             }
         };
-        Ok(RejectedSink { client, url, metrics, max_message_bytes, ledger: None, stop_retrying: CancellationToken::new() })
+        Ok(RejectedSink { client, url, metrics, max_message_bytes, ledger: None, stop: Stopping::default() })
     }
 
-    /// Gives up waiting and retrying once `stop` is cancelled (see the
-    /// field).
-    pub fn with_stop_retrying(mut self, stop: CancellationToken) -> Self {
-        self.stop_retrying = stop;
+    /// Gives up retrying, then waiting, at `stop`'s points (see the field).
+    pub fn with_stopping(mut self, stop: Stopping) -> Self {
+        self.stop = stop;
         self
     }
 
@@ -121,8 +118,8 @@ impl RejectedSink {
     /// retrying.
     async fn pause(&self, delay: Duration) -> bool {
         tokio::select! {
-            () = tokio::time::sleep(delay) => !self.stop_retrying.is_cancelled(),
-            () = self.stop_retrying.cancelled() => false,
+            () = tokio::time::sleep(delay) => !self.stop.retrying.is_cancelled(),
+            () = self.stop.retrying.cancelled() => false,
         }
     }
 
@@ -156,11 +153,14 @@ impl RejectedSink {
             let Ok(mut request) = request else { continue };
             let backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_millis(200) };
             for attempt in 0..3u32 {
+                if self.stop.calls.is_cancelled() {
+                    break;
+                }
                 let call = ddb.batch_get_item().request_items(table, request.clone()).send();
                 let result = tokio::select! {
                     r = call => r,
                     // Not read: the rejections are sent (at least once).
-                    () = crate::aws::stopped_a_while(&self.stop_retrying) => break,
+                    () = self.stop.calls.cancelled() => break,
                 };
                 match result {
                     Ok(resp) => {
@@ -213,10 +213,13 @@ impl RejectedSink {
                 .collect();
             let backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_millis(400) };
             for attempt in 0..4u32 {
+                if self.stop.calls.is_cancelled() {
+                    break;
+                }
                 let call = ddb.batch_write_item().request_items(table, writes.clone()).send();
                 let result = tokio::select! {
                     r = call => r,
-                    () = crate::aws::stopped_a_while(&self.stop_retrying) => break,
+                    () = self.stop.calls.cancelled() => break,
                 };
                 match result {
                     Ok(resp) => match resp.unprocessed_items.and_then(|mut u| u.remove(table)) {
@@ -281,41 +284,40 @@ impl RejectedSink {
 
     async fn send_batch(&self, batch: &[(usize, encode::Encoded)], outcomes: &mut [WriteOutcome]) {
         let backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_secs(2) };
-        let unsent =
-            retry_failed_entries(batch.len(), 6, backoff, &self.stop_retrying, |pending: Vec<usize>, attempt| async move {
-                let entries: Vec<_> = pending
-                    .iter()
-                    .filter_map(|&k| {
-                        let message = &batch[k].1;
-                        SendMessageBatchRequestEntry::builder()
-                            .id(k.to_string())
-                            .message_body(&message.body)
-                            .set_message_attributes(Some(
-                                message.attributes.iter().filter_map(|(name, v)| Some(((*name).to_owned(), attr(v)?))).collect(),
-                            ))
-                            .build()
-                            .ok()
-                    })
-                    .collect();
-                let what = "Sending rejections";
-                match self.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
-                    Ok(out) if out.failed.is_empty() => {
-                        self.count(SinkRequestOutcome::Ok);
-                        Vec::new()
-                    }
-                    Ok(out) => {
-                        let codes: Vec<&str> = out.failed.iter().map(|f| f.code()).collect();
-                        let error = format!("{} of {} refused: {codes:?}", codes.len(), pending.len());
-                        SinkRetrying { sink: Sink::Rejected, what, attempt, error: &error }.emit(&self.metrics);
-                        out.failed.iter().filter_map(|f| f.id.parse().ok()).collect()
-                    }
-                    Err(e) => {
-                        SinkRetrying { sink: Sink::Rejected, what, attempt, error: &describe(&e) }.emit(&self.metrics);
-                        pending
-                    }
+        let unsent = retry_failed_entries(batch.len(), 6, backoff, &self.stop, |pending: Vec<usize>, attempt| async move {
+            let entries: Vec<_> = pending
+                .iter()
+                .filter_map(|&k| {
+                    let message = &batch[k].1;
+                    SendMessageBatchRequestEntry::builder()
+                        .id(k.to_string())
+                        .message_body(&message.body)
+                        .set_message_attributes(Some(
+                            message.attributes.iter().filter_map(|(name, v)| Some(((*name).to_owned(), attr(v)?))).collect(),
+                        ))
+                        .build()
+                        .ok()
+                })
+                .collect();
+            let what = "Sending rejections";
+            match self.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
+                Ok(out) if out.failed.is_empty() => {
+                    self.count(SinkRequestOutcome::Ok);
+                    Vec::new()
                 }
-            })
-            .await;
+                Ok(out) => {
+                    let codes: Vec<&str> = out.failed.iter().map(|f| f.code()).collect();
+                    let error = format!("{} of {} refused: {codes:?}", codes.len(), pending.len());
+                    SinkRetrying { sink: Sink::Rejected, what, attempt, error: &error }.emit(&self.metrics);
+                    out.failed.iter().filter_map(|f| f.id.parse().ok()).collect()
+                }
+                Err(e) => {
+                    SinkRetrying { sink: Sink::Rejected, what, attempt, error: &describe(&e) }.emit(&self.metrics);
+                    pending
+                }
+            }
+        })
+        .await;
         for (k, (i, message)) in batch.iter().enumerate() {
             if !unsent.contains(&k) {
                 outcomes[*i] = WriteOutcome::Written;
@@ -375,16 +377,16 @@ mod tests {
         Client::from_conf(config)
     }
 
-    /// Past the point of retrying in a shutdown, a send to a queue that
-    /// does not answer is abandoned at once and its rejections reported
-    /// not sent (their inputs are not acknowledged): it cannot hold the
-    /// drain past the grace period. Before, it waited for each call's
-    /// timeout, six times.
+    /// In a shutdown, a send to a queue that does not answer is abandoned
+    /// when calls stop being waited for, and its rejections reported not
+    /// sent (their inputs are not acknowledged): it cannot hold the drain
+    /// past the grace period. Before, it waited for each call's timeout,
+    /// six times.
     #[tokio::test]
     async fn a_send_to_a_silent_queue_gives_up_when_retrying_stops() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let stop = CancellationToken::new();
-        let sink = RejectedSink { client: silent_sqs(&calls), ..refusing_sink() }.with_stop_retrying(stop.clone());
+        let stop = Stopping::default();
+        let sink = RejectedSink { client: silent_sqs(&calls), ..refusing_sink() }.with_stopping(stop.clone());
         let rejected = |position: &str| RejectedEvent {
             body: b"{}".to_vec(),
             reason: "schema",
@@ -397,7 +399,8 @@ mod tests {
         while calls.load(Relaxed) == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        stop.cancel();
+        stop.retrying.cancel();
+        stop.calls.cancel();
         let outcomes = tokio::time::timeout(std::time::Duration::from_secs(10), send)
             .await
             .expect("given up when retrying stops")
@@ -407,9 +410,9 @@ mod tests {
     }
 
     /// With the event ledger silent too, and retrying already stopped when
-    /// the send begins: the ledger's read is given up after
-    /// `aws::AFTER_STOP` (the rejections are then sent, at least once),
-    /// the send too, and nothing is retried.
+    /// the send begins: the ledger's read is given up when calls stop
+    /// being waited for, and no send is made after that: the calls share
+    /// one allowance, not one each; nothing is retried.
     #[tokio::test]
     async fn a_silent_ledger_and_queue_hold_a_send_no_longer_than_the_allowance_after_a_stop() {
         let calls = Arc::new(AtomicUsize::new(0));
@@ -420,11 +423,17 @@ mod tests {
             .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
             .http_client(Silent(Arc::clone(&calls)))
             .build();
-        let stop = CancellationToken::new();
-        stop.cancel();
+        // As topology does: calls are abandoned AFTER_STOP after retrying stops.
+        let stop = Stopping::default();
+        stop.retrying.cancel();
+        let abandon = stop.calls.clone();
+        let allowance = tokio::spawn(async move {
+            tokio::time::sleep(crate::aws::AFTER_STOP).await;
+            abandon.cancel();
+        });
         let sink = RejectedSink { client: silent_sqs(&calls), ..refusing_sink() }
             .with_ledger(aws_sdk_dynamodb::Client::from_conf(ddb), "cafe-events")
-            .with_stop_retrying(stop);
+            .with_stopping(stop);
         let record = RejectedEvent {
             body: b"{}".to_vec(),
             reason: "schema",
@@ -437,7 +446,9 @@ mod tests {
             .await
             .expect("the silent calls are given up");
         assert_eq!(outcomes, [WriteOutcome::Failed]);
-        assert_eq!(calls.load(Relaxed), 2, "the ledger's read and the send, once each");
-        assert!(started.elapsed() >= 2 * crate::aws::AFTER_STOP, "each call had its allowance: {:?}", started.elapsed());
+        assert_eq!(calls.load(Relaxed), 1, "the ledger's read; no send is made once calls are abandoned");
+        let took = started.elapsed();
+        assert!(took >= crate::aws::AFTER_STOP && took < crate::aws::AFTER_STOP * 3 / 2, "one allowance in all: {took:?}");
+        allowance.await.expect("no panic");
     }
 }

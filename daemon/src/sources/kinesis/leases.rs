@@ -467,6 +467,7 @@ impl Leases {
         self.settled.store(settled, std::sync::atomic::Ordering::Relaxed);
         let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
         let mut taken = Vec::new();
+        let mut take_failed = false;
         for (keys, how) in [(&plan.available, LeaseTakenHow::Expired), (&plan.steal, LeaseTakenHow::Stolen)] {
             for key in keys {
                 if taken.len() >= plan.need {
@@ -490,9 +491,19 @@ impl Leases {
                     Err(LeaseError::Lost(_)) => {
                         debug!(shard = %key, "Lease changed while taking it; another instance was faster")
                     }
-                    Err(e) => self.sync_failed(SourceErrorKind::Leases, &format!("taking the lease of {key}: {e}")),
+                    Err(e) => {
+                        take_failed = true;
+                        self.sync_failed(SourceErrorKind::Leases, &format!("taking the lease of {key}: {e}"));
+                    }
                 }
             }
+        }
+        // An instance that holds no lease and took none without a failure
+        // (more instances than shards) renews nothing: the scan that worked
+        // says its lease table works. (One that holds leases says so with
+        // its renewals, which a scan must not hide.)
+        if taken.is_empty() && !take_failed && self.held_lock().is_empty() {
+            LeaseCallsWorked { source: &self.source, kind: SourceErrorKind::Leases }.emit(&self.metrics);
         }
         self.set_held_gauge();
         Ok(taken)
@@ -808,16 +819,14 @@ async fn take_loop(
 use rand::SeedableRng;
 
 /// Creates a lease for each of the stream's shards that has none. False
-/// (counted in `cafe_source_errors_total{outcome="shards"|"leases"}`, and
-/// the `<stream>/shards` or `<stream>/leases` component marked failing for
-/// `/readyz`) when a call failed: it is tried again at the next sync, and
-/// until one succeeds no lease is taken.
+/// (counted in `cafe_source_errors_total{outcome="shards"}`, and the
+/// `<stream>/shards` component marked failing for `/readyz` until a sync
+/// works) when a call failed (ListShards, the scan, a lease's creation):
+/// it is tried again at the next sync, and until one succeeds no lease is
+/// taken, nor a new shard's after a reshard.
 async fn sync_shards(leases: &Leases, kinesis: &KinesisSource) -> bool {
     let shards = match kinesis.list_shards().await {
-        Ok(s) => {
-            LeaseCallsWorked { source: &leases.source, kind: SourceErrorKind::Shards }.emit(&leases.metrics);
-            s
-        }
+        Ok(s) => s,
         Err(e) => {
             leases.sync_failed(SourceErrorKind::Shards, &e.to_string());
             return false;
@@ -826,14 +835,17 @@ async fn sync_shards(leases: &Leases, kinesis: &KinesisSource) -> bool {
     let existing: HashSet<String> = match leases.scan().await {
         Ok(l) => l.into_iter().map(|l| l.key).collect(),
         Err(e) => {
-            leases.sync_failed(SourceErrorKind::Leases, &format!("scanning the lease table: {e}"));
+            leases.sync_failed(SourceErrorKind::Shards, &format!("scanning the lease table: {e}"));
             return false;
         }
     };
     match leases.create_missing(&shards, &existing).await {
-        Ok(_) => true,
+        Ok(_) => {
+            LeaseCallsWorked { source: &leases.source, kind: SourceErrorKind::Shards }.emit(&leases.metrics);
+            true
+        }
         Err(e) => {
-            leases.sync_failed(SourceErrorKind::Leases, &format!("creating leases: {e}"));
+            leases.sync_failed(SourceErrorKind::Shards, &format!("creating leases: {e}"));
             false
         }
     }

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::aws::{AwsError, Backoff, ErrorClass, classify, describe, retry_failed_entries};
+use crate::aws::{AwsError, Backoff, ErrorClass, Stopping, classify, describe, retry_failed_entries};
 use crate::config::SqsSourceConfig;
 use crate::internal_events::{
     Acknowledged, InFlight, InternalEvent, QueueDepth, Received, SourceError, SourceErrorKind, VisibilityExtended,
@@ -387,10 +387,10 @@ impl SqsSource {
     /// Applies acknowledgements until the channel closes: deletes in batches
     /// of up to ten, several calls at once, and makes retried messages
     /// visible again after the retry delay.
-    /// Once `stop_retrying` is cancelled, a delete still waiting or failed
-    /// is given up (the messages are redelivered; the sinks are
-    /// idempotent).
-    pub async fn ack_loop(&self, mut rx: mpsc::Receiver<Vec<Ack>>, concurrency: usize, stop_retrying: &CancellationToken) {
+    /// In a shutdown, a delete that failed is not retried past the point
+    /// of retrying, nor waited for past `stop.calls` (the messages are
+    /// redelivered; the sinks are idempotent).
+    pub async fn ack_loop(&self, mut rx: mpsc::Receiver<Vec<Ack>>, concurrency: usize, stop: &Stopping) {
         let mut calls = FuturesUnordered::new();
         let mut open = true;
         while open || !calls.is_empty() {
@@ -406,7 +406,7 @@ impl SqsSource {
                             }
                         }
                         for chunk in done.chunks(10) {
-                            calls.push(self.delete(chunk.to_vec(), stop_retrying));
+                            calls.push(self.delete(chunk.to_vec(), stop));
                         }
                         for r in retry {
                             calls.push(Box::pin(self.release(r)));
@@ -423,7 +423,7 @@ impl SqsSource {
     fn delete<'a>(
         &'a self,
         receipts: Vec<String>,
-        stop: &'a CancellationToken,
+        stop: &'a Stopping,
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             let backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_secs(2) };
