@@ -891,6 +891,57 @@ mod tests {
         assert_eq!(metrics.components.failing_longer_than(limit), ["source orders-s/leases"]);
     }
 
+    /// A lease table (in memory) that answers every call as an empty scan.
+    #[derive(Debug, Clone)]
+    struct EmptyTable;
+
+    impl aws_smithy_runtime_api::client::http::HttpClient for EmptyTable {
+        fn http_connector(
+            &self,
+            _: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
+            _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
+            aws_smithy_runtime_api::client::http::SharedHttpConnector::new(self.clone())
+        }
+    }
+
+    impl aws_smithy_runtime_api::client::http::HttpConnector for EmptyTable {
+        fn call(
+            &self,
+            _: aws_sdk_dynamodb::config::http::HttpRequest,
+        ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+            let body = aws_smithy_types::body::SdkBody::from(r#"{"Items":[],"Count":0,"ScannedCount":0}"#);
+            let response = aws_sdk_dynamodb::config::http::HttpResponse::new(200.try_into().expect("a status"), body);
+            aws_smithy_runtime_api::client::http::HttpConnectorFuture::ready(Ok(response))
+        }
+    }
+
+    /// An instance that holds no lease and has none to take (more
+    /// instances than shards) renews nothing: a take's scan that worked
+    /// clears its `<stream>/leases` component, or a transient failure
+    /// long ago would count with the next one as failing all along.
+    #[tokio::test]
+    async fn a_take_that_finds_nothing_to_take_clears_the_leases_component_of_an_idle_instance() {
+        let metrics = Arc::new(Metrics::new());
+        let config = KinesisSourceConfig { stream: "orders-i".into(), ..KinesisSourceConfig::default() };
+        let table = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("k", "s", None, None, "test"))
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .http_client(EmptyTable)
+            .build();
+        let leases = Leases::new(Client::from_conf(table), config, "w1".into(), Arc::clone(&metrics));
+        leases.sync_failed(SourceErrorKind::Leases, "scanning the lease table: throttled");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        leases.sync_failed(SourceErrorKind::Leases, "scanning the lease table: throttled");
+        let limit = Duration::from_millis(20);
+        assert_eq!(metrics.components.failing_longer_than(limit), ["source orders-i/leases"]);
+        let taken = leases.take(&mut rand::rngs::StdRng::seed_from_u64(7)).await.expect("the scan works");
+        assert!(taken.is_empty());
+        assert!(metrics.components.failing_longer_than(limit).is_empty());
+    }
+
     fn lease(key: &str, owner: Option<&str>) -> Lease {
         Lease {
             key: key.into(),
