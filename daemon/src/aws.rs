@@ -202,6 +202,29 @@ pub struct Stopping {
     pub calls: CancellationToken,
 }
 
+impl Stopping {
+    /// `call`'s output; `None` when calls are no longer waited for, before
+    /// it starts or while it waits.
+    pub async fn call<T>(&self, call: impl std::future::Future<Output = T>) -> Option<T> {
+        if self.calls.is_cancelled() {
+            return None;
+        }
+        tokio::select! {
+            r = call => Some(r),
+            () = self.calls.cancelled() => None,
+        }
+    }
+
+    /// Waits `delay` before a retry; false, at once, past the point of
+    /// retrying.
+    pub async fn pause(&self, delay: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => !self.retrying.is_cancelled(),
+            () = self.retrying.cancelled() => false,
+        }
+    }
+}
+
 /// Runs a batch call that can fail for some of its entries until every
 /// entry succeeded or `attempts` calls were made, sleeping `backoff` between
 /// calls. `call` gets the pending entries (indices into the caller's items)
@@ -225,20 +248,14 @@ where
 {
     let mut pending: Vec<usize> = (0..items).collect();
     for attempt in 0..attempts {
-        let asked = pending.clone();
         if (attempt > 0 && stop.retrying.is_cancelled()) || stop.calls.is_cancelled() {
             break;
         }
-        pending = tokio::select! {
-            failed = call(pending, attempt) => failed,
-            () = stop.calls.cancelled() => return asked,
-        };
-        if pending.is_empty() || attempt + 1 == attempts {
+        let asked = pending.clone();
+        let Some(failed) = stop.call(call(pending, attempt)).await else { return asked };
+        pending = failed;
+        if pending.is_empty() || attempt + 1 == attempts || !stop.pause(backoff.delay(attempt)).await {
             break;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff.delay(attempt)) => {}
-            () = stop.retrying.cancelled() => break,
         }
     }
     pending

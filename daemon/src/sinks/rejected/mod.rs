@@ -114,15 +114,6 @@ impl RejectedSink {
         self
     }
 
-    /// Waits `delay` before a retry; false, at once, past the point of
-    /// retrying.
-    async fn pause(&self, delay: Duration) -> bool {
-        tokio::select! {
-            () = tokio::time::sleep(delay) => !self.stop.retrying.is_cancelled(),
-            () = self.stop.retrying.cancelled() => false,
-        }
-    }
-
     fn count(&self, outcome: SinkRequestOutcome) {
         SinkRequest { sink: Sink::Rejected, outcome }.emit(&self.metrics);
     }
@@ -153,14 +144,10 @@ impl RejectedSink {
             let Ok(mut request) = request else { continue };
             let backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_millis(200) };
             for attempt in 0..3u32 {
-                if self.stop.calls.is_cancelled() {
+                // Not read once calls are abandoned: the rejections are
+                // sent (at least once).
+                let Some(result) = self.stop.call(ddb.batch_get_item().request_items(table, request.clone()).send()).await else {
                     break;
-                }
-                let call = ddb.batch_get_item().request_items(table, request.clone()).send();
-                let result = tokio::select! {
-                    r = call => r,
-                    // Not read: the rejections are sent (at least once).
-                    () = self.stop.calls.cancelled() => break,
                 };
                 match result {
                     Ok(resp) => {
@@ -182,7 +169,7 @@ impl RejectedSink {
                 }
                 // Unprocessed keys (throttling) or an error: again after
                 // the backoff.
-                if !self.pause(backoff.delay(attempt)).await {
+                if !self.stop.pause(backoff.delay(attempt)).await {
                     break;
                 }
             }
@@ -213,13 +200,9 @@ impl RejectedSink {
                 .collect();
             let backoff = Backoff { base: Duration::from_millis(50), max: Duration::from_millis(400) };
             for attempt in 0..4u32 {
-                if self.stop.calls.is_cancelled() {
+                let Some(result) = self.stop.call(ddb.batch_write_item().request_items(table, writes.clone()).send()).await
+                else {
                     break;
-                }
-                let call = ddb.batch_write_item().request_items(table, writes.clone()).send();
-                let result = tokio::select! {
-                    r = call => r,
-                    () = self.stop.calls.cancelled() => break,
                 };
                 match result {
                     Ok(resp) => match resp.unprocessed_items.and_then(|mut u| u.remove(table)) {
@@ -235,7 +218,7 @@ impl RejectedSink {
                             .emit(&self.metrics);
                     }
                 }
-                if !self.pause(backoff.delay(attempt)).await {
+                if !self.stop.pause(backoff.delay(attempt)).await {
                     break;
                 }
             }
