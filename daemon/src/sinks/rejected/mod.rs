@@ -11,8 +11,10 @@
 //! `rejected/<source>/<position>`, with the ledger's TTL) and a rejection
 //! whose key is already there is not sent again. A redelivered message, a
 //! batch replayed from a checkpoint, or a FIFO message held back behind a
-//! failure therefore reaches the queue once. The one gap: a crash between
-//! the send and the ledger write sends that rejection again on replay.
+//! failure therefore reaches the queue once. The gaps: a crash between the
+//! send and the ledger write, or a shutdown that abandons the ledger write
+//! (past the point of retrying, see `aws::Stopping`), sends that rejection
+//! again on replay.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
