@@ -31,3 +31,47 @@ pub(crate) fn refusing_sdk_config() -> aws_config::SdkConfig {
         .retry_config(aws_config::retry::RetryConfig::disabled())
         .build()
 }
+
+/// An endpoint that takes every request and never answers, counting them:
+/// a silent AWS endpoint, for unit tests that a caller does not wait on it
+/// past a stop.
+#[cfg(test)]
+#[derive(Debug, Clone)]
+pub(crate) struct Silent(pub std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+#[cfg(test)]
+impl aws_smithy_runtime_api::client::http::HttpClient for Silent {
+    fn http_connector(
+        &self,
+        _: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
+        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+    ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
+        aws_smithy_runtime_api::client::http::SharedHttpConnector::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+impl aws_smithy_runtime_api::client::http::HttpConnector for Silent {
+    fn call(
+        &self,
+        _: aws_smithy_runtime_api::client::orchestrator::HttpRequest,
+    ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        aws_smithy_runtime_api::client::http::HttpConnectorFuture::new(std::future::pending())
+    }
+}
+
+/// The SDK configuration of a client whose every call goes to [`Silent`]
+/// (no timeout, no retries): every call waits for ever.
+#[cfg(test)]
+pub(crate) fn silent_sdk_config(calls: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+            aws_credential_types::Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"),
+        ))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .http_client(Silent(std::sync::Arc::clone(calls)))
+        .build()
+}

@@ -324,42 +324,11 @@ impl RejectedSink {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-    use aws_sdk_sqs::config::http::HttpRequest;
-    use aws_smithy_runtime_api::client::http::{
-        HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
-    };
-    use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-
     use super::*;
 
-    /// An SQS endpoint that takes every request and never answers,
-    /// counting them.
-    #[derive(Debug, Clone)]
-    struct Silent(Arc<AtomicUsize>);
-
-    impl HttpClient for Silent {
-        fn http_connector(&self, _: &HttpConnectorSettings, _: &RuntimeComponents) -> SharedHttpConnector {
-            SharedHttpConnector::new(self.clone())
-        }
-    }
-
-    impl HttpConnector for Silent {
-        fn call(&self, _: HttpRequest) -> HttpConnectorFuture {
-            self.0.fetch_add(1, Relaxed);
-            HttpConnectorFuture::new(std::future::pending())
-        }
-    }
-
-    /// An SQS client whose endpoint is [`Silent`].
+    /// An SQS client whose endpoint never answers.
     fn silent_sqs(calls: &Arc<AtomicUsize>) -> Client {
-        let config = aws_sdk_sqs::Config::builder()
-            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new("k", "s", None, None, "test"))
-            .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
-            .http_client(Silent(Arc::clone(calls)))
-            .build();
-        Client::from_conf(config)
+        Client::new(&crate::sinks::silent_sdk_config(calls))
     }
 
     /// In a shutdown, a send to a queue that does not answer is abandoned
@@ -401,13 +370,7 @@ mod tests {
     #[tokio::test]
     async fn a_silent_ledger_and_queue_hold_a_send_no_longer_than_the_allowance_after_a_stop() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let ddb = aws_sdk_dynamodb::Config::builder()
-            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("k", "s", None, None, "test"))
-            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
-            .http_client(Silent(Arc::clone(&calls)))
-            .build();
+        let ddb = aws_sdk_dynamodb::Client::new(&crate::sinks::silent_sdk_config(&calls));
         // As topology does: calls are abandoned AFTER_STOP after retrying stops.
         let stop = Stopping::default();
         stop.retrying.cancel();
@@ -416,9 +379,8 @@ mod tests {
             tokio::time::sleep(crate::aws::AFTER_STOP).await;
             abandon.cancel();
         });
-        let sink = RejectedSink { client: silent_sqs(&calls), ..refusing_sink() }
-            .with_ledger(aws_sdk_dynamodb::Client::from_conf(ddb), "cafe-events")
-            .with_stopping(stop);
+        let sink =
+            RejectedSink { client: silent_sqs(&calls), ..refusing_sink() }.with_ledger(ddb, "cafe-events").with_stopping(stop);
         let record = RejectedEvent {
             body: b"{}".to_vec(),
             reason: "schema",

@@ -494,46 +494,55 @@ impl SqsSource {
 /// queue: what an operator must notice growing) every `every`, until `stop`.
 /// A queue that cannot be read is skipped, its failure counted
 /// (`cafe_source_errors_total{outcome="depth"}`, which does not mark the
-/// input failing: the gauge is for the operator, not the pipeline).
+/// input failing: the gauge is for the operator, not the pipeline). A pass
+/// under way when `stop` comes is abandoned (its calls only read): topology
+/// waits for this loop at the end of a shutdown, and a silent endpoint held
+/// each pass for its calls' timeouts, minutes past the grace period.
 pub async fn depth_loop(client: Client, queues: Vec<String>, every: Duration, metrics: Arc<Metrics>, stop: CancellationToken) {
-    use aws_sdk_sqs::types::QueueAttributeName;
     let mut urls: Vec<(String, Option<String>)> = queues.into_iter().map(|q| (q, None)).collect();
     loop {
-        for (name, url) in &mut urls {
-            if url.is_none() {
-                *url = match queue_url(&client, name).await {
-                    Ok(u) => Some(u),
-                    Err(e) => {
-                        let error = e.to_string();
-                        SourceError { source: name, shard: None, kind: SourceErrorKind::Depth, error: &error }.emit(&metrics);
-                        None
-                    }
-                };
-            }
-            let Some(u) = url.as_deref() else { continue };
-            let out = client
-                .get_queue_attributes()
-                .queue_url(u)
-                .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-                .send()
-                .await;
-            match out {
-                Ok(o) => {
-                    let n = o
-                        .attributes
-                        .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages).and_then(|v| v.parse::<i64>().ok()))
-                        .unwrap_or(0);
-                    let label = u.rsplit('/').next().unwrap_or(name).to_owned();
-                    QueueDepth { queue: &label, messages: n }.emit(&metrics);
-                }
-                Err(e) => {
-                    SourceError { source: name, shard: None, kind: SourceErrorKind::Depth, error: &describe(&e) }.emit(&metrics)
-                }
-            }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = depth_pass(&client, &mut urls, &metrics) => {}
         }
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// One pass of [`depth_loop`]: each queue's URL (once) and depth.
+async fn depth_pass(client: &Client, urls: &mut [(String, Option<String>)], metrics: &Metrics) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    for (name, url) in urls {
+        if url.is_none() {
+            *url = match queue_url(client, name).await {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    let error = e.to_string();
+                    SourceError { source: name, shard: None, kind: SourceErrorKind::Depth, error: &error }.emit(metrics);
+                    None
+                }
+            };
+        }
+        let Some(u) = url.as_deref() else { continue };
+        let out = client
+            .get_queue_attributes()
+            .queue_url(u)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await;
+        match out {
+            Ok(o) => {
+                let n = o
+                    .attributes
+                    .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages).and_then(|v| v.parse::<i64>().ok()))
+                    .unwrap_or(0);
+                let label = u.rsplit('/').next().unwrap_or(name).to_owned();
+                QueueDepth { queue: &label, messages: n }.emit(metrics);
+            }
+            Err(e) => SourceError { source: name, shard: None, kind: SourceErrorKind::Depth, error: &describe(&e) }.emit(metrics),
         }
     }
 }
@@ -571,5 +580,25 @@ mod tests {
             SourceError { source: &source, shard: None, kind, error: "refused" }.emit(&metrics);
         }
         assert_eq!(metrics.components.failing_longer_than(Duration::from_millis(20)), ["source q-error"]);
+    }
+
+    /// A stop ends the loop while a call of its pass waits on a silent
+    /// endpoint: topology waits for it at the end of a shutdown. Before,
+    /// the stop was seen only between passes (with the daemon's timeouts, a
+    /// silent queue held the exit for minutes).
+    #[tokio::test]
+    async fn a_stop_ends_the_depth_loop_while_a_call_waits_on_a_silent_queue() {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let client = Client::new(&crate::sinks::silent_sdk_config(&calls));
+        let stop = CancellationToken::new();
+        let queues = vec!["cafe-rejected".to_owned()];
+        let task = tokio::spawn(depth_loop(client, queues, Duration::from_millis(10), Arc::new(Metrics::new()), stop.clone()));
+        while calls.load(Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("ended by the stop").expect("no panic");
+        assert_eq!(calls.load(Relaxed), 1, "the GetQueueUrl call it was waiting on");
     }
 }
