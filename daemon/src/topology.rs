@@ -1,7 +1,9 @@
 //! Wires the daemon together: the only module that spawns tasks and makes
 //! channels.
 //!
-//! Owns: start-up order, the shape of the graph and shutdown. Every input
+//! Owns: start-up order (every lookup that can wait on AWS before
+//! anything reads, so a stop during them has nothing to drain), the shape
+//! of the graph and shutdown. Every input
 //! hands its batches to one router (one CPU pool, one fraud engine, the
 //! sinks). Each SQS input: receivers -> decide -> write -> acknowledger,
 //! every hop a bounded channel. The stream: the lease loop reports leases
@@ -27,7 +29,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, Health};
 use crate::bridge::CpuPool;
-use crate::config::{Config, SqsSourceConfig};
+use crate::config::{Config, KinesisSourceConfig, SqsSourceConfig};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::route::{FraudStateCache, OrderCaches, Router, Scoring, Tunables};
@@ -130,11 +132,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
     let dynamodb_sink = DynamoDbSink::new(dynamodb.clone(), config.sinks.dynamodb.clone(), Arc::clone(&metrics))
         .with_mirror(mirror)
         .with_stop_retrying(stop_retrying.clone());
+    let stop_flushing = CancellationToken::new();
+    // Built before the start-up lookups, so a bad transport fails the start
+    // at once, with nothing to hand back; started once the streams are known.
+    let mirror_sink = if mirror {
+        Some(RedshiftSink::new(
+            Transport::new(&config.sinks.redshift, &sdk, Some(count.clone()))
+                .map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?,
+            dynamodb.clone(),
+            config.sinks.dynamodb.aggregates_table.clone(),
+            config.sinks.redshift.clone(),
+            Arc::clone(&metrics),
+        ))
+    } else {
+        None
+    };
+    // The start-up lookups (the rejected queue's URL and size limit, each
+    // input queue's URL, each stream's shards and lease table), all before
+    // anything reads: each retries a passing failure for a while, so a
+    // silent endpoint can hold them for minutes, and a stop meanwhile ends
+    // the run at once, with nothing read, taken or written to hand back.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let found = tokio::select! {
+        found = look_up(&config, &sdk, (&sqs, &dynamodb, &count), &metrics) => found?,
+        () = &mut shutdown => {
+            info!("Stopped during start-up, before reading anything");
+            admin_stop.cancel();
+            let _ = admin_task.await;
+            return Ok(Exit::Drained);
+        }
+    };
     let router = Router {
         orders: Arc::new(dynamodb_sink.clone()),
         dynamodb: dynamodb_sink,
-        rejected: RejectedSink::connect(sqs.clone(), &config.rejected.queue, Arc::clone(&metrics))
-            .await?
+        rejected: found
+            .rejected
             .with_ledger(dynamodb.clone(), &config.sinks.dynamodb.events_table)
             .with_stopping(stopping.clone()),
         // The one CPU pool: every input's decide stage hops onto it.
@@ -147,9 +179,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
     let stop_receiving = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut queues_running = Vec::new();
-    for (_, input) in config.sources.enabled_sqs() {
-        let source = Arc::new(SqsSource::connect(sqs.clone(), input.clone(), Arc::clone(&metrics)).await?);
-        let acker = start_queue(&source, input, &config, router.clone(), &tracker, (&stop_receiving, &stopping));
+    for (source, input) in found.queues {
+        let acker = start_queue(&source, &input, &config, router.clone(), &tracker, (&stop_receiving, &stopping));
         queues_running.push((source, acker));
     }
 
@@ -166,21 +197,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
         ))
     };
 
-    let stop_flushing = CancellationToken::new();
-    // Built before any lease is taken, so a bad transport fails the start
-    // with nothing to hand back; started once the streams are known.
-    let mirror_sink = if mirror {
-        Some(RedshiftSink::new(
-            Transport::new(&config.sinks.redshift, &sdk, Some(count.clone()))
-                .map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?,
-            dynamodb.clone(),
-            config.sinks.dynamodb.aggregates_table.clone(),
-            config.sinks.redshift.clone(),
-            Arc::clone(&metrics),
-        ))
-    } else {
-        None
-    };
     // Each stream: its lease loop, and a supervisor of one task pair per shard.
     let stop_taking = CancellationToken::new();
     let stop_shards = CancellationToken::new();
@@ -190,11 +206,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
     let mut streams_consumed = Vec::new();
     let mut share: Option<Arc<Leases>> = None;
     let mut pacings = Vec::new();
-    for (name, stream) in config.sources.enabled_kinesis() {
-        let worker_id = if stream.worker_id.is_empty() { leases::default_worker_id() } else { stream.worker_id.clone() };
+    for (name, stream, kinesis, leases) in found.streams {
         let shards = Arc::new(ShardContext {
             router: router.clone(),
-            leases: Arc::new(Leases::new(dynamodb.clone(), stream.clone(), worker_id, Arc::clone(&metrics))),
+            leases,
             config: stream.clone(),
             pipeline: config.pipeline.clone(),
             metrics: Arc::clone(&metrics),
@@ -204,41 +219,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
                 Some(crate::internal_events::order_cache_gauge(&metrics, &stream.stream)),
             ),
         });
-        let kinesis = KinesisSource::new(
-            aws_sdk_kinesis::Client::from_conf(
-                aws_sdk_kinesis::config::Builder::from(&sdk)
-                    .timeout_config(crate::aws::data_call_timeouts())
-                    .interceptor(count.clone())
-                    .build(),
-            ),
-            stream.clone(),
-            Arc::clone(&metrics),
-        );
-        pacings.push((name.to_owned(), kinesis.pacing()));
-        // Fail fast on a missing stream or lease table rather than retrying
-        // forever; a passing failure gets a few attempts.
-        let mut attempt = 0;
-        loop {
-            let check = async {
-                kinesis.list_shards().await?;
-                shards
-                    .leases
-                    .scan()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("lease table {} (run `cafe-streamd provision`): {e}", stream.lease_table))
-            };
-            match check.await {
-                Ok(_) => break,
-                Err(e) if attempt + 1 < crate::sources::sqs::STARTUP_ATTEMPTS => {
-                    warn!(stream = %stream.stream, error = %e, attempt, "Stream or lease table not reachable yet, retrying");
-                    // Jittered: a fleet restarted together does not retry in step.
-                    let backoff = crate::aws::Backoff { base: Duration::from_millis(500), max: Duration::from_secs(8) };
-                    tokio::time::sleep(backoff.delay(attempt)).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        pacings.push((name, kinesis.pacing()));
         let (lease_tx, lease_rx) = mpsc::channel(64);
         shard_tracker.spawn(supervise_shards(
             lease_rx,
@@ -372,6 +353,70 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
         t.abort();
     }
     Ok(exit)
+}
+
+/// What the start-up lookups found: the rejected queue, each enabled input
+/// queue with its settings, each enabled stream with its settings, reader
+/// and lease table.
+struct Found {
+    rejected: RejectedSink,
+    queues: Vec<(Arc<SqsSource>, SqsSourceConfig)>,
+    streams: Vec<(String, KinesisSourceConfig, KinesisSource, Arc<Leases>)>,
+}
+
+/// The start-up lookups, in order; the first that fails for good fails the
+/// start (a missing queue, stream or lease table is named).
+async fn look_up(
+    config: &Config,
+    sdk: &aws_config::SdkConfig,
+    (sqs, dynamodb, count): (&aws_sdk_sqs::Client, &aws_sdk_dynamodb::Client, &crate::aws::CountRequests),
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Found> {
+    let rejected = RejectedSink::connect(sqs.clone(), &config.rejected.queue, Arc::clone(metrics)).await?;
+    let mut queues = Vec::new();
+    for (_, input) in config.sources.enabled_sqs() {
+        queues.push((Arc::new(SqsSource::connect(sqs.clone(), input.clone(), Arc::clone(metrics)).await?), input.clone()));
+    }
+    let mut streams = Vec::new();
+    for (name, stream) in config.sources.enabled_kinesis() {
+        let worker_id = if stream.worker_id.is_empty() { leases::default_worker_id() } else { stream.worker_id.clone() };
+        let leases = Arc::new(Leases::new(dynamodb.clone(), stream.clone(), worker_id, Arc::clone(metrics)));
+        let kinesis = KinesisSource::new(
+            aws_sdk_kinesis::Client::from_conf(
+                aws_sdk_kinesis::config::Builder::from(sdk)
+                    .timeout_config(crate::aws::data_call_timeouts())
+                    .interceptor(count.clone())
+                    .build(),
+            ),
+            stream.clone(),
+            Arc::clone(metrics),
+        );
+        // Fail fast on a missing stream or lease table rather than retrying
+        // forever; a passing failure gets a few attempts.
+        let mut attempt = 0;
+        loop {
+            let check = async {
+                kinesis.list_shards().await?;
+                leases
+                    .scan()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("lease table {} (run `cafe-streamd provision`): {e}", stream.lease_table))
+            };
+            match check.await {
+                Ok(_) => break,
+                Err(e) if attempt + 1 < crate::sources::sqs::STARTUP_ATTEMPTS => {
+                    warn!(stream = %stream.stream, error = %e, attempt, "Stream or lease table not reachable yet, retrying");
+                    // Jittered: a fleet restarted together does not retry in step.
+                    let backoff = crate::aws::Backoff { base: Duration::from_millis(500), max: Duration::from_secs(8) };
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        streams.push((name.to_owned(), stream.clone(), kinesis, leases));
+    }
+    Ok(Found { rejected, queues, streams })
 }
 
 /// Starts and stops shard tasks as leases come and go. On `stop`, every

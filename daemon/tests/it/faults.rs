@@ -399,3 +399,29 @@ async fn a_record_rejected_by_the_clock_is_retried_as_it_was_decided() {
     let (status, _) = env.sigterm();
     assert!(status.success(), "{status:?}\n{}", env.log());
 }
+
+/// A stop while a silent SQS holds the start-up lookups (every GetQueueUrl
+/// black-holed: each attempt waits out the call's 30 s timeout, five
+/// attempts a queue) ends the run at once, with exit 0. Before, the signal
+/// was seen only after every lookup had given up, minutes later, past any
+/// grace period (systemd would have killed it).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_a_silent_sqs_holds_the_start_up_lookups_exits_at_once() {
+    let sqs_upstream = std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack's SQS");
+    let sqs = Proxy::start("127.0.0.1:0".parse().expect("addr"), &sqs_upstream).await.expect("start the SQS proxy");
+    let mut env = Env::with_orders("silentstart", "shards = 1", "", vec![("AWS_ENDPOINT_URL_SQS".into(), sqs.url())]).await;
+    // After provisioning, which goes through the proxy too.
+    sqs.set_rules(on(&["GetQueueUrl"], Fault::BlackHole)).expect("rules");
+    env.start();
+    let held = || sqs.stats().operations.get("GetQueueUrl").map_or(0, |c| c.black_hole);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while held() == 0 {
+        assert!(Instant::now() < deadline, "the daemon never asked for a queue's URL\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, took) = env.sigterm();
+    assert!(status.success(), "{status:?}\n{}", env.log());
+    assert!(took < Duration::from_secs(5), "the stop took {took:?}\n{}", env.log());
+    assert!(env.log().contains("Stopped during start-up"), "{}", env.log());
+    assert_eq!(held(), 1, "no lookup after the first was held");
+}
