@@ -221,3 +221,49 @@ async fn the_data_api_transport_mirrors_through_the_sdk_and_retries_conflicts() 
     assert_eq!(redshift_rows(&pg, &table).await, env.aggregate_rows().await.0);
     pg.execute(&format!("DROP TABLE {table}")).await.expect("drop");
 }
+
+/// DescribeStatement failing (a 500, through a proxy in front of the
+/// endpoint) while the flushes wait on their statements: each failed poll
+/// is counted as a retried Redshift request and made again, the statements
+/// are seen ended once the endpoint answers, and the mirror is exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_polls_are_counted_and_made_again_until_the_statement_is_seen_ended() {
+    use faultproxy::{Fault, Proxy, Rule};
+    let pg_url = std::env::var("CAFE_PG_URL").expect("CAFE_PG_URL is not set: run through scripts/test.sh");
+    let (_, user, db) = pg_target();
+    let (api, endpoint) = start(pg_url.clone()).await;
+    let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), &endpoint).await.expect("start the proxy");
+    let table = format!("it_store_minute_dataapipoll_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+    let extra = format!(
+        "[sinks.redshift]\nenabled = true\ntransport = \"data_api\"\ncluster_identifier = \"cafe-local\"\ndatabase = \"{db}\"\ndb_user = \"{user}\"\ntable = \"{table}\"\nflush_interval_ms = 500\nfirst_poll_ms = 10\nmax_poll_ms = 200\n"
+    );
+    let daemon_env = vec![("AWS_ENDPOINT_URL_REDSHIFT_DATA".to_owned(), proxy.url())];
+    let mut env = Env::with_orders("dataapipoll", "shards = 1", &extra, daemon_env).await;
+    let pg =
+        daemon::sinks::redshift::postgres::PgTransport::connect(&pg_url, std::time::Duration::from_secs(60)).await.expect("pg");
+    proxy
+        .set_rules(vec![Rule { operation: Some("DescribeStatement".into()), probability: 1.0, fault: Fault::ServerError }])
+        .expect("rules");
+    env.start();
+    let (pays, total) = burst(&env.prefix, 30);
+    env.send(&pays).await;
+    env.wait_for_payments(30, Duration::from_secs(60)).await;
+    let refused = || proxy.stats().operations.get("DescribeStatement").map_or(0, |c| c.server_error);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refused() < 3 {
+        assert!(Instant::now() < deadline, "no poll was refused: {:?}\n{}", proxy.stats(), env.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let retries = metric(&env, "cafe_sink_requests_total", "sink=\"redshift\",outcome=\"retry\"").await;
+    assert!(retries >= 3.0, "{retries} retries counted for {} refused polls", refused());
+    assert!(env.log().contains("Polling a statement (DescribeStatement) failed"), "{}", env.log());
+    proxy.clear();
+
+    let mirrored = wait_mirrored(&env, &pg, &table, Duration::from_secs(60)).await;
+    assert_eq!(mirrored.values().map(|v| v[8]).sum::<i64>(), total);
+    assert!(api.calls.lock().expect("lock").get("DescribeStatement").copied().unwrap_or(0) > 0, "a poll got through");
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{}", env.log());
+    assert_eq!(redshift_rows(&pg, &table).await, env.aggregate_rows().await.0);
+    pg.execute(&format!("DROP TABLE {table}")).await.expect("drop");
+}

@@ -8,6 +8,7 @@
 //! and turning FAILED and ABORTED into errors with the server's message.
 //! Must not: build SQL (`sql` does).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_redshiftdata::Client;
@@ -17,6 +18,8 @@ use tracing::warn;
 use super::BatchError;
 use crate::aws::{ErrorClass, classify, describe};
 use crate::config::RedshiftSinkConfig;
+use crate::internal_events::{InternalEvent, Sink, SinkRetrying};
+use crate::metrics::Metrics;
 
 /// Statement name shown in the cluster's query history.
 const STATEMENT_NAME: &str = "cafe-streamd-flush";
@@ -26,6 +29,8 @@ const STATEMENT_NAME: &str = "cafe-streamd-flush";
 pub struct DataApiTransport {
     client: Client,
     config: RedshiftSinkConfig,
+    /// Where a failed poll is counted (`run`); logged only without.
+    metrics: Option<Arc<Metrics>>,
 }
 
 fn opt(s: &str) -> Option<String> {
@@ -72,7 +77,14 @@ fn row_level_message(message: &str) -> bool {
 impl DataApiTransport {
     /// A transport on the configured target.
     pub fn new(client: Client, config: RedshiftSinkConfig) -> Self {
-        DataApiTransport { client, config }
+        DataApiTransport { client, config, metrics: None }
+    }
+
+    /// Counts each failed poll as a retried Redshift request
+    /// (`cafe_sink_requests_total{sink="redshift",outcome="retry"}`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Runs `statements` as one transaction and waits for the outcome.
@@ -128,23 +140,37 @@ impl DataApiTransport {
     }
 
     /// Polls DescribeStatement, doubling the delay from `first_poll_ms` up
-    /// to `max_poll_ms`, until the statement ends or `statement_timeout_ms`
-    /// passes (then it is cancelled and reported retryable).
+    /// to `max_poll_ms` (jittered: a fleet's flushes do not poll in step),
+    /// until the statement ends or `statement_timeout_ms` passes (then it
+    /// is cancelled and reported retryable). A poll that fails is counted
+    /// and made again, within the same time.
     async fn wait(&self, id: &str) -> Result<(), BatchError> {
         let started = Instant::now();
-        let mut delay = Duration::from_millis(self.config.first_poll_ms);
-        let max = Duration::from_millis(self.config.max_poll_ms);
+        let backoff = crate::aws::Backoff {
+            base: Duration::from_millis(self.config.first_poll_ms),
+            max: Duration::from_millis(self.config.max_poll_ms),
+        };
         let timeout = Duration::from_millis(self.config.statement_timeout_ms);
+        let mut polls = 0;
+        let mut failed = 0;
         loop {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(max);
+            tokio::time::sleep(backoff.delay(polls)).await;
+            polls += 1;
             let out = match self.client.describe_statement().id(id).send().await {
                 Ok(out) => out,
                 Err(e) if classify(&e) != ErrorClass::Fatal && started.elapsed() < timeout => {
-                    // Polled again (each call counted in
-                    // `cafe_aws_requests_total`), until the statement's
-                    // timeout.
-                    warn!(statement = %id, error = %describe(&e), "DescribeStatement failed; polling again");
+                    let error = format!("statement {id}: {}", describe(&e));
+                    match &self.metrics {
+                        Some(m) => SinkRetrying {
+                            sink: Sink::Redshift,
+                            what: "Polling a statement (DescribeStatement)",
+                            attempt: failed,
+                            error: &error,
+                        }
+                        .emit(m),
+                        None => warn!(error = %error, "DescribeStatement failed; polling again"),
+                    }
+                    failed += 1;
                     continue;
                 }
                 Err(e) => {

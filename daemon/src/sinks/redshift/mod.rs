@@ -93,7 +93,8 @@ pub enum Transport {
 
 impl Transport {
     /// The transport `config.transport` names; it connects on first use.
-    /// `count`: the Data API client counts its requests with it.
+    /// `count`: the Data API client counts its requests with it, and its
+    /// failed polls in its metrics.
     pub fn new(
         config: &RedshiftSinkConfig,
         sdk: &aws_config::SdkConfig,
@@ -102,11 +103,16 @@ impl Transport {
         Ok(match config.transport {
             TransportKind::DataApi => {
                 let mut client = aws_sdk_redshiftdata::config::Builder::from(sdk);
+                let metrics = count.as_ref().map(|c| Arc::clone(&c.0));
                 if let Some(count) = count {
                     client = client.interceptor(count);
                 }
                 let client = aws_sdk_redshiftdata::Client::from_conf(client.build());
-                Transport::DataApi(data_api::DataApiTransport::new(client, config.clone()))
+                let transport = data_api::DataApiTransport::new(client, config.clone());
+                Transport::DataApi(match metrics {
+                    Some(m) => transport.with_metrics(m),
+                    None => transport,
+                })
             }
             TransportKind::Postgres => {
                 Transport::Postgres(postgres::PgTransport::new(&config.url, Duration::from_millis(config.statement_timeout_ms))?)
