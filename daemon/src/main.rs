@@ -248,7 +248,8 @@ async fn run(config: Config, path: Option<PathBuf>, logging: daemon::logging::Lo
 
 /// SIGTERM or SIGINT: the handlers are installed when this is called (a
 /// signal from then on is kept until the future is polled), not when the
-/// future is first polled, which is after every component has started.
+/// future is first polled, which is once the admin endpoint listens, when
+/// the start-up lookups begin.
 fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|e| anyhow::anyhow!("cannot install the SIGTERM handler: {e}"))?;

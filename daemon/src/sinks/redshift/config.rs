@@ -43,7 +43,9 @@ pub struct RedshiftSinkConfig {
     pub window_close_delay_ms: u64,
     /// Most pending rows one flush reads and writes (bounds memory).
     pub max_rows_per_flush: usize,
-    /// Data API: first DescribeStatement poll delay; doubles up to `max_poll_ms`.
+    /// Data API: the bound of the first DescribeStatement poll's wait; it
+    /// doubles up to `max_poll_ms`, each wait jittered (a quarter of the
+    /// bound to all of it).
     pub first_poll_ms: u64,
     /// Data API: longest DescribeStatement poll delay.
     pub max_poll_ms: u64,

@@ -18,7 +18,7 @@ use tracing::warn;
 use super::BatchError;
 use crate::aws::{ErrorClass, classify, describe};
 use crate::config::RedshiftSinkConfig;
-use crate::internal_events::{InternalEvent, Sink, SinkRetrying};
+use crate::internal_events::{InternalEvent, Sink, SinkRequest, SinkRequestOutcome};
 use crate::metrics::Metrics;
 
 /// Statement name shown in the cluster's query history.
@@ -81,7 +81,8 @@ impl DataApiTransport {
     }
 
     /// Counts each failed poll as a retried Redshift request
-    /// (`cafe_sink_requests_total{sink="redshift",outcome="retry"}`).
+    /// (`cafe_sink_requests_total{sink="redshift",outcome="retry"}`); the
+    /// sink's component is left to the flush's outcome.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
@@ -159,17 +160,12 @@ impl DataApiTransport {
             let out = match self.client.describe_statement().id(id).send().await {
                 Ok(out) => out,
                 Err(e) if classify(&e) != ErrorClass::Fatal && started.elapsed() < timeout => {
-                    let error = format!("statement {id}: {}", describe(&e));
-                    match &self.metrics {
-                        Some(m) => SinkRetrying {
-                            sink: Sink::Redshift,
-                            what: "Polling a statement (DescribeStatement)",
-                            attempt: failed,
-                            error: &error,
-                        }
-                        .emit(m),
-                        None => warn!(error = %error, "DescribeStatement failed; polling again"),
+                    // Counted, not marked on the sink's component: the
+                    // flush's outcome says whether the mirror works.
+                    if let Some(m) = &self.metrics {
+                        SinkRequest { sink: Sink::Redshift, outcome: SinkRequestOutcome::Retry }.emit(m);
                     }
+                    warn!(statement = %id, error = %describe(&e), failed, "DescribeStatement failed; polling again");
                     failed += 1;
                     continue;
                 }

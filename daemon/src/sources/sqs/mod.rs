@@ -594,7 +594,9 @@ mod tests {
         let stop = CancellationToken::new();
         let queues = vec!["cafe-rejected".to_owned()];
         let task = tokio::spawn(depth_loop(client, queues, Duration::from_millis(10), Arc::new(Metrics::new()), stop.clone()));
+        let deadline = Instant::now() + Duration::from_secs(5);
         while calls.load(Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the pass made no call");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         stop.cancel();
