@@ -8,6 +8,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -98,10 +99,82 @@ pub struct BuildLabel {
     pub allocator: String,
 }
 
+/// The latency buckets (seconds).
+const LATENCY_BOUNDS: [f64; 21] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0];
+
 fn latency_histogram() -> Histogram {
-    Histogram::new([
-        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0,
-    ])
+    Histogram::new(LATENCY_BOUNDS)
+}
+
+fn batch_latency_histogram() -> BatchHistogram {
+    BatchHistogram::new(LATENCY_BOUNDS)
+}
+
+/// A histogram observed a batch of values at a time: one lock a batch,
+/// where the client library's takes its lock for each value. For the
+/// end-to-end latency, observed for every event a shard or queue writes
+/// (on the runtime worker, where each event's locked `observe` was a few
+/// percent of an order event's cost). The exposition is the library's.
+#[derive(Debug, Clone)]
+pub struct BatchHistogram(Arc<std::sync::Mutex<Observed>>);
+
+#[derive(Debug)]
+struct Observed {
+    sum: f64,
+    count: u64,
+    /// (upper bound, observations in this bucket alone), the last +Inf.
+    buckets: Vec<(f64, u64)>,
+}
+
+impl BatchHistogram {
+    /// Buckets with these upper bounds, and +Inf.
+    pub fn new(bounds: impl IntoIterator<Item = f64>) -> Self {
+        let buckets = bounds.into_iter().chain(std::iter::once(f64::MAX)).map(|b| (b, 0)).collect();
+        BatchHistogram(Arc::new(std::sync::Mutex::new(Observed { sum: 0.0, count: 0, buckets })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Observes one value.
+    pub fn observe(&self, v: f64) {
+        self.observe_all(&[v]);
+    }
+
+    /// Observes every value of `values`, under one lock. As the library's
+    /// `observe`, a value is counted in the first bucket whose bound it
+    /// does not exceed (a NaN in the sum and the count only).
+    pub fn observe_all(&self, values: &[f64]) {
+        let mut o = self.lock();
+        for &v in values {
+            o.sum += v;
+            o.count += 1;
+            if !v.is_nan() {
+                // The bounds ascend: the first at or above `v`.
+                let i = o.buckets.partition_point(|&(bound, _)| bound < v);
+                if let Some((_, n)) = o.buckets.get_mut(i) {
+                    *n += 1;
+                }
+            }
+        }
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for BatchHistogram {
+    const TYPE: prometheus_client::metrics::MetricType = prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for BatchHistogram {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+        let o = self.lock();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(o.sum, o.count, &o.buckets, None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        <Self as prometheus_client::metrics::TypedMetric>::TYPE
+    }
 }
 
 fn stage_histogram() -> Histogram {
@@ -144,7 +217,7 @@ pub struct Metrics {
     /// `cafe_pipeline_stage_panics_total{stage}`
     pub stage_panics: Family<StageLabel, Counter>,
     /// Event time to durable write.
-    pub e2e_latency: Family<SourceLabel, Histogram, fn() -> Histogram>,
+    pub e2e_latency: Family<SourceLabel, BatchHistogram, fn() -> BatchHistogram>,
     /// Fraud decisions.
     pub fraud_decisions: Family<OutcomeLabel, Counter>,
     /// Fraud history size.
@@ -249,7 +322,7 @@ impl Metrics {
             batch_events: Family::new_with_constructor(batch_histogram),
             stage_duration: Family::new_with_constructor(stage_histogram),
             stage_panics: Family::default(),
-            e2e_latency: Family::new_with_constructor(latency_histogram),
+            e2e_latency: Family::new_with_constructor(batch_latency_histogram),
             fraud_decisions: Family::default(),
             fraud_tracked_keys: Gauge::default(),
             fraud_state_batches: Counter::default(),
@@ -635,6 +708,39 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The batch histogram's exposition is the library's histogram's, for
+    /// the same values observed one by one, at and between the bounds, past
+    /// the last one, negative and NaN.
+    #[test]
+    fn a_batch_histogram_exposes_what_the_library_s_histogram_does() {
+        let values = [0.0, 0.005, 0.006, 0.2, 1.0, 1.0000001, 7.5, 299.0, 300.0, 301.0, 1e9, -1.0, f64::NAN, 2.5];
+        fn encode(metric: impl prometheus_client::registry::Metric) -> String {
+            let mut registry = Registry::default();
+            registry.register("x_seconds", "x", metric);
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+            text
+        }
+        let library = latency_histogram();
+        let batch = batch_latency_histogram();
+        for &v in &values {
+            library.observe(v);
+        }
+        batch.observe_all(&values[..5]);
+        batch.observe_all(&values[5..]);
+        assert_eq!(encode(batch), encode(library));
+        // Without the NaN, where the sums are numbers.
+        let (library, batch) = (latency_histogram(), batch_latency_histogram());
+        for &v in values.iter().filter(|v| !v.is_nan()) {
+            library.observe(v);
+            batch.observe(v);
+        }
+        let text = encode(batch.clone());
+        assert_eq!(text, encode(library));
+        assert!(text.contains("x_seconds_bucket{le=\"1.0\"} 6\n"), "{text}");
+        assert!(text.contains("x_seconds_count 13\n"), "{text}");
+    }
 
     #[test]
     fn exposition_uses_catalogue_names_and_total_suffixes() {

@@ -313,7 +313,8 @@ impl Router {
 
         let now = OffsetDateTime::now_utc();
         let mut latencies: Vec<f64> = Vec::with_capacity(inputs.len());
-        let mut latency = |t: OffsetDateTime| latencies.push((now - t).as_seconds_f64());
+        // An event time ahead of the clock (within the bound allowed) counts as 0.
+        let mut latency = |t: OffsetDateTime| latencies.push((now - t).as_seconds_f64().max(0.0));
         for ((&i, p), o) in payment_at.iter().zip(&payments).zip(payment_out) {
             outcomes[i] = from_write(o);
             if o == WriteOutcome::Written {
