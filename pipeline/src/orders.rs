@@ -71,15 +71,15 @@ impl OrderStatus {
 /// one stream are totally ordered; positions of different shards or
 /// streams are not compared. The shard's name (with its stream's) is
 /// shared by every position of one shard's reader
-/// ([`ShardPos::of_record`]) or parsed with one [`Names`] (an order's
-/// history read from the table), and by every clone, and so is the
-/// sequence number: a record's position and the history entry made from
-/// it hold one allocation between them, the sequence number's, and a clone
-/// counts two references, not three.
+/// ([`ShardPos::of_record`], interned: see [`ShardAt`]) or parsed with one
+/// [`Names`] (an order's history read from the table), and by every clone,
+/// and so is the sequence number: a record's position and the history
+/// entry made from it hold one allocation between them, the sequence
+/// number's, and a clone of a reader's position counts one reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardPos {
     /// The shard, by its stream's name and its own.
-    pub at: Arc<ShardName>,
+    pub at: ShardAt,
     /// Sequence number: decimal digits, no leading zero (up to 129 digits,
     /// so it is compared as text of its length, not parsed). Shared by
     /// clones, as the names are.
@@ -98,10 +98,84 @@ pub struct ShardName {
     pub shard: Box<str>,
 }
 
+/// A position's shard name: interned, the process's one copy of the name
+/// of a shard its readers read, kept for the process's life and copied
+/// with no count; or shared by reference count (a name allocated apart,
+/// read from the table and none of this process's readers', or past the
+/// interned bound). Every position of a reader holds its shard's name, and
+/// its positions are made on a runtime worker and freed on the CPU pool:
+/// one count that both threads moved for every record (four atomic
+/// operations an order event, on one cache line the two cores passed back
+/// and forth) was most of the cost of making a record's position.
+/// Compared by value (by address first).
+#[derive(Debug, Clone)]
+pub enum ShardAt {
+    /// Interned ([`ShardName::interned`]).
+    Interned(&'static ShardName),
+    /// Allocated apart, shared by count.
+    Shared(Arc<ShardName>),
+}
+
+impl std::ops::Deref for ShardAt {
+    type Target = ShardName;
+
+    fn deref(&self) -> &ShardName {
+        match self {
+            ShardAt::Interned(name) => name,
+            ShardAt::Shared(name) => name,
+        }
+    }
+}
+
+impl PartialEq for ShardAt {
+    fn eq(&self, other: &ShardAt) -> bool {
+        self.same(other) || **self == **other
+    }
+}
+
+impl Eq for ShardAt {}
+
+impl ShardAt {
+    /// Whether both are the one allocation (not only the same names).
+    pub fn same(&self, other: &ShardAt) -> bool {
+        std::ptr::eq::<ShardName>(&**self, &**other)
+    }
+}
+
+/// The interned names: the shards this process's readers read (a stream's
+/// shards over the process's life, its reshards' children included).
+static INTERNED: std::sync::Mutex<Vec<&'static ShardName>> = std::sync::Mutex::new(Vec::new());
+
+/// Most names interned, a bound on what they keep (about a megabyte at
+/// the longest names): past it a reader's names are shared by count.
+const MAX_INTERNED: usize = 4096;
+
 impl ShardName {
-    /// Shard `shard` of stream `stream`, to share.
-    pub fn new(stream: &str, shard: &str) -> Arc<ShardName> {
-        Arc::new(ShardName { stream: stream.into(), shard: shard.into() })
+    /// Shard `shard` of stream `stream`, allocated apart, to share.
+    pub fn shared(stream: &str, shard: &str) -> ShardAt {
+        ShardAt::Shared(Arc::new(ShardName { stream: stream.into(), shard: shard.into() }))
+    }
+
+    /// Shard `shard` of stream `stream`, interned (its reader's): the one
+    /// copy, made at the first call (past [`MAX_INTERNED`] names,
+    /// allocated apart).
+    pub fn interned(stream: &str, shard: &str) -> ShardAt {
+        let mut interned = INTERNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(&known) = interned.iter().find(|n| *n.stream == *stream && *n.shard == *shard) {
+            return ShardAt::Interned(known);
+        }
+        if interned.len() >= MAX_INTERNED {
+            return ShardName::shared(stream, shard);
+        }
+        let name: &'static ShardName = Box::leak(Box::new(ShardName { stream: stream.into(), shard: shard.into() }));
+        interned.push(name);
+        ShardAt::Interned(name)
+    }
+
+    /// The interned copy of the name, if a reader interned it.
+    fn known(stream: &str, shard: &str) -> Option<ShardAt> {
+        let interned = INTERNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        interned.iter().find(|n| *n.stream == *stream && *n.shard == *shard).map(|&n| ShardAt::Interned(n))
     }
 }
 
@@ -141,8 +215,8 @@ impl ShardPos {
     /// (decimal digits, no leading zero), as [`ShardPos::parse`] gives for
     /// the record's text (of a shard id and a sequence number Kinesis
     /// sends: neither holds `/` or `:`). The sequence is shared, not copied.
-    pub fn of_record(at: &Arc<ShardName>, sequence: &Arc<str>, sub: u32) -> Option<ShardPos> {
-        is_sequence(sequence).then(|| ShardPos { at: Arc::clone(at), sequence: Arc::clone(sequence), sub })
+    pub fn of_record(at: &ShardAt, sequence: &Arc<str>, sub: u32) -> Option<ShardPos> {
+        is_sequence(sequence).then(|| ShardPos { at: at.clone(), sequence: Arc::clone(sequence), sub })
     }
 
     /// The stream's name.
@@ -157,7 +231,7 @@ impl ShardPos {
 
     /// Whether `self` was read after `other` in the same shard of the same stream.
     pub fn is_after(&self, other: &ShardPos) -> bool {
-        // (`Arc`'s `==` compares the pointers first.)
+        // (`ShardAt`'s `==` compares the addresses first.)
         self.at == other.at
             && (self.sequence.len(), &*self.sequence, self.sub) > (other.sequence.len(), &*other.sequence, other.sub)
     }
@@ -169,22 +243,23 @@ fn is_sequence(s: &str) -> bool {
 }
 
 /// Shard names already allocated, for positions parsed from text to share
-/// (an order's history read from the table): a handful, looked up in order.
+/// (an order's history read from the table): a handful, looked up in order;
+/// a name a reader of this process interned is that copy.
 #[derive(Debug, Default)]
-pub struct Names(Vec<Arc<ShardName>>);
+pub struct Names(Vec<ShardAt>);
 
 impl Names {
     /// Most names kept: past it a name is allocated for each position.
     const MAX: usize = 16;
 
     /// Shard `shard` of stream `stream`, shared.
-    pub fn get(&mut self, stream: &str, shard: &str) -> Arc<ShardName> {
+    pub fn get(&mut self, stream: &str, shard: &str) -> ShardAt {
         if let Some(known) = self.0.iter().find(|known| *known.stream == *stream && *known.shard == *shard) {
-            return Arc::clone(known);
+            return known.clone();
         }
-        let new = ShardName::new(stream, shard);
+        let new = ShardName::known(stream, shard).unwrap_or_else(|| ShardName::shared(stream, shard));
         if self.0.len() < Self::MAX {
-            self.0.push(Arc::clone(&new));
+            self.0.push(new.clone());
         }
         new
     }
@@ -379,22 +454,42 @@ mod tests {
     use super::*;
     use crate::event::decode;
 
+    /// A reader's names are interned: one copy whoever asks, which a
+    /// position parsed from the table of that shard shares too; a name no
+    /// reader interned is allocated apart, and equal names compare equal
+    /// however they were made.
+    #[test]
+    fn a_reader_s_shard_names_are_one_copy_that_positions_read_from_the_table_share() {
+        let reader = ShardName::interned("interned-orders", "shardId-000000000007");
+        assert!(matches!(reader, ShardAt::Interned(_)));
+        assert!(reader.same(&ShardName::interned("interned-orders", "shardId-000000000007")), "one copy");
+        assert!(!reader.same(&ShardName::interned("interned-orders", "shardId-000000000008")));
+        let read = ShardPos::parse("shardId-000000000007/4959", Some("interned-orders")).expect("read back");
+        assert!(read.at.same(&reader), "a position read back shares the reader's copy");
+        let apart = ShardName::shared("interned-orders", "shardId-000000000007");
+        assert!(matches!(apart, ShardAt::Shared(_)) && !apart.same(&reader) && apart == reader);
+        let of_record = ShardPos::of_record(&reader, &Arc::from("4960"), 0).expect("a record's");
+        assert!(of_record.is_after(&read) && of_record.at.same(&reader));
+        let unknown = ShardPos::parse("shardId-000000000009/4959", Some("interned-orders")).expect("read back");
+        assert!(matches!(unknown.at, ShardAt::Shared(_)), "what no reader interned is not interned by reading it");
+    }
+
     #[test]
     fn positions_parsed_with_one_set_of_names_share_their_stream_and_shard() {
         let mut names = Names::default();
         let a = ShardPos::parse_with("shardId-000000000001/4959", Some("orders"), &mut names).expect("a");
         let b = ShardPos::parse_with("shardId-000000000001/4960/3", Some("orders"), &mut names).expect("b");
         let c = ShardPos::parse_with("other:shardId-000000000002/7", None, &mut names).expect("c");
-        assert!(Arc::ptr_eq(&a.at, &b.at));
-        assert!(!Arc::ptr_eq(&a.at, &c.at) && (c.stream(), c.shard()) == ("other", "shardId-000000000002"));
-        assert!(Arc::ptr_eq(&a.at, &a.clone().at), "a clone shares them too");
+        assert!(a.at.same(&b.at));
+        assert!(!a.at.same(&c.at) && (c.stream(), c.shard()) == ("other", "shardId-000000000002"));
+        assert!(a.at.same(&a.clone().at), "a clone shares them too");
         assert!(Arc::ptr_eq(&a.sequence, &a.clone().sequence), "and the sequence number");
         assert!(b.is_after(&a) && !a.is_after(&b) && !c.is_after(&a));
         // Names allocated apart compare by value: the same shard of the
         // same stream is ordered, the same shard id of another stream not.
         let later = ShardPos::parse("shardId-000000000001/4961", Some("orders")).expect("later");
         let elsewhere = ShardPos::parse("shardId-000000000001/4961", Some("other")).expect("elsewhere");
-        assert!(!Arc::ptr_eq(&later.at, &b.at) && later.is_after(&b) && !b.is_after(&later));
+        assert!(!later.at.same(&b.at) && later.is_after(&b) && !b.is_after(&later));
         assert!(!elsewhere.is_after(&b) && !b.is_after(&elsewhere));
         // Parsed alone or with names: the same position, the same text.
         assert_eq!(ShardPos::parse("shardId-000000000001/4960/3", Some("orders")), Some(b.clone()));

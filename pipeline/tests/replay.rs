@@ -66,7 +66,11 @@ impl Store {
 
 fn position(i: usize) -> ShardPos {
     // Sequence numbers of a real shard: long, increasing, compared as text.
-    ShardPos { at: ShardName::new("orders", "shardId-000000000000"), sequence: format!("4959{:052}", 10 * i + 7).into(), sub: 0 }
+    ShardPos {
+        at: ShardName::shared("orders", "shardId-000000000000"),
+        sequence: format!("4959{:052}", 10 * i + 7).into(),
+        sub: 0,
+    }
 }
 
 proptest! {

@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use hashbrown::HashTable;
 use pipeline::decided::OrderChange;
 use pipeline::event::{Body, Event, Rejection};
-use pipeline::orders::{Applied, HistoryEntry, OrderState, ShardName, ShardPos, apply_at, order_id};
+use pipeline::orders::{Applied, HistoryEntry, OrderState, ShardAt, ShardName, ShardPos, apply_at, order_id};
 use pipeline::window::{Counters, WindowId};
 use prometheus_client::metrics::gauge::Gauge;
 use smallvec::SmallVec;
@@ -174,17 +174,18 @@ pub fn footprint(id: &str, state: Option<&OrderState>) -> usize {
         n += ALLOC + s.store.len();
         n += ALLOC + s.history.capacity() * size_of::<HistoryEntry>();
         // A position's shard name (the stream's and the shard's, one
-        // allocation) is shared with the other positions its shard's
-        // reader made, or of one read from the table, which may all be
-        // gone (the reader's lease lost, the other orders pushed out): it
-        // counts for the order, once for a run of entries that share it.
+        // allocation), unless interned (a reader's, kept for the process's
+        // life whatever the cache holds), is shared with the other
+        // positions of one read from the table, which may all be gone (the
+        // other orders pushed out): it counts for the order, once for a
+        // run of entries that share it.
         let mut names: Option<&ShardPos> = None;
         for h in &s.history {
             n += 2 * ALLOC + h.ts.len() + h.event_id.len();
             if let Some(p) = &h.pos {
                 // Its own allocation, an `Arc`'s: two counts before the text.
                 n += ALLOC + 2 * size_of::<usize>() + p.sequence.len();
-                if !names.is_some_and(|q| Arc::ptr_eq(&q.at, &p.at)) {
+                if matches!(p.at, ShardAt::Shared(_)) && !names.is_some_and(|q| q.at.same(&p.at)) {
                     n += ALLOC + 2 * size_of::<usize>() + size_of::<ShardName>() + 2 * ALLOC + p.stream().len() + p.shard().len();
                     names = Some(p);
                 }
@@ -797,7 +798,7 @@ mod tests {
             ts: "2026-12-01T08:00:00.000Z".into(),
             event_id: format!("00000000-0000-4000-8000-{i:012}"),
             pos: Some(ShardPos {
-                at: ShardName::new("cafe-orders", "shardId-000000000001"),
+                at: ShardName::shared("cafe-orders", "shardId-000000000001"),
                 sequence: "49650000000000000000000000000000000000000000000000000001".into(),
                 sub: 0,
             }),
@@ -893,7 +894,7 @@ mod tests {
         let mut shared = order(6);
         let first = shared.history[0].pos.clone().expect("a position");
         for h in &mut shared.history {
-            h.pos = h.pos.take().map(|p| ShardPos { at: Arc::clone(&first.at), ..p });
+            h.pos = h.pos.take().map(|p| ShardPos { at: first.at.clone(), ..p });
         }
         let once = footprint("o-1", Some(&shared));
         let name =

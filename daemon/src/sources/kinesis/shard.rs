@@ -192,7 +192,7 @@ async fn shard_batches(
 ) -> ShardExit {
     let source = path.config.stream.clone();
     // The shard's name (and its stream's), shared by every record's position.
-    let names = ShardName::new(&source, &shard);
+    let names = ShardName::interned(&source, &shard);
     let mut done: Option<(String, u64)> = None;
     let mut unacked: u64 = 0;
     let mut last_checkpoint = Instant::now();

@@ -19,7 +19,7 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::types::ShardIteratorType;
 use pipeline::kpl;
-use pipeline::orders::{ShardName, ShardPos};
+use pipeline::orders::{ShardAt, ShardPos};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -51,7 +51,7 @@ impl ShardRecord {
     /// shard's records): its shard position, or, for a sequence number
     /// that is not one (never from Kinesis), the text
     /// `shardId/sequence[/sub]` alone, which no order event is judged at.
-    pub fn position(&self, at: &Arc<ShardName>, aggregated: bool) -> Position {
+    pub fn position(&self, at: &ShardAt, aggregated: bool) -> Position {
         let shard = &at.shard;
         // A plain record's place is 0 (its text has none).
         let sub = if aggregated { u32::try_from(self.sub).ok() } else { Some(0) };
@@ -469,7 +469,7 @@ mod tests {
 
     #[test]
     fn a_record_s_position_names_its_shard_sequence_and_place_in_an_aggregate() {
-        let names = ShardName::new("s", "shardId-000000000001");
+        let names = pipeline::orders::ShardName::interned("s", "shardId-000000000001");
         let r = ShardRecord { sequence: "4959".into(), sub: 12, data: Vec::new() };
         assert_eq!(r.position(&names, false).to_string(), "shardId-000000000001/4959");
         assert_eq!(r.position(&names, true).to_string(), "shardId-000000000001/4959/12");
@@ -480,7 +480,7 @@ mod tests {
             let pos = position.shard_pos().expect("a shard position");
             assert_eq!(Some(pos), ShardPos::parse(&position.to_string(), Some("s")).as_ref());
             assert_eq!((pos.stream(), pos.shard(), &*pos.sequence), ("s", "shardId-000000000001", "4959"));
-            assert!(Arc::ptr_eq(&pos.at, &names), "the names are shared");
+            assert!(pos.at.same(&names), "the names are shared");
             assert!(Arc::ptr_eq(&pos.sequence, &r.sequence), "the record's sequence is shared, not copied");
         }
         assert_eq!(r.position(&names, true).shard_pos().map(|p| p.sub), Some(12));
