@@ -224,8 +224,11 @@ async fn the_data_api_transport_mirrors_through_the_sdk_and_retries_conflicts() 
 
 /// DescribeStatement failing (a 500, through a proxy in front of the
 /// endpoint) while the flushes wait on their statements: each failed poll
-/// is counted as a retried Redshift request and made again, the statements
-/// are seen ended once the endpoint answers, and the mirror is exact.
+/// is counted as a retried Redshift request and made again until the
+/// statement's timeout, when the statement is cancelled (it would go on
+/// running beside the batch sent again) and the batch retried; the
+/// statements are seen ended once the endpoint answers, and the mirror is
+/// exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_polls_are_counted_and_made_again_until_the_statement_is_seen_ended() {
     use faultproxy::{Fault, Proxy, Rule};
@@ -235,7 +238,7 @@ async fn failed_polls_are_counted_and_made_again_until_the_statement_is_seen_end
     let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), &endpoint).await.expect("start the proxy");
     let table = format!("it_store_minute_dataapipoll_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
     let extra = format!(
-        "[sinks.redshift]\nenabled = true\ntransport = \"data_api\"\ncluster_identifier = \"cafe-local\"\ndatabase = \"{db}\"\ndb_user = \"{user}\"\ntable = \"{table}\"\nflush_interval_ms = 500\nfirst_poll_ms = 10\nmax_poll_ms = 200\n"
+        "[sinks.redshift]\nenabled = true\ntransport = \"data_api\"\ncluster_identifier = \"cafe-local\"\ndatabase = \"{db}\"\ndb_user = \"{user}\"\ntable = \"{table}\"\nflush_interval_ms = 500\nfirst_poll_ms = 10\nmax_poll_ms = 200\nstatement_timeout_ms = 1000\n"
     );
     let daemon_env = vec![("AWS_ENDPOINT_URL_REDSHIFT_DATA".to_owned(), proxy.url())];
     let mut env = Env::with_orders("dataapipoll", "shards = 1", &extra, daemon_env).await;
@@ -258,6 +261,13 @@ async fn failed_polls_are_counted_and_made_again_until_the_statement_is_seen_end
     }
     assert!(refused() >= 3, "{:?}", proxy.stats());
     assert!(env.log().contains("DescribeStatement failed; polling again"), "{}", env.log());
+    // Past the statement's timeout (1 s) of polls refused, it is cancelled.
+    let cancelled = || api.calls.lock().expect("lock").get("CancelStatement").copied().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cancelled() == 0 {
+        assert!(Instant::now() < deadline, "no statement was cancelled\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     proxy.clear();
 
     let mirrored = wait_mirrored(&env, &pg, &table, Duration::from_secs(60)).await;

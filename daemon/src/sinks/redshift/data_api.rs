@@ -144,7 +144,10 @@ impl DataApiTransport {
     /// to `max_poll_ms` (jittered: a fleet's flushes do not poll in step),
     /// until the statement ends or `statement_timeout_ms` passes (then it
     /// is cancelled and reported retryable). A poll that fails is counted
-    /// and made again, within the same time.
+    /// and made again, within the same time; when it cannot be made again
+    /// (past that time, or refused for good) the statement is cancelled
+    /// too: the batch is given up and sent again, and the statement must
+    /// not go on running beside it, holding the mirror table's locks.
     async fn wait(&self, id: &str) -> Result<(), BatchError> {
         let started = Instant::now();
         let backoff = crate::aws::Backoff {
@@ -155,7 +158,8 @@ impl DataApiTransport {
         let mut polls = 0;
         let mut failed = 0;
         loop {
-            tokio::time::sleep(backoff.delay(polls)).await;
+            // No wait past the statement's time.
+            tokio::time::sleep(backoff.delay(polls).min(timeout.saturating_sub(started.elapsed()))).await;
             polls += 1;
             let out = match self.client.describe_statement().id(id).send().await {
                 Ok(out) => out,
@@ -170,7 +174,11 @@ impl DataApiTransport {
                     continue;
                 }
                 Err(e) => {
-                    return Err(BatchError { retryable: true, row_level: false, message: describe(&e) });
+                    // Best effort: the endpoint that refused the poll may
+                    // refuse this too.
+                    let _ = self.client.cancel_statement().id(id).send().await;
+                    let message = format!("polling statement {id}: {}; cancelled", describe(&e));
+                    return Err(BatchError { retryable: true, row_level: false, message });
                 }
             };
             match out.status() {
