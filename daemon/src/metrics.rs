@@ -128,9 +128,10 @@ struct Observed {
 }
 
 impl BatchHistogram {
-    /// Buckets with these upper bounds, and +Inf.
+    /// Buckets with these upper bounds (ascending), and +Inf.
     pub fn new(bounds: impl IntoIterator<Item = f64>) -> Self {
-        let buckets = bounds.into_iter().chain(std::iter::once(f64::MAX)).map(|b| (b, 0)).collect();
+        let buckets: Vec<(f64, u64)> = bounds.into_iter().chain(std::iter::once(f64::MAX)).map(|b| (b, 0)).collect();
+        debug_assert!(buckets.is_sorted_by(|a, b| a.0 < b.0), "the bounds ascend (the buckets are found by binary search)");
         BatchHistogram(Arc::new(std::sync::Mutex::new(Observed { sum: 0.0, count: 0, buckets })))
     }
 
@@ -714,7 +715,7 @@ mod tests {
     /// the last one, negative and NaN.
     #[test]
     fn a_batch_histogram_exposes_what_the_library_s_histogram_does() {
-        let values = [0.0, 0.005, 0.006, 0.2, 1.0, 1.0000001, 7.5, 299.0, 300.0, 301.0, 1e9, -1.0, f64::NAN, 2.5];
+        let values = [0.0, 0.005, 0.006, 0.2, 1.0, 1.0000001, 7.5, 299.0, 300.0, 301.0, 1e9, -1.0, f64::NAN, 2.5, -0.0, f64::MAX];
         fn encode(metric: impl prometheus_client::registry::Metric) -> String {
             let mut registry = Registry::default();
             registry.register("x_seconds", "x", metric);
@@ -738,8 +739,8 @@ mod tests {
         }
         let text = encode(batch.clone());
         assert_eq!(text, encode(library));
-        assert!(text.contains("x_seconds_bucket{le=\"1.0\"} 6\n"), "{text}");
-        assert!(text.contains("x_seconds_count 13\n"), "{text}");
+        assert!(text.contains("x_seconds_bucket{le=\"1.0\"} 7\n"), "{text}");
+        assert!(text.contains("x_seconds_count 15\n"), "{text}");
     }
 
     #[test]

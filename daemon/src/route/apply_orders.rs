@@ -900,6 +900,12 @@ mod tests {
         let name =
             16 + 2 * size_of::<usize>() + size_of::<ShardName>() + 2 * 16 + "cafe-orders".len() + "shardId-000000000001".len();
         assert_eq!(six - once, 5 * name, "{six} {once}");
+        // A reader's name, interned, is the process's: it counts for no order.
+        let interned = ShardName::interned("cafe-orders", "shardId-000000000001");
+        for h in &mut shared.history {
+            h.pos = h.pos.take().map(|p| ShardPos { at: interned.clone(), ..p });
+        }
+        assert_eq!(once - footprint("o-1", Some(&shared)), name, "an interned name counted");
         assert!((200..500).contains(&none), "{none} bytes for an order known not to exist");
     }
 

@@ -58,10 +58,15 @@ fn entry_value(h: &HistoryEntry, applied_at: &str) -> AttributeValue {
 
 /// Parses a `cafe-orders` item; `None` if it is not one this daemon wrote.
 pub fn parse_order(item: &HashMap<String, AttributeValue>) -> Option<OrderState> {
+    parse_order_with(item, &mut Names::default())
+}
+
+/// [`parse_order`], the entries' positions sharing their stream and shard
+/// names through `names` (one for a whole read: a name is looked up among
+/// the interned ones once a read, not once an order).
+pub fn parse_order_with(item: &HashMap<String, AttributeValue>, names: &mut Names) -> Option<OrderState> {
     let str_of = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
     let num_of = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<u64>().ok());
-    // The entries' positions share their stream and shard names.
-    let mut names = Names::default();
     let history = item
         .get("history")?
         .as_l()
@@ -77,7 +82,7 @@ pub fn parse_order(item: &HashMap<String, AttributeValue>) -> Option<OrderState>
                 event_id: get("event_id")?,
                 // Absent on entries of queued events and of earlier releases
                 // (which stored no stream: not compared either).
-                pos: text("pos").and_then(|p| ShardPos::parse_with(p, None, &mut names)),
+                pos: text("pos").and_then(|p| ShardPos::parse_with(p, None, names)),
             })
         })
         .collect::<Option<Vec<_>>>()?;
@@ -97,6 +102,7 @@ impl DynamoDbSink {
         let table = &self.config.orders_table;
         let what = "Reading orders";
         let mut out = HashMap::new();
+        let mut names = Names::default();
         for chunk in ids.chunks(100) {
             let mut keys: Vec<HashMap<String, AttributeValue>> =
                 chunk.iter().map(|id| HashMap::from([("order_id".to_owned(), s(id))])).collect();
@@ -121,7 +127,7 @@ impl DynamoDbSink {
                     Ok(resp) => {
                         for item in resp.responses.as_ref().and_then(|r| r.get(table)).into_iter().flatten() {
                             let id = item.get("order_id").and_then(|v| v.as_s().ok());
-                            match (id, parse_order(item)) {
+                            match (id, parse_order_with(item, &mut names)) {
                                 (Some(id), Some(state)) => {
                                     out.insert(id.clone(), state);
                                 }

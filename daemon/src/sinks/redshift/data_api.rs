@@ -140,14 +140,23 @@ impl DataApiTransport {
         self.wait(&id).await
     }
 
+    /// Cancels statement `id`, best effort: what became of the cancel, for
+    /// the batch's error.
+    async fn cancel(&self, id: &str) -> String {
+        match self.client.cancel_statement().id(id).send().await {
+            Ok(_) => "cancelled".to_owned(),
+            Err(e) => format!("its cancel failed: {}", describe(&e)),
+        }
+    }
+
     /// Polls DescribeStatement, doubling the delay from `first_poll_ms` up
     /// to `max_poll_ms` (jittered: a fleet's flushes do not poll in step),
     /// until the statement ends or `statement_timeout_ms` passes (then it
     /// is cancelled and reported retryable). A poll that fails is counted
-    /// and made again, within the same time; when it cannot be made again
-    /// (past that time, or refused for good) the statement is cancelled
-    /// too: the batch is given up and sent again, and the statement must
-    /// not go on running beside it, holding the mirror table's locks.
+    /// and made again, within the same time; past that time the statement
+    /// is cancelled too: the batch is given up and sent again, and the
+    /// statement must not go on running beside it, holding the mirror
+    /// table's locks.
     async fn wait(&self, id: &str) -> Result<(), BatchError> {
         let started = Instant::now();
         let backoff = crate::aws::Backoff {
@@ -173,11 +182,16 @@ impl DataApiTransport {
                     failed += 1;
                     continue;
                 }
+                // Refused for good (access, credentials): not cancelled,
+                // as nothing says it has not committed or will not; the
+                // batch is sent again (the mirror's writes are idempotent).
+                Err(e) if classify(&e) == ErrorClass::Fatal => {
+                    return Err(BatchError { retryable: true, row_level: false, message: describe(&e) });
+                }
+                // Polls failing until the statement's time: it is given up,
+                // so it is cancelled, as one seen still running then is.
                 Err(e) => {
-                    // Best effort: the endpoint that refused the poll may
-                    // refuse this too.
-                    let _ = self.client.cancel_statement().id(id).send().await;
-                    let message = format!("polling statement {id}: {}; cancelled", describe(&e));
+                    let message = format!("polling statement {id}: {}; {}", describe(&e), self.cancel(id).await);
                     return Err(BatchError { retryable: true, row_level: false, message });
                 }
             };
@@ -192,11 +206,11 @@ impl DataApiTransport {
                     return Err(BatchError { retryable: true, row_level: false, message: format!("statement {id} was aborted") });
                 }
                 _ if started.elapsed() >= timeout => {
-                    let _ = self.client.cancel_statement().id(id).send().await;
+                    let cancelled = self.cancel(id).await;
                     return Err(BatchError {
                         retryable: true,
                         row_level: false,
-                        message: format!("statement {id} still running after {} ms; cancelled", timeout.as_millis()),
+                        message: format!("statement {id} still running after {} ms; {cancelled}", timeout.as_millis()),
                     });
                 }
                 _ => {}
