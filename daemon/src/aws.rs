@@ -281,24 +281,27 @@ impl Backoff {
     }
 }
 
+/// An HTTP client whose every request goes to `connector`, an AWS
+/// endpoint in the process: for unit tests of what callers do with its
+/// answers (or its silence).
+#[cfg(test)]
+pub(crate) fn in_process<C>(connector: C) -> aws_smithy_runtime_api::client::http::SharedHttpClient
+where
+    C: aws_smithy_runtime_api::client::http::HttpConnector + Clone + 'static,
+{
+    aws_smithy_runtime_api::client::http::http_client_fn(move |_, _| {
+        aws_smithy_runtime_api::client::http::SharedHttpConnector::new(connector.clone())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// An HTTP client that answers every request in-process with `status`
     /// and an empty JSON object.
-    #[derive(Debug)]
+    #[derive(Debug, Clone)]
     struct Answer(u16);
-
-    impl aws_smithy_runtime_api::client::http::HttpClient for Answer {
-        fn http_connector(
-            &self,
-            _: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
-            _: &RuntimeComponents,
-        ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
-            aws_smithy_runtime_api::client::http::SharedHttpConnector::new(Answer(self.0))
-        }
-    }
 
     impl aws_smithy_runtime_api::client::http::HttpConnector for Answer {
         fn call(
@@ -327,7 +330,7 @@ mod tests {
                     .region(Region::new("us-east-1"))
                     .credentials_provider(Credentials::new("k", "s", None, None, "test"))
                     .retry_config(aws_config::retry::RetryConfig::disabled())
-                    .http_client(Answer(status))
+                    .http_client(in_process(Answer(status)))
                     .interceptor(CountRequests(Arc::clone(&metrics)))
                     .build(),
             )
@@ -355,7 +358,7 @@ mod tests {
                 .behavior_version(BehaviorVersion::latest())
                 .region(Region::new("us-east-1"))
                 .credentials_provider(Credentials::new("k", "s", None, None, "test"))
-                .http_client(Answer(200))
+                .http_client(in_process(Answer(200)))
                 .build(),
         );
         plain.get_item().table_name("t").send().await.expect("answered");

@@ -40,17 +40,6 @@ pub(crate) fn refusing_sdk_config() -> aws_config::SdkConfig {
 pub(crate) struct Silent(pub std::sync::Arc<std::sync::atomic::AtomicUsize>);
 
 #[cfg(test)]
-impl aws_smithy_runtime_api::client::http::HttpClient for Silent {
-    fn http_connector(
-        &self,
-        _: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
-        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
-    ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
-        aws_smithy_runtime_api::client::http::SharedHttpConnector::new(self.clone())
-    }
-}
-
-#[cfg(test)]
 impl aws_smithy_runtime_api::client::http::HttpConnector for Silent {
     fn call(
         &self,
@@ -72,6 +61,6 @@ pub(crate) fn silent_sdk_config(calls: &std::sync::Arc<std::sync::atomic::Atomic
             aws_credential_types::Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"),
         ))
         .retry_config(aws_config::retry::RetryConfig::disabled())
-        .http_client(Silent(std::sync::Arc::clone(calls)))
+        .http_client(crate::aws::in_process(Silent(std::sync::Arc::clone(calls))))
         .build()
 }

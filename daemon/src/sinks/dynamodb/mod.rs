@@ -314,19 +314,10 @@ pub(crate) fn unprocessed_reads_sink(
     processed: usize,
 ) -> (DynamoDbSink, Arc<std::sync::atomic::AtomicUsize>) {
     use aws_sdk_dynamodb::config::http::{HttpRequest, HttpResponse};
-    use aws_smithy_runtime_api::client::http::{
-        HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
-    };
-    use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+    use aws_smithy_runtime_api::client::http::{HttpConnector, HttpConnectorFuture};
 
     #[derive(Debug, Clone)]
     struct Unprocessed(Arc<std::sync::atomic::AtomicUsize>, usize);
-
-    impl HttpClient for Unprocessed {
-        fn http_connector(&self, _: &HttpConnectorSettings, _: &RuntimeComponents) -> SharedHttpConnector {
-            SharedHttpConnector::new(self.clone())
-        }
-    }
 
     impl HttpConnector for Unprocessed {
         fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
@@ -356,7 +347,7 @@ pub(crate) fn unprocessed_reads_sink(
         .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("k", "s", None, None, "test"))
         .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
-        .http_client(Unprocessed(Arc::clone(&calls), processed))
+        .http_client(crate::aws::in_process(Unprocessed(Arc::clone(&calls), processed)))
         .build();
     (DynamoDbSink::new(Client::from_conf(sdk), config, Arc::new(Metrics::new())), calls)
 }

@@ -895,16 +895,6 @@ mod tests {
     #[derive(Debug, Clone)]
     struct EmptyTable;
 
-    impl aws_smithy_runtime_api::client::http::HttpClient for EmptyTable {
-        fn http_connector(
-            &self,
-            _: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
-            _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
-        ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
-            aws_smithy_runtime_api::client::http::SharedHttpConnector::new(self.clone())
-        }
-    }
-
     impl aws_smithy_runtime_api::client::http::HttpConnector for EmptyTable {
         fn call(
             &self,
@@ -929,7 +919,7 @@ mod tests {
             .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("k", "s", None, None, "test"))
             .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
-            .http_client(EmptyTable)
+            .http_client(crate::aws::in_process(EmptyTable))
             .build();
         let leases = Leases::new(Client::from_conf(table), config, "w1".into(), Arc::clone(&metrics));
         leases.sync_failed(SourceErrorKind::Leases, "scanning the lease table: throttled");
