@@ -156,12 +156,17 @@ impl ShardName {
         ShardAt::Shared(Arc::new(ShardName { stream: stream.into(), shard: shard.into() }))
     }
 
+    /// Whether it names shard `shard` of stream `stream`.
+    fn is(&self, stream: &str, shard: &str) -> bool {
+        *self.stream == *stream && *self.shard == *shard
+    }
+
     /// Shard `shard` of stream `stream`, interned (its reader's): the one
     /// copy, made at the first call (past [`MAX_INTERNED`] names,
     /// allocated apart).
     pub fn interned(stream: &str, shard: &str) -> ShardAt {
         let mut interned = INTERNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(&known) = interned.iter().find(|n| *n.stream == *stream && *n.shard == *shard) {
+        if let Some(&known) = interned.iter().find(|n| n.is(stream, shard)) {
             return ShardAt::Interned(known);
         }
         if interned.len() >= MAX_INTERNED {
@@ -175,7 +180,7 @@ impl ShardName {
     /// The interned copy of the name, if a reader interned it.
     fn known(stream: &str, shard: &str) -> Option<ShardAt> {
         let interned = INTERNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        interned.iter().find(|n| *n.stream == *stream && *n.shard == *shard).map(|&n| ShardAt::Interned(n))
+        interned.iter().find(|n| n.is(stream, shard)).map(|&n| ShardAt::Interned(n))
     }
 }
 
@@ -254,7 +259,7 @@ impl Names {
 
     /// Shard `shard` of stream `stream`, shared.
     pub fn get(&mut self, stream: &str, shard: &str) -> ShardAt {
-        if let Some(known) = self.0.iter().find(|known| *known.stream == *stream && *known.shard == *shard) {
+        if let Some(known) = self.0.iter().find(|known| known.is(stream, shard)) {
             return known.clone();
         }
         let new = ShardName::known(stream, shard).unwrap_or_else(|| ShardName::shared(stream, shard));
