@@ -281,19 +281,6 @@ impl Backoff {
     }
 }
 
-/// An HTTP client whose every request goes to `connector`, an AWS
-/// endpoint in the process: for unit tests of what callers do with its
-/// answers (or its silence).
-#[cfg(test)]
-pub(crate) fn in_process<C>(connector: C) -> aws_smithy_runtime_api::client::http::SharedHttpClient
-where
-    C: aws_smithy_runtime_api::client::http::HttpConnector + Clone + 'static,
-{
-    aws_smithy_runtime_api::client::http::http_client_fn(move |_, _| {
-        aws_smithy_runtime_api::client::http::SharedHttpConnector::new(connector.clone())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,7 +317,7 @@ mod tests {
                     .region(Region::new("us-east-1"))
                     .credentials_provider(Credentials::new("k", "s", None, None, "test"))
                     .retry_config(aws_config::retry::RetryConfig::disabled())
-                    .http_client(in_process(Answer(status)))
+                    .http_client(crate::sinks::in_process(Answer(status)))
                     .interceptor(CountRequests(Arc::clone(&metrics)))
                     .build(),
             )
@@ -358,7 +345,7 @@ mod tests {
                 .behavior_version(BehaviorVersion::latest())
                 .region(Region::new("us-east-1"))
                 .credentials_provider(Credentials::new("k", "s", None, None, "test"))
-                .http_client(in_process(Answer(200)))
+                .http_client(crate::sinks::in_process(Answer(200)))
                 .build(),
         );
         plain.get_item().table_name("t").send().await.expect("answered");

@@ -32,6 +32,19 @@ pub(crate) fn refusing_sdk_config() -> aws_config::SdkConfig {
         .build()
 }
 
+/// An HTTP client whose every request goes to `connector`, an AWS
+/// endpoint in the process: for unit tests of what callers do with its
+/// answers (or its silence).
+#[cfg(test)]
+pub(crate) fn in_process<C>(connector: C) -> aws_smithy_runtime_api::client::http::SharedHttpClient
+where
+    C: aws_smithy_runtime_api::client::http::HttpConnector + Clone + 'static,
+{
+    aws_smithy_runtime_api::client::http::http_client_fn(move |_, _| {
+        aws_smithy_runtime_api::client::http::SharedHttpConnector::new(connector.clone())
+    })
+}
+
 /// An endpoint that takes every request and never answers, counting them:
 /// a silent AWS endpoint, for unit tests that a caller does not wait on it
 /// past a stop.
@@ -61,6 +74,6 @@ pub(crate) fn silent_sdk_config(calls: &std::sync::Arc<std::sync::atomic::Atomic
             aws_credential_types::Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"),
         ))
         .retry_config(aws_config::retry::RetryConfig::disabled())
-        .http_client(crate::aws::in_process(Silent(std::sync::Arc::clone(calls))))
+        .http_client(in_process(Silent(std::sync::Arc::clone(calls))))
         .build()
 }

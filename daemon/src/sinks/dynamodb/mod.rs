@@ -347,7 +347,7 @@ pub(crate) fn unprocessed_reads_sink(
         .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("k", "s", None, None, "test"))
         .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
-        .http_client(crate::aws::in_process(Unprocessed(Arc::clone(&calls), processed)))
+        .http_client(crate::sinks::in_process(Unprocessed(Arc::clone(&calls), processed)))
         .build();
     (DynamoDbSink::new(Client::from_conf(sdk), config, Arc::new(Metrics::new())), calls)
 }

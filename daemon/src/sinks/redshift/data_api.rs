@@ -29,7 +29,9 @@ const STATEMENT_NAME: &str = "cafe-streamd-flush";
 pub struct DataApiTransport {
     client: Client,
     config: RedshiftSinkConfig,
-    /// Where a failed poll is counted (`run`); logged only without.
+    /// Where a failed poll is counted as a retried Redshift request
+    /// (`run`; logged only without); the sink's component is left to the
+    /// flush's outcome.
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -75,17 +77,10 @@ fn row_level_message(message: &str) -> bool {
 }
 
 impl DataApiTransport {
-    /// A transport on the configured target.
-    pub fn new(client: Client, config: RedshiftSinkConfig) -> Self {
-        DataApiTransport { client, config, metrics: None }
-    }
-
-    /// Counts each failed poll as a retried Redshift request
-    /// (`cafe_sink_requests_total{sink="redshift",outcome="retry"}`); the
-    /// sink's component is left to the flush's outcome.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
-        self
+    /// A transport on the configured target; `metrics` counts its failed
+    /// polls (`cafe_sink_requests_total{sink="redshift",outcome="retry"}`).
+    pub fn new(client: Client, config: RedshiftSinkConfig, metrics: Option<Arc<Metrics>>) -> Self {
+        DataApiTransport { client, config, metrics }
     }
 
     /// Runs `statements` as one transaction and waits for the outcome.

@@ -108,11 +108,7 @@ impl Transport {
                     client = client.interceptor(count);
                 }
                 let client = aws_sdk_redshiftdata::Client::from_conf(client.build());
-                let transport = data_api::DataApiTransport::new(client, config.clone());
-                Transport::DataApi(match metrics {
-                    Some(m) => transport.with_metrics(m),
-                    None => transport,
-                })
+                Transport::DataApi(data_api::DataApiTransport::new(client, config.clone(), metrics))
             }
             TransportKind::Postgres => {
                 Transport::Postgres(postgres::PgTransport::new(&config.url, Duration::from_millis(config.statement_timeout_ms))?)

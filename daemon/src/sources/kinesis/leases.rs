@@ -919,7 +919,7 @@ mod tests {
             .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("k", "s", None, None, "test"))
             .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
-            .http_client(crate::aws::in_process(EmptyTable))
+            .http_client(crate::sinks::in_process(EmptyTable))
             .build();
         let leases = Leases::new(Client::from_conf(table), config, "w1".into(), Arc::clone(&metrics));
         leases.sync_failed(SourceErrorKind::Leases, "scanning the lease table: throttled");
