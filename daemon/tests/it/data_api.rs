@@ -228,7 +228,7 @@ async fn the_data_api_transport_mirrors_through_the_sdk_and_retries_conflicts() 
 /// statement's timeout, when the statement is cancelled (it would go on
 /// running beside the batch sent again) and the batch retried; the
 /// statements are seen ended once the endpoint answers, and the mirror is
-/// exact.
+/// exact. Polls refused for good (access denied) cancel nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_polls_are_counted_and_made_again_until_the_statement_is_seen_ended() {
     use faultproxy::{Fault, Proxy, Rule};
@@ -273,6 +273,25 @@ async fn failed_polls_are_counted_and_made_again_until_the_statement_is_seen_end
     let mirrored = wait_mirrored(&env, &pg, &table, Duration::from_secs(60)).await;
     assert_eq!(mirrored.values().map(|v| v[8]).sum::<i64>(), total);
     assert!(api.calls.lock().expect("lock").get("DescribeStatement").copied().unwrap_or(0) > 0, "a poll got through");
+
+    // Polls refused for good (access denied): nothing says the statement
+    // will not commit, so it is not cancelled; the batch is sent again.
+    let before = cancelled();
+    let denied = Fault::Error { status: 400, code: "AccessDeniedException".into(), message: "denied".into(), extra: None };
+    proxy.set_rules(vec![Rule { operation: Some("DescribeStatement".into()), probability: 1.0, fault: denied }]).expect("rules");
+    let (more, more_total) = burst(&format!("{}-b", env.prefix), 10);
+    env.send(&more).await;
+    env.wait_for_payments(40, Duration::from_secs(60)).await;
+    let refused_for_good = || proxy.stats().operations.get("DescribeStatement").map_or(0, |c| c.error);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refused_for_good() < 2 {
+        assert!(Instant::now() < deadline, "no poll was denied: {:?}\n{}", proxy.stats(), env.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.clear();
+    let mirrored = wait_mirrored(&env, &pg, &table, Duration::from_secs(60)).await;
+    assert_eq!(mirrored.values().map(|v| v[8]).sum::<i64>(), total + more_total);
+    assert_eq!(cancelled(), before, "a statement whose poll was refused for good was cancelled");
     let (status, _) = env.sigterm();
     assert!(status.success(), "{}", env.log());
     assert_eq!(redshift_rows(&pg, &table).await, env.aggregate_rows().await.0);
