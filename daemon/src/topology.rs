@@ -13,7 +13,8 @@
 //! On the shutdown signal the receivers and readers stop, each stage drains
 //! what it holds, shards checkpoint and release their leases, and the
 //! acknowledger and the lease loop finish last; the Redshift flusher then
-//! flushes once more with what is left of the grace period. Must not:
+//! flushes once more with what is left of the grace period (past it, the
+//! statement it waits for is cancelled and the flush dropped). Must not:
 //! contain data-path logic.
 
 use std::collections::HashMap;
@@ -41,8 +42,10 @@ use crate::sources::kinesis::leases::{self, LeaseEvent, Leases};
 use crate::sources::kinesis::shard::{self, ShardContext};
 use crate::sources::sqs::{SqsSource, stages};
 
-/// What stopping takes after the grace period: the lease loops' release
-/// and the admin endpoint's close (each AWS call has its own timeout).
+/// What stopping takes after the grace period: the cut of a final
+/// Redshift flush still running (its statement's cancel, 3 s at most), the
+/// lease loops' release and the admin endpoint's close (each AWS call has
+/// its own timeout).
 pub const STOP_MARGIN: Duration = Duration::from_secs(15);
 
 /// How a run ended.
@@ -133,12 +136,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
         .with_mirror(mirror)
         .with_stop_retrying(stop_retrying.clone());
     let stop_flushing = CancellationToken::new();
+    // Cancelled when the grace period is over with the final flush still
+    // running: a Data API statement it waits for is cancelled then.
+    let cut_flushing = CancellationToken::new();
     // Built before the start-up lookups, so a bad transport fails the start
     // at once, with nothing to hand back; started once the streams are known.
     let mirror_sink = if mirror {
         Some(RedshiftSink::new(
             Transport::new(&config.sinks.redshift, &sdk, Some(count.clone()))
-                .map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?
+                .cut_by(cut_flushing.clone()),
             dynamodb.clone(),
             config.sinks.dynamodb.aggregates_table.clone(),
             config.sinks.redshift.clone(),
@@ -249,8 +256,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
             Some(leases) => sink.with_share(Arc::clone(leases) as Arc<dyn crate::sinks::redshift::BucketShare>),
             None => sink,
         };
-        let grace = Duration::from_secs(config.shutdown.grace_period_secs);
-        tokio::spawn(sink.flush_loop(stop_flushing.clone(), grace))
+        tokio::spawn(sink.flush_loop(stop_flushing.clone()))
     });
 
     tracker.close();
@@ -335,10 +341,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
     };
     retrying_ends.abort();
     stop_flushing.cancel();
-    if let Some(f) = flusher {
+    if let Some(mut f) = flusher {
         // Rows not flushed now stay pending in DynamoDB for the next start.
-        if tokio::time::timeout_at(deadline, f).await.is_err() {
+        if tokio::time::timeout_at(deadline, &mut f).await.is_err() {
             error!("Grace period exceeded during the final Redshift flush; its rows stay pending");
+            // The statement it waits for is cancelled, not left running on
+            // the cluster (holding the mirror table's locks) after the exit:
+            // one call, within AFTER_STOP; then the flush is dropped.
+            cut_flushing.cancel();
+            if tokio::time::timeout(crate::aws::AFTER_STOP + Duration::from_secs(1), &mut f).await.is_err() {
+                f.abort();
+            }
         }
     }
     stop_leasing.cancel();

@@ -9,8 +9,10 @@
 //! asynchronous (a statement is STARTED until it ends, so clients must
 //! poll DescribeStatement), runs a BatchExecuteStatement as one
 //! transaction, and refuses batches over 40 statements or statements over
-//! 100 KB. It can be told to fail the next batches the way Redshift fails
-//! a conflicting transaction. Test harness only: not part of the product.
+//! 100 KB. CancelStatement cancels a running statement on PostgreSQL (it
+//! ends ABORTED) and refuses one already ended, as the service does. It
+//! can be told to fail the next batches the way Redshift fails a
+//! conflicting transaction. Test harness only: not part of the product.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
@@ -31,6 +33,8 @@ struct Statement {
     sqls: Vec<String>,
     created: f64,
     updated: f64,
+    /// The PostgreSQL backend running it, once it runs.
+    pid: Option<i32>,
 }
 
 /// The endpoint's state, shared with the test.
@@ -61,16 +65,59 @@ fn ok(v: Value) -> Response {
     (StatusCode::OK, [("content-type", "application/x-amz-json-1.1")], v.to_string()).into_response()
 }
 
-async fn run_on_pg(url: &str, sqls: &[String]) -> Result<(), String> {
-    let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+/// Runs statement `id` (`sqls`, one transaction) on PostgreSQL, its
+/// backend's pid noted for a cancel; a statement cancelled meanwhile ends
+/// before its next statement and commits nothing.
+async fn run_on_pg(api: &DataApi, id: &str, sqls: &[String]) -> Result<(), String> {
+    let (mut client, conn) = tokio_postgres::connect(&api.pg_url, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.map_err(|e| e.to_string())?.get(0);
+    let aborted = || api.statements.lock().expect("lock").get(id).is_some_and(|s| s.status == "ABORTED");
+    if let Some(s) = api.statements.lock().expect("lock").get_mut(id) {
+        s.pid = Some(pid);
+    }
     let tx = client.transaction().await.map_err(|e| e.to_string())?;
     for s in sqls {
+        if aborted() {
+            return Err("cancelled".into());
+        }
         tx.batch_execute(s)
             .await
             .map_err(|e| e.as_db_error().map_or_else(|| e.to_string(), |d| format!("ERROR: {}", d.message())))?;
     }
+    if aborted() {
+        return Err("cancelled".into());
+    }
     tx.commit().await.map_err(|e| e.to_string())
+}
+
+/// Cancels statement `id`: ABORTED, and its query cancelled on
+/// PostgreSQL if it runs one. Under the map's lock the status is set before
+/// the pid is read, and `run_on_pg` notes the pid before it reads the
+/// status: so either the running query is cancelled, or none starts.
+async fn cancel(api: &DataApi, id: &str) -> Response {
+    let pid = {
+        let mut map = api.statements.lock().expect("lock");
+        let Some(s) = map.get_mut(id) else {
+            return error("ResourceNotFoundException", &format!("statement {id} not found"));
+        };
+        if s.status != "STARTED" {
+            return error("ValidationException", &format!("Could not cancel a query that is already in {} state", s.status));
+        }
+        s.status = "ABORTED";
+        s.updated = epoch();
+        s.pid
+    };
+    if let Some(pid) = pid {
+        let Ok((client, conn)) = tokio_postgres::connect(&api.pg_url, tokio_postgres::NoTls).await else {
+            return error("InternalServerException", "cannot reach the database to cancel");
+        };
+        tokio::spawn(conn);
+        if let Err(e) = client.execute("SELECT pg_cancel_backend($1)", &[&pid]).await {
+            return error("InternalServerException", &format!("cancel: {e}"));
+        }
+    }
+    ok(json!({"Status": true}))
 }
 
 async fn handle(State(api): State<Arc<DataApi>>, headers: HeaderMap, body: String) -> Response {
@@ -109,10 +156,10 @@ async fn handle(State(api): State<Arc<DataApi>>, headers: HeaderMap, body: Strin
             api.largest_statement.fetch_max(sqls.iter().map(String::len).max().unwrap_or(0), AtomicOrdering::SeqCst);
             let id = format!("00000000-0000-4000-8000-{:012}", api.next.fetch_add(1, AtomicOrdering::SeqCst));
             let now = epoch();
-            api.statements
-                .lock()
-                .expect("lock")
-                .insert(id.clone(), Statement { status: "STARTED", error: None, sqls: sqls.clone(), created: now, updated: now });
+            api.statements.lock().expect("lock").insert(
+                id.clone(),
+                Statement { status: "STARTED", error: None, sqls: sqls.clone(), created: now, updated: now, pid: None },
+            );
             let api2 = Arc::clone(&api);
             let id2 = id.clone();
             tokio::spawn(async move {
@@ -123,10 +170,12 @@ async fn handle(State(api): State<Arc<DataApi>>, headers: HeaderMap, body: Strin
                 let result = if injected {
                     Err("ERROR: 1023 DETAIL: Serializable isolation violation on table - 100345, transactions forming the cycle are: 1, 2".to_owned())
                 } else {
-                    run_on_pg(&api2.pg_url, &sqls).await
+                    run_on_pg(&api2, &id2, &sqls).await
                 };
                 let mut map = api2.statements.lock().expect("lock");
-                if let Some(s) = map.get_mut(&id2) {
+                if let Some(s) = map.get_mut(&id2)
+                    && s.status != "ABORTED"
+                {
                     s.updated = epoch();
                     match result {
                         Ok(()) => s.status = "FINISHED",
@@ -161,7 +210,7 @@ async fn handle(State(api): State<Arc<DataApi>>, headers: HeaderMap, body: Strin
             }
             ok(out)
         }
-        "CancelStatement" => ok(json!({"Status": true})),
+        "CancelStatement" => cancel(&api, &field("Id")).await,
         other => error("UnknownOperationException", &format!("{other} is not served by the test endpoint")),
     }
 }
@@ -295,5 +344,89 @@ async fn failed_polls_are_counted_and_made_again_until_the_statement_is_seen_end
     let (status, _) = env.sigterm();
     assert!(status.success(), "{}", env.log());
     assert_eq!(redshift_rows(&pg, &table).await, env.aggregate_rows().await.0);
+    pg.execute(&format!("DROP TABLE {table}")).await.expect("drop");
+}
+
+/// The grace period running out while a flush waits on its statement
+/// (another session holds the mirror table, so the statement cannot end):
+/// the statement is cancelled before the daemon exits, within the grace
+/// period and the cut's allowance, not left running on the cluster in the
+/// table's lock queue; its rows stay pending, and the next start mirrors
+/// them exactly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flush_cut_off_by_the_grace_period_cancels_its_statement_before_the_exit() {
+    let pg_url = std::env::var("CAFE_PG_URL").expect("CAFE_PG_URL is not set: run through scripts/test.sh");
+    let (_, user, db) = pg_target();
+    let (api, endpoint) = start(pg_url.clone()).await;
+    let table = format!("it_store_minute_dataapicut_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+    let extra = format!(
+        "[sinks.redshift]\nenabled = true\ntransport = \"data_api\"\ncluster_identifier = \"cafe-local\"\ndatabase = \"{db}\"\ndb_user = \"{user}\"\ntable = \"{table}\"\nflush_interval_ms = 500\nfirst_poll_ms = 10\nmax_poll_ms = 200\n"
+    );
+    let daemon_env = vec![("AWS_ENDPOINT_URL_REDSHIFT_DATA".to_owned(), endpoint)];
+    let mut env = Env::with_orders("dataapicut", "shards = 1", &extra, daemon_env).await;
+    // A short grace period: the cut comes soon after the SIGTERM.
+    let grace = Duration::from_secs(6);
+    let text = std::fs::read_to_string(&env.config).expect("config");
+    std::fs::write(&env.config, text.replace("grace_period_secs = 20", &format!("grace_period_secs = {}", grace.as_secs())))
+        .expect("config");
+    let pg =
+        daemon::sinks::redshift::postgres::PgTransport::connect(&pg_url, std::time::Duration::from_secs(60)).await.expect("pg");
+    env.start();
+    let (pays, total) = burst(&env.prefix, 20);
+    env.send(&pays).await;
+    env.wait_for_payments(20, Duration::from_secs(60)).await;
+    wait_mirrored(&env, &pg, &table, Duration::from_secs(30)).await;
+
+    // Another session holds the mirror table: the next statements wait.
+    let (locker, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    locker.batch_execute(&format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")).await.expect("lock");
+    let (more, more_total) = burst(&format!("{}-b", env.prefix), 10);
+    env.send(&more).await;
+    env.wait_for_payments(30, Duration::from_secs(60)).await;
+    let waiting = || -> Vec<String> {
+        let map = api.statements.lock().expect("lock");
+        map.iter().filter(|(_, s)| s.status == "STARTED" && s.pid.is_some()).map(|(id, _)| id.clone()).collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while waiting().is_empty() {
+        assert!(Instant::now() < deadline, "no statement waited on the locked table\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waited = waiting();
+
+    let (status, took) = env.sigterm();
+    assert!(status.success(), "{}", env.log());
+    // The grace period, the cut's allowance (a cancel, 2 s at most) and a
+    // margin for the rest of the stop.
+    assert!(took < grace + Duration::from_secs(6), "took {took:?} to exit\n{}", env.log());
+    let statuses: Vec<&str> = {
+        let map = api.statements.lock().expect("lock");
+        waited.iter().map(|id| map.get(id).map_or("gone", |s| s.status)).collect()
+    };
+    assert!(statuses.iter().all(|s| *s == "ABORTED"), "statements left {statuses:?} at the exit\n{}", env.log());
+    assert!(env.log().contains("given up at the end of the grace period; cancelled"), "{}", env.log());
+    // Nothing of the daemon's waits on the table any longer (a cancel on
+    // PostgreSQL takes effect a moment after it is asked for).
+    let in_queue = || {
+        let pg = &pg;
+        let q = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%{table}%' AND pid <> pg_backend_pid()"
+        );
+        async move { pg.query_text(&q).await.expect("pg_stat_activity")[0][0].parse::<i64>().expect("count") }
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while in_queue().await > 0 {
+        assert!(Instant::now() < deadline, "a statement still waits on the table after the exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
+
+    // Its rows stayed pending: the next start mirrors them, exactly.
+    env.start();
+    let mirrored = wait_mirrored(&env, &pg, &table, Duration::from_secs(60)).await;
+    assert_eq!(mirrored.values().map(|v| v[8]).sum::<i64>(), total + more_total);
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{}", env.log());
     pg.execute(&format!("DROP TABLE {table}")).await.expect("drop");
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_redshiftdata::Client;
 use aws_sdk_redshiftdata::types::StatusString;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::BatchError;
@@ -33,6 +34,11 @@ pub struct DataApiTransport {
     /// (`run`; logged only without); the sink's component is left to the
     /// flush's outcome.
     metrics: Option<Arc<Metrics>>,
+    /// Cancelled when a shutdown's grace period is over (never, by
+    /// default): no batch is sent from then on, and the statement being
+    /// waited for is cancelled at once rather than left running on the
+    /// cluster after the daemon exits.
+    cut: CancellationToken,
 }
 
 fn opt(s: &str) -> Option<String> {
@@ -80,11 +86,19 @@ impl DataApiTransport {
     /// A transport on the configured target; `metrics` counts its failed
     /// polls (`cafe_sink_requests_total{sink="redshift",outcome="retry"}`).
     pub fn new(client: Client, config: RedshiftSinkConfig, metrics: Option<Arc<Metrics>>) -> Self {
-        DataApiTransport { client, config, metrics }
+        DataApiTransport { client, config, metrics, cut: CancellationToken::new() }
+    }
+
+    /// The same transport, cut off by `cut` (see the field).
+    pub fn cut_by(self, cut: CancellationToken) -> Self {
+        DataApiTransport { cut, ..self }
     }
 
     /// Runs `statements` as one transaction and waits for the outcome.
     pub async fn run_batch(&self, statements: &[String]) -> Result<(), BatchError> {
+        if self.cut.is_cancelled() {
+            return Err(BatchError { retryable: false, row_level: false, message: "not sent: the grace period is over".into() });
+        }
         let c = &self.config;
         let id = if let [one] = statements {
             let out = self
@@ -144,6 +158,20 @@ impl DataApiTransport {
         }
     }
 
+    /// Gives statement `id` up at the cut: it is cancelled, within
+    /// [`crate::aws::AFTER_STOP`] (the grace period is over), and not
+    /// retried.
+    async fn cut_off(&self, id: &str) -> BatchError {
+        let cancelled = tokio::time::timeout(crate::aws::AFTER_STOP, self.cancel(id))
+            .await
+            .unwrap_or_else(|_| format!("its cancel got no answer within {} ms", crate::aws::AFTER_STOP.as_millis()));
+        BatchError {
+            retryable: false,
+            row_level: false,
+            message: format!("statement {id} given up at the end of the grace period; {cancelled}"),
+        }
+    }
+
     /// Polls DescribeStatement, doubling the delay from `first_poll_ms` up
     /// to `max_poll_ms` (jittered: a fleet's flushes do not poll in step),
     /// until the statement ends or `statement_timeout_ms` passes (then it
@@ -151,7 +179,7 @@ impl DataApiTransport {
     /// and made again, within the same time; past that time the statement
     /// is cancelled too: the batch is given up and sent again, and the
     /// statement must not go on running beside it, holding the mirror
-    /// table's locks.
+    /// table's locks. At the cut it is cancelled at once ([`Self::cut_off`]).
     async fn wait(&self, id: &str) -> Result<(), BatchError> {
         let started = Instant::now();
         let backoff = crate::aws::Backoff {
@@ -163,9 +191,18 @@ impl DataApiTransport {
         let mut failed = 0;
         loop {
             // No wait past the statement's time.
-            tokio::time::sleep(backoff.delay(polls).min(timeout.saturating_sub(started.elapsed()))).await;
+            let pause = backoff.delay(polls).min(timeout.saturating_sub(started.elapsed()));
+            let polled = tokio::select! {
+                biased;
+                () = self.cut.cancelled() => None,
+                polled = async {
+                    tokio::time::sleep(pause).await;
+                    self.client.describe_statement().id(id).send().await
+                } => Some(polled),
+            };
+            let Some(polled) = polled else { return Err(self.cut_off(id).await) };
             polls += 1;
-            let out = match self.client.describe_statement().id(id).send().await {
+            let out = match polled {
                 Ok(out) => out,
                 Err(e) if classify(&e) != ErrorClass::Fatal && started.elapsed() < timeout => {
                     // Counted, not marked on the sink's component: the

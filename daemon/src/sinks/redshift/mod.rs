@@ -41,7 +41,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use futures::StreamExt;
 use pipeline::window::{Counters, WindowId};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::aws::{AwsError, Backoff, describe};
 use crate::config::RedshiftSinkConfig;
@@ -114,6 +114,18 @@ impl Transport {
                 Transport::Postgres(postgres::PgTransport::new(&config.url, Duration::from_millis(config.statement_timeout_ms))?)
             }
         })
+    }
+
+    /// The same transport, cut off by `cut` when a shutdown's grace
+    /// period is over: a Data API statement still waited for is cancelled
+    /// then, and no batch is sent after it. Over PostgreSQL nothing is
+    /// needed: a batch left unfinished is rolled back when the connection
+    /// ends with the process, and `statement_timeout` bounds it meanwhile.
+    pub fn cut_by(self, cut: CancellationToken) -> Self {
+        match self {
+            Transport::DataApi(t) => Transport::DataApi(t.cut_by(cut)),
+            pg @ Transport::Postgres(_) => pg,
+        }
     }
 
     /// Runs `statements` as one transaction.
@@ -472,8 +484,10 @@ impl RedshiftSink {
     }
 
     /// Flushes on the cadence until `stop`, then once more (the drain's
-    /// final writes), within `final_budget`.
-    pub async fn flush_loop(self, stop: CancellationToken, final_budget: Duration) {
+    /// final writes). The caller bounds the last flush: at the end of the
+    /// grace period it cuts the transport off ([`Transport::cut_by`]),
+    /// which ends the flush within an allowance.
+    pub async fn flush_loop(self, stop: CancellationToken) {
         info!(transport = self.transport.name(), table = %self.config.table, "Mirroring aggregates into Redshift");
         let mut last = Instant::now();
         loop {
@@ -487,9 +501,7 @@ impl RedshiftSink {
         }
         // Every bucket: by now this instance has released its leases, and
         // what it wrote last is mirrored before it exits.
-        if tokio::time::timeout(final_budget, self.flush_logged(true)).await.is_err() {
-            warn!("Final Redshift flush did not finish in time; the rows stay pending for the next start");
-        }
+        self.flush_logged(true).await;
     }
 
     async fn flush_logged(&self, all: bool) {
