@@ -31,6 +31,25 @@ pub mod topology;
 /// The git commit this binary was built from.
 pub const GIT_COMMIT: &str = env!("CAFE_GIT_COMMIT");
 
+/// How long a command's runtime waits for its blocking threads once the
+/// command's work is done (see [`block_on`]).
+pub const RUNTIME_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs `work` to its end on a new multi-thread runtime (its workers named
+/// `cafe-io`), then shuts the runtime down, waiting at most
+/// [`RUNTIME_CLOSE`] for the threads of blocking calls still under way.
+/// Dropping the runtime would wait for them however long: a DNS lookup the
+/// SDK's client left hanging in `getaddrinfo` (a resolver that never
+/// answers) would hold the exit of a daemon that had drained and released
+/// everything, past the grace period, until systemd killed it. Nothing
+/// durable waits on those threads: the drain is over when `work` ends.
+pub fn block_on<T>(work: impl Future<Output = T>) -> std::io::Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("cafe-io").build()?;
+    let out = runtime.block_on(work);
+    runtime.shutdown_timeout(RUNTIME_CLOSE);
+    Ok(out)
+}
+
 /// The allocator the daemon's binary is built with (`main.rs`), as
 /// `mimalloc <major>.<minor>.<patch>`, or `system` when built with the
 /// `system-allocator` feature (for heap profilers that hook malloc, which
@@ -56,6 +75,29 @@ fn mimalloc_version() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    /// A blocking call that never returns (as `getaddrinfo` against a
+    /// resolver that never answers) holds the end of `block_on` for
+    /// [`super::RUNTIME_CLOSE`], not until it returns.
+    #[test]
+    fn a_blocking_call_still_under_way_holds_the_exit_no_longer_than_the_close() {
+        let started = Instant::now();
+        let out = super::block_on(async {
+            let (running, is_running) = tokio::sync::oneshot::channel();
+            drop(tokio::task::spawn_blocking(move || {
+                let _ = running.send(());
+                std::thread::sleep(Duration::from_secs(60));
+            }));
+            is_running.await.expect("the blocking call started");
+            7
+        })
+        .expect("a runtime");
+        assert_eq!(out, 7);
+        let took = started.elapsed();
+        assert!(took < super::RUNTIME_CLOSE + Duration::from_secs(3), "took {took:?}");
+    }
+
     /// The version as three numbers, the first at least 2 (a decoding that
     /// went wrong, or a `mi_version` of 0, fails).
     #[cfg(not(feature = "system-allocator"))]

@@ -124,9 +124,9 @@ fn main() -> ExitCode {
     let logging = daemon::logging::init(&config.log);
     match cli.command {
         Command::Validate(a) if a.environment => {
-            let problems = match runtime() {
-                Ok(rt) => rt.block_on(daemon::environment::check(&config)),
-                Err(e) => return exit(Err(e)),
+            let problems = match daemon::block_on(daemon::environment::check(&config)) {
+                Ok(problems) => problems,
+                Err(e) => return exit(Err(e.into())),
             };
             if problems.0.is_empty() {
                 println!("configuration is valid, and the account has what it needs");
@@ -163,11 +163,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Provision(_) => exit(runtime().and_then(|rt| rt.block_on(provision(&config)))),
-        Command::Run(_) => exit(runtime().and_then(|rt| rt.block_on(run(config, path, logging)))),
+        Command::Provision(_) => exit_after(provision(&config)),
+        Command::Run(_) => exit_after(run(config, path, logging)),
         Command::Top(a) => {
             let addr = a.addr.clone().unwrap_or_else(|| config.admin.listen.to_string());
-            exit(runtime().and_then(|rt| rt.block_on(top(&addr, a.interval, a.once))))
+            exit_after(top(&addr, a.interval, a.once))
         }
         Command::IamPolicy(a) => {
             use daemon::iam::{Purpose, policy};
@@ -180,8 +180,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("cafe-io").build()?)
+/// Runs `work` on a runtime ([`daemon::block_on`]); its outcome as the exit code.
+fn exit_after(work: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    exit(daemon::block_on(work).map_err(anyhow::Error::from).and_then(|outcome| outcome))
 }
 
 fn exit(result: anyhow::Result<()>) -> ExitCode {
