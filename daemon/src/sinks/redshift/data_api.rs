@@ -254,6 +254,102 @@ impl DataApiTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// A Data API whose statements never end: every operation it was
+    /// asked for, in order, with when.
+    #[derive(Debug, Clone, Default)]
+    struct Running(Arc<Mutex<Vec<(String, Instant)>>>);
+
+    impl Running {
+        fn calls(&self, op: &str) -> Vec<Instant> {
+            self.0.lock().expect("lock").iter().filter(|(o, _)| o == op).map(|(_, at)| *at).collect()
+        }
+    }
+
+    impl aws_smithy_runtime_api::client::http::HttpConnector for Running {
+        fn call(
+            &self,
+            request: aws_smithy_runtime_api::client::orchestrator::HttpRequest,
+        ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+            let op = request.headers().get("x-amz-target").unwrap_or("").trim_start_matches("RedshiftData.").to_owned();
+            let body = match op.as_str() {
+                "ExecuteStatement" => r#"{"Id":"s-1"}"#,
+                "DescribeStatement" => r#"{"Id":"s-1","Status":"STARTED"}"#,
+                _ => r#"{"Status":true}"#,
+            };
+            self.0.lock().expect("lock").push((op, Instant::now()));
+            let response = aws_smithy_runtime_api::http::Response::new(
+                200.try_into().expect("a status"),
+                aws_smithy_types::body::SdkBody::from(body),
+            );
+            aws_smithy_runtime_api::client::http::HttpConnectorFuture::ready(Ok(response))
+        }
+    }
+
+    fn transport(api: &Running, config: RedshiftSinkConfig) -> DataApiTransport {
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"),
+            ))
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .http_client(crate::sinks::in_process(api.clone()))
+            .build();
+        let config = RedshiftSinkConfig { cluster_identifier: "c".into(), database: "d".into(), ..config };
+        DataApiTransport::new(Client::new(&sdk), config, None)
+    }
+
+    /// A poll's wait stops at the statement's time: with waits of up to a
+    /// minute and a statement of one second, the statement still running
+    /// is given up (and cancelled) after about a second, not a minute.
+    #[tokio::test]
+    async fn no_wait_between_polls_goes_past_the_statements_time() {
+        let api = Running::default();
+        let config = RedshiftSinkConfig {
+            first_poll_ms: 60_000,
+            max_poll_ms: 60_000,
+            statement_timeout_ms: 1_000,
+            ..RedshiftSinkConfig::default()
+        };
+        let started = Instant::now();
+        let e = transport(&api, config).run_batch(&["SELECT 1".to_owned()]).await.expect_err("never ends");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(3), "gave up after {took:?}");
+        assert!(e.retryable && e.message.contains("still running after 1000 ms; cancelled"), "{e}");
+        assert_eq!(api.calls("CancelStatement").len(), 1);
+    }
+
+    /// At the cut (the grace period over), the statement waited for is
+    /// cancelled at once and the batch is not retryable; no batch is sent
+    /// after it.
+    #[tokio::test]
+    async fn the_cut_cancels_the_statement_waited_for_at_once_and_sends_nothing_after_it() {
+        let api = Running::default();
+        let config = RedshiftSinkConfig { first_poll_ms: 10, max_poll_ms: 50, ..RedshiftSinkConfig::default() };
+        let cut = CancellationToken::new();
+        let t = transport(&api, config).cut_by(cut.clone());
+        let batch = ["SELECT 1".to_owned()];
+        let waiting = t.run_batch(&batch);
+        let cutting = async {
+            // Once it polls a statement still running.
+            while api.calls("DescribeStatement").len() < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            cut.cancel();
+            Instant::now()
+        };
+        let (e, cut_at) = tokio::join!(waiting, cutting);
+        let e = e.expect_err("cut off");
+        assert!(cut_at.elapsed() < Duration::from_millis(500), "ended {:?} after the cut", cut_at.elapsed());
+        assert!(!e.retryable && e.message.contains("given up at the end of the grace period; cancelled"), "{e}");
+        assert_eq!(api.calls("CancelStatement").len(), 1);
+        let executed = api.calls("ExecuteStatement").len();
+        let e = t.run_batch(&batch).await.expect_err("not sent");
+        assert!(!e.retryable, "{e}");
+        assert_eq!(api.calls("ExecuteStatement").len(), executed, "a batch was sent after the cut");
+    }
 
     #[test]
     fn redshift_conflicts_are_retried_and_sql_errors_are_not() {
