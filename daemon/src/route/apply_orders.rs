@@ -77,12 +77,14 @@ pub enum Fate {
     Failed,
 }
 
-/// Order states kept in memory (first in, first out) to avoid reads. A
-/// shard keeps one while its lease is held (every event of its orders goes
-/// through it, from the batches it has in flight at once: never two with
-/// the same order); an SQS batch starts from an empty one, since any
-/// instance may receive an order's next event. Shared by `&`: each call
-/// locks it briefly, never across an await.
+/// Order states kept in memory to avoid reads, the oldest first out but
+/// for those used since the queue last passed them (a second chance, as a
+/// clock cache gives: an order still moving stays). A shard keeps one
+/// while its lease is held (every event of its orders goes through it,
+/// from the batches it has in flight at once: never two with the same
+/// order); an SQS batch starts from an empty one, since any instance may
+/// receive an order's next event. Shared by `&`: each call locks it
+/// briefly, never across an await.
 ///
 /// A cache holds at most `cap` orders, and lives in a pool
 /// ([`OrderCaches`]) whose caches together hold at most the pool's bytes:
@@ -101,7 +103,8 @@ pub struct OrderCache {
 
 /// The pool the order caches of one stream's shards share: at most
 /// `cap_bytes` of cached orders (as [`footprint`] estimates them) across
-/// all of them; past it the oldest entry of any cache goes first.
+/// all of them; past it the oldest entry of any cache goes first (but for
+/// one used since the queue last passed it).
 #[derive(Debug)]
 pub struct OrderCaches {
     inner: Mutex<Pool>,
@@ -112,14 +115,14 @@ pub struct OrderCaches {
 #[derive(Debug)]
 struct Pool {
     owners: HashMap<u64, Owned, OrderHasher>,
-    /// Every entry put, oldest first, as (owner, the order's hash, put
-    /// number): a put number names one entry of the whole pool, so the
-    /// queues hold no copy of an order's id (nor a count on a shared one).
-    /// An element whose entry is gone or was put again since is stale and
+    /// Every entry, oldest first, as (owner, the order's hash, put
+    /// number): a put number names one entry of the whole pool for as long
+    /// as it lives, so the queues hold no copy of an order's id (nor a
+    /// count on a shared one). An element whose entry is gone is stale and
     /// skipped; the queue is compacted when stale elements dominate.
     fifo: VecDeque<(u64, u64, u64)>,
     bytes: usize,
-    /// Entries across every cache.
+    /// Entries across every cache (taken ones included).
     entries: usize,
     cap_bytes: usize,
     next_owner: u64,
@@ -135,16 +138,55 @@ struct Owned {
     /// This cache's entries, oldest first, as (hash, put number).
     fifo: VecDeque<(u64, u64)>,
     cap: usize,
+    /// Entries taken out and not put back.
+    taken: usize,
 }
 
 #[derive(Debug)]
 struct Entry {
+    /// The order's id; empty while taken (the taker holds it).
     id: Box<str>,
     hash: u64,
     state: Option<OrderState>,
+    /// As [`footprint`] estimates it; none while taken (the taker holds
+    /// the id and the state, as before the entry was made).
     bytes: usize,
+    /// The number of the put that made it.
+    put: u64,
+    /// Its id and state are with a batch, which puts them back by its
+    /// [`Ticket`], or forgets them.
+    taken: bool,
+    /// Taken or put again since each queue last passed it ([`IN_CACHE`],
+    /// [`IN_POOL`]: a mark for each): that queue's next pass moves it to
+    /// the back instead of evicting it, once.
+    used: u8,
+}
+
+/// [`Entry::used`]'s mark for its cache's queue.
+const IN_CACHE: u8 = 1;
+/// [`Entry::used`]'s mark for the pool's queue.
+const IN_POOL: u8 = 2;
+
+/// Names the entry a taken order came from, for its put back: found by
+/// its hash and put number, with no hashing or comparison of the id (and
+/// no copy of it: the id goes out with the state and comes back with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ticket {
+    hash: u64,
     put: u64,
 }
+
+/// An order taken out of its cache ([`OrderCache::take_all`]).
+#[derive(Debug, PartialEq)]
+struct Taken {
+    id: String,
+    state: Option<OrderState>,
+    ticket: Ticket,
+}
+
+/// An order for [`OrderCache::put_all`]: its id, its state, and the ticket
+/// of the entry it was taken from, if it was.
+type PutBack<'a> = (Cow<'a, str>, Option<OrderState>, Option<Ticket>);
 
 /// What a batch of puts leaves behind: the other caches whose entries it
 /// evicted (to tidy), and the states that left the cache (to drop once
@@ -162,8 +204,8 @@ const PER_LOCK: usize = 256;
 
 /// Memory one cached order takes, estimated: its strings and history
 /// entries with an allocator's overhead each, the map's slot, the key's
-/// shared allocation and the two queues' elements (up to twice the live
-/// ones each).
+/// allocation and the two queues' elements (up to twice the live ones
+/// each).
 pub fn footprint(id: &str, state: Option<&OrderState>) -> usize {
     const ALLOC: usize = 16;
     let slot = size_of::<Entry>() * 8 / 7 + 1;
@@ -218,7 +260,7 @@ impl OrderCaches {
         let mut p = self.lock();
         let owner = p.next_owner;
         p.next_owner += 1;
-        p.owners.insert(owner, Owned { map: HashTable::new(), fifo: VecDeque::new(), cap: cap.max(1) });
+        p.owners.insert(owner, Owned { map: HashTable::new(), fifo: VecDeque::new(), cap: cap.max(1), taken: 0 });
         OrderCache { pool: Arc::clone(self), owner }
     }
 
@@ -250,21 +292,36 @@ impl Pool {
         self.hasher.hash_one(id)
     }
 
-    /// Removes `owner`'s entry put as number `put` (whose id hashes to
-    /// `hash`), if it is still there; the entry, for the caller to drop.
-    fn remove_put(&mut self, owner: u64, hash: u64, put: u64) -> Option<Entry> {
+    /// Takes `owner`'s entry for `id` out, if cached and not taken.
+    fn take(&mut self, owner: u64, id: &str) -> Option<Taken> {
+        let hash = self.hash(id);
         let o = self.owners.get_mut(&owner)?;
-        let (e, _) = o.map.find_entry(hash, |e| e.put == put).ok()?.remove();
+        let e = o.map.find_mut(hash, |e| !e.taken && *e.id == *id)?;
+        (e.taken, e.used) = (true, IN_CACHE | IN_POOL);
+        let bytes = std::mem::take(&mut e.bytes);
+        let taken =
+            Taken { id: std::mem::take(&mut e.id).into_string(), state: e.state.take(), ticket: Ticket { hash, put: e.put } };
+        o.taken += 1;
+        self.sub(bytes, 0);
+        Some(taken)
+    }
+
+    /// Removes `owner`'s entry that `ticket` names if it is still taken
+    /// (its order was not put back); the entry, for the caller to drop.
+    fn remove_taken(&mut self, owner: u64, ticket: Ticket) -> Option<Entry> {
+        let o = self.owners.get_mut(&owner)?;
+        let (e, _) = o.map.find_entry(ticket.hash, |e| e.put == ticket.put && e.taken).ok()?.remove();
+        o.taken -= 1;
         self.sub(e.bytes, 1);
         Some(e)
     }
 
-    /// Removes `owner`'s entry for `id`, if any; the entry, for the caller
-    /// to drop.
+    /// Removes `owner`'s entry for `id`, if any and not taken; the entry,
+    /// for the caller to drop.
     fn remove_id(&mut self, owner: u64, id: &str) -> Option<Entry> {
         let hash = self.hash(id);
         let o = self.owners.get_mut(&owner)?;
-        let (e, _) = o.map.find_entry(hash, |e| &*e.id == id).ok()?.remove();
+        let (e, _) = o.map.find_entry(hash, |e| !e.taken && &*e.id == id).ok()?.remove();
         self.sub(e.bytes, 1);
         Some(e)
     }
@@ -292,58 +349,115 @@ impl Pool {
     }
 
     /// Caches `state` as `owner`'s entry for `id`, of `bytes` by
-    /// [`footprint`], then evicts to the cache's bound and the pool's;
-    /// the other caches an eviction shrank (for [`Pool::tidy`], which the
-    /// caller runs) and the states that leave (evicted, or replaced) are
-    /// added to `left`, for the caller to drop once it has let go of the
-    /// lock.
-    fn put(&mut self, owner: u64, id: Cow<'_, str>, state: Option<OrderState>, bytes: usize, left: &mut Left) {
+    /// [`footprint`]: back into the entry `ticket` names when it was taken
+    /// from one that is still there, else into the entry for `id` or a new
+    /// one; then evicts to the cache's bound and the pool's. The other
+    /// caches an eviction shrank (for [`Pool::tidy`], which the caller
+    /// runs) and the states that leave (evicted, or replaced) are added to
+    /// `left`, for the caller to drop once it has let go of the lock.
+    fn put(
+        &mut self,
+        owner: u64,
+        id: Cow<'_, str>,
+        state: Option<OrderState>,
+        bytes: usize,
+        ticket: Option<Ticket>,
+        left: &mut Left,
+    ) {
         // An order larger than the whole pool is not kept (it would push
         // every other entry out first, then itself).
         if bytes > self.cap_bytes {
-            left.gone.extend(self.remove_id(owner, &id).map(|e| e.state));
+            let taken = ticket.and_then(|t| self.remove_taken(owner, t));
+            left.gone.extend(taken.into_iter().chain(self.remove_id(owner, &id)).map(|e| e.state));
             left.gone.push(state);
             return;
         }
-        let put = self.next_put;
-        self.next_put += 1;
-        let hash = self.hash(&id);
+        let hash = ticket.map_or_else(|| self.hash(&id), |t| t.hash);
         let Some(o) = self.owners.get_mut(&owner) else { return };
-        let old = match o.map.find_mut(hash, |e| *e.id == *id) {
-            Some(e) => {
-                let old = e.bytes;
-                left.gone.push(std::mem::replace(&mut e.state, state));
-                (e.bytes, e.put) = (bytes, put);
-                Some(old)
+        if let Some(t) = ticket {
+            // An entry put by the id while this one was taken (never from a
+            // shard, whose batches in flight share no order) is older: it
+            // goes, so that an id has one entry.
+            if let Ok(older) = o.map.find_entry(hash, |e| !e.taken && *e.id == *id) {
+                let (e, _) = older.remove();
+                self.bytes = self.bytes.saturating_sub(e.bytes);
+                self.entries = self.entries.saturating_sub(1);
+                left.gone.push(e.state);
             }
-            None => {
-                let id = id.into_owned().into_boxed_str();
-                o.map.insert_unique(hash, Entry { id, hash, state, bytes, put }, |e| e.hash);
-                None
+            if let Some(e) = o.map.find_mut(hash, |e| e.put == t.put && e.taken) {
+                (e.id, e.state, e.bytes, e.taken, e.used) =
+                    (id.into_owned().into_boxed_str(), state, bytes, false, IN_CACHE | IN_POOL);
+                o.taken -= 1;
+                self.bytes += bytes;
+                self.evict(owner, left);
+                return;
             }
-        };
-        o.fifo.push_back((hash, put));
-        if let Some(old) = old {
-            self.sub(old, 1);
         }
-        self.bytes += bytes;
-        self.entries += 1;
-        self.fifo.push_back((owner, hash, put));
-        // This cache's bound, then the pool's.
+        if let Some(e) = o.map.find_mut(hash, |e| !e.taken && *e.id == *id) {
+            left.gone.push(std::mem::replace(&mut e.state, state));
+            let old = std::mem::replace(&mut e.bytes, bytes);
+            e.used = IN_CACHE | IN_POOL;
+            self.sub(old, 0);
+            self.bytes += bytes;
+        } else {
+            let put = self.next_put;
+            self.next_put += 1;
+            let id = id.into_owned().into_boxed_str();
+            o.map.insert_unique(hash, Entry { id, hash, state, bytes, put, taken: false, used: 0 }, |e| e.hash);
+            o.fifo.push_back((hash, put));
+            self.bytes += bytes;
+            self.entries += 1;
+            self.fifo.push_back((owner, hash, put));
+        }
+        self.evict(owner, left);
+    }
+
+    /// Evicts to `owner`'s bound, then to the pool's. Each queue's oldest
+    /// entry goes first, but one used since the queue last passed it goes
+    /// to the back instead (once: its mark is cleared), so each pass ends
+    /// within two rounds of its queue.
+    fn evict(&mut self, owner: u64, left: &mut Left) {
         while let Some(o) = self.owners.get_mut(&owner)
             && o.map.len() > o.cap
             && let Some((h, n)) = o.fifo.pop_front()
         {
-            left.gone.extend(self.remove_put(owner, h, n).map(|e| e.state));
+            let Ok(mut found) = o.map.find_entry(h, |e| e.put == n) else { continue };
+            let e = found.get_mut();
+            if e.used & IN_CACHE != 0 {
+                e.used &= !IN_CACHE;
+                o.fifo.push_back((h, n));
+                continue;
+            }
+            let (e, _) = found.remove();
+            o.taken -= usize::from(e.taken);
+            self.sub(e.bytes, 1);
+            left.gone.push(e.state);
         }
-        while self.bytes > self.cap_bytes {
-            let Some((other, h, n)) = self.fifo.pop_front() else { break };
-            left.gone.extend(self.remove_put(other, h, n).map(|e| e.state));
+        while self.bytes > self.cap_bytes
+            && let Some((other, h, n)) = self.fifo.pop_front()
+        {
+            let Some(o) = self.owners.get_mut(&other) else { continue };
+            let Ok(mut found) = o.map.find_entry(h, |e| e.put == n) else { continue };
+            let e = found.get_mut();
+            if e.used & IN_POOL != 0 {
+                e.used &= !IN_POOL;
+                self.fifo.push_back((other, h, n));
+                continue;
+            }
+            let (e, _) = found.remove();
+            o.taken -= usize::from(e.taken);
+            self.sub(e.bytes, 1);
+            left.gone.push(e.state);
             if other != owner && !left.shrunk.contains(&other) {
                 left.shrunk.push(other);
             }
         }
-        // The pool's queue keeps at most about twice the live entries.
+        self.compact();
+    }
+
+    /// Keeps the pool's queue at most about twice the live entries (after
+    /// evictions, or entries gone by a cache cleared or dropped).
+    fn compact(&mut self) {
         if self.fifo.len() > 2 * self.entries + 64 {
             let mut fifo = std::mem::take(&mut self.fifo);
             fifo.retain(|&(o, h, n)| self.live(o, h, n));
@@ -367,15 +481,16 @@ impl OrderCache {
     fn get(&self, id: &str) -> Option<Option<OrderState>> {
         let p = self.pool.lock();
         let hash = p.hash(id);
-        p.owners.get(&self.owner)?.map.find(hash, |e| &*e.id == id).map(|e| e.state.clone())
+        p.owners.get(&self.owner)?.map.find(hash, |e| !e.taken && &*e.id == id).map(|e| e.state.clone())
     }
 
-    /// Takes `id`'s entry out, if cached: the caller owns the state (no
-    /// copy of its history) and puts it back, or its successor, when done,
-    /// with the entry's copy of the id (so that neither allocates one).
-    /// Its queue elements go stale and are skipped.
+    /// Takes `id`'s order out, if cached: the caller owns the state (no
+    /// copy of its history) and the id, and puts them back, or the state's
+    /// successor, by the ticket when done (so that neither is copied), or
+    /// forgets the ticket. The entry stays, empty, in its place in the
+    /// queues.
     #[cfg(test)]
-    fn take(&self, id: &str) -> Option<(String, Option<OrderState>)> {
+    fn take(&self, id: &str) -> Option<Taken> {
         self.take_all([Some(id)]).pop().flatten()
     }
 
@@ -384,7 +499,7 @@ impl OrderCache {
     /// a batch's thousand orders take it a few times, not a thousand (the
     /// lock is shared by the stream's shards, each of whose batches takes
     /// and puts every order it has). Nothing asked, no lock.
-    fn take_all<'i>(&self, ids: impl IntoIterator<Item = Option<&'i str>>) -> Vec<Option<(String, Option<OrderState>)>> {
+    fn take_all<'i>(&self, ids: impl IntoIterator<Item = Option<&'i str>>) -> Vec<Option<Taken>> {
         let ids: Vec<Option<&str>> = ids.into_iter().collect();
         let mut taken = Vec::with_capacity(ids.len());
         if ids.iter().all(Option::is_none) {
@@ -394,10 +509,7 @@ impl OrderCache {
         for chunk in ids.chunks(PER_LOCK) {
             let mut guard = self.pool.lock();
             let p = &mut *guard;
-            taken.extend(chunk.iter().map(|&id| {
-                let e = p.remove_id(self.owner, id?)?;
-                Some((e.id.into(), e.state))
-            }));
+            taken.extend(chunk.iter().map(|&id| p.take(self.owner, id?)));
             self.pool.show(p);
         }
         taken
@@ -407,20 +519,20 @@ impl OrderCache {
     /// caller made anyway) becomes the entry's copy of the id.
     #[cfg(test)]
     fn put<'a>(&self, id: impl Into<Cow<'a, str>>, state: Option<OrderState>) {
-        self.put_all([(id.into(), state)]);
+        self.put_all([(id.into(), state, None)]);
     }
 
-    /// [`OrderCache::put`] for each of `entries`, in order, under one hold
-    /// of the pool's lock per [`PER_LOCK`] (see [`OrderCache::take_all`]);
-    /// the caches' queues are tidied once a hold, and the states that left
-    /// the cache dropped after it.
-    fn put_all<'a>(&self, entries: impl IntoIterator<Item = (Cow<'a, str>, Option<OrderState>)>) {
+    /// Caches each of `entries` (by its ticket when it was taken), in
+    /// order, under one hold of the pool's lock per [`PER_LOCK`] (see
+    /// [`OrderCache::take_all`]); the caches' queues are tidied once a
+    /// hold, and the states that left the cache dropped after it.
+    fn put_all<'a>(&self, entries: impl IntoIterator<Item = PutBack<'a>>) {
         // Sized outside the lock.
-        let sized: Vec<(Cow<'a, str>, Option<OrderState>, usize)> = entries
+        let sized: Vec<(PutBack<'a>, usize)> = entries
             .into_iter()
-            .map(|(id, state)| {
-                let bytes = footprint(&id, state.as_ref());
-                (id, state, bytes)
+            .map(|entry| {
+                let bytes = footprint(&entry.0, entry.1.as_ref());
+                (entry, bytes)
             })
             .collect();
         let mut sized = sized.into_iter();
@@ -429,8 +541,8 @@ impl OrderCache {
             let mut left = Left::default();
             let mut guard = self.pool.lock();
             let p = &mut *guard;
-            for (id, state, bytes) in sized.by_ref().take(PER_LOCK) {
-                p.put(self.owner, id, state, bytes, &mut left);
+            for ((id, state, ticket), bytes) in sized.by_ref().take(PER_LOCK) {
+                p.put(self.owner, id, state, bytes, ticket, &mut left);
             }
             p.tidy(self.owner);
             for &owner in &left.shrunk {
@@ -438,6 +550,21 @@ impl OrderCache {
             }
             self.pool.show(p);
         }
+    }
+
+    /// Removes the entries of `tickets` still taken: their orders are not
+    /// coming back (a write that failed or conflicted, a state not written).
+    fn forget_taken(&self, tickets: impl IntoIterator<Item = Ticket>) {
+        let mut gone = Vec::new();
+        let mut p = self.pool.lock();
+        for t in tickets {
+            gone.extend(p.remove_taken(self.owner, t));
+        }
+        p.tidy(self.owner);
+        p.compact();
+        self.pool.show(&p);
+        drop(p);
+        drop(gone);
     }
 
     #[cfg(test)]
@@ -452,16 +579,18 @@ impl OrderCache {
         let mut p = self.pool.lock();
         let (freed, n) = p.owners.get_mut(&self.owner).map_or((0, 0), |o| {
             o.fifo = VecDeque::new();
+            o.taken = 0;
             let n = o.map.len();
             (std::mem::take(&mut o.map).into_iter().map(|e| e.bytes).sum::<usize>(), n)
         });
         p.sub(freed, n);
+        p.compact();
         self.pool.show(&p);
     }
 
-    /// Orders cached.
+    /// Orders cached (not those taken out).
     pub fn len(&self) -> usize {
-        self.pool.lock().owners.get(&self.owner).map_or(0, |o| o.map.len())
+        self.pool.lock().owners.get(&self.owner).map_or(0, |o| o.map.len() - o.taken)
     }
 
     /// True when nothing is cached.
@@ -477,10 +606,28 @@ impl Drop for OrderCache {
         if let Some(o) = &gone {
             p.sub(o.map.iter().map(|e| e.bytes).sum::<usize>(), o.map.len());
         }
+        p.compact();
         self.pool.show(&p);
         drop(p);
         // Its orders are freed outside the lock the other shards share.
         drop(gone);
+    }
+}
+
+/// The tickets of a call's orders taken from the cache and not yet put
+/// back: those left when the call ends (its writes failed or conflicted,
+/// a state not written, the call dropped half way) are forgotten, so no
+/// empty entry stays behind.
+struct Tickets<'c> {
+    cache: &'c OrderCache,
+    of: Vec<Option<Ticket>>,
+}
+
+impl Drop for Tickets<'_> {
+    fn drop(&mut self) {
+        if self.of.iter().any(Option::is_some) {
+            self.cache.forget_taken(self.of.iter().flatten().copied());
+        }
     }
 }
 
@@ -522,6 +669,9 @@ pub async fn apply_orders(
     // table before it counts: a valid event must never be rejected against
     // a stale copy.
     let mut fresh: Vec<bool> = vec![false; groups.len()];
+    // Each order's ticket while its entry is taken from the cache, kept
+    // across rounds: a state read again after a conflict goes back into it.
+    let mut tickets = Tickets { cache, of: vec![None; groups.len()] };
     let mut pending: Vec<usize> = (0..groups.len()).collect();
     for _ in 0..MAX_ROUNDS {
         // Each pending order's state for this round, taken out of the
@@ -537,7 +687,10 @@ pub async fn apply_orders(
         let taken = cache.take_all(pending.iter().map(|&g| (!must_read[g]).then_some(groups[g].0)));
         for (&g, taken) in pending.iter().zip(taken) {
             match taken {
-                Some((id, cached)) => states[g] = Some((cached, true, Some(id))),
+                Some(Taken { id, state, ticket }) => {
+                    tickets.of[g] = Some(ticket);
+                    states[g] = Some((state, true, Some(id)));
+                }
                 None if must_read[g] || !placed_first(g) => to_read.push(g),
                 None => states[g] = Some((None, false, None)),
             }
@@ -557,7 +710,9 @@ pub async fn apply_orders(
                 // taken from the cache go back: they are as known as before.
                 Err(_) => {
                     cache.put_all(states.into_iter().enumerate().filter_map(|(g, taken)| match taken {
-                        Some((state, true, owned)) => Some((owned.map_or(Cow::Borrowed(groups[g].0), Cow::Owned), state)),
+                        Some((state, true, owned)) => {
+                            Some((owned.map_or(Cow::Borrowed(groups[g].0), Cow::Owned), state, tickets.of[g].take()))
+                        }
                         _ => None,
                     }));
                     return fail(fates, &groups, &pending);
@@ -568,7 +723,7 @@ pub async fn apply_orders(
         let mut change_groups: Vec<usize> = Vec::with_capacity(pending.len());
         let mut confirm: Vec<usize> = Vec::new();
         // States that go back to the cache unchanged, put back together.
-        let mut unchanged: Vec<(Cow<'_, str>, Option<OrderState>)> = Vec::new();
+        let mut unchanged: Vec<PutBack<'_>> = Vec::new();
         for &g in &pending {
             let (id, idx) = &groups[g];
             let (mut state, known, owned) = states[g].take().unwrap_or((None, false, None));
@@ -609,7 +764,7 @@ pub async fn apply_orders(
                 // unless its version moved (a change that made no row: not
                 // written, so not cached either).
                 (state, _) if known && state.as_ref().map(|s| s.history.len()) == before => {
-                    unchanged.push((owned.map_or(Cow::Borrowed(*id), Cow::Owned), state));
+                    unchanged.push((owned.map_or(Cow::Borrowed(*id), Cow::Owned), state, tickets.of[g].take()));
                 }
                 _ => {}
             }
@@ -623,8 +778,9 @@ pub async fn apply_orders(
             for ((c, g), o) in changes.into_iter().zip(change_groups).zip(outcomes) {
                 match o {
                     // The change's id becomes the cache's copy.
-                    OrderWriteOutcome::Written => written.push((Cow::Owned(c.order_id), Some(c.after))),
-                    // Its state was taken from the cache: nothing to forget.
+                    OrderWriteOutcome::Written => written.push((Cow::Owned(c.order_id), Some(c.after), tickets.of[g].take())),
+                    // Its entry stays taken: the state read again goes
+                    // back into it, or it is forgotten with the call.
                     OrderWriteOutcome::Conflict => {
                         must_read[g] = true;
                         again.push(g);
@@ -692,16 +848,21 @@ mod tests {
         let c = pool.cache(3);
         // Ten put at once into a cache of three: the last three stay, as
         // ten puts one by one would leave them.
-        c.put_all((0..10).map(|i| (Cow::Owned(format!("o{i}")), Some(order(1)))));
+        c.put_all((0..10).map(|i| (Cow::Owned(format!("o{i}")), Some(order(1)), None)));
         assert_eq!(c.len(), 3);
         assert_eq!(pool.bytes(), 3 * footprint("o9", Some(&order(1))));
         // Taken in the order asked, `None` where nothing was asked or cached.
         let taken = c.take_all([Some("o9"), None, Some("o1"), Some("o7"), Some("o9")]);
-        let ids: Vec<Option<&str>> = taken.iter().map(|t| t.as_ref().map(|(id, _)| id.as_str())).collect();
+        let ids: Vec<Option<&str>> = taken.iter().map(|t| t.as_ref().map(|t| t.id.as_str())).collect();
         assert_eq!(ids, vec![Some("o9"), None, None, Some("o7"), None]);
         assert_eq!((c.len(), pool.bytes()), (1, footprint("o8", Some(&order(1)))));
-        // Put back together with a new one: the cap holds, the oldest goes.
-        c.put_all(taken.into_iter().flatten().map(|(id, state)| (Cow::Owned(id), state)).chain([(Cow::Borrowed("n"), None)]));
+        // Put back together with a new one: the cap holds, the oldest not
+        // used since goes.
+        c.put_all(taken.into_iter().flatten().map(|t| (Cow::Owned(t.id), t.state, Some(t.ticket))).chain([(
+            Cow::Borrowed("n"),
+            None,
+            None,
+        )]));
         assert_eq!(c.len(), 3);
         assert!(c.get("o8").is_none() && c.get("o9").is_some() && c.get("o7").is_some() && c.get("n").is_some());
     }
@@ -711,7 +872,7 @@ mod tests {
         let pool = OrderCaches::new(usize::MAX, None);
         let c = pool.cache(2 * PER_LOCK);
         let n = 2 * PER_LOCK + 7;
-        c.put_all((0..n).map(|i| (Cow::Owned(format!("o{i:04}")), Some(order(1)))));
+        c.put_all((0..n).map(|i| (Cow::Owned(format!("o{i:04}")), Some(order(1)), None)));
         // The cap of 2 * PER_LOCK kept the last ones put, across the holds.
         assert_eq!(c.len(), 2 * PER_LOCK);
         assert!(c.get("o0006").is_none() && c.get("o0007").is_some());
@@ -719,7 +880,7 @@ mod tests {
         let taken = c.take_all(ids.iter().map(|id| Some(id.as_str())));
         assert_eq!(taken.len(), n);
         for (i, t) in taken.iter().enumerate() {
-            assert_eq!(t.as_ref().map(|(id, _)| id.as_str()), (i >= 7).then_some(ids[i].as_str()), "{i}");
+            assert_eq!(t.as_ref().map(|t| t.id.as_str()), (i >= 7).then_some(ids[i].as_str()), "{i}");
         }
         assert_eq!((c.len(), pool.bytes()), (0, 0));
         assert_eq!(c.take_all([None, None]).len(), 2, "nothing asked: a None for each");
@@ -732,13 +893,13 @@ mod tests {
         c.put("o1", Some(order(3)));
         c.put("o2", Some(order(1)));
         let with_both = pool.bytes();
-        assert_eq!(c.take("o1"), Some(("o1".to_owned(), Some(order(3)))), "the state, not a copy of an older one");
+        let taken = c.take("o1").expect("o1 was cached");
+        assert_eq!((taken.id.as_str(), &taken.state), ("o1", &Some(order(3))), "the state, not a copy of an older one");
         assert_eq!((c.take("o1"), c.len()), (None, 1), "taken once");
         assert_eq!(pool.bytes(), footprint("o2", Some(&order(1))), "its bytes left with it");
         // Put back (as after a write), then one more order: the cap of two
-        // evicts o2, the oldest live entry, not o1 through its stale
-        // queue element.
-        c.put("o1", Some(order(4)));
+        // evicts o2, the oldest entry not used since, not o1.
+        c.put_all([(Cow::Owned(taken.id), Some(order(4)), Some(taken.ticket))]);
         assert!(pool.bytes() > with_both - footprint("o1", Some(&order(3))));
         c.put("o3", None);
         assert_eq!(c.len(), 2);
@@ -750,16 +911,60 @@ mod tests {
         let pool = OrderCaches::new(usize::MAX, None);
         let c = pool.cache(4);
         c.put("o1", Some(order(3)));
-        let Some((id, state)) = c.take("o1") else { panic!("o1 was cached") };
+        let Some(Taken { id, state, ticket }) = c.take("o1") else { panic!("o1 was cached") };
         let kept = id.as_ptr();
-        c.put(id, state);
-        let Some((id, _)) = c.take("o1") else { panic!("o1 was put back") };
+        c.put_all([(Cow::Owned(id), state, Some(ticket))]);
+        let Some(Taken { id, .. }) = c.take("o1") else { panic!("o1 was put back") };
         assert_eq!(id.as_ptr(), kept, "the entry kept the id it was given, not a copy");
         // A new order's id made for its write is the entry's too.
         let made = String::from("o2");
         let kept = made.as_ptr();
         c.put(made, None);
-        assert_eq!(c.take("o2").map(|(id, _)| id.as_ptr()), Some(kept));
+        assert_eq!(c.take("o2").map(|t| t.id.as_ptr()), Some(kept));
+    }
+
+    #[test]
+    fn an_order_used_since_the_queue_last_passed_it_is_passed_over_once() {
+        let c = OrderCache::new(3);
+        for id in ["a", "b", "c"] {
+            c.put(id, None);
+        }
+        // Taken and put back: used; it outlives the two put after it.
+        let Some(Taken { id, state, ticket }) = c.take("a") else { panic!("a was cached") };
+        c.put_all([(Cow::Owned(id), state, Some(ticket))]);
+        for id in ["d", "e", "f"] {
+            c.put(id, None);
+        }
+        assert!(c.get("a").is_some() && c.get("b").is_none() && c.get("c").is_none() && c.get("d").is_none());
+        // Passed over once: it is now the oldest, not used since.
+        c.put("g", None);
+        assert!(c.get("a").is_none() && c.get("e").is_some());
+        // Put again by its id: used, as taken.
+        c.put("e", None);
+        c.put("h", None);
+        assert!(c.get("e").is_some() && c.get("f").is_none());
+    }
+
+    #[test]
+    fn an_order_taken_and_not_put_back_leaves_no_entry_behind() {
+        let pool = OrderCaches::new(usize::MAX, None);
+        let c = pool.cache(4);
+        c.put("o1", Some(order(2)));
+        c.put("o2", Some(order(2)));
+        let (Some(one), Some(two)) = (c.take("o1"), c.take("o2")) else { panic!("both cached") };
+        {
+            // A call's tickets, o2's put back: o1's is forgotten at its end.
+            let mut tickets = Tickets { cache: &c, of: vec![Some(one.ticket), Some(two.ticket)] };
+            c.put_all([(Cow::Owned(two.id), two.state, tickets.of[1].take())]);
+        }
+        let p = pool.lock();
+        let o = &p.owners[&c.owner];
+        assert_eq!((o.map.len(), o.taken, p.entries), (1, 0, 1), "an empty entry stayed behind");
+        assert_eq!(p.bytes, footprint("o2", Some(&order(2))));
+        drop(p);
+        // A ticket whose entry was put back forgets nothing.
+        c.forget_taken([one.ticket]);
+        assert!(c.get("o2").is_some());
     }
 
     /// An event of `order` (`ORDER` in `body`).
@@ -815,7 +1020,163 @@ mod tests {
     /// The pool's bytes as the sum of its live entries' footprints.
     fn recount(pool: &OrderCaches) -> usize {
         let p = pool.lock();
-        p.owners.values().flat_map(|o| o.map.iter()).map(|e| footprint(&e.id, e.state.as_ref())).sum()
+        p.owners.values().flat_map(|o| o.map.iter()).filter(|e| !e.taken).map(|e| footprint(&e.id, e.state.as_ref())).sum()
+    }
+
+    /// Every count of the pool against its entries: the bytes (none for a
+    /// taken entry), the entries, each cache's taken ones, the queues'
+    /// bounds, the pool's byte bound and one entry an id per cache.
+    fn check(pool: &OrderCaches, step: &str) {
+        let p = pool.lock();
+        let mut bytes = 0;
+        for o in p.owners.values() {
+            let mut ids = std::collections::HashSet::new();
+            for e in o.map.iter() {
+                if e.taken {
+                    assert_eq!((e.bytes, e.id.len(), &e.state), (0, 0, &None), "{step}: a taken entry holds something");
+                } else {
+                    assert_eq!(e.bytes, footprint(&e.id, e.state.as_ref()), "{step}: an entry's bytes");
+                    assert!(ids.insert(e.id.clone()), "{step}: two entries for {}", e.id);
+                }
+                bytes += e.bytes;
+            }
+            assert_eq!(o.taken, o.map.iter().filter(|e| e.taken).count(), "{step}: taken");
+            assert!(o.map.len() <= o.cap, "{step}: over the cache's cap");
+            assert!(o.fifo.len() <= 2 * o.map.len() + 65, "{step}: the cache's queue");
+        }
+        assert_eq!(p.bytes, bytes, "{step}: bytes");
+        assert!(p.bytes <= p.cap_bytes, "{step}: over the pool's bytes");
+        assert_eq!(p.entries, p.owners.values().map(|o| o.map.len()).sum::<usize>(), "{step}: entries");
+        assert!(p.fifo.len() <= 2 * p.entries + 65, "{step}: the pool's queue");
+    }
+
+    /// Random sequences of everything a cache is asked (takes, puts back
+    /// by ticket, puts by id, orders too large to keep, tickets forgotten
+    /// or stale, clears, a cache dropped and made again) on two caches of
+    /// a small pool: every count holds after every step.
+    #[test]
+    fn the_counts_hold_whatever_the_sequence_of_calls() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n) as usize
+        };
+        let pool = OrderCaches::new(12 * footprint("o-00", Some(&order(2))), None);
+        let mut caches = [pool.cache(8), pool.cache(8)];
+        let mut held: [Vec<Taken>; 2] = [Vec::new(), Vec::new()];
+        let mut spent: Vec<Ticket> = Vec::new();
+        for step in 0..20_000 {
+            let c = next(2);
+            let id = format!("o-{:02}", next(16));
+            let op = next(100);
+            let what = format!("step {step}, op {op} on cache {c} for {id}");
+            match op {
+                0..30 => {
+                    let ids: Vec<String> = (0..1 + next(4)).map(|_| format!("o-{:02}", next(16))).collect();
+                    held[c].extend(caches[c].take_all(ids.iter().map(|i| Some(i.as_str()))).into_iter().flatten());
+                }
+                30..55 if !held[c].is_empty() => {
+                    let at = next(held[c].len() as u64);
+                    let t = held[c].swap_remove(at);
+                    spent.push(t.ticket);
+                    let state = (next(4) > 0).then(|| order(1 + next(4)));
+                    caches[c].put_all([(Cow::Owned(t.id), state, Some(t.ticket))]);
+                }
+                55..80 => caches[c].put(id, (next(4) > 0).then(|| order(1 + next(4)))),
+                80..84 => {
+                    let ticket = held[c].pop().map(|t| t.ticket);
+                    caches[c].put_all([(Cow::Owned(id), Some(order(400)), ticket)]);
+                }
+                84..92 => {
+                    let ticket = match held[c].pop() {
+                        Some(t) => t.ticket,
+                        None => *spent.get(next(spent.len() as u64 + 1)).unwrap_or(&Ticket { hash: 0, put: 0 }),
+                    };
+                    caches[c].forget_taken([ticket]);
+                }
+                92..95 => caches[c].clear(),
+                95..97 => {
+                    held[c].clear();
+                    caches[c] = pool.cache(8);
+                }
+                _ => {}
+            }
+            check(&pool, &what);
+        }
+    }
+
+    /// An in-memory order table whose writes answer as told, one outcome
+    /// a write (then `Written`), for `apply_orders`' rounds.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        table: Mutex<HashMap<String, OrderState>>,
+        outcomes: Mutex<VecDeque<OrderWriteOutcome>>,
+    }
+
+    impl OrderStore for Scripted {
+        fn read_orders<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<HashMap<String, OrderState>, AwsError>> {
+            let table = self.table.lock().expect("lock");
+            let found = ids.iter().filter_map(|id| table.get(id).map(|s| (id.clone(), s.clone()))).collect();
+            Box::pin(async move { Ok(found) })
+        }
+
+        fn write_orders<'a>(&'a self, writes: &'a [OrderChange], _: &'a str, _: usize) -> BoxFuture<'a, Vec<OrderWriteOutcome>> {
+            let outcomes = writes
+                .iter()
+                .map(|w| {
+                    let o = self.outcomes.lock().expect("lock").pop_front().unwrap_or(OrderWriteOutcome::Written);
+                    if o == OrderWriteOutcome::Written {
+                        self.table.lock().expect("lock").insert(w.order_id.clone(), w.after.clone());
+                    }
+                    o
+                })
+                .collect();
+            Box::pin(async move { outcomes })
+        }
+    }
+
+    fn placed(order: &str) -> Event {
+        order_event(
+            "e1",
+            order,
+            r#""order.placed","data":{"order_id":"ORDER","customer_id":"c","channel":"web","items":[{"sku":"a","qty":1,"unit_price_cents":250}],"total_cents":250}"#,
+        )
+    }
+
+    fn status(event: &str, order: &str, status: &str) -> Event {
+        order_event(event, order, &format!(r#""order.status","data":{{"order_id":"ORDER","status":"{status}"}}"#))
+    }
+
+    /// A write that conflicts: the order is read again, its events applied
+    /// to the fresh state and written in the next round, and the state goes
+    /// back into the entry it was taken from (one entry, not taken). A
+    /// write that fails leaves no entry for its order.
+    #[tokio::test]
+    async fn an_order_taken_comes_back_into_its_entry_after_a_conflict_and_leaves_none_after_a_failure() {
+        let pool = OrderCaches::new(usize::MAX, None);
+        let cache = pool.cache(10);
+        let store = Scripted::default();
+        let mut known = None;
+        assert!(matches!(apply_at(&mut known, &placed("o1"), None), Applied::Changed { .. }));
+        store.table.lock().expect("lock").insert("o1".into(), known.clone().expect("placed"));
+        cache.put("o1", known);
+        store.outcomes.lock().expect("lock").push_back(OrderWriteOutcome::Conflict);
+        let confirmed = status("e2", "o1", "confirmed");
+        let fates = apply_orders(&store, &[&confirmed], &[None], &cache, "2026-11-22T08:15:31Z", 1, |_| {}).await;
+        assert!(matches!(fates[..], [Fate::Applied(_)]), "{fates:?}");
+        assert_eq!(cache.get("o1").flatten().map(|s| s.history.len()), Some(2), "the written state is cached");
+        check(&pool, "after a conflict");
+        assert_eq!((cache.len(), pool.lock().entries), (1, 1));
+
+        store.outcomes.lock().expect("lock").push_back(OrderWriteOutcome::Failed);
+        let preparing = status("e3", "o1", "preparing");
+        let fates = apply_orders(&store, &[&preparing], &[None], &cache, "2026-11-22T08:15:32Z", 1, |_| {}).await;
+        assert_eq!(fates, vec![Fate::Failed]);
+        check(&pool, "after a failure");
+        let entries = pool.lock().entries;
+        assert_eq!((cache.len(), entries, pool.bytes()), (0, 0, 0), "an entry stayed behind its failed write");
     }
 
     #[test]
