@@ -425,3 +425,61 @@ async fn sigterm_while_a_silent_sqs_holds_the_start_up_lookups_exits_at_once() {
     assert!(env.log().contains("Stopped during start-up"), "{}", env.log());
     assert_eq!(held(), 1, "no lookup after the first was held");
 }
+
+/// Kinesis refusing every GetRecords for throughput
+/// (ProvisionedThroughputExceededException, from a proxy in front of the
+/// stream), then silent: the shard's reader backs off and counts each
+/// refusal, and once the stream answers every order is applied exactly
+/// once. A SIGTERM while a GetRecords is held unanswered ends the read at
+/// once (it only reads: nothing it would return is kept): the shard
+/// checkpoints, releases its lease and the process exits 0 in seconds, not
+/// after the call's 10 s timeout (which, with a short grace period, made
+/// a drained daemon exit 1).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_then_silent_kinesis_loses_nothing_and_holds_no_shutdown() {
+    let upstream = std::env::var("AWS_ENDPOINT_URL_KINESIS").expect("the local stack's Kinesis");
+    let kinesis = Proxy::start("127.0.0.1:0".parse().expect("addr"), &upstream).await.expect("start the Kinesis proxy");
+    let mut env =
+        Env::with_orders("kinesisfaults", "shards = 1", "", vec![("AWS_ENDPOINT_URL_KINESIS".into(), kinesis.url())]).await;
+    kinesis.set_rules(on(&["GetRecords"], Fault::Throttle)).expect("rules");
+    env.start();
+    let more = Arc::new(AtomicBool::new(true));
+    let producer = tokio::spawn(produce(env.producer(), 0, 3, Duration::from_millis(300), Arc::clone(&more)));
+    let refused = || kinesis.stats().operations.get("GetRecords").map_or(0, |c| c.throttle);
+    let source = format!("source=\"{}\"", env.stream());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&env, "cafe_source_throttles_total", &source).await < 3.0 {
+        assert!(Instant::now() < deadline, "{} reads refused, fewer counted\n{}", refused(), env.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused() >= 3, "{:?}", kinesis.stats());
+    kinesis.clear();
+    more.store(false, Ordering::SeqCst);
+    let expected = producer.await.expect("producer");
+    env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
+
+    // Silent: the next read is held unanswered.
+    kinesis.set_rules(on(&["GetRecords"], Fault::BlackHole)).expect("rules");
+    let held = || kinesis.stats().operations.get("GetRecords").map_or(0, |c| c.black_hole);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while held() == 0 {
+        assert!(Instant::now() < deadline, "no read was held\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, took) = env.sigterm();
+    assert!(status.success(), "{status:?}\n{}", env.log());
+    assert!(took < Duration::from_secs(6), "the stop took {took:?}, a held read waited for\n{}", env.log());
+    let leases = env.leases().await;
+    assert!(!leases.is_empty() && leases.values().all(|(owner, _)| owner.is_none()), "not released: {leases:?}");
+    // The stream answers again: the next process resumes at the
+    // checkpoint, and what follows is applied exactly once too.
+    kinesis.clear();
+    env.start();
+    let mut all = expected;
+    let extra: Vec<(String, Vec<u8>)> =
+        (1_000..1_010).flat_map(|i| order_events(&env.prefix, i, &mut all)).map(|(k, b)| (k, b.into_bytes())).collect();
+    env.producer().put(&extra).await;
+    env.wait_orders_exact(&all, Duration::from_secs(60)).await;
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{}", env.log());
+}

@@ -112,7 +112,7 @@ impl Env {
     }
 
     /// Lease table: shard -> (owner, checkpoint).
-    async fn leases(&self) -> BTreeMap<String, (Option<String>, String)> {
+    pub(crate) async fn leases(&self) -> BTreeMap<String, (Option<String>, String)> {
         let out = self
             .ddb
             .scan()

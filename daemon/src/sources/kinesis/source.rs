@@ -332,9 +332,15 @@ impl KinesisSource {
                 return;
             }
             pacing.off();
+            // A stop abandons a call under way (it only reads: what it
+            // would return is not kept), rather than waiting out a silent
+            // endpoint's timeout with the shard's lease already released.
             let it = match iterator.take() {
                 Some(it) => it,
-                None => match self.iterator(&shard, &start, after.as_ref()).await {
+                None => match tokio::select! {
+                    () = stop.cancelled() => return,
+                    got = self.iterator(&shard, &start, after.as_ref()) => got,
+                } {
                     Ok(Some(it)) => it,
                     Ok(None) => {
                         let _ = tx.send(Fetched { end: true, ..Fetched::default() }).await;
@@ -352,7 +358,10 @@ impl KinesisSource {
             };
             // Every outcome below sets the next call's time from here.
             let started = tokio::time::Instant::now();
-            let result = self.client.get_records().shard_iterator(&it).limit(cfg.max_records as i32).send().await;
+            let result = tokio::select! {
+                () = stop.cancelled() => return,
+                result = self.client.get_records().shard_iterator(&it).limit(cfg.max_records as i32).send() => result,
+            };
             let mut out = match result {
                 Ok(out) => out,
                 Err(SdkError::ServiceError(e)) if e.err().is_expired_iterator_exception() => {
