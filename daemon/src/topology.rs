@@ -42,8 +42,9 @@ use crate::sources::kinesis::leases::{self, LeaseEvent, Leases};
 use crate::sources::kinesis::shard::{self, ShardContext};
 use crate::sources::sqs::{SqsSource, stages};
 
-/// What stopping takes after the grace period: the cut of a final
-/// Redshift flush still running (its statement's cancel, 3 s at most), the
+/// What stopping takes after the grace period: the cut of a Redshift
+/// flush still running (its submit's id and its statement's cancel, 3 s;
+/// 4 s allowed), the
 /// lease loops' release and the admin endpoint's close (each AWS call has
 /// its own timeout).
 pub const STOP_MARGIN: Duration = Duration::from_secs(15);
@@ -344,12 +345,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>, control: Co
     if let Some(mut f) = flusher {
         // Rows not flushed now stay pending in DynamoDB for the next start.
         if tokio::time::timeout_at(deadline, &mut f).await.is_err() {
-            error!("Grace period exceeded during the final Redshift flush; its rows stay pending");
+            error!("Grace period exceeded during a Redshift flush; its rows stay pending");
             // The statement it waits for is cancelled, not left running on
             // the cluster (holding the mirror table's locks) after the exit:
-            // one call, within AFTER_STOP; then the flush is dropped.
+            // a submit under way gets 1 s for its id, the cancel AFTER_STOP;
+            // then the flush is dropped.
             cut_flushing.cancel();
-            if tokio::time::timeout(crate::aws::AFTER_STOP + Duration::from_secs(1), &mut f).await.is_err() {
+            if tokio::time::timeout(2 * crate::aws::AFTER_STOP, &mut f).await.is_err() {
                 f.abort();
             }
         }

@@ -9,10 +9,10 @@
 //! asynchronous (a statement is STARTED until it ends, so clients must
 //! poll DescribeStatement), runs a BatchExecuteStatement as one
 //! transaction, and refuses batches over 40 statements or statements over
-//! 100 KB. CancelStatement cancels a running statement on PostgreSQL (it
-//! ends ABORTED) and refuses one already ended, as the service does. It
-//! can be told to fail the next batches the way Redshift fails a
-//! conflicting transaction. Test harness only: not part of the product.
+//! 100 KB. CancelStatement cancels a running statement (it ends ABORTED,
+//! its query cancelled on PostgreSQL) and refuses one already ended, as
+//! the service does. It can be told to fail the next batches the way
+//! Redshift fails a conflicting transaction. Test harness only: not part of the product.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
@@ -66,8 +66,9 @@ fn ok(v: Value) -> Response {
 }
 
 /// Runs statement `id` (`sqls`, one transaction) on PostgreSQL, its
-/// backend's pid noted for a cancel; a statement cancelled meanwhile ends
-/// before its next statement and commits nothing.
+/// backend's pid noted (it runs). A statement cancelled meanwhile
+/// (ABORTED) cancels its own query, whatever it is doing then (every
+/// 10 ms it looks), and commits nothing.
 async fn run_on_pg(api: &DataApi, id: &str, sqls: &[String]) -> Result<(), String> {
     let (mut client, conn) = tokio_postgres::connect(&api.pg_url, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
@@ -76,14 +77,23 @@ async fn run_on_pg(api: &DataApi, id: &str, sqls: &[String]) -> Result<(), Strin
     if let Some(s) = api.statements.lock().expect("lock").get_mut(id) {
         s.pid = Some(pid);
     }
+    let cancel = client.cancel_token();
     let tx = client.transaction().await.map_err(|e| e.to_string())?;
     for s in sqls {
-        if aborted() {
-            return Err("cancelled".into());
+        let mut run = std::pin::pin!(tx.batch_execute(s));
+        loop {
+            if aborted() {
+                let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+                return Err("cancelled".into());
+            }
+            tokio::select! {
+                done = &mut run => {
+                    done.map_err(|e| e.as_db_error().map_or_else(|| e.to_string(), |d| format!("ERROR: {}", d.message())))?;
+                    break;
+                }
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
         }
-        tx.batch_execute(s)
-            .await
-            .map_err(|e| e.as_db_error().map_or_else(|| e.to_string(), |d| format!("ERROR: {}", d.message())))?;
     }
     if aborted() {
         return Err("cancelled".into());
@@ -91,32 +101,18 @@ async fn run_on_pg(api: &DataApi, id: &str, sqls: &[String]) -> Result<(), Strin
     tx.commit().await.map_err(|e| e.to_string())
 }
 
-/// Cancels statement `id`: ABORTED, and its query cancelled on
-/// PostgreSQL if it runs one. Under the map's lock the status is set before
-/// the pid is read, and `run_on_pg` notes the pid before it reads the
-/// status: so either the running query is cancelled, or none starts.
-async fn cancel(api: &DataApi, id: &str) -> Response {
-    let pid = {
-        let mut map = api.statements.lock().expect("lock");
-        let Some(s) = map.get_mut(id) else {
-            return error("ResourceNotFoundException", &format!("statement {id} not found"));
-        };
-        if s.status != "STARTED" {
-            return error("ValidationException", &format!("Could not cancel a query that is already in {} state", s.status));
-        }
-        s.status = "ABORTED";
-        s.updated = epoch();
-        s.pid
+/// Cancels statement `id` if it has not ended: ABORTED (its run sees it
+/// and cancels its query); one that ended is refused, as by the service.
+fn cancel(api: &DataApi, id: &str) -> Response {
+    let mut map = api.statements.lock().expect("lock");
+    let Some(s) = map.get_mut(id) else {
+        return error("ResourceNotFoundException", &format!("statement {id} not found"));
     };
-    if let Some(pid) = pid {
-        let Ok((client, conn)) = tokio_postgres::connect(&api.pg_url, tokio_postgres::NoTls).await else {
-            return error("InternalServerException", "cannot reach the database to cancel");
-        };
-        tokio::spawn(conn);
-        if let Err(e) = client.execute("SELECT pg_cancel_backend($1)", &[&pid]).await {
-            return error("InternalServerException", &format!("cancel: {e}"));
-        }
+    if s.status != "STARTED" {
+        return error("ValidationException", &format!("Could not cancel a query that is already in {} state", s.status));
     }
+    s.status = "ABORTED";
+    s.updated = epoch();
     ok(json!({"Status": true}))
 }
 
@@ -210,7 +206,7 @@ async fn handle(State(api): State<Arc<DataApi>>, headers: HeaderMap, body: Strin
             }
             ok(out)
         }
-        "CancelStatement" => cancel(&api, &field("Id")).await,
+        "CancelStatement" => cancel(&api, &field("Id")),
         other => error("UnknownOperationException", &format!("{other} is not served by the test endpoint")),
     }
 }
@@ -367,6 +363,7 @@ async fn a_flush_cut_off_by_the_grace_period_cancels_its_statement_before_the_ex
     // A short grace period: the cut comes soon after the SIGTERM.
     let grace = Duration::from_secs(6);
     let text = std::fs::read_to_string(&env.config).expect("config");
+    assert!(text.contains("grace_period_secs = 20"), "the grace period to shorten: {text}");
     std::fs::write(&env.config, text.replace("grace_period_secs = 20", &format!("grace_period_secs = {}", grace.as_secs())))
         .expect("config");
     let pg =

@@ -273,3 +273,60 @@ async fn a_statement_past_the_timeout_fails_and_does_not_go_on_running_on_the_se
     t.run_batch(&["SELECT 1".to_owned()]).await.expect("connected again");
     assert_ne!(backend().await, before, "the connection that timed out was used again");
 }
+
+/// The cut (a shutdown's grace period over) while a batch waits on a lock
+/// another session holds: the batch is given up at once and not retried,
+/// its query is cancelled on the server (a backend waiting on a lock does
+/// not see its client's connection close: it would stay in the table's
+/// lock queue after the exit), and no batch is sent after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_cut_off_at_the_end_of_the_grace_period_is_cancelled_on_the_server() {
+    let url = std::env::var("CAFE_PG_URL").expect("CAFE_PG_URL is not set: run through scripts/test.sh");
+    let table = format!("it_cut_{}", std::process::id());
+    let locker = raw().await;
+    locker
+        .batch_execute(&format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (k int primary key)"))
+        .await
+        .expect("table");
+    locker.batch_execute(&format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")).await.expect("lock");
+    let cut = tokio_util::sync::CancellationToken::new();
+    let t = postgres::PgTransport::connect(&url, Duration::from_secs(60)).await.expect("connect").cut_by(cut.clone());
+    let watcher = pg().await;
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO {table}%' AND pid <> pg_backend_pid()"
+    );
+    let in_queue = || async { watcher.query_text(&waiting).await.expect("pg_stat_activity")[0][0].clone() };
+    let batch = [format!("INSERT INTO {table} VALUES (1)")];
+    let cutting = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while in_queue().await == "0" {
+            assert!(std::time::Instant::now() < deadline, "the batch never waited on the lock");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cut.cancel();
+        std::time::Instant::now()
+    };
+    let (r, cut_at) = tokio::join!(t.run_batch(&batch), cutting);
+    let e = r.expect_err("cut off");
+    assert!(cut_at.elapsed() < Duration::from_millis(1500), "ended {:?} after the cut", cut_at.elapsed());
+    assert!(!e.retryable() && e.to_string().contains("given up at the end of the grace period; cancelled"), "{e}");
+    // Out of the lock queue, though the lock is still held.
+    let mut left = String::new();
+    for _ in 0..50 {
+        left = in_queue().await;
+        if left == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, "0", "the batch still waits on the table after its cut");
+    let e = t.run_batch(&batch).await.expect_err("not sent");
+    assert!(matches!(e, postgres::PgError::Cut(_)), "{e}");
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
+    assert_eq!(
+        watcher.query_text(&format!("SELECT count(*) FROM {table}")).await.expect("count")[0][0],
+        "0",
+        "the cut batch committed"
+    );
+    locker.batch_execute(&format!("DROP TABLE {table}")).await.expect("drop");
+}

@@ -25,6 +25,10 @@ use crate::metrics::Metrics;
 /// Statement name shown in the cluster's query history.
 const STATEMENT_NAME: &str = "cafe-streamd-flush";
 
+/// How long a submit under way at the cut may still take, for its
+/// statement's id (then its cancel, within [`crate::aws::AFTER_STOP`]).
+const SUBMIT_AFTER_CUT: Duration = Duration::from_secs(1);
+
 /// A Data API target: a cluster or a serverless workgroup, and a database.
 #[derive(Debug, Clone)]
 pub struct DataApiTransport {
@@ -94,50 +98,76 @@ impl DataApiTransport {
         DataApiTransport { cut, ..self }
     }
 
+    /// Whether it was cut off.
+    pub fn is_cut(&self) -> bool {
+        self.cut.is_cancelled()
+    }
+
     /// Runs `statements` as one transaction and waits for the outcome.
     pub async fn run_batch(&self, statements: &[String]) -> Result<(), BatchError> {
         if self.cut.is_cancelled() {
             return Err(BatchError { retryable: false, row_level: false, message: "not sent: the grace period is over".into() });
         }
         let c = &self.config;
-        let id = if let [one] = statements {
-            let out = self
-                .client
-                .execute_statement()
-                .sql(one)
-                .set_cluster_identifier(opt(&c.cluster_identifier))
-                .set_workgroup_name(opt(&c.workgroup_name))
-                .database(&c.database)
-                .set_db_user(opt(&c.db_user))
-                .set_secret_arn(opt(&c.secret_arn))
-                .statement_name(STATEMENT_NAME)
-                .send()
-                .await
-                .map_err(|e| BatchError {
-                    retryable: classify(&e) != ErrorClass::Fatal,
-                    row_level: false,
-                    message: describe(&e),
-                })?;
-            out.id.unwrap_or_default()
-        } else {
-            let out = self
-                .client
-                .batch_execute_statement()
-                .set_sqls(Some(statements.to_vec()))
-                .set_cluster_identifier(opt(&c.cluster_identifier))
-                .set_workgroup_name(opt(&c.workgroup_name))
-                .database(&c.database)
-                .set_db_user(opt(&c.db_user))
-                .set_secret_arn(opt(&c.secret_arn))
-                .statement_name(STATEMENT_NAME)
-                .send()
-                .await
-                .map_err(|e| BatchError {
-                    retryable: classify(&e) != ErrorClass::Fatal,
-                    row_level: false,
-                    message: describe(&e),
-                })?;
-            out.id.unwrap_or_default()
+        let submit = async {
+            Ok::<_, BatchError>(if let [one] = statements {
+                let out = self
+                    .client
+                    .execute_statement()
+                    .sql(one)
+                    .set_cluster_identifier(opt(&c.cluster_identifier))
+                    .set_workgroup_name(opt(&c.workgroup_name))
+                    .database(&c.database)
+                    .set_db_user(opt(&c.db_user))
+                    .set_secret_arn(opt(&c.secret_arn))
+                    .statement_name(STATEMENT_NAME)
+                    .send()
+                    .await
+                    .map_err(|e| BatchError {
+                        retryable: classify(&e) != ErrorClass::Fatal,
+                        row_level: false,
+                        message: describe(&e),
+                    })?;
+                out.id.unwrap_or_default()
+            } else {
+                let out = self
+                    .client
+                    .batch_execute_statement()
+                    .set_sqls(Some(statements.to_vec()))
+                    .set_cluster_identifier(opt(&c.cluster_identifier))
+                    .set_workgroup_name(opt(&c.workgroup_name))
+                    .database(&c.database)
+                    .set_db_user(opt(&c.db_user))
+                    .set_secret_arn(opt(&c.secret_arn))
+                    .statement_name(STATEMENT_NAME)
+                    .send()
+                    .await
+                    .map_err(|e| BatchError {
+                        retryable: classify(&e) != ErrorClass::Fatal,
+                        row_level: false,
+                        message: describe(&e),
+                    })?;
+                out.id.unwrap_or_default()
+            })
+        };
+        let mut submit = std::pin::pin!(submit);
+        // At the cut, a submit under way gets a second more for its
+        // statement's id (to cancel it); past that the statement may run
+        // on the cluster after the exit, and says so.
+        let id = tokio::select! {
+            biased;
+            id = &mut submit => id?,
+            () = self.cut.cancelled() => match tokio::time::timeout(SUBMIT_AFTER_CUT, &mut submit).await {
+                Ok(id) => id?,
+                Err(_) => {
+                    warn!("A Redshift batch being submitted at the end of the grace period got no statement id in time; it may still run on the cluster");
+                    return Err(BatchError {
+                        retryable: false,
+                        row_level: false,
+                        message: "given up while being submitted at the end of the grace period".into(),
+                    });
+                }
+            },
         };
         if id.is_empty() {
             return Err(BatchError {
@@ -149,12 +179,14 @@ impl DataApiTransport {
         self.wait(&id).await
     }
 
-    /// Cancels statement `id`, best effort: what became of the cancel, for
-    /// the batch's error.
+    /// Cancels statement `id`, best effort, within
+    /// [`crate::aws::AFTER_STOP`]: what became of the cancel, for the
+    /// batch's error.
     async fn cancel(&self, id: &str) -> String {
-        match self.client.cancel_statement().id(id).send().await {
-            Ok(_) => "cancelled".to_owned(),
-            Err(e) => format!("its cancel failed: {}", describe(&e)),
+        match tokio::time::timeout(crate::aws::AFTER_STOP, self.client.cancel_statement().id(id).send()).await {
+            Ok(Ok(_)) => "cancelled".to_owned(),
+            Ok(Err(e)) => format!("its cancel failed: {}", describe(&e)),
+            Err(_) => format!("its cancel got no answer within {} ms", crate::aws::AFTER_STOP.as_millis()),
         }
     }
 
@@ -162,9 +194,7 @@ impl DataApiTransport {
     /// [`crate::aws::AFTER_STOP`] (the grace period is over), and not
     /// retried.
     async fn cut_off(&self, id: &str) -> BatchError {
-        let cancelled = tokio::time::timeout(crate::aws::AFTER_STOP, self.cancel(id))
-            .await
-            .unwrap_or_else(|_| format!("its cancel got no answer within {} ms", crate::aws::AFTER_STOP.as_millis()));
+        let cancelled = self.cancel(id).await;
         BatchError {
             retryable: false,
             row_level: false,
@@ -257,9 +287,9 @@ mod tests {
     use std::sync::Mutex;
 
     /// A Data API whose statements never end: every operation it was
-    /// asked for, in order, with when.
+    /// asked for, in order, with when; a submit answered after a delay.
     #[derive(Debug, Clone, Default)]
-    struct Running(Arc<Mutex<Vec<(String, Instant)>>>);
+    struct Running(Arc<Mutex<Vec<(String, Instant)>>>, Duration);
 
     impl Running {
         fn calls(&self, op: &str) -> Vec<Instant> {
@@ -273,17 +303,20 @@ mod tests {
             request: aws_smithy_runtime_api::client::orchestrator::HttpRequest,
         ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
             let op = request.headers().get("x-amz-target").unwrap_or("").trim_start_matches("RedshiftData.").to_owned();
-            let body = match op.as_str() {
-                "ExecuteStatement" => r#"{"Id":"s-1"}"#,
-                "DescribeStatement" => r#"{"Id":"s-1","Status":"STARTED"}"#,
-                _ => r#"{"Status":true}"#,
+            let (body, delay) = match op.as_str() {
+                "ExecuteStatement" => (r#"{"Id":"s-1"}"#, self.1),
+                "DescribeStatement" => (r#"{"Id":"s-1","Status":"STARTED"}"#, Duration::ZERO),
+                _ => (r#"{"Status":true}"#, Duration::ZERO),
             };
             self.0.lock().expect("lock").push((op, Instant::now()));
             let response = aws_smithy_runtime_api::http::Response::new(
                 200.try_into().expect("a status"),
                 aws_smithy_types::body::SdkBody::from(body),
             );
-            aws_smithy_runtime_api::client::http::HttpConnectorFuture::ready(Ok(response))
+            aws_smithy_runtime_api::client::http::HttpConnectorFuture::new(async move {
+                tokio::time::sleep(delay).await;
+                Ok(response)
+            })
         }
     }
 
@@ -371,5 +404,32 @@ mod tests {
         assert!(!row_level_message("ERROR: permission denied for relation cafe_store_minute"));
         assert!(!row_level_message("ERROR: relation \"cafe_store_minute\" does not exist"));
         assert!(!row_level_message("ERROR: syntax error at or near \"MERGE\""));
+    }
+
+    /// A cut while the batch is being submitted: a submit answered within
+    /// a second of it is cancelled once its id is known; one still
+    /// unanswered then is given up (and says it may run), not waited for.
+    #[tokio::test]
+    async fn a_submit_under_way_at_the_cut_is_cancelled_once_its_id_is_known_or_given_up() {
+        for (delay, cancels) in [(Duration::from_millis(300), 1), (Duration::from_secs(30), 0)] {
+            let api = Running(Arc::default(), delay);
+            let cut = CancellationToken::new();
+            let t =
+                transport(&api, RedshiftSinkConfig { first_poll_ms: 10, ..RedshiftSinkConfig::default() }).cut_by(cut.clone());
+            let batch = ["SELECT 1".to_owned()];
+            let cutting = async {
+                while api.calls("ExecuteStatement").is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                cut.cancel();
+                Instant::now()
+            };
+            let (e, cut_at) = tokio::join!(t.run_batch(&batch), cutting);
+            let e = e.expect_err("cut off");
+            let took = cut_at.elapsed();
+            assert!(!e.retryable && took < SUBMIT_AFTER_CUT + Duration::from_millis(500), "{delay:?}: {took:?}, {e}");
+            assert_eq!(api.calls("CancelStatement").len(), cancels, "{delay:?}: {e}");
+            assert_eq!(api.calls("DescribeStatement").len(), 0, "{delay:?}: polled after the cut");
+        }
     }
 }

@@ -117,14 +117,22 @@ impl Transport {
     }
 
     /// The same transport, cut off by `cut` when a shutdown's grace
-    /// period is over: a Data API statement still waited for is cancelled
-    /// then, and no batch is sent after it. Over PostgreSQL nothing is
-    /// needed: a batch left unfinished is rolled back when the connection
-    /// ends with the process, and `statement_timeout` bounds it meanwhile.
+    /// period is over: the statement under way is cancelled then (a Data
+    /// API statement by CancelStatement, a PostgreSQL one by the
+    /// protocol's cancel request: a backend waiting on a lock does not see
+    /// its client's connection close), and no batch is sent after it.
     pub fn cut_by(self, cut: CancellationToken) -> Self {
         match self {
             Transport::DataApi(t) => Transport::DataApi(t.cut_by(cut)),
-            pg @ Transport::Postgres(_) => pg,
+            Transport::Postgres(t) => Transport::Postgres(t.cut_by(cut)),
+        }
+    }
+
+    /// Whether the transport was cut off (nothing more is sent).
+    pub fn is_cut(&self) -> bool {
+        match self {
+            Transport::DataApi(t) => t.is_cut(),
+            Transport::Postgres(t) => t.is_cut(),
         }
     }
 
@@ -501,7 +509,11 @@ impl RedshiftSink {
         }
         // Every bucket: by now this instance has released its leases, and
         // what it wrote last is mirrored before it exits.
-        self.flush_logged(true).await;
+        // Not once cut off (a flush under way at the end of the grace
+        // period): it would send nothing.
+        if !self.transport.is_cut() {
+            self.flush_logged(true).await;
+        }
     }
 
     async fn flush_logged(&self, all: bool) {

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 
 /// Why a batch did not commit.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,10 @@ pub enum PgError {
     /// The connection failed; the next call reconnects.
     #[error("connection failed: {0}")]
     Connection(String),
+    /// Given up, or not sent, at the end of a shutdown's grace period
+    /// ([`PgTransport::cut_by`]); not retried.
+    #[error("{0}")]
+    Cut(String),
 }
 
 impl PgError {
@@ -44,6 +49,7 @@ impl PgError {
     pub fn retryable(&self) -> bool {
         match self {
             PgError::Connection(_) => true,
+            PgError::Cut(_) => false,
             PgError::Statement { code, .. } => {
                 code.starts_with("08") || code.starts_with("57") || code == "40001" || code == "40P01" || code == "23505"
             }
@@ -57,7 +63,7 @@ impl PgError {
     /// insert), not the statement, the table or the connection.
     pub fn row_level(&self) -> bool {
         match self {
-            PgError::Connection(_) => false,
+            PgError::Connection(_) | PgError::Cut(_) => false,
             PgError::Statement { code, .. } => code.starts_with("22") || (code.starts_with("23") && code != "23505"),
         }
     }
@@ -90,6 +96,11 @@ pub struct PgTransport {
     client: Arc<Mutex<Option<Live>>>,
     /// How long one call may take, its connection included.
     timeout: Duration,
+    /// Cancelled when a shutdown's grace period is over (never, by
+    /// default): the batch under way is cancelled on the server (a
+    /// backend waiting on a lock does not see its client's connection
+    /// close), and none is sent after it.
+    cut: CancellationToken,
 }
 
 /// The TCP connect's own limit (within the call's): the server's port
@@ -143,7 +154,33 @@ impl PgTransport {
             .map(tokio_postgres_rustls::MakeRustlsConnect::new);
         let mut config = parsed.config;
         config.connect_timeout(CONNECT_TIMEOUT.min(timeout));
-        Ok(PgTransport { config, tls, client: Arc::new(Mutex::new(None)), timeout })
+        Ok(PgTransport { config, tls, client: Arc::new(Mutex::new(None)), timeout, cut: CancellationToken::new() })
+    }
+
+    /// The same transport, cut off by `cut` (see the field).
+    pub fn cut_by(self, cut: CancellationToken) -> Self {
+        PgTransport { cut, ..self }
+    }
+
+    /// Whether it was cut off.
+    pub fn is_cut(&self) -> bool {
+        self.cut.is_cancelled()
+    }
+
+    /// Gives the batch under way up at the cut: its query is cancelled on
+    /// the server (within [`crate::aws::AFTER_STOP`]), and its connection
+    /// is dropped by the caller (so the transaction rolls back).
+    async fn cut_off(&self, cancel: tokio_postgres::CancelToken) -> PgError {
+        let asked = match &self.tls {
+            None => tokio::time::timeout(crate::aws::AFTER_STOP, cancel.cancel_query(tokio_postgres::NoTls)).await,
+            Some(tls) => tokio::time::timeout(crate::aws::AFTER_STOP, cancel.cancel_query(tls.clone())).await,
+        };
+        let outcome = match asked {
+            Ok(Ok(())) => "cancelled".to_owned(),
+            Ok(Err(e)) => format!("its cancel failed: {e}"),
+            Err(_) => format!("its cancel got no answer within {} ms", crate::aws::AFTER_STOP.as_millis()),
+        };
+        PgError::Cut(format!("batch given up at the end of the grace period; {outcome}"))
     }
 
     /// [`PgTransport::new`], connected now.
@@ -205,22 +242,30 @@ impl PgTransport {
     /// the connection end; one whose commit was sent may have committed,
     /// which the mirror's version checks make harmless when the batch runs
     /// again).
+    /// At the cut, the batch under way is cancelled and none is sent.
     pub async fn run_batch(&self, statements: &[String]) -> Result<(), PgError> {
+        if self.cut.is_cancelled() {
+            return Err(PgError::Cut("not sent: the grace period is over".into()));
+        }
         let mut slot = self.client.lock().await;
         let result = self
             .within_timeout(async {
                 let live = self.live(&mut slot).await?;
-                live.run(|client| async move {
+                let cancel = live.client.cancel_token();
+                let batch = live.run(|client| async move {
                     let tx = client.transaction().await.map_err(classify)?;
                     for s in statements {
                         tx.batch_execute(s).await.map_err(classify)?;
                     }
                     tx.commit().await.map_err(classify)
-                })
-                .await
+                });
+                tokio::select! {
+                    result = batch => result,
+                    () = self.cut.cancelled() => Err(self.cut_off(cancel).await),
+                }
             })
             .await;
-        if matches!(result, Err(PgError::Connection(_))) {
+        if matches!(result, Err(PgError::Connection(_) | PgError::Cut(_))) {
             *slot = None;
         }
         result
