@@ -483,3 +483,40 @@ async fn a_throttled_then_silent_kinesis_loses_nothing_and_holds_no_shutdown() {
     let (status, _) = env.sigterm();
     assert!(status.success(), "{}", env.log());
 }
+
+/// SQS refusing every DeleteMessageBatch (a 500, from a proxy in front of
+/// the queue) while payments and orders flow through the FIFO queue: the
+/// first batches' writes land, each delete is retried and then given up
+/// (an undeleted message holds its FIFO group back: nothing after it is
+/// received until it comes back), and the messages come back after their
+/// visibility timeout as no-ops. Once SQS answers, every payment is
+/// counted once, every order's events applied once and in order, the
+/// queue empties and nothing reaches the DLQ.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_deletes_are_given_up_and_the_redelivered_messages_change_nothing() {
+    let sqs_upstream = std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack's SQS");
+    let sqs = Proxy::start("127.0.0.1:0".parse().expect("addr"), &sqs_upstream).await.expect("start the SQS proxy");
+    let mut env = Env::with_orders("refuseddeletes", "shards = 1", "", vec![("AWS_ENDPOINT_URL_SQS".into(), sqs.url())]).await;
+    sqs.set_rules(on(&["DeleteMessageBatch"], Fault::ServerError)).expect("rules");
+    env.start();
+    let (bodies, total, expected) = traffic(&env.prefix);
+    env.send(&bodies).await;
+    let refused = || sqs.stats().operations.get("DeleteMessageBatch").map_or(0, |c| c.server_error);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.log().contains("Giving up deleting") {
+        assert!(Instant::now() < deadline, "{} deletes refused, none given up\n{}", refused(), env.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused() >= 6, "{:?}", sqs.stats());
+    assert!(metric(&env, "cafe_source_errors_total", "outcome=\"delete\"").await >= 6.0, "refused deletes not counted");
+    sqs.clear();
+
+    // Redelivered after the visibility timeout (6 s), each a no-op.
+    wait_all_applied(&env, 120, total, &expected, Duration::from_secs(90)).await;
+    assert!(env.wait_queue_empty(Duration::from_secs(60)).await, "the queue never emptied\n{}", env.log());
+    let repeats = metric(&env, "cafe_pipeline_events_total", "outcome=\"duplicate\"").await;
+    assert!(repeats > 0.0, "nothing came back\n{}", env.log());
+    assert_eq!(dlq_messages(&env).await, 0, "a message reached the DLQ\n{}", env.log());
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{status:?}\n{}", env.log());
+}
