@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_redshiftdata::Client;
+use aws_sdk_redshiftdata::config::http::HttpResponse;
+use aws_sdk_redshiftdata::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_redshiftdata::types::StatusString;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -109,45 +111,32 @@ impl DataApiTransport {
             return Err(BatchError { retryable: false, row_level: false, message: "not sent: the grace period is over".into() });
         }
         let c = &self.config;
+        // The target and the statement's name, on either request's builder.
+        macro_rules! on_target {
+            ($request:expr) => {
+                $request
+                    .set_cluster_identifier(opt(&c.cluster_identifier))
+                    .set_workgroup_name(opt(&c.workgroup_name))
+                    .database(&c.database)
+                    .set_db_user(opt(&c.db_user))
+                    .set_secret_arn(opt(&c.secret_arn))
+                    .statement_name(STATEMENT_NAME)
+            };
+        }
+        fn refused<E: ProvideErrorMetadata + std::error::Error>(e: SdkError<E, HttpResponse>) -> BatchError {
+            BatchError { retryable: classify(&e) != ErrorClass::Fatal, row_level: false, message: describe(&e) }
+        }
         let submit = async {
             Ok::<_, BatchError>(if let [one] = statements {
-                let out = self
-                    .client
-                    .execute_statement()
-                    .sql(one)
-                    .set_cluster_identifier(opt(&c.cluster_identifier))
-                    .set_workgroup_name(opt(&c.workgroup_name))
-                    .database(&c.database)
-                    .set_db_user(opt(&c.db_user))
-                    .set_secret_arn(opt(&c.secret_arn))
-                    .statement_name(STATEMENT_NAME)
-                    .send()
-                    .await
-                    .map_err(|e| BatchError {
-                        retryable: classify(&e) != ErrorClass::Fatal,
-                        row_level: false,
-                        message: describe(&e),
-                    })?;
-                out.id.unwrap_or_default()
+                on_target!(self.client.execute_statement().sql(one)).send().await.map_err(refused)?.id.unwrap_or_default()
             } else {
-                let out = self
-                    .client
-                    .batch_execute_statement()
-                    .set_sqls(Some(statements.to_vec()))
-                    .set_cluster_identifier(opt(&c.cluster_identifier))
-                    .set_workgroup_name(opt(&c.workgroup_name))
-                    .database(&c.database)
-                    .set_db_user(opt(&c.db_user))
-                    .set_secret_arn(opt(&c.secret_arn))
-                    .statement_name(STATEMENT_NAME)
+                let sqls = Some(statements.to_vec());
+                on_target!(self.client.batch_execute_statement().set_sqls(sqls))
                     .send()
                     .await
-                    .map_err(|e| BatchError {
-                        retryable: classify(&e) != ErrorClass::Fatal,
-                        row_level: false,
-                        message: describe(&e),
-                    })?;
-                out.id.unwrap_or_default()
+                    .map_err(refused)?
+                    .id
+                    .unwrap_or_default()
             })
         };
         let mut submit = std::pin::pin!(submit);
