@@ -3,6 +3,7 @@
 //! or holds requests unanswered, and counts what it did, so a test whose
 //! fault never happened fails.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -517,6 +518,58 @@ async fn refused_deletes_are_given_up_and_the_redelivered_messages_change_nothin
     let repeats = metric(&env, "cafe_pipeline_events_total", "outcome=\"duplicate\"").await;
     assert!(repeats > 0.0, "nothing came back\n{}", env.log());
     assert_eq!(dlq_messages(&env).await, 0, "a message reached the DLQ\n{}", env.log());
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{status:?}\n{}", env.log());
+}
+
+/// SQS refusing every SendMessageBatch (500s through the proxy: the
+/// daemon's sends to the rejected queue; the test's own sends go straight
+/// to SQS) while poison and payments arrive on the FIFO queue: a poison
+/// message is not acknowledged while its rejection cannot be sent (it
+/// would be lost), and the payments of the other groups go on. Once SQS
+/// answers, each poison message reaches the rejected queue once, unchanged
+/// and with its reason, every payment counts once and the queue empties.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_queue_refusing_sends_loses_no_rejection_and_holds_no_other_group() {
+    let sqs_upstream = std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack's SQS");
+    let sqs = Proxy::start("127.0.0.1:0".parse().expect("addr"), &sqs_upstream).await.expect("start the SQS proxy");
+    let mut env = Env::with_orders("refusedrejects", "shards = 1", "", vec![("AWS_ENDPOINT_URL_SQS".into(), sqs.url())]).await;
+    sqs.set_rules(on(&["SendMessageBatch"], Fault::ServerError)).expect("rules");
+    env.start();
+    let (mut bodies, total) = burst(&env.prefix, 40);
+    let poison = [("poison-a", "not json at all"), ("poison-b", r#"{"v":1,"id":"x","type":"payment.requested"}"#)];
+    bodies.extend(poison.iter().map(|(g, b)| ((*g).to_owned(), (*b).to_owned())));
+    env.send(&bodies).await;
+    let sums = env.wait_for_payments(40, Duration::from_secs(60)).await;
+    assert_eq!((sums.get("payments"), sums.get("payment_amount_cents")), (Some(&40), Some(&total)), "{sums:?}\n{}", env.log());
+    let refused = || sqs.stats().operations.get("SendMessageBatch").map_or(0, |c| c.server_error);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refused() < 2 {
+        assert!(Instant::now() < deadline, "no rejection was sent: {:?}\n{}", sqs.stats(), env.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(env.rejected().await.is_empty(), "a rejection got through the refusals");
+    assert!(!env.queue_empty().await, "a poison message was acknowledged with its rejection unsent");
+    sqs.clear();
+
+    let mut seen: Vec<(String, HashMap<String, String>)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < poison.len() {
+        assert!(Instant::now() < deadline, "rejections seen: {seen:?}\n{}", env.log());
+        seen.extend(env.rejected().await);
+    }
+    assert!(env.wait_queue_empty(Duration::from_secs(60)).await, "the queue never emptied\n{}", env.log());
+    // Once each (the reads above hid what they saw for the rejected
+    // queue's visibility timeout, longer than this test waits).
+    seen.extend(env.rejected().await);
+    let mut bodies: Vec<&str> = seen.iter().map(|(b, _)| b.as_str()).collect();
+    bodies.sort_unstable();
+    let mut sent: Vec<&str> = poison.iter().map(|(_, b)| *b).collect();
+    sent.sort_unstable();
+    assert_eq!(bodies, sent, "each poison message once, unchanged");
+    assert!(seen.iter().all(|(_, a)| a.get("reason").is_some_and(|r| !r.is_empty())), "{seen:?}");
+    let sums = env.aggregates().await;
+    assert_eq!(sums.get("payments"), Some(&40), "{sums:?}");
     let (status, _) = env.sigterm();
     assert!(status.success(), "{status:?}\n{}", env.log());
 }
