@@ -421,4 +421,25 @@ mod tests {
             assert_eq!(api.calls("DescribeStatement").len(), 0, "{delay:?}: polled after the cut");
         }
     }
+
+    /// The waits between polls are jittered (a quarter of the bound to all
+    /// of it), so a fleet's flushes do not poll in step: with a bound of
+    /// 200 ms every wait is within it, and they are not all alike.
+    #[tokio::test]
+    async fn the_waits_between_polls_are_jittered_within_their_bound() {
+        let api = Running::default();
+        let config = RedshiftSinkConfig {
+            first_poll_ms: 200,
+            max_poll_ms: 200,
+            statement_timeout_ms: 3_000,
+            ..RedshiftSinkConfig::default()
+        };
+        transport(&api, config).run_batch(&["SELECT 1".to_owned()]).await.expect_err("never ends");
+        let polls = api.calls("DescribeStatement");
+        let waits: Vec<Duration> = polls.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(waits.len() >= 10, "{waits:?}");
+        assert!(waits.iter().all(|w| *w >= Duration::from_millis(45) && *w <= Duration::from_millis(260)), "{waits:?}");
+        let (least, most) = (waits.iter().min().copied().unwrap_or_default(), waits.iter().max().copied().unwrap_or_default());
+        assert!(most - least >= Duration::from_millis(40), "waits in step: {waits:?}");
+    }
 }
