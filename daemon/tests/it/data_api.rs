@@ -361,7 +361,9 @@ async fn a_flush_cut_off_by_the_grace_period_cancels_its_statement_before_the_ex
     let daemon_env = vec![("AWS_ENDPOINT_URL_REDSHIFT_DATA".to_owned(), endpoint)];
     let mut env = Env::with_orders("dataapicut", "shards = 1", &extra, daemon_env).await;
     // A short grace period: the cut comes soon after the SIGTERM.
-    let grace = Duration::from_secs(6);
+    // Long enough for the drain under load (the inputs' last polls, the
+    // shard's checkpoint), short enough for the test.
+    let grace = Duration::from_secs(8);
     let text = std::fs::read_to_string(&env.config).expect("config");
     assert!(text.contains("grace_period_secs = 20"), "the grace period to shorten: {text}");
     std::fs::write(&env.config, text.replace("grace_period_secs = 20", &format!("grace_period_secs = {}", grace.as_secs())))

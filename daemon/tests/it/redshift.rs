@@ -308,7 +308,9 @@ async fn a_batch_cut_off_at_the_end_of_the_grace_period_is_cancelled_on_the_serv
     };
     let (r, cut_at) = tokio::join!(t.run_batch(&batch), cutting);
     let e = r.expect_err("cut off");
-    assert!(cut_at.elapsed() < Duration::from_millis(1500), "ended {:?} after the cut", cut_at.elapsed());
+    // At once (its query would wait 60 s): the cancel request's connection
+    // and answer only.
+    assert!(cut_at.elapsed() < Duration::from_secs(3), "ended {:?} after the cut", cut_at.elapsed());
     assert!(!e.retryable() && e.to_string().contains("given up at the end of the grace period; cancelled"), "{e}");
     // Out of the lock queue, though the lock is still held.
     let mut left = String::new();
