@@ -63,10 +63,13 @@ impl aws_smithy_runtime_api::client::http::HttpConnector for Silent {
     }
 }
 
-/// The SDK configuration of a client whose every call goes to [`Silent`]
-/// (no timeout, no retries): every call waits for ever.
+/// The SDK configuration of a client whose every call goes to
+/// `connector`, an endpoint in the process (no timeout, no retries).
 #[cfg(test)]
-pub(crate) fn silent_sdk_config(calls: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> aws_config::SdkConfig {
+pub(crate) fn in_process_sdk_config<C>(connector: C) -> aws_config::SdkConfig
+where
+    C: aws_smithy_runtime_api::client::http::HttpConnector + Clone + 'static,
+{
     aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
@@ -74,6 +77,13 @@ pub(crate) fn silent_sdk_config(calls: &std::sync::Arc<std::sync::atomic::Atomic
             aws_credential_types::Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"),
         ))
         .retry_config(aws_config::retry::RetryConfig::disabled())
-        .http_client(in_process(Silent(std::sync::Arc::clone(calls))))
+        .http_client(in_process(connector))
         .build()
+}
+
+/// The SDK configuration of a client whose every call goes to [`Silent`]
+/// (no timeout, no retries): every call waits for ever.
+#[cfg(test)]
+pub(crate) fn silent_sdk_config(calls: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> aws_config::SdkConfig {
+    in_process_sdk_config(Silent(std::sync::Arc::clone(calls)))
 }

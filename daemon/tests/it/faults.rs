@@ -13,10 +13,16 @@ use faultproxy::{Fault, Proxy, Rule};
 use super::orders::{Expected, order_events, produce};
 use super::{Env, burst, http_get, metric};
 
+/// A proxy in front of the stack's endpoint that `var` names (as
+/// `AWS_ENDPOINT_URL_SQS`).
+async fn proxy_for(var: &str) -> Proxy {
+    let upstream = std::env::var(var).unwrap_or_else(|_| panic!("the local stack's {var}"));
+    Proxy::start("127.0.0.1:0".parse().expect("addr"), &upstream).await.expect("start the proxy")
+}
+
 /// A proxy in front of the stack's DynamoDB.
 async fn dynamodb_proxy() -> Proxy {
-    let upstream = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local stack's DynamoDB");
-    Proxy::start("127.0.0.1:0".parse().expect("addr"), &upstream).await.expect("start the proxy")
+    proxy_for("AWS_ENDPOINT_URL_DYNAMODB").await
 }
 
 /// A test environment whose daemon reaches DynamoDB through a proxy, and
@@ -231,8 +237,7 @@ async fn sigterm_drains_in_time_while_dynamodb_is_silent() {
 #[tokio::test(flavor = "multi_thread")]
 async fn extensions_that_land_too_late_lose_and_double_count_nothing() {
     let dynamodb = dynamodb_proxy().await;
-    let sqs_upstream = std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack's SQS");
-    let sqs = Proxy::start("127.0.0.1:0".parse().expect("addr"), &sqs_upstream).await.expect("start the SQS proxy");
+    let sqs = proxy_for("AWS_ENDPOINT_URL_SQS").await;
     let daemon_env = vec![("AWS_ENDPOINT_URL_DYNAMODB".into(), dynamodb.url()), ("AWS_ENDPOINT_URL_SQS".into(), sqs.url())];
     let mut env = Env::with_orders("lateextend", "shards = 1", "", daemon_env).await;
     env.start();
@@ -351,8 +356,7 @@ async fn a_backlog_far_beyond_the_read_budget_drains_exactly_and_gives_the_room_
 /// a retry past its stamp, the record would place its order instead.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_rejected_by_the_clock_is_retried_as_it_was_decided() {
-    let sqs_upstream = std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack's SQS");
-    let sqs = Proxy::start("127.0.0.1:0".parse().expect("addr"), &sqs_upstream).await.expect("start the SQS proxy");
+    let sqs = proxy_for("AWS_ENDPOINT_URL_SQS").await;
     let daemon_env = vec![("AWS_ENDPOINT_URL_SQS".into(), sqs.url()), ("CAFE_PIPELINE__MAX_FUTURE_SECS".into(), "1".into())];
     let mut env = Env::with_orders("clockretry", "shards = 1", "", daemon_env).await;
     env.start();
@@ -408,8 +412,7 @@ async fn a_record_rejected_by_the_clock_is_retried_as_it_was_decided() {
 /// grace period (systemd would have killed it).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_while_a_silent_sqs_holds_the_start_up_lookups_exits_at_once() {
-    let sqs_upstream = std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack's SQS");
-    let sqs = Proxy::start("127.0.0.1:0".parse().expect("addr"), &sqs_upstream).await.expect("start the SQS proxy");
+    let sqs = proxy_for("AWS_ENDPOINT_URL_SQS").await;
     let mut env = Env::with_orders("silentstart", "shards = 1", "", vec![("AWS_ENDPOINT_URL_SQS".into(), sqs.url())]).await;
     // After provisioning, which goes through the proxy too.
     sqs.set_rules(on(&["GetQueueUrl"], Fault::BlackHole)).expect("rules");
@@ -438,8 +441,7 @@ async fn sigterm_while_a_silent_sqs_holds_the_start_up_lookups_exits_at_once() {
 /// a drained daemon exit 1).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_throttled_then_silent_kinesis_loses_nothing_and_holds_no_shutdown() {
-    let upstream = std::env::var("AWS_ENDPOINT_URL_KINESIS").expect("the local stack's Kinesis");
-    let kinesis = Proxy::start("127.0.0.1:0".parse().expect("addr"), &upstream).await.expect("start the Kinesis proxy");
+    let kinesis = proxy_for("AWS_ENDPOINT_URL_KINESIS").await;
     let mut env =
         Env::with_orders("kinesisfaults", "shards = 1", "", vec![("AWS_ENDPOINT_URL_KINESIS".into(), kinesis.url())]).await;
     kinesis.set_rules(on(&["GetRecords"], Fault::Throttle)).expect("rules");
@@ -497,8 +499,7 @@ async fn a_throttled_then_silent_kinesis_loses_nothing_and_holds_no_shutdown() {
 /// queue empties and nothing reaches the DLQ.
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_deletes_are_given_up_and_the_redelivered_messages_change_nothing() {
-    let sqs_upstream = std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack's SQS");
-    let sqs = Proxy::start("127.0.0.1:0".parse().expect("addr"), &sqs_upstream).await.expect("start the SQS proxy");
+    let sqs = proxy_for("AWS_ENDPOINT_URL_SQS").await;
     let mut env = Env::with_orders("refuseddeletes", "shards = 1", "", vec![("AWS_ENDPOINT_URL_SQS".into(), sqs.url())]).await;
     sqs.set_rules(on(&["DeleteMessageBatch"], Fault::ServerError)).expect("rules");
     env.start();
@@ -535,8 +536,7 @@ async fn refused_deletes_are_given_up_and_the_redelivered_messages_change_nothin
 /// and with its reason, every payment counts once and the queue empties.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rejected_queue_refusing_sends_loses_no_rejection_and_holds_no_other_group() {
-    let sqs_upstream = std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack's SQS");
-    let sqs = Proxy::start("127.0.0.1:0".parse().expect("addr"), &sqs_upstream).await.expect("start the SQS proxy");
+    let sqs = proxy_for("AWS_ENDPOINT_URL_SQS").await;
     let mut env = Env::with_orders("refusedrejects", "shards = 1", "", vec![("AWS_ENDPOINT_URL_SQS".into(), sqs.url())]).await;
     sqs.set_rules(on(&["SendMessageBatch"], Fault::ServerError)).expect("rules");
     env.start();
@@ -570,19 +570,8 @@ async fn a_rejected_queue_refusing_sends_loses_no_rejection_and_holds_no_other_g
     assert!(env.wait_queue_empty(Duration::from_secs(60)).await, "the queue never emptied\n{}", env.log());
     // Once each: the rejected queue holds as many messages as were sent to
     // it, seen (hidden by the reads above) or not.
-    let attrs = env
-        .sqs
-        .get_queue_attributes()
-        .queue_url(&env.rejected_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
-        .send()
-        .await
-        .expect("attributes")
-        .attributes
-        .unwrap_or_default();
-    let count = |k| attrs.get(&k).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
-    use aws_sdk_sqs::types::QueueAttributeName::{ApproximateNumberOfMessages, ApproximateNumberOfMessagesNotVisible};
-    assert_eq!(count(ApproximateNumberOfMessages) + count(ApproximateNumberOfMessagesNotVisible), poison.len(), "{attrs:?}");
+    let (visible, hidden) = env.messages(&env.rejected_url).await;
+    assert_eq!((visible + hidden) as usize, poison.len(), "{visible} visible, {hidden} not");
     let mut bodies: Vec<&str> = seen.iter().map(|(b, _)| b.as_str()).collect();
     bodies.sort_unstable();
     let mut sent: Vec<&str> = poison.iter().map(|(_, b)| *b).collect();

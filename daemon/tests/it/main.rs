@@ -303,19 +303,25 @@ grace_period_secs = 20
         done
     }
 
-    async fn queue_empty(&self) -> bool {
+    /// The messages of the queue at `url`: (visible, not visible); -1 for
+    /// a count SQS did not give.
+    async fn messages(&self, url: &str) -> (i64, i64) {
+        use aws_sdk_sqs::types::QueueAttributeName;
         let out = self
             .sqs
             .get_queue_attributes()
-            .queue_url(&self.queue_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::All)
             .send()
             .await
             .expect("attributes");
         let attrs = out.attributes.unwrap_or_default();
-        let n = |k: aws_sdk_sqs::types::QueueAttributeName| attrs.get(&k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1);
-        n(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages) == 0
-            && n(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible) == 0
+        let n = |k: QueueAttributeName| attrs.get(&k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1);
+        (n(QueueAttributeName::ApproximateNumberOfMessages), n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+    }
+
+    async fn queue_empty(&self) -> bool {
+        self.messages(&self.queue_url).await == (0, 0)
     }
 
     async fn wait_queue_empty(&self, within: Duration) -> bool {

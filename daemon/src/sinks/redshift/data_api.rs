@@ -310,15 +310,7 @@ mod tests {
     }
 
     fn transport(api: &Running, config: RedshiftSinkConfig) -> DataApiTransport {
-        let sdk = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
-                aws_credential_types::Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"),
-            ))
-            .retry_config(aws_config::retry::RetryConfig::disabled())
-            .http_client(crate::sinks::in_process(api.clone()))
-            .build();
+        let sdk = crate::sinks::in_process_sdk_config(api.clone());
         let config = RedshiftSinkConfig { cluster_identifier: "c".into(), database: "d".into(), ..config };
         DataApiTransport::new(Client::new(&sdk), config, None)
     }
