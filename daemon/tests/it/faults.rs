@@ -489,6 +489,45 @@ async fn a_throttled_then_silent_kinesis_loses_nothing_and_holds_no_shutdown() {
     assert!(status.success(), "{}", env.log());
 }
 
+/// Kinesis silent from the start: the shard's lease is taken, and its first
+/// GetShardIterator is held unanswered (from a proxy in front of the
+/// stream). A SIGTERM then ends the wait at once (nothing was read, so
+/// there is nothing to checkpoint): the lease is released and the process
+/// exits 0 in seconds, not after the call's 10 s timeout. The next process,
+/// the stream answering, reads the shard from its start: every order that
+/// waited on it is applied exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kinesis_silent_from_the_start_holds_no_shutdown() {
+    let kinesis = proxy_for("AWS_ENDPOINT_URL_KINESIS").await;
+    let mut env =
+        Env::with_orders("kinesissilent", "shards = 1", "", vec![("AWS_ENDPOINT_URL_KINESIS".into(), kinesis.url())]).await;
+    let mut expected = Expected::default();
+    let waiting: Vec<(String, Vec<u8>)> =
+        (0..10).flat_map(|i| order_events(&env.prefix, i, &mut expected)).map(|(k, b)| (k, b.into_bytes())).collect();
+    env.producer().put(&waiting).await;
+    kinesis.set_rules(on(&["GetShardIterator"], Fault::BlackHole)).expect("rules");
+    env.start();
+    let held = || kinesis.stats().operations.get("GetShardIterator").map_or(0, |c| c.black_hole);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held() == 0 {
+        assert!(Instant::now() < deadline, "no GetShardIterator was held\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, took) = env.sigterm();
+    assert!(status.success(), "{status:?}\n{}", env.log());
+    // The SQS receivers' last polls (1 s) and the release come first; the
+    // held call would take its 10 s timeout.
+    assert!(took < Duration::from_secs(8), "the stop took {took:?}, a held GetShardIterator waited for\n{}", env.log());
+    assert_eq!(kinesis.stats().operations.get("GetRecords").map_or(0, |c| c.forwarded), 0, "a read got through");
+    let leases = env.leases().await;
+    assert!(!leases.is_empty() && leases.values().all(|(owner, _)| owner.is_none()), "not released: {leases:?}\n{}", env.log());
+    kinesis.clear();
+    env.start();
+    env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
+    let (status, _) = env.sigterm();
+    assert!(status.success(), "{}", env.log());
+}
+
 /// SQS refusing every DeleteMessageBatch (a 500, from a proxy in front of
 /// the queue) while payments and orders flow through the FIFO queue: the
 /// first batches' writes land, each delete is retried and then given up
