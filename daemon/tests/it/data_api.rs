@@ -405,6 +405,11 @@ async fn a_flush_cut_off_by_the_grace_period_cancels_its_statement_before_the_ex
     };
     assert!(statuses.iter().all(|s| *s == "ABORTED"), "statements left {statuses:?} at the exit\n{}", env.log());
     assert!(env.log().contains("given up at the end of the grace period; cancelled"), "{}", env.log());
+    // The flush cut off is the stop's last: no final flush follows it
+    // (it would read every pending row again and send nothing).
+    let log = env.log();
+    let stop = log.rfind("SIGTERM received").expect("the stop logged");
+    assert_eq!(log[stop..].matches("Redshift flush failed").count(), 1, "flushes failed after the stop\n{log}");
     // Nothing of the daemon's waits on the table any longer (a cancel on
     // PostgreSQL takes effect a moment after it is asked for).
     let in_queue = || {
