@@ -483,6 +483,8 @@ impl InternalEvent for FraudStateUsed {
         m.fraud_state_writes.inc_by(t.writes);
         m.fraud_state_conflicts.inc_by(t.conflicts);
         m.fraud_state_conflicts_from_cache.inc_by(t.conflicts_from_cache);
+        m.fraud_state_chained.inc_by(t.chained);
+        m.fraud_state_unlanded.inc_by(t.unlanded);
         debug!(
             payments = self.payments,
             hits = t.hits,
@@ -490,6 +492,8 @@ impl InternalEvent for FraudStateUsed {
             writes = t.writes,
             conflicts = t.conflicts,
             conflicts_from_cache = t.conflicts_from_cache,
+            chained = t.chained,
+            unlanded = t.unlanded,
             "Payments scored against the shared fraud state"
         );
     }

@@ -237,6 +237,10 @@ pub struct Metrics {
     pub fraud_state_conflicts: Counter,
     /// Of those, resolved from the cache (no read, no pause).
     pub fraud_state_conflicts_from_cache: Counter,
+    /// Transactions sent after another batch's writes they were scored against.
+    pub fraud_state_chained: Counter,
+    /// Of those, not sent: a write they were scored against did not land.
+    pub fraud_state_unlanded: Counter,
     /// Batches queued on or running on rayon.
     pub rayon_queue_depth: Gauge,
     /// Sink requests by outcome.
@@ -333,6 +337,8 @@ impl Metrics {
             fraud_state_writes: Counter::default(),
             fraud_state_conflicts: Counter::default(),
             fraud_state_conflicts_from_cache: Counter::default(),
+            fraud_state_chained: Counter::default(),
+            fraud_state_unlanded: Counter::default(),
             rayon_queue_depth: Gauge::default(),
             sink_requests: Family::default(),
             aws_requests: Family::default(),
@@ -426,6 +432,16 @@ impl Metrics {
             n::FRAUD_STATE_CONFLICTS_FROM_CACHE,
             "Of those, the ones whose moved keys the cache held at a newer version (no read, no pause)",
             m.fraud_state_conflicts_from_cache.clone(),
+        );
+        registry.register(
+            n::FRAUD_STATE_CHAINED,
+            "Transactions scored against fraud state versions another batch of this process was writing, sent once those landed",
+            m.fraud_state_chained.clone(),
+        );
+        registry.register(
+            n::FRAUD_STATE_UNLANDED,
+            "Of those, the ones not sent because a write they were scored against did not land (scored again)",
+            m.fraud_state_unlanded.clone(),
         );
         registry.register(n::RAYON_QUEUE_DEPTH, "Batches waiting for or running on the CPU pool", m.rayon_queue_depth.clone());
         registry.register(n::SINK_REQUESTS, "Sink write requests, by outcome", m.sink_requests.clone());

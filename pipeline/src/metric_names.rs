@@ -131,6 +131,13 @@ pub const FRAUD_STATE_CONFLICTS: &str = "cafe_fraud_state_conflicts";
 /// newer version (another batch of this process wrote or read it): scored
 /// again at once against it, with no read and no pause.
 pub const FRAUD_STATE_CONFLICTS_FROM_CACHE: &str = "cafe_fraud_state_conflicts_from_cache";
+/// Transactions scored against fraud state versions another batch of this
+/// process was writing, sent once those writes landed (instead of
+/// against the versions before them, which would have been cancelled).
+pub const FRAUD_STATE_CHAINED: &str = "cafe_fraud_state_chained";
+/// Of those, the ones not sent because a write they were scored against
+/// did not land: scored again at once.
+pub const FRAUD_STATE_UNLANDED: &str = "cafe_fraud_state_unlanded";
 /// Batches waiting for or running on the rayon pool.
 pub const RAYON_QUEUE_DEPTH: &str = "cafe_rayon_queue_depth_batches";
 /// Sink write requests by outcome (`ok`, `retry`, `failed`). Labels: `sink`, `outcome`.

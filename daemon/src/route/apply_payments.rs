@@ -37,6 +37,7 @@ use pipeline::fraud::{Rules, Verdict};
 use pipeline::window::WindowId;
 use prometheus_client::metrics::gauge::Gauge;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use tracing::warn;
 
 use super::decide::{Unscored, decided_payment};
@@ -74,6 +75,12 @@ pub struct StateTraffic {
     /// Of those, the ones whose moved keys the cache held at a newer
     /// version: re-scored at once, with no read and no pause.
     pub conflicts_from_cache: u64,
+    /// Transactions scored against versions another batch of this process
+    /// was writing, sent once those landed.
+    pub chained: u64,
+    /// Of those, the ones not sent because a write they were scored
+    /// against did not land: re-scored at once.
+    pub unlanded: u64,
 }
 
 /// Key states kept in memory to avoid reads, with the version each was
@@ -107,13 +114,81 @@ struct CacheInner {
     fifo: VecDeque<(StateKey, u64)>,
     cap: usize,
     next_put: u64,
+    /// Keys a batch of this process is writing (its transaction sent or
+    /// about to be), at the version it writes: the latest registration of
+    /// each key. At most the keys of the batches in flight.
+    writing: HashMap<StateKey, Writing>,
+    next_writer: u64,
+}
+
+/// A key's next version as a batch of this process writes it, and what
+/// tells whether that write landed (`true` once its transaction
+/// committed; closed without it when it did not).
+#[derive(Debug)]
+struct Writing {
+    state: Versioned,
+    writer: u64,
+    landed: watch::Receiver<bool>,
+}
+
+/// A batch round's writes registered in the cache ([`FraudStateCache::writing`]),
+/// one signal a transaction. Dropped, it withdraws the registrations still
+/// its own, then closes the signals of the transactions that did not
+/// commit: a batch scored against them does not send.
+#[derive(Debug)]
+pub struct Writes<'a> {
+    cache: &'a FraudStateCache,
+    writer: u64,
+    keys: Vec<StateKey>,
+    landed: Vec<watch::Sender<bool>>,
+}
+
+impl Writes<'_> {
+    /// Transaction `t` committed: batches scored against its versions may send.
+    fn committed(&self, t: usize) {
+        if let Some(s) = self.landed.get(t) {
+            s.send_replace(true);
+        }
+    }
+}
+
+impl Drop for Writes<'_> {
+    fn drop(&mut self) {
+        // Withdrawn before the signals close (the fields drop after this):
+        // a batch woken by a failed write finds the cache without it.
+        let mut c = self.cache.lock();
+        for k in &self.keys {
+            if c.writing.get(k).is_some_and(|w| w.writer == self.writer) {
+                c.writing.remove(k);
+            }
+        }
+    }
+}
+
+/// Waits until every write in `on` landed: false as soon as one did not
+/// (its batch's transaction failed or was never sent).
+async fn landed(on: &[watch::Receiver<bool>]) -> bool {
+    for rx in on {
+        let mut rx = rx.clone();
+        if rx.wait_for(|l| *l).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 impl FraudStateCache {
     /// An empty cache of at most `cap` keys.
     pub fn new(cap: usize, gauge: Option<Gauge>) -> Self {
         FraudStateCache {
-            inner: Mutex::new(CacheInner { map: HashMap::new(), fifo: VecDeque::new(), cap: cap.max(1), next_put: 0 }),
+            inner: Mutex::new(CacheInner {
+                map: HashMap::new(),
+                fifo: VecDeque::new(),
+                cap: cap.max(1),
+                next_put: 0,
+                writing: HashMap::new(),
+                next_writer: 0,
+            }),
             gauge,
         }
     }
@@ -125,6 +200,45 @@ impl FraudStateCache {
     /// A copy of `key`'s cached state.
     pub fn get(&self, key: &StateKey) -> Option<Versioned> {
         self.lock().map.get(key).filter(|h| !h.moved).map(|h| h.state.clone())
+    }
+
+    /// What a round scores `key` against: the version a batch of this
+    /// process is writing, with the signal of its landing, when it is
+    /// newer than anything cached (found moved included); otherwise a copy
+    /// of the cached state, as [`Self::get`].
+    pub fn latest(&self, key: &StateKey) -> (Option<Versioned>, Option<watch::Receiver<bool>>) {
+        let c = self.lock();
+        let held = c.map.get(key);
+        match c.writing.get(key) {
+            Some(w) if held.is_none_or(|h| h.state.version < w.state.version) => (Some(w.state.clone()), Some(w.landed.clone())),
+            _ => (held.filter(|h| !h.moved).map(|h| h.state.clone()), None),
+        }
+    }
+
+    /// Registers a round's writes, `(key, the version written, its
+    /// transaction)` in sending order, for rounds that start while they
+    /// are under way: those score against them and send once they landed
+    /// (rather than against the versions before, which these writes would
+    /// move, cancelling their transactions).
+    pub fn writing(&self, writes: impl IntoIterator<Item = (StateKey, Versioned, usize)>, transactions: usize) -> Writes<'_> {
+        let landed: Vec<(watch::Sender<bool>, watch::Receiver<bool>)> =
+            (0..transactions).map(|_| watch::channel(false)).collect();
+        let mut c = self.lock();
+        let writer = c.next_writer;
+        c.next_writer += 1;
+        let mut keys = Vec::new();
+        for (key, state, t) in writes {
+            let Some((_, rx)) = landed.get(t) else { continue };
+            keys.push(key.clone());
+            c.writing.insert(key, Writing { state, writer, landed: rx.clone() });
+        }
+        drop(c);
+        Writes { cache: self, writer, keys, landed: landed.into_iter().map(|(tx, _)| tx).collect() }
+    }
+
+    /// Keys registered as being written.
+    pub fn writing_len(&self) -> usize {
+        self.lock().writing.len()
     }
 
     /// Caches `key` at `state`, unless a newer version is cached, or the
@@ -421,7 +535,18 @@ pub async fn apply_payments(
                 })
             }));
         }
-        let mut states: Vec<Option<Versioned>> = keys.iter().map(|k| cache.get(k)).collect();
+        // Each key at its latest version: one another batch of this
+        // process is writing (this round's transactions then send once it
+        // landed), or else the cached one.
+        let mut on: Vec<Option<watch::Receiver<bool>>> = Vec::with_capacity(keys.len());
+        let mut states: Vec<Option<Versioned>> = keys
+            .iter()
+            .map(|k| {
+                let (state, landing) = cache.latest(k);
+                on.push(landing);
+                state
+            })
+            .collect();
         let missing: Vec<usize> = (0..keys.len()).filter(|&k| states[k].is_none()).collect();
         traffic.hits += (keys.len() - missing.len()) as u64;
         if !missing.is_empty() {
@@ -457,9 +582,33 @@ pub async fn apply_payments(
             warn!(payments = pending.len(), "Scoring payments panicked; they go back to their source");
             return (decided, copies_settled(&copies, outcomes));
         };
+        // Batches starting while these are under way score against them.
+        let keys_ = &keys;
+        let registered = cache.writing(
+            writes.iter().enumerate().flat_map(|(t, txn)| {
+                txn.iter()
+                    .map(move |(k, _, next, state)| (keys_[*k].clone(), Versioned { version: *next, state: state.clone() }, t))
+            }),
+            writes.len(),
+        );
         let mut again: Vec<usize> = Vec::new();
         let mut start = 0;
-        for (&end, txn) in ends.iter().zip(&writes) {
+        for (t, (&end, txn)) in ends.iter().zip(&writes).enumerate() {
+            let waits: Vec<watch::Receiver<bool>> = txn.iter().filter_map(|(k, ..)| on[*k].clone()).collect();
+            if !waits.is_empty() {
+                traffic.chained += 1;
+                if !landed(&waits).await {
+                    // Scored against another batch's write that did not
+                    // land: this transaction and every later one again,
+                    // from what did.
+                    traffic.unlanded += 1;
+                    pause = Some(false);
+                    again.extend(
+                        (start..pending.len()).map(|pos| pending[pos]).filter(|&i| outcomes[i] != WriteOutcome::Duplicate),
+                    );
+                    break;
+                }
+            }
             let members: Vec<usize> = (start..end).collect();
             let scored: Vec<DecidedPayment> =
                 members.iter().map(|&pos| decided_payment(&payments[pending[pos]], &verdicts[pos], decided_at)).collect();
@@ -479,6 +628,7 @@ pub async fn apply_payments(
                     for (k, _, next, state) in txn {
                         cache.put(&keys[*k], Versioned { version: *next, state: state.clone() });
                     }
+                    registered.committed(t);
                     for (&pos, dp) in members.iter().zip(scored) {
                         outcomes[pending[pos]] = WriteOutcome::Written;
                         decided[pending[pos]] = Some(dp);
@@ -704,6 +854,44 @@ mod tests {
                 start = end;
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_key_another_batch_is_writing_is_scored_at_that_version_and_waits_for_it_to_land() {
+        let c = FraudStateCache::new(10, None);
+        let key = |i: usize| StateKey::Card(format!("fp{i}"));
+        let at = |v: u64| Versioned { version: v, state: key(0).empty() };
+        c.put(&key(1), at(3));
+        // Nothing written: the cached version, nothing to wait for.
+        assert!(matches!(c.latest(&key(1)), (Some(v), None) if v.version == 3));
+        let first = c.writing([(key(1), at(4), 0), (key(2), at(7), 1)], 2);
+        let (v1, on1) = c.latest(&key(1));
+        let (v2, on2) = c.latest(&key(2));
+        assert_eq!((v1.map(|v| v.version), v2.map(|v| v.version)), (Some(4), Some(7)), "the versions being written");
+        let (on1, on2) = (on1.expect("a signal"), on2.expect("a signal"));
+        // Not landed yet: a batch scored against it waits.
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), landed(std::slice::from_ref(&on1))).await.is_err());
+        first.committed(0);
+        assert!(landed(std::slice::from_ref(&on1)).await, "its transaction committed");
+        // A later registration of the same key is the latest, and outlives
+        // the first's withdrawal.
+        let second = c.writing([(key(1), at(5), 0)], 1);
+        drop(first);
+        assert!(!landed(&[on1.clone(), on2]).await, "the second transaction never committed");
+        assert!(landed(&[on1]).await, "what landed stays landed");
+        assert!(matches!(c.latest(&key(1)), (Some(v), Some(_)) if v.version == 5));
+        assert!(matches!(c.latest(&key(2)), (None, None)), "withdrawn: read it");
+        assert_eq!(c.writing_len(), 1);
+        // Cached at the version being written, or newer: the cache, no wait.
+        c.put(&key(1), at(5));
+        assert!(matches!(c.latest(&key(1)), (Some(v), None) if v.version == 5));
+        drop(second);
+        assert_eq!(c.writing_len(), 0);
+        // Found moved past a version being written: read, no wait.
+        let third = c.writing([(key(3), at(2), 0)], 1);
+        assert!(!c.newer_than(&key(3), 2));
+        assert!(matches!(c.latest(&key(3)), (None, None)));
+        drop(third);
     }
 
     #[test]

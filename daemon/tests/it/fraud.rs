@@ -3,7 +3,7 @@
 //! fire the rules as often (issue 14).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::json;
@@ -234,16 +234,16 @@ fn unscored(prefix: &str, id: &str, card: &str) -> daemon::route::Unscored {
 }
 
 /// Two batches of one process race for a card: one (through a proxy that
-/// holds its transactions 2.5 s, so that the other, 0.5 s later, has 2 s
-/// to commit first) scored against the card's version, the other wrote
-/// the next version meanwhile and cached it. The first is
-/// cancelled and scored again from the cache at once: the card is not read
-/// again, and the batch's other keys, read once, are not either. The same
-/// race against a writer with its own cache (another instance) reads the
-/// card again (after the pause). Both end with every payment in the card's
-/// history, its version moved once per transaction.
+/// holds its transactions 2.5 s) scored against the card's version and is
+/// writing the next, and the other starts 0.5 s later. It scores against
+/// the version being written and sends once that landed: neither is
+/// cancelled, and neither reads the card. The same race against a writer
+/// with its own cache (another instance) goes first and cancels the held
+/// batch, which reads the card again (after the pause). Both end with
+/// every payment in the card's history, its version moved once per
+/// transaction.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_conflict_with_the_process_s_own_batch_is_scored_from_the_cache_and_another_writer_s_is_read_again() {
+async fn a_batch_of_the_process_waits_for_its_sibling_s_write_and_another_writer_s_move_is_read_again() {
     use daemon::route::apply_payments::apply_payments;
     use daemon::route::{FraudStateCache, StateTraffic};
     use daemon::sinks::WriteOutcome;
@@ -275,7 +275,17 @@ async fn a_conflict_with_the_process_s_own_batch_is_scored_from_the_cache_and_an
     };
     let metrics = Arc::new(daemon::metrics::Metrics::new());
     let direct = Arc::new(DynamoDbSink::new(client(None), config.clone(), Arc::clone(&metrics)));
-    let held = Arc::new(DynamoDbSink::new(client(Some(proxy.url())), config, Arc::clone(&metrics)));
+    let held = Arc::new(DynamoDbSink::new(client(Some(proxy.url())), config.clone(), Arc::clone(&metrics)));
+    // For the write that does not land: held unanswered until its client
+    // gives up (2.5 s), and not tried again.
+    let lost = {
+        let conf = aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(aws_config::timeout::TimeoutConfig::builder().operation_timeout(Duration::from_millis(2500)).build())
+            .endpoint_url(proxy.url());
+        let config = DynamoDbSinkConfig { max_retries: 0, ..config };
+        Arc::new(DynamoDbSink::new(aws_sdk_dynamodb::Client::from_conf(conf.build()), config, Arc::clone(&metrics)))
+    };
     let pool = Arc::new(daemon::bridge::CpuPool::new(1, Arc::clone(&metrics)).expect("pool"));
     let rules = Arc::new(
         pipeline::fraud::Rules::new(pipeline::fraud::FraudConfig { work_factor: 0, ..Default::default() }).expect("rules"),
@@ -287,7 +297,12 @@ async fn a_conflict_with_the_process_s_own_batch_is_scored_from_the_cache_and_an
 
     // Each race: the card written once first (this process, its cache), then
     // the held batch started, and the other writer's batch 0.5 s later.
-    for (case, other_cache) in [("own", Arc::clone(&cache)), ("other", Arc::new(FraudStateCache::new(1000, None)))] {
+    let races = [
+        ("own", Arc::clone(&held), Arc::clone(&cache), Fault::Latency { millis: 2500 }),
+        ("other", Arc::clone(&held), Arc::new(FraudStateCache::new(1000, None)), Fault::Latency { millis: 2500 }),
+        ("lost", lost, Arc::clone(&cache), Fault::BlackHole),
+    ];
+    for (case, held, other_cache, fault) in races {
         let card = format!("{p}-fp-{case}");
         let run = |sink: Arc<DynamoDbSink>, cache: Arc<FraudStateCache>, id: &str| {
             let (rules, pool, batch) =
@@ -295,46 +310,59 @@ async fn a_conflict_with_the_process_s_own_batch_is_scored_from_the_cache_and_an
             async move {
                 let mut traffic = StateTraffic::default();
                 let (decided, outcomes) = apply_payments(&sink, batch, &rules, &cache, &pool, "now", &mut traffic).await;
-                assert!(decided.iter().all(Option::is_some), "{outcomes:?}");
-                assert_eq!(outcomes, vec![WriteOutcome::Written]);
-                traffic
+                assert_eq!(decided.iter().all(Option::is_some), outcomes == [WriteOutcome::Written], "{outcomes:?}");
+                (traffic, outcomes)
             }
         };
         run(Arc::clone(&direct), Arc::clone(&cache), "first").await;
         let first = version(&state_item(&env, &format!("card#{card}")).await);
-        proxy
-            .set_rules(vec![Rule {
-                operation: Some("TransactWriteItems".into()),
-                probability: 1.0,
-                fault: Fault::Latency { millis: 2500 },
-            }])
-            .expect("rules");
-        let held_batch = tokio::spawn(run(Arc::clone(&held), Arc::clone(&cache), "held"));
+        proxy.set_rules(vec![Rule { operation: Some("TransactWriteItems".into()), probability: 1.0, fault }]).expect("rules");
+        let held_batch = tokio::spawn(run(held, Arc::clone(&cache), "held"));
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let other = run(Arc::clone(&direct), other_cache, "other").await;
-        assert_eq!(other.conflicts, 0, "{case}: the other writer went first");
-        let traffic = held_batch.await.expect("the held batch");
+        let started = Instant::now();
+        let (other, other_outcomes) = run(Arc::clone(&direct), other_cache, "other").await;
+        let other_took = started.elapsed();
+        let (traffic, held_outcomes) = held_batch.await.expect("the held batch");
         proxy.clear();
-        let delayed = proxy.stats().operations.get("TransactWriteItems").map_or(0, |c| c.latency);
+        let stats = proxy.stats().operations.get("TransactWriteItems").copied().unwrap_or_default();
+        assert_eq!(other_outcomes, [WriteOutcome::Written], "{case}");
         let item = state_item(&env, &format!("card#{card}")).await;
+        match case {
+            // The other batch scored against the version the held one was
+            // writing and waited for it to land; the held one read its
+            // customer and device and found the card cached.
+            "own" => {
+                assert_eq!((other.conflicts, other.chained, other.unlanded), (0, 1, 0), "{other:?}");
+                assert!(other_took >= Duration::from_millis(1500), "sent before the held write landed: {other_took:?}");
+                assert_eq!((traffic.conflicts, traffic.reads, traffic.hits), (0, 2, 1), "{traffic:?}");
+                assert_eq!(stats.latency, 1, "the held batch's one transaction");
+            }
+            // The other writer went first; the card is read again: this
+            // cache never saw the other write.
+            "other" => {
+                assert_eq!((other.conflicts, other.chained), (0, 0), "{other:?}");
+                assert_eq!(traffic.conflicts, 1, "{traffic:?}");
+                assert_eq!((traffic.conflicts_from_cache, traffic.reads, traffic.hits), (0, 3, 3), "{traffic:?}");
+                assert_eq!(stats.latency, 3, "both races' held transactions");
+            }
+            // The held write never landed (its payment goes back to its
+            // source): the other batch, scored against it, did not send
+            // until that was known, then was scored again against what
+            // landed and committed.
+            _ => {
+                assert_eq!(held_outcomes, [WriteOutcome::Failed], "{traffic:?}");
+                assert_eq!((other.conflicts, other.chained, other.unlanded), (0, 1, 1), "{other:?}");
+                assert!(other_took >= Duration::from_millis(1500), "sent before the held write was given up: {other_took:?}");
+                assert_eq!(stats.black_hole, 1, "the held batch's one transaction");
+                assert_eq!((version(&item), entries(&item)), (first + 1, 2), "the card moved once, by the other batch");
+                continue;
+            }
+        }
+        assert_eq!(held_outcomes, [WriteOutcome::Written], "{case}");
         assert_eq!(
             (version(&item), entries(&item)),
             (first + 2, 3),
             "{case}: the card moved once per transaction, every payment in it"
         );
-        assert_eq!(traffic.conflicts, 1, "{case}: {traffic:?}");
-        match case {
-            // Round one read the customer and device; round two found all
-            // three in the cache (the card at the other batch's version).
-            "own" => {
-                assert_eq!((traffic.conflicts_from_cache, traffic.reads, traffic.hits), (1, 2, 4), "{traffic:?}");
-                assert_eq!(delayed, 2, "the held batch's two transactions");
-            }
-            // The card is read again: this cache never saw the other write.
-            _ => {
-                assert_eq!((traffic.conflicts_from_cache, traffic.reads, traffic.hits), (0, 3, 3), "{traffic:?}");
-                assert_eq!(delayed, 4, "both races' held transactions");
-            }
-        }
     }
 }
