@@ -39,6 +39,27 @@ fn on(operations: &[&str], fault: Fault) -> Vec<Rule> {
     operations.iter().map(|op| Rule { operation: Some((*op).to_owned()), probability: 1.0, fault: fault.clone() }).collect()
 }
 
+/// Requests of `operation` the proxy has held unanswered.
+fn held(proxy: &Proxy, operation: &str) -> u64 {
+    proxy.stats().operations.get(operation).map_or(0, |c| c.black_hole)
+}
+
+/// Waits until the proxy holds a request of `operation` unanswered (the
+/// daemon's log in the failure).
+async fn wait_held(proxy: &Proxy, operation: &str, within: Duration, env: &Env) {
+    let deadline = Instant::now() + within;
+    while held(proxy, operation) == 0 {
+        assert!(Instant::now() < deadline, "no {operation} was held\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every lease of the stream exists and is owned by no one.
+async fn assert_released(env: &Env) {
+    let leases = env.leases().await;
+    assert!(!leases.is_empty() && leases.values().all(|(owner, _)| owner.is_none()), "not released: {leases:?}\n{}", env.log());
+}
+
 /// Messages in the payments queue's DLQ.
 async fn dlq_messages(env: &Env) -> usize {
     let url = env
@@ -417,17 +438,12 @@ async fn sigterm_while_a_silent_sqs_holds_the_start_up_lookups_exits_at_once() {
     // After provisioning, which goes through the proxy too.
     sqs.set_rules(on(&["GetQueueUrl"], Fault::BlackHole)).expect("rules");
     env.start();
-    let held = || sqs.stats().operations.get("GetQueueUrl").map_or(0, |c| c.black_hole);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while held() == 0 {
-        assert!(Instant::now() < deadline, "the daemon never asked for a queue's URL\n{}", env.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_held(&sqs, "GetQueueUrl", Duration::from_secs(15), &env).await;
     let (status, took) = env.sigterm();
     assert!(status.success(), "{status:?}\n{}", env.log());
     assert!(took < Duration::from_secs(5), "the stop took {took:?}\n{}", env.log());
     assert!(env.log().contains("Stopped during start-up"), "{}", env.log());
-    assert_eq!(held(), 1, "no lookup after the first was held");
+    assert_eq!(held(&sqs, "GetQueueUrl"), 1, "no lookup after the first was held");
 }
 
 /// Kinesis refusing every GetRecords for throughput
@@ -463,19 +479,13 @@ async fn a_throttled_then_silent_kinesis_loses_nothing_and_holds_no_shutdown() {
 
     // Silent: the next read is held unanswered.
     kinesis.set_rules(on(&["GetRecords"], Fault::BlackHole)).expect("rules");
-    let held = || kinesis.stats().operations.get("GetRecords").map_or(0, |c| c.black_hole);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while held() == 0 {
-        assert!(Instant::now() < deadline, "no read was held\n{}", env.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_held(&kinesis, "GetRecords", Duration::from_secs(15), &env).await;
     let (status, took) = env.sigterm();
     assert!(status.success(), "{status:?}\n{}", env.log());
     // The SQS receivers' last polls (1 s) and the release come first; the
     // held read would take its 10 s timeout.
     assert!(took < Duration::from_secs(8), "the stop took {took:?}, a held read waited for\n{}", env.log());
-    let leases = env.leases().await;
-    assert!(!leases.is_empty() && leases.values().all(|(owner, _)| owner.is_none()), "not released: {leases:?}");
+    assert_released(&env).await;
     // The stream answers again: the next process resumes at the
     // checkpoint, and what follows is applied exactly once too.
     kinesis.clear();
@@ -507,20 +517,14 @@ async fn a_kinesis_silent_from_the_start_holds_no_shutdown() {
     env.producer().put(&waiting).await;
     kinesis.set_rules(on(&["GetShardIterator"], Fault::BlackHole)).expect("rules");
     env.start();
-    let held = || kinesis.stats().operations.get("GetShardIterator").map_or(0, |c| c.black_hole);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while held() == 0 {
-        assert!(Instant::now() < deadline, "no GetShardIterator was held\n{}", env.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_held(&kinesis, "GetShardIterator", Duration::from_secs(20), &env).await;
     let (status, took) = env.sigterm();
     assert!(status.success(), "{status:?}\n{}", env.log());
     // The SQS receivers' last polls (1 s) and the release come first; the
     // held call would take its 10 s timeout.
     assert!(took < Duration::from_secs(8), "the stop took {took:?}, a held GetShardIterator waited for\n{}", env.log());
     assert_eq!(kinesis.stats().operations.get("GetRecords").map_or(0, |c| c.forwarded), 0, "a read got through");
-    let leases = env.leases().await;
-    assert!(!leases.is_empty() && leases.values().all(|(owner, _)| owner.is_none()), "not released: {leases:?}\n{}", env.log());
+    assert_released(&env).await;
     kinesis.clear();
     env.start();
     env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
