@@ -7,9 +7,13 @@
 //! rounds: a key another writer moved first is read again (after a
 //! jittered pause) and every payment from that transaction on is scored
 //! again; a key the cache already holds at a newer version (another batch
-//! of this process moved it) is scored against that at once. Must not: send
-//! rejections or acknowledge (the router and the sources do, from the
-//! outcomes this returns).
+//! of this process moved it) is scored against that at once. A key
+//! another batch of this process is writing is scored at the version being
+//! written, and the transaction that writes it next waits until that one
+//! landed (scored again at once if it did not), so the process's own
+//! batches follow each other on a hot key instead of cancelling each
+//! other. Must not: send rejections or acknowledge (the router and the
+//! sources do, from the outcomes this returns).
 //!
 //! Consistency: each key's state is written with the payments whose
 //! scoring changed it, conditional on the version scored against, so the
@@ -17,7 +21,10 @@
 //! against every payment on its keys that was durable before its own
 //! transaction, and a payment and the history it counts in land together.
 //! A redelivered payment (its put's condition fails) changes nothing and
-//! keeps its first decision.
+//! keeps its first decision. A transaction scored against another batch's
+//! write is sent only once that write committed, so its condition (the
+//! version that write set) names that write's state and no other writer's
+//! of the same version number.
 //!
 //! A batch's transactions are sent one after the other. Tried and measured
 //! on the local stack (cold-start, 10,000 payments, against a bare client
