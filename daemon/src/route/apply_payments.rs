@@ -36,6 +36,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use pipeline::decided::DecidedPayment;
 use pipeline::event::PaymentRequested;
@@ -169,19 +170,27 @@ impl Drop for Writes<'_> {
                 c.writing.remove(k);
             }
         }
+        if c.writing.is_empty() && c.writing.capacity() > 4096 {
+            c.writing.shrink_to(64);
+        }
     }
 }
 
+/// How long a transaction waits for the writes it was scored against
+/// before it counts them as not landed (and is scored again): the data
+/// calls' bound, so that a batch stuck behind a write whose batch is
+/// not being polled (its task awaiting an acknowledgement queue or a
+/// checkpoint) gives up in time.
+const LANDING_WAIT: Duration = crate::aws::DATA_CALL_TIMEOUT;
+
 /// Waits until every write in `on` landed: false as soon as one did not
-/// (its batch's transaction failed or was never sent).
-async fn landed(on: &[watch::Receiver<bool>]) -> bool {
-    for rx in on {
+/// (its batch's transaction failed or was never sent), or after `within`.
+async fn landed(on: &[watch::Receiver<bool>], within: Duration) -> bool {
+    let all = futures::future::try_join_all(on.iter().map(|rx| {
         let mut rx = rx.clone();
-        if rx.wait_for(|l| *l).await.is_err() {
-            return false;
-        }
-    }
-    true
+        async move { rx.wait_for(|l| *l).await.map(|_| ()) }
+    }));
+    matches!(tokio::time::timeout(within, all).await, Ok(Ok(_)))
 }
 
 impl FraudStateCache {
@@ -246,6 +255,12 @@ impl FraudStateCache {
     /// Keys registered as being written.
     pub fn writing_len(&self) -> usize {
         self.lock().writing.len()
+    }
+
+    /// Whether `key` was found moved past what the cache holds (by another
+    /// writer: the next use reads it).
+    fn is_moved(&self, key: &StateKey) -> bool {
+        self.lock().map.get(key).is_some_and(|h| h.moved)
     }
 
     /// Caches `key` at `state`, unless a newer version is cached, or the
@@ -604,12 +619,14 @@ pub async fn apply_payments(
             let waits: Vec<watch::Receiver<bool>> = txn.iter().filter_map(|(k, ..)| on[*k].clone()).collect();
             if !waits.is_empty() {
                 traffic.chained += 1;
-                if !landed(&waits).await {
+                if !landed(&waits, LANDING_WAIT).await {
                     // Scored against another batch's write that did not
                     // land: this transaction and every later one again,
-                    // from what did.
+                    // from what did; after a pause if another writer moved
+                    // one of those keys (that batch found it so).
                     traffic.unlanded += 1;
-                    pause = Some(false);
+                    let moved = txn.iter().any(|(k, ..)| on[*k].is_some() && cache.is_moved(&keys[*k]));
+                    pause = Some(moved);
                     again.extend(
                         (start..pending.len()).map(|pos| pending[pos]).filter(|&i| outcomes[i] != WriteOutcome::Duplicate),
                     );
@@ -877,16 +894,28 @@ mod tests {
         assert_eq!((v1.map(|v| v.version), v2.map(|v| v.version)), (Some(4), Some(7)), "the versions being written");
         let (on1, on2) = (on1.expect("a signal"), on2.expect("a signal"));
         // Not landed yet: a batch scored against it waits.
-        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), landed(std::slice::from_ref(&on1))).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), landed(std::slice::from_ref(&on1), Duration::from_secs(5)))
+                .await
+                .is_err()
+        );
         first.committed(0);
-        assert!(landed(std::slice::from_ref(&on1)).await, "its transaction committed");
+        assert!(landed(std::slice::from_ref(&on1), Duration::from_secs(5)).await, "its transaction committed");
         // A later registration of the same key is the latest, and outlives
         // the first's withdrawal.
         let second = c.writing([(key(1), at(5), 0)], 1);
         drop(first);
-        assert!(!landed(&[on1.clone(), on2]).await, "the second transaction never committed");
-        assert!(landed(&[on1]).await, "what landed stays landed");
-        assert!(matches!(c.latest(&key(1)), (Some(v), Some(_)) if v.version == 5));
+        assert!(!landed(&[on1.clone(), on2.clone()], Duration::from_secs(5)).await, "the second transaction never committed");
+        assert!(landed(&[on1], Duration::from_secs(5)).await, "what landed stays landed");
+        let (v, on_second) = c.latest(&key(1));
+        assert_eq!(v.map(|v| v.version), Some(5));
+        let on_second = on_second.expect("a signal");
+        // One that did not land ends the wait at once, whatever waits
+        // before it; one that does not land in time counts as not landed.
+        let started = std::time::Instant::now();
+        assert!(!landed(&[on_second.clone(), on2], Duration::from_secs(5)).await);
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(!landed(&[on_second], Duration::from_millis(50)).await);
         assert!(matches!(c.latest(&key(2)), (None, None)), "withdrawn: read it");
         assert_eq!(c.writing_len(), 1);
         // Cached at the version being written, or newer: the cache, no wait.

@@ -235,7 +235,7 @@ fn unscored(prefix: &str, id: &str, card: &str) -> daemon::route::Unscored {
 
 /// Two batches of one process race for a card: one (through a proxy that
 /// holds its transactions 2.5 s) scored against the card's version and is
-/// writing the next, and the other starts 0.5 s later. It scores against
+/// writing the next, and the other starts meanwhile. It scores against
 /// the version being written and sends once that landed: neither is
 /// cancelled, and neither reads the card. The same race against a writer
 /// with its own cache (another instance) goes first and cancels the held
@@ -296,7 +296,8 @@ async fn a_batch_of_the_process_waits_for_its_sibling_s_write_and_another_writer
     let entries = |item: &HashMap<String, AttributeValue>| item["entries"].as_l().expect("entries").len();
 
     // Each race: the card written once first (this process, its cache), then
-    // the held batch started, and the other writer's batch 0.5 s later.
+    // the held batch started, and the other writer's batch once the held
+    // one is writing.
     let races = [
         ("own", Arc::clone(&held), Arc::clone(&cache), Fault::Latency { millis: 2500 }),
         ("other", Arc::clone(&held), Arc::new(FraudStateCache::new(1000, None)), Fault::Latency { millis: 2500 }),
@@ -318,7 +319,13 @@ async fn a_batch_of_the_process_waits_for_its_sibling_s_write_and_another_writer
         let first = version(&state_item(&env, &format!("card#{card}")).await);
         proxy.set_rules(vec![Rule { operation: Some("TransactWriteItems".into()), probability: 1.0, fault }]).expect("rules");
         let held_batch = tokio::spawn(run(held, Arc::clone(&cache), "held"));
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Once the held batch's transaction is under way (registered in
+        // the process's cache, sent after).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cache.writing_len() == 0 {
+            assert!(Instant::now() < deadline, "{case}: the held batch never got to its write");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let started = Instant::now();
         let (other, other_outcomes) = run(Arc::clone(&direct), other_cache, "other").await;
         let other_took = started.elapsed();
