@@ -485,6 +485,7 @@ impl InternalEvent for FraudStateUsed {
         m.fraud_state_conflicts_from_cache.inc_by(t.conflicts_from_cache);
         m.fraud_state_chained.inc_by(t.chained);
         m.fraud_state_unlanded.inc_by(t.unlanded);
+        m.fraud_state_queued.inc_by(t.queued);
         debug!(
             payments = self.payments,
             hits = t.hits,
@@ -494,6 +495,7 @@ impl InternalEvent for FraudStateUsed {
             conflicts_from_cache = t.conflicts_from_cache,
             chained = t.chained,
             unlanded = t.unlanded,
+            queued = t.queued,
             "Payments scored against the shared fraud state"
         );
     }

@@ -241,6 +241,8 @@ pub struct Metrics {
     pub fraud_state_chained: Counter,
     /// Of those, not sent: a write they were scored against did not land.
     pub fraud_state_unlanded: Counter,
+    /// Scoring rounds that waited for another batch's scoring of a key.
+    pub fraud_state_queued: Counter,
     /// Batches queued on or running on rayon.
     pub rayon_queue_depth: Gauge,
     /// Sink requests by outcome.
@@ -339,6 +341,7 @@ impl Metrics {
             fraud_state_conflicts_from_cache: Counter::default(),
             fraud_state_chained: Counter::default(),
             fraud_state_unlanded: Counter::default(),
+            fraud_state_queued: Counter::default(),
             rayon_queue_depth: Gauge::default(),
             sink_requests: Family::default(),
             aws_requests: Family::default(),
@@ -442,6 +445,11 @@ impl Metrics {
             n::FRAUD_STATE_UNLANDED,
             "Of those, the ones not sent because a write they were scored against did not land (scored again)",
             m.fraud_state_unlanded.clone(),
+        );
+        registry.register(
+            n::FRAUD_STATE_QUEUED,
+            "Scoring rounds that waited for another batch of this process to finish scoring one of their keys",
+            m.fraud_state_queued.clone(),
         );
         registry.register(n::RAYON_QUEUE_DEPTH, "Batches waiting for or running on the CPU pool", m.rayon_queue_depth.clone());
         registry.register(n::SINK_REQUESTS, "Sink write requests, by outcome", m.sink_requests.clone());

@@ -138,6 +138,10 @@ pub const FRAUD_STATE_CHAINED: &str = "cafe_fraud_state_chained";
 /// Of those, the ones not sent because a write they were scored against
 /// did not land: scored again at once.
 pub const FRAUD_STATE_UNLANDED: &str = "cafe_fraud_state_unlanded";
+/// Scoring rounds that waited for another batch of the same process to
+/// finish scoring one of their keys (so as not to score against the same
+/// version) before reading them.
+pub const FRAUD_STATE_QUEUED: &str = "cafe_fraud_state_queued";
 /// Batches waiting for or running on the rayon pool.
 pub const RAYON_QUEUE_DEPTH: &str = "cafe_rayon_queue_depth_batches";
 /// Sink write requests by outcome (`ok`, `retry`, `failed`). Labels: `sink`, `outcome`.

@@ -89,6 +89,9 @@ pub struct StateTraffic {
     /// Of those, the ones not sent because a write they were scored
     /// against did not land: re-scored at once.
     pub unlanded: u64,
+    /// Rounds that waited for another batch of this process to finish
+    /// scoring one of their keys before reading them.
+    pub queued: u64,
 }
 
 /// Key states kept in memory to avoid reads, with the version each was
@@ -122,36 +125,75 @@ struct CacheInner {
     fifo: VecDeque<(StateKey, u64)>,
     cap: usize,
     next_put: u64,
-    /// Keys a batch of this process is writing (its transaction sent or
-    /// about to be), at the version it writes: the latest registration of
-    /// each key. At most the keys of the batches in flight.
-    writing: HashMap<StateKey, Writing>,
+    /// Keys batches of this process are scoring or writing, each key's
+    /// batches oldest first: a batch claims its keys when its round reads
+    /// them, and registers the versions it writes once scored. At most the
+    /// keys of the batches in flight.
+    writing: HashMap<StateKey, Vec<Writing>>,
     next_writer: u64,
 }
 
-/// A key's next version as a batch of this process writes it, and what
-/// tells whether that write landed (`true` once its transaction
-/// committed; closed without it when it did not).
+/// One batch's claim on a key.
 #[derive(Debug)]
 struct Writing {
-    state: Versioned,
     writer: u64,
-    landed: watch::Receiver<bool>,
+    stage: Stage,
 }
 
-/// A batch round's writes registered in the cache ([`FraudStateCache::writing`]),
-/// one signal a transaction. Dropped, it withdraws the registrations still
-/// its own, then closes the signals of the transactions that did not
-/// commit: a batch scored against them does not send.
+#[derive(Debug)]
+enum Stage {
+    /// Being scored: `true` once its writes are registered (closed without
+    /// it when the round ended first). A batch claiming the key meanwhile
+    /// waits for it, so that the two do not score against the same
+    /// version (one of them would be cancelled).
+    Scoring(watch::Receiver<bool>),
+    /// The key's next version as the batch writes it, and whether that
+    /// write landed (`true` once its transaction committed; closed without
+    /// it when it did not).
+    Written { state: Versioned, landed: watch::Receiver<bool> },
+}
+
+/// A batch round's claim on its keys in the cache ([`FraudStateCache::claim`]),
+/// then its writes ([`Writes::register`]), one signal a transaction.
+/// Dropped, it withdraws its entries, then closes its signals: a batch
+/// waiting for its scoring goes on, and one scored against a transaction
+/// that did not commit does not send.
 #[derive(Debug)]
 pub struct Writes<'a> {
     cache: &'a FraudStateCache,
     writer: u64,
     keys: Vec<StateKey>,
+    scored: watch::Sender<bool>,
     landed: Vec<watch::Sender<bool>>,
 }
 
 impl Writes<'_> {
+    /// The round's writes, `(key, the version written, its transaction)` in
+    /// sending order, for rounds that start while they are under way:
+    /// those score against them and send once they landed (rather than
+    /// against the versions before, which these writes would move,
+    /// cancelling their transactions).
+    pub fn register(&mut self, writes: impl IntoIterator<Item = (StateKey, Versioned, usize)>, transactions: usize) {
+        let landed: Vec<(watch::Sender<bool>, watch::Receiver<bool>)> =
+            (0..transactions).map(|_| watch::channel(false)).collect();
+        {
+            let mut c = self.cache.lock();
+            for (key, state, t) in writes {
+                let Some((_, rx)) = landed.get(t) else { continue };
+                let entries = c.writing.entry(key.clone()).or_default();
+                match entries.iter_mut().rev().find(|w| w.writer == self.writer) {
+                    Some(w) => w.stage = Stage::Written { state, landed: rx.clone() },
+                    None => {
+                        entries.push(Writing { writer: self.writer, stage: Stage::Written { state, landed: rx.clone() } });
+                        self.keys.push(key);
+                    }
+                }
+            }
+        }
+        self.landed = landed.into_iter().map(|(tx, _)| tx).collect();
+        self.scored.send_replace(true);
+    }
+
     /// Transaction `t` committed: batches scored against its versions may send.
     fn committed(&self, t: usize) {
         if let Some(s) = self.landed.get(t) {
@@ -166,8 +208,11 @@ impl Drop for Writes<'_> {
         // a batch woken by a failed write finds the cache without it.
         let mut c = self.cache.lock();
         for k in &self.keys {
-            if c.writing.get(k).is_some_and(|w| w.writer == self.writer) {
-                c.writing.remove(k);
+            if let Some(entries) = c.writing.get_mut(k) {
+                entries.retain(|w| w.writer != self.writer);
+                if entries.is_empty() {
+                    c.writing.remove(k);
+                }
             }
         }
         if c.writing.is_empty() && c.writing.capacity() > 4096 {
@@ -182,6 +227,18 @@ impl Drop for Writes<'_> {
 /// not being polled (its task awaiting an acknowledgement queue or a
 /// checkpoint) gives up in time.
 const LANDING_WAIT: Duration = crate::aws::DATA_CALL_TIMEOUT;
+
+/// Waits until every batch in `on` registered its writes or gave up,
+/// or `within` passed.
+async fn scored(on: &[watch::Receiver<bool>], within: Duration) {
+    let all = futures::future::join_all(on.iter().map(|rx| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }));
+    let _ = tokio::time::timeout(within, all).await;
+}
 
 /// Waits until every write in `on` landed: false as soon as one did not
 /// (its batch's transaction failed or was never sent), or after `within`.
@@ -218,38 +275,55 @@ impl FraudStateCache {
         self.lock().map.get(key).filter(|h| !h.moved).map(|h| h.state.clone())
     }
 
-    /// What a round scores `key` against: the version a batch of this
-    /// process is writing, with the signal of its landing, when it is
-    /// newer than anything cached (found moved included); otherwise a copy
-    /// of the cached state, as [`Self::get`].
-    pub fn latest(&self, key: &StateKey) -> (Option<Versioned>, Option<watch::Receiver<bool>>) {
+    /// What a round scores `key` against: the newest version a batch of
+    /// this process other than `writer` registered as writing, with the
+    /// signal of its landing, when it is newer than anything cached (found
+    /// moved included); otherwise a copy of the cached state, as
+    /// [`Self::get`].
+    pub fn latest(&self, key: &StateKey, writer: Option<u64>) -> (Option<Versioned>, Option<watch::Receiver<bool>>) {
         let c = self.lock();
         let held = c.map.get(key);
-        match c.writing.get(key) {
-            Some(w) if held.is_none_or(|h| h.state.version < w.state.version) => (Some(w.state.clone()), Some(w.landed.clone())),
+        let written = c.writing.get(key).and_then(|entries| {
+            entries.iter().rev().filter(|w| Some(w.writer) != writer).find_map(|w| match &w.stage {
+                Stage::Written { state, landed } => Some((state, landed)),
+                Stage::Scoring(_) => None,
+            })
+        });
+        match written {
+            Some((state, landed)) if held.is_none_or(|h| h.state.version < state.version) => {
+                (Some(state.clone()), Some(landed.clone()))
+            }
             _ => (held.filter(|h| !h.moved).map(|h| h.state.clone()), None),
         }
     }
 
-    /// Registers a round's writes, `(key, the version written, its
-    /// transaction)` in sending order, for rounds that start while they
-    /// are under way: those score against them and send once they landed
-    /// (rather than against the versions before, which these writes would
-    /// move, cancelling their transactions).
-    pub fn writing(&self, writes: impl IntoIterator<Item = (StateKey, Versioned, usize)>, transactions: usize) -> Writes<'_> {
-        let landed: Vec<(watch::Sender<bool>, watch::Receiver<bool>)> =
-            (0..transactions).map(|_| watch::channel(false)).collect();
+    /// Claims `keys` for a round about to score against them: returns its
+    /// guard, and the scoring of other batches to wait for first (each key's
+    /// last claim, when it is still being scored).
+    pub fn claim(&self, keys: &[StateKey]) -> (Writes<'_>, Vec<watch::Receiver<bool>>) {
+        let (scored, rx) = watch::channel(false);
         let mut c = self.lock();
         let writer = c.next_writer;
         c.next_writer += 1;
-        let mut keys = Vec::new();
-        for (key, state, t) in writes {
-            let Some((_, rx)) = landed.get(t) else { continue };
-            keys.push(key.clone());
-            c.writing.insert(key, Writing { state, writer, landed: rx.clone() });
+        let mut before = Vec::new();
+        for key in keys {
+            let entries = c.writing.entry(key.clone()).or_default();
+            if let Some(Writing { stage: Stage::Scoring(other), .. }) = entries.last() {
+                before.push(other.clone());
+            }
+            entries.push(Writing { writer, stage: Stage::Scoring(rx.clone()) });
         }
         drop(c);
-        Writes { cache: self, writer, keys, landed: landed.into_iter().map(|(tx, _)| tx).collect() }
+        (Writes { cache: self, writer, keys: keys.to_vec(), scored, landed: Vec::new() }, before)
+    }
+
+    /// Claims the keys of `writes` and registers them at once (for tests).
+    #[cfg(test)]
+    fn writing(&self, writes: Vec<(StateKey, Versioned, usize)>, transactions: usize) -> Writes<'_> {
+        let keys: Vec<StateKey> = writes.iter().map(|(k, ..)| k.clone()).collect();
+        let (mut w, _) = self.claim(&keys);
+        w.register(writes, transactions);
+        w
     }
 
     /// Keys registered as being written.
@@ -557,14 +631,22 @@ pub async fn apply_payments(
                 })
             }));
         }
-        // Each key at its latest version: one another batch of this
-        // process is writing (this round's transactions then send once it
-        // landed), or else the cached one.
+        // The round claims its keys, after the batches of this process
+        // still scoring any of them (their versions are not known yet);
+        // then each key at its latest version: one another batch is
+        // writing (this round's transactions send once it landed), or else
+        // the cached one.
+        let (mut registered, before) = cache.claim(&keys);
+        if !before.is_empty() {
+            traffic.queued += 1;
+            scored(&before, LANDING_WAIT).await;
+        }
+        let writer = Some(registered.writer);
         let mut on: Vec<Option<watch::Receiver<bool>>> = Vec::with_capacity(keys.len());
         let mut states: Vec<Option<Versioned>> = keys
             .iter()
             .map(|k| {
-                let (state, landing) = cache.latest(k);
+                let (state, landing) = cache.latest(k, writer);
                 on.push(landing);
                 state
             })
@@ -606,7 +688,7 @@ pub async fn apply_payments(
         };
         // Batches starting while these are under way score against them.
         let keys_ = &keys;
-        let registered = cache.writing(
+        registered.register(
             writes.iter().enumerate().flat_map(|(t, txn)| {
                 txn.iter()
                     .map(move |(k, _, next, state)| (keys_[*k].clone(), Versioned { version: *next, state: state.clone() }, t))
@@ -887,10 +969,10 @@ mod tests {
         let at = |v: u64| Versioned { version: v, state: key(0).empty() };
         c.put(&key(1), at(3));
         // Nothing written: the cached version, nothing to wait for.
-        assert!(matches!(c.latest(&key(1)), (Some(v), None) if v.version == 3));
-        let first = c.writing([(key(1), at(4), 0), (key(2), at(7), 1)], 2);
-        let (v1, on1) = c.latest(&key(1));
-        let (v2, on2) = c.latest(&key(2));
+        assert!(matches!(c.latest(&key(1), None), (Some(v), None) if v.version == 3));
+        let first = c.writing(vec![(key(1), at(4), 0), (key(2), at(7), 1)], 2);
+        let (v1, on1) = c.latest(&key(1), None);
+        let (v2, on2) = c.latest(&key(2), None);
         assert_eq!((v1.map(|v| v.version), v2.map(|v| v.version)), (Some(4), Some(7)), "the versions being written");
         let (on1, on2) = (on1.expect("a signal"), on2.expect("a signal"));
         // Not landed yet: a batch scored against it waits.
@@ -903,11 +985,11 @@ mod tests {
         assert!(landed(std::slice::from_ref(&on1), Duration::from_secs(5)).await, "its transaction committed");
         // A later registration of the same key is the latest, and outlives
         // the first's withdrawal.
-        let second = c.writing([(key(1), at(5), 0)], 1);
+        let second = c.writing(vec![(key(1), at(5), 0)], 1);
         drop(first);
         assert!(!landed(&[on1.clone(), on2.clone()], Duration::from_secs(5)).await, "the second transaction never committed");
         assert!(landed(&[on1], Duration::from_secs(5)).await, "what landed stays landed");
-        let (v, on_second) = c.latest(&key(1));
+        let (v, on_second) = c.latest(&key(1), None);
         assert_eq!(v.map(|v| v.version), Some(5));
         let on_second = on_second.expect("a signal");
         // One that did not land ends the wait at once, whatever waits
@@ -916,18 +998,58 @@ mod tests {
         assert!(!landed(&[on_second.clone(), on2], Duration::from_secs(5)).await);
         assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
         assert!(!landed(&[on_second], Duration::from_millis(50)).await);
-        assert!(matches!(c.latest(&key(2)), (None, None)), "withdrawn: read it");
+        assert!(matches!(c.latest(&key(2), None), (None, None)), "withdrawn: read it");
         assert_eq!(c.writing_len(), 1);
         // Cached at the version being written, or newer: the cache, no wait.
         c.put(&key(1), at(5));
-        assert!(matches!(c.latest(&key(1)), (Some(v), None) if v.version == 5));
+        assert!(matches!(c.latest(&key(1), None), (Some(v), None) if v.version == 5));
         drop(second);
         assert_eq!(c.writing_len(), 0);
         // Found moved past a version being written: read, no wait.
-        let third = c.writing([(key(3), at(2), 0)], 1);
+        let third = c.writing(vec![(key(3), at(2), 0)], 1);
         assert!(!c.newer_than(&key(3), 2));
-        assert!(matches!(c.latest(&key(3)), (None, None)));
+        assert!(matches!(c.latest(&key(3), None), (None, None)));
         drop(third);
+    }
+
+    #[tokio::test]
+    async fn a_round_claiming_a_key_another_batch_is_scoring_waits_for_its_writes_and_scores_after_them() {
+        let c = FraudStateCache::new(10, None);
+        let key = |i: usize| StateKey::Card(format!("fp{i}"));
+        let at = |v: u64| Versioned { version: v, state: key(0).empty() };
+        c.put(&key(1), at(3));
+        let (mut first, before) = c.claim(&[key(1)]);
+        assert!(before.is_empty(), "nothing scoring before it");
+        let (second, before) = c.claim(&[key(1), key(2)]);
+        assert_eq!(before.len(), 1, "the first's scoring");
+        // Still scoring: its version is not known, so the second waits
+        // (here, in vain for 50 ms) and meanwhile sees only the cache.
+        let started = std::time::Instant::now();
+        scored(&before, Duration::from_millis(50)).await;
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(matches!(c.latest(&key(1), Some(second.writer)), (Some(v), None) if v.version == 3));
+        first.register(vec![(key(1), at(4), 0)], 1);
+        let started = std::time::Instant::now();
+        scored(&before, Duration::from_secs(5)).await;
+        assert!(started.elapsed() < Duration::from_secs(1), "registered: no more wait");
+        // The second scores at the first's version, and its own claim is
+        // not what it scores against.
+        let (v, on) = c.latest(&key(1), Some(second.writer));
+        assert_eq!(v.map(|v| v.version), Some(4));
+        assert!(on.is_some());
+        // A third claims after both: it waits for the second (the last
+        // claim, still scoring), not the first (written).
+        let (third, before) = c.claim(&[key(1)]);
+        assert_eq!(before.len(), 1);
+        // The second's round ends without writes (a failed read): the
+        // third goes on, and scores at the first's version.
+        drop(second);
+        let started = std::time::Instant::now();
+        scored(&before, Duration::from_secs(5)).await;
+        assert!(started.elapsed() < Duration::from_secs(1), "gave up: no more wait");
+        assert!(matches!(c.latest(&key(1), Some(third.writer)), (Some(v), Some(_)) if v.version == 4));
+        drop((first, third));
+        assert_eq!(c.writing_len(), 0, "every claim withdrawn");
     }
 
     #[test]
