@@ -7,12 +7,13 @@
 //! rounds: a key another writer moved first is read again (after a
 //! jittered pause) and every payment from that transaction on is scored
 //! again; a key the cache already holds at a newer version (another batch
-//! of this process moved it) is scored against that at once. A key
-//! another batch of this process is writing is scored at the version being
-//! written, and the transaction that writes it next waits until that one
-//! landed (scored again at once if it did not), so the process's own
-//! batches follow each other on a hot key instead of cancelling each
-//! other. Must not: send rejections or acknowledge (the router and the
+//! of this process moved it) is scored against that at once. A round
+//! claims its keys as it reads them: one that another batch of this
+//! process is still scoring waits for that scoring; one that another batch
+//! is writing is scored at the version being written, and the transaction
+//! that writes it next waits until that one landed (scored again if it
+//! did not), so the process's own batches follow each other on a hot key
+//! instead of cancelling each other. Must not: send rejections or acknowledge (the router and the
 //! sources do, from the outcomes this returns).
 //!
 //! Consistency: each key's state is written with the payments whose
@@ -32,7 +33,11 @@
 //! from 1.40 to 1.60 times the bare client's, with 102 conflicts between
 //! batches instead of 2; holding each batch's keys so that batches never
 //! conflict (0 conflicts) also gave 1.60, since nearly every batch touches
-//! one of the few shared cards or devices and they ran one at a time.
+//! one of the few shared cards or devices and they ran one at a time. The
+//! claims above hold a key only through its scoring, not its write: the
+//! transactions of a hot key's batches overlap the scoring of the next
+//! (docs/performance.md, "One process's batches on a hot key follow each
+//! other").
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
