@@ -147,15 +147,24 @@ struct Writing {
 
 #[derive(Debug)]
 enum Stage {
-    /// Being scored: `true` once its writes are registered (closed without
-    /// it when the round ended first). A batch claiming the key meanwhile
-    /// waits for it, so that the two do not score against the same
+    /// Being scored since the instant: `true` once its writes are
+    /// registered (closed without it when the round ended first). A batch
+    /// claiming the key meanwhile waits for it (until [`LANDING_WAIT`]
+    /// after the claim), so that the two do not score against the same
     /// version (one of them would be cancelled).
-    Scoring(watch::Receiver<bool>),
-    /// The key's next version as the batch writes it, and whether that
-    /// write landed (`true` once its transaction committed; closed without
-    /// it when it did not).
-    Written { state: Versioned, landed: watch::Receiver<bool> },
+    Scoring(watch::Receiver<bool>, std::time::Instant),
+    /// The key's next version as the batch writes it, whether that write
+    /// landed (`true` once its transaction committed; closed without it
+    /// when it did not), and the landing of the write it was scored
+    /// against, if another batch's.
+    Written { state: Versioned, landed: watch::Receiver<bool>, base: Option<watch::Receiver<bool>> },
+}
+
+impl Stage {
+    /// Written on a base that did not land: its own write will not either.
+    fn doomed(&self) -> bool {
+        matches!(self, Stage::Written { base: Some(b), .. } if !*b.borrow() && b.has_changed().is_err())
+    }
 }
 
 /// A batch round's claim on its keys in the cache ([`FraudStateCache::claim`]),
@@ -178,20 +187,31 @@ impl Writes<'_> {
     /// those score against them and send once they landed (rather than
     /// against the versions before, which these writes would move,
     /// cancelling their transactions).
-    pub fn register(&mut self, writes: impl IntoIterator<Item = (StateKey, Versioned, usize)>, transactions: usize) {
+    pub fn register(
+        &mut self,
+        writes: impl IntoIterator<Item = (StateKey, Versioned, usize, Option<watch::Receiver<bool>>)>,
+        transactions: usize,
+    ) {
         let landed: Vec<(watch::Sender<bool>, watch::Receiver<bool>)> =
             (0..transactions).map(|_| watch::channel(false)).collect();
+        // Built before the lock is taken (the states are cloned here).
+        let stages: Vec<(StateKey, Stage)> = writes
+            .into_iter()
+            .filter_map(|(key, state, t, base)| {
+                let (_, rx) = landed.get(t)?;
+                Some((key, Stage::Written { state, landed: rx.clone(), base }))
+            })
+            .collect();
         {
             let mut c = self.cache.lock();
-            for (key, state, t) in writes {
-                let Some((_, rx)) = landed.get(t) else { continue };
-                let entries = c.writing.entry(key.clone()).or_default();
-                match entries.iter_mut().rev().find(|w| w.writer == self.writer) {
-                    Some(w) => w.stage = Stage::Written { state, landed: rx.clone() },
-                    None => {
-                        entries.push(Writing { writer: self.writer, stage: Stage::Written { state, landed: rx.clone() } });
-                        self.keys.push(key);
-                    }
+            for (key, stage) in stages {
+                let entries = c.writing.entry(key).or_default();
+                // Every key a round writes it claimed (`score_round` writes
+                // every key of its payments).
+                if let Some(w) = entries.iter_mut().rev().find(|w| w.writer == self.writer) {
+                    w.stage = stage;
+                } else {
+                    debug_assert!(false, "a key written that its round did not claim");
                 }
             }
         }
@@ -233,16 +253,17 @@ impl Drop for Writes<'_> {
 /// checkpoint) gives up in time.
 const LANDING_WAIT: Duration = crate::aws::DATA_CALL_TIMEOUT;
 
-/// Waits until every batch in `on` registered its writes or gave up,
-/// or `within` passed.
-async fn scored(on: &[watch::Receiver<bool>], within: Duration) {
-    let all = futures::future::join_all(on.iter().map(|rx| {
-        let mut rx = rx.clone();
+/// Waits until every batch in `on` registered its writes or gave up, or
+/// `within` passed since it claimed (a claim stuck in its scoring holds
+/// each round behind it no longer than that from its own start).
+async fn scored(on: &[(watch::Receiver<bool>, std::time::Instant)], within: Duration) {
+    let all = futures::future::join_all(on.iter().map(|(rx, since)| {
+        let (mut rx, until) = (rx.clone(), tokio::time::Instant::from_std(*since + within));
         async move {
-            let _ = rx.wait_for(|s| *s).await;
+            let _ = tokio::time::timeout_at(until, rx.wait_for(|s| *s)).await;
         }
     }));
-    let _ = tokio::time::timeout(within, all).await;
+    all.await;
 }
 
 /// Waits until every write in `on` landed: false as soon as one did not
@@ -288,11 +309,18 @@ impl FraudStateCache {
     pub fn latest(&self, key: &StateKey, writer: Option<u64>) -> (Option<Versioned>, Option<watch::Receiver<bool>>) {
         let c = self.lock();
         let held = c.map.get(key);
+        // The highest version (claims end in order of their claims, not
+        // always of their versions), not one built on a write that did
+        // not land (it will not land either).
         let written = c.writing.get(key).and_then(|entries| {
-            entries.iter().rev().filter(|w| Some(w.writer) != writer).find_map(|w| match &w.stage {
-                Stage::Written { state, landed } => Some((state, landed)),
-                Stage::Scoring(_) => None,
-            })
+            entries
+                .iter()
+                .filter(|w| Some(w.writer) != writer && !w.stage.doomed())
+                .filter_map(|w| match &w.stage {
+                    Stage::Written { state, landed, .. } => Some((state, landed)),
+                    Stage::Scoring(..) => None,
+                })
+                .max_by_key(|(state, _)| state.version)
         });
         match written {
             Some((state, landed)) if held.is_none_or(|h| h.state.version < state.version) => {
@@ -302,21 +330,30 @@ impl FraudStateCache {
         }
     }
 
+    /// Whether `key` is neither cached (found moved counts as not) nor
+    /// claimed by a batch of this process: a round reads it before it
+    /// claims its keys, out of the claims' serial section.
+    pub fn unknown(&self, key: &StateKey) -> bool {
+        let c = self.lock();
+        c.map.get(key).is_none_or(|h| h.moved) && !c.writing.contains_key(key)
+    }
+
     /// Claims `keys` for a round about to score against them: returns its
     /// guard, and the scoring of other batches to wait for first (each key's
     /// last claim, when it is still being scored).
-    pub fn claim(&self, keys: &[StateKey]) -> (Writes<'_>, Vec<watch::Receiver<bool>>) {
+    pub fn claim(&self, keys: &[StateKey]) -> (Writes<'_>, Vec<(watch::Receiver<bool>, std::time::Instant)>) {
         let (scored, rx) = watch::channel(false);
+        let now = std::time::Instant::now();
         let mut c = self.lock();
         let writer = c.next_writer;
         c.next_writer += 1;
         let mut before = Vec::new();
         for key in keys {
             let entries = c.writing.entry(key.clone()).or_default();
-            if let Some(Writing { stage: Stage::Scoring(other), .. }) = entries.last() {
-                before.push(other.clone());
+            if let Some(Writing { stage: Stage::Scoring(other, since), .. }) = entries.last() {
+                before.push((other.clone(), *since));
             }
-            entries.push(Writing { writer, stage: Stage::Scoring(rx.clone()) });
+            entries.push(Writing { writer, stage: Stage::Scoring(rx.clone(), now) });
         }
         drop(c);
         (Writes { cache: self, writer, keys: keys.to_vec(), scored, landed: Vec::new() }, before)
@@ -327,11 +364,11 @@ impl FraudStateCache {
     fn writing(&self, writes: Vec<(StateKey, Versioned, usize)>, transactions: usize) -> Writes<'_> {
         let keys: Vec<StateKey> = writes.iter().map(|(k, ..)| k.clone()).collect();
         let (mut w, _) = self.claim(&keys);
-        w.register(writes, transactions);
+        w.register(writes.into_iter().map(|(k, v, t)| (k, v, t, None)), transactions);
         w
     }
 
-    /// Keys registered as being written.
+    /// Keys claimed by batches of this process (being scored or written).
     pub fn writing_len(&self) -> usize {
         self.lock().writing.len()
     }
@@ -641,6 +678,22 @@ pub async fn apply_payments(
         // then each key at its latest version: one another batch is
         // writing (this round's transactions send once it landed), or else
         // the cached one.
+        // Keys neither cached nor claimed are read first, outside the
+        // claims (their reads would hold every batch behind this one).
+        let unknown: Vec<StateKey> = keys.iter().filter(|k| cache.unknown(k)).cloned().collect();
+        let prefetched = unknown.len() as u64;
+        if !unknown.is_empty() {
+            traffic.reads += prefetched;
+            match sink.read_fraud_states(&unknown, rules, &mut traffic.read_calls).await {
+                Ok(read) => {
+                    for (k, v) in unknown.iter().zip(read) {
+                        cache.put(k, v);
+                    }
+                }
+                // Counted and logged by the sink: give them back.
+                Err(_) => return (decided, copies_settled(&copies, outcomes)),
+            }
+        }
         let (mut registered, before) = cache.claim(&keys);
         if !before.is_empty() {
             traffic.queued += 1;
@@ -657,7 +710,7 @@ pub async fn apply_payments(
             })
             .collect();
         let missing: Vec<usize> = (0..keys.len()).filter(|&k| states[k].is_none()).collect();
-        traffic.hits += (keys.len() - missing.len()) as u64;
+        traffic.hits += (keys.len() - missing.len()) as u64 - prefetched.min((keys.len() - missing.len()) as u64);
         if !missing.is_empty() {
             let wanted: Vec<StateKey> = missing.iter().map(|&k| keys[k].clone()).collect();
             traffic.reads += wanted.len() as u64;
@@ -693,10 +746,12 @@ pub async fn apply_payments(
         };
         // Batches starting while these are under way score against them.
         let keys_ = &keys;
+        let on_ = &on;
         registered.register(
             writes.iter().enumerate().flat_map(|(t, txn)| {
-                txn.iter()
-                    .map(move |(k, _, next, state)| (keys_[*k].clone(), Versioned { version: *next, state: state.clone() }, t))
+                txn.iter().map(move |(k, _, next, state)| {
+                    (keys_[*k].clone(), Versioned { version: *next, state: state.clone() }, t, on_[*k].clone())
+                })
             }),
             writes.len(),
         );
@@ -1031,9 +1086,9 @@ mod tests {
         // (here, in vain for 50 ms) and meanwhile sees only the cache.
         let started = std::time::Instant::now();
         scored(&before, Duration::from_millis(50)).await;
-        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(started.elapsed() >= Duration::from_millis(40), "{:?}", started.elapsed());
         assert!(matches!(c.latest(&key(1), Some(second.writer)), (Some(v), None) if v.version == 3));
-        first.register(vec![(key(1), at(4), 0)], 1);
+        first.register(vec![(key(1), at(4), 0, None)], 1);
         let started = std::time::Instant::now();
         scored(&before, Duration::from_secs(5)).await;
         assert!(started.elapsed() < Duration::from_secs(1), "registered: no more wait");
@@ -1055,6 +1110,26 @@ mod tests {
         assert!(matches!(c.latest(&key(1), Some(third.writer)), (Some(v), Some(_)) if v.version == 4));
         drop((first, third));
         assert_eq!(c.writing_len(), 0, "every claim withdrawn");
+    }
+
+    #[test]
+    fn a_round_scores_at_the_highest_version_being_written_and_never_on_one_built_on_a_write_that_did_not_land() {
+        let c = FraudStateCache::new(10, None);
+        let key = StateKey::Card("fp".into());
+        let at = |v: u64| Versioned { version: v, state: key.empty() };
+        let first = c.writing(vec![(key.clone(), at(4), 0)], 1);
+        let (_, on_first) = c.latest(&key, None);
+        // Claimed in one order, registered with versions in the other.
+        let (mut second, _) = c.claim(std::slice::from_ref(&key));
+        let (mut third, _) = c.claim(std::slice::from_ref(&key));
+        third.register(vec![(key.clone(), at(5), 0, on_first.clone())], 1);
+        second.register(vec![(key.clone(), at(6), 0, on_first)], 1);
+        assert_eq!(c.latest(&key, None).0.map(|v| v.version), Some(6), "the highest, not the last claimed");
+        // The first's write does not land: what was built on it will not
+        // either, and the cache is what is left.
+        drop(first);
+        assert!(matches!(c.latest(&key, None), (None, None)));
+        drop((second, third));
     }
 
     #[test]

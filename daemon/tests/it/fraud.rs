@@ -319,8 +319,8 @@ async fn a_batch_of_the_process_waits_for_its_sibling_s_write_and_another_writer
         let first = version(&state_item(&env, &format!("card#{card}")).await);
         proxy.set_rules(vec![Rule { operation: Some("TransactWriteItems".into()), probability: 1.0, fault }]).expect("rules");
         let held_batch = tokio::spawn(run(held, Arc::clone(&cache), "held"));
-        // Once the held batch's transaction is under way (registered in
-        // the process's cache, sent after).
+        // Once the held batch has claimed its keys in the process's cache
+        // (it scores, registers its writes and sends them next).
         let deadline = Instant::now() + Duration::from_secs(20);
         while cache.writing_len() == 0 {
             assert!(Instant::now() < deadline, "{case}: the held batch never got to its write");
