@@ -330,12 +330,12 @@ impl FraudStateCache {
         }
     }
 
-    /// Whether `key` is neither cached (found moved counts as not) nor
-    /// claimed by a batch of this process: a round reads it before it
+    /// The keys of `keys` neither cached (found moved counts as not) nor
+    /// claimed by a batch of this process: a round reads them before it
     /// claims its keys, out of the claims' serial section.
-    pub fn unknown(&self, key: &StateKey) -> bool {
+    pub fn unknown(&self, keys: &[StateKey]) -> Vec<StateKey> {
         let c = self.lock();
-        c.map.get(key).is_none_or(|h| h.moved) && !c.writing.contains_key(key)
+        keys.iter().filter(|k| c.map.get(*k).is_none_or(|h| h.moved) && !c.writing.contains_key(*k)).cloned().collect()
     }
 
     /// Claims `keys` for a round about to score against them: returns its
@@ -350,7 +350,9 @@ impl FraudStateCache {
         let mut before = Vec::new();
         for key in keys {
             let entries = c.writing.entry(key.clone()).or_default();
-            if let Some(Writing { stage: Stage::Scoring(other, since), .. }) = entries.last() {
+            if let Some(Writing { stage: Stage::Scoring(other, since), .. }) = entries.last()
+                && !before.iter().any(|(b, _): &(watch::Receiver<bool>, _)| b.same_channel(other))
+            {
                 before.push((other.clone(), *since));
             }
             entries.push(Writing { writer, stage: Stage::Scoring(rx.clone(), now) });
@@ -623,6 +625,25 @@ fn pack(key_of: &[[usize; 3]], rows: &[WindowId], max_items: usize) -> Vec<usize
     ends
 }
 
+/// Reads `keys` (strongly consistent), counting them, and caches what was
+/// read (a durable version: a later round of this batch, or another
+/// batch, need not read it again). None when the read failed (counted and
+/// logged by the sink): the caller gives its payments back.
+async fn read_and_cache(
+    sink: &DynamoDbSink,
+    cache: &FraudStateCache,
+    keys: &[StateKey],
+    rules: &Rules,
+    traffic: &mut StateTraffic,
+) -> Option<Vec<Versioned>> {
+    traffic.reads += keys.len() as u64;
+    let read = sink.read_fraud_states(keys, rules, &mut traffic.read_calls).await.ok()?;
+    for (k, v) in keys.iter().zip(&read) {
+        cache.put(k, v.clone());
+    }
+    Some(read)
+}
+
 /// Scores and writes `payments` (in arrival order) against the shared
 /// state; returns for each its decision (when scored and written) and the
 /// outcome of its write, in order.
@@ -673,27 +694,18 @@ pub async fn apply_payments(
                 })
             }));
         }
+        // Keys neither cached nor claimed are read first, outside the
+        // claims (their reads would hold every batch behind this one).
+        let unknown = cache.unknown(&keys);
+        let prefetched = unknown.len();
+        if !unknown.is_empty() && read_and_cache(sink, cache, &unknown, rules, traffic).await.is_none() {
+            return (decided, copies_settled(&copies, outcomes));
+        }
         // The round claims its keys, after the batches of this process
         // still scoring any of them (their versions are not known yet);
         // then each key at its latest version: one another batch is
         // writing (this round's transactions send once it landed), or else
         // the cached one.
-        // Keys neither cached nor claimed are read first, outside the
-        // claims (their reads would hold every batch behind this one).
-        let unknown: Vec<StateKey> = keys.iter().filter(|k| cache.unknown(k)).cloned().collect();
-        let prefetched = unknown.len() as u64;
-        if !unknown.is_empty() {
-            traffic.reads += prefetched;
-            match sink.read_fraud_states(&unknown, rules, &mut traffic.read_calls).await {
-                Ok(read) => {
-                    for (k, v) in unknown.iter().zip(read) {
-                        cache.put(k, v);
-                    }
-                }
-                // Counted and logged by the sink: give them back.
-                Err(_) => return (decided, copies_settled(&copies, outcomes)),
-            }
-        }
         let (mut registered, before) = cache.claim(&keys);
         if !before.is_empty() {
             traffic.queued += 1;
@@ -710,21 +722,14 @@ pub async fn apply_payments(
             })
             .collect();
         let missing: Vec<usize> = (0..keys.len()).filter(|&k| states[k].is_none()).collect();
-        traffic.hits += (keys.len() - missing.len()) as u64 - prefetched.min((keys.len() - missing.len()) as u64);
+        traffic.hits += (keys.len() - missing.len()).saturating_sub(prefetched) as u64;
         if !missing.is_empty() {
             let wanted: Vec<StateKey> = missing.iter().map(|&k| keys[k].clone()).collect();
-            traffic.reads += wanted.len() as u64;
-            match sink.read_fraud_states(&wanted, rules, &mut traffic.read_calls).await {
-                Ok(read) => {
-                    // Cached as read (a durable version): a later round of
-                    // this batch, or another batch, need not read it again.
-                    for (&k, v) in missing.iter().zip(read) {
-                        cache.put(&keys[k], v.clone());
-                        states[k] = Some(v);
-                    }
-                }
-                // Counted and logged by the sink: give them back.
-                Err(_) => return (decided, copies_settled(&copies, outcomes)),
+            let Some(read) = read_and_cache(sink, cache, &wanted, rules, traffic).await else {
+                return (decided, copies_settled(&copies, outcomes));
+            };
+            for (&k, v) in missing.iter().zip(read) {
+                states[k] = Some(v);
             }
         }
         // Every key was cached or read; were one not, version 0 would make
