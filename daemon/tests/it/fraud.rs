@@ -10,6 +10,15 @@ use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use std::sync::Arc;
+
+use daemon::bridge::CpuPool;
+use daemon::route::apply_payments::apply_payments;
+use daemon::route::{FraudStateCache, StateTraffic};
+use daemon::sinks::WriteOutcome;
+use daemon::sinks::dynamodb::DynamoDbSink;
+use daemon::sinks::dynamodb::config::DynamoDbSinkConfig;
+
 use super::{Env, http_get};
 
 const SHARED: &str = "[fraud]\nstate = \"dynamodb\"\nwork_factor = 10\n";
@@ -233,6 +242,107 @@ fn unscored(prefix: &str, id: &str, card: &str) -> daemon::route::Unscored {
     }
 }
 
+/// `apply_payments` driven directly against the local stack's fraud-state
+/// table: the process's cache and CPU pool (one thread), and sinks made
+/// to measure.
+struct Rig {
+    env: Env,
+    sdk: aws_config::SdkConfig,
+    config: DynamoDbSinkConfig,
+    metrics: Arc<daemon::metrics::Metrics>,
+    pool: Arc<CpuPool>,
+    rules: Arc<pipeline::fraud::Rules>,
+    /// The process's cache.
+    cache: Arc<FraudStateCache>,
+}
+
+impl Rig {
+    async fn new(name: &str) -> Self {
+        let env = Env::new(name, SHARED).await;
+        let p = env.prefix.clone();
+        let config = DynamoDbSinkConfig {
+            aggregates_table: format!("{p}-aggregates"),
+            payments_table: format!("{p}-payments"),
+            orders_table: format!("{p}-orders"),
+            menu_table: format!("{p}-menu"),
+            events_table: format!("{p}-events"),
+            fraud_state_table: format!("{p}-fraud-state"),
+            ..DynamoDbSinkConfig::default()
+        };
+        let metrics = Arc::new(daemon::metrics::Metrics::new());
+        Rig {
+            env,
+            sdk: aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await,
+            config,
+            pool: Arc::new(CpuPool::new(1, Arc::clone(&metrics)).expect("pool")),
+            metrics,
+            rules: Arc::new(
+                pipeline::fraud::Rules::new(pipeline::fraud::FraudConfig { work_factor: 0, ..Default::default() })
+                    .expect("rules"),
+            ),
+            cache: Arc::new(FraudStateCache::new(1000, None)),
+        }
+    }
+
+    /// A sink whose client sends to `url` (the stack's DynamoDB if none)
+    /// without the SDK's retries, gives a call up after `timeout` if one,
+    /// and has the sink's settings as `tweak` leaves them.
+    fn sink(
+        &self,
+        url: Option<String>,
+        timeout: Option<Duration>,
+        tweak: impl FnOnce(&mut DynamoDbSinkConfig),
+    ) -> Arc<DynamoDbSink> {
+        let mut conf =
+            aws_sdk_dynamodb::config::Builder::from(&self.sdk).retry_config(aws_config::retry::RetryConfig::disabled());
+        if let Some(url) = url {
+            conf = conf.endpoint_url(url);
+        }
+        if let Some(t) = timeout {
+            conf = conf.timeout_config(aws_config::timeout::TimeoutConfig::builder().operation_timeout(t).build());
+        }
+        let mut config = self.config.clone();
+        tweak(&mut config);
+        Arc::new(DynamoDbSink::new(aws_sdk_dynamodb::Client::from_conf(conf.build()), config, Arc::clone(&self.metrics)))
+    }
+
+    /// One batch of one payment of `card` (its customer and device its
+    /// own) through `sink` and `cache`; checks that it was decided exactly
+    /// when it was written.
+    fn pay(
+        &self,
+        sink: &Arc<DynamoDbSink>,
+        cache: &Arc<FraudStateCache>,
+        card: &str,
+        id: &str,
+    ) -> impl Future<Output = (StateTraffic, Vec<WriteOutcome>)> + Send + 'static {
+        let (sink, cache, rules, pool) = (Arc::clone(sink), Arc::clone(cache), Arc::clone(&self.rules), Arc::clone(&self.pool));
+        let batch = vec![unscored(&self.env.prefix, id, card)];
+        async move {
+            let mut traffic = StateTraffic::default();
+            let (decided, outcomes) = apply_payments(&sink, batch, &rules, &cache, &pool, "now", &mut traffic).await;
+            assert_eq!(decided.iter().all(Option::is_some), outcomes == [WriteOutcome::Written], "{outcomes:?}");
+            (traffic, outcomes)
+        }
+    }
+
+    /// The card's stored version and the payments in its history.
+    async fn card(&self, card: &str) -> (u64, usize) {
+        let item = state_item(&self.env, &format!("card#{card}")).await;
+        let version = item["ver"].as_n().expect("a version").parse().expect("a number");
+        (version, item["entries"].as_l().expect("entries").len())
+    }
+
+    /// Until a batch of the process has claimed a key in its cache.
+    async fn wait_claimed(&self, case: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.cache.writing_len() == 0 {
+            assert!(Instant::now() < deadline, "{case}: the held batch never claimed its keys");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 /// Two batches of one process race for a card: one (through a proxy that
 /// holds its transactions 2.5 s) scored against the card's version and is
 /// writing the next, and the other starts meanwhile. It scores against
@@ -241,99 +351,59 @@ fn unscored(prefix: &str, id: &str, card: &str) -> daemon::route::Unscored {
 /// with its own cache (another instance) goes first and cancels the held
 /// batch, which reads the card again (after the pause). Both end with
 /// every payment in the card's history, its version moved once per
-/// transaction.
+/// transaction. When the held write does not land, the batch scored
+/// against it sends nothing until that is known, then is scored again;
+/// and when it did not land because another instance moved the card, the
+/// batch pauses first, as after a conflict of its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_of_the_process_waits_for_its_sibling_s_write_and_another_writer_s_move_is_read_again() {
-    use daemon::route::apply_payments::apply_payments;
-    use daemon::route::{FraudStateCache, StateTraffic};
-    use daemon::sinks::WriteOutcome;
-    use daemon::sinks::dynamodb::DynamoDbSink;
-    use daemon::sinks::dynamodb::config::DynamoDbSinkConfig;
     use faultproxy::{Fault, Proxy, Rule};
-    use std::sync::Arc;
 
-    let env = Env::new("fraud-own", SHARED).await;
-    let p = env.prefix.clone();
+    let rig = Rig::new("fraud-own").await;
     let upstream = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local stack's DynamoDB");
     let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), &upstream).await.expect("start the proxy");
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-    let client = |url: Option<String>| {
-        let mut conf = aws_sdk_dynamodb::config::Builder::from(&sdk).retry_config(aws_config::retry::RetryConfig::disabled());
-        if let Some(url) = url {
-            conf = conf.endpoint_url(url);
-        }
-        aws_sdk_dynamodb::Client::from_conf(conf.build())
-    };
-    let config = DynamoDbSinkConfig {
-        aggregates_table: format!("{p}-aggregates"),
-        payments_table: format!("{p}-payments"),
-        orders_table: format!("{p}-orders"),
-        menu_table: format!("{p}-menu"),
-        events_table: format!("{p}-events"),
-        fraud_state_table: format!("{p}-fraud-state"),
-        ..DynamoDbSinkConfig::default()
-    };
-    let metrics = Arc::new(daemon::metrics::Metrics::new());
-    let direct = Arc::new(DynamoDbSink::new(client(None), config.clone(), Arc::clone(&metrics)));
-    let held = Arc::new(DynamoDbSink::new(client(Some(proxy.url())), config.clone(), Arc::clone(&metrics)));
+    let direct = rig.sink(None, None, |_| {});
+    let held = rig.sink(Some(proxy.url()), None, |_| {});
     // For the write that does not land: held unanswered until its client
     // gives up (2.5 s), and not tried again.
-    let lost = {
-        let conf = aws_sdk_dynamodb::config::Builder::from(&sdk)
-            .retry_config(aws_config::retry::RetryConfig::disabled())
-            .timeout_config(aws_config::timeout::TimeoutConfig::builder().operation_timeout(Duration::from_millis(2500)).build())
-            .endpoint_url(proxy.url());
-        let config = DynamoDbSinkConfig { max_retries: 0, ..config };
-        Arc::new(DynamoDbSink::new(aws_sdk_dynamodb::Client::from_conf(conf.build()), config, Arc::clone(&metrics)))
-    };
-    let pool = Arc::new(daemon::bridge::CpuPool::new(1, Arc::clone(&metrics)).expect("pool"));
-    let rules = Arc::new(
-        pipeline::fraud::Rules::new(pipeline::fraud::FraudConfig { work_factor: 0, ..Default::default() }).expect("rules"),
-    );
-    let cache = Arc::new(FraudStateCache::new(1000, None));
-    let version =
-        |item: &HashMap<String, AttributeValue>| -> u64 { item["ver"].as_n().expect("a version").parse().expect("a number") };
-    let entries = |item: &HashMap<String, AttributeValue>| item["entries"].as_l().expect("entries").len();
+    let lost = rig.sink(Some(proxy.url()), Some(Duration::from_millis(2500)), |c| c.max_retries = 0);
+    // Batches that pause at least 2 s before a round after another
+    // writer's move (the pause is uniform in [base / 4, base]), so that
+    // in "moved" neither goes again before the other batch would have
+    // without its pause.
+    let slow_pause = |c: &mut DynamoDbSinkConfig| (c.base_backoff_ms, c.max_backoff_ms) = (8000, 8000);
+    let patient = rig.sink(None, None, slow_pause);
+    let held_patient = rig.sink(Some(proxy.url()), None, slow_pause);
+    let another = || Arc::new(FraudStateCache::new(1000, None));
 
-    // Each race: the card written once first (this process, its cache), then
-    // the held batch started, and the other writer's batch once the held
-    // one is writing.
+    // Each race: the card written once first (this process, its cache),
+    // then the held batch started, and the other batch once the held one
+    // claimed its keys (it scores, registers its writes and sends them
+    // next); in "moved", another instance writes the card just before.
     let races = [
-        ("own", Arc::clone(&held), Arc::clone(&cache), Fault::Latency { millis: 2500 }),
-        ("other", Arc::clone(&held), Arc::new(FraudStateCache::new(1000, None)), Fault::Latency { millis: 2500 }),
-        ("lost", lost, Arc::clone(&cache), Fault::BlackHole),
+        ("own", &held, &direct, Arc::clone(&rig.cache), Fault::Latency { millis: 2500 }),
+        ("other", &held, &direct, another(), Fault::Latency { millis: 2500 }),
+        ("lost", &lost, &direct, Arc::clone(&rig.cache), Fault::BlackHole),
+        ("moved", &held_patient, &patient, Arc::clone(&rig.cache), Fault::Latency { millis: 2500 }),
     ];
-    for (case, held, other_cache, fault) in races {
-        let card = format!("{p}-fp-{case}");
-        let run = |sink: Arc<DynamoDbSink>, cache: Arc<FraudStateCache>, id: &str| {
-            let (rules, pool, batch) =
-                (Arc::clone(&rules), Arc::clone(&pool), vec![unscored(&p, &format!("{case}-{id}"), &card)]);
-            async move {
-                let mut traffic = StateTraffic::default();
-                let (decided, outcomes) = apply_payments(&sink, batch, &rules, &cache, &pool, "now", &mut traffic).await;
-                assert_eq!(decided.iter().all(Option::is_some), outcomes == [WriteOutcome::Written], "{outcomes:?}");
-                (traffic, outcomes)
-            }
-        };
-        run(Arc::clone(&direct), Arc::clone(&cache), "first").await;
-        let first = version(&state_item(&env, &format!("card#{card}")).await);
+    for (case, held, other_sink, other_cache, fault) in races {
+        let card = format!("{}-fp-{case}", rig.env.prefix);
+        rig.pay(&direct, &rig.cache, &card, &format!("{case}-first")).await;
+        let (first, _) = rig.card(&card).await;
         proxy.set_rules(vec![Rule { operation: Some("TransactWriteItems".into()), probability: 1.0, fault }]).expect("rules");
-        let held_batch = tokio::spawn(run(held, Arc::clone(&cache), "held"));
-        // Once the held batch has claimed its keys in the process's cache
-        // (it scores, registers its writes and sends them next).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while cache.writing_len() == 0 {
-            assert!(Instant::now() < deadline, "{case}: the held batch never got to its write");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let held_batch = tokio::spawn(rig.pay(held, &rig.cache, &card, &format!("{case}-held")));
+        rig.wait_claimed(case).await;
         let started = Instant::now();
-        let (other, other_outcomes) = run(Arc::clone(&direct), other_cache, "other").await;
+        if case == "moved" {
+            rig.pay(&direct, &another(), &card, &format!("{case}-mover")).await;
+        }
+        let (other, other_outcomes) = rig.pay(other_sink, &other_cache, &card, &format!("{case}-other")).await;
         let other_took = started.elapsed();
         let (traffic, held_outcomes) = held_batch.await.expect("the held batch");
         proxy.clear();
         let stats = proxy.stats().operations.get("TransactWriteItems").copied().unwrap_or_default();
         assert_eq!(other_outcomes, [WriteOutcome::Written], "{case}");
-        let item = state_item(&env, &format!("card#{card}")).await;
+        let (version, entries) = rig.card(&card).await;
         match case {
             // The other batch scored against the version the held one was
             // writing and waited for it to land; the held one read its
@@ -356,20 +426,90 @@ async fn a_batch_of_the_process_waits_for_its_sibling_s_write_and_another_writer
             // source): the other batch, scored against it, did not send
             // until that was known, then was scored again against what
             // landed and committed.
-            _ => {
+            "lost" => {
                 assert_eq!(held_outcomes, [WriteOutcome::Failed], "{traffic:?}");
                 assert_eq!((other.conflicts, other.chained, other.unlanded), (0, 1, 1), "{other:?}");
                 assert!(other_took >= Duration::from_millis(1500), "sent before the held write was given up: {other_took:?}");
                 assert_eq!(stats.black_hole, 1, "the held batch's one transaction");
-                assert_eq!((version(&item), entries(&item)), (first + 1, 2), "the card moved once, by the other batch");
+                assert_eq!((version, entries), (first + 1, 2), "the card moved once, by the other batch");
+                continue;
+            }
+            // Another instance moved the card under the held write, which
+            // was cancelled (its batch paused, read the card again and
+            // committed); the batch chained on it learnt that the write
+            // did not land because of another writer, and paused before
+            // its next round (without the pause it would read the card
+            // and be done about when the held write was cancelled, 2.5 s
+            // after the start). Whichever goes first, the other scores
+            // after it (chained on it when it is still writing).
+            _ => {
+                assert_eq!((traffic.conflicts, traffic.conflicts_from_cache), (1, 0), "{traffic:?}");
+                assert_eq!((other.conflicts, other.unlanded), (0, 1), "{other:?}");
+                assert!(other.chained >= 1, "{other:?}");
+                assert!(other_took >= Duration::from_millis(4000), "no pause after another writer's move: {other_took:?}");
+                assert_eq!(held_outcomes, [WriteOutcome::Written], "{case}");
+                assert_eq!((version, entries), (first + 3, 4), "{case}: the card moved once per write, every payment in it");
                 continue;
             }
         }
         assert_eq!(held_outcomes, [WriteOutcome::Written], "{case}");
-        assert_eq!(
-            (version(&item), entries(&item)),
-            (first + 2, 3),
-            "{case}: the card moved once per transaction, every payment in it"
-        );
+        assert_eq!((version, entries), (first + 2, 3), "{case}: the card moved once per transaction, every payment in it");
+    }
+}
+
+/// A batch of the process claiming a card another of its batches is still
+/// scoring (the CPU pool's one thread held, so that scoring waits) waits
+/// for that batch's versions and scores after them: neither is cancelled.
+/// A scoring held longer than the wait's bound (10 s from its claim)
+/// holds the batch behind no longer: that batch scores against what it
+/// knows (its scoring queued on the pool before the held one's ran), and
+/// the two cost one cancelled transaction, not a stall.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_waits_for_a_sibling_still_scoring_its_keys_and_no_longer_than_ten_seconds() {
+    let rig = Rig::new("fraud-queued").await;
+    let direct = rig.sink(None, None, |_| {});
+    for (case, hold) in [("scored", Duration::from_secs(1)), ("stuck", Duration::from_secs(12))] {
+        let card = format!("{}-fp-{case}", rig.env.prefix);
+        rig.pay(&direct, &rig.cache, &card, &format!("{case}-first")).await;
+        let (first, _) = rig.card(&card).await;
+        let depth = rig.metrics.rayon_queue_depth.get();
+        // The pool's one thread held until `release` is dropped.
+        let (release, hold_pool) = std::sync::mpsc::channel::<()>();
+        let blocker = {
+            let pool = Arc::clone(&rig.pool);
+            tokio::spawn(async move { pool.run(move || hold_pool.recv().is_err()).await })
+        };
+        let held_batch = tokio::spawn(rig.pay(&direct, &rig.cache, &card, &format!("{case}-held")));
+        rig.wait_claimed(case).await;
+        let claimed = Instant::now();
+        let waiting = tokio::spawn(rig.pay(&direct, &rig.cache, &card, &format!("{case}-waiting")));
+        // Until it claimed its keys too (its customer and device besides
+        // the held batch's three).
+        while rig.cache.writing_len() < 5 {
+            assert!(claimed.elapsed() < Duration::from_secs(5), "{case}: the waiting batch never claimed its keys");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if case == "stuck" {
+            // Past the bound, the held batch still scoring: the waiting
+            // one's scoring is queued behind it.
+            tokio::time::sleep_until((claimed + Duration::from_secs(11)).into()).await;
+            assert_eq!(rig.metrics.rayon_queue_depth.get() - depth, 3, "the waiting batch still waits for the held one");
+        }
+        tokio::time::sleep_until((claimed + hold).into()).await;
+        drop(release);
+        assert!(matches!(blocker.await.expect("the blocker"), Ok(true)), "the pool was held until released");
+        let (held, held_outcomes) = held_batch.await.expect("the held batch");
+        let (waited, waited_outcomes) = waiting.await.expect("the waiting batch");
+        assert_eq!((held_outcomes, waited_outcomes), (vec![WriteOutcome::Written], vec![WriteOutcome::Written]), "{case}");
+        assert_eq!(waited.queued, 1, "{case}: {waited:?}");
+        let conflicts = held.conflicts + waited.conflicts;
+        if case == "scored" {
+            assert_eq!(conflicts, 0, "{case}: {held:?} {waited:?}");
+        } else {
+            // Both scored against the card's first version: one of them
+            // was cancelled once and scored again after the other.
+            assert_eq!(conflicts, 1, "{case}: {held:?} {waited:?}");
+        }
+        assert_eq!(rig.card(&card).await, (first + 2, 3), "{case}: the card moved once per batch, every payment in it");
     }
 }
