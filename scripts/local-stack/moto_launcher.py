@@ -215,6 +215,24 @@ with 2,000 (a walk past the messages in flight is left, at a fraction of
 a microsecond each). `test_moto_launcher.py` counts the datetime clock's
 reads in one receive with 500 in flight (1,061 before).
 
+HTTP: moto's server closes every connection after one answer. Werkzeug's
+development server, which moto runs, sends `Connection: close` with every
+response (its http.server base cannot tell where an unread request body
+ends, so it never reuses a connection), and starts a thread for each
+connection. So every SQS call paid for a TCP connection and a server
+thread, on both ends, where AWS keeps a client's connections open between
+calls; and a client's connection pool, which is how it talks to AWS, was
+never used against the stack. The fix keeps an HTTP/1.1 connection open
+when the request's body had a Content-Length (read whole before moto sees
+the request, so nothing of it is left on the connection; up to 16 MiB)
+and moto answered without raising; werkzeug's wait for stray body bytes
+after the answer, which could swallow a client's next request, is skipped
+then. A chunked or oversized body, an HTTP/1.0 client, a client that asks
+to close, a request line refused as too long, and an error close the
+connection as before, and an idle connection is closed after 120 s (a
+thread per connection must not be held for ever by a client that went
+away). What moto answers is unchanged.
+
 DynamoDB and Kinesis are not served by moto here: the stack runs dynoxide
 and ferrokinesis for them (`cafe-emulators`), so no DynamoDB fix is needed.
 
@@ -232,21 +250,27 @@ import collections
 import copy
 import functools
 import gc
+import io
 import json
 import re
+import selectors
 import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Mapping
 
 from moto import backends as moto_backends
+from moto import server as moto_server
 from moto.core import responses as moto_responses
 from moto.server import main
 from moto.sqs import constants as sqs_constants
 from moto.sqs import exceptions as sqs_exceptions
 from moto.sqs import models as sqs_models
 from moto.core.utils import camelcase_to_underscores
+from moto.moto_server import werkzeug_app as moto_werkzeug_app
+from werkzeug import serving as werkzeug_serving
 
 
 class LazyQueueAttributes(Mapping):
@@ -621,6 +645,110 @@ def _quick_enrich(enrich):
     return staticmethod(wrapper)
 
 
+# A request body the keep-alive handler reads whole before moto sees the
+# request; a longer one closes its connection after the answer, as before.
+_KEPT_BODY_MAX = 16 * 1024 * 1024
+
+# Whether the connection this server thread serves (werkzeug runs a thread
+# per connection) stays open after the current answer.
+_connection = threading.local()
+
+
+class _KeepAliveHandler(moto_werkzeug_app.MotoRequestHandler):
+    """moto's request handler, keeping HTTP/1.1 connections open (see the
+    docstring): the body is read whole into memory before moto runs, so the
+    next request on the connection starts where this one's body ended.
+
+    Nagle's algorithm is off, as on AWS's endpoints: an answer goes out in
+    more than one write (headers, then body), and on a connection kept open
+    the body would otherwise wait for the client's delayed ACK of the
+    headers (40 ms on Linux) before it is sent."""
+
+    disable_nagle_algorithm = True
+
+    # An idle kept connection holds its server thread until the client
+    # closes it; past this many seconds the server closes it (longer than
+    # hyper's 90 s pool idle timeout, so the SDK closes first).
+    timeout = 120
+
+    def handle_one_request(self):
+        # Before anything of this request can be answered: http.server
+        # refuses an over-long request line (414) before parse_request, and
+        # that answer must close as before, whatever the last one did.
+        _connection.keep = False
+        super().handle_one_request()
+
+    def log_error(self, format, *args):
+        if format.startswith("Request timed out"):  # an idle connection closed
+            return
+        super().log_error(format, *args)
+
+    def make_environ(self):
+        environ = super().make_environ()
+        if "wsgi.input_terminated" in environ:  # chunked: werkzeug reads it
+            return environ
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return environ
+        if not 0 <= length <= _KEPT_BODY_MAX:
+            return environ
+        body = self.rfile.read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        # An HTTP/1.0 client (even one that asks for keep-alive), or one with
+        # a `close` among its Connection options, is closed as before.
+        options = {o.strip().lower() for v in self.headers.get_all("Connection", []) for o in v.split(",")}
+        _connection.keep = (
+            len(body) == length
+            and self.request_version >= "HTTP/1.1"
+            and "close" not in options
+            and not self.close_connection
+        )
+        return environ
+
+    def send_header(self, keyword, value):
+        # http.server keeps an HTTP/1.1 connection unless a header says close.
+        if getattr(_connection, "keep", False) and keyword.lower() == "connection" and value.lower() == "close":
+            return
+        super().send_header(keyword, value)
+
+
+class _DrainUnlessKept(selectors.DefaultSelector):
+    """Werkzeug's wait for stray body bytes after an answer (up to 10 ms),
+    made a no-op on a kept connection: the body was read whole, and what
+    arrives next is the client's next request."""
+
+    def select(self, timeout=None):
+        if getattr(_connection, "keep", False):
+            return []
+        return super().select(timeout)
+
+
+def _whole_answers(app):
+    """The WSGI app, with moto's answer read whole before werkzeug writes
+    it: an error while answering is then raised before anything is sent,
+    and closes the connection (werkzeug answers it with a 500)."""
+
+    def answer(environ, start_response):
+        try:
+            result = app(environ, start_response)
+            try:
+                return [b"".join(result)]
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+        except BaseException:
+            _connection.keep = False
+            raise
+
+    return answer
+
+
+def _run_simple_keeping_connections(host, port, app, **kwargs):
+    kwargs["request_handler"] = _KeepAliveHandler
+    return werkzeug_serving.run_simple(host, port, _whole_answers(app), **kwargs)
+
+
 def _epoch_millis(dt=None):
     """moto's `unix_time_millis`, without its datetimes when reading the
     clock (see the docstring); a given datetime is moto's to convert."""
@@ -648,6 +776,10 @@ sqs_models.Queue.delete_message = _indexed_delete
 sqs_models.Queue.pending_message_groups = property(_in_flight_groups)
 sqs_models.Queue.attributes = property(LazyQueueAttributes)
 sqs_models.Queue.messages = property(LazyVisibleMessages)
+moto_server.run_simple = _run_simple_keeping_connections
+werkzeug_serving.selectors = types.SimpleNamespace(
+    DefaultSelector=_DrainUnlessKept, EVENT_READ=selectors.EVENT_READ
+)
 
 _gc_started = {}
 

@@ -7,7 +7,9 @@ import applies them). Run by `stack.sh selftest`, which the integration
 tests call (`daemon/tests/it/stack.rs`).
 """
 
+import http.client
 import json
+import socket
 import threading
 import unittest
 import uuid
@@ -397,6 +399,189 @@ class ReceivesDoNotChargeForWhatIsInFlight(unittest.TestCase):
         later = sqs_models.unix_time_millis() + 30_001
         with mock.patch.object(sqs_models, "unix_time_millis", lambda: later):
             self.assertEqual([m.body for m in backend.receive_message(name, 10, 0, 30)], ["m"])
+
+
+class ConnectionsStayOpen(unittest.TestCase):
+    """moto's server (werkzeug's) closed every connection after one answer,
+    so each SQS call paid for a TCP connection and a server thread, which
+    AWS, keeping a client's connections open, does not charge. These run a
+    real server on a free port of loopback with the launcher's handler."""
+
+    _auth = "AWS4-HMAC-SHA256 Credential=test/20261205/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=x"
+
+    @staticmethod
+    def _serve(app):
+        from werkzeug import serving
+
+        server = serving.make_server(
+            "127.0.0.1",
+            0,
+            moto_launcher._whole_answers(app),
+            threaded=True,
+            request_handler=moto_launcher._KeepAliveHandler,
+        )
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    @classmethod
+    def setUpClass(cls):
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+        cls.server = cls._serve(DomainDispatcherApplication(create_backend_app))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.shutdown()
+        cls.server.server_close()
+
+    def _connection(self, server=None):
+        return http.client.HTTPConnection("127.0.0.1", (server or self.server).server_port, timeout=5)
+
+    def _call(self, conn, action, body, **headers):
+        conn.request(
+            "POST",
+            "/",
+            body=body if isinstance(body, bytes) or hasattr(body, "__next__") else json.dumps(body).encode(),
+            headers={
+                "Content-Type": "application/x-amz-json-1.0",
+                "X-Amz-Target": f"AmazonSQS.{action}",
+                "Authorization": self._auth,
+                **headers,
+            },
+            encode_chunked="Transfer-Encoding" in headers,
+        )
+        answer = conn.getresponse()
+        return answer, answer.read()
+
+    def test_calls_share_one_connection_and_each_body_ends_where_it_should(self):
+        conn = self._connection()
+        self.addCleanup(conn.close)
+        answer, data = self._call(conn, "CreateQueue", {"QueueName": f"selftest-{uuid.uuid4().hex[:12]}"})
+        self.assertEqual(answer.status, 200, data)
+        self.assertIsNone(answer.getheader("Connection"))
+        sock = conn.sock
+        self.assertIsNotNone(sock)
+        url = json.loads(data)["QueueUrl"]
+        big = "x" * 200_000
+        for body in [big, "small", big]:
+            answer, data = self._call(conn, "SendMessage", {"QueueUrl": url, "MessageBody": body})
+            self.assertEqual(answer.status, 200, data)
+        received = []
+        while len(received) < 3:
+            answer, data = self._call(conn, "ReceiveMessage", {"QueueUrl": url, "MaxNumberOfMessages": 10})
+            self.assertEqual(answer.status, 200, data)
+            received += [m["Body"] for m in json.loads(data).get("Messages", [])]
+        self.assertEqual(sorted(received), sorted([big, "small", big]))
+        self.assertIs(conn.sock, sock)
+
+    def test_a_request_sent_as_soon_as_its_answer_arrives_is_answered(self):
+        # werkzeug waits up to 10 ms after an answer for stray body bytes
+        # and throws them away: on a kept connection that would be the
+        # client's next request, and the client would wait forever.
+        conn = self._connection()
+        self.addCleanup(conn.close)
+        for _ in range(50):
+            answer, data = self._call(conn, "ListQueues", {})
+            self.assertEqual(answer.status, 200, data)
+
+    def _closed_after_one_answer(self, request):
+        with socket.create_connection(("127.0.0.1", self.server.server_port), timeout=5) as sock:
+            sock.sendall(request)
+            answer = b""
+            while chunk := sock.recv(65536):  # a connection kept open times out here
+                answer += chunk
+        return answer
+
+    def _list_queues(self, version, *headers):
+        lines = [
+            f"POST / {version}",
+            "Content-Type: application/x-amz-json-1.0",
+            "X-Amz-Target: AmazonSQS.ListQueues",
+            f"Authorization: {self._auth}",
+            "Content-Length: 2",
+            *headers,
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n{}").encode()
+
+    def test_a_client_that_asks_to_close_is_closed_and_told_so(self):
+        answer = self._closed_after_one_answer(self._list_queues("HTTP/1.1", "Connection: close"))
+        self.assertIn(b" 200 OK\r\n", answer[:20])
+        self.assertIn(b"\r\nConnection: close\r\n", answer)
+
+    def test_an_http_1_0_client_is_closed(self):
+        answer = self._closed_after_one_answer(self._list_queues("HTTP/1.0"))
+        self.assertIn(b" 200 OK\r\n", answer[:20])
+
+    def test_an_http_1_0_client_asking_for_keep_alive_is_closed(self):
+        for options in ["Connection: keep-alive", "Connection: keep-alive, TE"]:
+            answer = self._closed_after_one_answer(self._list_queues("HTTP/1.0", options))
+            self.assertIn(b" 200 OK\r\n", answer[:20], options)
+
+    def test_close_among_other_connection_options_closes(self):
+        for options in [("Connection: close, TE",), ("Connection: TE", "Connection: close")]:
+            answer = self._closed_after_one_answer(self._list_queues("HTTP/1.1", *options))
+            self.assertIn(b" 200 OK\r\n", answer[:20], options)
+
+    def test_a_request_line_refused_as_too_long_closes_a_kept_connection(self):
+        # http.server answers 414 before it parses the request; the answer
+        # before it on the connection was kept, this one must not be, or
+        # the rest of the line is read as the next request.
+        long_line = b"GET /" + b"a" * 65_600 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        answer = self._closed_after_one_answer(self._list_queues("HTTP/1.1") + long_line)
+        self.assertEqual(answer.count(b"HTTP/1.1 "), 2, answer[:300])
+        self.assertIn(b"HTTP/1.1 414 ", answer)
+        self.assertIn(b"\r\nConnection: close\r\n", answer[answer.index(b"HTTP/1.1 414 "):])
+
+    def test_an_idle_connection_is_closed_by_the_server_after_the_clients_would_close_it(self):
+        # hyper (the SDK for Rust) drops an idle pooled connection after 90 s.
+        self.assertGreater(moto_launcher._KeepAliveHandler.timeout, 90)
+
+        class Impatient(moto_launcher._KeepAliveHandler):
+            timeout = 0.3
+
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug import serving
+
+        server = serving.make_server(
+            "127.0.0.1",
+            0,
+            moto_launcher._whole_answers(DomainDispatcherApplication(create_backend_app)),
+            threaded=True,
+            request_handler=Impatient,
+        )
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=5) as sock:
+            sock.sendall(self._list_queues("HTTP/1.1"))
+            answer = b""
+            while chunk := sock.recv(65536):  # kept open, then closed when idle
+                answer += chunk
+        self.assertIn(b" 200 OK\r\n", answer[:20])
+        self.assertNotIn(b"Connection: close", answer)
+
+    def test_a_chunked_body_closes_its_connection(self):
+        conn = self._connection()
+        self.addCleanup(conn.close)
+        answer, data = self._call(conn, "ListQueues", iter([b"{", b"}"]), **{"Transfer-Encoding": "chunked"})
+        self.assertEqual(answer.status, 200, data)
+        self.assertEqual(answer.getheader("Connection"), "close")
+
+    def test_an_error_while_answering_is_a_500_and_closes_the_connection(self):
+        def failing(environ, start_response):
+            start_response("200 OK", [("Content-Length", "10")])
+            yield b"half"
+            raise RuntimeError("moto failed while answering")
+
+        server = self._serve(failing)
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        conn = self._connection(server)
+        self.addCleanup(conn.close)
+        server.log = lambda *args, **kwargs: None  # the traceback werkzeug logs
+        answer, _ = self._call(conn, "ListQueues", {})
+        self.assertEqual(answer.status, 500)
+        self.assertEqual(answer.getheader("Connection"), "close")
 
 
 if __name__ == "__main__":
