@@ -80,6 +80,8 @@ phase "bench table: scripts/bench_table.py on a stored run of bench.sh"
 python3 scripts/test_bench_table.py
 phase "this script stopped from outside: its exit status, what it prints, the stack it leaves"
 python3 scripts/test_test_script.py
+phase "the stack script: a server started from other files than the checkout's is restarted"
+python3 scripts/local-stack/test_stack_script.py
 
 phase "features: the release builds with and without the benches resolve the same (scripts/check_features.py)"
 python3 scripts/test_check_features.py

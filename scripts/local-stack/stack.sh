@@ -13,8 +13,12 @@
 #   start   install or build what is missing (venv, cafe-emulators, cluster),
 #           start what is not running, wait until each answers; idempotent.
 #           A port held by anything but this checkout's stack (another
-#           checkout's, say) is refused with the process that holds it.
-#   status  say what runs and whose it is; exit 1 unless all of it is ours
+#           checkout's, say) is refused with the process that holds it;
+#           a server of this checkout's started from other files than it
+#           holds now (moto's launcher or pins, the emulators' sources:
+#           after a pull, say) is restarted.
+#   status  say what runs, whose it is and whether it was started from the
+#           checkout's files; exit 1 unless all of it is ours
 #   stop    stop this checkout's servers
 #   env     print the environment that points the AWS SDK (and the AWS CLI) here
 #   where   print where this checkout's stack keeps its state and its cluster
@@ -42,6 +46,17 @@ cache=${CAFE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cafe-stream}
 emulators_key() {
   { rustc --version; cat "$repo/emulators/Cargo.toml" "$repo/emulators/Cargo.lock" "$repo"/emulators/src/*.rs; } \
     | sha256sum | cut -c1-16
+}
+# What moto serves is its launcher's and the pinned packages' doing.
+moto_key() {
+  cat "$here/moto_launcher.py" "$here/requirements.txt" | sha256sum | cut -c1-16
+}
+# Whether the server whose start recorded key file $1 was started from the
+# files the checkout holds now ($2, their key). One started from others (a
+# pull changed the launcher, say, or a stack.sh before the keys started
+# it) is this checkout's but not what it says: `start` restarts it.
+current() { # keyfile key
+  [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]
 }
 pg_port=${CAFE_PG_PORT:-15432}
 pg_bin=${CAFE_PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -202,15 +217,20 @@ init_pg_tls() {
 }
 
 start_moto() {
+  local key
+  key=$(moto_key)
   if port_open "$moto_port"; then
     ours "$moto_port" "$state/moto.pid" || refuse_foreign moto "$moto_port" "$state/moto.pid" CAFE_MOTO_PORT
-    return 0
+    current "$state/moto.key" "$key" && return 0
+    say "restarting moto: it was started from another launcher or other pins than this checkout's"
+    stop_pid moto "$state/moto.pid"
   fi
   install_moto
   say "starting moto on 127.0.0.1:$moto_port"
   nohup "$state/venv/bin/python" "$here/moto_launcher.py" -H 127.0.0.1 -p "$moto_port" \
     > "$logs/moto.log" 2>&1 &
   echo $! > "$state/moto.pid"
+  echo "$key" > "$state/moto.key"
   wait_port moto "$moto_port" "$state/moto.pid" "$logs/moto.log"
 }
 
@@ -223,14 +243,19 @@ start_emulators() {
       up=$((up + 1))
     fi
   done
-  if [ "$up" = 2 ]; then return 0; fi
-  local bin
+  local key bin
+  key=$(emulators_key)
+  if [ "$up" = 2 ]; then
+    current "$state/emulators.key" "$key" && return 0
+    say "restarting cafe-emulators: they were built from other sources than this checkout's"
+  fi
   bin=$(build_emulators)
   stop_pid cafe-emulators "$state/emulators.pid"
   say "starting cafe-emulators: DynamoDB on 127.0.0.1:$dynamodb_port, Kinesis on 127.0.0.1:$kinesis_port"
   nohup "$bin" --dynamodb-port "$dynamodb_port" --kinesis-port "$kinesis_port" --kinesis-shard-limit 256 \
     > "$logs/emulators.log" 2>&1 &
   echo $! > "$state/emulators.pid"
+  echo "$key" > "$state/emulators.key"
   wait_port "cafe-emulators (DynamoDB)" "$dynamodb_port" "$state/emulators.pid" "$logs/emulators.log"
   wait_port "cafe-emulators (Kinesis)" "$kinesis_port" "$state/emulators.pid" "$logs/emulators.log"
 }
@@ -273,6 +298,9 @@ stop_pid() { # name pidfile
   fi
 }
 
+# Sourced (test_stack_script.py): the functions only.
+if [ "${BASH_SOURCE[0]}" != "$0" ]; then return 0; fi
+
 cmd=${1:-}
 mkdir -p "$logs"
 case "$cmd" in
@@ -297,7 +325,12 @@ case "$cmd" in
                  "kinesis:$kinesis_port:$state/emulators.pid" "postgres:$pg_port:$pg_root/data/postmaster.pid"; do
       IFS=: read -r name port pidfile <<< "$entry"
       if ! port_open "$port"; then echo "$name DOWN (127.0.0.1:$port)"; rc=1
-      elif ours "$port" "$pidfile"; then echo "$name up on 127.0.0.1:$port"
+      elif ours "$port" "$pidfile"; then
+        case $name in
+          moto) current "$state/moto.key" "$(moto_key)" ;;
+          dynamodb|kinesis) current "$state/emulators.key" "$(emulators_key)" ;;
+        esac && echo "$name up on 127.0.0.1:$port" \
+          || echo "$name up on 127.0.0.1:$port, started from other files than this checkout's: '$0 start' restarts it"
       else echo "$name: 127.0.0.1:$port is held by pid $(listener_pid "$port"), not by this checkout's stack"; rc=1; fi
     done
     exit $rc
