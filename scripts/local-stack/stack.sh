@@ -11,12 +11,15 @@
 #
 # Usage: stack.sh start|status|stop|env|where|emulators-bin|selftest
 #   start   install or build what is missing (venv, cafe-emulators, cluster),
-#           start what is not running, wait until each answers; idempotent.
+#           start what is not running, wait until each answers; idempotent
+#           while the checkout's files stay as they are (below). One at a
+#           time per checkout (a lock in the state folder).
 #           A port held by anything but this checkout's stack (another
 #           checkout's, say) is refused with the process that holds it;
 #           a server of this checkout's started from other files than it
-#           holds now (moto's launcher or pins, the emulators' sources:
-#           after a pull, say) is restarted.
+#           holds now (moto's launcher or pins; the emulators' sources,
+#           compiler or options: after a pull, say) is restarted, and what
+#           it held in memory (queues, tables, streams) is gone.
 #   status  say what runs, whose it is and whether it was started from the
 #           checkout's files; exit 1 unless all of it is ours
 #   stop    stop this checkout's servers
@@ -49,7 +52,22 @@ emulators_key() {
 }
 # What moto serves is its launcher's and the pinned packages' doing.
 moto_key() {
+  local f
+  for f in "$here/moto_launcher.py" "$here/requirements.txt"; do [ -r "$f" ] || die "cannot read $f"; done
   cat "$here/moto_launcher.py" "$here/requirements.txt" | sha256sum | cut -c1-16
+}
+# The emulators' options; with their build's key, what a start records.
+emulators_opts=(--kinesis-shard-limit 256)
+emulators_started_key() { echo "$(emulators_key) ${emulators_opts[*]}"; }
+# One start at a time per checkout: two at once would each stop a server
+# started from other files and start their own, and the one that lost the
+# port would leave its pid (the winner's server then belongs to no one).
+# The lock is on file descriptor 8, which every server started under it
+# closes (a server holding it would hold every later start).
+start_lock() {
+  mkdir -p "$state"
+  exec 8> "$state/start.lock"
+  flock 8
 }
 # Whether the server whose start recorded key file $1 was started from the
 # files the checkout holds now ($2, their key). One started from others (a
@@ -117,7 +135,9 @@ refuse_foreign() { # name port pidfile env-var
   local pid cmd
   pid=$(listener_pid "$2")
   cmd=$( [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)
-  die "127.0.0.1:$2 ($1) is held by ${pid:+pid $pid}${cmd:+ ($cmd)}${pid:-a process this user cannot see}, not by this checkout's stack ($state).
+  local who="a process this user cannot see"
+  [ -z "$pid" ] || who="pid $pid${cmd:+ ($cmd)}"
+  die "127.0.0.1:$2 ($1) is held by $who, not by this checkout's stack ($state).
   Stop that stack (its scripts/local-stack/stack.sh stop), or run this one on other ports ($4=...)."
 }
 
@@ -222,13 +242,14 @@ start_moto() {
   if port_open "$moto_port"; then
     ours "$moto_port" "$state/moto.pid" || refuse_foreign moto "$moto_port" "$state/moto.pid" CAFE_MOTO_PORT
     current "$state/moto.key" "$key" && return 0
-    say "restarting moto: it was started from another launcher or other pins than this checkout's"
+    install_moto
+    say "restarting moto: it was started from another launcher or other pins than this checkout's (what it held is dropped)"
     stop_pid moto "$state/moto.pid"
   fi
   install_moto
   say "starting moto on 127.0.0.1:$moto_port"
   nohup "$state/venv/bin/python" "$here/moto_launcher.py" -H 127.0.0.1 -p "$moto_port" \
-    > "$logs/moto.log" 2>&1 &
+    > "$logs/moto.log" 2>&1 8>&- &
   echo $! > "$state/moto.pid"
   echo "$key" > "$state/moto.key"
   wait_port moto "$moto_port" "$state/moto.pid" "$logs/moto.log"
@@ -244,16 +265,16 @@ start_emulators() {
     fi
   done
   local key bin
-  key=$(emulators_key)
+  key=$(emulators_started_key)
   if [ "$up" = 2 ]; then
     current "$state/emulators.key" "$key" && return 0
-    say "restarting cafe-emulators: they were built from other sources than this checkout's"
+    say "restarting cafe-emulators: they were built from other sources, by another compiler or with other options than this checkout's (what they held is dropped)"
   fi
   bin=$(build_emulators)
   stop_pid cafe-emulators "$state/emulators.pid"
   say "starting cafe-emulators: DynamoDB on 127.0.0.1:$dynamodb_port, Kinesis on 127.0.0.1:$kinesis_port"
-  nohup "$bin" --dynamodb-port "$dynamodb_port" --kinesis-port "$kinesis_port" --kinesis-shard-limit 256 \
-    > "$logs/emulators.log" 2>&1 &
+  nohup "$bin" --dynamodb-port "$dynamodb_port" --kinesis-port "$kinesis_port" "${emulators_opts[@]}" \
+    > "$logs/emulators.log" 2>&1 8>&- &
   echo $! > "$state/emulators.pid"
   echo "$key" > "$state/emulators.key"
   wait_port "cafe-emulators (DynamoDB)" "$dynamodb_port" "$state/emulators.pid" "$logs/emulators.log"
@@ -278,7 +299,7 @@ start_pg() {
   if [ "$(id -u)" = 0 ]; then chown postgres: "$pg_log"; fi
   [ "$pg_log" = "$logs/postgres.log" ] || ln -sfn "$pg_log" "$logs/postgres.log"
   as_pg "$pg_bin/pg_ctl" -D "$pg_root/data" -l "$pg_log" -w -t 30 \
-    -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_root/run -c ssl=on -c ssl_cert_file=$pg_root/tls/server.crt -c ssl_key_file=$pg_root/tls/server.key" start > /dev/null \
+    -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_root/run -c ssl=on -c ssl_cert_file=$pg_root/tls/server.crt -c ssl_key_file=$pg_root/tls/server.key" start > /dev/null 8>&- \
     || { tail -n 20 "$pg_log" >&2; die "PostgreSQL did not start; log: $pg_log"; }
   as_pg "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname = 'cafe'" | grep -q 1 \
@@ -305,6 +326,7 @@ cmd=${1:-}
 mkdir -p "$logs"
 case "$cmd" in
   start)
+    start_lock
     # A first build of the emulators (minutes of CPU) runs while pip, which
     # mostly waits on the network, installs moto.
     prebuild=
@@ -328,7 +350,7 @@ case "$cmd" in
       elif ours "$port" "$pidfile"; then
         case $name in
           moto) current "$state/moto.key" "$(moto_key)" ;;
-          dynamodb|kinesis) current "$state/emulators.key" "$(emulators_key)" ;;
+          dynamodb|kinesis) current "$state/emulators.key" "$(emulators_started_key)" ;;
         esac && echo "$name up on 127.0.0.1:$port" \
           || echo "$name up on 127.0.0.1:$port, started from other files than this checkout's: '$0 start' restarts it"
       else echo "$name: 127.0.0.1:$port is held by pid $(listener_pid "$port"), not by this checkout's stack"; rc=1; fi

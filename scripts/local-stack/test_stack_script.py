@@ -3,7 +3,8 @@
 server started from other files than the checkout holds now (a pull
 changed moto's launcher or pins, or the emulators' sources) is restarted
 by `start`, and `status` says so; one started from the same files is
-left running. Without this, tests ran against a launcher the checkout no
+left running; two starts at once leave one server, the one the pid file
+names. Without this, tests ran against a launcher the checkout no
 longer has (its strictness rules, its connection handling) until
 someone thought to stop the stack.
 
@@ -144,6 +145,25 @@ class StaleServersRestarted(unittest.TestCase):
         self.assertNotIn("restarting moto", err)
         self.assertEqual(self.pids()[0], moto2)
         self.assertNotEqual(self.pids()[1], emulators)
+
+    def test_two_starts_at_once_after_a_change_leave_one_server_and_its_pid(self):
+        status, err = self.sh("start_moto")
+        self.assertEqual(status, 0, err)
+        for round_ in range(3):
+            with open(self.scripts / "moto_launcher.py", "a") as f:
+                f.write(f"# changed {round_}\n")
+            both = [
+                subprocess.Popen(
+                    ["bash", "-c", f'source "{self.scripts}/stack.sh" && start_lock && start_moto'],
+                    env=self.env, stderr=subprocess.PIPE, text=True,
+                )
+                for _ in range(2)
+            ]
+            errs = [p.communicate(timeout=60)[1] for p in both]
+            self.assertEqual([p.returncode for p in both], [0, 0], errs)
+            self.assertEqual(sum("restarting moto" in e for e in errs), 1, errs)
+            _, listener = self.sh(f'listener_pid {self.env["CAFE_MOTO_PORT"]} >&2')
+            self.assertEqual((self.state / "moto.pid").read_text().strip(), listener.strip(), errs)
 
     def test_a_server_started_before_the_keys_were_recorded_is_restarted(self):
         status, err = self.sh("start_moto")
