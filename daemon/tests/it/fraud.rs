@@ -367,11 +367,11 @@ async fn a_batch_of_the_process_waits_for_its_sibling_s_write_and_another_writer
     // For the write that does not land: held unanswered until its client
     // gives up (2.5 s), and not tried again.
     let lost = rig.sink(Some(proxy.url()), Some(Duration::from_millis(2500)), |c| c.max_retries = 0);
-    // Batches that pause at least 2 s before a round after another
-    // writer's move (the pause is uniform in [base / 4, base]), so that
-    // in "moved" neither goes again before the other batch would have
-    // without its pause.
-    let slow_pause = |c: &mut DynamoDbSinkConfig| (c.base_backoff_ms, c.max_backoff_ms) = (8000, 8000);
+    // Batches that pause at least 5 s before a round after another
+    // writer's move (the pause is uniform in [base / 4, base]): in "moved"
+    // neither goes again before the other batch would have without its
+    // pause, and in "lost" a pause would show.
+    let slow_pause = |c: &mut DynamoDbSinkConfig| (c.base_backoff_ms, c.max_backoff_ms) = (20_000, 20_000);
     let patient = rig.sink(None, None, slow_pause);
     let held_patient = rig.sink(Some(proxy.url()), None, slow_pause);
     let another = || Arc::new(FraudStateCache::new(1000, None));
@@ -383,7 +383,7 @@ async fn a_batch_of_the_process_waits_for_its_sibling_s_write_and_another_writer
     let races = [
         ("own", &held, &direct, Arc::clone(&rig.cache), Fault::Latency { millis: 2500 }),
         ("other", &held, &direct, another(), Fault::Latency { millis: 2500 }),
-        ("lost", &lost, &direct, Arc::clone(&rig.cache), Fault::BlackHole),
+        ("lost", &lost, &patient, Arc::clone(&rig.cache), Fault::BlackHole),
         ("moved", &held_patient, &patient, Arc::clone(&rig.cache), Fault::Latency { millis: 2500 }),
     ];
     for (case, held, other_sink, other_cache, fault) in races {
@@ -425,11 +425,13 @@ async fn a_batch_of_the_process_waits_for_its_sibling_s_write_and_another_writer
             // The held write never landed (its payment goes back to its
             // source): the other batch, scored against it, did not send
             // until that was known, then was scored again against what
-            // landed and committed.
+            // landed and committed, at once (no other writer moved the
+            // card: a pause would have taken it past 7.5 s).
             "lost" => {
                 assert_eq!(held_outcomes, [WriteOutcome::Failed], "{traffic:?}");
                 assert_eq!((other.conflicts, other.chained, other.unlanded), (0, 1, 1), "{other:?}");
                 assert!(other_took >= Duration::from_millis(1500), "sent before the held write was given up: {other_took:?}");
+                assert!(other_took < Duration::from_secs(6), "paused though no other writer moved the card: {other_took:?}");
                 assert_eq!(stats.black_hole, 1, "the held batch's one transaction");
                 assert_eq!((version, entries), (first + 1, 2), "the card moved once, by the other batch");
                 continue;
@@ -438,15 +440,15 @@ async fn a_batch_of_the_process_waits_for_its_sibling_s_write_and_another_writer
             // was cancelled (its batch paused, read the card again and
             // committed); the batch chained on it learnt that the write
             // did not land because of another writer, and paused before
-            // its next round (without the pause it would read the card
-            // and be done about when the held write was cancelled, 2.5 s
-            // after the start). Whichever goes first, the other scores
+            // its next round (at least 5 s; without the pause it would
+            // read the card and be done about when the held write was
+            // cancelled, 2.5 s after the start). Whichever goes first, the other scores
             // after it (chained on it when it is still writing).
             _ => {
                 assert_eq!((traffic.conflicts, traffic.conflicts_from_cache), (1, 0), "{traffic:?}");
                 assert_eq!((other.conflicts, other.unlanded), (0, 1), "{other:?}");
                 assert!(other.chained >= 1, "{other:?}");
-                assert!(other_took >= Duration::from_millis(4000), "no pause after another writer's move: {other_took:?}");
+                assert!(other_took >= Duration::from_secs(6), "no pause after another writer's move: {other_took:?}");
                 assert_eq!(held_outcomes, [WriteOutcome::Written], "{case}");
                 assert_eq!((version, entries), (first + 3, 4), "{case}: the card moved once per write, every payment in it");
                 continue;
@@ -460,15 +462,17 @@ async fn a_batch_of_the_process_waits_for_its_sibling_s_write_and_another_writer
 /// A batch of the process claiming a card another of its batches is still
 /// scoring (the CPU pool's one thread held, so that scoring waits) waits
 /// for that batch's versions and scores after them: neither is cancelled.
-/// A scoring held longer than the wait's bound (10 s from its claim)
-/// holds the batch behind no longer: that batch scores against what it
-/// knows (its scoring queued on the pool before the held one's ran), and
-/// the two cost one cancelled transaction, not a stall.
+/// A scoring held longer than the wait's bound (10 s from its claim, the
+/// waiting batch starting 2 s after it) holds the batch behind no longer:
+/// that batch scores against what it knows (its scoring queued on the pool
+/// at 11 s, before the held one's ran at 13), and the two cost one
+/// cancelled transaction, not a stall.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_waits_for_a_sibling_still_scoring_its_keys_and_no_longer_than_ten_seconds() {
     let rig = Rig::new("fraud-queued").await;
     let direct = rig.sink(None, None, |_| {});
-    for (case, hold) in [("scored", Duration::from_secs(1)), ("stuck", Duration::from_secs(12))] {
+    let secs = Duration::from_secs;
+    for (case, after, hold) in [("scored", secs(0), secs(1)), ("stuck", secs(2), secs(13))] {
         let card = format!("{}-fp-{case}", rig.env.prefix);
         rig.pay(&direct, &rig.cache, &card, &format!("{case}-first")).await;
         let (first, _) = rig.card(&card).await;
@@ -479,19 +483,25 @@ async fn a_batch_waits_for_a_sibling_still_scoring_its_keys_and_no_longer_than_t
             let pool = Arc::clone(&rig.pool);
             tokio::spawn(async move { pool.run(move || hold_pool.recv().is_err()).await })
         };
+        // The blocker in the pool before anything else.
+        while rig.metrics.rayon_queue_depth.get() == depth {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let held_batch = tokio::spawn(rig.pay(&direct, &rig.cache, &card, &format!("{case}-held")));
         rig.wait_claimed(case).await;
         let claimed = Instant::now();
+        tokio::time::sleep(after).await;
         let waiting = tokio::spawn(rig.pay(&direct, &rig.cache, &card, &format!("{case}-waiting")));
         // Until it claimed its keys too (its customer and device besides
         // the held batch's three).
         while rig.cache.writing_len() < 5 {
-            assert!(claimed.elapsed() < Duration::from_secs(5), "{case}: the waiting batch never claimed its keys");
+            assert!(claimed.elapsed() < after + secs(5), "{case}: the waiting batch never claimed its keys");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if case == "stuck" {
-            // Past the bound, the held batch still scoring: the waiting
-            // one's scoring is queued behind it.
+            // Past the bound from the held batch's claim (not yet from
+            // the waiting one's), the held batch still scoring: the
+            // waiting one's scoring is queued behind it.
             tokio::time::sleep_until((claimed + Duration::from_secs(11)).into()).await;
             assert_eq!(rig.metrics.rayon_queue_depth.get() - depth, 3, "the waiting batch still waits for the held one");
         }
