@@ -237,16 +237,19 @@ init_pg_tls() {
 }
 
 start_moto() {
-  local key
+  local key stale=
   key=$(moto_key)
   if port_open "$moto_port"; then
     ours "$moto_port" "$state/moto.pid" || refuse_foreign moto "$moto_port" "$state/moto.pid" CAFE_MOTO_PORT
     current "$state/moto.key" "$key" && return 0
-    install_moto
+    stale=1
+  fi
+  # Before a stale moto is stopped: a failed pip leaves it running.
+  install_moto
+  if [ -n "$stale" ]; then
     say "restarting moto: it was started from another launcher or other pins than this checkout's (what it held is dropped)"
     stop_pid moto "$state/moto.pid"
   fi
-  install_moto
   say "starting moto on 127.0.0.1:$moto_port"
   nohup "$state/venv/bin/python" "$here/moto_launcher.py" -H 127.0.0.1 -p "$moto_port" \
     > "$logs/moto.log" 2>&1 8>&- &

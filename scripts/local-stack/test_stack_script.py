@@ -80,20 +80,21 @@ class StaleServersRestarted(unittest.TestCase):
         )
         self.addCleanup(self.sh, 'stop_pid moto "$state/moto.pid"; stop_pid cafe-emulators "$state/emulators.pid"')
 
-    def sh(self, script):
-        """Runs `script` in bash with stack.sh's functions; (status, stderr)."""
-        p = subprocess.run(
+    def bash(self, script, check=False):
+        """Runs `script` in bash with stack.sh's functions."""
+        return subprocess.run(
             ["bash", "-c", f'source "{self.scripts}/stack.sh" && {script}'],
-            env=self.env, capture_output=True, text=True, timeout=60,
+            env=self.env, capture_output=True, text=True, timeout=60, check=check,
         )
+
+    def sh(self, script):
+        """(status, stderr) of `script`."""
+        p = self.bash(script)
         return p.returncode, p.stderr
 
     def emulators_bin(self):
         """The stand-in emulators where the build for the checkout's sources goes."""
-        key = subprocess.run(
-            ["bash", "-c", f'source "{self.scripts}/stack.sh" && emulators_key'],
-            env=self.env, capture_output=True, text=True, timeout=60, check=True,
-        ).stdout.strip()
+        key = self.bash("emulators_key", check=True).stdout.strip()
         bin_ = self.tmp / "cache" / "emulators" / key / "cafe-emulators"
         bin_.parent.mkdir(parents=True, exist_ok=True)
         bin_.write_text(LISTENER)
@@ -162,8 +163,8 @@ class StaleServersRestarted(unittest.TestCase):
             errs = [p.communicate(timeout=60)[1] for p in both]
             self.assertEqual([p.returncode for p in both], [0, 0], errs)
             self.assertEqual(sum("restarting moto" in e for e in errs), 1, errs)
-            _, listener = self.sh(f'listener_pid {self.env["CAFE_MOTO_PORT"]} >&2')
-            self.assertEqual((self.state / "moto.pid").read_text().strip(), listener.strip(), errs)
+            listener = self.bash(f'listener_pid {self.env["CAFE_MOTO_PORT"]}', check=True).stdout.strip()
+            self.assertEqual((self.state / "moto.pid").read_text().strip(), listener, errs)
 
     def test_a_server_started_before_the_keys_were_recorded_is_restarted(self):
         status, err = self.sh("start_moto")

@@ -333,11 +333,12 @@ impl Rig {
         (version, item["entries"].as_l().expect("entries").len())
     }
 
-    /// Until a batch of the process has claimed a key in its cache.
-    async fn wait_claimed(&self, case: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.cache.writing_len() == 0 {
-            assert!(Instant::now() < deadline, "{case}: the held batch never claimed its keys");
+    /// Until batches of the process have claimed `keys` keys in its cache
+    /// (panics with `what` after `within`).
+    async fn wait_claims(&self, keys: usize, within: Duration, what: &str) {
+        let deadline = Instant::now() + within;
+        while self.cache.writing_len() < keys {
+            assert!(Instant::now() < deadline, "{what}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -392,7 +393,7 @@ async fn a_batch_of_the_process_waits_for_its_sibling_s_write_and_another_writer
         let (first, _) = rig.card(&card).await;
         proxy.set_rules(vec![Rule { operation: Some("TransactWriteItems".into()), probability: 1.0, fault }]).expect("rules");
         let held_batch = tokio::spawn(rig.pay(held, &rig.cache, &card, &format!("{case}-held")));
-        rig.wait_claimed(case).await;
+        rig.wait_claims(1, Duration::from_secs(20), &format!("{case}: the held batch never claimed its keys")).await;
         let started = Instant::now();
         if case == "moved" {
             rig.pay(&direct, &another(), &card, &format!("{case}-mover")).await;
@@ -488,16 +489,13 @@ async fn a_batch_waits_for_a_sibling_still_scoring_its_keys_and_no_longer_than_t
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let held_batch = tokio::spawn(rig.pay(&direct, &rig.cache, &card, &format!("{case}-held")));
-        rig.wait_claimed(case).await;
+        rig.wait_claims(1, Duration::from_secs(20), &format!("{case}: the held batch never claimed its keys")).await;
         let claimed = Instant::now();
         tokio::time::sleep(after).await;
         let waiting = tokio::spawn(rig.pay(&direct, &rig.cache, &card, &format!("{case}-waiting")));
         // Until it claimed its keys too (its customer and device besides
         // the held batch's three).
-        while rig.cache.writing_len() < 5 {
-            assert!(claimed.elapsed() < after + secs(5), "{case}: the waiting batch never claimed its keys");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        rig.wait_claims(5, secs(5), &format!("{case}: the waiting batch never claimed its keys")).await;
         if case == "stuck" {
             // Past the bound from the held batch's claim (not yet from
             // the waiting one's), the held batch still scoring: the
