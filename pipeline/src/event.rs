@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -157,12 +158,14 @@ impl EventType {
 /// A validated event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    /// The idempotency key.
-    pub id: String,
+    /// The idempotency key. Shared (not copied) by whatever keeps it
+    /// beyond the event: an order's history entry.
+    pub id: Arc<str>,
     /// Event time.
     pub ts: OffsetDateTime,
-    /// Event time as it was sent, for writing back unchanged.
-    pub ts_raw: String,
+    /// Event time as it was sent, for writing back unchanged; shared as
+    /// `id` is.
+    pub ts_raw: Arc<str>,
     /// The store the event belongs to.
     pub store: String,
     /// The per-type payload.
@@ -424,7 +427,7 @@ pub fn decode_at(bytes: &[u8], clock: &Clock) -> Result<Event, Rejection> {
         EventType::PaymentRequested => Body::PaymentRequested(validate_payment(parse_data(data)?)?),
         EventType::MenuItemUpserted => Body::MenuItemUpserted(validate_menu(parse_data(data)?)?),
     };
-    Ok(Event { id: raw.id.into_owned(), ts, ts_raw: raw.ts.into_owned(), store: raw.store.into_owned(), body })
+    Ok(Event { id: Arc::from(&*raw.id), ts, ts_raw: Arc::from(&*raw.ts), store: raw.store.into_owned(), body })
 }
 
 fn json_rejection(e: serde_json::Error) -> Rejection {
@@ -598,7 +601,7 @@ mod tests {
     #[test]
     fn decodes_a_valid_payment_and_ignores_unknown_top_level_fields() {
         let e = decode_value(&payment_json()).expect("valid");
-        assert_eq!(e.id, "pay-1");
+        assert_eq!(&*e.id, "pay-1");
         assert_eq!(e.store, "store-1");
         let Body::PaymentRequested(p) = e.body else { panic!("wrong body") };
         assert_eq!(p.amount_cents, 1250);

@@ -299,10 +299,10 @@ impl std::fmt::Display for ShardPos {
 pub struct HistoryEntry {
     /// The status the event set.
     pub status: OrderStatus,
-    /// Its event time, as sent.
-    pub ts: String,
-    /// Its event id: a repeat of this id is a no-op.
-    pub event_id: String,
+    /// Its event time, as sent (the event's own copy, shared).
+    pub ts: Arc<str>,
+    /// Its event id: a repeat of this id is a no-op (shared as `ts` is).
+    pub event_id: Arc<str>,
     /// Where the event was read, when it came from a shard: a replay of
     /// the shard is judged against the order as it was at each position.
     pub pos: Option<ShardPos>,
@@ -326,7 +326,7 @@ pub struct OrderState {
 impl OrderState {
     /// Whether the event `id` was already applied.
     pub fn has_applied(&self, id: &str) -> bool {
-        self.history.iter().any(|h| h.event_id == id)
+        self.history.iter().any(|h| &*h.event_id == id)
     }
 
     /// The order as it was when only its first `entries` history entries
@@ -537,8 +537,26 @@ mod tests {
         }
         let s = st.expect("exists");
         assert_eq!(s.status, Cancelled);
-        let trail: Vec<_> = s.history.iter().map(|h| (h.status, h.event_id.as_str())).collect();
+        let trail: Vec<_> = s.history.iter().map(|h| (h.status, &*h.event_id)).collect();
         assert_eq!(trail, vec![(Placed, "e1"), (Confirmed, "e2"), (Preparing, "e3"), (Cancelled, "e4")]);
+    }
+
+    /// An entry keeps the event's id and time as sent without copying them:
+    /// on a shard the event is decoded on the CPU pool and applied on a
+    /// runtime worker, and copies made there cost that worker (the shard's
+    /// serial work) an allocation each and the pool a free from another
+    /// thread when the order's cache is freed.
+    #[test]
+    fn a_history_entry_shares_the_event_s_id_and_time() {
+        let (e1, e2) = (placed("e1"), status("e2", "confirmed"));
+        let mut st = None;
+        for e in [&e1, &e2] {
+            assert!(matches!(apply(&mut st, e), Applied::Changed { .. }));
+        }
+        let s = st.expect("exists");
+        for (h, e) in s.history.iter().zip([&e1, &e2]) {
+            assert!(Arc::ptr_eq(&h.event_id, &e.id) && Arc::ptr_eq(&h.ts, &e.ts_raw), "{}: shared", e.id);
+        }
     }
 
     #[test]

@@ -223,7 +223,10 @@ pub fn footprint(id: &str, state: Option<&OrderState>) -> usize {
         // run of entries that share it.
         let mut names: Option<&ShardPos> = None;
         for h in &s.history {
-            n += 2 * ALLOC + h.ts.len() + h.event_id.len();
+            // Its time and event id, two `Arc`s (two counts before each
+            // text), shared with the event until its batch is freed: the
+            // order keeps them after.
+            n += 2 * (ALLOC + 2 * size_of::<usize>()) + h.ts.len() + h.event_id.len();
             if let Some(p) = &h.pos {
                 // Its own allocation, an `Arc`'s: two counts before the text.
                 n += ALLOC + 2 * size_of::<usize>() + p.sequence.len();
@@ -1001,7 +1004,7 @@ mod tests {
         let entry = |i: usize| HistoryEntry {
             status: OrderStatus::Placed,
             ts: "2026-12-01T08:00:00.000Z".into(),
-            event_id: format!("00000000-0000-4000-8000-{i:012}"),
+            event_id: format!("00000000-0000-4000-8000-{i:012}").into(),
             pos: Some(ShardPos {
                 at: ShardName::shared("cafe-orders", "shardId-000000000001"),
                 sequence: "49650000000000000000000000000000000000000000000000000001".into(),

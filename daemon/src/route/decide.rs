@@ -170,20 +170,24 @@ pub fn decide_batch(inputs: &[Input], engine: Option<&Mutex<FraudEngine>>, work:
                 Err(r) => return Decided::Rejected(r),
             };
             match e.body {
-                Body::PaymentRequested(payment) => {
-                    Decided::Unscored(Box::new(Unscored { id: e.id, ts: e.ts, ts_raw: e.ts_raw, store: e.store, payment }))
-                }
+                Body::PaymentRequested(payment) => Decided::Unscored(Box::new(Unscored {
+                    id: e.id.to_string(),
+                    ts: e.ts,
+                    ts_raw: e.ts_raw.to_string(),
+                    store: e.store,
+                    payment,
+                })),
                 Body::MenuItemUpserted(item) => match menu::digest(&item, work.menu_json_rounds) {
                     Ok(d) => Decided::Menu(Box::new(DecidedMenuItem {
                         window: WindowId::of(&e.store, e.ts),
                         counters: d.counters(),
-                        event_id: e.id,
+                        event_id: e.id.to_string(),
                         sku: item.sku,
                         name: item.name,
                         category: item.category,
                         price_cents: item.price_cents,
                         digest: d,
-                        ts: e.ts_raw,
+                        ts: e.ts_raw.to_string(),
                         event_time: e.ts,
                     })),
                     Err(r) => Decided::Rejected(r),

@@ -17,6 +17,7 @@
 //! the order's events are.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
@@ -47,8 +48,8 @@ fn entry_value(h: &HistoryEntry, applied_at: &str) -> AttributeValue {
     // Sized for every attribute at once: no map grows as it is filled.
     let mut m = HashMap::with_capacity(5);
     m.insert("status".to_owned(), s(h.status.name()));
-    m.insert("ts".to_owned(), s(&h.ts));
-    m.insert("event_id".to_owned(), s(&h.event_id));
+    m.insert("ts".to_owned(), s(&*h.ts));
+    m.insert("event_id".to_owned(), s(&*h.event_id));
     m.insert("applied_at".to_owned(), s(applied_at));
     if let Some(pos) = &h.pos {
         m.insert("pos".to_owned(), AttributeValue::S(pos.to_text()));
@@ -75,7 +76,7 @@ pub fn parse_order_with(item: &HashMap<String, AttributeValue>, names: &mut Name
         .map(|e| {
             let m = e.as_m().ok()?;
             let text = |k: &str| m.get(k).and_then(|v| v.as_s().ok());
-            let get = |k: &str| text(k).cloned();
+            let get = |k: &str| text(k).map(|v| Arc::<str>::from(v.as_str()));
             Some(HistoryEntry {
                 status: OrderStatus::parse(text("status")?)?,
                 ts: get("ts")?,
