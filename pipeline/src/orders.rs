@@ -554,6 +554,7 @@ mod tests {
             assert!(matches!(apply(&mut st, e), Applied::Changed { .. }));
         }
         let s = st.expect("exists");
+        assert_eq!(s.history.len(), 2);
         for (h, e) in s.history.iter().zip([&e1, &e2]) {
             assert!(Arc::ptr_eq(&h.event_id, &e.id) && Arc::ptr_eq(&h.ts, &e.ts_raw), "{}: shared", e.id);
         }

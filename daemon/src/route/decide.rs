@@ -171,9 +171,9 @@ pub fn decide_batch(inputs: &[Input], engine: Option<&Mutex<FraudEngine>>, work:
             };
             match e.body {
                 Body::PaymentRequested(payment) => Decided::Unscored(Box::new(Unscored {
-                    id: e.id.to_string(),
+                    id: String::from(&*e.id),
                     ts: e.ts,
-                    ts_raw: e.ts_raw.to_string(),
+                    ts_raw: String::from(&*e.ts_raw),
                     store: e.store,
                     payment,
                 })),
@@ -181,13 +181,13 @@ pub fn decide_batch(inputs: &[Input], engine: Option<&Mutex<FraudEngine>>, work:
                     Ok(d) => Decided::Menu(Box::new(DecidedMenuItem {
                         window: WindowId::of(&e.store, e.ts),
                         counters: d.counters(),
-                        event_id: e.id.to_string(),
+                        event_id: String::from(&*e.id),
                         sku: item.sku,
                         name: item.name,
                         category: item.category,
                         price_cents: item.price_cents,
                         digest: d,
-                        ts: e.ts_raw.to_string(),
+                        ts: String::from(&*e.ts_raw),
                         event_time: e.ts,
                     })),
                     Err(r) => Decided::Rejected(r),
