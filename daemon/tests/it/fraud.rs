@@ -336,11 +336,16 @@ impl Rig {
     /// Until batches of the process have claimed `keys` keys in its cache
     /// (panics with `what` after `within`).
     async fn wait_claims(&self, keys: usize, within: Duration, what: &str) {
-        let deadline = Instant::now() + within;
-        while self.cache.writing_len() < keys {
-            assert!(Instant::now() < deadline, "{what}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until(within, what, || self.cache.writing_len() >= keys).await;
+    }
+}
+
+/// Until `done` holds, polled every 5 ms; panics with `what` after `within`.
+async fn wait_until(within: Duration, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -485,9 +490,8 @@ async fn a_batch_waits_for_a_sibling_still_scoring_its_keys_and_no_longer_than_t
             tokio::spawn(async move { pool.run(move || hold_pool.recv().is_err()).await })
         };
         // The blocker in the pool before anything else.
-        while rig.metrics.rayon_queue_depth.get() == depth {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let what = format!("{case}: the blocker never reached the pool");
+        wait_until(secs(5), &what, || rig.metrics.rayon_queue_depth.get() != depth).await;
         let held_batch = tokio::spawn(rig.pay(&direct, &rig.cache, &card, &format!("{case}-held")));
         rig.wait_claims(1, Duration::from_secs(20), &format!("{case}: the held batch never claimed its keys")).await;
         let claimed = Instant::now();
