@@ -170,6 +170,17 @@ stage = {
         "shard stage, the SDK's requests to an in-memory DynamoDB",
     ),
 }
+# The orders stage again with the pool of order caches full (a sibling
+# shard's orders in progress fill it: the run's orders push them out,
+# each freed on the runtime worker that puts). A row only when the run
+# measured it (runs before the bench had it did not).
+full = crit.get("pipeline/orders/shard stage, order cache full")
+if full:
+    stage["order events, order cache full"] = (
+        crit.get("pipeline/orders/kernel"),
+        full,
+        "shard stage, the pool of order caches full",
+    )
 # Allocations per element, the kernel's and the stage's, as the pipeline
 # bench prints them after its check runs (a count, not a time: nearly the
 # same from run to run, whatever the host's load).
@@ -201,6 +212,24 @@ if kernels_out:
             "bench_thread_us": float(m[6]),
             "kernel_wall_ms": m[7],
             "stage_wall_ms": m[8],
+        }
+# The same with the pool of order caches full, when the run measured it.
+orders_full_cpu = None
+if kernels_out:
+    m = re.search(
+        r"^orders, cache full: on CPU per event over (\d+) runs \(us\): stage ([\d.]+): pool ([\d.]+), "
+        r"runtime ([\d.]+), bench thread ([\d.]+); wall per run, min/median/max \(ms\): stage ([\d./]+)$",
+        kernels_out,
+        re.M,
+    )
+    if m:
+        orders_full_cpu = {
+            "runs": int(m[1]),
+            "stage_us": float(m[2]),
+            "pool_us": float(m[3]),
+            "runtime_us": float(m[4]),
+            "bench_thread_us": float(m[5]),
+            "stage_wall_ms": m[6],
         }
 ossl = openssl_bytes_per_sec()
 
@@ -375,6 +404,12 @@ if orders_cpu:
         f"Wall per run, min/median/max: kernel {c['kernel_wall_ms']} ms, "
         f"stage {c['stage_wall_ms']} ms.",
     ]
+    if orders_full_cpu:
+        f = orders_full_cpu
+        lines[-1] += (
+            f" With the pool of order caches full: CPU pool {f['pool_us']:.3f} us, runtime workers {f['runtime_us']:.3f} us "
+            f"({f['runtime_us'] / c['kernel_us']:.2f}x the kernel's); wall per run {f['stage_wall_ms']} ms."
+        )
 lines += [
     "",
     "| path, end to end | events | daemon | CPU-bound ceiling (cores left) | daemon / ceiling | bare client: daemon / bare | CPU-s per 1,000 | peak RSS | e2e p50 / p99 |",
@@ -534,7 +569,7 @@ for name in ["payments", "payments-process", "menu"]:
 table = "\n".join(lines) + "\n"
 (out / "table.md").write_text(table)
 (out / "figures.json").write_text(
-    json.dumps({"kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "allocations_per_element": allocs, "orders_on_cpu_per_event": orders_cpu, "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "host_speed_bytes_per_sec": speeds, "payments_floor_ns": pay_floor_ns, "paths": rows, "backlog": backlog}, indent=2)
+    json.dumps({"kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "allocations_per_element": allocs, "orders_on_cpu_per_event": orders_cpu, **({"orders_full_on_cpu_per_event": orders_full_cpu} if orders_full_cpu else {}), "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "host_speed_bytes_per_sec": speeds, "payments_floor_ns": pay_floor_ns, "paths": rows, "backlog": backlog}, indent=2)
 )
 print(table)
 print(f"raw figures: {out}")

@@ -116,6 +116,23 @@ class BenchTable(unittest.TestCase):
         self.assertFalse((self.run_dir / "criterion.json").exists())
         self.assertNotIn("| order events |", table)
 
+    def test_the_orders_stage_with_the_pool_of_caches_full(self):
+        # Runs before it have neither the row nor the line: the stored one.
+        self.edit("criterion.json", lambda s: s.replace('"pipeline/orders/shard stage": 1129.9101875,',
+                                                        '"pipeline/orders/shard stage": 1129.9101875,\n  "pipeline/orders/shard stage, order cache full": 1673.4,'))
+        line = "orders, cache full: on CPU per event over 30 runs (us): stage 1.606: pool 0.721, runtime 0.867, bench thread 0.017; wall per run, min/median/max (ms): stage 9.34/12.36/20.05\n"
+        self.edit("kernels.txt", lambda s: s + line)
+        table, figures = self.table()
+        self.assertIn("| order events, order cache full | 0.84 µs | 1.67 µs (shard stage, the pool of order caches full) | 2.00 |", table)
+        self.assertIn("With the pool of order caches full: CPU pool 0.721 us, runtime workers 0.867 us (1.12x the kernel's); wall per run 9.34/12.36/20.05 ms.", table)
+        self.assertEqual(figures["orders_full_on_cpu_per_event"]["runtime_us"], 0.867)
+        # Nothing else moved: the stored table, its stage table one row
+        # longer and the by-thread paragraph one sentence.
+        stored_table = (stored / "table.md").read_text()
+        self.assertEqual(table.replace(table[table.index("| order events, order cache full"):].split("\n", 1)[0] + "\n", "")
+                         .replace(" With the pool of order caches full: CPU pool 0.721 us, runtime workers 0.867 us (1.12x the kernel's); wall per run 9.34/12.36/20.05 ms.", ""),
+                         stored_table)
+
     def test_a_run_without_the_by_thread_line(self):
         self.edit("kernels.txt", lambda s: "".join(l for l in s.splitlines(True) if not l.startswith("orders: on CPU per event")))
         table, figures = self.table()

@@ -41,6 +41,12 @@
 //!   through the SDK to an in-memory DynamoDB (`support/memory_dynamodb.rs`:
 //!   the SDK's own client, with the daemon's call timeouts, and an
 //!   in-process HTTP end that commits every transaction).
+//! - orders `shard stage, order cache full`: the same, the shard's cache
+//!   in a pool of order caches that a sibling shard's orders in progress
+//!   fill to its bound before the run (`full_pool`): the run's orders
+//!   push the sibling's out, and each put frees what it pushed out, on the
+//!   runtime worker that puts (a backlog holds the pool at its bound).
+//!   The sibling's cache is the run's output, dropped after the timing.
 //! - orders `shard stage through the SDK`: the same, with the daemon's own
 //!   order store, the DynamoDB sink, writing to that in-memory DynamoDB:
 //!   each write built, serialised and signed by the SDK, and the responses
@@ -156,9 +162,10 @@ use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group}
 use daemon::bridge::CpuPool;
 use daemon::config::{DynamoDbSinkConfig, KinesisSourceConfig, PipelineConfig, SqsSourceConfig};
 use daemon::metrics::Metrics;
+use daemon::route::apply_orders::footprint;
 use daemon::route::decide::decide_batch;
 use daemon::route::{
-    Decided, FraudStateCache, Input, OrderCaches, OrderHasher, OrderStore, Router, Scoring, Tunables, Tuned, Work,
+    Decided, FraudStateCache, Input, OrderCache, OrderCaches, OrderHasher, OrderStore, Router, Scoring, Tunables, Tuned, Work,
 };
 use daemon::sinks::dynamodb::DynamoDbSink;
 use daemon::sinks::rejected::RejectedSink;
@@ -171,6 +178,7 @@ use memory_dynamodb::{MemoryDynamoDb, SHARD};
 use memory_orders::{MemoryOrders, staged};
 use pipeline::event::MenuItem;
 use pipeline::fraud::{FraudConfig, FraudEngine, Rules};
+use pipeline::orders::OrderState;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -421,6 +429,19 @@ fn leased_shard(
     config: &PipelineConfig,
     dynamodb: &aws_sdk_dynamodb::Client,
 ) -> (Arc<ShardContext>, i64) {
+    let bytes = usize::try_from(KinesisSourceConfig::default().order_cache_bytes).unwrap_or(usize::MAX);
+    leased_shard_in(rt, router, config, dynamodb, OrderCaches::new(bytes, None))
+}
+
+/// [`leased_shard`], its order cache in `orders` (a pool other shards'
+/// caches may share).
+fn leased_shard_in(
+    rt: &Runtime,
+    router: &Router,
+    config: &PipelineConfig,
+    dynamodb: &aws_sdk_dynamodb::Client,
+    orders: Arc<OrderCaches>,
+) -> (Arc<ShardContext>, i64) {
     let stream = KinesisSourceConfig::default();
     let leases = Leases::new(dynamodb.clone(), stream.clone(), "bench-worker".into(), Arc::clone(&router.metrics));
     let taken = rt.block_on(leases.take(&mut rand::rng())).expect("the in-memory lease table answers");
@@ -431,10 +452,49 @@ fn leased_shard(
         pipeline: config.clone(),
         metrics: Arc::clone(&router.metrics),
         sync_now: Arc::new(tokio::sync::Notify::new()),
-        orders: OrderCaches::new(usize::try_from(stream.order_cache_bytes).unwrap_or(usize::MAX), None),
+        orders,
         config: stream,
     };
     (Arc::new(context), generation)
+}
+
+/// Orders a sibling shard's cache holds before a run of the shard stage
+/// with the pool full ([`full_pool`]): twice the run's, so that the run's
+/// own orders, at their largest, push out only the sibling's.
+const SIBLING_ORDERS: u64 = 2 * ORDERS;
+
+/// A pool of order caches that is full: a sibling shard's cache holding
+/// [`SIBLING_ORDERS`] orders in progress (placed and moved through every
+/// status but the last), exactly the pool's bytes. The run's orders in
+/// progress then push out the oldest of the sibling's (none used since),
+/// and every put of a batch frees what it pushed out: a shard read while
+/// the pool's bound is reached (a backlog of many orders at once). The
+/// sibling's orders are decoded and applied afresh for each run, so that
+/// what the run frees is no other run's (a copy of a state would share
+/// its strings' counts with the original).
+fn full_pool() -> (Arc<OrderCaches>, OrderCache) {
+    let mut states: HashMap<String, Option<OrderState>, OrderHasher> = HashMap::default();
+    for i in 1_000_000..1_000_000 + SIBLING_ORDERS {
+        let in_progress = &STATUSES[..STATUSES.len() - 1];
+        let bodies = std::iter::once(order_body(i, 4)).chain(in_progress.iter().map(|s| status_body(i, s)));
+        for body in bodies {
+            let event = pipeline::decode(body.as_bytes()).expect("the sibling's events decode");
+            let id = pipeline::orders::order_id(&event).expect("an order event").to_owned();
+            let state = states.entry(id).or_default();
+            assert!(
+                matches!(pipeline::orders::apply(state, &event), pipeline::orders::Applied::Changed { .. }),
+                "the sibling's events apply"
+            );
+        }
+    }
+    let bytes = states.iter().map(|(id, state)| footprint(id, state.as_ref())).sum();
+    let pool = OrderCaches::new(bytes, None);
+    let sibling = pool.cache(usize::MAX);
+    for (id, state) in states {
+        sibling.put(id, state);
+    }
+    assert_eq!((sibling.len(), pool.bytes()), (SIBLING_ORDERS as usize, bytes), "the sibling fills the pool");
+    (pool, sibling)
 }
 
 /// Runs of the orders kernel and shard stage whose time on CPU is shown
@@ -727,6 +787,7 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
     if benches::measuring() {
         let (mut kernel_walls, mut stage_walls) = (Vec::new(), Vec::new());
         let (mut kernel_cpu, mut stage_cpu) = (0u64, HashMap::<&'static str, u64>::new());
+        let (mut full_walls, mut full_cpu) = (Vec::new(), HashMap::<&'static str, u64>::new());
         for _ in 0..CPU_RUNS {
             let before = cpu_by_thread();
             let started = Instant::now();
@@ -744,6 +805,21 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
             }
             assert_eq!(exit, ShardExit::Ended, "orders, in-memory store: the shard was read to its end and checkpointed");
             checked(&store);
+            // And with the pool of caches full (its sibling dropped after).
+            store.clear();
+            let (pool, sibling) = full_pool();
+            let ((context, generation), fetched) =
+                (leased_shard_in(rt, &in_memory, config, &dynamodb, pool), pages(&events, max_records));
+            let before = cpu_by_thread();
+            let started = Instant::now();
+            let exit = through_shard(rt, context, generation, fetched, Ahead::AsTheTopology);
+            full_walls.push(started.elapsed());
+            for (thread, ns) in on_cpu_since(&before) {
+                *full_cpu.entry(thread).or_default() += ns;
+            }
+            assert_eq!(exit, ShardExit::Ended, "orders, cache full: the shard was read to its end and checkpointed");
+            checked(&store);
+            drop(sibling);
         }
         let us = |ns: u64| ns as f64 / 1e3 / (CPU_RUNS * events.len()) as f64;
         let ms = |walls: &mut Vec<Duration>| {
@@ -763,7 +839,31 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
             ms(&mut kernel_walls),
             ms(&mut stage_walls),
         );
+        let cpu = |thread: &str| us(full_cpu.get(thread).copied().unwrap_or(0));
+        eprintln!(
+            "orders, cache full: on CPU per event over {CPU_RUNS} runs (us): stage {:.3}: pool {:.3}, runtime {:.3}, {BENCH_THREAD} {:.3}; \
+             wall per run, min/median/max (ms): stage {}",
+            us(full_cpu.values().sum()),
+            cpu(POOL),
+            cpu(RUNTIME),
+            cpu(BENCH_THREAD),
+            ms(&mut full_walls),
+        );
     }
+
+    // With the pool of order caches full: the run's orders in progress
+    // push the sibling's out, and nothing of the run's own (no order is
+    // read back, which the in-memory store would refuse).
+    store.clear();
+    let (pool, sibling) = full_pool();
+    let (context, generation) = leased_shard_in(rt, &in_memory, config, &dynamodb, Arc::clone(&pool));
+    let exit = through_shard(rt, context, generation, pages(&events, max_records), Ahead::AsTheTopology);
+    assert_eq!(exit, ShardExit::Ended, "orders, cache full: the shard was read to its end and checkpointed");
+    checked(&store);
+    let pushed_out = SIBLING_ORDERS as usize - sibling.len();
+    eprintln!("orders, cache full: the run pushed {pushed_out} of the sibling's {SIBLING_ORDERS} orders out");
+    assert!(pushed_out > 0, "orders, cache full: the run pushed none of the sibling's orders out");
+    drop((sibling, pool));
 
     let mut g = c.benchmark_group("pipeline");
     g.sample_size(10).sampling_mode(SamplingMode::Flat).warm_up_time(Duration::from_secs(1));
@@ -779,6 +879,23 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
             |((context, generation), pages)| {
                 assert_eq!(black_box(through_shard(rt, context, generation, pages, Ahead::AsTheTopology)), ShardExit::Ended);
                 checked(&store);
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // The sibling's cache is the run's output: criterion drops it after
+    // the timing, as the sibling shard would keep it.
+    g.bench_function("orders/shard stage, order cache full", |b| {
+        b.iter_batched(
+            || {
+                store.clear();
+                let (pool, sibling) = full_pool();
+                (leased_shard_in(rt, &in_memory, config, &dynamodb, pool), sibling, pages(&events, max_records))
+            },
+            |((context, generation), sibling, pages)| {
+                assert_eq!(black_box(through_shard(rt, context, generation, pages, Ahead::AsTheTopology)), ShardExit::Ended);
+                checked(&store);
+                sibling
             },
             BatchSize::PerIteration,
         )

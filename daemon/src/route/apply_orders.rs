@@ -519,9 +519,10 @@ impl OrderCache {
     }
 
     /// Caches `state` as `id`'s. An owned `id` (from `take`, or one the
-    /// caller made anyway) becomes the entry's copy of the id.
-    #[cfg(test)]
-    fn put<'a>(&self, id: impl Into<Cow<'a, str>>, state: Option<OrderState>) {
+    /// caller made anyway) becomes the entry's copy of the id. (The
+    /// daemon puts a batch's orders at once, [`OrderCache::put_all`]; the
+    /// pipeline bench fills a cache with this.)
+    pub fn put<'a>(&self, id: impl Into<Cow<'a, str>>, state: Option<OrderState>) {
         self.put_all([(id.into(), state, None)]);
     }
 
