@@ -59,6 +59,11 @@ impl OrderStatus {
 }
 
 impl OrderStatus {
+    /// Completed or cancelled: no event moves it again.
+    pub fn is_final(self) -> bool {
+        matches!(self, OrderStatus::Completed | OrderStatus::Cancelled)
+    }
+
     /// Parses a wire name.
     pub fn parse(s: &str) -> Option<OrderStatus> {
         use OrderStatus::*;
@@ -503,6 +508,17 @@ mod tests {
         let many: Vec<ShardPos> =
             (0..40).map(|i| ShardPos::parse_with(&format!("s:shard-{i}/1"), None, &mut names).expect("parses")).collect();
         assert!(many.iter().enumerate().all(|(i, p)| p.shard() == format!("shard-{i}")));
+    }
+
+    /// Final is what no event moves on from: the order cache lets such an
+    /// order go when it is written (`daemon::route::apply_orders`).
+    #[test]
+    fn a_status_is_final_when_it_may_become_nothing() {
+        let all = [Placed, Confirmed, Preparing, Ready, Completed, Cancelled];
+        for s in all {
+            assert_eq!(s.is_final(), !all.iter().any(|&next| s.may_become(next)), "{}", s.name());
+        }
+        assert!(Completed.is_final() && Cancelled.is_final());
     }
 
     fn ev(id: &str, body: &str) -> Event {

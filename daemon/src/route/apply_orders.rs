@@ -79,7 +79,10 @@ pub enum Fate {
 
 /// Order states kept in memory to avoid reads, the oldest first out but
 /// for those used since the queue last passed them (a second chance, as a
-/// clock cache gives: an order still moving stays). A shard keeps one
+/// clock cache gives: an order still moving stays). An order completed or
+/// cancelled leaves it when put (written so): no event moves it again,
+/// so only orders in progress (and orders found not to exist) are kept.
+/// A shard keeps one
 /// while its lease is held (every event of its orders goes through it,
 /// from the batches it has in flight at once: never two with the same
 /// order); an SQS batch starts from an empty one, since any instance may
@@ -368,11 +371,20 @@ impl Pool {
         left: &mut Left,
     ) {
         // An order larger than the whole pool is not kept (it would push
-        // every other entry out first, then itself).
-        if bytes > self.cap_bytes {
+        // every other entry out first, then itself); nor is one completed
+        // or cancelled: no event moves it again, and kept it would stay
+        // until pushed out, taking the room of orders in progress, and be
+        // freed then, long cold, by the runtime worker whose put pushed it
+        // out, on a shard's chain (the pipeline bench's stage with the pool
+        // full: docs/performance.md), where freed here it was just
+        // written. A repeat of its events reads it from the table, as
+        // after a restart. The pool's queue is compacted as after an
+        // eviction: every order ends here now, not only a rare large one.
+        if bytes > self.cap_bytes || state.as_ref().is_some_and(|s| s.status.is_final()) {
             let taken = ticket.and_then(|t| self.remove_taken(owner, t));
             left.gone.extend(taken.into_iter().chain(self.remove_id(owner, &id)).map(|e| e.state));
             left.gone.push(state);
+            self.compact();
             return;
         }
         let hash = ticket.map_or_else(|| self.hash(&id), |t| t.hash);
@@ -1021,6 +1033,40 @@ mod tests {
         }
     }
 
+    /// [`order`] completed: the cache does not keep it.
+    fn finished(n: usize) -> OrderState {
+        OrderState { status: pipeline::orders::OrderStatus::Completed, ..order(n) }
+    }
+
+    /// Orders put back final, every one of a cache's, take their entries
+    /// with them, and the pool's queue does not keep an element for each
+    /// (it is compacted as after evictions).
+    #[test]
+    fn orders_put_back_final_leave_no_entry_and_no_queue_behind() {
+        let pool = OrderCaches::new(usize::MAX, None);
+        let cache = pool.cache(1_000);
+        let ids: Vec<String> = (0..200).map(|i| format!("o-{i:03}")).collect();
+        for id in &ids {
+            cache.put(id.as_str(), Some(order(2)));
+        }
+        check(&pool, "placed");
+        let taken: Vec<Taken> = cache.take_all(ids.iter().map(|i| Some(i.as_str()))).into_iter().flatten().collect();
+        assert_eq!(taken.len(), ids.len());
+        cache.put_all(taken.into_iter().map(|t| (Cow::Owned(t.id), Some(finished(3)), Some(t.ticket))));
+        check(&pool, "all put back final");
+        let (entries, queued) = {
+            let p = pool.lock();
+            (p.entries, p.fifo.len())
+        };
+        assert_eq!((cache.len(), entries, pool.bytes()), (0, 0, 0));
+        assert!(queued <= 64, "{queued} elements left in the pool's queue for no entry");
+        // Put by id (not taken) too.
+        cache.put("o-new", Some(order(1)));
+        cache.put("o-new", Some(finished(2)));
+        assert_eq!((cache.get("o-new"), cache.len()), (None, 0));
+        check(&pool, "put by id, then final");
+    }
+
     /// The pool's bytes as the sum of its live entries' footprints.
     fn recount(pool: &OrderCaches) -> usize {
         let p = pool.lock();
@@ -1085,10 +1131,21 @@ mod tests {
                     let at = next(held[c].len() as u64);
                     let t = held[c].swap_remove(at);
                     spent.push(t.ticket);
-                    let state = (next(4) > 0).then(|| order(1 + next(4)));
+                    let state = match next(8) {
+                        0 | 1 => None,
+                        2 => Some(finished(1 + next(4))),
+                        _ => Some(order(1 + next(4))),
+                    };
                     caches[c].put_all([(Cow::Owned(t.id), state, Some(t.ticket))]);
                 }
-                55..80 => caches[c].put(id, (next(4) > 0).then(|| order(1 + next(4)))),
+                55..80 => caches[c].put(
+                    id,
+                    match next(8) {
+                        0 | 1 => None,
+                        2 => Some(finished(1 + next(4))),
+                        _ => Some(order(1 + next(4))),
+                    },
+                ),
                 80..84 => {
                     let ticket = held[c].pop().map(|t| t.ticket);
                     caches[c].put_all([(Cow::Owned(id), Some(order(400)), ticket)]);
@@ -1151,6 +1208,47 @@ mod tests {
 
     fn status(event: &str, order: &str, status: &str) -> Event {
         order_event(event, order, &format!(r#""order.status","data":{{"order_id":"ORDER","status":"{status}"}}"#))
+    }
+
+    /// An order written completed or cancelled leaves the cache, its entry
+    /// and its bytes with it, whether it was taken from the cache (o1) or
+    /// new in the batch (o2); an order in progress stays (o3). A repeat of
+    /// the completing event reads the order from the table, and is a
+    /// repeat.
+    #[tokio::test]
+    async fn an_order_written_final_leaves_the_cache_and_a_repeat_of_it_reads_it() {
+        use pipeline::orders::OrderStatus;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let pool = OrderCaches::new(usize::MAX, None);
+        let cache = pool.cache(10);
+        let store = Scripted::default();
+        let reads = AtomicU64::new(0);
+        let read = |n| {
+            reads.fetch_add(n, Ordering::Relaxed);
+        };
+        let at = "2026-11-22T08:15:31Z";
+        let first = [placed("o1"), status("e2", "o1", "confirmed"), status("e3", "o1", "preparing"), status("e4", "o1", "ready")];
+        let fates = apply_orders(&store, &first.iter().collect::<Vec<_>>(), &[None; 4], &cache, at, 1, read).await;
+        assert!(fates.iter().all(|f| matches!(f, Fate::Applied(_))), "{fates:?}");
+        assert_eq!(cache.get("o1").flatten().map(|s| s.status), Some(OrderStatus::Ready), "an order in progress is cached");
+
+        let completed = status("e5", "o1", "completed");
+        let second = [completed.clone(), placed("o2"), status("e6", "o2", "cancelled"), placed("o3")];
+        let fates = apply_orders(&store, &second.iter().collect::<Vec<_>>(), &[None; 4], &cache, at, 1, read).await;
+        assert!(fates.iter().all(|f| matches!(f, Fate::Applied(_))), "{fates:?}");
+        assert_eq!(store.table.lock().expect("lock")["o1"].status, OrderStatus::Completed, "written");
+        assert_eq!((cache.get("o1"), cache.get("o2")), (None, None), "a final order stayed in the cache");
+        assert_eq!(cache.get("o3").flatten().map(|s| s.status), Some(OrderStatus::Placed));
+        check(&pool, "after the final writes");
+        let (entries, o3) = (pool.lock().entries, footprint("o3", store.table.lock().expect("lock").get("o3")));
+        assert_eq!((cache.len(), entries, pool.bytes()), (1, 1, o3), "o3 alone is left");
+        assert_eq!(reads.load(Ordering::Relaxed), 0, "o1 came from the cache, o2 and o3 are new");
+
+        let fates = apply_orders(&store, &[&completed], &[None], &cache, at, 1, read).await;
+        assert_eq!(fates, vec![Fate::Repeat]);
+        assert_eq!(reads.load(Ordering::Relaxed), 1, "the repeat read its order from the table");
+        assert_eq!((cache.get("o1"), cache.len()), (None, 1), "nor is a final order read back cached");
+        check(&pool, "after the repeat");
     }
 
     /// A write that conflicts: the order is read again, its events applied
