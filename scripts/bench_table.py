@@ -190,47 +190,34 @@ kernels_out = kernels_txt.read_text() if kernels_txt.exists() else ""
 if kernels_out:
     for m in re.finditer(r"^(\w+): allocations per element: kernel ([\d.]+), stage ([\d.]+)$", kernels_out, re.M):
         allocs[m[1]] = (float(m[2]), float(m[3]))
+
+
+def by_thread(pattern, fields):
+    """The pipeline bench's line of kernels.txt matching `pattern`, its
+    groups named and converted as `fields` ((name, type) in order); None
+    when no line matches."""
+    m = re.search(pattern, kernels_out, re.M) if kernels_out else None
+    return {name: kind(m[i]) for i, (name, kind) in enumerate(fields, 1)} if m else None
+
+
 # The orders stage's time on CPU per event by thread, beside the kernel's
 # (the pipeline bench, after its check runs): the CPU pool's and the
 # runtime workers' sum against the kernel's is what the stage costs
 # whatever the overlap; its wall is at least the slower thread's.
-orders_cpu = None
-if kernels_out:
-    m = re.search(
-        r"^orders: on CPU per event over (\d+) runs \(us\): kernel ([\d.]+); stage ([\d.]+): pool ([\d.]+), "
-        r"runtime ([\d.]+), bench thread ([\d.]+); wall per run, min/median/max \(ms\): kernel ([\d./]+), stage ([\d./]+)$",
-        kernels_out,
-        re.M,
-    )
-    if m and float(m[2]) > 0:
-        orders_cpu = {
-            "runs": int(m[1]),
-            "kernel_us": float(m[2]),
-            "stage_us": float(m[3]),
-            "pool_us": float(m[4]),
-            "runtime_us": float(m[5]),
-            "bench_thread_us": float(m[6]),
-            "kernel_wall_ms": m[7],
-            "stage_wall_ms": m[8],
-        }
+threads = [("pool_us", float), ("runtime_us", float), ("bench_thread_us", float)]
+orders_cpu = by_thread(
+    r"^orders: on CPU per event over (\d+) runs \(us\): kernel ([\d.]+); stage ([\d.]+): pool ([\d.]+), "
+    r"runtime ([\d.]+), bench thread ([\d.]+); wall per run, min/median/max \(ms\): kernel ([\d./]+), stage ([\d./]+)$",
+    [("runs", int), ("kernel_us", float), ("stage_us", float), *threads, ("kernel_wall_ms", str), ("stage_wall_ms", str)],
+)
+if orders_cpu and orders_cpu["kernel_us"] <= 0:
+    orders_cpu = None
 # The same with the pool of order caches full, when the run measured it.
-orders_full_cpu = None
-if kernels_out:
-    m = re.search(
-        r"^orders, cache full: on CPU per event over (\d+) runs \(us\): stage ([\d.]+): pool ([\d.]+), "
-        r"runtime ([\d.]+), bench thread ([\d.]+); wall per run, min/median/max \(ms\): stage ([\d./]+)$",
-        kernels_out,
-        re.M,
-    )
-    if m:
-        orders_full_cpu = {
-            "runs": int(m[1]),
-            "stage_us": float(m[2]),
-            "pool_us": float(m[3]),
-            "runtime_us": float(m[4]),
-            "bench_thread_us": float(m[5]),
-            "stage_wall_ms": m[6],
-        }
+orders_full_cpu = by_thread(
+    r"^orders, cache full: on CPU per event over (\d+) runs \(us\): stage ([\d.]+): pool ([\d.]+), "
+    r"runtime ([\d.]+), bench thread ([\d.]+); wall per run, min/median/max \(ms\): stage ([\d./]+)$",
+    [("runs", int), ("stage_us", float), *threads, ("stage_wall_ms", str)],
+)
 ossl = openssl_bytes_per_sec()
 
 

@@ -788,6 +788,21 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
         let (mut kernel_walls, mut stage_walls) = (Vec::new(), Vec::new());
         let (mut kernel_cpu, mut stage_cpu) = (0u64, HashMap::<&'static str, u64>::new());
         let (mut full_walls, mut full_cpu) = (Vec::new(), HashMap::<&'static str, u64>::new());
+        // One run of the shard stage on `shard`, its wall and its threads'
+        // time on CPU added to `walls` and `cpu`.
+        let stage_run =
+            |shard: (Arc<ShardContext>, i64), walls: &mut Vec<Duration>, cpu: &mut HashMap<&'static str, u64>, what| {
+                let ((context, generation), fetched) = (shard, pages(&events, max_records));
+                let before = cpu_by_thread();
+                let started = Instant::now();
+                let exit = through_shard(rt, context, generation, fetched, Ahead::AsTheTopology);
+                walls.push(started.elapsed());
+                for (thread, ns) in on_cpu_since(&before) {
+                    *cpu.entry(thread).or_default() += ns;
+                }
+                assert_eq!(exit, ShardExit::Ended, "{what}: the shard was read to its end and checkpointed");
+                checked(&store);
+            };
         for _ in 0..CPU_RUNS {
             let before = cpu_by_thread();
             let started = Instant::now();
@@ -795,30 +810,21 @@ fn orders(c: &mut Criterion, rt: &Runtime, config: &PipelineConfig, fraud: &Frau
             kernel_walls.push(started.elapsed());
             kernel_cpu += on_cpu_since(&before).get(BENCH_THREAD).copied().unwrap_or(0);
             store.clear();
-            let ((context, generation), fetched) = (leased_shard(rt, &in_memory, config, &dynamodb), pages(&events, max_records));
-            let before = cpu_by_thread();
-            let started = Instant::now();
-            let exit = through_shard(rt, context, generation, fetched, Ahead::AsTheTopology);
-            stage_walls.push(started.elapsed());
-            for (thread, ns) in on_cpu_since(&before) {
-                *stage_cpu.entry(thread).or_default() += ns;
-            }
-            assert_eq!(exit, ShardExit::Ended, "orders, in-memory store: the shard was read to its end and checkpointed");
-            checked(&store);
+            stage_run(
+                leased_shard(rt, &in_memory, config, &dynamodb),
+                &mut stage_walls,
+                &mut stage_cpu,
+                "orders, in-memory store",
+            );
             // And with the pool of caches full (its sibling dropped after).
             store.clear();
             let (pool, sibling) = full_pool();
-            let ((context, generation), fetched) =
-                (leased_shard_in(rt, &in_memory, config, &dynamodb, pool), pages(&events, max_records));
-            let before = cpu_by_thread();
-            let started = Instant::now();
-            let exit = through_shard(rt, context, generation, fetched, Ahead::AsTheTopology);
-            full_walls.push(started.elapsed());
-            for (thread, ns) in on_cpu_since(&before) {
-                *full_cpu.entry(thread).or_default() += ns;
-            }
-            assert_eq!(exit, ShardExit::Ended, "orders, cache full: the shard was read to its end and checkpointed");
-            checked(&store);
+            stage_run(
+                leased_shard_in(rt, &in_memory, config, &dynamodb, pool),
+                &mut full_walls,
+                &mut full_cpu,
+                "orders, cache full",
+            );
             drop(sibling);
         }
         let us = |ns: u64| ns as f64 / 1e3 / (CPU_RUNS * events.len()) as f64;
