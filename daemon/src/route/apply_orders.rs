@@ -1038,6 +1038,16 @@ mod tests {
         OrderState { status: pipeline::orders::OrderStatus::Completed, ..order(n) }
     }
 
+    /// A state for the random sequence below: none (a new order's), one
+    /// in progress, or one completed, which the cache does not keep.
+    fn any_state(next: &mut impl FnMut(u64) -> usize) -> Option<OrderState> {
+        match next(8) {
+            0 | 1 => None,
+            2 => Some(finished(1 + next(4))),
+            _ => Some(order(1 + next(4))),
+        }
+    }
+
     /// Orders put back final, every one of a cache's, take their entries
     /// with them, and the pool's queue does not keep an element for each
     /// (it is compacted as after evictions).
@@ -1131,21 +1141,10 @@ mod tests {
                     let at = next(held[c].len() as u64);
                     let t = held[c].swap_remove(at);
                     spent.push(t.ticket);
-                    let state = match next(8) {
-                        0 | 1 => None,
-                        2 => Some(finished(1 + next(4))),
-                        _ => Some(order(1 + next(4))),
-                    };
+                    let state = any_state(&mut next);
                     caches[c].put_all([(Cow::Owned(t.id), state, Some(t.ticket))]);
                 }
-                55..80 => caches[c].put(
-                    id,
-                    match next(8) {
-                        0 | 1 => None,
-                        2 => Some(finished(1 + next(4))),
-                        _ => Some(order(1 + next(4))),
-                    },
-                ),
+                55..80 => caches[c].put(id, any_state(&mut next)),
                 80..84 => {
                     let ticket = held[c].pop().map(|t| t.ticket);
                     caches[c].put_all([(Cow::Owned(id), Some(order(400)), ticket)]);
