@@ -1250,6 +1250,40 @@ mod tests {
         check(&pool, "after the repeat");
     }
 
+    /// The completing write refused (another writer moved the order): the
+    /// order is read again, completed against the fresh state, written,
+    /// and leaves the cache with its entry (taken through the rounds);
+    /// a completing write that fails leaves no entry either.
+    #[tokio::test]
+    async fn an_order_whose_completing_write_conflicts_or_fails_leaves_no_entry() {
+        let pool = OrderCaches::new(usize::MAX, None);
+        let cache = pool.cache(10);
+        let store = Scripted::default();
+        let at = "2026-11-22T08:15:31Z";
+        for (order, outcome) in [("o1", OrderWriteOutcome::Conflict), ("o2", OrderWriteOutcome::Failed)] {
+            let up =
+                [placed(order), status("e2", order, "confirmed"), status("e3", order, "preparing"), status("e4", order, "ready")];
+            let fates = apply_orders(&store, &up.iter().collect::<Vec<_>>(), &[None; 4], &cache, at, 1, |_| {}).await;
+            assert!(fates.iter().all(|f| matches!(f, Fate::Applied(_))), "{order}: {fates:?}");
+            assert!(cache.get(order).is_some(), "{order}: cached in progress");
+            store.outcomes.lock().expect("lock").push_back(outcome);
+            let completed = status("e5", order, "completed");
+            let fates = apply_orders(&store, &[&completed], &[None], &cache, at, 1, |_| {}).await;
+            let written = store.table.lock().expect("lock")[order].status;
+            match outcome {
+                OrderWriteOutcome::Conflict => {
+                    assert!(matches!(fates[..], [Fate::Applied(_)]), "{order}: {fates:?}");
+                    assert_eq!(written, pipeline::orders::OrderStatus::Completed, "{order}: written in the next round");
+                }
+                _ => assert_eq!((fates, written), (vec![Fate::Failed], pipeline::orders::OrderStatus::Ready), "{order}"),
+            }
+            assert_eq!(cache.get(order), None, "{order}: an entry stayed behind");
+            check(&pool, order);
+            let entries = pool.lock().entries;
+            assert_eq!((cache.len(), entries, pool.bytes()), (0, 0, 0), "{order}");
+        }
+    }
+
     /// A write that conflicts: the order is read again, its events applied
     /// to the fresh state and written in the next round, and the state goes
     /// back into the entry it was taken from (one entry, not taken). A
