@@ -5,8 +5,8 @@
 //! rayon's never wait on I/O; and freeing on the pool, with nothing back,
 //! what it allocated (a batch's decoded events) and what a shard's one
 //! serial task would otherwise free piece by piece (a durable batch's
-//! inputs, a finished shard's order cache). Must not: be called per
-//! record.
+//! inputs, the orders that left the order cache in a write, a finished
+//! shard's order cache). Must not: be called per record.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;

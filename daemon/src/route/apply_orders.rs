@@ -93,7 +93,12 @@ pub enum Fate {
 /// ([`OrderCaches`]) whose caches together hold at most the pool's bytes:
 /// so the memory for cached orders does not grow with the shards an
 /// instance leases. Dropping a cache (its lease lost or released) frees
-/// its orders.
+/// its orders. The orders that leave it while it lives (pushed out,
+/// replaced, or finished: [`Pool::put`]) are not freed where they leave,
+/// on the runtime worker whose batch put them, but set aside for the
+/// caller to free where it chooses ([`OrderCache::take_gone`]; the router
+/// frees them on the CPU pool, docs/performance.md); what is set aside and
+/// not taken goes with the cache.
 ///
 /// Nothing here is trusted for correctness: a write is conditional on the
 /// version it was decided against, and a rejection decided against a
@@ -102,6 +107,9 @@ pub enum Fate {
 pub struct OrderCache {
     pool: Arc<OrderCaches>,
     owner: u64,
+    /// The states that left this cache since [`OrderCache::take_gone`]
+    /// was last called (at most the orders of the writes in between).
+    gone: Mutex<Vec<OrderState>>,
 }
 
 /// The pool the order caches of one stream's shards share: at most
@@ -267,7 +275,7 @@ impl OrderCaches {
         let owner = p.next_owner;
         p.next_owner += 1;
         p.owners.insert(owner, Owned { map: HashTable::new(), fifo: VecDeque::new(), cap: cap.max(1), taken: 0 });
-        OrderCache { pool: Arc::clone(self), owner }
+        OrderCache { pool: Arc::clone(self), owner, gone: Mutex::default() }
     }
 
     /// Bytes of cached orders, as estimated, across every cache of the pool.
@@ -373,12 +381,10 @@ impl Pool {
         // An order larger than the whole pool is not kept (it would push
         // every other entry out first, then itself); nor is one completed
         // or cancelled: no event moves it again, and kept it would stay
-        // until pushed out, taking the room of orders in progress, and be
-        // freed then, long cold, by the runtime worker whose put pushed it
-        // out, on a shard's chain (the pipeline bench's stage with the pool
-        // full: docs/performance.md), where freed here it was just
-        // written. A repeat of its events reads it from the table, as
-        // after a restart. The pool's queue is compacted as after an
+        // until pushed out, taking the room of orders in progress (the
+        // pipeline bench's stage with the pool full: docs/performance.md).
+        // A repeat of its events reads it from the table, as after a
+        // restart. The pool's queue is compacted as after an
         // eviction: every order ends here now, not only a rare large one.
         if bytes > self.cap_bytes || state.as_ref().is_some_and(|s| s.status.is_final()) {
             let taken = ticket.and_then(|t| self.remove_taken(owner, t));
@@ -541,7 +547,8 @@ impl OrderCache {
     /// Caches each of `entries` (by its ticket when it was taken), in
     /// order, under one hold of the pool's lock per [`PER_LOCK`] (see
     /// [`OrderCache::take_all`]); the caches' queues are tidied once a
-    /// hold, and the states that left the cache dropped after it.
+    /// hold, and the states that left the cache set aside after it, for
+    /// [`OrderCache::take_gone`].
     fn put_all<'a>(&self, entries: impl IntoIterator<Item = PutBack<'a>>) {
         // Sized outside the lock.
         let sized: Vec<(PutBack<'a>, usize)> = entries
@@ -565,7 +572,19 @@ impl OrderCache {
                 p.tidy(owner);
             }
             self.pool.show(p);
+            drop(guard);
+            let mut gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
+            gone.extend(left.gone.drain(..).flatten());
         }
+    }
+
+    /// The states that left this cache since the last call (pushed out by
+    /// other orders, replaced, or finished), for the caller to free: the
+    /// router hands them to the CPU pool with the batch's events, so that
+    /// neither the cross-thread frees of strings the pool decoded nor a
+    /// cold order's walk falls on the shard's runtime chain.
+    pub fn take_gone(&self) -> Vec<OrderState> {
+        std::mem::take(&mut *self.gone.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Removes the entries of `tickets` still taken: their orders are not
@@ -835,6 +854,23 @@ fn fail(mut fates: Vec<Fate>, groups: &[(&str, Group)], which: &[usize]) -> Vec<
 mod tests {
     use super::*;
     use crate::sinks::dynamodb::refusing_sink;
+
+    #[test]
+    fn what_leaves_the_cache_is_set_aside_for_the_caller_not_freed_on_the_way_out() {
+        let c = OrderCache::new(2);
+        c.put("o1", Some(order(1)));
+        c.put("o2", Some(order(2)));
+        assert!(c.take_gone().is_empty(), "nothing left yet");
+        c.put("o3", Some(order(3)));
+        c.put("o2", Some(order(4)));
+        let gone: Vec<usize> = c.take_gone().iter().map(|s| s.history.len()).collect();
+        assert_eq!(gone, [order(1).history.len(), order(2).history.len()], "pushed out (o1), then replaced (o2's first)");
+        c.put("o3", Some(finished(5)));
+        let gone: Vec<(usize, bool)> = c.take_gone().iter().map(|s| (s.history.len(), s.status.is_final())).collect();
+        assert_eq!(gone, [(3, false), (5, true)], "o3's entry as it was, and its state put finished");
+        assert!(c.take_gone().is_empty());
+        assert_eq!(c.len(), 1, "o2 is left");
+    }
 
     #[test]
     fn the_cache_is_bounded_and_forgets_oldest_first() {
@@ -1238,6 +1274,12 @@ mod tests {
         assert_eq!(store.table.lock().expect("lock")["o1"].status, OrderStatus::Completed, "written");
         assert_eq!((cache.get("o1"), cache.get("o2")), (None, None), "a final order stayed in the cache");
         assert_eq!(cache.get("o3").flatten().map(|s| s.status), Some(OrderStatus::Placed));
+        // Set aside for the caller to free (the router: on the CPU pool),
+        // not freed on the way out.
+        let mut gone: Vec<OrderStatus> = cache.take_gone().iter().map(|s| s.status).collect();
+        gone.sort_by_key(|s| s.name());
+        assert_eq!(gone, [OrderStatus::Cancelled, OrderStatus::Completed], "the finished orders, set aside");
+        assert!(cache.take_gone().is_empty(), "taken once");
         check(&pool, "after the final writes");
         let (entries, o3) = (pool.lock().entries, footprint("o3", store.table.lock().expect("lock").get("o3")));
         assert_eq!((cache.len(), entries, pool.bytes()), (1, 1, o3), "o3 alone is left");

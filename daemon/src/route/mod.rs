@@ -376,10 +376,13 @@ impl Router {
         // holds for a retry is only let go of here (the part hands it to the
         // pool when it is durable): no job for that. The payments scored
         // here against the shared history were made on this worker: they
-        // stay.
+        // stay. The orders that left the cache in this write (finished,
+        // pushed out) go with them: their histories hold strings the pool
+        // decoded, and a pushed-out order is cold (docs/performance.md).
         order_events.retain(|e| Arc::strong_count(e) == 1);
-        if !(payments.is_empty() && menus.is_empty() && order_events.is_empty()) {
-            self.pool.drop_on_pool((payments, menus, order_events));
+        let gone = orders.take_gone();
+        if !(payments.is_empty() && menus.is_empty() && order_events.is_empty() && gone.is_empty()) {
+            self.pool.drop_on_pool((payments, menus, order_events, gone));
         }
         outcomes
     }
@@ -494,5 +497,62 @@ mod tests {
         // A shard's order cache, when its task ends.
         router.free_cache(OrderCache::new(3));
         assert_eq!(router.pool.handed_to_free(), 3, "the cache handed to the pool");
+    }
+
+    /// An order store that has no order and takes every write.
+    #[derive(Debug)]
+    struct Accepting;
+
+    impl OrderStore for Accepting {
+        fn read_orders<'a>(
+            &'a self,
+            _: &'a [String],
+        ) -> futures::future::BoxFuture<
+            'a,
+            Result<std::collections::HashMap<String, pipeline::orders::OrderState>, crate::aws::AwsError>,
+        > {
+            Box::pin(async { Ok(std::collections::HashMap::new()) })
+        }
+
+        fn write_orders<'a>(
+            &'a self,
+            writes: &'a [pipeline::decided::OrderChange],
+            _: &'a str,
+            _: usize,
+        ) -> futures::future::BoxFuture<'a, Vec<crate::sinks::dynamodb::order_items::OrderWriteOutcome>> {
+            let n = writes.len();
+            Box::pin(async move { vec![crate::sinks::dynamodb::order_items::OrderWriteOutcome::Written; n] })
+        }
+    }
+
+    /// The orders that leave the cache in a write (here one placed and
+    /// cancelled in the batch) are freed on the CPU pool with the batch's
+    /// events, not on the runtime worker that wrote them, even when a
+    /// shard's part still holds the events.
+    #[tokio::test]
+    async fn the_orders_that_leave_the_cache_in_a_write_are_freed_on_the_pool() {
+        let router = Router { orders: Arc::new(Accepting), ..refusing_router() };
+        let ts = now_rfc3339();
+        let event = |id: &str, kind: &str, data: &str| Input {
+            data: format!(r#"{{"v":1,"id":"{id}","type":"{kind}","ts":"{ts}","store":"s1","data":{data}}}"#).into_bytes(),
+            position: Position::Text(id.to_owned()),
+        };
+        let batch = router
+            .decide(vec![
+                event(
+                    "e1",
+                    "order.placed",
+                    r#"{"order_id":"o1","customer_id":"c","channel":"web","items":[{"sku":"a","qty":1,"unit_price_cents":250}],"total_cents":250}"#,
+                ),
+                event("e2", "order.status", r#"{"order_id":"o1","status":"cancelled"}"#),
+            ])
+            .await;
+        let kept = batch.decided.clone();
+        let cache = OrderCache::new(3);
+        let (_, outcomes) = router.write("orders", batch, &cache).await;
+        assert_eq!(outcomes, [Outcome::Written, Outcome::Written]);
+        assert!(cache.is_empty() && cache.take_gone().is_empty(), "the cancelled order left the cache and was handed on");
+        assert_eq!(router.pool.handed_to_free(), 1, "its state handed to the pool (the events are the part's)");
+        drop(kept);
     }
 }
