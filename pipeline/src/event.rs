@@ -470,6 +470,17 @@ fn non_empty(field: &str, value: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// [`non_empty`] for a field whose name is made for the message only
+/// (a line's index in it): nothing is formatted when the value is fine,
+/// as it is for nearly every event (an order's every line came through
+/// here; a `format!` a line was 4% of decoding an order event).
+fn non_empty_at(field: impl FnOnce() -> String, value: &str) -> Result<(), Rejection> {
+    if value.is_empty() || value.len() > 256 {
+        return non_empty(&field(), value);
+    }
+    Ok(())
+}
+
 fn all_chars(field: &str, value: &str, len: usize, ok: impl Fn(char) -> bool, what: &str) -> Result<(), Rejection> {
     if value.len() != len || !value.chars().all(ok) {
         return Err(Rejection::schema(format!("data.{field} must be {len} {what}")));
@@ -485,7 +496,7 @@ fn validate_order(o: OrderPlaced) -> Result<OrderPlaced, Rejection> {
     }
     let mut sum: u64 = 0;
     for (i, line) in o.items.iter().enumerate() {
-        non_empty(&format!("items[{i}].sku"), &line.sku)?;
+        non_empty_at(|| format!("items[{i}].sku"), &line.sku)?;
         if !(1..=1000).contains(&line.qty) {
             return Err(Rejection::schema(format!("data.items[{i}].qty must be 1..1000, got {}", line.qty)));
         }
@@ -663,6 +674,24 @@ mod tests {
         let mut v = order_json(0);
         v["data"]["items"] = serde_json::json!([]);
         assert_eq!(decode_value(&v).expect_err("rejected").reason, RejectReason::Schema);
+    }
+
+    /// A line's sku is checked as any other field, and named by its index
+    /// (the name made only for the message).
+    #[test]
+    fn an_empty_or_long_sku_is_schema_and_names_its_line() {
+        for (sku, said) in [
+            (String::new(), "data.items[1].sku must not be empty"),
+            ("s".repeat(257), "data.items[1].sku is longer than 256 bytes"),
+        ] {
+            let mut v = order_json(1950);
+            v["data"]["items"][1]["sku"] = sku.into();
+            let r = decode_value(&v).expect_err("rejected");
+            assert_eq!((r.reason, r.detail.as_str()), (RejectReason::Schema, said));
+        }
+        let mut v = order_json(1950);
+        v["data"]["items"][1]["sku"] = "s".repeat(256).into();
+        decode_value(&v).expect("a sku of 256 bytes is valid");
     }
 
     #[test]
