@@ -44,8 +44,8 @@
 //! - orders `shard stage, order cache full`: the same, the shard's cache
 //!   in a pool of order caches that a sibling shard's orders in progress
 //!   fill to its bound before the run (`full_pool`): the run's orders
-//!   push the sibling's out, and each put frees what it pushed out, on the
-//!   runtime worker that puts (a backlog holds the pool at its bound).
+//!   push the sibling's out, and each write hands what it pushed out to
+//!   the CPU pool to be freed (a backlog holds the pool at its bound).
 //!   The sibling's cache is the run's output, dropped after the timing.
 //! - orders `shard stage through the SDK`: the same, with the daemon's own
 //!   order store, the DynamoDB sink, writing to that in-memory DynamoDB:
@@ -467,7 +467,8 @@ const SIBLING_ORDERS: u64 = 2 * ORDERS;
 /// [`SIBLING_ORDERS`] orders in progress (placed and moved through every
 /// status but the last), exactly the pool's bytes. The run's orders in
 /// progress then push out the oldest of the sibling's (none used since),
-/// and every put of a batch frees what it pushed out: a shard read while
+/// and every write of a batch hands what it pushed out to the CPU pool to
+/// be freed: a shard read while
 /// the pool's bound is reached (a backlog of many orders at once). The
 /// sibling's orders are decoded and applied afresh for each run, so that
 /// what the run frees is no other run's (a copy of a state would share

@@ -93,12 +93,16 @@ pub enum Fate {
 /// ([`OrderCaches`]) whose caches together hold at most the pool's bytes:
 /// so the memory for cached orders does not grow with the shards an
 /// instance leases. Dropping a cache (its lease lost or released) frees
-/// its orders. The orders that leave it while it lives (pushed out,
-/// replaced, or finished: [`Pool::put`]) are not freed where they leave,
-/// on the runtime worker whose batch put them, but set aside for the
-/// caller to free where it chooses ([`OrderCache::take_gone`]; the router
-/// frees them on the CPU pool, docs/performance.md); what is set aside and
-/// not taken goes with the cache.
+/// its orders. The orders its puts make leave the pool (its own, replaced,
+/// finished or pushed out by its bound, and other caches' orders pushed
+/// out by the pool's: [`Pool::put`]) are not freed where they leave, on
+/// the runtime worker whose batch put them, but set aside for the caller
+/// to free where it chooses ([`OrderCache::take_gone`]; the router frees
+/// them on the CPU pool at the end of each write, docs/performance.md);
+/// what is set aside and not taken goes with the cache. Set aside, they
+/// are outside the pool's byte bound until then: about as many bytes as
+/// the puts since brought in, or twice that (a pushed-out order and the
+/// state that replaced it).
 ///
 /// Nothing here is trusted for correctness: a write is conditional on the
 /// version it was decided against, and a rejection decided against a
@@ -107,8 +111,9 @@ pub enum Fate {
 pub struct OrderCache {
     pool: Arc<OrderCaches>,
     owner: u64,
-    /// The states that left this cache since [`OrderCache::take_gone`]
-    /// was last called (at most the orders of the writes in between).
+    /// The states this cache's puts made leave the pool since
+    /// [`OrderCache::take_gone`] was last called (see above for their
+    /// bound).
     gone: Mutex<Vec<OrderState>>,
 }
 
@@ -200,8 +205,9 @@ struct Taken {
 type PutBack<'a> = (Cow<'a, str>, Option<OrderState>, Option<Ticket>);
 
 /// What a batch of puts leaves behind: the other caches whose entries it
-/// evicted (to tidy), and the states that left the cache (to drop once
-/// the pool's lock is let go: an order's history is a few dozen frees).
+/// evicted (to tidy), and the states that left the pool (set aside once
+/// the pool's lock is let go, for [`OrderCache::take_gone`]: an order's
+/// history is a few dozen frees).
 #[derive(Default)]
 struct Left {
     shrunk: Vec<u64>,
@@ -367,8 +373,9 @@ impl Pool {
     /// from one that is still there, else into the entry for `id` or a new
     /// one; then evicts to the cache's bound and the pool's. The other
     /// caches an eviction shrank (for [`Pool::tidy`], which the caller
-    /// runs) and the states that leave (evicted, or replaced) are added to
-    /// `left`, for the caller to drop once it has let go of the lock.
+    /// runs) and the states that leave (evicted, replaced, or finished) are
+    /// added to `left`, for the caller to set aside once it has let go of
+    /// the lock.
     fn put(
         &mut self,
         owner: u64,
@@ -539,7 +546,9 @@ impl OrderCache {
     /// Caches `state` as `id`'s. An owned `id` (from `take`, or one the
     /// caller made anyway) becomes the entry's copy of the id. (The
     /// daemon puts a batch's orders at once, [`OrderCache::put_all`]; the
-    /// pipeline bench fills a cache with this.)
+    /// pipeline bench fills a cache with this.) What the put makes leave
+    /// the pool is set aside until [`OrderCache::take_gone`] or the
+    /// cache's drop: a caller that keeps the cache takes it.
     pub fn put<'a>(&self, id: impl Into<Cow<'a, str>>, state: Option<OrderState>) {
         self.put_all([(id.into(), state, None)]);
     }
@@ -578,8 +587,8 @@ impl OrderCache {
         }
     }
 
-    /// The states that left this cache since the last call (pushed out by
-    /// other orders, replaced, or finished), for the caller to free: the
+    /// The states this cache's puts made leave the pool since the last
+    /// call (pushed out, replaced, or finished), for the caller to free: the
     /// router hands them to the CPU pool with the batch's events, so that
     /// neither the cross-thread frees of strings the pool decoded nor a
     /// cold order's walk falls on the shard's runtime chain.

@@ -242,6 +242,11 @@ impl Router {
             Err(crate::bridge::Panicked(message)) => {
                 StagePanicked { stage: Stage::Write, events: inputs.len(), message: &message }.emit(&self.metrics);
                 orders.clear();
+                // What the write had set aside goes as it would have.
+                let gone = orders.take_gone();
+                if !gone.is_empty() {
+                    self.pool.drop_on_pool(gone);
+                }
                 let failed = vec![Outcome::Failed; inputs.len()];
                 (inputs, failed)
             }
