@@ -444,6 +444,49 @@ fn rejected_event(input: &Input, r: &Rejection, source: &str) -> RejectedEvent {
     }
 }
 
+/// What the tests of more than one module share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::collections::HashMap;
+
+    /// Orders in memory, each written only at the version its write read
+    /// (as the table's condition does): what the shard made durable.
+    #[derive(Debug, Default)]
+    pub(crate) struct MemoryOrders(pub(crate) std::sync::Mutex<HashMap<String, pipeline::orders::OrderState>>);
+
+    impl crate::route::OrderStore for MemoryOrders {
+        fn read_orders<'a>(
+            &'a self,
+            ids: &'a [String],
+        ) -> futures::future::BoxFuture<'a, Result<HashMap<String, pipeline::orders::OrderState>, crate::aws::AwsError>> {
+            let held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let found = ids.iter().filter_map(|id| Some((id.clone(), held.get(id)?.clone()))).collect();
+            Box::pin(std::future::ready(Ok(found)))
+        }
+
+        fn write_orders<'a>(
+            &'a self,
+            writes: &'a [pipeline::decided::OrderChange],
+            _: &'a str,
+            _: usize,
+        ) -> futures::future::BoxFuture<'a, Vec<crate::sinks::dynamodb::order_items::OrderWriteOutcome>> {
+            use crate::sinks::dynamodb::order_items::OrderWriteOutcome;
+            let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let outcomes = writes
+                .iter()
+                .map(|w| {
+                    if held.get(&w.order_id).map(|s| s.history.len()) != w.before {
+                        return OrderWriteOutcome::Conflict;
+                    }
+                    held.insert(w.order_id.clone(), w.after.clone());
+                    OrderWriteOutcome::Written
+                })
+                .collect();
+            Box::pin(std::future::ready(outcomes))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,39 +547,13 @@ mod tests {
         assert_eq!(router.pool.handed_to_free(), 3, "the cache handed to the pool");
     }
 
-    /// An order store that has no order and takes every write.
-    #[derive(Debug)]
-    struct Accepting;
-
-    impl OrderStore for Accepting {
-        fn read_orders<'a>(
-            &'a self,
-            _: &'a [String],
-        ) -> futures::future::BoxFuture<
-            'a,
-            Result<std::collections::HashMap<String, pipeline::orders::OrderState>, crate::aws::AwsError>,
-        > {
-            Box::pin(async { Ok(std::collections::HashMap::new()) })
-        }
-
-        fn write_orders<'a>(
-            &'a self,
-            writes: &'a [pipeline::decided::OrderChange],
-            _: &'a str,
-            _: usize,
-        ) -> futures::future::BoxFuture<'a, Vec<crate::sinks::dynamodb::order_items::OrderWriteOutcome>> {
-            let n = writes.len();
-            Box::pin(async move { vec![crate::sinks::dynamodb::order_items::OrderWriteOutcome::Written; n] })
-        }
-    }
-
     /// The orders that leave the cache in a write (here one placed and
     /// cancelled in the batch) are freed on the CPU pool with the batch's
     /// events, not on the runtime worker that wrote them, even when a
     /// shard's part still holds the events.
     #[tokio::test]
     async fn the_orders_that_leave_the_cache_in_a_write_are_freed_on_the_pool() {
-        let router = Router { orders: Arc::new(Accepting), ..refusing_router() };
+        let router = Router { orders: Arc::new(testing::MemoryOrders::default()), ..refusing_router() };
         let ts = now_rfc3339();
         let event = |id: &str, kind: &str, data: &str| Input {
             data: format!(r#"{{"v":1,"id":"{id}","type":"{kind}","ts":"{ts}","store":"s1","data":{data}}}"#).into_bytes(),

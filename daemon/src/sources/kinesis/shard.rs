@@ -866,43 +866,6 @@ mod tests {
         assert!(ledger.is_empty());
     }
 
-    /// Orders in memory, each written only at the version its write read
-    /// (as the table's condition does): what the shard made durable.
-    #[derive(Debug, Default)]
-    struct MemoryOrders(std::sync::Mutex<HashMap<String, pipeline::orders::OrderState>>);
-
-    impl crate::route::OrderStore for MemoryOrders {
-        fn read_orders<'a>(
-            &'a self,
-            ids: &'a [String],
-        ) -> futures::future::BoxFuture<'a, Result<HashMap<String, pipeline::orders::OrderState>, crate::aws::AwsError>> {
-            let held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            let found = ids.iter().filter_map(|id| Some((id.clone(), held.get(id)?.clone()))).collect();
-            Box::pin(std::future::ready(Ok(found)))
-        }
-
-        fn write_orders<'a>(
-            &'a self,
-            writes: &'a [pipeline::decided::OrderChange],
-            _: &'a str,
-            _: usize,
-        ) -> futures::future::BoxFuture<'a, Vec<crate::sinks::dynamodb::order_items::OrderWriteOutcome>> {
-            use crate::sinks::dynamodb::order_items::OrderWriteOutcome;
-            let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            let outcomes = writes
-                .iter()
-                .map(|w| {
-                    if held.get(&w.order_id).map(|s| s.history.len()) != w.before {
-                        return OrderWriteOutcome::Conflict;
-                    }
-                    held.insert(w.order_id.clone(), w.after.clone());
-                    OrderWriteOutcome::Written
-                })
-                .collect();
-            Box::pin(std::future::ready(outcomes))
-        }
-    }
-
     /// One record of order `order` at sequence `seq`: `order.placed`, or
     /// `order.status` to `status`.
     fn record(seq: u32, order: &str, status: Option<&str>) -> Fetched {
@@ -941,7 +904,7 @@ mod tests {
     async fn a_batch_the_decide_stage_failed_on_writes_before_any_later_batch_is_taken_up() {
         use crate::route::{FraudStateCache, Scoring, Tunables, Tuned, Work};
         let metrics = Arc::new(Metrics::new());
-        let store = Arc::new(MemoryOrders::default());
+        let store = Arc::new(crate::route::testing::MemoryOrders::default());
         let fraud = pipeline::fraud::FraudConfig::default();
         let router = Router {
             dynamodb: crate::sinks::dynamodb::refusing_sink(),
