@@ -577,4 +577,62 @@ mod tests {
         assert_eq!(router.pool.handed_to_free(), 1, "its state handed to the pool (the events are the part's)");
         drop(kept);
     }
+
+    /// An order store with a bug: every write panics.
+    #[derive(Debug)]
+    struct PanicsOnWrite;
+
+    impl OrderStore for PanicsOnWrite {
+        fn read_orders<'a>(
+            &'a self,
+            _: &'a [String],
+        ) -> futures::future::BoxFuture<
+            'a,
+            Result<std::collections::HashMap<String, pipeline::orders::OrderState>, crate::aws::AwsError>,
+        > {
+            Box::pin(std::future::ready(Ok(std::collections::HashMap::new())))
+        }
+
+        fn write_orders<'a>(
+            &'a self,
+            _: &'a [pipeline::decided::OrderChange],
+            _: &'a str,
+            _: usize,
+        ) -> futures::future::BoxFuture<'a, Vec<crate::sinks::dynamodb::order_items::OrderWriteOutcome>> {
+            panic!("the store's bug")
+        }
+    }
+
+    /// A write that panics (a bug) fails its batch and empties the cache,
+    /// and what the cache had set aside still goes to the CPU pool, as
+    /// after a write that ends.
+    #[tokio::test]
+    async fn a_write_that_panics_hands_what_the_cache_set_aside_to_the_pool() {
+        let router = Router { orders: Arc::new(PanicsOnWrite), ..refusing_router() };
+        let state = || pipeline::orders::OrderState {
+            store: "s1".into(),
+            status: pipeline::orders::OrderStatus::Placed,
+            total_cents: 250,
+            item_count: 1,
+            history: Vec::new(),
+        };
+        let cache = OrderCache::new(1);
+        cache.put("x1", Some(state()));
+        // Pushes x1 out: set aside.
+        cache.put("x2", Some(state()));
+        let ts = now_rfc3339();
+        let placed = Input {
+            data: format!(
+                r#"{{"v":1,"id":"e1","type":"order.placed","ts":"{ts}","store":"s1","data":{{"order_id":"o1","customer_id":"c","channel":"web","items":[{{"sku":"a","qty":1,"unit_price_cents":250}}],"total_cents":250}}}}"#
+            )
+            .into_bytes(),
+            position: Position::Text("e1".into()),
+        };
+        let batch = router.decide(vec![placed]).await;
+        let (_, outcomes) = router.write("orders", batch, &cache).await;
+        assert_eq!(outcomes, [Outcome::Failed], "the panicking write fails its batch");
+        assert!(cache.is_empty(), "the cache emptied");
+        assert!(cache.take_gone().is_empty(), "what was set aside was handed on");
+        assert_eq!(router.pool.handed_to_free(), 1, "handed to the pool");
+    }
 }
