@@ -450,9 +450,10 @@ pub(crate) mod testing {
     use std::collections::HashMap;
 
     /// Orders in memory, each written only at the version its write read
-    /// (as the table's condition does): what the shard made durable.
+    /// (as the table's condition does): what the shard made durable. With
+    /// its second field set, every write panics instead (a store's bug).
     #[derive(Debug, Default)]
-    pub(crate) struct MemoryOrders(pub(crate) std::sync::Mutex<HashMap<String, pipeline::orders::OrderState>>);
+    pub(crate) struct MemoryOrders(pub(crate) std::sync::Mutex<HashMap<String, pipeline::orders::OrderState>>, pub(crate) bool);
 
     impl crate::route::OrderStore for MemoryOrders {
         fn read_orders<'a>(
@@ -471,6 +472,7 @@ pub(crate) mod testing {
             _: usize,
         ) -> futures::future::BoxFuture<'a, Vec<crate::sinks::dynamodb::order_items::OrderWriteOutcome>> {
             use crate::sinks::dynamodb::order_items::OrderWriteOutcome;
+            assert!(!self.1, "the store's bug");
             let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
             let outcomes = writes
                 .iter()
@@ -578,37 +580,13 @@ mod tests {
         drop(kept);
     }
 
-    /// An order store with a bug: every write panics.
-    #[derive(Debug)]
-    struct PanicsOnWrite;
-
-    impl OrderStore for PanicsOnWrite {
-        fn read_orders<'a>(
-            &'a self,
-            _: &'a [String],
-        ) -> futures::future::BoxFuture<
-            'a,
-            Result<std::collections::HashMap<String, pipeline::orders::OrderState>, crate::aws::AwsError>,
-        > {
-            Box::pin(std::future::ready(Ok(std::collections::HashMap::new())))
-        }
-
-        fn write_orders<'a>(
-            &'a self,
-            _: &'a [pipeline::decided::OrderChange],
-            _: &'a str,
-            _: usize,
-        ) -> futures::future::BoxFuture<'a, Vec<crate::sinks::dynamodb::order_items::OrderWriteOutcome>> {
-            panic!("the store's bug")
-        }
-    }
-
     /// A write that panics (a bug) fails its batch and empties the cache,
     /// and what the cache had set aside still goes to the CPU pool, as
     /// after a write that ends.
     #[tokio::test]
     async fn a_write_that_panics_hands_what_the_cache_set_aside_to_the_pool() {
-        let router = Router { orders: Arc::new(PanicsOnWrite), ..refusing_router() };
+        let panics_on_write = testing::MemoryOrders(std::sync::Mutex::default(), true);
+        let router = Router { orders: Arc::new(panics_on_write), ..refusing_router() };
         let state = || pipeline::orders::OrderState {
             store: "s1".into(),
             status: pipeline::orders::OrderStatus::Placed,
