@@ -68,18 +68,21 @@ over without delivering it, as at the first invisible one.
 `test_moto_launcher.py` moves the clock a millisecond per read and tries
 every point of the walk.
 
-SQS long polls return as soon as a message can be delivered; moto's wake
-only for a new message. A long poll waits on the queue's condition while
+SQS long polls return once a message can be delivered; moto's wake only
+for a new message. A long poll waits on the queue's condition while
 nothing is deliverable, and in a FIFO queue that includes every visible
 message behind its group's message in flight; a delete or a give-back
-that freed the group did not wake it, so the poll slept out its pass (a
-second, the cap above). Measured: in cold-start's tail, where each
-message left waited behind its group, a group's last payments were
-decided about a second apart, the server idle between them (10,000
-payments: the last 36 came 0.5 to 2 s after the rest). The fix wakes the
-long polls on every delete and on every give-back that makes a message
-visible. A visibility timeout that runs out is still noticed at the next
-pass (at most a second).
+that freed the group did not wake it, so the poll slept out its wait (up
+to a second: `_serialised_receive` caps each wait there). Measured: in
+cold-start's tail, where each message left waited behind its group, a
+group's last payments were decided about a second apart, the server idle
+between them (10,000 payments: the last 36 came 0.5 to 2 s after the
+rest). The fix wakes the long polls on a FIFO delete (a standard queue's
+frees nothing), on a give-back that makes a message visible, and after a
+receive pass that moved messages to the dead-letter queue (a group's next
+message may lead now); a woken poll passes again within its 20 ms pacing.
+A visibility timeout that runs out wakes nothing: it is noticed at the
+next pass, at most a second later.
 
 SQS lets ChangeMessageVisibility hide a message that is not in flight: a
 message visible again (its timeout ran out, or it was given back) is made
@@ -505,8 +508,9 @@ def _indexed_delete(self, receipt_handle):
         self.deleted_messages.update(message.all_receipt_handles)
         _holder.pop(message, None)
         # The next message of its group may be deliverable now: wake the
-        # long polls (the docstring's "SQS long polls return as soon as").
-        self._messages_lock.notify_all()
+        # long polls (the docstring's "SQS long polls return once").
+        if self.fifo_queue and message.group_id is not None:
+            self._messages_lock.notify_all()
 
 
 def _indexed_change_visibility(self, queue_name, receipt_handle, visibility_timeout):
@@ -614,7 +618,12 @@ def _serialised_receive(receive):
             # delete's copy taken before that removal and put in place after
             # it would bring the message back (see the docstring).
             with lock, queue._messages_lock:
+                held = len(queue._messages)
                 result = receive(self, queue_name, count, 0, visibility_timeout, message_attribute_names)
+                if len(queue._messages) < held:
+                    # Moved to the dead-letter queue (a receive removes
+                    # nothing else): what waited behind them may lead now.
+                    queue._messages_lock.notify_all()
             remaining = deadline - time.monotonic()
             if result or remaining <= 0:
                 return result

@@ -115,9 +115,20 @@ class ALongPollWakesWhenAGroupFrees(unittest.TestCase):
     payments: the last 36 decided 0.5 to 2 s after the rest, the server
     idle)."""
 
-    def _waits_until(self, free):
+    def _waits_until(self, free, dead_letters=False):
         backend = _backend()
-        name = _fifo_queue(backend)
+        if dead_letters:
+            dlq = _fifo_queue(backend)
+            name = f"selftest-{uuid.uuid4().hex[:12]}.fifo"
+            target = backend.get_queue(dlq).queue_arn
+            backend.create_queue(
+                name,
+                FifoQueue="true",
+                ContentBasedDeduplication="true",
+                RedrivePolicy=json.dumps({"deadLetterTargetArn": target, "maxReceiveCount": "1"}),
+            )
+        else:
+            name = _fifo_queue(backend)
         backend.send_message(name, "m0", group_id="g")
         backend.send_message(name, "m1", group_id="g")
         (head,) = backend.receive_message(name, 1, 0, 30)
@@ -149,6 +160,19 @@ class ALongPollWakesWhenAGroupFrees(unittest.TestCase):
     def test_a_give_back_that_frees_a_group_wakes_the_long_polls(self):
         got = self._waits_until(lambda backend, name, handle: backend.change_message_visibility(name, handle, 0))
         self.assertEqual(got, ["m0", "m1"])
+
+    def test_a_receive_that_moves_a_group_s_message_to_the_dead_letter_queue_wakes_the_long_polls(self):
+        def timed_out_then_moved(backend, name, handle):
+            queue = backend.get_queue(name)
+            (head,) = [m for m in queue._messages if m.body == "m0"]
+            # Its visibility runs out (which wakes no poll) ...
+            head.change_visibility(0)
+            # ... and another receive's pass moves it, received once, to
+            # the dead-letter queue, passing over m1 behind it.
+            self.assertEqual(backend.receive_message(name, 10, 0, 30), [])
+
+        got = self._waits_until(timed_out_then_moved, dead_letters=True)
+        self.assertEqual(got, ["m1"])
 
 
 class ADeleteDuringADeadLetterMove(unittest.TestCase):
