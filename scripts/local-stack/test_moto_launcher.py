@@ -32,9 +32,15 @@ def _standard_queue(backend):
     return name
 
 
-def _fifo_queue(backend):
+def _fifo_queue(backend, dead_letters=None):
+    """A FIFO queue; with `dead_letters` (another queue's name), a message
+    received once goes there on its next receive."""
     name = f"selftest-{uuid.uuid4().hex[:12]}.fifo"
-    backend.create_queue(name, FifoQueue="true", ContentBasedDeduplication="true", VisibilityTimeout="30")
+    redrive = {}
+    if dead_letters is not None:
+        target = backend.get_queue(dead_letters).queue_arn
+        redrive["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": target, "maxReceiveCount": "1"})
+    backend.create_queue(name, FifoQueue="true", ContentBasedDeduplication="true", VisibilityTimeout="30", **redrive)
     return name
 
 
@@ -107,9 +113,10 @@ class AGroupTurningVisibleDuringAWalk(unittest.TestCase):
 class ALongPollWakesWhenAGroupFrees(unittest.TestCase):
     """A FIFO queue whose every visible message waits behind its group's
     message in flight: a long poll waits on the queue's condition, and
-    SQS answers it as soon as the group frees. moto woke it only for a new
-    message, so the poll slept its full pass (up to a second, the
-    launcher's cap) after the delete or give-back that freed the group:
+    SQS answers it once the group frees. moto woke it only for a new
+    message, so the poll slept its full wait (up to a second, the
+    launcher's cap) after the delete, give-back or dead-letter move that
+    freed the group:
     in cold-start's tail, where every message left waited behind its
     group, each of a group's last payments waited about a second (10,000
     payments: the last 36 decided 0.5 to 2 s after the rest, the server
@@ -117,18 +124,7 @@ class ALongPollWakesWhenAGroupFrees(unittest.TestCase):
 
     def _waits_until(self, free, dead_letters=False):
         backend = _backend()
-        if dead_letters:
-            dlq = _fifo_queue(backend)
-            name = f"selftest-{uuid.uuid4().hex[:12]}.fifo"
-            target = backend.get_queue(dlq).queue_arn
-            backend.create_queue(
-                name,
-                FifoQueue="true",
-                ContentBasedDeduplication="true",
-                RedrivePolicy=json.dumps({"deadLetterTargetArn": target, "maxReceiveCount": "1"}),
-            )
-        else:
-            name = _fifo_queue(backend)
+        name = _fifo_queue(backend, _fifo_queue(backend) if dead_letters else None)
         backend.send_message(name, "m0", group_id="g")
         backend.send_message(name, "m1", group_id="g")
         (head,) = backend.receive_message(name, 1, 0, 30)
@@ -186,12 +182,7 @@ class ADeleteDuringADeadLetterMove(unittest.TestCase):
         # for half a second, when the delete waits for the receive instead).
         backend = _backend()
         dlq = _fifo_queue(backend)
-        name = f"selftest-{uuid.uuid4().hex[:12]}.fifo"
-        backend.create_queue(
-            name,
-            FifoQueue="true",
-            RedrivePolicy=json.dumps({"deadLetterTargetArn": backend.get_queue(dlq).queue_arn, "maxReceiveCount": "1"}),
-        )
+        name = _fifo_queue(backend, dlq)
         backend.send_message(name, "other", group_id="g2", deduplication_id="o")
         backend.send_message(name, "poison", group_id="g1", deduplication_id="p")
         # "other" in flight (its delete is valid); "poison" received once and
