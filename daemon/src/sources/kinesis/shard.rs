@@ -477,7 +477,7 @@ fn order_keys(batch: &DecidedBatch, claims: &Claims) -> Vec<Option<OrderKey>> {
 /// one part, to write alone.
 fn split(no: u64, batch: DecidedBatch, keys: Vec<Option<OrderKey>>, claims: &mut Claims) -> (Option<Part>, Option<Part>) {
     if batch.decided.iter().any(|d| matches!(d, Decided::Failed)) {
-        let claim = claims.claim(&[]);
+        let claim = claims.claim(&mut Vec::new());
         return (None, Some(Part { no, claim, orders: Vec::new(), alone: true, batch }));
     }
     // Each event's order, claimed or not by a part in flight.
@@ -486,9 +486,7 @@ fn split(no: u64, batch: DecidedBatch, keys: Vec<Option<OrderKey>>, claims: &mut
         if batch.inputs.is_empty() {
             return None;
         }
-        orders.sort_unstable();
-        orders.dedup();
-        let claim = claims.claim(&orders);
+        let claim = claims.claim(&mut orders);
         Some(Part { no, claim, orders, alone: false, batch })
     };
     if !held.contains(&true) {
@@ -561,13 +559,20 @@ impl Claims {
         self.lines.contains_key(&order)
     }
 
-    /// Puts a new part in line for `orders`; its claim.
-    fn claim(&mut self, orders: &[OrderKey]) -> u64 {
+    /// Puts a new part in line for `orders`, once each: a repeat (an
+    /// order with several events in the part) leaves `orders`, found in
+    /// the line it would join (no sort of the part's orders); its claim.
+    fn claim(&mut self, orders: &mut Vec<OrderKey>) -> u64 {
         let claim = self.next;
         self.next += 1;
-        for &o in orders {
-            self.lines.entry(o).or_default().push(claim);
-        }
+        orders.retain(|&o| {
+            let line = self.lines.entry(o).or_default();
+            let first_here = line.last() != Some(&claim);
+            if first_here {
+                line.push(claim);
+            }
+            first_here
+        });
         claim
     }
 
@@ -812,6 +817,29 @@ mod tests {
         assert!(claims.first_for_all(&third));
         claims.release(third.claim, &third.orders);
         claims.release(free.claim, &free.orders);
+        assert!(claims.lines.is_empty());
+    }
+
+    #[test]
+    fn a_part_claims_each_of_its_orders_once_however_many_events_it_has() {
+        let mut claims = Claims::default();
+        let events =
+            vec![order_event("a", 0), order_event("b", 0), order_event("a", 1), order_event("a", 2), order_event("b", 1)];
+        let (part, none) = split_(0, batch(events), &mut claims);
+        let part = part.expect("free part");
+        assert!(none.is_none());
+        let (a, b) = (claims.key("a"), claims.key("b"));
+        assert_eq!(part.orders, [a, b], "each order once, in the order of its first event");
+        assert!([a, b].iter().all(|k| claims.lines[k].as_slice() == [part.claim]));
+        // The next part with a's and b's events waits behind it, once each too.
+        let (none, held) = split_(1, batch(vec![order_event("b", 2), order_event("b", 3), order_event("a", 3)]), &mut claims);
+        let held = held.expect("held part");
+        assert!(none.is_none());
+        assert_eq!(held.orders, [b, a]);
+        assert!([a, b].iter().all(|k| claims.lines[k].as_slice() == [part.claim, held.claim]));
+        claims.release(part.claim, &part.orders);
+        assert!(claims.first_for_all(&held));
+        claims.release(held.claim, &held.orders);
         assert!(claims.lines.is_empty());
     }
 
