@@ -22,7 +22,9 @@
 #                  of seconds, not of one second) drained by a bare
 #                  GetRecords reader, written by a bare DynamoDB writer (the
 #                  daemon's items, packed as the daemon packs them), then
-#                  by the daemon;
+#                  by the daemon, then by the bare reader and writer at
+#                  once (a bare client making the daemon's reads and
+#                  writes, neither waiting on the other);
 #        menu      menu-sync, 10,000 items with images;
 #        memory    a backlog of 1,000,000 order records on the stream, the
 #                  daemon started into it and its resident memory sampled

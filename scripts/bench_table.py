@@ -291,6 +291,11 @@ e2e_row(
     ],
     e2e=(pay["e2e_p50_ms"], pay["e2e_p99_ms"]),
 )
+# The two at once: a bare client making the daemon's reads and writes
+# (runs before it was measured have none).
+orders_at_once = [
+    ("bare reader and writer at once", orders["bare_read_write_records_per_sec"], orders["ratio_to_reads_writes"])
+] if "bare_read_write_records_per_sec" in orders else []
 e2e_row(
     "orders (backlog)",
     orders["records"],
@@ -300,7 +305,8 @@ e2e_row(
     bare=[
         ("bare reader", orders["bare_records_per_sec"], orders["ratio"]),
         ("bare writer", orders["bare_write_items_per_sec"], orders["ratio_to_writes"]),
-    ],
+    ]
+    + orders_at_once,
 )
 # menu-sync times the kernel itself, over 100 of the run's items just after
 # its drain: this memory-bound work's speed on the host at the time of the

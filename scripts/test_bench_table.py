@@ -103,6 +103,17 @@ class BenchTable(unittest.TestCase):
         self.assertEqual(self.table(env={"CRITERION_HOME": str(home)})[0], table)
         self.assertEqual(self.stderr, "")
 
+    def test_the_orders_bare_reader_and_writer_at_once(self):
+        # Runs before it have no such figure: the stored one.
+        at_once = '"ratio_to_writes":0.768229895392395,"bare_read_write_secs":4.5,' \
+                  '"bare_read_write_records_per_sec":10770.666666666666,"ratio_to_reads_writes":0.8218576458263302}'
+        self.edit("orders.txt", lambda s: s.replace('"ratio_to_writes":0.768229895392395}', at_once))
+        table, figures = self.table()
+        self.assertIn("bare writer 11,523/s: 0.77; bare reader and writer at once 10,771/s: 0.82 |", table)
+        # Nothing else moved.
+        stored_table = (stored / "table.md").read_text()
+        self.assertEqual(table.replace("; bare reader and writer at once 10,771/s: 0.82", ""), stored_table)
+
     def test_a_run_made_again_without_criterion_json_keeps_nothing_and_says_so(self):
         home, _ = self.criterion_home()
         table, _ = self.table(env={"CRITERION_HOME": str(home)})

@@ -7,7 +7,10 @@
 //! (GetRecords on every shard at once, no processing) and times it, then
 //! runs the start command (which starts the daemon on a fresh lease table)
 //! and times the daemon until every order's history is complete in
-//! `cafe-orders`. Must not: be a correctness check (the scenarios are).
+//! `cafe-orders`; then times a bare DynamoDB writer making the daemon's
+//! writes, alone and with the bare reader at once (what a client making
+//! the daemon's reads and writes without processing takes). Must not: be
+//! a correctness check (the scenarios are).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -16,6 +19,7 @@ use anyhow::Context;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -77,6 +81,14 @@ pub struct Throughput {
     pub bare_write_items_per_sec: f64,
     /// daemon records/s over bare writer items/s.
     pub ratio_to_writes: f64,
+    /// Seconds the bare reader and the bare writer took run at once (a bare
+    /// client making the daemon's reads and writes without processing,
+    /// neither waiting on the other), until both had ended.
+    pub bare_read_write_secs: f64,
+    /// Records per second they reached together.
+    pub bare_read_write_records_per_sec: f64,
+    /// daemon records/s over theirs.
+    pub ratio_to_reads_writes: f64,
 }
 
 /// Orders per transaction of the bare writer: with their row, 100 items.
@@ -96,8 +108,14 @@ const BARE_ORDERS_PER_TRANSACTION: usize = 99;
 /// most one takes, as the daemon packs them: on the local stack larger
 /// transactions write more items per second), 16 at once, in waves (every
 /// order's k-th event before any (k+1)-th). Scratch table; returns the
-/// seconds taken.
-async fn bare_write(ddb: &aws_sdk_dynamodb::Client, scratch: &str, orders: &[PlannedOrder]) -> anyhow::Result<f64> {
+/// seconds taken: with `beside` (the bare reader), until both the writes
+/// and it have ended, the two run at once.
+async fn bare_write(
+    ddb: &aws_sdk_dynamodb::Client,
+    scratch: &str,
+    orders: &[PlannedOrder],
+    beside: Option<BoxFuture<'_, anyhow::Result<(usize, f64)>>>,
+) -> anyhow::Result<f64> {
     use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
     create_scratch_table(ddb, scratch).await?;
     let s = |v: &str| AttributeValue::S(v.to_owned());
@@ -116,91 +134,101 @@ async fn bare_write(ddb: &aws_sdk_dynamodb::Client, scratch: &str, orders: &[Pla
     };
     let started = Instant::now();
     let waves = orders.iter().map(|o| o.statuses.len()).max().unwrap_or(0);
-    for k in 0..waves {
-        let wave: Vec<&PlannedOrder> = orders.iter().filter(|o| k < o.statuses.len()).collect();
-        let results: Vec<anyhow::Result<()>> = futures::stream::iter(wave.chunks(BARE_ORDERS_PER_TRANSACTION).enumerate())
-            .map(|(c, chunk)| {
-                let (entry, applied_at) = (&entry, &applied_at);
-                async move {
-                    let mut items = chunk
-                        .iter()
-                        .map(|o| {
-                            let item = if k == 0 {
-                                let put = Put::builder()
-                                    .table_name(scratch)
-                                    .set_item(Some(HashMap::from([
-                                        ("k".to_owned(), s(&o.id)),
-                                        ("store".to_owned(), s(&o.store)),
-                                        ("status".to_owned(), s("placed")),
-                                        ("total_cents".to_owned(), n(o.total_cents())),
-                                        ("item_count".to_owned(), n(o.item_count())),
-                                        ("history".to_owned(), entry(o, 0)),
-                                        ("updated_at".to_owned(), s(applied_at)),
-                                        ("customer_id".to_owned(), s(&o.customer)),
-                                        ("channel".to_owned(), s(if o.bulk { "corporate" } else { "app" })),
-                                    ])))
-                                    .condition_expression("attribute_not_exists(k)")
-                                    .build()?;
-                                TransactWriteItem::builder().put(put).build()
-                            } else {
-                                let update = Update::builder()
-                                    .table_name(scratch)
-                                    .key("k", s(&o.id))
-                                    .update_expression("SET #st = :st, updated_at = :u, history = list_append(history, :h)")
-                                    .condition_expression("size(history) = :n")
-                                    .expression_attribute_names("#st", "status")
-                                    .set_expression_attribute_values(Some(HashMap::from([
-                                        (":st".to_owned(), s(o.statuses[k])),
-                                        (":u".to_owned(), s(applied_at)),
-                                        (":h".to_owned(), entry(o, k)),
-                                        (":n".to_owned(), n(k as u64)),
-                                    ])))
-                                    .build()?;
-                                TransactWriteItem::builder().update(update).build()
-                            };
-                            Ok(item)
-                        })
-                        .collect::<anyhow::Result<Vec<_>>>()?;
-                    let cancels = chunk.iter().filter(|o| o.statuses[k] == "cancelled").count() as u64;
-                    let counters: Vec<(&str, u64)> = if k == 0 {
-                        vec![
-                            ("orders", chunk.len() as u64),
-                            ("order_items", chunk.iter().map(|o| o.item_count()).sum()),
-                            ("revenue_cents", chunk.iter().map(|o| o.total_cents()).sum()),
-                        ]
-                    } else if cancels > 0 {
-                        vec![("orders_cancelled", cancels)]
-                    } else {
-                        Vec::new()
-                    };
-                    if !counters.is_empty() {
-                        let mut expr: Vec<String> = Vec::new();
-                        let mut update = Update::builder().table_name(scratch).key("k", s(&format!("row-{k}-{c}")));
-                        for (i, (name, value)) in counters.iter().enumerate() {
-                            expr.push(format!("#c{i} :c{i}"));
-                            update = update
-                                .expression_attribute_names(format!("#c{i}"), *name)
-                                .expression_attribute_values(format!(":c{i}"), n(*value));
+    let writes = async {
+        for k in 0..waves {
+            let wave: Vec<&PlannedOrder> = orders.iter().filter(|o| k < o.statuses.len()).collect();
+            let results: Vec<anyhow::Result<()>> = futures::stream::iter(wave.chunks(BARE_ORDERS_PER_TRANSACTION).enumerate())
+                .map(|(c, chunk)| {
+                    let (entry, applied_at) = (&entry, &applied_at);
+                    async move {
+                        let mut items = chunk
+                            .iter()
+                            .map(|o| {
+                                let item = if k == 0 {
+                                    let put = Put::builder()
+                                        .table_name(scratch)
+                                        .set_item(Some(HashMap::from([
+                                            ("k".to_owned(), s(&o.id)),
+                                            ("store".to_owned(), s(&o.store)),
+                                            ("status".to_owned(), s("placed")),
+                                            ("total_cents".to_owned(), n(o.total_cents())),
+                                            ("item_count".to_owned(), n(o.item_count())),
+                                            ("history".to_owned(), entry(o, 0)),
+                                            ("updated_at".to_owned(), s(applied_at)),
+                                            ("customer_id".to_owned(), s(&o.customer)),
+                                            ("channel".to_owned(), s(if o.bulk { "corporate" } else { "app" })),
+                                        ])))
+                                        .condition_expression("attribute_not_exists(k)")
+                                        .build()?;
+                                    TransactWriteItem::builder().put(put).build()
+                                } else {
+                                    let update = Update::builder()
+                                        .table_name(scratch)
+                                        .key("k", s(&o.id))
+                                        .update_expression("SET #st = :st, updated_at = :u, history = list_append(history, :h)")
+                                        .condition_expression("size(history) = :n")
+                                        .expression_attribute_names("#st", "status")
+                                        .set_expression_attribute_values(Some(HashMap::from([
+                                            (":st".to_owned(), s(o.statuses[k])),
+                                            (":u".to_owned(), s(applied_at)),
+                                            (":h".to_owned(), entry(o, k)),
+                                            (":n".to_owned(), n(k as u64)),
+                                        ])))
+                                        .build()?;
+                                    TransactWriteItem::builder().update(update).build()
+                                };
+                                Ok(item)
+                            })
+                            .collect::<anyhow::Result<Vec<_>>>()?;
+                        let cancels = chunk.iter().filter(|o| o.statuses[k] == "cancelled").count() as u64;
+                        let counters: Vec<(&str, u64)> = if k == 0 {
+                            vec![
+                                ("orders", chunk.len() as u64),
+                                ("order_items", chunk.iter().map(|o| o.item_count()).sum()),
+                                ("revenue_cents", chunk.iter().map(|o| o.total_cents()).sum()),
+                            ]
+                        } else if cancels > 0 {
+                            vec![("orders_cancelled", cancels)]
+                        } else {
+                            Vec::new()
+                        };
+                        if !counters.is_empty() {
+                            let mut expr: Vec<String> = Vec::new();
+                            let mut update = Update::builder().table_name(scratch).key("k", s(&format!("row-{k}-{c}")));
+                            for (i, (name, value)) in counters.iter().enumerate() {
+                                expr.push(format!("#c{i} :c{i}"));
+                                update = update
+                                    .expression_attribute_names(format!("#c{i}"), *name)
+                                    .expression_attribute_values(format!(":c{i}"), n(*value));
+                            }
+                            let update = update
+                                .update_expression(format!("ADD {}, #ver :one", expr.join(", ")))
+                                .expression_attribute_names("#ver", "version")
+                                .expression_attribute_values(":one", n(1))
+                                .build()?;
+                            items.push(TransactWriteItem::builder().update(update).build());
                         }
-                        let update = update
-                            .update_expression(format!("ADD {}, #ver :one", expr.join(", ")))
-                            .expression_attribute_names("#ver", "version")
-                            .expression_attribute_values(":one", n(1))
-                            .build()?;
-                        items.push(TransactWriteItem::builder().update(update).build());
+                        ddb.transact_write_items().set_transact_items(Some(items)).send().await?;
+                        Ok(())
                     }
-                    ddb.transact_write_items().set_transact_items(Some(items)).send().await?;
-                    Ok(())
-                }
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
-    }
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+            results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+        }
+        anyhow::Ok(())
+    };
+    let done = match beside {
+        Some(read) => match tokio::join!(writes, read) {
+            (Ok(()), Ok(_)) => Ok(()),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        None => writes.await,
+    };
     let secs = started.elapsed().as_secs_f64();
     let _ = ddb.delete_table().table_name(scratch).send().await;
-    Ok(secs)
+    done.map(|()| secs)
 }
 
 /// Waits until every order's history in `table` has all its events.
@@ -436,10 +464,15 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
     let daemon_start_secs = ((first_applied - started_wall).as_seconds_f64()).clamp(0.0, daemon_secs);
     let daemon_drain_secs = (daemon_secs - daemon_start_secs).max(1e-3);
     info!(daemon_secs, "Daemon done; timing a bare DynamoDB writer for the same number of items");
-    let bare_write_secs = bare_write(&ddb, &format!("{}-floor-{run_id}", args.targets.orders_table), &orders).await?;
+    let scratch = format!("{}-floor-{run_id}", args.targets.orders_table);
+    let bare_write_secs = bare_write(&ddb, &scratch, &orders, None).await?;
+    info!(bare_write_secs, "Timing the bare reader and writer at once");
+    let reads = Box::pin(bare_read(&kinesis, stream, records));
+    let bare_read_write_secs = bare_write(&ddb, &format!("{scratch}-rw"), &orders, Some(reads)).await?;
     let bare = records as f64 / bare_read_secs;
     let daemon = records as f64 / daemon_drain_secs;
     let writes = records as f64 / bare_write_secs;
+    let reads_writes = records as f64 / bare_read_write_secs;
     Ok(Throughput {
         orders: orders.len(),
         records,
@@ -454,6 +487,9 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
         bare_write_secs,
         bare_write_items_per_sec: writes,
         ratio_to_writes: daemon / writes,
+        bare_read_write_secs,
+        bare_read_write_records_per_sec: reads_writes,
+        ratio_to_reads_writes: daemon / reads_writes,
     })
 }
 
