@@ -227,16 +227,29 @@ async fn menu_upserts_count_once_and_redshift_survives_an_outage() {
         ));
     }
     bodies.push(bodies[3].clone());
-    bodies.push(menu_event(&format!("{p}-old4"), "st1", "sku-4", &ts(1), "Old name", &image(99, 10), false));
-    bodies.push(menu_event(&format!("{p}-same5"), "st2", "sku-5", &ts(200), "Latte", &image(5, 2000 + 300 * 5), false));
-    bodies.push(menu_event(&format!("{p}-new6"), "st0", "sku-6", &ts(210), "Flat white", &image(606, 5000), false));
-    bodies.push(menu_event(&format!("{p}-same7"), "st1", "sku-7", &ts(220), "Latte", &image(7, 2000 + 300 * 7), false));
+    // The later syncs go once the first 30 are written: from a standard
+    // queue, a later sync received with (or before) its sku's first would
+    // be the first write of the item, and sku-7's "only its version moves"
+    // would not be what is tested (it failed so in CI, 2026-12-07: sku-7's
+    // two syncs decided in one batch, the newer written whole).
+    env.send_menu(&bodies).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.aggregates().await.get("menu_items").copied().unwrap_or(0) < 30 {
+        assert!(Instant::now() < deadline, "the first 30 syncs were not counted in 60 s\n{}", env.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut later = vec![
+        menu_event(&format!("{p}-old4"), "st1", "sku-4", &ts(1), "Old name", &image(99, 10), false),
+        menu_event(&format!("{p}-same5"), "st2", "sku-5", &ts(200), "Latte", &image(5, 2000 + 300 * 5), false),
+        menu_event(&format!("{p}-new6"), "st0", "sku-6", &ts(210), "Flat white", &image(606, 5000), false),
+        menu_event(&format!("{p}-same7"), "st1", "sku-7", &ts(220), "Latte", &image(7, 2000 + 300 * 7), false),
+    ];
     let mut broken: serde_json::Value = serde_json::from_str(&bodies[7]).expect("json");
     broken["id"] = json!(format!("{p}-broken"));
     broken["data"]["image"]["base64"] = json!("not base64 at all!");
-    bodies.push(broken.to_string());
+    later.push(broken.to_string());
     let valid_events = 30 + 4;
-    env.send_menu(&bodies).await;
+    env.send_menu(&later).await;
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let counted = loop {
