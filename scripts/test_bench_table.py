@@ -127,6 +127,18 @@ class BenchTable(unittest.TestCase):
         self.assertFalse((self.run_dir / "criterion.json").exists())
         self.assertNotIn("| order events |", table)
 
+    def test_the_fraud_model_s_interleave_width(self):
+        # A run since the width is the CPU's fastest: the payment kernel's
+        # new name, and the width the kernels bench printed, in both labels.
+        self.edit("criterion.json", lambda s: s.replace("(two chains) + rules", "(chains interleaved) + rules"))
+        self.edit("kernels.txt", lambda s: "fraud model: 8 chains interleaved\n" + s)
+        table, _ = self.table()
+        stored = (pathlib.Path(__file__).parent / "testdata" / "bench-run" / "table.md").read_text()
+        self.assertIn("| payment: decode + model work (10,000 SHA-256, eight payments' chains interleaved) + rules |", table)
+        self.assertIn("| model work, eight payments' chains interleaved on one core, per payment |", table)
+        # Nothing else moved.
+        self.assertEqual(table.replace("eight payments'", "two payments'"), stored)
+
     def test_the_orders_stage_with_the_pool_of_caches_full(self):
         # Runs before it have neither the row nor the line: the stored one.
         self.edit("criterion.json", lambda s: s.replace('"pipeline/orders/shard stage": 1129.9101875,',

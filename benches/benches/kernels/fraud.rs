@@ -36,8 +36,8 @@ fn fraud(c: &mut Criterion) {
     });
     g.throughput(Throughput::Elements(1));
     g.bench_function("model_work 10000 rounds", |b| b.iter(|| black_box(model_work(black_box(&ps[0].0), 10_000))));
-    // The decide stage's form: payments hashed two chains at a time on one
-    // core. Per payment, to set against the line above.
+    // The decide stage's form: payments' chains interleaved on one core,
+    // `LANES` at a time. Per payment, to set against the line above.
     let eight: Vec<_> = ps.iter().take(8).map(|(p, _)| p).collect();
     g.throughput(Throughput::Elements(eight.len() as u64));
     g.bench_function("model_work_many 10000 rounds (per payment)", |b| {
@@ -58,16 +58,18 @@ fn fraud(c: &mut Criterion) {
     });
     // The whole per-payment kernel of the payments path, as the daemon's
     // decide stage runs it: decode and validate the bodies, the model's
-    // work factor (10,000, the default) two payments at a time, the
+    // work factor (10,000, the default) `LANES` payments at a time, the
     // stateful rules. Per payment; scripts/bench.sh takes the CPU-bound
     // ceiling of the path from it.
     let bodies: Vec<String> = (0..1000).map(payment_body).collect();
-    g.throughput(Throughput::Elements(2));
-    g.bench_function("payment: decode + model work 10000 (two chains) + rules", |b| {
+    let lanes = pipeline::fraud::LANES;
+    eprintln!("fraud model: {lanes} chains interleaved");
+    g.throughput(Throughput::Elements(lanes as u64));
+    g.bench_function("payment: decode + model work 10000 (chains interleaved) + rules", |b| {
         let mut engine = FraudEngine::new(FraudConfig { work_factor: 0, ..FraudConfig::default() }).expect("config");
         let mut next = 0usize;
         b.iter(|| {
-            let events: Vec<_> = (0..2)
+            let events: Vec<_> = (0..lanes)
                 .map(|_| {
                     next += 1;
                     pipeline::decode(black_box(bodies[next % bodies.len()].as_bytes())).expect("a valid payment")

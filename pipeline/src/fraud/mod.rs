@@ -436,7 +436,8 @@ mod tests {
 
     #[test]
     fn model_work_many_is_model_work_per_payment() {
-        let ps: Vec<_> = (0..7).map(|i| pay(&format!("p{i}"), "c", &format!("fp{}", i % 3), "d", 1)).collect();
+        // Every count of chunks of eight, four, two and one up to 19.
+        let ps: Vec<_> = (0..19).map(|i| pay(&format!("p{i}"), "c", &format!("fp{}", i % 3), "d", 1)).collect();
         for n in 0..=ps.len() {
             let batch: Vec<_> = ps[..n].iter().collect();
             let want: Vec<_> = batch.iter().map(|p| model_work(p, 50)).collect();
