@@ -50,8 +50,8 @@ pub fn model_work_many(payments: &[&PaymentRequested], rounds: u32) -> Vec<[u8; 
 /// per payment with 2, 4 and 8 (docs/performance.md): on the AMD EPYC
 /// (Zen 5) host this project is measured on 0.22, 0.19 and 0.17 ms; on
 /// the Xeon host 0.30, 0.31 and 0.31. Eight, for the larger gain; timing
-/// the widths at start-up was tried and picked a narrower one in about
-/// one start in ten under the load a daemon starts into.
+/// the widths at start-up was tried and picked a narrower one in 5 of 14
+/// starts into a burst's load.
 pub const LANES: usize = 8;
 // `model_work_many` has a loop for each width it may take.
 const _: () = assert!(LANES.is_power_of_two() && LANES <= 8);
