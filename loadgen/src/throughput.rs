@@ -532,4 +532,46 @@ mod tests {
         assert_eq!(complete.len(), 152);
         assert_eq!(complete, expected);
     }
+
+    /// On the local stack's DynamoDB: timed with a reader beside it, the
+    /// bare writer ends with the reader's error when the reader fails, with
+    /// its own when its writes fail, and with both ended when neither does;
+    /// its scratch table is deleted every time (a failed bench run must not
+    /// leave tables behind on the emulator the next run measures).
+    #[tokio::test]
+    async fn the_writer_beside_a_reader_ends_with_either_s_error_and_deletes_its_table() {
+        std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local stack's DynamoDB (scripts/local-stack/stack.sh env)");
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let scratch = format!("loadgen-rw-{}", crate::coldstart::new_run_id());
+        let orders = plan_backlog(7, 40, 0.1);
+        let gone = |table: String| {
+            let ddb = ddb.clone();
+            async move {
+                let e = ddb.describe_table().table_name(&table).send().await.expect_err("the scratch table deleted");
+                assert!(e.into_service_error().is_resource_not_found_exception(), "{table}");
+            }
+        };
+        let reader = |fails: bool| -> BoxFuture<'static, anyhow::Result<(usize, f64)>> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if fails { Err(anyhow::anyhow!("the reader failed")) } else { Ok((0, 0.05)) }
+            })
+        };
+
+        let secs = bare_write(&ddb, &format!("{scratch}-a"), &orders, Some(reader(false))).await.expect("both ended");
+        assert!(secs >= 0.05, "{secs}");
+        gone(format!("{scratch}-a")).await;
+
+        let e = bare_write(&ddb, &format!("{scratch}-b"), &orders, Some(reader(true))).await.expect_err("the reader's error");
+        assert_eq!(e.to_string(), "the reader failed");
+        gone(format!("{scratch}-b")).await;
+
+        // An order twice in a wave: its transaction is refused.
+        let mut twice = orders.clone();
+        twice.insert(1, orders[0].clone());
+        let e = bare_write(&ddb, &format!("{scratch}-c"), &twice, Some(reader(false))).await.expect_err("the writes' error");
+        assert!(!e.to_string().contains("the reader failed"), "{e:#}");
+        gone(format!("{scratch}-c")).await;
+    }
 }
