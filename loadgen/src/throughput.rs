@@ -499,14 +499,19 @@ mod tests {
 
     use super::*;
 
+    /// A client of the local stack's DynamoDB (scripts/test.sh starts it).
+    async fn local_dynamodb() -> aws_sdk_dynamodb::Client {
+        std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local stack's DynamoDB (scripts/local-stack/stack.sh env)");
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        aws_sdk_dynamodb::Client::new(&sdk)
+    }
+
     /// On the local stack's DynamoDB (scripts/test.sh starts it): an order
     /// is complete only once its history holds the last entry wanted, for
     /// each number wanted, across reads of 100 keys.
     #[tokio::test]
     async fn an_order_is_complete_once_its_last_wanted_history_entry_is_there() {
-        std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local stack's DynamoDB (scripts/local-stack/stack.sh env)");
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let ddb = local_dynamodb().await;
         let table = format!("loadgen-complete-{}", crate::coldstart::new_run_id());
         create_table_keyed(&ddb, &table, "order_id").await.expect("table");
         let entry = |k: usize| AttributeValue::M(HashMap::from([("status".to_owned(), AttributeValue::S(format!("s{k}")))]));
@@ -540,9 +545,7 @@ mod tests {
     /// leave tables behind on the emulator the next run measures).
     #[tokio::test]
     async fn the_writer_beside_a_reader_ends_with_either_s_error_and_deletes_its_table() {
-        std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local stack's DynamoDB (scripts/local-stack/stack.sh env)");
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let ddb = local_dynamodb().await;
         let scratch = format!("loadgen-rw-{}", crate::coldstart::new_run_id());
         let orders = plan_backlog(7, 40, 0.1);
         let gone = |table: String| {
