@@ -196,10 +196,9 @@ pub fn decide_batch(inputs: &[Input], engine: Option<&Mutex<FraudEngine>>, work:
             }
         })
         .collect();
-    // The model's hashing, a few payments per task (every thread a share):
-    // one core runs their hash chains interleaved (`model_work_many`).
-    // Every payment's, scored here or in the write stage against the
-    // shared history.
+    // The model's hashing, a few payments per task: one core runs their
+    // hash chains interleaved (`model_work_many`). Every payment's, scored
+    // here or in the write stage against the shared history.
     let payments: Vec<&PaymentRequested> = decided
         .iter()
         .filter_map(|d| match d {
@@ -207,9 +206,8 @@ pub fn decide_batch(inputs: &[Input], engine: Option<&Mutex<FraudEngine>>, work:
             _ => None,
         })
         .collect();
-    let per_task = fraud::per_task(payments.len(), rayon::current_num_threads());
     let models: Vec<_> =
-        payments.par_chunks(per_task).flat_map_iter(|chunk| model_work_many(chunk, work.fraud_work_factor)).collect();
+        payments.par_chunks(fraud::LANES).flat_map_iter(|chunk| model_work_many(chunk, work.fraud_work_factor)).collect();
     std::hint::black_box(models);
     let Some(engine) = engine else { return decided };
     // Scoring reads and writes history: one thread, arrival order.

@@ -34,7 +34,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use time::OffsetDateTime;
 
 pub use config::{ConfigProblem, FraudConfig, IpRange, RuleWeights, StateStore};
-pub use model::{LANES, model_work, model_work_many, per_task};
+pub use model::{LANES, model_work, model_work_many};
 pub use state::Rules;
 use state::{CardState, CustomerState, DeviceState, KeyState, Keys, KeysMut};
 

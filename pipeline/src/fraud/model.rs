@@ -56,14 +56,6 @@ pub const LANES: usize = 8;
 // `model_work_many` has a loop for each width it may take.
 const _: () = assert!(LANES.is_power_of_two() && LANES <= 8);
 
-/// How many of a batch's `payments` one task of `threads` should hash: up
-/// to [`LANES`], but few enough that every thread has a share (a batch of
-/// eight on two threads is two tasks of four, not one of eight while the
-/// other thread idles).
-pub fn per_task(payments: usize, threads: usize) -> usize {
-    LANES.min(payments.div_ceil(threads.max(1))).max(1)
-}
-
 /// The widest chunk of [`model_work_many`] for `left` payments: [`LANES`],
 /// then halves of it down to one.
 fn width_for(left: usize) -> usize {
@@ -302,16 +294,6 @@ mod tests {
         assert_eq!(widths(7), [4, 2, 1]);
         assert_eq!(widths(8), [8]);
         assert_eq!(widths(19), [8, 8, 2, 1]);
-    }
-
-    #[test]
-    fn a_batch_is_shared_out_to_every_thread_in_chunks_of_at_most_lanes() {
-        // (payments, threads) -> per task
-        for (payments, threads, want) in
-            [(0, 2, 1), (1, 2, 1), (3, 2, 2), (8, 2, 4), (12, 2, 6), (16, 2, 8), (250, 2, 8), (250, 1, 8), (5, 1, 5), (9, 0, 8)]
-        {
-            assert_eq!(per_task(payments, threads), want, "{payments} payments, {threads} threads");
-        }
     }
 
     #[test]
