@@ -116,22 +116,10 @@ async fn bare_write(
     orders: &[PlannedOrder],
     beside: Option<BoxFuture<'_, anyhow::Result<(usize, f64)>>>,
 ) -> anyhow::Result<f64> {
-    use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
     create_scratch_table(ddb, scratch).await?;
-    let s = |v: &str| AttributeValue::S(v.to_owned());
-    let n = |v: u64| AttributeValue::N(v.to_string());
     // The values the daemon writes, of their lengths: an RFC 3339 time with
     // nanoseconds, and a 56-digit sequence number on a named stream's shard.
     let applied_at = OffsetDateTime::now_utc().format(&Rfc3339)?;
-    let entry = |o: &PlannedOrder, k: usize| {
-        AttributeValue::L(vec![AttributeValue::M(HashMap::from([
-            ("status".to_owned(), s(o.statuses[k])),
-            ("ts".to_owned(), s(&applied_at)),
-            ("event_id".to_owned(), s(&o.event_id(k))),
-            ("applied_at".to_owned(), s(&applied_at)),
-            ("pos".to_owned(), s(&format!("cafe-orders:shardId-000000000003/4965{:052}", k))),
-        ]))])
-    };
     let started = Instant::now();
     let waves = orders.iter().map(|o| o.statuses.len()).max().unwrap_or(0);
     let writes = async {
@@ -139,75 +127,9 @@ async fn bare_write(
             let wave: Vec<&PlannedOrder> = orders.iter().filter(|o| k < o.statuses.len()).collect();
             let results: Vec<anyhow::Result<()>> = futures::stream::iter(wave.chunks(BARE_ORDERS_PER_TRANSACTION).enumerate())
                 .map(|(c, chunk)| {
-                    let (entry, applied_at) = (&entry, &applied_at);
+                    let applied_at = &applied_at;
                     async move {
-                        let mut items = chunk
-                            .iter()
-                            .map(|o| {
-                                let item = if k == 0 {
-                                    let put = Put::builder()
-                                        .table_name(scratch)
-                                        .set_item(Some(HashMap::from([
-                                            ("k".to_owned(), s(&o.id)),
-                                            ("store".to_owned(), s(&o.store)),
-                                            ("status".to_owned(), s("placed")),
-                                            ("total_cents".to_owned(), n(o.total_cents())),
-                                            ("item_count".to_owned(), n(o.item_count())),
-                                            ("history".to_owned(), entry(o, 0)),
-                                            ("updated_at".to_owned(), s(applied_at)),
-                                            ("customer_id".to_owned(), s(&o.customer)),
-                                            ("channel".to_owned(), s(if o.bulk { "corporate" } else { "app" })),
-                                        ])))
-                                        .condition_expression("attribute_not_exists(k)")
-                                        .build()?;
-                                    TransactWriteItem::builder().put(put).build()
-                                } else {
-                                    let update = Update::builder()
-                                        .table_name(scratch)
-                                        .key("k", s(&o.id))
-                                        .update_expression("SET #st = :st, updated_at = :u, history = list_append(history, :h)")
-                                        .condition_expression("size(history) = :n")
-                                        .expression_attribute_names("#st", "status")
-                                        .set_expression_attribute_values(Some(HashMap::from([
-                                            (":st".to_owned(), s(o.statuses[k])),
-                                            (":u".to_owned(), s(applied_at)),
-                                            (":h".to_owned(), entry(o, k)),
-                                            (":n".to_owned(), n(k as u64)),
-                                        ])))
-                                        .build()?;
-                                    TransactWriteItem::builder().update(update).build()
-                                };
-                                Ok(item)
-                            })
-                            .collect::<anyhow::Result<Vec<_>>>()?;
-                        let cancels = chunk.iter().filter(|o| o.statuses[k] == "cancelled").count() as u64;
-                        let counters: Vec<(&str, u64)> = if k == 0 {
-                            vec![
-                                ("orders", chunk.len() as u64),
-                                ("order_items", chunk.iter().map(|o| o.item_count()).sum()),
-                                ("revenue_cents", chunk.iter().map(|o| o.total_cents()).sum()),
-                            ]
-                        } else if cancels > 0 {
-                            vec![("orders_cancelled", cancels)]
-                        } else {
-                            Vec::new()
-                        };
-                        if !counters.is_empty() {
-                            let mut expr: Vec<String> = Vec::new();
-                            let mut update = Update::builder().table_name(scratch).key("k", s(&format!("row-{k}-{c}")));
-                            for (i, (name, value)) in counters.iter().enumerate() {
-                                expr.push(format!("#c{i} :c{i}"));
-                                update = update
-                                    .expression_attribute_names(format!("#c{i}"), *name)
-                                    .expression_attribute_values(format!(":c{i}"), n(*value));
-                            }
-                            let update = update
-                                .update_expression(format!("ADD {}, #ver :one", expr.join(", ")))
-                                .expression_attribute_names("#ver", "version")
-                                .expression_attribute_values(":one", n(1))
-                                .build()?;
-                            items.push(TransactWriteItem::builder().update(update).build());
-                        }
+                        let items = bare_items(scratch, k, c, chunk, applied_at)?;
                         ddb.transact_write_items().set_transact_items(Some(items)).send().await?;
                         Ok(())
                     }
@@ -229,6 +151,98 @@ async fn bare_write(
     let secs = started.elapsed().as_secs_f64();
     let _ = ddb.delete_table().table_name(scratch).send().await;
     done.map(|()| secs)
+}
+
+/// One bare transaction's items: wave `k`'s event of each order of
+/// `chunk` (the wave's `c`th), then the counters the daemon adds to the
+/// chunk's aggregate row for that wave, if any.
+fn bare_items(
+    scratch: &str,
+    k: usize,
+    c: usize,
+    chunk: &[&PlannedOrder],
+    applied_at: &str,
+) -> anyhow::Result<Vec<aws_sdk_dynamodb::types::TransactWriteItem>> {
+    use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    let n = |v: u64| AttributeValue::N(v.to_string());
+    let entry = |o: &PlannedOrder, k: usize| {
+        AttributeValue::L(vec![AttributeValue::M(HashMap::from([
+            ("status".to_owned(), s(o.statuses[k])),
+            ("ts".to_owned(), s(applied_at)),
+            ("event_id".to_owned(), s(&o.event_id(k))),
+            ("applied_at".to_owned(), s(applied_at)),
+            ("pos".to_owned(), s(&format!("cafe-orders:shardId-000000000003/4965{:052}", k))),
+        ]))])
+    };
+    let mut items = chunk
+        .iter()
+        .map(|o| {
+            let item = if k == 0 {
+                let put = Put::builder()
+                    .table_name(scratch)
+                    .set_item(Some(HashMap::from([
+                        ("k".to_owned(), s(&o.id)),
+                        ("store".to_owned(), s(&o.store)),
+                        ("status".to_owned(), s("placed")),
+                        ("total_cents".to_owned(), n(o.total_cents())),
+                        ("item_count".to_owned(), n(o.item_count())),
+                        ("history".to_owned(), entry(o, 0)),
+                        ("updated_at".to_owned(), s(applied_at)),
+                        ("customer_id".to_owned(), s(&o.customer)),
+                        ("channel".to_owned(), s(if o.bulk { "corporate" } else { "app" })),
+                    ])))
+                    .condition_expression("attribute_not_exists(k)")
+                    .build()?;
+                TransactWriteItem::builder().put(put).build()
+            } else {
+                let update = Update::builder()
+                    .table_name(scratch)
+                    .key("k", s(&o.id))
+                    .update_expression("SET #st = :st, updated_at = :u, history = list_append(history, :h)")
+                    .condition_expression("size(history) = :n")
+                    .expression_attribute_names("#st", "status")
+                    .set_expression_attribute_values(Some(HashMap::from([
+                        (":st".to_owned(), s(o.statuses[k])),
+                        (":u".to_owned(), s(applied_at)),
+                        (":h".to_owned(), entry(o, k)),
+                        (":n".to_owned(), n(k as u64)),
+                    ])))
+                    .build()?;
+                TransactWriteItem::builder().update(update).build()
+            };
+            Ok(item)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cancels = chunk.iter().filter(|o| o.statuses[k] == "cancelled").count() as u64;
+    let counters: Vec<(&str, u64)> = if k == 0 {
+        vec![
+            ("orders", chunk.len() as u64),
+            ("order_items", chunk.iter().map(|o| o.item_count()).sum()),
+            ("revenue_cents", chunk.iter().map(|o| o.total_cents()).sum()),
+        ]
+    } else if cancels > 0 {
+        vec![("orders_cancelled", cancels)]
+    } else {
+        Vec::new()
+    };
+    if !counters.is_empty() {
+        let mut expr: Vec<String> = Vec::new();
+        let mut update = Update::builder().table_name(scratch).key("k", s(&format!("row-{k}-{c}")));
+        for (i, (name, value)) in counters.iter().enumerate() {
+            expr.push(format!("#c{i} :c{i}"));
+            update = update
+                .expression_attribute_names(format!("#c{i}"), *name)
+                .expression_attribute_values(format!(":c{i}"), n(*value));
+        }
+        let update = update
+            .update_expression(format!("ADD {}, #ver :one", expr.join(", ")))
+            .expression_attribute_names("#ver", "version")
+            .expression_attribute_values(":one", n(1))
+            .build()?;
+        items.push(TransactWriteItem::builder().update(update).build());
+    }
+    Ok(items)
 }
 
 /// Waits until every order's history in `table` has all its events.
