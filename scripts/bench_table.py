@@ -475,19 +475,6 @@ if pay_floor_ns:
             + sdk_part
             + "."
         )
-if "bare_write_own_secs" in orders:
-    # Runs since the bare writers are timed by the daemon's observer too
-    # (loadgen's throughput.rs) have their own clocks' times beside.
-    lines += [
-        "",
-        f"Orders: the daemon's drain and the bare writers' are timed alike, from the first write to the moment the "
-        f"loadgen, reading the orders back as they are written, sees every one complete: the daemon "
-        f"{orders['daemon_drain_secs']:.2f} s, the bare writer alone {orders['bare_write_secs']:.2f} s, with the bare "
-        f"reader at once {orders['bare_read_write_secs']:.2f} s. By the writer's own clock (to its last commit) "
-        f"{orders['bare_write_own_secs']:.2f} and {orders['bare_read_write_own_secs']:.2f} s: the observer's lag, "
-        f"{orders['bare_write_secs'] - orders['bare_write_own_secs']:.2f} s alone, is in the daemon's drain too, which "
-        f"only the observer can see end.",
-    ]
 if menu.get("ceiling"):
     c = menu["ceiling"]
     lines += [

@@ -114,22 +114,6 @@ class BenchTable(unittest.TestCase):
         stored_table = (stored / "table.md").read_text()
         self.assertEqual(table.replace("; bare reader and writer at once 10,771/s: 0.82", ""), stored_table)
 
-    def test_the_orders_bare_writers_own_clocks(self):
-        # Runs before the bare writers were timed by the daemon's observer
-        # have no own-clock times, and no such line (the stored run).
-        own = '"ratio_to_writes":0.768229895392395,"bare_write_own_secs":3.3,"bare_read_write_secs":4.5,' \
-              '"bare_read_write_own_secs":4.1,"bare_read_write_records_per_sec":10770.666666666666,' \
-              '"ratio_to_reads_writes":0.8218576458263302}'
-        self.edit("orders.txt", lambda s: s.replace('"ratio_to_writes":0.768229895392395}', own))
-        table, _ = self.table()
-        line = next(l for l in table.splitlines() if l.startswith("Orders: the daemon's drain"))
-        orders = json.loads((self.run_dir / "orders.txt").read_text().strip().splitlines()[-1])
-        self.assertIn(f"the daemon {orders['daemon_drain_secs']:.2f} s, the bare writer alone "
-                      f"{orders['bare_write_secs']:.2f} s, with the bare reader at once 4.50 s", line)
-        self.assertIn(f"own clock (to its last commit) 3.30 and 4.10 s: the observer's lag, "
-                      f"{orders['bare_write_secs'] - 3.3:.2f} s alone", line)
-        self.assertNotIn("Orders: the daemon's drain", (stored / "table.md").read_text())
-
     def test_a_run_made_again_without_criterion_json_keeps_nothing_and_says_so(self):
         home, _ = self.criterion_home()
         table, _ = self.table(env={"CRITERION_HOME": str(home)})

@@ -9,8 +9,7 @@
 //! and times the daemon until every order's history is complete in
 //! `cafe-orders`; then times a bare DynamoDB writer making the daemon's
 //! writes, alone and with the bare reader at once (what a client making
-//! the daemon's reads and writes without processing takes), seen complete
-//! by the same observer as the daemon. Must not: be
+//! the daemon's reads and writes without processing takes). Must not: be
 //! a correctness check (the scenarios are).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -76,26 +75,16 @@ pub struct Throughput {
     /// daemon records/s over bare records/s.
     pub ratio: f64,
     /// Seconds a bare writer took to make the orders path's DynamoDB writes
-    /// for every record, without the daemon (the sink's floor): from its
-    /// first transaction to every order seen complete by the observer that
-    /// times the daemon's drain, as the daemon's drain is timed.
+    /// for every record, without the daemon (the sink's floor).
     pub bare_write_secs: f64,
-    /// The same writes by the writer's own clock: from its first
-    /// transaction to the last committed (what the observer's lag adds to
-    /// the daemon's drain too, `bare_write_secs` less this).
-    pub bare_write_own_secs: f64,
     /// Items per second the bare writer reached.
     pub bare_write_items_per_sec: f64,
     /// daemon records/s over bare writer items/s.
     pub ratio_to_writes: f64,
     /// Seconds the bare reader and the bare writer took run at once (a bare
     /// client making the daemon's reads and writes without processing,
-    /// neither waiting on the other), until both had ended, the writes
-    /// seen complete by the observer.
+    /// neither waiting on the other), until both had ended.
     pub bare_read_write_secs: f64,
-    /// The same by the writer's own clock (its last commit, and the reader
-    /// ended).
-    pub bare_read_write_own_secs: f64,
     /// Records per second they reached together.
     pub bare_read_write_records_per_sec: f64,
     /// daemon records/s over theirs.
@@ -118,35 +107,19 @@ const BARE_ORDERS_PER_TRANSACTION: usize = 99;
 /// daemon. 99 orders and their row per TransactWriteItems (100 items, the
 /// most one takes, as the daemon packs them: on the local stack larger
 /// transactions write more items per second), 16 at once, in waves (every
-/// order's k-th event before any (k+1)-th). Scratch table. With `beside`
-/// (the bare reader) the two run at once, and the writes end once both
-/// have.
-///
-/// Timed twice: by the writer's own clock, from its first transaction to
-/// the last one committed; and by the observer that times the daemon
-/// ([`wait_complete`], reading the scratch table as the writes go), to the
-/// moment it sees every order complete. The daemon can only be seen from
-/// outside, so its drain ends when the observer sees it end, which is
-/// later than its last commit by the observer's own lag (its poll
-/// interval and its last reads of every order: 0.32-0.44 s at 10,000
-/// orders on the local stack, the bare writer's two times apart in three
-/// runs); the writer's own clock has no lag. So
-/// the writer's time by the observer is the one the daemon's is compared
-/// with, and its own clock is reported beside it. The observer's reads
-/// load the emulator under the writer's writes as they loaded it under
-/// the daemon's.
+/// order's k-th event before any (k+1)-th). Scratch table; returns the
+/// seconds taken: with `beside` (the bare reader), until both the writes
+/// and it have ended, the two run at once.
 async fn bare_write(
     ddb: &aws_sdk_dynamodb::Client,
     scratch: &str,
     orders: &[PlannedOrder],
     beside: Option<BoxFuture<'_, anyhow::Result<(usize, f64)>>>,
-    deadline: Instant,
-) -> anyhow::Result<BareWrite> {
+) -> anyhow::Result<f64> {
     create_scratch_table(ddb, scratch).await?;
     // The values the daemon writes, of their lengths: an RFC 3339 time with
     // nanoseconds, and a 56-digit sequence number on a named stream's shard.
     let applied_at = OffsetDateTime::now_utc().format(&Rfc3339)?;
-    let want: HashMap<String, usize> = orders.iter().map(|o| (o.id.clone(), o.statuses.len())).collect();
     let started = Instant::now();
     let waves = orders.iter().map(|o| o.statuses.len()).max().unwrap_or(0);
     let writes = async {
@@ -168,42 +141,17 @@ async fn bare_write(
         }
         anyhow::Ok(())
     };
-    let ended = async {
-        match beside {
-            Some(read) => match tokio::join!(writes, read) {
-                (Ok(()), Ok(_)) => Ok(()),
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            },
-            None => writes.await,
-        }
-        .map(|()| Instant::now())
+    let done = match beside {
+        Some(read) => match tokio::join!(writes, read) {
+            (Ok(()), Ok(_)) => Ok(()),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        None => writes.await,
     };
-    let seen = async {
-        wait_complete(ddb, scratch, SCRATCH_KEY, orders, &want, deadline).await?;
-        anyhow::Ok(Instant::now())
-    };
-    // An error of either ends both: the observer would otherwise wait for
-    // writes that failed until the deadline.
-    let done = tokio::try_join!(ended, seen);
+    let secs = started.elapsed().as_secs_f64();
     let _ = ddb.delete_table().table_name(scratch).send().await;
-    let (ended, seen) = done?;
-    Ok(BareWrite { own_secs: (ended - started).as_secs_f64(), secs: (seen.max(ended) - started).as_secs_f64() })
+    done.map(|()| secs)
 }
-
-/// A bare writer's time, seen from outside and by its own clock.
-#[derive(Debug, Clone, Copy)]
-struct BareWrite {
-    /// Seconds from its first transaction to the observer seeing every
-    /// order complete (and, at once with the reader, the reader ended):
-    /// the figure the daemon's drain is compared with.
-    secs: f64,
-    /// Seconds from its first transaction to the last committed (and the
-    /// reader ended), by the writer's own clock.
-    own_secs: f64,
-}
-
-/// The key attribute of the bare writer's scratch tables.
-const SCRATCH_KEY: &str = "k";
 
 /// One bare transaction's items: wave `k`'s event of each order of
 /// `chunk` (the wave's `c`th), then the counters the daemon adds to the
@@ -234,7 +182,7 @@ fn bare_items(
                 let put = Put::builder()
                     .table_name(scratch)
                     .set_item(Some(HashMap::from([
-                        (SCRATCH_KEY.to_owned(), s(&o.id)),
+                        ("k".to_owned(), s(&o.id)),
                         ("store".to_owned(), s(&o.store)),
                         ("status".to_owned(), s("placed")),
                         ("total_cents".to_owned(), n(o.total_cents())),
@@ -250,7 +198,7 @@ fn bare_items(
             } else {
                 let update = Update::builder()
                     .table_name(scratch)
-                    .key(SCRATCH_KEY, s(&o.id))
+                    .key("k", s(&o.id))
                     .update_expression("SET #st = :st, updated_at = :u, history = list_append(history, :h)")
                     .condition_expression("size(history) = :n")
                     .expression_attribute_names("#st", "status")
@@ -280,7 +228,7 @@ fn bare_items(
     };
     if !counters.is_empty() {
         let mut expr: Vec<String> = Vec::new();
-        let mut update = Update::builder().table_name(scratch).key(SCRATCH_KEY, s(&format!("row-{k}-{c}")));
+        let mut update = Update::builder().table_name(scratch).key("k", s(&format!("row-{k}-{c}")));
         for (i, (name, value)) in counters.iter().enumerate() {
             expr.push(format!("#c{i} :c{i}"));
             update = update
@@ -311,19 +259,16 @@ fn bare_items(
 async fn wait_complete(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
-    key: &str,
     orders: &[PlannedOrder],
     want: &HashMap<String, usize>,
     deadline: Instant,
 ) -> anyhow::Result<()> {
     const SAMPLE: usize = 100;
-    // Each order once (a key twice in one BatchGetItem is refused).
-    let mut distinct = HashSet::with_capacity(orders.len());
-    let mut incomplete: Vec<String> = orders.iter().filter(|o| distinct.insert(&o.id)).map(|o| o.id.clone()).collect();
+    let mut incomplete: Vec<String> = orders.iter().map(|o| o.id.clone()).collect();
     while !incomplete.is_empty() {
         let sample: Vec<String> = incomplete.iter().rev().take(SAMPLE).cloned().collect();
-        if complete_of(ddb, table, key, &sample, want).await?.len() == sample.len() {
-            let complete = complete_of(ddb, table, key, &incomplete, want).await?;
+        if complete_of(ddb, table, &sample, want).await?.len() == sample.len() {
+            let complete = complete_of(ddb, table, &incomplete, want).await?;
             incomplete.retain(|id| !complete.contains(id));
             if incomplete.is_empty() {
                 break;
@@ -351,7 +296,6 @@ const READS_AT_ONCE: usize = 4;
 async fn complete_of(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
-    key: &str,
     ids: &[String],
     want: &HashMap<String, usize>,
 ) -> anyhow::Result<HashSet<String>> {
@@ -365,12 +309,12 @@ async fn complete_of(
             let Some(last) = n.checked_sub(1) else {
                 return Ok(chunk.to_vec());
             };
-            let projection = format!("{key}, history[{last}]");
-            let items = crate::verify::batch_get_projected(ddb, table, key, chunk, Some(&projection)).await?;
+            let projection = format!("order_id, history[{last}]");
+            let items = crate::verify::batch_get_projected(ddb, table, "order_id", chunk, Some(&projection)).await?;
             Ok(items
                 .into_iter()
                 .filter(|item| item.get("history").and_then(|h| h.as_l().ok()).is_some_and(|l| !l.is_empty()))
-                .filter_map(|item| item.get(key).and_then(|v| v.as_s().ok()).cloned())
+                .filter_map(|item| item.get("order_id").and_then(|v| v.as_s().ok()).cloned())
                 .collect())
         })
         .buffer_unordered(READS_AT_ONCE)
@@ -386,7 +330,7 @@ async fn complete_of(
 /// Creates a scratch table keyed by the string `k` (on demand), for a
 /// bare client's writes.
 pub(crate) async fn create_scratch_table(ddb: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
-    create_table_keyed(ddb, table, SCRATCH_KEY).await
+    create_table_keyed(ddb, table, "k").await
 }
 
 /// Creates `table` (on demand), keyed by the string attribute `key`.
@@ -521,7 +465,7 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
     anyhow::ensure!(status.success(), "start command failed: {status}");
     let want: HashMap<String, usize> = orders.iter().map(|o| (o.id.clone(), o.statuses.len())).collect();
     let deadline = started + Duration::from_secs(args.timeout_secs);
-    wait_complete(&ddb, &args.targets.orders_table, "order_id", &orders, &want, deadline).await?;
+    wait_complete(&ddb, &args.targets.orders_table, &orders, &want, deadline).await?;
     let daemon_secs = started.elapsed().as_secs_f64();
     // When the daemon applied its first event: the earliest `applied_at`.
     let ids: Vec<String> = want.keys().cloned().collect();
@@ -535,15 +479,14 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
     let daemon_drain_secs = (daemon_secs - daemon_start_secs).max(1e-3);
     info!(daemon_secs, "Daemon done; timing a bare DynamoDB writer for the same number of items");
     let scratch = format!("{}-floor-{run_id}", args.targets.orders_table);
-    let timeout = Duration::from_secs(args.timeout_secs);
-    let alone = bare_write(&ddb, &scratch, &orders, None, Instant::now() + timeout).await?;
-    info!(bare_write_secs = alone.secs, own_clock_secs = alone.own_secs, "Timing the bare reader and writer at once");
+    let bare_write_secs = bare_write(&ddb, &scratch, &orders, None).await?;
+    info!(bare_write_secs, "Timing the bare reader and writer at once");
     let reads = Box::pin(bare_read(&kinesis, stream, records));
-    let at_once = bare_write(&ddb, &format!("{scratch}-rw"), &orders, Some(reads), Instant::now() + timeout).await?;
+    let bare_read_write_secs = bare_write(&ddb, &format!("{scratch}-rw"), &orders, Some(reads)).await?;
     let bare = records as f64 / bare_read_secs;
     let daemon = records as f64 / daemon_drain_secs;
-    let writes = records as f64 / alone.secs;
-    let reads_writes = records as f64 / at_once.secs;
+    let writes = records as f64 / bare_write_secs;
+    let reads_writes = records as f64 / bare_read_write_secs;
     Ok(Throughput {
         orders: orders.len(),
         records,
@@ -555,12 +498,10 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
         daemon_orders_per_sec: orders.len() as f64 / daemon_drain_secs,
         daemon_records_per_sec: daemon,
         ratio: daemon / bare,
-        bare_write_secs: alone.secs,
-        bare_write_own_secs: alone.own_secs,
+        bare_write_secs,
         bare_write_items_per_sec: writes,
         ratio_to_writes: daemon / writes,
-        bare_read_write_secs: at_once.secs,
-        bare_read_write_own_secs: at_once.own_secs,
+        bare_read_write_secs,
         bare_read_write_records_per_sec: reads_writes,
         ratio_to_reads_writes: daemon / reads_writes,
     })
@@ -604,7 +545,7 @@ mod tests {
         let mut want: HashMap<String, usize> = orders.iter().map(|(id, _, n)| (id.clone(), *n)).collect();
         want.insert("absent".into(), 3);
         let ids: Vec<String> = want.keys().cloned().collect();
-        let complete = complete_of(&ddb, &table, "order_id", &ids, &want).await.expect("read");
+        let complete = complete_of(&ddb, &table, &ids, &want).await.expect("read");
         let _ = ddb.delete_table().table_name(&table).send().await;
         let expected: HashSet<String> = orders.iter().filter(|(_, stored, n)| stored >= n).map(|(id, _, _)| id.clone()).collect();
         assert_eq!(complete.len(), 152);
@@ -635,28 +576,18 @@ mod tests {
             })
         };
 
-        let deadline = || Instant::now() + Duration::from_secs(60);
-        let t = bare_write(&ddb, &format!("{scratch}-a"), &orders, Some(reader(false)), deadline()).await.expect("both ended");
-        assert!(t.own_secs >= 0.05, "{t:?}");
-        assert!(t.secs >= t.own_secs, "{t:?}");
+        let secs = bare_write(&ddb, &format!("{scratch}-a"), &orders, Some(reader(false))).await.expect("both ended");
+        assert!(secs >= 0.05, "{secs}");
         gone(format!("{scratch}-a")).await;
 
-        let e = bare_write(&ddb, &format!("{scratch}-b"), &orders, Some(reader(true)), deadline())
-            .await
-            .expect_err("the reader's error");
+        let e = bare_write(&ddb, &format!("{scratch}-b"), &orders, Some(reader(true))).await.expect_err("the reader's error");
         assert_eq!(e.to_string(), "the reader failed");
         gone(format!("{scratch}-b")).await;
 
         // An order twice in a wave: its transaction is refused.
         let mut twice = orders.clone();
         twice.insert(1, orders[0].clone());
-        // Refused at once, not after the deadline the observer would wait
-        // for orders that never complete.
-        let refused = Instant::now();
-        let e = bare_write(&ddb, &format!("{scratch}-c"), &twice, Some(reader(false)), deadline())
-            .await
-            .expect_err("the writes' error");
-        assert!(refused.elapsed() < Duration::from_secs(30), "{:?}", refused.elapsed());
+        let e = bare_write(&ddb, &format!("{scratch}-c"), &twice, Some(reader(false))).await.expect_err("the writes' error");
         assert!(!e.to_string().contains("the reader failed"), "{e:#}");
         gone(format!("{scratch}-c")).await;
     }
