@@ -114,6 +114,16 @@ class BenchTable(unittest.TestCase):
         stored_table = (stored / "table.md").read_text()
         self.assertEqual(table.replace("; bare reader and writer at once 10,771/s: 0.82", ""), stored_table)
 
+    def test_the_orders_daemon_s_own_clock(self):
+        # Runs before the daemon's writes' span was read have none, and no
+        # such line (the stored run).
+        self.edit("orders.txt", lambda s: s.replace('"daemon_drain_secs":', '"daemon_writes_secs":3.37,"daemon_drain_secs":'))
+        table, _ = self.table()
+        orders = json.loads((self.run_dir / "orders.txt").read_text().strip().splitlines()[-1])
+        self.assertIn(f"its writes were built over 3.37 s (its first and last `applied_at`), in a drain of "
+                      f"{orders['daemon_drain_secs']:.2f} s as the loadgen saw", table)
+        self.assertNotIn("the daemon's own clock", (stored / "table.md").read_text())
+
     def test_a_run_made_again_without_criterion_json_keeps_nothing_and_says_so(self):
         home, _ = self.criterion_home()
         table, _ = self.table(env={"CRITERION_HOME": str(home)})

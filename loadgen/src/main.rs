@@ -380,7 +380,7 @@ fn main() -> ExitCode {
                 Ok(t) => {
                     println!(
                         "backlog: {} orders, {} records\nbare GetRecords reader: {:.2} s, {:.0} records/s\n\
-                         daemon: {:.2} s from start ({:.2} s to the first event applied, then a {:.2} s drain): {:.1} orders/s, {:.0} records/s over the drain\nratio daemon/bare reader: {:.3}\n\
+                         daemon: {:.2} s from start ({:.2} s to the first event applied, then a {:.2} s drain, its writes built over {:.2} s of it): {:.1} orders/s, {:.0} records/s over the drain\nratio daemon/bare reader: {:.3}\n\
                          bare DynamoDB writer (the daemon's item writes, 99 orders and their row per transaction, 16 at once): {:.2} s, {:.0} writes/s\n\
                          ratio daemon records/s to bare writer writes/s: {:.2}\n\
                          bare reader and writer at once: {:.2} s, {:.0} records/s\n\
@@ -392,6 +392,7 @@ fn main() -> ExitCode {
                         t.daemon_secs,
                         t.daemon_start_secs,
                         t.daemon_drain_secs,
+                        t.daemon_writes_secs,
                         t.daemon_orders_per_sec,
                         t.daemon_records_per_sec,
                         t.ratio,

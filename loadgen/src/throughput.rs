@@ -68,6 +68,12 @@ pub struct Throughput {
     /// last order seen complete. The rates below are over this span, as
     /// the bare clients' are over theirs (they have no start to pay).
     pub daemon_drain_secs: f64,
+    /// The daemon's own clock: from its first write built to its last
+    /// (the earliest and the latest `applied_at`, stamped as a write is
+    /// built). The drain less the last write's own time and the observer's
+    /// lag: a bound from below, where the drain is one from above. The
+    /// ratios use the drain, as the bare clients' own clocks have neither.
+    pub daemon_writes_secs: f64,
     /// Orders per second the daemon sustained (over the drain).
     pub daemon_orders_per_sec: f64,
     /// Records per second the daemon sustained (over the drain).
@@ -89,6 +95,14 @@ pub struct Throughput {
     pub bare_read_write_records_per_sec: f64,
     /// daemon records/s over theirs.
     pub ratio_to_reads_writes: f64,
+}
+
+/// The earliest and the latest of `times`; None when there are none.
+fn applied_span(times: impl Iterator<Item = OffsetDateTime>) -> Option<(OffsetDateTime, OffsetDateTime)> {
+    times.fold(None, |span, t| match span {
+        None => Some((t, t)),
+        Some((first, last)) => Some((first.min(t), last.max(t))),
+    })
 }
 
 /// Orders per transaction of the bare writer: with their row, 100 items.
@@ -467,16 +481,19 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
     let deadline = started + Duration::from_secs(args.timeout_secs);
     wait_complete(&ddb, &args.targets.orders_table, &orders, &want, deadline).await?;
     let daemon_secs = started.elapsed().as_secs_f64();
-    // When the daemon applied its first event: the earliest `applied_at`.
+    // When the daemon built its first write and its last: the earliest
+    // and the latest `applied_at`.
     let ids: Vec<String> = want.keys().cloned().collect();
-    let first_applied = read_orders(&ddb, &args.targets.orders_table, &ids)
-        .await?
-        .values()
-        .flat_map(|h| h.iter().filter_map(|(_, _, _, applied)| *applied))
-        .min()
-        .context("no applied_at in the orders' histories")?;
+    let (first_applied, last_applied) = applied_span(
+        read_orders(&ddb, &args.targets.orders_table, &ids)
+            .await?
+            .values()
+            .flat_map(|h| h.iter().filter_map(|(_, _, _, applied)| *applied)),
+    )
+    .context("no applied_at in the orders' histories")?;
     let daemon_start_secs = ((first_applied - started_wall).as_seconds_f64()).clamp(0.0, daemon_secs);
     let daemon_drain_secs = (daemon_secs - daemon_start_secs).max(1e-3);
+    let daemon_writes_secs = (last_applied - first_applied).as_seconds_f64();
     info!(daemon_secs, "Daemon done; timing a bare DynamoDB writer for the same number of items");
     let scratch = format!("{}-floor-{run_id}", args.targets.orders_table);
     let bare_write_secs = bare_write(&ddb, &scratch, &orders, None).await?;
@@ -495,6 +512,7 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
         daemon_secs,
         daemon_start_secs,
         daemon_drain_secs,
+        daemon_writes_secs,
         daemon_orders_per_sec: orders.len() as f64 / daemon_drain_secs,
         daemon_records_per_sec: daemon,
         ratio: daemon / bare,
@@ -512,6 +530,14 @@ mod tests {
     use aws_sdk_dynamodb::types::AttributeValue;
 
     use super::*;
+
+    #[test]
+    fn the_daemon_s_writes_span_its_first_applied_at_to_its_last() {
+        let at = |secs: i64| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(secs);
+        assert_eq!(applied_span([at(5), at(2), at(9), at(4)].into_iter()), Some((at(2), at(9))));
+        assert_eq!(applied_span([at(3)].into_iter()), Some((at(3), at(3))));
+        assert_eq!(applied_span(std::iter::empty()), None);
+    }
 
     /// A client of the local stack's DynamoDB (scripts/test.sh starts it).
     async fn local_dynamodb() -> aws_sdk_dynamodb::Client {
