@@ -218,6 +218,13 @@ pub struct SinkRequest {
 impl InternalEvent for SinkRequest {
     fn emit(self, m: &Metrics) {
         m.sink_requests.get_or_create(&SinkOutcome { sink: self.sink.as_str(), outcome: self.outcome.as_str() }).inc();
+        if self.outcome == SinkRequestOutcome::Ok {
+            // Emitted once the write is durable (the request returned): when a
+            // sink last wrote, for a stalled sink's alert and for a bench's
+            // own clock of the daemon (loadgen's orders-throughput).
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            m.sink_last_write.get_or_create(&SinkLabel { sink: self.sink.as_str() }).set(now.as_secs_f64());
+        }
         // A condition that cancelled a transaction is an answer, not a failure.
         if matches!(self.outcome, SinkRequestOutcome::Ok | SinkRequestOutcome::ConditionFailed) {
             m.components.ok("sink", self.sink.as_str());

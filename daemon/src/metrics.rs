@@ -249,6 +249,8 @@ pub struct Metrics {
     pub sink_requests: Family<SinkOutcome, Counter>,
     /// HTTP requests to AWS by service and operation.
     pub aws_requests: Family<AwsRequestLabel, Counter>,
+    /// When each sink's last write request succeeded (Unix seconds).
+    pub sink_last_write: Family<SinkLabel, Gauge<f64, AtomicU64>>,
     /// Sink write latency.
     pub sink_write_duration: Family<SinkLabel, Histogram, fn() -> Histogram>,
     /// Bytes received per source.
@@ -345,6 +347,7 @@ impl Metrics {
             rayon_queue_depth: Gauge::default(),
             sink_requests: Family::default(),
             aws_requests: Family::default(),
+            sink_last_write: Family::default(),
             sink_write_duration: Family::new_with_constructor(latency_histogram),
             source_received_bytes: Family::default(),
             source_throttles: Family::default(),
@@ -457,6 +460,11 @@ impl Metrics {
             n::AWS_REQUESTS,
             "HTTP requests to AWS, every attempt, by service and operation",
             m.aws_requests.clone(),
+        );
+        registry.register(
+            n::SINK_LAST_WRITE,
+            "When the sink's last write request succeeded (durable), Unix seconds",
+            m.sink_last_write.clone(),
         );
         registry.register(n::SINK_WRITE_DURATION, "Sink write latency including retries", m.sink_write_duration.clone());
         registry.register(n::SOURCE_RECEIVED_BYTES, "Bytes received from a source", m.source_received_bytes.clone());
@@ -765,6 +773,33 @@ mod tests {
         assert_eq!(text, encode(library));
         assert!(text.contains("x_seconds_bucket{le=\"1.0\"} 7\n"), "{text}");
         assert!(text.contains("x_seconds_count 15\n"), "{text}");
+    }
+
+    /// A sink's last write is stamped by its requests that succeeded and by
+    /// no other outcome, per sink, as Unix seconds of the moment it lands.
+    #[test]
+    fn a_sink_s_last_write_is_the_time_of_its_last_request_that_succeeded() {
+        use crate::internal_events::{InternalEvent, Sink, SinkRequest, SinkRequestOutcome};
+        let unix = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+        let last = |m: &Metrics, sink: &str| {
+            let series = format!("cafe_sink_last_write_timestamp_seconds{{sink=\"{sink}\"}} ");
+            m.encode().lines().find_map(|l| l.strip_prefix(&series).map(|v| v.parse::<f64>().expect("a number")))
+        };
+        let m = Metrics::new();
+        for outcome in SinkRequestOutcome::ALL.iter().filter(|o| **o != SinkRequestOutcome::Ok) {
+            SinkRequest { sink: Sink::DynamoDb, outcome: *outcome }.emit(&m);
+        }
+        assert_eq!(last(&m, "dynamodb"), None, "only a request that succeeded is a write");
+        let before = unix();
+        SinkRequest { sink: Sink::DynamoDb, outcome: SinkRequestOutcome::Ok }.emit(&m);
+        let after = unix();
+        let at = last(&m, "dynamodb").expect("stamped");
+        assert!(before <= at && at <= after, "{before} <= {at} <= {after}");
+        SinkRequest { sink: Sink::DynamoDb, outcome: SinkRequestOutcome::Failed }.emit(&m);
+        assert_eq!(last(&m, "dynamodb"), Some(at), "a failure after it leaves it");
+        assert_eq!(last(&m, "rejected"), None, "per sink");
+        let classic = m.encode_text();
+        assert!(classic.contains("# TYPE cafe_sink_last_write_timestamp_seconds gauge\n"), "{classic}");
     }
 
     #[test]

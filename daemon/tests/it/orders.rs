@@ -894,3 +894,47 @@ async fn a_shard_with_records_half_a_second_apart_is_read_at_the_poll_interval()
     // Every 250 ms: 24; at the idle pace after a second of quiet: about 8.
     assert!(busy >= 18.0, "{busy} GetRecords in 6 s on a shard with records every 500 ms\n{}", env.log());
 }
+
+/// The latest `applied_at` among the orders' history entries (stamped as a
+/// write is built), in Unix seconds.
+async fn last_applied_at(env: &Env) -> f64 {
+    use time::format_description::well_known::Rfc3339;
+    let items = env.ddb.scan().table_name(format!("{}-orders", env.prefix)).send().await.expect("scan orders");
+    assert!(items.last_evaluated_key.is_none(), "one page of orders expected");
+    items
+        .items()
+        .iter()
+        .flat_map(|item| item.get("history").and_then(|h| h.as_l().ok()).into_iter().flatten())
+        .filter_map(|e| e.as_m().ok()?.get("applied_at")?.as_s().ok().cloned())
+        .map(|at| time::OffsetDateTime::parse(&at, &Rfc3339).expect("applied_at is RFC 3339").unix_timestamp_nanos() as f64 / 1e9)
+        .fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// `cafe_sink_last_write_timestamp_seconds{sink="dynamodb"}` is stamped
+/// once the last order write is durable: at or after the latest
+/// `applied_at` of the table (every write is built, then committed, then
+/// stamped), before the orders are seen exact, and moved by the next wave.
+/// loadgen's orders-throughput times the daemon's drain by it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dynamodb_sink_s_last_write_is_stamped_after_the_last_order_lands() {
+    let mut env = Env::with_orders("lastwrite", "shards = 1", "", Vec::new()).await;
+    env.start();
+    let unix = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    let last_write = || metric(&env, "cafe_sink_last_write_timestamp_seconds", "sink=\"dynamodb\"");
+    let mut expected = Expected::default();
+    let mut previous = 0.0;
+    for wave in 0..2 {
+        let records: Vec<(String, Vec<u8>)> = (wave * 10..wave * 10 + 10)
+            .flat_map(|i| order_events(&env.prefix, i, &mut expected))
+            .map(|(k, b)| (k, b.into_bytes()))
+            .collect();
+        env.producer().put(&records).await;
+        env.wait_orders_exact(&expected, Duration::from_secs(60)).await;
+        let seen = unix();
+        let (at, applied) = (last_write().await, last_applied_at(&env).await);
+        eprintln!("wave {wave}: last applied_at {applied:.3}, last write {at:.3}, seen exact {seen:.3}");
+        assert!(applied <= at && at <= seen, "wave {wave}: {applied} <= {at} <= {seen}\n{}", env.log());
+        assert!(at > previous, "wave {wave}: the stamp did not move from {previous}");
+        previous = at;
+    }
+}
