@@ -24,7 +24,10 @@
 #                  daemon's items, packed as the daemon packs them), then
 #                  by the daemon, then by the bare reader and writer at
 #                  once (a bare client making the daemon's reads and
-#                  writes, neither waiting on the other);
+#                  writes, neither waiting on the other); each timed by its
+#                  own clock, from a first write built to a last write
+#                  durable (the daemon's: its first applied_at to its
+#                  sink's last-write stamp, docs/scenarios.md);
 #        menu      menu-sync, 10,000 items with images;
 #        memory    a backlog of 1,000,000 order records on the stream, the
 #                  daemon started into it and its resident memory sampled

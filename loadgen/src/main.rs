@@ -167,7 +167,8 @@ pub struct Targets {
     #[arg(long, env = "CAFE_LOADGEN_REDSHIFT_TABLE", default_value = "cafe_store_minute")]
     pub redshift_table: String,
     /// The daemon's admin endpoint (its `admin.listen`), whose CPU counter
-    /// a local CPU-bound target reads (menu-sync's `drain_vs_ceiling`).
+    /// a local CPU-bound target reads (menu-sync's `drain_vs_ceiling`) and
+    /// whose last-write stamp orders-throughput times the daemon by.
     #[arg(long, env = "CAFE_LOADGEN_DAEMON_ADMIN", default_value = "127.0.0.1:9464")]
     pub daemon_admin: String,
 }
@@ -378,13 +379,25 @@ fn main() -> ExitCode {
                 .and_then(|rt| rt.block_on(throughput::run(&args, 1)));
             match result {
                 Ok(t) => {
+                    let own = match (
+                        t.daemon_own_secs,
+                        t.daemon_own_records_per_sec,
+                        t.own_ratio_to_writes,
+                        t.own_ratio_to_reads_writes,
+                    ) {
+                        (Some(secs), Some(rate), Some(writes), Some(both)) => format!(
+                            "\nby the daemon's own clock (first write built to last write durable, as the bare writers' clocks run): {secs:.2} s, {rate:.0} records/s\n\
+                             ratio to the bare writer: {writes:.2}; to the bare reader and writer at once: {both:.2}"
+                        ),
+                        _ => "\nby the daemon's own clock: none (it exports no last-write stamp)".to_owned(),
+                    };
                     println!(
                         "backlog: {} orders, {} records\nbare GetRecords reader: {:.2} s, {:.0} records/s\n\
                          daemon: {:.2} s from start ({:.2} s to the first event applied, then a {:.2} s drain, its writes built over {:.2} s of it): {:.1} orders/s, {:.0} records/s over the drain\nratio daemon/bare reader: {:.3}\n\
                          bare DynamoDB writer (the daemon's item writes, 99 orders and their row per transaction, 16 at once): {:.2} s, {:.0} writes/s\n\
                          ratio daemon records/s to bare writer writes/s: {:.2}\n\
                          bare reader and writer at once: {:.2} s, {:.0} records/s\n\
-                         ratio daemon records/s to bare reader and writer at once: {:.2}",
+                         ratio daemon records/s to bare reader and writer at once: {:.2}{own}",
                         t.orders,
                         t.records,
                         t.bare_read_secs,

@@ -23,7 +23,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::Targets;
 use crate::morningrush::{PlannedOrder, plan, read_orders};
@@ -74,6 +74,21 @@ pub struct Throughput {
     /// lag: a bound from below, where the drain is one from above. The
     /// ratios use the drain, as the bare clients' own clocks have neither.
     pub daemon_writes_secs: f64,
+    /// The daemon's own clock of its drain, as the bare writers' own clocks
+    /// run (from a first write built to a last write durable): from its
+    /// earliest `applied_at` to its DynamoDB sink's last write that
+    /// succeeded (`cafe_sink_last_write_timestamp_seconds{sink="dynamodb"}`
+    /// on its admin endpoint, read once every order was seen complete),
+    /// checked to lie between its latest `applied_at` and that moment. None
+    /// when the daemon exports no such stamp (a build before it).
+    pub daemon_own_secs: Option<f64>,
+    /// Records per second over the daemon's own clock.
+    pub daemon_own_records_per_sec: Option<f64>,
+    /// Over the daemon's own clock: daemon records/s over bare writer items/s.
+    pub own_ratio_to_writes: Option<f64>,
+    /// Over the daemon's own clock: daemon records/s over the bare reader
+    /// and writer's at once.
+    pub own_ratio_to_reads_writes: Option<f64>,
     /// Orders per second the daemon sustained (over the drain).
     pub daemon_orders_per_sec: f64,
     /// Records per second the daemon sustained (over the drain).
@@ -103,6 +118,33 @@ fn applied_span(times: impl Iterator<Item = OffsetDateTime>) -> Option<(OffsetDa
         None => Some((t, t)),
         Some((first, last)) => Some((first.min(t), last.max(t))),
     })
+}
+
+/// Unix seconds of `t`.
+fn unix_secs(t: OffsetDateTime) -> f64 {
+    t.unix_timestamp_nanos() as f64 / 1e9
+}
+
+/// The daemon's own clock of its drain: from `first_applied` (its first
+/// write built) to `last_write` (Unix seconds: its sink's last write that
+/// succeeded, read at `seen`, once every order was seen complete). The
+/// stamp must lie between `last_applied` (the last write was built before
+/// it landed) and `seen` (it landed before it was seen): outside, it is
+/// not the orders' last write (another write of the daemon's, a clock
+/// that moved) and no figure is made of it.
+fn own_clock(
+    first_applied: OffsetDateTime,
+    last_applied: OffsetDateTime,
+    last_write: f64,
+    seen: OffsetDateTime,
+) -> anyhow::Result<f64> {
+    let (built, seen) = (unix_secs(last_applied), unix_secs(seen));
+    anyhow::ensure!(
+        (built..=seen).contains(&last_write),
+        "the daemon's last DynamoDB write is stamped at {last_write:.3}, outside its last write built ({built:.3}) \
+         and the last order seen complete ({seen:.3}): not the orders' last write"
+    );
+    Ok(last_write - unix_secs(first_applied))
 }
 
 /// Orders per transaction of the bare writer: with their row, 100 items.
@@ -481,6 +523,12 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
     let deadline = started + Duration::from_secs(args.timeout_secs);
     wait_complete(&ddb, &args.targets.orders_table, &orders, &want, deadline).await?;
     let daemon_secs = started.elapsed().as_secs_f64();
+    let seen = OffsetDateTime::now_utc();
+    // The daemon's last write, by its own clock: read now, before the bare
+    // writers run (the daemon, idle, writes nothing more).
+    let last_write = crate::ceiling::daemon_metrics(&args.targets.daemon_admin).await.map(|text| {
+        crate::ceiling::metric(&text, &format!("{}{{sink=\"dynamodb\"}}", pipeline::metric_names::SINK_LAST_WRITE))
+    })?;
     // When the daemon built its first write and its last: the earliest
     // and the latest `applied_at`.
     let ids: Vec<String> = want.keys().cloned().collect();
@@ -494,6 +542,13 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
     let daemon_start_secs = ((first_applied - started_wall).as_seconds_f64()).clamp(0.0, daemon_secs);
     let daemon_drain_secs = (daemon_secs - daemon_start_secs).max(1e-3);
     let daemon_writes_secs = (last_applied - first_applied).as_seconds_f64();
+    let daemon_own_secs = match last_write {
+        Some(at) => Some(own_clock(first_applied, last_applied, at, seen)?.max(1e-3)),
+        None => {
+            warn!("the daemon exports no {}: no figure by its own clock", pipeline::metric_names::SINK_LAST_WRITE);
+            None
+        }
+    };
     info!(daemon_secs, "Daemon done; timing a bare DynamoDB writer for the same number of items");
     let scratch = format!("{}-floor-{run_id}", args.targets.orders_table);
     let bare_write_secs = bare_write(&ddb, &scratch, &orders, None).await?;
@@ -504,6 +559,7 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
     let daemon = records as f64 / daemon_drain_secs;
     let writes = records as f64 / bare_write_secs;
     let reads_writes = records as f64 / bare_read_write_secs;
+    let own = daemon_own_secs.map(|secs| records as f64 / secs);
     Ok(Throughput {
         orders: orders.len(),
         records,
@@ -513,6 +569,10 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
         daemon_start_secs,
         daemon_drain_secs,
         daemon_writes_secs,
+        daemon_own_secs,
+        daemon_own_records_per_sec: own,
+        own_ratio_to_writes: own.map(|r| r / writes),
+        own_ratio_to_reads_writes: own.map(|r| r / reads_writes),
         daemon_orders_per_sec: orders.len() as f64 / daemon_drain_secs,
         daemon_records_per_sec: daemon,
         ratio: daemon / bare,
@@ -530,6 +590,23 @@ mod tests {
     use aws_sdk_dynamodb::types::AttributeValue;
 
     use super::*;
+
+    /// The daemon's own clock runs from its first write built to its last
+    /// write's stamp, which must lie between its last write built and the
+    /// moment the loadgen saw the last order complete.
+    #[test]
+    fn the_daemon_s_own_clock_ends_at_its_last_write_between_built_and_seen() {
+        let at = |secs: f64| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds_f64(secs);
+        let (first, last, seen) = (at(100.0), at(103.25), at(104.5));
+        let secs = own_clock(first, last, 103.5, seen).expect("in range");
+        assert!((secs - 3.5).abs() < 1e-6, "{secs}");
+        assert!((own_clock(first, last, 103.25, seen).expect("at the last built") - 3.25).abs() < 1e-6);
+        assert!((own_clock(first, last, 104.5, seen).expect("at the moment seen") - 4.5).abs() < 1e-6);
+        for stamp in [103.0, 104.75, 0.0] {
+            let e = own_clock(first, last, stamp, seen).expect_err("outside");
+            assert!(e.to_string().contains("not the orders' last write"), "{e}");
+        }
+    }
 
     #[test]
     fn the_daemon_s_writes_span_its_first_applied_at_to_its_last() {
