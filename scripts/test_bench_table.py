@@ -124,6 +124,29 @@ class BenchTable(unittest.TestCase):
                       f"{orders['daemon_drain_secs']:.2f} s as the loadgen saw", table)
         self.assertNotIn("the daemon's own clock", (stored / "table.md").read_text())
 
+    def test_the_orders_row_by_the_daemon_s_own_clock(self):
+        # A run with the daemon's own clock (first write built to last write
+        # durable): the row's rate and every ratio are over it; the drain the
+        # loadgen saw, and its ratios, go to the line under the table.
+        records, own = 48468, 4.4
+        rate, writes, both = records / own, 11522.511921520618, 10770.666666666666
+        fields = (f'"daemon_writes_secs":3.37,"daemon_own_secs":{own},"daemon_own_records_per_sec":{rate},'
+                  f'"own_ratio_to_writes":{rate / writes},"own_ratio_to_reads_writes":{rate / both},"daemon_drain_secs":')
+        at_once = ('"ratio_to_writes":0.768229895392395,"bare_read_write_secs":4.5,'
+                   f'"bare_read_write_records_per_sec":{both},"ratio_to_reads_writes":0.8218576458263302}}')
+        self.edit("orders.txt", lambda s: s.replace('"daemon_drain_secs":', fields)
+                  .replace('"ratio_to_writes":0.768229895392395}', at_once))
+        table, figures = self.table()
+        self.assertIn("| orders (backlog) | 48,468 | 11,015/s | ", table)
+        self.assertIn(f"| bare reader 119,213/s: {rate / 119212.71908510038:.2f}; bare writer 11,523/s: 0.96; "
+                      "bare reader and writer at once 10,771/s: 1.02 |", table)
+        self.assertIn("Orders, the daemon's own clock (the table's rate and ratios): 4.40 s from its first write built "
+                      "to its last write durable", table)
+        self.assertIn("its writes were built over 3.37 s of it. As the loadgen saw its last order complete, a drain "
+                      "of 5.48 s: 0.77 of the bare writer and 0.82 of the bare reader and writer at once", table)
+        row = next(r for r in figures["paths"] if r["path"] == "orders (backlog)")
+        self.assertAlmostEqual(row["daemon_per_sec"], rate)
+
     def test_a_run_made_again_without_criterion_json_keeps_nothing_and_says_so(self):
         home, _ = self.criterion_home()
         table, _ = self.table(env={"CRITERION_HOME": str(home)})
