@@ -218,17 +218,31 @@ pub struct SinkRequest {
 impl InternalEvent for SinkRequest {
     fn emit(self, m: &Metrics) {
         m.sink_requests.get_or_create(&SinkOutcome { sink: self.sink.as_str(), outcome: self.outcome.as_str() }).inc();
-        if self.outcome == SinkRequestOutcome::Ok {
-            // Emitted once the write is durable (the request returned): when a
-            // sink last wrote, for a stalled sink's alert and for a bench's
-            // own clock of the daemon (loadgen's orders-throughput).
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            m.sink_last_write.get_or_create(&SinkLabel { sink: self.sink.as_str() }).set(now.as_secs_f64());
-        }
         // A condition that cancelled a transaction is an answer, not a failure.
         if matches!(self.outcome, SinkRequestOutcome::Ok | SinkRequestOutcome::ConditionFailed) {
             m.components.ok("sink", self.sink.as_str());
         }
+    }
+}
+
+/// A sink's write request succeeded: what it wrote is durable (emitted as
+/// its answer is handled, never as it is sent). Moves
+/// `cafe_sink_last_write_timestamp_seconds{sink}` to now, never back: of
+/// two writes answered at once, the later time stays whichever sets last.
+#[derive(Debug)]
+pub struct SinkWrote {
+    /// Which sink.
+    pub sink: Sink,
+}
+
+impl InternalEvent for SinkWrote {
+    fn emit(self, m: &Metrics) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let gauge = m.sink_last_write.get_or_create(&SinkLabel { sink: self.sink.as_str() });
+        let bits = gauge.inner();
+        let _ = bits.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |old| {
+            (f64::from_bits(old) < now).then_some(now.to_bits())
+        });
     }
 }
 

@@ -249,7 +249,7 @@ pub struct Metrics {
     pub sink_requests: Family<SinkOutcome, Counter>,
     /// HTTP requests to AWS by service and operation.
     pub aws_requests: Family<AwsRequestLabel, Counter>,
-    /// When each sink's last write request succeeded (Unix seconds).
+    /// When each sink's latest write was answered durable (Unix seconds).
     pub sink_last_write: Family<SinkLabel, Gauge<f64, AtomicU64>>,
     /// Sink write latency.
     pub sink_write_duration: Family<SinkLabel, Histogram, fn() -> Histogram>,
@@ -463,7 +463,7 @@ impl Metrics {
         );
         registry.register(
             n::SINK_LAST_WRITE,
-            "When the sink's last write request succeeded (durable), Unix seconds",
+            "When the sink's latest write was answered durable, Unix seconds",
             m.sink_last_write.clone(),
         );
         registry.register(n::SINK_WRITE_DURATION, "Sink write latency including retries", m.sink_write_duration.clone());
@@ -775,29 +775,34 @@ mod tests {
         assert!(text.contains("x_seconds_count 15\n"), "{text}");
     }
 
-    /// A sink's last write is stamped by its requests that succeeded and by
-    /// no other outcome, per sink, as Unix seconds of the moment it lands.
+    /// A sink's last write is stamped by its writes, per sink, as Unix
+    /// seconds of the moment one is reported, and never moved back; a
+    /// request's outcome alone (a read's included) stamps nothing.
     #[test]
-    fn a_sink_s_last_write_is_the_time_of_its_last_request_that_succeeded() {
-        use crate::internal_events::{InternalEvent, Sink, SinkRequest, SinkRequestOutcome};
+    fn a_sink_s_last_write_is_the_latest_write_reported() {
+        use crate::internal_events::{InternalEvent, Sink, SinkRequest, SinkRequestOutcome, SinkWrote};
         let unix = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
         let last = |m: &Metrics, sink: &str| {
             let series = format!("cafe_sink_last_write_timestamp_seconds{{sink=\"{sink}\"}} ");
             m.encode().lines().find_map(|l| l.strip_prefix(&series).map(|v| v.parse::<f64>().expect("a number")))
         };
         let m = Metrics::new();
-        for outcome in SinkRequestOutcome::ALL.iter().filter(|o| **o != SinkRequestOutcome::Ok) {
+        for outcome in SinkRequestOutcome::ALL {
             SinkRequest { sink: Sink::DynamoDb, outcome: *outcome }.emit(&m);
         }
-        assert_eq!(last(&m, "dynamodb"), None, "only a request that succeeded is a write");
+        assert_eq!(last(&m, "dynamodb"), None, "a request counted is not a write reported");
         let before = unix();
-        SinkRequest { sink: Sink::DynamoDb, outcome: SinkRequestOutcome::Ok }.emit(&m);
+        SinkWrote { sink: Sink::DynamoDb }.emit(&m);
         let after = unix();
         let at = last(&m, "dynamodb").expect("stamped");
         assert!(before <= at && at <= after, "{before} <= {at} <= {after}");
-        SinkRequest { sink: Sink::DynamoDb, outcome: SinkRequestOutcome::Failed }.emit(&m);
-        assert_eq!(last(&m, "dynamodb"), Some(at), "a failure after it leaves it");
         assert_eq!(last(&m, "rejected"), None, "per sink");
+        // A later time set first (two writes answered at once, the later
+        // one's event first) is kept.
+        let later = after + 3600.0;
+        m.sink_last_write.get_or_create(&SinkLabel { sink: "dynamodb" }).set(later);
+        SinkWrote { sink: Sink::DynamoDb }.emit(&m);
+        assert_eq!(last(&m, "dynamodb"), Some(later), "never moved back");
         let classic = m.encode_text();
         assert!(classic.contains("# TYPE cafe_sink_last_write_timestamp_seconds gauge\n"), "{classic}");
     }

@@ -152,10 +152,11 @@ pub const SINK_REQUESTS: &str = "cafe_sink_requests";
 /// Labels: `service` (the SDK's name: `SQS`, `DynamoDB`, `Kinesis`,
 /// `RedshiftData`), `operation` (`ReceiveMessage`, `TransactWriteItems`, ...).
 pub const AWS_REQUESTS: &str = "cafe_aws_requests";
-/// When the sink's last write request succeeded (durable), in Unix
-/// seconds; absent until the first. `time() - ` it is how long a sink has
-/// written nothing; next to the sources' received rate, a stalled sink.
-/// Labels: `sink`.
+/// When the sink's latest write was answered durable (a DynamoDB
+/// transaction, a batch sent to the rejected queue, a Redshift statement
+/// batch), in Unix seconds; absent until the first. `time() - ` it is how
+/// long a sink has written nothing; next to the sources' received rate, a
+/// stalled sink. Labels: `sink`.
 pub const SINK_LAST_WRITE: &str = "cafe_sink_last_write_timestamp_seconds";
 /// Sink write latency, including retries. Labels: `sink`.
 pub const SINK_WRITE_DURATION: &str = "cafe_sink_write_duration_seconds";

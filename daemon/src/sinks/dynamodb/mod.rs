@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aws::{Backoff, ErrorClass, classify, describe};
 use crate::config::DynamoDbSinkConfig;
-use crate::internal_events::{InternalEvent, Sink, SinkGaveUp, SinkRequest, SinkRequestOutcome, SinkRetrying};
+use crate::internal_events::{InternalEvent, Sink, SinkGaveUp, SinkRequest, SinkRequestOutcome, SinkRetrying, SinkWrote};
 use crate::metrics::Metrics;
 
 /// `cafe-aggregates` attribute: the row's version, +1 on every change.
@@ -265,6 +265,7 @@ impl DynamoDbSink {
         match result {
             Ok(_) => {
                 self.count(SinkRequestOutcome::Ok);
+                SinkWrote { sink: Sink::DynamoDb }.emit(&self.metrics);
                 Attempt::Committed
             }
             Err(SdkError::ServiceError(e)) if matches!(e.err(), TransactWriteItemsError::TransactionCanceledException(_)) => {

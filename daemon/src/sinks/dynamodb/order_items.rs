@@ -405,6 +405,60 @@ mod tests {
         }
     }
 
+    /// A sink whose DynamoDB (in memory) answers every request after
+    /// `delay` with `status` and `body`.
+    fn answering_sink(status: u16, body: &'static str, delay: Duration) -> DynamoDbSink {
+        use aws_sdk_dynamodb::config::http::{HttpRequest, HttpResponse};
+        use aws_smithy_runtime_api::client::http::{HttpConnector, HttpConnectorFuture};
+
+        #[derive(Debug, Clone)]
+        struct Answering(u16, &'static str, Duration);
+
+        impl HttpConnector for Answering {
+            fn call(&self, _: HttpRequest) -> HttpConnectorFuture {
+                let Answering(status, body, delay) = self.clone();
+                HttpConnectorFuture::new(async move {
+                    tokio::time::sleep(delay).await;
+                    let status = status.try_into().expect("a valid status");
+                    Ok(HttpResponse::new(status, aws_smithy_types::body::SdkBody::from(body)))
+                })
+            }
+        }
+
+        let config = DynamoDbSinkConfig { max_retries: 0, ..Default::default() };
+        let sdk = crate::sinks::in_process_sdk_config(Answering(status, body, delay));
+        DynamoDbSink::new(aws_sdk_dynamodb::Client::new(&sdk), config, Arc::new(crate::metrics::Metrics::new()))
+    }
+
+    /// `cafe_sink_last_write_timestamp_seconds{sink="dynamodb"}` of `sink`.
+    fn last_write(sink: &DynamoDbSink) -> Option<f64> {
+        let series = r#"cafe_sink_last_write_timestamp_seconds{sink="dynamodb"} "#;
+        sink.metrics.encode().lines().find_map(|l| l.strip_prefix(series).map(|v| v.parse().expect("a number")))
+    }
+
+    /// A write is stamped as its answer comes back, not as it is sent (the
+    /// stamp says when it was durable); a transaction a condition refused
+    /// wrote nothing and is not stamped.
+    #[tokio::test]
+    async fn a_write_is_stamped_once_its_answer_is_back_and_a_refused_one_not_at_all() {
+        let unix = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+        let delay = Duration::from_millis(300);
+        let sink = answering_sink(200, "{}", delay);
+        let sent = unix();
+        let outcomes = sink.write_orders(&[write("o1", &["a"])], "2026-12-07T15:00:00Z", 1).await;
+        let back = unix();
+        assert_eq!(outcomes, [OrderWriteOutcome::Written]);
+        let at = last_write(&sink).expect("stamped");
+        assert!(at >= sent + delay.as_secs_f64() && at <= back, "sent {sent}, stamped {at}, back {back}");
+
+        let refused = r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionCanceledException","Message":"Transaction cancelled, please refer cancellation reasons for specific reasons [ConditionalCheckFailed]","CancellationReasons":[{"Code":"ConditionalCheckFailed","Message":"The conditional request failed"}]}"#;
+        let sink = answering_sink(400, refused, Duration::ZERO);
+        let outcomes = sink.write_orders(&[write("o1", &["a"])], "2026-12-07T15:00:00Z", 1).await;
+        assert_eq!(outcomes, [OrderWriteOutcome::Conflict]);
+        assert_eq!(last_write(&sink), None);
+        assert_eq!(sink_requests(&sink.metrics, "condition_failed"), 1);
+    }
+
     #[test]
     fn packing_counts_orders_and_distinct_rows() {
         let writes = vec![write("1", &["a"]), write("2", &["a"]), write("3", &["a", "b"]), write("4", &["c"])];

@@ -47,7 +47,7 @@ use crate::aws::{AwsError, Backoff, describe};
 use crate::config::RedshiftSinkConfig;
 use crate::internal_events::{
     InternalEvent, MirrorBucketsOwned, MirrorFlushed, MirrorMarkFailed, MirrorPending, MirrorRowRefused, MirrorRowsWritten, Sink,
-    SinkRequest, SinkRequestOutcome, SinkRetrying,
+    SinkRequest, SinkRequestOutcome, SinkRetrying, SinkWrote,
 };
 use crate::metrics::Metrics;
 use crate::sinks::dynamodb::{MIRROR_BUCKETS, MIRROR_INDEX, MIRROR_PENDING, MIRROR_QUARANTINED, MIRROR_SINCE, VERSION, num};
@@ -291,6 +291,7 @@ impl RedshiftSink {
             match self.transport.run_batch(batch).await {
                 Ok(()) => {
                     SinkRequest { sink: Sink::Redshift, outcome: SinkRequestOutcome::Ok }.emit(&self.metrics);
+                    SinkWrote { sink: Sink::Redshift }.emit(&self.metrics);
                     return Ok(());
                 }
                 Err(e) if e.retryable && attempt + 1 < BATCH_ATTEMPTS => {

@@ -29,7 +29,7 @@ use pipeline::decided::RejectedEvent;
 use crate::aws::{AwsError, Backoff, Stopping, describe, retry_failed_entries};
 use crate::internal_events::{
     InternalEvent, RejectionTruncated, RejectionsNotRecorded, Sink, SinkGaveUp, SinkRequest, SinkRequestOutcome, SinkRetrying,
-    SinkWriteFinished,
+    SinkWriteFinished, SinkWrote,
 };
 use crate::metrics::Metrics;
 use crate::sinks::WriteOutcome;
@@ -288,6 +288,7 @@ impl RejectedSink {
             match self.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
                 Ok(out) if out.failed.is_empty() => {
                     self.count(SinkRequestOutcome::Ok);
+                    SinkWrote { sink: Sink::Rejected }.emit(&self.metrics);
                     Vec::new()
                 }
                 Ok(out) => {
