@@ -25,9 +25,10 @@
 #                  by the daemon, then by the bare reader and writer at
 #                  once (a bare client making the daemon's reads and
 #                  writes, neither waiting on the other); each timed by its
-#                  own clock, from a first write built to a last write
+#                  own clock, from a first write begun to a last write
 #                  durable (the daemon's: its first applied_at to its
-#                  sink's last-write stamp, docs/scenarios.md);
+#                  sink's last-write stamp, read from its admin endpoint,
+#                  docs/scenarios.md);
 #        menu      menu-sync, 10,000 items with images;
 #        memory    a backlog of 1,000,000 order records on the stream, the
 #                  daemon started into it and its resident memory sampled
@@ -242,7 +243,9 @@ CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
 echo "== 2b. orders: backlog drained by a bare reader, written by a bare writer, then by the daemon"
 configure "b$(date -u +%H%M%S)o"
 orders=$(python3 -c "print(max(100, round(10000 * $scale)))")
-measure orders "$loadgen" orders-throughput --orders "$orders" --start-command "$repo/scripts/daemon.sh start"
+# Where the daemon's own clock is read (its last-write stamp).
+CAFE_LOADGEN_DAEMON_ADMIN=${CAFE_ADMIN__LISTEN:-127.0.0.1:9464} \
+  measure orders "$loadgen" orders-throughput --orders "$orders" --start-command "$repo/scripts/daemon.sh start"
 
 echo "== 2c. menu: menu-sync"
 cp scenarios/menu-sync.toml "$out/scenarios/"

@@ -252,7 +252,7 @@ backlog = last_json_line("backlog.txt")
 rows = []
 
 
-def e2e_row(path, events, daemon_rate, kernel_ns, p, bare=None, e2e=None, cores_left=None):
+def e2e_row(path, events, daemon_rate, kernel_ns, p, bare=None, e2e=None, cores_left=None, clock=None):
     """`cores_left`: what the daemon could have had, when the run measured it
     (the machine's busy time minus the daemon's, from the first send to the
     drain's end); otherwise the machine's cores minus the emulators' CPU over
@@ -272,6 +272,8 @@ def e2e_row(path, events, daemon_rate, kernel_ns, p, bare=None, e2e=None, cores_
             "peak_rss_mib": p["daemon_peak_rss_mib"],
             "cores_left": cores_left,
             "e2e": e2e,
+            # How the daemon's rate was timed, where a path has two clocks.
+            **({"clock": clock} if clock else {}),
         }
     )
 
@@ -325,6 +327,9 @@ e2e_row(
         ("bare writer", orders["bare_write_items_per_sec"], to_writes),
     ]
     + orders_at_once,
+    # "own": the daemon's own clock; "drain": as the loadgen saw the drain
+    # end. Rows of the two are not to be compared as one figure.
+    clock="own" if own_clock else "drain",
 )
 # menu-sync times the kernel itself, over 100 of the run's items just after
 # its drain: this memory-bound work's speed on the host at the time of the
@@ -495,17 +500,21 @@ if own_clock:
     lines += [
         "",
         f"Orders, the daemon's own clock (the table's rate and ratios): {orders['daemon_own_secs']:.2f} s from its "
-        f"first write built to its last write durable (its first `applied_at` to "
+        f"first batch's writes begun to its last write durable (its first `applied_at` to "
         f"`cafe_sink_last_write_timestamp_seconds`), as the bare writers' own clocks run, from a first transaction "
-        f"built to a last one committed; its writes were built over {orders['daemon_writes_secs']:.2f} s of it. As "
-        f"the loadgen saw its last order complete, a drain of {orders['daemon_drain_secs']:.2f} s: "
-        f"{orders['ratio_to_writes']:.2f} of the bare writer{at_once}, the observer's lag on the daemon's side only.",
+        f"begun to a last one committed (the loadgen's observer still polls the emulator during the daemon's span "
+        f"only); its batches' writes began over {orders['daemon_writes_secs']:.2f} s of it. As the loadgen saw its "
+        f"last order complete, a drain of {orders['daemon_drain_secs']:.2f} s: {orders['ratio_to_writes']:.2f} of "
+        f"the bare writer{at_once}, the observer's lag on the daemon's side only.",
     ]
 elif "daemon_writes_secs" in orders:
-    # Runs since the daemon's own clock is read (loadgen's throughput.rs).
+    # Runs with the daemon's writes' span and no own clock (loadgen's
+    # throughput.rs before the last-write stamp; or a daemon without it).
+    refused = orders.get("daemon_own_clock_refused")
     lines += [
         "",
-        f"Orders, the daemon's own clock: its writes were built over {orders['daemon_writes_secs']:.2f} s (its first "
+        (f"Orders: no figure by the daemon's own clock ({refused}). The" if refused else "Orders, the")
+        + f" daemon's writes' span: its writes were built over {orders['daemon_writes_secs']:.2f} s (its first "
         f"and last `applied_at`), in a drain of {orders['daemon_drain_secs']:.2f} s as the loadgen saw its last order "
         f"complete; between the two lie its last write's own time and the observer's lag (0.32-0.44 s at 10,000 "
         f"orders, measured on the bare writer: docs/performance.md). The ratios use the drain; the bare writers' "

@@ -120,9 +120,27 @@ class BenchTable(unittest.TestCase):
         self.edit("orders.txt", lambda s: s.replace('"daemon_drain_secs":', '"daemon_writes_secs":3.37,"daemon_drain_secs":'))
         table, _ = self.table()
         orders = json.loads((self.run_dir / "orders.txt").read_text().strip().splitlines()[-1])
-        self.assertIn(f"its writes were built over 3.37 s (its first and last `applied_at`), in a drain of "
-                      f"{orders['daemon_drain_secs']:.2f} s as the loadgen saw", table)
-        self.assertNotIn("the daemon's own clock", (stored / "table.md").read_text())
+        self.assertIn(f"Orders, the daemon's writes' span: its writes were built over 3.37 s (its first and last "
+                      f"`applied_at`), in a drain of {orders['daemon_drain_secs']:.2f} s as the loadgen saw", table)
+        self.assertNotIn("the daemon's writes' span", (stored / "table.md").read_text())
+
+    def test_the_orders_row_without_the_daemon_s_own_clock(self):
+        # A new loadgen's run where no figure was made by the daemon's own
+        # clock (a daemon without the stamp): the row is the drain's, and the
+        # line says why.
+        why = "the daemon exports no cafe_sink_last_write_timestamp_seconds{sink=\\\"dynamodb\\\"}"
+        fields = ('"daemon_writes_secs":3.37,"daemon_own_secs":null,"daemon_own_clock_refused":"' + why + '",'
+                  '"daemon_own_records_per_sec":null,"own_ratio_to_writes":null,"own_ratio_to_reads_writes":null,'
+                  '"daemon_drain_secs":')
+        self.edit("orders.txt", lambda s: s.replace('"daemon_drain_secs":', fields))
+        table, figures = self.table()
+        self.assertIn("| orders (backlog) | 48,468 | 8,852/s | ", table)
+        self.assertIn("bare writer 11,523/s: 0.77 |", table)
+        self.assertIn('Orders: no figure by the daemon\'s own clock (the daemon exports no '
+                      'cafe_sink_last_write_timestamp_seconds{sink="dynamodb"}). The daemon\'s writes\' span: its writes '
+                      'were built over 3.37 s', table)
+        row = next(r for r in figures["paths"] if r["path"] == "orders (backlog)")
+        self.assertEqual(row["clock"], "drain")
 
     def test_the_orders_row_by_the_daemon_s_own_clock(self):
         # A run with the daemon's own clock (first write built to last write
@@ -140,12 +158,13 @@ class BenchTable(unittest.TestCase):
         self.assertIn("| orders (backlog) | 48,468 | 11,015/s | ", table)
         self.assertIn(f"| bare reader 119,213/s: {rate / 119212.71908510038:.2f}; bare writer 11,523/s: 0.96; "
                       "bare reader and writer at once 10,771/s: 1.02 |", table)
-        self.assertIn("Orders, the daemon's own clock (the table's rate and ratios): 4.40 s from its first write built "
-                      "to its last write durable", table)
-        self.assertIn("its writes were built over 3.37 s of it. As the loadgen saw its last order complete, a drain "
-                      "of 5.48 s: 0.77 of the bare writer and 0.82 of the bare reader and writer at once", table)
+        self.assertIn("Orders, the daemon's own clock (the table's rate and ratios): 4.40 s from its first batch's "
+                      "writes begun to its last write durable", table)
+        self.assertIn("its batches' writes began over 3.37 s of it. As the loadgen saw its last order complete, a "
+                      "drain of 5.48 s: 0.77 of the bare writer and 0.82 of the bare reader and writer at once", table)
         row = next(r for r in figures["paths"] if r["path"] == "orders (backlog)")
         self.assertAlmostEqual(row["daemon_per_sec"], rate)
+        self.assertEqual(row["clock"], "own")
 
     def test_a_run_made_again_without_criterion_json_keeps_nothing_and_says_so(self):
         home, _ = self.criterion_home()

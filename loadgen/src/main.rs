@@ -386,14 +386,17 @@ fn main() -> ExitCode {
                         t.own_ratio_to_reads_writes,
                     ) {
                         (Some(secs), Some(rate), Some(writes), Some(both)) => format!(
-                            "\nby the daemon's own clock (first write built to last write durable, as the bare writers' clocks run): {secs:.2} s, {rate:.0} records/s\n\
+                            "\nby the daemon's own clock (first write begun to last write durable, as the bare writers' clocks run): {secs:.2} s, {rate:.0} records/s\n\
                              ratio to the bare writer: {writes:.2}; to the bare reader and writer at once: {both:.2}"
                         ),
-                        _ => "\nby the daemon's own clock: none (it exports no last-write stamp)".to_owned(),
+                        _ => format!(
+                            "\nby the daemon's own clock: no figure ({})",
+                            t.daemon_own_clock_refused.as_deref().unwrap_or("none made")
+                        ),
                     };
                     println!(
                         "backlog: {} orders, {} records\nbare GetRecords reader: {:.2} s, {:.0} records/s\n\
-                         daemon: {:.2} s from start ({:.2} s to the first event applied, then a {:.2} s drain, its writes built over {:.2} s of it): {:.1} orders/s, {:.0} records/s over the drain\nratio daemon/bare reader: {:.3}\n\
+                         daemon: {:.2} s from start ({:.2} s to the first event applied, then a {:.2} s drain as seen, its writes begun over {:.2} s of it): {:.1} orders/s, {:.0} records/s over the drain\nratio daemon/bare reader: {:.3}\n\
                          bare DynamoDB writer (the daemon's item writes, 99 orders and their row per transaction, 16 at once): {:.2} s, {:.0} writes/s\n\
                          ratio daemon records/s to bare writer writes/s: {:.2}\n\
                          bare reader and writer at once: {:.2} s, {:.0} records/s\n\

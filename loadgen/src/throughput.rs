@@ -68,20 +68,23 @@ pub struct Throughput {
     /// last order seen complete. The rates below are over this span, as
     /// the bare clients' are over theirs (they have no start to pay).
     pub daemon_drain_secs: f64,
-    /// The daemon's own clock: from its first write built to its last
-    /// (the earliest and the latest `applied_at`, stamped as a write is
-    /// built). The drain less the last write's own time and the observer's
-    /// lag: a bound from below, where the drain is one from above. The
-    /// ratios use the drain, as the bare clients' own clocks have neither.
+    /// The daemon's writes' span: from its first batch's writes begun to
+    /// its last's (the earliest and the latest `applied_at`, stamped as a
+    /// batch's writes begin). The drain less the last batch's writes and
+    /// the observer's lag: a bound from below.
     pub daemon_writes_secs: f64,
     /// The daemon's own clock of its drain, as the bare writers' own clocks
-    /// run (from a first write built to a last write durable): from its
-    /// earliest `applied_at` to its DynamoDB sink's last write that
-    /// succeeded (`cafe_sink_last_write_timestamp_seconds{sink="dynamodb"}`
-    /// on its admin endpoint, read once every order was seen complete),
-    /// checked to lie between its latest `applied_at` and that moment. None
-    /// when the daemon exports no such stamp (a build before it).
+    /// run (from a first write begun to a last write durable): from its
+    /// earliest `applied_at` to its DynamoDB sink's last write answered
+    /// (`cafe_sink_last_write_timestamp_seconds{sink="dynamodb"}` on its
+    /// admin endpoint, read once every order was seen complete), checked to
+    /// lie between its latest `applied_at` and the moment it was read.
+    /// None when there is no such figure: `daemon_own_clock_refused` says
+    /// why.
     pub daemon_own_secs: Option<f64>,
+    /// Why there is no figure by the daemon's own clock (no admin endpoint
+    /// answered, a daemon without the stamp, a stamp outside its bounds).
+    pub daemon_own_clock_refused: Option<String>,
     /// Records per second over the daemon's own clock.
     pub daemon_own_records_per_sec: Option<f64>,
     /// Over the daemon's own clock: daemon records/s over bare writer items/s.
@@ -126,23 +129,24 @@ fn unix_secs(t: OffsetDateTime) -> f64 {
 }
 
 /// The daemon's own clock of its drain: from `first_applied` (its first
-/// write built) to `last_write` (Unix seconds: its sink's last write that
-/// succeeded, read at `seen`, once every order was seen complete). The
-/// stamp must lie between `last_applied` (the last write was built before
-/// it landed) and `seen` (it landed before it was seen): outside, it is
-/// not the orders' last write (another write of the daemon's, a clock
-/// that moved) and no figure is made of it.
+/// batch's writes begun) to `last_write` (Unix seconds: its sink's last
+/// write answered, the stamp as read at `read_at`, once every order was
+/// seen complete). The stamp must lie between `last_applied` (the last
+/// batch's writes began before they were answered) and `read_at` (it was
+/// set before it was read; the same host's clock): outside, it is not the
+/// end of these writes (a clock that moved, a daemon on another host) and
+/// no figure is made of it.
 fn own_clock(
     first_applied: OffsetDateTime,
     last_applied: OffsetDateTime,
     last_write: f64,
-    seen: OffsetDateTime,
+    read_at: OffsetDateTime,
 ) -> anyhow::Result<f64> {
-    let (built, seen) = (unix_secs(last_applied), unix_secs(seen));
+    let (begun, read) = (unix_secs(last_applied), unix_secs(read_at));
     anyhow::ensure!(
-        (built..=seen).contains(&last_write),
-        "the daemon's last DynamoDB write is stamped at {last_write:.3}, outside its last write built ({built:.3}) \
-         and the last order seen complete ({seen:.3}): not the orders' last write"
+        (begun..=read).contains(&last_write),
+        "the daemon's last DynamoDB write is stamped at {last_write:.3}, outside its last batch's writes begun \
+         ({begun:.3}) and the stamp read ({read:.3})"
     );
     Ok(last_write - unix_secs(first_applied))
 }
@@ -523,12 +527,12 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
     let deadline = started + Duration::from_secs(args.timeout_secs);
     wait_complete(&ddb, &args.targets.orders_table, &orders, &want, deadline).await?;
     let daemon_secs = started.elapsed().as_secs_f64();
-    let seen = OffsetDateTime::now_utc();
     // The daemon's last write, by its own clock: read now, before the bare
     // writers run (the daemon, idle, writes nothing more).
-    let last_write = crate::ceiling::daemon_metrics(&args.targets.daemon_admin).await.map(|text| {
-        crate::ceiling::metric(&text, &format!("{}{{sink=\"dynamodb\"}}", pipeline::metric_names::SINK_LAST_WRITE))
-    })?;
+    let series = format!("{}{{sink=\"dynamodb\"}}", pipeline::metric_names::SINK_LAST_WRITE);
+    let last_write =
+        crate::ceiling::daemon_metrics(&args.targets.daemon_admin).await.map(|text| crate::ceiling::metric(&text, &series));
+    let read_at = OffsetDateTime::now_utc();
     // When the daemon built its first write and its last: the earliest
     // and the latest `applied_at`.
     let ids: Vec<String> = want.keys().cloned().collect();
@@ -542,11 +546,18 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
     let daemon_start_secs = ((first_applied - started_wall).as_seconds_f64()).clamp(0.0, daemon_secs);
     let daemon_drain_secs = (daemon_secs - daemon_start_secs).max(1e-3);
     let daemon_writes_secs = (last_applied - first_applied).as_seconds_f64();
-    let daemon_own_secs = match last_write {
-        Some(at) => Some(own_clock(first_applied, last_applied, at, seen)?.max(1e-3)),
-        None => {
-            warn!("the daemon exports no {}: no figure by its own clock", pipeline::metric_names::SINK_LAST_WRITE);
-            None
+    // No figure by the daemon's own clock is no reason to lose the run's
+    // others: the reason is kept with them.
+    let own = match last_write {
+        Ok(Some(at)) => own_clock(first_applied, last_applied, at, read_at).map(|secs| secs.max(1e-3)),
+        Ok(None) => Err(anyhow::anyhow!("the daemon exports no {series}")),
+        Err(e) => Err(e),
+    };
+    let (daemon_own_secs, daemon_own_clock_refused) = match own {
+        Ok(secs) => (Some(secs), None),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "No figure by the daemon's own clock");
+            (None, Some(format!("{e:#}")))
         }
     };
     info!(daemon_secs, "Daemon done; timing a bare DynamoDB writer for the same number of items");
@@ -570,6 +581,7 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
         daemon_drain_secs,
         daemon_writes_secs,
         daemon_own_secs,
+        daemon_own_clock_refused,
         daemon_own_records_per_sec: own,
         own_ratio_to_writes: own.map(|r| r / writes),
         own_ratio_to_reads_writes: own.map(|r| r / reads_writes),
@@ -591,20 +603,22 @@ mod tests {
 
     use super::*;
 
-    /// The daemon's own clock runs from its first write built to its last
-    /// write's stamp, which must lie between its last write built and the
-    /// moment the loadgen saw the last order complete.
+    /// The daemon's own clock runs from its first batch's writes begun to
+    /// its last write's stamp, which must lie between its last batch's
+    /// writes begun and the moment the stamp was read; at today's Unix
+    /// times, to the microsecond.
     #[test]
-    fn the_daemon_s_own_clock_ends_at_its_last_write_between_built_and_seen() {
-        let at = |secs: f64| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds_f64(secs);
-        let (first, last, seen) = (at(100.0), at(103.25), at(104.5));
-        let secs = own_clock(first, last, 103.5, seen).expect("in range");
-        assert!((secs - 3.5).abs() < 1e-6, "{secs}");
-        assert!((own_clock(first, last, 103.25, seen).expect("at the last built") - 3.25).abs() < 1e-6);
-        assert!((own_clock(first, last, 104.5, seen).expect("at the moment seen") - 4.5).abs() < 1e-6);
-        for stamp in [103.0, 104.75, 0.0] {
-            let e = own_clock(first, last, stamp, seen).expect_err("outside");
-            assert!(e.to_string().contains("not the orders' last write"), "{e}");
+    fn the_daemon_s_own_clock_ends_at_its_last_write_between_begun_and_read() {
+        const NOW: f64 = 1_796_655_041.0;
+        let at = |secs: f64| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds_f64(NOW + secs);
+        let (first, last, read) = (at(0.0), at(3.25), at(4.5));
+        let secs = own_clock(first, last, NOW + 3.500_001, read).expect("in range");
+        assert!((secs - 3.500_001).abs() < 1e-6, "{secs}");
+        assert!((own_clock(first, last, NOW + 3.25, read).expect("at the last begun") - 3.25).abs() < 1e-6);
+        assert!((own_clock(first, last, NOW + 4.5, read).expect("at the moment read") - 4.5).abs() < 1e-6);
+        for stamp in [NOW + 3.0, NOW + 4.75, 0.0] {
+            let e = own_clock(first, last, stamp, read).expect_err("outside");
+            assert!(e.to_string().contains("outside its last batch's writes begun"), "{e}");
         }
     }
 
