@@ -393,7 +393,12 @@ pub(crate) async fn create_scratch_table(ddb: &aws_sdk_dynamodb::Client, table: 
     create_table_keyed(ddb, table, "k").await
 }
 
-/// Creates `table` (on demand), keyed by the string attribute `key`.
+/// Creates `table` (on demand), keyed by the string attribute `key`, and
+/// waits until it is ACTIVE. DynamoDB creates a table CREATING and refuses
+/// its reads and writes (ResourceNotFoundException) until it is ACTIVE,
+/// seconds later; the local stack's dynoxide makes it ACTIVE at once
+/// (docs/local-stack.md), so a bare client that wrote at once worked here
+/// and would fail on AWS.
 async fn create_table_keyed(ddb: &aws_sdk_dynamodb::Client, table: &str, key: &str) -> anyhow::Result<()> {
     use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
     ddb.create_table()
@@ -404,7 +409,33 @@ async fn create_table_keyed(ddb: &aws_sdk_dynamodb::Client, table: &str, key: &s
         .send()
         .await
         .with_context(|| format!("creating the table {table}"))?;
-    Ok(())
+    wait_table_active(ddb, table, TABLE_ACTIVE_WITHIN).await
+}
+
+/// How long a new table may stay CREATING (on AWS, seconds).
+const TABLE_ACTIVE_WITHIN: Duration = Duration::from_secs(120);
+
+/// Asks DynamoDB for `table`'s status until it is ACTIVE: at once, then
+/// after 100 ms, the pause doubling to 2 s; an error once `within` has
+/// passed.
+async fn wait_table_active(ddb: &aws_sdk_dynamodb::Client, table: &str, within: Duration) -> anyhow::Result<()> {
+    use aws_sdk_dynamodb::types::TableStatus;
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let out = ddb.describe_table().table_name(table).send().await.with_context(|| format!("describing the table {table}"))?;
+        let status = out.table().and_then(|t| t.table_status()).cloned();
+        if status == Some(TableStatus::Active) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() + pause <= deadline,
+            "the table {table} is not ACTIVE after {within:?} (status {})",
+            status.as_ref().map_or("none", |s| s.as_str())
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
 }
 
 /// A backlog of `orders` orders (each 3 or 5 events), `bulk_ratio` of them
@@ -599,6 +630,8 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use aws_sdk_dynamodb::types::AttributeValue;
 
     use super::*;
@@ -628,6 +661,62 @@ mod tests {
         assert_eq!(applied_span([at(5), at(2), at(9), at(4)].into_iter()), Some((at(2), at(9))));
         assert_eq!(applied_span([at(3)].into_iter()), Some((at(3), at(3))));
         assert_eq!(applied_span(std::iter::empty()), None);
+    }
+
+    /// A DynamoDB (in memory) that creates tables CREATING and reports
+    /// each ACTIVE from its `active_after`th DescribeTable on, and the
+    /// operations it was asked, in order: for the wait that the local
+    /// stack, whose tables are ACTIVE at once, cannot show.
+    fn creating_dynamodb(active_after: usize) -> (aws_sdk_dynamodb::Client, Arc<std::sync::Mutex<Vec<String>>>) {
+        use aws_sdk_dynamodb::config::http::{HttpRequest, HttpResponse};
+        use aws_smithy_runtime_api::client::http::{HttpConnector, HttpConnectorFuture, SharedHttpConnector, http_client_fn};
+
+        #[derive(Debug, Clone)]
+        struct Creating(Arc<std::sync::Mutex<Vec<String>>>, usize);
+
+        impl HttpConnector for Creating {
+            fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+                let op =
+                    request.headers().get("x-amz-target").unwrap_or_default().trim_start_matches("DynamoDB_20120810.").to_owned();
+                let mut asked = self.0.lock().expect("not poisoned");
+                asked.push(op.clone());
+                let describes = asked.iter().filter(|o| *o == "DescribeTable").count();
+                let status = if op == "DescribeTable" && describes >= self.1 { "ACTIVE" } else { "CREATING" };
+                let body = match op.as_str() {
+                    "CreateTable" => serde_json::json!({"TableDescription": {"TableName": "t", "TableStatus": status}}),
+                    _ => serde_json::json!({"Table": {"TableName": "t", "TableStatus": status}}),
+                };
+                let status = 200.try_into().expect("a valid status");
+                HttpConnectorFuture::ready(Ok(HttpResponse::new(status, aws_smithy_types::body::SdkBody::from(body.to_string()))))
+            }
+        }
+
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connector = Creating(Arc::clone(&asked), active_after);
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("k", "s", None, None, "test"))
+            .http_client(http_client_fn(move |_, _| SharedHttpConnector::new(connector.clone())))
+            .build();
+        (aws_sdk_dynamodb::Client::from_conf(config), asked)
+    }
+
+    /// A scratch table is used only once DynamoDB says it is ACTIVE: its
+    /// creation asks for its status until then (AWS keeps a new table
+    /// CREATING for seconds and refuses its reads and writes meanwhile).
+    #[tokio::test]
+    async fn a_scratch_table_is_waited_for_until_it_is_active() {
+        let (ddb, asked) = creating_dynamodb(3);
+        create_scratch_table(&ddb, "t").await.expect("active on the third ask");
+        assert_eq!(*asked.lock().expect("not poisoned"), ["CreateTable", "DescribeTable", "DescribeTable", "DescribeTable"]);
+
+        let (ddb, asked) = creating_dynamodb(usize::MAX);
+        let e = wait_table_active(&ddb, "t", Duration::from_millis(400)).await.expect_err("never active");
+        assert!(e.to_string().contains("not ACTIVE after 400ms (status CREATING)"), "{e}");
+        // At once, then after 100 and 200 ms: the next pause, 400 ms, would
+        // pass the deadline.
+        assert_eq!(asked.lock().expect("not poisoned").len(), 3);
     }
 
     /// A client of the local stack's DynamoDB (scripts/test.sh starts it).
