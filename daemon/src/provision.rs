@@ -240,17 +240,24 @@ async fn stream(kinesis: &aws_sdk_kinesis::Client, name: &str, shards: u32) -> a
     Ok(Provisioned { kind: "kinesis", name: name.to_owned(), created })
 }
 
-/// Polls `is_active` once a second for up to two minutes.
+/// Polls `is_active` for up to two minutes: at once, then after 100 ms, the
+/// pause doubling to a second (a table of the local stack is CREATING for
+/// half a second, one on AWS for seconds).
 async fn wait_active<F, Fut>(what: &str, name: &str, mut is_active: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
 {
-    for _ in 0..120 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut pause = Duration::from_millis(100);
+    loop {
         if is_active().await? {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        if tokio::time::Instant::now() + pause > deadline {
+            bail!("{what} {name} did not become ACTIVE within 2 minutes");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
-    bail!("{what} {name} did not become ACTIVE within 2 minutes")
 }
