@@ -83,6 +83,12 @@ python3 scripts/test_test_script.py
 phase "the stack script: a server started from other files than the checkout's is restarted"
 python3 scripts/local-stack/test_stack_script.py
 
+phase "the emulators' own tests (emulators/, DynamoDB's front), clippy as their compiler"
+# In the stack's build folder (its release dependencies are built there
+# already): only cafe-emulators' test build is new.
+(cd emulators && cargo test -q --release --locked \
+  --target-dir "${CAFE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cafe-stream}/emulators/target")
+
 phase "features: the release builds with and without the benches resolve the same (scripts/check_features.py)"
 python3 scripts/test_check_features.py
 python3 scripts/check_features.py

@@ -10,16 +10,19 @@
 //!
 //! This file owns the binding (loopback only: neither emulator checks
 //! credentials), the emulators' options (streams active at once, a shard
-//! limit, an iterator lifetime a test can shorten) and the line that says
-//! what is serving. It must not change what an emulator answers: where one
-//! is more lenient than AWS, docs/local-stack.md says so and why it is acceptable, or
-//! the strictness goes here with its reason.
+//! limit, an iterator lifetime a test can shorten, how long a new table
+//! stays CREATING) and the line that says what is serving. It must not
+//! change what an emulator answers: where one is more lenient than AWS,
+//! docs/local-stack.md says so and why it is acceptable, or the strictness
+//! goes here (or in `front.rs`, DynamoDB's) with its reason.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
+
+mod front;
 
 #[derive(Parser, Debug)]
 #[command(name = "cafe-emulators", version, about = "DynamoDB (dynoxide) and Kinesis (ferrokinesis) on 127.0.0.1")]
@@ -38,6 +41,11 @@ struct Args {
     /// to see ExpiredIteratorException in seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     iterator_lifetime_secs: u64,
+    /// How long a new DynamoDB table stays CREATING, its reads and writes
+    /// refused (AWS: seconds); 0 makes it ACTIVE at once, as dynoxide
+    /// alone does (front.rs).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    table_creating_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,14 +74,27 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     if let Some(port) = args.dynamodb_port {
         let listener = bind(port).await.context("DynamoDB")?;
         let addr = listener.local_addr()?;
+        // dynoxide on a port of its own, behind the front on the one asked
+        // for (front.rs: new tables CREATING for a while, as on AWS).
+        let inner = bind(0).await.context("DynamoDB (dynoxide, behind the front)")?;
+        let inner_addr = inner.local_addr()?;
         let db = dynoxide::Database::memory().map_err(|e| anyhow::anyhow!("dynoxide: in-memory database: {e}"))?;
         let stop = stopped();
         servers.spawn(async move {
-            dynoxide::server::serve_with_shutdown(listener, db, stop)
+            dynoxide::server::serve_with_shutdown(inner, db, stop)
                 .await
-                .map_err(|e| anyhow::anyhow!("DynamoDB on {addr}: {e}"))
+                .map_err(|e| anyhow::anyhow!("dynoxide on {inner_addr}: {e}"))
         });
-        println!("dynamodb http://{addr} dynoxide (in memory)");
+        let window = std::time::Duration::from_millis(args.table_creating_ms);
+        let app = axum::Router::new()
+            .fallback(front::handle)
+            .with_state(front::Front::new(inner_addr, window))
+            .layer(axum::extract::DefaultBodyLimit::disable());
+        let stop = stopped();
+        servers.spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(stop).await.with_context(|| format!("DynamoDB on {addr}"))
+        });
+        println!("dynamodb http://{addr} dynoxide (in memory; new tables CREATING for {} ms)", args.table_creating_ms);
     }
     if let Some(port) = args.kinesis_port {
         let listener = bind(port).await.context("Kinesis")?;

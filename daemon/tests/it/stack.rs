@@ -328,3 +328,57 @@ async fn kinesis_a_reader_at_the_tip_misses_no_record_of_concurrent_puts() {
     assert_eq!(seen.len(), total, "the reader at the tip missed {} of {total} records", total - seen.len());
     kinesis.delete_stream().stream_name(&stream).send().await.expect("delete stream");
 }
+
+/// DynamoDB creates a table CREATING and refuses its reads and writes
+/// (ResourceNotFoundException) and its deletion (ResourceInUseException)
+/// until it is ACTIVE, seconds later. dynoxide makes it ACTIVE at once; the
+/// emulators' front (`emulators/src/front.rs`) keeps it CREATING for half a
+/// second, so a client that writes without waiting fails here as on AWS.
+#[tokio::test(flavor = "multi_thread")]
+async fn dynamodb_refuses_a_new_table_s_reads_and_writes_until_it_is_active() {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put, ScalarAttributeType, TableStatus,
+        TransactWriteItem,
+    };
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = format!("it-stack-creating-{}-{}", std::process::id(), rand::random::<u32>());
+    let created = ddb
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder().attribute_name("k").attribute_type(ScalarAttributeType::S).build().expect("attr"),
+        )
+        .key_schema(KeySchemaElement::builder().attribute_name("k").key_type(KeyType::Hash).build().expect("key"))
+        .send()
+        .await
+        .expect("create table");
+    assert_eq!(created.table_description().and_then(|t| t.table_status()), Some(&TableStatus::Creating));
+    let status = || async {
+        ddb.describe_table().table_name(&table).send().await.expect("describe").table().and_then(|t| t.table_status()).cloned()
+    };
+    assert_eq!(status().await, Some(TableStatus::Creating));
+    let item = || std::collections::HashMap::from([("k".to_owned(), AttributeValue::S("a".into()))]);
+    let code = |e: &dyn aws_sdk_dynamodb::error::ProvideErrorMetadata| e.code().map(str::to_owned);
+    let put = ddb.put_item().table_name(&table).set_item(Some(item())).send().await.expect_err("a CREATING table's write");
+    assert_eq!(code(&put).as_deref(), Some("ResourceNotFoundException"), "{put:?}");
+    let get = ddb.get_item().table_name(&table).set_key(Some(item())).send().await.expect_err("a CREATING table's read");
+    assert_eq!(code(&get).as_deref(), Some("ResourceNotFoundException"), "{get:?}");
+    let transact =
+        TransactWriteItem::builder().put(Put::builder().table_name(&table).set_item(Some(item())).build().expect("put")).build();
+    let tx = ddb.transact_write_items().transact_items(transact).send().await.expect_err("a CREATING table's transaction");
+    assert_eq!(code(&tx).as_deref(), Some("ResourceNotFoundException"), "{tx:?}");
+    let delete = ddb.delete_table().table_name(&table).send().await.expect_err("a CREATING table's deletion");
+    assert_eq!(code(&delete).as_deref(), Some("ResourceInUseException"), "{delete:?}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status().await != Some(TableStatus::Active) {
+        assert!(std::time::Instant::now() < deadline, "{table} never became ACTIVE");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ddb.put_item().table_name(&table).set_item(Some(item())).send().await.expect("an ACTIVE table's write");
+    let got = ddb.get_item().table_name(&table).set_key(Some(item())).consistent_read(true).send().await.expect("read");
+    assert!(got.item().is_some());
+    ddb.delete_table().table_name(&table).send().await.expect("delete table");
+}
