@@ -89,13 +89,26 @@ fn tables_of<'a>(operation: &str, request: &'a Value) -> Vec<&'a str> {
     }
 }
 
-/// DynamoDB's error answer.
+/// DynamoDB's error answer, with the checksum of its body DynamoDB sends
+/// (`x-amz-crc32`: botocore checks it).
 fn refuse(content_type: Option<&HeaderValue>, code: &str, message: String) -> Response {
     let body = serde_json::json!({"__type": format!("com.amazonaws.dynamodb.v20120810#{code}"), "message": message});
-    let mut response = Response::new(Body::from(body.to_string()));
+    let body = Bytes::from(body.to_string());
+    let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::BAD_REQUEST;
     let content_type = content_type.cloned().unwrap_or_else(|| HeaderValue::from_static("application/x-amz-json-1.0"));
     response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    response.headers_mut().insert("x-amzn-requestid", HeaderValue::from_static("cafe-emulators-front"));
+    set_body(response, body)
+}
+
+/// `response` with `body`, its length and its `x-amz-crc32` checksum (the
+/// body dynoxide checksummed may have been rewritten).
+fn set_body(mut response: Response, body: Bytes) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert("x-amz-crc32", HeaderValue::from(crc32fast::hash(&body)));
+    *response.body_mut() = Body::from(body);
     response
 }
 
@@ -147,8 +160,8 @@ pub async fn handle(State(front): State<Arc<Front>>, request: Request) -> Respon
         Ok(answer) => answer,
         Err(e) => return bad_gateway(format!("dynoxide: {e}")),
     };
-    let (mut answer_parts, answer_body) = answer.into_parts();
-    let mut answer_body = match answer_body.collect().await {
+    let (answer_parts, answer_body) = answer.into_parts();
+    let answer_body = match answer_body.collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return bad_gateway(format!("dynoxide's answer: {e}")),
     };
@@ -161,8 +174,7 @@ pub async fn handle(State(front): State<Arc<Front>>, request: Request) -> Respon
             }
             ("DescribeTable", Some(table)) if front.first_creating([table]).is_some() => {
                 if let Some(creating) = still_creating(&answer_body) {
-                    answer_body = creating;
-                    answer_parts.headers.remove(header::CONTENT_LENGTH);
+                    return set_body(Response::from_parts(answer_parts, Body::empty()), creating);
                 }
             }
             _ => {}
@@ -211,6 +223,35 @@ mod tests {
         // Asking about a table, or listing them, is answered while it is CREATING.
         assert!(tables_of("DescribeTable", &json(r#"{"TableName":"a"}"#)).is_empty());
         assert!(tables_of("ListTables", &json("{}")).is_empty());
+    }
+
+    /// A body rewritten or made here carries its own length and checksum,
+    /// as dynoxide's and DynamoDB's do (botocore refuses an answer whose
+    /// `x-amz-crc32` does not match its body).
+    #[test]
+    fn an_answer_made_here_carries_its_length_and_checksum() {
+        let response = refuse(None, "ResourceNotFoundException", "Requested resource not found".to_owned());
+        let headers = response.headers().clone();
+        let body = futures_body(response);
+        assert_eq!(headers[header::CONTENT_LENGTH], body.len().to_string());
+        assert_eq!(headers["x-amz-crc32"], crc32fast::hash(&body).to_string());
+        assert_eq!(headers[header::CONTENT_TYPE], "application/x-amz-json-1.0");
+        let stale = Response::builder()
+            .header("x-amz-crc32", "1")
+            .header(header::CONTENT_LENGTH, "3")
+            .body(Body::empty())
+            .expect("response");
+        let response = set_body(stale, Bytes::from_static(b"{\"Table\":{}}"));
+        assert_eq!(response.headers()[header::CONTENT_LENGTH], "12");
+        assert_eq!(response.headers()["x-amz-crc32"], crc32fast::hash(b"{\"Table\":{}}").to_string());
+    }
+
+    /// A response's whole body.
+    fn futures_body(response: Response) -> Bytes {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(async { response.into_body().collect().await.expect("body").to_bytes() })
     }
 
     #[test]
