@@ -83,6 +83,41 @@ fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     path
 }
 
+/// A `cafe-emulators` of a test's own, started with `args` (its ports
+/// among them) and killed when dropped: the stack's binary
+/// (`CAFE_EMULATORS_BIN`, or the stack script's build, made if this
+/// machine has none), for options the stack's own does not run with.
+pub(crate) struct OwnEmulators(Child);
+
+impl OwnEmulators {
+    /// Starts it and waits until `port` (one of `args`) takes connections.
+    pub(crate) fn start(args: &[&str], port: u16) -> Self {
+        let bin = std::env::var("CAFE_EMULATORS_BIN").map(PathBuf::from).ok().filter(|p| p.is_file()).unwrap_or_else(|| {
+            let stack = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/local-stack/stack.sh");
+            let out =
+                Command::new(&stack).arg("emulators-bin").stderr(Stdio::inherit()).output().expect("stack.sh emulators-bin");
+            assert!(out.status.success(), "stack.sh emulators-bin failed");
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        });
+        let child =
+            Command::new(&bin).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start cafe-emulators");
+        let own = OwnEmulators(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "cafe-emulators did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        own
+    }
+}
+
+impl Drop for OwnEmulators {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }

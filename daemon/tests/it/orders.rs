@@ -3,7 +3,6 @@
 //! DynamoDB (ferrokinesis and dynoxide, in `cafe-emulators`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +15,7 @@ use serde_json::json;
 use daemon::sinks::redshift::postgres::PgTransport;
 
 use super::menu::{pg_target, wait_mirrored};
-use super::{BIN, Env, free_port, http_get, metric};
+use super::{BIN, Env, OwnEmulators, free_port, http_get, metric};
 
 /// What the orders of a test should add up to.
 #[derive(Debug, Default, Clone)]
@@ -636,32 +635,11 @@ async fn expired_shard_iterators_are_renewed_and_nothing_is_lost() {
     // A Kinesis of this test's own (the stack's emulator binary, built by
     // the stack script if this machine has none) whose iterators live 1 s:
     // every iterator the daemon keeps across a 1.5 s poll interval expires.
-    let bin = std::env::var("CAFE_EMULATORS_BIN").map(PathBuf::from).ok().filter(|p| p.is_file()).unwrap_or_else(|| {
-        let stack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/local-stack/stack.sh");
-        let out = Command::new(&stack).arg("emulators-bin").stderr(Stdio::inherit()).output().expect("stack.sh emulators-bin");
-        assert!(out.status.success(), "stack.sh emulators-bin failed");
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    });
     let port = free_port();
-    let mut kinesis = Command::new(&bin)
-        .args(["--kinesis-port", &port.to_string(), "--kinesis-shard-limit", "16", "--iterator-lifetime-secs", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start cafe-emulators");
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(&mut kinesis);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "cafe-emulators did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let _kinesis = OwnEmulators::start(
+        &["--kinesis-port", &port.to_string(), "--kinesis-shard-limit", "16", "--iterator-lifetime-secs", "1"],
+        port,
+    );
     let endpoint = format!("http://127.0.0.1:{port}");
     let mut env = Env::with_orders(
         "expiry",

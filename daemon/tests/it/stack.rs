@@ -333,15 +333,21 @@ async fn kinesis_a_reader_at_the_tip_misses_no_record_of_concurrent_puts() {
 /// (ResourceNotFoundException) and its deletion (ResourceInUseException)
 /// until it is ACTIVE, seconds later. dynoxide makes it ACTIVE at once; the
 /// emulators' front (`emulators/src/front.rs`) keeps it CREATING for half a
-/// second, so a client that writes without waiting fails here as on AWS.
+/// second on the stack, so a client that writes without waiting fails here
+/// as on AWS. Checked on emulators of the test's own that keep it CREATING
+/// for 4 s (the stack's half second is too short to make five calls in on a
+/// loaded machine).
 #[tokio::test(flavor = "multi_thread")]
 async fn dynamodb_refuses_a_new_table_s_reads_and_writes_until_it_is_active() {
     use aws_sdk_dynamodb::types::{
         AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put, ScalarAttributeType, TableStatus,
         TransactWriteItem,
     };
+    let port = super::free_port();
+    let _own = super::OwnEmulators::start(&["--dynamodb-port", &port.to_string(), "--table-creating-ms", "4000"], port);
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let config = aws_sdk_dynamodb::config::Builder::from(&sdk).endpoint_url(format!("http://127.0.0.1:{port}")).build();
+    let ddb = aws_sdk_dynamodb::Client::from_conf(config);
     let table = format!("it-stack-creating-{}-{}", std::process::id(), rand::random::<u32>());
     let created = ddb
         .create_table()
@@ -372,7 +378,7 @@ async fn dynamodb_refuses_a_new_table_s_reads_and_writes_until_it_is_active() {
     let delete = ddb.delete_table().table_name(&table).send().await.expect_err("a CREATING table's deletion");
     assert_eq!(code(&delete).as_deref(), Some("ResourceInUseException"), "{delete:?}");
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while status().await != Some(TableStatus::Active) {
         assert!(std::time::Instant::now() < deadline, "{table} never became ACTIVE");
         tokio::time::sleep(Duration::from_millis(100)).await;
