@@ -42,6 +42,11 @@ pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
     let mut done = Vec::new();
+    // Tables are created one after the other without waiting, then waited
+    // for: DynamoDB creates them side by side (seconds each on AWS, half a
+    // second on the local stack), so provisioning waits about one
+    // table's creation, not the sum of them.
+    let mut tables = Vec::new();
     for resource in components::list(config).iter().flat_map(|c| c.resources()) {
         let name = resource.name.as_str();
         match &resource.shape {
@@ -67,13 +72,8 @@ pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
                 done.push(queue(&sqs, name, attrs).await?.0);
             }
             Shape::Table { keys, index, ttl } => {
-                done.push(table_with_keys(&dynamodb, name, keys).await?);
-                if let Some(index) = index {
-                    secondary_index(&dynamodb, name, *index).await?;
-                }
-                if let Some(attribute) = ttl {
-                    expiry(&dynamodb, name, attribute).await?;
-                }
+                done.push(create_table(&dynamodb, name, keys).await?);
+                tables.push((name.to_owned(), *index, *ttl));
             }
             Shape::Stream { shards } => done.push(stream(&kinesis, name, *shards).await?),
             Shape::RedshiftTable(redshift) => {
@@ -85,6 +85,15 @@ pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
                     .map_err(|e| anyhow::anyhow!("creating Redshift table {name}: {e}"))?;
                 done.push(Provisioned { kind: "redshift", name: name.to_owned(), created: false });
             }
+        }
+    }
+    for (name, index, ttl) in tables {
+        table_active(&dynamodb, &name).await?;
+        if let Some(index) = index {
+            secondary_index(&dynamodb, &name, index).await?;
+        }
+        if let Some(attribute) = ttl {
+            expiry(&dynamodb, &name, attribute).await?;
         }
     }
     Ok(done)
@@ -201,7 +210,9 @@ async fn queue(
     Ok((Provisioned { kind: "sqs", name: name.to_owned(), created: true }, url))
 }
 
-async fn table_with_keys(dynamodb: &aws_sdk_dynamodb::Client, name: &str, keys: &[&str]) -> anyhow::Result<Provisioned> {
+/// Creates table `name` keyed by `keys` (a hash key, then a range key) if
+/// it does not exist, without waiting for it: [`table_active`] does.
+async fn create_table(dynamodb: &aws_sdk_dynamodb::Client, name: &str, keys: &[&str]) -> anyhow::Result<Provisioned> {
     let mut req = dynamodb.create_table().table_name(name).billing_mode(BillingMode::PayPerRequest);
     for (i, attr) in keys.iter().enumerate() {
         let key_type = if i == 0 { KeyType::Hash } else { KeyType::Range };
@@ -216,13 +227,22 @@ async fn table_with_keys(dynamodb: &aws_sdk_dynamodb::Client, name: &str, keys: 
         Err(e) if e.code() == Some("ResourceInUseException") => false,
         Err(e) => bail!("creating table {name}: {}", describe(&e)),
     };
-    wait_active("table", name, || async {
-        let out = dynamodb.describe_table().table_name(name).send().await;
-        let out = out.map_err(|e| anyhow::anyhow!("describing table {name}: {}", describe(&e)))?;
-        Ok(out.table.and_then(|t| t.table_status) == Some(TableStatus::Active))
-    })
-    .await?;
     Ok(Provisioned { kind: "dynamodb", name: name.to_owned(), created })
+}
+
+/// Waits until table `name` is ACTIVE.
+async fn table_active(dynamodb: &aws_sdk_dynamodb::Client, name: &str) -> anyhow::Result<()> {
+    wait_active("table", name, || async {
+        match dynamodb.describe_table().table_name(name).send().await {
+            Ok(out) => Ok(out.table.and_then(|t| t.table_status) == Some(TableStatus::Active)),
+            // DescribeTable is eventually consistent: just after CreateTable
+            // it may not know the table yet. Not ACTIVE yet, as the SDK's own
+            // waiter has it.
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => Ok(false),
+            Err(e) => bail!("describing table {name}: {}", describe(&e)),
+        }
+    })
+    .await
 }
 
 async fn stream(kinesis: &aws_sdk_kinesis::Client, name: &str, shards: u32) -> anyhow::Result<Provisioned> {
@@ -259,5 +279,59 @@ where
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use aws_sdk_dynamodb::config::http::{HttpRequest, HttpResponse};
+    use aws_smithy_runtime_api::client::http::{HttpConnector, HttpConnectorFuture};
+
+    use super::*;
+
+    /// A DynamoDB (in memory) that creates the table CREATING, does not know
+    /// it at the first DescribeTable (eventually consistent), says CREATING
+    /// at the second and ACTIVE at the third; and the operations asked.
+    #[derive(Debug, Clone, Default)]
+    struct Creating(Arc<Mutex<Vec<String>>>);
+
+    impl HttpConnector for Creating {
+        fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+            let op =
+                request.headers().get("x-amz-target").unwrap_or_default().trim_start_matches("DynamoDB_20120810.").to_owned();
+            let mut asked = self.0.lock().expect("not poisoned");
+            asked.push(op.clone());
+            let describes = asked.iter().filter(|o| *o == "DescribeTable").count();
+            let (code, body) = match (op.as_str(), describes) {
+                ("CreateTable", _) => {
+                    (200, serde_json::json!({"TableDescription": {"TableName": "t", "TableStatus": "CREATING"}}))
+                }
+                (_, 1) => (
+                    400,
+                    serde_json::json!({"__type": "com.amazonaws.dynamodb.v20120810#ResourceNotFoundException", "message": "Requested resource not found: Table: t not found"}),
+                ),
+                (_, 2) => (200, serde_json::json!({"Table": {"TableName": "t", "TableStatus": "CREATING"}})),
+                _ => (200, serde_json::json!({"Table": {"TableName": "t", "TableStatus": "ACTIVE"}})),
+            };
+            let status = code.try_into().expect("a valid status");
+            HttpConnectorFuture::ready(Ok(HttpResponse::new(status, aws_smithy_types::body::SdkBody::from(body.to_string()))))
+        }
+    }
+
+    /// A table DescribeTable does not know yet, just after CreateTable, is
+    /// waited for as one still CREATING, not reported as a failure.
+    #[tokio::test]
+    async fn a_new_table_not_yet_described_is_waited_for() {
+        let connector = Creating::default();
+        let dynamodb = aws_sdk_dynamodb::Client::new(&crate::sinks::in_process_sdk_config(connector.clone()));
+        let done = create_table(&dynamodb, "t", &["k"]).await.expect("created");
+        assert!(done.created);
+        table_active(&dynamodb, "t").await.expect("active");
+        assert_eq!(
+            *connector.0.lock().expect("not poisoned"),
+            ["CreateTable", "DescribeTable", "DescribeTable", "DescribeTable"]
+        );
     }
 }
