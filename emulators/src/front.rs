@@ -9,8 +9,13 @@
 //! CREATING state"). dynoxide makes a table ACTIVE at once, so a client that
 //! writes to a table it has just created without waiting works on the local
 //! stack and fails on AWS. This front reports a new table CREATING to
-//! DescribeTable for `window` and refuses what DynamoDB refuses meanwhile;
-//! every other request and answer passes unchanged.
+//! DescribeTable for `window` and meanwhile refuses the item calls on it
+//! (single, batch and transaction) and its deletion or update, as DynamoDB
+//! does. Not covered: PartiQL calls (the table is named inside the
+//! statement), UpdateTimeToLive, tagging, backups and DynamoDB Streams
+//! calls on a CREATING table, none of which the project makes before a
+//! table is ACTIVE; they, and every other request and answer, pass
+//! unchanged.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -569,8 +569,8 @@ pub async fn run(args: &ThroughputArgs, seed: u64) -> anyhow::Result<Throughput>
     let last_write =
         crate::ceiling::daemon_metrics(&args.targets.daemon_admin).await.map(|text| crate::ceiling::metric(&text, &series));
     let read_at = OffsetDateTime::now_utc();
-    // When the daemon built its first write and its last: the earliest
-    // and the latest `applied_at`.
+    // When the daemon's first batch's writes began and its last's: the
+    // earliest and the latest `applied_at`.
     let ids: Vec<String> = want.keys().cloned().collect();
     let (first_applied, last_applied) = applied_span(
         read_orders(&ddb, &args.targets.orders_table, &ids)
