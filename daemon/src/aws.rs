@@ -287,18 +287,8 @@ mod tests {
 
     /// An HTTP client that answers every request in-process with `status`
     /// and an empty JSON object.
-    #[derive(Debug, Clone)]
-    struct Answer(u16);
-
-    impl aws_smithy_runtime_api::client::http::HttpConnector for Answer {
-        fn call(
-            &self,
-            _: aws_sdk_dynamodb::config::http::HttpRequest,
-        ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
-            let status = self.0.try_into().expect("a valid status");
-            let response = aws_sdk_dynamodb::config::http::HttpResponse::new(status, aws_smithy_types::body::SdkBody::from("{}"));
-            aws_smithy_runtime_api::client::http::HttpConnectorFuture::ready(Ok(response))
-        }
+    fn answer(status: u16) -> crate::sinks::Answering {
+        crate::sinks::Answering::now(status, "{}")
     }
 
     fn requests(metrics: &Metrics, service: &str, operation: &str) -> u64 {
@@ -317,7 +307,7 @@ mod tests {
                     .region(Region::new("us-east-1"))
                     .credentials_provider(Credentials::new("k", "s", None, None, "test"))
                     .retry_config(aws_config::retry::RetryConfig::disabled())
-                    .http_client(crate::sinks::in_process(Answer(status)))
+                    .http_client(crate::sinks::in_process(answer(status)))
                     .interceptor(CountRequests(Arc::clone(&metrics)))
                     .build(),
             )
@@ -345,7 +335,7 @@ mod tests {
                 .behavior_version(BehaviorVersion::latest())
                 .region(Region::new("us-east-1"))
                 .credentials_provider(Credentials::new("k", "s", None, None, "test"))
-                .http_client(crate::sinks::in_process(Answer(200)))
+                .http_client(crate::sinks::in_process(answer(200)))
                 .build(),
         );
         plain.get_item().table_name("t").send().await.expect("answered");

@@ -63,6 +63,45 @@ impl aws_smithy_runtime_api::client::http::HttpConnector for Silent {
     }
 }
 
+/// An endpoint that answers every request with `status` and `body`, after
+/// `delay`: an AWS endpoint's answer, for unit tests of what callers do
+/// with it (and when).
+#[cfg(test)]
+#[derive(Debug, Clone)]
+pub(crate) struct Answering {
+    pub status: u16,
+    pub body: &'static str,
+    pub delay: std::time::Duration,
+}
+
+#[cfg(test)]
+impl Answering {
+    /// `status` with `body`, at once.
+    pub(crate) fn now(status: u16, body: &'static str) -> Self {
+        Answering { status, body, delay: std::time::Duration::ZERO }
+    }
+}
+
+#[cfg(test)]
+impl aws_smithy_runtime_api::client::http::HttpConnector for Answering {
+    fn call(
+        &self,
+        _: aws_smithy_runtime_api::client::orchestrator::HttpRequest,
+    ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+        let Answering { status, body, delay } = self.clone();
+        aws_smithy_runtime_api::client::http::HttpConnectorFuture::new(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let status = status.try_into().expect("a valid status");
+            Ok(aws_smithy_runtime_api::client::orchestrator::HttpResponse::new(
+                status,
+                aws_smithy_types::body::SdkBody::from(body),
+            ))
+        })
+    }
+}
+
 /// The SDK configuration of a client whose every call goes to
 /// `connector`, an endpoint in the process (no timeout, no retries).
 #[cfg(test)]

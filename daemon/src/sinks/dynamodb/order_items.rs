@@ -408,25 +408,8 @@ mod tests {
     /// A sink whose DynamoDB (in memory) answers every request after
     /// `delay` with `status` and `body`.
     fn answering_sink(status: u16, body: &'static str, delay: Duration) -> DynamoDbSink {
-        use aws_sdk_dynamodb::config::http::{HttpRequest, HttpResponse};
-        use aws_smithy_runtime_api::client::http::{HttpConnector, HttpConnectorFuture};
-
-        #[derive(Debug, Clone)]
-        struct Answering(u16, &'static str, Duration);
-
-        impl HttpConnector for Answering {
-            fn call(&self, _: HttpRequest) -> HttpConnectorFuture {
-                let Answering(status, body, delay) = self.clone();
-                HttpConnectorFuture::new(async move {
-                    tokio::time::sleep(delay).await;
-                    let status = status.try_into().expect("a valid status");
-                    Ok(HttpResponse::new(status, aws_smithy_types::body::SdkBody::from(body)))
-                })
-            }
-        }
-
         let config = DynamoDbSinkConfig { max_retries: 0, ..Default::default() };
-        let sdk = crate::sinks::in_process_sdk_config(Answering(status, body, delay));
+        let sdk = crate::sinks::in_process_sdk_config(crate::sinks::Answering { status, body, delay });
         DynamoDbSink::new(aws_sdk_dynamodb::Client::new(&sdk), config, Arc::new(crate::metrics::Metrics::new()))
     }
 
