@@ -9,9 +9,9 @@
 //! so the stack rebuilds nothing a test build has not built already.
 //!
 //! This file owns the binding (loopback only: neither emulator checks
-//! credentials), the emulators' options (streams active at once, a shard
-//! limit, an iterator lifetime a test can shorten, how long a new table
-//! stays CREATING) and the line that says what is serving. It must not
+//! credentials), the emulators' options (how long a stream stays CREATING,
+//! UPDATING or DELETING, a shard limit, an iterator lifetime a test can
+//! shorten, how long a new table stays CREATING) and the line that says what is serving. It must not
 //! change what an emulator answers: where one is more lenient than AWS,
 //! docs/local-stack.md says so and why it is acceptable, or the strictness
 //! goes here (or in `front.rs`, DynamoDB's) with its reason.
@@ -46,6 +46,22 @@ struct Args {
     /// alone does (front.rs).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     table_creating_ms: u64,
+    /// How long a new Kinesis stream stays CREATING, its puts refused
+    /// (ResourceNotFoundException) and no shard listed (AWS: seconds to a
+    /// minute); 0 makes it ACTIVE at once.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    stream_creating_ms: u64,
+    /// How long a stream stays UPDATING after a split, a merge or a change
+    /// of shard count: still read and written, another reshard refused
+    /// (ResourceInUseException), the new shards there only after it (AWS:
+    /// seconds to minutes); 0 makes it ACTIVE again at once.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    stream_updating_ms: u64,
+    /// How long a deleted stream stays DELETING, its name not yet free for
+    /// a new stream (ResourceInUseException) and its puts refused
+    /// (ResourceNotFoundException); 0 frees it at once.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    stream_deleting_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -100,11 +116,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         let listener = bind(port).await.context("Kinesis")?;
         let addr = listener.local_addr()?;
         let options = ferrokinesis::store::StoreOptions {
-            // Streams become ACTIVE at once: provisioning and tests do not
-            // wait on an emulated delay that tells nothing about the daemon.
-            create_stream_ms: 0,
-            delete_stream_ms: 0,
-            update_stream_ms: 0,
+            // Kinesis creates, reshards and deletes a stream asynchronously
+            // (CREATING, UPDATING, DELETING for seconds or more) and refuses
+            // what a stream in those states cannot take: a client that
+            // writes to a stream, or reshards it again, without waiting for
+            // ACTIVE fails here as on AWS (ferrokinesis' own states and
+            // answers, which follow kinesalite's).
+            create_stream_ms: args.stream_creating_ms,
+            delete_stream_ms: args.stream_deleting_ms,
+            update_stream_ms: args.stream_updating_ms,
             shard_limit: args.kinesis_shard_limit,
             iterator_ttl_seconds: args.iterator_lifetime_secs,
             ..Default::default()
@@ -119,8 +139,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             axum::serve(listener, app).with_graceful_shutdown(stop).await.with_context(|| format!("Kinesis on {addr}"))
         });
         println!(
-            "kinesis http://{addr} ferrokinesis (shard limit {}, iterator lifetime {} s)",
-            args.kinesis_shard_limit, args.iterator_lifetime_secs
+            "kinesis http://{addr} ferrokinesis (shard limit {}, iterator lifetime {} s; new streams CREATING for {} ms, \
+             reshards UPDATING for {}, deletions DELETING for {})",
+            args.kinesis_shard_limit,
+            args.iterator_lifetime_secs,
+            args.stream_creating_ms,
+            args.stream_updating_ms,
+            args.stream_deleting_ms
         );
     }
     // The stack script waits for the ports; a test reads these lines.

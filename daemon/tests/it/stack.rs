@@ -388,3 +388,105 @@ async fn dynamodb_refuses_a_new_table_s_reads_and_writes_until_it_is_active() {
     assert!(got.item().is_some());
     ddb.delete_table().table_name(&table).send().await.expect("delete table");
 }
+
+/// Kinesis creates, reshards and deletes a stream asynchronously: a new
+/// stream is CREATING and refuses puts (ResourceNotFoundException) until
+/// it is ACTIVE; a split leaves it UPDATING, still written, but refusing
+/// another reshard (ResourceInUseException) until the new shards are
+/// there; a deleted stream is DELETING and its name not free
+/// (ResourceInUseException). The emulators made each step at once
+/// (ferrokinesis' delays set to 0), so a client that wrote to a stream it
+/// had just created, or resharded twice without waiting, worked here and
+/// would fail on AWS. Checked on emulators of the test's own that keep each
+/// state for 4 s (the stack's half second is too short for the calls in
+/// between on a loaded machine).
+#[tokio::test(flavor = "multi_thread")]
+async fn kinesis_refuses_what_a_stream_not_active_cannot_take_until_it_is() {
+    use aws_sdk_kinesis::error::ProvideErrorMetadata;
+    use aws_sdk_kinesis::primitives::Blob;
+    use aws_sdk_kinesis::types::StreamStatus;
+    let port = super::free_port();
+    let window = "4000";
+    let _own = super::OwnEmulators::start(
+        &[
+            "--kinesis-port",
+            &port.to_string(),
+            "--stream-creating-ms",
+            window,
+            "--stream-updating-ms",
+            window,
+            "--stream-deleting-ms",
+            window,
+        ],
+        port,
+    );
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let config = aws_sdk_kinesis::config::Builder::from(&sdk).endpoint_url(format!("http://127.0.0.1:{port}")).build();
+    let kinesis = aws_sdk_kinesis::Client::from_conf(config);
+    let stream = format!("it-stack-states-{}-{}", std::process::id(), rand::random::<u32>());
+    let status = || async {
+        kinesis
+            .describe_stream_summary()
+            .stream_name(&stream)
+            .send()
+            .await
+            .ok()
+            .and_then(|s| s.stream_description_summary.map(|d| d.stream_status))
+    };
+    let until = |want: Option<StreamStatus>| {
+        let status = &status;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while status().await != want {
+                assert!(std::time::Instant::now() < deadline, "the stream never became {want:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let put = || kinesis.put_record().stream_name(&stream).partition_key("k").data(Blob::new("r")).send();
+    let create = || kinesis.create_stream().stream_name(&stream).shard_count(2).send();
+
+    create().await.expect("create stream");
+    assert_eq!(status().await, Some(StreamStatus::Creating));
+    let refused = put().await.expect_err("a CREATING stream's put");
+    assert_eq!(refused.code(), Some("ResourceNotFoundException"), "{refused:?}");
+
+    until(Some(StreamStatus::Active)).await;
+    put().await.expect("an ACTIVE stream's put");
+    let shards = kinesis.list_shards().stream_name(&stream).send().await.expect("list shards").shards.unwrap_or_default();
+    let (first, second) = (shards[0].shard_id.clone(), shards[1].shard_id.clone());
+    let range = shards[0].hash_key_range.as_ref().expect("a hash key range");
+    let (lo, hi) = (range.starting_hash_key.parse::<u128>().expect("key"), range.ending_hash_key.parse::<u128>().expect("key"));
+    kinesis
+        .split_shard()
+        .stream_name(&stream)
+        .shard_to_split(&first)
+        .new_starting_hash_key((lo + (hi - lo) / 2 + 1).to_string())
+        .send()
+        .await
+        .expect("split");
+    assert_eq!(status().await, Some(StreamStatus::Updating));
+    put().await.expect("an UPDATING stream's put");
+    let merge = kinesis
+        .merge_shards()
+        .stream_name(&stream)
+        .shard_to_merge(&first)
+        .adjacent_shard_to_merge(&second)
+        .send()
+        .await
+        .expect_err("a reshard of an UPDATING stream");
+    assert_eq!(merge.code(), Some("ResourceInUseException"), "{merge:?}");
+
+    until(Some(StreamStatus::Active)).await;
+    let shards = kinesis.list_shards().stream_name(&stream).send().await.expect("list shards").shards.unwrap_or_default();
+    assert_eq!(shards.len(), 4, "the split's two children beside its parent and the other shard: {shards:?}");
+
+    kinesis.delete_stream().stream_name(&stream).send().await.expect("delete stream");
+    assert_eq!(status().await, Some(StreamStatus::Deleting));
+    let again = create().await.expect_err("a DELETING stream's name");
+    assert_eq!(again.code(), Some("ResourceInUseException"), "{again:?}");
+    let refused = put().await.expect_err("a DELETING stream's put");
+    assert_eq!(refused.code(), Some("ResourceNotFoundException"), "{refused:?}");
+    until(None).await;
+    create().await.expect("the name free once the stream is gone");
+}
