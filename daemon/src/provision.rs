@@ -42,11 +42,12 @@ pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
     let mut done = Vec::new();
-    // Tables are created one after the other without waiting, then waited
-    // for: DynamoDB creates them side by side (seconds each on AWS, half a
-    // second on the local stack), so provisioning waits about one
-    // table's creation, not the sum of them.
+    // Tables and streams are created one after the other without waiting,
+    // then waited for: DynamoDB and Kinesis create them side by side
+    // (seconds each on AWS, half a second on the local stack), so
+    // provisioning waits about one creation, not the sum of them.
     let mut tables = Vec::new();
+    let mut streams = Vec::new();
     for resource in components::list(config).iter().flat_map(|c| c.resources()) {
         let name = resource.name.as_str();
         match &resource.shape {
@@ -75,7 +76,10 @@ pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
                 done.push(create_table(&dynamodb, name, keys).await?);
                 tables.push((name.to_owned(), *index, *ttl));
             }
-            Shape::Stream { shards } => done.push(stream(&kinesis, name, *shards).await?),
+            Shape::Stream { shards } => {
+                done.push(create_stream(&kinesis, name, *shards).await?);
+                streams.push(name.to_owned());
+            }
             Shape::RedshiftTable(redshift) => {
                 let transport =
                     redshift::Transport::new(redshift, &sdk, None).map_err(|e| anyhow::anyhow!("sinks.redshift.url: {e}"))?;
@@ -86,6 +90,9 @@ pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
                 done.push(Provisioned { kind: "redshift", name: name.to_owned(), created: false });
             }
         }
+    }
+    for name in streams {
+        stream_active(&kinesis, &name).await?;
     }
     for (name, index, ttl) in tables {
         table_active(&dynamodb, &name).await?;
@@ -245,19 +252,25 @@ async fn table_active(dynamodb: &aws_sdk_dynamodb::Client, name: &str) -> anyhow
     .await
 }
 
-async fn stream(kinesis: &aws_sdk_kinesis::Client, name: &str, shards: u32) -> anyhow::Result<Provisioned> {
+/// Creates the stream unless it exists (ResourceInUseException: it does,
+/// or is being created or deleted; [`stream_active`] tells which).
+async fn create_stream(kinesis: &aws_sdk_kinesis::Client, name: &str, shards: u32) -> anyhow::Result<Provisioned> {
     let created = match kinesis.create_stream().stream_name(name).shard_count(shards as i32).send().await {
         Ok(_) => true,
         Err(e) if e.code() == Some("ResourceInUseException") => false,
         Err(e) => bail!("creating stream {name}: {}", describe(&e)),
     };
+    Ok(Provisioned { kind: "kinesis", name: name.to_owned(), created })
+}
+
+/// Waits until the stream is ACTIVE.
+async fn stream_active(kinesis: &aws_sdk_kinesis::Client, name: &str) -> anyhow::Result<()> {
     wait_active("stream", name, || async {
         let out = kinesis.describe_stream_summary().stream_name(name).send().await;
         let out = out.map_err(|e| anyhow::anyhow!("describing stream {name}: {}", describe(&e)))?;
         Ok(out.stream_description_summary.map(|s| s.stream_status) == Some(StreamStatus::Active))
     })
-    .await?;
-    Ok(Provisioned { kind: "kinesis", name: name.to_owned(), created })
+    .await
 }
 
 /// Polls `is_active` for up to two minutes: at once, then after 100 ms, the
