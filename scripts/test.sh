@@ -83,7 +83,7 @@ python3 scripts/test_test_script.py
 phase "the stack script: a server started from other files than the checkout's is restarted"
 python3 scripts/local-stack/test_stack_script.py
 
-phase "the emulators' own tests (emulators/, DynamoDB's front), clippy as their compiler"
+phase "the emulators' own tests (emulators/: DynamoDB's front, the options' defaults), clippy as their compiler"
 # In the stack's build folder (its release dependencies are built there
 # already): only cafe-emulators' test build is new.
 (cd emulators && cargo test -q --release --locked \

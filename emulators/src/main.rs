@@ -205,3 +205,20 @@ async fn one_put_at_a_time(request: axum::extract::Request, next: axum::middlewa
         next.run(request).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stack starts the emulators without these options: their defaults
+    /// are what keeps its tables and streams in AWS's states for a while
+    /// (the stack tests set their own, longer windows).
+    #[test]
+    fn by_default_tables_and_streams_keep_their_states_for_half_a_second() {
+        let args = Args::try_parse_from(["cafe-emulators", "--dynamodb-port", "0", "--kinesis-port", "0"]).expect("args");
+        assert_eq!(
+            (args.table_creating_ms, args.stream_creating_ms, args.stream_updating_ms, args.stream_deleting_ms),
+            (500, 500, 500, 500)
+        );
+    }
+}

@@ -99,14 +99,22 @@ impl OwnEmulators {
             assert!(out.status.success(), "stack.sh emulators-bin failed");
             PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
         });
-        let child =
-            Command::new(&bin).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start cafe-emulators");
-        let own = OwnEmulators(child);
+        // Its complaints go to a file, shown if it does not start (an older
+        // build refuses an option it does not know, say).
+        let log = std::env::temp_dir().join(format!("it-own-emulators-{}-{port}.log", std::process::id()));
+        let stderr = std::fs::File::create(&log).expect("the emulators' log");
+        let child = Command::new(&bin).args(args).stdout(Stdio::null()).stderr(stderr).spawn().expect("start cafe-emulators");
+        let mut own = OwnEmulators(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "cafe-emulators did not start");
+            let said = || std::fs::read_to_string(&log).unwrap_or_default();
+            if let Ok(Some(status)) = own.0.try_wait() {
+                panic!("{} {args:?} exited ({status}): {}", bin.display(), said());
+            }
+            assert!(Instant::now() < deadline, "{} {args:?} did not start in 20 s: {}", bin.display(), said());
             std::thread::sleep(Duration::from_millis(100));
         }
+        let _ = std::fs::remove_file(&log);
         own
     }
 }

@@ -258,7 +258,9 @@ async fn kinesis_a_reader_at_the_tip_misses_no_record_of_concurrent_puts() {
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
     let stream = format!("it-stack-tip-{}-{}", std::process::id(), rand::random::<u32>());
     kinesis.create_stream().stream_name(&stream).shard_count(1).send().await.expect("create stream");
+    let active_by = tokio::time::Instant::now() + Duration::from_secs(30);
     let shard = loop {
+        assert!(tokio::time::Instant::now() < active_by, "{stream} not ACTIVE after 30 s");
         let d = kinesis.describe_stream().stream_name(&stream).send().await.expect("describe");
         let d = d.stream_description.expect("description");
         if d.stream_status == aws_sdk_kinesis::types::StreamStatus::Active {
@@ -393,8 +395,8 @@ async fn dynamodb_refuses_a_new_table_s_reads_and_writes_until_it_is_active() {
 /// stream is CREATING and refuses puts (ResourceNotFoundException) until
 /// it is ACTIVE; a split leaves it UPDATING, still written, but refusing
 /// another reshard (ResourceInUseException) until the new shards are
-/// there; a deleted stream is DELETING and its name not free
-/// (ResourceInUseException). The emulators made each step at once
+/// there; a deleted stream is DELETING and its name not free for a new
+/// stream (ResourceInUseException) until it is gone. The emulators made each step at once
 /// (ferrokinesis' delays set to 0), so a client that wrote to a stream it
 /// had just created, or resharded twice without waiting, worked here and
 /// would fail on AWS. Checked on emulators of the test's own that keep each
@@ -424,14 +426,13 @@ async fn kinesis_refuses_what_a_stream_not_active_cannot_take_until_it_is() {
     let config = aws_sdk_kinesis::config::Builder::from(&sdk).endpoint_url(format!("http://127.0.0.1:{port}")).build();
     let kinesis = aws_sdk_kinesis::Client::from_conf(config);
     let stream = format!("it-stack-states-{}-{}", std::process::id(), rand::random::<u32>());
+    // None: no such stream (any other error fails the test).
     let status = || async {
-        kinesis
-            .describe_stream_summary()
-            .stream_name(&stream)
-            .send()
-            .await
-            .ok()
-            .and_then(|s| s.stream_description_summary.map(|d| d.stream_status))
+        match kinesis.describe_stream_summary().stream_name(&stream).send().await {
+            Ok(s) => s.stream_description_summary.map(|d| d.stream_status),
+            Err(e) if e.code() == Some("ResourceNotFoundException") => None,
+            Err(e) => panic!("describing the stream: {e:?}"),
+        }
     };
     let until = |want: Option<StreamStatus>| {
         let status = &status;
@@ -485,8 +486,8 @@ async fn kinesis_refuses_what_a_stream_not_active_cannot_take_until_it_is() {
     assert_eq!(status().await, Some(StreamStatus::Deleting));
     let again = create().await.expect_err("a DELETING stream's name");
     assert_eq!(again.code(), Some("ResourceInUseException"), "{again:?}");
-    let refused = put().await.expect_err("a DELETING stream's put");
-    assert_eq!(refused.code(), Some("ResourceNotFoundException"), "{refused:?}");
+    // (Its puts are refused here; Kinesis "might continue to accept" them
+    // while DELETING: nothing relies on either, docs/local-stack.md.)
     until(None).await;
     create().await.expect("the name free once the stream is gone");
 }
