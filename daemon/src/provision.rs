@@ -77,8 +77,8 @@ pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
                 tables.push((name.to_owned(), *index, *ttl));
             }
             Shape::Stream { shards } => {
+                streams.push((done.len(), *shards));
                 done.push(create_stream(&kinesis, name, *shards).await?);
-                streams.push(name.to_owned());
             }
             Shape::RedshiftTable(redshift) => {
                 let transport =
@@ -91,8 +91,9 @@ pub async fn provision(config: &Config) -> anyhow::Result<Vec<Provisioned>> {
             }
         }
     }
-    for name in streams {
-        stream_active(&kinesis, &name).await?;
+    for (at, shards) in streams {
+        let created_again = stream_active(&kinesis, &done[at].name, shards).await?;
+        done[at].created |= created_again;
     }
     for (name, index, ttl) in tables {
         table_active(&dynamodb, &name).await?;
@@ -263,14 +264,27 @@ async fn create_stream(kinesis: &aws_sdk_kinesis::Client, name: &str, shards: u3
     Ok(Provisioned { kind: "kinesis", name: name.to_owned(), created })
 }
 
-/// Waits until the stream is ACTIVE.
-async fn stream_active(kinesis: &aws_sdk_kinesis::Client, name: &str) -> anyhow::Result<()> {
+/// Waits until the stream is ACTIVE; whether it had to create it again. A
+/// stream DescribeStreamSummary does not know is created again: one that
+/// was DELETING when CreateStream found its name in use is gone now (its
+/// name is free only then), and one just created and not yet known is
+/// answered "in use", harmlessly.
+async fn stream_active(kinesis: &aws_sdk_kinesis::Client, name: &str, shards: u32) -> anyhow::Result<bool> {
+    let created_again = std::cell::Cell::new(false);
     wait_active("stream", name, || async {
-        let out = kinesis.describe_stream_summary().stream_name(name).send().await;
-        let out = out.map_err(|e| anyhow::anyhow!("describing stream {name}: {}", describe(&e)))?;
-        Ok(out.stream_description_summary.map(|s| s.stream_status) == Some(StreamStatus::Active))
+        match kinesis.describe_stream_summary().stream_name(name).send().await {
+            Ok(out) => Ok(out.stream_description_summary.map(|s| s.stream_status) == Some(StreamStatus::Active)),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => {
+                if create_stream(kinesis, name, shards).await?.created {
+                    created_again.set(true);
+                }
+                Ok(false)
+            }
+            Err(e) => bail!("describing stream {name}: {}", describe(&e)),
+        }
     })
-    .await
+    .await?;
+    Ok(created_again.get())
 }
 
 /// Polls `is_active` for up to two minutes: at once, then after 100 ms, the
@@ -331,6 +345,67 @@ mod tests {
             let status = code.try_into().expect("a valid status");
             HttpConnectorFuture::ready(Ok(HttpResponse::new(status, aws_smithy_types::body::SdkBody::from(body.to_string()))))
         }
+    }
+
+    /// A Kinesis (in memory) whose stream is DELETING: CreateStream finds its
+    /// name in use, DescribeStreamSummary says DELETING, then knows no such
+    /// stream; CreateStream then creates it, CREATING, then ACTIVE.
+    #[derive(Debug, Clone, Default)]
+    struct Deleting(Arc<Mutex<Vec<String>>>);
+
+    impl HttpConnector for Deleting {
+        fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+            let op = request.headers().get("x-amz-target").unwrap_or_default().trim_start_matches("Kinesis_20131202.").to_owned();
+            let mut asked = self.0.lock().expect("not poisoned");
+            asked.push(op.clone());
+            let describes = asked.iter().filter(|o| *o == "DescribeStreamSummary").count();
+            let creates = asked.iter().filter(|o| *o == "CreateStream").count();
+            let summary = |status: &str| {
+                serde_json::json!({"StreamDescriptionSummary": {
+                    "StreamName": "s", "StreamARN": "arn:aws:kinesis:us-east-1:000000000000:stream/s",
+                    "StreamStatus": status, "RetentionPeriodHours": 24, "StreamCreationTimestamp": 0,
+                    "EnhancedMonitoring": [], "OpenShardCount": 1}})
+            };
+            let (code, body) = match (op.as_str(), creates, describes) {
+                ("CreateStream", 1, _) => (
+                    400,
+                    serde_json::json!({"__type": "ResourceInUseException", "message": "Stream s under account 000000000000 already exists."}),
+                ),
+                ("CreateStream", _, _) => (200, serde_json::json!({})),
+                (_, 1, 1) => (200, summary("DELETING")),
+                (_, 1, _) => (
+                    400,
+                    serde_json::json!({"__type": "ResourceNotFoundException", "message": "Stream s under account 000000000000 not found."}),
+                ),
+                (_, _, 3) => (200, summary("CREATING")),
+                _ => (200, summary("ACTIVE")),
+            };
+            let status = code.try_into().expect("a valid status");
+            HttpConnectorFuture::ready(Ok(HttpResponse::new(status, aws_smithy_types::body::SdkBody::from(body.to_string()))))
+        }
+    }
+
+    /// A stream being deleted when provisioning finds its name in use is
+    /// waited for until it is gone, then created again and waited for until
+    /// ACTIVE, and reported created; not a failure to describe it.
+    #[tokio::test]
+    async fn a_stream_being_deleted_is_created_again_once_it_is_gone() {
+        let connector = Deleting::default();
+        let kinesis = aws_sdk_kinesis::Client::new(&crate::sinks::in_process_sdk_config(connector.clone()));
+        let done = create_stream(&kinesis, "s", 1).await.expect("in use is not an error");
+        assert!(!done.created);
+        assert!(stream_active(&kinesis, "s", 1).await.expect("active"), "created again");
+        assert_eq!(
+            *connector.0.lock().expect("not poisoned"),
+            [
+                "CreateStream",
+                "DescribeStreamSummary",
+                "DescribeStreamSummary",
+                "CreateStream",
+                "DescribeStreamSummary",
+                "DescribeStreamSummary"
+            ]
+        );
     }
 
     /// A table DescribeTable does not know yet, just after CreateTable, is
