@@ -69,8 +69,16 @@ fn to_merge(shards: &[Open]) -> Option<(&Open, &Open)> {
         .map(|w| (&w[0], &w[1]))
 }
 
+/// Held by each reshard from its choice of shards to the stream ACTIVE
+/// again.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Splits (or merges) once, then waits until the stream is active again.
+/// One at a time: Kinesis refuses a reshard while the stream is UPDATING
+/// from the last (ResourceInUseException), and a profile's reshards may
+/// fall within one another's (`repeat`, `--time-scale`).
 pub async fn reshard(client: &aws_sdk_kinesis::Client, stream: &str, split: bool) -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let shards = open_shards(client, stream).await?;
     if split {
         let (shard, key) = to_split(&shards).context("no shard to split")?;
@@ -109,6 +117,38 @@ pub async fn reshard(client: &aws_sdk_kinesis::Client, stream: &str, split: bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two reshards of one stream at once, as a profile's `repeat` or a short
+    /// `--time-scale` can start them, both happen: the second waits for the
+    /// first's UPDATING to end instead of being refused (on the local
+    /// stack's Kinesis, which keeps a stream UPDATING as Kinesis does;
+    /// scripts/test.sh starts it).
+    #[tokio::test]
+    async fn two_reshards_at_once_both_happen_one_after_the_other() {
+        std::env::var("AWS_ENDPOINT_URL_KINESIS").expect("the local stack's Kinesis (scripts/local-stack/stack.sh env)");
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        let client = aws_sdk_kinesis::Client::new(&sdk);
+        let stream = format!("loadgen-reshard-{}-{}", std::process::id(), rand::random::<u32>());
+        client.create_stream().stream_name(&stream).shard_count(2).send().await.expect("create stream");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client
+            .describe_stream_summary()
+            .stream_name(&stream)
+            .send()
+            .await
+            .ok()
+            .and_then(|s| s.stream_description_summary.map(|d| d.stream_status))
+            != Some(StreamStatus::Active)
+        {
+            assert!(Instant::now() < deadline, "{stream} not ACTIVE after 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (a, b) = tokio::join!(reshard(&client, &stream, true), reshard(&client, &stream, true));
+        a.expect("the first split");
+        b.expect("the second split, after the first");
+        assert_eq!(open_shards(&client, &stream).await.expect("shards").len(), 4);
+        client.delete_stream().stream_name(&stream).send().await.expect("delete stream");
+    }
 
     fn shard(id: &str, start: u128, end: u128) -> Open {
         Open { id: id.into(), start, end }
