@@ -40,7 +40,8 @@
 #
 # Usage: scripts/bench.sh [--scale S]   (S multiplies the end-to-end sizes; default 1)
 # Prints the table and writes it, with every raw figure, to
-# target/bench/<UTC time>/ (table.md, figures.json).
+# target/bench/<UTC time>/ (table.md, figures.json, goals.md: issue 13's goals
+# against this run, the table the README shows; scripts/bench_goals.py).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"

@@ -613,8 +613,23 @@ for name in ["payments", "payments-process", "menu"]:
         lines += ["", f"**Verdict FAIL** ({name}): " + ("; ".join(why) or "see its output")]
 table = "\n".join(lines) + "\n"
 (out / "table.md").write_text(table)
-(out / "figures.json").write_text(
-    json.dumps({"kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "allocations_per_element": allocs, "orders_on_cpu_per_event": orders_cpu, **({"orders_full_on_cpu_per_event": orders_full_cpu} if orders_full_cpu else {}), "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "host_speed_bytes_per_sec": speeds, "payments_floor_ns": pay_floor_ns, "paths": rows, "backlog": backlog}, indent=2)
-)
+
+
+def run_file(name):
+    f = out / name
+    return f.read_text().strip() if f.exists() else None
+
+
+# The run itself, for the goals table's first line (bench_goals.py), which
+# is made from figures.json alone.
+run = {"id": out.name, "machine": run_file("machine"), "commit": run_file("commit"), "cores": cores, "took_secs": took}
+figures = {"run": run, "kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "allocations_per_element": allocs, "orders_on_cpu_per_event": orders_cpu, **({"orders_full_on_cpu_per_event": orders_full_cpu} if orders_full_cpu else {}), "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "host_speed_bytes_per_sec": speeds, "payments_floor_ns": pay_floor_ns, "paths": rows, "backlog": backlog, "payments_first_decision_secs": pay.get("first_decision_secs")}
+(out / "figures.json").write_text(json.dumps(figures, indent=2))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench_goals  # noqa: E402  (beside this script)
+
+goals = bench_goals.render(figures)
+(out / "goals.md").write_text(goals)
 print(table)
+print(goals)
 print(f"raw figures: {out}")

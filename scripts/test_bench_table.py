@@ -22,7 +22,9 @@ here = pathlib.Path(__file__).resolve().parent
 script = here / "bench_table.py"
 stored = here / "testdata" / "bench-run"
 # What the script writes, set apart from what it reads.
-outputs = ("table.md", "figures.json")
+outputs = ("table.md", "figures.json", "goals.md")
+goals_script = here / "bench_goals.py"
+repo = here.parent
 
 
 class BenchTable(unittest.TestCase):
@@ -59,6 +61,30 @@ class BenchTable(unittest.TestCase):
         self.assertIn("runtime workers 0.897 us (1.16x), together 2.21x", table)
         self.assertEqual(figures["orders_on_cpu_per_event"]["pool_us"], 0.818)
         self.assertEqual(figures["allocations_per_element"]["orders"], [11.2, 14.96])
+
+    def test_the_stored_run_gives_its_goals(self):
+        self.table()
+        goals = (self.run_dir / "goals.md").read_text()
+        self.assertEqual(goals, (stored / "goals.md").read_text())
+        # Read from the figures, not only compared: the run, each ratio
+        # against its goal, and what a goal missed says so.
+        self.assertTrue(goals.startswith("Run run of commit 22f9bce, on a 2-core AMD EPYC host"), goals)
+        self.assertIn("took 763 s", goals)
+        self.assertIn("| 0.76 (832/s against 1,101/s) | ≥ 0.8 | **no** |", goals)
+        self.assertIn("| 0.92x (0.328 ms against 0.358) | ≤ 1.3x | yes |", goals)
+        self.assertIn("order events: the kernel's time / the stage's, per element | 0.74 | ≥ 0.9 | **no** |", goals)
+        self.assertIn("cold start to first decision 0.12 s", goals)
+
+    def test_the_orders_goal_says_which_clock_timed_the_daemon(self):
+        figures = json.loads((stored / "figures.json").read_text())
+        sys.path.insert(0, str(here))
+        import bench_goals
+
+        self.assertIn("by its drain as the load generator saw it", bench_goals.render(figures))
+        for p in figures["paths"]:
+            if p["path"] == "orders (backlog)":
+                p["clock"] = "own"
+        self.assertIn("the daemon's rate, by its own clock / a bare writer's", bench_goals.render(figures))
 
     def test_the_table_names_the_machine_the_run_was_on(self):
         (self.run_dir / "machine").write_text("Test CPU 9000\n")
@@ -178,6 +204,10 @@ class BenchTable(unittest.TestCase):
         table, _ = self.table(env={"CRITERION_HOME": str(home)}, args=["--keep-criterion"])
         self.assertFalse((self.run_dir / "criterion.json").exists())
         self.assertNotIn("| order events |", table)
+        # Nor a goal of the kernels (the run's end-to-end goals still).
+        goals = (self.run_dir / "goals.md").read_text()
+        self.assertNotIn("pipeline with in-memory ends", goals)
+        self.assertIn("| CPU per payment", goals)
 
     def test_the_fraud_model_s_interleave_width(self):
         # A run since the width is the CPU's fastest: the payment kernel's
