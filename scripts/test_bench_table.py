@@ -86,6 +86,25 @@ class BenchTable(unittest.TestCase):
                 p["clock"] = "own"
         self.assertIn("the daemon's rate, by its own clock / a bare writer's", bench_goals.render(figures))
 
+    def test_the_readme_shows_the_goals_of_the_run_the_docs_keep(self):
+        # The README's table is bench_goals.py's of docs/performance-run.json,
+        # the figures of the run at the top of docs/performance.md.
+        check = [sys.executable, str(goals_script), "--check"]
+        readme, kept = repo / "README.md", repo / "docs" / "performance-run.json"
+        done = subprocess.run([*check, str(readme), str(kept)], capture_output=True, text=True)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        run = json.loads(kept.read_text())["run"]["id"]
+        top = next(line for line in (repo / "docs" / "performance.md").read_text().splitlines() if line.startswith("## "))
+        self.assertIn(run, top, "docs/performance.md's latest run is the one the README shows")
+        # And the check fails on a figure changed in the README.
+        changed = self.scratch / "README.md"
+        text = readme.read_text()
+        shown = text.split("| ≥ 0.8 |", 1)
+        changed.write_text(shown[0].rsplit("|", 2)[0] + "| 9.99 (1/s against 1/s) | ≥ 0.8 |" + shown[1])
+        done = subprocess.run([*check, str(changed), str(kept)], capture_output=True, text=True)
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertIn("is not", done.stderr)
+
     def test_the_table_names_the_machine_the_run_was_on(self):
         (self.run_dir / "machine").write_text("Test CPU 9000\n")
         table, _ = self.table()
