@@ -21,85 +21,114 @@ END = "<!-- end of bench goals -->"
 
 def _met(value, goal, at_least):
     if value is None:
-        return "-"
+        return "**no** (not measured)"
     return "yes" if (value >= goal if at_least else value <= goal) else "**no**"
 
 
+# Memory under the backlog is "flat" when the second half's peak is at most
+# this much above the first's: the second half acknowledges about as many
+# records as the first, so memory kept per record would show as growth
+# towards 2; allocator and cache noise measured 1.04-1.12 over the runs of
+# docs/performance.md.
+FLAT = 1.2
+
+
 def render(f):
-    """The goals table (Markdown) of the run whose figures are `f`."""
+    """The goals table (Markdown) of the run whose figures are `f`. Every
+    goal has its row, "not measured" where the run lacks the figure."""
     run = f.get("run") or {}
-    paths = {p["path"]: p for p in f["paths"]}
-    pay = paths.get("payments (cold-start)")
-    orders = paths.get("orders (backlog)")
-    menu = paths.get("menu (menu-sync)")
+    paths = {p["path"]: p for p in f.get("paths") or []}
+    failed = run.get("verdicts_failed") or []
+    status = (
+        f"; it exited 1, the verdict of {', '.join(failed)} failed (docs/performance.md)"
+        if failed
+        else ("; every scenario's verdict passed" if "verdicts_failed" in run else "")
+    )
     out = [
         f"Run {run.get('id', '?')} of commit {run.get('commit', '?')}, on a {run.get('cores', '?')}-core "
         f"{run.get('machine', '?')} host, the local stack on the same cores; `scripts/bench.sh` took "
-        f"{run.get('took_secs', '?')} s. Every ratio is of two figures measured in this run.",
+        f"{run.get('took_secs', '?')} s{status}. Every ratio is of two figures measured in this run.",
         "",
-        "| goal (issue 13) | this run | goal | met |",
-        "|---|---|---|---|",
+        "End to end, the daemon's rate against each yardstick: the CPU-bound ceiling (its kernel on the cores "
+        "the emulators left) and a bare client making the same reads and writes without the work. The issue asks "
+        "for ≥ 0.8 of the better (higher) of the two; on this stack the emulators hold every client's I/O far "
+        "below the ceiling for payments and orders, so the lower of the two is the bound the stack sets: both "
+        "are judged.",
+        "",
+        "| path | daemon | CPU-bound ceiling: daemon / it | bare client: daemon / it | ≥ 0.8 of the higher | "
+        "≥ 0.8 of the lower |",
+        "|---|---|---|---|---|---|",
     ]
-
-    def bare(path, name):
-        return next((b for b in (path or {}).get("bare") or [] if b[0].startswith(name)), None)
-
-    b = bare(pay, "bare consumer")
-    if b and b[2] is not None:
+    for name, label, bare_name in [
+        ("payments (cold-start)", "payments (cold-start, 10,000)", "bare consumer"),
+        ("orders (backlog)", "orders (a backlog of 48,468 records)", "bare writer"),
+        ("menu (menu-sync)", "menu (menu-sync, 10,000)", None),
+    ]:
+        p = paths.get(name)
+        if not p:
+            out.append(f"| {label} | not measured | - | - | {_met(None, 0, True)} | {_met(None, 0, True)} |")
+            continue
+        clock = " (own clock)" if p.get("clock") == "own" else (" (drain as seen)" if p.get("clock") else "")
+        ceiling = p.get("ceiling_per_sec")
+        c_ratio = p["daemon_per_sec"] / ceiling if ceiling else None
+        b = next((b for b in p.get("bare") or [] if bare_name and b[0].startswith(bare_name)), None)
+        b_ratio = b[2] if b else None
+        ratios = [r for r in (c_ratio, b_ratio) if r is not None]
+        # The higher yardstick gives the lower ratio, and the other way round
+        # (with one yardstick, both are it).
+        higher = min(ratios) if ratios else None
+        lower = max(ratios) if ratios else None
+        one = " (the one yardstick)" if len(ratios) == 1 else ""
         out.append(
-            f"| payments end to end (cold-start, {pay['events']:,} payments): the daemon's rate / a bare "
-            f"consumer's making the same reads and writes | {b[2]:.2f} ({pay['daemon_per_sec']:,.0f}/s against "
-            f"{b[1]:,.0f}/s) | ≥ 0.8 | {_met(b[2], 0.8, True)} |"
+            f"| {label} | {p['daemon_per_sec']:,.0f}/s{clock} "
+            f"| {f'{ceiling:,.0f}/s: {c_ratio:.2f}' if ceiling else 'not measured'} "
+            f"| {f'{b[0]} {b[1]:,.0f}/s: {b_ratio:.2f}' if b else 'none measured'} "
+            f"| {f'{higher:.2f}{one}: ' if higher is not None else ''}{_met(higher, 0.8, True)} "
+            f"| {f'{lower:.2f}{one}: ' if lower is not None else ''}{_met(lower, 0.8, True)} |"
         )
-    b = bare(orders, "bare writer")
-    if b and b[2] is not None:
-        clock = "its own clock" if orders.get("clock") == "own" else "its drain as the load generator saw it"
-        out.append(
-            f"| orders end to end (a backlog of {orders['events']:,} records): the daemon's rate, by {clock} / "
-            f"a bare writer's making the same writes | {b[2]:.2f} ({orders['daemon_per_sec']:,.0f}/s against "
-            f"{b[1]:,.0f}/s) | ≥ 0.8 | {_met(b[2], 0.8, True)} |"
-        )
-    if menu and menu.get("ratio_to_ceiling") is not None:
-        r = menu["ratio_to_ceiling"]
-        out.append(
-            f"| menu end to end (menu-sync, {menu['events']:,} items): the daemon's rate / its CPU-bound ceiling "
-            f"(the kernel on the cores the emulators left) | {r:.2f} ({menu['daemon_per_sec']:,.0f}/s against "
-            f"{menu['ceiling_per_sec']:,.0f}/s) | ≥ 0.8 | {_met(r, 0.8, True)} |"
-        )
-    floor = f.get("payments_floor_ns")
+    out += ["", "| goal (issue 13) | this run | goal | met |", "|---|---|---|---|"]
+    pay = paths.get("payments (cold-start)")
+    floor, part1 = f.get("payments_floor_ns"), f.get("floor_ns")
     if pay and floor and pay.get("cpu_secs_per_1000") is not None:
-        per = pay["cpu_secs_per_1000"] * 1e6  # seconds per 1,000 = ms per payment
-        x = per / floor
+        per = pay["cpu_secs_per_1000"] * 1e6  # CPU-s per 1,000 payments, as ns per payment
+        xs = [per / floor] + ([per / part1] if part1 else [])
+        shown = f"{xs[0]:.2f}x ({per / 1e6:.3f} ms against {floor / 1e6:.3f} at the host's speed around the run)"
+        if len(xs) > 1:
+            shown += f"; {xs[1]:.2f}x against part 1's {part1 / 1e6:.3f}"
         out.append(
-            f"| CPU per payment, all included / the SHA-256 floor (10,001 blocks at the host's speed) | {x:.2f}x "
-            f"({per / 1e6:.3f} ms against {floor / 1e6:.3f}) | ≤ 1.3x | {_met(x, 1.3, False)} |"
+            f"| CPU per payment, all included / the SHA-256 floor (10,001 blocks) | {shown} | ≤ 1.3x, both "
+            f"| {_met(max(xs), 1.3, False)} |"
         )
-    for name, label in [("payments", "payments"), ("menu items", "menu items"), ("order events", "order events")]:
+    else:
+        out.append(f"| CPU per payment, all included / the SHA-256 floor | not measured | ≤ 1.3x | {_met(None, 0, True)} |")
+    for name in ["payments", "menu items", "order events", "order events, order cache full"]:
         s = (f.get("stage_ns") or {}).get(name)
+        label = f"pipeline with in-memory ends, {name}: the kernel's time / the stage's, per element"
         # A run without criterion's figures has neither.
         if s and s[0] and s[1]:
-            kernel, stage = s[0], s[1]
-            r = kernel / stage
-            out.append(
-                f"| pipeline with in-memory ends, {label}: the kernel's time / the stage's, per element "
-                f"| {r:.2f} | ≥ 0.9 | {_met(r, 0.9, True)} |"
-            )
+            r = s[0] / s[1]
+            out.append(f"| {label} | {r:.2f} | ≥ 0.9 | {_met(r, 0.9, True)} |")
+        else:
+            out.append(f"| {label} | not measured | ≥ 0.9 | {_met(None, 0, True)} |")
     backlog = f.get("backlog")
     if backlog and backlog.get("growth") is not None:
         out.append(
-            f"| resident memory under a backlog of {backlog['records']:,} records: the second half's peak / "
-            f"the first's ({backlog['first_half_peak_mib']:.0f} and {backlog['second_half_peak_mib']:.0f} MiB) "
-            f"| {backlog['growth']:.2f} | flat | - |"
+            f"| resident memory under a backlog of {backlog['records']:,} records ({backlog.get('acked', 0):,.0f} "
+            f"acknowledged in the window): the second half's peak / the first's ({backlog['first_half_peak_mib']:.0f} "
+            f"and {backlog['second_half_peak_mib']:.0f} MiB) | {backlog['growth']:.2f} | flat: ≤ {FLAT} "
+            f"| {_met(backlog['growth'], FLAT, False)} |"
         )
+    else:
+        out.append(f"| resident memory under a backlog of 1,000,000 records | not measured | flat | {_met(None, 0, True)} |")
     also = []
     if f.get("payments_first_decision_secs") is not None:
         also.append(f"cold start to first decision {f['payments_first_decision_secs']:.2f} s")
-    rss = [f"{p['path'].split(' ')[0]} {p['peak_rss_mib']:.0f} MiB" for p in f["paths"] if p.get("peak_rss_mib")]
+    rss = [f"{p['path'].split(' ')[0]} {p['peak_rss_mib']:.0f} MiB" for p in f.get("paths") or [] if p.get("peak_rss_mib")]
     if rss:
         also.append("peak RSS " + ", ".join(rss))
     cpu = [
         f"{p['path'].split(' ')[0]} {p['cpu_secs_per_1000']:.2f}"
-        for p in f["paths"]
+        for p in f.get("paths") or []
         if p.get("cpu_secs_per_1000") is not None
     ]
     if cpu:

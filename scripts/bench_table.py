@@ -622,7 +622,16 @@ def run_file(name):
 
 # The run itself, for the goals table's first line (bench_goals.py), which
 # is made from figures.json alone.
-run = {"id": out.name, "machine": run_file("machine"), "commit": run_file("commit"), "cores": cores, "took_secs": took}
+# A path whose run ended with a failed verdict (bench.sh goes on and exits 1).
+failed = [f.stem for f in sorted(out.glob("*.proc")) if load(f.name).get("status", 0) != 0]
+run = {
+    "id": out.name,
+    "machine": run_file("machine"),
+    "commit": run_file("commit"),
+    "cores": cores,
+    "took_secs": took,
+    "verdicts_failed": failed,
+}
 figures = {"run": run, "kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "allocations_per_element": allocs, "orders_on_cpu_per_event": orders_cpu, **({"orders_full_on_cpu_per_event": orders_full_cpu} if orders_full_cpu else {}), "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "host_speed_bytes_per_sec": speeds, "payments_floor_ns": pay_floor_ns, "paths": rows, "backlog": backlog, "payments_first_decision_secs": pay.get("first_decision_secs")}
 (out / "figures.json").write_text(json.dumps(figures, indent=2))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
