@@ -101,6 +101,11 @@ pub async fn reshard(client: &aws_sdk_kinesis::Client, stream: &str, split: bool
             .await
             .with_context(|| format!("merging {} and {} of {stream}", a.id, b.id))?;
     }
+    active(client, stream).await
+}
+
+/// Waits up to 60 s for the stream to be ACTIVE.
+async fn active(client: &aws_sdk_kinesis::Client, stream: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let summary = client.describe_stream_summary().stream_name(stream).send().await?;
@@ -108,7 +113,7 @@ pub async fn reshard(client: &aws_sdk_kinesis::Client, stream: &str, split: bool
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{stream} was not active again within 60 s");
+            bail!("{stream} was not active within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -130,19 +135,7 @@ mod tests {
         let client = aws_sdk_kinesis::Client::new(&sdk);
         let stream = format!("loadgen-reshard-{}-{}", std::process::id(), rand::random::<u32>());
         client.create_stream().stream_name(&stream).shard_count(2).send().await.expect("create stream");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while client
-            .describe_stream_summary()
-            .stream_name(&stream)
-            .send()
-            .await
-            .ok()
-            .and_then(|s| s.stream_description_summary.map(|d| d.stream_status))
-            != Some(StreamStatus::Active)
-        {
-            assert!(Instant::now() < deadline, "{stream} not ACTIVE after 30 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        active(&client, &stream).await.expect("the new stream ACTIVE");
         let (a, b) = tokio::join!(reshard(&client, &stream, true), reshard(&client, &stream, true));
         a.expect("the first split");
         b.expect("the second split, after the first");
