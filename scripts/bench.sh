@@ -29,7 +29,10 @@
 #                  durable (the daemon's: its first applied_at to its
 #                  sink's last-write stamp, read from its admin endpoint,
 #                  docs/scenarios.md);
-#        menu      menu-sync, 10,000 items with images;
+#        menu      menu-sync, 10,000 items with images, then a bare
+#                  consumer (receive, read the skus, one transaction per
+#                  batch, delete; no processing) drains the same catalogue
+#                  from a scratch queue as the same pods send it;
 #        memory    a backlog of 1,000,000 order records on the stream, the
 #                  daemon started into it and its resident memory sampled
 #                  every second for 120 s (it must level off, not grow with
@@ -253,6 +256,13 @@ cp scenarios/menu-sync.toml "$out/scenarios/"
 configure "b$(date -u +%H%M%S)m"
 scripts/daemon.sh start 2> /dev/null
 measure menu "$loadgen" run menu-sync --scale "$scale" --report-dir "$out/menu"
+# The menu path's bare client, on the same stack right after, the daemon
+# stopped: the same catalogue sent by the same pods, drained as it is sent
+# with the daemon's reads and writes and no work (loadgen's
+# menuthroughput.rs), timed over the same span as menu-sync's drain.
+"$loadgen" menu-throughput --scale "$scale" > "$out/menu-bare.txt" 2>&1 || {
+  tail -n 30 "$out/menu-bare.txt" >&2; echo "bench: the menu path's bare client failed; its output: $out/menu-bare.txt" >&2; exit 1
+}
 
 echo "== 2d. memory: a backlog of 1,000,000 records on the stream, the daemon's RSS over 120 s of it"
 configure "b$(date -u +%H%M%S)k"

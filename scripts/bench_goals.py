@@ -52,8 +52,8 @@ def render(f):
         "End to end, the daemon's rate against each yardstick: the CPU-bound ceiling (its kernel on the cores "
         "the emulators left) and a bare client making the same reads and writes without the work. The issue asks "
         "for ≥ 0.8 of the better (higher) of the two; on this stack the emulators hold every client's I/O far "
-        "below the ceiling for payments and orders, so the lower of the two is the bound the stack sets: both "
-        "are judged.",
+        "below the ceiling for payments and orders, and the menu path is bound by its CPU work, so the lower "
+        "of the two is the bound that holds the daemon: both are judged.",
         "",
         "| path | daemon | CPU-bound ceiling: daemon / it | bare client: daemon / it | ≥ 0.8 of the higher | "
         "≥ 0.8 of the lower |",
@@ -62,7 +62,7 @@ def render(f):
     for name, label, bare_name in [
         ("payments (cold-start)", "payments (cold-start, 10,000)", "bare consumer"),
         ("orders (backlog)", "orders (a backlog of 48,468 records)", "bare writer"),
-        ("menu (menu-sync)", "menu (menu-sync, 10,000)", None),
+        ("menu (menu-sync)", "menu (menu-sync, 10,000)", "bare consumer"),
     ]:
         p = paths.get(name)
         if not p:
@@ -71,7 +71,7 @@ def render(f):
         clock = " (own clock)" if p.get("clock") == "own" else (" (drain as seen)" if p.get("clock") else "")
         ceiling = p.get("ceiling_per_sec")
         c_ratio = p["daemon_per_sec"] / ceiling if ceiling else None
-        b = next((b for b in p.get("bare") or [] if bare_name and b[0].startswith(bare_name)), None)
+        b = next((b for b in p.get("bare") or [] if b[0].startswith(bare_name)), None)
         b_ratio = b[2] if b else None
         ratios = [r for r in (c_ratio, b_ratio) if r is not None]
         # The higher yardstick gives the lower ratio, and the other way round

@@ -247,6 +247,9 @@ orders = last_json_line("orders.txt")
 ord_p = proc("orders")
 menu = load("menu/summary.json")
 menu_p = proc("menu")
+# The menu path's bare client, right after menu-sync on the same stack
+# (loadgen's menuthroughput.rs; runs before it was measured have none).
+menu_bare = last_json_line("menu-bare.txt") if (out / "menu-bare.txt").exists() else None
 backlog = last_json_line("backlog.txt")
 
 rows = []
@@ -344,6 +347,11 @@ e2e_row(
     menu["items_per_sec"],
     menu_kernel_run_ns or kernel["menu_item"],
     menu_p,
+    # Both rates over the same span: first send to last item stored (the
+    # bare client's: to its last delete).
+    bare=[("bare consumer", menu_bare["bare_items_per_sec"], menu["items_per_sec"] / menu_bare["bare_items_per_sec"])]
+    if menu_bare
+    else None,
     e2e=(menu["e2e_p50_ms"], menu["e2e_p99_ms"]),
     # The loadgen sends 185 MB of items meanwhile: its CPU is not the daemon's.
     cores_left=(menu.get("ceiling") or {}).get("cores", {}).get("left"),

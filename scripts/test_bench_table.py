@@ -85,6 +85,21 @@ class BenchTable(unittest.TestCase):
         self.assertIn("| 1.05 | flat: ≤ 1.2 | yes |", goals)
         self.assertIn("cold start to first decision 0.12 s", goals)
 
+    def test_the_menu_path_s_bare_client_is_its_second_yardstick(self):
+        # bench.sh's menu-throughput output: its line, then its JSON.
+        (self.run_dir / "menu-bare.txt").write_text(
+            "bare consumer (4 receivers; ...): 10000 items in 14.50 s\n"
+            '{"items": 10000, "send_secs": 5.2, "bare_secs": 14.5, "bare_items_per_sec": 685.9}\n'
+        )
+        _, figures = self.table()
+        menu = next(p for p in figures["paths"] if p["path"] == "menu (menu-sync)")
+        self.assertEqual(menu["bare"], [["bare consumer", 685.9, menu["daemon_per_sec"] / 685.9]])
+        goals = (self.run_dir / "goals.md").read_text()
+        # The bare client (685.9/s) is the higher yardstick, the ceiling
+        # (437/s) the lower: each judged.
+        self.assertIn("| menu (menu-sync, 10,000) | 343/s | 437/s: 0.79 | bare consumer 686/s: 0.50 | 0.50: **no** "
+                      "| 0.79: **no** |", goals)
+
     def test_a_run_with_a_failed_verdict_says_so_in_its_goals(self):
         self.edit("payments.proc", lambda t: t.replace('"status": 0', '"status": 1'))
         _, figures = self.table()

@@ -17,6 +17,7 @@ mod chaos;
 mod coldstart;
 mod dashcheck;
 mod menusync;
+mod menuthroughput;
 mod morningrush;
 mod payload;
 mod paythroughput;
@@ -57,6 +58,10 @@ enum Command {
     /// from a scratch FIFO queue into a scratch table (the daemon's SQS and
     /// DynamoDB calls, no processing) and is timed.
     PaymentsThroughput(paythroughput::PaymentsThroughputArgs),
+    /// The menu path's floor: a bare client drains the menu-sync catalogue
+    /// from a scratch queue into a scratch table as it is sent (the
+    /// daemon's SQS and DynamoDB calls, no processing) and is timed.
+    MenuThroughput(menuthroughput::MenuThroughputArgs),
     /// The daemon's memory under a backlog: puts `--records` order events
     /// on the stream, runs the start command, and samples the daemon's
     /// resident memory from its admin endpoint every second while it works
@@ -331,6 +336,27 @@ fn main() -> ExitCode {
                         t.payments,
                         t.bare_secs,
                         t.bare_payments_per_sec
+                    );
+                    match serde_json::to_string(&t) {
+                        Ok(json) => println!("{json}"),
+                        Err(e) => return fail(e.into()),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::MenuThroughput(args) => {
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(menuthroughput::run(&args, 1)));
+            match result {
+                Ok(t) => {
+                    println!(
+                        "bare consumer ({} receivers; receive, read the skus, one transaction per batch, delete): {} items in {:.2} s from the first send (sending took {:.2} s), {:.0} items/s",
+                        args.receivers, t.items, t.bare_secs, t.send_secs, t.bare_items_per_sec
                     );
                     match serde_json::to_string(&t) {
                         Ok(json) => println!("{json}"),

@@ -33,7 +33,7 @@ use crate::verify;
 use crate::{RunArgs, Targets};
 
 /// Most bytes of one SendMessageBatch (SQS: 256 KiB for the whole batch).
-const MAX_BATCH_BYTES: usize = 250_000;
+pub(crate) const MAX_BATCH_BYTES: usize = 250_000;
 
 /// What the loadgen expects the daemon to store for one item.
 #[derive(Debug, Clone, PartialEq)]

@@ -23,13 +23,14 @@
 //! measures).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, QueueAttributeName, SendMessageBatchRequestEntry};
 use futures::StreamExt;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -175,87 +176,47 @@ async fn measure(
     };
     let read_keys: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
     let (by_body, read_keys) = (&by_body, &read_keys);
-    let deleted = Arc::new(AtomicUsize::new(0));
     let want = payments.len();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    // The drain runs from the first message received to the last deleted.
-    let first_received: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
-    let consumers = (0..args.receivers).map(|r| {
-        let deleted = Arc::clone(&deleted);
-        let first_received = Arc::clone(&first_received);
-        async move {
-            let mut batch_no = 0u64;
-            while deleted.load(Ordering::SeqCst) < want {
-                anyhow::ensure!(Instant::now() < deadline, "only {} of {want} deleted", deleted.load(Ordering::SeqCst));
-                let got = sqs
-                    .receive_message()
-                    .queue_url(queue)
-                    .max_number_of_messages(10)
-                    .wait_time_seconds(1)
-                    .send()
-                    .await
-                    .context("receive")?;
-                let messages = got.messages();
-                if messages.is_empty() {
-                    continue;
-                }
-                first_received.get_or_init(Instant::now);
-                batch_no += 1;
-                let mut items = messages
-                    .iter()
-                    .map(|m| {
-                        let put = Put::builder()
-                            .table_name(table)
-                            .item("k", AttributeValue::S(m.message_id().unwrap_or_default().to_owned()))
-                            .item("decision", AttributeValue::S("approve".into()))
-                            .condition_expression("attribute_not_exists(k)")
-                            .build()?;
-                        Ok(TransactWriteItem::builder().put(put).build())
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                let last = last_payment_of_each_key(messages, by_body);
-                read_history(ddb, table, read_keys, last.keys()).await?;
-                for (key, payment) in &last {
-                    items.push(TransactWriteItem::builder().put(history_put(table, key, payment)?).build());
-                }
-                let row = Update::builder()
+    let write = |r: usize, batch_no: u64, messages: Vec<Message>| async move {
+        let mut items = messages
+            .iter()
+            .map(|m| {
+                let put = Put::builder()
                     .table_name(table)
-                    .key("k", AttributeValue::S(format!("row-{r}-{}", batch_no % 20)))
-                    .update_expression("ADD payments :n")
-                    .expression_attribute_values(":n", AttributeValue::N(messages.len().to_string()))
+                    .item("k", AttributeValue::S(m.message_id().unwrap_or_default().to_owned()))
+                    .item("decision", AttributeValue::S("approve".into()))
+                    .condition_expression("attribute_not_exists(k)")
                     .build()?;
-                items.push(TransactWriteItem::builder().update(row).build());
-                ddb.transact_write_items().set_transact_items(Some(items)).send().await.context("write")?;
-                let entries = messages
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| {
-                        DeleteMessageBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .receipt_handle(m.receipt_handle().unwrap_or_default())
-                            .build()
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let out =
-                    sqs.delete_message_batch().queue_url(queue).set_entries(Some(entries)).send().await.context("delete")?;
-                anyhow::ensure!(out.failed.is_empty(), "{} deletes refused", out.failed.len());
-                deleted.fetch_add(messages.len(), Ordering::SeqCst);
-            }
-            Ok::<(), anyhow::Error>(())
+                Ok(TransactWriteItem::builder().put(put).build())
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let last = last_payment_of_each_key(&messages, by_body);
+        read_history(ddb, table, read_keys, last.keys()).await?;
+        for (key, payment) in &last {
+            items.push(TransactWriteItem::builder().put(history_put(table, key, payment)?).build());
         }
-    });
-    let drain = async { futures::future::join_all(consumers).await.into_iter().collect::<anyhow::Result<Vec<()>>>().map(drop) };
-    if args.while_sending {
+        let row = Update::builder()
+            .table_name(table)
+            .key("k", AttributeValue::S(format!("row-{r}-{}", batch_no % 20)))
+            .update_expression("ADD payments :n")
+            .expression_attribute_values(":n", AttributeValue::N(messages.len().to_string()))
+            .build()?;
+        items.push(TransactWriteItem::builder().update(row).build());
+        ddb.transact_write_items().set_transact_items(Some(items)).send().await.context("write")?;
+        Ok(messages)
+    };
+    let drain = drain(sqs, queue, want, args.receivers, deadline, write);
+    let started = if args.while_sending {
         info!(receivers = args.receivers, "Draining it with a bare consumer as it is sent");
         let (sent, drained) = tokio::join!(send, drain);
         sent.context("sending the burst")?;
-        drained?;
+        drained?
     } else {
         send.await.context("sending the burst")?;
         info!(receivers = args.receivers, "Draining it with a bare consumer");
-        drain.await?;
-    }
-    let started = *first_received.get().context("nothing was received")?;
+        drain.await?
+    };
     let bare_secs = started.elapsed().as_secs_f64();
     Ok(PaymentsThroughput {
         payments: want as u64,
@@ -263,6 +224,66 @@ async fn measure(
         bare_secs,
         bare_payments_per_sec: want as f64 / bare_secs,
     })
+}
+
+/// Drains `want` messages from `queue` as the daemon's SQS source does:
+/// `receivers` long-polling consumers, each receiving up to ten, handing
+/// the batch to `write` (its receiver's number, its batch's number, the
+/// messages; it gives the messages back once written), then deleting them
+/// with DeleteMessageBatch, until `want` are deleted or `deadline` passes.
+/// Returns when the first message was received.
+pub async fn drain<W, F>(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    want: usize,
+    receivers: usize,
+    deadline: Instant,
+    write: W,
+) -> anyhow::Result<Instant>
+where
+    W: Fn(usize, u64, Vec<Message>) -> F,
+    F: Future<Output = anyhow::Result<Vec<Message>>>,
+{
+    let deleted = AtomicUsize::new(0);
+    let first_received: OnceLock<Instant> = OnceLock::new();
+    let (deleted, first_received, write) = (&deleted, &first_received, &write);
+    let consumers = (0..receivers).map(|r| async move {
+        let mut batch_no = 0u64;
+        while deleted.load(Ordering::SeqCst) < want {
+            anyhow::ensure!(Instant::now() < deadline, "only {} of {want} deleted", deleted.load(Ordering::SeqCst));
+            let got = sqs
+                .receive_message()
+                .queue_url(queue)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .context("receive")?;
+            let messages = got.messages.unwrap_or_default();
+            if messages.is_empty() {
+                continue;
+            }
+            first_received.get_or_init(Instant::now);
+            batch_no += 1;
+            let messages = write(r, batch_no, messages).await?;
+            let entries = messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(m.receipt_handle().unwrap_or_default())
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = sqs.delete_message_batch().queue_url(queue).set_entries(Some(entries)).send().await.context("delete")?;
+            anyhow::ensure!(out.failed.is_empty(), "{} deletes refused", out.failed.len());
+            deleted.fetch_add(messages.len(), Ordering::SeqCst);
+        }
+        Ok::<(), anyhow::Error>(())
+    });
+    futures::future::join_all(consumers).await.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    first_received.get().copied().context("nothing was received")
 }
 
 /// Reads the history items of `keys` that no batch has read before (one
@@ -300,7 +321,7 @@ fn history_keys(p: &crate::payload::Payment) -> [String; 3] {
 /// Each history key of a batch's payments (those in `by_body`), in key
 /// order, with the batch's last payment of it.
 fn last_payment_of_each_key<'a>(
-    messages: &[aws_sdk_sqs::types::Message],
+    messages: &[Message],
     by_body: &HashMap<&str, &'a crate::payload::Payment>,
 ) -> BTreeMap<String, &'a crate::payload::Payment> {
     let mut last = BTreeMap::new();
