@@ -41,7 +41,9 @@
 #      the CPU the emulators took meanwhile (what is left of the machine is
 #      the CPU-bound ceiling: cores left / kernel time per event).
 #
-# Usage: scripts/bench.sh [--scale S]   (S multiplies the end-to-end sizes; default 1)
+# Usage: scripts/bench.sh [--scale S] [--payment-rounds N]
+#   S multiplies the end-to-end sizes (default 1); the payments path runs N
+#   rounds (default 3) and the median round is its figures (2a below).
 # Prints the table and writes it, with every raw figure, to
 # target/bench/<UTC time>/ (table.md, figures.json, goals.md: issue 13's goals
 # against this run, the table the README shows; scripts/bench_goals.py).
@@ -49,12 +51,15 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 scale=1
+rounds=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --scale) scale=$2; shift 2 ;;
-    *) echo "usage: $0 [--scale S]" >&2; exit 2 ;;
+    --payment-rounds) rounds=$2; shift 2 ;;
+    *) echo "usage: $0 [--scale S] [--payment-rounds N]" >&2; exit 2 ;;
   esac
 done
+case "$rounds" in ''|*[!0-9]*|0) echo "bench: --payment-rounds must be a whole number of at least 1" >&2; exit 2 ;; esac
 
 started=$(date +%s)
 out=$repo/target/bench/$(date -u +%Y%m%dT%H%M%SZ)
@@ -229,14 +234,33 @@ trap 'scripts/daemon.sh stop > /dev/null 2>&1 || true' EXIT
 export CAFE_SCENARIOS_DIR=$out/scenarios
 scripts/daemon.sh stop > /dev/null 2>&1 || true
 
-echo "== 2a. payments: cold-start with the daemon restarted just before the burst, then a bare consumer drains the same as it is sent"
+echo "== 2a. payments: cold-start with the daemon restarted just before the burst, then a bare consumer drains the same as it is sent; $rounds rounds"
 # cold-start measures its bare client itself ([thresholds.local]), right
-# after the daemon's run, on the same stack.
+# after the daemon's run, on the same stack. One round judges the host's
+# moment as much as the daemon (the same code's drain was 0.74-1.42 of its
+# bare client's over five rounds on 2026-12-07: docs/performance.md), so
+# the path runs in rounds, each on fresh resources with its own bare
+# client, into rounds/; the round whose drain / bare client's is the
+# median (bench_goals.py's median_round) is the path's:
+# its files are copied to payments.* and payments/, and its verdict is the
+# path's. Every round's ratio and verdict is in the table.
 sed 's/^restart = .*/restart = "before"/' scenarios/cold-start.toml > "$out/scenarios/cold-start.toml"
-configure "b$(date -u +%H%M%S)p"
-scripts/daemon.sh start 2> /dev/null
-CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
-  measure payments "$loadgen" run cold-start --scale "$scale" --report-dir "$out/payments"
+mkdir -p "$out/rounds"
+for k in $(seq 1 "$rounds"); do
+  configure "b$(date -u +%H%M%S)p$k"
+  scripts/daemon.sh start 2> /dev/null
+  CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
+    measure "rounds/payments-$k" "$loadgen" run cold-start --scale "$scale" --report-dir "$out/rounds/payments-$k"
+done
+median=$(python3 scripts/bench_goals.py --median-round $(for k in $(seq 1 "$rounds"); do echo "$out/rounds/payments-$k/summary.json"; done))
+for f in proc txt metrics; do cp "$out/rounds/payments-$median.$f" "$out/payments.$f" 2> /dev/null || true; done
+cp -r "$out/rounds/payments-$median" "$out/payments"
+echo "$median" > "$out/rounds/median"
+# A round's failed verdict is the path's only when it is the median round's.
+kept=()
+for f in "${failed[@]}"; do case "$f" in rounds/*) ;; *) kept+=("$f") ;; esac; done
+failed=("${kept[@]}")
+if grep -q '"status": [1-9]' "$out/payments.proc"; then failed+=(payments); fi
 
 echo "== 2a'. payments again, the fraud history in the process ([fraud] state = \"process\"): what the shared state costs"
 configure "b$(date -u +%H%M%S)q" process

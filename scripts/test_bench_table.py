@@ -100,6 +100,54 @@ class BenchTable(unittest.TestCase):
         self.assertIn("| menu (menu-sync, 10,000) | 343/s | 437/s: 0.79 | bare consumer 686/s: 0.50 | 0.50: **no** "
                       "| 0.79: **no** |", goals)
 
+    def test_the_median_round_stands_for_the_payments_path(self):
+        sys.path.insert(0, str(here))
+        import bench_goals
+
+        self.assertEqual(bench_goals.median_round([1.42, 0.90, 0.84]), 2)
+        self.assertEqual(bench_goals.median_round([0.84, 1.42, 0.90]), 3)
+        # Of an even number, the worse of the middle two; a round without a
+        # ratio is the worst.
+        self.assertEqual(bench_goals.median_round([1.1, 0.9]), 1)
+        self.assertEqual(bench_goals.median_round([None, 0.8, 0.9]), 3)
+        self.assertEqual(bench_goals.median_round([1.0]), 1)
+        # As bench.sh calls it: the rounds' summaries, in round order.
+        rounds = []
+        for k, ratio in enumerate([1.3, None, 0.7], 1):
+            path = self.scratch / f"summary-{k}.json"
+            path.write_text(json.dumps({"drain_vs_bare": ratio} if ratio is not None else {}))
+            rounds.append(str(path))
+        done = subprocess.run([sys.executable, str(goals_script), "--median-round", *rounds], capture_output=True, text=True)
+        self.assertEqual((done.returncode, done.stdout), (0, "1\n"), done.stderr)
+
+    def test_a_run_in_rounds_reports_each_and_takes_the_median_round_s(self):
+        # As bench.sh leaves a run of three rounds: each in rounds/, the
+        # median's (round 2) copied to payments.* and payments/.
+        summary = json.loads((stored / "payments" / "summary.json").read_text())
+        for k, (ratio, status) in enumerate([(1.42, 1), (0.90, 0), (0.84, 0)], 1):
+            (self.run_dir / "rounds" / f"payments-{k}").mkdir(parents=True)
+            (self.run_dir / "rounds" / f"payments-{k}" / "summary.json").write_text(json.dumps(dict(summary, drain_vs_bare=ratio)))
+            proc = json.loads((stored / "payments.proc").read_text())
+            (self.run_dir / "rounds" / f"payments-{k}.proc").write_text(json.dumps(dict(proc, status=status)))
+        (self.run_dir / "rounds" / "median").write_text("2\n")
+        # The probes around each round; the median round's set the floor.
+        self.edit("host-speed.txt", lambda t: t.replace("payments:before 1794649860\npayments:after 1779613700\n", "")
+                  + "rounds/payments-1:before 900000000\nrounds/payments-2:before 1600000000\n"
+                  "rounds/payments-2:after 1600000000\nrounds/payments-3:after 900000000\n")
+        table, figures = self.table()
+        self.assertEqual(figures["payments_rounds"], [
+            {"round": 1, "drain_vs_bare": 1.42, "passed": False},
+            {"round": 2, "drain_vs_bare": 0.90, "passed": True},
+            {"round": 3, "drain_vs_bare": 0.84, "passed": True},
+        ])
+        self.assertEqual(figures["payments_floor_ns"], 10_001 * 64 / 1.6e9 * 1e9)
+        self.assertIn("the daemon's drain / the bare client's, round by round: 1.42 (FAIL), 0.90, 0.84. The table's "
+                      "payments figures and the path's verdict are round 2's, the median.", table)
+        # A round's failed verdict is not the path's unless it is the median's.
+        self.assertEqual(figures["run"]["verdicts_failed"], [])
+        goals = (self.run_dir / "goals.md").read_text()
+        self.assertIn("| payments (cold-start, 10,000; the median of 3 rounds) |", goals)
+
     def test_a_run_with_a_failed_verdict_says_so_in_its_goals(self):
         self.edit("payments.proc", lambda t: t.replace('"status": 0', '"status": 1'))
         _, figures = self.table()
