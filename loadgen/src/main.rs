@@ -351,12 +351,12 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(menuthroughput::run(&args, 1)));
+                .and_then(|rt| rt.block_on(menuthroughput::run(&args)));
             match result {
                 Ok(t) => {
                     println!(
-                        "bare consumer ({} receivers; receive, read the skus, one transaction per batch, delete): {} items in {:.2} s from the first send (sending took {:.2} s), {:.0} items/s",
-                        args.receivers, t.items, t.bare_secs, t.send_secs, t.bare_items_per_sec
+                        "bare consumer ({} receivers; the daemon's batches and chunks: a read of the skus and a transaction each, {} of each; deletes): {} items in {:.2} s from the first send (sending took {:.2} s), {:.0} items/s",
+                        args.receivers, t.transactions, t.items, t.bare_secs, t.send_secs, t.bare_items_per_sec
                     );
                     match serde_json::to_string(&t) {
                         Ok(json) => println!("{json}"),

@@ -33,7 +33,7 @@ use crate::verify;
 use crate::{RunArgs, Targets};
 
 /// Most bytes of one SendMessageBatch (SQS: 256 KiB for the whole batch).
-pub(crate) const MAX_BATCH_BYTES: usize = 250_000;
+const MAX_BATCH_BYTES: usize = 250_000;
 
 /// What the loadgen expects the daemon to store for one item.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,28 +144,45 @@ async fn push(user: &mut GooseUser) -> TransactionResult {
     let s = SYNC.get()?;
     let me = user.weighted_users_index % s.pods;
     let _ = s.sends.start();
-    let mut batch: Vec<(String, Expected)> = Vec::new();
-    let mut bytes = 0;
+    let mut batch = SendBatch::default();
     let mut index = me as u64;
-    loop {
-        let more = index < s.items;
-        let next = more.then(|| {
-            let ts = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
-            item(s.seed, &s.run_id, index, &s.load, &ts)
-        });
-        let full = next.as_ref().is_some_and(|(b, _)| batch.len() == 10 || bytes + b.len() > MAX_BATCH_BYTES);
-        if (full || !more) && !batch.is_empty() {
-            send(&s, user, std::mem::take(&mut batch)).await?;
-            bytes = 0;
-        }
-        match next {
-            Some(n) => {
-                bytes += n.0.len();
-                batch.push(n);
-            }
-            None => return Ok(()),
+    while index < s.items {
+        let ts = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+        if let Some(full) = batch.add(item(s.seed, &s.run_id, index, &s.load, &ts)) {
+            send(&s, user, full).await?;
         }
         index += s.pods as u64;
+    }
+    if let Some(rest) = batch.rest() {
+        send(&s, user, rest).await?;
+    }
+    Ok(())
+}
+
+/// A pod's next SendMessageBatch: at most ten items, under
+/// [`MAX_BATCH_BYTES`].
+#[derive(Debug, Default)]
+pub(crate) struct SendBatch {
+    items: Vec<(String, Expected)>,
+    bytes: usize,
+}
+
+impl SendBatch {
+    /// Adds `item`, handing back first the batch it would overfill.
+    pub(crate) fn add(&mut self, item: (String, Expected)) -> Option<Vec<(String, Expected)>> {
+        let full = !self.items.is_empty() && (self.items.len() == 10 || self.bytes + item.0.len() > MAX_BATCH_BYTES);
+        let out = full.then(|| {
+            self.bytes = 0;
+            std::mem::take(&mut self.items)
+        });
+        self.bytes += item.0.len();
+        self.items.push(item);
+        out
+    }
+
+    /// What is left to send.
+    pub(crate) fn rest(self) -> Option<Vec<(String, Expected)>> {
+        (!self.items.is_empty()).then_some(self.items)
     }
 }
 
@@ -634,5 +651,23 @@ mod tests {
     fn canonical_json_sorts_keys_and_writes_integral_numbers_as_integers() {
         let v: Value = serde_json::from_str(r#"{"b": [1.0, 2.5, {"z": 1, "a": "x y"}], "a": 3}"#).expect("json");
         assert_eq!(canonical(&v), r#"{"a":3,"b":[1,2.5,{"a":"x y","z":1}]}"#);
+    }
+
+    #[test]
+    fn a_pod_sends_at_most_ten_items_and_250_000_bytes_a_call() {
+        let e = item(7, "run", 0, &load(), "t").1;
+        let mut batch = SendBatch::default();
+        let mut sent = Vec::new();
+        let bodies = std::iter::repeat_n("x".repeat(100_000), 3).chain(std::iter::repeat_n("y".to_owned(), 12));
+        for body in bodies {
+            sent.extend(batch.add((body, e.clone())));
+        }
+        sent.extend(batch.rest());
+        let sizes: Vec<usize> = sent.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [2, 10, 3], "two images fill a call's bytes; then ten at most; then the rest");
+        for b in &sent {
+            assert!(b.iter().map(|(body, _)| body.len()).sum::<usize>() <= MAX_BATCH_BYTES);
+        }
+        assert!(SendBatch::default().rest().is_none(), "nothing left, nothing sent");
     }
 }

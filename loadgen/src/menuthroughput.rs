@@ -3,22 +3,28 @@
 //! sync and does nothing else.
 //!
 //! Owns: the measurement. It creates a scratch standard queue and a scratch
-//! table, and sends the menu-sync scenario's catalogue (the same items,
-//! images and all, made by `menusync::item`; the same pods, each sending
-//! its share in batches under 256 KiB) while `receivers` long-polling
-//! consumers drain it as the daemon's menu source does: receive up to ten;
-//! a strongly consistent BatchGetItem of the batch's skus (the daemon reads
-//! each chunk's stored versions before writing it); one TransactWriteItems
-//! holding a ledger put per message (`attribute_not_exists`), an update
-//! per sku of the daemon's item's attributes under a condition, and one
-//! `ADD` per store the batch touched (the daemon's one per aggregate row);
-//! DeleteMessageBatch. Timed from the first send to the last delete, the
-//! span of menu-sync's drain (first send to last item stored). Both
-//! scratch resources are deleted afterwards. Must not: decode, digest or
-//! check anything (the daemon's share of the work is what the ratio
-//! measures): it knows each message's sku and store from the bytes it sent.
+//! table, and sends the menu-sync scenario's catalogue as menu-sync does
+//! (the same items, images and all, made by `menusync::item` as each is
+//! sent; the same pods, each sending its share in batches under 256 KiB)
+//! while it drains the queue as the daemon does, without the daemon's
+//! work: `receivers` long-polling consumers receive up to ten at a time
+//! into batches of up to `pipeline.max_batch_events` messages, each closed
+//! `pipeline.linger_ms` after its first (the daemon's defaults, 250 and 50
+//! ms); up to `sink_concurrency` (8) batches are written at once, each in
+//! the daemon's chunks (a chunk's ledger puts, one update per sku and one
+//! `ADD` per row, at most 100 items: `menu_items.rs`), a chunk being a
+//! strongly consistent BatchGetItem of its skus and then one
+//! TransactWriteItems; then the batch's messages are deleted,
+//! DeleteMessageBatch by ten. Timed from the first send to the last
+//! delete, the span of menu-sync's drain (first send to the last item's
+//! `applied_at`, stamped before its write: the daemon's span ends a write
+//! earlier). Both scratch resources are deleted afterwards. Must not:
+//! decode, digest or check anything (the daemon's share of the work is
+//! what the ratio measures): it knows each message's sku and store from
+//! the bytes it sent.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,10 +33,20 @@ use aws_sdk_sqs::types::{Message, QueueAttributeName, SendMessageBatchRequestEnt
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::info;
 
 use crate::Targets;
-use crate::menusync::{Expected, MAX_BATCH_BYTES};
+use crate::menusync::{Expected, SendBatch};
+use crate::paythroughput::Deleted;
+
+/// The daemon's defaults this client packs its writes by
+/// (`daemon/src/config.rs`: `pipeline.max_batch_events`, `linger_ms`,
+/// `sink_concurrency`; `sinks.dynamodb.max_transaction_items`).
+const MAX_BATCH: usize = 250;
+const LINGER: Duration = Duration::from_millis(50);
+const WRITES_AT_ONCE: usize = 8;
+const MAX_TRANSACTION_ITEMS: usize = 100;
 
 /// `menu-throughput` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,6 +57,9 @@ pub struct MenuThroughputArgs {
     /// Multiplies the scenario's item count, as `run --scale` does.
     #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
+    /// Payload seed, as `run --seed` (the same seed gives menu-sync's items).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     /// Concurrent long-polling consumers (the daemon's menu source's
     /// default is 4).
     #[arg(long, default_value_t = 4)]
@@ -63,21 +82,25 @@ pub struct MenuThroughput {
     pub bare_secs: f64,
     /// Items drained per second over `bare_secs`.
     pub bare_items_per_sec: f64,
+    /// BatchGetItem calls made (one per chunk).
+    pub reads: u64,
+    /// TransactWriteItems calls made (one per chunk).
+    pub transactions: u64,
 }
 
+/// What the bare client knows of each message it sent, by its body: the
+/// item (its sku, store and the digests the daemon would store).
+type Sent = Arc<Mutex<HashMap<String, Expected>>>;
+
 /// Runs the measurement on scratch resources named after the targets'.
-pub async fn run(args: &MenuThroughputArgs, seed: u64) -> anyhow::Result<MenuThroughput> {
+pub async fn run(args: &MenuThroughputArgs) -> anyhow::Result<MenuThroughput> {
     let scenario = crate::scenario::find(&args.scenario)?;
     let load = scenario.menu.context("not a menu-sync scenario (no [menu])")?;
     let items = ((load.items as f64) * args.scale).round().max(1.0) as u64;
-    let pods = load.pods.min(items as usize).max(1);
-    let run_id = crate::coldstart::new_run_id();
-    let ts = OffsetDateTime::now_utc().format(&Rfc3339)?;
-    // Made before anything is timed: the sending then costs what SQS takes.
-    let catalogue: Vec<(String, Expected)> = (0..items).map(|i| crate::menusync::item(seed, &run_id, i, &load, &ts)).collect();
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let run_id = crate::coldstart::new_run_id();
     let queue = sqs
         .create_queue()
         .queue_name(format!("{}-floor-{run_id}", args.targets.menu_queue))
@@ -90,7 +113,8 @@ pub async fn run(args: &MenuThroughputArgs, seed: u64) -> anyhow::Result<MenuThr
     let table = format!("{}-floor-{run_id}", args.targets.menu_table);
     let result = async {
         crate::throughput::create_scratch_table(&ddb, &table).await?;
-        measure(&sqs, &ddb, &queue, &table, &catalogue, pods, args).await
+        let catalogue = Catalogue { load, items, seed: args.seed, run_id: run_id.clone() };
+        measure(&sqs, &ddb, &queue, &table, &catalogue, args).await
     }
     .await;
     let _ = sqs.delete_queue().queue_url(&queue).send().await;
@@ -98,82 +122,228 @@ pub async fn run(args: &MenuThroughputArgs, seed: u64) -> anyhow::Result<MenuThr
     result
 }
 
+/// The items to send: menu-sync's.
+#[derive(Debug, Clone)]
+pub struct Catalogue {
+    /// The scenario's `[menu]`.
+    pub load: crate::scenario::MenuLoad,
+    /// How many.
+    pub items: u64,
+    /// Payload seed.
+    pub seed: u64,
+    /// Run id (in each item's sku and store).
+    pub run_id: String,
+}
+
 async fn measure(
     sqs: &aws_sdk_sqs::Client,
     ddb: &aws_sdk_dynamodb::Client,
     queue: &str,
     table: &str,
-    catalogue: &[(String, Expected)],
-    pods: usize,
+    catalogue: &Catalogue,
     args: &MenuThroughputArgs,
 ) -> anyhow::Result<MenuThroughput> {
-    let by_body: HashMap<&str, &Expected> = catalogue.iter().map(|(body, e)| (body.as_str(), e)).collect();
-    let by_body = &by_body;
-    info!(
-        items = catalogue.len(),
-        pods,
-        receivers = args.receivers,
-        "Sending the catalogue to the scratch queue as it is drained"
-    );
+    let want = catalogue.items as usize;
+    let pods = catalogue.load.pods.min(want).max(1);
+    let sent: Sent = Arc::new(Mutex::new(HashMap::with_capacity(want)));
+    info!(items = want, pods, receivers = args.receivers, "Sending the catalogue to the scratch queue as it is drained");
     let started = Instant::now();
-    // Each pod its share (items `index % pods == pod`), batch after batch.
-    let send = futures::future::join_all((0..pods).map(|pod| async move {
-        let mine: Vec<&(String, Expected)> = catalogue.iter().skip(pod).step_by(pods).collect();
-        for batch in batches(&mine) {
-            let entries = batch
-                .iter()
-                .enumerate()
-                .map(|(k, (body, _))| SendMessageBatchRequestEntry::builder().id(k.to_string()).message_body(body).build())
-                .collect::<Result<Vec<_>, _>>()?;
-            let out = sqs.send_message_batch().queue_url(queue).set_entries(Some(entries)).send().await?;
-            anyhow::ensure!(out.failed.is_empty(), "{} sends refused", out.failed.len());
-        }
-        Ok::<(), anyhow::Error>(())
-    }));
+    let send = futures::future::join_all((0..pods).map(|pod| send_share(sqs, queue, catalogue, pod, pods, &sent)));
     let send = async {
         send.await.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
         Ok::<f64, anyhow::Error>(started.elapsed().as_secs_f64())
     };
     let deadline = started + Duration::from_secs(args.timeout_secs);
-    let write = |_: usize, _: u64, messages: Vec<Message>| async move {
-        let items = messages
-            .iter()
-            .map(|m| {
-                let e = by_body.get(m.body().unwrap_or_default()).context("a message the bare client did not send")?;
-                Ok((m.message_id().unwrap_or_default(), *e))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let skus: BTreeSet<&str> = items.iter().map(|(_, e)| e.sku.as_str()).collect();
-        read_skus(ddb, table, &skus).await?;
-        let writes = transaction(table, &items)?;
-        ddb.transact_write_items().set_transact_items(Some(writes)).send().await.context("write")?;
-        Ok(messages)
+    let deleted = Arc::new(Deleted::new(want));
+    let calls = Arc::new(Calls::default());
+    let (tx, rx) = mpsc::channel::<Vec<Message>>(64);
+    let receive = {
+        let deleted = Arc::clone(&deleted);
+        async move {
+            let handle = |_: usize, _: u64, messages: Vec<Message>| {
+                let tx = tx.clone();
+                async move { tx.send(messages).await.map_err(|_| anyhow::anyhow!("the writers stopped")) }
+            };
+            crate::paythroughput::receive_until(sqs, queue, args.receivers, &deleted, deadline, handle).await
+        }
     };
-    let drain = crate::paythroughput::drain(sqs, queue, catalogue.len(), args.receivers, deadline, write);
-    let (sent, drained) = tokio::join!(send, drain);
-    let send_secs = sent.context("sending the catalogue")?;
-    drained?;
-    let bare_secs = started.elapsed().as_secs_f64();
+    let write = write_batches(
+        rx,
+        sqs.clone(),
+        ddb.clone(),
+        queue.to_owned(),
+        table.to_owned(),
+        Arc::clone(&sent),
+        Arc::clone(&deleted),
+        Arc::clone(&calls),
+    );
+    let (sent_secs, received, written) = tokio::join!(send, receive, write);
+    let send_secs = sent_secs.context("sending the catalogue")?;
+    received?;
+    written?;
+    let last = deleted.last().context("not every item was deleted")?;
+    let bare_secs = (last - started).as_secs_f64();
     Ok(MenuThroughput {
-        items: catalogue.len() as u64,
+        items: want as u64,
         send_secs,
         bare_secs,
-        bare_items_per_sec: catalogue.len() as f64 / bare_secs,
+        bare_items_per_sec: want as f64 / bare_secs,
+        reads: calls.reads.load(std::sync::atomic::Ordering::SeqCst),
+        transactions: calls.transactions.load(std::sync::atomic::Ordering::SeqCst),
     })
 }
 
-/// A pod's items in SendMessageBatch calls: at most ten, under 256 KiB.
-fn batches<'a>(items: &[&'a (String, Expected)]) -> Vec<Vec<&'a (String, Expected)>> {
-    let mut out: Vec<Vec<&(String, Expected)>> = Vec::new();
-    let mut bytes = 0;
-    for &item in items {
-        let full = out.last().is_none_or(|b| b.len() == 10 || bytes + item.0.len() > MAX_BATCH_BYTES);
-        if full {
-            out.push(Vec::new());
-            bytes = 0;
+/// One pod's share of the catalogue (items `index % pods == pod`), each
+/// made as it is sent, as menu-sync's pods make theirs.
+async fn send_share(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    c: &Catalogue,
+    pod: usize,
+    pods: usize,
+    sent: &Sent,
+) -> anyhow::Result<()> {
+    let mut batch = SendBatch::default();
+    let mut index = pod as u64;
+    let send = |items: Vec<(String, Expected)>| async move {
+        {
+            let mut known = sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (body, e) in &items {
+                known.insert(body.clone(), e.clone());
+            }
         }
-        bytes += item.0.len();
-        out.last_mut().expect("a batch").push(item);
+        let entries = items
+            .iter()
+            .enumerate()
+            .map(|(k, (body, _))| SendMessageBatchRequestEntry::builder().id(k.to_string()).message_body(body).build())
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = sqs.send_message_batch().queue_url(queue).set_entries(Some(entries)).send().await?;
+        anyhow::ensure!(out.failed.is_empty(), "{} sends refused", out.failed.len());
+        Ok::<(), anyhow::Error>(())
+    };
+    while index < c.items {
+        let ts = OffsetDateTime::now_utc().format(&Rfc3339)?;
+        if let Some(full) = batch.add(crate::menusync::item(c.seed, &c.run_id, index, &c.load, &ts)) {
+            send(full).await?;
+        }
+        index += pods as u64;
+    }
+    if let Some(rest) = batch.rest() {
+        send(rest).await?;
+    }
+    Ok(())
+}
+
+/// The calls the writers made.
+#[derive(Debug, Default)]
+struct Calls {
+    reads: std::sync::atomic::AtomicU64,
+    transactions: std::sync::atomic::AtomicU64,
+}
+
+/// Gathers received messages into batches (up to [`MAX_BATCH`], closed
+/// [`LINGER`] after the first) and writes up to [`WRITES_AT_ONCE`] at once.
+#[allow(clippy::too_many_arguments)]
+async fn write_batches(
+    mut rx: mpsc::Receiver<Vec<Message>>,
+    sqs: aws_sdk_sqs::Client,
+    ddb: aws_sdk_dynamodb::Client,
+    queue: String,
+    table: String,
+    sent: Sent,
+    deleted: Arc<Deleted>,
+    calls: Arc<Calls>,
+) -> anyhow::Result<()> {
+    let slots = Arc::new(Semaphore::new(WRITES_AT_ONCE));
+    let mut writes = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut batch = first;
+        let closes = tokio::time::Instant::now() + LINGER;
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout_at(closes, rx.recv()).await {
+                Ok(Some(more)) => batch.extend(more),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let slot = Arc::clone(&slots).acquire_owned().await?;
+        let (sqs, ddb, queue, table, sent, deleted, calls) =
+            (sqs.clone(), ddb.clone(), queue.clone(), table.clone(), Arc::clone(&sent), Arc::clone(&deleted), Arc::clone(&calls));
+        writes.push(tokio::spawn(async move {
+            let _slot = slot;
+            write_batch(&sqs, &ddb, &queue, &table, &sent, &calls, &batch).await?;
+            deleted.add(batch.len());
+            Ok::<(), anyhow::Error>(())
+        }));
+        // Writes that ended are reaped as the batches go (an error stops the run).
+        let mut still = Vec::with_capacity(writes.len());
+        for w in writes {
+            if w.is_finished() {
+                w.await??;
+            } else {
+                still.push(w);
+            }
+        }
+        writes = still;
+    }
+    for w in writes {
+        w.await??;
+    }
+    Ok(())
+}
+
+/// One batch: its chunks read and written one after the other, as the
+/// daemon's `write_menu` does, then its messages deleted.
+async fn write_batch(
+    sqs: &aws_sdk_sqs::Client,
+    ddb: &aws_sdk_dynamodb::Client,
+    queue: &str,
+    table: &str,
+    sent: &Sent,
+    calls: &Calls,
+    batch: &[Message],
+) -> anyhow::Result<()> {
+    let items: Vec<(&str, Expected)> = {
+        let known = sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        batch
+            .iter()
+            .map(|m| {
+                let e = known.get(m.body().unwrap_or_default()).context("a message the bare client did not send")?;
+                Ok((m.message_id().unwrap_or_default(), e.clone()))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    for chunk in chunks(&items) {
+        let skus: BTreeSet<&str> = chunk.iter().map(|(_, e)| e.sku.as_str()).collect();
+        read_skus(ddb, table, &skus).await?;
+        calls.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let writes = transaction(table, chunk)?;
+        ddb.transact_write_items().set_transact_items(Some(writes)).send().await.context("write")?;
+        calls.transactions.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    futures::future::try_join_all(batch.chunks(10).map(|ten| crate::paythroughput::delete_batch(sqs, queue, ten))).await?;
+    Ok(())
+}
+
+/// A batch's items in the daemon's chunks: each chunk's ledger puts, one
+/// update per sku and one `ADD` per row (here per store) at most
+/// [`MAX_TRANSACTION_ITEMS`] (`menu_items.rs`'s `menu_chunks`).
+fn chunks<'a>(items: &'a [(&'a str, Expected)]) -> Vec<&'a [(&'a str, Expected)]> {
+    let mut out = Vec::new();
+    let (mut start, mut skus, mut rows) = (0, HashSet::new(), HashSet::new());
+    for (i, (_, e)) in items.iter().enumerate() {
+        let (sku, store) = (&e.sku, &e.store);
+        let extra = 1 + usize::from(!skus.contains(sku)) + usize::from(!rows.contains(store));
+        if i > start && (i - start) + skus.len() + rows.len() + extra > MAX_TRANSACTION_ITEMS {
+            out.push(&items[start..i]);
+            start = i;
+            skus.clear();
+            rows.clear();
+        }
+        skus.insert(sku);
+        rows.insert(store);
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
     }
     out
 }
@@ -197,7 +367,7 @@ async fn read_skus(ddb: &aws_sdk_dynamodb::Client, table: &str, skus: &BTreeSet<
 /// One batch's transaction, in the daemon's order: a ledger put per
 /// message, an update per sku (the batch's last item of it, with the
 /// daemon's attributes), an `ADD` per store.
-fn transaction(table: &str, items: &[(&str, &Expected)]) -> anyhow::Result<Vec<TransactWriteItem>> {
+fn transaction(table: &str, items: &[(&str, Expected)]) -> anyhow::Result<Vec<TransactWriteItem>> {
     let s = |v: &str| AttributeValue::S(v.to_owned());
     let mut writes = Vec::new();
     for (message_id, e) in items {
@@ -210,7 +380,7 @@ fn transaction(table: &str, items: &[(&str, &Expected)]) -> anyhow::Result<Vec<T
             .build()?;
         writes.push(TransactWriteItem::builder().put(put).build());
     }
-    let last: BTreeMap<&str, &Expected> = items.iter().map(|(_, e)| (e.sku.as_str(), *e)).collect();
+    let last: BTreeMap<&str, &Expected> = items.iter().map(|(_, e)| (e.sku.as_str(), e)).collect();
     let now = OffsetDateTime::now_utc().format(&Rfc3339)?;
     for (sku, e) in &last {
         let update = Update::builder()
@@ -270,9 +440,8 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_is_a_ledger_put_per_message_an_update_per_sku_and_an_add_per_store() {
-        let (a, b, a_again) = (expected("s1", "st1"), expected("s2", "st2"), expected("s1", "st1"));
-        let items = [("m1", &a), ("m2", &b), ("m3", &a_again)];
+    fn a_chunk_is_a_ledger_put_per_message_an_update_per_sku_and_an_add_per_store() {
+        let items = [("m1", expected("s1", "st1")), ("m2", expected("s2", "st2")), ("m3", expected("s1", "st1"))];
         let writes = transaction("t", &items).expect("a transaction");
         let puts = writes.iter().filter(|w| w.put.is_some()).count();
         let updates: Vec<&Update> = writes.iter().filter_map(|w| w.update.as_ref()).collect();
@@ -280,7 +449,30 @@ mod tests {
         let keys: Vec<&str> = updates.iter().map(|u| u.key()["k"].as_s().expect("a string key").as_str()).collect();
         assert_eq!(keys, ["sku#s1", "sku#s2", "row#st1", "row#st2"], "one update per sku, then one ADD per store");
         assert_eq!(updates[2].expression_attribute_values().expect("values")[":n"], AttributeValue::N("2".into()));
-        assert!(writes.len() <= 100, "within a transaction's items");
+    }
+
+    #[test]
+    fn a_batch_is_written_in_the_daemon_s_chunks_of_at_most_100_transaction_items() {
+        // 250 messages of distinct skus over 20 stores: each message costs a
+        // ledger put and an update; a chunk's stores one ADD each.
+        let ids: Vec<String> = (0..250).map(|i| format!("m{i}")).collect();
+        let items: Vec<(&str, Expected)> =
+            ids.iter().enumerate().map(|(i, id)| (id.as_str(), expected(&format!("s{i}"), &format!("st{}", i % 20)))).collect();
+        let chunks = chunks(&items);
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 250, "every message once, in order");
+        for (k, c) in chunks.iter().enumerate() {
+            let writes = transaction("t", c).expect("a transaction").len();
+            assert!(writes <= MAX_TRANSACTION_ITEMS, "chunk {k}: {writes} items");
+            // Full: the next message would not have fitted.
+            if let Some(next) = chunks.get(k + 1) {
+                let grown = [&c[..], &next[..1]].concat();
+                assert!(transaction("t", &grown).expect("a transaction").len() > MAX_TRANSACTION_ITEMS, "chunk {k} was not full");
+            }
+        }
+        assert_eq!(chunks.len(), 7, "40 messages and their 20 stores a chunk: 250 in 7 chunks");
+        // A sku twice in a chunk is one update.
+        let twice = [("a", expected("s", "st")), ("b", expected("s", "st"))];
+        assert_eq!(super::chunks(&twice).len(), 1);
     }
 
     /// Against the local stack's SQS and DynamoDB (scripts/test.sh starts
@@ -289,27 +481,34 @@ mod tests {
     #[tokio::test]
     async fn the_bare_client_drains_every_item_into_a_ledger_entry_an_item_per_sku_and_counts_per_store() {
         std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack (scripts/local-stack/stack.sh env)");
-        let load = crate::scenario::MenuLoad {
+        let catalogue = Catalogue {
+            load: crate::scenario::MenuLoad {
+                items: 45,
+                pods: 4,
+                stores: 3,
+                image_kib: [2.0, 150.0],
+                wrong_hash_ratio: 0.1,
+                ingredients: [2, 4],
+                redshift_within_secs: 0,
+                json_rounds: 1,
+            },
             items: 45,
-            pods: 4,
-            stores: 3,
-            image_kib: [2.0, 150.0],
-            wrong_hash_ratio: 0.1,
-            ingredients: [2, 4],
-            redshift_within_secs: 0,
-            json_rounds: 1,
+            seed: 7,
+            run_id: crate::coldstart::new_run_id(),
         };
-        let run_id = crate::coldstart::new_run_id();
-        let catalogue: Vec<(String, Expected)> =
-            (0..load.items).map(|i| crate::menusync::item(7, &run_id, i, &load, "2026-12-07T00:00:00Z")).collect();
+        let expected: HashMap<String, Expected> = (0..catalogue.items)
+            .map(|i| crate::menusync::item(catalogue.seed, &catalogue.run_id, i, &catalogue.load, "t").1)
+            .map(|e| (format!("sku#{}", e.sku), e))
+            .collect();
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
         let (sqs, ddb) = (aws_sdk_sqs::Client::new(&sdk), aws_sdk_dynamodb::Client::new(&sdk));
-        let name = format!("loadgen-menu-floor-{run_id}");
+        let name = format!("loadgen-menu-floor-{}", catalogue.run_id);
         let queue = sqs.create_queue().queue_name(&name).send().await.expect("a queue").queue_url.expect("its URL");
         crate::throughput::create_scratch_table(&ddb, &name).await.expect("a table");
         let args = MenuThroughputArgs {
             scenario: "unused".into(),
             scale: 1.0,
+            seed: 7,
             receivers: 3,
             timeout_secs: 60,
             targets: <crate::Targets as clap::FromArgMatches>::from_arg_matches(
@@ -317,9 +516,9 @@ mod tests {
             )
             .expect("default targets"),
         };
-        let measured = measure(&sqs, &ddb, &queue, &name, &catalogue, load.pods, &args).await.expect("drained");
+        let measured = measure(&sqs, &ddb, &queue, &name, &catalogue, &args).await.expect("drained");
         assert_eq!(measured.items, 45);
-        assert!(measured.bare_secs >= measured.send_secs, "{measured:?}");
+        assert_eq!(measured.reads, measured.transactions, "a read of its skus before each chunk's transaction");
         let left = sqs
             .get_queue_attributes()
             .queue_url(&queue)
@@ -342,29 +541,24 @@ mod tests {
             }
         }
         let key = |i: &HashMap<String, AttributeValue>| i["k"].as_s().expect("a string key").clone();
+        let text = |i: &HashMap<String, AttributeValue>, a: &str| i.get(a).and_then(|v| v.as_s().ok()).cloned();
         let ledger = items.iter().filter(|i| key(i).starts_with("ev#")).count();
-        let skus: BTreeSet<String> = items.iter().map(key).filter(|k| k.starts_with("sku#")).collect();
         let counted: u64 = items
             .iter()
             .filter(|i| key(i).starts_with("row#"))
             .map(|i| i["menu_items"].as_n().expect("a count").parse::<u64>().expect("a number"))
             .sum();
         assert_eq!(ledger, 45, "a ledger entry per message");
-        assert_eq!(skus, catalogue.iter().map(|(_, e)| format!("sku#{}", e.sku)).collect(), "an item per sku");
         assert_eq!(counted, 45, "each item counted once in its store's row");
+        let skus: Vec<_> = items.iter().filter(|i| key(i).starts_with("sku#")).collect();
+        assert_eq!(skus.len(), expected.len(), "an item per sku");
+        for item in skus {
+            let e = &expected[&key(item)];
+            assert_eq!(text(item, "image_sha256").as_ref(), Some(&e.image_sha256), "the daemon's attributes");
+            assert_eq!(text(item, "content_sha256").as_ref(), Some(&e.content_sha256));
+            assert!(text(item, "sync_version").is_some() && item.contains_key("kcal"), "{item:?}");
+        }
         let _ = sqs.delete_queue().queue_url(&queue).send().await;
         let _ = ddb.delete_table().table_name(&name).send().await;
-    }
-
-    #[test]
-    fn a_pod_sends_at_most_ten_items_and_250_000_bytes_a_call() {
-        let big = ("x".repeat(100_000), expected("s", "st"));
-        let small = ("y".to_owned(), expected("s", "st"));
-        let items: Vec<&(String, Expected)> = std::iter::repeat_n(&big, 3).chain(std::iter::repeat_n(&small, 12)).collect();
-        let sizes: Vec<usize> = batches(&items).iter().map(Vec::len).collect();
-        assert_eq!(sizes, [2, 10, 3], "two images fill a call's bytes; then ten at most");
-        for b in batches(&items) {
-            assert!(b.iter().map(|(body, _)| body.len()).sum::<usize>() <= MAX_BATCH_BYTES);
-        }
     }
 }

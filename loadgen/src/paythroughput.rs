@@ -178,6 +178,7 @@ async fn measure(
     let (by_body, read_keys) = (&by_body, &read_keys);
     let want = payments.len();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let deleted = &Deleted::new(want);
     let write = |r: usize, batch_no: u64, messages: Vec<Message>| async move {
         let mut items = messages
             .iter()
@@ -204,9 +205,11 @@ async fn measure(
             .build()?;
         items.push(TransactWriteItem::builder().update(row).build());
         ddb.transact_write_items().set_transact_items(Some(items)).send().await.context("write")?;
-        Ok(messages)
+        delete_batch(sqs, queue, &messages).await?;
+        deleted.add(messages.len());
+        Ok(())
     };
-    let drain = drain(sqs, queue, want, args.receivers, deadline, write);
+    let drain = receive_until(sqs, queue, args.receivers, deleted, deadline, write);
     let started = if args.while_sending {
         info!(receivers = args.receivers, "Draining it with a bare consumer as it is sent");
         let (sent, drained) = tokio::join!(send, drain);
@@ -217,7 +220,7 @@ async fn measure(
         info!(receivers = args.receivers, "Draining it with a bare consumer");
         drain.await?
     };
-    let bare_secs = started.elapsed().as_secs_f64();
+    let bare_secs = (deleted.last().context("not every payment was deleted")? - started).as_secs_f64();
     Ok(PaymentsThroughput {
         payments: want as u64,
         fraud_history: args.fraud_history,
@@ -226,31 +229,68 @@ async fn measure(
     })
 }
 
-/// Drains `want` messages from `queue` as the daemon's SQS source does:
-/// `receivers` long-polling consumers, each receiving up to ten, handing
-/// the batch to `write` (its receiver's number, its batch's number, the
-/// messages; it gives the messages back once written), then deleting them
-/// with DeleteMessageBatch, until `want` are deleted or `deadline` passes.
-/// Returns when the first message was received.
-pub async fn drain<W, F>(
+/// What a drain counts: messages deleted, and when the last of those it
+/// waits for was. (Its consumers end later: each finishes the long poll it
+/// is in, up to a second, which is not the drain's time.)
+#[derive(Debug)]
+pub struct Deleted {
+    count: AtomicUsize,
+    want: usize,
+    last: OnceLock<Instant>,
+}
+
+impl Deleted {
+    /// Waiting for `want` deletes.
+    pub fn new(want: usize) -> Self {
+        Deleted { count: AtomicUsize::new(0), want, last: OnceLock::new() }
+    }
+
+    /// `n` more deleted: the moment the count reaches `want` is the last.
+    pub fn add(&self, n: usize) {
+        if self.count.fetch_add(n, Ordering::SeqCst) + n >= self.want {
+            self.last.get_or_init(Instant::now);
+        }
+    }
+
+    /// Whether every message waited for is deleted.
+    pub fn all(&self) -> bool {
+        self.count.load(Ordering::SeqCst) >= self.want
+    }
+
+    /// When the last message waited for was deleted.
+    pub fn last(&self) -> Option<Instant> {
+        self.last.get().copied()
+    }
+}
+
+/// Receives from `queue` as the daemon's SQS source does, `receivers`
+/// long-polling consumers each receiving up to ten, and hands each
+/// non-empty receive to `handle` (its receiver's number, its receive's
+/// number, the messages), until `deleted` has them all or `deadline`
+/// passes. Returns when the first message was received.
+pub async fn receive_until<H, F>(
     sqs: &aws_sdk_sqs::Client,
     queue: &str,
-    want: usize,
     receivers: usize,
+    deleted: &Deleted,
     deadline: Instant,
-    write: W,
+    handle: H,
 ) -> anyhow::Result<Instant>
 where
-    W: Fn(usize, u64, Vec<Message>) -> F,
-    F: Future<Output = anyhow::Result<Vec<Message>>>,
+    H: Fn(usize, u64, Vec<Message>) -> F,
+    F: Future<Output = anyhow::Result<()>>,
 {
-    let deleted = AtomicUsize::new(0);
     let first_received: OnceLock<Instant> = OnceLock::new();
-    let (deleted, first_received, write) = (&deleted, &first_received, &write);
+    let (first_received, handle) = (&first_received, &handle);
     let consumers = (0..receivers).map(|r| async move {
         let mut batch_no = 0u64;
-        while deleted.load(Ordering::SeqCst) < want {
-            anyhow::ensure!(Instant::now() < deadline, "only {} of {want} deleted", deleted.load(Ordering::SeqCst));
+        while !deleted.all() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {} of {} deleted",
+                deleted.count.load(Ordering::SeqCst),
+                deleted.want
+            );
             let got = sqs
                 .receive_message()
                 .queue_url(queue)
@@ -265,25 +305,29 @@ where
             }
             first_received.get_or_init(Instant::now);
             batch_no += 1;
-            let messages = write(r, batch_no, messages).await?;
-            let entries = messages
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(m.receipt_handle().unwrap_or_default())
-                        .build()
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let out = sqs.delete_message_batch().queue_url(queue).set_entries(Some(entries)).send().await.context("delete")?;
-            anyhow::ensure!(out.failed.is_empty(), "{} deletes refused", out.failed.len());
-            deleted.fetch_add(messages.len(), Ordering::SeqCst);
+            handle(r, batch_no, messages).await?;
         }
         Ok::<(), anyhow::Error>(())
     });
     futures::future::join_all(consumers).await.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     first_received.get().copied().context("nothing was received")
+}
+
+/// Deletes `messages` (at most ten) with one DeleteMessageBatch.
+pub async fn delete_batch(sqs: &aws_sdk_sqs::Client, queue: &str, messages: &[Message]) -> anyhow::Result<()> {
+    let entries = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let out = sqs.delete_message_batch().queue_url(queue).set_entries(Some(entries)).send().await.context("delete")?;
+    anyhow::ensure!(out.failed.is_empty(), "{} deletes refused", out.failed.len());
+    Ok(())
 }
 
 /// Reads the history items of `keys` that no batch has read before (one
@@ -375,6 +419,21 @@ mod tests {
             big_amount_ratio: 0.0,
         };
         crate::payload::payment(7, "r1", index, &load, "2026-12-05T00:00:00Z")
+    }
+
+    #[test]
+    fn a_drain_ends_when_its_last_message_is_deleted_not_when_its_consumers_do() {
+        let deleted = Deleted::new(3);
+        deleted.add(2);
+        assert!(!deleted.all() && deleted.last().is_none());
+        deleted.add(1);
+        let last = deleted.last().expect("the last delete's moment");
+        assert!(deleted.all());
+        // A consumer's long poll ending later, or a delete past the count
+        // (a redelivered message), does not move it.
+        std::thread::sleep(Duration::from_millis(5));
+        deleted.add(1);
+        assert_eq!(deleted.last(), Some(last));
     }
 
     #[test]
