@@ -223,50 +223,48 @@ measure() {
     # the verdict, and bench.sh exits 1 at the end. Anything else stops here.
     if [ -f "$out/$path/summary.json" ]; then
       echo "bench: the $path run's verdict is FAIL (exit $status); its figures are reported" >&2
-      failed+=("$path")
     else
       tail -n 30 "$out/$path.txt" >&2; echo "bench: the $path run failed (exit $status); its output: $out/$path.txt" >&2; exit 1
     fi
   fi
 }
-failed=()
 trap 'scripts/daemon.sh stop > /dev/null 2>&1 || true' EXIT
 export CAFE_SCENARIOS_DIR=$out/scenarios
 scripts/daemon.sh stop > /dev/null 2>&1 || true
 
-echo "== 2a. payments: cold-start with the daemon restarted just before the burst, then a bare consumer drains the same as it is sent; $rounds rounds"
 # cold-start measures its bare client itself ([thresholds.local]), right
 # after the daemon's run, on the same stack. One round judges the host's
 # moment as much as the daemon (the same code's drain was 0.74-1.42 of its
 # bare client's over five rounds on 2026-12-07: docs/performance.md), so
-# the path runs in rounds, each on fresh resources with its own bare
-# client, into rounds/; the round whose drain / bare client's is the
-# median (bench_goals.py's median_round) is the path's:
-# its files are copied to payments.* and payments/, and its verdict is the
-# path's. Every round's ratio and verdict is in the table.
+# each payments path runs in rounds, each on fresh resources with its own
+# bare client, into rounds/NAME-K; the round whose drain / bare client's
+# is the median (bench_goals.py's median_round) is the path's: its files
+# are copied to NAME.* and NAME/ and its number written to
+# rounds/NAME.median. The run's verdict is bench_table.py's (figures.json's
+# run.verdicts_failed): a slow round fails the path when it is the median
+# round; anything wrong in any round (lost, duplicated, no bare client)
+# fails it whichever round it is. Every round's ratio and verdict is in the
+# table.
 sed 's/^restart = .*/restart = "before"/' scenarios/cold-start.toml > "$out/scenarios/cold-start.toml"
 mkdir -p "$out/rounds"
-for k in $(seq 1 "$rounds"); do
-  configure "b$(date -u +%H%M%S)p$k"
-  scripts/daemon.sh start 2> /dev/null
-  CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
-    measure "rounds/payments-$k" "$loadgen" run cold-start --scale "$scale" --report-dir "$out/rounds/payments-$k"
-done
-median=$(python3 scripts/bench_goals.py --median-round $(for k in $(seq 1 "$rounds"); do echo "$out/rounds/payments-$k/summary.json"; done))
-for f in proc txt metrics; do cp "$out/rounds/payments-$median.$f" "$out/payments.$f" 2> /dev/null || true; done
-cp -r "$out/rounds/payments-$median" "$out/payments"
-echo "$median" > "$out/rounds/median"
-# A round's failed verdict is the path's only when it is the median round's.
-kept=()
-for f in "${failed[@]}"; do case "$f" in rounds/*) ;; *) kept+=("$f") ;; esac; done
-failed=("${kept[@]}")
-if grep -q '"status": [1-9]' "$out/payments.proc"; then failed+=(payments); fi
-
-echo "== 2a'. payments again, the fraud history in the process ([fraud] state = \"process\"): what the shared state costs"
-configure "b$(date -u +%H%M%S)q" process
-scripts/daemon.sh start 2> /dev/null
-CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
-  measure payments-process "$loadgen" run cold-start --scale "$scale" --report-dir "$out/payments-process"
+in_rounds() { # in_rounds NAME [FRAUD_STATE]
+  local name=$1 fraud=${2:-} k median tag=p
+  if [ -n "$fraud" ]; then tag=q; fi
+  for k in $(seq 1 "$rounds"); do
+    configure "b$(date -u +%H%M%S)$tag$k" "$fraud"
+    scripts/daemon.sh start 2> /dev/null
+    CAFE_LOADGEN_RESTART_COMMAND="$repo/scripts/daemon.sh restart" \
+      measure "rounds/$name-$k" "$loadgen" run cold-start --scale "$scale" --report-dir "$out/rounds/$name-$k"
+  done
+  median=$(python3 scripts/bench_goals.py --median-round $(for k in $(seq 1 "$rounds"); do echo "$out/rounds/$name-$k/summary.json"; done))
+  for f in proc txt metrics; do cp "$out/rounds/$name-$median.$f" "$out/$name.$f" 2> /dev/null || true; done
+  cp -r "$out/rounds/$name-$median" "$out/$name"
+  echo "$median" > "$out/rounds/$name.median"
+}
+echo "== 2a. payments: cold-start with the daemon restarted just before the burst, then a bare consumer drains the same as it is sent; $rounds rounds"
+in_rounds payments
+echo "== 2a'. payments again, the fraud history in the process ([fraud] state = \"process\"): what the shared state costs; $rounds rounds"
+in_rounds payments-process process
 
 echo "== 2b. orders: backlog drained by a bare reader, written by a bare writer, then by the daemon"
 configure "b$(date -u +%H%M%S)o"
@@ -296,4 +294,5 @@ records=$(python3 -c "print(max(10000, round(1000000 * $scale)))")
 scripts/daemon.sh stop > /dev/null 2>&1 || true
 
 python3 "$repo/scripts/bench_table.py" "$out" "$(nproc)" "$(( $(date +%s) - started ))" --keep-criterion
-if [ ${#failed[@]} -gt 0 ]; then echo "bench: verdict FAIL for: ${failed[*]} (see the table)" >&2; exit 1; fi
+verdicts=$(python3 -c 'import json, sys; print(" ".join(json.load(open(sys.argv[1]))["run"]["verdicts_failed"]))' "$out/figures.json")
+if [ -n "$verdicts" ]; then echo "bench: verdict FAIL for: $verdicts (see the table)" >&2; exit 1; fi

@@ -46,6 +46,20 @@ def median_round(ratios):
     return ranked[len(ranked) // 2] + 1
 
 
+def round_broken(summary):
+    """What made a round wrong rather than slow, from its summary.json: lost,
+    duplicated or refused payments, wrong outputs, a goose threshold, or no
+    bare client measured. Only speed (its targets: drain against the bare
+    client, the e2e p99) is judged by the median round; anything here fails
+    the path whichever round it is in."""
+    why = [f"{summary[k]} {k.replace('_', ' ')}" for k in ("lost", "duplicated", "send_failures") if summary.get(k)]
+    why += summary.get("mismatches") or []
+    why += summary.get("failed_thresholds") or []
+    if summary.get("drain_vs_bare") is None:
+        why.append("no bare client measured")
+    return why
+
+
 def render(f):
     """The goals table (Markdown) of the run whose figures are `f`. Every
     goal has its row, "not measured" where the run lacks the figure."""

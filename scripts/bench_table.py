@@ -17,6 +17,9 @@ import re
 import subprocess
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench_goals  # noqa: E402  (beside this script)
+
 out = pathlib.Path(sys.argv[1])
 cores = int(sys.argv[2])
 took = int(sys.argv[3])
@@ -239,8 +242,31 @@ floor_ns = floor_at(ossl)
 speeds = host_speeds()
 # bench.sh runs the payments path in rounds (rounds/payments-K) and copies
 # the median round's files to payments.*; runs before it had one, "payments".
-median_file = out / "rounds" / "median"
-pay_round = f"rounds/payments-{median_file.read_text().strip()}" if median_file.exists() else "payments"
+def rounds_of(name):
+    """A path bench.sh ran in rounds (rounds/NAME-K, the median's number in
+    rounds/NAME.median, its files copied to NAME.* and NAME/): (the median
+    round's path, each round's ratio, verdict and what was wrong in it).
+    A run before rounds, or a path run once: (NAME, [])."""
+    median = out / "rounds" / f"{name}.median"
+    if not median.exists():
+        return name, []
+    chosen = f"rounds/{name}-{median.read_text().strip()}"
+    if load(f"{chosen}/summary.json") != load(f"{name}/summary.json"):
+        raise SystemExit(f"bench: {name}/summary.json is not its median round's ({chosen})")
+    found = []
+    for k in range(1, 100):
+        summary = load(f"rounds/{name}-{k}/summary.json")
+        if summary is None:
+            break
+        status = (load(f"rounds/{name}-{k}.proc") or {}).get("status", 0)
+        found.append(
+            {"round": k, "drain_vs_bare": summary.get("drain_vs_bare"), "passed": status == 0, "broken": bench_goals.round_broken(summary)}
+        )
+    return chosen, found
+
+
+pay_round, pay_rounds = rounds_of("payments")
+process_round, process_rounds = rounds_of("payments-process")
 around = [(label, bps) for label, bps in speeds if label in (f"{pay_round}:before", f"{pay_round}:after")]
 pay_ossl = sum(bps for _, bps in around) / len(around) if around else ossl
 pay_floor_ns = floor_at(pay_ossl)
@@ -616,24 +642,27 @@ if len(shared) == 2:
             if requests is not None
             else f"| {label} | {summary['daemon_drain_secs']:.1f} | - | - | - | - | - | - |"
         )
-# Every payments round: its drain against its own bare client's, and its verdict.
-pay_rounds = []
-for k in range(1, 100):
-    r = out / "rounds" / f"payments-{k}"
-    if not (r / "summary.json").exists():
-        break
-    status = (load(f"rounds/payments-{k}.proc") or {}).get("status", 0)
-    pay_rounds.append({"round": k, "drain_vs_bare": load(f"rounds/payments-{k}/summary.json").get("drain_vs_bare"), "passed": status == 0})
-if pay_rounds:
+# Every round of the payments paths: its drain against its own bare
+# client's, and its verdict.
+for name, chosen, found in [
+    ("Payments", pay_round, pay_rounds),
+    ("Payments with the history in the process", process_round, process_rounds),
+]:
+    if not found:
+        continue
     said = ", ".join(
-        (f"{r['drain_vs_bare']:.2f}" if r["drain_vs_bare"] is not None else "not measured") + ("" if r["passed"] else " (FAIL)")
-        for r in pay_rounds
+        (f"{r['drain_vs_bare']:.2f}" if r["drain_vs_bare"] is not None else "not measured")
+        + ("" if r["passed"] else " (FAIL)")
+        + (f" (wrong: {'; '.join(r['broken'])})" if r["broken"] else "")
+        for r in found
     )
+    median = chosen.rsplit("-", 1)[-1]
     lines += [
         "",
-        f"Payments ran in {len(pay_rounds)} rounds, each on fresh resources with its own bare client; the daemon's "
-        f"drain / the bare client's, round by round: {said}. The table's payments figures and the path's verdict are "
-        f"round {pay_round.rsplit('-', 1)[1]}'s, the median.",
+        f"{name} ran in {len(found)} rounds, each on fresh resources with its own bare client; the daemon's drain / "
+        f"the bare client's, round by round: {said}. The path's figures and verdict are round {median}'s, the median; "
+        f"a round with anything wrong (lost, duplicated, refused, wrong outputs, no bare client) fails the path "
+        f"whichever it is.",
     ]
 for name in ["payments", "payments-process", "menu"]:
     if not (out / f"{name}.proc").exists():
@@ -655,6 +684,9 @@ def run_file(name):
 # is made from figures.json alone.
 # A path whose run ended with a failed verdict (bench.sh goes on and exits 1).
 failed = [f.stem for f in sorted(out.glob("*.proc")) if load(f.name).get("status", 0) != 0]
+for name, found in [("payments", pay_rounds), ("payments-process", process_rounds)]:
+    if any(r["broken"] for r in found) and name not in failed:
+        failed = sorted(failed + [name])
 run = {
     "id": out.name,
     "machine": run_file("machine"),
@@ -663,10 +695,8 @@ run = {
     "took_secs": took,
     "verdicts_failed": failed,
 }
-figures = {"run": run, "kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "allocations_per_element": allocs, "orders_on_cpu_per_event": orders_cpu, **({"orders_full_on_cpu_per_event": orders_full_cpu} if orders_full_cpu else {}), "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "host_speed_bytes_per_sec": speeds, "payments_floor_ns": pay_floor_ns, "paths": rows, "backlog": backlog, "payments_first_decision_secs": pay.get("first_decision_secs"), **({"payments_rounds": pay_rounds} if pay_rounds else {})}
+figures = {"run": run, "kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "allocations_per_element": allocs, "orders_on_cpu_per_event": orders_cpu, **({"orders_full_on_cpu_per_event": orders_full_cpu} if orders_full_cpu else {}), "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "host_speed_bytes_per_sec": speeds, "payments_floor_ns": pay_floor_ns, "paths": rows, "backlog": backlog, "payments_first_decision_secs": pay.get("first_decision_secs"), **({"payments_rounds": pay_rounds} if pay_rounds else {}), **({"payments_process_rounds": process_rounds} if process_rounds else {})}
 (out / "figures.json").write_text(json.dumps(figures, indent=2))
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import bench_goals  # noqa: E402  (beside this script)
 
 goals = bench_goals.render(figures)
 (out / "goals.md").write_text(goals)

@@ -120,33 +120,59 @@ class BenchTable(unittest.TestCase):
         done = subprocess.run([sys.executable, str(goals_script), "--median-round", *rounds], capture_output=True, text=True)
         self.assertEqual((done.returncode, done.stdout), (0, "1\n"), done.stderr)
 
-    def test_a_run_in_rounds_reports_each_and_takes_the_median_round_s(self):
-        # As bench.sh leaves a run of three rounds: each in rounds/, the
-        # median's (round 2) copied to payments.* and payments/.
+    def rounds(self, name, rounds, median):
+        """As bench.sh leaves a path run in rounds: each in rounds/ (its
+        summary with `rounds`' (ratio, status, changes)), the median's
+        number in rounds/NAME.median and its summary as NAME/summary.json."""
         summary = json.loads((stored / "payments" / "summary.json").read_text())
-        for k, (ratio, status) in enumerate([(1.42, 1), (0.90, 0), (0.84, 0)], 1):
-            (self.run_dir / "rounds" / f"payments-{k}").mkdir(parents=True)
-            (self.run_dir / "rounds" / f"payments-{k}" / "summary.json").write_text(json.dumps(dict(summary, drain_vs_bare=ratio)))
-            proc = json.loads((stored / "payments.proc").read_text())
-            (self.run_dir / "rounds" / f"payments-{k}.proc").write_text(json.dumps(dict(proc, status=status)))
-        (self.run_dir / "rounds" / "median").write_text("2\n")
+        proc = json.loads((stored / "payments.proc").read_text())
+        for k, (ratio, status, changes) in enumerate(rounds, 1):
+            made = dict(summary, drain_vs_bare=ratio, **changes)
+            (self.run_dir / "rounds" / f"{name}-{k}").mkdir(parents=True)
+            (self.run_dir / "rounds" / f"{name}-{k}" / "summary.json").write_text(json.dumps(made))
+            (self.run_dir / "rounds" / f"{name}-{k}.proc").write_text(json.dumps(dict(proc, status=status)))
+            if k == median:
+                (self.run_dir / name).mkdir(exist_ok=True)
+                (self.run_dir / name / "summary.json").write_text(json.dumps(made))
+        (self.run_dir / "rounds" / f"{name}.median").write_text(f"{median}\n")
+
+    def test_a_run_in_rounds_reports_each_and_takes_the_median_round_s(self):
+        self.rounds("payments", [(1.42, 1, {}), (0.90, 0, {}), (0.84, 0, {})], 2)
         # The probes around each round; the median round's set the floor.
         self.edit("host-speed.txt", lambda t: t.replace("payments:before 1794649860\npayments:after 1779613700\n", "")
                   + "rounds/payments-1:before 900000000\nrounds/payments-2:before 1600000000\n"
                   "rounds/payments-2:after 1600000000\nrounds/payments-3:after 900000000\n")
         table, figures = self.table()
         self.assertEqual(figures["payments_rounds"], [
-            {"round": 1, "drain_vs_bare": 1.42, "passed": False},
-            {"round": 2, "drain_vs_bare": 0.90, "passed": True},
-            {"round": 3, "drain_vs_bare": 0.84, "passed": True},
+            {"round": 1, "drain_vs_bare": 1.42, "passed": False, "broken": []},
+            {"round": 2, "drain_vs_bare": 0.90, "passed": True, "broken": []},
+            {"round": 3, "drain_vs_bare": 0.84, "passed": True, "broken": []},
         ])
         self.assertEqual(figures["payments_floor_ns"], 10_001 * 64 / 1.6e9 * 1e9)
-        self.assertIn("the daemon's drain / the bare client's, round by round: 1.42 (FAIL), 0.90, 0.84. The table's "
-                      "payments figures and the path's verdict are round 2's, the median.", table)
-        # A round's failed verdict is not the path's unless it is the median's.
+        self.assertIn("Payments ran in 3 rounds, each on fresh resources with its own bare client; the daemon's drain / "
+                      "the bare client's, round by round: 1.42 (FAIL), 0.90, 0.84. The path's figures and verdict are "
+                      "round 2's, the median", table)
+        # A slow round is not the path's verdict unless it is the median.
         self.assertEqual(figures["run"]["verdicts_failed"], [])
         goals = (self.run_dir / "goals.md").read_text()
         self.assertIn("| payments (cold-start, 10,000; the median of 3 rounds) |", goals)
+
+    def test_a_round_with_anything_wrong_fails_its_path_whichever_it_is(self):
+        self.rounds("payments", [(0.95, 1, {"lost": 2}), (0.90, 0, {}), (0.84, 0, {})], 2)
+        self.rounds("payments-process", [(0.90, 0, {}), (None, 1, {}), (0.85, 0, {})], 1)
+        table, figures = self.table()
+        self.assertEqual(figures["payments_rounds"][0]["broken"], ["2 lost"])
+        self.assertEqual(figures["payments_process_rounds"][1]["broken"], ["no bare client measured"])
+        self.assertEqual(figures["run"]["verdicts_failed"], ["payments", "payments-process"])
+        self.assertIn("0.95 (FAIL) (wrong: 2 lost), 0.90, 0.84", table)
+        self.assertIn("Payments with the history in the process ran in 3 rounds", table)
+
+    def test_a_path_s_summary_that_is_not_its_median_round_s_stops_the_table(self):
+        self.rounds("payments", [(1.1, 0, {}), (0.9, 0, {}), (1.0, 0, {})], 3)
+        (self.run_dir / "rounds" / "payments.median").write_text("1\n")
+        done = subprocess.run([sys.executable, str(script), str(self.run_dir), "2", "763"], capture_output=True, text=True)
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("payments/summary.json is not its median round's (rounds/payments-1)", done.stderr)
 
     def test_a_run_with_a_failed_verdict_says_so_in_its_goals(self):
         self.edit("payments.proc", lambda t: t.replace('"status": 0', '"status": 1'))
