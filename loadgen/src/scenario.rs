@@ -209,6 +209,19 @@ pub struct LocalTargets {
     /// measured right after the run (`payments-throughput`).
     #[serde(default)]
     pub drain_vs_bare: Option<f64>,
+    /// What the daemon's drain may take beyond `drain_vs_bare` times the
+    /// bare client's, in ms: its fixed costs that a bare client has none
+    /// of (its span begins at its restart's end, so it holds its start-up
+    /// to its first receive, and a batch waits `pipeline.linger_ms` to
+    /// fill), which at a small scale are most of a sub-second drain.
+    #[serde(default)]
+    pub drain_allowance_ms: u64,
+    /// The shortest bare drain, in seconds, that `drain_vs_bare` judges: a
+    /// shorter one is reported, not judged (at a few hundred ms the two
+    /// spans differ by their ends' granularity and the daemon's fixed
+    /// costs, not by its work).
+    #[serde(default)]
+    pub drain_judged_from_secs: f64,
     /// Largest acceptable ratio of the daemon's drain (first send to last
     /// item stored) to the CPU-bound ceiling's time for the same items: the
     /// menu kernel timed on one thread right after the run, over the cores
@@ -228,7 +241,14 @@ pub struct LocalTargets {
 
 impl Default for LocalTargets {
     fn default() -> Self {
-        LocalTargets { drain_vs_bare: None, drain_vs_ceiling: None, e2e_p99_over_bare_reader_ms: None, poll_interval_ms: 250 }
+        LocalTargets {
+            drain_vs_bare: None,
+            drain_allowance_ms: 0,
+            drain_judged_from_secs: 0.0,
+            drain_vs_ceiling: None,
+            e2e_p99_over_bare_reader_ms: None,
+            poll_interval_ms: 250,
+        }
     }
 }
 
@@ -390,6 +410,18 @@ pub fn load(path: &Path) -> anyhow::Result<Scenario> {
             _ => {}
         }
     }
+    if local.drain_allowance_ms > 0 && local.drain_vs_bare.is_none() {
+        problems.push("thresholds.local.drain_allowance_ms is an allowance on drain_vs_bare, which is not set".to_owned());
+    }
+    if local.drain_judged_from_secs != 0.0 && local.drain_vs_bare.is_none() {
+        problems.push("thresholds.local.drain_judged_from_secs says when drain_vs_bare is judged, which is not set".to_owned());
+    }
+    if !(0.0..=60.0).contains(&local.drain_judged_from_secs) {
+        problems.push(format!("thresholds.local.drain_judged_from_secs must be 0..60, got {}", local.drain_judged_from_secs));
+    }
+    if local.drain_allowance_ms > 10_000 {
+        problems.push(format!("thresholds.local.drain_allowance_ms must be at most 10000, got {}", local.drain_allowance_ms));
+    }
     if !(200..=60_000).contains(&local.poll_interval_ms) {
         problems.push(format!(
             "thresholds.local.poll_interval_ms must be 200..60000 (as the daemon's), got {}",
@@ -464,6 +496,8 @@ mod tests {
             ("[thresholds.local]\ndrain_vs_ceiling = 1.5\n", None),
             ("[thresholds.local]\ndrain_vs_bare = 1.5\n", Some("measured by [load] (payments burst) scenarios only")),
             ("[thresholds.local]\ndrain_vs_ceiling = 0\n", Some("drain_vs_ceiling must be above 0")),
+            ("[thresholds.local]\ndrain_vs_ceiling = 1.5\ndrain_allowance_ms = 250\n", Some("an allowance on drain_vs_bare")),
+            ("[thresholds.local]\ndrain_vs_ceiling = 1.5\ndrain_judged_from_secs = 2\n", Some("when drain_vs_bare is judged")),
             (
                 "[thresholds.local]\ne2e_p99_over_bare_reader_ms = 500\n",
                 Some("measured by [orders] (orders stream) scenarios only"),
