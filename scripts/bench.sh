@@ -42,8 +42,9 @@
 #      the CPU-bound ceiling: cores left / kernel time per event).
 #
 # Usage: scripts/bench.sh [--scale S] [--payment-rounds N]
-#   S multiplies the end-to-end sizes (default 1); the payments path runs N
-#   rounds (default 3) and the median round is its figures (2a below).
+#   S multiplies the end-to-end sizes (default 1); each payments path (the
+#   fraud history shared, then in the process) runs N rounds (default 3)
+#   and its median round is its figures (2a below).
 # Prints the table and writes it, with every raw figure, to
 # target/bench/<UTC time>/ (table.md, figures.json, goals.md: issue 13's goals
 # against this run, the table the README shows; scripts/bench_goals.py).

@@ -48,8 +48,8 @@ def median_round(ratios):
 
 def round_broken(summary):
     """What made a round wrong rather than slow, from its summary.json: lost,
-    duplicated or refused payments, wrong outputs, a goose threshold, or no
-    bare client measured. Only speed (its targets: drain against the bare
+    duplicated or refused payments, wrong outputs, a goose threshold, no
+    bare client measured, or its drain too short for the target. Only speed (its targets: drain against the bare
     client, the e2e p99) is judged by the median round; anything here fails
     the path whichever round it is in."""
     why = [f"{summary[k]} {k.replace('_', ' ')}" for k in ("lost", "duplicated", "send_failures") if summary.get(k)]
@@ -57,6 +57,9 @@ def round_broken(summary):
     why += summary.get("failed_thresholds") or []
     if summary.get("drain_vs_bare") is None:
         why.append("no bare client measured")
+    if summary.get("drain_note"):
+        # At the bench's scale the bare drain is long enough to judge.
+        why.append(summary["drain_note"])
     return why
 
 

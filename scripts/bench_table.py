@@ -254,10 +254,9 @@ def rounds_of(name):
     if load(f"{chosen}/summary.json") != load(f"{name}/summary.json"):
         raise SystemExit(f"bench: {name}/summary.json is not its median round's ({chosen})")
     found = []
-    for k in range(1, 100):
-        summary = load(f"rounds/{name}-{k}/summary.json")
-        if summary is None:
-            break
+    k = 0
+    while (summary := load(f"rounds/{name}-{k + 1}/summary.json")) is not None:
+        k += 1
         status = (load(f"rounds/{name}-{k}.proc") or {}).get("status", 0)
         found.append(
             {"round": k, "drain_vs_bare": summary.get("drain_vs_bare"), "passed": status == 0, "broken": bench_goals.round_broken(summary)}

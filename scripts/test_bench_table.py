@@ -159,10 +159,13 @@ class BenchTable(unittest.TestCase):
 
     def test_a_round_with_anything_wrong_fails_its_path_whichever_it_is(self):
         self.rounds("payments", [(0.95, 1, {"lost": 2}), (0.90, 0, {}), (0.84, 0, {})], 2)
-        self.rounds("payments-process", [(0.90, 0, {}), (None, 1, {}), (0.85, 0, {})], 1)
+        short = "a short drain: the bare client's 1.50 s, under the 2.0 s the target needs, judged against 3.0x instead"
+        self.rounds("payments-process", [(0.90, 0, {}), (None, 1, {}), (0.85, 0, {"drain_note": short})], 1)
         table, figures = self.table()
         self.assertEqual(figures["payments_rounds"][0]["broken"], ["2 lost"])
         self.assertEqual(figures["payments_process_rounds"][1]["broken"], ["no bare client measured"])
+        # A round the target judged as a short drain was not judged by it.
+        self.assertEqual(figures["payments_process_rounds"][2]["broken"], [short])
         self.assertEqual(figures["run"]["verdicts_failed"], ["payments", "payments-process"])
         self.assertIn("0.95 (FAIL) (wrong: 2 lost), 0.90, 0.84", table)
         self.assertIn("Payments with the history in the process ran in 3 rounds", table)

@@ -99,10 +99,11 @@ pub struct Summary {
     pub bare: Option<crate::paythroughput::PaymentsThroughput>,
     /// The daemon's drain (first decision to last) over the bare client's.
     pub drain_vs_bare: Option<f64>,
-    /// Why `drain_vs_bare` was measured and not judged (the bare drain
-    /// shorter than `[thresholds.local] drain_judged_from_secs`).
+    /// How a bare drain shorter than `[thresholds.local]
+    /// drain_judged_from_secs` was judged (against `drain_vs_bare_short`),
+    /// or that it was not.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub drain_not_judged: Option<String>,
+    pub drain_note: Option<String>,
     /// The daemon's CPU-seconds (`process_cpu_seconds_total` on its admin
     /// endpoint) over the burst, to the moment the last payment was
     /// verified: from its start (start-up included) when the scenario
@@ -163,7 +164,7 @@ impl Summary {
                     "{r:.2}: the daemon's {d:.2} s to the last decision, a bare client's {:.2} s{}{}",
                     b.bare_secs,
                     b.fraud_history.said(),
-                    self.drain_not_judged.as_ref().map_or(String::new(), |n| format!(" ({n})"))
+                    self.drain_note.as_ref().map_or(String::new(), |n| format!(" ({n})"))
                 ),
                 _ => "not measured".into(),
             },
@@ -366,7 +367,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
     let aws_p99 = if local { None } else { scenario.thresholds.aws.e2e_p99_ms };
     let mut bare = None;
     let mut drain_vs_bare = None;
-    let mut drain_not_judged = None;
+    let mut drain_note = None;
     let mut daemon_drain = None;
     let mut relative_targets = Vec::new();
     if let (true, Some(limit), Some(first), Some(last)) = (local, scenario.thresholds.local.drain_vs_bare, first, last) {
@@ -403,11 +404,13 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         let drained = (last - first).as_seconds_f64();
         let ratio = drained / measured.bare_secs;
         let allowance = scenario.thresholds.local.drain_allowance_ms as f64 / 1000.0;
-        match judge_drain(drained, measured.bare_secs, limit, allowance, scenario.thresholds.local.drain_judged_from_secs) {
-            Drain::Within => {}
-            Drain::Over(why) => relative_targets.push(why),
-            Drain::NotJudged(why) => drain_not_judged = Some(why),
+        let local = &scenario.thresholds.local;
+        let (judged, note) =
+            judge_drain(drained, measured.bare_secs, limit, allowance, local.drain_judged_from_secs, local.drain_vs_bare_short);
+        if let Drain::Over(why) = judged {
+            relative_targets.push(why);
         }
+        drain_note = note;
         drain_vs_bare = Some(ratio);
         bare = Some(measured);
     }
@@ -423,7 +426,7 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         daemon_drain_secs: daemon_drain,
         bare,
         drain_vs_bare,
-        drain_not_judged,
+        drain_note,
         daemon_cpu_secs,
         e2e: percentiles,
         e2e_max_ms: e2e.last().copied().unwrap_or(f64::NAN),
@@ -467,23 +470,38 @@ fn shared_history(metrics: &str) -> bool {
 /// The daemon's drain against a bare client's.
 #[derive(Debug, PartialEq)]
 enum Drain {
-    /// Within its target.
+    /// Within its target, or not judged.
     Within,
     /// Over it: why.
     Over(String),
-    /// The bare drain too short to judge by: why.
-    NotJudged(String),
 }
 
 /// The daemon's drain of `drained` seconds against a bare client's `bare`:
-/// at most `limit` times it plus `allowance` seconds, judged when `bare` is
-/// at least `judged_from` seconds.
-fn judge_drain(drained: f64, bare: f64, limit: f64, allowance: f64, judged_from: f64) -> Drain {
-    if bare < judged_from {
-        return Drain::NotJudged(format!(
-            "not judged: the bare client drained in {bare:.2} s, under the {judged_from:.1} s a judgement needs"
-        ));
+/// at most `limit` times it plus `allowance` seconds when `bare` is at
+/// least `judged_from` seconds; a shorter one against `short` times it
+/// plus the allowance, or not at all without `short`, with a note saying
+/// which.
+fn judge_drain(
+    drained: f64,
+    bare: f64,
+    limit: f64,
+    allowance: f64,
+    judged_from: f64,
+    short: Option<f64>,
+) -> (Drain, Option<String>) {
+    if bare >= judged_from {
+        return (over(drained, bare, limit, allowance), None);
     }
+    let why = format!("a short drain: the bare client's {bare:.2} s, under the {judged_from:.1} s the target needs");
+    match short {
+        Some(l) => (over(drained, bare, l, allowance), Some(format!("{why}, judged against {l}x instead"))),
+        None => (Drain::Within, Some(format!("{why}, not judged"))),
+    }
+}
+
+/// The daemon's drain against at most `limit` times the bare client's plus
+/// `allowance` seconds.
+fn over(drained: f64, bare: f64, limit: f64, allowance: f64) -> Drain {
     let allowed = limit * bare + allowance;
     if crate::scenario::at_most(drained, allowed) {
         return Drain::Within;
@@ -502,25 +520,35 @@ mod tests {
 
     #[test]
     fn the_drain_is_judged_against_the_bare_client_s_times_the_limit_plus_the_allowance() {
-        let over = |d, b, l, a, f| match judge_drain(d, b, l, a, f) {
-            Drain::Over(why) => why,
+        let over = |d, b, l, a, f, short| match judge_drain(d, b, l, a, f, short) {
+            (Drain::Over(why), _) => why,
             other => panic!("{d} s against {b} s: {other:?}"),
         };
         // 0.65 s against a bare 0.50 s: 1.30x, over 1.25x alone, within it
         // plus 0.25 s (0.875 s).
-        let why = over(0.65, 0.50, 1.25, 0.0, 0.0);
+        let why = over(0.65, 0.50, 1.25, 0.0, 0.0, None);
         assert!(why.contains("1.30x a bare client's time (0.65 s vs 0.50 s), above the target 1.25x (0.62 s)"), "{why}");
-        assert_eq!(judge_drain(0.65, 0.50, 1.25, 0.25, 0.0), Drain::Within);
+        assert_eq!(judge_drain(0.65, 0.50, 1.25, 0.25, 0.0, None), (Drain::Within, None));
         // At full scale the allowance is a few percent: 13 s against 10 s fails.
-        let why = over(13.0, 10.0, 1.25, 0.25, 2.0);
+        let why = over(13.0, 10.0, 1.25, 0.25, 2.0, Some(3.0));
         assert!(why.ends_with("above the target 1.25x plus 0.25 s (12.75 s)"), "{why}");
-        assert_eq!(judge_drain(12.75, 10.0, 1.25, 0.25, 2.0), Drain::Within, "at the limit passes");
-        // A bare drain under the span a judgement needs is reported, not
-        // judged, however far over the daemon's is.
+        assert_eq!(judge_drain(12.75, 10.0, 1.25, 0.25, 2.0, Some(3.0)), (Drain::Within, None), "at the limit passes");
+        // A bare drain under the span the target needs is judged against the
+        // short ratio, or only noted without one.
+        let (judged, note) = judge_drain(1.6, 0.5, 1.25, 0.25, 2.0, Some(3.0));
+        assert_eq!(judged, Drain::Within, "1.6 s within 3 x 0.5 + 0.25");
         assert!(
-            matches!(judge_drain(5.0, 0.5, 1.25, 0.25, 2.0), Drain::NotJudged(why) if why.contains("0.50 s, under the 2.0 s"))
+            note.is_some_and(|n| n.contains("the bare client's 0.50 s, under the 2.0 s the target needs, judged against 3x"))
         );
-        assert!(matches!(judge_drain(5.0, 2.0, 1.25, 0.25, 2.0), Drain::Over(_)), "from the span on, judged");
+        let why = over(1.8, 0.5, 1.25, 0.25, 2.0, Some(3.0));
+        assert!(why.contains("above the target 3x plus 0.25 s (1.75 s)"), "{why}");
+        let (judged, note) = judge_drain(5.0, 0.5, 1.25, 0.25, 2.0, None);
+        assert_eq!(judged, Drain::Within);
+        assert!(note.is_some_and(|n| n.ends_with("not judged")));
+        assert!(
+            matches!(judge_drain(5.0, 2.0, 1.25, 0.25, 2.0, Some(3.0)), (Drain::Over(_), None)),
+            "from the span on, the target"
+        );
     }
 
     #[test]
@@ -565,7 +593,7 @@ mod tests {
             daemon_drain_secs: None,
             bare: None,
             drain_vs_bare: None,
-            drain_not_judged: None,
+            drain_note: None,
             daemon_cpu_secs,
             e2e: crate::attack::E2e { p50_ms: 1.0, p95_ms: 2.0, p99_ms: 3.0 },
             e2e_max_ms: 4.0,

@@ -88,9 +88,16 @@ pub struct MenuThroughput {
     pub transactions: u64,
 }
 
-/// What the bare client knows of each message it sent, by its body: the
-/// item (its sku, store and the digests the daemon would store).
-type Sent = Arc<Mutex<HashMap<String, Expected>>>;
+/// What the bare client knows of each message it sent, by its body's hash
+/// (not the body: a catalogue's images are hundreds of MB): the item (its
+/// sku, store and the digests the daemon would store).
+type Sent = Arc<Mutex<HashMap<u64, Expected>>>;
+
+/// A body's key in [`Sent`].
+fn body_key(body: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(body)
+}
 
 /// Runs the measurement on scratch resources named after the targets'.
 pub async fn run(args: &MenuThroughputArgs) -> anyhow::Result<MenuThroughput> {
@@ -104,7 +111,11 @@ pub async fn run(args: &MenuThroughputArgs) -> anyhow::Result<MenuThroughput> {
     let queue = sqs
         .create_queue()
         .queue_name(format!("{}-floor-{run_id}", args.targets.menu_queue))
-        .attributes(QueueAttributeName::VisibilityTimeout, "60")
+        // Longer than the run may take: a message in flight (up to 64
+        // receives and 8 batches of 250) is never delivered again meanwhile,
+        // which this client, unlike the daemon, would not take (its ledger
+        // put refused).
+        .attributes(QueueAttributeName::VisibilityTimeout, args.timeout_secs.clamp(60, 43_200).to_string())
         .send()
         .await
         .context("creating the scratch queue")?
@@ -146,28 +157,40 @@ async fn measure(
     let want = catalogue.items as usize;
     let pods = catalogue.load.pods.min(want).max(1);
     let sent: Sent = Arc::new(Mutex::new(HashMap::with_capacity(want)));
-    info!(items = want, pods, receivers = args.receivers, "Sending the catalogue to the scratch queue as it is drained");
-    let started = Instant::now();
-    let send = futures::future::join_all((0..pods).map(|pod| send_share(sqs, queue, catalogue, pod, pods, &sent)));
-    let send = async {
-        send.await.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
-        Ok::<f64, anyhow::Error>(started.elapsed().as_secs_f64())
-    };
-    let deadline = started + Duration::from_secs(args.timeout_secs);
     let deleted = Arc::new(Deleted::new(want));
     let calls = Arc::new(Calls::default());
+    info!(items = want, pods, receivers = args.receivers, "Sending the catalogue to the scratch queue as it is drained");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    // Each pod, the receivers and the writers are tasks of their own, spread
+    // over the runtime's threads as menu-sync's goose users are; a failure
+    // of any makes the receivers give up.
+    let catalogue = Arc::new(catalogue.clone());
+    let pods: Vec<_> = (0..pods)
+        .map(|pod| {
+            let (sqs, queue, catalogue, sent, deleted) =
+                (sqs.clone(), queue.to_owned(), Arc::clone(&catalogue), Arc::clone(&sent), Arc::clone(&deleted));
+            tokio::spawn(async move {
+                let result = send_share(&sqs, &queue, &catalogue, pod, pods, &sent).await;
+                if result.is_err() {
+                    deleted.give_up();
+                }
+                result
+            })
+        })
+        .collect();
     let (tx, rx) = mpsc::channel::<Vec<Message>>(64);
     let receive = {
-        let deleted = Arc::clone(&deleted);
-        async move {
+        let (sqs, queue, deleted, receivers) = (sqs.clone(), queue.to_owned(), Arc::clone(&deleted), args.receivers);
+        tokio::spawn(async move {
             let handle = |_: usize, _: u64, messages: Vec<Message>| {
                 let tx = tx.clone();
                 async move { tx.send(messages).await.map_err(|_| anyhow::anyhow!("the writers stopped")) }
             };
-            crate::paythroughput::receive_until(sqs, queue, args.receivers, &deleted, deadline, handle).await
-        }
+            crate::paythroughput::receive_until(&sqs, &queue, receivers, &deleted, deadline, handle).await
+        })
     };
-    let write = write_batches(
+    let write = tokio::spawn(write_batches(
         rx,
         sqs.clone(),
         ddb.clone(),
@@ -176,11 +199,15 @@ async fn measure(
         Arc::clone(&sent),
         Arc::clone(&deleted),
         Arc::clone(&calls),
-    );
-    let (sent_secs, received, written) = tokio::join!(send, receive, write);
-    let send_secs = sent_secs.context("sending the catalogue")?;
+    ));
+    for pod in pods {
+        pod.await?.context("sending the catalogue")?;
+    }
+    let send_secs = started.elapsed().as_secs_f64();
+    // The writers' error first: the receivers' is then only that they gave up.
+    let (written, received) = (write.await?, receive.await?);
+    written.context("writing the batches")?;
     received?;
-    written?;
     let last = deleted.last().context("not every item was deleted")?;
     let bare_secs = (last - started).as_secs_f64();
     Ok(MenuThroughput {
@@ -209,7 +236,7 @@ async fn send_share(
         {
             let mut known = sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for (body, e) in &items {
-                known.insert(body.clone(), e.clone());
+                known.insert(body_key(body), e.clone());
             }
         }
         let entries = items
@@ -270,9 +297,12 @@ async fn write_batches(
             (sqs.clone(), ddb.clone(), queue.clone(), table.clone(), Arc::clone(&sent), Arc::clone(&deleted), Arc::clone(&calls));
         writes.push(tokio::spawn(async move {
             let _slot = slot;
-            write_batch(&sqs, &ddb, &queue, &table, &sent, &calls, &batch).await?;
-            deleted.add(batch.len());
-            Ok::<(), anyhow::Error>(())
+            let written = write_batch(&sqs, &ddb, &queue, &table, &sent, &calls, &batch).await;
+            match written {
+                Ok(()) => deleted.add(batch.len()),
+                Err(_) => deleted.give_up(),
+            }
+            written
         }));
         // Writes that ended are reaped as the batches go (an error stops the run).
         let mut still = Vec::with_capacity(writes.len());
@@ -307,7 +337,7 @@ async fn write_batch(
         batch
             .iter()
             .map(|m| {
-                let e = known.get(m.body().unwrap_or_default()).context("a message the bare client did not send")?;
+                let e = known.get(&body_key(m.body().unwrap_or_default())).context("a message the bare client did not send")?;
                 Ok((m.message_id().unwrap_or_default(), e.clone()))
             })
             .collect::<anyhow::Result<_>>()?
@@ -475,37 +505,40 @@ mod tests {
         assert_eq!(super::chunks(&twice).len(), 1);
     }
 
-    /// Against the local stack's SQS and DynamoDB (scripts/test.sh starts
-    /// it): every item sent is drained, and the table holds what the
-    /// daemon's writes would have made of them.
+    /// Against the local stack (scripts/test.sh starts it): a write that
+    /// fails (here: no such table) ends the run with its own error at once,
+    /// not with the receivers' after the deadline.
     #[tokio::test]
-    async fn the_bare_client_drains_every_item_into_a_ledger_entry_an_item_per_sku_and_counts_per_store() {
+    async fn a_failed_write_ends_the_run_with_its_error_not_at_the_deadline() {
         std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack (scripts/local-stack/stack.sh env)");
-        let catalogue = Catalogue {
-            load: crate::scenario::MenuLoad {
-                items: 45,
-                pods: 4,
-                stores: 3,
-                image_kib: [2.0, 150.0],
-                wrong_hash_ratio: 0.1,
-                ingredients: [2, 4],
-                redshift_within_secs: 0,
-                json_rounds: 1,
-            },
-            items: 45,
-            seed: 7,
-            run_id: crate::coldstart::new_run_id(),
-        };
-        let expected: HashMap<String, Expected> = (0..catalogue.items)
-            .map(|i| crate::menusync::item(catalogue.seed, &catalogue.run_id, i, &catalogue.load, "t").1)
-            .map(|e| (format!("sku#{}", e.sku), e))
-            .collect();
+        let catalogue = Catalogue { load: small_load(), items: 20, seed: 7, run_id: crate::coldstart::new_run_id() };
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
         let (sqs, ddb) = (aws_sdk_sqs::Client::new(&sdk), aws_sdk_dynamodb::Client::new(&sdk));
         let name = format!("loadgen-menu-floor-{}", catalogue.run_id);
         let queue = sqs.create_queue().queue_name(&name).send().await.expect("a queue").queue_url.expect("its URL");
-        crate::throughput::create_scratch_table(&ddb, &name).await.expect("a table");
-        let args = MenuThroughputArgs {
+        let args = MenuThroughputArgs { timeout_secs: 60, ..args() };
+        let started = Instant::now();
+        let failed = measure(&sqs, &ddb, &queue, "no-such-table", &catalogue, &args).await.expect_err("no table to write to");
+        assert!(format!("{failed:#}").contains("writing the batches"), "{failed:#}");
+        assert!(started.elapsed() < Duration::from_secs(20), "gave up at once, not at the deadline: {:?}", started.elapsed());
+        let _ = sqs.delete_queue().queue_url(&queue).send().await;
+    }
+
+    fn small_load() -> crate::scenario::MenuLoad {
+        crate::scenario::MenuLoad {
+            items: 45,
+            pods: 4,
+            stores: 3,
+            image_kib: [2.0, 150.0],
+            wrong_hash_ratio: 0.1,
+            ingredients: [2, 4],
+            redshift_within_secs: 0,
+            json_rounds: 1,
+        }
+    }
+
+    fn args() -> MenuThroughputArgs {
+        MenuThroughputArgs {
             scenario: "unused".into(),
             scale: 1.0,
             seed: 7,
@@ -515,7 +548,26 @@ mod tests {
                 &<crate::Targets as clap::Args>::augment_args(clap::Command::new("t")).get_matches_from(["t"]),
             )
             .expect("default targets"),
-        };
+        }
+    }
+
+    /// Against the local stack's SQS and DynamoDB (scripts/test.sh starts
+    /// it): every item sent is drained, and the table holds what the
+    /// daemon's writes would have made of them.
+    #[tokio::test]
+    async fn the_bare_client_drains_every_item_into_a_ledger_entry_an_item_per_sku_and_counts_per_store() {
+        std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack (scripts/local-stack/stack.sh env)");
+        let catalogue = Catalogue { load: small_load(), items: 45, seed: 7, run_id: crate::coldstart::new_run_id() };
+        let expected: HashMap<String, Expected> = (0..catalogue.items)
+            .map(|i| crate::menusync::item(catalogue.seed, &catalogue.run_id, i, &catalogue.load, "t").1)
+            .map(|e| (format!("sku#{}", e.sku), e))
+            .collect();
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        let (sqs, ddb) = (aws_sdk_sqs::Client::new(&sdk), aws_sdk_dynamodb::Client::new(&sdk));
+        let name = format!("loadgen-menu-floor-{}", catalogue.run_id);
+        let queue = sqs.create_queue().queue_name(&name).send().await.expect("a queue").queue_url.expect("its URL");
+        crate::throughput::create_scratch_table(&ddb, &name).await.expect("a table");
+        let args = args();
         let measured = measure(&sqs, &ddb, &queue, &name, &catalogue, &args).await.expect("drained");
         assert_eq!(measured.items, 45);
         assert_eq!(measured.reads, measured.transactions, "a read of its skus before each chunk's transaction");

@@ -237,12 +237,20 @@ pub struct Deleted {
     count: AtomicUsize,
     want: usize,
     last: OnceLock<Instant>,
+    given_up: std::sync::atomic::AtomicBool,
 }
 
 impl Deleted {
     /// Waiting for `want` deletes.
     pub fn new(want: usize) -> Self {
-        Deleted { count: AtomicUsize::new(0), want, last: OnceLock::new() }
+        Deleted { count: AtomicUsize::new(0), want, last: OnceLock::new(), given_up: Default::default() }
+    }
+
+    /// Something the drain needs failed (a send, a write): its receivers
+    /// stop at their next receive instead of waiting out the deadline for
+    /// deletes that will not come.
+    pub fn give_up(&self) {
+        self.given_up.store(true, Ordering::SeqCst);
     }
 
     /// `n` more deleted: the moment the count reaches `want` is the last.
@@ -285,6 +293,7 @@ where
     let consumers = (0..receivers).map(|r| async move {
         let mut batch_no = 0u64;
         while !deleted.all() {
+            anyhow::ensure!(!deleted.given_up.load(Ordering::SeqCst), "the drain gave up (see the error beside this one)");
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "only {} of {} deleted",

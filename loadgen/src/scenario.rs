@@ -216,12 +216,18 @@ pub struct LocalTargets {
     /// fill), which at a small scale are most of a sub-second drain.
     #[serde(default)]
     pub drain_allowance_ms: u64,
-    /// The shortest bare drain, in seconds, that `drain_vs_bare` judges: a
-    /// shorter one is reported, not judged (at a few hundred ms the two
-    /// spans differ by their ends' granularity and the daemon's fixed
-    /// costs, not by its work).
+    /// The shortest bare drain, in seconds, that `drain_vs_bare` judges (at
+    /// a few hundred ms the two spans differ by their ends' granularity and
+    /// the daemon's fixed costs more than by its work): a shorter one is
+    /// judged against `drain_vs_bare_short` instead, or only reported
+    /// without it.
     #[serde(default)]
     pub drain_judged_from_secs: f64,
+    /// The looser ratio a bare drain shorter than `drain_judged_from_secs`
+    /// is judged against (plus the allowance): a gross regression still
+    /// fails at a small scale.
+    #[serde(default)]
+    pub drain_vs_bare_short: Option<f64>,
     /// Largest acceptable ratio of the daemon's drain (first send to last
     /// item stored) to the CPU-bound ceiling's time for the same items: the
     /// menu kernel timed on one thread right after the run, over the cores
@@ -245,6 +251,7 @@ impl Default for LocalTargets {
             drain_vs_bare: None,
             drain_allowance_ms: 0,
             drain_judged_from_secs: 0.0,
+            drain_vs_bare_short: None,
             drain_vs_ceiling: None,
             e2e_p99_over_bare_reader_ms: None,
             poll_interval_ms: 250,
@@ -416,8 +423,17 @@ pub fn load(path: &Path) -> anyhow::Result<Scenario> {
     if local.drain_judged_from_secs != 0.0 && local.drain_vs_bare.is_none() {
         problems.push("thresholds.local.drain_judged_from_secs says when drain_vs_bare is judged, which is not set".to_owned());
     }
-    if !(0.0..=60.0).contains(&local.drain_judged_from_secs) {
-        problems.push(format!("thresholds.local.drain_judged_from_secs must be 0..60, got {}", local.drain_judged_from_secs));
+    // A larger value would leave a full-scale drain (10-15 s here) unjudged.
+    if !(0.0..=5.0).contains(&local.drain_judged_from_secs) {
+        problems.push(format!("thresholds.local.drain_judged_from_secs must be 0..5, got {}", local.drain_judged_from_secs));
+    }
+    match (local.drain_vs_bare_short, local.drain_vs_bare) {
+        (Some(short), Some(limit)) if !(short.is_finite() && short >= limit) => {
+            problems.push(format!("thresholds.local.drain_vs_bare_short must be at least drain_vs_bare ({limit}), got {short}"))
+        }
+        (Some(_), _) if local.drain_judged_from_secs == 0.0 => problems
+            .push("thresholds.local.drain_vs_bare_short judges drains under drain_judged_from_secs, which is not set".to_owned()),
+        _ => {}
     }
     if local.drain_allowance_ms > 10_000 {
         problems.push(format!("thresholds.local.drain_allowance_ms must be at most 10000, got {}", local.drain_allowance_ms));
@@ -498,6 +514,7 @@ mod tests {
             ("[thresholds.local]\ndrain_vs_ceiling = 0\n", Some("drain_vs_ceiling must be above 0")),
             ("[thresholds.local]\ndrain_vs_ceiling = 1.5\ndrain_allowance_ms = 250\n", Some("an allowance on drain_vs_bare")),
             ("[thresholds.local]\ndrain_vs_ceiling = 1.5\ndrain_judged_from_secs = 2\n", Some("when drain_vs_bare is judged")),
+            ("[thresholds.local]\ndrain_vs_ceiling = 1.5\ndrain_judged_from_secs = 20\n", Some("must be 0..5")),
             (
                 "[thresholds.local]\ne2e_p99_over_bare_reader_ms = 500\n",
                 Some("measured by [orders] (orders stream) scenarios only"),
