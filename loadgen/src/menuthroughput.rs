@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
-use aws_sdk_sqs::types::{Message, QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{Message, SendMessageBatchRequestEntry};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -108,19 +108,13 @@ pub async fn run(args: &MenuThroughputArgs) -> anyhow::Result<MenuThroughput> {
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let run_id = crate::coldstart::new_run_id();
-    let queue = sqs
-        .create_queue()
-        .queue_name(format!("{}-floor-{run_id}", args.targets.menu_queue))
-        // Longer than the run may take: a message in flight (up to 64
-        // receives and 8 batches of 250) is never delivered again meanwhile,
-        // which this client, unlike the daemon, would not take (its ledger
-        // put refused).
-        .attributes(QueueAttributeName::VisibilityTimeout, args.timeout_secs.clamp(60, 43_200).to_string())
-        .send()
-        .await
-        .context("creating the scratch queue")?
-        .queue_url
-        .context("no queue URL")?;
+    // Its visibility outlasts the run: a message in flight (up to 64
+    // receives and 8 batches of 250) is never delivered again meanwhile,
+    // which this client, unlike the daemon, would not take (its ledger put
+    // refused).
+    let visibility = args.timeout_secs.clamp(60, 43_200);
+    let queue =
+        crate::paythroughput::scratch_queue(&sqs, &format!("{}-floor-{run_id}", args.targets.menu_queue), visibility).await?;
     let table = format!("{}-floor-{run_id}", args.targets.menu_table);
     let result = async {
         crate::throughput::create_scratch_table(&ddb, &table).await?;
@@ -128,8 +122,7 @@ pub async fn run(args: &MenuThroughputArgs) -> anyhow::Result<MenuThroughput> {
         measure(&sqs, &ddb, &queue, &table, &catalogue, args).await
     }
     .await;
-    let _ = sqs.delete_queue().queue_url(&queue).send().await;
-    let _ = ddb.delete_table().table_name(&table).send().await;
+    crate::paythroughput::remove_scratch(&sqs, &ddb, &queue, &table).await;
     result
 }
 
@@ -455,6 +448,8 @@ fn transaction(table: &str, items: &[(&str, Expected)]) -> anyhow::Result<Vec<Tr
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_sqs::types::QueueAttributeName;
+
     use super::*;
 
     fn expected(sku: &str, store: &str) -> Expected {

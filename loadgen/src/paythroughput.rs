@@ -107,22 +107,33 @@ pub async fn run(args: &PaymentsThroughputArgs, seed: u64) -> anyhow::Result<Pay
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let run_id = crate::coldstart::new_run_id();
     let base = args.targets.payments_queue.trim_end_matches(".fifo");
-    let queue = sqs
-        .create_queue()
-        .queue_name(format!("{base}-floor-{run_id}.fifo"))
-        .attributes(QueueAttributeName::FifoQueue, "true")
-        .attributes(QueueAttributeName::VisibilityTimeout, "60")
-        .send()
-        .await
-        .context("creating the scratch queue")?
-        .queue_url
-        .context("no queue URL")?;
+    let queue = scratch_queue(&sqs, &format!("{base}-floor-{run_id}.fifo"), 60).await?;
     let table = format!("{}-floor-{run_id}", args.targets.payments_table);
-    crate::throughput::create_scratch_table(&ddb, &table).await?;
-    let result = measure(&sqs, &ddb, &queue, &table, args, seed, &run_id).await;
-    let _ = sqs.delete_queue().queue_url(&queue).send().await;
-    let _ = ddb.delete_table().table_name(&table).send().await;
+    let result = async {
+        crate::throughput::create_scratch_table(&ddb, &table).await?;
+        measure(&sqs, &ddb, &queue, &table, args, seed, &run_id).await
+    }
+    .await;
+    remove_scratch(&sqs, &ddb, &queue, &table).await;
     result
+}
+
+/// Creates the scratch queue `name` (FIFO when it ends in `.fifo`) with
+/// `visibility_secs` of visibility timeout; its URL.
+pub async fn scratch_queue(sqs: &aws_sdk_sqs::Client, name: &str, visibility_secs: u64) -> anyhow::Result<String> {
+    let mut create =
+        sqs.create_queue().queue_name(name).attributes(QueueAttributeName::VisibilityTimeout, visibility_secs.to_string());
+    if name.ends_with(".fifo") {
+        create = create.attributes(QueueAttributeName::FifoQueue, "true");
+    }
+    create.send().await.context("creating the scratch queue")?.queue_url.context("no queue URL")
+}
+
+/// Deletes a bare client's scratch queue and table (what is already gone
+/// is no error: the measurement's own result is the one reported).
+pub async fn remove_scratch(sqs: &aws_sdk_sqs::Client, ddb: &aws_sdk_dynamodb::Client, queue: &str, table: &str) {
+    let _ = sqs.delete_queue().queue_url(queue).send().await;
+    let _ = ddb.delete_table().table_name(table).send().await;
 }
 
 async fn measure(
