@@ -30,9 +30,9 @@
 #                  sink's last-write stamp, read from its admin endpoint,
 #                  docs/scenarios.md);
 #        menu      menu-sync, 10,000 items with images, then a bare
-#                  consumer (receive, read the skus, one transaction per
-#                  batch, delete; no processing) drains the same catalogue
-#                  from a scratch queue as the same pods send it;
+#                  consumer (the daemon's reads, writes and deletes, packed
+#                  as the daemon packs them; no processing) drains the same
+#                  catalogue from a scratch queue as the same pods send it;
 #        memory    a backlog of 1,000,000 order records on the stream, the
 #                  daemon started into it and its resident memory sampled
 #                  every second for 120 s (it must level off, not grow with
