@@ -663,10 +663,11 @@ for name, chosen, found in [
         f"a round with anything wrong (lost, duplicated, refused, wrong outputs, no bare client) fails the path "
         f"whichever it is.",
     ]
+# The paths whose run ended with a failed verdict (bench.sh goes on, and
+# exits 1 when the run's list below is not empty).
+failed_runs = [f.stem for f in sorted(out.glob("*.proc")) if load(f.name).get("status", 0) != 0]
 for name in ["payments", "payments-process", "menu"]:
-    if not (out / f"{name}.proc").exists():
-        continue
-    if load(f"{name}.proc").get("status", 0) != 0:
+    if name in failed_runs:
         summary = out / name / "summary.md"
         why = [line[2:] for line in summary.read_text().splitlines() if line.startswith("- ")] if summary.exists() else []
         lines += ["", f"**Verdict FAIL** ({name}): " + ("; ".join(why) or "see its output")]
@@ -681,8 +682,9 @@ def run_file(name):
 
 # The run itself, for the goals table's first line (bench_goals.py), which
 # is made from figures.json alone.
-# A path whose run ended with a failed verdict (bench.sh goes on and exits 1).
-failed = [f.stem for f in sorted(out.glob("*.proc")) if load(f.name).get("status", 0) != 0]
+# Its failed verdicts: the runs above, and a payments path with anything
+# wrong in any of its rounds.
+failed = list(failed_runs)
 for name, found in [("payments", pay_rounds), ("payments-process", process_rounds)]:
     if any(r["broken"] for r in found) and name not in failed:
         failed = sorted(failed + [name])

@@ -400,13 +400,19 @@ pub async fn run(scenario: ScenarioFile, args: &RunArgs, targets: &Targets) -> a
         };
         info!(payments = args.payments, "Measuring a bare client's drain of the same burst");
         let measured = crate::paythroughput::run(&args, seed).await.context("the bare client's drain")?;
-        daemon_drain = Some((last - first).as_seconds_f64());
         let drained = (last - first).as_seconds_f64();
+        daemon_drain = Some(drained);
         let ratio = drained / measured.bare_secs;
-        let allowance = scenario.thresholds.local.drain_allowance_ms as f64 / 1000.0;
-        let local = &scenario.thresholds.local;
-        let (judged, note) =
-            judge_drain(drained, measured.bare_secs, limit, allowance, local.drain_judged_from_secs, local.drain_vs_bare_short);
+        let thresholds = &scenario.thresholds.local;
+        let allowance = thresholds.drain_allowance_ms as f64 / 1000.0;
+        let (judged, note) = judge_drain(
+            drained,
+            measured.bare_secs,
+            limit,
+            allowance,
+            thresholds.drain_judged_from_secs,
+            thresholds.drain_vs_bare_short,
+        );
         if let Drain::Over(why) = judged {
             relative_targets.push(why);
         }

@@ -321,139 +321,75 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::PaymentsThroughput(args) => {
-            let result = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(paythroughput::run(&args, 1)));
-            match result {
-                Ok(t) => {
-                    println!(
-                        "bare consumer ({} receivers; receive, one transaction per batch, delete){}: {} payments in {:.2} s, {:.0} payments/s",
-                        args.receivers,
-                        t.fraud_history.said(),
-                        t.payments,
-                        t.bare_secs,
-                        t.bare_payments_per_sec
-                    );
-                    match serde_json::to_string(&t) {
-                        Ok(json) => println!("{json}"),
-                        Err(e) => return fail(e.into()),
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
-        }
-        Command::MenuThroughput(args) => {
-            let result = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(menuthroughput::run(&args)));
-            match result {
-                Ok(t) => {
-                    println!(
-                        "bare consumer ({} receivers; the daemon's batches and chunks: a read of the skus and a transaction each, {} of each; deletes): {} items in {:.2} s from the first send (sending took {:.2} s), {:.0} items/s",
-                        args.receivers, t.transactions, t.items, t.bare_secs, t.send_secs, t.bare_items_per_sec
-                    );
-                    match serde_json::to_string(&t) {
-                        Ok(json) => println!("{json}"),
-                        Err(e) => return fail(e.into()),
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
-        }
-        Command::OrdersBacklog(args) => {
-            let result = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(backlog::run(&args, 1)));
-            match result {
-                Ok(b) => {
-                    println!(
-                        "backlog: {} records ({} orders) put in {:.1} s
+        Command::PaymentsThroughput(args) => measurement(paythroughput::run(&args, 1), |t| {
+            println!(
+                "bare consumer ({} receivers; receive, one transaction per batch, delete){}: {} payments in {:.2} s, {:.0} payments/s",
+                args.receivers,
+                t.fraud_history.said(),
+                t.payments,
+                t.bare_secs,
+                t.bare_payments_per_sec
+            );
+        }),
+        Command::MenuThroughput(args) => measurement(menuthroughput::run(&args), |t| {
+            println!(
+                "bare consumer ({} receivers; the daemon's batches and chunks: a read of the skus and a transaction each, {} of each; deletes): {} items in {:.2} s from the first send (sending took {:.2} s), {:.0} items/s",
+                args.receivers, t.transactions, t.items, t.bare_secs, t.send_secs, t.bare_items_per_sec
+            );
+        }),
+        Command::OrdersBacklog(args) => measurement(backlog::run(&args, 1), |b| {
+            println!(
+                    "backlog: {} records ({} orders) put in {:.1} s
                          daemon over {} s: {:.0} records acknowledged; resident memory peak {:.1} MiB                          (first half {:.1}, second half {:.1}: growth {:.2})",
-                        b.records,
-                        b.orders,
-                        b.put_secs,
-                        args.watch_secs,
-                        b.acked,
-                        b.peak_rss_mib,
-                        b.first_half_peak_mib,
-                        b.second_half_peak_mib,
-                        b.growth
-                    );
-                    match serde_json::to_string(&b) {
-                        Ok(json) => println!("{json}"),
-                        Err(e) => return fail(e.into()),
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
-        }
-        Command::OrdersThroughput(args) => {
-            let result = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(throughput::run(&args, 1)));
-            match result {
-                Ok(t) => {
-                    let own = match (
-                        t.daemon_own_secs,
-                        t.daemon_own_records_per_sec,
-                        t.own_ratio_to_writes,
-                        t.own_ratio_to_reads_writes,
-                    ) {
-                        (Some(secs), Some(rate), Some(writes), Some(both)) => format!(
-                            "\nby the daemon's own clock (first write begun to last write durable, as the bare writers' clocks run): {secs:.2} s, {rate:.0} records/s\n\
-                             ratio to the bare writer: {writes:.2}; to the bare reader and writer at once: {both:.2}"
-                        ),
-                        _ => format!(
-                            "\nby the daemon's own clock: no figure ({})",
-                            t.daemon_own_clock_refused.as_deref().unwrap_or("none made")
-                        ),
-                    };
-                    println!(
-                        "backlog: {} orders, {} records\nbare GetRecords reader: {:.2} s, {:.0} records/s\n\
-                         daemon: {:.2} s from start ({:.2} s to the first event applied, then a {:.2} s drain as seen, its writes begun over {:.2} s of it): {:.1} orders/s, {:.0} records/s over the drain\nratio daemon/bare reader: {:.3}\n\
-                         bare DynamoDB writer (the daemon's item writes, 99 orders and their row per transaction, 16 at once): {:.2} s, {:.0} writes/s\n\
-                         ratio daemon records/s to bare writer writes/s: {:.2}\n\
-                         bare reader and writer at once: {:.2} s, {:.0} records/s\n\
-                         ratio daemon records/s to bare reader and writer at once: {:.2}{own}",
-                        t.orders,
-                        t.records,
-                        t.bare_read_secs,
-                        t.bare_records_per_sec,
-                        t.daemon_secs,
-                        t.daemon_start_secs,
-                        t.daemon_drain_secs,
-                        t.daemon_writes_secs,
-                        t.daemon_orders_per_sec,
-                        t.daemon_records_per_sec,
-                        t.ratio,
-                        t.bare_write_secs,
-                        t.bare_write_items_per_sec,
-                        t.ratio_to_writes,
-                        t.bare_read_write_secs,
-                        t.bare_read_write_records_per_sec,
-                        t.ratio_to_reads_writes
-                    );
-                    match serde_json::to_string(&t) {
-                        Ok(json) => println!("{json}"),
-                        Err(e) => return fail(e.into()),
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
-        }
+                    b.records,
+                    b.orders,
+                    b.put_secs,
+                    args.watch_secs,
+                    b.acked,
+                    b.peak_rss_mib,
+                    b.first_half_peak_mib,
+                    b.second_half_peak_mib,
+                    b.growth
+                );
+        }),
+        Command::OrdersThroughput(args) => measurement(throughput::run(&args, 1), |t| {
+            let own = match (t.daemon_own_secs, t.daemon_own_records_per_sec, t.own_ratio_to_writes, t.own_ratio_to_reads_writes)
+            {
+                (Some(secs), Some(rate), Some(writes), Some(both)) => format!(
+                    "\nby the daemon's own clock (first write begun to last write durable, as the bare writers' clocks run): {secs:.2} s, {rate:.0} records/s\n\
+                         ratio to the bare writer: {writes:.2}; to the bare reader and writer at once: {both:.2}"
+                ),
+                _ => format!(
+                    "\nby the daemon's own clock: no figure ({})",
+                    t.daemon_own_clock_refused.as_deref().unwrap_or("none made")
+                ),
+            };
+            println!(
+                "backlog: {} orders, {} records\nbare GetRecords reader: {:.2} s, {:.0} records/s\n\
+                     daemon: {:.2} s from start ({:.2} s to the first event applied, then a {:.2} s drain as seen, its writes begun over {:.2} s of it): {:.1} orders/s, {:.0} records/s over the drain\nratio daemon/bare reader: {:.3}\n\
+                     bare DynamoDB writer (the daemon's item writes, 99 orders and their row per transaction, 16 at once): {:.2} s, {:.0} writes/s\n\
+                     ratio daemon records/s to bare writer writes/s: {:.2}\n\
+                     bare reader and writer at once: {:.2} s, {:.0} records/s\n\
+                     ratio daemon records/s to bare reader and writer at once: {:.2}{own}",
+                t.orders,
+                t.records,
+                t.bare_read_secs,
+                t.bare_records_per_sec,
+                t.daemon_secs,
+                t.daemon_start_secs,
+                t.daemon_drain_secs,
+                t.daemon_writes_secs,
+                t.daemon_orders_per_sec,
+                t.daemon_records_per_sec,
+                t.ratio,
+                t.bare_write_secs,
+                t.bare_write_items_per_sec,
+                t.ratio_to_writes,
+                t.bare_read_write_secs,
+                t.bare_read_write_records_per_sec,
+                t.ratio_to_reads_writes
+            );
+        }),
         Command::Chaos(ChaosCommand::List) => match chaos::profile::dir().and_then(|d| chaos::profile::list(&d)) {
             Ok(all) => {
                 for p in all {
@@ -519,6 +455,33 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+    }
+}
+
+/// Runs a measurement on a runtime of its own; `said` prints what it
+/// measured for a reader, then its figures follow as one line of JSON (the
+/// last such line is what scripts/bench.sh reads).
+fn measurement<T: serde::Serialize>(
+    run: impl std::future::Future<Output = anyhow::Result<T>>,
+    said: impl FnOnce(&T),
+) -> ExitCode {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run));
+    match result {
+        Ok(t) => {
+            said(&t);
+            match serde_json::to_string(&t) {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e.into()),
+            }
+        }
+        Err(e) => fail(e),
     }
 }
 
