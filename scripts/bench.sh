@@ -13,8 +13,8 @@
 #      each path, with fresh queues, stream and tables:
 #        payments  cold-start sends 10,000 with the daemon restarted just
 #                  before (cold start to first decision), then a bare
-#                  consumer (receive, one transaction per batch, delete; no
-#                  processing) drains as many from a scratch queue as
+#                  consumer (the daemon's batches and transactions, then
+#                  deletes; no processing) drains as many from a scratch queue as
 #                  they are sent (cold-start's own drain_vs_bare); then
 #                  the same with the fraud history in the process instead
 #                  of the shared table (what the shared state costs);

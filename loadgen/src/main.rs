@@ -12,6 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod attack;
 mod backlog;
+mod bare;
 mod ceiling;
 mod chaos;
 mod coldstart;
@@ -323,8 +324,9 @@ fn main() -> ExitCode {
         }
         Command::PaymentsThroughput(args) => measurement(paythroughput::run(&args, 1), |t| {
             println!(
-                "bare consumer ({} receivers; receive, one transaction per batch, delete){}: {} payments in {:.2} s, {:.0} payments/s",
+                "bare consumer ({} receivers; the daemon's batches and transactions, {} of them{}; deletes): {} payments in {:.2} s, {:.0} payments/s",
                 args.receivers,
+                t.transactions,
                 t.fraud_history.said(),
                 t.payments,
                 t.bare_secs,

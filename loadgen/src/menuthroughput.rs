@@ -33,20 +33,11 @@ use aws_sdk_sqs::types::{Message, SendMessageBatchRequestEntry};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::{Semaphore, mpsc};
 use tracing::info;
 
 use crate::Targets;
+use crate::bare::{Deleted, MAX_TRANSACTION_ITEMS, body_key};
 use crate::menusync::{Expected, SendBatch};
-use crate::paythroughput::Deleted;
-
-/// The daemon's defaults this client packs its writes by
-/// (`daemon/src/config.rs`: `pipeline.max_batch_events`, `linger_ms`,
-/// `sink_concurrency`; `sinks.dynamodb.max_transaction_items`).
-const MAX_BATCH: usize = 250;
-const LINGER: Duration = Duration::from_millis(50);
-const WRITES_AT_ONCE: usize = 8;
-const MAX_TRANSACTION_ITEMS: usize = 100;
 
 /// `menu-throughput` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -93,12 +84,6 @@ pub struct MenuThroughput {
 /// sku, store and the digests the daemon would store).
 type Sent = Arc<Mutex<HashMap<u64, Expected>>>;
 
-/// A body's key in [`Sent`].
-fn body_key(body: &str) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault};
-    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(body)
-}
-
 /// Runs the measurement on scratch resources named after the targets'.
 pub async fn run(args: &MenuThroughputArgs) -> anyhow::Result<MenuThroughput> {
     let scenario = crate::scenario::find(&args.scenario)?;
@@ -108,13 +93,8 @@ pub async fn run(args: &MenuThroughputArgs) -> anyhow::Result<MenuThroughput> {
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let run_id = crate::coldstart::new_run_id();
-    // Its visibility outlasts the run: a message in flight (up to 64
-    // receives and 8 batches of 250) is never delivered again meanwhile,
-    // which this client, unlike the daemon, would not take (its ledger put
-    // refused).
-    let visibility = args.timeout_secs.clamp(60, 43_200);
-    let queue =
-        crate::paythroughput::scratch_queue(&sqs, &format!("{}-floor-{run_id}", args.targets.menu_queue), visibility).await?;
+    let visibility = crate::bare::visibility_for(args.timeout_secs);
+    let queue = crate::bare::scratch_queue(&sqs, &format!("{}-floor-{run_id}", args.targets.menu_queue), visibility).await?;
     let table = format!("{}-floor-{run_id}", args.targets.menu_table);
     let result = async {
         crate::throughput::create_scratch_table(&ddb, &table).await?;
@@ -122,7 +102,7 @@ pub async fn run(args: &MenuThroughputArgs) -> anyhow::Result<MenuThroughput> {
         measure(&sqs, &ddb, &queue, &table, &catalogue, args).await
     }
     .await;
-    crate::paythroughput::remove_scratch(&sqs, &ddb, &queue, &table).await;
+    crate::bare::remove_scratch(&sqs, &ddb, &queue, &table).await;
     result
 }
 
@@ -172,35 +152,23 @@ async fn measure(
             })
         })
         .collect();
-    let (tx, rx) = mpsc::channel::<Vec<Message>>(64);
-    let receive = {
-        let (sqs, queue, deleted, receivers) = (sqs.clone(), queue.to_owned(), Arc::clone(&deleted), args.receivers);
-        tokio::spawn(async move {
-            let handle = |_: usize, _: u64, messages: Vec<Message>| {
-                let tx = tx.clone();
-                async move { tx.send(messages).await.map_err(|_| anyhow::anyhow!("the writers stopped")) }
-            };
-            crate::paythroughput::receive_until(&sqs, &queue, receivers, &deleted, deadline, handle).await
-        })
+    let write = {
+        let (ddb, table, sent, calls) = (ddb.clone(), table.to_owned(), Arc::clone(&sent), Arc::clone(&calls));
+        move |batch: Arc<Vec<Message>>| {
+            let (ddb, table, sent, calls) = (ddb.clone(), table.clone(), Arc::clone(&sent), Arc::clone(&calls));
+            async move { write_batch(&ddb, &table, &sent, &calls, &batch).await }
+        }
     };
-    let write = tokio::spawn(write_batches(
-        rx,
-        sqs.clone(),
-        ddb.clone(),
-        queue.to_owned(),
-        table.to_owned(),
-        Arc::clone(&sent),
-        Arc::clone(&deleted),
-        Arc::clone(&calls),
-    ));
-    for pod in pods {
-        pod.await?.context("sending the catalogue")?;
-    }
-    let send_secs = started.elapsed().as_secs_f64();
-    // The writers' error first: the receivers' is then only that they gave up.
-    let (written, received) = (write.await?, receive.await?);
-    written.context("writing the batches")?;
-    received?;
+    let sending = async {
+        for pod in pods {
+            pod.await?.context("sending the catalogue")?;
+        }
+        Ok::<f64, anyhow::Error>(started.elapsed().as_secs_f64())
+    };
+    let (sent, drained) = tokio::join!(sending, crate::bare::drain(sqs, queue, args.receivers, &deleted, deadline, write));
+    // The pods' error first: the receivers' is then only that they gave up.
+    let send_secs = sent?;
+    drained?;
     let last = deleted.last().context("not every item was deleted")?;
     let bare_secs = (last - started).as_secs_f64();
     Ok(MenuThroughput {
@@ -261,65 +229,10 @@ struct Calls {
     transactions: std::sync::atomic::AtomicU64,
 }
 
-/// Gathers received messages into batches (up to [`MAX_BATCH`], closed
-/// [`LINGER`] after the first) and writes up to [`WRITES_AT_ONCE`] at once.
-#[allow(clippy::too_many_arguments)]
-async fn write_batches(
-    mut rx: mpsc::Receiver<Vec<Message>>,
-    sqs: aws_sdk_sqs::Client,
-    ddb: aws_sdk_dynamodb::Client,
-    queue: String,
-    table: String,
-    sent: Sent,
-    deleted: Arc<Deleted>,
-    calls: Arc<Calls>,
-) -> anyhow::Result<()> {
-    let slots = Arc::new(Semaphore::new(WRITES_AT_ONCE));
-    let mut writes = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut batch = first;
-        let closes = tokio::time::Instant::now() + LINGER;
-        while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(closes, rx.recv()).await {
-                Ok(Some(more)) => batch.extend(more),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        let slot = Arc::clone(&slots).acquire_owned().await?;
-        let (sqs, ddb, queue, table, sent, deleted, calls) =
-            (sqs.clone(), ddb.clone(), queue.clone(), table.clone(), Arc::clone(&sent), Arc::clone(&deleted), Arc::clone(&calls));
-        writes.push(tokio::spawn(async move {
-            let _slot = slot;
-            let written = write_batch(&sqs, &ddb, &queue, &table, &sent, &calls, &batch).await;
-            match written {
-                Ok(()) => deleted.add(batch.len()),
-                Err(_) => deleted.give_up(),
-            }
-            written
-        }));
-        // Writes that ended are reaped as the batches go (an error stops the run).
-        let mut still = Vec::with_capacity(writes.len());
-        for w in writes {
-            if w.is_finished() {
-                w.await??;
-            } else {
-                still.push(w);
-            }
-        }
-        writes = still;
-    }
-    for w in writes {
-        w.await??;
-    }
-    Ok(())
-}
-
 /// One batch: its chunks read and written one after the other, as the
-/// daemon's `write_menu` does, then its messages deleted.
+/// daemon's `write_menu` does.
 async fn write_batch(
-    sqs: &aws_sdk_sqs::Client,
     ddb: &aws_sdk_dynamodb::Client,
-    queue: &str,
     table: &str,
     sent: &Sent,
     calls: &Calls,
@@ -343,7 +256,6 @@ async fn write_batch(
         ddb.transact_write_items().set_transact_items(Some(writes)).send().await.context("write")?;
         calls.transactions.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
-    futures::future::try_join_all(batch.chunks(10).map(|ten| crate::paythroughput::delete_batch(sqs, queue, ten))).await?;
     Ok(())
 }
 

@@ -4,33 +4,38 @@
 //!
 //! Owns: the measurement. It creates a scratch FIFO queue and a scratch
 //! table, sends the burst (the cold-start scenario's payments: same bodies,
-//! same FIFO groups), then (or, with `--while-sending`, meanwhile) times
-//! `receivers` long-polling consumers as the daemon runs them: receive up
-//! to ten, one TransactWriteItems per batch (a conditional put per payment
-//! and one `ADD` to an aggregate row),
-//! DeleteMessageBatch, until every payment is deleted. With the fraud
-//! history in DynamoDB (`--fraud-history dynamodb`, the daemon's default)
-//! it also makes the history's reads and writes: a strongly consistent
-//! BatchGetItem of the batch's keys (card, customer, device) that it has not
-//! read before, as the daemon reads a key once and then keeps it, and a put
-//! of each of the batch's keys in the batch's transaction (an item of the
-//! daemon's shape, one entry, under a condition as the daemon's, which the
-//! table must check against the item it replaces; the daemon's holds the
-//! version it read, this one always holds, so the bare client never
-//! retries).
+//! same FIFO groups), then (or, with `--while-sending`, meanwhile) drains
+//! it as the daemon's SQS input does (`bare::drain`: `receivers`
+//! long-polling consumers, the daemon's batches of up to 250 messages, up
+//! to 8 written at once, each batch's messages deleted after its writes)
+//! and writes each batch as the daemon's payments path does: in
+//! transactions of at most 100 items, one after the other, each a
+//! conditional put per payment (the daemon's item) and one `ADD` per
+//! aggregate row (here a store: a burst's payments share one window). With
+//! the fraud history in the process (`--fraud-history process`) a batch's
+//! payments are packed by row (`sinks/dynamodb/payments.rs`). With it in
+//! DynamoDB (`--fraud-history dynamodb`, the daemon's default) they are
+//! packed in arrival order with their history keys (card, customer,
+//! device), as `route/apply_payments.rs` packs them: each transaction also
+//! puts each of its payments' keys once (an item of the daemon's shape
+//! with one entry, the transaction's last payment of that key's, under a
+//! condition as the daemon's, which the table must check against the item
+//! it replaces; the daemon's holds the version it read, this one always
+//! holds, so the bare client never retries); before its transactions a
+//! batch reads the keys no batch has read before, strongly consistent, all
+//! at once by 100, as the daemon reads a key once and then keeps it.
 //! Both scratch resources are deleted afterwards. Must not: decode, score
 //! or check anything (the daemon's share of the work is what the ratio
-//! measures).
+//! measures): it knows each message's payment from the bytes it sent.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{Message, SendMessageBatchRequestEntry};
 use futures::StreamExt;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -38,6 +43,8 @@ use time::format_description::well_known::Rfc3339;
 use tracing::info;
 
 use crate::Targets;
+use crate::bare::{Deleted, MAX_TRANSACTION_ITEMS, body_key};
+use crate::payload::Payment;
 use crate::scenario::Load;
 
 /// `payments-throughput` arguments.
@@ -98,6 +105,10 @@ pub struct PaymentsThroughput {
     pub bare_secs: f64,
     /// Payments per second the bare client drained.
     pub bare_payments_per_sec: f64,
+    /// TransactWriteItems calls made.
+    pub transactions: u64,
+    /// BatchGetItem calls made (of the history).
+    pub reads: u64,
 }
 
 /// Runs the measurement on scratch resources named after the targets'.
@@ -107,33 +118,31 @@ pub async fn run(args: &PaymentsThroughputArgs, seed: u64) -> anyhow::Result<Pay
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let run_id = crate::coldstart::new_run_id();
     let base = args.targets.payments_queue.trim_end_matches(".fifo");
-    let queue = scratch_queue(&sqs, &format!("{base}-floor-{run_id}.fifo"), 60).await?;
+    let visibility = crate::bare::visibility_for(args.timeout_secs);
+    let queue = crate::bare::scratch_queue(&sqs, &format!("{base}-floor-{run_id}.fifo"), visibility).await?;
     let table = format!("{}-floor-{run_id}", args.targets.payments_table);
     let result = async {
         crate::throughput::create_scratch_table(&ddb, &table).await?;
         measure(&sqs, &ddb, &queue, &table, args, seed, &run_id).await
     }
     .await;
-    remove_scratch(&sqs, &ddb, &queue, &table).await;
+    crate::bare::remove_scratch(&sqs, &ddb, &queue, &table).await;
     result
 }
 
-/// Creates the scratch queue `name` (FIFO when it ends in `.fifo`) with
-/// `visibility_secs` of visibility timeout; its URL.
-pub async fn scratch_queue(sqs: &aws_sdk_sqs::Client, name: &str, visibility_secs: u64) -> anyhow::Result<String> {
-    let mut create =
-        sqs.create_queue().queue_name(name).attributes(QueueAttributeName::VisibilityTimeout, visibility_secs.to_string());
-    if name.ends_with(".fifo") {
-        create = create.attributes(QueueAttributeName::FifoQueue, "true");
-    }
-    create.send().await.context("creating the scratch queue")?.queue_url.context("no queue URL")
-}
-
-/// Deletes a bare client's scratch queue and table (what is already gone
-/// is no error: the measurement's own result is the one reported).
-pub async fn remove_scratch(sqs: &aws_sdk_sqs::Client, ddb: &aws_sdk_dynamodb::Client, queue: &str, table: &str) {
-    let _ = sqs.delete_queue().queue_url(queue).send().await;
-    let _ = ddb.delete_table().table_name(table).send().await;
+/// The burst's payments: cold-start's, as many as asked.
+fn burst(seed: u64, run_id: &str, payments: u64) -> anyhow::Result<Vec<Payment>> {
+    let load = Load {
+        payments,
+        users: 1,
+        stores: 20,
+        customers: 4000,
+        shared_card_ratio: 0.02,
+        geo_mismatch_ratio: 0.05,
+        big_amount_ratio: 0.02,
+    };
+    let ts = OffsetDateTime::now_utc().format(&Rfc3339)?;
+    Ok((0..payments).map(|i| crate::payload::payment(seed, run_id, i, &load, &ts)).collect())
 }
 
 async fn measure(
@@ -145,17 +154,7 @@ async fn measure(
     seed: u64,
     run_id: &str,
 ) -> anyhow::Result<PaymentsThroughput> {
-    let load = Load {
-        payments: args.payments,
-        users: 1,
-        stores: 20,
-        customers: 4000,
-        shared_card_ratio: 0.02,
-        geo_mismatch_ratio: 0.05,
-        big_amount_ratio: 0.02,
-    };
-    let ts = OffsetDateTime::now_utc().format(&Rfc3339)?;
-    let payments: Vec<_> = (0..args.payments).map(|i| crate::payload::payment(seed, run_id, i, &load, &ts)).collect();
+    let payments = burst(seed, run_id, args.payments)?;
     info!(payments = payments.len(), while_sending = args.while_sending, "Sending the burst to the scratch queue");
     let send = futures::stream::iter(payments.chunks(10))
         .map(|chunk| async move {
@@ -179,50 +178,35 @@ async fn measure(
         .collect::<Vec<anyhow::Result<()>>>();
     let send = async move { send.await.into_iter().collect::<anyhow::Result<Vec<()>>>().map(drop) };
 
-    // Each payment by its body (none when the history is in the process),
-    // and the history's keys read so far.
-    let by_body: HashMap<&str, &crate::payload::Payment> = match args.fraud_history {
-        FraudHistory::Dynamodb => payments.iter().map(|p| (p.body.as_str(), p)).collect(),
-        FraudHistory::Process => HashMap::new(),
-    };
-    let read_keys: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
-    let (by_body, read_keys) = (&by_body, &read_keys);
     let want = payments.len();
+    let writer = Arc::new(Writer {
+        ddb: ddb.clone(),
+        table: table.to_owned(),
+        history: args.fraud_history,
+        sent: payments.iter().map(|p| (body_key(&p.body), p.clone())).collect(),
+        read_keys: Mutex::new(HashSet::new()),
+        transactions: AtomicU64::new(0),
+        reads: AtomicU64::new(0),
+    });
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let deleted = &Deleted::new(want);
-    let write = |r: usize, batch_no: u64, messages: Vec<Message>| async move {
-        let mut items = messages
-            .iter()
-            .map(|m| {
-                let put = Put::builder()
-                    .table_name(table)
-                    .item("k", AttributeValue::S(m.message_id().unwrap_or_default().to_owned()))
-                    .item("decision", AttributeValue::S("approve".into()))
-                    .condition_expression("attribute_not_exists(k)")
-                    .build()?;
-                Ok(TransactWriteItem::builder().put(put).build())
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let last = last_payment_of_each_key(&messages, by_body);
-        read_history(ddb, table, read_keys, last.keys()).await?;
-        for (key, payment) in &last {
-            items.push(TransactWriteItem::builder().put(history_put(table, key, payment)?).build());
+    let deleted = Arc::new(Deleted::new(want));
+    let write = {
+        let writer = Arc::clone(&writer);
+        move |batch: Arc<Vec<Message>>| {
+            let writer = Arc::clone(&writer);
+            async move { writer.write_batch(&batch).await }
         }
-        let row = Update::builder()
-            .table_name(table)
-            .key("k", AttributeValue::S(format!("row-{r}-{}", batch_no % 20)))
-            .update_expression("ADD payments :n")
-            .expression_attribute_values(":n", AttributeValue::N(messages.len().to_string()))
-            .build()?;
-        items.push(TransactWriteItem::builder().update(row).build());
-        ddb.transact_write_items().set_transact_items(Some(items)).send().await.context("write")?;
-        delete_batch(sqs, queue, &messages).await?;
-        deleted.add(messages.len());
-        Ok(())
     };
-    let drain = receive_until(sqs, queue, args.receivers, deleted, deadline, write);
+    let drain = crate::bare::drain(sqs, queue, args.receivers, &deleted, deadline, write);
     let started = if args.while_sending {
         info!(receivers = args.receivers, "Draining it with a bare consumer as it is sent");
+        let send = async {
+            let sent = send.await;
+            if sent.is_err() {
+                deleted.give_up();
+            }
+            sent
+        };
         let (sent, drained) = tokio::join!(send, drain);
         sent.context("sending the burst")?;
         drained?
@@ -237,169 +221,206 @@ async fn measure(
         fraud_history: args.fraud_history,
         bare_secs,
         bare_payments_per_sec: want as f64 / bare_secs,
+        transactions: writer.transactions.load(Ordering::SeqCst),
+        reads: writer.reads.load(Ordering::SeqCst),
     })
 }
 
-/// What a drain counts: messages deleted, and when the last of those it
-/// waits for was. (Its consumers end later: each finishes the long poll it
-/// is in, up to a second, which is not the drain's time.)
+/// Writes the batches: what it sent, by the body's key, and the history's
+/// keys read so far.
 #[derive(Debug)]
-pub struct Deleted {
-    count: AtomicUsize,
-    want: usize,
-    last: OnceLock<Instant>,
-    given_up: std::sync::atomic::AtomicBool,
+struct Writer {
+    ddb: aws_sdk_dynamodb::Client,
+    table: String,
+    history: FraudHistory,
+    sent: HashMap<u64, Payment>,
+    read_keys: Mutex<HashSet<String>>,
+    transactions: AtomicU64,
+    reads: AtomicU64,
 }
 
-impl Deleted {
-    /// Waiting for `want` deletes.
-    pub fn new(want: usize) -> Self {
-        Deleted { count: AtomicUsize::new(0), want, last: OnceLock::new(), given_up: Default::default() }
-    }
-
-    /// Something the drain needs failed (a send, a write): its receivers
-    /// stop at their next receive instead of waiting out the deadline for
-    /// deletes that will not come.
-    pub fn give_up(&self) {
-        self.given_up.store(true, Ordering::SeqCst);
-    }
-
-    /// `n` more deleted: the moment the count reaches `want` is the last.
-    pub fn add(&self, n: usize) {
-        if self.count.fetch_add(n, Ordering::SeqCst) + n >= self.want {
-            self.last.get_or_init(Instant::now);
-        }
-    }
-
-    /// Whether every message waited for is deleted.
-    pub fn all(&self) -> bool {
-        self.count.load(Ordering::SeqCst) >= self.want
-    }
-
-    /// When the last message waited for was deleted.
-    pub fn last(&self) -> Option<Instant> {
-        self.last.get().copied()
-    }
-}
-
-/// Receives from `queue` as the daemon's SQS source does, `receivers`
-/// long-polling consumers each receiving up to ten, and hands each
-/// non-empty receive to `handle` (its receiver's number, its receive's
-/// number, the messages), until `deleted` has them all or `deadline`
-/// passes. Returns when the first message was received.
-pub async fn receive_until<H, F>(
-    sqs: &aws_sdk_sqs::Client,
-    queue: &str,
-    receivers: usize,
-    deleted: &Deleted,
-    deadline: Instant,
-    handle: H,
-) -> anyhow::Result<Instant>
-where
-    H: Fn(usize, u64, Vec<Message>) -> F,
-    F: Future<Output = anyhow::Result<()>>,
-{
-    let first_received: OnceLock<Instant> = OnceLock::new();
-    let (first_received, handle) = (&first_received, &handle);
-    let consumers = (0..receivers).map(|r| async move {
-        let mut batch_no = 0u64;
-        while !deleted.all() {
-            anyhow::ensure!(!deleted.given_up.load(Ordering::SeqCst), "the drain gave up (see the error beside this one)");
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "only {} of {} deleted",
-                deleted.count.load(Ordering::SeqCst),
-                deleted.want
-            );
-            let got = sqs
-                .receive_message()
-                .queue_url(queue)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .context("receive")?;
-            let messages = got.messages.unwrap_or_default();
-            if messages.is_empty() {
-                continue;
+impl Writer {
+    /// One batch: the history's unread keys read, then its transactions
+    /// one after the other, as the daemon writes a batch.
+    async fn write_batch(&self, batch: &[Message]) -> anyhow::Result<()> {
+        let payments: Vec<&Payment> = batch
+            .iter()
+            .map(|m| self.sent.get(&body_key(m.body().unwrap_or_default())).context("a message the bare client did not send"))
+            .collect::<anyhow::Result<_>>()?;
+        let transactions = match self.history {
+            FraudHistory::Process => by_row(&payments),
+            FraudHistory::Dynamodb => {
+                let keys: Vec<String> = payments.iter().flat_map(|p| history_keys(p)).collect();
+                self.read_history(&keys).await?;
+                with_history(&payments)
             }
-            first_received.get_or_init(Instant::now);
-            batch_no += 1;
-            handle(r, batch_no, messages).await?;
+        };
+        let decided_at = OffsetDateTime::now_utc().format(&Rfc3339)?;
+        for members in transactions {
+            let items = transaction(&self.table, &members, self.history, &decided_at)?;
+            self.ddb.transact_write_items().set_transact_items(Some(items)).send().await.context("write")?;
+            self.transactions.fetch_add(1, Ordering::SeqCst);
         }
-        Ok::<(), anyhow::Error>(())
-    });
-    futures::future::join_all(consumers).await.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
-    first_received.get().copied().context("nothing was received")
+        Ok(())
+    }
+
+    /// Reads the history items of `keys` that no batch has read before
+    /// (strongly consistent, by 100 all at once, unprocessed keys asked
+    /// again), as the daemon reads a key once and then keeps its state.
+    async fn read_history(&self, keys: &[String]) -> anyhow::Result<()> {
+        let unread: Vec<&String> = {
+            let mut read = self.read_keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            keys.iter().filter(|k| read.insert((*k).clone())).collect()
+        };
+        let reads = unread.chunks(100).map(|chunk| async move {
+            let mut ask = KeysAndAttributes::builder().consistent_read(true);
+            for key in chunk {
+                ask = ask.keys(HashMap::from([("k".to_owned(), AttributeValue::S((*key).clone()))]));
+            }
+            let mut ask = Some(ask.build()?);
+            while let Some(keys) = ask.take() {
+                let out =
+                    self.ddb.batch_get_item().request_items(&self.table, keys).send().await.context("reading the history")?;
+                self.reads.fetch_add(1, Ordering::SeqCst);
+                ask = out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)).filter(|k| !k.keys.is_empty());
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+        futures::future::try_join_all(reads).await?;
+        Ok(())
+    }
 }
 
-/// Deletes `messages` (at most ten) with one DeleteMessageBatch.
-pub async fn delete_batch(sqs: &aws_sdk_sqs::Client, queue: &str, messages: &[Message]) -> anyhow::Result<()> {
-    let entries = messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            DeleteMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .receipt_handle(m.receipt_handle().unwrap_or_default())
-                .build()
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let out = sqs.delete_message_batch().queue_url(queue).set_entries(Some(entries)).send().await.context("delete")?;
-    anyhow::ensure!(out.failed.is_empty(), "{} deletes refused", out.failed.len());
-    Ok(())
+/// A batch's payments as the daemon's sink packs them with the history in
+/// the process (`sinks/dynamodb/payments.rs`): ordered by row (stable), in
+/// transactions of their puts and one `ADD` per distinct row, at most
+/// [`MAX_TRANSACTION_ITEMS`].
+fn by_row<'a>(payments: &[&'a Payment]) -> Vec<Vec<&'a Payment>> {
+    let mut ordered = payments.to_vec();
+    ordered.sort_by(|a, b| a.store.cmp(&b.store));
+    let mut out = Vec::new();
+    let mut cur: Vec<&Payment> = Vec::new();
+    let mut rows: HashSet<&str> = HashSet::new();
+    for p in ordered {
+        let items = cur.len() + rows.len() + 1 + usize::from(!rows.contains(p.store.as_str()));
+        if !cur.is_empty() && items > MAX_TRANSACTION_ITEMS {
+            out.push(std::mem::take(&mut cur));
+            rows.clear();
+        }
+        rows.insert(&p.store);
+        cur.push(p);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
-/// Reads the history items of `keys` that no batch has read before (one
-/// strongly consistent BatchGetItem per 100, unprocessed keys asked again),
-/// as the daemon reads a key once and then keeps its state.
-async fn read_history(
-    ddb: &aws_sdk_dynamodb::Client,
+/// A batch's payments as the daemon packs them with the history in
+/// DynamoDB (`route/apply_payments.rs`'s `pack`): in arrival order, in
+/// transactions of their puts, their distinct history keys and their
+/// distinct rows, at most [`MAX_TRANSACTION_ITEMS`].
+fn with_history<'a>(payments: &[&'a Payment]) -> Vec<Vec<&'a Payment>> {
+    let mut out = Vec::new();
+    let mut cur: Vec<&Payment> = Vec::new();
+    let mut keys: HashSet<String> = HashSet::new();
+    let mut rows: HashSet<&str> = HashSet::new();
+    for &p in payments {
+        let own = history_keys(p);
+        let new_keys = own.iter().filter(|k| !keys.contains(*k)).collect::<HashSet<_>>().len();
+        let new_row = usize::from(!rows.contains(p.store.as_str()));
+        if !cur.is_empty() && cur.len() + 1 + keys.len() + new_keys + rows.len() + new_row > MAX_TRANSACTION_ITEMS {
+            out.push(std::mem::take(&mut cur));
+            keys.clear();
+            rows.clear();
+        }
+        keys.extend(own);
+        rows.insert(&p.store);
+        cur.push(p);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// One transaction, in the daemon's order: a conditional put per payment
+/// (the daemon's item), with the history in DynamoDB a put per distinct
+/// key (the transaction's last payment of it), an `ADD` per row.
+fn transaction(
     table: &str,
-    read_keys: &Mutex<HashSet<String>>,
-    keys: impl Iterator<Item = &String>,
-) -> anyhow::Result<()> {
-    let unread: Vec<String> = {
-        let mut read = read_keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        keys.filter(|k| read.insert((*k).clone())).cloned().collect()
-    };
-    for chunk in unread.chunks(100) {
-        let mut ask = KeysAndAttributes::builder().consistent_read(true);
-        for key in chunk {
-            ask = ask.keys(HashMap::from([("k".to_owned(), AttributeValue::S(key.clone()))]));
+    payments: &[&Payment],
+    history: FraudHistory,
+    decided_at: &str,
+) -> anyhow::Result<Vec<TransactWriteItem>> {
+    let mut items = Vec::new();
+    for p in payments {
+        items.push(TransactWriteItem::builder().put(payment_put(table, p, decided_at)?).build());
+    }
+    if history == FraudHistory::Dynamodb {
+        let mut last: BTreeMap<String, &Payment> = BTreeMap::new();
+        for p in payments {
+            for key in history_keys(p) {
+                last.insert(key, *p);
+            }
         }
-        let mut ask = Some(ask.build()?);
-        while let Some(keys) = ask.take() {
-            let out = ddb.batch_get_item().request_items(table, keys).send().await.context("reading the history")?;
-            ask = out.unprocessed_keys.and_then(|mut u| u.remove(table)).filter(|k| !k.keys.is_empty());
+        for (key, p) in &last {
+            items.push(TransactWriteItem::builder().put(history_put(table, key, p)?).build());
         }
     }
-    Ok(())
+    let mut rows: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for p in payments {
+        let row = rows.entry(p.store.as_str()).or_default();
+        row.0 += 1;
+        row.1 += p.amount_cents;
+    }
+    for (store, (n, cents)) in rows {
+        let row = Update::builder()
+            .table_name(table)
+            .key("k", AttributeValue::S(format!("row#{store}")))
+            .update_expression("ADD payments :n, payments_approved :n, payment_amount_cents :a, ver :one")
+            .expression_attribute_values(":n", AttributeValue::N(n.to_string()))
+            .expression_attribute_values(":a", AttributeValue::N(cents.to_string()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .build()?;
+        items.push(TransactWriteItem::builder().update(row).build());
+    }
+    Ok(items)
+}
+
+/// The daemon's payment item (`sinks/dynamodb/payments.rs`), as an
+/// approved payment, under its condition (a redelivery's fails).
+fn payment_put(table: &str, p: &Payment, decided_at: &str) -> anyhow::Result<Put> {
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    // The payload's ids: `{run}-p{n}`, `{run}-o{n}`, `{run}-e{n}`.
+    let (run, n) = p.payment_id.rsplit_once("-p").unwrap_or((&p.payment_id, ""));
+    Ok(Put::builder()
+        .table_name(table)
+        .item("k", s(&format!("pay#{}", p.payment_id)))
+        .item("payment_id", s(&p.payment_id))
+        .item("order_id", s(&format!("{run}-o{n}")))
+        .item("customer_id", s(&p.customer_id))
+        .item("store", s(&p.store))
+        .item("amount_cents", AttributeValue::N(p.amount_cents.to_string()))
+        .item("score", AttributeValue::N("0".into()))
+        .item("decision", s("approve"))
+        .item("reasons", AttributeValue::L(Vec::new()))
+        .item("ts", s(decided_at))
+        .item("decided_at", s(decided_at))
+        .item("event_id", s(&format!("{run}-e{n}")))
+        .item("window", s(&decided_at[..decided_at.len().min(16)]))
+        .condition_expression("attribute_not_exists(k)")
+        .build()?)
 }
 
 /// The fraud history's keys of a payment, as the daemon names its items.
-fn history_keys(p: &crate::payload::Payment) -> [String; 3] {
+fn history_keys(p: &Payment) -> [String; 3] {
     [format!("card#{}", p.fingerprint), format!("cust#{}", p.customer_id), format!("dev#{}", p.device_id)]
-}
-
-/// Each history key of a batch's payments (those in `by_body`), in key
-/// order, with the batch's last payment of it.
-fn last_payment_of_each_key<'a>(
-    messages: &[Message],
-    by_body: &HashMap<&str, &'a crate::payload::Payment>,
-) -> BTreeMap<String, &'a crate::payload::Payment> {
-    let mut last = BTreeMap::new();
-    for payment in messages.iter().filter_map(|m| by_body.get(m.body().unwrap_or_default())) {
-        for key in history_keys(payment) {
-            last.insert(key, *payment);
-        }
-    }
-    last
 }
 
 /// A put of a history item of the daemon's shape (`key`, version, expiry,
 /// entries) with one entry, `payment`'s.
-fn history_put(table: &str, key: &str, payment: &crate::payload::Payment) -> anyhow::Result<Put> {
+fn history_put(table: &str, key: &str, payment: &Payment) -> anyhow::Result<Put> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let mut entry = HashMap::from([
         ("t".to_owned(), AttributeValue::N(now.to_string())),
@@ -428,63 +449,181 @@ fn history_put(table: &str, key: &str, payment: &crate::payload::Payment) -> any
 mod tests {
     use super::*;
 
-    fn payment(index: u64) -> crate::payload::Payment {
+    fn payments(n: u64, stores: u32, customers: u32) -> Vec<Payment> {
         let load = Load {
-            payments: 10,
+            payments: n,
             users: 1,
-            stores: 2,
-            customers: 3,
+            stores,
+            customers,
             shared_card_ratio: 0.0,
             geo_mismatch_ratio: 0.0,
             big_amount_ratio: 0.0,
         };
-        crate::payload::payment(7, "r1", index, &load, "2026-12-05T00:00:00Z")
+        (0..n).map(|i| crate::payload::payment(7, "r1", i, &load, "2026-12-05T00:00:00Z")).collect()
+    }
+
+    /// Whether `chunks` hold `all` once each and every chunk is a full
+    /// transaction: at most 100 items, and its next chunk's first payment
+    /// would not have fitted.
+    fn full_transactions(all: &[&Payment], chunks: &[Vec<&Payment>], history: FraudHistory) {
+        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), all.len(), "every payment once");
+        let ids: HashSet<&str> = chunks.iter().flatten().map(|p| p.payment_id.as_str()).collect();
+        assert_eq!(ids.len(), all.len());
+        for (k, c) in chunks.iter().enumerate() {
+            let items = transaction("t", c, history, "2026-12-05T00:00:01Z").expect("a transaction").len();
+            assert!(items <= MAX_TRANSACTION_ITEMS, "transaction {k}: {items} items");
+            if let Some(next) = chunks.get(k + 1) {
+                let grown = [&c[..], &next[..1]].concat();
+                let items = transaction("t", &grown, history, "2026-12-05T00:00:01Z").expect("a transaction").len();
+                assert!(items > MAX_TRANSACTION_ITEMS, "transaction {k} was not full");
+            }
+        }
     }
 
     #[test]
-    fn a_drain_ends_when_its_last_message_is_deleted_not_when_its_consumers_do() {
-        let deleted = Deleted::new(3);
-        deleted.add(2);
-        assert!(!deleted.all() && deleted.last().is_none());
-        deleted.add(1);
-        let last = deleted.last().expect("the last delete's moment");
-        assert!(deleted.all());
-        // A consumer's long poll ending later, or a delete past the count
-        // (a redelivered message), does not move it.
-        std::thread::sleep(Duration::from_millis(5));
-        deleted.add(1);
-        assert_eq!(deleted.last(), Some(last));
+    fn with_the_history_in_dynamodb_a_batch_is_packed_in_arrival_order_with_its_keys_as_the_daemon_packs_it() {
+        let all = payments(250, 20, 4000);
+        let batch: Vec<&Payment> = all.iter().collect();
+        let chunks = with_history(&batch);
+        full_transactions(&batch, &chunks, FraudHistory::Dynamodb);
+        let order: Vec<&str> = chunks.iter().flatten().map(|p| p.payment_id.as_str()).collect();
+        assert_eq!(order, batch.iter().map(|p| p.payment_id.as_str()).collect::<Vec<_>>(), "arrival order");
+        // Each payment four items or so (its put, three keys of its own),
+        // plus up to 20 rows: far fewer transactions than receives of ten.
+        assert!(chunks.len() <= 15, "{} transactions for 250 payments", chunks.len());
+        // A customer's keys in a transaction are put once.
+        let one = payments(30, 2, 3);
+        let batch: Vec<&Payment> = one.iter().collect();
+        let chunks = with_history(&batch);
+        assert_eq!(chunks.len(), 1, "30 payments of 3 customers: 30 puts, 9 keys, 2 rows");
+        assert_eq!(transaction("t", &chunks[0], FraudHistory::Dynamodb, "x").expect("a transaction").len(), 30 + 9 + 2);
     }
 
     #[test]
-    fn a_history_put_is_the_daemon_s_item_for_the_batch_s_last_payment_of_its_key() {
-        let payments: Vec<_> = (0..10).map(payment).collect();
-        // Two payments of one customer in a batch, with another between them.
-        let first = &payments[0];
-        let second = payments[1..].iter().find(|p| p.customer_id == first.customer_id).expect("a customer paid twice");
-        let other = payments.iter().find(|p| p.customer_id != first.customer_id).expect("another customer");
-        let by_body: HashMap<&str, &crate::payload::Payment> = payments.iter().map(|p| (p.body.as_str(), p)).collect();
-        let messages: Vec<_> =
-            [first, other, second].iter().map(|p| aws_sdk_sqs::types::Message::builder().body(&p.body).build()).collect();
-        let last = last_payment_of_each_key(&messages, &by_body);
-        let distinct: HashSet<String> = [first, other, second].iter().flat_map(|p| history_keys(p)).collect();
-        assert_eq!(last.len(), distinct.len(), "each key of the batch once");
-        let entry = |key: &str| {
-            let put = history_put("t", key, last.get(key).expect("a key of the batch")).expect("a put");
+    fn with_the_history_in_the_process_a_batch_is_packed_by_row_as_the_daemon_s_sink_packs_it() {
+        let all = payments(250, 20, 4000);
+        let batch: Vec<&Payment> = all.iter().collect();
+        let chunks = by_row(&batch);
+        full_transactions(&batch, &chunks, FraudHistory::Process);
+        let stores: Vec<&str> = chunks.iter().flatten().map(|p| p.store.as_str()).collect();
+        assert!(stores.is_sorted(), "ordered by row");
+        // 250 puts and 20 rows: three transactions.
+        assert_eq!(chunks.len(), 3);
+    }
+
+    #[test]
+    fn a_transaction_is_the_daemon_s_puts_a_history_put_per_key_and_an_add_per_row() {
+        let all = payments(10, 2, 3);
+        let first = &all[0];
+        let second = all[1..].iter().find(|p| p.customer_id == first.customer_id).expect("a customer paid twice");
+        let other = all.iter().find(|p| p.customer_id != first.customer_id).expect("another customer");
+        let members = [first, other, second];
+        let items = transaction("t", &members, FraudHistory::Dynamodb, "2026-12-05T00:00:01Z").expect("a transaction");
+        let puts: Vec<&Put> = items.iter().filter_map(|w| w.put.as_ref()).collect();
+        let (payment_puts, history_puts): (Vec<&Put>, Vec<&Put>) =
+            puts.iter().partition(|p| p.item()["k"].as_s().is_ok_and(|k| k.starts_with("pay#")));
+        assert_eq!(payment_puts.len(), 3, "a put per payment");
+        for put in &payment_puts {
             let item = put.item();
-            assert_eq!(item["k"], AttributeValue::S(key.to_owned()));
+            for attribute in ["payment_id", "order_id", "customer_id", "store", "amount_cents", "score", "decision", "reasons"] {
+                assert!(item.contains_key(attribute), "the daemon's {attribute}: {item:?}");
+            }
+            assert!(put.condition_expression().is_some(), "a redelivery's put fails");
+        }
+        assert_eq!(payment_puts[0].item()["order_id"], AttributeValue::S(format!("r1-o{:07}", 0)));
+        let distinct: HashSet<String> = members.iter().flat_map(|p| history_keys(p)).collect();
+        assert_eq!(history_puts.len(), distinct.len(), "each key of the transaction once");
+        let entry = |key: &str| {
+            let put = history_puts.iter().find(|p| p.item()["k"] == AttributeValue::S(key.to_owned())).expect("its put");
+            let item = put.item();
             assert!(item.contains_key("ver") && item.contains_key("expires_at"), "{item:?}");
             assert!(put.condition_expression().is_some());
             let AttributeValue::L(entries) = &item["entries"] else { panic!("{item:?}") };
             let [AttributeValue::M(entry)] = entries.as_slice() else { panic!("{entries:?}") };
             entry.clone()
         };
+        // The transaction's last payment of a key is its entry.
         let customer = entry(&format!("cust#{}", first.customer_id));
         assert_eq!(customer["p"], AttributeValue::S(format!("{:0>32.32}", second.payment_id)));
         assert_eq!(customer["v"], AttributeValue::N(second.amount_cents.to_string()));
         assert!(matches!(entry(&format!("dev#{}", other.device_id))["v"], AttributeValue::S(_)));
         assert!(!entry(&format!("card#{}", other.fingerprint)).contains_key("v"));
-        // With the history in the process, the batch has no keys.
-        assert!(last_payment_of_each_key(&messages, &HashMap::new()).is_empty());
+        // One ADD per store, with its payments and their amounts.
+        let rows: Vec<&Update> = items.iter().filter_map(|w| w.update.as_ref()).collect();
+        let stores: HashSet<&str> = members.iter().map(|p| p.store.as_str()).collect();
+        assert_eq!(rows.len(), stores.len());
+        let counted: u64 = rows
+            .iter()
+            .map(|u| u.expression_attribute_values().expect("values")[":n"].as_n().expect("a count").parse::<u64>().expect("n"))
+            .sum();
+        assert_eq!(counted, 3);
+        // With the history in the process, no history puts.
+        let items = transaction("t", &members, FraudHistory::Process, "x").expect("a transaction");
+        assert_eq!(items.len(), 3 + stores.len());
+    }
+
+    fn args(history: FraudHistory) -> PaymentsThroughputArgs {
+        PaymentsThroughputArgs {
+            payments: 300,
+            receivers: 4,
+            while_sending: true,
+            fraud_history: history,
+            timeout_secs: 60,
+            targets: <crate::Targets as clap::FromArgMatches>::from_arg_matches(
+                &<crate::Targets as clap::Args>::augment_args(clap::Command::new("t")).get_matches_from(["t"]),
+            )
+            .expect("default targets"),
+        }
+    }
+
+    /// Against the local stack's SQS and DynamoDB (scripts/test.sh starts
+    /// it): every payment sent is drained, and the table holds what the
+    /// daemon's writes would have made of them: its payment item, the
+    /// counts of its row, an item per history key.
+    #[tokio::test]
+    async fn the_bare_client_drains_every_payment_into_its_item_its_row_and_its_history() {
+        std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack (scripts/local-stack/stack.sh env)");
+        let run_id = crate::coldstart::new_run_id();
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        let (sqs, ddb) = (aws_sdk_sqs::Client::new(&sdk), aws_sdk_dynamodb::Client::new(&sdk));
+        let name = format!("loadgen-pay-floor-{run_id}");
+        let queue = crate::bare::scratch_queue(&sqs, &format!("{name}.fifo"), 60).await.expect("a queue");
+        crate::throughput::create_scratch_table(&ddb, &name).await.expect("a table");
+        let args = args(FraudHistory::Dynamodb);
+        let measured = measure(&sqs, &ddb, &queue, &name, &args, 7, &run_id).await.expect("drained");
+        assert_eq!(measured.payments, 300);
+        assert!(measured.reads > 0 && measured.transactions > 0, "{measured:?}");
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let page = ddb.scan().table_name(&name).set_exclusive_start_key(start).send().await.expect("a scan");
+            items.extend(page.items.unwrap_or_default());
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        crate::bare::remove_scratch(&sqs, &ddb, &queue, &name).await;
+        let key = |i: &HashMap<String, AttributeValue>| i["k"].as_s().expect("a string key").clone();
+        let sent = burst(7, &run_id, 300).expect("the burst");
+        let stored: HashSet<String> = items.iter().map(key).collect();
+        for p in &sent {
+            assert!(stored.contains(&format!("pay#{}", p.payment_id)), "{} not written", p.payment_id);
+            for k in history_keys(p) {
+                assert!(stored.contains(&k), "no history item {k}");
+            }
+        }
+        let counted: u64 = items
+            .iter()
+            .filter(|i| key(i).starts_with("row#"))
+            .map(|i| i["payments"].as_n().expect("a count").parse::<u64>().expect("a number"))
+            .sum();
+        assert_eq!(counted, 300, "each payment counted once in its store's row");
+        let cents: u64 = items
+            .iter()
+            .filter(|i| key(i).starts_with("row#"))
+            .map(|i| i["payment_amount_cents"].as_n().expect("a sum").parse::<u64>().expect("a number"))
+            .sum();
+        assert_eq!(cents, sent.iter().map(|p| p.amount_cents).sum::<u64>());
     }
 }
