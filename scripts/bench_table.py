@@ -313,7 +313,9 @@ def e2e_row(path, events, daemon_rate, kernel_ns, p, bare=None, e2e=None, cores_
 pay_bare = pay.get("bare")
 if not pay_bare or not pay.get("daemon_drain_secs"):
     raise SystemExit("bench: cold-start measured no bare client (is the stack on loopback?)")
-# Both rates over the same span: first decision (first receive) to last.
+# Both rates over the same span: first decision to last (the bare
+# client's: its first batch's write start to its last's, as the daemon
+# stamps a decision).
 pay_rate = pay["sent"] / pay["daemon_drain_secs"]
 e2e_row(
     "payments (cold-start)",
@@ -376,8 +378,8 @@ e2e_row(
     menu["items_per_sec"],
     menu_kernel_run_ns or kernel["menu_item"],
     menu_p,
-    # Both rates over the same span: first send to last item stored (the
-    # bare client's: to its last delete).
+    # Both rates over the same span: first send to the last batch's write
+    # start (the daemon's last `applied_at`).
     bare=[("bare consumer", menu_bare["bare_items_per_sec"], menu["items_per_sec"] / menu_bare["bare_items_per_sec"])]
     if menu_bare
     else None,

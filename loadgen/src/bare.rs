@@ -1,33 +1,50 @@
 //! What the bare clients (`payments-throughput`, `menu-throughput`) share:
-//! their scratch queue, and a drain of it shaped as the daemon's SQS input
-//! drains a queue, without the daemon's work.
+//! their scratch queue, their SDK clients, and a drain of the queue shaped
+//! as the daemon's SQS input drains one, without the daemon's work.
 //!
-//! Owns: receiving as the daemon's receivers do (long-polling consumers of
-//! up to ten), gathering the receives into batches as its decide stage does
-//! (up to `pipeline.max_batch_events`, closed `pipeline.linger_ms` after
-//! the first), writing up to `pipeline.sink_concurrency` batches at once,
-//! and deleting each batch's messages once its writes are done
-//! (DeleteMessageBatch by ten, all at once), as its acknowledger does; the
-//! count of deletes that times a drain. Must not: decide what a batch's
-//! writes are (each client's own).
+//! Owns: the drain's stages, as `daemon/src/topology.rs` starts an SQS
+//! input's: long-polling receivers (a task each) of up to ten messages, a
+//! batcher that gathers their receives into batches as the decide stage
+//! does (up to `pipeline.max_batch_events`, closed `pipeline.linger_ms`
+//! after the first) into a channel of `pipeline.channel_capacity`, a
+//! writer that writes up to `pipeline.sink_concurrency` batches at once and
+//! passes each written batch on, and an acknowledger that deletes them
+//! (DeleteMessageBatch by ten, a written batch's deletes taken on while
+//! fewer than 8 calls are out, as the daemon's `ack_loop`); the drain's
+//! clock (its batches' write starts, as the daemon stamps a batch's
+//! `decided_at` or `applied_at` when its write starts) and its count of
+//! deletes. Must not: decide what a batch's writes are (each client's own).
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, QueueAttributeName};
-use tokio::sync::{Semaphore, mpsc};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::mpsc;
 
 /// The daemon's defaults a drain is shaped by (`daemon/src/config.rs`:
-/// `pipeline.max_batch_events`, `linger_ms`, `sink_concurrency`;
-/// `sinks.dynamodb.max_transaction_items`).
+/// `pipeline.max_batch_events`, `linger_ms`, `sink_concurrency`,
+/// `channel_capacity`; `sinks.dynamodb.max_transaction_items`; the
+/// acknowledger's calls, `topology.rs`).
 pub const MAX_BATCH: usize = 250;
 pub const LINGER: Duration = Duration::from_millis(50);
 pub const WRITES_AT_ONCE: usize = 8;
+pub const CHANNEL_CAPACITY: usize = 16;
 pub const MAX_TRANSACTION_ITEMS: usize = 100;
+const DELETE_CALLS: usize = 8;
+
+/// A bare client's SQS and DynamoDB clients: the environment's
+/// configuration with a timeout on every call (a silent endpoint fails the
+/// measurement instead of hanging it).
+pub async fn clients() -> (aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder().operation_timeout(Duration::from_secs(30)).build();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts).load().await;
+    (aws_sdk_sqs::Client::new(&sdk), aws_sdk_dynamodb::Client::new(&sdk))
+}
 
 /// Creates the scratch queue `name` (FIFO when it ends in `.fifo`) with
 /// `visibility_secs` of visibility timeout; its URL.
@@ -105,14 +122,52 @@ impl Deleted {
     }
 }
 
-/// Drains `queue` as the daemon's SQS input does, `write` making each
-/// batch's writes: `receivers` long-polling consumers (tasks of their own)
-/// receive up to ten at a time; the receives are gathered into batches of
-/// up to [`MAX_BATCH`] messages, each closed [`LINGER`] after its first;
-/// up to [`WRITES_AT_ONCE`] batches are written at once (each a task), and
-/// a batch's messages are deleted once its `write` succeeded. Until
-/// `deleted` has them all; a failed write, or `deadline` passing, ends it
-/// with that error. Returns when the first message was received.
+/// When a drain's batches began to be written: its clock, as the daemon's
+/// (each batch's `decided_at` or `applied_at` is stamped as its write
+/// starts; a drain's span is the first's to the last's).
+#[derive(Debug, Default)]
+pub struct WriteStarts {
+    first: OnceLock<Instant>,
+    last: Mutex<Option<Instant>>,
+}
+
+impl WriteStarts {
+    /// A batch's write starts now.
+    pub fn stamp(&self) {
+        let now = Instant::now();
+        self.first.get_or_init(|| now);
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *last = Some(last.map_or(now, |l| l.max(now)));
+    }
+
+    /// The first write start and the last.
+    pub fn span(&self) -> Option<(Instant, Instant)> {
+        let last = *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some((*self.first.get()?, last?))
+    }
+}
+
+/// What a drain measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Drained {
+    /// When its first message was received.
+    pub first_received: Instant,
+    /// When its first batch's write started.
+    pub first_write: Instant,
+    /// When its last batch's write started (the end of the daemon's span).
+    pub last_write: Instant,
+    /// When its last message was deleted.
+    pub last_delete: Instant,
+    /// Batches written.
+    pub batches: usize,
+    /// The most batches written at once.
+    pub most_at_once: usize,
+}
+
+/// Drains `queue` as the daemon's SQS input does (the module's stages),
+/// `write` making each batch's writes, until `deleted` has them all; a
+/// failed write, receive or delete, or `deadline` passing, ends it with
+/// that error.
 pub async fn drain<W, F>(
     sqs: &aws_sdk_sqs::Client,
     queue: &str,
@@ -120,90 +175,104 @@ pub async fn drain<W, F>(
     deleted: &Arc<Deleted>,
     deadline: Instant,
     write: W,
-) -> anyhow::Result<Instant>
+) -> anyhow::Result<Drained>
 where
     W: Fn(Arc<Vec<Message>>) -> F + Send + Sync + 'static,
     F: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel::<Vec<Message>>(64);
-    let receive = {
+    anyhow::ensure!(receivers > 0, "a drain needs a receiver");
+    let first_received: Arc<OnceLock<Instant>> = Arc::default();
+    let (recv_tx, recv_rx) = mpsc::channel::<Vec<Message>>(CHANNEL_CAPACITY * receivers);
+    let (batch_tx, batch_rx) = mpsc::channel::<Vec<Message>>(CHANNEL_CAPACITY);
+    let (ack_tx, ack_rx) = mpsc::channel::<Arc<Vec<Message>>>(CHANNEL_CAPACITY);
+    let receiving: Vec<_> = (0..receivers)
+        .map(|_| {
+            let (sqs, queue, deleted, tx, first) =
+                (sqs.clone(), queue.to_owned(), Arc::clone(deleted), recv_tx.clone(), Arc::clone(&first_received));
+            tokio::spawn(async move { receive(&sqs, &queue, &deleted, deadline, &tx, &first).await })
+        })
+        .collect();
+    drop(recv_tx);
+    let batching = tokio::spawn(gather(recv_rx, batch_tx));
+    let starts = Arc::new(WriteStarts::default());
+    let writing = tokio::spawn(write_batches(batch_rx, ack_tx, Arc::clone(deleted), Arc::clone(&starts), write));
+    let acking = {
         let (sqs, queue, deleted) = (sqs.clone(), queue.to_owned(), Arc::clone(deleted));
-        tokio::spawn(async move { receive_until(&sqs, &queue, receivers, &deleted, deadline, tx).await })
+        tokio::spawn(async move { acknowledge(&sqs, &queue, ack_rx, &deleted).await })
     };
-    let write = tokio::spawn(write_batches(rx, sqs.clone(), queue.to_owned(), Arc::clone(deleted), write));
-    // The writers' error first: the receivers' is then only that they gave up.
-    let (written, received) = (write.await?, receive.await?);
-    written.context("writing the batches")?;
-    received
+    // The acknowledger's error first (the writers' is then only that it
+    // stopped), then the writers' (the receivers' is then only that they
+    // gave up).
+    let (written, acked) = (writing.await?, acking.await?);
+    let mut received = Ok(());
+    for r in receiving {
+        received = received.and(r.await?);
+    }
+    batching.await?;
+    acked.context("deleting the batches")?;
+    let (batches, most_at_once) = written.context("writing the batches")?;
+    received?;
+    let (first_write, last_write) = starts.span().context("nothing was written")?;
+    Ok(Drained {
+        first_received: *first_received.get().context("nothing was received")?,
+        first_write,
+        last_write,
+        last_delete: deleted.last().context("not every message was deleted")?,
+        batches,
+        most_at_once,
+    })
 }
 
-/// Receives from `queue` as the daemon's SQS source does, `receivers`
-/// long-polling consumers each receiving up to ten, and sends each
-/// non-empty receive to `tx`, until `deleted` has them all or `deadline`
-/// passes. Returns when the first message was received.
-async fn receive_until(
+/// One receiver, as the daemon's `receive_loop`: receives of up to ten,
+/// each non-empty one sent to the batcher, until `deleted` has every
+/// message, it gave up, or `deadline` passes.
+async fn receive(
     sqs: &aws_sdk_sqs::Client,
     queue: &str,
-    receivers: usize,
     deleted: &Deleted,
     deadline: Instant,
-    tx: mpsc::Sender<Vec<Message>>,
-) -> anyhow::Result<Instant> {
-    let first_received: OnceLock<Instant> = OnceLock::new();
-    let first_received = &first_received;
-    let consumers = (0..receivers).map(|_| {
-        let tx = tx.clone();
-        async move {
-            while !deleted.all() {
-                anyhow::ensure!(!deleted.given_up.load(Ordering::SeqCst), "the drain gave up (see the error beside this one)");
-                anyhow::ensure!(
-                    Instant::now() < deadline,
-                    "only {} of {} deleted",
-                    deleted.count.load(Ordering::SeqCst),
-                    deleted.want
-                );
-                let got = sqs
-                    .receive_message()
-                    .queue_url(queue)
-                    .max_number_of_messages(10)
-                    .wait_time_seconds(1)
-                    .send()
-                    .await
-                    .context("receive")?;
-                let messages = got.messages.unwrap_or_default();
-                if messages.is_empty() {
-                    continue;
-                }
-                first_received.get_or_init(Instant::now);
-                tx.send(messages).await.map_err(|_| anyhow::anyhow!("the writers stopped"))?;
+    tx: &mpsc::Sender<Vec<Message>>,
+    first_received: &OnceLock<Instant>,
+) -> anyhow::Result<()> {
+    while !deleted.all() {
+        anyhow::ensure!(!deleted.given_up.load(Ordering::SeqCst), "the drain gave up (see the error beside this one)");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {} deleted by the deadline",
+            deleted.count.load(Ordering::SeqCst),
+            deleted.want
+        );
+        let got = sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .context("receive");
+        let messages = match got {
+            Ok(got) => got.messages.unwrap_or_default(),
+            Err(e) => {
+                deleted.give_up();
+                return Err(e);
             }
-            Ok::<(), anyhow::Error>(())
+        };
+        if messages.is_empty() {
+            continue;
         }
-    });
-    let consumers: Vec<_> = consumers.collect();
-    // Only the consumers' senders are left: the writers end when they do.
-    drop(tx);
-    futures::future::join_all(consumers).await.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
-    first_received.get().copied().context("nothing was received")
+        first_received.get_or_init(Instant::now);
+        // The batcher ends only when the writers stopped (an error of theirs).
+        if tx.send(messages).await.is_err() {
+            anyhow::bail!("the drain gave up (see the error beside this one)");
+        }
+    }
+    Ok(())
 }
 
-/// Gathers received messages into batches (up to [`MAX_BATCH`], closed
-/// [`LINGER`] after the first) and writes up to [`WRITES_AT_ONCE`] at once,
-/// deleting each batch's messages after its writes. Ends when the
-/// receivers do, or at the first failed batch.
-async fn write_batches<W, F>(
-    mut rx: mpsc::Receiver<Vec<Message>>,
-    sqs: aws_sdk_sqs::Client,
-    queue: String,
-    deleted: Arc<Deleted>,
-    write: W,
-) -> anyhow::Result<()>
-where
-    W: Fn(Arc<Vec<Message>>) -> F + Send + Sync + 'static,
-    F: Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let slots = Arc::new(Semaphore::new(WRITES_AT_ONCE));
-    let mut writes = Vec::new();
+/// Gathers the receives into batches of up to [`MAX_BATCH`], each closed
+/// [`LINGER`] after its first, as the daemon's `decide_loop` does; ends
+/// when the receivers do or the writers stopped.
+async fn gather(mut rx: mpsc::Receiver<Vec<Message>>, tx: mpsc::Sender<Vec<Message>>) {
     while let Some(first) = rx.recv().await {
         let mut batch = first;
         let closes = tokio::time::Instant::now() + LINGER;
@@ -213,45 +282,94 @@ where
                 Ok(None) | Err(_) => break,
             }
         }
-        let slot = Arc::clone(&slots).acquire_owned().await?;
-        let (sqs, queue, deleted) = (sqs.clone(), queue.clone(), Arc::clone(&deleted));
-        let batch = Arc::new(batch);
-        let written = write(Arc::clone(&batch));
-        writes.push(tokio::spawn(async move {
-            let _slot = slot;
-            let result = async {
-                written.await?;
-                delete_all(&sqs, &queue, &batch).await?;
-                Ok::<usize, anyhow::Error>(batch.len())
-            }
-            .await;
-            match &result {
-                Ok(n) => deleted.add(*n),
-                Err(_) => deleted.give_up(),
-            }
-            result.map(drop)
-        }));
-        // Writes that ended are reaped as the batches go (an error stops the run).
-        let mut still = Vec::with_capacity(writes.len());
-        for w in writes {
-            if w.is_finished() {
-                w.await??;
-            } else {
-                still.push(w);
-            }
+        if tx.send(batch).await.is_err() {
+            return;
         }
-        writes = still;
     }
-    for w in writes {
-        w.await??;
-    }
-    Ok(())
 }
 
-/// Deletes `messages`, DeleteMessageBatch by ten, all at once.
-async fn delete_all(sqs: &aws_sdk_sqs::Client, queue: &str, messages: &[Message]) -> anyhow::Result<()> {
-    futures::future::try_join_all(messages.chunks(10).map(|ten| delete_batch(sqs, queue, ten))).await?;
-    Ok(())
+/// Writes up to [`WRITES_AT_ONCE`] batches at once, as the daemon's
+/// `write_loop` does, stamping each write's start, and passes each written
+/// batch to the acknowledger; ends when the batcher does, or at the first
+/// failed write (the drain then gives up). The batches written and the
+/// most at once.
+async fn write_batches<W, F>(
+    mut rx: mpsc::Receiver<Vec<Message>>,
+    ack_tx: mpsc::Sender<Arc<Vec<Message>>>,
+    deleted: Arc<Deleted>,
+    starts: Arc<WriteStarts>,
+    write: W,
+) -> anyhow::Result<(usize, usize)>
+where
+    W: Fn(Arc<Vec<Message>>) -> F,
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let mut writes = FuturesUnordered::new();
+    let (mut open, mut batches, mut most) = (true, 0, 0);
+    let result = async {
+        while open || !writes.is_empty() {
+            tokio::select! {
+                batch = rx.recv(), if open && writes.len() < WRITES_AT_ONCE => match batch {
+                    Some(batch) => {
+                        let batch = Arc::new(batch);
+                        starts.stamp();
+                        let written = tokio::spawn(write(Arc::clone(&batch)));
+                        writes.push(async move { written.await.context("a write panicked")?.map(|()| batch) });
+                        batches += 1;
+                        most = most.max(writes.len());
+                    }
+                    None => open = false,
+                },
+                Some(done) = writes.next(), if !writes.is_empty() => {
+                    ack_tx.send(done?).await.map_err(|_| anyhow::anyhow!("the acknowledger stopped"))?;
+                }
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    if result.is_err() {
+        deleted.give_up();
+    }
+    result.map(|()| (batches, most))
+}
+
+/// Deletes each written batch, DeleteMessageBatch by ten, taking a batch's
+/// deletes on while fewer than [`DELETE_CALLS`] calls are out, as the
+/// daemon's `ack_loop` does; counts each call's messages in `deleted`.
+async fn acknowledge(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    mut rx: mpsc::Receiver<Arc<Vec<Message>>>,
+    deleted: &Deleted,
+) -> anyhow::Result<()> {
+    let mut calls = FuturesUnordered::new();
+    let mut open = true;
+    let result = async {
+        while open || !calls.is_empty() {
+            tokio::select! {
+                batch = rx.recv(), if open && calls.len() < DELETE_CALLS => match batch {
+                    Some(batch) => {
+                        for k in 0..batch.len().div_ceil(10) {
+                            let batch = Arc::clone(&batch);
+                            calls.push(async move {
+                                let ten = &batch[k * 10..batch.len().min(k * 10 + 10)];
+                                delete_batch(sqs, queue, ten).await.map(|()| ten.len())
+                            });
+                        }
+                    }
+                    None => open = false,
+                },
+                Some(done) = calls.next(), if !calls.is_empty() => deleted.add(done?),
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    if result.is_err() {
+        deleted.give_up();
+    }
+    result
 }
 
 /// Deletes `messages` (at most ten) with one DeleteMessageBatch.
@@ -275,6 +393,87 @@ async fn delete_batch(sqs: &aws_sdk_sqs::Client, queue: &str, messages: &[Messag
 mod tests {
     use super::*;
 
+    /// Against the local stack's SQS (scripts/test.sh starts it): a
+    /// drain of a full queue gathers receives into batches of at most
+    /// [`MAX_BATCH`], writes at most [`WRITES_AT_ONCE`] at once, deletes
+    /// a batch's messages only after its write (each write finds its
+    /// messages still in flight), deletes every message, and its clock's
+    /// write starts lie within it.
+    #[tokio::test]
+    async fn a_drain_batches_writes_at_most_eight_at_once_and_deletes_after_the_writes() {
+        std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack (scripts/local-stack/stack.sh env)");
+        let (sqs, _) = clients().await;
+        let name = format!("loadgen-drain-{}", crate::coldstart::new_run_id());
+        let queue = scratch_queue(&sqs, &name, 120).await.expect("a queue");
+        let want = 700;
+        let bodies: Vec<String> = (0..want).map(|i| format!("m{i}")).collect();
+        futures::future::try_join_all(bodies.chunks(10).map(|ten| {
+            let entries = ten
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(b).build()
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .expect("entries");
+            sqs.send_message_batch().queue_url(&queue).set_entries(Some(entries)).send()
+        }))
+        .await
+        .expect("sent");
+        let at_once = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::<usize>::new()));
+        let write = {
+            let (sqs, queue, at_once, seen) = (sqs.clone(), queue.clone(), Arc::clone(&at_once), Arc::clone(&seen));
+            move |batch: Arc<Vec<Message>>| {
+                let (sqs, queue, at_once, seen) = (sqs.clone(), queue.clone(), Arc::clone(&at_once), Arc::clone(&seen));
+                async move {
+                    let now = at_once.fetch_add(1, Ordering::SeqCst) + 1;
+                    seen.lock().expect("seen").push(batch.len());
+                    anyhow::ensure!(now <= WRITES_AT_ONCE, "{now} writes at once");
+                    // Its messages are not deleted yet: still in flight.
+                    for m in batch.iter().step_by(10) {
+                        sqs.change_message_visibility()
+                            .queue_url(&queue)
+                            .receipt_handle(m.receipt_handle().unwrap_or_default())
+                            .visibility_timeout(120)
+                            .send()
+                            .await
+                            .context("a message deleted before its batch's write")?;
+                    }
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    at_once.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            }
+        };
+        let deleted = Arc::new(Deleted::new(want));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let drained = drain(&sqs, &queue, 4, &deleted, deadline, write).await;
+        let left = sqs
+            .get_queue_attributes()
+            .queue_url(&queue)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("the queue's attributes");
+        let _ = sqs.delete_queue().queue_url(&queue).send().await;
+        let drained = drained.expect("drained");
+        let sizes = seen.lock().expect("seen").clone();
+        assert_eq!(sizes.iter().sum::<usize>(), want, "every message written once: {sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= MAX_BATCH), "{sizes:?}");
+        assert!(sizes.iter().any(|&n| n > 10), "receives gathered into batches: {sizes:?}");
+        assert_eq!(drained.batches, sizes.len());
+        assert!(drained.most_at_once <= WRITES_AT_ONCE && drained.most_at_once > 1, "{drained:?}");
+        assert!(drained.first_received <= drained.first_write, "{drained:?}");
+        assert!(drained.first_write <= drained.last_write && drained.last_write < drained.last_delete, "{drained:?}");
+        for attribute in
+            [QueueAttributeName::ApproximateNumberOfMessages, QueueAttributeName::ApproximateNumberOfMessagesNotVisible]
+        {
+            assert_eq!(left.attributes().and_then(|a| a.get(&attribute)).map(String::as_str), Some("0"), "{attribute:?}");
+        }
+    }
+
     #[test]
     fn a_drain_ends_when_its_last_message_is_deleted_not_when_its_consumers_do() {
         let deleted = Deleted::new(3);
@@ -283,8 +482,8 @@ mod tests {
         deleted.add(1);
         let last = deleted.last().expect("the last delete's moment");
         assert!(deleted.all());
-        // A consumer's long poll ending later, or a delete past the count
-        // (a redelivered message), does not move it.
+        // A consumer's long poll ending later, or a count past the one
+        // waited for, does not move it.
         std::thread::sleep(Duration::from_millis(5));
         deleted.add(1);
         assert_eq!(deleted.last(), Some(last));

@@ -15,10 +15,10 @@
 //! `ADD` per row, at most 100 items: `menu_items.rs`), a chunk being a
 //! strongly consistent BatchGetItem of its skus and then one
 //! TransactWriteItems; then the batch's messages are deleted,
-//! DeleteMessageBatch by ten. Timed from the first send to the last
-//! delete, the span of menu-sync's drain (first send to the last item's
-//! `applied_at`, stamped before its write: the daemon's span ends a write
-//! earlier). Both scratch resources are deleted afterwards. Must not:
+//! DeleteMessageBatch by ten (`bare::drain`). Timed from the first send
+//! to its last batch's write start, the span of menu-sync's drain (first
+//! send to the last item's `applied_at`, stamped as its batch's write
+//! starts). Both scratch resources are deleted afterwards. Must not:
 //! decode, digest or check anything (the daemon's share of the work is
 //! what the ratio measures): it knows each message's sku and store from
 //! the bytes it sent.
@@ -69,7 +69,7 @@ pub struct MenuThroughput {
     pub items: u64,
     /// Seconds to send everything.
     pub send_secs: f64,
-    /// Seconds from the first send to the last delete.
+    /// Seconds from the first send to the last batch's write start.
     pub bare_secs: f64,
     /// Items drained per second over `bare_secs`.
     pub bare_items_per_sec: f64,
@@ -89,9 +89,7 @@ pub async fn run(args: &MenuThroughputArgs) -> anyhow::Result<MenuThroughput> {
     let scenario = crate::scenario::find(&args.scenario)?;
     let load = scenario.menu.context("not a menu-sync scenario (no [menu])")?;
     let items = ((load.items as f64) * args.scale).round().max(1.0) as u64;
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let (sqs, ddb) = crate::bare::clients().await;
     let run_id = crate::coldstart::new_run_id();
     let visibility = crate::bare::visibility_for(args.timeout_secs);
     let queue = crate::bare::scratch_queue(&sqs, &format!("{}-floor-{run_id}", args.targets.menu_queue), visibility).await?;
@@ -168,9 +166,10 @@ async fn measure(
     let (sent, drained) = tokio::join!(sending, crate::bare::drain(sqs, queue, args.receivers, &deleted, deadline, write));
     // The pods' error first: the receivers' is then only that they gave up.
     let send_secs = sent?;
-    drained?;
-    let last = deleted.last().context("not every item was deleted")?;
-    let bare_secs = (last - started).as_secs_f64();
+    // menu-sync's span ends at the last item's `applied_at`, stamped as
+    // its batch's write starts.
+    let drained = drained?;
+    let bare_secs = (drained.last_write - started).as_secs_f64();
     Ok(MenuThroughput {
         items: want as u64,
         send_secs,

@@ -212,8 +212,9 @@ pub struct LocalTargets {
     /// What the daemon's drain may take beyond `drain_vs_bare` times the
     /// bare client's, in ms: its fixed costs that a bare client has none
     /// of (its span begins at its restart's end, so it holds its start-up
-    /// to its first receive, and a batch waits `pipeline.linger_ms` to
-    /// fill), which at a small scale are most of a sub-second drain.
+    /// to its first receive, and its first batch passes the decide stage
+    /// before its first decision), which at a small scale are most of a
+    /// sub-second drain.
     #[serde(default)]
     pub drain_allowance_ms: u64,
     /// The shortest bare drain, in seconds, that `drain_vs_bare` judges (at
