@@ -5,8 +5,12 @@ Usage:
   bench_goals.py --check README FIGURES_JSON
                                          exit 1 unless README's table is that run's
   bench_goals.py --median-round SUMMARY_JSON...
-                                         which round (1-based) of a path's rounds
-                                         stands for it: the median drain_vs_bare
+                                         which round (1-based) of a payments path's
+                                         rounds stands for it: the median drain_vs_bare
+  bench_goals.py --median-orders-round ORDERS_TXT...
+                                         the same for the orders path's rounds (each
+                                         orders-throughput's output): the median of
+                                         the daemon against the bare writer
 
 FIGURES_JSON is a run's figures.json (bench_table.py writes it; bench.sh keeps
 it in target/bench/<run>/). The README's table sits between the two marker
@@ -44,6 +48,31 @@ def median_round(ratios):
     as the daemon; the median of several judges the daemon."""
     ranked = sorted(range(len(ratios)), key=lambda i: (ratios[i] is None, ratios[i] or 0))
     return ranked[len(ranked) // 2] + 1
+
+
+def orders_to_writes(result):
+    """The orders path's daemon against its bare writer (higher is better),
+    from an orders-throughput result: on the daemon's own clock when the
+    run has it (first write built to last write durable, as the bare
+    writer's own clock runs), else on the drain the loadgen saw end."""
+    if result.get("daemon_own_records_per_sec") is not None:
+        return result["own_ratio_to_writes"]
+    return result["ratio_to_writes"]
+
+
+def last_json_line(path):
+    """The last line of a loadgen output that is a JSON object (its result)."""
+    for line in reversed(pathlib.Path(path).read_text().splitlines()):
+        if line.strip().startswith("{"):
+            return json.loads(line)
+    return None
+
+
+def median_orders_round(results):
+    """Which of the orders path's rounds stands for it: the median of the
+    daemon against the bare writer (a round without a result counts as the
+    worst)."""
+    return median_round([1 / orders_to_writes(r) if r and orders_to_writes(r) else None for r in results])
 
 
 def round_broken(summary):
@@ -91,9 +120,13 @@ def render(f):
     ]
     rounds = f.get("payments_rounds") or []
     pay_label = "payments (cold-start, 10,000" + (f"; the median of {len(rounds)} rounds)" if len(rounds) > 1 else ")")
+    orders_rounds = f.get("orders_rounds") or []
+    orders_label = "orders (a backlog of 48,468 records" + (
+        f"; the median of {len(orders_rounds)} rounds)" if len(orders_rounds) > 1 else ")"
+    )
     for name, label, bare_name in [
         ("payments (cold-start)", pay_label, "bare consumer"),
-        ("orders (backlog)", "orders (a backlog of 48,468 records)", "bare writer"),
+        ("orders (backlog)", orders_label, "bare writer"),
         ("menu (menu-sync)", "menu (menu-sync, 10,000)", "bare consumer"),
     ]:
         p = paths.get(name)
@@ -189,6 +222,10 @@ def main(argv):
     if argv[:1] == ["--median-round"] and len(argv) >= 2:
         # bench.sh: the rounds' summary.json files, in round order.
         print(median_round([json.loads(pathlib.Path(a).read_text()).get("drain_vs_bare") for a in argv[1:]]))
+        return 0
+    if argv[:1] == ["--median-orders-round"] and len(argv) >= 2:
+        # bench.sh: the rounds' orders-throughput outputs, in round order.
+        print(median_orders_round([last_json_line(a) for a in argv[1:]]))
         return 0
     if len(argv) == 1:
         print(render(json.loads(pathlib.Path(argv[0]).read_text())), end="")

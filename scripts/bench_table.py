@@ -264,7 +264,25 @@ def rounds_of(name):
     return chosen, found
 
 
+def orders_rounds_of():
+    """The orders path as bench.sh ran it in rounds (rounds/orders-K.txt,
+    the median's number in rounds/orders.median, its files copied to
+    orders.*): each round's daemon / bare writer. A run before rounds: []."""
+    median = out / "rounds" / "orders.median"
+    if not median.exists():
+        return []
+    chosen = f"rounds/orders-{median.read_text().strip()}.txt"
+    if last_json_line(chosen) != last_json_line("orders.txt"):
+        raise SystemExit(f"bench: orders.txt is not its median round's ({chosen})")
+    found = []
+    while (out / "rounds" / f"orders-{len(found) + 1}.txt").exists():
+        k = len(found) + 1
+        found.append({"round": k, "to_writes": bench_goals.orders_to_writes(last_json_line(f"rounds/orders-{k}.txt"))})
+    return found
+
+
 pay_round, pay_rounds = rounds_of("payments")
+orders_rounds = orders_rounds_of()
 process_round, process_rounds = rounds_of("payments-process")
 around = [(label, bps) for label, bps in speeds if label in (f"{pay_round}:before", f"{pay_round}:after")]
 pay_ossl = sum(bps for _, bps in around) / len(around) if around else ossl
@@ -342,7 +360,7 @@ e2e_row(
 # included (a yardstick that favours the bare clients).
 own_clock = orders.get("daemon_own_records_per_sec") is not None
 orders_rate = orders["daemon_own_records_per_sec"] if own_clock else orders["daemon_records_per_sec"]
-to_writes = orders["own_ratio_to_writes"] if own_clock else orders["ratio_to_writes"]
+to_writes = bench_goals.orders_to_writes(orders)
 orders_at_once = [
     (
         "bare reader and writer at once",
@@ -665,6 +683,15 @@ for name, chosen, found in [
         f"a round with anything wrong (lost, duplicated, refused, wrong outputs, no bare client) fails the path "
         f"whichever it is.",
     ]
+if orders_rounds:
+    median = (out / "rounds" / "orders.median").read_text().strip()
+    lines += [
+        "",
+        f"Orders ran in {len(orders_rounds)} rounds, each on fresh resources with its own bare reader and writers; "
+        "the daemon against the bare writer, round by round: "
+        + ", ".join(f"{r['to_writes']:.2f}" for r in orders_rounds)
+        + f". The path's figures are round {median}'s, the median.",
+    ]
 # The paths whose run ended with a failed verdict (bench.sh goes on, and
 # exits 1 when the run's list below is not empty).
 failed_runs = [f.stem for f in sorted(out.glob("*.proc")) if load(f.name).get("status", 0) != 0]
@@ -698,7 +725,7 @@ run = {
     "took_secs": took,
     "verdicts_failed": failed,
 }
-figures = {"run": run, "kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "allocations_per_element": allocs, "orders_on_cpu_per_event": orders_cpu, **({"orders_full_on_cpu_per_event": orders_full_cpu} if orders_full_cpu else {}), "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "host_speed_bytes_per_sec": speeds, "payments_floor_ns": pay_floor_ns, "paths": rows, "backlog": backlog, "payments_first_decision_secs": pay.get("first_decision_secs"), **({"payments_rounds": pay_rounds} if pay_rounds else {}), **({"payments_process_rounds": process_rounds} if process_rounds else {})}
+figures = {"run": run, "kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "allocations_per_element": allocs, "orders_on_cpu_per_event": orders_cpu, **({"orders_full_on_cpu_per_event": orders_full_cpu} if orders_full_cpu else {}), "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "host_speed_bytes_per_sec": speeds, "payments_floor_ns": pay_floor_ns, "paths": rows, "backlog": backlog, "payments_first_decision_secs": pay.get("first_decision_secs"), **({"payments_rounds": pay_rounds} if pay_rounds else {}), **({"payments_process_rounds": process_rounds} if process_rounds else {}), **({"orders_rounds": orders_rounds} if orders_rounds else {})}
 (out / "figures.json").write_text(json.dumps(figures, indent=2))
 
 goals = bench_goals.render(figures)

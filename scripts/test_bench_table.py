@@ -177,6 +177,55 @@ class BenchTable(unittest.TestCase):
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("payments/summary.json is not its median round's (rounds/payments-1)", done.stderr)
 
+    def orders_rounds(self, ratios, median):
+        """As bench.sh leaves the orders path run in rounds: each round's
+        output in rounds/orders-K.txt (the stored one with the daemon
+        against the bare writer at `ratios`' K-th), the median's number in
+        rounds/orders.median and its output as orders.txt."""
+        stored_txt = (stored / "orders.txt").read_text()
+        (self.run_dir / "rounds").mkdir(exist_ok=True)
+        for k, ratio in enumerate(ratios, 1):
+            made = stored_txt.replace('"ratio_to_writes":0.768229895392395', f'"ratio_to_writes":{ratio}')
+            (self.run_dir / "rounds" / f"orders-{k}.txt").write_text(made)
+            if k == median:
+                (self.run_dir / "orders.txt").write_text(made)
+        (self.run_dir / "rounds" / "orders.median").write_text(f"{median}\n")
+
+    def test_the_orders_path_in_rounds_is_its_median_round_against_the_bare_writer(self):
+        sys.path.insert(0, str(here))
+        import bench_goals
+
+        # Higher is better for orders: the median of 0.75, 0.94, 0.86 is the third.
+        paths = []
+        for k, ratio in enumerate([0.75, 0.94, 0.86], 1):
+            path = self.scratch / f"orders-{k}.txt"
+            path.write_text(f"a line\n{{\"ratio_to_writes\": {ratio}}}\n")
+            paths.append(str(path))
+        done = subprocess.run([sys.executable, str(goals_script), "--median-orders-round", *paths], capture_output=True, text=True)
+        self.assertEqual((done.returncode, done.stdout), (0, "3\n"), done.stderr)
+        # The daemon's own clock, when the run has it, decides.
+        own = {"daemon_own_records_per_sec": 1.0, "own_ratio_to_writes": 0.5, "ratio_to_writes": 0.9}
+        self.assertEqual(bench_goals.orders_to_writes(own), 0.5)
+        self.assertEqual(bench_goals.median_orders_round([own, {"ratio_to_writes": 0.9}, None]), 1)
+        self.orders_rounds([0.75, 0.94, 0.86], 3)
+        table, figures = self.table()
+        self.assertEqual(figures["orders_rounds"], [
+            {"round": 1, "to_writes": 0.75}, {"round": 2, "to_writes": 0.94}, {"round": 3, "to_writes": 0.86},
+        ])
+        self.assertIn("bare writer 11,523/s: 0.86", table)
+        self.assertIn("Orders ran in 3 rounds, each on fresh resources with its own bare reader and writers; the daemon "
+                      "against the bare writer, round by round: 0.75, 0.94, 0.86. The path's figures are round 3's, "
+                      "the median.", table)
+        goals = (self.run_dir / "goals.md").read_text()
+        self.assertIn("| orders (a backlog of 48,468 records; the median of 3 rounds) |", goals)
+
+    def test_an_orders_result_that_is_not_its_median_round_s_stops_the_table(self):
+        self.orders_rounds([0.75, 0.94, 0.86], 3)
+        (self.run_dir / "rounds" / "orders.median").write_text("2\n")
+        done = subprocess.run([sys.executable, str(script), str(self.run_dir), "2", "763"], capture_output=True, text=True)
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("orders.txt is not its median round's (rounds/orders-2.txt)", done.stderr)
+
     def test_a_run_with_a_failed_verdict_says_so_in_its_goals(self):
         self.edit("payments.proc", lambda t: t.replace('"status": 0', '"status": 1'))
         _, figures = self.table()
