@@ -332,8 +332,8 @@ pay_bare = pay.get("bare")
 if not pay_bare or not pay.get("daemon_drain_secs"):
     raise SystemExit("bench: cold-start measured no bare client (is the stack on loopback?)")
 # Both rates over the same span: first decision to last (the bare
-# client's: its first batch's write start to its last's, as the daemon
-# stamps a decision).
+# client's: its first batch's stamp to its last's, where the daemon stamps
+# a decision).
 pay_rate = pay["sent"] / pay["daemon_drain_secs"]
 e2e_row(
     "payments (cold-start)",

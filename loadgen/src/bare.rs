@@ -11,9 +11,10 @@
 //! passes each written batch on, and an acknowledger that deletes them
 //! (DeleteMessageBatch by ten, a written batch's deletes taken on while
 //! fewer than 8 calls are out, as the daemon's `ack_loop`); the drain's
-//! clock (its batches' write starts, as the daemon stamps a batch's
-//! `decided_at` or `applied_at` when its write starts) and its count of
-//! deletes. Must not: decide what a batch's writes are (each client's own).
+//! clock (a stamp per batch where the daemon stamps its `decided_at` or
+//! `applied_at`: as its write starts, or, for payments scored in the
+//! process, as it closes) and its count of deletes; the deadline, which
+//! bounds every stage. Must not: decide what a batch's writes are (each client's own).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,6 +26,7 @@ use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, QueueAttribute
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 /// The daemon's defaults a drain is shaped by (`daemon/src/config.rs`:
 /// `pipeline.max_batch_events`, `linger_ms`, `sink_concurrency`,
@@ -120,19 +122,56 @@ impl Deleted {
     pub fn last(&self) -> Option<Instant> {
         self.last.get().copied()
     }
+
+    fn given_up(&self) -> bool {
+        self.given_up.load(Ordering::SeqCst)
+    }
 }
 
-/// When a drain's batches began to be written: its clock, as the daemon's
-/// (each batch's `decided_at` or `applied_at` is stamped as its write
-/// starts; a drain's span is the first's to the last's).
+/// A stage's error that is only that another gave up: the drain reports
+/// the other's.
+#[derive(Debug)]
+struct GaveUp;
+
+impl std::fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the drain gave up (see the error beside this one)")
+    }
+}
+
+impl std::error::Error for GaveUp {}
+
+/// The first of `results`' errors that is not only that the drain gave up,
+/// else the first.
+fn first_error(results: Vec<anyhow::Result<()>>) -> anyhow::Result<()> {
+    let errors: Vec<anyhow::Error> = results.into_iter().filter_map(Result::err).collect();
+    let own = errors.iter().position(|e| !e.chain().any(|c| c.is::<GaveUp>())).unwrap_or(0);
+    errors.into_iter().nth(own).map_or(Ok(()), Err)
+}
+
+/// When a drain stamps a batch, as the daemon stamps its decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// As its write starts: the daemon's `decided_at` of payments scored
+    /// against the shared history, and every `applied_at`.
+    AtWrite,
+    /// As the batch closes: the daemon's `decided_at` with the fraud
+    /// history in the process, stamped in the decide stage, before the
+    /// batch waits for a write.
+    AtClose,
+}
+
+/// When a drain's batches were stamped ([`Stamp`]): its clock, as the
+/// daemon's (each batch's `decided_at` or `applied_at`; a drain's span is
+/// the first's to the last's).
 #[derive(Debug, Default)]
-pub struct WriteStarts {
+pub struct Stamps {
     first: OnceLock<Instant>,
     last: Mutex<Option<Instant>>,
 }
 
-impl WriteStarts {
-    /// A batch's write starts now.
+impl Stamps {
+    /// A batch is stamped now.
     pub fn stamp(&self) {
         let now = Instant::now();
         self.first.get_or_init(|| now);
@@ -140,7 +179,7 @@ impl WriteStarts {
         *last = Some(last.map_or(now, |l| l.max(now)));
     }
 
-    /// The first write start and the last.
+    /// The first stamp and the last.
     pub fn span(&self) -> Option<(Instant, Instant)> {
         let last = *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Some((*self.first.get()?, last?))
@@ -152,10 +191,10 @@ impl WriteStarts {
 pub struct Drained {
     /// When its first message was received.
     pub first_received: Instant,
-    /// When its first batch's write started.
-    pub first_write: Instant,
-    /// When its last batch's write started (the end of the daemon's span).
-    pub last_write: Instant,
+    /// When its first batch was stamped (the start of the daemon's span).
+    pub first_stamp: Instant,
+    /// When its last batch was stamped (the end of the daemon's span).
+    pub last_stamp: Instant,
     /// When its last message was deleted.
     pub last_delete: Instant,
     /// Batches written.
@@ -165,15 +204,16 @@ pub struct Drained {
 }
 
 /// Drains `queue` as the daemon's SQS input does (the module's stages),
-/// `write` making each batch's writes, until `deleted` has them all; a
-/// failed write, receive or delete, or `deadline` passing, ends it with
-/// that error.
+/// `write` making each batch's writes, each batch stamped as `stamp`
+/// says, until `deleted` has them all; a failed write, receive or delete,
+/// or `deadline` passing (each write and delete is bounded by it too),
+/// ends it with that error.
 pub async fn drain<W, F>(
     sqs: &aws_sdk_sqs::Client,
     queue: &str,
     receivers: usize,
     deleted: &Arc<Deleted>,
-    deadline: Instant,
+    (deadline, stamp): (Instant, Stamp),
     write: W,
 ) -> anyhow::Result<Drained>
 where
@@ -193,30 +233,37 @@ where
         })
         .collect();
     drop(recv_tx);
-    let batching = tokio::spawn(gather(recv_rx, batch_tx));
-    let starts = Arc::new(WriteStarts::default());
-    let writing = tokio::spawn(write_batches(batch_rx, ack_tx, Arc::clone(deleted), Arc::clone(&starts), write));
+    let stamps = Arc::new(Stamps::default());
+    let batching = tokio::spawn(gather(recv_rx, batch_tx, (stamp == Stamp::AtClose).then(|| Arc::clone(&stamps))));
+    let writing = {
+        let at_write = (stamp == Stamp::AtWrite).then(|| Arc::clone(&stamps));
+        tokio::spawn(write_batches(batch_rx, ack_tx, Arc::clone(deleted), (deadline, at_write), write))
+    };
     let acking = {
         let (sqs, queue, deleted) = (sqs.clone(), queue.to_owned(), Arc::clone(deleted));
-        tokio::spawn(async move { acknowledge(&sqs, &queue, ack_rx, &deleted).await })
+        tokio::spawn(async move { acknowledge(&sqs, &queue, ack_rx, &deleted, deadline).await })
     };
-    // The acknowledger's error first (the writers' is then only that it
-    // stopped), then the writers' (the receivers' is then only that they
-    // gave up).
+    // Each stage's own error before another's that is only that the drain
+    // gave up: the acknowledger's, the writers', the receivers'.
     let (written, acked) = (writing.await?, acking.await?);
-    let mut received = Ok(());
+    let mut results = vec![acked.context("deleting the batches")];
+    let (batches, most_at_once) = match written {
+        Ok(counts) => counts,
+        Err(e) => {
+            results.push(Err(e.context("writing the batches")));
+            (0, 0)
+        }
+    };
     for r in receiving {
-        received = received.and(r.await?);
+        results.push(r.await?);
     }
     batching.await?;
-    acked.context("deleting the batches")?;
-    let (batches, most_at_once) = written.context("writing the batches")?;
-    received?;
-    let (first_write, last_write) = starts.span().context("nothing was written")?;
+    first_error(results)?;
+    let (first_stamp, last_stamp) = stamps.span().context("nothing was stamped")?;
     Ok(Drained {
         first_received: *first_received.get().context("nothing was received")?,
-        first_write,
-        last_write,
+        first_stamp,
+        last_stamp,
         last_delete: deleted.last().context("not every message was deleted")?,
         batches,
         most_at_once,
@@ -235,13 +282,14 @@ async fn receive(
     first_received: &OnceLock<Instant>,
 ) -> anyhow::Result<()> {
     while !deleted.all() {
-        anyhow::ensure!(!deleted.given_up.load(Ordering::SeqCst), "the drain gave up (see the error beside this one)");
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {} of {} deleted by the deadline",
-            deleted.count.load(Ordering::SeqCst),
-            deleted.want
-        );
+        if deleted.given_up() {
+            return Err(GaveUp.into());
+        }
+        if Instant::now() >= deadline {
+            // The writers and the acknowledger stop too.
+            deleted.give_up();
+            anyhow::bail!("only {} of {} deleted by the deadline", deleted.count.load(Ordering::SeqCst), deleted.want);
+        }
         let got = sqs
             .receive_message()
             .queue_url(queue)
@@ -263,16 +311,17 @@ async fn receive(
         first_received.get_or_init(Instant::now);
         // The batcher ends only when the writers stopped (an error of theirs).
         if tx.send(messages).await.is_err() {
-            anyhow::bail!("the drain gave up (see the error beside this one)");
+            return Err(GaveUp.into());
         }
     }
     Ok(())
 }
 
-/// Gathers the receives into batches of up to [`MAX_BATCH`], each closed
-/// [`LINGER`] after its first, as the daemon's `decide_loop` does; ends
-/// when the receivers do or the writers stopped.
-async fn gather(mut rx: mpsc::Receiver<Vec<Message>>, tx: mpsc::Sender<Vec<Message>>) {
+/// Gathers the receives into batches of [`MAX_BATCH`] or more (the receive
+/// that reaches it is added whole, as the daemon's `decide_loop` adds it),
+/// each closed [`LINGER`] after its first, stamping each as it closes when
+/// `stamps` is given; ends when the receivers do or the writers stopped.
+async fn gather(mut rx: mpsc::Receiver<Vec<Message>>, tx: mpsc::Sender<Vec<Message>>, stamps: Option<Arc<Stamps>>) {
     while let Some(first) = rx.recv().await {
         let mut batch = first;
         let closes = tokio::time::Instant::now() + LINGER;
@@ -282,6 +331,9 @@ async fn gather(mut rx: mpsc::Receiver<Vec<Message>>, tx: mpsc::Sender<Vec<Messa
                 Ok(None) | Err(_) => break,
             }
         }
+        if let Some(stamps) = &stamps {
+            stamps.stamp();
+        }
         if tx.send(batch).await.is_err() {
             return;
         }
@@ -289,39 +341,51 @@ async fn gather(mut rx: mpsc::Receiver<Vec<Message>>, tx: mpsc::Sender<Vec<Messa
 }
 
 /// Writes up to [`WRITES_AT_ONCE`] batches at once, as the daemon's
-/// `write_loop` does, stamping each write's start, and passes each written
-/// batch to the acknowledger; ends when the batcher does, or at the first
-/// failed write (the drain then gives up). The batches written and the
-/// most at once.
+/// `write_loop` does, each a task (aborted if the drain stops) bounded by
+/// the deadline, stamping each write's start when `stamps` is given, and
+/// passes each written batch to the acknowledger; ends when the batcher
+/// does, or at the first failed write (the drain then gives up). The
+/// batches written and the most written at once.
 async fn write_batches<W, F>(
     mut rx: mpsc::Receiver<Vec<Message>>,
     ack_tx: mpsc::Sender<Arc<Vec<Message>>>,
     deleted: Arc<Deleted>,
-    starts: Arc<WriteStarts>,
+    (deadline, stamps): (Instant, Option<Arc<Stamps>>),
     write: W,
 ) -> anyhow::Result<(usize, usize)>
 where
     W: Fn(Arc<Vec<Message>>) -> F,
     F: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let mut writes = FuturesUnordered::new();
-    let (mut open, mut batches, mut most) = (true, 0, 0);
+    let mut writes: JoinSet<anyhow::Result<Arc<Vec<Message>>>> = JoinSet::new();
+    let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (mut open, mut batches) = (true, 0);
     let result = async {
         while open || !writes.is_empty() {
             tokio::select! {
                 batch = rx.recv(), if open && writes.len() < WRITES_AT_ONCE => match batch {
+                    Some(_) if deleted.given_up() => return Err(GaveUp.into()),
                     Some(batch) => {
                         let batch = Arc::new(batch);
-                        starts.stamp();
-                        let written = tokio::spawn(write(Arc::clone(&batch)));
-                        writes.push(async move { written.await.context("a write panicked")?.map(|()| batch) });
+                        if let Some(stamps) = &stamps {
+                            stamps.stamp();
+                        }
+                        let written = write(Arc::clone(&batch));
+                        let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+                        writes.spawn(async move {
+                            most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                            let done = tokio::time::timeout_at(deadline.into(), written).await;
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            done.map_err(|_| anyhow::anyhow!("a write still under way at the deadline"))??;
+                            Ok(batch)
+                        });
                         batches += 1;
-                        most = most.max(writes.len());
                     }
                     None => open = false,
                 },
-                Some(done) = writes.next(), if !writes.is_empty() => {
-                    ack_tx.send(done?).await.map_err(|_| anyhow::anyhow!("the acknowledger stopped"))?;
+                Some(done) = writes.join_next(), if !writes.is_empty() => {
+                    let batch = done.context("a write panicked")??;
+                    ack_tx.send(batch).await.map_err(|_| GaveUp)?;
                 }
             }
         }
@@ -331,17 +395,19 @@ where
     if result.is_err() {
         deleted.give_up();
     }
-    result.map(|()| (batches, most))
+    result.map(|()| (batches, most.load(Ordering::SeqCst)))
 }
 
 /// Deletes each written batch, DeleteMessageBatch by ten, taking a batch's
 /// deletes on while fewer than [`DELETE_CALLS`] calls are out, as the
-/// daemon's `ack_loop` does; counts each call's messages in `deleted`.
+/// daemon's `ack_loop` does, each bounded by the deadline; counts each
+/// call's messages in `deleted`.
 async fn acknowledge(
     sqs: &aws_sdk_sqs::Client,
     queue: &str,
     mut rx: mpsc::Receiver<Arc<Vec<Message>>>,
     deleted: &Deleted,
+    deadline: Instant,
 ) -> anyhow::Result<()> {
     let mut calls = FuturesUnordered::new();
     let mut open = true;
@@ -354,7 +420,8 @@ async fn acknowledge(
                             let batch = Arc::clone(&batch);
                             calls.push(async move {
                                 let ten = &batch[k * 10..batch.len().min(k * 10 + 10)];
-                                delete_batch(sqs, queue, ten).await.map(|()| ten.len())
+                                let done = tokio::time::timeout_at(deadline.into(), delete_batch(sqs, queue, ten)).await;
+                                done.map_err(|_| anyhow::anyhow!("a delete still under way at the deadline"))?.map(|()| ten.len())
                             });
                         }
                     }
@@ -448,7 +515,7 @@ mod tests {
         };
         let deleted = Arc::new(Deleted::new(want));
         let deadline = Instant::now() + Duration::from_secs(60);
-        let drained = drain(&sqs, &queue, 4, &deleted, deadline, write).await;
+        let drained = drain(&sqs, &queue, 4, &deleted, (deadline, Stamp::AtWrite), write).await;
         let left = sqs
             .get_queue_attributes()
             .queue_url(&queue)
@@ -461,17 +528,29 @@ mod tests {
         let drained = drained.expect("drained");
         let sizes = seen.lock().expect("seen").clone();
         assert_eq!(sizes.iter().sum::<usize>(), want, "every message written once: {sizes:?}");
-        assert!(sizes.iter().all(|&n| n <= MAX_BATCH), "{sizes:?}");
+        // A batch closes at MAX_BATCH, the receive that reached it whole.
+        assert!(sizes.iter().all(|&n| n < MAX_BATCH + 10), "{sizes:?}");
         assert!(sizes.iter().any(|&n| n > 10), "receives gathered into batches: {sizes:?}");
         assert_eq!(drained.batches, sizes.len());
         assert!(drained.most_at_once <= WRITES_AT_ONCE && drained.most_at_once > 1, "{drained:?}");
-        assert!(drained.first_received <= drained.first_write, "{drained:?}");
-        assert!(drained.first_write <= drained.last_write && drained.last_write < drained.last_delete, "{drained:?}");
+        assert!(drained.first_received <= drained.first_stamp, "{drained:?}");
+        assert!(drained.first_stamp <= drained.last_stamp && drained.last_stamp < drained.last_delete, "{drained:?}");
         for attribute in
             [QueueAttributeName::ApproximateNumberOfMessages, QueueAttributeName::ApproximateNumberOfMessagesNotVisible]
         {
             assert_eq!(left.attributes().and_then(|a| a.get(&attribute)).map(String::as_str), Some("0"), "{attribute:?}");
         }
+    }
+
+    #[test]
+    fn a_drain_reports_a_stage_s_own_error_before_another_s_giving_up() {
+        let gave_up = || Err(anyhow::Error::new(GaveUp).context("writing the batches"));
+        let own = first_error(vec![Ok(()), gave_up(), Err(anyhow::anyhow!("receive: throttled")), gave_up()]);
+        assert_eq!(format!("{:#}", own.expect_err("an error")), "receive: throttled");
+        // Only giving up: that is the error.
+        let only = first_error(vec![gave_up(), Ok(())]).expect_err("an error");
+        assert!(only.chain().any(|c| c.is::<GaveUp>()), "{only:#}");
+        assert!(first_error(vec![Ok(()), Ok(())]).is_ok());
     }
 
     #[test]
@@ -487,5 +566,35 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         deleted.add(1);
         assert_eq!(deleted.last(), Some(last));
+    }
+}
+
+/// What the bare clients' stack tests share.
+#[cfg(test)]
+pub mod testing {
+    use std::collections::HashMap;
+
+    use aws_sdk_dynamodb::types::AttributeValue;
+
+    /// The loadgen's default targets (the resources `run` uses unless told).
+    pub fn default_targets() -> crate::Targets {
+        <crate::Targets as clap::FromArgMatches>::from_arg_matches(
+            &<crate::Targets as clap::Args>::augment_args(clap::Command::new("t")).get_matches_from(["t"]),
+        )
+        .expect("default targets")
+    }
+
+    /// Every item of a scratch table.
+    pub async fn scan_all(ddb: &aws_sdk_dynamodb::Client, table: &str) -> Vec<HashMap<String, AttributeValue>> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let page = ddb.scan().table_name(table).set_exclusive_start_key(start).send().await.expect("a scan");
+            items.extend(page.items.unwrap_or_default());
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                return items;
+            }
+        }
     }
 }

@@ -163,13 +163,16 @@ async fn measure(
         }
         Ok::<f64, anyhow::Error>(started.elapsed().as_secs_f64())
     };
-    let (sent, drained) = tokio::join!(sending, crate::bare::drain(sqs, queue, args.receivers, &deleted, deadline, write));
+    let (sent, drained) = tokio::join!(
+        sending,
+        crate::bare::drain(sqs, queue, args.receivers, &deleted, (deadline, crate::bare::Stamp::AtWrite), write)
+    );
     // The pods' error first: the receivers' is then only that they gave up.
     let send_secs = sent?;
     // menu-sync's span ends at the last item's `applied_at`, stamped as
     // its batch's write starts.
     let drained = drained?;
-    let bare_secs = (drained.last_write - started).as_secs_f64();
+    let bare_secs = (drained.last_stamp - started).as_secs_f64();
     Ok(MenuThroughput {
         items: want as u64,
         send_secs,
@@ -291,7 +294,14 @@ async fn read_skus(ddb: &aws_sdk_dynamodb::Client, table: &str, skus: &BTreeSet<
         ask = ask.keys(HashMap::from([("k".to_owned(), AttributeValue::S(format!("sku#{sku}")))]));
     }
     let mut ask = Some(ask.build()?);
-    while let Some(keys) = ask.take() {
+    for attempt in 0u32.. {
+        let Some(keys) = ask.take() else { break };
+        // Keys left unprocessed (throttling) are asked again after a pause,
+        // a few times: then the measurement fails.
+        anyhow::ensure!(attempt < 8, "skus still unprocessed after {attempt} reads");
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(25 << attempt.min(5))).await;
+        }
         let out = ddb.batch_get_item().request_items(table, keys).send().await.context("reading the skus")?;
         ask = out.unprocessed_keys.and_then(|mut u| u.remove(table)).filter(|k| !k.keys.is_empty());
     }
@@ -418,8 +428,7 @@ mod tests {
     async fn a_failed_write_ends_the_run_with_its_error_not_at_the_deadline() {
         std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack (scripts/local-stack/stack.sh env)");
         let catalogue = Catalogue { load: small_load(), items: 20, seed: 7, run_id: crate::coldstart::new_run_id() };
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-        let (sqs, ddb) = (aws_sdk_sqs::Client::new(&sdk), aws_sdk_dynamodb::Client::new(&sdk));
+        let (sqs, ddb) = crate::bare::clients().await;
         let name = format!("loadgen-menu-floor-{}", catalogue.run_id);
         let queue = sqs.create_queue().queue_name(&name).send().await.expect("a queue").queue_url.expect("its URL");
         let args = MenuThroughputArgs { timeout_secs: 60, ..args() };
@@ -450,10 +459,7 @@ mod tests {
             seed: 7,
             receivers: 3,
             timeout_secs: 60,
-            targets: <crate::Targets as clap::FromArgMatches>::from_arg_matches(
-                &<crate::Targets as clap::Args>::augment_args(clap::Command::new("t")).get_matches_from(["t"]),
-            )
-            .expect("default targets"),
+            targets: crate::bare::testing::default_targets(),
         }
     }
 
@@ -468,8 +474,7 @@ mod tests {
             .map(|i| crate::menusync::item(catalogue.seed, &catalogue.run_id, i, &catalogue.load, "t").1)
             .map(|e| (format!("sku#{}", e.sku), e))
             .collect();
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-        let (sqs, ddb) = (aws_sdk_sqs::Client::new(&sdk), aws_sdk_dynamodb::Client::new(&sdk));
+        let (sqs, ddb) = crate::bare::clients().await;
         let name = format!("loadgen-menu-floor-{}", catalogue.run_id);
         let queue = sqs.create_queue().queue_name(&name).send().await.expect("a queue").queue_url.expect("its URL");
         crate::throughput::create_scratch_table(&ddb, &name).await.expect("a table");
@@ -488,16 +493,7 @@ mod tests {
             left.attributes().and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages)).map(String::as_str),
             Some("0")
         );
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let page = ddb.scan().table_name(&name).set_exclusive_start_key(start).send().await.expect("a scan");
-            items.extend(page.items.unwrap_or_default());
-            start = page.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
-        }
+        let items = crate::bare::testing::scan_all(&ddb, &name).await;
         let key = |i: &HashMap<String, AttributeValue>| i["k"].as_s().expect("a string key").clone();
         let text = |i: &HashMap<String, AttributeValue>, a: &str| i.get(a).and_then(|v| v.as_s().ok()).cloned();
         let ledger = items.iter().filter(|i| key(i).starts_with("ev#")).count();

@@ -24,9 +24,11 @@
 //! holds, so the bare client never retries); before its transactions a
 //! batch reads the keys no batch has read before, strongly consistent, all
 //! at once by 100, as the daemon reads a key once and then keeps it.
-//! Timed as the daemon's drain is: from its first batch's write start to
-//! its last's (the daemon stamps each batch's `decided_at` as its write
-//! starts). Both scratch resources are deleted afterwards. Must not: decode, score
+//! Timed as the daemon's drain is, from its first batch's stamp to its
+//! last's, each stamped where the daemon stamps a batch's `decided_at`: as
+//! its write starts with the history shared, as it closes with the history
+//! in the process (the daemon scores it then, in the decide stage, before
+//! it waits for a write). Both scratch resources are deleted afterwards. Must not: decode, score
 //! or check anything (the daemon's share of the work is what the ratio
 //! measures): it knows each message's payment from the bytes it sent.
 
@@ -103,9 +105,9 @@ pub struct PaymentsThroughput {
     pub payments: u64,
     /// Whether the bare client made the history's reads and writes.
     pub fraud_history: FraudHistory,
-    /// Seconds from its first batch's write started to its last's: the
-    /// span of the daemon's drain, from its first `decided_at` to its
-    /// last, each stamped as a batch's write starts.
+    /// Seconds from its first batch's stamp to its last's: the span of the
+    /// daemon's drain, from its first `decided_at` to its last (the
+    /// module's doc says where each is stamped).
     pub bare_secs: f64,
     /// Payments per second the bare client drained over `bare_secs`.
     pub bare_payments_per_sec: f64,
@@ -206,7 +208,14 @@ async fn measure(
             async move { writer.write_batch(&batch).await }
         }
     };
-    let drain = crate::bare::drain(sqs, queue, args.receivers, &deleted, deadline, write);
+    // Stamped as the daemon stamps its decisions: with the history shared,
+    // as a batch's write starts; in the process, as it is decided, before
+    // it waits for a write.
+    let stamp = match args.fraud_history {
+        FraudHistory::Dynamodb => crate::bare::Stamp::AtWrite,
+        FraudHistory::Process => crate::bare::Stamp::AtClose,
+    };
+    let drain = crate::bare::drain(sqs, queue, args.receivers, &deleted, (deadline, stamp), write);
     let drained = if args.while_sending {
         info!(receivers = args.receivers, "Draining it with a bare consumer as it is sent");
         let send = async {
@@ -224,10 +233,9 @@ async fn measure(
         info!(receivers = args.receivers, "Draining it with a bare consumer");
         drain.await?
     };
-    // The daemon's clock: its first decision to its last (each batch's
-    // `decided_at`, stamped as its write starts); a drain of one batch has
-    // none, and counts a millisecond.
-    let bare_secs = (drained.last_write - drained.first_write).as_secs_f64().max(0.001);
+    // The daemon's clock: its first decision to its last; a drain of one
+    // batch has none, and counts a millisecond.
+    let bare_secs = (drained.last_stamp - drained.first_stamp).as_secs_f64().max(0.001);
     Ok(PaymentsThroughput {
         payments: want as u64,
         fraud_history: args.fraud_history,
@@ -550,7 +558,8 @@ mod tests {
             for attribute in ["payment_id", "order_id", "customer_id", "store", "amount_cents", "score", "decision", "reasons"] {
                 assert!(item.contains_key(attribute), "the daemon's {attribute}: {item:?}");
             }
-            assert!(put.condition_expression().is_some(), "a redelivery's put fails");
+            // On its key: a redelivery's put fails.
+            assert_eq!(put.condition_expression(), Some("attribute_not_exists(k)"));
         }
         assert_eq!(payment_puts[0].item()["order_id"], AttributeValue::S(format!("r1-o{:07}", 0)));
         let distinct: HashSet<String> = members.iter().flat_map(|p| history_keys(p)).collect();
@@ -579,6 +588,13 @@ mod tests {
             .map(|u| u.expression_attribute_values().expect("values")[":n"].as_n().expect("a count").parse::<u64>().expect("n"))
             .sum();
         assert_eq!(counted, 3);
+        let value = |u: &Update, v: &str| u.expression_attribute_values().expect("values")[v].as_n().expect("n").clone();
+        for row in &rows {
+            let store = row.key()["k"].as_s().expect("a key").trim_start_matches("row#").to_owned();
+            let of_it: Vec<&&Payment> = members.iter().filter(|p| p.store == store).collect();
+            assert_eq!(value(row, ":n"), of_it.len().to_string(), "{store}'s payments");
+            assert_eq!(value(row, ":a"), of_it.iter().map(|p| p.amount_cents).sum::<u64>().to_string(), "{store}'s amounts");
+        }
         // With the history in the process, no history puts.
         let items = transaction("t", &members, FraudHistory::Process, "x").expect("a transaction");
         assert_eq!(items.len(), 3 + stores.len());
@@ -591,10 +607,7 @@ mod tests {
             while_sending: true,
             fraud_history: history,
             timeout_secs: 60,
-            targets: <crate::Targets as clap::FromArgMatches>::from_arg_matches(
-                &<crate::Targets as clap::Args>::augment_args(clap::Command::new("t")).get_matches_from(["t"]),
-            )
-            .expect("default targets"),
+            targets: crate::bare::testing::default_targets(),
         }
     }
 
@@ -606,8 +619,7 @@ mod tests {
     async fn the_bare_client_drains_every_payment_into_its_item_its_row_and_its_history() {
         std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack (scripts/local-stack/stack.sh env)");
         let run_id = crate::coldstart::new_run_id();
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-        let (sqs, ddb) = (aws_sdk_sqs::Client::new(&sdk), aws_sdk_dynamodb::Client::new(&sdk));
+        let (sqs, ddb) = crate::bare::clients().await;
         let name = format!("loadgen-pay-floor-{run_id}");
         let queue = crate::bare::scratch_queue(&sqs, &format!("{name}.fifo"), 60).await.expect("a queue");
         crate::throughput::create_scratch_table(&ddb, &name).await.expect("a table");
@@ -615,16 +627,7 @@ mod tests {
         let measured = measure(&sqs, &ddb, &queue, &name, &args, 7, &run_id).await.expect("drained");
         assert_eq!(measured.payments, 300);
         assert!(measured.reads > 0 && measured.transactions > 0, "{measured:?}");
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let page = ddb.scan().table_name(&name).set_exclusive_start_key(start).send().await.expect("a scan");
-            items.extend(page.items.unwrap_or_default());
-            start = page.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
-        }
+        let items = crate::bare::testing::scan_all(&ddb, &name).await;
         crate::bare::remove_scratch(&sqs, &ddb, &queue, &name).await;
         let key = |i: &HashMap<String, AttributeValue>| i["k"].as_s().expect("a string key").clone();
         let sent = burst(7, &run_id, 300).expect("the burst");
