@@ -7,6 +7,11 @@ Usage:
   bench_goals.py --median-round SUMMARY_JSON...
                                          which round (1-based) of a payments path's
                                          rounds stands for it: the median drain_vs_bare
+  bench_goals.py --median-menu-round SUMMARY_JSON BARE_TXT ...
+                                         the same for the menu path's rounds (each
+                                         menu-sync's summary and its bare client's
+                                         output): the median of the daemon against
+                                         the bare client
   bench_goals.py --median-orders-round ORDERS_TXT...
                                          the same for the orders path's rounds (each
                                          orders-throughput's output): the median of
@@ -75,6 +80,34 @@ def median_orders_round(results):
     return median_round([1 / orders_to_writes(r) if r and orders_to_writes(r) else None for r in results])
 
 
+def menu_to_bare(summary, bare):
+    """The menu path's daemon against its bare client (higher is better),
+    from menu-sync's summary and menu-throughput's result."""
+    if not summary or not bare or not summary.get("items_per_sec") or not bare.get("bare_items_per_sec"):
+        return None
+    return summary["items_per_sec"] / bare["bare_items_per_sec"]
+
+
+def median_menu_round(rounds):
+    """Which of the menu path's rounds, each (summary, bare result), stands
+    for it: the median of the daemon against the bare client (a round
+    without both counts as the worst)."""
+    return median_round([1 / r if (r := menu_to_bare(s, b)) else None for s, b in rounds])
+
+
+def menu_round_broken(summary, bare):
+    """What made a menu round wrong rather than slow: lost, duplicated or
+    refused items, wrong outputs, a goose threshold, no bare client. Its
+    speed (menu-sync's target against its ceiling) is judged by the median
+    round only."""
+    why = [f"{summary[k]} {k.replace('_', ' ')}" for k in ("lost", "duplicated", "send_failures") if summary.get(k)]
+    why += summary.get("mismatches") or []
+    why += summary.get("failed_thresholds") or []
+    if not bare:
+        why.append("no bare client measured")
+    return why
+
+
 def round_broken(summary):
     """What made a round wrong rather than slow, from its summary.json: lost,
     duplicated or refused payments, wrong outputs, a goose threshold, no
@@ -124,10 +157,12 @@ def render(f):
     orders_label = "orders (a backlog of 48,468 records" + (
         f"; the median of {len(orders_rounds)} rounds)" if len(orders_rounds) > 1 else ")"
     )
+    menu_rounds = f.get("menu_rounds") or []
+    menu_label = "menu (menu-sync, 10,000" + (f"; the median of {len(menu_rounds)} rounds)" if len(menu_rounds) > 1 else ")")
     for name, label, bare_name in [
         ("payments (cold-start)", pay_label, "bare consumer"),
         ("orders (backlog)", orders_label, "bare writer"),
-        ("menu (menu-sync)", "menu (menu-sync, 10,000)", "bare consumer"),
+        ("menu (menu-sync)", menu_label, "bare consumer"),
     ]:
         p = paths.get(name)
         if not p:
@@ -222,6 +257,11 @@ def main(argv):
     if argv[:1] == ["--median-round"] and len(argv) >= 2:
         # bench.sh: the rounds' summary.json files, in round order.
         print(median_round([json.loads(pathlib.Path(a).read_text()).get("drain_vs_bare") for a in argv[1:]]))
+        return 0
+    if argv[:1] == ["--median-menu-round"] and len(argv) >= 3 and len(argv) % 2 == 1:
+        # bench.sh: each round's menu-sync summary.json and bare client's output, in round order.
+        pairs = [(json.loads(pathlib.Path(s).read_text()), last_json_line(b)) for s, b in zip(argv[1::2], argv[2::2])]
+        print(median_menu_round(pairs))
         return 0
     if argv[:1] == ["--median-orders-round"] and len(argv) >= 2:
         # bench.sh: the rounds' orders-throughput outputs, in round order.

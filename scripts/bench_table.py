@@ -297,6 +297,35 @@ menu_p = proc("menu")
 # The menu path's bare client, right after menu-sync on the same stack
 # (loadgen's menuthroughput.rs; runs before it was measured have none).
 menu_bare = last_json_line("menu-bare.txt") if (out / "menu-bare.txt").exists() else None
+
+
+def menu_rounds_of():
+    """The menu path as bench.sh ran it in rounds (rounds/menu-K/ and
+    rounds/menu-bare-K.txt, the median's number in rounds/menu.median, its
+    files copied to menu/, menu.* and menu-bare.txt): each round's daemon
+    against its bare client, its drain against its ceiling, its verdict and
+    what was wrong in it. A run before rounds: []."""
+    median = out / "rounds" / "menu.median"
+    if not median.exists():
+        return []
+    k = median.read_text().strip()
+    if load(f"rounds/menu-{k}/summary.json") != menu or last_json_line(f"rounds/menu-bare-{k}.txt") != menu_bare:
+        raise SystemExit(f"bench: menu/summary.json or menu-bare.txt is not its median round's (rounds/menu-{k})")
+    found = []
+    while (summary := load(f"rounds/menu-{len(found) + 1}/summary.json")) is not None:
+        k = len(found) + 1
+        bare = last_json_line(f"rounds/menu-bare-{k}.txt") if (out / "rounds" / f"menu-bare-{k}.txt").exists() else None
+        found.append({
+            "round": k,
+            "to_bare": bench_goals.menu_to_bare(summary, bare),
+            "drain_vs_ceiling": (summary.get("ceiling") or {}).get("drain_vs_ceiling"),
+            "passed": (load(f"rounds/menu-{k}.proc") or {}).get("status", 0) == 0,
+            "broken": bench_goals.menu_round_broken(summary, bare),
+        })
+    return found
+
+
+menu_rounds = menu_rounds_of()
 backlog = last_json_line("backlog.txt")
 
 rows = []
@@ -692,6 +721,22 @@ if orders_rounds:
         + ", ".join(f"{r['to_writes']:.2f}" for r in orders_rounds)
         + f". The path's figures are round {median}'s, the median.",
     ]
+if menu_rounds:
+    said = ", ".join(
+        (f"{r['to_bare']:.2f}" if r["to_bare"] is not None else "not measured")
+        + (f" (drain / ceiling {r['drain_vs_ceiling']:.2f})" if r["drain_vs_ceiling"] is not None else "")
+        + ("" if r["passed"] else " (FAIL)")
+        + (f" (wrong: {'; '.join(r['broken'])})" if r["broken"] else "")
+        for r in menu_rounds
+    )
+    median = (out / "rounds" / "menu.median").read_text().strip()
+    lines += [
+        "",
+        f"Menu ran in {len(menu_rounds)} rounds, each on fresh resources with its own bare client; the daemon against "
+        f"the bare client, round by round: {said}. The path's figures and verdict are round {median}'s, the median; a "
+        "round with anything wrong (lost, duplicated, refused, wrong outputs, no bare client) fails the path whichever "
+        "it is.",
+    ]
 # The paths whose run ended with a failed verdict (bench.sh goes on, and
 # exits 1 when the run's list below is not empty).
 failed_runs = [f.stem for f in sorted(out.glob("*.proc")) if load(f.name).get("status", 0) != 0]
@@ -714,7 +759,7 @@ def run_file(name):
 # Its failed verdicts: the runs above, and a payments path with anything
 # wrong in any of its rounds.
 failed = list(failed_runs)
-for name, found in [("payments", pay_rounds), ("payments-process", process_rounds)]:
+for name, found in [("payments", pay_rounds), ("payments-process", process_rounds), ("menu", menu_rounds)]:
     if any(r["broken"] for r in found) and name not in failed:
         failed = sorted(failed + [name])
 run = {
@@ -725,7 +770,7 @@ run = {
     "took_secs": took,
     "verdicts_failed": failed,
 }
-figures = {"run": run, "kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "allocations_per_element": allocs, "orders_on_cpu_per_event": orders_cpu, **({"orders_full_on_cpu_per_event": orders_full_cpu} if orders_full_cpu else {}), "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "host_speed_bytes_per_sec": speeds, "payments_floor_ns": pay_floor_ns, "paths": rows, "backlog": backlog, "payments_first_decision_secs": pay.get("first_decision_secs"), **({"payments_rounds": pay_rounds} if pay_rounds else {}), **({"payments_process_rounds": process_rounds} if process_rounds else {}), **({"orders_rounds": orders_rounds} if orders_rounds else {})}
+figures = {"run": run, "kernels_ns": kernel, "sdk_request_ns": {"get_item": sdk_get, "transact_20": sdk_tx, "transact_20_json": sdk_json}, "stage_ns": stage, "allocations_per_element": allocs, "orders_on_cpu_per_event": orders_cpu, **({"orders_full_on_cpu_per_event": orders_full_cpu} if orders_full_cpu else {}), "openssl_sha256_bytes_per_sec": ossl, "floor_ns": floor_ns, "host_speed_bytes_per_sec": speeds, "payments_floor_ns": pay_floor_ns, "paths": rows, "backlog": backlog, "payments_first_decision_secs": pay.get("first_decision_secs"), **({"payments_rounds": pay_rounds} if pay_rounds else {}), **({"payments_process_rounds": process_rounds} if process_rounds else {}), **({"orders_rounds": orders_rounds} if orders_rounds else {}), **({"menu_rounds": menu_rounds} if menu_rounds else {})}
 (out / "figures.json").write_text(json.dumps(figures, indent=2))
 
 goals = bench_goals.render(figures)

@@ -226,6 +226,61 @@ class BenchTable(unittest.TestCase):
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("orders.txt is not its median round's (rounds/orders-2.txt)", done.stderr)
 
+    def menu_rounds(self, rounds, median):
+        """As bench.sh leaves the menu path run in rounds: each round's
+        menu-sync summary (the stored one with `rounds`' (items/s, status,
+        changes)) in rounds/menu-K/, its bare client's output (685.9/s) in
+        rounds/menu-bare-K.txt, the median's number in rounds/menu.median
+        and its files as menu/summary.json and menu-bare.txt."""
+        summary = json.loads((stored / "menu" / "summary.json").read_text())
+        proc = json.loads((stored / "menu.proc").read_text())
+        bare = '{"items": 10000, "send_secs": 5.2, "bare_secs": 14.58, "bare_items_per_sec": 685.9}\n'
+        for k, (rate, status, changes) in enumerate(rounds, 1):
+            made = dict(summary, items_per_sec=rate, **changes)
+            (self.run_dir / "rounds" / f"menu-{k}").mkdir(parents=True)
+            (self.run_dir / "rounds" / f"menu-{k}" / "summary.json").write_text(json.dumps(made))
+            (self.run_dir / "rounds" / f"menu-{k}.proc").write_text(json.dumps(dict(proc, status=status)))
+            (self.run_dir / "rounds" / f"menu-bare-{k}.txt").write_text("bare consumer (...)\n" + bare)
+            if k == median:
+                (self.run_dir / "menu" / "summary.json").write_text(json.dumps(made))
+                (self.run_dir / "menu-bare.txt").write_text("bare consumer (...)\n" + bare)
+        (self.run_dir / "rounds" / "menu.median").write_text(f"{median}\n")
+
+    def test_the_menu_path_in_rounds_is_its_median_round_against_its_bare_client(self):
+        # As bench.sh calls it: each round's summary and bare output.
+        args = []
+        for k, rate in enumerate([300.0, 500.0, 400.0], 1):
+            summary, bare = self.scratch / f"menu-{k}.json", self.scratch / f"menu-bare-{k}.txt"
+            summary.write_text(json.dumps({"items_per_sec": rate}))
+            bare.write_text('a line\n{"bare_items_per_sec": 600.0}\n')
+            args += [str(summary), str(bare)]
+        done = subprocess.run([sys.executable, str(goals_script), "--median-menu-round", *args], capture_output=True, text=True)
+        self.assertEqual((done.returncode, done.stdout), (0, "3\n"), done.stderr)
+        self.menu_rounds([(300.0, 1, {}), (500.0, 0, {}), (411.5, 0, {})], 3)
+        table, figures = self.table()
+        self.assertEqual([r["to_bare"] for r in figures["menu_rounds"]], [300.0 / 685.9, 500.0 / 685.9, 411.5 / 685.9])
+        self.assertEqual([r["passed"] for r in figures["menu_rounds"]], [False, True, True])
+        self.assertIn("| menu (menu-sync) | 10,000 | 412/s | ", table)
+        self.assertIn("Menu ran in 3 rounds, each on fresh resources with its own bare client; the daemon against the bare "
+                      "client, round by round: 0.44 (drain / ceiling 1.27) (FAIL), 0.73 (drain / ceiling 1.27), 0.60 "
+                      "(drain / ceiling 1.27). The path's figures and verdict are round 3's, the median", table)
+        # A slow round that is not the median does not fail the path.
+        self.assertEqual(figures["run"]["verdicts_failed"], [])
+        goals = (self.run_dir / "goals.md").read_text()
+        self.assertIn("| menu (menu-sync, 10,000; the median of 3 rounds) | 412/s |", goals)
+
+    def test_a_menu_round_with_anything_wrong_fails_the_path_whichever_it_is(self):
+        self.menu_rounds([(300.0, 1, {"lost": 3}), (500.0, 0, {}), (411.5, 0, {})], 3)
+        table, figures = self.table()
+        self.assertEqual(figures["menu_rounds"][0]["broken"], ["3 lost"])
+        self.assertEqual(figures["run"]["verdicts_failed"], ["menu"])
+        self.assertIn("(FAIL) (wrong: 3 lost)", table)
+        # And the path's files must be its median round's.
+        (self.run_dir / "rounds" / "menu.median").write_text("2\n")
+        done = subprocess.run([sys.executable, str(script), str(self.run_dir), "2", "763"], capture_output=True, text=True)
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("is not its median round's (rounds/menu-2)", done.stderr)
+
     def test_a_run_with_a_failed_verdict_says_so_in_its_goals(self):
         self.edit("payments.proc", lambda t: t.replace('"status": 0', '"status": 1'))
         _, figures = self.table()
