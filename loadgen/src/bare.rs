@@ -14,7 +14,8 @@
 //! clock (a stamp per batch where the daemon stamps its `decided_at` or
 //! `applied_at`: as its write starts, or, for payments scored in the
 //! process, as it closes) and its count of deletes; the deadline, which
-//! bounds every stage. Must not: decide what a batch's writes are (each client's own).
+//! bounds every stage; a BatchGetItem whose unprocessed keys are asked
+//! again a bounded number of times. Must not: decide what a batch's writes are (each client's own).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -73,6 +74,30 @@ pub fn visibility_for(timeout_secs: u64) -> u64 {
 pub async fn remove_scratch(sqs: &aws_sdk_sqs::Client, ddb: &aws_sdk_dynamodb::Client, queue: &str, table: &str) {
     let _ = sqs.delete_queue().queue_url(queue).send().await;
     let _ = ddb.delete_table().table_name(table).send().await;
+}
+
+/// Reads `keys` of `table` with BatchGetItem (one request: at most 100
+/// keys), asking again for keys left unprocessed (throttling) after a
+/// growing pause, a few times, then failing with `what`; the requests it
+/// took.
+pub async fn batch_get(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: aws_sdk_dynamodb::types::KeysAndAttributes,
+    what: &str,
+) -> anyhow::Result<u64> {
+    let mut ask = Some(keys);
+    let mut calls = 0;
+    while let Some(keys) = ask.take() {
+        anyhow::ensure!(calls < 8, "{what}: keys still unprocessed after {calls} reads");
+        if calls > 0 {
+            tokio::time::sleep(Duration::from_millis(25 << calls.min(5))).await;
+        }
+        let out = ddb.batch_get_item().request_items(table, keys).send().await.with_context(|| what.to_owned())?;
+        calls += 1;
+        ask = out.unprocessed_keys.and_then(|mut u| u.remove(table)).filter(|k| !k.keys.is_empty());
+    }
+    Ok(calls)
 }
 
 /// A body's key, for a client that knows what it sent by the body's hash

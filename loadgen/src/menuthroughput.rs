@@ -293,18 +293,7 @@ async fn read_skus(ddb: &aws_sdk_dynamodb::Client, table: &str, skus: &BTreeSet<
     for sku in skus {
         ask = ask.keys(HashMap::from([("k".to_owned(), AttributeValue::S(format!("sku#{sku}")))]));
     }
-    let mut ask = Some(ask.build()?);
-    for attempt in 0u32.. {
-        let Some(keys) = ask.take() else { break };
-        // Keys left unprocessed (throttling) are asked again after a pause,
-        // a few times: then the measurement fails.
-        anyhow::ensure!(attempt < 8, "skus still unprocessed after {attempt} reads");
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(25 << attempt.min(5))).await;
-        }
-        let out = ddb.batch_get_item().request_items(table, keys).send().await.context("reading the skus")?;
-        ask = out.unprocessed_keys.and_then(|mut u| u.remove(table)).filter(|k| !k.keys.is_empty());
-    }
+    crate::bare::batch_get(ddb, table, ask.build()?, "reading the skus").await?;
     Ok(())
 }
 

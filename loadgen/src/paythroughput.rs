@@ -300,20 +300,8 @@ impl Writer {
             for key in chunk {
                 ask = ask.keys(HashMap::from([("k".to_owned(), AttributeValue::S((*key).clone()))]));
             }
-            let mut ask = Some(ask.build()?);
-            for attempt in 0u32.. {
-                let Some(keys) = ask.take() else { break };
-                // Keys left unprocessed (throttling) are asked again after a
-                // pause, a few times: then the measurement fails.
-                anyhow::ensure!(attempt < 8, "history keys still unprocessed after {attempt} reads");
-                if attempt > 0 {
-                    tokio::time::sleep(Duration::from_millis(25 << attempt.min(5))).await;
-                }
-                let out =
-                    self.ddb.batch_get_item().request_items(&self.table, keys).send().await.context("reading the history")?;
-                self.reads.fetch_add(1, Ordering::SeqCst);
-                ask = out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)).filter(|k| !k.keys.is_empty());
-            }
+            let calls = crate::bare::batch_get(&self.ddb, &self.table, ask.build()?, "reading the history").await?;
+            self.reads.fetch_add(calls, Ordering::SeqCst);
             Ok::<(), anyhow::Error>(())
         });
         futures::future::try_join_all(reads).await?;
