@@ -270,8 +270,9 @@ echo "== 2a'. payments again, the fraud history in the process ([fraud] state = 
 in_rounds payments-process process
 
 echo "== 2b. orders: backlog drained by a bare reader, written by a bare writer, then by the daemon; $rounds rounds"
-# In rounds too (the same code measured 0.75 and 0.94 of the bare writer in
-# runs an hour apart on 2026-12-07), each on fresh resources into
+# In rounds too (the same daemon code measured 0.94 and 0.75 of the bare
+# writer in runs about three hours apart on 2026-12-07), each on fresh
+# resources into
 # rounds/orders-K; the round whose daemon / bare writer is the median
 # (bench_goals.py --median-orders-round) is the path's, copied to orders.*.
 # A round that fails stops the run, as the path did.
