@@ -567,6 +567,52 @@ mod tests {
         }
     }
 
+    /// Against the local stack's SQS: a write that never ends fails the
+    /// drain at its deadline, with that error, instead of hanging it.
+    #[tokio::test]
+    async fn a_write_that_never_ends_fails_the_drain_at_its_deadline() {
+        // Its own queue's name: run ids made at the same moment (the tests
+        // run at once) can be equal.
+        std::env::var("AWS_ENDPOINT_URL_SQS").expect("the local stack (scripts/local-stack/stack.sh env)");
+        let (sqs, _) = clients().await;
+        let queue = scratch_queue(&sqs, &format!("loadgen-drain-deadline-{}", crate::coldstart::new_run_id()), 120)
+            .await
+            .expect("a queue");
+        sqs.send_message().queue_url(&queue).message_body("m").send().await.expect("sent");
+        let write = |_: Arc<Vec<Message>>| std::future::pending::<anyhow::Result<()>>();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let drained = tokio::time::timeout(
+            Duration::from_secs(20),
+            drain(&sqs, &queue, 2, &Arc::new(Deleted::new(1)), (deadline, Stamp::AtWrite), write),
+        )
+        .await;
+        let _ = sqs.delete_queue().queue_url(&queue).send().await;
+        let failed = drained.expect("ended at its deadline, not hung").expect_err("the write never ended");
+        assert!(format!("{failed:#}").contains("a write still under way at the deadline"), "{failed:#}");
+    }
+
+    /// With [`Stamp::AtClose`] a batch is stamped as it closes, before it
+    /// waits for a writer (here none takes it).
+    #[tokio::test]
+    async fn a_batch_stamped_at_close_is_stamped_before_any_write() {
+        let (recv_tx, recv_rx) = mpsc::channel(4);
+        let (batch_tx, mut batch_rx) = mpsc::channel(1);
+        let stamps = Arc::new(Stamps::default());
+        recv_tx.send(vec![Message::builder().body("m").build()]).await.expect("sent");
+        drop(recv_tx);
+        gather(recv_rx, batch_tx, Some(Arc::clone(&stamps))).await;
+        assert!(stamps.span().is_some(), "stamped as it closed");
+        assert_eq!(batch_rx.recv().await.map(|b| b.len()), Some(1));
+        // Without stamps (the writers stamp), gathering stamps nothing.
+        let (recv_tx, recv_rx) = mpsc::channel(4);
+        let (batch_tx, _batch_rx) = mpsc::channel(1);
+        recv_tx.send(vec![Message::builder().body("m").build()]).await.expect("sent");
+        drop(recv_tx);
+        let none = Arc::new(Stamps::default());
+        gather(recv_rx, batch_tx, None).await;
+        assert!(none.span().is_none());
+    }
+
     #[test]
     fn a_drain_reports_a_stage_s_own_error_before_another_s_giving_up() {
         let gave_up = || Err(anyhow::Error::new(GaveUp).context("writing the batches"));
