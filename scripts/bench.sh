@@ -250,6 +250,12 @@ scripts/daemon.sh stop > /dev/null 2>&1 || true
 # table.
 sed 's/^restart = .*/restart = "before"/' scenarios/cold-start.toml > "$out/scenarios/cold-start.toml"
 mkdir -p "$out/rounds"
+adopt_round() { # adopt_round NAME K: round K's files (rounds/NAME-K.*, its report folder if any) become the path's
+  local name=$1 k=$2 f
+  for f in proc txt metrics; do cp "$out/rounds/$name-$k.$f" "$out/$name.$f" 2> /dev/null || true; done
+  if [ -d "$out/rounds/$name-$k" ]; then cp -r "$out/rounds/$name-$k" "$out/$name"; fi
+  echo "$k" > "$out/rounds/$name.median"
+}
 in_rounds() { # in_rounds NAME [FRAUD_STATE]
   local name=$1 fraud=${2:-} k median tag=p
   if [ -n "$fraud" ]; then tag=q; fi
@@ -260,9 +266,7 @@ in_rounds() { # in_rounds NAME [FRAUD_STATE]
       measure "rounds/$name-$k" "$loadgen" run cold-start --scale "$scale" --report-dir "$out/rounds/$name-$k"
   done
   median=$(python3 scripts/bench_goals.py --median-round $(for k in $(seq 1 "$rounds"); do echo "$out/rounds/$name-$k/summary.json"; done))
-  for f in proc txt metrics; do cp "$out/rounds/$name-$median.$f" "$out/$name.$f" 2> /dev/null || true; done
-  cp -r "$out/rounds/$name-$median" "$out/$name"
-  echo "$median" > "$out/rounds/$name.median"
+  adopt_round "$name" "$median"
 }
 echo "== 2a. payments: cold-start with the daemon restarted just before the burst, then a bare consumer drains the same as it is sent; $rounds rounds"
 in_rounds payments
@@ -284,8 +288,7 @@ for k in $(seq 1 "$rounds"); do
     measure "rounds/orders-$k" "$loadgen" orders-throughput --orders "$orders" --start-command "$repo/scripts/daemon.sh start"
 done
 median=$(python3 scripts/bench_goals.py --median-orders-round $(for k in $(seq 1 "$rounds"); do echo "$out/rounds/orders-$k.txt"; done))
-for f in proc txt metrics; do cp "$out/rounds/orders-$median.$f" "$out/orders.$f" 2> /dev/null || true; done
-echo "$median" > "$out/rounds/orders.median"
+adopt_round orders "$median"
 
 echo "== 2c. menu: menu-sync, then its bare client; $rounds rounds"
 # In rounds too (the same code's menu-sync measured 604 and 346 items/s,
@@ -312,10 +315,8 @@ for k in $(seq 1 "$rounds"); do
 done
 median=$(python3 scripts/bench_goals.py --median-menu-round \
   $(for k in $(seq 1 "$rounds"); do echo "$out/rounds/menu-$k/summary.json" "$out/rounds/menu-bare-$k.txt"; done))
-for f in proc txt metrics; do cp "$out/rounds/menu-$median.$f" "$out/menu.$f" 2> /dev/null || true; done
-cp -r "$out/rounds/menu-$median" "$out/menu"
+adopt_round menu "$median"
 cp "$out/rounds/menu-bare-$median.txt" "$out/menu-bare.txt"
-echo "$median" > "$out/rounds/menu.median"
 
 echo "== 2d. memory: a backlog of 1,000,000 records on the stream, the daemon's RSS over 120 s of it"
 configure "b$(date -u +%H%M%S)k"
